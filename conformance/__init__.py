@@ -1,0 +1,1 @@
+"""The conformance suite and conformance statements; empty until the conformance issue lands."""

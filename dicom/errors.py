@@ -1,0 +1,37 @@
+"""The one exception tree of the DICOM domain.
+
+Domain code raises these; `server/` maps each class to an HTTP status in one
+place, so no module below `server/` knows about HTTP.
+"""
+
+
+class DicomError(Exception):
+    """Base of every error the DICOM domain raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(DicomError):
+    """The request is malformed: bad parameter, bad body framing (HTTP 400)."""
+
+
+class UnsupportedMediaType(DicomError):
+    """The request body is of a media type the service does not take (HTTP 415)."""
+
+
+class NotAcceptable(DicomError):
+    """Nothing the client accepts can be produced (HTTP 406)."""
+
+
+class NotFound(DicomError):
+    """The addressed study, series, instance, frame or bulk data does not exist (HTTP 404)."""
+
+
+class PayloadTooLarge(DicomError):
+    """The request body is over the configured limit (HTTP 413)."""
+
+
+class InvalidDicom(DicomError):
+    """A payload is not a DICOM data set we can understand (STOW failure 0xC000)."""

@@ -1,0 +1,80 @@
+"""STOW-RS outcomes and the response data set (PS3.18 §10.5.3).
+
+Status rules (PS3.18 §10.5.3, Table 10.5.3-1): 200 when every instance was
+stored, 202 when some were (or were stored with warnings), 409 when none was.
+"""
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+
+class FailureReason(IntEnum):
+    """FailureReason (0008,1197) values, PS3.18 Table 10.5.3-3 and PS3.4 Annex GG.4."""
+
+    PROCESSING_FAILURE = 0x0110
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    OUT_OF_RESOURCES = 0xA700
+    STUDY_UID_MISMATCH = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+
+
+@dataclass(frozen=True)
+class InstanceOutcome:
+    """What happened to one part of a STOW request."""
+
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    failure: FailureReason | None = None
+    detail: str | None = None
+    duplicate: bool = False
+
+    @property
+    def stored(self) -> bool:
+        return self.failure is None
+
+
+def stow_status(outcomes: list[InstanceOutcome]) -> int:
+    stored = sum(outcome.stored for outcome in outcomes)
+    if stored == len(outcomes) and stored:
+        return 200
+    return 202 if stored else 409
+
+
+def stow_response(outcomes: list[InstanceOutcome], dicomweb_root: str, study_uid: str | None) -> dict[str, Any]:
+    """The response data set in the DICOM JSON model."""
+    referenced = [_referenced_item(outcome, dicomweb_root) for outcome in outcomes if outcome.stored]
+    failed = [_failed_item(outcome) for outcome in outcomes if not outcome.stored]
+    body: dict[str, Any] = {}
+    if study_uid is not None:
+        body["00081190"] = {"vr": "UR", "Value": [f"{dicomweb_root}/studies/{study_uid}"]}
+    body["00081198"] = {"vr": "SQ", "Value": failed} if failed else {"vr": "SQ"}
+    body["00081199"] = {"vr": "SQ", "Value": referenced} if referenced else {"vr": "SQ"}
+    return body
+
+
+def _uid_element(value: str | None) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+def _referenced_item(outcome: InstanceOutcome, root: str) -> dict[str, Any]:
+    url = (
+        f"{root}/studies/{outcome.study_instance_uid}/series/{outcome.series_instance_uid}"
+        f"/instances/{outcome.sop_instance_uid}"
+    )
+    return {
+        "00081150": _uid_element(outcome.sop_class_uid),
+        "00081155": _uid_element(outcome.sop_instance_uid),
+        "00081190": {"vr": "UR", "Value": [url]},
+    }
+
+
+def _failed_item(outcome: InstanceOutcome) -> dict[str, Any]:
+    assert outcome.failure is not None
+    return {
+        "00081150": _uid_element(outcome.sop_class_uid),
+        "00081155": _uid_element(outcome.sop_instance_uid),
+        "00081197": {"vr": "US", "Value": [int(outcome.failure)]},
+    }

@@ -1,0 +1,1 @@
+"""MONAI inference (bundles, volumes, batched runs); empty until the inference issue lands."""

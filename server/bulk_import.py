@@ -1,0 +1,76 @@
+"""`medaiflow import`: load files and folders through the same path as STOW."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from server.dicomweb.context import Services
+from server.ingest import PreparedFile, prepare
+
+BATCH_SIZE = 100
+
+
+@dataclass
+class ImportSummary:
+    stored: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        lines = [f"stored {self.stored}, duplicate {self.duplicate}, rejected {self.rejected}"]
+        lines += [f"  rejected {problem}" for problem in self.problems[:20]]
+        if len(self.problems) > 20:
+            lines.append(f"  ... and {len(self.problems) - 20} more")
+        return "\n".join(lines)
+
+
+def _files(paths: list[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(child for child in path.rglob("*") if child.is_file())
+        elif path.is_file():
+            yield path
+
+
+def import_paths(services: Services, paths: list[Path], show_progress: bool = True) -> ImportSummary:
+    summary = ImportSummary()
+    missing = [path for path in paths if not path.exists()]
+    for path in missing:
+        summary.rejected += 1
+        summary.problems.append(f"{path}: no such file or folder")
+    files = list(_files([path for path in paths if path.exists()]))
+    batch: list[tuple[Path, PreparedFile]] = []
+    with tqdm(total=len(files), unit="file", disable=not show_progress) as progress:
+        for source in files:
+            writer = services.store.new_temp_file()
+            with open(source, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    writer.write(chunk)
+            batch.append((source, prepare(services.store, writer.finish())))
+            if len(batch) >= BATCH_SIZE:
+                _flush(services, batch, summary)
+                progress.update(len(batch))
+                batch = []
+        _flush(services, batch, summary)
+        progress.update(len(batch))
+    return summary
+
+
+def _flush(services: Services, batch: list[tuple[Path, PreparedFile]], summary: ImportSummary) -> None:
+    if not batch:
+        return
+    outcomes = services.ingestor.store_batch([prepared for _, prepared in batch])
+    for (source, _), outcome in zip(batch, outcomes, strict=True):
+        if outcome.failure is not None:
+            summary.rejected += 1
+            summary.problems.append(f"{source}: {outcome.detail or outcome.failure.name.lower()}")
+        elif outcome.duplicate:
+            summary.duplicate += 1
+        else:
+            summary.stored += 1
+
+
+

@@ -1,0 +1,81 @@
+"""`medaiflow` command line: serve, db upgrade, import."""
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from server.settings import load_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import build_services, create_app
+    from server.logs import configure_logging
+    from server.migrate import upgrade
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    services = build_services(settings)
+    upgrade(services.engine)
+    services.ingestor.recover()
+    app = create_app(settings, services)
+    uvicorn.run(
+        app,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=30,
+    )
+    return 0
+
+
+def _db_upgrade(_: argparse.Namespace) -> int:
+    from server.db import make_engine
+    from server.migrate import upgrade
+
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(make_engine(settings.resolved_database_url))
+    print("database schema is up to date")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from server.app import build_services
+    from server.bulk_import import import_paths
+    from server.migrate import upgrade
+
+    settings = load_settings()
+    services = build_services(settings)
+    upgrade(services.engine)
+    summary = import_paths(services, [Path(path) for path in args.paths], show_progress=not args.quiet)
+    print(summary.describe())
+    return 0 if summary.rejected == 0 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medaiflow", description="MedAIFlow DICOMweb and FHIR server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="migrate the database and run the server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(run=_serve)
+    db = commands.add_parser("db", help="database administration").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="apply the Alembic migrations").set_defaults(run=_db_upgrade)
+    importer = commands.add_parser("import", help="bulk-load DICOM files or folders (recursive)")
+    importer.add_argument("paths", nargs="+")
+    importer.add_argument("--quiet", action="store_true", help="no progress bar")
+    importer.set_defaults(run=_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""QIDO-RS (PS3.18 §10.6): condition objects from `dicom.matching` made into SQL.
+
+The matching rules themselves live in `dicom/`; this module only knows which
+column holds each key and how the levels join.
+"""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, Engine, Select, and_, distinct, exists, func, select, true
+
+from dicom.matching import (
+    Condition,
+    PersonNameMatch,
+    QidoQuery,
+    Range,
+    SequenceMatch,
+    SingleValue,
+    UidList,
+    ValueList,
+    Wildcard,
+    fuzzy_name_tokens,
+    wildcard_to_like,
+)
+from server.tables import instances, series, series_requests, studies
+
+# Where each matching key lives: the column it is compared with, and for PN
+# the normalised column that fuzzy matching searches.
+_COLUMNS: dict[int, Any] = {
+    0x00080020: studies.c.study_date,
+    0x00080030: studies.c.study_time,
+    0x00080050: studies.c.accession_number,
+    0x00080090: studies.c.referring_physician_name,
+    0x00081030: studies.c.study_description,
+    0x00100010: studies.c.patient_name,
+    0x00100020: studies.c.patient_id,
+    0x00100021: studies.c.issuer_of_patient_id,
+    0x00100030: studies.c.patient_birth_date,
+    0x00100040: studies.c.patient_sex,
+    0x0020000D: studies.c.study_instance_uid,
+    0x00200010: studies.c.study_id,
+    0x00080060: series.c.modality,
+    0x0008103E: series.c.series_description,
+    0x00180015: series.c.body_part_examined,
+    0x0020000E: series.c.series_instance_uid,
+    0x00200011: series.c.series_number,
+    0x00400244: series.c.performed_procedure_step_start_date,
+    0x00400245: series.c.performed_procedure_step_start_time,
+    0x00080016: instances.c.sop_class_uid,
+    0x00080018: instances.c.sop_instance_uid,
+    0x00200013: instances.c.instance_number,
+    0x00401001: series_requests.c.requested_procedure_id,
+    0x00400009: series_requests.c.scheduled_procedure_step_id,
+}
+_NAME_SEARCH_COLUMNS = {
+    0x00100010: studies.c.patient_name_search,
+    0x00080090: studies.c.referring_physician_name_search,
+}
+_MODALITIES_IN_STUDY = 0x00080061
+_REQUEST_ATTRIBUTES_SEQUENCE = 0x00400275
+_INTEGER_TAGS = {0x00200011, 0x00200013}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The UIDs fixed by the URL path (e.g. /studies/{study}/series)."""
+
+    study_uid: str | None = None
+    series_uid: str | None = None
+
+
+def _clause(condition: Condition) -> ColumnElement[bool]:
+    if isinstance(condition, SequenceMatch):
+        if condition.tag != _REQUEST_ATTRIBUTES_SEQUENCE:
+            raise AssertionError(f"no sequence table for {condition.keyword}")
+        return exists().where(
+            series_requests.c.series_pk == series.c.id, *(_clause(item) for item in condition.conditions)
+        )
+    if condition.tag == _MODALITIES_IN_STUDY:
+        values = condition.values if isinstance(condition, ValueList) else (condition.value,)  # type: ignore[union-attr]
+        # An alias, so that at series level the subquery looks at every series
+        # of the study rather than correlating with the outer series row.
+        sibling = series.alias("sibling_series")
+        return exists().where(sibling.c.study_pk == studies.c.id, sibling.c.modality.in_(values))
+    column = _COLUMNS[condition.tag]
+    if isinstance(condition, SingleValue):
+        return column == (int(condition.value) if condition.tag in _INTEGER_TAGS else condition.value)
+    if isinstance(condition, (UidList, ValueList)):
+        return column.in_(condition.values)
+    if isinstance(condition, Wildcard):
+        pattern, escape = wildcard_to_like(condition.pattern)
+        return column.like(pattern, escape=escape)
+    if isinstance(condition, Range):
+        bounds = []
+        if condition.low is not None:
+            bounds.append(column >= condition.low)
+        if condition.high is not None:
+            bounds.append(column <= condition.high)
+        return and_(*bounds)
+    if isinstance(condition, PersonNameMatch):
+        if condition.fuzzy:
+            search = _NAME_SEARCH_COLUMNS[condition.tag]
+            likes = []
+            for token in fuzzy_name_tokens(condition.value):
+                pattern, escape = wildcard_to_like(token)
+                likes.append(search.like(f"% {pattern}%", escape=escape))
+            return and_(*likes)
+        if condition.is_wildcard:
+            pattern, escape = wildcard_to_like(condition.value)
+            return column.like(pattern, escape=escape)
+        return column == condition.value
+    raise AssertionError(f"unhandled condition {condition!r}")
+
+
+def _statement(query: QidoQuery, scope: Scope) -> Select[Any]:
+    conditions = [_clause(condition) for condition in query.conditions]
+    if scope.study_uid is not None:
+        conditions.append(studies.c.study_instance_uid == scope.study_uid)
+    if scope.series_uid is not None:
+        conditions.append(series.c.series_instance_uid == scope.series_uid)
+    if query.level == "study":
+        statement = select(studies.c.id, studies.c.study_instance_uid, studies.c.attributes_json)
+        order = studies.c.id
+    elif query.level == "series":
+        statement = select(
+            series.c.id,
+            studies.c.study_instance_uid,
+            series.c.series_instance_uid,
+            studies.c.attributes_json.label("study_json"),
+            series.c.attributes_json,
+        ).join_from(series, studies, series.c.study_pk == studies.c.id)
+        order = series.c.id
+    else:
+        statement = (
+            select(
+                instances.c.id,
+                studies.c.study_instance_uid,
+                series.c.series_instance_uid,
+                instances.c.sop_instance_uid,
+                instances.c.transfer_syntax_uid,
+                studies.c.attributes_json.label("study_json"),
+                series.c.attributes_json.label("series_json"),
+                instances.c.metadata_json,
+            )
+            .join_from(instances, series, instances.c.series_pk == series.c.id)
+            .join(studies, instances.c.study_pk == studies.c.id)
+        )
+        order = instances.c.id
+    # Insertion order is stable, so limit/offset pages neither repeat nor skip.
+    return statement.where(and_(true(), *conditions)).order_by(order).limit(query.limit).offset(query.offset)
+
+
+def search(engine: Engine, query: QidoQuery, scope: Scope, dicomweb_root: str) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = connection.execute(_statement(query, scope)).all()
+        if query.level == "study":
+            counts = _study_counts(connection, [row.id for row in rows])
+        elif query.level == "series":
+            counts = _series_counts(connection, [row.id for row in rows])
+        else:
+            counts = {}
+    keep = None if query.include_all else query.result_tags
+    results = []
+    for row in rows:
+        study_url = f"{dicomweb_root}/studies/{row.study_instance_uid}"
+        if query.level == "study":
+            n_series, n_instances, modalities = counts.get(row.id, (0, 0, []))
+            merged = orjson.loads(row.attributes_json) | {
+                "00080056": _cs("ONLINE"),
+                "00080061": {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"},
+                "00081190": {"vr": "UR", "Value": [study_url]},
+                "00201206": {"vr": "IS", "Value": [n_series]},
+                "00201208": {"vr": "IS", "Value": [n_instances]},
+            }
+        elif query.level == "series":
+            merged = orjson.loads(row.study_json) | orjson.loads(row.attributes_json) | {
+                "00081190": {"vr": "UR", "Value": [f"{study_url}/series/{row.series_instance_uid}"]},
+                "00201209": {"vr": "IS", "Value": [counts.get(row.id, 0)]},
+            }
+        else:
+            url = f"{study_url}/series/{row.series_instance_uid}/instances/{row.sop_instance_uid}"
+            merged = (
+                orjson.loads(row.study_json)
+                | orjson.loads(row.series_json)
+                | orjson.loads(row.metadata_json)
+                | {
+                    "00080056": _cs("ONLINE"),
+                    "00081190": {"vr": "UR", "Value": [url]},
+                    "00083002": {"vr": "UI", "Value": [row.transfer_syntax_uid]},
+                }
+            )
+        results.append(_select_sorted(merged, keep))
+    return results
+
+
+def _cs(value: str) -> dict[str, Any]:
+    return {"vr": "CS", "Value": [value]}
+
+
+def _select_sorted(attributes: dict[str, Any], keep: frozenset[int] | None) -> dict[str, Any]:
+    # Bulk data is never part of a QIDO answer: a result is a summary, and
+    # PS3.18 §10.6.3 leaves binary attributes out of it.
+    return {
+        key: value
+        for key, value in sorted(attributes.items())
+        if (keep is None or int(key, 16) in keep) and "BulkDataURI" not in value and "InlineBinary" not in value
+    }
+
+
+def _study_counts(connection: Any, study_pks: Sequence[int]) -> dict[int, tuple[int, int, list[str]]]:
+    if not study_pks:
+        return {}
+    instance_counts = dict(
+        connection.execute(
+            select(instances.c.study_pk, func.count())
+            .where(instances.c.study_pk.in_(study_pks))
+            .group_by(instances.c.study_pk)
+        ).all()
+    )
+    series_counts: dict[int, int] = defaultdict(int)
+    modalities: dict[int, list[str]] = defaultdict(list)
+    for study_pk, modality, count in connection.execute(
+        select(series.c.study_pk, series.c.modality, func.count(distinct(series.c.id)))
+        .where(series.c.study_pk.in_(study_pks))
+        .group_by(series.c.study_pk, series.c.modality)
+        .order_by(series.c.study_pk, series.c.modality)
+    ):
+        series_counts[study_pk] += count
+        if modality:
+            modalities[study_pk].append(modality)
+    return {pk: (series_counts[pk], instance_counts.get(pk, 0), modalities[pk]) for pk in study_pks}
+
+
+def _series_counts(connection: Any, series_pks: Sequence[int]) -> dict[int, int]:
+    if not series_pks:
+        return {}
+    return dict(
+        connection.execute(
+            select(instances.c.series_pk, func.count())
+            .where(instances.c.series_pk.in_(series_pks))
+            .group_by(instances.c.series_pk)
+        ).all()
+    )
+
+

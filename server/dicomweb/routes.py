@@ -1,0 +1,158 @@
+"""The DICOMweb route table (PS3.18 §10): every URL of the service, in one place.
+
+Routes parse the request and hand it to the handler of their service
+module; they hold no logic of their own.
+"""
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from dicom.errors import NotAcceptable
+from dicom.matching import parse_qido_query
+from dicom.media_types import admits_part
+from dicom.uids import require_uid
+from server.dicomweb import delete, qido, stow, wado
+from server.dicomweb.context import dicomweb_root, services
+
+router = APIRouter(tags=["DICOMweb"])
+DICOM_JSON = "application/dicom+json"
+
+
+# --- STOW-RS -----------------------------------------------------------------
+@router.post("/studies")
+async def store(request: Request) -> Response:
+    return await stow.store_instances(request, services(request), None)
+
+
+@router.post("/studies/{study}")
+async def store_in_study(request: Request, study: str) -> Response:
+    return await stow.store_instances(request, services(request), study)
+
+
+# --- QIDO-RS -----------------------------------------------------------------
+async def _search(request: Request, level: str, scope: qido.Scope) -> Response:
+    accept = wado.negotiated_accept(request)
+    if not any(admits_part(r, DICOM_JSON, DICOM_JSON) or admits_part(r, "application/json", DICOM_JSON) for r in accept):
+        raise NotAcceptable("QIDO-RS answers in application/dicom+json only")
+    current = services(request)
+    query = parse_qido_query(level, list(request.query_params.multi_items()), current.settings.qido_max_limit)
+    results = await run_in_threadpool(qido.search, current.engine, query, scope, dicomweb_root(request))
+    # An empty match is 200 with [] (declared in the conformance statement), so
+    # clients need not special-case 204.
+    return Response(orjson.dumps(results), media_type=DICOM_JSON)
+
+
+@router.get("/studies")
+async def search_studies(request: Request) -> Response:
+    return await _search(request, "study", qido.Scope())
+
+
+@router.get("/series")
+async def search_series(request: Request) -> Response:
+    return await _search(request, "series", qido.Scope())
+
+
+@router.get("/instances")
+async def search_instances(request: Request) -> Response:
+    return await _search(request, "instance", qido.Scope())
+
+
+@router.get("/studies/{study}/series")
+async def search_series_in_study(request: Request, study: str) -> Response:
+    return await _search(request, "series", qido.Scope(require_uid(study, "StudyInstanceUID")))
+
+
+@router.get("/studies/{study}/instances")
+async def search_instances_in_study(request: Request, study: str) -> Response:
+    return await _search(request, "instance", qido.Scope(require_uid(study, "StudyInstanceUID")))
+
+
+@router.get("/studies/{study}/series/{series}/instances")
+async def search_instances_in_series(request: Request, study: str, series: str) -> Response:
+    scope = qido.Scope(require_uid(study, "StudyInstanceUID"), require_uid(series, "SeriesInstanceUID"))
+    return await _search(request, "instance", scope)
+
+
+# --- WADO-RS -----------------------------------------------------------------
+@router.get("/studies/{study}")
+async def retrieve_study(request: Request, study: str) -> Response:
+    return await wado.retrieve_instances(request, services(request), study)
+
+
+@router.get("/studies/{study}/series/{series}")
+async def retrieve_series(request: Request, study: str, series: str) -> Response:
+    return await wado.retrieve_instances(request, services(request), study, series)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}")
+async def retrieve_instance(request: Request, study: str, series: str, instance: str) -> Response:
+    return await wado.retrieve_instances(request, services(request), study, series, instance)
+
+
+@router.get("/studies/{study}/metadata")
+async def study_metadata(request: Request, study: str) -> Response:
+    return await wado.retrieve_metadata(request, services(request), study)
+
+
+@router.get("/studies/{study}/series/{series}/metadata")
+async def series_metadata(request: Request, study: str, series: str) -> Response:
+    return await wado.retrieve_metadata(request, services(request), study, series)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
+async def instance_metadata(request: Request, study: str, series: str, instance: str) -> Response:
+    return await wado.retrieve_metadata(request, services(request), study, series, instance)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
+async def retrieve_frames(request: Request, study: str, series: str, instance: str, frames: str) -> Response:
+    return await wado.retrieve_frames(request, services(request), study, series, instance, frames)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}")
+async def retrieve_bulk_data(request: Request, study: str, series: str, instance: str, tag_path: str) -> Response:
+    return await wado.retrieve_bulk_data(request, services(request), study, series, instance, tag_path)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
+async def rendered_instance(request: Request, study: str, series: str, instance: str) -> Response:
+    return await wado.retrieve_rendered(request, services(request), study, series, instance)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered")
+async def rendered_frame(request: Request, study: str, series: str, instance: str, frames: str) -> Response:
+    return await wado.retrieve_rendered(request, services(request), study, series, instance, frames)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
+async def instance_thumbnail(request: Request, study: str, series: str, instance: str) -> Response:
+    return await wado.retrieve_rendered(request, services(request), study, series, instance, as_thumbnail=True)
+
+
+# --- DELETE ------------------------------------------------------------------
+async def _delete(request: Request, study: str, series: str | None = None, instance: str | None = None) -> Response:
+    current = services(request)
+    require_uid(study, "StudyInstanceUID")
+    removed = await run_in_threadpool(
+        delete.delete_resources, current.engine, current.ingestor, study, series, instance
+    )
+    return Response(orjson.dumps({"deletedInstances": removed}), media_type="application/json")
+
+
+@router.delete("/studies/{study}")
+async def delete_study(request: Request, study: str) -> Response:
+    return await _delete(request, study)
+
+
+@router.delete("/studies/{study}/series/{series}")
+async def delete_series(request: Request, study: str, series: str) -> Response:
+    return await _delete(request, study, require_uid(series, "SeriesInstanceUID"))
+
+
+@router.delete("/studies/{study}/series/{series}/instances/{instance}")
+async def delete_instance(request: Request, study: str, series: str, instance: str) -> Response:
+    return await _delete(
+        request, study, require_uid(series, "SeriesInstanceUID"), require_uid(instance, "SOPInstanceUID")
+    )

@@ -1,0 +1,117 @@
+"""STOW-RS (PS3.18 §10.5): stream the request's parts to disk, then store them.
+
+Nothing is stored until the whole body has arrived and its framing checked:
+a request that dies half way, or whose multipart body never closes, leaves
+nothing behind.
+"""
+
+import asyncio
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from dicom.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from dicom.multipart import MultipartReader, PartData, PartEnd, PartStart, parse_content_type
+from dicom.stow import FailureReason, InstanceOutcome, stow_response, stow_status
+from dicom.uids import require_uid
+from server.dicomweb.context import Services, dicomweb_root
+from server.ingest import prepare
+from server.storage import ReceivedFile, TempFileWriter
+
+DICOM_MEDIA_TYPE = "application/dicom"
+DICOM_JSON_MEDIA_TYPE = "application/dicom+json"
+
+
+def _boundary_of(content_type_header: str | None) -> str:
+    if not content_type_header:
+        raise UnsupportedMediaType("STOW-RS needs Content-Type multipart/related; type=\"application/dicom\"")
+    content_type = parse_content_type(content_type_header)
+    if content_type.media_type != "multipart/related":
+        raise UnsupportedMediaType(
+            f"STOW-RS takes multipart/related; type=\"application/dicom\", not {content_type.media_type}"
+        )
+    part_type = content_type.params.get("type", DICOM_MEDIA_TYPE).lower()
+    if part_type != DICOM_MEDIA_TYPE:
+        raise UnsupportedMediaType(
+            f"this server stores Part 10 files (type=\"application/dicom\"); type=\"{part_type}\" is not supported"
+        )
+    boundary = content_type.params.get("boundary")
+    if not boundary:
+        raise InvalidRequest("the multipart/related Content-Type has no boundary parameter")
+    return boundary
+
+
+async def _receive_parts(request: Request, services: Services, boundary: str) -> list[ReceivedFile | str]:
+    """Each part as a temp file, or as the reason it was refused; raises if the body is malformed."""
+    limit = services.settings.max_stow_bytes
+    reader = MultipartReader(boundary, DICOM_MEDIA_TYPE)
+    parts: list[ReceivedFile | str] = []
+    writer: TempFileWriter | None = None
+    refused: str | None = None
+    received_bytes = 0
+    try:
+        async for chunk in request.stream():
+            received_bytes += len(chunk)
+            if received_bytes > limit:
+                raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            for event in reader.feed(chunk):
+                if isinstance(event, PartData):
+                    if writer is not None:
+                        writer.write(event.data)
+                elif isinstance(event, PartStart):
+                    if event.content_type.split(";")[0].strip().lower() == DICOM_MEDIA_TYPE:
+                        writer = services.store.new_temp_file()
+                    else:
+                        refused = f"a part of type {event.content_type[:60]!r} is not application/dicom"
+                elif isinstance(event, PartEnd):
+                    if writer is not None:
+                        parts.append(writer.finish())
+                        writer = None
+                    else:
+                        parts.append(refused or "empty part")
+                    refused = None
+        reader.close()
+    except ClientDisconnect:
+        _discard(parts, writer)
+        raise InvalidRequest("the client closed the connection before the body was complete") from None
+    except BaseException:
+        _discard(parts, writer)
+        raise
+    return parts
+
+
+def _discard(parts: list[ReceivedFile | str], writer: TempFileWriter | None) -> None:
+    if writer is not None:
+        writer.abort()
+    for part in parts:
+        if isinstance(part, ReceivedFile):
+            part.temp_path.unlink(missing_ok=True)
+
+
+async def store_instances(request: Request, services: Services, study_uid: str | None) -> Response:
+    if study_uid is not None:
+        require_uid(study_uid, "StudyInstanceUID")
+    boundary = _boundary_of(request.headers.get("content-type"))
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > services.settings.max_stow_bytes:
+        raise PayloadTooLarge(f"the request body is larger than the limit of {services.settings.max_stow_bytes} bytes")
+    parts = await _receive_parts(request, services, boundary)
+    if not parts:
+        raise InvalidRequest("the multipart body has no parts")
+    received = [part for part in parts if isinstance(part, ReceivedFile)]
+    try:
+        prepared = await asyncio.gather(*(asyncio.to_thread(prepare, services.store, item) for item in received))
+        stored = iter(await asyncio.to_thread(services.ingestor.store_batch, list(prepared), study_uid))
+    except BaseException:
+        _discard(parts, None)
+        raise
+    outcomes = [
+        next(stored)
+        if isinstance(part, ReceivedFile)
+        else InstanceOutcome(None, None, None, None, failure=FailureReason.CANNOT_UNDERSTAND, detail=part)
+        for part in parts
+    ]
+    body = stow_response(outcomes, dicomweb_root(request), study_uid)
+    return Response(orjson.dumps(body), status_code=stow_status(outcomes), media_type=DICOM_JSON_MEDIA_TYPE)
+

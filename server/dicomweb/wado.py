@@ -1,0 +1,127 @@
+"""WADO-RS (PS3.18 §10.4): instances, metadata, frames, bulk data, rendered.
+
+Each handler negotiates first and streams second, so a 406 or 404 is
+answered before any byte of a multipart body goes out.
+"""
+
+from collections.abc import Iterable, Iterator
+from functools import partial
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from dicom.bulkdata import parse_tag_path, read_bulk_data
+from dicom.errors import InvalidRequest, NotAcceptable
+from dicom.frames import parse_frame_list, read_frames
+from dicom.instance import BULK_DATA_BASE_MARKER
+from dicom.media_types import MediaRange, accept_from_request, admits_part
+from dicom.multipart import iter_file, iter_multipart, multipart_related_type, new_boundary
+from dicom.rendering import parse_render_params, render_frame, thumbnail
+from dicom.transfer_syntax import can_decompress, choose_instance_syntax, is_native, transcode_to
+from server.dicomweb.context import Services, dicomweb_root
+from server.dicomweb.lookup import StoredInstance, find_instances
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+OCTET_STREAM = "application/octet-stream"
+_PIXEL_DATA_PATH = (0x7FE00010,)
+
+
+def negotiated_accept(request: Request) -> list[MediaRange]:
+    return accept_from_request(
+        request.query_params.getlist("accept"), request.headers.getlist("accept")
+    )
+
+
+def _instance_part(instance: StoredInstance, syntax: str) -> tuple[str, Iterator[bytes]]:
+    content_type = f"{DICOM}; transfer-syntax={syntax}"
+    if syntax == instance.transfer_syntax_uid:
+        return content_type, iter_file(instance.absolute_path)
+    return content_type, iter((transcode_to(instance.absolute_path, syntax),))
+
+
+def _multipart(parts: Iterable[tuple[str, Iterator[bytes]]], part_type: str) -> StreamingResponse:
+    boundary = new_boundary()
+    return StreamingResponse(
+        iter_multipart(boundary, parts), media_type=multipart_related_type(boundary, part_type)
+    )
+
+
+async def retrieve_instances(
+    request: Request, services: Services, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+) -> Response:
+    accept = negotiated_accept(request)
+    found = await run_in_threadpool(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid)
+    chosen = [
+        (instance, choose_instance_syntax(accept, instance.transfer_syntax_uid, can_decompress(instance.transfer_syntax_uid)))
+        for instance, _ in found
+    ]
+    # Lazily built parts: a transcoded instance is produced only when its turn comes.
+    return _multipart((_instance_part(instance, syntax) for instance, syntax in chosen), DICOM)
+
+
+async def retrieve_metadata(
+    request: Request, services: Services, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+) -> Response:
+    accept = negotiated_accept(request)
+    if not any(admits_part(range_, DICOM_JSON, DICOM_JSON) or admits_part(range_, "application/json", DICOM_JSON) for range_ in accept):
+        raise NotAcceptable("metadata is available as application/dicom+json only")
+    found = await run_in_threadpool(
+        partial(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid, with_metadata=True)
+    )
+    body = b"[" + b",".join(metadata for _, metadata in found if metadata is not None) + b"]"
+    body = body.replace(b'"' + BULK_DATA_BASE_MARKER.encode(), b'"' + dicomweb_root(request).encode())
+    return Response(body, media_type=DICOM_JSON)
+
+
+async def retrieve_frames(
+    request: Request, services: Services, study_uid: str, series_uid: str, sop_uid: str, frame_list: str
+) -> Response:
+    numbers = parse_frame_list(frame_list)
+    accept = negotiated_accept(request)
+    [(instance, _)] = await run_in_threadpool(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid)
+    frames = await run_in_threadpool(read_frames, instance.absolute_path, numbers, accept)
+    part_type = frames[0][0].split(";")[0]
+    return _multipart([(content_type, iter((data,))) for content_type, data in frames], part_type)
+
+
+async def retrieve_bulk_data(
+    request: Request, services: Services, study_uid: str, series_uid: str, sop_uid: str, tag_path_text: str
+) -> Response:
+    tag_path = parse_tag_path(tag_path_text)
+    accept = negotiated_accept(request)
+    [(instance, _)] = await run_in_threadpool(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid)
+    if tag_path == _PIXEL_DATA_PATH and not is_native(instance.transfer_syntax_uid):
+        # Encapsulated pixel data is only meaningful frame by frame (PS3.18 §8.7.3.3.2).
+        all_frames = list(range(1, instance.number_of_frames + 1))
+        frames = await run_in_threadpool(read_frames, instance.absolute_path, all_frames, accept)
+        part_type = frames[0][0].split(";")[0]
+        return _multipart([(content_type, iter((data,))) for content_type, data in frames], part_type)
+    if not any(admits_part(range_, OCTET_STREAM, OCTET_STREAM) for range_ in accept):
+        raise NotAcceptable("bulk data is available as application/octet-stream")
+    data = await run_in_threadpool(read_bulk_data, instance.absolute_path, tag_path)
+    return _multipart([(OCTET_STREAM, iter((data,)))], OCTET_STREAM)
+
+
+async def retrieve_rendered(
+    request: Request,
+    services: Services,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    frame_list: str | None = None,
+    as_thumbnail: bool = False,
+) -> Response:
+    accept_types = [range_.media_type for range_ in negotiated_accept(request)]
+    params = parse_render_params(list(request.query_params.multi_items()), accept_types)
+    [(instance, _)] = await run_in_threadpool(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid)
+    if as_thumbnail:
+        image = await run_in_threadpool(thumbnail, instance.absolute_path, params)
+    else:
+        numbers = parse_frame_list(frame_list) if frame_list else [1]
+        if len(numbers) != 1:
+            raise InvalidRequest("rendered frames are sent one at a time: ask for a single frame")
+        image = await run_in_threadpool(render_frame, instance.absolute_path, numbers[0], params)
+    return Response(image, media_type=params.media_type)
+

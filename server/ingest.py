@@ -1,0 +1,233 @@
+"""Storing received payloads: file and index row together, or neither.
+
+Order of work for a batch (STYLE 7):
+1. each payload is fsynced under tmp/ and its header described;
+2. the final paths are journaled and committed;
+3. the files are renamed into place;
+4. the index rows are written and the journal entries of the files now
+   referenced are cleared, in one transaction;
+5. files no longer referenced (resends, replaced versions, failed rows) are
+   deleted and their journal entries cleared.
+A crash between any two steps leaves only journaled files, which `recover`
+removes unless a committed row points at them.
+"""
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicom.errors import DicomError
+from dicom.instance import InstanceDescription, describe_instance
+from dicom.stow import FailureReason, InstanceOutcome
+from server import index
+from server.db import write_connection
+from server.storage import FileStore, ReceivedFile
+from server.tables import instances, storage_journal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedFile:
+    received: ReceivedFile
+    description: InstanceDescription | None
+    problem: str | None
+
+
+def prepare(store: FileStore, received: ReceivedFile) -> PreparedFile:
+    """fsync and describe one payload; a payload we cannot read is kept as a problem, not raised."""
+    try:
+        store.make_durable(received)
+        return PreparedFile(received, describe_instance(received.temp_path), None)
+    except DicomError as error:
+        return PreparedFile(received, None, error.message)
+    except OSError as error:
+        return PreparedFile(received, None, f"could not read the payload: {error.strerror}")
+    except Exception as error:  # noqa: BLE001
+        # pydicom signals malformed input with many exception types; any of
+        # them means "cannot understand" for this one payload, not a 500.
+        return PreparedFile(received, None, f"not a readable DICOM file ({type(error).__name__})")
+
+
+@dataclass
+class _Candidate:
+    prepared: PreparedFile
+    description: InstanceDescription
+    relative_path: str
+    outcome: InstanceOutcome | None = None
+
+
+def _outcome(description: InstanceDescription | None, **extra: object) -> InstanceOutcome:
+    if description is None:
+        return InstanceOutcome(None, None, None, None, **extra)  # type: ignore[arg-type]
+    return InstanceOutcome(
+        sop_class_uid=description.instance.sop_class_uid,
+        sop_instance_uid=description.instance.sop_instance_uid,
+        study_instance_uid=description.study.study_instance_uid,
+        series_instance_uid=description.series.series_instance_uid,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+class Ingestor:
+    def __init__(self, engine: Engine, store: FileStore) -> None:
+        self.engine = engine
+        self.store = store
+
+    def store_batch(self, batch: list[PreparedFile], required_study_uid: str | None = None) -> list[InstanceOutcome]:
+        """Store a batch; the outcomes come back in the order of `batch`."""
+        outcomes: dict[int, InstanceOutcome] = {}
+        candidates: list[tuple[int, _Candidate]] = []
+        for position, prepared in enumerate(batch):
+            description = prepared.description
+            if description is None:
+                outcomes[position] = _outcome(None, failure=FailureReason.CANNOT_UNDERSTAND, detail=prepared.problem)
+            elif required_study_uid is not None and description.study.study_instance_uid != required_study_uid:
+                outcomes[position] = _outcome(
+                    description,
+                    failure=FailureReason.STUDY_UID_MISMATCH,
+                    detail=f"StudyInstanceUID differs from {required_study_uid} in the request URL",
+                )
+            else:
+                i = description.instance
+                path = self.store.relative_path_for(
+                    description.study.study_instance_uid, description.series.series_instance_uid, i.sop_instance_uid
+                )
+                candidates.append((position, _Candidate(prepared, description, path)))
+        # One lock order for every writer: concurrent requests for the same
+        # studies then queue instead of deadlocking on PostgreSQL.
+        candidates.sort(key=lambda item: _lock_order(item[1].description))
+        self._store_candidates([candidate for _, candidate in candidates])
+        for position, candidate in candidates:
+            assert candidate.outcome is not None
+            outcomes[position] = candidate.outcome
+        for prepared in batch:
+            prepared.received.temp_path.unlink(missing_ok=True)
+        return [outcomes[position] for position in range(len(batch))]
+
+    def _store_candidates(self, candidates: list[_Candidate]) -> None:
+        if not candidates:
+            return
+        try:
+            with write_connection(self.engine) as connection:
+                index.journal_files(connection, [candidate.relative_path for candidate in candidates])
+        except SQLAlchemyError:
+            log.exception("could not journal a STOW batch")
+            for candidate in candidates:
+                candidate.outcome = _outcome(candidate.description, failure=FailureReason.OUT_OF_RESOURCES)
+            return
+        placed: list[_Candidate] = []
+        for candidate in candidates:
+            try:
+                self.store.place(candidate.prepared.received, candidate.relative_path)
+                placed.append(candidate)
+            except OSError as error:
+                candidate.outcome = _outcome(
+                    candidate.description, failure=FailureReason.OUT_OF_RESOURCES, detail=error.strerror
+                )
+        unreferenced = [candidate.relative_path for candidate in candidates if candidate not in placed]
+        try:
+            unreferenced += self._index(placed)
+        except SQLAlchemyError:
+            log.exception("could not index a STOW batch")
+            for candidate in placed:
+                candidate.outcome = _outcome(candidate.description, failure=FailureReason.PROCESSING_FAILURE)
+            unreferenced += [candidate.relative_path for candidate in placed]
+        self.discard(unreferenced)
+
+    def _index(self, placed: list[_Candidate]) -> list[str]:
+        """Write the rows; return the files that no row references afterwards."""
+        unreferenced: list[str] = []
+        referenced: list[str] = []
+        superseded: list[str] = []
+        study_pks: dict[str, int] = {}
+        series_pks: dict[str, int] = {}
+        with write_connection(self.engine) as connection:
+            for candidate in placed:
+                description = candidate.description
+                received = candidate.prepared.received
+                try:
+                    with connection.begin_nested():
+                        # Cached keys are only trusted once their savepoint has
+                        # committed; a rolled-back upsert must not be reused.
+                        study_uid = description.study.study_instance_uid
+                        study_pk = study_pks.get(study_uid) or index.upsert_study(
+                            connection, description.study, description.study_attributes
+                        )
+                        series_uid = description.series.series_instance_uid
+                        series_pk = series_pks.get(series_uid) or index.upsert_series(
+                            connection, study_pk, description.series, description.series_attributes
+                        )
+                        written = index.write_instance(
+                            connection,
+                            description,
+                            study_pk,
+                            series_pk,
+                            candidate.relative_path,
+                            received.size,
+                            received.sha256,
+                        )
+                    study_pks[study_uid] = study_pk
+                    series_pks[series_uid] = series_pk
+                except SQLAlchemyError as error:
+                    log.warning("index write failed for one instance: %s", type(error).__name__)
+                    candidate.outcome = _outcome(description, failure=FailureReason.PROCESSING_FAILURE)
+                    unreferenced.append(candidate.relative_path)
+                    continue
+                if written.change is index.InstanceChange.UNCHANGED:
+                    unreferenced.append(candidate.relative_path)
+                    candidate.outcome = _outcome(description, duplicate=True)
+                else:
+                    referenced.append(candidate.relative_path)
+                    candidate.outcome = _outcome(description)
+                    if written.superseded_file:
+                        superseded.append(written.superseded_file)
+            index.clear_journal(connection, referenced)
+            index.journal_files(connection, superseded)
+        return unreferenced + superseded
+
+    def discard(self, relative_paths: Iterable[str]) -> None:
+        """Delete journaled files that no row references, then their journal entries."""
+        paths = list(relative_paths)
+        if not paths:
+            return
+        for path in paths:
+            self.store.remove(path)
+        try:
+            with write_connection(self.engine) as connection:
+                index.clear_journal(connection, paths)
+        except SQLAlchemyError:
+            log.exception("journal entries left for recovery")
+
+    def recover(self) -> int:
+        """Finish the clean-up of requests that died; returns how many files were removed.
+
+        Assumes no other process is ingesting into the same store right now
+        (it runs at start-up, before the server accepts requests).
+        """
+        self.store.clear_temp()
+        with self.engine.connect() as connection:
+            journaled = connection.execute(select(storage_journal.c.file_path)).scalars().all()
+            referenced = set(
+                connection.execute(
+                    select(instances.c.file_path).where(instances.c.file_path.in_(journaled))
+                ).scalars()
+            ) if journaled else set()
+        orphans = [path for path in journaled if path not in referenced]
+        for path in orphans:
+            self.store.remove(path)
+        if journaled:
+            with write_connection(self.engine) as connection:
+                index.clear_journal(connection, list(journaled))
+        return len(orphans)
+
+
+def _lock_order(description: InstanceDescription) -> tuple[str, str, str]:
+    return (
+        description.study.study_instance_uid,
+        description.series.series_instance_uid,
+        description.instance.sop_instance_uid,
+    )

@@ -1,0 +1,43 @@
+"""Settings, read from `MEDAIFLOW_*` environment variables.
+
+Built by `load_settings()` at start-up, never at import time, so a test can
+make a server with its own data directory and database.
+"""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDAIFLOW_", extra="ignore")
+
+    data_dir: Path = Path("var")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; SQLite under data_dir when unset"
+    )
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cors_origins: str = Field(default="", description="comma-separated origins, or *")
+    max_stow_bytes: int = Field(default=4 * 1024**3, description="413 above this request size")
+    qido_max_limit: int = 1000
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'medaiflow.sqlite3').resolve()}"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "dicom"
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

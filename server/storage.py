@@ -1,0 +1,100 @@
+"""Instance files on disk, written so that a crash never leaves half a file.
+
+Every file is first written under `tmp/`, fsynced, then renamed into
+`<study>/<series>/<sop>.<token>.dcm`. The token makes each stored version a
+new name, so replacing an instance never overwrites the file that the index
+still points to until the new row is committed.
+"""
+
+import hashlib
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from dicom.uids import require_uid
+
+
+@dataclass(frozen=True)
+class ReceivedFile:
+    """A payload written and fsynced under `tmp/`, not yet part of the store."""
+
+    temp_path: Path
+    size: int
+    sha256: str
+
+
+class TempFileWriter:
+    """Receives one payload in chunks, hashing as it goes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO = open(path, "wb")
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self._size += len(data)
+
+    def abort(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def finish(self) -> ReceivedFile:
+        """Close without fsync; `FileStore.make_durable` syncs later, off the event loop."""
+        self._file.close()
+        return ReceivedFile(self.path, self._size, self._hash.hexdigest())
+
+
+class FileStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.temp_dir = self.root / "tmp"
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.temp_dir.mkdir(exist_ok=True)
+
+    def clear_temp(self) -> None:
+        """Payloads of requests that died before their files were stored."""
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+
+    def new_temp_file(self) -> TempFileWriter:
+        return TempFileWriter(self.temp_dir / f"{secrets.token_hex(12)}.part")
+
+    @staticmethod
+    def make_durable(received: ReceivedFile) -> None:
+        with open(received.temp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+
+    @staticmethod
+    def relative_path_for(study_uid: str, series_uid: str, sop_uid: str) -> str:
+        for uid, what in ((study_uid, "Study"), (series_uid, "Series"), (sop_uid, "SOP Instance")):
+            require_uid(uid, f"{what} Instance UID")
+        return f"{study_uid}/{series_uid}/{sop_uid}.{secrets.token_hex(4)}.dcm"
+
+    def place(self, received: ReceivedFile, relative_path: str) -> None:
+        target = self.absolute(relative_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(received.temp_path, target)
+
+    def absolute(self, relative_path: str) -> Path:
+        return self.root / relative_path
+
+    def remove(self, relative_path: str) -> None:
+        path = self.absolute(relative_path)
+        path.unlink(missing_ok=True)
+        # Empty series and study folders go with their last file.
+        for folder in (path.parent, path.parent.parent):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    def is_reachable(self) -> bool:
+        return self.root.is_dir() and os.access(self.root, os.W_OK)

@@ -1,0 +1,113 @@
+"""The index schema: one row per study, series and instance.
+
+Columns exist for every QIDO matching key (PS3.18 §10.6.1.2) so matching runs
+in SQL; each row also keeps the DICOM JSON it answers with, built once at
+ingest, so QIDO and metadata responses never reparse files.
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    func,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Widths follow the VR maximum lengths of PS3.5 Table 6.2-1 (PN: 64 chars per
+# component group, times three groups plus separators).
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_instance_uid", String(64), nullable=False, unique=True),
+    Column("patient_id", String(64), index=True),
+    Column("issuer_of_patient_id", String(64)),
+    Column("patient_name", String(324)),
+    Column("patient_name_search", String(330), index=True),
+    Column("patient_birth_date", String(8), index=True),
+    Column("patient_sex", String(16)),
+    Column("study_date", String(8), index=True),
+    Column("study_time", String(16)),
+    Column("accession_number", String(64), index=True),
+    Column("study_id", String(16)),
+    Column("study_description", String(64)),
+    Column("referring_physician_name", String(324)),
+    Column("referring_physician_name_search", String(330)),
+    Column("attributes_json", LargeBinary, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_pk", Integer, ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("series_instance_uid", String(64), nullable=False, unique=True),
+    Column("modality", String(16), index=True),
+    Column("series_number", Integer),
+    Column("series_description", String(64)),
+    Column("body_part_examined", String(16)),
+    Column("performed_procedure_step_start_date", String(8)),
+    Column("performed_procedure_step_start_time", String(16)),
+    Column("attributes_json", LargeBinary, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# RequestAttributesSequence items of a series, so QIDO sequence matching on
+# RequestedProcedureID / ScheduledProcedureStepID runs in SQL.
+series_requests = Table(
+    "series_requests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series_pk", Integer, ForeignKey("series.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("requested_procedure_id", String(16), index=True),
+    Column("scheduled_procedure_step_id", String(16), index=True),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series_pk", Integer, ForeignKey("series.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("study_pk", Integer, ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("sop_instance_uid", String(64), nullable=False, unique=True),
+    Column("sop_class_uid", String(64), nullable=False, index=True),
+    Column("instance_number", Integer),
+    Column("rows", Integer),
+    Column("columns", Integer),
+    Column("bits_allocated", Integer),
+    Column("number_of_frames", Integer),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("file_path", String(512), nullable=False),
+    Column("file_size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("metadata_json", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Files renamed into place but not yet committed to the index. A crash in
+# that window leaves a row here; start-up removes each such file that no
+# instance row references (STYLE 7: never a file without its row).
+storage_journal = Table(
+    "storage_journal",
+    metadata,
+    Column("file_path", String(512), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+Index("ix_series_study_modality", series.c.study_pk, series.c.modality)

@@ -1,0 +1,96 @@
+"""Fixtures: a server per test on its own database, SQLite by default.
+
+Set MEDAIFLOW_TEST_DATABASE_URL to a PostgreSQL URL to run the whole suite
+there instead: each test then gets a schema of its own in that database.
+"""
+
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from server.app import build_services, create_app
+from server.dicomweb.context import Services
+from server.migrate import upgrade
+from server.settings import Settings
+
+POSTGRES_URL = os.environ.get("MEDAIFLOW_TEST_DATABASE_URL")
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    if not POSTGRES_URL:
+        yield f"sqlite:///{tmp_path / 'index.sqlite3'}"
+        return
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, cors_origins="http://viewer.example")
+
+
+@pytest.fixture
+def services(settings: Settings) -> Iterator[Services]:
+    built = build_services(settings)
+    upgrade(built.engine)
+    yield built
+    built.engine.dispose()
+
+
+@pytest.fixture
+def app(services: Services) -> FastAPI:
+    return create_app(services=services)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, base_url="http://testserver") as test_client:
+        yield test_client
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def live_server(app: FastAPI) -> Iterator[str]:
+    """The app behind a real HTTP server on loopback, for real DICOMweb clients."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    else:
+        raise RuntimeError("live server did not start")
+    yield base
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -1,0 +1,89 @@
+"""Test data: pydicom's bundled files and small generated instances."""
+
+import io
+from collections.abc import Iterable
+
+import numpy as np
+import pydicom
+from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from dicom.multipart import multipart_related_type
+
+
+def pydicom_files_with_uids() -> list[str]:
+    """Every bundled Part 10 file that carries Study, Series and SOP Instance UIDs."""
+    chosen = []
+    for path in sorted(get_testdata_files("*.dcm")):
+        try:
+            dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - the bundle has deliberately broken files
+            continue
+        meta = getattr(dataset, "file_meta", None)
+        if meta is None or "TransferSyntaxUID" not in meta:
+            continue
+        if all(keyword in dataset for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")):
+            chosen.append(path)
+    return chosen
+
+
+def testdata(name: str) -> str:
+    path = get_testdata_file(name)
+    assert path is not None, name
+    return str(path)
+
+
+def make_ct(
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    size: int = 16,
+    **attributes: object,
+) -> bytes:
+    """A small, valid CT Image Storage Part 10 file."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.PatientName = "Doe^John"
+    ds.PatientID = "PID-1"
+    ds.StudyDate = "20240115"
+    ds.StudyTime = "101530"
+    ds.Modality = "CT"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Rows = size
+    ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    ds.PixelData = (np.arange(size * size, dtype=np.int16).reshape(size, size) * 7).tobytes()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, enforce_file_format=True)
+    return out.getvalue()
+
+
+def multipart_body(payloads: Iterable[bytes], boundary: str = "medaiflow-test-boundary", part_type: str | None = "application/dicom") -> tuple[bytes, str]:
+    """A STOW-RS body and its Content-Type."""
+    body = b""
+    for payload in payloads:
+        body += b"--" + boundary.encode() + b"\r\n"
+        if part_type:
+            body += f"Content-Type: {part_type}\r\n".encode()
+        body += b"\r\n" + payload + b"\r\n"
+    body += b"--" + boundary.encode() + b"--\r\n"
+    return body, multipart_related_type(boundary, "application/dicom")

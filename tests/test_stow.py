@@ -1,0 +1,201 @@
+"""STOW-RS over HTTP: status codes, response body, atomicity, bad input."""
+
+import io
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import func, select
+
+from server.tables import instances, storage_journal, studies
+from tests.dicom_files import make_ct, multipart_body
+
+DICOM_JSON = "application/dicom+json"
+
+
+def _count(services, table=instances) -> int:
+    with services.engine.connect() as connection:
+        return connection.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def _stored_files(services) -> list:
+    return [path for path in services.store.root.rglob("*.dcm")]
+
+
+def test_stores_instances_and_answers_with_references(client, services):
+    study = generate_uid()
+    payloads = [make_ct(study_uid=study) for _ in range(3)]
+    body, content_type = multipart_body(payloads)
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == DICOM_JSON
+    answer = response.json()
+    referenced = answer["00081199"]["Value"]
+    assert len(referenced) == 3
+    assert "Value" not in answer["00081198"]
+    sent = {pydicom.dcmread(io.BytesIO(p)).SOPInstanceUID for p in payloads}
+    assert {item["00081155"]["Value"][0] for item in referenced} == sent
+    for item in referenced:
+        url = item["00081190"]["Value"][0]
+        assert url.startswith(f"http://testserver/dicom-web/studies/{study}/series/")
+        assert client.get(url, headers={"Accept": "multipart/related; type=\"application/dicom\"; transfer-syntax=*"}).status_code == 200
+    assert _count(services) == 3
+    assert len(_stored_files(services)) == 3
+    assert _count(services, storage_journal) == 0
+
+
+def test_study_url_mismatch_is_409_with_failure_reason(client, services):
+    body, content_type = multipart_body([make_ct()])
+    response = client.post(f"/dicom-web/studies/{generate_uid()}", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 409
+    failed = response.json()["00081198"]["Value"]
+    assert failed[0]["00081197"]["Value"] == [0xA900]
+    assert _count(services) == 0
+    assert _stored_files(services) == []
+
+
+def test_partial_success_is_202(client, services):
+    study = generate_uid()
+    body, content_type = multipart_body([make_ct(study_uid=study), b"this is not DICOM at all" * 10])
+    response = client.post(f"/dicom-web/studies/{study}", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 202
+    answer = response.json()
+    assert len(answer["00081199"]["Value"]) == 1
+    assert answer["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    assert answer["00081190"]["Value"] == [f"http://testserver/dicom-web/studies/{study}"]
+    assert _count(services) == 1
+
+
+def test_resent_instance_never_duplicates_the_row(client, services):
+    payload = make_ct()
+    body, content_type = multipart_body([payload, payload])
+    assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    body, content_type = multipart_body([payload])
+    assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    assert _count(services) == 1
+    assert len(_stored_files(services)) == 1
+
+
+def test_changed_resend_replaces_the_stored_file(client, services):
+    sop = generate_uid()
+    study = generate_uid()
+    series = generate_uid()
+    first = make_ct(study_uid=study, series_uid=series, sop_uid=sop, PatientID="OLD")
+    second = make_ct(study_uid=study, series_uid=series, sop_uid=sop, PatientID="NEW")
+    for payload in (first, second):
+        body, content_type = multipart_body([payload])
+        assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    assert _count(services) == 1
+    files = _stored_files(services)
+    assert len(files) == 1 and files[0].read_bytes() == second
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/dicom",
+        "multipart/related; type=\"application/dicom+xml\"; boundary=x",
+        "application/json",
+        "multipart/form-data; boundary=x",
+    ],
+)
+def test_wrong_media_type_is_415(client, services, content_type):
+    response = client.post("/dicom-web/studies", content=make_ct(), headers={"Content-Type": content_type})
+    assert response.status_code == 415
+    assert response.json()["message"]
+    assert _count(services) == 0
+
+
+def test_missing_content_type_is_415(client):
+    response = client.post("/dicom-web/studies", content=b"")
+    assert response.status_code == 415
+
+
+def test_unquoted_boundary_and_parts_without_content_type(client, services):
+    body, _ = multipart_body([make_ct(), make_ct()], boundary="plainBoundary123", part_type=None)
+    response = client.post(
+        "/dicom-web/studies", content=body, headers={"Content-Type": "multipart/related; type=application/dicom; boundary=plainBoundary123"}
+    )
+    assert response.status_code == 200
+    assert _count(services) == 2
+
+
+def test_body_without_closing_boundary_stores_nothing(client, services):
+    body, content_type = multipart_body([make_ct(), make_ct()])
+    truncated = body[: body.rindex(b"--medaiflow-test-boundary--")]
+    response = client.post("/dicom-web/studies", content=truncated, headers={"Content-Type": content_type})
+    assert response.status_code == 400
+    assert "closing" in response.json()["message"]
+    assert _count(services) == 0
+    assert _stored_files(services) == []
+    assert list(services.store.temp_dir.iterdir()) == []
+
+
+def test_truncated_dicom_file_is_refused(client, services):
+    payload = make_ct(size=64)
+    body, content_type = multipart_body([payload[: len(payload) - 3000]])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 409
+    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    assert _count(services) == 0
+
+
+def test_file_without_sop_instance_uid_is_refused(client, services):
+    dataset = pydicom.dcmread(io.BytesIO(make_ct()))
+    del dataset.SOPInstanceUID
+    out = io.BytesIO()
+    dataset.save_as(out)
+    body, content_type = multipart_body([out.getvalue()])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 409
+    assert _count(services) == 0
+
+
+def test_path_traversal_uid_is_refused(client, services):
+    body, content_type = multipart_body([make_ct(series_uid="1.2.3")])
+    dataset = pydicom.dcmread(io.BytesIO(make_ct()))
+    dataset.SeriesInstanceUID = "../../etc"
+    out = io.BytesIO()
+    dataset.save_as(out)
+    body, content_type = multipart_body([out.getvalue()])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 409
+    assert _count(services) == 0
+    url_response = client.post("/dicom-web/studies/..%2F..%2Fetc", content=body, headers={"Content-Type": content_type})
+    assert url_response.status_code in (400, 404)
+    assert not any(services.store.root.parent.parent.glob("etc*"))
+
+
+def test_request_over_the_size_limit_is_413(client, services):
+    services.settings.max_stow_bytes = 1000
+    body, content_type = multipart_body([make_ct()])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 413
+    assert _count(services) == 0
+
+
+def test_streamed_request_over_the_size_limit_is_413(client, services):
+    services.settings.max_stow_bytes = 2000
+    body, content_type = multipart_body([make_ct(size=64)])
+
+    def chunks():
+        for start in range(0, len(body), 512):
+            yield body[start : start + 512]
+
+    response = client.post("/dicom-web/studies", content=chunks(), headers={"Content-Type": content_type})
+    assert response.status_code == 413
+    assert _count(services) == 0
+    assert list(services.store.temp_dir.iterdir()) == []
+
+
+def test_empty_multipart_body_is_400(client):
+    body, content_type = multipart_body([])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 400
+
+
+def test_study_rows_follow_their_instances(client, services):
+    study = generate_uid()
+    body, content_type = multipart_body([make_ct(study_uid=study), make_ct(study_uid=study)])
+    client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert _count(services, studies) == 1
