@@ -1,23 +1,32 @@
 """Test data: pydicom's bundled files and small generated instances."""
 
 import io
+from pathlib import Path
 from collections.abc import Iterable
 
 import numpy as np
 import pydicom
-from pydicom.data import get_testdata_file, get_testdata_files
+import pydicom.data
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from dicom.multipart import multipart_related_type
 
+_BUNDLED = Path(pydicom.data.__file__).parent / "test_files"
+
 
 def pydicom_files_with_uids() -> list[str]:
     """Every bundled Part 10 file that carries Study, Series and SOP Instance UIDs."""
     chosen = []
-    for path in sorted(get_testdata_files("*.dcm")):
+    # The files shipped inside the package; `get_testdata_files` would also try
+    # to download optional ones, which this network-less machine cannot.
+    for path in sorted(str(p) for p in _BUNDLED.rglob("*.dcm")):
+        if "truncated" in path:
+            continue  # deliberately cut short; `truncated_files` covers them
         try:
-            dataset = pydicom.dcmread(path, stop_before_pixels=True)
+            # A full read: the bundle's deliberately truncated files are
+            # rightly refused by STOW and so are no round-trip material.
+            dataset = pydicom.dcmread(path)
         except Exception:  # noqa: BLE001 - the bundle has deliberately broken files
             continue
         meta = getattr(dataset, "file_meta", None)
@@ -28,9 +37,12 @@ def pydicom_files_with_uids() -> list[str]:
     return chosen
 
 
-def testdata(name: str) -> str:
-    path = get_testdata_file(name)
-    assert path is not None, name
+def truncated_files() -> list[str]:
+    return sorted(str(p) for p in _BUNDLED.rglob("*truncated*.dcm"))
+
+
+def bundled_file(name: str) -> str:
+    [path] = _BUNDLED.rglob(name)
     return str(path)
 
 

@@ -8,7 +8,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from server.tables import instances, storage_journal, studies
-from tests.dicom_files import make_ct, multipart_body
+from tests.dicom_files import make_ct, multipart_body, truncated_files
 
 DICOM_JSON = "application/dicom+json"
 
@@ -199,3 +199,11 @@ def test_study_rows_follow_their_instances(client, services):
     body, content_type = multipart_body([make_ct(study_uid=study), make_ct(study_uid=study)])
     client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
     assert _count(services, studies) == 1
+
+
+@pytest.mark.parametrize("path", truncated_files(), ids=lambda p: p.rsplit("/", 1)[-1])
+def test_bundled_truncated_files_are_refused(client, services, path):
+    body, content_type = multipart_body([open(path, "rb").read()])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 409
+    assert _count(services) == 0

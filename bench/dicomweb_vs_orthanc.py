@@ -1,0 +1,808 @@
+"""DICOMweb benchmark: MedAIFlow (SQLite and PostgreSQL) against Orthanc + DICOMweb plugin.
+
+Run from the repository root:
+
+    .venv/bin/python -m bench.dicomweb_vs_orthanc [--studies 10000]
+        [--only orthanc ours-sqlite ours-postgres] [--json results.json]
+
+The same generated data is sent to every server, one server at a time (so
+they do not compete for the CPUs).  Per server:
+
+ 1. STOW-RS of a CT series (200 x 512x512 16-bit slices, Explicit VR LE) in
+    requests of 50 instances -> instances/s, MB/s (wall clock over all requests).
+ 2. WADO-RS whole-study retrieve, median of 3 runs, streamed -> MB/s.
+ 3. Load of N one-instance studies by STOW (500 per request) -> seconds, then
+    QIDO `GET /studies?PatientID=...` latency over 50 different patients.
+ 4. Peak RSS of the server process and its children (sampled every 100 ms).
+
+MB means 10^6 bytes.  All traffic stays on 127.0.0.1.  This prints figures;
+it asserts nothing about them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from bench import datagen
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ORTHANC_BIN = "/usr/sbin/Orthanc"
+ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+SERVERS = ("orthanc", "ours-sqlite", "ours-postgres")
+MB = 1e6
+
+ACCEPT_WADO_ANY_TS = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+ACCEPT_WADO_PLAIN = 'multipart/related; type="application/dicom"'
+ACCEPT_JSON = "application/dicom+json"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, n: int = 30, width: int = 600) -> str:
+    """Last `n` lines of a log, each cut to `width` characters (tracebacks come as one JSON line)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-n:]
+        return "\n".join(
+            ln if len(ln) <= width else ln[: width // 2] + " ... " + ln[-width // 2 :]
+            for ln in lines
+        )
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------- RSS
+
+
+class RssSampler:
+    """Samples RSS of a process plus its children every `interval` s in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self.phase = "startup"
+        self.phase_peaks: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        try:
+            proc = psutil.Process(self.pid)
+            procs = [proc] + proc.children(recursive=True)
+        except psutil.Error:
+            return 0
+        total = 0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = self._sample()
+            self.peak = max(self.peak, rss)
+            self.phase_peaks[self.phase] = max(self.phase_peaks.get(self.phase, 0), rss)
+            self._stop.wait(self.interval)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+# ----------------------------------------------------------------------- servers
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class Server:
+    name: str
+    base_url: str  # DICOMweb root, no trailing slash
+    proc: subprocess.Popen | None = None
+    log_path: Path
+    startup_s: float = 0.0
+
+    def _wait_ready(self, url: str, timeout: float) -> None:
+        t0 = time.perf_counter()
+        deadline = t0 + timeout
+        last = ""
+        with httpx.Client(timeout=2.0, trust_env=False) as c:
+            while time.perf_counter() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise ServerError(
+                        f"{self.name} exited with code {self.proc.returncode} before it was ready;"
+                        f" log tail:\n{tail(self.log_path)}"
+                    )
+                try:
+                    r = c.get(url)
+                    if r.status_code == 200:
+                        self.startup_s = time.perf_counter() - t0
+                        return
+                    last = f"HTTP {r.status_code}"
+                except httpx.HTTPError as e:
+                    last = type(e).__name__
+                time.sleep(0.1)
+        raise ServerError(
+            f"{self.name} not ready at {url} after {timeout:.0f} s ({last});"
+            f" log tail:\n{tail(self.log_path)}"
+        )
+
+    def _stop_proc(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class OrthancServer(Server):
+    name = "orthanc"
+
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-orthanc-"))
+        self.log_path = self.tmp / "orthanc.log"
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/dicom-web"
+        self.config = {
+            "Name": "BenchOrthanc",
+            "HttpPort": self.port,
+            "DicomServerEnabled": False,
+            "DicomPort": free_port(),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "StorageDirectory": str(self.tmp / "storage"),
+            "IndexDirectory": str(self.tmp / "index"),
+            "Plugins": [ORTHANC_DICOMWEB_PLUGIN],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+
+    def start(self) -> None:
+        cfg = self.tmp / "orthanc.json"
+        cfg.write_text(json.dumps(self.config, indent=2))
+        with open(
+            self.log_path, "wb"
+        ) as logf:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                [ORTHANC_BIN, str(cfg)],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=self.tmp,
+                stdin=subprocess.DEVNULL,
+            )
+        self._wait_ready(f"http://127.0.0.1:{self.port}/system", timeout=60)
+
+    def stop(self) -> None:
+        self._stop_proc()
+        if not self.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        try:
+            r = httpx.get(
+                f"http://127.0.0.1:{self.port}/system", timeout=5, trust_env=False
+            ).json()
+            return {
+                "version": r.get("Version"),
+                "database_version": r.get("DatabaseVersion"),
+                "config": self.config,
+            }
+        except Exception:  # noqa: BLE001 - purely informative
+            return {"config": self.config}
+
+
+class OursServer(Server):
+    def __init__(
+        self, variant: str, pg_admin_dsn: str, pg_db: str, keep: bool = False
+    ) -> None:
+        assert variant in ("sqlite", "postgres")
+        self.variant = variant
+        self.name = f"ours-{variant}"
+        self.keep = keep
+        self.pg_admin_dsn = pg_admin_dsn
+        self.pg_db = pg_db
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
+        self.log_path = self.tmp / "server.log"
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/dicom-web"
+        self.db_created = False
+
+    def _pg(self, sql: str) -> None:
+        import psycopg2  # only needed for the PostgreSQL variant
+
+        conn = psycopg2.connect(self.pg_admin_dsn)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+    def start(self) -> None:
+        if importlib.util.find_spec("server.cli") is None:
+            raise ServerError(
+                "server.cli is not importable yet (MedAIFlow server not written);"
+                " skipped"
+            )
+        env = dict(os.environ)
+        env.update(
+            {
+                "MEDAIFLOW_DATA_DIR": str(self.tmp / "data"),
+                "MEDAIFLOW_AUTH_DISABLED": "1",
+            }
+        )
+        env.pop("MEDAIFLOW_DATABASE_URL", None)
+        if self.variant == "postgres":
+            self._pg(f'DROP DATABASE IF EXISTS "{self.pg_db}" WITH (FORCE)')
+            self._pg(f'CREATE DATABASE "{self.pg_db}"')
+            self.db_created = True
+            env["MEDAIFLOW_DATABASE_URL"] = (
+                f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.pg_db}"
+            )
+        (self.tmp / "data").mkdir(exist_ok=True)
+        with open(
+            self.log_path, "wb"
+        ) as logf:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "server.cli",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        self._wait_ready(f"http://127.0.0.1:{self.port}/readyz", timeout=120)
+
+    def stop(self) -> None:
+        self._stop_proc()
+        if self.db_created and not self.keep:
+            try:
+                self._pg(f'DROP DATABASE IF EXISTS "{self.pg_db}" WITH (FORCE)')
+            except Exception as e:  # noqa: BLE001
+                log(f"warning: could not drop database {self.pg_db}: {e}")
+        if not self.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"variant": self.variant, "python": sys.version.split()[0]}
+
+
+# --------------------------------------------------------------------- workloads
+
+
+def stow(
+    client: httpx.Client, base: str, body: datagen.MultipartBody
+) -> dict[str, Any]:
+    """POST one multipart body to {base}/studies; returns status and counts from the reply."""
+    r = client.post(
+        f"{base}/studies",
+        content=iter(body),
+        headers={
+            "Content-Type": body.content_type,
+            "Content-Length": str(body.length),
+            "Accept": ACCEPT_JSON,
+        },
+    )
+    out: dict[str, Any] = {"status": r.status_code}
+    try:
+        js = r.json()
+        # 00081199 ReferencedSOPSequence, 00081198 FailedSOPSequence
+        out["referenced"] = len((js.get("00081199") or {}).get("Value", []))
+        out["failed"] = len((js.get("00081198") or {}).get("Value", []))
+    except Exception:  # noqa: BLE001 - reply body is informative only
+        out["body"] = r.text[:300]
+    return out
+
+
+def check_stow(
+    results: list[dict[str, Any]], expected: list[int], what: str
+) -> list[str]:
+    problems = []
+    for i, (res, n) in enumerate(zip(results, expected)):
+        if res["status"] != 200:
+            problems.append(
+                f"{what} request {i}: HTTP {res['status']} {res.get('body', '')}"
+            )
+        elif res.get("failed"):
+            problems.append(f"{what} request {i}: {res['failed']} failed instances")
+        elif "referenced" in res and res["referenced"] != n:
+            problems.append(
+                f"{what} request {i}: {res['referenced']} referenced, {n} sent"
+            )
+    return problems
+
+
+def bench_stow_ct(client, base, bodies, ct) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    results = [stow(client, base, b) for b in bodies]
+    dt = time.perf_counter() - t0
+    n = len(ct.instances)
+    per_req = [
+        len(x)
+        for x in datagen.batches(ct.instances, (n + len(bodies) - 1) // len(bodies))
+    ]
+    return {
+        "seconds": dt,
+        "instances": n,
+        "requests": len(bodies),
+        "instances_per_s": n / dt,
+        "mb_per_s": ct.nbytes / MB / dt,
+        "problems": check_stow(results, per_req, "CT STOW"),
+        "replies": results,
+    }
+
+
+def wado_once(
+    client: httpx.Client, url: str, accept: str
+) -> tuple[int, int, float, str]:
+    t0 = time.perf_counter()
+    nbytes = 0
+    with client.stream("GET", url, headers={"Accept": accept}) as r:
+        status = r.status_code
+        ctype = r.headers.get("content-type", "")
+        for chunk in r.iter_raw(1 << 20):
+            nbytes += len(chunk)
+    return status, nbytes, time.perf_counter() - t0, ctype
+
+
+def bench_wado(client, base, ct, runs: int) -> dict[str, Any]:
+    url = f"{base}/studies/{ct.study_uid}"
+    accept = ACCEPT_WADO_ANY_TS
+    note = ""
+    status, nbytes, dt, ctype = wado_once(client, url, accept)
+    if status != 200:
+        note = (
+            f"Accept with transfer-syntax=* answered HTTP {status};"
+            f" fell back to {ACCEPT_WADO_PLAIN!r}"
+        )
+        accept = ACCEPT_WADO_PLAIN
+    # the probe above doubles as a warm-up; the timed runs follow
+    times, sizes, problems = [], [], []
+    for _ in range(runs):
+        status, nbytes, dt, ctype = wado_once(client, url, accept)
+        if status != 200:
+            problems.append(f"WADO HTTP {status}")
+            continue
+        times.append(dt)
+        sizes.append(nbytes)
+    if sizes and min(sizes) < ct.nbytes * 0.99:
+        problems.append(
+            f"WADO answered {min(sizes)} bytes, less than the {ct.nbytes} stored"
+        )
+    out: dict[str, Any] = {
+        "accept": accept,
+        "note": note,
+        "response_content_type": ctype,
+        "runs_s": times,
+        "bytes": sizes[0] if sizes else None,
+        "problems": problems,
+    }
+    if times:
+        med = statistics.median(times)
+        out["median_s"] = med
+        out["mb_per_s"] = (sizes[0] / MB) / med
+        out["dicom_mb_per_s"] = (ct.nbytes / MB) / med
+    return out
+
+
+def bench_load(client, base, bodies, small) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    results = []
+    for i, b in enumerate(bodies):
+        results.append(stow(client, base, b))
+        if (i + 1) % 5 == 0 or i + 1 == len(bodies):
+            log(
+                f"  loaded {min((i + 1) * len(small.instances) // len(bodies), len(small.instances))}"
+                f"/{len(small.instances)} studies ({time.perf_counter() - t0:.1f} s)"
+            )
+    dt = time.perf_counter() - t0
+    per_req = [
+        len(x)
+        for x in datagen.batches(
+            small.instances, -(-len(small.instances) // len(bodies))
+        )
+    ]
+    return {
+        "seconds": dt,
+        "studies": len(small.instances),
+        "requests": len(bodies),
+        "instances_per_s": len(small.instances) / dt,
+        "problems": check_stow(results, per_req, "load STOW"),
+    }
+
+
+def bench_qido(client, base, small, n_queries: int, seed: int = 7) -> dict[str, Any]:
+    rnd = random.Random(seed)
+    n = len(small.patient_ids)
+    idx = rnd.sample(range(n), min(n, n_queries + 3))
+    warm, timed = idx[:3], idx[3:] or idx
+    problems: list[str] = []
+
+    def query(i: int) -> float:
+        t0 = time.perf_counter()
+        r = client.get(
+            f"{base}/studies",
+            params={"PatientID": small.patient_ids[i]},
+            headers={"Accept": ACCEPT_JSON},
+        )
+        body = r.content
+        dt = time.perf_counter() - t0
+        if r.status_code != 200:
+            problems.append(f"QIDO {small.patient_ids[i]}: HTTP {r.status_code}")
+            return dt
+        try:
+            js = json.loads(body)
+            uids = [m.get("0020000D", {}).get("Value", [None])[0] for m in js]
+            if uids != [small.study_uids[i]]:
+                problems.append(
+                    f"QIDO {small.patient_ids[i]}: {len(js)} results, expected 1"
+                )
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"QIDO {small.patient_ids[i]}: unparseable reply ({e})")
+        return dt
+
+    for i in warm:
+        query(i)
+    lat = sorted(query(i) * 1000 for i in timed)
+    return {
+        "queries": len(lat),
+        "median_ms": statistics.median(lat),
+        "mean_ms": statistics.fmean(lat),
+        "p95_ms": lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))],
+        "min_ms": lat[0],
+        "max_ms": lat[-1],
+        "problems": problems[:20],
+        "problem_count": len(problems),
+    }
+
+
+# -------------------------------------------------------------------------- main
+
+
+def run_server(server: Server, data: dict[str, Any], args) -> dict[str, Any]:
+    out: dict[str, Any] = {"server": server.name, "loadavg_before": os.getloadavg()}
+    sampler: RssSampler | None = None
+    if os.getloadavg()[0] > 0.5:
+        log(
+            f"warning: 1-min load average is {os.getloadavg()[0]:.2f} before {server.name}:"
+            " other work on this machine will skew the figures"
+        )
+    try:
+        log(f"{server.name}: starting")
+        server.start()
+        assert server.proc is not None
+        sampler = RssSampler(server.proc.pid).start()
+        out["startup_s"] = server.startup_s
+        out["describe"] = server.describe()
+        log(f"{server.name}: ready in {server.startup_s:.2f} s at {server.base_url}")
+        timeout = httpx.Timeout(
+            connect=10, read=args.http_timeout, write=args.http_timeout, pool=10
+        )
+        # identity: Orthanc gzips answers by default when the client allows it
+        with httpx.Client(
+            timeout=timeout, trust_env=False, headers={"Accept-Encoding": "identity"}
+        ) as client:
+            sampler.phase = "stow_ct"
+            out["stow_ct"] = bench_stow_ct(
+                client, server.base_url, data["ct_bodies"], data["ct"]
+            )
+            s = out["stow_ct"]
+            log(
+                f"{server.name}: CT STOW {s['instances_per_s']:.1f} inst/s,"
+                f" {s['mb_per_s']:.1f} MB/s {s['problems'] or ''}"
+            )
+            sampler.phase = "wado"
+            out["wado"] = bench_wado(
+                client, server.base_url, data["ct"], args.wado_runs
+            )
+            w = out["wado"]
+            log(
+                f"{server.name}: WADO {w.get('mb_per_s', float('nan')):.1f} MB/s"
+                f" {w['note']} {w['problems'] or ''}"
+            )
+            sampler.phase = "load_small"
+            log(f"{server.name}: loading {len(data['small'].instances)} small studies")
+            out["load"] = bench_load(
+                client, server.base_url, data["small_bodies"], data["small"]
+            )
+            ld = out["load"]
+            log(
+                f"{server.name}: load {ld['seconds']:.1f} s ({ld['instances_per_s']:.0f} inst/s)"
+                f" {ld['problems'][:3] or ''}"
+            )
+            sampler.phase = "qido"
+            out["qido"] = bench_qido(
+                client, server.base_url, data["small"], args.queries
+            )
+            q = out["qido"]
+            log(
+                f"{server.name}: QIDO median {q['median_ms']:.2f} ms, p95 {q['p95_ms']:.2f} ms"
+                f" {q['problems'][:3] or ''}"
+            )
+    except Exception as e:  # noqa: BLE001 - one server's failure must not hide the others
+        out["error"] = f"{type(e).__name__}: {e}"
+        log(f"{server.name}: ERROR {out['error']}")
+        if server.proc is not None:
+            out["log_tail"] = tail(server.log_path, 15)
+            print(
+                f"---- {server.name} log tail ({server.log_path}) ----\n{out['log_tail']}\n----",
+                flush=True,
+            )
+    finally:
+        if sampler is not None:
+            sampler.stop()
+            out["peak_rss_mb"] = sampler.peak / MB
+            out["peak_rss_mb_by_phase"] = {
+                k: v / MB for k, v in sampler.phase_peaks.items()
+            }
+        out["loadavg_after"] = os.getloadavg()
+        log(f"{server.name}: stopping")
+        with contextlib.suppress(Exception):
+            server.stop()
+    return out
+
+
+# (label, path into the result, better direction, format)
+METRICS = [
+    ("startup s", ("startup_s",), "lower", "{:.2f}"),
+    ("CT STOW instances/s", ("stow_ct", "instances_per_s"), "higher", "{:.1f}"),
+    ("CT STOW MB/s", ("stow_ct", "mb_per_s"), "higher", "{:.1f}"),
+    ("WADO study MB/s (median)", ("wado", "mb_per_s"), "higher", "{:.1f}"),
+    ("load N studies s", ("load", "seconds"), "lower", "{:.1f}"),
+    ("load instances/s", ("load", "instances_per_s"), "higher", "{:.1f}"),
+    ("QIDO PatientID median ms", ("qido", "median_ms"), "lower", "{:.2f}"),
+    ("QIDO PatientID p95 ms", ("qido", "p95_ms"), "lower", "{:.2f}"),
+    ("peak RSS MB", ("peak_rss_mb",), "lower", "{:.0f}"),
+]
+
+
+def dig(d: dict, path: tuple[str, ...]) -> float | None:
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d if isinstance(d, (int, float)) else None
+
+
+def print_table(
+    results: dict[str, dict[str, Any]], n_studies: int
+) -> dict[str, dict[str, float]]:
+    names = list(results)
+    ours = [n for n in names if n.startswith("ours-")]
+    ratio_cols = [f"{n}/orthanc" for n in ours] if "orthanc" in names else []
+    header = ["metric", "better"] + names + ratio_cols
+    rows, ratios = [], {c: {} for c in ratio_cols}
+    for label, path, better, fmt in METRICS:
+        label = label.replace("N studies", f"{n_studies} studies")
+        row = [label, better]
+        # a failed run's figures (e.g. its RSS) are not comparable: only startup is shown
+        vals = {
+            n: dig(results[n], path)
+            if ("error" not in results[n] or path == ("startup_s",))
+            else None
+            for n in names
+        }
+        row += [fmt.format(vals[n]) if vals[n] is not None else "-" for n in names]
+        for n, c in zip(ours, ratio_cols):
+            a, b = vals[n], vals["orthanc"]
+            if a is not None and b:
+                ratios[c][label] = a / b
+                row.append(f"{a / b:.2f}x")
+            else:
+                row.append("-")
+        rows.append(row)
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print()
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print(
+            "  ".join(
+                str(v).ljust(w) if i < 2 else str(v).rjust(w)
+                for i, (v, w) in enumerate(zip(r, widths))
+            )
+        )
+    for n in names:
+        res = results[n]
+        notes = []
+        if "error" in res:
+            notes.append(f"error: {res['error'].splitlines()[0]}")
+        for part in ("stow_ct", "wado", "load", "qido"):
+            probs = (res.get(part) or {}).get("problems")
+            if probs:
+                notes.append(f"{part}: {len(probs)} problem(s), first: {probs[0]}")
+        w = res.get("wado") or {}
+        if w.get("accept"):
+            notes.append(
+                f"WADO Accept used: {w['accept']}"
+                + (f" ({w['note']})" if w.get("note") else "")
+            )
+        if "loadavg_before" in res and "loadavg_after" in res:
+            notes.append(
+                f"1-min load average before/after: {res['loadavg_before'][0]:.2f}"
+                f"/{res['loadavg_after'][0]:.2f}"
+            )
+        for note in notes:
+            print(f"  [{n}] {note}")
+    print()
+    return ratios
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.dicomweb_vs_orthanc",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--studies",
+        type=int,
+        default=10000,
+        help="number of one-instance studies indexed for QIDO (default 10000)",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=SERVERS,
+        default=list(SERVERS),
+        help="servers to run (default: all three)",
+    )
+    p.add_argument("--json", type=Path, help="write the results as JSON to this path")
+    p.add_argument("--ct-slices", type=int, default=200)
+    p.add_argument("--ct-size", type=int, default=512)
+    p.add_argument(
+        "--ct-batch", type=int, default=50, help="CT instances per STOW request"
+    )
+    p.add_argument(
+        "--load-batch", type=int, default=500, help="small studies per STOW request"
+    )
+    p.add_argument("--queries", type=int, default=50, help="QIDO queries timed")
+    p.add_argument("--wado-runs", type=int, default=3)
+    p.add_argument("--http-timeout", type=float, default=900.0)
+    p.add_argument(
+        "--pg-admin-dsn",
+        default="host=127.0.0.1 port=5432 user=postgres dbname=test",
+        help="psycopg2 DSN used to create/drop the benchmark database",
+    )
+    p.add_argument("--pg-db", default="medaiflow_bench")
+    p.add_argument(
+        "--keep", action="store_true", help="keep temp dirs / database (debugging)"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    order = [s for s in SERVERS if s in args.only]
+
+    log(
+        f"generating data: CT {args.ct_slices} x {args.ct_size}^2, {args.studies} small studies"
+    )
+    t0 = time.perf_counter()
+    ct = datagen.make_ct_series(args.ct_slices, args.ct_size)
+    small = datagen.make_small_studies(args.studies)
+    data = {
+        "ct": ct,
+        "small": small,
+        "ct_bodies": [
+            datagen.build_multipart(b)
+            for b in datagen.batches(ct.instances, args.ct_batch)
+        ],
+        "small_bodies": [
+            datagen.build_multipart(b)
+            for b in datagen.batches(small.instances, args.load_batch)
+        ],
+    }
+    log(
+        f"data ready in {time.perf_counter() - t0:.1f} s: CT {len(ct.instances)} instances"
+        f" {ct.nbytes / MB:.1f} MB in {len(data['ct_bodies'])} requests;"
+        f" {len(small.instances)} small studies {small.nbytes / MB:.1f} MB"
+        f" in {len(data['small_bodies'])} requests"
+    )
+
+    results: dict[str, dict[str, Any]] = {}
+    for name in order:
+        if name == "orthanc":
+            server: Server = OrthancServer(keep=args.keep)
+        else:
+            server = OursServer(
+                name.split("-", 1)[1], args.pg_admin_dsn, args.pg_db, keep=args.keep
+            )
+        results[name] = run_server(server, data, args)
+
+    ratios = print_table(results, args.studies)
+    if args.json:
+        doc = {
+            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": machine_info(),
+            "params": {
+                k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            },
+            "data": {
+                "ct_instances": len(ct.instances),
+                "ct_bytes": ct.nbytes,
+                "ct_requests": len(data["ct_bodies"]),
+                "small_studies": len(small.instances),
+                "small_bytes": small.nbytes,
+                "small_requests": len(data["small_bodies"]),
+            },
+            "units": {"MB": "10^6 bytes"},
+            "servers": results,
+            "ratios": ratios,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2, default=str))
+        log(f"wrote {args.json}")
+    return 0 if all("error" not in r for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""QIDO-RS query parameters parsed into condition objects ("queries as data").
+
+Matching kinds follow PS3.4 §C.2.2.2; the query syntax follows PS3.18 §8.3.4.
+`server/` turns the conditions into SQL; nothing here knows about a database.
+
+Decisions beyond the letter of the standard:
+- Lists: UI keys take a list of UIDs, and so do the CS keys flagged `value_list`
+  (Modality, ModalitiesInStudy), because DICOMweb clients send
+  `ModalitiesInStudy=CT,MR`. Items are separated by `,` (PS3.18) or `\\`
+  (the PS3.4 multi-value encoding). Any other `\\` is refused.
+- Dates and times use the DICOM formats only: `YYYY-MM-DD` is refused, as its
+  `-` would be ambiguous with range syntax.
+- A TM single value matches the whole span of its precision ("10" is 10:00 to
+  10:59:59.999999), so it becomes a `Range`.
+- A value of only `*` is universal matching (PS3.4 §C.2.2.2.4) and, like an
+  empty value, only asks for the attribute to be returned.
+"""
+
+import re
+from dataclasses import dataclass
+from datetime import date
+from typing import Sequence
+
+from dicom.errors import InvalidRequest
+from dicom.qido_attributes import Level, QidoAttribute, check_level, default_result_tags, query_attributes, resolve_attribute
+from dicom.uids import is_safe_uid
+
+LIKE_ESCAPE = "\\"
+# PS3.4 §C.2.2.2.4: the VRs on which wildcard matching applies.
+_WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+_MAX_COUNT = 2**31 - 1
+_LIST_SEPARATORS = re.compile(r"[,\\]")
+# `accept` and `charset` (PS3.18 §8.3.3) choose the response format; the route
+# consumes them, so they are neither query keys nor errors here.
+TRANSPORT_PARAMETERS = frozenset({"accept", "charset"})
+
+
+@dataclass(frozen=True)
+class SingleValue:
+    """Exact, case-sensitive match. DA values are YYYYMMDD; integer VRs are canonical decimal."""
+
+    keyword: str
+    tag: int
+    value: str
+
+
+@dataclass(frozen=True)
+class UidList:
+    """Matches when the attribute equals any of `values` (PS3.4 §C.2.2.2.2); at least two."""
+
+    keyword: str
+    tag: int
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ValueList:
+    """Like `UidList`, for the CS keys flagged `value_list` (Modality, ModalitiesInStudy)."""
+
+    keyword: str
+    tag: int
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Wildcard:
+    """`*` matches any run of characters, `?` one character; see `wildcard_to_like`."""
+
+    keyword: str
+    tag: int
+    pattern: str
+
+
+@dataclass(frozen=True)
+class Range:
+    """Inclusive range; None is an open end (never both).
+
+    DA bounds are YYYYMMDD. TM bounds are padded to full precision
+    HHMMSS.FFFFFF (low with zeros, high with the largest value of the missing
+    digits); compare them with stored times normalised by `normalise_time`.
+    """
+
+    keyword: str
+    tag: int
+    low: str | None
+    high: str | None
+    vr: str
+
+
+@dataclass(frozen=True)
+class PersonNameMatch:
+    """PN matching.
+
+    fuzzy=False: `value` matches the stored PN string exactly, case-sensitive,
+    with `*`/`?` wildcards when `is_wildcard` (use `wildcard_to_like`).
+    fuzzy=True: case- and order-insensitive; every token of
+    `fuzzy_name_tokens(value)` must start a word of the stored name, i.e.
+    `name_search_key(stored) LIKE '% ' || token || '%'` for each token.
+    """
+
+    keyword: str
+    tag: int
+    value: str
+    fuzzy: bool
+
+    @property
+    def is_wildcard(self) -> bool:
+        return "*" in self.value or "?" in self.value
+
+
+@dataclass(frozen=True)
+class SequenceMatch:
+    """Matches when one item of the sequence satisfies all `conditions` (PS3.4 §C.2.2.2.6)."""
+
+    keyword: str
+    tag: int
+    conditions: tuple["Condition", ...]
+
+
+Condition = SingleValue | UidList | ValueList | Wildcard | Range | PersonNameMatch | SequenceMatch
+
+
+@dataclass(frozen=True)
+class QidoQuery:
+    level: Level
+    conditions: tuple[Condition, ...]
+    # Asked for by `includefield` or by an empty (universal) key; any dictionary tag.
+    include_fields: frozenset[int]
+    include_all: bool
+    fuzzy: bool
+    # Never None: without a `limit` parameter it is the server's maximum.
+    limit: int
+    offset: int
+
+    @property
+    def result_tags(self) -> frozenset[int]:
+        """Tags each result carries unless `include_all`: defaults, included fields and matching keys."""
+        return default_result_tags(self.level) | self.include_fields | {c.tag for c in self.conditions}
+
+
+def wildcard_to_like(pattern: str) -> tuple[str, str]:
+    """A `*`/`?` pattern as an SQL LIKE pattern and its escape character.
+
+    Literal `%`, `_` and the escape character are escaped so that they match
+    only themselves.
+    """
+    out = []
+    for ch in pattern:
+        if ch in ("%", "_", LIKE_ESCAPE):
+            out.append(LIKE_ESCAPE + ch)
+        elif ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        else:
+            out.append(ch)
+    return "".join(out), LIKE_ESCAPE
+
+
+# Component (^), group (=) separators and wildcards all split name words, so a
+# fuzzy "joh*" token asks for a word starting with JOH.
+_NAME_SPLIT = re.compile(r"[\s^=,*?]+")
+
+
+def fuzzy_name_tokens(value: str) -> list[str]:
+    """The upper-case words of a fuzzy PN query value, in order."""
+    return [t for t in _NAME_SPLIT.split(value.upper()) if t]
+
+
+def name_search_key(pn: str) -> str:
+    """A stored PN value (all groups) as " WORD WORD ", for per-token `LIKE '% TOKEN%'`."""
+    tokens = fuzzy_name_tokens(pn)
+    return f" {' '.join(tokens)} " if tokens else ""
+
+
+_TIME = re.compile(r"(\d\d)(\d\d)?(\d\d)?(?:\.(\d{1,6}))?")
+
+
+def _time_bounds(value: str) -> tuple[str, str] | None:
+    """The first and last instants a TM value of any precision stands for, or None if invalid."""
+    m = _TIME.fullmatch(value)
+    if m is None or (m.group(4) is not None and m.group(3) is None):
+        return None
+    hh, mm, ss, frac = m.groups()
+    if int(hh) > 23 or (mm and int(mm) > 59) or (ss and int(ss) > 60):
+        return None
+    low = f"{hh}{mm or '00'}{ss or '00'}.{(frac or '').ljust(6, '0')}"
+    high = f"{hh}{mm or '59'}{ss or '59'}.{(frac or '').ljust(6, '9')}"
+    return low, high
+
+
+def normalise_time(value: str) -> str | None:
+    """A stored TM value as HHMMSS.FFFFFF for comparison with `Range` bounds; None if invalid.
+
+    Accepts the pre-1993 "HH:MM:SS" form and padding, which legacy files carry.
+    """
+    bounds = _time_bounds(value.strip().replace(":", ""))
+    return bounds[0] if bounds else None
+
+
+def _date(value: str, param: str) -> str:
+    try:
+        if len(value) != 8 or not value.isdigit():
+            raise ValueError
+        date(int(value[:4]), int(value[4:6]), int(value[6:]))
+    except ValueError:
+        raise InvalidRequest(f"query parameter {param!r}: {value[:40]!r} is not a DICOM date (YYYYMMDD)") from None
+    return value
+
+
+def _time(value: str, param: str, *, high: bool) -> str:
+    bounds = _time_bounds(value)
+    if bounds is None:
+        raise InvalidRequest(f"query parameter {param!r}: {value[:40]!r} is not a DICOM time (HH[MM[SS[.F{{1,6}}]]])")
+    return bounds[1] if high else bounds[0]
+
+
+def _range(attr: QidoAttribute, value: str, param: str) -> Range:
+    low_text, sep, high_text = value.partition("-")
+    if not sep or "-" in high_text or not (low_text or high_text):
+        raise InvalidRequest(f"query parameter {param!r}: {value[:40]!r} is not a range (low-, -high or low-high)")
+    if attr.vr == "DA":
+        low = _date(low_text, param) if low_text else None
+        high = _date(high_text, param) if high_text else None
+    else:
+        low = _time(low_text, param, high=False) if low_text else None
+        high = _time(high_text, param, high=True) if high_text else None
+    if low is not None and high is not None and low > high:
+        raise InvalidRequest(f"query parameter {param!r}: range {value[:40]!r} ends before it starts")
+    return Range(attr.keyword, attr.tag, low, high, attr.vr)
+
+
+def _list(attr: QidoAttribute, value: str, param: str) -> SingleValue | UidList | ValueList:
+    items = tuple(_LIST_SEPARATORS.split(value))
+    for item in items:
+        if attr.vr == "UI" and not is_safe_uid(item):
+            raise InvalidRequest(f"query parameter {param!r}: {item[:80]!r} is not a valid UID")
+        if not item or "*" in item or "?" in item:
+            raise InvalidRequest(f"query parameter {param!r}: list items must be non-empty values without wildcards")
+    if len(items) == 1:
+        return SingleValue(attr.keyword, attr.tag, items[0])
+    return UidList(attr.keyword, attr.tag, items) if attr.vr == "UI" else ValueList(attr.keyword, attr.tag, items)
+
+
+def _condition(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> Condition | None:
+    """The condition for one non-empty key, or None where it means universal matching."""
+    if attr.vr in _WILDCARD_VRS and value == "*":
+        return None
+    if attr.vr == "UI" or attr.value_list:
+        return _list(attr, value, param)
+    if "\\" in value:
+        raise InvalidRequest(f"query parameter {param!r}: multiple values (\\) are not supported for this attribute")
+    if attr.vr in ("DA", "TM"):
+        if "-" in value:
+            return _range(attr, value, param)
+        if attr.vr == "DA":
+            return SingleValue(attr.keyword, attr.tag, _date(value, param))
+        return Range(attr.keyword, attr.tag, _time(value, param, high=False), _time(value, param, high=True), "TM")
+    if attr.vr == "PN":
+        if fuzzy and not fuzzy_name_tokens(value):
+            return None
+        return PersonNameMatch(attr.keyword, attr.tag, value, fuzzy)
+    if attr.vr == "IS":
+        if not re.fullmatch(r"[+-]?\d{1,12}", value):
+            raise InvalidRequest(f"query parameter {param!r}: {value[:40]!r} is not an integer")
+        return SingleValue(attr.keyword, attr.tag, str(int(value)))
+    if attr.vr in _WILDCARD_VRS:
+        if "*" in value or "?" in value:
+            return Wildcard(attr.keyword, attr.tag, value)
+        return SingleValue(attr.keyword, attr.tag, value)
+    raise InvalidRequest(f"query parameter {param!r}: matching on VR {attr.vr} is not supported")
+
+
+def _flag(value: str, param: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise InvalidRequest(f"query parameter {param!r}: expected true or false, got {value[:40]!r}")
+    return value.lower() == "true"
+
+
+def _count(value: str, param: str) -> int:
+    # The bound keeps the value inside a 32-bit SQL integer.
+    if not value.isascii() or not value.isdigit() or len(value) > 10 or int(value) > _MAX_COUNT:
+        raise InvalidRequest(f"query parameter {param!r}: expected an integer from 0 to {_MAX_COUNT}, got {value[:40]!r}")
+    return int(value)
+
+
+def _resolve(name: str, param: str) -> tuple[str, int]:
+    try:
+        return resolve_attribute(name)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"query parameter {param!r}: {exc.message}") from None
+
+
+def _include_tags(value: str) -> tuple[bool, set[int]]:
+    """An `includefield` value: "all", or a comma list of keywords, tags or dotted paths.
+
+    A dotted path includes its top-level sequence whole, as results carry
+    sequences whole.
+    """
+    include_all, tags = False, set()
+    for item in value.split(","):
+        item = item.strip()
+        if item == "all":
+            include_all = True
+            continue
+        if not item:
+            raise InvalidRequest("query parameter 'includefield': empty attribute name")
+        path = [_resolve(part, "includefield") for part in item.split(".")]
+        tags.add(path[0][1])
+    return include_all, tags
+
+
+def _query_key(
+    name: str, value: str, allowed: dict[str, QidoAttribute], level: Level
+) -> tuple[QidoAttribute, QidoAttribute | None] | int:
+    """The attribute a key names, and for a dotted path the sequence item attribute.
+
+    An empty value only asks for the attribute, like `includefield`, so then
+    any dictionary attribute is accepted and its tag comes back alone.
+    """
+    parts = name.split(".")
+    if len(parts) > 2:
+        raise InvalidRequest(f"query parameter {name[:80]!r}: only one level of sequence matching is supported")
+    keyword, tag = _resolve(parts[0], name)
+    attr = allowed.get(keyword)
+    if attr is None and len(parts) == 1 and not value:
+        return tag
+    if attr is None:
+        raise InvalidRequest(f"query parameter {name[:80]!r}: {keyword or parts[0]} is not a query key at {level} level")
+    if len(parts) == 1:
+        return attr, None
+    item_keyword, _ = _resolve(parts[1], name)
+    item = next((i for i in attr.items if i.keyword == item_keyword), None)
+    if item is None:
+        raise InvalidRequest(f"query parameter {name[:80]!r}: {item_keyword or parts[1]} is not a matching key in {keyword}")
+    return attr, item
+
+
+def parse_qido_query(level: str, params: Sequence[tuple[str, str]], max_limit: int) -> QidoQuery:
+    """Parse QIDO-RS query parameters (URL-decoded, in order) for a search at `level`.
+
+    Raises InvalidRequest, naming the parameter, for anything it cannot honour.
+    """
+    if max_limit < 1:
+        raise ValueError("max_limit must be positive")
+    lv = check_level(level)
+    allowed = query_attributes(lv)
+    include_all, includes = False, set()
+    once: dict[str, str] = {}
+    # Conditions wait for the end: `fuzzymatching` may come after the names it affects.
+    keys: list[tuple[str, QidoAttribute, QidoAttribute | None, str]] = []
+    seen_paths: set[tuple[int, ...]] = set()
+    for name, value in params:
+        if name == "includefield":
+            all_flag, tags = _include_tags(value)
+            include_all |= all_flag
+            includes |= tags
+        elif name in ("limit", "offset", "fuzzymatching"):
+            if name in once:
+                raise InvalidRequest(f"query parameter {name!r} given more than once")
+            once[name] = value
+        elif name in TRANSPORT_PARAMETERS:
+            continue
+        else:
+            value = value.strip(" ")
+            key = _query_key(name, value, allowed, lv)
+            if isinstance(key, int):
+                path: tuple[int, ...] = (key,)
+                includes.add(key)
+            else:
+                attr, item = key
+                path = (attr.tag,) if item is None else (attr.tag, item.tag)
+                keys.append((name, attr, item, value))
+            if path in seen_paths:
+                raise InvalidRequest(f"query parameter {name[:80]!r}: attribute given more than once")
+            seen_paths.add(path)
+
+    fuzzy = _flag(once["fuzzymatching"], "fuzzymatching") if "fuzzymatching" in once else False
+    conditions: list[Condition] = []
+    item_conditions: dict[int, list[Condition]] = {}
+    for name, attr, item, value in keys:
+        target = item or attr
+        if not value:
+            includes.add(attr.tag)
+            continue
+        if target.vr == "SQ":
+            raise InvalidRequest(
+                f"query parameter {name[:80]!r}: match a sequence through its items, as {attr.keyword}.<keyword>=<value>"
+            )
+        if not target.matching:
+            raise InvalidRequest(
+                f"query parameter {name[:80]!r}: {target.keyword} cannot be matched; ask for it with includefield"
+            )
+        condition = _condition(target, value, name, fuzzy)
+        if condition is None:
+            includes.add(attr.tag)
+        elif item is None:
+            conditions.append(condition)
+        else:
+            item_conditions.setdefault(attr.tag, []).append(condition)
+    for attr in allowed.values():
+        if attr.tag in item_conditions:
+            conditions.append(SequenceMatch(attr.keyword, attr.tag, tuple(item_conditions[attr.tag])))
+
+    limit = min(_count(once["limit"], "limit"), max_limit) if "limit" in once else max_limit
+    offset = _count(once["offset"], "offset") if "offset" in once else 0
+    return QidoQuery(lv, tuple(conditions), frozenset(includes), include_all, fuzzy, limit, offset)

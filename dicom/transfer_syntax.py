@@ -1,0 +1,150 @@
+"""Transfer syntaxes: what each one is, which media type carries it, and which
+one to send when a client asks for instances (PS3.18 §8.7.3).
+"""
+
+import io
+from collections.abc import Sequence
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import UID
+
+from dicom.errors import NotAcceptable
+from dicom.media_types import MediaRange, admits_part, transfer_syntax_param
+
+# Transfer Syntax UIDs, PS3.6 Table A-1.
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
+JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+JPEG_2000 = "1.2.840.10008.1.2.4.91"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
+HTJ2K_LOSSLESS_RPCL = "1.2.840.10008.1.2.4.202"
+HTJ2K = "1.2.840.10008.1.2.4.203"
+
+DICOM = "application/dicom"
+OCTET_STREAM = "application/octet-stream"
+
+# Syntaxes whose pixel data is native (not encapsulated): the data set can be
+# re-encoded as another native syntax without any image codec.
+NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE})
+# What we can write: pydicom encodes these without a codec.
+_PRODUCIBLE = frozenset({EXPLICIT_VR_LE, IMPLICIT_VR_LE})
+
+# Media type of compressed bulk data (frames, pixel data) per transfer syntax,
+# PS3.18 §8.7.3.3.2, Table 8.7.3-2. Video and JPIP syntaxes are left out: we
+# serve them only inside application/dicom. Native syntaxes map to
+# application/octet-stream (PS3.18 §8.7.3.3.1).
+BULK_DATA_MEDIA_TYPES: dict[str, str] = {
+    JPEG_BASELINE: "image/jpeg",
+    JPEG_EXTENDED: "image/jpeg",
+    JPEG_LOSSLESS: "image/jpeg",
+    JPEG_LOSSLESS_SV1: "image/jpeg",
+    JPEG_LS_LOSSLESS: "image/jls",
+    JPEG_LS_NEAR_LOSSLESS: "image/jls",
+    JPEG_2000_LOSSLESS: "image/jp2",
+    JPEG_2000: "image/jp2",
+    HTJ2K_LOSSLESS: "image/jphc",
+    HTJ2K_LOSSLESS_RPCL: "image/jphc",
+    HTJ2K: "image/jphc",
+    RLE_LOSSLESS: "image/dicom-rle",
+}
+
+
+def is_native(syntax: str) -> bool:
+    return syntax in NATIVE_SYNTAXES
+
+
+def bulk_data_media_type(syntax: str) -> str | None:
+    """The media type a frame in `syntax` is sent as unchanged; None when unknown."""
+    return OCTET_STREAM if is_native(syntax) else BULK_DATA_MEDIA_TYPES.get(syntax)
+
+
+def can_decompress(syntax: str) -> bool:
+    """Whether pixel data in `syntax` can be turned into native pixel data here."""
+    if is_native(syntax):
+        return True
+    try:
+        return bool(get_decoder(syntax).is_available)
+    except NotImplementedError:
+        return False
+
+
+def _producible(target: str, stored_syntax: str, can_decode: bool) -> bool:
+    if target == stored_syntax:
+        return True
+    return target in _PRODUCIBLE and (is_native(stored_syntax) or can_decode)
+
+
+def choose_instance_syntax(accept: Sequence[MediaRange], stored_syntax: str, can_decode: bool) -> str:
+    """The transfer syntax to send an instance in, as application/dicom alone or
+    inside multipart/related (PS3.18 §8.7.3.5.2). Ranges come best first."""
+    for range_ in accept:
+        if not admits_part(range_, DICOM, default_inner=DICOM):
+            continue
+        asked = transfer_syntax_param(range_)
+        if asked == "*":
+            return stored_syntax
+        # No transfer-syntax parameter means Explicit VR Little Endian (PS3.18 §8.7.3.5.2).
+        target = asked or EXPLICIT_VR_LE
+        if _producible(target, stored_syntax, can_decode):
+            return target
+    asked_for = ", ".join(_describe(range_) for range_ in accept) or "nothing"
+    raise NotAcceptable(
+        f"cannot send the instance in any accepted form: asked for {asked_for}; stored as {stored_syntax}"
+        + ("" if is_native(stored_syntax) or can_decode else ", which cannot be decompressed here")
+    )
+
+
+def _describe(range_: MediaRange) -> str:
+    params = "".join(f"; {name}={value}" for name, value in range_.params.items())
+    return range_.media_type + params
+
+
+def transcode_to(path: str, target_syntax: str) -> bytes:
+    """The whole file (preamble, file meta, data set) re-encoded in a native
+    little-endian syntax; compressed pixel data is decoded first."""
+    if target_syntax not in _PRODUCIBLE:
+        raise NotAcceptable(f"cannot encode instances in transfer syntax {target_syntax}")
+    dataset = pydicom.dcmread(path)
+    stored_syntax = str(dataset.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LE))
+    if not is_native(stored_syntax):
+        if not can_decompress(stored_syntax):
+            raise NotAcceptable(f"no decoder for transfer syntax {stored_syntax}: cannot send it as {target_syntax}")
+        # Also converts YCbCr to RGB and updates Photometric Interpretation.
+        dataset.decompress()
+    elif stored_syntax == EXPLICIT_VR_BE:
+        _swap_binary_values(dataset)
+    dataset.file_meta.TransferSyntaxUID = UID(target_syntax)
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, dataset, enforce_file_format=True)
+    return out.getvalue()
+
+
+# Width of the words in which binary VRs hold their values (PS3.5 §6.2).
+_WORD_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def _swap_binary_values(dataset: Dataset) -> None:
+    """pydicom converts numbers from big endian when it parses them but leaves
+    OW/OF/OL/OD/OV bytes as read (see `pydicom.dcmwrite`), so swap them here."""
+    for element in dataset.iterall():
+        width = _WORD_WIDTH.get(str(element.VR))
+        if width is None or not isinstance(element.value, bytes) or len(element.value) % width:
+            continue
+        words = bytearray(element.value)
+        for offset in range(width // 2):
+            # Reverse the byte order within each word via strided slices.
+            low = words[offset::width]
+            words[offset::width] = words[width - 1 - offset :: width]
+            words[width - 1 - offset :: width] = low
+        element.value = bytes(words)

@@ -1,0 +1,261 @@
+"""WADO-RS over HTTP: byte-identical retrieval, negotiation, metadata, frames, bulk data, rendered."""
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.uid import generate_uid
+
+from dicom.multipart import MultipartReader, PartData, PartEnd, PartStart, parse_content_type
+from tests.dicom_files import make_ct, multipart_body, pydicom_files_with_uids, bundled_file
+
+ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+ROUND_TRIP_FILES = pydicom_files_with_uids()
+
+
+def split_multipart(response) -> list[tuple[str, bytes]]:
+    content_type = parse_content_type(response.headers["content-type"])
+    assert content_type.media_type == "multipart/related"
+    reader = MultipartReader(content_type.params["boundary"], content_type.params.get("type", ""))
+    parts: list[tuple[str, bytes]] = []
+    current = b""
+    kind = ""
+    for event in reader.feed(response.content):
+        if isinstance(event, PartStart):
+            kind, current = event.content_type, b""
+        elif isinstance(event, PartData):
+            current += event.data
+        elif isinstance(event, PartEnd):
+            parts.append((kind, current))
+    reader.close()
+    return parts
+
+
+def stow(client, payloads: list[bytes]) -> dict:
+    body, content_type = multipart_body(payloads)
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code in (200, 202), response.text
+    return response.json()
+
+
+def uids_of(path_or_bytes) -> tuple[str, str, str]:
+    source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
+    dataset = pydicom.dcmread(source, stop_before_pixels=True)
+    return dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID
+
+
+def test_round_trip_files_exist():
+    assert len(ROUND_TRIP_FILES) > 40
+
+
+@pytest.mark.parametrize("path", ROUND_TRIP_FILES, ids=lambda p: p.rsplit("/", 1)[-1])
+def test_round_trip_is_byte_identical_and_metadata_matches(client, path):
+    original = open(path, "rb").read()
+    answer = stow(client, [original])
+    assert len(answer["00081199"]["Value"]) == 1, answer
+    study, series, sop = uids_of(path)
+    url = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    response = client.get(url, headers={"Accept": ANY_SYNTAX})
+    assert response.status_code == 200
+    [(content_type, data)] = split_multipart(response)
+    assert data == original
+    stored_syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    assert content_type == f"application/dicom; transfer-syntax={stored_syntax}"
+
+    metadata = client.get(url + "/metadata")
+    assert metadata.status_code == 200
+    assert metadata.headers["content-type"] == "application/dicom+json"
+    [attributes] = metadata.json()
+    dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    assert attributes["00080018"]["Value"] == [dataset.SOPInstanceUID]
+    assert list(attributes) == sorted(attributes)
+    for keyword in ("PatientID", "Modality", "StudyDate"):
+        if keyword in dataset and dataset.data_element(keyword).value not in (None, ""):
+            tag = f"{dataset.data_element(keyword).tag:08X}"
+            assert attributes[tag]["Value"] == [str(dataset.data_element(keyword).value)]
+    if "Rows" in dataset:
+        assert attributes["00280010"]["Value"] == [dataset.Rows]
+
+
+def test_default_syntax_is_explicit_little_endian_transcoded_from_implicit(client):
+    path = bundled_file("rtplan.dcm")  # Implicit VR Little Endian
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    response = client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}")
+    assert response.status_code == 200
+    [(content_type, data)] = split_multipart(response)
+    assert content_type == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+    decoded = pydicom.dcmread(io.BytesIO(data))
+    assert decoded.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert decoded.SOPInstanceUID == sop
+
+
+def test_compressed_instance_is_decompressed_by_default(client):
+    path = bundled_file("JPEG2000.dcm")
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    response = client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}")
+    [(content_type, data)] = split_multipart(response)
+    assert content_type.endswith("transfer-syntax=1.2.840.10008.1.2.1")
+    decoded = pydicom.dcmread(io.BytesIO(data))
+    assert np.array_equal(decoded.pixel_array, pydicom.dcmread(path).pixel_array)
+
+
+def test_accept_query_parameter_wins_over_header(client):
+    path = bundled_file("JPEG2000.dcm")
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    url = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    response = client.get(url, params={"accept": ANY_SYNTAX}, headers={"Accept": "multipart/related; type=\"application/dicom\""})
+    [(content_type, data)] = split_multipart(response)
+    assert data == open(path, "rb").read()
+
+
+def test_unproducible_syntax_is_406_with_a_reason(client):
+    study = generate_uid()
+    stow(client, [make_ct(study_uid=study)])
+    response = client.get(
+        f"/dicom-web/studies/{study}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'},
+    )
+    assert response.status_code == 406
+    assert "1.2.840.10008.1.2.4.50" in response.json()["message"]
+
+
+def test_q_values_pick_the_best_producible(client):
+    study = generate_uid()
+    stow(client, [make_ct(study_uid=study)])
+    accept = (
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50; q=1, '
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2; q=0.5'
+    )
+    response = client.get(f"/dicom-web/studies/{study}", headers={"Accept": accept})
+    assert response.status_code == 200
+    [(content_type, _)] = split_multipart(response)
+    assert content_type.endswith("transfer-syntax=1.2.840.10008.1.2")
+
+
+def test_study_and_series_retrieve_return_every_instance(client):
+    study, series = generate_uid(), generate_uid()
+    payloads = [make_ct(study_uid=study, series_uid=series, InstanceNumber=n) for n in range(1, 4)]
+    payloads.append(make_ct(study_uid=study))
+    stow(client, payloads)
+    study_parts = split_multipart(client.get(f"/dicom-web/studies/{study}", headers={"Accept": ANY_SYNTAX}))
+    assert sorted(data for _, data in study_parts) == sorted(payloads)
+    series_parts = split_multipart(client.get(f"/dicom-web/studies/{study}/series/{series}", headers={"Accept": ANY_SYNTAX}))
+    assert [data for _, data in series_parts] == payloads[:3]
+
+
+def test_unknown_study_is_404_and_bad_uid_is_400(client):
+    assert client.get(f"/dicom-web/studies/{generate_uid()}").status_code == 404
+    response = client.get("/dicom-web/studies/1.2.abc/metadata")
+    assert response.status_code == 400
+    assert "UID" in response.json()["message"]
+
+
+def test_metadata_bulk_data_uris_are_absolute_and_resolve(client):
+    study = generate_uid()
+    payload = make_ct(study_uid=study, size=64)
+    stow(client, [payload])
+    [attributes] = client.get(f"/dicom-web/studies/{study}/metadata").json()
+    uri = attributes["7FE00010"]["BulkDataURI"]
+    assert uri.startswith("http://testserver/dicom-web/studies/")
+    response = client.get(uri)
+    assert response.status_code == 200
+    [(content_type, data)] = split_multipart(response)
+    assert content_type.startswith("application/octet-stream")
+    assert data == pydicom.dcmread(io.BytesIO(payload)).PixelData
+
+
+def test_bulk_data_uris_honour_forwarded_headers(client):
+    study = generate_uid()
+    stow(client, [make_ct(study_uid=study, size=64)])
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.example.org", "X-Forwarded-Prefix": "/medaiflow"}
+    [attributes] = client.get(f"/dicom-web/studies/{study}/metadata", headers=headers).json()
+    assert attributes["7FE00010"]["BulkDataURI"].startswith("https://pacs.example.org/medaiflow/dicom-web/studies/")
+
+
+def test_metadata_json_model_rules(client):
+    path = bundled_file("CT_small.dcm")
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    [attributes] = client.get(f"/dicom-web/studies/{study}/series/{series}/metadata").json()
+    assert attributes["00100010"]["Value"] == [{"Alphabetic": "CompressedSamples^CT1"}]
+    assert isinstance(attributes["00280030"]["Value"][0], float)  # DS as a number
+    assert isinstance(attributes["00200013"]["Value"][0], int)  # IS as a number
+    assert not any(key.endswith("0000") for key in attributes)
+    assert not any(key.startswith("0002") for key in attributes)
+    assert all("Value" not in element or element["Value"] for element in attributes.values())
+
+
+def test_frames_of_a_native_multiframe_instance(client):
+    path = bundled_file("rtdose.dcm")
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    dataset = pydicom.dcmread(path)
+    response = client.get(
+        f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/frames/1,3",
+        headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'},
+    )
+    assert response.status_code == 200
+    parts = split_multipart(response)
+    frame_bytes = dataset.Rows * dataset.Columns * dataset.BitsAllocated // 8
+    assert [data for _, data in parts] == [
+        dataset.PixelData[0:frame_bytes],
+        dataset.PixelData[2 * frame_bytes : 3 * frame_bytes],
+    ]
+    assert client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/frames/999").status_code == 404
+    assert client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/frames/0").status_code == 400
+
+
+def test_frames_of_a_compressed_instance_as_stored_or_decoded(client):
+    path = bundled_file("JPEG2000.dcm")
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    url = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/frames/1"
+    compressed = client.get(url, headers={"Accept": 'multipart/related; type="image/jp2"'})
+    assert compressed.status_code == 200
+    [(content_type, data)] = split_multipart(compressed)
+    assert content_type.startswith("image/jp2")
+    native = client.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    [(content_type, data)] = split_multipart(native)
+    assert content_type.startswith("application/octet-stream")
+    assert data == pydicom.dcmread(path).pixel_array.astype(pydicom.dcmread(path).pixel_array.dtype.newbyteorder("<")).tobytes()
+
+
+@pytest.mark.parametrize("media_type", ["image/jpeg", "image/png"])
+def test_rendered_and_thumbnail(client, media_type):
+    path = bundled_file("CT_small.dcm")
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    base = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    rendered = client.get(base + "/rendered", headers={"Accept": media_type}, params={"viewport": "64,64"})
+    assert rendered.status_code == 200
+    assert rendered.headers["content-type"] == media_type
+    image = Image.open(io.BytesIO(rendered.content))
+    assert max(image.size) == 64
+    assert np.asarray(image).std() > 0
+    windowed = client.get(base + "/frames/1/rendered", headers={"Accept": media_type}, params={"window": "40,400,linear"})
+    assert windowed.status_code == 200
+    assert windowed.content != client.get(base + "/frames/1/rendered", headers={"Accept": media_type}).content
+    thumbnail = client.get(base + "/thumbnail", headers={"Accept": media_type})
+    assert thumbnail.status_code == 200
+    assert max(Image.open(io.BytesIO(thumbnail.content)).size) <= 128
+    assert client.get(base + "/rendered", params={"window": "abc"}).status_code == 400
+
+
+def test_delete_removes_rows_and_files(client, services):
+    study, series = generate_uid(), generate_uid()
+    payloads = [make_ct(study_uid=study, series_uid=series) for _ in range(2)] + [make_ct(study_uid=study)]
+    stow(client, payloads)
+    _, _, sop = uids_of(payloads[0])
+    assert client.delete(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}").status_code == 200
+    assert len(split_multipart(client.get(f"/dicom-web/studies/{study}", headers={"Accept": ANY_SYNTAX}))) == 2
+    assert client.delete(f"/dicom-web/studies/{study}/series/{series}").status_code == 200
+    assert client.delete(f"/dicom-web/studies/{study}").status_code == 200
+    assert client.get(f"/dicom-web/studies/{study}").status_code == 404
+    assert client.delete(f"/dicom-web/studies/{study}").status_code == 404
+    assert list(services.store.root.rglob("*.dcm")) == []
+    assert client.get("/dicom-web/studies").json() == []
