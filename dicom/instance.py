@@ -7,10 +7,10 @@ cannot be filed correctly never reaches the index.
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.multival import MultiValue
 
 from dicom.bulkdata import format_tag_path
 from dicom.errors import InvalidDicom
@@ -41,6 +41,9 @@ _SERIES_TAGS = frozenset(
     }
 )
 _PATIENT_GROUP = 0x0010
+
+
+Attributes = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -102,35 +105,39 @@ class InstanceDescription:
 
 
 def describe_instance(path: Path) -> InstanceDescription:
-    """Read a Part 10 file's header (bulk data stays on disk) and describe it."""
+    """Read a Part 10 file's header (bulk data stays on disk) and describe it.
+
+    The index fields are taken from the DICOM JSON built here, so each value
+    is converted once, by one set of rules.
+    """
     dataset = read_dataset_for_metadata(str(path))
     transfer_syntax = _file_meta_transfer_syntax(dataset)
-    uids = {
-        keyword: _required_uid(dataset, keyword)
-        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-    }
+    uids = {keyword: _required_uid(dataset, keyword) for keyword in _IDENTIFYING_UIDS}
     instance_path = (
         f"{BULK_DATA_BASE_MARKER}/studies/{uids['StudyInstanceUID']}/series/{uids['SeriesInstanceUID']}"
         f"/instances/{uids['SOPInstanceUID']}/bulkdata/"
     )
     metadata = dataset_to_json(dataset, lambda tag_path: instance_path + format_tag_path(tag_path))
     return InstanceDescription(
-        study=_study_fields(dataset, uids["StudyInstanceUID"]),
-        series=_series_fields(dataset, uids["SeriesInstanceUID"]),
+        study=_study_fields(metadata, uids["StudyInstanceUID"]),
+        series=_series_fields(metadata, uids["SeriesInstanceUID"]),
         instance=InstanceFields(
             sop_instance_uid=uids["SOPInstanceUID"],
             sop_class_uid=uids["SOPClassUID"],
             transfer_syntax_uid=transfer_syntax,
-            instance_number=_int(dataset, "InstanceNumber"),
-            rows=_int(dataset, "Rows"),
-            columns=_int(dataset, "Columns"),
-            bits_allocated=_int(dataset, "BitsAllocated"),
-            number_of_frames=_int(dataset, "NumberOfFrames"),
+            instance_number=_int(metadata, "00200013"),
+            rows=_int(metadata, "00280010"),
+            columns=_int(metadata, "00280011"),
+            bits_allocated=_int(metadata, "00280100"),
+            number_of_frames=_int(metadata, "00280008"),
         ),
         metadata=metadata,
         study_attributes=_select(metadata, lambda tag: tag in _STUDY_TAGS or tag >> 16 == _PATIENT_GROUP),
         series_attributes=_select(metadata, lambda tag: tag in _SERIES_TAGS),
     )
+
+
+_IDENTIFYING_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
 def _file_meta_transfer_syntax(dataset: Dataset) -> str:
@@ -142,7 +149,11 @@ def _file_meta_transfer_syntax(dataset: Dataset) -> str:
 
 
 def _required_uid(dataset: Dataset, keyword: str) -> str:
-    value = str(_text(dataset, keyword) or "").strip()
+    # Read before the JSON is built: the BulkDataURIs name these UIDs.
+    try:
+        value = str(dataset.get(keyword) or "").strip()
+    except (ValueError, TypeError):
+        value = ""
     if not value:
         raise InvalidDicom(f"the data set has no {keyword}")
     if not is_safe_uid(value):
@@ -150,89 +161,76 @@ def _required_uid(dataset: Dataset, keyword: str) -> str:
     return value
 
 
-def _study_fields(dataset: Dataset, study_uid: str) -> StudyFields:
-    patient_name = _text(dataset, "PatientName")
-    referring = _text(dataset, "ReferringPhysicianName")
+def _study_fields(metadata: Attributes, study_uid: str) -> StudyFields:
+    patient_name = _text(metadata, "00100010")
+    referring = _text(metadata, "00080090")
     return StudyFields(
         study_instance_uid=study_uid,
-        patient_id=_text(dataset, "PatientID"),
-        issuer_of_patient_id=_text(dataset, "IssuerOfPatientID"),
+        patient_id=_text(metadata, "00100020"),
+        issuer_of_patient_id=_text(metadata, "00100021"),
         patient_name=patient_name,
         patient_name_search=name_search_key(patient_name) if patient_name else None,
-        patient_birth_date=_text(dataset, "PatientBirthDate"),
-        patient_sex=_text(dataset, "PatientSex"),
-        study_date=_text(dataset, "StudyDate"),
-        study_time=_time(dataset, "StudyTime"),
-        accession_number=_text(dataset, "AccessionNumber"),
-        study_id=_text(dataset, "StudyID"),
-        study_description=_text(dataset, "StudyDescription"),
+        patient_birth_date=_text(metadata, "00100030"),
+        patient_sex=_text(metadata, "00100040"),
+        study_date=_text(metadata, "00080020"),
+        study_time=_time(metadata, "00080030"),
+        accession_number=_text(metadata, "00080050"),
+        study_id=_text(metadata, "00200010"),
+        study_description=_text(metadata, "00081030"),
         referring_physician_name=referring,
         referring_physician_name_search=name_search_key(referring) if referring else None,
     )
 
 
-def _series_fields(dataset: Dataset, series_uid: str) -> SeriesFields:
+def _series_fields(metadata: Attributes, series_uid: str) -> SeriesFields:
     requests = tuple(
         SeriesRequest(
-            requested_procedure_id=_text(item, "RequestedProcedureID"),
-            scheduled_procedure_step_id=_text(item, "ScheduledProcedureStepID"),
+            requested_procedure_id=_text(item, "00401001"),
+            scheduled_procedure_step_id=_text(item, "00400009"),
         )
-        for item in _sequence(dataset, "RequestAttributesSequence")
+        for item in _values(metadata, "00400275")
     )
     return SeriesFields(
         series_instance_uid=series_uid,
-        modality=_text(dataset, "Modality"),
-        series_number=_int(dataset, "SeriesNumber"),
-        series_description=_text(dataset, "SeriesDescription"),
-        body_part_examined=_text(dataset, "BodyPartExamined"),
-        performed_procedure_step_start_date=_text(dataset, "PerformedProcedureStepStartDate"),
-        performed_procedure_step_start_time=_time(dataset, "PerformedProcedureStepStartTime"),
+        modality=_text(metadata, "00080060"),
+        series_number=_int(metadata, "00200011"),
+        series_description=_text(metadata, "0008103E"),
+        body_part_examined=_text(metadata, "00180015"),
+        performed_procedure_step_start_date=_text(metadata, "00400244"),
+        performed_procedure_step_start_time=_time(metadata, "00400245"),
         requests=requests,
     )
 
 
-def _select(metadata: dict[str, Any], keep: Any) -> dict[str, Any]:
+def _select(metadata: Attributes, keep: Callable[[int], bool]) -> Attributes:
     return {key: value for key, value in metadata.items() if keep(int(key, 16))}
 
 
-def _value(dataset: Dataset, keyword: str) -> Any:
-    # Legacy files carry values pydicom refuses to convert; such a value is
-    # treated as absent for the index (the file itself is kept unchanged).
-    try:
-        value = dataset.get(keyword)
-    except (ValueError, TypeError, OverflowError):
-        return None
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple, MultiValue)):
-        value = value[0] if len(value) else None
-    return value
+def _values(metadata: Attributes, tag: str) -> list[Any]:
+    element = metadata.get(tag)
+    return list(element.get("Value") or []) if element else []
 
 
-def _text(dataset: Dataset, keyword: str) -> str | None:
-    value = _value(dataset, keyword)
-    if value is None:
+def _text(metadata: Attributes, tag: str) -> str | None:
+    """The first value as text; a PN as its component groups joined by '='."""
+    values = _values(metadata, tag)
+    if not values or values[0] is None:
         return None
-    text = str(value).strip()
+    first = values[0]
+    if isinstance(first, dict):
+        groups = [first.get(component, "") for component in ("Alphabetic", "Ideographic", "Phonetic")]
+        first = "=".join(groups).rstrip("=")
+    text = str(first).strip()
     return text or None
 
 
-def _time(dataset: Dataset, keyword: str) -> str | None:
+def _time(metadata: Attributes, tag: str) -> str | None:
     """TM values are indexed at full precision so that range matching compares like with like."""
-    text = _text(dataset, keyword)
+    text = _text(metadata, tag)
     return normalise_time(text) if text else None
 
 
-def _int(dataset: Dataset, keyword: str) -> int | None:
-    value = _value(dataset, keyword)
-    try:
-        return int(value) if value is not None and str(value).strip() != "" else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _sequence(dataset: Dataset, keyword: str) -> list[Dataset]:
-    try:
-        return list(dataset.get(keyword) or [])
-    except (ValueError, TypeError):
-        return []
+def _int(metadata: Attributes, tag: str) -> int | None:
+    values = _values(metadata, tag)
+    # Legacy files carry IS values that are not numbers; the index leaves them out.
+    return values[0] if values and isinstance(values[0], int) and not isinstance(values[0], bool) else None

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
@@ -27,6 +28,7 @@ import pydicom
 from pydicom import hooks
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_deferred_data_element
@@ -180,6 +182,9 @@ class _Writer:
 
     def element(self, ds: Dataset, tag: int, path: TagPath) -> dict[str, Any]:
         elem = ds.get_item(tag, keep_deferred=True)
+        fast = _fast_element(ds, elem)
+        if fast is not None:
+            return fast
         if isinstance(elem, RawDataElement) and elem.value is None and elem.length:
             vr = _resolve_vr(raw_element_vr(elem, ds), ds, value_is_bytes=True)
             if vr in BINARY_VRS:
@@ -222,6 +227,72 @@ class _Writer:
         text = decode_bytes(raw or b"", encodings, _PN_DELIMITERS if vr == "PN" else _TEXT_DELIMITERS)
         parts = [text] if vr in SINGLE_VALUED_STRING_VRS else text.split("\\")
         return _with_value(vr, _plain_values(vr, [part.strip(" \x00") for part in parts]))
+
+
+# The fast path below turns raw bytes into JSON values directly, skipping
+# pydicom's per-element conversion, which is most of the cost of building
+# metadata at ingest. It covers the common case (little endian, a single-byte
+# or UTF-8 character set, a VR known without ambiguity); everything else takes
+# the general path above. tests/test_json_model.py holds the two to the same
+# output on every bundled file.
+_FAST_ENCODINGS = {"iso8859": "latin-1", "latin_1": "latin-1", "UTF8": "utf-8"}
+_FAST_TEXT_VRS = STRING_VRS | {"PN", "IS", "DS"}
+# memoryview formats of the binary number VRs (PS3.5 Table 6.2-1), little endian.
+_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
+_LITTLE_ENDIAN_HOST = sys.byteorder == "little"
+
+
+def _fast_element(ds: Dataset, elem: DataElement | RawDataElement | None) -> dict[str, Any] | None:
+    if not isinstance(elem, RawDataElement) or elem.value is None or not _LITTLE_ENDIAN_HOST:
+        return None
+    if not ds.original_encoding[1]:
+        return None
+    vr = elem.VR or _dictionary_vr(elem.tag)
+    if vr is None:
+        return None
+    raw: bytes = elem.value
+    if vr in _FAST_TEXT_VRS:
+        encoding = _fast_encoding(ds)
+        if encoding is None:
+            return None
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError:
+            return None
+        if vr in SINGLE_VALUED_STRING_VRS:
+            text = text.rstrip(" \x00")
+            parts = [text] if text else []
+        else:
+            text = text.rstrip(" \x00")
+            parts = [part.strip(" \x00") for part in text.split("\\")] if text else []
+        return _with_value(vr, _plain_values(vr, parts))
+    number_format = _NUMBER_FORMATS.get(vr)
+    if number_format is not None or vr == "AT":
+        width = 2 if vr == "AT" else struct.calcsize(number_format)
+        if len(raw) % width or (vr == "AT" and len(raw) % 4):
+            return None
+        numbers = memoryview(raw).cast("H" if vr == "AT" else number_format).tolist()
+        if vr == "AT":
+            return _with_value(vr, [f"{group:04X}{element:04X}" for group, element in zip(numbers[::2], numbers[1::2])])
+        return _with_value(vr, _plain_values(vr, numbers))
+    return None
+
+
+def _fast_encoding(ds: Dataset) -> str | None:
+    encodings = getattr(ds, "_character_set", None)
+    if not encodings or len(encodings) != 1:
+        return None
+    return _FAST_ENCODINGS.get(encodings[0])
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    if tag >> 16 & 1:  # private: only the file's own explicit VR is trustworthy
+        return None
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return None if " or " in vr else vr
 
 
 def load_raw_element(ds: Dataset, tag: int) -> DataElement | RawDataElement | None:
@@ -288,7 +359,12 @@ def _plain_values(vr: str, value: Any) -> list[Any]:
     if vr in ("US", "SS", "UL", "SL", "SV", "UV"):
         return [int(v) for v in values]
     # Annex F.2.5: an empty component of a multi-valued string is null.
-    return [str(v) if v not in (None, "") else None for v in values]
+    # Padding of each value is insignificant except in the single-valued
+    # text VRs, where only trailing spaces are (PS3.5 Table 6.2-1).
+    if vr in SINGLE_VALUED_STRING_VRS:
+        return [str(v) if v not in (None, "") else None for v in values]
+    stripped = [str(v).strip(" ") if v is not None else "" for v in values]
+    return [v or None for v in stripped]
 
 
 def _person_name(value: Any) -> dict[str, str] | None:

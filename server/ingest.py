@@ -1,9 +1,9 @@
 """Storing received payloads: file and index row together, or neither.
 
 Order of work for a batch (STYLE 7):
-1. each payload is fsynced under tmp/ and its header described;
-2. the final paths are journaled and committed;
-3. the files are renamed into place;
+1. each payload is written under tmp/ and its header described;
+2. the payloads are flushed to disk, the final paths journaled and committed;
+3. the files are renamed into place and the renames flushed;
 4. the index rows are written and the journal entries of the files now
    referenced are cleared, in one transaction;
 5. files no longer referenced (resends, replaced versions, failed rows) are
@@ -37,10 +37,9 @@ class PreparedFile:
     problem: str | None
 
 
-def prepare(store: FileStore, received: ReceivedFile) -> PreparedFile:
-    """fsync and describe one payload; a payload we cannot read is kept as a problem, not raised."""
+def prepare(received: ReceivedFile) -> PreparedFile:
+    """Describe one payload; a payload we cannot read is kept as a problem, not raised."""
     try:
-        store.make_durable(received)
         return PreparedFile(received, describe_instance(received.temp_path), None)
     except DicomError as error:
         return PreparedFile(received, None, error.message)
@@ -112,9 +111,10 @@ class Ingestor:
         if not candidates:
             return
         try:
+            self.store.make_durable([candidate.prepared.received.temp_path for candidate in candidates])
             with write_connection(self.engine) as connection:
                 index.journal_files(connection, [candidate.relative_path for candidate in candidates])
-        except SQLAlchemyError:
+        except (SQLAlchemyError, OSError):
             log.exception("could not journal a STOW batch")
             for candidate in candidates:
                 candidate.outcome = _outcome(candidate.description, failure=FailureReason.OUT_OF_RESOURCES)
@@ -130,8 +130,9 @@ class Ingestor:
                 )
         unreferenced = [candidate.relative_path for candidate in candidates if candidate not in placed]
         try:
+            self.store.make_durable([self.store.absolute(candidate.relative_path) for candidate in placed])
             unreferenced += self._index(placed)
-        except SQLAlchemyError:
+        except (SQLAlchemyError, OSError):
             log.exception("could not index a STOW batch")
             for candidate in placed:
                 candidate.outcome = _outcome(candidate.description, failure=FailureReason.PROCESSING_FAILURE)

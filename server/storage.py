@@ -6,15 +6,28 @@ new name, so replacing an instance never overwrites the file that the index
 still points to until the new row is committed.
 """
 
+import ctypes
 import hashlib
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from dicom.uids import require_uid
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
 
 
 @dataclass(frozen=True)
@@ -67,10 +80,31 @@ class FileStore:
     def new_temp_file(self) -> TempFileWriter:
         return TempFileWriter(self.temp_dir / f"{secrets.token_hex(12)}.part")
 
-    @staticmethod
-    def make_durable(received: ReceivedFile) -> None:
-        with open(received.temp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
+    def make_durable(self, files: list[Path]) -> None:
+        """Flush written files and renames to disk before the index may point at them.
+
+        One syncfs(2) for the whole file system commits the journal once for a
+        batch, where an fsync per file would commit it once per file: for a
+        batch of CT slices that is the difference that matters for STOW speed.
+        """
+        if not files:
+            return
+        if _syncfs is not None:
+            descriptor = os.open(self.root, os.O_RDONLY)
+            try:
+                if _syncfs(descriptor) == 0:
+                    return
+            finally:
+                os.close(descriptor)
+        for path in files:
+            with open(path, "rb+") as handle:
+                os.fsync(handle.fileno())
+        for folder in {path.parent for path in files}:
+            descriptor = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
 
     @staticmethod
     def relative_path_for(study_uid: str, series_uid: str, sop_uid: str) -> str:

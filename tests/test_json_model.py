@@ -17,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom.bulkdata import format_tag_path, parse_tag_path, read_bulk_data
 from dicom.errors import InvalidDicom, InvalidRequest, NotFound
+from dicom import json_model
 from dicom.json_model import dataset_to_json, json_dumps, read_dataset_for_metadata
 
 CT = get_testdata_file("CT_small.dcm")
@@ -273,3 +274,19 @@ def test_json_dumps_gives_bytes() -> None:
     assert json_dumps({"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Ä"}]}}) == (
         '{"00100010":{"vr":"PN","Value":[{"Alphabetic":"Ä"}]}}'.encode()
     )
+
+
+def _all_bundled_datasets() -> list[str]:
+    root = Path(pydicom.data.__file__).parent / "test_files"
+    return sorted(str(path) for path in root.rglob("*.dcm"))
+
+
+@pytest.mark.parametrize("path", _all_bundled_datasets(), ids=lambda p: p.rsplit("/", 1)[-1])
+def test_fast_path_gives_the_same_json_as_the_general_path(path, monkeypatch):
+    try:
+        fast = json_model.dataset_to_json(json_model.read_dataset_for_metadata(path), lambda tags: "bulk")
+    except InvalidDicom:
+        pytest.skip("not a readable data set")
+    monkeypatch.setattr(json_model, "_fast_element", lambda ds, elem: None)
+    general = json_model.dataset_to_json(json_model.read_dataset_for_metadata(path), lambda tags: "bulk")
+    assert fast == general

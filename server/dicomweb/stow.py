@@ -101,7 +101,7 @@ async def store_instances(request: Request, services: Services, study_uid: str |
         raise InvalidRequest("the multipart body has no parts")
     received = [part for part in parts if isinstance(part, ReceivedFile)]
     try:
-        prepared = await asyncio.gather(*(asyncio.to_thread(prepare, services.store, item) for item in received))
+        prepared = await asyncio.gather(*(asyncio.to_thread(prepare, item) for item in received))
         stored = iter(await asyncio.to_thread(services.ingestor.store_batch, list(prepared), study_uid))
     except BaseException:
         _discard(parts, None)

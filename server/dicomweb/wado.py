@@ -75,15 +75,27 @@ async def retrieve_metadata(
     return Response(body, media_type=DICOM_JSON)
 
 
+async def _one_instance(services: Services, study_uid: str, series_uid: str, sop_uid: str) -> StoredInstance:
+    [(instance, _)] = await run_in_threadpool(
+        find_instances, services.engine, services.store, study_uid, series_uid, sop_uid
+    )
+    return instance
+
+
+async def _frames_response(instance: StoredInstance, numbers: list[int], accept: list[MediaRange]) -> Response:
+    frames = await run_in_threadpool(read_frames, instance.absolute_path, numbers, accept)
+    # The outer `type` names the first part's media type (PS3.18 §8.7.3.3);
+    # parts differ only where frames of one instance do, which they do not.
+    part_type = frames[0][0].split(";")[0]
+    return _multipart([(content_type, iter((data,))) for content_type, data in frames], part_type)
+
+
 async def retrieve_frames(
     request: Request, services: Services, study_uid: str, series_uid: str, sop_uid: str, frame_list: str
 ) -> Response:
     numbers = parse_frame_list(frame_list)
-    accept = negotiated_accept(request)
-    [(instance, _)] = await run_in_threadpool(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid)
-    frames = await run_in_threadpool(read_frames, instance.absolute_path, numbers, accept)
-    part_type = frames[0][0].split(";")[0]
-    return _multipart([(content_type, iter((data,))) for content_type, data in frames], part_type)
+    instance = await _one_instance(services, study_uid, series_uid, sop_uid)
+    return await _frames_response(instance, numbers, negotiated_accept(request))
 
 
 async def retrieve_bulk_data(
@@ -91,13 +103,10 @@ async def retrieve_bulk_data(
 ) -> Response:
     tag_path = parse_tag_path(tag_path_text)
     accept = negotiated_accept(request)
-    [(instance, _)] = await run_in_threadpool(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid)
+    instance = await _one_instance(services, study_uid, series_uid, sop_uid)
     if tag_path == _PIXEL_DATA_PATH and not is_native(instance.transfer_syntax_uid):
         # Encapsulated pixel data is only meaningful frame by frame (PS3.18 §8.7.3.3.2).
-        all_frames = list(range(1, instance.number_of_frames + 1))
-        frames = await run_in_threadpool(read_frames, instance.absolute_path, all_frames, accept)
-        part_type = frames[0][0].split(";")[0]
-        return _multipart([(content_type, iter((data,))) for content_type, data in frames], part_type)
+        return await _frames_response(instance, list(range(1, instance.number_of_frames + 1)), accept)
     if not any(admits_part(range_, OCTET_STREAM, OCTET_STREAM) for range_ in accept):
         raise NotAcceptable("bulk data is available as application/octet-stream")
     data = await run_in_threadpool(read_bulk_data, instance.absolute_path, tag_path)
@@ -115,7 +124,7 @@ async def retrieve_rendered(
 ) -> Response:
     accept_types = [range_.media_type for range_ in negotiated_accept(request)]
     params = parse_render_params(list(request.query_params.multi_items()), accept_types)
-    [(instance, _)] = await run_in_threadpool(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid)
+    instance = await _one_instance(services, study_uid, series_uid, sop_uid)
     if as_thumbnail:
         image = await run_in_threadpool(thumbnail, instance.absolute_path, params)
     else:
