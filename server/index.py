@@ -2,15 +2,21 @@
 
 Upserts are written so that concurrent writers of the same study (eight
 modalities sending one study at once) meet on the unique UID constraints
-instead of creating duplicates: insert-or-ignore, then read back.
+instead of creating duplicates: insert-or-update, or insert-or-ignore and
+read back.
+
+Statements are built once per dialect and executed with parameters: building
+an upsert is several times dearer than running it, and ingest runs them for
+every instance.
 """
 
 from dataclasses import dataclass
 from enum import Enum
+from functools import cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, exists, insert, select, update
+from sqlalchemy import Connection, String, Table, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dicom.instance import InstanceDescription, SeriesFields, StudyFields
@@ -29,29 +35,81 @@ class InstanceWrite:
     superseded_file: str | None
 
 
-def _upsert(connection: Connection, table: Any, key: str, values: dict[str, Any]) -> int:
-    """Insert a row or update it in place; return its primary key."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(**values)
-    statement = statement.on_conflict_do_update(
-        index_elements=[key], set_={name: statement.excluded[name] for name in values if name != key}
-    ).returning(table.c.id)
-    return connection.execute(statement).scalar_one()
+_STUDY_COLUMNS = [column.name for column in studies.c if column.name not in ("id", "updated_at")]
+_SERIES_COLUMNS = [column.name for column in series.c if column.name not in ("id", "updated_at")]
+_INSTANCE_COLUMNS = [column.name for column in instances.c if column.name not in ("id", "created_at")]
+
+
+@dataclass(frozen=True)
+class _Statements:
+    upsert_study: Any
+    upsert_series: Any
+    insert_instance: Any
+    update_instance: Any
+    find_instance: Any
+    delete_requests: Any
+    insert_requests: Any
+
+
+def _upsert_statement(dialect: Any, table: Table, key: str, columns: list[str]) -> Any:
+    statement = dialect.insert(table).values({name: bindparam(name) for name in columns})
+    updates = {name: statement.excluded[name] for name in columns if name != key}
+    updates["updated_at"] = func.now()
+    return statement.on_conflict_do_update(index_elements=[key], set_=updates).returning(table.c.id)
+
+
+@cache
+def _statements(dialect_name: str) -> _Statements:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    find_instance = select(instances.c.id, instances.c.sha256, instances.c.file_path, instances.c.series_pk).where(
+        instances.c.sop_instance_uid == bindparam("uid")
+    )
+    if dialect_name == "postgresql":
+        find_instance = find_instance.with_for_update()
+    return _Statements(
+        upsert_study=_upsert_statement(dialect, studies, "study_instance_uid", _STUDY_COLUMNS),
+        upsert_series=_upsert_statement(dialect, series, "series_instance_uid", _SERIES_COLUMNS),
+        insert_instance=dialect.insert(instances)
+        .values({name: bindparam(name) for name in _INSTANCE_COLUMNS})
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid"]),
+        update_instance=update(instances)
+        .where(instances.c.id == bindparam("row_id"))
+        .values({name: bindparam(name) for name in _INSTANCE_COLUMNS}),
+        find_instance=find_instance,
+        delete_requests=delete(series_requests).where(series_requests.c.series_pk == bindparam("series_pk")),
+        insert_requests=insert(series_requests),
+    )
+
+
+def _fitted(table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """Clip values to their column widths.
+
+    Index columns only serve matching; the full value lives in the stored
+    JSON. A legacy file with an over-long PatientID must not fail its whole
+    batch on PostgreSQL, which enforces the widths that SQLite ignores.
+    """
+    for name, value in values.items():
+        column_type = table.c[name].type
+        if isinstance(value, str) and isinstance(column_type, String) and column_type.length:
+            values[name] = value[: column_type.length]
+    return values
 
 
 def upsert_study(connection: Connection, fields: StudyFields, attributes: dict[str, Any]) -> int:
-    values = vars(fields) | {"attributes_json": orjson.dumps(attributes)}
-    return _upsert(connection, studies, "study_instance_uid", values)
+    values = _fitted(studies, vars(fields) | {"attributes_json": orjson.dumps(attributes)})
+    return connection.execute(_statements(connection.dialect.name).upsert_study, values).scalar_one()
 
 
 def upsert_series(connection: Connection, study_pk: int, fields: SeriesFields, attributes: dict[str, Any]) -> int:
+    statements = _statements(connection.dialect.name)
     values = {name: value for name, value in vars(fields).items() if name != "requests"}
     values |= {"study_pk": study_pk, "attributes_json": orjson.dumps(attributes)}
-    series_pk = _upsert(connection, series, "series_instance_uid", values)
-    connection.execute(delete(series_requests).where(series_requests.c.series_pk == series_pk))
+    series_pk: int = connection.execute(statements.upsert_series, _fitted(series, values)).scalar_one()
+    connection.execute(statements.delete_requests, {"series_pk": series_pk})
     if fields.requests:
         connection.execute(
-            insert(series_requests), [{"series_pk": series_pk} | vars(request) for request in fields.requests]
+            statements.insert_requests,
+            [_fitted(series_requests, {"series_pk": series_pk} | vars(request)) for request in fields.requests],
         )
     return series_pk
 
@@ -65,33 +123,30 @@ def write_instance(
     file_size: int,
     sha256: str,
 ) -> InstanceWrite:
+    statements = _statements(connection.dialect.name)
     fields = description.instance
-    values = vars(fields) | {
-        "study_pk": study_pk,
-        "series_pk": series_pk,
-        "file_path": file_path,
-        "file_size": file_size,
-        "sha256": sha256,
-        "metadata_json": orjson.dumps(description.metadata),
-    }
-    lookup = select(instances.c.id, instances.c.sha256, instances.c.file_path, instances.c.series_pk).where(
-        instances.c.sop_instance_uid == fields.sop_instance_uid
+    values = _fitted(
+        instances,
+        vars(fields)
+        | {
+            "study_pk": study_pk,
+            "series_pk": series_pk,
+            "file_path": file_path,
+            "file_size": file_size,
+            "sha256": sha256,
+            "metadata_json": orjson.dumps(description.metadata),
+        },
     )
-    if connection.dialect.name == "postgresql":
-        lookup = lookup.with_for_update()
-    existing = connection.execute(lookup).first()
+    lookup = {"uid": fields.sop_instance_uid}
+    existing = connection.execute(statements.find_instance, lookup).first()
     if existing is None:
-        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-        inserted = connection.execute(
-            dialect.insert(instances).values(**values).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-        )
-        if inserted.rowcount == 1:
+        if connection.execute(statements.insert_instance, values).rowcount == 1:
             return InstanceWrite(InstanceChange.CREATED, None)
         # A concurrent request stored the same instance first; treat ours as a resend.
-        existing = connection.execute(lookup).first()
+        existing = connection.execute(statements.find_instance, lookup).first()
     if existing.sha256 == sha256 and existing.series_pk == series_pk:
         return InstanceWrite(InstanceChange.UNCHANGED, None)
-    connection.execute(update(instances).where(instances.c.id == existing.id).values(**values))
+    connection.execute(statements.update_instance, values | {"row_id": existing.id})
     if existing.series_pk != series_pk:
         remove_empty_parents(connection, existing.series_pk)
     return InstanceWrite(InstanceChange.REPLACED, existing.file_path)

@@ -128,7 +128,8 @@ class Ingestor:
                 candidate.outcome = _outcome(
                     candidate.description, failure=FailureReason.OUT_OF_RESOURCES, detail=error.strerror
                 )
-        unreferenced = [candidate.relative_path for candidate in candidates if candidate not in placed]
+        placed_paths = {candidate.relative_path for candidate in placed}
+        unreferenced = [candidate.relative_path for candidate in candidates if candidate.relative_path not in placed_paths]
         try:
             self.store.make_durable([self.store.absolute(candidate.relative_path) for candidate in placed])
             unreferenced += self._index(placed)
