@@ -92,7 +92,7 @@ class RssSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
+    def sample(self) -> int:
         try:
             proc = psutil.Process(self.pid)
             procs = [proc] + proc.children(recursive=True)
@@ -106,7 +106,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss = self._sample()
+            rss = self.sample()
             self.peak = max(self.peak, rss)
             self.phase_peaks[self.phase] = max(self.phase_peaks.get(self.phase, 0), rss)
             self._stop.wait(self.interval)
