@@ -7,7 +7,8 @@ Decisions beyond the letter of the standard:
 - Lists: UI keys take a list of UIDs, and so do the CS keys flagged `value_list`
   (Modality, ModalitiesInStudy), because DICOMweb clients send
   `ModalitiesInStudy=CT,MR`. Items are separated by `,` (PS3.18) or `\\`
-  (the PS3.4 multi-value encoding). Any other `\\` is refused.
+  (the PS3.4 multi-value encoding). Any other `\\` is refused. List items
+  cannot hold wildcards; a single value of those keys can.
 - Dates and times use the DICOM formats only: `YYYY-MM-DD` is refused, as its
   `-` would be ambiguous with range syntax.
 - A TM single value matches the whole span of its precision ("10" is 10:00 to
@@ -64,7 +65,11 @@ class ValueList:
 
 @dataclass(frozen=True)
 class Wildcard:
-    """`*` matches any run of characters, `?` one character; see `wildcard_to_like`."""
+    """`*` matches any run of characters, `?` one character, case-sensitively.
+
+    See `wildcard_to_like`, and `wildcard_to_glob` for SQLite, whose LIKE
+    ignores ASCII case.
+    """
 
     keyword: str
     tag: int
@@ -157,6 +162,17 @@ def wildcard_to_like(pattern: str) -> tuple[str, str]:
     return "".join(out), LIKE_ESCAPE
 
 
+def wildcard_to_glob(pattern: str) -> str:
+    """A `*`/`?` pattern as an SQLite GLOB pattern.
+
+    GLOB uses the same two wildcards; its only other special character is
+    `[`, and a bracketed character matches only itself, so that is how a
+    literal `[` is written. (A DICOM query value has no way to ask for a
+    literal `*` or `?`.)
+    """
+    return pattern.replace("[", "[[]")
+
+
 # Component (^), group (=) separators and wildcards all split name words, so a
 # fuzzy "joh*" token asks for a word starting with JOH.
 _NAME_SPLIT = re.compile(r"[\s^=,*?]+")
@@ -246,7 +262,9 @@ def _condition(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> Cond
     """The condition for one non-empty key, or None where it means universal matching."""
     if attr.vr in _WILDCARD_VRS and value == "*":
         return None
-    if attr.vr == "UI" or attr.value_list:
+    # A flagged CS key without a separator is an ordinary CS value, so
+    # wildcards apply to it as PS3.4 §C.2.2.2.4 asks (Modality=M*).
+    if attr.vr == "UI" or (attr.value_list and _LIST_SEPARATORS.search(value)):
         return _list(attr, value, param)
     if "\\" in value:
         raise InvalidRequest(f"query parameter {param!r}: multiple values (\\) are not supported for this attribute")

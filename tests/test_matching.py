@@ -17,6 +17,7 @@ from dicom.matching import (
     name_search_key,
     normalise_time,
     parse_qido_query,
+    wildcard_to_glob,
     wildcard_to_like,
 )
 from dicom.qido_attributes import ATTRIBUTES, default_result_tags, query_attributes, resolve_attribute
@@ -99,6 +100,12 @@ def test_wildcard_to_like_maps_and_escapes():
     assert wildcard_to_like("a\\b") == ("a\\\\b", "\\")
 
 
+def test_wildcard_to_glob_keeps_wildcards_and_escapes_brackets():
+    assert wildcard_to_glob("DOE*") == "DOE*"
+    assert wildcard_to_glob("D?E") == "D?E"
+    assert wildcard_to_glob("A[1]%_*") == "A[[]1]%_*"
+
+
 def test_fuzzy_name_tokens():
     assert fuzzy_name_tokens("doe^john") == ["DOE", "JOHN"]
     assert fuzzy_name_tokens("John  Doe") == ["JOHN", "DOE"]
@@ -158,6 +165,13 @@ def test_modality_list():
     cond = only(parse("study", ("ModalitiesInStudy", "CT,MR")))
     assert cond == ValueList("ModalitiesInStudy", 0x00080061, ("CT", "MR"))
     assert only(parse("series", ("Modality", "CT\\MR"))) == ValueList("Modality", 0x00080060, ("CT", "MR"))
+
+
+def test_modality_single_value_takes_wildcards_but_list_items_do_not():
+    assert only(parse("series", ("Modality", "M?"))) == Wildcard("Modality", 0x00080060, "M?")
+    assert only(parse("study", ("ModalitiesInStudy", "M*"))) == Wildcard("ModalitiesInStudy", 0x00080061, "M*")
+    assert only(parse("series", ("Modality", "MR"))) == SingleValue("Modality", 0x00080060, "MR")
+    rejects("series", ("Modality", "CT,M*"), naming="Modality")
 
 
 @pytest.mark.parametrize("value", ["1.2.*", "1.2.3,,1.2.4", "abc", "1.2.3,"])

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Engine, Select, and_, distinct, exists, func, select, true
+from sqlalchemy import ColumnElement, Engine, Select, and_, distinct, func, select, true
 
 from dicom.matching import (
     Condition,
@@ -23,6 +23,7 @@ from dicom.matching import (
     ValueList,
     Wildcard,
     fuzzy_name_tokens,
+    wildcard_to_glob,
     wildcard_to_like,
 )
 from server.tables import instances, series, series_requests, studies
@@ -72,27 +73,27 @@ class Scope:
     series_uid: str | None = None
 
 
-def _clause(condition: Condition) -> ColumnElement[bool]:
-    if isinstance(condition, SequenceMatch):
-        if condition.tag != _REQUEST_ATTRIBUTES_SEQUENCE:
-            raise AssertionError(f"no sequence table for {condition.keyword}")
-        return exists().where(
-            series_requests.c.series_pk == series.c.id, *(_clause(item) for item in condition.conditions)
-        )
-    if condition.tag == _MODALITIES_IN_STUDY:
-        values = condition.values if isinstance(condition, ValueList) else (condition.value,)  # type: ignore[union-attr]
-        # An alias, so that at series level the subquery looks at every series
-        # of the study rather than correlating with the outer series row.
-        sibling = series.alias("sibling_series")
-        return exists().where(sibling.c.study_pk == studies.c.id, sibling.c.modality.in_(values))
-    column = _COLUMNS[condition.tag]
+def _wildcard(column: Any, pattern: str, dialect: str) -> ColumnElement[bool]:
+    """`column` matched against a `*`/`?` pattern, case-sensitively on every database.
+
+    SQLite's LIKE ignores ASCII case (and then cannot use an index), so there
+    the pattern runs as a GLOB, which is case-sensitive and uses the index of
+    a column for a literal prefix.
+    """
+    if dialect == "sqlite":
+        return column.op("GLOB")(wildcard_to_glob(pattern))
+    like, escape = wildcard_to_like(pattern)
+    return column.like(like, escape=escape)
+
+
+def _match(column: Any, condition: Condition, dialect: str) -> ColumnElement[bool]:
+    """`condition` applied to the column that holds its attribute."""
     if isinstance(condition, SingleValue):
         return column == (int(condition.value) if condition.tag in _INTEGER_TAGS else condition.value)
     if isinstance(condition, (UidList, ValueList)):
         return column.in_(condition.values)
     if isinstance(condition, Wildcard):
-        pattern, escape = wildcard_to_like(condition.pattern)
-        return column.like(pattern, escape=escape)
+        return _wildcard(column, condition.pattern, dialect)
     if isinstance(condition, Range):
         bounds = []
         if condition.low is not None:
@@ -102,21 +103,35 @@ def _clause(condition: Condition) -> ColumnElement[bool]:
         return and_(*bounds)
     if isinstance(condition, PersonNameMatch):
         if condition.fuzzy:
+            # The search column holds " WORD WORD " in upper case, and the
+            # tokens contain no wildcards: each must start a word.
             search = _NAME_SEARCH_COLUMNS[condition.tag]
-            likes = []
-            for token in fuzzy_name_tokens(condition.value):
-                pattern, escape = wildcard_to_like(token)
-                likes.append(search.like(f"% {pattern}%", escape=escape))
-            return and_(*likes)
+            return and_(*(_wildcard(search, f"* {token}*", dialect) for token in fuzzy_name_tokens(condition.value)))
         if condition.is_wildcard:
-            pattern, escape = wildcard_to_like(condition.value)
-            return column.like(pattern, escape=escape)
+            return _wildcard(column, condition.value, dialect)
         return column == condition.value
     raise AssertionError(f"unhandled condition {condition!r}")
 
 
-def _statement(query: QidoQuery, scope: Scope) -> Select[Any]:
-    conditions = [_clause(condition) for condition in query.conditions]
+def _clause(condition: Condition, dialect: str) -> ColumnElement[bool]:
+    if isinstance(condition, SequenceMatch):
+        if condition.tag != _REQUEST_ATTRIBUTES_SEQUENCE:
+            raise AssertionError(f"no sequence table for {condition.keyword}")
+        # One row per item, so all item conditions hold in the same item.
+        # IN rather than a correlated EXISTS: SQLite runs EXISTS once per
+        # outer row, but drives an IN subquery from the item column's index.
+        items = select(series_requests.c.series_pk).where(*(_clause(item, dialect) for item in condition.conditions))
+        return series.c.id.in_(items)
+    if condition.tag == _MODALITIES_IN_STUDY:
+        # An alias, so that at series level the subquery looks at every series
+        # of the study rather than at the outer series row; IN as above.
+        sibling = series.alias("sibling_series")
+        return studies.c.id.in_(select(sibling.c.study_pk).where(_match(sibling.c.modality, condition, dialect)))
+    return _match(_COLUMNS[condition.tag], condition, dialect)
+
+
+def _statement(query: QidoQuery, scope: Scope, dialect: str) -> Select[Any]:
+    conditions = [_clause(condition, dialect) for condition in query.conditions]
     if scope.study_uid is not None:
         conditions.append(studies.c.study_instance_uid == scope.study_uid)
     if scope.series_uid is not None:
@@ -155,7 +170,7 @@ def _statement(query: QidoQuery, scope: Scope) -> Select[Any]:
 
 def search(engine: Engine, query: QidoQuery, scope: Scope, dicomweb_root: str) -> list[dict[str, Any]]:
     with engine.connect() as connection:
-        rows = connection.execute(_statement(query, scope)).all()
+        rows = connection.execute(_statement(query, scope, engine.dialect.name)).all()
         if query.level == "study":
             counts = _study_counts(connection, [row.id for row in rows])
         elif query.level == "series":
@@ -201,13 +216,25 @@ def _cs(value: str) -> dict[str, Any]:
 
 
 def _select_sorted(attributes: dict[str, Any], keep: frozenset[int] | None) -> dict[str, Any]:
-    # Bulk data is never part of a QIDO answer: a result is a summary, and
-    # PS3.18 §10.6.3 leaves binary attributes out of it.
-    return {
-        key: value
-        for key, value in sorted(attributes.items())
-        if (keep is None or int(key, 16) in keep) and "BulkDataURI" not in value and "InlineBinary" not in value
-    }
+    selected = {key: value for key, value in sorted(attributes.items()) if keep is None or int(key, 16) in keep}
+    return _without_bulk_data(selected)
+
+
+def _without_bulk_data(attributes: dict[str, Any]) -> dict[str, Any]:
+    """The attributes less every binary value, inside sequence items too.
+
+    Bulk data is never part of a QIDO answer: a result is a summary, and
+    PS3.18 §10.6.3 leaves binary attributes out of it. Stored BulkDataURIs
+    also still carry the index's base marker, which only WADO-RS replaces.
+    """
+    kept = {}
+    for key, element in attributes.items():
+        if "BulkDataURI" in element or "InlineBinary" in element:
+            continue
+        if element.get("vr") == "SQ" and "Value" in element:
+            element = element | {"Value": [_without_bulk_data(item) for item in element["Value"]]}
+        kept[key] = element
+    return kept
 
 
 def _study_counts(connection: Any, study_pks: Sequence[int]) -> dict[int, tuple[int, int, list[str]]]:

@@ -1,0 +1,695 @@
+"""QIDO-RS over HTTP (PS3.18 §10.6, matching per PS3.4 §C.2.2.2).
+
+Every test stores a few small instances through STOW-RS, then searches. The
+suite runs on SQLite by default and on PostgreSQL with
+MEDAIFLOW_TEST_DATABASE_URL, so a rule that only one database honours fails
+in one of the two runs.
+"""
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from tests.dicom_files import make_ct, multipart_body
+
+DICOM_JSON = "application/dicom+json"
+ROOT = "http://testserver/dicom-web"
+
+STUDY_UID = "0020000D"
+SERIES_UID = "0020000E"
+SOP_UID = "00080018"
+PATIENT_NAME = "00100010"
+PATIENT_ID = "00100020"
+PATIENT_AGE = "00101010"
+PATIENT_WEIGHT = "00101030"
+STUDY_DESCRIPTION = "00081030"
+MODALITIES_IN_STUDY = "00080061"
+RETRIEVE_URL = "00081190"
+REQUEST_ATTRIBUTES = "00400275"
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def store(client, *payloads: bytes) -> None:
+    body, content_type = multipart_body(payloads)
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+
+
+def search(
+    client, path: str, params: Sequence[tuple[str, str]] = (), headers: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    response = client.get(f"/dicom-web{path}", params=list(params), headers=headers or {})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == DICOM_JSON
+    results = response.json()
+    assert isinstance(results, list)
+    return results
+
+
+def value(result: dict[str, Any], tag: str) -> Any:
+    return result[tag]["Value"][0]
+
+
+def values(results: Iterable[dict[str, Any]], tag: str) -> list[Any]:
+    return [value(result, tag) for result in results]
+
+
+def uids(results: Iterable[dict[str, Any]], tag: str = STUDY_UID) -> set[str]:
+    return {value(result, tag) for result in results}
+
+
+def bad_request(client, path: str, params: Sequence[tuple[str, str]], naming: str) -> None:
+    response = client.get(f"/dicom-web{path}", params=list(params))
+    assert response.status_code == 400, response.text
+    assert naming in response.json()["message"]
+
+
+def studies_with(client, key: str, stored: Sequence[str], **common: object) -> dict[str, str]:
+    """One single-instance study per value of `key`; value -> StudyInstanceUID."""
+    by_value = {}
+    for text in stored:
+        study = generate_uid()
+        store(client, make_ct(study_uid=study, **{key: text}, **common))
+        by_value[text] = study
+    return by_value
+
+
+def matched(client, by_value: dict[str, str], params: Sequence[tuple[str, str]], path: str = "/studies") -> set[str]:
+    """The stored values whose studies a search returns."""
+    found = uids(search(client, path, params))
+    return {text for text, study in by_value.items() if study in found}
+
+
+@pytest.fixture
+def hierarchy(client) -> dict[str, Any]:
+    """Study A: a CT series of two instances and an MR series of one; study B: one CT instance."""
+    a, b = generate_uid(), generate_uid()
+    a_ct, a_mr, b_ct = generate_uid(), generate_uid(), generate_uid()
+    ids = {"a": a, "b": b, "a_ct": a_ct, "a_mr": a_mr, "b_ct": b_ct}
+    # MR stored first so that ModalitiesInStudy must be sorted, not in arrival order.
+    ids["a_mr_1"] = generate_uid()
+    store(
+        client,
+        make_ct(a, a_mr, ids["a_mr_1"], Modality="MR", SeriesNumber=2, InstanceNumber=1, SeriesDescription="T1 AX"),
+    )
+    ids["a_ct_1"], ids["a_ct_2"] = generate_uid(), generate_uid()
+    store(
+        client,
+        make_ct(a, a_ct, ids["a_ct_1"], SeriesNumber=1, InstanceNumber=1, SeriesDescription="HEAD", PatientAge="042Y"),
+        make_ct(a, a_ct, ids["a_ct_2"], SeriesNumber=1, InstanceNumber=2, SeriesDescription="HEAD", PatientAge="042Y"),
+    )
+    ids["b_ct_1"] = generate_uid()
+    store(client, make_ct(b, b_ct, ids["b_ct_1"], PatientName="Roe^Richard", PatientID="PID-2", StudyDate="20230601"))
+    return ids
+
+
+# --- endpoints ------------------------------------------------------------------
+
+
+def test_every_endpoint_searches_its_level_and_scope(client, hierarchy):
+    h = hierarchy
+    assert uids(search(client, "/studies")) == {h["a"], h["b"]}
+    assert uids(search(client, "/series"), SERIES_UID) == {h["a_ct"], h["a_mr"], h["b_ct"]}
+    assert uids(search(client, "/instances"), SOP_UID) == {h["a_ct_1"], h["a_ct_2"], h["a_mr_1"], h["b_ct_1"]}
+    assert uids(search(client, f"/studies/{h['a']}/series"), SERIES_UID) == {h["a_ct"], h["a_mr"]}
+    assert uids(search(client, f"/studies/{h['b']}/series"), SERIES_UID) == {h["b_ct"]}
+    assert uids(search(client, f"/studies/{h['a']}/instances"), SOP_UID) == {h["a_ct_1"], h["a_ct_2"], h["a_mr_1"]}
+    in_series = search(client, f"/studies/{h['a']}/series/{h['a_ct']}/instances")
+    assert uids(in_series, SOP_UID) == {h["a_ct_1"], h["a_ct_2"]}
+    # A series of another study is not found through this study's path.
+    assert search(client, f"/studies/{h['b']}/series/{h['a_ct']}/instances") == []
+
+
+def test_scoped_endpoints_combine_with_query_keys(client, hierarchy):
+    h = hierarchy
+    assert uids(search(client, f"/studies/{h['a']}/series", [("Modality", "MR")]), SERIES_UID) == {h["a_mr"]}
+    assert search(client, f"/studies/{h['b']}/series", [("Modality", "MR")]) == []
+    found = search(client, f"/studies/{h['a']}/instances", [("SeriesInstanceUID", h["a_mr"])])
+    assert uids(found, SOP_UID) == {h["a_mr_1"]}
+    found = search(client, f"/studies/{h['a']}/series/{h['a_ct']}/instances", [("InstanceNumber", "2")])
+    assert uids(found, SOP_UID) == {h["a_ct_2"]}
+
+
+# --- default result attributes ----------------------------------------------------
+
+
+def test_study_results_carry_counts_modalities_and_url(client, hierarchy):
+    h = hierarchy
+    by_uid = {value(r, STUDY_UID): r for r in search(client, "/studies")}
+    a, b = by_uid[h["a"]], by_uid[h["b"]]
+    assert a["00201206"] == {"vr": "IS", "Value": [2]}
+    assert a["00201208"] == {"vr": "IS", "Value": [3]}
+    assert a[MODALITIES_IN_STUDY] == {"vr": "CS", "Value": ["CT", "MR"]}
+    assert a[RETRIEVE_URL]["Value"] == [f"{ROOT}/studies/{h['a']}"]
+    assert a["00080056"]["Value"] == ["ONLINE"]
+    assert a[PATIENT_NAME] == {"vr": "PN", "Value": [{"Alphabetic": "Doe^John"}]}
+    assert value(a, PATIENT_ID) == "PID-1"
+    assert value(a, "00080020") == "20240115"
+    assert value(a, "00080030") == "101530"
+    assert (b["00201206"]["Value"], b["00201208"]["Value"], b[MODALITIES_IN_STUDY]["Value"]) == ([1], [1], ["CT"])
+    assert value(b, PATIENT_NAME) == {"Alphabetic": "Roe^Richard"}
+    # Not a default attribute: it comes back only when asked for.
+    assert PATIENT_AGE not in a
+    # No series or instance attributes at study level.
+    assert SERIES_UID not in a and SOP_UID not in a and "00080060" not in a
+
+
+def test_series_results_carry_their_study(client, hierarchy):
+    h = hierarchy
+    by_uid = {value(r, SERIES_UID): r for r in search(client, "/series")}
+    ct, mr, other = by_uid[h["a_ct"]], by_uid[h["a_mr"]], by_uid[h["b_ct"]]
+    assert ct["00201209"] == {"vr": "IS", "Value": [2]}
+    assert mr["00201209"] == {"vr": "IS", "Value": [1]}
+    assert value(ct, "00080060") == "CT" and value(mr, "00080060") == "MR"
+    assert ct["00200011"] == {"vr": "IS", "Value": [1]}
+    assert value(mr, "0008103E") == "T1 AX"
+    assert ct[RETRIEVE_URL]["Value"] == [f"{ROOT}/studies/{h['a']}/series/{h['a_ct']}"]
+    # Study attributes of the right study on each row.
+    assert value(ct, STUDY_UID) == h["a"] and value(other, STUDY_UID) == h["b"]
+    assert value(ct, PATIENT_NAME) == {"Alphabetic": "Doe^John"}
+    assert value(other, PATIENT_NAME) == {"Alphabetic": "Roe^Richard"}
+    assert value(other, "00080020") == "20230601"
+    assert SOP_UID not in ct
+
+
+def test_instance_results_carry_identifiers_and_image_size(client, hierarchy):
+    h = hierarchy
+    [found] = search(client, "/instances", [("SOPInstanceUID", h["a_ct_2"])])
+    assert value(found, "00080016") == "1.2.840.10008.5.1.4.1.1.2"
+    assert value(found, SOP_UID) == h["a_ct_2"]
+    assert found["00200013"] == {"vr": "IS", "Value": [2]}
+    assert found["00280010"] == {"vr": "US", "Value": [16]}
+    assert found["00280011"] == {"vr": "US", "Value": [16]}
+    assert found[RETRIEVE_URL]["Value"] == [f"{ROOT}/studies/{h['a']}/series/{h['a_ct']}/instances/{h['a_ct_2']}"]
+    assert (value(found, STUDY_UID), value(found, SERIES_UID)) == (h["a"], h["a_ct"])
+    assert value(found, "00080060") == "CT"
+    assert value(found, "00083002") == "1.2.840.10008.1.2.1"
+    # Pixel data and other non-default attributes stay out.
+    assert "7FE00010" not in found and "00281052" not in found
+
+
+def test_results_follow_the_json_model(client, hierarchy):
+    for path in ("/studies", "/series", "/instances"):
+        response = client.get(f"/dicom-web{path}", params=[("includefield", "all")])
+        assert response.status_code == 200
+        assert response.headers["content-type"] == DICOM_JSON
+        assert "BulkDataURI" not in response.text and "InlineBinary" not in response.text
+        for result in response.json():
+            keys = list(result)
+            assert keys == sorted(keys) and all(len(k) == 8 and k == k.upper() for k in keys)
+            assert all("Value" not in element or isinstance(element["Value"], list) for element in result.values())
+            assert isinstance(value(result, PATIENT_NAME), dict)
+
+
+def test_bulk_data_never_appears_even_nested(client):
+    icon = Dataset()
+    icon.Rows = icon.Columns = 64
+    icon.SamplesPerPixel = 1
+    icon.PhotometricInterpretation = "MONOCHROME2"
+    icon.BitsAllocated = icon.BitsStored = 8
+    icon.HighBit = 7
+    icon.PixelRepresentation = 0
+    icon.PixelData = bytes(64 * 64)  # above the inline threshold: a BulkDataURI in metadata
+    icon.ICCProfile = b"small-profile"  # below it: InlineBinary in metadata
+    study = generate_uid()
+    store(client, make_ct(study, IconImageSequence=[icon], ICCProfile=b"top-level-profile"))
+    for path in ("/instances", f"/studies/{study}/instances"):
+        response = client.get(f"/dicom-web{path}", params=[("includefield", "all")])
+        assert response.status_code == 200
+        text = response.text
+        assert "BulkDataURI" not in text and "InlineBinary" not in text and "medaiflow-base" not in text
+        [found] = response.json()
+        # The sequence itself is still answered, only its binary values are left out.
+        [item] = found["00880200"]["Value"]
+        assert item["00280010"]["Value"] == [64]
+        assert "7FE00010" not in item and "7FE00010" not in found
+
+
+# --- single values, lists ---------------------------------------------------------
+
+
+def test_single_value_matching(client, hierarchy):
+    h = hierarchy
+    assert uids(search(client, "/studies", [("PatientID", "PID-2")])) == {h["b"]}
+    assert search(client, "/studies", [("PatientID", "PID")]) == []
+    assert search(client, "/studies", [("PatientID", "pid-2")]) == []
+    assert uids(search(client, "/studies", [("StudyDate", "20240115")])) == {h["a"]}
+    assert uids(search(client, "/studies", [("PatientName", "Roe^Richard")])) == {h["b"]}
+    assert uids(search(client, "/series", [("Modality", "MR")]), SERIES_UID) == {h["a_mr"]}
+    assert uids(search(client, "/series", [("SeriesNumber", "2")]), SERIES_UID) == {h["a_mr"]}
+    assert uids(search(client, "/series", [("SeriesDescription", "HEAD")]), SERIES_UID) == {h["a_ct"]}
+    assert uids(search(client, "/instances", [("InstanceNumber", "2")]), SOP_UID) == {h["a_ct_2"]}
+    assert uids(search(client, "/instances", [("SOPInstanceUID", h["b_ct_1"])]), SOP_UID) == {h["b_ct_1"]}
+    # Tag form of the key.
+    assert uids(search(client, "/studies", [("00100020", "PID-2")])) == {h["b"]}
+    # Relational: study keys at series and instance level.
+    assert uids(search(client, "/series", [("PatientID", "PID-2")]), SERIES_UID) == {h["b_ct"]}
+    assert uids(search(client, "/instances", [("StudyDate", "20240115"), ("Modality", "CT")]), SOP_UID) == {
+        h["a_ct_1"],
+        h["a_ct_2"],
+    }
+
+
+def test_uid_lists(client, hierarchy):
+    h = hierarchy
+    third = generate_uid()
+    store(client, make_ct(third))
+    assert uids(search(client, "/studies", [("StudyInstanceUID", f"{h['a']},{h['b']}")])) == {h["a"], h["b"]}
+    assert uids(search(client, "/studies", [("StudyInstanceUID", f"{h['b']}\\{third}")])) == {h["b"], third}
+    assert uids(search(client, "/studies", [("StudyInstanceUID", f"{h['b']},1.2.3.999")])) == {h["b"]}
+    found = search(client, "/series", [("SeriesInstanceUID", f"{h['a_mr']},{h['b_ct']}")])
+    assert uids(found, SERIES_UID) == {h["a_mr"], h["b_ct"]}
+    found = search(client, "/instances", [("SOPInstanceUID", f"{h['a_ct_1']},{h['b_ct_1']}")])
+    assert uids(found, SOP_UID) == {h["a_ct_1"], h["b_ct_1"]}
+    assert uids(search(client, "/series", [("Modality", "MR,US")]), SERIES_UID) == {h["a_mr"]}
+
+
+# --- wildcards ---------------------------------------------------------------
+
+
+WILDCARD_CASES = [
+    ("PatientName", ["Doe^John", "Doe^Jane", "Smith^John"], "Doe*", {"Doe^John", "Doe^Jane"}),
+    ("PatientName", ["Doe^John", "Doe^Jane", "Smith^John"], "*^John", {"Doe^John", "Smith^John"}),
+    ("PatientName", ["Doe^John", "Doe^Jane", "Smith^John"], "Doe^J?n*", {"Doe^Jane"}),
+    ("PatientName", ["Doe^John", "Doe^Jane", "Smith^John"], "doe*", set()),
+    ("PatientID", ["PAT-001", "PAT-002", "XPAT-3"], "PAT-00?", {"PAT-001", "PAT-002"}),
+    ("PatientID", ["PAT-001", "PAT-002", "XPAT-3"], "*PAT*", {"PAT-001", "PAT-002", "XPAT-3"}),
+    ("PatientID", ["PAT-001", "PAT-002", "XPAT-3"], "PAT?", set()),
+    ("PatientID", ["PAT-001", "PAT-002", "XPAT-3"], "pat*", set()),
+    ("AccessionNumber", ["ACC100", "ACC200", "B100"], "*100", {"ACC100", "B100"}),
+    ("AccessionNumber", ["ACC100", "ACC200", "B100"], "ACC*", {"ACC100", "ACC200"}),
+    ("AccessionNumber", ["ACC100", "ACC200", "B100"], "acc*", set()),
+    ("StudyDescription", ["CT HEAD", "CT CHEST", "MR HEAD"], "*HEAD", {"CT HEAD", "MR HEAD"}),
+    ("StudyDescription", ["CT HEAD", "CT CHEST", "MR HEAD"], "?R HEAD", {"MR HEAD"}),
+    ("StudyDescription", ["CT HEAD", "CT CHEST", "MR HEAD"], "ct*", set()),
+]
+
+
+@pytest.mark.parametrize("key,stored,pattern,expected", WILDCARD_CASES)
+def test_wildcards_are_case_sensitive_patterns(client, key, stored, pattern, expected):
+    by_value = studies_with(client, key, stored)
+    assert matched(client, by_value, [(key, pattern)]) == expected
+
+
+def test_lone_star_matches_everything_and_returns_the_key(client):
+    by_value = studies_with(client, "AccessionNumber", ["A1", "B2"])
+    assert matched(client, by_value, [("AccessionNumber", "*")]) == {"A1", "B2"}
+
+
+def test_wildcard_on_series_keys(client, hierarchy):
+    h = hierarchy
+    assert uids(search(client, "/series", [("SeriesDescription", "T1*")]), SERIES_UID) == {h["a_mr"]}
+    assert uids(search(client, "/series", [("Modality", "M?")]), SERIES_UID) == {h["a_mr"]}
+    assert uids(search(client, "/studies", [("ModalitiesInStudy", "M*")])) == {h["a"]}
+
+
+@pytest.mark.parametrize(
+    "query,expected",
+    [
+        ("A%1", {"A%1"}),
+        ("A_1", {"A_1"}),
+        ("A%*", {"A%1"}),
+        ("A_*", {"A_1"}),
+        ("*%*", {"A%1"}),
+        ("*_?", {"A_1"}),
+        ("A?1", {"A%1", "AB1", "A_1", "AX1"}),
+    ],
+)
+def test_percent_and_underscore_are_literal(client, query, expected):
+    by_value = studies_with(client, "PatientID", ["A%1", "AB1", "A_1", "AX1"])
+    assert matched(client, by_value, [("PatientID", query)]) == expected
+
+
+def test_brackets_are_literal(client):
+    # SQLite runs wildcards as GLOB, where `[` opens a character class.
+    by_value = studies_with(client, "PatientID", ["A[1]", "A1", "B[1]"])
+    assert matched(client, by_value, [("PatientID", "A[*")]) == {"A[1]"}
+    assert matched(client, by_value, [("PatientID", "?[1]")]) == {"A[1]", "B[1]"}
+    assert matched(client, by_value, [("PatientID", "A[1]")]) == {"A[1]"}
+
+
+def test_percent_and_underscore_are_literal_in_names(client):
+    by_value = studies_with(client, "PatientName", ["Do_e^Ann", "Doxe^Ann", "Do%e^Ann"])
+    assert matched(client, by_value, [("PatientName", "Do_e*")]) == {"Do_e^Ann"}
+    assert matched(client, by_value, [("PatientName", "Do%e^Ann")]) == {"Do%e^Ann"}
+    assert matched(client, by_value, [("PatientName", "do_e"), ("fuzzymatching", "true")]) == {"Do_e^Ann"}
+
+
+# --- dates and times ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query,expected",
+    [
+        ("20240101-20240131", {"20240101", "20240115", "20240131"}),
+        ("20240101-", {"20240101", "20240115", "20240131", "20240201"}),
+        ("-20231231", {"20231215"}),
+        ("20240115", {"20240115"}),
+        ("20240116-20240130", set()),
+    ],
+)
+def test_study_date_ranges(client, query, expected):
+    by_value = studies_with(client, "StudyDate", ["20231215", "20240101", "20240115", "20240131", "20240201"])
+    assert matched(client, by_value, [("StudyDate", query)]) == expected
+
+
+@pytest.mark.parametrize(
+    "query,expected",
+    [
+        ("1000-1100", {"101530"}),
+        ("-0900", {"083000"}),
+        ("12-", {"1200", "235959.5"}),
+        ("10", {"101530"}),
+        ("120000-120000", {"1200"}),
+        ("101530.000001-", {"1200", "235959.5"}),
+        ("0830-1015", {"083000", "101530"}),
+        ("0830-1014", {"083000"}),
+        ("0830-101530", {"083000", "101530"}),
+    ],
+)
+def test_study_time_ranges(client, query, expected):
+    by_value = studies_with(client, "StudyTime", ["083000", "101530", "1200", "235959.5"])
+    assert matched(client, by_value, [("StudyTime", query)]) == expected
+
+
+def test_date_range_at_series_and_instance_level(client, hierarchy):
+    h = hierarchy
+    found = search(client, "/series", [("StudyDate", "-20231231")])
+    assert uids(found, SERIES_UID) == {h["b_ct"]}
+    found = search(client, "/instances", [("StudyDate", "20240101-")])
+    assert uids(found, SOP_UID) == {h["a_ct_1"], h["a_ct_2"], h["a_mr_1"]}
+
+
+# --- ModalitiesInStudy ------------------------------------------------------------
+
+
+@pytest.fixture
+def modality_studies(client) -> dict[str, Any]:
+    """Study "ct_mr" has a CT and an MR series, "ct" only CT, "us" only US."""
+    ids: dict[str, Any] = {name: generate_uid() for name in ("ct_mr", "ct", "us")}
+    ids["ct_mr_series"] = {"CT": generate_uid(), "MR": generate_uid()}
+    for modality, series in ids["ct_mr_series"].items():
+        store(client, make_ct(ids["ct_mr"], series, Modality=modality))
+    store(client, make_ct(ids["ct"]))
+    store(client, make_ct(ids["us"], Modality="US"))
+    return ids
+
+
+@pytest.mark.parametrize(
+    "query,expected",
+    [("CT", {"ct_mr", "ct"}), ("MR", {"ct_mr"}), ("CT,MR", {"ct_mr", "ct"}), ("MR,US", {"ct_mr", "us"}), ("NM", set())],
+)
+def test_modalities_in_study_at_study_level(client, modality_studies, query, expected):
+    found = uids(search(client, "/studies", [("ModalitiesInStudy", query)]))
+    assert found == {modality_studies[name] for name in expected}
+
+
+def test_modalities_in_study_at_series_level_looks_at_the_whole_study(client, modality_studies):
+    ids = modality_studies
+    found = search(client, "/series", [("ModalitiesInStudy", "MR")])
+    # The CT series of a study that also has MR is a match: the key describes the study.
+    assert uids(found, SERIES_UID) == set(ids["ct_mr_series"].values())
+    found = search(client, "/series", [("ModalitiesInStudy", "MR"), ("Modality", "CT")])
+    assert uids(found, SERIES_UID) == {ids["ct_mr_series"]["CT"]}
+    found = search(client, "/instances", [("ModalitiesInStudy", "MR,US")])
+    assert uids(found, STUDY_UID) == {ids["ct_mr"], ids["us"]} and len(found) == 3
+
+
+# --- fuzzy person-name matching ---------------------------------------------------
+
+
+NAMES = ["Doe^John", "Smith^Johanna", "Johnson^Mary", "Doe^Jane"]
+
+
+@pytest.mark.parametrize(
+    "query,fuzzy,expected",
+    [
+        ("john doe", "true", {"Doe^John"}),
+        ("DOE^JOHN", "true", {"Doe^John"}),
+        ("doe", "true", {"Doe^John", "Doe^Jane"}),
+        ("JOH", "true", {"Doe^John", "Smith^Johanna", "Johnson^Mary"}),
+        ("joh*", "true", {"Doe^John", "Smith^Johanna", "Johnson^Mary"}),
+        ("mary JOHN", "true", {"Johnson^Mary"}),
+        ("ohn", "true", set()),
+        ("john doe", "false", set()),
+        ("doe^john", "false", set()),
+        ("Doe^John", "false", {"Doe^John"}),
+        ("Doe^John", None, {"Doe^John"}),
+        ("doe^john", None, set()),
+        ("JOH", None, set()),
+    ],
+)
+def test_patient_name_matching(client, query, fuzzy, expected):
+    by_value = studies_with(client, "PatientName", NAMES)
+    params = [("PatientName", query)] + ([("fuzzymatching", fuzzy)] if fuzzy else [])
+    assert matched(client, by_value, params) == expected
+
+
+def test_fuzzy_matching_covers_every_component_group(client):
+    names = ["Yamada^Tarou=山田^太郎", "Müller^Hans", "Yamamoto^Hanako"]
+    by_value = studies_with(client, "PatientName", names, SpecificCharacterSet="ISO_IR 192")
+    assert matched(client, by_value, [("PatientName", "tarou yamada"), ("fuzzymatching", "true")]) == {names[0]}
+    assert matched(client, by_value, [("PatientName", "山田"), ("fuzzymatching", "true")]) == {names[0]}
+    assert matched(client, by_value, [("PatientName", "müller"), ("fuzzymatching", "true")]) == {names[1]}
+    assert matched(client, by_value, [("PatientName", "yama"), ("fuzzymatching", "true")]) == {names[0], names[2]}
+    assert matched(client, by_value, [("PatientName", "Müller^Hans")]) == {names[1]}
+
+
+def test_fuzzy_matching_applies_to_referring_physician_and_series_level(client):
+    by_value = studies_with(client, "ReferringPhysicianName", ["House^Gregory", "Wilson^James"])
+    fuzzy = [("fuzzymatching", "true"), ("ReferringPhysicianName", "greg")]
+    assert matched(client, by_value, fuzzy) == {"House^Gregory"}
+    assert matched(client, by_value, [("ReferringPhysicianName", "greg")]) == set()
+    found = search(client, "/series", [("ReferringPhysicianName", "james wilson"), ("fuzzymatching", "true")])
+    assert uids(found) == {by_value["Wilson^James"]}
+
+
+# --- includefield ----------------------------------------------------------------
+
+
+@pytest.fixture
+def described(client) -> str:
+    study = generate_uid()
+    store(
+        client,
+        make_ct(
+            study,
+            PatientAge="042Y",
+            PatientWeight=70.5,
+            StudyDescription="CT HEAD",
+            Manufacturer="ACME",
+            RescaleIntercept=-1024,
+        ),
+    )
+    return study
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "includefield=PatientAge,PatientWeight",
+        "includefield=PatientAge%2CPatientWeight",
+        "includefield=PatientAge&includefield=PatientWeight",
+        "includefield=00101010%2C00101030",
+        "includefield=all",
+        "PatientAge=&PatientWeight=",
+    ],
+)
+def test_includefield_adds_attributes(client, described, query):
+    response = client.get(f"/dicom-web/studies?{query}")
+    assert response.status_code == 200, response.text
+    [found] = response.json()
+    assert found[PATIENT_AGE] == {"vr": "AS", "Value": ["042Y"]}
+    assert found[PATIENT_WEIGHT] == {"vr": "DS", "Value": [70.5]}
+    # Defaults stay.
+    assert value(found, STUDY_UID) == described and found["00201208"]["Value"] == [1]
+
+
+def test_includefield_tag_form_and_levels(client, described):
+    [found] = search(client, "/studies", [("includefield", "00081030")])
+    assert value(found, STUDY_DESCRIPTION) == "CT HEAD"
+    [plain] = search(client, "/series")
+    assert "00080070" not in plain
+    [found] = search(client, "/series", [("includefield", "Manufacturer")])
+    assert value(found, "00080070") == "ACME"
+    [plain] = search(client, "/instances")
+    assert "00281052" not in plain
+    [found] = search(client, "/instances", [("includefield", "RescaleIntercept,00101010")])
+    assert found["00281052"] == {"vr": "DS", "Value": [-1024]}
+    assert value(found, PATIENT_AGE) == "042Y"
+
+
+def test_matching_keys_come_back_in_results(client, described):
+    [found] = search(client, "/series", [("PatientWeight", "")])
+    assert found[PATIENT_WEIGHT]["Value"] == [70.5]
+
+
+# --- paging ------------------------------------------------------------------------
+
+
+def test_limit_and_offset_page_without_gaps_or_duplicates(client):
+    stored = [generate_uid() for _ in range(7)]
+    for study in stored:
+        store(client, make_ct(study))
+    pages = [search(client, "/studies", [("limit", "3"), ("offset", str(offset))]) for offset in (0, 3, 6, 9)]
+    assert [len(page) for page in pages] == [3, 3, 1, 0]
+    paged = [value(r, STUDY_UID) for page in pages for r in page]
+    assert sorted(paged) == sorted(stored) and len(set(paged)) == 7
+    # The same order on every request.
+    assert values(search(client, "/studies"), STUDY_UID) == paged
+    assert values(search(client, "/studies", [("offset", "2"), ("limit", "2")]), STUDY_UID) == paged[2:4]
+
+
+def test_paging_at_series_and_instance_level(client, hierarchy):
+    all_series = values(search(client, "/series"), SERIES_UID)
+    pages = [search(client, "/series", [("limit", "1"), ("offset", str(offset))]) for offset in range(3)]
+    paged = [value(r, SERIES_UID) for page in pages for r in page]
+    assert paged == all_series and len(set(paged)) == 3
+    all_instances = values(search(client, "/instances"), SOP_UID)
+    first = search(client, "/instances", [("limit", "3")])
+    rest = search(client, "/instances", [("limit", "3"), ("offset", "3")])
+    assert values(first + rest, SOP_UID) == all_instances and len(set(all_instances)) == 4
+
+
+def test_limit_is_capped_by_the_server_maximum(client, services, monkeypatch):
+    for _ in range(4):
+        store(client, make_ct())
+    monkeypatch.setattr(services.settings, "qido_max_limit", 2)
+    assert len(search(client, "/studies")) == 2
+    assert len(search(client, "/studies", [("limit", "3")])) == 2
+    assert len(search(client, "/studies", [("limit", "1")])) == 1
+    assert len(search(client, "/studies", [("offset", "3"), ("limit", "100")])) == 1
+
+
+# --- empty results and errors ---------------------------------------------------
+
+
+def test_no_match_is_200_with_an_empty_list(client, hierarchy):
+    assert search(client, "/studies", [("PatientID", "nobody")]) == []
+    assert search(client, f"/studies/{generate_uid()}/series") == []
+    assert search(client, f"/studies/{generate_uid()}/instances") == []
+    assert search(client, "/studies", [("offset", "50")]) == []
+
+
+def test_empty_index_is_200_with_an_empty_list(client):
+    for path in ("/studies", "/series", "/instances"):
+        assert search(client, path) == []
+
+
+@pytest.mark.parametrize(
+    "path,params,naming",
+    [
+        ("/studies", [("Frobnicate", "1")], "Frobnicate"),
+        ("/studies", [("StudyDate", "2024-01-15")], "StudyDate"),
+        ("/studies", [("StudyDate", "20240230")], "StudyDate"),
+        ("/studies", [("StudyDate", "20240131-20240101")], "StudyDate"),
+        ("/studies", [("StudyTime", "2500")], "StudyTime"),
+        ("/studies", [("limit", "ten")], "limit"),
+        ("/studies", [("limit", "-1")], "limit"),
+        ("/studies", [("offset", "1.5")], "offset"),
+        ("/studies", [("SOPInstanceUID", "1.2.3")], "SOPInstanceUID"),
+        ("/studies", [("SeriesInstanceUID", "1.2.3")], "SeriesInstanceUID"),
+        ("/studies", [("fuzzymatching", "maybe")], "fuzzymatching"),
+        ("/studies", [("includefield", "NoSuchAttribute")], "includefield"),
+        ("/studies", [("StudyInstanceUID", "not-a-uid")], "StudyInstanceUID"),
+        ("/studies", [("NumberOfStudyRelatedSeries", "2")], "NumberOfStudyRelatedSeries"),
+        ("/series", [("SeriesNumber", "one")], "SeriesNumber"),
+        ("/series", [("RequestAttributesSequence.PatientID", "x")], "RequestAttributesSequence.PatientID"),
+        ("/studies/not-a-uid/series", [], "StudyInstanceUID"),
+    ],
+)
+def test_bad_parameters_are_400_naming_the_parameter(client, path, params, naming):
+    bad_request(client, path, params, naming)
+
+
+# --- media types ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        None,
+        DICOM_JSON,
+        "application/json",
+        "*/*",
+        "application/*",
+        "application/dicom+xml, application/dicom+json;q=0.5",
+    ],
+)
+def test_json_answers_when_acceptable(client, hierarchy, accept):
+    headers = {"Accept": accept} if accept else {}
+    found = search(client, "/studies", headers=headers)
+    assert len(found) == 2
+
+
+def test_accept_query_parameter(client, hierarchy):
+    assert len(search(client, "/studies", [("accept", DICOM_JSON)])) == 2
+    response = client.get("/dicom-web/studies", params={"accept": "application/dicom+xml"})
+    assert response.status_code == 406
+
+
+@pytest.mark.parametrize("path", ["/studies", "/series", "/instances"])
+def test_xml_is_not_acceptable(client, hierarchy, path):
+    response = client.get(f"/dicom-web{path}", headers={"Accept": "application/dicom+xml"})
+    assert response.status_code == 406
+    assert "message" in response.json()
+
+
+# --- sequence matching -------------------------------------------------------------
+
+
+REQUESTED_PROCEDURE = "RequestAttributesSequence.RequestedProcedureID"
+SCHEDULED_STEP = "RequestAttributesSequence.ScheduledProcedureStepID"
+
+
+def _request(procedure: str, step: str | None = None) -> Dataset:
+    item = Dataset()
+    item.RequestedProcedureID = procedure
+    if step is not None:
+        item.ScheduledProcedureStepID = step
+    return item
+
+
+@pytest.fixture
+def requested(client) -> dict[str, str]:
+    study = generate_uid()
+    ids = {"study": study, "x": generate_uid(), "y": generate_uid(), "z": generate_uid()}
+    store(
+        client,
+        make_ct(study, ids["x"], RequestAttributesSequence=[_request("RP1", "SPS1"), _request("RP2", "SPS2")]),
+        make_ct(study, ids["y"], RequestAttributesSequence=[_request("RP3")]),
+        make_ct(study, ids["z"]),
+    )
+    return ids
+
+
+@pytest.mark.parametrize(
+    "params,expected",
+    [
+        ([(REQUESTED_PROCEDURE, "RP2")], {"x"}),
+        ([(REQUESTED_PROCEDURE, "RP3")], {"y"}),
+        ([(REQUESTED_PROCEDURE, "RP*")], {"x", "y"}),
+        ([("00400275.00401001", "RP1")], {"x"}),
+        ([(SCHEDULED_STEP, "SPS2")], {"x"}),
+        ([(REQUESTED_PROCEDURE, "RP9")], set()),
+        # Both keys must hold in the same item.
+        ([(REQUESTED_PROCEDURE, "RP1"), (SCHEDULED_STEP, "SPS1")], {"x"}),
+        ([(REQUESTED_PROCEDURE, "RP1"), (SCHEDULED_STEP, "SPS2")], set()),
+    ],
+)
+def test_sequence_matching_at_series_level(client, requested, params, expected):
+    found = uids(search(client, "/series", params), SERIES_UID)
+    assert found == {requested[name] for name in expected}
+
+
+def test_sequence_matching_results_carry_the_sequence(client, requested):
+    [found] = search(client, "/series", [(REQUESTED_PROCEDURE, "RP3")])
+    [item] = found[REQUEST_ATTRIBUTES]["Value"]
+    assert item["00401001"]["Value"] == ["RP3"]
+    found = search(client, f"/studies/{requested['study']}/instances", [(REQUESTED_PROCEDURE, "RP2")])
+    assert uids(found, SERIES_UID) == {requested["x"]}
