@@ -37,7 +37,7 @@ studies = Table(
     Column("study_instance_uid", String(64), nullable=False, unique=True),
     Column("patient_id", String(64), index=True),
     Column("issuer_of_patient_id", String(64)),
-    Column("patient_name", String(324)),
+    Column("patient_name", String(324), index=True),
     Column("patient_name_search", String(330), index=True),
     Column("patient_birth_date", String(8), index=True),
     Column("patient_sex", String(16)),

@@ -545,6 +545,19 @@ def test_limit_and_offset_page_without_gaps_or_duplicates(client):
     assert values(search(client, "/studies", [("offset", "2"), ("limit", "2")]), STUDY_UID) == paged[2:4]
 
 
+def test_a_page_cut_short_carries_the_warning_and_the_last_does_not(client):
+    for _ in range(3):
+        store(client, make_ct(generate_uid()))
+    first = client.get("/dicom-web/studies", params={"limit": "2"})
+    assert first.status_code == 200 and len(first.json()) == 2
+    assert first.headers["warning"].startswith("299 ")
+    assert "Additional results can be requested" in first.headers["warning"]
+    last = client.get("/dicom-web/studies", params={"limit": "2", "offset": "2"})
+    assert len(last.json()) == 1 and "warning" not in last.headers
+    exact = client.get("/dicom-web/studies", params={"limit": "3"})
+    assert len(exact.json()) == 3 and "warning" not in exact.headers
+
+
 def test_paging_at_series_and_instance_level(client, hierarchy):
     all_series = values(search(client, "/series"), SERIES_UID)
     pages = [search(client, "/series", [("limit", "1"), ("offset", str(offset))]) for offset in range(3)]

@@ -165,12 +165,21 @@ def _statement(query: QidoQuery, scope: Scope, dialect: str) -> Select[Any]:
         )
         order = instances.c.id
     # Insertion order is stable, so limit/offset pages neither repeat nor skip.
-    return statement.where(and_(true(), *conditions)).order_by(order).limit(query.limit).offset(query.offset)
+    # One row past the page tells whether more results exist.
+    return statement.where(and_(true(), *conditions)).order_by(order).limit(query.limit + 1).offset(query.offset)
 
 
-def search(engine: Engine, query: QidoQuery, scope: Scope, dicomweb_root: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class SearchPage:
+    results: list[dict[str, Any]]
+    more: bool  # results beyond this page exist
+
+
+def search(engine: Engine, query: QidoQuery, scope: Scope, dicomweb_root: str) -> SearchPage:
     with engine.connect() as connection:
         rows = connection.execute(_statement(query, scope, engine.dialect.name)).all()
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
         if query.level == "study":
             counts = _study_counts(connection, [row.id for row in rows])
         elif query.level == "series":
@@ -208,7 +217,7 @@ def search(engine: Engine, query: QidoQuery, scope: Scope, dicomweb_root: str) -
                 }
             )
         results.append(_select_sorted(merged, keep))
-    return results
+    return SearchPage(results, more)
 
 
 def _cs(value: str) -> dict[str, Any]:

@@ -18,6 +18,10 @@ from server.dicomweb.context import dicomweb_root, services
 
 router = APIRouter(tags=["DICOMweb"])
 DICOM_JSON = "application/dicom+json"
+_MORE_RESULTS_WARNING = (
+    '299 medaiflow: "The number of results exceeded the maximum supported by the server. '
+    'Additional results can be requested."'
+)
 
 
 # --- STOW-RS -----------------------------------------------------------------
@@ -38,10 +42,12 @@ async def _search(request: Request, level: str, scope: qido.Scope) -> Response:
         raise NotAcceptable("QIDO-RS answers in application/dicom+json only")
     current = services(request)
     query = parse_qido_query(level, list(request.query_params.multi_items()), current.settings.qido_max_limit)
-    results = await run_in_threadpool(qido.search, current.engine, query, scope, dicomweb_root(request))
+    page = await run_in_threadpool(qido.search, current.engine, query, scope, dicomweb_root(request))
     # An empty match is 200 with [] (declared in the conformance statement), so
-    # clients need not special-case 204.
-    return Response(orjson.dumps(results), media_type=DICOM_JSON)
+    # clients need not special-case 204. A page cut short by `limit` says so
+    # with the Warning of PS3.18 §8.3.4.4, which clients use to page on.
+    headers = {"Warning": _MORE_RESULTS_WARNING} if page.more else None
+    return Response(orjson.dumps(page.results), media_type=DICOM_JSON, headers=headers)
 
 
 @router.get("/studies")

@@ -45,6 +45,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_studies_accession_number'), ['accession_number'], unique=False)
         batch_op.create_index(batch_op.f('ix_studies_patient_birth_date'), ['patient_birth_date'], unique=False)
         batch_op.create_index(batch_op.f('ix_studies_patient_id'), ['patient_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_studies_patient_name'), ['patient_name'], unique=False)
         batch_op.create_index(batch_op.f('ix_studies_patient_name_search'), ['patient_name_search'], unique=False)
         batch_op.create_index(batch_op.f('ix_studies_study_date'), ['study_date'], unique=False)
 
@@ -133,6 +134,7 @@ def downgrade() -> None:
     with op.batch_alter_table('studies', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_studies_study_date'))
         batch_op.drop_index(batch_op.f('ix_studies_patient_name_search'))
+        batch_op.drop_index(batch_op.f('ix_studies_patient_name'))
         batch_op.drop_index(batch_op.f('ix_studies_patient_id'))
         batch_op.drop_index(batch_op.f('ix_studies_patient_birth_date'))
         batch_op.drop_index(batch_op.f('ix_studies_accession_number'))
