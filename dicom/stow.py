@@ -50,8 +50,12 @@ def stow_response(outcomes: list[InstanceOutcome], dicomweb_root: str, study_uid
     body: dict[str, Any] = {}
     if study_uid is not None:
         body["00081190"] = {"vr": "UR", "Value": [f"{dicomweb_root}/studies/{study_uid}"]}
-    body["00081198"] = {"vr": "SQ", "Value": failed} if failed else {"vr": "SQ"}
-    body["00081199"] = {"vr": "SQ", "Value": referenced} if referenced else {"vr": "SQ"}
+    # Each sequence is present only when it has items (PS3.18 Table 10.5.3-2:
+    # required if any instance failed / was stored).
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
     return body
 
 

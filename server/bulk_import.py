@@ -8,12 +8,15 @@ from tqdm import tqdm
 
 from server.dicomweb.context import Services
 from server.ingest import PreparedFile, prepare
+from server.storage import ReceivedFile
 
 BATCH_SIZE = 100
 
 
 @dataclass
 class ImportSummary:
+    """Counts per outcome, and one line per rejected file or path."""
+
     stored: int = 0
     duplicate: int = 0
     rejected: int = 0
@@ -36,6 +39,7 @@ def _files(paths: list[Path]) -> Iterator[Path]:
 
 
 def import_paths(services: Services, paths: list[Path], show_progress: bool = True) -> ImportSummary:
+    """Store every file under `paths`, in batches, through the STOW ingest path."""
     summary = ImportSummary()
     missing = [path for path in paths if not path.exists()]
     for path in missing:
@@ -45,11 +49,14 @@ def import_paths(services: Services, paths: list[Path], show_progress: bool = Tr
     batch: list[tuple[Path, PreparedFile]] = []
     with tqdm(total=len(files), unit="file", disable=not show_progress) as progress:
         for source in files:
-            writer = services.store.new_temp_file()
-            with open(source, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    writer.write(chunk)
-            batch.append((source, prepare(services.store, writer.finish())))
+            received = _copy_to_temp(services, source)
+            if isinstance(received, str):
+                # An unreadable file is one rejection, not the end of the import.
+                summary.rejected += 1
+                summary.problems.append(f"{source}: {received}")
+                progress.update(1)
+                continue
+            batch.append((source, prepare(received)))
             if len(batch) >= BATCH_SIZE:
                 _flush(services, batch, summary)
                 progress.update(len(batch))
@@ -57,6 +64,19 @@ def import_paths(services: Services, paths: list[Path], show_progress: bool = Tr
         _flush(services, batch, summary)
         progress.update(len(batch))
     return summary
+
+
+def _copy_to_temp(services: Services, source: Path) -> ReceivedFile | str:
+    """The file copied under the store's tmp/, or why it could not be read."""
+    writer = services.store.new_temp_file()
+    try:
+        with open(source, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                writer.write(chunk)
+    except OSError as error:
+        writer.abort()
+        return f"could not read the file: {error.strerror}"
+    return writer.finish()
 
 
 def _flush(services: Services, batch: list[tuple[Path, PreparedFile]], summary: ImportSummary) -> None:

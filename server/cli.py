@@ -37,8 +37,13 @@ def _db_upgrade(_: argparse.Namespace) -> int:
     from server.migrate import upgrade
 
     settings = load_settings()
+    # The default SQLite file lives in the data directory.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(make_engine(settings.resolved_database_url))
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
     print("database schema is up to date")
     return 0
 
@@ -50,9 +55,13 @@ def _import(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     services = build_services(settings)
-    upgrade(services.engine)
-    summary = import_paths(services, [Path(path) for path in args.paths], show_progress=not args.quiet)
+    try:
+        upgrade(services.engine)
+        summary = import_paths(services, [Path(path) for path in args.paths], show_progress=not args.quiet)
+    finally:
+        services.engine.dispose()
     print(summary.describe())
+    # Non-zero when anything was left out, so scripts notice; the summary says what.
     return 0 if summary.rejected == 0 else 1
 
 
@@ -60,13 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medaiflow", description="MedAIFlow DICOMweb and FHIR server")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="migrate the database and run the server")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--host", help="address to listen on (default: MEDAIFLOW_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: MEDAIFLOW_PORT or 8080)")
     serve.set_defaults(run=_serve)
     db = commands.add_parser("db", help="database administration").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply the Alembic migrations").set_defaults(run=_db_upgrade)
-    importer = commands.add_parser("import", help="bulk-load DICOM files or folders (recursive)")
-    importer.add_argument("paths", nargs="+")
+    importer = commands.add_parser(
+        "import",
+        help="bulk-load DICOM files or folders (recursive)",
+        description="Store Part 10 files as STOW-RS would; exits 1 if any file was rejected.",
+    )
+    importer.add_argument("paths", nargs="+", metavar="PATH", help="a DICOM file, or a folder searched recursively")
     importer.add_argument("--quiet", action="store_true", help="no progress bar")
     importer.set_defaults(run=_import)
     return parser

@@ -22,6 +22,7 @@ from dicom.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from server.logs import request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -66,4 +67,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, error: Exception) -> Response:
         log.exception("unhandled error")
-        return error_response(500, "internal error; the request id in X-Request-ID identifies the log entry")
+        # Starlette answers a 500 from outside every middleware, so the
+        # request-id middleware cannot add its header here.
+        request_id = request_id_var.get()
+        return error_response(
+            500,
+            "internal error; the request id in X-Request-ID identifies the log entry",
+            {"X-Request-ID": request_id} if request_id else None,
+        )

@@ -1,4 +1,9 @@
-"""Liveness and readiness probes, for orchestrators and load balancers."""
+"""Liveness and readiness probes, for orchestrators and load balancers.
+
+Liveness says only that the process answers; readiness says whether a STOW
+could succeed now: the database answers and both the store and its tmp/
+folder, where every payload lands first, are writable.
+"""
 
 from fastapi import APIRouter, Request
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,6 +28,6 @@ def readyz(request: Request) -> JSONResponse:
     except SQLAlchemyError as error:
         checks["database"] = f"unreachable: {type(error).__name__}"
     if not services.store.is_reachable():
-        checks["storage"] = "not writable"
+        checks["storage"] = "storage or its temp folder missing or not writable"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)

@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8080
+    public_base_url: str | None = Field(
+        default=None,
+        description="the server's address as clients reach it (e.g. https://pacs.example.org/medaiflow);"
+        " RetrieveURLs and BulkDataURIs use it instead of the request's Host and X-Forwarded-* headers",
+    )
     cors_origins: str = Field(default="", description="comma-separated origins, or *")
     max_stow_bytes: int = Field(default=4 * 1024**3, description="413 above this request size")
     qido_max_limit: int = 1000

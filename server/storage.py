@@ -78,7 +78,13 @@ class FileStore:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
 
     def new_temp_file(self) -> TempFileWriter:
-        return TempFileWriter(self.temp_dir / f"{secrets.token_hex(12)}.part")
+        path = self.temp_dir / f"{secrets.token_hex(12)}.part"
+        try:
+            return TempFileWriter(path)
+        except FileNotFoundError:
+            # Someone removed tmp/ under a running server; make it again.
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+            return TempFileWriter(path)
 
     def make_durable(self, files: list[Path]) -> None:
         """Flush written files and renames to disk before the index may point at them.
@@ -114,8 +120,16 @@ class FileStore:
 
     def place(self, received: ReceivedFile, relative_path: str) -> None:
         target = self.absolute(relative_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(received.temp_path, target)
+        # A concurrent `remove` of a series' last file may delete the folder
+        # between mkdir and rename; making it again settles the race.
+        for attempt in range(3):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(received.temp_path, target)
+                return
+            except FileNotFoundError:
+                if attempt == 2 or not received.temp_path.exists():
+                    raise
 
     def absolute(self, relative_path: str) -> Path:
         return self.root / relative_path
@@ -131,4 +145,4 @@ class FileStore:
                 break
 
     def is_reachable(self) -> bool:
-        return self.root.is_dir() and os.access(self.root, os.W_OK)
+        return all(folder.is_dir() and os.access(folder, os.W_OK) for folder in (self.root, self.temp_dir))

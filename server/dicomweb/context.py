@@ -28,6 +28,9 @@ def dicomweb_root(request: Request) -> str:
     Honours X-Forwarded-Proto/-Host/-Prefix so RetrieveURLs and BulkDataURIs
     point at the proxy, not at this process.
     """
+    configured = request.app.state.services.settings.public_base_url
+    if configured:
+        return f"{configured.rstrip('/')}/dicom-web"
     headers = request.headers
     scheme = headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
     host = headers.get("x-forwarded-host", headers.get("host", request.url.netloc)).split(",")[0].strip()

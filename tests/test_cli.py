@@ -1,0 +1,183 @@
+"""The `medaiflow` command line: import, db upgrade, help, the console script."""
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import create_engine, func, inspect, select, text
+
+from server import bulk_import
+from server.cli import main
+from server.tables import instances, series, storage_journal, studies
+from tests.dicom_files import bundled_file, make_ct
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The environment `medaiflow` reads its settings from; returns the data dir."""
+    data_dir = tmp_path / "cli-data"
+    monkeypatch.setenv("MEDAIFLOW_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("MEDAIFLOW_DATABASE_URL", database_url)
+    return data_dir
+
+
+Counts = Callable[[], dict[str, int]]
+
+
+@pytest.fixture
+def index_counts(database_url: str) -> Iterator[Counts]:
+    """Rows per index table, read on a connection of the test's own."""
+    engine = create_engine(database_url)
+
+    def counts() -> dict[str, int]:
+        with engine.connect() as connection:
+            return {
+                table.name: connection.execute(select(func.count()).select_from(table)).scalar_one()
+                for table in (studies, series, instances, storage_journal)
+            }
+
+    yield counts
+    engine.dispose()
+
+
+def dicom_tree(root: Path) -> Path:
+    """Two generated CTs in one series, two bundled files, a duplicate, and a text file."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    (root / "scanner" / "series1").mkdir(parents=True)
+    (root / "bundled" / "nested").mkdir(parents=True)
+    for number in (1, 2):
+        payload = make_ct(study_uid=study_uid, series_uid=series_uid, InstanceNumber=number)
+        (root / "scanner" / "series1" / f"IM{number:04d}").write_bytes(payload)
+    shutil.copy(bundled_file("CT_small.dcm"), root / "bundled" / "ct.dcm")
+    shutil.copy(bundled_file("MR_small.dcm"), root / "bundled" / "mr.dcm")
+    shutil.copy(bundled_file("CT_small.dcm"), root / "bundled" / "nested" / "ct-copy.dcm")
+    (root / "README.txt").write_text("not DICOM\n")
+    return root
+
+
+def test_import_tree_counts_and_indexes(
+    tmp_path: Path, cli_env: Path, index_counts: Counts, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = dicom_tree(tmp_path / "incoming")
+
+    exit_code = main(["import", "--quiet", str(tree)])
+
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "stored 4, duplicate 1, rejected 1"
+    assert "README.txt" in out
+    assert exit_code == 1  # something was left out
+    assert index_counts() == {"studies": 3, "series": 3, "instances": 4, "storage_journal": 0}
+    assert len(list((cli_env / "dicom").rglob("*.dcm"))) == 4
+    assert list((cli_env / "dicom" / "tmp").iterdir()) == []
+
+
+def test_import_again_is_all_duplicates(
+    tmp_path: Path, cli_env: Path, index_counts: Counts, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = dicom_tree(tmp_path / "incoming")
+    (tree / "README.txt").unlink()
+    assert main(["import", "--quiet", str(tree)]) == 0
+    capsys.readouterr()
+
+    assert main(["import", "--quiet", str(tree / "bundled"), str(tree / "scanner" / "series1" / "IM0001")]) == 0
+
+    assert capsys.readouterr().out.strip() == "stored 0, duplicate 4, rejected 0"
+    assert index_counts()["instances"] == 4
+    assert len(list((cli_env / "dicom").rglob("*.dcm"))) == 4
+
+
+def test_import_missing_and_vanished_files_are_rejections(
+    tmp_path: Path, cli_env: Path, index_counts: Counts, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = dicom_tree(tmp_path / "incoming")
+    (tree / "README.txt").unlink()
+    vanishing = tree / "bundled" / "mr.dcm"
+    listed = bulk_import._files
+
+    def files_then_one_disappears(paths: list[Path]) -> Iterator[Path]:
+        # The file is deleted after the folder walk found it, before it is read.
+        for path in listed(paths):
+            if path == vanishing:
+                path.unlink()
+            yield path
+
+    monkeypatch.setattr(bulk_import, "_files", files_then_one_disappears)
+
+    exit_code = main(["import", "--quiet", str(tree), str(tmp_path / "nowhere")])
+
+    out = capsys.readouterr().out
+    assert exit_code == 1
+    assert out.splitlines()[0] == "stored 3, duplicate 1, rejected 2"
+    assert f"{tmp_path / 'nowhere'}: no such file or folder" in out
+    assert f"{vanishing}: could not read the file" in out
+    assert index_counts()["instances"] == 3
+    assert list((cli_env / "dicom" / "tmp").iterdir()) == []
+
+
+def test_import_shows_progress_unless_quiet(
+    tmp_path: Path, cli_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "one.dcm"
+    source.write_bytes(make_ct())
+
+    assert main(["import", str(source)]) == 0
+
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "stored 1, duplicate 0, rejected 0"
+    assert "1/1" in captured.err  # tqdm's bar, on stderr so stdout stays parseable
+
+
+def test_db_upgrade_is_idempotent(cli_env: Path, database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "upgrade"]) == 0
+    assert main(["db", "upgrade"]) == 0
+
+    assert capsys.readouterr().out.splitlines() == ["database schema is up to date"] * 2
+    engine = create_engine(database_url)
+    try:
+        names = set(inspect(engine).get_table_names())
+        assert {"studies", "series", "instances", "series_requests", "storage_journal", "alembic_version"} <= names
+        with engine.connect() as connection:
+            assert len(connection.execute(text("SELECT version_num FROM alembic_version")).all()) == 1
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], ["serve", "db", "import"]),
+        (["serve"], ["--host", "--port"]),
+        (["db"], ["upgrade"]),
+        (["db", "upgrade"], ["usage: medaiflow db upgrade"]),
+        (["import"], ["PATH", "--quiet"]),
+    ],
+)
+def test_help(argv: list[str], expected: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for word in expected:
+        assert word in out
+
+
+def test_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    assert "usage: medaiflow" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "medaiflow"
+    assert script.is_file(), "run `pip install -e .` to install the console script"
+
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120, check=False)
+
+    assert result.returncode == 0, result.stderr
+    assert "usage: medaiflow" in result.stdout
+    assert "import" in result.stdout

@@ -1,0 +1,190 @@
+"""Start-up recovery: what a crash leaves behind, and what `Ingestor.recover()` does with it.
+
+The storage design (server/ingest.py) journals every final path before the
+file is renamed into place; a crash leaves only journaled files and temp
+payloads. Recovery removes journaled files that no row references, keeps
+the ones that a row does, empties tmp/ and clears the journal.
+"""
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.uid import generate_uid
+from sqlalchemy import func, select
+
+from server import index
+from server.db import write_connection
+from server.dicomweb.context import Services
+from server.ingest import PreparedFile, prepare
+from server.tables import instances, storage_journal
+from tests.dicom_files import make_ct, multipart_body
+
+
+class Crash(BaseException):
+    """Stands for the process dying: nothing in the server catches it."""
+
+
+def stow(client: TestClient, payloads: list[bytes]) -> None:
+    body, content_type = multipart_body(payloads)
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+
+
+def rows(services: Services) -> dict[str, str]:
+    """SOP Instance UID -> file path of every instance row."""
+    with services.engine.connect() as connection:
+        return dict(connection.execute(select(instances.c.sop_instance_uid, instances.c.file_path)).all())
+
+
+def journal(services: Services) -> list[str]:
+    with services.engine.connect() as connection:
+        return list(connection.execute(select(storage_journal.c.file_path)).scalars())
+
+
+def files_on_disk(services: Services) -> set[str]:
+    root = services.store.root
+    return {
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*")
+        if path.is_file() and services.store.temp_dir not in path.parents
+    }
+
+
+def journal_committed(services: Services, paths: list[str]) -> None:
+    with write_connection(services.engine) as connection:
+        index.journal_files(connection, paths)
+
+
+def leave_temp_payload(services: Services) -> Path:
+    leftover = services.store.temp_dir / "deadbeef.part"
+    leftover.write_bytes(b"half a payload")
+    return leftover
+
+
+def test_crash_between_rename_and_index_commit(client: TestClient, services: Services) -> None:
+    stow(client, [make_ct()])
+    [kept_path] = rows(services).values()
+    # The state a STOW leaves when it dies after step 3 (renamed into place)
+    # and before step 4 (rows committed): a journaled file without a row.
+    study_uid, series_uid, sop_uid = generate_uid(), generate_uid(), generate_uid()
+    orphan = services.store.relative_path_for(study_uid, series_uid, sop_uid)
+    journal_committed(services, [orphan])
+    services.store.absolute(orphan).parent.mkdir(parents=True)
+    services.store.absolute(orphan).write_bytes(make_ct(study_uid, series_uid, sop_uid))
+    leftover = leave_temp_payload(services)
+
+    removed = services.ingestor.recover()
+
+    assert removed == 1
+    assert not services.store.absolute(orphan).exists()
+    assert not services.store.absolute(study_uid).exists()  # its empty folders went too
+    assert not leftover.exists()
+    assert services.store.temp_dir.is_dir()
+    assert files_on_disk(services) == {kept_path}
+    assert journal(services) == []
+
+
+def received(services: Services, payload: bytes) -> PreparedFile:
+    """A payload as STOW hands it to the ingestor: written under tmp/ and described."""
+    writer = services.store.new_temp_file()
+    writer.write(payload)
+    return prepare(writer.finish())
+
+
+def test_crash_inside_store_batch(client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same crash through the real ingest path: the process dies while rows are written."""
+    stow(client, [make_ct()])
+    before = rows(services)
+    payloads = [make_ct(study_uid=generate_uid()) for _ in range(3)]
+    batch = [received(services, payload) for payload in [*payloads, b"not DICOM"]]
+
+    def die(*_: object, **__: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(index, "write_instance", die)
+    with pytest.raises(Crash):
+        services.ingestor.store_batch(batch)
+    monkeypatch.undo()
+    assert len(journal(services)) == 3  # journaled and renamed into place, never indexed
+    assert len(files_on_disk(services)) == 4
+    assert list(services.store.temp_dir.iterdir())  # the unreadable payload
+
+    assert services.ingestor.recover() == 3
+
+    assert rows(services) == before
+    assert files_on_disk(services) == set(before.values())
+    assert list(services.store.temp_dir.iterdir()) == []
+    assert journal(services) == []
+    # Nothing stands in the way of the resend.
+    stow(client, payloads)
+    assert files_on_disk(services) == set(rows(services).values())
+    assert len(rows(services)) == 4
+
+
+def test_journaled_file_still_referenced_is_kept(client: TestClient, services: Services) -> None:
+    """DELETE journals the files before their rows go; if it dies before the
+    rows are deleted, the rows still point at the files, which must stay."""
+    payload = make_ct()
+    stow(client, [payload])
+    [(sop_uid, path)] = rows(services).items()
+    journal_committed(services, [path])
+
+    assert services.ingestor.recover() == 0
+
+    assert rows(services) == {sop_uid: path}
+    assert services.store.absolute(path).read_bytes() == payload
+    assert journal(services) == []
+
+
+def test_crash_after_delete_commit(client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DELETE committed (rows gone, files journaled) and died before removing the files."""
+    study_uid = generate_uid()
+    stow(client, [make_ct(study_uid=study_uid) for _ in range(2)])
+    other = make_ct()
+    stow(client, [other])
+    doomed = [path for path in rows(services).values() if path.startswith(study_uid)]
+    monkeypatch.setattr(services.ingestor, "discard", lambda paths: None)
+    assert client.delete(f"/dicom-web/studies/{study_uid}").status_code == 200
+    monkeypatch.undo()
+    assert sorted(journal(services)) == sorted(doomed)
+    assert all(services.store.absolute(path).exists() for path in doomed)
+
+    assert services.ingestor.recover() == 2
+
+    assert files_on_disk(services) == set(rows(services).values())
+    assert len(rows(services)) == 1
+    assert not services.store.absolute(study_uid).exists()
+    assert journal(services) == []
+
+
+def test_crash_before_superseded_version_is_removed(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resend with new content replaces the row; the old file is journaled, then removed."""
+    study_uid, series_uid, sop_uid = generate_uid(), generate_uid(), generate_uid()
+    stow(client, [make_ct(study_uid, series_uid, sop_uid, StudyDescription="first")])
+    first_path = rows(services)[sop_uid]
+    monkeypatch.setattr(services.ingestor, "discard", lambda paths: None)
+    stow(client, [make_ct(study_uid, series_uid, sop_uid, StudyDescription="second")])
+    monkeypatch.undo()
+    second_path = rows(services)[sop_uid]
+    assert second_path != first_path
+    assert journal(services) == [first_path]
+
+    assert services.ingestor.recover() == 1
+
+    assert files_on_disk(services) == {second_path}
+    assert journal(services) == []
+
+
+def test_recover_on_a_clean_store_changes_nothing(client: TestClient, services: Services) -> None:
+    stow(client, [make_ct(), make_ct()])
+    before = files_on_disk(services)
+
+    assert services.ingestor.recover() == 0
+    assert services.ingestor.recover() == 0
+
+    assert files_on_disk(services) == before == set(rows(services).values())
+    with services.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(storage_journal)).scalar_one() == 0
