@@ -259,3 +259,11 @@ def test_delete_removes_rows_and_files(client, services):
     assert client.delete(f"/dicom-web/studies/{study}").status_code == 404
     assert list(services.store.root.rglob("*.dcm")) == []
     assert client.get("/dicom-web/studies").json() == []
+
+
+def test_public_base_url_setting_overrides_the_request_host(client, services):
+    services.settings.public_base_url = "https://images.example.org/pacs/"
+    study = generate_uid()
+    stow(client, [make_ct(study_uid=study, size=64)])
+    [attributes] = client.get(f"/dicom-web/studies/{study}/metadata", headers={"X-Forwarded-Host": "ignored.example"}).json()
+    assert attributes["7FE00010"]["BulkDataURI"].startswith(f"https://images.example.org/pacs/dicom-web/studies/{study}/")
