@@ -13,6 +13,7 @@ removes unless a committed row points at them.
 """
 
 import logging
+from contextlib import nullcontext
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -132,7 +133,12 @@ class Ingestor:
         unreferenced = [candidate.relative_path for candidate in candidates if candidate.relative_path not in placed_paths]
         try:
             self.store.make_durable([self.store.absolute(candidate.relative_path) for candidate in placed])
-            unreferenced += self._index(placed)
+            try:
+                unreferenced += self._index(placed, isolate=False)
+            except SQLAlchemyError:
+                # Some row failed: redo the batch with a savepoint per instance,
+                # so that only the instances that fail are refused.
+                unreferenced += self._index(placed, isolate=True)
         except (SQLAlchemyError, OSError):
             log.exception("could not index a STOW batch")
             for candidate in placed:
@@ -140,8 +146,12 @@ class Ingestor:
             unreferenced += [candidate.relative_path for candidate in placed]
         self.discard(unreferenced)
 
-    def _index(self, placed: list[_Candidate]) -> list[str]:
-        """Write the rows; return the files that no row references afterwards."""
+    def _index(self, placed: list[_Candidate], isolate: bool) -> list[str]:
+        """Write the rows; return the files that no row references afterwards.
+
+        Without `isolate` any failure aborts the whole transaction; with it,
+        each instance has a savepoint of its own (one more round trip each).
+        """
         unreferenced: list[str] = []
         referenced: list[str] = []
         superseded: list[str] = []
@@ -152,7 +162,7 @@ class Ingestor:
                 description = candidate.description
                 received = candidate.prepared.received
                 try:
-                    with connection.begin_nested():
+                    with connection.begin_nested() if isolate else nullcontext():
                         # Cached keys are only trusted once their savepoint has
                         # committed; a rolled-back upsert must not be reused.
                         study_uid = description.study.study_instance_uid
@@ -175,6 +185,8 @@ class Ingestor:
                     study_pks[study_uid] = study_pk
                     series_pks[series_uid] = series_pk
                 except SQLAlchemyError as error:
+                    if not isolate:
+                        raise
                     log.warning("index write failed for one instance: %s", type(error).__name__)
                     candidate.outcome = _outcome(description, failure=FailureReason.PROCESSING_FAILURE)
                     unreferenced.append(candidate.relative_path)

@@ -226,3 +226,11 @@ def test_big_chunks_sanity() -> None:
     total += sum(len(e.data) for e in events if isinstance(e, PartData))
     assert total == 64 << 20
     print(f"64 MiB parsed in {time.perf_counter() - started:.3f} s")
+
+
+def test_multipart_length_matches_the_framed_body():
+    from dicom.multipart import iter_multipart, multipart_length
+
+    parts = [("application/dicom; transfer-syntax=1.2.840.10008.1.2.1", b"x" * 1000), ("application/dicom", b"")]
+    body = b"".join(iter_multipart("b0undary", [(content_type, [data]) for content_type, data in parts], min_chunk=7))
+    assert multipart_length("b0undary", [(content_type, len(data)) for content_type, data in parts]) == len(body)

@@ -207,3 +207,30 @@ def test_bundled_truncated_files_are_refused(client, services, path):
     response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
     assert response.status_code == 409
     assert _count(services) == 0
+
+
+def test_an_index_failure_refuses_only_its_own_instance(client, services, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from server import index
+
+    doomed = generate_uid()
+    real_write = index.write_instance
+
+    def failing_write(connection, description, *args):
+        if description.instance.sop_instance_uid == doomed:
+            raise OperationalError("INSERT", {}, Exception("simulated database failure"))
+        return real_write(connection, description, *args)
+
+    monkeypatch.setattr(index, "write_instance", failing_write)
+    study = generate_uid()
+    payloads = [make_ct(study_uid=study), make_ct(study_uid=study, sop_uid=doomed), make_ct(study_uid=study)]
+    body, content_type = multipart_body(payloads)
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 202
+    [failed] = response.json()["00081198"]["Value"]
+    assert failed["00081155"]["Value"] == [doomed]
+    assert failed["00081197"]["Value"] == [0x0110]
+    assert _count(services) == 2
+    assert len(_stored_files(services)) == 2
+    assert _count(services, storage_journal) == 0

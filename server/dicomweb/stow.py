@@ -6,6 +6,7 @@ nothing behind.
 """
 
 import asyncio
+from dataclasses import dataclass
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -16,7 +17,7 @@ from dicom.multipart import MultipartReader, PartData, PartEnd, PartStart, parse
 from dicom.stow import FailureReason, InstanceOutcome, stow_response, stow_status
 from dicom.uids import require_uid
 from server.dicomweb.context import Services, dicomweb_root
-from server.ingest import prepare
+from server.ingest import PreparedFile, prepare
 from server.storage import ReceivedFile, TempFileWriter
 
 DICOM_MEDIA_TYPE = "application/dicom"
@@ -42,11 +43,19 @@ def _boundary_of(content_type_header: str | None) -> str:
     return boundary
 
 
-async def _receive_parts(request: Request, services: Services, boundary: str) -> list[ReceivedFile | str]:
-    """Each part as a temp file, or as the reason it was refused; raises if the body is malformed."""
+@dataclass(frozen=True)
+class _DicomPart:
+    received: ReceivedFile
+    # Described in a worker thread while the rest of the body is still arriving.
+    description: "asyncio.Future[PreparedFile]"
+
+
+async def _receive_parts(request: Request, services: Services, boundary: str) -> list[_DicomPart | str]:
+    """Each part as a temp file being described, or as the reason it was refused;
+    raises if the body is malformed."""
     limit = services.settings.max_stow_bytes
     reader = MultipartReader(boundary, DICOM_MEDIA_TYPE)
-    parts: list[ReceivedFile | str] = []
+    parts: list[_DicomPart | str] = []
     writer: TempFileWriter | None = None
     refused: str | None = None
     received_bytes = 0
@@ -66,7 +75,8 @@ async def _receive_parts(request: Request, services: Services, boundary: str) ->
                         refused = f"a part of type {event.content_type[:60]!r} is not application/dicom"
                 elif isinstance(event, PartEnd):
                     if writer is not None:
-                        parts.append(writer.finish())
+                        received = writer.finish()
+                        parts.append(_DicomPart(received, asyncio.ensure_future(asyncio.to_thread(prepare, received))))
                         writer = None
                     else:
                         parts.append(refused or "empty part")
@@ -81,12 +91,13 @@ async def _receive_parts(request: Request, services: Services, boundary: str) ->
     return parts
 
 
-def _discard(parts: list[ReceivedFile | str], writer: TempFileWriter | None) -> None:
+def _discard(parts: list[_DicomPart | str], writer: TempFileWriter | None) -> None:
+    # A description still running on a removed file ends as a problem, not an error.
     if writer is not None:
         writer.abort()
     for part in parts:
-        if isinstance(part, ReceivedFile):
-            part.temp_path.unlink(missing_ok=True)
+        if isinstance(part, _DicomPart):
+            part.received.temp_path.unlink(missing_ok=True)
 
 
 async def store_instances(request: Request, services: Services, study_uid: str | None) -> Response:
@@ -99,16 +110,15 @@ async def store_instances(request: Request, services: Services, study_uid: str |
     parts = await _receive_parts(request, services, boundary)
     if not parts:
         raise InvalidRequest("the multipart body has no parts")
-    received = [part for part in parts if isinstance(part, ReceivedFile)]
     try:
-        prepared = await asyncio.gather(*(asyncio.to_thread(prepare, item) for item in received))
+        prepared = await asyncio.gather(*(part.description for part in parts if isinstance(part, _DicomPart)))
         stored = iter(await asyncio.to_thread(services.ingestor.store_batch, list(prepared), study_uid))
     except BaseException:
         _discard(parts, None)
         raise
     outcomes = [
         next(stored)
-        if isinstance(part, ReceivedFile)
+        if isinstance(part, _DicomPart)
         else InstanceOutcome(None, None, None, None, failure=FailureReason.CANNOT_UNDERSTAND, detail=part)
         for part in parts
     ]

@@ -16,7 +16,7 @@ from dicom.errors import InvalidRequest, NotAcceptable
 from dicom.frames import parse_frame_list, read_frames
 from dicom.instance import BULK_DATA_BASE_MARKER
 from dicom.media_types import MediaRange, accept_from_request, admits_part
-from dicom.multipart import iter_file, iter_multipart, multipart_related_type, new_boundary
+from dicom.multipart import iter_file, iter_multipart, multipart_length, multipart_related_type, new_boundary
 from dicom.rendering import parse_render_params, render_frame, thumbnail
 from dicom.transfer_syntax import can_decompress, choose_instance_syntax, is_native, transcode_to
 from server.dicomweb.context import Services, dicomweb_root
@@ -34,17 +34,24 @@ def negotiated_accept(request: Request) -> list[MediaRange]:
     )
 
 
+def _instance_content_type(syntax: str) -> str:
+    return f"{DICOM}; transfer-syntax={syntax}"
+
+
 def _instance_part(instance: StoredInstance, syntax: str) -> tuple[str, Iterator[bytes]]:
-    content_type = f"{DICOM}; transfer-syntax={syntax}"
     if syntax == instance.transfer_syntax_uid:
-        return content_type, iter_file(instance.absolute_path)
-    return content_type, iter((transcode_to(instance.absolute_path, syntax),))
+        return _instance_content_type(syntax), iter_file(instance.absolute_path)
+    return _instance_content_type(syntax), iter((transcode_to(instance.absolute_path, syntax),))
 
 
-def _multipart(parts: Iterable[tuple[str, Iterator[bytes]]], part_type: str) -> StreamingResponse:
-    boundary = new_boundary()
+def _multipart(
+    parts: Iterable[tuple[str, Iterator[bytes]]], part_type: str, boundary: str | None = None, length: int | None = None
+) -> StreamingResponse:
+    boundary = boundary or new_boundary()
     return StreamingResponse(
-        iter_multipart(boundary, parts), media_type=multipart_related_type(boundary, part_type)
+        iter_multipart(boundary, parts),
+        media_type=multipart_related_type(boundary, part_type),
+        headers={"Content-Length": str(length)} if length is not None else None,
     )
 
 
@@ -57,8 +64,16 @@ async def retrieve_instances(
         (instance, choose_instance_syntax(accept, instance.transfer_syntax_uid, can_decompress(instance.transfer_syntax_uid)))
         for instance, _ in found
     ]
+    boundary = new_boundary()
+    length = None
+    if all(syntax == instance.transfer_syntax_uid for instance, syntax in chosen):
+        # Stored files only: the length is known before the first byte.
+        length = multipart_length(
+            boundary, [(_instance_content_type(syntax), instance.file_size) for instance, syntax in chosen]
+        )
     # Lazily built parts: a transcoded instance is produced only when its turn comes.
-    return _multipart((_instance_part(instance, syntax) for instance, syntax in chosen), DICOM)
+    parts = (_instance_part(instance, syntax) for instance, syntax in chosen)
+    return _multipart(parts, DICOM, boundary, length)
 
 
 async def retrieve_metadata(
