@@ -12,7 +12,7 @@ from dicom.multipart import (
     PartData,
     PartEnd,
     PartStart,
-    iter_file,
+    map_file,
     iter_multipart,
     multipart_related_type,
     new_boundary,
@@ -184,7 +184,7 @@ def test_write_read_round_trip(tmp_path) -> None:
         iter_multipart(
             boundary,
             [
-                ("application/dicom", iter_file(str(file_path), chunk_size=4096)),
+                ("application/dicom", [bytes(map_file(str(file_path)))]),
                 ("application/octet-stream", [b"", TRICKY], {"Content-Location": "/frames/1"}),
                 ("text/plain", []),
             ],
@@ -229,8 +229,14 @@ def test_big_chunks_sanity() -> None:
 
 
 def test_multipart_length_matches_the_framed_body():
-    from dicom.multipart import iter_multipart, multipart_length
+    from dicom.multipart import MultipartFraming, iter_multipart
 
     parts = [("application/dicom; transfer-syntax=1.2.840.10008.1.2.1", b"x" * 1000), ("application/dicom", b"")]
     body = b"".join(iter_multipart("b0undary", [(content_type, [data]) for content_type, data in parts], min_chunk=7))
-    assert multipart_length("b0undary", [(content_type, len(data)) for content_type, data in parts]) == len(body)
+    assert MultipartFraming("b0undary").length([(content_type, len(data)) for content_type, data in parts]) == len(body)
+
+
+def test_map_file_of_an_empty_file(tmp_path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert map_file(str(empty)) == b""

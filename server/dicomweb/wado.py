@@ -4,7 +4,7 @@ Each handler negotiates first and streams second, so a 406 or 404 is
 answered before any byte of a multipart body goes out.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from functools import partial
 
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +16,7 @@ from dicom.errors import InvalidRequest, NotAcceptable
 from dicom.frames import parse_frame_list, read_frames
 from dicom.instance import BULK_DATA_BASE_MARKER
 from dicom.media_types import MediaRange, accept_from_request, admits_part
-from dicom.multipart import iter_file, iter_multipart, multipart_length, multipart_related_type, new_boundary
+from dicom.multipart import MultipartFraming, iter_multipart, map_file, multipart_related_type, new_boundary
 from dicom.rendering import parse_render_params, render_frame, thumbnail
 from dicom.transfer_syntax import can_decompress, choose_instance_syntax, is_native, transcode_to
 from server.dicomweb.context import Services, dicomweb_root
@@ -38,21 +38,53 @@ def _instance_content_type(syntax: str) -> str:
     return f"{DICOM}; transfer-syntax={syntax}"
 
 
-def _instance_part(instance: StoredInstance, syntax: str) -> tuple[str, Iterator[bytes]]:
-    if syntax == instance.transfer_syntax_uid:
-        return _instance_content_type(syntax), iter_file(instance.absolute_path)
-    return _instance_content_type(syntax), iter((transcode_to(instance.absolute_path, syntax),))
+def _multipart(parts: Iterable[tuple[str, Iterator[bytes]]], part_type: str) -> StreamingResponse:
+    boundary = new_boundary()
+    return StreamingResponse(iter_multipart(boundary, parts), media_type=multipart_related_type(boundary, part_type))
 
 
-def _multipart(
-    parts: Iterable[tuple[str, Iterator[bytes]]], part_type: str, boundary: str | None = None, length: int | None = None
-) -> StreamingResponse:
-    boundary = boundary or new_boundary()
-    return StreamingResponse(
-        iter_multipart(boundary, parts),
-        media_type=multipart_related_type(boundary, part_type),
-        headers={"Content-Length": str(length)} if length is not None else None,
-    )
+# Files are mapped a group at a time in a worker thread, so the event loop
+# never waits on a disk; a group is capped so that transcoded instances held
+# in memory stay bounded.
+_GROUP_FILES = 64
+_GROUP_BYTES = 64 * 1024 * 1024
+
+
+def _groups(chosen: list[tuple[StoredInstance, str]]) -> Iterator[list[tuple[StoredInstance, str]]]:
+    group: list[tuple[StoredInstance, str]] = []
+    size = 0
+    for item in chosen:
+        group.append(item)
+        size += item[0].file_size
+        if len(group) >= _GROUP_FILES or size >= _GROUP_BYTES:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
+
+
+def _instance_bodies(group: list[tuple[StoredInstance, str]]) -> list[bytes | memoryview]:
+    """Stored files memory-mapped (sent from the page cache without a copy into
+    Python objects), transcoded ones encoded."""
+    return [
+        map_file(instance.absolute_path)
+        if syntax == instance.transfer_syntax_uid
+        else transcode_to(instance.absolute_path, syntax)
+        for instance, syntax in group
+    ]
+
+
+async def _instances_body(
+    framing: MultipartFraming, chosen: list[tuple[StoredInstance, str]]
+) -> AsyncIterator[bytes | memoryview]:
+    first = True
+    for group in _groups(chosen):
+        bodies = await run_in_threadpool(_instance_bodies, group)
+        for (_, syntax), body in zip(group, bodies, strict=True):
+            yield framing.head(_instance_content_type(syntax), first=first)
+            yield body
+            first = False
+    yield framing.closing(after_parts=not first)
 
 
 async def retrieve_instances(
@@ -65,15 +97,15 @@ async def retrieve_instances(
         for instance, _ in found
     ]
     boundary = new_boundary()
-    length = None
+    framing = MultipartFraming(boundary)
+    headers = None
     if all(syntax == instance.transfer_syntax_uid for instance, syntax in chosen):
         # Stored files only: the length is known before the first byte.
-        length = multipart_length(
-            boundary, [(_instance_content_type(syntax), instance.file_size) for instance, syntax in chosen]
-        )
-    # Lazily built parts: a transcoded instance is produced only when its turn comes.
-    parts = (_instance_part(instance, syntax) for instance, syntax in chosen)
-    return _multipart(parts, DICOM, boundary, length)
+        length = framing.length((_instance_content_type(syntax), instance.file_size) for instance, syntax in chosen)
+        headers = {"Content-Length": str(length)}
+    return StreamingResponse(
+        _instances_body(framing, chosen), media_type=multipart_related_type(boundary, DICOM), headers=headers
+    )
 
 
 async def retrieve_metadata(
