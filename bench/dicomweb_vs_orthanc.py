@@ -270,7 +270,6 @@ class OursServer(Server):
         env.update(
             {
                 "MEDAIFLOW_DATA_DIR": str(self.tmp / "data"),
-                "MEDAIFLOW_AUTH_DISABLED": "1",
             }
         )
         env.pop("MEDAIFLOW_DATABASE_URL", None)

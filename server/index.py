@@ -3,7 +3,7 @@
 Upserts are written so that concurrent writers of the same study (eight
 modalities sending one study at once) meet on the unique UID constraints
 instead of creating duplicates: insert-or-update, or insert-or-ignore and
-read back.
+read back on a conflict.
 
 Statements are built once per dialect and executed with parameters: building
 an upsert is several times dearer than running it, and ingest runs them for
@@ -47,7 +47,6 @@ class _Statements:
     insert_instance: Any
     update_instance: Any
     find_instance: Any
-    delete_requests: Any
     insert_requests: Any
 
 
@@ -76,8 +75,7 @@ def _statements(dialect_name: str) -> _Statements:
         .where(instances.c.id == bindparam("row_id"))
         .values({name: bindparam(name) for name in _INSTANCE_COLUMNS}),
         find_instance=find_instance,
-        delete_requests=delete(series_requests).where(series_requests.c.series_pk == bindparam("series_pk")),
-        insert_requests=insert(series_requests),
+        insert_requests=dialect.insert(series_requests).on_conflict_do_nothing(),
     )
 
 
@@ -105,11 +103,20 @@ def upsert_series(connection: Connection, study_pk: int, fields: SeriesFields, a
     values = {name: value for name, value in vars(fields).items() if name != "requests"}
     values |= {"study_pk": study_pk, "attributes_json": orjson.dumps(attributes)}
     series_pk: int = connection.execute(statements.upsert_series, _fitted(series, values)).scalar_one()
-    connection.execute(statements.delete_requests, {"series_pk": series_pk})
     if fields.requests:
         connection.execute(
             statements.insert_requests,
-            [_fitted(series_requests, {"series_pk": series_pk} | vars(request)) for request in fields.requests],
+            [
+                _fitted(
+                    series_requests,
+                    {
+                        "series_pk": series_pk,
+                        "requested_procedure_id": request.requested_procedure_id or "",
+                        "scheduled_procedure_step_id": request.scheduled_procedure_step_id or "",
+                    },
+                )
+                for request in fields.requests
+            ],
         )
     return series_pk
 
@@ -137,13 +144,10 @@ def write_instance(
             "metadata_json": orjson.dumps(description.metadata),
         },
     )
-    lookup = {"uid": fields.sop_instance_uid}
-    existing = connection.execute(statements.find_instance, lookup).first()
-    if existing is None:
-        if connection.execute(statements.insert_instance, values).rowcount == 1:
-            return InstanceWrite(InstanceChange.CREATED, None)
-        # A concurrent request stored the same instance first; treat ours as a resend.
-        existing = connection.execute(statements.find_instance, lookup).first()
+    # New instances, the common case, take one round trip: the insert.
+    if connection.execute(statements.insert_instance, values).rowcount == 1:
+        return InstanceWrite(InstanceChange.CREATED, None)
+    existing = connection.execute(statements.find_instance, {"uid": fields.sop_instance_uid}).one()
     if existing.sha256 == sha256 and existing.series_pk == series_pk:
         return InstanceWrite(InstanceChange.UNCHANGED, None)
     connection.execute(statements.update_instance, values | {"row_id": existing.id})

@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    UniqueConstraint,
     func,
 )
 
@@ -68,15 +69,18 @@ series = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-# RequestAttributesSequence items of a series, so QIDO sequence matching on
-# RequestedProcedureID / ScheduledProcedureStepID runs in SQL.
+# RequestAttributesSequence items of the instances of a series, so QIDO
+# sequence matching on RequestedProcedureID / ScheduledProcedureStepID runs in
+# SQL. Items accumulate over the series' instances; an absent ID is stored as
+# "" so that the unique constraint sees repeats (NULLs never compare equal).
 series_requests = Table(
     "series_requests",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("series_pk", Integer, ForeignKey("series.id", ondelete="CASCADE"), nullable=False, index=True),
-    Column("requested_procedure_id", String(16), index=True),
-    Column("scheduled_procedure_step_id", String(16), index=True),
+    Column("requested_procedure_id", String(16), nullable=False, index=True),
+    Column("scheduled_procedure_step_id", String(16), nullable=False, index=True),
+    UniqueConstraint("series_pk", "requested_procedure_id", "scheduled_procedure_step_id"),
 )
 
 instances = Table(

@@ -100,10 +100,11 @@ def upgrade() -> None:
     op.create_table('series_requests',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('series_pk', sa.Integer(), nullable=False),
-    sa.Column('requested_procedure_id', sa.String(length=16), nullable=True),
-    sa.Column('scheduled_procedure_step_id', sa.String(length=16), nullable=True),
+    sa.Column('requested_procedure_id', sa.String(length=16), nullable=False),
+    sa.Column('scheduled_procedure_step_id', sa.String(length=16), nullable=False),
     sa.ForeignKeyConstraint(['series_pk'], ['series.id'], name=op.f('fk_series_requests_series_pk_series'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_series_requests'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_series_requests')),
+    sa.UniqueConstraint('series_pk', 'requested_procedure_id', 'scheduled_procedure_step_id', name=op.f('uq_series_requests_series_pk_requested_procedure_id_scheduled_procedure_step_id'))
     )
     with op.batch_alter_table('series_requests', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_series_requests_requested_procedure_id'), ['requested_procedure_id'], unique=False)
