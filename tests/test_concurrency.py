@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from server.dicomweb.context import Services
 from server.tables import instances, series, storage_journal, studies
 from tests.dicom_files import make_ct, multipart_body
+from tests.store_state import files_on_disk
 
 CLIENTS = 8
 OWN_PER_CLIENT = 5
@@ -44,15 +45,6 @@ def referenced_sops(response: httpx.Response) -> set[str]:
     return {item["00081155"]["Value"][0] for item in response.json()["00081199"]["Value"]}
 
 
-def stored_files(services: Services) -> set[str]:
-    root = services.store.root
-    return {
-        path.relative_to(root).as_posix()
-        for path in root.rglob("*")
-        if path.is_file() and services.store.temp_dir not in path.parents
-    }
-
-
 def assert_store_consistent(services: Services) -> list[tuple[str, str, str]]:
     """Rows and files match one to one; nothing is left for recovery. Returns (sop, path, sha256) rows."""
     with services.engine.connect() as connection:
@@ -61,7 +53,7 @@ def assert_store_consistent(services: Services) -> list[tuple[str, str, str]]:
         ).all()
         journal = connection.execute(select(func.count()).select_from(storage_journal)).scalar_one()
     assert journal == 0
-    assert stored_files(services) == {path for _, path, _ in rows}
+    assert files_on_disk(services) == {path for _, path, _ in rows}
     assert list(Path(services.store.temp_dir).iterdir()) == []
     for _, path, sha256 in rows:
         assert hashlib.sha256(services.store.absolute(path).read_bytes()).hexdigest() == sha256

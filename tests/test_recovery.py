@@ -19,6 +19,7 @@ from server.dicomweb.context import Services
 from server.ingest import PreparedFile, prepare
 from server.tables import instances, storage_journal
 from tests.dicom_files import make_ct, multipart_body
+from tests.store_state import files_on_disk, journal
 
 
 class Crash(BaseException):
@@ -35,20 +36,6 @@ def rows(services: Services) -> dict[str, str]:
     """SOP Instance UID -> file path of every instance row."""
     with services.engine.connect() as connection:
         return dict(connection.execute(select(instances.c.sop_instance_uid, instances.c.file_path)).all())
-
-
-def journal(services: Services) -> list[str]:
-    with services.engine.connect() as connection:
-        return list(connection.execute(select(storage_journal.c.file_path)).scalars())
-
-
-def files_on_disk(services: Services) -> set[str]:
-    root = services.store.root
-    return {
-        path.relative_to(root).as_posix()
-        for path in root.rglob("*")
-        if path.is_file() and services.store.temp_dir not in path.parents
-    }
 
 
 def journal_committed(services: Services, paths: list[str]) -> None:

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from server.tables import instances, storage_journal, studies
 from tests.dicom_files import make_ct, multipart_body, truncated_files
+from tests.store_state import files_on_disk
 
 DICOM_JSON = "application/dicom+json"
 
@@ -19,7 +20,7 @@ def _count(services, table=instances) -> int:
 
 
 def _stored_files(services) -> list:
-    return [path for path in services.store.root.rglob("*.dcm")]
+    return sorted(services.store.root / path for path in files_on_disk(services))
 
 
 def test_stores_instances_and_answers_with_references(client, services):
