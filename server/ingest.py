@@ -112,7 +112,7 @@ class Ingestor:
         if not candidates:
             return
         try:
-            self.store.make_durable([candidate.prepared.received.temp_path for candidate in candidates])
+            self.store.flush_payloads([candidate.prepared.received.temp_path for candidate in candidates])
             with write_connection(self.engine) as connection:
                 index.journal_files(connection, [candidate.relative_path for candidate in candidates])
         except (SQLAlchemyError, OSError):
@@ -132,7 +132,7 @@ class Ingestor:
         placed_paths = {candidate.relative_path for candidate in placed}
         unreferenced = [candidate.relative_path for candidate in candidates if candidate.relative_path not in placed_paths]
         try:
-            self.store.make_durable([self.store.absolute(candidate.relative_path) for candidate in placed])
+            self.store.flush_placements([candidate.relative_path for candidate in placed])
             try:
                 unreferenced += self._index(placed, isolate=False)
             except SQLAlchemyError:

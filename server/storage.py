@@ -1,6 +1,6 @@
 """Instance files on disk, written so that a crash never leaves half a file.
 
-Every file is first written under `tmp/`, fsynced, then renamed into
+Every file is first written under `tmp/`, synced, then renamed into
 `<study>/<series>/<sop>.<token>.dcm`. The token makes each stored version a
 new name, so replacing an instance never overwrites the file that the index
 still points to until the new row is committed.
@@ -19,17 +19,17 @@ from typing import BinaryIO
 from dicom.uids import require_uid
 
 
-def _libc_function(name: str) -> Callable[..., int] | None:
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2), which Python does not wrap; None elsewhere."""
     try:
-        return getattr(ctypes.CDLL(None, use_errno=True), name)  # type: ignore[no-any-return]
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return function  # type: ignore[no-any-return]
 
 
-_syncfs = _libc_function("syncfs")
-_sync_file_range = _libc_function("sync_file_range")
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_sync_file_range = _load_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start write-out, do not wait
 
 
@@ -61,11 +61,9 @@ class TempFileWriter:
         self.path.unlink(missing_ok=True)
 
     def finish(self) -> ReceivedFile:
-        """Close without waiting for the disk; `FileStore.make_durable` syncs later.
-
-        Write-out starts now, though, so that by the time the batch is synced
-        most of it is already on disk.
-        """
+        """Close without waiting for the disk; `FileStore.flush_payloads` waits later,
+        off the event loop. Write-out starts now, so that by then most of a
+        batch is already on disk and each wait is short."""
         self._file.flush()
         if _sync_file_range is not None:
             _sync_file_range(self._file.fileno(), 0, 0, _SYNC_FILE_RANGE_WRITE)
@@ -96,26 +94,24 @@ class FileStore:
             self.temp_dir.mkdir(parents=True, exist_ok=True)
             return TempFileWriter(path)
 
-    def make_durable(self, files: list[Path]) -> None:
-        """Flush written files and renames to disk before the index may point at them.
-
-        One syncfs(2) for the whole file system commits the journal once for a
-        batch, where an fsync per file would commit it once per file: for a
-        batch of CT slices that is the difference that matters for STOW speed.
-        """
-        if not files:
-            return
-        if _syncfs is not None:
-            descriptor = os.open(self.root, os.O_RDONLY)
+    @staticmethod
+    def flush_payloads(files: list[Path]) -> None:
+        """Wait until these files' data is on disk (their write-out began in `finish`)."""
+        for path in files:
+            descriptor = os.open(path, os.O_RDONLY)
             try:
-                if _syncfs(descriptor) == 0:
-                    return
+                os.fdatasync(descriptor)
             finally:
                 os.close(descriptor)
-        for path in files:
-            with open(path, "rb+") as handle:
-                os.fsync(handle.fileno())
-        for folder in {path.parent for path in files}:
+
+    def flush_placements(self, relative_paths: list[str]) -> None:
+        """Make renames into the store durable: the series folders that received
+        files, and the study folders and root in case those folders are new."""
+        folders: set[Path] = set()
+        for relative_path in relative_paths:
+            series_folder = self.absolute(relative_path).parent
+            folders.update((series_folder, series_folder.parent, self.root))
+        for folder in folders:
             descriptor = os.open(folder, os.O_RDONLY)
             try:
                 os.fsync(descriptor)
