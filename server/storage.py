@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -31,6 +32,15 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 _sync_file_range = _load_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start write-out, do not wait
+_FLUSH_THREADS = 8
+
+
+def _fdatasync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 @dataclass(frozen=True)
@@ -96,13 +106,14 @@ class FileStore:
 
     @staticmethod
     def flush_payloads(files: list[Path]) -> None:
-        """Wait until these files' data is on disk (their write-out began in `finish`)."""
-        for path in files:
-            descriptor = os.open(path, os.O_RDONLY)
-            try:
-                os.fdatasync(descriptor)
-            finally:
-                os.close(descriptor)
+        """Wait until these files' data is on disk (their write-out began in `finish`).
+
+        The waits overlap in a few threads: each is mostly waiting for the
+        device, and one after another they add up to a good part of a STOW.
+        """
+        with ThreadPoolExecutor(max_workers=_FLUSH_THREADS) as pool:
+            for _ in pool.map(_fdatasync, files):
+                pass
 
     def flush_placements(self, relative_paths: list[str]) -> None:
         """Make renames into the store durable: the series folders that received
