@@ -23,7 +23,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
-import orjson
 import pydicom
 from pydicom import hooks
 from pydicom.charset import convert_encodings, decode_bytes
@@ -151,10 +150,6 @@ def _check_not_truncated(ds: Dataset, path_or_file: Source) -> None:
             continue
         if elem.value_tell + elem.length > size or (elem.value is not None and len(elem.value) < elem.length):
             raise InvalidDicom(f"truncated DICOM file: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end")
-
-
-def json_dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
 
 
 def dataset_to_json(

@@ -126,7 +126,7 @@ def accept_from_request(query_accept: Sequence[str], header_accept: Sequence[str
     if any(value.strip() for value in query_accept):
         return _parse_ranges(query_accept, from_query=True)
     if any(value.strip() for value in header_accept):
-        return _parse_ranges(header_accept, from_query=False)
+        return parse_accept(header_accept)
     return [MediaRange("*/*", {}, 1.0)]
 
 
