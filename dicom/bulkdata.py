@@ -11,7 +11,12 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 from dicom.errors import InvalidRequest, NotFound
-from dicom.json_model import TagPath, load_raw_element, raw_element_vr, read_dataset_for_metadata
+from dicom.json_model import (
+    TagPath,
+    load_raw_element,
+    raw_element_vr,
+    read_dataset_for_metadata,
+)
 
 # Deeper nesting than this does not occur in real objects; the cap keeps a
 # hostile URL from walking arbitrarily far.

@@ -5,9 +5,9 @@ refuses a data set that lacks the identifying UIDs, so an instance that
 cannot be filed correctly never reaches the index.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from pydicom import Dataset

@@ -26,8 +26,8 @@ from typing import Any, BinaryIO
 import pydicom
 from pydicom import hooks
 from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_deferred_data_element

@@ -23,7 +23,14 @@ from datetime import date
 from typing import Sequence
 
 from dicom.errors import InvalidRequest
-from dicom.qido_attributes import Level, QidoAttribute, check_level, default_result_tags, query_attributes, resolve_attribute
+from dicom.qido_attributes import (
+    Level,
+    QidoAttribute,
+    check_level,
+    default_result_tags,
+    query_attributes,
+    resolve_attribute,
+)
 from dicom.uids import is_safe_uid
 
 LIKE_ESCAPE = "\\"

@@ -16,7 +16,18 @@ from functools import cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, String, Table, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    Table,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dicom.instance import InstanceDescription, SeriesFields, StudyFields

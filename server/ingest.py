@@ -13,8 +13,8 @@ removes unless a committed row points at them.
 """
 
 import logging
-from contextlib import nullcontext
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
@@ -92,9 +92,10 @@ class Ingestor:
                     detail=f"StudyInstanceUID differs from {required_study_uid} in the request URL",
                 )
             else:
-                i = description.instance
                 path = self.store.relative_path_for(
-                    description.study.study_instance_uid, description.series.series_instance_uid, i.sop_instance_uid
+                    description.study.study_instance_uid,
+                    description.series.series_instance_uid,
+                    description.instance.sop_instance_uid,
                 )
                 candidates.append((position, _Candidate(prepared, description, path)))
         # One lock order for every writer: concurrent requests for the same

@@ -1,8 +1,8 @@
 """Test data: pydicom's bundled files and small generated instances."""
 
 import io
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pydicom

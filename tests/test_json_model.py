@@ -15,9 +15,9 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from dicom import json_model
 from dicom.bulkdata import format_tag_path, parse_tag_path, read_bulk_data
 from dicom.errors import InvalidDicom, InvalidRequest, NotFound
-from dicom import json_model
 from dicom.json_model import dataset_to_json, read_dataset_for_metadata
 
 CT = get_testdata_file("CT_small.dcm")

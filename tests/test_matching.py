@@ -20,7 +20,12 @@ from dicom.matching import (
     wildcard_to_glob,
     wildcard_to_like,
 )
-from dicom.qido_attributes import ATTRIBUTES, default_result_tags, query_attributes, resolve_attribute
+from dicom.qido_attributes import (
+    ATTRIBUTES,
+    default_result_tags,
+    query_attributes,
+    resolve_attribute,
+)
 
 
 def parse(level: str, *params: tuple[str, str], max_limit: int = 100) -> QidoQuery:

@@ -7,7 +7,13 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from dicom.errors import InvalidRequest, NotAcceptable, NotFound
-from dicom.rendering import RenderParams, apply_window, parse_render_params, render_frame, thumbnail
+from dicom.rendering import (
+    RenderParams,
+    apply_window,
+    parse_render_params,
+    render_frame,
+    thumbnail,
+)
 
 CT = get_testdata_file("CT_small.dcm")
 MULTI_FRAME = get_testdata_file("rtdose.dcm")  # 15 frames of 10x10

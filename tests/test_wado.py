@@ -5,12 +5,23 @@ import io
 import numpy as np
 import pydicom
 import pytest
-from pydicom.multival import MultiValue
 from PIL import Image
+from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
 
-from dicom.multipart import MultipartReader, PartData, PartEnd, PartStart, parse_content_type
-from tests.dicom_files import make_ct, multipart_body, pydicom_files_with_uids, bundled_file
+from dicom.multipart import (
+    MultipartReader,
+    PartData,
+    PartEnd,
+    PartStart,
+    parse_content_type,
+)
+from tests.dicom_files import (
+    bundled_file,
+    make_ct,
+    multipart_body,
+    pydicom_files_with_uids,
+)
 
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 ROUND_TRIP_FILES = pydicom_files_with_uids()

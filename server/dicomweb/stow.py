@@ -13,7 +13,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from dicom.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from dicom.multipart import MultipartReader, PartData, PartEnd, PartStart, parse_content_type
+from dicom.multipart import (
+    MultipartReader,
+    PartData,
+    PartEnd,
+    PartStart,
+    parse_content_type,
+)
 from dicom.stow import FailureReason, InstanceOutcome, stow_response, stow_status
 from dicom.uids import require_uid
 from server.dicomweb.context import Services, dicomweb_root

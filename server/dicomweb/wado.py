@@ -16,9 +16,20 @@ from dicom.errors import InvalidRequest, NotAcceptable
 from dicom.frames import parse_frame_list, read_frames
 from dicom.instance import BULK_DATA_BASE_MARKER
 from dicom.media_types import MediaRange, accept_from_request, admits_part
-from dicom.multipart import MultipartFraming, iter_multipart, map_file, multipart_related_type, new_boundary
+from dicom.multipart import (
+    MultipartFraming,
+    iter_multipart,
+    map_file,
+    multipart_related_type,
+    new_boundary,
+)
 from dicom.rendering import parse_render_params, render_frame, thumbnail
-from dicom.transfer_syntax import can_decompress, choose_instance_syntax, is_native, transcode_to
+from dicom.transfer_syntax import (
+    can_decompress,
+    choose_instance_syntax,
+    is_native,
+    transcode_to,
+)
 from server.dicomweb.context import Services, dicomweb_root
 from server.dicomweb.lookup import StoredInstance, find_instances
 
