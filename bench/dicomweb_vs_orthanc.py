@@ -2,18 +2,26 @@
 
 Run from the repository root:
 
-    .venv/bin/python -m bench.dicomweb_vs_orthanc [--studies 10000]
+    .venv/bin/python -m bench.dicomweb_vs_orthanc [--studies 10000] [--rounds 3]
         [--only orthanc ours-sqlite ours-postgres] [--json results.json]
 
-The same generated data is sent to every server, one server at a time (so
-they do not compete for the CPUs).  Per server:
+All selected servers are started first and idle while another one is being
+measured (one request stream at a time, so they do not compete for the CPUs).
+The throughput figures are interleaved so that drift in the machine's speed
+hits every server alike:
 
- 1. STOW-RS of a CT series (200 x 512x512 16-bit slices, Explicit VR LE) in
-    requests of 50 instances -> instances/s, MB/s (wall clock over all requests).
- 2. WADO-RS whole-study retrieve, median of 3 runs, streamed -> MB/s.
- 3. Load of N one-instance studies by STOW (500 per request) -> seconds, then
-    QIDO `GET /studies?PatientID=...` latency over 50 different patients.
- 4. Peak RSS of the server process and its children (sampled every 100 ms).
+ 1. R rounds (--rounds, default 3).  In round r, a fresh CT series r (200 x
+    512x512 16-bit slices, Explicit VR LE, new UIDs) goes by STOW-RS in
+    requests of 50 instances to each server in turn -> instances/s, MB/s;
+    then study r is retrieved by WADO-RS from each server in turn (one
+    warm-up, median of --wado-runs runs) -> MB/s.  The server order rotates
+    by one each round.  Reported: the median over rounds per server, and the
+    median of the per-round ratios ours/orthanc (the robust figure).
+ 2. Then, one server after the other: load of N one-instance studies by STOW
+    (500 per request) -> seconds, and QIDO `GET /studies?PatientID=...`
+    latency over 50 different patients.
+ 3. Peak RSS of each server process and its children, sampled every 100 ms
+    for the whole run.
 
 MB means 10^6 bytes.  All traffic stays on 127.0.0.1.  This prints figures;
 it asserts nothing about them.
@@ -526,87 +534,197 @@ def bench_qido(client, base, small, n_queries: int, seed: int = 7) -> dict[str, 
 # -------------------------------------------------------------------------- main
 
 
-def run_server(server: Server, data: dict[str, Any], args) -> dict[str, Any]:
-    out: dict[str, Any] = {"server": server.name, "loadavg_before": os.getloadavg()}
-    sampler: RssSampler | None = None
-    if os.getloadavg()[0] > 0.5:
-        log(
-            f"warning: 1-min load average is {os.getloadavg()[0]:.2f} before {server.name}:"
-            " other work on this machine will skew the figures"
-        )
-    try:
-        log(f"{server.name}: starting")
-        server.start()
-        assert server.proc is not None
-        sampler = RssSampler(server.proc.pid).start()
-        out["startup_s"] = server.startup_s
-        out["describe"] = server.describe()
-        log(f"{server.name}: ready in {server.startup_s:.2f} s at {server.base_url}")
-        timeout = httpx.Timeout(
-            connect=10, read=args.http_timeout, write=args.http_timeout, pool=10
-        )
-        # identity: Orthanc gzips answers by default when the client allows it
-        with httpx.Client(
-            timeout=timeout, trust_env=False, headers={"Accept-Encoding": "identity"}
-        ) as client:
-            sampler.phase = "stow_ct"
-            out["stow_ct"] = bench_stow_ct(
-                client, server.base_url, data["ct_bodies"], data["ct"]
+class Runner:
+    """One server under test, with its RSS sampler and HTTP client, for the whole run."""
+
+    def __init__(self, server: Server, args) -> None:
+        self.server = server
+        self.name = server.name
+        self.out: dict[str, Any] = {"server": server.name, "loadavg_before": os.getloadavg()}
+        self.sampler: RssSampler | None = None
+        self.client: httpx.Client | None = None
+        self.args = args
+
+    @property
+    def ok(self) -> bool:
+        return "error" not in self.out and self.client is not None
+
+    def start(self) -> None:
+        try:
+            log(f"{self.name}: starting")
+            self.server.start()
+            assert self.server.proc is not None
+            self.sampler = RssSampler(self.server.proc.pid).start()
+            self.out["startup_s"] = self.server.startup_s
+            self.out["describe"] = self.server.describe()
+            timeout = httpx.Timeout(
+                connect=10, read=self.args.http_timeout, write=self.args.http_timeout, pool=10
             )
-            s = out["stow_ct"]
-            log(
-                f"{server.name}: CT STOW {s['instances_per_s']:.1f} inst/s,"
-                f" {s['mb_per_s']:.1f} MB/s {s['problems'] or ''}"
+            # identity: Orthanc gzips answers by default when the client allows it
+            self.client = httpx.Client(
+                timeout=timeout, trust_env=False, headers={"Accept-Encoding": "identity"}
             )
-            sampler.phase = "wado"
-            out["wado"] = bench_wado(
-                client, server.base_url, data["ct"], args.wado_runs
-            )
-            w = out["wado"]
-            log(
-                f"{server.name}: WADO {w.get('mb_per_s', float('nan')):.1f} MB/s"
-                f" {w['note']} {w['problems'] or ''}"
-            )
-            sampler.phase = "load_small"
-            log(f"{server.name}: loading {len(data['small'].instances)} small studies")
-            out["load"] = bench_load(
-                client, server.base_url, data["small_bodies"], data["small"]
-            )
-            ld = out["load"]
-            log(
-                f"{server.name}: load {ld['seconds']:.1f} s ({ld['instances_per_s']:.0f} inst/s)"
-                f" {ld['problems'][:3] or ''}"
-            )
-            sampler.phase = "qido"
-            out["qido"] = bench_qido(
-                client, server.base_url, data["small"], args.queries
-            )
-            q = out["qido"]
-            log(
-                f"{server.name}: QIDO median {q['median_ms']:.2f} ms, p95 {q['p95_ms']:.2f} ms"
-                f" {q['problems'][:3] or ''}"
-            )
-    except Exception as e:  # noqa: BLE001 - one server's failure must not hide the others
-        out["error"] = f"{type(e).__name__}: {e}"
-        log(f"{server.name}: ERROR {out['error']}")
-        if server.proc is not None:
-            out["log_tail"] = tail(server.log_path, 15)
+            self.phase("idle")
+            log(f"{self.name}: ready in {self.server.startup_s:.2f} s at {self.server.base_url}")
+        except Exception as e:  # noqa: BLE001 - one server's failure must not hide the others
+            self.fail(e)
+
+    def phase(self, name: str) -> None:
+        if self.sampler is not None:
+            self.sampler.phase = name
+
+    def fail(self, e: BaseException) -> None:
+        self.out["error"] = f"{type(e).__name__}: {e}"
+        log(f"{self.name}: ERROR {self.out['error']}")
+        if self.server.proc is not None:
+            self.out["log_tail"] = tail(self.server.log_path, 15)
             print(
-                f"---- {server.name} log tail ({server.log_path}) ----\n{out['log_tail']}\n----",
+                f"---- {self.name} log tail ({self.server.log_path}) ----\n"
+                f"{self.out['log_tail']}\n----",
                 flush=True,
             )
-    finally:
-        if sampler is not None:
-            sampler.stop()
-            out["peak_rss_mb"] = sampler.peak / MB
-            out["peak_rss_mb_by_phase"] = {
-                k: v / MB for k, v in sampler.phase_peaks.items()
+
+    def stop(self) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.close()
+        if self.sampler is not None:
+            self.sampler.stop()
+            self.out["peak_rss_mb"] = self.sampler.peak / MB
+            self.out["peak_rss_mb_by_phase"] = {
+                k: v / MB for k, v in self.sampler.phase_peaks.items()
             }
-        out["loadavg_after"] = os.getloadavg()
-        log(f"{server.name}: stopping")
+        self.out["loadavg_after"] = os.getloadavg()
+        log(f"{self.name}: stopping")
         with contextlib.suppress(Exception):
-            server.stop()
+            self.server.stop()
+
+
+def run_rounds(runners: list[Runner], data: dict[str, Any], args) -> None:
+    """Interleaved CT STOW and WADO: in each round every server gets a fresh CT series.
+
+    Round r: STOW of series r to each server in turn, then WADO of study r from
+    each server in turn; the order of servers rotates by one each round.
+    """
+    for r in range(args.rounds):
+        live = [x for x in runners if x.ok]
+        if not live:
+            return
+        k = r % len(live)
+        order = live[k:] + live[:k]
+        ct, bodies = data["cts"][r], data["ct_bodies"][r]
+        log(f"round {r + 1}/{args.rounds}: order {', '.join(x.name for x in order)}")
+        for pos, x in enumerate(order):
+            if not x.ok:
+                continue
+            rec = {"round": r, "position": pos}
+            x.out.setdefault("rounds", []).append(rec)
+            try:
+                x.phase("stow_ct")
+                s = bench_stow_ct(x.client, x.server.base_url, bodies, ct)
+                rec["stow_ct"] = s
+                log(
+                    f"  {x.name}: CT STOW {s['instances_per_s']:.1f} inst/s,"
+                    f" {s['mb_per_s']:.1f} MB/s {s['problems'] or ''}"
+                )
+            except Exception as e:  # noqa: BLE001
+                x.fail(e)
+            finally:
+                x.phase("idle")
+        for x in order:
+            if not x.ok:
+                continue
+            rec = x.out["rounds"][-1]
+            try:
+                x.phase("wado")
+                w = bench_wado(x.client, x.server.base_url, ct, args.wado_runs)
+                rec["wado"] = w
+                log(
+                    f"  {x.name}: WADO {w.get('mb_per_s', float('nan')):.1f} MB/s"
+                    f" {w['note']} {w['problems'] or ''}"
+                )
+            except Exception as e:  # noqa: BLE001
+                x.fail(e)
+            finally:
+                x.phase("idle")
+
+
+# (key in the summary, path in one round's record) of the interleaved figures
+ROUND_FIGURES = {
+    ("stow_ct", "instances_per_s"): ("stow_ct", "instances_per_s"),
+    ("stow_ct", "mb_per_s"): ("stow_ct", "mb_per_s"),
+    ("wado", "mb_per_s"): ("wado", "mb_per_s"),
+}
+
+
+def summarize_rounds(out: dict[str, Any]) -> None:
+    """Medians over rounds into out['stow_ct'] / out['wado'], in the shape the table reads."""
+    rounds = out.get("rounds") or []
+    stow = {"rounds": len([r for r in rounds if "stow_ct" in r]), "problems": []}
+    wado: dict[str, Any] = {"rounds": len([r for r in rounds if "wado" in r]), "problems": []}
+    for rec in rounds:
+        for part, agg in (("stow_ct", stow), ("wado", wado)):
+            agg["problems"] += [f"round {rec['round'] + 1}: {p}" for p in (rec.get(part) or {}).get("problems", [])]
+    for (part, key), path in ROUND_FIGURES.items():
+        vals = [v for v in (dig(rec, path) for rec in rounds) if v is not None]
+        agg = stow if part == "stow_ct" else wado
+        agg[f"{key}_rounds"] = vals
+        if vals:
+            agg[key] = statistics.median(vals)
+    last_w = next((rec["wado"] for rec in reversed(rounds) if "wado" in rec), None)
+    if last_w:
+        wado["accept"] = last_w["accept"]
+        wado["note"] = last_w["note"]
+        wado["response_content_type"] = last_w["response_content_type"]
+    if stow["rounds"]:
+        out["stow_ct"] = stow
+    if wado["rounds"]:
+        out["wado"] = wado
+
+
+def per_round_ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """{'ours-x/orthanc': {'stow_ct.mb_per_s': [ratio in round 0, ...]}}; rounds missing a side are skipped."""
+    out: dict[str, dict[str, list[float]]] = {}
+    if "orthanc" not in results:
+        return out
+    ref = {rec["round"]: rec for rec in results["orthanc"].get("rounds") or []}
+    for n, res in results.items():
+        if not n.startswith("ours-"):
+            continue
+        col = out.setdefault(f"{n}/orthanc", {})
+        for (part, key), path in ROUND_FIGURES.items():
+            ratios = []
+            for rec in res.get("rounds") or []:
+                a, b = dig(rec, path), dig(ref.get(rec["round"], {}), path)
+                if a is not None and b:
+                    ratios.append(a / b)
+            col[f"{part}.{key}"] = ratios
     return out
+
+
+def run_load_qido(x: Runner, data: dict[str, Any], args) -> None:
+    try:
+        x.phase("load_small")
+        log(f"{x.name}: loading {len(data['small'].instances)} small studies")
+        x.out["load"] = bench_load(
+            x.client, x.server.base_url, data["small_bodies"], data["small"]
+        )
+        ld = x.out["load"]
+        log(
+            f"{x.name}: load {ld['seconds']:.1f} s ({ld['instances_per_s']:.0f} inst/s)"
+            f" {ld['problems'][:3] or ''}"
+        )
+        x.phase("qido")
+        x.out["qido"] = bench_qido(x.client, x.server.base_url, data["small"], args.queries)
+        q = x.out["qido"]
+        log(
+            f"{x.name}: QIDO median {q['median_ms']:.2f} ms, p95 {q['p95_ms']:.2f} ms"
+            f" {q['problems'][:3] or ''}"
+        )
+    except Exception as e:  # noqa: BLE001
+        x.fail(e)
+    finally:
+        x.phase("idle")
 
 
 # (label, path into the result, better direction, format)
@@ -632,44 +750,67 @@ def dig(d: dict, path: tuple[str, ...]) -> float | None:
 
 
 def print_table(
-    results: dict[str, dict[str, Any]], n_studies: int
+    results: dict[str, dict[str, Any]],
+    n_studies: int,
+    round_ratios: dict[str, dict[str, list[float]]],
 ) -> dict[str, dict[str, float]]:
+    """Prints the table; for the interleaved metrics the ratio column is the median of per-round ratios."""
     names = list(results)
     ours = [n for n in names if n.startswith("ours-")]
     ratio_cols = [f"{n}/orthanc" for n in ours] if "orthanc" in names else []
     header = ["metric", "better"] + names + ratio_cols
     rows, ratios = [], {c: {} for c in ratio_cols}
+    extra: dict[int, str] = {}  # row index -> per-round ratio line printed under it
     for label, path, better, fmt in METRICS:
         label = label.replace("N studies", f"{n_studies} studies")
+        in_rounds = path in ROUND_FIGURES
+        if in_rounds:
+            label += " *"
         row = [label, better]
-        # a failed run's figures (e.g. its RSS) are not comparable: only startup is shown
+        # a failed run's figures (e.g. its RSS) are not comparable: only startup and
+        # the rounds it completed are shown
         vals = {
             n: dig(results[n], path)
-            if ("error" not in results[n] or path == ("startup_s",))
+            if ("error" not in results[n] or path == ("startup_s",) or in_rounds)
             else None
             for n in names
         }
         row += [fmt.format(vals[n]) if vals[n] is not None else "-" for n in names]
+        parts = []
         for n, c in zip(ours, ratio_cols):
             a, b = vals[n], vals["orthanc"]
-            if a is not None and b:
+            rr = round_ratios.get(c, {}).get(".".join(path), []) if in_rounds else []
+            if in_rounds and rr:
+                med = statistics.median(rr)
+                ratios[c][label.rstrip(" *")] = med
+                row.append(f"{med:.2f}x")
+                parts.append(f"{c} " + " ".join(f"{v:.2f}" for v in rr))
+            elif not in_rounds and a is not None and b:
                 ratios[c][label] = a / b
                 row.append(f"{a / b:.2f}x")
             else:
                 row.append("-")
+        if parts:
+            extra[len(rows)] = "    per-round ratios: " + "; ".join(parts)
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
     print()
     print(line)
     print("-" * len(line))
-    for r in rows:
+    for i, r in enumerate(rows):
         print(
             "  ".join(
-                str(v).ljust(w) if i < 2 else str(v).rjust(w)
-                for i, (v, w) in enumerate(zip(r, widths))
+                str(v).ljust(w) if j < 2 else str(v).rjust(w)
+                for j, (v, w) in enumerate(zip(r, widths))
             )
         )
+        if i in extra:
+            print(extra[i])
+    print(
+        "  * interleaved rounds: server columns are medians over rounds, ratio columns"
+        " the median of per-round ratios"
+    )
     for n in names:
         res = results[n]
         notes = []
@@ -742,6 +883,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--queries", type=int, default=50, help="QIDO queries timed")
     p.add_argument("--wado-runs", type=int, default=3)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds of CT STOW + WADO, a fresh CT series each (default 3)",
+    )
     p.add_argument("--http-timeout", type=float, default=900.0)
     p.add_argument(
         "--pg-admin-dsn",
@@ -757,44 +904,76 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     order = [s for s in SERVERS if s in args.only]
 
     log(
-        f"generating data: CT {args.ct_slices} x {args.ct_size}^2, {args.studies} small studies"
+        f"generating data: {args.rounds} CT series of {args.ct_slices} x {args.ct_size}^2,"
+        f" {args.studies} small studies"
     )
     t0 = time.perf_counter()
-    ct = datagen.make_ct_series(args.ct_slices, args.ct_size)
+    # one fresh series (new UIDs) per round, so every round's STOW stores new instances
+    cts = [
+        datagen.make_ct_series(
+            args.ct_slices, args.ct_size, seed=1234 + r, patient_id=f"BENCHCT{r + 1:04d}"
+        )
+        for r in range(args.rounds)
+    ]
     small = datagen.make_small_studies(args.studies)
     data = {
-        "ct": ct,
+        "cts": cts,
         "small": small,
         "ct_bodies": [
-            datagen.build_multipart(b)
-            for b in datagen.batches(ct.instances, args.ct_batch)
+            [datagen.build_multipart(b) for b in datagen.batches(ct.instances, args.ct_batch)]
+            for ct in cts
         ],
         "small_bodies": [
             datagen.build_multipart(b)
             for b in datagen.batches(small.instances, args.load_batch)
         ],
     }
+    ct = cts[0]
     log(
-        f"data ready in {time.perf_counter() - t0:.1f} s: CT {len(ct.instances)} instances"
-        f" {ct.nbytes / MB:.1f} MB in {len(data['ct_bodies'])} requests;"
+        f"data ready in {time.perf_counter() - t0:.1f} s: {len(cts)} x CT {len(ct.instances)}"
+        f" instances {ct.nbytes / MB:.1f} MB in {len(data['ct_bodies'][0])} requests;"
         f" {len(small.instances)} small studies {small.nbytes / MB:.1f} MB"
         f" in {len(data['small_bodies'])} requests"
     )
+    if os.getloadavg()[0] > 0.5:
+        log(
+            f"warning: 1-min load average is {os.getloadavg()[0]:.2f} before the servers start:"
+            " other work on this machine will skew the figures"
+        )
 
-    results: dict[str, dict[str, Any]] = {}
-    for name in order:
-        if name == "orthanc":
-            server: Server = OrthancServer(keep=args.keep)
-        else:
-            server = OursServer(
-                name.split("-", 1)[1], args.pg_admin_dsn, args.pg_db, keep=args.keep
-            )
-        results[name] = run_server(server, data, args)
+    runners: list[Runner] = []
+    try:
+        # 1. start every server; they idle while the others are measured
+        for name in order:
+            if name == "orthanc":
+                server: Server = OrthancServer(keep=args.keep)
+            else:
+                server = OursServer(
+                    name.split("-", 1)[1], args.pg_admin_dsn, args.pg_db, keep=args.keep
+                )
+            runner = Runner(server, args)
+            runners.append(runner)
+            runner.start()
+        # 2. interleaved rounds of CT STOW + WADO
+        run_rounds(runners, data, args)
+        # 3. load + QIDO, one server after the other
+        for x in runners:
+            if x.ok:
+                run_load_qido(x, data, args)
+    finally:
+        for x in runners:
+            x.stop()
 
-    ratios = print_table(results, args.studies)
+    results = {x.name: x.out for x in runners}
+    for res in results.values():
+        summarize_rounds(res)
+    round_ratios = per_round_ratios(results)
+    ratios = print_table(results, args.studies, round_ratios)
     if args.json:
         doc = {
             "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -803,9 +982,11 @@ def main(argv: list[str] | None = None) -> int:
                 k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
             },
             "data": {
+                "ct_series": len(cts),
                 "ct_instances": len(ct.instances),
                 "ct_bytes": ct.nbytes,
-                "ct_requests": len(data["ct_bodies"]),
+                "ct_requests": len(data["ct_bodies"][0]),
+                "ct_study_uids": [c.study_uid for c in cts],
                 "small_studies": len(small.instances),
                 "small_bytes": small.nbytes,
                 "small_requests": len(data["small_bodies"]),
@@ -813,6 +994,7 @@ def main(argv: list[str] | None = None) -> int:
             "units": {"MB": "10^6 bytes"},
             "servers": results,
             "ratios": ratios,
+            "per_round_ratios": round_ratios,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=2, default=str))
