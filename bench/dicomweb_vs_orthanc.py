@@ -401,12 +401,23 @@ def wado_once(
     if shutil.which("curl"):
         result = subprocess.run(
             [
-                "curl", "-s", "-o", "/dev/null", "--noproxy", "*",
-                "-H", f"Accept: {accept}", "-H", "Accept-Encoding: identity",
-                "-w", "%{http_code} %{size_download} %{time_total} %{content_type}",
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "--noproxy",
+                "*",
+                "-H",
+                f"Accept: {accept}",
+                "-H",
+                "Accept-Encoding: identity",
+                "-w",
+                "%{http_code} %{size_download} %{time_total} %{content_type}",
                 url,
             ],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         status, size, seconds, ctype = (result.stdout.split(" ", 3) + [""])[:4]
         return int(status), int(size), float(seconds), ctype
@@ -540,7 +551,10 @@ class Runner:
     def __init__(self, server: Server, args) -> None:
         self.server = server
         self.name = server.name
-        self.out: dict[str, Any] = {"server": server.name, "loadavg_before": os.getloadavg()}
+        self.out: dict[str, Any] = {
+            "server": server.name,
+            "loadavg_before": os.getloadavg(),
+        }
         self.sampler: RssSampler | None = None
         self.client: httpx.Client | None = None
         self.args = args
@@ -558,14 +572,21 @@ class Runner:
             self.out["startup_s"] = self.server.startup_s
             self.out["describe"] = self.server.describe()
             timeout = httpx.Timeout(
-                connect=10, read=self.args.http_timeout, write=self.args.http_timeout, pool=10
+                connect=10,
+                read=self.args.http_timeout,
+                write=self.args.http_timeout,
+                pool=10,
             )
             # identity: Orthanc gzips answers by default when the client allows it
             self.client = httpx.Client(
-                timeout=timeout, trust_env=False, headers={"Accept-Encoding": "identity"}
+                timeout=timeout,
+                trust_env=False,
+                headers={"Accept-Encoding": "identity"},
             )
             self.phase("idle")
-            log(f"{self.name}: ready in {self.server.startup_s:.2f} s at {self.server.base_url}")
+            log(
+                f"{self.name}: ready in {self.server.startup_s:.2f} s at {self.server.base_url}"
+            )
         except Exception as e:  # noqa: BLE001 - one server's failure must not hide the others
             self.fail(e)
 
@@ -615,38 +636,45 @@ def run_rounds(runners: list[Runner], data: dict[str, Any], args) -> None:
         ct, bodies = data["cts"][r], data["ct_bodies"][r]
         log(f"round {r + 1}/{args.rounds}: order {', '.join(x.name for x in order)}")
         for pos, x in enumerate(order):
-            if not x.ok:
-                continue
-            rec = {"round": r, "position": pos}
-            x.out.setdefault("rounds", []).append(rec)
-            try:
-                x.phase("stow_ct")
-                s = bench_stow_ct(x.client, x.server.base_url, bodies, ct)
-                rec["stow_ct"] = s
-                log(
-                    f"  {x.name}: CT STOW {s['instances_per_s']:.1f} inst/s,"
-                    f" {s['mb_per_s']:.1f} MB/s {s['problems'] or ''}"
-                )
-            except Exception as e:  # noqa: BLE001
-                x.fail(e)
-            finally:
-                x.phase("idle")
+            if x.ok:
+                x.out.setdefault("rounds", []).append({"round": r, "position": pos})
         for x in order:
-            if not x.ok:
-                continue
-            rec = x.out["rounds"][-1]
-            try:
-                x.phase("wado")
-                w = bench_wado(x.client, x.server.base_url, ct, args.wado_runs)
-                rec["wado"] = w
-                log(
-                    f"  {x.name}: WADO {w.get('mb_per_s', float('nan')):.1f} MB/s"
-                    f" {w['note']} {w['problems'] or ''}"
-                )
-            except Exception as e:  # noqa: BLE001
-                x.fail(e)
-            finally:
-                x.phase("idle")
+            _measure_in_round(
+                x,
+                "stow_ct",
+                lambda x, bodies=bodies, ct=ct: bench_stow_ct(
+                    x.client, x.server.base_url, bodies, ct
+                ),
+                lambda s: (
+                    f"CT STOW {s['instances_per_s']:.1f} inst/s, {s['mb_per_s']:.1f} MB/s {s['problems'] or ''}"
+                ),
+            )
+        for x in order:
+            _measure_in_round(
+                x,
+                "wado",
+                lambda x, ct=ct: bench_wado(
+                    x.client, x.server.base_url, ct, args.wado_runs
+                ),
+                lambda w: (
+                    f"WADO {w.get('mb_per_s', float('nan')):.1f} MB/s {w['note']} {w['problems'] or ''}"
+                ),
+            )
+
+
+def _measure_in_round(x: Runner, phase: str, measure, describe) -> None:
+    """One measurement of one server in the current round, recorded under `phase`."""
+    if not x.ok:
+        return
+    try:
+        x.phase(phase)
+        result = measure(x)
+        x.out["rounds"][-1][phase] = result
+        log(f"  {x.name}: {describe(result)}")
+    except Exception as e:  # noqa: BLE001 - one server's failure must not hide the others
+        x.fail(e)
+    finally:
+        x.phase("idle")
 
 
 # (key in the summary, path in one round's record) of the interleaved figures
@@ -661,10 +689,16 @@ def summarize_rounds(out: dict[str, Any]) -> None:
     """Medians over rounds into out['stow_ct'] / out['wado'], in the shape the table reads."""
     rounds = out.get("rounds") or []
     stow = {"rounds": len([r for r in rounds if "stow_ct" in r]), "problems": []}
-    wado: dict[str, Any] = {"rounds": len([r for r in rounds if "wado" in r]), "problems": []}
+    wado: dict[str, Any] = {
+        "rounds": len([r for r in rounds if "wado" in r]),
+        "problems": [],
+    }
     for rec in rounds:
         for part, agg in (("stow_ct", stow), ("wado", wado)):
-            agg["problems"] += [f"round {rec['round'] + 1}: {p}" for p in (rec.get(part) or {}).get("problems", [])]
+            agg["problems"] += [
+                f"round {rec['round'] + 1}: {p}"
+                for p in (rec.get(part) or {}).get("problems", [])
+            ]
     for (part, key), path in ROUND_FIGURES.items():
         vals = [v for v in (dig(rec, path) for rec in rounds) if v is not None]
         agg = stow if part == "stow_ct" else wado
@@ -682,7 +716,9 @@ def summarize_rounds(out: dict[str, Any]) -> None:
         out["wado"] = wado
 
 
-def per_round_ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+def per_round_ratios(
+    results: dict[str, dict[str, Any]],
+) -> dict[str, dict[str, list[float]]]:
     """{'ours-x/orthanc': {'stow_ct.mb_per_s': [ratio in round 0, ...]}}; rounds missing a side are skipped."""
     out: dict[str, dict[str, list[float]]] = {}
     if "orthanc" not in results:
@@ -715,7 +751,9 @@ def run_load_qido(x: Runner, data: dict[str, Any], args) -> None:
             f" {ld['problems'][:3] or ''}"
         )
         x.phase("qido")
-        x.out["qido"] = bench_qido(x.client, x.server.base_url, data["small"], args.queries)
+        x.out["qido"] = bench_qido(
+            x.client, x.server.base_url, data["small"], args.queries
+        )
         q = x.out["qido"]
         log(
             f"{x.name}: QIDO median {q['median_ms']:.2f} ms, p95 {q['p95_ms']:.2f} ms"
@@ -916,7 +954,10 @@ def main(argv: list[str] | None = None) -> int:
     # one fresh series (new UIDs) per round, so every round's STOW stores new instances
     cts = [
         datagen.make_ct_series(
-            args.ct_slices, args.ct_size, seed=1234 + r, patient_id=f"BENCHCT{r + 1:04d}"
+            args.ct_slices,
+            args.ct_size,
+            seed=1234 + r,
+            patient_id=f"BENCHCT{r + 1:04d}",
         )
         for r in range(args.rounds)
     ]
@@ -925,7 +966,10 @@ def main(argv: list[str] | None = None) -> int:
         "cts": cts,
         "small": small,
         "ct_bodies": [
-            [datagen.build_multipart(b) for b in datagen.batches(ct.instances, args.ct_batch)]
+            [
+                datagen.build_multipart(b)
+                for b in datagen.batches(ct.instances, args.ct_batch)
+            ]
             for ct in cts
         ],
         "small_bodies": [

@@ -22,7 +22,13 @@ import httpx
 import numpy as np
 
 from bench import datagen
-from bench.dicomweb_vs_orthanc import OrthancServer, OursServer, RssSampler, Server, ServerError
+from bench.dicomweb_vs_orthanc import (
+    OrthancServer,
+    OursServer,
+    RssSampler,
+    Server,
+    ServerError,
+)
 
 MB = 1e6
 _SIZE = 1024
@@ -54,7 +60,9 @@ def _body(count: int, boundary: str) -> Iterator[bytes]:
     template, placeholder, _ = _template()
     head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
     for _ in range(count):
-        yield head + template.replace(placeholder, datagen.fixed_uid().encode()) + b"\r\n"
+        yield (
+            head + template.replace(placeholder, datagen.fixed_uid().encode()) + b"\r\n"
+        )
     yield f"--{boundary}--\r\n".encode()
 
 
@@ -73,7 +81,9 @@ def measure(server: Server, gigabytes: float) -> dict[str, float]:
             response = client.post(
                 f"{server.base_url}/studies",
                 content=_body(count, boundary),
-                headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+                headers={
+                    "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
+                },
             )
         elapsed = time.perf_counter() - started
         time.sleep(0.5)
@@ -92,17 +102,32 @@ def measure(server: Server, gigabytes: float) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gigabytes", type=float, default=2.0)
-    parser.add_argument("--only", nargs="+", default=["ours-sqlite", "orthanc"], choices=["ours-sqlite", "ours-postgres", "orthanc"])
-    parser.add_argument("--pg-admin-dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=test")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=["ours-sqlite", "orthanc"],
+        choices=["ours-sqlite", "ours-postgres", "orthanc"],
+    )
+    parser.add_argument(
+        "--pg-admin-dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=test"
+    )
     args = parser.parse_args(argv)
     factories = {
-        "ours-sqlite": lambda: OursServer("sqlite", args.pg_admin_dsn, "medaiflow_bench_memory"),
-        "ours-postgres": lambda: OursServer("postgres", args.pg_admin_dsn, "medaiflow_bench_memory"),
+        "ours-sqlite": lambda: OursServer(
+            "sqlite", args.pg_admin_dsn, "medaiflow_bench_memory"
+        ),
+        "ours-postgres": lambda: OursServer(
+            "postgres", args.pg_admin_dsn, "medaiflow_bench_memory"
+        ),
         "orthanc": lambda: OrthancServer(),
     }
-    print(f"{'server':<14} {'status':>6} {'GB':>6} {'s':>7} {'RSS before MB':>14} {'peak MB':>9} {'rise MB':>9}")
+    print(
+        f"{'server':<14} {'status':>6} {'GB':>6} {'s':>7} {'RSS before MB':>14} {'peak MB':>9} {'rise MB':>9}"
+    )
     failed = False
     for name in args.only:
         try:
