@@ -9,15 +9,17 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from dicom.errors import NotAcceptable
 from dicom.matching import parse_qido_query
-from dicom.media_types import admits_part
 from dicom.uids import require_uid
 from server.dicomweb import delete, qido, stow, wado
-from server.dicomweb.context import dicomweb_root, services
+from server.dicomweb.context import (
+    DICOM_JSON,
+    dicomweb_root,
+    require_dicom_json,
+    services,
+)
 
 router = APIRouter(tags=["DICOMweb"])
-DICOM_JSON = "application/dicom+json"
 _MORE_RESULTS_WARNING = (
     '299 medaiflow: "The number of results exceeded the maximum supported by the server. '
     'Additional results can be requested."'
@@ -37,9 +39,7 @@ async def store_in_study(request: Request, study: str) -> Response:
 
 # --- QIDO-RS -----------------------------------------------------------------
 async def _search(request: Request, level: str, scope: qido.Scope) -> Response:
-    accept = wado.negotiated_accept(request)
-    if not any(admits_part(r, DICOM_JSON, DICOM_JSON) or admits_part(r, "application/json", DICOM_JSON) for r in accept):
-        raise NotAcceptable("QIDO-RS answers in application/dicom+json only")
+    require_dicom_json(request, "a QIDO-RS result")
     current = services(request)
     query = parse_qido_query(level, list(request.query_params.multi_items()), current.settings.qido_max_limit)
     page = await run_in_threadpool(qido.search, current.engine, query, scope, dicomweb_root(request))

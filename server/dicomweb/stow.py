@@ -22,12 +22,11 @@ from dicom.multipart import (
 )
 from dicom.stow import FailureReason, InstanceOutcome, stow_response, stow_status
 from dicom.uids import require_uid
-from server.dicomweb.context import Services, dicomweb_root
+from server.dicomweb.context import DICOM_JSON, Services, dicomweb_root
 from server.ingest import PreparedFile, prepare
 from server.storage import ReceivedFile, TempFileWriter
 
 DICOM_MEDIA_TYPE = "application/dicom"
-DICOM_JSON_MEDIA_TYPE = "application/dicom+json"
 
 
 def _boundary_of(content_type_header: str | None) -> str:
@@ -129,5 +128,5 @@ async def store_instances(request: Request, services: Services, study_uid: str |
         for part in parts
     ]
     body = stow_response(outcomes, dicomweb_root(request), study_uid)
-    return Response(orjson.dumps(body), status_code=stow_status(outcomes), media_type=DICOM_JSON_MEDIA_TYPE)
+    return Response(orjson.dumps(body), status_code=stow_status(outcomes), media_type=DICOM_JSON)
 

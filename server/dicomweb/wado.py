@@ -15,7 +15,7 @@ from dicom.bulkdata import parse_tag_path, read_bulk_data
 from dicom.errors import InvalidRequest, NotAcceptable
 from dicom.frames import parse_frame_list, read_frames
 from dicom.instance import BULK_DATA_BASE_MARKER
-from dicom.media_types import MediaRange, accept_from_request, admits_part
+from dicom.media_types import MediaRange, admits_part
 from dicom.multipart import (
     MultipartFraming,
     iter_multipart,
@@ -30,19 +30,18 @@ from dicom.transfer_syntax import (
     is_native,
     transcode_to,
 )
-from server.dicomweb.context import Services, dicomweb_root
+from server.dicomweb.context import (
+    DICOM_JSON,
+    Services,
+    dicomweb_root,
+    negotiated_accept,
+    require_dicom_json,
+)
 from server.dicomweb.lookup import StoredInstance, find_instances
 
 DICOM = "application/dicom"
-DICOM_JSON = "application/dicom+json"
 OCTET_STREAM = "application/octet-stream"
 _PIXEL_DATA_PATH = (0x7FE00010,)
-
-
-def negotiated_accept(request: Request) -> list[MediaRange]:
-    return accept_from_request(
-        request.query_params.getlist("accept"), request.headers.getlist("accept")
-    )
 
 
 def _instance_content_type(syntax: str) -> str:
@@ -122,9 +121,7 @@ async def retrieve_instances(
 async def retrieve_metadata(
     request: Request, services: Services, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
 ) -> Response:
-    accept = negotiated_accept(request)
-    if not any(admits_part(range_, DICOM_JSON, DICOM_JSON) or admits_part(range_, "application/json", DICOM_JSON) for range_ in accept):
-        raise NotAcceptable("metadata is available as application/dicom+json only")
+    require_dicom_json(request, "metadata")
     found = await run_in_threadpool(
         partial(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid, with_metadata=True)
     )
