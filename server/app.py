@@ -1,18 +1,29 @@
 """The composition root: `create_app(settings)` wires settings, database,
 storage and the routers into one ASGI app. Nothing here runs at import time."""
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.middleware.cors import CORSMiddleware
 
 from server import health
-from server.db import make_engine
-from server.dicomweb.context import Services
+from server.db import make_engine, write_connection
 from server.dicomweb.routes import router as dicomweb_router
 from server.errors import install_error_handlers
+from server.fhir.derived import ensure_endpoints, sync_studies
+from server.fhir.routes import router as fhir_router
+from server.fhir.service import build_fhir
 from server.ingest import Ingestor
 from server.logs import RequestLogMiddleware
+from server.services import Services
 from server.settings import Settings, load_settings
 from server.storage import FileStore
+
+log = logging.getLogger(__name__)
 
 
 def build_services(settings: Settings) -> Services:
@@ -20,24 +31,39 @@ def build_services(settings: Settings) -> Services:
     engine = make_engine(settings.resolved_database_url)
     store = FileStore(settings.storage_dir)
     store.prepare()
-    return Services(settings=settings, engine=engine, store=store, ingestor=Ingestor(engine, store))
+    fhir = build_fhir(engine, settings.data_dir, settings.fhir_max_included)
+    ingestor = Ingestor(engine, store, partial(sync_studies, fhir.store))
+    return Services(settings=settings, engine=engine, store=store, ingestor=ingestor, fhir=fhir)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    services: Services = app.state.services
+    try:
+        with write_connection(services.engine) as connection:
+            ensure_endpoints(services.fhir.store, connection, f"{services.settings.public_root}/dicom-web")
+    except SQLAlchemyError as error:
+        # Serve anyway: /readyz reports the database, and the next start writes them.
+        log.warning("could not write the DICOMweb Endpoint resources: %s", type(error).__name__)
+    yield
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     settings = settings or (services.settings if services else load_settings())
     services = services or build_services(settings)
-    app = FastAPI(title="MedAIFlow", version="0.1.0", docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="MedAIFlow", version="0.1.0", docs_url="/docs", redoc_url=None, lifespan=_lifespan)
     app.state.services = services
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(dicomweb_router, prefix="/dicom-web")
+    app.include_router(fhir_router, prefix="/fhir")
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
-            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Accept", "Content-Type", "Authorization", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Content-Location", "Warning"],
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Accept", "Content-Type", "Authorization", "X-Request-ID", "If-Match", "If-None-Match", "If-Modified-Since", "Prefer"],
+            expose_headers=["X-Request-ID", "Content-Location", "Warning", "ETag", "Last-Modified", "Location"],
         )
     app.add_middleware(RequestLogMiddleware)
     return app

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from server.dicomweb.context import Services
 from server.ingest import PreparedFile, prepare
+from server.services import Services
 from server.storage import ReceivedFile
 
 BATCH_SIZE = 100

@@ -1,8 +1,9 @@
-"""Every error answer of the DICOMweb side, made in one place (STYLE 5).
+"""Every error answer, made in one place (STYLE 5).
 
-Domain errors map to HTTP statuses by class; the body is a small JSON object
-with the status and a message a person can act on. Nothing becomes a 500
-unless it is a bug, and then the message says only that.
+Domain errors map to HTTP statuses by class. On DICOMweb the body is a small
+JSON object with the status and a message a person can act on; under /fhir
+it is an OperationOutcome. Nothing becomes a 500 unless it is a bug, and
+then the message says only that.
 """
 
 import logging
@@ -22,6 +23,8 @@ from dicom.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from fhir_mappings import errors as fhir
+from fhir_mappings.outcome import operation_outcome
 from server.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,28 @@ _STATUS_BY_ERROR: tuple[tuple[type[DicomError], int], ...] = (
 )
 
 
+_FHIR_STATUS: tuple[tuple[type[fhir.FhirError], int], ...] = (
+    (fhir.InvalidRequest, 400),
+    (fhir.ResourceNotFound, 404),
+    (fhir.MethodNotAllowed, 405),
+    (fhir.NotAcceptable, 406),
+    (fhir.ResourceGone, 410),
+    (fhir.VersionConflict, 412),
+    (fhir.UnsupportedMediaType, 415),
+    (fhir.InvalidResource, 422),
+)
+# Issue codes for statuses that come from the framework, not from a FhirError.
+_ISSUE_CODE_BY_STATUS = {400: "invalid", 404: "not-found", 405: "not-supported", 406: "not-supported",
+                         413: "too-costly", 415: "not-supported", 422: "invalid"}
+
+
+def fhir_status_for(error: fhir.FhirError) -> int:
+    for error_type, status in _FHIR_STATUS:
+        if isinstance(error, error_type):
+            return status
+    return 400
+
+
 def status_for(error: DicomError) -> int:
     for error_type, status in _STATUS_BY_ERROR:
         if isinstance(error, error_type):
@@ -43,9 +68,24 @@ def status_for(error: DicomError) -> int:
     return 400
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, request: Request | None = None
+) -> Response:
+    if request is not None and _is_fhir(request):
+        code = "exception" if status >= 500 else _ISSUE_CODE_BY_STATUS.get(status, "processing")
+        return fhir_error_response(status, code, message, headers)
     body = orjson.dumps({"status": status, "message": message})
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def fhir_error_response(status: int, code: str, diagnostics: str, headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps(operation_outcome(code, diagnostics))
+    return Response(body, status_code=status, media_type="application/fhir+json; charset=utf-8", headers=headers)
+
+
+def _is_fhir(request: Request) -> bool:
+    path = request.url.path
+    return path == "/fhir" or path.startswith("/fhir/")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -53,19 +93,23 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _domain(_: Request, error: DicomError) -> Response:
         return error_response(status_for(error), error.message)
 
+    @app.exception_handler(fhir.FhirError)
+    async def _fhir(_: Request, error: fhir.FhirError) -> Response:
+        return fhir_error_response(fhir_status_for(error), error.issue_code, error.diagnostics)
+
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, error: RequestValidationError) -> Response:
+    async def _validation(request: Request, error: RequestValidationError) -> Response:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in issue['loc'])}: {issue['msg']}" for issue in error.errors()
         )
-        return error_response(400, f"invalid request: {problems}")
+        return error_response(400, f"invalid request: {problems}", request=request)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, error: HTTPException) -> Response:
-        return error_response(error.status_code, str(error.detail), dict(error.headers or {}))
+    async def _http(request: Request, error: HTTPException) -> Response:
+        return error_response(error.status_code, str(error.detail), dict(error.headers or {}), request)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, error: Exception) -> Response:
+    async def _unexpected(request: Request, error: Exception) -> Response:
         log.exception("unhandled error")
         # Starlette answers a 500 from outside every middleware, so the
         # request-id middleware cannot add its header here.
@@ -74,4 +118,5 @@ def install_error_handlers(app: FastAPI) -> None:
             500,
             "internal error; the request id in X-Request-ID identifies the log entry",
             {"X-Request-ID": request_id} if request_id else None,
+            request,
         )

@@ -13,11 +13,11 @@ removes unless a committed row points at them.
 """
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom.errors import DicomError
@@ -72,10 +72,21 @@ def _outcome(description: InstanceDescription | None, **extra: object) -> Instan
     )
 
 
+StudiesChanged = Callable[[Connection, set[str]], None]
+
+
 class Ingestor:
-    def __init__(self, engine: Engine, store: FileStore) -> None:
+    """Stores instances; `on_studies_changed` runs in the transaction of every
+    index change (the FHIR side keeps its ImagingStudy and Patient there)."""
+
+    def __init__(self, engine: Engine, store: FileStore, on_studies_changed: StudiesChanged | None = None) -> None:
         self.engine = engine
         self.store = store
+        self.on_studies_changed = on_studies_changed
+
+    def studies_changed(self, connection: Connection, study_uids: set[str]) -> None:
+        if self.on_studies_changed is not None and study_uids:
+            self.on_studies_changed(connection, study_uids)
 
     def store_batch(self, batch: list[PreparedFile], required_study_uid: str | None = None) -> list[InstanceOutcome]:
         """Store a batch; the outcomes come back in the order of `batch`."""
@@ -158,6 +169,7 @@ class Ingestor:
         superseded: list[str] = []
         study_pks: dict[str, int] = {}
         series_pks: dict[str, int] = {}
+        changed_studies: set[str] = set()
         with write_connection(self.engine) as connection:
             for candidate in placed:
                 description = candidate.description
@@ -198,8 +210,10 @@ class Ingestor:
                 else:
                     referenced.append(candidate.relative_path)
                     candidate.outcome = _outcome(description)
+                    changed_studies.add(description.study.study_instance_uid)
                     if written.superseded_file:
                         superseded.append(written.superseded_file)
+            self.studies_changed(connection, changed_studies)
             index.clear_journal(connection, referenced)
             index.journal_files(connection, superseded)
         return unreferenced + superseded

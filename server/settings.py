@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     cors_origins: str = Field(default="", description="comma-separated origins, or *")
     max_stow_bytes: int = Field(default=4 * 1024**3, description="413 above this request size")
     qido_max_limit: int = 1000
+    fhir_max_included: int = Field(
+        default=1000, description="cap on _include/_revinclude resources per search page"
+    )
     log_level: str = "INFO"
 
     @property
@@ -38,6 +41,11 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def public_root(self) -> str:
+        """The root for links made outside a request (the FHIR Endpoint's address)."""
+        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def storage_dir(self) -> Path:

@@ -7,8 +7,10 @@ ingest, so QIDO and metadata responses never reparse files.
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -115,3 +117,72 @@ storage_journal = Table(
 )
 
 Index("ix_series_study_modality", series.c.study_pk, series.c.modality)
+
+# --- FHIR resource store ----------------------------------------------------
+# One row per resource with its current version's JSON, serialized once when
+# written and served as is. `last_updated` is microseconds since the epoch
+# (UTC) so that comparisons and keyset paging are exact on both databases.
+fhir_resources = Table(
+    "fhir_resources",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    Column("resource_json", LargeBinary),
+    UniqueConstraint("resource_type", "resource_id"),
+)
+Index("ix_fhir_resources_type_updated", fhir_resources.c.resource_type, fhir_resources.c.last_updated, fhir_resources.c.resource_id)
+
+# Every version, past and present, of the types that keep history. Types
+# derived from the DICOM index (ImagingStudy, Patient, Endpoint) change with
+# every stored instance and keep only their current version.
+fhir_versions = Table(
+    "fhir_versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("resource_json", LargeBinary),
+    UniqueConstraint("resource_type", "resource_id", "version_id"),
+)
+Index("ix_fhir_versions_type_updated", fhir_versions.c.resource_type, fhir_versions.c.last_updated)
+
+
+def _search_index(name: str, *columns: Column, lookup: tuple[str, ...]) -> Table:  # type: ignore[type-arg]
+    table = Table(
+        name,
+        metadata,
+        Column("resource_pk", Integer, ForeignKey("fhir_resources.id", ondelete="CASCADE"), nullable=False, index=True),
+        Column("param", String(64), nullable=False),
+        *columns,
+    )
+    Index(f"ix_{name}_lookup", table.c.param, *(table.c[column] for column in lookup))
+    return table
+
+
+# Search-index rows of the current version, one table per parameter type.
+fhir_tokens = _search_index(
+    "fhir_tokens", Column("system", String(256)), Column("code", String(256), nullable=False), lookup=("code",)
+)
+fhir_strings = _search_index(
+    "fhir_strings", Column("normalised", String(256), nullable=False), Column("exact", String(256), nullable=False),
+    lookup=("normalised",),
+)
+fhir_dates = _search_index(
+    "fhir_dates", Column("low", BigInteger, nullable=False), Column("high", BigInteger, nullable=False),
+    lookup=("low", "high"),
+)
+fhir_references = _search_index(
+    "fhir_references", Column("target_type", String(64), nullable=False),
+    Column("target_id", String(64), nullable=False), lookup=("target_id", "target_type"),
+)
+fhir_quantities = _search_index(
+    "fhir_quantities", Column("value", Float, nullable=False), Column("system", String(256)), Column("code", String(64)),
+    lookup=("value",),
+)

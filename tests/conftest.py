@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from server.app import build_services, create_app
-from server.dicomweb.context import Services
+from server.services import Services
 from server.migrate import upgrade
 from server.settings import Settings
 

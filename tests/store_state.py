@@ -2,7 +2,7 @@
 
 from sqlalchemy import select
 
-from server.dicomweb.context import Services
+from server.services import Services
 from server.tables import storage_journal
 
 

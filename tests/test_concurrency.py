@@ -15,7 +15,7 @@ import httpx
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from server.dicomweb.context import Services
+from server.services import Services
 from server.tables import instances, series, storage_journal, studies
 from tests.dicom_files import make_ct, multipart_body
 from tests.store_state import files_on_disk

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.db import make_engine
-from server.dicomweb.context import Services
+from server.services import Services
 from server.logs import JsonFormatter, configure_logging, request_id_var
 from tests.dicom_files import make_ct, multipart_body
 

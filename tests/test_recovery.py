@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from server import index
 from server.db import write_connection
-from server.dicomweb.context import Services
+from server.services import Services
 from server.ingest import PreparedFile, prepare
 from server.tables import instances, storage_journal
 from tests.dicom_files import make_ct, multipart_body

@@ -1,29 +1,12 @@
-"""What every DICOMweb handler needs, built once per app by `create_app`."""
+"""Request helpers every DICOMweb handler shares: negotiation and the public root."""
 
-from dataclasses import dataclass
-
-from sqlalchemy import Engine
 from starlette.requests import Request
 
 from dicom.errors import NotAcceptable
 from dicom.media_types import MediaRange, accept_from_request, admits_part
-from server.ingest import Ingestor
-from server.settings import Settings
-from server.storage import FileStore
+from server.public_url import public_root
 
 DICOM_JSON = "application/dicom+json"
-
-
-@dataclass(frozen=True)
-class Services:
-    settings: Settings
-    engine: Engine
-    store: FileStore
-    ingestor: Ingestor
-
-
-def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
 
 
 def negotiated_accept(request: Request) -> list[MediaRange]:
@@ -40,16 +23,4 @@ def require_dicom_json(request: Request, what: str) -> None:
 
 
 def dicomweb_root(request: Request) -> str:
-    """Absolute DICOMweb root as the client sees it, behind a reverse proxy too.
-
-    Honours X-Forwarded-Proto/-Host/-Prefix so RetrieveURLs and BulkDataURIs
-    point at the proxy, not at this process.
-    """
-    configured = request.app.state.services.settings.public_base_url
-    if configured:
-        return f"{configured.rstrip('/')}/dicom-web"
-    headers = request.headers
-    scheme = headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
-    host = headers.get("x-forwarded-host", headers.get("host", request.url.netloc)).split(",")[0].strip()
-    prefix = headers.get("x-forwarded-prefix", "").split(",")[0].strip().rstrip("/")
-    return f"{scheme}://{host}{prefix}{request.scope.get('root_path', '')}/dicom-web"
+    return f"{public_root(request)}/dicom-web"

@@ -39,6 +39,7 @@ def delete_resources(
             connection.execute(delete(instances).where(instances.c.id.in_(ids[start : start + 500])))
         for series_pk in {row.series_pk for row in rows}:
             index.remove_empty_parents(connection, series_pk)
+        ingestor.studies_changed(connection, {study_uid})
     ingestor.discard(paths)
     return len(rows)
 

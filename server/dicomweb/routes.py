@@ -16,8 +16,8 @@ from server.dicomweb.context import (
     DICOM_JSON,
     dicomweb_root,
     require_dicom_json,
-    services,
 )
+from server.services import services
 
 router = APIRouter(tags=["DICOMweb"])
 _MORE_RESULTS_WARNING = (

@@ -22,8 +22,9 @@ from dicom.multipart import (
 )
 from dicom.stow import FailureReason, InstanceOutcome, stow_response, stow_status
 from dicom.uids import require_uid
-from server.dicomweb.context import DICOM_JSON, Services, dicomweb_root
+from server.dicomweb.context import DICOM_JSON, dicomweb_root
 from server.ingest import PreparedFile, prepare
+from server.services import Services
 from server.storage import ReceivedFile, TempFileWriter
 
 DICOM_MEDIA_TYPE = "application/dicom"

@@ -32,12 +32,12 @@ from dicom.transfer_syntax import (
 )
 from server.dicomweb.context import (
     DICOM_JSON,
-    Services,
     dicomweb_root,
     negotiated_accept,
     require_dicom_json,
 )
 from server.dicomweb.lookup import StoredInstance, find_instances
+from server.services import Services
 
 DICOM = "application/dicom"
 OCTET_STREAM = "application/octet-stream"

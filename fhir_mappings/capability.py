@@ -1,0 +1,103 @@
+"""The CapabilityStatement, made from the same tables the server runs on
+(search parameters, writable and history-keeping types), so that what it
+declares is what the server does (FHIR R4 capabilitystatement.html)."""
+
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+from fhir_mappings.resources import check_required_bindings
+from fhir_mappings.search_parameters import (
+    COMMON,
+    DEFINITIONS,
+    ParamType,
+    reference_parameters,
+)
+
+_TYPE_DEFINITIONS = "http://hl7.org/fhir/SearchParameter"
+
+
+def capability_statement(
+    base_url: str, software_version: str, writable: frozenset[str], history_types: frozenset[str]
+) -> CapabilityStatement:
+    resources = []
+    for resource_type in sorted(DEFINITIONS):
+        interactions = ["read", "vread", "search-type"]
+        if resource_type in history_types:
+            interactions += ["history-instance", "history-type"]
+        if resource_type in writable:
+            interactions += ["create", "update", "delete"]
+        parameters = [*COMMON.values(), *DEFINITIONS[resource_type]]
+        sort_names = [parameter.name for parameter in parameters if parameter.type is not ParamType.REFERENCE]
+        resources.append(
+            {
+                "type": resource_type,
+                "interaction": [{"code": code} for code in interactions],
+                "versioning": "versioned-update" if resource_type in writable else "versioned",
+                "readHistory": resource_type in history_types,
+                "updateCreate": resource_type in writable,
+                "conditionalCreate": False,
+                "conditionalRead": "full-support",
+                "conditionalUpdate": False,
+                "conditionalDelete": "not-supported",
+                "searchInclude": sorted(
+                    f"{resource_type}:{name}" for name in reference_parameters(resource_type)
+                ),
+                "searchRevInclude": sorted(
+                    f"{source}:{name}"
+                    for source in DEFINITIONS
+                    for name, parameter in reference_parameters(source).items()
+                    if resource_type in parameter.targets or "Resource" in parameter.targets
+                ),
+                "searchParam": [
+                    {
+                        "name": parameter.name,
+                        "definition": f"{_TYPE_DEFINITIONS}/{_definition_id(resource_type, parameter.name)}",
+                        "type": parameter.type.value,
+                        "documentation": parameter.documentation
+                        + (" (sortable)" if parameter.name in sort_names else ""),
+                    }
+                    for parameter in parameters
+                ],
+            }
+        )
+    statement = CapabilityStatement.model_validate(
+        {
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": "2026-11-27",
+            "kind": "instance",
+            "software": {"name": "MedAIFlow", "version": software_version},
+            "implementation": {"description": "MedAIFlow FHIR R4 server", "url": base_url},
+            "fhirVersion": "4.0.1",
+            "format": ["application/fhir+json", "application/json", "application/fhir+xml", "application/xml"],
+            "rest": [
+                {
+                    "mode": "server",
+                    "documentation": (
+                        "Search: comma is OR, a repeated parameter is AND; _count (default 20, at most 1000), "
+                        "_sort, _include and _revinclude (with :iterate), _summary (true, text, data, count), "
+                        "_elements, _total (none, estimate, accurate). Unknown parameters are ignored unless "
+                        "the request has Prefer: handling=strict. XML is produced for reads and searches."
+                    ),
+                    "resource": resources,
+                    "interaction": [{"code": "batch"}, {"code": "transaction"}],
+                }
+            ],
+        }
+    )
+    check_required_bindings(statement, "CapabilityStatement")
+    return statement
+
+
+def _definition_id(resource_type: str, name: str) -> str:
+    if name.startswith("_"):
+        return f"Resource-{name[1:]}"
+    return f"{_shared_base(resource_type, name)}-{name}"
+
+
+def _shared_base(resource_type: str, name: str) -> str:
+    # Standard parameters shared by several types are defined once under the
+    # name "clinical-<name>" (FHIR R4 searchparameter-registry.html).
+    shared = {"patient", "code", "date", "identifier", "encounter"}
+    if name in shared and resource_type in ("DiagnosticReport", "Observation"):
+        return "clinical"
+    return resource_type

@@ -1,0 +1,54 @@
+"""The FHIR side's one exception tree (STYLE 5).
+
+Each error carries the OperationOutcome issue code (FHIR R4 ValueSet
+issue-type) and a diagnostics string a person can act on; `server/errors.py`
+maps the classes to HTTP statuses in one place.
+"""
+
+
+class FhirError(Exception):
+    issue_code = "processing"
+
+    def __init__(self, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+
+
+class InvalidRequest(FhirError):
+    """A request the server cannot act on as sent: 400."""
+
+    issue_code = "invalid"
+
+
+class InvalidResource(FhirError):
+    """A resource that parses but breaks FHIR R4 rules: 422 (FHIR R4 http.html#2.21.0.3)."""
+
+    issue_code = "invalid"
+
+
+class ResourceNotFound(FhirError):
+    issue_code = "not-found"
+
+
+class ResourceGone(FhirError):
+    """Deleted: 410 on read (FHIR R4 http.html#read)."""
+
+    issue_code = "deleted"
+
+
+class VersionConflict(FhirError):
+    """If-Match names a version that is no longer current: 412."""
+
+    issue_code = "conflict"
+
+
+class MethodNotAllowed(FhirError):
+    issue_code = "not-supported"
+
+
+class NotAcceptable(FhirError):
+    issue_code = "not-supported"
+
+
+class UnsupportedMediaType(FhirError):
+    issue_code = "not-supported"

@@ -1,0 +1,102 @@
+"""FHIR Patient from the DICOM Patient module (PS3.3 C.7.1.1).
+
+One Patient per (PatientID, IssuerOfPatientID). Its id is a digest of that
+pair, so the same patient arriving in many studies, in any order, maps to
+one resource without a lookup table.
+"""
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from fhir.resources.R4B.patient import Patient
+
+from fhir_mappings.resources import check_required_bindings
+
+# PS3.3 C.7.1.1 PatientSex: M, F, O; FHIR R4 administrative-gender.
+_GENDER = {"M": "male", "F": "female", "O": "other"}
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    patient_id: str | None
+    issuer_of_patient_id: str | None
+    name: str | None
+    birth_date: str | None
+    sex: str | None
+    # When PatientID is absent, the study stands in for the patient: studies
+    # without an ID must not merge into one anonymous person.
+    study_instance_uid: str
+
+
+def patient_resource_id(record: PatientRecord) -> str:
+    key = (
+        f"id\0{record.issuer_of_patient_id or ''}\0{record.patient_id}"
+        if record.patient_id
+        else f"study\0{record.study_instance_uid}"
+    )
+    return "dcm-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def identifier_system(issuer: str | None) -> str | None:
+    """IssuerOfPatientID as a URI where it is one; free text cannot be a FHIR system."""
+    if not issuer:
+        return None
+    if _OID.fullmatch(issuer):
+        return f"urn:oid:{issuer}"
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", issuer):
+        return issuer
+    return None
+
+
+def human_name(person_name: str) -> dict[str, object] | None:
+    """The alphabetic group of a DICOM PN (PS3.5 6.2.1) as a HumanName."""
+    alphabetic = person_name.split("=")[0]
+    family, given, middle, prefix, suffix = (alphabetic.split("^") + [""] * 5)[:5]
+    name: dict[str, object] = {}
+    if family.strip():
+        name["family"] = family.strip()
+    givens = [part.strip() for part in (given, middle) if part.strip()]
+    if givens:
+        name["given"] = givens
+    if prefix.strip():
+        name["prefix"] = [prefix.strip()]
+    if suffix.strip():
+        name["suffix"] = [suffix.strip()]
+    if not name:
+        return None
+    name["text"] = " ".join(
+        part for part in [prefix.strip(), given.strip(), middle.strip(), family.strip(), suffix.strip()] if part
+    )
+    return name
+
+
+def birth_date(value: str | None) -> str | None:
+    if not value or not re.fullmatch(r"\d{8}", value.strip()):
+        return None
+    text = value.strip()
+    return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+
+
+def patient_from_dicom(record: PatientRecord) -> Patient:
+    body: dict[str, object] = {"resourceType": "Patient", "id": patient_resource_id(record)}
+    if record.patient_id:
+        identifier: dict[str, object] = {"value": record.patient_id}
+        system = identifier_system(record.issuer_of_patient_id)
+        if system:
+            identifier["system"] = system
+        elif record.issuer_of_patient_id:
+            identifier["assigner"] = {"display": record.issuer_of_patient_id}
+        body["identifier"] = [identifier]
+    name = human_name(record.name) if record.name else None
+    if name:
+        body["name"] = [name]
+    if record.sex:
+        body["gender"] = _GENDER.get(record.sex.strip().upper(), "unknown")
+    date = birth_date(record.birth_date)
+    if date:
+        body["birthDate"] = date
+    patient = Patient.model_validate(body)
+    check_required_bindings(patient, "Patient")
+    return patient

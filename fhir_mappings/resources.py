@@ -1,0 +1,123 @@
+"""FHIR R4 resources as validated models, and their one serialization.
+
+The models come from `fhir.resources.R4B`: the package's default models are
+R5, and R4B equals R4 field for field for every type served here (pinned by
+`tests/test_fhir_models.py`). The package does not enforce required code
+bindings, so `validate_resource` checks them from the models' own
+`enum_values` (the codes of each required binding in FHIR R4).
+"""
+
+import re
+from typing import Any
+
+import orjson
+from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.resource import Resource
+from pydantic import BaseModel, ValidationError
+
+from fhir_mappings.errors import InvalidRequest, InvalidResource
+
+# The models abbreviate some long value sets with a trailing "+"; these are
+# the full required value sets of FHIR R4 (valueset-*.html of each name).
+_FULL_VALUE_SETS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("DiagnosticReport", "status"): (  # diagnostic-report-status
+        "registered", "partial", "preliminary", "final", "amended", "corrected", "appended",
+        "cancelled", "entered-in-error", "unknown",
+    ),
+    ("Observation", "status"): (  # observation-status
+        "registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown",
+    ),
+    ("Task", "status"): (  # task-status
+        "draft", "requested", "received", "accepted", "rejected", "ready", "cancelled", "in-progress",
+        "on-hold", "failed", "completed", "entered-in-error",
+    ),
+    ("DeviceUdiCarrier", "entryType"): (  # udi-entry-type
+        "barcode", "rfid", "manual", "card", "self-reported", "unknown",
+    ),
+    ("DeviceUseStatement", "status"): (  # device-statement-status
+        "active", "completed", "entered-in-error", "intended", "stopped", "on-hold",
+    ),
+    # Required bindings the models carry no codes for.
+    ("AuditEvent", "action"): ("C", "R", "U", "D", "E"),  # audit-event-action
+    ("AuditEvent", "outcome"): ("0", "4", "8", "12"),  # audit-event-outcome
+    ("Quantity", "comparator"): ("<", "<=", ">=", ">"),  # quantity-comparator
+}
+# Codes the models list although the element is not bound to them:
+# CapabilityStatement.format takes mime types as well (capabilitystatement.html).
+_NOT_A_VALUE_SET = frozenset((("CapabilityStatement", "format"),))
+
+# FHIR R4 datatypes.html#id
+RESOURCE_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def model_class(resource_type: str) -> type[Resource]:
+    try:
+        return get_fhir_model_class(resource_type)  # type: ignore[no-any-return]
+    except (KeyError, ValueError) as error:
+        raise InvalidRequest(f"{resource_type} is not a FHIR R4 resource type") from error
+
+
+def require_id(resource_id: str) -> str:
+    if not RESOURCE_ID.fullmatch(resource_id):
+        raise InvalidRequest(f"{resource_id!r} is not a valid resource id (1-64 of A-Z a-z 0-9 - .)")
+    return resource_id
+
+
+def validate_resource(body: Any, expected_type: str | None = None) -> Resource:
+    """A resource from parsed JSON, valid against the R4 model and its required bindings."""
+    if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+        raise InvalidRequest("the body must be a FHIR resource: a JSON object with a resourceType")
+    resource_type = body["resourceType"]
+    if expected_type is not None and resource_type != expected_type:
+        raise InvalidRequest(f"the body is a {resource_type}, the URL names {expected_type}")
+    try:
+        model = model_class(resource_type).model_validate(body)
+    except ValidationError as error:
+        raise InvalidResource(f"invalid {resource_type}: {_describe(error)}") from error
+    check_required_bindings(model, resource_type)
+    return model
+
+
+def check_required_bindings(model: BaseModel, path: str) -> None:
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if value is None:
+            continue
+        allowed = _allowed_codes(type(model).__name__, name, field.json_schema_extra)
+        for item in value if isinstance(value, list) else [value]:
+            if allowed is not None and isinstance(item, str) and item not in allowed:
+                raise InvalidResource(
+                    f"{path}.{field.alias or name}: {item!r} is not in the required value set ({', '.join(allowed)})"
+                )
+            if isinstance(item, BaseModel):
+                check_required_bindings(item, f"{path}.{field.alias or name}")
+
+
+def _allowed_codes(class_name: str, field_name: str, extra: object) -> tuple[str, ...] | None:
+    full = _FULL_VALUE_SETS.get((class_name, field_name))
+    if full is not None:
+        return full
+    if (class_name, field_name) in _NOT_A_VALUE_SET:
+        return None
+    codes = extra.get("enum_values") if isinstance(extra, dict) else None
+    if not codes or "+" in codes:
+        return None
+    return tuple(codes)
+
+
+def resource_json(model: Resource) -> bytes:
+    """The one serialization of a version: computed when written, served as is."""
+    return model.model_dump_json().encode()
+
+
+def resource_dict(model: Resource) -> dict[str, Any]:
+    return orjson.loads(resource_json(model))  # type: ignore[no-any-return]
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for issue in error.errors()[:5]:
+        location = ".".join(str(part) for part in issue["loc"] if not str(part).startswith("function-"))
+        problems.append(f"{location}: {issue['msg']}" if location else issue["msg"])
+    more = len(error.errors()) - len(problems)
+    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")

@@ -1,0 +1,390 @@
+"""FHIR search parameters parsed into condition objects (STYLE 6).
+
+Pure data: no SQL here. `server/fhir/search_sql.py` turns a `SearchRequest`
+into a query. Rules follow FHIR R4 search.html: comma is OR within one
+parameter, a repeated parameter is AND; prefixes and modifiers per type.
+"""
+
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+from typing import TypeVar
+
+from fhir_mappings.date_ranges import date_range
+from fhir_mappings.errors import InvalidRequest
+from fhir_mappings.search_parameters import (
+    COMMON,
+    DEFINITIONS,
+    ParamType,
+    SearchParameter,
+    parameters_for,
+)
+from fhir_mappings.search_values import normalise_text
+
+E = TypeVar("E", bound=Enum)
+MAX_COUNT = 1000
+DEFAULT_COUNT = 20
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+# Parameters about the result, not the match (FHIR R4 search.html#return).
+RESULT_PARAMETERS = frozenset(
+    ("_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total")
+)
+# Never part of a search's identity: how to format it, and where a page starts.
+TRANSPORT_PARAMETERS = frozenset(("_format", "_pretty", "_cursor"))
+_MODIFIERS: dict[ParamType, frozenset[str]] = {
+    ParamType.STRING: frozenset(("exact", "contains", "missing")),
+    ParamType.TOKEN: frozenset(("not", "missing")),
+    ParamType.DATE: frozenset(("missing",)),
+    ParamType.REFERENCE: frozenset(("missing",)),
+    ParamType.QUANTITY: frozenset(("missing",)),
+}
+
+
+class StringMode(Enum):
+    PREFIX = "prefix"
+    EXACT = "exact"
+    CONTAINS = "contains"
+
+
+@dataclass(frozen=True)
+class StringValue:
+    text: str
+    mode: StringMode
+
+
+@dataclass(frozen=True)
+class TokenValue:
+    """`system` None matches any system; "" matches only codes without one; `code` None any code."""
+
+    system: str | None
+    code: str | None
+
+
+@dataclass(frozen=True)
+class DateValue:
+    prefix: str
+    low: int
+    high: int
+
+
+@dataclass(frozen=True)
+class ReferenceValue:
+    target_type: str | None
+    target_id: str
+
+
+@dataclass(frozen=True)
+class QuantityValue:
+    prefix: str
+    value: float
+    low: float
+    high: float
+    system: str | None
+    code: str | None
+
+
+Value = StringValue | TokenValue | DateValue | ReferenceValue | QuantityValue
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One parameter occurrence: any of `values` matches (OR), or `missing` is asked."""
+
+    parameter: SearchParameter
+    values: tuple[Value, ...] = ()
+    negate: bool = False
+    missing: bool | None = None
+    chain: "Chain | None" = None
+
+
+@dataclass(frozen=True)
+class Chain:
+    """`subject:Patient.identifier=x`: the reference must point at a match of `condition`."""
+
+    target_type: str
+    condition: Condition
+
+
+@dataclass(frozen=True)
+class SortKey:
+    parameter: SearchParameter
+    descending: bool
+
+
+@dataclass(frozen=True)
+class Include:
+    source_type: str
+    parameter: SearchParameter
+    target_type: str | None
+    iterate: bool
+
+
+class Summary(Enum):
+    FALSE = "false"
+    TRUE = "true"
+    TEXT = "text"
+    DATA = "data"
+    COUNT = "count"
+
+
+class Total(Enum):
+    NONE = "none"
+    ESTIMATE = "estimate"
+    ACCURATE = "accurate"
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    resource_type: str
+    conditions: tuple[Condition, ...]
+    sort: tuple[SortKey, ...]
+    count: int
+    includes: tuple[Include, ...]
+    revincludes: tuple[Include, ...]
+    summary: Summary
+    elements: tuple[str, ...]
+    total: Total
+    # What was understood, in the order given: the self link and the cursor carry it.
+    parameters: tuple[tuple[str, str], ...]
+    ignored: tuple[str, ...] = field(default=())
+
+
+def parse_search(resource_type: str, pairs: list[tuple[str, str]], strict: bool = False) -> SearchRequest:
+    known = parameters_for(resource_type)
+    conditions: list[Condition] = []
+    used: list[tuple[str, str]] = []
+    ignored: list[str] = []
+    results: dict[str, list[str]] = {}
+    for raw_name, value in pairs:
+        name, _, modifier = raw_name.partition(":")
+        if name in TRANSPORT_PARAMETERS:
+            continue
+        if name in RESULT_PARAMETERS:
+            results.setdefault(raw_name, []).append(value)
+            used.append((raw_name, value))
+            continue
+        head, dot, chained = raw_name.partition(".")
+        name, _, modifier = head.partition(":")
+        parameter = COMMON.get(name) or known.get(name)
+        if parameter is None:
+            if strict:
+                raise InvalidRequest(f"unknown search parameter {raw_name!r} for {resource_type}")
+            ignored.append(raw_name)
+            continue
+        if dot:
+            conditions.append(_chained(parameter, name, modifier, chained, value))
+        else:
+            conditions.append(_condition(parameter, name, modifier, value))
+        used.append((raw_name, value))
+    count = _count(results)
+    return SearchRequest(
+        resource_type=resource_type,
+        conditions=tuple(conditions),
+        sort=_sort(resource_type, _single(results, "_sort")),
+        count=count,
+        includes=tuple(_includes(resource_type, results, "_include")),
+        revincludes=tuple(_includes(resource_type, results, "_revinclude")),
+        summary=_enum(Summary, _single(results, "_summary"), Summary.FALSE, "_summary"),
+        elements=tuple(_elements(results)),
+        total=_enum(Total, _single(results, "_total"), Total.ACCURATE, "_total"),
+        parameters=tuple(used),
+        ignored=tuple(ignored),
+    )
+
+
+def _condition(parameter: SearchParameter, name: str, modifier: str, value: str) -> Condition:
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise InvalidRequest(f"{name}:missing takes true or false, not {value!r}")
+        return Condition(parameter, missing=value == "true")
+    if parameter.type is ParamType.REFERENCE and modifier and modifier[0].isupper():
+        if modifier not in DEFINITIONS and "Resource" not in parameter.targets and modifier not in parameter.targets:
+            raise InvalidRequest(f"{name} cannot point at a {modifier}")
+        return Condition(parameter, tuple(_reference_value(item, modifier) for item in _split_or(value)))
+    if modifier and modifier not in _MODIFIERS[parameter.type]:
+        raise InvalidRequest(f"the modifier :{modifier} is not supported on {name} ({parameter.type.value})")
+    values = tuple(_value(parameter, modifier, item) for item in _split_or(value))
+    if not values:
+        raise InvalidRequest(f"{name} needs a value")
+    return Condition(parameter, values, negate=modifier == "not")
+
+
+def _chained(parameter: SearchParameter, head: str, modifier: str, rest: str, value: str) -> Condition:
+    if parameter.type is not ParamType.REFERENCE:
+        raise InvalidRequest(f"{head} is not a reference parameter and cannot be chained")
+    if "." in rest:
+        raise InvalidRequest("chains of more than one level are not supported")
+    inner_name, _, inner_modifier = rest.partition(":")
+    if modifier:
+        target_type = modifier
+    else:
+        candidates = [target for target in parameter.targets if target in DEFINITIONS]
+        if len(candidates) != 1:
+            raise InvalidRequest(f"say which type {head} points at, e.g. {head}:Patient.{inner_name}")
+        target_type = candidates[0]
+    if target_type not in DEFINITIONS or ("Resource" not in parameter.targets and target_type not in parameter.targets):
+        raise InvalidRequest(f"{head} cannot point at a {target_type}")
+    inner = COMMON.get(inner_name) or parameters_for(target_type).get(inner_name)
+    if inner is None:
+        raise InvalidRequest(f"{target_type} has no search parameter {inner_name!r}")
+    return Condition(parameter, chain=Chain(target_type, _condition(inner, inner_name, inner_modifier, value)))
+
+
+def _split_or(value: str) -> list[str]:
+    """Comma is OR; `\\,` is a literal comma (FHIR R4 search.html#escaping)."""
+    parts = re.split(r"(?<!\\),", value)
+    return [part.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$").replace("\\\\", "\\") for part in parts if part != ""]
+
+
+def _value(parameter: SearchParameter, modifier: str, text: str) -> Value:
+    kind = parameter.type
+    if kind is ParamType.STRING:
+        mode = StringMode.EXACT if modifier == "exact" else StringMode.CONTAINS if modifier == "contains" else StringMode.PREFIX
+        return StringValue(text if mode is StringMode.EXACT else normalise_text(text), mode)
+    if kind is ParamType.TOKEN:
+        return _token_value(text)
+    if kind is ParamType.DATE:
+        prefix, rest = _prefix(text)
+        span = date_range(rest)
+        if span is None:
+            raise InvalidRequest(f"{parameter.name}: {text!r} is not a FHIR date (e.g. 2024, 2024-03-05, 2024-03-05T10:15:00Z)")
+        return DateValue(prefix, *span)
+    if kind is ParamType.REFERENCE:
+        return _reference_value(text, None)
+    return _quantity_value(parameter.name, text)
+
+
+def _token_value(text: str) -> TokenValue:
+    if "|" not in text:
+        return TokenValue(None, text)
+    system, _, code = text.partition("|")
+    if not system and not code:
+        raise InvalidRequest("a token needs a system or a code")
+    return TokenValue(system, code or None)
+
+
+def _reference_value(text: str, target_type: str | None) -> ReferenceValue:
+    parts = [part for part in text.split("/") if part]
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if not parts:
+        raise InvalidRequest(f"{text!r} is not a reference")
+    if len(parts) == 1:
+        return ReferenceValue(target_type, parts[0])
+    if target_type is not None and parts[-2] != target_type:
+        raise InvalidRequest(f"{text!r} is not a {target_type}")
+    return ReferenceValue(parts[-2], parts[-1])
+
+
+def _prefix(text: str) -> tuple[str, str]:
+    if len(text) > 2 and text[:2] in PREFIXES and not text[:2].isdigit():
+        return text[:2], text[2:]
+    return "eq", text
+
+
+def _quantity_value(name: str, text: str) -> QuantityValue:
+    prefix, rest = _prefix(text)
+    number, _, unit = rest.partition("|")
+    system, _, code = unit.partition("|") if "|" in unit else ("", "", unit)
+    try:
+        exact = Decimal(number)
+    except InvalidOperation as error:
+        raise InvalidRequest(f"{name}: {number!r} is not a number") from error
+    if not exact.is_finite():
+        raise InvalidRequest(f"{name}: {number!r} is not a number")
+    # Implicit precision: 5.4 means [5.35, 5.45) (FHIR R4 search.html#number).
+    half = Decimal(1).scaleb(exact.as_tuple().exponent) / 2  # type: ignore[arg-type]
+    if prefix == "ap":
+        half = max(half, abs(exact) / 10)
+    return QuantityValue(prefix, float(exact), float(exact - half), float(exact + half), system or None, code or None)
+
+
+def _single(results: dict[str, list[str]], name: str) -> str | None:
+    values = results.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequest(f"{name} may be given once")
+    return values[0]
+
+
+def _count(results: dict[str, list[str]]) -> int:
+    text = _single(results, "_count")
+    if text is None:
+        return DEFAULT_COUNT
+    if not text.isdigit():
+        raise InvalidRequest(f"_count must be a whole number, not {text!r}")
+    return min(int(text), MAX_COUNT)
+
+
+def sortable(resource_type: str) -> dict[str, SearchParameter]:
+    return {
+        name: parameter
+        for name, parameter in {**COMMON, **parameters_for(resource_type)}.items()
+        if parameter.type is not ParamType.REFERENCE
+    }
+
+
+def _sort(resource_type: str, text: str | None) -> tuple[SortKey, ...]:
+    if not text:
+        return ()
+    keys = []
+    allowed = sortable(resource_type)
+    for item in text.split(","):
+        descending = item.startswith("-")
+        name = item.lstrip("-")
+        if name not in allowed:
+            raise InvalidRequest(f"cannot sort {resource_type} by {name!r}; sortable: {', '.join(sorted(allowed))}")
+        keys.append(SortKey(allowed[name], descending))
+    return tuple(keys)
+
+
+def _includes(resource_type: str, results: dict[str, list[str]], name: str) -> list[Include]:
+    includes = []
+    for raw_name, values in results.items():
+        base, _, modifier = raw_name.partition(":")
+        if base != name:
+            continue
+        if modifier not in ("", "iterate", "recurse"):
+            raise InvalidRequest(f"{raw_name}: the only modifier is :iterate")
+        for value in values:
+            includes.append(_include(resource_type, name, value, iterate=bool(modifier)))
+    return includes
+
+
+def _include(resource_type: str, name: str, value: str, iterate: bool) -> Include:
+    parts = value.split(":")
+    if len(parts) not in (2, 3):
+        raise InvalidRequest(f"{name}={value!r}: expected SourceType:parameter[:TargetType]")
+    source_type, parameter_name = parts[0], parts[1]
+    target_type = parts[2] if len(parts) == 3 else None
+    if name == "_include" and not iterate and source_type != resource_type:
+        raise InvalidRequest(f"_include={value!r}: the source must be {resource_type} (or use _include:iterate)")
+    parameter = parameters_for(source_type).get(parameter_name)
+    if parameter is None or parameter.type is not ParamType.REFERENCE:
+        raise InvalidRequest(f"{name}={value!r}: {source_type} has no reference parameter {parameter_name!r}")
+    if target_type is not None and "Resource" not in parameter.targets and target_type not in parameter.targets:
+        raise InvalidRequest(f"{name}={value!r}: {parameter_name} cannot point at a {target_type}")
+    return Include(source_type, parameter, target_type, iterate)
+
+
+def _enum(kind: type[E], text: str | None, default: E, name: str) -> E:
+    if text is None:
+        return default
+    try:
+        return kind(text)
+    except ValueError as error:
+        allowed = ", ".join(member.value for member in kind)  # type: ignore[attr-defined]
+        raise InvalidRequest(f"{name} must be one of {allowed}, not {text!r}") from error
+
+
+def _elements(results: dict[str, list[str]]) -> list[str]:
+    text = _single(results, "_elements")
+    if text is None:
+        return []
+    names = [item.strip() for item in text.split(",") if item.strip()]
+    for element in names:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", element):
+            raise InvalidRequest(f"_elements: {element!r} is not an element name")
+    return names

@@ -1,0 +1,139 @@
+"""Search-index values of a resource, extracted once when a version is written.
+
+Each parameter's expression is walked over the resource JSON and each value
+found is turned into rows of its parameter type (FHIR R4 search.html, the
+"Search parameter types" section says which datatypes each type indexes).
+"""
+
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhir_mappings.date_ranges import date_range
+from fhir_mappings.search_parameters import ParamType, SearchParameter, parameters_for
+
+
+@dataclass
+class IndexValues:
+    tokens: list[tuple[str, str | None, str]] = field(default_factory=list)
+    strings: list[tuple[str, str, str]] = field(default_factory=list)
+    dates: list[tuple[str, int, int]] = field(default_factory=list)
+    references: list[tuple[str, str, str]] = field(default_factory=list)
+    quantities: list[tuple[str, float, str | None, str | None]] = field(default_factory=list)
+
+
+def normalise_text(text: str) -> str:
+    """Case and accent-insensitive form for string search (FHIR R4 search.html#string)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(char for char in decomposed if not unicodedata.combining(char)).casefold()
+
+
+def split_reference(reference: str) -> tuple[str, str] | None:
+    """(type, id) of a relative or absolute literal reference; version suffixes dropped."""
+    parts = reference.split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) < 2 or not parts[-2] or not parts[-1] or not parts[-2][0].isupper():
+        return None
+    return parts[-2], parts[-1]
+
+
+def extract(resource: dict[str, Any]) -> IndexValues:
+    values = IndexValues()
+    for parameter in parameters_for(resource["resourceType"]).values():
+        for path in parameter.paths:
+            for node in walk(resource, path.split(".")):
+                _add(values, parameter, node)
+    return values
+
+
+def walk(node: Any, steps: list[str]) -> Iterator[Any]:
+    """The values at a dotted path; lists are flattened, `name[x]` matches a choice type."""
+    if not steps:
+        if isinstance(node, list):
+            yield from node
+        elif node is not None:
+            yield node
+        return
+    if isinstance(node, list):
+        for item in node:
+            yield from walk(item, steps)
+        return
+    if not isinstance(node, dict):
+        return
+    step = steps[0]
+    if step.endswith("[x]"):
+        prefix = step[:-3]
+        for key, value in node.items():
+            if key.startswith(prefix) and key[len(prefix) : len(prefix) + 1].isupper():
+                yield from walk(value, steps[1:])
+        return
+    yield from walk(node.get(step), steps[1:])
+
+
+def _add(values: IndexValues, parameter: SearchParameter, node: Any) -> None:
+    name = parameter.name
+    if parameter.type is ParamType.TOKEN:
+        values.tokens.extend((name, system, code) for system, code in _tokens(node))
+    elif parameter.type is ParamType.STRING:
+        values.strings.extend((name, normalise_text(text), text) for text in _strings(node))
+    elif parameter.type is ParamType.DATE:
+        span = _date_span(node)
+        if span is not None:
+            values.dates.append((name, *span))
+    elif parameter.type is ParamType.REFERENCE:
+        target = _reference(node, parameter.targets)
+        if target is not None:
+            values.references.append((name, *target))
+    elif parameter.type is ParamType.QUANTITY:
+        if isinstance(node, dict) and isinstance(node.get("value"), int | float) and not isinstance(node.get("value"), bool):
+            values.quantities.append((name, float(node["value"]), node.get("system"), node.get("code")))
+
+
+def _tokens(node: Any) -> Iterator[tuple[str | None, str]]:
+    if isinstance(node, bool):
+        yield None, "true" if node else "false"
+    elif isinstance(node, str):
+        yield None, node
+    elif isinstance(node, dict):
+        if "coding" in node or "text" in node and "value" not in node:  # CodeableConcept
+            for coding in node.get("coding", []):
+                if coding.get("code") is not None:
+                    yield coding.get("system"), coding["code"]
+        elif "value" in node and isinstance(node["value"], str):  # Identifier, ContactPoint
+            yield node.get("system"), node["value"]
+        elif node.get("code") is not None:  # Coding
+            yield node.get("system"), node["code"]
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):  # HumanName, Address: every part
+        for key in ("text", "family", "given", "prefix", "suffix", "line", "city", "district", "state", "postalCode", "country"):
+            part = node.get(key)
+            for text in part if isinstance(part, list) else [part]:
+                if isinstance(text, str):
+                    yield text
+
+
+def _date_span(node: Any) -> tuple[int, int] | None:
+    if isinstance(node, str):
+        return date_range(node)
+    if isinstance(node, dict):  # Period: an open end is unbounded
+        start = date_range(node["start"]) if isinstance(node.get("start"), str) else None
+        end = date_range(node["end"]) if isinstance(node.get("end"), str) else None
+        if start is None and end is None:
+            return None
+        return (start[0] if start else -(2**62), end[1] if end else 2**62)
+    return None
+
+
+def _reference(node: Any, targets: tuple[str, ...]) -> tuple[str, str] | None:
+    if not isinstance(node, dict) or not isinstance(node.get("reference"), str):
+        return None
+    target = split_reference(node["reference"])
+    if target is None or ("Resource" not in targets and target[0] not in targets):
+        return None
+    return target

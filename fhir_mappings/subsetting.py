@@ -1,0 +1,52 @@
+"""`_summary` and `_elements`: subsets of a resource (FHIR R4 search.html#summary).
+
+A subset keeps the elements asked for, the resource's mandatory top-level
+elements (so that it still validates) and `id` and `meta`, and is marked
+with the SUBSETTED tag as the spec requires.
+"""
+
+from functools import cache
+from typing import Any
+
+from fhir_mappings.resources import model_class
+from fhir_mappings.search_query import Summary
+
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+_ALWAYS = frozenset(("resourceType", "id", "meta"))
+
+
+@cache
+def _elements_of(resource_type: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(summary elements, mandatory elements) of a type, as JSON names (choice types expanded)."""
+    summary, mandatory = set(), set()
+    for name, field in model_class(resource_type).model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        json_name = field.alias or name
+        if extra.get("summary_element_property"):
+            summary.add(json_name)
+        if field.is_required() or extra.get("element_required"):
+            mandatory.add(json_name)
+    return frozenset(summary), frozenset(mandatory)
+
+
+def subset(resource: dict[str, Any], summary: Summary, elements: tuple[str, ...]) -> dict[str, Any]:
+    """The resource as `_summary`/`_elements` ask; unchanged when neither does."""
+    resource_type = resource["resourceType"]
+    summary_names, mandatory = _elements_of(resource_type)
+    if elements:
+        keep = set(elements) | mandatory | _ALWAYS
+        # A choice element is asked for by its base name (value for valueQuantity).
+        chosen = {key for key in resource if any(key.startswith(name) and key[len(name):][:1].isupper() for name in elements)}
+        result = {key: value for key, value in resource.items() if key in keep or key in chosen or key.lstrip("_") in keep}
+    elif summary is Summary.TRUE:
+        result = {key: value for key, value in resource.items() if key.lstrip("_") in summary_names | mandatory | _ALWAYS}
+    elif summary is Summary.TEXT:
+        result = {key: value for key, value in resource.items() if key in mandatory | _ALWAYS | {"text"}}
+    elif summary is Summary.DATA:
+        result = {key: value for key, value in resource.items() if key != "text"}
+    else:
+        return resource
+    meta = dict(result.get("meta") or {})
+    meta["tag"] = [*(meta.get("tag") or []), SUBSETTED]
+    result["meta"] = meta
+    return result

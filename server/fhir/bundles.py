@@ -1,0 +1,165 @@
+"""`POST /fhir` with a batch or transaction Bundle (FHIR R4 http.html#transaction).
+
+A batch runs each entry on its own and reports each outcome; a transaction
+runs all of them in one database transaction and either all succeed or
+nothing is written. In a transaction, `urn:uuid:` fullUrls of created
+resources are replaced by the ids the server assigns, wherever they are
+referenced in the Bundle.
+"""
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+from sqlalchemy import Connection
+
+from fhir_mappings.date_ranges import instant_text
+from fhir_mappings.errors import FhirError, InvalidRequest
+from fhir_mappings.outcome import operation_outcome
+from server.db import write_connection
+from server.fhir import interactions
+from server.fhir.search import render_searchset
+from server.fhir.service import FhirService
+from server.fhir.store import StoredVersion
+
+# Processing order inside a transaction (FHIR R4 http.html#trules).
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+MAX_ENTRIES = 1000
+
+
+@dataclass
+class EntryResult:
+    status: str
+    resource: bytes | None = None
+    location: str | None = None
+    etag: str | None = None
+    last_modified: int | None = None
+    outcome: dict[str, Any] | None = None
+
+
+def process_bundle(service: FhirService, body: Any, base: str, status_for: Any) -> bytes:
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        raise InvalidRequest("POST /fhir takes a Bundle of type batch or transaction")
+    kind = body.get("type")
+    if kind not in ("batch", "transaction"):
+        raise InvalidRequest(f"the Bundle type must be batch or transaction, not {kind!r}")
+    entries = body.get("entry") or []
+    if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
+        raise InvalidRequest(f"a Bundle may carry at most {MAX_ENTRIES} entries")
+    for position, entry in enumerate(entries):
+        _request_of(entry, position)
+    if kind == "transaction":
+        results = _transaction(service, entries, base)
+    else:
+        results = [_batch_entry(service, entry, position, base, status_for) for position, entry in enumerate(entries)]
+    return _response_bundle(f"{kind}-response", results)
+
+
+def _transaction(service: FhirService, entries: list[dict[str, Any]], base: str) -> list[EntryResult]:
+    assigned = {
+        entry["fullUrl"]: f"{entry['request']['url'].split('?')[0].strip('/')}/{uuid.uuid4()}"
+        for entry in entries
+        if entry["request"]["method"] == "POST" and str(entry.get("fullUrl", "")).startswith("urn:uuid:")
+    }
+    entries = [_replace_references(entry, assigned) for entry in entries]
+    order = sorted(range(len(entries)), key=lambda position: _ORDER[entries[position]["request"]["method"]])
+    results: dict[int, EntryResult] = {}
+    with write_connection(service.engine) as connection:
+        for position in order:
+            entry = entries[position]
+            created_id = next(
+                (target.split("/")[-1] for full_url, target in assigned.items() if full_url == entry.get("fullUrl")),
+                None,
+            )
+            try:
+                results[position] = _run(service, entry, base, connection, created_id)
+            except FhirError as error:
+                error.diagnostics = f"entry {position} ({entry['request']['method']} {entry['request']['url']}): {error.diagnostics}"
+                raise
+    return [results[position] for position in range(len(entries))]
+
+
+def _batch_entry(service: FhirService, entry: dict[str, Any], position: int, base: str, status_for: Any) -> EntryResult:
+    try:
+        return _run(service, entry, base, None, None)
+    except FhirError as error:
+        status = status_for(error)
+        return EntryResult(f"{status}", outcome=operation_outcome(error.issue_code, error.diagnostics))
+
+
+def _run(
+    service: FhirService, entry: dict[str, Any], base: str, connection: Connection | None, created_id: str | None
+) -> EntryResult:
+    method, url = entry["request"]["method"], entry["request"]["url"]
+    path, _, query = url.partition("?")
+    parts = [part for part in urlsplit(path).path.split("/") if part]
+    if_match = interactions.parse_if_match(entry["request"].get("ifMatch"))
+    if method == "GET" and len(parts) == 1:
+        page = service.searcher.search(parts[0], parse_qsl(query, keep_blank_values=True), base, strict=False)
+        return EntryResult("200 OK", resource=render_searchset(page, base))
+    if method == "GET" and len(parts) in (2, 4) and (len(parts) == 2 or parts[2] == "_history"):
+        version = (
+            interactions.read(service, parts[0], parts[1])
+            if len(parts) == 2
+            else interactions.vread(service, parts[0], parts[1], parts[3])
+        )
+        return _result("200 OK", version, base)
+    if method == "POST" and len(parts) == 1:
+        version = interactions.create(service, parts[0], entry.get("resource"), connection, created_id)
+        return _result("201 Created", version, base)
+    if method == "PUT" and len(parts) == 2:
+        version, created = interactions.update(service, parts[0], parts[1], entry.get("resource"), if_match, connection)
+        return _result("201 Created" if created else "200 OK", version, base)
+    if method == "DELETE" and len(parts) == 2:
+        interactions.delete(service, parts[0], parts[1], if_match, connection)
+        return EntryResult("204 No Content")
+    raise InvalidRequest(f"{method} {url} is not an interaction this server supports in a Bundle")
+
+
+def _result(status: str, version: StoredVersion, base: str) -> EntryResult:
+    return EntryResult(
+        status,
+        resource=version.body,
+        location=f"{base}/{version.resource_type}/{version.resource_id}/_history/{version.version_id}",
+        etag=version.etag,
+        last_modified=version.last_updated,
+    )
+
+
+def _request_of(entry: Any, position: int) -> None:
+    request = entry.get("request") if isinstance(entry, dict) else None
+    if not isinstance(request, dict) or request.get("method") not in _ORDER or not isinstance(request.get("url"), str):
+        raise InvalidRequest(f"entry {position} needs request.method (GET, POST, PUT, DELETE) and request.url")
+
+
+def _replace_references(node: Any, assigned: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {
+            key: (assigned.get(value, value) if key == "reference" and isinstance(value, str) else _replace_references(value, assigned))
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_replace_references(item, assigned) for item in node]
+    return node
+
+
+def _response_bundle(kind: str, results: list[EntryResult]) -> bytes:
+    entries = []
+    for result in results:
+        response: dict[str, Any] = {"status": result.status}
+        if result.location:
+            response["location"] = result.location
+        if result.etag:
+            response["etag"] = result.etag
+        if result.last_modified is not None:
+            response["lastModified"] = instant_text(result.last_modified)
+        if result.outcome:
+            response["outcome"] = result.outcome
+        encoded = orjson.dumps({"response": response})
+        if result.resource is not None:
+            encoded = b'{"resource":' + result.resource + b"," + encoded[1:]
+        entries.append(encoded)
+    head = orjson.dumps({"resourceType": "Bundle", "type": kind})
+    return head[:-1] + b',"entry":[' + b",".join(entries) + b"]}"

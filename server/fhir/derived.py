@@ -1,0 +1,155 @@
+"""ImagingStudy, Patient and Endpoint kept in step with the DICOM index.
+
+`sync_studies` runs inside the transaction that changed the index (a STOW
+batch or a DELETE), so FHIR readers never see a study the DICOM side does
+not have, or the reverse. Resources are written in one global order
+(ImagingStudies by UID, then Patients by id) so that concurrent batches on
+PostgreSQL queue instead of deadlocking.
+"""
+
+from collections.abc import Iterable
+
+import orjson
+from sqlalchemy import Connection, select
+
+from fhir_mappings.endpoint import dicomweb_endpoints
+from fhir_mappings.imaging_study import (
+    InstanceRecord,
+    SeriesRecord,
+    StudyRecord,
+    imaging_study_from_dicom,
+)
+from fhir_mappings.patient import PatientRecord, patient_from_dicom, patient_resource_id
+from fhir_mappings.resources import resource_dict
+from server.fhir.store import ResourceStore
+from server.tables import fhir_references, fhir_resources, instances, series, studies
+
+DERIVED_TYPES = frozenset(("ImagingStudy", "Patient", "Endpoint"))
+
+
+def sync_studies(store: ResourceStore, connection: Connection, study_uids: Iterable[str]) -> None:
+    study_writes: list[tuple[str, dict | None]] = []
+    patient_keys: dict[str, PatientRecord | None] = {}
+    for study_uid in sorted(set(study_uids)):
+        row = connection.execute(select(studies).where(studies.c.study_instance_uid == study_uid)).first()
+        previous_patient = _current_subject(connection, study_uid)
+        if row is None:
+            study_writes.append((study_uid, None))
+        else:
+            patient = _patient_record(row)
+            patient_keys.setdefault(patient_resource_id(patient), None)
+            study_writes.append((study_uid, resource_dict(imaging_study_from_dicom(_study_record(connection, row, patient)))))
+        if previous_patient is not None:
+            patient_keys.setdefault(previous_patient, None)
+    for study_uid, body in study_writes:
+        if body is None:
+            store.delete(connection, "ImagingStudy", study_uid)
+        else:
+            store.put(connection, body, study_uid, "PUT")
+    for patient_id in sorted(patient_keys):
+        newest = _newest_study_of(connection, patient_id)
+        if newest is None:
+            store.delete(connection, "Patient", patient_id)
+        else:
+            store.put(connection, resource_dict(patient_from_dicom(_patient_record(newest))), patient_id, "PUT")
+
+
+def ensure_endpoints(store: ResourceStore, connection: Connection, address: str) -> None:
+    """Write the DICOMweb Endpoints when missing or when the address changed."""
+    for endpoint in dicomweb_endpoints(address):
+        body = resource_dict(endpoint)
+        current = connection.execute(
+            select(fhir_resources.c.resource_json, fhir_resources.c.deleted).where(
+                fhir_resources.c.resource_type == "Endpoint", fhir_resources.c.resource_id == endpoint.id
+            )
+        ).first()
+        if current is not None and not current.deleted and _same_content(current.resource_json, body):
+            continue
+        store.put(connection, body, str(endpoint.id), "PUT")
+
+
+def _same_content(stored: bytes | None, body: dict) -> bool:
+    if stored is None:
+        return False
+    existing = orjson.loads(stored)
+    existing.pop("meta", None)
+    return existing == {**body, "id": existing.get("id")}
+
+
+def _patient_record(row) -> PatientRecord:  # type: ignore[no-untyped-def]
+    return PatientRecord(
+        patient_id=row.patient_id,
+        issuer_of_patient_id=row.issuer_of_patient_id,
+        name=row.patient_name,
+        birth_date=row.patient_birth_date,
+        sex=row.patient_sex,
+        study_instance_uid=row.study_instance_uid,
+    )
+
+
+def _study_record(connection: Connection, row, patient: PatientRecord) -> StudyRecord:  # type: ignore[no-untyped-def]
+    series_rows = connection.execute(
+        select(
+            series.c.id, series.c.series_instance_uid, series.c.series_number, series.c.modality,
+            series.c.body_part_examined, series.c.series_description,
+        )
+        .where(series.c.study_pk == row.id)
+        .order_by(series.c.series_number, series.c.series_instance_uid)
+    ).all()
+    instance_rows = connection.execute(
+        select(instances.c.series_pk, instances.c.sop_instance_uid, instances.c.sop_class_uid, instances.c.instance_number)
+        .where(instances.c.study_pk == row.id)
+        .order_by(instances.c.instance_number, instances.c.sop_instance_uid)
+    ).all()
+    by_series: dict[int, list[InstanceRecord]] = {}
+    for instance in instance_rows:
+        by_series.setdefault(instance.series_pk, []).append(
+            InstanceRecord(instance.sop_instance_uid, instance.sop_class_uid, instance.instance_number)
+        )
+    return StudyRecord(
+        study_instance_uid=row.study_instance_uid,
+        accession_number=row.accession_number,
+        study_date=row.study_date,
+        description=row.study_description,
+        patient_resource_id=patient_resource_id(patient),
+        series=tuple(
+            SeriesRecord(
+                s.series_instance_uid, s.series_number, s.modality, s.body_part_examined, s.series_description,
+                tuple(by_series.get(s.id, ())),
+            )
+            for s in series_rows
+        ),
+    )
+
+
+def _current_subject(connection: Connection, study_uid: str) -> str | None:
+    """The Patient the stored ImagingStudy points at, which may have to go."""
+    return connection.execute(
+        select(fhir_references.c.target_id)
+        .join(fhir_resources, fhir_resources.c.id == fhir_references.c.resource_pk)
+        .where(
+            fhir_resources.c.resource_type == "ImagingStudy",
+            fhir_resources.c.resource_id == study_uid,
+            fhir_references.c.param == "patient",
+        )
+    ).scalar()
+
+
+def _newest_study_of(connection: Connection, patient_id: str):  # type: ignore[no-untyped-def]
+    """The most recently updated study whose Patient is `patient_id`."""
+    study_uids = (
+        select(fhir_resources.c.resource_id)
+        .join(fhir_references, fhir_resources.c.id == fhir_references.c.resource_pk)
+        .where(
+            fhir_resources.c.resource_type == "ImagingStudy",
+            fhir_resources.c.deleted.is_(False),
+            fhir_references.c.param == "patient",
+            fhir_references.c.target_id == patient_id,
+        )
+    )
+    return connection.execute(
+        select(studies)
+        .where(studies.c.study_instance_uid.in_(study_uids))
+        .order_by(studies.c.updated_at.desc(), studies.c.id.desc())
+        .limit(1)
+    ).first()

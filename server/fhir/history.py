@@ -1,0 +1,113 @@
+"""Instance and type history (FHIR R4 http.html#history): newest first, paged
+with the same signed cursors as search."""
+
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from sqlalchemy import and_, or_, select
+
+from fhir_mappings.date_ranges import date_range, instant_text
+from fhir_mappings.errors import InvalidRequest, ResourceNotFound
+from fhir_mappings.resources import require_id
+from fhir_mappings.search_query import DEFAULT_COUNT, MAX_COUNT
+from server.fhir.service import FhirService
+from server.tables import fhir_resources, fhir_versions
+
+_STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}
+
+
+def history(
+    service: FhirService, resource_type: str, resource_id: str | None, pairs: list[tuple[str, str]], base: str
+) -> bytes:
+    service.require_type(resource_type)
+    if resource_type not in service.store.history_types:
+        raise ResourceNotFound(f"{resource_type} keeps only its current version; it has no history")
+    if resource_id is not None:
+        require_id(resource_id)
+    parameters = dict(pairs)
+    state: dict[str, Any] = {}
+    if "_cursor" in parameters:
+        state = service.cursors.decode(parameters["_cursor"])
+        if state.get("history") != [resource_type, resource_id]:
+            raise InvalidRequest("the paging cursor (_cursor) does not belong to this history")
+        parameters = state["params"]
+    count = _count(parameters.get("_count"))
+    since = _since(parameters.get("_since"))
+    statement = (
+        select(fhir_versions)
+        .where(fhir_versions.c.resource_type == resource_type)
+        .order_by(fhir_versions.c.last_updated.desc(), fhir_versions.c.id.desc())
+        .limit(count + 1)
+    )
+    if resource_id is not None:
+        statement = statement.where(fhir_versions.c.resource_id == resource_id)
+    if since is not None:
+        statement = statement.where(fhir_versions.c.last_updated >= since)
+    position = state.get("position")
+    if position is not None:
+        last_updated, pk = position
+        statement = statement.where(
+            or_(
+                fhir_versions.c.last_updated < last_updated,
+                and_(fhir_versions.c.last_updated == last_updated, fhir_versions.c.id < pk),
+            )
+        )
+    with service.engine.connect() as connection:
+        rows = connection.execute(statement).all()
+        if not rows and resource_id is not None and position is None:
+            exists = connection.execute(
+                select(fhir_resources.c.id).where(
+                    fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id
+                )
+            ).first()
+            if exists is None:
+                raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+    more = len(rows) > count
+    rows = rows[:count]
+    path = f"{base}/{resource_type}" + (f"/{resource_id}" if resource_id else "") + "/_history"
+    kept = {name: value for name, value in parameters.items() if name in ("_count", "_since")}
+    links = [{"relation": "self", "url": f"{path}?{urlencode(kept)}" if kept else path}]
+    if more:
+        token = service.cursors.encode(
+            {"history": [resource_type, resource_id], "params": kept,
+             "position": [rows[-1].last_updated, rows[-1].id]}
+        )
+        links.append({"relation": "next", "url": f"{path}?{urlencode({'_cursor': token})}"})
+    head = orjson.dumps({"resourceType": "Bundle", "type": "history", "link": links})
+    entries = [_entry(base, row) for row in rows]
+    if not entries:
+        return head
+    return head[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
+
+
+def _entry(base: str, row: Any) -> bytes:
+    entry: dict[str, Any] = {"fullUrl": f"{base}/{row.resource_type}/{row.resource_id}"}
+    url = row.resource_type if row.method == "POST" else f"{row.resource_type}/{row.resource_id}"
+    entry["request"] = {"method": row.method, "url": url}
+    entry["response"] = {
+        "status": _STATUS[row.method],
+        "etag": f'W/"{row.version_id}"',
+        "lastModified": instant_text(row.last_updated),
+    }
+    encoded = orjson.dumps(entry)
+    if row.resource_json is None:
+        return encoded
+    return encoded[:-1] + b',"resource":' + row.resource_json + b"}"
+
+
+def _count(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_COUNT
+    if not text.isdigit():
+        raise InvalidRequest(f"_count must be a whole number, not {text!r}")
+    return max(1, min(int(text), MAX_COUNT))
+
+
+def _since(text: str | None) -> int | None:
+    if text is None:
+        return None
+    span = date_range(text)
+    if span is None:
+        raise InvalidRequest(f"_since must be a FHIR instant, not {text!r}")
+    return span[0]

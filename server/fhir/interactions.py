@@ -1,0 +1,81 @@
+"""The instance-level interactions: read, vread, create, update, delete.
+
+Each is a function of the FHIR service and plain values, so the route table
+and the batch/transaction Bundle share them. Writes take an optional
+connection: a transaction Bundle passes its own.
+"""
+
+import re
+from typing import Any
+
+from sqlalchemy import Connection
+
+from fhir_mappings.errors import InvalidRequest, ResourceNotFound
+from fhir_mappings.resources import require_id, resource_dict, validate_resource
+from server.fhir.service import FhirService
+from server.fhir.store import StoredVersion
+
+_ETAG = re.compile(r'\s*(?:W/)?"(\d+)"\s*')
+
+
+def parse_if_match(header: str | None) -> int | None:
+    if header is None:
+        return None
+    match = _ETAG.fullmatch(header)
+    if not match:
+        raise InvalidRequest(f'If-Match must be an ETag such as W/"3", not {header!r}')
+    return int(match.group(1))
+
+
+def read(service: FhirService, resource_type: str, resource_id: str) -> StoredVersion:
+    service.require_type(resource_type)
+    return service.store.read(resource_type, require_id(resource_id))
+
+
+def vread(service: FhirService, resource_type: str, resource_id: str, version: str) -> StoredVersion:
+    service.require_type(resource_type)
+    if not version.isdigit():
+        raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version!r}")
+    return service.store.vread(resource_type, require_id(resource_id), int(version))
+
+
+def create(
+    service: FhirService, resource_type: str, body: Any, connection: Connection | None = None,
+    resource_id: str | None = None,
+) -> StoredVersion:
+    """A new resource; the server assigns its id (FHIR R4 http.html#create ignores the body's)."""
+    service.require_writable(resource_type)
+    resource = resource_dict(validate_resource(_without_id(body), resource_type))
+    with service.transaction(connection) as writing:
+        return service.store.put(writing, resource, resource_id or service.new_id(), "POST")
+
+
+def update(
+    service: FhirService, resource_type: str, resource_id: str, body: Any, if_match: int | None,
+    connection: Connection | None = None,
+) -> tuple[StoredVersion, bool]:
+    """A new version (or the first, update-as-create); returns it and whether it was created."""
+    service.require_writable(resource_type)
+    require_id(resource_id)
+    if not isinstance(body, dict) or body.get("id") != resource_id:
+        raise InvalidRequest(f"the resource's id must be present and equal {resource_id!r}, the id in the URL")
+    resource = resource_dict(validate_resource(body, resource_type))
+    with service.transaction(connection) as writing:
+        version = service.store.put(writing, resource, resource_id, "PUT", if_match=if_match)
+    return version, version.version_id == 1
+
+
+def delete(
+    service: FhirService, resource_type: str, resource_id: str, if_match: int | None,
+    connection: Connection | None = None,
+) -> StoredVersion | None:
+    service.require_writable(resource_type)
+    require_id(resource_id)
+    with service.transaction(connection) as writing:
+        return service.store.delete(writing, resource_type, resource_id, if_match)
+
+
+def _without_id(body: Any) -> Any:
+    if isinstance(body, dict) and "id" in body:
+        return {key: value for key, value in body.items() if key != "id"}
+    return body

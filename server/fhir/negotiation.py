@@ -1,0 +1,93 @@
+"""FHIR content negotiation (FHIR R4 http.html#mime-type) and answer bodies.
+
+`_format` wins over Accept. JSON is the stored form and the default; XML is
+produced for reads and searches from the same JSON through the R4 models.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicom.errors import DicomError
+from dicom.media_types import parse_accept, type_matches
+from fhir_mappings.errors import InvalidRequest, NotAcceptable, UnsupportedMediaType
+from fhir_mappings.resources import model_class
+
+FHIR_JSON = "application/fhir+json"
+FHIR_XML = "application/fhir+xml"
+# What each _format value means (FHIR R4 http.html#parameters).
+_FORMAT_ALIASES = {
+    "json": FHIR_JSON, "application/json": "application/json", FHIR_JSON: FHIR_JSON,
+    "xml": FHIR_XML, "text/xml": FHIR_XML, "application/xml": "application/xml", FHIR_XML: FHIR_XML,
+}
+_OFFERED = (FHIR_JSON, "application/json", FHIR_XML, "application/xml")
+
+
+@dataclass(frozen=True)
+class Format:
+    media_type: str
+    pretty: bool
+
+    @property
+    def is_xml(self) -> bool:
+        return self.media_type.endswith("xml")
+
+
+def response_format(request: Request, xml_allowed: bool = True) -> Format:
+    pretty = request.query_params.get("_pretty", "false") == "true"
+    offered = _OFFERED if xml_allowed else _OFFERED[:2]
+    requested = request.query_params.get("_format")
+    if requested is not None:
+        media_type = _FORMAT_ALIASES.get(requested.split(";")[0].strip())
+        if media_type is None or media_type not in offered:
+            raise NotAcceptable(f"_format={requested!r} is not offered here; use {' or '.join(sorted(set(offered)))}")
+        return Format(media_type, pretty)
+    header = request.headers.getlist("accept")
+    if not any(value.strip() for value in header):
+        return Format(FHIR_JSON, pretty)
+    try:
+        ranges = parse_accept(header)
+    except DicomError as error:
+        raise InvalidRequest(f"malformed Accept header: {error.message}") from error
+    for range_ in ranges:
+        for media_type in offered:
+            if type_matches(range_.media_type, media_type):
+                # A wildcard gets our default (JSON), not the first type that fits it.
+                return Format(media_type if "*" not in range_.media_type else FHIR_JSON, pretty)
+    raise NotAcceptable(
+        f"none of {', '.join(value for value in header)} can be produced here; use {' or '.join(offered)}"
+    )
+
+
+def require_json_body(request: Request) -> None:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in (FHIR_JSON, "application/json"):
+        raise UnsupportedMediaType(
+            f"the body must be {FHIR_JSON} (or application/json), not {content_type or 'untyped'}"
+        )
+
+
+def parse_json_body(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(f"the body is not valid JSON: {error}") from error
+
+
+def fhir_response(
+    body: bytes | dict[str, Any], fmt: Format, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """Answer with stored JSON bytes as they are, or re-rendered when XML or `_pretty` asks."""
+    if fmt.is_xml:
+        document = orjson.loads(body) if isinstance(body, bytes) else body
+        content = model_class(document["resourceType"]).model_validate(document).model_dump_xml(
+            pretty_print=fmt.pretty
+        )
+    elif fmt.pretty:
+        content = orjson.dumps(orjson.loads(body) if isinstance(body, bytes) else body, option=orjson.OPT_INDENT_2)
+    else:
+        content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return Response(content, status_code=status, media_type=f"{fmt.media_type}; charset=utf-8", headers=headers)

@@ -1,0 +1,200 @@
+"""The FHIR R4 route table (FHIR R4 http.html): every URL under /fhir, in one place.
+
+Routes parse the request, call an interaction, and shape the answer
+(negotiated format, ETag, Last-Modified, Location); the work lives in the
+interaction modules.
+"""
+
+from email.utils import format_datetime, parsedate_to_datetime
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from fhir_mappings.capability import capability_statement
+from fhir_mappings.date_ranges import from_micros, to_micros
+from fhir_mappings.errors import InvalidRequest, ResourceGone
+from fhir_mappings.resources import resource_json
+from server.errors import fhir_status_for
+from server.fhir import bundles, history, interactions
+from server.fhir.negotiation import (
+    fhir_response,
+    parse_json_body,
+    require_json_body,
+    response_format,
+)
+from server.fhir.search import render_searchset
+from server.fhir.service import FhirService
+from server.fhir.store import StoredVersion
+from server.public_url import public_root
+from server.services import services
+
+router = APIRouter(tags=["FHIR R4"])
+SOFTWARE_VERSION = "0.1.0"
+
+
+def _fhir(request: Request) -> FhirService:
+    return services(request).fhir
+
+
+def fhir_base(request: Request) -> str:
+    return f"{public_root(request)}/fhir"
+
+
+def _strict(request: Request) -> bool:
+    return any(
+        part.strip() == "handling=strict"
+        for value in request.headers.getlist("prefer")
+        for part in value.split(",")
+    )
+
+
+def _version_headers(version: StoredVersion) -> dict[str, str]:
+    return {
+        "ETag": version.etag,
+        "Last-Modified": format_datetime(from_micros(version.last_updated).replace(microsecond=0), usegmt=True),
+    }
+
+
+def _not_modified(request: Request, version: StoredVersion) -> bool:
+    """If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2)."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {tag.strip() for tag in if_none_match.split(",")}
+        return "*" in tags or version.etag in tags or version.etag.removeprefix("W/") in tags
+    if_modified_since = request.headers.get("if-modified-since")
+    if if_modified_since is not None:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        if since.tzinfo is None:
+            return False
+        # HTTP dates have whole seconds: compare at that precision.
+        return version.last_updated // 1_000_000 <= to_micros(since) // 1_000_000
+    return False
+
+
+def _version_response(request: Request, version: StoredVersion, status: int = 200, location: bool = False) -> Response:
+    fmt = response_format(request, xml_allowed=request.method == "GET")
+    headers = _version_headers(version)
+    if location:
+        headers["Location"] = (
+            f"{fhir_base(request)}/{version.resource_type}/{version.resource_id}/_history/{version.version_id}"
+        )
+    if request.method == "GET" and _not_modified(request, version):
+        return Response(status_code=304, headers=headers)
+    assert version.body is not None
+    return fhir_response(version.body, fmt, status, headers)
+
+
+def _search_pairs(request: Request) -> list[tuple[str, str]]:
+    return list(request.query_params.multi_items())
+
+
+# --- whole system --------------------------------------------------------------
+@router.get("/metadata")
+async def metadata(request: Request) -> Response:
+    fmt = response_format(request)
+    fhir = _fhir(request)
+    statement = capability_statement(
+        fhir_base(request), SOFTWARE_VERSION, fhir.writable_types, fhir.store.history_types
+    )
+    return fhir_response(resource_json(statement), fmt)
+
+
+@router.post("")
+@router.post("/")
+async def batch_or_transaction(request: Request) -> Response:
+    fmt = response_format(request, xml_allowed=False)
+    require_json_body(request)
+    body = parse_json_body(await request.body())
+    result = await run_in_threadpool(bundles.process_bundle, _fhir(request), body, fhir_base(request), fhir_status_for)
+    return fhir_response(result, fmt)
+
+
+# --- type level ----------------------------------------------------------------
+@router.get("/{resource_type}")
+async def search(request: Request, resource_type: str) -> Response:
+    return await _run_search(request, resource_type, _search_pairs(request))
+
+
+@router.post("/{resource_type}/_search")
+async def search_by_post(request: Request, resource_type: str) -> Response:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise InvalidRequest("POST _search takes application/x-www-form-urlencoded parameters")
+    form = parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    return await _run_search(request, resource_type, _search_pairs(request) + form)
+
+
+async def _run_search(request: Request, resource_type: str, pairs: list[tuple[str, str]]) -> Response:
+    fmt = response_format(request)
+    fhir = _fhir(request)
+    fhir.require_type(resource_type)
+    base = fhir_base(request)
+    page = await run_in_threadpool(fhir.searcher.search, resource_type, pairs, base, _strict(request))
+    return fhir_response(render_searchset(page, base), fmt)
+
+
+@router.get("/{resource_type}/_history")
+async def type_history(request: Request, resource_type: str) -> Response:
+    fmt = response_format(request)
+    body = await run_in_threadpool(
+        history.history, _fhir(request), resource_type, None, _search_pairs(request), fhir_base(request)
+    )
+    return fhir_response(body, fmt)
+
+
+@router.post("/{resource_type}")
+async def create(request: Request, resource_type: str) -> Response:
+    fhir = _fhir(request)
+    fhir.require_writable(resource_type)
+    require_json_body(request)
+    body = parse_json_body(await request.body())
+    version = await run_in_threadpool(interactions.create, fhir, resource_type, body)
+    return _version_response(request, version, 201, location=True)
+
+
+# --- instance level ------------------------------------------------------------
+@router.get("/{resource_type}/{resource_id}")
+async def read(request: Request, resource_type: str, resource_id: str) -> Response:
+    version = await run_in_threadpool(interactions.read, _fhir(request), resource_type, resource_id)
+    return _version_response(request, version)
+
+
+@router.put("/{resource_type}/{resource_id}")
+async def update(request: Request, resource_type: str, resource_id: str) -> Response:
+    fhir = _fhir(request)
+    fhir.require_writable(resource_type)
+    require_json_body(request)
+    body = parse_json_body(await request.body())
+    if_match = interactions.parse_if_match(request.headers.get("if-match"))
+    version, created = await run_in_threadpool(interactions.update, fhir, resource_type, resource_id, body, if_match)
+    return _version_response(request, version, 201 if created else 200, location=created)
+
+
+@router.delete("/{resource_type}/{resource_id}")
+async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
+    if_match = interactions.parse_if_match(request.headers.get("if-match"))
+    version = await run_in_threadpool(interactions.delete, _fhir(request), resource_type, resource_id, if_match)
+    headers = {"ETag": version.etag} if version is not None else None
+    return Response(status_code=204, headers=headers)
+
+
+@router.get("/{resource_type}/{resource_id}/_history")
+async def instance_history(request: Request, resource_type: str, resource_id: str) -> Response:
+    fmt = response_format(request)
+    body = await run_in_threadpool(
+        history.history, _fhir(request), resource_type, resource_id, _search_pairs(request), fhir_base(request)
+    )
+    return fhir_response(body, fmt)
+
+
+@router.get("/{resource_type}/{resource_id}/_history/{version_id}")
+async def vread(request: Request, resource_type: str, resource_id: str, version_id: str) -> Response:
+    version = await run_in_threadpool(interactions.vread, _fhir(request), resource_type, resource_id, version_id)
+    if version.deleted:
+        raise ResourceGone(f"version {version_id} of {resource_type}/{resource_id} is a deletion")
+    return _version_response(request, version)

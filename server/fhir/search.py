@@ -1,0 +1,269 @@
+"""Search: one page of a searchset Bundle, its includes and its links.
+
+Paging is by keyset: a cursor names the sort-key values and id of the last
+row of a page, and the next page is the rows strictly after it. Rows created
+while a client pages therefore neither shift nor repeat what it sees; the
+first page fetches one row more than it shows, so a page with a `next` link
+never leads to an empty page.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from sqlalchemy import Connection, Engine, func, select, text
+
+from fhir_mappings.errors import InvalidRequest
+from fhir_mappings.search_query import (
+    Include,
+    SearchRequest,
+    Summary,
+    Total,
+    parse_search,
+)
+from fhir_mappings.subsetting import subset
+from server.fhir.cursor import CursorCodec
+from server.fhir.search_sql import (
+    after,
+    condition_clause,
+    order_by,
+    sort_parts,
+    where_current,
+)
+from server.tables import fhir_references, fhir_resources
+
+# How many rounds of :iterate are followed before stopping (cycles end earlier).
+_MAX_ITERATIONS = 4
+
+
+@dataclass(frozen=True)
+class Row:
+    pk: int
+    resource_type: str
+    resource_id: str
+    body: bytes
+
+
+@dataclass
+class SearchPage:
+    request: SearchRequest
+    matches: list[Row]
+    included: list[Row]
+    total: int | None
+    links: dict[str, str]
+    warnings: list[str] = field(default_factory=list)
+
+
+class Searcher:
+    def __init__(self, engine: Engine, cursors: CursorCodec, max_included: int) -> None:
+        self.engine = engine
+        self.cursors = cursors
+        self.max_included = max_included
+
+    def search(self, resource_type: str, pairs: list[tuple[str, str]], base: str, strict: bool) -> SearchPage:
+        cursor_token = next((value for name, value in pairs if name == "_cursor"), None)
+        state: dict[str, Any] = {}
+        if cursor_token is not None:
+            state = self.cursors.decode(cursor_token)
+            if state.get("type") != resource_type:
+                raise _tampered()
+            pairs = [(str(name), str(value)) for name, value in state.get("params", [])]
+        request = parse_search(resource_type, pairs, strict=strict and cursor_token is None)
+        with self.engine.connect() as connection:
+            if cursor_token is None:
+                total = self._total(connection, request)
+            else:
+                total = state.get("total")
+            if request.summary is Summary.COUNT or request.count == 0:
+                rows, keys, has_more = [], [], False
+            else:
+                rows, keys, has_more = self._page(
+                    connection, request, state.get("position"), bool(state.get("backwards"))
+                )
+            included, truncated = self._includes(connection, request, rows)
+        links = self._links(request, base, cursor_token, keys, has_more, state, total)
+        warnings = [f"unknown search parameter {name!r} was ignored" for name in request.ignored]
+        if truncated:
+            warnings.append(f"only the first {self.max_included} included resources are returned")
+        return SearchPage(request, rows, included, total, links, warnings)
+
+    def _filtered(self, request: SearchRequest, resources: Any) -> Any:
+        clauses = [where_current(resources, request.resource_type)]
+        clauses += [condition_clause(condition, resources) for condition in request.conditions]
+        return clauses
+
+    def _total(self, connection: Connection, request: SearchRequest) -> int | None:
+        if request.total is Total.NONE:
+            return None
+        resources = fhir_resources.alias("r")
+        counting = select(func.count()).select_from(resources).where(*self._filtered(request, resources))
+        if request.total is Total.ESTIMATE and connection.dialect.name == "postgresql":
+            compiled = counting.compile(connection, compile_kwargs={"literal_binds": True})
+            plan = connection.execute(text(f"EXPLAIN (FORMAT JSON) {compiled}")).scalar()
+            plan = plan if isinstance(plan, list) else orjson.loads(plan)
+            return int(plan[0]["Plan"].get("Plans", [plan[0]["Plan"]])[0]["Plan Rows"])
+        return int(connection.execute(counting).scalar_one())
+
+    def _page(
+        self, connection: Connection, request: SearchRequest, position: list[Any] | None, backwards: bool
+    ) -> tuple[list[Row], list[list[Any]], bool]:
+        """A page of rows, each row's sort-key values, and whether more lie beyond it."""
+        resources = fhir_resources.alias("r")
+        parts = sort_parts(request.sort, resources)
+        statement = (
+            select(
+                resources.c.id, resources.c.resource_id, resources.c.resource_json,
+                *(part.expression.label(f"k{index}") for index, part in enumerate(parts)),
+            )
+            .where(*self._filtered(request, resources))
+            .order_by(*order_by(parts, backwards))
+            .limit(request.count + 1)
+        )
+        if position is not None:
+            if len(position) != len(parts):
+                raise _tampered()
+            statement = statement.where(after(parts, position, backwards))
+        fetched = connection.execute(statement).all()
+        has_more = len(fetched) > request.count
+        fetched = fetched[: request.count]
+        if backwards:
+            fetched.reverse()
+        keys = [[row._mapping[f"k{index}"] for index in range(len(parts))] for row in fetched]
+        rows = [Row(row.id, request.resource_type, row.resource_id, row.resource_json) for row in fetched]
+        return rows, keys, has_more
+
+    def _links(
+        self, request: SearchRequest, base: str, cursor_token: str | None, keys: list[list[Any]], has_more: bool,
+        state: dict[str, Any], total: int | None,
+    ) -> dict[str, str]:
+        type_url = f"{base}/{request.resource_type}"
+        common = {"type": request.resource_type, "params": [list(pair) for pair in request.parameters], "total": total}
+
+        def cursor_url(**position: Any) -> str:
+            return f"{type_url}?{urlencode({'_cursor': self.cursors.encode({**common, **position})})}"
+
+        if cursor_token is not None:
+            self_url = f"{type_url}?{urlencode({'_cursor': cursor_token})}"
+        else:
+            self_url = f"{type_url}?{urlencode(request.parameters)}" if request.parameters else type_url
+        links = {"self": self_url, "first": cursor_url()}
+        # A page reached from another page has rows on the side it came from.
+        backwards = bool(state.get("backwards"))
+        reached_from_a_page = state.get("position") is not None
+        if keys:
+            if (reached_from_a_page if backwards else has_more):
+                links["next"] = cursor_url(position=keys[-1], backwards=False)
+            if (has_more if backwards else reached_from_a_page):
+                links["previous"] = cursor_url(position=keys[0], backwards=True)
+        return links
+
+    def _includes(self, connection: Connection, request: SearchRequest, rows: list[Row]) -> tuple[list[Row], bool]:
+        if not (request.includes or request.revincludes) or not rows:
+            return [], False
+        seen = {(row.resource_type, row.resource_id) for row in rows}
+        included: list[Row] = []
+        frontier = rows
+        for round_number in range(_MAX_ITERATIONS + 1):
+            wanted = [
+                include for include in request.includes if include.iterate or round_number == 0
+            ]
+            reverse = [include for include in request.revincludes if include.iterate or round_number == 0]
+            found: list[Row] = []
+            for include in wanted:
+                sources = [row for row in frontier if row.resource_type == include.source_type]
+                found += self._forward(connection, include, sources)
+            for include in reverse:
+                found += self._reverse(connection, include, frontier)
+            fresh = []
+            for row in found:
+                key = (row.resource_type, row.resource_id)
+                if key not in seen:
+                    seen.add(key)
+                    fresh.append(row)
+            if len(included) + len(fresh) > self.max_included:
+                included += fresh[: self.max_included - len(included)]
+                return included, True
+            included += fresh
+            if not fresh or not any(include.iterate for include in (*request.includes, *request.revincludes)):
+                break
+            frontier = fresh
+        return included, False
+
+    def _forward(self, connection: Connection, include: Include, sources: list[Row]) -> list[Row]:
+        if not sources:
+            return []
+        references = fhir_references.alias("ref")
+        targets = fhir_resources.alias("t")
+        statement = (
+            select(targets.c.id, targets.c.resource_type, targets.c.resource_id, targets.c.resource_json)
+            .join(references, (references.c.target_type == targets.c.resource_type) & (references.c.target_id == targets.c.resource_id))
+            .where(
+                references.c.resource_pk.in_([row.pk for row in sources]),
+                references.c.param == include.parameter.name,
+                targets.c.deleted.is_(False),
+            )
+            .distinct()
+        )
+        if include.target_type is not None:
+            statement = statement.where(targets.c.resource_type == include.target_type)
+        return [Row(r.id, r.resource_type, r.resource_id, r.resource_json) for r in connection.execute(statement)]
+
+    def _reverse(self, connection: Connection, include: Include, targets_seen: list[Row]) -> list[Row]:
+        by_type: dict[str, list[str]] = {}
+        for row in targets_seen:
+            if include.target_type is None or include.target_type == row.resource_type:
+                by_type.setdefault(row.resource_type, []).append(row.resource_id)
+        found: list[Row] = []
+        for target_type, ids in by_type.items():
+            references = fhir_references.alias("ref")
+            sources = fhir_resources.alias("s")
+            statement = (
+                select(sources.c.id, sources.c.resource_type, sources.c.resource_id, sources.c.resource_json)
+                .join(references, references.c.resource_pk == sources.c.id)
+                .where(
+                    sources.c.resource_type == include.source_type,
+                    sources.c.deleted.is_(False),
+                    references.c.param == include.parameter.name,
+                    references.c.target_type == target_type,
+                    references.c.target_id.in_(ids),
+                )
+                .distinct()
+            )
+            found += [Row(r.id, r.resource_type, r.resource_id, r.resource_json) for r in connection.execute(statement)]
+        return found
+
+
+def _tampered() -> InvalidRequest:
+    return InvalidRequest("the paging cursor (_cursor) does not belong to this search")
+
+
+def render_searchset(page: SearchPage, base: str) -> bytes:
+    """The Bundle as bytes: stored resource JSON is spliced in, never reparsed,
+    unless `_summary`/`_elements` ask for a subset."""
+    request = page.request
+    head: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if page.total is not None:
+        head["total"] = page.total
+    head["link"] = [{"relation": relation, "url": url} for relation, url in page.links.items()]
+    entries = [_entry(base, row, request, "match") for row in page.matches]
+    entries += [_entry(base, row, request, "include") for row in page.included]
+    if page.warnings:
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "warning", "code": "informational", "diagnostics": text} for text in page.warnings],
+        }
+        entries.append(b'{"resource":' + orjson.dumps(outcome) + b',"search":{"mode":"outcome"}}')
+    body = orjson.dumps(head)
+    if not entries:
+        return body
+    return body[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
+
+
+def _entry(base: str, row: Row, request: SearchRequest, mode: str) -> bytes:
+    body = row.body
+    if request.summary is not Summary.FALSE or request.elements:
+        body = orjson.dumps(subset(orjson.loads(body), request.summary, request.elements))
+    full_url = orjson.dumps(f"{base}/{row.resource_type}/{row.resource_id}")
+    return b'{"fullUrl":' + full_url + b',"resource":' + body + b',"search":{"mode":"' + mode.encode() + b'"}}'
+

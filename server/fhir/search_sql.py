@@ -1,0 +1,245 @@
+"""FHIR search conditions as SQL (the visitor half of STYLE 6).
+
+Every condition becomes an EXISTS over the index table of its parameter
+type, correlated on the resource row, so AND, OR, :not, :missing and chains
+compose freely. Sort keys over index values are scalar subqueries (lowest
+value ascending, highest descending, FHIR R4 search.html#sort), always
+followed by the logical id, which makes the order total and keyset paging
+exact.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    and_,
+    case,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.sql.elements import KeyedColumnElement
+
+from fhir_mappings.search_parameters import ParamType, SearchParameter
+from fhir_mappings.search_query import (
+    Condition,
+    DateValue,
+    QuantityValue,
+    ReferenceValue,
+    SortKey,
+    StringMode,
+    StringValue,
+    TokenValue,
+)
+from server.tables import (
+    fhir_dates,
+    fhir_quantities,
+    fhir_references,
+    fhir_resources,
+    fhir_strings,
+    fhir_tokens,
+)
+
+_TABLES = {
+    ParamType.TOKEN: fhir_tokens,
+    ParamType.STRING: fhir_strings,
+    ParamType.DATE: fhir_dates,
+    ParamType.REFERENCE: fhir_references,
+    ParamType.QUANTITY: fhir_quantities,
+}
+_SORT_COLUMNS = {
+    ParamType.TOKEN: "code",
+    ParamType.STRING: "normalised",
+    ParamType.DATE: "low",
+    ParamType.QUANTITY: "value",
+}
+
+
+def resources_alias() -> Any:
+    return fhir_resources.alias()
+
+
+def where_current(resources: Any, resource_type: str) -> ColumnElement[bool]:
+    return and_(resources.c.resource_type == resource_type, resources.c.deleted.is_(False))
+
+
+def condition_clause(condition: Condition, resources: Any) -> ColumnElement[bool]:
+    parameter = condition.parameter
+    if parameter.name == "_id":
+        return _on_column(condition, lambda value: resources.c.resource_id == value.code)  # type: ignore[union-attr]
+    if parameter.name == "_lastUpdated":
+        column = resources.c.last_updated
+        return _on_column(condition, lambda value: _date_match(value, column, column + 1))  # type: ignore[arg-type]
+    table = _TABLES[parameter.type].alias()
+    rows = select(literal(1)).select_from(table).where(table.c.resource_pk == resources.c.id, table.c.param == parameter.name)
+    if condition.missing is not None:
+        present = exists(rows)
+        return not_(present) if condition.missing else present
+    if condition.chain is not None:
+        targets = resources_alias()
+        inner = select(targets.c.resource_id).where(
+            where_current(targets, condition.chain.target_type),
+            condition_clause(condition.chain.condition, targets),
+        )
+        return exists(rows.where(table.c.target_type == condition.chain.target_type, table.c.target_id.in_(inner)))
+    matched = exists(rows.where(or_(*(_value_match(value, table) for value in condition.values))))
+    return not_(matched) if condition.negate else matched
+
+
+def _on_column(condition: Condition, match: Any) -> ColumnElement[bool]:
+    if condition.missing is not None:
+        return false() if condition.missing else true()
+    if condition.chain is not None:
+        return false()
+    matched = or_(*(match(value) for value in condition.values))
+    return not_(matched) if condition.negate else matched
+
+
+def _value_match(value: Any, table: Any) -> ColumnElement[bool]:
+    if isinstance(value, StringValue):
+        if value.mode is StringMode.EXACT:
+            return table.c.exact == value.text[:256]
+        pattern = _escape_like(value.text[:255])
+        pattern = f"%{pattern}%" if value.mode is StringMode.CONTAINS else f"{pattern}%"
+        return table.c.normalised.like(pattern, escape="\\")
+    if isinstance(value, TokenValue):
+        clauses = []
+        if value.code is not None:
+            clauses.append(table.c.code == value.code)
+        if value.system == "":
+            clauses.append(table.c.system.is_(None))
+        elif value.system is not None:
+            clauses.append(table.c.system == value.system)
+        return and_(*clauses)
+    if isinstance(value, DateValue):
+        return _date_match(value, table.c.low, table.c.high)
+    if isinstance(value, ReferenceValue):
+        clause = table.c.target_id == value.target_id
+        return clause if value.target_type is None else and_(clause, table.c.target_type == value.target_type)
+    if isinstance(value, QuantityValue):
+        return and_(_number_match(value, table.c.value), *_units(value, table))
+    raise TypeError(value)
+
+
+def _date_match(value: DateValue, low: Any, high: Any) -> ColumnElement[bool]:
+    """Range comparisons of FHIR R4 search.html#prefix (value range vs. target range)."""
+    within = and_(low >= value.low, high <= value.high)
+    match value.prefix:
+        case "eq":
+            return within
+        case "ne":
+            return not_(within)
+        case "gt":
+            return high > value.high
+        case "lt":
+            return low < value.low
+        case "ge":
+            return or_(high > value.high, within)
+        case "le":
+            return or_(low < value.low, within)
+        case "sa":
+            return low >= value.high
+        case "eb":
+            return high <= value.low
+        case _:  # ap: overlaps
+            return and_(low < value.high, high > value.low)
+
+
+def _number_match(value: QuantityValue, column: Any) -> ColumnElement[bool]:
+    within = and_(column >= value.low, column < value.high)
+    match value.prefix:
+        case "eq" | "ap":
+            return within
+        case "ne":
+            return not_(within)
+        case "gt" | "sa":
+            return column > value.value
+        case "lt" | "eb":
+            return column < value.value
+        case "ge":
+            return column >= value.value
+        case _:  # le
+            return column <= value.value
+
+
+def _units(value: QuantityValue, table: Any) -> list[ColumnElement[bool]]:
+    clauses = []
+    if value.code is not None:
+        clauses.append(table.c.code == value.code)
+    if value.system is not None:
+        clauses.append(table.c.system == value.system)
+    return clauses
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+@dataclass(frozen=True)
+class SortPart:
+    """One column of the total order, with its direction."""
+
+    expression: Any
+    descending: bool
+
+
+def sort_parts(keys: tuple[SortKey, ...], resources: Any) -> list[SortPart]:
+    """The total order: the keys asked for, then the logical id; no keys means insertion order."""
+    if not keys:
+        return [SortPart(resources.c.id, False)]
+    parts: list[SortPart] = []
+    for key in keys:
+        expression = _sort_expression(key.parameter, key.descending, resources)
+        if isinstance(expression, KeyedColumnElement):
+            parts.append(SortPart(expression, key.descending))
+        else:
+            # Resources without a value sort last in either direction.
+            parts.append(SortPart(case((expression.is_(None), 1), else_=0).cast(Integer), False))
+            parts.append(SortPart(expression, key.descending))
+        if key.parameter.name == "_id":
+            return parts
+    parts.append(SortPart(resources.c.resource_id, False))
+    return parts
+
+
+def _sort_expression(parameter: SearchParameter, descending: bool, resources: Any) -> Any:
+    if parameter.name == "_id":
+        return resources.c.resource_id
+    if parameter.name == "_lastUpdated":
+        return resources.c.last_updated
+    table = _TABLES[parameter.type].alias()
+    column = table.c.high if parameter.type is ParamType.DATE and descending else table.c[_SORT_COLUMNS[parameter.type]]
+    aggregate = func.max(column) if descending else func.min(column)
+    return (
+        select(aggregate)
+        .where(table.c.resource_pk == resources.c.id, table.c.param == parameter.name)
+        .scalar_subquery()
+    )
+
+
+def after(parts: list[SortPart], position: list[Any], backwards: bool) -> ColumnElement[bool]:
+    """Rows strictly after `position` in the order of `parts` (before it, when `backwards`)."""
+    alternatives = []
+    for index, part in enumerate(parts):
+        value = position[index]
+        if value is None:
+            # Nothing sorts after a missing value within its null group.
+            continue
+        ahead = (part.expression < value) if part.descending != backwards else (part.expression > value)
+        equal_before = [
+            parts[i].expression.is_(None) if position[i] is None else parts[i].expression == position[i]
+            for i in range(index)
+        ]
+        alternatives.append(and_(*equal_before, ahead))
+    return or_(*alternatives) if alternatives else false()
+
+
+def order_by(parts: list[SortPart], backwards: bool) -> list[Any]:
+    return [part.expression.desc() if part.descending != backwards else part.expression.asc() for part in parts]

@@ -1,0 +1,68 @@
+"""The FHIR side's parts, built once per app by `build_fhir`."""
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine
+
+from fhir_mappings.errors import MethodNotAllowed, ResourceNotFound
+from fhir_mappings.search_parameters import DEFINITIONS
+from server.db import write_connection
+from server.fhir.cursor import CursorCodec, load_or_create_key
+from server.fhir.derived import DERIVED_TYPES
+from server.fhir.search import Searcher
+from server.fhir.store import ResourceStore
+
+# Types clients may create, update and delete. The others are written by the
+# server itself: derived from DICOM, or published by later features.
+WRITABLE_TYPES = frozenset(("Task",))
+
+
+@dataclass(frozen=True)
+class FhirService:
+    engine: Engine
+    store: ResourceStore
+    searcher: Searcher
+    cursors: CursorCodec
+    supported_types: frozenset[str]
+    writable_types: frozenset[str]
+
+    def require_type(self, resource_type: str) -> None:
+        if resource_type not in self.supported_types:
+            raise ResourceNotFound(
+                f"{resource_type} is not a resource type this server supports; see /fhir/metadata"
+            )
+
+    def require_writable(self, resource_type: str) -> None:
+        self.require_type(resource_type)
+        if resource_type not in self.writable_types:
+            raise MethodNotAllowed(f"{resource_type} is read-only here: the server writes it itself")
+
+    @contextmanager
+    def transaction(self, connection: Connection | None = None) -> Iterator[Connection]:
+        """The caller's transaction when it has one, else a new write transaction."""
+        if connection is not None:
+            yield connection
+            return
+        with write_connection(self.engine) as own:
+            yield own
+
+    @staticmethod
+    def new_id() -> str:
+        return str(uuid.uuid4())
+
+
+def build_fhir(engine: Engine, data_dir: Path, max_included: int) -> FhirService:
+    cursors = CursorCodec(load_or_create_key(data_dir / "fhir-cursor.key"))
+    history_types = frozenset(DEFINITIONS) - DERIVED_TYPES
+    return FhirService(
+        engine=engine,
+        store=ResourceStore(engine, history_types),
+        searcher=Searcher(engine, cursors, max_included),
+        cursors=cursors,
+        supported_types=frozenset(DEFINITIONS),
+        writable_types=WRITABLE_TYPES,
+    )

@@ -1,0 +1,257 @@
+"""The versioned FHIR resource store: one table of current versions, one of
+history, and search-index rows rebuilt whenever a version is written.
+
+Writes take a connection so that callers choose the transaction: a STOW
+writes its ImagingStudy and Patient in the transaction of its index rows, a
+FHIR transaction Bundle writes all its entries in one.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from fhir_mappings.date_ranges import instant_text
+from fhir_mappings.errors import ResourceGone, ResourceNotFound, VersionConflict
+from fhir_mappings.search_values import IndexValues, extract
+from server.tables import (
+    fhir_dates,
+    fhir_quantities,
+    fhir_references,
+    fhir_resources,
+    fhir_strings,
+    fhir_tokens,
+    fhir_versions,
+)
+
+_INDEX_TABLES = (fhir_tokens, fhir_strings, fhir_dates, fhir_references, fhir_quantities)
+# Index columns are clipped to their widths: one overlong value must not fail
+# a write on PostgreSQL; the full value stays in the resource JSON.
+_WIDTH = 256
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    resource_type: str
+    resource_id: str
+    version_id: int
+    last_updated: int
+    deleted: bool
+    body: bytes | None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+
+class Clock:
+    """Microsecond timestamps that never go backwards within this process, so
+    that `_lastUpdated` order is write order for one server."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def now(self) -> int:
+        self._last = max(self._last + 1, time.time_ns() // 1000)
+        return self._last
+
+
+class ResourceStore:
+    def __init__(self, engine: Engine, history_types: frozenset[str]) -> None:
+        self.engine = engine
+        self.history_types = history_types
+        self.clock = Clock()
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        self._insert_new = (
+            dialect.insert(fhir_resources)
+            .on_conflict_do_nothing(index_elements=["resource_type", "resource_id"])
+            .returning(fhir_resources.c.id)
+        )
+        self._locking = engine.dialect.name == "postgresql"
+
+    # --- reads ---------------------------------------------------------------
+
+    def read(self, resource_type: str, resource_id: str, connection: Connection | None = None) -> StoredVersion:
+        """The current version; ResourceGone when deleted."""
+        statement = select(
+            fhir_resources.c.version_id, fhir_resources.c.last_updated, fhir_resources.c.deleted,
+            fhir_resources.c.resource_json,
+        ).where(fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id)
+        if connection is None:
+            with self.engine.connect() as own:
+                row = own.execute(statement).first()
+        else:
+            row = connection.execute(statement).first()
+        if row is None:
+            raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+        version = StoredVersion(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.resource_json)
+        if version.deleted:
+            raise ResourceGone(f"{resource_type}/{resource_id} was deleted (version {version.version_id})")
+        return version
+
+    def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredVersion:
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(fhir_versions.c.last_updated, fhir_versions.c.method, fhir_versions.c.resource_json).where(
+                    fhir_versions.c.resource_type == resource_type,
+                    fhir_versions.c.resource_id == resource_id,
+                    fhir_versions.c.version_id == version_id,
+                )
+            ).first()
+            if row is not None:
+                return StoredVersion(
+                    resource_type, resource_id, version_id, row.last_updated, row.method == "DELETE", row.resource_json
+                )
+            current = connection.execute(
+                select(fhir_resources.c.version_id, fhir_resources.c.last_updated, fhir_resources.c.deleted,
+                       fhir_resources.c.resource_json).where(
+                    fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id
+                )
+            ).first()
+        if current is None:
+            raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+        if current.version_id != version_id:
+            retained = "" if resource_type in self.history_types else f" ({resource_type} keeps only its current version)"
+            raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version_id}{retained}")
+        return StoredVersion(
+            resource_type, resource_id, version_id, current.last_updated, current.deleted, current.resource_json
+        )
+
+    # --- writes --------------------------------------------------------------
+
+    def put(
+        self,
+        connection: Connection,
+        resource: dict[str, Any],
+        resource_id: str,
+        method: str,
+        if_match: int | None = None,
+        must_be_new: bool = False,
+    ) -> StoredVersion:
+        """Write a new version of `resource` (validated by the caller) under `resource_id`."""
+        resource_type = resource["resourceType"]
+        current = self._lock(connection, resource_type, resource_id)
+        if current is None:
+            if if_match is not None:
+                raise VersionConflict(f"{resource_type}/{resource_id} does not exist; If-Match cannot hold")
+            version_id, now = 1, self.clock.now()
+            body = _with_meta(resource, resource_id, version_id, now)
+            pk = connection.execute(
+                self._insert_new,
+                {"resource_type": resource_type, "resource_id": resource_id, "version_id": version_id,
+                 "last_updated": now, "deleted": False, "resource_json": body},
+            ).scalar()
+            if pk is None:  # created by a concurrent writer since our look: update theirs
+                current = self._lock(connection, resource_type, resource_id)
+                assert current is not None
+            else:
+                self._index(connection, pk, orjson.loads(body), fresh=True)
+                return self._record(connection, resource_type, resource_id, version_id, now, method, body)
+        pk, current_version, deleted = current
+        if must_be_new and not deleted:
+            raise VersionConflict(f"{resource_type}/{resource_id} exists already")
+        if if_match is not None and if_match != current_version:
+            raise VersionConflict(
+                f"{resource_type}/{resource_id} is at version {current_version}, not {if_match} (If-Match)"
+            )
+        version_id, now = current_version + 1, self.clock.now()
+        body = _with_meta(resource, resource_id, version_id, now)
+        connection.execute(
+            update(fhir_resources).where(fhir_resources.c.id == pk).values(
+                version_id=version_id, last_updated=now, deleted=False, resource_json=body
+            )
+        )
+        self._index(connection, pk, orjson.loads(body), fresh=False)
+        return self._record(connection, resource_type, resource_id, version_id, now, method, body)
+
+    def delete(
+        self, connection: Connection, resource_type: str, resource_id: str, if_match: int | None = None
+    ) -> StoredVersion | None:
+        """Mark deleted; None when there was nothing current to delete (FHIR delete is idempotent)."""
+        current = self._lock(connection, resource_type, resource_id)
+        if current is None or current[2]:
+            if if_match is not None:
+                raise VersionConflict(f"{resource_type}/{resource_id} is not current; If-Match cannot hold")
+            return None
+        pk, current_version, _ = current
+        if if_match is not None and if_match != current_version:
+            raise VersionConflict(f"{resource_type}/{resource_id} is at version {current_version}, not {if_match}")
+        version_id, now = current_version + 1, self.clock.now()
+        connection.execute(
+            update(fhir_resources).where(fhir_resources.c.id == pk).values(
+                version_id=version_id, last_updated=now, deleted=True, resource_json=None
+            )
+        )
+        for table in _INDEX_TABLES:
+            connection.execute(delete(table).where(table.c.resource_pk == pk))
+        return self._record(connection, resource_type, resource_id, version_id, now, "DELETE", None)
+
+    def _lock(self, connection: Connection, resource_type: str, resource_id: str) -> tuple[int, int, bool] | None:
+        statement = select(fhir_resources.c.id, fhir_resources.c.version_id, fhir_resources.c.deleted).where(
+            fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id
+        )
+        if self._locking:
+            statement = statement.with_for_update()
+        row = connection.execute(statement).first()
+        return None if row is None else (row.id, row.version_id, row.deleted)
+
+    def _record(
+        self, connection: Connection, resource_type: str, resource_id: str, version_id: int, now: int,
+        method: str, body: bytes | None,
+    ) -> StoredVersion:
+        if resource_type in self.history_types:
+            connection.execute(
+                insert(fhir_versions).values(
+                    resource_type=resource_type, resource_id=resource_id, version_id=version_id,
+                    last_updated=now, method=method, resource_json=body,
+                )
+            )
+        return StoredVersion(resource_type, resource_id, version_id, now, body is None, body)
+
+    def _index(self, connection: Connection, pk: int, resource: dict[str, Any], fresh: bool) -> None:
+        if not fresh:
+            for table in _INDEX_TABLES:
+                connection.execute(delete(table).where(table.c.resource_pk == pk))
+        values = extract(resource)
+        for table, rows in _index_rows(pk, values):
+            if rows:
+                connection.execute(insert(table), rows)
+
+
+def _index_rows(pk: int, values: IndexValues) -> list[tuple[Any, list[dict[str, Any]]]]:
+    def clip(text: str | None) -> str | None:
+        return text if text is None else text[:_WIDTH]
+
+    return [
+        (fhir_tokens, [{"resource_pk": pk, "param": p, "system": clip(s), "code": clip(c)} for p, s, c in set(values.tokens)]),
+        (fhir_strings, [
+            {"resource_pk": pk, "param": p, "normalised": clip(n), "exact": clip(e)} for p, n, e in set(values.strings)
+        ]),
+        (fhir_dates, [{"resource_pk": pk, "param": p, "low": lo, "high": hi} for p, lo, hi in set(values.dates)]),
+        (fhir_references, [
+            {"resource_pk": pk, "param": p, "target_type": t, "target_id": i[:64]} for p, t, i in set(values.references)
+        ]),
+        (fhir_quantities, [
+            {"resource_pk": pk, "param": p, "value": v, "system": clip(s), "code": (c or "")[:64] or None}
+            for p, v, s, c in set(values.quantities)
+        ]),
+    ]
+
+
+def _with_meta(resource: dict[str, Any], resource_id: str, version_id: int, now: int) -> bytes:
+    """The stored JSON: id and meta first, as FHIR's element order has them."""
+    meta = {key: value for key, value in (resource.get("meta") or {}).items() if key not in ("versionId", "lastUpdated")}
+    ordered = {
+        "resourceType": resource["resourceType"],
+        "id": resource_id,
+        "meta": {"versionId": str(version_id), "lastUpdated": instant_text(now), **meta},
+    }
+    ordered.update((key, value) for key, value in resource.items() if key not in ("resourceType", "id", "meta"))
+    return orjson.dumps(ordered)
+
+
+def select_current(resource_type: str) -> Any:
+    return and_(fhir_resources.c.resource_type == resource_type, fhir_resources.c.deleted.is_(False))

@@ -1,0 +1,24 @@
+"""What every handler needs, built once per app by `build_services`."""
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from starlette.requests import Request
+
+from server.fhir.service import FhirService
+from server.ingest import Ingestor
+from server.settings import Settings
+from server.storage import FileStore
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    engine: Engine
+    store: FileStore
+    ingestor: Ingestor
+    fhir: FhirService
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
