@@ -94,3 +94,13 @@ def live_server(app: FastAPI) -> Iterator[str]:
     yield base
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def fhir(client: TestClient) -> TestClient:
+    """The test client, with every FHIR JSON answer checked against the official
+    R4 JSON schema (and parsed by the R4 models) as it arrives."""
+    from tests.fhir_checks import check_fhir_response
+
+    client.event_hooks["response"].append(check_fhir_response)
+    return client

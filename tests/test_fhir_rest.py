@@ -1,0 +1,222 @@
+"""FHIR R4 REST interactions (FHIR R4 http.html): read, vread, history,
+create, update, delete, conditional reads, content negotiation, and the
+OperationOutcome on every error."""
+
+from email.utils import format_datetime
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from tests.fhir_checks import ids, link, seed
+
+TASK = {"resourceType": "Task", "status": "requested", "intent": "order"}
+
+
+def _create(fhir, **extra):
+    response = fhir.post("/fhir/Task", json={**TASK, **extra})
+    assert response.status_code == 201, response.text
+    return response
+
+
+def _outcome(response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    [issue] = body["issue"]
+    assert issue["code"] == code
+    assert issue["diagnostics"]
+    return issue["diagnostics"]
+
+
+# --- create, read, vread ---------------------------------------------------------
+def test_create_assigns_id_version_and_location(fhir):
+    response = _create(fhir, id="client-chosen")
+    body = response.json()
+    assert body["id"] != "client-chosen"
+    assert body["meta"]["versionId"] == "1"
+    assert response.headers["location"] == f"http://testserver/fhir/Task/{body['id']}/_history/1"
+    assert response.headers["etag"] == 'W/"1"'
+
+    read = fhir.get(f"/fhir/Task/{body['id']}")
+    assert read.status_code == 200
+    assert read.json() == body
+    assert read.headers["etag"] == 'W/"1"'
+    assert read.headers["last-modified"].endswith("GMT")
+
+
+def test_update_versions_and_vread_returns_each_version(fhir):
+    task_id = _create(fhir).json()["id"]
+    updated = fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id, "status": "in-progress"})
+    assert updated.status_code == 200
+    assert updated.json()["meta"]["versionId"] == "2"
+    assert fhir.get(f"/fhir/Task/{task_id}/_history/1").json()["status"] == "requested"
+    assert fhir.get(f"/fhir/Task/{task_id}/_history/2").json()["status"] == "in-progress"
+    _outcome(fhir.get(f"/fhir/Task/{task_id}/_history/3"), 404, "not-found")
+
+
+def test_update_as_create_is_201(fhir):
+    response = fhir.put("/fhir/Task/my-task-1", json={**TASK, "id": "my-task-1"})
+    assert response.status_code == 201
+    assert response.headers["location"].endswith("/fhir/Task/my-task-1/_history/1")
+
+
+def test_update_needs_the_url_id_in_the_body(fhir):
+    _outcome(fhir.put("/fhir/Task/abc", json={**TASK, "id": "other"}), 400, "invalid")
+    _outcome(fhir.put("/fhir/Task/abc", json=TASK), 400, "invalid")
+
+
+def test_stale_if_match_is_412_and_changes_nothing(fhir):
+    task_id = _create(fhir).json()["id"]
+    fresh = fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id, "status": "ready"}, headers={"If-Match": 'W/"1"'})
+    assert fresh.status_code == 200
+    stale = fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id, "status": "failed"}, headers={"If-Match": 'W/"1"'})
+    assert "version 2" in _outcome(stale, 412, "conflict")
+    assert fhir.get(f"/fhir/Task/{task_id}").json()["status"] == "ready"
+    _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers={"If-Match": 'W/"1"'}), 412, "conflict")
+    _outcome(fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers={"If-Match": "3"}), 400, "invalid")
+
+
+def test_delete_then_read_is_410_and_delete_is_idempotent(fhir):
+    task_id = _create(fhir).json()["id"]
+    assert fhir.delete(f"/fhir/Task/{task_id}").status_code == 204
+    _outcome(fhir.get(f"/fhir/Task/{task_id}"), 410, "deleted")
+    assert fhir.delete(f"/fhir/Task/{task_id}").status_code == 204
+    _outcome(fhir.get(f"/fhir/Task/{task_id}/_history/2"), 410, "deleted")
+    assert fhir.get(f"/fhir/Task/{task_id}/_history/1").status_code == 200
+    assert task_id not in ids(fhir.get("/fhir/Task").json())
+
+
+def test_unknown_resource_is_404(fhir):
+    _outcome(fhir.get("/fhir/Task/does-not-exist"), 404, "not-found")
+    _outcome(fhir.get("/fhir/Task/bad id!"), 400, "invalid")
+
+
+# --- conditional read ------------------------------------------------------------
+def test_if_none_match_gives_304(fhir):
+    task_id = _create(fhir).json()["id"]
+    assert fhir.get(f"/fhir/Task/{task_id}", headers={"If-None-Match": 'W/"1"'}).status_code == 304
+    assert fhir.get(f"/fhir/Task/{task_id}", headers={"If-None-Match": 'W/"7"'}).status_code == 200
+
+
+def test_if_modified_since_gives_304(fhir):
+    task_id = _create(fhir).json()["id"]
+    later = format_datetime(datetime.now(UTC) + timedelta(minutes=1), usegmt=True)
+    earlier = format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)
+    assert fhir.get(f"/fhir/Task/{task_id}", headers={"If-Modified-Since": later}).status_code == 304
+    assert fhir.get(f"/fhir/Task/{task_id}", headers={"If-Modified-Since": earlier}).status_code == 200
+
+
+# --- read-only types and other refusals ------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/fhir/ImagingStudy"),
+        ("PUT", "/fhir/Patient/p1"),
+        ("DELETE", "/fhir/Endpoint/dicomweb-wado-rs"),
+        ("POST", "/fhir/Observation"),
+        ("PATCH", "/fhir/Task/t1"),
+    ],
+)
+def test_writes_to_read_only_types_are_405(fhir, method, path):
+    response = fhir.request(method, path, json={"resourceType": path.split("/")[2], "id": "p1"})
+    _outcome(response, 405, "not-supported")
+
+
+def test_unsupported_type_is_404_outcome(fhir):
+    _outcome(fhir.get("/fhir/Medication"), 404, "not-found")
+    _outcome(fhir.get("/fhir/no/such/route/here"), 404, "not-found")
+
+
+def test_invalid_bodies(fhir):
+    _outcome(fhir.post("/fhir/Task", content=b"{not json", headers={"Content-Type": "application/fhir+json"}), 400, "invalid")
+    _outcome(fhir.post("/fhir/Task", json={**TASK, "status": "bogus"}), 422, "invalid")
+    _outcome(fhir.post("/fhir/Task", json={**TASK, "unknownElement": 1}), 422, "invalid")
+    _outcome(fhir.post("/fhir/Task", json={"resourceType": "Patient"}), 400, "invalid")
+    _outcome(fhir.post("/fhir/Task", content=b"<Task/>", headers={"Content-Type": "application/fhir+xml"}), 415, "not-supported")
+
+
+# --- content negotiation ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("headers", "params", "expected"),
+    [
+        ({}, {}, "application/fhir+json"),
+        ({"Accept": "application/json"}, {}, "application/json"),
+        ({"Accept": "*/*"}, {}, "application/fhir+json"),
+        ({"Accept": "application/fhir+xml"}, {}, "application/fhir+xml"),
+        ({"Accept": "text/html, application/xml;q=0.5"}, {}, "application/xml"),
+        ({"Accept": "application/fhir+xml"}, {"_format": "json"}, "application/fhir+json"),
+        ({}, {"_format": "xml"}, "application/fhir+xml"),
+        ({}, {"_format": "application/fhir+json"}, "application/fhir+json"),
+    ],
+)
+def test_content_negotiation(fhir, headers, params, expected):
+    response = fhir.get("/fhir/Endpoint/dicomweb-wado-rs", headers=headers, params=params)
+    assert response.status_code == 200
+    assert response.headers["content-type"].split(";")[0] == expected
+    if expected.endswith("xml"):
+        assert response.text.startswith("<?xml")
+        assert '<Endpoint xmlns="http://hl7.org/fhir">' in response.text
+        assert '<id value="dicomweb-wado-rs"/>' in response.text
+
+
+def test_unacceptable_formats_are_406(fhir):
+    _outcome(fhir.get("/fhir/Endpoint", headers={"Accept": "text/html"}), 406, "not-supported")
+    _outcome(fhir.get("/fhir/Endpoint", params={"_format": "turtle"}), 406, "not-supported")
+    _outcome(fhir.post("/fhir/Task", json=TASK, headers={"Accept": "application/fhir+xml"}), 406, "not-supported")
+
+
+def test_xml_search_bundle(fhir):
+    response = fhir.get("/fhir/Endpoint", params={"_format": "xml"})
+    assert response.status_code == 200
+    assert response.text.count("<Endpoint>") == 3
+    assert '<Bundle xmlns="http://hl7.org/fhir">' in response.text
+
+
+def test_pretty(fhir):
+    compact = fhir.get("/fhir/Endpoint/dicomweb-wado-rs")
+    pretty = fhir.get("/fhir/Endpoint/dicomweb-wado-rs", params={"_pretty": "true"})
+    assert "\n" not in compact.text
+    assert "\n  " in pretty.text
+    assert pretty.json() == compact.json()
+
+
+# --- history ---------------------------------------------------------------------
+def test_instance_history_newest_first_with_paging(fhir):
+    task_id = _create(fhir).json()["id"]
+    for status in ("received", "accepted", "in-progress"):
+        assert fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id, "status": status}).status_code == 200
+    fhir.delete(f"/fhir/Task/{task_id}")
+    first = fhir.get(f"/fhir/Task/{task_id}/_history", params={"_count": 3}).json()
+    assert first["type"] == "history"
+    methods = [entry["request"]["method"] for entry in first["entry"]]
+    assert methods == ["DELETE", "PUT", "PUT"]
+    assert "resource" not in first["entry"][0]
+    second = fhir.get(link(first, "next")).json()
+    assert [entry["response"]["etag"] for entry in second["entry"]] == ['W/"2"', 'W/"1"']
+    assert second["entry"][-1]["request"] == {"method": "POST", "url": "Task"}
+    assert link(second, "next") is None
+    Bundle.model_validate(second)
+
+
+def test_type_history_and_since(fhir):
+    first = _create(fhir).json()
+    second = _create(fhir).json()
+    everything = fhir.get("/fhir/Task/_history").json()
+    assert [entry["resource"]["id"] for entry in everything["entry"]] == [second["id"], first["id"]]
+    since = fhir.get("/fhir/Task/_history", params={"_since": second["meta"]["lastUpdated"]}).json()
+    assert [entry["resource"]["id"] for entry in since["entry"]] == [second["id"]]
+    _outcome(fhir.get("/fhir/Task/_history", params={"_since": "yesterday"}), 400, "invalid")
+
+
+def test_derived_types_keep_no_history(fhir):
+    _outcome(fhir.get("/fhir/Endpoint/dicomweb-wado-rs/_history"), 404, "not-found")
+    assert fhir.get("/fhir/Endpoint/dicomweb-wado-rs/_history/1").status_code == 200
+
+
+def test_tampered_history_cursor_is_400(fhir, services):
+    seed(services, *({**TASK, "id": f"t{i}"} for i in range(3)))
+    first = fhir.get("/fhir/Task/_history", params={"_count": 1}).json()
+    url = link(first, "next")
+    _outcome(fhir.get(url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB")), 400, "invalid")

@@ -1,0 +1,333 @@
+"""FHIR search over HTTP (FHIR R4 search.html): each parameter type with its
+modifiers and prefixes, OR and AND, chains, _include/_revinclude, _sort,
+_summary, _elements, _total and strict handling."""
+
+import pytest
+
+from tests.fhir_checks import ids, seed
+
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+
+
+def _patient(pid, family, given, birth, gender, **extra):
+    return {"resourceType": "Patient", "id": pid, "name": [{"family": family, "given": given}],
+            "birthDate": birth, "gender": gender, **extra}
+
+
+def _observation(oid, code, value, effective, subject="Patient/p1", status="final", **extra):
+    body = {"resourceType": "Observation", "id": oid, "status": status,
+            "code": {"coding": [{"system": LOINC, "code": code}]},
+            "subject": {"reference": subject}, **extra}
+    if value is not None:
+        body["valueQuantity"] = {"value": value, "unit": "mL", "system": UCUM, "code": "mL"}
+    if effective is not None:
+        body["effectiveDateTime"] = effective
+    return body
+
+
+@pytest.fixture
+def population(services):
+    seed(
+        services,
+        _patient("p1", "Müller", ["Anna"], "1970-05-17", "female",
+                 identifier=[{"system": "urn:oid:1.2.3", "value": "MRN-1"}]),
+        _patient("p2", "Mullins", ["Bob", "Carl"], "1985-01-02", "male",
+                 identifier=[{"value": "MRN-2"}]),
+        _patient("p3", "Smith", ["Müll"], "1970", "other"),
+        _observation("o1", "1111-1", 5.4, "2024-03-05T10:15:00Z"),
+        _observation("o2", "2222-2", 100, "2024-03-06T08:00:00+02:00", subject="Patient/p2"),
+        _observation("o3", "1111-1", 12.25, "2023-12-31", status="preliminary", subject="Patient/p2"),
+        _observation("o4", "3333-3", None, None, subject="Patient/p3",
+                     category=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging"}]}]),
+        {"resourceType": "DiagnosticReport", "id": "r1", "status": "final",
+         "code": {"coding": [{"system": LOINC, "code": "18748-4"}]}, "subject": {"reference": "Patient/p1"},
+         "result": [{"reference": "Observation/o1"}, {"reference": "Observation/o2"}], "issued": "2024-03-07T00:00:00Z"},
+    )
+
+
+def _search(fhir, path, **params):
+    response = fhir.get(path, params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _ids(fhir, path, **params):
+    return sorted(ids(_search(fhir, path, **params)))
+
+
+# --- string ----------------------------------------------------------------------
+def test_string_prefix_is_case_and_accent_insensitive(fhir, population):
+    assert _ids(fhir, "/fhir/Patient", family="mull") == ["p1", "p2"]
+    assert _ids(fhir, "/fhir/Patient", name="MÜL") == ["p1", "p2", "p3"]
+    assert _ids(fhir, "/fhir/Patient", given="car") == ["p2"]
+
+
+def test_string_exact_and_contains(fhir, population):
+    assert _ids(fhir, "/fhir/Patient", **{"family:exact": "Müller"}) == ["p1"]
+    assert _ids(fhir, "/fhir/Patient", **{"family:exact": "müller"}) == []
+    assert _ids(fhir, "/fhir/Patient", **{"family:contains": "LLIN"}) == ["p2"]
+    assert _ids(fhir, "/fhir/Patient", **{"name:contains": "%"}) == []
+
+
+# --- token -----------------------------------------------------------------------
+def test_token_forms(fhir, population):
+    assert _ids(fhir, "/fhir/Observation", code="1111-1") == ["o1", "o3"]
+    assert _ids(fhir, "/fhir/Observation", code=f"{LOINC}|2222-2") == ["o2"]
+    assert _ids(fhir, "/fhir/Observation", code="http://other|2222-2") == []
+    assert _ids(fhir, "/fhir/Patient", identifier="|MRN-2") == ["p2"]
+    assert _ids(fhir, "/fhir/Patient", identifier="|MRN-1") == []
+    assert _ids(fhir, "/fhir/Patient", identifier="urn:oid:1.2.3|") == ["p1"]
+
+
+def test_token_not_includes_resources_without_the_element(fhir, population):
+    assert _ids(fhir, "/fhir/Observation", **{"code:not": "1111-1"}) == ["o2", "o4"]
+    assert _ids(fhir, "/fhir/Observation", **{"category:not": "imaging"}) == ["o1", "o2", "o3"]
+
+
+def test_comma_is_or_and_repetition_is_and(fhir, population):
+    assert _ids(fhir, "/fhir/Observation", code="1111-1,2222-2") == ["o1", "o2", "o3"]
+    response = fhir.get("/fhir/Observation", params=[("code", "1111-1,2222-2"), ("subject", "Patient/p2")])
+    assert sorted(ids(response.json())) == ["o2", "o3"]
+    response = fhir.get("/fhir/Observation", params=[("code", "1111-1"), ("code", "2222-2")])
+    assert ids(response.json()) == []
+
+
+def test_escaped_comma_is_literal(fhir, services):
+    seed(services, _patient("pc", "A,B", ["X"], "2000", "male"))
+    assert _ids(fhir, "/fhir/Patient", **{"family:exact": "A\\,B"}) == ["pc"]
+
+
+# --- date ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-03-05", ["o1"]),
+        ("eq2024-03", ["o1", "o2"]),
+        ("2024", ["o1", "o2"]),
+        ("ne2024-03-05", ["o2", "o3"]),
+        ("gt2024-03-05", ["o2"]),
+        ("ge2024-03-05", ["o1", "o2"]),
+        ("lt2024-03-05", ["o3"]),
+        ("le2024-03-05", ["o1", "o3"]),
+        ("sa2024-01-01", ["o1", "o2"]),
+        ("eb2024-01-01", ["o3"]),
+        ("2024-03-05T10:15:00Z", ["o1"]),
+        ("2024-03-05T12:15:00+02:00", ["o1"]),
+        ("2024-03-06T06:00:00Z", ["o2"]),
+    ],
+)
+def test_date_prefixes_and_precision(fhir, population, value, expected):
+    assert _ids(fhir, "/fhir/Observation", date=value) == expected
+
+
+def test_date_of_lower_precision_in_the_resource(fhir, population):
+    # p3 was born "1970": inside 1970 as a whole, not inside one of its days.
+    assert _ids(fhir, "/fhir/Patient", birthdate="1970") == ["p1", "p3"]
+    assert _ids(fhir, "/fhir/Patient", birthdate="1970-05-17") == ["p1"]
+    # "ge": the range above the value overlaps the year 1970 (search.html#prefix).
+    assert _ids(fhir, "/fhir/Patient", birthdate="ge1970-05-17") == ["p1", "p2", "p3"]
+    assert _ids(fhir, "/fhir/Patient", birthdate="sa1970-05-17") == ["p2"]
+
+
+def test_date_range_by_two_parameters(fhir, population):
+    response = fhir.get("/fhir/Observation", params=[("date", "ge2024-01-01"), ("date", "lt2024-03-06")])
+    assert sorted(ids(response.json())) == ["o1"]
+
+
+def test_bad_date_is_400(fhir, population):
+    response = fhir.get("/fhir/Observation", params={"date": "gt05/03/2024"})
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["code"] == "invalid"
+
+
+# --- quantity --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("5.4", ["o1"]),
+        ("5.35", []),
+        ("5", ["o1"]),  # implicit precision: [4.5, 5.5)
+        ("gt10", ["o2", "o3"]),
+        ("lt12.25", ["o1"]),
+        ("le12.25", ["o1", "o3"]),
+        ("ne100", ["o1", "o3"]),
+        (f"100|{UCUM}|mL", ["o2"]),
+        ("100||mL", ["o2"]),
+        ("100||L", []),
+        ("ge0|http://other|mL", []),
+    ],
+)
+def test_quantity(fhir, population, value, expected):
+    assert _ids(fhir, "/fhir/Observation", **{"value-quantity": value}) == expected
+
+
+# --- reference -------------------------------------------------------------------
+def test_reference_forms(fhir, population):
+    assert _ids(fhir, "/fhir/Observation", subject="Patient/p2") == ["o2", "o3"]
+    assert _ids(fhir, "/fhir/Observation", subject="p2") == ["o2", "o3"]
+    assert _ids(fhir, "/fhir/Observation", patient="p1") == ["o1"]
+    assert _ids(fhir, "/fhir/Observation", **{"subject:Patient": "p1"}) == ["o1"]
+    assert _ids(fhir, "/fhir/Observation", subject="http://testserver/fhir/Patient/p1") == ["o1"]
+    assert _ids(fhir, "/fhir/DiagnosticReport", result="Observation/o2") == ["r1"]
+
+
+def test_chained_reference(fhir, population):
+    assert _ids(fhir, "/fhir/Observation", **{"subject:Patient.identifier": "urn:oid:1.2.3|MRN-1"}) == ["o1"]
+    assert _ids(fhir, "/fhir/Observation", **{"patient.gender": "male"}) == ["o2", "o3"]
+    assert _ids(fhir, "/fhir/Observation", **{"patient.name": "smi"}) == ["o4"]
+    response = fhir.get("/fhir/Observation", params={"subject.identifier": "MRN-1"})
+    assert response.status_code == 400  # subject may point at several types: say which
+
+
+# --- :missing --------------------------------------------------------------------
+def test_missing_on_every_type(fhir, population):
+    assert _ids(fhir, "/fhir/Observation", **{"value-quantity:missing": "true"}) == ["o4"]
+    assert _ids(fhir, "/fhir/Observation", **{"date:missing": "true"}) == ["o4"]
+    assert _ids(fhir, "/fhir/Observation", **{"category:missing": "false"}) == ["o4"]
+    assert _ids(fhir, "/fhir/Patient", **{"identifier:missing": "true"}) == ["p3"]
+    assert _ids(fhir, "/fhir/Patient", **{"family:missing": "false"}) == ["p1", "p2", "p3"]
+    assert _ids(fhir, "/fhir/DiagnosticReport", **{"result:missing": "false"}) == ["r1"]
+    assert fhir.get("/fhir/Patient", params={"family:missing": "maybe"}).status_code == 400
+
+
+def test_id_and_last_updated(fhir, population, services):
+    assert _ids(fhir, "/fhir/Patient", _id="p1,p3") == ["p1", "p3"]
+    [later] = seed(services, _patient("p9", "Late", ["L"], "1999", "male"))
+    stamp = fhir.get("/fhir/Patient/p9").json()["meta"]["lastUpdated"]
+    assert _ids(fhir, "/fhir/Patient", _lastUpdated=f"ge{stamp}") == ["p9"]
+    assert "p9" not in _ids(fhir, "/fhir/Patient", _lastUpdated=f"lt{stamp}")
+
+
+def test_unknown_modifier_is_400(fhir, population):
+    response = fhir.get("/fhir/Patient", params={"gender:text": "male"})
+    assert response.status_code == 400
+
+
+# --- unknown parameters ----------------------------------------------------------
+def test_unknown_parameter_is_ignored_and_reported(fhir, population):
+    bundle = _search(fhir, "/fhir/Patient", gender="male", colour="blue")
+    assert ids(bundle) == ["p2"]
+    self_link = next(item["url"] for item in bundle["link"] if item["relation"] == "self")
+    assert "gender=male" in self_link and "colour" not in self_link
+    outcome = [entry for entry in bundle["entry"] if entry["search"]["mode"] == "outcome"]
+    assert "colour" in outcome[0]["resource"]["issue"][0]["diagnostics"]
+
+
+def test_strict_handling_refuses_unknown_parameters(fhir, population):
+    response = fhir.get("/fhir/Patient", params={"colour": "blue"}, headers={"Prefer": "handling=strict"})
+    assert response.status_code == 400
+    assert "colour" in response.json()["issue"][0]["diagnostics"]
+    lenient = fhir.get("/fhir/Patient", params={"colour": "blue"}, headers={"Prefer": "handling=lenient"})
+    assert lenient.status_code == 200
+
+
+def test_post_search_equals_get(fhir, population):
+    posted = fhir.post("/fhir/Observation/_search", data={"code": "1111-1"})
+    assert posted.status_code == 200
+    assert sorted(ids(posted.json())) == ["o1", "o3"]
+
+
+# --- _sort -----------------------------------------------------------------------
+def test_sort_by_several_keys(fhir, population):
+    bundle = _search(fhir, "/fhir/Observation", _sort="code,-date")
+    assert ids(bundle) == ["o1", "o3", "o2", "o4"]
+    bundle = _search(fhir, "/fhir/Observation", _sort="-value-quantity")
+    assert ids(bundle) == ["o2", "o3", "o1", "o4"]  # missing values last
+    bundle = _search(fhir, "/fhir/Patient", _sort="birthdate")
+    assert ids(bundle) == ["p3", "p1", "p2"]
+    assert fhir.get("/fhir/Patient", params={"_sort": "colour"}).status_code == 400
+
+
+def test_sort_ties_are_broken_by_id(fhir, services):
+    seed(services, *(_patient(f"tie{n}", "Same", ["S"], "2000-01-01", "male") for n in (3, 1, 2)))
+    assert ids(_search(fhir, "/fhir/Patient", _sort="birthdate")) == ["tie1", "tie2", "tie3"]
+    assert ids(_search(fhir, "/fhir/Patient", _sort="-birthdate")) == ["tie1", "tie2", "tie3"]
+
+
+# --- _include / _revinclude --------------------------------------------------------
+def test_include_and_revinclude(fhir, population):
+    bundle = _search(fhir, "/fhir/Observation", code="1111-1", _include="Observation:subject")
+    assert sorted(ids(bundle)) == ["o1", "o3"]
+    assert sorted(ids(bundle, "include")) == ["p1", "p2"]
+    assert bundle["total"] == 2
+    bundle = _search(fhir, "/fhir/Patient", _id="p1", _revinclude="Observation:subject")
+    assert ids(bundle, "include") == ["o1"]
+    bundle = _search(fhir, "/fhir/Observation", _id="o1", _include="Observation:subject:Patient")
+    assert ids(bundle, "include") == ["p1"]
+    bundle = _search(fhir, "/fhir/Observation", _id="o1", _include="Observation:subject:Group")
+    assert ids(bundle, "include") == []
+
+
+def test_include_iterate(fhir, population):
+    response = fhir.get(
+        "/fhir/DiagnosticReport",
+        params=[("_id", "r1"), ("_include", "DiagnosticReport:result"), ("_include:iterate", "Observation:subject")],
+    )
+    assert sorted(ids(response.json(), "include")) == ["o1", "o2", "p1", "p2"]
+    without = fhir.get(
+        "/fhir/DiagnosticReport",
+        params=[("_id", "r1"), ("_include", "DiagnosticReport:result"), ("_include", "Observation:subject")],
+    )
+    assert without.status_code == 400  # a non-iterate _include must start from the searched type
+
+
+def test_revinclude_iterate(fhir, population):
+    response = fhir.get(
+        "/fhir/Patient",
+        params=[("_id", "p1"), ("_revinclude", "Observation:subject"), ("_revinclude:iterate", "DiagnosticReport:result")],
+    )
+    assert sorted(ids(response.json(), "include")) == ["o1", "r1"]
+
+
+def test_include_cap_truncates_with_an_outcome(fhir, services, settings):
+    seed(services, *(_patient(f"cap{n}", "Cap", ["C"], "2000", "male") for n in range(5)))
+    seed(services, *(_observation(f"co{n}", "9", n, "2024", subject=f"Patient/cap{n}") for n in range(5)))
+    object.__setattr__(services.fhir.searcher, "max_included", 3)
+    bundle = _search(fhir, "/fhir/Observation", code="9", _include="Observation:subject")
+    assert len(ids(bundle, "include")) == 3
+    [outcome] = [entry for entry in bundle["entry"] if entry["search"]["mode"] == "outcome"]
+    assert "first 3 included" in outcome["resource"]["issue"][0]["diagnostics"]
+
+
+def test_bad_include_is_400(fhir, population):
+    for value in ("Observation", "Observation:code", "Observation:subject:Medication", "Nope:subject"):
+        assert fhir.get("/fhir/Observation", params={"_include": value}).status_code == 400, value
+
+
+# --- _summary, _elements, _total ---------------------------------------------------
+def test_summary_count(fhir, population):
+    bundle = _search(fhir, "/fhir/Observation", _summary="count")
+    assert bundle["total"] == 4
+    assert "entry" not in bundle
+
+
+def test_summary_true_keeps_summary_elements_and_marks_subsetted(fhir, population, services):
+    seed(services, _patient("ps", "Sum", ["S"], "2001", "male",
+                            text={"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'},
+                            contact=[{"name": {"family": "Relative"}}]))
+    [resource] = [entry["resource"] for entry in _search(fhir, "/fhir/Patient", _id="ps", _summary="true")["entry"]]
+    assert "contact" not in resource and "text" not in resource
+    assert resource["name"][0]["family"] == "Sum"
+    assert {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"} in resource["meta"]["tag"]
+    [data] = [entry["resource"] for entry in _search(fhir, "/fhir/Patient", _id="ps", _summary="data")["entry"]]
+    assert "text" not in data and "contact" in data
+
+
+def test_elements(fhir, population):
+    [resource] = [entry["resource"] for entry in _search(fhir, "/fhir/Observation", _id="o1", _elements="value")["entry"]]
+    assert set(resource) == {"resourceType", "id", "meta", "status", "code", "valueQuantity"}
+
+
+def test_total_modes(fhir, population):
+    assert "total" not in _search(fhir, "/fhir/Observation", _total="none")
+    assert _search(fhir, "/fhir/Observation", _total="accurate")["total"] == 4
+    assert isinstance(_search(fhir, "/fhir/Observation", _total="estimate")["total"], int)
+    assert fhir.get("/fhir/Observation", params={"_total": "some"}).status_code == 400
+
+
+def test_count_bounds(fhir, population):
+    bundle = _search(fhir, "/fhir/Observation", _count="2")
+    assert len(ids(bundle)) == 2
+    assert fhir.get("/fhir/Observation", params={"_count": "-1"}).status_code == 400
+    assert fhir.get("/fhir/Observation", params={"_count": "5000"}).status_code == 200
