@@ -1,0 +1,160 @@
+"""ImagingStudy, Patient and Endpoint stay in step with the DICOM store
+through STOW and DELETE (FHIR R4 imagingstudy.html, patient.html)."""
+
+import threading
+
+from pydicom.uid import generate_uid
+
+from tests.dicom_files import make_ct, multipart_body
+from tests.fhir_checks import ids
+
+
+def _stow(client, *payloads):
+    body, content_type = multipart_body(payloads)
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+
+
+def _imaging_study(fhir, study_uid):
+    response = fhir.get(f"/fhir/ImagingStudy/{study_uid}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_stow_creates_imaging_study_and_patient(fhir):
+    study, series_a, series_b = generate_uid(), generate_uid(), generate_uid()
+    sops = [generate_uid() for _ in range(3)]
+    patient = {"IssuerOfPatientID": "1.2.840.99", "PatientBirthDate": "19800229", "PatientSex": "F"}
+    _stow(
+        fhir,
+        make_ct(study, series_a, sops[0], AccessionNumber="ACC-7", BodyPartExamined="CHEST",
+                StudyDescription="CT chest", **patient),
+        make_ct(study, series_a, sops[1], InstanceNumber=2, AccessionNumber="ACC-7", BodyPartExamined="CHEST", **patient),
+        make_ct(study, series_b, sops[2], Modality="MR", SeriesNumber=2, AccessionNumber="ACC-7", **patient),
+    )
+    resource = _imaging_study(fhir, study)
+    assert resource["identifier"][0] == {"system": "urn:dicom:uid", "value": f"urn:oid:{study}"}
+    assert resource["identifier"][1]["value"] == "ACC-7"
+    assert resource["identifier"][1]["type"]["coding"][0]["code"] == "ACSN"
+    assert resource["status"] == "available"
+    assert resource["started"] == "2024-01-15"
+    assert resource["numberOfSeries"] == 2 and resource["numberOfInstances"] == 3
+    assert [coding["code"] for coding in resource["modality"]] == ["CT", "MR"]
+    assert resource["endpoint"] == [{"reference": "Endpoint/dicomweb-wado-rs"}]
+    first, second = resource["series"]
+    assert first["uid"] == series_a and first["number"] == 1 and first["modality"]["code"] == "CT"
+    assert first["bodySite"]["code"] == "51185008"
+    assert [instance["uid"] for instance in first["instance"]] == sops[:2]
+    assert first["instance"][0]["sopClass"] == {"system": "urn:ietf:rfc:3986", "code": "urn:oid:1.2.840.10008.5.1.4.1.1.2"}
+    assert second["modality"]["code"] == "MR"
+
+    patient_id = resource["subject"]["reference"].split("/")[1]
+    patient = fhir.get(f"/fhir/Patient/{patient_id}").json()
+    assert patient["name"][0]["family"] == "Doe" and patient["name"][0]["given"] == ["John"]
+    assert patient["identifier"] == [{"system": "urn:oid:1.2.840.99", "value": "PID-1"}]
+    assert patient["gender"] == "female" and patient["birthDate"] == "1980-02-29"
+
+
+def test_more_instances_update_the_same_study(fhir):
+    study, series = generate_uid(), generate_uid()
+    _stow(fhir, make_ct(study, series))
+    _stow(fhir, make_ct(study, series), make_ct(study, generate_uid(), SeriesNumber=5))
+    resource = _imaging_study(fhir, study)
+    assert resource["meta"]["versionId"] == "2"
+    assert resource["numberOfSeries"] == 2 and resource["numberOfInstances"] == 3
+
+
+def test_a_resent_instance_changes_nothing(fhir):
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    payload = make_ct(study, series, sop)
+    _stow(fhir, payload)
+    _stow(fhir, payload)
+    assert _imaging_study(fhir, study)["meta"]["versionId"] == "1"
+
+
+def test_delete_keeps_fhir_in_step(fhir):
+    study, series_a, series_b = generate_uid(), generate_uid(), generate_uid()
+    _stow(fhir, make_ct(study, series_a), make_ct(study, series_b, SeriesNumber=2))
+    patient_ref = _imaging_study(fhir, study)["subject"]["reference"]
+    assert fhir.delete(f"/dicom-web/studies/{study}/series/{series_a}").status_code == 200
+    resource = _imaging_study(fhir, study)
+    assert [series["uid"] for series in resource["series"]] == [series_b]
+    assert fhir.delete(f"/dicom-web/studies/{study}").status_code == 200
+    assert fhir.get(f"/fhir/ImagingStudy/{study}").status_code == 410
+    assert fhir.get(f"/fhir/{patient_ref}").status_code == 410
+    assert ids(fhir.get("/fhir/ImagingStudy").json()) == []
+
+
+def test_a_patient_stays_while_another_study_refers_to_it(fhir):
+    first, second = generate_uid(), generate_uid()
+    _stow(fhir, make_ct(first), make_ct(second))
+    patient_ref = _imaging_study(fhir, first)["subject"]["reference"]
+    assert _imaging_study(fhir, second)["subject"]["reference"] == patient_ref
+    fhir.delete(f"/dicom-web/studies/{first}")
+    assert fhir.get(f"/fhir/{patient_ref}").status_code == 200
+
+
+def test_patients_are_kept_apart_by_issuer_and_studies_without_id(fhir):
+    _stow(
+        fhir,
+        make_ct(generate_uid(), IssuerOfPatientID="HOSP-A"),
+        make_ct(generate_uid(), IssuerOfPatientID="HOSP-B"),
+        make_ct(generate_uid(), PatientID=""),
+        make_ct(generate_uid(), PatientID=""),
+    )
+    patients = fhir.get("/fhir/Patient").json()
+    assert patients["total"] == 4
+    assigners = sorted(
+        entry["resource"]["identifier"][0]["assigner"]["display"]
+        for entry in patients["entry"] if "identifier" in entry["resource"]
+    )
+    assert assigners == ["HOSP-A", "HOSP-B"]
+
+
+def test_searches_over_derived_resources(fhir):
+    study = generate_uid()
+    _stow(fhir, make_ct(study, AccessionNumber="A-1", PatientID="SEARCH-1"), make_ct(generate_uid(), PatientID="OTHER"))
+    assert ids(fhir.get("/fhir/ImagingStudy", params={"identifier": f"urn:dicom:uid|urn:oid:{study}"}).json()) == [study]
+    assert ids(fhir.get("/fhir/ImagingStudy", params={"identifier": "A-1"}).json()) == [study]
+    assert ids(fhir.get("/fhir/ImagingStudy", params={"patient.identifier": "SEARCH-1"}).json()) == [study]
+    assert ids(fhir.get("/fhir/ImagingStudy", params={"started": "2024-01-15", "modality": "CT", "status": "available",
+                                                      "endpoint": "Endpoint/dicomweb-wado-rs", "patient.identifier": "SEARCH-1"}).json()) == [study]
+    bundle = fhir.get("/fhir/ImagingStudy", params={"_id": study, "_include": "ImagingStudy:patient",
+                                                    "_include:iterate": "ImagingStudy:endpoint"}).json()
+    assert len(ids(bundle, "include")) == 2  # the Patient and, by the :iterate include, the Endpoint
+    bundle = fhir.get("/fhir/ImagingStudy", params={"_id": study, "_include": "ImagingStudy:endpoint"}).json()
+    assert ids(bundle, "include") == ["dicomweb-wado-rs"]
+    assert fhir.get("/fhir/Patient", params={"identifier": "SEARCH-1", "gender:missing": "true", "name": "doe",
+                                             "family": "do", "given": "jo", "birthdate:missing": "true"}).json()["total"] == 1
+
+
+def test_endpoints_describe_the_dicomweb_root(fhir):
+    bundle = fhir.get("/fhir/Endpoint", params={"status": "active", "_sort": "_id"}).json()
+    assert ids(bundle) == ["dicomweb-qido-rs", "dicomweb-stow-rs", "dicomweb-wado-rs"]
+    types = [entry["resource"]["connectionType"]["code"] for entry in bundle["entry"]]
+    assert types == ["dicom-qido-rs", "dicom-stow-rs", "dicom-wado-rs"]
+    assert all(entry["resource"]["address"].endswith("/dicom-web") for entry in bundle["entry"])
+    found = fhir.get("/fhir/Endpoint", params={"connection-type": "dicom-wado-rs"}).json()
+    assert ids(found) == ["dicomweb-wado-rs"]
+
+
+def test_concurrent_stows_of_one_patient_make_one_patient(fhir, services):
+    studies = [generate_uid() for _ in range(6)]
+    errors: list[Exception] = []
+
+    def send(study: str) -> None:
+        try:
+            _stow(fhir, *(make_ct(study, PatientID="SHARED") for _ in range(3)))
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=send, args=(study,)) for study in studies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert fhir.get("/fhir/Patient", params={"identifier": "SHARED"}).json()["total"] == 1
+    found = fhir.get("/fhir/ImagingStudy", params={"patient.identifier": "SHARED", "_count": 50}).json()
+    assert sorted(ids(found)) == sorted(studies)
+    assert all(entry["resource"]["numberOfInstances"] == 3 for entry in found["entry"])
