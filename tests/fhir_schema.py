@@ -56,7 +56,20 @@ def load_schema() -> dict[str, Any]:
             f"FHIR R4 JSON schema not found at {SCHEMA_PATH}. "
             "Run `make test` (it installs the schema with npm into .cache/fhir-schema)."
         ) from None
-    return json.loads(text)
+    schema = json.loads(text)
+    _admit_r4_technical_correction(schema)
+    return schema
+
+
+def _admit_r4_technical_correction(schema: dict[str, Any]) -> None:
+    """The package ships the schema as built for 4.0.0, whose FHIRVersion value
+    set ends at "4.0.0"; R4's technical correction 4.0.1 (the version served)
+    added "4.0.1" to it. Without this, every 4.0.1 CapabilityStatement fails."""
+    for definition in schema["definitions"].values():
+        for prop in definition.get("properties", {}).values():
+            values = prop.get("enum")
+            if isinstance(values, list) and "4.0.0" in values and "3.5.0" in values and "4.0.1" not in values:
+                values.append("4.0.1")
 
 
 @functools.cache

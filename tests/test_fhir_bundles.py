@@ -1,0 +1,83 @@
+"""POST /fhir with batch and transaction Bundles (FHIR R4 http.html#transaction)."""
+
+from tests.fhir_checks import ids
+
+TASK = {"resourceType": "Task", "status": "requested", "intent": "order"}
+
+
+def _post(fhir, bundle_type, entries):
+    return fhir.post("/fhir", json={"resourceType": "Bundle", "type": bundle_type, "entry": entries})
+
+
+def test_transaction_resolves_urn_uuid_references_and_commits_all(fhir):
+    parent = "urn:uuid:6f6b1f52-2f4e-4b6e-8a55-0d8f2c2b9a11"
+    response = _post(fhir, "transaction", [
+        {"fullUrl": parent, "resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"fullUrl": "urn:uuid:0c4a6c8e-67a3-4b1e-9d0a-1a2b3c4d5e6f",
+         "resource": {**TASK, "partOf": [{"reference": parent}]}, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "id": "fixed-1"}, "request": {"method": "PUT", "url": "Task/fixed-1"}},
+    ])
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert bundle["type"] == "transaction-response"
+    statuses = [entry["response"]["status"] for entry in bundle["entry"]]
+    assert statuses == ["201 Created", "201 Created", "201 Created"]
+    parent_id = bundle["entry"][0]["resource"]["id"]
+    child = bundle["entry"][1]["resource"]
+    assert child["partOf"] == [{"reference": f"Task/{parent_id}"}]
+    assert bundle["entry"][0]["response"]["location"].endswith(f"/Task/{parent_id}/_history/1")
+    found = fhir.get("/fhir/Task", params={"part-of": f"Task/{parent_id}"}).json()
+    assert ids(found) == [child["id"]]
+
+
+def test_failed_transaction_writes_nothing(fhir):
+    response = _post(fhir, "transaction", [
+        {"resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "status": "bogus"}, "request": {"method": "POST", "url": "Task"}},
+    ])
+    assert response.status_code == 422
+    assert "entry 1" in response.json()["issue"][0]["diagnostics"]
+    assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
+def test_transaction_with_stale_if_match_is_412_and_rolls_back(fhir):
+    fhir.put("/fhir/Task/a", json={**TASK, "id": "a"})
+    fhir.put("/fhir/Task/a", json={**TASK, "id": "a", "status": "ready"})
+    response = _post(fhir, "transaction", [
+        {"resource": {**TASK, "id": "b"}, "request": {"method": "PUT", "url": "Task/b"}},
+        {"resource": {**TASK, "id": "a"}, "request": {"method": "PUT", "url": "Task/a", "ifMatch": 'W/"1"'}},
+    ])
+    assert response.status_code == 412
+    assert fhir.get("/fhir/Task/b").status_code == 404
+
+
+def test_batch_reports_each_entry(fhir):
+    fhir.put("/fhir/Task/existing", json={**TASK, "id": "existing"})
+    response = _post(fhir, "batch", [
+        {"resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "status": "bogus"}, "request": {"method": "POST", "url": "Task"}},
+        {"request": {"method": "GET", "url": "Task/existing"}},
+        {"request": {"method": "GET", "url": "Task/missing"}},
+        {"request": {"method": "GET", "url": "Task?status=requested"}},
+        {"request": {"method": "DELETE", "url": "Task/existing"}},
+        {"resource": {"resourceType": "Patient", "id": "p"}, "request": {"method": "PUT", "url": "Patient/p"}},
+    ])
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert bundle["type"] == "batch-response"
+    statuses = [entry["response"]["status"] for entry in bundle["entry"]]
+    assert statuses == ["201 Created", "422", "200 OK", "404", "200 OK", "204 No Content", "405"]
+    assert bundle["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert bundle["entry"][4]["resource"]["type"] == "searchset"
+    assert bundle["entry"][4]["resource"]["total"] == 2
+    assert fhir.get("/fhir/Task/existing").status_code == 410
+
+
+def test_bundle_errors(fhir):
+    assert _post(fhir, "collection", []).status_code == 400
+    assert fhir.post("/fhir", json={"resourceType": "Task"}).status_code == 400
+    assert _post(fhir, "batch", [{"resource": TASK}]).status_code == 400
+    patch = _post(fhir, "batch", [{"request": {"method": "PATCH", "url": "Task/x"}}])
+    assert patch.json()["entry"][0]["response"]["status"] == "400"
+    assert _post(fhir, "transaction", [{"request": {"method": "PATCH", "url": "Task/x"}}]).status_code == 400
+    assert fhir.post("/fhir", content=b"[]", headers={"Content-Type": "text/plain"}).status_code == 415
