@@ -86,9 +86,13 @@ def _add(values: IndexValues, parameter: SearchParameter, node: Any) -> None:
         target = _reference(node, parameter.targets)
         if target is not None:
             values.references.append((name, *target))
-    elif parameter.type is ParamType.QUANTITY:
-        if isinstance(node, dict) and isinstance(node.get("value"), int | float) and not isinstance(node.get("value"), bool):
-            values.quantities.append((name, float(node["value"]), node.get("system"), node.get("code")))
+    elif parameter.type is ParamType.QUANTITY and _is_quantity(node):
+        values.quantities.append((name, float(node["value"]), node.get("system"), node.get("code")))
+
+
+def _is_quantity(node: Any) -> bool:
+    value = node.get("value") if isinstance(node, dict) else None
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _tokens(node: Any) -> Iterator[tuple[str | None, str]]:

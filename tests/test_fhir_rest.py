@@ -2,8 +2,8 @@
 create, update, delete, conditional reads, content negotiation, and the
 OperationOutcome on every error."""
 
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle

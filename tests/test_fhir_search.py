@@ -193,7 +193,7 @@ def test_missing_on_every_type(fhir, population):
 
 def test_id_and_last_updated(fhir, population, services):
     assert _ids(fhir, "/fhir/Patient", _id="p1,p3") == ["p1", "p3"]
-    [later] = seed(services, _patient("p9", "Late", ["L"], "1999", "male"))
+    seed(services, _patient("p9", "Late", ["L"], "1999", "male"))
     stamp = fhir.get("/fhir/Patient/p9").json()["meta"]["lastUpdated"]
     assert _ids(fhir, "/fhir/Patient", _lastUpdated=f"ge{stamp}") == ["p9"]
     assert "p9" not in _ids(fhir, "/fhir/Patient", _lastUpdated=f"lt{stamp}")

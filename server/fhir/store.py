@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fhir_mappings.date_ranges import instant_text
@@ -74,23 +74,24 @@ class ResourceStore:
 
     # --- reads ---------------------------------------------------------------
 
-    def read(self, resource_type: str, resource_id: str, connection: Connection | None = None) -> StoredVersion:
+    def read(self, resource_type: str, resource_id: str) -> StoredVersion:
         """The current version; ResourceGone when deleted."""
-        statement = select(
-            fhir_resources.c.version_id, fhir_resources.c.last_updated, fhir_resources.c.deleted,
-            fhir_resources.c.resource_json,
-        ).where(fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id)
-        if connection is None:
-            with self.engine.connect() as own:
-                row = own.execute(statement).first()
-        else:
-            row = connection.execute(statement).first()
-        if row is None:
-            raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
-        version = StoredVersion(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.resource_json)
+        with self.engine.connect() as connection:
+            version = self._current(connection, resource_type, resource_id)
         if version.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} was deleted (version {version.version_id})")
         return version
+
+    def _current(self, connection: Connection, resource_type: str, resource_id: str) -> StoredVersion:
+        row = connection.execute(
+            select(
+                fhir_resources.c.version_id, fhir_resources.c.last_updated, fhir_resources.c.deleted,
+                fhir_resources.c.resource_json,
+            ).where(fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id)
+        ).first()
+        if row is None:
+            raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+        return StoredVersion(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.resource_json)
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredVersion:
         with self.engine.connect() as connection:
@@ -105,20 +106,11 @@ class ResourceStore:
                 return StoredVersion(
                     resource_type, resource_id, version_id, row.last_updated, row.method == "DELETE", row.resource_json
                 )
-            current = connection.execute(
-                select(fhir_resources.c.version_id, fhir_resources.c.last_updated, fhir_resources.c.deleted,
-                       fhir_resources.c.resource_json).where(
-                    fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id
-                )
-            ).first()
-        if current is None:
-            raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+            current = self._current(connection, resource_type, resource_id)
         if current.version_id != version_id:
             retained = "" if resource_type in self.history_types else f" ({resource_type} keeps only its current version)"
             raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version_id}{retained}")
-        return StoredVersion(
-            resource_type, resource_id, version_id, current.last_updated, current.deleted, current.resource_json
-        )
+        return current
 
     # --- writes --------------------------------------------------------------
 
@@ -129,7 +121,6 @@ class ResourceStore:
         resource_id: str,
         method: str,
         if_match: int | None = None,
-        must_be_new: bool = False,
     ) -> StoredVersion:
         """Write a new version of `resource` (validated by the caller) under `resource_id`."""
         resource_type = resource["resourceType"]
@@ -150,9 +141,7 @@ class ResourceStore:
             else:
                 self._index(connection, pk, orjson.loads(body), fresh=True)
                 return self._record(connection, resource_type, resource_id, version_id, now, method, body)
-        pk, current_version, deleted = current
-        if must_be_new and not deleted:
-            raise VersionConflict(f"{resource_type}/{resource_id} exists already")
+        pk, current_version, _ = current
         if if_match is not None and if_match != current_version:
             raise VersionConflict(
                 f"{resource_type}/{resource_id} is at version {current_version}, not {if_match} (If-Match)"
@@ -252,6 +241,3 @@ def _with_meta(resource: dict[str, Any], resource_id: str, version_id: int, now:
     ordered.update((key, value) for key, value in resource.items() if key not in ("resourceType", "id", "meta"))
     return orjson.dumps(ordered)
 
-
-def select_current(resource_type: str) -> Any:
-    return and_(fhir_resources.c.resource_type == resource_type, fhir_resources.c.deleted.is_(False))
