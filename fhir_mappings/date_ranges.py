@@ -7,12 +7,13 @@ without a zone is taken as UTC (the spec leaves it to the server).
 """
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 _DATE = re.compile(
-    r"(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
-    r"(?:T(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:\.(?P<fraction>\d{1,9}))?)?"
-    r"(?P<zone>Z|[+-]\d{2}:\d{2})?)?)?)?"
+    r"(?P<year>[0-9]{4})(?:-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2})"
+    r"(?:T(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?:\.(?P<fraction>[0-9]{1,9}))?)?"
+    r"(?P<zone>Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?"
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -31,40 +32,66 @@ def instant_text(micros: int) -> str:
     return from_micros(micros).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def date_from_dicom(value: str | None) -> str | None:
+    """A DICOM DA (YYYYMMDD, PS3.5 6.2) as a FHIR date; None when it is not a real date.
+
+    Real-world files carry dates such as 20241340 or 00000000: such a value is
+    left out of the resource rather than refusing the instance.
+    """
+    text = (value or "").strip()
+    if not re.fullmatch(r"[0-9]{8}", text):
+        return None
+    try:
+        day = datetime(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+    return day.strftime("%Y-%m-%d") if day.year >= 1 else None
+
+
 def date_range(text: str) -> tuple[int, int] | None:
     """The range a FHIR date/dateTime/instant covers; None when it is not one."""
     match = _DATE.fullmatch(text.strip())
     if not match:
         return None
     parts = match.groupdict()
+    year = int(parts["year"])
     try:
-        year = int(parts["year"])
         if parts["month"] is None:
             start = datetime(year, 1, 1, tzinfo=UTC)
-            return to_micros(start), to_micros(start.replace(year=year + 1)) if year < 9999 else _max()
+            return to_micros(start), _end(lambda: start.replace(year=year + 1))
         month = int(parts["month"])
         if parts["day"] is None:
             start = datetime(year, month, 1, tzinfo=UTC)
-            end = start.replace(year=year + 1, month=1) if month == 12 else start.replace(month=month + 1)
-            return to_micros(start), to_micros(end)
+            return to_micros(start), _end(
+                lambda: start.replace(year=year + 1, month=1) if month == 12 else start.replace(month=month + 1)
+            )
         day = datetime(year, month, int(parts["day"]), tzinfo=UTC)
         if parts["hour"] is None:
-            return to_micros(day), to_micros(day + timedelta(days=1))
-        zone = _zone(parts["zone"])
+            return to_micros(day), _end(lambda: day + timedelta(days=1))
         fraction = parts["fraction"]
-        start = datetime(
+        moment = datetime(
             year, month, int(parts["day"]), int(parts["hour"]), int(parts["minute"]),
-            int(parts["second"] or 0), int((fraction or "0").ljust(6, "0")[:6]), tzinfo=zone,
+            int(parts["second"] or 0), int((fraction or "0").ljust(6, "0")[:6]), tzinfo=_zone(parts["zone"]),
         )
-        if parts["second"] is None:
-            width = timedelta(minutes=1)
-        elif fraction is None:
-            width = timedelta(seconds=1)
-        else:
-            width = timedelta(microseconds=max(1, 10 ** (6 - min(len(fraction), 6))))
-        return to_micros(start), to_micros(start + width)
     except ValueError:
         return None
+    if parts["second"] is None:
+        width = timedelta(minutes=1)
+    elif fraction is None:
+        width = timedelta(seconds=1)
+    else:
+        width = timedelta(microseconds=max(1, 10 ** (6 - min(len(fraction), 6))))
+    high = _end(lambda: moment + width)
+    # Late on 9999-12-31 west of UTC lies past the end of time: clamp it there.
+    return min(to_micros(moment), high - 1), high
+
+
+def _end(compute: Callable[[], datetime]) -> int:
+    """The exclusive end of a range; the end of year 9999 where it would fall after it."""
+    try:
+        return to_micros(compute())
+    except (ValueError, OverflowError):
+        return _max()
 
 
 def _zone(text: str | None) -> timezone:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 
+from fhir_mappings.date_ranges import date_from_dicom
 from fhir_mappings.endpoint import WADO_ENDPOINT_ID
 from fhir_mappings.resources import check_required_bindings
 
@@ -64,11 +65,12 @@ def imaging_study_from_dicom(study: StudyRecord) -> ImagingStudy:
     identifiers: list[dict[str, object]] = [
         {"system": "urn:dicom:uid", "value": f"urn:oid:{study.study_instance_uid}"}
     ]
-    if study.accession_number:
+    accession = _text(study.accession_number)
+    if accession:
         identifiers.append(
             {
                 "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
-                "value": study.accession_number,
+                "value": accession,
             }
         )
     modalities = sorted({series.modality for series in study.series if series.modality})
@@ -85,13 +87,13 @@ def imaging_study_from_dicom(study: StudyRecord) -> ImagingStudy:
     }
     if modalities:
         body["modality"] = [{"system": DCM, "code": code} for code in modalities]
-    started = _date(study.study_date)
+    started = date_from_dicom(study.study_date)
     if started:
         # StudyTime has no zone unless TimezoneOffsetFromUTC is sent, and an
         # R4 dateTime with a time must have one: the date alone is honest.
         body["started"] = started
-    if study.description:
-        body["description"] = study.description
+    if _text(study.description):
+        body["description"] = _text(study.description)
     imaging_study = ImagingStudy.model_validate(body)
     check_required_bindings(imaging_study, "ImagingStudy")
     return imaging_study
@@ -104,10 +106,10 @@ def _series(series: SeriesRecord) -> dict[str, object]:
         "numberOfInstances": len(series.instances),
         "instance": [_instance(instance) for instance in series.instances],
     }
-    if series.series_number is not None:
+    if _unsigned(series.series_number) is not None:
         item["number"] = series.series_number
-    if series.description:
-        item["description"] = series.description
+    if _text(series.description):
+        item["description"] = _text(series.description)
     if series.body_part_examined:
         part = series.body_part_examined.strip().upper()
         known = _BODY_PARTS.get(part)
@@ -122,12 +124,16 @@ def _instance(instance: InstanceRecord) -> dict[str, object]:
         "uid": instance.sop_instance_uid,
         "sopClass": {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{instance.sop_class_uid}"},
     }
-    if instance.instance_number is not None:
+    if _unsigned(instance.instance_number) is not None:
         item["number"] = instance.instance_number
     return item
 
 
-def _date(value: str | None) -> str | None:
-    if not value or len(value) != 8 or not value.isdigit():
-        return None
-    return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+# DICOM IS may be negative or huge and LO may be blank; FHIR unsignedInt and
+# string may not. Such values are left out rather than refusing the instance.
+def _unsigned(value: int | None) -> int | None:
+    return value if value is not None and 0 <= value < 2**31 else None
+
+
+def _text(value: str | None) -> str | None:
+    return value.strip() or None if value else None

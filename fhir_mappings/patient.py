@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from fhir.resources.R4B.patient import Patient
 
+from fhir_mappings.date_ranges import date_from_dicom
 from fhir_mappings.resources import check_required_bindings
 
 # PS3.3 C.7.1.1 PatientSex: M, F, O; FHIR R4 administrative-gender.
@@ -72,13 +73,6 @@ def human_name(person_name: str) -> dict[str, object] | None:
     return name
 
 
-def birth_date(value: str | None) -> str | None:
-    if not value or not re.fullmatch(r"\d{8}", value.strip()):
-        return None
-    text = value.strip()
-    return f"{text[:4]}-{text[4:6]}-{text[6:]}"
-
-
 def patient_from_dicom(record: PatientRecord) -> Patient:
     body: dict[str, object] = {"resourceType": "Patient", "id": patient_resource_id(record)}
     if record.patient_id:
@@ -94,7 +88,7 @@ def patient_from_dicom(record: PatientRecord) -> Patient:
         body["name"] = [name]
     if record.sex:
         body["gender"] = _GENDER.get(record.sex.strip().upper(), "unknown")
-    date = birth_date(record.birth_date)
+    date = date_from_dicom(record.birth_date)
     if date:
         body["birthDate"] = date
     patient = Patient.model_validate(body)

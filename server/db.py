@@ -54,6 +54,17 @@ def write_connection(engine: Engine) -> Iterator[Connection]:
             yield connection
 
 
+@contextmanager
+def reading(engine: Engine, connection: Connection | None = None) -> Iterator[Connection]:
+    """The caller's connection when it has one (to see its own uncommitted
+    writes, as in a FHIR transaction), else a fresh one."""
+    if connection is not None:
+        yield connection
+        return
+    with engine.connect() as own:
+        yield own
+
+
 def ping(engine: Engine) -> None:
     with engine.connect() as connection:
         connection.execute(text("SELECT 1"))

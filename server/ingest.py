@@ -77,7 +77,8 @@ StudiesChanged = Callable[[Connection, set[str]], None]
 
 class Ingestor:
     """Stores instances; `on_studies_changed` runs in the transaction of every
-    index change (the FHIR side keeps its ImagingStudy and Patient there)."""
+    index change (the FHIR side keeps its ImagingStudy and Patient there). It
+    may raise SQLAlchemyError, or ValueError for data it cannot represent."""
 
     def __init__(self, engine: Engine, store: FileStore, on_studies_changed: StudiesChanged | None = None) -> None:
         self.engine = engine
@@ -151,7 +152,9 @@ class Ingestor:
                 # Some row failed: redo the batch with a savepoint per instance,
                 # so that only the instances that fail are refused.
                 unreferenced += self._index(placed, isolate=True)
-        except (SQLAlchemyError, OSError):
+        except (SQLAlchemyError, OSError, ValueError):
+            # ValueError: a study the FHIR side could not describe (see
+            # `on_studies_changed`); the batch is refused rather than half-kept.
             log.exception("could not index a STOW batch")
             for candidate in placed:
                 candidate.outcome = _outcome(candidate.description, failure=FailureReason.PROCESSING_FAILURE)

@@ -134,7 +134,14 @@ fhir_resources = Table(
     Column("resource_json", LargeBinary),
     UniqueConstraint("resource_type", "resource_id"),
 )
-Index("ix_fhir_resources_type_updated", fhir_resources.c.resource_type, fhir_resources.c.last_updated, fhir_resources.c.resource_id)
+# Serves `_lastUpdated` ranges, counts and sorts over current resources.
+Index(
+    "ix_fhir_resources_type_updated",
+    fhir_resources.c.resource_type,
+    fhir_resources.c.deleted,
+    fhir_resources.c.last_updated,
+    fhir_resources.c.resource_id,
+)
 
 # Every version, past and present, of the types that keep history. Types
 # derived from the DICOM index (ImagingStudy, Patient, Endpoint) change with

@@ -29,6 +29,10 @@ def delete_resources(
     if sop_uid is not None:
         statement = statement.where(instances.c.sop_instance_uid == sop_uid)
     with write_connection(engine) as connection:
+        # The study row first, as STOW's upsert does: DELETE and STOW of one
+        # study then queue on it (PostgreSQL) instead of deadlocking or
+        # describing the study from different snapshots.
+        connection.execute(select(studies.c.id).where(studies.c.study_instance_uid == study_uid).with_for_update())
         rows = connection.execute(statement).all()
         if not rows:
             raise NotFound(_describe(study_uid, series_uid, sop_uid) + " is not stored here")

@@ -10,7 +10,7 @@ referenced in the Bundle.
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy import Connection
@@ -58,6 +58,7 @@ def process_bundle(service: FhirService, body: Any, base: str, status_for: Any) 
 
 
 def _transaction(service: FhirService, entries: list[dict[str, Any]], base: str) -> list[EntryResult]:
+    _refuse_overlaps(entries)
     assigned = {
         entry["fullUrl"]: f"{entry['request']['url'].split('?')[0].strip('/')}/{uuid.uuid4()}"
         for entry in entries
@@ -81,6 +82,25 @@ def _transaction(service: FhirService, entries: list[dict[str, Any]], base: str)
     return [results[position] for position in range(len(entries))]
 
 
+def _refuse_overlaps(entries: list[dict[str, Any]]) -> None:
+    """Two entries for one identity make a transaction's outcome depend on
+    processing order: the spec has such a transaction fail (http.html#trules)."""
+    full_urls: set[str] = set()
+    targets: set[str] = set()
+    for position, entry in enumerate(entries):
+        full_url = entry.get("fullUrl")
+        if isinstance(full_url, str):
+            if full_url in full_urls:
+                raise InvalidRequest(f"entry {position}: fullUrl {full_url[:100]!r} appears twice in the transaction")
+            full_urls.add(full_url)
+        method, url = entry["request"]["method"], entry["request"]["url"]
+        if method in ("PUT", "DELETE"):
+            target = url.split("?")[0].strip("/")
+            if target in targets:
+                raise InvalidRequest(f"entry {position}: {target[:100]} is changed twice in the transaction")
+            targets.add(target)
+
+
 def _batch_entry(service: FhirService, entry: dict[str, Any], position: int, base: str, status_for: Any) -> EntryResult:
     try:
         return _run(service, entry, base, None, None)
@@ -93,17 +113,23 @@ def _run(
     service: FhirService, entry: dict[str, Any], base: str, connection: Connection | None, created_id: str | None
 ) -> EntryResult:
     method, url = entry["request"]["method"], entry["request"]["url"]
+    if entry["request"].get("ifNoneExist") is not None:
+        raise InvalidRequest("conditional create (ifNoneExist) is not supported")
+    if url.startswith(f"{base}/"):
+        url = url[len(base) + 1 :]
     path, _, query = url.partition("?")
-    parts = [part for part in urlsplit(path).path.split("/") if part]
+    parts = [part for part in path.split("/") if part]
     if_match = interactions.parse_if_match(entry["request"].get("ifMatch"))
     if method == "GET" and len(parts) == 1:
-        page = service.searcher.search(parts[0], parse_qsl(query, keep_blank_values=True), base, strict=False)
+        service.require_type(parts[0])
+        pairs = parse_qsl(query, keep_blank_values=True)
+        page = service.searcher.search(parts[0], pairs, base, strict=False, connection=connection)
         return EntryResult("200 OK", resource=render_searchset(page, base))
     if method == "GET" and len(parts) in (2, 4) and (len(parts) == 2 or parts[2] == "_history"):
         version = (
-            interactions.read(service, parts[0], parts[1])
+            interactions.read(service, parts[0], parts[1], connection)
             if len(parts) == 2
-            else interactions.vread(service, parts[0], parts[1], parts[3])
+            else interactions.vread(service, parts[0], parts[1], parts[3], connection)
         )
         return _result("200 OK", version, base)
     if method == "POST" and len(parts) == 1:
@@ -162,4 +188,6 @@ def _response_bundle(kind: str, results: list[EntryResult]) -> bytes:
             encoded = b'{"resource":' + result.resource + b"," + encoded[1:]
         entries.append(encoded)
     head = orjson.dumps({"resourceType": "Bundle", "type": kind})
+    if not entries:
+        return head
     return head[:-1] + b',"entry":[' + b",".join(entries) + b"]}"

@@ -15,28 +15,32 @@ from fhir_mappings.resources import require_id, resource_dict, validate_resource
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
 
-_ETAG = re.compile(r'\s*(?:W/)?"(\d+)"\s*')
+_ETAG = re.compile(r'\s*(?:W/)?"([0-9]{1,9})"\s*')
 
 
-def parse_if_match(header: str | None) -> int | None:
+def parse_if_match(header: object) -> int | None:
     if header is None:
         return None
-    match = _ETAG.fullmatch(header)
+    match = _ETAG.fullmatch(header) if isinstance(header, str) else None
     if not match:
-        raise InvalidRequest(f'If-Match must be an ETag such as W/"3", not {header!r}')
+        raise InvalidRequest(f'If-Match must be an ETag such as W/"3", not {str(header)[:40]!r}')
     return int(match.group(1))
 
 
-def read(service: FhirService, resource_type: str, resource_id: str) -> StoredVersion:
+def read(
+    service: FhirService, resource_type: str, resource_id: str, connection: Connection | None = None
+) -> StoredVersion:
     service.require_type(resource_type)
-    return service.store.read(resource_type, require_id(resource_id))
+    return service.store.read(resource_type, require_id(resource_id), connection)
 
 
-def vread(service: FhirService, resource_type: str, resource_id: str, version: str) -> StoredVersion:
+def vread(
+    service: FhirService, resource_type: str, resource_id: str, version: str, connection: Connection | None = None
+) -> StoredVersion:
     service.require_type(resource_type)
-    if not version.isdigit():
-        raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version!r}")
-    return service.store.vread(resource_type, require_id(resource_id), int(version))
+    if not re.fullmatch(r"[0-9]{1,9}", version):
+        raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version[:20]!r}")
+    return service.store.vread(resource_type, require_id(resource_id), int(version), connection)
 
 
 def create(

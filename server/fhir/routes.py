@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
-from fhir_mappings.errors import InvalidRequest, ResourceGone
+from fhir_mappings.errors import InvalidRequest
 from fhir_mappings.resources import resource_json
 from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
@@ -195,6 +195,4 @@ async def instance_history(request: Request, resource_type: str, resource_id: st
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}")
 async def vread(request: Request, resource_type: str, resource_id: str, version_id: str) -> Response:
     version = await run_in_threadpool(interactions.vread, _fhir(request), resource_type, resource_id, version_id)
-    if version.deleted:
-        raise ResourceGone(f"version {version_id} of {resource_type}/{resource_id} is a deletion")
     return _version_response(request, version)

@@ -23,6 +23,7 @@ from fhir_mappings.search_query import (
     parse_search,
 )
 from fhir_mappings.subsetting import subset
+from server.db import reading
 from server.fhir.cursor import CursorCodec
 from server.fhir.search_sql import (
     after,
@@ -61,7 +62,10 @@ class Searcher:
         self.cursors = cursors
         self.max_included = max_included
 
-    def search(self, resource_type: str, pairs: list[tuple[str, str]], base: str, strict: bool) -> SearchPage:
+    def search(
+        self, resource_type: str, pairs: list[tuple[str, str]], base: str, strict: bool,
+        connection: Connection | None = None,
+    ) -> SearchPage:
         cursor_token = next((value for name, value in pairs if name == "_cursor"), None)
         state: dict[str, Any] = {}
         if cursor_token is not None:
@@ -70,18 +74,13 @@ class Searcher:
                 raise _tampered()
             pairs = [(str(name), str(value)) for name, value in state.get("params", [])]
         request = parse_search(resource_type, pairs, strict=strict and cursor_token is None)
-        with self.engine.connect() as connection:
-            if cursor_token is None:
-                total = self._total(connection, request)
-            else:
-                total = state.get("total")
+        with reading(self.engine, connection) as session:
+            total = self._total(session, request) if cursor_token is None else state.get("total")
             if request.summary is Summary.COUNT or request.count == 0:
                 rows, keys, has_more = [], [], False
             else:
-                rows, keys, has_more = self._page(
-                    connection, request, state.get("position"), bool(state.get("backwards"))
-                )
-            included, truncated = self._includes(connection, request, rows)
+                rows, keys, has_more = self._page(session, request, state.get("position"), bool(state.get("backwards")))
+            included, truncated = self._includes(session, request, rows)
         links = self._links(request, base, cursor_token, keys, has_more, state, total)
         warnings = [f"unknown search parameter {name!r} was ignored" for name in request.ignored]
         if truncated:

@@ -1,8 +1,7 @@
 """FHIR search conditions as SQL (the visitor half of STYLE 6).
 
-Every condition becomes an EXISTS over the index table of its parameter
-type, correlated on the resource row, so AND, OR, :not, :missing and chains
-compose freely. Sort keys over index values are scalar subqueries (lowest
+Every condition becomes `id [NOT] IN (rows of the index table of its
+parameter type)`, so AND, OR, :not, :missing and chains compose freely. Sort keys over index values are scalar subqueries (lowest
 value ascending, highest descending, FHIR R4 search.html#sort), always
 followed by the logical id, which makes the order total and keyset paging
 exact.
@@ -16,10 +15,8 @@ from sqlalchemy import (
     Integer,
     and_,
     case,
-    exists,
     false,
     func,
-    literal,
     not_,
     or_,
     select,
@@ -78,19 +75,23 @@ def condition_clause(condition: Condition, resources: Any) -> ColumnElement[bool
         column = resources.c.last_updated
         return _on_column(condition, lambda value: _date_match(value, column, column + 1))  # type: ignore[arg-type]
     table = _TABLES[parameter.type].alias()
-    rows = select(literal(1)).select_from(table).where(table.c.resource_pk == resources.c.id, table.c.param == parameter.name)
+    # `id IN (rows of the index)` rather than a correlated EXISTS: both
+    # databases then start from the index lookup and fetch the few matching
+    # resources, instead of probing the index once per resource of the type.
+    rows = select(table.c.resource_pk).where(table.c.param == parameter.name)
     if condition.missing is not None:
-        present = exists(rows)
-        return not_(present) if condition.missing else present
+        return resources.c.id.not_in(rows) if condition.missing else resources.c.id.in_(rows)
     if condition.chain is not None:
         targets = resources_alias()
         inner = select(targets.c.resource_id).where(
             where_current(targets, condition.chain.target_type),
             condition_clause(condition.chain.condition, targets),
         )
-        return exists(rows.where(table.c.target_type == condition.chain.target_type, table.c.target_id.in_(inner)))
-    matched = exists(rows.where(or_(*(_value_match(value, table) for value in condition.values))))
-    return not_(matched) if condition.negate else matched
+        return resources.c.id.in_(
+            rows.where(table.c.target_type == condition.chain.target_type, table.c.target_id.in_(inner))
+        )
+    matched = rows.where(or_(*(_value_match(value, table) for value in condition.values)))
+    return resources.c.id.not_in(matched) if condition.negate else resources.c.id.in_(matched)
 
 
 def _on_column(condition: Condition, match: Any) -> ColumnElement[bool]:
@@ -191,7 +192,11 @@ class SortPart:
 
 
 def sort_parts(keys: tuple[SortKey, ...], resources: Any) -> list[SortPart]:
-    """The total order: the keys asked for, then the logical id; no keys means insertion order."""
+    """The total order: the keys asked for, then the logical id; no keys means insertion order.
+
+    The id runs in the direction of the last key, so that an index on
+    (key, id) serves the order in either direction.
+    """
     if not keys:
         return [SortPart(resources.c.id, False)]
     parts: list[SortPart] = []
@@ -205,7 +210,7 @@ def sort_parts(keys: tuple[SortKey, ...], resources: Any) -> list[SortPart]:
             parts.append(SortPart(expression, key.descending))
         if key.parameter.name == "_id":
             return parts
-    parts.append(SortPart(resources.c.resource_id, False))
+    parts.append(SortPart(resources.c.resource_id, keys[-1].descending))
     return parts
 
 

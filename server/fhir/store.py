@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from fhir_mappings.date_ranges import instant_text
 from fhir_mappings.errors import ResourceGone, ResourceNotFound, VersionConflict
 from fhir_mappings.search_values import IndexValues, extract
+from server.db import reading
 from server.tables import (
     fhir_dates,
     fhir_quantities,
@@ -74,10 +75,10 @@ class ResourceStore:
 
     # --- reads ---------------------------------------------------------------
 
-    def read(self, resource_type: str, resource_id: str) -> StoredVersion:
+    def read(self, resource_type: str, resource_id: str, connection: Connection | None = None) -> StoredVersion:
         """The current version; ResourceGone when deleted."""
-        with self.engine.connect() as connection:
-            version = self._current(connection, resource_type, resource_id)
+        with reading(self.engine, connection) as session:
+            version = self._current(session, resource_type, resource_id)
         if version.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} was deleted (version {version.version_id})")
         return version
@@ -93,9 +94,12 @@ class ResourceStore:
             raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
         return StoredVersion(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.resource_json)
 
-    def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredVersion:
-        with self.engine.connect() as connection:
-            row = connection.execute(
+    def vread(
+        self, resource_type: str, resource_id: str, version_id: int, connection: Connection | None = None
+    ) -> StoredVersion:
+        """That version; ResourceGone when it records a deletion."""
+        with reading(self.engine, connection) as session:
+            row = session.execute(
                 select(fhir_versions.c.last_updated, fhir_versions.c.method, fhir_versions.c.resource_json).where(
                     fhir_versions.c.resource_type == resource_type,
                     fhir_versions.c.resource_id == resource_id,
@@ -103,14 +107,17 @@ class ResourceStore:
                 )
             ).first()
             if row is not None:
-                return StoredVersion(
+                version = StoredVersion(
                     resource_type, resource_id, version_id, row.last_updated, row.method == "DELETE", row.resource_json
                 )
-            current = self._current(connection, resource_type, resource_id)
-        if current.version_id != version_id:
+            else:
+                version = self._current(session, resource_type, resource_id)
+        if version.version_id != version_id:
             retained = "" if resource_type in self.history_types else f" ({resource_type} keeps only its current version)"
             raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version_id}{retained}")
-        return current
+        if version.deleted:
+            raise ResourceGone(f"version {version_id} of {resource_type}/{resource_id} records its deletion")
+        return version
 
     # --- writes --------------------------------------------------------------
 

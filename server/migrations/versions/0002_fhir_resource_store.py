@@ -26,7 +26,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('resource_type', 'resource_id', name=op.f('uq_fhir_resources_resource_type_resource_id'))
     )
     with op.batch_alter_table('fhir_resources', schema=None) as batch_op:
-        batch_op.create_index('ix_fhir_resources_type_updated', ['resource_type', 'last_updated', 'resource_id'], unique=False)
+        batch_op.create_index('ix_fhir_resources_type_updated', ['resource_type', 'deleted', 'last_updated', 'resource_id'], unique=False)
 
     op.create_table('fhir_versions',
     sa.Column('id', sa.Integer(), nullable=False),
