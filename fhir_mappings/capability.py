@@ -20,8 +20,9 @@ def capability_statement(
 ) -> CapabilityStatement:
     resources = []
     for resource_type in sorted(DEFINITIONS):
+        keeps_history = resource_type in history_types
         interactions = ["read", "vread", "search-type"]
-        if resource_type in history_types:
+        if keeps_history:
             interactions += ["history-instance", "history-type"]
         if resource_type in writable:
             interactions += ["create", "update", "delete"]
@@ -30,9 +31,13 @@ def capability_statement(
         resources.append(
             {
                 "type": resource_type,
+                "documentation": (
+                    "Keeps every version." if keeps_history
+                    else "Derived from the DICOM store; only the current version is kept."
+                ),
                 "interaction": [{"code": code} for code in interactions],
                 "versioning": "versioned-update" if resource_type in writable else "versioned",
-                "readHistory": resource_type in history_types,
+                "readHistory": keeps_history,
                 "updateCreate": resource_type in writable,
                 "conditionalCreate": False,
                 "conditionalRead": "full-support",
@@ -91,13 +96,24 @@ def capability_statement(
 def _definition_id(resource_type: str, name: str) -> str:
     if name.startswith("_"):
         return f"Resource-{name[1:]}"
-    return f"{_shared_base(resource_type, name)}-{name}"
+    return _SHARED_DEFINITIONS.get((resource_type, name), f"{resource_type}-{name}")
 
 
-def _shared_base(resource_type: str, name: str) -> str:
-    # Standard parameters shared by several types are defined once under the
-    # name "clinical-<name>" (FHIR R4 searchparameter-registry.html).
-    shared = {"patient", "code", "date", "identifier", "encounter"}
-    if name in shared and resource_type in ("DiagnosticReport", "Observation"):
-        return "clinical"
-    return resource_type
+# Standard parameters that R4 defines once for several types
+# (searchparameter-registry.html: the clinical-* and individual-* entries).
+_SHARED_DEFINITIONS = {
+    ("ImagingStudy", "identifier"): "clinical-identifier",
+    ("ImagingStudy", "patient"): "clinical-patient",
+    ("DiagnosticReport", "identifier"): "clinical-identifier",
+    ("DiagnosticReport", "patient"): "clinical-patient",
+    ("DiagnosticReport", "code"): "clinical-code",
+    ("DiagnosticReport", "date"): "clinical-date",
+    ("Observation", "identifier"): "clinical-identifier",
+    ("Observation", "patient"): "clinical-patient",
+    ("Observation", "code"): "clinical-code",
+    ("Observation", "date"): "clinical-date",
+    ("Patient", "family"): "individual-family",
+    ("Patient", "given"): "individual-given",
+    ("Patient", "birthdate"): "individual-birthdate",
+    ("Patient", "gender"): "individual-gender",
+}

@@ -45,7 +45,7 @@ DEFINITIONS: dict[str, tuple[SearchParameter, ...]] = {
         _p("identifier", T, "identifier", "Identifiers for the study: the Study Instance UID (urn:dicom:uid) and the accession number"),
         _p("patient", R, "subject", "Who the study is about, when a patient", "Patient"),
         _p("subject", R, "subject", "Who the study is about", "Patient Group Device"),
-        _p("started", D, "started", "When the study was started (StudyDate and StudyTime)"),
+        _p("started", D, "started", "When the study was started (the StudyDate)"),
         _p("modality", T, "series.modality", "The modality of a series (DICOM Modality, DCM code system)"),
         _p("status", T, "status", "The status of the study"),
         _p("endpoint", R, "endpoint | series.endpoint", "The endpoint of the study or of a series", "Endpoint"),

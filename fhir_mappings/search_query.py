@@ -20,11 +20,15 @@ from fhir_mappings.search_parameters import (
     SearchParameter,
     parameters_for,
 )
-from fhir_mappings.search_values import normalise_text
+from fhir_mappings.search_values import normalise_text, split_reference
 
 E = TypeVar("E", bound=Enum)
 MAX_COUNT = 1000
 DEFAULT_COUNT = 20
+# Bounds on one search, so that no request builds a query too large to plan.
+MAX_CONDITIONS = 40
+MAX_VALUES = 100
+MAX_SORT_KEYS = 5
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 # Parameters about the result, not the match (FHIR R4 search.html#return).
 RESULT_PARAMETERS = frozenset(
@@ -157,10 +161,12 @@ def parse_search(resource_type: str, pairs: list[tuple[str, str]], strict: bool 
     ignored: list[str] = []
     results: dict[str, list[str]] = {}
     for raw_name, value in pairs:
-        name, _, modifier = raw_name.partition(":")
-        if name in TRANSPORT_PARAMETERS:
+        if "\x00" in raw_name or "\x00" in value:
+            raise InvalidRequest("search parameters may not contain NUL characters")
+        base_name = raw_name.partition(":")[0]
+        if base_name in TRANSPORT_PARAMETERS:
             continue
-        if name in RESULT_PARAMETERS:
+        if base_name in RESULT_PARAMETERS:
             results.setdefault(raw_name, []).append(value)
             used.append((raw_name, value))
             continue
@@ -177,7 +183,9 @@ def parse_search(resource_type: str, pairs: list[tuple[str, str]], strict: bool 
         else:
             conditions.append(_condition(parameter, name, modifier, value))
         used.append((raw_name, value))
-    count = _count(results)
+    if len(conditions) > MAX_CONDITIONS:
+        raise InvalidRequest(f"a search may have at most {MAX_CONDITIONS} parameters")
+    count = parse_count(_single(results, "_count"))
     return SearchRequest(
         resource_type=resource_type,
         conditions=tuple(conditions),
@@ -198,16 +206,18 @@ def _condition(parameter: SearchParameter, name: str, modifier: str, value: str)
         if value not in ("true", "false"):
             raise InvalidRequest(f"{name}:missing takes true or false, not {value!r}")
         return Condition(parameter, missing=value == "true")
+    items = _split_or(value)
+    if not items:
+        raise InvalidRequest(f"{name} needs a value")
+    if len(items) > MAX_VALUES:
+        raise InvalidRequest(f"{name} may list at most {MAX_VALUES} values")
     if parameter.type is ParamType.REFERENCE and modifier and modifier[0].isupper():
         if modifier not in DEFINITIONS and "Resource" not in parameter.targets and modifier not in parameter.targets:
             raise InvalidRequest(f"{name} cannot point at a {modifier}")
-        return Condition(parameter, tuple(_reference_value(item, modifier) for item in _split_or(value)))
+        return Condition(parameter, tuple(_reference_value(item, modifier) for item in items))
     if modifier and modifier not in _MODIFIERS[parameter.type]:
         raise InvalidRequest(f"the modifier :{modifier} is not supported on {name} ({parameter.type.value})")
-    values = tuple(_value(parameter, modifier, item) for item in _split_or(value))
-    if not values:
-        raise InvalidRequest(f"{name} needs a value")
-    return Condition(parameter, values, negate=modifier == "not")
+    return Condition(parameter, tuple(_value(parameter, modifier, item) for item in items), negate=modifier == "not")
 
 
 def _chained(parameter: SearchParameter, head: str, modifier: str, rest: str, value: str) -> Condition:
@@ -232,49 +242,60 @@ def _chained(parameter: SearchParameter, head: str, modifier: str, rest: str, va
 
 
 def _split_or(value: str) -> list[str]:
-    """Comma is OR; `\\,` is a literal comma (FHIR R4 search.html#escaping)."""
-    parts = re.split(r"(?<!\\),", value)
-    return [part.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$").replace("\\\\", "\\") for part in parts if part != ""]
+    """Comma is OR (FHIR R4 search.html#escaping); the pieces keep their escapes
+    until the `|` of tokens and quantities has been split on too."""
+    return [part for part in _split_unescaped(value, ",") if part != ""]
+
+
+def _split_unescaped(text: str, separator: str) -> list[str]:
+    return re.split(rf"(?<!\\){re.escape(separator)}", text)
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\([,|$\\])", r"\1", text)
 
 
 def _value(parameter: SearchParameter, modifier: str, text: str) -> Value:
     kind = parameter.type
+    if kind is ParamType.TOKEN:
+        return _token_value(text)
+    if kind is ParamType.QUANTITY:
+        return _quantity_value(parameter.name, text)
+    text = _unescape(text)
     if kind is ParamType.STRING:
         mode = StringMode.EXACT if modifier == "exact" else StringMode.CONTAINS if modifier == "contains" else StringMode.PREFIX
         return StringValue(text if mode is StringMode.EXACT else normalise_text(text), mode)
-    if kind is ParamType.TOKEN:
-        return _token_value(text)
     if kind is ParamType.DATE:
         prefix, rest = _prefix(text)
         span = date_range(rest)
         if span is None:
             raise InvalidRequest(f"{parameter.name}: {text!r} is not a FHIR date (e.g. 2024, 2024-03-05, 2024-03-05T10:15:00Z)")
         return DateValue(prefix, *span)
-    if kind is ParamType.REFERENCE:
-        return _reference_value(text, None)
-    return _quantity_value(parameter.name, text)
+    return _reference_value(text, None)
 
 
 def _token_value(text: str) -> TokenValue:
-    if "|" not in text:
-        return TokenValue(None, text)
-    system, _, code = text.partition("|")
+    parts = _split_unescaped(text, "|")
+    if len(parts) == 1:
+        return TokenValue(None, _unescape(text))
+    system, code = _unescape(parts[0]), _unescape("|".join(parts[1:]))
     if not system and not code:
         raise InvalidRequest("a token needs a system or a code")
     return TokenValue(system, code or None)
 
 
 def _reference_value(text: str, target_type: str | None) -> ReferenceValue:
-    parts = [part for part in text.split("/") if part]
-    if len(parts) >= 4 and parts[-2] == "_history":
-        parts = parts[:-2]
-    if not parts:
-        raise InvalidRequest(f"{text!r} is not a reference")
-    if len(parts) == 1:
-        return ReferenceValue(target_type, parts[0])
-    if target_type is not None and parts[-2] != target_type:
-        raise InvalidRequest(f"{text!r} is not a {target_type}")
-    return ReferenceValue(parts[-2], parts[-1])
+    text = _unescape(text)
+    if "/" not in text.strip("/"):
+        if not text.strip("/"):
+            raise InvalidRequest("a reference needs an id")
+        return ReferenceValue(target_type, text.strip("/"))
+    target = split_reference(text.rstrip("/"))
+    if target is None:
+        raise InvalidRequest(f"{text[:100]!r} is not a reference (Type/id or id)")
+    if target_type is not None and target[0] != target_type:
+        raise InvalidRequest(f"{text[:100]!r} is not a {target_type}")
+    return ReferenceValue(*target)
 
 
 def _prefix(text: str) -> tuple[str, str]:
@@ -285,14 +306,16 @@ def _prefix(text: str) -> tuple[str, str]:
 
 def _quantity_value(name: str, text: str) -> QuantityValue:
     prefix, rest = _prefix(text)
-    number, _, unit = rest.partition("|")
-    system, _, code = unit.partition("|") if "|" in unit else ("", "", unit)
+    number, *units = _split_unescaped(rest, "|")
+    if len(units) > 2:
+        raise InvalidRequest(f"{name}: {text[:100]!r} is not value|system|code")
+    system, code = (_unescape(units[0]), _unescape(units[1])) if len(units) == 2 else ("", _unescape(units[0]) if units else "")
     try:
         exact = Decimal(number)
     except InvalidOperation as error:
-        raise InvalidRequest(f"{name}: {number!r} is not a number") from error
-    if not exact.is_finite():
-        raise InvalidRequest(f"{name}: {number!r} is not a number")
+        raise InvalidRequest(f"{name}: {number[:50]!r} is not a number") from error
+    if not exact.is_finite() or abs(exact.adjusted()) > 30 or exact.as_tuple().exponent < -30:  # type: ignore[operator]
+        raise InvalidRequest(f"{name}: {number[:50]!r} is not a number this server compares (at most 30 digits)")
     # Implicit precision: 5.4 means [5.35, 5.45) (FHIR R4 search.html#number).
     half = Decimal(1).scaleb(exact.as_tuple().exponent) / 2  # type: ignore[arg-type]
     if prefix == "ap":
@@ -309,12 +332,12 @@ def _single(results: dict[str, list[str]], name: str) -> str | None:
     return values[0]
 
 
-def _count(results: dict[str, list[str]]) -> int:
-    text = _single(results, "_count")
+def parse_count(text: str | None) -> int:
+    """`_count`: the default when absent, at most MAX_COUNT (a server may return fewer)."""
     if text is None:
         return DEFAULT_COUNT
-    if not text.isdigit():
-        raise InvalidRequest(f"_count must be a whole number, not {text!r}")
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        raise InvalidRequest(f"_count must be a whole number, not {text[:20]!r}")
     return min(int(text), MAX_COUNT)
 
 
@@ -329,14 +352,18 @@ def sortable(resource_type: str) -> dict[str, SearchParameter]:
 def _sort(resource_type: str, text: str | None) -> tuple[SortKey, ...]:
     if not text:
         return ()
-    keys = []
+    keys: list[SortKey] = []
     allowed = sortable(resource_type)
     for item in text.split(","):
         descending = item.startswith("-")
-        name = item.lstrip("-")
+        name = item.removeprefix("-")
         if name not in allowed:
-            raise InvalidRequest(f"cannot sort {resource_type} by {name!r}; sortable: {', '.join(sorted(allowed))}")
+            raise InvalidRequest(f"cannot sort {resource_type} by {name[:50]!r}; sortable: {', '.join(sorted(allowed))}")
+        if any(key.parameter.name == name for key in keys):
+            raise InvalidRequest(f"_sort names {name} twice")
         keys.append(SortKey(allowed[name], descending))
+    if len(keys) > MAX_SORT_KEYS:
+        raise InvalidRequest(f"_sort takes at most {MAX_SORT_KEYS} keys")
     return tuple(keys)
 
 

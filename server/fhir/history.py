@@ -10,11 +10,12 @@ from sqlalchemy import and_, or_, select
 from fhir_mappings.date_ranges import date_range, instant_text
 from fhir_mappings.errors import InvalidRequest, ResourceNotFound
 from fhir_mappings.resources import require_id
-from fhir_mappings.search_query import DEFAULT_COUNT, MAX_COUNT
+from fhir_mappings.search_query import parse_count
 from server.fhir.service import FhirService
 from server.tables import fhir_resources, fhir_versions
 
 _STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}
+_CREATED = "201 Created"
 
 
 def history(
@@ -32,7 +33,7 @@ def history(
         if state.get("history") != [resource_type, resource_id]:
             raise InvalidRequest("the paging cursor (_cursor) does not belong to this history")
         parameters = state["params"]
-    count = _count(parameters.get("_count"))
+    count = max(1, parse_count(parameters.get("_count")))
     since = _since(parameters.get("_since"))
     statement = (
         select(fhir_versions)
@@ -86,7 +87,8 @@ def _entry(base: str, row: Any) -> bytes:
     url = row.resource_type if row.method == "POST" else f"{row.resource_type}/{row.resource_id}"
     entry["request"] = {"method": row.method, "url": url}
     entry["response"] = {
-        "status": _STATUS[row.method],
+        # A PUT that made version 1 created the resource (update as create).
+        "status": _CREATED if row.version_id == 1 else _STATUS[row.method],
         "etag": f'W/"{row.version_id}"',
         "lastModified": instant_text(row.last_updated),
     }
@@ -94,14 +96,6 @@ def _entry(base: str, row: Any) -> bytes:
     if row.resource_json is None:
         return encoded
     return encoded[:-1] + b',"resource":' + row.resource_json + b"}"
-
-
-def _count(text: str | None) -> int:
-    if text is None:
-        return DEFAULT_COUNT
-    if not text.isdigit():
-        raise InvalidRequest(f"_count must be a whole number, not {text!r}")
-    return max(1, min(int(text), MAX_COUNT))
 
 
 def _since(text: str | None) -> int | None:

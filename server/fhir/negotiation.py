@@ -41,7 +41,8 @@ def response_format(request: Request, xml_allowed: bool = True) -> Format:
     offered = _OFFERED if xml_allowed else _OFFERED[:2]
     requested = request.query_params.get("_format")
     if requested is not None:
-        media_type = _FORMAT_ALIASES.get(requested.split(";")[0].strip())
+        # An unencoded "+" (application/fhir+json) arrives as a space.
+        media_type = _FORMAT_ALIASES.get(requested.split(";")[0].strip().replace(" ", "+"))
         if media_type is None or media_type not in offered:
             raise NotAcceptable(f"_format={requested!r} is not offered here; use {' or '.join(sorted(set(offered)))}")
         return Format(media_type, pretty)
@@ -72,9 +73,23 @@ def require_json_body(request: Request) -> None:
 
 def parse_json_body(raw: bytes) -> Any:
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise InvalidRequest(f"the body is not valid JSON: {error}") from error
+    if _has_nul(body):
+        # FHIR strings cannot hold U+0000 (R4 datatypes.html#string), nor can PostgreSQL text.
+        raise InvalidRequest("the body contains a NUL character (\\u0000), which FHIR strings may not hold")
+    return body
+
+
+def _has_nul(node: Any) -> bool:
+    if isinstance(node, str):
+        return "\x00" in node
+    if isinstance(node, dict):
+        return any(_has_nul(key) or _has_nul(value) for key, value in node.items())
+    if isinstance(node, list):
+        return any(_has_nul(item) for item in node)
+    return False
 
 
 def fhir_response(

@@ -6,6 +6,7 @@ interaction modules.
 """
 
 from email.utils import format_datetime, parsedate_to_datetime
+from functools import lru_cache
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
@@ -98,10 +99,13 @@ def _search_pairs(request: Request) -> list[tuple[str, str]]:
 async def metadata(request: Request) -> Response:
     fmt = response_format(request)
     fhir = _fhir(request)
-    statement = capability_statement(
-        fhir_base(request), SOFTWARE_VERSION, fhir.writable_types, fhir.store.history_types
-    )
-    return fhir_response(resource_json(statement), fmt)
+    return fhir_response(_capability_json(fhir_base(request), fhir.writable_types, fhir.store.history_types), fmt)
+
+
+@lru_cache(maxsize=32)
+def _capability_json(base: str, writable: frozenset[str], history_types: frozenset[str]) -> bytes:
+    """Built and validated once per base URL: it only changes with the code."""
+    return resource_json(capability_statement(base, SOFTWARE_VERSION, writable, history_types))
 
 
 @router.post("")
@@ -135,6 +139,9 @@ async def _run_search(request: Request, resource_type: str, pairs: list[tuple[st
     fhir.require_type(resource_type)
     base = fhir_base(request)
     page = await run_in_threadpool(fhir.searcher.search, resource_type, pairs, base, _strict(request))
+    page = page.with_link_parameters(
+        [(name, value) for name, value in request.query_params.multi_items() if name in ("_format", "_pretty")]
+    )
     return fhir_response(render_searchset(page, base), fmt)
 
 
@@ -151,6 +158,9 @@ async def type_history(request: Request, resource_type: str) -> Response:
 async def create(request: Request, resource_type: str) -> Response:
     fhir = _fhir(request)
     fhir.require_writable(resource_type)
+    if "if-none-exist" in request.headers:
+        # Ignoring it would create the duplicate the client meant to avoid.
+        raise InvalidRequest("conditional create (If-None-Exist) is not supported")
     require_json_body(request)
     body = parse_json_body(await request.body())
     version = await run_in_threadpool(interactions.create, fhir, resource_type, body)

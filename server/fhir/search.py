@@ -7,12 +7,12 @@ first page fetches one row more than it shows, so a page with a `next` link
 never leads to an empty page.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select
 
 from fhir_mappings.errors import InvalidRequest
 from fhir_mappings.search_query import (
@@ -54,6 +54,15 @@ class SearchPage:
     total: int | None
     links: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+
+    def with_link_parameters(self, parameters: list[tuple[str, str]]) -> "SearchPage":
+        """Links that keep how the client asked for the page (`_format`, `_pretty`),
+        which is not part of the search and so not in the cursor."""
+        if not parameters:
+            return self
+        suffix = urlencode(parameters)
+        links = {relation: f"{url}{'&' if '?' in url else '?'}{suffix}" for relation, url in self.links.items()}
+        return replace(self, links=links)
 
 
 class Searcher:
@@ -98,8 +107,9 @@ class Searcher:
         resources = fhir_resources.alias("r")
         counting = select(func.count()).select_from(resources).where(*self._filtered(request, resources))
         if request.total is Total.ESTIMATE and connection.dialect.name == "postgresql":
-            compiled = counting.compile(connection, compile_kwargs={"literal_binds": True})
-            plan = connection.execute(text(f"EXPLAIN (FORMAT JSON) {compiled}")).scalar()
+            # The planner's row estimate for the count's input: no rows are read.
+            compiled = counting.compile(connection)
+            plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled.string}", compiled.params).scalar()
             plan = plan if isinstance(plan, list) else orjson.loads(plan)
             return int(plan[0]["Plan"].get("Plans", [plan[0]["Plan"]])[0]["Plan Rows"])
         return int(connection.execute(counting).scalar_one())

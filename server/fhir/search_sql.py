@@ -73,7 +73,7 @@ def condition_clause(condition: Condition, resources: Any) -> ColumnElement[bool
         return _on_column(condition, lambda value: resources.c.resource_id == value.code)  # type: ignore[union-attr]
     if parameter.name == "_lastUpdated":
         column = resources.c.last_updated
-        return _on_column(condition, lambda value: _date_match(value, column, column + 1))  # type: ignore[arg-type]
+        return _on_column(condition, lambda value: _instant_match(value, column))  # type: ignore[arg-type]
     table = _TABLES[parameter.type].alias()
     # `id IN (rows of the index)` rather than a correlated EXISTS: both
     # databases then start from the index lookup and fetch the few matching
@@ -151,6 +151,24 @@ def _date_match(value: DateValue, low: Any, high: Any) -> ColumnElement[bool]:
             return high <= value.low
         case _:  # ap: overlaps
             return and_(low < value.high, high > value.low)
+
+
+def _instant_match(value: DateValue, column: Any) -> ColumnElement[bool]:
+    """`_date_match` for a stored instant t, i.e. the range [t, t+1µs), written
+    as plain comparisons on t so that the index on it serves them."""
+    match value.prefix:
+        case "eq" | "ap":
+            return and_(column >= value.low, column < value.high)
+        case "ne":
+            return or_(column < value.low, column >= value.high)
+        case "gt" | "sa":
+            return column >= value.high
+        case "lt" | "eb":
+            return column < value.low
+        case "ge":
+            return column >= value.low
+        case _:  # le
+            return column < value.high
 
 
 def _number_match(value: QuantityValue, column: Any) -> ColumnElement[bool]:
@@ -231,7 +249,7 @@ def _sort_expression(parameter: SearchParameter, descending: bool, resources: An
 
 def after(parts: list[SortPart], position: list[Any], backwards: bool) -> ColumnElement[bool]:
     """Rows strictly after `position` in the order of `parts` (before it, when `backwards`)."""
-    alternatives = []
+    alternatives: list[ColumnElement[bool]] = []
     for index, part in enumerate(parts):
         value = position[index]
         if value is None:
@@ -243,7 +261,15 @@ def after(parts: list[SortPart], position: list[Any], backwards: bool) -> Column
             for i in range(index)
         ]
         alternatives.append(and_(*equal_before, ahead))
-    return or_(*alternatives) if alternatives else false()
+    if not alternatives:
+        return false()
+    first, value = parts[0], position[0]
+    if value is None:
+        return or_(*alternatives)
+    # Redundant with the alternatives, but a plain range on the first key is
+    # what lets an index start at the cursor instead of filtering every row before it.
+    bound = (first.expression <= value) if first.descending != backwards else (first.expression >= value)
+    return and_(bound, or_(*alternatives))
 
 
 def order_by(parts: list[SortPart], backwards: bool) -> list[Any]:

@@ -228,7 +228,7 @@ def _index_rows(pk: int, values: IndexValues) -> list[tuple[Any, list[dict[str, 
         ]),
         (fhir_dates, [{"resource_pk": pk, "param": p, "low": lo, "high": hi} for p, lo, hi in set(values.dates)]),
         (fhir_references, [
-            {"resource_pk": pk, "param": p, "target_type": t, "target_id": i[:64]} for p, t, i in set(values.references)
+            {"resource_pk": pk, "param": p, "target_type": t[:64], "target_id": i[:64]} for p, t, i in set(values.references)
         ]),
         (fhir_quantities, [
             {"resource_pk": pk, "param": p, "value": v, "system": clip(s), "code": (c or "")[:64] or None}

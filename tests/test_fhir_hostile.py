@@ -1,0 +1,187 @@
+"""Odd and hostile input gets a 4xx OperationOutcome, never a 500; odd DICOM
+values never cost an instance its storage."""
+
+import threading
+
+import pytest
+from pydicom.uid import generate_uid
+
+from tests.dicom_files import make_ct, multipart_body
+from tests.fhir_checks import ids, link, seed
+
+TASK = {"resourceType": "Task", "status": "requested", "intent": "order"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/fhir/ImagingStudy?started=9999-12-31",
+        "/fhir/ImagingStudy?started=9999-12-31T23:59:59-05:00",
+        "/fhir/ImagingStudy?_lastUpdated=gt9999-12-31",
+        "/fhir/Task/_history?_since=9999-12-31",
+        "/fhir/Task?_count=%C2%B2",
+        "/fhir/Task/_history?_count=%C2%B2",
+        "/fhir/Task/x/_history/%C2%B2",
+        "/fhir/Task/x/_history/99999999999999999999999999",
+        "/fhir/Observation?value-quantity=1e999999999",
+        "/fhir/Observation?value-quantity=1e-999999999",
+        "/fhir/Observation?value-quantity=ap1e999999999",
+        "/fhir/Task?identifier=%00",
+        "/fhir/Task?_id=%00",
+        "/fhir/Patient?name=%00",
+        "/fhir/ImagingStudy?identifier=:foo&_total=estimate",
+        "/fhir/Observation?value-quantity=1e400&_total=estimate",
+        "/fhir/Task?status=" + ",".join(f"s{n}" for n in range(500)),
+        "/fhir/Task?" + "&".join(f"status=s{n}" for n in range(1100)),
+        "/fhir/Task?_sort=" + ",".join(["status"] * 40),
+        "/fhir/Task?_sort=status,intent,priority,code,authored-on,modified",
+        "/fhir/ImagingStudy?patient:Patient=",
+        "/fhir/Task?started=%D9%A2%D9%A0%D9%A2%D9%A4",
+        "/fhir/Task?authored-on=%D9%A2%D9%A0%D9%A2%D9%A4",
+    ],
+)
+def test_hostile_queries_are_client_errors(fhir, url):
+    response = fhir.get(url)
+    assert 200 <= response.status_code < 500, (url, response.status_code, response.text[:300])
+    if response.status_code >= 400:
+        assert response.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"request": {"method": "GET", "url": "Task/x", "ifMatch": 1}},
+        {"request": {"method": "GET", "url": "http://[::1"}},
+        {"request": {"method": "GET", "url": "Foo"}},
+        {"request": {"method": "GET", "url": "Task?_count=%C2%B2"}},
+        {"resource": {**TASK, "authoredOn": "9999-12-31"}, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "executionPeriod": {"end": "9999-12-31T23:59:59Z"}}, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "focus": {"reference": "A" * 100 + "/1"}}, "request": {"method": "POST", "url": "Task"}},
+        {"resource": TASK, "request": {"method": "POST", "url": "Task", "ifNoneExist": "identifier=x"}},
+    ],
+)
+def test_odd_bundle_entries_never_fail_the_server(fhir, entry):
+    for bundle_type in ("batch", "transaction"):
+        response = fhir.post("/fhir", json={"resourceType": "Bundle", "type": bundle_type, "entry": [entry]})
+        assert response.status_code < 500, (bundle_type, response.text[:300])
+
+
+def test_nul_in_a_resource_is_400(fhir):
+    response = fhir.post("/fhir/Task", json={**TASK, "identifier": [{"value": "a\u0000b"}]})
+    assert response.status_code == 400
+
+
+def test_conditional_create_is_refused_not_ignored(fhir):
+    response = fhir.post("/fhir/Task", json=TASK, headers={"If-None-Exist": "identifier=x"})
+    assert response.status_code == 400
+
+
+def test_escaped_bar_stays_in_the_code(fhir, services):
+    seed(services, {**TASK, "id": "bar", "identifier": [{"value": "a|b"}]})
+    assert ids(fhir.get("/fhir/Task", params={"identifier": "a\\|b"}).json()) == ["bar"]
+
+
+def test_links_keep_format_and_pretty(fhir, services):
+    seed(services, *({**TASK, "id": f"f{n}"} for n in range(3)))
+    response = fhir.get("/fhir/Task", params={"_count": 1, "_format": "xml", "_pretty": "true"})
+    assert response.headers["content-type"].startswith("application/fhir+xml")
+    following = fhir.get("/fhir/Task", params={"_count": 1, "_format": "json"}).json()
+    next_url = link(following, "next")
+    assert "_format=json" in next_url
+    assert fhir.get(next_url).status_code == 200
+
+
+def test_update_as_create_shows_201_in_history(fhir):
+    fhir.put("/fhir/Task/h1", json={**TASK, "id": "h1"})
+    [entry] = fhir.get("/fhir/Task/h1/_history").json()["entry"]
+    assert entry["response"]["status"] == "201 Created"
+
+
+def test_transaction_reads_see_its_own_writes(fhir):
+    response = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {**TASK, "id": "t5"}, "request": {"method": "PUT", "url": "Task/t5"}},
+        {"request": {"method": "GET", "url": "Task/t5"}},
+        {"request": {"method": "GET", "url": "Task?_id=t5"}},
+    ]})
+    assert response.status_code == 200, response.text
+    entries = response.json()["entry"]
+    assert entries[1]["resource"]["id"] == "t5"
+    assert entries[2]["resource"]["total"] == 1
+
+
+def test_transaction_refuses_overlapping_entries(fhir):
+    same_url = "urn:uuid:11111111-1111-1111-1111-111111111111"
+    for entries in (
+        [{"fullUrl": same_url, "resource": TASK, "request": {"method": "POST", "url": "Task"}}] * 2,
+        [{"resource": {**TASK, "id": "t6"}, "request": {"method": "PUT", "url": "Task/t6"}}] * 2,
+    ):
+        response = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        assert response.status_code == 400
+    assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
+def test_batch_vread_of_a_deletion_is_410_and_empty_transaction_is_valid(fhir):
+    fhir.put("/fhir/Task/d1", json={**TASK, "id": "d1"})
+    fhir.delete("/fhir/Task/d1")
+    response = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Task/d1/_history/2"}},
+    ]})
+    assert response.json()["entry"][0]["response"]["status"] == "410"
+    empty = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction"})
+    assert empty.status_code == 200 and "entry" not in empty.json()
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"StudyDate": "20241340"},
+        {"StudyDate": "00000000"},
+        {"PatientBirthDate": "19990230"},
+        {"SeriesNumber": -3, "InstanceNumber": -1},
+        {"AccessionNumber": " ", "StudyDescription": "  ", "SeriesDescription": " "},
+    ],
+)
+def test_odd_dicom_values_are_left_out_of_fhir_not_refused(fhir, attributes):
+    study = generate_uid()
+    body, content_type = multipart_body([make_ct(study, **attributes)])
+    response = fhir.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+    resource = fhir.get(f"/fhir/ImagingStudy/{study}").json()
+    assert "started" not in resource or attributes.get("StudyDate") is None
+    patient = fhir.get(f"/fhir/{resource['subject']['reference']}").json()
+    assert "birthDate" not in patient
+
+
+def test_concurrent_stow_and_delete_leave_fhir_in_step(fhir, services):
+    """STOWs and DELETEs of the studies of one patient, interleaved; afterwards
+    every ImagingStudy matches the index and every subject resolves."""
+    studies = [generate_uid() for _ in range(4)]
+    series = {study: [generate_uid(), generate_uid()] for study in studies}
+    errors: list[str] = []
+
+    def churn(study: str) -> None:
+        for round_number in range(3):
+            body, content_type = multipart_body(
+                [make_ct(study, series[study][n % 2], PatientID="CHURN") for n in range(2)]
+            )
+            answer = fhir.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+            if answer.status_code != 200:
+                errors.append(answer.text)
+            if round_number < 2:
+                target = f"/dicom-web/studies/{study}" if round_number == 0 else f"/dicom-web/studies/{study}/series/{series[study][0]}"
+                deleted = fhir.delete(target)
+                if deleted.status_code not in (200, 404):
+                    errors.append(deleted.text)
+
+    threads = [threading.Thread(target=churn, args=(study,)) for study in studies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for study in studies:
+        instances = fhir.get(f"/dicom-web/studies/{study}/instances").json()
+        resource = fhir.get(f"/fhir/ImagingStudy/{study}")
+        assert resource.status_code == 200
+        assert resource.json()["numberOfInstances"] == len(instances)
+        assert fhir.get(f"/fhir/{resource.json()['subject']['reference']}").status_code == 200
