@@ -18,7 +18,7 @@ from server.fhir.derived import ensure_endpoints, sync_studies
 from server.fhir.routes import router as fhir_router
 from server.fhir.service import build_fhir
 from server.ingest import Ingestor
-from server.logs import RequestLogMiddleware
+from server.logs import RequestLogMiddleware, configure_logging
 from server.services import Services
 from server.settings import Settings, load_settings
 from server.storage import FileStore
@@ -67,3 +67,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         )
     app.add_middleware(RequestLogMiddleware)
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app of one worker process of `medaiflow serve --workers N`."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

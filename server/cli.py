@@ -1,6 +1,7 @@
 """`medaiflow` command line: serve, db upgrade, import."""
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,20 +16,28 @@ def _serve(args: argparse.Namespace) -> int:
     from server.logs import configure_logging
     from server.migrate import upgrade
 
-    settings = load_settings()
+    overrides = {"workers": args.workers} if args.workers else {}
+    settings = load_settings(**overrides)
     configure_logging(settings.log_level)
     services = build_services(settings)
     upgrade(services.engine)
+    # Recovery runs once, here, before any worker accepts a request.
     services.ingestor.recover()
-    app = create_app(settings, services)
-    uvicorn.run(
-        app,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_keep_alive=30,
-    )
+    listen = {
+        "host": args.host or settings.host,
+        "port": args.port or settings.port,
+        "log_config": None,
+        "access_log": False,
+        "timeout_keep_alive": 30,
+    }
+    if settings.workers > 1:
+        services.engine.dispose()
+        # Each worker process builds its own app (engines and pools are per
+        # process) from the environment, which must then say where it listens.
+        os.environ["MEDAIFLOW_HOST"], os.environ["MEDAIFLOW_PORT"] = listen["host"], str(listen["port"])
+        uvicorn.run("server.app:create_app_from_environment", factory=True, workers=settings.workers, **listen)
+    else:
+        uvicorn.run(create_app(settings, services), **listen)
     return 0
 
 
@@ -71,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="migrate the database and run the server")
     serve.add_argument("--host", help="address to listen on (default: MEDAIFLOW_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: MEDAIFLOW_PORT or 8080)")
+    serve.add_argument("--workers", type=int, help="server processes (default: MEDAIFLOW_WORKERS or 1)")
     serve.set_defaults(run=_serve)
     db = commands.add_parser("db", help="database administration").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply the Alembic migrations").set_defaults(run=_db_upgrade)

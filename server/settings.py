@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = Field(default=1, ge=1, description="server processes for `serve`")
     public_base_url: str | None = Field(
         default=None,
         description="the server's address as clients reach it (e.g. https://pacs.example.org/medaiflow);"

@@ -3,6 +3,7 @@
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def test_db_upgrade_is_idempotent(cli_env: Path, database_url: str, capsys: pyte
     ("argv", "expected"),
     [
         ([], ["serve", "db", "import"]),
-        (["serve"], ["--host", "--port"]),
+        (["serve"], ["--host", "--port", "--workers"]),
         (["db"], ["upgrade"]),
         (["db", "upgrade"], ["usage: medaiflow db upgrade"]),
         (["import"], ["PATH", "--quiet"]),
@@ -181,3 +182,40 @@ def test_console_script_is_installed() -> None:
     assert result.returncode == 0, result.stderr
     assert "usage: medaiflow" in result.stdout
     assert "import" in result.stdout
+
+
+def test_serve_with_several_workers_answers_from_each(cli_env: Path) -> None:
+    """`serve --workers 2`: migrations and recovery once, then two processes
+    that each build the app from the environment."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = Path(sys.executable).parent / "medaiflow"
+    process = subprocess.Popen(
+        [str(script), "serve", "--port", str(port), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("server did not start")
+        endpoint = httpx.get(f"{base}/fhir/Endpoint/dicomweb-wado-rs", timeout=5).json()
+        assert endpoint["address"] == f"http://127.0.0.1:{port}/dicom-web"
+        assert all(httpx.get(f"{base}/fhir/Endpoint", timeout=5).status_code == 200 for _ in range(10))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    worker_starts = process.stderr.read().count("Started server process") if process.stderr else 0
+    assert worker_starts == 2

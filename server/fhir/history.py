@@ -11,6 +11,7 @@ from fhir_mappings.date_ranges import date_range, instant_text
 from fhir_mappings.errors import InvalidRequest, ResourceNotFound
 from fhir_mappings.resources import require_id
 from fhir_mappings.search_query import parse_count
+from server.db import reading
 from server.fhir.service import FhirService
 from server.tables import fhir_resources, fhir_versions
 
@@ -54,7 +55,7 @@ def history(
                 and_(fhir_versions.c.last_updated == last_updated, fhir_versions.c.id < pk),
             )
         )
-    with service.engine.connect() as connection:
+    with reading(service.engine) as connection:
         rows = connection.execute(statement).all()
         if not rows and resource_id is not None and position is None:
             exists = connection.execute(
