@@ -161,7 +161,7 @@ fhir_versions = Table(
 Index("ix_fhir_versions_type_updated", fhir_versions.c.resource_type, fhir_versions.c.last_updated)
 
 
-def _search_index(name: str, *columns: Column, lookup: tuple[str, ...]) -> Table:  # type: ignore[type-arg]
+def _search_index(name: str, *columns: Column, lookup: tuple[str, ...], **index_options: object) -> Table:  # type: ignore[type-arg]
     table = Table(
         name,
         metadata,
@@ -169,7 +169,7 @@ def _search_index(name: str, *columns: Column, lookup: tuple[str, ...]) -> Table
         Column("param", String(64), nullable=False),
         *columns,
     )
-    Index(f"ix_{name}_lookup", table.c.param, *(table.c[column] for column in lookup))
+    Index(f"ix_{name}_lookup", table.c.param, *(table.c[column] for column in lookup), **index_options)
     return table
 
 
@@ -180,6 +180,8 @@ fhir_tokens = _search_index(
 fhir_strings = _search_index(
     "fhir_strings", Column("normalised", String(256), nullable=False), Column("exact", String(256), nullable=False),
     lookup=("normalised",),
+    # Prefix LIKE can use a btree only under the C collation or with pattern ops (PostgreSQL).
+    postgresql_ops={"normalised": "varchar_pattern_ops"},
 )
 fhir_dates = _search_index(
     "fhir_dates", Column("low", BigInteger, nullable=False), Column("high", BigInteger, nullable=False),
