@@ -6,6 +6,7 @@ for `BEGIN IMMEDIATE` through `write_connection()`, which makes them queue on
 the busy timeout instead.
 """
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,12 +17,27 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000
 SQLITE_POOL_SIZE = 40
 
 
+# The autocommit companion of each PostgreSQL engine, for `reading()`.
+_READ_ENGINES: "weakref.WeakKeyDictionary[Engine, Engine]" = weakref.WeakKeyDictionary()
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
     # A database host that stops answering must fail /readyz quickly, not after minutes.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args={"connect_timeout": 5})
+    options = {"pool_size": 10, "max_overflow": 20, "connect_args": {"connect_timeout": 5}}
+    engine = create_engine(url, pool_pre_ping=True, **options)  # type: ignore[arg-type]
+    # Reads get a pool of their own whose connections are in autocommit from
+    # the start: switching a pooled connection's isolation level costs a
+    # round trip at checkout and another at checkin. It pings no connection
+    # either: a read that meets a dropped one fails once, and the pool then
+    # replaces all of them.
+    # Nor does it roll back at checkin: in autocommit there is nothing to undo.
+    reader = create_engine(url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options)  # type: ignore[arg-type]
+    _READ_ENGINES[engine] = reader
+    event.listen(engine, "engine_disposed", lambda _: reader.dispose())
+    return engine
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -77,8 +93,12 @@ def reading(engine: Engine, connection: Connection | None = None) -> Iterator[Co
     if connection is not None:
         yield connection
         return
-    options = {"sqlite_autocommit": True} if engine.dialect.name == "sqlite" else {"isolation_level": "AUTOCOMMIT"}
-    with engine.connect().execution_options(**options) as own:
+    reader = _READ_ENGINES.get(engine)
+    if reader is not None:
+        with reader.connect() as own:
+            yield own
+        return
+    with engine.connect().execution_options(sqlite_autocommit=True) as own:
         yield own
 
 

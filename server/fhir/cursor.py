@@ -57,7 +57,7 @@ class CursorCodec:
         self._key = key
 
     def encode(self, state: dict[str, Any]) -> str:
-        payload = zlib.compress(orjson.dumps(state), 9)
+        payload = zlib.compress(orjson.dumps(state))
         tag = hmac.new(self._key, payload, hashlib.sha256).digest()[:_TAG_BYTES]
         return base64.urlsafe_b64encode(tag + payload).rstrip(b"=").decode()
 

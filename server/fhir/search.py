@@ -26,6 +26,8 @@ from fhir_mappings.subsetting import subset
 from server.db import reading
 from server.fhir.cursor import CursorCodec
 from server.fhir.search_sql import (
+    COUNTED,
+    RESOURCES,
     after,
     condition_clause,
     order_by,
@@ -83,12 +85,20 @@ class Searcher:
                 raise _tampered()
             pairs = [(str(name), str(value)) for name, value in state.get("params", [])]
         request = parse_search(resource_type, pairs, strict=strict and cursor_token is None)
+        counted_with_page = cursor_token is None and request.total is Total.ACCURATE
         with reading(self.engine, connection) as session:
-            total = self._total(session, request) if cursor_token is None else state.get("total")
             if request.summary is Summary.COUNT or request.count == 0:
-                rows, keys, has_more = [], [], False
+                rows, keys, has_more, total = [], [], False, self._total(session, request)
             else:
-                rows, keys, has_more = self._page(session, request, state.get("position"), bool(state.get("backwards")))
+                rows, keys, has_more, counted = self._page(
+                    session, request, state.get("position"), bool(state.get("backwards")), counted_with_page
+                )
+                if counted_with_page:
+                    total = counted
+                elif cursor_token is None:
+                    total = self._total(session, request)
+                else:
+                    total = state.get("total")
             included, truncated = self._includes(session, request, rows)
         links = self._links(request, base, cursor_token, keys, has_more, state, total)
         warnings = [f"unknown search parameter {name!r} was ignored" for name in request.ignored]
@@ -101,11 +111,13 @@ class Searcher:
         clauses += [condition_clause(condition, resources) for condition in request.conditions]
         return clauses
 
+    def _counting(self, request: SearchRequest, resources: Any) -> Any:
+        return select(func.count()).select_from(resources).where(*self._filtered(request, resources))
+
     def _total(self, connection: Connection, request: SearchRequest) -> int | None:
         if request.total is Total.NONE:
             return None
-        resources = fhir_resources.alias("r")
-        counting = select(func.count()).select_from(resources).where(*self._filtered(request, resources))
+        counting = self._counting(request, RESOURCES)
         if request.total is Total.ESTIMATE and connection.dialect.name == "postgresql":
             # The planner's row estimate for the count's input: no rows are read.
             compiled = counting.compile(connection)
@@ -115,14 +127,19 @@ class Searcher:
         return int(connection.execute(counting).scalar_one())
 
     def _page(
-        self, connection: Connection, request: SearchRequest, position: list[Any] | None, backwards: bool
-    ) -> tuple[list[Row], list[list[Any]], bool]:
-        """A page of rows, each row's sort-key values, and whether more lie beyond it."""
-        resources = fhir_resources.alias("r")
+        self, connection: Connection, request: SearchRequest, position: list[Any] | None, backwards: bool,
+        count_all: bool,
+    ) -> tuple[list[Row], list[list[Any]], bool, int | None]:
+        """A page of rows, each row's sort-key values, whether more lie beyond
+        it, and (with `count_all`) how many rows match in all: counted by a
+        subquery of the same statement, which saves the count a round trip of
+        its own (and, unlike a window, never fetches the rows it counts)."""
+        resources = RESOURCES
         parts = sort_parts(request.sort, resources)
+        counted = [self._counting(request, COUNTED).scalar_subquery().label("matches")] if count_all else []
         statement = (
             select(
-                resources.c.id, resources.c.resource_id, resources.c.resource_json,
+                resources.c.id, resources.c.resource_id, resources.c.resource_json, *counted,
                 *(part.expression.label(f"k{index}") for index, part in enumerate(parts)),
             )
             .where(*self._filtered(request, resources))
@@ -140,7 +157,8 @@ class Searcher:
             fetched.reverse()
         keys = [[row._mapping[f"k{index}"] for index in range(len(parts))] for row in fetched]
         rows = [Row(row.id, request.resource_type, row.resource_id, row.resource_json) for row in fetched]
-        return rows, keys, has_more
+        total = (int(fetched[0].matches) if fetched else 0) if count_all else None
+        return rows, keys, has_more, total
 
     def _links(
         self, request: SearchRequest, base: str, cursor_token: str | None, keys: list[list[Any]], has_more: bool,

@@ -59,22 +59,27 @@ _SORT_COLUMNS = {
 }
 
 
-def resources_alias() -> Any:
-    return fhir_resources.alias()
+# The resources a search returns, and those a chain looks at. Built once:
+# an alias is immutable, and making one costs more than compiling the query.
+RESOURCES = fhir_resources.alias("r")
+COUNTED = fhir_resources.alias("c")
+_CHAIN_TARGETS = fhir_resources.alias("t")
 
 
 def where_current(resources: Any, resource_type: str) -> ColumnElement[bool]:
     return and_(resources.c.resource_type == resource_type, resources.c.deleted.is_(False))
 
 
-def condition_clause(condition: Condition, resources: Any) -> ColumnElement[bool]:
+def condition_clause(condition: Condition, resources: Any, nested: bool = False) -> ColumnElement[bool]:
+    """`nested`: inside a chain, where the index tables need names of their own
+    (a subquery would otherwise correlate with the enclosing one)."""
     parameter = condition.parameter
     if parameter.name == "_id":
         return _on_column(condition, lambda value: resources.c.resource_id == value.code)  # type: ignore[union-attr]
     if parameter.name == "_lastUpdated":
         column = resources.c.last_updated
         return _on_column(condition, lambda value: _instant_match(value, column))  # type: ignore[arg-type]
-    table = _TABLES[parameter.type].alias()
+    table = _TABLES[parameter.type].alias() if nested else _TABLES[parameter.type]
     # `id IN (rows of the index)` rather than a correlated EXISTS: both
     # databases then start from the index lookup and fetch the few matching
     # resources, instead of probing the index once per resource of the type.
@@ -82,10 +87,10 @@ def condition_clause(condition: Condition, resources: Any) -> ColumnElement[bool
     if condition.missing is not None:
         return resources.c.id.not_in(rows) if condition.missing else resources.c.id.in_(rows)
     if condition.chain is not None:
-        targets = resources_alias()
+        targets = _CHAIN_TARGETS
         inner = select(targets.c.resource_id).where(
             where_current(targets, condition.chain.target_type),
-            condition_clause(condition.chain.condition, targets),
+            condition_clause(condition.chain.condition, targets, nested=True),
         )
         return resources.c.id.in_(
             rows.where(table.c.target_type == condition.chain.target_type, table.c.target_id.in_(inner))
