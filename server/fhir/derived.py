@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, false, select, text
 
 from fhir_mappings.endpoint import dicomweb_endpoints
 from fhir_mappings.errors import FhirError
@@ -167,7 +167,7 @@ def _newest_study_of(connection: Connection, patient_id: str):  # type: ignore[n
         .join(fhir_references, fhir_resources.c.id == fhir_references.c.resource_pk)
         .where(
             fhir_resources.c.resource_type == "ImagingStudy",
-            fhir_resources.c.deleted.is_(False),
+            fhir_resources.c.deleted == false(),
             fhir_references.c.param == "patient",
             fhir_references.c.target_id == patient_id,
         )

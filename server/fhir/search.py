@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, false, func, select
 
 from fhir_mappings.errors import InvalidRequest
 from fhir_mappings.search_query import (
@@ -228,7 +228,7 @@ class Searcher:
             .where(
                 references.c.resource_pk.in_([row.pk for row in sources]),
                 references.c.param == include.parameter.name,
-                targets.c.deleted.is_(False),
+                targets.c.deleted == false(),
             )
             .distinct()
         )
@@ -250,7 +250,7 @@ class Searcher:
                 .join(references, references.c.resource_pk == sources.c.id)
                 .where(
                     sources.c.resource_type == include.source_type,
-                    sources.c.deleted.is_(False),
+                    sources.c.deleted == false(),
                     references.c.param == include.parameter.name,
                     references.c.target_type == target_type,
                     references.c.target_id.in_(ids),

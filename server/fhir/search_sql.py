@@ -67,7 +67,7 @@ _CHAIN_TARGETS = fhir_resources.alias("t")
 
 
 def where_current(resources: Any, resource_type: str) -> ColumnElement[bool]:
-    return and_(resources.c.resource_type == resource_type, resources.c.deleted.is_(False))
+    return and_(resources.c.resource_type == resource_type, resources.c.deleted == false())
 
 
 def condition_clause(condition: Condition, resources: Any, nested: bool = False) -> ColumnElement[bool]:
