@@ -142,9 +142,8 @@ class Dataset:
 
     def patient_body(self, k: int) -> dict[str, Any]:
         from fhir_mappings.patient import patient_from_dicom
-        from fhir_mappings.resources import resource_dict
 
-        return resource_dict(patient_from_dicom(self.patient_record(k)))
+        return patient_from_dicom(self.patient_record(k))
 
     def study_body(self, i: int) -> dict[str, Any]:
         from fhir_mappings.imaging_study import (
@@ -153,7 +152,6 @@ class Dataset:
             StudyRecord,
             imaging_study_from_dicom,
         )
-        from fhir_mappings.resources import resource_dict
 
         rng = random.Random(f"{self.seed}-study-{i}")
         uid = self.study_uid(i)
@@ -176,7 +174,7 @@ class Dataset:
             patient_resource_id=self.patient_id(self.patient_of[i]),
             series=tuple(series),
         )
-        return resource_dict(imaging_study_from_dicom(record))
+        return imaging_study_from_dicom(record)
 
 
 # ---------------------------------------------------------------------- databases

@@ -5,9 +5,7 @@ three Endpoints: WADO-RS (which ImagingStudy.endpoint points at), QIDO-RS
 and STOW-RS. Codes: FHIR R4 CodeSystem endpoint-connection-type.
 """
 
-from fhir.resources.R4B.endpoint import Endpoint
-
-from fhir_mappings.resources import check_required_bindings
+from fhir_mappings.resources import validated
 
 CONNECTION_TYPES = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 WADO_ENDPOINT_ID = "dicomweb-wado-rs"
@@ -19,10 +17,10 @@ _SERVICES = (
 )
 
 
-def dicomweb_endpoints(address: str) -> list[Endpoint]:
-    endpoints = []
-    for resource_id, code, name, mime_types in _SERVICES:
-        endpoint = Endpoint.model_validate(
+def dicomweb_endpoints(address: str) -> list[dict[str, object]]:
+    """The three Endpoints as JSON, validated against the R4 model."""
+    return [
+        validated(
             {
                 "resourceType": "Endpoint",
                 "id": resource_id,
@@ -34,6 +32,5 @@ def dicomweb_endpoints(address: str) -> list[Endpoint]:
                 "address": address,
             }
         )
-        check_required_bindings(endpoint, "Endpoint")
-        endpoints.append(endpoint)
-    return endpoints
+        for resource_id, code, name, mime_types in _SERVICES
+    ]

@@ -7,12 +7,11 @@ system `urn:ietf:rfc:3986`; modalities are codes of the DICOM DCM system.
 """
 
 from dataclasses import dataclass
-
-from fhir.resources.R4B.imagingstudy import ImagingStudy
+from typing import Any
 
 from fhir_mappings.date_ranges import date_from_dicom
 from fhir_mappings.endpoint import WADO_ENDPOINT_ID
-from fhir_mappings.resources import check_required_bindings
+from fhir_mappings.resources import validated
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED = "http://snomed.info/sct"
@@ -61,7 +60,8 @@ class StudyRecord:
     series: tuple[SeriesRecord, ...]
 
 
-def imaging_study_from_dicom(study: StudyRecord) -> ImagingStudy:
+def imaging_study_from_dicom(study: StudyRecord) -> dict[str, Any]:
+    """The ImagingStudy as JSON, validated against the R4 model."""
     identifiers: list[dict[str, object]] = [
         {"system": "urn:dicom:uid", "value": f"urn:oid:{study.study_instance_uid}"}
     ]
@@ -94,9 +94,7 @@ def imaging_study_from_dicom(study: StudyRecord) -> ImagingStudy:
         body["started"] = started
     if _text(study.description):
         body["description"] = _text(study.description)
-    imaging_study = ImagingStudy.model_validate(body)
-    check_required_bindings(imaging_study, "ImagingStudy")
-    return imaging_study
+    return validated(body)
 
 
 def _series(series: SeriesRecord) -> dict[str, object]:

@@ -9,10 +9,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from fhir.resources.R4B.patient import Patient
-
 from fhir_mappings.date_ranges import date_from_dicom
-from fhir_mappings.resources import check_required_bindings
+from fhir_mappings.resources import validated
 
 # PS3.3 C.7.1.1 PatientSex: M, F, O; FHIR R4 administrative-gender.
 _GENDER = {"M": "male", "F": "female", "O": "other"}
@@ -73,7 +71,8 @@ def human_name(person_name: str) -> dict[str, object] | None:
     return name
 
 
-def patient_from_dicom(record: PatientRecord) -> Patient:
+def patient_from_dicom(record: PatientRecord) -> dict[str, object]:
+    """The Patient as JSON, validated against the R4 model."""
     body: dict[str, object] = {"resourceType": "Patient", "id": patient_resource_id(record)}
     if record.patient_id:
         identifier: dict[str, object] = {"value": record.patient_id}
@@ -91,6 +90,4 @@ def patient_from_dicom(record: PatientRecord) -> Patient:
     date = date_from_dicom(record.birth_date)
     if date:
         body["birthDate"] = date
-    patient = Patient.model_validate(body)
-    check_required_bindings(patient, "Patient")
-    return patient
+    return validated(body)

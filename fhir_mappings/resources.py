@@ -78,6 +78,17 @@ def validate_resource(body: Any, expected_type: str | None = None) -> Resource:
     return model
 
 
+def validated(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` itself, once the R4 model and the required bindings accept it.
+
+    For resources this package builds: the body is already the JSON to store,
+    and dumping it again through the model would cost more than validating it.
+    """
+    model = model_class(body["resourceType"]).model_validate(body)
+    check_required_bindings(model, body["resourceType"])
+    return body
+
+
 def check_required_bindings(model: BaseModel, path: str) -> None:
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)

@@ -22,7 +22,6 @@ from fhir_mappings.imaging_study import (
     imaging_study_from_dicom,
 )
 from fhir_mappings.patient import PatientRecord, patient_from_dicom, patient_resource_id
-from fhir_mappings.resources import resource_dict
 from server.fhir.store import ResourceStore
 from server.tables import fhir_references, fhir_resources, instances, series, studies
 
@@ -49,7 +48,7 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
         else:
             patient = _patient_record(row)
             patient_keys.setdefault(patient_resource_id(patient), None)
-            study_writes.append((study_uid, resource_dict(imaging_study_from_dicom(_study_record(connection, row, patient)))))
+            study_writes.append((study_uid, imaging_study_from_dicom(_study_record(connection, row, patient))))
         if previous_patient is not None:
             patient_keys.setdefault(previous_patient, None)
     for study_uid, body in study_writes:
@@ -63,7 +62,7 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
         if newest is None:
             store.delete(connection, "Patient", patient_id)
         else:
-            store.put(connection, resource_dict(patient_from_dicom(_patient_record(newest))), patient_id, "PUT")
+            store.put(connection, patient_from_dicom(_patient_record(newest)), patient_id, "PUT")
 
 
 def _lock_patient(connection: Connection, patient_id: str) -> None:
@@ -81,16 +80,15 @@ def _lock_patient(connection: Connection, patient_id: str) -> None:
 
 def ensure_endpoints(store: ResourceStore, connection: Connection, address: str) -> None:
     """Write the DICOMweb Endpoints when missing or when the address changed."""
-    for endpoint in dicomweb_endpoints(address):
-        body = resource_dict(endpoint)
+    for body in dicomweb_endpoints(address):
         current = connection.execute(
             select(fhir_resources.c.resource_json, fhir_resources.c.deleted).where(
-                fhir_resources.c.resource_type == "Endpoint", fhir_resources.c.resource_id == endpoint.id
+                fhir_resources.c.resource_type == "Endpoint", fhir_resources.c.resource_id == body["id"]
             )
         ).first()
         if current is not None and not current.deleted and _same_content(current.resource_json, body):
             continue
-        store.put(connection, body, str(endpoint.id), "PUT")
+        store.put(connection, body, str(body["id"]), "PUT")
 
 
 def _same_content(stored: bytes | None, body: dict) -> bool:
