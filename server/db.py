@@ -82,6 +82,17 @@ def write_connection(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
+def writing(engine: Engine, connection: Connection | None = None) -> Iterator[Connection]:
+    """The caller's write transaction when it has one (a FHIR transaction
+    Bundle, a STOW batch), else a new one."""
+    if connection is not None:
+        yield connection
+        return
+    with write_connection(engine) as own:
+        yield own
+
+
+@contextmanager
 def reading(engine: Engine, connection: Connection | None = None) -> Iterator[Connection]:
     """The caller's connection when it has one (to see its own uncommitted
     writes, as in a FHIR transaction), else a fresh one without a transaction.

@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 
 from fhir_mappings.errors import InvalidRequest, ResourceNotFound
 from fhir_mappings.resources import require_id, resource_dict, validate_resource
+from server.db import writing
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
 
@@ -50,8 +51,8 @@ def create(
     """A new resource; the server assigns its id (FHIR R4 http.html#create ignores the body's)."""
     service.require_writable(resource_type)
     resource = resource_dict(validate_resource(_without_id(body), resource_type))
-    with service.transaction(connection) as writing:
-        return service.store.put(writing, resource, resource_id or service.new_id(), "POST")
+    with writing(service.engine, connection) as session:
+        return service.store.put(session, resource, resource_id or service.new_id(), "POST")
 
 
 def update(
@@ -64,8 +65,8 @@ def update(
     if not isinstance(body, dict) or body.get("id") != resource_id:
         raise InvalidRequest(f"the resource's id must be present and equal {resource_id!r}, the id in the URL")
     resource = resource_dict(validate_resource(body, resource_type))
-    with service.transaction(connection) as writing:
-        version = service.store.put(writing, resource, resource_id, "PUT", if_match=if_match)
+    with writing(service.engine, connection) as session:
+        version = service.store.put(session, resource, resource_id, "PUT", if_match=if_match)
     return version, version.version_id == 1
 
 
@@ -75,8 +76,8 @@ def delete(
 ) -> StoredVersion | None:
     service.require_writable(resource_type)
     require_id(resource_id)
-    with service.transaction(connection) as writing:
-        return service.store.delete(writing, resource_type, resource_id, if_match)
+    with writing(service.engine, connection) as session:
+        return service.store.delete(session, resource_type, resource_id, if_match)
 
 
 def _without_id(body: Any) -> Any:

@@ -1,16 +1,13 @@
 """The FHIR side's parts, built once per app by `build_fhir`."""
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from fhir_mappings.errors import MethodNotAllowed, ResourceNotFound
 from fhir_mappings.search_parameters import DEFINITIONS
-from server.db import write_connection
 from server.fhir.cursor import CursorCodec, load_or_create_key
 from server.fhir.derived import DERIVED_TYPES
 from server.fhir.search import Searcher
@@ -40,15 +37,6 @@ class FhirService:
         self.require_type(resource_type)
         if resource_type not in self.writable_types:
             raise MethodNotAllowed(f"{resource_type} is read-only here: the server writes it itself")
-
-    @contextmanager
-    def transaction(self, connection: Connection | None = None) -> Iterator[Connection]:
-        """The caller's transaction when it has one, else a new write transaction."""
-        if connection is not None:
-            yield connection
-            return
-        with write_connection(self.engine) as own:
-            yield own
 
     @staticmethod
     def new_id() -> str:

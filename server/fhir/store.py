@@ -146,7 +146,7 @@ class ResourceStore:
                 current = self._lock(connection, resource_type, resource_id)
                 assert current is not None
             else:
-                self._index(connection, pk, orjson.loads(body), fresh=True)
+                self._index(connection, pk, resource, fresh=True)
                 return self._record(connection, resource_type, resource_id, version_id, now, method, body)
         pk, current_version, _ = current
         if if_match is not None and if_match != current_version:
@@ -160,7 +160,7 @@ class ResourceStore:
                 version_id=version_id, last_updated=now, deleted=False, resource_json=body
             )
         )
-        self._index(connection, pk, orjson.loads(body), fresh=False)
+        self._index(connection, pk, resource, fresh=False)
         return self._record(connection, resource_type, resource_id, version_id, now, method, body)
 
     def delete(
