@@ -1,0 +1,115 @@
+"""A model's label map as a DICOM Segmentation series (highdicom, BINARY).
+
+The SEG references the source instances frame by frame, so viewers lay it
+over the source series; the model is named in ContributingEquipmentSequence
+and in the SeriesDescription. Its UIDs come from the job, so running a job
+again makes the same instance, never a second one.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from inference.model_card import ModelCard
+from inference.volume import Volume
+
+# PS3.16 CID 7150 (Segmentation Property Categories).
+_MORPHOLOGICALLY_ALTERED = Code("49755003", "SCT", "Morphologically Altered Structure")
+# PS3.16 CID 7005 (Contributing Equipment Purposes of Reference).
+_PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
+SEG_SERIES_NUMBER = 9901
+
+
+@dataclass(frozen=True)
+class SegIdentity:
+    series_instance_uid: str
+    sop_instance_uid: str
+
+    @classmethod
+    def for_job(cls, job_id: str) -> "SegIdentity":
+        return cls(
+            generate_uid(entropy_srcs=[f"medaiflow-seg-series-{job_id}"]),
+            generate_uid(entropy_srcs=[f"medaiflow-seg-instance-{job_id}"]),
+        )
+
+
+def segmentation(
+    sources: Sequence[Dataset],
+    volume: Volume,
+    labels: np.ndarray,
+    card: ModelCard,
+    identity: SegIdentity,
+) -> Dataset:
+    """`sources`: the series' datasets; `volume` the volume built from them
+    (its slice order decides which source each label frame belongs to)."""
+    by_uid = {str(source.SOPInstanceUID): source for source in sources}
+    if volume.source_frame_numbers:
+        # One multi-frame source: highdicom takes its frames in stored order.
+        ordered = [by_uid[volume.source_instance_uids[0]]]
+        order = np.argsort(np.array(volume.source_frame_numbers))
+        frames = labels[order]
+    else:
+        ordered = [by_uid[uid] for uid in volume.source_instance_uids]
+        frames = labels
+    descriptions = [
+        highdicom.seg.SegmentDescription(
+            segment_number=index,
+            segment_label=segment.name,
+            segmented_property_category=_MORPHOLOGICALLY_ALTERED,
+            segmented_property_type=Code(segment.finding.code, _scheme(segment.finding.system), segment.finding.display),
+            algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=highdicom.AlgorithmIdentificationSequence(
+                name=card.name, version=card.version, family=highdicom.sr.CodedConcept("123109", "DCM", "Artificial Intelligence"),
+            ),
+        )
+        for index, segment in enumerate(card.segments, start=1)
+    ]
+    # Segment numbers follow the card's order; labels are the network's values.
+    label_map = np.zeros(frames.shape, np.uint8)
+    for index, segment in enumerate(card.segments, start=1):
+        label_map[frames == segment.label] = index
+    seg = highdicom.seg.Segmentation(
+        source_images=ordered,
+        pixel_array=label_map,
+        segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=identity.series_instance_uid,
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=1,
+        manufacturer="MedAIFlow",
+        manufacturer_model_name=card.name[:64],
+        software_versions=card.version,
+        device_serial_number=card.key[:64],
+        content_label="AI_SEG",
+        content_description=f"{card.name} {card.version}"[:64],
+        series_description=f"AI segmentation: {card.name} {card.version}"[:64],
+        # A study with nothing found still gets its (empty) segmentation: a
+        # viewer shows "nothing found" rather than a missing series.
+        omit_empty_frames=bool(label_map.any()),
+        contributing_equipment=[
+            highdicom.ContributingEquipment(
+                manufacturer=card.manufacturer[:64],
+                purpose_of_reference=_PROCESSING_EQUIPMENT,
+                manufacturer_model_name=card.name[:64],
+                software_versions=card.version,
+                contribution_description=f"AI model {card.key} segmented this series"[:64],
+            )
+        ],
+    )
+    return seg
+
+
+def _scheme(system: str) -> str:
+    """FHIR code systems as DICOM coding scheme designators (PS3.16 Table 8-1)."""
+    return {
+        "http://snomed.info/sct": "SCT",
+        "http://dicom.nema.org/resources/ontology/DCM": "DCM",
+        "http://loinc.org": "LN",
+        "http://radlex.org": "RADLEX",
+    }.get(system, "99MEDAIFLOW")
