@@ -4,9 +4,9 @@ storage and the routers into one ASGI app. Nothing here runs at import time."""
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
 from fastapi import FastAPI
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.middleware.cors import CORSMiddleware
 
@@ -18,6 +18,8 @@ from server.fhir.derived import ensure_endpoints, sync_studies
 from server.fhir.routes import router as fhir_router
 from server.fhir.service import build_fhir
 from server.ingest import Ingestor
+from server.jobs.service import build_jobs
+from server.jobs.triggers import touch_studies
 from server.logs import RequestLogMiddleware, configure_logging
 from server.services import Services
 from server.settings import Settings, load_settings
@@ -32,8 +34,15 @@ def build_services(settings: Settings) -> Services:
     store = FileStore(settings.storage_dir)
     store.prepare()
     fhir = build_fhir(engine, settings.data_dir, settings.fhir_max_included)
-    ingestor = Ingestor(engine, store, partial(sync_studies, fhir.store))
-    return Services(settings=settings, engine=engine, store=store, ingestor=ingestor, fhir=fhir)
+
+    def studies_changed(connection: Connection, study_uids: set[str]) -> None:
+        sync_studies(fhir.store, connection, study_uids)
+        touch_studies(connection, study_uids)
+
+    ingestor = Ingestor(engine, store, studies_changed)
+    jobs = build_jobs(settings, engine, fhir.store, store, ingestor)
+    fhir.write_hooks["Task"] = jobs.tasks
+    return Services(settings=settings, engine=engine, store=store, ingestor=ingestor, fhir=fhir, jobs=jobs)
 
 
 @asynccontextmanager
@@ -45,7 +54,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     except SQLAlchemyError as error:
         # Serve anyway: /readyz reports the database, and the next start writes them.
         log.warning("could not write the DICOMweb Endpoint resources: %s", type(error).__name__)
-    yield
+    services.jobs.start()
+    try:
+        yield
+    finally:
+        services.jobs.stop()
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:

@@ -7,6 +7,7 @@ from starlette.requests import Request
 
 from server.fhir.service import FhirService
 from server.ingest import Ingestor
+from server.jobs.service import JobsService
 from server.settings import Settings
 from server.storage import FileStore
 
@@ -18,6 +19,7 @@ class Services:
     store: FileStore
     ingestor: Ingestor
     fhir: FhirService
+    jobs: JobsService
 
 
 def services(request: Request) -> Services:

@@ -5,6 +5,7 @@ make a server with its own data directory and database.
 """
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,23 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
 
+    # Inference
+    executor: Literal["local", "celery", "none"] = Field(
+        default="local",
+        description="who runs inference jobs: threads in the server, Celery workers (`medaiflow worker`), or nobody"
+        " (jobs wait in the queue)",
+    )
+    broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker (Redis or RabbitMQ)")
+    local_workers: int = Field(default=1, ge=1, description="job threads of the local executor")
+    batch_size: int = Field(default=4, ge=1, description="jobs of one model a worker takes at once")
+    study_quiet_seconds: float = Field(default=10.0, ge=0, description="a study is complete when quiet this long")
+    job_max_attempts: int = Field(default=3, ge=1)
+    job_lease_seconds: float = Field(default=120.0, gt=0)
+    job_timeout_seconds: float = Field(default=900.0, gt=0)
+    job_retry_backoff_seconds: float = Field(default=5.0, ge=0)
+    report_status: Literal["preliminary", "final"] = "preliminary"
+    demo_model: bool = Field(default=True, description="register and activate the shipped demo model on first start")
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -51,6 +69,10 @@ class Settings(BaseSettings):
     @property
     def storage_dir(self) -> Path:
         return self.data_dir / "dicom"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -195,3 +195,72 @@ fhir_quantities = _search_index(
     "fhir_quantities", Column("value", Float, nullable=False), Column("system", String(256)), Column("code", String(64)),
     lookup=("value",),
 )
+
+
+# --- Inference -------------------------------------------------------------
+# Registered model versions. The bundle is copied under the data directory,
+# so the registration outlives the folder it was added from.
+ai_models = Table(
+    "ai_models",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("bundle_path", String(1024), nullable=False),
+    Column("weights_sha256", String(64), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("active", Boolean, nullable=False),
+    # JSON of the last validation: metrics, whether it passed, and whether an
+    # activation was forced past a failing or missing one.
+    Column("validation_json", LargeBinary),
+    Column("registered_at", BigInteger, nullable=False),
+    UniqueConstraint("name", "version"),
+)
+
+# The durable state of each inference job; the Task resource is its public
+# face and is written in the same transaction as every change here. Times are
+# microseconds since the epoch, like the FHIR store's.
+inference_jobs = Table(
+    "inference_jobs",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("model_id", Integer, ForeignKey("ai_models.id"), nullable=False),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("series_instance_uid", String(64)),
+    Column("patient_id", String(64)),
+    Column("automatic", Boolean, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("not_before", BigInteger, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_expires", BigInteger),
+    # When the job was last handed to the executor (a broker may lose it, or
+    # be down at submit time: the scheduler hands it over again).
+    Column("dispatched_at", BigInteger),
+    Column("business_status", String(256)),
+    Column("reason", String(1024)),
+    Column("created_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger),
+    Column("ended_at", BigInteger),
+    Column("updated_at", BigInteger, nullable=False),
+)
+Index("ix_inference_jobs_queue", inference_jobs.c.status, inference_jobs.c.not_before)
+# An automatic run happens once per series and model: the server's own SEG
+# series changes the study again, and must not start the job over.
+Index(
+    "ix_inference_jobs_automatic",
+    inference_jobs.c.model_id,
+    inference_jobs.c.series_instance_uid,
+    unique=True,
+    sqlite_where=inference_jobs.c.automatic,
+    postgresql_where=inference_jobs.c.automatic,
+)
+
+# Studies changed by STOW since their last look by the trigger: a study is
+# considered for automatic jobs once it has been quiet for a while.
+study_activity = Table(
+    "study_activity",
+    metadata,
+    Column("study_instance_uid", String(64), primary_key=True),
+    Column("changed_at", BigInteger, nullable=False),
+)

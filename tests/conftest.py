@@ -46,7 +46,11 @@ def database_url(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url, cors_origins="http://viewer.example")
+    # No inference machinery unless a test asks for it: no job threads, no demo model.
+    return Settings(
+        data_dir=tmp_path / "data", database_url=database_url, cors_origins="http://viewer.example",
+        executor="none", demo_model=False,
+    )
 
 
 @pytest.fixture

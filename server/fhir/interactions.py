@@ -51,8 +51,12 @@ def create(
     """A new resource; the server assigns its id (FHIR R4 http.html#create ignores the body's)."""
     service.require_writable(resource_type)
     resource = resource_dict(validate_resource(_without_id(body), resource_type))
+    resource_id = resource_id or service.new_id()
     with writing(service.engine, connection) as session:
-        return service.store.put(session, resource, resource_id or service.new_id(), "POST")
+        hook = service.write_hooks.get(resource_type)
+        if hook is not None:
+            resource = hook.creating(session, resource, resource_id)
+        return service.store.put(session, resource, resource_id, "POST")
 
 
 def update(
@@ -66,6 +70,9 @@ def update(
         raise InvalidRequest(f"the resource's id must be present and equal {resource_id!r}, the id in the URL")
     resource = resource_dict(validate_resource(body, resource_type))
     with writing(service.engine, connection) as session:
+        hook = service.write_hooks.get(resource_type)
+        if hook is not None:
+            resource = hook.updating(session, resource, resource_id)
         version = service.store.put(session, resource, resource_id, "PUT", if_match=if_match)
     return version, version.version_id == 1
 
@@ -77,6 +84,9 @@ def delete(
     service.require_writable(resource_type)
     require_id(resource_id)
     with writing(service.engine, connection) as session:
+        hook = service.write_hooks.get(resource_type)
+        if hook is not None:
+            hook.deleting(session, resource_id)
         return service.store.delete(session, resource_type, resource_id, if_match)
 
 

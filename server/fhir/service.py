@@ -1,10 +1,11 @@
 """The FHIR side's parts, built once per app by `build_fhir`."""
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from fhir_mappings.errors import MethodNotAllowed, ResourceNotFound
 from fhir_mappings.search_parameters import DEFINITIONS
@@ -18,6 +19,18 @@ from server.fhir.store import ResourceStore
 WRITABLE_TYPES = frozenset(("Task",))
 
 
+class WriteHook(Protocol):
+    """Lets a feature take part in client writes of one type, inside their
+    transaction: it may refuse them (a FhirError) or return the resource to
+    store in place of the client's."""
+
+    def creating(self, connection: Connection, resource: dict[str, Any], resource_id: str) -> dict[str, Any]: ...
+
+    def updating(self, connection: Connection, resource: dict[str, Any], resource_id: str) -> dict[str, Any]: ...
+
+    def deleting(self, connection: Connection, resource_id: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class FhirService:
     engine: Engine
@@ -26,6 +39,7 @@ class FhirService:
     cursors: CursorCodec
     supported_types: frozenset[str]
     writable_types: frozenset[str]
+    write_hooks: dict[str, WriteHook] = field(default_factory=dict)
 
     def require_type(self, resource_type: str) -> None:
         if resource_type not in self.supported_types:

@@ -1,0 +1,136 @@
+"""Who runs queued jobs: threads in the server process, or Celery workers.
+
+The database is the queue of record either way; an executor only decides
+where a job runs. The local one polls the queue (and is woken early); the
+Celery one hands job ids to a broker, and `medaiflow worker` processes on
+any number of machines claim them from the database when they arrive.
+"""
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Protocol
+
+from server.jobs.queue import Job, JobQueue
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5
+RUN_JOB = "medaiflow.run_job"
+
+
+def worker_name(kind: str) -> str:
+    return f"{kind}:{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Runner(Protocol):
+    def run(self, jobs: list[Job]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Executor(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def dispatch(self) -> None:
+        """Hand over what is queued; called by the scheduler on every tick."""
+
+
+class NoExecutor:
+    """Jobs wait in the queue (a server whose workers run elsewhere, or tests)."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def dispatch(self) -> None:
+        pass
+
+
+class LocalExecutor:
+    """Worker threads inside the server: the embedded default."""
+
+    def __init__(self, queue: JobQueue, make_runner: Callable[[], Runner], threads: int, batch_size: int) -> None:
+        self.queue = queue
+        self.make_runner = make_runner
+        self.thread_count = threads
+        self.batch_size = batch_size
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._stopping.clear()
+        for index in range(self.thread_count):
+            thread = threading.Thread(target=self._work, name=f"inference-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads = []
+
+    def dispatch(self) -> None:
+        self._wake.set()
+
+    def _work(self) -> None:
+        owner = worker_name("local")
+        runner: Runner | None = None
+        while not self._stopping.is_set():
+            try:
+                jobs = self.queue.claim(owner, self.batch_size)
+                if jobs:
+                    if runner is None:
+                        runner = self.make_runner()  # loads torch: with the first job, not the server
+                    runner.run(jobs)
+                    continue
+            except Exception:  # the loop must outlive a database outage
+                log.exception("the inference worker could not take jobs; trying again")
+            self._wake.wait(POLL_SECONDS)
+            self._wake.clear()
+        if runner is not None:
+            runner.close()
+
+
+class CeleryExecutor:
+    """Sends each queued job's id to the broker; the workers claim and run it."""
+
+    def __init__(self, queue: JobQueue, broker_url: str) -> None:
+        from server.jobs.celery_app import make_celery
+
+        self.queue = queue
+        self.celery = make_celery(broker_url)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def dispatch(self) -> None:
+        task_ids = self.queue.undispatched(older_than_seconds=self.queue.policy.lease_seconds)
+        if not task_ids:
+            return
+        sent = []
+        try:
+            for task_id in task_ids:
+                self.celery.send_task(RUN_JOB, args=[task_id])
+                sent.append(task_id)
+        except Exception as error:  # kombu raises many kinds for a broker that is down
+            log.warning("the broker is unreachable (%s); %d jobs wait in the queue", type(error).__name__, len(task_ids) - len(sent))
+            self.queue.note_waiting(
+                [task_id for task_id in task_ids if task_id not in sent],
+                "queued: the job broker is unreachable; the job is handed over when it is back",
+            )
+        if sent:
+            self.queue.mark_dispatched(sent)

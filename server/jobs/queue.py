@@ -1,0 +1,283 @@
+"""The durable state of inference jobs, and their Tasks in step with it.
+
+Every change of a job row writes a new version of its Task in the same
+transaction, so a client reading the Task never sees a state the database
+does not hold. A worker owns a job through a lease: it is renewed while the
+job runs, and a job whose lease ran out (its worker died) is queued again by
+`reap`. Every write a worker makes is fenced by its lease, so a worker that
+lost its job (cancelled, or taken over after a stall) cannot complete it.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from fhir_mappings.ai_results import report_id
+from fhir_mappings.date_ranges import from_micros
+from fhir_mappings.errors import InvalidResource, ResourceNotFound
+from fhir_mappings.task import TaskRecord, task_resource
+from server.db import reading, write_connection
+from server.fhir.store import ResourceStore
+from server.tables import inference_jobs
+
+REQUESTED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "requested", "in-progress", "completed", "failed", "cancelled"
+FINAL = frozenset((COMPLETED, FAILED, CANCELLED))
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    max_attempts: int = 3
+    lease_seconds: float = 60.0
+    backoff_seconds: float = 5.0  # doubled on each retry
+    timeout_seconds: float = 900.0  # per attempt
+
+
+@dataclass(frozen=True)
+class Job:
+    task_id: str
+    model_id: int
+    study_instance_uid: str
+    series_instance_uid: str | None
+    patient_id: str | None
+    automatic: bool
+    status: str
+    attempts: int
+    lease_owner: str | None
+    business_status: str | None
+    reason: str | None
+    created_at: int
+    started_at: int | None
+    ended_at: int | None
+    updated_at: int
+    device_id: str = ""
+
+    @classmethod
+    def from_row(cls, row: Any, device_id: str) -> "Job":
+        fields = {name: getattr(row, name) for name in cls.__dataclass_fields__ if name != "device_id"}
+        return cls(**fields, device_id=device_id)
+
+
+class JobQueue:
+    def __init__(self, engine: Engine, store: ResourceStore, device_of: Callable[[int], str], policy: QueuePolicy) -> None:
+        self.engine = engine
+        self.store = store
+        self.device_of = device_of  # model id -> its Device id
+        self.policy = policy
+
+    # --- creating and reading -------------------------------------------------
+    def create(
+        self, connection: Connection, task_id: str, model_id: int, study_uid: str, series_uid: str | None,
+        automatic: bool,
+    ) -> dict[str, Any]:
+        """Insert the job and return its first Task (which the caller stores)."""
+        now = now_micros()
+        values = {
+            "task_id": task_id, "model_id": model_id, "study_instance_uid": study_uid, "series_instance_uid": series_uid,
+            "patient_id": self.patient_of_study(connection, study_uid), "automatic": automatic, "status": REQUESTED,
+            "attempts": 0, "not_before": now, "business_status": "queued", "created_at": now, "updated_at": now,
+        }
+        connection.execute(insert(inference_jobs).values(**values))
+        job = self.get(task_id, connection)
+        assert job is not None
+        return self.task_of(job)
+
+    def get(self, task_id: str, connection: Connection | None = None) -> Job | None:
+        with reading(self.engine, connection) as session:
+            row = session.execute(select(inference_jobs).where(inference_jobs.c.task_id == task_id)).first()
+        return None if row is None else Job.from_row(row, self.device_of(row.model_id))
+
+    def task_of(self, job: Job) -> dict[str, Any]:
+        return task_resource(
+            TaskRecord(
+                task_id=job.task_id, status=job.status, imaging_study_id=job.study_instance_uid,
+                patient_id=job.patient_id, device_id=job.device_id, authored_on=from_micros(job.created_at),
+                last_modified=from_micros(job.updated_at), business_status=job.business_status,
+                status_reason=job.reason if job.status in (FAILED, CANCELLED) else None,
+                started=from_micros(job.started_at) if job.started_at else None,
+                ended=from_micros(job.ended_at) if job.ended_at else None,
+                series_uid=job.series_instance_uid,
+                report_id=report_id(job.task_id) if job.status == COMPLETED else None,
+            )
+        )
+
+    def patient_of_study(self, connection: Connection, study_uid: str) -> str | None:
+        try:
+            study = self.store.read("ImagingStudy", study_uid, connection)
+        except ResourceNotFound as error:
+            raise InvalidResource(f"Task.focus: there is no ImagingStudy/{study_uid} on this server") from error
+        subject = orjson.loads(study.body).get("subject", {}).get("reference", "")
+        return subject.removeprefix("Patient/") or None
+
+    # --- the worker's side -----------------------------------------------------
+    def claim(self, owner: str, limit: int, task_id: str | None = None) -> list[Job]:
+        """Take up to `limit` queued jobs of one model (the oldest job's), or
+        the one named, leasing them to `owner` and moving them in progress."""
+        now = now_micros()
+        if task_id is None and not self._any_ready(now):
+            return []
+        with write_connection(self.engine) as connection:
+            ready = select(inference_jobs.c.task_id, inference_jobs.c.model_id).where(
+                inference_jobs.c.status == REQUESTED, inference_jobs.c.not_before <= now
+            ).order_by(inference_jobs.c.created_at, inference_jobs.c.task_id).with_for_update(skip_locked=True)
+            named = ready.where(inference_jobs.c.task_id == task_id) if task_id is not None else ready
+            first = connection.execute(named.limit(1)).first()
+            if first is None:
+                return []
+            same_model = connection.execute(ready.where(inference_jobs.c.model_id == first.model_id).limit(limit)).all()
+            rows = [first, *[row for row in same_model if row.task_id != first.task_id]][:limit]
+            claimed = []
+            for row in rows:
+                job = self._change(
+                    connection, row.task_id, status=REQUESTED, owner=None, status_to=IN_PROGRESS,
+                    values={"lease_owner": owner, "lease_expires": now + self._lease(), "attempts": inference_jobs.c.attempts + 1,
+                            "started_at": now, "business_status": "running: starting"},
+                )
+                if job is not None:
+                    claimed.append(job)
+            return claimed
+
+    def _any_ready(self, now: int) -> bool:
+        """A read first, so that idle pollers never take SQLite's write lock."""
+        with reading(self.engine) as connection:
+            return connection.execute(
+                select(inference_jobs.c.task_id)
+                .where(inference_jobs.c.status == REQUESTED, inference_jobs.c.not_before <= now)
+                .limit(1)
+            ).first() is not None
+
+    def progress(self, job: Job, text: str) -> bool:
+        """Record a stage and renew the lease; False when the job is no longer
+        this worker's (cancelled, or reaped): the worker then stops."""
+        with write_connection(self.engine) as connection:
+            return self._change(
+                connection, job.task_id, status=IN_PROGRESS, owner=job.lease_owner,
+                values={"business_status": f"running: {text}", "lease_expires": now_micros() + self._lease()},
+            ) is not None
+
+    def complete(self, connection: Connection, job: Job) -> bool:
+        """In the caller's transaction, the one that publishes the results."""
+        return self._change(
+            connection, job.task_id, status=IN_PROGRESS, owner=job.lease_owner, status_to=COMPLETED,
+            values={"business_status": "completed", "lease_owner": None, "lease_expires": None, "ended_at": now_micros()},
+        ) is not None
+
+    def fail(self, job: Job, reason: str, retryable: bool) -> str | None:
+        """Retry with backoff while attempts remain; the new status, or None
+        when the job was no longer this worker's."""
+        with write_connection(self.engine) as connection:
+            return self._fail(connection, job.task_id, job.lease_owner, job.attempts, reason, retryable)
+
+    def _fail(
+        self, connection: Connection, task_id: str, owner: str | None, attempts: int, reason: str, retryable: bool
+    ) -> str | None:
+        now = now_micros()
+        reason = reason[:1000]
+        if retryable and attempts < self.policy.max_attempts:
+            delay = self.policy.backoff_seconds * 2 ** (attempts - 1)
+            changed = self._change(
+                connection, task_id, status=IN_PROGRESS, owner=owner, status_to=REQUESTED,
+                values={"lease_owner": None, "lease_expires": None, "not_before": now + int(delay * 1e6),
+                        "dispatched_at": None, "reason": reason,
+                        "business_status": f"queued for attempt {attempts + 1} of {self.policy.max_attempts} after: {reason}"[:256]},
+            )
+            return None if changed is None else REQUESTED
+        changed = self._change(
+            connection, task_id, status=IN_PROGRESS, owner=owner, status_to=FAILED,
+            values={"lease_owner": None, "lease_expires": None, "reason": reason, "ended_at": now, "business_status": "failed"},
+        )
+        return None if changed is None else FAILED
+
+    def reap(self) -> list[str]:
+        """Jobs whose worker stopped renewing its lease (died, or ran past the
+        timeout): queued again, or failed once out of attempts."""
+        now = now_micros()
+        with write_connection(self.engine) as connection:
+            rows = connection.execute(
+                select(inference_jobs).where(inference_jobs.c.status == IN_PROGRESS, inference_jobs.c.lease_expires < now)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                self._fail(
+                    connection, row.task_id, row.lease_owner, row.attempts,
+                    f"the worker stopped reporting (lost, or over the {self.policy.timeout_seconds:g} s limit)", True,
+                )
+        return [row.task_id for row in rows]
+
+    def timed_out(self, job: Job) -> bool:
+        return job.started_at is not None and now_micros() - job.started_at > self.policy.timeout_seconds * 1e6
+
+    # --- clients' side -----------------------------------------------------------
+    def cancel(self, connection: Connection, task_id: str, reason: str) -> Job:
+        job = self.get(task_id, connection)
+        if job is None:
+            raise ResourceNotFound(f"Task/{task_id} is not an inference job")
+        if job.status in FINAL:
+            if job.status == CANCELLED:
+                return job
+            raise InvalidResource(f"Task/{task_id} is {job.status} already and cannot be cancelled")
+        changed = self._change(
+            connection, task_id, status=job.status, owner=job.lease_owner, status_to=CANCELLED,
+            values={"lease_owner": None, "lease_expires": None, "reason": reason, "ended_at": now_micros(),
+                    "business_status": "cancelled"},
+            write_task=False,
+        )
+        assert changed is not None
+        return changed
+
+    def undispatched(self, older_than_seconds: float) -> list[str]:
+        """Queued jobs not handed to the executor lately (or ever)."""
+        now = now_micros()
+        stale = now - int(older_than_seconds * 1e6)
+        with reading(self.engine) as connection:
+            rows = connection.execute(
+                select(inference_jobs.c.task_id).where(
+                    inference_jobs.c.status == REQUESTED, inference_jobs.c.not_before <= now,
+                    (inference_jobs.c.dispatched_at.is_(None)) | (inference_jobs.c.dispatched_at < stale),
+                ).order_by(inference_jobs.c.created_at).limit(1000)
+            ).all()
+        return [row.task_id for row in rows]
+
+    def note_waiting(self, task_ids: list[str], text: str) -> None:
+        """Say on queued jobs' Tasks why they wait (once: no new Task version
+        per scheduler tick)."""
+        with write_connection(self.engine) as connection:
+            for task_id in task_ids:
+                job = self.get(task_id, connection)
+                if job is not None and job.status == REQUESTED and job.business_status != text:
+                    self._change(connection, task_id, status=REQUESTED, owner=None, values={"business_status": text})
+
+    def mark_dispatched(self, task_ids: list[str]) -> None:
+        with write_connection(self.engine) as connection:
+            connection.execute(
+                update(inference_jobs).where(inference_jobs.c.task_id.in_(task_ids)).values(dispatched_at=now_micros())
+            )
+
+    # --- one fenced change --------------------------------------------------------
+    def _change(
+        self, connection: Connection, task_id: str, status: str, owner: str | None, values: dict[str, Any],
+        status_to: str | None = None, write_task: bool = True,
+    ) -> Job | None:
+        """Apply `values` if the job is still in `status` under `owner`; write its Task."""
+        condition = [inference_jobs.c.task_id == task_id, inference_jobs.c.status == status]
+        condition.append(inference_jobs.c.lease_owner.is_(None) if owner is None else inference_jobs.c.lease_owner == owner)
+        changes = {**values, "updated_at": now_micros()}
+        if status_to is not None:
+            changes["status"] = status_to
+        if connection.execute(update(inference_jobs).where(*condition).values(**changes)).rowcount != 1:
+            return None
+        job = self.get(task_id, connection)
+        assert job is not None
+        if write_task:
+            self.store.put(connection, self.task_of(job), task_id, "PUT")
+        return job
+
+    def _lease(self) -> int:
+        return int(self.policy.lease_seconds * 1e6)

@@ -1,0 +1,116 @@
+"""The inference side's parts, built once per server (or worker) process.
+
+A scheduler thread ticks once a second: it starts the jobs of studies that
+have gone quiet, queues again the jobs whose worker stopped reporting, and
+lets the executor hand over what is queued.
+"""
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from server.fhir.store import ResourceStore
+from server.ingest import Ingestor
+from server.jobs.executors import (
+    CeleryExecutor,
+    Executor,
+    LocalExecutor,
+    NoExecutor,
+    Runner,
+)
+from server.jobs.queue import JobQueue, QueuePolicy
+from server.jobs.registry import ModelRegistry
+from server.jobs.tasks import InferenceTasks
+from server.jobs.triggers import StudyTriggers
+from server.settings import Settings
+from server.storage import FileStore
+
+log = logging.getLogger(__name__)
+
+DEMO_BUNDLE = Path(__file__).resolve().parents[2] / "inference" / "demo" / "bundle"
+TICK_SECONDS = 1.0
+
+
+@dataclass
+class JobsService:
+    settings: Settings
+    registry: ModelRegistry
+    queue: JobQueue
+    tasks: InferenceTasks
+    triggers: StudyTriggers
+    files: FileStore
+    ingestor: Ingestor
+    executor: Executor = field(default_factory=NoExecutor)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _scheduler: threading.Thread | None = None
+
+    def make_runner(self) -> Runner:
+        from server.jobs.run import JobRunner  # torch and MONAI: only where jobs run
+
+        return JobRunner(self.queue, self.registry, self.files, self.ingestor, self.settings.report_status)
+
+    def start(self) -> None:
+        if self.settings.demo_model:
+            self.ensure_demo_model()
+        self.executor.start()
+        self._stopping.clear()
+        self._scheduler = threading.Thread(target=self._schedule, name="inference-scheduler", daemon=True)
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._scheduler is not None:
+            self._scheduler.join(timeout=10)
+        self.executor.stop()
+
+    def tick(self) -> None:
+        self.triggers.scan()
+        self.queue.reap()
+        self.executor.dispatch()
+
+    def ensure_demo_model(self) -> None:
+        """On a first start (no model registered yet), the shipped demo model,
+        active at once so that `make serve` runs real inference. It has not
+        been validated on this site's data, and its Device says so (forced)."""
+        if self.registry.registered():
+            return
+        model = self.registry.add(DEMO_BUNDLE)
+        self.registry.activate(model.key, force=True)
+        log.info("registered and activated the demo model %s", model.key)
+
+    def _schedule(self) -> None:
+        while not self._stopping.wait(TICK_SECONDS):
+            try:
+                self.tick()
+            except SQLAlchemyError:
+                log.exception("the inference scheduler could not reach the database; trying again")
+
+
+def build_jobs(settings: Settings, engine: Engine, store: ResourceStore, files: FileStore, ingestor: Ingestor) -> JobsService:
+    registry = ModelRegistry(engine, store, settings.models_dir)
+    policy = QueuePolicy(
+        max_attempts=settings.job_max_attempts, lease_seconds=settings.job_lease_seconds,
+        backoff_seconds=settings.job_retry_backoff_seconds, timeout_seconds=settings.job_timeout_seconds,
+    )
+    queue = JobQueue(engine, store, registry.device_id, policy)
+    jobs = JobsService(
+        settings=settings, registry=registry, queue=queue, tasks=InferenceTasks(queue, registry),
+        triggers=StudyTriggers(engine, queue, registry, settings.study_quiet_seconds), files=files, ingestor=ingestor,
+    )
+    if settings.executor == "local":
+        jobs.executor = LocalExecutor(queue, jobs.make_runner, settings.local_workers, settings.batch_size)
+    elif settings.executor == "celery":
+        jobs.executor = CeleryExecutor(queue, settings.broker_url)
+    return jobs
+
+
+def build_worker_jobs() -> JobsService:
+    """For `medaiflow worker`: the same stores as the server, no executor of its own."""
+    from server.app import build_services
+    from server.settings import load_settings
+
+    return build_services(load_settings()).jobs

@@ -1,0 +1,92 @@
+"""Automatic jobs: a study that has been quiet for a while is complete enough
+to run the active models whose rules accept one of its series.
+
+Every STOW marks its studies in `study_activity` in its own transaction, so a
+pending trigger survives a restart. One automatic job per model and series:
+the server's own SEG series changes the study again and must not start the
+run over (a unique index holds this across server processes).
+"""
+
+import logging
+import uuid
+
+from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from server.db import reading, write_connection
+from server.jobs.queue import JobQueue, now_micros
+from server.jobs.registry import ModelRegistry
+from server.jobs.series import accepted_series
+from server.tables import inference_jobs, study_activity
+
+log = logging.getLogger(__name__)
+
+
+def touch_studies(connection: Connection, study_uids: set[str]) -> None:
+    """In the transaction that changed the studies (STOW, DELETE)."""
+    now = now_micros()
+    for study_uid in sorted(study_uids):
+        changed = connection.execute(
+            update(study_activity).where(study_activity.c.study_instance_uid == study_uid).values(changed_at=now)
+        ).rowcount
+        if not changed:
+            try:
+                with connection.begin_nested():
+                    connection.execute(study_activity.insert().values(study_instance_uid=study_uid, changed_at=now))
+            except IntegrityError:  # a concurrent STOW of the same study inserted it first
+                connection.execute(
+                    update(study_activity).where(study_activity.c.study_instance_uid == study_uid).values(changed_at=now)
+                )
+
+
+class StudyTriggers:
+    def __init__(self, engine: Engine, queue: JobQueue, registry: ModelRegistry, quiet_seconds: float) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.registry = registry
+        self.quiet_seconds = quiet_seconds
+
+    def scan(self) -> list[str]:
+        """Start the jobs of every study quiet long enough; the new task ids."""
+        quiet_since = now_micros() - int(self.quiet_seconds * 1e6)
+        with reading(self.engine) as connection:
+            rows = connection.execute(
+                select(study_activity).where(study_activity.c.changed_at <= quiet_since).limit(100)
+            ).all()
+        started: list[str] = []
+        for row in rows:
+            try:
+                with write_connection(self.engine) as connection:
+                    started += self._start(connection, row.study_instance_uid, row.changed_at)
+            except IntegrityError:
+                log.info("another server process started the jobs of study %s", row.study_instance_uid)
+        return started
+
+    def _start(self, connection: Connection, study_uid: str, changed_at: int) -> list[str]:
+        taken = connection.execute(
+            delete(study_activity).where(
+                study_activity.c.study_instance_uid == study_uid, study_activity.c.changed_at == changed_at
+            )
+        ).rowcount
+        if not taken:  # changed again since we looked, or taken by another process
+            return []
+        started = []
+        for model in self.registry.active(connection):
+            for stored in accepted_series(connection, study_uid, model.bundle.card.series):
+                if self._has_automatic_job(connection, model.id, stored.series_instance_uid):
+                    continue
+                task_id = str(uuid.uuid4())
+                task = self.queue.create(connection, task_id, model.id, study_uid, stored.series_instance_uid, automatic=True)
+                self.queue.store.put(connection, task, task_id, "POST")
+                started.append(task_id)
+        return started
+
+    @staticmethod
+    def _has_automatic_job(connection: Connection, model_id: int, series_uid: str) -> bool:
+        return connection.execute(
+            select(inference_jobs.c.task_id).where(
+                inference_jobs.c.model_id == model_id,
+                inference_jobs.c.series_instance_uid == series_uid,
+                inference_jobs.c.automatic,
+            )
+        ).first() is not None

@@ -1,0 +1,63 @@
+"""Phantom studies sent by STOW-RS, and waiting for their jobs over FHIR."""
+
+import io
+import time
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from inference.demo.phantom import Geometry, Phantom, make_phantom, phantom_datasets
+from tests.dicom_files import multipart_body
+
+# Small enough for a test to run the model in about a second on a CPU.
+SMALL = Geometry(matrix=128, slices=48, pixel_spacing_mm=1.0, slice_spacing_mm=2.5, rescale_slope=1.0,
+                 rescale_intercept=-1024.0, descending=True)
+
+
+def phantom(seed: int, lesions: int = 2) -> Phantom:
+    return make_phantom(seed, SMALL, lesion_count=lesions, radius_mm=(7.0, 11.0))
+
+
+def series_bytes(study: Phantom) -> list[bytes]:
+    payloads = []
+    for dataset in phantom_datasets(study):
+        buffer = io.BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        payloads.append(buffer.getvalue())
+    return payloads
+
+
+def stow(client: TestClient, payloads: list[bytes]) -> None:
+    body, content_type = multipart_body(payloads)
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+
+
+def study_uid(study: Phantom) -> str:
+    return str(phantom_datasets(study)[0].StudyInstanceUID)
+
+
+def tasks_of(client: TestClient, uid: str) -> list[dict[str, Any]]:
+    bundle = client.get("/fhir/Task", params={"focus": f"ImagingStudy/{uid}"}).json()
+    return [entry["resource"] for entry in bundle.get("entry", [])]
+
+
+def wait_for_tasks(client: TestClient, uid: str, count: int = 1, timeout: float = 120.0) -> list[dict[str, Any]]:
+    """The study's Tasks once `count` of them are final."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tasks = tasks_of(client, uid)
+        if len([task for task in tasks if task["status"] in ("completed", "failed", "cancelled")]) >= count:
+            return tasks
+        time.sleep(0.2)
+    raise AssertionError(f"no final Task for study {uid} within {timeout} s: {tasks_of(client, uid)}")
+
+
+def wait_for_task(client: TestClient, task_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task = client.get(f"/fhir/Task/{task_id}").json()
+        if task["status"] in ("completed", "failed", "cancelled"):
+            return task
+        time.sleep(0.2)
+    raise AssertionError(f"Task/{task_id} is still {task['status']} after {timeout} s")
