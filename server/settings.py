@@ -37,8 +37,8 @@ class Settings(BaseSettings):
     # Inference
     executor: Literal["local", "celery", "none"] = Field(
         default="local",
-        description="who runs inference jobs: threads in the server, Celery workers (`medaiflow worker`), or nobody"
-        " (jobs wait in the queue)",
+        description="who runs inference jobs: threads in the server, Celery workers (`medaiflow worker`), or"
+        " nobody (`none`: this process neither starts nor runs jobs; they wait in the queue)",
     )
     broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker (Redis or RabbitMQ)")
     local_workers: int = Field(default=1, ge=1, description="job threads of the local executor")

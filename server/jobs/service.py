@@ -56,6 +56,8 @@ class JobsService:
     def start(self) -> None:
         if self.settings.demo_model:
             self.ensure_demo_model()
+        if self.settings.executor == "none":
+            return  # nothing starts or runs jobs in this process
         self.executor.start()
         self._stopping.clear()
         self._scheduler = threading.Thread(target=self._schedule, name="inference-scheduler", daemon=True)

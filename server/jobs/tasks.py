@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from fhir_mappings.errors import InvalidResource, MethodNotAllowed
+from fhir_mappings.errors import InvalidResource, MethodNotAllowed, ResourceGone, ResourceNotFound
 from fhir_mappings.task import inference_request, require_transition
 from server.jobs.queue import CANCELLED, JobQueue
 from server.jobs.registry import ModelNotFound, ModelRegistry, RegisteredModel
@@ -40,8 +40,9 @@ class InferenceTasks:
     def updating(self, connection: Connection, task: dict[str, Any], task_id: str) -> dict[str, Any]:
         job = self.queue.get(task_id, connection)
         if job is None:
-            # Update as create, with the client's id.
-            return self.creating(connection, task, task_id)
+            if self._exists(connection, task_id):
+                return task  # a Task stored before it could be a job stays an ordinary one
+            return self.creating(connection, task, task_id)  # update as create, with the client's id
         request = inference_request(task, creating=False)
         require_transition(job.status, request.status)
         if request.status == job.status:
@@ -58,6 +59,13 @@ class InferenceTasks:
             raise MethodNotAllowed(
                 f"Task/{task_id} is an inference job and is kept as its record; cancel it by updating its status"
             )
+
+    def _exists(self, connection: Connection, task_id: str) -> bool:
+        try:
+            self.queue.store.read("Task", task_id, connection)
+        except (ResourceNotFound, ResourceGone):
+            return False
+        return True
 
     def _model(self, connection: Connection, device_id: str | None, study_uid: str) -> RegisteredModel:
         if device_id is not None:

@@ -1,0 +1,207 @@
+"""The job queue's promises: cancel, retry, leases, redelivery, restarts.
+
+Jobs run here by a runner called from the test (no executor thread), so each
+step happens when the test says, on the real database and store.
+"""
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+
+from server.app import build_services, create_app
+from server.jobs.queue import now_micros
+from server.jobs.service import DEMO_BUNDLE
+from server.migrate import upgrade
+from server.services import Services
+from server.settings import Settings
+from server.tables import inference_jobs, study_activity
+from tests.inference_checks import phantom, series_bytes, stow, study_uid, wait_for_task, wait_for_tasks
+
+DEMO = "medaiflow-demo-lesions@1.0.0"
+
+
+@pytest.fixture
+def queued(services: Services, client: TestClient) -> tuple[TestClient, Services]:
+    """A server whose jobs wait in the queue, with the demo model active."""
+    services.jobs.ensure_demo_model()
+    return client, services
+
+
+def _order(client: TestClient, uid: str, device_id: str | None = None) -> dict:
+    task = {"resourceType": "Task", "status": "requested", "intent": "order", "focus": {"reference": f"ImagingStudy/{uid}"}}
+    if device_id:
+        task["owner"] = {"reference": f"Device/{device_id}"}
+    response = client.post("/fhir/Task", json=task)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _stored_study(client: TestClient, seed: int) -> str:
+    study = phantom(seed, lesions=2)
+    stow(client, series_bytes(study))
+    return study_uid(study)
+
+
+def _run_queued(services: Services, owner: str = "test-worker") -> list[str]:
+    runner = services.jobs.make_runner()
+    try:
+        jobs = services.jobs.queue.claim(owner, 10)
+        runner.run(jobs)
+    finally:
+        runner.close()
+    return [job.task_id for job in jobs]
+
+
+def _total(client: TestClient, path: str, **params: str) -> int:
+    return client.get(path, params={**params, "_summary": "count"}).json()["total"]
+
+
+def test_a_queued_task_is_cancelled_by_updating_its_status(queued):
+    client, services = queued
+    task = _order(client, _stored_study(client, 51))
+    cancelled = client.put(f"/fhir/Task/{task['id']}", json={**task, "status": "cancelled", "statusReason": {"text": "ordered twice"}})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["statusReason"]["text"] == "ordered twice"
+    assert _run_queued(services) == []
+    again = client.put(f"/fhir/Task/{task['id']}", json={**task, "status": "requested"})
+    assert again.status_code == 422
+    assert "cancelled" in again.json()["issue"][0]["diagnostics"]
+    assert client.delete(f"/fhir/Task/{task['id']}").status_code == 405
+
+
+def test_a_client_cannot_complete_a_job_itself(queued):
+    client, _ = queued
+    task = _order(client, _stored_study(client, 52))
+    response = client.put(f"/fhir/Task/{task['id']}", json={**task, "status": "in-progress"})
+    assert response.status_code == 422
+    assert "may only cancel" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_a_job_run_twice_publishes_one_result_set(queued):
+    client, services = queued
+    uid = _stored_study(client, 53)
+    task = _order(client, uid)
+    assert _run_queued(services) == [task["id"]]
+    assert client.get(f"/fhir/Task/{task['id']}").json()["status"] == "completed"
+    observations = _total(client, "/fhir/Observation", **{"derived-from": f"ImagingStudy/{uid}"})
+    assert observations > 0
+
+    # A redelivery after a crash: the job is handed out again and runs again.
+    with services.engine.begin() as connection:
+        connection.execute(update(inference_jobs).values(status="requested", lease_owner=None, ended_at=None))
+    assert _run_queued(services, owner="second-worker") == [task["id"]]
+
+    assert _total(client, "/fhir/Observation", **{"derived-from": f"ImagingStudy/{uid}"}) == observations
+    assert _total(client, "/fhir/DiagnosticReport", subject=client.get(f"/fhir/Task/{task['id']}").json()["for"]["reference"]) == 1
+    assert _total(client, "/fhir/Provenance") == 1
+    seg_series = client.get(f"/dicom-web/studies/{uid}/series", params={"Modality": "SEG"}).json()
+    assert len(seg_series) == 1
+    assert seg_series[0]["00201209"]["Value"] == [1]
+
+
+def test_a_job_whose_worker_died_is_queued_again_and_completes_once(queued):
+    client, services = queued
+    task = _order(client, _stored_study(client, 54))
+    (dead,) = services.jobs.queue.claim("worker-that-dies", 1)
+    with services.engine.begin() as connection:
+        connection.execute(update(inference_jobs).values(lease_expires=now_micros() - 1))
+    assert services.jobs.queue.reap() == [task["id"]]
+    requeued = client.get(f"/fhir/Task/{task['id']}").json()
+    assert requeued["status"] == "requested"
+    assert "stopped reporting" in requeued["businessStatus"]["text"]
+
+    # The dead worker wakes up: its lease is gone, so it may not publish.
+    assert services.jobs.queue.progress(dead, "segmenting") is False
+    with services.engine.begin() as connection:
+        connection.execute(update(inference_jobs).values(not_before=0))
+    assert _run_queued(services) == [task["id"]]
+    done = client.get(f"/fhir/Task/{task['id']}").json()
+    assert done["status"] == "completed"
+    with services.engine.connect() as connection:
+        assert connection.execute(select(inference_jobs.c.attempts)).scalar_one() == 2
+
+
+def test_a_job_cancelled_while_it_runs_publishes_nothing(queued):
+    client, services = queued
+    uid = _stored_study(client, 55)
+    task = _order(client, uid)
+    runner = services.jobs.make_runner()
+    jobs = services.jobs.queue.claim("test-worker", 1)
+    running = client.get(f"/fhir/Task/{task['id']}").json()
+    assert running["status"] == "in-progress"
+    assert client.put(f"/fhir/Task/{task['id']}", json={**running, "status": "cancelled"}).status_code == 200
+    runner.run(jobs)
+    runner.close()
+    assert client.get(f"/fhir/Task/{task['id']}").json()["status"] == "cancelled"
+    assert _total(client, "/fhir/DiagnosticReport") == 0
+    assert client.get(f"/dicom-web/studies/{uid}/series", params={"Modality": "SEG"}).json() == []
+
+
+def _raising_bundle(tmp_path: Path) -> Path:
+    """The demo model with an inferer that feeds it whole volumes of any
+    size: its UNet raises on sizes its strides do not divide."""
+    bundle = tmp_path / "raising-bundle"
+    shutil.copytree(DEMO_BUNDLE, bundle)
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    metadata["name"] = "raising-model"
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["inferer"] = {"_target_": "SimpleInferer"}
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    return bundle
+
+
+def test_a_model_that_raises_is_retried_with_backoff_then_fails(queued, tmp_path):
+    client, services = queued
+    model = services.jobs.registry.add(_raising_bundle(tmp_path))
+    services.jobs.registry.activate(model.key, force=True)
+    task = _order(client, _stored_study(client, 56), model.device_id)
+    for attempt in range(services.settings.job_max_attempts):
+        with services.engine.begin() as connection:
+            connection.execute(update(inference_jobs).values(not_before=0))  # skip the backoff wait
+        assert _run_queued(services) == [task["id"]]
+        status = client.get(f"/fhir/Task/{task['id']}").json()
+        if attempt < services.settings.job_max_attempts - 1:
+            assert status["status"] == "requested"
+            assert f"attempt {attempt + 2} of" in status["businessStatus"]["text"]
+    assert status["status"] == "failed"
+    assert "RuntimeError" in status["statusReason"]["text"]
+    assert _total(client, "/fhir/DiagnosticReport") == 0
+
+
+@pytest.fixture
+def restartable(settings: Settings) -> Iterator[list[Services]]:
+    started: list[Services] = []
+    yield started
+    for services in started:
+        services.engine.dispose()
+
+
+def _start(settings: Settings, started: list[Services], **changes: object) -> Services:
+    services = build_services(settings.model_copy(update=changes))
+    upgrade(services.engine)
+    started.append(services)
+    return services
+
+
+def test_queued_jobs_and_pending_triggers_survive_a_restart(settings, restartable):
+    first = _start(settings, restartable, demo_model=True, study_quiet_seconds=0.0)
+    with TestClient(create_app(services=first), base_url="http://testserver") as client:
+        ordered_uid = _stored_study(client, 57)
+        task = _order(client, ordered_uid)
+        triggered_uid = _stored_study(client, 58)
+        with first.engine.connect() as connection:
+            pending = connection.execute(select(study_activity.c.study_instance_uid)).scalars().all()
+        assert triggered_uid in pending  # no executor ran: its trigger waits
+
+    second = _start(settings, restartable, executor="local", demo_model=True, study_quiet_seconds=0.0)
+    with TestClient(create_app(services=second), base_url="http://testserver") as client:
+        assert wait_for_task(client, task["id"])["status"] == "completed"
+        (triggered,) = wait_for_tasks(client, triggered_uid)
+        assert triggered["status"] == "completed"
