@@ -18,6 +18,7 @@ from server.fhir.derived import ensure_endpoints, sync_studies
 from server.fhir.routes import router as fhir_router
 from server.fhir.service import build_fhir
 from server.ingest import Ingestor
+from server.jobs.routes import router as models_router
 from server.jobs.service import build_jobs
 from server.jobs.triggers import touch_studies
 from server.logs import RequestLogMiddleware, configure_logging
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(health.router)
     app.include_router(dicomweb_router, prefix="/dicom-web")
     app.include_router(fhir_router, prefix="/fhir")
+    app.include_router(models_router, prefix="/admin")
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,

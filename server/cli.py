@@ -1,4 +1,4 @@
-"""`medaiflow` command line: serve, db upgrade, import."""
+"""`medaiflow` command line: serve, db upgrade, import, models, infer, worker."""
 
 import argparse
 import os
@@ -6,6 +6,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fhir_mappings.errors import FhirError
+from inference.errors import InferenceError
+from server.jobs.cli import add_commands as add_inference_commands
+from server.jobs.registry import ActivationRefused, ModelNotFound
 from server.settings import load_settings
 
 
@@ -21,8 +25,11 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     services = build_services(settings)
     upgrade(services.engine)
-    # Recovery runs once, here, before any worker accepts a request.
+    # Recovery runs once, here, before any worker accepts a request; so does
+    # the demo model's first registration, which each worker would race for.
     services.ingestor.recover()
+    if settings.demo_model:
+        services.jobs.ensure_demo_model()
     listen = {
         "host": args.host or settings.host,
         "port": args.port or settings.port,
@@ -92,12 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("paths", nargs="+", metavar="PATH", help="a DICOM file, or a folder searched recursively")
     importer.add_argument("--quiet", action="store_true", help="no progress bar")
     importer.set_defaults(run=_import)
+    add_inference_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except (InferenceError, FhirError, ModelNotFound, ActivationRefused) as error:
+        print(f"medaiflow: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

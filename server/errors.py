@@ -25,6 +25,8 @@ from dicom.errors import (
 )
 from fhir_mappings import errors as fhir
 from fhir_mappings.outcome import operation_outcome
+from inference.errors import InferenceError
+from server.jobs.registry import ActivationRefused, ModelNotFound
 from server.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(fhir.FhirError)
     async def _fhir(_: Request, error: fhir.FhirError) -> Response:
         return fhir_error_response(fhir_status_for(error), error.issue_code, error.diagnostics)
+
+    # The model administration API (/admin/models): JSON, like DICOMweb.
+    @app.exception_handler(InferenceError)
+    async def _inference(_: Request, error: InferenceError) -> Response:
+        return error_response(422, error.message)
+
+    @app.exception_handler(ModelNotFound)
+    async def _no_model(_: Request, error: ModelNotFound) -> Response:
+        return error_response(404, str(error))
+
+    @app.exception_handler(ActivationRefused)
+    async def _refused(_: Request, error: ActivationRefused) -> Response:
+        return error_response(409, str(error))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError) -> Response:

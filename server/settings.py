@@ -41,6 +41,7 @@ class Settings(BaseSettings):
         " nobody (`none`: this process neither starts nor runs jobs; they wait in the queue)",
     )
     broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker (Redis or RabbitMQ)")
+    broker_queue: str = Field(default="medaiflow-inference", description="the broker queue of this server's jobs")
     local_workers: int = Field(default=1, ge=1, description="job threads of the local executor")
     batch_size: int = Field(default=4, ge=1, description="jobs of one model a worker takes at once")
     study_quiet_seconds: float = Field(default=10.0, ge=0, description="a study is complete when quiet this long")

@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
+from kombu.exceptions import OperationalError
+
 from server.jobs.queue import Job, JobQueue
 
 log = logging.getLogger(__name__)
@@ -105,11 +107,12 @@ class LocalExecutor:
 class CeleryExecutor:
     """Sends each queued job's id to the broker; the workers claim and run it."""
 
-    def __init__(self, queue: JobQueue, broker_url: str) -> None:
+    def __init__(self, queue: JobQueue, broker_url: str, broker_queue: str) -> None:
         from server.jobs.celery_app import make_celery
 
         self.queue = queue
-        self.celery = make_celery(broker_url)
+        self.broker_queue = broker_queue
+        self.celery = make_celery(broker_url, broker_queue, queue.policy.lease_seconds)
 
     def start(self) -> None:
         pass
@@ -124,9 +127,9 @@ class CeleryExecutor:
         sent = []
         try:
             for task_id in task_ids:
-                self.celery.send_task(RUN_JOB, args=[task_id])
+                self.celery.send_task(RUN_JOB, args=[task_id], queue=self.broker_queue)
                 sent.append(task_id)
-        except Exception as error:  # kombu raises many kinds for a broker that is down
+        except (OperationalError, OSError) as error:
             log.warning("the broker is unreachable (%s); %d jobs wait in the queue", type(error).__name__, len(task_ids) - len(sent))
             self.queue.note_waiting(
                 [task_id for task_id in task_ids if task_id not in sent],

@@ -162,6 +162,16 @@ class JobQueue:
                 values={"business_status": f"running: {text}", "lease_expires": now_micros() + self._lease()},
             ) is not None
 
+    def renew(self, job: Job) -> bool:
+        """Extend the lease of a job still running here; no new Task version."""
+        with write_connection(self.engine) as connection:
+            return connection.execute(
+                update(inference_jobs)
+                .where(inference_jobs.c.task_id == job.task_id, inference_jobs.c.status == IN_PROGRESS,
+                       inference_jobs.c.lease_owner == job.lease_owner)
+                .values(lease_expires=now_micros() + self._lease())
+            ).rowcount == 1
+
     def complete(self, connection: Connection, job: Job) -> bool:
         """In the caller's transaction, the one that publishes the results."""
         return self._change(

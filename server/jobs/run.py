@@ -9,12 +9,16 @@ worker that lost its job publishes nothing, and removes the SEG it stored.
 
 import io
 import logging
+import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pydicom
 from pydicom.dataset import Dataset
+from sqlalchemy.exc import SQLAlchemyError
 
 from dicom.errors import NotFound
 from fhir_mappings.ai_results import FinishedJob, result_resources
@@ -67,9 +71,34 @@ class JobRunner:
     def run(self, jobs: list[Job]) -> None:
         """Jobs of one model: volumes are read and assembled on other threads
         while the network runs on the job before."""
-        futures = [self._preparing.submit(self._prepare, job) for job in jobs]
-        for job, future in zip(jobs, futures):
-            self._run_one(job, future)
+        with self._heartbeat(jobs):
+            futures = [self._preparing.submit(self._prepare, job) for job in jobs]
+            for job, future in zip(jobs, futures):
+                self._run_one(job, future)
+
+    @contextmanager
+    def _heartbeat(self, jobs: list[Job]) -> Iterator[None]:
+        """Renew the leases while the jobs run: a lease runs out only when
+        this worker stops (dies, hangs), not during a long stage."""
+        stop = threading.Event()
+        interval = self.queue.policy.lease_seconds / 3
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                for job in jobs:
+                    if not self.queue.timed_out(job):
+                        try:
+                            self.queue.renew(job)
+                        except SQLAlchemyError:
+                            log.warning("could not renew the lease of job %s", job.task_id)
+
+        thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def _run_one(self, job: Job, prepared: "Future[PreparedSeries]") -> None:
         seg_identity = SegIdentity.for_job(job.task_id)

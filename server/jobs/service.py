@@ -106,13 +106,17 @@ def build_jobs(settings: Settings, engine: Engine, store: ResourceStore, files: 
     if settings.executor == "local":
         jobs.executor = LocalExecutor(queue, jobs.make_runner, settings.local_workers, settings.batch_size)
     elif settings.executor == "celery":
-        jobs.executor = CeleryExecutor(queue, settings.broker_url)
+        jobs.executor = CeleryExecutor(queue, settings.broker_url, settings.broker_queue)
     return jobs
 
 
 def build_worker_jobs() -> JobsService:
-    """For `medaiflow worker`: the same stores as the server, no executor of its own."""
+    """For `medaiflow worker`: the same stores as the server (migrated), no
+    scheduler: the server decides what runs."""
     from server.app import build_services
+    from server.migrate import upgrade
     from server.settings import load_settings
 
-    return build_services(load_settings()).jobs
+    services = build_services(load_settings(executor="none"))
+    upgrade(services.engine)
+    return services.jobs

@@ -10,7 +10,12 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from fhir_mappings.errors import InvalidResource, MethodNotAllowed, ResourceGone, ResourceNotFound
+from fhir_mappings.errors import (
+    InvalidResource,
+    MethodNotAllowed,
+    ResourceGone,
+    ResourceNotFound,
+)
 from fhir_mappings.task import inference_request, require_transition
 from server.jobs.queue import CANCELLED, JobQueue
 from server.jobs.registry import ModelNotFound, ModelRegistry, RegisteredModel

@@ -1,0 +1,74 @@
+"""The model administration API: the `medaiflow models` commands over HTTP.
+
+Paths name directories on the server's own disk (a bundle to register, a
+labelled set to validate on), as the CLI does.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from starlette.responses import JSONResponse
+
+from server.jobs.registry import RegisteredModel
+from server.services import services
+
+router = APIRouter()
+
+
+class BundlePath(BaseModel):
+    path: str
+
+
+class LabelledSet(BaseModel):
+    directory: str
+
+
+def model_json(model: RegisteredModel) -> dict[str, Any]:
+    validation = model.validation
+    return {
+        "key": model.key,
+        "name": model.bundle.card.name,
+        "version": model.bundle.card.version,
+        "active": model.active,
+        "activatedWithoutPassingValidation": model.forced and model.active,
+        "weightsSha256": model.bundle.weights_sha256,
+        "device": f"Device/{model.device_id}",
+        "validation": None if validation is None else validation.to_json(),
+    }
+
+
+@router.get("/models")
+def list_models(request: Request) -> JSONResponse:
+    return JSONResponse([model_json(model) for model in services(request).jobs.registry.registered()])
+
+
+@router.post("/models", status_code=201)
+def add_model(request: Request, body: BundlePath) -> JSONResponse:
+    model = services(request).jobs.registry.add(Path(body.path))
+    return JSONResponse(model_json(model), status_code=201)
+
+
+@router.get("/models/{key}")
+def get_model(request: Request, key: str) -> JSONResponse:
+    return JSONResponse(model_json(services(request).jobs.registry.get(key)))
+
+
+@router.post("/models/{key}/activate")
+def activate_model(request: Request, key: str, force: bool = False) -> JSONResponse:
+    return JSONResponse(model_json(services(request).jobs.registry.activate(key, force=force)))
+
+
+@router.post("/models/{key}/deactivate")
+def deactivate_model(request: Request, key: str) -> JSONResponse:
+    return JSONResponse(model_json(services(request).jobs.registry.deactivate(key)))
+
+
+@router.post("/models/{key}/validate")
+def validate_model_route(request: Request, key: str, body: LabelledSet) -> JSONResponse:
+    from server.jobs.validation import validate_model
+
+    report, model = validate_model(services(request).jobs.registry, key, Path(body.directory))
+    return JSONResponse({**model_json(model), "report": {"passed": report.passed, "summary": report.summary,
+                                                         "cases": list(report.lines)}})
