@@ -6,7 +6,7 @@ Each case is a folder `case-<seed>/` holding the phantom's CT series
 (`image-<n>.dcm`, n in storage order) and `reference.dcm`, a DICOM
 Segmentation of the phantom's true lesions, as an annotator's would be: one
 segment "lesion", algorithm type MANUAL, referencing the source instances.
-Every UID and date comes from the seed, so the same seed writes the same files.
+Every UID comes from the seed: the same seed writes the same study, series and instances.
 """
 
 import argparse
@@ -58,7 +58,7 @@ def _write_case(directory: Path, phantom: Phantom) -> Path:
 def reference_segmentation(phantom: Phantom, sources: Sequence[Dataset]) -> highdicom.seg.Segmentation:
     """The phantom's label as a BINARY SEG over `sources` (phantom_datasets(phantom), storage order like the label)."""
     first = sources[0]
-    # Dated like the images, not now, so that rewriting a case gives the same bytes.
+    # Dated like the images, not today. (highdicom still stamps its own creation and contribution times.)
     when = datetime.datetime.strptime(f"{first.StudyDate}{first.StudyTime}", "%Y%m%d%H%M%S")
     description = highdicom.seg.SegmentDescription(
         segment_number=1,

@@ -1,0 +1,24 @@
+"""`medaiflow models validate`: run a registered version on a labelled set and
+record the figures on the registry and on its Device."""
+
+from pathlib import Path
+
+from fhir_mappings.device import ValidationMetric
+from inference.segmenter import Segmenter
+from inference.validation import ValidationReport, validate
+from server.jobs.registry import ModelRegistry, RegisteredModel, Validation
+
+
+def validate_model(registry: ModelRegistry, key: str, directory: Path) -> tuple[ValidationReport, RegisteredModel]:
+    model = registry.get(key)
+    model.bundle.verify_weights()
+    segmenter = Segmenter(model.bundle)
+    report = validate(segmenter.segment, model.bundle.card, directory)
+    metrics = (
+        ValidationMetric("dice", "Mean Dice similarity coefficient", report.mean_dice, "1"),
+        ValidationMetric("volume-error", "Mean absolute total volume error", report.mean_volume_error_percent, "%"),
+        ValidationMetric("count-accuracy", "Cases with the exact finding count", report.count_accuracy * 100, "%"),
+        ValidationMetric("cases", "Labelled cases", float(report.cases), "1"),
+    )
+    recorded = registry.record_validation(key, Validation(metrics, report.passed, report.summary))
+    return report, recorded

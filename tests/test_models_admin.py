@@ -1,0 +1,129 @@
+"""Model versions from the command line and the admin API: register,
+validate on a labelled set, activate (refused without a passing validation
+unless forced), deactivate; and `medaiflow infer` on a stored study."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from inference.demo.labelled_set import (
+    SMALL_GEOMETRY,
+    reference_segmentation,
+    write_labelled_set,
+)
+from inference.demo.phantom import make_phantom, phantom_datasets
+from server.cli import main
+from server.jobs.service import DEMO_BUNDLE
+from tests.inference_checks import phantom, series_bytes, stow, study_uid
+
+DEMO = "medaiflow-demo-lesions@1.0.0"
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    data_dir = tmp_path / "cli-data"
+    monkeypatch.setenv("MEDAIFLOW_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("MEDAIFLOW_DATABASE_URL", database_url)
+    monkeypatch.setenv("MEDAIFLOW_DEMO_MODEL", "false")
+    monkeypatch.setenv("MEDAIFLOW_EXECUTOR", "none")
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def labelled_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("labelled")
+    write_labelled_set(directory, 2, geometry=SMALL_GEOMETRY)
+    return directory
+
+
+def test_models_from_the_command_line(cli_env, labelled_set, capsys):
+    assert main(["models", "add", str(DEMO_BUNDLE)]) == 0
+    assert DEMO in capsys.readouterr().out
+    assert (cli_env / "models" / "medaiflow-demo-lesions" / "1.0.0" / "models" / "model.pt").is_file()
+
+    assert main(["models", "activate", DEMO]) == 2
+    assert "has not been validated" in capsys.readouterr().err
+
+    assert main(["models", "validate", DEMO, str(labelled_set)]) == 0
+    output = capsys.readouterr().out
+    assert "Passed on 2 cases" in output
+    assert "validation passed" in output
+
+    assert main(["models", "activate", DEMO]) == 0
+    assert "active" in capsys.readouterr().out
+    assert main(["models", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert DEMO in listed and "validation passed" in listed and "without a passing" not in listed
+    assert main(["models", "deactivate", DEMO]) == 0
+    assert "inactive" in capsys.readouterr().out
+    assert main(["models", "activate", "nothing@1"]) == 2
+    assert "no model version nothing@1" in capsys.readouterr().err
+
+
+def test_a_failing_validation_keeps_a_version_inactive(cli_env, tmp_path, capsys):
+    # References that mark nothing: every lesion the model finds is a false positive.
+    unrelated = tmp_path / "empty-references"
+    case = unrelated / "case-1"
+    case.mkdir(parents=True)
+    study = make_phantom(20_500, SMALL_GEOMETRY, lesion_count=2, radius_mm=(8.0, 12.0))
+    sources = phantom_datasets(study)
+    for index, dataset in enumerate(sources):
+        dataset.save_as(case / f"image-{index:03d}.dcm", enforce_file_format=True)
+    unmarked = dataclasses.replace(study, label=np.zeros_like(study.label))
+    reference_segmentation(unmarked, sources).save_as(case / "reference.dcm", enforce_file_format=True)
+
+    assert main(["models", "add", str(DEMO_BUNDLE)]) == 0
+    assert main(["models", "validate", DEMO, str(unrelated)]) == 1
+    assert "Failed" in capsys.readouterr().out
+    assert main(["models", "activate", DEMO]) == 2
+    assert "did not pass" in capsys.readouterr().err
+    assert main(["models", "activate", DEMO, "--force"]) == 0
+    assert "activated without a passing validation" in capsys.readouterr().out
+
+
+def test_the_admin_api(fhir, services, labelled_set):
+    client: TestClient = fhir
+    added = client.post("/admin/models", json={"path": str(DEMO_BUNDLE)})
+    assert added.status_code == 201, added.text
+    model = added.json()
+    assert model["key"] == DEMO and model["active"] is False
+    refused = client.post(f"/admin/models/{DEMO}/activate")
+    assert refused.status_code == 409
+    assert "has not been validated" in refused.json()["message"]
+    forced = client.post(f"/admin/models/{DEMO}/activate", params={"force": "true"}).json()
+    assert forced["active"] and forced["activatedWithoutPassingValidation"]
+    device = client.get(f"/fhir/{model['device']}").json()
+    assert device["status"] == "active"
+    assert any(prop["type"]["coding"][0]["code"] == "activated-without-passing-validation"
+               and prop["valueCode"][0]["coding"][0]["code"] == "Y" for prop in device["property"])
+
+    validated = client.post(f"/admin/models/{DEMO}/validate", json={"directory": str(labelled_set)})
+    assert validated.status_code == 200, validated.text
+    assert validated.json()["report"]["passed"] is True
+    device = client.get(f"/fhir/{model['device']}").json()
+    codes = {prop["type"]["coding"][0]["code"] for prop in device["property"]}
+    assert {"dice", "volume-error", "count-accuracy"} <= codes
+    assert client.get("/admin/models").json()[0]["validation"]["passed"] is True
+    assert client.post("/admin/models", json={"path": "/nonexistent"}).status_code == 422
+    assert client.get("/admin/models/nothing@1").status_code == 404
+
+
+def test_infer_from_the_command_line(cli_env, capsys):
+    from server.app import build_services, create_app
+    from server.migrate import upgrade
+    from server.settings import load_settings
+
+    services = build_services(load_settings(demo_model=True))
+    upgrade(services.engine)
+    study = phantom(seed=71, lesions=2)
+    with TestClient(create_app(services=services), base_url="http://testserver") as client:
+        stow(client, series_bytes(study))
+    services.engine.dispose()
+    assert main(["infer", "--study", study_uid(study), "--quiet"]) == 0
+    output = capsys.readouterr().out
+    assert "completed" in output and "DiagnosticReport/" in output
+    assert main(["infer", "--study", "1.2.3.4", "--quiet"]) == 2
+    assert "no ImagingStudy/1.2.3.4" in capsys.readouterr().err
