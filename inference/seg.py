@@ -47,6 +47,8 @@ def segmentation(
 ) -> Dataset:
     """`sources`: the series' datasets; `volume` the volume built from them
     (its slice order decides which source each label frame belongs to)."""
+    for source in sources:
+        _fill_type2(source)
     by_uid = {str(source.SOPInstanceUID): source for source in sources}
     if volume.source_frame_numbers:
         # One multi-frame source: highdicom takes its frames in stored order.
@@ -103,6 +105,20 @@ def segmentation(
         ],
     )
     return seg
+
+
+# Type 2 attributes of the Patient and General Study modules, which the SEG
+# copies from its source (PS3.3 C.7.1.1, C.7.2.1): present, maybe empty.
+_COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _fill_type2(source: Dataset) -> None:
+    """A source that left out a Type 2 attribute (real files do) gets it
+    empty, as the standard allows, instead of failing the SEG."""
+    for keyword in _COPIED_TYPE2:
+        if keyword not in source:
+            setattr(source, keyword, "")
 
 
 def _scheme(system: str) -> str:

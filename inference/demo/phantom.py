@@ -213,6 +213,7 @@ def phantom_datasets(phantom: Phantom, patient_id: str | None = None) -> list[Da
         dataset.StudyDate = dataset.SeriesDate = dataset.ContentDate = when.strftime("%Y%m%d")
         dataset.StudyTime = dataset.SeriesTime = dataset.ContentTime = when.strftime("%H%M%S")
         dataset.AccessionNumber = f"PH{seed}"
+        dataset.ReferringPhysicianName = ""
         dataset.Modality = "CT"
         dataset.Manufacturer = "MedAIFlow phantom"
         dataset.StudyDescription = "Synthetic lesion phantom"
@@ -227,6 +228,9 @@ def phantom_datasets(phantom: Phantom, patient_id: str | None = None) -> list[Da
         dataset.SeriesInstanceUID = series_uid
         dataset.StudyID = str(seed % 10**8)
         dataset.SeriesNumber = 1
+        dataset.AcquisitionNumber = 1
+        dataset.PatientPosition = "HFS"
+        dataset.KVP = "120"
         # Numbered against the storage order when descending, so that
         # readers sorting by InstanceNumber get it wrong.
         dataset.InstanceNumber = geometry.slices - index if geometry.descending else index + 1

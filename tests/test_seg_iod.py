@@ -1,0 +1,62 @@
+"""The AI segmentation is a valid SEG IOD, checked by an independent
+validator (dciodvfy from David Clunie's dicom3tools, Debian's package, which
+.ci/run installs), for single-frame and multi-frame sources."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from inference.assembly import volume_from_datasets
+from inference.demo.phantom import make_phantom, phantom_datasets
+from inference.model_card import ModelCard
+from inference.seg import SegIdentity, segmentation
+from server.jobs.service import DEMO_BUNDLE
+from tests.enhanced_ct import enhanced_ct
+from tests.inference_checks import SMALL
+
+pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools is not installed")
+CARD = ModelCard.from_metadata(json.loads((DEMO_BUNDLE / "configs" / "metadata.json").read_text()))
+
+
+def _problems(dataset: Dataset, path: Path) -> list[str]:
+    dataset.save_as(path, enforce_file_format=True)
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120, check=False)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+def _labels_on(volume, study) -> np.ndarray:  # type: ignore[no-untyped-def]
+    # The phantom's label is in storage order; the volume ascends along the normal.
+    ascending = volume.affine[2, 0] * study.volume.affine[2, 0] > 0
+    return study.label if ascending else study.label[::-1]
+
+
+def test_the_segmentation_of_a_single_frame_series_is_a_valid_iod(tmp_path):
+    study = make_phantom(81, SMALL, lesion_count=2, radius_mm=(7.0, 10.0))
+    sources = phantom_datasets(study)
+    volume = volume_from_datasets(sources)
+    seg = segmentation(sources, volume, _labels_on(volume, study), CARD, SegIdentity.for_job("iod-single"))
+    assert _problems(sources[0], tmp_path / "source.dcm") == []
+    assert _problems(seg, tmp_path / "seg.dcm") == []
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {source.SOPInstanceUID for source in sources}
+
+
+def test_an_empty_segmentation_is_a_valid_iod(tmp_path):
+    study = make_phantom(82, SMALL, lesion_count=1, radius_mm=(7.0, 10.0))
+    sources = phantom_datasets(study)
+    volume = volume_from_datasets(sources)
+    seg = segmentation(sources, volume, np.zeros(volume.voxels.shape, np.uint8), CARD, SegIdentity.for_job("iod-empty"))
+    assert _problems(seg, tmp_path / "seg.dcm") == []
+
+
+def test_the_segmentation_of_a_multi_frame_source_is_a_valid_iod(tmp_path):
+    study = make_phantom(83, SMALL, lesion_count=2, radius_mm=(7.0, 10.0))
+    source = enhanced_ct(phantom_datasets(study))
+    volume = volume_from_datasets([source])
+    seg = segmentation([source], volume, _labels_on(volume, study), CARD, SegIdentity.for_job("iod-multi"))
+    assert _problems(seg, tmp_path / "seg.dcm") == []
