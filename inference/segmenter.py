@@ -6,16 +6,22 @@ resampling (MONAI `Invertd`) so that labels land on the source grid and
 measurements are right for any valid geometry.
 """
 
+import copy
+import logging
 import os
+from typing import Any
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from inference.batched import Window, sliding_window_many
 from inference.bundle import Bundle
 from inference.errors import InvalidBundle
 from inference.timings import Timings
 from inference.volume import Volume
+
+log = logging.getLogger(__name__)
 
 
 def choose_device(wanted: str = "auto") -> torch.device:
@@ -28,7 +34,7 @@ def choose_device(wanted: str = "auto") -> torch.device:
 
 
 class Segmenter:
-    def __init__(self, bundle: Bundle, device: torch.device | None = None) -> None:
+    def __init__(self, bundle: Bundle, device: torch.device | None = None, batch_patches: int | None = None) -> None:
         self.bundle = bundle
         self.device = device or choose_device(os.environ.get("MEDAIFLOW_DEVICE", "auto"))
         config = bundle.config()
@@ -40,14 +46,15 @@ class Segmenter:
         except Exception as error:  # MONAI raises plain exceptions of many kinds for a bad config
             raise InvalidBundle(f"{bundle.path}: configs/inference.json cannot be instantiated: {error}") from error
         self.network = _load_weights(bundle, network).to(self.device).eval()
+        self.window = _window(config["inferer"])
+        self.batch_patches = batch_patches or (32 if self.device.type == "cuda" else 4)
 
     def segment(self, volume: Volume, timings: Timings | None = None) -> np.ndarray:
         """uint8 labels, one per voxel of `volume`."""
         timings = timings or Timings()
-        image = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.voxels)[None]), affine=torch.from_numpy(volume.affine))
         with torch.inference_mode():
             with timings.stage("preprocessing"):
-                data = self.preprocessing({"image": image})
+                data = self.preprocessing({"image": _image(volume)})
             with timings.stage("network"):
                 batch = data["image"][None].to(self.device)
                 with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
@@ -55,6 +62,47 @@ class Segmenter:
                 data["pred"] = prediction[0].float().cpu()
             with timings.stage("postprocessing"):
                 data = self.postprocessing(data)
+        return self._labels(data, volume)
+
+    def segment_many(self, volumes: list[Volume], timings: Timings | None = None) -> list[np.ndarray]:
+        """Labels for each volume, the network running over patches of all of
+        them together (a bundle whose inferer is no sliding window runs them
+        one by one)."""
+        timings = timings or Timings()
+        if self.window is None:
+            return [self.segment(volume, timings) for volume in volumes]
+        with torch.inference_mode():
+            with timings.stage("preprocessing"):
+                prepared = [self.preprocessing({"image": _image(volume)}) for volume in volumes]
+            with timings.stage("network"):
+                predictions = self._network_over([data["image"].as_tensor() for data in prepared])
+            labels = []
+            with timings.stage("postprocessing"):
+                for data, prediction, volume in zip(prepared, predictions, volumes):
+                    data["pred"] = MetaTensor(prediction, meta=data["image"].meta)
+                    labels.append(self._labels(self.postprocessing(data), volume))
+        return labels
+
+    def _network_over(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """On a GPU out of memory: smaller batches of patches, then the CPU."""
+        assert self.window is not None
+        batch_patches = self.batch_patches * max(1, len(images)) if self.device.type == "cuda" else self.batch_patches
+        device = self.device
+        while True:
+            try:
+                network = self.network if device == self.device else copy.deepcopy(self.network).to(device)
+                return sliding_window_many(images, network, self.window, batch_patches, device)
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if batch_patches > 1:
+                    batch_patches //= 2
+                elif device.type != "cpu":
+                    log.warning("out of GPU memory even one patch at a time; this batch runs on the CPU")
+                    device = torch.device("cpu")
+                else:
+                    raise
+
+    def _labels(self, data: dict, volume: Volume) -> np.ndarray:
         labels = np.asarray(data["pred"])[0].astype(np.uint8)
         if labels.shape != volume.voxels.shape:
             raise InvalidBundle(
@@ -62,6 +110,17 @@ class Segmenter:
                 f"for a volume of shape {volume.voxels.shape}; it must invert its resampling"
             )
         return labels
+
+
+def _image(volume: Volume) -> MetaTensor:
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.voxels)[None]), affine=torch.from_numpy(volume.affine))
+
+
+def _window(inferer: Any) -> Window | None:
+    """The bundle's sliding window, when its inferer is one (read from the config, not the object)."""
+    if not isinstance(inferer, dict) or not str(inferer.get("_target_", "")).endswith("SlidingWindowInferer"):
+        return None
+    return Window(tuple(inferer["roi_size"]), float(inferer.get("overlap", 0.25)), str(inferer.get("mode", "constant")))
 
 
 def _load_weights(bundle: Bundle, network: torch.nn.Module) -> torch.nn.Module:

@@ -12,7 +12,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from kombu.exceptions import OperationalError
 
@@ -29,6 +29,11 @@ def worker_name(kind: str) -> str:
 
 
 class Runner(Protocol):
+    def start(self, jobs: list[Job]) -> Any:
+        """Begin preparing a batch; returns what `finish` takes."""
+
+    def finish(self, batch: Any) -> None: ...
+
     def run(self, jobs: list[Job]) -> None: ...
 
     def close(self) -> None: ...
@@ -86,21 +91,29 @@ class LocalExecutor:
         self._wake.set()
 
     def _work(self) -> None:
+        """Claims the next batch, and starts preparing it, before running the
+        network on the current one: volume reading overlaps inference."""
         owner = worker_name("local")
         runner: Runner | None = None
+        current = None
         while not self._stopping.is_set():
             try:
                 jobs = self.queue.claim(owner, self.batch_size)
-                if jobs:
-                    if runner is None:
-                        runner = self.make_runner()  # loads torch: with the first job, not the server
-                    runner.run(jobs)
+                if jobs and runner is None:
+                    runner = self.make_runner()  # loads torch: with the first job, not the server
+                upcoming = runner.start(jobs) if jobs and runner else None
+                if current is not None and runner is not None:
+                    runner.finish(current)
+                current = upcoming
+                if current is not None:
                     continue
             except Exception:  # the loop must outlive a database outage
                 log.exception("the inference worker could not take jobs; trying again")
             self._wake.wait(POLL_SECONDS)
             self._wake.clear()
         if runner is not None:
+            if current is not None:
+                runner.finish(current)  # claimed jobs finish rather than wait for their leases to run out
             runner.close()
 
 

@@ -10,12 +10,14 @@ worker that lost its job publishes nothing, and removes the SEG it stored.
 import io
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
@@ -33,12 +35,13 @@ from inference.volume import Volume
 from server.db import reading, write_connection
 from server.dicomweb.delete import delete_resources
 from server.ingest import Ingestor, prepare
-from server.jobs.queue import Job, JobQueue
+from server.jobs.queue import CANCELLED, FAILED, Job, JobQueue
 from server.jobs.registry import ModelRegistry, RegisteredModel
 from server.jobs.series import accepted_series
 from server.storage import FileStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class JobLost(Exception):
@@ -49,6 +52,39 @@ class JobLost(Exception):
 class PreparedSeries:
     datasets: list[Dataset]
     volume: Volume
+
+
+class _Heartbeat:
+    """Renews the leases of a batch's jobs while they wait and run: a lease
+    runs out only when this worker stops (dies, hangs), not in a long stage."""
+
+    def __init__(self, queue: JobQueue, jobs: list[Job]) -> None:
+        self.queue = queue
+        self.jobs = jobs
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.queue.policy.lease_seconds / 3):
+            for job in self.jobs:
+                if self.queue.timed_out(job):
+                    continue  # left to expire: the reaper ends it
+                try:
+                    self.queue.renew(job)
+                except SQLAlchemyError:
+                    log.warning("could not renew the lease of job %s", job.task_id)
+
+
+@dataclass(frozen=True)
+class Batch:
+    jobs: list[Job]
+    prepared: list["Future[PreparedSeries]"]
+    heartbeat: _Heartbeat
 
 
 class JobRunner:
@@ -69,68 +105,68 @@ class JobRunner:
         self._preparing.shutdown(wait=False, cancel_futures=True)
 
     def run(self, jobs: list[Job]) -> None:
-        """Jobs of one model: volumes are read and assembled on other threads
-        while the network runs on the job before."""
-        with self._heartbeat(jobs):
-            futures = [self._preparing.submit(self._prepare, job) for job in jobs]
-            for job, future in zip(jobs, futures):
-                self._run_one(job, future)
+        self.finish(self.start(jobs))
 
-    @contextmanager
-    def _heartbeat(self, jobs: list[Job]) -> Iterator[None]:
-        """Renew the leases while the jobs run: a lease runs out only when
-        this worker stops (dies, hangs), not during a long stage."""
-        stop = threading.Event()
-        interval = self.queue.policy.lease_seconds / 3
+    def start(self, jobs: list[Job]) -> "Batch":
+        """Begin a batch (jobs of one model): its volumes are read and
+        assembled on other threads, while the caller may still be running
+        the network on the batch before (`finish`)."""
+        heartbeat = _Heartbeat(self.queue, jobs)
+        return Batch(jobs, [self._preparing.submit(self._prepare, job) for job in jobs], heartbeat)
 
-        def beat() -> None:
-            while not stop.wait(interval):
-                for job in jobs:
-                    if not self.queue.timed_out(job):
-                        try:
-                            self.queue.renew(job)
-                        except SQLAlchemyError:
-                            log.warning("could not renew the lease of job %s", job.task_id)
-
-        thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
-        thread.start()
+    def finish(self, batch: "Batch") -> None:
+        """The network over the patches of all the batch's volumes at once,
+        then each job's findings, SEG and FHIR results."""
         try:
-            yield
+            ready: list[tuple[Job, PreparedSeries]] = []
+            for job, future in zip(batch.jobs, batch.prepared):
+                prepared = self._attempt(job, future.result)
+                if prepared is not None and self._attempt(job, partial(self._progress, job, "segmenting")):
+                    ready.append((job, prepared))
+            if not ready:
+                return
+            model = self.registry.by_id(ready[0][0].model_id)
+            try:
+                all_labels = self._segmenter(model).segment_many([prepared.volume for _, prepared in ready], self.timings)
+            except Exception:  # one bad volume must not fail the others: each alone, with its own outcome
+                log.warning("the batched run failed; running its %d jobs one by one", len(ready), exc_info=True)
+                for job, prepared in ready:
+                    self._attempt(job, partial(self._segment_and_complete, job, model, prepared))
+                return
+            for (job, prepared), labels in zip(ready, all_labels):
+                self._attempt(job, partial(self._complete, job, model, prepared, labels))
         finally:
-            stop.set()
-            thread.join()
+            batch.heartbeat.stop()
 
-    def _run_one(self, job: Job, prepared: "Future[PreparedSeries]") -> None:
-        seg_identity = SegIdentity.for_job(job.task_id)
-        stored_seg = False
+    def _segment_and_complete(self, job: Job, model: RegisteredModel, prepared: PreparedSeries) -> bool:
+        return self._complete(job, model, prepared, self._segmenter(model).segment(prepared.volume, self.timings))
+
+    def _complete(self, job: Job, model: RegisteredModel, prepared: PreparedSeries, labels: np.ndarray) -> bool:
+        self._progress(job, "measuring")
+        with self.timings.stage("postprocessing"):
+            findings = [measure(labels == segment.label, prepared.volume, segment) for segment in model.bundle.card.segments]
+        self._progress(job, "writing the segmentation")
+        identity = SegIdentity.for_job(job.task_id)
+        with self.timings.stage("seg writing"):
+            self._store(segmentation(prepared.datasets, prepared.volume, labels, model.bundle.card, identity))
+        with self.timings.stage("fhir publishing"):
+            self._publish(job, model, findings, identity)
+        return True
+
+    def _attempt(self, job: Job, step: Callable[[], T]) -> T | None:
+        """Run one step of a job; on failure end the job as its error says
+        (and take back a SEG it stored), returning None."""
         try:
-            model = self.registry.by_id(job.model_id)
-            prepared_series = prepared.result()
-            self._progress(job, "segmenting")
-            segmenter = self._segmenter(model)
-            labels = segmenter.segment(prepared_series.volume, self.timings)
-            self._progress(job, "measuring")
-            with self.timings.stage("postprocessing"):
-                findings = [
-                    measure(labels == segment.label, prepared_series.volume, segment) for segment in model.bundle.card.segments
-                ]
-            self._progress(job, "writing the segmentation")
-            with self.timings.stage("seg writing"):
-                seg = segmentation(prepared_series.datasets, prepared_series.volume, labels, model.bundle.card, seg_identity)
-                stored_seg = True
-                self._store(seg)
-            with self.timings.stage("fhir publishing"):
-                self._publish(job, model, findings, seg_identity)
+            return step()
         except JobLost:
-            log.info("job %s is no longer this worker's; its results are withdrawn", job.task_id)
-            self._withdraw(job, seg_identity, stored_seg)
+            log.info("job %s is no longer this worker's", job.task_id)
         except InferenceError as error:
-            self._withdraw(job, seg_identity, stored_seg)
             self.queue.fail(job, error.message, retryable=False)
         except Exception as error:  # a fault of this attempt, not of the input: retried
             log.exception("job %s failed", job.task_id)
-            self._withdraw(job, seg_identity, stored_seg)
             self.queue.fail(job, f"{type(error).__name__}: {error}", retryable=True)
+        self._withdraw_if_ended(job)
+        return None
 
     def _prepare(self, job: Job) -> PreparedSeries:
         """Runs on a preparing thread; errors surface in `_run_one`."""
@@ -189,16 +225,25 @@ class JobRunner:
             if not self.queue.complete(connection, job):
                 raise JobLost()  # rolls the results back with the transaction
 
-    def _withdraw(self, job: Job, seg_identity: SegIdentity, stored_seg: bool) -> None:
-        if not stored_seg:
+    def _withdraw_if_ended(self, job: Job) -> None:
+        """Take back the SEG of a job that has ended without results (from
+        this attempt, or one that crashed before publishing). Only then: a
+        job queued again, or taken over by another worker, publishes the
+        same SEG instance itself."""
+        current = self.queue.get(job.task_id)
+        if current is None or current.status not in (FAILED, CANCELLED):
             return
         try:
-            delete_resources(self.queue.engine, self.ingestor, job.study_instance_uid, seg_identity.series_instance_uid)
+            delete_resources(
+                self.queue.engine, self.ingestor, job.study_instance_uid, SegIdentity.for_job(job.task_id).series_instance_uid
+            )
         except NotFound:
             pass
 
-    def _progress(self, job: Job, text: str) -> None:
+    def _progress(self, job: Job, text: str) -> Job:
+        """Record the stage; the job, while it is still this worker's."""
         if self.queue.timed_out(job):
             raise TimeoutError(f"the job ran past its {self.queue.policy.timeout_seconds:g} s limit")
         if not self.queue.progress(job, text):
             raise JobLost()
+        return job

@@ -1,0 +1,58 @@
+"""Patches of several studies in one network call give the labels that
+running each study alone gives, whatever their sizes, and a batch of jobs
+completes each job with its own results."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.bundle import Bundle
+from inference.demo.phantom import Geometry, make_phantom
+from inference.segmenter import Segmenter
+from server.jobs.service import DEMO_BUNDLE
+from tests.inference_checks import phantom, series_bytes, stow, study_uid
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    return Segmenter(Bundle.open(Path(DEMO_BUNDLE)), torch.device("cpu"), batch_patches=6)
+
+
+def test_batched_labels_equal_one_at_a_time(segmenter):
+    volumes = [
+        make_phantom(301, Geometry(128, 48, 1.0, 2.5, 1.0, -1024.0, True), lesion_count=2).volume,
+        make_phantom(302, Geometry(256, 60, 0.6, 2.0, 0.5, -1000.0, False), lesion_count=3).volume,
+        # Shorter than one patch along the slices: padded, then cropped back.
+        make_phantom(303, Geometry(128, 20, 1.0, 2.0, 2.0, -2048.0, False), lesion_count=1, radius_mm=(4.0, 6.0)).volume,
+    ]
+    alone = [segmenter.segment(volume) for volume in volumes]
+    together = segmenter.segment_many(volumes)
+    for one, batched, volume in zip(alone, together, volumes):
+        assert batched.shape == volume.voxels.shape
+        assert np.mean(one == batched) > 0.9999
+        assert one.any()
+
+
+def test_a_batch_of_jobs_completes_each_with_its_own_results(services, client):
+    services.jobs.ensure_demo_model()
+    studies = [phantom(seed=311 + index, lesions=index + 1) for index in range(3)]
+    tasks = []
+    for study in studies:
+        stow(client, series_bytes(study))
+        tasks.append(client.post("/fhir/Task", json={
+            "resourceType": "Task", "status": "requested", "intent": "order",
+            "focus": {"reference": f"ImagingStudy/{study_uid(study)}"},
+        }).json())
+    jobs = services.jobs.queue.claim("batch-worker", 3)
+    assert len(jobs) == 3
+    runner = services.jobs.make_runner()
+    runner.run(jobs)
+    runner.close()
+    assert runner.timings.seconds["network"] > 0
+    for study, task in zip(studies, tasks):
+        done = client.get(f"/fhir/Task/{task['id']}").json()
+        assert done["status"] == "completed", done
+        report = client.get(f"/fhir/DiagnosticReport/{task['id']}").json()
+        assert f"{len(study.lesions)} lesion" in report["conclusion"]
