@@ -127,7 +127,7 @@ class JobRunner:
                 return
             model = self.registry.by_id(ready[0][0].model_id)
             try:
-                all_labels = self._segmenter(model).segment_many([prepared.volume for _, prepared in ready], self.timings)
+                all_labels = self.segmenter_for(model).segment_many([prepared.volume for _, prepared in ready], self.timings)
             except Exception:  # one bad volume must not fail the others: each alone, with its own outcome
                 log.warning("the batched run failed; running its %d jobs one by one", len(ready), exc_info=True)
                 for job, prepared in ready:
@@ -139,7 +139,7 @@ class JobRunner:
             batch.heartbeat.stop()
 
     def _segment_and_complete(self, job: Job, model: RegisteredModel, prepared: PreparedSeries) -> bool:
-        return self._complete(job, model, prepared, self._segmenter(model).segment(prepared.volume, self.timings))
+        return self._complete(job, model, prepared, self.segmenter_for(model).segment(prepared.volume, self.timings))
 
     def _complete(self, job: Job, model: RegisteredModel, prepared: PreparedSeries, labels: np.ndarray) -> bool:
         self._progress(job, "measuring")
@@ -193,7 +193,7 @@ class JobRunner:
             )
         return accepted[0].file_paths
 
-    def _segmenter(self, model: RegisteredModel) -> Segmenter:
+    def segmenter_for(self, model: RegisteredModel) -> Segmenter:
         """Loaded once per worker and model version."""
         if model.id not in self._segmenters:
             model.bundle.verify_weights()

@@ -1,0 +1,244 @@
+"""Inference throughput: one job at a time against the batched path, with the
+time split by stage, and the latency from a STOW to a searchable report.
+
+Run from the repository root:
+
+    .venv/bin/python -m bench.inference_throughput [--studies 32] [--slices 128]
+        [--matrix 256] [--batch 8] [--device auto|cpu|cuda] [--database-url URL]
+        [--latency-runs 3] [--json results.json]
+
+ 1. A server's stores are built in a temp dir (SQLite unless --database-url)
+    with the demo model registered, and --studies phantom CT studies
+    (--slices slices of --matrix x --matrix, 0.8 mm pixels, 2 mm slices, 1-4
+    lesions) are stored through the STOW ingest path. That is set-up, not
+    measured.
+ 2. For each variant the same studies get a Task each (a client's order),
+    and the jobs are run to the end by the server's own runner:
+      - one-at-a-time: claim one job, run it (its volume read on another
+        thread, then waited for), the next;
+      - batched: claim --batch jobs of the model, start reading them, claim
+        and start the next batch, run the network over the patches of all
+        the current batch's volumes together, publish each; as the local
+        executor does.
+    Reported: studies per minute (wall time of the whole variant), and the
+    seconds spent per stage summed over its jobs (read; decode and volume
+    assembly; preprocessing; network; postprocessing, which includes the
+    measurements; SEG writing; FHIR publishing) with each stage's share of
+    their sum. Reading overlaps the network in the batched variant, so
+    shares are of work done, not of wall time.
+ 3. Latency: a server with its local executor and MEDAIFLOW_STUDY_QUIET_SECONDS
+    = --quiet receives one study by STOW-RS (in-process ASGI client) at a
+    time; reported is the time from the end of the STOW to the
+    DiagnosticReport being found by a search, and that time less the quiet
+    period (the time the server takes once it considers the study complete).
+
+It prints figures and checks that every job completed; it asserts nothing
+about speed. The goal of issue 4: batching at least 2x the one-at-a-time
+throughput on a GPU, and no stage but the network above a third of the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+STAGES = ("read", "decode and volume assembly", "preprocessing", "network", "postprocessing", "seg writing",
+          "fhir publishing")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=32)
+    parser.add_argument("--slices", type=int, default=128)
+    parser.add_argument("--matrix", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--database-url")
+    parser.add_argument("--latency-runs", type=int, default=3)
+    parser.add_argument("--quiet", type=float, default=1.0, help="study quiet seconds in the latency run")
+    parser.add_argument("--variants", nargs="+", default=["one-at-a-time", "batched"])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    os.environ["MEDAIFLOW_DEVICE"] = args.device
+
+    import torch
+
+    results: dict[str, Any] = {"machine": _machine(torch), "arguments": {k: str(v) for k, v in vars(args).items()}}
+    print(f"machine: {results['machine']}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="medaiflow-bench-") as directory:
+        services = _services(Path(directory), args.database_url, executor="none")
+        studies = _store_phantoms(services, args)
+        for variant in args.variants:
+            results[variant] = _throughput(services, studies, variant, args.batch)
+        services.engine.dispose()
+        if args.latency_runs:
+            results["latency"] = _latency(Path(directory) / "latency", args)
+    _print(results, args.variants)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _machine(torch: Any) -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPUs ({cpu}), {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def _services(directory: Path, database_url: str | None, **settings: Any) -> Any:
+    from server.app import build_services
+    from server.migrate import upgrade
+    from server.settings import Settings
+
+    configured = Settings(data_dir=directory, database_url=database_url, demo_model=True, **settings)
+    services = build_services(configured)
+    upgrade(services.engine)
+    services.jobs.ensure_demo_model()
+    return services
+
+
+def _phantom_payloads(seed: int, args: argparse.Namespace) -> list[bytes]:
+    from inference.demo.phantom import Geometry, make_phantom, phantom_datasets
+
+    geometry = Geometry(args.matrix, args.slices, 0.8, 2.0, 1.0, -1024.0, False)
+    study = make_phantom(seed, geometry, lesion_count=1 + seed % 4, radius_mm=(6.0, 12.0))
+    payloads = []
+    for dataset in phantom_datasets(study):
+        buffer = io.BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        payloads.append(buffer.getvalue())
+    return payloads
+
+
+def _store_phantoms(services: Any, args: argparse.Namespace) -> list[str]:
+    import pydicom
+
+    from server.ingest import prepare
+
+    started = time.perf_counter()
+    uids = []
+    for seed in range(50_000, 50_000 + args.studies):
+        batch = []
+        for payload in _phantom_payloads(seed, args):
+            writer = services.store.new_temp_file()
+            writer.write(payload)
+            batch.append(prepare(writer.finish()))
+        outcomes = services.ingestor.store_batch(batch)
+        assert all(outcome.failure is None for outcome in outcomes)
+        uids.append(str(pydicom.dcmread(io.BytesIO(payload), stop_before_pixels=True).StudyInstanceUID))
+    print(f"stored {args.studies} studies of {args.slices} x {args.matrix}^2 in {time.perf_counter() - started:.0f} s",
+          flush=True)
+    return uids
+
+
+def _order(services: Any, study_uids: list[str]) -> list[str]:
+    from server.fhir import interactions
+
+    return [
+        interactions.create(services.fhir, "Task", {
+            "resourceType": "Task", "status": "requested", "intent": "order",
+            "focus": {"reference": f"ImagingStudy/{uid}"},
+        }).resource_id
+        for uid in study_uids
+    ]
+
+
+def _throughput(services: Any, study_uids: list[str], variant: str, batch_size: int) -> dict[str, Any]:
+    task_ids = _order(services, study_uids)
+    runner = services.jobs.make_runner()
+    # The model loads once per worker, before its first job: not part of the run.
+    runner.segmenter_for(services.jobs.registry.get("medaiflow-demo-lesions@1.0.0"))
+    queue = services.jobs.queue
+    started = time.perf_counter()
+    if variant == "one-at-a-time":
+        while jobs := queue.claim("bench", 1):
+            runner.run(jobs)
+    else:
+        current = runner.start(queue.claim("bench", batch_size))
+        while current is not None:
+            following = queue.claim("bench", batch_size)
+            upcoming = runner.start(following) if following else None
+            runner.finish(current)
+            current = upcoming
+    wall = time.perf_counter() - started
+    runner.close()
+    statuses = [queue.get(task_id).status for task_id in task_ids]
+    assert statuses.count("completed") == len(task_ids), statuses
+    seconds = {stage: runner.timings.seconds.get(stage, 0.0) for stage in STAGES}
+    result = {"studies": len(task_ids), "wall_s": wall, "studies_per_minute": len(task_ids) / wall * 60,
+              "stage_s": seconds}
+    print(f"{variant}: {result['studies_per_minute']:.1f} studies/min ({wall:.1f} s for {len(task_ids)})", flush=True)
+    return result
+
+
+def _latency(directory: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    services = _services(directory, None if args.database_url is None else args.database_url,
+                         executor="local", study_quiet_seconds=args.quiet)
+    samples = []
+    boundary = "bench-boundary"
+    with TestClient(create_app(services=services), base_url="http://bench") as client:
+        for run in range(args.latency_runs):
+            payloads = _phantom_payloads(60_000 + run, args)
+            body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + payload + b"\r\n"
+                            for payload in payloads) + b"--" + boundary.encode() + b"--\r\n"
+            import pydicom
+
+            uid = pydicom.dcmread(io.BytesIO(payloads[0]), stop_before_pixels=True).StudyInstanceUID
+            response = client.post("/dicom-web/studies", content=body, headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+            assert response.status_code == 200, response.text
+            stored = time.perf_counter()
+            while True:
+                tasks = client.get("/fhir/Task", params={"focus": f"ImagingStudy/{uid}"}).json().get("entry", [])
+                reports = [
+                    client.get("/fhir/DiagnosticReport", params={"_id": entry["resource"]["id"]}).json().get("total")
+                    for entry in tasks
+                ]
+                if any(reports):
+                    break
+                if time.perf_counter() - stored > 600:
+                    raise RuntimeError("no DiagnosticReport within 10 minutes")
+                time.sleep(0.05)
+            samples.append(time.perf_counter() - stored)
+    services.engine.dispose()
+    print(f"latency: median {statistics.median(samples):.2f} s over {len(samples)} studies (quiet {args.quiet} s)",
+          flush=True)
+    return {"samples_s": samples, "median_s": statistics.median(samples), "quiet_s": args.quiet}
+
+
+def _print(results: dict[str, Any], variants: list[str]) -> None:
+    print()
+    print(f"| stage | {' | '.join(variants)} |")
+    print(f"|---|{'---|' * len(variants)}")
+    for stage in STAGES:
+        cells = []
+        for variant in variants:
+            seconds = results[variant]["stage_s"]
+            share = seconds[stage] / max(sum(seconds.values()), 1e-9)
+            cells.append(f"{seconds[stage]:.1f} s ({share:.0%})")
+        print(f"| {stage} | {' | '.join(cells)} |")
+    rates = " | ".join(f"{results[variant]['studies_per_minute']:.1f}" for variant in variants)
+    print(f"| **studies/min** | {rates} |")
+    if len(variants) == 2:
+        ratio = results[variants[1]]["studies_per_minute"] / results[variants[0]]["studies_per_minute"]
+        print(f"\n{variants[1]} / {variants[0]}: {ratio:.2f}x")
+    if "latency" in results:
+        latency = results["latency"]
+        print(f"STOW end -> DiagnosticReport searchable: median {latency['median_s']:.2f} s "
+              f"(quiet period {latency['quiet_s']} s; {latency['median_s'] - latency['quiet_s']:.2f} s after it)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
