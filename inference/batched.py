@@ -42,7 +42,7 @@ def sliding_window_many(
     device: torch.device,
 ) -> list[torch.Tensor]:
     """`images`: (channels, D, H, W) each, any sizes; returns (out_channels, D, H, W)
-    each, on the CPU, as float32."""
+    each, on `device`, as float32."""
     paddings = [_padding(image, window.roi_size) for image in images]
     padded = [_pad(image, padding) for image, padding in zip(images, paddings)]
     importance = compute_importance_map(window.roi_size, mode=window.mode, device=device)
@@ -67,7 +67,7 @@ def sliding_window_many(
     return [
         (total / weight.clamp_min(1e-8))[
             (slice(None), *(slice(before, before + size) for (before, _), size in zip(padding, image.shape[1:])))
-        ].cpu()
+        ]
         for total, weight, image, padding in zip(sums, weights, images, paddings)  # type: ignore[arg-type]
     ]
 

@@ -54,12 +54,12 @@ class Segmenter:
         timings = timings or Timings()
         with torch.inference_mode():
             with timings.stage("preprocessing"):
-                data = self.preprocessing({"image": _image(volume)})
+                data = self.preprocessing({"image": _image(volume).to(self.device)})
             with timings.stage("network"):
                 batch = data["image"][None].to(self.device)
                 with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
                     prediction = self.inferer(batch, self.network)
-                data["pred"] = prediction[0].float().cpu()
+                data["pred"] = prediction[0].float()
             with timings.stage("postprocessing"):
                 data = self.postprocessing(data)
         return self._labels(data, volume)
@@ -73,7 +73,8 @@ class Segmenter:
             return [self.segment(volume, timings) for volume in volumes]
         with torch.inference_mode():
             with timings.stage("preprocessing"):
-                prepared = [self.preprocessing({"image": _image(volume)}) for volume in volumes]
+                # On a GPU the resampling runs there too (MONAI's advice: transforms on the GPU early).
+                prepared = [self.preprocessing({"image": _image(volume).to(self.device)}) for volume in volumes]
             with timings.stage("network"):
                 predictions = self._network_over([data["image"].as_tensor() for data in prepared])
             labels = []
@@ -91,6 +92,7 @@ class Segmenter:
         while True:
             try:
                 network = self.network if device == self.device else copy.deepcopy(self.network).to(device)
+                # Postprocessing follows the outputs to the CPU when they ended up there.
                 return sliding_window_many(images, network, self.window, batch_patches, device)
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
@@ -103,7 +105,7 @@ class Segmenter:
                     raise
 
     def _labels(self, data: dict, volume: Volume) -> np.ndarray:
-        labels = np.asarray(data["pred"])[0].astype(np.uint8)
+        labels = data["pred"][0].cpu().numpy().astype(np.uint8)
         if labels.shape != volume.voxels.shape:
             raise InvalidBundle(
                 f"{self.bundle.card.key}: postprocessing gave labels of shape {labels.shape} "
