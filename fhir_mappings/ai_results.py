@@ -21,6 +21,7 @@ from typing import Any
 from dicom.uids import is_safe_uid
 from fhir_mappings.date_ranges import instant_text, to_micros
 from fhir_mappings.errors import InvalidResource
+from fhir_mappings.imaging_study import body_site
 from fhir_mappings.quantities import ucum_quantity
 from fhir_mappings.resources import RESOURCE_ID, validated
 from inference.findings import Finding, SegmentFindings
@@ -96,6 +97,7 @@ class FinishedJob:
     effective: datetime
     issued: datetime
     report_status: str = "preliminary"
+    body_part_examined: str | None = None  # of the source series: the Observations' bodySite
 
     def __post_init__(self) -> None:
         for name in ("task_id", "imaging_study_id", "patient_id", "device_id"):
@@ -215,6 +217,9 @@ def _observation(job: FinishedJob, resource_id: str, code: Code, **value: Any) -
         "derivedFrom": [{"reference": f"ImagingStudy/{job.imaging_study_id}"}],
         **value,
     }
+    site = body_site(job.body_part_examined)
+    if site is not None:
+        body["bodySite"] = {"coding": [site]} if "code" in site else {"text": site["display"]}
     return validated(body)
 
 

@@ -108,13 +108,18 @@ def _series(series: SeriesRecord) -> dict[str, object]:
         item["number"] = series.series_number
     if _text(series.description):
         item["description"] = _text(series.description)
-    if series.body_part_examined:
-        part = series.body_part_examined.strip().upper()
-        known = _BODY_PARTS.get(part)
-        item["bodySite"] = (
-            {"system": SNOMED, "code": known[0], "display": known[1]} if known else {"display": series.body_part_examined}
-        )
+    site = body_site(series.body_part_examined)
+    if site is not None:
+        item["bodySite"] = site
     return item
+
+
+def body_site(body_part_examined: str | None) -> dict[str, str] | None:
+    """BodyPartExamined as a Coding: SNOMED CT where the table knows it, else its text as display."""
+    if not body_part_examined or not body_part_examined.strip():
+        return None
+    known = _BODY_PARTS.get(body_part_examined.strip().upper())
+    return {"system": SNOMED, "code": known[0], "display": known[1]} if known else {"display": body_part_examined.strip()}
 
 
 def _instance(instance: InstanceRecord) -> dict[str, object]:

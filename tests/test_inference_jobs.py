@@ -76,6 +76,8 @@ def test_a_stored_study_is_segmented_and_published(running):
     )
     count, total = _measurements(client, report)
     assert count == len(study.lesions)
+    first = _resource(client, report["result"][0]["reference"])
+    assert first["bodySite"]["coding"][0]["code"] == "818981001"  # the series' BodyPartExamined, ABDOMEN
     assert total == pytest.approx(study.total_lesion_volume_ml, rel=0.10)
 
     device = _resource(client, task["owner"]["reference"])

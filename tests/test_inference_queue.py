@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from server.app import build_services, create_app
-from server.jobs.queue import now_micros
+from server.jobs.queue import QueuePolicy, now_micros
 from server.jobs.service import DEMO_BUNDLE
 from server.migrate import upgrade
 from server.services import Services
@@ -205,3 +205,13 @@ def test_queued_jobs_and_pending_triggers_survive_a_restart(settings, restartabl
         assert wait_for_task(client, task["id"])["status"] == "completed"
         (triggered,) = wait_for_tasks(client, triggered_uid)
         assert triggered["status"] == "completed"
+
+
+def test_a_job_over_its_time_limit_is_ended_with_the_reason(queued):
+    client, services = queued
+    services.jobs.queue.policy = QueuePolicy(max_attempts=1, timeout_seconds=0.001)
+    task = _order(client, _stored_study(client, 59))
+    assert _run_queued(services) == [task["id"]]
+    ended = client.get(f"/fhir/Task/{task['id']}").json()
+    assert ended["status"] == "failed"
+    assert "ran past its 0.001 s limit" in ended["statusReason"]["text"]

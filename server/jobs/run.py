@@ -37,7 +37,7 @@ from server.dicomweb.delete import delete_resources
 from server.ingest import Ingestor, prepare
 from server.jobs.queue import CANCELLED, FAILED, Job, JobQueue
 from server.jobs.registry import ModelRegistry, RegisteredModel
-from server.jobs.series import accepted_series
+from server.jobs.series import StoredSeries, accepted_series
 from server.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class JobLost(Exception):
 
 @dataclass(frozen=True)
 class PreparedSeries:
+    series: StoredSeries
     datasets: list[Dataset]
     volume: Volume
 
@@ -150,7 +151,7 @@ class JobRunner:
         with self.timings.stage("seg writing"):
             self._store(segmentation(prepared.datasets, prepared.volume, labels, model.bundle.card, identity))
         with self.timings.stage("fhir publishing"):
-            self._publish(job, model, findings, identity)
+            self._publish(job, model, findings, identity, prepared.series.body_part_examined)
         return True
 
     def _attempt(self, job: Job, step: Callable[[], T]) -> T | None:
@@ -173,13 +174,14 @@ class JobRunner:
         model = self.registry.by_id(job.model_id)
         self._progress(job, "reading the series")
         with self.timings.stage("read"):
-            datasets = [pydicom.dcmread(self.files.absolute(path)) for path in self._series_files(job, model)]
+            chosen = self._series(job, model)
+            datasets = [pydicom.dcmread(self.files.absolute(path)) for path in chosen.file_paths]
         # Decoding happens frame by frame into the volume: one stage.
         with self.timings.stage("decode and volume assembly"):
             volume = volume_from_datasets(datasets)
-        return PreparedSeries(datasets, volume)
+        return PreparedSeries(chosen, datasets, volume)
 
-    def _series_files(self, job: Job, model: RegisteredModel) -> tuple[str, ...]:
+    def _series(self, job: Job, model: RegisteredModel) -> StoredSeries:
         rule = model.bundle.card.series
         with reading(self.queue.engine) as connection:
             accepted = accepted_series(connection, job.study_instance_uid, rule)
@@ -191,7 +193,7 @@ class JobRunner:
                 f"{wanted} of study {job.study_instance_uid} is one {model.key} runs on "
                 f"({rule.modality}, at least {rule.min_slices} slices of one supported SOP class)"
             )
-        return accepted[0].file_paths
+        return accepted[0]
 
     def segmenter_for(self, model: RegisteredModel) -> Segmenter:
         """Loaded once per worker and model version."""
@@ -209,14 +211,17 @@ class JobRunner:
         if outcome.failure is not None:
             raise RuntimeError(f"the segmentation could not be stored: {outcome.detail or outcome.failure}")
 
-    def _publish(self, job: Job, model: RegisteredModel, findings: list[SegmentFindings], seg_identity: SegIdentity) -> None:
+    def _publish(
+        self, job: Job, model: RegisteredModel, findings: list[SegmentFindings], seg_identity: SegIdentity,
+        body_part_examined: str | None,
+    ) -> None:
         now = datetime.now(UTC)
         resources = result_resources(
             FinishedJob(
                 task_id=job.task_id, imaging_study_id=job.study_instance_uid, patient_id=job.patient_id,
                 device_id=model.device_id, card=model.bundle.card, findings=findings,
                 seg_series_uid=seg_identity.series_instance_uid, effective=now, issued=now,
-                report_status=self.report_status,
+                report_status=self.report_status, body_part_examined=body_part_examined,
             )
         )
         with write_connection(self.queue.engine) as connection:
