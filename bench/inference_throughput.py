@@ -106,16 +106,10 @@ def _services(directory: Path, database_url: str | None, **settings: Any) -> Any
 
 
 def _phantom_payloads(seed: int, args: argparse.Namespace) -> list[bytes]:
-    from inference.demo.phantom import Geometry, make_phantom, phantom_datasets
+    from inference.demo.phantom import Geometry, make_phantom, phantom_payloads
 
     geometry = Geometry(args.matrix, args.slices, 0.8, 2.0, 1.0, -1024.0, False)
-    study = make_phantom(seed, geometry, lesion_count=1 + seed % 4, radius_mm=(6.0, 12.0))
-    payloads = []
-    for dataset in phantom_datasets(study):
-        buffer = io.BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
-        payloads.append(buffer.getvalue())
-    return payloads
+    return phantom_payloads(make_phantom(seed, geometry, lesion_count=1 + seed % 4, radius_mm=(6.0, 12.0)))
 
 
 def _store_phantoms(services: Any, args: argparse.Namespace) -> list[str]:

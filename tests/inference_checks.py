@@ -1,12 +1,17 @@
 """Phantom studies sent by STOW-RS, and waiting for their jobs over FHIR."""
 
-import io
 import time
 from typing import Any
 
 from fastapi.testclient import TestClient
 
-from inference.demo.phantom import Geometry, Phantom, make_phantom, phantom_datasets
+from inference.demo.phantom import (
+    Geometry,
+    Phantom,
+    make_phantom,
+    phantom_datasets,
+    phantom_payloads,
+)
 from tests.dicom_files import multipart_body
 
 # Small enough for a test to run the model in about a second on a CPU.
@@ -19,12 +24,7 @@ def phantom(seed: int, lesions: int = 2) -> Phantom:
 
 
 def series_bytes(study: Phantom) -> list[bytes]:
-    payloads = []
-    for dataset in phantom_datasets(study):
-        buffer = io.BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
-        payloads.append(buffer.getvalue())
-    return payloads
+    return phantom_payloads(study)
 
 
 def stow(client: TestClient, payloads: list[bytes]) -> None:

@@ -9,6 +9,7 @@ exercised on it.
 """
 
 import datetime
+import io
 import math
 from dataclasses import dataclass
 
@@ -254,3 +255,13 @@ def phantom_datasets(phantom: Phantom, patient_id: str | None = None) -> list[Da
         dataset.PixelData = stored[index].tobytes()
         datasets.append(dataset)
     return datasets
+
+
+def phantom_payloads(phantom: Phantom) -> list[bytes]:
+    """The series as Part 10 files in memory, as a STOW-RS request carries them."""
+    payloads = []
+    for dataset in phantom_datasets(phantom):
+        buffer = io.BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        payloads.append(buffer.getvalue())
+    return payloads
