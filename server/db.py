@@ -7,8 +7,9 @@ the busy timeout instead.
 """
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -75,10 +76,31 @@ def _sqlite_engine(url: str) -> Engine:
 @contextmanager
 def write_connection(engine: Engine) -> Iterator[Connection]:
     """A connection whose transaction holds the write lock from its start (SQLite);
-    on PostgreSQL an ordinary READ COMMITTED transaction."""
+    on PostgreSQL an ordinary READ COMMITTED transaction. What `before_commit`
+    registered on it runs last, inside the transaction."""
     with engine.connect().execution_options(sqlite_immediate=True) as connection:
-        with connection.begin():
-            yield connection
+        try:
+            with connection.begin():
+                yield connection
+                for flush in connection.info.get(_BEFORE_COMMIT, {}).values():
+                    flush(connection)
+        finally:
+            # `info` belongs to the pooled DBAPI connection: nothing may leak into its next use.
+            connection.info.pop(_BEFORE_COMMIT, None)
+
+
+_BEFORE_COMMIT = "medaiflow.before_commit"
+FlushT = TypeVar("FlushT", bound=Callable[[Connection], None])
+
+
+def before_commit(connection: Connection, key: str, make: Callable[[], FlushT]) -> FlushT:
+    """The flush registered under `key` on this write transaction, made by
+    `make` the first time: work gathered during the transaction and written
+    once at its end (e.g. in one lock order for every writer)."""
+    hooks = connection.info.setdefault(_BEFORE_COMMIT, {})
+    if key not in hooks:
+        hooks[key] = make()
+    return hooks[key]  # type: ignore[no-any-return]
 
 
 @contextmanager

@@ -264,3 +264,15 @@ study_activity = Table(
     Column("study_instance_uid", String(64), primary_key=True),
     Column("changed_at", BigInteger, nullable=False),
 )
+
+# How many current resources of a type were last updated in each second:
+# kept by the store in every write transaction, so that the total of a
+# `_lastUpdated` search sums a few buckets and counts only the matches in
+# the two partial buckets at its ends, instead of counting every match.
+fhir_update_counts = Table(
+    "fhir_update_counts",
+    metadata,
+    Column("resource_type", String(64), primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),  # start of the second, microseconds since the epoch
+    Column("live", Integer, nullable=False),
+)

@@ -34,6 +34,7 @@ from server.fhir.search_sql import (
     sort_parts,
     where_current,
 )
+from server.fhir.update_counts import count_in, last_updated_interval
 from server.tables import fhir_references, fhir_resources
 
 # How many rounds of :iterate are followed before stopping (cycles end earlier).
@@ -114,6 +115,14 @@ class Searcher:
     def _counting(self, request: SearchRequest, resources: Any) -> Any:
         return select(func.count()).select_from(resources).where(*self._filtered(request, resources))
 
+    def _matches(self, request: SearchRequest) -> Any:
+        """How many resources match, as a scalar subquery: from the per-second
+        update counts when the search is by `_lastUpdated` alone, else counted."""
+        interval = last_updated_interval(request.conditions)
+        if interval is not None:
+            return count_in(request.resource_type, interval)
+        return self._counting(request, COUNTED).scalar_subquery()
+
     def _total(self, connection: Connection, request: SearchRequest) -> int | None:
         if request.total is Total.NONE:
             return None
@@ -124,7 +133,7 @@ class Searcher:
             plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled.string}", compiled.params).scalar()
             plan = plan if isinstance(plan, list) else orjson.loads(plan)
             return int(plan[0]["Plan"].get("Plans", [plan[0]["Plan"]])[0]["Plan Rows"])
-        return int(connection.execute(counting).scalar_one())
+        return int(connection.execute(select(self._matches(request))).scalar_one())
 
     def _page(
         self, connection: Connection, request: SearchRequest, position: list[Any] | None, backwards: bool,
@@ -136,7 +145,7 @@ class Searcher:
         its own (and, unlike a window, never fetches the rows it counts)."""
         resources = RESOURCES
         parts = sort_parts(request.sort, resources)
-        counted = [self._counting(request, COUNTED).scalar_subquery().label("matches")] if count_all else []
+        counted = [self._matches(request).label("matches")] if count_all else []
         statement = (
             select(
                 resources.c.id, resources.c.resource_id, resources.c.resource_json, *counted,

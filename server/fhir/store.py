@@ -8,7 +8,7 @@ FHIR transaction Bundle writes all its entries in one.
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, Engine, delete, insert, select, update
@@ -18,6 +18,7 @@ from fhir_mappings.date_ranges import instant_text
 from fhir_mappings.errors import ResourceGone, ResourceNotFound, VersionConflict
 from fhir_mappings.search_values import IndexValues, extract
 from server.db import reading
+from server.fhir.update_counts import count_change
 from server.tables import (
     fhir_dates,
     fhir_quantities,
@@ -58,6 +59,13 @@ class Clock:
     def now(self) -> int:
         self._last = max(self._last + 1, time.time_ns() // 1000)
         return self._last
+
+
+class _Current(NamedTuple):
+    pk: int
+    version_id: int
+    deleted: bool
+    last_updated: int
 
 
 class ResourceStore:
@@ -147,8 +155,9 @@ class ResourceStore:
                 assert current is not None
             else:
                 self._index(connection, pk, resource, fresh=True)
+                count_change(connection, resource_type, now, +1)
                 return self._record(connection, resource_type, resource_id, version_id, now, method, body)
-        pk, current_version, _ = current
+        pk, current_version = current.pk, current.version_id
         if if_match is not None and if_match != current_version:
             raise VersionConflict(
                 f"{resource_type}/{resource_id} is at version {current_version}, not {if_match} (If-Match)"
@@ -161,6 +170,9 @@ class ResourceStore:
             )
         )
         self._index(connection, pk, resource, fresh=False)
+        if not current.deleted:
+            count_change(connection, resource_type, current.last_updated, -1)
+        count_change(connection, resource_type, now, +1)
         return self._record(connection, resource_type, resource_id, version_id, now, method, body)
 
     def delete(
@@ -168,11 +180,11 @@ class ResourceStore:
     ) -> StoredVersion | None:
         """Mark deleted; None when there was nothing current to delete (FHIR delete is idempotent)."""
         current = self._lock(connection, resource_type, resource_id)
-        if current is None or current[2]:
+        if current is None or current.deleted:
             if if_match is not None:
                 raise VersionConflict(f"{resource_type}/{resource_id} is not current; If-Match cannot hold")
             return None
-        pk, current_version, _ = current
+        pk, current_version = current.pk, current.version_id
         if if_match is not None and if_match != current_version:
             raise VersionConflict(f"{resource_type}/{resource_id} is at version {current_version}, not {if_match}")
         version_id, now = current_version + 1, self.clock.now()
@@ -183,16 +195,19 @@ class ResourceStore:
         )
         for table in _INDEX_TABLES:
             connection.execute(delete(table).where(table.c.resource_pk == pk))
+        count_change(connection, resource_type, current.last_updated, -1)
         return self._record(connection, resource_type, resource_id, version_id, now, "DELETE", None)
 
-    def _lock(self, connection: Connection, resource_type: str, resource_id: str) -> tuple[int, int, bool] | None:
-        statement = select(fhir_resources.c.id, fhir_resources.c.version_id, fhir_resources.c.deleted).where(
+    def _lock(self, connection: Connection, resource_type: str, resource_id: str) -> _Current | None:
+        statement = select(
+            fhir_resources.c.id, fhir_resources.c.version_id, fhir_resources.c.deleted, fhir_resources.c.last_updated
+        ).where(
             fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id
         )
         if self._locking:
             statement = statement.with_for_update()
         row = connection.execute(statement).first()
-        return None if row is None else (row.id, row.version_id, row.deleted)
+        return None if row is None else _Current(row.id, row.version_id, row.deleted, row.last_updated)
 
     def _record(
         self, connection: Connection, resource_type: str, resource_id: str, version_id: int, now: int,
