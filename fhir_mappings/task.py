@@ -29,7 +29,9 @@ _REFERENCE = re.compile(r"(?P<type>[A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})")
 # task.html#statemachine, restricted to the states an inference job passes through.
 _NEXT_STATUSES = {
     "requested": frozenset({"in-progress", "cancelled"}),
-    "in-progress": frozenset({"completed", "failed", "cancelled"}),
+    "in-progress": frozenset({"completed", "failed", "cancelled", "on-hold"}),
+    # Waiting for another attempt after a failure that may pass.
+    "on-hold": frozenset({"in-progress", "failed", "cancelled"}),
 }
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    false,
     func,
 )
 
@@ -239,6 +240,8 @@ inference_jobs = Table(
     Column("dispatched_at", BigInteger),
     Column("business_status", String(256)),
     Column("reason", String(1024)),
+    # Whether the SEG of a job that ended without results has been taken back.
+    Column("results_withdrawn", Boolean, nullable=False, server_default=false()),
     Column("created_at", BigInteger, nullable=False),
     Column("started_at", BigInteger),
     Column("ended_at", BigInteger),

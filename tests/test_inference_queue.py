@@ -16,11 +16,19 @@ from sqlalchemy import select, update
 from server.app import build_services, create_app
 from server.jobs.queue import QueuePolicy, now_micros
 from server.jobs.service import DEMO_BUNDLE
+from server.jobs.withdrawal import sweep
 from server.migrate import upgrade
 from server.services import Services
 from server.settings import Settings
 from server.tables import inference_jobs, study_activity
-from tests.inference_checks import phantom, series_bytes, stow, study_uid, wait_for_task, wait_for_tasks
+from tests.inference_checks import (
+    phantom,
+    series_bytes,
+    stow,
+    study_uid,
+    wait_for_task,
+    wait_for_tasks,
+)
 
 DEMO = "medaiflow-demo-lesions@1.0.0"
 
@@ -113,7 +121,7 @@ def test_a_job_whose_worker_died_is_queued_again_and_completes_once(queued):
         connection.execute(update(inference_jobs).values(lease_expires=now_micros() - 1))
     assert services.jobs.queue.reap() == [task["id"]]
     requeued = client.get(f"/fhir/Task/{task['id']}").json()
-    assert requeued["status"] == "requested"
+    assert requeued["status"] == "on-hold"  # started once: waiting for its next attempt
     assert "stopped reporting" in requeued["businessStatus"]["text"]
 
     # The dead worker wakes up: its lease is gone, so it may not publish.
@@ -168,7 +176,7 @@ def test_a_model_that_raises_is_retried_with_backoff_then_fails(queued, tmp_path
         assert _run_queued(services) == [task["id"]]
         status = client.get(f"/fhir/Task/{task['id']}").json()
         if attempt < services.settings.job_max_attempts - 1:
-            assert status["status"] == "requested"
+            assert status["status"] == "on-hold"
             assert f"attempt {attempt + 2} of" in status["businessStatus"]["text"]
     assert status["status"] == "failed"
     assert "RuntimeError" in status["statusReason"]["text"]
@@ -215,3 +223,35 @@ def test_a_job_over_its_time_limit_is_ended_with_the_reason(queued):
     ended = client.get(f"/fhir/Task/{task['id']}").json()
     assert ended["status"] == "failed"
     assert "ran past its 0.001 s limit" in ended["statusReason"]["text"]
+
+
+def test_the_segmentation_of_a_job_that_ended_without_results_is_swept_away(queued):
+    client, services = queued
+    uid = _stored_study(client, 60)
+    task = _order(client, uid)
+    assert _run_queued(services) == [task["id"]]
+    assert len(client.get(f"/dicom-web/studies/{uid}/series", params={"Modality": "SEG"}).json()) == 1
+    # As if its worker died after storing the SEG on its last attempt and the reaper failed the job.
+    with services.engine.begin() as connection:
+        connection.execute(update(inference_jobs).values(status="failed", reason="worker lost"))
+    sweep(services.jobs.queue, services.ingestor)
+    assert client.get(f"/dicom-web/studies/{uid}/series", params={"Modality": "SEG"}).json() == []
+    with services.engine.connect() as connection:
+        assert connection.execute(select(inference_jobs.c.results_withdrawn)).scalar_one() is True
+
+
+def test_a_study_deleted_while_its_job_runs_is_not_brought_back(queued):
+    client, services = queued
+    uid = _stored_study(client, 61)
+    task = _order(client, uid)
+    runner = services.jobs.make_runner()
+    batch = runner.start(services.jobs.queue.claim("test-worker", 1))
+    for future in batch.prepared:
+        future.result()  # the volume is read before the study goes
+    assert client.delete(f"/dicom-web/studies/{uid}").status_code in (200, 204)
+    runner.finish(batch)
+    runner.close()
+    ended = client.get(f"/fhir/Task/{task['id']}").json()
+    assert ended["status"] == "failed"
+    assert "deleted while the job ran" in ended["statusReason"]["text"]
+    assert client.get("/dicom-web/studies", params={"StudyInstanceUID": uid}).json() == []

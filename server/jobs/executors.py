@@ -102,9 +102,11 @@ class LocalExecutor:
                 if jobs and runner is None:
                     runner = self.make_runner()  # loads torch: with the first job, not the server
                 upcoming = runner.start(jobs) if jobs and runner else None
-                if current is not None and runner is not None:
-                    runner.finish(current)
-                current = upcoming
+                # Moved on before finishing: a batch whose finish fails is not finished twice,
+                # and the one prepared meanwhile is not dropped.
+                previous, current = current, upcoming
+                if previous is not None and runner is not None:
+                    runner.finish(previous)
                 if current is not None:
                     continue
             except Exception:  # the loop must outlive a database outage
@@ -134,19 +136,21 @@ class CeleryExecutor:
         pass
 
     def dispatch(self) -> None:
-        task_ids = self.queue.undispatched(older_than_seconds=self.queue.policy.lease_seconds)
+        # Sent again only long after the broker should have delivered it (its
+        # visibility timeout is two leases): a lost message, not a backlog.
+        task_ids = self.queue.undispatched(older_than_seconds=5 * self.queue.policy.lease_seconds)
         if not task_ids:
             return
-        sent = []
+        # Marked before sending: a job retried meanwhile is set back to "not
+        # sent" by its retry, after this mark, and goes out on the next tick.
+        self.queue.mark_dispatched(task_ids, True)
+        sent = 0
         try:
             for task_id in task_ids:
                 self.celery.send_task(RUN_JOB, args=[task_id], queue=self.broker_queue)
-                sent.append(task_id)
+                sent += 1
         except (OperationalError, OSError) as error:
-            log.warning("the broker is unreachable (%s); %d jobs wait in the queue", type(error).__name__, len(task_ids) - len(sent))
-            self.queue.note_waiting(
-                [task_id for task_id in task_ids if task_id not in sent],
-                "queued: the job broker is unreachable; the job is handed over when it is back",
-            )
-        if sent:
-            self.queue.mark_dispatched(sent)
+            unsent = task_ids[sent:]
+            log.warning("the broker is unreachable (%s); %d jobs wait in the queue", type(error).__name__, len(unsent))
+            self.queue.mark_dispatched(unsent, False)
+            self.queue.note_waiting(unsent, "queued: the job broker is unreachable; the job is handed over when it is back")

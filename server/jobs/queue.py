@@ -25,6 +25,7 @@ from server.fhir.store import ResourceStore
 from server.tables import inference_jobs
 
 REQUESTED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "requested", "in-progress", "completed", "failed", "cancelled"
+ON_HOLD = "on-hold"  # only ever a Task status: a job queued for another attempt
 FINAL = frozenset((COMPLETED, FAILED, CANCELLED))
 
 
@@ -89,15 +90,24 @@ class JobQueue:
         assert job is not None
         return self.task_of(job)
 
-    def get(self, task_id: str, connection: Connection | None = None) -> Job | None:
+    def get(self, task_id: str, connection: Connection | None = None, lock: bool = False) -> Job | None:
+        """`lock`: inside a write transaction, hold the job row until it ends, so
+        that a client's write and a worker's do not act on each other's past."""
+        statement = select(inference_jobs).where(inference_jobs.c.task_id == task_id)
         with reading(self.engine, connection) as session:
-            row = session.execute(select(inference_jobs).where(inference_jobs.c.task_id == task_id)).first()
+            row = session.execute(statement.with_for_update() if lock else statement).first()
         return None if row is None else Job.from_row(row, self.device_of(row.model_id))
+
+    @staticmethod
+    def public_status(job: Job) -> str:
+        """The Task's status. A job waiting for another attempt is `on-hold`
+        (task.html: started, then paused), never back to `requested`."""
+        return ON_HOLD if job.status == REQUESTED and job.attempts > 0 else job.status
 
     def task_of(self, job: Job) -> dict[str, Any]:
         return task_resource(
             TaskRecord(
-                task_id=job.task_id, status=job.status, imaging_study_id=job.study_instance_uid,
+                task_id=job.task_id, status=self.public_status(job), imaging_study_id=job.study_instance_uid,
                 patient_id=job.patient_id, device_id=job.device_id, authored_on=from_micros(job.created_at),
                 last_modified=from_micros(job.updated_at), business_status=job.business_status,
                 status_reason=job.reason if job.status in (FAILED, CANCELLED) else None,
@@ -196,7 +206,7 @@ class JobQueue:
                 connection, task_id, status=IN_PROGRESS, owner=owner, status_to=REQUESTED,
                 values={"lease_owner": None, "lease_expires": None, "not_before": now + int(delay * 1e6),
                         "dispatched_at": None, "reason": reason,
-                        "business_status": f"queued for attempt {attempts + 1} of {self.policy.max_attempts} after: {reason}"[:256]},
+                        "business_status": f"waiting for attempt {attempts + 1} of {self.policy.max_attempts} after: {reason}"[:256]},
             )
             return None if changed is None else REQUESTED
         changed = self._change(
@@ -226,7 +236,8 @@ class JobQueue:
 
     # --- clients' side -----------------------------------------------------------
     def cancel(self, connection: Connection, task_id: str, reason: str) -> Job:
-        job = self.get(task_id, connection)
+        """In the caller's transaction, with the job row locked by `get(lock=True)`."""
+        job = self.get(task_id, connection, lock=True)
         if job is None:
             raise ResourceNotFound(f"Task/{task_id} is not an inference job")
         if job.status in FINAL:
@@ -235,11 +246,12 @@ class JobQueue:
             raise InvalidResource(f"Task/{task_id} is {job.status} already and cannot be cancelled")
         changed = self._change(
             connection, task_id, status=job.status, owner=job.lease_owner, status_to=CANCELLED,
-            values={"lease_owner": None, "lease_expires": None, "reason": reason, "ended_at": now_micros(),
+            values={"lease_owner": None, "lease_expires": None, "reason": reason[:1000], "ended_at": now_micros(),
                     "business_status": "cancelled"},
             write_task=False,
         )
-        assert changed is not None
+        if changed is None:  # the row is locked: nothing can have moved it
+            raise RuntimeError(f"Task/{task_id} changed under its row lock")
         return changed
 
     def undispatched(self, older_than_seconds: float) -> list[str]:
@@ -264,10 +276,12 @@ class JobQueue:
                 if job is not None and job.status == REQUESTED and job.business_status != text:
                     self._change(connection, task_id, status=REQUESTED, owner=None, values={"business_status": text})
 
-    def mark_dispatched(self, task_ids: list[str]) -> None:
+    def mark_dispatched(self, task_ids: list[str], dispatched: bool) -> None:
         with write_connection(self.engine) as connection:
             connection.execute(
-                update(inference_jobs).where(inference_jobs.c.task_id.in_(task_ids)).values(dispatched_at=now_micros())
+                update(inference_jobs)
+                .where(inference_jobs.c.task_id.in_(task_ids), inference_jobs.c.status == REQUESTED)
+                .values(dispatched_at=now_micros() if dispatched else None)
             )
 
     # --- one fenced change --------------------------------------------------------

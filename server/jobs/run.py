@@ -22,7 +22,6 @@ import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom.errors import NotFound
 from fhir_mappings.ai_results import FinishedJob, result_resources
 from inference.assembly import volume_from_datasets
 from inference.errors import InferenceError, NoMatchingSeries
@@ -33,11 +32,11 @@ from inference.segmenter import Segmenter
 from inference.timings import Timings
 from inference.volume import Volume
 from server.db import reading, write_connection
-from server.dicomweb.delete import delete_resources
 from server.ingest import Ingestor, prepare
-from server.jobs.queue import CANCELLED, FAILED, Job, JobQueue
+from server.jobs.queue import Job, JobQueue
 from server.jobs.registry import ModelRegistry, RegisteredModel
-from server.jobs.series import StoredSeries, accepted_series
+from server.jobs.series import StoredSeries, accepted_series, series_exists
+from server.jobs.withdrawal import withdraw_results
 from server.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -72,9 +71,10 @@ class _Heartbeat:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.queue.policy.lease_seconds / 3):
-            for job in self.jobs:
-                if self.queue.timed_out(job):
-                    continue  # left to expire: the reaper ends it
+            running = [job for job in self.jobs if not self.queue.timed_out(job)]
+            if not running:
+                return  # every lease is left to expire: the reaper ends them
+            for job in running:
                 try:
                     self.queue.renew(job)
                 except SQLAlchemyError:
@@ -147,6 +147,10 @@ class JobRunner:
         with self.timings.stage("postprocessing"):
             findings = [measure(labels == segment.label, prepared.volume, segment) for segment in model.bundle.card.segments]
         self._progress(job, "writing the segmentation")
+        with reading(self.queue.engine) as connection:
+            if not series_exists(connection, prepared.series.series_instance_uid):
+                # Deleted while the job ran: a SEG now would bring the study back with only itself in it.
+                raise NoMatchingSeries(f"series {prepared.series.series_instance_uid} was deleted while the job ran")
         identity = SegIdentity.for_job(job.task_id)
         with self.timings.stage("seg writing"):
             self._store(segmentation(prepared.datasets, prepared.volume, labels, model.bundle.card, identity))
@@ -162,12 +166,21 @@ class JobRunner:
         except JobLost:
             log.info("job %s is no longer this worker's", job.task_id)
         except InferenceError as error:
-            self.queue.fail(job, error.message, retryable=False)
+            self._end(job, error.message, retryable=False)
         except Exception as error:  # a fault of this attempt, not of the input: retried
             log.exception("job %s failed", job.task_id)
-            self.queue.fail(job, f"{type(error).__name__}: {error}", retryable=True)
-        self._withdraw_if_ended(job)
+            self._end(job, f"{type(error).__name__}: {error}", retryable=True)
+        try:
+            withdraw_results(self.queue, self.ingestor, job.task_id)
+        except SQLAlchemyError:
+            log.warning("could not withdraw the results of job %s; the scheduler's sweep will", job.task_id)
         return None
+
+    def _end(self, job: Job, reason: str, retryable: bool) -> None:
+        try:
+            self.queue.fail(job, reason, retryable)
+        except SQLAlchemyError:  # the database is away: the job's lease runs out and the reaper queues it again
+            log.warning("could not record the failure of job %s", job.task_id)
 
     def _prepare(self, job: Job) -> PreparedSeries:
         """Runs on a preparing thread; errors surface in `_run_one`."""
@@ -229,21 +242,6 @@ class JobRunner:
                 self.queue.store.put(connection, resource, resource["id"], "PUT")
             if not self.queue.complete(connection, job):
                 raise JobLost()  # rolls the results back with the transaction
-
-    def _withdraw_if_ended(self, job: Job) -> None:
-        """Take back the SEG of a job that has ended without results (from
-        this attempt, or one that crashed before publishing). Only then: a
-        job queued again, or taken over by another worker, publishes the
-        same SEG instance itself."""
-        current = self.queue.get(job.task_id)
-        if current is None or current.status not in (FAILED, CANCELLED):
-            return
-        try:
-            delete_resources(
-                self.queue.engine, self.ingestor, job.study_instance_uid, SegIdentity.for_job(job.task_id).series_instance_uid
-            )
-        except NotFound:
-            pass
 
     def _progress(self, job: Job, text: str) -> Job:
         """Record the stage; the job, while it is still this worker's."""

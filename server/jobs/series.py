@@ -55,3 +55,9 @@ def accepted_series(connection: Connection, study_uid: str, rule: SeriesRule) ->
     """Those the rule accepts, the most slices first."""
     accepted = [stored for stored in study_series(connection, study_uid) if stored.accepted_by(rule)]
     return sorted(accepted, key=lambda stored: (-stored.slices, stored.series_instance_uid))
+
+
+def series_exists(connection: Connection, series_uid: str) -> bool:
+    return connection.execute(
+        select(series.c.id).where(series.c.series_instance_uid == series_uid)
+    ).first() is not None

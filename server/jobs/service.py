@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from server.fhir.store import ResourceStore
 from server.ingest import Ingestor
@@ -26,6 +25,7 @@ from server.jobs.queue import JobQueue, QueuePolicy
 from server.jobs.registry import ModelRegistry
 from server.jobs.tasks import InferenceTasks
 from server.jobs.triggers import StudyTriggers
+from server.jobs.withdrawal import sweep
 from server.settings import Settings
 from server.storage import FileStore
 
@@ -72,6 +72,7 @@ class JobsService:
     def tick(self) -> None:
         self.triggers.scan()
         self.queue.reap()
+        sweep(self.queue, self.ingestor)
         self.executor.dispatch()
 
     def ensure_demo_model(self) -> None:
@@ -88,8 +89,8 @@ class JobsService:
         while not self._stopping.wait(TICK_SECONDS):
             try:
                 self.tick()
-            except SQLAlchemyError:
-                log.exception("the inference scheduler could not reach the database; trying again")
+            except Exception:  # the thread must outlive any one tick: triggers, reaping and dispatch hang on it
+                log.exception("an inference scheduler tick failed; trying again")
 
 
 def build_jobs(settings: Settings, engine: Engine, store: ResourceStore, files: FileStore, ingestor: Ingestor) -> JobsService:

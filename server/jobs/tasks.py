@@ -43,14 +43,15 @@ class InferenceTasks:
         return self.queue.create(connection, task_id, model.id, request.imaging_study_id, request.series_uid, automatic=False)
 
     def updating(self, connection: Connection, task: dict[str, Any], task_id: str) -> dict[str, Any]:
-        job = self.queue.get(task_id, connection)
+        job = self.queue.get(task_id, connection, lock=True)
         if job is None:
             if self._exists(connection, task_id):
                 return task  # a Task stored before it could be a job stays an ordinary one
             return self.creating(connection, task, task_id)  # update as create, with the client's id
         request = inference_request(task, creating=False)
-        require_transition(job.status, request.status)
-        if request.status == job.status:
+        current = self.queue.public_status(job)
+        require_transition(current, request.status)
+        if request.status == current:
             return self.queue.task_of(job)
         if request.status != CANCELLED:
             raise InvalidResource(

@@ -60,6 +60,8 @@ class StudyTriggers:
                     started += self._start(connection, row.study_instance_uid, row.changed_at)
             except IntegrityError:
                 log.info("another server process started the jobs of study %s", row.study_instance_uid)
+            except Exception:  # one study (a damaged bundle, say) must not hold up the others
+                log.exception("could not start the jobs of study %s", row.study_instance_uid)
         return started
 
     def _start(self, connection: Connection, study_uid: str, changed_at: int) -> list[str]:

@@ -47,6 +47,7 @@ def upgrade() -> None:
     sa.Column('dispatched_at', sa.BigInteger(), nullable=True),
     sa.Column('business_status', sa.String(length=256), nullable=True),
     sa.Column('reason', sa.String(length=1024), nullable=True),
+    sa.Column('results_withdrawn', sa.Boolean(), server_default=sa.false(), nullable=False),
     sa.Column('created_at', sa.BigInteger(), nullable=False),
     sa.Column('started_at', sa.BigInteger(), nullable=True),
     sa.Column('ended_at', sa.BigInteger(), nullable=True),

@@ -1,0 +1,52 @@
+"""Taking back the SEG of a job that ended without results.
+
+A job stores its SEG before it publishes its FHIR results, and the two
+cannot share a transaction (the SEG goes through the STOW ingest path). A
+job that then fails for good, or is cancelled, must not leave its SEG in
+the study: the worker that saw it end takes it back at once, and the
+scheduler sweeps up after workers that died or were cut off first.
+"""
+
+import logging
+
+from sqlalchemy import select, update
+
+from dicom.errors import NotFound
+from inference.seg import SegIdentity
+from server.db import reading, write_connection
+from server.dicomweb.delete import delete_resources
+from server.ingest import Ingestor
+from server.jobs.queue import CANCELLED, FAILED, JobQueue
+from server.tables import inference_jobs
+
+log = logging.getLogger(__name__)
+
+
+def withdraw_results(queue: JobQueue, ingestor: Ingestor, task_id: str) -> None:
+    """If the job has ended without results, delete its SEG series (if any)
+    and record that it is gone. A job queued again, or taken over by another
+    worker, keeps it: its next run stores the same instance again."""
+    job = queue.get(task_id)
+    if job is None or job.status not in (FAILED, CANCELLED):
+        return
+    try:
+        delete_resources(
+            queue.engine, ingestor, job.study_instance_uid, SegIdentity.for_job(task_id).series_instance_uid
+        )
+    except NotFound:
+        pass
+    with write_connection(queue.engine) as connection:
+        connection.execute(
+            update(inference_jobs).where(inference_jobs.c.task_id == task_id).values(results_withdrawn=True)
+        )
+
+
+def sweep(queue: JobQueue, ingestor: Ingestor) -> None:
+    with reading(queue.engine) as connection:
+        ended = connection.execute(
+            select(inference_jobs.c.task_id)
+            .where(inference_jobs.c.status.in_((FAILED, CANCELLED)), inference_jobs.c.results_withdrawn.is_(False))
+            .limit(100)
+        ).scalars().all()
+    for task_id in ended:
+        withdraw_results(queue, ingestor, task_id)
