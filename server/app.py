@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.middleware.cors import CORSMiddleware
 
 from server import health
+from server.audit.service import build_audit
 from server.db import make_engine, write_connection
 from server.dicomweb.routes import router as dicomweb_router
 from server.errors import install_error_handlers
@@ -43,7 +44,9 @@ def build_services(settings: Settings) -> Services:
     ingestor = Ingestor(engine, store, studies_changed)
     jobs = build_jobs(settings, engine, fhir.store, store, ingestor)
     fhir.write_hooks["Task"] = jobs.tasks
-    return Services(settings=settings, engine=engine, store=store, ingestor=ingestor, fhir=fhir, jobs=jobs)
+    audit = build_audit(engine, fhir.store, settings.data_dir, settings.audit_checkpoint_every,
+                        settings.audit_checkpoint_seconds)
+    return Services(settings=settings, engine=engine, store=store, ingestor=ingestor, fhir=fhir, jobs=jobs, audit=audit)
 
 
 @asynccontextmanager
@@ -55,11 +58,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     except SQLAlchemyError as error:
         # Serve anyway: /readyz reports the database, and the next start writes them.
         log.warning("could not write the DICOMweb Endpoint resources: %s", type(error).__name__)
+    services.audit.recorder.start()
     services.jobs.start()
     try:
         yield
     finally:
         services.jobs.stop()
+        services.audit.recorder.stop()
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:

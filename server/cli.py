@@ -81,6 +81,24 @@ def _import(args: argparse.Namespace) -> int:
     return 0 if summary.rejected == 0 else 1
 
 
+def _audit_verify(_: argparse.Namespace) -> int:
+    from server.app import build_services
+    from server.migrate import upgrade
+
+    services = build_services(load_settings())
+    try:
+        upgrade(services.engine)
+        verification = services.audit.chain.verify()
+    finally:
+        services.engine.dispose()
+    print(f"{verification.events} events, {verification.checkpoints} signed checkpoints")
+    if verification.intact:
+        print("the audit trail is intact")
+        return 0
+    print(f"BROKEN at sequence {verification.first_broken}: {verification.problem}")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medaiflow", description="MedAIFlow DICOMweb and FHIR server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--quiet", action="store_true", help="no progress bar")
     importer.set_defaults(run=_import)
     add_inference_commands(commands)
+    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_command", required=True)
+    audit.add_parser(
+        "verify", help="recompute the hash chain and its signed checkpoints; exit 1 at the first broken event"
+    ).set_defaults(run=_audit_verify)
     return parser
 
 

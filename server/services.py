@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from starlette.requests import Request
 
+from server.audit.service import AuditService
 from server.fhir.service import FhirService
 from server.ingest import Ingestor
 from server.jobs.service import JobsService
@@ -20,6 +21,7 @@ class Services:
     ingestor: Ingestor
     fhir: FhirService
     jobs: JobsService
+    audit: AuditService
 
 
 def services(request: Request) -> Services:

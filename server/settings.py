@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     report_status: Literal["preliminary", "final"] = "preliminary"
     demo_model: bool = Field(default=True, description="register and activate the shipped demo model on first start")
 
+    # Audit trail
+    audit_checkpoint_every: int = Field(default=1000, ge=1, description="a signed checkpoint every N events")
+    audit_checkpoint_seconds: float = Field(default=10.0, gt=0, description="and at least this often while events come")
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

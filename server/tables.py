@@ -279,3 +279,35 @@ fhir_update_counts = Table(
     Column("bucket", BigInteger, primary_key=True),  # start of the second, microseconds since the epoch
     Column("live", Integer, nullable=False),
 )
+
+
+# --- Audit trail -------------------------------------------------------------
+# The hash chain: each event's hash is SHA-256 over its predecessor's hash and
+# the RFC 8785 canonical JSON of the event (kept here as those exact bytes).
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("previous_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("event_json", LargeBinary, nullable=False),
+)
+# One row: the chain's head. Appenders lock it, so sequence numbers never fork
+# or repeat, on either database.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+# Signed statements of the head at a moment: cutting events off the end of the
+# chain then shows, as a checkpoint beyond the end.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("signature", String(128), nullable=False),
+)

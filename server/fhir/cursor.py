@@ -10,11 +10,7 @@ parameter, and the link stays well under a proxy's 2 KB URL limit.
 import base64
 import hashlib
 import hmac
-import os
-import secrets
-import time
 import zlib
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,32 +20,6 @@ from fhir_mappings.errors import InvalidRequest
 _TAG_BYTES = 16
 
 
-def load_or_create_key(path: Path) -> bytes:
-    """The signing key, made once per data directory so cursors survive restarts."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # O_EXCL: of processes starting together, one writes the key and
-            # the others read it.
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return _wait_for_key(path)
-        with os.fdopen(descriptor, "wb") as key_file:
-            key_file.write(secrets.token_bytes(32))
-            key_file.flush()
-            os.fsync(key_file.fileno())
-        return path.read_bytes()
-
-
-def _wait_for_key(path: Path) -> bytes:
-    for _ in range(100):
-        key = path.read_bytes()
-        if len(key) == 32:
-            return key
-        time.sleep(0.01)
-    raise RuntimeError(f"{path} holds no complete key")
 
 
 class CursorCodec:

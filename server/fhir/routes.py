@@ -9,6 +9,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache
 from urllib.parse import parse_qsl
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -16,7 +17,7 @@ from starlette.responses import Response
 from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
 from fhir_mappings.errors import InvalidRequest
-from fhir_mappings.resources import resource_json
+from fhir_mappings.resources import resource_json, validated
 from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
 from server.fhir.negotiation import (
@@ -168,6 +169,23 @@ async def create(request: Request, resource_type: str) -> Response:
 
 
 # --- instance level ------------------------------------------------------------
+@router.get("/AuditEvent/$verify")
+async def verify_audit_trail(request: Request) -> Response:
+    """Recompute the audit hash chain and its checkpoints (a Parameters answer;
+    `intact` false names the first broken sequence number)."""
+    verification = await run_in_threadpool(services(request).audit.chain.verify)
+    parameters = [
+        {"name": "intact", "valueBoolean": verification.intact},
+        {"name": "events", "valueInteger": verification.events},
+        {"name": "checkpoints", "valueInteger": verification.checkpoints},
+    ]
+    if verification.first_broken is not None:
+        parameters.append({"name": "firstBrokenSequence", "valueInteger": verification.first_broken})
+        parameters.append({"name": "problem", "valueString": verification.problem})
+    answer = validated({"resourceType": "Parameters", "parameter": parameters})
+    return fhir_response(orjson.dumps(answer), response_format(request))
+
+
 @router.get("/{resource_type}/{resource_id}")
 async def read(request: Request, resource_type: str, resource_id: str) -> Response:
     version = await run_in_threadpool(interactions.read, _fhir(request), resource_type, resource_id)

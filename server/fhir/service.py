@@ -9,10 +9,11 @@ from sqlalchemy import Connection, Engine
 
 from fhir_mappings.errors import MethodNotAllowed, ResourceNotFound
 from fhir_mappings.search_parameters import DEFINITIONS
-from server.fhir.cursor import CursorCodec, load_or_create_key
+from server.fhir.cursor import CursorCodec
 from server.fhir.derived import DERIVED_TYPES
 from server.fhir.search import Searcher
 from server.fhir.store import ResourceStore
+from server.keys import load_or_create_key
 
 # Types clients may create, update and delete. The others are written by the
 # server itself: derived from DICOM, or published by later features.

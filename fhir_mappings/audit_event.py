@@ -1,0 +1,155 @@
+"""IHE BALP-style AuditEvents (FHIR R4 auditevent.html; IHE ITI Basic Audit
+Log Patterns; DICOM PS3.15 A.5 for the DICOM event codes).
+
+`audit_event` builds the event as recorded; the audit chain adds its own
+extension (sequence number and hashes) when it appends it.
+"""
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from fhir_mappings.resources import validated
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+_RESTFUL = "http://hl7.org/fhir/restful-interaction"
+_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+_OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+_PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+# Agent roles, DCM (PS3.16 CID 402): on a read the client receives (Destination).
+_SOURCE = {"system": DCM, "code": "110153", "display": "Source Role ID"}
+_DESTINATION = {"system": DCM, "code": "110152", "display": "Destination Role ID"}
+
+
+class Outcome(Enum):
+    """audit-event-outcome (required binding)."""
+
+    SUCCESS = "0"
+    MINOR_FAILURE = "4"  # the request was refused (4xx)
+    SERIOUS_FAILURE = "8"  # the server failed (5xx)
+    MAJOR_FAILURE = "12"
+
+
+@dataclass(frozen=True)
+class _Kind:
+    type: dict[str, str]
+    subtype: dict[str, str] | None
+    action: str  # audit-event-action: C R U D E
+    client_receives: bool  # decides which agent is Source and which Destination
+
+
+def _rest(code: str, action: str, client_receives: bool) -> _Kind:
+    return _Kind({"system": _EVENT_TYPE, "code": "rest", "display": "Restful Operation"},
+                 {"system": _RESTFUL, "code": code}, action, client_receives)
+
+
+def _dicom(code: str, display: str, action: str, client_receives: bool) -> _Kind:
+    return _Kind({"system": DCM, "code": code, "display": display}, None, action, client_receives)
+
+
+class AuditKind(Enum):
+    """What happened. FHIR interactions are `rest` with the restful-interaction
+    subtype; DICOMweb transactions and the server's own events take the DICOM
+    audit event codes of PS3.15 A.5.3."""
+
+    READ = _rest("read", "R", True)
+    VREAD = _rest("vread", "R", True)
+    HISTORY = _rest("history-instance", "R", True)
+    HISTORY_TYPE = _rest("history-type", "R", True)
+    SEARCH = _rest("search-type", "E", True)
+    CAPABILITIES = _rest("capabilities", "R", True)
+    CREATE = _rest("create", "C", False)
+    UPDATE = _rest("update", "U", False)
+    DELETE = _rest("delete", "D", False)
+    BATCH = _rest("batch", "E", False)
+    OPERATION = _rest("operation", "E", True)
+    STOW = _dicom("110104", "DICOM Instances Transferred", "C", False)
+    WADO = _dicom("110104", "DICOM Instances Transferred", "R", True)
+    QIDO = _dicom("110112", "Query", "E", True)
+    STUDY_DELETED = _dicom("110105", "DICOM Study Deleted", "D", False)
+    LOGIN = _dicom("110114", "User Authentication", "E", False)
+    APPLICATION_ACTIVITY = _dicom("110100", "Application Activity", "U", False)  # models, jobs
+    SECURITY_CHANGE = _dicom("110137", "User Security Attributes Changed", "U", False)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    kind: AuditKind
+    outcome: Outcome
+    recorded: datetime
+    client: str  # user name or client id; "anonymous" before authentication
+    server: str  # this server's name, the event's source observer
+    client_address: str | None = None
+    description: str | None = None  # outcomeDesc: what went wrong, or what was done
+    request_id: str | None = None
+    patients: Sequence[str] = ()  # Patient resource ids
+    resources: Sequence[str] = ()  # "Type/id" of what the action touched
+    study_uids: Sequence[str] = ()
+    query: bytes | None = None  # the query as received, for searches and QIDO
+    extra_subtypes: Sequence[dict[str, str]] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.recorded.tzinfo is None:
+            raise ValueError("an audit time needs a time zone")
+        if not self.client or not self.server:
+            raise ValueError("an audit record names its client and its server")
+
+
+def audit_event(record: AuditRecord) -> dict[str, Any]:
+    kind = record.kind.value
+    client_role, server_role = (_DESTINATION, _SOURCE) if kind.client_receives else (_SOURCE, _DESTINATION)
+    client = {"type": {"coding": [client_role]}, "who": {"display": record.client}, "name": record.client,
+              "requestor": True}
+    if record.client_address:
+        client["network"] = {"address": record.client_address, "type": "2"}  # 2: IP address
+    server = {"type": {"coding": [server_role]}, "who": {"display": record.server}, "name": record.server,
+              "requestor": False}
+    body: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "type": kind.type,
+        "action": kind.action,
+        "recorded": record.recorded.isoformat(timespec="microseconds"),
+        "outcome": record.outcome.value,
+        "agent": [client, server],
+        "source": {"observer": {"display": record.server},
+                   "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}]},
+    }
+    subtypes = ([kind.subtype] if kind.subtype else []) + list(record.extra_subtypes)
+    if subtypes:
+        body["subtype"] = subtypes
+    if record.description:
+        body["outcomeDesc"] = record.description[:1000]
+    entities = [_patient(patient) for patient in record.patients]
+    entities += [_resource(reference) for reference in record.resources]
+    entities += [_study(uid) for uid in record.study_uids]
+    if record.query is not None:
+        entities.append({"type": {"system": _ENTITY_TYPE, "code": "2", "display": "System Object"},
+                         "role": {"system": _OBJECT_ROLE, "code": "24", "display": "Query"},
+                         "query": base64.b64encode(record.query).decode()})
+    if record.request_id:
+        entities.append({"type": {"system": _ENTITY_TYPE, "code": "2", "display": "System Object"},
+                         "name": "request id", "description": record.request_id})
+    if entities:
+        body["entity"] = entities
+    return validated(body)
+
+
+def _patient(patient_id: str) -> dict[str, Any]:
+    return {"what": {"reference": f"Patient/{patient_id}"},
+            "type": {"system": _ENTITY_TYPE, "code": "1", "display": "Person"},
+            "role": {"system": _OBJECT_ROLE, "code": "1", "display": "Patient"}}
+
+
+def _resource(reference: str) -> dict[str, Any]:
+    return {"what": {"reference": reference}, "type": {"system": _ENTITY_TYPE, "code": "2", "display": "System Object"}}
+
+
+def _study(uid: str) -> dict[str, Any]:
+    # PS3.15 A.5.2: the study as a participant object identified by its UID.
+    return {"what": {"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}},
+            "type": {"system": _ENTITY_TYPE, "code": "2", "display": "System Object"},
+            "role": {"system": _OBJECT_ROLE, "code": "3", "display": "Report"}, "name": "Study Instance UID"}

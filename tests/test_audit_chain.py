@@ -1,0 +1,194 @@
+"""The hash-chained audit trail on the real database (SQLite, or PostgreSQL
+with MEDAIFLOW_TEST_DATABASE_URL): appends, tampering with the stored rows
+directly (each kind detected, at the right sequence number), concurrent
+appends from 16 writers, rollback, and verification from the CLI and FHIR."""
+
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
+from server.audit.chain import CHAIN_EXTENSION
+from server.cli import main
+from server.db import write_connection
+from server.tables import audit_checkpoints, audit_events, audit_head
+
+
+def _event(number: int, kind: AuditKind = AuditKind.READ) -> dict:
+    return audit_event(AuditRecord(
+        kind=kind, outcome=Outcome.SUCCESS, recorded=datetime.now(UTC), client=f"user-{number}", server="medaiflow-test",
+        client_address="127.0.0.1", resources=[f"ImagingStudy/1.2.{number}"], patients=["p1"], request_id=f"r{number}",
+    ))
+
+
+def _append(services, count: int, start: int = 0) -> list[int]:
+    with write_connection(services.engine) as connection:
+        return services.audit.chain.append(connection, [_event(start + number) for number in range(count)])
+
+
+def _verify(services):
+    return services.audit.chain.verify()
+
+
+def test_events_are_chained_and_served_as_audit_events(services, fhir):
+    assert _append(services, 3) == [1, 2, 3]
+    assert services.audit.recorder.record(_event(9, AuditKind.SEARCH)) == 4
+    verification = _verify(services)
+    assert verification.intact and verification.events == 4
+    event = fhir.get("/fhir/AuditEvent/4").json()
+    assert event["subtype"][0]["code"] == "search-type" and event["action"] == "E"
+    chain = next(extension for extension in event["extension"] if extension["url"] == CHAIN_EXTENSION)
+    numbers = {item["url"]: item.get("valueInteger", item.get("valueString")) for item in chain["extension"]}
+    assert numbers["sequence"] == 4 and len(numbers["hash"]) == 64
+    assert numbers["previousHash"] == next(
+        item["valueString"] for item in next(e for e in fhir.get("/fhir/AuditEvent/3").json()["extension"]
+                                             if e["url"] == CHAIN_EXTENSION)["extension"] if item["url"] == "hash")
+    found = fhir.get("/fhir/AuditEvent", params={"subtype": "search-type", "action": "E"}).json()
+    assert [entry["resource"]["id"] for entry in found["entry"]] == ["4"]
+    # On a read the client is the Destination (110152), the server the Source (110153).
+    roles = [agent["type"]["coding"][0]["code"] for agent in fhir.get("/fhir/AuditEvent/1").json()["agent"]]
+    assert roles == ["110152", "110153"]
+
+
+def test_a_rolled_back_action_leaves_no_record(services):
+    _append(services, 2)
+    with pytest.raises(RuntimeError), write_connection(services.engine) as connection:
+        services.audit.chain.append(connection, [_event(5)])
+        raise RuntimeError("the action failed after its record was appended")
+    assert _append(services, 1, 10) == [3]
+    assert _verify(services).intact
+
+
+def _tampered(services, change) -> tuple[int | None, str | None]:  # type: ignore[no-untyped-def]
+    _append(services, 10)
+    services.audit.chain.checkpoint()
+    assert _verify(services).intact
+    with services.engine.begin() as connection:
+        change(connection)
+    verification = _verify(services)
+    return verification.first_broken, verification.problem
+
+
+def test_an_edited_field_is_detected(services):
+    def change(connection):  # type: ignore[no-untyped-def]
+        body = connection.execute(select(audit_events.c.event_json).where(audit_events.c.seq == 6)).scalar_one()
+        connection.execute(update(audit_events).where(audit_events.c.seq == 6).values(
+            event_json=body.replace(b'"outcome":"0"', b'"outcome":"4"')))
+
+    assert _tampered(services, change) == (6, "event 6 was altered after it was recorded")
+
+
+def test_a_deleted_row_is_detected(services):
+    broken, problem = _tampered(services, lambda connection: connection.execute(
+        delete(audit_events).where(audit_events.c.seq == 4)))
+    assert (broken, problem) == (4, "event 4 is missing")
+
+
+def test_two_swapped_rows_are_detected(services):
+    def change(connection):  # type: ignore[no-untyped-def]
+        rows = {row.seq: row for row in connection.execute(select(audit_events).where(audit_events.c.seq.in_((7, 8))))}
+        for seq, other in ((7, 8), (8, 7)):
+            connection.execute(update(audit_events).where(audit_events.c.seq == seq).values(
+                previous_hash=rows[other].previous_hash, hash=rows[other].hash, event_json=rows[other].event_json))
+
+    broken, problem = _tampered(services, change)
+    assert broken == 7 and "does not follow" in problem
+
+
+def test_removing_the_last_rows_is_detected_even_with_the_head_rewritten(services):
+    def change(connection):  # type: ignore[no-untyped-def]
+        connection.execute(delete(audit_events).where(audit_events.c.seq > 7))
+        last = connection.execute(select(audit_events.c.hash).where(audit_events.c.seq == 7)).scalar_one()
+        connection.execute(update(audit_head).values(seq=7, hash=last))
+
+    broken, problem = _tampered(services, change)
+    assert broken == 8 and "events 8 to 10 were removed" in problem
+
+
+def test_removing_the_last_rows_after_the_last_checkpoint_is_detected_by_the_head(services):
+    _append(services, 4)
+    services.audit.chain.checkpoint()
+    _append(services, 3, 100)
+    with services.engine.begin() as connection:
+        connection.execute(delete(audit_events).where(audit_events.c.seq > 5))
+    verification = _verify(services)
+    assert verification.first_broken == 6 and "head says 7" in verification.problem
+
+
+def test_a_forged_checkpoint_is_detected(services):
+    broken, problem = _tampered(services, lambda connection: connection.execute(
+        update(audit_checkpoints).values(signature="AAAA" + "A" * 84)))
+    assert broken == 10 and "not signed by this server" in problem
+
+
+def test_sixteen_concurrent_writers_make_one_unbroken_chain(services):
+    errors: list[BaseException] = []
+
+    def writer(number: int) -> None:
+        try:
+            for round_number in range(10):
+                if round_number % 2:
+                    services.audit.recorder.record(_event(number * 100 + round_number))
+                else:
+                    _append(services, 3, number * 100 + round_number)
+        except BaseException as error:  # noqa: BLE001 (reported below)
+            errors.append(error)
+
+    services.audit.recorder.start()
+    try:
+        threads = [threading.Thread(target=writer, args=(number,)) for number in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        services.audit.recorder.stop()
+    assert errors == []
+    verification = _verify(services)
+    assert verification.intact
+    assert verification.events == 16 * (5 * 3 + 5)
+    with services.engine.connect() as connection:
+        numbers = connection.execute(select(audit_events.c.seq).order_by(audit_events.c.seq)).scalars().all()
+    assert numbers == list(range(1, 16 * 20 + 1))
+
+
+@pytest.fixture
+def audit_cli(tmp_path, database_url, monkeypatch, settings):
+    monkeypatch.setenv("MEDAIFLOW_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("MEDAIFLOW_DATABASE_URL", database_url)
+
+
+def test_verification_from_the_cli_and_over_fhir(services, fhir, audit_cli, capsys):
+    _append(services, 5)
+    services.audit.chain.checkpoint()
+    assert main(["audit", "verify"]) == 0
+    assert "intact" in capsys.readouterr().out
+    parameters = {item["name"]: item for item in fhir.get("/fhir/AuditEvent/$verify").json()["parameter"]}
+    assert parameters["intact"]["valueBoolean"] is True and parameters["events"]["valueInteger"] == 5
+    with services.engine.begin() as connection:
+        connection.execute(delete(audit_events).where(audit_events.c.seq == 2))
+    assert main(["audit", "verify"]) == 1
+    assert "BROKEN at sequence 2" in capsys.readouterr().out
+    parameters = {item["name"]: item for item in fhir.get("/fhir/AuditEvent/$verify").json()["parameter"]}
+    assert parameters["intact"]["valueBoolean"] is False
+    assert parameters["firstBrokenSequence"]["valueInteger"] == 2
+
+
+def test_canonical_json_is_rfc_8785():
+    """The fast path writes the reference implementation's bytes, for text of
+    every kind (controls, quotes, non-ASCII, astral planes) and for floats."""
+    import random
+
+    import rfc8785
+
+    from server.audit.chain import canonical_json
+
+    rng = random.Random(8785)
+    alphabet = [chr(code) for code in [*range(0x80), 0xE9, 0x2028, 0xFEFF, 0x4E2D, 0x1F600, 0x7F, 0x9F]]
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
+        event = {"b": text, "a": [text, 1, -7, True, None, {"z": text, "é": 2}], text[:3] or "k": "v"}
+        assert canonical_json(event) == rfc8785.dumps(event)
+    assert canonical_json({"x": 1.5e-7, "y": [0.1]}) == rfc8785.dumps({"x": 1.5e-7, "y": [0.1]})
