@@ -12,6 +12,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from server import health
 from server.audit.service import build_audit
+from server.auth.routes import router as auth_router
+from server.auth.service import build_auth
 from server.db import make_engine, write_connection
 from server.dicomweb.routes import router as dicomweb_router
 from server.errors import install_error_handlers
@@ -46,7 +48,9 @@ def build_services(settings: Settings) -> Services:
     fhir.write_hooks["Task"] = jobs.tasks
     audit = build_audit(engine, fhir.store, settings.data_dir, settings.audit_checkpoint_every,
                         settings.audit_checkpoint_seconds)
-    return Services(settings=settings, engine=engine, store=store, ingestor=ingestor, fhir=fhir, jobs=jobs, audit=audit)
+    auth = build_auth(engine, settings.data_dir, settings.public_root, settings.token_seconds)
+    return Services(settings=settings, engine=engine, store=store, ingestor=ingestor, fhir=fhir, jobs=jobs, audit=audit,
+                    auth=auth)
 
 
 @asynccontextmanager
@@ -77,6 +81,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(dicomweb_router, prefix="/dicom-web")
     app.include_router(fhir_router, prefix="/fhir")
     app.include_router(models_router, prefix="/admin")
+    app.include_router(auth_router)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fhir_mappings.errors import FhirError
 from inference.errors import InferenceError
+from server.auth.identities import IdentityError
 from server.jobs.cli import add_commands as add_inference_commands
 from server.jobs.registry import ActivationRefused, ModelNotFound
 from server.settings import load_settings
@@ -30,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     services.ingestor.recover()
     if settings.demo_model:
         services.jobs.ensure_demo_model()
+    _first_admin(services, settings.admin_password)
     listen = {
         "host": args.host or settings.host,
         "port": args.port or settings.port,
@@ -46,6 +48,17 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         uvicorn.run(create_app(settings, services), **listen)
     return 0
+
+
+def _first_admin(services, password: str | None) -> None:  # type: ignore[no-untyped-def]
+    """With no user at all, an `admin`: MEDAIFLOW_ADMIN_PASSWORD, or a generated password shown once."""
+    from server.auth.scopes import Role
+
+    if services.auth.identities.any_user():
+        return
+    chosen = services.auth.identities.add_user("admin", Role.ADMIN, password)
+    if password is None:
+        print(f"medaiflow: created user 'admin'; its password (shown once): {chosen}", file=sys.stderr, flush=True)
 
 
 def _db_upgrade(_: argparse.Namespace) -> int:
@@ -79,6 +92,69 @@ def _import(args: argparse.Namespace) -> int:
     print(summary.describe())
     # Non-zero when anything was left out, so scripts notice; the summary says what.
     return 0 if summary.rejected == 0 else 1
+
+
+def _with_identities(work):  # type: ignore[no-untyped-def]
+    from server.auth.identities import Identities
+    from server.db import make_engine
+    from server.migrate import upgrade
+
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        upgrade(engine)
+        return work(Identities(engine))
+    finally:
+        engine.dispose()
+
+
+def _password_from_stdin() -> str | None:
+    """A password piped in (`echo ... | medaiflow users add`), or None to generate one."""
+    if sys.stdin is None or sys.stdin.isatty():
+        return None
+    text = sys.stdin.readline().rstrip("\r\n")
+    return text or None
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    from server.auth.scopes import Role
+
+    given = _password_from_stdin()
+    password = _with_identities(lambda identities: identities.add_user(args.name, Role(args.role), given))
+    print(f"user {args.name} ({args.role}) added")
+    if given is None:
+        print(f"password (shown once): {password}")
+    return 0
+
+
+def _users_list(_: argparse.Namespace) -> int:
+    for name, role, disabled in _with_identities(lambda identities: identities.users()):
+        print(f"{name:32} {role.value:12} {'disabled' if disabled else 'enabled'}")
+    return 0
+
+
+def _users_disable(args: argparse.Namespace) -> int:
+    _with_identities(lambda identities: identities.disable_user(args.name))
+    print(f"user {args.name} disabled")
+    return 0
+
+
+def _users_passwd(args: argparse.Namespace) -> int:
+    password = _password_from_stdin()
+    if password is None:
+        print("medaiflow: give the new password on standard input", file=sys.stderr)
+        return 2
+    _with_identities(lambda identities: identities.set_password(args.name, password))
+    print(f"password of {args.name} changed")
+    return 0
+
+
+def _clients_add(args: argparse.Namespace) -> int:
+    client_id, secret = _with_identities(lambda identities: identities.add_client(args.name, args.scopes))
+    print(f"client id: {client_id}")
+    print(f"secret (shown once): {secret}")
+    return 0
 
 
 def _audit_verify(_: argparse.Namespace) -> int:
@@ -118,6 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--quiet", action="store_true", help="no progress bar")
     importer.set_defaults(run=_import)
     add_inference_commands(commands)
+    from server.auth.scopes import Role
+
+    user_commands = commands.add_parser("users", help="people and their roles").add_subparsers(
+        dest="users_command", required=True)
+    add_user = user_commands.add_parser("add", help="add a user (password from standard input, or generated and shown once)")
+    add_user.add_argument("name")
+    add_user.add_argument("--role", required=True, choices=[role.value for role in Role])
+    add_user.set_defaults(run=_users_add)
+    user_commands.add_parser("list", help="users, roles, enabled or not").set_defaults(run=_users_list)
+    disable = user_commands.add_parser("disable", help="refuse a user's logins from now on")
+    disable.add_argument("name")
+    disable.set_defaults(run=_users_disable)
+    passwd = user_commands.add_parser("passwd", help="set a user's password (from standard input)")
+    passwd.add_argument("name")
+    passwd.set_defaults(run=_users_passwd)
+    client_commands = commands.add_parser("clients", help="system clients (an EHR, a PACS)").add_subparsers(
+        dest="clients_command", required=True)
+    add_client = client_commands.add_parser("add", help="add a client; its id and secret are shown once")
+    add_client.add_argument("name")
+    add_client.add_argument("--scopes", required=True, help='SMART scopes, e.g. "system/DiagnosticReport.rs system/Task.cu"')
+    add_client.set_defaults(run=_clients_add)
     audit = commands.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_command", required=True)
     audit.add_parser(
         "verify", help="recompute the hash chain and its signed checkpoints; exit 1 at the first broken event"
@@ -129,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (InferenceError, FhirError, ModelNotFound, ActivationRefused) as error:
+    except (InferenceError, FhirError, ModelNotFound, ActivationRefused, IdentityError) as error:
         print(f"medaiflow: {error}", file=sys.stderr)
         return 2
 

@@ -6,6 +6,7 @@ from sqlalchemy import Engine
 from starlette.requests import Request
 
 from server.audit.service import AuditService
+from server.auth.service import AuthService
 from server.fhir.service import FhirService
 from server.ingest import Ingestor
 from server.jobs.service import JobsService
@@ -22,6 +23,7 @@ class Services:
     fhir: FhirService
     jobs: JobsService
     audit: AuditService
+    auth: AuthService
 
 
 def services(request: Request) -> Services:

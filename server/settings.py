@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     report_status: Literal["preliminary", "final"] = "preliminary"
     demo_model: bool = Field(default=True, description="register and activate the shipped demo model on first start")
 
+    # Identities
+    token_seconds: int = Field(default=300, ge=30, le=3600, description="lifetime of issued access tokens")
+    admin_password: str | None = Field(
+        default=None, description="the first admin's password on a first start (else one is generated and printed)"
+    )
+
     # Audit trail
     audit_checkpoint_every: int = Field(default=1000, ge=1, description="a signed checkpoint every N events")
     audit_checkpoint_seconds: float = Field(default=10.0, gt=0, description="and at least this often while events come")

@@ -311,3 +311,32 @@ audit_checkpoints = Table(
     Column("created", BigInteger, nullable=False),
     Column("signature", String(128), nullable=False),
 )
+
+
+# --- Identities ----------------------------------------------------------------
+# People, with a role and an Argon2id password hash (rehashed at login when
+# the parameters change).
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", String(256), nullable=False),
+    Column("disabled", Boolean, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+# Systems (an EHR, a PACS), with a client id, a hashed secret and the SMART
+# scopes they may ask for.
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("client_id", String(64), nullable=False, unique=True),
+    Column("name", String(64), nullable=False),
+    Column("secret_hash", String(256), nullable=False),
+    Column("scopes", String(2048), nullable=False),
+    Column("disabled", Boolean, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)

@@ -1,0 +1,133 @@
+"""Users and system clients, with Argon2id-hashed passwords and secrets.
+
+A failed login never says whether the name exists: an unknown name is
+checked against a dummy hash, so that both take the time of one Argon2
+verification. Hashes made with older parameters are replaced at login.
+"""
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from server.auth.scopes import Grant, Role, role_grant
+from server.db import reading, write_connection
+from server.tables import clients, users
+
+_NAME_LIMIT = 64
+
+
+class IdentityError(ValueError):
+    """A user or client that cannot be made or changed as asked."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str  # the user name, or the client id
+    role: Role | None  # a person's role; a client has its scopes instead
+    grant: Grant  # the widest scopes this identity may hold
+    client: bool
+
+
+def _now() -> int:
+    return time.time_ns() // 1000
+
+
+class Identities:
+    def __init__(self, engine: Engine, hasher: PasswordHasher | None = None) -> None:
+        self.engine = engine
+        self.hasher = hasher or PasswordHasher()  # Argon2id, the library's current parameters
+        self._dummy: str | None = None
+
+    # --- users -------------------------------------------------------------------
+    def add_user(self, name: str, role: Role, password: str | None = None) -> str:
+        """The password (generated when not given, to be shown once)."""
+        if not name or len(name) > _NAME_LIMIT or not name.isprintable() or " " in name:
+            raise IdentityError(f"a user name is 1 to {_NAME_LIMIT} printable characters without spaces")
+        password = password or secrets.token_urlsafe(18)
+        _require_strength(password)
+        now = _now()
+        try:
+            with write_connection(self.engine) as connection:
+                connection.execute(insert(users).values(name=name, role=role.value, password_hash=self.hasher.hash(password),
+                                                        disabled=False, created_at=now, updated_at=now))
+        except IntegrityError as error:
+            raise IdentityError(f"user {name!r} exists already") from error
+        return password
+
+    def users(self) -> list[tuple[str, Role, bool]]:
+        with reading(self.engine) as connection:
+            rows = connection.execute(select(users.c.name, users.c.role, users.c.disabled).order_by(users.c.name)).all()
+        return [(row.name, Role(row.role), row.disabled) for row in rows]
+
+    def any_user(self) -> bool:
+        with reading(self.engine) as connection:
+            return connection.execute(select(users.c.id).limit(1)).first() is not None
+
+    def disable_user(self, name: str) -> None:
+        self._change_user(name, disabled=True)
+
+    def set_password(self, name: str, password: str) -> None:
+        _require_strength(password)
+        self._change_user(name, password_hash=self.hasher.hash(password))
+
+    def _change_user(self, name: str, **values: object) -> None:
+        with write_connection(self.engine) as connection:
+            changed = connection.execute(
+                update(users).where(users.c.name == name).values(**values, updated_at=_now())
+            ).rowcount
+        if not changed:
+            raise IdentityError(f"there is no user {name!r}")
+
+    def authenticate_user(self, name: str, password: str) -> Identity | None:
+        with reading(self.engine) as connection:
+            row = connection.execute(select(users).where(users.c.name == name)).first()
+        stored = row.password_hash if row is not None else self._dummy_hash()
+        if not self._verifies(stored, password) or row is None or row.disabled:
+            return None
+        if self.hasher.check_needs_rehash(stored):
+            self._change_user(name, password_hash=self.hasher.hash(password))
+        role = Role(row.role)
+        return Identity(row.name, role, role_grant(role, "user"), client=False)
+
+    # --- system clients --------------------------------------------------------------
+    def add_client(self, name: str, scopes: str) -> tuple[str, str]:
+        """(client id, secret): the secret is shown once and kept only hashed."""
+        grant = Grant.parse(scopes)
+        if not grant.scopes:
+            raise IdentityError(f"{scopes!r} names no SMART scope (e.g. system/DiagnosticReport.rs)")
+        client_id, secret = f"{name[:40]}-{secrets.token_hex(4)}", secrets.token_urlsafe(32)
+        with write_connection(self.engine) as connection:
+            connection.execute(insert(clients).values(client_id=client_id, name=name[:_NAME_LIMIT],
+                                                      secret_hash=self.hasher.hash(secret), scopes=str(grant),
+                                                      disabled=False, created_at=_now()))
+        return client_id, secret
+
+    def authenticate_client(self, client_id: str, secret: str) -> Identity | None:
+        with reading(self.engine) as connection:
+            row = connection.execute(select(clients).where(clients.c.client_id == client_id)).first()
+        stored = row.secret_hash if row is not None else self._dummy_hash()
+        if not self._verifies(stored, secret) or row is None or row.disabled:
+            return None
+        return Identity(row.client_id, None, Grant.parse(row.scopes), client=True)
+
+    def _dummy_hash(self) -> str:
+        """Made on first need (hashing takes a noticeable time, so not in the constructor)."""
+        if self._dummy is None:
+            self._dummy = self.hasher.hash(secrets.token_urlsafe(16))
+        return self._dummy
+
+    def _verifies(self, stored: str, password: str) -> bool:
+        try:
+            return self.hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+
+def _require_strength(password: str) -> None:
+    if len(password) < 12:
+        raise IdentityError("a password has at least 12 characters")

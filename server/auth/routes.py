@@ -1,0 +1,114 @@
+"""The OAuth 2.0 token endpoint (RFC 6749: `password` and `client_credentials`
+grants) and the discovery documents (JWKS, SMART configuration).
+
+Errors follow RFC 6749 5.2: `{"error": ..., "error_description": ...}`,
+400 for a bad request or grant, 401 with WWW-Authenticate for a client that
+fails to authenticate, 429 with Retry-After while logins are limited. No
+answer says whether a user exists.
+"""
+
+import base64
+import binascii
+from urllib.parse import parse_qsl, unquote
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+
+from server.auth.identities import Identity
+from server.auth.scopes import Grant
+from server.auth.service import AuthService
+from server.public_url import public_root
+from server.services import services
+
+router = APIRouter()
+_FORM = "application/x-www-form-urlencoded"
+
+
+def _auth(request: Request) -> AuthService:
+    return services(request).auth
+
+
+def _error(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description}, status_code=status,
+                        headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+@router.post("/auth/token")
+async def token(request: Request) -> JSONResponse:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != _FORM:
+        return _error(400, "invalid_request", f"the token request must be {_FORM}")
+    form = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
+    grant_type = form.get("grant_type")
+    address = request.client.host if request.client else "unknown"
+    auth = _auth(request)
+    if grant_type == "password":
+        name, secret = form.get("username", ""), form.get("password", "")
+        if not name or not secret:
+            return _error(400, "invalid_request", "the password grant needs username and password")
+        keys = (f"user:{name}", f"address:{address}")
+        check = auth.identities.authenticate_user
+        failure = _error(400, "invalid_grant", "the user name or the password is wrong")
+    elif grant_type == "client_credentials":
+        credentials = _client_credentials(request, form)
+        if credentials is None:
+            return _error(401, "invalid_client", "client authentication is needed (HTTP Basic, or client_id and client_secret)",
+                          {"WWW-Authenticate": 'Basic realm="medaiflow"'})
+        name, secret = credentials
+        keys = (f"client:{name}", f"address:{address}")
+        check = auth.identities.authenticate_client
+        failure = _error(401, "invalid_client", "the client id or the secret is wrong",
+                         {"WWW-Authenticate": 'Basic realm="medaiflow"'})
+    else:
+        return _error(400, "unsupported_grant_type", "grant_type must be password or client_credentials")
+
+    wait = auth.failed_logins.retry_after(*keys)
+    if wait is not None:
+        return _error(429, "slow_down", "too many failed logins; try again later", {"Retry-After": str(wait)})
+    identity: Identity | None = await run_in_threadpool(check, name, secret)
+    if identity is None:
+        auth.failed_logins.failed(*keys)
+        return failure
+    auth.failed_logins.succeeded(keys[0])
+    granted = Grant.parse(form["scope"]).narrowed_to(identity.grant) if form.get("scope") else identity.grant
+    if not granted.scopes:
+        return _error(400, "invalid_scope", "none of the scopes asked for is allowed to this identity")
+    access_token, lifetime = auth.issuer.issue(
+        identity.name, identity.role.value if identity.role else "", str(granted), identity.client
+    )
+    return JSONResponse({"access_token": access_token, "token_type": "Bearer", "expires_in": lifetime,
+                         "scope": str(granted)}, headers={"Cache-Control": "no-store"})
+
+
+def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str] | None:
+    header = request.headers.get("authorization", "")
+    if header[:6].lower() == "basic ":
+        try:
+            client_id, _, secret = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        # RFC 6749 2.3.1: both parts are form-urlencoded inside Basic.
+        return (unquote(client_id), unquote(secret)) if client_id and secret else None
+    if form.get("client_id") and form.get("client_secret"):
+        return form["client_id"], form["client_secret"]
+    return None
+
+
+@router.get("/.well-known/jwks.json")
+def jwks(request: Request) -> JSONResponse:
+    return JSONResponse(_auth(request).issuer.jwks(), headers={"Cache-Control": "max-age=300"})
+
+
+@router.get("/.well-known/smart-configuration")
+def smart_configuration(request: Request) -> JSONResponse:
+    root = public_root(request)
+    return JSONResponse({
+        "issuer": _auth(request).issuer.issuer,
+        "jwks_uri": f"{root}/.well-known/jwks.json",
+        "token_endpoint": f"{root}/auth/token",
+        "grant_types_supported": ["password", "client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
+        "scopes_supported": ["system/*.cruds", "user/*.cruds", "system/*.rs", "user/*.rs"],
+        "capabilities": ["client-confidential-symmetric", "permission-v2", "permission-v1"],
+    })

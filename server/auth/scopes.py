@@ -1,0 +1,87 @@
+"""SMART App Launch v2 scopes (hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html):
+`context/Type.permissions`, permissions drawn from c r u d s; v1 suffixes
+`read` (= rs), `write` (= cud) and `*` (= cruds) are read as their v2 sets.
+
+Each role has the widest scopes it allows; a token's scopes are the ones it
+asked for narrowed to its role's, never more. DICOMweb maps onto ImagingStudy:
+QIDO and WADO read it (r, s), STOW creates it (c), DELETE deletes it (d).
+"""
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+_SCOPE = re.compile(r"(?P<context>patient|user|system)/(?P<type>\*|[A-Z][A-Za-z]{1,63})\.(?P<permissions>[cruds]{1,5}|read|write|\*)")
+_V1 = {"read": "rs", "write": "cud", "*": "cruds"}
+_ORDER = "cruds"
+
+
+class Role(Enum):
+    ADMIN = "admin"
+    MODALITY = "modality"  # PACS and scanners: STOW only
+    CLINICIAN = "clinician"  # reads DICOM and FHIR
+    AI_OPERATOR = "ai-operator"  # models and inference Tasks
+    AUDITOR = "auditor"  # the audit trail
+
+
+@dataclass(frozen=True)
+class Scope:
+    context: str
+    resource_type: str  # a type, or "*"
+    permissions: frozenset[str]
+
+    def __str__(self) -> str:
+        letters = "".join(letter for letter in _ORDER if letter in self.permissions)
+        return f"{self.context}/{self.resource_type}.{letters}"
+
+
+def parse_scope(text: str) -> Scope | None:
+    """None for what is not a resource scope (openid, launch, ...): ignored, as SMART allows."""
+    match = _SCOPE.fullmatch(text)
+    if match is None:
+        return None
+    letters = _V1.get(match["permissions"], match["permissions"])
+    return Scope(match["context"], match["type"], frozenset(letters))
+
+
+@dataclass(frozen=True)
+class Grant:
+    scopes: tuple[Scope, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> "Grant":
+        return cls(tuple(scope for scope in (parse_scope(part) for part in text.split()) if scope is not None))
+
+    def allows(self, resource_type: str, permission: str) -> bool:
+        return any(
+            permission in scope.permissions and scope.resource_type in ("*", resource_type) for scope in self.scopes
+        )
+
+    def narrowed_to(self, widest: "Grant") -> "Grant":
+        """What of this grant `widest` also allows: type by type, letter by letter."""
+        narrowed = []
+        for asked in self.scopes:
+            for allowed in widest.scopes:
+                if asked.resource_type not in ("*", allowed.resource_type) and allowed.resource_type != "*":
+                    continue
+                resource_type = allowed.resource_type if asked.resource_type == "*" else asked.resource_type
+                permissions = asked.permissions & allowed.permissions
+                if permissions:
+                    narrowed.append(Scope(asked.context, resource_type, permissions))
+        return Grant(tuple(dict.fromkeys(narrowed)))
+
+    def __str__(self) -> str:
+        return " ".join(str(scope) for scope in self.scopes)
+
+
+def role_grant(role: Role, context: str = "user") -> Grant:
+    """The widest scopes a role allows, in the given context (user for people, system for clients)."""
+    widest = {
+        Role.ADMIN: ["*.cruds"],
+        Role.MODALITY: ["ImagingStudy.c"],
+        Role.CLINICIAN: ["*.rs"],
+        Role.AI_OPERATOR: ["Task.cruds", "Device.rs", "ImagingStudy.rs", "DiagnosticReport.rs", "Observation.rs",
+                           "Provenance.rs", "Patient.rs"],
+        Role.AUDITOR: ["AuditEvent.rs"],
+    }[role]
+    return Grant.parse(" ".join(f"{context}/{scope}" for scope in widest))

@@ -1,0 +1,21 @@
+"""The identity side's parts, built once per process by `build_auth`."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from server.auth.identities import Identities
+from server.auth.limits import FailedLogins
+from server.auth.tokens import TokenIssuer
+
+
+@dataclass(frozen=True)
+class AuthService:
+    identities: Identities
+    issuer: TokenIssuer
+    failed_logins: FailedLogins
+
+
+def build_auth(engine: Engine, data_dir: Path, issuer: str, token_seconds: int) -> AuthService:
+    return AuthService(Identities(engine), TokenIssuer(data_dir / "jwt-keys", issuer, token_seconds), FailedLogins())

@@ -1,0 +1,175 @@
+"""Identities and tokens: users and clients with Argon2id hashes, the OAuth 2.0
+token endpoint (password and client_credentials), ES256 JWTs verifiable with
+the published JWKS, rotation, scope narrowing to the role, failed-login
+limits, and the command line."""
+
+import base64
+import time
+
+import jwt
+import pytest
+from argon2 import PasswordHasher
+
+from server.auth.identities import Identities, IdentityError
+from server.auth.scopes import Grant, Role, role_grant
+from server.auth.tokens import InvalidToken, TokenIssuer
+from server.cli import main
+
+PASSWORD = "correct horse battery staple"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _token(client, **form: str):  # type: ignore[no-untyped-def]
+    return client.post("/auth/token", content="&".join(f"{key}={value}" for key, value in form.items()), headers=FORM)
+
+
+def test_a_user_gets_a_token_that_the_published_keys_verify(services, client):
+    services.auth.identities.add_user("ana", Role.CLINICIAN, PASSWORD)
+    response = _token(client, grant_type="password", username="ana", password=PASSWORD)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["token_type"] == "Bearer" and body["expires_in"] == 300
+    assert body["scope"] == "user/*.rs"
+    assert response.headers["cache-control"] == "no-store"
+    (key,) = client.get("/.well-known/jwks.json").json()["keys"]
+    assert key["kty"] == "EC" and key["alg"] == "ES256"
+    public = jwt.algorithms.ECAlgorithm.from_jwk(key)
+    claims = jwt.decode(body["access_token"], public, algorithms=["ES256"], audience="medaiflow")
+    assert claims["sub"] == "ana" and claims["role"] == "clinician"
+    smart = client.get("/.well-known/smart-configuration").json()
+    assert smart["token_endpoint"].endswith("/auth/token") and "client_credentials" in smart["grant_types_supported"]
+
+
+def test_asked_scopes_are_narrowed_to_the_role(services, client):
+    services.auth.identities.add_user("op", Role.AI_OPERATOR, PASSWORD)
+    narrowed = _token(client, grant_type="password", username="op", password=PASSWORD,
+                      scope="user/Task.cruds user/DiagnosticReport.cruds user/AuditEvent.rs openid").json()
+    assert narrowed["scope"] == "user/Task.cruds user/DiagnosticReport.rs"
+    refused = _token(client, grant_type="password", username="op", password=PASSWORD, scope="user/AuditEvent.rs")
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_scope"
+
+
+def test_wrong_passwords_and_unknown_users_look_the_same_and_are_limited(services, client):
+    services.auth.identities.add_user("bo", Role.CLINICIAN, PASSWORD)
+    wrong = _token(client, grant_type="password", username="bo", password="not the password")
+    unknown = _token(client, grant_type="password", username="nobody", password="not the password")
+    assert wrong.status_code == unknown.status_code == 400
+    assert wrong.json() == unknown.json() == {"error": "invalid_grant", "error_description": "the user name or the password is wrong"}
+    for _ in range(3):
+        _token(client, grant_type="password", username="bo", password="still wrong")
+    limited = _token(client, grant_type="password", username="bo", password=PASSWORD)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+
+
+def test_a_disabled_user_gets_no_token(services, client):
+    services.auth.identities.add_user("cy", Role.CLINICIAN, PASSWORD)
+    services.auth.identities.disable_user("cy")
+    assert _token(client, grant_type="password", username="cy", password=PASSWORD).status_code == 400
+
+
+def test_a_system_client_authenticates_with_basic_or_the_form(services, client):
+    client_id, secret = services.auth.identities.add_client("ehr", "system/DiagnosticReport.rs system/Observation.rs")
+    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    response = client.post("/auth/token", content="grant_type=client_credentials",
+                           headers={**FORM, "Authorization": f"Basic {basic}"})
+    assert response.status_code == 200, response.text
+    assert response.json()["scope"] == "system/DiagnosticReport.rs system/Observation.rs"
+    claims = services.auth.issuer.verify(response.json()["access_token"])
+    assert claims.client and claims.subject == client_id
+    posted = _token(client, grant_type="client_credentials", client_id=client_id, client_secret=secret,
+                    scope="system/DiagnosticReport.r")
+    assert posted.json()["scope"] == "system/DiagnosticReport.r"
+    bad = client.post("/auth/token", content="grant_type=client_credentials",
+                      headers={**FORM, "Authorization": "Basic " + base64.b64encode(f"{client_id}:wrong".encode()).decode()})
+    assert bad.status_code == 401 and bad.json()["error"] == "invalid_client"
+    assert bad.headers["www-authenticate"].startswith("Basic")
+
+
+@pytest.mark.parametrize("form, status, error", [
+    ("grant_type=authorization_code&code=x", 400, "unsupported_grant_type"),
+    ("grant_type=password&username=a", 400, "invalid_request"),
+    ("grant_type=client_credentials", 401, "invalid_client"),
+])
+def test_malformed_token_requests(client, form, status, error):
+    response = client.post("/auth/token", content=form, headers=FORM)
+    assert response.status_code == status and response.json()["error"] == error
+    assert client.post("/auth/token", json={"grant_type": "password"}).status_code == 400
+
+
+def test_tokens_survive_a_rotation_and_bad_tokens_are_refused(tmp_path):
+    issuer = TokenIssuer(tmp_path / "keys", "https://pacs.example/medaiflow", lifetime_seconds=60)
+    before, _ = issuer.issue("ana", "clinician", "user/*.rs", client=False)
+    issuer.rotate()
+    after, _ = issuer.issue("ana", "clinician", "user/*.rs", client=False)
+    assert jwt.get_unverified_header(before)["kid"] != jwt.get_unverified_header(after)["kid"]
+    assert issuer.verify(before).subject == issuer.verify(after).subject == "ana"
+    assert len(issuer.jwks()["keys"]) == 2
+
+    other = TokenIssuer(tmp_path / "other-keys", "https://pacs.example/medaiflow")
+    forged, _ = other.issue("ana", "admin", "user/*.cruds", client=False)
+    with pytest.raises(InvalidToken, match="key this server does not have"):
+        issuer.verify(forged)
+    newest = issuer._keys()[-1]
+    for claims, message in [
+        ({"exp": int(time.time()) - 10}, "expired"),
+        ({"aud": "someone-else"}, "another audience"),
+    ]:
+        payload = {"iss": issuer.issuer, "aud": "medaiflow", "sub": "ana", "exp": int(time.time()) + 60, **claims}
+        token = jwt.encode(payload, newest.private, algorithm="ES256", headers={"kid": newest.kid})
+        with pytest.raises(InvalidToken, match=message):
+            issuer.verify(token)
+    with pytest.raises(InvalidToken, match="not a JWT"):
+        issuer.verify("not-a-token")
+    tampered = after[:-4] + ("AAAA" if after[-4:] != "AAAA" else "BBBB")
+    with pytest.raises(InvalidToken):
+        issuer.verify(tampered)
+
+
+def test_hashes_made_with_old_parameters_are_replaced_at_login(services):
+    weak = Identities(services.engine, PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
+    weak.add_user("dee", Role.AUDITOR, PASSWORD)
+    current = services.auth.identities
+    assert current.authenticate_user("dee", PASSWORD) is not None
+    stored = [name for name, _, _ in current.users()]
+    assert stored == ["dee"]
+    from sqlalchemy import select
+
+    from server.tables import users
+
+    with services.engine.connect() as connection:
+        rehashed = connection.execute(select(users.c.password_hash)).scalar_one()
+    assert not current.hasher.check_needs_rehash(rehashed)
+    with pytest.raises(IdentityError, match="at least 12"):
+        current.add_user("eve", Role.CLINICIAN, "short")
+    with pytest.raises(IdentityError, match="exists already"):
+        current.add_user("dee", Role.CLINICIAN, PASSWORD)
+
+
+def test_scope_grammar_and_role_ceilings():
+    assert str(Grant.parse("user/Observation.read system/Task.write patient/*.* launch")) == (
+        "user/Observation.rs system/Task.cud patient/*.cruds"
+    )
+    clinician = role_grant(Role.CLINICIAN)
+    assert clinician.allows("ImagingStudy", "r") and not clinician.allows("ImagingStudy", "c")
+    modality = role_grant(Role.MODALITY)
+    assert modality.allows("ImagingStudy", "c") and not modality.allows("ImagingStudy", "r")
+    assert str(Grant.parse("user/*.cruds").narrowed_to(role_grant(Role.AUDITOR))) == "user/AuditEvent.rs"
+
+
+def test_users_and_clients_from_the_command_line(tmp_path, database_url, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setenv("MEDAIFLOW_DATA_DIR", str(tmp_path / "cli-data"))
+    monkeypatch.setenv("MEDAIFLOW_DATABASE_URL", database_url)
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["users", "add", "fay", "--role", "auditor"]) == 0
+    assert "shown once" not in capsys.readouterr().out
+    assert main(["users", "list"]) == 0
+    assert "fay" in capsys.readouterr().out
+    assert main(["users", "add", "fay", "--role", "auditor"]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert main(["clients", "add", "pacs", "--scopes", "system/ImagingStudy.c"]) == 0
+    output = capsys.readouterr().out
+    assert "client id: pacs-" in output and "secret (shown once)" in output
+    assert main(["users", "disable", "fay"]) == 0
+    assert main(["users", "disable", "nobody"]) == 2
