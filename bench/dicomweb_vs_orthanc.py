@@ -30,6 +30,7 @@ it asserts nothing about them.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import importlib.util
 import json
@@ -141,6 +142,7 @@ class Server:
     proc: subprocess.Popen | None = None
     log_path: Path
     startup_s: float = 0.0
+    auth: tuple[str, str] | None = None  # HTTP Basic, as a PACS sends it
 
     def _wait_ready(self, url: str, timeout: float) -> None:
         t0 = time.perf_counter()
@@ -278,8 +280,11 @@ class OursServer(Server):
         env.update(
             {
                 "MEDAIFLOW_DATA_DIR": str(self.tmp / "data"),
+                # The first start creates `admin` with this password.
+                "MEDAIFLOW_ADMIN_PASSWORD": "benchmark admin password",
             }
         )
+        self.auth = ("admin", "benchmark admin password")
         env.pop("MEDAIFLOW_DATABASE_URL", None)
         if self.variant == "postgres":
             self._pg(f'DROP DATABASE IF EXISTS "{self.pg_db}" WITH (FORCE)')
@@ -323,6 +328,14 @@ class OursServer(Server):
 
     def describe(self) -> dict[str, Any]:
         return {"variant": self.variant, "python": sys.version.split()[0]}
+
+
+def basic_authorization(credentials: tuple[str, str] | None) -> dict[str, str]:
+    """The header a PACS sends; a header rather than httpx auth, so that curl sends it too."""
+    if credentials is None:
+        return {}
+    token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
 
 
 # --------------------------------------------------------------------- workloads
@@ -399,6 +412,7 @@ def wado_once(
     server sends, so it would measure itself; curl reads at over 1 GB/s.
     """
     if shutil.which("curl"):
+        credentials = client.headers.get("Authorization")
         result = subprocess.run(
             [
                 "curl",
@@ -407,6 +421,7 @@ def wado_once(
                 "/dev/null",
                 "--noproxy",
                 "*",
+                *(["-H", f"Authorization: {credentials}"] if credentials else []),
                 "-H",
                 f"Accept: {accept}",
                 "-H",
@@ -581,7 +596,7 @@ class Runner:
             self.client = httpx.Client(
                 timeout=timeout,
                 trust_env=False,
-                headers={"Accept-Encoding": "identity"},
+                headers={"Accept-Encoding": "identity", **basic_authorization(self.server.auth)},
             )
             self.phase("idle")
             log(

@@ -353,6 +353,16 @@ def table_sizes(db: Database) -> dict[str, Any]:
 # -------------------------------------------------------------------------- server
 
 
+# The benchmark's credentials: set once the server is up, read by every client
+# (the spawned httpx workers and wrk included).
+_AUTHORIZATION = "MEDAIFLOW_BENCH_AUTHORIZATION"
+_ADMIN_PASSWORD = "benchmark admin password"
+
+
+def _headers() -> dict[str, str]:
+    return {"Accept": FHIR_JSON, "Authorization": os.environ[_AUTHORIZATION]}
+
+
 class Server:
     def __init__(self, db: Database, workers: int | None = None) -> None:
         self.db = db
@@ -371,6 +381,9 @@ class Server:
                 "MEDAIFLOW_DATABASE_URL": self.db.url,
                 "MEDAIFLOW_HOST": "127.0.0.1",
                 "MEDAIFLOW_PORT": str(self.port),
+                # The first start creates `admin` with this password; tokens outlast the run.
+                "MEDAIFLOW_ADMIN_PASSWORD": _ADMIN_PASSWORD,
+                "MEDAIFLOW_TOKEN_SECONDS": "3600",
             }
         )
         # what the `medaiflow` console script runs, from this checkout (REPO_ROOT comes first on sys.path)
@@ -394,9 +407,16 @@ class Server:
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(f"{self.root}/readyz").status_code == 200:
                         self.startup_s = time.perf_counter() - t0
+                        os.environ[_AUTHORIZATION] = self._token(client)
                         return
                 time.sleep(0.1)
         raise RuntimeError(f"server not ready after 180 s; log:\n{self.log_tail()}")
+
+    def _token(self, client: httpx.Client) -> str:
+        answer = client.post(f"{self.root}/auth/token", data={
+            "grant_type": "password", "username": "admin", "password": _ADMIN_PASSWORD}, timeout=30)
+        answer.raise_for_status()
+        return f"Bearer {answer.json()['access_token']}"
 
     def log_tail(self, n: int = 20) -> str:
         try:
@@ -453,7 +473,7 @@ def check_answers(root: str, data: Dataset, loaded: Loaded, paths: dict[str, lis
     problems: list[str] = []
     ordered = sorted(loaded.last_updated)
     pid_to_k = {data.patient_id(k): k for k in data.studies_per_patient}
-    with httpx.Client(timeout=60, trust_env=False, headers={"Accept": FHIR_JSON}) as client:
+    with httpx.Client(timeout=60, trust_env=False, headers=_headers()) as client:
         for scenario, urls in paths.items():
             for path in urls[:sample]:
                 r = client.get(root + path)
@@ -585,7 +605,8 @@ def children_cpu() -> float:
 def run_wrk(root: str, paths_file: Path, lua: Path, seconds: float, connections: int, threads: int) -> dict[str, Any]:
     command = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
-        "-H", f"Accept: {FHIR_JSON}", "-s", str(lua), root, "--", str(paths_file),
+        "-H", f"Accept: {FHIR_JSON}", "-H", f"Authorization: {os.environ[_AUTHORIZATION]}",
+        "-s", str(lua), root, "--", str(paths_file),
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     for line in result.stdout.splitlines():
@@ -603,7 +624,7 @@ def _httpx_worker(job: tuple[str, list[str], float, int]) -> tuple[int, int, lis
     errors = 0
     deadline = time.perf_counter() + seconds
     i = offset
-    with httpx.Client(timeout=30, trust_env=False, headers={"Accept": FHIR_JSON}) as client:
+    with httpx.Client(timeout=30, trust_env=False, headers=_headers()) as client:
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
             r = client.get(root + paths[i % len(paths)])
@@ -687,7 +708,7 @@ def page_through(root: str, count: int, page_size: int) -> dict[str, Any]:
     url: str | None = f"{root}/fhir/ImagingStudy?_count={page_size}"
     problems: list[str] = []
     t0 = time.perf_counter()
-    with httpx.Client(timeout=300, trust_env=False, headers={"Accept": FHIR_JSON}) as client:
+    with httpx.Client(timeout=300, trust_env=False, headers=_headers()) as client:
         while url is not None:
             r = client.get(url)
             if r.status_code != 200:

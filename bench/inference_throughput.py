@@ -177,12 +177,15 @@ def _latency(directory: Path, args: argparse.Namespace) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
     from server.app import create_app
+    from server.auth.scopes import Role, role_grant
 
     services = _services(directory, None if args.database_url is None else args.database_url,
                          executor="local", study_quiet_seconds=args.quiet)
     samples = []
     boundary = "bench-boundary"
-    with TestClient(create_app(services=services), base_url="http://bench") as client:
+    token, _ = services.auth.issuer.issue("bench", "admin", str(role_grant(Role.ADMIN)), client=False)
+    with TestClient(create_app(services=services), base_url="http://bench",
+                    headers={"Authorization": f"Bearer {token}"}) as client:
         for run in range(args.latency_runs):
             payloads = _phantom_payloads(60_000 + run, args)
             body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + payload + b"\r\n"

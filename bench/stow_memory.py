@@ -77,7 +77,7 @@ def measure(server: Server, gigabytes: float) -> dict[str, float]:
         time.sleep(1.0)
         before = sampler.sample()
         started = time.perf_counter()
-        with httpx.Client(timeout=3600, trust_env=False) as client:
+        with httpx.Client(timeout=3600, trust_env=False, auth=server.auth) as client:
             response = client.post(
                 f"{server.base_url}/studies",
                 content=_body(count, boundary),

@@ -42,6 +42,12 @@ class VersionConflict(FhirError):
     issue_code = "conflict"
 
 
+class Forbidden(FhirError):
+    """The identity may not do this (HTTP 403)."""
+
+    issue_code = "forbidden"
+
+
 class MethodNotAllowed(FhirError):
     issue_code = "not-supported"
 

@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from server import health
 from server.audit.service import build_audit
+from server.auth.middleware import AuthMiddleware
 from server.auth.routes import router as auth_router
 from server.auth.service import build_auth
 from server.db import make_engine, write_connection
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = FastAPI(title="MedAIFlow", version="0.1.0", docs_url="/docs", redoc_url=None, lifespan=_lifespan)
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(AuthMiddleware, auth=services.auth)
     app.include_router(health.router)
     app.include_router(dicomweb_router, prefix="/dicom-web")
     app.include_router(fhir_router, prefix="/fhir")

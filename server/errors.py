@@ -43,6 +43,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[DicomError], int], ...] = (
 
 _FHIR_STATUS: tuple[tuple[type[fhir.FhirError], int], ...] = (
     (fhir.InvalidRequest, 400),
+    (fhir.Forbidden, 403),
     (fhir.ResourceNotFound, 404),
     (fhir.MethodNotAllowed, 405),
     (fhir.NotAcceptable, 406),
@@ -52,7 +53,7 @@ _FHIR_STATUS: tuple[tuple[type[fhir.FhirError], int], ...] = (
     (fhir.InvalidResource, 422),
 )
 # Issue codes for statuses that come from the framework, not from a FhirError.
-_ISSUE_CODE_BY_STATUS = {400: "invalid", 404: "not-found", 405: "not-supported", 406: "not-supported",
+_ISSUE_CODE_BY_STATUS = {400: "invalid", 401: "login", 403: "forbidden", 429: "throttled", 404: "not-found", 405: "not-supported", 406: "not-supported",
                          413: "too-costly", 415: "not-supported", 422: "invalid"}
 
 

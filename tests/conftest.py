@@ -21,8 +21,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from server.app import build_services, create_app
-from server.services import Services
 from server.migrate import upgrade
+from server.services import Services
 from server.settings import Settings
 
 POSTGRES_URL = os.environ.get("MEDAIFLOW_TEST_DATABASE_URL")
@@ -66,9 +66,17 @@ def app(services: Services) -> FastAPI:
     return create_app(services=services)
 
 
+def admin_headers(services: Services) -> dict[str, str]:
+    """An admin's Bearer token, issued directly (no password, so no Argon2 per test)."""
+    from server.auth.scopes import Role, role_grant
+
+    token, _ = services.auth.issuer.issue("test-admin", "admin", str(role_grant(Role.ADMIN)), client=False)
+    return {"Authorization": f"Bearer {token}"}
+
+
 @pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, base_url="http://testserver") as test_client:
+def client(app: FastAPI, services: Services) -> Iterator[TestClient]:
+    with TestClient(app, base_url="http://testserver", headers=admin_headers(services)) as test_client:
         yield test_client
 
 

@@ -184,7 +184,10 @@ def test_console_script_is_installed() -> None:
     assert "import" in result.stdout
 
 
-def test_serve_with_several_workers_answers_from_each(cli_env: Path) -> None:
+ADMIN = ("admin", "the first admin's password")
+
+
+def test_serve_with_several_workers_answers_from_each(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`serve --workers 2`: migrations and recovery once, then two processes
     that each build the app from the environment."""
     import socket
@@ -195,6 +198,8 @@ def test_serve_with_several_workers_answers_from_each(cli_env: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     script = Path(sys.executable).parent / "medaiflow"
+    # The first start makes the admin (with this password) before the workers start.
+    monkeypatch.setenv("MEDAIFLOW_ADMIN_PASSWORD", ADMIN[1])
     process = subprocess.Popen(
         [str(script), "serve", "--port", str(port), "--workers", "2"],
         stdout=subprocess.DEVNULL,
@@ -211,9 +216,9 @@ def test_serve_with_several_workers_answers_from_each(cli_env: Path) -> None:
                 time.sleep(0.1)
         else:
             raise AssertionError("server did not start")
-        endpoint = httpx.get(f"{base}/fhir/Endpoint/dicomweb-wado-rs", timeout=5).json()
+        endpoint = httpx.get(f"{base}/fhir/Endpoint/dicomweb-wado-rs", timeout=5, auth=ADMIN).json()
         assert endpoint["address"] == f"http://127.0.0.1:{port}/dicom-web"
-        assert all(httpx.get(f"{base}/fhir/Endpoint", timeout=5).status_code == 200 for _ in range(10))
+        assert all(httpx.get(f"{base}/fhir/Endpoint", timeout=5, auth=ADMIN).status_code == 200 for _ in range(10))
     finally:
         process.terminate()
         process.wait(timeout=30)

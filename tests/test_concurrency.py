@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from server.services import Services
 from server.tables import instances, series, storage_journal, studies
+from tests.conftest import admin_headers
 from tests.dicom_files import make_ct, multipart_body
 from tests.store_state import files_on_disk
 
@@ -27,13 +28,13 @@ SHARED_POOL = 10
 SERIES_COUNT = 3
 
 
-def stow_all_at_once(base_url: str, bodies: list[list[bytes]]) -> list[httpx.Response]:
+def stow_all_at_once(base_url: str, bodies: list[list[bytes]], headers: dict[str, str]) -> list[httpx.Response]:
     """POST every body from its own thread, released together by a barrier."""
     barrier = threading.Barrier(len(bodies))
 
     def send(payloads: list[bytes]) -> httpx.Response:
         body, content_type = multipart_body(payloads)
-        with httpx.Client(base_url=base_url, timeout=120) as client:
+        with httpx.Client(base_url=base_url, timeout=120, headers=headers) as client:
             barrier.wait()
             return client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
 
@@ -79,7 +80,7 @@ def test_overlapping_stow_of_one_study(live_server: str, services: Services) -> 
         own = [instance(SHARED_POOL + client * OWN_PER_CLIENT + k) for k in range(OWN_PER_CLIENT)]
         bodies.append(own + overlap if client % 2 else overlap + own)
 
-    responses = stow_all_at_once(live_server, [[payload for _, payload in body] for body in bodies])
+    responses = stow_all_at_once(live_server, [[payload for _, payload in body] for body in bodies], admin_headers(services))
 
     assert [response.status_code for response in responses] == [200] * CLIENTS, [r.text for r in responses]
     for response, body in zip(responses, bodies, strict=True):
@@ -107,7 +108,7 @@ def test_concurrent_versions_of_the_same_instances(live_server: str, services: S
         for client in range(CLIENTS)
     ]
 
-    responses = stow_all_at_once(live_server, bodies)
+    responses = stow_all_at_once(live_server, bodies, admin_headers(services))
 
     assert [response.status_code for response in responses] == [200] * CLIENTS, [r.text for r in responses]
     rows = assert_store_consistent(services)

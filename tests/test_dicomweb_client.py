@@ -27,19 +27,33 @@ from urllib.parse import urlsplit
 import numpy as np
 import pydicom
 import pytest
+import requests
 from dicomweb_client import DICOMwebClient
+from dicomweb_client.session_utils import create_session_from_user_pass
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from server.auth.scopes import Role
+from server.services import Services
 from tests.dicom_files import bundled_file, make_ct
 
 PIXEL_DATA = "7FE00010"
 
 
+PACS_PASSWORD = "a long PACS password"
+
+
 @pytest.fixture
-def dicomweb(live_server: str) -> Iterator[DICOMwebClient]:
-    client = DICOMwebClient(url=live_server + "/dicom-web")
+def pacs_session(services: Services) -> requests.Session:
+    """HTTP Basic with a user's name and password, as PACS send their credentials."""
+    services.auth.identities.add_user("pacs", Role.ADMIN, PACS_PASSWORD)
+    return create_session_from_user_pass("pacs", PACS_PASSWORD)
+
+
+@pytest.fixture
+def dicomweb(live_server: str, pacs_session: requests.Session) -> Iterator[DICOMwebClient]:
+    client = DICOMwebClient(url=live_server + "/dicom-web", session=pacs_session)
     # The client writes `self.host` into the Host header; with the port in it
     # the server's absolute URLs point back at this server.
     client.host = urlsplit(live_server).netloc
@@ -96,14 +110,14 @@ def test_store_instances_reports_every_instance(dicomweb: DICOMwebClient) -> Non
         assert item.RetrieveURL.startswith(dicomweb.base_url + "/studies/")
 
 
-def test_client_host_header_drops_the_port(live_server: str) -> None:
+def test_client_host_header_drops_the_port(live_server: str, pacs_session: requests.Session) -> None:
     """Unpatched, the client sends `Host: 127.0.0.1`; URLs built from it have no port.
 
     No server can recover the port from such a request without breaking
     reverse proxies (where Host without a port rightly means 80/443), so
     this is the client's limitation; deployments on a default port are unaffected.
     """
-    client = DICOMwebClient(url=live_server + "/dicom-web")
+    client = DICOMwebClient(url=live_server + "/dicom-web", session=pacs_session)
     _, _, datasets = generated_study(1)
     [item] = client.store_instances(datasets).ReferencedSOPSequence
     client._session.close()

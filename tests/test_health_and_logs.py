@@ -19,8 +19,9 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.db import make_engine
-from server.services import Services
 from server.logs import JsonFormatter, configure_logging, request_id_var
+from server.services import Services
+from tests.conftest import admin_headers
 from tests.dicom_files import make_ct, multipart_body
 
 SECRET_PATIENT_ID = "PID-SECRET-4711"
@@ -138,12 +139,16 @@ def test_one_json_line_per_request(client: TestClient, request_log: io.StringIO)
     assert [entry["status"] for entry in logged] == [200, 200, 200, 404, 404]
 
 
-def test_query_values_never_reach_the_logs(live_server: str, production_logging: io.StringIO) -> None:
+def test_query_values_never_reach_the_logs(
+    live_server: str, production_logging: io.StringIO, services: Services
+) -> None:
     """Everything the server logs at DEBUG, uvicorn and SQLAlchemy included, while
     a patient is stored and searched for by id and name (urllib: a client that logs nothing)."""
+    authorization = admin_headers(services)
     body, content_type = multipart_body([make_ct(PatientID=SECRET_PATIENT_ID, PatientName=SECRET_NAME)])
     stow = urllib.request.Request(
-        live_server + "/dicom-web/studies", data=body, headers={"Content-Type": content_type}, method="POST"
+        live_server + "/dicom-web/studies", data=body, headers={"Content-Type": content_type, **authorization},
+        method="POST",
     )
     assert urllib.request.urlopen(stow, timeout=30).status == 200
     for query in (
@@ -151,10 +156,12 @@ def test_query_values_never_reach_the_logs(live_server: str, production_logging:
         f"series?PatientName=geheim*&fuzzymatching=true&PatientID={SECRET_PATIENT_ID}",
         f"instances?PatientID={SECRET_PATIENT_ID}&includefield=PatientName",
     ):
-        with urllib.request.urlopen(f"{live_server}/dicom-web/{query}", timeout=30) as answer:
+        search = urllib.request.Request(f"{live_server}/dicom-web/{query}", headers=authorization)
+        with urllib.request.urlopen(search, timeout=30) as answer:
             assert SECRET_PATIENT_ID in answer.read().decode()  # found, so the value went through the server
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(f"{live_server}/dicom-web/studies?PatientID={SECRET_PATIENT_ID}&StudyDate=soon")
+        urllib.request.urlopen(urllib.request.Request(
+            f"{live_server}/dicom-web/studies?PatientID={SECRET_PATIENT_ID}&StudyDate=soon", headers=authorization))
     assert refused.value.code == 400
 
     output = production_logging.getvalue()
@@ -197,11 +204,12 @@ def test_request_id_does_not_outlive_the_request(client: TestClient) -> None:
 
 # --- unhandled errors ----------------------------------------------------------
 @pytest.fixture
-def failing_app(app: FastAPI) -> FastAPI:
+def failing_app(app: FastAPI, services: Services) -> FastAPI:
     def fail() -> None:
         raise RuntimeError("a bug")
 
     app.add_api_route("/fail", fail)
+    app.state.test_headers = admin_headers(services)
     return app
 
 
@@ -217,7 +225,7 @@ def test_unhandled_error_is_logged_with_the_request_id(failing_app: FastAPI, cap
     capture = Capture()
     logging.getLogger().addHandler(capture)
     try:
-        with TestClient(failing_app, raise_server_exceptions=False) as client:
+        with TestClient(failing_app, raise_server_exceptions=False, headers=failing_app.state.test_headers) as client:
             response = client.get("/fail", headers={"X-Request-ID": "bug-report-1"})
     finally:
         logging.getLogger().removeHandler(capture)
@@ -231,7 +239,7 @@ def test_unhandled_error_is_logged_with_the_request_id(failing_app: FastAPI, cap
 
 
 def test_unhandled_error_answer_carries_the_request_id(failing_app: FastAPI) -> None:
-    with TestClient(failing_app, raise_server_exceptions=False) as client:
+    with TestClient(failing_app, raise_server_exceptions=False, headers=failing_app.state.test_headers) as client:
         response = client.get("/fail", headers={"X-Request-ID": "bug-report-2"})
     assert response.status_code == 500
     assert response.headers.get("x-request-id") == "bug-report-2"

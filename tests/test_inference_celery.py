@@ -18,7 +18,15 @@ from inference.demo.phantom import Geometry, make_phantom
 from server.app import build_services, create_app
 from server.migrate import upgrade
 from server.settings import Settings
-from tests.inference_checks import phantom, series_bytes, stow, study_uid, tasks_of, wait_for_tasks
+from tests.conftest import admin_headers
+from tests.inference_checks import (
+    phantom,
+    series_bytes,
+    stow,
+    study_uid,
+    tasks_of,
+    wait_for_tasks,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKERS = {
@@ -82,7 +90,7 @@ def celery_server(request, settings: Settings, tmp_path: Path) -> Iterator[tuple
     services = build_services(configured)
     upgrade(services.engine)
     workers = Workers(configured, tmp_path)
-    with TestClient(create_app(services=services), base_url="http://testserver") as client:
+    with TestClient(create_app(services=services), base_url="http://testserver", headers=admin_headers(services)) as client:
         try:
             yield client, workers
         finally:
@@ -136,7 +144,7 @@ def test_a_broker_down_at_submit_leaves_the_job_queued_with_the_reason(settings)
     configured = _celery_settings(settings, "redis://127.0.0.1:9/0")  # nothing listens on the discard port
     services = build_services(configured)
     upgrade(services.engine)
-    with TestClient(create_app(services=services), base_url="http://testserver") as client:
+    with TestClient(create_app(services=services), base_url="http://testserver", headers=admin_headers(services)) as client:
         study = phantom(seed=63, lesions=1)
         stow(client, series_bytes(study))
         deadline = time.monotonic() + 60

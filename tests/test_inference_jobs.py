@@ -17,7 +17,15 @@ from server.app import build_services, create_app
 from server.migrate import upgrade
 from server.services import Services
 from server.settings import Settings
-from tests.inference_checks import phantom, series_bytes, stow, study_uid, wait_for_task, wait_for_tasks
+from tests.conftest import admin_headers
+from tests.inference_checks import (
+    phantom,
+    series_bytes,
+    stow,
+    study_uid,
+    wait_for_task,
+    wait_for_tasks,
+)
 
 DEMO = "medaiflow-demo-lesions@1.0.0"
 
@@ -33,7 +41,7 @@ def inference_settings(settings: Settings) -> Settings:
 def running(inference_settings: Settings) -> Iterator[tuple[TestClient, Services]]:
     services = build_services(inference_settings)
     upgrade(services.engine)
-    with TestClient(create_app(services=services), base_url="http://testserver") as client:
+    with TestClient(create_app(services=services), base_url="http://testserver", headers=admin_headers(services)) as client:
         yield client, services
     services.engine.dispose()
 

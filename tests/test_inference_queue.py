@@ -21,6 +21,7 @@ from server.migrate import upgrade
 from server.services import Services
 from server.settings import Settings
 from server.tables import inference_jobs, study_activity
+from tests.conftest import admin_headers
 from tests.inference_checks import (
     phantom,
     series_bytes,
@@ -200,7 +201,7 @@ def _start(settings: Settings, started: list[Services], **changes: object) -> Se
 
 def test_queued_jobs_and_pending_triggers_survive_a_restart(settings, restartable):
     first = _start(settings, restartable, demo_model=True, study_quiet_seconds=0.0)
-    with TestClient(create_app(services=first), base_url="http://testserver") as client:
+    with TestClient(create_app(services=first), base_url="http://testserver", headers=admin_headers(first)) as client:
         ordered_uid = _stored_study(client, 57)
         task = _order(client, ordered_uid)
         triggered_uid = _stored_study(client, 58)
@@ -209,7 +210,7 @@ def test_queued_jobs_and_pending_triggers_survive_a_restart(settings, restartabl
         assert triggered_uid in pending  # no executor ran: its trigger waits
 
     second = _start(settings, restartable, executor="local", demo_model=True, study_quiet_seconds=0.0)
-    with TestClient(create_app(services=second), base_url="http://testserver") as client:
+    with TestClient(create_app(services=second), base_url="http://testserver", headers=admin_headers(second)) as client:
         assert wait_for_task(client, task["id"])["status"] == "completed"
         (triggered,) = wait_for_tasks(client, triggered_uid)
         assert triggered["status"] == "completed"

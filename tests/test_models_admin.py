@@ -17,6 +17,7 @@ from inference.demo.labelled_set import (
 from inference.demo.phantom import make_phantom, phantom_datasets
 from server.cli import main
 from server.jobs.service import DEMO_BUNDLE
+from tests.conftest import admin_headers
 from tests.inference_checks import phantom, series_bytes, stow, study_uid
 
 DEMO = "medaiflow-demo-lesions@1.0.0"
@@ -119,7 +120,7 @@ def test_infer_from_the_command_line(cli_env, capsys):
     services = build_services(load_settings(demo_model=True))
     upgrade(services.engine)
     study = phantom(seed=71, lesions=2)
-    with TestClient(create_app(services=services), base_url="http://testserver") as client:
+    with TestClient(create_app(services=services), base_url="http://testserver", headers=admin_headers(services)) as client:
         stow(client, series_bytes(study))
     services.engine.dispose()
     assert main(["infer", "--study", study_uid(study), "--quiet"]) == 0

@@ -13,6 +13,9 @@ from enum import Enum
 
 _SCOPE = re.compile(r"(?P<context>patient|user|system)/(?P<type>\*|[A-Z][A-Za-z]{1,63})\.(?P<permissions>[cruds]{1,5}|read|write|\*)")
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
+# Types a wildcard scope does not reach: the audit trail is only for those
+# whose scopes name it (the auditor, the admin).
+_NAMED_ONLY = frozenset(("AuditEvent",))
 _ORDER = "cruds"
 
 
@@ -54,7 +57,9 @@ class Grant:
 
     def allows(self, resource_type: str, permission: str) -> bool:
         return any(
-            permission in scope.permissions and scope.resource_type in ("*", resource_type) for scope in self.scopes
+            permission in scope.permissions
+            and (scope.resource_type == resource_type or (scope.resource_type == "*" and resource_type not in _NAMED_ONLY))
+            for scope in self.scopes
         )
 
     def narrowed_to(self, widest: "Grant") -> "Grant":
@@ -77,10 +82,10 @@ class Grant:
 def role_grant(role: Role, context: str = "user") -> Grant:
     """The widest scopes a role allows, in the given context (user for people, system for clients)."""
     widest = {
-        Role.ADMIN: ["*.cruds"],
+        Role.ADMIN: ["*.cruds", "AuditEvent.rs"],
         Role.MODALITY: ["ImagingStudy.c"],
         Role.CLINICIAN: ["*.rs"],
-        Role.AI_OPERATOR: ["Task.cruds", "Device.rs", "ImagingStudy.rs", "DiagnosticReport.rs", "Observation.rs",
+        Role.AI_OPERATOR: ["Task.cruds", "Device.cruds", "ImagingStudy.rs", "DiagnosticReport.rs", "Observation.rs",
                            "Provenance.rs", "Patient.rs"],
         Role.AUDITOR: ["AuditEvent.rs"],
     }[role]

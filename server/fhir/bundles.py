@@ -8,6 +8,7 @@ referenced in the Bundle.
 """
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -39,7 +40,10 @@ class EntryResult:
     outcome: dict[str, Any] | None = None
 
 
-def process_bundle(service: FhirService, body: Any, base: str, status_for: Any) -> bytes:
+def process_bundle(
+    service: FhirService, body: Any, base: str, status_for: Any, authorize: Callable[[str, str], None]
+) -> bytes:
+    """`authorize(method, path)` raises Forbidden for an entry its sender may not run."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise InvalidRequest("POST /fhir takes a Bundle of type batch or transaction")
     kind = body.get("type")
@@ -51,9 +55,14 @@ def process_bundle(service: FhirService, body: Any, base: str, status_for: Any) 
     for position, entry in enumerate(entries):
         _request_of(entry, position)
     if kind == "transaction":
+        # All or nothing: every entry is allowed, or none runs.
+        for entry in entries:
+            authorize(entry["request"]["method"], _path(entry["request"]["url"], base))
         results = _transaction(service, entries, base)
     else:
-        results = [_batch_entry(service, entry, position, base, status_for) for position, entry in enumerate(entries)]
+        results = [
+            _batch_entry(service, entry, position, base, status_for, authorize) for position, entry in enumerate(entries)
+        ]
     return _response_bundle(f"{kind}-response", results)
 
 
@@ -101,8 +110,12 @@ def _refuse_overlaps(entries: list[dict[str, Any]]) -> None:
             targets.add(target)
 
 
-def _batch_entry(service: FhirService, entry: dict[str, Any], position: int, base: str, status_for: Any) -> EntryResult:
+def _batch_entry(
+    service: FhirService, entry: dict[str, Any], position: int, base: str, status_for: Any,
+    authorize: Callable[[str, str], None],
+) -> EntryResult:
     try:
+        authorize(entry["request"]["method"], _path(entry["request"]["url"], base))
         return _run(service, entry, base, None, None)
     except FhirError as error:
         status = status_for(error)
@@ -142,6 +155,13 @@ def _run(
         interactions.delete(service, parts[0], parts[1], if_match, connection)
         return EntryResult("204 No Content")
     raise InvalidRequest(f"{method} {url} is not an interaction this server supports in a Bundle")
+
+
+def _path(url: str, base: str) -> str:
+    """An entry's URL as the path below /fhir (`Task/abc`), as the access table reads it."""
+    if url.startswith(f"{base}/"):
+        url = url[len(base) + 1 :]
+    return url.partition("?")[0]
 
 
 def _result(status: str, version: StoredVersion, base: str) -> EntryResult:

@@ -5,6 +5,7 @@ Routes parse the request, call an interaction, and shape the answer
 interaction modules.
 """
 
+from collections.abc import Callable
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache
 from urllib.parse import parse_qsl
@@ -16,8 +17,9 @@ from starlette.responses import Response
 
 from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
-from fhir_mappings.errors import InvalidRequest
+from fhir_mappings.errors import Forbidden, InvalidRequest
 from fhir_mappings.resources import resource_json, validated
+from server.auth.access import BUNDLE, Principal, fhir_permission
 from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
 from server.fhir.negotiation import (
@@ -96,6 +98,17 @@ def _search_pairs(request: Request) -> list[tuple[str, str]]:
 
 
 # --- whole system --------------------------------------------------------------
+def _entry_authorizer(request: Request) -> Callable[[str, str], None]:
+    principal: Principal = request.state.principal
+
+    def authorize(method: str, path: str) -> None:
+        permission = fhir_permission(method, [part for part in path.split("/") if part])
+        if permission is None or permission is BUNDLE or not principal.may(permission):
+            raise Forbidden(f"{principal.name} may not {method} {path} (its scopes do not allow it)")
+
+    return authorize
+
+
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     fmt = response_format(request)
@@ -115,7 +128,9 @@ async def batch_or_transaction(request: Request) -> Response:
     fmt = response_format(request, xml_allowed=False)
     require_json_body(request)
     body = parse_json_body(await request.body())
-    result = await run_in_threadpool(bundles.process_bundle, _fhir(request), body, fhir_base(request), fhir_status_for)
+    result = await run_in_threadpool(
+        bundles.process_bundle, _fhir(request), body, fhir_base(request), fhir_status_for, _entry_authorizer(request)
+    )
     return fhir_response(result, fmt)
 
 

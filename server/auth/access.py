@@ -1,0 +1,86 @@
+"""Which SMART permission each request needs: one table for the whole server.
+
+FHIR interactions map to their type and letter (read r, search s, create c,
+update u, delete d); DICOMweb to ImagingStudy (QIDO searches, WADO reads,
+STOW creates, DELETE deletes); the model API to Device. A batch or
+transaction Bundle is judged entry by entry, with the same function.
+"""
+
+from dataclasses import dataclass
+
+from server.auth.scopes import Grant
+
+# Anonymous by design: probes, discovery and the way to get a token.
+_PUBLIC_PATHS = frozenset(("/healthz", "/readyz", "/fhir/metadata", "/auth/token"))
+_PUBLIC_PREFIXES = ("/.well-known/",)
+_QIDO_RESOURCES = frozenset(("studies", "series", "instances"))
+
+
+@dataclass(frozen=True)
+class Permission:
+    resource_type: str
+    letter: str  # c r u d s
+
+
+# POST /fhir: the entries of the Bundle decide.
+BUNDLE = Permission("Bundle", "")
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str | None
+    grant: Grant
+    client: bool
+
+    def may(self, permission: Permission) -> bool:
+        return self.grant.allows(permission.resource_type, permission.letter)
+
+
+def is_public(method: str, path: str) -> bool:
+    # CORS preflights carry no credentials (the CORS middleware answers them).
+    return method == "OPTIONS" or path in _PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIXES)
+
+
+def required_permission(method: str, path: str) -> Permission | None:
+    """None: any authenticated identity may (documentation, unknown paths that answer 404)."""
+    parts = [part for part in path.split("/") if part]
+    if not parts:
+        return None
+    if parts[0] == "fhir":
+        return fhir_permission(method, parts[1:])
+    if parts[0] == "dicom-web":
+        return _dicomweb_permission(method, parts[1:])
+    if parts[:2] == ["admin", "models"]:
+        return _model_permission(method, parts[2:])
+    return None
+
+
+def fhir_permission(method: str, parts: list[str]) -> Permission | None:
+    """`parts`: the path below /fhir, e.g. ["Task", "abc", "_history", "2"]."""
+    if not parts:
+        return BUNDLE if method == "POST" else None
+    resource_type = parts[0]
+    if method == "GET":
+        return Permission(resource_type, "s" if len(parts) == 1 else "r")
+    if method == "POST":
+        return Permission(resource_type, "s" if parts[1:] == ["_search"] else "c")
+    if method == "PUT":
+        return Permission(resource_type, "u")
+    if method == "DELETE":
+        return Permission(resource_type, "d")
+    return Permission(resource_type, "r")
+
+
+def _dicomweb_permission(method: str, parts: list[str]) -> Permission:
+    if method == "POST":
+        return Permission("ImagingStudy", "c")
+    if method == "DELETE":
+        return Permission("ImagingStudy", "d")
+    return Permission("ImagingStudy", "s" if parts and parts[-1] in _QIDO_RESOURCES else "r")
+
+
+def _model_permission(method: str, parts: list[str]) -> Permission:
+    if method == "GET":
+        return Permission("Device", "s" if not parts else "r")
+    return Permission("Device", "c" if not parts else "u")

@@ -1,0 +1,122 @@
+"""Every request but the public ones is authenticated, then authorized.
+
+Credentials: `Authorization: Bearer <token>` (from /auth/token) or HTTP
+Basic (user name and password, or client id and secret, as PACS send them).
+Argon2 runs only when a Basic credential is first seen: a verified one is
+kept for a minute under the SHA-256 of the header, so that it costs a
+dictionary lookup afterwards; failures count against the login limits.
+
+401 (with WWW-Authenticate) when the credentials are missing or bad, 403
+when the identity lacks the permission; an OperationOutcome under /fhir, a
+JSON message elsewhere. The principal goes into the request state for the
+handlers (a Bundle's entries, the audit trail).
+"""
+
+import base64
+import binascii
+import hashlib
+import threading
+import time
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.auth.access import BUNDLE, Principal, is_public, required_permission
+from server.auth.identities import Identity
+from server.auth.scopes import Grant
+from server.auth.service import AuthService
+from server.auth.tokens import InvalidToken
+from server.errors import error_response
+
+_CHALLENGE = 'Bearer realm="medaiflow", Basic realm="medaiflow"'
+_BASIC_SECONDS = 60.0
+_BASIC_CACHE_LIMIT = 10_000
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, challenge: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.challenge = challenge
+        self.retry_after = retry_after
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, auth: AuthService) -> None:
+        self.app = app
+        self.auth = auth
+        self._basic: dict[bytes, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_public(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = await self._authenticate(scope)
+            permission = required_permission(scope["method"], scope["path"])
+            if permission is not None and permission is not BUNDLE and not principal.may(permission):
+                raise _Refused(403, f"{principal.name} may not {_verb(permission.letter)} {permission.resource_type}")
+        except _Refused as refused:
+            headers = {}
+            if refused.challenge:
+                headers["WWW-Authenticate"] = refused.challenge
+            if refused.retry_after:
+                headers["Retry-After"] = str(refused.retry_after)
+            response = error_response(refused.status, refused.message, headers, Request(scope))
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    async def _authenticate(self, scope: Scope) -> Principal:
+        header = Headers(scope=scope).get("authorization", "")
+        kind, _, credentials = header.partition(" ")
+        if kind.lower() == "bearer" and credentials:
+            try:
+                claims = self.auth.issuer.verify(credentials.strip())
+            except InvalidToken as error:
+                raise _Refused(401, error.args[0], f'Bearer realm="medaiflow", error="invalid_token", '
+                                                  f'error_description="{error.args[0]}"') from error
+            return Principal(claims.subject, claims.role or None, Grant.parse(claims.scope), claims.client)
+        if kind.lower() == "basic" and credentials:
+            return await self._basic_principal(credentials.strip(), scope)
+        raise _Refused(401, "authentication is required (a Bearer token from /auth/token, or HTTP Basic)", _CHALLENGE)
+
+    async def _basic_principal(self, credentials: str, scope: Scope) -> Principal:
+        key = hashlib.sha256(credentials.encode()).digest()
+        now = time.monotonic()
+        with self._lock:
+            cached = self._basic.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            name, _, secret = base64.b64decode(credentials, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError) as error:
+            raise _Refused(401, "the Basic credentials are not base64 of name:password", _CHALLENGE) from error
+        address = scope["client"][0] if scope.get("client") else "unknown"
+        keys = (f"user:{name}", f"address:{address}")
+        wait = self.auth.failed_logins.retry_after(*keys)
+        if wait is not None:
+            raise _Refused(429, "too many failed logins; try again later", retry_after=wait)
+        identity: Identity | None = await run_in_threadpool(self._check_basic, name, secret)
+        if identity is None:
+            self.auth.failed_logins.failed(*keys)
+            raise _Refused(401, "the user name or the password is wrong", _CHALLENGE)
+        self.auth.failed_logins.succeeded(keys[0])
+        principal = Principal(identity.name, identity.role.value if identity.role else None, identity.grant, identity.client)
+        with self._lock:
+            if len(self._basic) >= _BASIC_CACHE_LIMIT:
+                self._basic.clear()
+            self._basic[key] = (now + _BASIC_SECONDS, principal)
+        return principal
+
+    def _check_basic(self, name: str, secret: str) -> Identity | None:
+        return self.auth.identities.authenticate_user(name, secret) or self.auth.identities.authenticate_client(name, secret)
+
+
+def _verb(letter: str) -> str:
+    return {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}.get(letter, "use")

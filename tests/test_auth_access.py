@@ -1,0 +1,158 @@
+"""Who may do what: every role against every endpoint family (allowed, or
+403), missing credentials (401 with a challenge), each kind of bad token,
+the public endpoints, scopes narrowing a role, Bundle entries, HTTP Basic
+and system clients."""
+
+import base64
+import time
+
+import jwt
+import pytest
+from fastapi.testclient import TestClient
+
+from server.auth.scopes import Role, role_grant
+from server.auth.tokens import TokenIssuer
+from tests.dicom_files import make_ct, multipart_body
+
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+CT = make_ct(StudyInstanceUID=STUDY, PatientID="ACCESS-1")
+
+
+def _requests() -> dict[str, tuple[str, str, dict]]:
+    body, content_type = multipart_body([CT])
+    return {
+        "stow": ("POST", "/dicom-web/studies", {"content": body, "headers": {"Content-Type": content_type}}),
+        "qido": ("GET", "/dicom-web/studies", {}),
+        "wado": ("GET", f"/dicom-web/studies/{STUDY}/metadata", {}),
+        "dicom-delete": ("DELETE", f"/dicom-web/studies/{STUDY}/series/1.2.3", {}),
+        "fhir-read": ("GET", "/fhir/Patient/someone", {}),
+        "fhir-search": ("GET", "/fhir/DiagnosticReport", {}),
+        "task-create": ("POST", "/fhir/Task", {"json": {"resourceType": "Task", "status": "draft", "intent": "plan"}}),
+        "audit-search": ("GET", "/fhir/AuditEvent", {}),
+        "audit-verify": ("GET", "/fhir/AuditEvent/$verify", {}),
+        "models-list": ("GET", "/admin/models", {}),
+        "models-add": ("POST", "/admin/models", {"json": {"path": "/nonexistent"}}),
+    }
+
+
+# The roles of issue 5, and the families each may use; every other one is 403.
+ALLOWED = {
+    Role.ADMIN: set(_requests()),
+    Role.MODALITY: {"stow"},
+    Role.CLINICIAN: {"qido", "wado", "fhir-read", "fhir-search", "models-list"},
+    Role.AI_OPERATOR: {"qido", "wado", "fhir-read", "fhir-search", "task-create", "models-list", "models-add"},
+    Role.AUDITOR: {"audit-search", "audit-verify"},
+}
+
+
+def _bearer(services, role: Role, scope: str | None = None) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    token, _ = services.auth.issuer.issue(f"a-{role.value}", role.value, scope or str(role_grant(role)), client=False)
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def anonymous(app) -> TestClient:  # type: ignore[no-untyped-def]
+    with TestClient(app, base_url="http://testserver") as client:
+        yield client
+
+
+@pytest.mark.parametrize("role", list(Role), ids=lambda role: role.value)
+def test_every_role_against_every_endpoint_family(anonymous, services, role):
+    headers = _bearer(services, role)
+    for family, (method, path, options) in _requests().items():
+        extra = options.get("headers", {})
+        response = anonymous.request(method, path, headers={**headers, **extra},
+                                     **{key: value for key, value in options.items() if key != "headers"})
+        if family in ALLOWED[role]:
+            assert response.status_code not in (401, 403), (role, family, response.status_code, response.text)
+        else:
+            assert response.status_code == 403, (role, family, response.status_code, response.text)
+            if path.startswith("/fhir"):
+                assert response.json()["issue"][0]["code"] == "forbidden"
+            else:
+                assert "may not" in response.json()["message"]
+
+
+def test_missing_credentials_get_401_with_a_challenge(anonymous):
+    for method, path, options in _requests().values():
+        response = anonymous.request(method, path, **{key: value for key, value in options.items()})
+        assert response.status_code == 401, (path, response.status_code)
+        assert "Bearer" in response.headers["www-authenticate"] and "Basic" in response.headers["www-authenticate"]
+        if path.startswith("/fhir"):
+            assert response.json()["resourceType"] == "OperationOutcome"
+            assert response.json()["issue"][0]["code"] == "login"
+        else:
+            assert response.json()["status"] == 401
+
+
+def test_public_endpoints_need_no_credentials(anonymous):
+    for path in ("/healthz", "/readyz", "/fhir/metadata", "/.well-known/jwks.json", "/.well-known/smart-configuration"):
+        assert anonymous.get(path).status_code == 200, path
+    preflight = anonymous.options("/fhir/Patient", headers={"Origin": "http://viewer.example",
+                                                            "Access-Control-Request-Method": "GET"})
+    assert preflight.status_code == 200
+
+
+def test_each_kind_of_bad_token_gets_401(anonymous, services, tmp_path):
+    issuer = services.auth.issuer
+    newest = issuer._keys()[-1]
+    now = int(time.time())
+
+    def signed(**claims: object) -> str:
+        payload = {"iss": issuer.issuer, "aud": "medaiflow", "sub": "x", "exp": now + 60, "scope": "user/*.rs", **claims}
+        return jwt.encode(payload, newest.private, algorithm="ES256", headers={"kid": newest.kid})
+
+    foreign, _ = TokenIssuer(tmp_path / "foreign", issuer.issuer).issue("x", "admin", "user/*.cruds", client=False)
+    cases = {
+        "malformed": "not.a.token",
+        "expired": signed(exp=now - 5),
+        "wrong audience": signed(aud="another-server"),
+        "wrong issuer": signed(iss="https://elsewhere"),
+        "wrongly signed": foreign,
+    }
+    for kind, token in cases.items():
+        for path in ("/fhir/Patient", "/dicom-web/studies"):
+            response = anonymous.get(path, headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 401, (kind, path)
+            assert 'error="invalid_token"' in response.headers["www-authenticate"], kind
+
+
+def test_scopes_narrow_a_role(anonymous, services):
+    headers = _bearer(services, Role.CLINICIAN, "user/Patient.r")
+    assert anonymous.get("/fhir/Patient/someone", headers=headers).status_code == 404
+    assert anonymous.get("/fhir/Patient", headers=headers).status_code == 403  # r, not s
+    assert anonymous.get("/fhir/DiagnosticReport", headers=headers).status_code == 403
+
+
+def test_bundle_entries_are_authorized_one_by_one(anonymous, services):
+    headers = _bearer(services, Role.CLINICIAN)
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient?_count=1"}},
+        {"resource": {"resourceType": "Task", "status": "draft", "intent": "plan"}, "request": {"method": "POST", "url": "Task"}},
+    ]}
+    answer = anonymous.post("/fhir", json=batch, headers=headers).json()
+    assert [entry["response"]["status"][:3] for entry in answer["entry"]] == ["200", "403"]
+    transaction = {**batch, "type": "transaction"}
+    refused = anonymous.post("/fhir", json=transaction, headers=headers)
+    assert refused.status_code == 403
+    assert anonymous.get("/fhir/Task", headers=_bearer(services, Role.ADMIN)).json()["total"] == 0
+
+
+def test_http_basic_for_users_and_clients_as_pacs_send_them(anonymous, services):
+    services.auth.identities.add_user("scanner", Role.MODALITY, "a long scanner password")
+    body, content_type = multipart_body([CT])
+    good = "Basic " + base64.b64encode(b"scanner:a long scanner password").decode()
+    stored = anonymous.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type, "Authorization": good})
+    assert stored.status_code == 200
+    assert anonymous.get("/dicom-web/studies", headers={"Authorization": good}).status_code == 403
+    client_id, secret = services.auth.identities.add_client("ehr", "system/DiagnosticReport.rs")
+    system = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    assert anonymous.get("/fhir/DiagnosticReport", headers={"Authorization": system}).status_code == 200
+    assert anonymous.get("/fhir/Patient", headers={"Authorization": system}).status_code == 403
+    # Guessing: five failures, then this address waits, even with a right password.
+    wrong = "Basic " + base64.b64encode(b"scanner:wrong").decode()
+    statuses = [anonymous.get("/dicom-web/studies", headers={"Authorization": wrong}).status_code for _ in range(6)]
+    assert statuses[:5] == [401] * 5 and statuses[5] == 429
+    fresh = "Basic " + base64.b64encode(b"scanner:a long scanner password!").decode()
+    limited = anonymous.get("/dicom-web/studies", headers={"Authorization": fresh})
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
