@@ -10,8 +10,10 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.middleware.cors import CORSMiddleware
 
+from fhir_mappings.audit_event import AuditKind
 from server import health
-from server.audit.service import build_audit
+from server.audit.middleware import AuditMiddleware
+from server.audit.service import AuditService, build_audit
 from server.auth.middleware import AuthMiddleware
 from server.auth.routes import router as auth_router
 from server.auth.service import build_auth
@@ -23,7 +25,7 @@ from server.fhir.routes import router as fhir_router
 from server.fhir.service import build_fhir
 from server.ingest import Ingestor
 from server.jobs.routes import router as models_router
-from server.jobs.service import build_jobs
+from server.jobs.service import JobsService, build_jobs
 from server.jobs.triggers import touch_studies
 from server.logs import RequestLogMiddleware, configure_logging
 from server.services import Services
@@ -48,10 +50,30 @@ def build_services(settings: Settings) -> Services:
     jobs = build_jobs(settings, engine, fhir.store, store, ingestor)
     fhir.write_hooks["Task"] = jobs.tasks
     audit = build_audit(engine, fhir.store, settings.data_dir, settings.audit_checkpoint_every,
-                        settings.audit_checkpoint_seconds)
+                        settings.audit_checkpoint_seconds, settings.public_root)
+    _audit_own_changes(audit, jobs)
     auth = build_auth(engine, settings.data_dir, settings.public_root, settings.token_seconds)
+    auth.identities.on_change = lambda connection, name, description: audit.record_in(
+        connection, AuditKind.SECURITY_CHANGE, "medaiflow", description)
     return Services(settings=settings, engine=engine, store=store, ingestor=ingestor, fhir=fhir, jobs=jobs, audit=audit,
                     auth=auth)
+
+
+def _audit_own_changes(audit: AuditService, jobs: JobsService) -> None:
+    """The server's own changes go into the audit trail in their transactions:
+    every Task state change of a job, every model registration, activation,
+    deactivation and validation."""
+
+    def task_changed(connection: Connection, task_id: str, status: str, patient_id: str | None, owner: str | None) -> None:
+        audit.record_in(connection, AuditKind.UPDATE, owner or "medaiflow", f"inference Task {status}",
+                        resources=[f"Task/{task_id}"], patients=[patient_id] if patient_id else [])
+
+    def model_changed(connection: Connection, device_id: str, description: str) -> None:
+        audit.record_in(connection, AuditKind.APPLICATION_ACTIVITY, "medaiflow", description,
+                        resources=[f"Device/{device_id}"])
+
+    jobs.queue.on_change = task_changed
+    jobs.registry.on_change = model_changed
 
 
 @asynccontextmanager
@@ -79,6 +101,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(AuthMiddleware, auth=services.auth)
+    # Outside authentication, so that refused requests are recorded too.
+    app.add_middleware(AuditMiddleware, recorder=services.audit.recorder, server_name=settings.public_root)
     app.include_router(health.router)
     app.include_router(dicomweb_router, prefix="/dicom-web")
     app.include_router(fhir_router, prefix="/fhir")

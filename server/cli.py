@@ -95,18 +95,16 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _with_identities(work):  # type: ignore[no-untyped-def]
-    from server.auth.identities import Identities
-    from server.db import make_engine
+    """The server's own identities, so that each change is audited as the server audits it."""
+    from server.app import build_services
     from server.migrate import upgrade
 
-    settings = load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
+    services = build_services(load_settings())
     try:
-        upgrade(engine)
-        return work(Identities(engine))
+        upgrade(services.engine)
+        return work(services.auth.identities)
     finally:
-        engine.dispose()
+        services.engine.dispose()
 
 
 def _password_from_stdin() -> str | None:

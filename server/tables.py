@@ -301,6 +301,14 @@ audit_head = Table(
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
 )
+# How far the chain has been written out as FHIR AuditEvents (for search): the
+# chain commits with the action; its searchable copy follows a moment later.
+audit_projection = Table(
+    "audit_projection",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+)
 # Signed statements of the head at a moment: cutting events off the end of the
 # chain then shows, as a checkpoint beyond the end.
 audit_checkpoints = Table(

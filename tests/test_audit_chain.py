@@ -35,6 +35,7 @@ def _verify(services):
 def test_events_are_chained_and_served_as_audit_events(services, fhir):
     assert _append(services, 3) == [1, 2, 3]
     assert services.audit.recorder.record(_event(9, AuditKind.SEARCH)) == 4
+    services.audit.chain.project()  # the searchable copies follow the chain (the recorder's thread does this too)
     verification = _verify(services)
     assert verification.intact and verification.events == 4
     event = fhir.get("/fhir/AuditEvent/4").json()
@@ -50,6 +51,27 @@ def test_events_are_chained_and_served_as_audit_events(services, fhir):
     # On a read the client is the Destination (110152), the server the Source (110153).
     roles = [agent["type"]["coding"][0]["code"] for agent in fhir.get("/fhir/AuditEvent/1").json()["agent"]]
     assert roles == ["110152", "110153"]
+
+
+def test_the_searchable_copy_follows_the_chain_exactly_once(services):
+    """No server runs here, so no recorder thread projects beside the test."""
+    import orjson
+
+    from fhir_mappings.errors import ResourceNotFound
+    from server.audit.chain import canonical_json
+
+    _append(services, 5)
+    with pytest.raises(ResourceNotFound):
+        services.fhir.store.read("AuditEvent", "1")
+    assert services.audit.chain.project(limit=3) == 3
+    assert services.audit.chain.project() == 2
+    assert services.audit.chain.project() == 0
+    # The copy is the chain's event: the canonical bytes of the copy, less its id, meta and chain extension.
+    served = orjson.loads(services.fhir.store.read("AuditEvent", "5").body)
+    event = {key: value for key, value in served.items() if key not in ("id", "meta", "extension")}
+    with services.engine.connect() as connection:
+        stored = connection.execute(select(audit_events.c.event_json).where(audit_events.c.seq == 5)).scalar_one()
+    assert canonical_json(event) == stored
 
 
 def test_a_rolled_back_action_leaves_no_record(services):

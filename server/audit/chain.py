@@ -5,8 +5,10 @@ Each appended event gets the next sequence number; its hash is SHA-256 over
 its predecessor's hash (hex) and the RFC 8785 canonical JSON of the event,
 which is stored as those exact bytes. Appenders lock the one head row, so on
 PostgreSQL and SQLite alike the chain never forks, skips or repeats a number.
-The event is also written as a FHIR AuditEvent (id = sequence number, with
-the chain's numbers in an extension) in the same transaction, for search.
+The chain is the record. Its searchable copy, a FHIR AuditEvent per event
+(id = sequence number, the chain's numbers in an extension), is written by
+`project` right after, outside the appender's transaction: an append is then
+a few rows, and the copy follows within a moment (verification never reads it).
 
 Every `checkpoint_every` events, and on `checkpoint()`, the head (sequence,
 hash, time) is signed with the server's Ed25519 key: editing, removing or
@@ -30,7 +32,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from server.db import reading, write_connection
 from server.fhir.store import ResourceStore
-from server.tables import audit_checkpoints, audit_events, audit_head
+from server.tables import audit_checkpoints, audit_events, audit_head, audit_projection
 
 GENESIS = "0" * 64
 CHAIN_EXTENSION = "urn:medaiflow:audit-chain"
@@ -123,22 +125,46 @@ class AuditChain:
             select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID).with_for_update()
         ).one()
         seq, previous = head.seq, head.hash
-        rows, resources = [], []
+        rows = []
         for event in events:
             seq += 1
             canonical = canonical_json(event)
             digest = event_hash(previous, canonical)
             rows.append({"seq": seq, "previous_hash": previous, "hash": digest, "event_json": canonical})
-            resources.append((chained_resource(event, seq, previous, digest), str(seq)))
             previous = digest
         if not rows:
             return []
-        self.store.add_new(connection, resources)
         connection.execute(insert(audit_events), rows)
         connection.execute(update(audit_head).where(audit_head.c.id == _HEAD_ID).values(seq=seq, hash=previous))
         if seq // self.checkpoint_every > head.seq // self.checkpoint_every:
             self._checkpoint(connection, seq, previous)
         return [row["seq"] for row in rows]
+
+    def project(self, limit: int = 1000) -> int:
+        """Write the next events of the chain as FHIR AuditEvents; how many.
+        One projector at a time (the row lock), each event exactly once."""
+        with reading(self.engine) as connection:  # idle: a read, no write lock
+            done = connection.execute(select(audit_projection.c.seq)).scalar_one()
+            newest = connection.execute(select(audit_head.c.seq)).scalar_one()
+        if newest <= done:
+            return 0
+        with write_connection(self.engine) as connection:
+            done = connection.execute(
+                select(audit_projection.c.seq).where(audit_projection.c.id == _HEAD_ID).with_for_update()
+            ).scalar_one()
+            rows = connection.execute(
+                select(audit_events).where(audit_events.c.seq > done).order_by(audit_events.c.seq).limit(limit)
+            ).all()
+            if not rows:
+                return 0
+            self.store.add_new(connection, [
+                (chained_resource(orjson.loads(row.event_json), row.seq, row.previous_hash, row.hash), str(row.seq))
+                for row in rows
+            ])
+            connection.execute(
+                update(audit_projection).where(audit_projection.c.id == _HEAD_ID).values(seq=rows[-1].seq)
+            )
+            return len(rows)
 
     def checkpoint(self) -> int | None:
         """Sign the head now, if it moved since the last checkpoint."""

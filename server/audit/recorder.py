@@ -62,12 +62,22 @@ class AuditRecorder:
             if batch:
                 self._append(batch)
                 appended = True
+            self._project()  # also what write transactions appended elsewhere
             if appended and time.monotonic() - last_checkpoint >= self.checkpoint_seconds:
                 last_checkpoint, appended = time.monotonic(), False
                 try:
                     self.chain.checkpoint()
                 except Exception:  # the next tick tries again; appends do not wait on it
                     log.exception("could not write an audit checkpoint")
+
+    def _project(self) -> None:
+        """The searchable copies of what was appended (here, or by a write
+        transaction elsewhere): a failure only delays them."""
+        try:
+            while self.chain.project() == 1000:
+                pass
+        except Exception:
+            log.exception("could not write the searchable copies of audit events")
 
     def _take(self) -> list[tuple[dict[str, Any], "Future[int]"]]:
         try:

@@ -1,10 +1,13 @@
 """The audit trail's parts, built once per process by `build_audit`."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
+from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
 from server.audit.chain import AuditChain, Signer
 from server.audit.recorder import AuditRecorder
 from server.fhir.store import ResourceStore
@@ -15,10 +18,22 @@ from server.keys import load_or_create_key
 class AuditService:
     chain: AuditChain
     recorder: AuditRecorder
+    server_name: str
+
+    def record_in(
+        self, connection: Connection, kind: AuditKind, client: str, description: str,
+        resources: Sequence[str] = (), patients: Sequence[str] = (),
+    ) -> None:
+        """An event of the server's own (a job's step, a model or user change),
+        appended in the transaction of the change: both commit, or neither."""
+        self.chain.append(connection, [audit_event(AuditRecord(
+            kind=kind, outcome=Outcome.SUCCESS, recorded=datetime.now(UTC), client=client, server=self.server_name,
+            description=description, resources=resources, patients=patients,
+        ))])
 
 
 def build_audit(engine: Engine, store: ResourceStore, data_dir: Path, checkpoint_every: int,
-                checkpoint_seconds: float) -> AuditService:
+                checkpoint_seconds: float, server_name: str) -> AuditService:
     signer = Signer(load_or_create_key(data_dir / "audit-signing.key"))
     chain = AuditChain(engine, store, signer, checkpoint_every)
-    return AuditService(chain, AuditRecorder(chain, checkpoint_seconds=checkpoint_seconds))
+    return AuditService(chain, AuditRecorder(chain, checkpoint_seconds=checkpoint_seconds), server_name)

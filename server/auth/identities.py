@@ -7,11 +7,12 @@ verification. Hashes made with older parameters are replaced at login.
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from server.auth.scopes import Grant, Role, role_grant
@@ -42,6 +43,8 @@ class Identities:
         self.engine = engine
         self.hasher = hasher or PasswordHasher()  # Argon2id, the library's current parameters
         self._dummy: str | None = None
+        # Told of every user and client change, in its transaction (the audit trail).
+        self.on_change: Callable[[Connection, str, str], None] | None = None
 
     # --- users -------------------------------------------------------------------
     def add_user(self, name: str, role: Role, password: str | None = None) -> str:
@@ -55,6 +58,7 @@ class Identities:
             with write_connection(self.engine) as connection:
                 connection.execute(insert(users).values(name=name, role=role.value, password_hash=self.hasher.hash(password),
                                                         disabled=False, created_at=now, updated_at=now))
+                self._changed(connection, name, f"user {name} added with role {role.value}")
         except IntegrityError as error:
             raise IdentityError(f"user {name!r} exists already") from error
         return password
@@ -69,19 +73,25 @@ class Identities:
             return connection.execute(select(users.c.id).limit(1)).first() is not None
 
     def disable_user(self, name: str) -> None:
-        self._change_user(name, disabled=True)
+        self._change_user(name, f"user {name} disabled", disabled=True)
 
     def set_password(self, name: str, password: str) -> None:
         _require_strength(password)
-        self._change_user(name, password_hash=self.hasher.hash(password))
+        self._change_user(name, f"password of user {name} changed", password_hash=self.hasher.hash(password))
 
-    def _change_user(self, name: str, **values: object) -> None:
+    def _change_user(self, name: str, description: str | None, **values: object) -> None:
         with write_connection(self.engine) as connection:
             changed = connection.execute(
                 update(users).where(users.c.name == name).values(**values, updated_at=_now())
             ).rowcount
+            if changed and description is not None:
+                self._changed(connection, name, description)
         if not changed:
             raise IdentityError(f"there is no user {name!r}")
+
+    def _changed(self, connection: Connection, name: str, description: str) -> None:
+        if self.on_change is not None:
+            self.on_change(connection, name, description)
 
     def authenticate_user(self, name: str, password: str) -> Identity | None:
         with reading(self.engine) as connection:
@@ -89,8 +99,8 @@ class Identities:
         stored = row.password_hash if row is not None else self._dummy_hash()
         if not self._verifies(stored, password) or row is None or row.disabled:
             return None
-        if self.hasher.check_needs_rehash(stored):
-            self._change_user(name, password_hash=self.hasher.hash(password))
+        if self.hasher.check_needs_rehash(stored):  # the same password, stronger hash: no security change
+            self._change_user(name, None, password_hash=self.hasher.hash(password))
         role = Role(row.role)
         return Identity(row.name, role, role_grant(role, "user"), client=False)
 
@@ -105,6 +115,7 @@ class Identities:
             connection.execute(insert(clients).values(client_id=client_id, name=name[:_NAME_LIMIT],
                                                       secret_hash=self.hasher.hash(secret), scopes=str(grant),
                                                       disabled=False, created_at=_now()))
+            self._changed(connection, client_id, f"client {client_id} added with scopes {grant}")
         return client_id, secret
 
     def authenticate_client(self, client_id: str, secret: str) -> Identity | None:

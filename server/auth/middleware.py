@@ -57,6 +57,8 @@ class AuthMiddleware:
             return
         try:
             principal = await self._authenticate(scope)
+            # Known before it is judged: a refusal is recorded under its name.
+            scope.setdefault("state", {})["principal"] = principal
             permission = required_permission(scope["method"], scope["path"])
             if permission is not None and permission is not BUNDLE and not principal.may(permission):
                 raise _Refused(403, f"{principal.name} may not {_verb(permission.letter)} {permission.resource_type}")
@@ -69,7 +71,6 @@ class AuthMiddleware:
             response = error_response(refused.status, refused.message, headers, Request(scope))
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
     async def _authenticate(self, scope: Scope) -> Principal:

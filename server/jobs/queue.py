@@ -72,6 +72,8 @@ class JobQueue:
         self.store = store
         self.device_of = device_of  # model id -> its Device id
         self.policy = policy
+        # Told of every state change, in its transaction (the audit trail).
+        self.on_change: Callable[[Connection, str, str, str | None, str | None], None] | None = None
 
     # --- creating and reading -------------------------------------------------
     def create(
@@ -301,6 +303,8 @@ class JobQueue:
         assert job is not None
         if write_task:
             self.store.put(connection, self.task_of(job), task_id, "PUT")
+        if self.on_change is not None and status_to is not None:
+            self.on_change(connection, task_id, self.public_status(job), job.patient_id, owner or job.lease_owner)
         return job
 
     def _lease(self) -> int:

@@ -8,6 +8,7 @@ forced activation is written on the Device for everyone to see.
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,8 @@ class ModelRegistry:
         self.engine = engine
         self.store = store
         self.models_dir = models_dir
+        # Told of every registration and change of state, in its transaction (the audit trail).
+        self.on_change: Callable[[Connection, str, str], None] | None = None
 
     def add(self, source: Path) -> RegisteredModel:
         """Register a bundle directory; adding the same weights again changes nothing."""
@@ -170,6 +173,11 @@ class ModelRegistry:
         return changed
 
     def _publish(self, connection: Connection, model: RegisteredModel) -> None:
+        if self.on_change is not None:
+            state = "active" if model.active else "inactive"
+            forced = ", activated without a passing validation" if model.forced and model.active else ""
+            validated = "" if model.validation is None else f", validation {'passed' if model.validation.passed else 'failed'}"
+            self.on_change(connection, model.device_id, f"model {model.key}: {state}{validated}{forced}")
         metrics = model.validation.metrics if model.validation else ()
         device = model_device(model.bundle.card, model.bundle.weights_sha256, model.active, metrics, forced=model.forced)
         self.store.put(connection, device, model.device_id, "PUT")

@@ -29,6 +29,12 @@ def upgrade() -> None:
     )
     # The empty chain: sequence 0, the genesis hash. Appenders lock this row.
     op.bulk_insert(head, [{'id': 1, 'seq': 0, 'hash': '0' * 64}])
+    projection = op.create_table('audit_projection',
+    sa.Column('id', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('seq', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_projection'))
+    )
+    op.bulk_insert(projection, [{'id': 1, 'seq': 0}])
     op.create_table('audit_checkpoints',
     sa.Column('seq', sa.BigInteger(), autoincrement=False, nullable=False),
     sa.Column('hash', sa.String(length=64), nullable=False),
@@ -40,5 +46,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('audit_checkpoints')
+    op.drop_table('audit_projection')
     op.drop_table('audit_head')
     op.drop_table('audit_events')
