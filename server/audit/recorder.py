@@ -31,17 +31,21 @@ class AuditRecorder:
         self._pending: queue.Queue[tuple[dict[str, Any], Future[int]]] = queue.Queue()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._projector: threading.Thread | None = None
 
     def start(self) -> None:
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="audit-recorder", daemon=True)
         self._thread.start()
+        self._projector = threading.Thread(target=self._project, name="audit-projector", daemon=True)
+        self._projector.start()
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        for thread in (self._thread, self._projector):
+            if thread is not None:
+                thread.join(timeout=30)
+        self._thread = self._projector = None
 
     def record(self, event: dict[str, Any], timeout: float = 30.0) -> int:
         """The event's sequence number, once committed; AuditUnavailable otherwise."""
@@ -62,7 +66,6 @@ class AuditRecorder:
             if batch:
                 self._append(batch)
                 appended = True
-            self._project()  # also what write transactions appended elsewhere
             if appended and time.monotonic() - last_checkpoint >= self.checkpoint_seconds:
                 last_checkpoint, appended = time.monotonic(), False
                 try:
@@ -71,13 +74,16 @@ class AuditRecorder:
                     log.exception("could not write an audit checkpoint")
 
     def _project(self) -> None:
-        """The searchable copies of what was appended (here, or by a write
-        transaction elsewhere): a failure only delays them."""
-        try:
-            while self.chain.project() == 1000:
-                pass
-        except Exception:
-            log.exception("could not write the searchable copies of audit events")
+        """On its own thread, so appends never wait for it: the searchable
+        copies of what was appended (here, or by a write transaction
+        elsewhere). A failure only delays them."""
+        while not self._stopping.is_set():
+            try:
+                if self.chain.project() == 0:
+                    self._stopping.wait(0.2)
+            except Exception:
+                log.exception("could not write the searchable copies of audit events")
+                self._stopping.wait(1.0)
 
     def _take(self) -> list[tuple[dict[str, Any], "Future[int]"]]:
         try:
