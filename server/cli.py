@@ -155,6 +155,16 @@ def _clients_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_rotate(_: argparse.Namespace) -> int:
+    from server.auth.tokens import TokenIssuer
+
+    settings = load_settings()
+    kid = TokenIssuer(settings.data_dir / "jwt-keys", settings.public_root).rotate()
+    print(f"new signing key {kid}; tokens signed by the older keys stay valid until they expire "
+          f"(remove a key's file from {settings.data_dir / 'jwt-keys'} to retire it)")
+    return 0
+
+
 def _audit_verify(_: argparse.Namespace) -> int:
     from server.app import build_services
     from server.migrate import upgrade
@@ -213,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_client.add_argument("name")
     add_client.add_argument("--scopes", required=True, help='SMART scopes, e.g. "system/DiagnosticReport.rs system/Task.cu"')
     add_client.set_defaults(run=_clients_add)
+    keys = commands.add_parser("keys", help="token signing keys").add_subparsers(dest="keys_command", required=True)
+    keys.add_parser("rotate", help="sign new tokens with a new key (the JWKS publishes old and new)").set_defaults(
+        run=_keys_rotate)
     audit = commands.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_command", required=True)
     audit.add_parser(
         "verify", help="recompute the hash chain and its signed checkpoints; exit 1 at the first broken event"

@@ -173,3 +173,7 @@ def test_users_and_clients_from_the_command_line(tmp_path, database_url, monkeyp
     assert "client id: pacs-" in output and "secret (shown once)" in output
     assert main(["users", "disable", "fay"]) == 0
     assert main(["users", "disable", "nobody"]) == 2
+    keys = tmp_path / "cli-data" / "jwt-keys"
+    assert len(list(keys.glob("*.pem"))) == 1
+    assert main(["keys", "rotate"]) == 0
+    assert len(list(keys.glob("*.pem"))) == 2

@@ -9,7 +9,7 @@ dictionary lookup afterwards; failures count against the login limits.
 401 (with WWW-Authenticate) when the credentials are missing or bad, 403
 when the identity lacks the permission; an OperationOutcome under /fhir, a
 JSON message elsewhere. The principal goes into the request state for the
-handlers (a Bundle's entries, the audit trail).
+handlers (a Bundle's entries are authorized one by one).
 """
 
 import base64
@@ -57,8 +57,6 @@ class AuthMiddleware:
             return
         try:
             principal = await self._authenticate(scope)
-            # Known before it is judged: a refusal is recorded under its name.
-            scope.setdefault("state", {})["principal"] = principal
             permission = required_permission(scope["method"], scope["path"])
             if permission is not None and permission is not BUNDLE and not principal.may(permission):
                 raise _Refused(403, f"{principal.name} may not {_verb(permission.letter)} {permission.resource_type}")
@@ -71,6 +69,7 @@ class AuthMiddleware:
             response = error_response(refused.status, refused.message, headers, Request(scope))
             await response(scope, receive, send)
             return
+        scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
     async def _authenticate(self, scope: Scope) -> Principal:
