@@ -123,6 +123,12 @@ def test_tokens_survive_a_rotation_and_bad_tokens_are_refused(tmp_path):
     tampered = after[:-4] + ("AAAA" if after[-4:] != "AAAA" else "BBBB")
     with pytest.raises(InvalidToken):
         issuer.verify(tampered)
+    # Retiring a key (removing its file) ends its tokens at once, verified before or not.
+    assert issuer.verify(before).subject == "ana"
+    (tmp_path / "keys" / f"{jwt.get_unverified_header(before)['kid']}.pem").unlink()
+    with pytest.raises(InvalidToken, match="key this server does not have"):
+        issuer.verify(before)
+    assert issuer.verify(after).subject == "ana"
 
 
 def test_hashes_made_with_old_parameters_are_replaced_at_login(services):

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 ALGORITHM = "ES256"
+_VERIFIED_LIMIT = 10_000
 AUDIENCE = "medaiflow"
 
 
@@ -46,6 +47,9 @@ class TokenIssuer:
         self.issuer = issuer
         self.lifetime_seconds = lifetime_seconds
         self._cached: tuple[int, list[_Key]] | None = None
+        # Tokens already verified, until they expire: a client sends the same
+        # token with every request. Emptied whenever the key set changes.
+        self._verified: dict[str, Claims] = {}
         if not list(key_dir.glob("*.pem")):
             self.rotate()
 
@@ -66,6 +70,7 @@ class TokenIssuer:
         changed = self.key_dir.stat().st_mtime_ns
         if self._cached is None or self._cached[0] != changed:
             self._cached = (changed, self._load())
+            self._verified = {}
         return self._cached[1]
 
     def _load(self) -> list[_Key]:
@@ -85,11 +90,24 @@ class TokenIssuer:
         return jwt.encode(claims, newest.private, algorithm=ALGORITHM, headers={"kid": newest.kid}), self.lifetime_seconds
 
     def verify(self, token: str) -> Claims:
+        keys = self._keys()  # first: a changed key set forgets what was verified with the old one
+        known = self._verified.get(token)
+        if known is not None:
+            if known.expires > time.time():
+                return known
+            del self._verified[token]
+        claims = self._verify(token, keys)
+        if len(self._verified) >= _VERIFIED_LIMIT:
+            self._verified = {}
+        self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str, keys: list[_Key]) -> Claims:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as error:
             raise InvalidToken("the token is not a JWT") from error
-        key = next((key for key in self._keys() if key.kid == kid), None)
+        key = next((key for key in keys if key.kid == kid), None)
         if key is None:
             raise InvalidToken("the token is signed with a key this server does not have")
         try:
