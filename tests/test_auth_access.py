@@ -156,3 +156,49 @@ def test_http_basic_for_users_and_clients_as_pacs_send_them(anonymous, services)
     fresh = "Basic " + base64.b64encode(b"scanner:a long scanner password!").decode()
     limited = anonymous.get("/dicom-web/studies", headers={"Authorization": fresh})
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+
+
+def test_includes_and_chains_reach_only_readable_types(anonymous, services):
+    clinician = _bearer(services, Role.CLINICIAN)
+    for path, params in [
+        ("/fhir/Patient", {"_revinclude": "AuditEvent:patient"}),
+        ("/fhir/Provenance", {"target:AuditEvent.outcome": "0"}),
+    ]:
+        response = anonymous.get(path, params=params, headers=clinician)
+        assert response.status_code == 403, (path, params)
+        assert "AuditEvent" in response.json()["issue"][0]["diagnostics"]
+    assert anonymous.get("/fhir/Patient", params={"_revinclude": "Observation:subject"}, headers=clinician).status_code == 200
+    # Task.focus may point at any type, AuditEvent included: only a grant that reads every type may include it.
+    operator = _bearer(services, Role.AI_OPERATOR)
+    assert anonymous.get("/fhir/Task", params={"_include": "Task:focus"}, headers=operator).status_code == 403
+    assert anonymous.get("/fhir/Task", params={"_include": "Task:focus"}, headers=_bearer(services, Role.ADMIN)).status_code == 200
+    batch = {"resourceType": "Bundle", "type": "batch",
+             "entry": [{"request": {"method": "GET", "url": "Patient?_revinclude=AuditEvent:patient"}}]}
+    answer = anonymous.post("/fhir", json=batch, headers=clinician).json()
+    assert answer["entry"][0]["response"]["status"].startswith("403")
+
+
+def test_a_type_history_is_a_search(anonymous, services):
+    reader = _bearer(services, Role.CLINICIAN, "user/Patient.r")
+    assert anonymous.get("/fhir/Patient/_history", headers=reader).status_code == 403
+    assert anonymous.head("/fhir/Patient", headers=reader).status_code == 403
+
+
+def test_malformed_basic_credentials_are_401_not_500(anonymous):
+    # Header bytes beyond ASCII arrive as Latin-1 text.
+    for header in (b"Basic \xe9\xe9", b"Basic !!!", b"Basic " + base64.b64encode(b"\xff\xfe")):
+        response = anonymous.get("/dicom-web/studies", headers={"Authorization": header})
+        assert response.status_code == 401, header
+    token = anonymous.post("/auth/token", content="grant_type=client_credentials",
+                           headers={"Content-Type": "application/x-www-form-urlencoded", "Authorization": b"Basic \xe9"})
+    assert token.status_code == 401
+
+
+def test_attempts_in_flight_count_against_the_limit():
+    from server.auth.limits import FailedLogins
+
+    limits = FailedLogins(limit=5)
+    assert all(limits.attempt("name:x", "address:a") is None for _ in range(5))  # five checks still running
+    assert limits.attempt("name:x", "address:a") is not None
+    limits.succeeded("name:x", "address:a")  # one of them was right: the name starts afresh
+    assert limits.attempt("name:x", "address:b") is None

@@ -160,6 +160,9 @@ def test_scope_grammar_and_role_ceilings():
     modality = role_grant(Role.MODALITY)
     assert modality.allows("ImagingStudy", "c") and not modality.allows("ImagingStudy", "r")
     assert str(Grant.parse("user/*.cruds").narrowed_to(role_grant(Role.AUDITOR))) == "user/AuditEvent.rs"
+    # A wildcard ceiling never reaches the audit trail, asked for by name or not.
+    assert Grant.parse("user/AuditEvent.rs").narrowed_to(role_grant(Role.CLINICIAN)).scopes == ()
+    assert str(Grant.parse("user/AuditEvent.cruds").narrowed_to(role_grant(Role.ADMIN))) == "user/AuditEvent.rs"
 
 
 def test_users_and_clients_from_the_command_line(tmp_path, database_url, monkeypatch, capsys):

@@ -8,6 +8,8 @@ transaction Bundle is judged entry by entry, with the same function.
 
 from dataclasses import dataclass
 
+from fhir_mappings.search_parameters import DEFINITIONS
+from fhir_mappings.search_query import Condition, SearchRequest
 from server.auth.scopes import Grant
 
 # Anonymous by design: probes, discovery and the way to get a token.
@@ -37,6 +39,29 @@ class Principal:
         return self.grant.allows(permission.resource_type, permission.letter)
 
 
+def search_permissions(request: SearchRequest) -> set[Permission]:
+    """What a search reads besides its own type: the resources it includes
+    (`_include` targets, `_revinclude` sources; an include that may reach any
+    type needs every type) and the types its chains look into."""
+    needed: set[Permission] = set()
+    for include in request.includes:
+        targets = (include.target_type,) if include.target_type else include.parameter.targets
+        types = DEFINITIONS.keys() if "Resource" in targets else targets
+        needed |= {Permission(resource_type, "r") for resource_type in types}
+    needed |= {Permission(include.source_type, "r") for include in request.revincludes}
+    needed |= {Permission(chain_type, "s") for chain_type in _chain_types(request.conditions)}
+    return needed
+
+
+def _chain_types(conditions: tuple[Condition, ...]) -> set[str]:
+    types = set()
+    for condition in conditions:
+        if condition.chain is not None:
+            types.add(condition.chain.target_type)
+            types |= _chain_types((condition.chain.condition,))
+    return types
+
+
 def is_public(method: str, path: str) -> bool:
     # CORS preflights carry no credentials (the CORS middleware answers them).
     return method == "OPTIONS" or path in _PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIXES)
@@ -61,8 +86,9 @@ def fhir_permission(method: str, parts: list[str]) -> Permission | None:
     if not parts:
         return BUNDLE if method == "POST" else None
     resource_type = parts[0]
-    if method == "GET":
-        return Permission(resource_type, "s" if len(parts) == 1 else "r")
+    if method in ("GET", "HEAD"):
+        # The type's history lists every resource of it: a search, not a read.
+        return Permission(resource_type, "s" if len(parts) == 1 or parts[1:] == ["_history"] else "r")
     if method == "POST":
         return Permission(resource_type, "s" if parts[1:] == ["_search"] else "c")
     if method == "PUT":

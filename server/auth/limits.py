@@ -19,27 +19,38 @@ class FailedLogins:
         self._failures: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
 
-    def retry_after(self, *keys: str) -> int | None:
-        """Seconds to wait before any of `keys` may try again, or None."""
-        now = time.monotonic()
+    def _wait(self, now: float, keys: tuple[str, ...]) -> int | None:
         waits = []
-        with self._lock:
-            for key in keys:
-                failures = self._failures.get(key)
-                if failures is None:
-                    continue
-                while failures and now - failures[0] > self.window_seconds:
-                    failures.popleft()
-                if len(failures) >= self.limit:
-                    waits.append(self.window_seconds - (now - failures[0]))
+        for key in keys:
+            failures = self._failures.get(key)
+            if failures is None:
+                continue
+            while failures and now - failures[0] > self.window_seconds:
+                failures.popleft()
+            if not failures:
+                del self._failures[key]  # no memory kept for names tried long ago
+            elif len(failures) >= self.limit:
+                waits.append(self.window_seconds - (now - failures[0]))
         return max(1, int(max(waits)) + 1) if waits else None
 
-    def failed(self, *keys: str) -> None:
+    def attempt(self, *keys: str) -> int | None:
+        """Count an attempt before its password is checked, so that attempts
+        made in parallel all count; None when it may go ahead, else the
+        seconds to wait. A success is given back with `succeeded`."""
         now = time.monotonic()
         with self._lock:
-            for key in keys:
-                self._failures[key].append(now)
+            wait = self._wait(now, keys)
+            if wait is None:
+                for key in keys:
+                    self._failures[key].append(now)
+            return wait
 
-    def succeeded(self, name_key: str) -> None:
+    def succeeded(self, *keys: str) -> None:
+        """The attempt was right: it does not count, and the name starts afresh."""
         with self._lock:
-            self._failures.pop(name_key, None)
+            for position, key in enumerate(keys):
+                failures = self._failures.get(key)
+                if failures:
+                    failures.pop()
+                if position == 0 or not failures:
+                    self._failures.pop(key, None)

@@ -13,7 +13,6 @@ handlers (a Bundle's entries are authorized one by one).
 """
 
 import base64
-import binascii
 import hashlib
 import threading
 import time
@@ -79,8 +78,9 @@ class AuthMiddleware:
             try:
                 claims = self.auth.issuer.verify(credentials.strip())
             except InvalidToken as error:
+                description = error.args[0].replace('"', "'")  # a quoted-string may not hold quotes
                 raise _Refused(401, error.args[0], f'Bearer realm="medaiflow", error="invalid_token", '
-                                                  f'error_description="{error.args[0]}"') from error
+                                                  f'error_description="{description}"') from error
             return Principal(claims.subject, claims.role or None, Grant.parse(claims.scope), claims.client)
         if kind.lower() == "basic" and credentials:
             return await self._basic_principal(credentials.strip(), scope)
@@ -95,18 +95,17 @@ class AuthMiddleware:
             return cached[1]
         try:
             name, _, secret = base64.b64decode(credentials, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError) as error:
+        except ValueError as error:  # binascii.Error, UnicodeDecodeError, and non-ASCII text
             raise _Refused(401, "the Basic credentials are not base64 of name:password", _CHALLENGE) from error
         address = scope["client"][0] if scope.get("client") else "unknown"
-        keys = (f"user:{name}", f"address:{address}")
-        wait = self.auth.failed_logins.retry_after(*keys)
+        keys = (f"name:{name}", f"address:{address}")
+        wait = self.auth.failed_logins.attempt(*keys)
         if wait is not None:
             raise _Refused(429, "too many failed logins; try again later", retry_after=wait)
         identity: Identity | None = await run_in_threadpool(self._check_basic, name, secret)
         if identity is None:
-            self.auth.failed_logins.failed(*keys)
             raise _Refused(401, "the user name or the password is wrong", _CHALLENGE)
-        self.auth.failed_logins.succeeded(keys[0])
+        self.auth.failed_logins.succeeded(*keys)
         principal = Principal(identity.name, identity.role.value if identity.role else None, identity.grant, identity.client)
         with self._lock:
             if len(self._basic) >= _BASIC_CACHE_LIMIT:

@@ -8,7 +8,6 @@ answer says whether a user exists.
 """
 
 import base64
-import binascii
 from urllib.parse import parse_qsl, unquote
 
 from fastapi import APIRouter, Request
@@ -46,7 +45,7 @@ async def token(request: Request) -> JSONResponse:
         name, secret = form.get("username", ""), form.get("password", "")
         if not name or not secret:
             return _error(400, "invalid_request", "the password grant needs username and password")
-        keys = (f"user:{name}", f"address:{address}")
+        keys = (f"name:{name}", f"address:{address}")
         check = auth.identities.authenticate_user
         failure = _error(400, "invalid_grant", "the user name or the password is wrong")
     elif grant_type == "client_credentials":
@@ -55,21 +54,20 @@ async def token(request: Request) -> JSONResponse:
             return _error(401, "invalid_client", "client authentication is needed (HTTP Basic, or client_id and client_secret)",
                           {"WWW-Authenticate": 'Basic realm="medaiflow"'})
         name, secret = credentials
-        keys = (f"client:{name}", f"address:{address}")
+        keys = (f"name:{name}", f"address:{address}")
         check = auth.identities.authenticate_client
         failure = _error(401, "invalid_client", "the client id or the secret is wrong",
                          {"WWW-Authenticate": 'Basic realm="medaiflow"'})
     else:
         return _error(400, "unsupported_grant_type", "grant_type must be password or client_credentials")
 
-    wait = auth.failed_logins.retry_after(*keys)
+    wait = auth.failed_logins.attempt(*keys)
     if wait is not None:
         return _error(429, "slow_down", "too many failed logins; try again later", {"Retry-After": str(wait)})
     identity: Identity | None = await run_in_threadpool(check, name, secret)
     if identity is None:
-        auth.failed_logins.failed(*keys)
         return failure
-    auth.failed_logins.succeeded(keys[0])
+    auth.failed_logins.succeeded(*keys)
     granted = Grant.parse(form["scope"]).narrowed_to(identity.grant) if form.get("scope") else identity.grant
     if not granted.scopes:
         return _error(400, "invalid_scope", "none of the scopes asked for is allowed to this identity")
@@ -85,7 +83,7 @@ def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, st
     if header[:6].lower() == "basic ":
         try:
             client_id, _, secret = base64.b64decode(header[6:], validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text
             return None
         # RFC 6749 2.3.1: both parts are form-urlencoded inside Basic.
         return (unquote(client_id), unquote(secret)) if client_id and secret else None

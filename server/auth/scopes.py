@@ -69,6 +69,8 @@ class Grant:
             for allowed in widest.scopes:
                 if asked.resource_type not in ("*", allowed.resource_type) and allowed.resource_type != "*":
                     continue
+                if allowed.resource_type == "*" and asked.resource_type in _NAMED_ONLY:
+                    continue  # a wildcard never reaches these, asked for by name or not
                 resource_type = allowed.resource_type if asked.resource_type == "*" else asked.resource_type
                 permissions = asked.permissions & allowed.permissions
                 if permissions:

@@ -49,7 +49,7 @@ class TokenIssuer:
         self._cached: tuple[int, list[_Key]] | None = None
         # Tokens already verified, until they expire: a client sends the same
         # token with every request. Emptied whenever the key set changes.
-        self._verified: dict[str, Claims] = {}
+        self._verified: dict[str, tuple[int, Claims]] = {}  # token -> (key-set stamp, claims)
         if not list(key_dir.glob("*.pem")):
             self.rotate()
 
@@ -70,7 +70,6 @@ class TokenIssuer:
         changed = self.key_dir.stat().st_mtime_ns
         if self._cached is None or self._cached[0] != changed:
             self._cached = (changed, self._load())
-            self._verified = {}
         return self._cached[1]
 
     def _load(self) -> list[_Key]:
@@ -90,16 +89,17 @@ class TokenIssuer:
         return jwt.encode(claims, newest.private, algorithm=ALGORITHM, headers={"kid": newest.kid}), self.lifetime_seconds
 
     def verify(self, token: str) -> Claims:
-        keys = self._keys()  # first: a changed key set forgets what was verified with the old one
+        keys = self._keys()
+        assert self._cached is not None
+        stamp = self._cached[0]
         known = self._verified.get(token)
-        if known is not None:
-            if known.expires > time.time():
-                return known
-            del self._verified[token]
+        # Only a verification made with the current key set counts: retiring a key ends its tokens at once.
+        if known is not None and known[0] == stamp and known[1].expires > time.time():
+            return known[1]
         claims = self._verify(token, keys)
         if len(self._verified) >= _VERIFIED_LIMIT:
             self._verified = {}
-        self._verified[token] = claims
+        self._verified[token] = (stamp, claims)
         return claims
 
     def _verify(self, token: str, keys: list[_Key]) -> Claims:

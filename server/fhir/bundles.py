@@ -19,6 +19,7 @@ from sqlalchemy import Connection
 from fhir_mappings.date_ranges import instant_text
 from fhir_mappings.errors import FhirError, InvalidRequest
 from fhir_mappings.outcome import operation_outcome
+from fhir_mappings.search_query import SearchRequest
 from server.db import write_connection
 from server.fhir import interactions
 from server.fhir.search import render_searchset
@@ -41,9 +42,11 @@ class EntryResult:
 
 
 def process_bundle(
-    service: FhirService, body: Any, base: str, status_for: Any, authorize: Callable[[str, str], None]
+    service: FhirService, body: Any, base: str, status_for: Any, authorize: Callable[[str, str], None],
+    authorize_search: Callable[[SearchRequest], None],
 ) -> bytes:
-    """`authorize(method, path)` raises Forbidden for an entry its sender may not run."""
+    """`authorize(method, path)` raises Forbidden for an entry its sender may
+    not run; `authorize_search` for a search entry reaching types it may not read."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise InvalidRequest("POST /fhir takes a Bundle of type batch or transaction")
     kind = body.get("type")
@@ -58,15 +61,18 @@ def process_bundle(
         # All or nothing: every entry is allowed, or none runs.
         for entry in entries:
             authorize(entry["request"]["method"], _path(entry["request"]["url"], base))
-        results = _transaction(service, entries, base)
+        results = _transaction(service, entries, base, authorize_search)
     else:
         results = [
-            _batch_entry(service, entry, position, base, status_for, authorize) for position, entry in enumerate(entries)
+            _batch_entry(service, entry, position, base, status_for, authorize, authorize_search)
+            for position, entry in enumerate(entries)
         ]
     return _response_bundle(f"{kind}-response", results)
 
 
-def _transaction(service: FhirService, entries: list[dict[str, Any]], base: str) -> list[EntryResult]:
+def _transaction(
+    service: FhirService, entries: list[dict[str, Any]], base: str, authorize_search: Callable[[SearchRequest], None]
+) -> list[EntryResult]:
     _refuse_overlaps(entries)
     assigned = {
         entry["fullUrl"]: f"{entry['request']['url'].split('?')[0].strip('/')}/{uuid.uuid4()}"
@@ -84,7 +90,7 @@ def _transaction(service: FhirService, entries: list[dict[str, Any]], base: str)
                 None,
             )
             try:
-                results[position] = _run(service, entry, base, connection, created_id)
+                results[position] = _run(service, entry, base, connection, created_id, authorize_search)
             except FhirError as error:
                 error.diagnostics = f"entry {position} ({entry['request']['method']} {entry['request']['url']}): {error.diagnostics}"
                 raise
@@ -112,18 +118,19 @@ def _refuse_overlaps(entries: list[dict[str, Any]]) -> None:
 
 def _batch_entry(
     service: FhirService, entry: dict[str, Any], position: int, base: str, status_for: Any,
-    authorize: Callable[[str, str], None],
+    authorize: Callable[[str, str], None], authorize_search: Callable[[SearchRequest], None],
 ) -> EntryResult:
     try:
         authorize(entry["request"]["method"], _path(entry["request"]["url"], base))
-        return _run(service, entry, base, None, None)
+        return _run(service, entry, base, None, None, authorize_search)
     except FhirError as error:
         status = status_for(error)
         return EntryResult(f"{status}", outcome=operation_outcome(error.issue_code, error.diagnostics))
 
 
 def _run(
-    service: FhirService, entry: dict[str, Any], base: str, connection: Connection | None, created_id: str | None
+    service: FhirService, entry: dict[str, Any], base: str, connection: Connection | None, created_id: str | None,
+    authorize_search: Callable[[SearchRequest], None],
 ) -> EntryResult:
     method, url = entry["request"]["method"], entry["request"]["url"]
     if entry["request"].get("ifNoneExist") is not None:
@@ -136,7 +143,9 @@ def _run(
     if method == "GET" and len(parts) == 1:
         service.require_type(parts[0])
         pairs = parse_qsl(query, keep_blank_values=True)
-        page = service.searcher.search(parts[0], pairs, base, strict=False, connection=connection)
+        page = service.searcher.search(
+            parts[0], pairs, base, strict=False, connection=connection, authorize=authorize_search
+        )
         return EntryResult("200 OK", resource=render_searchset(page, base))
     if method == "GET" and len(parts) in (2, 4) and (len(parts) == 2 or parts[2] == "_history"):
         version = (

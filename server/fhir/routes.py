@@ -19,7 +19,8 @@ from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
 from fhir_mappings.errors import Forbidden, InvalidRequest
 from fhir_mappings.resources import resource_json, validated
-from server.auth.access import BUNDLE, Principal, fhir_permission
+from fhir_mappings.search_query import SearchRequest
+from server.auth.access import BUNDLE, Principal, fhir_permission, search_permissions
 from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
 from server.fhir.negotiation import (
@@ -98,6 +99,17 @@ def _search_pairs(request: Request) -> list[tuple[str, str]]:
 
 
 # --- whole system --------------------------------------------------------------
+def _search_authorizer(request: Request) -> Callable[[SearchRequest], None]:
+    principal: Principal = request.state.principal
+
+    def authorize(search: SearchRequest) -> None:
+        refused = sorted(f"{p.resource_type}.{p.letter}" for p in search_permissions(search) if not principal.may(p))
+        if refused:
+            raise Forbidden(f"{principal.name} may not reach what this search includes or chains into ({', '.join(refused)})")
+
+    return authorize
+
+
 def _entry_authorizer(request: Request) -> Callable[[str, str], None]:
     principal: Principal = request.state.principal
 
@@ -129,7 +141,8 @@ async def batch_or_transaction(request: Request) -> Response:
     require_json_body(request)
     body = parse_json_body(await request.body())
     result = await run_in_threadpool(
-        bundles.process_bundle, _fhir(request), body, fhir_base(request), fhir_status_for, _entry_authorizer(request)
+        bundles.process_bundle, _fhir(request), body, fhir_base(request), fhir_status_for, _entry_authorizer(request),
+        _search_authorizer(request),
     )
     return fhir_response(result, fmt)
 
@@ -154,7 +167,9 @@ async def _run_search(request: Request, resource_type: str, pairs: list[tuple[st
     fhir = _fhir(request)
     fhir.require_type(resource_type)
     base = fhir_base(request)
-    page = await run_in_threadpool(fhir.searcher.search, resource_type, pairs, base, _strict(request))
+    page = await run_in_threadpool(
+        fhir.searcher.search, resource_type, pairs, base, _strict(request), None, _search_authorizer(request)
+    )
     page = page.with_link_parameters(
         [(name, value) for name, value in request.query_params.multi_items() if name in ("_format", "_pretty")]
     )

@@ -7,6 +7,7 @@ first page fetches one row more than it shows, so a page with a `next` link
 never leads to an empty page.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
@@ -76,8 +77,10 @@ class Searcher:
 
     def search(
         self, resource_type: str, pairs: list[tuple[str, str]], base: str, strict: bool,
-        connection: Connection | None = None,
+        connection: Connection | None = None, authorize: Callable[[SearchRequest], None] | None = None,
     ) -> SearchPage:
+        """`authorize` judges the parsed search (what it includes, where its
+        chains look) before anything is read; it raises to refuse."""
         cursor_token = next((value for name, value in pairs if name == "_cursor"), None)
         state: dict[str, Any] = {}
         if cursor_token is not None:
@@ -86,6 +89,8 @@ class Searcher:
                 raise _tampered()
             pairs = [(str(name), str(value)) for name, value in state.get("params", [])]
         request = parse_search(resource_type, pairs, strict=strict and cursor_token is None)
+        if authorize is not None:
+            authorize(request)
         counted_with_page = cursor_token is None and request.total is Total.ACCURATE
         with reading(self.engine, connection) as session:
             if request.summary is Summary.COUNT or request.count == 0:
