@@ -6,6 +6,7 @@ STOW creates, DELETE deletes); the model API to Device. A batch or
 transaction Bundle is judged entry by entry, with the same function.
 """
 
+import base64
 from dataclasses import dataclass
 
 from fhir_mappings.search_parameters import DEFINITIONS
@@ -60,6 +61,16 @@ def _chain_types(conditions: tuple[Condition, ...]) -> set[str]:
             types.add(condition.chain.target_type)
             types |= _chain_types((condition.chain.condition,))
     return types
+
+
+def basic_credentials(encoded: str) -> tuple[str, str] | None:
+    """The name and password (or client id and secret) of an HTTP Basic
+    credential (the part after `Basic `); None when it is not base64 of name:password."""
+    try:
+        name, _, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text
+        return None
+    return (name, secret) if name else None
 
 
 def is_public(method: str, path: str) -> bool:

@@ -12,7 +12,6 @@ JSON message elsewhere. The principal goes into the request state for the
 handlers (a Bundle's entries are authorized one by one).
 """
 
-import base64
 import hashlib
 import threading
 import time
@@ -22,7 +21,13 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.auth.access import BUNDLE, Principal, is_public, required_permission
+from server.auth.access import (
+    BUNDLE,
+    Principal,
+    basic_credentials,
+    is_public,
+    required_permission,
+)
 from server.auth.identities import Identity
 from server.auth.scopes import Grant
 from server.auth.service import AuthService
@@ -93,10 +98,10 @@ class AuthMiddleware:
             cached = self._basic.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        try:
-            name, _, secret = base64.b64decode(credentials, validate=True).decode().partition(":")
-        except ValueError as error:  # binascii.Error, UnicodeDecodeError, and non-ASCII text
-            raise _Refused(401, "the Basic credentials are not base64 of name:password", _CHALLENGE) from error
+        parsed = basic_credentials(credentials)
+        if parsed is None:
+            raise _Refused(401, "the Basic credentials are not base64 of name:password", _CHALLENGE)
+        name, secret = parsed
         address = scope["client"][0] if scope.get("client") else "unknown"
         keys = (f"name:{name}", f"address:{address}")
         wait = self.auth.failed_logins.attempt(*keys)

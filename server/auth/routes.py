@@ -7,13 +7,13 @@ fails to authenticate, 429 with Retry-After while logins are limited. No
 answer says whether a user exists.
 """
 
-import base64
 from urllib.parse import parse_qsl, unquote
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
+from server.auth.access import basic_credentials
 from server.auth.identities import Identity
 from server.auth.scopes import Grant
 from server.auth.service import AuthService
@@ -81,12 +81,11 @@ async def token(request: Request) -> JSONResponse:
 def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str] | None:
     header = request.headers.get("authorization", "")
     if header[:6].lower() == "basic ":
-        try:
-            client_id, _, secret = base64.b64decode(header[6:], validate=True).decode().partition(":")
-        except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text
+        parsed = basic_credentials(header[6:])
+        if parsed is None or not parsed[1]:
             return None
         # RFC 6749 2.3.1: both parts are form-urlencoded inside Basic.
-        return (unquote(client_id), unquote(secret)) if client_id and secret else None
+        return unquote(parsed[0]), unquote(parsed[1])
     if form.get("client_id") and form.get("client_secret"):
         return form["client_id"], form["client_secret"]
     return None

@@ -22,7 +22,7 @@ from fhir_mappings.errors import InvalidResource, ResourceNotFound
 from fhir_mappings.task import TaskRecord, task_resource
 from server.db import reading, write_connection
 from server.fhir.store import ResourceStore
-from server.tables import inference_jobs
+from server.tables import ai_models, inference_jobs
 
 REQUESTED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "requested", "in-progress", "completed", "failed", "cancelled"
 ON_HOLD = "on-hold"  # only ever a Task status: a job queued for another attempt
@@ -58,19 +58,17 @@ class Job:
     started_at: int | None
     ended_at: int | None
     updated_at: int
-    device_id: str = ""
+    device_id: str  # the model's Device
 
     @classmethod
-    def from_row(cls, row: Any, device_id: str) -> "Job":
-        fields = {name: getattr(row, name) for name in cls.__dataclass_fields__ if name != "device_id"}
-        return cls(**fields, device_id=device_id)
+    def from_row(cls, row: Any) -> "Job":
+        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
 
 
 class JobQueue:
-    def __init__(self, engine: Engine, store: ResourceStore, device_of: Callable[[int], str], policy: QueuePolicy) -> None:
+    def __init__(self, engine: Engine, store: ResourceStore, policy: QueuePolicy) -> None:
         self.engine = engine
         self.store = store
-        self.device_of = device_of  # model id -> its Device id
         self.policy = policy
         # Told of every state change, in its transaction (the audit trail).
         self.on_change: Callable[[Connection, str, str, str | None, str | None], None] | None = None
@@ -95,10 +93,14 @@ class JobQueue:
     def get(self, task_id: str, connection: Connection | None = None, lock: bool = False) -> Job | None:
         """`lock`: inside a write transaction, hold the job row until it ends, so
         that a client's write and a worker's do not act on each other's past."""
-        statement = select(inference_jobs).where(inference_jobs.c.task_id == task_id)
+        statement = (
+            select(inference_jobs, ai_models.c.device_id)
+            .join(ai_models, ai_models.c.id == inference_jobs.c.model_id)
+            .where(inference_jobs.c.task_id == task_id)
+        )
         with reading(self.engine, connection) as session:
-            row = session.execute(statement.with_for_update() if lock else statement).first()
-        return None if row is None else Job.from_row(row, self.device_of(row.model_id))
+            row = session.execute(statement.with_for_update(of=inference_jobs) if lock else statement).first()
+        return None if row is None else Job.from_row(row)
 
     @staticmethod
     def public_status(job: Job) -> str:

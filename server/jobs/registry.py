@@ -69,6 +69,9 @@ class ModelRegistry:
         self.engine = engine
         self.store = store
         self.models_dir = models_dir
+        # Registered bundles do not change (their copy is the server's, their
+        # weights are pinned by digest): each is read from disk once.
+        self._bundles: dict[tuple[str, str], Bundle] = {}
         # Told of every registration and change of state, in its transaction (the audit trail).
         self.on_change: Callable[[Connection, str, str], None] | None = None
 
@@ -119,13 +122,6 @@ class ModelRegistry:
         if row is None:
             raise ModelNotFound(f"no model version with id {model_id}")
         return self._model(row)
-
-    def device_id(self, model_id: int) -> str:
-        with reading(self.engine) as connection:
-            found = connection.execute(select(ai_models.c.device_id).where(ai_models.c.id == model_id)).scalar()
-        if found is None:
-            raise ModelNotFound(f"no model version with id {model_id}")
-        return str(found)
 
     def by_device(self, device_resource_id: str, connection: Connection | None = None) -> RegisteredModel:
         with reading(self.engine, connection) as session:
@@ -189,12 +185,14 @@ class ModelRegistry:
             select(ai_models).where(ai_models.c.name == name, ai_models.c.version == version)
         ).first()
 
-    @staticmethod
-    def _model(row: Any) -> RegisteredModel:
+    def _model(self, row: Any) -> RegisteredModel:
         stored = orjson.loads(row.validation_json) if row.validation_json else {"validation": None, "forced": False}
         validation = Validation.from_json(stored["validation"]) if stored["validation"] else None
+        key = (row.bundle_path, row.weights_sha256)
+        if key not in self._bundles:
+            self._bundles[key] = Bundle.open(Path(row.bundle_path), row.weights_sha256)
         return RegisteredModel(
-            id=row.id, bundle=Bundle.open(Path(row.bundle_path), row.weights_sha256), device_id=row.device_id, active=row.active,
+            id=row.id, bundle=self._bundles[key], device_id=row.device_id, active=row.active,
             validation=validation, forced=stored["forced"],
         )
 

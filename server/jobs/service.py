@@ -99,7 +99,7 @@ def build_jobs(settings: Settings, engine: Engine, store: ResourceStore, files: 
         max_attempts=settings.job_max_attempts, lease_seconds=settings.job_lease_seconds,
         backoff_seconds=settings.job_retry_backoff_seconds, timeout_seconds=settings.job_timeout_seconds,
     )
-    queue = JobQueue(engine, store, registry.device_id, policy)
+    queue = JobQueue(engine, store, policy)
     jobs = JobsService(
         settings=settings, registry=registry, queue=queue, tasks=InferenceTasks(queue, registry),
         triggers=StudyTriggers(engine, queue, registry, settings.study_quiet_seconds), files=files, ingestor=ingestor,
