@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from fhir_mappings.audit_event import AuditKind
 from server import health
+from server.audit.middleware import AuditMiddleware
 from server.audit.service import AuditService, build_audit
 from server.auth.middleware import AuthMiddleware
 from server.auth.routes import router as auth_router
@@ -100,6 +101,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(AuthMiddleware, auth=services.auth)
+    # Outside authentication, so that refused requests are recorded too.
+    app.add_middleware(AuditMiddleware, chain=services.audit.chain, recorder=services.audit.recorder,
+                       server_name=settings.public_root)
     app.include_router(health.router)
     app.include_router(dicomweb_router, prefix="/dicom-web")
     app.include_router(fhir_router, prefix="/fhir")

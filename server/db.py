@@ -9,7 +9,8 @@ the busy timeout instead.
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from contextvars import ContextVar
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -73,20 +74,39 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+class CommitWitness(Protocol):
+    """Told of every write transaction in its context (one request): it may
+    write inside the transaction before the commit, and learns of the commit."""
+
+    def before_commit(self, connection: Connection) -> None: ...
+
+    def committed(self) -> None: ...
+
+
+commit_witness: ContextVar[CommitWitness | None] = ContextVar("commit_witness", default=None)
+
+
 @contextmanager
-def write_connection(engine: Engine) -> Iterator[Connection]:
+def write_connection(engine: Engine, bookkeeping: bool = False) -> Iterator[Connection]:
     """A connection whose transaction holds the write lock from its start (SQLite);
     on PostgreSQL an ordinary READ COMMITTED transaction. What `before_commit`
-    registered on it runs last, inside the transaction."""
+    registered on it runs last, inside the transaction, then the context's
+    commit witness, unless the transaction is `bookkeeping` (a journal of
+    files on their way in or out, not the change a request asked for)."""
+    witness = None if bookkeeping else commit_witness.get()
     with engine.connect().execution_options(sqlite_immediate=True) as connection:
         try:
             with connection.begin():
                 yield connection
                 for flush in connection.info.get(_BEFORE_COMMIT, {}).values():
                     flush(connection)
+                if witness is not None:
+                    witness.before_commit(connection)
         finally:
             # `info` belongs to the pooled DBAPI connection: nothing may leak into its next use.
             connection.info.pop(_BEFORE_COMMIT, None)
+    if witness is not None:
+        witness.committed()
 
 
 _BEFORE_COMMIT = "medaiflow.before_commit"

@@ -126,7 +126,7 @@ class Ingestor:
             return
         try:
             self.store.flush_payloads([candidate.prepared.received.temp_path for candidate in candidates])
-            with write_connection(self.engine) as connection:
+            with write_connection(self.engine, bookkeeping=True) as connection:
                 index.journal_files(connection, [candidate.relative_path for candidate in candidates])
         except (SQLAlchemyError, OSError):
             log.exception("could not journal a STOW batch")
@@ -229,7 +229,7 @@ class Ingestor:
         for path in paths:
             self.store.remove(path)
         try:
-            with write_connection(self.engine) as connection:
+            with write_connection(self.engine, bookkeeping=True) as connection:
                 index.clear_journal(connection, paths)
         except SQLAlchemyError:
             log.exception("journal entries left for recovery")

@@ -47,14 +47,21 @@ class AuditRecorder:
                 thread.join(timeout=30)
         self._thread = self._projector = None
 
-    def record(self, event: dict[str, Any], timeout: float = 30.0) -> int:
-        """The event's sequence number, once committed; AuditUnavailable otherwise."""
+    def submit(self, event: dict[str, Any]) -> "Future[int]":
+        """The event's sequence number to come, once committed; the future
+        fails when it cannot be. An event loop awaits it without a thread."""
         if self._thread is None:
             raise AuditUnavailable("the audit recorder is not running")
         done: Future[int] = Future()
         self._pending.put((event, done))
+        return done
+
+    def record(self, event: dict[str, Any], timeout: float = 30.0) -> int:
+        """The event's sequence number, once committed; AuditUnavailable otherwise."""
         try:
-            return done.result(timeout)
+            return self.submit(event).result(timeout)
+        except AuditUnavailable:
+            raise
         except Exception as error:
             raise AuditUnavailable(f"the audit record could not be written: {error}") from error
 

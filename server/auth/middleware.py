@@ -61,6 +61,8 @@ class AuthMiddleware:
             return
         try:
             principal = await self._authenticate(scope)
+            # Known before it is judged: the audit records a refusal under its name.
+            scope.setdefault("state", {})["principal"] = principal
             permission = required_permission(scope["method"], scope["path"])
             if permission is not None and permission is not BUNDLE and not principal.may(permission):
                 raise _Refused(403, f"{principal.name} may not {_verb(permission.letter)} {permission.resource_type}")
@@ -73,7 +75,7 @@ class AuthMiddleware:
             response = error_response(refused.status, refused.message, headers, Request(scope))
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})["principal"] = principal
+        scope["state"]["authorized"] = True
         await self.app(scope, receive, send)
 
     async def _authenticate(self, scope: Scope) -> Principal:

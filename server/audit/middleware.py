@@ -1,0 +1,174 @@
+"""One AuditEvent per request.
+
+A request that writes has its event appended inside its first write
+transaction that commits (the commit witness of `server.db`): the change and
+its record commit together, or neither does. Every other request (reads,
+searches, refusals, writes that changed nothing) has its event appended by
+the group-commit recorder when the answer starts, and the answer waits until
+the record is durable; when it cannot be written the client gets 503 instead,
+so nothing is disclosed unrecorded (fail closed).
+
+Probes (/healthz, /readyz) are not audited: orchestrators call them every few
+seconds and they touch no data.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
+from server.audit.chain import AuditChain
+from server.audit.recorder import AuditRecorder, AuditUnavailable
+from server.db import commit_witness
+from server.errors import error_response
+from server.logs import request_id_var
+
+log = logging.getLogger(__name__)
+_UNAUDITED = frozenset(("/healthz", "/readyz"))
+_QIDO = frozenset(("studies", "series", "instances"))
+_WRITES = frozenset((AuditKind.CREATE, AuditKind.UPDATE, AuditKind.DELETE, AuditKind.BATCH, AuditKind.STOW,
+                     AuditKind.STUDY_DELETED, AuditKind.APPLICATION_ACTIVITY))
+_RECORD_TIMEOUT_S = 30.0
+
+
+def audit_kind(method: str, path: str) -> AuditKind | None:
+    """What a request is, in audit terms; None for what is not audited."""
+    parts = [part for part in path.split("/") if part]
+    if not parts or path in _UNAUDITED or method == "OPTIONS":  # CORS preflights carry no credentials
+        return None
+    if parts[0] == "fhir":
+        return _fhir_kind(method, parts[1:])
+    if parts[0] == "dicom-web":
+        if method == "POST":
+            return AuditKind.STOW
+        if method == "DELETE":
+            return AuditKind.STUDY_DELETED
+        return AuditKind.QIDO if parts[-1] in _QIDO else AuditKind.WADO
+    if parts == ["auth", "token"]:
+        return AuditKind.LOGIN
+    if parts[0] == "admin":
+        return AuditKind.APPLICATION_ACTIVITY if method != "GET" else AuditKind.SEARCH
+    if parts[0] == ".well-known":
+        return None  # public keys and discovery: no data, and polled by every client
+    return AuditKind.READ
+
+
+def _fhir_kind(method: str, parts: list[str]) -> AuditKind:
+    if not parts:
+        return AuditKind.BATCH
+    if parts == ["metadata"]:
+        return AuditKind.CAPABILITIES
+    if any(part.startswith("$") for part in parts):
+        return AuditKind.OPERATION
+    if method == "POST":
+        return AuditKind.SEARCH if parts[-1] == "_search" else AuditKind.CREATE
+    if method == "PUT":
+        return AuditKind.UPDATE
+    if method == "DELETE":
+        return AuditKind.DELETE
+    if len(parts) == 1:
+        return AuditKind.SEARCH
+    if parts[-1] == "_history":
+        return AuditKind.HISTORY_TYPE if len(parts) == 2 else AuditKind.HISTORY
+    return AuditKind.VREAD if "_history" in parts else AuditKind.READ
+
+
+def _outcome(status: int) -> Outcome:
+    if status >= 500:
+        return Outcome.SERIOUS_FAILURE
+    return Outcome.MINOR_FAILURE if status >= 400 else Outcome.SUCCESS
+
+
+@dataclass
+class _RequestAudit:
+    """One request's record: written once, in a write transaction or by the recorder."""
+
+    scope: Scope
+    kind: AuditKind
+    chain: AuditChain
+    server_name: str
+    recorded: bool = False
+    answering: bool = False  # once the answer starts, later writes are not this request's action
+    _appended: bool = False
+
+    def before_commit(self, connection: Connection) -> None:
+        # Only the action itself: authentication may write (failed-login counts, rehashes) before it is allowed.
+        if self.kind in _WRITES and not self.recorded and not self.answering and self.scope["state"].get("authorized"):
+            self.chain.append(connection, [self.event(Outcome.SUCCESS, "committed")])
+            self._appended = True
+
+    def committed(self) -> None:
+        if self._appended:
+            self.recorded = True
+
+    def event(self, outcome: Outcome, result: str) -> dict[str, Any]:
+        scope = self.scope
+        principal = scope["state"].get("principal")
+        parts = [part for part in scope["path"].split("/") if part]
+        resources = ([f"{parts[1]}/{parts[2]}"] if parts[:1] == ["fhir"] and len(parts) >= 3
+                     and not parts[2].startswith(("_", "$")) else [])
+        studies = [parts[2]] if parts[:2] == ["dicom-web", "studies"] and len(parts) >= 3 else []
+        query = scope.get("query_string") or None
+        return audit_event(AuditRecord(
+            kind=self.kind, outcome=outcome, recorded=datetime.now(UTC),
+            client=principal.name if principal is not None else "anonymous", server=self.server_name,
+            client_address=scope["client"][0] if scope.get("client") else None,
+            description=f"{scope['method']} {scope['path']} {result}",
+            request_id=request_id_var.get() or None, resources=resources, study_uids=studies, query=query,
+        ))
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp, chain: AuditChain, recorder: AuditRecorder, server_name: str) -> None:
+        self.app = app
+        self.chain = chain
+        self.recorder = recorder
+        self.server_name = server_name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = audit_kind(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if kind is None:
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})
+        audit = _RequestAudit(scope, kind, self.chain, self.server_name)
+        refused = False
+
+        async def audited_send(message: Message) -> None:
+            nonlocal refused
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                audit.answering = True
+                if not audit.recorded:
+                    try:
+                        await self._record(audit.event(_outcome(message["status"]), f"answered {message['status']}"))
+                        audit.recorded = True
+                    except AuditUnavailable:
+                        log.exception("a request went unanswered: its audit record could not be written")
+                        refused = True
+                        response = error_response(503, "the audit trail cannot record this request now; try again",
+                                                  {"Retry-After": "5"}, Request(scope))
+                        await response(scope, receive, send)
+                        return
+            await send(message)
+
+        token = commit_witness.set(audit)
+        try:
+            await self.app(scope, receive, audited_send)
+        finally:
+            commit_witness.reset(token)
+
+    async def _record(self, event: dict[str, Any]) -> None:
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self.recorder.submit(event)), _RECORD_TIMEOUT_S)
+        except AuditUnavailable:
+            raise
+        except Exception as error:
+            raise AuditUnavailable(f"the audit record could not be written: {error}") from error

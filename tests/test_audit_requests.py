@@ -1,0 +1,161 @@
+"""Every request leaves one AuditEvent in the chain (IHE BALP shape), refused
+ones included; a request whose record cannot be written is not answered; a
+write's record commits in the write's own transaction, so a rolled-back
+write leaves none and a committed one never lacks it."""
+
+import base64
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from server.tables import audit_events
+
+from server.auth.scopes import Role
+from tests.dicom_files import make_ct, multipart_body
+
+
+def _events(services, fhir, **params: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    services.audit.chain.project()
+    return [entry["resource"] for entry in fhir.get("/fhir/AuditEvent", params={**params, "_count": 100}).json().get("entry", [])]
+
+
+def test_fhir_and_dicomweb_requests_are_recorded(services, fhir):
+    body, content_type = multipart_body([make_ct(StudyInstanceUID="1.2.3.4.5", PatientID="AUDIT-1")])
+    assert fhir.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    assert fhir.get("/dicom-web/studies", params={"PatientID": "AUDIT-1"}).status_code == 200
+    assert fhir.get("/fhir/ImagingStudy/1.2.3.4.5").status_code == 200
+    assert fhir.get("/fhir/Patient", params={"identifier": "AUDIT-1"}).status_code == 200
+
+    stow = _events(services, fhir, type="110104", action="C")
+    assert len(stow) == 1
+    assert stow[0]["agent"][0]["name"] == "test-admin"
+    assert stow[0]["agent"][0]["type"]["coding"][0]["code"] == "110153"  # the client sent: Source
+    qido = _events(services, fhir, type="110112")
+    assert len(qido) == 1 and qido[0]["action"] == "E"
+    assert any("query" in entity for entity in qido[0]["entity"])  # the query, base64
+    read = _events(services, fhir, subtype="read")
+    assert read[0]["entity"][0]["what"]["reference"] == "ImagingStudy/1.2.3.4.5"
+    assert read[0]["agent"][0]["type"]["coding"][0]["code"] == "110152"  # on a read the client is the Destination
+    assert _events(services, fhir, subtype="search-type")
+    assert services.audit.chain.verify().intact
+
+
+def test_refused_requests_and_logins_are_recorded(services, fhir):
+    services.auth.identities.add_user("nurse", Role.CLINICIAN, "a long nurse password")
+    # The test client sends the admin's token unless told otherwise; an empty header is no credential.
+    assert fhir.get("/fhir/Patient", headers={"Authorization": ""}).status_code == 401
+    bad = "Basic " + base64.b64encode(b"nurse:wrong").decode()
+    assert fhir.get("/fhir/Patient", headers={"Authorization": bad}).status_code == 401
+    good = "Basic " + base64.b64encode(b"nurse:a long nurse password").decode()
+    assert fhir.get("/fhir/AuditEvent", headers={"Authorization": good}).status_code == 403
+    login = fhir.post("/auth/token", content="grant_type=password&username=nurse&password=nope",
+                      headers={"Content-Type": "application/x-www-form-urlencoded", "Authorization": ""})
+    assert login.status_code == 400
+    failures = _events(services, fhir, outcome="4")
+    assert len(failures) == 4
+    assert {event["agent"][0]["name"] for event in failures} == {"anonymous", "nurse"}
+    logins = _events(services, fhir, type="110114")
+    assert len(logins) == 1 and logins[0]["outcome"] == "4"
+
+
+def test_a_request_whose_record_cannot_be_written_is_not_answered(services, fhir):
+    body, content_type = multipart_body([make_ct(StudyInstanceUID="1.2.3.4.6", PatientID="SECRET-PATIENT")])
+    assert fhir.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    services.audit.recorder.stop()
+    try:
+        refused = fhir.get("/dicom-web/studies", params={"PatientID": "SECRET-PATIENT"})
+        assert refused.status_code == 503
+        assert "SECRET-PATIENT" not in refused.text
+        assert refused.headers["retry-after"] == "5"
+    finally:
+        services.audit.recorder.start()
+    assert fhir.get("/dicom-web/studies", params={"PatientID": "SECRET-PATIENT"}).status_code == 200
+
+
+def _chain_length(services) -> int:
+    with services.engine.connect() as connection:
+        return len(connection.execute(select(audit_events.c.seq)).all())
+
+
+def _stow(fhir, study_uid: str, patient_id: str):  # type: ignore[no-untyped-def]
+    body, content_type = multipart_body([make_ct(StudyInstanceUID=study_uid, PatientID=patient_id)])
+    return fhir.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+
+
+def test_a_write_is_recorded_in_its_own_transaction(services, fhir):
+    """With the recorder stopped, a write still commits with its record (it
+    needs no recorder); the read after it cannot be recorded and is refused."""
+    services.audit.recorder.stop()
+    try:
+        before = _chain_length(services)
+        assert _stow(fhir, "1.2.3.4.7", "WITNESSED").status_code == 200
+        assert _chain_length(services) == before + 1
+        assert fhir.get("/dicom-web/studies", params={"PatientID": "WITNESSED"}).status_code == 503
+    finally:
+        services.audit.recorder.start()
+    [event] = _events(services, fhir, type="110104", action="C")
+    assert event["outcome"] == "0" and event["agent"][0]["name"] == "test-admin"
+    assert event["outcomeDesc"] == "POST /dicom-web/studies committed"
+    # The STOW and the search just made; the query was refused because it could not be recorded.
+    assert _chain_length(services) == before + 2
+    assert services.audit.chain.verify().intact
+
+
+def test_a_write_whose_record_fails_is_rolled_back(services, fhir, monkeypatch):
+    def broken(connection, events):  # type: ignore[no-untyped-def]
+        raise OperationalError("INSERT INTO audit_events", {}, Exception("the audit table is gone"))
+
+    monkeypatch.setattr(services.audit.chain, "append", broken)
+    assert _stow(fhir, "1.2.3.4.8", "UNRECORDED").status_code >= 400
+    monkeypatch.undo()
+    assert fhir.get("/dicom-web/studies", params={"PatientID": "UNRECORDED"}).json() == []
+
+
+def test_a_refused_write_leaves_one_refusal_event(services, fhir):
+    before = _chain_length(services)
+    invalid = fhir.post("/fhir/Task", json={"resourceType": "Task", "status": "sometimes", "intent": "order"})
+    assert invalid.status_code == 422
+    [event] = _events(services, fhir, subtype="create")
+    assert event["outcome"] == "4" and event["outcomeDesc"] == "POST /fhir/Task answered 422"
+    assert _chain_length(services) == before + 2  # the refused create and the search that found it
+
+
+def test_writes_made_while_authenticating_are_not_recorded_as_the_action(services, fhir):
+    """A Basic login whose hash is rehashed writes during authentication; the
+    STOW it carries is then refused (415): its record says so."""
+    from argon2 import PasswordHasher
+
+    identities = services.auth.identities
+    strong = identities.hasher
+    identities.hasher = PasswordHasher(time_cost=1, memory_cost=8192)
+    identities.add_user("pacs", Role.MODALITY, "a long modality password")
+    identities.hasher = strong  # the stored hash is now outdated: the next login rewrites it
+    credentials = "Basic " + base64.b64encode(b"pacs:a long modality password").decode()
+    answer = fhir.post("/dicom-web/studies", content=b"x", headers={"Authorization": credentials,
+                                                                    "Content-Type": "text/plain"})
+    assert answer.status_code == 415
+    [event] = _events(services, fhir, type="110104")
+    assert event["outcome"] == "4" and event["agent"][0]["name"] == "pacs"
+    assert event["outcomeDesc"] == "POST /dicom-web/studies answered 415"
+
+
+@pytest.mark.parametrize("path", ["/fhir/Patient/%00%1f", "/fhir/Patient/%C2%A0x"])
+def test_hostile_paths_are_recorded_as_valid_fhir(services, fhir, path):
+    assert fhir.get(path).status_code in (400, 404)
+    events = _events(services, fhir, subtype="read")
+    assert len(events) == 1  # the fhir fixture validated it against the R4 schema on the way out
+
+
+def test_every_kind_of_request_is_recorded_once(services, fhir):
+    before = _chain_length(services)
+    requests = [
+        ("GET", "/fhir/metadata"), ("GET", "/fhir/Patient"), ("GET", "/fhir/Patient/nobody"),
+        ("GET", "/fhir/Patient/_history"), ("GET", "/dicom-web/studies"), ("GET", "/dicom-web/studies/1.2.3/metadata"),
+        ("GET", "/admin/models"), ("GET", "/fhir/AuditEvent/$verify"),
+    ]
+    for method, path in requests:
+        fhir.request(method, path)
+    assert fhir.get("/healthz").status_code == 200  # probes are not recorded
+    services.audit.chain.project()
+    assert _chain_length(services) == before + len(requests)
