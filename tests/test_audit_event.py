@@ -8,7 +8,13 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event, fhir_string
+from fhir_mappings.audit_event import (
+    AuditKind,
+    AuditRecord,
+    Outcome,
+    audit_event,
+    fhir_string,
+)
 from fhir_mappings.resources import validated
 from tests.fhir_schema import validate_fhir
 

@@ -9,9 +9,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from server.tables import audit_events
-
 from server.auth.scopes import Role
+from server.tables import audit_events
 from tests.dicom_files import make_ct, multipart_body
 
 
