@@ -52,7 +52,8 @@ def build_services(settings: Settings) -> Services:
     audit = build_audit(engine, fhir.store, settings.data_dir, settings.audit_checkpoint_every,
                         settings.audit_checkpoint_seconds, settings.public_root)
     _audit_own_changes(audit, jobs)
-    auth = build_auth(engine, settings.data_dir, settings.public_root, settings.token_seconds)
+    auth = build_auth(engine, settings.data_dir, settings.public_root, settings.token_seconds,
+                      settings.requests_per_second, settings.request_burst)
     auth.identities.on_change = lambda connection, name, description: audit.record_in(
         connection, AuditKind.SECURITY_CHANGE, "medaiflow", description)
     return Services(settings=settings, engine=engine, store=store, ingestor=ingestor, fhir=fhir, jobs=jobs, audit=audit,

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         default=None, description="the first admin's password on a first start (else one is generated and printed)"
     )
 
+    requests_per_second: float = Field(
+        default=0.0, ge=0, description="requests each authenticated client may make per second, on average"
+        " (0: no limit); more get 429 with Retry-After",
+    )
+    request_burst: int = Field(default=100, ge=1, description="requests a client may make at once within that rate")
+
     # Audit trail
     audit_checkpoint_every: int = Field(default=1000, ge=1, description="a signed checkpoint every N events")
     audit_checkpoint_seconds: float = Field(default=10.0, gt=0, description="and at least this often while events come")

@@ -1,15 +1,24 @@
-"""Failed logins, limited per user name and per address.
+"""Failed logins, limited per user name and per address; requests, limited
+per client.
 
 After `limit` failures within `window_seconds` for a name, or for an
 address, further attempts are refused (HTTP 429 with Retry-After) until the
 oldest failure leaves the window, whether or not the password is right:
-guessing gets no faster by spreading over names, or over addresses. Counts
-live in the process; each server process keeps its own.
+guessing gets no faster by spreading over names, or over addresses.
+
+Requests of each authenticated client (a user or a system client) are
+limited by a token bucket when a rate is configured: `per_second` on
+average, up to `burst` at once.
+
+Counts live in the process; each server process keeps its own, so with
+`serve --workers N` a client gets up to N times the configured rate.
 """
 
+import math
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 
 
 class FailedLogins:
@@ -54,3 +63,37 @@ class FailedLogins:
                     failures.pop()
                 if position == 0 or not failures:
                     self._failures.pop(key, None)
+
+
+class RequestRate:
+    _MEMORY = 10_000  # clients remembered before those whose bucket has refilled are forgotten
+
+    def __init__(self, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if per_second <= 0 or burst < 1:
+            raise ValueError("a request rate is positive, and its burst at least one request")
+        self.clock = clock
+        self.per_second = per_second
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # client: (tokens, when counted)
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> int | None:
+        """None when the client may make one more request now; else the whole
+        seconds until it may."""
+        now = self.clock()
+        with self._lock:
+            tokens, counted = self._buckets.get(client, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - counted) * self.per_second)
+            if tokens < 1.0:
+                self._buckets[client] = (tokens, now)
+                return max(1, math.ceil((1.0 - tokens) / self.per_second))
+            if client not in self._buckets and len(self._buckets) >= self._MEMORY:
+                self._forget_idle(now)
+            self._buckets[client] = (tokens - 1.0, now)
+            return None
+
+    def _forget_idle(self, now: float) -> None:
+        full = [client for client, (tokens, counted) in self._buckets.items()
+                if tokens + (now - counted) * self.per_second >= self.burst]
+        for client in full:  # a full bucket is what a forgotten client starts with
+            del self._buckets[client]

@@ -63,6 +63,10 @@ class AuthMiddleware:
             principal = await self._authenticate(scope)
             # Known before it is judged: the audit records a refusal under its name.
             scope.setdefault("state", {})["principal"] = principal
+            rate = self.auth.request_rate
+            wait = rate.take(principal.name) if rate is not None else None
+            if wait is not None:
+                raise _Refused(429, f"{principal.name} has made too many requests; try again later", retry_after=wait)
             permission = required_permission(scope["method"], scope["path"])
             if permission is not None and permission is not BUNDLE and not principal.may(permission):
                 raise _Refused(403, f"{principal.name} may not {_verb(permission.letter)} {permission.resource_type}")

@@ -6,7 +6,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from server.auth.identities import Identities
-from server.auth.limits import FailedLogins
+from server.auth.limits import FailedLogins, RequestRate
 from server.auth.tokens import TokenIssuer
 
 
@@ -15,7 +15,11 @@ class AuthService:
     identities: Identities
     issuer: TokenIssuer
     failed_logins: FailedLogins
+    request_rate: RequestRate | None  # None: no limit
 
 
-def build_auth(engine: Engine, data_dir: Path, issuer: str, token_seconds: int) -> AuthService:
-    return AuthService(Identities(engine), TokenIssuer(data_dir / "jwt-keys", issuer, token_seconds), FailedLogins())
+def build_auth(engine: Engine, data_dir: Path, issuer: str, token_seconds: int,
+               requests_per_second: float, request_burst: int) -> AuthService:
+    rate = RequestRate(requests_per_second, request_burst) if requests_per_second > 0 else None
+    return AuthService(Identities(engine), TokenIssuer(data_dir / "jwt-keys", issuer, token_seconds), FailedLogins(),
+                       rate)
