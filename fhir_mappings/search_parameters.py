@@ -8,8 +8,11 @@ a reference parameter's `targets` keep only references to those types
 (the standard's `.where(resolve() is Patient)`).
 """
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 
 
 class ParamType(Enum):
@@ -161,8 +164,9 @@ COMMON: dict[str, SearchParameter] = {
 }
 
 
-def parameters_for(resource_type: str) -> dict[str, SearchParameter]:
-    return {parameter.name: parameter for parameter in DEFINITIONS.get(resource_type, ())}
+@functools.lru_cache(maxsize=256)  # bounded: a request may name any type
+def parameters_for(resource_type: str) -> Mapping[str, SearchParameter]:
+    return MappingProxyType({parameter.name: parameter for parameter in DEFINITIONS.get(resource_type, ())})
 
 
 def reference_parameters(resource_type: str) -> dict[str, SearchParameter]:

@@ -5,8 +5,9 @@ found is turned into rows of its parameter type (FHIR R4 search.html, the
 "Search parameter types" section says which datatypes each type indexes).
 """
 
+import functools
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,33 +44,39 @@ def extract(resource: dict[str, Any]) -> IndexValues:
     values = IndexValues()
     for parameter in parameters_for(resource["resourceType"]).values():
         for path in parameter.paths:
-            for node in walk(resource, path.split(".")):
+            for node in walk(resource, _steps(path)):
                 _add(values, parameter, node)
     return values
 
 
-def walk(node: Any, steps: list[str]) -> Iterator[Any]:
-    """The values at a dotted path; lists are flattened, `name[x]` matches a choice type."""
-    if not steps:
-        if isinstance(node, list):
-            yield from node
-        elif node is not None:
-            yield node
-        return
-    if isinstance(node, list):
-        for item in node:
-            yield from walk(item, steps)
-        return
-    if not isinstance(node, dict):
-        return
-    step = steps[0]
-    if step.endswith("[x]"):
-        prefix = step[:-3]
-        for key, value in node.items():
-            if key.startswith(prefix) and key[len(prefix) : len(prefix) + 1].isupper():
-                yield from walk(value, steps[1:])
-        return
-    yield from walk(node.get(step), steps[1:])
+@functools.cache
+def _steps(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
+def walk(node: Any, steps: Sequence[str]) -> list[Any]:
+    """The values at a path of element names; lists are flattened, `name[x]`
+    matches a choice type. A loop rather than recursion: every write walks
+    every parameter's path."""
+    current = node if isinstance(node, list) else [node]
+    for step in steps:
+        following: list[Any] = []
+        choice = step[:-3] if step.endswith("[x]") else None
+        for item in current:
+            if not isinstance(item, dict):
+                continue
+            if choice is None:
+                found = [item.get(step)]
+            else:
+                found = [value for key, value in item.items()
+                         if key.startswith(choice) and key[len(choice) : len(choice) + 1].isupper()]
+            for value in found:
+                if isinstance(value, list):
+                    following.extend(value)
+                elif value is not None:
+                    following.append(value)
+        current = following
+    return [value for value in current if value is not None]
 
 
 def _add(values: IndexValues, parameter: SearchParameter, node: Any) -> None:

@@ -214,3 +214,26 @@ def test_canonical_json_is_rfc_8785():
         event = {"b": text, "a": [text, 1, -7, True, None, {"z": text, "é": 2}], text[:3] or "k": "v"}
         assert canonical_json(event) == rfc8785.dumps(event)
     assert canonical_json({"x": 1.5e-7, "y": [0.1]}) == rfc8785.dumps({"x": 1.5e-7, "y": [0.1]})
+
+
+def test_verification_while_events_are_appended_reports_no_break(services):
+    """Verification stops at the head it read first: events appended while it
+    reads are not mistaken for a head that lags behind the chain."""
+    _append(services, 50)
+    stop = threading.Event()
+
+    def keep_appending() -> None:
+        number = 100
+        while not stop.is_set():
+            _append(services, 1, start=number)
+            number += 1
+
+    writer = threading.Thread(target=keep_appending)
+    writer.start()
+    try:
+        results = [_verify(services) for _ in range(20)]
+    finally:
+        stop.set()
+        writer.join()
+    assert all(result.intact for result in results), [result.problem for result in results if not result.intact]
+    assert _verify(services).intact

@@ -7,8 +7,8 @@ which is stored as those exact bytes. Appenders lock the one head row, so on
 PostgreSQL and SQLite alike the chain never forks, skips or repeats a number.
 The chain is the record. Its searchable copy, a FHIR AuditEvent per event
 (id = sequence number, the chain's numbers in an extension), is written by
-`project` right after, outside the appender's transaction: an append is then
-a few rows, and the copy follows within a moment (verification never reads it).
+`project` later, outside the appender's transaction (see the recorder for
+when): an append is then a few rows, and verification never reads the copy.
 
 Every `checkpoint_every` events, and on `checkpoint()`, the head (sequence,
 hash, time) is signed with the server's Ed25519 key: editing, removing or
@@ -18,6 +18,7 @@ broken sequence number.
 """
 
 import base64
+import functools
 import hashlib
 import time
 from collections.abc import Sequence
@@ -28,7 +29,8 @@ import orjson
 import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Dialect, Engine, insert, select, update
+from sqlalchemy.exc import DBAPIError
 
 from server.db import reading, write_connection
 from server.fhir.store import ResourceStore
@@ -60,8 +62,10 @@ def _has_float(value: Any) -> bool:
     return False
 
 
-def event_hash(previous_hash: str, canonical: bytes) -> str:
-    return hashlib.sha256(previous_hash.encode("ascii") + canonical).hexdigest()
+def event_hash(previous_hash: str, canonical: bytes | memoryview) -> str:
+    digest = hashlib.sha256(previous_hash.encode("ascii"))
+    digest.update(canonical)
+    return digest.hexdigest()
 
 
 def chained_resource(event: dict[str, Any], seq: int, previous_hash: str, digest: str) -> dict[str, Any]:
@@ -121,32 +125,34 @@ class AuditChain:
     def append(self, connection: Connection, events: Sequence[dict[str, Any]]) -> list[int]:
         """In the caller's write transaction: the action and its record commit,
         or roll back, together. Returns the sequence numbers given."""
-        head = connection.execute(
-            select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID).with_for_update()
-        ).one()
-        seq, previous = head.seq, head.hash
-        rows = []
-        for event in events:
-            seq += 1
-            canonical = canonical_json(event)
-            digest = event_hash(previous, canonical)
-            rows.append({"seq": seq, "previous_hash": previous, "hash": digest, "event_json": canonical})
-            previous = digest
-        if not rows:
+        if not events:
             return []
-        connection.execute(insert(audit_events), rows)
-        connection.execute(update(audit_head).where(audit_head.c.id == _HEAD_ID).values(seq=seq, hash=previous))
-        if seq // self.checkpoint_every > head.seq // self.checkpoint_every:
+        statements = _AppendStatements.for_dialect(connection.dialect)
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(statements.head)
+            first, previous = cursor.fetchone()
+            seq, values = first, []
+            for event in events:
+                seq += 1
+                canonical = canonical_json(event)
+                digest = event_hash(previous, canonical)
+                values += (seq, previous, digest, canonical)
+                previous = digest
+            cursor.execute(statements.insert(len(events)), values)
+            cursor.execute(statements.move_head, (seq, previous))
+        except connection.dialect.loaded_dbapi.Error as error:  # as SQLAlchemy would raise it: callers handle those
+            raise DBAPIError.instance(statements.head, None, error, connection.dialect.loaded_dbapi.Error) from error
+        finally:
+            cursor.close()
+        if seq // self.checkpoint_every > first // self.checkpoint_every:
             self._checkpoint(connection, seq, previous)
-        return [row["seq"] for row in rows]
+        return list(range(first + 1, seq + 1))
 
     def project(self, limit: int = 1000) -> int:
         """Write the next events of the chain as FHIR AuditEvents; how many.
         One projector at a time (the row lock), each event exactly once."""
-        with reading(self.engine) as connection:  # idle: a read, no write lock
-            done = connection.execute(select(audit_projection.c.seq)).scalar_one()
-            newest = connection.execute(select(audit_head.c.seq)).scalar_one()
-        if newest <= done:
+        if self.backlog() == 0:  # a read: no write lock while there is nothing to do
             return 0
         with write_connection(self.engine) as connection:
             done = connection.execute(
@@ -166,6 +172,19 @@ class AuditChain:
             )
             return len(rows)
 
+    def backlog(self) -> int:
+        """Events appended but not yet projected."""
+        with reading(self.engine) as connection:
+            done = connection.execute(select(audit_projection.c.seq)).scalar_one()
+            newest = connection.execute(select(audit_head.c.seq)).scalar_one()
+        return int(newest - done)
+
+    def catch_up(self) -> None:
+        """Project everything appended so far: before AuditEvents are read,
+        so that a search sees every event recorded before it."""
+        while self.project() > 0:
+            pass
+
     def checkpoint(self) -> int | None:
         """Sign the head now, if it moved since the last checkpoint."""
         with write_connection(self.engine) as connection:
@@ -184,7 +203,7 @@ class AuditChain:
             seq=seq, hash=digest, created=created, signature=self.signer.sign(seq, digest, created)
         ))
 
-    def verify(self, chunk: int = 5000) -> Verification:
+    def verify(self, chunk: int = 20_000) -> Verification:
         """Recompute the chain from its stored bytes, then hold the
         checkpoints and the head against it."""
         with reading(self.engine) as connection:
@@ -193,20 +212,25 @@ class AuditChain:
             wanted = {checkpoint.seq for checkpoint in checkpoints}
             hashes: dict[int, str] = {}
             expected, previous, after = 1, GENESIS, 0
-            while True:
-                rows = connection.execute(
-                    select(audit_events).where(audit_events.c.seq > after).order_by(audit_events.c.seq).limit(chunk)
-                ).all()
-                for row in rows:
-                    problem = _check(row, expected, previous)
-                    if problem is not None:
-                        return Verification(expected - 1, len(checkpoints), min(expected, row.seq), problem)
-                    if row.seq in wanted:
-                        hashes[row.seq] = row.hash
-                    expected, previous = row.seq + 1, row.hash
-                if len(rows) < chunk:
-                    break
-                after = rows[-1].seq
+            statements = _AppendStatements.for_dialect(connection.dialect)
+            cursor = connection.connection.cursor()
+            try:
+                while True:
+                    # Up to the head read above: events appended meanwhile are the next verification's.
+                    cursor.execute(statements.events_after, (after, head.seq, chunk))
+                    rows = cursor.fetchall()
+                    for seq, previous_hash, digest, event_json in rows:
+                        problem = _check(seq, previous_hash, digest, event_json, expected, previous)
+                        if problem is not None:
+                            return Verification(expected - 1, len(checkpoints), min(expected, seq), problem)
+                        if seq in wanted:
+                            hashes[seq] = digest
+                        expected, previous = seq + 1, digest
+                    if len(rows) < chunk:
+                        break
+                    after = rows[-1][0]
+            finally:
+                cursor.close()
         last = expected - 1
         for checkpoint in checkpoints:
             if not self.signer.verifies(checkpoint.seq, checkpoint.hash, checkpoint.created, checkpoint.signature):
@@ -222,11 +246,45 @@ class AuditChain:
         return Verification(last, len(checkpoints), None, None)
 
 
-def _check(row: Any, expected: int, previous: str) -> str | None:
-    if row.seq != expected:
+@dataclass(frozen=True)
+class _AppendStatements:
+    """The chain's hot statements in the driver's own SQL: every request
+    appends, and SQLAlchemy's work per statement cost several times the
+    statements themselves (bench/RESULTS.md); verification reads every row."""
+
+    head: str
+    move_head: str
+    events_after: str  # (after, up to, limit): a chunk of the chain to verify
+    mark: str
+
+    @staticmethod
+    @functools.cache
+    def for_dialect(dialect: Dialect) -> "_AppendStatements":
+        marks = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+        if dialect.paramstyle not in marks:
+            raise NotImplementedError(f"no audit append for the {dialect.paramstyle} parameter style")
+        mark = marks[dialect.paramstyle]
+        # SQLite's write transaction (BEGIN IMMEDIATE) already shuts out other writers.
+        lock = "" if dialect.name == "sqlite" else " FOR UPDATE"
+        return _AppendStatements(
+            head=f"SELECT seq, hash FROM audit_head WHERE id = {_HEAD_ID}{lock}",
+            move_head=f"UPDATE audit_head SET seq = {mark}, hash = {mark} WHERE id = {_HEAD_ID}",
+            events_after=f"SELECT seq, previous_hash, hash, event_json FROM audit_events"
+                         f" WHERE seq > {mark} AND seq <= {mark} ORDER BY seq LIMIT {mark}",
+            mark=mark,
+        )
+
+    def insert(self, count: int) -> str:
+        row = f"({self.mark}, {self.mark}, {self.mark}, {self.mark})"
+        return f"INSERT INTO audit_events (seq, previous_hash, hash, event_json) VALUES {', '.join([row] * count)}"
+
+
+def _check(seq: int, previous_hash: str, digest: str, event_json: bytes | memoryview, expected: int,
+           previous: str) -> str | None:
+    if seq != expected:
         return f"event {expected} is missing"
-    if row.previous_hash != previous:
-        return f"event {row.seq} does not follow event {row.seq - 1} (moved, or its predecessor was replaced)"
-    if event_hash(previous, row.event_json) != row.hash:
-        return f"event {row.seq} was altered after it was recorded"
+    if previous_hash != previous:
+        return f"event {seq} does not follow event {seq - 1} (moved, or its predecessor was replaced)"
+    if event_hash(previous, event_json) != digest:
+        return f"event {seq} was altered after it was recorded"
     return None

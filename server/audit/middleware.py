@@ -167,7 +167,7 @@ class AuditMiddleware:
 
     async def _record(self, event: dict[str, Any]) -> None:
         try:
-            await asyncio.wait_for(asyncio.wrap_future(self.recorder.submit(event)), _RECORD_TIMEOUT_S)
+            await asyncio.wait_for(self.recorder.submit(event), _RECORD_TIMEOUT_S)
         except AuditUnavailable:
             raise
         except Exception as error:

@@ -6,6 +6,7 @@ action whose record cannot be written fails (fail closed).
 The thread also signs a checkpoint of the head every `checkpoint_seconds`.
 """
 
+import asyncio
 import logging
 import queue
 import threading
@@ -23,12 +24,34 @@ class AuditUnavailable(RuntimeError):
     """The audit record could not be written: the action must not go ahead."""
 
 
+# Who waits for an event's sequence number: a thread, or a request on an event loop.
+_Waiter = Future[int] | asyncio.Future[int]
+
+
 class AuditRecorder:
-    def __init__(self, chain: AuditChain, max_batch: int = 256, checkpoint_seconds: float = 10.0) -> None:
+    """Appends wait up to `linger_seconds` for more events to share their
+    transaction.
+
+    The searchable copies are written when this process has appended nothing
+    for `project_seconds`, or once `project_backlog` events wait: a copy
+    costs more than the request it records (extracting and writing a dozen
+    index rows), so a busy server defers it and an idle one catches up. A read
+    of AuditEvents catches up first (`AuditChain.catch_up`), so it never
+    misses an event; the chain itself, the record, is never deferred.
+    """
+
+    def __init__(self, chain: AuditChain, max_batch: int = 256, checkpoint_seconds: float = 10.0,
+                 linger_seconds: float = 0.002, project_seconds: float = 1.0, project_batch: int = 1000,
+                 project_backlog: int = 20_000) -> None:
         self.chain = chain
         self.max_batch = max_batch
         self.checkpoint_seconds = checkpoint_seconds
-        self._pending: queue.Queue[tuple[dict[str, Any], Future[int]]] = queue.Queue()
+        self.linger_seconds = linger_seconds
+        self.project_seconds = project_seconds
+        self.project_batch = project_batch
+        self.project_backlog = project_backlog
+        self._last_append = 0.0
+        self._pending: queue.Queue[tuple[dict[str, Any], _Waiter]] = queue.Queue()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._projector: threading.Thread | None = None
@@ -47,19 +70,25 @@ class AuditRecorder:
                 thread.join(timeout=30)
         self._thread = self._projector = None
 
-    def submit(self, event: dict[str, Any]) -> "Future[int]":
-        """The event's sequence number to come, once committed; the future
-        fails when it cannot be. An event loop awaits it without a thread."""
+    def submit(self, event: dict[str, Any]) -> "asyncio.Future[int]":
+        """From an event loop: the event's sequence number to come, once
+        committed; the future fails when it cannot be. The futures of one
+        batch are settled by one call into their loop, not one each."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._enqueue(event, done)
+        return done
+
+    def _enqueue(self, event: dict[str, Any], done: _Waiter) -> None:
         if self._thread is None:
             raise AuditUnavailable("the audit recorder is not running")
-        done: Future[int] = Future()
         self._pending.put((event, done))
-        return done
 
     def record(self, event: dict[str, Any], timeout: float = 30.0) -> int:
         """The event's sequence number, once committed; AuditUnavailable otherwise."""
+        done: Future[int] = Future()
         try:
-            return self.submit(event).result(timeout)
+            self._enqueue(event, done)
+            return done.result(timeout)
         except AuditUnavailable:
             raise
         except Exception as error:
@@ -86,32 +115,59 @@ class AuditRecorder:
         elsewhere). A failure only delays them."""
         while not self._stopping.is_set():
             try:
-                if self.chain.project() == 0:
-                    self._stopping.wait(0.2)
+                busy = time.monotonic() - self._last_append < self.project_seconds
+                if busy and self.chain.backlog() < self.project_backlog:
+                    self._stopping.wait(self.project_seconds)
+                elif self.chain.project(self.project_batch) < self.project_batch:  # caught up
+                    self._stopping.wait(self.project_seconds)
             except Exception:
                 log.exception("could not write the searchable copies of audit events")
                 self._stopping.wait(1.0)
 
-    def _take(self) -> list[tuple[dict[str, Any], "Future[int]"]]:
+    def _take(self) -> list[tuple[dict[str, Any], _Waiter]]:
         try:
             batch = [self._pending.get(timeout=0.2)]
         except queue.Empty:
             return []
+        deadline = time.monotonic() + self.linger_seconds
         while len(batch) < self.max_batch:
+            remaining = deadline - time.monotonic()
             try:
-                batch.append(self._pending.get_nowait())
+                batch.append(self._pending.get(timeout=remaining) if remaining > 0 else self._pending.get_nowait())
             except queue.Empty:
                 break
         return batch
 
-    def _append(self, batch: list[tuple[dict[str, Any], "Future[int]"]]) -> None:
+    def _append(self, batch: list[tuple[dict[str, Any], "_Waiter"]]) -> None:
         try:
             with write_connection(self.chain.engine) as connection:
-                numbers = self.chain.append(connection, [event for event, _ in batch])
-        except Exception as error:  # every waiting request learns it failed
+                numbers: list[int] | None = self.chain.append(connection, [event for event, _ in batch])
+            error: Exception | None = None
+            self._last_append = time.monotonic()
+        except Exception as failure:  # every waiting request learns it failed
             log.exception("could not append %d audit events", len(batch))
-            for _, done in batch:
-                done.set_exception(error)
-            return
-        for (_, done), number in zip(batch, numbers):
+            numbers, error = None, failure
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[int], int | None]]] = {}
+        for position, (_, done) in enumerate(batch):
+            number = numbers[position] if numbers is not None else None
+            if isinstance(done, asyncio.Future):
+                by_loop.setdefault(done.get_loop(), []).append((done, number))
+            elif number is not None:
+                done.set_result(number)
+            else:
+                done.set_exception(error or AuditUnavailable("no sequence number"))
+        for loop, waiters in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, waiters, error)
+            except RuntimeError:  # the loop has closed: nobody waits any more
+                pass
+
+
+def _settle(waiters: list[tuple["asyncio.Future[int]", int | None]], error: Exception | None) -> None:
+    for done, number in waiters:
+        if done.done():  # its request gave up waiting
+            continue
+        if number is not None:
             done.set_result(number)
+        else:
+            done.set_exception(error or AuditUnavailable("no sequence number"))

@@ -162,10 +162,17 @@ async def search_by_post(request: Request, resource_type: str) -> Response:
     return await _run_search(request, resource_type, _search_pairs(request) + form)
 
 
+async def _audit_copies_current(request: Request, resource_type: str) -> None:
+    """AuditEvents are copies of the audit chain, written a moment after it."""
+    if resource_type == "AuditEvent":
+        await run_in_threadpool(services(request).audit.chain.catch_up)
+
+
 async def _run_search(request: Request, resource_type: str, pairs: list[tuple[str, str]]) -> Response:
     fmt = response_format(request)
     fhir = _fhir(request)
     fhir.require_type(resource_type)
+    await _audit_copies_current(request, resource_type)
     base = fhir_base(request)
     page = await run_in_threadpool(
         fhir.searcher.search, resource_type, pairs, base, _strict(request), None, _search_authorizer(request)
@@ -218,6 +225,7 @@ async def verify_audit_trail(request: Request) -> Response:
 
 @router.get("/{resource_type}/{resource_id}")
 async def read(request: Request, resource_type: str, resource_id: str) -> Response:
+    await _audit_copies_current(request, resource_type)
     version = await run_in_threadpool(interactions.read, _fhir(request), resource_type, resource_id)
     return _version_response(request, version)
 
