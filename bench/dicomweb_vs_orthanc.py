@@ -52,10 +52,9 @@ import httpx
 import psutil
 
 from bench import datagen
+from conformance.peers import LocalOrthanc, PeerError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ORTHANC_BIN = "/usr/sbin/Orthanc"
-ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 SERVERS = ("orthanc", "ours-sqlite", "ours-postgres")
 MB = 1e6
 
@@ -191,56 +190,31 @@ class OrthancServer(Server):
     name = "orthanc"
 
     def __init__(self, keep: bool = False) -> None:
-        self.keep = keep
-        self.tmp = Path(tempfile.mkdtemp(prefix="bench-orthanc-"))
-        self.log_path = self.tmp / "orthanc.log"
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/dicom-web"
-        self.config = {
-            "Name": "BenchOrthanc",
-            "HttpPort": self.port,
-            "DicomServerEnabled": False,
-            "DicomPort": free_port(),
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "StorageDirectory": str(self.tmp / "storage"),
-            "IndexDirectory": str(self.tmp / "index"),
-            "Plugins": [ORTHANC_DICOMWEB_PLUGIN],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        }
+        self.peer = LocalOrthanc(keep=keep)
+        self.base_url = self.peer.dicomweb
+        self.log_path = self.peer.log_path
 
     def start(self) -> None:
-        cfg = self.tmp / "orthanc.json"
-        cfg.write_text(json.dumps(self.config, indent=2))
-        with open(
-            self.log_path, "wb"
-        ) as logf:  # the child keeps its own copy of the fd
-            self.proc = subprocess.Popen(
-                [ORTHANC_BIN, str(cfg)],
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                cwd=self.tmp,
-                stdin=subprocess.DEVNULL,
-            )
-        self._wait_ready(f"http://127.0.0.1:{self.port}/system", timeout=60)
+        try:
+            self.peer.start()
+        except PeerError as error:
+            raise ServerError(str(error)) from error
+        self.proc = self.peer.process
+        self.startup_s = self.peer.startup_s
 
     def stop(self) -> None:
-        self._stop_proc()
-        if not self.keep:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        self.peer.stop()
 
     def describe(self) -> dict[str, Any]:
         try:
-            r = httpx.get(
-                f"http://127.0.0.1:{self.port}/system", timeout=5, trust_env=False
-            ).json()
+            system = self.peer.system()
             return {
-                "version": r.get("Version"),
-                "database_version": r.get("DatabaseVersion"),
-                "config": self.config,
+                "version": system.get("Version"),
+                "database_version": system.get("DatabaseVersion"),
+                "config": self.peer.config,
             }
         except Exception:  # noqa: BLE001 - purely informative
-            return {"config": self.config}
+            return {"config": self.peer.config}
 
 
 class OursServer(Server):

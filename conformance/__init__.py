@@ -1,1 +1,3 @@
-"""The conformance suite and conformance statements; empty until the conformance issue lands."""
+"""The conformance suite (`medaiflow conformance`): DICOMweb and FHIR R4 cases
+that run against any server, and the conformance statements. It knows
+nothing of MedAIFlow's internals."""

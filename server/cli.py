@@ -183,6 +183,13 @@ def _audit_verify(_: argparse.Namespace) -> int:
     return 1
 
 
+def _conformance(args: argparse.Namespace) -> int:
+    from conformance import runner
+    from server.fresh_conformance import run_against_fresh_server
+
+    return run_against_fresh_server(args) if args.fresh else runner.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medaiflow", description="MedAIFlow DICOMweb and FHIR server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parser(
         "verify", help="recompute the hash chain and its signed checkpoints; exit 1 at the first broken event"
     ).set_defaults(run=_audit_verify)
+    from conformance import runner
+
+    conformance = commands.add_parser(
+        "conformance", help="run the conformance suite against a DICOMweb and FHIR server (this one, or any)",
+        description="Exit status 0 only when no case failed.")
+    runner.add_arguments(conformance)
+    conformance.add_argument("--fresh", action="store_true",
+                             help="start a MedAIFlow of its own (empty, on a free port) and run against it")
+    conformance.set_defaults(run=_conformance)
     return parser
 
 

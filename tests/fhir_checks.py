@@ -9,7 +9,7 @@ from fhir_mappings.resources import model_class
 from server.db import write_connection
 from server.fhir.store import StoredVersion
 from server.services import Services
-from tests.fhir_schema import validate_fhir
+from conformance.fhir_schema import validate_fhir
 
 
 def check_fhir_response(response: httpx.Response) -> None:

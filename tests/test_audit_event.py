@@ -16,7 +16,7 @@ from fhir_mappings.audit_event import (
     fhir_string,
 )
 from fhir_mappings.resources import validated
-from tests.fhir_schema import validate_fhir
+from conformance.fhir_schema import validate_fhir
 
 _EVERYTHING = {
     "client_address": "2001:db8::1", "description": "GET /fhir/Patient answered 200", "request_id": "req-1",

