@@ -20,11 +20,12 @@ from enum import Enum
 from typing import Any
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
+IDENTITY_SYSTEM = "urn:medaiflow:identity"  # user names and client ids of this server
+SERVER_SYSTEM = "urn:ietf:rfc:3986"  # the server, by its URL
 _EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 _RESTFUL = "http://hl7.org/fhir/restful-interaction"
 _ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 _OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
-_PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 # FHIR R4 datatypes: a string is [ \r\n\t\S]+ (no other white space) and
 # should hold no control characters; lone surrogates cannot be encoded at all.
 _NOT_IN_A_STRING = re.compile(r"[^\S \r\n\t]|[\x00-\x08\x0e-\x1f\x7f\ud800-\udfff]")
@@ -111,12 +112,14 @@ def audit_event(record: AuditRecord) -> dict[str, Any]:
     kind = record.kind.value
     client_role, server_role = (_DESTINATION, _SOURCE) if kind.client_receives else (_SOURCE, _DESTINATION)
     client_name, server_name = fhir_string(record.client), fhir_string(record.server)
-    client = {"type": {"coding": [client_role]}, "who": {"display": client_name}, "name": client_name,
-              "requestor": True}
+    # Users and clients are no FHIR resources: they are named by identifier, which
+    # `agent:identifier` and `source:identifier` searches find.
+    client_who = {"identifier": {"system": IDENTITY_SYSTEM, "value": client_name}, "display": client_name}
+    server_who = {"identifier": {"system": SERVER_SYSTEM, "value": server_name}, "display": server_name}
+    client = {"type": {"coding": [client_role]}, "who": client_who, "name": client_name, "requestor": True}
     if record.client_address:
         client["network"] = {"address": fhir_string(record.client_address), "type": "2"}  # 2: IP address
-    server = {"type": {"coding": [server_role]}, "who": {"display": server_name}, "name": server_name,
-              "requestor": False}
+    server = {"type": {"coding": [server_role]}, "who": server_who, "name": server_name, "requestor": False}
     body: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "type": kind.type,
@@ -124,7 +127,7 @@ def audit_event(record: AuditRecord) -> dict[str, Any]:
         "recorded": record.recorded.isoformat(timespec="microseconds"),
         "outcome": record.outcome.value,
         "agent": [client, server],
-        "source": {"observer": {"display": server_name},
+        "source": {"observer": server_who,
                    "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}]},
     }
     subtypes = ([kind.subtype] if kind.subtype else []) + list(record.extra_subtypes)

@@ -164,6 +164,13 @@ COMMON: dict[str, SearchParameter] = {
 }
 
 
+def identifier_parameter(parameter: SearchParameter) -> SearchParameter:
+    """`name:identifier` of a reference parameter (search.html#modifiers): a
+    token search on Reference.identifier, indexed under that name."""
+    return SearchParameter(f"{parameter.name}:identifier", ParamType.TOKEN, parameter.paths,
+                           f"{parameter.documentation}, by the identifier of the reference")
+
+
 @functools.lru_cache(maxsize=256)  # bounded: a request may name any type
 def parameters_for(resource_type: str) -> Mapping[str, SearchParameter]:
     return MappingProxyType({parameter.name: parameter for parameter in DEFINITIONS.get(resource_type, ())})

@@ -18,6 +18,7 @@ from fhir_mappings.search_parameters import (
     DEFINITIONS,
     ParamType,
     SearchParameter,
+    identifier_parameter,
     parameters_for,
 )
 from fhir_mappings.search_values import normalise_text, split_reference
@@ -215,6 +216,8 @@ def _condition(parameter: SearchParameter, name: str, modifier: str, value: str)
         if modifier not in DEFINITIONS and "Resource" not in parameter.targets and modifier not in parameter.targets:
             raise InvalidRequest(f"{name} cannot point at a {modifier}")
         return Condition(parameter, tuple(_reference_value(item, modifier) for item in items))
+    if parameter.type is ParamType.REFERENCE and modifier == "identifier":
+        return Condition(identifier_parameter(parameter), tuple(_token_value(item) for item in items))
     if modifier and modifier not in _MODIFIERS[parameter.type]:
         raise InvalidRequest(f"the modifier :{modifier} is not supported on {name} ({parameter.type.value})")
     return Condition(parameter, tuple(_value(parameter, modifier, item) for item in items), negate=modifier == "not")

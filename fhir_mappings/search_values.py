@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_mappings.date_ranges import date_range
-from fhir_mappings.search_parameters import ParamType, SearchParameter, parameters_for
+from fhir_mappings.search_parameters import ParamType, SearchParameter, identifier_parameter, parameters_for
 
 
 @dataclass
@@ -93,6 +93,9 @@ def _add(values: IndexValues, parameter: SearchParameter, node: Any) -> None:
         target = _reference(node, parameter.targets)
         if target is not None:
             values.references.append((name, *target))
+        identifier = node.get("identifier") if isinstance(node, dict) else None
+        if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
+            values.tokens.append((identifier_parameter(parameter).name, identifier.get("system"), identifier["value"]))
     elif parameter.type is ParamType.QUANTITY and _is_quantity(node):
         values.quantities.append((name, float(node["value"]), node.get("system"), node.get("code")))
 

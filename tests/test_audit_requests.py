@@ -158,3 +158,16 @@ def test_every_kind_of_request_is_recorded_once(services, fhir):
     assert fhir.get("/healthz").status_code == 200  # probes are not recorded
     services.audit.chain.project()
     assert _chain_length(services) == before + len(requests)
+
+
+def test_agents_and_the_source_are_found_by_identifier(services, fhir):
+    services.auth.identities.add_user("nurse", Role.CLINICIAN, "a long nurse password")
+    nurse = "Basic " + base64.b64encode(b"nurse:a long nurse password").decode()
+    assert fhir.get("/dicom-web/studies", headers={"Authorization": nurse}).status_code == 200
+    assert fhir.get("/fhir/Patient").status_code == 200  # the admin's
+    by_nurse = _events(services, fhir, **{"agent:identifier": "urn:medaiflow:identity|nurse"})
+    assert [event["agent"][0]["who"]["display"] for event in by_nurse] == ["nurse"]
+    server = services.settings.public_root
+    from_here = _events(services, fhir, **{"source:identifier": f"urn:ietf:rfc:3986|{server}"})
+    assert len(from_here) >= 3  # the nurse's query, the admin's search, the search above
+    assert fhir.get("/fhir/AuditEvent", params={"agent-name:identifier": "x"}).status_code == 400  # a string has none

@@ -136,3 +136,11 @@ def test_unknown_parameters_are_ignored_unless_strict():
     assert request.parameters == (("code", "x"),)
     with pytest.raises(InvalidRequest, match="colour"):
         parse_search("Observation", [("colour", "red")], strict=True)
+
+
+def test_reference_identifier_modifier_is_a_token_search_of_its_own():
+    query = parse_search("AuditEvent", [("agent:identifier", "urn:medaiflow:identity|nurse")])
+    [condition] = query.conditions
+    assert condition.parameter.name == "agent:identifier"
+    assert condition.parameter.type.value == "token"
+    assert (condition.values[0].system, condition.values[0].code) == ("urn:medaiflow:identity", "nurse")
