@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_mappings.date_ranges import date_range
-from fhir_mappings.search_parameters import ParamType, SearchParameter, identifier_parameter, parameters_for
+from fhir_mappings.search_parameters import (
+    ParamType,
+    SearchParameter,
+    identifier_parameter,
+    parameters_for,
+)
 
 
 @dataclass

@@ -52,10 +52,15 @@ def test_refused_requests_and_logins_are_recorded(services, fhir):
                       headers={"Content-Type": "application/x-www-form-urlencoded", "Authorization": ""})
     assert login.status_code == 400
     failures = _events(services, fhir, outcome="4")
-    assert len(failures) == 4
+    # Four refused requests, and the failed Basic login among them as a login of its own.
+    assert len(failures) == 5
     assert {event["agent"][0]["name"] for event in failures} == {"anonymous", "nurse"}
-    logins = _events(services, fhir, type="110114")
-    assert len(logins) == 1 and logins[0]["outcome"] == "4"
+    logins = sorted((event["outcome"], event["outcomeDesc"]) for event in _events(services, fhir, type="110114"))
+    assert logins == [("0", "HTTP Basic login of nurse succeeded"), ("4", "HTTP Basic login of nurse failed"),
+                      ("4", "POST /auth/token answered 400")]
+    # The right password is checked once: later requests within a minute are not logins.
+    assert fhir.get("/fhir/Patient", headers={"Authorization": good}).status_code == 200
+    assert len(_events(services, fhir, type="110114")) == 3
 
 
 def test_a_request_whose_record_cannot_be_written_is_not_answered(services, fhir):
@@ -166,7 +171,8 @@ def test_agents_and_the_source_are_found_by_identifier(services, fhir):
     assert fhir.get("/dicom-web/studies", headers={"Authorization": nurse}).status_code == 200
     assert fhir.get("/fhir/Patient").status_code == 200  # the admin's
     by_nurse = _events(services, fhir, **{"agent:identifier": "urn:medaiflow:identity|nurse"})
-    assert [event["agent"][0]["who"]["display"] for event in by_nurse] == ["nurse"]
+    assert sorted(event["type"]["code"] for event in by_nurse) == ["110112", "110114"]  # the login and the query
+    assert {event["agent"][0]["who"]["display"] for event in by_nurse} == {"nurse"}
     server = services.settings.public_root
     from_here = _events(services, fhir, **{"source:identifier": f"urn:ietf:rfc:3986|{server}"})
     assert len(from_here) >= 3  # the nurse's query, the admin's search, the search above

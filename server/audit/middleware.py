@@ -107,6 +107,18 @@ class _RequestAudit:
         if self._appended:
             self.recorded = True
 
+    def login_event(self) -> dict[str, Any]:
+        """A password checked by HTTP Basic (DCM 110114 User Authentication)."""
+        name, succeeded = self.scope["state"]["basic_login"]
+        scope = self.scope
+        return audit_event(AuditRecord(
+            kind=AuditKind.LOGIN, outcome=Outcome.SUCCESS if succeeded else Outcome.MINOR_FAILURE,
+            recorded=datetime.now(UTC), client=name or "anonymous", server=self.server_name,
+            client_address=scope["client"][0] if scope.get("client") else None,
+            description=f"HTTP Basic login of {name} {'succeeded' if succeeded else 'failed'}",
+            request_id=request_id_var.get() or None,
+        ))
+
     def event(self, outcome: Outcome, result: str) -> dict[str, Any]:
         scope = self.scope
         principal = scope["state"].get("principal")
@@ -146,9 +158,12 @@ class AuditMiddleware:
                 return
             if message["type"] == "http.response.start":
                 audit.answering = True
+                events = [audit.login_event()] if "basic_login" in scope["state"] else []
                 if not audit.recorded:
+                    events.append(audit.event(_outcome(message["status"]), f"answered {message['status']}"))
+                if events:
                     try:
-                        await self._record(audit.event(_outcome(message["status"]), f"answered {message['status']}"))
+                        await self._record(events)
                         audit.recorded = True
                     except AuditUnavailable:
                         log.exception("a request went unanswered: its audit record could not be written")
@@ -165,9 +180,9 @@ class AuditMiddleware:
         finally:
             commit_witness.reset(token)
 
-    async def _record(self, event: dict[str, Any]) -> None:
+    async def _record(self, events: list[dict[str, Any]]) -> None:
         try:
-            await asyncio.wait_for(self.recorder.submit(event), _RECORD_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.gather(*(self.recorder.submit(event) for event in events)), _RECORD_TIMEOUT_S)
         except AuditUnavailable:
             raise
         except Exception as error:

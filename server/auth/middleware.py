@@ -114,6 +114,8 @@ class AuthMiddleware:
         if wait is not None:
             raise _Refused(429, "too many failed logins; try again later", retry_after=wait)
         identity: Identity | None = await run_in_threadpool(self._check_basic, name, secret)
+        # A password was checked: a login, which the audit records as one (not so for the cached ones).
+        scope.setdefault("state", {})["basic_login"] = (name, identity is not None)
         if identity is None:
             raise _Refused(401, "the user name or the password is wrong", _CHALLENGE)
         self.auth.failed_logins.succeeded(*keys)
