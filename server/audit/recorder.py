@@ -112,13 +112,13 @@ class AuditRecorder:
     def _project(self) -> None:
         """On its own thread, so appends never wait for it: the searchable
         copies of what was appended (here, or by a write transaction
-        elsewhere). A failure only delays them."""
+        elsewhere), deferred while this process is busy (see the class). A
+        failure only delays them."""
         while not self._stopping.is_set():
             try:
                 busy = time.monotonic() - self._last_append < self.project_seconds
-                if busy and self.chain.backlog() < self.project_backlog:
-                    self._stopping.wait(self.project_seconds)
-                elif self.chain.project(self.project_batch) < self.project_batch:  # caught up
+                deferred = busy and self.chain.backlog() < self.project_backlog
+                if deferred or self.chain.project(self.project_batch) < self.project_batch:  # or caught up
                     self._stopping.wait(self.project_seconds)
             except Exception:
                 log.exception("could not write the searchable copies of audit events")
