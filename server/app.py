@@ -12,7 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from fhir_mappings.audit_event import AuditKind
 from server import health
-from server.audit.middleware import AuditMiddleware
+from server.audit.middleware import AuditMiddleware, note_studies
 from server.audit.service import AuditService, build_audit
 from server.auth.middleware import AuthMiddleware
 from server.auth.routes import router as auth_router
@@ -20,7 +20,7 @@ from server.auth.service import build_auth
 from server.db import make_engine, write_connection
 from server.dicomweb.routes import router as dicomweb_router
 from server.errors import install_error_handlers
-from server.fhir.derived import ensure_endpoints, sync_studies
+from server.fhir.derived import ensure_endpoints, study_patients, sync_studies
 from server.fhir.routes import router as fhir_router
 from server.fhir.service import build_fhir
 from server.ingest import Ingestor
@@ -45,6 +45,7 @@ def build_services(settings: Settings) -> Services:
     def studies_changed(connection: Connection, study_uids: set[str]) -> None:
         sync_studies(fhir.store, connection, study_uids)
         touch_studies(connection, study_uids)
+        note_studies(study_uids)  # for the audit record of the request that changed them
 
     ingestor = Ingestor(engine, store, studies_changed)
     jobs = build_jobs(settings, engine, fhir.store, store, ingestor)
@@ -104,7 +105,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(AuthMiddleware, auth=services.auth)
     # Outside authentication, so that refused requests are recorded too.
     app.add_middleware(AuditMiddleware, chain=services.audit.chain, recorder=services.audit.recorder,
-                       server_name=settings.public_root)
+                       server_name=settings.public_root, patients_of_studies=study_patients)
     app.include_router(health.router)
     app.include_router(dicomweb_router, prefix="/dicom-web")
     app.include_router(fhir_router, prefix="/fhir")

@@ -34,7 +34,7 @@ def test_fhir_and_dicomweb_requests_are_recorded(services, fhir):
     assert len(qido) == 1 and qido[0]["action"] == "E"
     assert any("query" in entity for entity in qido[0]["entity"])  # the query, base64
     read = _events(services, fhir, subtype="read")
-    assert read[0]["entity"][0]["what"]["reference"] == "ImagingStudy/1.2.3.4.5"
+    assert "ImagingStudy/1.2.3.4.5" in [entity.get("what", {}).get("reference") for entity in read[0]["entity"]]
     assert read[0]["agent"][0]["type"]["coding"][0]["code"] == "110152"  # on a read the client is the Destination
     assert _events(services, fhir, subtype="search-type")
     assert services.audit.chain.verify().intact
@@ -177,3 +177,31 @@ def test_agents_and_the_source_are_found_by_identifier(services, fhir):
     from_here = _events(services, fhir, **{"source:identifier": f"urn:ietf:rfc:3986|{server}"})
     assert len(from_here) >= 3  # the nurse's query, the admin's search, the search above
     assert fhir.get("/fhir/AuditEvent", params={"agent-name:identifier": "x"}).status_code == 400  # a string has none
+
+
+def test_the_patient_of_each_access_is_named(services, fhir):
+    body, content_type = multipart_body([make_ct(StudyInstanceUID="1.2.3.4.9", PatientID="AUDIT-PATIENT")])
+    assert fhir.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    study = fhir.get("/fhir/ImagingStudy/1.2.3.4.9").json()
+    patient = study["subject"]["reference"].removeprefix("Patient/")
+    assert fhir.get("/dicom-web/studies/1.2.3.4.9/metadata").status_code == 200
+    assert fhir.get("/fhir/ImagingStudy", params={"patient": patient}).status_code == 200
+    assert fhir.get(f"/fhir/Patient/{patient}").status_code == 200
+
+    def patients(event: dict) -> list[str]:
+        return [entity["what"]["reference"] for entity in event.get("entity", [])
+                if entity.get("role", {}).get("code") == "1"]
+
+    expected = [f"Patient/{patient}"]
+    [stow] = _events(services, fhir, type="110104", action="C")
+    assert patients(stow) == expected  # looked up in the STOW's own transaction
+    [wado] = _events(services, fhir, type="110104", action="R")
+    assert patients(wado) == expected
+    reads = _events(services, fhir, subtype="read")
+    assert sorted(map(tuple, map(patients, reads))) == [tuple(expected), tuple(expected)]
+    [search] = [event for event in _events(services, fhir, subtype="search-type")
+                if any("query" in entity for entity in event.get("entity", []))
+                and patients(event)]
+    assert patients(search) == expected
+    found = _events(services, fhir, patient=patient)
+    assert len(found) >= 5  # the STOW, the metadata, the two reads, the search

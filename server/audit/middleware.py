@@ -14,18 +14,21 @@ seconds and they touch no data.
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
 from server.audit.chain import AuditChain
 from server.audit.recorder import AuditRecorder, AuditUnavailable
-from server.db import commit_witness
+from server.db import commit_witness, reading
 from server.errors import error_response
 from server.logs import request_id_var
 
@@ -35,6 +38,23 @@ _QIDO = frozenset(("studies", "series", "instances"))
 _WRITES = frozenset((AuditKind.CREATE, AuditKind.UPDATE, AuditKind.DELETE, AuditKind.BATCH, AuditKind.STOW,
                      AuditKind.STUDY_DELETED, AuditKind.APPLICATION_ACTIVITY))
 _RECORD_TIMEOUT_S = 30.0
+# The Patient id of each of some studies, read on the connection given.
+PatientsOfStudies = Callable[[Connection, Iterable[str]], dict[str, str]]
+
+
+def note_studies(study_uids: Iterable[str]) -> None:
+    """The studies the current request touched (beyond its path), for its audit
+    record; their patients are looked up when the record is made."""
+    audit = _current.get()
+    if audit is not None:
+        audit.studies.update(study_uids)
+
+
+def note_patients(patient_ids: Iterable[str]) -> None:
+    """The Patient ids the current request disclosed or changed."""
+    audit = _current.get()
+    if audit is not None:
+        audit.patients.update(patient_ids)
 
 
 def audit_kind(method: str, path: str) -> AuditKind | None:
@@ -93,15 +113,28 @@ class _RequestAudit:
     kind: AuditKind
     chain: AuditChain
     server_name: str
+    patients_of_studies: PatientsOfStudies
+    studies: set[str] = field(default_factory=set)
+    patients: set[str] = field(default_factory=set)
     recorded: bool = False
     answering: bool = False  # once the answer starts, later writes are not this request's action
     _appended: bool = False
 
+    def __post_init__(self) -> None:
+        parts = [part for part in self.scope["path"].split("/") if part]
+        if parts[:2] == ["dicom-web", "studies"] and len(parts) >= 3:
+            self.studies.add(parts[2])
+
     def before_commit(self, connection: Connection) -> None:
         # Only the action itself: authentication may write (failed-login counts, rehashes) before it is allowed.
         if self.kind in _WRITES and not self.recorded and not self.answering and self.scope["state"].get("authorized"):
+            self.resolve_patients(connection)  # the studies this transaction wrote are visible to it
             self.chain.append(connection, [self.event(Outcome.SUCCESS, "committed")])
             self._appended = True
+
+    def resolve_patients(self, connection: Connection) -> None:
+        if self.studies:
+            self.patients.update(self.patients_of_studies(connection, self.studies).values())
 
     def committed(self) -> None:
         if self._appended:
@@ -125,23 +158,28 @@ class _RequestAudit:
         parts = [part for part in scope["path"].split("/") if part]
         resources = ([f"{parts[1]}/{parts[2]}"] if parts[:1] == ["fhir"] and len(parts) >= 3
                      and not parts[2].startswith(("_", "$")) else [])
-        studies = [parts[2]] if parts[:2] == ["dicom-web", "studies"] and len(parts) >= 3 else []
         query = scope.get("query_string") or None
         return audit_event(AuditRecord(
             kind=self.kind, outcome=outcome, recorded=datetime.now(UTC),
             client=principal.name if principal is not None else "anonymous", server=self.server_name,
             client_address=scope["client"][0] if scope.get("client") else None,
             description=f"{scope['method']} {scope['path']} {result}",
-            request_id=request_id_var.get() or None, resources=resources, study_uids=studies, query=query,
+            request_id=request_id_var.get() or None, resources=resources, study_uids=sorted(self.studies),
+            patients=sorted(self.patients), query=query,
         ))
 
 
+_current: ContextVar[_RequestAudit | None] = ContextVar("request_audit", default=None)
+
+
 class AuditMiddleware:
-    def __init__(self, app: ASGIApp, chain: AuditChain, recorder: AuditRecorder, server_name: str) -> None:
+    def __init__(self, app: ASGIApp, chain: AuditChain, recorder: AuditRecorder, server_name: str,
+                 patients_of_studies: PatientsOfStudies) -> None:
         self.app = app
         self.chain = chain
         self.recorder = recorder
         self.server_name = server_name
+        self.patients_of_studies = patients_of_studies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = audit_kind(scope["method"], scope["path"]) if scope["type"] == "http" else None
@@ -149,7 +187,7 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})
-        audit = _RequestAudit(scope, kind, self.chain, self.server_name)
+        audit = _RequestAudit(scope, kind, self.chain, self.server_name, self.patients_of_studies)
         refused = False
 
         async def audited_send(message: Message) -> None:
@@ -160,6 +198,8 @@ class AuditMiddleware:
                 audit.answering = True
                 events = [audit.login_event()] if "basic_login" in scope["state"] else []
                 if not audit.recorded:
+                    if audit.studies:
+                        await run_in_threadpool(self._resolve_patients, audit)
                     events.append(audit.event(_outcome(message["status"]), f"answered {message['status']}"))
                 if events:
                     try:
@@ -174,11 +214,16 @@ class AuditMiddleware:
                         return
             await send(message)
 
-        token = commit_witness.set(audit)
+        witness, current = commit_witness.set(audit), _current.set(audit)
         try:
             await self.app(scope, receive, audited_send)
         finally:
-            commit_witness.reset(token)
+            _current.reset(current)
+            commit_witness.reset(witness)
+
+    def _resolve_patients(self, audit: _RequestAudit) -> None:
+        with reading(self.chain.engine) as connection:
+            audit.resolve_patients(connection)
 
     async def _record(self, events: list[dict[str, Any]]) -> None:
         try:

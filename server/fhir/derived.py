@@ -147,15 +147,21 @@ def _study_record(connection: Connection, row, patient: PatientRecord) -> StudyR
 
 def _current_subject(connection: Connection, study_uid: str) -> str | None:
     """The Patient the stored ImagingStudy points at, which may have to go."""
-    return connection.execute(
-        select(fhir_references.c.target_id)
+    return study_patients(connection, [study_uid]).get(study_uid)
+
+
+def study_patients(connection: Connection, study_uids: Iterable[str]) -> dict[str, str]:
+    """The Patient id of each stored study (by its ImagingStudy), in one query."""
+    rows = connection.execute(
+        select(fhir_resources.c.resource_id, fhir_references.c.target_id)
         .join(fhir_resources, fhir_resources.c.id == fhir_references.c.resource_pk)
         .where(
             fhir_resources.c.resource_type == "ImagingStudy",
-            fhir_resources.c.resource_id == study_uid,
+            fhir_resources.c.resource_id.in_(sorted(set(study_uids))),
             fhir_references.c.param == "patient",
         )
-    ).scalar()
+    )
+    return {study_uid: patient_id for study_uid, patient_id in rows}
 
 
 def _newest_study_of(connection: Connection, patient_id: str):  # type: ignore[no-untyped-def]

@@ -18,8 +18,10 @@ from starlette.responses import Response
 from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
 from fhir_mappings.errors import Forbidden, InvalidRequest
+from fhir_mappings.patient_compartment import patients_of, patients_searched
 from fhir_mappings.resources import resource_json, validated
 from fhir_mappings.search_query import SearchRequest
+from server.audit.middleware import note_patients
 from server.auth.access import BUNDLE, Principal, fhir_permission, search_permissions
 from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
@@ -82,6 +84,8 @@ def _not_modified(request: Request, version: StoredVersion) -> bool:
 
 
 def _version_response(request: Request, version: StoredVersion, status: int = 200, location: bool = False) -> Response:
+    if version.body is not None:  # the patient whose data this is, for the audit record
+        note_patients(patients_of(orjson.loads(version.body)))
     fmt = response_format(request, xml_allowed=request.method == "GET")
     headers = _version_headers(version)
     if location:
@@ -173,6 +177,7 @@ async def _run_search(request: Request, resource_type: str, pairs: list[tuple[st
     fhir = _fhir(request)
     fhir.require_type(resource_type)
     await _audit_copies_current(request, resource_type)
+    note_patients(patients_searched(resource_type, pairs))
     base = fhir_base(request)
     page = await run_in_threadpool(
         fhir.searcher.search, resource_type, pairs, base, _strict(request), None, _search_authorizer(request)

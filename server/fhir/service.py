@@ -60,7 +60,9 @@ class FhirService:
 
 def build_fhir(engine: Engine, data_dir: Path, max_included: int) -> FhirService:
     cursors = CursorCodec(load_or_create_key(data_dir / "fhir-cursor.key"))
-    history_types = frozenset(DEFINITIONS) - DERIVED_TYPES
+    # AuditEvents never change: the audit chain is their history, and a second
+    # copy of each would double what every audited request costs to write.
+    history_types = frozenset(DEFINITIONS) - DERIVED_TYPES - {"AuditEvent"}
     return FhirService(
         engine=engine,
         store=ResourceStore(engine, history_types),
