@@ -237,3 +237,13 @@ def test_verification_while_events_are_appended_reports_no_break(services):
         writer.join()
     assert all(result.intact for result in results), [result.problem for result in results if not result.intact]
     assert _verify(services).intact
+
+
+def test_bytes_that_are_not_utf8_are_reported_not_fatal(services):
+    """The canonical JSON is UTF-8; stored bytes that are not (written by hand)
+    are an alteration like any other."""
+    _append(services, 6)
+    with write_connection(services.engine) as connection:
+        connection.execute(update(audit_events).where(audit_events.c.seq == 4).values(event_json=b"{\xff\xfe}"))
+    verification = _verify(services)
+    assert verification.first_broken == 4 and "altered" in (verification.problem or "")

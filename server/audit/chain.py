@@ -217,8 +217,7 @@ class AuditChain:
             try:
                 while True:
                     # Up to the head read above: events appended meanwhile are the next verification's.
-                    cursor.execute(statements.events_after, (after, head.seq, chunk))
-                    rows = cursor.fetchall()
+                    rows = statements.read_events(cursor, connection.dialect, (after, head.seq, chunk))
                     for seq, previous_hash, digest, event_json in rows:
                         problem = _check(seq, previous_hash, digest, event_json, expected, previous)
                         if problem is not None:
@@ -255,6 +254,7 @@ class _AppendStatements:
     head: str
     move_head: str
     events_after: str  # (after, up to, limit): a chunk of the chain to verify
+    events_after_as_text: str | None  # the same with the JSON as text, where bytes cost more to fetch
     mark: str
 
     @staticmethod
@@ -271,8 +271,25 @@ class _AppendStatements:
             move_head=f"UPDATE audit_head SET seq = {mark}, hash = {mark} WHERE id = {_HEAD_ID}",
             events_after=f"SELECT seq, previous_hash, hash, event_json FROM audit_events"
                          f" WHERE seq > {mark} AND seq <= {mark} ORDER BY seq LIMIT {mark}",
+            # PostgreSQL sends bytea as hex text: five times slower to fetch than the UTF-8 text it holds.
+            events_after_as_text=None if dialect.name == "sqlite" else
+            f"SELECT seq, previous_hash, hash, convert_from(event_json, 'UTF8') FROM audit_events"
+            f" WHERE seq > {mark} AND seq <= {mark} ORDER BY seq LIMIT {mark}",
             mark=mark,
         )
+
+    def read_events(self, cursor: Any, dialect: Dialect, chunk: tuple[int, int, int]) -> list[tuple[Any, ...]]:
+        """A chunk of the chain. Bytes that are not UTF-8 (tampered with, as
+        the canonical JSON always is UTF-8) are read as bytes, so that
+        verification reports them rather than failing."""
+        if self.events_after_as_text is not None:
+            try:
+                cursor.execute(self.events_after_as_text, chunk)
+                return [(seq, previous, digest, text.encode("utf-8")) for seq, previous, digest, text in cursor.fetchall()]
+            except dialect.loaded_dbapi.Error:
+                cursor.connection.rollback()
+        cursor.execute(self.events_after, chunk)
+        return list(cursor.fetchall())
 
     def insert(self, count: int) -> str:
         row = f"({self.mark}, {self.mark}, {self.mark}, {self.mark})"
