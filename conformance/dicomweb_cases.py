@@ -176,10 +176,14 @@ def qido_accept_q_values(session: Session) -> None:
 
 
 # --- WADO-RS ----------------------------------------------------------------------
-def _retrieve_instance(session: Session, study: TestStudy, name: str, accept: str) -> httpx.Response:
+def _instance_url(session: Session, study: TestStudy, name: str, suffix: str = "") -> str:
     instance = study.instance(name)
-    return session.get(session.dicomweb(f"/studies/{study.study_instance_uid}/series/{instance.series_instance_uid}"
-                                        f"/instances/{instance.sop_instance_uid}"), headers={"Accept": accept})
+    return session.dicomweb(f"/studies/{study.study_instance_uid}/series/{instance.series_instance_uid}"
+                            f"/instances/{instance.sop_instance_uid}{suffix}")
+
+
+def _retrieve_instance(session: Session, study: TestStudy, name: str, accept: str) -> httpx.Response:
+    return session.get(_instance_url(session, study, name), headers={"Accept": accept})
 
 
 @case("DW-WADO-01", "PS3.18 10.4.1.1.1", "WADO-RS instance retrieve with transfer-syntax=* returns the instance as stored")
@@ -272,8 +276,7 @@ def metadata_bulk_data(session: Session) -> None:
 def frames(session: Session) -> None:
     study = _study(session)
     instance = study.instance("multiframe")
-    url = session.dicomweb(f"/studies/{study.study_instance_uid}/series/{instance.series_instance_uid}"
-                           f"/instances/{instance.sop_instance_uid}/frames/1,{FRAMES}")
+    url = _instance_url(session, study, "multiframe", f"/frames/1,{FRAMES}")
     response = session.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'})
     session.expect_status(response, 200)
     parts = parse_multipart(response.content, response.headers.get("content-type", ""))
@@ -287,10 +290,7 @@ def frames(session: Session) -> None:
 @case("DW-RENDERED-01", "PS3.18 10.4.1.1.3 / 8.3.5", "Rendered instance as image/jpeg")
 def rendered(session: Session) -> None:
     study = _study(session)
-    instance = study.instance("ct")
-    url = session.dicomweb(f"/studies/{study.study_instance_uid}/series/{instance.series_instance_uid}"
-                           f"/instances/{instance.sop_instance_uid}/rendered")
-    response = session.get(url, headers={"Accept": "image/jpeg"})
+    response = session.get(_instance_url(session, study, "ct", "/rendered"), headers={"Accept": "image/jpeg"})
     session.expect_status(response, 200)
     session.expect(_media_type(response) == "image/jpeg" and response.content[:2] == b"\xff\xd8",
                    f"not a JPEG image ({_media_type(response)!r})")
