@@ -22,6 +22,10 @@ from inference.volume import Volume
 _MORPHOLOGICALLY_ALTERED = Code("49755003", "SCT", "Morphologically Altered Structure")
 # PS3.16 CID 7005 (Contributing Equipment Purposes of Reference).
 _PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
+# Recommended Display CIELab Values, one per segment in turn (red, green, blue,
+# yellow, magenta, cyan): viewers otherwise pick colours of their own and say so.
+_DISPLAY_COLOURS = ((53.24, 80.09, 67.20), (87.73, -86.18, 83.18), (32.30, 79.19, -107.86),
+                    (97.14, -21.55, 94.48), (60.32, 98.23, -60.82), (91.11, -48.09, -14.13))
 SEG_SERIES_NUMBER = 9901
 
 
@@ -65,6 +69,7 @@ def segmentation(
             segmented_property_category=_MORPHOLOGICALLY_ALTERED,
             segmented_property_type=Code(segment.finding.code, _scheme(segment.finding.system), segment.finding.display),
             algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            display_color=highdicom.color.CIELabColor(*_DISPLAY_COLOURS[(index - 1) % len(_DISPLAY_COLOURS)]),
             algorithm_identification=highdicom.AlgorithmIdentificationSequence(
                 name=card.name, version=card.version, family=highdicom.sr.CodedConcept("123109", "DCM", "Artificial Intelligence"),
             ),

@@ -19,6 +19,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import sync_playwright
 
 from conformance.peers import free_port
 from server.app import build_services, create_app
@@ -119,6 +121,15 @@ def _segmented_study(base: str, services: Any) -> str:
     raise AssertionError("the model made no SEG series in 120 s")
 
 
+def _wait_for(locator: Any, timeout_ms: int, console: list[str], failures: list[str]) -> None:
+    """On a timeout, keep a screenshot and say what the browser logged."""
+    try:
+        locator.wait_for(timeout=timeout_ms)
+    except PlaywrightTimeout:
+        locator.page.screenshot(path=str(REPO / ".cache" / "ohif-debug.png"))
+        raise AssertionError("\n".join(console[-30:] + failures)) from None
+
+
 def _coloured_share(png: bytes) -> float:
     """The share of pixels that are not grey: the segmentation's colour."""
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
@@ -131,8 +142,6 @@ def _variance(png: bytes) -> float:
 
 
 def test_ohif_lists_opens_and_renders_the_segmented_study(viewer_and_server):
-    from playwright.sync_api import sync_playwright
-
     origin, base, services = viewer_and_server
     uid = _segmented_study(base, services)
     with sync_playwright() as playwright:
@@ -153,20 +162,12 @@ def test_ohif_lists_opens_and_renders_the_segmented_study(viewer_and_server):
             page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
             page.on("requestfailed", lambda request: console.append(f"failed: {request.url} {request.failure}"))
             page.goto(f"{origin}/", wait_until="domcontentloaded")
-            try:
-                # The study list shows our study, with the model's SEG among its modalities.
-                page.get_by_text("Phantom, 71").first.wait_for(timeout=60_000)
-                page.get_by_text("CT\\SEG").first.wait_for(timeout=5_000)
-            except Exception:
-                page.screenshot(path=str(REPO / ".cache" / "ohif-debug.png"))
-                raise AssertionError("\n".join(console[-30:] + failures)) from None
+            # The study list shows our study, with the model's SEG among its modalities.
+            _wait_for(page.get_by_text("Phantom, 71").first, 60_000, console, failures)
+            _wait_for(page.get_by_text("CT\\SEG").first, 5_000, console, failures)
 
             page.goto(f"{origin}/viewer?StudyInstanceUIDs={uid}", wait_until="domcontentloaded")
-            try:
-                page.get_by_text("SEG", exact=True).first.wait_for(timeout=90_000)  # the SEG series is offered
-            except Exception:
-                page.screenshot(path=str(REPO / ".cache" / "ohif-debug.png"))
-                raise AssertionError("\n".join(console[-30:] + failures)) from None
+            _wait_for(page.get_by_text("SEG", exact=True).first, 90_000, console, failures)  # the SEG series is offered
             viewport = page.locator("canvas").first
             viewport.wait_for(timeout=60_000)
             deadline, variance = time.monotonic() + 60, 0.0
@@ -187,6 +188,8 @@ def test_ohif_lists_opens_and_renders_the_segmented_study(viewer_and_server):
                 time.sleep(1)
             page.screenshot(path=str(REPO / ".cache" / "ohif-last-screenshot.png"))
             assert coloured > 0, "the segmentation was not drawn over the CT"
+            # OHIF warns when a SEG recommends no display colour: ours does.
+            assert page.get_by_text("RecommendedDisplayCIELabValue").count() == 0
             assert failures == [], failures
         finally:
             browser.close()

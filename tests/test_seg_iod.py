@@ -60,3 +60,13 @@ def test_the_segmentation_of_a_multi_frame_source_is_a_valid_iod(tmp_path):
     volume = volume_from_datasets([source])
     seg = segmentation([source], volume, _labels_on(volume, study), CARD, SegIdentity.for_job("iod-multi"))
     assert _problems(seg, tmp_path / "seg.dcm") == []
+
+
+def test_each_segment_recommends_a_display_colour():
+    """Viewers (OHIF warns without it) draw each segment in the colour the SEG recommends."""
+    study = make_phantom(84, SMALL, lesion_count=1, radius_mm=(7.0, 10.0))
+    sources = phantom_datasets(study)
+    volume = volume_from_datasets(sources)
+    seg = segmentation(sources, volume, _labels_on(volume, study), CARD, SegIdentity.for_job("colours"))
+    colours = [tuple(item.RecommendedDisplayCIELabValue) for item in seg.SegmentSequence]
+    assert len(colours) == len(CARD.segments) and len(set(colours)) == len(colours)
