@@ -1,0 +1,57 @@
+"""conformance/DICOM_CONFORMANCE_STATEMENT.md stays true: its tables are read
+and held against the server's routes, codecs, rendered media types,
+character sets and default limits."""
+
+from pathlib import Path
+
+import pydicom.charset
+
+from dicom import transfer_syntax
+from dicom.rendering import RENDERED_MEDIA_TYPES
+from server.dicomweb.routes import router
+from server.settings import Settings
+
+STATEMENT = Path(__file__).resolve().parent.parent / "conformance" / "DICOM_CONFORMANCE_STATEMENT.md"
+
+
+def _table(name: str) -> list[list[str]]:
+    """The rows of the table between <!-- name --> and <!-- /name -->, header left out."""
+    text = STATEMENT.read_text()
+    block = text.split(f"<!-- {name} -->", 1)[1].split(f"<!-- /{name} -->", 1)[0]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in block.strip().splitlines() if line.startswith("|")]
+    return rows[2:]
+
+
+def test_the_services_are_the_servers_dicomweb_routes():
+    declared = {(method, path) for method, path, _ in _table("services")}
+    served = {(method, route.path) for route in router.routes for method in route.methods if method != "HEAD"}
+    assert declared == served
+
+
+def test_the_transfer_syntax_table_matches_the_codecs_here():
+    rows = _table("transfer-syntaxes")
+    listed = {uid for _, uid, *_ in rows}
+    known = {value for name, value in vars(transfer_syntax).items()
+             if name.isupper() and isinstance(value, str) and value.startswith("1.2.840.10008.1.2")}
+    assert listed == known
+    for _, uid, stored, decompressed, media_type in rows:
+        assert stored == "yes"
+        assert decompressed == ("yes" if transfer_syntax.can_decompress(uid) else "no"), uid
+        assert media_type == transfer_syntax.bulk_data_media_type(uid), uid
+
+
+def test_the_rendered_media_types_are_those_served():
+    assert {row[0] for row in _table("rendered")} == set(RENDERED_MEDIA_TYPES)
+
+
+def test_every_listed_character_set_is_decoded():
+    for (term,) in _table("character-sets"):
+        assert term in pydicom.charset.python_encoding, term
+
+
+def test_the_limits_are_the_default_settings():
+    limits = {setting: default.split()[0] for _, default, setting in _table("limits")}
+    defaults = Settings()
+    assert limits == {"MEDAIFLOW_MAX_STOW_BYTES": str(defaults.max_stow_bytes),
+                      "MEDAIFLOW_QIDO_MAX_LIMIT": str(defaults.qido_max_limit)}
