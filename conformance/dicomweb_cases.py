@@ -46,8 +46,8 @@ def _media_type(response: httpx.Response) -> str:
 
 
 def _search(session: Session, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
-    # "*" and "," stay as they are: percent-encoded they are other characters to a server (RFC 3986 2.2).
-    query = f"?{urlencode(params, safe='*,')}" if params else ""
+    # "*", "?" and "," stay as they are: percent-encoded they are other characters to a server (RFC 3986 2.2).
+    query = f"?{urlencode(params, safe='*?,')}" if params else ""
     response = session.get(session.dicomweb(path) + query, headers={"Accept": DICOM_JSON})
     session.expect_status(response, 200, 204)
     if response.status_code == 204 or not response.content:
@@ -175,6 +175,43 @@ def qido_accept_q_values(session: Session) -> None:
     session.expect(_media_type(response) == DICOM_JSON, f"got {_media_type(response)!r}, not {DICOM_JSON}")
 
 
+@case("DW-QIDO-09", "PS3.4 C.2.2.2.2", "QIDO-RS list of UID matching: StudyInstanceUID=a,b finds each study listed")
+def qido_uid_list(session: Session) -> None:
+    study = _study(session)
+    found = _search(session, "/studies", {"StudyInstanceUID": f"1.2.3.999999.3,{study.study_instance_uid}"})
+    session.expect([_value(item, "0020000D") for item in found] == [study.study_instance_uid],
+                   "a list of two UIDs did not find the one stored study")
+
+
+@case("DW-QIDO-10", "PS3.4 C.2.2.2.4", "QIDO-RS wildcard ? matches exactly one character")
+def qido_single_character_wildcard(session: Session) -> None:
+    study = _study(session)
+    name = study.patient_family_name
+    one = _search(session, "/studies", {"PatientName": f"{name[:-1]}?*"})
+    none = _search(session, "/studies", {"PatientName": f"{name}??^Test"})
+    session.expect(study.study_instance_uid in {_value(item, "0020000D") for item in one}, "? did not match one character")
+    session.expect(study.study_instance_uid not in {_value(item, "0020000D") for item in none},
+                   "?? matched where no characters are")
+
+
+@case("DW-QIDO-11", "PS3.18 10.6.3.2 / 8.3.4", "QIDO-RS with no match: 200 with an empty array, or 204")
+def qido_no_match(session: Session) -> None:
+    response = session.get(session.dicomweb("/studies?PatientID=CONFORMANCE-NOBODY"), headers={"Accept": DICOM_JSON})
+    session.expect_status(response, 200, 204)
+    if response.status_code == 200:
+        session.expect(session.json(response) == [], "a search that matches nothing must answer []")
+
+
+@case("DW-QIDO-12", "PS3.18 10.6.3.3.1 (ModalitiesInStudy)", "QIDO-RS ModalitiesInStudy matches a modality of any of the study's series")
+def qido_modalities_in_study(session: Session) -> None:
+    study = _study(session)
+    found = _search(session, "/studies", {"PatientID": study.patient_id, "ModalitiesInStudy": "OT"})
+    session.expect([_value(item, "0020000D") for item in found] == [study.study_instance_uid],
+                   "the study with an OT series is not found by ModalitiesInStudy=OT")
+    modalities = set(found[0].get("00080061", {}).get("Value", [])) if found else set()
+    session.expect(modalities == {"CT", "OT"}, f"ModalitiesInStudy is {sorted(modalities)}, not CT and OT")
+
+
 # --- WADO-RS ----------------------------------------------------------------------
 def _instance_url(session: Session, study: TestStudy, name: str, suffix: str = "") -> str:
     instance = study.instance(name)
@@ -199,15 +236,24 @@ def wado_instance_as_stored(session: Session) -> None:
 
 @case("DW-WADO-02", "PS3.18 8.7.3.5.2", "WADO-RS of a compressed instance asking for Explicit VR Little Endian gets it decompressed")
 def wado_transcodes_to_explicit_little_endian(session: Session) -> None:
+    _expect_decompressed(session, "rle")
+
+
+def _expect_decompressed(session: Session, name: str) -> None:
     study = _study(session)
-    response = _retrieve_instance(session, study, "rle", f"{MULTIPART_DICOM}; transfer-syntax={ExplicitVRLittleEndian}")
+    response = _retrieve_instance(session, study, name, f"{MULTIPART_DICOM}; transfer-syntax={ExplicitVRLittleEndian}")
     session.expect_status(response, 200)
     [(_, content)] = parse_multipart(response.content, response.headers.get("content-type", ""))
     dataset = dcmread(BytesIO(content))
     session.expect(dataset.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian,
                    f"the instance came back in {dataset.file_meta.TransferSyntaxUID}")
-    original = study.instance("rle").dataset
+    original = study.instance(name).dataset
     session.expect(dataset.PixelData == original.pixel_array.tobytes(), "the decompressed pixels differ from the original")
+
+
+@case("DW-WADO-05", "PS3.18 8.7.3.5.2", "WADO-RS of a JPEG 2000 instance asking for Explicit VR Little Endian gets it decompressed")
+def wado_decompresses_jpeg_2000(session: Session) -> None:
+    _expect_decompressed(session, "j2k")
 
 
 @case("DW-WADO-03", "PS3.18 8.7.3.1 / 10.4.1", "WADO-RS with only unacceptable media types in Accept: 406")

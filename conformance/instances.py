@@ -1,7 +1,8 @@
 """The DICOM instances the suite brings: made fresh for each run (new UIDs, so
 runs never collide), and chosen for what servers get wrong: a plain CT, a
-person name in another character set (ISO_IR 192, UTF-8), an RLE-compressed
-image, and a multi-frame image whose Frame Increment Pointer is an AT value.
+person name in another character set (ISO_IR 192, UTF-8), RLE and JPEG 2000
+compressed images, and a multi-frame image whose Frame Increment Pointer is
+an AT value.
 """
 
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
+    JPEG2000Lossless,
     RLELossless,
     generate_uid,
 )
@@ -53,7 +55,7 @@ class TestStudy:
 
 
 def make_study(run_id: str) -> TestStudy:
-    """One study of four instances in three series; names carry `run_id` so
+    """One study of five instances in three series; names carry `run_id` so
     that searches find only this run's study."""
     study_uid = generate_uid()
     patient_id = f"CONF-{run_id}"
@@ -122,6 +124,12 @@ def make_study(run_id: str) -> TestStudy:
     rle.PixelData = pixels(3)
     rle.compress(RLELossless, encoding_plugin="pydicom")
 
+    j2k = base(other_series, CTImageStorage, 2)
+    j2k.Modality = "CT"
+    j2k.InstanceNumber = 2
+    j2k.PixelData = pixels(5)
+    j2k.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+
     multiframe = base(multiframe_series, MULTIFRAME_SC, 3)
     multiframe.Modality = "OT"
     multiframe.NumberOfFrames = FRAMES
@@ -130,7 +138,7 @@ def make_study(run_id: str) -> TestStudy:
     multiframe.PixelData = pixels(4, FRAMES)
 
     instances = tuple(Instance(name, ds, _part10(ds)) for name, ds in
-                      (("ct", ct), ("utf8", utf8), ("rle", rle), ("multiframe", multiframe)))
+                      (("ct", ct), ("utf8", utf8), ("rle", rle), ("j2k", j2k), ("multiframe", multiframe)))
     return TestStudy(study_uid, patient_id, family, instances)
 
 
