@@ -52,7 +52,7 @@ import httpx
 import psutil
 
 from bench import datagen
-from conformance.peers import LocalOrthanc, PeerError
+from conformance.peers import LocalOrthanc, PeerError, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("orthanc", "ours-sqlite", "ours-postgres")
@@ -170,14 +170,7 @@ class Server:
         )
 
     def _stop_proc(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        stop_process(self.proc)
 
     def start(self) -> None:
         raise NotImplementedError

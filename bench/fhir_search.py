@@ -73,6 +73,8 @@ import httpx
 import orjson
 import psutil
 
+from conformance.peers import stop_process
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 PG_SCHEMA = "bench_fhir"
@@ -425,14 +427,7 @@ class Server:
             return ""
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        stop_process(self.proc, grace_seconds=30)
 
 
 # ------------------------------------------------------------------------ scenarios

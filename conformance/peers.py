@@ -25,6 +25,18 @@ def orthanc_installed() -> bool:
     return Path(ORTHANC_BIN).is_file() and Path(ORTHANC_DICOMWEB_PLUGIN).is_file()
 
 
+def stop_process(process: "subprocess.Popen[bytes] | None", grace_seconds: float = 60.0) -> None:
+    """Ask a child to stop (SIGTERM), and kill it if it has not within the grace time."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -82,13 +94,7 @@ class LocalOrthanc:
         raise PeerError(f"Orthanc was not ready after {timeout:.0f} s: {self.log_tail()}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
+        stop_process(self.process)
         if not self.keep:
             shutil.rmtree(self.folder, ignore_errors=True)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from conformance import runner
-from conformance.peers import free_port
+from conformance.peers import free_port, stop_process
 
 _ORIGIN = "http://conformance.invalid"  # allowed by the fresh server, so that the CORS case runs
 _READY_SECONDS = 120
@@ -42,12 +42,7 @@ def run_against_fresh_server(args: argparse.Namespace) -> int:
             args.user, args.password, args.token, args.origin = "admin", password, None, _ORIGIN
             return runner.main(args)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server, grace_seconds=30)
 
 
 def _ready(root: str, server: "subprocess.Popen[bytes]") -> bool:
