@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Issue 4's inference benchmark on a GPU machine, every variant, one table.
+# Issue 4's inference benchmark on a GPU machine, every variant, one table each.
 #
 # Here, first: bash bench/gpu_wheels.sh
 # Then with the device tool: run(command="bash bench/gpu_inference.sh",
-#   carry=[".whl"], timeout_s=600); the JSON comes back from $OUT.
+#   carry=[".whl"], timeout_s=600); the JSON and the profile come back from $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
+out="${OUT:-/tmp}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-python3 -m bench.inference_throughput --device cuda --studies 32 --slices 128 --matrix 256 --batch 8 \
-  --latency-runs 3 --json "${OUT:-/tmp}/inference-gpu.json"
+run() { python3 -m bench.inference_throughput --device cuda --studies 32 --slices 128 --matrix 256 --batch 8 "$@"; }
+echo "== offload processes: the default for this machine's cores"
+run --latency-runs 3 --json "$out/inference-gpu.json" --profile "$out/batched-profile.txt"
+echo "== MEDAIFLOW_JOB_PROCESSES=0: the same CPU work in threads of the worker"
+MEDAIFLOW_JOB_PROCESSES=0 run --latency-runs 0 --json "$out/inference-gpu-threads.json"

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
-  alembic==1.20.1 amqp==5.4.2 annotated-types==0.8.0 billiard==4.3.2 celery==5.7.0  \
+  alembic==1.20.1 amqp==5.4.2 annotated-types==0.8.0 argon2-cffi==25.1.0 argon2-cffi-bindings==26.2.0  \
+  billiard==4.3.2 celery==5.7.0 cffi==2.1.1 cryptography==50.0.2 pycparser==3.12 pyjwt==2.15.1 rfc8785==0.1.4  \
   click-didyoumean==0.3.1 click-plugins==1.1.1.2 click-repl==0.4.1 fastapi==0.165.0 fhir-core==1.1.12  \
   fhir-resources==8.3.0 highdicom==0.28.2 kombu==5.7.0 mako==1.4.3 monai==1.6.1  \
   opentelemetry-api==1.45.2 orjson==3.13.0 prompt-toolkit==3.0.53 psycopg2-binary==2.9.13  \

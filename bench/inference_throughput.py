@@ -40,10 +40,12 @@ throughput on a GPU, and no stage but the network above a third of the time.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import io
 import json
 import os
 import platform
+import pstats
 import statistics
 import tempfile
 import time
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", type=float, default=1.0, help="study quiet seconds in the latency run")
     parser.add_argument("--variants", nargs="+", default=["one-at-a-time", "batched"])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=Path, help="run the batched variant once more under cProfile (its main"
+                        " thread), and write the profile here")
     args = parser.parse_args(argv)
     os.environ["MEDAIFLOW_DEVICE"] = args.device
 
@@ -78,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         studies = _store_phantoms(services, args)
         for variant in args.variants:
             results[variant] = _throughput(services, studies, variant, args.batch)
+        if args.profile:
+            # A run of its own: the profiler slows Python code, so its figures are not the variants'.
+            _throughput(services, studies, "batched", args.batch, args.profile)
         services.engine.dispose()
         if args.latency_runs:
             results["latency"] = _latency(Path(directory) / "latency", args)
@@ -145,12 +152,17 @@ def _order(services: Any, study_uids: list[str]) -> list[str]:
     ]
 
 
-def _throughput(services: Any, study_uids: list[str], variant: str, batch_size: int) -> dict[str, Any]:
+def _throughput(
+    services: Any, study_uids: list[str], variant: str, batch_size: int, profile: Path | None = None,
+) -> dict[str, Any]:
     task_ids = _order(services, study_uids)
     runner = services.jobs.make_runner()
     # The model loads once per worker, before its first job: not part of the run.
     runner.segmenter_for(services.jobs.registry.get("medaiflow-demo-lesions@1.0.0"))
     queue = services.jobs.queue
+    profiler = cProfile.Profile() if profile else None
+    if profiler:
+        profiler.enable()
     started = time.perf_counter()
     if variant == "one-at-a-time":
         while jobs := queue.claim("bench", 1):
@@ -163,6 +175,11 @@ def _throughput(services: Any, study_uids: list[str], variant: str, batch_size: 
             runner.finish(current)
             current = upcoming
     wall = time.perf_counter() - started
+    if profiler and profile:
+        profiler.disable()
+        with profile.open("w") as out:
+            pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(60)
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(40)
     runner.close()
     statuses = [queue.get(task_id).status for task_id in task_ids]
     assert statuses.count("completed") == len(task_ids), statuses

@@ -9,6 +9,8 @@ measurements are right for any valid geometry.
 import copy
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -49,18 +51,28 @@ class Segmenter:
         self.window = _window(config["inferer"])
         self.batch_patches = batch_patches or (32 if self.device.type == "cuda" else 4)
 
+    @contextmanager
+    def _stage(self, timings: Timings, name: str) -> Iterator[None]:
+        """A timed stage that ends when the device has finished its work:
+        CUDA runs asynchronously, and its time would otherwise be counted
+        in whichever later stage first waits for a result."""
+        with timings.stage(name):
+            yield
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
     def segment(self, volume: Volume, timings: Timings | None = None) -> np.ndarray:
         """uint8 labels, one per voxel of `volume`."""
         timings = timings or Timings()
         with torch.inference_mode():
-            with timings.stage("preprocessing"):
+            with self._stage(timings, "preprocessing"):
                 data = self.preprocessing({"image": _image(volume).to(self.device)})
-            with timings.stage("network"):
+            with self._stage(timings, "network"):
                 batch = data["image"][None].to(self.device)
                 with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
                     prediction = self.inferer(batch, self.network)
                 data["pred"] = prediction[0].float()
-            with timings.stage("postprocessing"):
+            with self._stage(timings, "postprocessing"):
                 data = self.postprocessing(data)
         return self._labels(data, volume)
 
@@ -72,13 +84,13 @@ class Segmenter:
         if self.window is None:
             return [self.segment(volume, timings) for volume in volumes]
         with torch.inference_mode():
-            with timings.stage("preprocessing"):
+            with self._stage(timings, "preprocessing"):
                 # On a GPU the resampling runs there too (MONAI's advice: transforms on the GPU early).
                 prepared = [self.preprocessing({"image": _image(volume).to(self.device)}) for volume in volumes]
-            with timings.stage("network"):
+            with self._stage(timings, "network"):
                 predictions = self._network_over([data["image"].as_tensor() for data in prepared])
             labels = []
-            with timings.stage("postprocessing"):
+            with self._stage(timings, "postprocessing"):
                 for data, prediction, volume in zip(prepared, predictions, volumes):
                     data["pred"] = MetaTensor(prediction, meta=data["image"].meta)
                     labels.append(self._labels(self.postprocessing(data), volume))

@@ -18,3 +18,8 @@ class Timings:
             yield
         finally:
             self.seconds[name] += time.perf_counter() - started
+
+    def add(self, seconds: dict[str, float]) -> None:
+        """Stages timed elsewhere (another process)."""
+        for name, spent in seconds.items():
+            self.seconds[name] += spent

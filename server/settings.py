@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     broker_queue: str = Field(default="medaiflow-inference", description="the broker queue of this server's jobs")
     local_workers: int = Field(default=1, ge=1, description="job threads of the local executor")
     batch_size: int = Field(default=4, ge=1, description="jobs of one model a worker takes at once")
+    job_processes: int | None = Field(
+        default=None, ge=0, description="processes beside each worker that read series and write results, in"
+        " parallel while the network runs (0: threads of the worker; unset: one per core beyond the first, up to 8,"
+        " none below 4 cores)",
+    )
     study_quiet_seconds: float = Field(default=10.0, ge=0, description="a study is complete when quiet this long")
     job_max_attempts: int = Field(default=3, ge=1)
     job_lease_seconds: float = Field(default=120.0, gt=0)

@@ -2,6 +2,9 @@
 running each study alone gives, whatever their sizes, and a batch of jobs
 completes each job with its own results."""
 
+import operator
+import os
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import torch
 from inference.bundle import Bundle
 from inference.demo.phantom import Geometry, make_phantom
 from inference.segmenter import Segmenter
+from server.jobs.offload import OffloadPool
 from server.jobs.service import DEMO_BUNDLE
 from tests.inference_checks import phantom, series_bytes, stow, study_uid
 
@@ -35,7 +39,9 @@ def test_batched_labels_equal_one_at_a_time(segmenter):
         assert one.any()
 
 
-def test_a_batch_of_jobs_completes_each_with_its_own_results(services, client):
+@pytest.mark.parametrize("job_processes", [0, 2], ids=["threads", "processes"])
+def test_a_batch_of_jobs_completes_each_with_its_own_results(services, client, monkeypatch, job_processes):
+    monkeypatch.setattr(services.jobs.settings, "job_processes", job_processes)
     services.jobs.ensure_demo_model()
     studies = [phantom(seed=311 + index, lesions=index + 1) for index in range(3)]
     tasks = []
@@ -50,9 +56,20 @@ def test_a_batch_of_jobs_completes_each_with_its_own_results(services, client):
     runner = services.jobs.make_runner()
     runner.run(jobs)
     runner.close()
-    assert runner.timings.seconds["network"] > 0
+    # Stages timed in the offload processes count too.
+    assert all(runner.timings.seconds[stage] > 0 for stage in ("read", "network", "postprocessing", "seg writing"))
     for study, task in zip(studies, tasks):
         done = client.get(f"/fhir/Task/{task['id']}").json()
         assert done["status"] == "completed", done
         report = client.get(f"/fhir/DiagnosticReport/{task['id']}").json()
         assert f"{len(study.lesions)} lesion" in report["conclusion"]
+
+
+def test_an_offload_pool_whose_process_died_is_replaced():
+    pool = OffloadPool(1)
+    try:
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(os._exit, 1).result(timeout=60)
+        assert pool.submit(operator.add, 1, 2).result(timeout=60) == 3
+    finally:
+        pool.close()

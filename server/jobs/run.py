@@ -7,7 +7,6 @@ and the job's completion commit in one transaction, fenced by the lease: a
 worker that lost its job publishes nothing, and removes the SEG it stored.
 """
 
-import io
 import logging
 import threading
 from collections.abc import Callable
@@ -18,21 +17,19 @@ from functools import partial
 from typing import TypeVar
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
 from fhir_mappings.ai_results import FinishedJob, result_resources
-from inference.assembly import volume_from_datasets
 from inference.errors import InferenceError, NoMatchingSeries
 from inference.findings import SegmentFindings
-from inference.measurements import measure
-from inference.seg import SegIdentity, segmentation
+from inference.seg import SegIdentity
 from inference.segmenter import Segmenter
 from inference.timings import Timings
 from inference.volume import Volume
 from server.db import reading, write_connection
-from server.ingest import Ingestor, prepare
+from server.ingest import Ingestor
+from server.jobs.offload import OffloadPool, WrittenResults, read_series, write_results
 from server.jobs.queue import Job, JobQueue
 from server.jobs.registry import ModelRegistry, RegisteredModel
 from server.jobs.series import StoredSeries, accepted_series, series_exists
@@ -50,7 +47,7 @@ class JobLost(Exception):
 @dataclass(frozen=True)
 class PreparedSeries:
     series: StoredSeries
-    datasets: list[Dataset]
+    headers: list[Dataset]
     volume: Volume
 
 
@@ -91,7 +88,7 @@ class Batch:
 class JobRunner:
     def __init__(
         self, queue: JobQueue, registry: ModelRegistry, files: FileStore, ingestor: Ingestor, report_status: str,
-        prepare_threads: int = 2,
+        processes: int = 0,
     ) -> None:
         self.queue = queue
         self.registry = registry
@@ -100,10 +97,13 @@ class JobRunner:
         self.report_status = report_status
         self.timings = Timings()
         self._segmenters: dict[int, Segmenter] = {}
-        self._preparing = ThreadPoolExecutor(prepare_threads, thread_name_prefix="prepare-volume")
+        self._offload = OffloadPool(processes)
+        # Each preparing thread looks up a job's series, then waits for its volume from the pool.
+        self._preparing = ThreadPoolExecutor(max(2, processes), thread_name_prefix="prepare-volume")
 
     def close(self) -> None:
         self._preparing.shutdown(wait=False, cancel_futures=True)
+        self._offload.close()
 
     def run(self, jobs: list[Job]) -> None:
         self.finish(self.start(jobs))
@@ -134,28 +134,48 @@ class JobRunner:
                 for job, prepared in ready:
                     self._attempt(job, partial(self._segment_and_complete, job, model, prepared))
                 return
-            for (job, prepared), labels in zip(ready, all_labels):
-                self._attempt(job, partial(self._complete, job, model, prepared, labels))
+            # Every job's measuring and SEG writing starts before the first is stored: they run side by side.
+            writing = [
+                (job, prepared, self._write_results(job, model, prepared, labels))
+                for (job, prepared), labels in zip(ready, all_labels)
+            ]
+            for job, prepared, results in writing:
+                self._attempt(job, partial(self._complete, job, model, prepared, results))
         finally:
             batch.heartbeat.stop()
 
     def _segment_and_complete(self, job: Job, model: RegisteredModel, prepared: PreparedSeries) -> bool:
-        return self._complete(job, model, prepared, self.segmenter_for(model).segment(prepared.volume, self.timings))
+        labels = self.segmenter_for(model).segment(prepared.volume, self.timings)
+        return self._complete(job, model, prepared, self._write_results(job, model, prepared, labels))
 
-    def _complete(self, job: Job, model: RegisteredModel, prepared: PreparedSeries, labels: np.ndarray) -> bool:
-        self._progress(job, "measuring")
-        with self.timings.stage("postprocessing"):
-            findings = [measure(labels == segment.label, prepared.volume, segment) for segment in model.bundle.card.segments]
-        self._progress(job, "writing the segmentation")
-        with reading(self.queue.engine) as connection:
-            if not series_exists(connection, prepared.series.series_instance_uid):
-                # Deleted while the job ran: a SEG now would bring the study back with only itself in it.
-                raise NoMatchingSeries(f"series {prepared.series.series_instance_uid} was deleted while the job ran")
-        identity = SegIdentity.for_job(job.task_id)
+    def _write_results(
+        self, job: Job, model: RegisteredModel, prepared: PreparedSeries, labels: np.ndarray,
+    ) -> "Future[WrittenResults]":
+        return self._offload.submit(
+            write_results, prepared.headers, prepared.volume, labels, model.bundle.card,
+            SegIdentity.for_job(job.task_id), self.files.root,
+        )
+
+    def _complete(
+        self, job: Job, model: RegisteredModel, prepared: PreparedSeries, results: "Future[WrittenResults]",
+    ) -> bool:
+        written = results.result()
+        self.timings.add(written.seconds)
+        try:
+            self._progress(job, "storing the results")
+            with reading(self.queue.engine) as connection:
+                if not series_exists(connection, prepared.series.series_instance_uid):
+                    # Deleted while the job ran: a SEG now would bring the study back with only itself in it.
+                    raise NoMatchingSeries(f"series {prepared.series.series_instance_uid} was deleted while the job ran")
+        except BaseException:
+            written.segmentation.received.temp_path.unlink(missing_ok=True)
+            raise
         with self.timings.stage("seg writing"):
-            self._store(segmentation(prepared.datasets, prepared.volume, labels, model.bundle.card, identity))
+            outcome = self.ingestor.store_batch([written.segmentation])[0]
+        if outcome.failure is not None:
+            raise RuntimeError(f"the segmentation could not be stored: {outcome.detail or outcome.failure}")
         with self.timings.stage("fhir publishing"):
-            self._publish(job, model, findings, identity, prepared.series.body_part_examined)
+            self._publish(job, model, written.findings, SegIdentity.for_job(job.task_id), prepared.series.body_part_examined)
         return True
 
     def _attempt(self, job: Job, step: Callable[[], T]) -> T | None:
@@ -188,11 +208,9 @@ class JobRunner:
         self._progress(job, "reading the series")
         with self.timings.stage("read"):
             chosen = self._series(job, model)
-            datasets = [pydicom.dcmread(self.files.absolute(path)) for path in chosen.file_paths]
-        # Decoding happens frame by frame into the volume: one stage.
-        with self.timings.stage("decode and volume assembly"):
-            volume = volume_from_datasets(datasets)
-        return PreparedSeries(chosen, datasets, volume)
+        read = self._offload.submit(read_series, [self.files.absolute(path) for path in chosen.file_paths]).result()
+        self.timings.add(read.seconds)
+        return PreparedSeries(chosen, read.headers, read.volume)
 
     def _series(self, job: Job, model: RegisteredModel) -> StoredSeries:
         rule = model.bundle.card.series
@@ -214,15 +232,6 @@ class JobRunner:
             model.bundle.verify_weights()
             self._segmenters[model.id] = Segmenter(model.bundle)
         return self._segmenters[model.id]
-
-    def _store(self, seg: Dataset) -> None:
-        buffer = io.BytesIO()
-        seg.save_as(buffer, enforce_file_format=True)
-        writer = self.files.new_temp_file()
-        writer.write(buffer.getvalue())
-        outcome = self.ingestor.store_batch([prepare(writer.finish())])[0]
-        if outcome.failure is not None:
-            raise RuntimeError(f"the segmentation could not be stored: {outcome.detail or outcome.failure}")
 
     def _publish(
         self, job: Job, model: RegisteredModel, findings: list[SegmentFindings], seg_identity: SegIdentity,

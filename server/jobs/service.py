@@ -49,9 +49,11 @@ class JobsService:
     _scheduler: threading.Thread | None = None
 
     def make_runner(self) -> Runner:
+        from server.jobs.offload import default_processes
         from server.jobs.run import JobRunner  # torch and MONAI: only where jobs run
 
-        return JobRunner(self.queue, self.registry, self.files, self.ingestor, self.settings.report_status)
+        processes = default_processes() if self.settings.job_processes is None else self.settings.job_processes
+        return JobRunner(self.queue, self.registry, self.files, self.ingestor, self.settings.report_status, processes)
 
     def start(self) -> None:
         if self.settings.demo_model:

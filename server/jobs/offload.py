@@ -1,0 +1,125 @@
+"""A job's CPU work that needs neither the database nor the network: reading
+the series into a volume, and measuring the labels and writing the SEG.
+
+Python threads cannot run this side by side (the GIL), and on a GPU it is
+most of a job's time, so a worker with cores to spare runs it in processes
+of its own: a batch's studies are read, measured and written in parallel
+while the network runs. Nothing here imports torch, so those processes start
+quickly. With no processes configured the same functions run in threads.
+"""
+
+import io
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from inference.assembly import volume_from_datasets
+from inference.findings import SegmentFindings
+from inference.measurements import measure
+from inference.model_card import ModelCard
+from inference.seg import SegIdentity, segmentation
+from inference.timings import Timings
+from inference.volume import Volume
+from server.ingest import PreparedFile, prepare
+from server.storage import FileStore
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Threads when no processes are configured: one reads while another writes.
+_THREADS = 2
+
+
+def default_processes() -> int:
+    """One per core beyond the worker's own, up to 8; none on a small machine,
+    where processes would only compete with the network for the same cores."""
+    cores = os.cpu_count() or 1
+    return min(8, cores - 1) if cores >= 4 else 0
+
+
+@dataclass(frozen=True)
+class ReadSeries:
+    volume: Volume
+    headers: list[Dataset]  # the series' datasets less their pixel data: what the SEG copies and references
+    seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class WrittenResults:
+    findings: list[SegmentFindings]
+    segmentation: PreparedFile  # written under the store's tmp/, described, not yet stored
+    seconds: dict[str, float]
+
+
+def read_series(paths: list[Path]) -> ReadSeries:
+    timings = Timings()
+    with timings.stage("read"):
+        datasets = [pydicom.dcmread(path) for path in paths]
+    # Decoding happens frame by frame into the volume: one stage.
+    with timings.stage("decode and volume assembly"):
+        volume = volume_from_datasets(datasets)
+        for dataset in datasets:
+            # Kept for the SEG, which needs no pixels: the volume holds them, and they would cross processes twice.
+            del dataset.PixelData
+    return ReadSeries(volume, datasets, dict(timings.seconds))
+
+
+def write_results(
+    headers: list[Dataset], volume: Volume, labels: np.ndarray, card: ModelCard, identity: SegIdentity,
+    store_root: Path,
+) -> WrittenResults:
+    timings = Timings()
+    with timings.stage("postprocessing"):
+        findings = [measure(labels == segment.label, volume, segment) for segment in card.segments]
+    with timings.stage("seg writing"):
+        seg = segmentation(headers, volume, labels, card, identity)
+        buffer = io.BytesIO()
+        seg.save_as(buffer, enforce_file_format=True)
+        writer = FileStore(store_root).new_temp_file()
+        writer.write(buffer.getvalue())
+        prepared = prepare(writer.finish())
+    return WrittenResults(findings, prepared, dict(timings.seconds))
+
+
+class OffloadPool:
+    """Runs the functions above in `processes` processes (spawned: the worker
+    has threads, and maybe CUDA, neither of which survives a fork), or in
+    threads when `processes` is 0. A process that dies (killed for memory,
+    say) fails the futures it held; the next submission gets a new pool."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._lock = threading.Lock()
+        self._executor: Executor | None = None
+
+    def submit(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> "Future[T]":
+        with self._lock:
+            if self._executor is None:
+                self._executor = self._new_executor()
+            try:
+                return self._executor.submit(function, *args, **kwargs)
+            except BrokenProcessPool:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = self._new_executor()
+                return self._executor.submit(function, *args, **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+
+    def _new_executor(self) -> Executor:
+        if self.processes == 0:
+            return ThreadPoolExecutor(_THREADS, thread_name_prefix="job-cpu-work")
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
