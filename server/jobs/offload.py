@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
 
 from inference.assembly import volume_from_datasets
 from inference.findings import SegmentFindings
@@ -50,7 +48,6 @@ def default_processes() -> int:
 @dataclass(frozen=True)
 class ReadSeries:
     volume: Volume
-    headers: list[Dataset]  # the series' datasets less their pixel data: what the SEG copies and references
     seconds: dict[str, float]
 
 
@@ -68,21 +65,23 @@ def read_series(paths: list[Path]) -> ReadSeries:
     # Decoding happens frame by frame into the volume: one stage.
     with timings.stage("decode and volume assembly"):
         volume = volume_from_datasets(datasets)
-        for dataset in datasets:
-            # Kept for the SEG, which needs no pixels: the volume holds them, and they would cross processes twice.
-            del dataset.PixelData
-    return ReadSeries(volume, datasets, dict(timings.seconds))
+    return ReadSeries(volume, dict(timings.seconds))
 
 
 def write_results(
-    headers: list[Dataset], volume: Volume, labels: np.ndarray, card: ModelCard, identity: SegIdentity,
-    store_root: Path,
+    paths: list[Path], labels: Volume, card: ModelCard, identity: SegIdentity, store_root: Path,
 ) -> WrittenResults:
+    """`labels`: the network's labels on the series' volume grid (`Volume.with_voxels`:
+    a quarter of the image's bytes to send). Raises FileNotFoundError when the
+    series was deleted since it was read."""
     timings = Timings()
     with timings.stage("postprocessing"):
-        findings = [measure(labels == segment.label, volume, segment) for segment in card.segments]
+        findings = [measure(labels.voxels == segment.label, labels, segment) for segment in card.segments]
     with timings.stage("seg writing"):
-        seg = segmentation(headers, volume, labels, card, identity)
+        # Read again rather than sent back and forth: unpickling 100 pydicom
+        # datasets costs a process more than reading their headers from disk.
+        sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
+        seg = segmentation(sources, labels, labels.voxels, card, identity)
         buffer = io.BytesIO()
         seg.save_as(buffer, enforce_file_format=True)
         writer = FileStore(store_root).new_temp_file()

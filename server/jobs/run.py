@@ -14,10 +14,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
 from fhir_mappings.ai_results import FinishedJob, result_resources
@@ -47,7 +47,7 @@ class JobLost(Exception):
 @dataclass(frozen=True)
 class PreparedSeries:
     series: StoredSeries
-    headers: list[Dataset]
+    paths: list[Path]
     volume: Volume
 
 
@@ -152,21 +152,22 @@ class JobRunner:
         self, job: Job, model: RegisteredModel, prepared: PreparedSeries, labels: np.ndarray,
     ) -> "Future[WrittenResults]":
         return self._offload.submit(
-            write_results, prepared.headers, prepared.volume, labels, model.bundle.card,
+            write_results, prepared.paths, prepared.volume.with_voxels(labels), model.bundle.card,
             SegIdentity.for_job(job.task_id), self.files.root,
         )
 
     def _complete(
         self, job: Job, model: RegisteredModel, prepared: PreparedSeries, results: "Future[WrittenResults]",
     ) -> bool:
-        written = results.result()
+        try:
+            written = results.result()
+        except FileNotFoundError:
+            self._check_series_exists(prepared.series)  # its files went: say why when the series went with them
+            raise
         self.timings.add(written.seconds)
         try:
             self._progress(job, "storing the results")
-            with reading(self.queue.engine) as connection:
-                if not series_exists(connection, prepared.series.series_instance_uid):
-                    # Deleted while the job ran: a SEG now would bring the study back with only itself in it.
-                    raise NoMatchingSeries(f"series {prepared.series.series_instance_uid} was deleted while the job ran")
+            self._check_series_exists(prepared.series)
         except BaseException:
             written.segmentation.received.temp_path.unlink(missing_ok=True)
             raise
@@ -177,6 +178,12 @@ class JobRunner:
         with self.timings.stage("fhir publishing"):
             self._publish(job, model, written.findings, SegIdentity.for_job(job.task_id), prepared.series.body_part_examined)
         return True
+
+    def _check_series_exists(self, series: StoredSeries) -> None:
+        with reading(self.queue.engine) as connection:
+            if not series_exists(connection, series.series_instance_uid):
+                # Deleted while the job ran: a SEG now would bring the study back with only itself in it.
+                raise NoMatchingSeries(f"series {series.series_instance_uid} was deleted while the job ran")
 
     def _attempt(self, job: Job, step: Callable[[], T]) -> T | None:
         """Run one step of a job; on failure end the job as its error says
@@ -208,9 +215,10 @@ class JobRunner:
         self._progress(job, "reading the series")
         with self.timings.stage("read"):
             chosen = self._series(job, model)
-        read = self._offload.submit(read_series, [self.files.absolute(path) for path in chosen.file_paths]).result()
+        paths = [self.files.absolute(path) for path in chosen.file_paths]
+        read = self._offload.submit(read_series, paths).result()
         self.timings.add(read.seconds)
-        return PreparedSeries(chosen, read.headers, read.volume)
+        return PreparedSeries(chosen, paths, read.volume)
 
     def _series(self, job: Job, model: RegisteredModel) -> StoredSeries:
         rule = model.bundle.card.series
