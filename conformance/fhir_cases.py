@@ -9,6 +9,8 @@ and send only writes a conforming server must refuse.
 """
 
 import json
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -392,3 +394,245 @@ def revinclude(session: Session) -> None:
             session.expect(not strangers, f"_revinclude={value} brought in resources that point at no match: {strangers}")
             return
     raise CaseSkipped(f"no declared _revinclude brought anything in (tried {tried[:10]})")
+
+
+# --- content negotiation -----------------------------------------------------------
+_FORMAT_NAMES = {"json": ("json", "application/json", "application/fhir+json"),
+                 "xml": ("xml", "application/xml", "application/fhir+xml")}
+
+
+@case("FH-FMT-02", "FHIR R4 http.html#mime-type (_format)", "_format overrides Accept: each of its JSON names (and XML names, when XML is declared) gives that format")
+def format_parameter(session: Session) -> None:
+    sample = _sample(session)
+    formats = " ".join(_capability(session).get("format", []))
+    wrong = []
+    for fmt, names in _FORMAT_NAMES.items():
+        if fmt not in formats:
+            continue
+        # Accept asks for the other format, so only _format can explain the answer.
+        other = "application/fhir+xml" if fmt == "json" else FHIR_JSON
+        for name in names:
+            response = session.get(session.fhir(f"/{sample['resourceType']}/{sample['id']}"),
+                                   params={"_format": name}, headers={"Accept": other})
+            if response.status_code == 406 and name == names[0] and fmt == "json":
+                # _format is a SHOULD: a server without it answers the Accept header.
+                raise CaseSkipped("the server does not support _format (406 to _format=json)")
+            media_type = response.headers.get("content-type", "")
+            if response.status_code != 200 or fmt not in media_type:
+                wrong.append(f"_format={name}: {response.status_code} {media_type or 'no Content-Type'}")
+            elif fmt == "json":
+                session.fhir_resource(response, sample["resourceType"])
+    session.expect(not wrong, f"_format was not honoured: {wrong}")
+
+
+# --- history -------------------------------------------------------------------
+def _history_bundle(session: Session, response: httpx.Response) -> list[dict[str, Any]]:
+    """The entries of a history Bundle, each with its request and response (bdl-3, bdl-4)."""
+    session.expect_status(response, 200)
+    bundle = session.fhir_resource(response, "Bundle")
+    session.expect(bundle.get("type") == "history", f"a history answers a history Bundle, not {bundle.get('type')!r}")
+    entries = bundle.get("entry", [])
+    session.expect(all("request" in entry and "response" in entry for entry in entries),
+                   "history entries carry request and response (Bundle invariants bdl-3, bdl-4)")
+    return entries  # type: ignore[no-any-return]
+
+
+def _with_history(session: Session) -> dict[str, Any]:
+    """A resource of a type that declares history-instance (the suite's sample when it can be)."""
+    kept = [resource["type"] for resource in _resources(session)
+            if {"history-instance", "search-type"} <= _interactions(resource) and resource["type"] != "AuditEvent"]
+    sample = _sample(session)
+    for resource_type in sorted(kept, key=lambda name: name != sample["resourceType"]):
+        bundle = _searchset(session, _get(session, f"/{resource_type}", {"_count": "1"}))
+        if bundle.get("entry"):
+            return bundle["entry"][0]["resource"]  # type: ignore[no-any-return]
+    raise CaseSkipped("the server holds no resource of a type that declares history-instance")
+
+
+@case("FH-HIST-01", "FHIR R4 http.html#history", "History of a resource: a history Bundle of its versions, the current one among them")
+def instance_history(session: Session) -> None:
+    resource = _with_history(session)
+    entries = _history_bundle(session, _get(session, f"/{resource['resourceType']}/{resource['id']}/_history"))
+    versions = [entry["resource"] for entry in entries if "resource" in entry]
+    strangers = [f"{item['resourceType']}/{item.get('id')}" for item in versions
+                 if (item["resourceType"], item.get("id")) != (resource["resourceType"], resource["id"])]
+    session.expect(not strangers, f"the history of {resource['resourceType']}/{resource['id']} holds {strangers}")
+    current = resource.get("meta", {}).get("versionId")
+    session.expect(current in [item.get("meta", {}).get("versionId") for item in versions],
+                   f"the current version {current!r} is not in the history")
+
+
+@case("FH-HIST-02", "FHIR R4 http.html#history", "History of a type: a history Bundle of that type's versions, _count respected")
+def type_history(session: Session) -> None:
+    resource = _with_history(session)
+    declared = next(item for item in _resources(session) if item["type"] == resource["resourceType"])
+    if "history-type" not in _interactions(declared):
+        raise CaseSkipped(f"{resource['resourceType']} declares no history-type")
+    entries = _history_bundle(session, _get(session, f"/{resource['resourceType']}/_history", {"_count": "3"}))
+    session.expect(entries, f"the history of {resource['resourceType']} is empty, yet one is held")
+    session.expect(len(entries) <= 3, f"_count=3, and the history page holds {len(entries)} entries")
+    others = {entry["resource"]["resourceType"] for entry in entries if "resource" in entry} - {resource["resourceType"]}
+    session.expect(not others, f"the history of {resource['resourceType']} holds {sorted(others)}")
+
+
+# --- update: what a conforming server must refuse -------------------------------------------
+@case("FH-UPDATE-01", "FHIR R4 http.html#update / http.html#concurrency", "Declared update: an id in the body other than the URL's is 400; a stale If-Match is 412; neither changes the resource")
+def update_refusals(session: Session) -> None:
+    updatable = [resource["type"] for resource in _resources(session) if "update" in _interactions(resource)
+                 and "read" in _interactions(resource)]
+    if not updatable:
+        raise CaseSkipped("the server declares no update interaction")
+    for resource_type in updatable:
+        bundle = _searchset(session, _get(session, f"/{resource_type}", {"_count": "1"}))
+        if bundle.get("entry"):
+            resource = bundle["entry"][0]["resource"]
+            break
+    else:
+        raise CaseSkipped(f"the server holds no resource of the types it declares update on ({updatable})")
+    address = session.fhir(f"/{resource['resourceType']}/{resource['id']}")
+    version = resource.get("meta", {}).get("versionId")
+    other_id = {**resource, "id": f"{resource['id']}-other"}
+    response = session.request("PUT", address, json=other_id, headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON})
+    session.expect_status(response, 400)
+    session.fhir_resource(response, "OperationOutcome")
+    if version:
+        stale = f'W/"conformance-stale-{version}"' if not str(version).isdigit() else f'W/"{int(version) + 1000}"'
+        response = session.request("PUT", address, json=resource,
+                                   headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON, "If-Match": stale})
+        session.expect_status(response, 412)
+        session.fhir_resource(response, "OperationOutcome")
+    after = _get(session, f"/{resource['resourceType']}/{resource['id']}")
+    session.expect_status(after, 200)
+    again = session.fhir_resource(after, resource["resourceType"])
+    session.expect(again.get("meta", {}).get("versionId") == version, "a refused update made a new version")
+
+
+# --- token, reference and quantity searches ---------------------------------------------
+def _declared(session: Session, resource_type: str, name: str, kind: str) -> bool:
+    return any(parameter.get("name") == name and parameter.get("type") == kind
+               for resource in _resources(session) if resource["type"] == resource_type
+               for parameter in resource.get("searchParam", []))
+
+
+def _held(session: Session, name: str, kind: str, has: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
+    """A resource of a searchable type that declares the parameter `name` of type `kind`, for which `has` holds."""
+    for resource in _resources(session):
+        if resource["type"] == "AuditEvent" or "search-type" not in _interactions(resource):
+            continue
+        if not _declared(session, resource["type"], name, kind):
+            continue
+        bundle = _searchset(session, _get(session, f"/{resource['type']}", {f"{name}:missing": "false", "_count": "10"}))
+        for entry in bundle.get("entry", []):
+            if has(entry["resource"]):
+                return entry["resource"]  # type: ignore[no-any-return]
+    raise CaseSkipped(f"the server holds no resource with a value for a declared {kind} parameter {name!r}")
+
+
+def _finds(session: Session, resource: dict[str, Any], params: dict[str, str]) -> bool:
+    """Whether a search narrowed to the resource's id, with `params`, finds it."""
+    bundle = _searchset(session, _get(session, f"/{resource['resourceType']}", {"_id": resource["id"], **params}))
+    return any(entry["resource"].get("id") == resource["id"] for entry in bundle.get("entry", []))
+
+
+def _judge(session: Session, resource: dict[str, Any], expectations: dict[str, tuple[dict[str, str], bool]]) -> None:
+    wrong = [f"{label} {'missed' if expected else 'matched'} it"
+             for label, (params, expected) in expectations.items() if _finds(session, resource, params) != expected]
+    session.expect(not wrong, f"{resource['resourceType']}/{resource['id']}: {wrong}")
+
+
+@case("FH-SEARCH-11", "FHIR R4 search.html#token (:not)", "Token status: the resource's code matches, another does not; :not reverses both")
+def token_not(session: Session) -> None:
+    resource = _held(session, "status", "token", lambda item: isinstance(item.get("status"), str))
+    status = resource["status"]
+    _judge(session, resource, {
+        f"status={status}": ({"status": status}, True),
+        "status=conformance-probe": ({"status": "conformance-probe"}, False),
+        f"status:not={status}": ({"status:not": status}, False),
+        "status:not=conformance-probe": ({"status:not": "conformance-probe"}, True),
+    })
+
+
+def _identified(item: dict[str, Any]) -> bool:
+    return any(isinstance(identifier.get("system"), str) and isinstance(identifier.get("value"), str)
+               for identifier in item.get("identifier", []))
+
+
+@case("FH-SEARCH-12", "FHIR R4 search.html#token", "Token forms on identifier: system|value and value match; another system, and |value (no system), do not")
+def token_forms(session: Session) -> None:
+    resource = _held(session, "identifier", "token", _identified)
+    identifier = next(item for item in resource["identifier"] if isinstance(item.get("system"), str) and isinstance(item.get("value"), str))
+    system, value = identifier["system"], identifier["value"]
+    without_system = any("system" not in item and item.get("value") == value for item in resource["identifier"])
+    _judge(session, resource, {
+        f"identifier={system}|{value}": ({"identifier": f"{system}|{value}"}, True),
+        f"identifier={value}": ({"identifier": value}, True),
+        f"identifier={system}|": ({"identifier": f"{system}|"}, True),
+        "identifier=urn:conformance:other-system|…": ({"identifier": f"urn:conformance:other-system|{value}"}, False),
+        f"identifier=|{value}": ({"identifier": f"|{value}"}, without_system),
+    })
+
+
+_REFERENCE_PARAMETERS = ("subject", "patient")
+
+
+def _patient_reference(item: dict[str, Any]) -> str | None:
+    for element in ("subject", "patient"):
+        reference = item.get(element, {}).get("reference") if isinstance(item.get(element), dict) else None
+        if isinstance(reference, str) and reference.startswith("Patient/") and "/_history/" not in reference:
+            return reference
+    return None
+
+
+@case("FH-SEARCH-13", "FHIR R4 search.html#reference", "Reference search: Type/id, the id alone and :Patient=id match; another id, and :Patient on it, do not")
+def reference_forms(session: Session) -> None:
+    for name in _REFERENCE_PARAMETERS:
+        try:
+            resource = _held(session, name, "reference", _patient_reference)
+        except CaseSkipped:
+            continue
+        reference = _patient_reference(resource)
+        assert reference is not None
+        patient_id = reference.removeprefix("Patient/")
+        _judge(session, resource, {
+            f"{name}={reference}": ({name: reference}, True),
+            f"{name}={patient_id}": ({name: patient_id}, True),
+            f"{name}:Patient={patient_id}": ({f"{name}:Patient": patient_id}, True),
+            f"{name}=Patient/conformance-probe": ({name: "Patient/conformance-probe"}, False),
+            f"{name}:Patient=conformance-probe": ({f"{name}:Patient": "conformance-probe"}, False),
+        })
+        return
+    raise CaseSkipped("the server holds no resource with a Patient reference under a declared subject or patient parameter")
+
+
+def _plain(number: Decimal) -> str:
+    """A search number as written: no exponent, whatever its size."""
+    return format(number, "f")
+
+
+def _quantity(item: dict[str, Any]) -> dict[str, Any] | None:
+    quantity = item.get("valueQuantity")
+    if isinstance(quantity, dict) and isinstance(quantity.get("value"), int | float):
+        return quantity
+    return None
+
+
+@case("FH-SEARCH-14", "FHIR R4 search.html#quantity / search.html#prefix", "Quantity prefixes on value-quantity: ge and lt a unit either side, with and without system|code")
+def quantity_prefixes(session: Session) -> None:
+    resource = _held(session, "value-quantity", "quantity", _quantity)
+    quantity = _quantity(resource)
+    assert quantity is not None
+    # A whole unit either side: the answer cannot hang on the value's implicit precision.
+    value = Decimal(str(quantity["value"]))
+    below, above = _plain(value - 1), _plain(value + 1)
+    expectations = {
+        f"ge{below}": ({"value-quantity": f"ge{below}"}, True),
+        f"ge{above}": ({"value-quantity": f"ge{above}"}, False),
+        f"lt{above}": ({"value-quantity": f"lt{above}"}, True),
+        f"lt{below}": ({"value-quantity": f"lt{below}"}, False),
+    }
+    system, code = quantity.get("system"), quantity.get("code")
+    if isinstance(system, str) and isinstance(code, str):
+        expectations[f"ge{below}|{system}|{code}"] = ({"value-quantity": f"ge{below}|{system}|{code}"}, True)
+        expectations[f"ge{below}|{system}|conformance-unit"] = (
+            {"value-quantity": f"ge{below}|{system}|conformance-unit"}, False)
+    _judge(session, resource, expectations)
