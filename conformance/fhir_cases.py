@@ -10,6 +10,7 @@ and send only writes a conforming server must refuse.
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -636,3 +637,55 @@ def quantity_prefixes(session: Session) -> None:
         expectations[f"ge{below}|{system}|conformance-unit"] = (
             {"value-quantity": f"ge{below}|{system}|conformance-unit"}, False)
     _judge(session, resource, expectations)
+
+
+@case("FH-SEARCH-15", "FHIR R4 search.html#chaining", "A chained parameter: subject:Patient.family with the patient's family name matches, another name does not")
+def chained_reference(session: Session) -> None:
+    for name in _REFERENCE_PARAMETERS:
+        try:
+            resource = _held(session, name, "reference", _patient_reference)
+        except CaseSkipped:
+            continue
+        reference = _patient_reference(resource)
+        response = session.get(session.fhir(f"/{reference}"), headers={"Accept": FHIR_JSON})
+        if response.status_code != 200:
+            continue
+        families = [item["family"] for item in session.fhir_resource(response, "Patient").get("name", [])
+                    if isinstance(item.get("family"), str) and item["family"]]
+        if not families or not _declared(session, "Patient", "family", "string"):
+            continue
+        _judge(session, resource, {
+            f"{name}:Patient.family={families[0]}": ({f"{name}:Patient.family": families[0]}, True),
+            f"{name}:Patient.family=conformance-probe": ({f"{name}:Patient.family": "conformance-probe"}, False),
+        })
+        return
+    raise CaseSkipped("no resource whose subject or patient is a readable Patient with a family name")
+
+
+def _several(session: Session) -> str:
+    """A searchable type of which the server holds resources updated at different times (an order needs two)."""
+    for resource in _resources(session):
+        if resource["type"] == "AuditEvent" or "search-type" not in _interactions(resource):
+            continue
+        entries = _searchset(session, _get(session, f"/{resource['type']}", {"_count": "10"})).get("entry", [])
+        if len({entry["resource"].get("meta", {}).get("lastUpdated") for entry in entries}) >= 2:
+            return resource["type"]  # type: ignore[no-any-return]
+    raise CaseSkipped("the server holds no two resources of one searchable type updated at different times")
+
+
+@case("FH-SEARCH-16", "FHIR R4 search.html#sort", "_sort=_lastUpdated orders the matches oldest first, -_lastUpdated newest first")
+def sort_last_updated(session: Session) -> None:
+    resource_type = _several(session)
+
+    def updated(order: str) -> list[datetime]:
+        response = _get(session, f"/{resource_type}", {"_sort": order, "_count": "20"}, Prefer="handling=strict")
+        if response.status_code == 400:
+            raise CaseSkipped(f"the server does not sort by _lastUpdated (400 to _sort={order} under strict handling)")
+        bundle = _searchset(session, response)
+        stamps = [entry["resource"].get("meta", {}).get("lastUpdated") for entry in bundle.get("entry", [])]
+        session.expect(all(isinstance(stamp, str) for stamp in stamps), "a match has no meta.lastUpdated")
+        return [datetime.fromisoformat(stamp) for stamp in stamps]
+
+    ascending, descending = updated("_lastUpdated"), updated("-_lastUpdated")
+    session.expect(ascending == sorted(ascending), f"_sort=_lastUpdated is not oldest first: {ascending}")
+    session.expect(descending == sorted(descending, reverse=True), f"_sort=-_lastUpdated is not newest first: {descending}")
