@@ -4,8 +4,10 @@ JSON body that comes back is checked against the official R4 JSON schema
 (`Session.fhir_resource`).
 
 The cases read whatever resources the server holds (on MedAIFlow, those the
-DICOMweb cases stored), found through the server's own CapabilityStatement,
-and send only writes a conforming server must refuse.
+DICOMweb cases stored), found through the server's own CapabilityStatement.
+They write only what a conforming server must refuse, and one resource of
+their own (FH-WRITE-01: a Task with no focus, which orders nothing), which
+they delete again.
 """
 
 import json
@@ -689,3 +691,49 @@ def sort_last_updated(session: Session) -> None:
     ascending, descending = updated("_lastUpdated"), updated("-_lastUpdated")
     session.expect(ascending == sorted(ascending), f"_sort=_lastUpdated is not oldest first: {ascending}")
     session.expect(descending == sorted(descending, reverse=True), f"_sort=-_lastUpdated is not newest first: {descending}")
+
+
+# --- the write interactions, on a resource of the suite's own --------------------------------
+# Types whose smallest valid resource the suite can write and that mean nothing to a clinical
+# system (a Task with no focus orders nothing); the first the server lets it create, update and delete.
+_PROBES: dict[str, dict[str, Any]] = {
+    "Task": {"status": "draft", "intent": "proposal"},
+    "Basic": {"code": {"text": "conformance probe"}},
+}
+_WRITES = {"create", "update", "delete", "read"}
+
+
+@case("FH-WRITE-01", "FHIR R4 http.html#create / #update / #delete / #history", "Create, update with If-Match, history, delete, then read: 201 with Location, a new version, both versions in the history, 410 Gone")
+def write_cycle(session: Session) -> None:
+    declared = {resource["type"]: resource for resource in _resources(session)}
+    chosen = next((name for name in _PROBES if name in declared and _WRITES <= _interactions(declared[name])), None)
+    if chosen is None:
+        raise CaseSkipped(f"none of {sorted(_PROBES)} declares create, update, delete and read")
+    headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
+    body = {"resourceType": chosen, **_PROBES[chosen], "note": [{"text": "MedAIFlow conformance probe, first version"}]}
+    created = session.post(session.fhir(f"/{chosen}"), json=body, headers=headers)
+    session.expect_status(created, 201)
+    location = created.headers.get("location", "")
+    session.expect(f"/{chosen}/" in location, f"a create answers a Location naming the new {chosen}, got {location!r}")
+    resource_id = location.split(f"/{chosen}/", 1)[1].split("/", 1)[0]
+    address = session.fhir(f"/{chosen}/{resource_id}")
+    try:
+        first = session.fhir_resource(_get(session, f"/{chosen}/{resource_id}"), chosen)
+        etag = f'W/"{first.get("meta", {}).get("versionId")}"'
+        changed = {**first, "note": [{"text": "MedAIFlow conformance probe, second version"}]}
+        updated = session.request("PUT", address, json=changed, headers={**headers, "If-Match": etag})
+        session.expect_status(updated, 200)
+        second = session.fhir_resource(_get(session, f"/{chosen}/{resource_id}"), chosen)
+        session.expect(second.get("meta", {}).get("versionId") != first.get("meta", {}).get("versionId"),
+                       "an update kept the versionId")
+        session.expect(second.get("note") == changed["note"], "the update's change was not kept")
+        if "history-instance" in _interactions(declared[chosen]):
+            entries = _history_bundle(session, _get(session, f"/{chosen}/{resource_id}/_history"))
+            session.expect(len(entries) >= 2, f"two versions were written, the history holds {len(entries)}")
+    finally:
+        deleted = session.request("DELETE", address, headers={"Accept": FHIR_JSON})
+    session.expect_status(deleted, 200, 204)
+    gone = _get(session, f"/{chosen}/{resource_id}")
+    # A server that keeps no history may forget the resource entirely.
+    session.expect_status(gone, *((410,) if declared[chosen].get("readHistory") else (410, 404)))
+    session.fhir_resource(gone, "OperationOutcome")
