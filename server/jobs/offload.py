@@ -77,10 +77,11 @@ def write_results(
     timings = Timings()
     with timings.stage("postprocessing"):
         findings = [measure(labels.voxels == segment.label, labels, segment) for segment in card.segments]
-    with timings.stage("seg writing"):
+    with timings.stage("read"):
         # Read again rather than sent back and forth: unpickling 100 pydicom
         # datasets costs a process more than reading their headers from disk.
         sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
+    with timings.stage("seg writing"):
         seg = segmentation(sources, labels, labels.voxels, card, identity)
         buffer = io.BytesIO()
         seg.save_as(buffer, enforce_file_format=True)
