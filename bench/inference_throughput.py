@@ -21,11 +21,13 @@ Run from the repository root:
         the current batch's volumes together, publish each; as the local
         executor does.
     Reported: studies per minute (wall time of the whole variant), and the
-    seconds spent per stage summed over its jobs (read; decode and volume
+    seconds spent per stage summed over its jobs (read, which includes the
+    SEG writer's second read of the source headers; decode and volume
     assembly; preprocessing; network; postprocessing, which includes the
     measurements; SEG writing; FHIR publishing) with each stage's share of
-    their sum. Reading overlaps the network in the batched variant, so
-    shares are of work done, not of wall time.
+    their sum. Stages run side by side in the batched variant (and, with
+    MEDAIFLOW_JOB_PROCESSES, in other processes), so shares are of work
+    done, not of wall time.
  3. Latency: a server with its local executor and MEDAIFLOW_STUDY_QUIET_SECONDS
     = --quiet receives one study by STOW-RS (in-process ASGI client) at a
     time; reported is the time from the end of the STOW to the
