@@ -11,7 +11,7 @@ they delete again.
 """
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -586,15 +586,19 @@ def _patient_reference(item: dict[str, Any]) -> str | None:
     return None
 
 
-@case("FH-SEARCH-13", "FHIR R4 search.html#reference", "Reference search: Type/id, the id alone and :Patient=id match; another id, and :Patient on it, do not")
-def reference_forms(session: Session) -> None:
+def _patient_referrers(session: Session) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(parameter, resource, its "Patient/id") for each of subject and patient that some held resource fills."""
     for name in _REFERENCE_PARAMETERS:
         try:
             resource = _held(session, name, "reference", _patient_reference)
         except CaseSkipped:
             continue
-        reference = _patient_reference(resource)
-        assert reference is not None
+        yield name, resource, _patient_reference(resource) or ""
+
+
+@case("FH-SEARCH-13", "FHIR R4 search.html#reference", "Reference search: Type/id, the id alone and :Patient=id match; another id, and :Patient on it, do not")
+def reference_forms(session: Session) -> None:
+    for name, resource, reference in _patient_referrers(session):
         patient_id = reference.removeprefix("Patient/")
         _judge(session, resource, {
             f"{name}={reference}": ({name: reference}, True),
@@ -643,12 +647,7 @@ def quantity_prefixes(session: Session) -> None:
 
 @case("FH-SEARCH-15", "FHIR R4 search.html#chaining", "A chained parameter: subject:Patient.family with the patient's family name matches, another name does not")
 def chained_reference(session: Session) -> None:
-    for name in _REFERENCE_PARAMETERS:
-        try:
-            resource = _held(session, name, "reference", _patient_reference)
-        except CaseSkipped:
-            continue
-        reference = _patient_reference(resource)
+    for name, resource, reference in _patient_referrers(session):
         response = session.get(session.fhir(f"/{reference}"), headers={"Accept": FHIR_JSON})
         if response.status_code != 200:
             continue
