@@ -1,27 +1,37 @@
 """The DICOM instances the suite brings: made fresh for each run (new UIDs, so
-runs never collide), and chosen for what servers get wrong: a plain CT, a
-person name in another character set (ISO_IR 192, UTF-8), RLE and JPEG 2000
-compressed images, and a multi-frame image whose Frame Increment Pointer is
-an AT value.
+runs never collide), and chosen for what servers get wrong: a plain CT,
+person names in other character sets (ISO_IR 192, UTF-8; ISO 2022 with
+escape sequences into JIS X 0208), RLE, JPEG 2000, JPEG-LS and JPEG Baseline
+(lossy, 8-bit) compressed images, and a multi-frame image whose Frame
+Increment Pointer is an AT value.
 """
 
 from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
+from PIL import Image
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
     RLELossless,
+    SecondaryCaptureImageStorage,
     generate_uid,
 )
 
 MULTIFRAME_SC = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word Secondary Capture Image Storage
 FRAMES = 3
 ROWS = COLUMNS = 32
+# PS3.5 H.3.1: Japanese in ISO 2022, the first value empty (ASCII until an
+# escape sequence), JIS X 0208 for the ideographic and phonetic groups.
+ISO_2022_JAPANESE = ["", "ISO 2022 IR 87"]
+IDEOGRAPHIC, PHONETIC = "山田^太郎", "やまだ^たろう"
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,7 @@ class TestStudy:
 
 
 def make_study(run_id: str) -> TestStudy:
-    """One study of five instances in three series; names carry `run_id` so
+    """One study of eight instances in three series; names carry `run_id` so
     that searches find only this run's study."""
     study_uid = generate_uid()
     patient_id = f"CONF-{run_id}"
@@ -130,6 +140,26 @@ def make_study(run_id: str) -> TestStudy:
     j2k.PixelData = pixels(5)
     j2k.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
 
+    iso2022 = base(ct_series, CTImageStorage, 1)
+    iso2022.InstanceNumber = 3
+    iso2022.SpecificCharacterSet = ISO_2022_JAPANESE
+    iso2022.Modality = "CT"
+    iso2022.PatientName = f"{family}^Test={IDEOGRAPHIC}={PHONETIC}"  # pydicom writes the escape sequences
+    iso2022.PixelData = pixels(6)
+
+    jpeg_ls = base(other_series, CTImageStorage, 2)
+    jpeg_ls.Modality = "CT"
+    jpeg_ls.InstanceNumber = 3
+    jpeg_ls.PixelData = pixels(7)
+    jpeg_ls.compress(JPEGLSLossless, encoding_plugin="pyjpegls")
+
+    # An 8-bit Secondary Capture: CT Image Storage allows only 16-bit pixels.
+    jpeg = base(multiframe_series, SecondaryCaptureImageStorage, 3)
+    jpeg.Modality = "OT"
+    jpeg.InstanceNumber = 2
+    jpeg.ConversionType = "WSD"
+    _jpeg_baseline(jpeg)
+
     multiframe = base(multiframe_series, MULTIFRAME_SC, 3)
     multiframe.Modality = "OT"
     multiframe.NumberOfFrames = FRAMES
@@ -137,9 +167,29 @@ def make_study(run_id: str) -> TestStudy:
     multiframe.FrameTime = "40"
     multiframe.PixelData = pixels(4, FRAMES)
 
+    # The multi-frame image comes last: servers that keep the study's patient
+    # attributes from the last instance stored then keep a plain name.
     instances = tuple(Instance(name, ds, _part10(ds)) for name, ds in
-                      (("ct", ct), ("utf8", utf8), ("rle", rle), ("j2k", j2k), ("multiframe", multiframe)))
+                      (("ct", ct), ("utf8", utf8), ("iso2022", iso2022), ("rle", rle), ("j2k", j2k),
+                       ("jpeg_ls", jpeg_ls), ("jpeg", jpeg), ("multiframe", multiframe)))
     return TestStudy(study_uid, patient_id, family, instances)
+
+
+def _jpeg_baseline(dataset: Dataset) -> None:
+    """One 8-bit monochrome frame, JPEG-compressed by Pillow (pydicom cannot
+    encode JPEG Baseline), with the attributes a lossy image must carry
+    (PS3.3 C.7.6.1.1.5). A smooth gradient keeps the loss to a few levels."""
+    ramp = np.add.outer(np.arange(ROWS), np.arange(COLUMNS)).astype(np.uint8) * 4
+    buffer = BytesIO()
+    Image.fromarray(ramp).save(buffer, format="JPEG", quality=95)
+    dataset.BitsAllocated = dataset.BitsStored = 8
+    dataset.HighBit = 7
+    dataset.PixelData = encapsulate([buffer.getvalue()])
+    dataset["PixelData"].VR = "OB"
+    dataset.LossyImageCompression = "01"
+    dataset.LossyImageCompressionRatio = f"{ramp.nbytes / len(buffer.getvalue()):.2f}"
+    dataset.LossyImageCompressionMethod = "ISO_10918_1"
+    dataset.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
 
 
 def _part10(dataset: Dataset) -> bytes:
