@@ -258,6 +258,23 @@ def qido_person_name_components(session: Session) -> None:
                    "the family and given name components did not find the study")
 
 
+@case("DW-QIDO-16", "PS3.4 C.2.2.2.1 / C.2.2.2.4", "QIDO-RS: % and _ in a value are literal characters, never wildcards (AccessionNumber A%_…)")
+def qido_literal_percent_and_underscore(session: Session) -> None:
+    study = _study(session)
+    accession = study.instances[0].dataset.AccessionNumber  # "A%_" and the run's id
+
+    def finds(value: str) -> bool:
+        found = _search(session, "/studies", {"PatientID": study.patient_id, "AccessionNumber": value})
+        return study.study_instance_uid in {_value(item, "0020000D") for item in found}
+
+    # What each value would match were % and _ SQL LIKE wildcards: every one of them.
+    expected = {accession: True, f"{accession[:2]}*": True, "A%": False, f"A_{accession[2:]}": False,
+                f"A_{accession[2]}*": False, f"{accession}%": False}
+    wrong = [f"{value} {'missed' if matches else 'matched'}" for value, matches in expected.items()
+             if finds(value) != matches]
+    session.expect(not wrong, f"AccessionNumber {accession}: {wrong}")
+
+
 # --- WADO-RS ----------------------------------------------------------------------
 def _instance_url(session: Session, study: TestStudy, name: str, suffix: str = "") -> str:
     instance = study.instance(name)
@@ -273,6 +290,27 @@ def _retrieve_instance(session: Session, study: TestStudy, name: str, accept: st
 def wado_instance_as_stored(session: Session) -> None:
     dataset = _retrieve_one(session, "ct", "*")
     session.expect(dataset.SOPInstanceUID == _study(session).instance("ct").sop_instance_uid, "another instance came back")
+
+
+@case("DW-WADO-08", "PS3.18 10.4.1.1.1 (study and series resources)", "WADO-RS study and series retrieve with transfer-syntax=*: every instance of the study or series, each once, as stored")
+def wado_study_and_series(session: Session) -> None:
+    study = _study(session)
+    series_uid = study.instance("ct").series_instance_uid
+    levels = {f"/studies/{study.study_instance_uid}": study.instances,
+              f"/studies/{study.study_instance_uid}/series/{series_uid}":
+                  tuple(item for item in study.instances if item.series_instance_uid == series_uid)}
+    for path, instances in levels.items():
+        response = session.get(session.dicomweb(path), headers={"Accept": f"{MULTIPART_DICOM}; transfer-syntax=*"})
+        session.expect_status(response, 200)
+        parts = [dcmread(BytesIO(content)) for _, content in
+                 parse_multipart(response.content, response.headers.get("content-type", ""))]
+        sent = sorted(str(part.SOPInstanceUID) for part in parts)
+        session.expect(sent == sorted(item.sop_instance_uid for item in instances),
+                       f"{path} sent {len(sent)} instances, not its {len(instances)}, each once")
+        stored = {item.sop_instance_uid: item.transfer_syntax for item in instances}
+        changed = [str(part.SOPInstanceUID) for part in parts
+                   if part.file_meta.TransferSyntaxUID != stored[str(part.SOPInstanceUID)]]
+        session.expect(not changed, f"{path} with transfer-syntax=* changed the transfer syntax of {changed}")
 
 
 @case("DW-WADO-02", "PS3.18 8.7.3.5.2", "WADO-RS of a compressed instance asking for Explicit VR Little Endian gets it decompressed")

@@ -34,6 +34,11 @@ ISO_2022_JAPANESE = ["", "ISO 2022 IR 87"]
 IDEOGRAPHIC, PHONETIC = "山田^太郎", "やまだ^たろう"
 
 
+def accession_number(run_id: str) -> str:
+    """With "%" and "_", which a server that matches by SQL LIKE would take for wildcards."""
+    return f"A%_{run_id}"[:16]
+
+
 @dataclass(frozen=True)
 class Instance:
     name: str
@@ -89,7 +94,7 @@ def make_study(run_id: str) -> TestStudy:
         ds.StudyDate = "20240315"
         ds.StudyTime = "101500"
         ds.StudyID = "1"
-        ds.AccessionNumber = f"A{run_id}"[:16]
+        ds.AccessionNumber = accession_number(run_id)
         ds.ReferringPhysicianName = ""  # present and empty: JSON has no "Value" for it
         ds.StudyDescription = "Conformance suite study"
         ds.SeriesNumber = number
