@@ -5,12 +5,14 @@ JSON body that comes back is checked against the official R4 JSON schema
 
 The cases read whatever resources the server holds (on MedAIFlow, those the
 DICOMweb cases stored), found through the server's own CapabilityStatement.
-They write only what a conforming server must refuse, and one resource of
-their own (FH-WRITE-01: a Task with no focus, which orders nothing), which
-they delete again.
+They write only what a conforming server must refuse, and resources of
+their own (FH-WRITE-01, FH-TRANS-01: Tasks with no focus, which order
+nothing), which they delete again.
 """
 
 import json
+import secrets
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
@@ -700,6 +702,7 @@ _PROBES: dict[str, dict[str, Any]] = {
     "Basic": {"code": {"text": "conformance probe"}},
 }
 _WRITES = {"create", "update", "delete", "read"}
+_PROBE_SYSTEM = "urn:medaiflow:conformance"
 
 
 @case("FH-WRITE-01", "FHIR R4 http.html#create / #update / #delete / #history", "Create, update with If-Match, history, delete, then read: 201 with Location, a new version, both versions in the history, 410 Gone")
@@ -736,3 +739,79 @@ def write_cycle(session: Session) -> None:
     # A server that keeps no history may forget the resource entirely.
     session.expect_status(gone, *((410,) if declared[chosen].get("readHistory") else (410, 404)))
     session.fhir_resource(gone, "OperationOutcome")
+
+
+# --- batch and transaction ---------------------------------------------------------------
+def _system_interactions(session: Session) -> set[str]:
+    return {interaction.get("code") for rest in _capability(session).get("rest", []) if rest.get("mode") == "server"
+            for interaction in rest.get("interaction", [])}
+
+
+def _post_bundle(session: Session, kind: str, entries: list[dict[str, Any]]) -> httpx.Response:
+    return session.post(session.fhir(""), json={"resourceType": "Bundle", "type": kind, "entry": entries},
+                        headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON})
+
+
+@case("FH-BATCH-01", "FHIR R4 http.html#transaction (batch)", "A batch runs each entry on its own: a read that succeeds and one that fails, each with its own status, in order")
+def batch_entries(session: Session) -> None:
+    if "batch" not in _system_interactions(session):
+        raise CaseSkipped("the server declares no batch interaction")
+    sample = _sample(session)
+    response = _post_bundle(session, "batch", [
+        {"request": {"method": "GET", "url": f"{sample['resourceType']}/{sample['id']}"}},
+        {"request": {"method": "GET", "url": f"{sample['resourceType']}/conformance-no-such-id"}},
+    ])
+    session.expect_status(response, 200)
+    bundle = session.fhir_resource(response, "Bundle")
+    session.expect(bundle.get("type") == "batch-response", f"a batch answers a batch-response, not {bundle.get('type')!r}")
+    entries = bundle.get("entry", [])
+    session.expect(len(entries) == 2, f"two entries were sent, {len(entries)} came back")
+    statuses = [str(entry.get("response", {}).get("status", "")).split(" ")[0] for entry in entries]
+    session.expect(statuses == ["200", "404"], f"the entries' statuses are {statuses}, not ['200', '404']")
+    session.expect(entries[0].get("resource", {}).get("id") == sample["id"], "the read entry does not hold the resource")
+
+
+@case("FH-TRANS-01", "FHIR R4 http.html#transaction / http.html#trules", "A transaction whose one entry fails changes nothing (the create beside it is not kept); the create alone commits")
+def transaction_is_atomic(session: Session) -> None:
+    declared = {resource["type"]: resource for resource in _resources(session)}
+    if "transaction" not in _system_interactions(session):
+        raise CaseSkipped("the server declares no transaction interaction")
+    chosen = next((name for name in _PROBES if name in declared
+                   and {"create", "search-type"} <= _interactions(declared[name])
+                   and _declared(session, name, "identifier", "token")), None)
+    if chosen is None:
+        raise CaseSkipped(f"none of {sorted(_PROBES)} declares create, search and an identifier parameter")
+    marker = f"transaction-{secrets.token_hex(6)}"
+    probe = {"resourceType": chosen, **_PROBES[chosen], "identifier": [{"system": _PROBE_SYSTEM, "value": marker}]}
+    held = _searchset(session, _get(session, f"/{chosen}", {"_count": "1"})).get("entry", [])
+    if held:
+        # A stale If-Match fails when the entry runs, after the create (updates run after creates:
+        # http.html#trules), so the create must be undone, not merely never started.
+        existing = held[0]["resource"]
+        failing = {"resource": existing, "request": {"method": "PUT", "url": f"{chosen}/{existing['id']}",
+                                                     "ifMatch": 'W/"999999"'}}
+    else:
+        failing = {"resource": {"resourceType": chosen, **_PROBES[chosen], "id": "conformance-one"},
+                   "request": {"method": "PUT", "url": f"{chosen}/conformance-other"}}  # the id does not match
+    response = _post_bundle(session, "transaction", [
+        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": probe, "request": {"method": "POST", "url": chosen}},
+        failing,
+    ])
+    session.expect(400 <= response.status_code < 500, f"a transaction with a failing entry must fail (4xx), got {response.status_code}")
+    session.fhir_resource(response, "OperationOutcome")
+
+    def kept() -> list[dict[str, Any]]:
+        found = _searchset(session, _get(session, f"/{chosen}", {"identifier": f"{_PROBE_SYSTEM}|{marker}"}))
+        return found.get("entry", [])  # type: ignore[no-any-return]
+
+    session.expect(not kept(), f"the failed transaction's {chosen} was kept")
+    # The same create alone commits, and the search finds it: the check above could have failed.
+    response = _post_bundle(session, "transaction", [
+        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": probe, "request": {"method": "POST", "url": chosen}}])
+    session.expect_status(response, 200)
+    result = session.fhir_resource(response, "Bundle")
+    session.expect(result.get("type") == "transaction-response", f"a transaction answers a transaction-response, not {result.get('type')!r}")
+    created = kept()
+    for entry in created:
+        session.request("DELETE", session.fhir(f"/{chosen}/{entry['resource']['id']}"), headers={"Accept": FHIR_JSON})
+    session.expect(len(created) == 1, f"the transaction's create alone was found {len(created)} times, not once")
