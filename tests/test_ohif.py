@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
@@ -121,6 +122,15 @@ def _segmented_study(base: str, services: Any) -> str:
     raise AssertionError("the model made no SEG series in 120 s")
 
 
+def _screenshot(locator: Any) -> bytes | None:
+    """None when OHIF replaced the element while it was being taken (it
+    re-renders its viewports as data arrives): the caller tries again."""
+    try:
+        return locator.screenshot(timeout=10_000)  # type: ignore[no-any-return]
+    except PlaywrightError:
+        return None
+
+
 def _wait_for(locator: Any, timeout_ms: int, console: list[str], failures: list[str]) -> None:
     """On a timeout, keep a screenshot and say what the browser logged."""
     try:
@@ -172,8 +182,8 @@ def test_ohif_lists_opens_and_renders_the_segmented_study(viewer_and_server):
             viewport.wait_for(timeout=60_000)
             deadline, variance = time.monotonic() + 60, 0.0
             while time.monotonic() < deadline and variance < 50:
-                shot = viewport.screenshot()
-                variance = _variance(shot)
+                shot = _screenshot(viewport)
+                variance = _variance(shot) if shot else 0.0
                 time.sleep(1)
             assert variance >= 50, f"the viewport stayed blank (pixel variance {variance:.1f})"
             for dismiss in ("Skip all", "Confirm and hide"):  # the first-visit tour and notice
@@ -184,7 +194,8 @@ def test_ohif_lists_opens_and_renders_the_segmented_study(viewer_and_server):
             page.get_by_role("button", name="Yes").first.click(timeout=30_000)  # "open this Segmentation?"
             deadline, coloured = time.monotonic() + 60, 0.0
             while time.monotonic() < deadline and coloured == 0:
-                coloured = _coloured_share(viewport.screenshot())
+                shot = _screenshot(viewport)
+                coloured = _coloured_share(shot) if shot else 0.0
                 time.sleep(1)
             page.screenshot(path=str(REPO / ".cache" / "ohif-last-screenshot.png"))
             assert coloured > 0, "the segmentation was not drawn over the CT"
