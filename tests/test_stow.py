@@ -235,3 +235,24 @@ def test_an_index_failure_refuses_only_its_own_instance(client, services, monkey
     assert _count(services) == 2
     assert len(_stored_files(services)) == 2
     assert _count(services, storage_journal) == 0
+
+
+def test_study_attributes_come_from_the_latest_request_and_its_first_instance(client):
+    """The rule conformance/DICOM_CONFORMANCE_STATEMENT.md states: within a
+    request, the first instance in (series, SOP Instance UID) order; a later
+    request replaces them."""
+    study, series = generate_uid(), generate_uid()
+
+    def stow(*names: tuple[str, str]) -> None:
+        payloads = [make_ct(study_uid=study, series_uid=series, sop_uid=sop, PatientName=name) for sop, name in names]
+        body, content_type = multipart_body(payloads)
+        assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+
+    def name() -> str:
+        [found] = client.get("/dicom-web/studies", params={"StudyInstanceUID": study}).json()
+        return found["00100010"]["Value"][0]["Alphabetic"]
+
+    stow(("1.2.826.0.1.3680043.8.498.9", "LATER^Sop"), ("1.2.826.0.1.3680043.8.498.1", "FIRST^Sop"))
+    assert name() == "FIRST^Sop"
+    stow(("1.2.826.0.1.3680043.8.498.5", "CORRECTED^Name"))
+    assert name() == "CORRECTED^Name"
