@@ -815,3 +815,26 @@ def transaction_is_atomic(session: Session) -> None:
     for entry in created:
         session.request("DELETE", session.fhir(f"/{chosen}/{entry['resource']['id']}"), headers={"Accept": FHIR_JSON})
     session.expect(len(created) == 1, f"the transaction's create alone was found {len(created)} times, not once")
+
+
+@case("FH-SEARCH-17", "FHIR R4 search.html#summary", "_summary=true, text and data: never elements the resource lacks; data keeps all but text; a resource with elements removed is marked SUBSETTED")
+def summary_subsets(session: Session) -> None:
+    sample = _sample(session)
+    full = {key: value for key, value in _read(session)[0].items() if key != "meta"}
+    wrong = []
+    for mode in ("true", "text", "data"):
+        bundle = _searchset(session, _get(session, f"/{sample['resourceType']}", {"_id": sample["id"], "_summary": mode}))
+        [entry] = bundle.get("entry", []) or [None]
+        session.expect(entry is not None, f"_id with _summary={mode} found nothing")
+        subset = entry["resource"]
+        tags = {(tag.get("system"), tag.get("code")) for tag in subset.get("meta", {}).get("tag", [])}
+        body = {key: value for key, value in subset.items() if key != "meta"}
+        if set(body) - set(full):
+            wrong.append(f"{mode}: elements the resource lacks {sorted(set(body) - set(full))}")
+        if mode == "data" and body != {key: value for key, value in full.items() if key != "text"}:
+            wrong.append("data: not the resource less its text")
+        if mode == "text" and "text" in full and "text" not in body:
+            wrong.append("text: the narrative is missing")
+        if body != full and SUBSETTED not in tags:
+            wrong.append(f"{mode}: elements were removed and the resource is not tagged SUBSETTED")
+    session.expect(not wrong, f"{sample['resourceType']}/{sample['id']}: {wrong}")
