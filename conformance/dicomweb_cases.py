@@ -275,6 +275,21 @@ def qido_literal_percent_and_underscore(session: Session) -> None:
     session.expect(not wrong, f"AccessionNumber {accession}: {wrong}")
 
 
+@case("DW-QIDO-17", "PS3.4 C.2.2.2.6 / PS3.18 10.6.1.2.1 (RequestAttributesSequence)", "QIDO-RS sequence matching: RequestAttributesSequence.RequestedProcedureID, by keyword and by tag, finds the series that holds it")
+def qido_sequence_matching(session: Session) -> None:
+    study = _study(session)
+    ct = study.instance("ct")
+    requested = str(ct.dataset.RequestAttributesSequence[0].RequestedProcedureID)
+    path = f"/studies/{study.study_instance_uid}/series"
+    wrong = []
+    for key in ("RequestAttributesSequence.RequestedProcedureID", "00400275.00401001"):
+        for value, expected in ((requested, [ct.series_instance_uid]), (f"{requested}-other", [])):
+            found = [_value(item, "0020000E") for item in _search(session, path, {key: value})]
+            if found != expected:
+                wrong.append(f"{key}={value} found {len(found)} series")
+    session.expect(not wrong, f"sequence matching: {wrong}")
+
+
 # --- WADO-RS ----------------------------------------------------------------------
 def _instance_url(session: Session, study: TestStudy, name: str, suffix: str = "") -> str:
     instance = study.instance(name)

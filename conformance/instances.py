@@ -107,6 +107,11 @@ def make_study(run_id: str) -> TestStudy:
         ds.BitsStored = 16
         ds.HighBit = 15
         ds.PixelRepresentation = 0
+        if series_uid == ct_series:  # on every instance: which one a server reads the series from is its choice
+            request = Dataset()  # for sequence matching (PS3.4 C.2.2.2.6)
+            request.RequestedProcedureID = f"RP-{run_id}"
+            request.ScheduledProcedureStepID = f"SPS-{run_id}"
+            ds.RequestAttributesSequence = [request]
         return ds
 
     def pixels(seed: int, frames: int = 1) -> bytes:
