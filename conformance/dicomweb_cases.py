@@ -53,6 +53,12 @@ def _media_type(response: httpx.Response) -> str:
     return response.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def _finds_study(session: Session, params: dict[str, str]) -> bool:
+    """Whether a study search with `params` finds the suite's study."""
+    found = _search(session, "/studies", params)
+    return _study(session).study_instance_uid in {_value(item, "0020000D") for item in found}
+
+
 def _search(session: Session, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
     # "*", "?" and "," stay as they are: percent-encoded they are other characters to a server (RFC 3986 2.2).
     query = f"?{urlencode(params, safe='*?,')}" if params else ""
@@ -120,9 +126,7 @@ def qido_study_keys(session: Session) -> None:
 
 @case("DW-QIDO-02", "PS3.4 C.2.2.2.4", "QIDO-RS wildcard matching: PatientName=PREFIX* finds the study")
 def qido_wildcard(session: Session) -> None:
-    study = _study(session)
-    found = _search(session, "/studies", {"PatientName": study.patient_family_name[:-2] + "*"})
-    session.expect(study.study_instance_uid in {_value(item, "0020000D") for item in found},
+    session.expect(_finds_study(session, {"PatientName": _study(session).patient_family_name[:-2] + "*"}),
                    "a trailing * did not match the patient's name")
 
 
@@ -193,13 +197,9 @@ def qido_uid_list(session: Session) -> None:
 
 @case("DW-QIDO-10", "PS3.4 C.2.2.2.4", "QIDO-RS wildcard ? matches exactly one character")
 def qido_single_character_wildcard(session: Session) -> None:
-    study = _study(session)
-    name = study.patient_family_name
-    one = _search(session, "/studies", {"PatientName": f"{name[:-1]}?*"})
-    none = _search(session, "/studies", {"PatientName": f"{name}??^Test"})
-    session.expect(study.study_instance_uid in {_value(item, "0020000D") for item in one}, "? did not match one character")
-    session.expect(study.study_instance_uid not in {_value(item, "0020000D") for item in none},
-                   "?? matched where no characters are")
+    name = _study(session).patient_family_name
+    session.expect(_finds_study(session, {"PatientName": f"{name[:-1]}?*"}), "? did not match one character")
+    session.expect(not _finds_study(session, {"PatientName": f"{name}??^Test"}), "?? matched where no characters are")
 
 
 @case("DW-QIDO-11", "PS3.18 10.6.3.2 / 8.3.4", "QIDO-RS with no match: 200 with an empty array, or 204")
@@ -222,15 +222,11 @@ def qido_modalities_in_study(session: Session) -> None:
 
 @case("DW-QIDO-13", "PS3.4 C.2.2.2.5", "QIDO-RS range matching on StudyTime: bounds are inclusive, either end may be open")
 def qido_time_range(session: Session) -> None:
-    study = _study(session)  # its StudyTime is 101500
-
-    def finds(time_range: str) -> bool:
-        found = _search(session, "/studies", {"PatientID": study.patient_id, "StudyTime": time_range})
-        return study.study_instance_uid in {_value(item, "0020000D") for item in found}
-
+    patient = _study(session).patient_id  # the study's StudyTime is 101500
     expected = {"1010-1020": True, "101500-101500": True, "-101500": True, "101500-": True,
                 "101501-": False, "-101459": False}
-    wrong = [time_range for time_range, matches in expected.items() if finds(time_range) != matches]
+    wrong = [time_range for time_range, matches in expected.items()
+             if _finds_study(session, {"PatientID": patient, "StudyTime": time_range}) != matches]
     session.expect(not wrong, f"StudyTime 101500 is matched wrongly by the ranges {wrong}")
 
 
@@ -239,9 +235,7 @@ def qido_fuzzymatching_parameter(session: Session) -> None:
     # What fuzzy matching matches is the server's to define (PS3.4 C.2.2.2.1),
     # and a server without it ignores the flag, so only this much is sound:
     # the flag is taken, what matched still matches, and a bad value is refused.
-    study = _study(session)
-    found = _search(session, "/studies", {"PatientName": f"{study.patient_family_name}*", "fuzzymatching": "true"})
-    session.expect(study.study_instance_uid in {_value(item, "0020000D") for item in found},
+    session.expect(_finds_study(session, {"PatientName": f"{_study(session).patient_family_name}*", "fuzzymatching": "true"}),
                    "with fuzzymatching=true the patient name no longer finds the study")
     response = session.get(session.dicomweb("/studies"), params={"fuzzymatching": "perhaps"}, headers={"Accept": DICOM_JSON})
     session.expect_status(response, 400)
@@ -262,16 +256,11 @@ def qido_person_name_components(session: Session) -> None:
 def qido_literal_percent_and_underscore(session: Session) -> None:
     study = _study(session)
     accession = study.instances[0].dataset.AccessionNumber  # "A%_" and the run's id
-
-    def finds(value: str) -> bool:
-        found = _search(session, "/studies", {"PatientID": study.patient_id, "AccessionNumber": value})
-        return study.study_instance_uid in {_value(item, "0020000D") for item in found}
-
     # What each value would match were % and _ SQL LIKE wildcards: every one of them.
     expected = {accession: True, f"{accession[:2]}*": True, "A%": False, f"A_{accession[2:]}": False,
                 f"A_{accession[2]}*": False, f"{accession}%": False}
     wrong = [f"{value} {'missed' if matches else 'matched'}" for value, matches in expected.items()
-             if finds(value) != matches]
+             if _finds_study(session, {"PatientID": study.patient_id, "AccessionNumber": value}) != matches]
     session.expect(not wrong, f"AccessionNumber {accession}: {wrong}")
 
 
