@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=4, ge=1, description="jobs of one model a worker takes at once")
     job_processes: int | None = Field(
         default=None, ge=0, description="processes beside each worker that read series and write results, in"
-        " parallel while the network runs (0: threads of the worker; unset: one per core beyond the first, up to 8,"
-        " none below 4 cores)",
+        " parallel while the network runs (0: threads of the worker; unset: the cores beyond the first, shared among"
+        " the job runners of all server processes, up to 8 each; none below 4 cores)",
     )
     study_quiet_seconds: float = Field(default=10.0, ge=0, description="a study is complete when quiet this long")
     job_max_attempts: int = Field(default=3, ge=1)

@@ -14,7 +14,7 @@ import torch
 from inference.bundle import Bundle
 from inference.demo.phantom import Geometry, make_phantom
 from inference.segmenter import Segmenter
-from server.jobs.offload import OffloadPool
+from server.jobs.offload import OffloadPool, default_processes
 from server.jobs.service import DEMO_BUNDLE
 from tests.inference_checks import phantom, series_bytes, stow, study_uid
 
@@ -73,3 +73,15 @@ def test_an_offload_pool_whose_process_died_is_replaced():
         assert pool.submit(operator.add, 1, 2).result(timeout=60) == 3
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize(("cores", "runners", "expected"), [
+    (2, 1, 0),  # a small machine: threads
+    (16, 1, 8),  # at most 8 beside one runner
+    (16, 4, 3),  # 15 spare cores shared by 4 runners
+    (8, 2, 3),
+    (4, 4, 0),  # nothing left to share: threads
+])
+def test_offload_processes_share_the_spare_cores(monkeypatch, cores, runners, expected):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert default_processes(runners) == expected

@@ -38,11 +38,12 @@ T = TypeVar("T")
 _THREADS = 2
 
 
-def default_processes() -> int:
-    """One per core beyond the worker's own, up to 8; none on a small machine,
-    where processes would only compete with the network for the same cores."""
+def default_processes(runners: int = 1) -> int:
+    """The cores beyond the first, shared among the `runners` job runners of
+    this machine (server processes times job threads), up to 8 each; none on
+    a small machine, where processes would only compete with the network."""
     cores = os.cpu_count() or 1
-    return min(8, cores - 1) if cores >= 4 else 0
+    return min(8, (cores - 1) // runners) if cores >= 4 else 0
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,9 @@ class JobsService:
         from server.jobs.offload import default_processes
         from server.jobs.run import JobRunner  # torch and MONAI: only where jobs run
 
-        processes = default_processes() if self.settings.job_processes is None else self.settings.job_processes
+        # The local executor runs a runner per job thread in every server process.
+        runners = self.settings.workers * self.settings.local_workers if self.settings.executor == "local" else 1
+        processes = default_processes(runners) if self.settings.job_processes is None else self.settings.job_processes
         return JobRunner(self.queue, self.registry, self.files, self.ingestor, self.settings.report_status, processes)
 
     def start(self) -> None:
