@@ -159,6 +159,19 @@ def qido_includefield(session: Session) -> None:
                    "StudyDescription (0008,1030) was asked for with includefield and not returned")
 
 
+@case("DW-QIDO-18", "PS3.18 8.3.4.3 / 10.6.3.3.1 (includefield=all)", "QIDO-RS includefield=all adds the study's attributes beyond the default ones")
+def qido_includefield_all(session: Session) -> None:
+    study = _study(session)
+    [found] = _search(session, "/studies", {"StudyInstanceUID": study.study_instance_uid, "includefield": "all"}) or [None]
+    session.expect(found is not None, "includefield=all found no study")
+    assert found is not None
+    # Optional study-level keys (PS3.4 Table C.6-5), neither returned by default (PS3.18 Table 10.6.3-3);
+    # a server that returns one when asked for it by tag supports it, so "all" includes it.
+    expected = {"00081030": "Conformance suite study", "00100030": "19700101"}
+    missing = [tag for tag, value in expected.items() if _value(found, tag) != value]
+    session.expect(not missing, f"includefield=all left out {missing}")
+
+
 @case("DW-QIDO-06", "PS3.18 8.3.4.1", "QIDO-RS with an invalid parameter value: 400")
 def qido_bad_parameter(session: Session) -> None:
     response = session.get(session.dicomweb("/studies"), params={"limit": "many"}, headers={"Accept": DICOM_JSON})
