@@ -6,6 +6,8 @@ step happens when the test says, on the real database and store.
 
 import json
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from server.app import build_services, create_app
+from server.jobs import run as run_module
 from server.jobs.queue import QueuePolicy, now_micros
 from server.jobs.service import DEMO_BUNDLE
 from server.jobs.withdrawal import sweep
@@ -256,3 +259,39 @@ def test_a_study_deleted_while_its_job_runs_is_not_brought_back(queued):
     assert ended["status"] == "failed"
     assert "deleted while the job ran" in ended["statusReason"]["text"]
     assert client.get("/dicom-web/studies", params={"StudyInstanceUID": uid}).json() == []
+
+
+def test_a_step_stuck_in_the_offload_pool_ends_its_job_at_the_time_limit(queued, monkeypatch):
+    client, services = queued
+    services.jobs.queue.policy = QueuePolicy(max_attempts=1, timeout_seconds=8.0)
+    entered, released, finished = threading.Event(), threading.Event(), threading.Event()
+    real_write_results = run_module.write_results
+
+    def stuck(*args, **kwargs):  # type: ignore[no-untyped-def]
+        entered.set()
+        released.wait(120)
+        try:
+            return real_write_results(*args, **kwargs)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(run_module, "write_results", stuck)
+    task = _order(client, _stored_study(client, 62))
+    runner = services.jobs.make_runner()
+    try:
+        started = time.monotonic()
+        runner.run(services.jobs.queue.claim("test-worker", 1))
+        assert entered.is_set()  # it got as far as the stuck step
+        assert time.monotonic() - started < 60  # and ended at its limit, not when the step came back
+        ended = client.get(f"/fhir/Task/{task['id']}").json()
+        assert ended["status"] == "failed"
+        assert "ran past its 8 s limit" in ended["statusReason"]["text"]
+    finally:
+        released.set()
+        runner.close()
+    # The SEG the step wrote once released is nobody's: it is removed, not left under tmp/.
+    assert finished.wait(60)
+    deadline = time.monotonic() + 10
+    while any(services.store.temp_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(services.store.temp_dir.iterdir())

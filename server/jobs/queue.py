@@ -238,6 +238,12 @@ class JobQueue:
     def timed_out(self, job: Job) -> bool:
         return job.started_at is not None and now_micros() - job.started_at > self.policy.timeout_seconds * 1e6
 
+    def seconds_left(self, job: Job) -> float | None:
+        """Of the attempt's time limit; None before it started."""
+        if job.started_at is None:
+            return None
+        return max(0.0, self.policy.timeout_seconds - (now_micros() - job.started_at) / 1e6)
+
     # --- clients' side -----------------------------------------------------------
     def cancel(self, connection: Connection, task_id: str, reason: str) -> Job:
         """In the caller's transaction, with the job row locked by `get(lock=True)`."""

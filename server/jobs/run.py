@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -160,7 +161,7 @@ class JobRunner:
         self, job: Job, model: RegisteredModel, prepared: PreparedSeries, results: "Future[WrittenResults]",
     ) -> bool:
         try:
-            written = results.result()
+            written = self._within_limit(job, results)
         except FileNotFoundError:
             self._check_series_exists(prepared.series)  # its files went: say why when the series went with them
             raise
@@ -216,7 +217,7 @@ class JobRunner:
         with self.timings.stage("read"):
             chosen = self._series(job, model)
         paths = [self.files.absolute(path) for path in chosen.file_paths]
-        read = self._offload.submit(read_series, paths).result()
+        read = self._within_limit(job, self._offload.submit(read_series, paths))
         self.timings.add(read.seconds)
         return PreparedSeries(chosen, paths, read.volume)
 
@@ -260,10 +261,34 @@ class JobRunner:
             if not self.queue.complete(connection, job):
                 raise JobLost()  # rolls the results back with the transaction
 
+    def _within_limit(self, job: Job, work: "Future[T]") -> T:
+        """The result of work handed to the offload pool, waited for no longer
+        than the job has left: a stuck step ends the job instead of the worker."""
+        try:
+            return work.result(timeout=self.queue.seconds_left(job))
+        except FutureTimeout:
+            if work.done():  # it finished meanwhile, or raised a TimeoutError of its own: that is its outcome
+                return work.result()
+            if not work.cancel():  # already running: what it writes is nobody's
+                work.add_done_callback(_discard_segmentation)
+            raise self._over_limit() from None
+
+    def _over_limit(self) -> TimeoutError:
+        return TimeoutError(f"the job ran past its {self.queue.policy.timeout_seconds:g} s limit")
+
     def _progress(self, job: Job, text: str) -> Job:
         """Record the stage; the job, while it is still this worker's."""
         if self.queue.timed_out(job):
-            raise TimeoutError(f"the job ran past its {self.queue.policy.timeout_seconds:g} s limit")
+            raise self._over_limit()
         if not self.queue.progress(job, text):
             raise JobLost()
         return job
+
+
+def _discard_segmentation(work: "Future[object]") -> None:
+    """A step that finished after its job gave up on it: a SEG it wrote under tmp/ is removed."""
+    if work.cancelled() or work.exception() is not None:
+        return
+    result = work.result()
+    if isinstance(result, WrittenResults):
+        result.segmentation.received.temp_path.unlink(missing_ok=True)
