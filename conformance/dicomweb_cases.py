@@ -53,10 +53,13 @@ def _media_type(response: httpx.Response) -> str:
     return response.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def _study_uids(found: list[dict[str, Any]]) -> list[str]:
+    return [_value(item, "0020000D") for item in found]
+
+
 def _finds_study(session: Session, params: dict[str, str]) -> bool:
     """Whether a study search with `params` finds the suite's study."""
-    found = _search(session, "/studies", params)
-    return _study(session).study_instance_uid in {_value(item, "0020000D") for item in found}
+    return _study(session).study_instance_uid in _study_uids(_search(session, "/studies", params))
 
 
 def _search(session: Session, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
@@ -204,7 +207,7 @@ def qido_accept_q_values(session: Session) -> None:
 def qido_uid_list(session: Session) -> None:
     study = _study(session)
     found = _search(session, "/studies", {"StudyInstanceUID": f"1.2.3.999999.3,{study.study_instance_uid}"})
-    session.expect([_value(item, "0020000D") for item in found] == [study.study_instance_uid],
+    session.expect(_study_uids(found) == [study.study_instance_uid],
                    "a list of two UIDs did not find the one stored study")
 
 
@@ -227,7 +230,7 @@ def qido_no_match(session: Session) -> None:
 def qido_modalities_in_study(session: Session) -> None:
     study = _study(session)
     found = _search(session, "/studies", {"PatientID": study.patient_id, "ModalitiesInStudy": "OT"})
-    session.expect([_value(item, "0020000D") for item in found] == [study.study_instance_uid],
+    session.expect(_study_uids(found) == [study.study_instance_uid],
                    "the study with an OT series is not found by ModalitiesInStudy=OT")
     modalities = set(found[0].get("00080061", {}).get("Value", [])) if found else set()
     session.expect(modalities == {"CT", "OT"}, f"ModalitiesInStudy is {sorted(modalities)}, not CT and OT")
@@ -261,7 +264,7 @@ def qido_person_name_components(session: Session) -> None:
     # The trailing * also matches the names with ideographic groups: which of
     # the study's instances gives the study its name is the server's choice.
     found = _search(session, "/studies", {"PatientName": f"{study.patient_family_name}^Tes*"})
-    session.expect([_value(item, "0020000D") for item in found] == [study.study_instance_uid],
+    session.expect(_study_uids(found) == [study.study_instance_uid],
                    "the family and given name components did not find the study")
 
 

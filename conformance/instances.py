@@ -77,7 +77,7 @@ def make_study(run_id: str) -> TestStudy:
     family = f"CONFORMANCE{run_id.upper()}"
     ct_series, other_series, multiframe_series = generate_uid(), generate_uid(), generate_uid()
 
-    def base(series_uid: str, sop_class: str, number: int) -> Dataset:
+    def base(series_uid: str, sop_class: str, number: int, modality: str = "CT") -> Dataset:
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID = sop_class
@@ -97,6 +97,7 @@ def make_study(run_id: str) -> TestStudy:
         ds.AccessionNumber = accession_number(run_id)
         ds.ReferringPhysicianName = ""  # present and empty: JSON has no "Value" for it
         ds.StudyDescription = "Conformance suite study"
+        ds.Modality = modality
         ds.SeriesNumber = number
         ds.InstanceNumber = 1
         ds.Rows = ROWS
@@ -119,8 +120,15 @@ def make_study(run_id: str) -> TestStudy:
         shape = (frames, ROWS, COLUMNS) if frames > 1 else (ROWS, COLUMNS)
         return rng.integers(0, 4000, size=shape, dtype=np.uint16).tobytes()
 
+    def compressed(instance_number: int, seed: int, syntax: str, plugin: str) -> Dataset:
+        """A CT of the second series, losslessly compressed."""
+        ds = base(other_series, CTImageStorage, 2)
+        ds.InstanceNumber = instance_number
+        ds.PixelData = pixels(seed)
+        ds.compress(syntax, encoding_plugin=plugin)
+        return ds
+
     ct = base(ct_series, CTImageStorage, 1)
-    ct.Modality = "CT"
     ct.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ct.RescaleIntercept = "-1024"
     ct.RescaleSlope = "1"
@@ -134,44 +142,27 @@ def make_study(run_id: str) -> TestStudy:
     utf8 = base(ct_series, CTImageStorage, 1)
     utf8.InstanceNumber = 2
     utf8.SpecificCharacterSet = "ISO_IR 192"
-    utf8.Modality = "CT"
     utf8.PatientName = f"{family}^Test=山田^太郎"
     utf8.InstitutionName = "Hôpital Süd"
     utf8.PixelData = pixels(2)
 
-    rle = base(other_series, CTImageStorage, 2)
-    rle.Modality = "CT"
-    rle.PixelData = pixels(3)
-    rle.compress(RLELossless, encoding_plugin="pydicom")
-
-    j2k = base(other_series, CTImageStorage, 2)
-    j2k.Modality = "CT"
-    j2k.InstanceNumber = 2
-    j2k.PixelData = pixels(5)
-    j2k.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    rle = compressed(1, 3, RLELossless, "pydicom")
+    j2k = compressed(2, 5, JPEG2000Lossless, "pylibjpeg")
+    jpeg_ls = compressed(3, 7, JPEGLSLossless, "pyjpegls")
 
     iso2022 = base(ct_series, CTImageStorage, 1)
     iso2022.InstanceNumber = 3
     iso2022.SpecificCharacterSet = ISO_2022_JAPANESE
-    iso2022.Modality = "CT"
     iso2022.PatientName = f"{family}^Test={IDEOGRAPHIC}={PHONETIC}"  # pydicom writes the escape sequences
     iso2022.PixelData = pixels(6)
 
-    jpeg_ls = base(other_series, CTImageStorage, 2)
-    jpeg_ls.Modality = "CT"
-    jpeg_ls.InstanceNumber = 3
-    jpeg_ls.PixelData = pixels(7)
-    jpeg_ls.compress(JPEGLSLossless, encoding_plugin="pyjpegls")
-
     # An 8-bit Secondary Capture: CT Image Storage allows only 16-bit pixels.
-    jpeg = base(multiframe_series, SecondaryCaptureImageStorage, 3)
-    jpeg.Modality = "OT"
+    jpeg = base(multiframe_series, SecondaryCaptureImageStorage, 3, modality="OT")
     jpeg.InstanceNumber = 2
     jpeg.ConversionType = "WSD"
     _jpeg_baseline(jpeg)
 
-    multiframe = base(multiframe_series, MULTIFRAME_SC, 3)
-    multiframe.Modality = "OT"
+    multiframe = base(multiframe_series, MULTIFRAME_SC, 3, modality="OT")
     multiframe.NumberOfFrames = FRAMES
     multiframe.FrameIncrementPointer = 0x00181063  # Frame Time: an AT value
     multiframe.FrameTime = "40"
