@@ -57,14 +57,20 @@ def _interactions(resource: dict[str, Any]) -> set[str]:
     return {interaction.get("code") for interaction in resource.get("interaction", [])}
 
 
+def _searchable(session: Session, *interactions: str) -> list[dict[str, Any]]:
+    """The declared types that can be searched and have `interactions`, less
+    AuditEvent: an auditing server adds some with every request the suite
+    makes, so what the suite reads of them would move under it."""
+    needed = {"search-type", *interactions}
+    return [resource for resource in _resources(session)
+            if needed <= _interactions(resource) and resource["type"] != "AuditEvent"]
+
+
 def _sample(session: Session) -> dict[str, Any]:
     """A resource the server holds, of a type it can search and read."""
     if "sample" in session.state:
         return session.state["sample"]  # type: ignore[no-any-return]
-    for resource in _resources(session):
-        # An auditing server adds AuditEvents with every request the suite makes: counts would move under it.
-        if not {"read", "search-type"} <= _interactions(resource) or resource["type"] == "AuditEvent":
-            continue
+    for resource in _searchable(session, "read"):
         response = _get(session, f"/{resource['type']}", {"_count": "1"})
         # Refused credentials leave nothing to judge: that is the run's failure, not a reason to skip.
         session.expect(response.status_code != 401, "the server refused the suite's credentials (401)")
@@ -444,8 +450,7 @@ def _history_bundle(session: Session, response: httpx.Response) -> list[dict[str
 
 def _with_history(session: Session) -> dict[str, Any]:
     """A resource of a type that declares history-instance (the suite's sample when it can be)."""
-    kept = [resource["type"] for resource in _resources(session)
-            if {"history-instance", "search-type"} <= _interactions(resource) and resource["type"] != "AuditEvent"]
+    kept = [resource["type"] for resource in _searchable(session, "history-instance")]
     sample = _sample(session)
     for resource_type in sorted(kept, key=lambda name: name != sample["resourceType"]):
         bundle = _searchset(session, _get(session, f"/{resource_type}", {"_count": "1"}))
@@ -521,9 +526,7 @@ def _declared(session: Session, resource_type: str, name: str, kind: str) -> boo
 
 def _held(session: Session, name: str, kind: str, has: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
     """A resource of a searchable type that declares the parameter `name` of type `kind`, for which `has` holds."""
-    for resource in _resources(session):
-        if resource["type"] == "AuditEvent" or "search-type" not in _interactions(resource):
-            continue
+    for resource in _searchable(session):
         if not _declared(session, resource["type"], name, kind):
             continue
         bundle = _searchset(session, _get(session, f"/{resource['type']}", {f"{name}:missing": "false", "_count": "10"}))
@@ -667,9 +670,7 @@ def chained_reference(session: Session) -> None:
 
 def _several(session: Session) -> str:
     """A searchable type of which the server holds resources updated at different times (an order needs two)."""
-    for resource in _resources(session):
-        if resource["type"] == "AuditEvent" or "search-type" not in _interactions(resource):
-            continue
+    for resource in _searchable(session):
         entries = _searchset(session, _get(session, f"/{resource['type']}", {"_count": "10"})).get("entry", [])
         if len({entry["resource"].get("meta", {}).get("lastUpdated") for entry in entries}) >= 2:
             return resource["type"]  # type: ignore[no-any-return]
