@@ -1,8 +1,9 @@
 """A segment's mask as findings: connected components measured in patient space.
 
 Components are 26-connected, so voxels touching at an edge or a corner are one
-lesion. Each is measured on its bounding box only, so a large, mostly empty
-volume costs one labelling pass and little more.
+lesion. Labelling runs on the box that holds every marked voxel, and each
+component is measured on its own box, so a large, mostly empty volume costs
+little more than finding that box.
 """
 
 import numpy as np
@@ -26,16 +27,34 @@ def measure(mask: np.ndarray, volume: Volume, segment: Segment) -> SegmentFindin
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != volume.voxels.shape:
         raise ValueError(f"the mask's shape {mask.shape} is not the volume's {volume.voxels.shape}")
-    labels, _ = ndimage.label(mask, structure=_TOUCHING)
+    marked = _bounding_box(mask)
+    if marked is None:
+        return SegmentFindings(segment, ())
+    marked_origin = np.array([axis.start for axis in marked])
+    labels, _ = ndimage.label(mask[marked], structure=_TOUCHING)
     voxel_counts = np.bincount(labels.ravel())
     findings = []
     for label, box in enumerate(ndimage.find_objects(labels), start=1):
         volume_ml = float(voxel_counts[label]) * volume.voxel_volume_mm3 / 1000.0
         if volume_ml < segment.min_component_ml:
             continue
-        findings.append(_finding(labels[box] == label, np.array([axis.start for axis in box]), volume, volume_ml))
+        origin = marked_origin + np.array([axis.start for axis in box])
+        findings.append(_finding(labels[box] == label, origin, volume, volume_ml))
     findings.sort(key=lambda finding: finding.volume_ml, reverse=True)
     return SegmentFindings(segment, tuple(findings))
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every marked voxel; None when none is."""
+    box: list[slice] = []
+    for axis in range(mask.ndim):
+        others = tuple(other for other in range(mask.ndim) if other != axis)
+        # Each axis is searched within the box found so far, so later passes read less.
+        marked = np.flatnonzero(mask[tuple(box)].any(axis=others))
+        if not len(marked):
+            return None
+        box.append(slice(int(marked[0]), int(marked[-1]) + 1))
+    return tuple(box)
 
 
 def _finding(component: np.ndarray, origin: np.ndarray, volume: Volume, volume_ml: float) -> Finding:

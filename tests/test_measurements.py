@@ -123,6 +123,19 @@ def test_a_single_voxel_is_a_finding_without_extent() -> None:
     np.testing.assert_allclose(finding.centroid_lps, volume.to_patient(np.array([[4, 7, 9]]))[0])
 
 
+def test_components_at_opposite_corners_are_placed_where_they_lie() -> None:
+    volume = grid()
+    mask = np.zeros(volume.voxels.shape, bool)
+    mask[:2, :2, :2] = True
+    mask[-3:, -1:, -2:] = True
+
+    findings = measure(mask, volume, lesion_segment()).findings
+
+    centroids = {finding.voxel_count: finding.centroid_lps for finding in findings}
+    np.testing.assert_allclose(centroids[8], volume.to_patient(np.array([[0.5, 0.5, 0.5]]))[0])
+    np.testing.assert_allclose(centroids[6], volume.to_patient(np.array([[10.0, 19.0, 22.5]]))[0])
+
+
 def test_flat_and_linear_components_are_measured() -> None:
     volume = grid()
     mask = np.zeros(volume.voxels.shape, bool)
