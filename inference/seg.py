@@ -6,6 +6,7 @@ and in the SeriesDescription. Its UIDs come from the job, so running a job
 again makes the same instance, never a second one.
 """
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ _PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
 _DISPLAY_COLOURS = ((53.24, 80.09, 67.20), (87.73, -86.18, 83.18), (32.30, 79.19, -107.86),
                     (97.14, -21.55, 94.48), (60.32, 98.23, -60.82), (91.11, -48.09, -14.13))
 SEG_SERIES_NUMBER = 9901
+_TABLES_LOADING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,19 @@ def segmentation(
         ],
     )
     return seg
+
+
+def load_standard_tables() -> None:
+    """highdicom parses the standard's IOD and module tables (megabytes of
+    JSON, about half a second) the first time a process checks a source
+    image. A worker calls this when it starts, so that no job pays it."""
+    # No public highdicom function loads them on their own; these are cached for the process's life.
+    from highdicom import _standard_utils
+
+    with _TABLES_LOADING:  # threads starting together parse them once, not once each
+        _standard_utils.get_sop_class_iod_map()
+        _standard_utils.get_iod_module_map()
+        _standard_utils.get_module_attribute_map()
 
 
 # Type 2 attributes of the Patient and General Study modules, which the SEG

@@ -75,6 +75,20 @@ def test_an_offload_pool_whose_process_died_is_replaced():
         pool.close()
 
 
+def _standard_tables_loaded() -> bool:
+    from highdicom._standard_utils import get_module_attribute_map
+
+    return get_module_attribute_map.cache_info().currsize == 1
+
+
+def test_an_offload_process_loads_the_seg_tables_before_its_first_job():
+    pool = OffloadPool(1)
+    try:
+        assert pool.submit(_standard_tables_loaded).result(timeout=60)
+    finally:
+        pool.close()
+
+
 @pytest.mark.parametrize(("cores", "runners", "expected"), [
     (2, 1, 0),  # a small machine: threads
     (16, 1, 8),  # at most 8 beside one runner

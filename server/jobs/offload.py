@@ -25,7 +25,7 @@ from inference.assembly import volume_from_datasets
 from inference.findings import SegmentFindings
 from inference.measurements import measure
 from inference.model_card import ModelCard
-from inference.seg import SegIdentity, segmentation
+from inference.seg import SegIdentity, load_standard_tables, segmentation
 from inference.timings import Timings
 from inference.volume import Volume
 from server.ingest import PreparedFile, prepare
@@ -96,7 +96,10 @@ class OffloadPool:
     """Runs the functions above in `processes` processes (spawned: the worker
     has threads, and maybe CUDA, neither of which survives a fork), or in
     threads when `processes` is 0. A process that dies (killed for memory,
-    say) fails the futures it held; the next submission gets a new pool."""
+    say) fails the futures it held; the next submission gets a new pool.
+    Each process, or the first thread, loads the tables the SEG writer needs
+    as it starts, before it takes any work: a one-off cost of starting, not
+    of the first job it runs."""
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
@@ -122,5 +125,7 @@ class OffloadPool:
 
     def _new_executor(self) -> Executor:
         if self.processes == 0:
-            return ThreadPoolExecutor(_THREADS, thread_name_prefix="job-cpu-work")
-        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+            return ThreadPoolExecutor(_THREADS, thread_name_prefix="job-cpu-work", initializer=load_standard_tables)
+        return ProcessPoolExecutor(
+            self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=load_standard_tables,
+        )
