@@ -30,7 +30,7 @@ from inference.timings import Timings
 from inference.volume import Volume
 from server.db import reading, write_connection
 from server.ingest import Ingestor
-from server.jobs.offload import OffloadPool, WrittenResults, read_series, write_results
+from server.jobs.offload import OffloadPool, WrittenResults, read_series, settle_process, write_results
 from server.jobs.queue import Job, JobQueue
 from server.jobs.registry import ModelRegistry, RegisteredModel
 from server.jobs.series import StoredSeries, accepted_series, series_exists
@@ -240,6 +240,8 @@ class JobRunner:
         if model.id not in self._segmenters:
             model.bundle.verify_weights()
             self._segmenters[model.id] = Segmenter(model.bundle)
+            # This process writes SEGs too when the offload pool is threads.
+            settle_process()
         return self._segmenters[model.id]
 
     def _publish(
