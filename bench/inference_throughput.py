@@ -27,7 +27,10 @@ Run from the repository root:
     measurements; SEG writing; FHIR publishing) with each stage's share of
     their sum. Stages run side by side in the batched variant (and, with
     MEDAIFLOW_JOB_PROCESSES, in other processes), so shares are of work
-    done, not of wall time.
+    done, not of wall time. What a worker does once, as it starts (loading
+    the model; starting its offload processes, which load the SEG writer's
+    tables), is in no stage: the model loads before the clock starts, the
+    processes start within the first jobs' wall time.
  3. Latency: a server with its local executor and MEDAIFLOW_STUDY_QUIET_SECONDS
     = --quiet receives one study by STOW-RS (in-process ASGI client) at a
     time; reported is the time from the end of the STOW to the
@@ -250,6 +253,11 @@ def _print(results: dict[str, Any], variants: list[str]) -> None:
     if len(variants) == 2:
         ratio = results[variants[1]]["studies_per_minute"] / results[variants[0]]["studies_per_minute"]
         print(f"\n{variants[1]} / {variants[0]}: {ratio:.2f}x")
+    for variant in variants:
+        seconds = results[variant]["stage_s"]
+        stage = max((name for name in STAGES if name != "network"), key=seconds.__getitem__)
+        share = seconds[stage] / max(sum(seconds.values()), 1e-9)
+        print(f"{variant}: the largest stage but the network is {stage}, {share:.0%} of the work (goal: at most 33%)")
     if "latency" in results:
         latency = results["latency"]
         print(f"STOW end -> DiagnosticReport searchable: median {latency['median_s']:.2f} s "
