@@ -97,13 +97,19 @@ def write_results(
 @functools.cache
 def settle_process() -> None:
     """Once a worker process has loaded what it keeps for its life (modules,
-    a model), and before its first job: the SEG writer's tables loaded, then
-    everything loaded so far left out of garbage collection. Full passes over
-    those objects (300,000 in an offload process, 600,000 beside torch) cost
-    0.1-0.3 s every few jobs, and find nothing to free. Once per process:
-    what is alive later is the work of the moment, and collected as usual."""
-    load_standard_tables()
+    a model, the SEG writer's tables), before its first job: what is garbage
+    now is collected, and everything else is left out of garbage collection
+    from then on. Full passes over those objects (300,000 in an offload
+    process, 600,000 beside torch) cost 0.1-0.3 s every few jobs, and find
+    nothing to free. Once per process: what is alive later is the work of the
+    moment, and collected as usual."""
+    gc.collect()
     gc.freeze()
+
+
+def _start_offload_process() -> None:
+    load_standard_tables()
+    settle_process()
 
 
 class OffloadPool:
@@ -111,8 +117,9 @@ class OffloadPool:
     has threads, and maybe CUDA, neither of which survives a fork), or in
     threads when `processes` is 0. A process that dies (killed for memory,
     say) fails the futures it held; the next submission gets a new pool.
-    Each process settles (`settle_process`) as it starts, before it takes any
-    work: a one-off cost of starting, not of the first job it runs."""
+    Each process loads the SEG writer's tables and settles (`settle_process`)
+    as it starts, before it takes any work: a one-off cost of starting, not
+    of the first job it runs."""
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
@@ -140,5 +147,5 @@ class OffloadPool:
         if self.processes == 0:
             return ThreadPoolExecutor(_THREADS, thread_name_prefix="job-cpu-work")
         return ProcessPoolExecutor(
-            self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=settle_process,
+            self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_offload_process,
         )

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from fhir_mappings.ai_results import FinishedJob, result_resources
 from inference.errors import InferenceError, NoMatchingSeries
 from inference.findings import SegmentFindings
-from inference.seg import SegIdentity
+from inference.seg import SegIdentity, load_standard_tables
 from inference.segmenter import Segmenter
 from inference.timings import Timings
 from inference.volume import Volume
@@ -240,7 +240,8 @@ class JobRunner:
         if model.id not in self._segmenters:
             model.bundle.verify_weights()
             self._segmenters[model.id] = Segmenter(model.bundle)
-            # This process writes SEGs too when the offload pool is threads.
+            if self._offload.processes == 0:
+                load_standard_tables()  # this process writes the SEGs
             settle_process()
         return self._segmenters[model.id]
 
