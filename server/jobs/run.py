@@ -239,10 +239,11 @@ class JobRunner:
         """Loaded once per worker and model version."""
         if model.id not in self._segmenters:
             model.bundle.verify_weights()
-            self._segmenters[model.id] = Segmenter(model.bundle)
+            segmenter = Segmenter(model.bundle)
             if self._offload.processes == 0:
                 load_standard_tables()  # this process writes the SEGs
             settle_process()
+            self._segmenters[model.id] = segmenter
         return self._segmenters[model.id]
 
     def _publish(
