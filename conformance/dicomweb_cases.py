@@ -62,6 +62,14 @@ def _finds_study(session: Session, params: dict[str, str]) -> bool:
     return _study(session).study_instance_uid in _study_uids(_search(session, "/studies", params))
 
 
+def _wrongly_matched(session: Session, keyword: str, matches: dict[str, bool]) -> list[str]:
+    """Each `keyword` value, within the suite's patient, that finds the suite's
+    study when it should not ("matched") or does not when it should ("missed")."""
+    patient = _study(session).patient_id
+    return [f"{value} {'missed' if expected else 'matched'}" for value, expected in matches.items()
+            if _finds_study(session, {"PatientID": patient, keyword: value}) != expected]
+
+
 def _search(session: Session, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
     # "*", "?" and "," stay as they are: percent-encoded they are other characters to a server (RFC 3986 2.2).
     query = f"?{urlencode(params, safe='*?,')}" if params else ""
@@ -238,12 +246,10 @@ def qido_modalities_in_study(session: Session) -> None:
 
 @case("DW-QIDO-13", "PS3.4 C.2.2.2.5", "QIDO-RS range matching on StudyTime: bounds are inclusive, either end may be open")
 def qido_time_range(session: Session) -> None:
-    patient = _study(session).patient_id  # the study's StudyTime is 101500
-    expected = {"1010-1020": True, "101500-101500": True, "-101500": True, "101500-": True,
-                "101501-": False, "-101459": False}
-    wrong = [time_range for time_range, matches in expected.items()
-             if _finds_study(session, {"PatientID": patient, "StudyTime": time_range}) != matches]
-    session.expect(not wrong, f"StudyTime 101500 is matched wrongly by the ranges {wrong}")
+    # The study's StudyTime is 101500.
+    wrong = _wrongly_matched(session, "StudyTime", {"1010-1020": True, "101500-101500": True, "-101500": True,
+                                                    "101500-": True, "101501-": False, "-101459": False})
+    session.expect(not wrong, f"StudyTime 101500: {wrong}")
 
 
 @case("DW-QIDO-14", "PS3.18 8.3.4.2, Table 8.3.4-1 / 8.3", "QIDO-RS fuzzymatching (mandatory for origin servers): true still finds what matches without it; an invalid value is 400")
@@ -273,10 +279,10 @@ def qido_literal_percent_and_underscore(session: Session) -> None:
     study = _study(session)
     accession = study.instances[0].dataset.AccessionNumber  # "A%_" and the run's id
     # What each value would match were % and _ SQL LIKE wildcards: every one of them.
-    expected = {accession: True, f"{accession[:2]}*": True, "A%": False, f"A_{accession[2:]}": False,
-                f"A_{accession[2]}*": False, f"{accession}%": False}
-    wrong = [f"{value} {'missed' if matches else 'matched'}" for value, matches in expected.items()
-             if _finds_study(session, {"PatientID": study.patient_id, "AccessionNumber": value}) != matches]
+    wrong = _wrongly_matched(session, "AccessionNumber", {
+        accession: True, f"{accession[:2]}*": True, "A%": False, f"A_{accession[2:]}": False,
+        f"A_{accession[2]}*": False, f"{accession}%": False,
+    })
     session.expect(not wrong, f"AccessionNumber {accession}: {wrong}")
 
 

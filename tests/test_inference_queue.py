@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 
 from server.app import build_services, create_app
 from server.jobs import run as run_module
-from server.jobs.queue import QueuePolicy, now_micros
+from server.jobs.queue import QueuePolicy, Stage, now_micros
 from server.jobs.service import DEMO_BUNDLE
 from server.jobs.withdrawal import sweep
 from server.migrate import upgrade
@@ -129,7 +129,7 @@ def test_a_job_whose_worker_died_is_queued_again_and_completes_once(queued):
     assert "stopped reporting" in requeued["businessStatus"]["text"]
 
     # The dead worker wakes up: its lease is gone, so it may not publish.
-    assert services.jobs.queue.progress(dead, "segmenting") is False
+    assert services.jobs.queue.progress(dead, Stage.SEGMENTING) is False
     with services.engine.begin() as connection:
         connection.execute(update(inference_jobs).values(not_before=0))
     assert _run_queued(services) == [task["id"]]

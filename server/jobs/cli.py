@@ -9,12 +9,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from server.jobs.queue import Stage
 from server.jobs.registry import RegisteredModel
 from server.services import Services
 from server.settings import load_settings
 
-_STAGES = ("queued", "running: reading the series", "running: segmenting", "running: measuring",
-           "running: writing the segmentation")
+_STAGES = ("queued", *(stage.business_status for stage in Stage))
 
 
 @contextmanager

@@ -107,7 +107,7 @@ def settle_process() -> None:
     gc.freeze()
 
 
-def _start_offload_process() -> None:
+def _settle_seg_writer() -> None:
     load_standard_tables()
     settle_process()
 
@@ -137,6 +137,14 @@ class OffloadPool:
                 self._executor = self._new_executor()
                 return self._executor.submit(function, *args, **kwargs)
 
+    def settle_worker(self) -> None:
+        """For the worker, once its model is loaded (`settle_process`); with
+        threads it writes the SEGs itself, so it loads their tables first."""
+        if self.processes == 0:
+            _settle_seg_writer()
+        else:
+            settle_process()
+
     def close(self) -> None:
         with self._lock:
             if self._executor is not None:
@@ -147,5 +155,5 @@ class OffloadPool:
         if self.processes == 0:
             return ThreadPoolExecutor(_THREADS, thread_name_prefix="job-cpu-work")
         return ProcessPoolExecutor(
-            self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_offload_process,
+            self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_settle_seg_writer,
         )

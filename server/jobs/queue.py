@@ -11,6 +11,7 @@ lost its job (cancelled, or taken over after a stall) cannot complete it.
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import orjson
@@ -27,6 +28,18 @@ from server.tables import ai_models, inference_jobs
 REQUESTED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "requested", "in-progress", "completed", "failed", "cancelled"
 ON_HOLD = "on-hold"  # only ever a Task status: a job queued for another attempt
 FINAL = frozenset((COMPLETED, FAILED, CANCELLED))
+
+
+class Stage(str, Enum):
+    """What a running job is doing, in order: its Task's businessStatus is "running: <stage>"."""
+
+    READING = "reading the series"
+    SEGMENTING = "segmenting"
+    STORING = "storing the results"
+
+    @property
+    def business_status(self) -> str:
+        return f"running: {self.value}"
 
 
 def now_micros() -> int:
@@ -167,13 +180,13 @@ class JobQueue:
                 .limit(1)
             ).first() is not None
 
-    def progress(self, job: Job, text: str) -> bool:
+    def progress(self, job: Job, stage: Stage) -> bool:
         """Record a stage and renew the lease; False when the job is no longer
         this worker's (cancelled, or reaped): the worker then stops."""
         with write_connection(self.engine) as connection:
             return self._change(
                 connection, job.task_id, status=IN_PROGRESS, owner=job.lease_owner,
-                values={"business_status": f"running: {text}", "lease_expires": now_micros() + self._lease()},
+                values={"business_status": stage.business_status, "lease_expires": now_micros() + self._lease()},
             ) is not None
 
     def renew(self, job: Job) -> bool:

@@ -24,14 +24,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from fhir_mappings.ai_results import FinishedJob, result_resources
 from inference.errors import InferenceError, NoMatchingSeries
 from inference.findings import SegmentFindings
-from inference.seg import SegIdentity, load_standard_tables
+from inference.seg import SegIdentity
 from inference.segmenter import Segmenter
 from inference.timings import Timings
 from inference.volume import Volume
 from server.db import reading, write_connection
 from server.ingest import Ingestor
-from server.jobs.offload import OffloadPool, WrittenResults, read_series, settle_process, write_results
-from server.jobs.queue import Job, JobQueue
+from server.jobs.offload import OffloadPool, WrittenResults, read_series, write_results
+from server.jobs.queue import Job, JobQueue, Stage
 from server.jobs.registry import ModelRegistry, RegisteredModel
 from server.jobs.series import StoredSeries, accepted_series, series_exists
 from server.jobs.withdrawal import withdraw_results
@@ -123,7 +123,7 @@ class JobRunner:
             ready: list[tuple[Job, PreparedSeries]] = []
             for job, future in zip(batch.jobs, batch.prepared):
                 prepared = self._attempt(job, future.result)
-                if prepared is not None and self._attempt(job, partial(self._progress, job, "segmenting")):
+                if prepared is not None and self._attempt(job, partial(self._progress, job, Stage.SEGMENTING)):
                     ready.append((job, prepared))
             if not ready:
                 return
@@ -167,7 +167,7 @@ class JobRunner:
             raise
         self.timings.add(written.seconds)
         try:
-            self._progress(job, "storing the results")
+            self._progress(job, Stage.STORING)
             self._check_series_exists(prepared.series)
         except BaseException:
             written.segmentation.received.temp_path.unlink(missing_ok=True)
@@ -213,7 +213,7 @@ class JobRunner:
     def _prepare(self, job: Job) -> PreparedSeries:
         """Runs on a preparing thread; errors surface in `_run_one`."""
         model = self.registry.by_id(job.model_id)
-        self._progress(job, "reading the series")
+        self._progress(job, Stage.READING)
         with self.timings.stage("read"):
             chosen = self._series(job, model)
         paths = [self.files.absolute(path) for path in chosen.file_paths]
@@ -240,9 +240,7 @@ class JobRunner:
         if model.id not in self._segmenters:
             model.bundle.verify_weights()
             segmenter = Segmenter(model.bundle)
-            if self._offload.processes == 0:
-                load_standard_tables()  # this process writes the SEGs
-            settle_process()
+            self._offload.settle_worker()
             self._segmenters[model.id] = segmenter
         return self._segmenters[model.id]
 
@@ -280,11 +278,11 @@ class JobRunner:
     def _over_limit(self) -> TimeoutError:
         return TimeoutError(f"the job ran past its {self.queue.policy.timeout_seconds:g} s limit")
 
-    def _progress(self, job: Job, text: str) -> Job:
+    def _progress(self, job: Job, stage: Stage) -> Job:
         """Record the stage; the job, while it is still this worker's."""
         if self.queue.timed_out(job):
             raise self._over_limit()
-        if not self.queue.progress(job, text):
+        if not self.queue.progress(job, stage):
             raise JobLost()
         return job
 
