@@ -83,11 +83,16 @@ def _sample(session: Session) -> dict[str, Any]:
     raise CaseSkipped("the server holds no resource of a type it declares readable and searchable")
 
 
-def _searchset(session: Session, response: httpx.Response) -> dict[str, Any]:
+def _bundle(session: Session, response: httpx.Response, kind: str) -> dict[str, Any]:
+    """A 200 answer holding a Bundle of type `kind` (searchset, history, batch-response...)."""
     session.expect_status(response, 200)
     bundle = session.fhir_resource(response, "Bundle")
-    session.expect(bundle.get("type") == "searchset", f"a search answers a searchset Bundle, not {bundle.get('type')!r}")
+    session.expect(bundle.get("type") == kind, f"the answer is a {bundle.get('type')!r} Bundle, not a {kind}")
     return bundle
+
+
+def _searchset(session: Session, response: httpx.Response) -> dict[str, Any]:
+    return _bundle(session, response, "searchset")
 
 
 # --- the CapabilityStatement ----------------------------------------------------
@@ -129,11 +134,16 @@ def unknown_parameter_is_refused(session: Session) -> None:
 
 
 # --- read, vread, conditional read ----------------------------------------------
+def _fetch(session: Session, resource_type: str, resource_id: str) -> tuple[dict[str, Any], httpx.Response]:
+    """A read that must succeed: the resource, and the answer for its headers."""
+    response = _get(session, f"/{resource_type}/{resource_id}")
+    session.expect_status(response, 200)
+    return session.fhir_resource(response, resource_type), response
+
+
 def _read(session: Session) -> tuple[dict[str, Any], httpx.Response]:
     sample = _sample(session)
-    response = _get(session, f"/{sample['resourceType']}/{sample['id']}")
-    session.expect_status(response, 200)
-    return session.fhir_resource(response, sample["resourceType"]), response
+    return _fetch(session, sample["resourceType"], sample["id"])
 
 
 @case("FH-READ-01", "FHIR R4 http.html#read / http.html#versioning", "Read: 200, the same id, an ETag W/\"versionId\" and Last-Modified")
@@ -439,29 +449,27 @@ def format_parameter(session: Session) -> None:
 # --- history -------------------------------------------------------------------
 def _history_bundle(session: Session, response: httpx.Response) -> list[dict[str, Any]]:
     """The entries of a history Bundle, each with its request and response (bdl-3, bdl-4)."""
-    session.expect_status(response, 200)
-    bundle = session.fhir_resource(response, "Bundle")
-    session.expect(bundle.get("type") == "history", f"a history answers a history Bundle, not {bundle.get('type')!r}")
-    entries = bundle.get("entry", [])
+    entries = _bundle(session, response, "history").get("entry", [])
     session.expect(all("request" in entry and "response" in entry for entry in entries),
                    "history entries carry request and response (Bundle invariants bdl-3, bdl-4)")
     return entries  # type: ignore[no-any-return]
 
 
-def _with_history(session: Session) -> dict[str, Any]:
-    """A resource of a type that declares history-instance (the suite's sample when it can be)."""
-    kept = [resource["type"] for resource in _searchable(session, "history-instance")]
+def _first_held(session: Session, *interactions: str) -> dict[str, Any]:
+    """A resource of a searchable type that declares `interactions` (of the
+    suite's sample's type when it can be)."""
+    kept = [resource["type"] for resource in _searchable(session, *interactions)]
     sample = _sample(session)
     for resource_type in sorted(kept, key=lambda name: name != sample["resourceType"]):
         bundle = _searchset(session, _get(session, f"/{resource_type}", {"_count": "1"}))
         if bundle.get("entry"):
             return bundle["entry"][0]["resource"]  # type: ignore[no-any-return]
-    raise CaseSkipped("the server holds no resource of a type that declares history-instance")
+    raise CaseSkipped(f"the server holds no resource of a type that declares {' and '.join(interactions)}")
 
 
 @case("FH-HIST-01", "FHIR R4 http.html#history", "History of a resource: a history Bundle of its versions, the current one among them")
 def instance_history(session: Session) -> None:
-    resource = _with_history(session)
+    resource = _first_held(session, "history-instance")
     entries = _history_bundle(session, _get(session, f"/{resource['resourceType']}/{resource['id']}/_history"))
     versions = [entry["resource"] for entry in entries if "resource" in entry]
     strangers = [f"{item['resourceType']}/{item.get('id')}" for item in versions
@@ -474,7 +482,7 @@ def instance_history(session: Session) -> None:
 
 @case("FH-HIST-02", "FHIR R4 http.html#history", "History of a type: a history Bundle of that type's versions, _count respected")
 def type_history(session: Session) -> None:
-    resource = _with_history(session)
+    resource = _first_held(session, "history-instance")
     declared = next(item for item in _resources(session) if item["type"] == resource["resourceType"])
     if "history-type" not in _interactions(declared):
         raise CaseSkipped(f"{resource['resourceType']} declares no history-type")
@@ -488,17 +496,7 @@ def type_history(session: Session) -> None:
 # --- update: what a conforming server must refuse -------------------------------------------
 @case("FH-UPDATE-01", "FHIR R4 http.html#update / http.html#concurrency", "Declared update: an id in the body other than the URL's is 400; a stale If-Match is 412; neither changes the resource")
 def update_refusals(session: Session) -> None:
-    updatable = [resource["type"] for resource in _resources(session) if "update" in _interactions(resource)
-                 and "read" in _interactions(resource)]
-    if not updatable:
-        raise CaseSkipped("the server declares no update interaction")
-    for resource_type in updatable:
-        bundle = _searchset(session, _get(session, f"/{resource_type}", {"_count": "1"}))
-        if bundle.get("entry"):
-            resource = bundle["entry"][0]["resource"]
-            break
-    else:
-        raise CaseSkipped(f"the server holds no resource of the types it declares update on ({updatable})")
+    resource = _first_held(session, "update", "read")
     address = session.fhir(f"/{resource['resourceType']}/{resource['id']}")
     version = resource.get("meta", {}).get("versionId")
     other_id = {**resource, "id": f"{resource['id']}-other"}
@@ -511,9 +509,7 @@ def update_refusals(session: Session) -> None:
                                    headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON, "If-Match": stale})
         session.expect_status(response, 412)
         session.fhir_resource(response, "OperationOutcome")
-    after = _get(session, f"/{resource['resourceType']}/{resource['id']}")
-    session.expect_status(after, 200)
-    again = session.fhir_resource(after, resource["resourceType"])
+    again, _ = _fetch(session, resource["resourceType"], resource["id"])
     session.expect(again.get("meta", {}).get("versionId") == version, "a refused update made a new version")
 
 
@@ -653,7 +649,7 @@ def quantity_prefixes(session: Session) -> None:
 @case("FH-SEARCH-15", "FHIR R4 search.html#chaining", "A chained parameter: subject:Patient.family with the patient's family name matches, another name does not")
 def chained_reference(session: Session) -> None:
     for name, resource, reference in _patient_referrers(session):
-        response = session.get(session.fhir(f"/{reference}"), headers={"Accept": FHIR_JSON})
+        response = _get(session, f"/{reference}")
         if response.status_code != 200:
             continue
         families = [item["family"] for item in session.fhir_resource(response, "Patient").get("name", [])
@@ -721,12 +717,12 @@ def write_cycle(session: Session) -> None:
     resource_id = location.split(f"/{chosen}/", 1)[1].split("/", 1)[0]
     address = session.fhir(f"/{chosen}/{resource_id}")
     try:
-        first = session.fhir_resource(_get(session, f"/{chosen}/{resource_id}"), chosen)
+        first, _ = _fetch(session, chosen, resource_id)
         etag = f'W/"{first.get("meta", {}).get("versionId")}"'
         changed = {**first, "note": [{"text": "MedAIFlow conformance probe, second version"}]}
         updated = session.request("PUT", address, json=changed, headers={**headers, "If-Match": etag})
         session.expect_status(updated, 200)
-        second = session.fhir_resource(_get(session, f"/{chosen}/{resource_id}"), chosen)
+        second, _ = _fetch(session, chosen, resource_id)
         session.expect(second.get("meta", {}).get("versionId") != first.get("meta", {}).get("versionId"),
                        "an update kept the versionId")
         session.expect(second.get("note") == changed["note"], "the update's change was not kept")
@@ -762,10 +758,7 @@ def batch_entries(session: Session) -> None:
         {"request": {"method": "GET", "url": f"{sample['resourceType']}/{sample['id']}"}},
         {"request": {"method": "GET", "url": f"{sample['resourceType']}/conformance-no-such-id"}},
     ])
-    session.expect_status(response, 200)
-    bundle = session.fhir_resource(response, "Bundle")
-    session.expect(bundle.get("type") == "batch-response", f"a batch answers a batch-response, not {bundle.get('type')!r}")
-    entries = bundle.get("entry", [])
+    entries = _bundle(session, response, "batch-response").get("entry", [])
     session.expect(len(entries) == 2, f"two entries were sent, {len(entries)} came back")
     statuses = [str(entry.get("response", {}).get("status", "")).split(" ")[0] for entry in entries]
     session.expect(statuses == ["200", "404"], f"the entries' statuses are {statuses}, not ['200', '404']")
@@ -809,9 +802,7 @@ def transaction_is_atomic(session: Session) -> None:
     # The same create alone commits, and the search finds it: the check above could have failed.
     response = _post_bundle(session, "transaction", [
         {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": probe, "request": {"method": "POST", "url": chosen}}])
-    session.expect_status(response, 200)
-    result = session.fhir_resource(response, "Bundle")
-    session.expect(result.get("type") == "transaction-response", f"a transaction answers a transaction-response, not {result.get('type')!r}")
+    _bundle(session, response, "transaction-response")
     created = kept()
     for entry in created:
         session.request("DELETE", session.fhir(f"/{chosen}/{entry['resource']['id']}"), headers={"Accept": FHIR_JSON})

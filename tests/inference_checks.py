@@ -12,6 +12,7 @@ from inference.demo.phantom import (
     phantom_datasets,
     phantom_payloads,
 )
+from server.services import Services
 from tests.dicom_files import multipart_body
 
 # Small enough for a test to run the model in about a second on a CPU.
@@ -35,6 +36,35 @@ def stow(client: TestClient, payloads: list[bytes]) -> None:
 
 def study_uid(study: Phantom) -> str:
     return str(phantom_datasets(study)[0].StudyInstanceUID)
+
+
+def stored_study(client: TestClient, seed: int, lesions: int = 2) -> str:
+    """A phantom study sent by STOW-RS; its Study Instance UID."""
+    study = phantom(seed, lesions)
+    stow(client, series_bytes(study))
+    return study_uid(study)
+
+
+def order(client: TestClient, uid: str, device_id: str | None = None) -> dict[str, Any]:
+    """A client's Task for the study (and the model Device, when given)."""
+    task: dict[str, Any] = {"resourceType": "Task", "status": "requested", "intent": "order",
+                            "focus": {"reference": f"ImagingStudy/{uid}"}}
+    if device_id:
+        task["owner"] = {"reference": f"Device/{device_id}"}
+    response = client.post("/fhir/Task", json=task)
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def run_queued(services: Services, owner: str = "test-worker") -> list[str]:
+    """The queued jobs (up to 10), claimed and run to the end by one runner; their task ids."""
+    runner = services.jobs.make_runner()
+    try:
+        jobs = services.jobs.queue.claim(owner, 10)
+        runner.run(jobs)
+    finally:
+        runner.close()
+    return [job.task_id for job in jobs]
 
 
 def tasks_of(client: TestClient, uid: str) -> list[dict[str, Any]]:

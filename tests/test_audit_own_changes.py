@@ -10,17 +10,12 @@ def _events(services, fhir, **params: str) -> list[dict]:  # type: ignore[no-unt
 
 
 def test_the_servers_own_changes_are_recorded_in_their_transactions(services, fhir):
-    from tests.inference_checks import phantom, series_bytes, stow, study_uid
+    from tests.inference_checks import order, run_queued, stored_study
 
     services.auth.identities.add_user("auditor-1", Role.AUDITOR, "a long auditor password")
     services.jobs.ensure_demo_model()  # registered, then activated: two model events
-    study = phantom(seed=91, lesions=1)
-    stow(fhir, series_bytes(study))
-    task = fhir.post("/fhir/Task", json={"resourceType": "Task", "status": "requested", "intent": "order",
-                                         "focus": {"reference": f"ImagingStudy/{study_uid(study)}"}}).json()
-    runner = services.jobs.make_runner()
-    runner.run(services.jobs.queue.claim("audited-worker", 1))
-    runner.close()
+    task = order(fhir, stored_study(fhir, seed=91, lesions=1))
+    run_queued(services, "audited-worker")
 
     security = _events(services, fhir, type="110137")
     assert [event["outcomeDesc"] for event in security] == ["user auditor-1 added with role auditor"]

@@ -17,7 +17,7 @@ from conformance.runner import FAMILIES, run
 from conformance.session import Target
 from server.auth.scopes import Role
 from server.cli import main
-from tests.inference_checks import phantom, series_bytes, stow, study_uid
+from tests.inference_checks import order, run_queued, stored_study
 
 DEVIATIONS = Path(__file__).resolve().parent.parent / "conformance" / "KNOWN_PEER_DEVIATIONS.md"
 ORIGIN = "http://viewer.example"  # allowed by the test settings
@@ -41,15 +41,9 @@ def inferred(services, client) -> None:  # type: ignore[no-untyped-def]
     (with quantities) and Device are what the history, update and quantity
     cases need."""
     services.jobs.ensure_demo_model()
-    study = phantom(seed=71)
-    stow(client, series_bytes(study))
-    response = client.post("/fhir/Task", json={"resourceType": "Task", "status": "requested", "intent": "order",
-                                               "focus": {"reference": f"ImagingStudy/{study_uid(study)}"}})
-    assert response.status_code == 201, response.text
-    runner = services.jobs.make_runner()
-    runner.run(services.jobs.queue.claim("conformance-test", 1))
-    runner.close()
-    assert client.get(f"/fhir/Task/{response.json()['id']}").json()["status"] == "completed"
+    task = order(client, stored_study(client, seed=71))
+    run_queued(services, "conformance-test")
+    assert client.get(f"/fhir/Task/{task['id']}").json()["status"] == "completed"
 
 
 def test_every_case_passes_against_medaiflow(live_server, credentials, inferred):

@@ -26,10 +26,9 @@ from server.settings import Settings
 from server.tables import inference_jobs, study_activity
 from tests.conftest import admin_headers
 from tests.inference_checks import (
-    phantom,
-    series_bytes,
-    stow,
-    study_uid,
+    order,
+    run_queued,
+    stored_study,
     wait_for_task,
     wait_for_tasks,
 )
@@ -44,43 +43,18 @@ def queued(services: Services, client: TestClient) -> tuple[TestClient, Services
     return client, services
 
 
-def _order(client: TestClient, uid: str, device_id: str | None = None) -> dict:
-    task = {"resourceType": "Task", "status": "requested", "intent": "order", "focus": {"reference": f"ImagingStudy/{uid}"}}
-    if device_id:
-        task["owner"] = {"reference": f"Device/{device_id}"}
-    response = client.post("/fhir/Task", json=task)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def _stored_study(client: TestClient, seed: int) -> str:
-    study = phantom(seed, lesions=2)
-    stow(client, series_bytes(study))
-    return study_uid(study)
-
-
-def _run_queued(services: Services, owner: str = "test-worker") -> list[str]:
-    runner = services.jobs.make_runner()
-    try:
-        jobs = services.jobs.queue.claim(owner, 10)
-        runner.run(jobs)
-    finally:
-        runner.close()
-    return [job.task_id for job in jobs]
-
-
 def _total(client: TestClient, path: str, **params: str) -> int:
     return client.get(path, params={**params, "_summary": "count"}).json()["total"]
 
 
 def test_a_queued_task_is_cancelled_by_updating_its_status(queued):
     client, services = queued
-    task = _order(client, _stored_study(client, 51))
+    task = order(client, stored_study(client, 51))
     cancelled = client.put(f"/fhir/Task/{task['id']}", json={**task, "status": "cancelled", "statusReason": {"text": "ordered twice"}})
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
     assert cancelled.json()["statusReason"]["text"] == "ordered twice"
-    assert _run_queued(services) == []
+    assert run_queued(services) == []
     again = client.put(f"/fhir/Task/{task['id']}", json={**task, "status": "requested"})
     assert again.status_code == 422
     assert "cancelled" in again.json()["issue"][0]["diagnostics"]
@@ -89,7 +63,7 @@ def test_a_queued_task_is_cancelled_by_updating_its_status(queued):
 
 def test_a_client_cannot_complete_a_job_itself(queued):
     client, _ = queued
-    task = _order(client, _stored_study(client, 52))
+    task = order(client, stored_study(client, 52))
     response = client.put(f"/fhir/Task/{task['id']}", json={**task, "status": "in-progress"})
     assert response.status_code == 422
     assert "may only cancel" in response.json()["issue"][0]["diagnostics"]
@@ -97,9 +71,9 @@ def test_a_client_cannot_complete_a_job_itself(queued):
 
 def test_a_job_run_twice_publishes_one_result_set(queued):
     client, services = queued
-    uid = _stored_study(client, 53)
-    task = _order(client, uid)
-    assert _run_queued(services) == [task["id"]]
+    uid = stored_study(client, 53)
+    task = order(client, uid)
+    assert run_queued(services) == [task["id"]]
     assert client.get(f"/fhir/Task/{task['id']}").json()["status"] == "completed"
     observations = _total(client, "/fhir/Observation", **{"derived-from": f"ImagingStudy/{uid}"})
     assert observations > 0
@@ -107,7 +81,7 @@ def test_a_job_run_twice_publishes_one_result_set(queued):
     # A redelivery after a crash: the job is handed out again and runs again.
     with services.engine.begin() as connection:
         connection.execute(update(inference_jobs).values(status="requested", lease_owner=None, ended_at=None))
-    assert _run_queued(services, owner="second-worker") == [task["id"]]
+    assert run_queued(services, owner="second-worker") == [task["id"]]
 
     assert _total(client, "/fhir/Observation", **{"derived-from": f"ImagingStudy/{uid}"}) == observations
     assert _total(client, "/fhir/DiagnosticReport", subject=client.get(f"/fhir/Task/{task['id']}").json()["for"]["reference"]) == 1
@@ -119,7 +93,7 @@ def test_a_job_run_twice_publishes_one_result_set(queued):
 
 def test_a_job_whose_worker_died_is_queued_again_and_completes_once(queued):
     client, services = queued
-    task = _order(client, _stored_study(client, 54))
+    task = order(client, stored_study(client, 54))
     (dead,) = services.jobs.queue.claim("worker-that-dies", 1)
     with services.engine.begin() as connection:
         connection.execute(update(inference_jobs).values(lease_expires=now_micros() - 1))
@@ -132,7 +106,7 @@ def test_a_job_whose_worker_died_is_queued_again_and_completes_once(queued):
     assert services.jobs.queue.progress(dead, Stage.SEGMENTING) is False
     with services.engine.begin() as connection:
         connection.execute(update(inference_jobs).values(not_before=0))
-    assert _run_queued(services) == [task["id"]]
+    assert run_queued(services) == [task["id"]]
     done = client.get(f"/fhir/Task/{task['id']}").json()
     assert done["status"] == "completed"
     with services.engine.connect() as connection:
@@ -141,8 +115,8 @@ def test_a_job_whose_worker_died_is_queued_again_and_completes_once(queued):
 
 def test_a_job_cancelled_while_it_runs_publishes_nothing(queued):
     client, services = queued
-    uid = _stored_study(client, 55)
-    task = _order(client, uid)
+    uid = stored_study(client, 55)
+    task = order(client, uid)
     runner = services.jobs.make_runner()
     jobs = services.jobs.queue.claim("test-worker", 1)
     running = client.get(f"/fhir/Task/{task['id']}").json()
@@ -173,11 +147,11 @@ def test_a_model_that_raises_is_retried_with_backoff_then_fails(queued, tmp_path
     client, services = queued
     model = services.jobs.registry.add(_raising_bundle(tmp_path))
     services.jobs.registry.activate(model.key, force=True)
-    task = _order(client, _stored_study(client, 56), model.device_id)
+    task = order(client, stored_study(client, 56), model.device_id)
     for attempt in range(services.settings.job_max_attempts):
         with services.engine.begin() as connection:
             connection.execute(update(inference_jobs).values(not_before=0))  # skip the backoff wait
-        assert _run_queued(services) == [task["id"]]
+        assert run_queued(services) == [task["id"]]
         status = client.get(f"/fhir/Task/{task['id']}").json()
         if attempt < services.settings.job_max_attempts - 1:
             assert status["status"] == "on-hold"
@@ -205,9 +179,9 @@ def _start(settings: Settings, started: list[Services], **changes: object) -> Se
 def test_queued_jobs_and_pending_triggers_survive_a_restart(settings, restartable):
     first = _start(settings, restartable, demo_model=True, study_quiet_seconds=0.0)
     with TestClient(create_app(services=first), base_url="http://testserver", headers=admin_headers(first)) as client:
-        ordered_uid = _stored_study(client, 57)
-        task = _order(client, ordered_uid)
-        triggered_uid = _stored_study(client, 58)
+        ordered_uid = stored_study(client, 57)
+        task = order(client, ordered_uid)
+        triggered_uid = stored_study(client, 58)
         with first.engine.connect() as connection:
             pending = connection.execute(select(study_activity.c.study_instance_uid)).scalars().all()
         assert triggered_uid in pending  # no executor ran: its trigger waits
@@ -222,8 +196,8 @@ def test_queued_jobs_and_pending_triggers_survive_a_restart(settings, restartabl
 def test_a_job_over_its_time_limit_is_ended_with_the_reason(queued):
     client, services = queued
     services.jobs.queue.policy = QueuePolicy(max_attempts=1, timeout_seconds=0.001)
-    task = _order(client, _stored_study(client, 59))
-    assert _run_queued(services) == [task["id"]]
+    task = order(client, stored_study(client, 59))
+    assert run_queued(services) == [task["id"]]
     ended = client.get(f"/fhir/Task/{task['id']}").json()
     assert ended["status"] == "failed"
     assert "ran past its 0.001 s limit" in ended["statusReason"]["text"]
@@ -231,9 +205,9 @@ def test_a_job_over_its_time_limit_is_ended_with_the_reason(queued):
 
 def test_the_segmentation_of_a_job_that_ended_without_results_is_swept_away(queued):
     client, services = queued
-    uid = _stored_study(client, 60)
-    task = _order(client, uid)
-    assert _run_queued(services) == [task["id"]]
+    uid = stored_study(client, 60)
+    task = order(client, uid)
+    assert run_queued(services) == [task["id"]]
     assert len(client.get(f"/dicom-web/studies/{uid}/series", params={"Modality": "SEG"}).json()) == 1
     # As if its worker died after storing the SEG on its last attempt and the reaper failed the job.
     with services.engine.begin() as connection:
@@ -246,8 +220,8 @@ def test_the_segmentation_of_a_job_that_ended_without_results_is_swept_away(queu
 
 def test_a_study_deleted_while_its_job_runs_is_not_brought_back(queued):
     client, services = queued
-    uid = _stored_study(client, 61)
-    task = _order(client, uid)
+    uid = stored_study(client, 61)
+    task = order(client, uid)
     runner = services.jobs.make_runner()
     batch = runner.start(services.jobs.queue.claim("test-worker", 1))
     for future in batch.prepared:
@@ -276,7 +250,7 @@ def test_a_step_stuck_in_the_offload_pool_ends_its_job_at_the_time_limit(queued,
             finished.set()
 
     monkeypatch.setattr(run_module, "write_results", stuck)
-    task = _order(client, _stored_study(client, 62))
+    task = order(client, stored_study(client, 62))
     runner = services.jobs.make_runner()
     try:
         started = time.monotonic()
