@@ -57,6 +57,14 @@ def _study_uids(found: list[dict[str, Any]]) -> list[str]:
     return [_value(item, "0020000D") for item in found]
 
 
+def _own_study(session: Session, **params: str) -> dict[str, Any]:
+    """The suite's study as a study search by its UID (and `params`) answers it."""
+    uid = _study(session).study_instance_uid
+    [found] = _search(session, "/studies", {"StudyInstanceUID": uid, **params}) or [{}]
+    session.expect(found, f"a search by its UID {'with ' + str(params) + ' ' if params else ''}did not find the study")
+    return found
+
+
 def _finds_study(session: Session, params: dict[str, str]) -> bool:
     """Whether a study search with `params` finds the suite's study."""
     return _study(session).study_instance_uid in _study_uids(_search(session, "/studies", params))
@@ -127,8 +135,7 @@ def stow_unsupported_media_type(session: Session) -> None:
 @case("DW-QIDO-01", "PS3.18 10.6.3.3.1", "QIDO-RS study search by UID returns the study with every required return key")
 def qido_study_keys(session: Session) -> None:
     study = _study(session)
-    [found] = _search(session, "/studies", {"StudyInstanceUID": study.study_instance_uid}) or [None]
-    session.expect(found is not None, "the stored study is not found by its UID")
+    found = _own_study(session)
     missing = [tag for tag in STUDY_RETURN_KEYS if tag not in found]
     session.expect(not missing, f"required return keys missing: {missing}")
     session.expect(_value(found, "00201208") == len(study.instances),
@@ -163,19 +170,14 @@ def qido_paging(session: Session) -> None:
 
 @case("DW-QIDO-05", "PS3.18 8.3.4.3", "QIDO-RS includefield adds the attribute asked for")
 def qido_includefield(session: Session) -> None:
-    study = _study(session)
-    [found] = _search(session, "/studies", {"StudyInstanceUID": study.study_instance_uid,
-                                            "includefield": "00081030"}) or [None]
-    session.expect(found is not None and _value(found, "00081030") == "Conformance suite study",
+    found = _own_study(session, includefield="00081030")
+    session.expect(_value(found, "00081030") == "Conformance suite study",
                    "StudyDescription (0008,1030) was asked for with includefield and not returned")
 
 
 @case("DW-QIDO-18", "PS3.18 8.3.4.3 / 10.6.3.3.1 (includefield=all)", "QIDO-RS includefield=all adds the study's attributes beyond the default ones")
 def qido_includefield_all(session: Session) -> None:
-    study = _study(session)
-    [found] = _search(session, "/studies", {"StudyInstanceUID": study.study_instance_uid, "includefield": "all"}) or [None]
-    session.expect(found is not None, "includefield=all found no study")
-    assert found is not None
+    found = _own_study(session, includefield="all")
     # Optional study-level keys (PS3.4 Table C.6-5), neither returned by default (PS3.18 Table 10.6.3-3);
     # a server that returns one when asked for it by tag supports it, so "all" includes it.
     expected = {"00081030": "Conformance suite study", "00100030": "19700101"}
@@ -327,10 +329,8 @@ def wado_study_and_series(session: Session) -> None:
               f"/studies/{study.study_instance_uid}/series/{series_uid}":
                   tuple(item for item in study.instances if item.series_instance_uid == series_uid)}
     for path, instances in levels.items():
-        response = session.get(session.dicomweb(path), headers={"Accept": f"{MULTIPART_DICOM}; transfer-syntax=*"})
-        session.expect_status(response, 200)
-        parts = [dcmread(BytesIO(content)) for _, content in
-                 parse_multipart(response.content, response.headers.get("content-type", ""))]
+        parts = _retrieved(session, session.get(session.dicomweb(path),
+                                                headers={"Accept": f"{MULTIPART_DICOM}; transfer-syntax=*"}))
         sent = sorted(str(part.SOPInstanceUID) for part in parts)
         session.expect(sent == sorted(item.sop_instance_uid for item in instances),
                        f"{path} sent {len(sent)} instances, not its {len(instances)}, each once")
@@ -345,14 +345,24 @@ def wado_transcodes_to_explicit_little_endian(session: Session) -> None:
     _expect_decompressed(session, "rle")
 
 
+def _parts(session: Session, response: httpx.Response) -> list[bytes]:
+    """The parts of a 200 multipart/related answer, in order."""
+    session.expect_status(response, 200)
+    return [content for _, content in parse_multipart(response.content, response.headers.get("content-type", ""))]
+
+
+def _retrieved(session: Session, response: httpx.Response) -> list[Dataset]:
+    """The instances of a WADO-RS answer, in order."""
+    return [dcmread(BytesIO(part)) for part in _parts(session, response)]
+
+
 def _retrieve_one(session: Session, name: str, transfer_syntax: str) -> Dataset:
     """The suite's instance `name`, retrieved in one part in `transfer_syntax` ("*": as stored)."""
     study = _study(session)
-    response = _retrieve_instance(session, study, name, f"{MULTIPART_DICOM}; transfer-syntax={transfer_syntax}")
-    session.expect_status(response, 200)
-    parts = parse_multipart(response.content, response.headers.get("content-type", ""))
+    parts = _retrieved(session, _retrieve_instance(session, study, name,
+                                                   f"{MULTIPART_DICOM}; transfer-syntax={transfer_syntax}"))
     session.expect(len(parts) == 1, f"{len(parts)} parts came back, not 1")
-    dataset = dcmread(BytesIO(parts[0][1]))
+    dataset = parts[0]
     expected = study.instance(name).transfer_syntax if transfer_syntax == "*" else transfer_syntax
     session.expect(dataset.file_meta.TransferSyntaxUID == expected,
                    f"the instance came back in {dataset.file_meta.TransferSyntaxUID}, not {expected}")
@@ -448,10 +458,8 @@ def metadata_bulk_data(session: Session) -> None:
         return
     uri = pixel_data.get("BulkDataURI")
     session.expect(uri, f"PixelData has neither BulkDataURI nor InlineBinary: {pixel_data!r}")
-    response = session.get(uri, headers={"Accept": 'multipart/related; type="application/octet-stream"'})
-    session.expect_status(response, 200)
-    parts = parse_multipart(response.content, response.headers.get("content-type", ""))
-    session.expect(parts and len(parts[0][1]) == len(study.instance("ct").dataset.PixelData),
+    parts = _parts(session, session.get(uri, headers={"Accept": 'multipart/related; type="application/octet-stream"'}))
+    session.expect(parts and len(parts[0]) == len(study.instance("ct").dataset.PixelData),
                    "the bulk data behind BulkDataURI is not the pixel data")
 
 
@@ -468,14 +476,13 @@ def frames(session: Session) -> None:
     study = _study(session)
     instance = study.instance("multiframe")
     url = _instance_url(session, study, "multiframe", f"/frames/1,{FRAMES}")
-    response = session.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'})
-    session.expect_status(response, 200)
-    parts = parse_multipart(response.content, response.headers.get("content-type", ""))
+    parts = _parts(session, session.get(
+        url, headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}))
     frame_bytes = len(instance.dataset.PixelData) // FRAMES
-    session.expect([len(content) for _, content in parts] == [frame_bytes, frame_bytes],
-                   f"frames 1 and {FRAMES} came back as {[len(content) for _, content in parts]} bytes")
+    session.expect([len(part) for part in parts] == [frame_bytes, frame_bytes],
+                   f"frames 1 and {FRAMES} came back as {[len(part) for part in parts]} bytes")
     pixel_data = instance.dataset.PixelData
-    session.expect(parts[1][1] == pixel_data[(FRAMES - 1) * frame_bytes:], f"frame {FRAMES} is not the last frame")
+    session.expect(parts[1] == pixel_data[(FRAMES - 1) * frame_bytes:], f"frame {FRAMES} is not the last frame")
 
 
 @case("DW-RENDERED-01", "PS3.18 10.4.1.1.3 / 8.3.5", "Rendered instance as image/jpeg")
