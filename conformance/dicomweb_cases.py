@@ -65,6 +65,13 @@ def _own_study(session: Session, **params: str) -> dict[str, Any]:
     return found
 
 
+def _only_own_study(session: Session, params: dict[str, str], failure: str) -> list[dict[str, Any]]:
+    """A study search that must find the suite's study and nothing else."""
+    found = _search(session, "/studies", params)
+    session.expect(_study_uids(found) == [_study(session).study_instance_uid], failure)
+    return found
+
+
 def _finds_study(session: Session, params: dict[str, str]) -> bool:
     """Whether a study search with `params` finds the suite's study."""
     return _study(session).study_instance_uid in _study_uids(_search(session, "/studies", params))
@@ -215,10 +222,8 @@ def qido_accept_q_values(session: Session) -> None:
 
 @case("DW-QIDO-09", "PS3.4 C.2.2.2.2", "QIDO-RS list of UID matching: StudyInstanceUID=a,b finds each study listed")
 def qido_uid_list(session: Session) -> None:
-    study = _study(session)
-    found = _search(session, "/studies", {"StudyInstanceUID": f"1.2.3.999999.3,{study.study_instance_uid}"})
-    session.expect(_study_uids(found) == [study.study_instance_uid],
-                   "a list of two UIDs did not find the one stored study")
+    _only_own_study(session, {"StudyInstanceUID": f"1.2.3.999999.3,{_study(session).study_instance_uid}"},
+                    "a list of two UIDs did not find the one stored study")
 
 
 @case("DW-QIDO-10", "PS3.4 C.2.2.2.4", "QIDO-RS wildcard ? matches exactly one character")
@@ -240,9 +245,8 @@ def qido_no_match(session: Session) -> None:
 @case("DW-QIDO-12", "PS3.18 10.6.3.3.1 (ModalitiesInStudy)", "QIDO-RS ModalitiesInStudy matches a modality of any of the study's series")
 def qido_modalities_in_study(session: Session) -> None:
     study = _study(session)
-    found = _search(session, "/studies", {"PatientID": study.patient_id, "ModalitiesInStudy": "OT"})
-    session.expect(_study_uids(found) == [study.study_instance_uid],
-                   "the study with an OT series is not found by ModalitiesInStudy=OT")
+    found = _only_own_study(session, {"PatientID": study.patient_id, "ModalitiesInStudy": "OT"},
+                            "the study with an OT series is not found by ModalitiesInStudy=OT")
     modalities = set(found[0].get("00080061", {}).get("Value", [])) if found else set()
     session.expect(modalities == {"CT", "OT"}, f"ModalitiesInStudy is {sorted(modalities)}, not CT and OT")
 
@@ -268,13 +272,11 @@ def qido_fuzzymatching_parameter(session: Session) -> None:
 
 @case("DW-QIDO-15", "PS3.4 C.2.2.2.4 / RFC 3986 2.1", "QIDO-RS matching across PatientName components: FAMILY^Tes* with its ^ sent percent-encoded (%5E)")
 def qido_person_name_components(session: Session) -> None:
-    study = _study(session)
     # "^" may not appear bare in a URI (RFC 3986 2.2-2.3): %5E is the same character.
     # The trailing * also matches the names with ideographic groups: which of
     # the study's instances gives the study its name is the server's choice.
-    found = _search(session, "/studies", {"PatientName": f"{study.patient_family_name}^Tes*"})
-    session.expect(_study_uids(found) == [study.study_instance_uid],
-                   "the family and given name components did not find the study")
+    _only_own_study(session, {"PatientName": f"{_study(session).patient_family_name}^Tes*"},
+                    "the family and given name components did not find the study")
 
 
 @case("DW-QIDO-16", "PS3.4 C.2.2.2.1 / C.2.2.2.4", "QIDO-RS: % and _ in a value are literal characters, never wildcards (AccessionNumber A%_…)")
