@@ -6,8 +6,9 @@ and in the SeriesDescription. Its UIDs come from the job, so running a job
 again makes the same instance, never a second one.
 """
 
+import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import highdicom
@@ -28,7 +29,7 @@ _PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
 _DISPLAY_COLOURS = ((53.24, 80.09, 67.20), (87.73, -86.18, 83.18), (32.30, 79.19, -107.86),
                     (97.14, -21.55, 94.48), (60.32, 98.23, -60.82), (91.11, -48.09, -14.13))
 SEG_SERIES_NUMBER = 9901
-_TABLES_LOADING = threading.Lock()
+_SEG_WRITER_PREPARING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -114,17 +115,44 @@ def segmentation(
     return seg
 
 
-def load_standard_tables() -> None:
-    """highdicom parses the standard's IOD and module tables (megabytes of
-    JSON, about half a second) the first time a process checks a source
-    image. A worker calls this when it starts, so that no job pays it."""
-    # No public highdicom function loads them on their own; these are cached for the process's life.
+def prepare_seg_writer() -> None:
+    """Done by a worker when it starts, so that no job pays for it.
+
+    highdicom parses the standard's IOD and module tables (megabytes of JSON,
+    about half a second) the first time a process checks a source image: they
+    are loaded here. And for every source image it asks whether the image's
+    SOP class allows multiple frames, scanning that IOD's module tables anew
+    each time (0.2 ms an image, a quarter of writing a 128-slice SEG): the
+    answer depends only on the SOP class, so it is remembered."""
+    # No public highdicom function does either; both rely on its private
+    # `_standard_utils` (pyproject pins the minor version). Its tables are
+    # cached for the process's life.
     from highdicom import _standard_utils
 
-    with _TABLES_LOADING:  # threads starting together parse them once, not once each
+    with _SEG_WRITER_PREPARING:  # threads starting together parse the tables once, not once each
         _standard_utils.get_sop_class_iod_map()
         _standard_utils.get_iod_module_map()
         _standard_utils.get_module_attribute_map()
+        if not isinstance(_standard_utils.is_attribute_in_iod, _RememberedIodAnswers):
+            _standard_utils.is_attribute_in_iod = _RememberedIodAnswers(_standard_utils.is_attribute_in_iod)
+
+
+class _RememberedIodAnswers:
+    """`is_attribute_in_iod`, answering each (attribute, SOP class) question
+    once. The tables it reads never change; an unknown SOP class still raises
+    KeyError every time (errors are not remembered). Calls that exclude path
+    elements are rare and passed through. highdicom's `is_multiframe_image`
+    finds the function through its module's globals, so replacing it there
+    serves every caller of that check."""
+
+    def __init__(self, scan: Callable[..., bool]) -> None:
+        self.scan = scan
+        self.answer = functools.lru_cache(maxsize=None)(scan)
+
+    def __call__(self, attribute: str, sop_class_uid: str, exclude_path_elements: Sequence[str] | None = None) -> bool:
+        if exclude_path_elements is not None:
+            return self.scan(attribute, sop_class_uid, exclude_path_elements)
+        return self.answer(attribute, str(sop_class_uid))
 
 
 # Type 2 attributes of the Patient and General Study modules, which the SEG

@@ -14,6 +14,7 @@ import torch
 
 from inference.bundle import Bundle
 from inference.demo.phantom import Geometry, make_phantom
+from inference.seg import _RememberedIodAnswers
 from inference.segmenter import Segmenter
 from server.jobs.offload import OffloadPool, default_processes
 from server.jobs.service import DEMO_BUNDLE
@@ -76,17 +77,20 @@ def test_an_offload_pool_whose_process_died_is_replaced():
         pool.close()
 
 
-def _settled() -> tuple[bool, int]:
-    from highdicom._standard_utils import get_module_attribute_map
+def _settled() -> tuple[bool, bool, int]:
+    from highdicom import _standard_utils
 
-    return get_module_attribute_map.cache_info().currsize == 1, gc.get_freeze_count()
+    tables_loaded = _standard_utils.get_module_attribute_map.cache_info().currsize == 1
+    answers_remembered = isinstance(_standard_utils.is_attribute_in_iod, _RememberedIodAnswers)
+    return tables_loaded, answers_remembered, gc.get_freeze_count()
 
 
 def test_an_offload_process_settles_before_its_first_job():
     pool = OffloadPool(1)
     try:
-        tables_loaded, frozen = pool.submit(_settled).result(timeout=60)
+        tables_loaded, answers_remembered, frozen = pool.submit(_settled).result(timeout=60)
         assert tables_loaded
+        assert answers_remembered
         assert frozen > 100_000  # its modules and the tables, out of the collector's way
     finally:
         pool.close()

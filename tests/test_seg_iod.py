@@ -14,13 +14,18 @@ from pydicom.dataset import Dataset
 from inference.assembly import volume_from_datasets
 from inference.demo.phantom import make_phantom, phantom_datasets
 from inference.model_card import ModelCard
-from inference.seg import SegIdentity, segmentation
+from inference.seg import SegIdentity, prepare_seg_writer, segmentation
 from server.jobs.service import DEMO_BUNDLE
 from tests.enhanced_ct import enhanced_ct
 from tests.inference_checks import SMALL
 
 pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools is not installed")
 CARD = ModelCard.from_metadata(json.loads((DEMO_BUNDLE / "configs" / "metadata.json").read_text()))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _prepared_as_a_worker_prepares_it() -> None:
+    prepare_seg_writer()
 
 
 def _problems(dataset: Dataset, path: Path) -> list[str]:

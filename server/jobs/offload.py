@@ -27,7 +27,7 @@ from inference.assembly import volume_from_datasets
 from inference.findings import SegmentFindings
 from inference.measurements import measure
 from inference.model_card import ModelCard
-from inference.seg import SegIdentity, load_standard_tables, segmentation
+from inference.seg import SegIdentity, prepare_seg_writer, segmentation
 from inference.timings import Timings
 from inference.volume import Volume
 from server.ingest import PreparedFile, prepare
@@ -108,7 +108,7 @@ def settle_process() -> None:
 
 
 def _settle_seg_writer() -> None:
-    load_standard_tables()
+    prepare_seg_writer()
     settle_process()
 
 
@@ -117,9 +117,9 @@ class OffloadPool:
     has threads, and maybe CUDA, neither of which survives a fork), or in
     threads when `processes` is 0. A process that dies (killed for memory,
     say) fails the futures it held; the next submission gets a new pool.
-    Each process loads the SEG writer's tables and settles (`settle_process`)
-    as it starts, before it takes any work: a one-off cost of starting, not
-    of the first job it runs."""
+    Each process prepares the SEG writer (`prepare_seg_writer`) and settles
+    (`settle_process`) as it starts, before it takes any work: a one-off
+    cost of starting, not of the first job it runs."""
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
@@ -139,7 +139,7 @@ class OffloadPool:
 
     def settle_worker(self) -> None:
         """For the worker, once its model is loaded (`settle_process`); with
-        threads it writes the SEGs itself, so it loads their tables first."""
+        threads it writes the SEGs itself, so it prepares the SEG writer first."""
         if self.processes == 0:
             _settle_seg_writer()
         else:
