@@ -54,8 +54,6 @@ def segmentation(
 ) -> Dataset:
     """`sources`: the series' datasets; `volume` the volume built from them
     (its slice order decides which source each label frame belongs to)."""
-    for source in sources:
-        _fill_type2(source)
     by_uid = {str(source.SOPInstanceUID): source for source in sources}
     if volume.source_frame_numbers:
         # One multi-frame source: highdicom takes its frames in stored order.
@@ -65,6 +63,7 @@ def segmentation(
     else:
         ordered = [by_uid[uid] for uid in volume.source_instance_uids]
         frames = labels
+    _fill_type2(ordered[0])  # the one source highdicom copies the patient and the study from
     descriptions = [
         highdicom.seg.SegmentDescription(
             segment_number=index,

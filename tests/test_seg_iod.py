@@ -59,6 +59,20 @@ def test_an_empty_segmentation_is_a_valid_iod(tmp_path):
     assert _problems(seg, tmp_path / "seg.dcm") == []
 
 
+def test_sources_without_type2_patient_and_study_attributes_give_a_valid_iod(tmp_path):
+    study = make_phantom(84, SMALL, lesion_count=1, radius_mm=(7.0, 10.0))
+    sources = phantom_datasets(study)[::-1]  # the volume's first slice is not the first source
+    left_out = ("PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber", "ReferringPhysicianName")
+    for source in sources:
+        for keyword in left_out:
+            delattr(source, keyword)
+    volume = volume_from_datasets(sources)
+    seg = segmentation(sources, volume, _labels_on(volume, study), CARD, SegIdentity.for_job("iod-type2"))
+    assert _problems(seg, tmp_path / "seg.dcm") == []
+    assert all(seg[keyword].value in ("", None) for keyword in left_out)
+    assert seg.PatientID == sources[0].PatientID
+
+
 def test_the_segmentation_of_a_multi_frame_source_is_a_valid_iod(tmp_path):
     study = make_phantom(83, SMALL, lesion_count=2, radius_mm=(7.0, 10.0))
     source = enhanced_ct(phantom_datasets(study))
