@@ -70,12 +70,52 @@ def validate_resource(body: Any, expected_type: str | None = None) -> Resource:
     resource_type = body["resourceType"]
     if expected_type is not None and resource_type != expected_type:
         raise InvalidRequest(f"the body is a {resource_type}, the URL names {expected_type}")
+    resource_class = model_class(resource_type)
+    _check_contained(body.get("contained"), resource_type)
     try:
-        model = model_class(resource_type).model_validate(body)
+        model = resource_class.model_validate(body)
     except ValidationError as error:
         raise InvalidResource(f"invalid {resource_type}: {_describe(error)}") from error
+    except (KeyError, TypeError, ValueError) as error:
+        # fhir.resources looks nested resources (a Bundle's entries, say) up by
+        # their resourceType and fails with these, not a ValidationError, when
+        # that names no resource.
+        raise InvalidResource(
+            f"invalid {resource_type}: a nested resource is not a FHIR R4 resource ({error})"
+        ) from error
     check_required_bindings(model, resource_type)
     return model
+
+
+def _check_contained(contained: Any, resource_type: str) -> None:
+    """What R4 asks of contained resources (resource.html#contained) beyond their
+    own model: a resource type, an id to be referred to by, none twice, and
+    neither further contained resources (dom-2) nor a version or update time
+    of their own (dom-4)."""
+    if contained is None:
+        return
+    if not isinstance(contained, list):
+        raise InvalidResource(f"invalid {resource_type}: contained must be an array of resources")
+    seen: set[str] = set()
+    for index, item in enumerate(contained):
+        where = f"invalid {resource_type}: contained[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("resourceType"), str):
+            raise InvalidResource(f"{where} is not a resource: a JSON object with a resourceType")
+        try:
+            model_class(item["resourceType"])
+        except InvalidRequest as error:
+            raise InvalidResource(f"{where}: {error.diagnostics}") from error
+        contained_id = item.get("id")
+        if not isinstance(contained_id, str) or not contained_id:
+            raise InvalidResource(f"{where} has no id, by which the resource refers to it")
+        if contained_id in seen:
+            raise InvalidResource(f"{where}: the id {contained_id!r} is used by another contained resource")
+        seen.add(contained_id)
+        if "contained" in item:
+            raise InvalidResource(f"{where} contains resources itself, which R4 forbids (dom-2)")
+        meta = item.get("meta")
+        if isinstance(meta, dict) and ("versionId" in meta or "lastUpdated" in meta):
+            raise InvalidResource(f"{where} has a meta.versionId or meta.lastUpdated, which R4 forbids (dom-4)")
 
 
 def validated(body: dict[str, Any]) -> dict[str, Any]:

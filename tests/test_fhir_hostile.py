@@ -6,6 +6,8 @@ import threading
 import pytest
 from pydicom.uid import generate_uid
 
+from fhir_mappings.errors import InvalidResource
+from fhir_mappings.resources import validate_resource
 from tests.dicom_files import make_ct, multipart_body
 from tests.fhir_checks import ids, link, seed
 
@@ -185,3 +187,59 @@ def test_concurrent_stow_and_delete_leave_fhir_in_step(fhir, services):
         assert resource.status_code == 200
         assert resource.json()["numberOfInstances"] == len(instances)
         assert fhir.get(f"/fhir/{resource.json()['subject']['reference']}").status_code == 200
+
+
+def _nested_extensions(depth: int) -> dict:
+    extension: dict = {"url": "http://example.org/leaf", "valueString": "x"}
+    for _ in range(depth):
+        extension = {"url": "http://example.org/branch", "extension": [extension]}
+    return extension
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"resourceType":"Task","status":"draft","intent":"proposal","note":' + b"[" * 500 + b"]" * 500 + b"}",
+        {**TASK, "extension": [_nested_extensions(300)]},
+    ],
+)
+def test_a_body_nested_deeper_than_any_resource_is_400(fhir, body):
+    if isinstance(body, bytes):
+        response = fhir.post("/fhir/Task", content=body, headers={"Content-Type": "application/fhir+json"})
+    else:
+        response = fhir.post("/fhir/Task", json=body)
+    assert response.status_code == 400, response.text[:300]
+    assert "deep" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_extensions_nested_as_deep_as_real_ones_are_kept(fhir):
+    response = fhir.post("/fhir/Task", json={**TASK, "extension": [_nested_extensions(20)]})
+    assert response.status_code == 201, response.text[:300]
+
+
+@pytest.mark.parametrize(
+    "contained",
+    [
+        [{"resourceType": "Foo", "id": "p1"}],
+        [{"resourceType": 5, "id": "p1"}],
+        [{"id": "p1"}],
+        [{"resourceType": "Patient"}],
+        [{"resourceType": "Patient", "id": "p1"}, {"resourceType": "Patient", "id": "p1"}],
+        [{"resourceType": "Patient", "id": "p1", "contained": [{"resourceType": "Patient", "id": "p2"}]}],
+        [{"resourceType": "Patient", "id": "p1", "meta": {"versionId": "1"}}],
+    ],
+)
+def test_an_unsound_contained_resource_is_422_and_sinks_only_its_batch_entry(fhir, contained):
+    assert fhir.post("/fhir/Task", json={**TASK, "contained": contained}).status_code == 422
+    response = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {**TASK, "contained": contained}, "request": {"method": "POST", "url": "Task"}},
+        {"resource": TASK, "request": {"method": "POST", "url": "Task"}},
+    ]})
+    assert response.status_code == 200, response.text[:300]
+    assert [entry["response"]["status"][:3] for entry in response.json()["entry"]] == ["422", "201"]
+
+
+def test_a_resource_in_a_bundle_resource_must_be_a_resource():
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Foo"}}]}
+    with pytest.raises(InvalidResource, match="not a FHIR R4 resource"):
+        validate_resource(bundle)

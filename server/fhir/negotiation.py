@@ -76,20 +76,32 @@ def parse_json_body(raw: bytes) -> Any:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise InvalidRequest(f"the body is not valid JSON: {error}") from error
-    if _has_nul(body):
-        # FHIR strings cannot hold U+0000 (R4 datatypes.html#string), nor can PostgreSQL text.
-        raise InvalidRequest("the body contains a NUL character (\\u0000), which FHIR strings may not hold")
+    _check_nesting_and_text(body)
     return body
 
 
-def _has_nul(node: Any) -> bool:
-    if isinstance(node, str):
-        return "\x00" in node
-    if isinstance(node, dict):
-        return any(_has_nul(key) or _has_nul(value) for key, value in node.items())
-    if isinstance(node, list):
-        return any(_has_nul(item) for item in node)
-    return False
+# Far deeper than any resource nests (a Bundle's entry's resource's
+# extension's extension...), far shallower than the validators' recursion
+# limits, which would otherwise end a hostile body with a 500.
+MAX_NESTING = 100
+
+
+def _check_nesting_and_text(body: Any) -> None:
+    """Iterative, so that nesting itself cannot exhaust the stack."""
+    pending: list[tuple[Any, int]] = [(body, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                # FHIR strings cannot hold U+0000 (R4 datatypes.html#string), nor can PostgreSQL text.
+                raise InvalidRequest("the body contains a NUL character (\\u0000), which FHIR strings may not hold")
+            continue
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > MAX_NESTING:
+            raise InvalidRequest(f"the body nests objects and arrays more than {MAX_NESTING} deep")
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        pending.extend((child, depth + 1) for child in children)
 
 
 def fhir_response(
