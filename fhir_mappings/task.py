@@ -9,7 +9,7 @@ stores the whole Task as `task_resource` builds it.
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -62,6 +62,8 @@ class TaskRecord:
     ended: datetime | None = None
     series_uid: str | None = None
     report_id: str | None = None
+    # What the client's order said beyond the job (`client_elements`), kept as sent.
+    client_elements: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         moments = [self.authored_on, self.last_modified, self.started, self.ended]
@@ -108,9 +110,34 @@ def require_transition(old_status: str, new_status: str) -> None:
     )
 
 
+# The elements of an inference Task that the server sets from the job. A
+# client's order may hold more (identifier, priority, requester, note,
+# basedOn, further inputs, ...): those are the client's, kept as sent.
+_JOB_ELEMENTS = frozenset({
+    "resourceType", "id", "status", "intent", "focus", "for", "owner", "authoredOn", "lastModified",
+    "businessStatus", "statusReason", "executionPeriod", "output",
+})
+
+
+def client_elements(task: Mapping[str, Any]) -> dict[str, Any]:
+    """What a client's Task says beyond the job: every element but the job's,
+    every input but the source series, and meta but its version and time
+    (the store sets those)."""
+    kept = {key: value for key, value in task.items() if key not in _JOB_ELEMENTS and key not in ("input", "meta")}
+    inputs = [item for item in task.get("input", []) if not _is_source_series(item.get("type", {}))]
+    if inputs:
+        kept["input"] = inputs
+    meta = {key: value for key, value in (task.get("meta") or {}).items() if key not in ("versionId", "lastUpdated")}
+    if meta:
+        kept["meta"] = meta
+    return kept
+
+
 def task_resource(record: TaskRecord) -> dict[str, Any]:
-    """The Task as JSON, validated against the R4 model."""
+    """The Task as JSON, validated against the R4 model: the job's elements,
+    and the client's order's others as it sent them."""
     body: dict[str, Any] = {
+        **record.client_elements,
         "resourceType": "Task",
         "id": record.task_id,
         "status": record.status,
@@ -130,8 +157,10 @@ def task_resource(record: TaskRecord) -> dict[str, Any]:
     period = {key: _instant(moment) for key, moment in (("start", record.started), ("end", record.ended)) if moment}
     if period:
         body["executionPeriod"] = period
-    if record.series_uid:
-        body["input"] = [{"type": {"coding": [SOURCE_SERIES]}, "valueId": record.series_uid}]
+    inputs = [{"type": {"coding": [SOURCE_SERIES]}, "valueId": record.series_uid}] if record.series_uid else []
+    inputs += record.client_elements.get("input", [])
+    if inputs:
+        body["input"] = inputs
     if record.report_id:
         body["output"] = [
             {"type": {"text": "DiagnosticReport"}, "valueReference": {"reference": f"DiagnosticReport/{record.report_id}"}}

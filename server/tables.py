@@ -246,6 +246,8 @@ inference_jobs = Table(
     Column("started_at", BigInteger),
     Column("ended_at", BigInteger),
     Column("updated_at", BigInteger, nullable=False),
+    # JSON: what the client's Task said beyond the job (`fhir_mappings.task.client_elements`).
+    Column("client_elements_json", LargeBinary),
 )
 Index("ix_inference_jobs_queue", inference_jobs.c.status, inference_jobs.c.not_before)
 # An automatic run happens once per series and model: the server's own SEG

@@ -119,6 +119,13 @@ def live_server(app: FastAPI) -> Iterator[str]:
 
 
 @pytest.fixture
+def queued(services: Services, client: TestClient) -> tuple[TestClient, Services]:
+    """A server whose jobs wait in the queue, with the demo model active."""
+    services.jobs.ensure_demo_model()
+    return client, services
+
+
+@pytest.fixture
 def fhir(client: TestClient) -> TestClient:
     """The test client, with every FHIR JSON answer checked against the official
     R4 JSON schema (and parsed by the R4 models) as it arrives."""

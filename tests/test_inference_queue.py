@@ -36,13 +36,6 @@ from tests.inference_checks import (
 DEMO = "medaiflow-demo-lesions@1.0.0"
 
 
-@pytest.fixture
-def queued(services: Services, client: TestClient) -> tuple[TestClient, Services]:
-    """A server whose jobs wait in the queue, with the demo model active."""
-    services.jobs.ensure_demo_model()
-    return client, services
-
-
 def _total(client: TestClient, path: str, **params: str) -> int:
     return client.get(path, params={**params, "_summary": "count"}).json()["total"]
 

@@ -9,7 +9,7 @@ lost its job (cancelled, or taken over after a stall) cannot complete it.
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -71,6 +71,7 @@ class Job:
     started_at: int | None
     ended_at: int | None
     updated_at: int
+    client_elements_json: bytes | None  # what the client's order said beyond the job
     device_id: str  # the model's Device
 
     @classmethod
@@ -89,7 +90,7 @@ class JobQueue:
     # --- creating and reading -------------------------------------------------
     def create(
         self, connection: Connection, task_id: str, model_id: int, study_uid: str, series_uid: str | None,
-        automatic: bool,
+        automatic: bool, client_elements: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Insert the job and return its first Task (which the caller stores)."""
         now = now_micros()
@@ -97,6 +98,7 @@ class JobQueue:
             "task_id": task_id, "model_id": model_id, "study_instance_uid": study_uid, "series_instance_uid": series_uid,
             "patient_id": self.patient_of_study(connection, study_uid), "automatic": automatic, "status": REQUESTED,
             "attempts": 0, "not_before": now, "business_status": "queued", "created_at": now, "updated_at": now,
+            "client_elements_json": _client_json(client_elements),
         }
         connection.execute(insert(inference_jobs).values(**values))
         job = self.get(task_id, connection)
@@ -132,8 +134,23 @@ class JobQueue:
                 ended=from_micros(job.ended_at) if job.ended_at else None,
                 series_uid=job.series_instance_uid,
                 report_id=report_id(job.task_id) if job.status == COMPLETED else None,
+                client_elements=self.client_elements(job),
             )
         )
+
+    @staticmethod
+    def client_elements(job: Job) -> dict[str, Any]:
+        return orjson.loads(job.client_elements_json) if job.client_elements_json else {}
+
+    def keep_client_elements(self, connection: Connection, job: Job, client_elements: Mapping[str, Any]) -> Job:
+        """A client's update of what its order says beyond the job (an
+        identifier, a note, ...), with the job row locked by `get(lock=True)`."""
+        changed = self._change(
+            connection, job.task_id, status=job.status, owner=job.lease_owner,
+            values={"client_elements_json": _client_json(client_elements)}, write_task=False,  # the caller stores it
+        )
+        assert changed is not None  # the row is locked: nobody moved the job meanwhile
+        return changed
 
     def patient_of_study(self, connection: Connection, study_uid: str) -> str | None:
         try:
@@ -330,3 +347,7 @@ class JobQueue:
 
     def _lease(self) -> int:
         return int(self.policy.lease_seconds * 1e6)
+
+
+def _client_json(client_elements: Mapping[str, Any] | None) -> bytes | None:
+    return orjson.dumps(client_elements) if client_elements else None

@@ -6,6 +6,7 @@ of a batch or transaction Bundle), so the job row and its Task commit
 together. Other Tasks stay ordinary FHIR resources.
 """
 
+import re
 from typing import Any
 
 from sqlalchemy import Connection
@@ -16,15 +17,21 @@ from fhir_mappings.errors import (
     ResourceGone,
     ResourceNotFound,
 )
-from fhir_mappings.task import inference_request, require_transition
-from server.jobs.queue import CANCELLED, JobQueue
+from fhir_mappings.task import InferenceRequest, client_elements, inference_request, require_transition
+from server.jobs.queue import CANCELLED, Job, JobQueue
 from server.jobs.registry import ModelNotFound, ModelRegistry, RegisteredModel
-from server.jobs.series import accepted_series
+from server.jobs.series import accepted_series, study_series
 
 
 def is_inference_order(task: dict[str, Any]) -> bool:
+    """A Task focused on an ImagingStudy, in any form of reference: one that
+    `inference_request` cannot read (absolute, versioned) is refused as an
+    order, not stored as a Task that orders nothing."""
     reference = (task.get("focus") or {}).get("reference")
-    return isinstance(reference, str) and reference.startswith("ImagingStudy/")
+    return isinstance(reference, str) and _IMAGING_STUDY_REFERENCE.search(reference) is not None
+
+
+_IMAGING_STUDY_REFERENCE = re.compile(r"(^|/)ImagingStudy/[^/]+(/_history/[^/]+)?$")
 
 
 class InferenceTasks:
@@ -38,9 +45,14 @@ class InferenceTasks:
         if not is_inference_order(task):
             return task
         request = inference_request(task)
-        self.queue.patient_of_study(connection, request.imaging_study_id)  # 422 for a study not here, first
-        model = self._model(connection, request.device_id, request.imaging_study_id)
-        return self.queue.create(connection, task_id, model.id, request.imaging_study_id, request.series_uid, automatic=False)
+        # 422 for a study that is not here, before anything else is judged.
+        patient_id = self.queue.patient_of_study(connection, request.imaging_study_id)
+        _require_subject(task, patient_id, request.imaging_study_id)
+        model = self._model(connection, request)
+        return self.queue.create(
+            connection, task_id, model.id, request.imaging_study_id, request.series_uid, automatic=False,
+            client_elements=client_elements(task),
+        )
 
     def updating(self, connection: Connection, task: dict[str, Any], task_id: str) -> dict[str, Any]:
         job = self.queue.get(task_id, connection, lock=True)
@@ -49,14 +61,19 @@ class InferenceTasks:
                 return task  # a Task stored before it could be a job stays an ordinary one
             return self.creating(connection, task, task_id)  # update as create, with the client's id
         request = inference_request(task, creating=False)
+        _require_same_order(request, job)
+        _require_subject(task, job.patient_id, job.study_instance_uid)
         current = self.queue.public_status(job)
         require_transition(current, request.status)
-        if request.status == current:
-            return self.queue.task_of(job)
-        if request.status != CANCELLED:
+        if request.status not in (current, CANCELLED):
             raise InvalidResource(
                 f"the server moves an inference Task to {request.status!r} itself; a client may only cancel it"
             )
+        kept = client_elements(task)
+        if kept != self.queue.client_elements(job):
+            job = self.queue.keep_client_elements(connection, job, kept)
+        if request.status == current:
+            return self.queue.task_of(job)
         reason = (task.get("statusReason") or {}).get("text") or "cancelled by the client"
         return self.queue.task_of(self.queue.cancel(connection, task_id, str(reason)))
 
@@ -73,18 +90,53 @@ class InferenceTasks:
             return False
         return True
 
-    def _model(self, connection: Connection, device_id: str | None, study_uid: str) -> RegisteredModel:
-        if device_id is not None:
+    def _model(self, connection: Connection, request: InferenceRequest) -> RegisteredModel:
+        """The model named in Task.owner, or the first active one that accepts
+        the series asked for (any series of the study when none is)."""
+        study_uid, series_uid = request.imaging_study_id, request.series_uid
+        if series_uid is not None and series_uid not in {
+            stored.series_instance_uid for stored in study_series(connection, study_uid)
+        }:
+            raise InvalidResource(f"Task.input: series {series_uid} is not in ImagingStudy/{study_uid}")
+        if request.device_id is not None:
             try:
-                model = self.registry.by_device(device_id, connection)
+                model = self.registry.by_device(request.device_id, connection)
             except ModelNotFound as error:
                 raise InvalidResource(f"Task.owner: {error}") from error
             if not model.active:
-                raise InvalidResource(f"Task.owner: model {model.key} (Device/{device_id}) is not active")
+                raise InvalidResource(f"Task.owner: model {model.key} (Device/{request.device_id}) is not active")
+            if series_uid is not None and not _accepts(connection, model, study_uid, series_uid):
+                raise InvalidResource(f"Task.input: model {model.key} does not run on series {series_uid}")
             return model
         for model in self.registry.active(connection):
-            if accepted_series(connection, study_uid, model.bundle.card.series):
+            if _accepts(connection, model, study_uid, series_uid):
                 return model
+        asked = f"series {series_uid}" if series_uid else f"a series of ImagingStudy/{study_uid}"
         raise InvalidResource(
-            f"no active model runs on a series of ImagingStudy/{study_uid}; name one in Task.owner, or store a series it accepts"
+            f"no active model runs on {asked}; name one in Task.owner, or store a series it accepts"
         )
+
+
+def _accepts(connection: Connection, model: RegisteredModel, study_uid: str, series_uid: str | None) -> bool:
+    accepted = accepted_series(connection, study_uid, model.bundle.card.series)
+    return any(series_uid in (None, stored.series_instance_uid) for stored in accepted)
+
+
+def _require_same_order(request: InferenceRequest, job: Job) -> None:
+    """What a job runs is fixed once ordered: another study, model or series is another order."""
+    if request.imaging_study_id != job.study_instance_uid:
+        raise InvalidResource(
+            f"Task.focus: this job runs on ImagingStudy/{job.study_instance_uid}; order a new Task for another study"
+        )
+    if request.device_id not in (None, job.device_id):
+        raise InvalidResource(f"Task.owner: this job runs model Device/{job.device_id}; order a new Task for another")
+    if request.series_uid not in (None, job.series_instance_uid):
+        raise InvalidResource("Task.input: this job's series is fixed; order a new Task for another series")
+
+
+def _require_subject(task: dict[str, Any], patient_id: str | None, study_uid: str) -> None:
+    """Task.for is the study's patient, set by the server; a client may repeat it, not change it."""
+    sent = (task.get("for") or {}).get("reference")
+    if sent is not None and sent != f"Patient/{patient_id}":
+        expected = f"Patient/{patient_id}" if patient_id else "left out (the study names no patient)"
+        raise InvalidResource(f"Task.for: ImagingStudy/{study_uid} is of {expected}, not {sent}")

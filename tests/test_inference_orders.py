@@ -1,0 +1,122 @@
+"""What a client's order says is kept, and an order the server cannot run as
+written is refused when it is made, not stored as a Task that orders nothing."""
+
+from typing import Any
+
+import pytest
+
+from fhir_mappings.task import SOURCE_SERIES
+from tests.inference_checks import phantom, run_queued, series_bytes, stow, study_uid
+
+EHR_ORDER = {"system": "urn:oid:2.16.840.1.113883.3.9999.1", "value": "ORD-42"}
+
+
+def _order(uid: str, **elements: Any) -> dict[str, Any]:
+    return {"resourceType": "Task", "status": "requested", "intent": "order",
+            "focus": {"reference": f"ImagingStudy/{uid}"}, **elements}
+
+
+def _stored(client, seed: int) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """A phantom study sent by STOW-RS: its study and series UIDs."""
+    study = phantom(seed, 1)
+    payloads = series_bytes(study)
+    stow(client, payloads)
+    series = client.get(f"/dicom-web/studies/{study_uid(study)}/series").json()
+    return study_uid(study), series[0]["0020000E"]["Value"][0]
+
+
+def _diagnostics(response) -> str:  # type: ignore[no-untyped-def]
+    return response.json()["issue"][0]["diagnostics"]  # type: ignore[no-any-return]
+
+
+def test_the_clients_elements_are_kept_through_the_jobs_life(queued, fhir):
+    client, services = queued
+    uid, _ = _stored(client, 61)
+    extra_input = {"type": {"text": "clinical question"}, "valueString": "lesion follow-up"}
+    elements = {
+        "identifier": [EHR_ORDER], "priority": "stat", "requester": {"display": "Dr. Who"},
+        "note": [{"text": "compare with last year"}], "input": [extra_input],
+        "meta": {"tag": [{"system": "http://example.org/tags", "code": "research"}]},
+    }
+    created = fhir.post("/fhir/Task", json=_order(uid, **elements))
+    assert created.status_code == 201, created.text
+    found = fhir.get("/fhir/Task", params={"identifier": f"{EHR_ORDER['system']}|{EHR_ORDER['value']}"}).json()
+    assert [entry["resource"]["id"] for entry in found.get("entry", [])] == [created.json()["id"]]
+
+    assert run_queued(services) == [created.json()["id"]]
+    done = fhir.get(f"/fhir/Task/{created.json()['id']}").json()
+    assert done["status"] == "completed"
+    for name in ("identifier", "priority", "requester", "note"):
+        assert done[name] == elements[name], name
+    assert done["input"] == [extra_input]
+    assert done["meta"]["tag"] == elements["meta"]["tag"]
+    assert done["output"][0]["valueReference"]["reference"].startswith("DiagnosticReport/")
+
+
+def test_a_client_may_change_what_it_said_but_not_what_the_job_runs(queued, fhir):
+    client, services = queued
+    uid, _ = _stored(client, 62)
+    other_uid, _ = _stored(client, 63)
+    task = fhir.post("/fhir/Task", json=_order(uid, description="first")).json()
+
+    changed = fhir.put(f"/fhir/Task/{task['id']}", json={**task, "description": "second", "priority": "urgent"})
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["description"], changed.json()["priority"]) == ("second", "urgent")
+    assert changed.json()["meta"]["versionId"] == "2"
+    assert changed.json()["status"] == "requested"
+
+    moved = fhir.put(f"/fhir/Task/{task['id']}", json={**task, "focus": {"reference": f"ImagingStudy/{other_uid}"}})
+    assert moved.status_code == 422
+    assert "order a new Task" in _diagnostics(moved)
+    other_model = fhir.put(f"/fhir/Task/{task['id']}", json={**task, "owner": {"reference": "Device/another"}})
+    assert other_model.status_code == 422
+    assert fhir.get(f"/fhir/Task/{task['id']}").json()["meta"]["versionId"] == "2"
+
+
+def test_an_order_for_a_series_is_judged_when_it_is_made(queued, fhir):
+    client, services = queued
+    uid, series_uid = _stored(client, 64)
+
+    elsewhere = fhir.post("/fhir/Task", json=_order(uid, input=[
+        {"type": {"coding": [SOURCE_SERIES]}, "valueId": "1.2.826.0.1.3680043.8.498.999"}
+    ]))
+    assert elsewhere.status_code == 422
+    assert "is not in ImagingStudy" in _diagnostics(elsewhere)
+
+    created = fhir.post("/fhir/Task", json=_order(uid, input=[{"type": {"coding": [SOURCE_SERIES]}, "valueId": series_uid}]))
+    assert created.status_code == 201, created.text
+    assert created.json()["input"] == [{"type": {"coding": [SOURCE_SERIES]}, "valueId": series_uid}]
+
+
+def test_an_order_for_a_series_the_model_does_not_run_on_is_refused(queued, fhir):
+    client, services = queued
+    study = phantom(65, 1)
+    stow(client, series_bytes(study)[:10])  # under the demo model's 20 slices
+    series_uid = client.get(f"/dicom-web/studies/{study_uid(study)}/series").json()[0]["0020000E"]["Value"][0]
+    device = services.jobs.registry.active()[0].device_id
+    refused = fhir.post("/fhir/Task", json=_order(
+        study_uid(study), owner={"reference": f"Device/{device}"},
+        input=[{"type": {"coding": [SOURCE_SERIES]}, "valueId": series_uid}],
+    ))
+    assert refused.status_code == 422
+    assert "does not run on series" in _diagnostics(refused)
+
+
+@pytest.mark.parametrize("form", ["absolute", "versioned"])
+def test_a_focus_the_server_cannot_read_is_refused_not_stored_as_a_plain_task(queued, fhir, form):
+    client, services = queued
+    uid, _ = _stored(client, 66)
+    reference = f"http://testserver/fhir/ImagingStudy/{uid}" if form == "absolute" else f"ImagingStudy/{uid}/_history/1"
+    response = fhir.post("/fhir/Task", json=_order(uid, focus={"reference": reference}))
+    assert response.status_code == 422, response.text
+    assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
+def test_task_for_must_be_the_studys_patient(queued, fhir):
+    client, services = queued
+    uid, _ = _stored(client, 67)
+    wrong = fhir.post("/fhir/Task", json=_order(uid, **{"for": {"reference": "Patient/someone-else"}}))
+    assert wrong.status_code == 422
+    assert "Task.for" in _diagnostics(wrong)
+    patient = fhir.get(f"/fhir/ImagingStudy/{uid}").json()["subject"]
+    assert fhir.post("/fhir/Task", json=_order(uid, **{"for": patient})).status_code == 201
