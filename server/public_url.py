@@ -1,6 +1,16 @@
 """The server's root URL as clients see it, for links in answers."""
 
+import re
+from collections.abc import Callable
+
 from starlette.requests import Request
+
+# What may stand in a URL's scheme, authority and path prefix (RFC 3986):
+# a header that holds anything else (quotes, spaces, a second URL) is not
+# from a proxy we can honour, and is not pasted into links and JSON.
+_SCHEMES = frozenset({"http", "https"})
+_HOST = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+_PREFIX = re.compile(r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@%]+)*")
 
 
 def public_root(request: Request) -> str:
@@ -8,13 +18,33 @@ def public_root(request: Request) -> str:
 
     `MEDAIFLOW_PUBLIC_BASE_URL` wins; otherwise X-Forwarded-Proto/-Host/-Prefix
     are honoured so that RetrieveURLs, BulkDataURIs and Bundle links point at
-    the proxy, not at this process.
+    the proxy, not at this process. A value that is not a scheme, a host or a
+    path is passed over, for the request's own (or, for a malformed Host, the
+    address the server listens on).
     """
     configured = request.app.state.services.settings.public_base_url
     if configured:
         return str(configured).rstrip("/")
     headers = request.headers
-    scheme = headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
-    host = headers.get("x-forwarded-host", headers.get("host", request.url.netloc)).split(",")[0].strip()
-    prefix = headers.get("x-forwarded-prefix", "").split(",")[0].strip().rstrip("/")
-    return f"{scheme}://{host}{prefix}{request.scope.get('root_path', '')}"
+    scheme = _first(headers.get("x-forwarded-proto"), lambda value: value in _SCHEMES) or request.url.scheme
+    host = (
+        _first(headers.get("x-forwarded-host"), _HOST.fullmatch)
+        or _first(headers.get("host"), _HOST.fullmatch)
+        or _listening_address(request)
+    )
+    prefix = (_first(headers.get("x-forwarded-prefix"), _PREFIX.fullmatch) or "").rstrip("/")
+    root_path = request.scope.get("root_path", "")
+    return f"{scheme}://{host}{prefix}{root_path if _PREFIX.fullmatch(root_path) else ''}"
+
+
+def _first(header: str | None, acceptable: Callable[[str], object]) -> str | None:
+    """The first of a proxy chain's comma-separated values, if acceptable."""
+    if header is None:
+        return None
+    value = header.split(",")[0].strip()
+    return value if value and acceptable(value) else None
+
+
+def _listening_address(request: Request) -> str:
+    host, port = request.scope.get("server") or ("127.0.0.1", 80)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

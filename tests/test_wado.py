@@ -1,6 +1,7 @@
 """WADO-RS over HTTP: byte-identical retrieval, negotiation, metadata, frames, bulk data, rendered."""
 
 import io
+import json
 
 import numpy as np
 import pydicom
@@ -229,6 +230,33 @@ def test_bulk_data_uris_honour_forwarded_headers(client):
     headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.example.org", "X-Forwarded-Prefix": "/medaiflow"}
     [attributes] = client.get(f"/dicom-web/studies/{study}/metadata", headers=headers).json()
     assert attributes["7FE00010"]["BulkDataURI"].startswith("https://pacs.example.org/medaiflow/dicom-web/studies/")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-Host": 'evil"},"x":{"'},
+        {"X-Forwarded-Prefix": '/a"b'},
+        {"X-Forwarded-Proto": 'javascript"'},
+        {"Host": 'evil" x'},
+    ],
+)
+def test_forwarded_headers_that_are_no_url_part_are_passed_over(client, headers):
+    study = generate_uid()
+    stow(client, [make_ct(study_uid=study, size=64)])
+    response = client.get(f"/dicom-web/studies/{study}/metadata", headers=headers)
+    [attributes] = json.loads(response.content)  # valid JSON, whatever the headers held
+    uri = attributes["7FE00010"]["BulkDataURI"]
+    assert uri.startswith(("http://", "https://")) and '"' not in uri and " " not in uri
+    assert f"/dicom-web/studies/{study}/" in uri
+
+
+def test_a_text_value_that_looks_like_the_bulk_data_marker_comes_back_as_stored(client):
+    study = generate_uid()
+    stow(client, [make_ct(study_uid=study, size=64, StudyDescription="medaiflow-base:/hello")])
+    [attributes] = client.get(f"/dicom-web/studies/{study}/metadata").json()
+    assert attributes["00081030"]["Value"] == ["medaiflow-base:/hello"]
+    assert attributes["7FE00010"]["BulkDataURI"].startswith("http://testserver/dicom-web/studies/")
 
 
 def test_metadata_json_model_rules(client):

@@ -7,6 +7,8 @@ answered before any byte of a multipart body goes out.
 from collections.abc import AsyncIterator, Iterable, Iterator
 from functools import partial
 
+import orjson
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -126,8 +128,18 @@ async def retrieve_metadata(
         partial(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid, with_metadata=True)
     )
     body = b"[" + b",".join(metadata for _, metadata in found if metadata is not None) + b"]"
-    body = body.replace(b'"' + BULK_DATA_BASE_MARKER.encode(), b'"' + dicomweb_root(request).encode())
-    return Response(body, media_type=DICOM_JSON)
+    return Response(_with_bulk_data_root(body, dicomweb_root(request)), media_type=DICOM_JSON)
+
+
+# Stored metadata names its bulk data relative to a marker, since the root
+# depends on how the request came in. Only BulkDataURI values are rewritten
+# (a stored text value may begin with the marker too), and the root is put
+# in as JSON string content, escaped.
+_STORED_BULK_DATA_URI = b'"BulkDataURI":"' + BULK_DATA_BASE_MARKER.encode()
+
+
+def _with_bulk_data_root(metadata: bytes, root: str) -> bytes:
+    return metadata.replace(_STORED_BULK_DATA_URI, b'"BulkDataURI":"' + orjson.dumps(root)[1:-1])
 
 
 async def _one_instance(services: Services, study_uid: str, series_uid: str, sop_uid: str) -> StoredInstance:
