@@ -61,11 +61,14 @@ class _Statements:
     insert_requests: Any
 
 
-def _upsert_statement(dialect: Any, table: Table, key: str, columns: list[str]) -> Any:
+def _upsert_statement(dialect: Any, table: Table, key: str, columns: list[str], parent: str | None = None) -> Any:
+    """Insert or update the row of `key`. With `parent`, a row that exists
+    under another parent is left alone and no id is returned."""
     statement = dialect.insert(table).values({name: bindparam(name) for name in columns})
-    updates = {name: statement.excluded[name] for name in columns if name != key}
+    updates = {name: statement.excluded[name] for name in columns if name not in (key, parent)}
     updates["updated_at"] = func.now()
-    return statement.on_conflict_do_update(index_elements=[key], set_=updates).returning(table.c.id)
+    same_parent = None if parent is None else table.c[parent] == statement.excluded[parent]
+    return statement.on_conflict_do_update(index_elements=[key], set_=updates, where=same_parent).returning(table.c.id)
 
 
 @cache
@@ -78,7 +81,7 @@ def _statements(dialect_name: str) -> _Statements:
         find_instance = find_instance.with_for_update()
     return _Statements(
         upsert_study=_upsert_statement(dialect, studies, "study_instance_uid", _STUDY_COLUMNS),
-        upsert_series=_upsert_statement(dialect, series, "series_instance_uid", _SERIES_COLUMNS),
+        upsert_series=_upsert_statement(dialect, series, "series_instance_uid", _SERIES_COLUMNS, parent="study_pk"),
         insert_instance=dialect.insert(instances)
         .values({name: bindparam(name) for name in _INSTANCE_COLUMNS})
         .on_conflict_do_nothing(index_elements=["sop_instance_uid"]),
@@ -109,11 +112,22 @@ def upsert_study(connection: Connection, fields: StudyFields, attributes: dict[s
     return connection.execute(_statements(connection.dialect.name).upsert_study, values).scalar_one()
 
 
+class SeriesOfAnotherStudy(Exception):
+    """An instance names a series that is stored under another study: UIDs
+    are unique, so one of the two studies is wrong, and the index keeps the
+    one it has."""
+
+
 def upsert_series(connection: Connection, study_pk: int, fields: SeriesFields, attributes: dict[str, Any]) -> int:
     statements = _statements(connection.dialect.name)
     values = {name: value for name, value in vars(fields).items() if name != "requests"}
     values |= {"study_pk": study_pk, "attributes_json": orjson.dumps(attributes)}
-    series_pk: int = connection.execute(statements.upsert_series, _fitted(series, values)).scalar_one()
+    series_pk: int | None = connection.execute(statements.upsert_series, _fitted(series, values)).scalar_one_or_none()
+    if series_pk is None:
+        raise SeriesOfAnotherStudy(
+            f"SeriesInstanceUID {fields.series_instance_uid} is a series of another study on this server;"
+            " a series belongs to one study"
+        )
     if fields.requests:
         connection.execute(
             statements.insert_requests,

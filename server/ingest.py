@@ -148,7 +148,7 @@ class Ingestor:
             self.store.flush_placements([candidate.relative_path for candidate in placed])
             try:
                 unreferenced += self._index(placed, isolate=False)
-            except SQLAlchemyError:
+            except (SQLAlchemyError, index.SeriesOfAnotherStudy):
                 # Some row failed: redo the batch with a savepoint per instance,
                 # so that only the instances that fail are refused.
                 unreferenced += self._index(placed, isolate=True)
@@ -171,7 +171,7 @@ class Ingestor:
         referenced: list[str] = []
         superseded: list[str] = []
         study_pks: dict[str, int] = {}
-        series_pks: dict[str, int] = {}
+        series_pks: dict[tuple[str, str], int] = {}  # by study and series: a series may claim another study
         changed_studies: set[str] = set()
         with write_connection(self.engine) as connection:
             for candidate in placed:
@@ -186,7 +186,7 @@ class Ingestor:
                             connection, description.study, description.study_attributes
                         )
                         series_uid = description.series.series_instance_uid
-                        series_pk = series_pks.get(series_uid) or index.upsert_series(
+                        series_pk = series_pks.get((study_uid, series_uid)) or index.upsert_series(
                             connection, study_pk, description.series, description.series_attributes
                         )
                         written = index.write_instance(
@@ -199,7 +199,13 @@ class Ingestor:
                             received.sha256,
                         )
                     study_pks[study_uid] = study_pk
-                    series_pks[series_uid] = series_pk
+                    series_pks[(study_uid, series_uid)] = series_pk
+                except index.SeriesOfAnotherStudy as error:
+                    if not isolate:
+                        raise
+                    candidate.outcome = _outcome(description, failure=FailureReason.STUDY_UID_MISMATCH, detail=str(error))
+                    unreferenced.append(candidate.relative_path)
+                    continue
                 except SQLAlchemyError as error:
                     if not isolate:
                         raise

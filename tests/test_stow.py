@@ -67,6 +67,30 @@ def test_partial_success_is_202(client, services):
     assert _count(services) == 1
 
 
+@pytest.mark.parametrize("one_request", [False, True])
+def test_a_series_uid_already_in_another_study_is_refused(client, services, one_request):
+    """In one request the instances are stored in study order, so the study whose UID sorts first keeps the series."""
+    series_uid = generate_uid()
+    studies_in_order = sorted([generate_uid(), generate_uid()])
+    kept, refused = (make_ct(study, series_uid) for study in studies_in_order)
+    requests = [[refused, kept]] if one_request else [[kept], [refused]]
+    answers = []
+    for payloads in requests:
+        body, content_type = multipart_body(payloads)
+        answers.append(client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}))
+    assert [answer.status_code for answer in answers] == ([202] if one_request else [200, 409])
+    [failed] = answers[-1].json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xA900]
+    assert failed["00081155"]["Value"] == [pydicom.dcmread(io.BytesIO(refused)).SOPInstanceUID]
+    kept_study, refused_study = studies_in_order
+    series_found = client.get(f"/dicom-web/studies/{kept_study}/series").json()
+    assert [item["0020000E"]["Value"][0] for item in series_found] == [series_uid]
+    assert client.get("/dicom-web/studies", params={"StudyInstanceUID": refused_study}).json() == []
+    assert _count(services) == 1 and _count(services, studies) == 1
+    assert len(_stored_files(services)) == 1
+    assert _count(services, storage_journal) == 0
+
+
 def test_resent_instance_never_duplicates_the_row(client, services):
     payload = make_ct()
     body, content_type = multipart_body([payload, payload])
