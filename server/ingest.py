@@ -203,7 +203,9 @@ class Ingestor:
                 except index.SeriesOfAnotherStudy as error:
                     if not isolate:
                         raise
-                    candidate.outcome = _outcome(description, failure=FailureReason.STUDY_UID_MISMATCH, detail=str(error))
+                    candidate.outcome = _outcome(
+                        description, failure=FailureReason.STUDY_UID_MISMATCH, detail=str(error)
+                    )
                     unreferenced.append(candidate.relative_path)
                     continue
                 except SQLAlchemyError as error:
