@@ -12,15 +12,12 @@ from pydicom.dataset import Dataset
 
 from dicom.errors import InvalidRequest, NotFound
 from dicom.json_model import (
+    MAX_SEQUENCE_DEPTH,
     TagPath,
     load_raw_element,
     raw_element_vr,
     read_dataset_for_metadata,
 )
-
-# Deeper nesting than this does not occur in real objects; the cap keeps a
-# hostile URL from walking arbitrarily far.
-MAX_SEQUENCE_DEPTH = 16
 
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 _INDEX = re.compile(r"^(0|[1-9][0-9]{0,8})$")

@@ -45,6 +45,11 @@ BulkDataUriFactory = Callable[[TagPath], str]
 # Values above this many bytes stay on disk until asked for; it is above the
 # default inline threshold so anything deferred is a bulk data candidate.
 DEFER_SIZE = 2048
+# Sequences nested deeper than this do not occur in real objects. An object
+# nesting deeper is refused as one that cannot be understood: its JSON would
+# exceed what JSON encoders take (orjson stops at 255 levels, three a
+# sequence), and the bulk data of every element it can hold stays reachable.
+MAX_SEQUENCE_DEPTH = 64
 UNDEFINED_LENGTH = 0xFFFFFFFF
 
 # PS3.18 Table F.2.3-1: VRs whose value is InlineBinary or BulkDataURI.
@@ -168,6 +173,8 @@ class _Writer:
         self.inline_threshold = inline_threshold
 
     def dataset(self, ds: Dataset, path: TagPath) -> dict[str, Any]:
+        if len(path) > 2 * MAX_SEQUENCE_DEPTH:
+            raise InvalidDicom(f"sequences nest more than {MAX_SEQUENCE_DEPTH} deep")
         out: dict[str, Any] = {}
         for tag in sorted(ds.keys()):
             if tag & 0xFFFF == 0 or tag >> 16 == 0x0002:

@@ -4,6 +4,7 @@ import io
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
@@ -89,6 +90,31 @@ def test_a_series_uid_already_in_another_study_is_refused(client, services, one_
     assert _count(services) == 1 and _count(services, studies) == 1
     assert len(_stored_files(services)) == 1
     assert _count(services, storage_journal) == 0
+
+
+def _nested_ct(depth: int) -> bytes:
+    dataset = pydicom.dcmread(io.BytesIO(make_ct()))
+    item = Dataset()
+    item.TextValue = "innermost"
+    for _ in range(depth - 1):
+        outer = Dataset()
+        outer.ContentSequence = [item]
+        item = outer
+    dataset.ContentSequence = [item]
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_sequences_nested_deeper_than_real_objects_fail_only_their_instance(client, services):
+    body, content_type = multipart_body([make_ct(), _nested_ct(90), _nested_ct(60)])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 202, response.text
+    [failed] = response.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xC000]
+    assert len(response.json()["00081199"]["Value"]) == 2
+    assert _count(services) == 2
+    assert len(_stored_files(services)) == 2
 
 
 def test_resent_instance_never_duplicates_the_row(client, services):
