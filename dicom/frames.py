@@ -14,10 +14,10 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
-from pydicom.pixels.utils import pixel_array
 
 from dicom.errors import InvalidRequest, NotAcceptable, NotFound
 from dicom.media_types import MediaRange, admits_part, transfer_syntax_param
+from dicom.pixels import decode_frame, frame_source
 from dicom.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_BE,
@@ -117,8 +117,14 @@ def _admits_native(range_: MediaRange) -> bool:
 
 
 def _frame_length_bits(dataset: Dataset) -> int:
-    rows, columns = int(dataset.Rows), int(dataset.Columns)
-    samples, bits = int(dataset.get("SamplesPerPixel") or 1), int(dataset.BitsAllocated)
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        samples, bits = int(dataset.get("SamplesPerPixel") or 1), int(dataset.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as error:
+        raise NotAcceptable(
+            f"the image header does not say how the frames are laid out ({error}):"
+            " the pixel data can be retrieved whole, as bulk data"
+        ) from error
     if dataset.get("PhotometricInterpretation") == "YBR_FULL_422":
         # Two chroma samples are shared by each pair of pixels (PS3.3 C.7.6.3.1.2).
         return rows * columns * 2 * bits
@@ -184,13 +190,12 @@ def _decoded_frames(path: str, dataset: Dataset, stored_syntax: str, numbers: Se
     frame matches the instance sent transcoded; native data (big endian,
     deflated) keeps its stored colour space.
     """
-    # pixel_array reads only the needed frame from a path, but cannot inflate a deflated file.
-    source: str | Dataset = pydicom.dcmread(path) if stored_syntax == DEFLATED_EXPLICIT_VR_LE else path
+    source = frame_source(path, stored_syntax)
     raw = stored_syntax in (DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE)
     frames: list[bytes] = []
     for number in numbers:
-        array = pixel_array(source, index=number - 1, raw=raw)
-        if int(dataset.BitsAllocated) == 1:
+        array = decode_frame(source, number - 1, stored_syntax, raw=raw)
+        if dataset.get("BitsAllocated") == 1:
             frames.append(np.packbits(array.astype(np.uint8).ravel(), bitorder="little").tobytes())
         else:
             frames.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())

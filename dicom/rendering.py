@@ -18,10 +18,12 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 
-from dicom.errors import InvalidDicom, InvalidRequest, NotAcceptable, NotFound
+from dicom.errors import InvalidRequest, NotAcceptable, NotFound
 from dicom.json_model import read_dataset_for_metadata
+from dicom.pixels import decode_frame, frame_source
+from dicom.transfer_syntax import EXPLICIT_VR_LE
 
 # PS3.18 Table 8.7.4-1: rendered media types for single-frame images that we encode.
 RENDERED_MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
@@ -163,7 +165,8 @@ def _number_of_frames(ds: Dataset) -> int:
 
 
 def _render(path: str, ds: Dataset, index: int, params: RenderParams) -> bytes:
-    arr = _decode_frame(path, index)
+    stored_syntax = str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LE))
+    arr = decode_frame(frame_source(path, stored_syntax), index, stored_syntax)
     if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
         image = _color_image(apply_color_lut(arr, ds))
     elif int(ds.get("SamplesPerPixel") or 1) > 1:
@@ -173,16 +176,6 @@ def _render(path: str, ds: Dataset, index: int, params: RenderParams) -> bytes:
     if params.viewport is not None:
         image = _fit(image, params.viewport)
     return _encode(image, params)
-
-
-def _decode_frame(path: str, index: int) -> np.ndarray:
-    try:
-        # From the path, pydicom reads and decodes only the frame asked for.
-        return pixel_array(path, index=index)
-    except NotImplementedError as exc:
-        raise NotAcceptable(f"cannot render this instance: {exc}") from exc
-    except (ValueError, AttributeError, RuntimeError, KeyError, EOFError) as exc:
-        raise InvalidDicom(f"cannot decode the pixel data: {exc}") from exc
 
 
 def _color_image(arr: np.ndarray) -> Image.Image:

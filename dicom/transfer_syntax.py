@@ -12,6 +12,7 @@ from pydicom.uid import UID
 
 from dicom.errors import NotAcceptable
 from dicom.media_types import MediaRange, admits_part, transfer_syntax_param
+from dicom.pixels import DECODE_ERRORS, undecodable
 
 # Transfer Syntax UIDs, PS3.6 Table A-1.
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
@@ -120,8 +121,11 @@ def transcode_to(path: str, target_syntax: str) -> bytes:
     if not is_native(stored_syntax):
         if not can_decompress(stored_syntax):
             raise NotAcceptable(f"no decoder for transfer syntax {stored_syntax}: cannot send it as {target_syntax}")
-        # Also converts YCbCr to RGB and updates Photometric Interpretation.
-        dataset.decompress()
+        try:
+            # Also converts YCbCr to RGB and updates Photometric Interpretation.
+            dataset.decompress()
+        except DECODE_ERRORS as error:
+            raise undecodable(stored_syntax, error) from error
     elif stored_syntax == EXPLICIT_VR_BE:
         _swap_binary_values(dataset)
     dataset.file_meta.TransferSyntaxUID = UID(target_syntax)

@@ -307,6 +307,50 @@ def test_frames_of_a_compressed_instance_as_stored_or_decoded(client):
     assert data == pydicom.dcmread(path).pixel_array.astype(pydicom.dcmread(path).pixel_array.dtype.newbyteorder("<")).tobytes()
 
 
+def test_pixel_data_that_cannot_be_decoded_here_is_406_and_still_retrievable_as_stored(client):
+    path = bundled_file("JPEG-lossy.dcm")  # 12-bit extended JPEG: no decoder here takes it
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    base = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    for url, accept in (
+        (base, "multipart/related; type=application/dicom"),
+        (f"/dicom-web/studies/{study}", "multipart/related; type=application/dicom"),
+        (base + "/frames/1", 'multipart/related; type="application/octet-stream"'),
+        (base + "/rendered", "image/jpeg"),
+    ):
+        response = client.get(url, headers={"Accept": accept})
+        assert response.status_code == 406, (url, response.status_code)
+        assert "cannot be decoded here" in response.json()["message"]
+    as_stored = client.get(base, headers={"Accept": "multipart/related; type=application/dicom; transfer-syntax=*"})
+    assert as_stored.status_code == 200
+    [(_, data)] = split_multipart(as_stored)
+    assert data == open(path, "rb").read()
+
+
+def test_frames_of_an_instance_whose_header_lacks_their_layout_are_406(client):
+    payload = pydicom.dcmread(io.BytesIO(make_ct(size=64)))
+    del payload.Rows
+    buffer = io.BytesIO()
+    payload.save_as(buffer, enforce_file_format=True)
+    stow(client, [buffer.getvalue()])
+    study, series, sop = uids_of(buffer.getvalue())
+    response = client.get(
+        f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/frames/1",
+        headers={"Accept": 'multipart/related; type="application/octet-stream"'},
+    )
+    assert response.status_code == 406
+    assert "Rows" in response.json()["message"]
+
+
+def test_a_deflated_instance_is_rendered(client):
+    path = bundled_file("image_dfl.dcm")
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    rendered = client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/rendered", headers={"Accept": "image/png"})
+    assert rendered.status_code == 200, rendered.text
+    assert np.asarray(Image.open(io.BytesIO(rendered.content))).std() > 0
+
+
 @pytest.mark.parametrize("media_type", ["image/jpeg", "image/png"])
 def test_rendered_and_thumbnail(client, media_type):
     path = bundled_file("CT_small.dcm")

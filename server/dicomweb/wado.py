@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from functools import partial
 
 import orjson
-
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -87,15 +86,21 @@ def _instance_bodies(group: list[tuple[StoredInstance, str]]) -> list[bytes | me
 
 
 async def _instances_body(
-    framing: MultipartFraming, chosen: list[tuple[StoredInstance, str]]
+    framing: MultipartFraming, first_group: list[tuple[StoredInstance, str]], first_bodies: list[bytes | memoryview],
+    later_groups: Iterator[list[tuple[StoredInstance, str]]],
 ) -> AsyncIterator[bytes | memoryview]:
     first = True
-    for group in _groups(chosen):
-        bodies = await run_in_threadpool(_instance_bodies, group)
+    group, bodies = first_group, first_bodies
+    while group:
         for (_, syntax), body in zip(group, bodies, strict=True):
             yield framing.head(_instance_content_type(syntax), first=first)
             yield body
             first = False
+        group = next(later_groups, [])
+        # A later instance that cannot be transcoded ends the stream without
+        # its closing boundary: the client sees an incomplete answer, never a
+        # complete-looking one that lacks instances.
+        bodies = await run_in_threadpool(_instance_bodies, group) if group else []
     yield framing.closing(after_parts=not first)
 
 
@@ -115,8 +120,14 @@ async def retrieve_instances(
         # Stored files only: the length is known before the first byte.
         length = framing.length((_instance_content_type(syntax), instance.file_size) for instance, syntax in chosen)
         headers = {"Content-Length": str(length)}
+    groups = _groups(chosen)
+    first_group = next(groups, [])
+    # Before the status is sent: an instance of a single-instance or small
+    # retrieve that cannot be transcoded is then a 406, not a broken 200.
+    first_bodies = await run_in_threadpool(_instance_bodies, first_group)
     return StreamingResponse(
-        _instances_body(framing, chosen), media_type=multipart_related_type(boundary, DICOM), headers=headers
+        _instances_body(framing, first_group, first_bodies, groups),
+        media_type=multipart_related_type(boundary, DICOM), headers=headers,
     )
 
 
