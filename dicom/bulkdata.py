@@ -18,6 +18,7 @@ from dicom.json_model import (
     raw_element_vr,
     read_dataset_for_metadata,
 )
+from dicom.transfer_syntax import swapped_words
 
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 _INDEX = re.compile(r"^(0|[1-9][0-9]{0,8})$")
@@ -43,10 +44,11 @@ def parse_tag_path(text: str) -> TagPath:
 
 
 def read_bulk_data(path: str, tag_path: TagPath) -> bytes:
-    """The value bytes of one element as stored; encapsulated Pixel Data stays encapsulated.
+    """The value bytes of one element; encapsulated Pixel Data stays encapsulated.
 
-    Values are returned in the byte order of the file: big endian files are retired
-    (PS3.5 §A.3) and are not swapped here.
+    Words are little endian whatever the file's byte order: uncompressed bulk
+    data is sent as in Explicit VR Little Endian (PS3.18 §8.7.3.3.1), which is
+    also what the frames of the same pixel data are sent as.
     """
     if not tag_path or len(tag_path) % 2 == 0:
         raise InvalidRequest("a bulk data path must end in a tag")
@@ -59,6 +61,9 @@ def read_bulk_data(path: str, tag_path: TagPath) -> bytes:
     value = _value_bytes(elem, ds)
     if value is None:
         raise NotFound(f"the element at {format_tag_path(tag_path)} is not bulk data")
+    if ds.original_encoding[1] is False:  # big endian
+        vr = raw_element_vr(elem, ds) if isinstance(elem, RawDataElement) else elem.VR
+        return swapped_words(value, str(vr))
     return value
 
 

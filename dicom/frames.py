@@ -54,6 +54,9 @@ def read_frames(path: str, numbers: Sequence[int], accept: Sequence[MediaRange])
     dataset = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
     stored_syntax = str(dataset.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LE))
     frame_count = _frame_count(dataset)
+    if len(numbers) > frame_count:
+        # Repeats are allowed, but not unbounded: each listed frame is held in memory until sent.
+        raise InvalidRequest(f"the frame list names {len(numbers)} frames; the instance has {frame_count}")
     for number in numbers:
         if not 0 < number <= frame_count:
             raise NotFound(f"frame {number} does not exist: the instance has {frame_count} frame(s)")

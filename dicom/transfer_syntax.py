@@ -142,13 +142,21 @@ def _swap_binary_values(dataset: Dataset) -> None:
     """pydicom converts numbers from big endian when it parses them but leaves
     OW/OF/OL/OD/OV bytes as read (see `pydicom.dcmwrite`), so swap them here."""
     for element in dataset.iterall():
-        width = _WORD_WIDTH.get(str(element.VR))
-        if width is None or not isinstance(element.value, bytes) or len(element.value) % width:
-            continue
-        words = bytearray(element.value)
-        for offset in range(width // 2):
-            # Reverse the byte order within each word via strided slices.
-            low = words[offset::width]
-            words[offset::width] = words[width - 1 - offset :: width]
-            words[width - 1 - offset :: width] = low
-        element.value = bytes(words)
+        if isinstance(element.value, bytes):
+            element.value = swapped_words(element.value, str(element.VR))
+
+
+def swapped_words(value: bytes, vr: str) -> bytes:
+    """The value of a binary VR with the byte order of each word reversed
+    (big to little endian and back); bytes (OB, UN) and values that are not
+    whole words are returned as they are."""
+    width = _WORD_WIDTH.get(vr)
+    if width is None or len(value) % width:
+        return value
+    words = bytearray(value)
+    for offset in range(width // 2):
+        # Reverse the byte order within each word via strided slices.
+        low = words[offset::width]
+        words[offset::width] = words[width - 1 - offset :: width]
+        words[width - 1 - offset :: width] = low
+    return bytes(words)

@@ -224,6 +224,30 @@ def test_metadata_bulk_data_uris_are_absolute_and_resolve(client):
     assert data == pydicom.dcmread(io.BytesIO(payload)).PixelData
 
 
+def test_a_frame_list_longer_than_the_instance_has_frames_is_400(client):
+    payload = make_ct(size=64)
+    stow(client, [payload])
+    study, series, sop = uids_of(payload)
+    url = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/frames/"
+    accept = {"Accept": 'multipart/related; type="application/octet-stream"'}
+    assert client.get(url + "1", headers=accept).status_code == 200
+    response = client.get(url + ",".join(["1"] * 1000), headers=accept)
+    assert response.status_code == 400
+    assert "names 1000 frames" in response.json()["message"]
+
+
+def test_bulk_data_of_a_big_endian_instance_is_little_endian_as_its_frames_are(client):
+    path = bundled_file("MR_small_bigendian.dcm")
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    base = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    [attributes] = client.get(base + "/metadata").json()
+    [(_, bulk)] = split_multipart(client.get(attributes["7FE00010"]["BulkDataURI"]))
+    [(_, frame)] = split_multipart(client.get(base + "/frames/1", headers={"Accept": 'multipart/related; type="application/octet-stream"'}))
+    pixels = pydicom.dcmread(path).pixel_array
+    assert bulk == frame == pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+
+
 def test_bulk_data_uris_honour_forwarded_headers(client):
     study = generate_uid()
     stow(client, [make_ct(study_uid=study, size=64)])
