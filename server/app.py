@@ -28,6 +28,7 @@ from server.jobs.routes import router as models_router
 from server.jobs.service import JobsService, build_jobs
 from server.jobs.triggers import touch_studies
 from server.logs import RequestLogMiddleware, configure_logging
+from server.methods import HeadAsGet
 from server.services import Services
 from server.settings import Settings, load_settings
 from server.storage import FileStore
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             expose_headers=["X-Request-ID", "Content-Location", "Warning", "ETag", "Last-Modified", "Location"],
         )
     app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(HeadAsGet)
     return app
 
 

@@ -28,6 +28,7 @@ from fhir_mappings.outcome import operation_outcome
 from inference.errors import InferenceError
 from server.jobs.registry import ActivationRefused, ModelNotFound
 from server.logs import request_id_var
+from server.methods import allowed_methods
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, error: HTTPException) -> Response:
-        return error_response(error.status_code, str(error.detail), dict(error.headers or {}), request)
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            # The router names only the methods of the first route whose path matched.
+            headers["Allow"] = allowed_methods(request)
+        return error_response(error.status_code, str(error.detail), headers, request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> Response:

@@ -1,0 +1,43 @@
+"""HTTP methods as RFC 9110 has them: HEAD wherever GET is allowed
+(§9.3.2), and a 405 that lists every method the resource allows (§15.5.6)."""
+
+from starlette.requests import Request
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
+
+
+class HeadAsGet:
+    """A HEAD request is answered as the GET of the same URL would be (status
+    and headers, Content-Length included), without the body. Outside every
+    other middleware, so that authorization and the audit trail treat it as
+    the read it is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] != "http.response.body":
+                await send(message)
+            elif not message.get("more_body", False):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
+def allowed_methods(request: Request) -> str:
+    """The Allow header for the request's URL: the methods some route takes there."""
+    routes = request.app.router.routes
+    allowed = {
+        method for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    }
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return ", ".join(sorted(allowed))

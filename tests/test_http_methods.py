@@ -1,0 +1,47 @@
+"""HEAD wherever GET is allowed, and a 405 that names every method the URL takes (RFC 9110 §9.3.2, §15.5.6)."""
+
+import pytest
+from pydicom.uid import generate_uid
+
+from tests.dicom_files import make_ct, multipart_body
+
+TASK = {"resourceType": "Task", "status": "draft", "intent": "proposal"}
+
+
+def _stored_instance(client) -> str:  # type: ignore[no-untyped-def]
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    body, content_type = multipart_body([make_ct(study, series, sop, size=64)])
+    assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    return f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+
+
+def test_head_answers_as_get_without_the_body(client):
+    instance = _stored_instance(client)
+    client.put("/fhir/Task/h1", json={**TASK, "id": "h1"})
+    for url in (instance + "/metadata", instance, "/fhir/Task/h1", "/fhir/Task", "/dicom-web/studies"):
+        got, head = client.get(url), client.head(url)
+        assert head.status_code == got.status_code == 200, url
+        assert head.content == b""
+        # The media type, less a multipart boundary, which each answer draws anew.
+        assert head.headers["content-type"].split("boundary=")[0] == got.headers["content-type"].split("boundary=")[0]
+        if "multipart" not in got.headers["content-type"]:
+            assert head.headers.get("content-length") == got.headers.get("content-length")
+    assert client.head("/fhir/Task/missing").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "allowed"),
+    [
+        ("PUT", "/dicom-web/studies", "GET, HEAD, POST"),
+        ("PATCH", "{instance}", "DELETE, GET, HEAD"),
+        ("PUT", "{instance}/metadata", "GET, HEAD"),
+        ("PATCH", "/fhir/Task/x", "DELETE, GET, HEAD, PUT"),
+        ("DELETE", "/fhir/Task", "GET, HEAD, POST"),
+        ("HEAD", "/auth/token", "POST"),
+    ],
+)
+def test_405_lists_every_method_of_the_url(client, method, url, allowed):
+    instance = _stored_instance(client)
+    response = client.request(method, url.format(instance=instance))
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
