@@ -69,7 +69,8 @@ class AuditKind(Enum):
     VREAD = _rest("vread", "R", True)
     HISTORY = _rest("history-instance", "R", True)
     HISTORY_TYPE = _rest("history-type", "R", True)
-    SEARCH = _rest("search-type", "E", True)
+    # A query's client is its Source, as on a create (BALP; PS3.15 A.5.3.10).
+    SEARCH = _rest("search-type", "E", False)
     CAPABILITIES = _rest("capabilities", "R", True)
     CREATE = _rest("create", "C", False)
     UPDATE = _rest("update", "U", False)
@@ -78,7 +79,7 @@ class AuditKind(Enum):
     OPERATION = _rest("operation", "E", True)
     STOW = _dicom("110104", "DICOM Instances Transferred", "C", False)
     WADO = _dicom("110104", "DICOM Instances Transferred", "R", True)
-    QIDO = _dicom("110112", "Query", "E", True)
+    QIDO = _dicom("110112", "Query", "E", False)
     STUDY_DELETED = _dicom("110105", "DICOM Study Deleted", "D", False)
     LOGIN = _dicom("110114", "User Authentication", "E", False)
     APPLICATION_ACTIVITY = _dicom("110100", "Application Activity", "U", False)  # models, jobs

@@ -32,11 +32,13 @@ def test_fhir_and_dicomweb_requests_are_recorded(services, fhir):
     assert stow[0]["agent"][0]["type"]["coding"][0]["code"] == "110153"  # the client sent: Source
     qido = _events(services, fhir, type="110112")
     assert len(qido) == 1 and qido[0]["action"] == "E"
+    assert qido[0]["agent"][0]["type"]["coding"][0]["code"] == "110153"  # a query's client is the Source
     assert any("query" in entity for entity in qido[0]["entity"])  # the query, base64
     read = _events(services, fhir, subtype="read")
     assert "ImagingStudy/1.2.3.4.5" in [entity.get("what", {}).get("reference") for entity in read[0]["entity"]]
     assert read[0]["agent"][0]["type"]["coding"][0]["code"] == "110152"  # on a read the client is the Destination
-    assert _events(services, fhir, subtype="search-type")
+    searches = _events(services, fhir, subtype="search-type")  # the Patient search, and the AuditEvent ones
+    assert searches and all(search["agent"][0]["type"]["coding"][0]["code"] == "110153" for search in searches)
     assert services.audit.chain.verify().intact
 
 
