@@ -243,3 +243,29 @@ def test_a_resource_in_a_bundle_resource_must_be_a_resource():
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Foo"}}]}
     with pytest.raises(InvalidResource, match="not a FHIR R4 resource"):
         validate_resource(bundle)
+
+
+def test_an_etag_no_version_reaches_is_412_not_400(fhir):
+    fhir.put("/fhir/Task/e1", json={**TASK, "id": "e1"})
+    response = fhir.put("/fhir/Task/e1", json={**TASK, "id": "e1"}, headers={"If-Match": 'W/"99999999999"'})
+    assert response.status_code == 412
+
+
+def test_another_fhir_version_is_not_acceptable(fhir):
+    fhir.put("/fhir/Task/v1", json={**TASK, "id": "v1"})
+    assert fhir.get("/fhir/Task/v1", headers={"Accept": "application/fhir+json; fhirVersion=3.0"}).status_code == 406
+    assert fhir.get("/fhir/Task/v1", headers={"Accept": "application/fhir+json; fhirVersion=4.0"}).status_code == 200
+    both = "application/fhir+json; fhirVersion=5.0, application/fhir+json; fhirVersion=4.0; q=0.5"
+    assert fhir.get("/fhir/Task/v1", headers={"Accept": both}).status_code == 200
+
+
+def test_history_keeps_the_format_and_refuses_what_it_would_ignore(fhir):
+    for version in range(3):
+        fhir.put("/fhir/Task/hx", json={**TASK, "id": "hx", "description": str(version)})
+    first = fhir.get("/fhir/Task/hx/_history", params={"_count": 1, "_format": "json", "_pretty": "true"}).json()
+    next_url = link(first, "next")
+    assert "_format=json" in next_url and "_pretty=true" in next_url
+    assert "_format=json" in link(first, "self")
+    assert fhir.get(next_url).json()["entry"][0]["resource"]["meta"]["versionId"] == "2"
+    for params in ({"_at": "2026"}, {"_list": "x"}, [("_count", "2"), ("_count", "3")]):
+        assert fhir.get("/fhir/Task/_history", params=params).status_code == 400, params

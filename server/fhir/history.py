@@ -1,6 +1,7 @@
 """Instance and type history (FHIR R4 http.html#history): newest first, paged
 with the same signed cursors as search."""
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,14 +20,29 @@ _STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}
 _CREATED = "201 Created"
 
 
+# History parameters (R4 http.html#history) this server does not take: ignoring
+# them would answer a different question than the one asked.
+_UNSUPPORTED = ("_at", "_list")
+_TAKEN = ("_count", "_since", "_cursor")
+
+
 def history(
-    service: FhirService, resource_type: str, resource_id: str | None, pairs: list[tuple[str, str]], base: str
+    service: FhirService, resource_type: str, resource_id: str | None, pairs: list[tuple[str, str]], base: str,
+    link_parameters: Sequence[tuple[str, str]] = (),
 ) -> bytes:
+    """`link_parameters` (`_format`, `_pretty`) are kept in the Bundle's links."""
     service.require_type(resource_type)
     if resource_type not in service.store.history_types:
         raise ResourceNotFound(f"{resource_type} keeps only its current version; it has no history")
     if resource_id is not None:
         require_id(resource_id)
+    names = [name for name, _ in pairs]
+    for name in _UNSUPPORTED:
+        if name in names:
+            raise InvalidRequest(f"{name} is not supported in a history; _since and _count are")
+    for name in _TAKEN:
+        if names.count(name) > 1:
+            raise InvalidRequest(f"{name} may be given once")
     parameters = dict(pairs)
     state: dict[str, Any] = {}
     if "_cursor" in parameters:
@@ -69,13 +85,14 @@ def history(
     rows = rows[:count]
     path = f"{base}/{resource_type}" + (f"/{resource_id}" if resource_id else "") + "/_history"
     kept = {name: value for name, value in parameters.items() if name in ("_count", "_since")}
-    links = [{"relation": "self", "url": f"{path}?{urlencode(kept)}" if kept else path}]
+    self_query = urlencode([*kept.items(), *link_parameters])
+    links = [{"relation": "self", "url": f"{path}?{self_query}" if self_query else path}]
     if more:
         token = service.cursors.encode(
             {"history": [resource_type, resource_id], "params": kept,
              "position": [rows[-1].last_updated, rows[-1].id]}
         )
-        links.append({"relation": "next", "url": f"{path}?{urlencode({'_cursor': token})}"})
+        links.append({"relation": "next", "url": f"{path}?{urlencode([('_cursor', token), *link_parameters])}"})
     head = orjson.dumps({"resourceType": "Bundle", "type": "history", "link": links})
     entries = [_entry(base, row) for row in rows]
     if not entries:

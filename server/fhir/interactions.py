@@ -16,7 +16,7 @@ from server.db import writing
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
 
-_ETAG = re.compile(r'\s*(?:W/)?"([0-9]{1,9})"\s*')
+_ETAG = re.compile(r'\s*(?:W/)?"([0-9]{1,40})"\s*')
 
 
 def parse_if_match(header: object) -> int | None:

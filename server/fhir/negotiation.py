@@ -36,6 +36,10 @@ class Format:
         return self.media_type.endswith("xml")
 
 
+_R4 = "4.0"
+_R4_VERSIONS = frozenset({_R4, "4.0.0", "4.0.1"})
+
+
 def response_format(request: Request, xml_allowed: bool = True) -> Format:
     pretty = request.query_params.get("_pretty", "false") == "true"
     offered = _OFFERED if xml_allowed else _OFFERED[:2]
@@ -54,6 +58,8 @@ def response_format(request: Request, xml_allowed: bool = True) -> Format:
     except DicomError as error:
         raise InvalidRequest(f"malformed Accept header: {error.message}") from error
     for range_ in ranges:
+        if range_.params.get("fhirversion", _R4).strip('"') not in _R4_VERSIONS:
+            continue  # another FHIR version, which this server does not speak (R4 http.html#version-parameter)
         for media_type in offered:
             if type_matches(range_.media_type, media_type):
                 # A wildcard gets our default (JSON), not the first type that fits it.

@@ -102,6 +102,12 @@ def _search_pairs(request: Request) -> list[tuple[str, str]]:
     return list(request.query_params.multi_items())
 
 
+def _link_parameters(request: Request) -> list[tuple[str, str]]:
+    """How the client asked for a page (`_format`, `_pretty`): not part of a
+    search or history, and so not in a paging cursor, but kept in the links."""
+    return [(name, value) for name, value in request.query_params.multi_items() if name in ("_format", "_pretty")]
+
+
 # --- whole system --------------------------------------------------------------
 def _search_authorizer(request: Request) -> Callable[[SearchRequest], None]:
     principal: Principal = request.state.principal
@@ -182,9 +188,7 @@ async def _run_search(request: Request, resource_type: str, pairs: list[tuple[st
     page = await run_in_threadpool(
         fhir.searcher.search, resource_type, pairs, base, _strict(request), None, _search_authorizer(request)
     )
-    page = page.with_link_parameters(
-        [(name, value) for name, value in request.query_params.multi_items() if name in ("_format", "_pretty")]
-    )
+    page = page.with_link_parameters(_link_parameters(request))
     return fhir_response(render_searchset(page, base), fmt)
 
 
@@ -192,7 +196,8 @@ async def _run_search(request: Request, resource_type: str, pairs: list[tuple[st
 async def type_history(request: Request, resource_type: str) -> Response:
     fmt = response_format(request)
     body = await run_in_threadpool(
-        history.history, _fhir(request), resource_type, None, _search_pairs(request), fhir_base(request)
+        history.history, _fhir(request), resource_type, None, _search_pairs(request), fhir_base(request),
+        _link_parameters(request),
     )
     return fhir_response(body, fmt)
 
@@ -258,7 +263,8 @@ async def delete(request: Request, resource_type: str, resource_id: str) -> Resp
 async def instance_history(request: Request, resource_type: str, resource_id: str) -> Response:
     fmt = response_format(request)
     body = await run_in_threadpool(
-        history.history, _fhir(request), resource_type, resource_id, _search_pairs(request), fhir_base(request)
+        history.history, _fhir(request), resource_type, resource_id, _search_pairs(request), fhir_base(request),
+        _link_parameters(request),
     )
     return fhir_response(body, fmt)
 
