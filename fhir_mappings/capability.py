@@ -33,6 +33,8 @@ def capability_statement(
                 "type": resource_type,
                 "documentation": (
                     "Keeps every version." if keeps_history
+                    else "Projected from the hash-chained audit trail, which AuditEvent/$verify checks; read-only."
+                    if resource_type == "AuditEvent"
                     else "Derived from the DICOM store; only the current version is kept."
                 ),
                 "interaction": [{"code": code} for code in interactions],
