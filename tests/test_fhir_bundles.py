@@ -30,6 +30,54 @@ def test_transaction_resolves_urn_uuid_references_and_commits_all(fhir):
     assert ids(found) == [child["id"]]
 
 
+def test_transaction_replaces_fullurls_of_updates_in_uris_and_in_the_narrative(fhir):
+    updated = "urn:uuid:5b1f2a3c-0000-4000-8000-000000000001"
+    created = "urn:uuid:5b1f2a3c-0000-4000-8000-000000000002"
+    response = _post(fhir, "transaction", [
+        {"fullUrl": updated, "resource": {**TASK, "id": "tput"}, "request": {"method": "PUT", "url": "Task/tput"}},
+        {"fullUrl": created, "resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {
+            **TASK, "basedOn": [{"reference": updated}], "instantiatesUri": created,
+            "text": {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><a href="{updated}">the order</a></div>'},
+        }, "request": {"method": "POST", "url": "Task"}},
+    ])
+    assert response.status_code == 200, response.text
+    created_id = response.json()["entry"][1]["resource"]["id"]
+    task = response.json()["entry"][2]["resource"]
+    assert task["basedOn"] == [{"reference": "Task/tput"}]
+    assert task["instantiatesUri"] == f"Task/{created_id}"
+    assert 'href="Task/tput"' in task["text"]["div"]
+
+
+def test_transaction_refuses_a_urn_uuid_that_names_no_entry(fhir):
+    response = _post(fhir, "transaction", [
+        {"resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "basedOn": [{"reference": "urn:uuid:deadbeef-0000-4000-8000-000000000000"}]},
+         "request": {"method": "POST", "url": "Task"}},
+    ])
+    assert response.status_code == 400
+    assert "fullUrl of no entry" in response.json()["issue"][0]["diagnostics"]
+    assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
+def test_transaction_resolves_conditional_references_to_exactly_one_resource(fhir):
+    fhir.put("/fhir/Task/known", json={**TASK, "id": "known", "identifier": [{"system": "http://a", "value": "v1"}]})
+    for twin in ("twin-1", "twin-2"):
+        fhir.put(f"/fhir/Task/{twin}", json={**TASK, "id": twin, "identifier": [{"system": "http://a", "value": "v2"}]})
+
+    def order(reference: str):  # type: ignore[no-untyped-def]
+        return _post(fhir, "transaction", [
+            {"resource": {**TASK, "basedOn": [{"reference": reference}]}, "request": {"method": "POST", "url": "Task"}},
+        ])
+
+    resolved = order("Task?identifier=http://a|v1")
+    assert resolved.status_code == 200, resolved.text
+    assert resolved.json()["entry"][0]["resource"]["basedOn"] == [{"reference": "Task/known"}]
+    assert order("Task?identifier=http://a|v2").status_code == 412
+    assert order("Task?identifier=http://a|none").status_code == 400
+    assert fhir.get("/fhir/Task").json()["total"] == 4
+
+
 def test_failed_transaction_writes_nothing(fhir):
     response = _post(fhir, "transaction", [
         {"resource": TASK, "request": {"method": "POST", "url": "Task"}},

@@ -2,9 +2,10 @@
 
 A batch runs each entry on its own and reports each outcome; a transaction
 runs all of them in one database transaction and either all succeed or
-nothing is written. In a transaction, `urn:uuid:` fullUrls of created
-resources are replaced by the ids the server assigns, wherever they are
-referenced in the Bundle.
+nothing is written. In a transaction, every entry's fullUrl is replaced
+wherever the Bundle refers to it (a created resource's `urn:uuid:` by the id
+the server assigns, an updated one's by its `Type/id`), and conditional
+references by the one resource they match.
 """
 
 import uuid
@@ -17,7 +18,7 @@ import orjson
 from sqlalchemy import Connection
 
 from fhir_mappings.date_ranges import instant_text
-from fhir_mappings.errors import FhirError, InvalidRequest
+from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.search_query import SearchRequest
 from server.db import write_connection
@@ -74,15 +75,17 @@ def _transaction(
     service: FhirService, entries: list[dict[str, Any]], base: str, authorize_search: Callable[[SearchRequest], None]
 ) -> list[EntryResult]:
     _refuse_overlaps(entries)
-    assigned = {
-        entry["fullUrl"]: f"{entry['request']['url'].split('?')[0].strip('/')}/{uuid.uuid4()}"
-        for entry in entries
-        if entry["request"]["method"] == "POST" and str(entry.get("fullUrl", "")).startswith("urn:uuid:")
-    }
+    assigned = _identities(entries, base)
     entries = [_replace_references(entry, assigned) for entry in entries]
+    for position, entry in enumerate(entries):
+        _refuse_placeholders(entry.get("resource"), position)
     order = sorted(range(len(entries)), key=lambda position: _ORDER[entries[position]["request"]["method"]])
     results: dict[int, EntryResult] = {}
     with write_connection(service.engine) as connection:
+        entries = [
+            _resolve_conditional_references(service, entry, position, base, connection, authorize_search)
+            for position, entry in enumerate(entries)
+        ]
         for position in order:
             entry = entries[position]
             created_id = next(
@@ -92,7 +95,8 @@ def _transaction(
             try:
                 results[position] = _run(service, entry, base, connection, created_id, authorize_search)
             except FhirError as error:
-                error.diagnostics = f"entry {position} ({entry['request']['method']} {entry['request']['url']}): {error.diagnostics}"
+                request = entry["request"]
+                error.diagnostics = f"entry {position} ({request['method']} {request['url']}): {error.diagnostics}"
                 raise
     return [results[position] for position in range(len(entries))]
 
@@ -189,15 +193,99 @@ def _request_of(entry: Any, position: int) -> None:
         raise InvalidRequest(f"entry {position} needs request.method (GET, POST, PUT, DELETE) and request.url")
 
 
+def _identities(entries: list[dict[str, Any]], base: str) -> dict[str, str]:
+    """What each entry's fullUrl stands for once the transaction has run: a
+    created resource's `urn:uuid:`/`urn:oid:` placeholder the id the server
+    assigns, an updated resource's fullUrl the `Type/id` of its URL."""
+    assigned: dict[str, str] = {}
+    for entry in entries:
+        full_url, method, url = entry.get("fullUrl"), entry["request"]["method"], entry["request"]["url"]
+        if not isinstance(full_url, str):
+            continue
+        if method == "POST" and full_url.startswith(_PLACEHOLDERS):
+            assigned[full_url] = f"{url.split('?')[0].strip('/')}/{uuid.uuid4()}"
+        elif method == "PUT" and "?" not in url:
+            assigned[full_url] = _path(url, base).strip("/")
+    return assigned
+
+
+_PLACEHOLDERS = ("urn:uuid:", "urn:oid:")
+
+
 def _replace_references(node: Any, assigned: dict[str, str]) -> Any:
+    """`node` with every fullUrl of the transaction replaced where R4 asks
+    (http.html#trules): in references, in uri elements, and in the narrative."""
     if isinstance(node, dict):
-        return {
-            key: (assigned.get(value, value) if key == "reference" and isinstance(value, str) else _replace_references(value, assigned))
-            for key, value in node.items()
-        }
+        return {key: _replaced(key, value, assigned) for key, value in node.items()}
     if isinstance(node, list):
         return [_replace_references(item, assigned) for item in node]
     return node
+
+
+def _replaced(key: str, value: Any, assigned: dict[str, str]) -> Any:
+    """References and uri elements (valueUri, ...) name the resource whole;
+    the narrative's links inside its XHTML."""
+    if not isinstance(value, str):
+        return _replace_references(value, assigned)
+    if key == "reference" or key.endswith("Uri"):
+        return assigned.get(value, value)
+    if key == "div":
+        for full_url, target in assigned.items():
+            value = value.replace(f'"{full_url}"', f'"{target}"')
+    return value
+
+
+def _refuse_placeholders(node: Any, position: int) -> None:
+    """A `urn:uuid:` reference left after replacement names no entry: it would be stored meaning nothing."""
+    for reference in _references(node):
+        if reference.startswith(_PLACEHOLDERS):
+            raise InvalidRequest(f"entry {position}: {reference[:100]} is the fullUrl of no entry of this transaction")
+
+
+def _references(node: Any) -> list[str]:
+    found: list[str] = []
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, dict):
+            reference = current.get("reference")
+            if isinstance(reference, str):
+                found.append(reference)
+            pending.extend(value for value in current.values() if isinstance(value, (dict, list)))
+        elif isinstance(current, list):
+            pending.extend(current)
+    return found
+
+
+def _resolve_conditional_references(
+    service: FhirService, entry: dict[str, Any], position: int, base: str, connection: Connection,
+    authorize_search: Callable[[SearchRequest], None],
+) -> dict[str, Any]:
+    """Conditional references (`Patient?identifier=...`) replaced by the one
+    resource they match; none or several fail the transaction (http.html#trules)."""
+    conditional = {
+        reference for reference in _references(entry.get("resource"))
+        if "?" in reference and reference.split("?")[0].isalpha()
+    }
+    if not conditional:
+        return entry
+    resolved: dict[str, str] = {}
+    for reference in sorted(conditional):
+        resource_type, _, query = reference.partition("?")
+        service.require_type(resource_type)
+        pairs = [(name, value) for name, value in parse_qsl(query, keep_blank_values=True) if name != "_count"]
+        page = service.searcher.search(
+            resource_type, [*pairs, ("_count", "2")], base, strict=True, connection=connection,
+            authorize=authorize_search,
+        )
+        if not page.matches:
+            raise InvalidRequest(f"entry {position}: the conditional reference {reference[:100]} matches nothing")
+        if len(page.matches) > 1:
+            raise VersionConflict(
+                f"entry {position}: the conditional reference {reference[:100]} matches more than one {resource_type}"
+            )
+        resolved[reference] = f"{resource_type}/{page.matches[0].resource_id}"
+    return _replace_references(entry, resolved)
 
 
 def _response_bundle(kind: str, results: list[EntryResult]) -> bytes:
