@@ -129,3 +129,19 @@ def test_bundle_errors(fhir):
     assert patch.json()["entry"][0]["response"]["status"] == "400"
     assert _post(fhir, "transaction", [{"request": {"method": "PATCH", "url": "Task/x"}}]).status_code == 400
     assert fhir.post("/fhir", content=b"[]", headers={"Content-Type": "text/plain"}).status_code == 415
+
+
+def test_conditional_reads_in_a_batch(fhir):
+    etag = fhir.put("/fhir/Task/c1", json={**TASK, "id": "c1"}).headers["etag"]
+    response = _post(fhir, "batch", [
+        {"request": {"method": "GET", "url": "Task/c1", "ifNoneMatch": etag}},
+        {"request": {"method": "GET", "url": "Task/c1", "ifNoneMatch": 'W/"7"'}},
+        {"request": {"method": "GET", "url": "Task/c1", "ifModifiedSince": "2999-01-01T00:00:00Z"}},
+        {"request": {"method": "GET", "url": "Task/c1", "ifModifiedSince": "2000-01-01T00:00:00Z"}},
+        {"request": {"method": "GET", "url": "Task/c1", "ifModifiedSince": "yesterday"}},
+    ])
+    assert response.status_code == 200, response.text
+    entries = response.json()["entry"]
+    assert [entry["response"]["status"][:3] for entry in entries] == ["304", "200", "304", "200", "400"]
+    assert "resource" not in entries[0] and entries[0]["response"]["etag"] == etag
+    assert entries[1]["resource"]["id"] == "c1"

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 import orjson
 from sqlalchemy import Connection
 
-from fhir_mappings.date_ranges import instant_text
+from fhir_mappings.date_ranges import date_range, instant_text
 from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.search_query import SearchRequest
@@ -157,6 +157,9 @@ def _run(
             if len(parts) == 2
             else interactions.vread(service, parts[0], parts[1], parts[3], connection)
         )
+        request = entry["request"]
+        if interactions.not_modified(version, _text(request, "ifNoneMatch"), _instant(request, "ifModifiedSince")):
+            return EntryResult("304 Not Modified", etag=version.etag, last_modified=version.last_updated)
         return _result("200 OK", version, base)
     if method == "POST" and len(parts) == 1:
         version = interactions.create(service, parts[0], entry.get("resource"), connection, created_id)
@@ -168,6 +171,24 @@ def _run(
         interactions.delete(service, parts[0], parts[1], if_match, connection)
         return EntryResult("204 No Content")
     raise InvalidRequest(f"{method} {url} is not an interaction this server supports in a Bundle")
+
+
+def _text(request: dict[str, Any], name: str) -> str | None:
+    value = request.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"request.{name} must be a string")
+    return value
+
+
+def _instant(request: dict[str, Any], name: str) -> int | None:
+    """An entry's `instant` (Bundle.entry.request.ifModifiedSince) as microseconds."""
+    text = _text(request, name)
+    if text is None:
+        return None
+    moment = date_range(text) if "T" in text else None
+    if moment is None:
+        raise InvalidRequest(f"request.{name} must be an instant, such as 2026-01-31T12:00:00Z; got {text[:40]!r}")
+    return moment[0]
 
 
 def _path(url: str, base: str) -> str:

@@ -28,6 +28,18 @@ def parse_if_match(header: object) -> int | None:
     return int(match.group(1))
 
 
+def not_modified(version: StoredVersion, if_none_match: str | None, modified_since_micros: int | None) -> bool:
+    """Whether a conditional read is answered 304: If-None-Match wins over
+    If-Modified-Since (RFC 9110 §13.2.2), which compares whole seconds, as
+    HTTP dates have them."""
+    if if_none_match is not None:
+        tags = {tag.strip() for tag in if_none_match.split(",")}
+        return "*" in tags or version.etag in tags or version.etag.removeprefix("W/") in tags
+    if modified_since_micros is not None:
+        return version.last_updated // 1_000_000 <= modified_since_micros // 1_000_000
+    return False
+
+
 def read(
     service: FhirService, resource_type: str, resource_id: str, connection: Connection | None = None
 ) -> StoredVersion:

@@ -65,22 +65,20 @@ def _version_headers(version: StoredVersion) -> dict[str, str]:
 
 
 def _not_modified(request: Request, version: StoredVersion) -> bool:
-    """If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2)."""
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None:
-        tags = {tag.strip() for tag in if_none_match.split(",")}
-        return "*" in tags or version.etag in tags or version.etag.removeprefix("W/") in tags
-    if_modified_since = request.headers.get("if-modified-since")
-    if if_modified_since is not None:
-        try:
-            since = parsedate_to_datetime(if_modified_since)
-        except (TypeError, ValueError):
-            return False
-        if since.tzinfo is None:
-            return False
-        # HTTP dates have whole seconds: compare at that precision.
-        return version.last_updated // 1_000_000 <= to_micros(since) // 1_000_000
-    return False
+    return interactions.not_modified(
+        version, request.headers.get("if-none-match"), _http_date(request.headers.get("if-modified-since"))
+    )
+
+
+def _http_date(header: str | None) -> int | None:
+    """An HTTP date as microseconds; None for none, or for one that is not a date with a zone (then ignored)."""
+    if header is None:
+        return None
+    try:
+        moment = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return to_micros(moment) if moment.tzinfo is not None else None
 
 
 def _version_response(request: Request, version: StoredVersion, status: int = 200, location: bool = False) -> Response:
