@@ -326,6 +326,19 @@ def _quantity_value(name: str, text: str) -> QuantityValue:
     return QuantityValue(prefix, float(exact), float(exact - half), float(exact + half), system or None, code or None)
 
 
+def read_subsetting(pairs: list[tuple[str, str]]) -> tuple[Summary, tuple[str, ...]]:
+    """`_summary` and `_elements` on a read or vread, which take them as a
+    search does (R4 search.html#summary), except `count`."""
+    results: dict[str, list[str]] = {}
+    for name, value in pairs:
+        if name in ("_summary", "_elements"):
+            results.setdefault(name, []).append(value)
+    summary = _enum(Summary, _single(results, "_summary"), Summary.FALSE, "_summary")
+    if summary is Summary.COUNT:
+        raise InvalidRequest("_summary=count counts the matches of a search; a read has none")
+    return summary, tuple(_elements(results))
+
+
 def _single(results: dict[str, list[str]], name: str) -> str | None:
     values = results.get(name)
     if not values:

@@ -269,3 +269,15 @@ def test_history_keeps_the_format_and_refuses_what_it_would_ignore(fhir):
     assert fhir.get(next_url).json()["entry"][0]["resource"]["meta"]["versionId"] == "2"
     for params in ({"_at": "2026"}, {"_list": "x"}, [("_count", "2"), ("_count", "3")]):
         assert fhir.get("/fhir/Task/_history", params=params).status_code == 400, params
+
+
+def test_a_read_takes_summary_and_elements(fhir):
+    fhir.put("/fhir/Task/s1", json={**TASK, "id": "s1", "description": "long", "note": [{"text": "x"}]})
+    subset = fhir.get("/fhir/Task/s1", params={"_elements": "status"}).json()
+    assert "description" not in subset and subset["status"] == "requested" and subset["intent"] == "order"
+    assert any(tag["code"] == "SUBSETTED" for tag in subset["meta"]["tag"])
+    summary = fhir.get("/fhir/Task/s1/_history/1", params={"_summary": "true"}).json()
+    assert "note" not in summary
+    assert "meta" not in fhir.get("/fhir/Task/s1").json() or "tag" not in fhir.get("/fhir/Task/s1").json()["meta"]
+    for params in ({"_summary": "bogus"}, {"_summary": "count"}):
+        assert fhir.get("/fhir/Task/s1", params=params).status_code == 400
