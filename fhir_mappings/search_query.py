@@ -293,6 +293,10 @@ def _reference_value(text: str, target_type: str | None) -> ReferenceValue:
         if not text.strip("/"):
             raise InvalidRequest("a reference needs an id")
         return ReferenceValue(target_type, text.strip("/"))
+    if ":" in text:
+        raise InvalidRequest(
+            f"{text[:100]!r} names a resource of another server; references to those are not searchable here"
+        )
     target = split_reference(text.rstrip("/"))
     if target is None:
         raise InvalidRequest(f"{text[:100]!r} is not a reference (Type/id or id)")

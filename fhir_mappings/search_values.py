@@ -36,7 +36,11 @@ def normalise_text(text: str) -> str:
 
 
 def split_reference(reference: str) -> tuple[str, str] | None:
-    """(type, id) of a relative or absolute literal reference; version suffixes dropped."""
+    """(type, id) of a relative literal reference, version suffix dropped; None
+    for an absolute one: a URL names a resource of another server (the server
+    makes those naming itself relative before they get here)."""
+    if ":" in reference:
+        return None
     parts = reference.split("/")
     if len(parts) >= 4 and parts[-2] == "_history":
         parts = parts[:-2]

@@ -332,3 +332,20 @@ def test_count_bounds(fhir, population):
     assert len(ids(bundle)) == 2
     assert fhir.get("/fhir/Observation", params={"_count": "-1"}).status_code == 400
     assert fhir.get("/fhir/Observation", params={"_count": "5000"}).status_code == 200
+
+
+def test_a_reference_to_another_servers_resource_is_not_the_local_one(fhir, services):
+    task = {"resourceType": "Task", "status": "draft", "intent": "proposal"}
+    seed(services, {**task, "id": "s1"})
+    fhir.put("/fhir/Task/ext1", json={**task, "id": "ext1", "basedOn": [{"reference": "http://other.example/fhir/Task/s1"}]})
+    fhir.put("/fhir/Task/own1", json={**task, "id": "own1", "basedOn": [{"reference": "http://testserver/fhir/Task/s1"}]})
+    # A reference to this server's own base is stored relative, and is the local one.
+    assert fhir.get("/fhir/Task/own1").json()["basedOn"] == [{"reference": "Task/s1"}]
+    assert fhir.get("/fhir/Task/ext1").json()["basedOn"] == [{"reference": "http://other.example/fhir/Task/s1"}]
+    assert _ids(fhir, "/fhir/Task", **{"based-on": "Task/s1"}) == ["own1"]
+    assert _ids(fhir, "/fhir/Task", **{"based-on": "http://testserver/fhir/Task/s1"}) == ["own1"]
+    assert fhir.get("/fhir/Task", params={"based-on": "http://other.example/fhir/Task/s1"}).status_code == 400
+    included = fhir.get("/fhir/Task", params={"_id": "ext1", "_include": "Task:based-on"}).json()
+    assert [entry["resource"]["id"] for entry in included["entry"]] == ["ext1"]
+    revincluded = fhir.get("/fhir/Task", params={"_id": "s1", "_revinclude": "Task:based-on"}).json()
+    assert sorted(entry["resource"]["id"] for entry in revincluded["entry"]) == ["own1", "s1"]

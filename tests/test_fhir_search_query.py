@@ -45,13 +45,18 @@ def test_string_modes_and_normalisation():
 
 
 def test_reference_forms():
-    [plain, typed, absolute, modified] = parse_search(
+    [plain, typed, versioned, modified] = parse_search(
         "Observation",
-        [("subject", "p1"), ("subject", "Patient/p1"), ("subject", "http://h/fhir/Patient/p1/_history/2"),
-         ("subject:Patient", "p1")],
+        [("subject", "p1"), ("subject", "Patient/p1"), ("subject", "Patient/p1/_history/2"), ("subject:Patient", "p1")],
     ).conditions
     assert plain.values == (ReferenceValue(None, "p1"),)
-    assert typed.values == absolute.values == modified.values == (ReferenceValue("Patient", "p1"),)
+    assert typed.values == versioned.values == modified.values == (ReferenceValue("Patient", "p1"),)
+
+
+def test_a_reference_to_another_server_is_not_a_local_one():
+    # The server makes its own base relative before parsing; any other URL is another server's resource.
+    with pytest.raises(InvalidRequest, match="another server"):
+        parse_search("Observation", [("subject", "http://h/fhir/Patient/p1")])
 
 
 def test_date_prefix_and_precision():

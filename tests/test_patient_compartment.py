@@ -6,7 +6,9 @@ from fhir_mappings.patient_compartment import patients_of, patients_searched
 def test_a_resource_belongs_to_the_patients_it_points_at():
     assert patients_of({"resourceType": "Patient", "id": "p1"}) == ["p1"]
     assert patients_of({"resourceType": "ImagingStudy", "id": "1.2", "subject": {"reference": "Patient/p2"}}) == ["p2"]
-    assert patients_of({"resourceType": "Task", "for": {"reference": "http://x/fhir/Patient/p3/_history/2"}}) == ["p3"]
+    assert patients_of({"resourceType": "Task", "for": {"reference": "Patient/p3/_history/2"}}) == ["p3"]
+    # Another server's Patient p4 is not this server's p4.
+    assert patients_of({"resourceType": "Task", "for": {"reference": "http://x/fhir/Patient/p4"}}) == []
     assert patients_of({"resourceType": "Observation", "subject": {"reference": "Group/g"}}) == []
     assert patients_of({"resourceType": "Device", "id": "d"}) == []
 

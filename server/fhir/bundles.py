@@ -23,6 +23,7 @@ from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.search_query import SearchRequest
 from server.db import write_connection
 from server.fhir import interactions
+from server.fhir.own_references import with_relative_references, with_relative_search_values
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
@@ -146,7 +147,7 @@ def _run(
     if_match = interactions.parse_if_match(entry["request"].get("ifMatch"))
     if method == "GET" and len(parts) == 1:
         service.require_type(parts[0])
-        pairs = parse_qsl(query, keep_blank_values=True)
+        pairs = with_relative_search_values(parse_qsl(query, keep_blank_values=True), base)
         page = service.searcher.search(
             parts[0], pairs, base, strict=False, connection=connection, authorize=authorize_search
         )
@@ -161,11 +162,12 @@ def _run(
         if interactions.not_modified(version, _text(request, "ifNoneMatch"), _instant(request, "ifModifiedSince")):
             return EntryResult("304 Not Modified", etag=version.etag, last_modified=version.last_updated)
         return _result("200 OK", version, base)
+    resource = with_relative_references(entry.get("resource"), base)
     if method == "POST" and len(parts) == 1:
-        version = interactions.create(service, parts[0], entry.get("resource"), connection, created_id)
+        version = interactions.create(service, parts[0], resource, connection, created_id)
         return _result("201 Created", version, base)
     if method == "PUT" and len(parts) == 2:
-        version, created = interactions.update(service, parts[0], parts[1], entry.get("resource"), if_match, connection)
+        version, created = interactions.update(service, parts[0], parts[1], resource, if_match, connection)
         return _result("201 Created" if created else "200 OK", version, base)
     if method == "DELETE" and len(parts) == 2:
         interactions.delete(service, parts[0], parts[1], if_match, connection)

@@ -32,6 +32,7 @@ from server.fhir.negotiation import (
     require_json_body,
     response_format,
 )
+from server.fhir.own_references import with_relative_references, with_relative_search_values
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
@@ -187,8 +188,9 @@ async def _run_search(request: Request, resource_type: str, pairs: list[tuple[st
     fhir = _fhir(request)
     fhir.require_type(resource_type)
     await _audit_copies_current(request, resource_type)
-    note_patients(patients_searched(resource_type, pairs))
     base = fhir_base(request)
+    pairs = with_relative_search_values(pairs, base)
+    note_patients(patients_searched(resource_type, pairs))
     page = await run_in_threadpool(
         fhir.searcher.search, resource_type, pairs, base, _strict(request), None, _search_authorizer(request)
     )
@@ -214,7 +216,7 @@ async def create(request: Request, resource_type: str) -> Response:
         # Ignoring it would create the duplicate the client meant to avoid.
         raise InvalidRequest("conditional create (If-None-Exist) is not supported")
     require_json_body(request)
-    body = parse_json_body(await request.body())
+    body = with_relative_references(parse_json_body(await request.body()), fhir_base(request))
     version = await run_in_threadpool(interactions.create, fhir, resource_type, body)
     return _version_response(request, version, 201, location=True)
 
@@ -249,7 +251,7 @@ async def update(request: Request, resource_type: str, resource_id: str) -> Resp
     fhir = _fhir(request)
     fhir.require_writable(resource_type)
     require_json_body(request)
-    body = parse_json_body(await request.body())
+    body = with_relative_references(parse_json_body(await request.body()), fhir_base(request))
     if_match = interactions.parse_if_match(request.headers.get("if-match"))
     version, created = await run_in_threadpool(interactions.update, fhir, resource_type, resource_id, body, if_match)
     return _version_response(request, version, 201 if created else 200, location=created)

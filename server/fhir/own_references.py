@@ -1,0 +1,40 @@
+"""References written with this server's own base URL, made relative.
+
+A reference is local when it is relative (`Patient/p1`) or names this
+server's FHIR base; any other absolute URL points at another server, and is
+stored and indexed as the external reference it is (never as the local
+resource that happens to have the same type and id). Clients that write or
+search with the server's own base get what they meant, as with `Type/id`.
+"""
+
+import re
+from functools import cache
+from typing import Any
+
+
+@cache
+def _own(base: str) -> re.Pattern[str]:
+    return re.compile(re.escape(base.rstrip("/")) + r"/([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(?:/_history/[0-9]+)?)")
+
+
+def relative(reference: str, base: str) -> str:
+    match = _own(base).fullmatch(reference)
+    return match.group(1) if match else reference
+
+
+def with_relative_references(node: Any, base: str) -> Any:
+    """A resource body with every Reference.reference to this server made relative."""
+    if isinstance(node, dict):
+        return {
+            key: relative(value, base) if key == "reference" and isinstance(value, str)
+            else with_relative_references(value, base)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [with_relative_references(item, base) for item in node]
+    return node
+
+
+def with_relative_search_values(pairs: list[tuple[str, str]], base: str) -> list[tuple[str, str]]:
+    """Search parameters whose (comma-separated) values name resources of this server by URL, made relative."""
+    return [(name, ",".join(relative(item, base) for item in value.split(","))) for name, value in pairs]
