@@ -49,7 +49,13 @@ class Forbidden(FhirError):
 
 
 class MethodNotAllowed(FhirError):
+    """405; `allowed` the methods the URL does take (the Allow header)."""
+
     issue_code = "not-supported"
+
+    def __init__(self, diagnostics: str, allowed: str) -> None:
+        super().__init__(diagnostics)
+        self.allowed = allowed
 
 
 class NotAcceptable(FhirError):

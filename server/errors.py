@@ -99,7 +99,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(fhir.FhirError)
     async def _fhir(_: Request, error: fhir.FhirError) -> Response:
-        return fhir_error_response(fhir_status_for(error), error.issue_code, error.diagnostics)
+        headers = {"Allow": error.allowed} if isinstance(error, fhir.MethodNotAllowed) else None
+        return fhir_error_response(fhir_status_for(error), error.issue_code, error.diagnostics, headers)
 
     # The model administration API (/admin/models): JSON, like DICOMweb.
     @app.exception_handler(InferenceError)

@@ -45,3 +45,9 @@ def test_405_lists_every_method_of_the_url(client, method, url, allowed):
     response = client.request(method, url.format(instance=instance))
     assert response.status_code == 405
     assert response.headers["allow"] == allowed
+
+
+def test_a_read_only_fhir_type_names_what_it_allows(client):
+    response = client.delete("/fhir/Patient/anyone")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD"

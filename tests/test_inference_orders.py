@@ -120,3 +120,13 @@ def test_task_for_must_be_the_studys_patient(queued, fhir):
     assert "Task.for" in _diagnostics(wrong)
     patient = fhir.get(f"/fhir/ImagingStudy/{uid}").json()["subject"]
     assert fhir.post("/fhir/Task", json=_order(uid, **{"for": patient})).status_code == 201
+
+
+def test_an_inference_task_is_kept_as_the_jobs_record(queued, fhir):
+    client, services = queued
+    uid, _ = _stored(client, 68)
+    task = fhir.post("/fhir/Task", json=_order(uid)).json()
+    response = fhir.delete(f"/fhir/Task/{task['id']}")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD, PUT"
+    assert fhir.get(f"/fhir/Task/{task['id']}").status_code == 200

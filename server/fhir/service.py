@@ -51,7 +51,7 @@ class FhirService:
     def require_writable(self, resource_type: str) -> None:
         self.require_type(resource_type)
         if resource_type not in self.writable_types:
-            raise MethodNotAllowed(f"{resource_type} is read-only here: the server writes it itself")
+            raise MethodNotAllowed(f"{resource_type} is read-only here: the server writes it itself", "GET, HEAD")
 
     @staticmethod
     def new_id() -> str:

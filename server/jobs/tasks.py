@@ -80,7 +80,8 @@ class InferenceTasks:
     def deleting(self, connection: Connection, task_id: str) -> None:
         if self.queue.get(task_id, connection) is not None:
             raise MethodNotAllowed(
-                f"Task/{task_id} is an inference job and is kept as its record; cancel it by updating its status"
+                f"Task/{task_id} is an inference job and is kept as its record; cancel it by updating its status",
+                "GET, HEAD, PUT",
             )
 
     def _exists(self, connection: Connection, task_id: str) -> bool:
