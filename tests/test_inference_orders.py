@@ -102,14 +102,23 @@ def test_an_order_for_a_series_the_model_does_not_run_on_is_refused(queued, fhir
     assert "does not run on series" in _diagnostics(refused)
 
 
-@pytest.mark.parametrize("form", ["absolute", "versioned"])
+@pytest.mark.parametrize("form", ["another server", "versioned"])
 def test_a_focus_the_server_cannot_read_is_refused_not_stored_as_a_plain_task(queued, fhir, form):
     client, services = queued
     uid, _ = _stored(client, 66)
-    reference = f"http://testserver/fhir/ImagingStudy/{uid}" if form == "absolute" else f"ImagingStudy/{uid}/_history/1"
+    reference = f"http://elsewhere.example/fhir/ImagingStudy/{uid}" if form == "another server" else f"ImagingStudy/{uid}/_history/1"
     response = fhir.post("/fhir/Task", json=_order(uid, focus={"reference": reference}))
     assert response.status_code == 422, response.text
     assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
+def test_a_focus_given_with_this_servers_base_is_an_order(queued, fhir):
+    client, services = queued
+    uid, _ = _stored(client, 69)
+    response = fhir.post("/fhir/Task", json=_order(uid, focus={"reference": f"http://testserver/fhir/ImagingStudy/{uid}"}))
+    assert response.status_code == 201, response.text
+    assert response.json()["focus"] == {"reference": f"ImagingStudy/{uid}"}
+    assert response.json()["businessStatus"]["text"] == "queued"
 
 
 def test_task_for_must_be_the_studys_patient(queued, fhir):
