@@ -16,6 +16,7 @@ from fhir.resources.R4B.resource import Resource
 from pydantic import BaseModel, ValidationError
 
 from fhir_mappings.errors import InvalidRequest, InvalidResource
+from fhir_mappings.json_types import check_json_types
 
 # The models abbreviate some long value sets with a trailing "+"; these are
 # the full required value sets of FHIR R4 (valueset-*.html of each name).
@@ -83,6 +84,7 @@ def validate_resource(body: Any, expected_type: str | None = None) -> Resource:
         raise InvalidResource(
             f"invalid {resource_type}: a nested resource is not a FHIR R4 resource ({error})"
         ) from error
+    check_json_types(body, resource_class, model_class)
     check_required_bindings(model, resource_type)
     return model
 

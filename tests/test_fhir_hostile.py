@@ -281,3 +281,34 @@ def test_a_read_takes_summary_and_elements(fhir):
     assert "meta" not in fhir.get("/fhir/Task/s1").json() or "tag" not in fhir.get("/fhir/Task/s1").json()["meta"]
     for params in ({"_summary": "bogus"}, {"_summary": "count"}):
         assert fhir.get("/fhir/Task/s1", params=params).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        {"input": [{"type": {"text": "n"}, "valueInteger": "5"}]},
+        {"input": [{"type": {"text": "n"}, "valueInteger": True}]},
+        {"input": [{"type": {"text": "n"}, "valueInteger": 5.5}]},
+        {"input": [{"type": {"text": "n"}, "valueBoolean": "true"}]},
+        {"input": [{"type": {"text": "n"}, "valueDecimal": "1.5"}]},
+        {"authoredOn": 2024},
+        {"note": {"text": "one note, not in an array"}},
+        {"contained": [{"resourceType": "Patient", "id": "p1", "active": 1}]},
+    ],
+)
+def test_a_primitive_of_the_wrong_json_type_is_422_not_coerced(fhir, wrong):
+    response = fhir.post("/fhir/Task", json={**TASK, **wrong})
+    assert response.status_code == 422, response.text[:300]
+    assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
+def test_primitives_of_the_right_json_type_are_kept_as_sent(fhir):
+    inputs = [
+        {"type": {"text": "n"}, "valueInteger": 5},
+        {"type": {"text": "d"}, "valueDecimal": 1.5},
+        {"type": {"text": "b"}, "valueBoolean": False},
+        {"type": {"text": "t"}, "valueDateTime": "2024-05-01T10:00:00Z"},
+    ]
+    created = fhir.post("/fhir/Task", json={**TASK, "input": inputs})
+    assert created.status_code == 201, created.text[:300]
+    assert created.json()["input"] == inputs

@@ -1,0 +1,94 @@
+"""FHIR's JSON types for primitive values (R4 json.html#primitive), which the
+R4 models do not enforce: they turn "5" into 5 and "true" into true.
+
+integer is a JSON number without a fraction, decimal any JSON number,
+boolean true or false, and every other primitive (string, code, date,
+dateTime, ...) a JSON string. A repeating element is an array, even of one.
+A resource that breaks these rules is invalid; storing the coerced value
+would store something the client did not send.
+"""
+
+import types
+import typing
+from collections.abc import Callable
+from datetime import date, datetime, time
+from decimal import Decimal
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from fhir_mappings.errors import InvalidResource
+
+_STRING_TYPES = (str, date, datetime, time)
+
+
+ModelOf = Callable[[str], type[BaseModel]]
+
+
+def check_json_types(body: dict[str, Any], model: type[BaseModel], model_of: ModelOf) -> None:
+    """Raise InvalidResource naming the first element whose JSON type is wrong.
+    Run after the model accepted `body`, so the structure is known sound;
+    `model_of` gives the model of a resource type (for contained resources)."""
+    pending: list[tuple[dict[str, Any], type[BaseModel], str]] = [(body, model, body.get("resourceType", ""))]
+    while pending:
+        node, node_model, path = pending.pop()
+        fields = _fields(node_model)
+        for key, value in node.items():
+            field = fields.get(key)
+            if field is None or key.startswith("_"):  # resourceType, or a primitive's id and extensions
+                continue
+            repeats, kind = _shape(field.annotation)
+            where = f"{path}.{key}"
+            if repeats and not isinstance(value, list):
+                raise InvalidResource(f"{where} repeats, so it must be an array, even of one value")
+            for index, item in enumerate(value if repeats else [value]):
+                item_path = f"{where}[{index}]" if repeats else where
+                child = _checked(item, kind, item_path, model_of)
+                if child is not None:
+                    pending.append((item, child, item_path))
+
+
+def _checked(item: Any, kind: Any, path: str, model_of: ModelOf) -> type[BaseModel] | None:
+    """Check a primitive's JSON type; for an object, the model to check it against."""
+    if kind is bool:
+        _require(isinstance(item, bool), path, "true or false")
+    elif kind is int:
+        _require(isinstance(item, int) and not isinstance(item, bool), path, "a whole JSON number")
+    elif kind is Decimal:
+        _require(isinstance(item, (int, float)) and not isinstance(item, bool), path, "a JSON number")
+    elif isinstance(kind, type) and issubclass(kind, _STRING_TYPES):
+        _require(isinstance(item, str), path, "a JSON string")
+    elif hasattr(kind, "get_model_klass") and isinstance(item, dict):
+        model = kind.get_model_klass()
+        if model.__name__ == "Resource":  # contained resources, Bundle entries: the item names its type
+            return model_of(item["resourceType"])
+        return model  # type: ignore[no-any-return]
+    return None
+
+
+def _require(ok: bool, path: str, expected: str) -> None:
+    if not ok:
+        raise InvalidResource(f"{path} must be {expected} in FHIR JSON")
+
+
+@cache
+def _fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    return {field.alias or name: field for name, field in model.model_fields.items()}
+
+
+@cache
+def _shape(annotation: Any) -> tuple[bool, Any]:
+    """(whether the element repeats, its type without Optional and Annotated)."""
+    repeats = False
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, types.UnionType):
+            annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+        elif origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin is list:
+            repeats, annotation = True, typing.get_args(annotation)[0]
+        else:
+            return repeats, annotation
