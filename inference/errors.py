@@ -23,3 +23,7 @@ class VolumeError(InferenceError):
 
 class NoMatchingSeries(InferenceError):
     """No series of the study satisfies the model's series rules."""
+
+
+class InvalidLabelledSet(InferenceError):
+    """A folder given to validate a model on is not a usable labelled set."""

@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from inference.assembly import volume_from_datasets
-from inference.errors import VolumeError
+from inference.errors import InvalidLabelledSet, VolumeError
 from inference.findings import SegmentFindings
 from inference.measurements import measure
 from inference.model_card import ModelCard, Segment
@@ -128,10 +128,12 @@ def validate(
     card: ModelCard,
     directory: Path,
     thresholds: Thresholds = Thresholds(),
+    untouchable: frozenset[Path] = frozenset(),
 ) -> ValidationReport:
     """`segment` gives the model's labels on a volume's grid (Segmenter.segment);
-    `card` says which label values are which segment."""
-    cases = _cases(directory)  # every case is resolved before the first, slow, model run
+    `card` says which label values are which segment; `untouchable` files
+    under `directory` are not even opened (a live database's, say)."""
+    cases = _cases(directory, untouchable)  # every case is resolved before the first, slow, model run
     lines = []
     results: list[list[_Comparison]] = []
     for case in cases:
@@ -153,14 +155,18 @@ def validate(
     )
 
 
-def _cases(directory: Path) -> list[_Case]:
+def _cases(directory: Path, untouchable: frozenset[Path]) -> list[_Case]:
     """One case per SEG under `directory`, with the image files of the series it references."""
-    if not directory.is_dir():
-        raise ValueError(f"{directory} is not a directory")
+    try:
+        is_directory = directory.is_dir()
+    except (OSError, ValueError):  # a NUL in the name, a name too long
+        is_directory = False
+    if not is_directory:
+        raise InvalidLabelledSet(f"{str(directory)[:200]!r} is not a directory")
     series_paths: dict[str, list[Path]] = defaultdict(list)
     series_of_instance: dict[str, str] = {}
     segs: list[tuple[Path, Dataset]] = []
-    for path in sorted(path for path in directory.rglob("*") if path.is_file()):
+    for path in sorted(path for path in directory.rglob("*") if path.is_file() and path.resolve() not in untouchable):
         header = _header(path)
         # No series: not a composite instance (a DICOMDIR, for one), nothing to validate on.
         if header is None or "SeriesInstanceUID" not in header:
@@ -172,13 +178,13 @@ def _cases(directory: Path) -> list[_Case]:
             series_of_instance[str(header.get("SOPInstanceUID", ""))] = str(header.SeriesInstanceUID)
     if not segs:
         found = "image files but" if series_paths else "no DICOM files and"
-        raise ValueError(f"{directory} holds {found} no DICOM Segmentation (SEG); a labelled set needs a reference SEG per case")
+        raise InvalidLabelledSet(f"{directory} holds {found} no DICOM Segmentation (SEG); a labelled set needs a reference SEG per case")
     cases = []
     for path, header in segs:
         name = str(path.relative_to(directory))
         series = _source_series(name, header, series_of_instance)
         if series not in series_paths:
-            raise ValueError(f"{name}: its source series {series} is not under {directory}")
+            raise InvalidLabelledSet(f"{name}: its source series {series} is not under {directory}")
         cases.append(_Case(name, path, tuple(series_paths[series])))
     return cases
 
@@ -197,12 +203,12 @@ def _source_series(name: str, header: Dataset, series_of_instance: dict[str, str
         # Some writers omit the Common Instance Reference module; the frames still name their sources.
         referenced = {series_of_instance[uid] for uid in _source_instance_uids(header) if uid in series_of_instance}
     if not referenced:
-        raise ValueError(
+        raise InvalidLabelledSet(
             f"{name}: its source series is unknown: it has no Referenced Series Sequence and "
             "none of the instances it was derived from is in the labelled set"
         )
     if len(referenced) > 1:
-        raise ValueError(f"{name}: it references {len(referenced)} series ({', '.join(sorted(referenced))}); a case is one series")
+        raise InvalidLabelledSet(f"{name}: it references {len(referenced)} series ({', '.join(sorted(referenced))}); a case is one series")
     return referenced.pop()
 
 
@@ -219,7 +225,7 @@ def _run_case(case: _Case, segment: Callable[[Volume], np.ndarray], card: ModelC
     references = _reference_masks(case, volume, card)
     labels = np.asarray(segment(volume))
     if labels.shape != volume.voxels.shape:
-        raise ValueError(f"{case.name}: the model gave labels of shape {labels.shape} for a volume of shape {volume.voxels.shape}")
+        raise InvalidLabelledSet(f"{case.name}: the model gave labels of shape {labels.shape} for a volume of shape {volume.voxels.shape}")
     return [_compare(labels == item.label, references[item.label], volume, item) for item in card.segments]
 
 
@@ -239,7 +245,7 @@ def _reference_masks(case: _Case, volume: Volume, card: ModelCard) -> dict[int, 
     try:
         pixels = _pixels(seg, volume, numbers) >= _INSIDE
     except ValueError as error:
-        raise ValueError(f"{case.name}: its frames cannot be placed on the series' slices: {error}") from error
+        raise InvalidLabelledSet(f"{case.name}: its frames cannot be placed on the series' slices: {error}") from error
     paired = _paired_segments(case.name, seg, card)
     return {label: pixels[..., [numbers.index(number) for number in chosen]].any(axis=-1) for label, chosen in paired.items()}
 
@@ -267,7 +273,7 @@ def _paired_segments(name: str, seg: highdicom.seg.Segmentation, card: ModelCard
         return by_name
     if len(card.segments) == 1:
         return {card.segments[0].label: list(labels)}
-    raise ValueError(
+    raise InvalidLabelledSet(
         f"{name}: none of its segments ({', '.join(labels.values())}) is named like a segment of {card.key} "
         f"({', '.join(item.name for item in card.segments)}), so they cannot be paired"
     )

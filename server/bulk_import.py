@@ -1,11 +1,12 @@
 """`medaiflow import`: load files and folders through the same path as STOW."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from server.db import database_files
 from server.ingest import PreparedFile, prepare
 from server.services import Services
 from server.storage import ReceivedFile
@@ -30,12 +31,21 @@ class ImportSummary:
         return "\n".join(lines)
 
 
-def _files(paths: list[Path]) -> Iterator[Path]:
+def _files(paths: list[Path], skipped: Callable[[Path], bool]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
-            yield from sorted(child for child in path.rglob("*") if child.is_file())
-        elif path.is_file():
+            yield from sorted(child for child in path.rglob("*") if child.is_file() and not skipped(child.resolve()))
+        elif path.is_file() and not skipped(path.resolve()):
             yield path
+
+
+def _servers_own(services: Services) -> Callable[[Path], bool]:
+    """The server's own files, which an import of a folder holding them leaves
+    alone: its data directory (the store, its keys) and its database's files
+    (`server.db.database_files`: reading them would break the database's locks)."""
+    data_dir = services.settings.data_dir.resolve()
+    database = database_files(services.engine)
+    return lambda path: path in database or path.is_relative_to(data_dir)
 
 
 def import_paths(services: Services, paths: list[Path], show_progress: bool = True) -> ImportSummary:
@@ -45,7 +55,7 @@ def import_paths(services: Services, paths: list[Path], show_progress: bool = Tr
     for path in missing:
         summary.rejected += 1
         summary.problems.append(f"{path}: no such file or folder")
-    files = list(_files([path for path in paths if path.exists()]))
+    files = list(_files([path for path in paths if path.exists()], _servers_own(services)))
     batch: list[tuple[Path, PreparedFile]] = []
     with tqdm(total=len(files), unit="file", disable=not show_progress) as progress:
         for source in files:

@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -40,6 +41,20 @@ def make_engine(url: str) -> Engine:
     _READ_ENGINES[engine] = reader
     event.listen(engine, "engine_disposed", lambda _: reader.dispose())
     return engine
+
+
+def database_files(engine: Engine) -> frozenset[Path]:
+    """The files of an SQLite database: itself, its WAL, shared-memory and
+    rollback journal. Nothing in this process may open one and close it
+    again (reading a folder of files, say): closing any descriptor of a file
+    drops every POSIX lock the process holds on it, and another process that
+    then thinks itself alone checkpoints the WAL away or corrupts the
+    database (sqlite.org/howtocorrupt.html, 2.2). None for other databases."""
+    database = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return frozenset()
+    path = Path(database).resolve()
+    return frozenset({path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))})
 
 
 def _sqlite_engine(url: str) -> Engine:

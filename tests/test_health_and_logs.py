@@ -243,3 +243,4 @@ def test_unhandled_error_answer_carries_the_request_id(failing_app: FastAPI) -> 
         response = client.get("/fail", headers={"X-Request-ID": "bug-report-2"})
     assert response.status_code == 500
     assert response.headers.get("x-request-id") == "bug-report-2"
+

@@ -18,6 +18,7 @@ from inference.demo.labelled_set import (
     write_labelled_set,
 )
 from inference.demo.phantom import make_phantom, phantom_datasets
+from inference.errors import InvalidLabelledSet
 from inference.model_card import ModelCard
 from inference.segmenter import Segmenter
 from inference.validation import Thresholds, validate
@@ -124,7 +125,7 @@ def test_a_seg_without_referenced_series_is_matched_by_its_source_instances(
 
 
 def test_an_empty_directory_is_refused(tmp_path: Path, card: ModelCard) -> None:
-    with pytest.raises(ValueError, match="no DICOM files"):
+    with pytest.raises(InvalidLabelledSet, match="no DICOM files"):
         validate(ground_truth(range(0)), card, tmp_path)
 
 
@@ -132,7 +133,7 @@ def test_a_seg_whose_series_is_absent_is_refused_naming_it(labelled_set: Path, t
     shutil.copy(labelled_set / f"case-{FIRST_SEED}" / REFERENCE_FILE, tmp_path / REFERENCE_FILE)
     series = str(dcmread(tmp_path / REFERENCE_FILE).ReferencedSeriesSequence[0].SeriesInstanceUID)
 
-    with pytest.raises(ValueError, match=f"source series {series} is not under"):
+    with pytest.raises(InvalidLabelledSet, match=f"source series {series} is not under"):
         validate(ground_truth(range(0)), card, tmp_path)
 
 
@@ -149,6 +150,20 @@ def test_a_labelled_case_is_the_same_study_every_time(tmp_path: Path) -> None:
     assert (segment.SegmentLabel, segment.SegmentAlgorithmType) == ("lesion", "MANUAL")
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "52988006"
     assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+
+
+@pytest.mark.parametrize("directory", ["does-not-exist", "a\x00b", "a-file"])
+def test_a_folder_that_is_not_there_is_refused(tmp_path: Path, card: ModelCard, directory: str) -> None:
+    (tmp_path / "a-file").write_bytes(b"not a folder")
+    with pytest.raises(InvalidLabelledSet, match="is not a directory"):
+        validate(ground_truth(range(0)), card, tmp_path / directory)
+
+
+def test_untouchable_files_are_left_alone(labelled_set: Path, card: ModelCard) -> None:
+    case = labelled_set / f"case-{FIRST_SEED}"
+    untouchable = frozenset(path.resolve() for path in case.iterdir())
+    with pytest.raises(InvalidLabelledSet, match="no DICOM files"):  # the SEG and its images are there, unread
+        validate(ground_truth(range(0)), card, case, untouchable=untouchable)
 
 
 @pytest.mark.parametrize(

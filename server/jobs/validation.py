@@ -6,6 +6,7 @@ from pathlib import Path
 from fhir_mappings.device import ValidationMetric
 from inference.segmenter import Segmenter
 from inference.validation import ValidationReport, validate
+from server.db import database_files
 from server.jobs.registry import ModelRegistry, RegisteredModel, Validation
 
 
@@ -13,7 +14,7 @@ def validate_model(registry: ModelRegistry, key: str, directory: Path) -> tuple[
     model = registry.get(key)
     model.bundle.verify_weights()
     segmenter = Segmenter(model.bundle)
-    report = validate(segmenter.segment, model.bundle.card, directory)
+    report = validate(segmenter.segment, model.bundle.card, directory, untouchable=database_files(registry.engine))
     metrics = (
         ValidationMetric("dice", "Mean Dice similarity coefficient", report.mean_dice, "1"),
         ValidationMetric("volume-error", "Mean absolute total volume error", report.mean_volume_error_percent, "%"),
