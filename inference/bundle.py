@@ -28,8 +28,12 @@ class Bundle:
     def open(cls, path: Path, known_sha256: str | None = None) -> "Bundle":
         """`known_sha256` skips hashing the weights (a registry that hashed
         them at registration); whoever loads the network checks it again."""
-        path = path.resolve()
-        if not (path / "configs" / "inference.json").is_file():
+        try:
+            path = path.resolve()
+            is_bundle = (path / "configs" / "inference.json").is_file()
+        except (OSError, ValueError) as error:  # a NUL in the name, a name too long
+            raise InvalidBundle(f"{str(path)[:200]!r} is not a usable folder: {error}") from error
+        if not is_bundle:
             raise InvalidBundle(f"{path} is not a MONAI bundle: configs/inference.json is missing")
         try:
             metadata = json.loads((path / "configs" / "metadata.json").read_bytes())

@@ -187,7 +187,7 @@ class ModelCard:
                 ),
                 segments=tuple(_segment(segment) for segment in extension["segments"]),
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, OverflowError) as error:  # Overflow: Infinity where a count belongs
             raise InvalidBundle(f"configs/metadata.json: missing or malformed {error}") from error
 
 

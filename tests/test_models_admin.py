@@ -3,6 +3,7 @@ validate on a labelled set, activate (refused without a passing validation
 unless forced), deactivate; and `medaiflow infer` on a stored study."""
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,26 @@ def test_infer_from_the_command_line(cli_env, capsys):
     assert "completed" in output and "DiagnosticReport/" in output
     assert main(["infer", "--study", "1.2.3.4", "--quiet"]) == 2
     assert "no ImagingStudy/1.2.3.4" in capsys.readouterr().err
+
+
+def test_bad_input_to_the_model_api_is_a_client_error(fhir, tmp_path):
+    broken = tmp_path / "broken-bundle"
+    shutil.copytree(DEMO_BUNDLE, broken)
+    metadata = (broken / "configs" / "metadata.json").read_text()
+    (broken / "configs" / "metadata.json").write_text(metadata.replace('"min_slices": 20', '"min_slices": Infinity'))
+    assert '"min_slices": Infinity' in (broken / "configs" / "metadata.json").read_text()
+    for path in (str(broken), "a\u0000b"):
+        response = fhir.post("/admin/models", json={"path": path})
+        assert response.status_code == 422, (path, response.text)
+    fhir.post("/admin/models", json={"path": str(DEMO_BUNDLE)})
+    (tmp_path / "a-file").write_text("x")
+    for directory in ("/nonexistent", str(tmp_path / "a-file"), "a\u0000b", str(tmp_path)):
+        response = fhir.post(f"/admin/models/{DEMO}/validate", json={"directory": directory})
+        assert response.status_code == 422, (directory, response.text)
+
+
+def test_a_labelled_set_that_is_no_folder_is_a_message_from_the_command_line(cli_env, capsys):
+    assert main(["models", "add", str(DEMO_BUNDLE)]) == 0
+    capsys.readouterr()
+    assert main(["models", "validate", DEMO, "/nonexistent"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
