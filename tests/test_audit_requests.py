@@ -57,9 +57,11 @@ def test_refused_requests_and_logins_are_recorded(services, fhir):
     # Four refused requests, and the failed Basic login among them as a login of its own.
     assert len(failures) == 5
     assert {event["agent"][0]["name"] for event in failures} == {"anonymous", "nurse"}
-    logins = sorted((event["outcome"], event["outcomeDesc"]) for event in _events(services, fhir, type="110114"))
-    assert logins == [("0", "HTTP Basic login of nurse succeeded"), ("4", "HTTP Basic login of nurse failed"),
-                      ("4", "POST /auth/token answered 400")]
+    logins = sorted(
+        (event["outcome"], event["agent"][0]["name"], event["outcomeDesc"]) for event in _events(services, fhir, type="110114")
+    )
+    assert logins == [("0", "nurse", "HTTP Basic login of nurse succeeded"), ("4", "nurse", "HTTP Basic login of nurse failed"),
+                      ("4", "nurse", "POST /auth/token answered 400")]  # the token request names who tried
     # The right password is checked once: later requests within a minute are not logins.
     assert fhir.get("/fhir/Patient", headers={"Authorization": good}).status_code == 200
     assert len(_events(services, fhir, type="110114")) == 3

@@ -155,13 +155,15 @@ class _RequestAudit:
     def event(self, outcome: Outcome, result: str) -> dict[str, Any]:
         scope = self.scope
         principal = scope["state"].get("principal")
+        # Before anyone is authenticated, a token request names who is logging in (`note_login`).
+        client = principal.name if principal is not None else scope["state"].get(_LOGIN_NAME, "anonymous")
         parts = [part for part in scope["path"].split("/") if part]
         resources = ([f"{parts[1]}/{parts[2]}"] if parts[:1] == ["fhir"] and len(parts) >= 3
                      and not parts[2].startswith(("_", "$")) else [])
         query = scope.get("query_string") or None
         return audit_event(AuditRecord(
             kind=self.kind, outcome=outcome, recorded=datetime.now(UTC),
-            client=principal.name if principal is not None else "anonymous", server=self.server_name,
+            client=client, server=self.server_name,
             client_address=scope["client"][0] if scope.get("client") else None,
             description=f"{scope['method']} {scope['path']} {result}",
             request_id=request_id_var.get() or None, resources=resources, study_uids=sorted(self.studies),
@@ -170,6 +172,12 @@ class _RequestAudit:
 
 
 _current: ContextVar[_RequestAudit | None] = ContextVar("request_audit", default=None)
+_LOGIN_NAME = "login_name"
+
+
+def note_login(scope: Scope, name: str) -> None:
+    """The user or client a token request logs in, for its audit record, whether it succeeds or not."""
+    scope.setdefault("state", {})[_LOGIN_NAME] = name
 
 
 class AuditMiddleware:

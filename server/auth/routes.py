@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
+from server.audit.middleware import note_login
 from server.auth.access import basic_credentials
 from server.auth.identities import Identity
 from server.auth.scopes import Grant
@@ -61,6 +62,7 @@ async def token(request: Request) -> JSONResponse:
     else:
         return _error(400, "unsupported_grant_type", "grant_type must be password or client_credentials")
 
+    note_login(request.scope, name)
     wait = auth.failed_logins.attempt(*keys)
     if wait is not None:
         return _error(429, "slow_down", "too many failed logins; try again later", {"Retry-After": str(wait)})
