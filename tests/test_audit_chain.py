@@ -7,7 +7,7 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 
 from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
 from server.audit.chain import CHAIN_EXTENSION
@@ -245,5 +245,14 @@ def test_bytes_that_are_not_utf8_are_reported_not_fatal(services):
     _append(services, 6)
     with write_connection(services.engine) as connection:
         connection.execute(update(audit_events).where(audit_events.c.seq == 4).values(event_json=b"{\xff\xfe}"))
+    verification = _verify(services)
+    assert verification.first_broken == 4 and "altered" in (verification.problem or "")
+
+
+def test_a_value_of_another_type_in_place_of_an_event_is_reported_not_fatal(services):
+    """SQLite keeps whatever type is written to a column; a hand-written text value is an alteration too."""
+    _append(services, 6)
+    with write_connection(services.engine) as connection:
+        connection.execute(text("UPDATE audit_events SET event_json = 'café' WHERE seq = 4"))
     verification = _verify(services)
     assert verification.first_broken == 4 and "altered" in (verification.problem or "")
