@@ -102,12 +102,14 @@ def test_an_order_for_a_series_the_model_does_not_run_on_is_refused(queued, fhir
     assert "does not run on series" in _diagnostics(refused)
 
 
-@pytest.mark.parametrize("form", ["another server", "versioned"])
-def test_a_focus_the_server_cannot_read_is_refused_not_stored_as_a_plain_task(queued, fhir, form):
+@pytest.mark.parametrize("reference", [
+    "http://elsewhere.example/fhir/ImagingStudy/{uid}", "ImagingStudy/{uid}/_history/1", "ImagingStudy/", "ImagingStudy/a/b",
+    "ImagingStudy",
+])
+def test_a_focus_the_server_cannot_read_is_refused_not_stored_as_a_plain_task(queued, fhir, reference):
     client, services = queued
     uid, _ = _stored(client, 66)
-    reference = f"http://elsewhere.example/fhir/ImagingStudy/{uid}" if form == "another server" else f"ImagingStudy/{uid}/_history/1"
-    response = fhir.post("/fhir/Task", json=_order(uid, focus={"reference": reference}))
+    response = fhir.post("/fhir/Task", json=_order(uid, focus={"reference": reference.format(uid=uid)}))
     assert response.status_code == 422, response.text
     assert fhir.get("/fhir/Task").json()["total"] == 0
 

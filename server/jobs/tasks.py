@@ -31,7 +31,7 @@ def is_inference_order(task: dict[str, Any]) -> bool:
     return isinstance(reference, str) and _IMAGING_STUDY_REFERENCE.search(reference) is not None
 
 
-_IMAGING_STUDY_REFERENCE = re.compile(r"(^|/)ImagingStudy/[^/]+(/_history/[^/]+)?$")
+_IMAGING_STUDY_REFERENCE = re.compile(r"(^|/)ImagingStudy(/|$)")
 
 
 class InferenceTasks:
