@@ -151,6 +151,15 @@ def test_hashes_made_with_old_parameters_are_replaced_at_login(services):
         current.add_user("dee", Role.CLINICIAN, PASSWORD)
 
 
+@pytest.mark.parametrize("name", ["a:b", "", "two words", "50%", 'quo"te', "x" * 65])
+def test_names_http_basic_cannot_carry_are_refused(services, name):
+    identities = services.auth.identities
+    with pytest.raises(IdentityError, match="printable characters"):
+        identities.add_user(name, Role.CLINICIAN, PASSWORD)
+    with pytest.raises(IdentityError, match="printable characters"):
+        identities.add_client(name, "system/*.rs")
+
+
 def test_scope_grammar_and_role_ceilings():
     assert str(Grant.parse("user/Observation.read system/Task.write patient/*.* launch")) == (
         "user/Observation.rs system/Task.cud patient/*.cruds"

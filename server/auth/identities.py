@@ -49,8 +49,7 @@ class Identities:
     # --- users -------------------------------------------------------------------
     def add_user(self, name: str, role: Role, password: str | None = None) -> str:
         """The password (generated when not given, to be shown once)."""
-        if not name or len(name) > _NAME_LIMIT or not name.isprintable() or " " in name:
-            raise IdentityError(f"a user name is 1 to {_NAME_LIMIT} printable characters without spaces")
+        _require_name(name, "user name")
         password = password or secrets.token_urlsafe(18)
         _require_strength(password)
         now = _now()
@@ -107,6 +106,7 @@ class Identities:
     # --- system clients --------------------------------------------------------------
     def add_client(self, name: str, scopes: str) -> tuple[str, str]:
         """(client id, secret): the secret is shown once and kept only hashed."""
+        _require_name(name, "client name")
         grant = Grant.parse(scopes)
         if not grant.scopes:
             raise IdentityError(f"{scopes!r} names no SMART scope (e.g. system/DiagnosticReport.rs)")
@@ -142,3 +142,10 @@ class Identities:
 def _require_strength(password: str) -> None:
     if len(password) < 12:
         raise IdentityError("a password has at least 12 characters")
+
+
+def _require_name(name: str, what: str) -> None:
+    """A name HTTP Basic can carry: no colon, which ends the name there (RFC 7617 2),
+    and nothing a URL or a log line would need escaped."""
+    if not name or len(name) > _NAME_LIMIT or not name.isprintable() or any(char in name for char in ' :%"\\'):
+        raise IdentityError(f"a {what} is 1 to {_NAME_LIMIT} printable characters, without spaces, ':', '%', '\"' or '\\'")
