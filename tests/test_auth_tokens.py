@@ -160,6 +160,19 @@ def test_names_http_basic_cannot_carry_are_refused(services, name):
         identities.add_client(name, "system/*.rs")
 
 
+def test_patient_scopes_reach_nothing_without_a_launch_context(services, fhir):
+    assert not Grant.parse("patient/*.rs").allows("ImagingStudy", "r")
+    assert Grant.parse("patient/*.rs user/Task.rs").narrowed_to(role_grant(Role.CLINICIAN)).scopes == (
+        Grant.parse("user/Task.rs").scopes
+    )
+    with pytest.raises(IdentityError, match="launch context"):
+        services.auth.identities.add_client("ehr-patient", "patient/*.rs")
+    services.auth.identities.add_user("nina", Role.CLINICIAN, PASSWORD)
+    asked = fhir.post("/auth/token", content=f"grant_type=password&username=nina&password={PASSWORD}&scope=patient/*.rs",
+                      headers={"Content-Type": "application/x-www-form-urlencoded", "Authorization": ""})
+    assert asked.status_code == 400 and asked.json()["error"] == "invalid_scope"
+
+
 def test_scope_grammar_and_role_ceilings():
     assert str(Grant.parse("user/Observation.read system/Task.write patient/*.* launch")) == (
         "user/Observation.rs system/Task.cud patient/*.cruds"

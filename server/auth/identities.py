@@ -110,6 +110,8 @@ class Identities:
         grant = Grant.parse(scopes)
         if not grant.scopes:
             raise IdentityError(f"{scopes!r} names no SMART scope (e.g. system/DiagnosticReport.rs)")
+        if grant.needs_launch_context:
+            raise IdentityError("patient/ scopes need a SMART launch context, which this server does not offer; use system/")
         client_id, secret = f"{name[:40]}-{secrets.token_hex(4)}", secrets.token_urlsafe(32)
         with write_connection(self.engine) as connection:
             connection.execute(insert(clients).values(client_id=client_id, name=name[:_NAME_LIMIT],

@@ -17,6 +17,9 @@ _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 # whose scopes name it (the auditor, the admin).
 _NAMED_ONLY = frozenset(("AuditEvent",))
 _ORDER = "cruds"
+# patient/ scopes reach one patient, the one of a SMART launch context. This
+# server offers no launch, so they reach nothing (never every patient).
+_NO_LAUNCH_CONTEXT = "patient"
 
 
 class Role(Enum):
@@ -58,14 +61,21 @@ class Grant:
     def allows(self, resource_type: str, permission: str) -> bool:
         return any(
             permission in scope.permissions
+            and scope.context != _NO_LAUNCH_CONTEXT
             and (scope.resource_type == resource_type or (scope.resource_type == "*" and resource_type not in _NAMED_ONLY))
             for scope in self.scopes
         )
+
+    @property
+    def needs_launch_context(self) -> bool:
+        return any(scope.context == _NO_LAUNCH_CONTEXT for scope in self.scopes)
 
     def narrowed_to(self, widest: "Grant") -> "Grant":
         """What of this grant `widest` also allows: type by type, letter by letter."""
         narrowed = []
         for asked in self.scopes:
+            if asked.context == _NO_LAUNCH_CONTEXT:
+                continue
             for allowed in widest.scopes:
                 if asked.resource_type not in ("*", allowed.resource_type) and allowed.resource_type != "*":
                     continue
