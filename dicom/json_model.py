@@ -35,6 +35,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import TEXT_VR_DELIMS, PersonName
 
 from dicom.errors import InvalidDicom
+from dicom.transfer_syntax import swapped_words
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +213,9 @@ class _Writer:
         if self.bulk_data_uri is not None and (length == UNDEFINED_LENGTH or length > self.inline_threshold):
             return {"vr": vr, "BulkDataURI": self.bulk_data_uri(path)}
         value = ds[tag].value or b""
+        if self.root.original_encoding[1] is False:
+            # Binary values are sent as in Explicit VR Little Endian, inline as in bulk data (PS3.18 §8.7.3.3.1).
+            value = swapped_words(value, vr)
         return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
 
     def unconvertible(self, ds: Dataset, elem: DataElement | RawDataElement, exc: Exception) -> dict[str, Any]:

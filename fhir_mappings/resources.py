@@ -73,6 +73,7 @@ def validate_resource(body: Any, expected_type: str | None = None) -> Resource:
         raise InvalidRequest(f"the body is a {resource_type}, the URL names {expected_type}")
     resource_class = model_class(resource_type)
     _check_contained(body.get("contained"), resource_type)
+    _refuse_conditional_references(body, resource_type)
     try:
         model = resource_class.model_validate(body)
     except ValidationError as error:
@@ -87,6 +88,25 @@ def validate_resource(body: Any, expected_type: str | None = None) -> Resource:
     check_json_types(body, resource_class, model_class)
     check_required_bindings(model, resource_type)
     return model
+
+
+def _refuse_conditional_references(body: dict[str, Any], resource_type: str) -> None:
+    """A conditional reference (`Patient?identifier=...`) means something only
+    in a transaction, which replaces it by the resource it matches
+    (http.html#trules); anywhere else it would be stored meaning nothing."""
+    pending: list[Any] = [body]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            reference = node.get("reference")
+            if isinstance(reference, str) and "?" in reference:
+                raise InvalidResource(
+                    f"invalid {resource_type}: {reference[:100]!r} is a conditional reference, resolved only in a"
+                    " transaction Bundle"
+                )
+            pending.extend(value for value in node.values() if isinstance(value, (dict, list)))
+        elif isinstance(node, list):
+            pending.extend(node)
 
 
 def _check_contained(contained: Any, resource_type: str) -> None:

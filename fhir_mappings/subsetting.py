@@ -8,6 +8,8 @@ with the SUBSETTED tag as the spec requires.
 from functools import cache
 from typing import Any
 
+import orjson
+
 from fhir_mappings.resources import model_class
 from fhir_mappings.search_query import Summary
 
@@ -50,3 +52,10 @@ def subset(resource: dict[str, Any], summary: Summary, elements: tuple[str, ...]
     meta["tag"] = [*(meta.get("tag") or []), SUBSETTED]
     result["meta"] = meta
     return result
+
+
+def subset_json(body: bytes, summary: Summary, elements: tuple[str, ...]) -> bytes:
+    """`subset` of stored JSON; the bytes themselves when nothing is asked."""
+    if summary is Summary.FALSE and not elements:
+        return body
+    return orjson.dumps(subset(orjson.loads(body), summary, elements))

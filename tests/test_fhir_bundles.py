@@ -145,3 +145,38 @@ def test_conditional_reads_in_a_batch(fhir):
     assert [entry["response"]["status"][:3] for entry in entries] == ["304", "200", "304", "200", "400"]
     assert "resource" not in entries[0] and entries[0]["response"]["etag"] == etag
     assert entries[1]["resource"]["id"] == "c1"
+
+
+def test_conditional_references_with_this_servers_base_are_resolved_and_unresolvable_ones_refused(fhir):
+    fhir.put("/fhir/Task/known", json={**TASK, "id": "known", "identifier": [{"system": "http://a", "value": "v1"}]})
+    fhir.put("/fhir/Task/child", json={**TASK, "id": "child", "basedOn": [{"reference": "Task/known"}]})
+
+    def order(reference: str):  # type: ignore[no-untyped-def]
+        return _post(fhir, "transaction", [
+            {"resource": {**TASK, "partOf": [{"reference": reference}]}, "request": {"method": "POST", "url": "Task"}},
+        ])
+
+    absolute = order("http://testserver/fhir/Task?identifier=http://a|v1")
+    assert absolute.status_code == 200, absolute.text
+    assert absolute.json()["entry"][0]["resource"]["partOf"] == [{"reference": "Task/known"}]
+    by_reference = order("Task?based-on=http://testserver/fhir/Task/known")
+    assert by_reference.status_code == 200, by_reference.text
+    assert by_reference.json()["entry"][0]["resource"]["partOf"] == [{"reference": "Task/child"}]
+    assert order("task?identifier=x").status_code == 404  # no such resource type
+    assert order("Ta-sk?identifier=x").status_code == 400
+    # Outside a transaction nothing resolves a conditional reference: it is refused, not stored.
+    assert _post(fhir, "batch", [
+        {"resource": {**TASK, "partOf": [{"reference": "Task?identifier=http://a|v1"}]}, "request": {"method": "POST", "url": "Task"}},
+    ]).json()["entry"][0]["response"]["status"].startswith("422")
+    assert fhir.post("/fhir/Task", json={**TASK, "partOf": [{"reference": "Task?identifier=http://a|v1"}]}).status_code == 422
+
+
+def test_reads_in_a_batch_take_summary_and_elements(fhir):
+    fhir.put("/fhir/Task/r1", json={**TASK, "id": "r1", "description": "long"})
+    response = _post(fhir, "batch", [
+        {"request": {"method": "GET", "url": "Task/r1?_elements=status"}},
+        {"request": {"method": "GET", "url": "Task/r1?_summary=bogus"}},
+    ])
+    first, second = response.json()["entry"]
+    assert "description" not in first["resource"] and first["resource"]["status"] == "requested"
+    assert second["response"]["status"].startswith("400")

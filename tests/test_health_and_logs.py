@@ -245,7 +245,6 @@ def test_unhandled_error_answer_carries_the_request_id(failing_app: FastAPI) -> 
     assert response.headers.get("x-request-id") == "bug-report-2"
 
 
-
 def test_a_request_that_fails_with_a_500_is_still_audited(failing_app: FastAPI, services: Services) -> None:
     with TestClient(failing_app, raise_server_exceptions=False, headers=failing_app.state.test_headers) as client:
         assert client.get("/fail").status_code == 500

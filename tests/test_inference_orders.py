@@ -54,7 +54,7 @@ def test_the_clients_elements_are_kept_through_the_jobs_life(queued, fhir):
 
 
 def test_a_client_may_change_what_it_said_but_not_what_the_job_runs(queued, fhir):
-    client, services = queued
+    client, _ = queued
     uid, _ = _stored(client, 62)
     other_uid, _ = _stored(client, 63)
     task = fhir.post("/fhir/Task", json=_order(uid, description="first")).json()
@@ -74,7 +74,7 @@ def test_a_client_may_change_what_it_said_but_not_what_the_job_runs(queued, fhir
 
 
 def test_an_order_for_a_series_is_judged_when_it_is_made(queued, fhir):
-    client, services = queued
+    client, _ = queued
     uid, series_uid = _stored(client, 64)
 
     elsewhere = fhir.post("/fhir/Task", json=_order(uid, input=[
@@ -107,7 +107,7 @@ def test_an_order_for_a_series_the_model_does_not_run_on_is_refused(queued, fhir
     "ImagingStudy",
 ])
 def test_a_focus_the_server_cannot_read_is_refused_not_stored_as_a_plain_task(queued, fhir, reference):
-    client, services = queued
+    client, _ = queued
     uid, _ = _stored(client, 66)
     response = fhir.post("/fhir/Task", json=_order(uid, focus={"reference": reference.format(uid=uid)}))
     assert response.status_code == 422, response.text
@@ -115,7 +115,7 @@ def test_a_focus_the_server_cannot_read_is_refused_not_stored_as_a_plain_task(qu
 
 
 def test_a_focus_given_with_this_servers_base_is_an_order(queued, fhir):
-    client, services = queued
+    client, _ = queued
     uid, _ = _stored(client, 69)
     response = fhir.post("/fhir/Task", json=_order(uid, focus={"reference": f"http://testserver/fhir/ImagingStudy/{uid}"}))
     assert response.status_code == 201, response.text
@@ -124,7 +124,7 @@ def test_a_focus_given_with_this_servers_base_is_an_order(queued, fhir):
 
 
 def test_task_for_must_be_the_studys_patient(queued, fhir):
-    client, services = queued
+    client, _ = queued
     uid, _ = _stored(client, 67)
     wrong = fhir.post("/fhir/Task", json=_order(uid, **{"for": {"reference": "Patient/someone-else"}}))
     assert wrong.status_code == 422
@@ -134,7 +134,7 @@ def test_task_for_must_be_the_studys_patient(queued, fhir):
 
 
 def test_an_inference_task_is_kept_as_the_jobs_record(queued, fhir):
-    client, services = queued
+    client, _ = queued
     uid, _ = _stored(client, 68)
     task = fhir.post("/fhir/Task", json=_order(uid)).json()
     response = fhir.delete(f"/fhir/Task/{task['id']}")

@@ -1,5 +1,6 @@
 """WADO-RS over HTTP: byte-identical retrieval, negotiation, metadata, frames, bulk data, rendered."""
 
+import base64
 import io
 import json
 
@@ -246,6 +247,18 @@ def test_bulk_data_of_a_big_endian_instance_is_little_endian_as_its_frames_are(c
     [(_, frame)] = split_multipart(client.get(base + "/frames/1", headers={"Accept": 'multipart/related; type="application/octet-stream"'}))
     pixels = pydicom.dcmread(path).pixel_array
     assert bulk == frame == pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+
+
+def test_inline_binary_of_a_big_endian_instance_is_little_endian_as_its_bulk_data_is(client):
+    dataset = pydicom.dcmread(bundled_file("MR_small_bigendian.dcm"))
+    words = np.arange(1, 9, dtype=">u2")
+    dataset.add_new(0x60003000, "OW", words.tobytes())  # 16 bytes: sent inline
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    stow(client, [buffer.getvalue()])
+    study, series, sop = uids_of(buffer.getvalue())
+    [attributes] = client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/metadata").json()
+    assert base64.b64decode(attributes["60003000"]["InlineBinary"]) == words.astype("<u2").tobytes()
 
 
 def test_bulk_data_uris_honour_forwarded_headers(client):

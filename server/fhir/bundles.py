@@ -20,10 +20,14 @@ from sqlalchemy import Connection
 from fhir_mappings.date_ranges import date_range, instant_text
 from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
 from fhir_mappings.outcome import operation_outcome
-from fhir_mappings.search_query import SearchRequest
+from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
+from fhir_mappings.subsetting import subset_json
 from server.db import write_connection
 from server.fhir import interactions
-from server.fhir.own_references import with_relative_references, with_relative_search_values
+from server.fhir.own_references import (
+    with_relative_references,
+    with_relative_search_values,
+)
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
@@ -77,7 +81,7 @@ def _transaction(
 ) -> list[EntryResult]:
     _refuse_overlaps(entries)
     assigned = _identities(entries, base)
-    entries = [_replace_references(entry, assigned) for entry in entries]
+    entries = [with_relative_references(_replace_references(entry, assigned), base) for entry in entries]
     for position, entry in enumerate(entries):
         _refuse_placeholders(entry.get("resource"), position)
     order = sorted(range(len(entries)), key=lambda position: _ORDER[entries[position]["request"]["method"]])
@@ -159,9 +163,10 @@ def _run(
             else interactions.vread(service, parts[0], parts[1], parts[3], connection)
         )
         request = entry["request"]
+        summary, elements = read_subsetting(parse_qsl(query, keep_blank_values=True))
         if interactions.not_modified(version, _text(request, "ifNoneMatch"), _instant(request, "ifModifiedSince")):
             return EntryResult("304 Not Modified", etag=version.etag, last_modified=version.last_updated)
-        return _result("200 OK", version, base)
+        return _result("200 OK", version, base, subset_of=(summary, elements))
     resource = with_relative_references(entry.get("resource"), base)
     if method == "POST" and len(parts) == 1:
         version = interactions.create(service, parts[0], resource, connection, created_id)
@@ -200,10 +205,13 @@ def _path(url: str, base: str) -> str:
     return url.partition("?")[0]
 
 
-def _result(status: str, version: StoredVersion, base: str) -> EntryResult:
+def _result(
+    status: str, version: StoredVersion, base: str, subset_of: tuple[Summary, tuple[str, ...]] = (Summary.FALSE, ())
+) -> EntryResult:
+    """`subset_of`: what a read's `_summary` and `_elements` ask for."""
     return EntryResult(
         status,
-        resource=version.body,
+        resource=None if version.body is None else subset_json(version.body, *subset_of),
         location=f"{base}/{version.resource_type}/{version.resource_id}/_history/{version.version_id}",
         etag=version.etag,
         last_modified=version.last_updated,
@@ -286,17 +294,17 @@ def _resolve_conditional_references(
 ) -> dict[str, Any]:
     """Conditional references (`Patient?identifier=...`) replaced by the one
     resource they match; none or several fail the transaction (http.html#trules)."""
-    conditional = {
-        reference for reference in _references(entry.get("resource"))
-        if "?" in reference and reference.split("?")[0].isalpha()
-    }
+    conditional = {reference for reference in _references(entry.get("resource")) if "?" in reference}
     if not conditional:
         return entry
     resolved: dict[str, str] = {}
     for reference in sorted(conditional):
         resource_type, _, query = reference.partition("?")
+        if not resource_type.isalpha():
+            raise InvalidRequest(f"entry {position}: {reference[:100]} is not a conditional reference (Type?query)")
         service.require_type(resource_type)
         pairs = [(name, value) for name, value in parse_qsl(query, keep_blank_values=True) if name != "_count"]
+        pairs = with_relative_search_values(pairs, base)
         page = service.searcher.search(
             resource_type, [*pairs, ("_count", "2")], base, strict=True, connection=connection,
             authorize=authorize_search,

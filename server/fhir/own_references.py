@@ -8,18 +8,18 @@ search with the server's own base get what they meant, as with `Type/id`.
 """
 
 import re
-from functools import cache
 from typing import Any
 
-
-@cache
-def _own(base: str) -> re.Pattern[str]:
-    return re.compile(re.escape(base.rstrip("/")) + r"/([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(?:/_history/[0-9]+)?)")
+# What follows the base: a resource (`Type/id`, maybe versioned), or a
+# conditional reference (`Type?query`), which a transaction resolves.
+_LOCAL_PART = re.compile(r"[A-Z][A-Za-z]+(?:/[A-Za-z0-9\-.]{1,64}(?:/_history/[0-9]+)?|\?.*)")
 
 
 def relative(reference: str, base: str) -> str:
-    match = _own(base).fullmatch(reference)
-    return match.group(1) if match else reference
+    prefix = base.rstrip("/") + "/"
+    if reference.startswith(prefix) and _LOCAL_PART.fullmatch(reference, len(prefix)):
+        return reference[len(prefix):]
+    return reference
 
 
 def with_relative_references(node: Any, base: str) -> Any:

@@ -20,8 +20,8 @@ from fhir_mappings.date_ranges import from_micros, to_micros
 from fhir_mappings.errors import Forbidden, InvalidRequest
 from fhir_mappings.patient_compartment import patients_of, patients_searched
 from fhir_mappings.resources import resource_json, validated
-from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
-from fhir_mappings.subsetting import subset
+from fhir_mappings.search_query import SearchRequest, read_subsetting
+from fhir_mappings.subsetting import subset_json
 from server.audit.middleware import note_patients
 from server.auth.access import BUNDLE, Principal, fhir_permission, search_permissions
 from server.errors import fhir_status_for
@@ -32,7 +32,10 @@ from server.fhir.negotiation import (
     require_json_body,
     response_format,
 )
-from server.fhir.own_references import with_relative_references, with_relative_search_values
+from server.fhir.own_references import (
+    with_relative_references,
+    with_relative_search_values,
+)
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
@@ -95,11 +98,7 @@ def _version_response(request: Request, version: StoredVersion, status: int = 20
     if request.method == "GET" and _not_modified(request, version):
         return Response(status_code=304, headers=headers)
     assert version.body is not None
-    body = version.body
-    if request.method == "GET":
-        summary, elements = read_subsetting(_search_pairs(request))
-        if summary is not Summary.FALSE or elements:
-            body = orjson.dumps(subset(orjson.loads(body), summary, elements))
+    body = subset_json(version.body, *read_subsetting(_search_pairs(request))) if request.method == "GET" else version.body
     return fhir_response(body, fmt, status, headers)
 
 

@@ -17,7 +17,12 @@ from fhir_mappings.errors import (
     ResourceGone,
     ResourceNotFound,
 )
-from fhir_mappings.task import InferenceRequest, client_elements, inference_request, require_transition
+from fhir_mappings.task import (
+    InferenceRequest,
+    client_elements,
+    inference_request,
+    require_transition,
+)
 from server.jobs.queue import CANCELLED, Job, JobQueue
 from server.jobs.registry import ModelNotFound, ModelRegistry, RegisteredModel
 from server.jobs.series import accepted_series, study_series
