@@ -32,12 +32,18 @@ class HeadAsGet:
 
 
 def allowed_methods(request: Request) -> str:
-    """The Allow header for the request's URL: the methods some route takes there."""
+    """The Allow header for the request's URL: the methods some route takes
+    there, less the writes of a FHIR type the server writes itself (which
+    answers them with the same 405)."""
     routes = request.app.router.routes
     allowed = {
         method for method in _METHODS
         if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
     }
+    parts = request.url.path.split("/")
+    fhir = request.app.state.services.fhir
+    if len(parts) in (3, 4) and parts[1] == "fhir" and parts[2] in fhir.supported_types - fhir.writable_types:
+        allowed -= {"POST", "PUT", "DELETE", "PATCH"}
     if "GET" in allowed:
         allowed.add("HEAD")
     return ", ".join(sorted(allowed))

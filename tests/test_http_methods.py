@@ -47,7 +47,11 @@ def test_405_lists_every_method_of_the_url(client, method, url, allowed):
     assert response.headers["allow"] == allowed
 
 
-def test_a_read_only_fhir_type_names_what_it_allows(client):
-    response = client.delete("/fhir/Patient/anyone")
+@pytest.mark.parametrize(("method", "url"), [
+    ("DELETE", "/fhir/Patient/anyone"), ("PATCH", "/fhir/Patient/anyone"), ("PUT", "/fhir/Patient"),
+    ("POST", "/fhir/Patient"),
+])
+def test_a_read_only_fhir_type_names_what_it_allows(client, method, url):
+    response = client.request(method, url, json={"resourceType": url.split("/")[2]})
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, HEAD"
