@@ -6,6 +6,8 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
+# In the scope of a HEAD answered as a GET: the audit trail says what was asked.
+HEAD_MARK = "medaiflow.head"
 
 
 class HeadAsGet:
@@ -28,7 +30,7 @@ class HeadAsGet:
             elif not message.get("more_body", False):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-        await self.app({**scope, "method": "GET"}, receive, without_body)
+        await self.app({**scope, "method": "GET", HEAD_MARK: True}, receive, without_body)
 
 
 def allowed_methods(request: Request) -> str:

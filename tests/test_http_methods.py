@@ -55,3 +55,11 @@ def test_a_read_only_fhir_type_names_what_it_allows(client, method, url):
     response = client.request(method, url, json={"resourceType": url.split("/")[2]})
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, HEAD"
+
+
+def test_a_head_request_is_audited_as_a_head(client, services):
+    client.put("/fhir/Task/h2", json={**TASK, "id": "h2"})
+    assert client.head("/fhir/Task/h2").status_code == 200
+    services.audit.chain.project()
+    events = client.get("/fhir/AuditEvent", params={"subtype": "read", "_count": 50}).json()["entry"]
+    assert "HEAD /fhir/Task/h2 answered 200" in [entry["resource"]["outcomeDesc"] for entry in events]

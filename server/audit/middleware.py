@@ -31,6 +31,7 @@ from server.audit.recorder import AuditRecorder, AuditUnavailable
 from server.db import commit_witness, reading
 from server.errors import error_response
 from server.logs import request_id_var
+from server.methods import HEAD_MARK
 
 log = logging.getLogger(__name__)
 _UNAUDITED = frozenset(("/healthz", "/readyz"))
@@ -165,7 +166,7 @@ class _RequestAudit:
             kind=self.kind, outcome=outcome, recorded=datetime.now(UTC),
             client=client, server=self.server_name,
             client_address=scope["client"][0] if scope.get("client") else None,
-            description=f"{scope['method']} {scope['path']} {result}",
+            description=f"{'HEAD' if scope.get(HEAD_MARK) else scope['method']} {scope['path']} {result}",
             request_id=request_id_var.get() or None, resources=resources, study_uids=sorted(self.studies),
             patients=sorted(self.patients), query=query,
         ))
