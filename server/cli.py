@@ -155,6 +155,18 @@ def _clients_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clients_list(_: argparse.Namespace) -> int:
+    for client_id, scopes, disabled in _with_identities(lambda identities: identities.clients()):
+        print(f"{client_id:40} {'disabled' if disabled else 'enabled':8} {scopes}")
+    return 0
+
+
+def _clients_disable(args: argparse.Namespace) -> int:
+    _with_identities(lambda identities: identities.disable_client(args.client_id))
+    print(f"client {args.client_id} disabled")
+    return 0
+
+
 def _keys_rotate(_: argparse.Namespace) -> int:
     from server.auth.tokens import TokenIssuer
 
@@ -230,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_client.add_argument("name")
     add_client.add_argument("--scopes", required=True, help='SMART scopes, e.g. "system/DiagnosticReport.rs system/Task.cu"')
     add_client.set_defaults(run=_clients_add)
+    client_commands.add_parser("list", help="clients, enabled or not, and their scopes").set_defaults(run=_clients_list)
+    disable_client = client_commands.add_parser("disable", help="refuse a client's secret from now on")
+    disable_client.add_argument("client_id")
+    disable_client.set_defaults(run=_clients_disable)
     keys = commands.add_parser("keys", help="token signing keys").add_subparsers(dest="keys_command", required=True)
     keys.add_parser("rotate", help="sign new tokens with a new key (the JWKS publishes old and new)").set_defaults(
         run=_keys_rotate)

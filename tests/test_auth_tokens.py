@@ -10,10 +10,12 @@ import jwt
 import pytest
 from argon2 import PasswordHasher
 
+from server.app import build_services
 from server.auth.identities import Identities, IdentityError
 from server.auth.scopes import Grant, Role, role_grant
 from server.auth.tokens import InvalidToken, TokenIssuer
 from server.cli import main
+from server.settings import load_settings
 
 PASSWORD = "correct horse battery staple"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -202,6 +204,20 @@ def test_users_and_clients_from_the_command_line(tmp_path, database_url, monkeyp
     assert main(["clients", "add", "pacs", "--scopes", "system/ImagingStudy.c"]) == 0
     output = capsys.readouterr().out
     assert "client id: pacs-" in output and "secret (shown once)" in output
+    client_id = output.split("client id: ")[1].split()[0]
+    secret = output.split("secret (shown once): ")[1].split()[0]
+    assert main(["clients", "list"]) == 0
+    assert capsys.readouterr().out.split() == [client_id, "enabled", "system/ImagingStudy.c"]
+    assert main(["clients", "disable", client_id]) == 0
+    assert main(["clients", "disable", "nobody"]) == 2
+    capsys.readouterr()
+    assert main(["clients", "list"]) == 0
+    assert capsys.readouterr().out.split()[1] == "disabled"
+    services = build_services(load_settings())
+    try:
+        assert services.auth.identities.authenticate_client(client_id, secret) is None
+    finally:
+        services.engine.dispose()
     assert main(["users", "disable", "fay"]) == 0
     assert main(["users", "disable", "nobody"]) == 2
     keys = tmp_path / "cli-data" / "jwt-keys"

@@ -120,6 +120,25 @@ class Identities:
             self._changed(connection, client_id, f"client {client_id} added with scopes {grant}")
         return client_id, secret
 
+    def clients(self) -> list[tuple[str, str, bool]]:
+        """(client id, scopes, disabled) of every client."""
+        with reading(self.engine) as connection:
+            rows = connection.execute(
+                select(clients.c.client_id, clients.c.scopes, clients.c.disabled).order_by(clients.c.client_id)
+            ).all()
+        return [(row.client_id, row.scopes, row.disabled) for row in rows]
+
+    def disable_client(self, client_id: str) -> None:
+        """Refuse the client's secret from now on (a leaked one, say)."""
+        with write_connection(self.engine) as connection:
+            changed = connection.execute(
+                update(clients).where(clients.c.client_id == client_id).values(disabled=True)
+            ).rowcount
+            if changed:
+                self._changed(connection, client_id, f"client {client_id} disabled")
+        if not changed:
+            raise IdentityError(f"there is no client {client_id!r}")
+
     def authenticate_client(self, client_id: str, secret: str) -> Identity | None:
         with reading(self.engine) as connection:
             row = connection.execute(select(clients).where(clients.c.client_id == client_id)).first()
