@@ -138,7 +138,7 @@ def _raising_bundle(tmp_path: Path) -> Path:
 
 def test_a_model_that_raises_is_retried_with_backoff_then_fails(queued, tmp_path):
     client, services = queued
-    model = services.jobs.registry.add(_raising_bundle(tmp_path))
+    model, _ = services.jobs.registry.add(_raising_bundle(tmp_path))
     services.jobs.registry.activate(model.key, force=True)
     task = order(client, stored_study(client, 56), model.device_id)
     for attempt in range(services.settings.job_max_attempts):

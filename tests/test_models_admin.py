@@ -109,6 +109,8 @@ def test_the_admin_api(fhir, services, labelled_set):
     codes = {prop["type"]["coding"][0]["code"] for prop in device["property"]}
     assert {"dice", "volume-error", "count-accuracy"} <= codes
     assert client.get("/admin/models").json()[0]["validation"]["passed"] is True
+    again = client.post("/admin/models", json={"path": str(DEMO_BUNDLE)})
+    assert again.status_code == 200 and again.json()["key"] == DEMO  # nothing new was created
     assert client.post("/admin/models", json={"path": "/nonexistent"}).status_code == 422
     assert client.get("/admin/models/nothing@1").status_code == 404
 

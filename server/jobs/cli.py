@@ -40,8 +40,9 @@ def _describe(model: RegisteredModel) -> str:
 
 def _add(args: argparse.Namespace) -> int:
     with _services() as services:
-        model = services.jobs.registry.add(Path(args.path))
-        print(f"registered {model.key} (weights sha256 {model.bundle.weights_sha256})")
+        model, created = services.jobs.registry.add(Path(args.path))
+        done = "registered" if created else "already registered:"
+        print(f"{done} {model.key} (weights sha256 {model.bundle.weights_sha256})")
         print(_describe(model))
     return 0
 

@@ -75,8 +75,9 @@ class ModelRegistry:
         # Told of every registration and change of state, in its transaction (the audit trail).
         self.on_change: Callable[[Connection, str, str], None] | None = None
 
-    def add(self, source: Path) -> RegisteredModel:
-        """Register a bundle directory; adding the same weights again changes nothing."""
+    def add(self, source: Path) -> tuple[RegisteredModel, bool]:
+        """Register a bundle directory: the model, and whether it is new
+        (adding the same weights again changes nothing)."""
         bundle = Bundle.open(source)
         card = bundle.card
         with write_connection(self.engine) as connection:
@@ -86,7 +87,7 @@ class ModelRegistry:
                     raise InvalidBundle(
                         f"{card.key} is registered already with other weights; give the new ones a new version"
                     )
-                return self._model(existing)
+                return self._model(existing), False
             target = self.models_dir / card.name / card.version
             if target.exists():  # a copy left by a registration that did not commit
                 shutil.rmtree(target)
@@ -102,7 +103,7 @@ class ModelRegistry:
             assert row is not None
             model = self._model(row)
             self._publish(connection, model)
-            return model
+            return model, True
 
     def registered(self) -> list[RegisteredModel]:
         with reading(self.engine) as connection:

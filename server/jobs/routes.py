@@ -46,8 +46,8 @@ def list_models(request: Request) -> JSONResponse:
 
 @router.post("/models", status_code=201)
 def add_model(request: Request, body: BundlePath) -> JSONResponse:
-    model = services(request).jobs.registry.add(Path(body.path))
-    return JSONResponse(model_json(model), status_code=201)
+    model, created = services(request).jobs.registry.add(Path(body.path))
+    return JSONResponse(model_json(model), status_code=201 if created else 200)
 
 
 @router.get("/models/{key}")

@@ -85,7 +85,7 @@ class JobsService:
         been validated on this site's data, and its Device says so (forced)."""
         if self.registry.registered():
             return
-        model = self.registry.add(DEMO_BUNDLE)
+        model, _ = self.registry.add(DEMO_BUNDLE)
         self.registry.activate(model.key, force=True)
         log.info("registered and activated the demo model %s", model.key)
 
