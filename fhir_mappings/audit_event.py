@@ -76,6 +76,7 @@ class AuditKind(Enum):
     UPDATE = _rest("update", "U", False)
     DELETE = _rest("delete", "D", False)
     BATCH = _rest("batch", "E", False)
+    TRANSACTION = _rest("transaction", "E", False)
     OPERATION = _rest("operation", "E", True)
     STOW = _dicom("110104", "DICOM Instances Transferred", "C", False)
     WADO = _dicom("110104", "DICOM Instances Transferred", "R", True)

@@ -209,3 +209,12 @@ def test_the_patient_of_each_access_is_named(services, fhir):
     assert patients(search) == expected
     found = _events(services, fhir, patient=patient)
     assert len(found) >= 5  # the STOW, the metadata, the two reads, the search
+
+
+def test_a_transaction_is_recorded_as_one_and_a_batch_as_a_batch(services, fhir):
+    task = {"resourceType": "Task", "status": "draft", "intent": "proposal"}
+    for kind in ("transaction", "batch"):
+        entry = {"resource": task, "request": {"method": "POST", "url": "Task"}}
+        assert fhir.post("/fhir", json={"resourceType": "Bundle", "type": kind, "entry": [entry]}).status_code == 200
+    assert len(_events(services, fhir, subtype="transaction")) == 1
+    assert len(_events(services, fhir, subtype="batch")) == 1

@@ -36,8 +36,8 @@ from server.methods import HEAD_MARK
 log = logging.getLogger(__name__)
 _UNAUDITED = frozenset(("/healthz", "/readyz"))
 _QIDO = frozenset(("studies", "series", "instances"))
-_WRITES = frozenset((AuditKind.CREATE, AuditKind.UPDATE, AuditKind.DELETE, AuditKind.BATCH, AuditKind.STOW,
-                     AuditKind.STUDY_DELETED, AuditKind.APPLICATION_ACTIVITY))
+_WRITES = frozenset((AuditKind.CREATE, AuditKind.UPDATE, AuditKind.DELETE, AuditKind.BATCH, AuditKind.TRANSACTION,
+                     AuditKind.STOW, AuditKind.STUDY_DELETED, AuditKind.APPLICATION_ACTIVITY))
 _RECORD_TIMEOUT_S = 30.0
 # The Patient id of each of some studies, read on the connection given.
 PatientsOfStudies = Callable[[Connection, Iterable[str]], dict[str, str]]
@@ -56,6 +56,13 @@ def note_patients(patient_ids: Iterable[str]) -> None:
     audit = _current.get()
     if audit is not None:
         audit.patients.update(patient_ids)
+
+
+def note_transaction() -> None:
+    """The current `POST /fhir` carries a transaction, not a batch: only its body says which."""
+    audit = _current.get()
+    if audit is not None and audit.kind is AuditKind.BATCH:
+        audit.kind = AuditKind.TRANSACTION
 
 
 def audit_kind(method: str, path: str) -> AuditKind | None:

@@ -22,7 +22,7 @@ from fhir_mappings.patient_compartment import patients_of, patients_searched
 from fhir_mappings.resources import resource_json, validated
 from fhir_mappings.search_query import SearchRequest, read_subsetting
 from fhir_mappings.subsetting import subset_json
-from server.audit.middleware import note_patients
+from server.audit.middleware import note_patients, note_transaction
 from server.auth.access import BUNDLE, Principal, fhir_permission, search_permissions
 from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
@@ -154,6 +154,8 @@ async def batch_or_transaction(request: Request) -> Response:
     fmt = response_format(request, xml_allowed=False)
     require_json_body(request)
     body = parse_json_body(await request.body())
+    if isinstance(body, dict) and body.get("type") == "transaction":
+        note_transaction()
     result = await run_in_threadpool(
         bundles.process_bundle, _fhir(request), body, fhir_base(request), fhir_status_for, _entry_authorizer(request),
         _search_authorizer(request),
