@@ -111,6 +111,26 @@ def test_patients_are_kept_apart_by_issuer_and_studies_without_id(fhir):
     assert assigners == ["HOSP-A", "HOSP-B"]
 
 
+def test_long_patient_ids_that_share_their_first_64_characters_are_two_patients(fhir):
+    first, second = generate_uid(), generate_uid()
+    long_id = "X" * 64
+    accession = "A" * 70
+    _stow(
+        fhir,
+        make_ct(first, PatientID=long_id + "-ALPHA", PatientName="Alpha^One", AccessionNumber=accession),
+        make_ct(second, PatientID=long_id + "-BETA", PatientName="Beta^Two"),
+    )
+    subjects = {_imaging_study(fhir, uid)["subject"]["reference"] for uid in (first, second)}
+    assert len(subjects) == 2
+    for subject, expected in zip(sorted(subjects, key=lambda ref: fhir.get(f"/fhir/{ref}").json()["name"][0]["family"]),
+                                 ("-ALPHA", "-BETA")):
+        patient = fhir.get(f"/fhir/{subject}").json()
+        assert patient["identifier"][0]["value"] == long_id + expected
+    accessions = [identifier["value"] for identifier in _imaging_study(fhir, first)["identifier"]
+                  if identifier.get("type", {}).get("coding", [{}])[0].get("code") == "ACSN"]
+    assert accessions == [accession]
+
+
 def test_searches_over_derived_resources(fhir):
     study = generate_uid()
     _stow(fhir, make_ct(study, AccessionNumber="A-1", PatientID="SEARCH-1"), make_ct(generate_uid(), PatientID="OTHER"))

@@ -100,9 +100,13 @@ def _same_content(stored: bytes | None, body: dict) -> bool:
 
 
 def _patient_record(row) -> PatientRecord:  # type: ignore[no-untyped-def]
+    attributes = orjson.loads(row.attributes_json)
     return PatientRecord(
-        patient_id=row.patient_id,
-        issuer_of_patient_id=row.issuer_of_patient_id,
+        # From the stored attributes, not the index columns, which are cut at
+        # 64 characters: two long PatientIDs that share their first 64 are two
+        # patients, not one.
+        patient_id=_full_text(attributes, "00100020", row.patient_id),
+        issuer_of_patient_id=_full_text(attributes, "00100021", row.issuer_of_patient_id),
         name=row.patient_name,
         birth_date=row.patient_birth_date,
         sex=row.patient_sex,
@@ -131,7 +135,7 @@ def _study_record(connection: Connection, row, patient: PatientRecord) -> StudyR
         )
     return StudyRecord(
         study_instance_uid=row.study_instance_uid,
-        accession_number=row.accession_number,
+        accession_number=_full_text(orjson.loads(row.attributes_json), "00080050", row.accession_number),
         study_date=row.study_date,
         description=row.study_description,
         patient_resource_id=patient_resource_id(patient),
@@ -143,6 +147,12 @@ def _study_record(connection: Connection, row, patient: PatientRecord) -> StudyR
             for s in series_rows
         ),
     )
+
+
+def _full_text(attributes: dict, tag: str, indexed: str | None) -> str | None:
+    """A text attribute as stored (DICOM JSON); the indexed value when it is not there."""
+    values = attributes.get(tag, {}).get("Value") or []
+    return values[0] if values and isinstance(values[0], str) else indexed
 
 
 def _current_subject(connection: Connection, study_uid: str) -> str | None:
