@@ -5,6 +5,7 @@ refuses a data set that lacks the identifying UIDs, so an instance that
 cannot be filed correctly never reaches the index.
 """
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,7 @@ def describe_instance(path: Path) -> InstanceDescription:
         f"/instances/{uids['SOPInstanceUID']}/bulkdata/"
     )
     metadata = dataset_to_json(dataset, lambda tag_path: instance_path + format_tag_path(tag_path))
+    _refuse_nul(metadata)
     return InstanceDescription(
         study=_study_fields(metadata, uids["StudyInstanceUID"]),
         series=_series_fields(metadata, uids["SeriesInstanceUID"]),
@@ -135,6 +137,25 @@ def describe_instance(path: Path) -> InstanceDescription:
         study_attributes=_select(metadata, lambda tag: tag in _STUDY_TAGS or tag >> 16 == _PATIENT_GROUP),
         series_attributes=_select(metadata, lambda tag: tag in _SERIES_TAGS),
     )
+
+
+_TAG_KEY = re.compile(r"[0-9A-F]{8}")
+
+
+def _refuse_nul(metadata: dict[str, Any]) -> None:
+    """A NUL inside a text value (padding is already gone) is no DICOM text
+    (PS3.5 6.1.2), and neither PostgreSQL text nor FHIR strings can hold it:
+    the instance is refused on its own, the same on every database."""
+    pending: list[tuple[str, Any]] = [(tag, element) for tag, element in metadata.items()]
+    while pending:
+        tag, node = pending.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise InvalidDicom(f"the value of ({tag[:4]},{tag[4:]}) holds a NUL character, which DICOM text may not")
+        elif isinstance(node, dict):
+            pending.extend((key if _TAG_KEY.fullmatch(key) else tag, value) for key, value in node.items())
+        elif isinstance(node, list):
+            pending.extend((tag, item) for item in node)
 
 
 _IDENTIFYING_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")

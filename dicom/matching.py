@@ -376,6 +376,9 @@ def parse_qido_query(level: str, params: Sequence[tuple[str, str]], max_limit: i
     keys: list[tuple[str, QidoAttribute, QidoAttribute | None, str]] = []
     seen_paths: set[tuple[int, ...]] = set()
     for name, value in params:
+        if "\x00" in name or "\x00" in value:
+            # No DICOM text holds one (stored ones are refused), and PostgreSQL text cannot.
+            raise InvalidRequest("query parameters may not contain NUL characters")
         if name == "includefield":
             all_flag, tags = _include_tags(value)
             include_all |= all_flag

@@ -706,3 +706,10 @@ def test_sequence_matching_results_carry_the_sequence(client, requested):
     assert item["00401001"]["Value"] == ["RP3"]
     found = search(client, f"/studies/{requested['study']}/instances", [(REQUESTED_PROCEDURE, "RP2")])
     assert uids(found, SERIES_UID) == {requested["x"]}
+
+
+@pytest.mark.parametrize("query", ["PatientName=Doe%00", "PatientID=a%00b", "StudyDescription=x%00*", "Modality%00=CT"])
+def test_a_nul_in_a_query_is_400(client, query):
+    response = client.get(f"/dicom-web/studies?{query}")
+    assert response.status_code == 400
+    assert "NUL" in response.json()["message"]

@@ -117,6 +117,15 @@ def test_sequences_nested_deeper_than_real_objects_fail_only_their_instance(clie
     assert len(_stored_files(services)) == 2
 
 
+def test_a_nul_inside_a_text_value_fails_only_its_instance(client, services):
+    body, content_type = multipart_body([make_ct(), make_ct(PatientID="BAD\x00NUL"), make_ct()])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 202, response.text
+    [failed] = response.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xC000]
+    assert _count(services) == 2
+
+
 def test_resent_instance_never_duplicates_the_row(client, services):
     payload = make_ct()
     body, content_type = multipart_body([payload, payload])
