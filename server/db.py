@@ -6,6 +6,8 @@ for `BEGIN IMMEDIATE` through `write_connection()`, which makes them queue on
 the busy timeout instead.
 """
 
+import random
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +17,7 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 SQLITE_POOL_SIZE = 40
@@ -122,6 +125,28 @@ def write_connection(engine: Engine, bookkeeping: bool = False) -> Iterator[Conn
             connection.info.pop(_BEFORE_COMMIT, None)
     if witness is not None:
         witness.committed()
+
+
+# PostgreSQL ends one of two transactions that wait on each other (deadlock
+# detected) or that cannot be serialized; run again, the loser then succeeds.
+_RETRIED_SQLSTATES = frozenset({"40P01", "40001"})
+_ATTEMPTS = 3
+ResultT = TypeVar("ResultT")
+
+
+def retried_on_conflict(work: Callable[[], ResultT]) -> ResultT:
+    """`work` (which opens its own write transactions), run again when
+    PostgreSQL ended its transaction to break a deadlock. Everything it wrote
+    was rolled back, its audit record included, so running it again is safe."""
+    attempt = 1
+    while True:
+        try:
+            return work()
+        except DBAPIError as error:
+            if getattr(error.orig, "pgcode", None) not in _RETRIED_SQLSTATES or attempt == _ATTEMPTS:
+                raise
+        time.sleep(random.uniform(0.005, 0.05) * attempt)
+        attempt += 1
 
 
 _BEFORE_COMMIT = "medaiflow.before_commit"

@@ -1,5 +1,7 @@
 """POST /fhir with batch and transaction Bundles (FHIR R4 http.html#transaction)."""
 
+import threading
+
 from tests.fhir_checks import ids
 
 TASK = {"resourceType": "Task", "status": "requested", "intent": "order"}
@@ -180,3 +182,26 @@ def test_reads_in_a_batch_take_summary_and_elements(fhir):
     first, second = response.json()["entry"]
     assert "description" not in first["resource"] and first["resource"]["status"] == "requested"
     assert second["response"]["status"].startswith("400")
+
+
+def test_transactions_changing_the_same_resources_in_opposite_orders_all_succeed(fhir):
+    """On PostgreSQL two such transactions could each wait on the other (a deadlock, answered 500)."""
+    for task_id in ("lock-a", "lock-b"):
+        fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id})
+    statuses: list[int] = []
+
+    def update_both(order: tuple[str, str]) -> None:
+        for round_number in range(10):
+            entries = [{"resource": {**TASK, "id": task_id, "description": f"{order}-{round_number}"},
+                        "request": {"method": "PUT", "url": f"Task/{task_id}"}} for task_id in order]
+            statuses.append(_post(fhir, "transaction", entries).status_code)
+            statuses.append(fhir.put(f"/fhir/Task/{order[1]}", json={**TASK, "id": order[1]}).status_code)
+
+    threads = [threading.Thread(target=update_both, args=(order,)) for order in (("lock-a", "lock-b"), ("lock-b", "lock-a"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 40
+    history = fhir.get("/fhir/Task/lock-a/_history", params={"_count": 100}).json()
+    assert sorted(int(entry["resource"]["meta"]["versionId"]) for entry in history["entry"]) == list(range(1, 32))

@@ -22,7 +22,7 @@ from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
 from fhir_mappings.subsetting import subset_json
-from server.db import write_connection
+from server.db import retried_on_conflict, write_connection
 from server.fhir import interactions
 from server.fhir.own_references import (
     with_relative_references,
@@ -67,7 +67,8 @@ def process_bundle(
         # All or nothing: every entry is allowed, or none runs.
         for entry in entries:
             authorize(entry["request"]["method"], _path(entry["request"]["url"], base))
-        results = _transaction(service, entries, base, authorize_search)
+        # Nothing of a transaction that PostgreSQL ended in a deadlock was kept: it is run again whole.
+        results = retried_on_conflict(lambda: _transaction(service, entries, base, authorize_search))
     else:
         results = [
             _batch_entry(service, entry, position, base, status_for, authorize, authorize_search)
@@ -84,7 +85,9 @@ def _transaction(
     entries = [with_relative_references(_replace_references(entry, assigned), base) for entry in entries]
     for position, entry in enumerate(entries):
         _refuse_placeholders(entry.get("resource"), position)
-    order = sorted(range(len(entries)), key=lambda position: _ORDER[entries[position]["request"]["method"]])
+    # Within a kind of interaction, in the order of the resources they touch: two transactions that
+    # change the same resources then lock them in the same order, never each waiting on the other.
+    order = sorted(range(len(entries)), key=lambda position: _processing_order(entries[position], base))
     results: dict[int, EntryResult] = {}
     with write_connection(service.engine) as connection:
         entries = [
@@ -104,6 +107,11 @@ def _transaction(
                 error.diagnostics = f"entry {position} ({request['method']} {request['url']}): {error.diagnostics}"
                 raise
     return [results[position] for position in range(len(entries))]
+
+
+def _processing_order(entry: dict[str, Any], base: str) -> tuple[int, str]:
+    request = entry["request"]
+    return _ORDER[request["method"]], _path(request["url"], base)
 
 
 def _refuse_overlaps(entries: list[dict[str, Any]]) -> None:
@@ -131,7 +139,7 @@ def _batch_entry(
 ) -> EntryResult:
     try:
         authorize(entry["request"]["method"], _path(entry["request"]["url"], base))
-        return _run(service, entry, base, None, None, authorize_search)
+        return retried_on_conflict(lambda: _run(service, entry, base, None, None, authorize_search))
     except FhirError as error:
         status = status_for(error)
         return EntryResult(f"{status}", outcome=operation_outcome(error.issue_code, error.diagnostics))

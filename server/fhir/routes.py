@@ -7,7 +7,7 @@ interaction modules.
 
 from collections.abc import Callable
 from email.utils import format_datetime, parsedate_to_datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from urllib.parse import parse_qsl
 
 import orjson
@@ -24,6 +24,7 @@ from fhir_mappings.search_query import SearchRequest, read_subsetting
 from fhir_mappings.subsetting import subset_json
 from server.audit.middleware import note_patients, note_transaction
 from server.auth.access import BUNDLE, Principal, fhir_permission, search_permissions
+from server.db import retried_on_conflict
 from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
 from server.fhir.negotiation import (
@@ -218,7 +219,7 @@ async def create(request: Request, resource_type: str) -> Response:
         raise InvalidRequest("conditional create (If-None-Exist) is not supported")
     require_json_body(request)
     body = with_relative_references(parse_json_body(await request.body()), fhir_base(request))
-    version = await run_in_threadpool(interactions.create, fhir, resource_type, body)
+    version = await run_in_threadpool(retried_on_conflict, partial(interactions.create, fhir, resource_type, body))
     return _version_response(request, version, 201, location=True)
 
 
@@ -254,14 +255,18 @@ async def update(request: Request, resource_type: str, resource_id: str) -> Resp
     require_json_body(request)
     body = with_relative_references(parse_json_body(await request.body()), fhir_base(request))
     if_match = interactions.parse_if_match(request.headers.get("if-match"))
-    version, created = await run_in_threadpool(interactions.update, fhir, resource_type, resource_id, body, if_match)
+    version, created = await run_in_threadpool(
+        retried_on_conflict, partial(interactions.update, fhir, resource_type, resource_id, body, if_match)
+    )
     return _version_response(request, version, 201 if created else 200, location=created)
 
 
 @router.delete("/{resource_type}/{resource_id}")
 async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
     if_match = interactions.parse_if_match(request.headers.get("if-match"))
-    version = await run_in_threadpool(interactions.delete, _fhir(request), resource_type, resource_id, if_match)
+    version = await run_in_threadpool(
+        retried_on_conflict, partial(interactions.delete, _fhir(request), resource_type, resource_id, if_match)
+    )
     headers = {"ETag": version.etag} if version is not None else None
     return Response(status_code=204, headers=headers)
 
