@@ -44,6 +44,7 @@ class InstanceChange(Enum):
 class InstanceWrite:
     change: InstanceChange
     superseded_file: str | None
+    left_study: str | None = None  # the study a re-sent instance moved out of, which changed too
 
 
 _STUDY_COLUMNS = [column.name for column in studies.c if column.name not in ("id", "updated_at")]
@@ -74,11 +75,16 @@ def _upsert_statement(dialect: Any, table: Table, key: str, columns: list[str], 
 @cache
 def _statements(dialect_name: str) -> _Statements:
     dialect = postgresql if dialect_name == "postgresql" else sqlite
-    find_instance = select(instances.c.id, instances.c.sha256, instances.c.file_path, instances.c.series_pk).where(
-        instances.c.sop_instance_uid == bindparam("uid")
+    find_instance = (
+        select(
+            instances.c.id, instances.c.sha256, instances.c.file_path, instances.c.series_pk,
+            studies.c.study_instance_uid,
+        )
+        .join(studies, studies.c.id == instances.c.study_pk)
+        .where(instances.c.sop_instance_uid == bindparam("uid"))
     )
     if dialect_name == "postgresql":
-        find_instance = find_instance.with_for_update()
+        find_instance = find_instance.with_for_update(of=instances)
     return _Statements(
         upsert_study=_upsert_statement(dialect, studies, "study_instance_uid", _STUDY_COLUMNS),
         upsert_series=_upsert_statement(dialect, series, "series_instance_uid", _SERIES_COLUMNS, parent="study_pk"),
@@ -178,7 +184,8 @@ def write_instance(
     connection.execute(statements.update_instance, values | {"row_id": existing.id})
     if existing.series_pk != series_pk:
         remove_empty_parents(connection, existing.series_pk)
-    return InstanceWrite(InstanceChange.REPLACED, existing.file_path)
+    left = existing.study_instance_uid if existing.study_instance_uid != description.study.study_instance_uid else None
+    return InstanceWrite(InstanceChange.REPLACED, existing.file_path, left)
 
 
 def remove_empty_parents(connection: Connection, series_pk: int) -> None:

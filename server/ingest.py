@@ -222,6 +222,8 @@ class Ingestor:
                     referenced.append(candidate.relative_path)
                     candidate.outcome = _outcome(description)
                     changed_studies.add(description.study.study_instance_uid)
+                    if written.left_study:
+                        changed_studies.add(written.left_study)
                     if written.superseded_file:
                         superseded.append(written.superseded_file)
             self.studies_changed(connection, changed_studies)

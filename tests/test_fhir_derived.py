@@ -131,6 +131,20 @@ def test_long_patient_ids_that_share_their_first_64_characters_are_two_patients(
     assert accessions == [accession]
 
 
+def test_an_instance_resent_under_another_study_leaves_no_stale_study_or_patient(fhir):
+    first, second, kept = generate_uid(), generate_uid(), generate_uid()
+    sop, other_sop = generate_uid(), generate_uid()
+    _stow(fhir, make_ct(first, sop_uid=sop, PatientID="MOVE-1"))
+    _stow(fhir, make_ct(kept, sop_uid=other_sop, PatientID="KEEP-1"), make_ct(kept, PatientID="KEEP-1"))
+    _stow(fhir, make_ct(second, sop_uid=sop, PatientID="MOVE-2"))  # the same instance, now in another study
+    assert fhir.get(f"/fhir/ImagingStudy/{first}").status_code in (404, 410)
+    assert fhir.get("/fhir/Patient", params={"identifier": "MOVE-1"}).json()["total"] == 0
+    assert _imaging_study(fhir, second)["numberOfInstances"] == 1
+    _stow(fhir, make_ct(second, sop_uid=other_sop, PatientID="MOVE-2"))  # one of two instances moves out
+    assert _imaging_study(fhir, kept)["numberOfInstances"] == 1
+    assert _imaging_study(fhir, second)["numberOfInstances"] == 2
+
+
 def test_searches_over_derived_resources(fhir):
     study = generate_uid()
     _stow(fhir, make_ct(study, AccessionNumber="A-1", PatientID="SEARCH-1"), make_ct(generate_uid(), PatientID="OTHER"))
