@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     Connection,
+    Integer,
     String,
     Table,
     bindparam,
@@ -100,7 +101,7 @@ def _statements(dialect_name: str) -> _Statements:
 
 
 def _fitted(table: Table, values: dict[str, Any]) -> dict[str, Any]:
-    """Clip values to their column widths.
+    """Clip values to their column widths, and leave out integers too large for theirs.
 
     Index columns only serve matching; the full value lives in the stored
     JSON. A legacy file with an over-long PatientID must not fail its whole
@@ -110,7 +111,12 @@ def _fitted(table: Table, values: dict[str, Any]) -> dict[str, Any]:
         column_type = table.c[name].type
         if isinstance(value, str) and isinstance(column_type, String) and column_type.length:
             values[name] = value[: column_type.length]
+        elif isinstance(value, int) and type(column_type) is Integer and not _INT32_MIN <= value <= _INT32_MAX:
+            values[name] = None  # an IS value no SQL integer holds; PostgreSQL would refuse the instance
     return values
+
+
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
 def upsert_study(connection: Connection, fields: StudyFields, attributes: dict[str, Any]) -> int:

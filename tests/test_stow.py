@@ -126,6 +126,16 @@ def test_a_nul_inside_a_text_value_fails_only_its_instance(client, services):
     assert _count(services) == 2
 
 
+def test_numbers_no_sql_integer_holds_are_left_out_of_the_index_not_refused(client, services):
+    study = generate_uid()
+    body, content_type = multipart_body([make_ct(study, SeriesNumber=2**40), make_ct(study, InstanceNumber=-(2**40))])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+    assert _count(services) == 2
+    series = client.get(f"/dicom-web/studies/{study}/series").json()
+    assert 2**40 in {item["00200011"]["Value"][0] for item in series if "00200011" in item}  # as stored
+
+
 def test_resent_instance_never_duplicates_the_row(client, services):
     payload = make_ct()
     body, content_type = multipart_body([payload, payload])
