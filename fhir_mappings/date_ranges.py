@@ -45,7 +45,8 @@ def date_from_dicom(value: str | None) -> str | None:
         day = datetime(int(text[:4]), int(text[4:6]), int(text[6:]))
     except ValueError:
         return None
-    return day.strftime("%Y-%m-%d") if day.year >= 1 else None
+    # Not strftime: the C library does not pad years below 1000 (00010101, a common "unknown").
+    return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
 
 
 def date_range(text: str) -> tuple[int, int] | None:

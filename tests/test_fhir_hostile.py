@@ -312,3 +312,13 @@ def test_primitives_of_the_right_json_type_are_kept_as_sent(fhir):
     created = fhir.post("/fhir/Task", json={**TASK, "input": inputs})
     assert created.status_code == 201, created.text[:300]
     assert created.json()["input"] == inputs
+
+
+@pytest.mark.parametrize(("dicom_date", "fhir_date"), [("00010101", "0001-01-01"), ("09991231", "0999-12-31")])
+def test_dates_before_the_year_1000_are_kept(fhir, dicom_date, fhir_date):
+    study = generate_uid()
+    body, content_type = multipart_body([make_ct(study, PatientBirthDate=dicom_date, StudyDate=dicom_date)])
+    assert fhir.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    resource = fhir.get(f"/fhir/ImagingStudy/{study}").json()
+    assert resource["started"] == fhir_date
+    assert fhir.get(f"/fhir/{resource['subject']['reference']}").json()["birthDate"] == fhir_date
