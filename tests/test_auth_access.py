@@ -4,8 +4,10 @@ the public endpoints, scopes narrowing a role, Bundle entries, HTTP Basic
 and system clients."""
 
 import base64
+import threading
 import time
 
+import httpx
 import jwt
 import pytest
 from fastapi.testclient import TestClient
@@ -156,6 +158,23 @@ def test_http_basic_for_users_and_clients_as_pacs_send_them(anonymous, services)
     fresh = "Basic " + base64.b64encode(b"scanner:a long scanner password!").decode()
     limited = anonymous.get("/dicom-web/studies", headers={"Authorization": fresh})
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+
+
+def test_a_right_password_sent_in_parallel_is_checked_once_and_never_refused(live_server, services):
+    """A PACS sends its STOWs in parallel; each in-flight check used to count as an attempt until done."""
+    services.auth.identities.add_user("pacs-user", Role.CLINICIAN, "a long pacs-user password")
+    good = "Basic " + base64.b64encode(b"pacs-user:a long pacs-user password").decode()
+    statuses: list[int] = []
+
+    def query() -> None:
+        statuses.append(httpx.get(f"{live_server}/dicom-web/studies", headers={"Authorization": good}, timeout=60).status_code)
+
+    threads = [threading.Thread(target=query) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 12
 
 
 def test_includes_and_chains_reach_only_readable_types(anonymous, services):

@@ -12,6 +12,7 @@ JSON message elsewhere. The principal goes into the request state for the
 handlers (a Bundle's entries are authorized one by one).
 """
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -53,6 +54,8 @@ class AuthMiddleware:
         self.app = app
         self.auth = auth
         self._basic: dict[bytes, tuple[float, Principal]] = {}
+        # Credentials being checked now: requests that bring the same ones wait for that check.
+        self._checking: dict[bytes, asyncio.Future[Principal]] = {}
         self._lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -102,8 +105,33 @@ class AuthMiddleware:
         now = time.monotonic()
         with self._lock:
             cached = self._basic.get(key)
+            checking = self._checking.get(key)
+            if checking is None and (cached is None or cached[0] <= now):
+                self._checking[key] = asyncio.get_running_loop().create_future()
         if cached is not None and cached[0] > now:
             return cached[1]
+        if checking is not None:
+            # A PACS sends its requests in parallel: one check of its password, not one each (each
+            # counted as an attempt until it is done, so that they could refuse one another).
+            return await asyncio.shield(checking)
+        future = self._checking[key]
+        try:
+            principal = await self._check_basic_login(credentials, key, now, scope)
+        except _Refused as refused:
+            future.set_exception(refused)
+            future.exception()  # retrieved: nobody may be waiting
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        else:
+            future.set_result(principal)
+            return principal
+        finally:
+            with self._lock:
+                self._checking.pop(key, None)
+
+    async def _check_basic_login(self, credentials: str, key: bytes, now: float, scope: Scope) -> Principal:
         parsed = basic_credentials(credentials)
         if parsed is None:
             raise _Refused(401, "the Basic credentials are not base64 of name:password", _CHALLENGE)
