@@ -158,3 +158,16 @@ def test_a_broker_down_at_submit_leaves_the_job_queued_with_the_reason(settings)
         assert tasks[0]["status"] == "requested"
         assert client.get("/healthz").status_code == 200
     services.engine.dispose()
+
+    # The broker is back (the server restarted with its address): the job is handed over, and its Task says so.
+    reachable = build_services(configured.model_copy(update={"broker_url": BROKERS["redis"]}))
+    with TestClient(create_app(services=reachable), base_url="http://testserver", headers=admin_headers(reachable)) as client:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            [task] = tasks_of(client, study_uid(study))
+            if task["businessStatus"]["text"] == "queued":
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the Task still says the broker is unreachable: {task}")
+    reachable.engine.dispose()

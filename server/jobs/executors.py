@@ -119,6 +119,9 @@ class LocalExecutor:
             runner.close()
 
 
+_BROKER_DOWN = "queued: the job broker is unreachable; the job is handed over when it is back"
+
+
 class CeleryExecutor:
     """Sends each queued job's id to the broker; the workers claim and run it."""
 
@@ -153,4 +156,6 @@ class CeleryExecutor:
             unsent = task_ids[sent:]
             log.warning("the broker is unreachable (%s); %d jobs wait in the queue", type(error).__name__, len(unsent))
             self.queue.mark_dispatched(unsent, False)
-            self.queue.note_waiting(unsent, "queued: the job broker is unreachable; the job is handed over when it is back")
+            self.queue.note_waiting(unsent, _BROKER_DOWN)
+        # Handed over now: a Task that said the broker was down says so no more.
+        self.queue.note_waiting(task_ids[:sent], "queued", replacing=_BROKER_DOWN)

@@ -307,13 +307,17 @@ class JobQueue:
             ).all()
         return [row.task_id for row in rows]
 
-    def note_waiting(self, task_ids: list[str], text: str) -> None:
+    def note_waiting(self, task_ids: list[str], text: str, replacing: str | None = None) -> None:
         """Say on queued jobs' Tasks why they wait (once: no new Task version
-        per scheduler tick)."""
+        per scheduler tick); with `replacing`, only where that was said."""
+        if not task_ids:
+            return
         with write_connection(self.engine) as connection:
             for task_id in task_ids:
                 job = self.get(task_id, connection)
-                if job is not None and job.status == REQUESTED and job.business_status != text:
+                if job is None or job.status != REQUESTED or job.business_status == text:
+                    continue
+                if replacing is None or job.business_status == replacing:
                     self._change(connection, task_id, status=REQUESTED, owner=None, values={"business_status": text})
 
     def mark_dispatched(self, task_ids: list[str], dispatched: bool) -> None:
