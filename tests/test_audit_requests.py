@@ -218,3 +218,10 @@ def test_a_transaction_is_recorded_as_one_and_a_batch_as_a_batch(services, fhir)
         assert fhir.post("/fhir", json={"resourceType": "Bundle", "type": kind, "entry": [entry]}).status_code == 200
     assert len(_events(services, fhir, subtype="transaction")) == 1
     assert len(_events(services, fhir, subtype="batch")) == 1
+
+
+def test_a_request_refused_for_its_study_path_is_still_recorded(services, fhir):
+    response = fhir.get("/dicom-web/studies/1.2.3%00/series")
+    assert response.status_code == 400
+    refused = [event for event in _events(services, fhir, outcome="4") if "1.2.3" in event.get("outcomeDesc", "")]
+    assert len(refused) == 1

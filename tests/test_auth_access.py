@@ -177,6 +177,37 @@ def test_a_right_password_sent_in_parallel_is_checked_once_and_never_refused(liv
     assert statuses == [200] * 12
 
 
+def test_when_a_shared_check_fails_the_waiting_requests_check_again(live_server, services, monkeypatch):
+    """The check that failed (a dropped database connection, say) fails its own request alone."""
+    identities = services.auth.identities
+    identities.add_user("pacs-two", Role.CLINICIAN, "a long pacs-two password")
+    real = identities.authenticate_user
+    calls: list[str] = []
+
+    def first_check_fails(name: str, secret: str):  # type: ignore[no-untyped-def]
+        calls.append(name)
+        time.sleep(0.3)  # long enough for the others to arrive and wait on it
+        if len(calls) == 1:
+            raise RuntimeError("the database connection was dropped")
+        return real(name, secret)
+
+    monkeypatch.setattr(identities, "authenticate_user", first_check_fails)
+    header = {"Authorization": "Basic " + base64.b64encode(b"pacs-two:a long pacs-two password").decode()}
+    statuses: list[int] = []
+
+    def query() -> None:
+        statuses.append(httpx.get(f"{live_server}/fhir/Patient", headers=header, timeout=30).status_code)
+
+    threads = [threading.Thread(target=query) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200, 200, 200, 500]
+    assert len(calls) == 2  # the failed check, then one check for all that waited
+
+
 def test_includes_and_chains_reach_only_readable_types(anonymous, services):
     clinician = _bearer(services, Role.CLINICIAN)
     for path, params in [

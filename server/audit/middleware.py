@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dicom.uids import is_safe_uid
 from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
 from server.audit.chain import AuditChain
 from server.audit.recorder import AuditRecorder, AuditUnavailable
@@ -130,7 +131,8 @@ class _RequestAudit:
 
     def __post_init__(self) -> None:
         parts = [part for part in self.scope["path"].split("/") if part]
-        if parts[:2] == ["dicom-web", "studies"] and len(parts) >= 3:
+        # Only a UID: the request may be refused for its path, and its record must still be written.
+        if parts[:2] == ["dicom-web", "studies"] and len(parts) >= 3 and is_safe_uid(parts[2]):
             self.studies.add(parts[2])
 
     def before_commit(self, connection: Connection) -> None:

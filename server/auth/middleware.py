@@ -55,7 +55,7 @@ class AuthMiddleware:
         self.auth = auth
         self._basic: dict[bytes, tuple[float, Principal]] = {}
         # Credentials being checked now: requests that bring the same ones wait for that check.
-        self._checking: dict[bytes, asyncio.Future[Principal]] = {}
+        self._checking: dict[bytes, asyncio.Future[Principal | None]] = {}  # None: the check failed, not refused
         self._lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -102,18 +102,26 @@ class AuthMiddleware:
 
     async def _basic_principal(self, credentials: str, scope: Scope) -> Principal:
         key = hashlib.sha256(credentials.encode()).digest()
-        now = time.monotonic()
-        with self._lock:
-            cached = self._basic.get(key)
-            checking = self._checking.get(key)
-            if checking is None and (cached is None or cached[0] <= now):
-                self._checking[key] = asyncio.get_running_loop().create_future()
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        if checking is not None:
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                cached = self._basic.get(key)
+                checking = self._checking.get(key)
+                if checking is None and (cached is None or cached[0] <= now):
+                    self._checking[key] = asyncio.get_running_loop().create_future()
+            if cached is not None and cached[0] > now:
+                return cached[1]
+            if checking is None:
+                return await self._lead_check(credentials, key, now, scope)
             # A PACS sends its requests in parallel: one check of its password, not one each (each
             # counted as an attempt until it is done, so that they could refuse one another).
-            return await asyncio.shield(checking)
+            principal = await asyncio.shield(checking)
+            if principal is not None:
+                return principal
+            # That check failed for a reason of its own (a dropped connection): check again.
+
+    async def _lead_check(self, credentials: str, key: bytes, now: float, scope: Scope) -> Principal:
+        """The one check of these credentials; requests that bring the same wait for its outcome."""
         future = self._checking[key]
         try:
             principal = await self._check_basic_login(credentials, key, now, scope)
@@ -122,7 +130,7 @@ class AuthMiddleware:
             future.exception()  # retrieved: nobody may be waiting
             raise
         except BaseException:
-            future.cancel()
+            future.set_result(None)
             raise
         else:
             future.set_result(principal)
