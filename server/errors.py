@@ -127,7 +127,7 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(error.headers or {})
         if error.status_code == 405:
             # The router names only the methods of the first route whose path matched.
-            headers["Allow"] = allowed_methods(request)
+            headers["Allow"] = await allowed_methods(request)
         return error_response(error.status_code, str(error.detail), headers, request)
 
     @app.exception_handler(Exception)

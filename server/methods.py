@@ -1,6 +1,7 @@
 """HTTP methods as RFC 9110 has them: HEAD wherever GET is allowed
 (§9.3.2), and a 405 that lists every method the resource allows (§15.5.6)."""
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,10 +34,11 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET", HEAD_MARK: True}, receive, without_body)
 
 
-def allowed_methods(request: Request) -> str:
+async def allowed_methods(request: Request) -> str:
     """The Allow header for the request's URL: the methods some route takes
-    there, less the writes of a FHIR type the server writes itself (which
-    answers them with the same 405)."""
+    there, less those the resource itself refuses with the same 405 (the
+    writes of a FHIR type the server writes itself, the delete of a Task
+    that is an inference job's record)."""
     routes = request.app.router.routes
     allowed = {
         method for method in _METHODS
@@ -46,6 +48,10 @@ def allowed_methods(request: Request) -> str:
     fhir = request.app.state.services.fhir
     if len(parts) in (3, 4) and parts[1] == "fhir" and parts[2] in fhir.supported_types - fhir.writable_types:
         allowed -= {"POST", "PUT", "DELETE", "PATCH"}
+    if len(parts) == 4 and parts[1:3] == ["fhir", "Task"]:
+        job = await run_in_threadpool(request.app.state.services.jobs.queue.get, parts[3])
+        if job is not None:
+            allowed.discard("DELETE")
     if "GET" in allowed:
         allowed.add("HEAD")
     return ", ".join(sorted(allowed))
