@@ -64,6 +64,23 @@ def require_id(resource_id: str) -> str:
     return resource_id
 
 
+# R4 datatypes.html#string: no character below U+0020 but tab, CR and LF.
+CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def without_control_characters(node: Any) -> Any:
+    """JSON with the characters FHIR strings may not hold left out: for values
+    taken from elsewhere (DICOM text does carry them), not for a client's
+    resource, which is refused instead."""
+    if isinstance(node, str):
+        return CONTROL_CHARACTER.sub("", node)
+    if isinstance(node, dict):
+        return {key: without_control_characters(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [without_control_characters(item) for item in node]
+    return node
+
+
 def validate_resource(body: Any, expected_type: str | None = None) -> Resource:
     """A resource from parsed JSON, valid against the R4 model and its required bindings."""
     if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):

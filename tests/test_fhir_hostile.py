@@ -322,3 +322,29 @@ def test_dates_before_the_year_1000_are_kept(fhir, dicom_date, fhir_date):
     resource = fhir.get(f"/fhir/ImagingStudy/{study}").json()
     assert resource["started"] == fhir_date
     assert fhir.get(f"/fhir/{resource['subject']['reference']}").json()["birthDate"] == fhir_date
+
+
+def test_a_control_character_in_a_resource_is_400(fhir):
+    response = fhir.post("/fhir/Task", json={**TASK, "description": "ctl\u0001x"})
+    assert response.status_code == 400
+    assert "U+0001" in response.json()["issue"][0]["diagnostics"]
+    assert fhir.post("/fhir/Task", json={**TASK, "description": "tab\tand\nnewline"}).status_code == 201
+
+
+def test_control_characters_in_dicom_text_are_left_out_of_fhir_and_xml_answers(fhir):
+    study = generate_uid()
+    body, content_type = multipart_body([make_ct(study, PatientName="Ctl\x02^Name", StudyDescription="ctrl\x01desc")])
+    assert fhir.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    assert fhir.get(f"/fhir/ImagingStudy/{study}").json()["description"] == "ctrldesc"
+    for url in ("/fhir/Patient", "/fhir/ImagingStudy"):
+        response = fhir.get(url, params={"_format": "xml"})
+        assert response.status_code == 200, (url, response.text[:300])
+
+
+def test_a_stored_resource_xml_cannot_carry_is_406_with_json_offered(fhir):
+    div = '<div xmlns="http://www.w3.org/1999/xhtml">a&nbsp;b</div>'
+    created = fhir.post("/fhir/Task", json={**TASK, "text": {"status": "generated", "div": div}})
+    assert created.status_code == 201, created.text
+    response = fhir.get(f"/fhir/Task/{created.json()['id']}", params={"_format": "xml"})
+    assert response.status_code == 406
+    assert "application/fhir+json" in response.json()["issue"][0]["diagnostics"]

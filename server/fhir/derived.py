@@ -22,6 +22,7 @@ from fhir_mappings.imaging_study import (
     imaging_study_from_dicom,
 )
 from fhir_mappings.patient import PatientRecord, patient_from_dicom, patient_resource_id
+from fhir_mappings.resources import without_control_characters
 from server.fhir.store import ResourceStore
 from server.tables import fhir_references, fhir_resources, instances, series, studies
 
@@ -48,7 +49,8 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
         else:
             patient = _patient_record(row)
             patient_keys.setdefault(patient_resource_id(patient), None)
-            study_writes.append((study_uid, imaging_study_from_dicom(_study_record(connection, row, patient))))
+            study = imaging_study_from_dicom(_study_record(connection, row, patient))
+            study_writes.append((study_uid, without_control_characters(study)))
         if previous_patient is not None:
             patient_keys.setdefault(previous_patient, None)
     for study_uid, body in study_writes:
@@ -62,7 +64,8 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
         if newest is None:
             store.delete(connection, "Patient", patient_id)
         else:
-            store.put(connection, patient_from_dicom(_patient_record(newest)), patient_id, "PUT")
+            patient = without_control_characters(patient_from_dicom(_patient_record(newest)))
+            store.put(connection, patient, patient_id, "PUT")
 
 
 def _lock_patient(connection: Connection, patient_id: str) -> None:

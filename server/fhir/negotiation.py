@@ -14,7 +14,7 @@ from starlette.responses import Response
 from dicom.errors import DicomError
 from dicom.media_types import parse_accept, type_matches
 from fhir_mappings.errors import InvalidRequest, NotAcceptable, UnsupportedMediaType
-from fhir_mappings.resources import model_class
+from fhir_mappings.resources import CONTROL_CHARACTER, model_class
 
 FHIR_JSON = "application/fhir+json"
 FHIR_XML = "application/fhir+xml"
@@ -98,9 +98,11 @@ def _check_nesting_and_text(body: Any) -> None:
     while pending:
         node, depth = pending.pop()
         if isinstance(node, str):
-            if "\x00" in node:
-                # FHIR strings cannot hold U+0000 (R4 datatypes.html#string), nor can PostgreSQL text.
-                raise InvalidRequest("the body contains a NUL character (\\u0000), which FHIR strings may not hold")
+            control = CONTROL_CHARACTER.search(node)
+            if control is not None:
+                # R4 datatypes.html#string: nothing below U+0020 but tab, CR and LF (nor can XML, or PostgreSQL a NUL).
+                character = f"U+{ord(control.group()):04X}"
+                raise InvalidRequest(f"the body contains the control character {character}, which FHIR strings may not hold")
             continue
         if not isinstance(node, (dict, list)):
             continue
@@ -116,9 +118,16 @@ def fhir_response(
     """Answer with stored JSON bytes as they are, or re-rendered when XML or `_pretty` asks."""
     if fmt.is_xml:
         document = orjson.loads(body) if isinstance(body, bytes) else body
-        content = model_class(document["resourceType"]).model_validate(document).model_dump_xml(
-            pretty_print=fmt.pretty
-        )
+        try:
+            content = model_class(document["resourceType"]).model_validate(document).model_dump_xml(
+                pretty_print=fmt.pretty
+            )
+        except (ValueError, KeyError, SyntaxError) as error:  # lxml's refusals; XMLSyntaxError is a SyntaxError
+            # Stored before these were refused on write: a narrative that is not XHTML, say.
+            raise NotAcceptable(
+                f"this answer cannot be written as XML ({' '.join(str(error).split())[:200]}); it is available as"
+                f" {FHIR_JSON}"
+            ) from error
     elif fmt.pretty:
         content = orjson.dumps(orjson.loads(body) if isinstance(body, bytes) else body, option=orjson.OPT_INDENT_2)
     else:
