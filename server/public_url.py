@@ -32,7 +32,8 @@ def public_root(request: Request) -> str:
         or _first(headers.get("host"), _HOST.fullmatch)
         or _listening_address(request)
     )
-    prefix = (_first(headers.get("x-forwarded-prefix"), _PREFIX.fullmatch) or "").rstrip("/")
+    prefix = _first(headers.get("x-forwarded-prefix"), lambda value: _PREFIX.fullmatch(value.rstrip("/"))) or ""
+    prefix = prefix.rstrip("/")
     root_path = request.scope.get("root_path", "")
     return f"{scheme}://{host}{prefix}{root_path if _PREFIX.fullmatch(root_path) else ''}"
 

@@ -348,3 +348,12 @@ def test_a_stored_resource_xml_cannot_carry_is_406_with_json_offered(fhir):
     response = fhir.get(f"/fhir/Task/{created.json()['id']}", params={"_format": "xml"})
     assert response.status_code == 406
     assert "application/fhir+json" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_a_write_that_asks_for_an_answer_it_cannot_have_writes_nothing(fhir):
+    fhir.put("/fhir/Task/x1", json={**TASK, "id": "x1"})
+    assert fhir.post("/fhir/Task", json=TASK, params={"_format": "xml"}).status_code == 406
+    assert fhir.put("/fhir/Task/x1", json={**TASK, "id": "x1", "description": "new"},
+                    headers={"Accept": "application/fhir+xml"}).status_code == 406
+    assert fhir.get("/fhir/Task").json()["total"] == 1
+    assert fhir.get("/fhir/Task/x1").json()["meta"]["versionId"] == "1"

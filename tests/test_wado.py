@@ -261,10 +261,11 @@ def test_inline_binary_of_a_big_endian_instance_is_little_endian_as_its_bulk_dat
     assert base64.b64decode(attributes["60003000"]["InlineBinary"]) == words.astype("<u2").tobytes()
 
 
-def test_bulk_data_uris_honour_forwarded_headers(client):
+@pytest.mark.parametrize("prefix", ["/medaiflow", "/medaiflow/"])
+def test_bulk_data_uris_honour_forwarded_headers(client, prefix):
     study = generate_uid()
     stow(client, [make_ct(study_uid=study, size=64)])
-    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.example.org", "X-Forwarded-Prefix": "/medaiflow"}
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.example.org", "X-Forwarded-Prefix": prefix}
     [attributes] = client.get(f"/dicom-web/studies/{study}/metadata", headers=headers).json()
     assert attributes["7FE00010"]["BulkDataURI"].startswith("https://pacs.example.org/medaiflow/dicom-web/studies/")
 

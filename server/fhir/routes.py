@@ -218,6 +218,7 @@ async def create(request: Request, resource_type: str) -> Response:
         # Ignoring it would create the duplicate the client meant to avoid.
         raise InvalidRequest("conditional create (If-None-Exist) is not supported")
     require_json_body(request)
+    response_format(request, xml_allowed=False)  # a 406 must come before the write, not after it
     body = with_relative_references(parse_json_body(await request.body()), fhir_base(request))
     version = await run_in_threadpool(retried_on_conflict, partial(interactions.create, fhir, resource_type, body))
     return _version_response(request, version, 201, location=True)
@@ -253,6 +254,7 @@ async def update(request: Request, resource_type: str, resource_id: str) -> Resp
     fhir = _fhir(request)
     fhir.require_writable(resource_type)
     require_json_body(request)
+    response_format(request, xml_allowed=False)  # a 406 must come before the write, not after it
     body = with_relative_references(parse_json_body(await request.body()), fhir_base(request))
     if_match = interactions.parse_if_match(request.headers.get("if-match"))
     version, created = await run_in_threadpool(
