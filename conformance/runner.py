@@ -67,8 +67,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     families = [args.only] if args.only else [family for family in FAMILIES if getattr(args, family)]
-    if not families:
-        print("name the server under test: --dicomweb URL and/or --fhir URL", file=sys.stderr)
+    if not families or not all(getattr(args, family) for family in families):
+        # A run that tests nothing must not pass as one that passed.
+        print(f"name the server under test: {' and/or '.join(f'--{family} URL' for family in families or FAMILIES)}",
+              file=sys.stderr)
+        return 2
+    known = {case.id for family in families for case in FAMILIES[family].cases}
+    unknown = sorted(set(args.case) - known)
+    if unknown:
+        print(f"no such case in {', '.join(families)}: {', '.join(unknown)}", file=sys.stderr)
         return 2
     validate = fhir_schema.validator_at(args.fhir_schema) if args.fhir_schema.is_file() else None
     if validate is None and "fhir" in families:

@@ -88,9 +88,25 @@ def test_the_command_reports_and_its_exit_status_says_whether_anything_failed(li
     assert "came back: 401" in printed
 
 
+def test_credentials_without_the_rights_fail_the_run_instead_of_skipping(live_server, services, tmp_path, capsys):
+    services.auth.identities.add_user("scanner", Role.MODALITY, "a long scanner password")  # STOW only
+    results = tmp_path / "results.json"
+    status = main(["conformance", "--fhir", f"{live_server}/fhir", "--user", "scanner", "--password",
+                   "a long scanner password", "--case", "FH-READ-04", "--json", str(results)])
+    capsys.readouterr()
+    assert status == 1
+    [outcome] = json.loads(results.read_text())
+    assert outcome["result"] == "fail" and outcome["exchanges"][-1]["status"] == 403
+
+
 def test_a_run_without_a_server_is_refused(capsys):
     assert main(["conformance"]) == 2
     assert "--dicomweb" in capsys.readouterr().err
+    # A family named without its server, or a case no family has: nothing would be tested.
+    assert main(["conformance", "--only", "fhir", "--dicomweb", "http://127.0.0.1:9/dicom-web"]) == 2
+    assert "--fhir URL" in capsys.readouterr().err
+    assert main(["conformance", "--fhir", "http://127.0.0.1:9/fhir", "--case", "NO-SUCH-01"]) == 2
+    assert "NO-SUCH-01" in capsys.readouterr().err
 
 
 def test_the_suite_runs_against_a_fresh_server_of_its_own(tmp_path, capsys):
