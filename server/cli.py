@@ -6,6 +6,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from fhir_mappings.errors import FhirError
 from inference.errors import InferenceError
 from server.auth.identities import IdentityError
@@ -181,7 +183,13 @@ def _audit_verify(_: argparse.Namespace) -> int:
     from server.app import build_services
     from server.migrate import upgrade
 
-    services = build_services(load_settings())
+    settings = load_settings()
+    database = make_url(settings.resolved_database_url)
+    if database.get_backend_name() == "sqlite" and not Path(database.database or "").is_file():
+        # Verifying would create an empty database and call it intact.
+        print(f"medaiflow: there is no database at {database.database}; is MEDAIFLOW_DATA_DIR right?", file=sys.stderr)
+        return 2
+    services = build_services(settings)
     try:
         upgrade(services.engine)
         verification = services.audit.chain.verify()

@@ -256,3 +256,11 @@ def test_a_value_of_another_type_in_place_of_an_event_is_reported_not_fatal(serv
         connection.execute(text("UPDATE audit_events SET event_json = 'café' WHERE seq = 4"))
     verification = _verify(services)
     assert verification.first_broken == 4 and "altered" in (verification.problem or "")
+
+
+def test_verifying_a_data_directory_with_no_database_is_an_error_not_a_pass(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEDAIFLOW_DATA_DIR", str(tmp_path / "mistyped"))
+    monkeypatch.delenv("MEDAIFLOW_DATABASE_URL", raising=False)
+    assert main(["audit", "verify"]) == 2
+    assert "no database" in capsys.readouterr().err
+    assert not (tmp_path / "mistyped").exists()
