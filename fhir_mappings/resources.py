@@ -111,19 +111,29 @@ def _refuse_conditional_references(body: dict[str, Any], resource_type: str) -> 
     """A conditional reference (`Patient?identifier=...`) means something only
     in a transaction, which replaces it by the resource it matches
     (http.html#trules); anywhere else it would be stored meaning nothing."""
-    pending: list[Any] = [body]
+    for reference in literal_references(body):
+        if "?" in reference:
+            raise InvalidResource(
+                f"invalid {resource_type}: {reference[:100]!r} is a conditional reference, resolved only in a"
+                " transaction Bundle"
+            )
+
+
+def literal_references(node: Any) -> list[str]:
+    """Every Reference.reference in some JSON; a loop, not recursion, so that
+    no nesting can exhaust the stack."""
+    found: list[str] = []
+    pending = [node]
     while pending:
-        node = pending.pop()
-        if isinstance(node, dict):
-            reference = node.get("reference")
-            if isinstance(reference, str) and "?" in reference:
-                raise InvalidResource(
-                    f"invalid {resource_type}: {reference[:100]!r} is a conditional reference, resolved only in a"
-                    " transaction Bundle"
-                )
-            pending.extend(value for value in node.values() if isinstance(value, (dict, list)))
-        elif isinstance(node, list):
-            pending.extend(node)
+        current = pending.pop()
+        if isinstance(current, dict):
+            reference = current.get("reference")
+            if isinstance(reference, str):
+                found.append(reference)
+            pending.extend(value for value in current.values() if isinstance(value, (dict, list)))
+        elif isinstance(current, list):
+            pending.extend(current)
+    return found
 
 
 def _check_contained(contained: Any, resource_type: str) -> None:

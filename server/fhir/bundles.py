@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 from fhir_mappings.date_ranges import date_range, instant_text
 from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
 from fhir_mappings.outcome import operation_outcome
+from fhir_mappings.resources import literal_references
 from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
 from fhir_mappings.subsetting import subset_json
 from server.db import retried_on_conflict, write_connection
@@ -139,7 +140,8 @@ def _batch_entry(
 ) -> EntryResult:
     try:
         authorize(entry["request"]["method"], _path(entry["request"]["url"], base))
-        return retried_on_conflict(lambda: _run(service, entry, base, None, None, authorize_search))
+        local = with_relative_references(entry, base)
+        return retried_on_conflict(lambda: _run(service, local, base, None, None, authorize_search))
     except FhirError as error:
         status = status_for(error)
         return EntryResult(f"{status}", outcome=operation_outcome(error.issue_code, error.diagnostics))
@@ -175,7 +177,7 @@ def _run(
         if interactions.not_modified(version, _text(request, "ifNoneMatch"), _instant(request, "ifModifiedSince")):
             return EntryResult("304 Not Modified", etag=version.etag, last_modified=version.last_updated)
         return _result("200 OK", version, base, subset_of=(summary, elements))
-    resource = with_relative_references(entry.get("resource"), base)
+    resource = entry.get("resource")
     if method == "POST" and len(parts) == 1:
         version = interactions.create(service, parts[0], resource, connection, created_id)
         return _result("201 Created", version, base)
@@ -276,24 +278,9 @@ def _replaced(key: str, value: Any, assigned: dict[str, str]) -> Any:
 
 def _refuse_placeholders(node: Any, position: int) -> None:
     """A `urn:uuid:` reference left after replacement names no entry: it would be stored meaning nothing."""
-    for reference in _references(node):
+    for reference in literal_references(node):
         if reference.startswith(_PLACEHOLDERS):
             raise InvalidRequest(f"entry {position}: {reference[:100]} is the fullUrl of no entry of this transaction")
-
-
-def _references(node: Any) -> list[str]:
-    found: list[str] = []
-    pending = [node]
-    while pending:
-        current = pending.pop()
-        if isinstance(current, dict):
-            reference = current.get("reference")
-            if isinstance(reference, str):
-                found.append(reference)
-            pending.extend(value for value in current.values() if isinstance(value, (dict, list)))
-        elif isinstance(current, list):
-            pending.extend(current)
-    return found
 
 
 def _resolve_conditional_references(
@@ -302,7 +289,7 @@ def _resolve_conditional_references(
 ) -> dict[str, Any]:
     """Conditional references (`Patient?identifier=...`) replaced by the one
     resource they match; none or several fail the transaction (http.html#trules)."""
-    conditional = {reference for reference in _references(entry.get("resource")) if "?" in reference}
+    conditional = {reference for reference in literal_references(entry.get("resource")) if "?" in reference}
     if not conditional:
         return entry
     resolved: dict[str, str] = {}

@@ -47,9 +47,10 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
         if row is None:
             study_writes.append((study_uid, None))
         else:
-            patient = _patient_record(row)
+            attributes = orjson.loads(row.attributes_json)
+            patient = _patient_record(row, attributes)
             patient_keys.setdefault(patient_resource_id(patient), None)
-            study = imaging_study_from_dicom(_study_record(connection, row, patient))
+            study = imaging_study_from_dicom(_study_record(connection, row, attributes, patient))
             study_writes.append((study_uid, without_control_characters(study)))
         if previous_patient is not None:
             patient_keys.setdefault(previous_patient, None)
@@ -64,7 +65,8 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
         if newest is None:
             store.delete(connection, "Patient", patient_id)
         else:
-            patient = without_control_characters(patient_from_dicom(_patient_record(newest)))
+            record = _patient_record(newest, orjson.loads(newest.attributes_json))
+            patient = without_control_characters(patient_from_dicom(record))
             store.put(connection, patient, patient_id, "PUT")
 
 
@@ -102,8 +104,8 @@ def _same_content(stored: bytes | None, body: dict) -> bool:
     return existing == {**body, "id": existing.get("id")}
 
 
-def _patient_record(row) -> PatientRecord:  # type: ignore[no-untyped-def]
-    attributes = orjson.loads(row.attributes_json)
+def _patient_record(row, attributes: dict) -> PatientRecord:  # type: ignore[no-untyped-def]
+    """`attributes`: the row's stored attributes (`attributes_json`), parsed."""
     return PatientRecord(
         # From the stored attributes, not the index columns, which are cut at
         # 64 characters: two long PatientIDs that share their first 64 are two
@@ -117,7 +119,9 @@ def _patient_record(row) -> PatientRecord:  # type: ignore[no-untyped-def]
     )
 
 
-def _study_record(connection: Connection, row, patient: PatientRecord) -> StudyRecord:  # type: ignore[no-untyped-def]
+def _study_record(  # type: ignore[no-untyped-def]
+    connection: Connection, row, attributes: dict, patient: PatientRecord
+) -> StudyRecord:
     series_rows = connection.execute(
         select(
             series.c.id, series.c.series_instance_uid, series.c.series_number, series.c.modality,
@@ -138,7 +142,7 @@ def _study_record(connection: Connection, row, patient: PatientRecord) -> StudyR
         )
     return StudyRecord(
         study_instance_uid=row.study_instance_uid,
-        accession_number=_full_text(orjson.loads(row.attributes_json), "00080050", row.accession_number),
+        accession_number=_full_text(attributes, "00080050", row.accession_number),
         study_date=row.study_date,
         description=row.study_description,
         patient_resource_id=patient_resource_id(patient),
