@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Column, Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from server.auth.scopes import Grant, Role, role_grant
@@ -79,14 +79,16 @@ class Identities:
         self._change_user(name, f"password of user {name} changed", password_hash=self.hasher.hash(password))
 
     def _change_user(self, name: str, description: str | None, **values: object) -> None:
+        self._change(users.c.name, name, "user", description, **values, updated_at=_now())
+
+    def _change(self, key: Column, value: str, kind: str, description: str | None, **values: object) -> None:
+        """Update the user or client whose `key` is `value`; `description` goes to the audit trail."""
         with write_connection(self.engine) as connection:
-            changed = connection.execute(
-                update(users).where(users.c.name == name).values(**values, updated_at=_now())
-            ).rowcount
+            changed = connection.execute(update(key.table).where(key == value).values(**values)).rowcount
             if changed and description is not None:
-                self._changed(connection, name, description)
+                self._changed(connection, value, description)
         if not changed:
-            raise IdentityError(f"there is no user {name!r}")
+            raise IdentityError(f"there is no {kind} {value!r}")
 
     def _changed(self, connection: Connection, name: str, description: str) -> None:
         if self.on_change is not None:
@@ -130,14 +132,7 @@ class Identities:
 
     def disable_client(self, client_id: str) -> None:
         """Refuse the client's secret from now on (a leaked one, say)."""
-        with write_connection(self.engine) as connection:
-            changed = connection.execute(
-                update(clients).where(clients.c.client_id == client_id).values(disabled=True)
-            ).rowcount
-            if changed:
-                self._changed(connection, client_id, f"client {client_id} disabled")
-        if not changed:
-            raise IdentityError(f"there is no client {client_id!r}")
+        self._change(clients.c.client_id, client_id, "client", f"client {client_id} disabled", disabled=True)
 
     def authenticate_client(self, client_id: str, secret: str) -> Identity | None:
         with reading(self.engine) as connection:
