@@ -7,15 +7,19 @@ bindings, so `validate_resource` checks them from the models' own
 `enum_values` (the codes of each required binding in FHIR R4).
 """
 
+import decimal
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
+from fhir_core import xml_utils
 from pydantic import BaseModel, ValidationError
 
 from fhir_mappings.errors import InvalidRequest, InvalidResource
+from fhir_mappings.fhir_json import with_written_decimals
 from fhir_mappings.json_types import check_json_types
 
 # The models abbreviate some long value sets with a trailing "+"; these are
@@ -79,6 +83,12 @@ def without_control_characters(node: Any) -> Any:
     if isinstance(node, list):
         return [without_control_characters(item) for item in node]
     return node
+
+
+def client_resource(body: Any, expected_type: str | None = None) -> dict[str, Any]:
+    """A client's resource as it is stored: valid, written by its model (in
+    R4's element order), and with each decimal as the client wrote it."""
+    return with_written_decimals(resource_dict(validate_resource(body, expected_type)), body)  # type: ignore[no-any-return]
 
 
 def validate_resource(body: Any, expected_type: str | None = None) -> Resource:
@@ -212,6 +222,33 @@ def resource_json(model: Resource) -> bytes:
 
 def resource_dict(model: Resource) -> dict[str, Any]:
     return orjson.loads(resource_json(model))  # type: ignore[no-any-return]
+
+
+def resource_xml(document: dict[str, Any], pretty: bool) -> bytes:
+    """A resource's FHIR XML. Raises ValueError, KeyError or SyntaxError
+    (lxml's refusals) for what XML cannot carry."""
+    _write_decimals_as_written()
+    model = model_class(document["resourceType"]).model_validate(document)
+    return model.model_dump_xml(pretty_print=pretty)  # type: ignore[no-any-return]
+
+
+def _write_decimals_as_written() -> None:
+    """The XML writer makes a float of each decimal, so 1.10 becomes 1.1 and
+    100 becomes 100.0; R4 keeps a decimal's digits (datatypes.html#decimal).
+    The model holds the decimal as written (`fhir_json.WrittenDecimal` makes
+    Decimal("1.10")), so write that. `xml_represent` is the module's one
+    writer of primitive values, looked up by name at each call."""
+    if getattr(xml_utils.xml_represent, "writes_decimals_as_written", False):
+        return
+    represent: Callable[..., str] = xml_utils.xml_represent
+
+    def decimals_as_written(type_: Any, value: Any, version_prefix: str = "") -> str:
+        if isinstance(value, decimal.Decimal):
+            return str(value)
+        return represent(type_, value, version_prefix)
+
+    decimals_as_written.writes_decimals_as_written = True  # type: ignore[attr-defined]
+    xml_utils.xml_represent = decimals_as_written
 
 
 def _describe(error: ValidationError) -> str:

@@ -8,8 +8,7 @@ with the SUBSETTED tag as the spec requires.
 from functools import cache
 from typing import Any
 
-import orjson
-
+from fhir_mappings import fhir_json
 from fhir_mappings.resources import model_class
 from fhir_mappings.search_query import Summary
 
@@ -58,4 +57,4 @@ def subset_json(body: bytes, summary: Summary, elements: tuple[str, ...]) -> byt
     """`subset` of stored JSON; the bytes themselves when nothing is asked."""
     if summary is Summary.FALSE and not elements:
         return body
-    return orjson.dumps(subset(orjson.loads(body), summary, elements))
+    return fhir_json.dumps(subset(fhir_json.loads(body), summary, elements))

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from fhir_mappings.errors import InvalidRequest, ResourceNotFound
-from fhir_mappings.resources import require_id, resource_dict, validate_resource
+from fhir_mappings.resources import client_resource, require_id
 from server.db import writing
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
@@ -62,7 +62,7 @@ def create(
 ) -> StoredVersion:
     """A new resource; the server assigns its id (FHIR R4 http.html#create ignores the body's)."""
     service.require_writable(resource_type)
-    resource = resource_dict(validate_resource(_without_id(body), resource_type))
+    resource = client_resource(_without_id(body), resource_type)
     resource_id = resource_id or service.new_id()
     with writing(service.engine, connection) as session:
         hook = service.write_hooks.get(resource_type)
@@ -80,7 +80,7 @@ def update(
     require_id(resource_id)
     if not isinstance(body, dict) or body.get("id") != resource_id:
         raise InvalidRequest(f"the resource's id must be present and equal {resource_id!r}, the id in the URL")
-    resource = resource_dict(validate_resource(body, resource_type))
+    resource = client_resource(body, resource_type)
     with writing(service.engine, connection) as session:
         hook = service.write_hooks.get(resource_type)
         if hook is not None:

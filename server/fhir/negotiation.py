@@ -13,8 +13,9 @@ from starlette.responses import Response
 
 from dicom.errors import DicomError
 from dicom.media_types import parse_accept, type_matches
+from fhir_mappings import fhir_json
 from fhir_mappings.errors import InvalidRequest, NotAcceptable, UnsupportedMediaType
-from fhir_mappings.resources import CONTROL_CHARACTER, model_class
+from fhir_mappings.resources import CONTROL_CHARACTER, resource_xml
 
 FHIR_JSON = "application/fhir+json"
 FHIR_XML = "application/fhir+xml"
@@ -79,7 +80,7 @@ def require_json_body(request: Request) -> None:
 
 def parse_json_body(raw: bytes) -> Any:
     try:
-        body = orjson.loads(raw)
+        body = fhir_json.loads(raw)
     except orjson.JSONDecodeError as error:
         raise InvalidRequest(f"the body is not valid JSON: {error}") from error
     _check_nesting_and_text(body)
@@ -117,11 +118,9 @@ def fhir_response(
 ) -> Response:
     """Answer with stored JSON bytes as they are, or re-rendered when XML or `_pretty` asks."""
     if fmt.is_xml:
-        document = orjson.loads(body) if isinstance(body, bytes) else body
+        document = fhir_json.loads(body) if isinstance(body, bytes) else body
         try:
-            content = model_class(document["resourceType"]).model_validate(document).model_dump_xml(
-                pretty_print=fmt.pretty
-            )
+            content = resource_xml(document, fmt.pretty)
         except (ValueError, KeyError, SyntaxError) as error:  # lxml's refusals; XMLSyntaxError is a SyntaxError
             # Stored before these were refused on write: a narrative that is not XHTML, say.
             raise NotAcceptable(
@@ -129,7 +128,7 @@ def fhir_response(
                 f" {FHIR_JSON}"
             ) from error
     elif fmt.pretty:
-        content = orjson.dumps(orjson.loads(body) if isinstance(body, bytes) else body, option=orjson.OPT_INDENT_2)
+        content = fhir_json.dumps(fhir_json.loads(body) if isinstance(body, bytes) else body, orjson.OPT_INDENT_2)
     else:
-        content = body if isinstance(body, bytes) else orjson.dumps(body)
+        content = body if isinstance(body, bytes) else fhir_json.dumps(body)
     return Response(content, status_code=status, media_type=f"{fmt.media_type}; charset=utf-8", headers=headers)

@@ -239,7 +239,7 @@ async def verify_audit_trail(request: Request) -> Response:
         parameters.append({"name": "firstBrokenSequence", "valueInteger": verification.first_broken})
         parameters.append({"name": "problem", "valueString": verification.problem})
     answer = validated({"resourceType": "Parameters", "parameter": parameters})
-    return fhir_response(orjson.dumps(answer), response_format(request))
+    return fhir_response(answer, response_format(request))
 
 
 @router.get("/{resource_type}/{resource_id}")

@@ -23,7 +23,7 @@ from fhir_mappings.search_query import (
     Total,
     parse_search,
 )
-from fhir_mappings.subsetting import subset
+from fhir_mappings.subsetting import subset_json
 from server.db import reading
 from server.fhir.cursor import CursorCodec
 from server.fhir.search_sql import (
@@ -302,9 +302,7 @@ def render_searchset(page: SearchPage, base: str) -> bytes:
 
 
 def _entry(base: str, row: Row, request: SearchRequest, mode: str) -> bytes:
-    body = row.body
-    if request.summary is not Summary.FALSE or request.elements:
-        body = orjson.dumps(subset(orjson.loads(body), request.summary, request.elements))
+    body = subset_json(row.body, request.summary, request.elements)
     full_url = orjson.dumps(f"{base}/{row.resource_type}/{row.resource_id}")
     return b'{"fullUrl":' + full_url + b',"resource":' + body + b',"search":{"mode":"' + mode.encode() + b'"}}'
 

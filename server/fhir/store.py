@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import orjson
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from fhir_mappings import fhir_json
 from fhir_mappings.date_ranges import instant_text
 from fhir_mappings.errors import ResourceGone, ResourceNotFound, VersionConflict
 from fhir_mappings.search_values import IndexValues, extract
@@ -292,5 +292,5 @@ def _with_meta(resource: dict[str, Any], resource_id: str, version_id: int, now:
         "meta": {"versionId": str(version_id), "lastUpdated": instant_text(now), **meta},
     }
     ordered.update((key, value) for key, value in resource.items() if key not in ("resourceType", "id", "meta"))
-    return orjson.dumps(ordered)
+    return fhir_json.dumps(ordered)
 

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, insert, select, update
 
+from fhir_mappings import fhir_json
 from fhir_mappings.ai_results import report_id
 from fhir_mappings.date_ranges import from_micros
 from fhir_mappings.errors import InvalidResource, ResourceNotFound
@@ -140,7 +141,7 @@ class JobQueue:
 
     @staticmethod
     def client_elements(job: Job) -> dict[str, Any]:
-        return orjson.loads(job.client_elements_json) if job.client_elements_json else {}
+        return fhir_json.loads(job.client_elements_json) if job.client_elements_json else {}
 
     def keep_client_elements(self, connection: Connection, job: Job, client_elements: Mapping[str, Any]) -> Job:
         """A client's update of what its order says beyond the job (an
@@ -354,4 +355,4 @@ class JobQueue:
 
 
 def _client_json(client_elements: Mapping[str, Any] | None) -> bytes | None:
-    return orjson.dumps(client_elements) if client_elements else None
+    return fhir_json.dumps(client_elements) if client_elements else None
