@@ -5,6 +5,8 @@ in SQL; each row also keeps the DICOM JSON it answers with, built once at
 ingest, so QIDO and metadata responses never reparse files.
 """
 
+import hashlib
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -175,11 +177,33 @@ def _search_index(name: str, *columns: Column, lookup: tuple[str, ...], **index_
 
 
 # Search-index rows of the current version, one table per parameter type.
+# Their text columns hold INDEX_WIDTH characters at most: one overlong value
+# must not fail a write on PostgreSQL, and the full value stays in the JSON.
+INDEX_WIDTH = 256
+
+
+def clipped(text: str | None) -> str | None:
+    """Text as a column searched by prefix or substring holds it: its start."""
+    return text if text is None else text[:INDEX_WIDTH]
+
+
+def equality_key(text: str | None) -> str | None:
+    """Text as a column only compared for equality holds it: as is when it
+    fits, or else its start and a hash of the whole, so that a search for
+    the whole finds it and one for a value that merely starts alike does not."""
+    if text is None or len(text) <= INDEX_WIDTH:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return f"{text[: INDEX_WIDTH - 72]}\u2026sha256:{digest}"
+
+
 fhir_tokens = _search_index(
-    "fhir_tokens", Column("system", String(256)), Column("code", String(256), nullable=False), lookup=("code",)
+    "fhir_tokens", Column("system", String(INDEX_WIDTH)), Column("code", String(INDEX_WIDTH), nullable=False),
+    lookup=("code",),
 )
 fhir_strings = _search_index(
-    "fhir_strings", Column("normalised", String(256), nullable=False), Column("exact", String(256), nullable=False),
+    "fhir_strings", Column("normalised", String(INDEX_WIDTH), nullable=False),
+    Column("exact", String(INDEX_WIDTH), nullable=False),
     lookup=("normalised",),
     # Prefix LIKE can use a btree only under the C collation or with pattern ops (PostgreSQL).
     postgresql_ops={"normalised": "varchar_pattern_ops"},

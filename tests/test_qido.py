@@ -713,3 +713,29 @@ def test_a_nul_in_a_query_is_400(client, query):
     response = client.get(f"/dicom-web/studies?{query}")
     assert response.status_code == 400
     assert "NUL" in response.json()["message"]
+
+
+# --- values longer than their index columns -------------------------------------
+
+
+def test_a_value_longer_than_its_index_column_matches_whole_only(client):
+    """Index columns hold the first 64 characters of a PatientID; a longer
+    one (legacy systems send them) is found by its whole value, and not by
+    another that starts alike, at every level and across pages."""
+    long_id = "LEGACY-" + "9" * 70
+    alike = long_id[:-1] + "0"
+    studies = [generate_uid() for _ in range(4)]
+    for study, patient_id in zip(studies, [long_id, alike, long_id, long_id]):
+        store(client, make_ct(study, PatientID=patient_id))
+    wanted = {studies[0], studies[2], studies[3]}
+
+    assert {value(r, STUDY_UID) for r in search(client, "/studies", [("PatientID", long_id)])} == wanted
+    assert {value(r, STUDY_UID) for r in search(client, "/studies", [("PatientID", alike)])} == {studies[1]}
+    assert {value(r, STUDY_UID) for r in search(client, "/series", [("PatientID", long_id)])} == wanted
+    assert {value(r, STUDY_UID) for r in search(client, "/instances", [("PatientID", long_id)])} == wanted
+    assert search(client, "/studies", [("PatientID", long_id[:64])]) == []  # the start alone is another value
+
+    pages = [search(client, "/studies", [("PatientID", long_id), ("limit", "2"), ("offset", offset)])
+             for offset in ("0", "2", "3")]
+    assert [len(page) for page in pages] == [2, 1, 0]
+    assert {value(r, STUDY_UID) for page in pages for r in page} == wanted

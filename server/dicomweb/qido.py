@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Engine, Select, and_, distinct, func, select, true
+from sqlalchemy import ColumnElement, Engine, Select, String, and_, distinct, func, select, true
 
 from dicom.matching import (
     Condition,
@@ -86,10 +86,38 @@ def _wildcard(column: Any, pattern: str, dialect: str) -> ColumnElement[bool]:
     return column.like(like, escape=escape)
 
 
+def _width(column: Any) -> int | None:
+    return column.type.length if isinstance(column.type, String) else None
+
+
+def _beyond_index(condition: SingleValue) -> bool:
+    """A single value as long as the index column of its attribute or longer.
+    The column holds only the start of a longer stored value, so for such a
+    value it can only narrow the search: the stored attributes decide
+    (`_holds_whole`). A shorter value never equals a cut one."""
+    column = _COLUMNS.get(condition.tag)
+    width = None if column is None else _width(column)
+    return width is not None and len(condition.value) >= width
+
+
+def _holds_whole(row: Any, condition: SingleValue, level: str) -> bool:
+    table = _COLUMNS[condition.tag].table
+    if table is instances:
+        stored = row.metadata_json
+    elif table is series:
+        stored = row.attributes_json if level == "series" else row.series_json
+    else:
+        stored = row.attributes_json if level == "study" else row.study_json
+    element = orjson.loads(stored).get(f"{condition.tag:08X}", {})
+    return condition.value in element.get("Value", ())
+
+
 def _match(column: Any, condition: Condition, dialect: str) -> ColumnElement[bool]:
     """`condition` applied to the column that holds its attribute."""
     if isinstance(condition, SingleValue):
-        return column == (int(condition.value) if condition.tag in _INTEGER_TAGS else condition.value)
+        if condition.tag in _INTEGER_TAGS:
+            return column == int(condition.value)
+        return column == condition.value[: _width(column)]  # the whole value where it fits (`_beyond_index`)
     if isinstance(condition, (UidList, ValueList)):
         return column.in_(condition.values)
     if isinstance(condition, Wildcard):
@@ -130,7 +158,7 @@ def _clause(condition: Condition, dialect: str) -> ColumnElement[bool]:
     return _match(_COLUMNS[condition.tag], condition, dialect)
 
 
-def _statement(query: QidoQuery, scope: Scope, dialect: str) -> Select[Any]:
+def _statement(query: QidoQuery, scope: Scope, dialect: str, paged: bool) -> Select[Any]:
     conditions = [_clause(condition, dialect) for condition in query.conditions]
     if scope.study_uid is not None:
         conditions.append(studies.c.study_instance_uid == scope.study_uid)
@@ -166,7 +194,8 @@ def _statement(query: QidoQuery, scope: Scope, dialect: str) -> Select[Any]:
         order = instances.c.id
     # Insertion order is stable, so limit/offset pages neither repeat nor skip.
     # One row past the page tells whether more results exist.
-    return statement.where(and_(true(), *conditions)).order_by(order).limit(query.limit + 1).offset(query.offset)
+    statement = statement.where(and_(true(), *conditions)).order_by(order)
+    return statement.limit(query.limit + 1).offset(query.offset) if paged else statement
 
 
 @dataclass(frozen=True)
@@ -176,8 +205,14 @@ class SearchPage:
 
 
 def search(engine: Engine, query: QidoQuery, scope: Scope, dicomweb_root: str) -> SearchPage:
+    checks = [c for c in query.conditions if isinstance(c, SingleValue) and _beyond_index(c)]
     with engine.connect() as connection:
-        rows = connection.execute(_statement(query, scope, engine.dialect.name)).all()
+        # Rows a check refuses cannot be counted in SQL: page after checking
+        # (the index narrows the rows to values that start alike).
+        rows = connection.execute(_statement(query, scope, engine.dialect.name, paged=not checks)).all()
+        if checks:
+            kept = [row for row in rows if all(_holds_whole(row, check, query.level) for check in checks)]
+            rows = kept[query.offset : query.offset + query.limit + 1]
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         if query.level == "study":

@@ -36,6 +36,8 @@ from fhir_mappings.search_query import (
     TokenValue,
 )
 from server.tables import (
+    INDEX_WIDTH,
+    equality_key,
     fhir_dates,
     fhir_quantities,
     fhir_references,
@@ -111,18 +113,18 @@ def _on_column(condition: Condition, match: Any) -> ColumnElement[bool]:
 def _value_match(value: Any, table: Any) -> ColumnElement[bool]:
     if isinstance(value, StringValue):
         if value.mode is StringMode.EXACT:
-            return table.c.exact == value.text[:256]
-        pattern = _escape_like(value.text[:255])
+            return table.c.exact == equality_key(value.text)
+        pattern = _escape_like(value.text[: INDEX_WIDTH - 1])
         pattern = f"%{pattern}%" if value.mode is StringMode.CONTAINS else f"{pattern}%"
         return table.c.normalised.like(pattern, escape="\\")
     if isinstance(value, TokenValue):
         clauses = []
         if value.code is not None:
-            clauses.append(table.c.code == value.code)
+            clauses.append(table.c.code == equality_key(value.code))
         if value.system == "":
             clauses.append(table.c.system.is_(None))
         elif value.system is not None:
-            clauses.append(table.c.system == value.system)
+            clauses.append(table.c.system == equality_key(value.system))
         return and_(*clauses)
     if isinstance(value, DateValue):
         return _date_match(value, table.c.low, table.c.high)
@@ -198,7 +200,7 @@ def _units(value: QuantityValue, table: Any) -> list[ColumnElement[bool]]:
     if value.code is not None:
         clauses.append(table.c.code == value.code)
     if value.system is not None:
-        clauses.append(table.c.system == value.system)
+        clauses.append(table.c.system == equality_key(value.system))
     return clauses
 
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fhir_mappings import fhir_json
@@ -20,6 +20,9 @@ from fhir_mappings.search_values import IndexValues, extract
 from server.db import reading
 from server.fhir.update_counts import count_change
 from server.tables import (
+    INDEX_WIDTH,
+    clipped,
+    equality_key,
     fhir_dates,
     fhir_quantities,
     fhir_references,
@@ -30,9 +33,6 @@ from server.tables import (
 )
 
 _INDEX_TABLES = (fhir_tokens, fhir_strings, fhir_dates, fhir_references, fhir_quantities)
-# Index columns are clipped to their widths: one overlong value must not fail
-# a write on PostgreSQL; the full value stays in the resource JSON.
-_WIDTH = 256
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class ResourceStore:
                 current = self._lock(connection, resource_type, resource_id)
                 assert current is not None
             else:
-                self._index(connection, pk, resource, fresh=True)
+                index_resource(connection, pk, resource, fresh=True)
                 count_change(connection, resource_type, now, +1)
                 return self._record(connection, resource_type, resource_id, version_id, now, method, body)
         pk, current_version = current.pk, current.version_id
@@ -169,7 +169,7 @@ class ResourceStore:
                 version_id=version_id, last_updated=now, deleted=False, resource_json=body
             )
         )
-        self._index(connection, pk, resource, fresh=False)
+        index_resource(connection, pk, resource, fresh=False)
         if not current.deleted:
             count_change(connection, resource_type, current.last_updated, -1)
         count_change(connection, resource_type, now, +1)
@@ -253,31 +253,50 @@ class ResourceStore:
             )
         return StoredVersion(resource_type, resource_id, version_id, now, body is None, body)
 
-    def _index(self, connection: Connection, pk: int, resource: dict[str, Any], fresh: bool) -> None:
-        if not fresh:
-            for table in _INDEX_TABLES:
-                connection.execute(delete(table).where(table.c.resource_pk == pk))
-        values = extract(resource)
-        for table, rows in _index_rows(pk, values):
-            if rows:
-                connection.execute(insert(table), rows)
+
+
+def index_resource(connection: Connection, pk: int, resource: dict[str, Any], fresh: bool) -> None:
+    """Write the search-index rows of the current version, replacing the
+    previous version's unless the resource is `fresh`."""
+    if not fresh:
+        for table in _INDEX_TABLES:
+            connection.execute(delete(table).where(table.c.resource_pk == pk))
+    for table, rows in _index_rows(pk, extract(resource)):
+        if rows:
+            connection.execute(insert(table), rows)
+
+
+def reindex_overlong_values(connection: Connection) -> int:
+    """Index again each resource with an index value exactly INDEX_WIDTH
+    long: written before `equality_key`, such a value may be the cut start
+    of a longer one, which an equality search then missed. Returns how many."""
+    columns = (fhir_tokens.c.code, fhir_tokens.c.system, fhir_strings.c.exact, fhir_quantities.c.system)
+    pks = sorted({
+        pk for column in columns
+        for pk in connection.execute(select(column.table.c.resource_pk).where(func.length(column) == INDEX_WIDTH)).scalars()
+    })
+    for pk in pks:
+        body = connection.execute(select(fhir_resources.c.resource_json).where(fhir_resources.c.id == pk)).scalar_one()
+        index_resource(connection, pk, fhir_json.loads(body), fresh=False)
+    return len(pks)
 
 
 def _index_rows(pk: int, values: IndexValues) -> list[tuple[Any, list[dict[str, Any]]]]:
-    def clip(text: str | None) -> str | None:
-        return text if text is None else text[:_WIDTH]
-
     return [
-        (fhir_tokens, [{"resource_pk": pk, "param": p, "system": clip(s), "code": clip(c)} for p, s, c in set(values.tokens)]),
+        (fhir_tokens, [
+            {"resource_pk": pk, "param": p, "system": equality_key(s), "code": equality_key(c)}
+            for p, s, c in set(values.tokens)
+        ]),
         (fhir_strings, [
-            {"resource_pk": pk, "param": p, "normalised": clip(n), "exact": clip(e)} for p, n, e in set(values.strings)
+            {"resource_pk": pk, "param": p, "normalised": clipped(n), "exact": equality_key(e)}
+            for p, n, e in set(values.strings)
         ]),
         (fhir_dates, [{"resource_pk": pk, "param": p, "low": lo, "high": hi} for p, lo, hi in set(values.dates)]),
         (fhir_references, [
             {"resource_pk": pk, "param": p, "target_type": t[:64], "target_id": i[:64]} for p, t, i in set(values.references)
         ]),
         (fhir_quantities, [
-            {"resource_pk": pk, "param": p, "value": v, "system": clip(s), "code": (c or "")[:64] or None}
+            {"resource_pk": pk, "param": p, "value": v, "system": equality_key(s), "code": (c or "")[:64] or None}
             for p, v, s, c in set(values.quantities)
         ]),
     ]
