@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from fhir_mappings.errors import InvalidRequest, InvalidResource
 from fhir_mappings.fhir_json import with_written_decimals
 from fhir_mappings.json_types import check_json_types
+from fhir_mappings.narrative import check_narratives
 
 # The models abbreviate some long value sets with a trailing "+"; these are
 # the full required value sets of FHIR R4 (valueset-*.html of each name).
@@ -114,6 +115,7 @@ def validate_resource(body: Any, expected_type: str | None = None) -> Resource:
         ) from error
     check_json_types(body, resource_class, model_class)
     check_required_bindings(model, resource_type)
+    check_narratives(body, resource_type)
     return model
 
 

@@ -26,6 +26,7 @@ from dicom.errors import (
 from fhir_mappings import errors as fhir
 from fhir_mappings.outcome import operation_outcome
 from inference.errors import InferenceError
+from server.fhir.negotiation import FHIR_JSON, Format, fhir_response, response_format
 from server.jobs.registry import ActivationRefused, ModelNotFound
 from server.logs import request_id_var
 from server.methods import allowed_methods
@@ -77,14 +78,25 @@ def error_response(
 ) -> Response:
     if request is not None and _is_fhir(request):
         code = "exception" if status >= 500 else _ISSUE_CODE_BY_STATUS.get(status, "processing")
-        return fhir_error_response(status, code, message, headers)
+        return fhir_error_response(request, status, code, message, headers)
     body = orjson.dumps({"status": status, "message": message})
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-def fhir_error_response(status: int, code: str, diagnostics: str, headers: dict[str, str] | None = None) -> Response:
-    body = orjson.dumps(operation_outcome(code, diagnostics))
-    return Response(body, status_code=status, media_type="application/fhir+json; charset=utf-8", headers=headers)
+def fhir_error_response(
+    request: Request, status: int, code: str, diagnostics: str, headers: dict[str, str] | None = None
+) -> Response:
+    """An OperationOutcome in the format the request asked for (R4 http.html:
+    XML for a client that reads XML), or JSON where that cannot be told."""
+    outcome = operation_outcome(code, diagnostics)
+    try:
+        fmt = response_format(request)
+    except (fhir.FhirError, DicomError):  # the Accept itself is the error: answer in the default format
+        fmt = Format(FHIR_JSON, pretty=False)
+    try:
+        return fhir_response(outcome, fmt, status, headers)
+    except fhir.NotAcceptable:  # diagnostics XML cannot carry
+        return fhir_response(outcome, Format(FHIR_JSON, pretty=False), status, headers)
 
 
 def _is_fhir(request: Request) -> bool:
@@ -98,9 +110,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(status_for(error), error.message)
 
     @app.exception_handler(fhir.FhirError)
-    async def _fhir(_: Request, error: fhir.FhirError) -> Response:
+    async def _fhir(request: Request, error: fhir.FhirError) -> Response:
         headers = {"Allow": error.allowed} if isinstance(error, fhir.MethodNotAllowed) else None
-        return fhir_error_response(fhir_status_for(error), error.issue_code, error.diagnostics, headers)
+        return fhir_error_response(request, fhir_status_for(error), error.issue_code, error.diagnostics, headers)
 
     # The model administration API (/admin/models): JSON, like DICOMweb.
     @app.exception_handler(InferenceError)
