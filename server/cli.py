@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="clients_command", required=True)
     add_client = client_commands.add_parser("add", help="add a client; its id and secret are shown once")
     add_client.add_argument("name")
-    add_client.add_argument("--scopes", required=True, help='SMART scopes, e.g. "system/DiagnosticReport.rs system/Task.cu"')
+    add_client.add_argument("--scopes", required=True, help='SMART scopes, e.g. "system/DiagnosticReport.rs system/Task.cu system/ImagingStudy.r"')
     add_client.set_defaults(run=_clients_add)
     client_commands.add_parser("list", help="clients, enabled or not, and their scopes").set_defaults(run=_clients_list)
     disable_client = client_commands.add_parser("disable", help="refuse a client's secret from now on")

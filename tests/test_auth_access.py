@@ -252,3 +252,36 @@ def test_attempts_in_flight_count_against_the_limit():
     assert limits.attempt("name:x", "address:a") is not None
     limits.succeeded("name:x", "address:a")  # one of them was right: the name starts afresh
     assert limits.attempt("name:x", "address:b") is None
+
+
+def test_ordering_inference_needs_reading_the_study(anonymous, services):
+    """The answer to an order tells whether its study exists, and its patient
+    (Task.for): a client that may write Tasks but not read studies learns
+    nothing from the refusal, whether the study exists or not."""
+    admin = _bearer(services, Role.ADMIN)
+    body, content_type = multipart_body([CT])
+    assert anonymous.post("/dicom-web/studies", content=body, headers={**admin, "Content-Type": content_type}).status_code == 200
+    writer = _bearer(services, Role.AI_OPERATOR, "system/Task.cru")
+
+    def order(study: str) -> dict:
+        return {"resourceType": "Task", "status": "requested", "intent": "order",
+                "focus": {"reference": f"ImagingStudy/{study}"}}
+
+    answers = [
+        anonymous.post("/fhir/Task", json=order(STUDY), headers=writer),
+        anonymous.post("/fhir/Task", json=order("1.2.3.404"), headers=writer),
+        anonymous.put("/fhir/Task/order-1", json={**order(STUDY), "id": "order-1"}, headers=writer),
+        anonymous.post("/fhir", headers=writer, json={"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": order(STUDY), "request": {"method": "POST", "url": "Task"}}]}),
+    ]
+    assert [answer.status_code for answer in answers] == [403, 403, 403, 403]
+    assert answers[0].json()["issue"][0]["diagnostics"] == answers[1].json()["issue"][0]["diagnostics"]
+    batch = anonymous.post("/fhir", headers=writer, json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": order(STUDY), "request": {"method": "POST", "url": "Task"}},
+        {"resource": {"resourceType": "Task", "status": "draft", "intent": "plan"}, "request": {"method": "POST", "url": "Task"}},
+    ]})
+    assert [entry["response"]["status"][:3] for entry in batch.json()["entry"]] == ["403", "201"]
+
+    reader = _bearer(services, Role.AI_OPERATOR, "system/Task.cru system/ImagingStudy.r")
+    missing = anonymous.post("/fhir/Task", json=order("1.2.3.404"), headers=reader)
+    assert missing.status_code == 422  # now it may know: the study is not here

@@ -49,11 +49,12 @@ class EntryResult:
 
 
 def process_bundle(
-    service: FhirService, body: Any, base: str, status_for: Any, authorize: Callable[[str, str], None],
+    service: FhirService, body: Any, base: str, status_for: Any, authorize: Callable[[str, str, Any], None],
     authorize_search: Callable[[SearchRequest], None],
 ) -> bytes:
-    """`authorize(method, path)` raises Forbidden for an entry its sender may
-    not run; `authorize_search` for a search entry reaching types it may not read."""
+    """`authorize(method, path, resource)` raises Forbidden for an entry its
+    sender may not run; `authorize_search` for a search entry reaching types
+    it may not read."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise InvalidRequest("POST /fhir takes a Bundle of type batch or transaction")
     kind = body.get("type")
@@ -67,7 +68,7 @@ def process_bundle(
     if kind == "transaction":
         # All or nothing: every entry is allowed, or none runs.
         for entry in entries:
-            authorize(entry["request"]["method"], _path(entry["request"]["url"], base))
+            authorize(entry["request"]["method"], _path(entry["request"]["url"], base), entry.get("resource"))
         # Nothing of a transaction that PostgreSQL ended in a deadlock was kept: it is run again whole.
         results = retried_on_conflict(lambda: _transaction(service, entries, base, authorize_search))
     else:
@@ -136,10 +137,10 @@ def _refuse_overlaps(entries: list[dict[str, Any]]) -> None:
 
 def _batch_entry(
     service: FhirService, entry: dict[str, Any], position: int, base: str, status_for: Any,
-    authorize: Callable[[str, str], None], authorize_search: Callable[[SearchRequest], None],
+    authorize: Callable[[str, str, Any], None], authorize_search: Callable[[SearchRequest], None],
 ) -> EntryResult:
     try:
-        authorize(entry["request"]["method"], _path(entry["request"]["url"], base))
+        authorize(entry["request"]["method"], _path(entry["request"]["url"], base), entry.get("resource"))
         local = with_relative_references(entry, base)
         return retried_on_conflict(lambda: _run(service, local, base, None, None, authorize_search))
     except FhirError as error:

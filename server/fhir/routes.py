@@ -8,6 +8,7 @@ interaction modules.
 from collections.abc import Callable
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache, partial
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -23,7 +24,13 @@ from fhir_mappings.resources import resource_json, validated
 from fhir_mappings.search_query import SearchRequest, read_subsetting
 from fhir_mappings.subsetting import subset_json
 from server.audit.middleware import note_patients, note_transaction
-from server.auth.access import BUNDLE, Principal, fhir_permission, search_permissions
+from server.auth.access import (
+    BUNDLE,
+    Permission,
+    Principal,
+    fhir_permission,
+    search_permissions,
+)
 from server.db import retried_on_conflict
 from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
@@ -40,6 +47,7 @@ from server.fhir.own_references import (
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
+from server.jobs.tasks import is_inference_order
 from server.public_url import public_root
 from server.services import services
 
@@ -125,15 +133,28 @@ def _search_authorizer(request: Request) -> Callable[[SearchRequest], None]:
     return authorize
 
 
-def _entry_authorizer(request: Request) -> Callable[[str, str], None]:
+def _entry_authorizer(request: Request) -> Callable[[str, str, Any], None]:
     principal: Principal = request.state.principal
 
-    def authorize(method: str, path: str) -> None:
+    def authorize(method: str, path: str, resource: Any) -> None:
         permission = fhir_permission(method, [part for part in path.split("/") if part])
         if permission is None or permission is BUNDLE or not principal.may(permission):
             raise Forbidden(f"{principal.name} may not {method} {path} (its scopes do not allow it)")
+        _require_study_reading_for_orders(principal, resource)
 
     return authorize
+
+
+def _require_study_reading_for_orders(principal: Principal, resource: Any) -> None:
+    """The answer to an inference order tells whether its study exists and
+    whose it is (Task.for), so ordering needs the right to read the study.
+    Checked before the study is looked up, so a refusal tells nothing."""
+    if isinstance(resource, dict) and resource.get("resourceType") == "Task" and is_inference_order(resource):
+        if not principal.may(_STUDY_READING):
+            raise Forbidden(f"{principal.name} may not order inference on a study it may not read (ImagingStudy.r)")
+
+
+_STUDY_READING = Permission("ImagingStudy", "r")
 
 
 @router.get("/metadata")
@@ -220,6 +241,7 @@ async def create(request: Request, resource_type: str) -> Response:
     require_json_body(request)
     response_format(request, xml_allowed=False)  # a 406 must come before the write, not after it
     body = with_relative_references(parse_json_body(await request.body()), fhir_base(request))
+    _require_study_reading_for_orders(request.state.principal, body)
     version = await run_in_threadpool(retried_on_conflict, partial(interactions.create, fhir, resource_type, body))
     return _version_response(request, version, 201, location=True)
 
@@ -256,6 +278,7 @@ async def update(request: Request, resource_type: str, resource_id: str) -> Resp
     require_json_body(request)
     response_format(request, xml_allowed=False)  # a 406 must come before the write, not after it
     body = with_relative_references(parse_json_body(await request.body()), fhir_base(request))
+    _require_study_reading_for_orders(request.state.principal, body)
     if_match = interactions.parse_if_match(request.headers.get("if-match"))
     version, created = await run_in_threadpool(
         retried_on_conflict, partial(interactions.update, fhir, resource_type, resource_id, body, if_match)
