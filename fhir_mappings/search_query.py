@@ -7,7 +7,7 @@ parameter, a repeated parameter is AND; prefixes and modifiers per type.
 
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import Enum
 from typing import TypeVar
 
@@ -187,6 +187,10 @@ def parse_search(resource_type: str, pairs: list[tuple[str, str]], strict: bool 
     if len(conditions) > MAX_CONDITIONS:
         raise InvalidRequest(f"a search may have at most {MAX_CONDITIONS} parameters")
     count = parse_count(_single(results, "_count"))
+    summary = _enum(Summary, _single(results, "_summary"), Summary.FALSE, "_summary")
+    total = _enum(Total, _single(results, "_total"), Total.ACCURATE, "_total")
+    if summary is Summary.COUNT and total is Total.NONE:
+        raise InvalidRequest("_summary=count asks for the count of matches, and _total=none for no count")
     return SearchRequest(
         resource_type=resource_type,
         conditions=tuple(conditions),
@@ -194,9 +198,9 @@ def parse_search(resource_type: str, pairs: list[tuple[str, str]], strict: bool 
         count=count,
         includes=tuple(_includes(resource_type, results, "_include")),
         revincludes=tuple(_includes(resource_type, results, "_revinclude")),
-        summary=_enum(Summary, _single(results, "_summary"), Summary.FALSE, "_summary"),
+        summary=summary,
         elements=tuple(_elements(results)),
-        total=_enum(Total, _single(results, "_total"), Total.ACCURATE, "_total"),
+        total=total,
         parameters=tuple(used),
         ignored=tuple(ignored),
     )
@@ -251,7 +255,19 @@ def _split_or(value: str) -> list[str]:
 
 
 def _split_unescaped(text: str, separator: str) -> list[str]:
-    return re.split(rf"(?<!\\){re.escape(separator)}", text)
+    r"""`text` split at each `separator` that no backslash escapes; escapes are
+    kept for `_unescape` (search.html#escaping: `\\` is an escaped backslash,
+    so in `a\\,b` the comma separates)."""
+    parts, current, escaped = [], [], False
+    for char in text:
+        if char == separator and not escaped:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+        escaped = char == "\\" and not escaped
+    parts.append("".join(current))
+    return parts
 
 
 def _unescape(text: str) -> str:
@@ -311,16 +327,19 @@ def _prefix(text: str) -> tuple[str, str]:
     return "eq", text
 
 
+# R4 datatypes.html#decimal, with leading zeros allowed in a search value.
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
 def _quantity_value(name: str, text: str) -> QuantityValue:
     prefix, rest = _prefix(text)
     number, *units = _split_unescaped(rest, "|")
     if len(units) > 2:
         raise InvalidRequest(f"{name}: {text[:100]!r} is not value|system|code")
     system, code = (_unescape(units[0]), _unescape(units[1])) if len(units) == 2 else ("", _unescape(units[0]) if units else "")
-    try:
-        exact = Decimal(number)
-    except InvalidOperation as error:
-        raise InvalidRequest(f"{name}: {number[:50]!r} is not a number") from error
+    if not _DECIMAL.fullmatch(number):  # Decimal() would also take "1_000", " 1" and other scripts' digits
+        raise InvalidRequest(f"{name}: {number[:50]!r} is not a number")
+    exact = Decimal(number)
     if not exact.is_finite() or abs(exact.adjusted()) > 30 or exact.as_tuple().exponent < -30:  # type: ignore[operator]
         raise InvalidRequest(f"{name}: {number[:50]!r} is not a number this server compares (at most 30 digits)")
     # Implicit precision: 5.4 means [5.35, 5.45) (FHIR R4 search.html#number).
@@ -356,9 +375,10 @@ def parse_count(text: str | None) -> int:
     """`_count`: the default when absent, at most MAX_COUNT (a server may return fewer)."""
     if text is None:
         return DEFAULT_COUNT
-    if not re.fullmatch(r"[0-9]{1,9}", text):
+    if not re.fullmatch(r"[0-9]+", text):
         raise InvalidRequest(f"_count must be a whole number, not {text[:20]!r}")
-    return min(int(text), MAX_COUNT)
+    digits = text.lstrip("0")
+    return MAX_COUNT if len(digits) > len(str(MAX_COUNT)) else min(int(digits or "0"), MAX_COUNT)
 
 
 def sortable(resource_type: str) -> dict[str, SearchParameter]:

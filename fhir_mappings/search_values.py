@@ -106,7 +106,12 @@ def _add(values: IndexValues, parameter: SearchParameter, node: Any) -> None:
         if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
             values.tokens.append((identifier_parameter(parameter).name, identifier.get("system"), identifier["value"]))
     elif parameter.type is ParamType.QUANTITY and _is_quantity(node):
-        values.quantities.append((name, float(node["value"]), node.get("system"), node.get("code")))
+        value, code, unit = float(node["value"]), node.get("code"), node.get("unit")
+        values.quantities.append((name, value, node.get("system"), code))
+        if isinstance(unit, str) and unit != code:
+            # `5.4||mg` matches the code or the stated human unit (R4 search.html#quantity);
+            # with no system, this row answers only searches that name none.
+            values.quantities.append((name, value, None, unit))
 
 
 def _is_quantity(node: Any) -> bool:

@@ -187,14 +187,15 @@ def clipped(text: str | None) -> str | None:
     return text if text is None else text[:INDEX_WIDTH]
 
 
-def equality_key(text: str | None) -> str | None:
-    """Text as a column only compared for equality holds it: as is when it
-    fits, or else its start and a hash of the whole, so that a search for
-    the whole finds it and one for a value that merely starts alike does not."""
-    if text is None or len(text) <= INDEX_WIDTH:
+def equality_key(text: str | None, width: int = INDEX_WIDTH) -> str | None:
+    """Text as a column `width` wide, only compared for equality, holds it:
+    as is when it fits, or else its start and a hash of the whole (160 bits
+    of SHA-256), so that a search for the whole finds it and one for a value
+    that merely starts alike does not."""
+    if text is None or len(text) <= width:
         return text
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return f"{text[: INDEX_WIDTH - 72]}\u2026sha256:{digest}"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:40]
+    return f"{text[: width - 41]}\u2026{digest}"
 
 
 fhir_tokens = _search_index(

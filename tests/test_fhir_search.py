@@ -4,7 +4,7 @@ _summary, _elements, _total and strict handling."""
 
 import pytest
 
-from tests.fhir_checks import ids, seed
+from tests.fhir_checks import ids, link, seed
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -160,6 +160,26 @@ def test_bad_date_is_400(fhir, population):
 )
 def test_quantity(fhir, population, value, expected):
     assert _ids(fhir, "/fhir/Observation", **{"value-quantity": value}) == expected
+
+
+def test_quantity_units_by_human_unit_and_by_long_code(fhir, services):
+    long_code = "{tablets_of_" + "x" * 80 + "}"
+    seed(services, {"resourceType": "Observation", "id": "q1", "status": "final", "code": {"text": "dose"},
+                    "valueQuantity": {"value": 2, "unit": "milligram", "system": UCUM, "code": "mg"}})
+    seed(services, {"resourceType": "Observation", "id": "q2", "status": "final", "code": {"text": "dose"},
+                    "valueQuantity": {"value": 7, "system": UCUM, "code": long_code}})
+    assert _ids(fhir, "/fhir/Observation", **{"value-quantity": "2||milligram"}) == ["q1"]  # the stated human unit
+    assert _ids(fhir, "/fhir/Observation", **{"value-quantity": "2||mg"}) == ["q1"]
+    assert _ids(fhir, "/fhir/Observation", **{"value-quantity": f"2|{UCUM}|milligram"}) == []  # a unit is no code
+    assert _ids(fhir, "/fhir/Observation", **{"value-quantity": f"7|{UCUM}|{long_code}"}) == ["q2"]
+    assert _ids(fhir, "/fhir/Observation", **{"value-quantity": f"7||{long_code}"}) == ["q2"]
+    assert _ids(fhir, "/fhir/Observation", **{"value-quantity": f"7||{long_code[:-2]}}}"}) == []
+
+
+@pytest.mark.parametrize("number", ["1_000", " 5", "\u0665", "5.", ".5"])
+def test_quantity_numbers_are_fhir_decimals(fhir, population, number):
+    response = fhir.get("/fhir/Observation", params={"value-quantity": number})
+    assert response.status_code == 400, response.text
 
 
 # --- reference -------------------------------------------------------------------
@@ -331,7 +351,9 @@ def test_count_bounds(fhir, population):
     bundle = _search(fhir, "/fhir/Observation", _count="2")
     assert len(ids(bundle)) == 2
     assert fhir.get("/fhir/Observation", params={"_count": "-1"}).status_code == 400
-    assert fhir.get("/fhir/Observation", params={"_count": "5000"}).status_code == 200
+    capped = _search(fhir, "/fhir/Observation", _count="1" + "0" * 30, code="x")  # a server may return fewer
+    assert link(capped, "self").endswith("_count=1000&code=x")  # the search as run
+    assert fhir.get("/fhir/Observation", params={"_summary": "count", "_total": "none"}).status_code == 400
 
 
 def test_a_reference_to_another_servers_resource_is_not_the_local_one(fhir, services):
@@ -349,3 +371,21 @@ def test_a_reference_to_another_servers_resource_is_not_the_local_one(fhir, serv
     assert [entry["resource"]["id"] for entry in included["entry"]] == ["ext1"]
     revincluded = fhir.get("/fhir/Task", params={"_id": "s1", "_revinclude": "Task:based-on"}).json()
     assert sorted(entry["resource"]["id"] for entry in revincluded["entry"]) == ["own1", "s1"]
+
+
+def test_only_reference_values_are_made_relative(fhir):
+    """An identifier may be a URL on this server; matched exactly, as sent."""
+    url = "http://testserver/fhir/Task/order-77"
+    task = {"resourceType": "Task", "status": "draft", "intent": "proposal", "identifier": [{"value": url}]}
+    fhir.put("/fhir/Task/ordered", json={**task, "id": "ordered"})
+    assert _ids(fhir, "/fhir/Task", identifier=url) == ["ordered"]
+    assert _ids(fhir, "/fhir/Task", identifier=f"{url},other") == ["ordered"]
+    assert _ids(fhir, "/fhir/Task", _id="http://testserver/fhir/Task/ordered") == []  # an id is no URL
+
+
+def test_parameters_that_are_not_utf8_are_400(fhir, population):
+    assert fhir.get("/fhir/Patient?name=%FF").status_code == 400
+    posted = fhir.post("/fhir/Patient/_search", content="name=M\xfcller".encode("latin-1"),
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert posted.status_code == 400
+    assert _ids(fhir, "/fhir/Patient", name="Müller") == ["p1"]

@@ -21,6 +21,20 @@ def test_comma_or_and_repeat_and():
 
 
 @pytest.mark.parametrize(
+    ("text", "codes"),
+    [
+        (r"back\\,other", ["back\\", "other"]),  # an escaped backslash, then a separating comma
+        (r"a\,b,c", ["a,b", "c"]),
+        (r"a\\\,b", ["a\\,b"]),
+        (r"s\|x", ["s|x"]),
+    ],
+)
+def test_escapes(text, codes):
+    [condition] = parse_search("Observation", [("code", text)]).conditions
+    assert [value.code for value in condition.values] == codes
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("c", TokenValue(None, "c")),

@@ -162,7 +162,7 @@ def _run(
     if_match = interactions.parse_if_match(entry["request"].get("ifMatch"))
     if method == "GET" and len(parts) == 1:
         service.require_type(parts[0])
-        pairs = with_relative_search_values(parse_qsl(query, keep_blank_values=True), base)
+        pairs = with_relative_search_values(parts[0], parse_qsl(query, keep_blank_values=True), base)
         page = service.searcher.search(
             parts[0], pairs, base, strict=False, connection=connection, authorize=authorize_search
         )
@@ -300,7 +300,7 @@ def _resolve_conditional_references(
             raise InvalidRequest(f"entry {position}: {reference[:100]} is not a conditional reference (Type?query)")
         service.require_type(resource_type)
         pairs = [(name, value) for name, value in parse_qsl(query, keep_blank_values=True) if name != "_count"]
-        pairs = with_relative_search_values(pairs, base)
+        pairs = with_relative_search_values(resource_type, pairs, base)
         page = service.searcher.search(
             resource_type, [*pairs, ("_count", "2")], base, strict=True, connection=connection,
             authorize=authorize_search,

@@ -10,6 +10,8 @@ search with the server's own base get what they meant, as with `Type/id`.
 import re
 from typing import Any
 
+from fhir_mappings.search_parameters import reference_parameters
+
 # What follows the base: a resource (`Type/id`, maybe versioned), or a
 # conditional reference (`Type?query`), which a transaction resolves.
 _LOCAL_PART = re.compile(r"[A-Z][A-Za-z]+(?:/[A-Za-z0-9\-.]{1,64}(?:/_history/[0-9]+)?|\?.*)")
@@ -35,6 +37,15 @@ def with_relative_references(node: Any, base: str) -> Any:
     return node
 
 
-def with_relative_search_values(pairs: list[tuple[str, str]], base: str) -> list[tuple[str, str]]:
-    """Search parameters whose (comma-separated) values name resources of this server by URL, made relative."""
-    return [(name, ",".join(relative(item, base) for item in value.split(","))) for name, value in pairs]
+def with_relative_search_values(
+    resource_type: str, pairs: list[tuple[str, str]], base: str
+) -> list[tuple[str, str]]:
+    """A search on `resource_type` with the (comma-separated) values of its
+    reference parameters that name resources of this server by URL made
+    relative. Other values stay as sent: an identifier may be a URL too."""
+    references = reference_parameters(resource_type)
+    return [
+        (name, ",".join(relative(item, base) for item in value.split(",")))
+        if name.partition(":")[0] in references and "." not in name else (name, value)
+        for name, value in pairs
+    ]

@@ -112,7 +112,16 @@ def _version_response(request: Request, version: StoredVersion, status: int = 20
 
 
 def _search_pairs(request: Request) -> list[tuple[str, str]]:
-    return list(request.query_params.multi_items())
+    return _form_pairs(request.scope["query_string"])
+
+
+def _form_pairs(encoded: bytes) -> list[tuple[str, str]]:
+    """Form-encoded parameters, which must be UTF-8 (R4 http.html#mime-type):
+    a byte that is not would otherwise be searched for as U+FFFD."""
+    try:
+        return parse_qsl(encoded.decode(), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError as error:
+        raise InvalidRequest("the search parameters are not UTF-8 text") from error
 
 
 def _link_parameters(request: Request) -> list[tuple[str, str]]:
@@ -196,8 +205,7 @@ async def search_by_post(request: Request, resource_type: str) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise InvalidRequest("POST _search takes application/x-www-form-urlencoded parameters")
-    form = parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
-    return await _run_search(request, resource_type, _search_pairs(request) + form)
+    return await _run_search(request, resource_type, _search_pairs(request) + _form_pairs(await request.body()))
 
 
 async def _audit_copies_current(request: Request, resource_type: str) -> None:
@@ -212,7 +220,7 @@ async def _run_search(request: Request, resource_type: str, pairs: list[tuple[st
     fhir.require_type(resource_type)
     await _audit_copies_current(request, resource_type)
     base = fhir_base(request)
-    pairs = with_relative_search_values(pairs, base)
+    pairs = with_relative_search_values(resource_type, pairs, base)
     note_patients(patients_searched(resource_type, pairs))
     page = await run_in_threadpool(
         fhir.searcher.search, resource_type, pairs, base, _strict(request), None, _search_authorizer(request)

@@ -187,7 +187,9 @@ class Searcher:
         if cursor_token is not None:
             self_url = f"{type_url}?{urlencode({'_cursor': cursor_token})}"
         else:
-            self_url = f"{type_url}?{urlencode(request.parameters)}" if request.parameters else type_url
+            # The search as run (R4 search.html#self): a `_count` above the cap says the cap.
+            run = [(name, str(request.count) if name == "_count" else value) for name, value in request.parameters]
+            self_url = f"{type_url}?{urlencode(run)}" if run else type_url
         links = {"self": self_url, "first": cursor_url()}
         # A page reached from another page has rows on the side it came from.
         backwards = bool(state.get("backwards"))

@@ -198,7 +198,7 @@ def _number_match(value: QuantityValue, column: Any) -> ColumnElement[bool]:
 def _units(value: QuantityValue, table: Any) -> list[ColumnElement[bool]]:
     clauses = []
     if value.code is not None:
-        clauses.append(table.c.code == value.code)
+        clauses.append(table.c.code == equality_key(value.code, table.c.code.type.length))
     if value.system is not None:
         clauses.append(table.c.system == equality_key(value.system))
     return clauses

@@ -20,7 +20,6 @@ from fhir_mappings.search_values import IndexValues, extract
 from server.db import reading
 from server.fhir.update_counts import count_change
 from server.tables import (
-    INDEX_WIDTH,
     clipped,
     equality_key,
     fhir_dates,
@@ -33,6 +32,7 @@ from server.tables import (
 )
 
 _INDEX_TABLES = (fhir_tokens, fhir_strings, fhir_dates, fhir_references, fhir_quantities)
+_UNIT_WIDTH = fhir_quantities.c.code.type.length
 
 
 @dataclass(frozen=True)
@@ -267,13 +267,18 @@ def index_resource(connection: Connection, pk: int, resource: dict[str, Any], fr
 
 
 def reindex_overlong_values(connection: Connection) -> int:
-    """Index again each resource with an index value exactly INDEX_WIDTH
-    long: written before `equality_key`, such a value may be the cut start
-    of a longer one, which an equality search then missed. Returns how many."""
-    columns = (fhir_tokens.c.code, fhir_tokens.c.system, fhir_strings.c.exact, fhir_quantities.c.system)
+    """Index again each resource with an index value as long as its column:
+    written before `equality_key`, such a value may be the cut start of a
+    longer one, which an equality search then missed. Returns how many."""
+    columns = (
+        fhir_tokens.c.code, fhir_tokens.c.system, fhir_strings.c.exact, fhir_quantities.c.system,
+        fhir_quantities.c.code,
+    )
     pks = sorted({
         pk for column in columns
-        for pk in connection.execute(select(column.table.c.resource_pk).where(func.length(column) == INDEX_WIDTH)).scalars()
+        for pk in connection.execute(
+            select(column.table.c.resource_pk).where(func.length(column) == column.type.length)
+        ).scalars()
     })
     for pk in pks:
         body = connection.execute(select(fhir_resources.c.resource_json).where(fhir_resources.c.id == pk)).scalar_one()
@@ -296,7 +301,7 @@ def _index_rows(pk: int, values: IndexValues) -> list[tuple[Any, list[dict[str, 
             {"resource_pk": pk, "param": p, "target_type": t[:64], "target_id": i[:64]} for p, t, i in set(values.references)
         ]),
         (fhir_quantities, [
-            {"resource_pk": pk, "param": p, "value": v, "system": equality_key(s), "code": (c or "")[:64] or None}
+            {"resource_pk": pk, "param": p, "value": v, "system": equality_key(s), "code": equality_key(c, _UNIT_WIDTH)}
             for p, v, s, c in set(values.quantities)
         ]),
     ]
