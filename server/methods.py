@@ -11,6 +11,12 @@ _METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 HEAD_MARK = "medaiflow.head"
 
 
+def is_head(request: Request) -> bool:
+    """Whether this GET answers a HEAD: a handler may then skip making the
+    body, once the status and headers are what the GET's would be."""
+    return bool(request.scope.get(HEAD_MARK))
+
+
 class HeadAsGet:
     """A HEAD request is answered as the GET of the same URL would be (status
     and headers, Content-Length included), without the body. Outside every

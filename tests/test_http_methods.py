@@ -63,3 +63,22 @@ def test_a_head_request_is_audited_as_a_head(client, services):
     services.audit.chain.project()
     events = client.get("/fhir/AuditEvent", params={"subtype": "read", "_count": 50}).json()["entry"]
     assert "HEAD /fhir/Task/h2 answered 200" in [entry["resource"]["outcomeDesc"] for entry in events]
+
+
+def test_head_on_a_transcoded_retrieve_transcodes_only_what_decides_the_status(client, monkeypatch):
+    import server.dicomweb.wado as wado
+
+    study, series = generate_uid(), generate_uid()
+    body, content_type = multipart_body([make_ct(study, series, generate_uid()) for _ in range(wado._GROUP_FILES + 2)])
+    assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    transcoded = []
+    original = wado.transcode_to
+    monkeypatch.setattr(wado, "transcode_to", lambda path, syntax: transcoded.append(path) or original(path, syntax))
+    implicit = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2'}
+
+    head = client.head(f"/dicom-web/studies/{study}", headers=implicit)
+    assert head.status_code == 200 and head.content == b""
+    assert len(transcoded) == wado._GROUP_FILES
+    transcoded.clear()
+    assert client.get(f"/dicom-web/studies/{study}", headers=implicit).status_code == 200
+    assert len(transcoded) == wado._GROUP_FILES + 2

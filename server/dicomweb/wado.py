@@ -38,6 +38,7 @@ from server.dicomweb.context import (
     require_dicom_json,
 )
 from server.dicomweb.lookup import StoredInstance, find_instances
+from server.methods import is_head
 from server.services import Services
 
 DICOM = "application/dicom"
@@ -125,6 +126,8 @@ async def retrieve_instances(
     # Before the status is sent: an instance of a single-instance or small
     # retrieve that cannot be transcoded is then a 406, not a broken 200.
     first_bodies = await run_in_threadpool(_instance_bodies, first_group)
+    if is_head(request):
+        groups = iter(())  # nobody reads the parts: the first group decided the status, and is all that is made
     return StreamingResponse(
         _instances_body(framing, first_group, first_bodies, groups),
         media_type=multipart_related_type(boundary, DICOM), headers=headers,
