@@ -6,11 +6,12 @@ JSON body that comes back is checked against the official R4 JSON schema
 The cases read whatever resources the server holds (on MedAIFlow, those the
 DICOMweb cases stored), found through the server's own CapabilityStatement.
 They write only what a conforming server must refuse, and resources of
-their own (FH-WRITE-01, FH-TRANS-01: Tasks with no focus, which order
-nothing), which they delete again.
+their own (FH-WRITE-01 to -03, FH-TRANS-01: Tasks with no focus, which
+order nothing), which they delete again.
 """
 
 import json
+import re
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
@@ -709,9 +710,7 @@ _PROBE_SYSTEM = "urn:medaiflow:conformance"
 @case("FH-WRITE-01", "FHIR R4 http.html#create / #update / #delete / #history", "Create, update with If-Match, history, delete, then read: 201 with Location, a new version, both versions in the history, 410 Gone")
 def write_cycle(session: Session) -> None:
     declared = {resource["type"]: resource for resource in _resources(session)}
-    chosen = next((name for name in _PROBES if name in declared and _WRITES <= _interactions(declared[name])), None)
-    if chosen is None:
-        raise CaseSkipped(f"none of {sorted(_PROBES)} declares create, update, delete and read")
+    chosen = _probe_type(session)
     headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
     body = {"resourceType": chosen, **_PROBES[chosen], "note": [{"text": "MedAIFlow conformance probe, first version"}]}
     created = session.post(session.fhir(f"/{chosen}"), json=body, headers=headers)
@@ -740,6 +739,79 @@ def write_cycle(session: Session) -> None:
     # A server that keeps no history may forget the resource entirely.
     session.expect_status(gone, *((410,) if declared[chosen].get("readHistory") else (410, 404)))
     session.fhir_resource(gone, "OperationOutcome")
+
+
+def _probe_type(session: Session) -> str:
+    declared = {resource["type"]: resource for resource in _resources(session)}
+    chosen = next((name for name in _PROBES if name in declared and _WRITES <= _interactions(declared[name])), None)
+    if chosen is None:
+        raise CaseSkipped(f"none of {sorted(_PROBES)} declares create, update, delete and read")
+    return chosen
+
+
+def _created_address(session: Session, resource_type: str, created: httpx.Response) -> str | None:
+    """The created resource's URL on the server under test, from the Location of a create."""
+    location = created.headers.get("location", "")
+    if f"{resource_type}/" not in location:
+        return None
+    resource_id = location.split(f"{resource_type}/", 1)[1].split("/", 1)[0]
+    return session.fhir(f"/{resource_type}/{resource_id}")
+
+
+def _delete_created(session: Session, resource_type: str, created: httpx.Response) -> None:
+    address = _created_address(session, resource_type, created)
+    if address is not None:
+        session.request("DELETE", address, headers={"Accept": FHIR_JSON})
+
+
+@case("FH-WRITE-02", "FHIR R4 datatypes.html#decimal", "A decimal keeps its precision: 1.50 and 0.0100 written, the same digits read back")
+def decimal_precision(session: Session) -> None:
+    chosen = _probe_type(session)
+    # Written as text: a JSON library would write these numbers as 1.5 and 0.01.
+    extension = ",".join(f'{{"url":"{_PROBE_SYSTEM}:decimal","valueDecimal":{text}}}' for text in ("1.50", "0.0100"))
+    probe = json.dumps({"resourceType": chosen, **_PROBES[chosen]})
+    body = f'{probe[:-1]},"extension":[{extension}]}}'.encode()
+    created = session.post(session.fhir(f"/{chosen}"), content=body,
+                           headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON})
+    try:
+        session.expect_status(created, 201)
+        address = _created_address(session, chosen, created)
+        session.expect(address is not None, f"a create answers a Location naming the new {chosen}")
+        read = session.get(str(address), headers={"Accept": FHIR_JSON})
+        session.expect_status(read, 200)
+        written = re.findall(rb'"valueDecimal"\s*:\s*([-0-9.eE+]+)', read.content)
+        session.expect(written == [b"1.50", b"0.0100"], f"decimals written as 1.50 and 0.0100 came back as {written}")
+    finally:
+        _delete_created(session, chosen, created)
+
+
+@case("FH-WRITE-03", "FHIR R4 narrative.html#xhtml (txt-1)", "A narrative with a script in it is refused: 4xx with an OperationOutcome, nothing created")
+def narrative_without_active_content(session: Session) -> None:
+    chosen = _probe_type(session)
+    div = '<div xmlns="http://www.w3.org/1999/xhtml">probe<script>alert(1)</script></div>'
+    body = {"resourceType": chosen, **_PROBES[chosen], "text": {"status": "generated", "div": div}}
+    created = session.post(session.fhir(f"/{chosen}"), json=body,
+                           headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON})
+    try:
+        session.expect(400 <= created.status_code < 500, f"expected 400 or 422, got {created.status_code}")
+        session.fhir_resource(created, "OperationOutcome")
+    finally:
+        if created.status_code < 300:
+            _delete_created(session, chosen, created)
+
+
+@case("FH-ERR-02", "FHIR R4 http.html#mime-type / operationoutcome.html", "An error asked for in XML (when XML is declared) is an OperationOutcome in XML")
+def error_in_the_format_asked_for(session: Session) -> None:
+    if not any("xml" in fmt for fmt in _capability(session).get("format", [])):
+        raise CaseSkipped("the server declares no XML format")
+    sample = _sample(session)
+    response = session.get(session.fhir(f"/{sample['resourceType']}/medaiflow-no-such-id"),
+                           headers={"Accept": "application/fhir+xml"})
+    session.expect_status(response, 404, 410)
+    session.expect("xml" in response.headers.get("content-type", ""),
+                   f"XML was asked for, the error came as {response.headers.get('content-type')!r}")
+    session.expect(b"<OperationOutcome" in response.content and b'xmlns="http://hl7.org/fhir"' in response.content,
+                   "the error is no FHIR XML OperationOutcome")
 
 
 # --- batch and transaction ---------------------------------------------------------------
