@@ -34,8 +34,8 @@ from dicom.qido_attributes import (
 from dicom.uids import is_safe_uid
 
 LIKE_ESCAPE = "\\"
-# PS3.4 §C.2.2.2.4: the VRs on which wildcard matching applies.
-_WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+# The text VRs: PS3.4 §C.2.2.2.4 applies wildcard matching to them.
+TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 _MAX_COUNT = 2**31 - 1
 _LIST_SEPARATORS = re.compile(r"[,\\]")
 # `accept` and `charset` (PS3.18 §8.3.3) choose the response format; the route
@@ -267,7 +267,7 @@ def _list(attr: QidoAttribute, value: str, param: str) -> SingleValue | UidList 
 
 def _condition(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> Condition | None:
     """The condition for one non-empty key, or None where it means universal matching."""
-    if attr.vr in _WILDCARD_VRS and value == "*":
+    if attr.vr in TEXT_VRS and value == "*":
         return None
     # A flagged CS key without a separator is an ordinary CS value, so
     # wildcards apply to it as PS3.4 §C.2.2.2.4 asks (Modality=M*).
@@ -289,7 +289,7 @@ def _condition(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> Cond
         if not re.fullmatch(r"[+-]?\d{1,12}", value):
             raise InvalidRequest(f"query parameter {param!r}: {value[:40]!r} is not an integer")
         return SingleValue(attr.keyword, attr.tag, str(int(value)))
-    if attr.vr in _WILDCARD_VRS:
+    if attr.vr in TEXT_VRS:
         if "*" in value or "?" in value:
             return Wildcard(attr.keyword, attr.tag, value)
         return SingleValue(attr.keyword, attr.tag, value)

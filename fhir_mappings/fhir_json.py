@@ -7,9 +7,18 @@ a float that remembers its text, and written back from that text.
 """
 
 import json
+import re
 from typing import Any
 
 import orjson
+
+
+# A number with a fraction or an exponent, or a whole one too wide for 64
+# bits (which orjson reads as a float), between JSON's delimiters. Text inside
+# a string can look so too; then the second parse is merely not needed.
+_MAYBE_DECIMAL = re.compile(
+    rb"[:,\[]\s*-?(?:[0-9]+(?:\.[0-9]+)?[eE][-+]?[0-9]+|[0-9]+\.[0-9]+|[0-9]{20,})\s*[,\]}]"
+)
 
 
 class WrittenDecimal(float):
@@ -32,10 +41,9 @@ class WrittenDecimal(float):
 
 def loads(raw: bytes | str) -> Any:
     """Parse strictly (orjson: no NaN, no lone surrogates, nothing after the
-    value); parse again keeping decimals only where the document holds any
-    (orjson reads a whole number wider than 64 bits as a float too)."""
+    value); parse again keeping decimals only where the text may hold one."""
     document = orjson.loads(raw)
-    if _holds_float(document):
+    if _MAYBE_DECIMAL.search(raw.encode() if isinstance(raw, str) else raw):
         try:
             document = json.loads(raw, parse_float=WrittenDecimal, parse_int=_whole_number)
         except RecursionError:  # nested deeper than FHIR bodies may be: the caller refuses it
@@ -75,14 +83,3 @@ def with_written_decimals(dumped: Any, written: Any) -> Any:
     return dumped
 
 
-def _holds_float(document: Any) -> bool:
-    pending = [document]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, float):
-            return True
-        if isinstance(node, dict):
-            pending.extend(node.values())
-        elif isinstance(node, list):
-            pending.extend(node)
-    return False

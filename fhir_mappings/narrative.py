@@ -8,6 +8,7 @@ narrative would run. txt-2 asks for some content. The element and attribute
 lists are those the FHIR validator applies for txt-1 (its InstanceValidator).
 """
 
+import re
 from typing import Any
 
 from lxml import etree
@@ -34,8 +35,16 @@ _ELEMENT_ATTRIBUTES = frozenset((
     "blockquote.cite", "q.cite", "table.summary", "table.width", "table.border", "table.frame", "table.rules",
     "table.cellspacing", "table.cellpadding", "pre.space", "td.nowrap",
 ))
-# Links that would run code where the narrative is shown.
-_ACTIVE_SCHEMES = ("javascript:", "vbscript:", "data:text/html")
+# Where a link may lead: a place in the resource (`#x`), a relative URL, or
+# one of these schemes. Any other (javascript:, vbscript:, data: with a
+# document) would run code where the narrative is shown.
+_LINK_SCHEMES = frozenset(("http", "https", "mailto", "urn", "tel"))
+# Images may be inline, as pictures only (an SVG can hold scripts).
+_IMAGE_DATA = re.compile(r"data:image/(png|jpeg|gif|webp)[;,]", re.IGNORECASE)
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
+# What browsers drop from a URL before reading its scheme (WHATWG URL: tab
+# and newlines anywhere, C0 controls and spaces around it).
+_URL_IGNORED = re.compile(r"[\t\n\r]|^[\x00-\x20]+|[\x00-\x20]+$")
 
 # No DTD, no entity expansion, no network: the div is data, not a document to fetch parts of.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
@@ -90,5 +99,16 @@ def _check_attribute(element: str, attribute: str, value: str, where: str) -> No
         allowed = local in _ANY_ELEMENT_ATTRIBUTES or f"{element}.{local}" in _ELEMENT_ATTRIBUTES
     if not allowed:
         raise InvalidResource(f"{where}: <{element}> may not have the attribute {local!r} in narrative (txt-1)")
-    if local in ("href", "src", "longdesc", "cite") and value.strip().lower().startswith(_ACTIVE_SCHEMES):
-        raise InvalidResource(f"{where}: <{element} {local}> links to active content, which narrative may not hold")
+    if local in ("href", "src", "longdesc", "cite", "usemap") and not _safe_link(value, element == "img"):
+        raise InvalidResource(
+            f"{where}: <{element} {local}> must be a relative, http(s), mailto, urn or tel link"
+            f"{' or an inline picture' if element == 'img' else ''}: narrative may not hold active content"
+        )
+
+
+def _safe_link(value: str, image: bool) -> bool:
+    url = _URL_IGNORED.sub("", value)
+    scheme = _SCHEME.match(url)
+    if scheme is None:
+        return True  # relative: within this server or this resource
+    return scheme.group(1).lower() in _LINK_SCHEMES or (image and _IMAGE_DATA.match(url) is not None)

@@ -274,7 +274,10 @@ def test_ordering_inference_needs_reading_the_study(anonymous, services):
         anonymous.post("/fhir", headers=writer, json={"resourceType": "Bundle", "type": "transaction", "entry": [
             {"resource": order(STUDY), "request": {"method": "POST", "url": "Task"}}]}),
     ]
-    assert [answer.status_code for answer in answers] == [403, 403, 403, 403]
+    answers.append(anonymous.post("/fhir", headers=writer, json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {**order(STUDY), "focus": {"reference": f"ImagingStudy?_id={STUDY}"}},  # resolved later
+         "request": {"method": "POST", "url": "Task"}}]}))
+    assert [answer.status_code for answer in answers] == [403, 403, 403, 403, 403]
     assert answers[0].json()["issue"][0]["diagnostics"] == answers[1].json()["issue"][0]["diagnostics"]
     batch = anonymous.post("/fhir", headers=writer, json={"resourceType": "Bundle", "type": "batch", "entry": [
         {"resource": order(STUDY), "request": {"method": "POST", "url": "Task"}},
@@ -285,3 +288,23 @@ def test_ordering_inference_needs_reading_the_study(anonymous, services):
     reader = _bearer(services, Role.AI_OPERATOR, "system/Task.cru system/ImagingStudy.r")
     missing = anonymous.post("/fhir/Task", json=order("1.2.3.404"), headers=reader)
     assert missing.status_code == 422  # now it may know: the study is not here
+
+
+def test_conditional_references_need_searching_their_type(anonymous, services):
+    """Resolving `Patient?identifier=...` is a search: without Patient.s a
+    writer could otherwise learn which patients exist."""
+    writer = _bearer(services, Role.AI_OPERATOR, "system/Task.cru")
+    task = {"resourceType": "Task", "status": "draft", "intent": "proposal",
+            "for": {"reference": "Patient?identifier=ACCESS-1"}}
+    answer = anonymous.post("/fhir", headers=writer, json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": task, "request": {"method": "POST", "url": "Task"}}]})
+    assert answer.status_code == 403 and "Patient.s" in answer.text
+
+
+@pytest.mark.parametrize("focus", ["x", [1], 5, {"reference": 7}])
+def test_a_focus_that_is_no_reference_is_refused_not_a_500(client, focus):
+    task = {"resourceType": "Task", "status": "requested", "intent": "order", "focus": focus}
+    assert client.post("/fhir/Task", json=task).status_code in (400, 422)
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": task, "request": {"method": "POST", "url": "Task"}}]}
+    answer = client.post("/fhir", json=batch)
+    assert answer.status_code == 200 and answer.json()["entry"][0]["response"]["status"][:3] in ("400", "422")

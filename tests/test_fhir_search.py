@@ -377,7 +377,7 @@ def test_only_reference_values_are_made_relative(fhir):
     """An identifier may be a URL on this server; matched exactly, as sent."""
     url = "http://testserver/fhir/Task/order-77"
     task = {"resourceType": "Task", "status": "draft", "intent": "proposal", "identifier": [{"value": url}]}
-    fhir.put("/fhir/Task/ordered", json={**task, "id": "ordered"})
+    assert fhir.put("/fhir/Task/ordered", json={**task, "id": "ordered"}).status_code == 201
     assert _ids(fhir, "/fhir/Task", identifier=url) == ["ordered"]
     assert _ids(fhir, "/fhir/Task", identifier=f"{url},other") == ["ordered"]
     assert _ids(fhir, "/fhir/Task", _id="http://testserver/fhir/Task/ordered") == []  # an id is no URL

@@ -142,3 +142,27 @@ def test_an_inference_task_is_kept_as_the_jobs_record(queued, fhir):
         assert response.status_code == 405
         assert response.headers["allow"] == "GET, HEAD, PUT", method
     assert fhir.get(f"/fhir/Task/{task['id']}").status_code == 200
+
+
+def test_a_decimals_precision_is_a_change_the_job_task_keeps(queued, fhir):
+    client, _ = queued
+    uid, _ = _stored(client, 65)
+    task = fhir.post("/fhir/Task", json=_order(uid)).json()
+    head = (f'{{"resourceType":"Task","id":"{task["id"]}","status":"requested","intent":"order",'
+            f'"focus":{{"reference":"ImagingStudy/{uid}"}},"input":[{{"type":{{"text":"threshold"}},"valueDecimal":')
+    for text in ("1.1", "1.10"):
+        changed = fhir.put(f"/fhir/Task/{task['id']}", content=(head + text + "}]}").encode(),
+                           headers={"Content-Type": "application/fhir+json"})
+        assert changed.status_code == 200, changed.text
+        assert f'"valueDecimal":{text}}}'.encode() in changed.content
+    assert fhir.get(f"/fhir/Task/{task['id']}").json()["meta"]["versionId"] == "3"
+
+
+def test_an_ordinary_task_cannot_become_an_order(queued, fhir):
+    client, _ = queued
+    uid, _ = _stored(client, 66)
+    plain = {"resourceType": "Task", "id": "plain-task", "status": "draft", "intent": "order"}
+    assert fhir.put("/fhir/Task/plain-task", json=plain).status_code == 201
+    refused = fhir.put("/fhir/Task/plain-task", json={**_order(uid), "id": "plain-task"})
+    assert refused.status_code == 422 and "new Task" in _diagnostics(refused)
+    assert fhir.get("/fhir/Task/plain-task").json()["status"] == "draft"

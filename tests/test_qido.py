@@ -739,3 +739,23 @@ def test_a_value_longer_than_its_index_column_matches_whole_only(client):
              for offset in ("0", "2", "3")]
     assert [len(page) for page in pages] == [2, 1, 0]
     assert {value(r, STUDY_UID) for page in pages for r in page} == wanted
+
+
+def test_long_values_inside_sequences_are_compared_whole(client):
+    """Sequence items are not checked on the stored attributes: a value longer
+    than its column must not match a stored value that only starts alike."""
+    study, series = generate_uid(), generate_uid()
+    store(client, make_ct(study, series, RequestAttributesSequence=[_request("RP-0123456789ABC")]))  # 16: fits
+    assert search(client, "/series", [(REQUESTED_PROCEDURE, "RP-0123456789ABCX")]) == []
+    assert uids(search(client, "/series", [(REQUESTED_PROCEDURE, "RP-0123456789ABC")]), SERIES_UID) == {series}
+
+
+def test_exact_dates_and_uids_are_paged_in_sql():
+    """Dates and UIDs are stored canonical, so a value as wide as its column
+    needs no check on the stored attributes (which would page in Python)."""
+    from dicom.matching import SingleValue
+    from server.dicomweb.qido import _beyond_index
+
+    assert not _beyond_index(SingleValue("StudyDate", 0x00080020, "20240115"))
+    assert not _beyond_index(SingleValue("StudyInstanceUID", 0x0020000D, "1." + "2" * 62))
+    assert _beyond_index(SingleValue("PatientID", 0x00100020, "P" * 64))

@@ -10,9 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Engine, Select, String, and_, distinct, func, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Select,
+    String,
+    and_,
+    distinct,
+    func,
+    select,
+    true,
+)
 
 from dicom.matching import (
+    TEXT_VRS,
     Condition,
     PersonNameMatch,
     QidoQuery,
@@ -26,6 +37,7 @@ from dicom.matching import (
     wildcard_to_glob,
     wildcard_to_like,
 )
+from dicom.qido_attributes import ATTRIBUTES, LEVELS
 from server.tables import instances, series, series_requests, studies
 
 # Where each matching key lives: the column it is compared with, and for PN
@@ -91,13 +103,17 @@ def _width(column: Any) -> int | None:
 
 
 def _beyond_index(condition: SingleValue) -> bool:
-    """A single value as long as the index column of its attribute or longer.
+    """A text value as long as the index column of its attribute or longer.
     The column holds only the start of a longer stored value, so for such a
     value it can only narrow the search: the stored attributes decide
-    (`_holds_whole`). A shorter value never equals a cut one."""
+    (`_holds_whole`). A shorter value never equals a cut one, and dates,
+    times and UIDs are stored in their canonical forms, which fit."""
     column = _COLUMNS.get(condition.tag)
     width = None if column is None else _width(column)
-    return width is not None and len(condition.value) >= width
+    return width is not None and len(condition.value) >= width and _VRS.get(condition.tag) in TEXT_VRS
+
+
+_VRS = {attribute.tag: attribute.vr for level in LEVELS for attribute in ATTRIBUTES[level]}
 
 
 def _holds_whole(row: Any, condition: SingleValue, level: str) -> bool:
@@ -112,12 +128,15 @@ def _holds_whole(row: Any, condition: SingleValue, level: str) -> bool:
     return condition.value in element.get("Value", ())
 
 
-def _match(column: Any, condition: Condition, dialect: str) -> ColumnElement[bool]:
-    """`condition` applied to the column that holds its attribute."""
+def _match(column: Any, condition: Condition, dialect: str, checked: bool = False) -> ColumnElement[bool]:
+    """`condition` applied to the column that holds its attribute; `checked`:
+    the rows found are checked on the whole value (`_holds_whole`)."""
     if isinstance(condition, SingleValue):
         if condition.tag in _INTEGER_TAGS:
             return column == int(condition.value)
-        return column == condition.value[: _width(column)]  # the whole value where it fits (`_beyond_index`)
+        if checked and _beyond_index(condition):
+            return column == condition.value[: _width(column)]
+        return column == condition.value
     if isinstance(condition, (UidList, ValueList)):
         return column.in_(condition.values)
     if isinstance(condition, Wildcard):
@@ -141,21 +160,23 @@ def _match(column: Any, condition: Condition, dialect: str) -> ColumnElement[boo
     raise AssertionError(f"unhandled condition {condition!r}")
 
 
-def _clause(condition: Condition, dialect: str) -> ColumnElement[bool]:
+def _clause(condition: Condition, dialect: str, top_level: bool = True) -> ColumnElement[bool]:
     if isinstance(condition, SequenceMatch):
         if condition.tag != _REQUEST_ATTRIBUTES_SEQUENCE:
             raise AssertionError(f"no sequence table for {condition.keyword}")
         # One row per item, so all item conditions hold in the same item.
         # IN rather than a correlated EXISTS: SQLite runs EXISTS once per
         # outer row, but drives an IN subquery from the item column's index.
-        items = select(series_requests.c.series_pk).where(*(_clause(item, dialect) for item in condition.conditions))
+        items = select(series_requests.c.series_pk).where(
+            *(_clause(item, dialect, top_level=False) for item in condition.conditions)
+        )
         return series.c.id.in_(items)
     if condition.tag == _MODALITIES_IN_STUDY:
         # An alias, so that at series level the subquery looks at every series
         # of the study rather than at the outer series row; IN as above.
         sibling = series.alias("sibling_series")
         return studies.c.id.in_(select(sibling.c.study_pk).where(_match(sibling.c.modality, condition, dialect)))
-    return _match(_COLUMNS[condition.tag], condition, dialect)
+    return _match(_COLUMNS[condition.tag], condition, dialect, checked=top_level)
 
 
 def _statement(query: QidoQuery, scope: Scope, dialect: str, paged: bool) -> Select[Any]:

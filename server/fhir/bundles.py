@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy import Connection
@@ -25,6 +24,7 @@ from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
 from fhir_mappings.subsetting import subset_json
 from server.db import retried_on_conflict, write_connection
 from server.fhir import interactions
+from server.fhir.negotiation import form_pairs
 from server.fhir.own_references import (
     with_relative_references,
     with_relative_search_values,
@@ -162,7 +162,7 @@ def _run(
     if_match = interactions.parse_if_match(entry["request"].get("ifMatch"))
     if method == "GET" and len(parts) == 1:
         service.require_type(parts[0])
-        pairs = with_relative_search_values(parts[0], parse_qsl(query, keep_blank_values=True), base)
+        pairs = with_relative_search_values(parts[0], form_pairs(query), base)
         page = service.searcher.search(
             parts[0], pairs, base, strict=False, connection=connection, authorize=authorize_search
         )
@@ -174,7 +174,7 @@ def _run(
             else interactions.vread(service, parts[0], parts[1], parts[3], connection)
         )
         request = entry["request"]
-        summary, elements = read_subsetting(parse_qsl(query, keep_blank_values=True))
+        summary, elements = read_subsetting(form_pairs(query))
         if interactions.not_modified(version, _text(request, "ifNoneMatch"), _instant(request, "ifModifiedSince")):
             return EntryResult("304 Not Modified", etag=version.etag, last_modified=version.last_updated)
         return _result("200 OK", version, base, subset_of=(summary, elements))
@@ -299,7 +299,7 @@ def _resolve_conditional_references(
         if not resource_type.isalpha():
             raise InvalidRequest(f"entry {position}: {reference[:100]} is not a conditional reference (Type?query)")
         service.require_type(resource_type)
-        pairs = [(name, value) for name, value in parse_qsl(query, keep_blank_values=True) if name != "_count"]
+        pairs = [(name, value) for name, value in form_pairs(query) if name != "_count"]
         pairs = with_relative_search_values(resource_type, pairs, base)
         page = service.searcher.search(
             resource_type, [*pairs, ("_count", "2")], base, strict=True, connection=connection,

@@ -6,6 +6,7 @@ produced for reads and searches from the same JSON through the R4 models.
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
@@ -76,6 +77,17 @@ def require_json_body(request: Request) -> None:
         raise UnsupportedMediaType(
             f"the body must be {FHIR_JSON} (or application/json), not {content_type or 'untyped'}"
         )
+
+
+def form_pairs(encoded: bytes | str) -> list[tuple[str, str]]:
+    """Form-encoded parameters (a query string, a POST _search body), which
+    must be UTF-8 (R4 http.html#mime-type): a byte that is not would otherwise
+    be searched for as U+FFFD."""
+    try:
+        text = encoded.decode() if isinstance(encoded, bytes) else encoded
+        return parse_qsl(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError as error:
+        raise InvalidRequest("the search parameters are not UTF-8 text") from error
 
 
 def parse_json_body(raw: bytes) -> Any:

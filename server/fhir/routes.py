@@ -9,7 +9,6 @@ from collections.abc import Callable
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache, partial
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request
@@ -36,6 +35,7 @@ from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
 from server.fhir.negotiation import (
     fhir_response,
+    form_pairs,
     parse_json_body,
     require_json_body,
     response_format,
@@ -112,16 +112,7 @@ def _version_response(request: Request, version: StoredVersion, status: int = 20
 
 
 def _search_pairs(request: Request) -> list[tuple[str, str]]:
-    return _form_pairs(request.scope["query_string"])
-
-
-def _form_pairs(encoded: bytes) -> list[tuple[str, str]]:
-    """Form-encoded parameters, which must be UTF-8 (R4 http.html#mime-type):
-    a byte that is not would otherwise be searched for as U+FFFD."""
-    try:
-        return parse_qsl(encoded.decode(), keep_blank_values=True, errors="strict")
-    except UnicodeDecodeError as error:
-        raise InvalidRequest("the search parameters are not UTF-8 text") from error
+    return form_pairs(request.scope["query_string"])
 
 
 def _link_parameters(request: Request) -> list[tuple[str, str]]:
@@ -135,9 +126,11 @@ def _search_authorizer(request: Request) -> Callable[[SearchRequest], None]:
     principal: Principal = request.state.principal
 
     def authorize(search: SearchRequest) -> None:
-        refused = sorted(f"{p.resource_type}.{p.letter}" for p in search_permissions(search) if not principal.may(p))
+        # The searched type too: a transaction's conditional references search without a route of their own.
+        needed = search_permissions(search) | {Permission(search.resource_type, "s")}
+        refused = sorted(f"{p.resource_type}.{p.letter}" for p in needed if not principal.may(p))
         if refused:
-            raise Forbidden(f"{principal.name} may not reach what this search includes or chains into ({', '.join(refused)})")
+            raise Forbidden(f"{principal.name} may not run this search: it needs {', '.join(refused)}")
 
     return authorize
 
@@ -205,7 +198,7 @@ async def search_by_post(request: Request, resource_type: str) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise InvalidRequest("POST _search takes application/x-www-form-urlencoded parameters")
-    return await _run_search(request, resource_type, _search_pairs(request) + _form_pairs(await request.body()))
+    return await _run_search(request, resource_type, _search_pairs(request) + form_pairs(await request.body()))
 
 
 async def _audit_copies_current(request: Request, resource_type: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from fhir_mappings import fhir_json
 from fhir_mappings.errors import (
     InvalidResource,
     MethodNotAllowed,
@@ -32,11 +33,13 @@ def is_inference_order(task: dict[str, Any]) -> bool:
     """A Task focused on an ImagingStudy, in any form of reference: one that
     `inference_request` cannot read (absolute, versioned) is refused as an
     order, not stored as a Task that orders nothing."""
-    reference = (task.get("focus") or {}).get("reference")
+    focus = task.get("focus")
+    reference = focus.get("reference") if isinstance(focus, dict) else None
     return isinstance(reference, str) and _IMAGING_STUDY_REFERENCE.search(reference) is not None
 
 
-_IMAGING_STUDY_REFERENCE = re.compile(r"(^|/)ImagingStudy(/|$)")
+# `ImagingStudy/x`, a URL ending so, or a conditional `ImagingStudy?...` that a transaction resolves.
+_IMAGING_STUDY_REFERENCE = re.compile(r"(^|/)ImagingStudy([/?]|$)")
 
 
 class InferenceTasks:
@@ -62,9 +65,15 @@ class InferenceTasks:
     def updating(self, connection: Connection, task: dict[str, Any], task_id: str) -> dict[str, Any]:
         job = self.queue.get(task_id, connection, lock=True)
         if job is None:
-            if self._exists(connection, task_id):
-                return task  # a Task stored before it could be a job stays an ordinary one
-            return self.creating(connection, task, task_id)  # update as create, with the client's id
+            stored = self._stored(connection, task_id)
+            if stored is None:
+                return self.creating(connection, task, task_id)  # update as create, with the client's id
+            if is_inference_order(task) and not is_inference_order(stored):
+                # Stored as accepted, it would be an order that never runs.
+                raise InvalidResource(
+                    f"Task/{task_id} is not an inference job and cannot become one; order by creating a new Task"
+                )
+            return task  # a Task stored before it could be a job stays an ordinary one
         request = inference_request(task, creating=False)
         _require_same_order(request, job)
         _require_subject(task, job.patient_id, job.study_instance_uid)
@@ -75,7 +84,8 @@ class InferenceTasks:
                 f"the server moves an inference Task to {request.status!r} itself; a client may only cancel it"
             )
         kept = client_elements(task)
-        if kept != self.queue.client_elements(job):
+        # Compared as written: 1.10 for 1.1 is a change (the decimals compare equal as numbers).
+        if fhir_json.dumps(kept) != fhir_json.dumps(self.queue.client_elements(job)):
             job = self.queue.keep_client_elements(connection, job, kept)
         if request.status == current:
             return self.queue.task_of(job)
@@ -89,12 +99,12 @@ class InferenceTasks:
                 "GET, HEAD, PUT",
             )
 
-    def _exists(self, connection: Connection, task_id: str) -> bool:
+    def _stored(self, connection: Connection, task_id: str) -> dict[str, Any] | None:
         try:
-            self.queue.store.read("Task", task_id, connection)
+            version = self.queue.store.read("Task", task_id, connection)
         except (ResourceNotFound, ResourceGone):
-            return False
-        return True
+            return None
+        return None if version.body is None else fhir_json.loads(version.body)
 
     def _model(self, connection: Connection, request: InferenceRequest) -> RegisteredModel:
         """The model named in Task.owner, or the first active one that accepts
