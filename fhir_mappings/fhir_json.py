@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 
-
 # A number with a fraction or an exponent, or a whole one too wide for 64
 # bits (which orjson reads as a float), between JSON's delimiters. Text inside
 # a string can look so too; then the second parse is merely not needed.
