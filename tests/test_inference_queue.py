@@ -23,7 +23,7 @@ from server.jobs.withdrawal import sweep
 from server.migrate import upgrade
 from server.services import Services
 from server.settings import Settings
-from server.tables import inference_jobs, study_activity
+from server.tables import inference_jobs, instances, study_activity
 from tests.conftest import admin_headers
 from tests.inference_checks import (
     order,
@@ -52,6 +52,16 @@ def test_a_queued_task_is_cancelled_by_updating_its_status(queued):
     assert again.status_code == 422
     assert "cancelled" in again.json()["issue"][0]["diagnostics"]
     assert client.delete(f"/fhir/Task/{task['id']}").status_code == 405
+
+
+def test_queued_jobs_of_a_deactivated_model_end_failed_saying_why(queued):
+    client, services = queued
+    task = order(client, stored_study(client, 53))
+    services.jobs.registry.deactivate(DEMO)
+    assert run_queued(services) == []
+    failed = client.get(f"/fhir/Task/{task['id']}").json()
+    assert failed["status"] == "failed"
+    assert f"the model {DEMO} was deactivated" in failed["statusReason"]["text"]
 
 
 def test_a_client_cannot_complete_a_job_itself(queued):
@@ -152,6 +162,32 @@ def test_a_model_that_raises_is_retried_with_backoff_then_fails(queued, tmp_path
     assert status["status"] == "failed"
     assert "RuntimeError" in status["statusReason"]["text"]
     assert _total(client, "/fhir/DiagnosticReport") == 0
+
+
+def test_files_replaced_while_a_job_reads_them_are_read_again_and_no_path_is_shown(queued):
+    client, services = queued
+    task = order(client, stored_study(client, 57))
+    with services.engine.connect() as connection:
+        stored = connection.execute(select(instances.c.file_path).limit(1)).scalar_one()
+    path = services.store.root / stored
+    moved = path.with_name("elsewhere")
+    path.rename(moved)  # as a re-send swaps a file between the job's look and its read
+    assert run_queued(services) == [task["id"]]
+    waiting = client.get(f"/fhir/Task/{task['id']}")
+    assert waiting.json()["status"] == "on-hold"
+    assert "sent again while the job read them" in waiting.json()["businessStatus"]["text"]
+    assert str(services.store.root) not in waiting.text
+    moved.rename(path)
+    with services.engine.begin() as connection:
+        connection.execute(update(inference_jobs).values(not_before=0))
+    assert run_queued(services) == [task["id"]]
+    assert client.get(f"/fhir/Task/{task['id']}").json()["status"] == "completed"
+
+
+def test_a_fault_named_to_clients_names_no_server_path():
+    assert run_module._public_reason(PermissionError(13, "Permission denied", "/srv/data/x.dcm")) == (
+        "PermissionError: Permission denied"
+    )
 
 
 @pytest.fixture

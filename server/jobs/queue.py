@@ -169,6 +169,7 @@ class JobQueue:
         if task_id is None and not self._any_ready(now):
             return []
         with write_connection(self.engine) as connection:
+            self._fail_jobs_of_inactive_models(connection, now)
             ready = select(inference_jobs.c.task_id, inference_jobs.c.model_id).where(
                 inference_jobs.c.status == REQUESTED, inference_jobs.c.not_before <= now
             ).order_by(inference_jobs.c.created_at, inference_jobs.c.task_id).with_for_update(skip_locked=True)
@@ -188,6 +189,23 @@ class JobQueue:
                 if job is not None:
                     claimed.append(job)
             return claimed
+
+    def _fail_jobs_of_inactive_models(self, connection: Connection, now: int) -> None:
+        """Deactivating a model withdraws it (by hand, or when a validation
+        fails): its queued jobs end failed, saying so, rather than run on it.
+        Done where jobs are taken, so that every way of deactivating counts."""
+        orphans = connection.execute(
+            select(inference_jobs.c.task_id, ai_models.c.name, ai_models.c.version)
+            .join(ai_models, ai_models.c.id == inference_jobs.c.model_id)
+            .where(inference_jobs.c.status == REQUESTED, ai_models.c.active.is_(False))
+            .with_for_update(of=inference_jobs, skip_locked=True)
+        ).all()
+        for orphan in orphans:
+            self._change(
+                connection, orphan.task_id, status=REQUESTED, owner=None, status_to=FAILED,
+                values={"reason": f"the model {orphan.name}@{orphan.version} was deactivated before this job ran",
+                        "ended_at": now, "business_status": "failed", "lease_owner": None, "lease_expires": None},
+            )
 
     def _any_ready(self, now: int) -> bool:
         """A read first, so that idle pollers never take SQLite's write lock."""

@@ -195,9 +195,13 @@ class JobRunner:
             log.info("job %s is no longer this worker's", job.task_id)
         except InferenceError as error:
             self._end(job, error.message, retryable=False)
+        except FileNotFoundError:
+            # A re-send replaced instances of the series while they were read: the next attempt reads the new ones.
+            log.info("the series of job %s changed while it was read", job.task_id)
+            self._end(job, "instances of the series were sent again while the job read them", retryable=True)
         except Exception as error:  # a fault of this attempt, not of the input: retried
             log.exception("job %s failed", job.task_id)
-            self._end(job, f"{type(error).__name__}: {error}", retryable=True)
+            self._end(job, _public_reason(error), retryable=True)
         try:
             withdraw_results(self.queue, self.ingestor, job.task_id)
         except SQLAlchemyError:
@@ -294,3 +298,11 @@ def _discard_segmentation(work: "Future[object]") -> None:
     result = work.result()
     if isinstance(result, WrittenResults):
         result.segmentation.received.temp_path.unlink(missing_ok=True)
+
+
+def _public_reason(error: Exception) -> str:
+    """What a Task may say about a fault: the log has the rest. An OSError's
+    message names its file, a path on this server that clients need not see."""
+    if isinstance(error, OSError):
+        return f"{type(error).__name__}: {error.strerror or 'an input or output error'}"
+    return f"{type(error).__name__}: {error}"
