@@ -26,6 +26,7 @@ from server.fhir.service import build_fhir
 from server.ingest import Ingestor
 from server.jobs.routes import router as models_router
 from server.jobs.service import JobsService, build_jobs
+from server.jobs.study_changes import follow_studies
 from server.jobs.triggers import touch_studies
 from server.logs import RequestLogMiddleware, configure_logging
 from server.methods import HeadAsGet
@@ -45,6 +46,7 @@ def build_services(settings: Settings) -> Services:
 
     def studies_changed(connection: Connection, study_uids: set[str]) -> None:
         sync_studies(fhir.store, connection, study_uids)
+        follow_studies(jobs.queue, connection, study_uids)  # `jobs` is built below, before any study changes
         touch_studies(connection, study_uids)
         note_studies(study_uids)  # for the audit record of the request that changed them
 

@@ -273,14 +273,19 @@ inference_jobs = Table(
     Column("updated_at", BigInteger, nullable=False),
     # JSON: what the client's Task said beyond the job (`fhir_mappings.task.client_elements`).
     Column("client_elements_json", LargeBinary),
+    # Of an automatic job: a digest of what its series held (`server.jobs.series.series_content`).
+    Column("series_content", String(64)),
 )
 Index("ix_inference_jobs_queue", inference_jobs.c.status, inference_jobs.c.not_before)
-# An automatic run happens once per series and model: the server's own SEG
-# series changes the study again, and must not start the job over.
+Index("ix_inference_jobs_study", inference_jobs.c.study_instance_uid)
+# An automatic run happens once per model and content of a series: the
+# server's own SEG series changes the study again, and must not start the job
+# over; new or changed instances in the series must.
 Index(
     "ix_inference_jobs_automatic",
     inference_jobs.c.model_id,
     inference_jobs.c.series_instance_uid,
+    inference_jobs.c.series_content,
     unique=True,
     sqlite_where=inference_jobs.c.automatic,
     postgresql_where=inference_jobs.c.automatic,

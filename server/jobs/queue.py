@@ -91,15 +91,16 @@ class JobQueue:
     # --- creating and reading -------------------------------------------------
     def create(
         self, connection: Connection, task_id: str, model_id: int, study_uid: str, series_uid: str | None,
-        automatic: bool, client_elements: Mapping[str, Any] | None = None,
+        automatic: bool, client_elements: Mapping[str, Any] | None = None, series_content: str | None = None,
     ) -> dict[str, Any]:
-        """Insert the job and return its first Task (which the caller stores)."""
+        """Insert the job and return its first Task (which the caller stores).
+        `series_content`: of an automatic job, what its series held (`series.series_content`)."""
         now = now_micros()
         values = {
             "task_id": task_id, "model_id": model_id, "study_instance_uid": study_uid, "series_instance_uid": series_uid,
             "patient_id": self.patient_of_study(connection, study_uid), "automatic": automatic, "status": REQUESTED,
             "attempts": 0, "not_before": now, "business_status": "queued", "created_at": now, "updated_at": now,
-            "client_elements_json": _client_json(client_elements),
+            "client_elements_json": _client_json(client_elements), "series_content": series_content,
         }
         connection.execute(insert(inference_jobs).values(**values))
         job = self.get(task_id, connection)
@@ -152,6 +153,12 @@ class JobQueue:
         )
         assert changed is not None  # the row is locked: nobody moved the job meanwhile
         return changed
+
+    def move_to_patient(self, connection: Connection, task_id: str, patient_id: str | None) -> None:
+        """The job's study now belongs to another Patient (`study_changes`)."""
+        job = self.get(task_id, connection, lock=True)
+        assert job is not None
+        self._change(connection, task_id, status=job.status, owner=job.lease_owner, values={"patient_id": patient_id})
 
     def patient_of_study(self, connection: Connection, study_uid: str) -> str | None:
         try:

@@ -253,15 +253,19 @@ class JobRunner:
         body_part_examined: str | None,
     ) -> None:
         now = datetime.now(UTC)
-        resources = result_resources(
-            FinishedJob(
-                task_id=job.task_id, imaging_study_id=job.study_instance_uid, patient_id=job.patient_id,
-                device_id=model.device_id, card=model.bundle.card, findings=findings,
-                seg_series_uid=seg_identity.series_instance_uid, effective=now, issued=now,
-                report_status=self.report_status, body_part_examined=body_part_examined,
-            )
-        )
         with write_connection(self.queue.engine) as connection:
+            # The study's Patient as of now: a corrected PatientID may have moved it while the job ran.
+            current = self.queue.get(job.task_id, connection, lock=True)
+            if current is None:
+                raise JobLost()
+            resources = result_resources(
+                FinishedJob(
+                    task_id=job.task_id, imaging_study_id=job.study_instance_uid, patient_id=current.patient_id,
+                    device_id=model.device_id, card=model.bundle.card, findings=findings,
+                    seg_series_uid=seg_identity.series_instance_uid, effective=now, issued=now,
+                    report_status=self.report_status, body_part_examined=body_part_examined,
+                )
+            )
             for resource in resources.all():
                 self.queue.store.put(connection, resource, resource["id"], "PUT")
             if not self.queue.complete(connection, job):
@@ -303,6 +307,6 @@ def _discard_segmentation(work: "Future[object]") -> None:
 def _public_reason(error: Exception) -> str:
     """What a Task may say about a fault: the log has the rest. An OSError's
     message names its file, a path on this server that clients need not see."""
-    if isinstance(error, OSError):
+    if isinstance(error, OSError) and (error.filename or error.filename2):
         return f"{type(error).__name__}: {error.strerror or 'an input or output error'}"
     return f"{type(error).__name__}: {error}"

@@ -1,5 +1,6 @@
 """The series of a study a model can run on, read from the DICOM index."""
 
+import hashlib
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
@@ -55,6 +56,22 @@ def accepted_series(connection: Connection, study_uid: str, rule: SeriesRule) ->
     """Those the rule accepts, the most slices first."""
     accepted = [stored for stored in study_series(connection, study_uid) if stored.accepted_by(rule)]
     return sorted(accepted, key=lambda stored: (-stored.slices, stored.series_instance_uid))
+
+
+def series_content(connection: Connection, series_uid: str) -> str:
+    """What a series holds now, as a digest: its index row (a series deleted
+    and stored again is another one) and each instance with its file's hash.
+    An identical re-send leaves it as it was; a new or changed instance does not."""
+    rows = connection.execute(
+        select(series.c.id, instances.c.sop_instance_uid, instances.c.sha256)
+        .join(instances, instances.c.series_pk == series.c.id)
+        .where(series.c.series_instance_uid == series_uid)
+        .order_by(instances.c.sop_instance_uid)
+    ).all()
+    digest = hashlib.sha256(str(rows[0].id if rows else None).encode())
+    for row in rows:
+        digest.update(f"|{row.sop_instance_uid}:{row.sha256}".encode())
+    return digest.hexdigest()
 
 
 def series_exists(connection: Connection, series_uid: str) -> bool:

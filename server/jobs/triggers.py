@@ -2,21 +2,24 @@
 to run the active models whose rules accept one of its series.
 
 Every STOW marks its studies in `study_activity` in its own transaction, so a
-pending trigger survives a restart. One automatic job per model and series:
-the server's own SEG series changes the study again and must not start the
-run over (a unique index holds this across server processes).
+pending trigger survives a restart. One automatic job per model and content
+of a series: a series that gained or changed instances since its last run
+(a sender that paused longer than the quiet period, a corrected re-send, a
+study deleted and sent again) is run again, while the server's own SEG
+series, which changes the study but not the series, starts nothing (a
+unique index holds this across server processes).
 """
 
 import logging
 import uuid
 
-from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy import Connection, Engine, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from server.db import reading, write_connection
 from server.jobs.queue import JobQueue, now_micros
 from server.jobs.registry import ModelRegistry
-from server.jobs.series import accepted_series
+from server.jobs.series import accepted_series, series_content
 from server.tables import inference_jobs, study_activity
 
 log = logging.getLogger(__name__)
@@ -75,20 +78,26 @@ class StudyTriggers:
         started = []
         for model in self.registry.active(connection):
             for stored in accepted_series(connection, study_uid, model.bundle.card.series):
-                if self._has_automatic_job(connection, model.id, stored.series_instance_uid):
+                content = series_content(connection, stored.series_instance_uid)
+                if self._has_automatic_job(connection, model.id, stored.series_instance_uid, content):
                     continue
                 task_id = str(uuid.uuid4())
-                task = self.queue.create(connection, task_id, model.id, study_uid, stored.series_instance_uid, automatic=True)
+                task = self.queue.create(
+                    connection, task_id, model.id, study_uid, stored.series_instance_uid, automatic=True,
+                    series_content=content,
+                )
                 self.queue.store.put(connection, task, task_id, "POST")
                 started.append(task_id)
         return started
 
     @staticmethod
-    def _has_automatic_job(connection: Connection, model_id: int, series_uid: str) -> bool:
+    def _has_automatic_job(connection: Connection, model_id: int, series_uid: str, content: str) -> bool:
         return connection.execute(
             select(inference_jobs.c.task_id).where(
                 inference_jobs.c.model_id == model_id,
                 inference_jobs.c.series_instance_uid == series_uid,
                 inference_jobs.c.automatic,
+                # Jobs made before contents were recorded (migration 0009) stand for any content.
+                or_(inference_jobs.c.series_content == content, inference_jobs.c.series_content.is_(None)),
             )
         ).first() is not None

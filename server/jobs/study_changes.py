@@ -1,0 +1,107 @@
+"""Jobs and their results follow the study they were made from.
+
+Runs in the transaction that changed the DICOM index (a STOW batch, a
+DELETE), after the study's ImagingStudy and Patient were written
+(`server.fhir.derived.sync_studies`), so FHIR readers never see results that
+contradict the study:
+- When a study's Patient changes (a corrected PatientID), its jobs and their
+  published results name the new Patient: the old one no longer exists.
+- When the series a job ran on is deleted (or its whole study), the job's
+  published results are withdrawn: marked `entered-in-error`, the status R4
+  gives a report or observation that should not be relied on. They stay
+  readable, with their history, as the record of what was published. An
+  automatic job then no longer stands for its series' content, so the series
+  sent again is run again (the trigger compares contents, and a series row
+  made anew may reuse the old one's id).
+"""
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from fhir_mappings import fhir_json
+from fhir_mappings.ai_results import report_id
+from fhir_mappings.errors import ResourceGone, ResourceNotFound
+from server.fhir.store import ResourceStore
+from server.jobs.queue import COMPLETED, JobQueue
+from server.jobs.series import series_exists
+from server.tables import inference_jobs
+
+WITHDRAWN = "entered-in-error"
+# The content of an automatic job whose series was deleted: no series holds it
+# (unique per job, as the automatic index asks).
+_SOURCE_DELETED = "deleted:"
+
+
+def follow_studies(queue: JobQueue, connection: Connection, study_uids: Iterable[str]) -> None:
+    for study_uid in sorted(set(study_uids)):
+        jobs = connection.execute(
+            select(inference_jobs).where(inference_jobs.c.study_instance_uid == study_uid).order_by(inference_jobs.c.task_id)
+        ).all()
+        if not jobs:
+            continue
+        study = _current(queue.store, connection, "ImagingStudy", study_uid)
+        for job in jobs:
+            source_gone = study is None or (
+                job.series_instance_uid is not None and not series_exists(connection, job.series_instance_uid)
+            )
+            if source_gone:
+                if job.status == COMPLETED and not job.results_withdrawn:
+                    _withdraw(queue.store, connection, job.task_id)
+                if job.automatic and not (job.series_content or "").startswith(_SOURCE_DELETED):
+                    connection.execute(
+                        update(inference_jobs).where(inference_jobs.c.task_id == job.task_id)
+                        .values(series_content=f"{_SOURCE_DELETED}{job.task_id}")
+                    )
+                continue
+            assert study is not None
+            patient_id = (study.get("subject") or {}).get("reference", "").removeprefix("Patient/") or None
+            if patient_id != job.patient_id:
+                queue.move_to_patient(connection, job.task_id, patient_id)
+                if job.status == COMPLETED:
+                    _rewrite_results(queue.store, connection, job.task_id, {"subject": _patient_reference(patient_id)})
+
+
+def _withdraw(store: ResourceStore, connection: Connection, task_id: str) -> None:
+    _rewrite_results(store, connection, task_id, {"status": WITHDRAWN})
+    connection.execute(
+        update(inference_jobs).where(inference_jobs.c.task_id == task_id).values(results_withdrawn=True)
+    )
+
+
+def _rewrite_results(store: ResourceStore, connection: Connection, task_id: str, changes: dict[str, Any]) -> None:
+    """A new version of the job's report and of each of its Observations, with `changes`."""
+    report = _current(store, connection, "DiagnosticReport", report_id(task_id))
+    if report is None:
+        return
+    pending = [reference["reference"] for reference in report.get("result", [])]
+    seen: set[str] = set()
+    _put_changed(store, connection, report, changes)
+    while pending:
+        reference = pending.pop()
+        if reference in seen or not reference.startswith("Observation/"):
+            continue
+        seen.add(reference)
+        observation = _current(store, connection, "Observation", reference.removeprefix("Observation/"))
+        if observation is not None:
+            pending += [member["reference"] for member in observation.get("hasMember", [])]
+            _put_changed(store, connection, observation, changes)
+
+
+def _put_changed(store: ResourceStore, connection: Connection, resource: dict[str, Any], changes: dict[str, Any]) -> None:
+    changed = {key: value for key, value in {**resource, **changes}.items() if value is not None}
+    if changed != resource:
+        store.put(connection, changed, resource["id"], "PUT")
+
+
+def _current(store: ResourceStore, connection: Connection, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+    try:
+        version = store.read(resource_type, resource_id, connection)
+    except (ResourceNotFound, ResourceGone):
+        return None
+    return None if version.body is None else fhir_json.loads(version.body)  # type: ignore[no-any-return]
+
+
+def _patient_reference(patient_id: str | None) -> dict[str, str] | None:
+    return None if patient_id is None else {"reference": f"Patient/{patient_id}"}

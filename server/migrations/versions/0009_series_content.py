@@ -1,0 +1,35 @@
+"""automatic jobs run again when their series changes; jobs found by study
+
+Revision ID: 0009
+Revises: 0008
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0009'
+down_revision = '0008'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('inference_jobs') as batch_op:
+        batch_op.add_column(sa.Column('series_content', sa.String(length=64), nullable=True))
+    op.drop_index('ix_inference_jobs_automatic', table_name='inference_jobs')
+    op.create_index(
+        'ix_inference_jobs_automatic', 'inference_jobs', ['model_id', 'series_instance_uid', 'series_content'],
+        unique=True, sqlite_where=sa.text('automatic'), postgresql_where=sa.text('automatic'),
+    )
+    op.create_index('ix_inference_jobs_study', 'inference_jobs', ['study_instance_uid'])
+
+
+def downgrade() -> None:
+    op.drop_index('ix_inference_jobs_study', table_name='inference_jobs')
+    op.drop_index('ix_inference_jobs_automatic', table_name='inference_jobs')
+    op.create_index(
+        'ix_inference_jobs_automatic', 'inference_jobs', ['model_id', 'series_instance_uid'],
+        unique=True, sqlite_where=sa.text('automatic'), postgresql_where=sa.text('automatic'),
+    )
+    with op.batch_alter_table('inference_jobs') as batch_op:
+        batch_op.drop_column('series_content')

@@ -1,0 +1,106 @@
+"""Jobs and results follow their study (`server.jobs.study_changes`, and the
+automatic trigger): a corrected PatientID moves them to the new Patient, a
+deleted source withdraws them, and a series that changed is run again."""
+
+import io
+
+from pydicom.dataset import Dataset
+
+from inference.demo.phantom import phantom_datasets
+from tests.inference_checks import order, phantom, run_queued, series_bytes, stow, study_uid
+
+
+def _payloads(datasets: list[Dataset]) -> list[bytes]:
+    payloads = []
+    for dataset in datasets:
+        buffer = io.BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        payloads.append(buffer.getvalue())
+    return payloads
+
+
+def _renamed(seed: int, patient_id: str) -> list[bytes]:
+    return _payloads(phantom_datasets(phantom(seed), patient_id=patient_id))
+
+
+def _results(client, task_id: str) -> tuple[dict, list[dict]]:  # type: ignore[no-untyped-def]
+    report = client.get(f"/fhir/DiagnosticReport/{task_id}").json()
+    observations = [client.get(f"/fhir/{ref['reference']}").json() for ref in report["result"]]
+    return report, observations
+
+
+def _subject_of_study(client, uid: str) -> str:  # type: ignore[no-untyped-def]
+    return client.get(f"/fhir/ImagingStudy/{uid}").json()["subject"]["reference"]
+
+
+def test_a_corrected_patient_id_moves_published_results_to_the_new_patient(queued):
+    client, services = queued
+    study = phantom(81)
+    stow(client, series_bytes(study))
+    uid = study_uid(study)
+    old_patient = _subject_of_study(client, uid)
+    task = order(client, uid)
+    assert run_queued(services) == [task["id"]]
+
+    stow(client, _renamed(81, "CORRECTED-81"))
+    new_patient = _subject_of_study(client, uid)
+    assert new_patient != old_patient
+    assert client.get(f"/fhir/{old_patient}").status_code == 410
+    assert client.get(f"/fhir/Task/{task['id']}").json()["for"]["reference"] == new_patient
+    report, observations = _results(client, task["id"])
+    assert report["subject"]["reference"] == new_patient and report["meta"]["versionId"] == "2"
+    assert {observation["subject"]["reference"] for observation in observations} == {new_patient}
+    found = client.get("/fhir/DiagnosticReport", params={"subject": new_patient}).json()
+    assert [entry["resource"]["id"] for entry in found.get("entry", [])] == [task["id"]]
+
+
+def test_a_job_queued_when_the_patient_id_is_corrected_publishes_under_the_new_patient(queued):
+    client, services = queued
+    study = phantom(82)
+    stow(client, series_bytes(study))
+    task = order(client, study_uid(study))
+    stow(client, _renamed(82, "CORRECTED-82"))
+    assert run_queued(services) == [task["id"]]
+    report, _ = _results(client, task["id"])
+    assert report["subject"]["reference"] == _subject_of_study(client, study_uid(study))
+
+
+def test_deleting_the_source_withdraws_the_results_and_sending_it_again_runs_it_again(queued):
+    client, services = queued
+    services.jobs.triggers.quiet_seconds = 0
+    study = phantom(83)
+    uid = study_uid(study)
+    stow(client, series_bytes(study))
+    [first] = services.jobs.triggers.scan()
+    assert run_queued(services) == [first]
+    assert services.jobs.triggers.scan() == []  # its own SEG changed the study, not the series
+
+    assert client.delete(f"/dicom-web/studies/{uid}").status_code in (200, 204)
+    report, observations = _results(client, first)
+    assert report["status"] == "entered-in-error"
+    assert {observation["status"] for observation in observations} == {"entered-in-error"}
+    assert client.get(f"/fhir/Task/{first}").json()["status"] == "completed"  # what ran, ran
+
+    stow(client, series_bytes(study))
+    [second] = services.jobs.triggers.scan()
+    assert second != first
+    assert run_queued(services) == [second]
+    assert _results(client, second)[0]["status"] == "preliminary"
+    assert _results(client, first)[0]["meta"]["versionId"] == "2"  # withdrawn once, left so
+
+
+def test_a_series_that_grew_after_its_automatic_job_is_run_again(queued):
+    client, services = queued
+    services.jobs.triggers.quiet_seconds = 0
+    study = phantom(84)
+    payloads = series_bytes(study)
+    stow(client, payloads[:40])
+    [first] = services.jobs.triggers.scan()
+    assert run_queued(services) == [first]
+    stow(client, payloads[:40])  # sent again, unchanged: nothing new to run
+    assert services.jobs.triggers.scan() == []
+    stow(client, payloads[40:])
+    [second] = services.jobs.triggers.scan()
+    assert run_queued(services) == [second]
+    task = client.get(f"/fhir/Task/{second}").json()
+    assert task["status"] == "completed"
