@@ -41,7 +41,7 @@ def capability_statement(
                 "versioning": "versioned-update" if resource_type in writable else "versioned",
                 "readHistory": keeps_history,
                 "updateCreate": resource_type in writable,
-                "conditionalCreate": False,
+                "conditionalCreate": resource_type in writable,
                 "conditionalRead": "full-support",
                 "conditionalUpdate": False,
                 "conditionalDelete": "not-supported",

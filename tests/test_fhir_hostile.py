@@ -74,11 +74,6 @@ def test_nul_in_a_resource_is_400(fhir):
     assert response.status_code == 400
 
 
-def test_conditional_create_is_refused_not_ignored(fhir):
-    response = fhir.post("/fhir/Task", json=TASK, headers={"If-None-Exist": "identifier=x"})
-    assert response.status_code == 400
-
-
 def test_escaped_bar_stays_in_the_code(fhir, services):
     seed(services, {**TASK, "id": "bar", "identifier": [{"value": "a|b"}]})
     assert ids(fhir.get("/fhir/Task", params={"identifier": "a\\|b"}).json()) == ["bar"]

@@ -166,3 +166,14 @@ def test_an_ordinary_task_cannot_become_an_order(queued, fhir):
     refused = fhir.put("/fhir/Task/plain-task", json={**_order(uid), "id": "plain-task"})
     assert refused.status_code == 422 and "new Task" in _diagnostics(refused)
     assert fhir.get("/fhir/Task/plain-task").json()["status"] == "draft"
+
+
+def test_an_order_sent_twice_with_if_none_exist_makes_one_job(queued, fhir):
+    client, services = queued
+    uid, _ = _stored(client, 67)
+    condition = {"If-None-Exist": f"identifier={EHR_ORDER['system']}|{EHR_ORDER['value']}"}
+    first = fhir.post("/fhir/Task", json=_order(uid, identifier=[EHR_ORDER]), headers=condition)
+    again = fhir.post("/fhir/Task", json=_order(uid, identifier=[EHR_ORDER]), headers=condition)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert run_queued(services) == [first.json()["id"]]

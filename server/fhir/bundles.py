@@ -24,6 +24,7 @@ from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
 from fhir_mappings.subsetting import subset_json
 from server.db import retried_on_conflict, write_connection
 from server.fhir import interactions
+from server.fhir.conditional import create_if_none_exist, matching_ids
 from server.fhir.negotiation import form_pairs
 from server.fhir.own_references import (
     with_relative_references,
@@ -83,21 +84,26 @@ def _transaction(
     service: FhirService, entries: list[dict[str, Any]], base: str, authorize_search: Callable[[SearchRequest], None]
 ) -> list[EntryResult]:
     _refuse_overlaps(entries)
-    assigned = _identities(entries, base)
-    entries = [with_relative_references(_replace_references(entry, assigned), base) for entry in entries]
-    for position, entry in enumerate(entries):
-        _refuse_placeholders(entry.get("resource"), position)
-    # Within a kind of interaction, in the order of the resources they touch: two transactions that
-    # change the same resources then lock them in the same order, never each waiting on the other.
-    order = sorted(range(len(entries)), key=lambda position: _processing_order(entries[position], base))
     results: dict[int, EntryResult] = {}
     with write_connection(service.engine) as connection:
+        # Conditional creates first: a fullUrl of one that matches stands for the resource it matched.
+        existing = _conditional_creates(service, entries, base, connection, authorize_search)
+        assigned = _identities(entries, base, existing)
+        entries = [with_relative_references(_replace_references(entry, assigned), base) for entry in entries]
+        for position, entry in enumerate(entries):
+            _refuse_placeholders(entry.get("resource"), position)
         entries = [
             _resolve_conditional_references(service, entry, position, base, connection, authorize_search)
             for position, entry in enumerate(entries)
         ]
+        # Within a kind of interaction, in the order of the resources they touch: two transactions that
+        # change the same resources then lock them in the same order, never each waiting on the other.
+        order = sorted(range(len(entries)), key=lambda position: _processing_order(entries[position], base))
         for position in order:
             entry = entries[position]
+            if position in existing:
+                results[position] = _result("200 OK", existing[position], base)
+                continue
             created_id = next(
                 (target.split("/")[-1] for full_url, target in assigned.items() if full_url == entry.get("fullUrl")),
                 None,
@@ -153,8 +159,7 @@ def _run(
     authorize_search: Callable[[SearchRequest], None],
 ) -> EntryResult:
     method, url = entry["request"]["method"], entry["request"]["url"]
-    if entry["request"].get("ifNoneExist") is not None:
-        raise InvalidRequest("conditional create (ifNoneExist) is not supported")
+    if_none_exist = _text(entry["request"], "ifNoneExist")
     if url.startswith(f"{base}/"):
         url = url[len(base) + 1 :]
     path, _, query = url.partition("?")
@@ -179,6 +184,11 @@ def _run(
             return EntryResult("304 Not Modified", etag=version.etag, last_modified=version.last_updated)
         return _result("200 OK", version, base, subset_of=(summary, elements))
     resource = entry.get("resource")
+    if method == "POST" and len(parts) == 1 and if_none_exist is not None:
+        version, created = create_if_none_exist(
+            service, parts[0], resource, if_none_exist, base, authorize_search, connection
+        )
+        return _result("201 Created" if created else "200 OK", version, base)
     if method == "POST" and len(parts) == 1:
         version = interactions.create(service, parts[0], resource, connection, created_id)
         return _result("201 Created", version, base)
@@ -235,16 +245,44 @@ def _request_of(entry: Any, position: int) -> None:
         raise InvalidRequest(f"entry {position} needs request.method (GET, POST, PUT, DELETE) and request.url")
 
 
-def _identities(entries: list[dict[str, Any]], base: str) -> dict[str, str]:
+def _conditional_creates(
+    service: FhirService, entries: list[dict[str, Any]], base: str, connection: Connection,
+    authorize_search: Callable[[SearchRequest], None],
+) -> dict[int, StoredVersion]:
+    """The entries whose `ifNoneExist` matches a resource, by position, with
+    that resource; the others' `ifNoneExist` is taken off (they create).
+    Several matches fail the transaction (412)."""
+    existing: dict[int, StoredVersion] = {}
+    for position, entry in enumerate(entries):
+        request = entry["request"]
+        query = _text(request, "ifNoneExist")
+        if query is None:
+            continue
+        if request["method"] != "POST":
+            raise InvalidRequest(f"entry {position}: ifNoneExist belongs to a POST (a create)")
+        resource_type = _path(request["url"], base).strip("/")
+        found = matching_ids(service, resource_type, query, base, connection, authorize_search)
+        if len(found) > 1:
+            raise VersionConflict(f"entry {position}: ifNoneExist {query[:100]} matches more than one {resource_type}")
+        if found:
+            existing[position] = service.store.read(resource_type, found[0], connection)
+        entry["request"] = {key: value for key, value in request.items() if key != "ifNoneExist"}
+    return existing
+
+
+def _identities(entries: list[dict[str, Any]], base: str, existing: dict[int, StoredVersion]) -> dict[str, str]:
     """What each entry's fullUrl stands for once the transaction has run: a
     created resource's `urn:uuid:`/`urn:oid:` placeholder the id the server
-    assigns, an updated resource's fullUrl the `Type/id` of its URL."""
+    assigns (or the resource its ifNoneExist matched), an updated resource's
+    fullUrl the `Type/id` of its URL."""
     assigned: dict[str, str] = {}
-    for entry in entries:
+    for position, entry in enumerate(entries):
         full_url, method, url = entry.get("fullUrl"), entry["request"]["method"], entry["request"]["url"]
         if not isinstance(full_url, str):
             continue
-        if method == "POST" and full_url.startswith(_PLACEHOLDERS):
+        if position in existing:
+            assigned[full_url] = f"{existing[position].resource_type}/{existing[position].resource_id}"
+        elif method == "POST" and full_url.startswith(_PLACEHOLDERS):
             assigned[full_url] = f"{url.split('?')[0].strip('/')}/{uuid.uuid4()}"
         elif method == "PUT" and "?" not in url:
             assigned[full_url] = _path(url, base).strip("/")
@@ -298,20 +336,14 @@ def _resolve_conditional_references(
         resource_type, _, query = reference.partition("?")
         if not resource_type.isalpha():
             raise InvalidRequest(f"entry {position}: {reference[:100]} is not a conditional reference (Type?query)")
-        service.require_type(resource_type)
-        pairs = [(name, value) for name, value in form_pairs(query) if name != "_count"]
-        pairs = with_relative_search_values(resource_type, pairs, base)
-        page = service.searcher.search(
-            resource_type, [*pairs, ("_count", "2")], base, strict=True, connection=connection,
-            authorize=authorize_search,
-        )
-        if not page.matches:
+        found = matching_ids(service, resource_type, query, base, connection, authorize_search)
+        if not found:
             raise InvalidRequest(f"entry {position}: the conditional reference {reference[:100]} matches nothing")
-        if len(page.matches) > 1:
+        if len(found) > 1:
             raise VersionConflict(
                 f"entry {position}: the conditional reference {reference[:100]} matches more than one {resource_type}"
             )
-        resolved[reference] = f"{resource_type}/{page.matches[0].resource_id}"
+        resolved[reference] = f"{resource_type}/{found[0]}"
     return _replace_references(entry, resolved)
 
 

@@ -33,6 +33,7 @@ from server.auth.access import (
 from server.db import retried_on_conflict
 from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
+from server.fhir.conditional import create_if_none_exist
 from server.fhir.negotiation import (
     fhir_response,
     form_pairs,
@@ -236,15 +237,20 @@ async def type_history(request: Request, resource_type: str) -> Response:
 async def create(request: Request, resource_type: str) -> Response:
     fhir = _fhir(request)
     fhir.require_writable(resource_type)
-    if "if-none-exist" in request.headers:
-        # Ignoring it would create the duplicate the client meant to avoid.
-        raise InvalidRequest("conditional create (If-None-Exist) is not supported")
     require_json_body(request)
     response_format(request, xml_allowed=False)  # a 406 must come before the write, not after it
     body = with_relative_references(parse_json_body(await request.body()), fhir_base(request))
     _require_study_reading_for_orders(request.state.principal, body)
-    version = await run_in_threadpool(retried_on_conflict, partial(interactions.create, fhir, resource_type, body))
-    return _version_response(request, version, 201, location=True)
+    condition = request.headers.get("if-none-exist")
+    if condition is None:
+        version = await run_in_threadpool(retried_on_conflict, partial(interactions.create, fhir, resource_type, body))
+        return _version_response(request, version, 201, location=True)
+    version, created = await run_in_threadpool(
+        retried_on_conflict,
+        partial(create_if_none_exist, fhir, resource_type, body, condition.removeprefix(f"{resource_type}?"),
+                fhir_base(request), _search_authorizer(request)),
+    )
+    return _version_response(request, version, 201 if created else 200, location=created)
 
 
 # --- instance level ------------------------------------------------------------

@@ -1,0 +1,61 @@
+"""What a conditional query matches: conditional create (`If-None-Exist`,
+R4 http.html#ccreate) and a transaction's conditional references.
+
+A query is searched strictly (a parameter the server does not know is an
+error, not ignored: ignoring it would match too much), with this server's own
+URLs made relative, and needs the right to search its type.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from fhir_mappings.errors import InvalidRequest, VersionConflict
+from fhir_mappings.search_query import SearchRequest
+from server.db import writing
+from server.fhir import interactions
+from server.fhir.negotiation import form_pairs
+from server.fhir.own_references import with_relative_search_values
+from server.fhir.service import FhirService
+from server.fhir.store import StoredVersion
+
+
+def matching_ids(
+    service: FhirService, resource_type: str, query: str, base: str, connection: Connection,
+    authorize_search: Callable[[SearchRequest], None],
+) -> list[str]:
+    """The ids of the resources `query` matches: none, one, or two (two say "several")."""
+    service.require_type(resource_type)
+    pairs = [(name, value) for name, value in form_pairs(query) if name != "_count"]
+    if not pairs:
+        raise InvalidRequest(f"a conditional query on {resource_type} needs search parameters")
+    pairs = with_relative_search_values(resource_type, pairs, base)
+    page = service.searcher.search(
+        resource_type, [*pairs, ("_count", "2")], base, strict=True, connection=connection, authorize=authorize_search
+    )
+    return [row.resource_id for row in page.matches]
+
+
+def create_if_none_exist(
+    service: FhirService, resource_type: str, body: Any, query: str, base: str,
+    authorize_search: Callable[[SearchRequest], None], connection: Connection | None = None,
+) -> tuple[StoredVersion, bool]:
+    """The resource `query` matches, or else `body` created; and whether it
+    was created. Several matches are 412, as R4 has it."""
+    with writing(service.engine, connection) as session:
+        _serialize(session, resource_type, query)
+        found = matching_ids(service, resource_type, query, base, session, authorize_search)
+        if len(found) > 1:
+            raise VersionConflict(f"If-None-Exist: {query[:100]} matches more than one {resource_type}")
+        if found:
+            return service.store.read(resource_type, found[0], session), False
+        return interactions.create(service, resource_type, body, session), True
+
+
+def _serialize(connection: Connection, resource_type: str, query: str) -> None:
+    """Two creates with one condition, at once, must not both find nothing and
+    both create (PostgreSQL; SQLite writers hold the database's write lock)."""
+    if connection.dialect.name == "postgresql":
+        key = f"fhir-conditional-create:{resource_type}?{sorted(form_pairs(query))}"
+        connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
