@@ -800,6 +800,28 @@ def narrative_without_active_content(session: Session) -> None:
             _delete_created(session, chosen, created)
 
 
+@case("FH-WRITE-04", "FHIR R4 http.html#ccreate", "Conditional create, where declared: the first POST with If-None-Exist creates (201), the same again answers the match (200), nothing is created twice")
+def conditional_create(session: Session) -> None:
+    chosen = _probe_type(session)
+    declared = next(resource for resource in _resources(session) if resource["type"] == chosen)
+    if not declared.get("conditionalCreate"):
+        raise CaseSkipped(f"{chosen} declares no conditional create")
+    marker = {"system": _PROBE_SYSTEM, "value": f"ccreate-{uuid.uuid4()}"}
+    body = {"resourceType": chosen, **_PROBES[chosen], "identifier": [marker]}
+    headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON,
+               "If-None-Exist": f"identifier={marker['system']}|{marker['value']}"}
+    first = session.post(session.fhir(f"/{chosen}"), json=body, headers=headers)
+    try:
+        session.expect_status(first, 201)
+        again = session.post(session.fhir(f"/{chosen}"), json=body, headers=headers)
+        session.expect_status(again, 200)
+        found = _searchset(session, _get(session, f"/{chosen}", {"identifier": f"{marker['system']}|{marker['value']}"}))
+        session.expect(len(found.get("entry", [])) == 1,
+                       f"two conditional creates with one condition left {len(found.get('entry', []))} resources")
+    finally:
+        _delete_created(session, chosen, first)
+
+
 @case("FH-ERR-02", "FHIR R4 http.html#mime-type / operationoutcome.html", "An error asked for in XML (when XML is declared) is an OperationOutcome in XML")
 def error_in_the_format_asked_for(session: Session) -> None:
     if not any("xml" in fmt for fmt in _capability(session).get("format", [])):
