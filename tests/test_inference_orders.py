@@ -48,7 +48,8 @@ def test_the_clients_elements_are_kept_through_the_jobs_life(queued, fhir):
     assert done["status"] == "completed"
     for name in ("identifier", "priority", "requester", "note"):
         assert done[name] == elements[name], name
-    assert done["input"] == [extra_input]
+    assert done["input"][1:] == [extra_input]  # after the series it ran on, which the server names
+    assert done["input"][0]["type"] == {"coding": [SOURCE_SERIES]}
     assert done["meta"]["tag"] == elements["meta"]["tag"]
     assert done["output"][0]["valueReference"]["reference"].startswith("DiagnosticReport/")
 
@@ -177,3 +178,16 @@ def test_an_order_sent_twice_with_if_none_exist_makes_one_job(queued, fhir):
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.json()["id"] == first.json()["id"]
     assert run_queued(services) == [first.json()["id"]]
+
+
+def test_a_study_order_names_the_series_it_ran_on(queued, fhir):
+    client, services = queued
+    uid, series_uid = _stored(client, 68)
+    task = fhir.post("/fhir/Task", json=_order(uid)).json()
+    assert "input" not in task  # any series the model accepts
+    assert run_queued(services) == [task["id"]]
+    done = fhir.get(f"/fhir/Task/{task['id']}").json()
+    assert done["input"] == [{"type": {"coding": [SOURCE_SERIES]}, "valueId": series_uid}]
+    unnamed = {key: value for key, value in done.items() if key != "input"}
+    again = fhir.put(f"/fhir/Task/{task['id']}", json={**unnamed, "note": [{"text": "seen"}]})  # as ordered: no series
+    assert again.status_code == 200, again.text

@@ -223,6 +223,16 @@ class JobQueue:
                 .limit(1)
             ).first() is not None
 
+    def record_series(self, job: Job, series_uid: str) -> bool:
+        """The series a job ordered for a whole study runs on, once chosen: the
+        Task names it, and later attempts run on it too. False when the job is
+        no longer this worker's."""
+        with write_connection(self.engine) as connection:
+            return self._change(
+                connection, job.task_id, status=IN_PROGRESS, owner=job.lease_owner,
+                values={"series_instance_uid": series_uid},
+            ) is not None
+
     def progress(self, job: Job, stage: Stage) -> bool:
         """Record a stage and renew the lease; False when the job is no longer
         this worker's (cancelled, or reaped): the worker then stops."""

@@ -220,6 +220,8 @@ class JobRunner:
         self._progress(job, Stage.READING)
         with self.timings.stage("read"):
             chosen = self._series(job, model)
+        if job.series_instance_uid is None and not self.queue.record_series(job, chosen.series_instance_uid):
+            raise JobLost()
         paths = [self.files.absolute(path) for path in chosen.file_paths]
         read = self._within_limit(job, self._offload.submit(read_series, paths))
         self.timings.add(read.seconds)
