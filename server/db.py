@@ -116,13 +116,15 @@ def write_connection(engine: Engine, bookkeeping: bool = False) -> Iterator[Conn
         try:
             with connection.begin():
                 yield connection
-                for flush in connection.info.get(_BEFORE_COMMIT, {}).values():
-                    flush(connection)
+                for hooks in (_BEFORE_COMMIT, _LAST_BEFORE_COMMIT):
+                    for flush in connection.info.get(hooks, {}).values():
+                        flush(connection)
                 if witness is not None:
                     witness.before_commit(connection)
         finally:
             # `info` belongs to the pooled DBAPI connection: nothing may leak into its next use.
             connection.info.pop(_BEFORE_COMMIT, None)
+            connection.info.pop(_LAST_BEFORE_COMMIT, None)
     if witness is not None:
         witness.committed()
 
@@ -150,14 +152,17 @@ def retried_on_conflict(work: Callable[[], ResultT]) -> ResultT:
 
 
 _BEFORE_COMMIT = "medaiflow.before_commit"
+_LAST_BEFORE_COMMIT = "medaiflow.last_before_commit"
 FlushT = TypeVar("FlushT", bound=Callable[[Connection], None])
 
 
-def before_commit(connection: Connection, key: str, make: Callable[[], FlushT]) -> FlushT:
+def before_commit(connection: Connection, key: str, make: Callable[[], FlushT], last: bool = False) -> FlushT:
     """The flush registered under `key` on this write transaction, made by
     `make` the first time: work gathered during the transaction and written
-    once at its end (e.g. in one lock order for every writer)."""
-    hooks = connection.info.setdefault(_BEFORE_COMMIT, {})
+    once at its end (e.g. in one lock order for every writer). `last` flushes
+    run after the others, whenever they were registered: the audit chain's
+    head is taken last by every writer, so no two wait on each other for it."""
+    hooks = connection.info.setdefault(_LAST_BEFORE_COMMIT if last else _BEFORE_COMMIT, {})
     if key not in hooks:
         hooks[key] = make()
     return hooks[key]  # type: ignore[no-any-return]

@@ -66,3 +66,35 @@ def test_batch_and_transaction_entries_create_if_none_exist(fhir):
     assert matched["response"]["status"].startswith("200") and created["response"]["status"].startswith("201")
     assert created["resource"]["partOf"] == [{"reference": f"Task/{matched['resource']['id']}"}]
     assert _total(fhir) == 2
+
+
+def test_concurrent_transactions_with_one_condition_make_one_resource(fhir):
+    entry = {"resource": TASK, "request": {"method": "POST", "url": "Task", "ifNoneExist": CONDITION}}
+    statuses: list[str] = []
+
+    def send() -> None:
+        answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [entry]})
+        statuses.append(answer.json()["entry"][0]["response"]["status"][:3])
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == ["200"] * 5 + ["201"]
+    assert _total(fhir) == 1
+
+
+def test_conditions_that_cannot_hold_are_refused(fhir):
+    def entry_status(entry: dict) -> str:  # type: ignore[type-arg]
+        answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [entry]})
+        return answer.json()["entry"][0]["response"]["status"][:3]
+
+    patient = {"resourceType": "Patient", "id": "p1"}
+    assert entry_status({"resource": patient, "request": {"method": "POST", "url": "Patient",
+                                                          "ifNoneExist": "_id=p1"}}) == "405"  # not writable
+    assert entry_status({"resource": {**TASK, "id": "t1"}, "request": {"method": "PUT", "url": "Task/t1",
+                                                                       "ifNoneExist": CONDITION}}) == "400"
+    for shaping in ("_summary=count", f"{CONDITION}&_summary=count", "_sort=_id", "_elements=id"):
+        assert fhir.post("/fhir/Task", json=TASK, headers={"If-None-Exist": shaping}).status_code == 400, shaping
+    assert _total(fhir) == 0

@@ -175,7 +175,7 @@ def test_files_replaced_while_a_job_reads_them_are_read_again_and_no_path_is_sho
     assert run_queued(services) == [task["id"]]
     waiting = client.get(f"/fhir/Task/{task['id']}")
     assert waiting.json()["status"] == "on-hold"
-    assert "sent again while the job read them" in waiting.json()["businessStatus"]["text"]
+    assert "sent again while the job ran" in waiting.json()["businessStatus"]["text"]
     assert str(services.store.root) not in waiting.text
     moved.rename(path)
     with services.engine.begin() as connection:

@@ -104,3 +104,56 @@ def test_a_series_that_grew_after_its_automatic_job_is_run_again(queued):
     assert run_queued(services) == [second]
     task = client.get(f"/fhir/Task/{second}").json()
     assert task["status"] == "completed"
+
+
+def _before_publishing(monkeypatch, action) -> None:  # type: ignore[no-untyped-def]
+    """Run `action` once, just before a job publishes its results: a STOW or
+    DELETE from another request that lands in the last moment of a job."""
+    from server.jobs.run import JobRunner
+
+    publish = JobRunner._publish
+    done: list[bool] = []
+
+    def late(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not done:
+            done.append(True)
+            action()
+        return publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(JobRunner, "_publish", late)
+
+
+def test_a_study_deleted_as_its_job_publishes_gets_no_results(queued, monkeypatch):
+    client, services = queued
+    study = phantom(85)
+    uid = study_uid(study)
+    stow(client, series_bytes(study))
+    task = order(client, uid)
+    _before_publishing(monkeypatch, lambda: client.delete(f"/dicom-web/studies/{uid}"))
+    assert run_queued(services) == [task["id"]]
+    ended = client.get(f"/fhir/Task/{task['id']}").json()
+    assert ended["status"] == "failed" and "deleted while the job ran" in ended["statusReason"]["text"]
+    assert client.get(f"/fhir/DiagnosticReport/{task['id']}").status_code == 404
+    assert client.get(f"/fhir/ImagingStudy/{uid}").status_code == 410  # its SEG was taken back with it
+
+
+def test_a_patient_id_corrected_as_the_job_publishes_makes_it_run_again_for_the_new_patient(queued, monkeypatch):
+    client, services = queued
+    study = phantom(86)
+    uid = study_uid(study)
+    stow(client, series_bytes(study))
+    task = order(client, uid)
+    _before_publishing(monkeypatch, lambda: stow(client, _renamed(86, "CORRECTED-86")))
+    assert run_queued(services) == [task["id"]]
+    assert client.get(f"/fhir/Task/{task['id']}").json()["status"] == "on-hold"  # it read the old files
+    with services.engine.begin() as connection:
+        from sqlalchemy import update
+
+        from server.tables import inference_jobs
+        connection.execute(update(inference_jobs).values(not_before=0))
+    assert run_queued(services) == [task["id"]]
+    report, _ = _results(client, task["id"])
+    assert report["subject"]["reference"] == _subject_of_study(client, uid)
+    seg = client.get(f"/dicom-web/studies/{uid}/series", params={"Modality": "SEG"}).json()
+    segs = client.get(f"/dicom-web/studies/{uid}/series/{seg[0]['0020000E']['Value'][0]}/metadata").json()
+    assert segs[0]["00100020"]["Value"] == ["CORRECTED-86"]  # the SEG copies the corrected patient

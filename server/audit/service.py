@@ -4,12 +4,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
 from server.audit.chain import AuditChain, Signer
 from server.audit.recorder import AuditRecorder
+from server.db import before_commit
 from server.fhir.store import ResourceStore
 from server.keys import load_or_create_key
 
@@ -25,11 +27,23 @@ class AuditService:
         resources: Sequence[str] = (), patients: Sequence[str] = (),
     ) -> None:
         """An event of the server's own (a job's step, a model or user change),
-        appended in the transaction of the change: both commit, or neither."""
-        self.chain.append(connection, [audit_event(AuditRecord(
+        appended in the transaction of the change: both commit, or neither.
+        Appended as the transaction ends, after its other writes, as a
+        request's own record is: every writer takes the chain's head last."""
+        event = audit_event(AuditRecord(
             kind=kind, outcome=Outcome.SUCCESS, recorded=datetime.now(UTC), client=client, server=self.server_name,
             description=description, resources=resources, patients=patients,
-        ))])
+        ))
+        before_commit(connection, "audit.own-events", lambda: _PendingEvents(self.chain), last=True).events.append(event)
+
+
+class _PendingEvents:
+    def __init__(self, chain: AuditChain) -> None:
+        self.chain = chain
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, connection: Connection) -> None:
+        self.chain.append(connection, self.events)
 
 
 def build_audit(engine: Engine, store: ResourceStore, data_dir: Path, checkpoint_every: int,

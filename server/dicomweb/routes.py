@@ -4,6 +4,8 @@ Routes parse the request and hand it to the handler of their service
 module; they hold no logic of their own.
 """
 
+from functools import partial
+
 import orjson
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
@@ -11,6 +13,7 @@ from starlette.responses import Response
 
 from dicom.matching import parse_qido_query
 from dicom.uids import require_uid
+from server.db import retried_on_conflict
 from server.dicomweb import delete, qido, stow, wado
 from server.dicomweb.context import (
     DICOM_JSON,
@@ -141,8 +144,10 @@ async def instance_thumbnail(request: Request, study: str, series: str, instance
 async def _delete(request: Request, study: str, series: str | None = None, instance: str | None = None) -> Response:
     current = services(request)
     require_uid(study, "StudyInstanceUID")
+    # A DELETE rewrites the study's FHIR resources and its jobs' results, which
+    # workers write too: PostgreSQL may end it to break a deadlock, and it is run again.
     removed = await run_in_threadpool(
-        delete.delete_resources, current.engine, current.ingestor, study, series, instance
+        retried_on_conflict, partial(delete.delete_resources, current.engine, current.ingestor, study, series, instance)
     )
     return Response(orjson.dumps({"deletedInstances": removed}), media_type="application/json")
 

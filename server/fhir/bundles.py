@@ -24,7 +24,11 @@ from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
 from fhir_mappings.subsetting import subset_json
 from server.db import retried_on_conflict, write_connection
 from server.fhir import interactions
-from server.fhir.conditional import create_if_none_exist, matching_ids
+from server.fhir.conditional import (
+    create_if_none_exist,
+    matching_ids,
+    serialize_condition,
+)
 from server.fhir.negotiation import form_pairs
 from server.fhir.own_references import (
     with_relative_references,
@@ -184,6 +188,8 @@ def _run(
             return EntryResult("304 Not Modified", etag=version.etag, last_modified=version.last_updated)
         return _result("200 OK", version, base, subset_of=(summary, elements))
     resource = entry.get("resource")
+    if if_none_exist is not None and method != "POST":
+        raise InvalidRequest("ifNoneExist belongs to a POST (a create)")
     if method == "POST" and len(parts) == 1 and if_none_exist is not None:
         version, created = create_if_none_exist(
             service, parts[0], resource, if_none_exist, base, authorize_search, connection
@@ -253,21 +259,31 @@ def _conditional_creates(
     that resource; the others' `ifNoneExist` is taken off (they create).
     Several matches fail the transaction (412)."""
     existing: dict[int, StoredVersion] = {}
+    conditions: dict[int, tuple[str, str]] = {}
     for position, entry in enumerate(entries):
-        request = entry["request"]
-        query = _text(request, "ifNoneExist")
-        if query is None:
-            continue
-        if request["method"] != "POST":
-            raise InvalidRequest(f"entry {position}: ifNoneExist belongs to a POST (a create)")
-        resource_type = _path(request["url"], base).strip("/")
+        query = _text(entry["request"], "ifNoneExist")
+        if query is not None:
+            _require_create(entry, position)
+            resource_type = _path(entry["request"]["url"], base).strip("/")
+            service.require_writable(resource_type)
+            conditions[position] = (resource_type, query)
+    # Locks in one order, as concurrent creates with these conditions take them.
+    for resource_type, query in sorted(set(conditions.values())):
+        serialize_condition(connection, resource_type, query)
+    for position, (resource_type, query) in conditions.items():
+        request = entries[position]["request"]
         found = matching_ids(service, resource_type, query, base, connection, authorize_search)
         if len(found) > 1:
             raise VersionConflict(f"entry {position}: ifNoneExist {query[:100]} matches more than one {resource_type}")
         if found:
             existing[position] = service.store.read(resource_type, found[0], connection)
-        entry["request"] = {key: value for key, value in request.items() if key != "ifNoneExist"}
+        entries[position]["request"] = {key: value for key, value in request.items() if key != "ifNoneExist"}
     return existing
+
+
+def _require_create(entry: dict[str, Any], position: int) -> None:
+    if entry["request"]["method"] != "POST":
+        raise InvalidRequest(f"entry {position}: ifNoneExist belongs to a POST (a create)")
 
 
 def _identities(entries: list[dict[str, Any]], base: str, existing: dict[int, StoredVersion]) -> dict[str, str]:

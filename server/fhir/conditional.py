@@ -20,6 +20,12 @@ from server.fhir.own_references import with_relative_search_values
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
 
+# Parameters that shape a search's answer, not the set it matches (R4 search.html#return).
+_RESULT_PARAMETERS = frozenset((
+    "_sort", "_count", "_include", "_revinclude", "_summary", "_total", "_elements", "_contained",
+    "_containedType", "_format", "_pretty", "_cursor",
+))
+
 
 def matching_ids(
     service: FhirService, resource_type: str, query: str, base: str, connection: Connection,
@@ -28,6 +34,9 @@ def matching_ids(
     """The ids of the resources `query` matches: none, one, or two (two say "several")."""
     service.require_type(resource_type)
     pairs = [(name, value) for name, value in form_pairs(query) if name != "_count"]
+    shaping = sorted({name for name, _ in pairs if name in _RESULT_PARAMETERS})
+    if shaping:
+        raise InvalidRequest(f"a condition names resources, not how to show them: {', '.join(shaping)} has no place in it")
     if not pairs:
         raise InvalidRequest(f"a conditional query on {resource_type} needs search parameters")
     pairs = with_relative_search_values(resource_type, pairs, base)
@@ -43,8 +52,9 @@ def create_if_none_exist(
 ) -> tuple[StoredVersion, bool]:
     """The resource `query` matches, or else `body` created; and whether it
     was created. Several matches are 412, as R4 has it."""
+    service.require_writable(resource_type)
     with writing(service.engine, connection) as session:
-        _serialize(session, resource_type, query)
+        serialize_condition(session, resource_type, query)
         found = matching_ids(service, resource_type, query, base, session, authorize_search)
         if len(found) > 1:
             raise VersionConflict(f"If-None-Exist: {query[:100]} matches more than one {resource_type}")
@@ -53,7 +63,7 @@ def create_if_none_exist(
         return interactions.create(service, resource_type, body, session), True
 
 
-def _serialize(connection: Connection, resource_type: str, query: str) -> None:
+def serialize_condition(connection: Connection, resource_type: str, query: str) -> None:
     """Two creates with one condition, at once, must not both find nothing and
     both create (PostgreSQL; SQLite writers hold the database's write lock)."""
     if connection.dialect.name == "postgresql":

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from fhir_mappings.ai_results import FinishedJob, result_resources
@@ -33,7 +34,7 @@ from server.ingest import Ingestor
 from server.jobs.offload import OffloadPool, WrittenResults, read_series, write_results
 from server.jobs.queue import Job, JobQueue, Stage
 from server.jobs.registry import ModelRegistry, RegisteredModel
-from server.jobs.series import StoredSeries, accepted_series, series_exists
+from server.jobs.series import StoredSeries, accepted_series, series_content, series_exists
 from server.jobs.withdrawal import withdraw_results
 from server.storage import FileStore
 
@@ -45,11 +46,17 @@ class JobLost(Exception):
     """The job stopped being this worker's: cancelled, or taken over."""
 
 
+class SeriesChanged(Exception):
+    """Instances of the job's series were sent again while the job ran: its
+    next attempt reads them as they are now."""
+
+
 @dataclass(frozen=True)
 class PreparedSeries:
     series: StoredSeries
     paths: list[Path]
     volume: Volume
+    content: str  # `series_content` when the series was read
 
 
 class _Heartbeat:
@@ -162,13 +169,15 @@ class JobRunner:
     ) -> bool:
         try:
             written = self._within_limit(job, results)
-        except FileNotFoundError:
-            self._check_series_exists(prepared.series)  # its files went: say why when the series went with them
-            raise
+        except FileNotFoundError as error:
+            self._check_series_unchanged(prepared)  # its files went: say why when the series went with them
+            raise SeriesChanged() from error
         self.timings.add(written.seconds)
         try:
             self._progress(job, Stage.STORING)
-            self._check_series_exists(prepared.series)
+            # The SEG copies the patient and study from the sources it read: stored after a
+            # correction of them, it would bring the old ones back.
+            self._check_series_unchanged(prepared)
         except BaseException:
             written.segmentation.received.temp_path.unlink(missing_ok=True)
             raise
@@ -177,14 +186,17 @@ class JobRunner:
         if outcome.failure is not None:
             raise RuntimeError(f"the segmentation could not be stored: {outcome.detail or outcome.failure}")
         with self.timings.stage("fhir publishing"):
-            self._publish(job, model, written.findings, SegIdentity.for_job(job.task_id), prepared.series.body_part_examined)
+            self._publish(job, model, prepared, written.findings, SegIdentity.for_job(job.task_id))
         return True
 
-    def _check_series_exists(self, series: StoredSeries) -> None:
-        with reading(self.queue.engine) as connection:
-            if not series_exists(connection, series.series_instance_uid):
+    def _check_series_unchanged(self, prepared: PreparedSeries, connection: Connection | None = None) -> None:
+        with reading(self.queue.engine, connection) as session:
+            uid = prepared.series.series_instance_uid
+            if not series_exists(session, uid):
                 # Deleted while the job ran: a SEG now would bring the study back with only itself in it.
-                raise NoMatchingSeries(f"series {series.series_instance_uid} was deleted while the job ran")
+                raise NoMatchingSeries(f"series {uid} was deleted while the job ran")
+            if series_content(session, uid) != prepared.content:
+                raise SeriesChanged()
 
     def _attempt(self, job: Job, step: Callable[[], T]) -> T | None:
         """Run one step of a job; on failure end the job as its error says
@@ -195,10 +207,9 @@ class JobRunner:
             log.info("job %s is no longer this worker's", job.task_id)
         except InferenceError as error:
             self._end(job, error.message, retryable=False)
-        except FileNotFoundError:
-            # A re-send replaced instances of the series while they were read: the next attempt reads the new ones.
-            log.info("the series of job %s changed while it was read", job.task_id)
-            self._end(job, "instances of the series were sent again while the job read them", retryable=True)
+        except SeriesChanged:
+            log.info("the series of job %s changed while it ran", job.task_id)
+            self._end(job, "instances of the series were sent again while the job ran", retryable=True)
         except Exception as error:  # a fault of this attempt, not of the input: retried
             log.exception("job %s failed", job.task_id)
             self._end(job, _public_reason(error), retryable=True)
@@ -219,18 +230,28 @@ class JobRunner:
         model = self.registry.by_id(job.model_id)
         self._progress(job, Stage.READING)
         with self.timings.stage("read"):
-            chosen = self._series(job, model)
+            chosen, content = self._series(job, model)
         if job.series_instance_uid is None and not self.queue.record_series(job, chosen.series_instance_uid):
             raise JobLost()
         paths = [self.files.absolute(path) for path in chosen.file_paths]
-        read = self._within_limit(job, self._offload.submit(read_series, paths))
+        try:
+            read = self._within_limit(job, self._offload.submit(read_series, paths))
+        except FileNotFoundError as error:
+            raise SeriesChanged() from error
         self.timings.add(read.seconds)
-        return PreparedSeries(chosen, paths, read.volume)
+        return PreparedSeries(chosen, paths, read.volume, content)
 
-    def _series(self, job: Job, model: RegisteredModel) -> StoredSeries:
+    def _series(self, job: Job, model: RegisteredModel) -> tuple[StoredSeries, str]:
+        """The series the job runs on, and what it holds now (`series_content`)."""
         rule = model.bundle.card.series
         with reading(self.queue.engine) as connection:
             accepted = accepted_series(connection, job.study_instance_uid, rule)
+            chosen = self._chosen(job, model, accepted)
+            return chosen, series_content(connection, chosen.series_instance_uid)
+
+    @staticmethod
+    def _chosen(job: Job, model: RegisteredModel, accepted: list[StoredSeries]) -> StoredSeries:
+        rule = model.bundle.card.series
         if job.series_instance_uid:
             accepted = [stored for stored in accepted if stored.series_instance_uid == job.series_instance_uid]
         if not accepted:
@@ -251,21 +272,23 @@ class JobRunner:
         return self._segmenters[model.id]
 
     def _publish(
-        self, job: Job, model: RegisteredModel, findings: list[SegmentFindings], seg_identity: SegIdentity,
-        body_part_examined: str | None,
+        self, job: Job, model: RegisteredModel, prepared: PreparedSeries, findings: list[SegmentFindings],
+        seg_identity: SegIdentity,
     ) -> None:
         now = datetime.now(UTC)
         with write_connection(self.queue.engine) as connection:
             # The study's Patient as of now: a corrected PatientID may have moved it while the job ran.
+            # The row lock orders this against a STOW or DELETE of the study (`study_changes`).
             current = self.queue.get(job.task_id, connection, lock=True)
             if current is None:
                 raise JobLost()
+            self._check_series_unchanged(prepared, connection)
             resources = result_resources(
                 FinishedJob(
                     task_id=job.task_id, imaging_study_id=job.study_instance_uid, patient_id=current.patient_id,
                     device_id=model.device_id, card=model.bundle.card, findings=findings,
                     seg_series_uid=seg_identity.series_instance_uid, effective=now, issued=now,
-                    report_status=self.report_status, body_part_examined=body_part_examined,
+                    report_status=self.report_status, body_part_examined=prepared.series.body_part_examined,
                 )
             )
             for resource in resources.all():

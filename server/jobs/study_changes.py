@@ -36,8 +36,11 @@ _SOURCE_DELETED = "deleted:"
 
 def follow_studies(queue: JobQueue, connection: Connection, study_uids: Iterable[str]) -> None:
     for study_uid in sorted(set(study_uids)):
+        # Locked, in one order: a worker publishing a job's results holds its row
+        # (`JobRunner._publish`), so each side sees what the other committed.
         jobs = connection.execute(
-            select(inference_jobs).where(inference_jobs.c.study_instance_uid == study_uid).order_by(inference_jobs.c.task_id)
+            select(inference_jobs).where(inference_jobs.c.study_instance_uid == study_uid)
+            .order_by(inference_jobs.c.task_id).with_for_update()
         ).all()
         if not jobs:
             continue

@@ -27,6 +27,13 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index('ix_inference_jobs_study', table_name='inference_jobs')
     op.drop_index('ix_inference_jobs_automatic', table_name='inference_jobs')
+    # Before 0009 a series ran once per model: of its automatic jobs, the newest stays one.
+    op.execute(sa.text(
+        "UPDATE inference_jobs SET automatic = false WHERE automatic AND EXISTS ("
+        " SELECT 1 FROM inference_jobs AS newer WHERE newer.automatic AND newer.model_id = inference_jobs.model_id"
+        " AND newer.series_instance_uid = inference_jobs.series_instance_uid"
+        " AND (newer.created_at, newer.task_id) > (inference_jobs.created_at, inference_jobs.task_id))"
+    ))
     op.create_index(
         'ix_inference_jobs_automatic', 'inference_jobs', ['model_id', 'series_instance_uid'],
         unique=True, sqlite_where=sa.text('automatic'), postgresql_where=sa.text('automatic'),
