@@ -98,3 +98,15 @@ def test_conditions_that_cannot_hold_are_refused(fhir):
     for shaping in ("_summary=count", f"{CONDITION}&_summary=count", "_sort=_id", "_elements=id"):
         assert fhir.post("/fhir/Task", json=TASK, headers={"If-None-Exist": shaping}).status_code == 400, shaping
     assert _total(fhir) == 0
+
+
+def test_a_transaction_run_again_judges_its_conditions_again(fhir, services):
+    """After a deadlock PostgreSQL rolls a transaction back and it runs again
+    from the same entries: their conditions must still be there."""
+    from server.fhir.bundles import _transaction
+
+    entries = [{"resource": TASK, "request": {"method": "POST", "url": "Task", "ifNoneExist": CONDITION}}]
+    first = _transaction(services.fhir, entries, "http://testserver/fhir", lambda search: None)
+    again = _transaction(services.fhir, entries, "http://testserver/fhir", lambda search: None)
+    assert (first[0].status, again[0].status) == ("201 Created", "200 OK")
+    assert _total(fhir) == 1

@@ -5,9 +5,11 @@ deleted source withdraws them, and a series that changed is run again."""
 import io
 
 from pydicom.dataset import Dataset
+from sqlalchemy import update
 
 from inference.demo.phantom import phantom_datasets
-from tests.inference_checks import order, phantom, run_queued, series_bytes, stow, study_uid
+from server.tables import inference_jobs
+from tests.inference_checks import order, phantom, run_queued, series_bytes, stored_study, stow, study_uid
 
 
 def _payloads(datasets: list[Dataset]) -> list[bytes]:
@@ -123,12 +125,15 @@ def _before_publishing(monkeypatch, action) -> None:  # type: ignore[no-untyped-
     monkeypatch.setattr(JobRunner, "_publish", late)
 
 
+def _ordered(client, seed: int) -> tuple[str, dict]:  # type: ignore[no-untyped-def,type-arg]
+    """A phantom study stored, and a client's order for it: its UID and Task."""
+    uid = stored_study(client, seed)
+    return uid, order(client, uid)
+
+
 def test_a_study_deleted_as_its_job_publishes_gets_no_results(queued, monkeypatch):
     client, services = queued
-    study = phantom(85)
-    uid = study_uid(study)
-    stow(client, series_bytes(study))
-    task = order(client, uid)
+    uid, task = _ordered(client, 85)
     _before_publishing(monkeypatch, lambda: client.delete(f"/dicom-web/studies/{uid}"))
     assert run_queued(services) == [task["id"]]
     ended = client.get(f"/fhir/Task/{task['id']}").json()
@@ -139,18 +144,12 @@ def test_a_study_deleted_as_its_job_publishes_gets_no_results(queued, monkeypatc
 
 def test_a_patient_id_corrected_as_the_job_publishes_makes_it_run_again_for_the_new_patient(queued, monkeypatch):
     client, services = queued
-    study = phantom(86)
-    uid = study_uid(study)
-    stow(client, series_bytes(study))
-    task = order(client, uid)
+    uid, task = _ordered(client, 86)
     _before_publishing(monkeypatch, lambda: stow(client, _renamed(86, "CORRECTED-86")))
     assert run_queued(services) == [task["id"]]
     assert client.get(f"/fhir/Task/{task['id']}").json()["status"] == "on-hold"  # it read the old files
     with services.engine.begin() as connection:
-        from sqlalchemy import update
-
-        from server.tables import inference_jobs
-        connection.execute(update(inference_jobs).values(not_before=0))
+        connection.execute(update(inference_jobs).values(not_before=0))  # no backoff wait
     assert run_queued(services) == [task["id"]]
     report, _ = _results(client, task["id"])
     assert report["subject"]["reference"] == _subject_of_study(client, uid)

@@ -93,7 +93,9 @@ def _transaction(
         # Conditional creates first: a fullUrl of one that matches stands for the resource it matched.
         existing = _conditional_creates(service, entries, base, connection, authorize_search)
         assigned = _identities(entries, base, existing)
-        entries = [with_relative_references(_replace_references(entry, assigned), base) for entry in entries]
+        entries = [
+            with_relative_references(_replace_references(_unconditional(entry), assigned), base) for entry in entries
+        ]
         for position, entry in enumerate(entries):
             _refuse_placeholders(entry.get("resource"), position)
         entries = [
@@ -256,14 +258,14 @@ def _conditional_creates(
     authorize_search: Callable[[SearchRequest], None],
 ) -> dict[int, StoredVersion]:
     """The entries whose `ifNoneExist` matches a resource, by position, with
-    that resource; the others' `ifNoneExist` is taken off (they create).
-    Several matches fail the transaction (412)."""
+    that resource (the others create). Several matches fail the transaction (412)."""
     existing: dict[int, StoredVersion] = {}
     conditions: dict[int, tuple[str, str]] = {}
     for position, entry in enumerate(entries):
         query = _text(entry["request"], "ifNoneExist")
         if query is not None:
-            _require_create(entry, position)
+            if entry["request"]["method"] != "POST":
+                raise InvalidRequest(f"entry {position}: ifNoneExist belongs to a POST (a create)")
             resource_type = _path(entry["request"]["url"], base).strip("/")
             service.require_writable(resource_type)
             conditions[position] = (resource_type, query)
@@ -271,19 +273,19 @@ def _conditional_creates(
     for resource_type, query in sorted(set(conditions.values())):
         serialize_condition(connection, resource_type, query)
     for position, (resource_type, query) in conditions.items():
-        request = entries[position]["request"]
         found = matching_ids(service, resource_type, query, base, connection, authorize_search)
         if len(found) > 1:
             raise VersionConflict(f"entry {position}: ifNoneExist {query[:100]} matches more than one {resource_type}")
         if found:
             existing[position] = service.store.read(resource_type, found[0], connection)
-        entries[position]["request"] = {key: value for key, value in request.items() if key != "ifNoneExist"}
     return existing
 
 
-def _require_create(entry: dict[str, Any], position: int) -> None:
-    if entry["request"]["method"] != "POST":
-        raise InvalidRequest(f"entry {position}: ifNoneExist belongs to a POST (a create)")
+def _unconditional(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry without its `ifNoneExist`, once `_conditional_creates` judged it
+    (a copy: a transaction run again after a deadlock judges it again)."""
+    request = {key: value for key, value in entry["request"].items() if key != "ifNoneExist"}
+    return {**entry, "request": request}
 
 
 def _identities(entries: list[dict[str, Any]], base: str, existing: dict[int, StoredVersion]) -> dict[str, str]:

@@ -36,7 +36,9 @@ def matching_ids(
     pairs = [(name, value) for name, value in form_pairs(query) if name != "_count"]
     shaping = sorted({name for name, _ in pairs if name in _RESULT_PARAMETERS})
     if shaping:
-        raise InvalidRequest(f"a condition names resources, not how to show them: {', '.join(shaping)} has no place in it")
+        raise InvalidRequest(
+            f"a condition names resources, not how to show them: {', '.join(shaping)} has no place in it"
+        )
     if not pairs:
         raise InvalidRequest(f"a conditional query on {resource_type} needs search parameters")
     pairs = with_relative_search_values(resource_type, pairs, base)
