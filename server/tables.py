@@ -275,6 +275,8 @@ inference_jobs = Table(
     Column("client_elements_json", LargeBinary),
     # Of an automatic job: a digest of what its series held (`server.jobs.series.series_content`).
     Column("series_content", String(64)),
+    # The study's patient changed since the job's SEG was written (`server.jobs.seg_patients`).
+    Column("seg_patient_stale", Boolean, nullable=False, server_default=false()),
 )
 Index("ix_inference_jobs_queue", inference_jobs.c.status, inference_jobs.c.not_before)
 Index("ix_inference_jobs_study", inference_jobs.c.study_instance_uid)

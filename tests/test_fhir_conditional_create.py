@@ -110,3 +110,10 @@ def test_a_transaction_run_again_judges_its_conditions_again(fhir, services):
     again = _transaction(services.fhir, entries, "http://testserver/fhir", lambda search: None)
     assert (first[0].status, again[0].status) == ("201 Created", "200 OK")
     assert _total(fhir) == 1
+
+
+def test_a_transaction_may_not_create_twice_on_one_condition(fhir):
+    entry = {"resource": TASK, "request": {"method": "POST", "url": "Task", "ifNoneExist": CONDITION}}
+    answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [entry, entry]})
+    assert answer.status_code == 400 and "one condition" in answer.text
+    assert _total(fhir) == 0

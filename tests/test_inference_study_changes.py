@@ -5,9 +5,10 @@ deleted source withdraws them, and a series that changed is run again."""
 import io
 
 from pydicom.dataset import Dataset
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from inference.demo.phantom import phantom_datasets
+from server.jobs.seg_patients import refresh_seg_patients
 from server.tables import inference_jobs
 from tests.inference_checks import order, phantom, run_queued, series_bytes, stored_study, stow, study_uid
 
@@ -35,6 +36,13 @@ def _subject_of_study(client, uid: str) -> str:  # type: ignore[no-untyped-def]
     return client.get(f"/fhir/ImagingStudy/{uid}").json()["subject"]["reference"]
 
 
+def _seg_patient_id(client, uid: str) -> str:  # type: ignore[no-untyped-def]
+    [seg] = client.get(f"/dicom-web/studies/{uid}/series", params={"Modality": "SEG"}).json()
+    series_uid = seg["0020000E"]["Value"][0]
+    metadata = client.get(f"/dicom-web/studies/{uid}/series/{series_uid}/metadata").json()
+    return metadata[0]["00100020"]["Value"][0]  # type: ignore[no-any-return]
+
+
 def test_a_corrected_patient_id_moves_published_results_to_the_new_patient(queued):
     client, services = queued
     study = phantom(81)
@@ -54,6 +62,13 @@ def test_a_corrected_patient_id_moves_published_results_to_the_new_patient(queue
     assert {observation["subject"]["reference"] for observation in observations} == {new_patient}
     found = client.get("/fhir/DiagnosticReport", params={"subject": new_patient}).json()
     assert [entry["resource"]["id"] for entry in found.get("entry", [])] == [task["id"]]
+
+    assert _seg_patient_id(client, uid) == "PHANTOM-81"  # as the job wrote it
+    refresh_seg_patients(services.engine, services.ingestor, services.store)
+    assert _seg_patient_id(client, uid) == "CORRECTED-81"  # a PACS retrieving the study gets it under the new patient
+    with services.engine.connect() as connection:
+        assert not connection.execute(select(inference_jobs.c.seg_patient_stale)).scalar_one()
+    assert services.jobs.triggers.scan() == []  # storing it again starts nothing
 
 
 def test_a_job_queued_when_the_patient_id_is_corrected_publishes_under_the_new_patient(queued):
@@ -153,6 +168,4 @@ def test_a_patient_id_corrected_as_the_job_publishes_makes_it_run_again_for_the_
     assert run_queued(services) == [task["id"]]
     report, _ = _results(client, task["id"])
     assert report["subject"]["reference"] == _subject_of_study(client, uid)
-    seg = client.get(f"/dicom-web/studies/{uid}/series", params={"Modality": "SEG"}).json()
-    segs = client.get(f"/dicom-web/studies/{uid}/series/{seg[0]['0020000E']['Value'][0]}/metadata").json()
-    assert segs[0]["00100020"]["Value"] == ["CORRECTED-86"]  # the SEG copies the corrected patient
+    assert _seg_patient_id(client, uid) == "CORRECTED-86"  # the SEG copies the corrected patient

@@ -89,3 +89,24 @@ def test_each_segment_recommends_a_display_colour():
     seg = segmentation(sources, volume, _labels_on(volume, study), CARD, SegIdentity.for_job("colours"))
     colours = [tuple(item.RecommendedDisplayCIELabValue) for item in seg.SegmentSequence]
     assert len(colours) == len(CARD.segments) and len(set(colours)) == len(colours)
+
+
+def test_a_segmentation_given_its_studys_corrected_patient_is_still_a_valid_iod(tmp_path):
+    import pydicom
+
+    from server.jobs.seg_patients import _with_patient
+    from server.storage import FileStore
+
+    study = make_phantom(85, SMALL, lesion_count=1, radius_mm=(7.0, 10.0))
+    sources = phantom_datasets(study)
+    volume = volume_from_datasets(sources)
+    seg = segmentation(sources, volume, _labels_on(volume, study), CARD, SegIdentity.for_job("iod-moved"))
+    files = FileStore(tmp_path / "store")
+    files.prepare()
+    seg.save_as(files.root / "seg.dcm", enforce_file_format=True)
+    corrected = {"00100020": {"vr": "LO", "Value": ["CORRECTED-85"]},
+                 "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}}
+    moved = pydicom.dcmread(_with_patient(files, "seg.dcm", corrected).temp_path)
+    assert (moved.PatientID, str(moved.PatientName)) == ("CORRECTED-85", "Doe^Jane")
+    assert moved.PatientBirthDate == "" and moved.SOPInstanceUID == seg.SOPInstanceUID
+    assert _problems(moved, tmp_path / "moved.dcm") == []

@@ -268,6 +268,10 @@ def _conditional_creates(
                 raise InvalidRequest(f"entry {position}: ifNoneExist belongs to a POST (a create)")
             resource_type = _path(entry["request"]["url"], base).strip("/")
             service.require_writable(resource_type)
+            twin = next((other for other, condition in conditions.items() if condition == (resource_type, query)), None)
+            if twin is not None:
+                # Both would find nothing and both create: the duplicate the condition is there to prevent.
+                raise InvalidRequest(f"entries {twin} and {position} create on one condition ({query[:100]})")
             conditions[position] = (resource_type, query)
     # Locks in one order, as concurrent creates with these conditions take them.
     for resource_type, query in sorted(set(conditions.values())):

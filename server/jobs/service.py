@@ -23,6 +23,7 @@ from server.jobs.executors import (
 )
 from server.jobs.queue import JobQueue, QueuePolicy
 from server.jobs.registry import ModelRegistry
+from server.jobs.seg_patients import refresh_seg_patients
 from server.jobs.tasks import InferenceTasks
 from server.jobs.triggers import StudyTriggers
 from server.jobs.withdrawal import sweep
@@ -77,6 +78,7 @@ class JobsService:
         self.triggers.scan()
         self.queue.reap()
         sweep(self.queue, self.ingestor)
+        refresh_seg_patients(self.queue.engine, self.ingestor, self.files)
         self.executor.dispatch()
 
     def ensure_demo_model(self) -> None:

@@ -5,7 +5,8 @@ DELETE), after the study's ImagingStudy and Patient were written
 (`server.fhir.derived.sync_studies`), so FHIR readers never see results that
 contradict the study:
 - When a study's Patient changes (a corrected PatientID), its jobs and their
-  published results name the new Patient: the old one no longer exists.
+  published results name the new Patient: the old one no longer exists. Their
+  SEGs are given the study's patient soon after (`seg_patients`).
 - When the series a job ran on is deleted (or its whole study), the job's
   published results are withdrawn: marked `entered-in-error`, the status R4
   gives a report or observation that should not be relied on. They stay
@@ -64,6 +65,11 @@ def follow_studies(queue: JobQueue, connection: Connection, study_uids: Iterable
                 queue.move_to_patient(connection, job.task_id, patient_id)
                 if job.status == COMPLETED:
                     _rewrite_results(queue.store, connection, job.task_id, {"subject": _patient_reference(patient_id)})
+                    # Its SEG too, which cannot be stored again inside this transaction: the scheduler does it.
+                    connection.execute(
+                        update(inference_jobs).where(inference_jobs.c.task_id == job.task_id)
+                        .values(seg_patient_stale=True)
+                    )
 
 
 def _withdraw(store: ResourceStore, connection: Connection, task_id: str) -> None:

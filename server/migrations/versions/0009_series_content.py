@@ -1,4 +1,5 @@
-"""automatic jobs run again when their series changes; jobs found by study
+"""automatic jobs run again when their series changes; jobs found by study;
+a SEG follows its study's patient
 
 Revision ID: 0009
 Revises: 0008
@@ -16,6 +17,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('inference_jobs') as batch_op:
         batch_op.add_column(sa.Column('series_content', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('seg_patient_stale', sa.Boolean(), server_default=sa.false(), nullable=False))
     op.drop_index('ix_inference_jobs_automatic', table_name='inference_jobs')
     op.create_index(
         'ix_inference_jobs_automatic', 'inference_jobs', ['model_id', 'series_instance_uid', 'series_content'],
@@ -39,4 +41,5 @@ def downgrade() -> None:
         unique=True, sqlite_where=sa.text('automatic'), postgresql_where=sa.text('automatic'),
     )
     with op.batch_alter_table('inference_jobs') as batch_op:
+        batch_op.drop_column('seg_patient_stale')
         batch_op.drop_column('series_content')
