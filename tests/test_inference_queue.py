@@ -25,6 +25,7 @@ from server.services import Services
 from server.settings import Settings
 from server.tables import inference_jobs, instances, study_activity
 from tests.conftest import admin_headers
+from tests.dicom_files import make_ct, multipart_body
 from tests.inference_checks import (
     order,
     run_queued,
@@ -62,6 +63,23 @@ def test_queued_jobs_of_a_deactivated_model_end_failed_saying_why(queued):
     failed = client.get(f"/fhir/Task/{task['id']}").json()
     assert failed["status"] == "failed"
     assert f"the model {DEMO} was deactivated" in failed["statusReason"]["text"]
+
+
+
+def test_a_series_whose_automatic_job_ended_with_its_model_withdrawn_runs_once_the_model_is_back(queued):
+    client, services = queued
+    services.jobs.triggers.quiet_seconds = 0
+    uid = stored_study(client, 54)
+    [first] = services.jobs.triggers.scan()
+    services.jobs.registry.deactivate(DEMO)
+    assert run_queued(services) == []
+    services.jobs.registry.activate(DEMO, force=True)
+    body, content_type = multipart_body([make_ct(uid)])  # the study changes (a one-slice series no model takes)
+    assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    [second] = services.jobs.triggers.scan()
+    assert second != first
+    assert run_queued(services) == [second]
+    assert client.get(f"/fhir/Task/{second}").json()["status"] == "completed"
 
 
 def test_a_client_cannot_complete_a_job_itself(queued):

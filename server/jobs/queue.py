@@ -202,7 +202,7 @@ class JobQueue:
         fails): its queued jobs end failed, saying so, rather than run on it.
         Done where jobs are taken, so that every way of deactivating counts."""
         orphans = connection.execute(
-            select(inference_jobs.c.task_id, ai_models.c.name, ai_models.c.version)
+            select(inference_jobs.c.task_id, inference_jobs.c.automatic, ai_models.c.name, ai_models.c.version)
             .join(ai_models, ai_models.c.id == inference_jobs.c.model_id)
             .where(inference_jobs.c.status == REQUESTED, ai_models.c.active.is_(False))
             .with_for_update(of=inference_jobs, skip_locked=True)
@@ -211,7 +211,9 @@ class JobQueue:
             self._change(
                 connection, orphan.task_id, status=REQUESTED, owner=None, status_to=FAILED,
                 values={"reason": f"the model {orphan.name}@{orphan.version} was deactivated before this job ran",
-                        "ended_at": now, "business_status": "failed", "lease_owner": None, "lease_expires": None},
+                        "ended_at": now, "business_status": "failed", "lease_owner": None, "lease_expires": None,
+                        # It never ran: its series may run again once the model is back.
+                        "series_content": released_content(orphan.task_id) if orphan.automatic else None},
             )
 
     def _any_ready(self, now: int) -> bool:
@@ -387,6 +389,21 @@ class JobQueue:
 
     def _lease(self) -> int:
         return int(self.policy.lease_seconds * 1e6)
+
+
+# An automatic job stands for the content of its series (`series.series_content`),
+# so that the same content does not run twice. One that never ran on it (its
+# model withdrawn) or whose series was deleted stands for nothing: no series
+# holds this content, unique per job as the automatic index asks.
+_RELEASED = "released:"
+
+
+def released_content(task_id: str) -> str:
+    return f"{_RELEASED}{task_id}"
+
+
+def is_released(content: str | None) -> bool:
+    return content is not None and content.startswith(_RELEASED)
 
 
 def _client_json(client_elements: Mapping[str, Any] | None) -> bytes | None:

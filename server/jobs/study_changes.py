@@ -25,14 +25,11 @@ from fhir_mappings import fhir_json
 from fhir_mappings.ai_results import report_id
 from fhir_mappings.errors import ResourceGone, ResourceNotFound
 from server.fhir.store import ResourceStore
-from server.jobs.queue import COMPLETED, JobQueue
+from server.jobs.queue import COMPLETED, JobQueue, is_released, released_content
 from server.jobs.series import series_exists
 from server.tables import inference_jobs
 
 WITHDRAWN = "entered-in-error"
-# The content of an automatic job whose series was deleted: no series holds it
-# (unique per job, as the automatic index asks).
-_SOURCE_DELETED = "deleted:"
 
 
 def follow_studies(queue: JobQueue, connection: Connection, study_uids: Iterable[str]) -> None:
@@ -53,10 +50,10 @@ def follow_studies(queue: JobQueue, connection: Connection, study_uids: Iterable
             if source_gone:
                 if job.status == COMPLETED and not job.results_withdrawn:
                     _withdraw(queue.store, connection, job.task_id)
-                if job.automatic and not (job.series_content or "").startswith(_SOURCE_DELETED):
+                if job.automatic and not is_released(job.series_content):
                     connection.execute(
                         update(inference_jobs).where(inference_jobs.c.task_id == job.task_id)
-                        .values(series_content=f"{_SOURCE_DELETED}{job.task_id}")
+                        .values(series_content=released_content(job.task_id))
                     )
                 continue
             assert study is not None
