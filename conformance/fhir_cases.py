@@ -822,6 +822,31 @@ def conditional_create(session: Session) -> None:
         _delete_created(session, chosen, first)
 
 
+@case("FH-WRITE-05", "FHIR R4 http.html#cond-update", "Conditional update, where declared: PUT [type]?identifier= with no match creates (201), with one match updates it (200, a new version)")
+def conditional_update(session: Session) -> None:
+    chosen = _probe_type(session)
+    declared = next(resource for resource in _resources(session) if resource["type"] == chosen)
+    if not declared.get("conditionalUpdate"):
+        raise CaseSkipped(f"{chosen} declares no conditional update")
+    marker = {"system": _PROBE_SYSTEM, "value": f"cupdate-{uuid.uuid4()}"}
+    address = session.fhir(f"/{chosen}?identifier={marker['system']}|{marker['value']}")
+    body = {"resourceType": chosen, **_PROBES[chosen], "identifier": [marker]}
+    headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
+    first = session.request("PUT", address, json=body, headers=headers)
+    try:
+        session.expect_status(first, 201)
+        created = session.fhir_resource(first, chosen)
+        changed = {**body, "note": [{"text": "MedAIFlow conformance probe, updated by condition"}]}
+        again = session.request("PUT", address, json=changed, headers=headers)
+        session.expect_status(again, 200)
+        updated = session.fhir_resource(again, chosen)
+        session.expect(updated.get("id") == created.get("id"), "a conditional update of the match made another resource")
+        session.expect(updated.get("meta", {}).get("versionId") != created.get("meta", {}).get("versionId"),
+                       "a conditional update kept the versionId")
+    finally:
+        _delete_created(session, chosen, first)
+
+
 @case("FH-ERR-02", "FHIR R4 http.html#mime-type / operationoutcome.html", "An error asked for in XML (when XML is declared) is an OperationOutcome in XML")
 def error_in_the_format_asked_for(session: Session) -> None:
     if not any("xml" in fmt for fmt in _capability(session).get("format", [])):

@@ -43,7 +43,7 @@ def capability_statement(
                 "updateCreate": resource_type in writable,
                 "conditionalCreate": resource_type in writable,
                 "conditionalRead": "full-support",
-                "conditionalUpdate": False,
+                "conditionalUpdate": resource_type in writable,
                 "conditionalDelete": "not-supported",
                 "searchInclude": sorted(
                     f"{resource_type}:{name}" for name in reference_parameters(resource_type)

@@ -42,6 +42,13 @@ class VersionConflict(FhirError):
     issue_code = "conflict"
 
 
+class ResourceConflict(FhirError):
+    """The write would clash with a resource as it is: 409 (e.g. a conditional
+    update that matches nothing, naming an id that exists, http.html#cond-update)."""
+
+    issue_code = "conflict"
+
+
 class Forbidden(FhirError):
     """The identity may not do this (HTTP 403)."""
 

@@ -49,6 +49,7 @@ _FHIR_STATUS: tuple[tuple[type[fhir.FhirError], int], ...] = (
     (fhir.ResourceNotFound, 404),
     (fhir.MethodNotAllowed, 405),
     (fhir.NotAcceptable, 406),
+    (fhir.ResourceConflict, 409),
     (fhir.ResourceGone, 410),
     (fhir.VersionConflict, 412),
     (fhir.UnsupportedMediaType, 415),

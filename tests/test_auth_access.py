@@ -308,3 +308,13 @@ def test_a_focus_that_is_no_reference_is_refused_not_a_500(client, focus):
     batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": task, "request": {"method": "POST", "url": "Task"}}]}
     answer = client.post("/fhir", json=batch)
     assert answer.status_code == 200 and answer.json()["entry"][0]["response"]["status"][:3] in ("400", "422")
+
+
+def test_a_conditional_update_needs_create_as_well(anonymous, services):
+    updater = _bearer(services, Role.AI_OPERATOR, "system/Task.rus")
+    task = {"resourceType": "Task", "status": "draft", "intent": "proposal"}
+    assert anonymous.put("/fhir/Task?identifier=x", json=task, headers=updater).status_code == 403
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": task, "request": {"method": "PUT", "url": "Task?identifier=x"}}]}
+    answer = anonymous.post("/fhir", json=batch, headers=updater).json()
+    assert answer["entry"][0]["response"]["status"][:3] == "403"

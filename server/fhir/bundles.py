@@ -28,6 +28,7 @@ from server.fhir.conditional import (
     create_if_none_exist,
     matching_ids,
     serialize_condition,
+    update_where,
 )
 from server.fhir.negotiation import form_pairs
 from server.fhir.own_references import (
@@ -200,6 +201,9 @@ def _run(
     if method == "POST" and len(parts) == 1:
         version = interactions.create(service, parts[0], resource, connection, created_id)
         return _result("201 Created", version, base)
+    if method == "PUT" and len(parts) == 1 and query:
+        version, created = update_where(service, parts[0], resource, query, base, if_match, authorize_search, connection)
+        return _result("201 Created" if created else "200 OK", version, base)
     if method == "PUT" and len(parts) == 2:
         version, created = interactions.update(service, parts[0], parts[1], resource, if_match, connection)
         return _result("201 Created" if created else "200 OK", version, base)

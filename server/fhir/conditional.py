@@ -1,5 +1,6 @@
 """What a conditional query matches: conditional create (`If-None-Exist`,
-R4 http.html#ccreate) and a transaction's conditional references.
+R4 http.html#ccreate), conditional update (`PUT [type]?[query]`,
+http.html#cond-update) and a transaction's conditional references.
 
 A query is searched strictly (a parameter the server does not know is an
 error, not ignored: ignoring it would match too much), with this server's own
@@ -11,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from fhir_mappings.errors import InvalidRequest, VersionConflict
+from fhir_mappings.errors import InvalidRequest, ResourceConflict, ResourceNotFound, VersionConflict
 from fhir_mappings.search_query import SearchRequest
 from server.db import writing
 from server.fhir import interactions
@@ -56,13 +57,52 @@ def create_if_none_exist(
     was created. Several matches are 412, as R4 has it."""
     service.require_writable(resource_type)
     with writing(service.engine, connection) as session:
-        serialize_condition(session, resource_type, query)
-        found = matching_ids(service, resource_type, query, base, session, authorize_search)
-        if len(found) > 1:
-            raise VersionConflict(f"If-None-Exist: {query[:100]} matches more than one {resource_type}")
-        if found:
-            return service.store.read(resource_type, found[0], session), False
+        match = _the_match(service, resource_type, query, base, session, authorize_search)
+        if match is not None:
+            return service.store.read(resource_type, match, session), False
         return interactions.create(service, resource_type, body, session), True
+
+
+def update_where(
+    service: FhirService, resource_type: str, body: Any, query: str, base: str, if_match: int | None,
+    authorize_search: Callable[[SearchRequest], None], connection: Connection | None = None,
+) -> tuple[StoredVersion, bool]:
+    """`body` written as the resource `query` matches; with no match, created
+    (under its own id when it names one that is free); several matches are
+    412. Returns the version and whether it was created."""
+    service.require_writable(resource_type)
+    named = body.get("id") if isinstance(body, dict) else None
+    with writing(service.engine, connection) as session:
+        match = _the_match(service, resource_type, query, base, session, authorize_search)
+        if match is not None:
+            if named not in (None, match):
+                raise InvalidRequest(f"the body names {resource_type}/{named}, the condition matches {match}")
+            return interactions.update(service, resource_type, match, {**body, "id": match}, if_match, session)
+        if named is None:
+            return interactions.create(service, resource_type, body, session), True
+        if _exists(service, resource_type, str(named), session):
+            raise ResourceConflict(f"{resource_type}/{named} exists, and the condition does not match it")
+        return interactions.update(service, resource_type, str(named), body, if_match, session)
+
+
+def _the_match(
+    service: FhirService, resource_type: str, query: str, base: str, connection: Connection,
+    authorize_search: Callable[[SearchRequest], None],
+) -> str | None:
+    """The id of the one resource `query` matches, None for none, 412 for
+    several; writers with one condition take turns (`serialize_condition`)."""
+    serialize_condition(connection, resource_type, query)
+    found = matching_ids(service, resource_type, query, base, connection, authorize_search)
+    if len(found) > 1:
+        raise VersionConflict(f"{resource_type}?{query[:100]} matches more than one {resource_type}")
+    return found[0] if found else None
+
+
+def _exists(service: FhirService, resource_type: str, resource_id: str, connection: Connection) -> bool:
+    try:
+        return not service.store.read(resource_type, resource_id, connection).deleted
+    except ResourceNotFound:
+        return False
 
 
 def serialize_condition(connection: Connection, resource_type: str, query: str) -> None:

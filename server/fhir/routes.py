@@ -33,7 +33,7 @@ from server.auth.access import (
 from server.db import retried_on_conflict
 from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
-from server.fhir.conditional import create_if_none_exist
+from server.fhir.conditional import create_if_none_exist, update_where
 from server.fhir.negotiation import (
     fhir_response,
     form_pairs,
@@ -140,9 +140,12 @@ def _entry_authorizer(request: Request) -> Callable[[str, str, Any], None]:
     principal: Principal = request.state.principal
 
     def authorize(method: str, path: str, resource: Any) -> None:
-        permission = fhir_permission(method, [part for part in path.split("/") if part])
+        parts = [part for part in path.split("/") if part]
+        permission = fhir_permission(method, parts)
         if permission is None or permission is BUNDLE or not principal.may(permission):
             raise Forbidden(f"{principal.name} may not {method} {path} (its scopes do not allow it)")
+        if len(parts) == 1:
+            _require_creating_for_conditional_updates(principal, method, parts[0])
         _require_study_reading_for_orders(principal, resource)
 
     return authorize
@@ -158,6 +161,12 @@ def _require_study_reading_for_orders(principal: Principal, resource: Any) -> No
 
 
 _STUDY_READING = Permission("ImagingStudy", "r")
+
+
+def _require_creating_for_conditional_updates(principal: Principal, method: str, resource_type: str) -> None:
+    """A conditional update (`PUT [type]?...`) creates what it does not find."""
+    if method == "PUT" and not principal.may(Permission(resource_type, "c")):
+        raise Forbidden(f"{principal.name} may not create {resource_type}, which a conditional update may do")
 
 
 @router.get("/metadata")
@@ -280,17 +289,39 @@ async def read(request: Request, resource_type: str, resource_id: str) -> Respon
 
 @router.put("/{resource_type}/{resource_id}")
 async def update(request: Request, resource_type: str, resource_id: str) -> Response:
-    fhir = _fhir(request)
-    fhir.require_writable(resource_type)
+    body, if_match = await _update_request(request, resource_type)
+    version, created = await run_in_threadpool(
+        retried_on_conflict, partial(interactions.update, _fhir(request), resource_type, resource_id, body, if_match)
+    )
+    return _version_response(request, version, 201 if created else 200, location=created)
+
+
+@router.put("/{resource_type}")
+async def conditional_update(request: Request, resource_type: str) -> Response:
+    """`PUT [type]?[query]` (http.html#cond-update): it may create, so it needs create as well as update."""
+    _fhir(request).require_writable(resource_type)
+    form_pairs(request.scope["query_string"])  # UTF-8, or a 400
+    query = request.scope["query_string"].decode()
+    if not query:
+        raise InvalidRequest(f"PUT {resource_type} needs a condition ({resource_type}?identifier=...) or an id in the URL")
+    _require_creating_for_conditional_updates(request.state.principal, "PUT", resource_type)
+    body, if_match = await _update_request(request, resource_type)
+    version, created = await run_in_threadpool(
+        retried_on_conflict,
+        partial(update_where, _fhir(request), resource_type, body, query, fhir_base(request), if_match,
+                _search_authorizer(request)),
+    )
+    return _version_response(request, version, 201 if created else 200, location=created)
+
+
+async def _update_request(request: Request, resource_type: str) -> tuple[Any, int | None]:
+    """The body and If-Match of an update, checked before anything is written."""
+    _fhir(request).require_writable(resource_type)
     require_json_body(request)
     response_format(request, xml_allowed=False)  # a 406 must come before the write, not after it
     body = with_relative_references(parse_json_body(await request.body()), fhir_base(request))
     _require_study_reading_for_orders(request.state.principal, body)
-    if_match = interactions.parse_if_match(request.headers.get("if-match"))
-    version, created = await run_in_threadpool(
-        retried_on_conflict, partial(interactions.update, fhir, resource_type, resource_id, body, if_match)
-    )
-    return _version_response(request, version, 201 if created else 200, location=created)
+    return body, interactions.parse_if_match(request.headers.get("if-match"))
 
 
 @router.delete("/{resource_type}/{resource_id}")

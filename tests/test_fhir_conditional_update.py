@@ -1,0 +1,49 @@
+"""Conditional update (R4 http.html#cond-update): `PUT [type]?[query]`, and
+such entries in batches and transactions. An EHR can keep its order up to
+date by its own identifier, without knowing the server's id."""
+
+ORDER = {"system": "urn:oid:2.16.840.1.113883.3.9999.1", "value": "ORD-9"}
+TASK = {"resourceType": "Task", "status": "draft", "intent": "proposal", "identifier": [ORDER]}
+CONDITION = f"identifier={ORDER['system']}|{ORDER['value']}"
+
+
+def _ids(fhir) -> list[str]:  # type: ignore[no-untyped-def]
+    return [entry["resource"]["id"] for entry in fhir.get("/fhir/Task").json().get("entry", [])]
+
+
+def test_no_match_creates_then_a_match_is_updated(fhir):
+    created = fhir.put(f"/fhir/Task?{CONDITION}", json=TASK)
+    assert created.status_code == 201, created.text
+    task_id = created.json()["id"]
+    updated = fhir.put(f"/fhir/Task?{CONDITION}", json={**TASK, "description": "second"})
+    assert updated.status_code == 200, updated.text
+    assert (updated.json()["id"], updated.json()["meta"]["versionId"]) == (task_id, "2")
+    assert updated.json()["description"] == "second"
+    assert _ids(fhir) == [task_id]
+    stale = fhir.put(f"/fhir/Task?{CONDITION}", json=TASK, headers={"If-Match": 'W/"1"'})
+    assert stale.status_code == 412
+
+
+def test_ids_in_the_body_and_several_matches(fhir):
+    named = fhir.put(f"/fhir/Task?{CONDITION}", json={**TASK, "id": "chosen-id"})
+    assert named.status_code == 201 and named.json()["id"] == "chosen-id"  # no match: update as create
+    other = fhir.put(f"/fhir/Task?{CONDITION}", json={**TASK, "id": "another-id"})
+    assert other.status_code == 400  # the match is chosen-id
+    fhir.put("/fhir/Task/unrelated", json={"resourceType": "Task", "id": "unrelated", "status": "draft",
+                                           "intent": "proposal"})
+    taken = fhir.put("/fhir/Task?identifier=nothing-matches", json={**TASK, "id": "unrelated"})
+    assert taken.status_code == 409  # it exists and the condition does not match it
+    fhir.post("/fhir/Task", json=TASK)
+    assert fhir.put(f"/fhir/Task?{CONDITION}", json=TASK).status_code == 412  # two match now
+    assert fhir.put("/fhir/Task", json=TASK).status_code == 400  # no condition, no id
+    assert fhir.put("/fhir/Task?colour=blue", json=TASK).status_code == 400
+    assert fhir.put("/fhir/Patient?identifier=x", json={"resourceType": "Patient"}).status_code == 405
+
+
+def test_conditional_updates_in_bundles(fhir):
+    entry = {"resource": TASK, "request": {"method": "PUT", "url": f"Task?{CONDITION}"}}
+    for bundle_type, status in (("batch", "201"), ("transaction", "200")):
+        answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": bundle_type, "entry": [entry]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["entry"][0]["response"]["status"][:3] == status
+    assert len(_ids(fhir)) == 1
