@@ -45,8 +45,8 @@ def build_services(settings: Settings) -> Services:
     fhir = build_fhir(engine, settings.data_dir, settings.fhir_max_included)
 
     def studies_changed(connection: Connection, study_uids: set[str]) -> None:
-        sync_studies(fhir.store, connection, study_uids)
-        follow_studies(jobs.queue, connection, study_uids)  # `jobs` is built below, before any study changes
+        patients = sync_studies(fhir.store, connection, study_uids)
+        follow_studies(jobs.queue, connection, patients)  # `jobs` is built below, before any study changes
         touch_studies(connection, study_uids)
         note_studies(study_uids)  # for the audit record of the request that changed them
 

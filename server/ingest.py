@@ -12,11 +12,13 @@ A crash between any two steps leaves only journaled files, which `recover`
 removes unless a committed row points at them.
 """
 
+import io
 import logging
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+from pydicom.dataset import Dataset
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -50,6 +52,16 @@ def prepare(received: ReceivedFile) -> PreparedFile:
         # pydicom signals malformed input with many exception types; any of
         # them means "cannot understand" for this one payload, not a 500.
         return PreparedFile(received, None, f"not a readable DICOM file ({type(error).__name__})")
+
+
+def prepare_dataset(files: FileStore, dataset: Dataset) -> PreparedFile:
+    """A data set the server made (a SEG), written as a Part 10 file under
+    the store's tmp/ and described, as a received payload is."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    writer = files.new_temp_file()
+    writer.write(buffer.getvalue())
+    return prepare(writer.finish())
 
 
 @dataclass

@@ -2,28 +2,25 @@
 automatic trigger): a corrected PatientID moves them to the new Patient, a
 deleted source withdraws them, and a series that changed is run again."""
 
-import io
 
-from pydicom.dataset import Dataset
 from sqlalchemy import select, update
 
-from inference.demo.phantom import phantom_datasets
+from inference.demo.phantom import phantom_payloads
 from server.jobs.seg_patients import refresh_seg_patients
 from server.tables import inference_jobs
-from tests.inference_checks import order, phantom, run_queued, series_bytes, stored_study, stow, study_uid
-
-
-def _payloads(datasets: list[Dataset]) -> list[bytes]:
-    payloads = []
-    for dataset in datasets:
-        buffer = io.BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
-        payloads.append(buffer.getvalue())
-    return payloads
+from tests.inference_checks import (
+    order,
+    phantom,
+    run_queued,
+    series_bytes,
+    stored_study,
+    stow,
+    study_uid,
+)
 
 
 def _renamed(seed: int, patient_id: str) -> list[bytes]:
-    return _payloads(phantom_datasets(phantom(seed), patient_id=patient_id))
+    return phantom_payloads(phantom(seed), patient_id)
 
 
 def _results(client, task_id: str) -> tuple[dict, list[dict]]:  # type: ignore[no-untyped-def]

@@ -92,8 +92,6 @@ def test_each_segment_recommends_a_display_colour():
 
 
 def test_a_segmentation_given_its_studys_corrected_patient_is_still_a_valid_iod(tmp_path):
-    import pydicom
-
     from server.jobs.seg_patients import _with_patient
     from server.storage import FileStore
 
@@ -106,7 +104,7 @@ def test_a_segmentation_given_its_studys_corrected_patient_is_still_a_valid_iod(
     seg.save_as(files.root / "seg.dcm", enforce_file_format=True)
     corrected = {"00100020": {"vr": "LO", "Value": ["CORRECTED-85"]},
                  "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}}
-    moved = pydicom.dcmread(_with_patient(files, "seg.dcm", corrected).temp_path)
+    moved = _with_patient(files, "seg.dcm", corrected)
     assert (moved.PatientID, str(moved.PatientName)) == ("CORRECTED-85", "Doe^Jane")
     assert moved.PatientBirthDate == "" and moved.SOPInstanceUID == seg.SOPInstanceUID
     assert _problems(moved, tmp_path / "moved.dcm") == []

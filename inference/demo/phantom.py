@@ -257,10 +257,10 @@ def phantom_datasets(phantom: Phantom, patient_id: str | None = None) -> list[Da
     return datasets
 
 
-def phantom_payloads(phantom: Phantom) -> list[bytes]:
+def phantom_payloads(phantom: Phantom, patient_id: str | None = None) -> list[bytes]:
     """The series as Part 10 files in memory, as a STOW-RS request carries them."""
     payloads = []
-    for dataset in phantom_datasets(phantom):
+    for dataset in phantom_datasets(phantom, patient_id):
         buffer = io.BytesIO()
         dataset.save_as(buffer, enforce_file_format=True)
         payloads.append(buffer.getvalue())

@@ -29,27 +29,31 @@ from server.tables import fhir_references, fhir_resources, instances, series, st
 DERIVED_TYPES = frozenset(("ImagingStudy", "Patient", "Endpoint"))
 
 
-def sync_studies(store: ResourceStore, connection: Connection, study_uids: Iterable[str]) -> None:
-    """Raises SQLAlchemyError, or ValueError for a study that cannot be
-    described in FHIR (which the mappings avoid by leaving odd values out)."""
+def sync_studies(store: ResourceStore, connection: Connection, study_uids: Iterable[str]) -> dict[str, str | None]:
+    """Each study's Patient id as written now, None for a study gone. Raises
+    SQLAlchemyError, or ValueError for a study that cannot be described in
+    FHIR (which the mappings avoid by leaving odd values out)."""
     try:
-        _sync(store, connection, study_uids)
+        return _sync(store, connection, study_uids)
     except (ValidationError, FhirError) as error:
         raise ValueError(f"a study could not be mapped to FHIR: {error}") from error
 
 
-def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str]) -> None:
+def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str]) -> dict[str, str | None]:
     study_writes: list[tuple[str, dict | None]] = []
     patient_keys: dict[str, PatientRecord | None] = {}
+    patients: dict[str, str | None] = {}
     for study_uid in sorted(set(study_uids)):
         row = connection.execute(select(studies).where(studies.c.study_instance_uid == study_uid)).first()
         previous_patient = _current_subject(connection, study_uid)
         if row is None:
+            patients[study_uid] = None
             study_writes.append((study_uid, None))
         else:
             attributes = orjson.loads(row.attributes_json)
             patient = _patient_record(row, attributes)
-            patient_keys.setdefault(patient_resource_id(patient), None)
+            patients[study_uid] = patient_resource_id(patient)
+            patient_keys.setdefault(patients[study_uid], None)
             study = imaging_study_from_dicom(_study_record(connection, row, attributes, patient))
             study_writes.append((study_uid, without_control_characters(study)))
         if previous_patient is not None:
@@ -68,6 +72,7 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
             record = _patient_record(newest, orjson.loads(newest.attributes_json))
             patient = without_control_characters(patient_from_dicom(record))
             store.put(connection, patient, patient_id, "PUT")
+    return patients
 
 
 def _lock_patient(connection: Connection, patient_id: str) -> None:

@@ -91,6 +91,17 @@ class ResourceStore:
             raise ResourceGone(f"{resource_type}/{resource_id} was deleted (version {version.version_id})")
         return version
 
+    def current_body(
+        self, resource_type: str, resource_id: str, connection: Connection | None = None
+    ) -> dict[str, Any] | None:
+        """The current version's JSON, parsed (decimals as written); None when
+        there is none, never written or deleted."""
+        try:
+            version = self.read(resource_type, resource_id, connection)
+        except (ResourceNotFound, ResourceGone):
+            return None
+        return None if version.body is None else fhir_json.loads(version.body)  # type: ignore[no-any-return]
+
     def _current(self, connection: Connection, resource_type: str, resource_id: str) -> StoredVersion:
         row = connection.execute(
             select(

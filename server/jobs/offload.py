@@ -10,7 +10,6 @@ quickly. With no processes configured the same functions run in threads.
 
 import functools
 import gc
-import io
 import multiprocessing
 import os
 import threading
@@ -30,7 +29,7 @@ from inference.model_card import ModelCard
 from inference.seg import SegIdentity, prepare_seg_writer, segmentation
 from inference.timings import Timings
 from inference.volume import Volume
-from server.ingest import PreparedFile, prepare
+from server.ingest import PreparedFile, prepare_dataset
 from server.storage import FileStore
 
 P = ParamSpec("P")
@@ -86,11 +85,7 @@ def write_results(
         sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
     with timings.stage("seg writing"):
         seg = segmentation(sources, labels, labels.voxels, card, identity)
-        buffer = io.BytesIO()
-        seg.save_as(buffer, enforce_file_format=True)
-        writer = FileStore(store_root).new_temp_file()
-        writer.write(buffer.getvalue())
-        prepared = prepare(writer.finish())
+        prepared = prepare_dataset(FileStore(store_root), seg)
     return WrittenResults(findings, prepared, dict(timings.seconds))
 
 

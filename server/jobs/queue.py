@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from fhir_mappings import fhir_json
@@ -161,11 +160,10 @@ class JobQueue:
         self._change(connection, task_id, status=job.status, owner=job.lease_owner, values={"patient_id": patient_id})
 
     def patient_of_study(self, connection: Connection, study_uid: str) -> str | None:
-        try:
-            study = self.store.read("ImagingStudy", study_uid, connection)
-        except ResourceNotFound as error:
-            raise InvalidResource(f"Task.focus: there is no ImagingStudy/{study_uid} on this server") from error
-        subject = orjson.loads(study.body).get("subject", {}).get("reference", "")
+        study = self.store.current_body("ImagingStudy", study_uid, connection)
+        if study is None:  # never stored, or deleted
+            raise InvalidResource(f"Task.focus: there is no ImagingStudy/{study_uid} on this server")
+        subject = study.get("subject", {}).get("reference", "")
         return subject.removeprefix("Patient/") or None
 
     # --- the worker's side -----------------------------------------------------

@@ -9,7 +9,6 @@ the scheduler's tick stores the SEG again with the study's patient module:
 same instance, same UIDs, the patient's attributes (group 0010) replaced.
 """
 
-import io
 import logging
 from typing import Any
 
@@ -20,8 +19,8 @@ from sqlalchemy import Connection, Engine, select, update
 
 from inference.seg import SegIdentity
 from server.db import reading, write_connection
-from server.ingest import Ingestor, prepare
-from server.storage import FileStore, ReceivedFile
+from server.ingest import Ingestor, prepare_dataset
+from server.storage import FileStore
 from server.tables import inference_jobs, instances, series, studies
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ def _refresh(engine: Engine, ingestor: Ingestor, files: FileStore, task_id: str,
             .where(series.c.series_instance_uid == seg_uid)
         ).scalars().all()
     if patient is not None and paths:
-        prepared = [prepare(_with_patient(files, path, patient)) for path in paths]
+        prepared = [prepare_dataset(files, _with_patient(files, path, patient)) for path in paths]
         failed = [outcome for outcome in ingestor.store_batch(prepared) if outcome.failure is not None]
         if failed:
             raise RuntimeError(f"the SEG could not be stored again: {failed[0].detail or failed[0].failure}")
@@ -79,8 +78,8 @@ def _study_patient(engine: Engine, study_uid: str, connection: Connection | None
     }
 
 
-def _with_patient(files: FileStore, path: str, patient: dict[str, Any]) -> ReceivedFile:
-    """The SEG file at `path` with the patient module replaced, written under the store's tmp/."""
+def _with_patient(files: FileStore, path: str, patient: dict[str, Any]) -> Dataset:
+    """The SEG file at `path` with the patient module replaced."""
     dataset = pydicom.dcmread(files.absolute(path))
     for element in [element for element in dataset if element.tag.group == _PATIENT_GROUP]:
         del dataset[element.tag]
@@ -88,8 +87,4 @@ def _with_patient(files: FileStore, path: str, patient: dict[str, Any]) -> Recei
     for keyword in _REQUIRED:
         if keyword not in dataset:
             setattr(dataset, keyword, "")
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    writer = files.new_temp_file()
-    writer.write(buffer.getvalue())
-    return writer.finish()
+    return dataset

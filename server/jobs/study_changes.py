@@ -16,14 +16,12 @@ contradict the study:
   made anew may reuse the old one's id).
 """
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from fhir_mappings import fhir_json
 from fhir_mappings.ai_results import report_id
-from fhir_mappings.errors import ResourceGone, ResourceNotFound
 from server.fhir.store import ResourceStore
 from server.jobs.queue import COMPLETED, JobQueue, is_released, released_content
 from server.jobs.series import series_exists
@@ -32,8 +30,9 @@ from server.tables import inference_jobs
 WITHDRAWN = "entered-in-error"
 
 
-def follow_studies(queue: JobQueue, connection: Connection, study_uids: Iterable[str]) -> None:
-    for study_uid in sorted(set(study_uids)):
+def follow_studies(queue: JobQueue, connection: Connection, patients: Mapping[str, str | None]) -> None:
+    """`patients`: each changed study's Patient id as `sync_studies` wrote it, None for a study gone."""
+    for study_uid, patient_id in sorted(patients.items()):
         # Locked, in one order: a worker publishing a job's results holds its row
         # (`JobRunner._publish`), so each side sees what the other committed.
         jobs = connection.execute(
@@ -42,9 +41,8 @@ def follow_studies(queue: JobQueue, connection: Connection, study_uids: Iterable
         ).all()
         if not jobs:
             continue
-        study = _current(queue.store, connection, "ImagingStudy", study_uid)
         for job in jobs:
-            source_gone = study is None or (
+            source_gone = patient_id is None or (
                 job.series_instance_uid is not None and not series_exists(connection, job.series_instance_uid)
             )
             if source_gone:
@@ -56,8 +54,6 @@ def follow_studies(queue: JobQueue, connection: Connection, study_uids: Iterable
                         .values(series_content=released_content(job.task_id))
                     )
                 continue
-            assert study is not None
-            patient_id = (study.get("subject") or {}).get("reference", "").removeprefix("Patient/") or None
             if patient_id != job.patient_id:
                 queue.move_to_patient(connection, job.task_id, patient_id)
                 if job.status == COMPLETED:
@@ -78,7 +74,7 @@ def _withdraw(store: ResourceStore, connection: Connection, task_id: str) -> Non
 
 def _rewrite_results(store: ResourceStore, connection: Connection, task_id: str, changes: dict[str, Any]) -> None:
     """A new version of the job's report and of each of its Observations, with `changes`."""
-    report = _current(store, connection, "DiagnosticReport", report_id(task_id))
+    report = store.current_body("DiagnosticReport", report_id(task_id), connection)
     if report is None:
         return
     pending = [reference["reference"] for reference in report.get("result", [])]
@@ -89,7 +85,7 @@ def _rewrite_results(store: ResourceStore, connection: Connection, task_id: str,
         if reference in seen or not reference.startswith("Observation/"):
             continue
         seen.add(reference)
-        observation = _current(store, connection, "Observation", reference.removeprefix("Observation/"))
+        observation = store.current_body("Observation", reference.removeprefix("Observation/"), connection)
         if observation is not None:
             pending += [member["reference"] for member in observation.get("hasMember", [])]
             _put_changed(store, connection, observation, changes)
@@ -99,14 +95,6 @@ def _put_changed(store: ResourceStore, connection: Connection, resource: dict[st
     changed = {key: value for key, value in {**resource, **changes}.items() if value is not None}
     if changed != resource:
         store.put(connection, changed, resource["id"], "PUT")
-
-
-def _current(store: ResourceStore, connection: Connection, resource_type: str, resource_id: str) -> dict[str, Any] | None:
-    try:
-        version = store.read(resource_type, resource_id, connection)
-    except (ResourceNotFound, ResourceGone):
-        return None
-    return None if version.body is None else fhir_json.loads(version.body)  # type: ignore[no-any-return]
 
 
 def _patient_reference(patient_id: str | None) -> dict[str, str] | None:

@@ -15,8 +15,6 @@ from fhir_mappings import fhir_json
 from fhir_mappings.errors import (
     InvalidResource,
     MethodNotAllowed,
-    ResourceGone,
-    ResourceNotFound,
 )
 from fhir_mappings.task import (
     InferenceRequest,
@@ -65,7 +63,7 @@ class InferenceTasks:
     def updating(self, connection: Connection, task: dict[str, Any], task_id: str) -> dict[str, Any]:
         job = self.queue.get(task_id, connection, lock=True)
         if job is None:
-            stored = self._stored(connection, task_id)
+            stored = self.queue.store.current_body("Task", task_id, connection)
             if stored is None:
                 return self.creating(connection, task, task_id)  # update as create, with the client's id
             if is_inference_order(task) and not is_inference_order(stored):
@@ -98,13 +96,6 @@ class InferenceTasks:
                 f"Task/{task_id} is an inference job and is kept as its record; cancel it by updating its status",
                 "GET, HEAD, PUT",
             )
-
-    def _stored(self, connection: Connection, task_id: str) -> dict[str, Any] | None:
-        try:
-            version = self.queue.store.read("Task", task_id, connection)
-        except (ResourceNotFound, ResourceGone):
-            return None
-        return None if version.body is None else fhir_json.loads(version.body)
 
     def _model(self, connection: Connection, request: InferenceRequest) -> RegisteredModel:
         """The model named in Task.owner, or the first active one that accepts
