@@ -847,6 +847,27 @@ def conditional_update(session: Session) -> None:
         _delete_created(session, chosen, first)
 
 
+@case("FH-WRITE-06", "FHIR R4 http.html#3.1.0.7.1", "Conditional delete, where declared: DELETE [type]?identifier= deletes the one match (2xx, then a read is 404 or 410)")
+def conditional_delete(session: Session) -> None:
+    chosen = _probe_type(session)
+    declared = next(resource for resource in _resources(session) if resource["type"] == chosen)
+    if declared.get("conditionalDelete", "not-supported") == "not-supported":
+        raise CaseSkipped(f"{chosen} declares no conditional delete")
+    marker = {"system": _PROBE_SYSTEM, "value": f"cdelete-{uuid.uuid4()}"}
+    body = {"resourceType": chosen, **_PROBES[chosen], "identifier": [marker]}
+    created = session.post(session.fhir(f"/{chosen}"), json=body,
+                           headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON})
+    try:
+        session.expect_status(created, 201)
+        address = _created_address(session, chosen, created)
+        session.expect(address is not None, f"a create answers a Location naming the new {chosen}")
+        deleted = session.request("DELETE", session.fhir(f"/{chosen}?identifier={marker['system']}|{marker['value']}"))
+        session.expect_status(deleted, 200, 202, 204)
+        session.expect_status(session.get(str(address), headers={"Accept": FHIR_JSON}), 404, 410)
+    finally:
+        _delete_created(session, chosen, created)
+
+
 @case("FH-ERR-02", "FHIR R4 http.html#mime-type / operationoutcome.html", "An error asked for in XML (when XML is declared) is an OperationOutcome in XML")
 def error_in_the_format_asked_for(session: Session) -> None:
     if not any("xml" in fmt for fmt in _capability(session).get("format", [])):

@@ -44,7 +44,7 @@ def capability_statement(
                 "conditionalCreate": resource_type in writable,
                 "conditionalRead": "full-support",
                 "conditionalUpdate": resource_type in writable,
-                "conditionalDelete": "not-supported",
+                "conditionalDelete": "single" if resource_type in writable else "not-supported",
                 "searchInclude": sorted(
                     f"{resource_type}:{name}" for name in reference_parameters(resource_type)
                 ),

@@ -123,8 +123,8 @@ def write_connection(engine: Engine, bookkeeping: bool = False) -> Iterator[Conn
                     witness.before_commit(connection)
         finally:
             # `info` belongs to the pooled DBAPI connection: nothing may leak into its next use.
-            connection.info.pop(_BEFORE_COMMIT, None)
-            connection.info.pop(_LAST_BEFORE_COMMIT, None)
+            for key in (_BEFORE_COMMIT, _LAST_BEFORE_COMMIT, _WRITTEN):
+                connection.info.pop(key, None)
     if witness is not None:
         witness.committed()
 
@@ -153,6 +153,17 @@ def retried_on_conflict(work: Callable[[], ResultT]) -> ResultT:
 
 _BEFORE_COMMIT = "medaiflow.before_commit"
 _LAST_BEFORE_COMMIT = "medaiflow.last_before_commit"
+_WRITTEN = "medaiflow.written"
+
+
+def note_written(connection: Connection, reference: str) -> None:
+    """A resource (`Type/id`) this write transaction changes, for the audit
+    record of its commit (`written`); forgotten if it rolls back."""
+    connection.info.setdefault(_WRITTEN, set()).add(reference)
+
+
+def written(connection: Connection) -> frozenset[str]:
+    return frozenset(connection.info.get(_WRITTEN, ()))
 FlushT = TypeVar("FlushT", bound=Callable[[Connection], None])
 
 

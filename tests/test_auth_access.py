@@ -318,3 +318,10 @@ def test_a_conditional_update_needs_create_as_well(anonymous, services):
         {"resource": task, "request": {"method": "PUT", "url": "Task?identifier=x"}}]}
     answer = anonymous.post("/fhir", json=batch, headers=updater).json()
     assert answer["entry"][0]["response"]["status"][:3] == "403"
+
+
+def test_a_conditional_delete_needs_searching_as_well(anonymous, services):
+    deleter = _bearer(services, Role.AI_OPERATOR, "system/Task.cd")
+    assert anonymous.delete("/fhir/Task?identifier=x", headers=deleter).status_code == 403
+    allowed = _bearer(services, Role.AI_OPERATOR, "system/Task.cds")
+    assert anonymous.delete("/fhir/Task?identifier=x", headers=allowed).status_code == 204

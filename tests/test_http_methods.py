@@ -36,7 +36,7 @@ def test_head_answers_as_get_without_the_body(client):
         ("PATCH", "{instance}", "DELETE, GET, HEAD"),
         ("PUT", "{instance}/metadata", "GET, HEAD"),
         ("PATCH", "/fhir/Task/x", "DELETE, GET, HEAD, PUT"),
-        ("DELETE", "/fhir/Task", "GET, HEAD, POST, PUT"),  # PUT: conditional update
+        ("PATCH", "/fhir/Task", "DELETE, GET, HEAD, POST, PUT"),  # conditional update and delete
         ("HEAD", "/auth/token", "POST"),
     ],
 )

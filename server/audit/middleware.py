@@ -29,7 +29,7 @@ from dicom.uids import is_safe_uid
 from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
 from server.audit.chain import AuditChain
 from server.audit.recorder import AuditRecorder, AuditUnavailable
-from server.db import commit_witness, reading
+from server.db import commit_witness, reading, written
 from server.errors import error_response
 from server.logs import request_id_var
 from server.methods import HEAD_MARK
@@ -125,6 +125,7 @@ class _RequestAudit:
     patients_of_studies: PatientsOfStudies
     studies: set[str] = field(default_factory=set)
     patients: set[str] = field(default_factory=set)
+    resources: set[str] = field(default_factory=set)  # what the request wrote, where its path names nothing
     recorded: bool = False
     answering: bool = False  # once the answer starts, later writes are not this request's action
     _appended: bool = False
@@ -139,6 +140,8 @@ class _RequestAudit:
         # Only the action itself: authentication may write (failed-login counts, rehashes) before it is allowed.
         if self.kind in _WRITES and not self.recorded and not self.answering and self.scope["state"].get("authorized"):
             self.resolve_patients(connection)  # the studies this transaction wrote are visible to it
+            if self.kind is not AuditKind.BATCH:  # a batch is recorded at its first entry's commit: that one alone
+                self.resources.update(written(connection))
             self.chain.append(connection, [self.event(Outcome.SUCCESS, "committed")])
             self._appended = True
 
@@ -169,7 +172,7 @@ class _RequestAudit:
         client = principal.name if principal is not None else scope["state"].get(_LOGIN_NAME, "anonymous")
         parts = [part for part in scope["path"].split("/") if part]
         resources = ([f"{parts[1]}/{parts[2]}"] if parts[:1] == ["fhir"] and len(parts) >= 3
-                     and not parts[2].startswith(("_", "$")) else [])
+                     and not parts[2].startswith(("_", "$")) else sorted(self.resources))
         query = scope.get("query_string") or None
         return audit_event(AuditRecord(
             kind=self.kind, outcome=outcome, recorded=datetime.now(UTC),

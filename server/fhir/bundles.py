@@ -26,6 +26,7 @@ from server.db import retried_on_conflict, write_connection
 from server.fhir import interactions
 from server.fhir.conditional import (
     create_if_none_exist,
+    delete_where,
     matching_ids,
     serialize_condition,
     update_where,
@@ -142,7 +143,9 @@ def _refuse_overlaps(entries: list[dict[str, Any]]) -> None:
             full_urls.add(full_url)
         method, url = entry["request"]["method"], entry["request"]["url"]
         if method in ("PUT", "DELETE"):
-            target = url.split("?")[0].strip("/")
+            path = url.partition("?")[0]
+            # A conditional one names its resource by its query (`Task?identifier=...`).
+            target = path.strip("/") if "/" in path.strip("/") else url
             if target in targets:
                 raise InvalidRequest(f"entry {position}: {target[:100]} is changed twice in the transaction")
             targets.add(target)
@@ -207,6 +210,9 @@ def _run(
     if method == "PUT" and len(parts) == 2:
         version, created = interactions.update(service, parts[0], parts[1], resource, if_match, connection)
         return _result("201 Created" if created else "200 OK", version, base)
+    if method == "DELETE" and len(parts) == 1 and query:
+        delete_where(service, parts[0], query, base, if_match, authorize_search, connection)
+        return EntryResult("204 No Content")
     if method == "DELETE" and len(parts) == 2:
         interactions.delete(service, parts[0], parts[1], if_match, connection)
         return EntryResult("204 No Content")

@@ -1,6 +1,7 @@
 """What a conditional query matches: conditional create (`If-None-Exist`,
 R4 http.html#ccreate), conditional update (`PUT [type]?[query]`,
-http.html#cond-update) and a transaction's conditional references.
+http.html#cond-update), conditional delete (`DELETE [type]?[query]`,
+http.html#3.1.0.7.1) and a transaction's conditional references.
 
 A query is searched strictly (a parameter the server does not know is an
 error, not ignored: ignoring it would match too much), with this server's own
@@ -83,6 +84,24 @@ def update_where(
         if _exists(service, resource_type, str(named), session):
             raise ResourceConflict(f"{resource_type}/{named} exists, and the condition does not match it")
         return interactions.update(service, resource_type, str(named), body, if_match, session)
+
+
+def delete_where(
+    service: FhirService, resource_type: str, query: str, base: str, if_match: int | None,
+    authorize_search: Callable[[SearchRequest], None], connection: Connection | None = None,
+) -> StoredVersion | None:
+    """The one resource `query` matches, deleted; None when it matches
+    nothing, which R4 treats as an ordinary delete of nothing. Several
+    matches are 412: this server deletes one resource at a time
+    (CapabilityStatement conditionalDelete `single`)."""
+    service.require_writable(resource_type)
+    with writing(service.engine, connection) as session:
+        match = _the_match(service, resource_type, query, base, session, authorize_search)
+        if match is None:
+            if if_match is not None:
+                raise VersionConflict(f"{resource_type}?{query[:100]} matches nothing; If-Match cannot hold")
+            return None
+        return interactions.delete(service, resource_type, match, if_match, session)
 
 
 def _the_match(

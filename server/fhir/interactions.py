@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 
 from fhir_mappings.errors import InvalidRequest, ResourceNotFound
 from fhir_mappings.resources import client_resource, require_id
-from server.db import writing
+from server.db import note_written, writing
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
 
@@ -68,6 +68,7 @@ def create(
         hook = service.write_hooks.get(resource_type)
         if hook is not None:
             resource = hook.creating(session, resource, resource_id)
+        note_written(session, f"{resource_type}/{resource_id}")
         return service.store.put(session, resource, resource_id, "POST")
 
 
@@ -85,6 +86,7 @@ def update(
         hook = service.write_hooks.get(resource_type)
         if hook is not None:
             resource = hook.updating(session, resource, resource_id)
+        note_written(session, f"{resource_type}/{resource_id}")
         version = service.store.put(session, resource, resource_id, "PUT", if_match=if_match)
     return version, version.version_id == 1
 
@@ -99,6 +101,7 @@ def delete(
         hook = service.write_hooks.get(resource_type)
         if hook is not None:
             hook.deleting(session, resource_id)
+        note_written(session, f"{resource_type}/{resource_id}")
         return service.store.delete(session, resource_type, resource_id, if_match)
 
 

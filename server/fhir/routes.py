@@ -33,7 +33,7 @@ from server.auth.access import (
 from server.db import retried_on_conflict
 from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
-from server.fhir.conditional import create_if_none_exist, update_where
+from server.fhir.conditional import create_if_none_exist, delete_where, update_where
 from server.fhir.negotiation import (
     fhir_response,
     form_pairs,
@@ -299,11 +299,7 @@ async def update(request: Request, resource_type: str, resource_id: str) -> Resp
 @router.put("/{resource_type}")
 async def conditional_update(request: Request, resource_type: str) -> Response:
     """`PUT [type]?[query]` (http.html#cond-update): it may create, so it needs create as well as update."""
-    _fhir(request).require_writable(resource_type)
-    form_pairs(request.scope["query_string"])  # UTF-8, or a 400
-    query = request.scope["query_string"].decode()
-    if not query:
-        raise InvalidRequest(f"PUT {resource_type} needs a condition ({resource_type}?identifier=...) or an id in the URL")
+    query = _condition(request, resource_type)
     _require_creating_for_conditional_updates(request.state.principal, "PUT", resource_type)
     body, if_match = await _update_request(request, resource_type)
     version, created = await run_in_threadpool(
@@ -330,8 +326,38 @@ async def delete(request: Request, resource_type: str, resource_id: str) -> Resp
     version = await run_in_threadpool(
         retried_on_conflict, partial(interactions.delete, _fhir(request), resource_type, resource_id, if_match)
     )
-    headers = {"ETag": version.etag} if version is not None else None
-    return Response(status_code=204, headers=headers)
+    return _deleted(version)
+
+
+@router.delete("/{resource_type}")
+async def conditional_delete(request: Request, resource_type: str) -> Response:
+    """`DELETE [type]?[query]` (http.html#3.1.0.7.1): the one match deleted, 204 also for none."""
+    query = _condition(request, resource_type)
+    if_match = interactions.parse_if_match(request.headers.get("if-match"))
+    version = await run_in_threadpool(
+        retried_on_conflict,
+        partial(delete_where, _fhir(request), resource_type, query, fhir_base(request), if_match,
+                _search_authorizer(request)),
+    )
+    return _deleted(version)
+
+
+def _deleted(version: StoredVersion | None) -> Response:
+    """204, with the deletion's version as ETag when there was something to delete."""
+    return Response(status_code=204, headers={"ETag": version.etag} if version is not None else None)
+
+
+def _condition(request: Request, resource_type: str) -> str:
+    """The query of a conditional update or delete, which may not be empty:
+    a type-wide PUT or DELETE is no interaction of R4."""
+    _fhir(request).require_writable(resource_type)
+    form_pairs(request.scope["query_string"])  # UTF-8, or a 400
+    query = request.scope["query_string"].decode()
+    if not query:
+        raise InvalidRequest(
+            f"{request.method} {resource_type} needs a condition ({resource_type}?identifier=...) or an id in the URL"
+        )
+    return query
 
 
 @router.get("/{resource_type}/{resource_id}/_history")
