@@ -10,6 +10,7 @@ their own (FH-WRITE-01 to -03, FH-TRANS-01: Tasks with no focus, which
 order nothing), which they delete again.
 """
 
+import html
 import json
 import re
 import secrets
@@ -866,6 +867,42 @@ def conditional_delete(session: Session) -> None:
         session.expect_status(session.get(str(address), headers={"Accept": FHIR_JSON}), 404, 410)
     finally:
         _delete_created(session, chosen, created)
+
+
+@case("FH-WRITE-07", "FHIR R4 xml.html / http.html#mime-type", "A create in XML, where XML is declared: 201, and the resource reads back in JSON with the values sent")
+def create_in_xml(session: Session) -> None:
+    if not any("xml" in fmt for fmt in _capability(session).get("format", [])):
+        raise CaseSkipped("the server declares no XML format")
+    chosen = _probe_type(session)
+    marker = f"xml-{uuid.uuid4()}"
+    # Identifier first: XML elements come in the order FHIR defines, and it precedes each probe's elements.
+    probe = {"resourceType": chosen, "identifier": [{"system": _PROBE_SYSTEM, "value": marker}], **_PROBES[chosen]}
+    body = _probe_xml(probe)
+    created = session.post(session.fhir(f"/{chosen}"), content=body,
+                           headers={"Accept": FHIR_JSON, "Content-Type": "application/fhir+xml"})
+    try:
+        session.expect_status(created, 201)
+        address = _created_address(session, chosen, created)
+        session.expect(address is not None, f"a create answers a Location naming the new {chosen}")
+        read = session.fhir_resource(session.get(str(address), headers={"Accept": FHIR_JSON}), chosen)
+        session.expect(read.get("identifier") == probe["identifier"],
+                       f"the identifier sent in XML came back as {read.get('identifier')}")
+    finally:
+        _delete_created(session, chosen, created)
+
+
+def _probe_xml(resource: dict[str, Any]) -> bytes:
+    """A probe resource in FHIR XML, its elements in the order they are
+    given, each primitive in a value attribute."""
+    def element(name: str, value: Any) -> str:
+        if isinstance(value, list):
+            return "".join(element(name, item) for item in value)
+        if isinstance(value, dict):
+            return f"<{name}>{''.join(element(key, item) for key, item in value.items())}</{name}>"
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        return f'<{name} value="{html.escape(text)}"/>'
+    inner = "".join(element(name, value) for name, value in resource.items() if name != "resourceType")
+    return f'<{resource["resourceType"]} xmlns="http://hl7.org/fhir">{inner}</{resource["resourceType"]}>'.encode()
 
 
 @case("FH-ERR-02", "FHIR R4 http.html#mime-type / operationoutcome.html", "An error asked for in XML (when XML is declared) is an OperationOutcome in XML")

@@ -1,7 +1,9 @@
 """FHIR content negotiation (FHIR R4 http.html#mime-type) and answer bodies.
 
 `_format` wins over Accept. JSON is the stored form and the default; XML is
-produced for reads and searches from the same JSON through the R4 models.
+produced from the same JSON through the R4 models, and an XML body is read
+into JSON before anything else sees it. With neither `_format` nor Accept,
+the answer takes the body's format.
 """
 
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from starlette.responses import Response
 
 from dicom.errors import DicomError
 from dicom.media_types import parse_accept, type_matches
-from fhir_mappings import fhir_json
+from fhir_mappings import fhir_json, fhir_xml
 from fhir_mappings.errors import InvalidRequest, NotAcceptable, UnsupportedMediaType
 from fhir_mappings.resources import CONTROL_CHARACTER, resource_xml
 
@@ -42,19 +44,19 @@ _R4 = "4.0"
 _R4_VERSIONS = frozenset({_R4, "4.0.0", "4.0.1"})
 
 
-def response_format(request: Request, xml_allowed: bool = True) -> Format:
+def response_format(request: Request) -> Format:
     pretty = request.query_params.get("_pretty", "false") == "true"
-    offered = _OFFERED if xml_allowed else _OFFERED[:2]
     requested = request.query_params.get("_format")
     if requested is not None:
         # An unencoded "+" (application/fhir+json) arrives as a space.
         media_type = _FORMAT_ALIASES.get(requested.split(";")[0].strip().replace(" ", "+"))
-        if media_type is None or media_type not in offered:
-            raise NotAcceptable(f"_format={requested!r} is not offered here; use {' or '.join(sorted(set(offered)))}")
+        if media_type is None:
+            raise NotAcceptable(f"_format={requested!r} is not offered here; use {' or '.join(_OFFERED)}")
         return Format(media_type, pretty)
+    default = FHIR_XML if _content_type(request) in _XML_BODIES else FHIR_JSON
     header = request.headers.getlist("accept")
     if not any(value.strip() for value in header):
-        return Format(FHIR_JSON, pretty)
+        return Format(default, pretty)
     try:
         ranges = parse_accept(header)
     except DicomError as error:
@@ -62,21 +64,44 @@ def response_format(request: Request, xml_allowed: bool = True) -> Format:
     for range_ in ranges:
         if range_.params.get("fhirversion", _R4).strip('"') not in _R4_VERSIONS:
             continue  # another FHIR version, which this server does not speak (R4 http.html#version-parameter)
-        for media_type in offered:
+        for media_type in _OFFERED:
             if type_matches(range_.media_type, media_type):
-                # A wildcard gets our default (JSON), not the first type that fits it.
-                return Format(media_type if "*" not in range_.media_type else FHIR_JSON, pretty)
+                # A wildcard gets the default, not the first type that fits it.
+                return Format(media_type if "*" not in range_.media_type else default, pretty)
     raise NotAcceptable(
-        f"none of {', '.join(value for value in header)} can be produced here; use {' or '.join(offered)}"
+        f"none of {', '.join(value for value in header)} can be produced here; use {' or '.join(_OFFERED)}"
     )
 
 
-def require_json_body(request: Request) -> None:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in (FHIR_JSON, "application/json"):
+_JSON_BODIES = frozenset((FHIR_JSON, "application/json"))
+_XML_BODIES = frozenset((FHIR_XML, "application/xml", "text/xml"))
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def require_resource_body(request: Request) -> None:
+    """A 415 for a body in neither FHIR format, before anything reads it."""
+    content_type = _content_type(request)
+    if content_type not in _JSON_BODIES | _XML_BODIES:
         raise UnsupportedMediaType(
-            f"the body must be {FHIR_JSON} (or application/json), not {content_type or 'untyped'}"
+            f"the body must be {FHIR_JSON} or {FHIR_XML} (or application/json, application/xml),"
+            f" not {content_type or 'untyped'}"
         )
+
+
+def parse_resource_body(request: Request, raw: bytes) -> Any:
+    """The body as FHIR JSON, whichever of the two formats it came in."""
+    if _content_type(request) in _XML_BODIES:
+        body: Any = fhir_xml.loads(raw)
+    else:
+        try:
+            body = fhir_json.loads(raw)
+        except orjson.JSONDecodeError as error:
+            raise InvalidRequest(f"the body is not valid JSON: {error}") from error
+    _check_nesting_and_text(body)
+    return body
 
 
 def form_pairs(encoded: bytes | str) -> list[tuple[str, str]]:
@@ -88,15 +113,6 @@ def form_pairs(encoded: bytes | str) -> list[tuple[str, str]]:
         return parse_qsl(text, keep_blank_values=True, errors="strict")
     except UnicodeDecodeError as error:
         raise InvalidRequest("the search parameters are not UTF-8 text") from error
-
-
-def parse_json_body(raw: bytes) -> Any:
-    try:
-        body = fhir_json.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise InvalidRequest(f"the body is not valid JSON: {error}") from error
-    _check_nesting_and_text(body)
-    return body
 
 
 # Far deeper than any resource nests (a Bundle's entry's resource's

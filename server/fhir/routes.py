@@ -37,8 +37,8 @@ from server.fhir.conditional import create_if_none_exist, delete_where, update_w
 from server.fhir.negotiation import (
     fhir_response,
     form_pairs,
-    parse_json_body,
-    require_json_body,
+    parse_resource_body,
+    require_resource_body,
     response_format,
 )
 from server.fhir.own_references import (
@@ -99,7 +99,7 @@ def _http_date(header: str | None) -> int | None:
 def _version_response(request: Request, version: StoredVersion, status: int = 200, location: bool = False) -> Response:
     if version.body is not None:  # the patient whose data this is, for the audit record
         note_patients(patients_of(orjson.loads(version.body)))
-    fmt = response_format(request, xml_allowed=request.method == "GET")
+    fmt = response_format(request)
     headers = _version_headers(version)
     if location:
         headers["Location"] = (
@@ -185,9 +185,9 @@ def _capability_json(base: str, writable: frozenset[str], history_types: frozens
 @router.post("")
 @router.post("/")
 async def batch_or_transaction(request: Request) -> Response:
-    fmt = response_format(request, xml_allowed=False)
-    require_json_body(request)
-    body = parse_json_body(await request.body())
+    require_resource_body(request)
+    fmt = response_format(request)
+    body = parse_resource_body(request, await request.body())
     if isinstance(body, dict) and body.get("type") == "transaction":
         note_transaction()
     result = await run_in_threadpool(
@@ -246,9 +246,9 @@ async def type_history(request: Request, resource_type: str) -> Response:
 async def create(request: Request, resource_type: str) -> Response:
     fhir = _fhir(request)
     fhir.require_writable(resource_type)
-    require_json_body(request)
-    response_format(request, xml_allowed=False)  # a 406 must come before the write, not after it
-    body = with_relative_references(parse_json_body(await request.body()), fhir_base(request))
+    require_resource_body(request)
+    response_format(request)  # a 406 must come before the write, not after it
+    body = with_relative_references(parse_resource_body(request, await request.body()), fhir_base(request))
     _require_study_reading_for_orders(request.state.principal, body)
     condition = request.headers.get("if-none-exist")
     if condition is None:
@@ -313,9 +313,9 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
 async def _update_request(request: Request, resource_type: str) -> tuple[Any, int | None]:
     """The body and If-Match of an update, checked before anything is written."""
     _fhir(request).require_writable(resource_type)
-    require_json_body(request)
-    response_format(request, xml_allowed=False)  # a 406 must come before the write, not after it
-    body = with_relative_references(parse_json_body(await request.body()), fhir_base(request))
+    require_resource_body(request)
+    response_format(request)  # a 406 must come before the write, not after it
+    body = with_relative_references(parse_resource_body(request, await request.body()), fhir_base(request))
     _require_study_reading_for_orders(request.state.principal, body)
     return body, interactions.parse_if_match(request.headers.get("if-match"))
 

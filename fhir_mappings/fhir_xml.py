@@ -1,0 +1,173 @@
+"""FHIR XML (R4 xml.html) read into FHIR JSON (json.html), the form this
+server checks and stores, so that an XML body takes the same path as a JSON
+one: the same validation, the same stored bytes.
+
+The R4 models say which elements repeat and which type each has. The reader
+is strict where a lenient one would lose data without a word: an element it
+does not know, one that may appear once appearing twice, text where FHIR has
+none, or an attribute it does not read is an error, not skipped. A DTD is
+refused outright (no entity can reach the file system or the network).
+"""
+
+import copy
+import re
+from functools import cache
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.resource import Resource
+from fhir_core.utils import determine_version_prefix, get_fhir_type_name, is_list_type, is_primitive_type
+from lxml import etree
+from pydantic.fields import FieldInfo
+
+from fhir_mappings.errors import InvalidRequest
+from fhir_mappings.fhir_json import WrittenDecimal
+
+FHIR_NS = "http://hl7.org/fhir"
+XHTML_NS = "http://www.w3.org/1999/xhtml"
+_XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"  # xsi:schemaLocation, which examples carry: no data
+
+# JSON types of the primitives that are not strings (R4 json.html#primitive).
+_INTEGERS = frozenset(("integer", "positiveInt", "unsignedInt"))
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")  # datatypes.html#integer
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")  # datatypes.html#decimal
+
+
+def loads(raw: bytes) -> dict[str, Any]:
+    """The resource an XML body holds, as FHIR JSON; InvalidRequest (400) for
+    XML that is not well-formed or not FHIR."""
+    parser = etree.XMLParser(
+        resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True, remove_pis=True,
+    )
+    try:
+        root = etree.fromstring(raw, parser)
+    except etree.XMLSyntaxError as error:
+        raise InvalidRequest(f"the body is not well-formed XML: {error}") from error
+    if root.getroottree().docinfo.doctype:
+        raise InvalidRequest("the body declares a DTD, which FHIR XML may not (xml.html)")
+    return _resource(root, None)
+
+
+def _resource(element: Any, where: str | None) -> dict[str, Any]:
+    """`where`: the path of the element that holds it (`Bundle.entry.resource`), None for the body itself."""
+    namespace, name = _name(element)
+    place = where or "the body"
+    if namespace != FHIR_NS:
+        raise InvalidRequest(f"{place} must be a FHIR resource in the namespace {FHIR_NS}, not <{element.tag}>")
+    try:
+        model = get_fhir_model_class(name)
+    except (KeyError, ValueError) as error:
+        raise InvalidRequest(f"<{name}> in {place} is not a FHIR R4 resource type") from error
+    if not issubclass(model, Resource):
+        raise InvalidRequest(f"<{name}> in {place} is not a FHIR R4 resource type")
+    return {"resourceType": name, **_content(element, model, name if where is None else f"{where}.{name}")}
+
+
+def _content(element: Any, model: type, path: str, value_attribute: bool = False) -> dict[str, Any]:
+    """The JSON members of a resource or a complex element; with
+    `value_attribute`, of a primitive, whose value is read by the caller."""
+    document: dict[str, Any] = {}
+    is_resource, is_extension = issubclass(model, Resource), model.get_resource_type() == "Extension"
+    for attribute, value in element.attrib.items():
+        if attribute == "id" and not is_resource:
+            document["id"] = value  # an element's id is an attribute; a resource's is an element
+        elif attribute == "url" and is_extension:
+            document["url"] = value
+        elif not (attribute == "value" and value_attribute or attribute.startswith(f"{{{_XSI_NS}}}")):
+            raise InvalidRequest(f"{path} has an attribute {attribute!r}, which FHIR XML does not have there")
+    _refuse_text(element.text, path)
+    fields = _fields(model)
+    for child in element:
+        _refuse_text(child.tail, path)
+        namespace, name = _name(child)
+        child_path = f"{path}.{name}"
+        field = fields.get(name)
+        if field is None or name == "id" and not is_resource or name == "url" and is_extension:
+            raise InvalidRequest(f"{child_path} is not an element of {model.get_resource_type()} in FHIR R4 XML")
+        expected = XHTML_NS if _type(field) == "xhtml" else FHIR_NS
+        if namespace != expected:
+            raise InvalidRequest(f"{child_path} is in the namespace {namespace!r}, not {expected}")
+        value, extension = _value(child, field, child_path)
+        if is_list_type(field):
+            values = document.setdefault(name, [])
+            values.append(value)
+            if extension is not None or f"_{name}" in document:
+                # JSON keeps a repeating primitive's extensions in a parallel array (json.html#primitive).
+                document.setdefault(f"_{name}", [None] * (len(values) - 1)).append(extension)
+        elif name in document or f"_{name}" in document:
+            raise InvalidRequest(f"{child_path} appears more than once, and FHIR R4 allows it once")
+        else:
+            if value is not None:
+                document[name] = value
+            if extension is not None:
+                document[f"_{name}"] = extension
+    return document
+
+
+def _value(element: Any, field: FieldInfo, path: str) -> tuple[Any, dict[str, Any] | None]:
+    """An element's JSON value and, for a primitive, its id and extensions
+    (JSON's `_name`), or None for either that it lacks."""
+    type_name = _type(field)
+    if type_name == "xhtml":
+        # On its own, without the namespaces it inherits but does not use (xmlns:xsi, say).
+        div = copy.deepcopy(element)
+        etree.cleanup_namespaces(div)
+        return etree.tostring(div, encoding=str, with_tail=False), None
+    if type_name == "Resource":
+        children = list(element)
+        if len(children) != 1:
+            raise InvalidRequest(f"{path} must hold exactly one resource")
+        _refuse_text(element.text, path)
+        _refuse_text(children[0].tail, path)
+        return _resource(children[0], path), None
+    if not is_primitive_type(field):
+        return _content(element, get_fhir_model_class(type_name), path), None
+    text = element.get("value")
+    extension = _content(element, _ELEMENT, path, value_attribute=True) or None
+    if text is None and extension is None:
+        raise InvalidRequest(f"{path} has neither a value nor an extension")
+    return (None if text is None else _primitive(text, type_name, path)), extension
+
+
+def _primitive(text: str, type_name: str, path: str) -> Any:
+    if type_name == "boolean":
+        if text not in ("true", "false"):
+            raise InvalidRequest(f"{path} must be true or false, not {text[:40]!r}")
+        return text == "true"
+    if type_name in _INTEGERS:
+        if not _INTEGER.fullmatch(text):
+            raise InvalidRequest(f"{path} must be an integer, not {text[:40]!r}")
+        return int(text)
+    if type_name == "decimal":
+        if not _DECIMAL.fullmatch(text):
+            raise InvalidRequest(f"{path} must be a decimal, not {text[:40]!r}")
+        return WrittenDecimal(text)
+    return text
+
+
+def _refuse_text(text: str | None, path: str) -> None:
+    if text is not None and text.strip():
+        raise InvalidRequest(f"{path} holds the text {text.strip()[:40]!r}; FHIR XML keeps values in value attributes")
+
+
+def _name(element: Any) -> tuple[str | None, str]:
+    if not isinstance(element.tag, str):  # an entity reference left unresolved
+        raise InvalidRequest("the body holds an entity reference, which FHIR XML may not")
+    qualified = etree.QName(element)
+    return qualified.namespace, qualified.localname
+
+
+@cache
+def _fields(model: type) -> dict[str, FieldInfo]:
+    """A model's elements by their FHIR name (`valueQuantity`, `class`)."""
+    return {alias: model.model_fields[name] for alias, name in model.get_alias_mapping().items()  # type: ignore[attr-defined]
+            if not alias.endswith("__ext") and alias != "resourceType"}
+
+
+_ELEMENT = get_fhir_model_class("Element")  # what a primitive carries beside its value: id and extensions
+# fhir_core's key for the R4B models' types (its pattern reads R4B as R4).
+_TYPE_PREFIX = determine_version_prefix(_ELEMENT.__module__)
+
+
+def _type(field: FieldInfo) -> str:
+    return get_fhir_type_name(field, prefix=_TYPE_PREFIX)  # type: ignore[no-any-return]
