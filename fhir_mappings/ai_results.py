@@ -98,12 +98,16 @@ class FinishedJob:
     issued: datetime
     report_status: str = "preliminary"
     body_part_examined: str | None = None  # of the source series: the Observations' bodySite
+    # Reports of earlier runs of the model on the series, which these results replace.
+    revised_reports: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("task_id", "imaging_study_id", "patient_id", "device_id"):
             value = getattr(self, name)
             if value is not None and not RESOURCE_ID.fullmatch(value):
                 raise ValueError(f"{name} {value!r} is not a FHIR id")
+        if not all(RESOURCE_ID.fullmatch(revised) for revised in self.revised_reports):
+            raise ValueError(f"revised_reports {self.revised_reports!r} are not all FHIR ids")
         if self.seg_series_uid is not None and not is_safe_uid(self.seg_series_uid):
             raise ValueError(f"{self.seg_series_uid!r} is not a DICOM UID")
         if self.effective.tzinfo is None or self.issued.tzinfo is None:
@@ -251,7 +255,12 @@ def _provenance(job: FinishedJob, report: dict[str, Any], observations: list[dic
             "target": [{"reference": f"{target['resourceType']}/{target['id']}"} for target in targets],
             "recorded": _instant(job.issued),
             "agent": [{"type": {"coding": [_AUTHOR]}, "who": {"reference": f"Device/{job.device_id}"}}],
-            "entity": [{"role": "source", "what": {"reference": f"ImagingStudy/{job.imaging_study_id}"}}],
+            "entity": [
+                {"role": "source", "what": {"reference": f"ImagingStudy/{job.imaging_study_id}"}},
+                # provenance-entity-role: the report this one is a revised version of.
+                *({"role": "revision", "what": {"reference": f"DiagnosticReport/{revised}"}}
+                  for revised in job.revised_reports),
+            ],
         }
     )
 

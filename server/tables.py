@@ -265,7 +265,9 @@ inference_jobs = Table(
     Column("dispatched_at", BigInteger),
     Column("business_status", String(256)),
     Column("reason", String(1024)),
-    # Whether the SEG of a job that ended without results has been taken back.
+    # Whether the results of the job are withdrawn: the SEG of a job that
+    # ended without results taken back, or the FHIR results of a completed
+    # one marked entered-in-error (`server.jobs.study_changes`).
     Column("results_withdrawn", Boolean, nullable=False, server_default=false()),
     Column("created_at", BigInteger, nullable=False),
     Column("started_at", BigInteger),
@@ -277,6 +279,8 @@ inference_jobs = Table(
     Column("series_content", String(64)),
     # The study's patient changed since the job's SEG was written (`server.jobs.seg_patients`).
     Column("seg_patient_stale", Boolean, nullable=False, server_default=false()),
+    # The job's results were withdrawn while its study stays: its SEG series is to go (`server.jobs.withdrawal`).
+    Column("seg_removal_due", Boolean, nullable=False, server_default=false()),
 )
 Index("ix_inference_jobs_queue", inference_jobs.c.status, inference_jobs.c.not_before)
 Index("ix_inference_jobs_study", inference_jobs.c.study_instance_uid)

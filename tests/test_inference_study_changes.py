@@ -6,7 +6,9 @@ deleted source withdraws them, and a series that changed is run again."""
 from sqlalchemy import select, update
 
 from inference.demo.phantom import phantom_payloads
+from inference.seg import SegIdentity
 from server.jobs.seg_patients import refresh_seg_patients
+from server.jobs.withdrawal import sweep
 from server.tables import inference_jobs
 from tests.inference_checks import (
     order,
@@ -118,6 +120,56 @@ def test_a_series_that_grew_after_its_automatic_job_is_run_again(queued):
     assert run_queued(services) == [second]
     task = client.get(f"/fhir/Task/{second}").json()
     assert task["status"] == "completed"
+
+    # The second run supersedes the first: one current report, which names the one it revises, and one SEG.
+    uid = study_uid(study)
+    assert _results(client, first)[0]["status"] == "entered-in-error"
+    assert _results(client, second)[0]["status"] == "preliminary"
+    current = client.get(
+        "/fhir/DiagnosticReport", params={"_id": f"{first},{second}", "status:not": "entered-in-error"}
+    ).json()
+    assert [entry["resource"]["id"] for entry in current["entry"]] == [second]
+    provenance = client.get(f"/fhir/Provenance/{second}").json()
+    assert {"role": "revision", "what": {"reference": f"DiagnosticReport/{first}"}} in provenance["entity"]
+    assert len(_seg_series(client, uid)) == 2  # the first SEG leaves with the scheduler's next sweep
+    sweep(services.jobs.queue, services.ingestor)
+    assert _seg_series(client, uid) == [SegIdentity.for_job(second).series_instance_uid]
+    assert services.jobs.triggers.scan() == []  # taking the SEG out starts nothing
+
+
+def test_a_later_order_supersedes_an_earlier_run_of_the_model_on_the_series(queued):
+    client, services = queued
+    uid, first = _ordered(client, 87)
+    assert run_queued(services) == [first["id"]]
+    second = order(client, uid)
+    assert run_queued(services) == [second["id"]]
+    assert _results(client, first["id"])[0]["status"] == "entered-in-error"
+    assert _results(client, second["id"])[0]["status"] == "preliminary"
+    sweep(services.jobs.queue, services.ingestor)
+    assert _seg_series(client, uid) == [SegIdentity.for_job(second["id"]).series_instance_uid]
+
+
+def test_deleting_only_the_source_series_withdraws_the_results_and_takes_the_seg_out(queued):
+    client, services = queued
+    uid, task = _ordered(client, 88)
+    assert run_queued(services) == [task["id"]]
+    [source] = [uid_ for uid_ in _series(client, uid) if uid_ not in _seg_series(client, uid)]
+    assert client.delete(f"/dicom-web/studies/{uid}/series/{source}").status_code in (200, 204)
+    assert _results(client, task["id"])[0]["status"] == "entered-in-error"
+    assert _seg_series(client, uid) == [SegIdentity.for_job(task["id"]).series_instance_uid]  # until the sweep
+    sweep(services.jobs.queue, services.ingestor)
+    assert client.get(f"/fhir/ImagingStudy/{uid}").status_code == 410  # nothing was left in it
+    with services.engine.connect() as connection:
+        assert not connection.execute(select(inference_jobs.c.seg_removal_due)).scalar_one()
+
+
+def _series(client, uid: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(item["0020000E"]["Value"][0] for item in client.get(f"/dicom-web/studies/{uid}/series").json())
+
+
+def _seg_series(client, uid: str) -> list[str]:  # type: ignore[no-untyped-def]
+    found = client.get(f"/dicom-web/studies/{uid}/series", params={"Modality": "SEG"}).json()
+    return sorted(item["0020000E"]["Value"][0] for item in found)
 
 
 def _before_publishing(monkeypatch, action) -> None:  # type: ignore[no-untyped-def]

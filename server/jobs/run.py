@@ -35,6 +35,7 @@ from server.jobs.offload import OffloadPool, WrittenResults, read_series, write_
 from server.jobs.queue import Job, JobQueue, Stage
 from server.jobs.registry import ModelRegistry, RegisteredModel
 from server.jobs.series import StoredSeries, accepted_series, series_content, series_exists
+from server.jobs.study_changes import lock_study_jobs, supersede_earlier_runs
 from server.jobs.withdrawal import withdraw_results
 from server.storage import FileStore
 
@@ -278,17 +279,23 @@ class JobRunner:
         now = datetime.now(UTC)
         with write_connection(self.queue.engine) as connection:
             # The study's Patient as of now: a corrected PatientID may have moved it while the job ran.
-            # The row lock orders this against a STOW or DELETE of the study (`study_changes`).
-            current = self.queue.get(job.task_id, connection, lock=True)
+            # The row locks order this against a STOW or DELETE of the study (`study_changes`).
+            study_jobs = lock_study_jobs(connection, job.study_instance_uid)
+            current = self.queue.get(job.task_id, connection)
             if current is None:
                 raise JobLost()
             self._check_series_unchanged(prepared, connection)
+            revised = supersede_earlier_runs(
+                self.queue.store, connection, study_jobs, job.task_id, job.model_id,
+                prepared.series.series_instance_uid,
+            )
             resources = result_resources(
                 FinishedJob(
                     task_id=job.task_id, imaging_study_id=job.study_instance_uid, patient_id=current.patient_id,
                     device_id=model.device_id, card=model.bundle.card, findings=findings,
                     seg_series_uid=seg_identity.series_instance_uid, effective=now, issued=now,
                     report_status=self.report_status, body_part_examined=prepared.series.body_part_examined,
+                    revised_reports=tuple(revised),
                 )
             )
             for resource in resources.all():

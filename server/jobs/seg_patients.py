@@ -34,7 +34,8 @@ def refresh_seg_patients(engine: Engine, ingestor: Ingestor, files: FileStore, l
     with reading(engine) as connection:
         stale = connection.execute(
             select(inference_jobs.c.task_id, inference_jobs.c.study_instance_uid)
-            .where(inference_jobs.c.seg_patient_stale).limit(limit)
+            # A withdrawn job's SEG is on its way out of the study (`withdrawal`): not stored again.
+            .where(inference_jobs.c.seg_patient_stale, inference_jobs.c.results_withdrawn.is_(False)).limit(limit)
         ).all()
     for job in stale:
         try:

@@ -10,16 +10,22 @@ contradict the study:
 - When the series a job ran on is deleted (or its whole study), the job's
   published results are withdrawn: marked `entered-in-error`, the status R4
   gives a report or observation that should not be relied on. They stay
-  readable, with their history, as the record of what was published. An
-  automatic job then no longer stands for its series' content, so the series
-  sent again is run again (the trigger compares contents, and a series row
-  made anew may reuse the old one's id).
+  readable, with their history, as the record of what was published. Its SEG
+  leaves the study soon after (`withdrawal`), unless it went with the study.
+  An automatic job then no longer stands for its series' content, so the
+  series sent again is run again (the trigger compares contents, and a series
+  row made anew may reuse the old one's id).
+- When a model runs on a series again (its content changed, or an order
+  asked), the new results supersede those of its earlier runs there
+  (`supersede_earlier_runs`): those are withdrawn the same way, in the
+  transaction that publishes the new ones, and the new Provenance names each
+  earlier report as the one it revises.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Row, select, update
 
 from fhir_mappings.ai_results import report_id
 from server.fhir.store import ResourceStore
@@ -30,24 +36,27 @@ from server.tables import inference_jobs
 WITHDRAWN = "entered-in-error"
 
 
+def lock_study_jobs(connection: Connection, study_uid: str) -> Sequence[Row[Any]]:
+    """The study's job rows, held until the transaction ends. Every writer
+    that changes more than one job of a study takes them all, in one order,
+    so no two wait on each other: a STOW or DELETE of the study here, a
+    worker publishing results (`JobRunner._publish`)."""
+    return connection.execute(
+        select(inference_jobs).where(inference_jobs.c.study_instance_uid == study_uid)
+        .order_by(inference_jobs.c.task_id).with_for_update()
+    ).all()
+
+
 def follow_studies(queue: JobQueue, connection: Connection, patients: Mapping[str, str | None]) -> None:
     """`patients`: each changed study's Patient id as `sync_studies` wrote it, None for a study gone."""
     for study_uid, patient_id in sorted(patients.items()):
-        # Locked, in one order: a worker publishing a job's results holds its row
-        # (`JobRunner._publish`), so each side sees what the other committed.
-        jobs = connection.execute(
-            select(inference_jobs).where(inference_jobs.c.study_instance_uid == study_uid)
-            .order_by(inference_jobs.c.task_id).with_for_update()
-        ).all()
-        if not jobs:
-            continue
-        for job in jobs:
+        for job in lock_study_jobs(connection, study_uid):
             source_gone = patient_id is None or (
                 job.series_instance_uid is not None and not series_exists(connection, job.series_instance_uid)
             )
             if source_gone:
                 if job.status == COMPLETED and not job.results_withdrawn:
-                    _withdraw(queue.store, connection, job.task_id)
+                    _withdraw(queue.store, connection, job.task_id, remove_seg=patient_id is not None)
                 if job.automatic and not is_released(job.series_content):
                     connection.execute(
                         update(inference_jobs).where(inference_jobs.c.task_id == job.task_id)
@@ -65,10 +74,30 @@ def follow_studies(queue: JobQueue, connection: Connection, patients: Mapping[st
                     )
 
 
-def _withdraw(store: ResourceStore, connection: Connection, task_id: str) -> None:
+def supersede_earlier_runs(
+    store: ResourceStore, connection: Connection, study_jobs: Sequence[Row[Any]], publishing: str, model_id: int,
+    series_uid: str,
+) -> list[str]:
+    """Withdraw the results of the model's earlier completed runs on the
+    series, for job `publishing`'s, which replace them; `study_jobs` as
+    `lock_study_jobs` gave them. Returns the ids of their reports. A run of
+    another model, or another version of this one, stands beside it."""
+    earlier = [
+        job.task_id for job in study_jobs
+        if job.model_id == model_id and job.series_instance_uid == series_uid and job.task_id != publishing
+        and job.status == COMPLETED and not job.results_withdrawn
+    ]
+    for task_id in earlier:
+        _withdraw(store, connection, task_id, remove_seg=True)
+    return [report_id(task_id) for task_id in earlier]
+
+
+def _withdraw(store: ResourceStore, connection: Connection, task_id: str, remove_seg: bool) -> None:
+    """`remove_seg`: the study stays, so the job's SEG must leave it."""
     _rewrite_results(store, connection, task_id, {"status": WITHDRAWN})
     connection.execute(
-        update(inference_jobs).where(inference_jobs.c.task_id == task_id).values(results_withdrawn=True)
+        update(inference_jobs).where(inference_jobs.c.task_id == task_id)
+        .values(results_withdrawn=True, seg_removal_due=remove_seg)
     )
 
 

@@ -1,10 +1,15 @@
-"""Taking back the SEG of a job that ended without results.
+"""Taking back the SEG of a job whose results are gone.
 
 A job stores its SEG before it publishes its FHIR results, and the two
 cannot share a transaction (the SEG goes through the STOW ingest path). A
 job that then fails for good, or is cancelled, must not leave its SEG in
 the study: the worker that saw it end takes it back at once, and the
 scheduler sweeps up after workers that died or were cut off first.
+
+Nor may a completed job's SEG stay once its results are withdrawn while its
+study stays (`study_changes`: its series deleted, or a later run of its
+model superseding it); that transaction marks the job, and the sweep takes
+the SEG out of the study.
 """
 
 import logging
@@ -20,6 +25,7 @@ from server.jobs.queue import CANCELLED, FAILED, JobQueue
 from server.tables import inference_jobs
 
 log = logging.getLogger(__name__)
+_BATCH = 100
 
 
 def withdraw_results(queue: JobQueue, ingestor: Ingestor, task_id: str) -> None:
@@ -29,12 +35,7 @@ def withdraw_results(queue: JobQueue, ingestor: Ingestor, task_id: str) -> None:
     job = queue.get(task_id)
     if job is None or job.status not in (FAILED, CANCELLED):
         return
-    try:
-        delete_resources(
-            queue.engine, ingestor, job.study_instance_uid, SegIdentity.for_job(task_id).series_instance_uid
-        )
-    except NotFound:
-        pass
+    _delete_seg(queue, ingestor, job.study_instance_uid, task_id)
     with write_connection(queue.engine) as connection:
         connection.execute(
             update(inference_jobs).where(inference_jobs.c.task_id == task_id).values(results_withdrawn=True)
@@ -46,7 +47,24 @@ def sweep(queue: JobQueue, ingestor: Ingestor) -> None:
         ended = connection.execute(
             select(inference_jobs.c.task_id)
             .where(inference_jobs.c.status.in_((FAILED, CANCELLED)), inference_jobs.c.results_withdrawn.is_(False))
-            .limit(100)
+            .limit(_BATCH)
         ).scalars().all()
+        withdrawn = connection.execute(
+            select(inference_jobs.c.task_id, inference_jobs.c.study_instance_uid)
+            .where(inference_jobs.c.seg_removal_due).limit(_BATCH)
+        ).all()
     for task_id in ended:
         withdraw_results(queue, ingestor, task_id)
+    for job in withdrawn:
+        _delete_seg(queue, ingestor, job.study_instance_uid, job.task_id)
+        with write_connection(queue.engine) as connection:
+            connection.execute(
+                update(inference_jobs).where(inference_jobs.c.task_id == job.task_id).values(seg_removal_due=False)
+            )
+
+
+def _delete_seg(queue: JobQueue, ingestor: Ingestor, study_uid: str, task_id: str) -> None:
+    try:
+        delete_resources(queue.engine, ingestor, study_uid, SegIdentity.for_job(task_id).series_instance_uid)
+    except NotFound:
+        pass

@@ -1,0 +1,24 @@
+"""the SEG of a job whose results were withdrawn (its series deleted, or a
+later run of its model on the series) is taken out of the study
+
+Revision ID: 0010
+Revises: 0009
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0010'
+down_revision = '0009'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('inference_jobs') as batch_op:
+        batch_op.add_column(sa.Column('seg_removal_due', sa.Boolean(), server_default=sa.false(), nullable=False))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('inference_jobs') as batch_op:
+        batch_op.drop_column('seg_removal_due')
