@@ -47,3 +47,31 @@ def test_conditional_updates_in_bundles(fhir):
         assert answer.status_code == 200, answer.text
         assert answer.json()["entry"][0]["response"]["status"][:3] == status
     assert len(_ids(fhir)) == 1
+
+
+def test_in_a_transaction_the_fullurl_of_a_conditional_update_stands_for_what_it_wrote(fhir):
+    def transaction() -> dict:
+        return {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:0d5c6a3e-7b1f-4c2a-9e8d-1f2a3b4c5d6e", "resource": TASK,
+             "request": {"method": "PUT", "url": f"Task?{CONDITION}"}},
+            {"resource": {"resourceType": "Task", "status": "draft", "intent": "proposal",
+                          "partOf": [{"reference": "urn:uuid:0d5c6a3e-7b1f-4c2a-9e8d-1f2a3b4c5d6e"}]},
+             "request": {"method": "POST", "url": "Task"}},
+        ]}
+
+    created = fhir.post("/fhir", json=transaction())  # no match: created
+    assert created.status_code == 200, created.text
+    first, child = (entry["response"] for entry in created.json()["entry"])
+    assert first["status"][:3] == "201"
+    task_id = first["location"].split("/Task/")[1].split("/")[0]
+    assert fhir.get(child["location"].rsplit("/_history", 1)[0]).json()["partOf"] == [{"reference": f"Task/{task_id}"}]
+    updated = fhir.post("/fhir", json=transaction())  # one match: updated, and referred to
+    assert updated.status_code == 200, updated.text
+    first, child = (entry["response"] for entry in updated.json()["entry"])
+    assert first["status"][:3] == "200" and f"/Task/{task_id}/" in first["location"]
+    assert fhir.get(child["location"].rsplit("/_history", 1)[0]).json()["partOf"] == [{"reference": f"Task/{task_id}"}]
+    both = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": TASK, "request": {"method": "PUT", "url": f"Task?{CONDITION}"}},
+        {"resource": {**TASK, "id": task_id}, "request": {"method": "PUT", "url": f"Task/{task_id}"}},
+    ]}
+    assert fhir.post("/fhir", json=both).status_code == 400  # one resource changed twice

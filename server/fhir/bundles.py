@@ -29,6 +29,7 @@ from server.fhir.conditional import (
     delete_where,
     matching_ids,
     serialize_condition,
+    update_target,
     update_where,
 )
 from server.fhir.negotiation import form_pairs
@@ -92,12 +93,13 @@ def _transaction(
     _refuse_overlaps(entries)
     results: dict[int, EntryResult] = {}
     with write_connection(service.engine) as connection:
-        # Conditional creates first: a fullUrl of one that matches stands for the resource it matched.
+        # Conditional creates and updates first: an entry's fullUrl stands for the resource its condition found.
         existing = _conditional_creates(service, entries, base, connection, authorize_search)
+        targets = _conditional_update_targets(service, entries, base, connection, authorize_search)
+        entries = [_unconditional(entry, position, targets, base) for position, entry in enumerate(entries)]
+        _refuse_overlaps(entries)  # two entries whose conditions found one resource
         assigned = _identities(entries, base, existing)
-        entries = [
-            with_relative_references(_replace_references(_unconditional(entry), assigned), base) for entry in entries
-        ]
+        entries = [with_relative_references(_replace_references(entry, assigned), base) for entry in entries]
         for position, entry in enumerate(entries):
             _refuse_placeholders(entry.get("resource"), position)
         entries = [
@@ -295,11 +297,44 @@ def _conditional_creates(
     return existing
 
 
-def _unconditional(entry: dict[str, Any]) -> dict[str, Any]:
-    """The entry without its `ifNoneExist`, once `_conditional_creates` judged it
-    (a copy: a transaction run again after a deadlock judges it again)."""
+def _conditional_update_targets(
+    service: FhirService, entries: list[dict[str, Any]], base: str, connection: Connection,
+    authorize_search: Callable[[SearchRequest], None],
+) -> dict[int, str | None]:
+    """The id each conditional update (`PUT Task?...`) writes, by position:
+    its match, the body's free id, or None for an id the server assigns.
+    Judged in one order of conditions, as `_conditional_creates` does."""
+    conditional = {
+        position: _path(entry["request"]["url"], base).strip("/")
+        for position, entry in enumerate(entries)
+        if entry["request"]["method"] == "PUT" and "?" in entry["request"]["url"]
+    }
+    targets: dict[int, str | None] = {}
+    for position in sorted(conditional, key=lambda position: entries[position]["request"]["url"]):
+        resource_type, query = conditional[position], entries[position]["request"]["url"].partition("?")[2]
+        service.require_writable(resource_type)
+        targets[position] = update_target(
+            service, resource_type, entries[position].get("resource"), query, base, connection, authorize_search
+        )
+    return targets
+
+
+def _unconditional(
+    entry: dict[str, Any], position: int, update_targets: dict[int, str | None], base: str
+) -> dict[str, Any]:
+    """The entry as the interaction its condition decided: without its
+    `ifNoneExist` once `_conditional_creates` judged it, a conditional update
+    as the update or create of the resource it found (a copy: a transaction
+    run again after a deadlock judges it again)."""
     request = {key: value for key, value in entry["request"].items() if key != "ifNoneExist"}
-    return {**entry, "request": request}
+    if position not in update_targets:
+        return {**entry, "request": request}
+    resource_type = _path(request["url"], base).strip("/")
+    target = update_targets[position]
+    if target is None:
+        return {**entry, "request": {**request, "method": "POST", "url": resource_type}}
+    resource = {**entry["resource"], "id": target}
+    return {**entry, "request": {**request, "url": f"{resource_type}/{target}"}, "resource": resource}
 
 
 def _identities(entries: list[dict[str, Any]], base: str, existing: dict[int, StoredVersion]) -> dict[str, str]:

@@ -72,18 +72,35 @@ def update_where(
     (under its own id when it names one that is free); several matches are
     412. Returns the version and whether it was created."""
     service.require_writable(resource_type)
-    named = body.get("id") if isinstance(body, dict) else None
     with writing(service.engine, connection) as session:
-        match = _the_match(service, resource_type, query, base, session, authorize_search)
-        if match is not None:
-            if named not in (None, match):
-                raise InvalidRequest(f"the body names {resource_type}/{named}, the condition matches {match}")
-            return interactions.update(service, resource_type, match, {**body, "id": match}, if_match, session)
-        if named is None:
+        target = update_target(service, resource_type, body, query, base, session, authorize_search)
+        if target is None:
             return interactions.create(service, resource_type, body, session), True
-        if _exists(service, resource_type, str(named), session):
-            raise ResourceConflict(f"{resource_type}/{named} exists, and the condition does not match it")
-        return interactions.update(service, resource_type, str(named), body, if_match, session)
+        return interactions.update(service, resource_type, target, {**body, "id": target}, if_match, session)
+
+
+def update_target(
+    service: FhirService, resource_type: str, body: Any, query: str, base: str, connection: Connection,
+    authorize_search: Callable[[SearchRequest], None],
+) -> str | None:
+    """The id a conditional update writes: the one match; with none, the
+    body's id if that is free (409 if it is taken), or None for a create
+    under an id the server assigns."""
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"the body of a conditional update must be a {resource_type}")
+    named = body.get("id")
+    if named is not None and not isinstance(named, str):
+        raise InvalidRequest(f"the {resource_type}'s id must be a string")
+    match = _the_match(service, resource_type, query, base, connection, authorize_search)
+    if match is not None:
+        if named not in (None, match):
+            raise InvalidRequest(f"the body names {resource_type}/{named}, the condition matches {match}")
+        return match
+    if named is None:
+        return None
+    if _exists(service, resource_type, named, connection):
+        raise ResourceConflict(f"{resource_type}/{named} exists, and the condition does not match it")
+    return named
 
 
 def delete_where(
