@@ -154,3 +154,34 @@ def test_a_labelled_set_that_is_no_folder_is_a_message_from_the_command_line(cli
     capsys.readouterr()
     assert main(["models", "validate", DEMO, "/nonexistent"]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_a_version_activated_after_studies_arrived_runs_on_them_when_asked(fhir):
+    client: TestClient = fhir
+    studies = [phantom(seed=seed, lesions=1) for seed in (72, 73)]
+    for study in studies:
+        stow(client, series_bytes(study))
+    client.post("/admin/models", json={"path": str(DEMO_BUNDLE)})
+    inactive = client.post(f"/admin/models/{DEMO}/run-stored")
+    assert inactive.status_code == 409 and "not active" in inactive.json()["message"]
+    client.post(f"/admin/models/{DEMO}/activate", params={"force": "true"})
+    assert client.post(f"/admin/models/{DEMO}/run-stored", params={"studyDateFrom": "2099-01-01"}).status_code == 400
+    assert client.post(f"/admin/models/{DEMO}/run-stored", params={"studyDateFrom": "20990101"}).json()["queued"] == 0
+    queued = client.post(f"/admin/models/{DEMO}/run-stored")
+    assert queued.status_code == 200, queued.text
+    tasks = [client.get(f"/fhir/{reference}").json() for reference in queued.json()["tasks"]]
+    assert sorted(task["focus"]["reference"] for task in tasks) == sorted(
+        f"ImagingStudy/{study_uid(study)}" for study in studies
+    )
+    assert {task["status"] for task in tasks} == {"requested"}
+    assert client.post(f"/admin/models/{DEMO}/run-stored").json()["queued"] == 0  # once per series content
+
+
+def test_run_stored_from_the_command_line(cli_env, capsys):
+    assert main(["models", "add", str(DEMO_BUNDLE)]) == 0
+    assert main(["models", "activate", DEMO, "--force"]) == 0
+    capsys.readouterr()
+    assert main(["models", "run-stored", DEMO, "--study-date-from", "20200101"]) == 0
+    assert "0 jobs queued" in capsys.readouterr().out  # nothing is stored
+    with pytest.raises(SystemExit):
+        main(["models", "run-stored", DEMO, "--study-date-from", "2020-01-01"])

@@ -1,6 +1,7 @@
 """`medaiflow models ...`, `medaiflow infer` and `medaiflow worker`."""
 
 import argparse
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from tqdm import tqdm
 
 from server.jobs.queue import Stage
 from server.jobs.registry import RegisteredModel
+from server.jobs.triggers import STUDY_DATE
 from server.services import Services
 from server.settings import load_settings
 
@@ -64,6 +66,19 @@ def _deactivate(args: argparse.Namespace) -> int:
     with _services() as services:
         print(_describe(services.jobs.registry.deactivate(args.model)))
     return 0
+
+
+def _run_stored(args: argparse.Namespace) -> int:
+    with _services() as services:
+        started = services.jobs.triggers.run_stored(args.model, args.study_date_from)
+    print(f"{len(started)} jobs queued for {args.model}; the running server's workers take them")
+    return 0
+
+
+def _study_date(text: str) -> str:
+    if not re.fullmatch(STUDY_DATE, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date as YYYYMMDD")
+    return text
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -141,6 +156,12 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     deactivate = models.add_parser("deactivate", help="stop a version from taking new jobs")
     deactivate.add_argument("model", metavar="NAME@VERSION")
     deactivate.set_defaults(run=_deactivate)
+    run_stored = models.add_parser(
+        "run-stored", help="queue an active version on the studies already stored (once per series content)"
+    )
+    run_stored.add_argument("model", metavar="NAME@VERSION")
+    run_stored.add_argument("--study-date-from", type=_study_date, metavar="YYYYMMDD", help="leave out older studies")
+    run_stored.set_defaults(run=_run_stored)
     validate = models.add_parser(
         "validate", help="run a version on a labelled set (DICOM series with reference SEGs); exits 1 if it fails"
     )

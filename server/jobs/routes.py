@@ -7,11 +7,12 @@ labelled set to validate on), as the CLI does.
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from server.jobs.registry import RegisteredModel
+from server.jobs.triggers import STUDY_DATE
 from server.services import services
 
 router = APIRouter()
@@ -58,6 +59,15 @@ def get_model(request: Request, key: str) -> JSONResponse:
 @router.post("/models/{key}/activate")
 def activate_model(request: Request, key: str, force: bool = False) -> JSONResponse:
     return JSONResponse(model_json(services(request).jobs.registry.activate(key, force=force)))
+
+
+@router.post("/models/{key}/run-stored")
+def run_model_on_stored_studies(
+    request: Request, key: str, study_date_from: str | None = Query(None, alias="studyDateFrom", pattern=STUDY_DATE),
+) -> JSONResponse:
+    """Queue an active model on the studies already stored (`medaiflow models run-stored`)."""
+    started = services(request).jobs.triggers.run_stored(key, study_date_from)
+    return JSONResponse({"queued": len(started), "tasks": [f"Task/{task_id}" for task_id in started]})
 
 
 @router.post("/models/{key}/deactivate")

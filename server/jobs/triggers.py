@@ -18,11 +18,13 @@ from sqlalchemy.exc import IntegrityError
 
 from server.db import reading, write_connection
 from server.jobs.queue import JobQueue, now_micros
-from server.jobs.registry import ModelRegistry
+from server.jobs.registry import ActivationRefused, ModelRegistry, RegisteredModel
 from server.jobs.series import accepted_series, series_content
-from server.tables import inference_jobs, study_activity
+from server.tables import inference_jobs, studies, study_activity
 
 log = logging.getLogger(__name__)
+_BATCH = 200
+STUDY_DATE = "^[0-9]{8}$"  # what `run_stored` takes as a date: a DICOM DA value, YYYYMMDD
 
 
 def touch_studies(connection: Connection, study_uids: set[str]) -> None:
@@ -75,19 +77,51 @@ class StudyTriggers:
         ).rowcount
         if not taken:  # changed again since we looked, or taken by another process
             return []
+        return [
+            task_id for model in self.registry.active(connection)
+            for task_id in self._start_model(connection, model, study_uid)
+        ]
+
+    def run_stored(self, key: str, study_date_from: str | None = None) -> list[str]:
+        """Queue an active model on the studies stored before it was active (or
+        while it was not): automatic jobs for each series it accepts, once per
+        content, as a STOW would have started them. `study_date_from`
+        (YYYYMMDD) leaves out older studies. Study by study, each in its own
+        transaction; the new task ids."""
+        model = self.registry.get(key)
+        if not model.active:
+            raise ActivationRefused(f"{key} is not active: activate it first (`medaiflow models activate {key}`)")
+        started: list[str] = []
+        after = 0
+        while True:
+            statement = select(studies.c.id, studies.c.study_instance_uid).where(studies.c.id > after)
+            if study_date_from is not None:
+                statement = statement.where(studies.c.study_date >= study_date_from)
+            with reading(self.engine) as connection:
+                batch = connection.execute(statement.order_by(studies.c.id).limit(_BATCH)).all()
+            for row in batch:
+                try:
+                    with write_connection(self.engine) as connection:
+                        started += self._start_model(connection, model, row.study_instance_uid)
+                except IntegrityError:
+                    log.info("another server process started the jobs of study %s", row.study_instance_uid)
+            if len(batch) < _BATCH:
+                return started
+            after = batch[-1].id
+
+    def _start_model(self, connection: Connection, model: RegisteredModel, study_uid: str) -> list[str]:
         started = []
-        for model in self.registry.active(connection):
-            for stored in accepted_series(connection, study_uid, model.bundle.card.series):
-                content = series_content(connection, stored.series_instance_uid)
-                if self._has_automatic_job(connection, model.id, stored.series_instance_uid, content):
-                    continue
-                task_id = str(uuid.uuid4())
-                task = self.queue.create(
-                    connection, task_id, model.id, study_uid, stored.series_instance_uid, automatic=True,
-                    series_content=content,
-                )
-                self.queue.store.put(connection, task, task_id, "POST")
-                started.append(task_id)
+        for stored in accepted_series(connection, study_uid, model.bundle.card.series):
+            content = series_content(connection, stored.series_instance_uid)
+            if self._has_automatic_job(connection, model.id, stored.series_instance_uid, content):
+                continue
+            task_id = str(uuid.uuid4())
+            task = self.queue.create(
+                connection, task_id, model.id, study_uid, stored.series_instance_uid, automatic=True,
+                series_content=content,
+            )
+            self.queue.store.put(connection, task, task_id, "POST")
+            started.append(task_id)
         return started
 
     @staticmethod
