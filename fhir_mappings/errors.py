@@ -71,3 +71,7 @@ class NotAcceptable(FhirError):
 
 class UnsupportedMediaType(FhirError):
     issue_code = "not-supported"
+
+
+class PayloadTooLarge(FhirError):
+    issue_code = "too-costly"

@@ -11,6 +11,7 @@ refused outright (no entity can reach the file system or the network).
 
 import copy
 import re
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -18,7 +19,6 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 from fhir_core.utils import determine_version_prefix, get_fhir_type_name, is_list_type, is_primitive_type
 from lxml import etree
-from pydantic.fields import FieldInfo
 
 from fhir_mappings.errors import InvalidRequest
 from fhir_mappings.fhir_json import WrittenDecimal
@@ -76,19 +76,19 @@ def _content(element: Any, model: type, path: str, value_attribute: bool = False
         elif not (attribute == "value" and value_attribute or attribute.startswith(f"{{{_XSI_NS}}}")):
             raise InvalidRequest(f"{path} has an attribute {attribute!r}, which FHIR XML does not have there")
     _refuse_text(element.text, path)
-    fields = _fields(model)
+    elements = _elements(model)
     for child in element:
         _refuse_text(child.tail, path)
         namespace, name = _name(child)
         child_path = f"{path}.{name}"
-        field = fields.get(name)
-        if field is None or name == "id" and not is_resource or name == "url" and is_extension:
+        kind = elements.get(name)
+        if kind is None or name == "id" and not is_resource or name == "url" and is_extension:
             raise InvalidRequest(f"{child_path} is not an element of {model.get_resource_type()} in FHIR R4 XML")
-        expected = XHTML_NS if _type(field) == "xhtml" else FHIR_NS
+        expected = XHTML_NS if kind.type_name == "xhtml" else FHIR_NS
         if namespace != expected:
             raise InvalidRequest(f"{child_path} is in the namespace {namespace!r}, not {expected}")
-        value, extension = _value(child, field, child_path)
-        if is_list_type(field):
+        value, extension = _value(child, kind, child_path)
+        if kind.repeats:
             values = document.setdefault(name, [])
             values.append(value)
             if extension is not None or f"_{name}" in document:
@@ -104,10 +104,10 @@ def _content(element: Any, model: type, path: str, value_attribute: bool = False
     return document
 
 
-def _value(element: Any, field: FieldInfo, path: str) -> tuple[Any, dict[str, Any] | None]:
+def _value(element: Any, kind: "_Kind", path: str) -> tuple[Any, dict[str, Any] | None]:
     """An element's JSON value and, for a primitive, its id and extensions
     (JSON's `_name`), or None for either that it lacks."""
-    type_name = _type(field)
+    type_name = kind.type_name
     if type_name == "xhtml":
         # On its own, without the namespaces it inherits but does not use (xmlns:xsi, say).
         div = copy.deepcopy(element)
@@ -120,7 +120,7 @@ def _value(element: Any, field: FieldInfo, path: str) -> tuple[Any, dict[str, An
         _refuse_text(element.text, path)
         _refuse_text(children[0].tail, path)
         return _resource(children[0], path), None
-    if not is_primitive_type(field):
+    if not kind.primitive:
         return _content(element, get_fhir_model_class(type_name), path), None
     text = element.get("value")
     extension = _content(element, _ELEMENT, path, value_attribute=True) or None
@@ -157,11 +157,13 @@ def _name(element: Any) -> tuple[str | None, str]:
     return qualified.namespace, qualified.localname
 
 
-@cache
-def _fields(model: type) -> dict[str, FieldInfo]:
-    """A model's elements by their FHIR name (`valueQuantity`, `class`)."""
-    return {alias: model.model_fields[name] for alias, name in model.get_alias_mapping().items()  # type: ignore[attr-defined]
-            if not alias.endswith("__ext") and alias != "resourceType"}
+@dataclass(frozen=True)
+class _Kind:
+    """What the R4 models say of an element."""
+
+    type_name: str  # a FHIR type: "string", "Quantity", "Resource", "xhtml"
+    repeats: bool
+    primitive: bool
 
 
 _ELEMENT = get_fhir_model_class("Element")  # what a primitive carries beside its value: id and extensions
@@ -169,5 +171,13 @@ _ELEMENT = get_fhir_model_class("Element")  # what a primitive carries beside it
 _TYPE_PREFIX = determine_version_prefix(_ELEMENT.__module__)
 
 
-def _type(field: FieldInfo) -> str:
-    return get_fhir_type_name(field, prefix=_TYPE_PREFIX)  # type: ignore[no-any-return]
+@cache
+def _elements(model: type) -> dict[str, _Kind]:
+    """A model's elements by their FHIR name (`valueQuantity`, `class`),
+    worked out once: fhir_core's type lookup is far slower than reading."""
+    fields = {alias: model.model_fields[name] for alias, name in model.get_alias_mapping().items()  # type: ignore[attr-defined]
+              if alias != "resourceType"}
+    return {
+        alias: _Kind(get_fhir_type_name(field, prefix=_TYPE_PREFIX), is_list_type(field), is_primitive_type(field))
+        for alias, field in fields.items()
+    }

@@ -83,6 +83,9 @@ def check_div(div: str, where: str) -> None:
         namespace, _, name = element.tag[1:].partition("}") if element.tag.startswith("{") else ("", "", element.tag)
         if namespace != XHTML or name not in _ELEMENTS:
             raise InvalidResource(f"{where} holds a <{name}> element, which narrative may not (txt-1)")
+        if element.prefix is not None:
+            # The FHIR XML writer writes XHTML as the default namespace and cannot write it otherwise.
+            raise InvalidResource(f"{where} writes <{element.prefix}:{name}>: write XHTML as the default namespace")
         for attribute, value in element.attrib.items():
             _check_attribute(name, attribute, value, where)
         has_content = has_content or name == "img" or bool((element.text or "").strip() or (element.tail or "").strip())

@@ -69,8 +69,10 @@ def require_id(resource_id: str) -> str:
     return resource_id
 
 
-# R4 datatypes.html#string: no character below U+0020 but tab, CR and LF.
-CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# R4 datatypes.html#string: no character below U+0020 but tab, CR and LF; nor
+# U+FFFE and U+FFFF, which XML cannot carry (XML 1.0 2.2, Char), so that every
+# stored resource can be answered in XML too.
+CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def without_control_characters(node: Any) -> Any:

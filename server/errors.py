@@ -52,6 +52,7 @@ _FHIR_STATUS: tuple[tuple[type[fhir.FhirError], int], ...] = (
     (fhir.ResourceConflict, 409),
     (fhir.ResourceGone, 410),
     (fhir.VersionConflict, 412),
+    (fhir.PayloadTooLarge, 413),
     (fhir.UnsupportedMediaType, 415),
     (fhir.InvalidResource, 422),
 )

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     )
     cors_origins: str = Field(default="", description="comma-separated origins, or *")
     max_stow_bytes: int = Field(default=4 * 1024**3, description="413 above this request size")
+    fhir_max_body_bytes: int = Field(
+        default=64 * 1024**2, description="413 above this FHIR request body size (a resource, a Bundle, a search form)"
+    )
     qido_max_limit: int = 1000
     fhir_max_included: int = Field(
         default=1000, description="cap on _include/_revinclude resources per search page"

@@ -220,6 +220,24 @@ def test_a_transaction_is_recorded_as_one_and_a_batch_as_a_batch(services, fhir)
     assert len(_events(services, fhir, subtype="batch")) == 1
 
 
+def test_each_committed_entry_of_a_batch_is_recorded_with_what_it_wrote(services, fhir):
+    task = {"resourceType": "Task", "status": "draft", "intent": "proposal"}
+    entries = [{"resource": task, "request": {"method": "POST", "url": "Task"}} for _ in range(2)]
+    entries.append({"resource": {**task, "status": "bogus"}, "request": {"method": "POST", "url": "Task"}})
+    answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": entries}).json()
+    created = sorted(entry["response"]["location"].split("/fhir/")[1].split("/_history")[0]
+                     for entry in answer["entry"] if entry["response"]["status"].startswith("201"))
+    assert len(created) == 2
+    named = sorted(entity["what"]["reference"] for event in _events(services, fhir, subtype="batch")
+                   for entity in event["entity"] if entity.get("what", {}).get("reference", "").startswith("Task/"))
+    assert named == created
+    transaction = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries[:2]}).json()
+    [event] = _events(services, fhir, subtype="transaction")
+    written = {entity["what"]["reference"] for entity in event["entity"] if "what" in entity}
+    assert {entry["response"]["location"].split("/fhir/")[1].split("/_history")[0]
+            for entry in transaction["entry"]} <= written
+
+
 def test_a_request_refused_for_its_study_path_is_still_recorded(services, fhir):
     response = fhir.get("/dicom-web/studies/1.2.3%00/series")
     assert response.status_code == 400

@@ -59,3 +59,29 @@ def test_the_capability_statement_declares_single_deletes(fhir):
     resources = {resource["type"]: resource for resource in fhir.get("/fhir/metadata").json()["rest"][0]["resource"]}
     assert resources["Task"]["conditionalDelete"] == "single"
     assert resources["Patient"]["conditionalDelete"] == "not-supported"
+
+
+def test_in_a_transaction_entries_whose_conditions_reach_one_resource_fail_it(fhir):
+    task_id = fhir.post("/fhir/Task", json=TASK).json()["id"]
+    overlapping = [
+        [{"request": {"method": "DELETE", "url": f"Task?{CONDITION}"}},
+         {"resource": {**TASK, "id": task_id}, "request": {"method": "PUT", "url": f"Task/{task_id}"}}],
+        [{"request": {"method": "DELETE", "url": f"Task?{CONDITION}"}},
+         {"request": {"method": "DELETE", "url": f"Task?_id={task_id}"}}],
+        [{"request": {"method": "DELETE", "url": f"Task?{CONDITION}"}},
+         {"resource": TASK, "request": {"method": "PUT", "url": f"Task?_id={task_id}"}}],
+        [{"request": {"method": "DELETE", "url": f"Task?{CONDITION}"}},
+         {"request": {"method": "DELETE", "url": f"/Task?{CONDITION}"}}],
+    ]
+    for entries in overlapping:
+        answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        assert answer.status_code == 400 and "twice" in answer.text, entries
+    assert fhir.get(f"/fhir/Task/{task_id}").json()["meta"]["versionId"] == "1"
+
+
+def test_format_and_pretty_say_how_to_answer_and_are_no_condition(fhir):
+    fhir.post("/fhir/Task", json=TASK)
+    updated = fhir.put(f"/fhir/Task?{CONDITION}&_format=xml&_pretty=true", json={**TASK, "description": "x"})
+    assert updated.status_code == 200 and updated.text.startswith("<?xml")
+    assert fhir.delete(f"/fhir/Task?{CONDITION}&_format=json").status_code == 204
+    assert fhir.get("/fhir/Task").json()["total"] == 0

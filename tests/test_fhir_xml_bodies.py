@@ -124,3 +124,35 @@ def test_repeating_primitives_keep_their_extensions_in_place():
     }]
     with pytest.raises(InvalidRequest):
         fhir_xml.loads(f'<Patient {FHIR}><name><id value="n"/></name></Patient>'.encode())  # an id is an attribute
+
+
+def test_what_xml_answers_could_not_carry_is_refused_before_it_is_stored(fhir):
+    prefixed = (f'<Task {FHIR}><text><status value="generated"/><h:div xmlns:h="http://www.w3.org/1999/xhtml">'
+                f'<h:p>Hi</h:p></h:div></text><status value="requested"/><intent value="order"/></Task>').encode()
+    answer = fhir.post("/fhir/Task", content=prefixed, headers=XML)
+    assert answer.status_code == 422 and "default namespace" in answer.text
+    noncharacter = {"resourceType": "Task", "status": "requested", "intent": "order", "description": "a\ufffeb"}
+    assert fhir.post("/fhir/Task", json=noncharacter).status_code == 400
+    assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
+def test_a_write_whose_answer_xml_cannot_carry_answers_json_not_406(fhir, monkeypatch):
+    """A 406 would tell the client that nothing was written, and it would write again."""
+    import server.fhir.negotiation as negotiation
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ValueError("All strings must be XML compatible")
+
+    monkeypatch.setattr(negotiation, "resource_xml", refuse)
+    created = fhir.post("/fhir/Task", content=TASK_XML, headers=XML)
+    assert created.status_code == 201 and created.headers["content-type"].startswith("application/fhir+json")
+    assert fhir.get(created.headers["location"], params={"_format": "xml"}).status_code == 406  # a read wrote nothing
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read_whole(fhir, services):
+    services.settings.fhir_max_body_bytes = 1000
+    answer = fhir.post("/fhir/Task", content=TASK_XML + b" " * 1000, headers=XML)
+    assert answer.status_code == 413 and "too-costly" in answer.text
+    form = fhir.post("/fhir/Task/_search", content=b"status=" + b"x" * 1000,
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 413

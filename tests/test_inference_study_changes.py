@@ -5,7 +5,7 @@ deleted source withdraws them, and a series that changed is run again."""
 
 from sqlalchemy import select, update
 
-from inference.demo.phantom import phantom_payloads
+from inference.demo.phantom import phantom_datasets, phantom_payloads
 from inference.seg import SegIdentity
 from server.jobs.seg_patients import refresh_seg_patients
 from server.jobs.withdrawal import sweep
@@ -218,3 +218,53 @@ def test_a_patient_id_corrected_as_the_job_publishes_makes_it_run_again_for_the_
     report, _ = _results(client, task["id"])
     assert report["subject"]["reference"] == _subject_of_study(client, uid)
     assert _seg_patient_id(client, uid) == "CORRECTED-86"  # the SEG copies the corrected patient
+
+
+def test_a_series_sent_back_to_content_a_superseded_run_stood_for_runs_again(queued):
+    client, services = queued
+    services.jobs.triggers.quiet_seconds = 0
+    study = phantom(89)
+    uid, datasets = study_uid(study), phantom_datasets(study)
+    payloads = series_bytes(study)
+    stow(client, payloads[:40])
+    [first] = services.jobs.triggers.scan()
+    assert run_queued(services) == [first]
+    stow(client, payloads[40:])
+    [second] = services.jobs.triggers.scan()
+    assert run_queued(services) == [second]
+    # The extra slices were sent by mistake: taken out, the series holds what the first run saw.
+    for dataset in datasets[40:]:
+        address = f"/dicom-web/studies/{uid}/series/{dataset.SeriesInstanceUID}/instances/{dataset.SOPInstanceUID}"
+        assert client.delete(address).status_code in (200, 204)
+    [third] = services.jobs.triggers.scan()  # the superseded first run no longer stands for it
+    assert run_queued(services) == [third]
+    assert [_results(client, task)[0]["status"] for task in (first, second, third)] == [
+        "entered-in-error", "entered-in-error", "preliminary"
+    ]
+
+
+def test_a_superseded_seg_stored_again_by_a_late_patient_refresh_is_taken_out_again(queued, monkeypatch):
+    """Each server process (`serve --workers N`) runs the sweep and the refresh: one may store a SEG again
+    after another's sweep took it out."""
+    import server.jobs.seg_patients as seg_patients
+
+    client, services = queued
+    uid, first = _ordered(client, 90)
+    assert run_queued(services) == [first["id"]]
+    stow(client, _renamed(90, "CORRECTED-90"))  # the first SEG now waits for its new patient
+    read_seg = seg_patients._with_patient
+    second: list[str] = []
+
+    def meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
+        dataset = read_seg(*args, **kwargs)
+        if not second:  # another process: a new run supersedes the first, and its sweep takes the first SEG out
+            second.append(order(client, uid)["id"])
+            assert run_queued(services) == second
+            sweep(services.jobs.queue, services.ingestor)
+        return dataset
+
+    monkeypatch.setattr(seg_patients, "_with_patient", meanwhile)
+    refresh_seg_patients(services.engine, services.ingestor, services.store)
+    assert len(_seg_series(client, uid)) == 2  # the first SEG came back
+    sweep(services.jobs.queue, services.ingestor)
+    assert _seg_series(client, uid) == [SegIdentity.for_job(second[0]).series_instance_uid]

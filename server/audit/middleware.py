@@ -125,7 +125,7 @@ class _RequestAudit:
     patients_of_studies: PatientsOfStudies
     studies: set[str] = field(default_factory=set)
     patients: set[str] = field(default_factory=set)
-    resources: set[str] = field(default_factory=set)  # what the request wrote, where its path names nothing
+    resources: set[str] = field(default_factory=set)  # what it wrote, where its path names nothing
     recorded: bool = False
     answering: bool = False  # once the answer starts, later writes are not this request's action
     _appended: bool = False
@@ -138,10 +138,12 @@ class _RequestAudit:
 
     def before_commit(self, connection: Connection) -> None:
         # Only the action itself: authentication may write (failed-login counts, rehashes) before it is allowed.
-        if self.kind in _WRITES and not self.recorded and not self.answering and self.scope["state"].get("authorized"):
+        # Each entry of a batch commits on its own, and each commit is recorded with what it wrote.
+        batch = self.kind is AuditKind.BATCH
+        if (self.kind in _WRITES and (batch or not self.recorded) and not self.answering
+                and self.scope["state"].get("authorized")):
             self.resolve_patients(connection)  # the studies this transaction wrote are visible to it
-            if self.kind is not AuditKind.BATCH:  # a batch is recorded at its first entry's commit: that one alone
-                self.resources.update(written(connection))
+            self.resources = set(written(connection)) if batch else self.resources | written(connection)
             self.chain.append(connection, [self.event(Outcome.SUCCESS, "committed")])
             self._appended = True
 

@@ -29,6 +29,7 @@ from server.fhir.conditional import (
     delete_where,
     matching_ids,
     serialize_condition,
+    the_match,
     update_target,
     update_where,
 )
@@ -93,11 +94,11 @@ def _transaction(
     _refuse_overlaps(entries)
     results: dict[int, EntryResult] = {}
     with write_connection(service.engine) as connection:
-        # Conditional creates and updates first: an entry's fullUrl stands for the resource its condition found.
+        # Conditions first: an entry's fullUrl stands for the resource its condition found.
         existing = _conditional_creates(service, entries, base, connection, authorize_search)
-        targets = _conditional_update_targets(service, entries, base, connection, authorize_search)
+        targets = _conditional_targets(service, entries, base, connection, authorize_search)
         entries = [_unconditional(entry, position, targets, base) for position, entry in enumerate(entries)]
-        _refuse_overlaps(entries)  # two entries whose conditions found one resource
+        _refuse_overlaps(entries)  # two entries whose conditions found one resource (http.html#trules)
         assigned = _identities(entries, base, existing)
         entries = [with_relative_references(_replace_references(entry, assigned), base) for entry in entries]
         for position, entry in enumerate(entries):
@@ -297,25 +298,29 @@ def _conditional_creates(
     return existing
 
 
-def _conditional_update_targets(
+def _conditional_targets(
     service: FhirService, entries: list[dict[str, Any]], base: str, connection: Connection,
     authorize_search: Callable[[SearchRequest], None],
 ) -> dict[int, str | None]:
-    """The id each conditional update (`PUT Task?...`) writes, by position:
-    its match, the body's free id, or None for an id the server assigns.
-    Judged in one order of conditions, as `_conditional_creates` does."""
+    """The id each conditional update or delete (`PUT Task?...`) reaches, by
+    position: an update's match, the body's free id, or None for an id the
+    server assigns; a delete's match, or None for none. Judged in one order
+    of conditions, as `_conditional_creates` does."""
     conditional = {
         position: _path(entry["request"]["url"], base).strip("/")
         for position, entry in enumerate(entries)
-        if entry["request"]["method"] == "PUT" and "?" in entry["request"]["url"]
+        if entry["request"]["method"] in ("PUT", "DELETE") and "?" in entry["request"]["url"]
     }
     targets: dict[int, str | None] = {}
     for position in sorted(conditional, key=lambda position: entries[position]["request"]["url"]):
         resource_type, query = conditional[position], entries[position]["request"]["url"].partition("?")[2]
         service.require_writable(resource_type)
-        targets[position] = update_target(
-            service, resource_type, entries[position].get("resource"), query, base, connection, authorize_search
-        )
+        if entries[position]["request"]["method"] == "PUT":
+            targets[position] = update_target(
+                service, resource_type, entries[position].get("resource"), query, base, connection, authorize_search
+            )
+        else:
+            targets[position] = the_match(service, resource_type, query, base, connection, authorize_search)
     return targets
 
 
@@ -324,13 +329,17 @@ def _unconditional(
 ) -> dict[str, Any]:
     """The entry as the interaction its condition decided: without its
     `ifNoneExist` once `_conditional_creates` judged it, a conditional update
-    as the update or create of the resource it found (a copy: a transaction
-    run again after a deadlock judges it again)."""
+    as the update or create of the resource it found, a conditional delete as
+    the delete of its match (a copy: a transaction run again after a deadlock
+    judges it again)."""
     request = {key: value for key, value in entry["request"].items() if key != "ifNoneExist"}
     if position not in update_targets:
         return {**entry, "request": request}
     resource_type = _path(request["url"], base).strip("/")
     target = update_targets[position]
+    if request["method"] == "DELETE":
+        # No match: the condition stays, and deletes nothing when it runs.
+        return {**entry, "request": request if target is None else {**request, "url": f"{resource_type}/{target}"}}
     if target is None:
         return {**entry, "request": {**request, "method": "POST", "url": resource_type}}
     resource = {**entry["resource"], "id": target}

@@ -24,9 +24,12 @@ from server.fhir.store import StoredVersion
 
 # Parameters that shape a search's answer, not the set it matches (R4 search.html#return).
 _RESULT_PARAMETERS = frozenset((
-    "_sort", "_count", "_include", "_revinclude", "_summary", "_total", "_elements", "_contained",
-    "_containedType", "_format", "_pretty", "_cursor",
+    "_sort", "_include", "_revinclude", "_summary", "_total", "_elements", "_contained", "_containedType", "_cursor",
 ))
+# Left out of a condition: `_format` and `_pretty`, which every interaction
+# takes (R4 http.html#parameters), say how to answer a conditional update or
+# delete; `_count` changes nothing, as the condition is searched for two.
+_SET_ASIDE = frozenset(("_format", "_pretty", "_count"))
 
 
 def matching_ids(
@@ -35,7 +38,7 @@ def matching_ids(
 ) -> list[str]:
     """The ids of the resources `query` matches: none, one, or two (two say "several")."""
     service.require_type(resource_type)
-    pairs = [(name, value) for name, value in form_pairs(query) if name != "_count"]
+    pairs = [(name, value) for name, value in form_pairs(query) if name not in _SET_ASIDE]
     shaping = sorted({name for name, _ in pairs if name in _RESULT_PARAMETERS})
     if shaping:
         raise InvalidRequest(
@@ -58,7 +61,7 @@ def create_if_none_exist(
     was created. Several matches are 412, as R4 has it."""
     service.require_writable(resource_type)
     with writing(service.engine, connection) as session:
-        match = _the_match(service, resource_type, query, base, session, authorize_search)
+        match = the_match(service, resource_type, query, base, session, authorize_search)
         if match is not None:
             return service.store.read(resource_type, match, session), False
         return interactions.create(service, resource_type, body, session), True
@@ -91,7 +94,7 @@ def update_target(
     named = body.get("id")
     if named is not None and not isinstance(named, str):
         raise InvalidRequest(f"the {resource_type}'s id must be a string")
-    match = _the_match(service, resource_type, query, base, connection, authorize_search)
+    match = the_match(service, resource_type, query, base, connection, authorize_search)
     if match is not None:
         if named not in (None, match):
             raise InvalidRequest(f"the body names {resource_type}/{named}, the condition matches {match}")
@@ -113,7 +116,7 @@ def delete_where(
     (CapabilityStatement conditionalDelete `single`)."""
     service.require_writable(resource_type)
     with writing(service.engine, connection) as session:
-        match = _the_match(service, resource_type, query, base, session, authorize_search)
+        match = the_match(service, resource_type, query, base, session, authorize_search)
         if match is None:
             if if_match is not None:
                 raise VersionConflict(f"{resource_type}?{query[:100]} matches nothing; If-Match cannot hold")
@@ -121,7 +124,7 @@ def delete_where(
         return interactions.delete(service, resource_type, match, if_match, session)
 
 
-def _the_match(
+def the_match(
     service: FhirService, resource_type: str, query: str, base: str, connection: Connection,
     authorize_search: Callable[[SearchRequest], None],
 ) -> str | None:
@@ -145,5 +148,6 @@ def serialize_condition(connection: Connection, resource_type: str, query: str) 
     """Two creates with one condition, at once, must not both find nothing and
     both create (PostgreSQL; SQLite writers hold the database's write lock)."""
     if connection.dialect.name == "postgresql":
-        key = f"fhir-conditional-create:{resource_type}?{sorted(form_pairs(query))}"
+        condition = sorted(pair for pair in form_pairs(query) if pair[0] not in _SET_ASIDE)
+        key = f"fhir-conditional-create:{resource_type}?{condition}"
         connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})

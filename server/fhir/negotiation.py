@@ -6,20 +6,23 @@ into JSON before anything else sees it. With neither `_format` nor Accept,
 the answer takes the body's format.
 """
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from dicom.errors import DicomError
 from dicom.media_types import parse_accept, type_matches
 from fhir_mappings import fhir_json, fhir_xml
-from fhir_mappings.errors import InvalidRequest, NotAcceptable, UnsupportedMediaType
+from fhir_mappings.errors import InvalidRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 from fhir_mappings.resources import CONTROL_CHARACTER, resource_xml
 
+log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 FHIR_XML = "application/fhir+xml"
 # What each _format value means (FHIR R4 http.html#parameters).
@@ -91,7 +94,26 @@ def require_resource_body(request: Request) -> None:
         )
 
 
-def parse_resource_body(request: Request, raw: bytes) -> Any:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused (413) as soon as it passes `limit` bytes:
+    a FHIR body is held and parsed in memory."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_resource_body(request: Request, limit: int) -> Any:
+    """The body as FHIR JSON, parsed off the event loop: a large XML body
+    takes seconds, in which every other request would wait."""
+    return await run_in_threadpool(_parse_resource_body, request, await read_body(request, limit))
+
+
+def _parse_resource_body(request: Request, raw: bytes) -> Any:
     """The body as FHIR JSON, whichever of the two formats it came in."""
     if _content_type(request) in _XML_BODIES:
         body: Any = fhir_xml.loads(raw)
@@ -129,9 +151,10 @@ def _check_nesting_and_text(body: Any) -> None:
         if isinstance(node, str):
             control = CONTROL_CHARACTER.search(node)
             if control is not None:
-                # R4 datatypes.html#string: nothing below U+0020 but tab, CR and LF (nor can XML, or PostgreSQL a NUL).
+                # R4 datatypes.html#string: nothing below U+0020 but tab, CR and LF (nor can XML, or PostgreSQL a NUL);
+                # nor U+FFFE or U+FFFF, which XML cannot carry.
                 character = f"U+{ord(control.group()):04X}"
-                raise InvalidRequest(f"the body contains the control character {character}, which FHIR strings may not hold")
+                raise InvalidRequest(f"the body contains the character {character}, which FHIR strings may not hold")
             continue
         if not isinstance(node, (dict, list)):
             continue
@@ -142,14 +165,20 @@ def _check_nesting_and_text(body: Any) -> None:
 
 
 def fhir_response(
-    body: bytes | dict[str, Any], fmt: Format, status: int = 200, headers: dict[str, str] | None = None
+    body: bytes | dict[str, Any], fmt: Format, status: int = 200, headers: dict[str, str] | None = None,
+    written: bool = False,
 ) -> Response:
-    """Answer with stored JSON bytes as they are, or re-rendered when XML or `_pretty` asks."""
+    """Answer with stored JSON bytes as they are, or re-rendered when XML or
+    `_pretty` asks. `written`: the request has changed what is stored, so an
+    answer XML cannot carry comes as JSON; a 406 would say nothing happened."""
     if fmt.is_xml:
         document = fhir_json.loads(body) if isinstance(body, bytes) else body
         try:
             content = resource_xml(document, fmt.pretty)
         except (ValueError, KeyError, SyntaxError) as error:  # lxml's refusals; XMLSyntaxError is a SyntaxError
+            if written:
+                log.warning("a write's answer could not be written as XML, so it is JSON: %s", error)
+                return fhir_response(body, Format(FHIR_JSON, fmt.pretty), status, headers)
             # Stored before these were refused on write: a narrative that is not XHTML, say.
             raise NotAcceptable(
                 f"this answer cannot be written as XML ({' '.join(str(error).split())[:200]}); it is available as"

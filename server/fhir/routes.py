@@ -37,7 +37,8 @@ from server.fhir.conditional import create_if_none_exist, delete_where, update_w
 from server.fhir.negotiation import (
     fhir_response,
     form_pairs,
-    parse_resource_body,
+    read_body,
+    read_resource_body,
     require_resource_body,
     response_format,
 )
@@ -108,8 +109,9 @@ def _version_response(request: Request, version: StoredVersion, status: int = 20
     if request.method == "GET" and _not_modified(request, version):
         return Response(status_code=304, headers=headers)
     assert version.body is not None
-    body = subset_json(version.body, *read_subsetting(_search_pairs(request))) if request.method == "GET" else version.body
-    return fhir_response(body, fmt, status, headers)
+    if request.method == "GET":
+        return fhir_response(subset_json(version.body, *read_subsetting(_search_pairs(request))), fmt, status, headers)
+    return fhir_response(version.body, fmt, status, headers, written=True)
 
 
 def _search_pairs(request: Request) -> list[tuple[str, str]]:
@@ -187,14 +189,14 @@ def _capability_json(base: str, writable: frozenset[str], history_types: frozens
 async def batch_or_transaction(request: Request) -> Response:
     require_resource_body(request)
     fmt = response_format(request)
-    body = parse_resource_body(request, await request.body())
+    body = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
     if isinstance(body, dict) and body.get("type") == "transaction":
         note_transaction()
     result = await run_in_threadpool(
         bundles.process_bundle, _fhir(request), body, fhir_base(request), fhir_status_for, _entry_authorizer(request),
         _search_authorizer(request),
     )
-    return fhir_response(result, fmt)
+    return fhir_response(result, fmt, written=True)
 
 
 # --- type level ----------------------------------------------------------------
@@ -208,7 +210,8 @@ async def search_by_post(request: Request, resource_type: str) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise InvalidRequest("POST _search takes application/x-www-form-urlencoded parameters")
-    return await _run_search(request, resource_type, _search_pairs(request) + form_pairs(await request.body()))
+    form = await read_body(request, services(request).settings.fhir_max_body_bytes)
+    return await _run_search(request, resource_type, _search_pairs(request) + form_pairs(form))
 
 
 async def _audit_copies_current(request: Request, resource_type: str) -> None:
@@ -248,7 +251,8 @@ async def create(request: Request, resource_type: str) -> Response:
     fhir.require_writable(resource_type)
     require_resource_body(request)
     response_format(request)  # a 406 must come before the write, not after it
-    body = with_relative_references(parse_resource_body(request, await request.body()), fhir_base(request))
+    body = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
+    body = with_relative_references(body, fhir_base(request))
     _require_study_reading_for_orders(request.state.principal, body)
     condition = request.headers.get("if-none-exist")
     if condition is None:
@@ -315,7 +319,8 @@ async def _update_request(request: Request, resource_type: str) -> tuple[Any, in
     _fhir(request).require_writable(resource_type)
     require_resource_body(request)
     response_format(request)  # a 406 must come before the write, not after it
-    body = with_relative_references(parse_resource_body(request, await request.body()), fhir_base(request))
+    body = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
+    body = with_relative_references(body, fhir_base(request))
     _require_study_reading_for_orders(request.state.principal, body)
     return body, interactions.parse_if_match(request.headers.get("if-match"))
 

@@ -63,6 +63,12 @@ def _refresh(engine: Engine, ingestor: Ingestor, files: FileStore, task_id: str,
             connection.execute(
                 update(inference_jobs).where(inference_jobs.c.task_id == task_id).values(seg_patient_stale=False)
             )
+        # Withdrawn while it was stored again (another server process's sweep may already have taken the
+        # SEG out, before it came back): the sweep takes it out again.
+        connection.execute(
+            update(inference_jobs).where(inference_jobs.c.task_id == task_id, inference_jobs.c.results_withdrawn)
+            .values(seg_removal_due=True)
+        )
 
 
 def _study_patient(engine: Engine, study_uid: str, connection: Connection | None = None) -> dict[str, Any] | None:

@@ -57,11 +57,7 @@ def follow_studies(queue: JobQueue, connection: Connection, patients: Mapping[st
             if source_gone:
                 if job.status == COMPLETED and not job.results_withdrawn:
                     _withdraw(queue.store, connection, job.task_id, remove_seg=patient_id is not None)
-                if job.automatic and not is_released(job.series_content):
-                    connection.execute(
-                        update(inference_jobs).where(inference_jobs.c.task_id == job.task_id)
-                        .values(series_content=released_content(job.task_id))
-                    )
+                _release_content(connection, job)
                 continue
             if patient_id != job.patient_id:
                 queue.move_to_patient(connection, job.task_id, patient_id)
@@ -83,13 +79,23 @@ def supersede_earlier_runs(
     `lock_study_jobs` gave them. Returns the ids of their reports. A run of
     another model, or another version of this one, stands beside it."""
     earlier = [
-        job.task_id for job in study_jobs
+        job for job in study_jobs
         if job.model_id == model_id and job.series_instance_uid == series_uid and job.task_id != publishing
         and job.status == COMPLETED and not job.results_withdrawn
     ]
-    for task_id in earlier:
-        _withdraw(store, connection, task_id, remove_seg=True)
-    return [report_id(task_id) for task_id in earlier]
+    for job in earlier:
+        _withdraw(store, connection, job.task_id, remove_seg=True)
+        _release_content(connection, job)  # should the series hold that content again, it runs again
+    return [report_id(job.task_id) for job in earlier]
+
+
+def _release_content(connection: Connection, job: Row[Any]) -> None:
+    """An automatic job that no longer stands for its series' content (`queue.released_content`)."""
+    if job.automatic and not is_released(job.series_content):
+        connection.execute(
+            update(inference_jobs).where(inference_jobs.c.task_id == job.task_id)
+            .values(series_content=released_content(job.task_id))
+        )
 
 
 def _withdraw(store: ResourceStore, connection: Connection, task_id: str, remove_seg: bool) -> None:
