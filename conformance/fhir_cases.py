@@ -765,6 +765,14 @@ def _delete_created(session: Session, resource_type: str, created: httpx.Respons
         session.request("DELETE", address, headers={"Accept": FHIR_JSON})
 
 
+def _created_at(session: Session, resource_type: str, created: httpx.Response) -> str:
+    """Where a create put the resource: it must answer 201 with a Location naming it."""
+    session.expect_status(created, 201)
+    address = _created_address(session, resource_type, created)
+    session.expect(address is not None, f"a create answers a Location naming the new {resource_type}")
+    return str(address)
+
+
 @case("FH-WRITE-02", "FHIR R4 datatypes.html#decimal", "A decimal keeps its precision: 1.50 and 0.0100 written, the same digits read back")
 def decimal_precision(session: Session) -> None:
     chosen = _probe_type(session)
@@ -775,10 +783,8 @@ def decimal_precision(session: Session) -> None:
     created = session.post(session.fhir(f"/{chosen}"), content=body,
                            headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON})
     try:
-        session.expect_status(created, 201)
-        address = _created_address(session, chosen, created)
-        session.expect(address is not None, f"a create answers a Location naming the new {chosen}")
-        read = session.get(str(address), headers={"Accept": FHIR_JSON})
+        address = _created_at(session, chosen, created)
+        read = session.get(address, headers={"Accept": FHIR_JSON})
         session.expect_status(read, 200)
         written = re.findall(rb'"valueDecimal"\s*:\s*([-0-9.eE+]+)', read.content)
         session.expect(written == [b"1.50", b"0.0100"], f"decimals written as 1.50 and 0.0100 came back as {written}")
@@ -859,12 +865,10 @@ def conditional_delete(session: Session) -> None:
     created = session.post(session.fhir(f"/{chosen}"), json=body,
                            headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON})
     try:
-        session.expect_status(created, 201)
-        address = _created_address(session, chosen, created)
-        session.expect(address is not None, f"a create answers a Location naming the new {chosen}")
+        address = _created_at(session, chosen, created)
         deleted = session.request("DELETE", session.fhir(f"/{chosen}?identifier={marker['system']}|{marker['value']}"))
         session.expect_status(deleted, 200, 202, 204)
-        session.expect_status(session.get(str(address), headers={"Accept": FHIR_JSON}), 404, 410)
+        session.expect_status(session.get(address, headers={"Accept": FHIR_JSON}), 404, 410)
     finally:
         _delete_created(session, chosen, created)
 
@@ -881,10 +885,8 @@ def create_in_xml(session: Session) -> None:
     created = session.post(session.fhir(f"/{chosen}"), content=body,
                            headers={"Accept": FHIR_JSON, "Content-Type": "application/fhir+xml"})
     try:
-        session.expect_status(created, 201)
-        address = _created_address(session, chosen, created)
-        session.expect(address is not None, f"a create answers a Location naming the new {chosen}")
-        read = session.fhir_resource(session.get(str(address), headers={"Accept": FHIR_JSON}), chosen)
+        address = _created_at(session, chosen, created)
+        read = session.fhir_resource(session.get(address, headers={"Accept": FHIR_JSON}), chosen)
         session.expect(read.get("identifier") == probe["identifier"],
                        f"the identifier sent in XML came back as {read.get('identifier')}")
     finally:

@@ -75,7 +75,7 @@ def test_in_a_transaction_entries_whose_conditions_reach_one_resource_fail_it(fh
     ]
     for entries in overlapping:
         answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
-        assert answer.status_code == 400 and "twice" in answer.text, entries
+        assert answer.status_code == 400 and ("both reach" in answer.text or "one condition" in answer.text), entries
     assert fhir.get(f"/fhir/Task/{task_id}").json()["meta"]["versionId"] == "1"
 
 
@@ -85,3 +85,14 @@ def test_format_and_pretty_say_how_to_answer_and_are_no_condition(fhir):
     assert updated.status_code == 200 and updated.text.startswith("<?xml")
     assert fhir.delete(f"/fhir/Task?{CONDITION}&_format=json").status_code == 204
     assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
+def test_deleting_what_is_not_there_names_nothing_in_the_audit_record(fhir, services):
+    answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": "Task/never-there"}},
+        {"resource": TASK, "request": {"method": "POST", "url": "Task"}},
+    ]})
+    assert answer.status_code == 200
+    [event] = _events(services, fhir, subtype="transaction")
+    named = [entity["what"]["reference"] for entity in event["entity"] if "what" in entity]
+    assert "Task/never-there" not in named and any(name.startswith("Task/") for name in named)

@@ -75,3 +75,38 @@ def test_in_a_transaction_the_fullurl_of_a_conditional_update_stands_for_what_it
         {"resource": {**TASK, "id": task_id}, "request": {"method": "PUT", "url": f"Task/{task_id}"}},
     ]}
     assert fhir.post("/fhir", json=both).status_code == 400  # one resource changed twice
+
+
+def test_if_match_on_a_conditional_update_that_matches_nothing_is_412(fhir):
+    assert fhir.put(f"/fhir/Task?{CONDITION}", json=TASK, headers={"If-Match": 'W/"3"'}).status_code == 412
+    entry = {"resource": TASK, "request": {"method": "PUT", "url": f"Task?{CONDITION}", "ifMatch": 'W/"3"'}}
+    answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [entry]})
+    assert answer.status_code == 412
+    assert _ids(fhir) == []
+
+
+def test_a_transaction_may_not_reach_one_resource_or_condition_twice(fhir, client):
+    task_id = fhir.post("/fhir/Task", json=TASK).json()["id"]
+    base = str(client.base_url).rstrip("/") + "/fhir"
+    refused = [
+        # An absolute URL names the same resource as the condition's match.
+        [{"resource": {**TASK, "id": task_id}, "request": {"method": "PUT", "url": f"{base}/Task/{task_id}"}},
+         {"resource": TASK, "request": {"method": "PUT", "url": f"Task?{CONDITION}"}}],
+        # A conditional create would answer with what another entry deletes, or changes.
+        [{"request": {"method": "DELETE", "url": f"Task/{task_id}"}},
+         {"resource": TASK, "request": {"method": "POST", "url": "Task", "ifNoneExist": CONDITION}}],
+        [{"resource": {**TASK, "id": task_id}, "request": {"method": "PUT", "url": f"Task/{task_id}"}},
+         {"resource": TASK, "request": {"method": "POST", "url": "Task", "ifNoneExist": CONDITION}}],
+        # A conditional reference to what the transaction deletes.
+        [{"request": {"method": "DELETE", "url": f"Task/{task_id}"}},
+         {"resource": {**TASK, "identifier": [], "partOf": [{"reference": f"Task?{CONDITION}"}]},
+          "request": {"method": "POST", "url": "Task"}}],
+        # One condition twice, however its parameters are ordered: both would create.
+        [{"resource": TASK, "request": {"method": "POST", "url": "Task", "ifNoneExist": "identifier=x&status=draft"}},
+         {"resource": TASK, "request": {"method": "PUT", "url": "Task?status=draft&identifier=x"}}],
+    ]
+    for entries in refused:
+        answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        assert answer.status_code == 400, (entries, answer.text)
+    assert fhir.get(f"/fhir/Task/{task_id}").json()["meta"]["versionId"] == "1"
+    assert len(_ids(fhir)) == 1

@@ -223,3 +223,16 @@ def test_tampered_history_cursor_is_400(fhir, services):
     first = fhir.get("/fhir/Task/_history", params={"_count": 1}).json()
     url = link(first, "next")
     _outcome(fhir.get(url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB")), 400, "invalid")
+
+
+def test_a_write_answers_as_prefer_return_asks(fhir):
+    minimal = fhir.post("/fhir/Task", json=TASK, headers={"Prefer": "return=minimal"})
+    assert minimal.status_code == 201 and minimal.content == b""
+    assert minimal.headers["location"] and minimal.headers["etag"] == 'W/"1"'
+    task_id = minimal.headers["location"].split("/Task/")[1].split("/")[0]
+    outcome = fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id},
+                       headers={"Prefer": "handling=lenient, return=OperationOutcome"})
+    assert outcome.status_code == 200
+    assert outcome.json()["resourceType"] == "OperationOutcome" and "version 2" in outcome.text
+    full = fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers={"Prefer": "return=representation"})
+    assert full.json()["meta"]["versionId"] == "3"

@@ -268,3 +268,43 @@ def test_a_superseded_seg_stored_again_by_a_late_patient_refresh_is_taken_out_ag
     assert len(_seg_series(client, uid)) == 2  # the first SEG came back
     sweep(services.jobs.queue, services.ingestor)
     assert _seg_series(client, uid) == [SegIdentity.for_job(second[0]).series_instance_uid]
+
+
+def test_an_order_on_content_an_automatic_run_stood_for_starts_no_other_run(queued):
+    client, services = queued
+    services.jobs.triggers.quiet_seconds = 0
+    study = phantom(96)
+    uid = study_uid(study)
+    stow(client, series_bytes(study))
+    [automatic] = services.jobs.triggers.scan()
+    assert run_queued(services) == [automatic]
+    ordered = order(client, uid)["id"]
+    assert run_queued(services) == [ordered]  # supersedes the automatic run, on the same content
+    assert services.jobs.triggers.scan() == []  # the order's results stand for that content
+    assert _results(client, ordered)[0]["status"] == "preliminary"
+    stow(client, series_bytes(study))  # sent again, unchanged
+    assert services.jobs.triggers.scan() == []
+
+
+def test_a_sweep_keeps_the_mark_another_process_set_again_while_it_deleted(queued, monkeypatch):
+    import server.jobs.withdrawal as withdrawal
+
+    client, services = queued
+    uid, first = _ordered(client, 97)
+    assert run_queued(services) == [first["id"]]
+    second = order(client, uid)["id"]
+    assert run_queued(services) == [second]
+    delete_seg = withdrawal._delete_seg
+
+    def stored_again_meanwhile(queue, ingestor, study_uid_, task_id):  # type: ignore[no-untyped-def]
+        delete_seg(queue, ingestor, study_uid_, task_id)
+        with services.engine.begin() as connection:  # another process's late refresh stored it, and marked it
+            connection.execute(update(inference_jobs).where(inference_jobs.c.task_id == task_id)
+                               .values(seg_removal_due=True))
+
+    monkeypatch.setattr(withdrawal, "_delete_seg", stored_again_meanwhile)
+    sweep(services.jobs.queue, services.ingestor)
+    with services.engine.connect() as connection:
+        due = connection.execute(select(inference_jobs.c.seg_removal_due)
+                                 .where(inference_jobs.c.task_id == first["id"])).scalar_one()
+    assert due  # the next sweep takes it out

@@ -185,3 +185,40 @@ def test_run_stored_from_the_command_line(cli_env, capsys):
     assert "0 jobs queued" in capsys.readouterr().out  # nothing is stored
     with pytest.raises(SystemExit):
         main(["models", "run-stored", DEMO, "--study-date-from", "2020-01-01"])
+
+
+def test_run_stored_needs_task_creation_and_study_reading_and_stops_once_deactivated(fhir, services, monkeypatch):
+    from sqlalchemy import update
+
+    from server.auth.scopes import Role
+    from server.tables import ai_models
+    from tests.test_auth_access import _bearer
+
+    client: TestClient = fhir
+    for seed in (74, 75):
+        stow(client, series_bytes(phantom(seed=seed, lesions=1)))
+    client.post("/admin/models", json={"path": str(DEMO_BUNDLE)})
+    client.post(f"/admin/models/{DEMO}/activate", params={"force": "true"})
+    address = f"/admin/models/{DEMO}/run-stored"
+    for scopes in ("system/Device.cru system/ImagingStudy.r", "system/Task.c"):
+        headers = _bearer(services, Role.AI_OPERATOR, scopes)
+        assert client.post(address, headers=headers).status_code == 403, scopes
+    assert client.post(address, params={"studyDateFrom": "20241399"}).status_code == 400  # no such day
+
+    registry = services.jobs.registry
+    get = registry.get
+    looked_up: list[str] = []
+
+    def deactivated_after_the_first_study(key, connection=None):  # type: ignore[no-untyped-def]
+        looked_up.append(key)
+        if len(looked_up) == 3:  # before the second study: another request deactivated it
+            connection.execute(update(ai_models).values(active=False))
+        return get(key, connection)
+
+    monkeypatch.setattr(registry, "get", deactivated_after_the_first_study)
+    answer = client.post(address)
+    assert answer.status_code == 200 and answer.json()["queued"] == 1
+    # The server's own decision to run it is in the audit trail, naming the Task.
+    services.audit.chain.project()
+    events = client.get("/fhir/AuditEvent", params={"entity": answer.json()["tasks"][0], "_count": 10}).json()
+    assert any("inference Task requested" in entry["resource"].get("outcomeDesc", "") for entry in events["entry"])

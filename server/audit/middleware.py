@@ -220,7 +220,11 @@ class AuditMiddleware:
             if message["type"] == "http.response.start":
                 audit.answering = True
                 events = [audit.login_event()] if "basic_login" in scope["state"] else []
-                if not audit.recorded:
+                # A batch's entries that committed were recorded as they did; its answer is recorded as well,
+                # for the entries that read, failed or were refused.
+                if audit.kind is AuditKind.BATCH:
+                    audit.resources = set()
+                if not audit.recorded or audit.kind is AuditKind.BATCH:
                     if audit.studies:
                         await run_in_threadpool(self._resolve_patients, audit)
                     events.append(audit.event(_outcome(message["status"]), f"answered {message['status']}"))

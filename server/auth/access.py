@@ -120,4 +120,6 @@ def _dicomweb_permission(method: str, parts: list[str]) -> Permission:
 def _model_permission(method: str, parts: list[str]) -> Permission:
     if method == "GET":
         return Permission("Device", "s" if not parts else "r")
+    if parts[1:] == ["run-stored"]:
+        return Permission("Task", "c")  # it changes no model: it creates jobs (and the route checks study reading)
     return Permission("Device", "c" if not parts else "u")

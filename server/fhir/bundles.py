@@ -25,6 +25,7 @@ from fhir_mappings.subsetting import subset_json
 from server.db import retried_on_conflict, write_connection
 from server.fhir import interactions
 from server.fhir.conditional import (
+    condition_key,
     create_if_none_exist,
     delete_where,
     matching_ids,
@@ -91,20 +92,27 @@ def process_bundle(
 def _transaction(
     service: FhirService, entries: list[dict[str, Any]], base: str, authorize_search: Callable[[SearchRequest], None]
 ) -> list[EntryResult]:
-    _refuse_overlaps(entries)
+    conditions = _conditions(entries, base)
     results: dict[int, EntryResult] = {}
     with write_connection(service.engine) as connection:
+        # All in one order, as every writer with these conditions takes them, before any is judged.
+        for resource_type, query in sorted(set(conditions.values()), key=lambda condition: condition_key(*condition)):
+            serialize_condition(connection, resource_type, query)
         # Conditions first: an entry's fullUrl stands for the resource its condition found.
-        existing = _conditional_creates(service, entries, base, connection, authorize_search)
-        targets = _conditional_targets(service, entries, base, connection, authorize_search)
+        existing = _conditional_creates(service, entries, conditions, base, connection, authorize_search)
+        targets = _conditional_targets(service, entries, conditions, base, connection, authorize_search)
         entries = [_unconditional(entry, position, targets, base) for position, entry in enumerate(entries)]
-        _refuse_overlaps(entries)  # two entries whose conditions found one resource (http.html#trules)
+        # Resolved, no two entries may reach one resource (http.html#trules), a matched create's included.
+        changed = _refuse_overlaps(entries, base, {
+            position: f"{version.resource_type}/{version.resource_id}" for position, version in existing.items()
+        })
         assigned = _identities(entries, base, existing)
         entries = [with_relative_references(_replace_references(entry, assigned), base) for entry in entries]
         for position, entry in enumerate(entries):
             _refuse_placeholders(entry.get("resource"), position)
+        deleted = {target for target, method in changed.items() if method == "DELETE"}
         entries = [
-            _resolve_conditional_references(service, entry, position, base, connection, authorize_search)
+            _resolve_conditional_references(service, entry, position, base, connection, authorize_search, deleted)
             for position, entry in enumerate(entries)
         ]
         # Within a kind of interaction, in the order of the resources they touch: two transactions that
@@ -133,11 +141,39 @@ def _processing_order(entry: dict[str, Any], base: str) -> tuple[int, str]:
     return _ORDER[request["method"]], _path(request["url"], base)
 
 
-def _refuse_overlaps(entries: list[dict[str, Any]]) -> None:
+def _conditions(entries: list[dict[str, Any]], base: str) -> dict[int, tuple[str, str]]:
+    """Each conditional entry's type and query, by position: a create's
+    `ifNoneExist`, a conditional update's or delete's URL. Two entries with
+    one condition would both find nothing and both create (or one create what
+    the other deletes): the spec has such a transaction fail."""
+    conditions: dict[int, tuple[str, str]] = {}
+    seen: dict[str, int] = {}
+    for position, entry in enumerate(entries):
+        request = entry["request"]
+        query = _text(request, "ifNoneExist")
+        if query is not None and request["method"] != "POST":
+            raise InvalidRequest(f"entry {position}: ifNoneExist belongs to a POST (a create)")
+        if query is None and request["method"] in ("PUT", "DELETE") and "?" in request["url"]:
+            query = request["url"].partition("?")[2]
+        if query is None:
+            continue
+        resource_type = _path(request["url"], base).strip("/")
+        key = condition_key(resource_type, query)
+        if key in seen:
+            raise InvalidRequest(f"entries {seen[key]} and {position} share one condition ({key[:100]})")
+        seen[key] = position
+        conditions[position] = (resource_type, query)
+    return conditions
+
+
+def _refuse_overlaps(entries: list[dict[str, Any]], base: str, claimed: dict[int, str]) -> dict[str, str]:
     """Two entries for one identity make a transaction's outcome depend on
-    processing order: the spec has such a transaction fail (http.html#trules)."""
+    processing order: the spec has such a transaction fail (http.html#trules).
+    `claimed`: the resource (`Type/id`) a matched conditional create answers
+    with, by position. Returns what each update or delete changes, with its method."""
     full_urls: set[str] = set()
-    targets: set[str] = set()
+    targets: dict[str, int] = {}
+    changed: dict[str, str] = {}
     for position, entry in enumerate(entries):
         full_url = entry.get("fullUrl")
         if isinstance(full_url, str):
@@ -145,13 +181,17 @@ def _refuse_overlaps(entries: list[dict[str, Any]]) -> None:
                 raise InvalidRequest(f"entry {position}: fullUrl {full_url[:100]!r} appears twice in the transaction")
             full_urls.add(full_url)
         method, url = entry["request"]["method"], entry["request"]["url"]
-        if method in ("PUT", "DELETE"):
-            path = url.partition("?")[0]
-            # A conditional one names its resource by its query (`Task?identifier=...`).
-            target = path.strip("/") if "/" in path.strip("/") else url
-            if target in targets:
-                raise InvalidRequest(f"entry {position}: {target[:100]} is changed twice in the transaction")
-            targets.add(target)
+        path = _path(url, base).strip("/")
+        # A conditional delete that matched nothing stays conditional: it reaches no resource.
+        target = claimed.get(position) or (path if method in ("PUT", "DELETE") and "/" in path else None)
+        if target is None:
+            continue
+        if target in targets:
+            raise InvalidRequest(f"entries {targets[target]} and {position} both reach {target[:100]}")
+        targets[target] = position
+        if position not in claimed:
+            changed[target] = method
+    return changed
 
 
 def _batch_entry(
@@ -267,29 +307,16 @@ def _request_of(entry: Any, position: int) -> None:
 
 
 def _conditional_creates(
-    service: FhirService, entries: list[dict[str, Any]], base: str, connection: Connection,
-    authorize_search: Callable[[SearchRequest], None],
+    service: FhirService, entries: list[dict[str, Any]], conditions: dict[int, tuple[str, str]], base: str,
+    connection: Connection, authorize_search: Callable[[SearchRequest], None],
 ) -> dict[int, StoredVersion]:
     """The entries whose `ifNoneExist` matches a resource, by position, with
     that resource (the others create). Several matches fail the transaction (412)."""
     existing: dict[int, StoredVersion] = {}
-    conditions: dict[int, tuple[str, str]] = {}
-    for position, entry in enumerate(entries):
-        query = _text(entry["request"], "ifNoneExist")
-        if query is not None:
-            if entry["request"]["method"] != "POST":
-                raise InvalidRequest(f"entry {position}: ifNoneExist belongs to a POST (a create)")
-            resource_type = _path(entry["request"]["url"], base).strip("/")
-            service.require_writable(resource_type)
-            twin = next((other for other, condition in conditions.items() if condition == (resource_type, query)), None)
-            if twin is not None:
-                # Both would find nothing and both create: the duplicate the condition is there to prevent.
-                raise InvalidRequest(f"entries {twin} and {position} create on one condition ({query[:100]})")
-            conditions[position] = (resource_type, query)
-    # Locks in one order, as concurrent creates with these conditions take them.
-    for resource_type, query in sorted(set(conditions.values())):
-        serialize_condition(connection, resource_type, query)
     for position, (resource_type, query) in conditions.items():
+        if entries[position]["request"]["method"] != "POST":
+            continue
+        service.require_writable(resource_type)
         found = matching_ids(service, resource_type, query, base, connection, authorize_search)
         if len(found) > 1:
             raise VersionConflict(f"entry {position}: ifNoneExist {query[:100]} matches more than one {resource_type}")
@@ -299,25 +326,23 @@ def _conditional_creates(
 
 
 def _conditional_targets(
-    service: FhirService, entries: list[dict[str, Any]], base: str, connection: Connection,
-    authorize_search: Callable[[SearchRequest], None],
+    service: FhirService, entries: list[dict[str, Any]], conditions: dict[int, tuple[str, str]], base: str,
+    connection: Connection, authorize_search: Callable[[SearchRequest], None],
 ) -> dict[int, str | None]:
     """The id each conditional update or delete (`PUT Task?...`) reaches, by
     position: an update's match, the body's free id, or None for an id the
-    server assigns; a delete's match, or None for none. Judged in one order
-    of conditions, as `_conditional_creates` does."""
-    conditional = {
-        position: _path(entry["request"]["url"], base).strip("/")
-        for position, entry in enumerate(entries)
-        if entry["request"]["method"] in ("PUT", "DELETE") and "?" in entry["request"]["url"]
-    }
+    server assigns; a delete's match, or None for none."""
     targets: dict[int, str | None] = {}
-    for position in sorted(conditional, key=lambda position: entries[position]["request"]["url"]):
-        resource_type, query = conditional[position], entries[position]["request"]["url"].partition("?")[2]
+    for position, (resource_type, query) in conditions.items():
+        request = entries[position]["request"]
+        if request["method"] not in ("PUT", "DELETE"):
+            continue
         service.require_writable(resource_type)
-        if entries[position]["request"]["method"] == "PUT":
+        if request["method"] == "PUT":
+            if_match = interactions.parse_if_match(request.get("ifMatch"))
             targets[position] = update_target(
-                service, resource_type, entries[position].get("resource"), query, base, connection, authorize_search
+                service, resource_type, entries[position].get("resource"), query, base, if_match, connection,
+                authorize_search,
             )
         else:
             targets[position] = the_match(service, resource_type, query, base, connection, authorize_search)
@@ -400,7 +425,7 @@ def _refuse_placeholders(node: Any, position: int) -> None:
 
 def _resolve_conditional_references(
     service: FhirService, entry: dict[str, Any], position: int, base: str, connection: Connection,
-    authorize_search: Callable[[SearchRequest], None],
+    authorize_search: Callable[[SearchRequest], None], deleted: set[str],
 ) -> dict[str, Any]:
     """Conditional references (`Patient?identifier=...`) replaced by the one
     resource they match; none or several fail the transaction (http.html#trules)."""
@@ -420,6 +445,11 @@ def _resolve_conditional_references(
                 f"entry {position}: the conditional reference {reference[:100]} matches more than one {resource_type}"
             )
         resolved[reference] = f"{resource_type}/{found[0]}"
+        if resolved[reference] in deleted:
+            raise InvalidRequest(
+                f"entry {position}: the conditional reference {reference[:100]} matches {resolved[reference]},"
+                " which this transaction deletes"
+            )
     return _replace_references(entry, resolved)
 
 

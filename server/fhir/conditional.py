@@ -76,19 +76,20 @@ def update_where(
     412. Returns the version and whether it was created."""
     service.require_writable(resource_type)
     with writing(service.engine, connection) as session:
-        target = update_target(service, resource_type, body, query, base, session, authorize_search)
+        target = update_target(service, resource_type, body, query, base, if_match, session, authorize_search)
         if target is None:
             return interactions.create(service, resource_type, body, session), True
         return interactions.update(service, resource_type, target, {**body, "id": target}, if_match, session)
 
 
 def update_target(
-    service: FhirService, resource_type: str, body: Any, query: str, base: str, connection: Connection,
-    authorize_search: Callable[[SearchRequest], None],
+    service: FhirService, resource_type: str, body: Any, query: str, base: str, if_match: int | None,
+    connection: Connection, authorize_search: Callable[[SearchRequest], None],
 ) -> str | None:
     """The id a conditional update writes: the one match; with none, the
     body's id if that is free (409 if it is taken), or None for a create
-    under an id the server assigns."""
+    under an id the server assigns. With none, If-Match cannot hold (412):
+    it names a version of something that is not there."""
     if not isinstance(body, dict):
         raise InvalidRequest(f"the body of a conditional update must be a {resource_type}")
     named = body.get("id")
@@ -99,6 +100,8 @@ def update_target(
         if named not in (None, match):
             raise InvalidRequest(f"the body names {resource_type}/{named}, the condition matches {match}")
         return match
+    if if_match is not None:
+        raise VersionConflict(f"{resource_type}?{query[:100]} matches nothing; If-Match cannot hold")
     if named is None:
         return None
     if _exists(service, resource_type, named, connection):
@@ -144,10 +147,15 @@ def _exists(service: FhirService, resource_type: str, resource_id: str, connecti
         return False
 
 
+def condition_key(resource_type: str, query: str) -> str:
+    """One text for one condition, however its parameters are ordered."""
+    return f"{resource_type}?{sorted(pair for pair in form_pairs(query) if pair[0] not in _SET_ASIDE)}"
+
+
 def serialize_condition(connection: Connection, resource_type: str, query: str) -> None:
-    """Two creates with one condition, at once, must not both find nothing and
-    both create (PostgreSQL; SQLite writers hold the database's write lock)."""
+    """Two writers with one condition, at once, must not both find nothing and
+    both create (PostgreSQL; SQLite writers hold the database's write lock).
+    A writer with several conditions takes them in `condition_key` order."""
     if connection.dialect.name == "postgresql":
-        condition = sorted(pair for pair in form_pairs(query) if pair[0] not in _SET_ASIDE)
-        key = f"fhir-conditional-create:{resource_type}?{condition}"
+        key = f"fhir-condition:{condition_key(resource_type, query)}"
         connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})

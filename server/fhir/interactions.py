@@ -101,8 +101,10 @@ def delete(
         hook = service.write_hooks.get(resource_type)
         if hook is not None:
             hook.deleting(session, resource_id)
-        note_written(session, f"{resource_type}/{resource_id}")
-        return service.store.delete(session, resource_type, resource_id, if_match)
+        version = service.store.delete(session, resource_type, resource_id, if_match)
+        if version is not None:  # None: there was nothing to delete
+            note_written(session, f"{resource_type}/{resource_id}")
+        return version
 
 
 def _without_id(body: Any) -> Any:

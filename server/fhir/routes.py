@@ -18,6 +18,7 @@ from starlette.responses import Response
 from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
 from fhir_mappings.errors import Forbidden, InvalidRequest
+from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.patient_compartment import patients_of, patients_searched
 from fhir_mappings.resources import resource_json, validated
 from fhir_mappings.search_query import SearchRequest, read_subsetting
@@ -65,12 +66,18 @@ def fhir_base(request: Request) -> str:
     return f"{public_root(request)}/fhir"
 
 
+def _preference(request: Request, name: str) -> str | None:
+    """A `Prefer` header's value for `name` (RFC 7240): `handling`, `return`."""
+    for value in request.headers.getlist("prefer"):
+        for part in value.split(","):
+            key, _, setting = part.partition(";")[0].strip().partition("=")
+            if key.strip().lower() == name:
+                return setting.strip().strip('"').lower()
+    return None
+
+
 def _strict(request: Request) -> bool:
-    return any(
-        part.strip() == "handling=strict"
-        for value in request.headers.getlist("prefer")
-        for part in value.split(",")
-    )
+    return _preference(request, "handling") == "strict"
 
 
 def _version_headers(version: StoredVersion) -> dict[str, str]:
@@ -111,6 +118,13 @@ def _version_response(request: Request, version: StoredVersion, status: int = 20
     assert version.body is not None
     if request.method == "GET":
         return fhir_response(subset_json(version.body, *read_subsetting(_search_pairs(request))), fmt, status, headers)
+    # What a write answers (R4 http.html#ops): the resource by default, or nothing, or an OperationOutcome.
+    returned = _preference(request, "return")
+    if returned == "minimal":
+        return Response(status_code=status, headers=headers)
+    if returned == "operationoutcome":
+        done = f"{version.resource_type}/{version.resource_id} is at version {version.version_id}"
+        return fhir_response(operation_outcome("informational", done, "information"), fmt, status, headers)
     return fhir_response(version.body, fmt, status, headers, written=True)
 
 

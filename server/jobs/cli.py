@@ -1,7 +1,6 @@
 """`medaiflow models ...`, `medaiflow infer` and `medaiflow worker`."""
 
 import argparse
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from tqdm import tqdm
 
 from server.jobs.queue import Stage
 from server.jobs.registry import RegisteredModel
-from server.jobs.triggers import STUDY_DATE
+from server.jobs.triggers import study_date
 from server.services import Services
 from server.settings import load_settings
 
@@ -76,9 +75,10 @@ def _run_stored(args: argparse.Namespace) -> int:
 
 
 def _study_date(text: str) -> str:
-    if not re.fullmatch(STUDY_DATE, text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date as YYYYMMDD")
-    return text
+    try:
+        return study_date(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _validate(args: argparse.Namespace) -> int:

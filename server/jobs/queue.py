@@ -104,6 +104,9 @@ class JobQueue:
         connection.execute(insert(inference_jobs).values(**values))
         job = self.get(task_id, connection)
         assert job is not None
+        if automatic and self.on_change is not None:
+            # The server's own decision to run a model (an order is its client's request, recorded as such).
+            self.on_change(connection, task_id, self.public_status(job), job.patient_id, None)
         return self.task_of(job)
 
     def get(self, task_id: str, connection: Connection | None = None, lock: bool = False) -> Job | None:
@@ -252,11 +255,16 @@ class JobQueue:
                 .values(lease_expires=now_micros() + self._lease())
             ).rowcount == 1
 
-    def complete(self, connection: Connection, job: Job) -> bool:
-        """In the caller's transaction, the one that publishes the results."""
+    def complete(self, connection: Connection, job: Job, content: str) -> bool:
+        """In the caller's transaction, the one that publishes the results.
+        `content`: what the series held as the job read it. An order records
+        it, so that the series is not run again for it (`triggers`); an
+        automatic job keeps the content it was started for, its key."""
+        values = {"business_status": "completed", "lease_owner": None, "lease_expires": None, "ended_at": now_micros()}
+        if not job.automatic:
+            values["series_content"] = content
         return self._change(
-            connection, job.task_id, status=IN_PROGRESS, owner=job.lease_owner, status_to=COMPLETED,
-            values={"business_status": "completed", "lease_owner": None, "lease_expires": None, "ended_at": now_micros()},
+            connection, job.task_id, status=IN_PROGRESS, owner=job.lease_owner, status_to=COMPLETED, values=values,
         ) is not None
 
     def fail(self, job: Job, reason: str, retryable: bool) -> str | None:

@@ -12,7 +12,9 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from server.jobs.registry import RegisteredModel
-from server.jobs.triggers import STUDY_DATE
+from server.auth.access import Permission
+from server.errors import error_response
+from server.jobs.triggers import study_date
 from server.services import services
 
 router = APIRouter()
@@ -63,9 +65,17 @@ def activate_model(request: Request, key: str, force: bool = False) -> JSONRespo
 
 @router.post("/models/{key}/run-stored")
 def run_model_on_stored_studies(
-    request: Request, key: str, study_date_from: str | None = Query(None, alias="studyDateFrom", pattern=STUDY_DATE),
+    request: Request, key: str, study_date_from: str | None = Query(None, alias="studyDateFrom"),
 ) -> JSONResponse:
-    """Queue an active model on the studies already stored (`medaiflow models run-stored`)."""
+    """Queue an active model on the studies already stored (`medaiflow models run-stored`).
+    Its jobs read studies, as an order does: it needs `ImagingStudy.r` beside `Task.c`."""
+    if not request.state.principal.may(Permission("ImagingStudy", "r")):
+        return error_response(403, f"{request.state.principal.name} may not run a model on studies it may not read")
+    if study_date_from is not None:
+        try:
+            study_date(study_date_from)
+        except ValueError as error:
+            return error_response(400, f"studyDateFrom: {error}")
     started = services(request).jobs.triggers.run_stored(key, study_date_from)
     return JSONResponse({"queued": len(started), "tasks": [f"Task/{task_id}" for task_id in started]})
 

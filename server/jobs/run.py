@@ -287,7 +287,7 @@ class JobRunner:
             self._check_series_unchanged(prepared, connection)
             revised = supersede_earlier_runs(
                 self.queue.store, connection, study_jobs, job.task_id, job.model_id,
-                prepared.series.series_instance_uid,
+                prepared.series.series_instance_uid, prepared.content,
             )
             resources = result_resources(
                 FinishedJob(
@@ -300,7 +300,7 @@ class JobRunner:
             )
             for resource in resources.all():
                 self.queue.store.put(connection, resource, resource["id"], "PUT")
-            if not self.queue.complete(connection, job):
+            if not self.queue.complete(connection, job, prepared.content):
                 raise JobLost()  # rolls the results back with the transaction
 
     def _within_limit(self, job: Job, work: "Future[T]") -> T:

@@ -72,12 +72,13 @@ def follow_studies(queue: JobQueue, connection: Connection, patients: Mapping[st
 
 def supersede_earlier_runs(
     store: ResourceStore, connection: Connection, study_jobs: Sequence[Row[Any]], publishing: str, model_id: int,
-    series_uid: str,
+    series_uid: str, content: str,
 ) -> list[str]:
     """Withdraw the results of the model's earlier completed runs on the
-    series, for job `publishing`'s, which replace them; `study_jobs` as
-    `lock_study_jobs` gave them. Returns the ids of their reports. A run of
-    another model, or another version of this one, stands beside it."""
+    series, for job `publishing`'s, made from `content`, which replace them;
+    `study_jobs` as `lock_study_jobs` gave them. Returns the ids of their
+    reports. A run of another model, or another version of this one, stands
+    beside it."""
     earlier = [
         job for job in study_jobs
         if job.model_id == model_id and job.series_instance_uid == series_uid and job.task_id != publishing
@@ -85,7 +86,10 @@ def supersede_earlier_runs(
     ]
     for job in earlier:
         _withdraw(store, connection, job.task_id, remove_seg=True)
-        _release_content(connection, job)  # should the series hold that content again, it runs again
+        if job.series_content != content:
+            # It stood for content the series no longer holds: should it hold that again, it runs again.
+            # (For the content it holds, the new run stands.)
+            _release_content(connection, job)
     return [report_id(job.task_id) for job in earlier]
 
 

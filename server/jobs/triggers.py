@@ -3,7 +3,8 @@ to run the active models whose rules accept one of its series.
 
 Every STOW marks its studies in `study_activity` in its own transaction, so a
 pending trigger survives a restart. One automatic job per model and content
-of a series: a series that gained or changed instances since its last run
+of a series, none where an order's current results stand for that content:
+a series that gained or changed instances since its last run
 (a sender that paused longer than the quiet period, a corrected re-send, a
 study deleted and sent again) is run again, while the server's own SEG
 series, which changes the study but not the series, starts nothing (a
@@ -12,19 +13,30 @@ unique index holds this across server processes).
 
 import logging
 import uuid
+from datetime import datetime
 
-from sqlalchemy import Connection, Engine, delete, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from server.db import reading, write_connection
-from server.jobs.queue import JobQueue, now_micros
+from server.jobs.queue import COMPLETED, JobQueue, now_micros
 from server.jobs.registry import ActivationRefused, ModelRegistry, RegisteredModel
 from server.jobs.series import accepted_series, series_content
 from server.tables import inference_jobs, studies, study_activity
 
 log = logging.getLogger(__name__)
 _BATCH = 200
-STUDY_DATE = "^[0-9]{8}$"  # what `run_stored` takes as a date: a DICOM DA value, YYYYMMDD
+
+
+def study_date(text: str) -> str:
+    """A date as `run_stored` takes it: a DICOM DA value (YYYYMMDD) naming a day of the calendar."""
+    try:
+        if len(text) == 8 and text.isascii() and text.isdigit():
+            datetime.strptime(text, "%Y%m%d")
+            return text
+    except ValueError:
+        pass
+    raise ValueError(f"{text[:20]!r} is not a date as YYYYMMDD")
 
 
 def touch_studies(connection: Connection, study_uids: set[str]) -> None:
@@ -102,6 +114,9 @@ class StudyTriggers:
             for row in batch:
                 try:
                     with write_connection(self.engine) as connection:
+                        if not self.registry.get(key, connection).active:  # deactivated meanwhile: no more
+                            log.info("%s was deactivated: run-stored stops after %d jobs", key, len(started))
+                            return started
                         started += self._start_model(connection, model, row.study_instance_uid)
                 except IntegrityError:
                     log.info("another server process started the jobs of study %s", row.study_instance_uid)
@@ -113,7 +128,7 @@ class StudyTriggers:
         started = []
         for stored in accepted_series(connection, study_uid, model.bundle.card.series):
             content = series_content(connection, stored.series_instance_uid)
-            if self._has_automatic_job(connection, model.id, stored.series_instance_uid, content):
+            if self._has_run(connection, model.id, stored.series_instance_uid, content):
                 continue
             task_id = str(uuid.uuid4())
             task = self.queue.create(
@@ -125,13 +140,19 @@ class StudyTriggers:
         return started
 
     @staticmethod
-    def _has_automatic_job(connection: Connection, model_id: int, series_uid: str, content: str) -> bool:
+    def _has_run(connection: Connection, model_id: int, series_uid: str, content: str) -> bool:
+        """Whether a job of the model stands for this content of the series:
+        an automatic one started for it, or an order whose results from it are current."""
+        jobs = inference_jobs.c
         return connection.execute(
-            select(inference_jobs.c.task_id).where(
-                inference_jobs.c.model_id == model_id,
-                inference_jobs.c.series_instance_uid == series_uid,
-                inference_jobs.c.automatic,
-                # Jobs made before contents were recorded (migration 0009) stand for any content.
-                or_(inference_jobs.c.series_content == content, inference_jobs.c.series_content.is_(None)),
+            select(jobs.task_id).where(
+                jobs.model_id == model_id,
+                jobs.series_instance_uid == series_uid,
+                or_(
+                    # Jobs made before contents were recorded (migration 0009) stand for any content.
+                    and_(jobs.automatic, or_(jobs.series_content == content, jobs.series_content.is_(None))),
+                    and_(~jobs.automatic, jobs.status == COMPLETED, ~jobs.results_withdrawn,
+                         jobs.series_content == content),
+                ),
             )
         ).first() is not None

@@ -56,11 +56,19 @@ def sweep(queue: JobQueue, ingestor: Ingestor) -> None:
     for task_id in ended:
         withdraw_results(queue, ingestor, task_id)
     for job in withdrawn:
-        _delete_seg(queue, ingestor, job.study_instance_uid, job.task_id)
-        with write_connection(queue.engine) as connection:
-            connection.execute(
-                update(inference_jobs).where(inference_jobs.c.task_id == job.task_id).values(seg_removal_due=False)
-            )
+        # Unmarked first: a SEG that another server process stores again after the delete (`seg_patients`)
+        # marks the job again, and no later write here may undo that.
+        _mark(queue, job.task_id, False)
+        try:
+            _delete_seg(queue, ingestor, job.study_instance_uid, job.task_id)
+        except Exception:
+            _mark(queue, job.task_id, True)
+            raise
+
+
+def _mark(queue: JobQueue, task_id: str, due: bool) -> None:
+    with write_connection(queue.engine) as connection:
+        connection.execute(update(inference_jobs).where(inference_jobs.c.task_id == task_id).values(seg_removal_due=due))
 
 
 def _delete_seg(queue: JobQueue, ingestor: Ingestor, study_uid: str, task_id: str) -> None:
