@@ -67,7 +67,7 @@ def _content(element: Any, model: type, path: str, value_attribute: bool = False
     """The JSON members of a resource or a complex element; with
     `value_attribute`, of a primitive, whose value is read by the caller."""
     document: dict[str, Any] = {}
-    is_resource, is_extension = issubclass(model, Resource), model.get_resource_type() == "Extension"
+    is_resource, is_extension = _is_resource_or_extension(model)
     for attribute, value in element.attrib.items():
         if attribute == "id" and not is_resource:
             document["id"] = value  # an element's id is an attribute; a resource's is an element
@@ -123,7 +123,11 @@ def _value(element: Any, kind: "_Kind", path: str) -> tuple[Any, dict[str, Any] 
     if not kind.primitive:
         return _content(element, get_fhir_model_class(type_name), path), None
     text = element.get("value")
-    extension = _content(element, _ELEMENT, path, value_attribute=True) or None
+    if len(element) == 0 and len(element.attrib) == (text is not None):  # the common case: a value alone
+        _refuse_text(element.text, path)
+        extension = None
+    else:
+        extension = _content(element, _ELEMENT, path, value_attribute=True) or None
     if text is None and extension is None:
         raise InvalidRequest(f"{path} has neither a value nor an extension")
     return (None if text is None else _primitive(text, type_name, path)), extension
@@ -169,6 +173,11 @@ class _Kind:
 _ELEMENT = get_fhir_model_class("Element")  # what a primitive carries beside its value: id and extensions
 # fhir_core's key for the R4B models' types (its pattern reads R4B as R4).
 _TYPE_PREFIX = determine_version_prefix(_ELEMENT.__module__)
+
+
+@cache
+def _is_resource_or_extension(model: type) -> tuple[bool, bool]:
+    return issubclass(model, Resource), model.get_resource_type() == "Extension"  # type: ignore[attr-defined]
 
 
 @cache

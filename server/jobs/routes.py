@@ -11,9 +11,9 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
-from server.jobs.registry import RegisteredModel
 from server.auth.access import Permission
 from server.errors import error_response
+from server.jobs.registry import RegisteredModel
 from server.jobs.triggers import study_date
 from server.services import services
 
