@@ -110,3 +110,13 @@ def test_a_transaction_may_not_reach_one_resource_or_condition_twice(fhir, clien
         assert answer.status_code == 400, (entries, answer.text)
     assert fhir.get(f"/fhir/Task/{task_id}").json()["meta"]["versionId"] == "1"
     assert len(_ids(fhir)) == 1
+
+
+def test_a_plain_update_with_general_parameters_is_no_condition_in_a_transaction(fhir):
+    fhir.put("/fhir/Task/plain-x", json={**TASK, "id": "plain-x"})
+    entries = [{"resource": {**TASK, "id": "plain-x", "description": "second"},
+                "request": {"method": "PUT", "url": "Task/plain-x?_format=json"}},
+               {"request": {"method": "DELETE", "url": "Task/nothing-here?_pretty=true"}}]
+    answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert answer.status_code == 200, answer.text
+    assert fhir.get("/fhir/Task/plain-x").json()["description"] == "second"

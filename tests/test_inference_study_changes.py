@@ -3,6 +3,7 @@ automatic trigger): a corrected PatientID moves them to the new Patient, a
 deleted source withdraws them, and a series that changed is run again."""
 
 
+import pytest
 from sqlalchemy import select, update
 
 from inference.demo.phantom import phantom_datasets, phantom_payloads
@@ -286,7 +287,9 @@ def test_an_order_on_content_an_automatic_run_stood_for_starts_no_other_run(queu
     assert services.jobs.triggers.scan() == []
 
 
-def test_a_sweep_keeps_the_mark_another_process_set_again_while_it_deleted(queued, monkeypatch):
+def test_a_seg_stays_due_until_a_sweep_has_seen_it_gone(queued, monkeypatch):
+    """Another server process may store it again right after the delete (a late patient refresh), or the
+    sweep may die halfway: either way the job stays marked, and a later sweep takes the SEG out."""
     import server.jobs.withdrawal as withdrawal
 
     client, services = queued
@@ -296,15 +299,22 @@ def test_a_sweep_keeps_the_mark_another_process_set_again_while_it_deleted(queue
     assert run_queued(services) == [second]
     delete_seg = withdrawal._delete_seg
 
-    def stored_again_meanwhile(queue, ingestor, study_uid_, task_id):  # type: ignore[no-untyped-def]
-        delete_seg(queue, ingestor, study_uid_, task_id)
-        with services.engine.begin() as connection:  # another process's late refresh stored it, and marked it
-            connection.execute(update(inference_jobs).where(inference_jobs.c.task_id == task_id)
-                               .values(seg_removal_due=True))
+    def due() -> bool:
+        with services.engine.connect() as connection:
+            return bool(connection.execute(select(inference_jobs.c.seg_removal_due)
+                                           .where(inference_jobs.c.task_id == first["id"])).scalar_one())
 
-    monkeypatch.setattr(withdrawal, "_delete_seg", stored_again_meanwhile)
+    monkeypatch.setattr(withdrawal, "_delete_seg", lambda *args: None)  # deleted, and at once stored again
     sweep(services.jobs.queue, services.ingestor)
-    with services.engine.connect() as connection:
-        due = connection.execute(select(inference_jobs.c.seg_removal_due)
-                                 .where(inference_jobs.c.task_id == first["id"])).scalar_one()
-    assert due  # the next sweep takes it out
+    assert due()
+
+    def dying(*args):  # type: ignore[no-untyped-def]
+        raise SystemExit("the process is stopped mid-sweep")
+
+    monkeypatch.setattr(withdrawal, "_delete_seg", dying)
+    with pytest.raises(SystemExit):
+        sweep(services.jobs.queue, services.ingestor)
+    assert due()
+    monkeypatch.setattr(withdrawal, "_delete_seg", delete_seg)
+    sweep(services.jobs.queue, services.ingestor)
+    assert not due() and _seg_series(client, uid) == [SegIdentity.for_job(second).series_instance_uid]

@@ -153,11 +153,13 @@ def _conditions(entries: list[dict[str, Any]], base: str) -> dict[int, tuple[str
         query = _text(request, "ifNoneExist")
         if query is not None and request["method"] != "POST":
             raise InvalidRequest(f"entry {position}: ifNoneExist belongs to a POST (a create)")
-        if query is None and request["method"] in ("PUT", "DELETE") and "?" in request["url"]:
+        resource_type = _path(request["url"], base).strip("/")
+        # `[type]?[query]`; `Task/x?_format=json` is a plain update or delete with general parameters.
+        conditional = request["method"] in ("PUT", "DELETE") and "?" in request["url"] and "/" not in resource_type
+        if query is None and conditional:
             query = request["url"].partition("?")[2]
         if query is None:
             continue
-        resource_type = _path(request["url"], base).strip("/")
         key = condition_key(resource_type, query)
         if key in seen:
             raise InvalidRequest(f"entries {seen[key]} and {position} share one condition ({key[:100]})")

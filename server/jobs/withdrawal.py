@@ -14,7 +14,7 @@ the SEG out of the study.
 
 import logging
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 
 from dicom.errors import NotFound
 from inference.seg import SegIdentity
@@ -22,7 +22,7 @@ from server.db import reading, write_connection
 from server.dicomweb.delete import delete_resources
 from server.ingest import Ingestor
 from server.jobs.queue import CANCELLED, FAILED, JobQueue
-from server.tables import inference_jobs
+from server.tables import inference_jobs, series
 
 log = logging.getLogger(__name__)
 _BATCH = 100
@@ -56,19 +56,17 @@ def sweep(queue: JobQueue, ingestor: Ingestor) -> None:
     for task_id in ended:
         withdraw_results(queue, ingestor, task_id)
     for job in withdrawn:
-        # Unmarked first: a SEG that another server process stores again after the delete (`seg_patients`)
-        # marks the job again, and no later write here may undo that.
-        _mark(queue, job.task_id, False)
-        try:
-            _delete_seg(queue, ingestor, job.study_instance_uid, job.task_id)
-        except Exception:
-            _mark(queue, job.task_id, True)
-            raise
-
-
-def _mark(queue: JobQueue, task_id: str, due: bool) -> None:
-    with write_connection(queue.engine) as connection:
-        connection.execute(update(inference_jobs).where(inference_jobs.c.task_id == task_id).values(seg_removal_due=due))
+        _delete_seg(queue, ingestor, job.study_instance_uid, job.task_id)
+        # Done only if the SEG is gone: another server process may have stored it again meanwhile
+        # (`seg_patients`), and then the next sweep takes it out again. A crash before this leaves it due.
+        seg_uid = SegIdentity.for_job(job.task_id).series_instance_uid
+        with write_connection(queue.engine) as connection:
+            connection.execute(
+                update(inference_jobs)
+                .where(inference_jobs.c.task_id == job.task_id,
+                       ~exists().where(series.c.series_instance_uid == seg_uid))
+                .values(seg_removal_due=False)
+            )
 
 
 def _delete_seg(queue: JobQueue, ingestor: Ingestor, study_uid: str, task_id: str) -> None:
