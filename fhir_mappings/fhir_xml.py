@@ -1,18 +1,22 @@
 """FHIR XML (R4 xml.html) read into FHIR JSON (json.html), the form this
 server checks and stores, so that an XML body takes the same path as a JSON
-one: the same validation, the same stored bytes.
+one: the same validation, the same stored bytes; and stored JSON written as
+XML for the answers that ask for it.
 
-The R4 models say which elements repeat and which type each has. The reader
-is strict where a lenient one would lose data without a word: an element it
-does not know, one that may appear once appearing twice, text where FHIR has
-none, or an attribute it does not read is an error, not skipped. A DTD is
-refused outright (no entity can reach the file system or the network).
+The R4 models say which elements repeat, which type each has and in which
+order they come. The reader is strict where a lenient one would lose data
+without a word: an element it does not know, one that may appear once
+appearing twice, text where FHIR has none, or an attribute it does not read
+is an error, not skipped. A DTD is refused outright (no entity can reach the
+file system or the network). The writer writes each value as stored, a
+decimal's digits and a time's zone included.
 """
 
 import copy
 import re
 from dataclasses import dataclass
 from functools import cache
+from itertools import zip_longest
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -46,6 +50,61 @@ def loads(raw: bytes) -> dict[str, Any]:
     if root.getroottree().docinfo.doctype:
         raise InvalidRequest("the body declares a DTD, which FHIR XML may not (xml.html)")
     return _resource(root, None)
+
+
+def dumps(resource: dict[str, Any], pretty: bool = False) -> bytes:
+    """A stored resource (FHIR JSON, as `fhir_json.loads` reads it) as FHIR
+    XML. ValueError for what XML cannot carry (a narrative that is not XML,
+    a character XML has not); SyntaxError is lxml's XMLSyntaxError."""
+    root = _resource_element(resource)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=pretty)  # type: ignore[no-any-return]
+
+
+def _resource_element(resource: dict[str, Any]) -> Any:
+    name = resource["resourceType"]
+    element = etree.Element(f"{{{FHIR_NS}}}{name}", nsmap={None: FHIR_NS})
+    _write(element, resource, get_fhir_model_class(name))
+    return element
+
+
+def _write(element: Any, document: dict[str, Any], model: type) -> None:
+    """`document`'s members as `element`'s attributes and children, in the order FHIR gives them."""
+    is_resource, is_extension = _is_resource_or_extension(model)
+    kinds = _elements(model)
+    unknown = {key.removeprefix("_") for key in document} - kinds.keys() - {"resourceType"}
+    if unknown:
+        raise ValueError(f"{model.get_resource_type()} has no element {sorted(unknown)[0]!r}")  # type: ignore[attr-defined]
+    for name in _sequence(model):
+        value, extra = document.get(name), document.get(f"_{name}")
+        if value is None and extra is None:
+            continue
+        if name == "id" and not is_resource or name == "url" and is_extension:
+            element.set(name, value)
+            continue
+        kind = kinds[name]
+        values, extras = (value or [], extra or []) if kind.repeats else ([value], [extra])
+        for item, item_extra in zip_longest(values, extras):
+            if kind.type_name == "xhtml":
+                element.append(etree.fromstring(item))
+                continue
+            child = etree.SubElement(element, f"{{{FHIR_NS}}}{name}")
+            if kind.type_name == "Resource":
+                child.append(_resource_element(item))
+            elif kind.primitive:
+                if item is not None:
+                    child.set("value", _primitive_text(item))
+                if item_extra:
+                    _write(child, item_extra, _ELEMENT)
+            else:
+                _write(child, item, get_fhir_model_class(kind.type_name))
+
+
+def _primitive_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not isinstance(value, WrittenDecimal):
+        return repr(value)  # the shortest text that reads back as this float, as JSON writes it
+    return str(value)
 
 
 def _resource(element: Any, where: str | None) -> dict[str, Any]:
@@ -173,6 +232,12 @@ class _Kind:
 _ELEMENT = get_fhir_model_class("Element")  # what a primitive carries beside its value: id and extensions
 # fhir_core's key for the R4B models' types (its pattern reads R4B as R4).
 _TYPE_PREFIX = determine_version_prefix(_ELEMENT.__module__)
+
+
+@cache
+def _sequence(model: type) -> tuple[str, ...]:
+    """A model's elements in the order FHIR XML writes them."""
+    return tuple(model.elements_sequence())  # type: ignore[attr-defined]
 
 
 @cache

@@ -7,15 +7,12 @@ bindings, so `validate_resource` checks them from the models' own
 `enum_values` (the codes of each required binding in FHIR R4).
 """
 
-import decimal
 import re
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
-from fhir_core import xml_utils
 from pydantic import BaseModel, ValidationError
 
 from fhir_mappings.errors import InvalidRequest, InvalidResource
@@ -226,33 +223,6 @@ def resource_json(model: Resource) -> bytes:
 
 def resource_dict(model: Resource) -> dict[str, Any]:
     return orjson.loads(resource_json(model))  # type: ignore[no-any-return]
-
-
-def resource_xml(document: dict[str, Any], pretty: bool) -> bytes:
-    """A resource's FHIR XML. Raises ValueError, KeyError or SyntaxError
-    (lxml's refusals) for what XML cannot carry."""
-    _write_decimals_as_written()
-    model = model_class(document["resourceType"]).model_validate(document)
-    return model.model_dump_xml(pretty_print=pretty)  # type: ignore[no-any-return]
-
-
-def _write_decimals_as_written() -> None:
-    """The XML writer makes a float of each decimal, so 1.10 becomes 1.1 and
-    100 becomes 100.0; R4 keeps a decimal's digits (datatypes.html#decimal).
-    The model holds the decimal as written (`fhir_json.WrittenDecimal` makes
-    Decimal("1.10")), so write that. `xml_represent` is the module's one
-    writer of primitive values, looked up by name at each call."""
-    if getattr(xml_utils.xml_represent, "writes_decimals_as_written", False):
-        return
-    represent: Callable[..., str] = xml_utils.xml_represent
-
-    def decimals_as_written(type_: Any, value: Any, version_prefix: str = "") -> str:
-        if isinstance(value, decimal.Decimal):
-            return str(value)
-        return represent(type_, value, version_prefix)
-
-    decimals_as_written.writes_decimals_as_written = True  # type: ignore[attr-defined]
-    xml_utils.xml_represent = decimals_as_written
 
 
 def _describe(error: ValidationError) -> str:

@@ -66,7 +66,7 @@ def test_a_created_resource_keeps_its_decimals_in_every_answer(fhir):
 
     xml = fhir.get(f"/fhir/Task/{task_id}", params={"_format": "xml"})
     assert xml.status_code == 200
-    for text in ("0.50", "110", WIDE):  # 1.10e2 as Python's Decimal writes it: the same digits, the same precision
+    for text in ("0.50", "1.10e2", WIDE):  # as written: FHIR XML takes the exponent form too (datatypes.html#decimal)
         assert f'<valueDecimal value="{text}"/>' in xml.text
 
     searched = fhir.get("/fhir/Task", params={"_id": task_id, "_elements": "input"})

@@ -8,7 +8,6 @@ import pytest
 
 from fhir_mappings import fhir_json, fhir_xml
 from fhir_mappings.errors import InvalidRequest
-from fhir_mappings.resources import resource_xml
 from tests.test_fhir_capability import RICH
 
 XML = {"Content-Type": "application/fhir+xml"}
@@ -110,9 +109,8 @@ def test_xml_that_reads_as_an_invalid_resource_gets_the_json_checks(fhir):
 
 @pytest.mark.parametrize("resource", RICH, ids=lambda resource: resource["resourceType"])
 def test_what_the_server_writes_as_xml_reads_back_as_the_same_json(resource):
-    read_back = fhir_xml.loads(resource_xml(fhir_json.loads(orjson.dumps(resource)), pretty=True))
-    # The XML writer gives UTC as +00:00, the same instant as the Z it was written with.
-    assert orjson.loads(fhir_json.dumps(read_back).replace(b'+00:00"', b'Z"')) == resource
+    read_back = fhir_xml.loads(fhir_xml.dumps(fhir_json.loads(orjson.dumps(resource)), pretty=True))
+    assert orjson.loads(fhir_json.dumps(read_back)) == resource
 
 
 def test_repeating_primitives_keep_their_extensions_in_place():
@@ -138,12 +136,10 @@ def test_what_xml_answers_could_not_carry_is_refused_before_it_is_stored(fhir):
 
 def test_a_write_whose_answer_xml_cannot_carry_answers_json_not_406(fhir, monkeypatch):
     """A 406 would tell the client that nothing was written, and it would write again."""
-    import server.fhir.negotiation as negotiation
-
     def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise ValueError("All strings must be XML compatible")
 
-    monkeypatch.setattr(negotiation, "resource_xml", refuse)
+    monkeypatch.setattr(fhir_xml, "dumps", refuse)
     created = fhir.post("/fhir/Task", content=TASK_XML, headers=XML)
     assert created.status_code == 201 and created.headers["content-type"].startswith("application/fhir+json")
     assert fhir.get(created.headers["location"], params={"_format": "xml"}).status_code == 406  # a read wrote nothing
@@ -156,3 +152,16 @@ def test_a_body_over_the_limit_is_413_before_it_is_read_whole(fhir, services):
     form = fhir.post("/fhir/Task/_search", content=b"status=" + b"x" * 1000,
                      headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert form.status_code == 413
+
+
+def test_the_xml_writer_puts_element_ids_in_attributes_and_keeps_values_as_stored():
+    observation = fhir_xml.loads(
+        f'<Observation {FHIR}><status value="final"/><code><coding id="c1"><code value="x"/></coding></code>'
+        f'<effectiveDateTime value="2026-11-28T01:00:00Z" id="when"/>'
+        f'<valueQuantity><value value="2.50"/></valueQuantity></Observation>'.encode()
+    )
+    written = fhir_xml.dumps(observation).decode()
+    assert '<coding id="c1">' in written  # an element's id is an attribute (xml.html), not an <id> element
+    assert '<effectiveDateTime value="2026-11-28T01:00:00Z" id="when"/>' in written  # the zone as written
+    assert '<value value="2.50"/>' in written
+    assert written.index("<status") < written.index("<code>") < written.index("<effectiveDateTime")  # R4's order

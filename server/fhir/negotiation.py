@@ -20,7 +20,7 @@ from dicom.errors import DicomError
 from dicom.media_types import parse_accept, type_matches
 from fhir_mappings import fhir_json, fhir_xml
 from fhir_mappings.errors import InvalidRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
-from fhir_mappings.resources import CONTROL_CHARACTER, resource_xml
+from fhir_mappings.resources import CONTROL_CHARACTER
 
 log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
@@ -174,7 +174,7 @@ def fhir_response(
     if fmt.is_xml:
         document = fhir_json.loads(body) if isinstance(body, bytes) else body
         try:
-            content = resource_xml(document, fmt.pretty)
+            content = fhir_xml.dumps(document, fmt.pretty)
         except (ValueError, KeyError, SyntaxError) as error:  # lxml's refusals; XMLSyntaxError is a SyntaxError
             if written:
                 log.warning("a write's answer could not be written as XML, so it is JSON: %s", error)
