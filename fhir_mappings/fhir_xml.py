@@ -40,11 +40,8 @@ _DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")  
 def loads(raw: bytes) -> dict[str, Any]:
     """The resource an XML body holds, as FHIR JSON; InvalidRequest (400) for
     XML that is not well-formed or not FHIR."""
-    parser = etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True, remove_pis=True,
-    )
     try:
-        root = etree.fromstring(raw, parser)
+        root = etree.fromstring(raw, _parser(remove_comments=True, remove_pis=True))
     except etree.XMLSyntaxError as error:
         raise InvalidRequest(f"the body is not well-formed XML: {error}") from error
     if root.getroottree().docinfo.doctype:
@@ -85,7 +82,7 @@ def _write(element: Any, document: dict[str, Any], model: type) -> None:
         values, extras = (value or [], extra or []) if kind.repeats else ([value], [extra])
         for item, item_extra in zip_longest(values, extras):
             if kind.type_name == "xhtml":
-                element.append(etree.fromstring(item))
+                element.append(etree.fromstring(item, _parser()))
                 continue
             child = etree.SubElement(element, f"{{{FHIR_NS}}}{name}")
             if kind.type_name == "Resource":
@@ -97,6 +94,12 @@ def _write(element: Any, document: dict[str, Any], model: type) -> None:
                     _write(child, item_extra, _ELEMENT)
             else:
                 _write(child, item, get_fhir_model_class(kind.type_name))
+
+
+def _parser(**options: bool) -> Any:
+    """One per document: lxml parsers are not to be shared between threads.
+    No entity is resolved and nothing is loaded, from disk or the network."""
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, **options)
 
 
 def _primitive_text(value: Any) -> str:
