@@ -84,7 +84,8 @@ def check_div(div: str, where: str) -> None:
         if namespace != XHTML or name not in _ELEMENTS:
             raise InvalidResource(f"{where} holds a <{name}> element, which narrative may not (txt-1)")
         if element.prefix is not None:
-            # The FHIR XML writer writes XHTML as the default namespace and cannot write it otherwise.
+            # FHIR tools read the div as XHTML in the default namespace (as FHIR's own examples write it):
+            # prefixed, it would reach them as elements they do not know.
             raise InvalidResource(f"{where} writes <{element.prefix}:{name}>: write XHTML as the default namespace")
         for attribute, value in element.attrib.items():
             _check_attribute(name, attribute, value, where)
