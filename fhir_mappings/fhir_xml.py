@@ -54,7 +54,26 @@ def dumps(resource: dict[str, Any], pretty: bool = False) -> bytes:
     XML. ValueError for what XML cannot carry (a narrative that is not XML,
     a character XML has not); SyntaxError is lxml's XMLSyntaxError."""
     root = _resource_element(resource)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=pretty)  # type: ignore[no-any-return]
+    if pretty:
+        _indent_around_narratives(root)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")  # type: ignore[no-any-return]
+
+
+def _indent_around_narratives(root: Any) -> None:
+    """Indented for reading, but not inside a narrative, where whitespace is
+    content: between inline elements, in a <pre>."""
+    narratives = [
+        (div, div.text, list(div)) for div in root.iter(f"{{{XHTML_NS}}}div")
+        if etree.QName(div.getparent()).namespace == FHIR_NS
+    ]
+    for div, _, children in narratives:
+        div.text = None
+        for child in children:
+            div.remove(child)  # its tail goes with it
+    etree.indent(root, space="  ")
+    for div, text, children in narratives:
+        div.text = text
+        div.extend(children)
 
 
 def _resource_element(resource: dict[str, Any]) -> Any:
@@ -82,7 +101,8 @@ def _write(element: Any, document: dict[str, Any], model: type) -> None:
         values, extras = (value or [], extra or []) if kind.repeats else ([value], [extra])
         for item, item_extra in zip_longest(values, extras):
             if kind.type_name == "xhtml":
-                element.append(etree.fromstring(item, _parser()))
+                # As bytes: the narrative check read it so, and a str may not declare an encoding.
+                element.append(etree.fromstring(item.encode(), _parser()))
                 continue
             child = etree.SubElement(element, f"{{{FHIR_NS}}}{name}")
             if kind.type_name == "Resource":

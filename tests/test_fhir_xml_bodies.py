@@ -165,3 +165,16 @@ def test_the_xml_writer_puts_element_ids_in_attributes_and_keeps_values_as_store
     assert '<effectiveDateTime value="2026-11-28T01:00:00Z" id="when"/>' in written  # the zone as written
     assert '<value value="2.50"/>' in written
     assert written.index("<status") < written.index("<code>") < written.index("<effectiveDateTime")  # R4's order
+
+
+@pytest.mark.parametrize("div", [
+    '<div xmlns="http://www.w3.org/1999/xhtml"><p><b>Name:</b><i>Smith</i></p><pre><b>1</b><b>2</b></pre></div>',
+    '<?xml version="1.0" encoding="UTF-8"?><div xmlns="http://www.w3.org/1999/xhtml">declared</div>',
+])
+def test_pretty_xml_leaves_the_narrative_as_stored(div):
+    patient = {"resourceType": "Patient", "text": {"status": "generated", "div": div}, "active": True}
+    pretty = fhir_xml.dumps(patient, pretty=True)
+    assert b"\n  <active" in pretty  # indented around it
+    stored = div.split("?>")[-1]
+    assert fhir_xml.loads(pretty)["text"]["div"] == stored
+    assert fhir_xml.loads(fhir_xml.dumps(patient))["text"]["div"] == stored
