@@ -807,14 +807,25 @@ def narrative_without_active_content(session: Session) -> None:
             _delete_created(session, chosen, created)
 
 
+def _marked_probe(
+    session: Session, declaration: str | None, label: str
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The probe type, a fresh identifier, and a probe resource that carries it
+    (first: XML elements come in the order FHIR defines, and identifier comes
+    before each probe's elements). Skipped unless the type declares
+    `declaration` (`conditionalCreate`, ...) when one is named."""
+    chosen = _probe_type(session)
+    if declaration is not None:
+        declared = next(resource for resource in _resources(session) if resource["type"] == chosen)
+        if declared.get(declaration) in (None, False, "not-supported"):
+            raise CaseSkipped(f"{chosen} declares no {declaration}")
+    marker = {"system": _PROBE_SYSTEM, "value": f"{label}-{uuid.uuid4()}"}
+    return chosen, marker, {"resourceType": chosen, "identifier": [marker], **_PROBES[chosen]}
+
+
 @case("FH-WRITE-04", "FHIR R4 http.html#ccreate", "Conditional create, where declared: the first POST with If-None-Exist creates (201), the same again answers the match (200), nothing is created twice")
 def conditional_create(session: Session) -> None:
-    chosen = _probe_type(session)
-    declared = next(resource for resource in _resources(session) if resource["type"] == chosen)
-    if not declared.get("conditionalCreate"):
-        raise CaseSkipped(f"{chosen} declares no conditional create")
-    marker = {"system": _PROBE_SYSTEM, "value": f"ccreate-{uuid.uuid4()}"}
-    body = {"resourceType": chosen, **_PROBES[chosen], "identifier": [marker]}
+    chosen, marker, body = _marked_probe(session, "conditionalCreate", "ccreate")
     headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON,
                "If-None-Exist": f"identifier={marker['system']}|{marker['value']}"}
     first = session.post(session.fhir(f"/{chosen}"), json=body, headers=headers)
@@ -831,13 +842,8 @@ def conditional_create(session: Session) -> None:
 
 @case("FH-WRITE-05", "FHIR R4 http.html#cond-update", "Conditional update, where declared: PUT [type]?identifier= with no match creates (201), with one match updates it (200, a new version)")
 def conditional_update(session: Session) -> None:
-    chosen = _probe_type(session)
-    declared = next(resource for resource in _resources(session) if resource["type"] == chosen)
-    if not declared.get("conditionalUpdate"):
-        raise CaseSkipped(f"{chosen} declares no conditional update")
-    marker = {"system": _PROBE_SYSTEM, "value": f"cupdate-{uuid.uuid4()}"}
+    chosen, marker, body = _marked_probe(session, "conditionalUpdate", "cupdate")
     address = session.fhir(f"/{chosen}?identifier={marker['system']}|{marker['value']}")
-    body = {"resourceType": chosen, **_PROBES[chosen], "identifier": [marker]}
     headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
     first = session.request("PUT", address, json=body, headers=headers)
     try:
@@ -856,12 +862,7 @@ def conditional_update(session: Session) -> None:
 
 @case("FH-WRITE-06", "FHIR R4 http.html#3.1.0.7.1", "Conditional delete, where declared: DELETE [type]?identifier= deletes the one match (2xx, then a read is 404 or 410)")
 def conditional_delete(session: Session) -> None:
-    chosen = _probe_type(session)
-    declared = next(resource for resource in _resources(session) if resource["type"] == chosen)
-    if declared.get("conditionalDelete", "not-supported") == "not-supported":
-        raise CaseSkipped(f"{chosen} declares no conditional delete")
-    marker = {"system": _PROBE_SYSTEM, "value": f"cdelete-{uuid.uuid4()}"}
-    body = {"resourceType": chosen, **_PROBES[chosen], "identifier": [marker]}
+    chosen, marker, body = _marked_probe(session, "conditionalDelete", "cdelete")
     created = session.post(session.fhir(f"/{chosen}"), json=body,
                            headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON})
     try:
@@ -877,10 +878,7 @@ def conditional_delete(session: Session) -> None:
 def create_in_xml(session: Session) -> None:
     if not any("xml" in fmt for fmt in _capability(session).get("format", [])):
         raise CaseSkipped("the server declares no XML format")
-    chosen = _probe_type(session)
-    marker = f"xml-{uuid.uuid4()}"
-    # Identifier first: XML elements come in the order FHIR defines, and it precedes each probe's elements.
-    probe = {"resourceType": chosen, "identifier": [{"system": _PROBE_SYSTEM, "value": marker}], **_PROBES[chosen]}
+    chosen, _, probe = _marked_probe(session, None, "xml")
     body = _probe_xml(probe)
     created = session.post(session.fhir(f"/{chosen}"), content=body,
                            headers={"Accept": FHIR_JSON, "Content-Type": "application/fhir+xml"})

@@ -82,14 +82,19 @@ def test_a_job_queued_when_the_patient_id_is_corrected_publishes_under_the_new_p
     assert report["subject"]["reference"] == _subject_of_study(client, study_uid(study))
 
 
+def _run_automatically(client, services, seed: int):  # type: ignore[no-untyped-def]
+    """A phantom study stored, its automatic job started and run: the study, its UID and the job's task id."""
+    services.jobs.triggers.quiet_seconds = 0
+    study = phantom(seed)
+    stow(client, series_bytes(study))
+    [task_id] = services.jobs.triggers.scan()
+    assert run_queued(services) == [task_id]
+    return study, study_uid(study), task_id
+
+
 def test_deleting_the_source_withdraws_the_results_and_sending_it_again_runs_it_again(queued):
     client, services = queued
-    services.jobs.triggers.quiet_seconds = 0
-    study = phantom(83)
-    uid = study_uid(study)
-    stow(client, series_bytes(study))
-    [first] = services.jobs.triggers.scan()
-    assert run_queued(services) == [first]
+    study, uid, first = _run_automatically(client, services, 83)
     assert services.jobs.triggers.scan() == []  # its own SEG changed the study, not the series
 
     assert client.delete(f"/dicom-web/studies/{uid}").status_code in (200, 204)
@@ -273,12 +278,7 @@ def test_a_superseded_seg_stored_again_by_a_late_patient_refresh_is_taken_out_ag
 
 def test_an_order_on_content_an_automatic_run_stood_for_starts_no_other_run(queued):
     client, services = queued
-    services.jobs.triggers.quiet_seconds = 0
-    study = phantom(96)
-    uid = study_uid(study)
-    stow(client, series_bytes(study))
-    [automatic] = services.jobs.triggers.scan()
-    assert run_queued(services) == [automatic]
+    study, uid, _ = _run_automatically(client, services, 96)
     ordered = order(client, uid)["id"]
     assert run_queued(services) == [ordered]  # supersedes the automatic run, on the same content
     assert services.jobs.triggers.scan() == []  # the order's results stand for that content

@@ -103,14 +103,13 @@ def _transaction(
         targets = _conditional_targets(service, entries, conditions, base, connection, authorize_search)
         entries = [_unconditional(entry, position, targets, base) for position, entry in enumerate(entries)]
         # Resolved, no two entries may reach one resource (http.html#trules), a matched create's included.
-        changed = _refuse_overlaps(entries, base, {
+        deleted = _refuse_overlaps(entries, base, {
             position: f"{version.resource_type}/{version.resource_id}" for position, version in existing.items()
         })
         assigned = _identities(entries, base, existing)
         entries = [with_relative_references(_replace_references(entry, assigned), base) for entry in entries]
         for position, entry in enumerate(entries):
             _refuse_placeholders(entry.get("resource"), position)
-        deleted = {target for target, method in changed.items() if method == "DELETE"}
         entries = [
             _resolve_conditional_references(service, entry, position, base, connection, authorize_search, deleted)
             for position, entry in enumerate(entries)
@@ -168,14 +167,14 @@ def _conditions(entries: list[dict[str, Any]], base: str) -> dict[int, tuple[str
     return conditions
 
 
-def _refuse_overlaps(entries: list[dict[str, Any]], base: str, claimed: dict[int, str]) -> dict[str, str]:
+def _refuse_overlaps(entries: list[dict[str, Any]], base: str, claimed: dict[int, str]) -> set[str]:
     """Two entries for one identity make a transaction's outcome depend on
     processing order: the spec has such a transaction fail (http.html#trules).
     `claimed`: the resource (`Type/id`) a matched conditional create answers
-    with, by position. Returns what each update or delete changes, with its method."""
+    with, by position. Returns the resources the transaction deletes."""
     full_urls: set[str] = set()
     targets: dict[str, int] = {}
-    changed: dict[str, str] = {}
+    deleted: set[str] = set()
     for position, entry in enumerate(entries):
         full_url = entry.get("fullUrl")
         if isinstance(full_url, str):
@@ -191,9 +190,9 @@ def _refuse_overlaps(entries: list[dict[str, Any]], base: str, claimed: dict[int
         if target in targets:
             raise InvalidRequest(f"entries {targets[target]} and {position} both reach {target[:100]}")
         targets[target] = position
-        if position not in claimed:
-            changed[target] = method
-    return changed
+        if method == "DELETE":
+            deleted.add(target)
+    return deleted
 
 
 def _batch_entry(
