@@ -9,11 +9,11 @@ the busy timeout instead.
 import random
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -156,14 +156,25 @@ _LAST_BEFORE_COMMIT = "medaiflow.last_before_commit"
 _WRITTEN = "medaiflow.written"
 
 
-def note_written(connection: Connection, reference: str) -> None:
-    """A resource (`Type/id`) this write transaction changes, for the audit
-    record of its commit (`written`); forgotten if it rolls back."""
-    connection.info.setdefault(_WRITTEN, set()).add(reference)
+class Written(NamedTuple):
+    resources: set[str]
+    patients: set[str]
 
 
-def written(connection: Connection) -> frozenset[str]:
-    return frozenset(connection.info.get(_WRITTEN, ()))
+def note_written(connection: Connection, reference: str, patients: Iterable[str] = ()) -> None:
+    """A resource (`Type/id`) this write transaction changes, and the Patient
+    ids its versions before and after belong to, for the audit record of its
+    commit (`written`); forgotten if it rolls back."""
+    note = connection.info.setdefault(_WRITTEN, Written(set(), set()))
+    note.resources.add(reference)
+    note.patients.update(patients)
+
+
+def written(connection: Connection) -> Written:
+    note = connection.info.get(_WRITTEN)
+    return Written(set(), set()) if note is None else Written(set(note.resources), set(note.patients))
+
+
 FlushT = TypeVar("FlushT", bound=Callable[[Connection], None])
 
 

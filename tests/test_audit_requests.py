@@ -192,23 +192,59 @@ def test_the_patient_of_each_access_is_named(services, fhir):
     assert fhir.get("/fhir/ImagingStudy", params={"patient": patient}).status_code == 200
     assert fhir.get(f"/fhir/Patient/{patient}").status_code == 200
 
-    def patients(event: dict) -> list[str]:
-        return [entity["what"]["reference"] for entity in event.get("entity", [])
-                if entity.get("role", {}).get("code") == "1"]
-
     expected = [f"Patient/{patient}"]
     [stow] = _events(services, fhir, type="110104", action="C")
-    assert patients(stow) == expected  # looked up in the STOW's own transaction
+    assert _patients(stow) == expected  # looked up in the STOW's own transaction
     [wado] = _events(services, fhir, type="110104", action="R")
-    assert patients(wado) == expected
+    assert _patients(wado) == expected
     reads = _events(services, fhir, subtype="read")
-    assert sorted(map(tuple, map(patients, reads))) == [tuple(expected), tuple(expected)]
+    assert sorted(map(tuple, map(_patients, reads))) == [tuple(expected), tuple(expected)]
     [search] = [event for event in _events(services, fhir, subtype="search-type")
                 if any("query" in entity for entity in event.get("entity", []))
-                and patients(event)]
-    assert patients(search) == expected
+                and _patients(event)]
+    assert _patients(search) == expected
     found = _events(services, fhir, patient=patient)
     assert len(found) >= 5  # the STOW, the metadata, the two reads, the search
+
+
+def _patients(event: dict) -> list[str]:
+    return sorted(entity["what"]["reference"] for entity in event.get("entity", [])
+                  if entity.get("role", {}).get("code") == "1")
+
+
+def _task(patient: str) -> dict:
+    return {"resourceType": "Task", "status": "draft", "intent": "proposal", "for": {"reference": f"Patient/{patient}"}}
+
+
+def test_a_write_names_the_patients_of_the_versions_before_and_after_it(services, fhir):
+    task = fhir.post("/fhir/Task", json=_task("before")).json()
+    [create] = _events(services, fhir, subtype="create")
+    assert _patients(create) == ["Patient/before"]
+    # Moving a resource to another patient changes both patients' records.
+    assert fhir.put(f"/fhir/Task/{task['id']}", json={**_task("after"), "id": task["id"]}).status_code == 200
+    [update] = _events(services, fhir, subtype="update")
+    assert _patients(update) == ["Patient/after", "Patient/before"]
+    assert fhir.delete(f"/fhir/Task/{task['id']}").status_code == 204
+    [delete] = _events(services, fhir, subtype="delete")
+    assert _patients(delete) == ["Patient/after"]
+
+
+def test_each_entry_of_a_batch_names_its_own_patients_and_the_answer_all_it_disclosed(services, fhir):
+    read = fhir.post("/fhir/Task", json=_task("read")).json()
+    entries = [{"resource": _task(patient), "request": {"method": "POST", "url": "Task"}} for patient in ("one", "two")]
+    entries += [{"request": {"method": "GET", "url": f"Task/{read['id']}"}},
+                {"request": {"method": "GET", "url": "Task?patient=searched"}}]
+    assert fhir.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": entries}).status_code == 200
+    events = {event["outcomeDesc"]: event for event in _events(services, fhir, subtype="batch")}
+    committed = sorted(_patients(event) for event in _events(services, fhir, subtype="batch")
+                       if event["outcomeDesc"] == "POST /fhir committed")
+    assert committed == [["Patient/one"], ["Patient/two"]]
+    assert _patients(events["POST /fhir answered 200"]) == [
+        "Patient/one", "Patient/read", "Patient/searched", "Patient/two"]
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    assert fhir.post("/fhir", json=transaction).status_code == 200
+    [event] = _events(services, fhir, subtype="transaction")
+    assert _patients(event) == ["Patient/one", "Patient/read", "Patient/searched", "Patient/two"]
 
 
 def test_a_transaction_is_recorded_as_one_and_a_batch_as_a_batch(services, fhir):

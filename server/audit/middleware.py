@@ -138,13 +138,19 @@ class _RequestAudit:
 
     def before_commit(self, connection: Connection) -> None:
         # Only the action itself: authentication may write (failed-login counts, rehashes) before it is allowed.
-        # Each entry of a batch commits on its own, and each commit is recorded with what it wrote.
         batch = self.kind is AuditKind.BATCH
         if (self.kind in _WRITES and (batch or not self.recorded) and not self.answering
                 and self.scope["state"].get("authorized")):
-            self.resolve_patients(connection)  # the studies this transaction wrote are visible to it
-            self.resources = set(written(connection)) if batch else self.resources | written(connection)
-            self.chain.append(connection, [self.event(Outcome.SUCCESS, "committed")])
+            changed = written(connection)
+            self.patients |= changed.patients  # the answer names every patient the request touched
+            if batch:
+                # Each entry of a batch commits on its own, and is recorded with what it wrote, not what others did.
+                event = self.event(Outcome.SUCCESS, "committed", changed.resources, changed.patients, ())
+            else:
+                self.resolve_patients(connection)  # the studies this transaction wrote are visible to it
+                self.resources |= changed.resources
+                event = self.event(Outcome.SUCCESS, "committed")
+            self.chain.append(connection, [event])
             self._appended = True
 
     def resolve_patients(self, connection: Connection) -> None:
@@ -167,22 +173,26 @@ class _RequestAudit:
             request_id=request_id_var.get() or None,
         ))
 
-    def event(self, outcome: Outcome, result: str) -> dict[str, Any]:
+    def event(self, outcome: Outcome, result: str, resources: Iterable[str] | None = None,
+              patients: Iterable[str] | None = None, studies: Iterable[str] | None = None) -> dict[str, Any]:
+        """The request's record; a batch entry's names what that entry wrote instead."""
         scope = self.scope
         principal = scope["state"].get("principal")
         # Before anyone is authenticated, a token request names who is logging in (`note_login`).
         client = principal.name if principal is not None else scope["state"].get(_LOGIN_NAME, "anonymous")
         parts = [part for part in scope["path"].split("/") if part]
-        resources = ([f"{parts[1]}/{parts[2]}"] if parts[:1] == ["fhir"] and len(parts) >= 3
-                     and not parts[2].startswith(("_", "$")) else sorted(self.resources))
+        if resources is None:
+            resources = ([f"{parts[1]}/{parts[2]}"] if parts[:1] == ["fhir"] and len(parts) >= 3
+                         and not parts[2].startswith(("_", "$")) else self.resources)
         query = scope.get("query_string") or None
         return audit_event(AuditRecord(
             kind=self.kind, outcome=outcome, recorded=datetime.now(UTC),
             client=client, server=self.server_name,
             client_address=scope["client"][0] if scope.get("client") else None,
             description=f"{'HEAD' if scope.get(HEAD_MARK) else scope['method']} {scope['path']} {result}",
-            request_id=request_id_var.get() or None, resources=resources, study_uids=sorted(self.studies),
-            patients=sorted(self.patients), query=query,
+            request_id=request_id_var.get() or None, resources=sorted(resources),
+            study_uids=sorted(self.studies if studies is None else studies),
+            patients=sorted(self.patients if patients is None else patients), query=query,
         ))
 
 
@@ -222,8 +232,6 @@ class AuditMiddleware:
                 events = [audit.login_event()] if "basic_login" in scope["state"] else []
                 # A batch's entries that committed were recorded as they did; its answer is recorded as well,
                 # for the entries that read, failed or were refused.
-                if audit.kind is AuditKind.BATCH:
-                    audit.resources = set()
                 if not audit.recorded or audit.kind is AuditKind.BATCH:
                     if audit.studies:
                         await run_in_threadpool(self._resolve_patients, audit)

@@ -19,9 +19,11 @@ from sqlalchemy import Connection
 from fhir_mappings.date_ranges import date_range, instant_text
 from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
 from fhir_mappings.outcome import operation_outcome
+from fhir_mappings.patient_compartment import patients_of, patients_searched
 from fhir_mappings.resources import literal_references
 from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
 from fhir_mappings.subsetting import subset_json
+from server.audit.middleware import note_patients
 from server.db import retried_on_conflict, write_connection
 from server.fhir import interactions
 from server.fhir.conditional import (
@@ -222,6 +224,7 @@ def _run(
     if method == "GET" and len(parts) == 1:
         service.require_type(parts[0])
         pairs = with_relative_search_values(parts[0], form_pairs(query), base)
+        note_patients(patients_searched(parts[0], pairs))
         page = service.searcher.search(
             parts[0], pairs, base, strict=False, connection=connection, authorize=authorize_search
         )
@@ -292,6 +295,8 @@ def _result(
     status: str, version: StoredVersion, base: str, subset_of: tuple[Summary, tuple[str, ...]] = (Summary.FALSE, ())
 ) -> EntryResult:
     """`subset_of`: what a read's `_summary` and `_elements` ask for."""
+    if version.body is not None:  # the patient whose data the answer holds, for the audit record
+        note_patients(patients_of(orjson.loads(version.body)))
     return EntryResult(
         status,
         resource=None if version.body is None else subset_json(version.body, *subset_of),

@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 
 from fhir_mappings.errors import InvalidRequest, ResourceNotFound
 from fhir_mappings.resources import client_resource, require_id
-from server.db import note_written, writing
+from server.db import writing
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
 
@@ -68,7 +68,6 @@ def create(
         hook = service.write_hooks.get(resource_type)
         if hook is not None:
             resource = hook.creating(session, resource, resource_id)
-        note_written(session, f"{resource_type}/{resource_id}")
         return service.store.put(session, resource, resource_id, "POST")
 
 
@@ -86,7 +85,6 @@ def update(
         hook = service.write_hooks.get(resource_type)
         if hook is not None:
             resource = hook.updating(session, resource, resource_id)
-        note_written(session, f"{resource_type}/{resource_id}")
         version = service.store.put(session, resource, resource_id, "PUT", if_match=if_match)
     return version, version.version_id == 1
 
@@ -101,10 +99,7 @@ def delete(
         hook = service.write_hooks.get(resource_type)
         if hook is not None:
             hook.deleting(session, resource_id)
-        version = service.store.delete(session, resource_type, resource_id, if_match)
-        if version is not None:  # None: there was nothing to delete
-            note_written(session, f"{resource_type}/{resource_id}")
-        return version
+        return service.store.delete(session, resource_type, resource_id, if_match)
 
 
 def _without_id(body: Any) -> Any:

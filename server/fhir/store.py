@@ -16,8 +16,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from fhir_mappings import fhir_json
 from fhir_mappings.date_ranges import instant_text
 from fhir_mappings.errors import ResourceGone, ResourceNotFound, VersionConflict
+from fhir_mappings.patient_compartment import patients_of
 from fhir_mappings.search_values import IndexValues, extract
-from server.db import reading
+from server.db import note_written, reading
 from server.fhir.update_counts import count_change
 from server.tables import (
     clipped,
@@ -66,6 +67,12 @@ class _Current(NamedTuple):
     version_id: int
     deleted: bool
     last_updated: int
+    body: bytes | None
+
+    def patients(self) -> list[str]:
+        """The Patient ids of the version being replaced or deleted: a change
+        that moves a resource to another patient changes both records."""
+        return [] if self.body is None else patients_of(fhir_json.loads(self.body))
 
 
 class ResourceStore:
@@ -167,6 +174,7 @@ class ResourceStore:
             else:
                 index_resource(connection, pk, resource, fresh=True)
                 count_change(connection, resource_type, now, +1)
+                note_written(connection, f"{resource_type}/{resource_id}", _patients(resource, resource_id))
                 return self._record(connection, resource_type, resource_id, version_id, now, method, body)
         pk, current_version = current.pk, current.version_id
         if if_match is not None and if_match != current_version:
@@ -184,6 +192,8 @@ class ResourceStore:
         if not current.deleted:
             count_change(connection, resource_type, current.last_updated, -1)
         count_change(connection, resource_type, now, +1)
+        patients = [*current.patients(), *_patients(resource, resource_id)]
+        note_written(connection, f"{resource_type}/{resource_id}", patients)
         return self._record(connection, resource_type, resource_id, version_id, now, method, body)
 
     def add_new(self, connection: Connection, resources: list[tuple[dict[str, Any], str]]) -> None:
@@ -238,18 +248,20 @@ class ResourceStore:
         for table in _INDEX_TABLES:
             connection.execute(delete(table).where(table.c.resource_pk == pk))
         count_change(connection, resource_type, current.last_updated, -1)
+        note_written(connection, f"{resource_type}/{resource_id}", current.patients())
         return self._record(connection, resource_type, resource_id, version_id, now, "DELETE", None)
 
     def _lock(self, connection: Connection, resource_type: str, resource_id: str) -> _Current | None:
         statement = select(
-            fhir_resources.c.id, fhir_resources.c.version_id, fhir_resources.c.deleted, fhir_resources.c.last_updated
+            fhir_resources.c.id, fhir_resources.c.version_id, fhir_resources.c.deleted, fhir_resources.c.last_updated,
+            fhir_resources.c.resource_json,
         ).where(
             fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id
         )
         if self._locking:
             statement = statement.with_for_update()
         row = connection.execute(statement).first()
-        return None if row is None else _Current(row.id, row.version_id, row.deleted, row.last_updated)
+        return None if row is None else _Current(row.id, row.version_id, row.deleted, row.last_updated, row.resource_json)
 
     def _record(
         self, connection: Connection, resource_type: str, resource_id: str, version_id: int, now: int,
@@ -264,6 +276,11 @@ class ResourceStore:
             )
         return StoredVersion(resource_type, resource_id, version_id, now, body is None, body)
 
+
+
+def _patients(resource: dict[str, Any], resource_id: str) -> list[str]:
+    """`resource`'s Patient ids; a Patient being created carries no id yet."""
+    return patients_of({**resource, "id": resource_id} if resource["resourceType"] == "Patient" else resource)
 
 
 def index_resource(connection: Connection, pk: int, resource: dict[str, Any], fresh: bool) -> None:
