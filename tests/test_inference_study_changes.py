@@ -143,6 +143,34 @@ def test_a_series_that_grew_after_its_automatic_job_is_run_again(queued):
     assert services.jobs.triggers.scan() == []  # taking the SEG out starts nothing
 
 
+def test_a_job_that_read_slices_sent_after_its_trigger_stands_for_them(queued):
+    client, services = queued
+    services.jobs.triggers.quiet_seconds = 0
+    study = phantom(91)
+    payloads = series_bytes(study)
+    stow(client, payloads[:40])
+    [first] = services.jobs.triggers.scan()
+    stow(client, payloads[40:])  # before the job ran: it reads the whole series
+    assert run_queued(services) == [first]
+    assert services.jobs.triggers.scan() == []  # no second run on what the first one read
+    assert _results(client, first)[0]["status"] == "preliminary"
+
+
+def test_a_job_queued_for_content_another_job_read_first_still_runs(queued):
+    client, services = queued
+    services.jobs.triggers.quiet_seconds = 0
+    study = phantom(92)
+    payloads = series_bytes(study)
+    stow(client, payloads[:40])
+    [first] = services.jobs.triggers.scan()
+    stow(client, payloads[40:])
+    [second] = services.jobs.triggers.scan()  # queued for the whole series before the first job ran
+    assert sorted(run_queued(services)) == sorted([first, second])
+    statuses = sorted(_results(client, task)[0]["status"] for task in (first, second))
+    assert statuses == ["entered-in-error", "preliminary"]
+    assert services.jobs.triggers.scan() == []
+
+
 def test_a_later_order_supersedes_an_earlier_run_of_the_model_on_the_series(queued):
     client, services = queued
     uid, first = _ordered(client, 87)

@@ -8,6 +8,7 @@ job runs, and a job whose lease ran out (its worker died) is queued again by
 lost its job (cancelled, or taken over after a stall) cannot complete it.
 """
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from fhir_mappings import fhir_json
 from fhir_mappings.ai_results import report_id
@@ -24,6 +26,8 @@ from fhir_mappings.task import TaskRecord, task_resource
 from server.db import reading, write_connection
 from server.fhir.store import ResourceStore
 from server.tables import ai_models, inference_jobs
+
+log = logging.getLogger(__name__)
 
 REQUESTED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "requested", "in-progress", "completed", "failed", "cancelled"
 ON_HOLD = "on-hold"  # only ever a Task status: a job queued for another attempt
@@ -257,15 +261,31 @@ class JobQueue:
 
     def complete(self, connection: Connection, job: Job, content: str) -> bool:
         """In the caller's transaction, the one that publishes the results.
-        `content`: what the series held as the job read it. An order records
-        it, so that the series is not run again for it (`triggers`); an
-        automatic job keeps the content it was started for, its key."""
+        `content`: what the series held as the job read it. The job records
+        it, so that the series is not run again for it (`triggers`)."""
         values = {"business_status": "completed", "lease_owner": None, "lease_expires": None, "ended_at": now_micros()}
         if not job.automatic:
             values["series_content"] = content
+        else:
+            self._stand_for(connection, job, content)
         return self._change(
             connection, job.task_id, status=IN_PROGRESS, owner=job.lease_owner, status_to=COMPLETED, values=values,
         ) is not None
+
+    def _stand_for(self, connection: Connection, job: Job, content: str) -> None:
+        """An automatic job that read more of its series than its trigger saw
+        (instances that arrived meanwhile) stands for what it read, its
+        results' content, unless another automatic job was queued for that
+        content meanwhile: that one then runs, and supersedes this one."""
+        try:
+            with connection.begin_nested():
+                connection.execute(
+                    update(inference_jobs)
+                    .where(inference_jobs.c.task_id == job.task_id, inference_jobs.c.series_content != content)
+                    .values(series_content=content)
+                )
+        except IntegrityError:  # the automatic index: one job per model and content of a series
+            log.info("job %s ran on content another automatic job was queued for", job.task_id)
 
     def fail(self, job: Job, reason: str, retryable: bool) -> str | None:
         """Retry with backoff while attempts remain; the new status, or None
