@@ -10,11 +10,16 @@ import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import highdicom
 import numpy as np
+import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
+from pydicom.tag import BaseTag
 from pydicom.uid import generate_uid
 
 from inference.model_card import ModelCard
@@ -43,6 +48,43 @@ class SegIdentity:
             generate_uid(entropy_srcs=[f"medaiflow-seg-series-{job_id}"]),
             generate_uid(entropy_srcs=[f"medaiflow-seg-instance-{job_id}"]),
         )
+
+
+# What the SEG writer reads of every source image but the one it copies the
+# patient and study from: the image plane and the identifying UIDs (highdicom
+# 0.28 reads fewer; these are the modules its checks may look at).
+_SOURCE_KEYWORDS = (
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+    "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+    "SpacingBetweenSlices", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
+    "NumberOfFrames", "InstanceNumber",
+)
+_SOURCE_TAGS = tuple(tag_for_keyword(keyword) for keyword in _SOURCE_KEYWORDS)
+
+
+@dataclass(frozen=True)
+class SourceHeaders:
+    """What writing a series' SEG needs of its source images, kept from the
+    read that built its volume: reading 128 headers again costs as much as
+    the first read did, and a process that writes the SEG gets this for
+    little, where pydicom datasets cost more to send than to read.
+
+    `first`: the file of the source highdicom copies the patient and study
+    from (the first slice), read again whole; `others`: the rest's elements
+    as read, still undecoded (`RawDataElement`), by SOPInstanceUID."""
+
+    first: Path
+    others: tuple[dict[int, RawDataElement], ...]
+
+    @staticmethod
+    def kept(dataset: Dataset) -> dict[int, RawDataElement]:
+        """Of a source as read, before anything decodes its elements."""
+        return {BaseTag(tag): dataset.get_item(tag) for tag in _SOURCE_TAGS if tag in dataset}
+
+    def datasets(self) -> list[Dataset]:
+        """The sources, the first whole and the others with what the SEG writer reads of them.
+        Raises FileNotFoundError when the first was deleted since it was read."""
+        return [pydicom.dcmread(self.first, stop_before_pixels=True), *(Dataset(dict(kept)) for kept in self.others)]
 
 
 def segmentation(

@@ -8,13 +8,16 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from dicom.json_model import dataset_to_json
 from inference.assembly import volume_from_datasets
 from inference.demo.phantom import make_phantom, phantom_datasets
 from inference.model_card import ModelCard
 from inference.seg import SegIdentity, prepare_seg_writer, segmentation
+from server.jobs.offload import read_series
 from server.jobs.service import DEMO_BUNDLE
 from tests.enhanced_ct import enhanced_ct
 from tests.inference_checks import SMALL
@@ -79,6 +82,34 @@ def test_the_segmentation_of_a_multi_frame_source_is_a_valid_iod(tmp_path):
     volume = volume_from_datasets([source])
     seg = segmentation([source], volume, _labels_on(volume, study), CARD, SegIdentity.for_job("iod-multi"))
     assert _problems(seg, tmp_path / "seg.dcm") == []
+
+
+# Made anew for every SEG: its creation, series and content dates and times, the
+# equipment's contribution time, and the dimension organization.
+_VOLATILE = {"00080012", "00080013", "00080021", "00080031", "00080023", "00080033", "0018A002", "00209164"}
+
+
+def _stable(node):  # type: ignore[no-untyped-def]
+    if isinstance(node, dict):
+        return {key: _stable(value) for key, value in node.items() if key not in _VOLATILE}
+    return [_stable(item) for item in node] if isinstance(node, list) else node
+
+
+@pytest.mark.parametrize("multi_frame", [False, True])
+def test_the_seg_written_from_the_headers_kept_at_reading_is_the_seg_of_the_whole_headers(tmp_path, multi_frame):
+    study = make_phantom(85, SMALL, lesion_count=2, radius_mm=(7.0, 10.0))
+    datasets = [enhanced_ct(phantom_datasets(study))] if multi_frame else phantom_datasets(study)
+    paths = []
+    for index, dataset in zip(np.random.default_rng(5).permutation(len(datasets)), datasets):  # files in no order
+        paths.append(tmp_path / f"{index}.dcm")
+        dataset.save_as(paths[-1], enforce_file_format=True)
+    read = read_series(paths)
+    whole = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
+    labels = _labels_on(read.volume, study)
+    kept = segmentation(read.sources.datasets(), read.volume, labels, CARD, SegIdentity.for_job("kept"))
+    reread = segmentation(whole, read.volume, labels, CARD, SegIdentity.for_job("kept"))
+    assert _stable(dataset_to_json(kept)) == _stable(dataset_to_json(reread))
+    assert _problems(kept, tmp_path / "seg.dcm") == []
 
 
 def test_each_segment_recommends_a_display_colour():

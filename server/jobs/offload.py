@@ -26,7 +26,7 @@ from inference.assembly import volume_from_datasets
 from inference.findings import SegmentFindings
 from inference.measurements import measure
 from inference.model_card import ModelCard
-from inference.seg import SegIdentity, prepare_seg_writer, segmentation
+from inference.seg import SegIdentity, SourceHeaders, prepare_seg_writer, segmentation
 from inference.timings import Timings
 from inference.volume import Volume
 from server.ingest import PreparedFile, prepare_dataset
@@ -50,6 +50,7 @@ def default_processes(runners: int = 1) -> int:
 @dataclass(frozen=True)
 class ReadSeries:
     volume: Volume
+    sources: SourceHeaders
     seconds: dict[str, float]
 
 
@@ -64,14 +65,18 @@ def read_series(paths: list[Path]) -> ReadSeries:
     timings = Timings()
     with timings.stage("read"):
         datasets = [pydicom.dcmread(path) for path in paths]
+        kept = [SourceHeaders.kept(dataset) for dataset in datasets]
     # Decoding happens frame by frame into the volume: one stage.
     with timings.stage("decode and volume assembly"):
         volume = volume_from_datasets(datasets)
-    return ReadSeries(volume, dict(timings.seconds))
+    first = volume.source_instance_uids[0]
+    at = {str(dataset.SOPInstanceUID): index for index, dataset in enumerate(datasets)}[first]
+    sources = SourceHeaders(paths[at], tuple(headers for index, headers in enumerate(kept) if index != at))
+    return ReadSeries(volume, sources, dict(timings.seconds))
 
 
 def write_results(
-    paths: list[Path], labels: Volume, card: ModelCard, identity: SegIdentity, store_root: Path,
+    sources: SourceHeaders, labels: Volume, card: ModelCard, identity: SegIdentity, store_root: Path,
 ) -> WrittenResults:
     """`labels`: the network's labels on the series' volume grid (`Volume.with_voxels`:
     a quarter of the image's bytes to send). Raises FileNotFoundError when the
@@ -80,11 +85,9 @@ def write_results(
     with timings.stage("postprocessing"):
         findings = [measure(labels.voxels == segment.label, labels, segment) for segment in card.segments]
     with timings.stage("read"):
-        # Read again rather than sent back and forth: unpickling 100 pydicom
-        # datasets costs a process more than reading their headers from disk.
-        sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
+        source_datasets = sources.datasets()
     with timings.stage("seg writing"):
-        seg = segmentation(sources, labels, labels.voxels, card, identity)
+        seg = segmentation(source_datasets, labels, labels.voxels, card, identity)
         prepared = prepare_dataset(FileStore(store_root), seg)
     return WrittenResults(findings, prepared, dict(timings.seconds))
 

@@ -15,7 +15,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -25,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from fhir_mappings.ai_results import FinishedJob, result_resources
 from inference.errors import InferenceError, NoMatchingSeries
 from inference.findings import SegmentFindings
-from inference.seg import SegIdentity
+from inference.seg import SegIdentity, SourceHeaders
 from inference.segmenter import Segmenter
 from inference.timings import Timings
 from inference.volume import Volume
@@ -55,7 +54,7 @@ class SeriesChanged(Exception):
 @dataclass(frozen=True)
 class PreparedSeries:
     series: StoredSeries
-    paths: list[Path]
+    sources: SourceHeaders  # what its SEG needs of the source images
     volume: Volume
     content: str  # `series_content` when the series was read
 
@@ -161,7 +160,7 @@ class JobRunner:
         self, job: Job, model: RegisteredModel, prepared: PreparedSeries, labels: np.ndarray,
     ) -> "Future[WrittenResults]":
         return self._offload.submit(
-            write_results, prepared.paths, prepared.volume.with_voxels(labels), model.bundle.card,
+            write_results, prepared.sources, prepared.volume.with_voxels(labels), model.bundle.card,
             SegIdentity.for_job(job.task_id), self.files.root,
         )
 
@@ -240,7 +239,7 @@ class JobRunner:
         except FileNotFoundError as error:
             raise SeriesChanged() from error
         self.timings.add(read.seconds)
-        return PreparedSeries(chosen, paths, read.volume, content)
+        return PreparedSeries(chosen, read.sources, read.volume, content)
 
     def _series(self, job: Job, model: RegisteredModel) -> tuple[StoredSeries, str]:
         """The series the job runs on, and what it holds now (`series_content`)."""
