@@ -22,7 +22,7 @@ Run from the repository root:
         executor does.
     Reported: studies per minute (wall time of the whole variant), and the
     seconds spent per stage summed over its jobs (read, which includes the
-    SEG writer's second read of the source headers; decode and volume
+    SEG writer's second read of the first source's header; decode and volume
     assembly; preprocessing; network; postprocessing, which includes the
     measurements; SEG writing; FHIR publishing) with each stage's share of
     their sum. Stages run side by side in the batched variant (and, with
