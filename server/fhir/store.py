@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -72,7 +73,7 @@ class _Current(NamedTuple):
     def patients(self) -> list[str]:
         """The Patient ids of the version being replaced or deleted: a change
         that moves a resource to another patient changes both records."""
-        return [] if self.body is None else patients_of(fhir_json.loads(self.body))
+        return [] if self.body is None else patients_of(orjson.loads(self.body))  # references: no decimals to keep
 
 
 class ResourceStore:
@@ -261,7 +262,9 @@ class ResourceStore:
         if self._locking:
             statement = statement.with_for_update()
         row = connection.execute(statement).first()
-        return None if row is None else _Current(row.id, row.version_id, row.deleted, row.last_updated, row.resource_json)
+        if row is None:
+            return None
+        return _Current(row.id, row.version_id, row.deleted, row.last_updated, row.resource_json)
 
     def _record(
         self, connection: Connection, resource_type: str, resource_id: str, version_id: int, now: int,
