@@ -106,12 +106,17 @@ class InstanceDescription:
 
 
 def describe_instance(path: Path) -> InstanceDescription:
-    """Read a Part 10 file's header (bulk data stays on disk) and describe it.
+    """Read a Part 10 file's header (bulk data stays on disk) and describe it."""
+    return describe_dataset(read_dataset_for_metadata(str(path)))
+
+
+def describe_dataset(dataset: Dataset) -> InstanceDescription:
+    """A Part 10 data set as read, or as written by this server (with its file
+    meta): one that it just wrote need not be parsed again.
 
     The index fields are taken from the DICOM JSON built here, so each value
     is converted once, by one set of rules.
     """
-    dataset = read_dataset_for_metadata(str(path))
     transfer_syntax = _file_meta_transfer_syntax(dataset)
     uids = {keyword: _required_uid(dataset, keyword) for keyword in _IDENTIFYING_UIDS}
     instance_path = (

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom.errors import DicomError
-from dicom.instance import InstanceDescription, describe_instance
+from dicom.instance import InstanceDescription, describe_dataset, describe_instance
 from dicom.stow import FailureReason, InstanceOutcome
 from server import index
 from server.db import write_connection
@@ -40,10 +40,12 @@ class PreparedFile:
     problem: str | None
 
 
-def prepare(received: ReceivedFile) -> PreparedFile:
-    """Describe one payload; a payload we cannot read is kept as a problem, not raised."""
+def prepare(received: ReceivedFile, written: Dataset | None = None) -> PreparedFile:
+    """Describe one payload (`written`: the data set it was written from);
+    a payload we cannot read is kept as a problem, not raised."""
     try:
-        return PreparedFile(received, describe_instance(received.temp_path), None)
+        description = describe_instance(received.temp_path) if written is None else describe_dataset(written)
+        return PreparedFile(received, description, None)
     except DicomError as error:
         return PreparedFile(received, None, error.message)
     except OSError as error:
@@ -56,12 +58,14 @@ def prepare(received: ReceivedFile) -> PreparedFile:
 
 def prepare_dataset(files: FileStore, dataset: Dataset) -> PreparedFile:
     """A data set the server made (a SEG), written as a Part 10 file under
-    the store's tmp/ and described, as a received payload is."""
+    the store's tmp/ and described as it was written: reading it back would
+    parse its sequences again, a quarter of a SEG's cost, for the same
+    description (tests/test_seg_iod.py holds the two equal)."""
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     writer = files.new_temp_file()
     writer.write(buffer.getvalue())
-    return prepare(writer.finish())
+    return prepare(writer.finish(), dataset)
 
 
 @dataclass

@@ -12,13 +12,16 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from dicom.instance import describe_instance
 from dicom.json_model import dataset_to_json
 from inference.assembly import volume_from_datasets
 from inference.demo.phantom import make_phantom, phantom_datasets
 from inference.model_card import ModelCard
 from inference.seg import SegIdentity, prepare_seg_writer, segmentation
+from server.ingest import prepare_dataset
 from server.jobs.offload import read_series
 from server.jobs.service import DEMO_BUNDLE
+from server.storage import FileStore
 from tests.enhanced_ct import enhanced_ct
 from tests.inference_checks import SMALL
 
@@ -110,6 +113,18 @@ def test_the_seg_written_from_the_headers_kept_at_reading_is_the_seg_of_the_whol
     reread = segmentation(whole, read.volume, labels, CARD, SegIdentity.for_job("kept"))
     assert _stable(dataset_to_json(kept)) == _stable(dataset_to_json(reread))
     assert _problems(kept, tmp_path / "seg.dcm") == []
+
+
+@pytest.mark.parametrize("case", ["lesions", "empty", "multi-frame"])
+def test_a_seg_the_server_writes_is_described_as_its_file_would_be(tmp_path, case):
+    study = make_phantom(86, SMALL, lesion_count=2, radius_mm=(7.0, 10.0))
+    sources = [enhanced_ct(phantom_datasets(study))] if case == "multi-frame" else phantom_datasets(study)
+    volume = volume_from_datasets(sources)
+    labels = np.zeros(volume.voxels.shape, np.uint8) if case == "empty" else _labels_on(volume, study)
+    files = FileStore(tmp_path)
+    files.prepare()
+    prepared = prepare_dataset(files, segmentation(sources, volume, labels, CARD, SegIdentity.for_job(case)))
+    assert prepared.description == describe_instance(prepared.received.temp_path)
 
 
 def test_each_segment_recommends_a_display_colour():
