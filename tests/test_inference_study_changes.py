@@ -156,6 +156,23 @@ def test_a_job_that_read_slices_sent_after_its_trigger_stands_for_them(queued):
     assert _results(client, first)[0]["status"] == "preliminary"
 
 
+def test_a_job_queued_before_contents_were_recorded_stands_for_what_it_read(queued):
+    client, services = queued
+    services.jobs.triggers.quiet_seconds = 0
+    study = phantom(93)
+    stow(client, series_bytes(study))
+    [first] = services.jobs.triggers.scan()
+    with services.engine.begin() as connection:  # as migration 0009 left the jobs queued before it
+        connection.execute(update(inference_jobs).where(inference_jobs.c.task_id == first).values(series_content=None))
+    assert run_queued(services) == [first]
+    with services.engine.connect() as connection:
+        content = connection.execute(
+            select(inference_jobs.c.series_content).where(inference_jobs.c.task_id == first)
+        ).scalar_one()
+    assert content is not None
+    assert services.jobs.triggers.scan() == []
+
+
 def test_a_job_queued_for_content_another_job_read_first_still_runs(queued):
     client, services = queued
     services.jobs.triggers.quiet_seconds = 0

@@ -281,7 +281,9 @@ class JobQueue:
             with connection.begin_nested():
                 connection.execute(
                     update(inference_jobs)
-                    .where(inference_jobs.c.task_id == job.task_id, inference_jobs.c.series_content != content)
+                    # A job queued before contents were recorded (NULL) comes to stand for what it read too.
+                    .where(inference_jobs.c.task_id == job.task_id,
+                           inference_jobs.c.series_content.is_distinct_from(content))
                     .values(series_content=content)
                 )
         except IntegrityError:  # the automatic index: one job per model and content of a series
