@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import highdicom
 import numpy as np
@@ -52,39 +53,45 @@ class SegIdentity:
 
 # What the SEG writer reads of every source image but the one it copies the
 # patient and study from: the image plane and the identifying UIDs (highdicom
-# 0.28 reads fewer; these are the modules its checks may look at).
+# 0.28 reads fewer; these are the modules its checks may look at). All are
+# ASCII, so no character set is needed to decode them.
 _SOURCE_KEYWORDS = (
-    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
-    "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
-    "SpacingBetweenSlices", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
-    "NumberOfFrames", "InstanceNumber",
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "FrameOfReferenceUID",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices",
+    "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "NumberOfFrames",
+    "InstanceNumber",
 )
 _SOURCE_TAGS = tuple(tag_for_keyword(keyword) for keyword in _SOURCE_KEYWORDS)
+# An undecoded element as builtins: (tag, VR, length, value bytes, ...) as RawDataElement has it.
+KeptElement = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
 class SourceHeaders:
     """What writing a series' SEG needs of its source images, kept from the
     read that built its volume: reading 128 headers again costs as much as
-    the first read did, and a process that writes the SEG gets this for
-    little, where pydicom datasets cost more to send than to read.
+    the first read did, and sending pydicom's own objects to the process
+    that writes the SEG costs 20 times more than sending these builtins.
 
     `first`: the file of the source highdicom copies the patient and study
     from (the first slice), read again whole; `others`: the rest's elements
-    as read, still undecoded (`RawDataElement`), by SOPInstanceUID."""
+    as read, still undecoded."""
 
     first: Path
-    others: tuple[dict[int, RawDataElement], ...]
+    others: tuple[tuple[KeptElement, ...], ...]
 
     @staticmethod
-    def kept(dataset: Dataset) -> dict[int, RawDataElement]:
-        """Of a source as read, before anything decodes its elements."""
-        return {BaseTag(tag): dataset.get_item(tag) for tag in _SOURCE_TAGS if tag in dataset}
+    def kept(dataset: Dataset) -> tuple[KeptElement, ...]:
+        """Of a source as read, before anything decodes its elements (pydicom
+        decodes only SpecificCharacterSet as it reads, which is not kept)."""
+        return tuple((int(tag), *dataset.get_item(tag)[1:]) for tag in _SOURCE_TAGS if tag in dataset)
 
     def datasets(self) -> list[Dataset]:
         """The sources, the first whole and the others with what the SEG writer reads of them.
         Raises FileNotFoundError when the first was deleted since it was read."""
-        return [pydicom.dcmread(self.first, stop_before_pixels=True), *(Dataset(dict(kept)) for kept in self.others)]
+        others = (Dataset({BaseTag(kept[0]): RawDataElement(BaseTag(kept[0]), *kept[1:]) for kept in source})
+                  for source in self.others)
+        return [pydicom.dcmread(self.first, stop_before_pixels=True), *others]
 
 
 def segmentation(
@@ -106,6 +113,8 @@ def segmentation(
         ordered = [by_uid[uid] for uid in volume.source_instance_uids]
         frames = labels
     _fill_type2(ordered[0])  # the one source highdicom copies the patient and the study from
+    if not volume.source_frame_numbers:
+        _share_plane(ordered, volume)
     descriptions = [
         highdicom.seg.SegmentDescription(
             segment_number=index,
@@ -137,6 +146,9 @@ def segmentation(
         manufacturer_model_name=card.name[:64],
         software_versions=card.version,
         device_serial_number=card.key[:64],
+        # The patient's and study's text is copied from the source in whatever
+        # character set it came; UTF-8 holds all of them.
+        specific_character_set="ISO_IR 192",
         content_label="AI_SEG",
         content_description=f"{card.name} {card.version}"[:64],
         series_description=f"AI segmentation: {card.name} {card.version}"[:64],
@@ -208,6 +220,21 @@ def _fill_type2(source: Dataset) -> None:
     for keyword in _COPIED_TYPE2:
         if keyword not in source:
             setattr(source, keyword, "")
+
+
+def _share_plane(sources: Sequence[Dataset], volume: Volume) -> None:
+    """Single-frame sources as highdicom must see them: one orientation
+    (assembly accepted them as parallel within its tolerance; highdicom
+    compares them exactly), and a slice thickness on the first, whose pixel
+    measures the SEG copies. A CT's SliceThickness is Type 2, so may be empty
+    or (in real files) missing: the SEG's frames are then as thick as the
+    slices are apart."""
+    first = sources[0]
+    for source in sources[1:]:
+        if source.ImageOrientationPatient != first.ImageOrientationPatient:
+            source.ImageOrientationPatient = first.ImageOrientationPatient
+    if first.get("SliceThickness") in (None, ""):
+        first.SliceThickness = f"{volume.spacing[0]:.6g}"
 
 
 def _scheme(system: str) -> str:

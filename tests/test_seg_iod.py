@@ -3,6 +3,7 @@ validator (dciodvfy from David Clunie's dicom3tools, Debian's package, which
 .ci/run installs), for single-frame and multi-frame sources."""
 
 import json
+import pickle
 import shutil
 import subprocess
 from pathlib import Path
@@ -109,7 +110,9 @@ def test_the_seg_written_from_the_headers_kept_at_reading_is_the_seg_of_the_whol
     read = read_series(paths)
     whole = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
     labels = _labels_on(read.volume, study)
-    kept = segmentation(read.sources.datasets(), read.volume, labels, CARD, SegIdentity.for_job("kept"))
+    sent = pickle.dumps(read.sources)  # as it goes to the process that writes the SEG
+    assert b"pydicom" not in sent  # builtins only: pydicom's own objects cost far more to send
+    kept = segmentation(pickle.loads(sent).datasets(), read.volume, labels, CARD, SegIdentity.for_job("kept"))
     reread = segmentation(whole, read.volume, labels, CARD, SegIdentity.for_job("kept"))
     assert _stable(dataset_to_json(kept)) == _stable(dataset_to_json(reread))
     assert _problems(kept, tmp_path / "seg.dcm") == []
@@ -125,6 +128,29 @@ def test_a_seg_the_server_writes_is_described_as_its_file_would_be(tmp_path, cas
     files.prepare()
     prepared = prepare_dataset(files, segmentation(sources, volume, labels, CARD, SegIdentity.for_job(case)))
     assert prepared.description == describe_instance(prepared.received.temp_path)
+
+
+@pytest.mark.parametrize("case", ["no slice thickness", "empty slice thickness", "orientations within tolerance",
+                                  "ISO 2022 with an empty first value"])
+def test_a_seg_is_written_for_sources_as_scanners_send_them(tmp_path, case):
+    study = make_phantom(87, SMALL, lesion_count=1, radius_mm=(7.0, 10.0))
+    sources = phantom_datasets(study)
+    for index, source in enumerate(sources):
+        if case == "no slice thickness":
+            del source.SliceThickness
+        elif case == "empty slice thickness":
+            source.SliceThickness = None
+        elif case == "orientations within tolerance" and index % 2:
+            source.ImageOrientationPatient = [1, 0, 0, 0, 1, 5e-5]
+        elif case == "ISO 2022 with an empty first value":
+            source.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+            source.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    volume = volume_from_datasets(sources)
+    seg = segmentation(sources, volume, _labels_on(volume, study), CARD, SegIdentity.for_job(case))
+    assert _problems(seg, tmp_path / "seg.dcm") == []
+    assert str(pydicom.dcmread(tmp_path / "seg.dcm").PatientName) == str(sources[0].PatientName)
+    thickness = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness
+    assert float(thickness) == pytest.approx(volume.spacing[0] if "thickness" in case else sources[0].SliceThickness)
 
 
 def test_each_segment_recommends_a_display_colour():
