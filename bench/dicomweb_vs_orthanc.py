@@ -23,6 +23,10 @@ hits every server alike:
  3. Peak RSS of each server process and its children, sampled every 100 ms
     for the whole run.
 
+MedAIFlow runs without its demo model (MEDAIFLOW_DEMO_MODEL=false): Orthanc
+runs no models, and an automatic inference job per CT series sent would
+compete with the measurements for the CPUs.
+
 MB means 10^6 bytes.  All traffic stays on 127.0.0.1.  This prints figures;
 it asserts nothing about them.
 """
@@ -249,6 +253,9 @@ class OursServer(Server):
                 "MEDAIFLOW_DATA_DIR": str(self.tmp / "data"),
                 # The first start creates `admin` with this password.
                 "MEDAIFLOW_ADMIN_PASSWORD": "benchmark admin password",
+                # The DICOMweb stores are compared: with the demo model active,
+                # every CT series sent would start an inference job on these CPUs.
+                "MEDAIFLOW_DEMO_MODEL": "false",
             }
         )
         self.auth = ("admin", "benchmark admin password")

@@ -43,9 +43,15 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
     study_writes: list[tuple[str, dict | None]] = []
     patient_keys: dict[str, PatientRecord | None] = {}
     patients: dict[str, str | None] = {}
-    for study_uid in sorted(set(study_uids)):
-        row = connection.execute(select(studies).where(studies.c.study_instance_uid == study_uid)).first()
-        previous_patient = _current_subject(connection, study_uid)
+    # All the studies at once: a STOW of 500 one-instance studies would otherwise ask four times per study.
+    uids = sorted(set(study_uids))
+    rows = {row.study_instance_uid: row for row in connection.execute(
+        select(studies).where(studies.c.study_instance_uid.in_(uids))
+    )}
+    previous_patients = study_patients(connection, uids)
+    contents = _study_contents(connection, [row.id for row in rows.values()])
+    for study_uid in uids:
+        row = rows.get(study_uid)
         if row is None:
             patients[study_uid] = None
             study_writes.append((study_uid, None))
@@ -54,10 +60,10 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
             patient = _patient_record(row, attributes)
             patients[study_uid] = patient_resource_id(patient)
             patient_keys.setdefault(patients[study_uid], None)
-            study = imaging_study_from_dicom(_study_record(connection, row, attributes, patient))
+            study = imaging_study_from_dicom(_study_record(row, attributes, patient, contents.get(row.id, ())))
             study_writes.append((study_uid, without_control_characters(study)))
-        if previous_patient is not None:
-            patient_keys.setdefault(previous_patient, None)
+        if study_uid in previous_patients:
+            patient_keys.setdefault(previous_patients[study_uid], None)
     for study_uid, body in study_writes:
         if body is None:
             store.delete(connection, "ImagingStudy", study_uid)
@@ -124,20 +130,21 @@ def _patient_record(row, attributes: dict) -> PatientRecord:  # type: ignore[no-
     )
 
 
-def _study_record(  # type: ignore[no-untyped-def]
-    connection: Connection, row, attributes: dict, patient: PatientRecord
-) -> StudyRecord:
+def _study_contents(connection: Connection, study_pks: list[int]) -> dict[int, list[SeriesRecord]]:
+    """Each study's series with their instances, in the ImagingStudy's order."""
     series_rows = connection.execute(
         select(
-            series.c.id, series.c.series_instance_uid, series.c.series_number, series.c.modality,
+            series.c.id, series.c.study_pk, series.c.series_instance_uid, series.c.series_number, series.c.modality,
             series.c.body_part_examined, series.c.series_description,
         )
-        .where(series.c.study_pk == row.id)
+        .where(series.c.study_pk.in_(study_pks))
         .order_by(series.c.series_number, series.c.series_instance_uid)
     ).all()
     instance_rows = connection.execute(
-        select(instances.c.series_pk, instances.c.sop_instance_uid, instances.c.sop_class_uid, instances.c.instance_number)
-        .where(instances.c.study_pk == row.id)
+        select(
+            instances.c.series_pk, instances.c.sop_instance_uid, instances.c.sop_class_uid, instances.c.instance_number,
+        )
+        .where(instances.c.study_pk.in_(study_pks))
         .order_by(instances.c.instance_number, instances.c.sop_instance_uid)
     ).all()
     by_series: dict[int, list[InstanceRecord]] = {}
@@ -145,19 +152,25 @@ def _study_record(  # type: ignore[no-untyped-def]
         by_series.setdefault(instance.series_pk, []).append(
             InstanceRecord(instance.sop_instance_uid, instance.sop_class_uid, instance.instance_number)
         )
+    by_study: dict[int, list[SeriesRecord]] = {}
+    for s in series_rows:
+        by_study.setdefault(s.study_pk, []).append(SeriesRecord(
+            s.series_instance_uid, s.series_number, s.modality, s.body_part_examined, s.series_description,
+            tuple(by_series.get(s.id, ())),
+        ))
+    return by_study
+
+
+def _study_record(  # type: ignore[no-untyped-def]
+    row, attributes: dict, patient: PatientRecord, contents: Iterable[SeriesRecord]
+) -> StudyRecord:
     return StudyRecord(
         study_instance_uid=row.study_instance_uid,
         accession_number=_full_text(attributes, "00080050", row.accession_number),
         study_date=row.study_date,
         description=row.study_description,
         patient_resource_id=patient_resource_id(patient),
-        series=tuple(
-            SeriesRecord(
-                s.series_instance_uid, s.series_number, s.modality, s.body_part_examined, s.series_description,
-                tuple(by_series.get(s.id, ())),
-            )
-            for s in series_rows
-        ),
+        series=tuple(contents),
     )
 
 
@@ -165,11 +178,6 @@ def _full_text(attributes: dict, tag: str, indexed: str | None) -> str | None:
     """A text attribute as stored (DICOM JSON); the indexed value when it is not there."""
     values = attributes.get(tag, {}).get("Value") or []
     return values[0] if values and isinstance(values[0], str) else indexed
-
-
-def _current_subject(connection: Connection, study_uid: str) -> str | None:
-    """The Patient the stored ImagingStudy points at, which may have to go."""
-    return study_patients(connection, [study_uid]).get(study_uid)
 
 
 def study_patients(connection: Connection, study_uids: Iterable[str]) -> dict[str, str]:
