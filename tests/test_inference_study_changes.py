@@ -92,6 +92,16 @@ def _run_automatically(client, services, seed: int):  # type: ignore[no-untyped-
     return study, study_uid(study), task_id
 
 
+def _first_slices_triggered(client, services, seed: int):  # type: ignore[no-untyped-def]
+    """A phantom's first 40 slices stored and their automatic job queued: the phantom, its slices, the task id."""
+    services.jobs.triggers.quiet_seconds = 0
+    study = phantom(seed)
+    payloads = series_bytes(study)
+    stow(client, payloads[:40])
+    [first] = services.jobs.triggers.scan()
+    return study, payloads, first
+
+
 def test_deleting_the_source_withdraws_the_results_and_sending_it_again_runs_it_again(queued):
     client, services = queued
     study, uid, first = _run_automatically(client, services, 83)
@@ -113,11 +123,7 @@ def test_deleting_the_source_withdraws_the_results_and_sending_it_again_runs_it_
 
 def test_a_series_that_grew_after_its_automatic_job_is_run_again(queued):
     client, services = queued
-    services.jobs.triggers.quiet_seconds = 0
-    study = phantom(84)
-    payloads = series_bytes(study)
-    stow(client, payloads[:40])
-    [first] = services.jobs.triggers.scan()
+    study, payloads, first = _first_slices_triggered(client, services, 84)
     assert run_queued(services) == [first]
     stow(client, payloads[:40])  # sent again, unchanged: nothing new to run
     assert services.jobs.triggers.scan() == []
@@ -145,11 +151,7 @@ def test_a_series_that_grew_after_its_automatic_job_is_run_again(queued):
 
 def test_a_job_that_read_slices_sent_after_its_trigger_stands_for_them(queued):
     client, services = queued
-    services.jobs.triggers.quiet_seconds = 0
-    study = phantom(91)
-    payloads = series_bytes(study)
-    stow(client, payloads[:40])
-    [first] = services.jobs.triggers.scan()
+    _, payloads, first = _first_slices_triggered(client, services, 91)
     stow(client, payloads[40:])  # before the job ran: it reads the whole series
     assert run_queued(services) == [first]
     assert services.jobs.triggers.scan() == []  # no second run on what the first one read
@@ -175,11 +177,7 @@ def test_a_job_queued_before_contents_were_recorded_stands_for_what_it_read(queu
 
 def test_a_job_queued_for_content_another_job_read_first_still_runs(queued):
     client, services = queued
-    services.jobs.triggers.quiet_seconds = 0
-    study = phantom(92)
-    payloads = series_bytes(study)
-    stow(client, payloads[:40])
-    [first] = services.jobs.triggers.scan()
+    _, payloads, first = _first_slices_triggered(client, services, 92)
     stow(client, payloads[40:])
     [second] = services.jobs.triggers.scan()  # queued for the whole series before the first job ran
     assert sorted(run_queued(services)) == sorted([first, second])
@@ -273,12 +271,8 @@ def test_a_patient_id_corrected_as_the_job_publishes_makes_it_run_again_for_the_
 
 def test_a_series_sent_back_to_content_a_superseded_run_stood_for_runs_again(queued):
     client, services = queued
-    services.jobs.triggers.quiet_seconds = 0
-    study = phantom(89)
+    study, payloads, first = _first_slices_triggered(client, services, 89)
     uid, datasets = study_uid(study), phantom_datasets(study)
-    payloads = series_bytes(study)
-    stow(client, payloads[:40])
-    [first] = services.jobs.triggers.scan()
     assert run_queued(services) == [first]
     stow(client, payloads[40:])
     [second] = services.jobs.triggers.scan()
