@@ -4,6 +4,8 @@ trail needs to name the patient of each access."""
 
 from typing import Any
 
+import orjson
+
 from fhir_mappings.search_values import split_reference
 
 # The elements by which this server's resources point at their patient.
@@ -23,6 +25,11 @@ def patients_of(resource: dict[str, Any]) -> list[str]:
                 if target is not None and target[0] == "Patient":
                     found.append(target[1])
     return found
+
+
+def patients_of_json(body: bytes) -> list[str]:
+    """The Patient ids of a stored resource, from its JSON (plain orjson: references hold no decimals to keep)."""
+    return patients_of(orjson.loads(body))
 
 
 def patients_searched(resource_type: str, pairs: list[tuple[str, str]]) -> list[str]:

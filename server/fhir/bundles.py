@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 from fhir_mappings.date_ranges import date_range, instant_text
 from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
 from fhir_mappings.outcome import operation_outcome
-from fhir_mappings.patient_compartment import patients_of, patients_searched
+from fhir_mappings.patient_compartment import patients_of_json, patients_searched
 from fhir_mappings.resources import literal_references
 from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
 from fhir_mappings.subsetting import subset_json
@@ -247,16 +247,16 @@ def _run(
         version, created = create_if_none_exist(
             service, parts[0], resource, if_none_exist, base, authorize_search, connection
         )
-        return _result("201 Created" if created else "200 OK", version, base)
+        return _result("201 Created" if created else "200 OK", version, base, written=created)
     if method == "POST" and len(parts) == 1:
         version = interactions.create(service, parts[0], resource, connection, created_id)
-        return _result("201 Created", version, base)
+        return _result("201 Created", version, base, written=True)
     if method == "PUT" and len(parts) == 1 and query:
         version, created = update_where(service, parts[0], resource, query, base, if_match, authorize_search, connection)
-        return _result("201 Created" if created else "200 OK", version, base)
+        return _result("201 Created" if created else "200 OK", version, base, written=True)
     if method == "PUT" and len(parts) == 2:
         version, created = interactions.update(service, parts[0], parts[1], resource, if_match, connection)
-        return _result("201 Created" if created else "200 OK", version, base)
+        return _result("201 Created" if created else "200 OK", version, base, written=True)
     if method == "DELETE" and len(parts) == 1 and query:
         delete_where(service, parts[0], query, base, if_match, authorize_search, connection)
         return EntryResult("204 No Content")
@@ -292,11 +292,13 @@ def _path(url: str, base: str) -> str:
 
 
 def _result(
-    status: str, version: StoredVersion, base: str, subset_of: tuple[Summary, tuple[str, ...]] = (Summary.FALSE, ())
+    status: str, version: StoredVersion, base: str, subset_of: tuple[Summary, tuple[str, ...]] = (Summary.FALSE, ()),
+    written: bool = False,
 ) -> EntryResult:
-    """`subset_of`: what a read's `_summary` and `_elements` ask for."""
-    if version.body is not None:  # the patient whose data the answer holds, for the audit record
-        note_patients(patients_of(orjson.loads(version.body)))
+    """`subset_of`: what a read's `_summary` and `_elements` ask for; `written`:
+    by this entry, whose record the store told the patients as it wrote."""
+    if version.body is not None and not written:  # the patient whose data a read discloses, for the audit record
+        note_patients(patients_of_json(version.body))
     return EntryResult(
         status,
         resource=None if version.body is None else subset_json(version.body, *subset_of),

@@ -10,7 +10,6 @@ from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache, partial
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -19,7 +18,7 @@ from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
 from fhir_mappings.errors import Forbidden, InvalidRequest
 from fhir_mappings.outcome import operation_outcome
-from fhir_mappings.patient_compartment import patients_of, patients_searched
+from fhir_mappings.patient_compartment import patients_of_json, patients_searched
 from fhir_mappings.resources import resource_json, validated
 from fhir_mappings.search_query import SearchRequest, read_subsetting
 from fhir_mappings.subsetting import subset_json
@@ -104,9 +103,12 @@ def _http_date(header: str | None) -> int | None:
     return to_micros(moment) if moment.tzinfo is not None else None
 
 
-def _version_response(request: Request, version: StoredVersion, status: int = 200, location: bool = False) -> Response:
-    if version.body is not None:  # the patient whose data this is, for the audit record
-        note_patients(patients_of(orjson.loads(version.body)))
+def _version_response(
+    request: Request, version: StoredVersion, status: int = 200, location: bool = False, written: bool = False
+) -> Response:
+    """`written`: by this request, whose record the store told the patients as it wrote."""
+    if version.body is not None and not written:  # the patient whose data a read discloses, for the audit record
+        note_patients(patients_of_json(version.body))
     fmt = response_format(request)
     headers = _version_headers(version)
     if location:
@@ -271,13 +273,13 @@ async def create(request: Request, resource_type: str) -> Response:
     condition = request.headers.get("if-none-exist")
     if condition is None:
         version = await run_in_threadpool(retried_on_conflict, partial(interactions.create, fhir, resource_type, body))
-        return _version_response(request, version, 201, location=True)
+        return _version_response(request, version, 201, location=True, written=True)
     version, created = await run_in_threadpool(
         retried_on_conflict,
         partial(create_if_none_exist, fhir, resource_type, body, condition.removeprefix(f"{resource_type}?"),
                 fhir_base(request), _search_authorizer(request)),
     )
-    return _version_response(request, version, 201 if created else 200, location=created)
+    return _version_response(request, version, 201 if created else 200, location=created, written=created)
 
 
 # --- instance level ------------------------------------------------------------
@@ -311,7 +313,7 @@ async def update(request: Request, resource_type: str, resource_id: str) -> Resp
     version, created = await run_in_threadpool(
         retried_on_conflict, partial(interactions.update, _fhir(request), resource_type, resource_id, body, if_match)
     )
-    return _version_response(request, version, 201 if created else 200, location=created)
+    return _version_response(request, version, 201 if created else 200, location=created, written=True)
 
 
 @router.put("/{resource_type}")
@@ -325,7 +327,7 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
         partial(update_where, _fhir(request), resource_type, body, query, fhir_base(request), if_match,
                 _search_authorizer(request)),
     )
-    return _version_response(request, version, 201 if created else 200, location=created)
+    return _version_response(request, version, 201 if created else 200, location=created, written=True)
 
 
 async def _update_request(request: Request, resource_type: str) -> tuple[Any, int | None]:

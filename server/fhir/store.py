@@ -10,14 +10,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import orjson
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fhir_mappings import fhir_json
 from fhir_mappings.date_ranges import instant_text
 from fhir_mappings.errors import ResourceGone, ResourceNotFound, VersionConflict
-from fhir_mappings.patient_compartment import patients_of
+from fhir_mappings.patient_compartment import patients_of, patients_of_json
 from fhir_mappings.search_values import IndexValues, extract
 from server.db import note_written, reading
 from server.fhir.update_counts import count_change
@@ -73,7 +72,7 @@ class _Current(NamedTuple):
     def patients(self) -> list[str]:
         """The Patient ids of the version being replaced or deleted: a change
         that moves a resource to another patient changes both records."""
-        return [] if self.body is None else patients_of(orjson.loads(self.body))  # references: no decimals to keep
+        return [] if self.body is None else patients_of_json(self.body)
 
 
 class ResourceStore:
