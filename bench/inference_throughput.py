@@ -8,12 +8,14 @@ Run from the repository root:
         [--latency-runs 3] [--json results.json]
 
  1. A server's stores are built in a temp dir (SQLite unless --database-url)
-    with the demo model registered, and --studies phantom CT studies
-    (--slices slices of --matrix x --matrix, 0.8 mm pixels, 2 mm slices, 1-4
-    lesions) are stored through the STOW ingest path. That is set-up, not
-    measured.
- 2. For each variant the same studies get a Task each (a client's order),
-    and the jobs are run to the end by the server's own runner:
+    with the demo model registered. For each variant, --studies phantom CT
+    studies of its own (--slices slices of --matrix x --matrix, 0.8 mm
+    pixels, 2 mm slices, 1-4 lesions; study k has as many lesions in every
+    variant) are stored through the STOW ingest path. That is set-up, not
+    measured. Studies of their own: a variant run on studies an earlier one
+    had done would withdraw its results as it published, extra work.
+ 2. The variant's studies get a Task each (a client's order), and the jobs
+    are run to the end by the server's own runner:
       - one-at-a-time: claim one job, run it (its volume read on another
         thread, then waited for), the next;
       - batched: claim --batch jobs of the model, start reading them, claim
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, help="run the batched variant once more under cProfile (its main"
                         " thread), and write the profile here")
     args = parser.parse_args(argv)
+    if not 0 < args.studies <= 1_000:
+        parser.error("--studies: 1 to 1,000 (each run's phantom seeds are 1,000 apart)")
     os.environ["MEDAIFLOW_DEVICE"] = args.device
 
     import torch
@@ -84,11 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {results['machine']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="medaiflow-bench-") as directory:
         services = _services(Path(directory), args.database_url, executor="none")
-        studies = _store_phantoms(services, args)
-        for variant in args.variants:
-            results[variant] = _throughput(services, studies, variant, args.batch)
+        # Each run gets studies of its own, alike in geometry and lesion count: a run over studies
+        # another run has done would supersede its results, work that no first run does.
+        for index, variant in enumerate(args.variants):
+            results[variant] = _throughput(services, _store_phantoms(services, args, index), variant, args.batch)
         if args.profile:
             # A run of its own: the profiler slows Python code, so its figures are not the variants'.
+            studies = _store_phantoms(services, args, len(args.variants))
             _throughput(services, studies, "batched", args.batch, args.profile)
         services.engine.dispose()
         if args.latency_runs:
@@ -124,14 +130,17 @@ def _phantom_payloads(seed: int, args: argparse.Namespace) -> list[bytes]:
     return phantom_payloads(make_phantom(seed, geometry, lesion_count=1 + seed % 4, radius_mm=(6.0, 12.0)))
 
 
-def _store_phantoms(services: Any, args: argparse.Namespace) -> list[str]:
+def _store_phantoms(services: Any, args: argparse.Namespace, run: int) -> list[str]:
+    """--studies phantoms for the `run`-th run; each run's seeds are 1,000 apart,
+    a multiple of 4, so study k of every run has the same lesion count."""
     import pydicom
 
     from server.ingest import prepare
 
     started = time.perf_counter()
     uids = []
-    for seed in range(50_000, 50_000 + args.studies):
+    first = 50_000 + 1_000 * run
+    for seed in range(first, first + args.studies):
         batch = []
         for payload in _phantom_payloads(seed, args):
             writer = services.store.new_temp_file()
