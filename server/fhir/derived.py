@@ -8,10 +8,11 @@ PostgreSQL queue instead of deadlocking.
 """
 
 from collections.abc import Iterable
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import Connection, false, select, text
+from sqlalchemy import Connection, false, func, select, text
 
 from fhir_mappings.endpoint import dicomweb_endpoints
 from fhir_mappings.errors import FhirError
@@ -64,34 +65,42 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
             study_writes.append((study_uid, without_control_characters(study)))
         if study_uid in previous_patients:
             patient_keys.setdefault(previous_patients[study_uid], None)
-    for study_uid, body in study_writes:
-        if body is None:
-            store.delete(connection, "ImagingStudy", study_uid)
-        else:
-            store.put(connection, body, study_uid, "PUT")
-    for patient_id in sorted(patient_keys):
-        _lock_patient(connection, patient_id)
-        newest = _newest_study_of(connection, patient_id)
-        if newest is None:
+    gone = [study_uid for study_uid, body in study_writes if body is None]
+    if gone:  # rows are locked as they are deleted: all of them first, in the one order
+        store.lock(connection, "ImagingStudy", uids)
+    for study_uid in gone:
+        store.delete(connection, "ImagingStudy", study_uid)
+    store.put_many(connection, [(body, study_uid) for study_uid, body in study_writes if body is not None], "PUT")
+    patient_ids = sorted(patient_keys)
+    _lock_patients(connection, patient_ids)
+    newest = _newest_studies_of(connection, patient_ids)
+    for patient_id in patient_ids:
+        if patient_id not in newest:
             store.delete(connection, "Patient", patient_id)
-        else:
-            record = _patient_record(newest, orjson.loads(newest.attributes_json))
-            patient = without_control_characters(patient_from_dicom(record))
-            store.put(connection, patient, patient_id, "PUT")
+    store.put_many(connection, [
+        (without_control_characters(patient_from_dicom(_patient_record(row, orjson.loads(row.attributes_json)))),
+         patient_id)
+        for patient_id, row in sorted(newest.items())
+    ], "PUT")
     return patients
 
 
-def _lock_patient(connection: Connection, patient_id: str) -> None:
-    """Serialize writers of one Patient before they decide its fate.
+def _lock_patients(connection: Connection, patient_ids: list[str]) -> None:
+    """Serialize writers of each Patient before they decide its fate.
 
     Two studies of one patient change in two transactions that lock different
     study rows; without this, a DELETE could read "no study left" just before
     a STOW commits a new one, and delete a Patient that is still referenced.
-    The Patient row may not exist yet, hence an advisory lock (PostgreSQL;
-    SQLite writers are serialized already). Taken in id order: no deadlock.
+    The Patient row may not exist yet, hence advisory locks (PostgreSQL;
+    SQLite writers are serialized already). Taken in id order, in one
+    statement (the subquery's order is the order they are taken): no deadlock.
     """
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"fhir-patient:{patient_id}"})
+    if connection.dialect.name == "postgresql" and patient_ids:
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(key)) FROM (SELECT unnest(CAST(:keys AS text[])) AS key"
+                 " ORDER BY 1) AS ordered"),
+            {"keys": sorted(f"fhir-patient:{patient_id}" for patient_id in patient_ids)},
+        )
 
 
 def ensure_endpoints(store: ResourceStore, connection: Connection, address: str) -> None:
@@ -194,21 +203,24 @@ def study_patients(connection: Connection, study_uids: Iterable[str]) -> dict[st
     return {study_uid: patient_id for study_uid, patient_id in rows}
 
 
-def _newest_study_of(connection: Connection, patient_id: str):  # type: ignore[no-untyped-def]
-    """The most recently updated study whose Patient is `patient_id`."""
-    study_uids = (
-        select(fhir_resources.c.resource_id)
-        .join(fhir_references, fhir_resources.c.id == fhir_references.c.resource_pk)
+def _newest_studies_of(connection: Connection, patient_ids: list[str]) -> dict[str, Any]:
+    """For each Patient id with a study left, its most recently updated study row."""
+    if not patient_ids:
+        return {}
+    subject = fhir_references.c.target_id.label("fhir_patient_id")
+    ranked = (
+        select(studies, subject, func.row_number().over(
+            partition_by=fhir_references.c.target_id, order_by=(studies.c.updated_at.desc(), studies.c.id.desc()),
+        ).label("rank"))
+        .join(fhir_resources, fhir_resources.c.resource_id == studies.c.study_instance_uid)
+        .join(fhir_references, fhir_references.c.resource_pk == fhir_resources.c.id)
         .where(
             fhir_resources.c.resource_type == "ImagingStudy",
             fhir_resources.c.deleted == false(),
             fhir_references.c.param == "patient",
-            fhir_references.c.target_id == patient_id,
+            fhir_references.c.target_id.in_(patient_ids),
         )
+        .subquery()
     )
-    return connection.execute(
-        select(studies)
-        .where(studies.c.study_instance_uid.in_(study_uids))
-        .order_by(studies.c.updated_at.desc(), studies.c.id.desc())
-        .limit(1)
-    ).first()
+    rows = connection.execute(select(ranked).where(ranked.c.rank == 1))
+    return {row.fhir_patient_id: row for row in rows}

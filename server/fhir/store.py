@@ -7,10 +7,11 @@ FHIR transaction Bundle writes all its entries in one.
 """
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fhir_mappings import fhir_json
@@ -84,7 +85,12 @@ class ResourceStore:
         self._insert_new = (
             dialect.insert(fhir_resources)
             .on_conflict_do_nothing(index_elements=["resource_type", "resource_id"])
-            .returning(fhir_resources.c.id)
+            .returning(fhir_resources.c.id, fhir_resources.c.resource_id)
+        )
+        # Executed with one parameter set per resource (bind names may not be column names).
+        self._update_version = update(fhir_resources).where(fhir_resources.c.id == bindparam("pk")).values(
+            version_id=bindparam("new_version_id"), last_updated=bindparam("new_last_updated"), deleted=False,
+            resource_json=bindparam("new_resource_json"),
         )
         self._locking = engine.dialect.name == "postgresql"
 
@@ -156,45 +162,92 @@ class ResourceStore:
         if_match: int | None = None,
     ) -> StoredVersion:
         """Write a new version of `resource` (validated by the caller) under `resource_id`."""
-        resource_type = resource["resourceType"]
-        current = self._lock(connection, resource_type, resource_id)
-        if current is None:
-            if if_match is not None:
-                raise VersionConflict(f"{resource_type}/{resource_id} does not exist; If-Match cannot hold")
-            version_id, now = 1, self.clock.now()
-            body = _with_meta(resource, resource_id, version_id, now)
-            pk = connection.execute(
-                self._insert_new,
-                {"resource_type": resource_type, "resource_id": resource_id, "version_id": version_id,
-                 "last_updated": now, "deleted": False, "resource_json": body},
-            ).scalar()
-            if pk is None:  # created by a concurrent writer since our look: update theirs
-                current = self._lock(connection, resource_type, resource_id)
-                assert current is not None
-            else:
-                index_resource(connection, pk, resource, fresh=True)
-                count_change(connection, resource_type, now, +1)
-                note_written(connection, f"{resource_type}/{resource_id}", _patients(resource, resource_id))
-                return self._record(connection, resource_type, resource_id, version_id, now, method, body)
-        pk, current_version = current.pk, current.version_id
-        if if_match is not None and if_match != current_version:
-            raise VersionConflict(
-                f"{resource_type}/{resource_id} is at version {current_version}, not {if_match} (If-Match)"
-            )
-        version_id, now = current_version + 1, self.clock.now()
-        body = _with_meta(resource, resource_id, version_id, now)
-        connection.execute(
-            update(fhir_resources).where(fhir_resources.c.id == pk).values(
-                version_id=version_id, last_updated=now, deleted=False, resource_json=body
-            )
+        return self.put_many(connection, [(resource, resource_id)], method, if_match)[0]
+
+    def put_many(
+        self,
+        connection: Connection,
+        writes: Sequence[tuple[dict[str, Any], str]],
+        method: str,
+        if_match: int | None = None,
+    ) -> list[StoredVersion]:
+        """New versions of resources of one type (validated by the caller),
+        each under its id, in as many statements as one of them takes: a STOW
+        of 500 new studies writes their ImagingStudies at once, where one
+        statement per table and study made PostgreSQL's round trips most of
+        its time. `if_match` applies to a single write only."""
+        if not writes:
+            return []
+        resource_type = writes[0][0]["resourceType"]
+        ids = [resource_id for _, resource_id in writes]
+        if any(resource["resourceType"] != resource_type for resource, _ in writes) or len(set(ids)) != len(ids):
+            raise ValueError("put_many writes resources of one type, each once")
+        if if_match is not None and len(writes) != 1:
+            raise ValueError("If-Match applies to a single write")
+        current = self._lock(connection, resource_type, ids)
+        if if_match is not None:
+            found = current.get(ids[0])
+            if found is None:
+                raise VersionConflict(f"{resource_type}/{ids[0]} does not exist; If-Match cannot hold")
+            if found.version_id != if_match:
+                raise VersionConflict(
+                    f"{resource_type}/{ids[0]} is at version {found.version_id}, not {if_match} (If-Match)"
+                )
+        now = {resource_id: self.clock.now() for resource_id in ids}
+        created = self._insert_absent(
+            connection, resource_type, [(resource, resource_id, now[resource_id]) for resource, resource_id in writes
+                                        if resource_id not in current],
         )
-        index_resource(connection, pk, resource, fresh=False)
-        if not current.deleted:
-            count_change(connection, resource_type, current.last_updated, -1)
-        count_change(connection, resource_type, now, +1)
-        patients = [*current.patients(), *_patients(resource, resource_id)]
-        note_written(connection, f"{resource_type}/{resource_id}", patients)
-        return self._record(connection, resource_type, resource_id, version_id, now, method, body)
+        raced = [resource_id for resource_id in ids if resource_id not in current and resource_id not in created]
+        if raced:  # created by a concurrent writer since our look: update theirs
+            current.update(self._lock(connection, resource_type, raced))
+        stored, updates, history, indexed = [], [], [], []
+        for resource, resource_id in writes:
+            replaced = None if resource_id in created else current[resource_id]
+            version_id = 1 if replaced is None else replaced.version_id + 1
+            at = now[resource_id]
+            body = _with_meta(resource, resource_id, version_id, at)
+            patients = _patients(resource, resource_id)
+            if replaced is None:
+                pk = created[resource_id]
+            else:
+                pk = replaced.pk
+                updates.append(
+                    {"pk": pk, "new_version_id": version_id, "new_last_updated": at, "new_resource_json": body}
+                )
+                if not replaced.deleted:
+                    count_change(connection, resource_type, replaced.last_updated, -1)
+                patients = [*replaced.patients(), *patients]
+            count_change(connection, resource_type, at, +1)
+            note_written(connection, f"{resource_type}/{resource_id}", patients)
+            indexed.append((pk, resource))
+            if resource_type in self.history_types:
+                history.append({"resource_type": resource_type, "resource_id": resource_id, "version_id": version_id,
+                                "last_updated": at, "method": method, "resource_json": body})
+            stored.append(StoredVersion(resource_type, resource_id, version_id, at, False, body))
+        if updates:
+            connection.execute(self._update_version, updates)
+            replaced_pks = [row["pk"] for row in updates]
+            for table in _INDEX_TABLES:
+                connection.execute(delete(table).where(table.c.resource_pk.in_(replaced_pks)))
+        _insert_index_rows(connection, indexed)
+        if history:
+            connection.execute(insert(fhir_versions), history)
+        return stored
+
+    def _insert_absent(
+        self, connection: Connection, resource_type: str, writes: list[tuple[dict[str, Any], str, int]],
+    ) -> dict[str, int]:
+        """Version 1 of each resource that has no row yet; the pks of those
+        inserted, by id. One a concurrent writer created meanwhile is left out."""
+        if not writes:
+            return {}
+        rows = [
+            {"resource_type": resource_type, "resource_id": resource_id, "version_id": 1, "last_updated": at,
+             "deleted": False, "resource_json": _with_meta(resource, resource_id, 1, at)}
+            for resource, resource_id, at in writes
+        ]
+        return {resource_id: pk for pk, resource_id in connection.execute(self._insert_new, rows)}
 
     def add_new(self, connection: Connection, resources: list[tuple[dict[str, Any], str]]) -> None:
         """Write resources whose ids are new by construction (the audit
@@ -217,13 +270,7 @@ class ResourceStore:
         pks = connection.execute(
             insert(fhir_resources).returning(fhir_resources.c.id, sort_by_parameter_order=True), rows
         ).scalars().all()
-        index_rows: dict[Any, list[dict[str, Any]]] = {}
-        for pk, (resource, _) in zip(pks, resources):
-            for table, table_rows in _index_rows(pk, extract(resource)):
-                index_rows.setdefault(table, []).extend(table_rows)
-        for table, table_rows in index_rows.items():
-            if table_rows:
-                connection.execute(insert(table), table_rows)
+        _insert_index_rows(connection, [(pk, resource) for pk, (resource, _) in zip(pks, resources)])
         if versions:
             connection.execute(insert(fhir_versions), versions)
 
@@ -231,7 +278,7 @@ class ResourceStore:
         self, connection: Connection, resource_type: str, resource_id: str, if_match: int | None = None
     ) -> StoredVersion | None:
         """Mark deleted; None when there was nothing current to delete (FHIR delete is idempotent)."""
-        current = self._lock(connection, resource_type, resource_id)
+        current = self._lock(connection, resource_type, [resource_id]).get(resource_id)
         if current is None or current.deleted:
             if if_match is not None:
                 raise VersionConflict(f"{resource_type}/{resource_id} is not current; If-Match cannot hold")
@@ -251,19 +298,28 @@ class ResourceStore:
         note_written(connection, f"{resource_type}/{resource_id}", current.patients())
         return self._record(connection, resource_type, resource_id, version_id, now, "DELETE", None)
 
-    def _lock(self, connection: Connection, resource_type: str, resource_id: str) -> _Current | None:
+    def lock(self, connection: Connection, resource_type: str, resource_ids: Sequence[str]) -> None:
+        """Hold the rows of these resources (those that exist) until the
+        transaction ends, on PostgreSQL; taken in id order, as every write
+        here takes them, so writers of overlapping sets queue instead of
+        deadlocking."""
+        self._lock(connection, resource_type, resource_ids)
+
+    def _lock(self, connection: Connection, resource_type: str, resource_ids: Sequence[str]) -> dict[str, _Current]:
+        """The current rows of these resources that exist, locked for the
+        transaction on PostgreSQL (in id order, as every writer takes them)."""
         statement = select(
-            fhir_resources.c.id, fhir_resources.c.version_id, fhir_resources.c.deleted, fhir_resources.c.last_updated,
-            fhir_resources.c.resource_json,
+            fhir_resources.c.resource_id, fhir_resources.c.id, fhir_resources.c.version_id, fhir_resources.c.deleted,
+            fhir_resources.c.last_updated, fhir_resources.c.resource_json,
         ).where(
-            fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id
-        )
+            fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id.in_(resource_ids)
+        ).order_by(fhir_resources.c.resource_id)
         if self._locking:
             statement = statement.with_for_update()
-        row = connection.execute(statement).first()
-        if row is None:
-            return None
-        return _Current(row.id, row.version_id, row.deleted, row.last_updated, row.resource_json)
+        return {
+            row.resource_id: _Current(row.id, row.version_id, row.deleted, row.last_updated, row.resource_json)
+            for row in connection.execute(statement)
+        }
 
     def _record(
         self, connection: Connection, resource_type: str, resource_id: str, version_id: int, now: int,
@@ -285,13 +341,13 @@ def _patients(resource: dict[str, Any], resource_id: str) -> list[str]:
     return patients_of({**resource, "id": resource_id} if resource["resourceType"] == "Patient" else resource)
 
 
-def index_resource(connection: Connection, pk: int, resource: dict[str, Any], fresh: bool) -> None:
-    """Write the search-index rows of the current version, replacing the
-    previous version's unless the resource is `fresh`."""
-    if not fresh:
-        for table in _INDEX_TABLES:
-            connection.execute(delete(table).where(table.c.resource_pk == pk))
-    for table, rows in _index_rows(pk, extract(resource)):
+def _insert_index_rows(connection: Connection, indexed: Sequence[tuple[int, dict[str, Any]]]) -> None:
+    """The search-index rows of each (pk, resource), one statement per table for all."""
+    index_rows: dict[Any, list[dict[str, Any]]] = {}
+    for pk, resource in indexed:
+        for table, rows in _index_rows(pk, extract(resource)):
+            index_rows.setdefault(table, []).extend(rows)
+    for table, rows in index_rows.items():
         if rows:
             connection.execute(insert(table), rows)
 
@@ -312,7 +368,9 @@ def reindex_overlong_values(connection: Connection) -> int:
     })
     for pk in pks:
         body = connection.execute(select(fhir_resources.c.resource_json).where(fhir_resources.c.id == pk)).scalar_one()
-        index_resource(connection, pk, fhir_json.loads(body), fresh=False)
+        for table in _INDEX_TABLES:
+            connection.execute(delete(table).where(table.c.resource_pk == pk))
+        _insert_index_rows(connection, [(pk, fhir_json.loads(body))])
     return len(pks)
 
 
