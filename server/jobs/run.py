@@ -15,6 +15,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from itertools import groupby
 from typing import TypeVar
 
 import numpy as np
@@ -297,8 +298,9 @@ class JobRunner:
                     revised_reports=tuple(revised),
                 )
             )
-            for resource in resources.all():
-                self.queue.store.put(connection, resource, resource["id"], "PUT")
+            # The Observations in one write: a report has about 30.
+            for _, of_one_type in groupby(resources.all(), key=lambda resource: resource["resourceType"]):
+                self.queue.store.put_many(connection, [(resource, resource["id"]) for resource in of_one_type], "PUT")
             if not self.queue.complete(connection, job, prepared.content):
                 raise JobLost()  # rolls the results back with the transaction
 
