@@ -94,6 +94,31 @@ def test_a_patient_stays_while_another_study_refers_to_it(fhir):
     assert fhir.get(f"/fhir/{patient_ref}").status_code == 200
 
 
+def test_one_stow_of_many_studies_and_patients_keeps_each_patient_as_its_newest_study(fhir):
+    """A STOW's studies and Patients are written together (`put_many`); each
+    Patient is described by its most recently updated study."""
+    old, newer, other = generate_uid(), generate_uid(), generate_uid()
+    _stow(fhir, make_ct(old, PatientID="P-MANY", PatientName="Doe^Old"))
+    _stow(
+        fhir,
+        make_ct(newer, PatientID="P-MANY", PatientName="Doe^New"),
+        make_ct(other, PatientID="Q-MANY", PatientName="Roe^Q"),
+        make_ct(old, PatientID="P-MANY", PatientName="Doe^Old", SeriesNumber=2),
+    )
+    patient_ref = _imaging_study(fhir, old)["subject"]["reference"]
+    assert _imaging_study(fhir, newer)["subject"]["reference"] == patient_ref
+    assert _imaging_study(fhir, other)["subject"]["reference"] != patient_ref
+    assert _imaging_study(fhir, old)["numberOfInstances"] == 2
+    names = {entry["resource"]["identifier"][0]["value"]: entry["resource"]["name"][0]["given"]
+             for entry in fhir.get("/fhir/Patient").json()["entry"]}
+    assert names["Q-MANY"] == ["Q"] and "P-MANY" in names
+    assert fhir.delete(f"/dicom-web/studies/{newer}").status_code == 200
+    assert fhir.get(f"/fhir/{patient_ref}").json()["name"][0]["given"] == ["Old"]
+    assert fhir.delete(f"/dicom-web/studies/{old}").status_code == 200
+    assert fhir.get(f"/fhir/{patient_ref}").status_code == 410
+    assert fhir.get("/fhir/Patient", params={"identifier": "Q-MANY"}).json()["total"] == 1
+
+
 def test_patients_are_kept_apart_by_issuer_and_studies_without_id(fhir):
     _stow(
         fhir,

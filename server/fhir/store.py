@@ -194,24 +194,24 @@ class ResourceStore:
                     f"{resource_type}/{ids[0]} is at version {found.version_id}, not {if_match} (If-Match)"
                 )
         now = {resource_id: self.clock.now() for resource_id in ids}
-        created = self._insert_absent(
-            connection, resource_type, [(resource, resource_id, now[resource_id]) for resource, resource_id in writes
-                                        if resource_id not in current],
-        )
+        first_versions = {
+            resource_id: _with_meta(resource, resource_id, 1, now[resource_id])
+            for resource, resource_id in writes if resource_id not in current
+        }
+        created = self._insert_absent(connection, resource_type, first_versions, now)
         raced = [resource_id for resource_id in ids if resource_id not in current and resource_id not in created]
         if raced:  # created by a concurrent writer since our look: update theirs
             current.update(self._lock(connection, resource_type, raced))
         stored, updates, history, indexed = [], [], [], []
         for resource, resource_id in writes:
-            replaced = None if resource_id in created else current[resource_id]
-            version_id = 1 if replaced is None else replaced.version_id + 1
             at = now[resource_id]
-            body = _with_meta(resource, resource_id, version_id, at)
             patients = _patients(resource, resource_id)
-            if replaced is None:
-                pk = created[resource_id]
+            if resource_id in created:
+                pk, version_id, body = created[resource_id], 1, first_versions[resource_id]
             else:
-                pk = replaced.pk
+                replaced = current[resource_id]
+                pk, version_id = replaced.pk, replaced.version_id + 1
+                body = _with_meta(resource, resource_id, version_id, at)
                 updates.append(
                     {"pk": pk, "new_version_id": version_id, "new_last_updated": at, "new_resource_json": body}
                 )
@@ -236,16 +236,16 @@ class ResourceStore:
         return stored
 
     def _insert_absent(
-        self, connection: Connection, resource_type: str, writes: list[tuple[dict[str, Any], str, int]],
+        self, connection: Connection, resource_type: str, bodies: dict[str, bytes], now: dict[str, int],
     ) -> dict[str, int]:
-        """Version 1 of each resource that has no row yet; the pks of those
-        inserted, by id. One a concurrent writer created meanwhile is left out."""
-        if not writes:
+        """Version 1 (`bodies`, by id) of resources that had no row; the pks of
+        those inserted, by id. One a concurrent writer created meanwhile is left out."""
+        if not bodies:
             return {}
         rows = [
-            {"resource_type": resource_type, "resource_id": resource_id, "version_id": 1, "last_updated": at,
-             "deleted": False, "resource_json": _with_meta(resource, resource_id, 1, at)}
-            for resource, resource_id, at in writes
+            {"resource_type": resource_type, "resource_id": resource_id, "version_id": 1,
+             "last_updated": now[resource_id], "deleted": False, "resource_json": body}
+            for resource_id, body in bodies.items()
         ]
         return {resource_id: pk for pk, resource_id in connection.execute(self._insert_new, rows)}
 

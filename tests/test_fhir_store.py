@@ -1,0 +1,93 @@
+"""`ResourceStore.put_many`: many resources of one type written as `put`
+writes each (versions, history, search index, update counts, the audit's
+note of what was written), in as many statements as one of them takes."""
+
+import pytest
+from sqlalchemy import event
+
+from server.db import write_connection, written
+from tests.fhir_checks import ids
+
+TASK = {"resourceType": "Task", "intent": "order"}
+
+
+def _task(resource_id: str, status: str, patient: str | None = None) -> tuple[dict, str]:
+    task = {**TASK, "id": resource_id, "status": status}
+    if patient is not None:
+        task["for"] = {"reference": f"Patient/{patient}"}
+    return task, resource_id
+
+
+def test_new_existing_and_deleted_resources_get_their_next_versions(services, fhir):
+    store = services.fhir.store
+    with write_connection(services.engine) as connection:
+        store.put_many(connection, [_task("pm-old", "requested", "p-old"), _task("pm-gone", "requested")], "PUT")
+    with write_connection(services.engine) as connection:
+        store.delete(connection, "Task", "pm-gone")
+    with write_connection(services.engine) as connection:
+        stored = store.put_many(connection, [
+            _task("pm-new", "ready", "p-new"), _task("pm-old", "in-progress", "p-moved"), _task("pm-gone", "ready"),
+        ], "PUT")
+        noted = written(connection)
+    assert [(version.resource_id, version.version_id) for version in stored] == [
+        ("pm-new", 1), ("pm-old", 2), ("pm-gone", 3),
+    ]
+    assert len({version.last_updated for version in stored}) == 3
+    # The update names the patient the replaced version belonged to, and the new one.
+    assert noted.resources == {"Task/pm-new", "Task/pm-old", "Task/pm-gone"}
+    assert noted.patients == {"p-new", "p-old", "p-moved"}
+
+    assert fhir.get("/fhir/Task/pm-old").json()["meta"]["versionId"] == "2"
+    history = fhir.get("/fhir/Task/pm-gone/_history").json()
+    assert [entry["request"]["method"] for entry in history["entry"]] == ["PUT", "DELETE", "PUT"]
+    # The index holds each current version only: the old status is gone, the new one found.
+    assert sorted(ids(fhir.get("/fhir/Task", params={"status": "ready"}).json())) == ["pm-gone", "pm-new"]
+    assert ids(fhir.get("/fhir/Task", params={"status": "requested"}).json()) == []
+    assert ids(fhir.get("/fhir/Task", params={"patient": "p-moved"}).json()) == ["pm-old"]
+    assert ids(fhir.get("/fhir/Task", params={"patient": "p-old"}).json()) == []
+    # A total of `_lastUpdated` alone comes from the update counts: three current Tasks.
+    counted = fhir.get("/fhir/Task", params={"_lastUpdated": "gt2000-01-01", "_summary": "count"}).json()
+    assert counted["total"] == 3
+
+
+def _statements(services, write) -> int:
+    count = 0
+
+    def counted(*_: object) -> None:
+        nonlocal count
+        count += 1
+
+    event.listen(services.engine, "before_cursor_execute", counted)
+    try:
+        with write_connection(services.engine) as connection:
+            before = count
+            write(connection)
+            return count - before
+    finally:
+        event.remove(services.engine, "before_cursor_execute", counted)
+
+
+def test_many_writes_take_as_many_statements_as_one(services):
+    store = services.fhir.store
+
+    def tasks(prefix: str, number: int, status: str) -> list[tuple[dict, str]]:
+        return [_task(f"{prefix}-{index}", status, f"{prefix}-patient-{index}") for index in range(number)]
+
+    one_new = _statements(services, lambda connection: store.put_many(connection, tasks("one", 1, "ready"), "PUT"))
+    many_new = _statements(services, lambda connection: store.put_many(connection, tasks("many", 40, "ready"), "PUT"))
+    assert many_new == one_new
+    one_changed = _statements(services, lambda connection: store.put_many(connection, tasks("one", 1, "failed"), "PUT"))
+    many_changed = _statements(
+        services, lambda connection: store.put_many(connection, tasks("many", 40, "failed"), "PUT"))
+    assert many_changed == one_changed
+
+
+def test_one_type_each_resource_once_and_if_match_for_one(services):
+    store = services.fhir.store
+    with write_connection(services.engine) as connection:
+        with pytest.raises(ValueError):
+            store.put_many(connection, [_task("mixed", "ready"), ({"resourceType": "Patient"}, "mixed-p")], "PUT")
+        with pytest.raises(ValueError):
+            store.put_many(connection, [_task("twice", "ready"), _task("twice", "failed")], "PUT")
+        with pytest.raises(ValueError):
+            store.put_many(connection, [_task("a", "ready"), _task("b", "ready")], "PUT", if_match=1)
