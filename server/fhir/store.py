@@ -226,10 +226,10 @@ class ResourceStore:
                                 "last_updated": at, "method": method, "resource_json": body})
             stored.append(StoredVersion(resource_type, resource_id, version_id, at, False, body))
         if updates:
-            connection.execute(self._update_version, updates)
+            connection.execute(self._update_version, updates if len(updates) > 1 else updates[0])
             replaced_pks = [row["pk"] for row in updates]
             for table in _INDEX_TABLES:
-                connection.execute(delete(table).where(table.c.resource_pk.in_(replaced_pks)))
+                connection.execute(delete(table).where(_one_of(table.c.resource_pk, replaced_pks)))
         _insert_index_rows(connection, indexed)
         if history:
             connection.execute(insert(fhir_versions), history)
@@ -312,7 +312,7 @@ class ResourceStore:
             fhir_resources.c.resource_id, fhir_resources.c.id, fhir_resources.c.version_id, fhir_resources.c.deleted,
             fhir_resources.c.last_updated, fhir_resources.c.resource_json,
         ).where(
-            fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id.in_(resource_ids)
+            fhir_resources.c.resource_type == resource_type, _one_of(fhir_resources.c.resource_id, resource_ids)
         ).order_by(fhir_resources.c.resource_id)
         if self._locking:
             statement = statement.with_for_update()
@@ -334,6 +334,12 @@ class ResourceStore:
             )
         return StoredVersion(resource_type, resource_id, version_id, now, body is None, body)
 
+
+
+def _one_of(column: Any, values: Sequence[Any]) -> Any:
+    """`column IN values`, as `=` for one value: a single write is the common
+    case, and an expanding IN costs SQLAlchemy a new rendering every time."""
+    return column == values[0] if len(values) == 1 else column.in_(values)
 
 
 def _patients(resource: dict[str, Any], resource_id: str) -> list[str]:
