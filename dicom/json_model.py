@@ -177,15 +177,18 @@ class _Writer:
         if len(path) > 2 * MAX_SEQUENCE_DEPTH:
             raise InvalidDicom(f"sequences nest more than {MAX_SEQUENCE_DEPTH} deep")
         out: dict[str, Any] = {}
+        # Once per data set: pydicom works the character set out again at every asking.
+        encoding = _fast_encoding(ds)
         for tag in sorted(ds.keys()):
             if tag & 0xFFFF == 0 or tag >> 16 == 0x0002:
                 continue
-            out[f"{tag:08X}"] = self.element(ds, tag, path + (int(tag),))
+            out[f"{tag:08X}"] = self.element(ds, tag, path + (int(tag),), encoding)
         return out
 
-    def element(self, ds: Dataset, tag: int, path: TagPath) -> dict[str, Any]:
+    def element(self, ds: Dataset, tag: int, path: TagPath, encoding: str | None) -> dict[str, Any]:
+        """`encoding`: the data set's text encoding for the fast path (`_fast_encoding`)."""
         elem = ds.get_item(tag, keep_deferred=True)
-        fast = _fast_element(ds, elem)
+        fast = _fast_element(ds, elem, encoding)
         if fast is not None:
             return fast
         if isinstance(elem, RawDataElement) and elem.value is None and elem.length:
@@ -248,7 +251,9 @@ _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": 
 _LITTLE_ENDIAN_HOST = sys.byteorder == "little"
 
 
-def _fast_element(ds: Dataset, elem: DataElement | RawDataElement | None) -> dict[str, Any] | None:
+def _fast_element(
+    ds: Dataset, elem: DataElement | RawDataElement | None, encoding: str | None,
+) -> dict[str, Any] | None:
     if not isinstance(elem, RawDataElement) or elem.value is None or not _LITTLE_ENDIAN_HOST:
         return None
     if not ds.original_encoding[1]:
@@ -258,7 +263,6 @@ def _fast_element(ds: Dataset, elem: DataElement | RawDataElement | None) -> dic
         return None
     raw: bytes = elem.value
     if vr in _FAST_TEXT_VRS:
-        encoding = _fast_encoding(ds)
         if encoding is None:
             return None
         try:

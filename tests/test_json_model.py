@@ -281,6 +281,6 @@ def test_fast_path_gives_the_same_json_as_the_general_path(path, monkeypatch):
         fast = json_model.dataset_to_json(json_model.read_dataset_for_metadata(path), lambda tags: "bulk")
     except InvalidDicom:
         pytest.skip("not a readable data set")
-    monkeypatch.setattr(json_model, "_fast_element", lambda ds, elem: None)
+    monkeypatch.setattr(json_model, "_fast_element", lambda ds, elem, encoding: None)
     general = json_model.dataset_to_json(json_model.read_dataset_for_metadata(path), lambda tags: "bulk")
     assert fast == general
