@@ -2,6 +2,8 @@
 writes each (versions, history, search index, update counts, the audit's
 note of what was written), in as many statements as one of them takes."""
 
+import threading
+
 import pytest
 from sqlalchemy import event
 
@@ -91,3 +93,33 @@ def test_one_type_each_resource_once_and_if_match_for_one(services):
             store.put_many(connection, [_task("twice", "ready"), _task("twice", "failed")], "PUT")
         with pytest.raises(ValueError):
             store.put_many(connection, [_task("a", "ready"), _task("b", "ready")], "PUT", if_match=1)
+
+
+def test_a_create_that_loses_its_race_is_a_later_version(services):
+    """Two writers create one new resource; the one whose insert finds the
+    other's row updates it, as version 2, later than version 1."""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite writers take turns: their creates cannot race")
+    store = services.fhir.store
+
+    def rival() -> None:
+        with write_connection(services.engine) as connection:
+            store.put(connection, *_task("raced", "ready"), "PUT")
+
+    rival_ran = threading.Event()
+    with write_connection(services.engine) as connection:
+        def before_insert(*args: object) -> None:
+            statement = args[2]
+            if isinstance(statement, str) and statement.startswith("INSERT INTO fhir_resources") \
+                    and not rival_ran.is_set():
+                rival_ran.set()
+                thread = threading.Thread(target=rival)
+                thread.start()
+                thread.join(30)
+
+        event.listen(connection, "before_cursor_execute", before_insert)
+        late = store.put(connection, *_task("raced", "failed"), "PUT")
+    assert rival_ran.is_set()
+    first = store.vread("Task", "raced", 1)
+    assert late.version_id == 2 and late.last_updated > first.last_updated
+    assert store.read("Task", "raced").version_id == 2

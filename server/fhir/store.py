@@ -175,7 +175,12 @@ class ResourceStore:
         each under its id, in as many statements as one of them takes: a STOW
         of 500 new studies writes their ImagingStudies at once, where one
         statement per table and study made PostgreSQL's round trips most of
-        its time. `if_match` applies to a single write only."""
+        its time. `if_match` applies to a single write only.
+
+        Writers of overlapping sets of several ids must be serialized by the
+        caller (a STOW's study rows and Patient locks, a job's study lock):
+        one that finds some of them created meanwhile locks those while
+        holding its own new rows, which could deadlock with a third writer."""
         if not writes:
             return []
         resource_type = writes[0][0]["resourceType"]
@@ -200,8 +205,9 @@ class ResourceStore:
         }
         created = self._insert_absent(connection, resource_type, first_versions, now)
         raced = [resource_id for resource_id in ids if resource_id not in current and resource_id not in created]
-        if raced:  # created by a concurrent writer since our look: update theirs
+        if raced:  # created by a concurrent writer since our look: update theirs, as a later version
             current.update(self._lock(connection, resource_type, raced))
+            now.update((resource_id, self.clock.now()) for resource_id in raced)
         stored, updates, history, indexed = [], [], [], []
         for resource, resource_id in writes:
             at = now[resource_id]
