@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=["one-at-a-time", "batched"])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", type=Path, help="run the batched variant once more under cProfile (its main"
-                        " thread), and write the profile here")
+                        " thread; every thread from Python 3.12), and write the profile here")
     args = parser.parse_args(argv)
     if not 0 < args.studies <= 1_000:
         parser.error("--studies: 1 to 1,000 (each run's phantom seeds are 1,000 apart)")
