@@ -4,6 +4,7 @@ through STOW and DELETE (FHIR R4 imagingstudy.html, patient.html)."""
 import threading
 
 from pydicom.uid import generate_uid
+from sqlalchemy import event
 
 from tests.dicom_files import make_ct, multipart_body
 from tests.fhir_checks import ids
@@ -217,3 +218,31 @@ def test_concurrent_stows_of_one_patient_make_one_patient(fhir, services):
     found = fhir.get("/fhir/ImagingStudy", params={"patient.identifier": "SHARED", "_count": 50}).json()
     assert sorted(ids(found)) == sorted(studies)
     assert all(entry["resource"]["numberOfInstances"] == 3 for entry in found["entry"])
+
+
+def test_the_fhir_and_job_side_of_a_stow_takes_as_many_statements_for_many_studies_as_for_one(fhir, services):
+    """ImagingStudies, Patients, the studies' activity and their jobs are
+    written for all of a STOW's studies at once: one statement per table,
+    not one per study (round trips were most of a STOW's time on PostgreSQL)."""
+    counts: list[int] = []
+    on_change = services.ingestor.on_studies_changed
+
+    def counted(connection, study_uids):  # type: ignore[no-untyped-def]
+        seen = 0
+
+        def count(*_: object) -> None:
+            nonlocal seen
+            seen += 1
+
+        event.listen(connection, "before_cursor_execute", count)
+        try:
+            on_change(connection, study_uids)
+        finally:
+            event.remove(connection, "before_cursor_execute", count)
+        counts.append(seen)
+
+    services.ingestor.on_studies_changed = counted
+    _stow(fhir, make_ct(generate_uid(), PatientID="ONE-OF-ONE"))
+    _stow(fhir, *(make_ct(generate_uid(), PatientID=f"ONE-OF-MANY-{index}") for index in range(20)))
+    assert len(counts) == 2 and counts[1] == counts[0]
+    assert fhir.get("/fhir/ImagingStudy", params={"_summary": "count"}).json()["total"] == 21

@@ -15,7 +15,8 @@ import logging
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from server.db import reading, write_connection
@@ -40,20 +41,19 @@ def study_date(text: str) -> str:
 
 
 def touch_studies(connection: Connection, study_uids: set[str]) -> None:
-    """In the transaction that changed the studies (STOW, DELETE)."""
+    """In the transaction that changed the studies (STOW, DELETE): one
+    statement for all of them, rows taken in UID order as every writer does."""
+    if not study_uids:
+        return
     now = now_micros()
-    for study_uid in sorted(study_uids):
-        changed = connection.execute(
-            update(study_activity).where(study_activity.c.study_instance_uid == study_uid).values(changed_at=now)
-        ).rowcount
-        if not changed:
-            try:
-                with connection.begin_nested():
-                    connection.execute(study_activity.insert().values(study_instance_uid=study_uid, changed_at=now))
-            except IntegrityError:  # a concurrent STOW of the same study inserted it first
-                connection.execute(
-                    update(study_activity).where(study_activity.c.study_instance_uid == study_uid).values(changed_at=now)
-                )
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    upsert = dialect.insert(study_activity)
+    connection.execute(
+        upsert.on_conflict_do_update(
+            index_elements=["study_instance_uid"], set_={"changed_at": upsert.excluded.changed_at}
+        ),
+        [{"study_instance_uid": study_uid, "changed_at": now} for study_uid in sorted(study_uids)],
+    )
 
 
 class StudyTriggers:
