@@ -15,7 +15,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import NamedTuple, Protocol, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -225,3 +226,9 @@ def reading(engine: Engine, connection: Connection | None = None) -> Iterator[Co
 def ping(engine: Engine) -> None:
     with engine.connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+def dialect_insert(dialect_name: str, table: Table) -> "postgresql.Insert | sqlite.Insert":
+    """An INSERT that can take ON CONFLICT (PostgreSQL's, or else SQLite's)."""
+    return (postgresql if dialect_name == "postgresql" else sqlite).insert(table)
+

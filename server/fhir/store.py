@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from fhir_mappings import fhir_json
 from fhir_mappings.date_ranges import instant_text
 from fhir_mappings.errors import ResourceGone, ResourceNotFound, VersionConflict
 from fhir_mappings.patient_compartment import patients_of, patients_of_json
 from fhir_mappings.search_values import IndexValues, extract
-from server.db import note_written, reading
+from server.db import dialect_insert, note_written, reading
 from server.fhir.update_counts import count_change
 from server.tables import (
     clipped,
@@ -81,9 +80,8 @@ class ResourceStore:
         self.engine = engine
         self.history_types = history_types
         self.clock = Clock()
-        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
         self._insert_new = (
-            dialect.insert(fhir_resources)
+            dialect_insert(engine.dialect.name, fhir_resources)
             .on_conflict_do_nothing(index_elements=["resource_type", "resource_id"])
             .returning(fhir_resources.c.id, fhir_resources.c.resource_id)
         )

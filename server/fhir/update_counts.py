@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, false, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from fhir_mappings.search_query import Condition, DateValue
-from server.db import before_commit
+from server.db import before_commit, dialect_insert
 from server.tables import fhir_resources, fhir_update_counts
 
 BUCKET_MICROS = 1_000_000
@@ -37,11 +36,10 @@ class _Deltas:
         self.changes: dict[tuple[str, int], int] = defaultdict(int)
 
     def __call__(self, connection: Connection) -> None:
-        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
         for (resource_type, bucket), delta in sorted(self.changes.items()):
             if delta == 0:
                 continue
-            statement = dialect.insert(fhir_update_counts).values(resource_type=resource_type, bucket=bucket, live=delta)
+            statement = dialect_insert(connection.dialect.name, fhir_update_counts).values(resource_type=resource_type, bucket=bucket, live=delta)
             connection.execute(
                 statement.on_conflict_do_update(
                     index_elements=["resource_type", "bucket"],

@@ -280,7 +280,7 @@ class JobRunner:
         with write_connection(self.queue.engine) as connection:
             # The study's Patient as of now: a corrected PatientID may have moved it while the job ran.
             # The row locks order this against a STOW or DELETE of the study (`study_changes`).
-            study_jobs = lock_study_jobs(connection, job.study_instance_uid)
+            study_jobs = lock_study_jobs(connection, [job.study_instance_uid])
             current = self.queue.get(job.task_id, connection)
             if current is None:
                 raise JobLost()

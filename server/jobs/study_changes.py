@@ -22,7 +22,7 @@ contradict the study:
   earlier report as the one it revises.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Row, select, update
@@ -36,28 +36,21 @@ from server.tables import inference_jobs
 WITHDRAWN = "entered-in-error"
 
 
-def lock_study_jobs(connection: Connection, study_uid: str) -> Sequence[Row[Any]]:
-    """The study's job rows, held until the transaction ends. Every writer
-    that changes more than one job of a study takes them all, in one order,
-    so no two wait on each other: a STOW or DELETE of the study here, a
-    worker publishing results (`JobRunner._publish`)."""
+def lock_study_jobs(connection: Connection, study_uids: Iterable[str]) -> Sequence[Row[Any]]:
+    """The studies' job rows, held until the transaction ends. Every writer
+    that changes more than one job of a study takes them all, in one order
+    (by study, then task), so no two wait on each other: a STOW or DELETE of
+    studies here (all of its studies in one statement), a worker publishing
+    results (`JobRunner._publish`)."""
     return connection.execute(
-        select(inference_jobs).where(inference_jobs.c.study_instance_uid == study_uid)
-        .order_by(inference_jobs.c.task_id).with_for_update()
+        select(inference_jobs).where(inference_jobs.c.study_instance_uid.in_(sorted(set(study_uids))))
+        .order_by(inference_jobs.c.study_instance_uid, inference_jobs.c.task_id).with_for_update()
     ).all()
 
 
 def follow_studies(queue: JobQueue, connection: Connection, patients: Mapping[str, str | None]) -> None:
     """`patients`: each changed study's Patient id as `sync_studies` wrote it, None for a study gone."""
-    if not patients:
-        return
-    # All the studies' jobs in one statement (a STOW of 500 studies), locked in the order
-    # `lock_study_jobs` takes them: by study, then task.
-    jobs = connection.execute(
-        select(inference_jobs).where(inference_jobs.c.study_instance_uid.in_(sorted(patients)))
-        .order_by(inference_jobs.c.study_instance_uid, inference_jobs.c.task_id).with_for_update()
-    ).all()
-    for job in jobs:
+    for job in lock_study_jobs(connection, patients):
         patient_id = patients[job.study_instance_uid]
         source_gone = patient_id is None or (
             job.series_instance_uid is not None and not series_exists(connection, job.series_instance_uid)

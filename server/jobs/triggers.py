@@ -16,10 +16,9 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, and_, delete, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from server.db import reading, write_connection
+from server.db import dialect_insert, reading, write_connection
 from server.jobs.queue import COMPLETED, JobQueue, now_micros
 from server.jobs.registry import ActivationRefused, ModelRegistry, RegisteredModel
 from server.jobs.series import accepted_series, series_content
@@ -46,8 +45,7 @@ def touch_studies(connection: Connection, study_uids: set[str]) -> None:
     if not study_uids:
         return
     now = now_micros()
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    upsert = dialect.insert(study_activity)
+    upsert = dialect_insert(connection.dialect.name, study_activity)
     connection.execute(
         upsert.on_conflict_do_update(
             index_elements=["study_instance_uid"], set_={"changed_at": upsert.excluded.changed_at}
