@@ -63,6 +63,8 @@ def test_more_instances_update_the_same_study(fhir):
     resource = _imaging_study(fhir, study)
     assert resource["meta"]["versionId"] == "2"
     assert resource["numberOfSeries"] == 2 and resource["numberOfInstances"] == 3
+    # The Patient is the same after the second series: no second, identical version.
+    assert fhir.get(f"/fhir/{resource['subject']['reference']}").json()["meta"]["versionId"] == "1"
 
 
 def test_a_resent_instance_changes_nothing(fhir):

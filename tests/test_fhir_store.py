@@ -52,6 +52,30 @@ def test_new_existing_and_deleted_resources_get_their_next_versions(services, fh
     assert counted["total"] == 3
 
 
+def test_unchanged_resources_keep_their_versions_when_asked(services, fhir):
+    store = services.fhir.store
+    with write_connection(services.engine) as connection:
+        store.put_many(connection, [_task("same", "ready", "p-same"), _task("changes", "ready")], "PUT")
+    with write_connection(services.engine) as connection:
+        store.delete(connection, "Task", "changes")
+    with write_connection(services.engine) as connection:
+        stored = store.put_many(connection, [
+            _task("changes", "ready"), _task("same", "ready", "p-same"), _task("fresh", "ready"),
+        ], "PUT", skip_unchanged=True)
+        noted = written(connection)
+    # A deleted resource is not "unchanged": it comes back, as do new ones; the same content keeps version 1.
+    assert [(version.resource_id, version.version_id) for version in stored] == [
+        ("changes", 3), ("same", 1), ("fresh", 1),
+    ]
+    assert noted.resources == {"Task/changes", "Task/fresh"}
+    assert [entry["request"]["method"] for entry in fhir.get("/fhir/Task/same/_history").json()["entry"]] == ["PUT"]
+    assert stored[1].body == store.read("Task", "same").body
+    with write_connection(services.engine) as connection:
+        [changed] = store.put_many(connection, [_task("same", "failed", "p-same")], "PUT", skip_unchanged=True)
+    assert changed.version_id == 2
+    assert ids(fhir.get("/fhir/Task", params={"status": "failed"}).json()) == ["same"]
+
+
 def _statements(services, write) -> int:
     count = 0
 

@@ -70,7 +70,10 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
         store.lock(connection, "ImagingStudy", uids)
     for study_uid in gone:
         store.delete(connection, "ImagingStudy", study_uid)
-    store.put_many(connection, [(body, study_uid) for study_uid, body in study_writes if body is not None], "PUT")
+    store.put_many(
+        connection, [(body, study_uid) for study_uid, body in study_writes if body is not None], "PUT",
+        skip_unchanged=True,
+    )
     patient_ids = sorted(patient_keys)
     _lock_patients(connection, patient_ids)
     newest = _newest_studies_of(connection, patient_ids)
@@ -81,7 +84,7 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
         (without_control_characters(patient_from_dicom(_patient_record(row, orjson.loads(row.attributes_json)))),
          patient_id)
         for patient_id, row in sorted(newest.items())
-    ], "PUT")
+    ], "PUT", skip_unchanged=True)
     return patients
 
 
@@ -105,23 +108,8 @@ def _lock_patients(connection: Connection, patient_ids: list[str]) -> None:
 
 def ensure_endpoints(store: ResourceStore, connection: Connection, address: str) -> None:
     """Write the DICOMweb Endpoints when missing or when the address changed."""
-    for body in dicomweb_endpoints(address):
-        current = connection.execute(
-            select(fhir_resources.c.resource_json, fhir_resources.c.deleted).where(
-                fhir_resources.c.resource_type == "Endpoint", fhir_resources.c.resource_id == body["id"]
-            )
-        ).first()
-        if current is not None and not current.deleted and _same_content(current.resource_json, body):
-            continue
-        store.put(connection, body, str(body["id"]), "PUT")
-
-
-def _same_content(stored: bytes | None, body: dict) -> bool:
-    if stored is None:
-        return False
-    existing = orjson.loads(stored)
-    existing.pop("meta", None)
-    return existing == {**body, "id": existing.get("id")}
+    store.put_many(connection, [(body, str(body["id"])) for body in dicomweb_endpoints(address)], "PUT",
+                   skip_unchanged=True)
 
 
 def _patient_record(row, attributes: dict) -> PatientRecord:  # type: ignore[no-untyped-def]

@@ -168,12 +168,20 @@ class ResourceStore:
         writes: Sequence[tuple[dict[str, Any], str]],
         method: str,
         if_match: int | None = None,
+        skip_unchanged: bool = False,
     ) -> list[StoredVersion]:
         """New versions of resources of one type (validated by the caller),
         each under its id, in as many statements as one of them takes: a STOW
         of 500 new studies writes their ImagingStudies at once, where one
         statement per table and study made PostgreSQL's round trips most of
         its time. `if_match` applies to a single write only.
+
+        `skip_unchanged`: a resource whose current version has the same
+        content keeps that version (its StoredVersion is returned) instead of
+        getting a new one, as HAPI FHIR treats a no-op update. For what the
+        server derives itself: a study's Patient is the same after each of
+        its series arrives, and a new version each time would tell clients
+        that watch it (ETag, `_lastUpdated`) of a change there was not.
 
         Writers of overlapping sets of several ids must be serialized by the
         caller (a STOW's study rows and Patient locks, a job's study lock):
@@ -196,6 +204,11 @@ class ResourceStore:
                 raise VersionConflict(
                     f"{resource_type}/{ids[0]} is at version {found.version_id}, not {if_match} (If-Match)"
                 )
+        requested = ids
+        kept = _unchanged(resource_type, writes, current) if skip_unchanged else {}
+        if kept:
+            writes = [(resource, resource_id) for resource, resource_id in writes if resource_id not in kept]
+            ids = [resource_id for _, resource_id in writes]
         now = {resource_id: self.clock.now() for resource_id in ids}
         first_versions = {
             resource_id: _with_meta(resource, resource_id, 1, now[resource_id])
@@ -237,6 +250,9 @@ class ResourceStore:
         _insert_index_rows(connection, indexed)
         if history:
             connection.execute(insert(fhir_versions), history)
+        if kept:
+            written = {version.resource_id: version for version in stored}
+            return [kept.get(resource_id) or written[resource_id] for resource_id in requested]
         return stored
 
     def _insert_absent(
@@ -403,6 +419,20 @@ def _index_rows(pk: int, values: IndexValues) -> list[tuple[Any, list[dict[str, 
             for p, v, s, c in set(values.quantities)
         ]),
     ]
+
+
+def _unchanged(
+    resource_type: str, writes: Sequence[tuple[dict[str, Any], str]], current: dict[str, "_Current"],
+) -> dict[str, StoredVersion]:
+    """The current versions, by id, of the writes that would not change
+    them: the resource stored as that version was (same id, version and
+    instant) gives the very bytes stored."""
+    return {
+        resource_id: StoredVersion(resource_type, resource_id, found.version_id, found.last_updated, False, found.body)
+        for resource, resource_id in writes
+        if (found := current.get(resource_id)) is not None and not found.deleted
+        and _with_meta(resource, resource_id, found.version_id, found.last_updated) == found.body
+    }
 
 
 def _with_meta(resource: dict[str, Any], resource_id: str, version_id: int, now: int) -> bytes:
