@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydicom import Dataset
 
 from dicom.bulkdata import format_tag_path
@@ -150,7 +151,14 @@ _TAG_KEY = re.compile(r"[0-9A-F]{8}")
 def _refuse_nul(metadata: dict[str, Any]) -> None:
     """A NUL inside a text value (padding is already gone) is no DICOM text
     (PS3.5 6.1.2), and neither PostgreSQL text nor FHIR strings can hold it:
-    the instance is refused on its own, the same on every database."""
+    the instance is refused on its own, the same on every database.
+
+    JSON writes a NUL as \\u0000: a data set whose JSON has no such text has
+    none, which one pass in C tells a tenth of the time the walk below takes
+    (a tenth of describing an instance). A text that holds a backslash then
+    "u0000" is told apart by the walk."""
+    if b"\\u0000" not in orjson.dumps(metadata):
+        return
     pending: list[tuple[str, Any]] = [(tag, element) for tag, element in metadata.items()]
     while pending:
         tag, node = pending.pop()

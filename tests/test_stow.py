@@ -126,6 +126,16 @@ def test_a_nul_inside_a_text_value_fails_only_its_instance(client, services):
     assert _count(services) == 2
 
 
+def test_a_text_that_spells_an_escaped_nul_is_kept(client, services):
+    """JSON escapes a NUL as \\u0000; a comment holding those six characters has no NUL."""
+    study = generate_uid()
+    body, content_type = multipart_body([make_ct(study, ImageComments="not a \\u0000 character")])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+    [instance] = client.get(f"/dicom-web/studies/{study}/metadata").json()
+    assert instance["00204000"]["Value"] == ["not a \\u0000 character"]
+
+
 def test_numbers_no_sql_integer_holds_are_left_out_of_the_index_not_refused(client, services):
     study = generate_uid()
     body, content_type = multipart_body([make_ct(study, SeriesNumber=2**40), make_ct(study, InstanceNumber=-(2**40))])
