@@ -15,7 +15,6 @@ removes unless a committed row points at them.
 import io
 import logging
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -180,58 +179,25 @@ class Ingestor:
     def _index(self, placed: list[_Candidate], isolate: bool) -> list[str]:
         """Write the rows; return the files that no row references afterwards.
 
-        Without `isolate` any failure aborts the whole transaction; with it,
-        each instance has a savepoint of its own (one more round trip each).
+        Without `isolate`, all of them at once, and any failure aborts the
+        whole transaction; with it, each instance has a savepoint of its own
+        (a few more round trips each), and only those that fail are refused.
         """
         unreferenced: list[str] = []
         referenced: list[str] = []
         superseded: list[str] = []
-        study_pks: dict[str, int] = {}
-        series_pks: dict[tuple[str, str], int] = {}  # by study and series: a series may claim another study
         changed_studies: set[str] = set()
         with write_connection(self.engine) as connection:
-            for candidate in placed:
+            if isolate:
+                parents = index.WrittenParents()
+                writes = [self._write_alone(connection, candidate, parents) for candidate in placed]
+            else:
+                writes = index.write_instances(connection, [_placed_file(candidate) for candidate in placed])
+            for candidate, written in zip(placed, writes):
                 description = candidate.description
-                received = candidate.prepared.received
-                try:
-                    with connection.begin_nested() if isolate else nullcontext():
-                        # Cached keys are only trusted once their savepoint has
-                        # committed; a rolled-back upsert must not be reused.
-                        study_uid = description.study.study_instance_uid
-                        study_pk = study_pks.get(study_uid) or index.upsert_study(
-                            connection, description.study, description.study_attributes
-                        )
-                        series_uid = description.series.series_instance_uid
-                        series_pk = series_pks.get((study_uid, series_uid)) or index.upsert_series(
-                            connection, study_pk, description.series, description.series_attributes
-                        )
-                        written = index.write_instance(
-                            connection,
-                            description,
-                            study_pk,
-                            series_pk,
-                            candidate.relative_path,
-                            received.size,
-                            received.sha256,
-                        )
-                    study_pks[study_uid] = study_pk
-                    series_pks[(study_uid, series_uid)] = series_pk
-                except index.SeriesOfAnotherStudy as error:
-                    if not isolate:
-                        raise
-                    candidate.outcome = _outcome(
-                        description, failure=FailureReason.STUDY_UID_MISMATCH, detail=str(error)
-                    )
+                if written is None:  # refused, its outcome set
                     unreferenced.append(candidate.relative_path)
-                    continue
-                except SQLAlchemyError as error:
-                    if not isolate:
-                        raise
-                    log.warning("index write failed for one instance: %s", type(error).__name__)
-                    candidate.outcome = _outcome(description, failure=FailureReason.PROCESSING_FAILURE)
-                    unreferenced.append(candidate.relative_path)
-                    continue
-                if written.change is index.InstanceChange.UNCHANGED:
+                elif written.change is index.InstanceChange.UNCHANGED:
                     unreferenced.append(candidate.relative_path)
                     candidate.outcome = _outcome(description, duplicate=True)
                 else:
@@ -246,6 +212,26 @@ class Ingestor:
             index.clear_journal(connection, referenced)
             index.journal_files(connection, superseded)
         return unreferenced + superseded
+
+    @staticmethod
+    def _write_alone(
+        connection: Connection, candidate: _Candidate, parents: index.WrittenParents,
+    ) -> index.InstanceWrite | None:
+        """One instance's rows under a savepoint; None, with its outcome set,
+        when refused. `parents` gains its study and series once they are committed."""
+        description = candidate.description
+        try:
+            attempt = parents.copy()
+            with connection.begin_nested():
+                [written] = index.write_instances(connection, [_placed_file(candidate)], attempt)
+            parents.study_pks, parents.series = attempt.study_pks, attempt.series
+            return written
+        except index.SeriesOfAnotherStudy as error:
+            candidate.outcome = _outcome(description, failure=FailureReason.STUDY_UID_MISMATCH, detail=str(error))
+        except SQLAlchemyError as error:
+            log.warning("index write failed for one instance: %s", type(error).__name__)
+            candidate.outcome = _outcome(description, failure=FailureReason.PROCESSING_FAILURE)
+        return None
 
     def discard(self, relative_paths: Iterable[str]) -> None:
         """Delete journaled files that no row references, then their journal entries."""
@@ -281,6 +267,11 @@ class Ingestor:
             with write_connection(self.engine) as connection:
                 index.clear_journal(connection, list(journaled))
         return len(orphans)
+
+
+def _placed_file(candidate: _Candidate) -> index.PlacedFile:
+    received = candidate.prepared.received
+    return index.PlacedFile(candidate.description, candidate.relative_path, received.size, received.sha256)
 
 
 def _lock_order(description: InstanceDescription) -> tuple[str, str, str]:

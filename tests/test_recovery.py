@@ -89,7 +89,7 @@ def test_crash_inside_store_batch(client: TestClient, services: Services, monkey
     def die(*_: object, **__: object) -> None:
         raise Crash
 
-    monkeypatch.setattr(index, "write_instance", die)
+    monkeypatch.setattr(index, "write_instances", die)
     with pytest.raises(Crash):
         services.ingestor.store_batch(batch)
     monkeypatch.undo()
