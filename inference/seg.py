@@ -191,21 +191,20 @@ def prepare_seg_writer() -> None:
 
 
 class _RememberedIodAnswers:
-    """`is_attribute_in_iod`, answering each (attribute, SOP class) question
-    once. The tables it reads never change; an unknown SOP class still raises
-    KeyError every time (errors are not remembered). Calls that exclude path
-    elements are rare and passed through. highdicom's `is_multiframe_image`
-    finds the function through its module's globals, so replacing it there
-    serves every caller of that check."""
+    """`is_attribute_in_iod`, answering each (attribute, SOP class, excluded
+    path elements) question once. The tables it reads never change; an
+    unknown SOP class still raises KeyError every time (errors are not
+    remembered). highdicom's `is_multiframe_image` and `does_iod_have_pixel_data`
+    (1.5 ms a SEG: it excludes icon images, a scan of every module) find the
+    function through its module's globals, so replacing it there serves both."""
 
     def __init__(self, scan: Callable[..., bool]) -> None:
         self.scan = scan
         self.answer = functools.lru_cache(maxsize=None)(scan)
 
     def __call__(self, attribute: str, sop_class_uid: str, exclude_path_elements: Sequence[str] | None = None) -> bool:
-        if exclude_path_elements is not None:
-            return self.scan(attribute, sop_class_uid, exclude_path_elements)
-        return self.answer(attribute, str(sop_class_uid))
+        excluded = None if exclude_path_elements is None else tuple(exclude_path_elements)
+        return self.answer(attribute, str(sop_class_uid), excluded)
 
 
 # Type 2 attributes of the Patient and General Study modules, which the SEG

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import pytest
 from highdicom import _standard_utils
-from pydicom.uid import CTImageStorage
+from pydicom.uid import CTImageStorage, SegmentationStorage
 
 from inference.demo.phantom import make_phantom, phantom_datasets
 from inference.seg import prepare_seg_writer
@@ -39,13 +39,22 @@ def test_an_unknown_sop_class_is_an_error_each_time():
             _standard_utils.is_attribute_in_iod("NumberOfFrames", "1.2.3.4.5.6")
 
 
-def test_questions_that_exclude_path_elements_are_scanned_each_time():
+def test_questions_that_exclude_path_elements_are_remembered_by_what_they_exclude():
     prepare_seg_writer()
-    answers = _standard_utils.is_attribute_in_iod.answer
-    before = answers.cache_info()
+    remembered = _standard_utils.is_attribute_in_iod
+    for sop_class_uid in (CTImageStorage, SegmentationStorage):
+        for excluded in (["IconImageSequence"], ["PixelData"], ()):
+            expected = remembered.scan("PixelData", sop_class_uid, excluded)
+            assert remembered("PixelData", sop_class_uid, excluded) == expected
+    # An exclusion is part of the question: (CT, excluded icons) and (CT, excluded overlays) are two.
+    misses = remembered.answer.cache_info().misses
+    remembered("ReferencedSOPInstanceUID", CTImageStorage, ["IconImageSequence"])
+    remembered("ReferencedSOPInstanceUID", CTImageStorage, ["ReferencedImageSequence"])
+    assert remembered.answer.cache_info().misses == misses + 2
+    before = remembered.answer.cache_info()
     assert _standard_utils.does_iod_have_pixel_data(CTImageStorage)  # asks with IconImageSequence excluded
-    after = answers.cache_info()
-    assert (after.hits, after.misses) == (before.hits, before.misses)
+    after = remembered.answer.cache_info()
+    assert (after.hits, after.misses) == (before.hits + 1, before.misses)
 
 
 def test_highdicoms_multiframe_check_is_answered_from_memory():
