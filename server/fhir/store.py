@@ -18,7 +18,7 @@ from fhir_mappings.date_ranges import instant_text
 from fhir_mappings.errors import ResourceGone, ResourceNotFound, VersionConflict
 from fhir_mappings.patient_compartment import patients_of, patients_of_json
 from fhir_mappings.search_values import IndexValues, extract
-from server.db import dialect_insert, note_written, reading
+from server.db import dialect_insert, insert_rows, note_written, reading
 from server.fhir.update_counts import count_change
 from server.tables import (
     clipped,
@@ -374,8 +374,7 @@ def _insert_index_rows(connection: Connection, indexed: Sequence[tuple[int, dict
         for table, rows in _index_rows(pk, extract(resource)):
             index_rows.setdefault(table, []).extend(rows)
     for table, rows in index_rows.items():
-        if rows:
-            connection.execute(insert(table), rows)
+        insert_rows(connection, table, rows)
 
 
 def reindex_overlong_values(connection: Connection) -> int:
