@@ -251,6 +251,10 @@ def insert_rows(connection: Connection, table: Table, rows: list[dict[str, Any]]
 
 
 def dialect_insert(dialect_name: str, table: Table) -> "postgresql.Insert | sqlite.Insert":
-    """An INSERT that can take ON CONFLICT (PostgreSQL's, or else SQLite's)."""
+    """An INSERT that can take ON CONFLICT (PostgreSQL's, or else SQLite's).
+
+    Executed with many rows, one with ON CONFLICT needs a RETURNING clause to
+    go as one statement: without one, SQLAlchemy hands it to psycopg2's
+    executemany, a round trip per row."""
     return (postgresql if dialect_name == "postgresql" else sqlite).insert(table)
 

@@ -100,7 +100,8 @@ def _statements(dialect_name: str) -> _Statements:
         .where(instances.c.id == bindparam("row_id"))
         .values({name: bindparam(name) for name in _INSTANCE_COLUMNS}),
         find_instance=find_instance,
-        insert_requests=dialect.insert(series_requests).on_conflict_do_nothing(),
+        # RETURNING: one statement for all the rows (`server.db.dialect_insert`).
+        insert_requests=dialect.insert(series_requests).on_conflict_do_nothing().returning(series_requests.c.series_pk),
     )
 
 

@@ -4,10 +4,10 @@ through STOW and DELETE (FHIR R4 imagingstudy.html, patient.html)."""
 import threading
 
 from pydicom.uid import generate_uid
-from sqlalchemy import event
 
 from tests.dicom_files import make_ct, multipart_body
 from tests.fhir_checks import ids
+from tests.round_trips import round_trips
 
 
 def _stow(client, *payloads):
@@ -230,18 +230,9 @@ def test_the_fhir_and_job_side_of_a_stow_takes_as_many_statements_for_many_studi
     on_change = services.ingestor.on_studies_changed
 
     def counted(connection, study_uids):  # type: ignore[no-untyped-def]
-        seen = 0
-
-        def count(*_: object) -> None:
-            nonlocal seen
-            seen += 1
-
-        event.listen(connection, "before_cursor_execute", count)
-        try:
+        with round_trips(connection) as count:
             on_change(connection, study_uids)
-        finally:
-            event.remove(connection, "before_cursor_execute", count)
-        counts.append(seen)
+        counts.append(count[0])
 
     services.ingestor.on_studies_changed = counted
     _stow(fhir, make_ct(generate_uid(), PatientID="ONE-OF-ONE"))

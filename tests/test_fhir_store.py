@@ -9,6 +9,7 @@ from sqlalchemy import event
 
 from server.db import write_connection, written
 from tests.fhir_checks import ids
+from tests.round_trips import round_trips
 
 TASK = {"resourceType": "Task", "intent": "order"}
 
@@ -77,20 +78,9 @@ def test_unchanged_resources_keep_their_versions_when_asked(services, fhir):
 
 
 def _statements(services, write) -> int:
-    count = 0
-
-    def counted(*_: object) -> None:
-        nonlocal count
-        count += 1
-
-    event.listen(services.engine, "before_cursor_execute", counted)
-    try:
-        with write_connection(services.engine) as connection:
-            before = count
-            write(connection)
-            return count - before
-    finally:
-        event.remove(services.engine, "before_cursor_execute", counted)
+    with write_connection(services.engine) as connection, round_trips(connection) as count:
+        write(connection)
+    return count[0]
 
 
 def test_many_writes_take_as_many_statements_as_one(services):

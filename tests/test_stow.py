@@ -6,10 +6,11 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from server.tables import instances, storage_journal, studies
 from tests.dicom_files import make_ct, multipart_body, truncated_files
+from tests.round_trips import round_trips
 from tests.store_state import files_on_disk
 
 DICOM_JSON = "application/dicom+json"
@@ -332,18 +333,10 @@ def test_the_index_rows_of_many_new_studies_take_as_many_statements_as_one(clien
     counts: list[int] = []
 
     def counted(connection, files):  # type: ignore[no-untyped-def]
-        seen = 0
-
-        def count(*_: object) -> None:
-            nonlocal seen
-            seen += 1
-
-        event.listen(connection, "before_cursor_execute", count)
-        try:
-            return real_write(connection, files)
-        finally:
-            event.remove(connection, "before_cursor_execute", count)
-            counts.append(seen)
+        with round_trips(connection) as count:
+            written = real_write(connection, files)
+        counts.append(count[0])
+        return written
 
     monkeypatch.setattr(index, "write_instances", counted)
     resent = make_ct()

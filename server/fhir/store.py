@@ -11,7 +11,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Integer,
+    LargeBinary,
+    bindparam,
+    column,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+    values,
+)
 
 from fhir_mappings import fhir_json
 from fhir_mappings.date_ranges import instant_text
@@ -85,12 +99,12 @@ class ResourceStore:
             .on_conflict_do_nothing(index_elements=["resource_type", "resource_id"])
             .returning(fhir_resources.c.id, fhir_resources.c.resource_id)
         )
-        # Executed with one parameter set per resource (bind names may not be column names).
+        # For one resource (bind names may not be column names); several take `_update_versions`.
         self._update_version = update(fhir_resources).where(fhir_resources.c.id == bindparam("pk")).values(
             version_id=bindparam("new_version_id"), last_updated=bindparam("new_last_updated"), deleted=False,
             resource_json=bindparam("new_resource_json"),
         )
-        self._locking = engine.dialect.name == "postgresql"
+        self._on_postgresql = engine.dialect.name == "postgresql"
 
     # --- reads ---------------------------------------------------------------
 
@@ -243,7 +257,7 @@ class ResourceStore:
                                 "last_updated": at, "method": method, "resource_json": body})
             stored.append(StoredVersion(resource_type, resource_id, version_id, at, False, body))
         if updates:
-            connection.execute(self._update_version, updates if len(updates) > 1 else updates[0])
+            self._update_versions(connection, updates)
             replaced_pks = [row["pk"] for row in updates]
             for table in _INDEX_TABLES:
                 connection.execute(delete(table).where(_one_of(table.c.resource_pk, replaced_pks)))
@@ -254,6 +268,25 @@ class ResourceStore:
             written = {version.resource_id: version for version in stored}
             return [kept.get(resource_id) or written[resource_id] for resource_id in requested]
         return stored
+
+    def _update_versions(self, connection: Connection, updates: list[dict[str, Any]]) -> None:
+        """New current versions of existing rows. On PostgreSQL several go as
+        one UPDATE from a VALUES list: executed with many parameter sets,
+        psycopg2 would send one statement per row. (SQLite runs those in
+        process, and its VALUES cannot name columns.)"""
+        if len(updates) == 1 or not self._on_postgresql:
+            connection.execute(self._update_version, updates if len(updates) > 1 else updates[0])
+            return
+        replaced = values(
+            column("pk", Integer), column("version_id", Integer), column("last_updated", BigInteger),
+            column("resource_json", LargeBinary), name="replaced",
+        ).data([
+            (row["pk"], row["new_version_id"], row["new_last_updated"], row["new_resource_json"]) for row in updates
+        ])
+        connection.execute(update(fhir_resources).where(fhir_resources.c.id == replaced.c.pk).values(
+            version_id=replaced.c.version_id, last_updated=replaced.c.last_updated, deleted=False,
+            resource_json=replaced.c.resource_json,
+        ))
 
     def _insert_absent(
         self, connection: Connection, resource_type: str, bodies: dict[str, bytes], now: dict[str, int],
@@ -334,7 +367,7 @@ class ResourceStore:
         ).where(
             fhir_resources.c.resource_type == resource_type, _one_of(fhir_resources.c.resource_id, resource_ids)
         ).order_by(fhir_resources.c.resource_id)
-        if self._locking:
+        if self._on_postgresql:
             statement = statement.with_for_update()
         return {
             row.resource_id: _Current(row.id, row.version_id, row.deleted, row.last_updated, row.resource_json)

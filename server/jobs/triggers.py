@@ -47,9 +47,10 @@ def touch_studies(connection: Connection, study_uids: set[str]) -> None:
     now = now_micros()
     upsert = dialect_insert(connection.dialect.name, study_activity)
     connection.execute(
+        # RETURNING: one statement for all the rows (`dialect_insert`).
         upsert.on_conflict_do_update(
             index_elements=["study_instance_uid"], set_={"changed_at": upsert.excluded.changed_at}
-        ),
+        ).returning(study_activity.c.study_instance_uid),
         [{"study_instance_uid": study_uid, "changed_at": now} for study_uid in sorted(study_uids)],
     )
 
