@@ -7,6 +7,7 @@ bindings, so `validate_resource` checks them from the models' own
 `enum_values` (the codes of each required binding in FHIR R4).
 """
 
+import functools
 import re
 from typing import Any
 
@@ -190,18 +191,33 @@ def validated(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_required_bindings(model: BaseModel, path: str) -> None:
-    for name, field in type(model).model_fields.items():
+    """Raises InvalidResource for a code outside its required value set,
+    anywhere in `model`. Only the fields the resource sets are looked at: a
+    model class has dozens, most of them left out (None)."""
+    model_type = type(model)
+    for name in sorted(model.model_fields_set, key=_field_order(model_type).__getitem__):
         value = getattr(model, name)
         if value is None:
             continue
-        allowed = _allowed_codes(type(model).__name__, name, field.json_schema_extra)
+        allowed, alias = _field_binding(model_type, name)
         for item in value if isinstance(value, list) else [value]:
             if allowed is not None and isinstance(item, str) and item not in allowed:
-                raise InvalidResource(
-                    f"{path}.{field.alias or name}: {item!r} is not in the required value set ({', '.join(allowed)})"
-                )
+                raise InvalidResource(f"{path}.{alias}: {item!r} is not in the required value set ({', '.join(allowed)})")
             if isinstance(item, BaseModel):
-                check_required_bindings(item, f"{path}.{field.alias or name}")
+                check_required_bindings(item, f"{path}.{alias}")
+
+
+@functools.cache
+def _field_order(model_type: type[BaseModel]) -> dict[str, int]:
+    """Fields in the order the model declares them: the first wrong code is the one reported."""
+    return {name: index for index, name in enumerate(model_type.model_fields)}
+
+
+@functools.cache
+def _field_binding(model_type: type[BaseModel], name: str) -> tuple[tuple[str, ...] | None, str]:
+    """The codes a field's required binding allows (None: any), and its JSON name."""
+    field = model_type.model_fields[name]
+    return _allowed_codes(model_type.__name__, name, field.json_schema_extra), field.alias or name
 
 
 def _allowed_codes(class_name: str, field_name: str, extra: object) -> tuple[str, ...] | None:
