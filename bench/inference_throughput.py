@@ -26,8 +26,9 @@ Run from the repository root:
     seconds spent per stage summed over its jobs (read, which includes the
     SEG writer's second read of the first source's header; decode and volume
     assembly; preprocessing; network; postprocessing, which includes the
-    measurements; SEG writing; FHIR publishing) with each stage's share of
-    their sum. Stages run side by side in the batched variant (and, with
+    measurements; SEG writing, in two parts: building it with its file and
+    description in an offload process, and the worker storing it; FHIR
+    publishing) with each stage's share of their sum. Stages run side by side in the batched variant (and, with
     MEDAIFLOW_JOB_PROCESSES, in other processes), so shares are of work
     done, not of wall time. What a worker does once, as it starts (loading
     the model; starting its offload processes, which load the SEG writer's
@@ -197,9 +198,10 @@ def _throughput(
     runner.close()
     statuses = [queue.get(task_id).status for task_id in task_ids]
     assert statuses.count("completed") == len(task_ids), statuses
-    seconds = {stage: runner.timings.seconds.get(stage, 0.0) for stage in STAGES}
+    totals = runner.timings.totals()
+    seconds = {stage: totals.get(stage, 0.0) for stage in STAGES}
     result = {"studies": len(task_ids), "wall_s": wall, "studies_per_minute": len(task_ids) / wall * 60,
-              "stage_s": seconds}
+              "stage_s": seconds, "stage_part_s": runner.timings.parts()}
     print(f"{variant}: {result['studies_per_minute']:.1f} studies/min ({wall:.1f} s for {len(task_ids)})", flush=True)
     return result
 
@@ -259,6 +261,9 @@ def _print(results: dict[str, Any], variants: list[str]) -> None:
         print(f"| {stage} | {' | '.join(cells)} |")
     rates = " | ".join(f"{results[variant]['studies_per_minute']:.1f}" for variant in variants)
     print(f"| **studies/min** | {rates} |")
+    for variant in variants:
+        parts = ", ".join(f"{name} {spent:.1f} s" for name, spent in sorted(results[variant]["stage_part_s"].items()))
+        print(f"{variant}, stages in parts: {parts}")
     if len(variants) == 2:
         ratio = results[variants[1]]["studies_per_minute"] / results[variants[0]]["studies_per_minute"]
         print(f"\n{variants[1]} / {variants[0]}: {ratio:.2f}x")

@@ -1,4 +1,7 @@
-"""Seconds spent per stage of inference, summed over runs (the benchmark reads them)."""
+"""Seconds spent per stage of inference, summed over runs (the benchmark reads them).
+
+A stage timed in parts names each "stage: part" (SEG writing is built in an
+offload process, then stored by the worker): `totals` adds them up."""
 
 import time
 from collections import defaultdict
@@ -18,6 +21,17 @@ class Timings:
             yield
         finally:
             self.seconds[name] += time.perf_counter() - started
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per stage, its parts added up."""
+        totals: dict[str, float] = defaultdict(float)
+        for name, spent in self.seconds.items():
+            totals[name.partition(":")[0]] += spent
+        return dict(totals)
+
+    def parts(self) -> dict[str, float]:
+        """Seconds per part of the stages timed in parts."""
+        return {name: spent for name, spent in self.seconds.items() if ":" in name}
 
     def add(self, seconds: dict[str, float]) -> None:
         """Stages timed elsewhere (another process)."""

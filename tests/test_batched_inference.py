@@ -59,7 +59,9 @@ def test_a_batch_of_jobs_completes_each_with_its_own_results(services, client, m
     runner.run(jobs)
     runner.close()
     # Stages timed in the offload processes count too.
-    assert all(runner.timings.seconds[stage] > 0 for stage in ("read", "network", "postprocessing", "seg writing"))
+    totals = runner.timings.totals()
+    assert all(totals[stage] > 0 for stage in ("read", "network", "postprocessing", "seg writing"))
+    assert set(runner.timings.parts()) == {"seg writing: building", "seg writing: storing"}
     for study, task in zip(studies, tasks):
         done = client.get(f"/fhir/Task/{task['id']}").json()
         assert done["status"] == "completed", done

@@ -86,7 +86,7 @@ def write_results(
         findings = [measure(labels.voxels == segment.label, labels, segment) for segment in card.segments]
     with timings.stage("read"):
         source_datasets = sources.datasets()
-    with timings.stage("seg writing"):
+    with timings.stage("seg writing: building"):
         seg = segmentation(source_datasets, labels, labels.voxels, card, identity)
         prepared = prepare_dataset(FileStore(store_root), seg)
     return WrittenResults(findings, prepared, dict(timings.seconds))

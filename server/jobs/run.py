@@ -182,7 +182,7 @@ class JobRunner:
         except BaseException:
             written.segmentation.received.temp_path.unlink(missing_ok=True)
             raise
-        with self.timings.stage("seg writing"):
+        with self.timings.stage("seg writing: storing"):
             outcome = self.ingestor.store_batch([written.segmentation])[0]
         if outcome.failure is not None:
             raise RuntimeError(f"the segmentation could not be stored: {outcome.detail or outcome.failure}")
