@@ -27,6 +27,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -56,6 +57,7 @@ _INSTANCE_COLUMNS = [column.name for column in instances.c if column.name not in
 
 @dataclass(frozen=True)
 class _Statements:
+    lock_studies: Any | None
     upsert_study: Any
     upsert_series: Any
     insert_instance: Any
@@ -87,9 +89,25 @@ def _statements(dialect_name: str) -> _Statements:
         .join(studies, studies.c.id == instances.c.study_pk)
         .where(instances.c.sop_instance_uid == bindparam("uid"))
     )
+    lock_studies = None  # SQLite's writers take turns already
     if dialect_name == "postgresql":
         find_instance = find_instance.with_for_update(of=instances)
+        # The studies a STOW writes, and those its instances are in now (which
+        # a re-sent instance may leave, emptied): locked in UID order before
+        # any instance row. DELETE locks its study first too, so the two queue
+        # on it instead of each holding what the other waits for.
+        stored_in = select(instances.c.study_pk).where(
+            instances.c.sop_instance_uid.in_(bindparam("sop_uids", expanding=True))
+        )
+        lock_studies = (
+            select(studies.c.id)
+            .where(or_(studies.c.study_instance_uid.in_(bindparam("study_uids", expanding=True)),
+                       studies.c.id.in_(stored_in)))
+            .order_by(studies.c.study_instance_uid)
+            .with_for_update(of=studies)
+        )
     return _Statements(
+        lock_studies=lock_studies,
         upsert_study=_upsert_statement(dialect, studies, "study_instance_uid", _STUDY_COLUMNS),
         upsert_series=_upsert_statement(dialect, series, "series_instance_uid", _SERIES_COLUMNS, parent="study_pk"),
         insert_instance=dialect.insert(instances)
@@ -169,6 +187,11 @@ def write_instances(
     another study."""
     statements = _statements(connection.dialect.name)
     parents = WrittenParents() if parents is None else parents
+    if statements.lock_studies is not None:
+        connection.execute(statements.lock_studies, {
+            "study_uids": sorted({file.description.study.study_instance_uid for file in files}),
+            "sop_uids": [file.description.instance.sop_instance_uid for file in files],
+        })
     _upsert_studies(connection, statements, files, parents)
     _upsert_series(connection, statements, files, parents)
     rows = [

@@ -375,3 +375,79 @@ def test_study_attributes_come_from_the_latest_request_and_its_first_instance(cl
     assert name() == "FIRST^Sop"
     stow(("1.2.826.0.1.3680043.8.498.5", "CORRECTED^Name"))
     assert name() == "CORRECTED^Name"
+
+
+def test_a_stow_moving_an_instance_out_of_a_study_queues_behind_its_delete(services, monkeypatch):
+    """A re-sent instance that moves to another study empties its old one,
+    which the STOW then deletes, while a DELETE of that old study runs. The
+    STOW locks the old study before the instance, as DELETE does: they
+    queue. (They used to deadlock: the STOW held the instance and waited
+    for the study, the DELETE the reverse.)"""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite writers take turns: they cannot deadlock")
+    import threading
+    import time
+    from functools import partial
+
+    from sqlalchemy import event, text
+
+    from server import index
+    from server.db import retried_on_conflict
+    from server.dicomweb.delete import delete_resources
+    from server.ingest import prepare
+
+    old_study, new_study, sop = generate_uid(), generate_uid(), generate_uid()
+
+    def stow(payload: bytes) -> list:
+        writer = services.store.new_temp_file()
+        writer.write(payload)
+        return services.ingestor.store_batch([prepare(writer.finish())])
+
+    assert stow(make_ct(old_study, sop_uid=sop))[0].failure is None
+    deadlocks: list[BaseException] = []
+    event.listen(services.engine, "handle_error", lambda context: deadlocks.append(context.original_exception)
+                 if getattr(context.original_exception, "pgcode", None) == "40P01" else None)
+    paused, resume = threading.Event(), threading.Event()
+    real_remove = index.remove_empty_parents
+
+    def remove_when_told(connection, series_pk):  # type: ignore[no-untyped-def]
+        paused.set()  # the STOW holds what it locked so far
+        assert resume.wait(30)
+        real_remove(connection, series_pk)
+
+    monkeypatch.setattr(index, "remove_empty_parents", remove_when_told)
+    outcomes: dict[str, object] = {}
+
+    def run(name: str, work) -> None:  # type: ignore[no-untyped-def]
+        try:
+            outcomes[name] = work()
+        except Exception as error:  # noqa: BLE001
+            outcomes[name] = error
+
+    moving = threading.Thread(target=run, args=("stow", partial(stow, make_ct(new_study, sop_uid=sop))))
+    moving.start()
+    assert paused.wait(30)
+    deleting = threading.Thread(target=run, args=("delete", partial(
+        retried_on_conflict, partial(delete_resources, services.engine, services.ingestor, old_study))))
+    deleting.start()
+    with services.engine.connect() as watcher:  # until the DELETE waits for a lock the STOW holds
+        for _ in range(300):
+            waiting = watcher.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                           " AND datname = current_database()")).scalar()
+            if waiting:
+                break
+            time.sleep(0.01)
+    assert waiting
+    resume.set()
+    moving.join(30)
+    deleting.join(30)
+    assert deadlocks == []
+    assert outcomes["stow"][0].failure is None  # type: ignore[index]
+    assert type(outcomes["delete"]).__name__ == "NotFound"  # the study had gone with its last instance
+    with services.engine.connect() as connection:
+        stored = connection.execute(
+            select(studies.c.study_instance_uid).join(instances, instances.c.study_pk == studies.c.id)
+            .where(instances.c.sop_instance_uid == sop)
+        ).scalars().all()
+        assert stored == [new_study]
+        assert connection.execute(select(func.count()).where(studies.c.study_instance_uid == old_study)).scalar() == 0
