@@ -104,14 +104,23 @@ def segmentation(
     """`sources`: the series' datasets; `volume` the volume built from them
     (its slice order decides which source each label frame belongs to)."""
     by_uid = {str(source.SOPInstanceUID): source for source in sources}
+    # Segment numbers follow the card's order; labels are the network's values.
+    label_map = np.zeros(labels.shape, np.uint8)
+    for index, segment in enumerate(card.segments, start=1):
+        label_map[labels == segment.label] = index
     if volume.source_frame_numbers:
         # One multi-frame source: highdicom takes its frames in stored order.
         ordered = [by_uid[volume.source_instance_uids[0]]]
-        order = np.argsort(np.array(volume.source_frame_numbers))
-        frames = labels[order]
+        label_map = label_map[np.argsort(np.array(volume.source_frame_numbers))]
     else:
-        ordered = [by_uid[uid] for uid in volume.source_instance_uids]
-        frames = labels
+        # highdicom places the slices with a finding, and the first, whose
+        # whole header the SEG copies the patient and study from: a frame of
+        # nothing is left out of the SEG anyway, and placing its slice
+        # (decoding its header, checking its position) was 40% of writing the
+        # SEG. Every slice is referenced as a source after (`_reference_every_slice`).
+        framed = [0, *(index for index in range(1, len(label_map)) if label_map[index].any())]
+        ordered = [by_uid[volume.source_instance_uids[index]] for index in framed]
+        label_map = label_map[framed]
     _fill_type2(ordered[0])  # the one source highdicom copies the patient and the study from
     if not volume.source_frame_numbers:
         _share_plane(ordered, volume)
@@ -129,10 +138,6 @@ def segmentation(
         )
         for index, segment in enumerate(card.segments, start=1)
     ]
-    # Segment numbers follow the card's order; labels are the network's values.
-    label_map = np.zeros(frames.shape, np.uint8)
-    for index, segment in enumerate(card.segments, start=1):
-        label_map[frames == segment.label] = index
     seg = highdicom.seg.Segmentation(
         source_images=ordered,
         pixel_array=label_map,
@@ -165,7 +170,26 @@ def segmentation(
             )
         ],
     )
+    if not volume.source_frame_numbers:
+        _reference_every_slice(seg, [by_uid[uid] for uid in volume.source_instance_uids])
     return seg
+
+
+def _reference_every_slice(seg: Dataset, sources: Sequence[Dataset]) -> None:
+    """Every slice of the series as a source of the SEG, in the series'
+    order, as highdicom references each source image it is given (it is given
+    only the slices it places): a reader may ask for the mask of any slice,
+    and highdicom's `get_pixels_by_source_instance` refuses a slice that is
+    not referenced."""
+    references = []
+    for source in sources:
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = source.SOPClassUID
+        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        references.append(reference)
+    seg.SourceImageSequence = references
+    [series] = seg.ReferencedSeriesSequence
+    series.ReferencedInstanceSequence = references
 
 
 def prepare_seg_writer() -> None:
@@ -227,13 +251,18 @@ def _share_plane(sources: Sequence[Dataset], volume: Volume) -> None:
     compares them exactly), and a slice thickness on the first, whose pixel
     measures the SEG copies. A CT's SliceThickness is Type 2, so may be empty
     or (in real files) missing: the SEG's frames are then as thick as the
-    slices are apart."""
+    slices are apart. The first also says how far apart the slices are, for
+    a reader to rebuild the volume from frames that skip slices: highdicom
+    works that out from the positions of the slices it places, which are
+    only those with a finding (`segmentation`)."""
     first = sources[0]
     for source in sources[1:]:
         if source.ImageOrientationPatient != first.ImageOrientationPatient:
             source.ImageOrientationPatient = first.ImageOrientationPatient
     if first.get("SliceThickness") in (None, ""):
         first.SliceThickness = f"{volume.spacing[0]:.6g}"
+    if first.get("SpacingBetweenSlices") in (None, ""):
+        first.SpacingBetweenSlices = f"{volume.spacing[0]:.6g}"
 
 
 def _scheme(system: str) -> str:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import highdicom
 import numpy as np
 import pydicom
 import pytest
@@ -51,11 +52,29 @@ def test_the_segmentation_of_a_single_frame_series_is_a_valid_iod(tmp_path):
     study = make_phantom(81, SMALL, lesion_count=2, radius_mm=(7.0, 10.0))
     sources = phantom_datasets(study)
     volume = volume_from_datasets(sources)
-    seg = segmentation(sources, volume, _labels_on(volume, study), CARD, SegIdentity.for_job("iod-single"))
+    labels = _labels_on(volume, study)
+    seg = segmentation(sources, volume, labels, CARD, SegIdentity.for_job("iod-single"))
     assert _problems(sources[0], tmp_path / "source.dcm") == []
     assert _problems(seg, tmp_path / "seg.dcm") == []
+    # Every source is referenced; a frame is there for each slice with a finding, on its slice.
     referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert referenced == {source.SOPInstanceUID for source in sources}
+    assert {item.ReferencedSOPInstanceUID for item in seg.SourceImageSequence} == referenced
+    with_finding = {volume.source_instance_uids[index] for index in range(len(labels)) if labels[index].any()}
+    frame_sources = {
+        frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for frame in seg.PerFrameFunctionalGroupsSequence
+    }
+    assert frame_sources == with_finding
+    # highdicom places only the slices with a finding; the SEG still says how far apart slices are, and gives
+    # the mask of every source slice.
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SpacingBetweenSlices) == pytest.approx(volume.spacing[0])
+    read_back = highdicom.seg.Segmentation.from_dataset(seg)
+    mask = read_back.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(volume.source_instance_uids), segment_numbers=[1], combine_segments=True,
+    )
+    assert np.array_equal(mask > 0, labels > 0)
 
 
 def test_an_empty_segmentation_is_a_valid_iod(tmp_path):
@@ -64,6 +83,9 @@ def test_an_empty_segmentation_is_a_valid_iod(tmp_path):
     volume = volume_from_datasets(sources)
     seg = segmentation(sources, volume, np.zeros(volume.voxels.shape, np.uint8), CARD, SegIdentity.for_job("iod-empty"))
     assert _problems(seg, tmp_path / "seg.dcm") == []
+    # Nothing found: one empty frame, on the first slice, says so; every slice is still a source.
+    assert seg.NumberOfFrames == 1
+    assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == len(sources)
 
 
 def test_sources_without_type2_patient_and_study_attributes_give_a_valid_iod(tmp_path):
