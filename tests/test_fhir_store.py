@@ -21,17 +21,23 @@ def _task(resource_id: str, status: str, patient: str | None = None) -> tuple[di
     return task, resource_id
 
 
-def test_new_existing_and_deleted_resources_get_their_next_versions(services, fhir):
+def _written_after_a_delete(services, created, deleted, writes, **options):  # type: ignore[no-untyped-def]
+    """`created` put, the Task `deleted` deleted, then `writes` in one
+    `put_many`: the versions it returned, and what it noted as written."""
     store = services.fhir.store
     with write_connection(services.engine) as connection:
-        store.put_many(connection, [_task("pm-old", "requested", "p-old"), _task("pm-gone", "requested")], "PUT")
+        store.put_many(connection, created, "PUT")
     with write_connection(services.engine) as connection:
-        store.delete(connection, "Task", "pm-gone")
+        store.delete(connection, "Task", deleted)
     with write_connection(services.engine) as connection:
-        stored = store.put_many(connection, [
-            _task("pm-new", "ready", "p-new"), _task("pm-old", "in-progress", "p-moved"), _task("pm-gone", "ready"),
-        ], "PUT")
-        noted = written(connection)
+        return store.put_many(connection, writes, "PUT", **options), written(connection)
+
+
+def test_new_existing_and_deleted_resources_get_their_next_versions(services, fhir):
+    stored, noted = _written_after_a_delete(
+        services, [_task("pm-old", "requested", "p-old"), _task("pm-gone", "requested")], "pm-gone",
+        [_task("pm-new", "ready", "p-new"), _task("pm-old", "in-progress", "p-moved"), _task("pm-gone", "ready")],
+    )
     assert [(version.resource_id, version.version_id) for version in stored] == [
         ("pm-new", 1), ("pm-old", 2), ("pm-gone", 3),
     ]
@@ -55,15 +61,10 @@ def test_new_existing_and_deleted_resources_get_their_next_versions(services, fh
 
 def test_unchanged_resources_keep_their_versions_when_asked(services, fhir):
     store = services.fhir.store
-    with write_connection(services.engine) as connection:
-        store.put_many(connection, [_task("same", "ready", "p-same"), _task("changes", "ready")], "PUT")
-    with write_connection(services.engine) as connection:
-        store.delete(connection, "Task", "changes")
-    with write_connection(services.engine) as connection:
-        stored = store.put_many(connection, [
-            _task("changes", "ready"), _task("same", "ready", "p-same"), _task("fresh", "ready"),
-        ], "PUT", skip_unchanged=True)
-        noted = written(connection)
+    stored, noted = _written_after_a_delete(
+        services, [_task("same", "ready", "p-same"), _task("changes", "ready")], "changes",
+        [_task("changes", "ready"), _task("same", "ready", "p-same"), _task("fresh", "ready")], skip_unchanged=True,
+    )
     # A deleted resource is not "unchanged": it comes back, as do new ones; the same content keeps version 1.
     assert [(version.resource_id, version.version_id) for version in stored] == [
         ("changes", 3), ("same", 1), ("fresh", 1),
