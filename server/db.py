@@ -243,8 +243,13 @@ def insert_rows(connection: Connection, table: Table, rows: list[dict[str, Any]]
     if connection.dialect.name == "postgresql":
         from psycopg2.extras import execute_values
 
+        statement = f"INSERT INTO {table.name} ({names}) VALUES %s"
+        driver_error = connection.dialect.loaded_dbapi.Error
         with connection.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
-            execute_values(cursor, f"INSERT INTO {table.name} ({names}) VALUES %s", values, page_size=1000)
+            try:
+                execute_values(cursor, statement, values, page_size=1000)
+            except driver_error as error:  # as SQLAlchemy would raise it: callers handle those (and retry deadlocks)
+                raise DBAPIError.instance(statement, None, error, driver_error) from error
     else:
         marks = ", ".join("?" for _ in columns)
         connection.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", values)

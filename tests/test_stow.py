@@ -451,3 +451,28 @@ def test_a_stow_moving_an_instance_out_of_a_study_queues_behind_its_delete(servi
         ).scalars().all()
         assert stored == [new_study]
         assert connection.execute(select(func.count()).where(studies.c.study_instance_uid == old_study)).scalar() == 0
+
+
+def test_a_database_failure_in_the_fhir_search_index_refuses_the_stow_cleanly(client, services):
+    """The search-index rows go through psycopg2 itself (`server.db.insert_rows`):
+    an error there is raised as SQLAlchemy's, which the STOW handles: a
+    refusal, not a 500 with a file left behind."""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's rows go through SQLAlchemy")
+    from sqlalchemy import text
+
+    with services.engine.begin() as connection:
+        connection.execute(text(
+            "CREATE FUNCTION refuse_tokens() RETURNS trigger AS $$ BEGIN"
+            " RAISE EXCEPTION 'could not extend file' USING ERRCODE = '53100'; END $$ LANGUAGE plpgsql"
+        ))
+        connection.execute(text(
+            "CREATE TRIGGER refuse_tokens BEFORE INSERT ON fhir_tokens FOR EACH ROW EXECUTE FUNCTION refuse_tokens()"
+        ))
+    body, content_type = multipart_body([make_ct()])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 409
+    [failed] = response.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0x0110]
+    assert _count(services) == 0 and _count(services, storage_journal) == 0
+    assert _stored_files(services) == []
