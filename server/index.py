@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import (
@@ -164,6 +164,17 @@ class WrittenParents:
     def copy(self) -> "WrittenParents":
         return WrittenParents(dict(self.study_pks), dict(self.series))
 
+    def forget(self, removed: "RemovedParents") -> None:
+        """Rows deleted since (an instance moved out, and left them empty):
+        a later instance that names them writes them again."""
+        self.series = {uid: entry for uid, entry in self.series.items() if entry[1] != removed.series_pk}
+        self.study_pks = {uid: pk for uid, pk in self.study_pks.items() if pk != removed.study_pk}
+
+
+class RemovedParents(NamedTuple):
+    series_pk: int | None
+    study_pk: int | None
+
 
 class SeriesOfAnotherStudy(Exception):
     """An instance names a series that is stored under another study: UIDs
@@ -209,7 +220,7 @@ def write_instances(
     created = set(connection.execute(statements.insert_instance, rows).scalars())
     return [
         InstanceWrite(InstanceChange.CREATED, None) if row["file_path"] in created
-        else _write_over(connection, statements, file, row)
+        else _write_over(connection, statements, file, row, parents)
         for file, row in zip(files, rows)
     ]
 
@@ -280,7 +291,7 @@ def _of_another_study(fields: SeriesFields) -> SeriesOfAnotherStudy:
 
 
 def _write_over(
-    connection: Connection, statements: _Statements, file: PlacedFile, values: dict[str, Any],
+    connection: Connection, statements: _Statements, file: PlacedFile, values: dict[str, Any], parents: WrittenParents,
 ) -> InstanceWrite:
     """An instance whose row exists (stored before, or earlier in this batch)."""
     existing = connection.execute(statements.find_instance, {"uid": file.description.instance.sop_instance_uid}).one()
@@ -288,21 +299,26 @@ def _write_over(
         return InstanceWrite(InstanceChange.UNCHANGED, None)
     connection.execute(statements.update_instance, values | {"row_id": existing.id})
     if existing.series_pk != values["series_pk"]:
-        remove_empty_parents(connection, existing.series_pk)
+        parents.forget(remove_empty_parents(connection, existing.series_pk))
     study_uid = file.description.study.study_instance_uid
     left = existing.study_instance_uid if existing.study_instance_uid != study_uid else None
     return InstanceWrite(InstanceChange.REPLACED, existing.file_path, left)
 
 
-def remove_empty_parents(connection: Connection, series_pk: int) -> None:
-    """Drop a series left without instances, and its study if left without series."""
+def remove_empty_parents(connection: Connection, series_pk: int) -> RemovedParents:
+    """Drop a series left without instances, and its study if left without
+    series; what was dropped."""
     study_pk = connection.execute(select(series.c.study_pk).where(series.c.id == series_pk)).scalar_one_or_none()
     if study_pk is None:
-        return
+        return RemovedParents(None, None)
+    removed_series = None
     if not connection.execute(select(exists().where(instances.c.series_pk == series_pk))).scalar():
         connection.execute(delete(series).where(series.c.id == series_pk))
+        removed_series = series_pk
     if not connection.execute(select(exists().where(series.c.study_pk == study_pk))).scalar():
         connection.execute(delete(studies).where(studies.c.id == study_pk))
+        return RemovedParents(removed_series, study_pk)
+    return RemovedParents(removed_series, None)
 
 
 def journal_files(connection: Connection, paths: list[str]) -> None:

@@ -346,7 +346,8 @@ def test_the_index_rows_of_many_new_studies_take_as_many_statements_as_one(clien
         [make_ct(study, generate_uid()) for study in (generate_uid(), generate_uid()) for _ in range(10)],
     ):
         body, content_type = multipart_body(payloads)
-        assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+        response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+        assert response.status_code == 200
     assert counts[1] == counts[0] and counts[2] == counts[0]
     assert _count(services) == 41 and _count(services, studies) == 23
     body, content_type = multipart_body([resent, make_ct()])
@@ -354,6 +355,24 @@ def test_the_index_rows_of_many_new_studies_take_as_many_statements_as_one(clien
     assert response.status_code == 200
     assert counts[3] == counts[0] + 1  # the resent one is looked up
     assert _count(services) == 42
+
+
+def test_a_series_emptied_by_a_move_within_a_request_may_be_named_by_another_study(client, services):
+    """An instance sent twice in one request, moving from series S1 to S2,
+    leaves S1 and its study empty, and so deleted; a later instance of the
+    request that puts S1 under another study is then no conflict."""
+    first, second, third = (f"1.2.826.0.1.3680043.8.498.5{digit}" for digit in (1, 2, 3))  # studies in UID order
+    emptied, other = generate_uid(), generate_uid()
+    moved, kept = generate_uid(), generate_uid()
+    body, content_type = multipart_body([
+        make_ct(first, emptied, moved), make_ct(second, other, moved), make_ct(third, emptied, kept),
+    ])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+    series_of = {item["0020000D"]["Value"][0]: item["0020000E"]["Value"][0]
+                 for item in client.get("/dicom-web/series").json()}
+    assert series_of == {second: other, third: emptied}
+    assert _count(services) == 2 and len(_stored_files(services)) == 2
 
 
 def test_study_attributes_come_from_the_latest_request_and_its_first_instance(client):
@@ -413,7 +432,7 @@ def test_a_stow_moving_an_instance_out_of_a_study_queues_behind_its_delete(servi
     def remove_when_told(connection, series_pk):  # type: ignore[no-untyped-def]
         paused.set()  # the STOW holds what it locked so far
         assert resume.wait(30)
-        real_remove(connection, series_pk)
+        return real_remove(connection, series_pk)
 
     monkeypatch.setattr(index, "remove_empty_parents", remove_when_told)
     outcomes: dict[str, object] = {}
