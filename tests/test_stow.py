@@ -495,3 +495,64 @@ def test_a_database_failure_in_the_fhir_search_index_refuses_the_stow_cleanly(cl
     assert failed["00081197"]["Value"] == [0x0110]
     assert _count(services) == 0 and _count(services, storage_journal) == 0
     assert _stored_files(services) == []
+
+
+def test_an_instance_stored_while_another_leaves_its_series_is_kept(services):
+    """One STOW adds an instance to a series while another moves the
+    series' only other instance elsewhere. The mover, seeing no instance
+    left, used to delete the series once the adder committed, and the
+    instance the adder had just stored went with it (the rows cascade),
+    leaving its file behind. A STOW now locks the studies its instances
+    leave before it looks at them, so the two take turns."""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite writers take turns already")
+    import threading
+    import time
+    from sqlalchemy import text
+
+    from server.ingest import prepare
+
+    study, series_uid, leaving, added = generate_uid(), generate_uid(), generate_uid(), generate_uid()
+
+    def stow(payload: bytes) -> list:
+        writer = services.store.new_temp_file()
+        writer.write(payload)
+        return services.ingestor.store_batch([prepare(writer.finish())])
+
+    assert stow(make_ct(study, series_uid, leaving))[0].failure is None
+    paused, resume = threading.Event(), threading.Event()
+    on_change = services.ingestor.on_studies_changed
+
+    def held_once(connection, study_uids):  # type: ignore[no-untyped-def]
+        if not paused.is_set():  # the adder, its rows written, not yet committed
+            paused.set()
+            assert resume.wait(30)
+        on_change(connection, study_uids)
+
+    services.ingestor.on_studies_changed = held_once
+    outcomes: dict[str, list] = {}
+    adder = threading.Thread(target=lambda: outcomes.setdefault("add", stow(make_ct(study, series_uid, added))))
+    adder.start()
+    assert paused.wait(30)
+    mover = threading.Thread(target=lambda: outcomes.setdefault("move", stow(make_ct(generate_uid(), sop_uid=leaving))))
+    mover.start()
+    with services.engine.connect() as watcher:  # until the mover waits for a lock the adder holds
+        for _ in range(300):
+            waiting = watcher.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                           " AND datname = current_database()")).scalar()
+            if waiting:
+                break
+            time.sleep(0.01)
+    resume.set()
+    adder.join(30)
+    mover.join(30)
+    assert waiting
+    assert outcomes["add"][0].failure is None and outcomes["move"][0].failure is None
+    with services.engine.connect() as connection:
+        kept = connection.execute(
+            select(instances.c.sop_instance_uid).join(studies, instances.c.study_pk == studies.c.id)
+            .where(studies.c.study_instance_uid == study)
+        ).scalars().all()
+    assert kept == [added]
+    with services.engine.connect() as connection:  # every file on disk is an instance's, and the reverse
+        assert files_on_disk(services) == set(connection.execute(select(instances.c.file_path)).scalars())
