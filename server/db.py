@@ -238,7 +238,7 @@ def insert_rows(connection: Connection, table: Table, rows: list[dict[str, Any]]
     if not rows:
         return
     columns = list(rows[0])
-    values = [tuple(row[column] for column in columns) for row in rows]
+    values = [tuple(map(row.__getitem__, columns)) for row in rows]
     names = ", ".join(columns)
     if connection.dialect.name == "postgresql":
         from psycopg2.extras import execute_values
