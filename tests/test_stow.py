@@ -508,6 +508,7 @@ def test_an_instance_stored_while_another_leaves_its_series_is_kept(services):
         pytest.skip("SQLite writers take turns already")
     import threading
     import time
+
     from sqlalchemy import text
 
     from server.ingest import prepare
