@@ -198,11 +198,7 @@ def write_instances(
     another study."""
     statements = _statements(connection.dialect.name)
     parents = WrittenParents() if parents is None else parents
-    if statements.lock_studies is not None:
-        connection.execute(statements.lock_studies, {
-            "study_uids": sorted({file.description.study.study_instance_uid for file in files}),
-            "sop_uids": [file.description.instance.sop_instance_uid for file in files],
-        })
+    lock_studies(connection, files)
     _upsert_studies(connection, statements, files, parents)
     _upsert_series(connection, statements, files, parents)
     rows = [
@@ -223,6 +219,19 @@ def write_instances(
         else _write_over(connection, statements, file, row, parents)
         for file, row in zip(files, rows)
     ]
+
+
+def lock_studies(connection: Connection, files: Sequence[PlacedFile]) -> None:
+    """On PostgreSQL, the studies of `files` and those their instances are in
+    now, in UID order (`_statements`). `write_instances` takes them; a caller
+    that writes files one at a time takes them for all first, so that each
+    write keeps to the one order."""
+    statement = _statements(connection.dialect.name).lock_studies
+    if statement is not None and files:
+        connection.execute(statement, {
+            "study_uids": sorted({file.description.study.study_instance_uid for file in files}),
+            "sop_uids": [file.description.instance.sop_instance_uid for file in files],
+        })
 
 
 def _upsert_studies(

@@ -189,6 +189,7 @@ class Ingestor:
         changed_studies: set[str] = set()
         with write_connection(self.engine) as connection:
             if isolate:
+                index.lock_studies(connection, [_placed_file(candidate) for candidate in placed])
                 parents = index.WrittenParents()
                 writes = [self._write_alone(connection, candidate, parents) for candidate in placed]
             else:

@@ -405,10 +405,9 @@ def test_a_stow_moving_an_instance_out_of_a_study_queues_behind_its_delete(servi
     if services.engine.dialect.name != "postgresql":
         pytest.skip("SQLite writers take turns: they cannot deadlock")
     import threading
-    import time
     from functools import partial
 
-    from sqlalchemy import event, text
+    from sqlalchemy import event
 
     from server import index
     from server.db import retried_on_conflict
@@ -426,10 +425,11 @@ def test_a_stow_moving_an_instance_out_of_a_study_queues_behind_its_delete(servi
     deadlocks: list[BaseException] = []
     event.listen(services.engine, "handle_error", lambda context: deadlocks.append(context.original_exception)
                  if getattr(context.original_exception, "pgcode", None) == "40P01" else None)
-    paused, resume = threading.Event(), threading.Event()
+    paused, resume, holder = threading.Event(), threading.Event(), []
     real_remove = index.remove_empty_parents
 
     def remove_when_told(connection, series_pk):  # type: ignore[no-untyped-def]
+        holder.append(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar())
         paused.set()  # the STOW holds what it locked so far
         assert resume.wait(30)
         return real_remove(connection, series_pk)
@@ -449,14 +449,7 @@ def test_a_stow_moving_an_instance_out_of_a_study_queues_behind_its_delete(servi
     deleting = threading.Thread(target=run, args=("delete", partial(
         retried_on_conflict, partial(delete_resources, services.engine, services.ingestor, old_study))))
     deleting.start()
-    with services.engine.connect() as watcher:  # until the DELETE waits for a lock the STOW holds
-        for _ in range(300):
-            waiting = watcher.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                                           " AND datname = current_database()")).scalar()
-            if waiting:
-                break
-            time.sleep(0.01)
-    assert waiting
+    _wait_until_blocked_by(services, holder[0])  # the DELETE waits for a lock the STOW holds
     resume.set()
     moving.join(30)
     deleting.join(30)
@@ -507,9 +500,6 @@ def test_an_instance_stored_while_another_leaves_its_series_is_kept(services):
     if services.engine.dialect.name != "postgresql":
         pytest.skip("SQLite writers take turns already")
     import threading
-    import time
-
-    from sqlalchemy import text
 
     from server.ingest import prepare
 
@@ -521,11 +511,12 @@ def test_an_instance_stored_while_another_leaves_its_series_is_kept(services):
         return services.ingestor.store_batch([prepare(writer.finish())])
 
     assert stow(make_ct(study, series_uid, leaving))[0].failure is None
-    paused, resume = threading.Event(), threading.Event()
+    paused, resume, holder = threading.Event(), threading.Event(), []
     on_change = services.ingestor.on_studies_changed
 
     def held_once(connection, study_uids):  # type: ignore[no-untyped-def]
         if not paused.is_set():  # the adder, its rows written, not yet committed
+            holder.append(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar())
             paused.set()
             assert resume.wait(30)
         on_change(connection, study_uids)
@@ -537,17 +528,10 @@ def test_an_instance_stored_while_another_leaves_its_series_is_kept(services):
     assert paused.wait(30)
     mover = threading.Thread(target=lambda: outcomes.setdefault("move", stow(make_ct(generate_uid(), sop_uid=leaving))))
     mover.start()
-    with services.engine.connect() as watcher:  # until the mover waits for a lock the adder holds
-        for _ in range(300):
-            waiting = watcher.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                                           " AND datname = current_database()")).scalar()
-            if waiting:
-                break
-            time.sleep(0.01)
+    _wait_until_blocked_by(services, holder[0])  # the mover waits for a lock the adder holds
     resume.set()
     adder.join(30)
     mover.join(30)
-    assert waiting
     assert outcomes["add"][0].failure is None and outcomes["move"][0].failure is None
     with services.engine.connect() as connection:
         kept = connection.execute(
@@ -557,3 +541,25 @@ def test_an_instance_stored_while_another_leaves_its_series_is_kept(services):
     assert kept == [added]
     with services.engine.connect() as connection:  # every file on disk is an instance's, and the reverse
         assert files_on_disk(services) == set(connection.execute(select(instances.c.file_path)).scalars())
+
+
+def _wait_until_blocked_by(services, holder_pid: int) -> None:  # type: ignore[no-untyped-def]
+    """Until another PostgreSQL backend waits for a lock that `holder_pid`'s
+    transaction holds. Each look is a transaction of its own: PostgreSQL keeps
+    one picture of pg_stat_activity for a whole transaction."""
+    import time
+
+    from sqlalchemy import text
+
+    deadline = time.monotonic() + 30
+    with services.engine.connect() as watcher:
+        while time.monotonic() < deadline:
+            blocked = watcher.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE CAST(:holder AS integer) = ANY(pg_blocking_pids(pid))"),
+                {"holder": holder_pid},
+            ).scalar()
+            watcher.rollback()
+            if blocked:
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"no backend waited for the locks of backend {holder_pid}")
