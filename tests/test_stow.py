@@ -404,7 +404,6 @@ def test_a_stow_moving_an_instance_out_of_a_study_queues_behind_its_delete(servi
     for the study, the DELETE the reverse.)"""
     if services.engine.dialect.name != "postgresql":
         pytest.skip("SQLite writers take turns: they cannot deadlock")
-    import threading
     from functools import partial
 
     from sqlalchemy import event
@@ -412,56 +411,30 @@ def test_a_stow_moving_an_instance_out_of_a_study_queues_behind_its_delete(servi
     from server import index
     from server.db import retried_on_conflict
     from server.dicomweb.delete import delete_resources
-    from server.ingest import prepare
 
     old_study, new_study, sop = generate_uid(), generate_uid(), generate_uid()
-
-    def stow(payload: bytes) -> list:
-        writer = services.store.new_temp_file()
-        writer.write(payload)
-        return services.ingestor.store_batch([prepare(writer.finish())])
-
-    assert stow(make_ct(old_study, sop_uid=sop))[0].failure is None
+    assert _stored_directly(services, make_ct(old_study, sop_uid=sop))[0].failure is None
     deadlocks: list[BaseException] = []
     event.listen(services.engine, "handle_error", lambda context: deadlocks.append(context.original_exception)
                  if getattr(context.original_exception, "pgcode", None) == "40P01" else None)
-    paused, resume, holder = threading.Event(), threading.Event(), []
+    hold = _Hold()
     real_remove = index.remove_empty_parents
 
     def remove_when_told(connection, series_pk):  # type: ignore[no-untyped-def]
-        holder.append(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar())
-        paused.set()  # the STOW holds what it locked so far
-        assert resume.wait(30)
+        hold.hold(connection)  # the STOW holds what it locked so far
         return real_remove(connection, series_pk)
 
     monkeypatch.setattr(index, "remove_empty_parents", remove_when_told)
-    outcomes: dict[str, object] = {}
-
-    def run(name: str, work) -> None:  # type: ignore[no-untyped-def]
-        try:
-            outcomes[name] = work()
-        except Exception as error:  # noqa: BLE001
-            outcomes[name] = error
-
-    moving = threading.Thread(target=run, args=("stow", partial(stow, make_ct(new_study, sop_uid=sop))))
-    moving.start()
-    assert paused.wait(30)
-    deleting = threading.Thread(target=run, args=("delete", partial(
-        retried_on_conflict, partial(delete_resources, services.engine, services.ingestor, old_study))))
-    deleting.start()
-    _wait_until_blocked_by(services, holder[0])  # the DELETE waits for a lock the STOW holds
-    resume.set()
-    moving.join(30)
-    deleting.join(30)
+    stowed, deleted = hold.race(
+        services,
+        partial(_stored_directly, services, make_ct(new_study, sop_uid=sop)),
+        partial(retried_on_conflict, partial(delete_resources, services.engine, services.ingestor, old_study)),
+    )
     assert deadlocks == []
-    assert outcomes["stow"][0].failure is None  # type: ignore[index]
-    assert type(outcomes["delete"]).__name__ == "NotFound"  # the study had gone with its last instance
+    assert stowed[0].failure is None  # type: ignore[index]
+    assert type(deleted).__name__ == "NotFound"  # the study had gone with its last instance
     with services.engine.connect() as connection:
-        stored = connection.execute(
-            select(studies.c.study_instance_uid).join(instances, instances.c.study_pk == studies.c.id)
-            .where(instances.c.sop_instance_uid == sop)
-        ).scalars().all()
-        assert stored == [new_study]
+        assert [study for study, sops in _sops_by_study(connection).items() if sop in sops] == [new_study]
         assert connection.execute(select(func.count()).where(studies.c.study_instance_uid == old_study)).scalar() == 0
 
 
@@ -499,67 +472,110 @@ def test_an_instance_stored_while_another_leaves_its_series_is_kept(services):
     leave before it looks at them, so the two take turns."""
     if services.engine.dialect.name != "postgresql":
         pytest.skip("SQLite writers take turns already")
-    import threading
-
-    from server.ingest import prepare
+    from functools import partial
 
     study, series_uid, leaving, added = generate_uid(), generate_uid(), generate_uid(), generate_uid()
-
-    def stow(payload: bytes) -> list:
-        writer = services.store.new_temp_file()
-        writer.write(payload)
-        return services.ingestor.store_batch([prepare(writer.finish())])
-
-    assert stow(make_ct(study, series_uid, leaving))[0].failure is None
-    paused, resume, holder = threading.Event(), threading.Event(), []
+    assert _stored_directly(services, make_ct(study, series_uid, leaving))[0].failure is None
+    hold = _Hold()
     on_change = services.ingestor.on_studies_changed
 
     def held_once(connection, study_uids):  # type: ignore[no-untyped-def]
-        if not paused.is_set():  # the adder, its rows written, not yet committed
-            holder.append(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar())
-            paused.set()
-            assert resume.wait(30)
+        hold.hold(connection)  # the adder, its rows written, not yet committed
         on_change(connection, study_uids)
 
     services.ingestor.on_studies_changed = held_once
-    outcomes: dict[str, list] = {}
-    adder = threading.Thread(target=lambda: outcomes.setdefault("add", stow(make_ct(study, series_uid, added))))
-    adder.start()
-    assert paused.wait(30)
-    mover = threading.Thread(target=lambda: outcomes.setdefault("move", stow(make_ct(generate_uid(), sop_uid=leaving))))
-    mover.start()
-    _wait_until_blocked_by(services, holder[0])  # the mover waits for a lock the adder holds
-    resume.set()
-    adder.join(30)
-    mover.join(30)
-    assert outcomes["add"][0].failure is None and outcomes["move"][0].failure is None
+    add, move = hold.race(
+        services,
+        partial(_stored_directly, services, make_ct(study, series_uid, added)),
+        partial(_stored_directly, services, make_ct(generate_uid(), sop_uid=leaving)),
+    )
+    assert add[0].failure is None and move[0].failure is None  # type: ignore[index]
     with services.engine.connect() as connection:
-        kept = connection.execute(
-            select(instances.c.sop_instance_uid).join(studies, instances.c.study_pk == studies.c.id)
-            .where(studies.c.study_instance_uid == study)
-        ).scalars().all()
-    assert kept == [added]
-    with services.engine.connect() as connection:  # every file on disk is an instance's, and the reverse
+        assert _sops_by_study(connection)[study] == [added]
+        # Every file on disk is an instance's, and the reverse.
         assert files_on_disk(services) == set(connection.execute(select(instances.c.file_path)).scalars())
 
 
-def _wait_until_blocked_by(services, holder_pid: int) -> None:  # type: ignore[no-untyped-def]
-    """Until another PostgreSQL backend waits for a lock that `holder_pid`'s
-    transaction holds. Each look is a transaction of its own: PostgreSQL keeps
-    one picture of pg_stat_activity for a whole transaction."""
-    import time
+def _sops_by_study(connection) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+    """The SOP Instance UIDs of each study in the index."""
+    rows = connection.execute(
+        select(studies.c.study_instance_uid, instances.c.sop_instance_uid)
+        .join(instances, instances.c.study_pk == studies.c.id).order_by(instances.c.sop_instance_uid)
+    )
+    found: dict[str, list[str]] = {}
+    for study, sop in rows:
+        found.setdefault(study, []).append(sop)
+    return found
 
-    from sqlalchemy import text
 
-    deadline = time.monotonic() + 30
-    with services.engine.connect() as watcher:
-        while time.monotonic() < deadline:
-            blocked = watcher.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE CAST(:holder AS integer) = ANY(pg_blocking_pids(pid))"),
-                {"holder": holder_pid},
-            ).scalar()
-            watcher.rollback()
-            if blocked:
-                return
-            time.sleep(0.01)
-    raise AssertionError(f"no backend waited for the locks of backend {holder_pid}")
+def _stored_directly(services, payload: bytes) -> list:  # type: ignore[no-untyped-def]
+    """One payload through the ingest path, without HTTP: its outcomes."""
+    from server.ingest import prepare
+
+    writer = services.store.new_temp_file()
+    writer.write(payload)
+    return services.ingestor.store_batch([prepare(writer.finish())])
+
+
+class _Hold:
+    """Two pieces of work raced on PostgreSQL: the first is held where it
+    calls `hold` (its transaction open, its locks taken) until the second
+    waits for one of those locks; then both run to their end."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.paused, self.resume = threading.Event(), threading.Event()
+        self.holder_pid: int | None = None
+
+    def hold(self, connection) -> None:  # type: ignore[no-untyped-def]
+        """The first call only: later ones (the second work's) pass."""
+        if self.paused.is_set():
+            return
+        self.holder_pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        self.paused.set()
+        assert self.resume.wait(30)
+
+    def race(self, services, held, waiting) -> tuple[object, object]:  # type: ignore[no-untyped-def]
+        """What each work returned, or raised."""
+        import threading
+
+        outcomes: dict[str, object] = {}
+
+        def run(name: str, work) -> None:  # type: ignore[no-untyped-def]
+            try:
+                outcomes[name] = work()
+            except Exception as error:  # noqa: BLE001
+                outcomes[name] = error
+
+        first = threading.Thread(target=run, args=("held", held))
+        first.start()
+        assert self.paused.wait(30)
+        second = threading.Thread(target=run, args=("waiting", waiting))
+        second.start()
+        self._until_blocked(services)
+        self.resume.set()
+        first.join(30)
+        second.join(30)
+        return outcomes["held"], outcomes["waiting"]
+
+    def _until_blocked(self, services) -> None:  # type: ignore[no-untyped-def]
+        """Until another backend waits for a lock the held transaction holds.
+        Each look is a transaction of its own: PostgreSQL keeps one picture of
+        pg_stat_activity for a whole transaction."""
+        import time
+
+        from sqlalchemy import text
+
+        deadline = time.monotonic() + 30
+        with services.engine.connect() as watcher:
+            while time.monotonic() < deadline:
+                blocked = watcher.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE CAST(:holder AS integer) = ANY(pg_blocking_pids(pid))"),
+                    {"holder": self.holder_pid},
+                ).scalar()
+                watcher.rollback()
+                if blocked:
+                    return
+                time.sleep(0.01)
+        raise AssertionError(f"no backend waited for the locks of backend {self.holder_pid}")
