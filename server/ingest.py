@@ -187,13 +187,16 @@ class Ingestor:
         referenced: list[str] = []
         superseded: list[str] = []
         changed_studies: set[str] = set()
+        files = [_placed_file(candidate) for candidate in placed]
         with write_connection(self.engine) as connection:
             if isolate:
-                index.lock_studies(connection, [_placed_file(candidate) for candidate in placed])
+                index.lock_studies(connection, files)
                 parents = index.WrittenParents()
-                writes = [self._write_alone(connection, candidate, parents) for candidate in placed]
+                writes = [
+                    self._write_alone(connection, candidate, file, parents) for candidate, file in zip(placed, files)
+                ]
             else:
-                writes = index.write_instances(connection, [_placed_file(candidate) for candidate in placed])
+                writes = index.write_instances(connection, files)
             for candidate, written in zip(placed, writes):
                 description = candidate.description
                 if written is None:  # refused, its outcome set
@@ -216,7 +219,7 @@ class Ingestor:
 
     @staticmethod
     def _write_alone(
-        connection: Connection, candidate: _Candidate, parents: index.WrittenParents,
+        connection: Connection, candidate: _Candidate, file: index.PlacedFile, parents: index.WrittenParents,
     ) -> index.InstanceWrite | None:
         """One instance's rows under a savepoint; None, with its outcome set,
         when refused. `parents` gains its study and series once they are committed."""
@@ -224,7 +227,7 @@ class Ingestor:
         try:
             attempt = parents.copy()
             with connection.begin_nested():
-                [written] = index.write_instances(connection, [_placed_file(candidate)], attempt)
+                [written] = index.write_instances(connection, [file], attempt)
             parents.study_pks, parents.series = attempt.study_pks, attempt.series
             return written
         except index.SeriesOfAnotherStudy as error:

@@ -39,7 +39,9 @@ class _Deltas:
         for (resource_type, bucket), delta in sorted(self.changes.items()):
             if delta == 0:
                 continue
-            statement = dialect_insert(connection.dialect.name, fhir_update_counts).values(resource_type=resource_type, bucket=bucket, live=delta)
+            statement = dialect_insert(connection.dialect.name, fhir_update_counts).values(
+                resource_type=resource_type, bucket=bucket, live=delta
+            )
             connection.execute(
                 statement.on_conflict_do_update(
                     index_elements=["resource_type", "bucket"],
