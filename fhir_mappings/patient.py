@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from fhir_mappings.date_ranges import date_from_dicom
-from fhir_mappings.resources import validated
+from fhir_mappings.resources import fhir_text, validated
 
 # PS3.3 C.7.1.1 PatientSex: M, F, O; FHIR R4 administrative-gender.
 _GENDER = {"M": "male", "F": "female", "O": "other"}
@@ -74,19 +74,22 @@ def human_name(person_name: str) -> dict[str, object] | None:
 def patient_from_dicom(record: PatientRecord) -> dict[str, object]:
     """The Patient as JSON, validated against the R4 model."""
     body: dict[str, object] = {"resourceType": "Patient", "id": patient_resource_id(record)}
-    if record.patient_id:
-        identifier: dict[str, object] = {"value": record.patient_id}
-        system = identifier_system(record.issuer_of_patient_id)
+    patient_id, issuer = fhir_text(record.patient_id), fhir_text(record.issuer_of_patient_id)
+    if patient_id:
+        identifier: dict[str, object] = {"value": patient_id}
+        system = identifier_system(issuer)
         if system:
             identifier["system"] = system
-        elif record.issuer_of_patient_id:
-            identifier["assigner"] = {"display": record.issuer_of_patient_id}
+        elif issuer:
+            identifier["assigner"] = {"display": issuer}
         body["identifier"] = [identifier]
-    name = human_name(record.name) if record.name else None
+    person_name = fhir_text(record.name)
+    name = human_name(person_name) if person_name else None
     if name:
         body["name"] = [name]
-    if record.sex:
-        body["gender"] = _GENDER.get(record.sex.strip().upper(), "unknown")
+    sex = fhir_text(record.sex)
+    if sex:
+        body["gender"] = _GENDER.get(sex.upper(), "unknown")
     date = date_from_dicom(record.birth_date)
     if date:
         body["birthDate"] = date

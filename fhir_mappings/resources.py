@@ -73,17 +73,11 @@ def require_id(resource_id: str) -> str:
 CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
-def without_control_characters(node: Any) -> Any:
-    """JSON with the characters FHIR strings may not hold left out: for values
-    taken from elsewhere (DICOM text does carry them), not for a client's
-    resource, which is refused instead."""
-    if isinstance(node, str):
-        return CONTROL_CHARACTER.sub("", node)
-    if isinstance(node, dict):
-        return {key: without_control_characters(value) for key, value in node.items()}
-    if isinstance(node, list):
-        return [without_control_characters(item) for item in node]
-    return node
+def fhir_text(value: str | None) -> str | None:
+    """Text from elsewhere (DICOM) as a FHIR string, or None where nothing
+    is left of it once the characters FHIR strings may not hold are taken
+    out and the ends trimmed: R4 strings may not be empty."""
+    return CONTROL_CHARACTER.sub("", value).strip() or None if value else None
 
 
 def client_resource(body: Any, expected_type: str | None = None) -> dict[str, Any]:

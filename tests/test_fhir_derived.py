@@ -3,8 +3,11 @@ through STOW and DELETE (FHIR R4 imagingstudy.html, patient.html)."""
 
 import threading
 
+import pytest
+from pydantic import ValidationError
 from pydicom.uid import generate_uid
 
+from fhir_mappings.imaging_study import InstanceRecord, SeriesRecord, StudyRecord, imaging_study_from_dicom
 from tests.dicom_files import make_ct, multipart_body
 from tests.fhir_checks import ids
 from tests.round_trips import round_trips
@@ -157,6 +160,41 @@ def test_long_patient_ids_that_share_their_first_64_characters_are_two_patients(
     accessions = [identifier["value"] for identifier in _imaging_study(fhir, first)["identifier"]
                   if identifier.get("type", {}).get("coding", [{}])[0].get("code") == "ACSN"]
     assert accessions == [accession]
+
+
+def test_dicom_text_of_nothing_but_control_characters_is_left_out(fhir):
+    """FHIR strings may not hold control characters, nor be empty: text made
+    only of them is no value at all (the schema check of every answer fails
+    on an empty string)."""
+    study = generate_uid()
+    _stow(fhir, make_ct(study, PatientID="CTRL-1\x01", PatientName="\x02", IssuerOfPatientID="\x03",
+                        StudyDescription="\x04", AccessionNumber="\x05", SeriesDescription="\x06",
+                        BodyPartExamined="\x07"))
+    resource = _imaging_study(fhir, study)
+    assert [identifier["system"] for identifier in resource["identifier"]] == ["urn:dicom:uid"]
+    assert "description" not in resource
+    assert not {"description", "bodySite"} & set(resource["series"][0])
+    patient = fhir.get(f"/fhir/{resource['subject']['reference']}").json()
+    assert patient["identifier"] == [{"value": "CTRL-1"}] and "name" not in patient
+
+
+def test_an_imaging_study_built_on_its_stored_version_is_the_one_built_anew():
+    """Instances the stored version holds unchanged are not validated again;
+    an instance whose element changed is, even under the same UID."""
+    def study(*instances):
+        series = SeriesRecord("1.2.3.1", 1, "CT", "CHEST", "axial", instances)
+        return StudyRecord("1.2.3", "ACC", "20240115", "CT", "dcm-1", (series,))
+
+    stored = imaging_study_from_dicom(study(*(InstanceRecord(f"1.2.3.1.{n}", "1.2.840.10008.5.1.4.1.1.2", n)
+                                              for n in range(1, 4))))
+    grown = study(*(InstanceRecord(f"1.2.3.1.{n}", "1.2.840.10008.5.1.4.1.1.2", n) for n in range(1, 6)))
+    assert imaging_study_from_dicom(grown, stored) == imaging_study_from_dicom(grown)
+    assert imaging_study_from_dicom(grown, stored)["series"][0]["numberOfInstances"] == 5
+    # A stored element under a UID R4 refuses (not a FHIR id) stands for its own content only.
+    odd = {**stored, "series": [{**stored["series"][0], "instance": [{"uid": "1.2 3", "sopClass": {
+        "system": "urn:ietf:rfc:3986", "code": "urn:oid:1.2.840.10008.5.1.4.1.1.2"}, "number": 1}]}]}
+    with pytest.raises(ValidationError):
+        imaging_study_from_dicom(study(InstanceRecord("1.2 3", "1.2.840.10008.5.1.4.1.1.4", 1)), odd)
 
 
 def test_an_instance_resent_under_another_study_leaves_no_stale_study_or_patient(fhir):

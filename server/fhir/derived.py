@@ -23,7 +23,6 @@ from fhir_mappings.imaging_study import (
     imaging_study_from_dicom,
 )
 from fhir_mappings.patient import PatientRecord, patient_from_dicom, patient_resource_id
-from fhir_mappings.resources import without_control_characters
 from server.fhir.store import ResourceStore
 from server.tables import fhir_references, fhir_resources, instances, series, studies
 
@@ -51,6 +50,8 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
     )}
     previous_patients = study_patients(connection, uids)
     contents = _study_contents(connection, [row.id for row in rows.values()])
+    # What is there now, read before the rows are locked: whatever version it is, it was validated.
+    stored = store.current_json(connection, "ImagingStudy", sorted(rows))
     for study_uid in uids:
         row = rows.get(study_uid)
         if row is None:
@@ -61,8 +62,9 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
             patient = _patient_record(row, attributes)
             patients[study_uid] = patient_resource_id(patient)
             patient_keys.setdefault(patients[study_uid], None)
-            study = imaging_study_from_dicom(_study_record(row, attributes, patient, contents.get(row.id, ())))
-            study_writes.append((study_uid, without_control_characters(study)))
+            record = _study_record(row, attributes, patient, contents.get(row.id, ()))
+            current = orjson.loads(stored[study_uid]) if study_uid in stored else None
+            study_writes.append((study_uid, imaging_study_from_dicom(record, current)))
         if study_uid in previous_patients:
             patient_keys.setdefault(previous_patients[study_uid], None)
     gone = [study_uid for study_uid, body in study_writes if body is None]
@@ -81,8 +83,7 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
         if patient_id not in newest:
             store.delete(connection, "Patient", patient_id)
     store.put_many(connection, [
-        (without_control_characters(patient_from_dicom(_patient_record(row, orjson.loads(row.attributes_json)))),
-         patient_id)
+        (patient_from_dicom(_patient_record(row, orjson.loads(row.attributes_json))), patient_id)
         for patient_id, row in sorted(newest.items())
     ], "PUT", skip_unchanged=True)
     return patients

@@ -20,6 +20,7 @@ from sqlalchemy import (
     bindparam,
     column,
     delete,
+    false,
     func,
     insert,
     select,
@@ -126,6 +127,18 @@ class ResourceStore:
         except (ResourceNotFound, ResourceGone):
             return None
         return None if version.body is None else fhir_json.loads(version.body)  # type: ignore[no-any-return]
+
+    def current_json(self, connection: Connection, resource_type: str, resource_ids: Sequence[str]) -> dict[str, bytes]:
+        """The current versions' JSON, by id, of those that exist and are not deleted: in one query."""
+        if not resource_ids:
+            return {}
+        rows = connection.execute(
+            select(fhir_resources.c.resource_id, fhir_resources.c.resource_json).where(
+                fhir_resources.c.resource_type == resource_type, _one_of(fhir_resources.c.resource_id, resource_ids),
+                fhir_resources.c.deleted == false(),
+            )
+        )
+        return {resource_id: body for resource_id, body in rows}
 
     def _current(self, connection: Connection, resource_type: str, resource_id: str) -> StoredVersion:
         row = connection.execute(
