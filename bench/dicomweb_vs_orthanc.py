@@ -18,8 +18,11 @@ hits every server alike:
     by one each round.  Reported: the median over rounds per server, and the
     median of the per-round ratios ours/orthanc (the robust figure).
  2. Then, one server after the other: load of N one-instance studies by STOW
-    (500 per request) -> seconds, and QIDO `GET /studies?PatientID=...`
-    latency over 50 different patients.
+    (500 per request) -> seconds; QIDO `GET /studies?PatientID=...`
+    latency over 50 different patients; and one study of --trickle
+    instances (64x64 CT slices) sent an instance per request, as a PACS
+    forwards a study it receives -> seconds, and the mean time of the first
+    and of the last 100 requests (does a STOW slow down as its study grows?).
  3. Peak RSS of each server process and its children, sampled every 100 ms
     for the whole run.
 
@@ -486,6 +489,23 @@ def bench_load(client, base, bodies, small) -> dict[str, Any]:
     }
 
 
+def bench_trickle(client, base, bodies) -> dict[str, Any]:
+    """One study, an instance per STOW request."""
+    times, results = [], []
+    t0 = time.perf_counter()
+    for body in bodies:
+        started = time.perf_counter()
+        results.append(stow(client, base, body))
+        times.append(time.perf_counter() - started)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "instances": len(bodies),
+        "first_100_ms": 1000 * statistics.mean(times[:100]),
+        "last_100_ms": 1000 * statistics.mean(times[-100:]),
+        "problems": check_stow(results, [1] * len(bodies), "instance-by-instance STOW"),
+    }
+
+
 def bench_qido(client, base, small, n_queries: int, seed: int = 7) -> dict[str, Any]:
     rnd = random.Random(seed)
     n = len(small.patient_ids)
@@ -748,6 +768,14 @@ def run_load_qido(x: Runner, data: dict[str, Any], args) -> None:
             f"{x.name}: QIDO median {q['median_ms']:.2f} ms, p95 {q['p95_ms']:.2f} ms"
             f" {q['problems'][:3] or ''}"
         )
+        if data["trickle_bodies"]:
+            x.phase("trickle")
+            x.out["trickle"] = bench_trickle(x.client, x.server.base_url, data["trickle_bodies"])
+            t = x.out["trickle"]
+            log(
+                f"{x.name}: {t['instances']} instances one per STOW in {t['seconds']:.1f} s (first 100"
+                f" {t['first_100_ms']:.1f} ms each, last 100 {t['last_100_ms']:.1f} ms) {t['problems'][:3] or ''}"
+            )
     except Exception as e:  # noqa: BLE001
         x.fail(e)
     finally:
@@ -764,6 +792,9 @@ METRICS = [
     ("load instances/s", ("load", "instances_per_s"), "higher", "{:.1f}"),
     ("QIDO PatientID median ms", ("qido", "median_ms"), "lower", "{:.2f}"),
     ("QIDO PatientID p95 ms", ("qido", "p95_ms"), "lower", "{:.2f}"),
+    ("one study, an instance per STOW, s", ("trickle", "seconds"), "lower", "{:.1f}"),
+    ("  its first 100 STOWs, ms each", ("trickle", "first_100_ms"), "lower", "{:.1f}"),
+    ("  its last 100 STOWs, ms each", ("trickle", "last_100_ms"), "lower", "{:.1f}"),
     ("peak RSS MB", ("peak_rss_mb",), "lower", "{:.0f}"),
 ]
 
@@ -843,7 +874,7 @@ def print_table(
         notes = []
         if "error" in res:
             notes.append(f"error: {res['error'].splitlines()[0]}")
-        for part in ("stow_ct", "wado", "load", "qido"):
+        for part in ("stow_ct", "wado", "load", "qido", "trickle"):
             probs = (res.get(part) or {}).get("problems")
             if probs:
                 notes.append(f"{part}: {len(probs)} problem(s), first: {probs[0]}")
@@ -909,6 +940,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--load-batch", type=int, default=500, help="small studies per STOW request"
     )
     p.add_argument("--queries", type=int, default=50, help="QIDO queries timed")
+    p.add_argument(
+        "--trickle", type=int, default=1000,
+        help="instances of the study sent one per STOW request (default 1000; 0 leaves it out)",
+    )
     p.add_argument("--wado-runs", type=int, default=3)
     p.add_argument(
         "--rounds",
@@ -951,6 +986,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds)
     ]
     small = datagen.make_small_studies(args.studies)
+    trickle = datagen.make_ct_series(args.trickle, 64, seed=4321, patient_id="BENCHTRICKLE") if args.trickle else None
     data = {
         "cts": cts,
         "small": small,
@@ -965,6 +1001,7 @@ def main(argv: list[str] | None = None) -> int:
             datagen.build_multipart(b)
             for b in datagen.batches(small.instances, args.load_batch)
         ],
+        "trickle_bodies": [datagen.build_multipart([b]) for b in trickle.instances] if trickle else [],
     }
     ct = cts[0]
     log(
