@@ -178,6 +178,21 @@ def test_dicom_text_of_nothing_but_control_characters_is_left_out(fhir):
     assert patient["identifier"] == [{"value": "CTRL-1"}] and "name" not in patient
 
 
+def test_a_study_sent_an_instance_at_a_time_is_searchable_by_each_instance(fhir):
+    """Each arrival adds its instance to the ImagingStudy's index (`_reindex`
+    keeps the earlier rows); a deleted instance leaves it."""
+    study, series = generate_uid(), generate_uid()
+    sops = [generate_uid() for _ in range(4)]
+    for number, sop in enumerate(sops, start=1):
+        _stow(fhir, make_ct(study, series, sop, InstanceNumber=number))
+    for sop in sops:
+        assert ids(fhir.get("/fhir/ImagingStudy", params={"instance": sop}).json()) == [study]
+    assert fhir.delete(f"/dicom-web/studies/{study}/series/{series}/instances/{sops[1]}").status_code == 200
+    assert ids(fhir.get("/fhir/ImagingStudy", params={"instance": sops[1]}).json()) == []
+    assert ids(fhir.get("/fhir/ImagingStudy", params={"instance": sops[2]}).json()) == [study]
+    assert _imaging_study(fhir, study)["numberOfInstances"] == 3
+
+
 def test_an_imaging_study_built_on_its_stored_version_is_the_one_built_anew():
     """Instances the stored version holds unchanged are not validated again;
     an instance whose element changed is, even under the same UID."""

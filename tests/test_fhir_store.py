@@ -5,9 +5,10 @@ note of what was written), in as many statements as one of them takes."""
 import threading
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from server.db import write_connection, written
+from server.tables import fhir_dates, fhir_quantities, fhir_references, fhir_resources, fhir_strings, fhir_tokens
 from tests.fhir_checks import ids
 from tests.round_trips import round_trips
 
@@ -138,3 +139,45 @@ def test_a_create_that_loses_its_race_is_a_later_version(services):
     first = store.vread("Task", "raced", 1)
     assert late.version_id == 2 and late.last_updated > first.last_updated
     assert store.read("Task", "raced").version_id == 2
+
+
+def _index_of(connection, pk: int) -> dict[str, set[tuple]]:  # type: ignore[no-untyped-def]
+    """Every search-index row of one resource, by table, without its pk."""
+    return {
+        table.name: {tuple(row[1:]) for row in connection.execute(select(table).where(table.c.resource_pk == pk))}
+        for table in (fhir_tokens, fhir_strings, fhir_dates, fhir_references, fhir_quantities)
+    }
+
+
+_OBSERVATION = {
+    "resourceType": "Observation", "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "1-1"}]},
+    "subject": {"reference": "Patient/p-1"}, "effectiveDateTime": "2024-01-15",
+    "valueQuantity": {"value": 5.4, "system": "http://unitsofmeasure.org", "code": "mg"},
+}
+
+
+@pytest.mark.parametrize("change", ["gains values", "loses values", "changes values", "keeps its values"])
+def test_an_update_leaves_the_index_a_first_version_would_have(services, change):
+    """Updates change only the index rows that differ (`_reindex`); what they
+    leave is what writing the new version afresh gives, in every table."""
+    later = {
+        "gains values": {**_OBSERVATION, "category": [{"coding": [{"code": "laboratory"}]}],
+                         "performer": [{"reference": "Practitioner/pr-1"}]},
+        "loses values": {key: value for key, value in _OBSERVATION.items() if key not in ("valueQuantity", "subject")},
+        "changes values": {**_OBSERVATION, "status": "amended", "effectiveDateTime": "2024-02-01",
+                           "valueQuantity": {**_OBSERVATION["valueQuantity"], "value": 6.1}},
+        "keeps its values": {**_OBSERVATION, "text": {"status": "generated", "div": "<div>5.4 mg</div>"}},
+    }[change]
+    store = services.fhir.store
+    with write_connection(services.engine) as connection:
+        store.put(connection, _OBSERVATION, "updated", "PUT")
+        store.put(connection, later, "fresh", "PUT")
+    with write_connection(services.engine) as connection:
+        store.put(connection, later, "updated", "PUT")
+    with write_connection(services.engine) as connection:
+        pks = dict(connection.execute(select(fhir_resources.c.resource_id, fhir_resources.c.id).where(
+            fhir_resources.c.resource_id.in_(["updated", "fresh"]))).all())
+        updated, fresh = _index_of(connection, pks["updated"]), _index_of(connection, pks["fresh"])
+    assert updated == fresh
+    assert updated["fhir_tokens"] and updated["fhir_dates"]
