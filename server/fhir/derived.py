@@ -48,10 +48,10 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
     rows = {row.study_instance_uid: row for row in connection.execute(
         select(studies).where(studies.c.study_instance_uid.in_(uids))
     )}
-    previous_patients = study_patients(connection, uids)
     contents = _study_contents(connection, [row.id for row in rows.values()])
-    # What is there now, read before the rows are locked: whatever version it is, it was validated.
-    stored = store.current_json(connection, "ImagingStudy", sorted(rows))
+    # The ImagingStudies as they are now, read before the rows are locked (whatever version it is,
+    # it was validated): their Patients may change too, and their instances need no validating again.
+    stored = {uid: orjson.loads(body) for uid, body in store.current_json(connection, "ImagingStudy", uids).items()}
     for study_uid in uids:
         row = rows.get(study_uid)
         if row is None:
@@ -63,10 +63,9 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
             patients[study_uid] = patient_resource_id(patient)
             patient_keys.setdefault(patients[study_uid], None)
             record = _study_record(row, attributes, patient, contents.get(row.id, ()))
-            current = orjson.loads(stored[study_uid]) if study_uid in stored else None
-            study_writes.append((study_uid, imaging_study_from_dicom(record, current)))
-        if study_uid in previous_patients:
-            patient_keys.setdefault(previous_patients[study_uid], None)
+            study_writes.append((study_uid, imaging_study_from_dicom(record, stored.get(study_uid))))
+        if study_uid in stored:
+            patient_keys.setdefault(stored[study_uid]["subject"]["reference"].removeprefix("Patient/"), None)
     gone = [study_uid for study_uid, body in study_writes if body is None]
     if gone:  # rows are locked as they are deleted: all of them first, in the one order
         store.lock(connection, "ImagingStudy", uids)

@@ -443,8 +443,9 @@ def _reindex(connection: Connection, indexed: Sequence[tuple[int, dict[str, Any]
     for pk, resource in indexed:
         for table, rows in _index_rows(pk, extract(resource)):
             had = existing.get((table.name, pk), set())
-            if had <= {_index_key(table, row) for row in rows}:
-                added.setdefault(table, []).extend(row for row in rows if _index_key(table, row) not in had)
+            keyed = [(_index_key(table, row), row) for row in rows]
+            if had <= {key for key, _ in keyed}:
+                added.setdefault(table, []).extend(row for key, row in keyed if key not in had)
             else:
                 cleared.setdefault(table, []).append(pk)
                 added.setdefault(table, []).extend(rows)
