@@ -11,7 +11,7 @@ from typing import Any
 
 from fhir_mappings.date_ranges import date_from_dicom
 from fhir_mappings.endpoint import WADO_ENDPOINT_ID
-from fhir_mappings.resources import fhir_text, validated
+from fhir_mappings.resources import fhir_code, fhir_text, validated
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED = "http://snomed.info/sct"
@@ -80,7 +80,7 @@ def imaging_study_from_dicom(study: StudyRecord, stored: dict[str, Any] | None =
                 "value": accession,
             }
         )
-    modalities = sorted({modality for series in study.series if (modality := fhir_text(series.modality))})
+    modalities = sorted({modality for series in study.series if (modality := fhir_code(series.modality))})
     known = _instances_of(stored)
     series_items, unchecked_items = [], []
     for series in study.series:
@@ -123,7 +123,7 @@ def _instances_of(stored: dict[str, Any] | None) -> dict[str, Any]:
 def _series(series: SeriesRecord, instances: list[dict[str, object]]) -> dict[str, object]:
     item: dict[str, object] = {
         "uid": series.series_instance_uid,
-        "modality": {"system": DCM, "code": fhir_text(series.modality) or "OT"},
+        "modality": {"system": DCM, "code": fhir_code(series.modality) or "OT"},
         "numberOfInstances": len(series.instances),
     }
     if instances:  # every series has some; only the part left to validate may have none

@@ -30,11 +30,11 @@ class PatientRecord:
 
 
 def patient_resource_id(record: PatientRecord) -> str:
-    key = (
-        f"id\0{record.issuer_of_patient_id or ''}\0{record.patient_id}"
-        if record.patient_id
-        else f"study\0{record.study_instance_uid}"
-    )
+    # The PatientID and issuer as the Patient shows them (`fhir_text`): an ID of
+    # nothing but spaces or control characters is no ID, and must not make
+    # everyone sent with it one person.
+    patient_id, issuer = fhir_text(record.patient_id), fhir_text(record.issuer_of_patient_id)
+    key = f"id\0{issuer or ''}\0{patient_id}" if patient_id else f"study\0{record.study_instance_uid}"
     return "dcm-" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
@@ -44,7 +44,7 @@ def identifier_system(issuer: str | None) -> str | None:
         return None
     if _OID.fullmatch(issuer):
         return f"urn:oid:{issuer}"
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", issuer):
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*:\S+", issuer):  # a FHIR uri holds no whitespace
         return issuer
     return None
 

@@ -73,11 +73,24 @@ def require_id(resource_id: str) -> str:
 CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
+# Spaces other than the four the R4 JSON schema's string pattern takes
+# (`[ \r\n\t\S]+`, read as ECMA regex, where \S excludes U+00A0, U+3000, ...).
+_OTHER_SPACE = re.compile(r"[^\S \r\n\t]")
+
+
 def fhir_text(value: str | None) -> str | None:
     """Text from elsewhere (DICOM) as a FHIR string, or None where nothing
-    is left of it once the characters FHIR strings may not hold are taken
-    out and the ends trimmed: R4 strings may not be empty."""
-    return CONTROL_CHARACTER.sub("", value).strip() or None if value else None
+    is left of it: the characters FHIR strings may not hold taken out, other
+    spaces (no-break, ideographic) made plain ones, the ends trimmed (R4
+    strings may not be empty)."""
+    return _OTHER_SPACE.sub(" ", CONTROL_CHARACTER.sub("", value)).strip() or None if value else None
+
+
+def fhir_code(value: str | None) -> str | None:
+    """Text from elsewhere as a FHIR code: `fhir_text` with inner runs of
+    spaces made one, as the R4 code pattern asks (`[^\s]+( [^\s]+)*`)."""
+    text = fhir_text(value)
+    return " ".join(text.split()) if text else None
 
 
 def client_resource(body: Any, expected_type: str | None = None) -> dict[str, Any]:

@@ -178,6 +178,32 @@ def test_dicom_text_of_nothing_but_control_characters_is_left_out(fhir):
     assert patient["identifier"] == [{"value": "CTRL-1"}] and "name" not in patient
 
 
+@pytest.mark.parametrize("blank", ["\t", "\u00a0", "\x01", " \x01"])
+def test_a_patient_id_of_nothing_but_spaces_or_control_characters_is_no_id(fhir, blank):
+    """As with an empty PatientID, each such study has a Patient of its own:
+    the ID does not make everyone sent with it one person."""
+    subjects = []
+    for name in ("Alpha^Ann", "Beta^Bob"):
+        study = generate_uid()
+        _stow(fhir, make_ct(study, PatientName=name, PatientID=blank))
+        subjects.append(_imaging_study(fhir, study)["subject"]["reference"])
+    assert subjects[0] != subjects[1]
+    assert "identifier" not in fhir.get(f"/fhir/{subjects[0]}").json()
+
+
+def test_dicom_values_that_fhir_types_refuse_are_made_valid_or_left_out(fhir):
+    """A modality with a control character inside is still a code; an issuer
+    that starts like a URI but holds a space is no system; a no-break space
+    (Latin-1 text) is a plain one, as the R4 JSON schema reads strings."""
+    study = generate_uid()
+    _stow(fhir, make_ct(study, Modality="C \x01 T", PatientID="P-9", IssuerOfPatientID="urn:x y",
+                        SpecificCharacterSet="ISO_IR 100", StudyDescription="CT\u00a0THORAX"))
+    resource = _imaging_study(fhir, study)
+    assert resource["series"][0]["modality"]["code"] == "C T" and resource["description"] == "CT THORAX"
+    patient = fhir.get(f"/fhir/{resource['subject']['reference']}").json()
+    assert patient["identifier"] == [{"value": "P-9", "assigner": {"display": "urn:x y"}}]
+
+
 def test_a_study_sent_an_instance_at_a_time_is_searchable_by_each_instance(fhir):
     """Each arrival adds its instance to the ImagingStudy's index (`_reindex`
     keeps the earlier rows); a deleted instance leaves it."""
