@@ -968,6 +968,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.rounds < 1:
         raise SystemExit("--rounds must be at least 1")
+    if args.trickle < 0:
+        raise SystemExit("--trickle must be 0 (left out) or more")
     order = [s for s in SERVERS if s in args.only]
 
     log(

@@ -476,11 +476,15 @@ def _index_key(table: Any, row: dict[str, Any]) -> tuple[Any, ...]:
 def _current_index_rows(connection: Connection, pks: Sequence[int]) -> dict[tuple[str, int], set[tuple[Any, ...]]]:
     """The index rows of these resources, by (table name, pk), as `_index_key`s."""
     rows: dict[tuple[str, int], set[tuple[Any, ...]]] = {}
-    statement = _read_index_rows(many=len(pks) > 1)
-    for row in connection.execute(statement, {"pks": list(pks)} if len(pks) > 1 else {"pk": pks[0]}):
-        table_name, pk, *read = row
-        key = tuple(read[_READ_POSITIONS[place]] for place in _READ_INTO_BY_NAME[table_name].values())
-        rows.setdefault((table_name, pk), set()).add(key)
+    # The query binds each pk once per table: a thousand at a time stays far below
+    # SQLite's limit on bound values (32,766).
+    for start in range(0, len(pks), 1000):
+        some = pks[start:start + 1000]
+        statement = _read_index_rows(many=len(some) > 1)
+        for row in connection.execute(statement, {"pks": list(some)} if len(some) > 1 else {"pk": some[0]}):
+            table_name, pk, *read = row
+            key = tuple(read[_READ_POSITIONS[place]] for place in _READ_INTO_BY_NAME[table_name].values())
+            rows.setdefault((table_name, pk), set()).add(key)
     return rows
 
 
