@@ -87,8 +87,8 @@ def fhir_text(value: str | None) -> str | None:
 
 
 def fhir_code(value: str | None) -> str | None:
-    """Text from elsewhere as a FHIR code: `fhir_text` with inner runs of
-    spaces made one, as the R4 code pattern asks (`[^\s]+( [^\s]+)*`)."""
+    """Text from elsewhere as a FHIR code: `fhir_text` with each inner run of
+    spaces made one, as the R4 code pattern asks (`[^\s]+(\s[^\s]+)*`)."""
     text = fhir_text(value)
     return " ".join(text.split()) if text else None
 

@@ -1,5 +1,5 @@
 """The versioned FHIR resource store: one table of current versions, one of
-history, and search-index rows rebuilt whenever a version is written.
+history, and search-index rows kept in step with each version written.
 
 Writes take a connection so that callers choose the transaction: a STOW
 writes its ImagingStudy and Patient in the transaction of its index rows, a
