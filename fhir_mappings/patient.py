@@ -30,11 +30,13 @@ class PatientRecord:
 
 
 def patient_resource_id(record: PatientRecord) -> str:
-    # The PatientID and issuer as the Patient shows them (`fhir_text`): an ID of
-    # nothing but spaces or control characters is no ID, and must not make
-    # everyone sent with it one person.
-    patient_id, issuer = fhir_text(record.patient_id), fhir_text(record.issuer_of_patient_id)
-    key = f"id\0{issuer or ''}\0{patient_id}" if patient_id else f"study\0{record.study_instance_uid}"
+    # An ID of nothing but spaces or control characters (`fhir_text`) is no ID: it must not make everyone
+    # sent with it one person. Any other is keyed as sent, as Patients stored before were.
+    key = (
+        f"id\0{record.issuer_of_patient_id or ''}\0{record.patient_id}"
+        if fhir_text(record.patient_id)
+        else f"study\0{record.study_instance_uid}"
+    )
     return "dcm-" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 

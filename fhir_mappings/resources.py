@@ -76,6 +76,9 @@ CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 # Spaces other than the four the R4 JSON schema's string pattern takes
 # (`[ \r\n\t\S]+`, read as ECMA regex, where \S excludes U+00A0, U+3000, ...).
 _OTHER_SPACE = re.compile(r"[^\S \r\n\t]")
+# ECMA's \s also holds U+FEFF (a byte order mark, or a zero-width no-break
+# space), which Python's does not: it shows nothing, so it is left out.
+_ZERO_WIDTH_NO_BREAK_SPACE = "\ufeff"
 
 
 def fhir_text(value: str | None) -> str | None:
@@ -83,11 +86,14 @@ def fhir_text(value: str | None) -> str | None:
     is left of it: the characters FHIR strings may not hold taken out, other
     spaces (no-break, ideographic) made plain ones, the ends trimmed (R4
     strings may not be empty)."""
-    return _OTHER_SPACE.sub(" ", CONTROL_CHARACTER.sub("", value)).strip() or None if value else None
+    if not value:
+        return None
+    text = CONTROL_CHARACTER.sub("", value).replace(_ZERO_WIDTH_NO_BREAK_SPACE, "")
+    return _OTHER_SPACE.sub(" ", text).strip() or None
 
 
 def fhir_code(value: str | None) -> str | None:
-    """Text from elsewhere as a FHIR code: `fhir_text` with each inner run of
+    r"""Text from elsewhere as a FHIR code: `fhir_text` with each inner run of
     spaces made one, as the R4 code pattern asks (`[^\s]+(\s[^\s]+)*`)."""
     text = fhir_text(value)
     return " ".join(text.split()) if text else None

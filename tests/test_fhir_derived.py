@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from pydicom.uid import generate_uid
 
 from fhir_mappings.imaging_study import InstanceRecord, SeriesRecord, StudyRecord, imaging_study_from_dicom
+from fhir_mappings.patient import PatientRecord, patient_resource_id
 from tests.dicom_files import make_ct, multipart_body
 from tests.fhir_checks import ids
 from tests.round_trips import round_trips
@@ -202,6 +203,26 @@ def test_dicom_values_that_fhir_types_refuse_are_made_valid_or_left_out(fhir):
     assert resource["series"][0]["modality"]["code"] == "C T" and resource["description"] == "CT THORAX"
     patient = fhir.get(f"/fhir/{resource['subject']['reference']}").json()
     assert patient["identifier"] == [{"value": "P-9", "assigner": {"display": "urn:x y"}}]
+    # A byte order mark (U+FEFF) in UTF-8 text, as Windows tools leave one, shows nothing and is left out.
+    marked = generate_uid()
+    _stow(fhir, make_ct(marked, SpecificCharacterSet="ISO_IR 192", StudyDescription="\ufeffCT", PatientID="\ufeffP-10",
+                        SeriesDescription="A\ufeffB", IssuerOfPatientID="urn:x\ufeffy"))
+    resource = _imaging_study(fhir, marked)
+    assert resource["description"] == "CT" and resource["series"][0]["description"] == "AB"
+    patient = fhir.get(f"/fhir/{resource['subject']['reference']}").json()
+    assert patient["identifier"] == [{"value": "P-10", "system": "urn:xy"}]
+
+
+def test_patient_ids_are_those_earlier_versions_gave():
+    """A Patient's id is a digest of the PatientID and issuer as sent: a
+    change of it would give a stored patient a second Patient."""
+    def patient_id(patient_id, issuer=None):  # type: ignore[no-untyped-def]
+        return patient_resource_id(PatientRecord(patient_id, issuer, None, None, None, "1.2.3"))
+
+    assert patient_id("P1\x01") == "dcm-0e61f36ca2e3f8d4440c9dbdce051bdb7e4567ea"
+    assert patient_id("PID-1", "1.2.840.99") == "dcm-53ca00cf280aef0f454df453e4d0b7c323cbca3c"
+    assert patient_id(" \tP2 ") == "dcm-8b53054fa0ac7397c5f013f9dcbf74df204c656d"
+    assert patient_id("\t") == patient_id("") != patient_resource_id(PatientRecord("", None, None, None, None, "1.2.4"))
 
 
 def test_a_study_sent_an_instance_at_a_time_is_searchable_by_each_instance(fhir):
