@@ -54,7 +54,24 @@ from server.tables import (
     fhir_versions,
 )
 
-_INDEX_TABLES = (fhir_tokens, fhir_strings, fhir_dates, fhir_references, fhir_quantities)
+# The columns of the one query that reads all five index tables
+# (`_current_index_rows`), and which of them each table's columns go in: a
+# row is known by those columns (all of its own but resource_pk).
+_READ_COLUMNS = (("text_1", String), ("text_2", String), ("text_3", String), ("integer_1", BigInteger),
+                 ("integer_2", BigInteger), ("real_1", Float))
+_READ_INTO = {
+    fhir_tokens: {"param": "text_1", "system": "text_2", "code": "text_3"},
+    fhir_strings: {"param": "text_1", "normalised": "text_2", "exact": "text_3"},
+    fhir_dates: {"param": "text_1", "low": "integer_1", "high": "integer_2"},
+    fhir_references: {"param": "text_1", "target_type": "text_2", "target_id": "text_3"},
+    fhir_quantities: {"param": "text_1", "value": "real_1", "system": "text_2", "code": "text_3"},
+}
+_INDEX_TABLES = tuple(_READ_INTO)
+# Where each table's key columns (in `_READ_INTO`'s order) come in a row of that query.
+_KEY_POSITIONS = {
+    table.name: tuple([place for place, _ in _READ_COLUMNS].index(place) for place in into.values())
+    for table, into in _READ_INTO.items()
+}
 _UNIT_WIDTH = fhir_quantities.c.code.type.length
 
 
@@ -455,20 +472,6 @@ def _reindex(connection: Connection, indexed: Sequence[tuple[int, dict[str, Any]
         insert_rows(connection, table, rows)
 
 
-# The columns of the one query that reads all five index tables
-# (`_current_index_rows`), and which of them each table's columns go in: a
-# row is known by those columns (all of its own but resource_pk).
-_READ_COLUMNS = (("text_1", String), ("text_2", String), ("text_3", String), ("integer_1", BigInteger),
-                 ("integer_2", BigInteger), ("real_1", Float))
-_READ_INTO = {
-    fhir_tokens: {"param": "text_1", "system": "text_2", "code": "text_3"},
-    fhir_strings: {"param": "text_1", "normalised": "text_2", "exact": "text_3"},
-    fhir_dates: {"param": "text_1", "low": "integer_1", "high": "integer_2"},
-    fhir_references: {"param": "text_1", "target_type": "text_2", "target_id": "text_3"},
-    fhir_quantities: {"param": "text_1", "value": "real_1", "system": "text_2", "code": "text_3"},
-}
-
-
 def _index_key(table: Any, row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(row[name] for name in _READ_INTO[table])
 
@@ -483,13 +486,8 @@ def _current_index_rows(connection: Connection, pks: Sequence[int]) -> dict[tupl
         statement = _read_index_rows(many=len(some) > 1)
         for row in connection.execute(statement, {"pks": list(some)} if len(some) > 1 else {"pk": some[0]}):
             table_name, pk, *read = row
-            key = tuple(read[_READ_POSITIONS[place]] for place in _READ_INTO_BY_NAME[table_name].values())
-            rows.setdefault((table_name, pk), set()).add(key)
+            rows.setdefault((table_name, pk), set()).add(tuple(read[at] for at in _KEY_POSITIONS[table_name]))
     return rows
-
-
-_READ_POSITIONS = {place: position for position, (place, _) in enumerate(_READ_COLUMNS)}
-_READ_INTO_BY_NAME = {table.name: into for table, into in _READ_INTO.items()}
 
 
 @functools.cache
