@@ -7,12 +7,13 @@ not have, or the reverse. Resources are written in one global order
 PostgreSQL queue instead of deadlocking.
 """
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import Connection, false, func, select, text
+from sqlalchemy import Connection, bindparam, false, func, select, text
 
 from fhir_mappings.endpoint import dicomweb_endpoints
 from fhir_mappings.errors import FhirError
@@ -195,6 +196,14 @@ def _newest_studies_of(connection: Connection, patient_ids: list[str]) -> dict[s
     """For each Patient id with a study left, its most recently updated study row."""
     if not patient_ids:
         return {}
+    rows = connection.execute(_newest_studies_statement(), {"patient_ids": patient_ids})
+    return {row.fhir_patient_id: row for row in rows}
+
+
+@functools.cache
+def _newest_studies_statement() -> Any:
+    """The query of `_newest_studies_of`, built once: building it took SQLAlchemy
+    0.6 ms, a twentieth of a one-instance STOW (it runs in every one)."""
     subject = fhir_references.c.target_id.label("fhir_patient_id")
     ranked = (
         select(studies, subject, func.row_number().over(
@@ -206,9 +215,8 @@ def _newest_studies_of(connection: Connection, patient_ids: list[str]) -> dict[s
             fhir_resources.c.resource_type == "ImagingStudy",
             fhir_resources.c.deleted == false(),
             fhir_references.c.param == "patient",
-            fhir_references.c.target_id.in_(patient_ids),
+            fhir_references.c.target_id.in_(bindparam("patient_ids", expanding=True)),
         )
         .subquery()
     )
-    rows = connection.execute(select(ranked).where(ranked.c.rank == 1))
-    return {row.fhir_patient_id: row for row in rows}
+    return select(ranked).where(ranked.c.rank == 1)
