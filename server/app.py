@@ -1,6 +1,7 @@
 """The composition root: `create_app(settings)` wires settings, database,
 storage and the routers into one ASGI app. Nothing here runs at import time."""
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -131,4 +132,17 @@ def create_app_from_environment() -> FastAPI:
     """The app of one worker process of `medaiflow serve --workers N`."""
     settings = load_settings()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    freeze_startup_objects()
+    return app
+
+
+def freeze_startup_objects() -> None:
+    """Leave what the process has built so far (modules, models, the app: some
+    240,000 objects, most of them alive until it exits) out of the garbage
+    collector's full collections, which took 110 ms each: a study of 1,000
+    instances sent an instance per STOW caused 12 of them, 1.3 s in all
+    (with this, 47 of 5 ms). Only for a serving process: a test process
+    builds apps that should be collected."""
+    gc.collect()
+    gc.freeze()

@@ -19,7 +19,7 @@ from server.settings import load_settings
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from server.app import build_services, create_app
+    from server.app import build_services, create_app, freeze_startup_objects
     from server.logs import configure_logging
     from server.migrate import upgrade
 
@@ -48,7 +48,9 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["MEDAIFLOW_HOST"], os.environ["MEDAIFLOW_PORT"] = listen["host"], str(listen["port"])
         uvicorn.run("server.app:create_app_from_environment", factory=True, workers=settings.workers, **listen)
     else:
-        uvicorn.run(create_app(settings, services), **listen)
+        app = create_app(settings, services)
+        freeze_startup_objects()
+        uvicorn.run(app, **listen)
     return 0
 
 
