@@ -50,9 +50,10 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
         select(studies).where(studies.c.study_instance_uid.in_(uids))
     )}
     contents = _study_contents(connection, [row.id for row in rows.values()])
-    # The ImagingStudies as they are now, read before the rows are locked (whatever version it is,
-    # it was validated): their Patients may change too, and their instances need no validating again.
-    stored = {uid: orjson.loads(body) for uid, body in store.current_json(connection, "ImagingStudy", uids).items()}
+    # The ImagingStudies as they are, locked (all of them first, in the one order): their Patients may
+    # change too, their instances need no validating again, and `put_many` need not read them again.
+    current = store.lock_current(connection, "ImagingStudy", uids)
+    stored = {uid: version.document for uid, version in current.items() if not version.deleted}
     for study_uid in uids:
         row = rows.get(study_uid)
         if row is None:
@@ -67,14 +68,12 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
             study_writes.append((study_uid, imaging_study_from_dicom(record, stored.get(study_uid))))
         if study_uid in stored:
             patient_keys.setdefault(stored[study_uid]["subject"]["reference"].removeprefix("Patient/"), None)
-    gone = [study_uid for study_uid, body in study_writes if body is None]
-    if gone:  # rows are locked as they are deleted: all of them first, in the one order
-        store.lock(connection, "ImagingStudy", uids)
-    for study_uid in gone:
-        store.delete(connection, "ImagingStudy", study_uid)
+    for study_uid, body in study_writes:
+        if body is None:
+            store.delete(connection, "ImagingStudy", study_uid)
     store.put_many(
         connection, [(body, study_uid) for study_uid, body in study_writes if body is not None], "PUT",
-        skip_unchanged=True,
+        skip_unchanged=True, locked=current,
     )
     patient_ids = sorted(patient_keys)
     _lock_patients(connection, patient_ids)

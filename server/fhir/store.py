@@ -10,7 +10,9 @@ import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
+
+import orjson
 
 from sqlalchemy import (
     BigInteger,
@@ -38,7 +40,7 @@ from sqlalchemy import (
 from fhir_mappings import fhir_json
 from fhir_mappings.date_ranges import instant_text
 from fhir_mappings.errors import ResourceGone, ResourceNotFound, VersionConflict
-from fhir_mappings.patient_compartment import patients_of, patients_of_json
+from fhir_mappings.patient_compartment import patients_of
 from fhir_mappings.search_values import IndexValues, extract
 from server.db import dialect_insert, insert_rows, note_written, reading
 from server.fhir.update_counts import count_change
@@ -101,17 +103,29 @@ class Clock:
         return self._last
 
 
-class _Current(NamedTuple):
-    pk: int
-    version_id: int
-    deleted: bool
-    last_updated: int
-    body: bytes | None
+class CurrentVersion:
+    """A resource's row as a writer locked it; its JSON parsed once, when asked."""
+
+    __slots__ = ("pk", "version_id", "deleted", "last_updated", "body", "_document")
+
+    def __init__(self, pk: int, version_id: int, deleted: bool, last_updated: int, body: bytes | None) -> None:
+        self.pk, self.version_id, self.deleted, self.last_updated, self.body = (
+            pk, version_id, deleted, last_updated, body)
+        self._document: dict[str, Any] | None = None
+
+    @property
+    def document(self) -> dict[str, Any]:
+        """The JSON parsed by plain orjson, decimals as floats: for reading
+        references and comparing what the server derives, not for serving."""
+        if self._document is None:
+            assert self.body is not None, "a deleted version has no document"
+            self._document = orjson.loads(self.body)
+        return self._document
 
     def patients(self) -> list[str]:
         """The Patient ids of the version being replaced or deleted: a change
         that moves a resource to another patient changes both records."""
-        return [] if self.body is None else patients_of_json(self.body)
+        return [] if self.body is None else patients_of(self.document)
 
 
 class ResourceStore:
@@ -151,18 +165,6 @@ class ResourceStore:
         except (ResourceNotFound, ResourceGone):
             return None
         return None if version.body is None else fhir_json.loads(version.body)  # type: ignore[no-any-return]
-
-    def current_json(self, connection: Connection, resource_type: str, resource_ids: Sequence[str]) -> dict[str, bytes]:
-        """The current versions' JSON, by id, of those that exist and are not deleted: in one query."""
-        if not resource_ids:
-            return {}
-        rows = connection.execute(
-            select(fhir_resources.c.resource_id, fhir_resources.c.resource_json).where(
-                fhir_resources.c.resource_type == resource_type, _one_of(fhir_resources.c.resource_id, resource_ids),
-                fhir_resources.c.deleted == false(),
-            )
-        )
-        return {resource_id: body for resource_id, body in rows}
 
     def _current(self, connection: Connection, resource_type: str, resource_id: str) -> StoredVersion:
         row = connection.execute(
@@ -220,6 +222,7 @@ class ResourceStore:
         method: str,
         if_match: int | None = None,
         skip_unchanged: bool = False,
+        locked: dict[str, CurrentVersion] | None = None,
     ) -> list[StoredVersion]:
         """New versions of resources of one type (validated by the caller),
         each under its id, in as many statements as one of them takes: a STOW
@@ -237,7 +240,10 @@ class ResourceStore:
         Writers of overlapping sets of several ids must be serialized by the
         caller (a STOW's study rows and Patient locks, a job's study lock):
         one that finds some of them created meanwhile locks those while
-        holding its own new rows, which could deadlock with a third writer."""
+        holding its own new rows, which could deadlock with a third writer.
+
+        `locked`: what `lock_current` gave for these ids in this transaction,
+        for a caller that had to read them first."""
         if not writes:
             return []
         resource_type = writes[0][0]["resourceType"]
@@ -246,7 +252,7 @@ class ResourceStore:
             raise ValueError("put_many writes resources of one type, each once")
         if if_match is not None and len(writes) != 1:
             raise ValueError("If-Match applies to a single write")
-        current = self._lock(connection, resource_type, ids)
+        current = dict(locked) if locked is not None else self.lock_current(connection, resource_type, ids)
         if if_match is not None:
             found = current.get(ids[0])
             if found is None:
@@ -268,7 +274,7 @@ class ResourceStore:
         created = self._insert_absent(connection, resource_type, first_versions, now)
         raced = [resource_id for resource_id in ids if resource_id not in current and resource_id not in created]
         if raced:  # created by a concurrent writer since our look: update theirs, as a later version
-            current.update(self._lock(connection, resource_type, raced))
+            current.update(self.lock_current(connection, resource_type, raced))
             now.update((resource_id, self.clock.now()) for resource_id in raced)
         stored, updates, history, indexed, reindexed = [], [], [], [], []
         for resource, resource_id in writes:
@@ -366,7 +372,7 @@ class ResourceStore:
         self, connection: Connection, resource_type: str, resource_id: str, if_match: int | None = None
     ) -> StoredVersion | None:
         """Mark deleted; None when there was nothing current to delete (FHIR delete is idempotent)."""
-        current = self._lock(connection, resource_type, [resource_id]).get(resource_id)
+        current = self.lock_current(connection, resource_type, [resource_id]).get(resource_id)
         if current is None or current.deleted:
             if if_match is not None:
                 raise VersionConflict(f"{resource_type}/{resource_id} is not current; If-Match cannot hold")
@@ -386,16 +392,13 @@ class ResourceStore:
         note_written(connection, f"{resource_type}/{resource_id}", current.patients())
         return self._record(connection, resource_type, resource_id, version_id, now, "DELETE", None)
 
-    def lock(self, connection: Connection, resource_type: str, resource_ids: Sequence[str]) -> None:
-        """Hold the rows of these resources (those that exist) until the
-        transaction ends, on PostgreSQL; taken in id order, as every write
-        here takes them, so writers of overlapping sets queue instead of
-        deadlocking."""
-        self._lock(connection, resource_type, resource_ids)
-
-    def _lock(self, connection: Connection, resource_type: str, resource_ids: Sequence[str]) -> dict[str, _Current]:
-        """The current rows of these resources that exist, locked for the
-        transaction on PostgreSQL (in id order, as every writer takes them)."""
+    def lock_current(
+        self, connection: Connection, resource_type: str, resource_ids: Sequence[str]
+    ) -> dict[str, CurrentVersion]:
+        """The current rows of these resources that exist, deleted ones
+        included, by id; held until the transaction ends on PostgreSQL. Taken
+        in id order, as every writer here takes them, so that writers of
+        overlapping sets queue instead of deadlocking."""
         statement = select(
             fhir_resources.c.resource_id, fhir_resources.c.id, fhir_resources.c.version_id, fhir_resources.c.deleted,
             fhir_resources.c.last_updated, fhir_resources.c.resource_json,
@@ -405,8 +408,8 @@ class ResourceStore:
         if self._on_postgresql:
             statement = statement.with_for_update()
         return {
-            row.resource_id: _Current(row.id, row.version_id, row.deleted, row.last_updated, row.resource_json)
-            for row in connection.execute(statement)
+            resource_id: CurrentVersion(pk, version_id, deleted, last_updated, body)
+            for resource_id, pk, version_id, deleted, last_updated, body in connection.execute(statement)
         }
 
     def _record(
@@ -549,7 +552,7 @@ def _index_rows(pk: int, values: IndexValues) -> list[tuple[Any, list[dict[str, 
 
 
 def _unchanged(
-    resource_type: str, writes: Sequence[tuple[dict[str, Any], str]], current: dict[str, "_Current"],
+    resource_type: str, writes: Sequence[tuple[dict[str, Any], str]], current: dict[str, CurrentVersion],
 ) -> dict[str, StoredVersion]:
     """The current versions, by id, of the writes that would not change
     them: the resource stored as that version was (same id, version and
