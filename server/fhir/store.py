@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-
 from sqlalchemy import (
     BigInteger,
     Connection,
@@ -26,7 +25,6 @@ from sqlalchemy import (
     cast,
     column,
     delete,
-    false,
     func,
     insert,
     literal_column,
