@@ -8,7 +8,7 @@ FHIR transaction Bundle writes all its entries in one.
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,7 @@ _KEY_POSITIONS = {
     table.name: tuple([place for place, _ in _READ_COLUMNS].index(place) for place in into.values())
     for table, into in _READ_INTO.items()
 }
+_COLUMNS = {table.name: tuple(into) for table, into in _READ_INTO.items()}
 _UNIT_WIDTH = fhir_quantities.c.code.type.length
 
 
@@ -440,8 +441,8 @@ def _insert_index_rows(connection: Connection, indexed: Sequence[tuple[int, dict
     """The search-index rows of each (pk, resource), one statement per table for all."""
     index_rows: dict[Any, list[dict[str, Any]]] = {}
     for pk, resource in indexed:
-        for table, rows in _index_rows(pk, extract(resource)):
-            index_rows.setdefault(table, []).extend(rows)
+        for table, keys in _index_keys(extract(resource)):
+            index_rows.setdefault(table, []).extend(_rows(table, pk, keys))
     for table, rows in index_rows.items():
         insert_rows(connection, table, rows)
 
@@ -459,26 +460,21 @@ def _reindex(connection: Connection, indexed: Sequence[tuple[int, dict[str, Any]
     cleared: dict[Any, list[int]] = {}
     added: dict[Any, list[dict[str, Any]]] = {}
     for pk, resource in indexed:
-        for table, rows in _index_rows(pk, extract(resource)):
+        for table, keys in _index_keys(extract(resource)):
             had = existing.get((table.name, pk), set())
-            keyed = [(_index_key(table, row), row) for row in rows]
-            if had <= {key for key, _ in keyed}:
-                added.setdefault(table, []).extend(row for key, row in keyed if key not in had)
+            if had <= keys:
+                added.setdefault(table, []).extend(_rows(table, pk, keys - had))
             else:
                 cleared.setdefault(table, []).append(pk)
-                added.setdefault(table, []).extend(rows)
+                added.setdefault(table, []).extend(_rows(table, pk, keys))
     for table, pks in cleared.items():
         connection.execute(delete(table).where(_one_of(table.c.resource_pk, pks)))
     for table, rows in added.items():
         insert_rows(connection, table, rows)
 
 
-def _index_key(table: Any, row: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(row[name] for name in _READ_INTO[table])
-
-
 def _current_index_rows(connection: Connection, pks: Sequence[int]) -> dict[tuple[str, int], set[tuple[Any, ...]]]:
-    """The index rows of these resources, by (table name, pk), as `_index_key`s."""
+    """The index rows of these resources, by (table name, pk), as `_index_keys` gives them."""
     rows: dict[tuple[str, int], set[tuple[Any, ...]]] = {}
     # The query binds each pk once per table: a thousand at a time stays far below
     # SQLite's limit on bound values (32,766).
@@ -528,25 +524,24 @@ def reindex_overlong_values(connection: Connection) -> int:
     return len(pks)
 
 
-def _index_rows(pk: int, values: IndexValues) -> list[tuple[Any, list[dict[str, Any]]]]:
+def _index_keys(values: IndexValues) -> list[tuple[Any, set[tuple[Any, ...]]]]:
+    """Each index table's rows of these values, as keys: their columns but
+    resource_pk, in `_READ_INTO`'s order. Rows are compared as keys, and
+    only the few that are written become dicts (`_rows`)."""
     return [
-        (fhir_tokens, [
-            {"resource_pk": pk, "param": p, "system": equality_key(s), "code": equality_key(c)}
-            for p, s, c in set(values.tokens)
-        ]),
-        (fhir_strings, [
-            {"resource_pk": pk, "param": p, "normalised": clipped(n), "exact": equality_key(e)}
-            for p, n, e in set(values.strings)
-        ]),
-        (fhir_dates, [{"resource_pk": pk, "param": p, "low": lo, "high": hi} for p, lo, hi in set(values.dates)]),
-        (fhir_references, [
-            {"resource_pk": pk, "param": p, "target_type": t[:64], "target_id": i[:64]} for p, t, i in set(values.references)
-        ]),
-        (fhir_quantities, [
-            {"resource_pk": pk, "param": p, "value": v, "system": equality_key(s), "code": equality_key(c, _UNIT_WIDTH)}
-            for p, v, s, c in set(values.quantities)
-        ]),
+        (fhir_tokens, {(p, equality_key(s), equality_key(c)) for p, s, c in values.tokens}),
+        (fhir_strings, {(p, clipped(n), equality_key(e)) for p, n, e in values.strings}),
+        (fhir_dates, set(values.dates)),
+        (fhir_references, {(p, t[:64], i[:64]) for p, t, i in values.references}),
+        (fhir_quantities, {
+            (p, v, equality_key(s), equality_key(c, _UNIT_WIDTH)) for p, v, s, c in values.quantities
+        }),
     ]
+
+
+def _rows(table: Any, pk: int, keys: Iterable[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    columns = _COLUMNS[table.name]
+    return [{"resource_pk": pk, **dict(zip(columns, key))} for key in keys]
 
 
 def _unchanged(
