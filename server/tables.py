@@ -93,7 +93,7 @@ instances = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("series_pk", Integer, ForeignKey("series.id", ondelete="CASCADE"), nullable=False, index=True),
-    Column("study_pk", Integer, ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("study_pk", Integer, ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
     Column("sop_instance_uid", String(64), nullable=False, unique=True),
     Column("sop_class_uid", String(64), nullable=False, index=True),
     Column("instance_number", Integer),
@@ -107,6 +107,14 @@ instances = Table(
     Column("sha256", String(64), nullable=False),
     Column("metadata_json", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+# A study's instances in the order its ImagingStudy lists them, with every
+# column the FHIR sync reads (a covering index): a study sent an instance per
+# STOW has them all read at each arrival, and at 1,000 SQLite took 1.6 ms
+# reading the rows and sorting them, 0.5 ms from this.
+Index(
+    "ix_instances_study_contents", instances.c.study_pk, instances.c.instance_number, instances.c.sop_instance_uid,
+    instances.c.series_pk, instances.c.sop_class_uid,
 )
 
 # Files renamed into place but not yet committed to the index. A crash in

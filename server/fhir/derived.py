@@ -129,33 +129,36 @@ def _patient_record(row, attributes: dict) -> PatientRecord:  # type: ignore[no-
 
 def _study_contents(connection: Connection, study_pks: list[int]) -> dict[int, list[SeriesRecord]]:
     """Each study's series with their instances, in the ImagingStudy's order."""
-    series_rows = connection.execute(
-        select(
-            series.c.id, series.c.study_pk, series.c.series_instance_uid, series.c.series_number, series.c.modality,
-            series.c.body_part_examined, series.c.series_description,
-        )
-        .where(series.c.study_pk.in_(study_pks))
-        .order_by(series.c.series_number, series.c.series_instance_uid)
-    ).all()
-    instance_rows = connection.execute(
-        select(
-            instances.c.series_pk, instances.c.sop_instance_uid, instances.c.sop_class_uid, instances.c.instance_number,
-        )
-        .where(instances.c.study_pk.in_(study_pks))
-        .order_by(instances.c.instance_number, instances.c.sop_instance_uid)
-    ).all()
+    series_statement, instances_statement = _study_contents_statements()
     by_series: dict[int, list[InstanceRecord]] = {}
-    for instance in instance_rows:
-        by_series.setdefault(instance.series_pk, []).append(
-            InstanceRecord(instance.sop_instance_uid, instance.sop_class_uid, instance.instance_number)
-        )
+    # Tuples, not named columns: a study sent an instance per STOW reads all its instances each time.
+    for series_pk, sop_instance_uid, sop_class_uid, instance_number in connection.execute(
+        instances_statement, {"study_pks": study_pks}
+    ):
+        by_series.setdefault(series_pk, []).append(InstanceRecord(sop_instance_uid, sop_class_uid, instance_number))
     by_study: dict[int, list[SeriesRecord]] = {}
-    for s in series_rows:
+    for s in connection.execute(series_statement, {"study_pks": study_pks}):
         by_study.setdefault(s.study_pk, []).append(SeriesRecord(
             s.series_instance_uid, s.series_number, s.modality, s.body_part_examined, s.series_description,
             tuple(by_series.get(s.id, ())),
         ))
     return by_study
+
+
+@functools.cache
+def _study_contents_statements() -> tuple[Any, Any]:
+    """The queries of `_study_contents`, built once. The instances' follows
+    the index `ix_instances_study_contents`, which holds every column read."""
+    wanted = bindparam("study_pks", expanding=True)
+    return (
+        select(
+            series.c.id, series.c.study_pk, series.c.series_instance_uid, series.c.series_number, series.c.modality,
+            series.c.body_part_examined, series.c.series_description,
+        ).where(series.c.study_pk.in_(wanted)).order_by(series.c.series_number, series.c.series_instance_uid),
+        select(
+            instances.c.series_pk, instances.c.sop_instance_uid, instances.c.sop_class_uid, instances.c.instance_number,
+        ).where(instances.c.study_pk.in_(wanted)).order_by(instances.c.instance_number, instances.c.sop_instance_uid),
+    )
 
 
 def _study_record(  # type: ignore[no-untyped-def]
