@@ -91,7 +91,7 @@ def walk(node: Any, steps: Sequence[str]) -> list[Any]:
 def _add(values: IndexValues, parameter: SearchParameter, node: Any) -> None:
     name = parameter.name
     if parameter.type is ParamType.TOKEN:
-        values.tokens.extend((name, system, code) for system, code in _tokens(node))
+        values.tokens.extend([(name, system, code) for system, code in _tokens(node)])
     elif parameter.type is ParamType.STRING:
         values.strings.extend((name, normalise_text(text), text) for text in _strings(node))
     elif parameter.type is ParamType.DATE:
@@ -119,20 +119,23 @@ def _is_quantity(node: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _tokens(node: Any) -> Iterator[tuple[str | None, str]]:
+def _tokens(node: Any) -> list[tuple[str | None, str]]:
+    # A list, not a generator: an ImagingStudy has two tokens per instance, and
+    # every STOW of an instance into it extracts them all again.
+    if isinstance(node, str):
+        return [(None, node)]
     if isinstance(node, bool):
-        yield None, "true" if node else "false"
-    elif isinstance(node, str):
-        yield None, node
-    elif isinstance(node, dict):
-        if "coding" in node or "text" in node and "value" not in node:  # CodeableConcept
-            for coding in node.get("coding", []):
-                if coding.get("code") is not None:
-                    yield coding.get("system"), coding["code"]
-        elif "value" in node and isinstance(node["value"], str):  # Identifier, ContactPoint
-            yield node.get("system"), node["value"]
-        elif node.get("code") is not None:  # Coding
-            yield node.get("system"), node["code"]
+        return [(None, "true" if node else "false")]
+    if not isinstance(node, dict):
+        return []
+    if "coding" in node or "text" in node and "value" not in node:  # CodeableConcept
+        return [(coding.get("system"), coding["code"]) for coding in node.get("coding", [])
+                if coding.get("code") is not None]
+    if "value" in node and isinstance(node["value"], str):  # Identifier, ContactPoint
+        return [(node.get("system"), node["value"])]
+    if node.get("code") is not None:  # Coding
+        return [(node.get("system"), node["code"])]
+    return []
 
 
 def _strings(node: Any) -> Iterator[str]:
