@@ -7,6 +7,7 @@ FHIR transaction Bundle writes all its entries in one.
 """
 
 import functools
+import operator
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -67,9 +68,11 @@ _READ_INTO = {
     fhir_quantities: {"param": "text_1", "value": "real_1", "system": "text_2", "code": "text_3"},
 }
 _INDEX_TABLES = tuple(_READ_INTO)
-# Where each table's key columns (in `_READ_INTO`'s order) come in a row of that query.
-_KEY_POSITIONS = {
-    table.name: tuple([place for place, _ in _READ_COLUMNS].index(place) for place in into.values())
+# Each table's key (its columns in `_READ_INTO`'s order) from a row of that
+# query, which starts with the table's name and the resource's pk.
+_PLACES = [place for place, _ in _READ_COLUMNS]
+_KEY_OF = {
+    table.name: operator.itemgetter(*(2 + _PLACES.index(place) for place in into.values()))
     for table, into in _READ_INTO.items()
 }
 _COLUMNS = {table.name: tuple(into) for table, into in _READ_INTO.items()}
@@ -482,8 +485,7 @@ def _current_index_rows(connection: Connection, pks: Sequence[int]) -> dict[tupl
         some = pks[start:start + 1000]
         statement = _read_index_rows(many=len(some) > 1)
         for row in connection.execute(statement, {"pks": list(some)} if len(some) > 1 else {"pk": some[0]}):
-            table_name, pk, *read = row
-            rows.setdefault((table_name, pk), set()).add(tuple(read[at] for at in _KEY_POSITIONS[table_name]))
+            rows.setdefault((row[0], row[1]), set()).add(_KEY_OF[row[0]](row))
     return rows
 
 
