@@ -1,7 +1,6 @@
 """The composition root: `create_app(settings)` wires settings, database,
 storage and the routers into one ASGI app. Nothing here runs at import time."""
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +32,7 @@ from server.logs import RequestLogMiddleware, configure_logging
 from server.methods import HeadAsGet
 from server.services import Services
 from server.settings import Settings, load_settings
+from server.settling import settle_process
 from server.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -133,16 +133,6 @@ def create_app_from_environment() -> FastAPI:
     settings = load_settings()
     configure_logging(settings.log_level)
     app = create_app(settings)
-    freeze_startup_objects()
+    settle_process()
     return app
 
-
-def freeze_startup_objects() -> None:
-    """Leave what the process has built so far (modules, models, the app: some
-    240,000 objects, most of them alive until it exits) out of the garbage
-    collector's full collections, which took 110 ms each: a study of 1,000
-    instances sent an instance per STOW caused 12 of them, 1.3 s in all
-    (with this, 47 of 5 ms). Only for a serving process: a test process
-    builds apps that should be collected."""
-    gc.collect()
-    gc.freeze()

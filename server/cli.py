@@ -19,9 +19,10 @@ from server.settings import load_settings
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from server.app import build_services, create_app, freeze_startup_objects
+    from server.app import build_services, create_app
     from server.logs import configure_logging
     from server.migrate import upgrade
+    from server.settling import settle_process
 
     overrides = {"workers": args.workers} if args.workers else {}
     settings = load_settings(**overrides)
@@ -49,7 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn.run("server.app:create_app_from_environment", factory=True, workers=settings.workers, **listen)
     else:
         app = create_app(settings, services)
-        freeze_startup_objects()
+        settle_process()
         uvicorn.run(app, **listen)
     return 0
 

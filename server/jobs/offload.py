@@ -8,8 +8,6 @@ while the network runs. Nothing here imports torch, so those processes start
 quickly. With no processes configured the same functions run in threads.
 """
 
-import functools
-import gc
 import multiprocessing
 import os
 import threading
@@ -30,6 +28,7 @@ from inference.seg import SegIdentity, SourceHeaders, prepare_seg_writer, segmen
 from inference.timings import Timings
 from inference.volume import Volume
 from server.ingest import PreparedFile, prepare_dataset
+from server.settling import settle_process
 from server.storage import FileStore
 
 P = ParamSpec("P")
@@ -92,19 +91,6 @@ def write_results(
     return WrittenResults(findings, prepared, dict(timings.seconds))
 
 
-@functools.cache
-def settle_process() -> None:
-    """Once a worker process has loaded what it keeps for its life (modules,
-    a model, the SEG writer's tables), before its first job: what is garbage
-    now is collected, and everything else is left out of garbage collection
-    from then on. Full passes over those objects (300,000 in an offload
-    process, 600,000 beside torch) cost 0.1-0.3 s every few jobs, and find
-    nothing to free. Once per process: what is alive later is the work of the
-    moment, and collected as usual."""
-    gc.collect()
-    gc.freeze()
-
-
 def _settle_seg_writer() -> None:
     prepare_seg_writer()
     settle_process()
@@ -136,7 +122,7 @@ class OffloadPool:
                 return self._executor.submit(function, *args, **kwargs)
 
     def settle_worker(self) -> None:
-        """For the worker, once its model is loaded (`settle_process`); with
+        """For the worker, once it has loaded a model (`settle_process`); with
         threads it writes the SEGs itself, so it prepares the SEG writer first."""
         if self.processes == 0:
             _settle_seg_writer()
