@@ -53,8 +53,7 @@ def extract(resource: dict[str, Any]) -> IndexValues:
     values = IndexValues()
     for parameter in parameters_for(resource["resourceType"]).values():
         for path in parameter.paths:
-            for node in walk(resource, _steps(path)):
-                _add(values, parameter, node)
+            _add(values, parameter, walk(resource, _steps(path)))
     return values
 
 
@@ -88,30 +87,36 @@ def walk(node: Any, steps: Sequence[str]) -> list[Any]:
     return [value for value in current if value is not None]
 
 
-def _add(values: IndexValues, parameter: SearchParameter, node: Any) -> None:
+def _add(values: IndexValues, parameter: SearchParameter, nodes: list[Any]) -> None:
+    """The values of `nodes`, the elements one of `parameter`'s paths found.
+    Tokens, all of a path at once: an ImagingStudy has two per instance."""
     name = parameter.name
     if parameter.type is ParamType.TOKEN:
-        values.tokens.extend([(name, system, code) for system, code in _tokens(node)])
-    elif parameter.type is ParamType.STRING:
-        values.strings.extend((name, normalise_text(text), text) for text in _strings(node))
-    elif parameter.type is ParamType.DATE:
-        span = _date_span(node)
-        if span is not None:
-            values.dates.append((name, *span))
-    elif parameter.type is ParamType.REFERENCE:
-        target = _reference(node, parameter.targets)
-        if target is not None:
-            values.references.append((name, *target))
-        identifier = node.get("identifier") if isinstance(node, dict) else None
-        if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
-            values.tokens.append((identifier_parameter(parameter).name, identifier.get("system"), identifier["value"]))
-    elif parameter.type is ParamType.QUANTITY and _is_quantity(node):
-        value, code, unit = float(node["value"]), node.get("code"), node.get("unit")
-        values.quantities.append((name, value, node.get("system"), code))
-        if isinstance(unit, str) and unit != code:
-            # `5.4||mg` matches the code or the stated human unit (R4 search.html#quantity);
-            # with no system, this row answers only searches that name none.
-            values.quantities.append((name, value, None, unit))
+        values.tokens.extend([(name, system, code) for node in nodes for system, code in _tokens(node)])
+        return
+    for node in nodes:
+        if parameter.type is ParamType.STRING:
+            values.strings.extend((name, normalise_text(text), text) for text in _strings(node))
+        elif parameter.type is ParamType.DATE:
+            span = _date_span(node)
+            if span is not None:
+                values.dates.append((name, *span))
+        elif parameter.type is ParamType.REFERENCE:
+            target = _reference(node, parameter.targets)
+            if target is not None:
+                values.references.append((name, *target))
+            identifier = node.get("identifier") if isinstance(node, dict) else None
+            if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
+                values.tokens.append(
+                    (identifier_parameter(parameter).name, identifier.get("system"), identifier["value"])
+                )
+        elif parameter.type is ParamType.QUANTITY and _is_quantity(node):
+            value, code, unit = float(node["value"]), node.get("code"), node.get("unit")
+            values.quantities.append((name, value, node.get("system"), code))
+            if isinstance(unit, str) and unit != code:
+                # `5.4||mg` matches the code or the stated human unit (R4 search.html#quantity);
+                # with no system, this row answers only searches that name none.
+                values.quantities.append((name, value, None, unit))
 
 
 def _is_quantity(node: Any) -> bool:
@@ -120,8 +125,8 @@ def _is_quantity(node: Any) -> bool:
 
 
 def _tokens(node: Any) -> list[tuple[str | None, str]]:
-    # A list, not a generator: an ImagingStudy has two tokens per instance, and
-    # every STOW of an instance into it extracts them all again.
+    # A list, not a generator: every STOW of an instance into a study extracts
+    # its ImagingStudy's tokens, two per instance, again.
     if isinstance(node, str):
         return [(None, node)]
     if isinstance(node, bool):
