@@ -15,6 +15,11 @@ def settle_process() -> None:
     worker (300,000 in an offload process, 600,000 beside torch). What is
     alive later is the work of the moment, and collected as usual. Only for
     a process that serves or works: a test process builds apps that should
-    be collected."""
+    be collected.
+
+    A worker settles again at each model it loads: what an earlier call
+    froze is first given back to the collector, so that what died since
+    (an app a test process discarded, say) is freed, not kept for good."""
+    gc.unfreeze()
     gc.collect()
     gc.freeze()

@@ -260,3 +260,26 @@ def test_a_serving_process_leaves_its_startup_objects_out_of_full_collections(cl
     frozen, collected = map(int, result.stdout.split())
     assert frozen > 100_000
     assert collected < frozen / 100
+
+
+def test_settling_again_frees_what_died_since_the_last_time() -> None:
+    """A job worker settles at each model it loads; what an earlier settling
+    froze and what has died since (an app a test discarded) must still be freed."""
+    program = (
+        "import weakref\n"
+        "from server.settling import settle_process\n"
+        "class Held:\n"
+        "    def __init__(self):\n"
+        "        self.itself = self\n"
+        "settle_process()\n"
+        "held = Held()\n"
+        "gone = weakref.ref(held)\n"
+        "settle_process()\n"
+        "del held\n"
+        "settle_process()\n"
+        "print(gone() is None)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=False)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True"]
