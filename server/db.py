@@ -162,6 +162,22 @@ class Written(NamedTuple):
     patients: set[str]
 
 
+def advisory_locks(connection: Connection, names: Iterable[str]) -> None:
+    """Hold these named locks until the transaction ends, on PostgreSQL
+    (SQLite's writers take turns already): for rows that may not exist yet,
+    which FOR UPDATE cannot hold. Taken in one statement, in the order of
+    the locks themselves (64-bit hashes of the names; the subquery's order
+    is the order they are taken), as every writer takes them: writers of
+    overlapping sets queue instead of deadlocking."""
+    wanted = sorted(set(names))
+    if connection.dialect.name == "postgresql" and wanted:
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(lock) FROM (SELECT DISTINCT hashtextextended(name, 0) AS lock"
+                 " FROM unnest(CAST(:names AS text[])) AS name ORDER BY 1) AS ordered"),
+            {"names": wanted},
+        )
+
+
 def note_written(connection: Connection, reference: str, patients: Iterable[str] = ()) -> None:
     """A resource (`Type/id`) this write transaction changes, and the Patient
     ids its versions before and after belong to, for the audit record of its

@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dicom.instance import InstanceDescription, SeriesFields
+from server.db import advisory_locks
 from server.tables import instances, series, series_requests, storage_journal, studies
 
 
@@ -228,10 +229,21 @@ def lock_studies(connection: Connection, files: Sequence[PlacedFile]) -> None:
     write keeps to the one order."""
     statement = _statements(connection.dialect.name).lock_studies
     if statement is not None and files:
+        study_uids = sorted({file.description.study.study_instance_uid for file in files})
+        hold_studies(connection, study_uids)
         connection.execute(statement, {
-            "study_uids": sorted({file.description.study.study_instance_uid for file in files}),
+            "study_uids": study_uids,
             "sop_uids": [file.description.instance.sop_instance_uid for file in files],
         })
+
+
+def hold_studies(connection: Connection, study_uids: Sequence[str]) -> None:
+    """Every writer of a study holds it by its UID before it locks any study
+    row. The rows alone are not enough: a study that does not exist when a
+    STOW locks its rows (new, or deleted meanwhile) is created by its upsert
+    afterwards, out of the rows' order, and two STOWs, each waiting on a
+    study row the other held, deadlocked (PostgreSQL's log, found by review)."""
+    advisory_locks(connection, (f"dicom-study:{uid}" for uid in study_uids))
 
 
 def _upsert_studies(

@@ -32,6 +32,7 @@ def delete_resources(
         # The study row first, as STOW's upsert does: DELETE and STOW of one
         # study then queue on it (PostgreSQL) instead of deadlocking or
         # describing the study from different snapshots.
+        index.hold_studies(connection, [study_uid])
         connection.execute(select(studies.c.id).where(studies.c.study_instance_uid == study_uid).with_for_update())
         rows = connection.execute(statement).all()
         if not rows:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import Connection, bindparam, false, func, select, text
+from sqlalchemy import Connection, bindparam, false, func, select
 
 from fhir_mappings.endpoint import dicomweb_endpoints
 from fhir_mappings.errors import FhirError
@@ -24,6 +24,7 @@ from fhir_mappings.imaging_study import (
     imaging_study_from_dicom,
 )
 from fhir_mappings.patient import PatientRecord, patient_from_dicom, patient_resource_id
+from server.db import advisory_locks
 from server.fhir.store import ResourceStore
 from server.tables import fhir_references, fhir_resources, instances, series, studies
 
@@ -94,16 +95,8 @@ def _lock_patients(connection: Connection, patient_ids: list[str]) -> None:
     Two studies of one patient change in two transactions that lock different
     study rows; without this, a DELETE could read "no study left" just before
     a STOW commits a new one, and delete a Patient that is still referenced.
-    The Patient row may not exist yet, hence advisory locks (PostgreSQL;
-    SQLite writers are serialized already). Taken in id order, in one
-    statement (the subquery's order is the order they are taken): no deadlock.
-    """
-    if connection.dialect.name == "postgresql" and patient_ids:
-        connection.execute(
-            text("SELECT pg_advisory_xact_lock(hashtext(key)) FROM (SELECT unnest(CAST(:keys AS text[])) AS key"
-                 " ORDER BY 1) AS ordered"),
-            {"keys": sorted(f"fhir-patient:{patient_id}" for patient_id in patient_ids)},
-        )
+    The Patient row may not exist yet, hence advisory locks."""
+    advisory_locks(connection, (f"fhir-patient:{patient_id}" for patient_id in patient_ids))
 
 
 def ensure_endpoints(store: ResourceStore, connection: Connection, address: str) -> None:
