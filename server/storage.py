@@ -138,14 +138,18 @@ class FileStore:
     def place(self, received: ReceivedFile, relative_path: str) -> None:
         target = self.absolute(relative_path)
         # A concurrent `remove` of a series' last file may delete the folder
-        # between mkdir and rename; making it again settles the race.
-        for attempt in range(3):
+        # between mkdir and rename, and did three times in a row under
+        # concurrent STOWs and DELETEs of one series. Each time the folder is
+        # made again: while the payload is there, nothing else makes a rename
+        # into an existing folder fail so, and each removal needs the folder
+        # emptied of another file first, so the race ends.
+        while True:
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.replace(received.temp_path, target)
                 return
             except FileNotFoundError:
-                if attempt == 2 or not received.temp_path.exists():
+                if not received.temp_path.exists():
                     raise
 
     def absolute(self, relative_path: str) -> Path:

@@ -1,6 +1,8 @@
 """STOW-RS over HTTP: status codes, response body, atomicity, bad input."""
 
 import io
+import os
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -579,3 +581,27 @@ class _Hold:
                     return
                 time.sleep(0.01)
         raise AssertionError(f"no backend waited for the locks of backend {self.holder_pid}")
+
+
+def test_a_series_folder_removed_again_and_again_while_placing_is_made_again(client, services, monkeypatch):
+    """A DELETE of a series' last file removes its folder; STOWs into that
+    series at the same moment may lose their folder between making it and the
+    rename, several times running. The instance is stored all the same."""
+    real_replace = os.replace
+    removed: list[Path] = []
+
+    def replace_after_a_removal(source, target):  # type: ignore[no-untyped-def]
+        folder = Path(target).parent
+        if services.store.root in folder.parents and len(removed) < 5:
+            folder.rmdir()  # what a concurrent `remove` of the series' last file does
+            removed.append(folder)
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_after_a_removal)
+    body, content_type = multipart_body([make_ct(generate_uid(), generate_uid(), generate_uid())])
+
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+
+    assert response.status_code == 200, response.text
+    assert len(removed) == 5
+    assert len(files_on_disk(services)) == 1
