@@ -11,11 +11,11 @@ URLs made relative, and needs the right to search its type.
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from fhir_mappings.errors import InvalidRequest, ResourceConflict, ResourceNotFound, VersionConflict
 from fhir_mappings.search_query import SearchRequest
-from server.db import writing
+from server.db import advisory_locks, writing
 from server.fhir import interactions
 from server.fhir.negotiation import form_pairs
 from server.fhir.own_references import with_relative_search_values
@@ -156,6 +156,4 @@ def serialize_condition(connection: Connection, resource_type: str, query: str) 
     """Two writers with one condition, at once, must not both find nothing and
     both create (PostgreSQL; SQLite writers hold the database's write lock).
     A writer with several conditions takes them in `condition_key` order."""
-    if connection.dialect.name == "postgresql":
-        key = f"fhir-condition:{condition_key(resource_type, query)}"
-        connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+    advisory_locks(connection, [f"fhir-condition:{condition_key(resource_type, query)}"])
