@@ -13,13 +13,12 @@ def settle_process() -> None:
     of 1,000 instances sent an instance per STOW caused 12 of them, 1.3 s in
     all, and 47 of 5 ms once settled), 0.1-0.3 s every few jobs in a job
     worker (300,000 in an offload process, 600,000 beside torch). What is
-    alive later is the work of the moment, and collected as usual. Only for
-    a process that serves or works: a test process builds apps that should
-    be collected.
+    alive later is the work of the moment, and collected as usual.
 
-    A worker settles again at each model it loads: what an earlier call
-    froze is first given back to the collector, so that what died since
-    (an app a test process discarded, say) is freed, not kept for good."""
+    A worker settles again at each model it loads, in a test process too:
+    what an earlier call froze is first given back to the collector, so that
+    what died since (an app a test discarded, say) is freed, not kept for
+    good. The server settles only in `serve`, never when a test builds it."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()
