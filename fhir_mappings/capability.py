@@ -13,6 +13,7 @@ from fhir_mappings.search_parameters import (
 )
 
 _TYPE_DEFINITIONS = "http://hl7.org/fhir/SearchParameter"
+_EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
 
 
 def capability_statement(
@@ -28,6 +29,8 @@ def capability_statement(
             interactions += ["create", "update", "delete"]
         parameters = [*COMMON.values(), *DEFINITIONS[resource_type]]
         sort_names = [parameter.name for parameter in parameters if parameter.type is not ParamType.REFERENCE]
+        # Patient-everything, which R4 defines; a CapabilityStatement names operations by their definitions.
+        operations = [{"name": "everything", "definition": _EVERYTHING}] if resource_type == "Patient" else []
         resources.append(
             {
                 "type": resource_type,
@@ -64,6 +67,7 @@ def capability_statement(
                     }
                     for parameter in parameters
                 ],
+                **({"operation": operations} if operations else {}),
             }
         )
     statement = CapabilityStatement.model_validate(
@@ -83,8 +87,12 @@ def capability_statement(
                         "Search: comma is OR, a repeated parameter is AND; _count (default 20, at most 1000), "
                         "_sort, _include and _revinclude (with :iterate), _summary (true, text, data, count), "
                         "_elements, _total (none, estimate, accurate). Unknown parameters are ignored unless "
-                        "the request has Prefer: handling=strict. XML is produced for reads and searches."
+                        "the request has Prefer: handling=strict. XML is produced for reads and searches. "
+                        "Patient/[id]/[type] searches a type within a patient's compartment, and "
+                        "Patient/[id]/$everything (start, end, _since, _type, _count) returns the patient and "
+                        "its compartment."
                     ),
+                    "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
                     "resource": resources,
                     "interaction": [{"code": "batch"}, {"code": "transaction"}],
                 }

@@ -1,12 +1,45 @@
-"""Which patients a resource or a search is about: the little of the FHIR R4
-Patient compartment (compartmentdefinition-patient.html) that the audit
-trail needs to name the patient of each access."""
+"""The FHIR R4 Patient compartment (compartmentdefinition-patient.html):
+which patients a resource or a search is about (the audit trail names the
+patient of each access), the compartment searches `Patient/[id]/[type]`,
+and what `Patient/[id]/$everything` (R4 OperationDefinition
+Patient-everything) was asked for."""
 
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 
+from fhir_mappings.errors import InvalidRequest
+from fhir_mappings.search_query import TRANSPORT_PARAMETERS, parse_count, parse_search
 from fhir_mappings.search_values import split_reference
+
+# R4's Patient compartment for the types this server holds: the parameter by
+# which a resource of each type is in a patient's compartment. R4 also names
+# Observation.performer and Patient.link, which nothing here carries: the
+# server writes its Observations and Patients itself, with neither. Device,
+# Endpoint and Task are in no patient's compartment.
+COMPARTMENT_PARAMETERS = MappingProxyType({
+    "ImagingStudy": "patient",
+    "DiagnosticReport": "subject",
+    "Observation": "subject",
+    "Provenance": "patient",
+    "AuditEvent": "patient",
+})
+
+# The date `start` and `end` of $everything look at: when the care happened,
+# or for a record of an event (Provenance, AuditEvent), when it was recorded.
+CARE_DATES = MappingProxyType({
+    "ImagingStudy": "started",
+    "DiagnosticReport": "date",
+    "Observation": "date",
+    "Provenance": "recorded",
+    "AuditEvent": "date",
+})
+
+# What $everything may return, in the order of its pages' types.
+EVERYTHING_TYPES = ("Patient", *COMPARTMENT_PARAMETERS)
+_EVERYTHING_PARAMETERS = frozenset(("start", "end", "_since", "_type", "_count"))
 
 # The elements by which this server's resources point at their patient.
 _PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
@@ -48,3 +81,84 @@ def patients_searched(resource_type: str, pairs: list[tuple[str, str]]) -> list[
                 if target is not None and target[0] == "Patient" and (base == "patient" or "/" in item or modifier):
                     found.append(target[1])
     return found
+
+
+def compartment_search(resource_type: str, patient_id: str, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The search `Patient/[patient_id]/[resource_type]?pairs` is (R4
+    http.html#vsearch): the type's search, within the patient's compartment."""
+    parameter = COMPARTMENT_PARAMETERS.get(resource_type)
+    if parameter is None:
+        raise InvalidRequest(
+            f"{resource_type} is not in a patient's compartment here; compartment searches take "
+            f"{', '.join(COMPARTMENT_PARAMETERS)}"
+        )
+    return [(parameter, f"Patient/{patient_id}"), *pairs]
+
+
+@dataclass(frozen=True)
+class EverythingRequest:
+    """What `Patient/[id]/$everything` was asked for, its values checked."""
+
+    patient_id: str
+    # The types the client named with `_type`; None: every type of EVERYTHING_TYPES.
+    named_types: tuple[str, ...] | None
+    start: str | None
+    end: str | None
+    since: str | None
+    count: int
+    # What was understood, in the order given: the paging cursor carries it.
+    parameters: tuple[tuple[str, str], ...]
+    ignored: tuple[str, ...] = ()
+
+
+def parse_everything(patient_id: str, pairs: list[tuple[str, str]], strict: bool = False) -> EverythingRequest:
+    values: dict[str, str] = {}
+    used: list[tuple[str, str]] = []
+    ignored: list[str] = []
+    named: list[str] = []
+    for name, value in pairs:
+        if name in TRANSPORT_PARAMETERS:
+            continue
+        if name not in _EVERYTHING_PARAMETERS:
+            if strict:
+                raise InvalidRequest(f"$everything takes {', '.join(sorted(_EVERYTHING_PARAMETERS))}, not {name!r}")
+            ignored.append(name)
+            continue
+        used.append((name, value))
+        if name == "_type":
+            named += [item.strip() for item in value.split(",")]
+        elif name in values:
+            raise InvalidRequest(f"{name} may be given once")
+        else:
+            values[name] = value
+    unknown = [item for item in named if item not in EVERYTHING_TYPES]
+    if unknown:
+        raise InvalidRequest(
+            f"_type names {unknown[0][:64]!r}, which is not in a patient's compartment here; "
+            f"$everything returns {', '.join(EVERYTHING_TYPES)}"
+        )
+    for name, parameter, type_ in (("start", "started", "ImagingStudy"), ("end", "started", "ImagingStudy"),
+                                   ("_since", "_lastUpdated", "Patient")):
+        if name in values:
+            _check_date(name, values[name], type_, parameter)
+    return EverythingRequest(
+        patient_id=patient_id,
+        named_types=tuple(dict.fromkeys(named)) if named else None,
+        start=values.get("start"),
+        end=values.get("end"),
+        since=values.get("_since"),
+        count=parse_count(values.get("_count")),
+        parameters=tuple(used),
+        ignored=tuple(ignored),
+    )
+
+
+def _check_date(name: str, value: str, resource_type: str, parameter: str) -> None:
+    """A date as a search takes one, without a prefix or a list: the search's
+    own parser judges it, so that $everything and search agree on dates."""
+    if not value[:1].isdigit() or "," in value:
+        raise InvalidRequest(f"{name} must be a date such as 2024-05-01, not {value[:40]!r}")
+    try:
+        parse_search(resource_type, [(parameter, f"ge{value}")], strict=True)
+    except InvalidRequest as error:
+        raise InvalidRequest(f"{name}: {error}") from None

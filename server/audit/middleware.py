@@ -101,7 +101,7 @@ def _fhir_kind(method: str, parts: list[str]) -> AuditKind:
         return AuditKind.UPDATE
     if method == "DELETE":
         return AuditKind.DELETE
-    if len(parts) == 1:
+    if len(parts) == 1 or (len(parts) == 3 and parts[2] != "_history"):  # a type, or a type in a compartment
         return AuditKind.SEARCH
     if parts[-1] == "_history":
         return AuditKind.HISTORY_TYPE if len(parts) == 2 else AuditKind.HISTORY

@@ -98,6 +98,8 @@ def fhir_permission(method: str, parts: list[str]) -> Permission | None:
         return BUNDLE if method == "POST" else None
     resource_type = parts[0]
     if method in ("GET", "HEAD"):
+        if resource_type == "Patient" and len(parts) == 3 and parts[2] in DEFINITIONS:
+            return Permission(parts[2], "s")  # a compartment search (Patient/[id]/[type]) searches that type
         # The type's history lists every resource of it: a search, not a read.
         return Permission(resource_type, "s" if len(parts) == 1 or parts[1:] == ["_history"] else "r")
     if method == "POST":

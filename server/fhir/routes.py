@@ -18,8 +18,8 @@ from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
 from fhir_mappings.errors import Forbidden, InvalidRequest
 from fhir_mappings.outcome import operation_outcome
-from fhir_mappings.patient_compartment import patients_of_json, patients_searched
-from fhir_mappings.resources import resource_json, validated
+from fhir_mappings.patient_compartment import compartment_search, patients_of_json, patients_searched
+from fhir_mappings.resources import require_id, resource_json, validated
 from fhir_mappings.search_query import SearchRequest, read_subsetting
 from fhir_mappings.subsetting import subset_json
 from server.audit.middleware import note_patients, note_transaction
@@ -34,6 +34,7 @@ from server.db import retried_on_conflict
 from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
 from server.fhir.conditional import create_if_none_exist, delete_where, update_where
+from server.fhir.everything import everything
 from server.fhir.negotiation import (
     fhir_response,
     form_pairs,
@@ -300,6 +301,25 @@ async def verify_audit_trail(request: Request) -> Response:
     return fhir_response(answer, response_format(request))
 
 
+@router.get("/Patient/{patient_id}/$everything")
+async def patient_everything(request: Request, patient_id: str) -> Response:
+    """The patient and its compartment (R4 OperationDefinition Patient-everything)."""
+    fmt = response_format(request)
+    principal: Principal = request.state.principal
+
+    def may_search(resource_type: str) -> bool:
+        return principal.may(Permission(resource_type, "s"))
+
+    if may_search("AuditEvent"):
+        await _audit_copies_current(request, "AuditEvent")
+    note_patients([require_id(patient_id)])
+    base = fhir_base(request)
+    page = await run_in_threadpool(
+        everything, _fhir(request), patient_id, _search_pairs(request), base, _strict(request), may_search
+    )
+    return fhir_response(render_searchset(page.with_link_parameters(_link_parameters(request)), base), fmt)
+
+
 @router.get("/{resource_type}/{resource_id}")
 async def read(request: Request, resource_type: str, resource_id: str) -> Response:
     await _audit_copies_current(request, resource_type)
@@ -395,3 +415,12 @@ async def instance_history(request: Request, resource_type: str, resource_id: st
 async def vread(request: Request, resource_type: str, resource_id: str, version_id: str) -> Response:
     version = await run_in_threadpool(interactions.vread, _fhir(request), resource_type, resource_id, version_id)
     return _version_response(request, version)
+
+
+# After `_history`, which is no resource type.
+@router.get("/Patient/{patient_id}/{resource_type}")
+async def search_in_compartment(request: Request, patient_id: str, resource_type: str) -> Response:
+    """`Patient/[id]/[type]` (R4 http.html#vsearch): a search of the type within the patient's compartment."""
+    _fhir(request).require_type(resource_type)
+    pairs = compartment_search(resource_type, require_id(patient_id), _search_pairs(request))
+    return await _run_search(request, resource_type, pairs)

@@ -52,7 +52,8 @@ class Row:
 
 @dataclass
 class SearchPage:
-    request: SearchRequest
+    # `_summary` and `_elements`, as each resource of the page is shown.
+    subsetting: tuple[Summary, tuple[str, ...]]
     matches: list[Row]
     included: list[Row]
     total: int | None
@@ -110,7 +111,7 @@ class Searcher:
         warnings = [f"unknown search parameter {name!r} was ignored" for name in request.ignored]
         if truncated:
             warnings.append(f"only the first {self.max_included} included resources are returned")
-        return SearchPage(request, rows, included, total, links, warnings)
+        return SearchPage((request.summary, request.elements), rows, included, total, links, warnings)
 
     def _filtered(self, request: SearchRequest, resources: Any) -> Any:
         clauses = [where_current(resources, request.resource_type)]
@@ -284,13 +285,12 @@ def _tampered() -> InvalidRequest:
 def render_searchset(page: SearchPage, base: str) -> bytes:
     """The Bundle as bytes: stored resource JSON is spliced in, never reparsed,
     unless `_summary`/`_elements` ask for a subset."""
-    request = page.request
     head: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if page.total is not None:
         head["total"] = page.total
     head["link"] = [{"relation": relation, "url": url} for relation, url in page.links.items()]
-    entries = [_entry(base, row, request, "match") for row in page.matches]
-    entries += [_entry(base, row, request, "include") for row in page.included]
+    entries = [_entry(base, row, page.subsetting, "match") for row in page.matches]
+    entries += [_entry(base, row, page.subsetting, "include") for row in page.included]
     if page.warnings:
         outcome = {
             "resourceType": "OperationOutcome",
@@ -303,8 +303,8 @@ def render_searchset(page: SearchPage, base: str) -> bytes:
     return body[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
 
 
-def _entry(base: str, row: Row, request: SearchRequest, mode: str) -> bytes:
-    body = subset_json(row.body, request.summary, request.elements)
+def _entry(base: str, row: Row, subsetting: tuple[Summary, tuple[str, ...]], mode: str) -> bytes:
+    body = subset_json(row.body, *subsetting)
     full_url = orjson.dumps(f"{base}/{row.resource_type}/{row.resource_id}")
     return b'{"fullUrl":' + full_url + b',"resource":' + body + b',"search":{"mode":"' + mode.encode() + b'"}}'
 

@@ -1,0 +1,201 @@
+"""The Patient compartment over HTTP: `Patient/[id]/$everything` (R4
+OperationDefinition Patient-everything) and `Patient/[id]/[type]` searches
+(R4 http.html#vsearch)."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.auth.scopes import Role
+from tests.fhir_checks import ids, link, seed
+
+LOINC = "http://loinc.org"
+# Every type but AuditEvent: each request about the patient adds one of those to its compartment.
+RECORDS = "Patient,ImagingStudy,DiagnosticReport,Observation,Provenance"
+
+
+def _patient(pid):
+    return {"resourceType": "Patient", "id": pid, "name": [{"family": f"Family {pid}"}]}
+
+
+def _observation(oid, subject, effective=None, code="1111-1"):
+    body = {"resourceType": "Observation", "id": oid, "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": code}]}, "subject": {"reference": subject}}
+    if effective is not None:
+        body["effectiveDateTime"] = effective
+    return body
+
+
+def _study(uid, subject, started):
+    return {"resourceType": "ImagingStudy", "id": uid, "status": "available", "subject": {"reference": subject},
+            "started": started}
+
+
+@pytest.fixture
+def charts(services):
+    """Two patients' records, and records in no patient's compartment."""
+    seed(
+        services,
+        _study("1.2.3.1", "Patient/pa", "2020-03-01"),
+        _patient("pa"),
+        _patient("pb"),
+        _study("1.2.3.2", "Patient/pb", "2021-01-01"),
+        _observation("oa-2019", "Patient/pa", "2019-06-01T10:00:00Z"),
+        _observation("oa-2024", "Patient/pa", "2024-06-01T10:00:00Z", code="2222-2"),
+        _observation("oa-undated", "Patient/pa"),
+        _observation("ob", "Patient/pb", "2024-06-01T10:00:00Z"),
+        {"resourceType": "DiagnosticReport", "id": "ra", "status": "final",
+         "code": {"coding": [{"system": LOINC, "code": "18748-4"}]}, "subject": {"reference": "Patient/pa"},
+         "effectiveDateTime": "2024-06-02T00:00:00Z"},
+        {"resourceType": "Provenance", "id": "va", "recorded": "2024-06-02T00:00:00Z",
+         "target": [{"reference": "DiagnosticReport/ra"}, {"reference": "Patient/pa"}],
+         "agent": [{"who": {"display": "a model"}}]},
+        # A Task is in no patient's compartment in R4, whatever it is for.
+        {"resourceType": "Task", "id": "ta", "status": "draft", "intent": "order", "for": {"reference": "Patient/pa"}},
+        {"resourceType": "Device", "id": "da", "status": "active"},
+    )
+
+
+def _get(client, path, expected=200, **params):
+    # No `params` at all for a link: httpx would replace the query the link carries.
+    response = client.get(path, params=params) if params else client.get(path)
+    assert response.status_code == expected, response.text
+    return response.json()
+
+
+def _everything_ids(fhir, patient="pa", **params):
+    """Every page's match ids, following `next`, and the first page's total."""
+    bundle = _get(fhir, f"/fhir/Patient/{patient}/$everything", **{"_type": RECORDS, **params})
+    assert bundle["type"] == "searchset"
+    total, found = bundle.get("total"), ids(bundle)
+    while link(bundle, "next"):
+        bundle = _get(fhir, link(bundle, "next").removeprefix("http://testserver"))
+        assert bundle.get("total") == total
+        found += ids(bundle)
+    return found, total
+
+
+def test_everything_is_the_patient_then_its_compartment_in_the_order_written(fhir, charts):
+    found, total = _everything_ids(fhir)
+    assert found == ["pa", "1.2.3.1", "oa-2019", "oa-2024", "oa-undated", "ra", "va"]
+    assert total == len(found)
+    # Without _type, the record of each access to the patient too (AuditEvent is in R4's compartment).
+    bundle = _get(fhir, "/fhir/Patient/pa/$everything")
+    assert ids(bundle)[: len(found)] == found
+    audits = [entry["resource"] for entry in bundle["entry"] if entry["resource"]["resourceType"] == "AuditEvent"]
+    assert len(audits) == bundle["total"] - len(found) >= 1
+    assert all({"reference": "Patient/pa"} in [entity.get("what") for entity in audit["entity"]] for audit in audits)
+
+
+def test_everything_pages_neither_repeat_nor_skip(fhir, charts, services):
+    first = _get(fhir, "/fhir/Patient/pa/$everything", _count="3", _type=RECORDS)
+    assert ids(first) == ["pa", "1.2.3.1", "oa-2019"]
+    assert first["total"] == 7
+    # Written while the client pages: it comes at the end, and nothing shifts.
+    seed(services, _observation("oa-late", "Patient/pa"))
+    second = _get(fhir, link(first, "next").removeprefix("http://testserver"))
+    assert ids(second) == ["oa-2024", "oa-undated", "ra"]
+    third = _get(fhir, link(second, "next").removeprefix("http://testserver"))
+    assert ids(third) == ["va", "oa-late"]
+    assert link(third, "next") is None
+    counted = _get(fhir, "/fhir/Patient/pa/$everything", _count="0", _type=RECORDS)
+    assert counted["total"] == 8 and "entry" not in counted
+
+
+def test_everything_by_type_and_by_date(fhir, charts, services):
+    assert _everything_ids(fhir, _type="Observation,Patient")[0] == ["pa", "oa-2019", "oa-2024", "oa-undated"]
+    assert _everything_ids(fhir, _type="DiagnosticReport")[0] == ["ra"]
+    # Care dates: what is dated outside the window goes; what has no date stays.
+    assert _everything_ids(fhir, start="2021", end="2024-12-31")[0] == ["pa", "oa-2024", "oa-undated", "ra", "va"]
+    assert _everything_ids(fhir, end="2019-12")[0] == ["pa", "oa-2019", "oa-undated"]
+    # _since: changed since then, whatever the care date.
+    moment = _get(fhir, "/fhir/Observation/oa-undated")["meta"]["lastUpdated"]
+    seed(services, _observation("oa-2019", "Patient/pa", "2019-06-01T10:00:00Z", code="3333-3"))
+    # An update keeps the resource's place in the order.
+    assert _everything_ids(fhir, _since=moment)[0] == ["oa-2019", "oa-undated", "ra", "va"]
+
+
+def test_everything_leaves_out_what_was_deleted_and_answers_for_patients_not_here(fhir, charts, services):
+    with services.engine.begin() as connection:
+        services.fhir.store.delete(connection, "Observation", "oa-2019")
+    assert "oa-2019" not in _everything_ids(fhir)[0]
+    assert _get(fhir, "/fhir/Patient/nobody/$everything", 404)["resourceType"] == "OperationOutcome"
+    with services.engine.begin() as connection:
+        services.fhir.store.delete(connection, "Patient", "pb")
+    assert _get(fhir, "/fhir/Patient/pb/$everything", 410)["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("params", [
+    {"_type": "Task"}, {"_type": "Nonsense"}, {"start": "yesterday"}, {"end": "2024-13"}, {"start": "ge2024"},
+    {"_since": "2024,2025"}, {"_count": "-1"}, {"start": "2020", "end": "2021", "_count": "x"},
+])
+def test_everything_refuses_what_it_cannot_honour(fhir, charts, params):
+    outcome = _get(fhir, "/fhir/Patient/pa/$everything", 400, **params)
+    assert outcome["issue"][0]["diagnostics"]
+
+
+def test_everything_ignores_unknown_parameters_unless_strict(fhir, charts):
+    bundle = _get(fhir, "/fhir/Patient/pa/$everything", foo="1")
+    assert "'foo'" in bundle["entry"][-1]["resource"]["issue"][0]["diagnostics"]
+    response = fhir.get("/fhir/Patient/pa/$everything", params={"foo": "1"}, headers={"Prefer": "handling=strict"})
+    assert response.status_code == 400
+
+
+def test_a_paging_cursor_belongs_to_its_patient(fhir, charts):
+    first = _get(fhir, "/fhir/Patient/pa/$everything", _count="1", _type=RECORDS)
+    cursor = link(first, "next").partition("?")[2]
+    assert fhir.get(f"/fhir/Patient/pb/$everything?{cursor}").status_code == 400
+    assert fhir.get(f"/fhir/Patient?{cursor}").status_code == 400
+
+
+def _bearer(services, scope):
+    token, _ = services.auth.issuer.issue("a-clinician", Role.CLINICIAN.value, scope, client=False)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_everything_shows_only_what_the_client_may_search(app, services, charts):
+    with TestClient(app, base_url="http://testserver") as anonymous:
+        narrow = _bearer(services, "user/Patient.r user/Observation.s user/DiagnosticReport.s")
+        bundle = anonymous.get("/fhir/Patient/pa/$everything", headers=narrow).json()
+        assert ids(bundle) == ["oa-2019", "oa-2024", "oa-undated", "ra"]
+        left_out = bundle["entry"][-1]["resource"]["issue"][0]["diagnostics"]
+        assert all(name in left_out for name in ("Patient", "ImagingStudy", "Provenance", "AuditEvent"))
+        refused = anonymous.get("/fhir/Patient/pa/$everything", params={"_type": "Observation,Provenance"},
+                                headers=narrow)
+        assert refused.status_code == 403 and "Provenance" in refused.text
+        # The operation reads the patient: without Patient.r it is refused whole.
+        unread = _bearer(services, "user/Observation.s")
+        assert anonymous.get("/fhir/Patient/pa/$everything", headers=unread).status_code == 403
+
+
+def test_a_compartment_search_is_the_types_search_within_the_patients_compartment(fhir, charts):
+    bundle = _get(fhir, "/fhir/Patient/pa/Observation", code=f"{LOINC}|1111-1")
+    assert sorted(ids(bundle)) == ["oa-2019", "oa-undated"]
+    assert sorted(ids(_get(fhir, "/fhir/Patient/pb/Observation"))) == ["ob"]
+    assert ids(_get(fhir, "/fhir/Patient/pa/ImagingStudy")) == ["1.2.3.1"]
+    assert ids(_get(fhir, "/fhir/Patient/pa/Observation", subject="Patient/pb")) == []
+    # Pages of a compartment search stay in the compartment.
+    first = _get(fhir, "/fhir/Patient/pa/Observation", _count="2")
+    rest = _get(fhir, link(first, "next").removeprefix("http://testserver"))
+    assert sorted(ids(first) + ids(rest)) == ["oa-2019", "oa-2024", "oa-undated"]
+    assert _get(fhir, "/fhir/Patient/pa/Task", 400)["issue"][0]["code"] == "invalid"
+    assert _get(fhir, "/fhir/Patient/pa/Nonsense", 404)["resourceType"] == "OperationOutcome"
+    # `_history` is no type: it stays the history route (the derived Patient keeps none).
+    assert "no history" in _get(fhir, "/fhir/Patient/pa/_history", 404)["issue"][0]["diagnostics"]
+
+
+def test_a_compartment_search_needs_searching_the_type_not_reading_the_patient(app, services, charts):
+    with TestClient(app, base_url="http://testserver") as anonymous:
+        observations = _bearer(services, "user/Observation.s")
+        response = anonymous.get("/fhir/Patient/pa/Observation", headers=observations)
+        assert response.status_code == 200
+        assert anonymous.get("/fhir/Patient/pa/DiagnosticReport", headers=observations).status_code == 403
+
+
+def test_the_capability_statement_declares_the_compartment_and_everything(fhir):
+    statement = _get(fhir, "/fhir/metadata")
+    rest = statement["rest"][0]
+    assert rest["compartment"] == ["http://hl7.org/fhir/CompartmentDefinition/patient"]
+    patient = next(resource for resource in rest["resource"] if resource["type"] == "Patient")
+    assert patient["operation"] == [
+        {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
+    ]
