@@ -267,7 +267,8 @@ def _list(attr: QidoAttribute, value: str, param: str) -> SingleValue | UidList 
 
 def _condition(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> Condition | None:
     """The condition for one non-empty key, or None where it means universal matching."""
-    if attr.vr in TEXT_VRS and value == "*":
+    # `*` matches any run of characters, none included (PS3.4 §C.2.2.2.4), so `**` is universal too.
+    if attr.vr in TEXT_VRS and not value.strip("*"):
         return None
     # A flagged CS key without a separator is an ordinary CS value, so
     # wildcards apply to it as PS3.4 §C.2.2.2.4 asks (Modality=M*).

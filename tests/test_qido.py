@@ -301,6 +301,13 @@ def test_lone_star_matches_everything_and_returns_the_key(client):
     assert matched(client, by_value, [("AccessionNumber", "*")]) == {"A1", "B2"}
 
 
+@pytest.mark.parametrize("pattern", ["*", "**", "***"])
+def test_stars_alone_match_empty_values_too(client, pattern):
+    # `*` matches any run of characters, none included (PS3.4 C.2.2.2.4).
+    by_value = studies_with(client, "StudyDescription", ["CT HEAD", ""])
+    assert matched(client, by_value, [("StudyDescription", pattern)]) == {"CT HEAD", ""}
+
+
 def test_wildcard_on_series_keys(client, hierarchy):
     h = hierarchy
     assert uids(search(client, "/series", [("SeriesDescription", "T1*")]), SERIES_UID) == {h["a_mr"]}
