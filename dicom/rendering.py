@@ -48,8 +48,9 @@ class RenderParams:
     quality: int | None = None
 
 
-def parse_render_params(query: Query, accept: Sequence[str] = ()) -> RenderParams:
-    """Rendered-resource query parameters; `accept` lists media ranges in the caller's order of preference."""
+def parse_render_params(query: Query, accept: Sequence[str] = ("*/*",)) -> RenderParams:
+    """Rendered-resource query parameters; `accept` lists the acceptable media
+    ranges in the caller's order of preference (none: 406)."""
     values = _query_values(query)
     return RenderParams(
         media_type=_choose_media_type(accept),
@@ -75,8 +76,6 @@ def _query_values(query: Query) -> dict[str, str]:
 
 
 def _choose_media_type(accept: Sequence[str]) -> str:
-    if not accept:
-        return DEFAULT_MEDIA_TYPE
     for media_range in accept:
         kind, *parameters = (part.strip() for part in media_range.split(";"))
         if any(p.replace(" ", "").lower() in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in parameters):

@@ -14,6 +14,7 @@ from dicom.rendering import (
     render_frame,
     thumbnail,
 )
+from tests.test_wado import stow, uids_of
 
 CT = get_testdata_file("CT_small.dcm")
 MULTI_FRAME = get_testdata_file("rtdose.dcm")  # 15 frames of 10x10
@@ -100,7 +101,7 @@ def test_parse_render_params() -> None:
         {"window": ["40,400,linear-exact"], "viewport": "512,256", "quality": ["80"]}, ["image/png"]
     )
     assert params == RenderParams("image/png", (40.0, 400.0, "linear-exact"), (512, 256), 80)
-    assert parse_render_params([], []) == RenderParams("image/jpeg")
+    assert parse_render_params([]) == RenderParams("image/jpeg")
     assert parse_render_params([("window", "1,2")], ["text/html", "image/*"]).window == (1.0, 2.0, "linear")
     assert parse_render_params({}, ["image/png;q=0", "*/*"]).media_type == "image/jpeg"
 
@@ -128,3 +129,17 @@ def test_parse_errors_name_the_parameter(query: dict[str, str], name: str) -> No
 def test_no_acceptable_image_type() -> None:
     with pytest.raises(NotAcceptable):
         parse_render_params({}, ["application/dicom", "image/jp2"])
+
+
+@pytest.mark.parametrize(("accept", "status"), [
+    (None, 200), ("image/png;q=0, image/*", 200), ("image/jpeg;q=0", 406), ("*/*;q=0", 406),
+])
+def test_a_rendered_image_nothing_accepts_is_406_not_a_jpeg(client, accept: str | None, status: int) -> None:
+    # q=0 means "not acceptable" (RFC 9110 §12.4.2): with every range at q=0 nothing may be sent.
+    stow(client, [Path(CT).read_bytes()])
+    study, series, sop = uids_of(CT)
+    headers = {"Accept": accept} if accept else {}
+    response = client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/rendered", headers=headers)
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert response.headers["content-type"] == "image/jpeg"
