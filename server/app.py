@@ -17,6 +17,7 @@ from server.audit.service import AuditService, build_audit
 from server.auth.middleware import AuthMiddleware
 from server.auth.routes import router as auth_router
 from server.auth.service import build_auth
+from server.date_header import DateHeader
 from server.db import make_engine, write_connection
 from server.dicomweb.routes import router as dicomweb_router
 from server.errors import install_error_handlers
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         )
     app.add_middleware(RequestLogMiddleware)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(DateHeader)
     return app
 
 

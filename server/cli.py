@@ -41,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
         "log_config": None,
         "access_log": False,
         "timeout_keep_alive": 30,
+        "date_header": False,  # the app stamps its own (server/date_header.py)
     }
     if settings.workers > 1:
         services.engine.dispose()

@@ -91,7 +91,8 @@ def _free_port() -> int:
 def served(app: FastAPI) -> Iterator[str]:
     """`app` behind a real HTTP server on loopback; its root URL."""
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
+                                           date_header=False))  # as `serve` runs it: the app stamps Date
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
