@@ -1,0 +1,33 @@
+"""The server's root as clients see it behind a proxy: RFC 7239 Forwarded and the X-Forwarded-* headers."""
+
+import pytest
+
+from tests.fhir_checks import link
+
+
+def _self_link(fhir, headers: dict[str, str]) -> str:
+    response = fhir.get("/fhir/Task", headers=headers)
+    assert response.status_code == 200
+    return link(response.json(), "self")
+
+
+@pytest.mark.parametrize(("forwarded", "root"), [
+    ("proto=https;host=pacs.example.org", "https://pacs.example.org"),
+    ('for=192.0.2.60;Proto=https;Host="pacs.example.org:8443";by=203.0.113.43', "https://pacs.example.org:8443"),
+    ('host="[2001:db8::1]:8080"', "http://[2001:db8::1]:8080"),
+    # The first element is the one the proxy nearest the client wrote.
+    ("proto=https;host=outer.example.org, proto=http;host=inner.local", "https://outer.example.org"),
+])
+def test_forwarded_names_the_root_links_point_at(fhir, forwarded, root):
+    assert _self_link(fhir, {"Forwarded": forwarded}) == f"{root}/fhir/Task"
+
+
+def test_forwarded_wins_over_x_forwarded_and_keeps_its_prefix(fhir):
+    headers = {"Forwarded": "proto=https;host=pacs.example.org", "X-Forwarded-Host": "other.example.org",
+               "X-Forwarded-Prefix": "/medaiflow"}
+    assert _self_link(fhir, headers) == "https://pacs.example.org/medaiflow/fhir/Task"
+
+
+@pytest.mark.parametrize("forwarded", ['host="evil\\" x"', "host=evil x", 'proto="javascript"', "host", ";;"])
+def test_a_forwarded_value_that_is_no_url_part_is_passed_over(fhir, forwarded):
+    assert _self_link(fhir, {"Forwarded": forwarded}) == "http://testserver/fhir/Task"
