@@ -1011,3 +1011,57 @@ def summary_subsets(session: Session) -> None:
         if body != full and SUBSETTED not in tags:
             wrong.append(f"{mode}: elements were removed and the resource is not tagged SUBSETTED")
     session.expect(not wrong, f"{sample['resourceType']}/{sample['id']}: {wrong}")
+
+
+_PATIENT_COMPARTMENT = "http://hl7.org/fhir/CompartmentDefinition/patient"
+# Types R4 gives a patient or subject parameter yet leaves out of the Patient compartment.
+_OUTSIDE_PATIENT_COMPARTMENT = frozenset(("Task", "Device"))
+
+
+def _compartment_member(session: Session) -> tuple[dict[str, Any], str]:
+    """A held resource in a patient's compartment, and its "Patient/id"."""
+    for _, resource, reference in _patient_referrers(session):
+        if resource["resourceType"] not in _OUTSIDE_PATIENT_COMPARTMENT:
+            return resource, reference
+    raise CaseSkipped("the server holds no resource of the Patient compartment with a declared subject or patient")
+
+
+@case("FH-COMP-01", "FHIR R4 http.html#vsearch / compartmentdefinition-patient.html", "Where the Patient compartment is declared: Patient/[id]/[type] finds a resource of the patient's, and not under another patient")
+def compartment_search(session: Session) -> None:
+    if not any(_PATIENT_COMPARTMENT in rest.get("compartment", []) for rest in _capability(session).get("rest", [])):
+        raise CaseSkipped("the CapabilityStatement declares no Patient compartment")
+    resource, reference = _compartment_member(session)
+    resource_type, params = resource["resourceType"], {"_id": resource["id"]}
+
+    def found(patient: str) -> bool | None:
+        response = _get(session, f"/{patient}/{resource_type}", params)
+        if response.status_code == 404:
+            return None
+        return any(entry["resource"].get("id") == resource["id"]
+                   for entry in _searchset(session, response).get("entry", []))
+
+    session.expect(found(reference) is True,
+                   f"{reference}/{resource_type} does not find {resource_type}/{resource['id']}")
+    session.expect(not found("Patient/conformance-probe"),
+                   f"Patient/conformance-probe/{resource_type} finds {resource_type}/{resource['id']}, of {reference}")
+
+
+@case("FH-OP-01", "FHIR R4 patient-operation-everything.html", "Where Patient $everything is declared: a searchset holding the patient and a resource of its compartment, each once across its pages")
+def patient_everything(session: Session) -> None:
+    patient = next((resource for resource in _resources(session) if resource["type"] == "Patient"), {})
+    if not any(operation.get("name") == "everything" for operation in patient.get("operation", [])):
+        raise CaseSkipped("the CapabilityStatement declares no $everything on Patient")
+    resource, reference = _compartment_member(session)
+    response = _get(session, f"/{reference}/$everything", {"_type": f"Patient,{resource['resourceType']}"})
+    seen: list[str] = []
+    for _ in range(_PAGES_FOLLOWED):
+        bundle = _searchset(session, response)
+        seen += [f"{entry['resource']['resourceType']}/{entry['resource'].get('id')}"
+                 for entry in bundle.get("entry", []) if entry.get("search", {}).get("mode", "match") != "outcome"]
+        following = next((link.get("url") for link in bundle.get("link", []) if link.get("relation") == "next"), None)
+        if following is None:
+            break
+        response = session.get(following, headers={"Accept": FHIR_JSON})
+    member = f"{resource['resourceType']}/{resource['id']}"
+    session.expect(reference in seen and member in seen, f"{reference}/$everything lacks {[reference, member]}")
+    session.expect(len(seen) == len(set(seen)), f"{reference}/$everything gave a resource twice")
