@@ -123,7 +123,9 @@ def transcode_to(path: str, target_syntax: str) -> bytes:
             raise NotAcceptable(f"no decoder for transfer syntax {stored_syntax}: cannot send it as {target_syntax}")
         try:
             # Also converts YCbCr to RGB and updates Photometric Interpretation.
-            dataset.decompress()
+            # Not pydicom's default of a new SOP Instance UID: decompressing makes
+            # no new instance, only lossy compression would (PS3.5 §8.2).
+            dataset.decompress(generate_instance_uid=False)
         except DECODE_ERRORS as error:
             raise undecodable(stored_syntax, error) from error
     elif stored_syntax == EXPLICIT_VR_BE:

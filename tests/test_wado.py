@@ -159,6 +159,19 @@ def test_compressed_instance_is_decompressed_by_default(client):
     assert np.array_equal(decoded.pixel_array, pydicom.dcmread(path).pixel_array)
 
 
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "JPEG2000.dcm"])
+def test_a_decompressed_instance_keeps_its_uids(client, name):
+    path = bundled_file(name)
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    for url in (f"/dicom-web/studies/{study}", f"/dicom-web/studies/{study}/series/{series}",
+                f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"):
+        [(content_type, data)] = split_multipart(client.get(url))
+        assert content_type.endswith("transfer-syntax=1.2.840.10008.1.2.1")
+        decoded = pydicom.dcmread(io.BytesIO(data))
+        assert (decoded.SOPInstanceUID, decoded.file_meta.MediaStorageSOPInstanceUID) == (sop, sop), url
+
+
 def test_accept_query_parameter_wins_over_header(client):
     path = bundled_file("JPEG2000.dcm")
     stow(client, [open(path, "rb").read()])
