@@ -34,6 +34,7 @@ from pydicom.filereader import read_deferred_data_element
 from pydicom.multival import MultiValue
 from pydicom.valuerep import TEXT_VR_DELIMS, PersonName
 
+from dicom.attributes import is_attribute
 from dicom.errors import InvalidDicom
 from dicom.transfer_syntax import swapped_words
 
@@ -163,7 +164,8 @@ def dataset_to_json(
     bulk_data_uri: BulkDataUriFactory | None = None,
     inline_threshold: int = 1024,
 ) -> dict[str, Any]:
-    """One data set in the DICOM JSON model; file meta (group 0002) is not part of it."""
+    """One data set in the DICOM JSON model: its attributes (`is_attribute`), so no
+    file meta, group length, command or delimitation element."""
     return _Writer(ds, bulk_data_uri, inline_threshold).dataset(ds, ())
 
 
@@ -180,7 +182,7 @@ class _Writer:
         # Once per data set: pydicom works the character set out again at every asking.
         encoding = _fast_encoding(ds)
         for tag in sorted(ds.keys()):
-            if tag & 0xFFFF == 0 or tag >> 16 == 0x0002:
+            if not is_attribute(tag):
                 continue
             out[f"{tag:08X}"] = self.element(ds, tag, path + (int(tag),), encoding)
         return out

@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
+from dicom.attributes import is_attribute
 from dicom.errors import NotAcceptable
 from dicom.media_types import MediaRange, admits_part, transfer_syntax_param
 from dicom.pixels import DECODE_ERRORS, undecodable
@@ -113,7 +114,8 @@ def _describe(range_: MediaRange) -> str:
 
 def transcode_to(path: str, target_syntax: str) -> bytes:
     """The whole file (preamble, file meta, data set) re-encoded in a native
-    little-endian syntax; compressed pixel data is decoded first."""
+    little-endian syntax; compressed pixel data is decoded first. Only the
+    data set's attributes are written (`is_attribute`)."""
     if target_syntax not in _PRODUCIBLE:
         raise NotAcceptable(f"cannot encode instances in transfer syntax {target_syntax}")
     dataset = pydicom.dcmread(path)
@@ -128,12 +130,29 @@ def transcode_to(path: str, target_syntax: str) -> bytes:
             dataset.decompress(generate_instance_uid=False)
         except DECODE_ERRORS as error:
             raise undecodable(stored_syntax, error) from error
-    elif stored_syntax == EXPLICIT_VR_BE:
+    return _encoded(dataset, stored_syntax, target_syntax)
+
+
+def _encoded(dataset: Dataset, stored_syntax: str, target_syntax: str) -> bytes:
+    _keep_attributes_only(dataset)
+    if stored_syntax == EXPLICIT_VR_BE:
         _swap_binary_values(dataset)
     dataset.file_meta.TransferSyntaxUID = UID(target_syntax)
     out = io.BytesIO()
     pydicom.dcmwrite(out, dataset, enforce_file_format=True)
     return out.getvalue()
+
+
+def _keep_attributes_only(dataset: Dataset) -> None:
+    """Leave out, at every level, what a Part 10 file may not hold (command and
+    stray delimitation elements: pydicom refuses to write them) or would hold
+    stale (group lengths)."""
+    for tag in [tag for tag in dataset.keys() if not is_attribute(tag)]:
+        del dataset[tag]
+    for element in dataset:
+        if element.VR == "SQ":
+            for item in element.value:
+                _keep_attributes_only(item)
 
 
 # Width of the words in which binary VRs hold their values (PS3.5 §6.2).

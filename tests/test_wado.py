@@ -3,13 +3,16 @@
 import base64
 import io
 import json
+import struct
+from collections.abc import Iterator
 
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 from dicom.multipart import (
     MultipartReader,
@@ -170,6 +173,62 @@ def test_a_decompressed_instance_keeps_its_uids(client, name):
         assert content_type.endswith("transfer-syntax=1.2.840.10008.1.2.1")
         decoded = pydicom.dcmread(io.BytesIO(data))
         assert (decoded.SOPInstanceUID, decoded.file_meta.MediaStorageSOPInstanceUID) == (sop, sop), url
+
+
+def _implicit_element(tag: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def _first_in_data_set(payload: bytes, element: bytes) -> bytes:
+    """`payload` with an encoded element put before its first attribute."""
+    meta_end = 144 + int.from_bytes(payload[140:144], "little")  # File Meta Information Group Length
+    return payload[:meta_end] + element + payload[meta_end:]
+
+
+def _implicit_ct(**attributes) -> bytes:
+    return make_ct(transfer_syntax=ImplicitVRLittleEndian, **attributes)
+
+
+def _item_with_stray_delimiter() -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = generate_uid()
+    item.add_new(0xFFFEE0DD, "OB", b"")  # in Implicit VR: the 8 bytes of a Sequence Delimitation Item
+    return item
+
+
+_STRAY_DELIMITER = _implicit_element(0xFFFEE0DD, b"")
+
+# Files as legacy toolkits write them: STOW stores them, pydicom refuses to write them again as they are.
+_ELEMENTS_NO_FILE_MAY_HOLD = {
+    "command element": lambda: _first_in_data_set(_implicit_ct(), _implicit_element(0x00000902, b"legacy note ")),
+    "trailing NUL padding": lambda: _implicit_ct() + bytes(8),  # read as (0000,0000)
+    "stray sequence delimiter": lambda: _implicit_ct() + _STRAY_DELIMITER,
+    "stray delimiter in an item": lambda: _implicit_ct(ReferencedImageSequence=[_item_with_stray_delimiter()]),
+}
+
+
+def _json_tags(attributes: dict) -> Iterator[str]:
+    for key, element in attributes.items():
+        yield key
+        for item in element.get("Value", []) if element["vr"] == "SQ" else []:
+            yield from _json_tags(item)
+
+
+@pytest.mark.parametrize("shape", list(_ELEMENTS_NO_FILE_MAY_HOLD))
+def test_command_and_delimitation_elements_are_left_out_of_a_transcoded_instance_and_its_metadata(client, shape):
+    payload = _ELEMENTS_NO_FILE_MAY_HOLD[shape]()
+    stow(client, [payload])
+    study, series, sop = uids_of(payload)
+    base = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    for url in (base, f"/dicom-web/studies/{study}"):
+        response = client.get(url)
+        assert response.status_code == 200
+        [(_, data)] = split_multipart(response)
+        sent = pydicom.dcmread(io.BytesIO(data))
+        assert sent.PixelData == pydicom.dcmread(io.BytesIO(payload)).PixelData
+        assert [element.tag for element in sent.iterall() if element.tag.group in (0x0000, 0xFFFE)] == []
+    [attributes] = client.get(base + "/metadata").json()
+    assert [tag for tag in _json_tags(attributes) if tag.startswith(("0000", "FFFE"))] == []
 
 
 def test_accept_query_parameter_wins_over_header(client):
