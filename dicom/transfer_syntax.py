@@ -3,17 +3,19 @@ one to send when a client asks for instances (PS3.18 §8.7.3).
 """
 
 import io
+import struct
 from collections.abc import Sequence
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
 from dicom.attributes import is_attribute
 from dicom.errors import NotAcceptable
 from dicom.media_types import MediaRange, admits_part, transfer_syntax_param
-from dicom.pixels import DECODE_ERRORS, undecodable
+from dicom.pixels import DECODE_ERRORS, only_as_stored, undecodable
 
 # Transfer Syntax UIDs, PS3.6 Table A-1.
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
@@ -130,7 +132,21 @@ def transcode_to(path: str, target_syntax: str) -> bytes:
             dataset.decompress(generate_instance_uid=False)
         except DECODE_ERRORS as error:
             raise undecodable(stored_syntax, error) from error
-    return _encoded(dataset, stored_syntax, target_syntax)
+    try:
+        return _encoded(dataset, stored_syntax, target_syntax)
+    except _ENCODE_ERRORS as error:
+        problem = f"the instance (stored as {stored_syntax}) cannot be encoded in {target_syntax}"
+        raise only_as_stored(problem, error) from error
+
+
+# What pydicom raises converting an element as read, or writing it, where the
+# new encoding cannot hold it: a value that is no whole number of values
+# (BytesLengthException), an ambiguous VR that the data set does not resolve
+# (AttributeError), a VR it does not know (NotImplementedError), a value it
+# cannot encode (the rest). STOW stores such files: they can be sent as stored.
+_ENCODE_ERRORS = (
+    AttributeError, BytesLengthException, NotImplementedError, OverflowError, TypeError, ValueError, struct.error
+)
 
 
 def _encoded(dataset: Dataset, stored_syntax: str, target_syntax: str) -> bytes:

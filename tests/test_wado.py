@@ -231,6 +231,20 @@ def test_command_and_delimitation_elements_are_left_out_of_a_transcoded_instance
     assert [tag for tag in _json_tags(attributes) if tag.startswith(("0000", "FFFE"))] == []
 
 
+def test_an_instance_that_cannot_be_encoded_again_is_406_and_still_retrievable_as_stored(client):
+    # Length to End (0008,0001) is UL: five bytes hold no whole number of values.
+    payload = _first_in_data_set(_implicit_ct(), _implicit_element(0x00080001, b"12345"))
+    stow(client, [payload])
+    study, series, sop = uids_of(payload)
+    url = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    response = client.get(url)
+    assert response.status_code == 406
+    assert "(0008,0001)" in response.json()["message"]
+    assert "transfer-syntax=*" in response.json()["message"]
+    [(_, data)] = split_multipart(client.get(url, headers={"Accept": ANY_SYNTAX}))
+    assert data == payload
+
+
 def test_accept_query_parameter_wins_over_header(client):
     path = bundled_file("JPEG2000.dcm")
     stow(client, [open(path, "rb").read()])
