@@ -207,11 +207,12 @@ _ELEMENTS_NO_FILE_MAY_HOLD = {
 }
 
 
-def _json_tags(attributes: dict) -> Iterator[str]:
+def _elements(attributes: dict, prefix: str = "") -> Iterator[tuple[str, dict]]:
+    """Every element of DICOM JSON, nested ones too, with its tag path as a bulk data URL names it."""
     for key, element in attributes.items():
-        yield key
-        for item in element.get("Value", []) if element["vr"] == "SQ" else []:
-            yield from _json_tags(item)
+        yield prefix + key, element
+        for index, item in enumerate(element.get("Value", []) if element["vr"] == "SQ" else []):
+            yield from _elements(item, f"{prefix}{key}/{index}/")
 
 
 @pytest.mark.parametrize("shape", list(_ELEMENTS_NO_FILE_MAY_HOLD))
@@ -228,7 +229,8 @@ def test_command_and_delimitation_elements_are_left_out_of_a_transcoded_instance
         assert sent.PixelData == pydicom.dcmread(io.BytesIO(payload)).PixelData
         assert [element.tag for element in sent.iterall() if element.tag.group in (0x0000, 0xFFFE)] == []
     [attributes] = client.get(base + "/metadata").json()
-    assert [tag for tag in _json_tags(attributes) if tag.startswith(("0000", "FFFE"))] == []
+    tags = [tag_path.rsplit("/", 1)[-1] for tag_path, _ in _elements(attributes)]
+    assert [tag for tag in tags if tag.startswith(("0000", "FFFE"))] == []
 
 
 def test_an_instance_that_cannot_be_encoded_again_is_406_and_still_retrievable_as_stored(client):
@@ -309,6 +311,22 @@ def test_metadata_bulk_data_uris_are_absolute_and_resolve(client):
     [(content_type, data)] = split_multipart(response)
     assert content_type.startswith("application/octet-stream")
     assert data == pydicom.dcmread(io.BytesIO(payload)).PixelData
+
+
+@pytest.mark.parametrize("name", ["examples_overlay.dcm", "MR_small_bigendian.dcm"])
+def test_bulk_data_is_exactly_what_the_metadata_names_by_a_bulk_data_uri(client, name):
+    path = bundled_file(name)
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    base = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    [attributes] = client.get(base + "/metadata").json()
+    for tag_path, element in _elements(attributes):
+        response = client.get(f"{base}/bulkdata/{tag_path}")
+        if "BulkDataURI" in element:
+            assert element["BulkDataURI"] == f"http://testserver{base}/bulkdata/{tag_path}"
+            assert response.status_code == 200, tag_path
+        else:
+            assert response.status_code == 404, tag_path
 
 
 def test_a_frame_list_longer_than_the_instance_has_frames_is_400(client):
