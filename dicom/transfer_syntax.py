@@ -45,9 +45,9 @@ NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_EXPLICIT_V
 _PRODUCIBLE = frozenset({EXPLICIT_VR_LE, IMPLICIT_VR_LE})
 
 # Media type of compressed bulk data (frames, pixel data) per transfer syntax,
-# PS3.18 §8.7.3.3.2, Table 8.7.3-2. Video and JPIP syntaxes are left out: we
-# serve them only inside application/dicom. Native syntaxes map to
-# application/octet-stream (PS3.18 §8.7.3.3.1).
+# PS3.18 §8.7.3.3.2, Table 8.7.3-2. Video syntaxes are in VIDEO_MEDIA_TYPES;
+# JPIP syntaxes are left out: we serve them only inside application/dicom.
+# Native syntaxes map to application/octet-stream (PS3.18 §8.7.3.3.1).
 BULK_DATA_MEDIA_TYPES: dict[str, str] = {
     JPEG_BASELINE: "image/jpeg",
     JPEG_EXTENDED: "image/jpeg",
@@ -61,6 +61,28 @@ BULK_DATA_MEDIA_TYPES: dict[str, str] = {
     HTJ2K_LOSSLESS_RPCL: "image/jphc",
     HTJ2K: "image/jphc",
     RLE_LOSSLESS: "image/dicom-rle",
+}
+
+# Media type of video pixel data per transfer syntax, PS3.18 Table 8.7.3-2.
+# A video is one stream, sent whole as the Pixel Data bulk data, never as
+# frames. A fragmentable syntax (".1") splits the same stream differently.
+VIDEO_MEDIA_TYPES: dict[str, str] = {
+    "1.2.840.10008.1.2.4.100": "video/mpeg",  # MPEG2 Main Profile / Main Level
+    "1.2.840.10008.1.2.4.100.1": "video/mpeg",
+    "1.2.840.10008.1.2.4.101": "video/mpeg",  # MPEG2 Main Profile / High Level
+    "1.2.840.10008.1.2.4.101.1": "video/mpeg",
+    "1.2.840.10008.1.2.4.102": "video/mp4",  # MPEG-4 AVC/H.264 High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.102.1": "video/mp4",
+    "1.2.840.10008.1.2.4.103": "video/mp4",  # ... BD-compatible High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.103.1": "video/mp4",
+    "1.2.840.10008.1.2.4.104": "video/mp4",  # ... High Profile / Level 4.2 For 2D Video
+    "1.2.840.10008.1.2.4.104.1": "video/mp4",
+    "1.2.840.10008.1.2.4.105": "video/mp4",  # ... High Profile / Level 4.2 For 3D Video
+    "1.2.840.10008.1.2.4.105.1": "video/mp4",
+    "1.2.840.10008.1.2.4.106": "video/mp4",  # ... Stereo High Profile / Level 4.2
+    "1.2.840.10008.1.2.4.106.1": "video/mp4",
+    "1.2.840.10008.1.2.4.107": "video/H265",  # HEVC/H.265 Main Profile / Level 5.1
+    "1.2.840.10008.1.2.4.108": "video/H265",  # HEVC/H.265 Main 10 Profile / Level 5.1
 }
 
 

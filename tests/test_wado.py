@@ -11,6 +11,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.multival import MultiValue
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
@@ -327,6 +328,34 @@ def test_bulk_data_is_exactly_what_the_metadata_names_by_a_bulk_data_uri(client,
             assert response.status_code == 200, tag_path
         else:
             assert response.status_code == 404, tag_path
+
+
+def _video(syntax: str, fragments: list[bytes]) -> bytes:
+    dataset = pydicom.dcmread(io.BytesIO(make_ct()))
+    dataset.file_meta.TransferSyntaxUID = syntax
+    dataset.PixelData = encapsulate(fragments)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("syntax", "media_type"),
+    [("1.2.840.10008.1.2.4.100", "video/mpeg"), ("1.2.840.10008.1.2.4.102", "video/mp4"),
+     ("1.2.840.10008.1.2.4.107", "video/H265")],
+)
+def test_the_pixel_data_of_a_video_is_its_stream_in_its_video_media_type(client, syntax, media_type):
+    fragments = [b"\x00\x00\x01\xb3first part of a stream", b"and its second part."]
+    payload = _video(syntax, fragments)
+    stow(client, [payload])
+    study, series, sop = uids_of(payload)
+    [attributes] = client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/metadata").json()
+    uri = attributes["7FE00010"]["BulkDataURI"]
+    for accept in ("*/*", f'multipart/related; type="{media_type}"', "multipart/related; type=video/*"):
+        response = client.get(uri, headers={"Accept": accept})
+        assert response.status_code == 200, accept
+        assert split_multipart(response) == [(f"{media_type}; transfer-syntax={syntax}", b"".join(fragments))]
+    assert client.get(uri, headers={"Accept": 'multipart/related; type="image/jpeg"'}).status_code == 406
 
 
 def test_a_frame_list_longer_than_the_instance_has_frames_is_400(client):
