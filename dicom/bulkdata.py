@@ -7,13 +7,14 @@ parts with slashes, tags as 8 uppercase hex digits: "00540016/0/00181072".
 
 import re
 
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from dicom.errors import InvalidRequest, NotFound
 from dicom.json_model import (
     MAX_SEQUENCE_DEPTH,
     TagPath,
+    has_bulk_data_uri,
     load_raw_element,
     raw_element_vr,
     read_dataset_for_metadata,
@@ -44,7 +45,8 @@ def parse_tag_path(text: str) -> TagPath:
 
 
 def read_bulk_data(path: str, tag_path: TagPath) -> bytes:
-    """The value bytes of one element; encapsulated Pixel Data stays encapsulated.
+    """The value bytes of an element that the metadata names by a BulkDataURI
+    (any other is no bulk data); encapsulated Pixel Data stays encapsulated.
 
     Words are little endian whatever the file's byte order: uncompressed bulk
     data is sent as in Explicit VR Little Endian (PS3.18 §8.7.3.3.1), which is
@@ -52,15 +54,15 @@ def read_bulk_data(path: str, tag_path: TagPath) -> bytes:
     """
     if not tag_path or len(tag_path) % 2 == 0:
         raise InvalidRequest("a bulk data path must end in a tag")
-    ds = read_dataset_for_metadata(path)
+    root = ds = read_dataset_for_metadata(path)
     for tag, index in zip(tag_path[0:-1:2], tag_path[1::2]):
         ds = _item(ds, tag, index)
     elem = load_raw_element(ds, tag_path[-1])
     if elem is None:
         raise NotFound(f"no bulk data at {format_tag_path(tag_path)}")
-    value = _value_bytes(elem, ds)
-    if value is None:
-        raise NotFound(f"the element at {format_tag_path(tag_path)} is not bulk data")
+    if not has_bulk_data_uri(root, ds, tag_path[-1]):
+        raise NotFound(f"the element at {format_tag_path(tag_path)} is not bulk data: the metadata holds its value")
+    value: bytes = elem.value
     if ds.original_encoding[1] is False:  # big endian
         vr = raw_element_vr(elem, ds) if isinstance(elem, RawDataElement) else elem.VR
         return swapped_words(value, str(vr))
@@ -77,11 +79,3 @@ def _item(ds: Dataset, tag: int, index: int) -> Dataset:
         raise NotFound(f"sequence {tag:08X} has no item {index}")
     item: Dataset = sequence.value[index]
     return item
-
-
-def _value_bytes(elem: DataElement | RawDataElement, ds: Dataset) -> bytes | None:
-    # A RawDataElement holds the bytes as read; a converted element only where
-    # its VR keeps them as bytes (the binary VRs). A sequence is never bulk data.
-    vr = raw_element_vr(elem, ds) if isinstance(elem, RawDataElement) else elem.VR
-    value = elem.value
-    return value if isinstance(value, bytes) and vr != "SQ" else None

@@ -93,14 +93,14 @@ def _choose_as_stored(accept: Sequence[MediaRange], stored_syntax: str, stored_t
     compressed = stored_type is not None and stored_type != OCTET_STREAM
     decodable = can_decompress(stored_syntax)
     for range_ in accept:
-        if compressed and _admits_stored(range_, stored_type or "", stored_syntax):
+        if compressed and admits_stored(range_, stored_type or "", stored_syntax):
             return True
         if decodable and _admits_native(range_):
             return False
     return None
 
 
-def _admits_stored(range_: MediaRange, stored_type: str, stored_syntax: str) -> bool:
+def admits_stored(range_: MediaRange, stored_type: str, stored_syntax: str) -> bool:
     """A range for the stored media type without a transfer-syntax parameter is
     taken as asking for the stored syntax: the part's Content-Type names it,
     and transcoding between compressed syntaxes would only lose quality.

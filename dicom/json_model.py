@@ -34,6 +34,7 @@ from pydicom.filereader import read_deferred_data_element
 from pydicom.multival import MultiValue
 from pydicom.valuerep import TEXT_VR_DELIMS, PersonName
 
+from dicom.attributes import is_attribute
 from dicom.errors import InvalidDicom
 from dicom.transfer_syntax import swapped_words
 
@@ -43,8 +44,11 @@ Source = str | os.PathLike[str] | BinaryIO
 TagPath = tuple[int, ...]
 BulkDataUriFactory = Callable[[TagPath], str]
 
+# Binary values longer than this many bytes are named by a BulkDataURI rather
+# than sent inline.
+INLINE_THRESHOLD = 1024
 # Values above this many bytes stay on disk until asked for; it is above the
-# default inline threshold so anything deferred is a bulk data candidate.
+# inline threshold so anything deferred is a bulk data candidate.
 DEFER_SIZE = 2048
 # Sequences nested deeper than this do not occur in real objects. An object
 # nesting deeper is refused as one that cannot be understood: its JSON would
@@ -161,10 +165,21 @@ def _check_not_truncated(ds: Dataset, path_or_file: Source) -> None:
 def dataset_to_json(
     ds: Dataset,
     bulk_data_uri: BulkDataUriFactory | None = None,
-    inline_threshold: int = 1024,
+    inline_threshold: int = INLINE_THRESHOLD,
 ) -> dict[str, Any]:
-    """One data set in the DICOM JSON model; file meta (group 0002) is not part of it."""
+    """One data set in the DICOM JSON model: its attributes (`is_attribute`), so no
+    file meta, group length, command or delimitation element."""
     return _Writer(ds, bulk_data_uri, inline_threshold).dataset(ds, ())
+
+
+def has_bulk_data_uri(root: Dataset, ds: Dataset, tag: int) -> bool:
+    """Whether the metadata of `root` names the value of element `tag` of `ds`
+    (`root` or an item nested in it) by a BulkDataURI: decided by the writer
+    itself, so bulk data is exactly what the metadata offers."""
+    if not is_attribute(tag):
+        return False
+    element = _Writer(root, lambda tag_path: "", INLINE_THRESHOLD).element(ds, tag, (tag,), _fast_encoding(ds))
+    return "BulkDataURI" in element
 
 
 class _Writer:
@@ -180,7 +195,7 @@ class _Writer:
         # Once per data set: pydicom works the character set out again at every asking.
         encoding = _fast_encoding(ds)
         for tag in sorted(ds.keys()):
-            if tag & 0xFFFF == 0 or tag >> 16 == 0x0002:
+            if not is_attribute(tag):
                 continue
             out[f"{tag:08X}"] = self.element(ds, tag, path + (int(tag),), encoding)
         return out

@@ -32,9 +32,10 @@ def decode_frame(source: str | Dataset, index: int, stored_syntax: str, raw: boo
 
 
 def undecodable(stored_syntax: str, error: Exception) -> NotAcceptable:
-    """406: the server cannot produce the decoded form; the stored form it can send."""
+    return only_as_stored(f"the pixel data (stored as {stored_syntax}) cannot be decoded here", error)
+
+
+def only_as_stored(problem: str, error: Exception) -> NotAcceptable:
+    """406: the server cannot produce the form asked for; the stored form it can send."""
     reason = " ".join(str(error).split())[:300]  # decoders report over several lines
-    return NotAcceptable(
-        f"the pixel data (stored as {stored_syntax}) cannot be decoded here: {reason}."
-        " It can be retrieved as stored (transfer-syntax=*)"
-    )
+    return NotAcceptable(f"{problem}: {reason}. It can be retrieved as stored (transfer-syntax=*)")

@@ -3,16 +3,19 @@ one to send when a client asks for instances (PS3.18 §8.7.3).
 """
 
 import io
+import struct
 from collections.abc import Sequence
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
+from dicom.attributes import is_attribute
 from dicom.errors import NotAcceptable
 from dicom.media_types import MediaRange, admits_part, transfer_syntax_param
-from dicom.pixels import DECODE_ERRORS, undecodable
+from dicom.pixels import DECODE_ERRORS, only_as_stored, undecodable
 
 # Transfer Syntax UIDs, PS3.6 Table A-1.
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
@@ -42,9 +45,9 @@ NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_EXPLICIT_V
 _PRODUCIBLE = frozenset({EXPLICIT_VR_LE, IMPLICIT_VR_LE})
 
 # Media type of compressed bulk data (frames, pixel data) per transfer syntax,
-# PS3.18 §8.7.3.3.2, Table 8.7.3-2. Video and JPIP syntaxes are left out: we
-# serve them only inside application/dicom. Native syntaxes map to
-# application/octet-stream (PS3.18 §8.7.3.3.1).
+# PS3.18 §8.7.3.3.2, Table 8.7.3-2. Video syntaxes are in VIDEO_MEDIA_TYPES;
+# JPIP syntaxes are left out: we serve them only inside application/dicom.
+# Native syntaxes map to application/octet-stream (PS3.18 §8.7.3.3.1).
 BULK_DATA_MEDIA_TYPES: dict[str, str] = {
     JPEG_BASELINE: "image/jpeg",
     JPEG_EXTENDED: "image/jpeg",
@@ -58,6 +61,28 @@ BULK_DATA_MEDIA_TYPES: dict[str, str] = {
     HTJ2K_LOSSLESS_RPCL: "image/jphc",
     HTJ2K: "image/jphc",
     RLE_LOSSLESS: "image/dicom-rle",
+}
+
+# Media type of video pixel data per transfer syntax, PS3.18 Table 8.7.3-2.
+# A video is one stream, sent whole as the Pixel Data bulk data, never as
+# frames. A fragmentable syntax (".1") splits the same stream differently.
+VIDEO_MEDIA_TYPES: dict[str, str] = {
+    "1.2.840.10008.1.2.4.100": "video/mpeg",  # MPEG2 Main Profile / Main Level
+    "1.2.840.10008.1.2.4.100.1": "video/mpeg",
+    "1.2.840.10008.1.2.4.101": "video/mpeg",  # MPEG2 Main Profile / High Level
+    "1.2.840.10008.1.2.4.101.1": "video/mpeg",
+    "1.2.840.10008.1.2.4.102": "video/mp4",  # MPEG-4 AVC/H.264 High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.102.1": "video/mp4",
+    "1.2.840.10008.1.2.4.103": "video/mp4",  # ... BD-compatible High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.103.1": "video/mp4",
+    "1.2.840.10008.1.2.4.104": "video/mp4",  # ... High Profile / Level 4.2 For 2D Video
+    "1.2.840.10008.1.2.4.104.1": "video/mp4",
+    "1.2.840.10008.1.2.4.105": "video/mp4",  # ... High Profile / Level 4.2 For 3D Video
+    "1.2.840.10008.1.2.4.105.1": "video/mp4",
+    "1.2.840.10008.1.2.4.106": "video/mp4",  # ... Stereo High Profile / Level 4.2
+    "1.2.840.10008.1.2.4.106.1": "video/mp4",
+    "1.2.840.10008.1.2.4.107": "video/H265",  # HEVC/H.265 Main Profile / Level 5.1
+    "1.2.840.10008.1.2.4.108": "video/H265",  # HEVC/H.265 Main 10 Profile / Level 5.1
 }
 
 
@@ -113,7 +138,8 @@ def _describe(range_: MediaRange) -> str:
 
 def transcode_to(path: str, target_syntax: str) -> bytes:
     """The whole file (preamble, file meta, data set) re-encoded in a native
-    little-endian syntax; compressed pixel data is decoded first."""
+    little-endian syntax; compressed pixel data is decoded first. Only the
+    data set's attributes are written (`is_attribute`)."""
     if target_syntax not in _PRODUCIBLE:
         raise NotAcceptable(f"cannot encode instances in transfer syntax {target_syntax}")
     dataset = pydicom.dcmread(path)
@@ -123,15 +149,48 @@ def transcode_to(path: str, target_syntax: str) -> bytes:
             raise NotAcceptable(f"no decoder for transfer syntax {stored_syntax}: cannot send it as {target_syntax}")
         try:
             # Also converts YCbCr to RGB and updates Photometric Interpretation.
-            dataset.decompress()
+            # Not pydicom's default of a new SOP Instance UID: decompressing makes
+            # no new instance, only lossy compression would (PS3.5 §8.2).
+            dataset.decompress(generate_instance_uid=False)
         except DECODE_ERRORS as error:
             raise undecodable(stored_syntax, error) from error
-    elif stored_syntax == EXPLICIT_VR_BE:
+    try:
+        return _encoded(dataset, stored_syntax, target_syntax)
+    except _ENCODE_ERRORS as error:
+        problem = f"the instance (stored as {stored_syntax}) cannot be encoded in {target_syntax}"
+        raise only_as_stored(problem, error) from error
+
+
+# What pydicom raises converting an element as read, or writing it, where the
+# new encoding cannot hold it: a value that is no whole number of values
+# (BytesLengthException), an ambiguous VR that the data set does not resolve
+# (AttributeError), a VR it does not know (NotImplementedError), a value it
+# cannot encode (the rest). STOW stores such files: they can be sent as stored.
+_ENCODE_ERRORS = (
+    AttributeError, BytesLengthException, NotImplementedError, OverflowError, TypeError, ValueError, struct.error
+)
+
+
+def _encoded(dataset: Dataset, stored_syntax: str, target_syntax: str) -> bytes:
+    _keep_attributes_only(dataset)
+    if stored_syntax == EXPLICIT_VR_BE:
         _swap_binary_values(dataset)
     dataset.file_meta.TransferSyntaxUID = UID(target_syntax)
     out = io.BytesIO()
     pydicom.dcmwrite(out, dataset, enforce_file_format=True)
     return out.getvalue()
+
+
+def _keep_attributes_only(dataset: Dataset) -> None:
+    """Leave out, at every level, what a Part 10 file may not hold (command and
+    stray delimitation elements: pydicom refuses to write them) or would hold
+    stale (group lengths)."""
+    for tag in [tag for tag in dataset.keys() if not is_attribute(tag)]:
+        del dataset[tag]
+    for element in dataset:
+        if element.VR == "SQ":
+            for item in element.value:
+                _keep_attributes_only(item)
 
 
 # Width of the words in which binary VRs hold their values (PS3.5 §6.2).

@@ -51,13 +51,14 @@ def make_ct(
     series_uid: str | None = None,
     sop_uid: str | None = None,
     size: int = 16,
+    transfer_syntax: str = ExplicitVRLittleEndian,
     **attributes: object,
 ) -> bytes:
-    """A small, valid CT Image Storage Part 10 file."""
+    """A small, valid CT Image Storage Part 10 file in an uncompressed `transfer_syntax`."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = transfer_syntax
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = CTImageStorage

@@ -41,6 +41,10 @@ def test_the_transfer_syntax_table_matches_the_codecs_here():
         assert media_type == transfer_syntax.bulk_data_media_type(uid), uid
 
 
+def test_the_video_table_is_what_video_bulk_data_is_sent_as():
+    assert {uid: media_type for _, uid, media_type in _table("video")} == transfer_syntax.VIDEO_MEDIA_TYPES
+
+
 def test_the_rendered_media_types_are_those_served():
     assert {row[0] for row in _table("rendered")} == set(RENDERED_MEDIA_TYPES)
 

@@ -139,6 +139,8 @@ def test_read_bulk_data_top_level_and_missing() -> None:
         read_bulk_data(CT, (0x00420011,))
     with pytest.raises(NotFound):
         read_bulk_data(CT, (0x00880200, 0, 0x7FE00010))
+    with pytest.raises(NotFound, match="not bulk data"):
+        read_bulk_data(CT, (0x00100010,))  # PatientName: its value is in the metadata
 
 
 def test_tag_path_text_round_trip_and_errors() -> None:

@@ -3,13 +3,17 @@
 import base64
 import io
 import json
+import struct
+from collections.abc import Iterator
 
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.multival import MultiValue
-from pydicom.uid import generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 from dicom.multipart import (
     MultipartReader,
@@ -159,6 +163,91 @@ def test_compressed_instance_is_decompressed_by_default(client):
     assert np.array_equal(decoded.pixel_array, pydicom.dcmread(path).pixel_array)
 
 
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "JPEG2000.dcm"])
+def test_a_decompressed_instance_keeps_its_uids(client, name):
+    path = bundled_file(name)
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    for url in (f"/dicom-web/studies/{study}", f"/dicom-web/studies/{study}/series/{series}",
+                f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"):
+        [(content_type, data)] = split_multipart(client.get(url))
+        assert content_type.endswith("transfer-syntax=1.2.840.10008.1.2.1")
+        decoded = pydicom.dcmread(io.BytesIO(data))
+        assert (decoded.SOPInstanceUID, decoded.file_meta.MediaStorageSOPInstanceUID) == (sop, sop), url
+
+
+def _implicit_element(tag: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def _first_in_data_set(payload: bytes, element: bytes) -> bytes:
+    """`payload` with an encoded element put before its first attribute."""
+    meta_end = 144 + int.from_bytes(payload[140:144], "little")  # File Meta Information Group Length
+    return payload[:meta_end] + element + payload[meta_end:]
+
+
+def _implicit_ct(**attributes) -> bytes:
+    return make_ct(transfer_syntax=ImplicitVRLittleEndian, **attributes)
+
+
+def _item_with_stray_delimiter() -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = generate_uid()
+    item.add_new(0xFFFEE0DD, "OB", b"")  # in Implicit VR: the 8 bytes of a Sequence Delimitation Item
+    return item
+
+
+_STRAY_DELIMITER = _implicit_element(0xFFFEE0DD, b"")
+
+# Files as legacy toolkits write them: STOW stores them, pydicom refuses to write them again as they are.
+_ELEMENTS_NO_FILE_MAY_HOLD = {
+    "command element": lambda: _first_in_data_set(_implicit_ct(), _implicit_element(0x00000902, b"legacy note ")),
+    "trailing NUL padding": lambda: _implicit_ct() + bytes(8),  # read as (0000,0000)
+    "stray sequence delimiter": lambda: _implicit_ct() + _STRAY_DELIMITER,
+    "stray delimiter in an item": lambda: _implicit_ct(ReferencedImageSequence=[_item_with_stray_delimiter()]),
+}
+
+
+def _elements(attributes: dict, prefix: str = "") -> Iterator[tuple[str, dict]]:
+    """Every element of DICOM JSON, nested ones too, with its tag path as a bulk data URL names it."""
+    for key, element in attributes.items():
+        yield prefix + key, element
+        for index, item in enumerate(element.get("Value", []) if element["vr"] == "SQ" else []):
+            yield from _elements(item, f"{prefix}{key}/{index}/")
+
+
+@pytest.mark.parametrize("shape", list(_ELEMENTS_NO_FILE_MAY_HOLD))
+def test_command_and_delimitation_elements_are_left_out_of_a_transcoded_instance_and_its_metadata(client, shape):
+    payload = _ELEMENTS_NO_FILE_MAY_HOLD[shape]()
+    stow(client, [payload])
+    study, series, sop = uids_of(payload)
+    base = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    for url in (base, f"/dicom-web/studies/{study}"):
+        response = client.get(url)
+        assert response.status_code == 200
+        [(_, data)] = split_multipart(response)
+        sent = pydicom.dcmread(io.BytesIO(data))
+        assert sent.PixelData == pydicom.dcmread(io.BytesIO(payload)).PixelData
+        assert [element.tag for element in sent.iterall() if element.tag.group in (0x0000, 0xFFFE)] == []
+    [attributes] = client.get(base + "/metadata").json()
+    tags = [tag_path.rsplit("/", 1)[-1] for tag_path, _ in _elements(attributes)]
+    assert [tag for tag in tags if tag.startswith(("0000", "FFFE"))] == []
+
+
+def test_an_instance_that_cannot_be_encoded_again_is_406_and_still_retrievable_as_stored(client):
+    # Length to End (0008,0001) is UL: five bytes hold no whole number of values.
+    payload = _first_in_data_set(_implicit_ct(), _implicit_element(0x00080001, b"12345"))
+    stow(client, [payload])
+    study, series, sop = uids_of(payload)
+    url = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    response = client.get(url)
+    assert response.status_code == 406
+    assert "(0008,0001)" in response.json()["message"]
+    assert "transfer-syntax=*" in response.json()["message"]
+    [(_, data)] = split_multipart(client.get(url, headers={"Accept": ANY_SYNTAX}))
+    assert data == payload
+
+
 def test_accept_query_parameter_wins_over_header(client):
     path = bundled_file("JPEG2000.dcm")
     stow(client, [open(path, "rb").read()])
@@ -223,6 +312,50 @@ def test_metadata_bulk_data_uris_are_absolute_and_resolve(client):
     [(content_type, data)] = split_multipart(response)
     assert content_type.startswith("application/octet-stream")
     assert data == pydicom.dcmread(io.BytesIO(payload)).PixelData
+
+
+@pytest.mark.parametrize("name", ["examples_overlay.dcm", "MR_small_bigendian.dcm"])
+def test_bulk_data_is_exactly_what_the_metadata_names_by_a_bulk_data_uri(client, name):
+    path = bundled_file(name)
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    base = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    [attributes] = client.get(base + "/metadata").json()
+    for tag_path, element in _elements(attributes):
+        response = client.get(f"{base}/bulkdata/{tag_path}")
+        if "BulkDataURI" in element:
+            assert element["BulkDataURI"] == f"http://testserver{base}/bulkdata/{tag_path}"
+            assert response.status_code == 200, tag_path
+        else:
+            assert response.status_code == 404, tag_path
+
+
+def _video(syntax: str, fragments: list[bytes]) -> bytes:
+    dataset = pydicom.dcmread(io.BytesIO(make_ct()))
+    dataset.file_meta.TransferSyntaxUID = syntax
+    dataset.PixelData = encapsulate(fragments)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("syntax", "media_type"),
+    [("1.2.840.10008.1.2.4.100", "video/mpeg"), ("1.2.840.10008.1.2.4.102", "video/mp4"),
+     ("1.2.840.10008.1.2.4.107", "video/H265")],
+)
+def test_the_pixel_data_of_a_video_is_its_stream_in_its_video_media_type(client, syntax, media_type):
+    fragments = [b"\x00\x00\x01\xb3first part of a stream", b"and its second part."]
+    payload = _video(syntax, fragments)
+    stow(client, [payload])
+    study, series, sop = uids_of(payload)
+    [attributes] = client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/metadata").json()
+    uri = attributes["7FE00010"]["BulkDataURI"]
+    for accept in ("*/*", f'multipart/related; type="{media_type}"', "multipart/related; type=video/*"):
+        response = client.get(uri, headers={"Accept": accept})
+        assert response.status_code == 200, accept
+        assert split_multipart(response) == [(f"{media_type}; transfer-syntax={syntax}", b"".join(fragments))]
+    assert client.get(uri, headers={"Accept": 'multipart/related; type="image/jpeg"'}).status_code == 406
 
 
 def test_a_frame_list_longer_than_the_instance_has_frames_is_400(client):

@@ -31,6 +31,7 @@ from dicom.transfer_syntax import (
     is_native,
     transcode_to,
 )
+from dicom.video import is_video, read_video
 from server.dicomweb.context import (
     DICOM_JSON,
     dicomweb_root,
@@ -185,6 +186,11 @@ async def retrieve_bulk_data(
     tag_path = parse_tag_path(tag_path_text)
     accept = negotiated_accept(request)
     instance = await _one_instance(services, study_uid, series_uid, sop_uid)
+    if tag_path == _PIXEL_DATA_PATH and is_video(instance.transfer_syntax_uid):
+        content_type, video = await run_in_threadpool(
+            read_video, instance.absolute_path, instance.transfer_syntax_uid, accept
+        )
+        return _multipart([(content_type, iter((video,)))], content_type.split(";")[0])
     if tag_path == _PIXEL_DATA_PATH and not is_native(instance.transfer_syntax_uid):
         # Encapsulated pixel data is only meaningful frame by frame (PS3.18 §8.7.3.3.2).
         return await _frames_response(instance, list(range(1, instance.number_of_frames + 1)), accept)
