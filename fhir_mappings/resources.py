@@ -4,7 +4,9 @@ The models come from `fhir.resources.R4B`: the package's default models are
 R5, and R4B equals R4 field for field for every type served here (pinned by
 `tests/test_fhir_models.py`). The package does not enforce required code
 bindings, so `validate_resource` checks them from the models' own
-`enum_values` (the codes of each required binding in FHIR R4).
+`enum_values` (the codes of each required binding in FHIR R4); and it types
+uuid elements as version 4 UUIDs, so `model_class` first gives them R4's
+uuid type (`r4_uuid`).
 """
 
 import functools
@@ -20,6 +22,7 @@ from fhir_mappings.errors import InvalidRequest, InvalidResource
 from fhir_mappings.fhir_json import with_written_decimals
 from fhir_mappings.json_types import check_json_types
 from fhir_mappings.narrative import check_narratives
+from fhir_mappings.r4_uuid import use_r4_uuids
 
 # The models abbreviate some long value sets with a trailing "+"; these are
 # the full required value sets of FHIR R4 (valueset-*.html of each name).
@@ -55,6 +58,7 @@ RESOURCE_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def model_class(resource_type: str) -> type[Resource]:
+    use_r4_uuids()
     try:
         return get_fhir_model_class(resource_type)  # type: ignore[no-any-return]
     except (KeyError, ValueError) as error:
