@@ -11,15 +11,15 @@ elements that type, once, before a resource is validated.
 import copy
 import functools
 import importlib
+import re
 import threading
 from typing import Annotated
 
 from fhir_core.types import FHIR_PRIMITIVES_MAPS
 from pydantic import StringConstraints
 
-R4_UUID = Annotated[
-    str, StringConstraints(pattern=r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-]
+R4_UUID_PATTERN = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+R4_UUID = Annotated[str, StringConstraints(pattern=f"^{R4_UUID_PATTERN.pattern}$")]
 
 # The uuid elements of the R4B models, by module and model: every one that
 # fhir.resources 8.3 types UUID4 (tests/test_fhir_models.py checks that none is left).
@@ -44,7 +44,7 @@ def use_r4_uuids() -> None:
 
 @functools.cache
 def _retype_uuid_elements() -> None:
-    # Still a uuid to fhir_core's type lookup, which the XML reader goes by.
+    # Still a uuid to fhir_core's type lookup, which the XML reader and the link walk go by.
     FHIR_PRIMITIVES_MAPS[R4_UUID] = "uuid"
     for (module, name), fields in _UUID_ELEMENTS.items():
         model = getattr(importlib.import_module(f"fhir.resources.R4B.{module}"), name)

@@ -2,6 +2,8 @@
 
 import threading
 
+import pytest
+
 from tests.fhir_checks import ids
 
 TASK = {"resourceType": "Task", "status": "requested", "intent": "order"}
@@ -49,6 +51,76 @@ def test_transaction_replaces_fullurls_of_updates_in_uris_and_in_the_narrative(f
     assert task["basedOn"] == [{"reference": "Task/tput"}]
     assert task["instantiatesUri"] == f"Task/{created_id}"
     assert 'href="Task/tput"' in task["text"]["div"]
+
+
+def test_transaction_replaces_fullurls_in_every_element_of_a_uri_type(fhir):
+    parent = "urn:uuid:c757873d-ec9a-4326-a141-556f43239520"
+    narrative = {"status": "generated", "div": f"<div xmlns='http://www.w3.org/1999/xhtml'><img src='{parent}'/></div>"}
+
+    def given(kind: str, value: dict) -> dict:
+        return {"type": {"text": kind}, **value}
+
+    response = _post(fhir, "transaction", [
+        {"fullUrl": parent, "resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "input": [
+            given("url", {"valueUrl": parent}),
+            given("uuid", {"valueUuid": parent}),
+            given("attachment", {"valueAttachment": {"url": parent}}),
+            given("canonical", {"valueCanonical": parent}),
+        ], "text": narrative}, "request": {"method": "POST", "url": "Task"}},
+    ])
+    assert response.status_code == 200, response.text
+    parent_id = response.json()["entry"][0]["resource"]["id"]
+    task = response.json()["entry"][1]["resource"]
+    assert task["input"] == [
+        given("url", {"valueUrl": f"Task/{parent_id}"}),
+        given("uuid", {"valueUuid": f"urn:uuid:{parent_id}"}),  # a uuid element holds only a uuid: the id is one
+        given("attachment", {"valueAttachment": {"url": f"Task/{parent_id}"}}),
+        given("canonical", {"valueCanonical": f"Task/{parent_id}"}),
+    ]
+    assert f"src='Task/{parent_id}'" in task["text"]["div"]
+
+
+def test_transaction_refuses_an_oid_element_naming_a_resource_no_oid_can_name(fhir):
+    parent = "urn:oid:1.2.826.0.1.3680043.8.498.99"
+    response = _post(fhir, "transaction", [
+        {"fullUrl": parent, "resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "input": [{"type": {"text": "oid"}, "valueOid": parent}]},
+         "request": {"method": "POST", "url": "Task"}},
+    ])
+    assert response.status_code == 400
+    assert "which an element of type oid cannot hold" in response.json()["issue"][0]["diagnostics"]
+    assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
+NOWHERE = "urn:uuid:deadbeef-0000-4000-8000-000000000000"
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        {**TASK, "input": [{"type": {"text": "url"}, "valueUrl": NOWHERE}]},
+        {**TASK, "input": [{"type": {"text": "file"}, "valueAttachment": {"url": "urn:oid:1.2.3"}}]},
+        {**TASK, "text": {"status": "generated",
+                          "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><a href="{NOWHERE}">the order</a></div>'}},
+        {**TASK, "_status": {"extension": [
+            {"url": "http://example.org/why", "valueReference": {"reference": NOWHERE}},
+        ]}},
+    ],
+)
+def test_transaction_refuses_a_placeholder_left_where_only_a_link_can_be(fhir, task):
+    response = _post(fhir, "transaction", [{"resource": task, "request": {"method": "POST", "url": "Task"}}])
+    assert response.status_code == 400, response.text
+    assert "fullUrl of no entry" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_transaction_keeps_a_uuid_or_an_oid_that_names_no_entry_as_the_name_it_is(fhir):
+    named = {**TASK, "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": "order-1"}],
+             "input": [{"type": {"text": "correlation"}, "valueUuid": "urn:uuid:a76d9bbf-f293-11e8-a1a4-7b4e5c8a1c3d"}]}
+    response = _post(fhir, "transaction", [{"resource": named, "request": {"method": "POST", "url": "Task"}}])
+    assert response.status_code == 200, response.text
+    task = response.json()["entry"][0]["resource"]
+    assert (task["identifier"], task["input"]) == (named["identifier"], named["input"])
 
 
 def test_transaction_refuses_a_urn_uuid_that_names_no_entry(fhir):

@@ -3,8 +3,9 @@
 A batch runs each entry on its own and reports each outcome; a transaction
 runs all of them in one database transaction and either all succeed or
 nothing is written. In a transaction, every entry's fullUrl is replaced
-wherever the Bundle refers to it (a created resource's `urn:uuid:` by the id
-the server assigns, an updated one's by its `Type/id`), and conditional
+wherever the Bundle links to it (a created resource's `urn:uuid:` by the id
+the server assigns, an updated one's by its `Type/id`), in references, uri
+elements and the narrative (`fhir_mappings.links`), and conditional
 references by the one resource they match.
 """
 
@@ -18,8 +19,10 @@ from sqlalchemy import Connection
 
 from fhir_mappings.date_ranges import date_range, instant_text
 from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
+from fhir_mappings.links import PLACEHOLDERS, placeholder_links, with_links_replaced
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.patient_compartment import patients_of_json, patients_searched
+from fhir_mappings.r4_uuid import R4_UUID_PATTERN
 from fhir_mappings.resources import literal_references
 from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
 from fhir_mappings.subsetting import subset_json
@@ -109,7 +112,10 @@ def _transaction(
             position: f"{version.resource_type}/{version.resource_id}" for position, version in existing.items()
         })
         assigned = _identities(entries, base, existing)
-        entries = [with_relative_references(_replace_references(entry, assigned), base) for entry in entries]
+        entries = [
+            with_relative_references(_replace_links(entry, assigned, position), base)
+            for position, entry in enumerate(entries)
+        ]
         for position, entry in enumerate(entries):
             _refuse_placeholders(entry.get("resource"), position)
         entries = [
@@ -391,44 +397,47 @@ def _identities(entries: list[dict[str, Any]], base: str, existing: dict[int, St
             continue
         if position in existing:
             assigned[full_url] = f"{existing[position].resource_type}/{existing[position].resource_id}"
-        elif method == "POST" and full_url.startswith(_PLACEHOLDERS):
+        elif method == "POST" and full_url.startswith(PLACEHOLDERS):
             assigned[full_url] = f"{url.split('?')[0].strip('/')}/{uuid.uuid4()}"
         elif method == "PUT" and "?" not in url:
             assigned[full_url] = _path(url, base).strip("/")
     return assigned
 
 
-_PLACEHOLDERS = ("urn:uuid:", "urn:oid:")
+def _replace_links(entry: dict[str, Any], targets: dict[str, str], position: int) -> dict[str, Any]:
+    """`entry` with each link of its resource to one of `targets` (fullUrls,
+    conditional references) replaced by the `Type/id` it stands for, wherever
+    R4 asks (http.html#trules): references, uri elements, the narrative."""
+    if "resource" not in entry:
+        return entry
+
+    def replaced(kind: str, link: str) -> str:
+        target = targets.get(link)
+        if target is None:
+            return link
+        return _as_uuid(kind, link, target, position) if kind in ("uuid", "oid") else target
+
+    return {**entry, "resource": with_links_replaced(entry["resource"], replaced)}
 
 
-def _replace_references(node: Any, assigned: dict[str, str]) -> Any:
-    """`node` with every fullUrl of the transaction replaced where R4 asks
-    (http.html#trules): in references, in uri elements, and in the narrative."""
-    if isinstance(node, dict):
-        return {key: _replaced(key, value, assigned) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_replace_references(item, assigned) for item in node]
-    return node
+def _as_uuid(kind: str, link: str, target: str, position: int) -> str:
+    """`target` (`Type/id`) written where only a uuid or an oid fits: as the
+    URN of its id where that is a UUID, as every id the server assigns is;
+    no oid names a resource."""
+    uuid_urn = f"urn:uuid:{target.rpartition('/')[2]}"
+    if kind == "uuid" and R4_UUID_PATTERN.fullmatch(uuid_urn):
+        return uuid_urn
+    raise InvalidRequest(
+        f"entry {position}: {link[:100]} stands for {target[:100]} here, which an element of type {kind} cannot hold"
+    )
 
 
-def _replaced(key: str, value: Any, assigned: dict[str, str]) -> Any:
-    """References and uri elements (valueUri, ...) name the resource whole;
-    the narrative's links inside its XHTML."""
-    if not isinstance(value, str):
-        return _replace_references(value, assigned)
-    if key == "reference" or key.endswith("Uri"):
-        return assigned.get(value, value)
-    if key == "div":
-        for full_url, target in assigned.items():
-            value = value.replace(f'"{full_url}"', f'"{target}"')
-    return value
-
-
-def _refuse_placeholders(node: Any, position: int) -> None:
-    """A `urn:uuid:` reference left after replacement names no entry: it would be stored meaning nothing."""
-    for reference in literal_references(node):
-        if reference.startswith(_PLACEHOLDERS):
-            raise InvalidRequest(f"entry {position}: {reference[:100]} is the fullUrl of no entry of this transaction")
+def _refuse_placeholders(resource: Any, position: int) -> None:
+    """A placeholder left after replacement where only a link can be names no
+    entry: it would be stored meaning nothing."""
+    left = placeholder_links(resource)
+    if left:
+        raise InvalidRequest(f"entry {position}: {left[0][:100]} is the fullUrl of no entry of this transaction")
 
 
 def _resolve_conditional_references(
@@ -458,7 +467,7 @@ def _resolve_conditional_references(
                 f"entry {position}: the conditional reference {reference[:100]} matches {resolved[reference]},"
                 " which this transaction deletes"
             )
-    return _replace_references(entry, resolved)
+    return _replace_links(entry, resolved, position)
 
 
 def _response_bundle(kind: str, results: list[EntryResult]) -> bytes:
