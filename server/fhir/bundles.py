@@ -5,8 +5,8 @@ runs all of them in one database transaction and either all succeed or
 nothing is written. In a transaction, every entry's fullUrl is replaced
 wherever the Bundle links to it (a created resource's `urn:uuid:` by the id
 the server assigns, an updated one's by its `Type/id`), in references, uri
-elements and the narrative (`fhir_mappings.links`), and conditional
-references by the one resource they match.
+elements and the narrative (`bundle_links`), and conditional references by
+the one resource they match.
 """
 
 import uuid
@@ -19,16 +19,16 @@ from sqlalchemy import Connection
 
 from fhir_mappings.date_ranges import date_range, instant_text
 from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
-from fhir_mappings.links import PLACEHOLDERS, placeholder_links, with_links_replaced
+from fhir_mappings.links import PLACEHOLDERS
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.patient_compartment import patients_of_json, patients_searched
-from fhir_mappings.r4_uuid import R4_UUID_PATTERN
 from fhir_mappings.resources import literal_references
 from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
 from fhir_mappings.subsetting import subset_json
 from server.audit.middleware import note_patients
 from server.db import retried_on_conflict, write_connection
 from server.fhir import interactions
+from server.fhir.bundle_links import refuse_placeholders, replace_links
 from server.fhir.conditional import (
     condition_key,
     create_if_none_exist,
@@ -113,11 +113,11 @@ def _transaction(
         })
         assigned = _identities(entries, base, existing)
         entries = [
-            with_relative_references(_replace_links(entry, assigned, position), base)
+            with_relative_references(replace_links(entry, assigned, position), base)
             for position, entry in enumerate(entries)
         ]
         for position, entry in enumerate(entries):
-            _refuse_placeholders(entry.get("resource"), position)
+            refuse_placeholders(entry.get("resource"), position)
         entries = [
             _resolve_conditional_references(service, entry, position, base, connection, authorize_search, deleted)
             for position, entry in enumerate(entries)
@@ -404,42 +404,6 @@ def _identities(entries: list[dict[str, Any]], base: str, existing: dict[int, St
     return assigned
 
 
-def _replace_links(entry: dict[str, Any], targets: dict[str, str], position: int) -> dict[str, Any]:
-    """`entry` with each link of its resource to one of `targets` (fullUrls,
-    conditional references) replaced by the `Type/id` it stands for, wherever
-    R4 asks (http.html#trules): references, uri elements, the narrative."""
-    if "resource" not in entry:
-        return entry
-
-    def replaced(kind: str, link: str) -> str:
-        target = targets.get(link)
-        if target is None:
-            return link
-        return _as_uuid(kind, link, target, position) if kind in ("uuid", "oid") else target
-
-    return {**entry, "resource": with_links_replaced(entry["resource"], replaced)}
-
-
-def _as_uuid(kind: str, link: str, target: str, position: int) -> str:
-    """`target` (`Type/id`) written where only a uuid or an oid fits: as the
-    URN of its id where that is a UUID, as every id the server assigns is;
-    no oid names a resource."""
-    uuid_urn = f"urn:uuid:{target.rpartition('/')[2]}"
-    if kind == "uuid" and R4_UUID_PATTERN.fullmatch(uuid_urn):
-        return uuid_urn
-    raise InvalidRequest(
-        f"entry {position}: {link[:100]} stands for {target[:100]} here, which an element of type {kind} cannot hold"
-    )
-
-
-def _refuse_placeholders(resource: Any, position: int) -> None:
-    """A placeholder left after replacement where only a link can be names no
-    entry: it would be stored meaning nothing."""
-    left = placeholder_links(resource)
-    if left:
-        raise InvalidRequest(f"entry {position}: {left[0][:100]} is the fullUrl of no entry of this transaction")
-
-
 def _resolve_conditional_references(
     service: FhirService, entry: dict[str, Any], position: int, base: str, connection: Connection,
     authorize_search: Callable[[SearchRequest], None], deleted: set[str],
@@ -467,7 +431,7 @@ def _resolve_conditional_references(
                 f"entry {position}: the conditional reference {reference[:100]} matches {resolved[reference]},"
                 " which this transaction deletes"
             )
-    return _replace_links(entry, resolved, position)
+    return replace_links(entry, resolved, position)
 
 
 def _response_bundle(kind: str, results: list[EntryResult]) -> bytes:
