@@ -15,8 +15,8 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_mappings.elements import ELEMENT, Kind, element_kinds
 
-URI_TYPES = frozenset(("uri", "url", "canonical", "oid", "uuid"))
-PLACEHOLDERS = ("urn:uuid:", "urn:oid:")
+_URI_TYPES = frozenset(("uri", "url", "canonical", "oid", "uuid"))
+_PLACEHOLDERS = ("urn:uuid:", "urn:oid:")
 # Where a value can only be a link, so that a placeholder there names an entry
 # of a Bundle or nothing. A uri, a canonical, an oid or a uuid may be a name
 # (Coding.system "urn:oid:2.16.840.1.113883.6.1", say), whether or not an entry has it.
@@ -27,7 +27,7 @@ _NARRATIVE_LINK = re.compile(r"""(\s(?:href|src)\s*=\s*)(["'])(.*?)\2""")
 _REFERENCE = get_fhir_model_class("Reference")
 
 # `replace(kind, link)`: what to keep in place of `link`, whose kind is
-# "reference", "narrative" or one of URI_TYPES.
+# "reference", "narrative" or one of _URI_TYPES.
 Replace = Callable[[str, str], str]
 
 
@@ -43,7 +43,7 @@ def placeholder_links(resource: Any) -> list[str]:
     found: list[str] = []
 
     def note(kind: str, link: str) -> str:
-        if kind in _LINKS_ONLY and link.startswith(PLACEHOLDERS):
+        if kind in _LINKS_ONLY and link.startswith(_PLACEHOLDERS):
             found.append(link)
         return link
 
@@ -78,7 +78,7 @@ def _item_replaced(item: Any, key: str, model: type, kind: Kind | None, replace:
     if key.startswith("_"):  # a primitive's id and extensions
         return _replaced(item, ELEMENT, replace) if isinstance(item, dict) else item
     if isinstance(item, str):
-        if kind.type_name in URI_TYPES:
+        if kind.type_name in _URI_TYPES:
             return replace(kind.type_name, item)
         if kind.type_name == "xhtml":
             return _NARRATIVE_LINK.sub(

@@ -34,6 +34,46 @@ def test_transaction_resolves_urn_uuid_references_and_commits_all(fhir):
     assert ids(found) == [child["id"]]
 
 
+@pytest.mark.parametrize("parent", ["http://testserver/fhir/Task/parent-abc", "Task/parent-abc"])
+def test_transaction_replaces_references_to_a_created_resource_whose_fullurl_is_no_placeholder(fhir, parent):
+    response = _post(fhir, "transaction", [
+        {"fullUrl": parent, "resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"fullUrl": "http://testserver/fhir/Task/child-abc", "resource": {
+            **TASK, "partOf": [{"reference": "Task/parent-abc"}],
+            "basedOn": [{"reference": "http://testserver/fhir/Task/parent-abc"}],
+        }, "request": {"method": "POST", "url": "Task"}},
+    ])
+    assert response.status_code == 200, response.text
+    parent_id = response.json()["entry"][0]["resource"]["id"]
+    child = response.json()["entry"][1]["resource"]
+    assert (child["partOf"], child["basedOn"]) == ([{"reference": f"Task/{parent_id}"}],) * 2
+    assert fhir.get("/fhir/Task/parent-abc").status_code == 404
+    assert ids(fhir.get("/fhir/Task", params={"part-of": f"Task/{parent_id}"}).json()) == [child["id"]]
+
+
+def test_a_relative_reference_is_read_against_the_base_of_its_entrys_fullurl(fhir):
+    elsewhere, here = "http://other.example/fhir", "http://testserver/fhir"
+
+    def created(full_url: str | None, **links: list) -> dict:
+        entry = {"resource": {**TASK, **links}, "request": {"method": "POST", "url": "Task"}}
+        return entry if full_url is None else {"fullUrl": full_url, **entry}
+
+    response = _post(fhir, "transaction", [
+        created(f"{elsewhere}/Task/parent-abc"),
+        created(None, partOf=[{"reference": "Task/parent-abc"}],  # this server's Task/parent-abc
+                basedOn=[{"reference": f"{elsewhere}/Task/parent-abc"}]),
+        created(f"{elsewhere}/Task/child-abc", partOf=[{"reference": "Task/parent-abc"}]),
+        created(f"{here}/Task/sibling-abc"),
+        created(f"{elsewhere}/Task/cousin-abc", partOf=[{"reference": "Task/sibling-abc"}]),
+    ])
+    assert response.status_code == 200, response.text
+    entries = [entry["resource"] for entry in response.json()["entry"]]
+    parent_id = entries[0]["id"]
+    assert entries[1]["partOf"] == [{"reference": "Task/parent-abc"}]
+    assert entries[1]["basedOn"] == entries[2]["partOf"] == [{"reference": f"Task/{parent_id}"}]
+    assert entries[4]["partOf"] == [{"reference": "Task/sibling-abc"}]  # not entry 3: it names no entry, as sent
+
+
 def test_transaction_replaces_fullurls_of_updates_in_uris_and_in_the_narrative(fhir):
     updated = "urn:uuid:5b1f2a3c-0000-4000-8000-000000000001"
     created = "urn:uuid:5b1f2a3c-0000-4000-8000-000000000002"

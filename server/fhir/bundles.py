@@ -3,10 +3,9 @@
 A batch runs each entry on its own and reports each outcome; a transaction
 runs all of them in one database transaction and either all succeed or
 nothing is written. In a transaction, every entry's fullUrl is replaced
-wherever the Bundle links to it (a created resource's `urn:uuid:` by the id
-the server assigns, an updated one's by its `Type/id`), in references, uri
-elements and the narrative (`bundle_links`), and conditional references by
-the one resource they match.
+wherever the Bundle links to it (a created resource's, `urn:uuid:` or URL,
+by the id the server assigns, an updated one's by its `Type/id`;
+`bundle_links`), and conditional references by the one resource they match.
 """
 
 import uuid
@@ -19,7 +18,6 @@ from sqlalchemy import Connection
 
 from fhir_mappings.date_ranges import date_range, instant_text
 from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
-from fhir_mappings.links import PLACEHOLDERS
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.patient_compartment import patients_of_json, patients_searched
 from fhir_mappings.resources import literal_references
@@ -28,7 +26,7 @@ from fhir_mappings.subsetting import subset_json
 from server.audit.middleware import note_patients
 from server.db import retried_on_conflict, write_connection
 from server.fhir import interactions
-from server.fhir.bundle_links import refuse_placeholders, replace_links
+from server.fhir.bundle_links import absolute_full_url, refuse_placeholders, replace_links
 from server.fhir.conditional import (
     condition_key,
     create_if_none_exist,
@@ -113,7 +111,7 @@ def _transaction(
         })
         assigned = _identities(entries, base, existing)
         entries = [
-            with_relative_references(replace_links(entry, assigned, position), base)
+            with_relative_references(replace_links(entry, assigned, base, position), base)
             for position, entry in enumerate(entries)
         ]
         for position, entry in enumerate(entries):
@@ -130,10 +128,8 @@ def _transaction(
             if position in existing:
                 results[position] = _result("200 OK", existing[position], base)
                 continue
-            created_id = next(
-                (target.split("/")[-1] for full_url, target in assigned.items() if full_url == entry.get("fullUrl")),
-                None,
-            )
+            full_url = absolute_full_url(entry, base)
+            created_id = assigned[full_url].rpartition("/")[2] if full_url in assigned else None
             try:
                 results[position] = _run(service, entry, base, connection, created_id, authorize_search)
             except FhirError as error:
@@ -184,8 +180,8 @@ def _refuse_overlaps(entries: list[dict[str, Any]], base: str, claimed: dict[int
     targets: dict[str, int] = {}
     deleted: set[str] = set()
     for position, entry in enumerate(entries):
-        full_url = entry.get("fullUrl")
-        if isinstance(full_url, str):
+        full_url = absolute_full_url(entry, base)
+        if full_url is not None:
             if full_url in full_urls:
                 raise InvalidRequest(f"entry {position}: fullUrl {full_url[:100]!r} appears twice in the transaction")
             full_urls.add(full_url)
@@ -386,19 +382,19 @@ def _unconditional(
 
 
 def _identities(entries: list[dict[str, Any]], base: str, existing: dict[int, StoredVersion]) -> dict[str, str]:
-    """What each entry's fullUrl stands for once the transaction has run: a
-    created resource's `urn:uuid:`/`urn:oid:` placeholder the id the server
-    assigns (or the resource its ifNoneExist matched), an updated resource's
-    fullUrl the `Type/id` of its URL."""
+    """What each entry's fullUrl (made absolute) stands for once the transaction
+    has run: a created resource's, whatever its form (a placeholder, a URL on
+    this server or another), the id the server assigns (or the resource its
+    ifNoneExist matched); an updated resource's the `Type/id` of its URL."""
     assigned: dict[str, str] = {}
     for position, entry in enumerate(entries):
-        full_url, method, url = entry.get("fullUrl"), entry["request"]["method"], entry["request"]["url"]
-        if not isinstance(full_url, str):
+        full_url, method, url = absolute_full_url(entry, base), entry["request"]["method"], entry["request"]["url"]
+        if full_url is None:
             continue
         if position in existing:
             assigned[full_url] = f"{existing[position].resource_type}/{existing[position].resource_id}"
-        elif method == "POST" and full_url.startswith(PLACEHOLDERS):
-            assigned[full_url] = f"{url.split('?')[0].strip('/')}/{uuid.uuid4()}"
+        elif method == "POST":
+            assigned[full_url] = f"{_path(url, base).strip('/')}/{uuid.uuid4()}"
         elif method == "PUT" and "?" not in url:
             assigned[full_url] = _path(url, base).strip("/")
     return assigned
@@ -431,7 +427,7 @@ def _resolve_conditional_references(
                 f"entry {position}: the conditional reference {reference[:100]} matches {resolved[reference]},"
                 " which this transaction deletes"
             )
-    return replace_links(entry, resolved, position)
+    return replace_links(entry, resolved, base, position)
 
 
 def _response_bundle(kind: str, results: list[EntryResult]) -> bytes:
