@@ -285,6 +285,20 @@ def test_conditional_references_with_this_servers_base_are_resolved_and_unresolv
     assert fhir.post("/fhir/Task", json={**TASK, "partOf": [{"reference": "Task?identifier=http://a|v1"}]}).status_code == 422
 
 
+def test_a_placeholder_outside_a_transaction_is_refused_by_create_update_and_batch(fhir):
+    """No Bundle entry is there for it to name: it could never be resolved."""
+    assert fhir.post("/fhir/Task", json={**TASK, "partOf": [{"reference": NOWHERE}]}).status_code == 422
+    oid = {**TASK, "id": "o1", "basedOn": [{"reference": "urn:oid:1.2.3"}]}
+    assert fhir.put("/fhir/Task/o1", json=oid).status_code == 422
+    response = _post(fhir, "batch", [
+        {"fullUrl": NOWHERE, "resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "partOf": [{"reference": NOWHERE}]}, "request": {"method": "POST", "url": "Task"}},
+    ])
+    assert [entry["response"]["status"][:3] for entry in response.json()["entry"]] == ["201", "422"]
+    assert "placeholder" in response.json()["entry"][1]["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert fhir.get("/fhir/Task").json()["total"] == 1
+
+
 def test_reads_in_a_batch_take_summary_and_elements(fhir):
     fhir.put("/fhir/Task/r1", json={**TASK, "id": "r1", "description": "long"})
     response = _post(fhir, "batch", [
