@@ -14,16 +14,15 @@ decimal's digits and a time's zone included.
 
 import copy
 import re
-from dataclasses import dataclass
 from functools import cache
 from itertools import zip_longest
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
-from fhir_core.utils import determine_version_prefix, get_fhir_type_name, is_list_type, is_primitive_type
 from lxml import etree
 
+from fhir_mappings.elements import ELEMENT, Kind, element_kinds
 from fhir_mappings.errors import InvalidRequest
 from fhir_mappings.fhir_json import WrittenDecimal
 
@@ -86,7 +85,7 @@ def _resource_element(resource: dict[str, Any]) -> Any:
 def _write(element: Any, document: dict[str, Any], model: type) -> None:
     """`document`'s members as `element`'s attributes and children, in the order FHIR gives them."""
     is_resource, is_extension = _is_resource_or_extension(model)
-    kinds = _elements(model)
+    kinds = element_kinds(model)
     unknown = {key.removeprefix("_") for key in document} - kinds.keys() - {"resourceType"}
     if unknown:
         raise ValueError(f"{model.get_resource_type()} has no element {sorted(unknown)[0]!r}")  # type: ignore[attr-defined]
@@ -111,7 +110,7 @@ def _write(element: Any, document: dict[str, Any], model: type) -> None:
                 if item is not None:
                     child.set("value", _primitive_text(item))
                 if item_extra:
-                    _write(child, item_extra, _ELEMENT)
+                    _write(child, item_extra, ELEMENT)
             else:
                 _write(child, item, get_fhir_model_class(kind.type_name))
 
@@ -158,7 +157,7 @@ def _content(element: Any, model: type, path: str, value_attribute: bool = False
         elif not (attribute == "value" and value_attribute or attribute.startswith(f"{{{_XSI_NS}}}")):
             raise InvalidRequest(f"{path} has an attribute {attribute!r}, which FHIR XML does not have there")
     _refuse_text(element.text, path)
-    elements = _elements(model)
+    elements = element_kinds(model)
     for child in element:
         _refuse_text(child.tail, path)
         namespace, name = _name(child)
@@ -186,7 +185,7 @@ def _content(element: Any, model: type, path: str, value_attribute: bool = False
     return document
 
 
-def _value(element: Any, kind: "_Kind", path: str) -> tuple[Any, dict[str, Any] | None]:
+def _value(element: Any, kind: Kind, path: str) -> tuple[Any, dict[str, Any] | None]:
     """An element's JSON value and, for a primitive, its id and extensions
     (JSON's `_name`), or None for either that it lacks."""
     type_name = kind.type_name
@@ -209,7 +208,7 @@ def _value(element: Any, kind: "_Kind", path: str) -> tuple[Any, dict[str, Any] 
         _refuse_text(element.text, path)
         extension = None
     else:
-        extension = _content(element, _ELEMENT, path, value_attribute=True) or None
+        extension = _content(element, ELEMENT, path, value_attribute=True) or None
     if text is None and extension is None:
         raise InvalidRequest(f"{path} has neither a value nor an extension")
     return (None if text is None else _primitive(text, type_name, path)), extension
@@ -243,20 +242,6 @@ def _name(element: Any) -> tuple[str | None, str]:
     return qualified.namespace, qualified.localname
 
 
-@dataclass(frozen=True)
-class _Kind:
-    """What the R4 models say of an element."""
-
-    type_name: str  # a FHIR type: "string", "Quantity", "Resource", "xhtml"
-    repeats: bool
-    primitive: bool
-
-
-_ELEMENT = get_fhir_model_class("Element")  # what a primitive carries beside its value: id and extensions
-# fhir_core's key for the R4B models' types (its pattern reads R4B as R4).
-_TYPE_PREFIX = determine_version_prefix(_ELEMENT.__module__)
-
-
 @cache
 def _sequence(model: type) -> tuple[str, ...]:
     """A model's elements in the order FHIR XML writes them."""
@@ -266,15 +251,3 @@ def _sequence(model: type) -> tuple[str, ...]:
 @cache
 def _is_resource_or_extension(model: type) -> tuple[bool, bool]:
     return issubclass(model, Resource), model.get_resource_type() == "Extension"  # type: ignore[attr-defined]
-
-
-@cache
-def _elements(model: type) -> dict[str, _Kind]:
-    """A model's elements by their FHIR name (`valueQuantity`, `class`),
-    worked out once: fhir_core's type lookup is far slower than reading."""
-    fields = {alias: model.model_fields[name] for alias, name in model.get_alias_mapping().items()  # type: ignore[attr-defined]
-              if alias != "resourceType"}
-    return {
-        alias: _Kind(get_fhir_type_name(field, prefix=_TYPE_PREFIX), is_list_type(field), is_primitive_type(field))
-        for alias, field in fields.items()
-    }

@@ -4,7 +4,9 @@ The models come from `fhir.resources.R4B`: the package's default models are
 R5, and R4B equals R4 field for field for every type served here (pinned by
 `tests/test_fhir_models.py`). The package does not enforce required code
 bindings, so `validate_resource` checks them from the models' own
-`enum_values` (the codes of each required binding in FHIR R4).
+`enum_values` (the codes of each required binding in FHIR R4); and it types
+uuid elements as version 4 UUIDs, so `model_class` first gives them R4's
+uuid type (`r4_uuid`).
 """
 
 import functools
@@ -19,7 +21,9 @@ from pydantic import BaseModel, ValidationError
 from fhir_mappings.errors import InvalidRequest, InvalidResource
 from fhir_mappings.fhir_json import with_written_decimals
 from fhir_mappings.json_types import check_json_types
+from fhir_mappings.links import placeholder_links
 from fhir_mappings.narrative import check_narratives
+from fhir_mappings.r4_uuid import use_r4_uuids
 
 # The models abbreviate some long value sets with a trailing "+"; these are
 # the full required value sets of FHIR R4 (valueset-*.html of each name).
@@ -55,6 +59,7 @@ RESOURCE_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def model_class(resource_type: str) -> type[Resource]:
+    use_r4_uuids()
     try:
         return get_fhir_model_class(resource_type)  # type: ignore[no-any-return]
     except (KeyError, ValueError) as error:
@@ -114,7 +119,7 @@ def validate_resource(body: Any, expected_type: str | None = None) -> Resource:
         raise InvalidRequest(f"the body is a {resource_type}, the URL names {expected_type}")
     resource_class = model_class(resource_type)
     _check_contained(body.get("contained"), resource_type)
-    _refuse_conditional_references(body, resource_type)
+    _refuse_links_only_a_transaction_resolves(body, resource_type)
     try:
         model = resource_class.model_validate(body)
     except ValidationError as error:
@@ -132,16 +137,24 @@ def validate_resource(body: Any, expected_type: str | None = None) -> Resource:
     return model
 
 
-def _refuse_conditional_references(body: dict[str, Any], resource_type: str) -> None:
-    """A conditional reference (`Patient?identifier=...`) means something only
-    in a transaction, which replaces it by the resource it matches
-    (http.html#trules); anywhere else it would be stored meaning nothing."""
+def _refuse_links_only_a_transaction_resolves(body: dict[str, Any], resource_type: str) -> None:
+    """A conditional reference (`Patient?identifier=...`), or a `urn:uuid:` or
+    `urn:oid:` placeholder where only a link can be, means something only in
+    a transaction, which replaces it by the resource it matches or by the
+    entry whose fullUrl it is (http.html#trules); anywhere else it would be
+    stored meaning nothing, a link no read or search can follow."""
     for reference in literal_references(body):
         if "?" in reference:
             raise InvalidResource(
                 f"invalid {resource_type}: {reference[:100]!r} is a conditional reference, resolved only in a"
                 " transaction Bundle"
             )
+    placeholders = placeholder_links(body)
+    if placeholders:
+        raise InvalidResource(
+            f"invalid {resource_type}: {placeholders[0][:100]!r} is the placeholder of a Bundle entry, resolved only"
+            " in a transaction Bundle that has that entry"
+        )
 
 
 def literal_references(node: Any) -> list[str]:

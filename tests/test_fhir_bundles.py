@@ -2,6 +2,8 @@
 
 import threading
 
+import pytest
+
 from tests.fhir_checks import ids
 
 TASK = {"resourceType": "Task", "status": "requested", "intent": "order"}
@@ -32,6 +34,46 @@ def test_transaction_resolves_urn_uuid_references_and_commits_all(fhir):
     assert ids(found) == [child["id"]]
 
 
+@pytest.mark.parametrize("parent", ["http://testserver/fhir/Task/parent-abc", "Task/parent-abc"])
+def test_transaction_replaces_references_to_a_created_resource_whose_fullurl_is_no_placeholder(fhir, parent):
+    response = _post(fhir, "transaction", [
+        {"fullUrl": parent, "resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"fullUrl": "http://testserver/fhir/Task/child-abc", "resource": {
+            **TASK, "partOf": [{"reference": "Task/parent-abc"}],
+            "basedOn": [{"reference": "http://testserver/fhir/Task/parent-abc"}],
+        }, "request": {"method": "POST", "url": "Task"}},
+    ])
+    assert response.status_code == 200, response.text
+    parent_id = response.json()["entry"][0]["resource"]["id"]
+    child = response.json()["entry"][1]["resource"]
+    assert (child["partOf"], child["basedOn"]) == ([{"reference": f"Task/{parent_id}"}],) * 2
+    assert fhir.get("/fhir/Task/parent-abc").status_code == 404
+    assert ids(fhir.get("/fhir/Task", params={"part-of": f"Task/{parent_id}"}).json()) == [child["id"]]
+
+
+def test_a_relative_reference_is_read_against_the_base_of_its_entrys_fullurl(fhir):
+    elsewhere, here = "http://other.example/fhir", "http://testserver/fhir"
+
+    def created(full_url: str | None, **links: list) -> dict:
+        entry = {"resource": {**TASK, **links}, "request": {"method": "POST", "url": "Task"}}
+        return entry if full_url is None else {"fullUrl": full_url, **entry}
+
+    response = _post(fhir, "transaction", [
+        created(f"{elsewhere}/Task/parent-abc"),
+        created(None, partOf=[{"reference": "Task/parent-abc"}],  # this server's Task/parent-abc
+                basedOn=[{"reference": f"{elsewhere}/Task/parent-abc"}]),
+        created(f"{elsewhere}/Task/child-abc", partOf=[{"reference": "Task/parent-abc"}]),
+        created(f"{here}/Task/sibling-abc"),
+        created(f"{elsewhere}/Task/cousin-abc", partOf=[{"reference": "Task/sibling-abc"}]),
+    ])
+    assert response.status_code == 200, response.text
+    entries = [entry["resource"] for entry in response.json()["entry"]]
+    parent_id = entries[0]["id"]
+    assert entries[1]["partOf"] == [{"reference": "Task/parent-abc"}]
+    assert entries[1]["basedOn"] == entries[2]["partOf"] == [{"reference": f"Task/{parent_id}"}]
+    assert entries[4]["partOf"] == [{"reference": "Task/sibling-abc"}]  # not entry 3: it names no entry, as sent
+
+
 def test_transaction_replaces_fullurls_of_updates_in_uris_and_in_the_narrative(fhir):
     updated = "urn:uuid:5b1f2a3c-0000-4000-8000-000000000001"
     created = "urn:uuid:5b1f2a3c-0000-4000-8000-000000000002"
@@ -49,6 +91,76 @@ def test_transaction_replaces_fullurls_of_updates_in_uris_and_in_the_narrative(f
     assert task["basedOn"] == [{"reference": "Task/tput"}]
     assert task["instantiatesUri"] == f"Task/{created_id}"
     assert 'href="Task/tput"' in task["text"]["div"]
+
+
+def test_transaction_replaces_fullurls_in_every_element_of_a_uri_type(fhir):
+    parent = "urn:uuid:c757873d-ec9a-4326-a141-556f43239520"
+    narrative = {"status": "generated", "div": f"<div xmlns='http://www.w3.org/1999/xhtml'><img src='{parent}'/></div>"}
+
+    def given(kind: str, value: dict) -> dict:
+        return {"type": {"text": kind}, **value}
+
+    response = _post(fhir, "transaction", [
+        {"fullUrl": parent, "resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "input": [
+            given("url", {"valueUrl": parent}),
+            given("uuid", {"valueUuid": parent}),
+            given("attachment", {"valueAttachment": {"url": parent}}),
+            given("canonical", {"valueCanonical": parent}),
+        ], "text": narrative}, "request": {"method": "POST", "url": "Task"}},
+    ])
+    assert response.status_code == 200, response.text
+    parent_id = response.json()["entry"][0]["resource"]["id"]
+    task = response.json()["entry"][1]["resource"]
+    assert task["input"] == [
+        given("url", {"valueUrl": f"Task/{parent_id}"}),
+        given("uuid", {"valueUuid": f"urn:uuid:{parent_id}"}),  # a uuid element holds only a uuid: the id is one
+        given("attachment", {"valueAttachment": {"url": f"Task/{parent_id}"}}),
+        given("canonical", {"valueCanonical": f"Task/{parent_id}"}),
+    ]
+    assert f"src='Task/{parent_id}'" in task["text"]["div"]
+
+
+def test_transaction_refuses_an_oid_element_naming_a_resource_no_oid_can_name(fhir):
+    parent = "urn:oid:1.2.826.0.1.3680043.8.498.99"
+    response = _post(fhir, "transaction", [
+        {"fullUrl": parent, "resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "input": [{"type": {"text": "oid"}, "valueOid": parent}]},
+         "request": {"method": "POST", "url": "Task"}},
+    ])
+    assert response.status_code == 400
+    assert "which an element of type oid cannot hold" in response.json()["issue"][0]["diagnostics"]
+    assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
+NOWHERE = "urn:uuid:deadbeef-0000-4000-8000-000000000000"
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        {**TASK, "input": [{"type": {"text": "url"}, "valueUrl": NOWHERE}]},
+        {**TASK, "input": [{"type": {"text": "file"}, "valueAttachment": {"url": "urn:oid:1.2.3"}}]},
+        {**TASK, "text": {"status": "generated",
+                          "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><a href="{NOWHERE}">the order</a></div>'}},
+        {**TASK, "_status": {"extension": [
+            {"url": "http://example.org/why", "valueReference": {"reference": NOWHERE}},
+        ]}},
+    ],
+)
+def test_transaction_refuses_a_placeholder_left_where_only_a_link_can_be(fhir, task):
+    response = _post(fhir, "transaction", [{"resource": task, "request": {"method": "POST", "url": "Task"}}])
+    assert response.status_code == 400, response.text
+    assert "fullUrl of no entry" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_transaction_keeps_a_uuid_or_an_oid_that_names_no_entry_as_the_name_it_is(fhir):
+    named = {**TASK, "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": "order-1"}],
+             "input": [{"type": {"text": "correlation"}, "valueUuid": "urn:uuid:a76d9bbf-f293-11e8-a1a4-7b4e5c8a1c3d"}]}
+    response = _post(fhir, "transaction", [{"resource": named, "request": {"method": "POST", "url": "Task"}}])
+    assert response.status_code == 200, response.text
+    task = response.json()["entry"][0]["resource"]
+    assert (task["identifier"], task["input"]) == (named["identifier"], named["input"])
 
 
 def test_transaction_refuses_a_urn_uuid_that_names_no_entry(fhir):
@@ -171,6 +283,20 @@ def test_conditional_references_with_this_servers_base_are_resolved_and_unresolv
         {"resource": {**TASK, "partOf": [{"reference": "Task?identifier=http://a|v1"}]}, "request": {"method": "POST", "url": "Task"}},
     ]).json()["entry"][0]["response"]["status"].startswith("422")
     assert fhir.post("/fhir/Task", json={**TASK, "partOf": [{"reference": "Task?identifier=http://a|v1"}]}).status_code == 422
+
+
+def test_a_placeholder_outside_a_transaction_is_refused_by_create_update_and_batch(fhir):
+    """No Bundle entry is there for it to name: it could never be resolved."""
+    assert fhir.post("/fhir/Task", json={**TASK, "partOf": [{"reference": NOWHERE}]}).status_code == 422
+    oid = {**TASK, "id": "o1", "basedOn": [{"reference": "urn:oid:1.2.3"}]}
+    assert fhir.put("/fhir/Task/o1", json=oid).status_code == 422
+    response = _post(fhir, "batch", [
+        {"fullUrl": NOWHERE, "resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "partOf": [{"reference": NOWHERE}]}, "request": {"method": "POST", "url": "Task"}},
+    ])
+    assert [entry["response"]["status"][:3] for entry in response.json()["entry"]] == ["201", "422"]
+    assert "placeholder" in response.json()["entry"][1]["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert fhir.get("/fhir/Task").json()["total"] == 1
 
 
 def test_reads_in_a_batch_take_summary_and_elements(fhir):

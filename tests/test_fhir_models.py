@@ -1,12 +1,16 @@
-"""The R4 models and the required bindings they leave unchecked."""
+"""The R4 models, the required bindings they leave unchecked, and the uuid type they get wrong."""
+
+import importlib
+import pkgutil
 
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from pydantic import BaseModel
 
 from fhir_mappings.errors import InvalidResource
-from fhir_mappings.resources import validate_resource
+from fhir_mappings.resources import client_resource, model_class, validate_resource
 
 
 def test_r4b_models_are_r4_where_the_default_r5_ones_are_not():
@@ -59,3 +63,57 @@ def test_required_bindings_are_enforced(body):
 )
 def test_codes_of_the_full_value_sets_pass(body):
     validate_resource(body)
+
+
+def _task_with_uuid(value: str) -> dict:
+    return {"resourceType": "Task", "status": "requested", "intent": "order",
+            "input": [{"type": {"text": "correlation"}, "valueUuid": value}],
+            "extension": [{"url": "http://example.org/correlation", "valueUuid": value}]}
+
+
+def test_a_uuid_of_any_version_is_kept_as_sent():
+    version_1 = "urn:uuid:a76d9bbf-f293-11e8-a1a4-7b4e5c8a1c3d"
+    task = client_resource(_task_with_uuid(version_1))
+    assert task["input"][0]["valueUuid"] == task["extension"][0]["valueUuid"] == version_1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [  # forms of one version 4 UUID that the models alone take, and rewrite
+        "c757873d-ec9a-4326-a141-556f43239520",  # the URN's prefix left out
+        "urn:uuid:C757873D-EC9A-4326-A141-556F43239520",  # R4 writes it in lower case
+        "urn:uuid:{c757873d-ec9a-4326-a141-556f43239520}",
+        "urn:uuid:c757873dec9a4326a141556f43239520",
+        "urn:uuid:c757873d-ec9a-4326-a141-556f43239520\n",
+        "urn:uuid:not-a-uuid",
+    ],
+)
+def test_a_uuid_r4_does_not_allow_is_refused(value):
+    with pytest.raises(InvalidResource, match="valueUuid"):
+        validate_resource(_task_with_uuid(value))
+
+
+def test_no_r4b_model_keeps_the_version_4_uuid_type():
+    """The models `use_r4_uuids` retypes are every one with a uuid element, in whatever version of fhir.resources."""
+    model_class("Task")
+    left = [
+        f"{model.__name__}.{name}"
+        for model in _every_r4b_model()
+        for name, field in model.model_fields.items()
+        if "UUID" in repr(field.annotation)
+    ]
+    assert left == []
+
+
+def _every_r4b_model() -> list[type[BaseModel]]:
+    import fhir.resources.R4B as r4b
+
+    modules = [
+        importlib.import_module(f"fhir.resources.R4B.{module.name}")
+        for module in pkgutil.iter_modules(r4b.__path__)
+        if not module.name.startswith("tests")
+    ]
+    return [
+        model for module in modules for model in vars(module).values()
+        if isinstance(model, type) and issubclass(model, BaseModel) and model.__module__ == module.__name__
+    ]

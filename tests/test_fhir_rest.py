@@ -137,6 +137,14 @@ def test_invalid_bodies(fhir):
     _outcome(fhir.post("/fhir/Task", content=b"<Task/>", headers={"Content-Type": "text/plain"}), 415, "not-supported")
 
 
+def test_a_uuid_of_any_version_is_stored_as_sent_and_one_r4_does_not_allow_is_422(fhir):
+    time_based = "urn:uuid:a76d9bbf-f293-11e8-a1a4-7b4e5c8a1c3d"  # RFC 4122 version 1
+    task_id = _create(fhir, input=[{"type": {"text": "correlation"}, "valueUuid": time_based}]).json()["id"]
+    assert fhir.get(f"/fhir/Task/{task_id}").json()["input"][0]["valueUuid"] == time_based
+    unprefixed = {"type": {"text": "correlation"}, "valueUuid": "c757873d-ec9a-4326-a141-556f43239520"}
+    _outcome(fhir.post("/fhir/Task", json={**TASK, "input": [unprefixed]}), 422, "invalid")
+
+
 # --- content negotiation ---------------------------------------------------------
 @pytest.mark.parametrize(
     ("headers", "params", "expected"),

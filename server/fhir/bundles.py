@@ -3,9 +3,9 @@
 A batch runs each entry on its own and reports each outcome; a transaction
 runs all of them in one database transaction and either all succeed or
 nothing is written. In a transaction, every entry's fullUrl is replaced
-wherever the Bundle refers to it (a created resource's `urn:uuid:` by the id
-the server assigns, an updated one's by its `Type/id`), and conditional
-references by the one resource they match.
+wherever the Bundle links to it (a created resource's, `urn:uuid:` or URL,
+by the id the server assigns, an updated one's by its `Type/id`;
+`bundle_links`), and conditional references by the one resource they match.
 """
 
 import uuid
@@ -26,6 +26,7 @@ from fhir_mappings.subsetting import subset_json
 from server.audit.middleware import note_patients
 from server.db import retried_on_conflict, write_connection
 from server.fhir import interactions
+from server.fhir.bundle_links import absolute_full_url, refuse_placeholders, replace_links
 from server.fhir.conditional import (
     condition_key,
     create_if_none_exist,
@@ -109,9 +110,12 @@ def _transaction(
             position: f"{version.resource_type}/{version.resource_id}" for position, version in existing.items()
         })
         assigned = _identities(entries, base, existing)
-        entries = [with_relative_references(_replace_references(entry, assigned), base) for entry in entries]
+        entries = [
+            with_relative_references(replace_links(entry, assigned, base, position), base)
+            for position, entry in enumerate(entries)
+        ]
         for position, entry in enumerate(entries):
-            _refuse_placeholders(entry.get("resource"), position)
+            refuse_placeholders(entry.get("resource"), position)
         entries = [
             _resolve_conditional_references(service, entry, position, base, connection, authorize_search, deleted)
             for position, entry in enumerate(entries)
@@ -124,10 +128,8 @@ def _transaction(
             if position in existing:
                 results[position] = _result("200 OK", existing[position], base)
                 continue
-            created_id = next(
-                (target.split("/")[-1] for full_url, target in assigned.items() if full_url == entry.get("fullUrl")),
-                None,
-            )
+            full_url = absolute_full_url(entry, base)
+            created_id = assigned[full_url].rpartition("/")[2] if full_url in assigned else None
             try:
                 results[position] = _run(service, entry, base, connection, created_id, authorize_search)
             except FhirError as error:
@@ -178,8 +180,8 @@ def _refuse_overlaps(entries: list[dict[str, Any]], base: str, claimed: dict[int
     targets: dict[str, int] = {}
     deleted: set[str] = set()
     for position, entry in enumerate(entries):
-        full_url = entry.get("fullUrl")
-        if isinstance(full_url, str):
+        full_url = absolute_full_url(entry, base)
+        if full_url is not None:
             if full_url in full_urls:
                 raise InvalidRequest(f"entry {position}: fullUrl {full_url[:100]!r} appears twice in the transaction")
             full_urls.add(full_url)
@@ -380,55 +382,22 @@ def _unconditional(
 
 
 def _identities(entries: list[dict[str, Any]], base: str, existing: dict[int, StoredVersion]) -> dict[str, str]:
-    """What each entry's fullUrl stands for once the transaction has run: a
-    created resource's `urn:uuid:`/`urn:oid:` placeholder the id the server
-    assigns (or the resource its ifNoneExist matched), an updated resource's
-    fullUrl the `Type/id` of its URL."""
+    """What each entry's fullUrl (made absolute) stands for once the transaction
+    has run: a created resource's, whatever its form (a placeholder, a URL on
+    this server or another), the id the server assigns (or the resource its
+    ifNoneExist matched); an updated resource's the `Type/id` of its URL."""
     assigned: dict[str, str] = {}
     for position, entry in enumerate(entries):
-        full_url, method, url = entry.get("fullUrl"), entry["request"]["method"], entry["request"]["url"]
-        if not isinstance(full_url, str):
+        full_url, method, url = absolute_full_url(entry, base), entry["request"]["method"], entry["request"]["url"]
+        if full_url is None:
             continue
         if position in existing:
             assigned[full_url] = f"{existing[position].resource_type}/{existing[position].resource_id}"
-        elif method == "POST" and full_url.startswith(_PLACEHOLDERS):
-            assigned[full_url] = f"{url.split('?')[0].strip('/')}/{uuid.uuid4()}"
+        elif method == "POST":
+            assigned[full_url] = f"{_path(url, base).strip('/')}/{uuid.uuid4()}"
         elif method == "PUT" and "?" not in url:
             assigned[full_url] = _path(url, base).strip("/")
     return assigned
-
-
-_PLACEHOLDERS = ("urn:uuid:", "urn:oid:")
-
-
-def _replace_references(node: Any, assigned: dict[str, str]) -> Any:
-    """`node` with every fullUrl of the transaction replaced where R4 asks
-    (http.html#trules): in references, in uri elements, and in the narrative."""
-    if isinstance(node, dict):
-        return {key: _replaced(key, value, assigned) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_replace_references(item, assigned) for item in node]
-    return node
-
-
-def _replaced(key: str, value: Any, assigned: dict[str, str]) -> Any:
-    """References and uri elements (valueUri, ...) name the resource whole;
-    the narrative's links inside its XHTML."""
-    if not isinstance(value, str):
-        return _replace_references(value, assigned)
-    if key == "reference" or key.endswith("Uri"):
-        return assigned.get(value, value)
-    if key == "div":
-        for full_url, target in assigned.items():
-            value = value.replace(f'"{full_url}"', f'"{target}"')
-    return value
-
-
-def _refuse_placeholders(node: Any, position: int) -> None:
-    """A `urn:uuid:` reference left after replacement names no entry: it would be stored meaning nothing."""
-    for reference in literal_references(node):
-        if reference.startswith(_PLACEHOLDERS):
-            raise InvalidRequest(f"entry {position}: {reference[:100]} is the fullUrl of no entry of this transaction")
 
 
 def _resolve_conditional_references(
@@ -458,7 +427,7 @@ def _resolve_conditional_references(
                 f"entry {position}: the conditional reference {reference[:100]} matches {resolved[reference]},"
                 " which this transaction deletes"
             )
-    return _replace_references(entry, resolved)
+    return replace_links(entry, resolved, base, position)
 
 
 def _response_bundle(kind: str, results: list[EntryResult]) -> bytes:
