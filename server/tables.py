@@ -223,7 +223,8 @@ fhir_dates = _search_index(
 )
 fhir_references = _search_index(
     "fhir_references", Column("target_type", String(64), nullable=False),
-    Column("target_id", String(64), nullable=False), lookup=("target_id", "target_type"),
+    # resource_pk last: the resources pointing at one target in the order they were written.
+    Column("target_id", String(64), nullable=False), lookup=("target_id", "target_type", "resource_pk"),
 )
 fhir_quantities = _search_index(
     "fhir_quantities", Column("value", Float, nullable=False), Column("system", String(256)), Column("code", String(64)),

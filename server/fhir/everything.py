@@ -3,14 +3,17 @@ the patient and every resource in its compartment, in pages of a searchset.
 
 The Patient comes first, then the rest in the order they were written. Pages
 are found by keyset from the last row of the one before, as a search's are,
-so resources written while a client pages neither shift nor repeat what it sees.
+so resources written while a client pages neither shift nor repeat what it
+sees. Each type's members are read from the reference index in that order,
+from the last row on and no further than a page, so a page costs the same
+for a patient with a million resources as for one with ten.
 """
 
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Integer, and_, case, false, func, or_, select, union_all
+from sqlalchemy import Integer, Select, and_, case, false, or_, select, union_all
 
 from fhir_mappings.errors import Forbidden, InvalidRequest
 from fhir_mappings.patient_compartment import (
@@ -23,12 +26,15 @@ from fhir_mappings.patient_compartment import (
 from fhir_mappings.search_query import Summary, parse_search
 from server.db import reading
 from server.fhir.search import Row, SearchPage
-from server.fhir.search_sql import RESOURCES, SortPart, after, condition_clause, order_by, where_current
+from server.fhir.search_sql import RESOURCES, SortPart, after, condition_clause, held_by, order_by
 from server.fhir.service import FhirService
-from server.tables import fhir_resources
+from server.tables import fhir_references, fhir_resources
 
 _MEMBERS = fhir_resources.alias("m")
 _OPERATION = "Patient/$everything"
+# The Patient's rank, then the rest's: the order of the rows, and the position a cursor holds.
+_PATIENT_FIRST = case((RESOURCES.c.resource_type == "Patient", 0), else_=1).cast(Integer)
+_ORDER = [SortPart(_PATIENT_FIRST, False), SortPart(RESOURCES.c.id, False)]
 
 
 def everything(
@@ -48,33 +54,17 @@ def everything(
     request = parse_everything(patient_id, pairs, strict=strict and cursor_token is None)
     types, warnings = _types_shown(request, may_search)
     warnings += [f"unknown parameter {name!r} was ignored" for name in request.ignored]
-    matching = _matching(request, types)
-    parts = [SortPart(case((RESOURCES.c.resource_type == "Patient", 0), else_=1).cast(Integer), False),
-             SortPart(RESOURCES.c.id, False)]
-    statement = (
-        select(RESOURCES.c.id, RESOURCES.c.resource_type, RESOURCES.c.resource_id, RESOURCES.c.resource_json,
-               parts[0].expression.label("k0"))
-        .where(*matching)
-        .order_by(*order_by(parts, False))
-        .limit(request.count + 1)
-    )
-    position = state.get("position")
-    if position is not None:
-        if not isinstance(position, list) or len(position) != len(parts):
-            raise InvalidRequest("the paging cursor (_cursor) does not belong to this $everything")
-        statement = statement.where(after(parts, position, False))
+    position = state.get("position")  # signed with the cursor: as this function wrote it
     with reading(service.engine) as session:
         service.store.read("Patient", patient_id, session)  # 404 or 410 for a patient not here
-        fetched = session.execute(statement).all() if request.count else []
-        total = state.get("total") if cursor_token is not None else session.execute(
-            select(func.count()).select_from(RESOURCES).where(*matching)
-        ).scalar_one()
+        fetched = session.execute(_page(request, types, position)).all() if request.count else []
     has_more = len(fetched) > request.count
     fetched = fetched[: request.count]
     rows = [Row(row.id, row.resource_type, row.resource_id, row.resource_json) for row in fetched]
-    links = _links(service, request, base, cursor_token, total,
-                   [fetched[-1].k0, fetched[-1].id] if has_more and fetched else None)
-    return SearchPage((Summary.FALSE, ()), rows, [], total, links, warnings)
+    last = [fetched[-1].k0, fetched[-1].id] if has_more and fetched else None
+    # No total: counting a compartment of thousands (each access to the patient adds an AuditEvent to it)
+    # costs many times a page, which reads no further than itself.
+    return SearchPage((Summary.FALSE, ()), rows, [], None, _links(service, request, base, cursor_token, last), warnings)
 
 
 def _types_shown(request: EverythingRequest, may_search: Callable[[str], bool]) -> tuple[list[str], list[str]]:
@@ -90,54 +80,81 @@ def _types_shown(request: EverythingRequest, may_search: Callable[[str], bool]) 
     return shown, warnings
 
 
-def _matching(request: EverythingRequest, types: list[str]) -> list[Any]:
-    """The conditions on RESOURCES of the rows in the answer. Each type's
-    members come from its own indexed lookup, united: one OR over the types
-    would make the databases read every resource to test it."""
+def _page(request: EverythingRequest, types: list[str], position: list[int] | None) -> Select[Any]:
+    """The page after `position`: each type gives at most a page of its
+    members past it, and of those the first page in the order of all."""
+    members = _members(request, types, position)
+    statement = (
+        select(RESOURCES.c.id, RESOURCES.c.resource_type, RESOURCES.c.resource_id, RESOURCES.c.resource_json,
+               _PATIENT_FIRST.label("k0"))
+        .where(RESOURCES.c.id.in_(union_all(*members)) if members else false())
+        .order_by(*order_by(_ORDER, False))
+        .limit(request.count + 1)
+    )
+    return statement if position is None else statement.where(after(_ORDER, position, False))
+
+
+def _members(request: EverythingRequest, types: list[str], position: list[int] | None) -> list[Select[Any]]:
+    """For each type, the ids of at most a page of its members in the
+    compartment that the request keeps, past `position`."""
     members = []
     for resource_type in types:
         if resource_type == "Patient":
-            members.append(select(_MEMBERS.c.id).where(
-                where_current(_MEMBERS, "Patient"), _MEMBERS.c.resource_id == request.patient_id
-            ))
+            if position is None:  # the first row of all, so behind any cursor
+                members.append(select(_MEMBERS.c.id).where(
+                    _MEMBERS.c.resource_type == "Patient", _MEMBERS.c.resource_id == request.patient_id,
+                    _MEMBERS.c.deleted == false(), *_changed_since(request),
+                ))
             continue
-        member = [(COMPARTMENT_PARAMETERS[resource_type], f"Patient/{request.patient_id}")]
-        clauses = [condition_clause(condition, _MEMBERS)
-                   for condition in parse_search(resource_type, member, strict=True).conditions]
-        window = _care_window(request, resource_type)
-        if window is not None:
-            clauses.append(window)
-        members.append(select(_MEMBERS.c.id).where(where_current(_MEMBERS, resource_type), *clauses))
-    if not members:
-        return [false()]
-    matching = [RESOURCES.c.deleted == false(), RESOURCES.c.id.in_(union_all(*members))]
-    if request.since is not None:
-        since = parse_search("Patient", [("_lastUpdated", f"ge{request.since}")], strict=True).conditions
-        matching += [condition_clause(condition, RESOURCES) for condition in since]
-    return matching
+        member = (
+            select(fhir_references.c.resource_pk.label("id"))
+            .distinct()
+            .join(_MEMBERS, _MEMBERS.c.id == fhir_references.c.resource_pk)
+            .where(
+                fhir_references.c.param == COMPARTMENT_PARAMETERS[resource_type],
+                fhir_references.c.target_id == request.patient_id,
+                fhir_references.c.target_type == "Patient",
+                _MEMBERS.c.resource_type == resource_type,
+                _MEMBERS.c.deleted == false(),
+                *_changed_since(request),
+                *_care_window(request, resource_type),
+            )
+        )
+        if position is not None and position[0] == 1:  # past the Patient, and past this row among the rest
+            member = member.where(fhir_references.c.resource_pk > position[1])
+        member = member.order_by(fhir_references.c.resource_pk).limit(request.count + 1)
+        members.append(select(member.subquery().c.id))
+    return members
 
 
-def _care_window(request: EverythingRequest, resource_type: str) -> Any:
+def _changed_since(request: EverythingRequest) -> list[Any]:
+    if request.since is None:
+        return []
+    since = parse_search("Patient", [("_lastUpdated", f"ge{request.since}")], strict=True).conditions
+    return [condition_clause(condition, _MEMBERS) for condition in since]
+
+
+def _care_window(request: EverythingRequest, resource_type: str) -> list[Any]:
     """`start` and `end` on the type's care date; a resource without one is
     kept, since nothing says it lies outside the window."""
     care = CARE_DATES[resource_type]
     bounds = [(care, f"ge{request.start}")] if request.start is not None else []
     bounds += [(care, f"le{request.end}")] if request.end is not None else []
     if not bounds:
-        return None
+        return []
     within = parse_search(resource_type, bounds, strict=True).conditions
-    undated = parse_search(resource_type, [(f"{care}:missing", "true")], strict=True).conditions
-    return or_(*(condition_clause(condition, _MEMBERS) for condition in undated),
-               and_(*(condition_clause(condition, _MEMBERS) for condition in within)))
+    [undated] = parse_search(resource_type, [(f"{care}:missing", "true")], strict=True).conditions
+    return [or_(held_by(undated, _MEMBERS), and_(*(held_by(condition, _MEMBERS) for condition in within)))]
 
 
 def _links(
-    service: FhirService, request: EverythingRequest, base: str, cursor_token: str | None, total: int | None,
-    next_position: list[Any] | None,
+    service: FhirService, request: EverythingRequest, base: str, cursor_token: str | None,
+    next_position: list[int] | None,
 ) -> dict[str, str]:
     url = f"{base}/Patient/{request.patient_id}/$everything"
-    common = {"operation": _OPERATION, "patient": request.patient_id,
-              "params": [list(pair) for pair in request.parameters], "total": total}
+    common = {
+        "operation": _OPERATION, "patient": request.patient_id, "params": [list(pair) for pair in request.parameters]
+    }
 
     def cursor_url(**position: Any) -> str:
         return f"{url}?{urlencode({'_cursor': service.cursors.encode({**common, **position})})}"
@@ -145,7 +162,9 @@ def _links(
     if cursor_token is not None:
         self_url = f"{url}?{urlencode({'_cursor': cursor_token})}"
     else:
-        self_url = f"{url}?{urlencode(request.parameters)}" if request.parameters else url
+        # As run: a `_count` above the cap says the cap, as a search's self link does.
+        run = [(name, str(request.count) if name == "_count" else value) for name, value in request.parameters]
+        self_url = f"{url}?{urlencode(run)}" if run else url
     links = {"self": self_url, "first": cursor_url()}
     if next_position is not None:
         links["next"] = cursor_url(position=next_position)

@@ -101,6 +101,22 @@ def condition_clause(condition: Condition, resources: Any, nested: bool = False)
     return resources.c.id.not_in(matched) if condition.negate else resources.c.id.in_(matched)
 
 
+def held_by(condition: Condition, resources: Any) -> ColumnElement[bool]:
+    """`condition` as a test of each row of `resources`: EXISTS over that
+    row's own index rows. For rows already narrowed down (the members of a
+    compartment), where `condition_clause`'s IN would first gather every
+    resource of any type that the parameter matches."""
+    if condition.chain is not None or condition.negate:
+        raise ValueError("held_by tests values and :missing only")
+    table = _TABLES[condition.parameter.type].alias()
+    own = select(table.c.resource_pk).where(
+        table.c.resource_pk == resources.c.id, table.c.param == condition.parameter.name
+    )
+    if condition.missing is not None:
+        return ~own.exists() if condition.missing else own.exists()
+    return own.where(or_(*(_value_match(value, table) for value in condition.values))).exists()
+
+
 def _on_column(condition: Condition, match: Any) -> ColumnElement[bool]:
     if condition.missing is not None:
         return false() if condition.missing else true()
