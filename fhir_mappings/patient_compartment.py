@@ -41,8 +41,13 @@ CARE_DATES = MappingProxyType({
 EVERYTHING_TYPES = ("Patient", *COMPARTMENT_PARAMETERS)
 _EVERYTHING_PARAMETERS = frozenset(("start", "end", "_since", "_type", "_count"))
 
-# The elements by which this server's resources point at their patient.
-_PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
+# Where this server's resources name their patient: the elements of R4's
+# Patient compartment for its types (Provenance.target and AuditEvent.entity.what
+# among them), and Task.for, a job's patient, though R4 leaves Task out of it.
+_PATIENT_PATHS = (("subject",), ("patient",), ("for",), ("beneficiary",), ("target",), ("entity", "what"))
+# The search parameters of those elements: one that may point at other types
+# names a patient only with the type said (`subject=Patient/1`, `subject:Patient=1`).
+_PATIENT_PARAMETERS = frozenset(("patient", "subject", "target", "entity"))
 
 
 def patients_of(resource: dict[str, Any]) -> list[str]:
@@ -50,14 +55,22 @@ def patients_of(resource: dict[str, Any]) -> list[str]:
     if resource.get("resourceType") == "Patient":
         return [resource["id"]] if isinstance(resource.get("id"), str) else []
     found = []
-    for element in _PATIENT_ELEMENTS:
-        value = resource.get(element)
-        for reference in value if isinstance(value, list) else [value]:
+    for path in _PATIENT_PATHS:
+        for reference in _nodes(resource, path):
             if isinstance(reference, dict) and isinstance(reference.get("reference"), str):
                 target = split_reference(reference["reference"])
                 if target is not None and target[0] == "Patient":
                     found.append(target[1])
     return found
+
+
+def _nodes(resource: dict[str, Any], path: tuple[str, ...]) -> list[Any]:
+    """What `path` reaches in `resource`, through lists on the way."""
+    nodes: list[Any] = [resource]
+    for name in path:
+        values = [node.get(name) for node in nodes if isinstance(node, dict)]
+        nodes = [item for value in values for item in (value if isinstance(value, list) else [value])]
+    return nodes
 
 
 def patients_of_json(body: bytes) -> list[str]:
@@ -66,8 +79,8 @@ def patients_of_json(body: bytes) -> list[str]:
 
 
 def patients_searched(resource_type: str, pairs: list[tuple[str, str]]) -> list[str]:
-    """The Patient ids a search names: `patient=`, `subject=` (of a Patient),
-    and `_id=` on Patient itself."""
+    """The Patient ids a search names: `patient=`, and `subject=`, `target=`
+    or `entity=` of a Patient, and `_id=` on Patient itself."""
     found = []
     for name, value in pairs:
         base, _, modifier = name.partition(":")
@@ -76,23 +89,23 @@ def patients_searched(resource_type: str, pairs: list[tuple[str, str]]) -> list[
                 continue
             if base == "_id" and resource_type == "Patient" and not modifier:
                 found.append(item)
-            elif base in ("patient", "subject") and modifier in ("", "Patient"):
+            elif base in _PATIENT_PARAMETERS and modifier in ("", "Patient"):
                 target = split_reference(item) if "/" in item else ("Patient", item)
                 if target is not None and target[0] == "Patient" and (base == "patient" or "/" in item or modifier):
                     found.append(target[1])
     return found
 
 
-def compartment_search(resource_type: str, patient_id: str, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The search `Patient/[patient_id]/[resource_type]?pairs` is (R4
-    http.html#vsearch): the type's search, within the patient's compartment."""
+def compartment_parameter(resource_type: str, patient_id: str) -> tuple[str, str]:
+    """What makes a search of `resource_type` one within the patient's
+    compartment (`Patient/[patient_id]/[resource_type]`, R4 http.html#vsearch)."""
     parameter = COMPARTMENT_PARAMETERS.get(resource_type)
     if parameter is None:
         raise InvalidRequest(
             f"{resource_type} is not in a patient's compartment here; compartment searches take "
             f"{', '.join(COMPARTMENT_PARAMETERS)}"
         )
-    return [(parameter, f"Patient/{patient_id}"), *pairs]
+    return parameter, f"Patient/{patient_id}"
 
 
 @dataclass(frozen=True)

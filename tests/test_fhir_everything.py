@@ -205,3 +205,36 @@ def test_the_capability_statement_declares_the_compartment_and_everything(fhir):
     assert patient["operation"] == [
         {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
     ]
+
+
+def _patients_named(services, fhir, description: str) -> list[list[str]]:
+    """The patients named by each recorded request whose description starts so."""
+    services.audit.chain.project()
+    events = [entry["resource"] for entry in fhir.get("/fhir/AuditEvent", params={"_count": "1000"}).json()["entry"]]
+    return [sorted(entity["what"]["reference"] for entity in event["entity"]
+                   if entity.get("what", {}).get("reference", "").startswith("Patient/"))
+            for event in events if event.get("outcomeDesc", "").startswith(description)]
+
+
+def test_a_compartment_searchs_pages_stay_in_it_and_name_its_patient(fhir, charts, services):
+    # Another patient's cursor under this patient's URL is refused, not followed out of the compartment.
+    others = _get(fhir, "/fhir/Observation", subject="Patient/pb", _count="1")
+    cursor = link(others, "first").partition("?")[2]
+    assert fhir.get(f"/fhir/Patient/pa/Observation?{cursor}").status_code == 400
+    # Every page of a compartment search names its patient, those reached by a cursor too.
+    first = _get(fhir, "/fhir/Patient/pa/Observation", _count="1")
+    second = link(first, "next").removeprefix("http://testserver")
+    assert ids(_get(fhir, second)) == ["oa-2024"]
+    # The search of pb's, then this page, which names pa though its URL has only the cursor.
+    assert _patients_named(services, fhir, "GET /fhir/Observation answered") == [["Patient/pb"], ["Patient/pa"]]
+
+
+def test_a_batch_entry_may_search_a_compartment(fhir, charts):
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/pa/Observation?code=http://loinc.org|2222-2"}},
+        {"request": {"method": "GET", "url": "Patient/pa/Task"}},
+    ]}
+    answer = fhir.post("/fhir", json=batch).json()
+    found, refused = answer["entry"]
+    assert found["response"]["status"].startswith("200") and ids(found["resource"]) == ["oa-2024"]
+    assert refused["response"]["status"].startswith("400")

@@ -11,6 +11,13 @@ def test_a_resource_belongs_to_the_patients_it_points_at():
     assert patients_of({"resourceType": "Task", "for": {"reference": "http://x/fhir/Patient/p4"}}) == []
     assert patients_of({"resourceType": "Observation", "subject": {"reference": "Group/g"}}) == []
     assert patients_of({"resourceType": "Device", "id": "d"}) == []
+    # R4's compartment names them by Provenance.target and AuditEvent.entity.what.
+    provenance = {"resourceType": "Provenance",
+                  "target": [{"reference": "DiagnosticReport/r"}, {"reference": "Patient/p5"}]}
+    assert patients_of(provenance) == ["p5"]
+    audit = {"resourceType": "AuditEvent",
+             "entity": [{"what": {"reference": "Task/t"}}, {"what": {"reference": "Patient/p6"}}]}
+    assert patients_of(audit) == ["p6"]
 
 
 def test_a_search_names_the_patients_in_its_parameters():
@@ -19,3 +26,5 @@ def test_a_search_names_the_patients_in_its_parameters():
     assert patients_searched("Observation", [("subject:Patient", "p4")]) == ["p4"]
     assert patients_searched("Patient", [("_id", "p5"), ("name", "p6")]) == ["p5"]
     assert patients_searched("DiagnosticReport", [("patient.name", "Doe")]) == []
+    assert patients_searched("Provenance", [("target", "Patient/p7,Task/t"), ("target", "p8")]) == ["p7"]
+    assert patients_searched("AuditEvent", [("entity:Patient", "p9")]) == ["p9"]

@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 from fhir_mappings.date_ranges import date_range, instant_text
 from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
 from fhir_mappings.outcome import operation_outcome
-from fhir_mappings.patient_compartment import patients_of_json, patients_searched
+from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import literal_references
 from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
 from fhir_mappings.subsetting import subset_json
@@ -40,7 +40,6 @@ from server.fhir.conditional import (
 from server.fhir.negotiation import form_pairs
 from server.fhir.own_references import (
     with_relative_references,
-    with_relative_search_values,
 )
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
@@ -223,13 +222,8 @@ def _run(
     path, _, query = url.partition("?")
     parts = [part for part in path.split("/") if part]
     if_match = interactions.parse_if_match(entry["request"].get("ifMatch"))
-    if method == "GET" and len(parts) == 1:
-        service.require_type(parts[0])
-        pairs = with_relative_search_values(parts[0], form_pairs(query), base)
-        note_patients(patients_searched(parts[0], pairs))
-        page = service.searcher.search(
-            parts[0], pairs, base, strict=False, connection=connection, authorize=authorize_search
-        )
+    if method == "GET" and interactions.is_search(parts):
+        page = interactions.search(service, parts, form_pairs(query), base, False, authorize_search, connection)
         return EntryResult("200 OK", resource=render_searchset(page, base))
     if method == "GET" and len(parts) in (2, 4) and (len(parts) == 2 or parts[2] == "_history"):
         version = (

@@ -64,7 +64,8 @@ def everything(
     last = [fetched[-1].k0, fetched[-1].id] if has_more and fetched else None
     # No total: counting a compartment of thousands (each access to the patient adds an AuditEvent to it)
     # costs many times a page, which reads no further than itself.
-    return SearchPage((Summary.FALSE, ()), rows, [], None, _links(service, request, base, cursor_token, last), warnings)
+    links = _links(service, request, base, cursor_token, last)
+    return SearchPage((Summary.FALSE, ()), request.parameters, rows, [], None, links, warnings)
 
 
 def _types_shown(request: EverythingRequest, may_search: Callable[[str], bool]) -> tuple[list[str], list[str]]:

@@ -1,4 +1,4 @@
-"""The instance-level interactions: read, vread, create, update, delete.
+"""The interactions: search, read, vread, create, update, delete.
 
 Each is a function of the FHIR service and plain values, so the route table
 and the batch/transaction Bundle share them. Writes take an optional
@@ -6,13 +6,19 @@ connection: a transaction Bundle passes its own.
 """
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection
 
 from fhir_mappings.errors import InvalidRequest, ResourceNotFound
+from fhir_mappings.patient_compartment import compartment_parameter, patients_searched
 from fhir_mappings.resources import client_resource, require_id
+from fhir_mappings.search_query import SearchRequest
+from server.audit.middleware import note_patients
 from server.db import writing
+from server.fhir.own_references import with_relative_search_values
+from server.fhir.search import SearchPage
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
 
@@ -38,6 +44,28 @@ def not_modified(version: StoredVersion, if_none_match: str | None, modified_sin
     if modified_since_micros is not None:
         return version.last_updated // 1_000_000 <= modified_since_micros // 1_000_000
     return False
+
+
+def search(
+    service: FhirService, path: list[str], pairs: list[tuple[str, str]], base: str, strict: bool,
+    authorize: Callable[[SearchRequest], None], connection: Connection | None = None,
+) -> SearchPage:
+    """`[type]?pairs`, or `Patient/[id]/[type]?pairs` within the patient's
+    compartment (`path` the parts of either). The audit record names the
+    patients it was asked about, a paging cursor's included."""
+    resource_type = path[-1]
+    service.require_type(resource_type)
+    within = compartment_parameter(resource_type, require_id(path[1])) if len(path) == 3 else None
+    pairs = with_relative_search_values(resource_type, pairs, base)
+    note_patients(patients_searched(resource_type, [*pairs, *([within] if within else [])]))
+    page = service.searcher.search(resource_type, pairs, base, strict, connection, authorize, within)
+    note_patients(patients_searched(resource_type, list(page.parameters)))
+    return page
+
+
+def is_search(path: list[str]) -> bool:
+    """Whether a GET of `path` is a search: of a type, or of one in a patient's compartment."""
+    return len(path) == 1 or (len(path) == 3 and path[0] == "Patient" and not path[2].startswith(("_", "$")))
 
 
 def read(

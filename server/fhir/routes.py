@@ -18,7 +18,7 @@ from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
 from fhir_mappings.errors import Forbidden, InvalidRequest
 from fhir_mappings.outcome import operation_outcome
-from fhir_mappings.patient_compartment import compartment_search, patients_of_json, patients_searched
+from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import require_id, resource_json, validated
 from fhir_mappings.search_query import SearchRequest, read_subsetting
 from fhir_mappings.subsetting import subset_json
@@ -45,7 +45,6 @@ from server.fhir.negotiation import (
 )
 from server.fhir.own_references import (
     with_relative_references,
-    with_relative_search_values,
 )
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
@@ -219,7 +218,7 @@ async def batch_or_transaction(request: Request) -> Response:
 # --- type level ----------------------------------------------------------------
 @router.get("/{resource_type}")
 async def search(request: Request, resource_type: str) -> Response:
-    return await _run_search(request, resource_type, _search_pairs(request))
+    return await _run_search(request, [resource_type], _search_pairs(request))
 
 
 @router.post("/{resource_type}/_search")
@@ -228,7 +227,7 @@ async def search_by_post(request: Request, resource_type: str) -> Response:
     if content_type != "application/x-www-form-urlencoded":
         raise InvalidRequest("POST _search takes application/x-www-form-urlencoded parameters")
     form = await read_body(request, services(request).settings.fhir_max_body_bytes)
-    return await _run_search(request, resource_type, _search_pairs(request) + form_pairs(form))
+    return await _run_search(request, [resource_type], _search_pairs(request) + form_pairs(form))
 
 
 async def _audit_copies_current(request: Request, resource_type: str) -> None:
@@ -237,16 +236,13 @@ async def _audit_copies_current(request: Request, resource_type: str) -> None:
         await run_in_threadpool(services(request).audit.chain.catch_up)
 
 
-async def _run_search(request: Request, resource_type: str, pairs: list[tuple[str, str]]) -> Response:
+async def _run_search(request: Request, path: list[str], pairs: list[tuple[str, str]]) -> Response:
+    """`path`: `[type]`, or `[Patient, id, type]` for a search within a patient's compartment."""
     fmt = response_format(request)
-    fhir = _fhir(request)
-    fhir.require_type(resource_type)
-    await _audit_copies_current(request, resource_type)
+    await _audit_copies_current(request, path[-1])
     base = fhir_base(request)
-    pairs = with_relative_search_values(resource_type, pairs, base)
-    note_patients(patients_searched(resource_type, pairs))
     page = await run_in_threadpool(
-        fhir.searcher.search, resource_type, pairs, base, _strict(request), None, _search_authorizer(request)
+        interactions.search, _fhir(request), path, pairs, base, _strict(request), _search_authorizer(request)
     )
     page = page.with_link_parameters(_link_parameters(request))
     return fhir_response(render_searchset(page, base), fmt)
@@ -421,6 +417,4 @@ async def vread(request: Request, resource_type: str, resource_id: str, version_
 @router.get("/Patient/{patient_id}/{resource_type}")
 async def search_in_compartment(request: Request, patient_id: str, resource_type: str) -> Response:
     """`Patient/[id]/[type]` (R4 http.html#vsearch): a search of the type within the patient's compartment."""
-    _fhir(request).require_type(resource_type)
-    pairs = compartment_search(resource_type, require_id(patient_id), _search_pairs(request))
-    return await _run_search(request, resource_type, pairs)
+    return await _run_search(request, ["Patient", patient_id, resource_type], _search_pairs(request))

@@ -54,6 +54,8 @@ class Row:
 class SearchPage:
     # `_summary` and `_elements`, as each resource of the page is shown.
     subsetting: tuple[Summary, tuple[str, ...]]
+    # The search as run, a cursor's included: whose patients it reads is said by these.
+    parameters: tuple[tuple[str, str], ...]
     matches: list[Row]
     included: list[Row]
     total: int | None
@@ -79,16 +81,20 @@ class Searcher:
     def search(
         self, resource_type: str, pairs: list[tuple[str, str]], base: str, strict: bool,
         connection: Connection | None = None, authorize: Callable[[SearchRequest], None] | None = None,
+        within: tuple[str, str] | None = None,
     ) -> SearchPage:
         """`authorize` judges the parsed search (what it includes, where its
-        chains look) before anything is read; it raises to refuse."""
+        chains look) before anything is read; it raises to refuse. `within`:
+        a parameter every page keeps (a compartment's), a cursor's too."""
         cursor_token = next((value for name, value in pairs if name == "_cursor"), None)
         state: dict[str, Any] = {}
         if cursor_token is not None:
             state = self.cursors.decode(cursor_token)
-            if state.get("type") != resource_type:
-                raise _tampered()
             pairs = [(str(name), str(value)) for name, value in state.get("params", [])]
+            if state.get("type") != resource_type or (within is not None and tuple(within) not in pairs):
+                raise _tampered()
+        elif within is not None:
+            pairs = [within, *pairs]
         request = parse_search(resource_type, pairs, strict=strict and cursor_token is None)
         if authorize is not None:
             authorize(request)
@@ -111,7 +117,9 @@ class Searcher:
         warnings = [f"unknown search parameter {name!r} was ignored" for name in request.ignored]
         if truncated:
             warnings.append(f"only the first {self.max_included} included resources are returned")
-        return SearchPage((request.summary, request.elements), rows, included, total, links, warnings)
+        return SearchPage(
+            (request.summary, request.elements), request.parameters, rows, included, total, links, warnings
+        )
 
     def _filtered(self, request: SearchRequest, resources: Any) -> Any:
         clauses = [where_current(resources, request.resource_type)]
