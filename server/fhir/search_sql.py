@@ -81,13 +81,18 @@ def condition_clause(condition: Condition, resources: Any, nested: bool = False)
     if parameter.name == "_lastUpdated":
         column = resources.c.last_updated
         return _on_column(condition, lambda value: _instant_match(value, column))  # type: ignore[arg-type]
+    if condition.missing or condition.negate:
+        # What a resource lacks is tested resource by resource (an anti-join):
+        # `id NOT IN (rows)` would gather the rows of every type that has the
+        # parameter first, and PostgreSQL cannot turn NOT IN into an anti-join.
+        return held_by(condition, resources)
     table = _TABLES[parameter.type].alias() if nested else _TABLES[parameter.type]
     # `id IN (rows of the index)` rather than a correlated EXISTS: both
     # databases then start from the index lookup and fetch the few matching
     # resources, instead of probing the index once per resource of the type.
     rows = select(table.c.resource_pk).where(table.c.param == parameter.name)
     if condition.missing is not None:
-        return resources.c.id.not_in(rows) if condition.missing else resources.c.id.in_(rows)
+        return resources.c.id.in_(rows)
     if condition.chain is not None:
         targets = _CHAIN_TARGETS
         inner = select(targets.c.resource_id).where(
@@ -97,24 +102,25 @@ def condition_clause(condition: Condition, resources: Any, nested: bool = False)
         return resources.c.id.in_(
             rows.where(table.c.target_type == condition.chain.target_type, table.c.target_id.in_(inner))
         )
-    matched = rows.where(or_(*(_value_match(value, table) for value in condition.values)))
-    return resources.c.id.not_in(matched) if condition.negate else resources.c.id.in_(matched)
+    return resources.c.id.in_(rows.where(or_(*(_value_match(value, table) for value in condition.values))))
 
 
 def held_by(condition: Condition, resources: Any) -> ColumnElement[bool]:
     """`condition` as a test of each row of `resources`: EXISTS over that
-    row's own index rows. For rows already narrowed down (the members of a
-    compartment), where `condition_clause`'s IN would first gather every
+    row's own index rows (NOT EXISTS for :missing=true and :not). For rows
+    already narrowed down (the members of a compartment), and for what a
+    resource lacks, where `condition_clause`'s IN would first gather every
     resource of any type that the parameter matches."""
-    if condition.chain is not None or condition.negate:
-        raise ValueError("held_by tests values and :missing only")
+    if condition.chain is not None:
+        raise ValueError("held_by tests a resource's own values, not a chain's")
     table = _TABLES[condition.parameter.type].alias()
     own = select(table.c.resource_pk).where(
         table.c.resource_pk == resources.c.id, table.c.param == condition.parameter.name
     )
     if condition.missing is not None:
         return ~own.exists() if condition.missing else own.exists()
-    return own.where(or_(*(_value_match(value, table) for value in condition.values))).exists()
+    matched = own.where(or_(*(_value_match(value, table) for value in condition.values))).exists()
+    return ~matched if condition.negate else matched
 
 
 def _on_column(condition: Condition, match: Any) -> ColumnElement[bool]:
