@@ -139,7 +139,7 @@ def parse_everything(patient_id: str, pairs: list[tuple[str, str]], strict: bool
             continue
         used.append((name, value))
         if name == "_type":
-            named += [item.strip() for item in value.split(",")]
+            named += [item.strip() for item in value.split(",") if item.strip()]
         elif name in values:
             raise InvalidRequest(f"{name} may be given once")
         else:

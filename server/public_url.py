@@ -18,12 +18,13 @@ _FORWARDED_PAIR = re.compile(r'\s*([A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,"\s]*
 def public_root(request: Request) -> str:
     """Absolute root, behind a reverse proxy too.
 
-    `MEDAIFLOW_PUBLIC_BASE_URL` wins; otherwise `Forwarded` (RFC 7239: proto
-    and host), then X-Forwarded-Proto/-Host/-Prefix are honoured so that
+    `MEDAIFLOW_PUBLIC_BASE_URL` wins; otherwise X-Forwarded-Proto/-Host/-Prefix,
+    then `Forwarded` (RFC 7239: proto and host) are honoured so that
     RetrieveURLs, BulkDataURIs and Bundle links point at the proxy, not at
-    this process. A value that is not a scheme, a host or a path is passed
-    over, for the request's own (or, for a malformed Host, the address the
-    server listens on).
+    this process. The X- headers first: the proxies that set them (nginx,
+    Apache, Traefik) replace a client's, but pass a client's `Forwarded` on.
+    A value that is not a scheme, a host or a path is passed over, for the
+    request's own (or, for a malformed Host, the address the server listens on).
     """
     configured = request.app.state.services.settings.public_base_url
     if configured:
@@ -31,13 +32,13 @@ def public_root(request: Request) -> str:
     headers = request.headers
     forwarded = _forwarded(headers.get("forwarded"))
     scheme = (
-        _first(forwarded.get("proto"), lambda value: value in _SCHEMES)
-        or _first(headers.get("x-forwarded-proto"), lambda value: value in _SCHEMES)
+        _first(headers.get("x-forwarded-proto"), lambda value: value in _SCHEMES)
+        or _first(forwarded.get("proto"), lambda value: value in _SCHEMES)
         or request.url.scheme
     )
     host = (
-        _first(forwarded.get("host"), _HOST.fullmatch)
-        or _first(headers.get("x-forwarded-host"), _HOST.fullmatch)
+        _first(headers.get("x-forwarded-host"), _HOST.fullmatch)
+        or _first(forwarded.get("host"), _HOST.fullmatch)
         or _first(headers.get("host"), _HOST.fullmatch)
         or _listening_address(request)
     )

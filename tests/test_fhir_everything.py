@@ -108,7 +108,7 @@ def test_pages_of_any_size_hold_the_whole_compartment_in_order_each_once(fhir, c
 
 
 def test_everything_by_type_and_by_date(fhir, charts, services):
-    assert _everything_ids(fhir, _type="Observation,Patient") == ["pa", "oa-2019", "oa-2024", "oa-undated"]
+    assert _everything_ids(fhir, _type="Observation,Patient,") == ["pa", "oa-2019", "oa-2024", "oa-undated"]
     assert _everything_ids(fhir, _type="DiagnosticReport") == ["ra"]
     # Care dates: what is dated outside the window goes; what has no date stays.
     assert _everything_ids(fhir, start="2021", end="2024-12-31") == ["pa", "oa-2024", "oa-undated", "ra", "va"]

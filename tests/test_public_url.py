@@ -22,8 +22,9 @@ def test_forwarded_names_the_root_links_point_at(fhir, forwarded, root):
     assert _self_link(fhir, {"Forwarded": forwarded}) == f"{root}/fhir/Task"
 
 
-def test_forwarded_wins_over_x_forwarded_and_keeps_its_prefix(fhir):
-    headers = {"Forwarded": "proto=https;host=pacs.example.org", "X-Forwarded-Host": "other.example.org",
+def test_x_forwarded_wins_over_forwarded_field_by_field(fhir):
+    # The proxies that set X-Forwarded-* replace a client's, but pass on a client's Forwarded.
+    headers = {"Forwarded": "proto=https;host=client.example.org", "X-Forwarded-Host": "pacs.example.org",
                "X-Forwarded-Prefix": "/medaiflow"}
     assert _self_link(fhir, headers) == "https://pacs.example.org/medaiflow/fhir/Task"
 
