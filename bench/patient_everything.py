@@ -82,7 +82,8 @@ def _load(services: Any, resources: int, others: int) -> float:
         chunk = plan[start:start + 2000]
         with write_connection(services.engine) as connection:
             for make, prefix in ((_observation, "o"), (_audit_event, "a")):
-                store.put_many(connection, [(make(number, patient), f"{prefix}{number}") for number, patient in chunk], "PUT")
+                writes = [(make(number, patient), f"{prefix}{number}") for number, patient in chunk]
+                store.put_many(connection, writes, "PUT")
     if services.engine.dialect.name == "postgresql":
         with services.engine.connect() as connection:
             connection.execute(text("ANALYZE"))
