@@ -14,18 +14,15 @@ from fhir_mappings.errors import InvalidRequest
 from fhir_mappings.search_query import TRANSPORT_PARAMETERS, parse_count, parse_search
 from fhir_mappings.search_values import split_reference
 
-# R4's Patient compartment for the types this server holds: the parameter by
-# which a resource of each type is in a patient's compartment. R4 also names
-# Observation.performer and Patient.link, which nothing here carries: the
-# server writes its Observations and Patients itself, with neither. Device,
-# Endpoint and Task are in no patient's compartment.
-COMPARTMENT_PARAMETERS = MappingProxyType({
-    "ImagingStudy": "patient",
-    "DiagnosticReport": "subject",
-    "Observation": "subject",
-    "Provenance": "patient",
-    "AuditEvent": "patient",
-})
+# R4's Patient compartment for the types this server holds. R4 puts a
+# DiagnosticReport or an Observation in it by `subject` (and `performer`, which
+# nothing here carries: the server writes its Observations itself), the others
+# by `patient`; every one of these types has a `patient` parameter, its
+# patient reference restricted to Patients, which finds the same members, so
+# one parameter serves them all. Device, Endpoint and Task are in no patient's
+# compartment; Patient.link, R4's way into it for a Patient, nothing here has.
+COMPARTMENT_TYPES = ("ImagingStudy", "DiagnosticReport", "Observation", "Provenance", "AuditEvent")
+COMPARTMENT_PARAMETER = "patient"
 
 # The date `start` and `end` of $everything look at: when the care happened,
 # or for a record of an event (Provenance, AuditEvent), when it was recorded.
@@ -38,7 +35,7 @@ CARE_DATES = MappingProxyType({
 })
 
 # What $everything may return, in the order of its pages' types.
-EVERYTHING_TYPES = ("Patient", *COMPARTMENT_PARAMETERS)
+EVERYTHING_TYPES = ("Patient", *COMPARTMENT_TYPES)
 _EVERYTHING_PARAMETERS = frozenset(("start", "end", "_since", "_type", "_count"))
 
 # Where this server's resources name their patient: the elements of R4's
@@ -99,13 +96,12 @@ def patients_searched(resource_type: str, pairs: list[tuple[str, str]]) -> list[
 def compartment_parameter(resource_type: str, patient_id: str) -> tuple[str, str]:
     """What makes a search of `resource_type` one within the patient's
     compartment (`Patient/[patient_id]/[resource_type]`, R4 http.html#vsearch)."""
-    parameter = COMPARTMENT_PARAMETERS.get(resource_type)
-    if parameter is None:
+    if resource_type not in COMPARTMENT_TYPES:
         raise InvalidRequest(
             f"{resource_type} is not in a patient's compartment here; compartment searches take "
-            f"{', '.join(COMPARTMENT_PARAMETERS)}"
+            f"{', '.join(COMPARTMENT_TYPES)}"
         )
-    return parameter, f"Patient/{patient_id}"
+    return COMPARTMENT_PARAMETER, f"Patient/{patient_id}"
 
 
 @dataclass(frozen=True)

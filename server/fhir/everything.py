@@ -4,37 +4,35 @@ the patient and every resource in its compartment, in pages of a searchset.
 The Patient comes first, then the rest in the order they were written. Pages
 are found by keyset from the last row of the one before, as a search's are,
 so resources written while a client pages neither shift nor repeat what it
-sees. Each type's members are read from the reference index in that order,
-from the last row on and no further than a page, so a page costs the same
+sees. The members are read from the reference index in that order, from
+the last row on and no further than a page, so a page costs about the same
 for a patient with a million resources as for one with ten.
 """
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
 
 from sqlalchemy import Integer, Select, and_, case, false, or_, select, union_all
 
 from fhir_mappings.errors import Forbidden, InvalidRequest
 from fhir_mappings.patient_compartment import (
     CARE_DATES,
-    COMPARTMENT_PARAMETERS,
+    COMPARTMENT_PARAMETER,
     EVERYTHING_TYPES,
     EverythingRequest,
     parse_everything,
 )
 from fhir_mappings.search_query import Summary, parse_search
 from server.db import reading
-from server.fhir.search import Row, SearchPage
-from server.fhir.search_sql import RESOURCES, SortPart, after, condition_clause, held_by, order_by
+from server.fhir.search import Row, SearchPage, page_links
+from server.fhir.search_sql import RESOURCES, condition_clause, held_by
 from server.fhir.service import FhirService
 from server.tables import fhir_references, fhir_resources
 
 _MEMBERS = fhir_resources.alias("m")
 _OPERATION = "Patient/$everything"
-# The Patient's rank, then the rest's: the order of the rows, and the position a cursor holds.
+# The Patient's rank, then the rest's: the order of the rows with their ids, and half a cursor's position.
 _PATIENT_FIRST = case((RESOURCES.c.resource_type == "Patient", 0), else_=1).cast(Integer)
-_ORDER = [SortPart(_PATIENT_FIRST, False), SortPart(RESOURCES.c.id, False)]
 
 
 def everything(
@@ -82,50 +80,49 @@ def _types_shown(request: EverythingRequest, may_search: Callable[[str], bool]) 
 
 
 def _page(request: EverythingRequest, types: list[str], position: list[int] | None) -> Select[Any]:
-    """The page after `position`: each type gives at most a page of its
-    members past it, and of those the first page in the order of all."""
-    members = _members(request, types, position)
-    statement = (
+    """The page after `position`: the Patient (on the first page), and a page
+    of the compartment's members past the position, in the order of all."""
+    compartment = [resource_type for resource_type in types if resource_type != "Patient"]
+    members = [_members(request, compartment, position)] if compartment else []
+    if "Patient" in types and position is None:  # the first row of all, so behind any cursor
+        members.append(select(_MEMBERS.c.id).where(
+            _MEMBERS.c.resource_type == "Patient", _MEMBERS.c.resource_id == request.patient_id,
+            _MEMBERS.c.deleted == false(), *_changed_since(request),
+        ))
+    return (
         select(RESOURCES.c.id, RESOURCES.c.resource_type, RESOURCES.c.resource_id, RESOURCES.c.resource_json,
                _PATIENT_FIRST.label("k0"))
         .where(RESOURCES.c.id.in_(union_all(*members)) if members else false())
-        .order_by(*order_by(_ORDER, False))
+        .order_by(_PATIENT_FIRST, RESOURCES.c.id)
         .limit(request.count + 1)
     )
-    return statement if position is None else statement.where(after(_ORDER, position, False))
 
 
-def _members(request: EverythingRequest, types: list[str], position: list[int] | None) -> list[Select[Any]]:
-    """For each type, the ids of at most a page of its members in the
-    compartment that the request keeps, past `position`."""
-    members = []
-    for resource_type in types:
-        if resource_type == "Patient":
-            if position is None:  # the first row of all, so behind any cursor
-                members.append(select(_MEMBERS.c.id).where(
-                    _MEMBERS.c.resource_type == "Patient", _MEMBERS.c.resource_id == request.patient_id,
-                    _MEMBERS.c.deleted == false(), *_changed_since(request),
-                ))
-            continue
-        member = (
-            select(fhir_references.c.resource_pk.label("id"))
-            .distinct()
-            .join(_MEMBERS, _MEMBERS.c.id == fhir_references.c.resource_pk)
-            .where(
-                fhir_references.c.param == COMPARTMENT_PARAMETERS[resource_type],
-                fhir_references.c.target_id == request.patient_id,
-                fhir_references.c.target_type == "Patient",
-                _MEMBERS.c.resource_type == resource_type,
-                _MEMBERS.c.deleted == false(),
-                *_changed_since(request),
-                *_care_window(request, resource_type),
-            )
+def _members(request: EverythingRequest, types: list[str], position: list[int] | None) -> Select[Any]:
+    """The ids of at most a page of the compartment's members of `types` that
+    the request keeps, past `position`: the resources that name the patient,
+    in the order they were written, from one range of the reference index
+    (`ix_fhir_references_lookup`), which stops once a page is found."""
+    kept = [and_(_MEMBERS.c.resource_type == resource_type, *_care_window(request, resource_type))
+            for resource_type in types]
+    member = (
+        select(fhir_references.c.resource_pk.label("id"))
+        .distinct()
+        .join(_MEMBERS, _MEMBERS.c.id == fhir_references.c.resource_pk)
+        .where(
+            fhir_references.c.param == COMPARTMENT_PARAMETER,
+            fhir_references.c.target_id == request.patient_id,
+            fhir_references.c.target_type == "Patient",
+            _MEMBERS.c.deleted == false(),
+            or_(*kept),
+            *_changed_since(request),
         )
-        if position is not None and position[0] == 1:  # past the Patient, and past this row among the rest
-            member = member.where(fhir_references.c.resource_pk > position[1])
-        member = member.order_by(fhir_references.c.resource_pk).limit(request.count + 1)
-        members.append(select(member.subquery().c.id))
-    return members
+        .order_by(fhir_references.c.resource_pk)
+        .limit(request.count + 1)
+    )
+    if position is not None and position[0] == 1:  # past the Patient, and past this row among the rest
+        member = member.where(fhir_references.c.resource_pk > position[1])
+    return select(member.subquery().c.id)
 
 
 def _changed_since(request: EverythingRequest) -> list[Any]:
@@ -152,21 +149,13 @@ def _links(
     service: FhirService, request: EverythingRequest, base: str, cursor_token: str | None,
     next_position: list[int] | None,
 ) -> dict[str, str]:
-    url = f"{base}/Patient/{request.patient_id}/$everything"
-    common = {
+    search = {
         "operation": _OPERATION, "patient": request.patient_id, "params": [list(pair) for pair in request.parameters]
     }
-
-    def cursor_url(**position: Any) -> str:
-        return f"{url}?{urlencode({'_cursor': service.cursors.encode({**common, **position})})}"
-
-    if cursor_token is not None:
-        self_url = f"{url}?{urlencode({'_cursor': cursor_token})}"
-    else:
-        # As run: a `_count` above the cap says the cap, as a search's self link does.
-        run = [(name, str(request.count) if name == "_count" else value) for name, value in request.parameters]
-        self_url = f"{url}?{urlencode(run)}" if run else url
-    links = {"self": self_url, "first": cursor_url()}
+    links, cursor_url = page_links(
+        service.cursors, f"{base}/Patient/{request.patient_id}/$everything", search, request.parameters,
+        request.count, cursor_token,
+    )
     if next_position is not None:
         links["next"] = cursor_url(position=next_position)
     return links

@@ -187,19 +187,10 @@ class Searcher:
         self, request: SearchRequest, base: str, cursor_token: str | None, keys: list[list[Any]], has_more: bool,
         state: dict[str, Any], total: int | None,
     ) -> dict[str, str]:
-        type_url = f"{base}/{request.resource_type}"
         common = {"type": request.resource_type, "params": [list(pair) for pair in request.parameters], "total": total}
-
-        def cursor_url(**position: Any) -> str:
-            return f"{type_url}?{urlencode({'_cursor': self.cursors.encode({**common, **position})})}"
-
-        if cursor_token is not None:
-            self_url = f"{type_url}?{urlencode({'_cursor': cursor_token})}"
-        else:
-            # The search as run (R4 search.html#self): a `_count` above the cap says the cap.
-            run = [(name, str(request.count) if name == "_count" else value) for name, value in request.parameters]
-            self_url = f"{type_url}?{urlencode(run)}" if run else type_url
-        links = {"self": self_url, "first": cursor_url()}
+        links, cursor_url = page_links(
+            self.cursors, f"{base}/{request.resource_type}", common, request.parameters, request.count, cursor_token
+        )
         # A page reached from another page has rows on the side it came from.
         backwards = bool(state.get("backwards"))
         reached_from_a_page = state.get("position") is not None
@@ -284,6 +275,25 @@ class Searcher:
             )
             found += [Row(r.id, r.resource_type, r.resource_id, r.resource_json) for r in connection.execute(statement)]
         return found
+
+
+def page_links(
+    cursors: CursorCodec, url: str, search: dict[str, Any], parameters: tuple[tuple[str, str], ...], count: int,
+    cursor_token: str | None,
+) -> tuple[dict[str, str], Callable[..., str]]:
+    """The self and first links of a page of `url`, and the maker of a link
+    to another page of it (a position's): each holds `search` in a cursor."""
+
+    def cursor_url(**position: Any) -> str:
+        return f"{url}?{urlencode({'_cursor': cursors.encode({**search, **position})})}"
+
+    if cursor_token is not None:
+        self_url = f"{url}?{urlencode({'_cursor': cursor_token})}"
+    else:
+        # The search as run (R4 search.html#self): a `_count` above the cap says the cap.
+        run = [(name, str(count) if name == "_count" else value) for name, value in parameters]
+        self_url = f"{url}?{urlencode(run)}" if run else url
+    return {"self": self_url, "first": cursor_url()}, cursor_url
 
 
 def _tampered() -> InvalidRequest:
