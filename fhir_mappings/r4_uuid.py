@@ -5,14 +5,13 @@ valid R4 uuid of any version but 4 (a time-based version 1 one, say), and
 take forms R4 does not allow (no `urn:uuid:`, capitals, braces), rewriting
 them. R4 takes any RFC 4122 UUID written as a lower-case URN, by the regex
 below, and the value is kept as sent. `use_r4_uuids` gives the models' uuid
-elements that type, once, before a resource is validated.
+elements that type; `fhir_mappings.resources` calls it once, as it is
+imported, before any resource can be validated.
 """
 
 import copy
-import functools
 import importlib
 import re
-import threading
 from typing import Annotated
 
 from fhir_core.types import FHIR_PRIMITIVES_MAPS
@@ -33,17 +32,8 @@ _UUID_ELEMENTS = {
     ("task", "TaskOutput"): ("valueUuid",),
 }
 
-# A model rebuilt while another thread validates with it would fail that validation.
-_LOCK = threading.Lock()
-
 
 def use_r4_uuids() -> None:
-    with _LOCK:
-        _retype_uuid_elements()
-
-
-@functools.cache
-def _retype_uuid_elements() -> None:
     # Still a uuid to fhir_core's type lookup, which the XML reader and the link walk go by.
     FHIR_PRIMITIVES_MAPS[R4_UUID] = "uuid"
     for (module, name), fields in _UUID_ELEMENTS.items():

@@ -54,12 +54,15 @@ _FULL_VALUE_SETS: dict[tuple[str, str], tuple[str, ...]] = {
 # CapabilityStatement.format takes mime types as well (capabilitystatement.html).
 _NOT_A_VALUE_SET = frozenset((("CapabilityStatement", "format"),))
 
+# Once per process, here rather than at each validation: a model rebuilt
+# while another thread validated with it would fail that validation.
+use_r4_uuids()
+
 # FHIR R4 datatypes.html#id
 RESOURCE_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def model_class(resource_type: str) -> type[Resource]:
-    use_r4_uuids()
     try:
         return get_fhir_model_class(resource_type)  # type: ignore[no-any-return]
     except (KeyError, ValueError) as error:
