@@ -8,6 +8,7 @@ import base64
 from io import BytesIO
 from typing import Any
 from urllib.parse import urlencode
+from xml.etree import ElementTree
 
 import httpx
 import numpy as np
@@ -471,6 +472,76 @@ def metadata_iso_2022_name(session: Session) -> None:
     expected = {"Alphabetic": f"{study.patient_family_name}^Test", "Ideographic": IDEOGRAPHIC, "Phonetic": PHONETIC}
     name = _value(_metadata_of(session, study, "iso2022"), "00100010")
     session.expect(name == expected, f"PatientName is {name!r}, not {expected!r}")
+
+
+MULTIPART_DICOM_XML = 'multipart/related; type="application/dicom+xml"'
+
+
+def _xml_documents(session: Session, response: httpx.Response, what: str) -> list[ElementTree.Element]:
+    """The NativeDicomModel documents of a multipart/related XML answer (PS3.18 8.7.3.2, PS3.19 A.1)."""
+    session.expect_status(response, 200)
+    session.expect(_media_type(response) == "multipart/related", f"{what} in XML is {_media_type(response)!r}")
+    documents = []
+    for headers, body in parse_multipart(response.content, response.headers.get("content-type", "")):
+        part_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        session.expect(part_type == "application/dicom+xml", f"a part of {what} is {part_type!r}")
+        try:
+            document = ElementTree.fromstring(body)
+        except ElementTree.ParseError as exc:
+            session.expect(False, f"a part of {what} is not well-formed XML: {exc}")
+        session.expect(_local_name(document) == "NativeDicomModel", f"a part of {what} is <{_local_name(document)}>")
+        documents.append(document)
+    return documents
+
+
+def _local_name(element: ElementTree.Element) -> str:
+    # The namespace of PS3.19 is declared by some writers and not by others.
+    return element.tag.rsplit("}", 1)[-1]
+
+
+def _xml_attribute(document: ElementTree.Element, tag: str) -> list[ElementTree.Element]:
+    """What the DicomAttribute of `tag` holds (Value, PersonName, BulkData ...); [] when it is absent."""
+    for child in document:
+        if _local_name(child) == "DicomAttribute" and child.get("tag") == tag:
+            return list(child)
+    return []
+
+
+def _xml_values(document: ElementTree.Element, tag: str) -> list[str]:
+    return [value.text or "" for value in _xml_attribute(document, tag) if _local_name(value) == "Value"]
+
+
+@case("DW-XML-01", "PS3.18 8.7.3.2, 10.6.3 / PS3.19 A.1", "QIDO-RS in XML: multipart/related with one NativeDicomModel per match")
+def qido_xml(session: Session) -> None:
+    study = _study(session)
+    response = session.get(session.dicomweb("/studies"), params={"StudyInstanceUID": study.study_instance_uid},
+                           headers={"Accept": MULTIPART_DICOM_XML})
+    documents = _xml_documents(session, response, "a QIDO-RS answer")
+    session.expect(len(documents) == 1, f"{len(documents)} documents for one matching study")
+    uids = _xml_values(documents[0], "0020000D")
+    session.expect(uids == [study.study_instance_uid], f"StudyInstanceUID is {uids!r}")
+
+
+@case("DW-XML-02", "PS3.18 8.7.3.2, 10.4.1.1.2 / PS3.19 A.1", "Instance metadata in XML: PN by components, DS as text, PixelData by BulkData or InlineBinary")
+def metadata_xml(session: Session) -> None:
+    study = _study(session)
+    response = session.get(_instance_url(session, study, "ct", "/metadata"), headers={"Accept": MULTIPART_DICOM_XML})
+    documents = _xml_documents(session, response, "instance metadata")
+    session.expect(len(documents) == 1, f"{len(documents)} documents for one instance")
+    [document] = documents
+    session.expect(_xml_values(document, "00080018") == [study.instance("ct").sop_instance_uid],
+                   "the document is not the instance asked for")
+    components = {
+        _local_name(component): component.text
+        for person in _xml_attribute(document, "00100010")
+        for group in person if _local_name(group) == "Alphabetic" for component in group
+    }
+    session.expect(components.get("FamilyName") == study.patient_family_name and components.get("GivenName") == "Test",
+                   f"PatientName components are {components!r}")
+    thickness = _xml_values(document, "00180050")
+    session.expect(len(thickness) == 1 and float(thickness[0]) == 1.25, f"SliceThickness is {thickness!r}")
+    kinds = [_local_name(child) for child in _xml_attribute(document, "7FE00010")]
+    session.expect(kinds in (["BulkData"], ["InlineBinary"]), f"PixelData holds {kinds!r}")
 
 
 @case("DW-FRAMES-01", "PS3.18 10.4.1.1.5", "Frames of a multi-frame instance, one part per frame asked for")

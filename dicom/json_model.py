@@ -228,6 +228,9 @@ class _Writer:
     def binary(self, vr: str, ds: Dataset, tag: int, path: TagPath, length: int) -> dict[str, Any]:
         if length == 0:
             return {"vr": vr}
+        if length == UNDEFINED_LENGTH:
+            # Encapsulated pixel data is OB whatever VR its writer gave it (PS3.5 §A.4).
+            vr = "OB"
         if self.bulk_data_uri is not None and (length == UNDEFINED_LENGTH or length > self.inline_threshold):
             return {"vr": vr, "BulkDataURI": self.bulk_data_uri(path)}
         value = ds[tag].value or b""

@@ -638,7 +638,7 @@ def test_bad_parameters_are_400_naming_the_parameter(client, path, params, namin
         "application/json",
         "*/*",
         "application/*",
-        "application/dicom+xml, application/dicom+json;q=0.5",
+        "application/dicom+xml;q=0.5, application/dicom+json",
     ],
 )
 def test_json_answers_when_acceptable(client, hierarchy, accept):
@@ -648,14 +648,14 @@ def test_json_answers_when_acceptable(client, hierarchy, accept):
 
 
 def test_accept_query_parameter(client, hierarchy):
-    assert len(search(client, "/studies", [("accept", DICOM_JSON)])) == 2
-    response = client.get("/dicom-web/studies", params={"accept": "application/dicom+xml"})
+    assert len(search(client, "/studies", [("accept", DICOM_JSON)], headers={"Accept": "application/dicom+xml"})) == 2
+    response = client.get("/dicom-web/studies", params={"accept": "image/png"}, headers={"Accept": DICOM_JSON})
     assert response.status_code == 406
 
 
 @pytest.mark.parametrize("path", ["/studies", "/series", "/instances"])
-def test_xml_is_not_acceptable(client, hierarchy, path):
-    response = client.get(f"/dicom-web{path}", headers={"Accept": "application/dicom+xml"})
+def test_neither_json_nor_xml_is_not_acceptable(client, hierarchy, path):
+    response = client.get(f"/dicom-web{path}", headers={"Accept": "text/plain"})
     assert response.status_code == 406
     assert "message" in response.json()
 

@@ -3,23 +3,53 @@
 from starlette.requests import Request
 
 from dicom.errors import NotAcceptable
-from dicom.media_types import MediaRange, accept_from_request, admits_part
+from dicom.media_types import (
+    MULTIPART_RELATED,
+    MediaRange,
+    accept_from_request,
+    inner_type,
+    type_matches,
+)
 from server.public_url import public_root
 
 DICOM_JSON = "application/dicom+json"
+DICOM_XML = "application/dicom+xml"
 
 
 def negotiated_accept(request: Request) -> list[MediaRange]:
     return accept_from_request(request.query_params.getlist("accept"), request.headers.getlist("accept"))
 
 
-def require_dicom_json(request: Request, what: str) -> None:
-    """QIDO results and metadata exist as DICOM JSON only (plain JSON accepted as its alias)."""
-    if not any(
-        admits_part(range_, DICOM_JSON, DICOM_JSON) or admits_part(range_, "application/json", DICOM_JSON)
-        for range_ in negotiated_accept(request)
-    ):
-        raise NotAcceptable(f"{what} is available as application/dicom+json only")
+def _model_of(range_: MediaRange) -> str | None:
+    """DICOM_JSON or DICOM_XML, whichever `range_` admits first; None if neither.
+
+    Plain JSON is an alias of DICOM JSON. The XML form of a QIDO result or of
+    metadata is multipart/related (PS3.18 §8.7.3.2), so a multipart range
+    without a `type` means XML; a bare application/dicom+xml is taken to ask
+    for the same, as Orthanc and dcm4chee take it.
+    """
+    if range_.media_type == MULTIPART_RELATED:
+        inner = inner_type(range_) or DICOM_XML
+        return DICOM_XML if type_matches(inner, DICOM_XML) else DICOM_JSON if type_matches(inner, DICOM_JSON) else None
+    for model, alias in ((DICOM_JSON, "application/json"), (DICOM_XML, DICOM_XML)):
+        if type_matches(range_.media_type, model) or type_matches(range_.media_type, alias):
+            return model
+    return None
+
+
+def preferred_model(request: Request) -> str | None:
+    """The data set model (DICOM JSON or the Native DICOM Model of PS3.19) that
+    the client ranks highest; None when it accepts neither."""
+    return next(filter(None, map(_model_of, negotiated_accept(request))), None)
+
+
+def negotiated_model(request: Request, what: str) -> str:
+    model = preferred_model(request)
+    if model is None:
+        raise NotAcceptable(
+            f'{what} is available as application/dicom+json or as multipart/related; type="{DICOM_XML}"'
+        )
+    return model
 
 
 def dicomweb_root(request: Request) -> str:

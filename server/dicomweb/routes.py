@@ -15,11 +15,8 @@ from dicom.matching import parse_qido_query
 from dicom.uids import require_uid
 from server.db import retried_on_conflict
 from server.dicomweb import delete, qido, stow, wado
-from server.dicomweb.context import (
-    DICOM_JSON,
-    dicomweb_root,
-    require_dicom_json,
-)
+from server.dicomweb.answers import data_sets_response
+from server.dicomweb.context import dicomweb_root, negotiated_model
 from server.services import services
 
 router = APIRouter(tags=["DICOMweb"])
@@ -42,15 +39,16 @@ async def store_in_study(request: Request, study: str) -> Response:
 
 # --- QIDO-RS -----------------------------------------------------------------
 async def _search(request: Request, level: str, scope: qido.Scope) -> Response:
-    require_dicom_json(request, "a QIDO-RS result")
+    model = negotiated_model(request, "a QIDO-RS result")
     current = services(request)
     query = parse_qido_query(level, list(request.query_params.multi_items()), current.settings.qido_max_limit)
     page = await run_in_threadpool(qido.search, current.engine, query, scope, dicomweb_root(request))
-    # An empty match is 200 with [] (declared in the conformance statement), so
-    # clients need not special-case 204. A page cut short by `limit` says so
+    # An empty match in JSON is 200 with [] (declared in the conformance
+    # statement), so JSON clients need not special-case 204; in XML, whose
+    # multipart body cannot be empty, it is 204. A page cut short by `limit` says so
     # with the Warning of PS3.18 §8.3.4.4, which clients use to page on.
     headers = {"Warning": _MORE_RESULTS_WARNING} if page.more else None
-    return Response(orjson.dumps(page.results), media_type=DICOM_JSON, headers=headers)
+    return await data_sets_response(page.results, model, headers)
 
 
 @router.get("/studies")

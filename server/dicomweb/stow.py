@@ -20,9 +20,15 @@ from dicom.multipart import (
     PartStart,
     parse_content_type,
 )
+from dicom.native_xml import native_xml
 from dicom.stow import FailureReason, InstanceOutcome, stow_response, stow_status
 from dicom.uids import require_uid
-from server.dicomweb.context import DICOM_JSON, dicomweb_root
+from server.dicomweb.context import (
+    DICOM_JSON,
+    DICOM_XML,
+    dicomweb_root,
+    preferred_model,
+)
 from server.ingest import PreparedFile, prepare
 from server.services import Services
 from server.storage import ReceivedFile, TempFileWriter
@@ -110,6 +116,7 @@ async def store_instances(request: Request, services: Services, study_uid: str |
     if study_uid is not None:
         require_uid(study_uid, "StudyInstanceUID")
     boundary = _boundary_of(request.headers.get("content-type"))
+    model = _response_model(request)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > services.settings.max_stow_bytes:
         raise PayloadTooLarge(f"the request body is larger than the limit of {services.settings.max_stow_bytes} bytes")
@@ -129,5 +136,19 @@ async def store_instances(request: Request, services: Services, study_uid: str |
         for part in parts
     ]
     body = stow_response(outcomes, dicomweb_root(request), study_uid)
+    if model == DICOM_XML:
+        return Response(native_xml(body), status_code=stow_status(outcomes), media_type=DICOM_XML)
     return Response(orjson.dumps(body), status_code=stow_status(outcomes), media_type=DICOM_JSON)
+
+
+def _response_model(request: Request) -> str:
+    """DICOM XML when the client prefers it (PS3.18 §10.5.3.1), else DICOM JSON.
+
+    Instances are never refused for what the client accepts: a missing,
+    malformed or unsatisfiable Accept gets the JSON model.
+    """
+    try:
+        return preferred_model(request) or DICOM_JSON
+    except InvalidRequest:
+        return DICOM_JSON
 

@@ -32,11 +32,12 @@ from dicom.transfer_syntax import (
     transcode_to,
 )
 from dicom.video import is_video, read_video
+from server.dicomweb.answers import data_sets_response
 from server.dicomweb.context import (
     DICOM_JSON,
     dicomweb_root,
     negotiated_accept,
-    require_dicom_json,
+    negotiated_model,
 )
 from server.dicomweb.lookup import StoredInstance, find_instances
 from server.methods import is_head
@@ -138,12 +139,17 @@ async def retrieve_instances(
 async def retrieve_metadata(
     request: Request, services: Services, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
 ) -> Response:
-    require_dicom_json(request, "metadata")
+    model = negotiated_model(request, "metadata")
     found = await run_in_threadpool(
         partial(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid, with_metadata=True)
     )
-    body = b"[" + b",".join(metadata for _, metadata in found if metadata is not None) + b"]"
-    return Response(_with_bulk_data_root(body, dicomweb_root(request)), media_type=DICOM_JSON)
+    root = dicomweb_root(request)
+    stored = [metadata for _, metadata in found if metadata is not None]
+    if model == DICOM_JSON:
+        # Stored JSON goes out as it is, never parsed.
+        return Response(_with_bulk_data_root(b"[" + b",".join(stored) + b"]", root), media_type=DICOM_JSON)
+    data_sets = [orjson.loads(_with_bulk_data_root(metadata, root)) for metadata in stored]
+    return await data_sets_response(data_sets, model)
 
 
 # Stored metadata names its bulk data relative to a marker, since the root
