@@ -22,6 +22,7 @@ What the JSON model leaves to this rendering:
 
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -56,6 +57,12 @@ def _text(value: Any) -> str:
     return str(value)  # IS, DS, US, FD ... numbers: shortest form that reads back the same
 
 
+@lru_cache(maxsize=8192)
+def _keyword(tag: int) -> str:
+    # pydicom's lookup parses the tag and tries repeating groups on every call.
+    return keyword_for_tag(tag)
+
+
 def _private_creator(dataset: Mapping[str, Any], tag: int) -> str | None:
     """The creator of a private data element's block (gggg,00xx), when it has one."""
     group, element = tag >> 16, tag & 0xFFFF
@@ -76,7 +83,7 @@ def _write_attributes(dataset: Mapping[str, Any], pieces: list[str]) -> None:
             if creator is not None:
                 key = f"{tag & 0xFFFF00FF:08X}"
                 naming = f" privateCreator={quoteattr(_xml_characters(creator))}"
-        elif keyword := keyword_for_tag(tag):
+        elif keyword := _keyword(tag):
             naming = f' keyword="{keyword}"'
         pieces.append(f'\n<DicomAttribute tag="{key}" vr="{vr}"{naming}>')
         _write_content(vr, attribute, pieces)
