@@ -24,8 +24,10 @@ def _serve(args: argparse.Namespace) -> int:
     from server.migrate import upgrade
     from server.settling import settle_process
 
-    overrides = {"workers": args.workers} if args.workers else {}
-    settings = load_settings(**overrides)
+    # The listening address is a setting, not only a uvicorn argument: the
+    # FHIR Endpoints, the audit source and the token issuer are named by it.
+    chosen = {"workers": args.workers, "host": args.host, "port": args.port}
+    settings = load_settings(**{name: value for name, value in chosen.items() if value})
     configure_logging(settings.log_level)
     services = build_services(settings)
     upgrade(services.engine)
@@ -36,8 +38,8 @@ def _serve(args: argparse.Namespace) -> int:
         services.jobs.ensure_demo_model()
     _first_admin(services, settings.admin_password)
     listen = {
-        "host": args.host or settings.host,
-        "port": args.port or settings.port,
+        "host": settings.host,
+        "port": settings.port,
         "log_config": None,
         "access_log": False,
         "timeout_keep_alive": 30,

@@ -206,9 +206,13 @@ def test_console_script_is_installed() -> None:
 ADMIN = ("admin", "the first admin's password")
 
 
-def test_serve_with_several_workers_answers_from_each(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`serve --workers 2`: migrations and recovery once, then two processes
-    that each build the app from the environment."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_names_the_port_it_was_given_from_each_worker(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """`serve --port P [--workers 2]`: migrations and recovery once, then the
+    processes, each of which names itself by P (Endpoint addresses, audit
+    source), not by the default port."""
     import socket
 
     import httpx
@@ -220,7 +224,7 @@ def test_serve_with_several_workers_answers_from_each(cli_env: Path, monkeypatch
     # The first start makes the admin (with this password) before the workers start.
     monkeypatch.setenv("MEDAIFLOW_ADMIN_PASSWORD", ADMIN[1])
     process = subprocess.Popen(
-        [str(script), "serve", "--port", str(port), "--workers", "2"],
+        [str(script), "serve", "--port", str(port), "--workers", str(workers)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -238,11 +242,13 @@ def test_serve_with_several_workers_answers_from_each(cli_env: Path, monkeypatch
         endpoint = httpx.get(f"{base}/fhir/Endpoint/dicomweb-wado-rs", timeout=5, auth=ADMIN).json()
         assert endpoint["address"] == f"http://127.0.0.1:{port}/dicom-web"
         assert all(httpx.get(f"{base}/fhir/Endpoint", timeout=5, auth=ADMIN).status_code == 200 for _ in range(10))
+        audit = httpx.get(f"{base}/fhir/AuditEvent", params={"_count": "1"}, timeout=5, auth=ADMIN).json()
+        assert audit["entry"][0]["resource"]["source"]["observer"]["identifier"]["value"] == base
     finally:
         process.terminate()
         process.wait(timeout=30)
     worker_starts = process.stderr.read().count("Started server process") if process.stderr else 0
-    assert worker_starts == 2
+    assert worker_starts == workers
 
 
 def test_a_serving_process_leaves_its_startup_objects_out_of_full_collections(cli_env: Path) -> None:
