@@ -229,6 +229,17 @@ def test_a_write_names_the_patients_of_the_versions_before_and_after_it(services
     assert _patients(delete) == ["Patient/after"]
 
 
+def test_a_history_names_the_patients_of_the_versions_it_returns(services, fhir):
+    task = fhir.post("/fhir/Task", json=_task("first")).json()
+    assert fhir.put(f"/fhir/Task/{task['id']}", json={**_task("second"), "id": task["id"]}).status_code == 200
+    assert fhir.get(f"/fhir/Task/{task['id']}/_history").status_code == 200
+    [instance_history] = _events(services, fhir, subtype="history-instance")
+    assert _patients(instance_history) == ["Patient/first", "Patient/second"]
+    assert fhir.get("/fhir/Task/_history", params={"_count": "1"}).status_code == 200
+    [type_history] = _events(services, fhir, subtype="history-type")
+    assert _patients(type_history) == ["Patient/second"]  # only the newest version was on the page
+
+
 def test_each_entry_of_a_batch_names_its_own_patients_and_the_answer_all_it_disclosed(services, fhir):
     read = fhir.post("/fhir/Task", json=_task("read")).json()
     entries = [{"resource": _task(patient), "request": {"method": "POST", "url": "Task"}} for patient in ("one", "two")]

@@ -88,6 +88,19 @@ def test_delete_then_read_is_410_and_delete_is_idempotent(fhir):
     assert task_id not in ids(fhir.get("/fhir/Task").json())
 
 
+def test_update_of_a_deleted_resource_creates_it_again(fhir):
+    task_id = _create(fhir).json()["id"]
+    assert fhir.delete(f"/fhir/Task/{task_id}").status_code == 204
+    again = fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id})
+    assert again.status_code == 201
+    assert again.headers["location"].endswith(f"/fhir/Task/{task_id}/_history/3")
+    assert fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id, "status": "ready"}).status_code == 200
+    history = fhir.get(f"/fhir/Task/{task_id}/_history").json()
+    assert [entry["response"]["status"] for entry in history["entry"]] == [
+        "200 OK", "201 Created", "204 No Content", "201 Created",
+    ]
+
+
 def test_unknown_resource_is_404(fhir):
     _outcome(fhir.get("/fhir/Task/does-not-exist"), 404, "not-found")
     _outcome(fhir.get("/fhir/Task/bad id!"), 400, "invalid")

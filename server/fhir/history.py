@@ -6,12 +6,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Connection, and_, or_, select, tuple_
 
 from fhir_mappings.date_ranges import date_range, instant_text
 from fhir_mappings.errors import InvalidRequest, ResourceNotFound
+from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import require_id
 from fhir_mappings.search_query import parse_count
+from server.audit.middleware import note_patients
 from server.db import reading
 from server.fhir.service import FhirService
 from server.tables import fhir_resources, fhir_versions
@@ -81,8 +83,11 @@ def history(
             ).first()
             if exists is None:
                 raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
-    more = len(rows) > count
-    rows = rows[:count]
+        more = len(rows) > count
+        rows = rows[:count]
+        recreated = _recreated(connection, rows)
+    # The bodies a history returns are those of a vread: its audit names their patients.
+    note_patients(patient for row in rows if row.resource_json for patient in patients_of_json(row.resource_json))
     path = f"{base}/{resource_type}" + (f"/{resource_id}" if resource_id else "") + "/_history"
     kept = {name: value for name, value in parameters.items() if name in ("_count", "_since")}
     self_query = urlencode([*kept.items(), *link_parameters])
@@ -94,19 +99,36 @@ def history(
         )
         links.append({"relation": "next", "url": f"{path}?{urlencode([('_cursor', token), *link_parameters])}"})
     head = orjson.dumps({"resourceType": "Bundle", "type": "history", "link": links})
-    entries = [_entry(base, row) for row in rows]
+    entries = [_entry(base, row, row.id in recreated) for row in rows]
     if not entries:
         return head
     return head[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
 
 
-def _entry(base: str, row: Any) -> bytes:
+def _recreated(connection: Connection, rows: Sequence[Any]) -> set[int]:
+    """The pks of the PUT versions among `rows` that followed a deletion: those
+    created the resource anew, as a PUT of version 1 did (update as create)."""
+    following = {(row.resource_type, row.resource_id, row.version_id - 1): row.id
+                 for row in rows if row.method == "PUT" and row.version_id > 1}
+    if not following:
+        return set()
+    deletions = connection.execute(
+        select(fhir_versions.c.resource_type, fhir_versions.c.resource_id, fhir_versions.c.version_id).where(
+            fhir_versions.c.method == "DELETE",
+            tuple_(fhir_versions.c.resource_type, fhir_versions.c.resource_id, fhir_versions.c.version_id).in_(
+                list(following)
+            ),
+        )
+    ).all()
+    return {following[tuple(deletion)] for deletion in deletions}
+
+
+def _entry(base: str, row: Any, recreated: bool) -> bytes:
     entry: dict[str, Any] = {"fullUrl": f"{base}/{row.resource_type}/{row.resource_id}"}
     url = row.resource_type if row.method == "POST" else f"{row.resource_type}/{row.resource_id}"
     entry["request"] = {"method": row.method, "url": url}
     entry["response"] = {
-        # A PUT that made version 1 created the resource (update as create).
-        "status": _CREATED if row.version_id == 1 else _STATUS[row.method],
+        "status": _CREATED if row.version_id == 1 or recreated else _STATUS[row.method],
         "etag": f'W/"{row.version_id}"',
         "lastModified": instant_text(row.last_updated),
     }

@@ -114,7 +114,7 @@ def update(
         if hook is not None:
             resource = hook.updating(session, resource, resource_id)
         version = service.store.put(session, resource, resource_id, "PUT", if_match=if_match)
-    return version, version.version_id == 1
+    return version, version.created
 
 
 def delete(

@@ -87,6 +87,9 @@ class StoredVersion:
     last_updated: int
     deleted: bool
     body: bytes | None
+    # This write brought the resource into being: its first version, or the
+    # first after a deletion (an update then answers 201, FHIR R4 http.html#update).
+    created: bool = False
 
     @property
     def etag(self) -> str:
@@ -300,7 +303,8 @@ class ResourceStore:
             if resource_type in self.history_types:
                 history.append({"resource_type": resource_type, "resource_id": resource_id, "version_id": version_id,
                                 "last_updated": at, "method": method, "resource_json": body})
-            stored.append(StoredVersion(resource_type, resource_id, version_id, at, False, body))
+            revived = resource_id in created or current[resource_id].deleted
+            stored.append(StoredVersion(resource_type, resource_id, version_id, at, False, body, created=revived))
         if updates:
             self._update_versions(connection, updates)
         _insert_index_rows(connection, indexed)
