@@ -108,8 +108,9 @@ def _is_fhir(request: Request) -> bool:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DicomError)
-    async def _domain(_: Request, error: DicomError) -> Response:
-        return error_response(status_for(error), error.message)
+    async def _domain(request: Request, error: DicomError) -> Response:
+        # Raised under /fhir too, by what both interfaces share (reading a body).
+        return error_response(status_for(error), error.message, request=request)
 
     @app.exception_handler(fhir.FhirError)
     async def _fhir(request: Request, error: fhir.FhirError) -> Response:

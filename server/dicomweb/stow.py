@@ -23,6 +23,7 @@ from dicom.multipart import (
 from dicom.native_xml import native_xml
 from dicom.stow import FailureReason, InstanceOutcome, stow_response, stow_status
 from dicom.uids import require_uid
+from server.content_coding import decoded_body
 from server.dicomweb.context import (
     DICOM_JSON,
     DICOM_XML,
@@ -70,12 +71,8 @@ async def _receive_parts(request: Request, services: Services, boundary: str) ->
     parts: list[_DicomPart | str] = []
     writer: TempFileWriter | None = None
     refused: str | None = None
-    received_bytes = 0
     try:
-        async for chunk in request.stream():
-            received_bytes += len(chunk)
-            if received_bytes > limit:
-                raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        async for chunk in decoded_body(request, limit):
             for event in reader.feed(chunk):
                 if isinstance(event, PartData):
                     if writer is not None:

@@ -19,8 +19,9 @@ from starlette.responses import Response
 from dicom.errors import DicomError
 from dicom.media_types import parse_accept, type_matches
 from fhir_mappings import fhir_json, fhir_xml
-from fhir_mappings.errors import InvalidRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
+from fhir_mappings.errors import InvalidRequest, NotAcceptable, UnsupportedMediaType
 from fhir_mappings.resources import CONTROL_CHARACTER
+from server.content_coding import decoded_body
 
 log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
@@ -95,16 +96,9 @@ def require_resource_body(request: Request) -> None:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused (413) as soon as it passes `limit` bytes:
-    a FHIR body is held and parsed in memory."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The whole body, decoded, refused (413) as soon as it passes `limit`
+    bytes: a FHIR body is held and parsed in memory."""
+    return b"".join([chunk async for chunk in decoded_body(request, limit)])
 
 
 async def read_resource_body(request: Request, limit: int) -> Any:
