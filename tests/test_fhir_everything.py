@@ -173,6 +173,51 @@ def test_everything_shows_only_what_the_client_may_search(app, services, charts)
         assert anonymous.get("/fhir/Patient/pa/$everything", headers=unread).status_code == 403
 
 
+def _parameters(**values):
+    return {"resourceType": "Parameters", "parameter": [
+        {"name": name, "valueUnsignedInt" if name == "_count" else "valueString": value} for name, value in values.items()
+    ]}
+
+
+def test_everything_by_post_takes_its_parameters_in_a_parameters_resource(fhir, charts):
+    response = fhir.post("/fhir/Patient/pa/$everything", json=_parameters(_type=RECORDS, _count=3))
+    assert response.status_code == 200, response.text
+    first = response.json()
+    assert ids(first) == ["pa", "1.2.3.1", "oa-2019"]
+    rest = _get(fhir, link(first, "next").removeprefix("http://testserver"))
+    assert ids(rest) == ["oa-2024", "oa-undated", "ra"]
+    dated = fhir.post("/fhir/Patient/pa/$everything", json={"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Observation"}, {"name": "start", "valueDate": "2024-01-01"}]}).json()
+    assert ids(dated) == ["oa-2024", "oa-undated"]
+    xml = ('<Parameters xmlns="http://hl7.org/fhir"><parameter><name value="_type"/>'
+           '<valueString value="ImagingStudy"/></parameter></Parameters>')
+    by_xml = fhir.post("/fhir/Patient/pa/$everything", content=xml,
+                       headers={"Content-Type": "application/fhir+xml", "Accept": "application/fhir+json"})
+    assert ids(by_xml.json()) == ["1.2.3.1"]
+
+
+@pytest.mark.parametrize("body", [
+    {"resourceType": "Patient"},
+    {"resourceType": "Parameters", "parameter": [{"name": "_type", "resource": {"resourceType": "Patient"}}]},
+    {"resourceType": "Parameters", "parameter": [{"name": "_count", "valueQuantity": {"value": 3}}]},
+    {"resourceType": "Parameters", "parameter": [{"name": "start", "valueDate": "yesterday"}]},
+    {"resourceType": "Parameters", "parameter": "start"},
+])
+def test_everything_by_post_refuses_what_is_not_its_input(fhir, charts, body):
+    response = fhir.post("/fhir/Patient/pa/$everything", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_everything_by_post_needs_reading_the_patient_not_creating(app, services, charts):
+    with TestClient(app, base_url="http://testserver") as anonymous:
+        reader = _bearer(services, "user/Patient.r user/Observation.s")
+        answer = anonymous.post("/fhir/Patient/pa/$everything", json=_parameters(), headers=reader)
+        assert answer.status_code == 200 and ids(answer.json()) == ["oa-2019", "oa-2024", "oa-undated"]
+        creator = _bearer(services, "user/Patient.c user/Observation.s")
+        assert anonymous.post("/fhir/Patient/pa/$everything", json=_parameters(), headers=creator).status_code == 403
+
+
 def test_a_compartment_search_is_the_types_search_within_the_patients_compartment(fhir, charts):
     bundle = _get(fhir, "/fhir/Patient/pa/Observation", code=f"{LOINC}|1111-1")
     assert sorted(ids(bundle)) == ["oa-2019", "oa-undated"]

@@ -92,6 +92,10 @@ def required_permission(method: str, path: str) -> Permission | None:
     return None
 
 
+# Operations that change nothing (R4 OperationDefinition affectsState false).
+_READ_ONLY_OPERATIONS = frozenset(("$everything",))
+
+
 def fhir_permission(method: str, parts: list[str]) -> Permission | None:
     """`parts`: the path below /fhir, e.g. ["Task", "abc", "_history", "2"]."""
     if not parts:
@@ -102,6 +106,8 @@ def fhir_permission(method: str, parts: list[str]) -> Permission | None:
             return Permission(parts[2], "s")  # a compartment search (Patient/[id]/[type]) searches that type
         # The type's history lists every resource of it: a search, not a read.
         return Permission(resource_type, "s" if len(parts) == 1 or parts[1:] == ["_history"] else "r")
+    if method == "POST" and parts[-1] in _READ_ONLY_OPERATIONS:
+        return fhir_permission("GET", parts)  # invoked by POST only to carry its input in a body
     if method == "POST":
         return Permission(resource_type, "s" if parts[1:] == ["_search"] else "c")
     if method == "PUT":

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
 from fhir_mappings.errors import Forbidden, InvalidRequest
+from fhir_mappings.operation_parameters import parameter_pairs
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import require_id, resource_json, validated
@@ -300,6 +301,17 @@ async def verify_audit_trail(request: Request) -> Response:
 @router.get("/Patient/{patient_id}/$everything")
 async def patient_everything(request: Request, patient_id: str) -> Response:
     """The patient and its compartment (R4 OperationDefinition Patient-everything)."""
+    return await _everything(request, patient_id, _search_pairs(request))
+
+
+@router.post("/Patient/{patient_id}/$everything")
+async def patient_everything_by_post(request: Request, patient_id: str) -> Response:
+    """The same, its input in a Parameters resource (R4 operations.html#request)."""
+    body = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
+    return await _everything(request, patient_id, _search_pairs(request) + parameter_pairs(body, "$everything"))
+
+
+async def _everything(request: Request, patient_id: str, pairs: list[tuple[str, str]]) -> Response:
     fmt = response_format(request)
     principal: Principal = request.state.principal
 
@@ -311,7 +323,7 @@ async def patient_everything(request: Request, patient_id: str) -> Response:
     note_patients([require_id(patient_id)])
     base = fhir_base(request)
     page = await run_in_threadpool(
-        everything, _fhir(request), patient_id, _search_pairs(request), base, _strict(request), may_search
+        everything, _fhir(request), patient_id, pairs, base, _strict(request), may_search
     )
     return fhir_response(render_searchset(page.with_link_parameters(_link_parameters(request)), base), fmt)
 
