@@ -12,6 +12,7 @@ from xml.etree import ElementTree
 
 import httpx
 import numpy as np
+from PIL import Image
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -542,6 +543,41 @@ def metadata_xml(session: Session) -> None:
     session.expect(len(thickness) == 1 and float(thickness[0]) == 1.25, f"SliceThickness is {thickness!r}")
     kinds = [_local_name(child) for child in _xml_attribute(document, "7FE00010")]
     session.expect(kinds in (["BulkData"], ["InlineBinary"]), f"PixelData holds {kinds!r}")
+
+
+def _wado_uri(session: Session, name: str, **extra: str) -> httpx.Response:
+    study = _study(session)
+    instance = study.instance(name)
+    query = {"requestType": "WADO", "studyUID": study.study_instance_uid, "seriesUID": instance.series_instance_uid,
+             "objectUID": instance.sop_instance_uid, **extra}
+    # "/" (in media types) and "," are sent as they are: a query may hold both (RFC 3986 3.4).
+    return session.get(f"{session.wado_uri()}?{urlencode(query, safe='/,')}")
+
+
+@case("DW-URI-01", "PS3.18 9.4", "WADO-URI Retrieve DICOM Instance: contentType=application/dicom gives the instance as a Part 10 file")
+def wado_uri_instance(session: Session) -> None:
+    response = _wado_uri(session, "ct", contentType="application/dicom")
+    session.expect_status(response, 200)
+    session.expect(_media_type(response) == "application/dicom", f"the answer is {_media_type(response)!r}")
+    try:
+        dataset = dcmread(BytesIO(response.content))
+    except Exception as error:  # noqa: BLE001 - whatever pydicom makes of a body that is no Part 10 file
+        session.expect(False, f"the answer is not a Part 10 file: {error}")
+    expected = _study(session).instance("ct")
+    session.expect(dataset.SOPInstanceUID == expected.sop_instance_uid, "the file is another instance")
+    session.expect(np.array_equal(dataset.pixel_array, expected.dataset.pixel_array), "the pixel data differs")
+
+
+@case("DW-URI-02", "PS3.18 9.3, 9.5", "WADO-URI Retrieve Rendered Instance: no contentType gives a JPEG; rows bounds its size")
+def wado_uri_rendered(session: Session) -> None:
+    response = _wado_uri(session, "ct")
+    session.expect_status(response, 200)
+    session.expect(_media_type(response) == "image/jpeg" and response.content[:2] == b"\xff\xd8",
+                   f"not a JPEG image ({_media_type(response)!r})")
+    small = _wado_uri(session, "ct", contentType="image/jpeg", rows="16")
+    session.expect_status(small, 200)
+    image = Image.open(BytesIO(small.content))
+    session.expect(image.height == 16, f"rows=16 gave an image {image.height} pixels high")
 
 
 @case("DW-FRAMES-01", "PS3.18 10.4.1.1.5", "Frames of a multi-frame instance, one part per frame asked for")

@@ -52,6 +52,8 @@ def _run_case(session: Session, case: Case) -> Outcome:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dicomweb", metavar="URL", help="DICOMweb root of the server under test, e.g. http://host/dicom-web")
     parser.add_argument("--fhir", metavar="URL", help="FHIR base of the server under test, e.g. http://host/fhir")
+    parser.add_argument("--wado-uri", metavar="URL",
+                        help="WADO-URI endpoint of the server under test, e.g. http://host/wado (its cases skipped without)")
     parser.add_argument("--user", help="HTTP Basic user name")
     parser.add_argument("--password", help="HTTP Basic password")
     parser.add_argument("--token", help="a Bearer token (instead of Basic)")
@@ -80,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
     validate = fhir_schema.validator_at(args.fhir_schema) if args.fhir_schema.is_file() else None
     if validate is None and "fhir" in families:
         print(f"warning: no FHIR schema at {args.fhir_schema}: FHIR bodies are not schema-checked", file=sys.stderr)
-    target = Target(args.dicomweb, args.fhir, args.user, args.password, args.token, args.origin)
+    target = Target(args.dicomweb, args.fhir, args.user, args.password, args.token, args.origin, args.wado_uri)
     outcomes = run(target, families, validate, args.case)
     print(report.table(outcomes))
     if args.junit:

@@ -26,6 +26,7 @@ class Target:
     password: str | None = None
     token: str | None = None
     origin: str | None = None  # a browser origin the server should allow (CORS cases), or None to skip them
+    wado_uri: str | None = None  # WADO-URI endpoint, e.g. http://host/wado, or None to skip its cases
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -55,6 +56,11 @@ class Session:
         if not self.target.dicomweb:
             raise CaseSkipped("no DICOMweb root was given")
         return self.target.dicomweb.rstrip("/") + path
+
+    def wado_uri(self) -> str:
+        if not self.target.wado_uri:
+            raise CaseSkipped("no WADO-URI endpoint was given (--wado-uri)")
+        return self.target.wado_uri
 
     def fhir(self, path: str = "") -> str:
         if not self.target.fhir:

@@ -11,7 +11,7 @@ VOI LUT Sequences (the full-range window is used instead) and the 6-value
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -46,21 +46,24 @@ class RenderParams:
     window: Window | None = None
     viewport: tuple[int, int] | None = None
     quality: int | None = None
+    # The part of the image shown, as fractions of it: left, top, right, bottom (WADO-URI `region`).
+    region: tuple[float, float, float, float] | None = None
 
 
 def parse_render_params(query: Query, accept: Sequence[str] = ("*/*",)) -> RenderParams:
     """Rendered-resource query parameters; `accept` lists the acceptable media
     ranges in the caller's order of preference (none: 406)."""
-    values = _query_values(query)
+    values = query_values(query)
     return RenderParams(
         media_type=_choose_media_type(accept),
         window=_parse_window(values["window"]) if "window" in values else None,
         viewport=_parse_viewport(values["viewport"]) if "viewport" in values else None,
-        quality=_parse_quality(values["quality"]) if "quality" in values else None,
+        quality=parse_quality(values["quality"], "quality") if "quality" in values else None,
     )
 
 
-def _query_values(query: Query) -> dict[str, str]:
+def query_values(query: Query) -> dict[str, str]:
+    """Each parameter's value; one given twice with different values is refused."""
     pairs: list[tuple[str, str]] = []
     if isinstance(query, Mapping):
         for name, value in query.items():
@@ -92,18 +95,22 @@ def _parse_window(text: str) -> Window:
     parts = [part.strip() for part in text.split(",")]
     if len(parts) not in (2, 3):
         raise InvalidRequest("window: expected center,width,function")
+    return checked_window(parts[0], parts[1], parts[2].lower() if len(parts) == 3 else "linear", "window")
+
+
+def checked_window(center_text: str, width_text: str, function: str, name: str) -> Window:
+    """A VOI window from the request's text; `name` is the parameter an error names."""
     try:
-        center, width = float(parts[0]), float(parts[1])
+        center, width = float(center_text), float(width_text)
     except ValueError:
-        raise InvalidRequest("window: center and width must be numbers") from None
-    function = parts[2].lower() if len(parts) == 3 else "linear"
+        raise InvalidRequest(f"{name}: center and width must be numbers") from None
     if function not in WINDOW_FUNCTIONS:
-        raise InvalidRequest(f"window: function must be one of {', '.join(WINDOW_FUNCTIONS)}")
+        raise InvalidRequest(f"{name}: function must be one of {', '.join(WINDOW_FUNCTIONS)}")
     if not (math.isfinite(center) and math.isfinite(width)):
-        raise InvalidRequest("window: center and width must be finite")
+        raise InvalidRequest(f"{name}: center and width must be finite")
     # PS3.3 C.11.2.1.2.1: linear needs width >= 1; the other functions width > 0.
     if width < 1 if function == "linear" else width <= 0:
-        raise InvalidRequest(f"window: width {width:g} is too small for the {function} function")
+        raise InvalidRequest(f"{name}: width {width:g} is too small for the {function} function")
     return center, width, function
 
 
@@ -122,13 +129,13 @@ def _parse_viewport(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _parse_quality(text: str) -> int:
+def parse_quality(text: str, name: str) -> int:
     try:
         quality = int(text.strip())
     except ValueError:
-        raise InvalidRequest("quality: must be a whole number from 1 to 100") from None
+        raise InvalidRequest(f"{name}: must be a whole number from 1 to 100") from None
     if not 1 <= quality <= 100:
-        raise InvalidRequest("quality: must be a whole number from 1 to 100")
+        raise InvalidRequest(f"{name}: must be a whole number from 1 to 100")
     return quality
 
 
@@ -145,7 +152,7 @@ def thumbnail(path: str, params: RenderParams) -> bytes:
     """The middle frame, fitted into 128x128 unless the request gives a viewport."""
     ds = _image_header(path)
     if params.viewport is None:
-        params = RenderParams(params.media_type, params.window, THUMBNAIL_VIEWPORT, params.quality)
+        params = replace(params, viewport=THUMBNAIL_VIEWPORT)
     return _render(path, ds, (_number_of_frames(ds) - 1) // 2, params)
 
 
@@ -172,9 +179,19 @@ def _render(path: str, ds: Dataset, index: int, params: RenderParams) -> bytes:
         image = _color_image(arr)
     else:
         image = _grayscale_image(arr, ds, index, params.window)
+    if params.region is not None:
+        image = _cropped(image, params.region)
     if params.viewport is not None:
         image = _fit(image, params.viewport)
     return _encode(image, params)
+
+
+def _cropped(image: Image.Image, region: tuple[float, float, float, float]) -> Image.Image:
+    left, top, right, bottom = region
+    box = (math.floor(left * image.width), math.floor(top * image.height),
+           math.ceil(right * image.width), math.ceil(bottom * image.height))
+    # At least one pixel, however small the region.
+    return image.crop((box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1)))
 
 
 def _color_image(arr: np.ndarray) -> Image.Image:

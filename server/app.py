@@ -20,6 +20,7 @@ from server.auth.service import build_auth
 from server.date_header import DateHeader
 from server.db import make_engine, write_connection
 from server.dicomweb.routes import router as dicomweb_router
+from server.dicomweb.wado_uri import router as wado_uri_router
 from server.errors import install_error_handlers
 from server.fhir.derived import ensure_endpoints, study_patients, sync_studies
 from server.fhir.routes import router as fhir_router
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                        server_name=settings.public_root, patients_of_studies=study_patients)
     app.include_router(health.router)
     app.include_router(dicomweb_router, prefix="/dicom-web")
+    app.include_router(wado_uri_router)
     app.include_router(fhir_router, prefix="/fhir")
     app.include_router(models_router, prefix="/admin")
     app.include_router(auth_router)

@@ -38,7 +38,7 @@ def run_against_fresh_server(args: argparse.Namespace) -> int:
                 print(f"the fresh server did not start; its log:\n{log_path.read_text(errors='replace')[-3000:]}",
                       file=sys.stderr)
                 return 2
-            args.dicomweb, args.fhir = f"{root}/dicom-web", f"{root}/fhir"
+            args.dicomweb, args.fhir, args.wado_uri = f"{root}/dicom-web", f"{root}/fhir", f"{root}/wado"
             args.user, args.password, args.token, args.origin = "admin", password, None, _ORIGIN
             return runner.main(args)
         finally:

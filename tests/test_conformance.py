@@ -47,7 +47,8 @@ def inferred(services, client) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_every_case_passes_against_medaiflow(live_server, credentials, inferred):
-    target = Target(f"{live_server}/dicom-web", f"{live_server}/fhir", *credentials, origin=ORIGIN)
+    target = Target(f"{live_server}/dicom-web", f"{live_server}/fhir", *credentials, origin=ORIGIN,
+                    wado_uri=f"{live_server}/wado")
     outcomes = run(target, list(FAMILIES), validate_fhir)
     assert len(outcomes) == sum(len(registry.cases) for registry in FAMILIES.values())
     unfinished = {outcome.case.id: outcome.reason for outcome in outcomes if outcome.verdict is not Verdict.PASS}
@@ -58,7 +59,7 @@ def test_every_case_passes_against_medaiflow(live_server, credentials, inferred)
 def test_orthanc_fails_exactly_the_known_deviations():
     with LocalOrthanc() as orthanc:
         assert orthanc.system()["Version"] == "1.10.1", "KNOWN_PEER_DEVIATIONS.md describes Orthanc 1.10.1"
-        outcomes = run(Target(orthanc.dicomweb, None), ["dicomweb"], validate_fhir)
+        outcomes = run(Target(orthanc.dicomweb, None, wado_uri=f"{orthanc.root}/wado"), ["dicomweb"], validate_fhir)
     failed = {outcome.case.id for outcome in outcomes if outcome.verdict is Verdict.FAIL}
     skipped = {outcome.case.id for outcome in outcomes if outcome.verdict is Verdict.SKIP}
     assert failed == _known_orthanc_failures()

@@ -79,6 +79,8 @@ def audit_kind(method: str, path: str) -> AuditKind | None:
         if method == "DELETE":
             return AuditKind.STUDY_DELETED
         return AuditKind.QIDO if parts[-1] in _QIDO else AuditKind.WADO
+    if parts == ["wado"]:
+        return AuditKind.WADO
     if parts == ["auth", "token"]:
         return AuditKind.LOGIN
     if parts[0] == "admin":

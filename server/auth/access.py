@@ -87,6 +87,8 @@ def required_permission(method: str, path: str) -> Permission | None:
         return fhir_permission(method, parts[1:])
     if parts[0] == "dicom-web":
         return _dicomweb_permission(method, parts[1:])
+    if parts == ["wado"]:
+        return Permission("ImagingStudy", "r")  # WADO-URI: one instance, as WADO-RS reads it
     if parts[:2] == ["admin", "models"]:
         return _model_permission(method, parts[2:])
     return None
