@@ -97,13 +97,20 @@ class InstanceFields:
 
 
 @dataclass(frozen=True)
-class InstanceDescription:
+class ParentDescription:
+    """What one instance says of its study and series: the index describes
+    each by one of its instances (the conformance statement's rule)."""
+
     study: StudyFields
     series: SeriesFields
-    instance: InstanceFields
-    metadata: dict[str, Any]
     study_attributes: dict[str, Any]
     series_attributes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class InstanceDescription(ParentDescription):
+    instance: InstanceFields
+    metadata: dict[str, Any]
 
 
 def describe_instance(path: Path) -> InstanceDescription:
@@ -127,8 +134,7 @@ def describe_dataset(dataset: Dataset) -> InstanceDescription:
     metadata = dataset_to_json(dataset, lambda tag_path: instance_path + format_tag_path(tag_path))
     _refuse_nul(metadata)
     return InstanceDescription(
-        study=_study_fields(metadata, uids["StudyInstanceUID"]),
-        series=_series_fields(metadata, uids["SeriesInstanceUID"]),
+        **vars(describe_parents(metadata, uids["StudyInstanceUID"], uids["SeriesInstanceUID"])),
         instance=InstanceFields(
             sop_instance_uid=uids["SOPInstanceUID"],
             sop_class_uid=uids["SOPClassUID"],
@@ -140,6 +146,16 @@ def describe_dataset(dataset: Dataset) -> InstanceDescription:
             number_of_frames=_int(metadata, "00280008"),
         ),
         metadata=metadata,
+    )
+
+
+def describe_parents(metadata: Attributes, study_uid: str, series_uid: str) -> ParentDescription:
+    """From an instance's DICOM JSON, as `describe_dataset` builds it or as
+    the index keeps it: the study and series of a deleted instance are
+    described again by one that remains."""
+    return ParentDescription(
+        study=_study_fields(metadata, study_uid),
+        series=_series_fields(metadata, series_uid),
         study_attributes=_select(metadata, lambda tag: tag in _STUDY_TAGS or tag >> 16 == _PATIENT_GROUP),
         series_attributes=_select(metadata, lambda tag: tag in _SERIES_TAGS),
     )

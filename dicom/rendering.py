@@ -23,7 +23,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut
 from dicom.errors import InvalidRequest, NotAcceptable, NotFound
 from dicom.json_model import read_dataset_for_metadata
 from dicom.pixels import decode_frame, frame_source
-from dicom.transfer_syntax import EXPLICIT_VR_LE
+from dicom.transfer_syntax import EXPLICIT_VR_LE, swapped_words
 
 # PS3.18 Table 8.7.4-1: rendered media types for single-frame images that we encode.
 RENDERED_MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
@@ -174,7 +174,7 @@ def _render(path: str, ds: Dataset, index: int, params: RenderParams) -> bytes:
     stored_syntax = str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LE))
     arr = decode_frame(frame_source(path, stored_syntax), index, stored_syntax)
     if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
-        image = _color_image(apply_color_lut(arr, ds))
+        image = _color_image(_palette_colours(arr, ds))
     elif int(ds.get("SamplesPerPixel") or 1) > 1:
         image = _color_image(arr)
     else:
@@ -192,6 +192,24 @@ def _cropped(image: Image.Image, region: tuple[float, float, float, float]) -> I
            math.ceil(right * image.width), math.ceil(bottom * image.height))
     # At least one pixel, however small the region.
     return image.crop((box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1)))
+
+
+# PS3.3 C.7.6.3.1.6: the non-segmented LUTs, OW.
+_PALETTE_LUT_DATA = tuple(
+    f"{colour}PaletteColorLookupTableData" for colour in ("Red", "Green", "Blue", "Alpha")
+)
+
+
+def _palette_colours(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """pydicom (3.0) reads non-segmented LUT words in the machine's byte
+    order, little endian here, whatever the data set's; those of a big
+    endian data set are swapped first (in `ds`, read for this rendering
+    alone). It reads segmented LUTs in the data set's order itself."""
+    if ds.original_encoding[1] is False:
+        for keyword in _PALETTE_LUT_DATA:
+            if keyword in ds:
+                ds[keyword].value = swapped_words(ds[keyword].value, "OW")
+    return apply_color_lut(arr, ds)
 
 
 def _color_image(arr: np.ndarray) -> Image.Image:

@@ -18,13 +18,13 @@ from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Integer,
     String,
     Table,
     bindparam,
     delete,
-    exists,
     func,
     insert,
     or_,
@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from dicom.instance import InstanceDescription, SeriesFields
+from dicom.instance import InstanceDescription, ParentDescription, SeriesFields, describe_parents
 from server.db import advisory_locks
 from server.tables import instances, series, series_requests, storage_journal, studies
 
@@ -157,19 +157,31 @@ class PlacedFile:
 class WrittenParents:
     """The studies and series a transaction has written so far: a later call
     for more of their instances leaves their rows as their first instance
-    made them."""
+    made them, unless a later copy of that instance replaces it."""
 
     study_pks: dict[str, int] = field(default_factory=dict)
     series: dict[str, tuple[str, int]] = field(default_factory=dict)  # by series UID: its study UID and row id
+    # By study or series UID: the file of the instance its row was made from.
+    study_sources: dict[str, str] = field(default_factory=dict)
+    series_sources: dict[str, str] = field(default_factory=dict)
 
     def copy(self) -> "WrittenParents":
-        return WrittenParents(dict(self.study_pks), dict(self.series))
+        return WrittenParents(
+            dict(self.study_pks), dict(self.series), dict(self.study_sources), dict(self.series_sources)
+        )
+
+    def take(self, attempt: "WrittenParents") -> None:
+        """Those of `attempt` (a `copy`), whose write committed."""
+        self.study_pks, self.series = attempt.study_pks, attempt.series
+        self.study_sources, self.series_sources = attempt.study_sources, attempt.series_sources
 
     def forget(self, removed: "RemovedParents") -> None:
         """Rows deleted since (an instance moved out, and left them empty):
         a later instance that names them writes them again."""
         self.series = {uid: entry for uid, entry in self.series.items() if entry[1] != removed.series_pk}
         self.study_pks = {uid: pk for uid, pk in self.study_pks.items() if pk != removed.study_pk}
+        self.series_sources = {uid: path for uid, path in self.series_sources.items() if uid in self.series}
+        self.study_sources = {uid: path for uid, path in self.study_sources.items() if uid in self.study_pks}
 
 
 class RemovedParents(NamedTuple):
@@ -194,7 +206,7 @@ def write_instances(
     many they are: a STOW of 500 one-instance studies took three round trips
     a study on PostgreSQL. One that was stored before takes a few of its own.
     A study's and a series' attributes come from their first instance in the
-    transaction (the conformance statement's rule). Raises
+    transaction, as finally stored (the conformance statement's rule). Raises
     SeriesOfAnotherStudy, for all of them, when one names a series of
     another study."""
     statements = _statements(connection.dialect.name)
@@ -255,13 +267,9 @@ def _upsert_studies(
             first.setdefault(file.description.study.study_instance_uid, file)
     if not first:
         return
-    rows = [
-        _fitted(studies, vars(file.description.study) | {
-            "attributes_json": orjson.dumps(file.description.study_attributes),
-        })
-        for file in first.values()
-    ]
+    rows = [_study_row(file.description) for file in first.values()]
     parents.study_pks.update(connection.execute(statements.upsert_study, rows).tuples().all())
+    parents.study_sources.update((uid, file.file_path) for uid, file in first.items())
 
 
 def _upsert_series(
@@ -277,28 +285,44 @@ def _upsert_series(
             raise _of_another_study(file.description.series)
     if not first:
         return
-    rows = []
-    for file in first.values():
-        values = {name: value for name, value in vars(file.description.series).items() if name != "requests"}
-        values |= {
-            "study_pk": parents.study_pks[file.description.study.study_instance_uid],
-            "attributes_json": orjson.dumps(file.description.series_attributes),
-        }
-        rows.append(_fitted(series, values))
+    rows = [
+        _series_row(file.description, parents.study_pks[file.description.study.study_instance_uid])
+        for file in first.values()
+    ]
     # A series stored under another study is left alone by the upsert, and not returned.
     series_pks = dict(connection.execute(statements.upsert_series, rows).tuples().all())
     for series_uid, file in first.items():
         if series_uid not in series_pks:
             raise _of_another_study(file.description.series)
         parents.series[series_uid] = (file.description.study.study_instance_uid, series_pks[series_uid])
+        parents.series_sources[series_uid] = file.file_path
+    _insert_requests(connection, statements, [(series_pks[uid], file.description) for uid, file in first.items()])
+
+
+def _study_row(described: ParentDescription) -> dict[str, Any]:
+    return _fitted(studies, vars(described.study) | {"attributes_json": orjson.dumps(described.study_attributes)})
+
+
+def _series_row(described: ParentDescription, study_pk: int) -> dict[str, Any]:
+    values = {name: value for name, value in vars(described.series).items() if name != "requests"}
+    return _fitted(series, values | {
+        "study_pk": study_pk,
+        "attributes_json": orjson.dumps(described.series_attributes),
+    })
+
+
+def _insert_requests(
+    connection: Connection, statements: _Statements, described: Sequence[tuple[int, ParentDescription]],
+) -> None:
+    """The request items each series (by row id) gains from an instance of its."""
     requests = [
         _fitted(series_requests, {
-            "series_pk": series_pks[series_uid],
+            "series_pk": series_pk,
             "requested_procedure_id": request.requested_procedure_id or "",
             "scheduled_procedure_step_id": request.scheduled_procedure_step_id or "",
         })
-        for series_uid, file in first.items()
-        for request in file.description.series.requests
+        for series_pk, description in described
+        for request in description.series.requests
     ]
     if requests:
         connection.execute(statements.insert_requests, requests)
@@ -319,27 +343,69 @@ def _write_over(
     if existing.sha256 == file.sha256 and existing.series_pk == values["series_pk"]:
         return InstanceWrite(InstanceChange.UNCHANGED, None)
     connection.execute(statements.update_instance, values | {"row_id": existing.id})
+    _describe_by_replacement(connection, statements, file, values["study_pk"], existing.file_path, parents)
     if existing.series_pk != values["series_pk"]:
-        parents.forget(remove_empty_parents(connection, existing.series_pk))
+        parents.forget(refresh_parents(connection, existing.series_pk, parents))
     study_uid = file.description.study.study_instance_uid
     left = existing.study_instance_uid if existing.study_instance_uid != study_uid else None
     return InstanceWrite(InstanceChange.REPLACED, existing.file_path, left)
 
 
-def remove_empty_parents(connection: Connection, series_pk: int) -> RemovedParents:
-    """Drop a series left without instances, and its study if left without
-    series; what was dropped."""
+def _describe_by_replacement(
+    connection: Connection, statements: _Statements, file: PlacedFile, study_pk: int, replaced_file: str,
+    parents: WrittenParents,
+) -> None:
+    """The study and series rows this transaction made from the copy that
+    `file` replaces (one instance sent twice in a request) describe the copy
+    stored instead."""
+    study_uid, series_uid = file.description.study.study_instance_uid, file.description.series.series_instance_uid
+    if parents.study_sources.get(study_uid) == replaced_file:
+        connection.execute(statements.upsert_study, [_study_row(file.description)])
+        parents.study_sources[study_uid] = file.file_path
+    if parents.series_sources.get(series_uid) == replaced_file:
+        connection.execute(statements.upsert_series, [_series_row(file.description, study_pk)])
+        _insert_requests(connection, statements, [(parents.series[series_uid][1], file.description)])
+        parents.series_sources[series_uid] = file.file_path
+
+
+def refresh_parents(connection: Connection, series_pk: int, written: WrittenParents | None = None) -> RemovedParents:
+    """After instances left a series: drop it if left without instances, and
+    its study likewise; what remains is described again by its newest
+    instance (the highest row id), so that nothing deleted or moved away
+    still describes it. Rows that this transaction wrote (`written`) keep
+    what their request's rule gave them. What was dropped."""
     study_pk = connection.execute(select(series.c.study_pk).where(series.c.id == series_pk)).scalar_one_or_none()
     if study_pk is None:
         return RemovedParents(None, None)
-    removed_series = None
-    if not connection.execute(select(exists().where(instances.c.series_pk == series_pk))).scalar():
+    statements = _statements(connection.dialect.name)
+    written = WrittenParents() if written is None else written
+    removed = RemovedParents(None, None)
+    newest = _newest_instance(connection, instances.c.series_pk == series_pk)
+    if newest is None:
         connection.execute(delete(series).where(series.c.id == series_pk))
-        removed_series = series_pk
-    if not connection.execute(select(exists().where(series.c.study_pk == study_pk))).scalar():
+        removed = RemovedParents(series_pk, None)
+    elif series_pk not in {pk for _, pk in written.series.values()}:
+        connection.execute(statements.upsert_series, [_series_row(newest, study_pk)])
+    newest = _newest_instance(connection, instances.c.study_pk == study_pk)
+    if newest is None:
+        # Its other series that this transaction emptied (a DELETE of the study) go with it, by the foreign key.
         connection.execute(delete(studies).where(studies.c.id == study_pk))
-        return RemovedParents(removed_series, study_pk)
-    return RemovedParents(removed_series, None)
+        return removed._replace(study_pk=study_pk)
+    if study_pk not in written.study_pks.values():
+        connection.execute(statements.upsert_study, [_study_row(newest)])
+    return removed
+
+
+def _newest_instance(connection: Connection, which: ColumnElement[bool]) -> ParentDescription | None:
+    row = connection.execute(
+        select(instances.c.metadata_json, studies.c.study_instance_uid, series.c.series_instance_uid)
+        .join(series, series.c.id == instances.c.series_pk)
+        .join(studies, studies.c.id == instances.c.study_pk)
+        .where(which).order_by(instances.c.id.desc()).limit(1)
+    ).one_or_none()
+    if row is None:
+        return None
+    return describe_parents(orjson.loads(row.metadata_json), row.study_instance_uid, row.series_instance_uid)
 
 
 def journal_files(connection: Connection, paths: list[str]) -> None:

@@ -228,7 +228,7 @@ class Ingestor:
             attempt = parents.copy()
             with connection.begin_nested():
                 [written] = index.write_instances(connection, [file], attempt)
-            parents.study_pks, parents.series = attempt.study_pks, attempt.series
+            parents.take(attempt)
             return written
         except index.SeriesOfAnotherStudy as error:
             candidate.outcome = _outcome(description, failure=FailureReason.STUDY_UID_MISMATCH, detail=str(error))

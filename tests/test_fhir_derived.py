@@ -92,6 +92,27 @@ def test_delete_keeps_fhir_in_step(fhir):
     assert ids(fhir.get("/fhir/ImagingStudy").json()) == []
 
 
+def test_after_a_delete_the_imaging_study_and_patient_are_those_of_what_remains(fhir):
+    study, kept, gone = generate_uid(), generate_uid(), generate_uid()
+    _stow(fhir, make_ct(study, kept, PatientID="KEEP-2", StudyDescription="first"))
+    _stow(fhir, make_ct(study, gone, PatientID="GONE-2", StudyDescription="second", Modality="MR"))
+    gone_patient = _imaging_study(fhir, study)["subject"]["reference"]
+    assert fhir.delete(f"/dicom-web/studies/{study}/series/{gone}").status_code == 200
+    resource = _imaging_study(fhir, study)
+    assert resource["description"] == "first"
+    patient = fhir.get(f"/fhir/{resource['subject']['reference']}").json()
+    assert patient["identifier"][0]["value"] == "KEEP-2"
+    assert fhir.get(f"/fhir/{gone_patient}").status_code == 410
+
+
+def test_an_instance_sent_twice_in_one_request_gives_the_imaging_study_the_patient_of_the_copy_stored(fhir):
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    _stow(fhir, *(make_ct(study, series, sop, PatientID=patient) for patient in ("FIRST-COPY", "STORED-COPY")))
+    patient = fhir.get(f"/fhir/{_imaging_study(fhir, study)['subject']['reference']}").json()
+    assert patient["identifier"][0]["value"] == "STORED-COPY"
+    assert fhir.get("/fhir/Patient", params={"identifier": "FIRST-COPY"}).json()["total"] == 0
+
+
 def test_a_patient_stays_while_another_study_refers_to_it(fhir):
     first, second = generate_uid(), generate_uid()
     _stow(fhir, make_ct(first), make_ct(second))

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from dicom.errors import InvalidRequest, NotAcceptable, NotFound
 from dicom.rendering import (
@@ -94,6 +96,39 @@ def test_monochrome1_is_inverted(tmp_path: Path) -> None:
     ds.save_as(path)
     inverted = _decode(render_frame(path, 1, RenderParams("image/png")))
     assert np.array_equal(inverted, 255 - normal)
+
+
+def _palette_image(path: Path, syntax: str) -> str:
+    """PALETTE COLOR, 8-bit indices into 16-bit LUTs whose words differ in their two bytes."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Rows, ds.Columns = 4, 64
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "PALETTE COLOR"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    entries = np.arange(256, dtype=np.uint32)
+    order = "<u2" if syntax == ExplicitVRLittleEndian else ">u2"  # pydicom writes OW values as given
+    for colour, lut in (("Red", entries * 257), ("Green", 65535 - entries * 250), ("Blue", entries * 97 % 65536)):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", lut.astype(order).tobytes())
+    ds.PixelData = entries.astype(np.uint8).reshape(4, 64).tobytes()
+    target = str(path / f"palette-{syntax}.dcm")
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def test_a_palette_color_image_renders_alike_in_either_byte_order(tmp_path: Path) -> None:
+    little, big = (
+        _decode(render_frame(_palette_image(tmp_path, syntax), 1, RenderParams("image/png")))
+        for syntax in (ExplicitVRLittleEndian, ExplicitVRBigEndian)
+    )
+    assert little[3, 63].tolist() == [255, 6, 96]  # entry 255 of each LUT, scaled to 8 bits
+    assert np.array_equal(little, big)
 
 
 def test_parse_render_params() -> None:

@@ -398,6 +398,51 @@ def test_study_attributes_come_from_the_latest_request_and_its_first_instance(cl
     assert name() == "CORRECTED^Name"
 
 
+def _stored_over_http(client, payloads: list[bytes]) -> int:
+    body, content_type = multipart_body(payloads)
+    return client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code
+
+
+def _study_answer(client, study: str) -> dict:
+    [found] = client.get("/dicom-web/studies", params={"StudyInstanceUID": study}).json()
+    return found
+
+
+def _series_description(client, study: str) -> list[str]:
+    return [item["0008103E"]["Value"][0] for item in client.get(
+        f"/dicom-web/studies/{study}/series", params={"includefield": "SeriesDescription"}).json()]
+
+
+@pytest.mark.parametrize("isolated", [False, True], ids=["batch", "instance by instance"])
+def test_an_instance_sent_twice_in_one_request_describes_its_study_and_series_as_stored(client, isolated):
+    """The later copy is the one stored, and so the one the study and series
+    describe, also when the batch is written an instance at a time (after
+    one of its instances named a series of another study)."""
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    payloads = [make_ct(study, series, sop, PatientID=patient, SeriesDescription=patient.lower())
+                for patient in ("A", "B")]
+    if isolated:
+        taken = generate_uid()
+        assert _stored_over_http(client, [make_ct(series_uid=taken)]) == 200
+        payloads.append(make_ct(series_uid=taken))
+    assert _stored_over_http(client, payloads) == (202 if isolated else 200)
+    metadata = client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/metadata").json()
+    assert metadata[0]["00100020"]["Value"] == ["B"]
+    assert _study_answer(client, study)["00100020"]["Value"] == ["B"]
+    assert _series_description(client, study) == ["b"]
+
+
+def test_an_instance_moved_to_another_study_leaves_its_old_study_described_by_what_remains(client):
+    old, series, moved = generate_uid(), generate_uid(), generate_uid()
+    for payload in (make_ct(old, series, PatientID="STAYS", SeriesDescription="stays"),
+                    make_ct(old, series, moved, PatientID="MOVES", SeriesDescription="moves")):
+        assert _stored_over_http(client, [payload]) == 200
+    assert _study_answer(client, old)["00100020"]["Value"] == ["MOVES"]
+    assert _stored_over_http(client, [make_ct(generate_uid(), sop_uid=moved, PatientID="MOVES")]) == 200
+    assert _study_answer(client, old)["00100020"]["Value"] == ["STAYS"]
+    assert _series_description(client, old) == ["stays"]
+
+
 def test_a_stow_moving_an_instance_out_of_a_study_queues_behind_its_delete(services, monkeypatch):
     """A re-sent instance that moves to another study empties its old one,
     which the STOW then deletes, while a DELETE of that old study runs. The
@@ -420,13 +465,13 @@ def test_a_stow_moving_an_instance_out_of_a_study_queues_behind_its_delete(servi
     event.listen(services.engine, "handle_error", lambda context: deadlocks.append(context.original_exception)
                  if getattr(context.original_exception, "pgcode", None) == "40P01" else None)
     hold = _Hold()
-    real_remove = index.remove_empty_parents
+    real_refresh = index.refresh_parents
 
-    def remove_when_told(connection, series_pk):  # type: ignore[no-untyped-def]
+    def refresh_when_told(connection, series_pk, written):  # type: ignore[no-untyped-def]
         hold.hold(connection)  # the STOW holds what it locked so far
-        return real_remove(connection, series_pk)
+        return real_refresh(connection, series_pk, written)
 
-    monkeypatch.setattr(index, "remove_empty_parents", remove_when_told)
+    monkeypatch.setattr(index, "refresh_parents", refresh_when_told)
     stowed, deleted = hold.race(
         services,
         partial(_stored_directly, services, make_ct(new_study, sop_uid=sop)),

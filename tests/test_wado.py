@@ -543,6 +543,29 @@ def test_rendered_and_thumbnail(client, media_type):
     assert client.get(base + "/rendered", params={"window": "abc"}).status_code == 400
 
 
+def test_after_a_delete_the_study_and_series_are_described_by_their_newest_remaining_instance(client):
+    """As the conformance statement says (section 1): what was deleted no longer describes them."""
+    study, kept, gone = generate_uid(), generate_uid(), generate_uid()
+    first, later = generate_uid(), generate_uid()
+    stow(client, [make_ct(study, kept, first, PatientID="KEEP", StudyDescription="first", SeriesDescription="one")])
+    stow(client, [make_ct(study, kept, later, PatientID="KEEP", StudyDescription="later", SeriesDescription="two")])
+    stow(client, [make_ct(study, gone, PatientID="GONE", StudyDescription="second", Modality="MR")])
+
+    def described() -> tuple[list, list, list]:
+        [found] = client.get("/dicom-web/studies", params={
+            "StudyInstanceUID": study, "includefield": "StudyDescription"}).json()
+        [series] = client.get(f"/dicom-web/studies/{study}/series", params={
+            "SeriesInstanceUID": kept, "includefield": "SeriesDescription"}).json()
+        return found["00100020"]["Value"], found["00081030"]["Value"], series["0008103E"]["Value"]
+
+    assert client.delete(f"/dicom-web/studies/{study}/series/{gone}").status_code == 200
+    assert described() == (["KEEP"], ["later"], ["two"])
+    assert [item["0020000D"]["Value"] for item in client.get(
+        "/dicom-web/studies", params={"PatientID": "KEEP"}).json()] == [[study]]
+    assert client.delete(f"/dicom-web/studies/{study}/series/{kept}/instances/{later}").status_code == 200
+    assert described() == (["KEEP"], ["first"], ["one"])
+
+
 def test_delete_removes_rows_and_files(client, services):
     study, series = generate_uid(), generate_uid()
     payloads = [make_ct(study_uid=study, series_uid=series) for _ in range(2)] + [make_ct(study_uid=study)]

@@ -43,7 +43,7 @@ def delete_resources(
         for start in range(0, len(ids), 500):
             connection.execute(delete(instances).where(instances.c.id.in_(ids[start : start + 500])))
         for series_pk in {row.series_pk for row in rows}:
-            index.remove_empty_parents(connection, series_pk)
+            index.refresh_parents(connection, series_pk)
         ingestor.studies_changed(connection, {study_uid})
     ingestor.discard(paths)
     return len(rows)
