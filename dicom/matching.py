@@ -106,8 +106,10 @@ class PersonNameMatch:
     fuzzy=False: `value` matches the stored PN string exactly, case-sensitive,
     with `*`/`?` wildcards when `is_wildcard` (use `wildcard_to_like`).
     fuzzy=True: case- and order-insensitive; every token of
-    `fuzzy_name_tokens(value)` must start a word of the stored name, i.e.
-    `name_search_key(stored) LIKE '% ' || token || '%'` for each token.
+    `fuzzy_name_tokens(value)` must match from the start of a word of the
+    stored name, its `*` and `?` as wildcards: the pattern `"* " + token + "*"`
+    matches `name_search_key(stored)`. A plain token is so a word's prefix,
+    and `*OH*` finds JOHN; whatever the exact value matches, this matches too.
     """
 
     keyword: str
@@ -180,14 +182,18 @@ def wildcard_to_glob(pattern: str) -> str:
     return pattern.replace("[", "[[]")
 
 
-# Component (^), group (=) separators and wildcards all split name words, so a
-# fuzzy "joh*" token asks for a word starting with JOH.
-_NAME_SPLIT = re.compile(r"[\s^=,*?]+")
+# Component (^) and group (=) separators split name words; wildcards stay in
+# their word, as PS3.4 C.2.2.2.4 asks that a value holding one be matched as a
+# pattern, fuzzy or not.
+_NAME_SPLIT = re.compile(r"[\s^=,]+")
 
 
 def fuzzy_name_tokens(value: str) -> list[str]:
-    """The upper-case words of a fuzzy PN query value, in order."""
-    return [t for t in _NAME_SPLIT.split(value.upper()) if t]
+    """The upper-case words of a PN value, in order, each with its `*`/`?`.
+
+    A word of stars only would match any word, so it is left out.
+    """
+    return [t for t in _NAME_SPLIT.split(value.upper()) if t.strip("*")]
 
 
 def name_search_key(pn: str) -> str:

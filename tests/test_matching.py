@@ -114,8 +114,15 @@ def test_wildcard_to_glob_keeps_wildcards_and_escapes_brackets():
 def test_fuzzy_name_tokens():
     assert fuzzy_name_tokens("doe^john") == ["DOE", "JOHN"]
     assert fuzzy_name_tokens("John  Doe") == ["JOHN", "DOE"]
-    assert fuzzy_name_tokens("joh*") == ["JOH"]
     assert fuzzy_name_tokens("^*") == []
+
+
+def test_fuzzy_name_tokens_keep_their_wildcards():
+    # PS3.4 C.2.2.2.4: a value with * or ? is matched as a pattern, fuzzy or not.
+    assert fuzzy_name_tokens("joh*") == ["JOH*"]
+    assert fuzzy_name_tokens("*oh*") == ["*OH*"]
+    assert fuzzy_name_tokens("Doe^J?hn") == ["DOE", "J?HN"]
+    assert fuzzy_name_tokens("*^john=**") == ["JOHN"]
 
 
 def test_name_search_key_covers_all_groups():

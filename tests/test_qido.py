@@ -443,6 +443,13 @@ NAMES = ["Doe^John", "Smith^Johanna", "Johnson^Mary", "Doe^Jane"]
         ("joh*", "true", {"Doe^John", "Smith^Johanna", "Johnson^Mary"}),
         ("mary JOHN", "true", {"Johnson^Mary"}),
         ("ohn", "true", set()),
+        # Wildcards keep their meaning (PS3.4 C.2.2.2.4); each token still matches from a word's start.
+        ("*oh*", "true", {"Doe^John", "Smith^Johanna", "Johnson^Mary"}),
+        ("*oe", "true", {"Doe^John", "Doe^Jane"}),
+        ("Doe^J?hn", "true", {"Doe^John"}),
+        ("j?hn DOE", "true", {"Doe^John"}),
+        ("*ann*", "true", {"Smith^Johanna"}),
+        ("?ohn", "true", {"Doe^John", "Johnson^Mary"}),
         ("john doe", "false", set()),
         ("doe^john", "false", set()),
         ("Doe^John", "false", {"Doe^John"}),
@@ -455,6 +462,14 @@ def test_patient_name_matching(client, query, fuzzy, expected):
     by_value = studies_with(client, "PatientName", NAMES)
     params = [("PatientName", query)] + ([("fuzzymatching", fuzzy)] if fuzzy else [])
     assert matched(client, by_value, params) == expected
+
+
+@pytest.mark.parametrize("query", ["*oh*", "*ohn", "Doe^J?hn", "D*n", "Doe?John", "*^John", "Do*^J*", "Doe^John"])
+def test_fuzzy_matching_finds_whatever_exact_matching_finds(client, query):
+    """Fuzzy matching only loosens case and word order, so it never finds less."""
+    by_value = studies_with(client, "PatientName", NAMES)
+    exact = matched(client, by_value, [("PatientName", query)])
+    assert exact and exact <= matched(client, by_value, [("PatientName", query), ("fuzzymatching", "true")])
 
 
 def test_fuzzy_matching_covers_every_component_group(client):

@@ -150,8 +150,8 @@ def _match(column: Any, condition: Condition, dialect: str, checked: bool = Fals
         return and_(*bounds)
     if isinstance(condition, PersonNameMatch):
         if condition.fuzzy:
-            # The search column holds " WORD WORD " in upper case, and the
-            # tokens contain no wildcards: each must start a word.
+            # The search column holds " WORD WORD " in upper case: each
+            # token, its wildcards included, must match from a word's start.
             search = _NAME_SEARCH_COLUMNS[condition.tag]
             return and_(*(_wildcard(search, f"* {token}*", dialect) for token in fuzzy_name_tokens(condition.value)))
         if condition.is_wildcard:
