@@ -17,6 +17,7 @@ Decisions beyond the letter of the standard:
   empty value, only asks for the attribute to be returned.
 """
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -51,6 +52,9 @@ class SingleValue:
     tag: int
     value: str
 
+    def matches(self, stored: str) -> bool:
+        return stored == self.value
+
 
 @dataclass(frozen=True)
 class UidList:
@@ -75,12 +79,20 @@ class Wildcard:
     """`*` matches any run of characters, `?` one character, case-sensitively.
 
     See `wildcard_to_like`, and `wildcard_to_glob` for SQLite, whose LIKE
-    ignores ASCII case.
+    ignores ASCII case; `matches` for a value at hand.
     """
 
     keyword: str
     tag: int
     pattern: str
+
+    def matches(self, stored: str) -> bool:
+        return _wildcard_regex(self.pattern).fullmatch(stored) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _wildcard_regex(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern), re.DOTALL)
 
 
 @dataclass(frozen=True)
