@@ -17,7 +17,7 @@ from pydicom import Dataset
 from dicom.bulkdata import format_tag_path
 from dicom.errors import InvalidDicom
 from dicom.json_model import dataset_to_json, read_dataset_for_metadata
-from dicom.matching import name_search_key, normalise_time
+from dicom.matching import name_search_key, normalise_person_name, normalise_time
 from dicom.uids import is_safe_uid
 
 # Stored metadata names bulk data relative to this marker; responses swap it
@@ -127,7 +127,7 @@ def describe_dataset(dataset: Dataset) -> InstanceDescription:
     metadata = dataset_to_json(dataset, lambda tag_path: instance_path + format_tag_path(tag_path))
     _refuse_nul(metadata)
     return InstanceDescription(
-        study=_study_fields(metadata, uids["StudyInstanceUID"]),
+        study=study_fields(metadata, uids["StudyInstanceUID"]),
         series=_series_fields(metadata, uids["SeriesInstanceUID"]),
         instance=InstanceFields(
             sop_instance_uid=uids["SOPInstanceUID"],
@@ -195,7 +195,9 @@ def _required_uid(dataset: Dataset, keyword: str) -> str:
     return value
 
 
-def _study_fields(metadata: Attributes, study_uid: str) -> StudyFields:
+def study_fields(metadata: Attributes, study_uid: str) -> StudyFields:
+    """The study's index fields, from an instance's metadata or from the
+    study attributes kept with its row (which hold every attribute read here)."""
     patient_name = _text(metadata, "00100010")
     referring = _text(metadata, "00080090")
     return StudyFields(
@@ -253,7 +255,7 @@ def _text(metadata: Attributes, tag: str) -> str | None:
     first = values[0]
     if isinstance(first, dict):
         groups = [first.get(component, "") for component in ("Alphabetic", "Ideographic", "Phonetic")]
-        first = "=".join(groups).rstrip("=")
+        first = normalise_person_name("=".join(groups))
     text = str(first).strip()
     return text or None
 

@@ -116,7 +116,8 @@ class PersonNameMatch:
     """PN matching.
 
     fuzzy=False: `value` matches the stored PN string exactly, case-sensitive,
-    with `*`/`?` wildcards when `is_wildcard` (use `wildcard_to_like`).
+    with `*`/`?` wildcards when `is_wildcard` (use `wildcard_to_like`); both
+    are written as `normalise_person_name` writes them.
     fuzzy=True: case- and order-insensitive; every token of
     `fuzzy_name_tokens(value)` must match from the start of a word of the
     stored name, its `*` and `?` as wildcards: the pattern `"* " + token + "*"`
@@ -206,6 +207,12 @@ def fuzzy_name_tokens(value: str) -> list[str]:
     A word of stars only would match any word, so it is left out.
     """
     return [t for t in _NAME_SPLIT.split(value.upper()) if t.strip("*")]
+
+
+def normalise_person_name(value: str) -> str:
+    """A PN value without its trailing empty components and groups, which
+    PS3.5 6.2.1.1 makes insignificant: Roe^Jane^^^ is Roe^Jane."""
+    return "=".join(group.rstrip("^") for group in value.split("=")).rstrip("=")
 
 
 def name_search_key(pn: str) -> str:
@@ -301,9 +308,11 @@ def _condition(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> Cond
             return SingleValue(attr.keyword, attr.tag, _date(value, param))
         return Range(attr.keyword, attr.tag, _time(value, param, high=False), _time(value, param, high=True), "TM")
     if attr.vr == "PN":
-        if fuzzy and not fuzzy_name_tokens(value):
+        name = normalise_person_name(value)
+        # Nothing but separators is the empty name, which, like an empty value, matches anything.
+        if not name or (fuzzy and not fuzzy_name_tokens(name)):
             return None
-        return PersonNameMatch(attr.keyword, attr.tag, value, fuzzy)
+        return PersonNameMatch(attr.keyword, attr.tag, name, fuzzy)
     if attr.vr == "IS":
         if not re.fullmatch(r"[+-]?\d{1,12}", value):
             raise InvalidRequest(f"query parameter {param!r}: {value[:40]!r} is not an integer")

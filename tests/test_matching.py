@@ -15,6 +15,7 @@ from dicom.matching import (
     Wildcard,
     fuzzy_name_tokens,
     name_search_key,
+    normalise_person_name,
     normalise_time,
     parse_qido_query,
     wildcard_to_glob,
@@ -235,6 +236,18 @@ def test_person_name_exact_and_fuzzy():
     q = parse("study", ("ReferringPhysicianName", "smith"), ("fuzzymatching", "true"))
     assert q.fuzzy and only(q) == PersonNameMatch("ReferringPhysicianName", 0x00080090, "smith", True)
     assert not parse("study", ("fuzzymatching", "false")).fuzzy
+
+
+def test_person_names_lose_trailing_empty_components():
+    # PS3.5 6.2.1.1: trailing empty components, and their ^, are insignificant.
+    assert normalise_person_name("Roe^Jane^^^") == "Roe^Jane"
+    assert normalise_person_name("Roe^Jane^^=^^=") == "Roe^Jane"
+    assert normalise_person_name("Yamada^Tarou^^=山田^太郎^") == "Yamada^Tarou=山田^太郎"
+    assert normalise_person_name("=^Jane") == "=^Jane"
+    assert normalise_person_name("^Jane") == "^Jane"
+    assert only(parse("study", ("PatientName", "Roe^Jane^^^"))).value == "Roe^Jane"
+    assert only(parse("study", ("PatientName", "Roe^J*^^"))).value == "Roe^J*"
+    assert parse("study", ("PatientName", "^^=^")).conditions == ()  # the empty name: universal, like ""
 
 
 def test_integer_keys():

@@ -472,6 +472,16 @@ def test_fuzzy_matching_finds_whatever_exact_matching_finds(client, query):
     assert exact and exact <= matched(client, by_value, [("PatientName", query), ("fuzzymatching", "true")])
 
 
+@pytest.mark.parametrize("query", ["Roe^Jane", "Roe^Jane^^^", "Roe^Jane^", "Roe^J*^^", "Roe^Jane=", "Roe^Jane^^^=^"])
+def test_trailing_empty_name_components_are_insignificant(client, query):
+    """PS3.5 6.2.1.1: Roe^Jane^^^ and Roe^Jane are one name, stored or asked for."""
+    by_value = studies_with(client, "PatientName", ["Roe^Jane^^^", "Roe^Jane", "Roe^Jane^^Dr", "Roe^Janet"])
+    expected = {"Roe^Jane^^^", "Roe^Jane"} | ({"Roe^Jane^^Dr", "Roe^Janet"} if "*" in query else set())
+    assert matched(client, by_value, [("PatientName", query)]) == expected
+    referring = studies_with(client, "ReferringPhysicianName", ["House^Gregory^^^"])
+    assert matched(client, referring, [("ReferringPhysicianName", "House^Gregory")]) == {"House^Gregory^^^"}
+
+
 def test_fuzzy_matching_covers_every_component_group(client):
     names = ["Yamada^Tarou=山田^太郎", "Müller^Hans", "Yamamoto^Hanako"]
     by_value = studies_with(client, "PatientName", names, SpecificCharacterSet="ISO_IR 192")
