@@ -17,7 +17,7 @@ from pydicom import Dataset
 from dicom.bulkdata import format_tag_path
 from dicom.errors import InvalidDicom
 from dicom.json_model import dataset_to_json, read_dataset_for_metadata
-from dicom.matching import name_search_key, normalise_time
+from dicom.matching import name_search_key, normalise_person_name, normalise_time
 from dicom.uids import is_safe_uid
 
 # Stored metadata names bulk data relative to this marker; responses swap it
@@ -154,7 +154,7 @@ def describe_parents(metadata: Attributes, study_uid: str, series_uid: str) -> P
     the index keeps it: the study and series of a deleted instance are
     described again by one that remains."""
     return ParentDescription(
-        study=_study_fields(metadata, study_uid),
+        study=study_fields(metadata, study_uid),
         series=_series_fields(metadata, series_uid),
         study_attributes=_select(metadata, lambda tag: tag in _STUDY_TAGS or tag >> 16 == _PATIENT_GROUP),
         series_attributes=_select(metadata, lambda tag: tag in _SERIES_TAGS),
@@ -211,7 +211,9 @@ def _required_uid(dataset: Dataset, keyword: str) -> str:
     return value
 
 
-def _study_fields(metadata: Attributes, study_uid: str) -> StudyFields:
+def study_fields(metadata: Attributes, study_uid: str) -> StudyFields:
+    """The study's index fields, from an instance's metadata or from the
+    study attributes kept with its row (which hold every attribute read here)."""
     patient_name = _text(metadata, "00100010")
     referring = _text(metadata, "00080090")
     return StudyFields(
@@ -269,7 +271,7 @@ def _text(metadata: Attributes, tag: str) -> str | None:
     first = values[0]
     if isinstance(first, dict):
         groups = [first.get(component, "") for component in ("Alphabetic", "Ideographic", "Phonetic")]
-        first = "=".join(groups).rstrip("=")
+        first = normalise_person_name("=".join(groups))
     text = str(first).strip()
     return text or None
 

@@ -17,6 +17,7 @@ Decisions beyond the letter of the standard:
   empty value, only asks for the attribute to be returned.
 """
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -51,6 +52,9 @@ class SingleValue:
     tag: int
     value: str
 
+    def matches(self, stored: str) -> bool:
+        return stored == self.value
+
 
 @dataclass(frozen=True)
 class UidList:
@@ -75,12 +79,20 @@ class Wildcard:
     """`*` matches any run of characters, `?` one character, case-sensitively.
 
     See `wildcard_to_like`, and `wildcard_to_glob` for SQLite, whose LIKE
-    ignores ASCII case.
+    ignores ASCII case; `matches` for a value at hand.
     """
 
     keyword: str
     tag: int
     pattern: str
+
+    def matches(self, stored: str) -> bool:
+        return _wildcard_regex(self.pattern).fullmatch(stored) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _wildcard_regex(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern), re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -104,10 +116,13 @@ class PersonNameMatch:
     """PN matching.
 
     fuzzy=False: `value` matches the stored PN string exactly, case-sensitive,
-    with `*`/`?` wildcards when `is_wildcard` (use `wildcard_to_like`).
+    with `*`/`?` wildcards when `is_wildcard` (use `wildcard_to_like`); both
+    are written as `normalise_person_name` writes them.
     fuzzy=True: case- and order-insensitive; every token of
-    `fuzzy_name_tokens(value)` must start a word of the stored name, i.e.
-    `name_search_key(stored) LIKE '% ' || token || '%'` for each token.
+    `fuzzy_name_tokens(value)` must match from the start of a word of the
+    stored name, its `*` and `?` as wildcards: the pattern `"* " + token + "*"`
+    matches `name_search_key(stored)`. A plain token is so a word's prefix,
+    and `*OH*` finds JOHN; whatever the exact value matches, this matches too.
     """
 
     keyword: str
@@ -180,14 +195,24 @@ def wildcard_to_glob(pattern: str) -> str:
     return pattern.replace("[", "[[]")
 
 
-# Component (^), group (=) separators and wildcards all split name words, so a
-# fuzzy "joh*" token asks for a word starting with JOH.
-_NAME_SPLIT = re.compile(r"[\s^=,*?]+")
+# Component (^) and group (=) separators split name words; wildcards stay in
+# their word, as PS3.4 C.2.2.2.4 asks that a value holding one be matched as a
+# pattern, fuzzy or not.
+_NAME_SPLIT = re.compile(r"[\s^=,]+")
 
 
 def fuzzy_name_tokens(value: str) -> list[str]:
-    """The upper-case words of a fuzzy PN query value, in order."""
-    return [t for t in _NAME_SPLIT.split(value.upper()) if t]
+    """The upper-case words of a PN value, in order, each with its `*`/`?`.
+
+    A word of stars only would match any word, so it is left out.
+    """
+    return [t for t in _NAME_SPLIT.split(value.upper()) if t.strip("*")]
+
+
+def normalise_person_name(value: str) -> str:
+    """A PN value without its trailing empty components and groups, which
+    PS3.5 6.2.1.1 makes insignificant: Roe^Jane^^^ is Roe^Jane."""
+    return "=".join(group.rstrip("^") for group in value.split("=")).rstrip("=")
 
 
 def name_search_key(pn: str) -> str:
@@ -283,9 +308,11 @@ def _condition(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> Cond
             return SingleValue(attr.keyword, attr.tag, _date(value, param))
         return Range(attr.keyword, attr.tag, _time(value, param, high=False), _time(value, param, high=True), "TM")
     if attr.vr == "PN":
-        if fuzzy and not fuzzy_name_tokens(value):
+        name = normalise_person_name(value)
+        # Nothing but separators is the empty name, which, like an empty value, matches anything.
+        if not name or (fuzzy and not fuzzy_name_tokens(name)):
             return None
-        return PersonNameMatch(attr.keyword, attr.tag, value, fuzzy)
+        return PersonNameMatch(attr.keyword, attr.tag, name, fuzzy)
     if attr.vr == "IS":
         if not re.fullmatch(r"[+-]?\d{1,12}", value):
             raise InvalidRequest(f"query parameter {param!r}: {value[:40]!r} is not an integer")

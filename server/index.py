@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from dicom.instance import InstanceDescription, ParentDescription, SeriesFields, describe_parents
+from dicom.instance import InstanceDescription, ParentDescription, SeriesFields, describe_parents, study_fields
 from server.db import advisory_locks
 from server.tables import instances, series, series_requests, storage_journal, studies
 
@@ -141,6 +141,32 @@ def _fitted(table: Table, values: dict[str, Any]) -> dict[str, Any]:
 
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_NAME_COLUMNS = (
+    studies.c.patient_name, studies.c.patient_name_search,
+    studies.c.referring_physician_name, studies.c.referring_physician_name_search,
+)
+
+
+def reindex_person_names(connection: Connection) -> int:
+    """Derive again, from the stored attributes, the name columns of each
+    study whose names an older index wrote otherwise: with trailing empty
+    components (`normalise_person_name`), or with wildcards, which split
+    search-key words (`fuzzy_name_tokens`). Returns how many."""
+    written_otherwise = or_(*(
+        column.like(pattern)
+        for column in (studies.c.patient_name, studies.c.referring_physician_name)
+        for pattern in ("%^", "%^=%", "%*%", "%?%")
+    ))
+    rows = connection.execute(
+        select(studies.c.id, studies.c.study_instance_uid, studies.c.attributes_json).where(written_otherwise)
+    ).all()
+    for row in rows:
+        fields = vars(study_fields(orjson.loads(row.attributes_json), row.study_instance_uid))
+        connection.execute(
+            update(studies).where(studies.c.id == row.id)
+            .values(_fitted(studies, {column.name: fields[column.name] for column in _NAME_COLUMNS}))
+        )
+    return len(rows)
 
 
 @dataclass(frozen=True)

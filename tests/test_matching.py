@@ -15,6 +15,7 @@ from dicom.matching import (
     Wildcard,
     fuzzy_name_tokens,
     name_search_key,
+    normalise_person_name,
     normalise_time,
     parse_qido_query,
     wildcard_to_glob,
@@ -114,8 +115,15 @@ def test_wildcard_to_glob_keeps_wildcards_and_escapes_brackets():
 def test_fuzzy_name_tokens():
     assert fuzzy_name_tokens("doe^john") == ["DOE", "JOHN"]
     assert fuzzy_name_tokens("John  Doe") == ["JOHN", "DOE"]
-    assert fuzzy_name_tokens("joh*") == ["JOH"]
     assert fuzzy_name_tokens("^*") == []
+
+
+def test_fuzzy_name_tokens_keep_their_wildcards():
+    # PS3.4 C.2.2.2.4: a value with * or ? is matched as a pattern, fuzzy or not.
+    assert fuzzy_name_tokens("joh*") == ["JOH*"]
+    assert fuzzy_name_tokens("*oh*") == ["*OH*"]
+    assert fuzzy_name_tokens("Doe^J?hn") == ["DOE", "J?HN"]
+    assert fuzzy_name_tokens("*^john=**") == ["JOHN"]
 
 
 def test_name_search_key_covers_all_groups():
@@ -228,6 +236,18 @@ def test_person_name_exact_and_fuzzy():
     q = parse("study", ("ReferringPhysicianName", "smith"), ("fuzzymatching", "true"))
     assert q.fuzzy and only(q) == PersonNameMatch("ReferringPhysicianName", 0x00080090, "smith", True)
     assert not parse("study", ("fuzzymatching", "false")).fuzzy
+
+
+def test_person_names_lose_trailing_empty_components():
+    # PS3.5 6.2.1.1: trailing empty components, and their ^, are insignificant.
+    assert normalise_person_name("Roe^Jane^^^") == "Roe^Jane"
+    assert normalise_person_name("Roe^Jane^^=^^=") == "Roe^Jane"
+    assert normalise_person_name("Yamada^Tarou^^=山田^太郎^") == "Yamada^Tarou=山田^太郎"
+    assert normalise_person_name("=^Jane") == "=^Jane"
+    assert normalise_person_name("^Jane") == "^Jane"
+    assert only(parse("study", ("PatientName", "Roe^Jane^^^"))).value == "Roe^Jane"
+    assert only(parse("study", ("PatientName", "Roe^J*^^"))).value == "Roe^J*"
+    assert parse("study", ("PatientName", "^^=^")).conditions == ()  # the empty name: universal, like ""
 
 
 def test_integer_keys():

@@ -74,3 +74,34 @@ def test_upgrading_takes_out_the_segs_of_results_withdrawn_before(services):
     with services.engine.connect() as connection:
         due = connection.execute(select(inference_jobs.c.task_id).where(inference_jobs.c.seg_removal_due)).scalars()
         assert list(due) == ["withdrawn"]
+
+
+def test_upgrading_indexes_person_names_again_without_trailing_empty_components(client, services):
+    """Before 0013 the index kept Roe^Jane^^^ as written, and fuzzy search keys
+    split words at wildcards; upgrading derives the name columns again."""
+    from alembic import command
+    from alembic.config import Config
+    from pydicom.uid import generate_uid
+    from sqlalchemy import select, update
+
+    from server.migrate import _ALEMBIC_INI
+    from server.tables import studies
+    from tests.dicom_files import make_ct, multipart_body
+
+    study = generate_uid()
+    body, content_type = multipart_body([make_ct(study, PatientName="Roe^Jane^^^", ReferringPhysicianName="Sm?th^^")])
+    assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    config = Config(str(_ALEMBIC_INI))
+    with services.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0012")
+        connection.execute(update(studies).values(
+            patient_name="Roe^Jane^^^", referring_physician_name="Sm?th^^", referring_physician_name_search=" SM TH ",
+        ))
+    upgrade(services.engine)
+    with services.engine.connect() as connection:
+        row = connection.execute(select(studies).where(studies.c.study_instance_uid == study)).one()
+    assert (row.patient_name, row.patient_name_search) == ("Roe^Jane", " ROE JANE ")
+    assert (row.referring_physician_name, row.referring_physician_name_search) == ("Sm?th", " SM?TH ")
+    found = client.get("/dicom-web/studies", params={"PatientName": "Roe^Jane"}).json()
+    assert [result["0020000D"]["Value"][0] for result in found] == [study]

@@ -443,6 +443,13 @@ NAMES = ["Doe^John", "Smith^Johanna", "Johnson^Mary", "Doe^Jane"]
         ("joh*", "true", {"Doe^John", "Smith^Johanna", "Johnson^Mary"}),
         ("mary JOHN", "true", {"Johnson^Mary"}),
         ("ohn", "true", set()),
+        # Wildcards keep their meaning (PS3.4 C.2.2.2.4); each token still matches from a word's start.
+        ("*oh*", "true", {"Doe^John", "Smith^Johanna", "Johnson^Mary"}),
+        ("*oe", "true", {"Doe^John", "Doe^Jane"}),
+        ("Doe^J?hn", "true", {"Doe^John"}),
+        ("j?hn DOE", "true", {"Doe^John"}),
+        ("*ann*", "true", {"Smith^Johanna"}),
+        ("?ohn", "true", {"Doe^John", "Johnson^Mary"}),
         ("john doe", "false", set()),
         ("doe^john", "false", set()),
         ("Doe^John", "false", {"Doe^John"}),
@@ -455,6 +462,24 @@ def test_patient_name_matching(client, query, fuzzy, expected):
     by_value = studies_with(client, "PatientName", NAMES)
     params = [("PatientName", query)] + ([("fuzzymatching", fuzzy)] if fuzzy else [])
     assert matched(client, by_value, params) == expected
+
+
+@pytest.mark.parametrize("query", ["*oh*", "*ohn", "Doe^J?hn", "D*n", "Doe?John", "*^John", "Do*^J*", "Doe^John"])
+def test_fuzzy_matching_finds_whatever_exact_matching_finds(client, query):
+    """Fuzzy matching only loosens case and word order, so it never finds less."""
+    by_value = studies_with(client, "PatientName", NAMES)
+    exact = matched(client, by_value, [("PatientName", query)])
+    assert exact and exact <= matched(client, by_value, [("PatientName", query), ("fuzzymatching", "true")])
+
+
+@pytest.mark.parametrize("query", ["Roe^Jane", "Roe^Jane^^^", "Roe^Jane^", "Roe^J*^^", "Roe^Jane=", "Roe^Jane^^^=^"])
+def test_trailing_empty_name_components_are_insignificant(client, query):
+    """PS3.5 6.2.1.1: Roe^Jane^^^ and Roe^Jane are one name, stored or asked for."""
+    by_value = studies_with(client, "PatientName", ["Roe^Jane^^^", "Roe^Jane", "Roe^Jane^^Dr", "Roe^Janet"])
+    expected = {"Roe^Jane^^^", "Roe^Jane"} | ({"Roe^Jane^^Dr", "Roe^Janet"} if "*" in query else set())
+    assert matched(client, by_value, [("PatientName", query)]) == expected
+    referring = studies_with(client, "ReferringPhysicianName", ["House^Gregory^^^"])
+    assert matched(client, referring, [("ReferringPhysicianName", "House^Gregory")]) == {"House^Gregory^^^"}
 
 
 def test_fuzzy_matching_covers_every_component_group(client):
@@ -746,6 +771,48 @@ def test_a_value_longer_than_its_index_column_matches_whole_only(client):
              for offset in ("0", "2", "3")]
     assert [len(page) for page in pages] == [2, 1, 0]
     assert {value(r, STUDY_UID) for page in pages for r in page} == wanted
+
+
+def test_wildcards_match_the_whole_of_a_value_longer_than_its_index_column(client):
+    """The index column holds the first 64 characters; a pattern is matched on
+    the whole value, at every level and across pages."""
+    long_id, short_id = "X" * 70 + "END", "XX"
+    description = "CT CHEST ABDOMEN AND PELVIS WITH CONTRAST, PORTAL VENOUS PHASE, IN words"
+    assert len(description) > 64 and "words" not in description[:64]
+    studies = [generate_uid() for _ in range(4)]
+    for study, patient_id in zip(studies, [long_id, short_id, long_id, long_id]):
+        store(client, make_ct(study, PatientID=patient_id, StudyDescription=description))
+    long_ones = {studies[0], studies[2], studies[3]}
+
+    def found(path: str, *params: tuple[str, str]) -> set[str]:
+        return {value(r, STUDY_UID) for r in search(client, path, params)}
+
+    assert found("/studies", ("PatientID", "*END")) == long_ones
+    assert found("/studies", ("PatientID", "X*END")) == long_ones
+    assert found("/studies", ("PatientID", "X*N?")) == long_ones
+    assert found("/studies", ("PatientID", "X*")) == set(studies)
+    assert found("/studies", ("PatientID", "*X")) == {studies[1]}  # the cut start of the long ones ends in X
+    assert found("/studies", ("PatientID", "X" * 66 + "*")) == long_ones
+    assert found("/studies", ("PatientID", "Y*END")) == set()
+    assert found("/studies", ("StudyDescription", "*words*")) == set(studies)
+    assert found("/studies", ("StudyDescription", "*words")) == set(studies)
+    assert found("/series", ("PatientID", "*END")) == long_ones
+    assert found("/instances", ("PatientID", "*END")) == long_ones
+
+    pages = [search(client, "/studies", [("PatientID", "*END"), ("limit", "2"), ("offset", offset)])
+             for offset in ("0", "2", "3")]
+    assert [len(page) for page in pages] == [2, 1, 0]
+    assert {value(r, STUDY_UID) for page in pages for r in page} == long_ones
+
+
+def test_wildcards_match_the_whole_of_a_long_series_value(client):
+    study, series = generate_uid(), generate_uid()
+    description = "AXIAL SOFT TISSUE RECONSTRUCTION 1.25 MM WITH ITERATIVE NOISE REDUCTION, LATE"
+    assert len(description) > 64
+    store(client, make_ct(study, series, SeriesDescription=description))
+    assert uids(search(client, "/series", [("SeriesDescription", "*LATE")]), SERIES_UID) == {series}
+    assert uids(search(client, "/instances", [("SeriesDescription", "AXIAL*LATE")]), SERIES_UID) == {series}
+    assert search(client, "/series", [("SeriesDescription", "*EARLY")]) == []
 
 
 def test_long_values_inside_sequences_are_compared_whole(client):

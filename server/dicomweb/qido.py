@@ -7,7 +7,8 @@ column holds each key and how the levels join.
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import islice
+from typing import Any, TypeGuard
 
 import orjson
 from sqlalchemy import (
@@ -18,6 +19,7 @@ from sqlalchemy import (
     and_,
     distinct,
     func,
+    or_,
     select,
     true,
 )
@@ -75,6 +77,9 @@ _NAME_SEARCH_COLUMNS = {
 _MODALITIES_IN_STUDY = 0x00080061
 _REQUEST_ATTRIBUTES_SEQUENCE = 0x00400275
 _INTEGER_TAGS = {0x00200011, 0x00200013}
+# Rows read at a time where a page is filled in Python (`search`): the first
+# batch fills most pages, and no answer holds every match in memory.
+_CHECKED_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -102,21 +107,25 @@ def _width(column: Any) -> int | None:
     return column.type.length if isinstance(column.type, String) else None
 
 
-def _beyond_index(condition: SingleValue) -> bool:
-    """A text value as long as the index column of its attribute or longer.
-    The column holds only the start of a longer stored value, so for such a
-    value it can only narrow the search: the stored attributes decide
-    (`_holds_whole`). A shorter value never equals a cut one, and dates,
-    times and UIDs are stored in their canonical forms, which fit."""
+def _beyond_index(condition: Condition) -> TypeGuard[SingleValue | Wildcard]:
+    """A text condition that the index column of its attribute cannot decide:
+    an exact value as long as the column or longer, or any pattern. The
+    column holds only the start of a longer stored value, so for such a
+    condition it can only narrow the search: the stored attributes decide
+    (`_holds_whole`). A shorter exact value never equals a cut one, but a
+    pattern may match in the part that was cut off. Dates, times and UIDs
+    are stored in their canonical forms, which fit."""
     column = _COLUMNS.get(condition.tag)
     width = None if column is None else _width(column)
-    return width is not None and len(condition.value) >= width and _VRS.get(condition.tag) in TEXT_VRS
+    if width is None or _VRS.get(condition.tag) not in TEXT_VRS:
+        return False
+    return isinstance(condition, Wildcard) or (isinstance(condition, SingleValue) and len(condition.value) >= width)
 
 
 _VRS = {attribute.tag: attribute.vr for level in LEVELS for attribute in ATTRIBUTES[level]}
 
 
-def _holds_whole(row: Any, condition: SingleValue, level: str) -> bool:
+def _holds_whole(row: Any, condition: SingleValue | Wildcard, level: str) -> bool:
     table = _COLUMNS[condition.tag].table
     if table is instances:
         stored = row.metadata_json
@@ -125,7 +134,7 @@ def _holds_whole(row: Any, condition: SingleValue, level: str) -> bool:
     else:
         stored = row.attributes_json if level == "study" else row.study_json
     element = orjson.loads(stored).get(f"{condition.tag:08X}", {})
-    return condition.value in element.get("Value", ())
+    return any(isinstance(value, str) and condition.matches(value) for value in element.get("Value", ()))
 
 
 def _match(column: Any, condition: Condition, dialect: str, checked: bool = False) -> ColumnElement[bool]:
@@ -140,7 +149,15 @@ def _match(column: Any, condition: Condition, dialect: str, checked: bool = Fals
     if isinstance(condition, (UidList, ValueList)):
         return column.in_(condition.values)
     if isinstance(condition, Wildcard):
-        return _wildcard(column, condition.pattern, dialect)
+        matched = _wildcard(column, condition.pattern, dialect)
+        if not (checked and _beyond_index(condition)):
+            return matched
+        # A value at the column's width may be cut: it stays a candidate when
+        # it starts as the pattern does up to its first `*`, as a whole value
+        # that matches must.
+        width = _width(column)
+        start = condition.pattern.split("*", 1)[0][:width] + "*"
+        return or_(matched, and_(func.length(column) == width, _wildcard(column, start, dialect)))
     if isinstance(condition, Range):
         bounds = []
         if condition.low is not None:
@@ -150,8 +167,8 @@ def _match(column: Any, condition: Condition, dialect: str, checked: bool = Fals
         return and_(*bounds)
     if isinstance(condition, PersonNameMatch):
         if condition.fuzzy:
-            # The search column holds " WORD WORD " in upper case, and the
-            # tokens contain no wildcards: each must start a word.
+            # The search column holds " WORD WORD " in upper case: each
+            # token, its wildcards included, must match from a word's start.
             search = _NAME_SEARCH_COLUMNS[condition.tag]
             return and_(*(_wildcard(search, f"* {token}*", dialect) for token in fuzzy_name_tokens(condition.value)))
         if condition.is_wildcard:
@@ -226,14 +243,18 @@ class SearchPage:
 
 
 def search(engine: Engine, query: QidoQuery, scope: Scope, dicomweb_root: str) -> SearchPage:
-    checks = [c for c in query.conditions if isinstance(c, SingleValue) and _beyond_index(c)]
+    checks = [c for c in query.conditions if _beyond_index(c)]
     with engine.connect() as connection:
-        # Rows a check refuses cannot be counted in SQL: page after checking
-        # (the index narrows the rows to values that start alike).
-        rows = connection.execute(_statement(query, scope, engine.dialect.name, paged=not checks)).all()
+        statement = _statement(query, scope, engine.dialect.name, paged=not checks)
         if checks:
-            kept = [row for row in rows if all(_holds_whole(row, check, query.level) for check in checks)]
-            rows = kept[query.offset : query.offset + query.limit + 1]
+            # Rows a check refuses cannot be counted in SQL: page after
+            # checking, reading rows in batches only until the page is full.
+            result = connection.execute(statement.execution_options(yield_per=_CHECKED_BATCH))
+            kept = (row for row in result if all(_holds_whole(row, check, query.level) for check in checks))
+            rows = list(islice(kept, query.offset, query.offset + query.limit + 1))
+            result.close()
+        else:
+            rows = connection.execute(statement).all()
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         if query.level == "study":
