@@ -109,25 +109,34 @@ def _parse_ranges(header_values: Sequence[str], from_query: bool) -> list[MediaR
                 element = _repair_query_plus(element)
             media_type, params = parse_media_type(element)
             q = _parse_q(params.pop("q")) if "q" in params else 1.0
-            if q > 0:
-                ranges.append(MediaRange(media_type, params, q))
+            ranges.append(MediaRange(media_type, params, q))
     # sorted() is stable, so equal q-values keep the client's order.
     return sorted(ranges, key=lambda range_: -range_.q)
 
 
+def _acceptable(ranges: list[MediaRange]) -> list[MediaRange]:
+    return [range_ for range_ in ranges if range_.q > 0]
+
+
 def parse_accept(header_values: Sequence[str]) -> list[MediaRange]:
     """Media ranges from Accept header values, best first; q=0 ranges dropped."""
-    return _parse_ranges(header_values, from_query=False)
+    return _acceptable(_parse_ranges(header_values, from_query=False))
 
 
-def accept_from_request(query_accept: Sequence[str], header_accept: Sequence[str]) -> list[MediaRange]:
+def accept_from_request(
+    query_accept: Sequence[str], header_accept: Sequence[str], keep_refused: bool = False
+) -> list[MediaRange]:
     """The `accept` query parameter wins over the Accept header (PS3.18 §8.3.3.1);
-    neither given means anything is acceptable."""
+    neither given means anything is acceptable. `keep_refused`: the q=0 ranges
+    too, last, for a caller that chooses among what a wider range admits
+    (RFC 9110 §12.4.2: q=0 is "not acceptable")."""
     if any(value.strip() for value in query_accept):
-        return _parse_ranges(query_accept, from_query=True)
-    if any(value.strip() for value in header_accept):
-        return parse_accept(header_accept)
-    return [MediaRange("*/*", {}, 1.0)]
+        ranges = _parse_ranges(query_accept, from_query=True)
+    elif any(value.strip() for value in header_accept):
+        ranges = _parse_ranges(header_accept, from_query=False)
+    else:
+        ranges = [MediaRange("*/*", {}, 1.0)]
+    return ranges if keep_refused else _acceptable(ranges)
 
 
 def type_matches(pattern: str, media_type: str) -> bool:

@@ -26,6 +26,7 @@ from dicom.errors import (
 from fhir_mappings import errors as fhir
 from fhir_mappings.outcome import operation_outcome
 from inference.errors import InferenceError
+from server.content_coding import ACCEPTED_CODINGS, UnsupportedContentCoding
 from server.fhir.negotiation import FHIR_JSON, Format, fhir_response, response_format
 from server.jobs.registry import ActivationRefused, ModelNotFound
 from server.logs import request_id_var
@@ -110,7 +111,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DicomError)
     async def _domain(request: Request, error: DicomError) -> Response:
         # Raised under /fhir too, by what both interfaces share (reading a body).
-        return error_response(status_for(error), error.message, request=request)
+        headers = {"Accept-Encoding": ACCEPTED_CODINGS} if isinstance(error, UnsupportedContentCoding) else None
+        return error_response(status_for(error), error.message, headers, request)
 
     @app.exception_handler(fhir.FhirError)
     async def _fhir(request: Request, error: fhir.FhirError) -> Response:

@@ -4,11 +4,14 @@ Built by `load_settings()` at start-up, never at import time, so a test can
 make a server with its own data directory and database.
 """
 
+import socket
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_WILDCARD_HOSTS = frozenset(("0.0.0.0", "::", ""))
 
 
 class Settings(BaseSettings):
@@ -88,8 +91,15 @@ class Settings(BaseSettings):
 
     @property
     def public_root(self) -> str:
-        """The root for links made outside a request (the FHIR Endpoint's address)."""
-        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+        """The root for links made outside a request (the FHIR Endpoint's
+        address, the audit source, the token issuer). A wildcard address is
+        where the server listens, not where a client can reach it: the
+        machine's name stands for it unless MEDAIFLOW_PUBLIC_BASE_URL says."""
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        host = socket.gethostname() if self.host in _WILDCARD_HOSTS else self.host
+        # An IPv6 address is bracketed in a URL (RFC 3986 §3.2.2).
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     @property
     def storage_dir(self) -> Path:

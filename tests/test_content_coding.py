@@ -35,20 +35,30 @@ def _outcome(response, status: int, naming: str) -> None:
 
 @pytest.mark.parametrize("coding", ["br", "compress", "gzip, gzip"])
 def test_a_coding_not_decoded_is_415(fhir, coding):
-    _outcome(_post_task(fhir, TASK, coding), 415, "Content-Encoding")
+    response = _post_task(fhir, TASK, coding)
+    _outcome(response, 415, "Content-Encoding")
+    assert response.headers["accept-encoding"] == "gzip, deflate"
     assert fhir.get("/fhir/Task").json().get("total") == 0
 
 
 @pytest.mark.parametrize(
-    ("body", "naming"),
+    ("body", "coding", "naming"),
     [
-        (TASK, "not the compressed stream"),  # said to be gzip, but plain
-        (gzip.compress(TASK)[:-12], "ends before"),  # cut short
-        (gzip.compress(TASK) + b"trailing", "goes on after"),
+        (TASK, "gzip", "not the compressed stream"),  # said to be gzip, but plain
+        (gzip.compress(TASK, mtime=0)[:-12], "gzip", "ends before"),  # cut short
+        (gzip.compress(TASK, mtime=0) + b"trailing", "gzip", "not the compressed stream"),
+        (zlib.compress(TASK) + b"trailing", "deflate", "goes on after"),
     ],
+    ids=["plain", "cut short", "gzip and junk", "deflate and more"],
 )
-def test_a_body_that_is_not_what_its_coding_says_is_400(fhir, body, naming):
-    _outcome(_post_task(fhir, body, "gzip"), 400, naming)
+def test_a_body_that_is_not_what_its_coding_says_is_400(fhir, body, coding, naming):
+    _outcome(_post_task(fhir, body, coding), 400, naming)
+
+
+def test_a_gzip_body_of_several_members_is_their_concatenation(fhir):
+    half = len(TASK) // 2
+    response = _post_task(fhir, gzip.compress(TASK[:half]) + gzip.compress(TASK[half:]), "gzip")
+    assert response.status_code == 201, response.text
 
 
 def test_the_limit_holds_for_the_decoded_body(fhir, services):

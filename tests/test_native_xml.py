@@ -254,6 +254,12 @@ def test_qido_xml_without_match_is_204(client):
         ("application/json;q=0.2, multipart/related; type=application/dicom+xml;q=0.3", "multipart/related"),
         ("*/*", "application/dicom+json"),
         ("application/*", "application/dicom+json"),
+        ("multipart/*", "multipart/related"),
+        # q=0 refuses (RFC 9110 §12.4.2): a wider range then means the other model.
+        ("application/dicom+json;q=0, */*", "multipart/related"),
+        ("application/json;q=0, application/*", "multipart/related"),
+        (f"{DICOM_XML};q=0, */*", "application/dicom+json"),
+        (f"{MULTIPART_XML};q=0, multipart/*, application/dicom+json;q=0.1", "application/dicom+json"),
     ],
 )
 def test_the_preferred_model_wins(client, study, accept, media_type):
@@ -301,7 +307,8 @@ def test_stow_failure_in_xml(client):
     assert document.findall("d:DicomAttribute[@tag='00081199']", NS) == []
 
 
-@pytest.mark.parametrize("accept", [None, "application/dicom+json", "text/html", "a/b;;;q=bad", f"{DICOM_XML};q=0.1, */*"])
+@pytest.mark.parametrize("accept", [None, "application/dicom+json", "text/html", "a/b;;;q=bad", f"{DICOM_XML};q=0.1, */*",
+                                    "application/dicom+json;q=0, application/dicom+xml;q=0"])
 def test_stow_answers_json_otherwise_and_never_refuses_for_accept(client, accept):
     response = _store(client, make_ct(), accept=accept)
     assert response.status_code == 200

@@ -1,7 +1,10 @@
 """The server's root as clients see it behind a proxy: RFC 7239 Forwarded and the X-Forwarded-* headers."""
 
+import socket
+
 import pytest
 
+from server.settings import Settings
 from tests.fhir_checks import link
 
 
@@ -32,3 +35,14 @@ def test_x_forwarded_wins_over_forwarded_field_by_field(fhir):
 @pytest.mark.parametrize("forwarded", ['host="evil\\" x"', "host=evil x", 'proto="javascript"', "host", ";;"])
 def test_a_forwarded_value_that_is_no_url_part_is_passed_over(fhir, forwarded):
     assert _self_link(fhir, {"Forwarded": forwarded}) == "http://testserver/fhir/Task"
+
+
+@pytest.mark.parametrize(("host", "root"), [
+    ("127.0.0.1", "http://127.0.0.1:8282"),
+    ("::1", "http://[::1]:8282"),
+    ("0.0.0.0", f"http://{socket.gethostname()}:8282"),
+    ("::", f"http://{socket.gethostname()}:8282"),
+])
+def test_links_made_outside_a_request_name_a_reachable_host(host, root):
+    assert Settings(host=host, port=8282).public_root == root
+    assert Settings(host=host, port=8282, public_base_url="https://pacs.example/").public_root == "https://pacs.example"

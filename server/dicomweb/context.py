@@ -20,27 +20,40 @@ def negotiated_accept(request: Request) -> list[MediaRange]:
     return accept_from_request(request.query_params.getlist("accept"), request.headers.getlist("accept"))
 
 
-def _model_of(range_: MediaRange) -> str | None:
-    """DICOM_JSON or DICOM_XML, whichever `range_` admits first; None if neither.
+def _models_admitted(range_: MediaRange) -> list[str]:
+    """DICOM_JSON and DICOM_XML, as far as `range_` admits them, in the order
+    to offer them.
 
     Plain JSON is an alias of DICOM JSON. The XML form of a QIDO result or of
     metadata is multipart/related (PS3.18 §8.7.3.2), so a multipart range
     without a `type` means XML; a bare application/dicom+xml is taken to ask
     for the same, as Orthanc and dcm4chee take it.
     """
-    if range_.media_type == MULTIPART_RELATED:
-        inner = inner_type(range_) or DICOM_XML
-        return DICOM_XML if type_matches(inner, DICOM_XML) else DICOM_JSON if type_matches(inner, DICOM_JSON) else None
-    for model, alias in ((DICOM_JSON, "application/json"), (DICOM_XML, DICOM_XML)):
-        if type_matches(range_.media_type, model) or type_matches(range_.media_type, alias):
-            return model
-    return None
+    if type_matches(range_.media_type, MULTIPART_RELATED) and range_.media_type != "*/*":
+        inner = inner_type(MediaRange(MULTIPART_RELATED, range_.params, range_.q)) or DICOM_XML
+        return [model for model in (DICOM_XML, DICOM_JSON) if type_matches(inner, model)]
+    return [
+        model for model, alias in ((DICOM_JSON, "application/json"), (DICOM_XML, DICOM_XML))
+        if type_matches(range_.media_type, model) or type_matches(range_.media_type, alias)
+    ]
 
 
 def preferred_model(request: Request) -> str | None:
     """The data set model (DICOM JSON or the Native DICOM Model of PS3.19) that
-    the client ranks highest; None when it accepts neither."""
-    return next(filter(None, map(_model_of, negotiated_accept(request))), None)
+    the client ranks highest and does not refuse by name with q=0; None when
+    it accepts neither."""
+    ranges = accept_from_request(
+        request.query_params.getlist("accept"), request.headers.getlist("accept"), keep_refused=True
+    )
+    refused = {
+        model for range_ in ranges if range_.q == 0 and not range_.media_type.endswith("/*")
+        for model in _models_admitted(range_)
+    }
+    for range_ in ranges:
+        for model in _models_admitted(range_) if range_.q > 0 else ():
+            if model not in refused:
+                return model
+    return None
 
 
 def negotiated_model(request: Request, what: str) -> str:
