@@ -234,14 +234,19 @@ def study_fields(metadata: Attributes, study_uid: str) -> StudyFields:
     )
 
 
-def _series_fields(metadata: Attributes, series_uid: str) -> SeriesFields:
-    requests = tuple(
+def series_requests_of(metadata: Attributes) -> tuple[SeriesRequest, ...]:
+    """The items of an instance's RequestAttributesSequence that QIDO matches on."""
+    return tuple(
         SeriesRequest(
             requested_procedure_id=_text(item, "00401001"),
             scheduled_procedure_step_id=_text(item, "00400009"),
         )
         for item in _values(metadata, "00400275")
     )
+
+
+def _series_fields(metadata: Attributes, series_uid: str) -> SeriesFields:
+    requests = series_requests_of(metadata)
     return SeriesFields(
         series_instance_uid=series_uid,
         modality=_text(metadata, "00080060"),

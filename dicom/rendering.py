@@ -22,6 +22,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from dicom.errors import InvalidRequest, NotAcceptable, NotFound
 from dicom.json_model import read_dataset_for_metadata
+from dicom.media_types import MediaRange, type_matches
 from dicom.pixels import decode_frame, frame_source
 from dicom.transfer_syntax import EXPLICIT_VR_LE, swapped_words
 
@@ -79,15 +80,28 @@ def query_values(query: Query) -> dict[str, str]:
 
 
 def _choose_media_type(accept: Sequence[str]) -> str:
-    for media_range in accept:
-        kind, *parameters = (part.strip() for part in media_range.split(";"))
-        if any(p.replace(" ", "").lower() in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in parameters):
+    return rendered_media_type([_as_range(media_range) for media_range in accept])
+
+
+def _as_range(text: str) -> MediaRange:
+    kind, *parameters = (part.strip() for part in text.split(";"))
+    refused = any(p.replace(" ", "").lower() in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in parameters)
+    return MediaRange(kind.lower(), {}, 0.0 if refused else 1.0)
+
+
+def rendered_media_type(ranges: Sequence[MediaRange]) -> str:
+    """The first rendered type the ranges admit, best first, and not refused
+    by name with q=0 (RFC 9110 §12.4.2): a wildcard gives JPEG, else the next."""
+    refused = {range_.media_type for range_ in ranges if range_.q == 0}
+    for range_ in ranges:
+        if range_.q == 0:
             continue
-        kind = kind.lower()
-        if kind in RENDERED_MEDIA_TYPES:
-            return kind
-        if kind in ("*/*", "image/*"):
-            return DEFAULT_MEDIA_TYPE
+        admitted = [kind for kind in RENDERED_MEDIA_TYPES if type_matches(range_.media_type, kind)]
+        if range_.media_type in ("*/*", "image/*"):
+            admitted.sort(key=lambda kind: kind != DEFAULT_MEDIA_TYPE)
+        for kind in admitted:
+            if kind not in refused:
+                return kind
     raise NotAcceptable(f"rendered images are available as {', '.join(RENDERED_MEDIA_TYPES)}")
 
 
@@ -159,7 +173,9 @@ def thumbnail(path: str, params: RenderParams) -> bytes:
 def _image_header(path: str) -> Dataset:
     ds = read_dataset_for_metadata(path)
     if "PixelData" not in ds:
-        raise NotFound("the instance has no pixel data to render")
+        # It exists (404 would say otherwise); an image of it is what cannot be made.
+        raise NotAcceptable("the instance has no pixel data: it cannot be rendered as an image; "
+                            "ask for it as application/dicom")
     return ds
 
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from dicom.errors import InvalidRequest, NotAcceptable
 from dicom.media_types import MediaRange, accept_from_request, type_matches
 from dicom.rendering import (
-    DEFAULT_MEDIA_TYPE,
     MAX_VIEWPORT_SIDE,
     RENDERED_MEDIA_TYPES,
     RenderParams,
     checked_window,
     parse_quality,
     query_values,
+    rendered_media_type,
 )
 from dicom.uids import require_uid
 
@@ -59,7 +59,9 @@ def parse_wado_uri(query: Sequence[tuple[str, str]], accept_header: Sequence[str
             "anonymize is not supported: this server cannot de-identify an instance"
             if anonymize == "yes" else f"anonymize takes the value yes, not {anonymize[:20]!r}"
         )
-    media_type = _media_type(accept_from_request(values.get("contentType", "").split(","), accept_header))
+    media_type = _media_type(
+        accept_from_request(values.get("contentType", "").split(","), accept_header, keep_refused=True)
+    )
     if media_type == DICOM:
         syntax = values.get("transferSyntax")
         return WadoUriRequest(*uids, DICOM, require_uid(syntax, "transferSyntax") if syntax else None, 1,
@@ -69,13 +71,19 @@ def parse_wado_uri(query: Sequence[tuple[str, str]], accept_header: Sequence[str
 
 
 def _media_type(ranges: list[MediaRange]) -> str:
-    for range_ in ranges:
-        if range_.media_type in ("*/*", "image/*"):
-            return DEFAULT_MEDIA_TYPE
-        for candidate in URI_MEDIA_TYPES:
-            if type_matches(range_.media_type, candidate):
-                return candidate
-    raise NotAcceptable(f"WADO-URI answers {', '.join(URI_MEDIA_TYPES)}")
+    """Best first: the Part 10 file when application/dicom (or application/*)
+    comes before any image type and is not refused with q=0; else the
+    rendered type the ranges prefer (`*/*` alone: a JPEG, §9.3)."""
+    dicom_refused = any(range_.q == 0 and range_.media_type == DICOM for range_ in ranges)
+    for range_ in (range_ for range_ in ranges if range_.q > 0):
+        if range_.media_type != "*/*" and type_matches(range_.media_type, DICOM) and not dicom_refused:
+            return DICOM
+        if any(type_matches(range_.media_type, kind) for kind in RENDERED_MEDIA_TYPES):
+            break
+    try:
+        return rendered_media_type(ranges)
+    except NotAcceptable:
+        raise NotAcceptable(f"WADO-URI answers {', '.join(URI_MEDIA_TYPES)}") from None
 
 
 def _frame_number(text: str | None) -> int:

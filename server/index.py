@@ -33,7 +33,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from dicom.instance import InstanceDescription, ParentDescription, SeriesFields, describe_parents, study_fields
+from dicom.instance import (
+    InstanceDescription,
+    ParentDescription,
+    SeriesFields,
+    SeriesRequest,
+    describe_parents,
+    series_requests_of,
+    study_fields,
+)
 from server.db import advisory_locks
 from server.tables import instances, series, series_requests, storage_journal, studies
 
@@ -85,7 +93,7 @@ def _statements(dialect_name: str) -> _Statements:
     find_instance = (
         select(
             instances.c.id, instances.c.sha256, instances.c.file_path, instances.c.series_pk,
-            studies.c.study_instance_uid,
+            instances.c.metadata_json, studies.c.study_instance_uid,
         )
         .join(studies, studies.c.id == instances.c.study_pk)
         .where(instances.c.sop_instance_uid == bindparam("uid"))
@@ -341,17 +349,24 @@ def _insert_requests(
     connection: Connection, statements: _Statements, described: Sequence[tuple[int, ParentDescription]],
 ) -> None:
     """The request items each series (by row id) gains from an instance of its."""
-    requests = [
+    _insert_request_rows(connection, statements, [
+        (series_pk, request) for series_pk, description in described for request in description.series.requests
+    ])
+
+
+def _insert_request_rows(
+    connection: Connection, statements: _Statements, requests: Sequence[tuple[int, SeriesRequest]],
+) -> None:
+    rows = [
         _fitted(series_requests, {
             "series_pk": series_pk,
             "requested_procedure_id": request.requested_procedure_id or "",
             "scheduled_procedure_step_id": request.scheduled_procedure_step_id or "",
         })
-        for series_pk, description in described
-        for request in description.series.requests
+        for series_pk, request in requests
     ]
-    if requests:
-        connection.execute(statements.insert_requests, requests)
+    if rows:
+        connection.execute(statements.insert_requests, rows)
 
 
 def _of_another_study(fields: SeriesFields) -> SeriesOfAnotherStudy:
@@ -372,6 +387,9 @@ def _write_over(
     _describe_by_replacement(connection, statements, file, values["study_pk"], existing.file_path, parents)
     if existing.series_pk != values["series_pk"]:
         parents.forget(refresh_parents(connection, existing.series_pk, parents))
+    elif set(series_requests_of(orjson.loads(existing.metadata_json))) - set(file.description.series.requests):
+        # The copy replaced was the reason for request items the new one lacks.
+        _gather_requests(connection, statements, existing.series_pk)
     study_uid = file.description.study.study_instance_uid
     left = existing.study_instance_uid if existing.study_instance_uid != study_uid else None
     return InstanceWrite(InstanceChange.REPLACED, existing.file_path, left)
@@ -410,8 +428,10 @@ def refresh_parents(connection: Connection, series_pk: int, written: WrittenPare
     if newest is None:
         connection.execute(delete(series).where(series.c.id == series_pk))
         removed = RemovedParents(series_pk, None)
-    elif series_pk not in {pk for _, pk in written.series.values()}:
-        connection.execute(statements.upsert_series, [_series_row(newest, study_pk)])
+    else:
+        if series_pk not in {pk for _, pk in written.series.values()}:
+            connection.execute(statements.upsert_series, [_series_row(newest, study_pk)])
+        _gather_requests(connection, statements, series_pk)
     newest = _newest_instance(connection, instances.c.study_pk == study_pk)
     if newest is None:
         # Its other series that this transaction emptied (a DELETE of the study) go with it, by the foreign key.
@@ -420,6 +440,17 @@ def refresh_parents(connection: Connection, series_pk: int, written: WrittenPare
     if study_pk not in written.study_pks.values():
         connection.execute(statements.upsert_study, [_study_row(newest)])
     return removed
+
+
+def _gather_requests(connection: Connection, statements: _Statements, series_pk: int) -> None:
+    """A series' request items gathered again from the instances it holds:
+    those of an instance deleted, moved away or replaced no longer match it
+    (PS3.4 C.2.2.2.6). It reads every instance of the series, which only a
+    delete, a move or a re-sent instance whose requests changed asks for."""
+    connection.execute(delete(series_requests).where(series_requests.c.series_pk == series_pk))
+    stored = connection.execute(select(instances.c.metadata_json).where(instances.c.series_pk == series_pk)).scalars()
+    items = {request for metadata in stored for request in series_requests_of(orjson.loads(metadata))}
+    _insert_request_rows(connection, statements, [(series_pk, request) for request in items])
 
 
 def _newest_instance(connection: Connection, which: ColumnElement[bool]) -> ParentDescription | None:

@@ -732,6 +732,29 @@ def test_sequence_matching_at_series_level(client, requested, params, expected):
     assert found == {requested[name] for name in expected}
 
 
+def test_a_series_matches_only_the_requests_of_the_instances_it_holds(client):
+    study, series = generate_uid(), generate_uid()
+    kept, deleted, moved = generate_uid(), generate_uid(), generate_uid()
+    store(client, make_ct(study, series, kept, RequestAttributesSequence=[_request("RP-A")]))
+    store(client, make_ct(study, series, deleted, RequestAttributesSequence=[_request("RP-B")]))
+    store(client, make_ct(study, series, moved, RequestAttributesSequence=[_request("RP-C")]))
+
+    def matching(procedure: str) -> set[str]:
+        return uids(search(client, "/series", [("StudyInstanceUID", study), (REQUESTED_PROCEDURE, procedure)]),
+                    SERIES_UID)
+
+    assert matching("RP-B") == {series}
+    assert client.delete(f"/dicom-web/studies/{study}/series/{series}/instances/{deleted}").status_code == 200
+    assert matching("RP-B") == set() and matching("RP-A") == {series}
+    # The same instance sent again into another series of the study: its old series loses its request.
+    other = generate_uid()
+    store(client, make_ct(study, other, moved, RequestAttributesSequence=[_request("RP-C")]))
+    assert matching("RP-C") == {other}
+    # Sent again with other requests: what the replaced copy brought goes with it.
+    store(client, make_ct(study, series, kept, RequestAttributesSequence=[_request("RP-D")]))
+    assert matching("RP-A") == set() and matching("RP-D") == {series}
+
+
 def test_sequence_matching_results_carry_the_sequence(client, requested):
     [found] = search(client, "/series", [(REQUESTED_PROCEDURE, "RP3")])
     [item] = found[REQUEST_ATTRIBUTES]["Value"]

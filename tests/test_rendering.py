@@ -81,8 +81,9 @@ def test_thumbnail_fits_default_viewport() -> None:
     assert _decode(thumbnail(CT, RenderParams(viewport=(50, 50)))).shape == (50, 50)
 
 
-def test_instance_without_pixels_is_not_found() -> None:
-    with pytest.raises(NotFound):
+def test_instance_without_pixels_cannot_be_rendered() -> None:
+    # It exists: an image of it is what cannot be made (406, not 404).
+    with pytest.raises(NotAcceptable):
         render_frame(get_testdata_file("rtplan.dcm"), 1, RenderParams())
 
 
@@ -178,3 +179,13 @@ def test_a_rendered_image_nothing_accepts_is_406_not_a_jpeg(client, accept: str 
     assert response.status_code == status, response.text
     if status == 200:
         assert response.headers["content-type"] == "image/jpeg"
+
+
+@pytest.mark.parametrize(("accept", "chosen"), [
+    (["*/*"], "image/jpeg"),
+    (["image/jpeg;q=0", "*/*"], "image/png"),
+    (["image/jpeg; q=0", "image/png;q=0", "image/*"], "image/gif"),
+    (["image/gif", "image/png"], "image/gif"),
+])
+def test_a_media_type_refused_with_q_0_is_not_chosen_by_a_wildcard(accept, chosen) -> None:
+    assert parse_render_params({}, accept).media_type == chosen

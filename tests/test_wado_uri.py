@@ -15,7 +15,7 @@ from pydicom.uid import (
 )
 
 from server.auth.scopes import Role
-from tests.dicom_files import make_ct, multipart_body
+from tests.dicom_files import make_ct, multipart_body, pydicom_files_with_uids
 
 SIZE = 32
 
@@ -88,6 +88,8 @@ def _image(response) -> Image.Image:
     ("image/gif,image/png", None, "image/gif"),
     (None, "image/png", "image/png"),
     ("image/png", "image/jpeg", "image/png"),  # contentType wins over Accept
+    (None, "image/jpeg;q=0, */*", "image/png"),  # q=0 refuses (RFC 9110 §12.4.2)
+    (None, "image/jpeg;q=0, image/png;q=0, image/*", "image/gif"),
 ])
 def test_rendered_in_the_media_type_asked(client, stored, content_type, accept, expected):
     extra = {"contentType": content_type} if content_type else {}
@@ -127,6 +129,20 @@ def test_bad_parameters_are_400(client, stored, extra, naming):
     response = client.get("/wado", params=_query(stored, "plain") | extra)
     assert response.status_code == 400
     assert naming in response.json()["message"]
+
+
+def test_an_instance_without_pixels_is_there_but_cannot_be_an_image(client):
+    [sr] = [p for p in pydicom_files_with_uids() if p.endswith("/test-SR.dcm")]
+    with open(sr, "rb") as file:
+        payload = file.read()
+    body, content_type = multipart_body([payload])
+    assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    ds = pydicom.dcmread(sr)
+    query = {"requestType": "WADO", "studyUID": ds.StudyInstanceUID, "seriesUID": ds.SeriesInstanceUID,
+             "objectUID": ds.SOPInstanceUID}
+    refused = client.get("/wado", params=query)
+    assert refused.status_code == 406 and "application/dicom" in refused.json()["message"]
+    assert client.get("/wado", params=query | {"contentType": "application/dicom"}).status_code == 200
 
 
 def test_missing_uids_and_unknown_instances(client, stored):
