@@ -93,7 +93,7 @@ def _statements(dialect_name: str) -> _Statements:
     find_instance = (
         select(
             instances.c.id, instances.c.sha256, instances.c.file_path, instances.c.series_pk,
-            instances.c.metadata_json, studies.c.study_instance_uid,
+            studies.c.study_instance_uid,
         )
         .join(studies, studies.c.id == instances.c.study_pk)
         .where(instances.c.sop_instance_uid == bindparam("uid"))
@@ -383,11 +383,14 @@ def _write_over(
     existing = connection.execute(statements.find_instance, {"uid": file.description.instance.sop_instance_uid}).one()
     if existing.sha256 == file.sha256 and existing.series_pk == values["series_pk"]:
         return InstanceWrite(InstanceChange.UNCHANGED, None)
+    replaced_requests = series_requests_of(orjson.loads(connection.execute(
+        select(instances.c.metadata_json).where(instances.c.id == existing.id)
+    ).scalar_one()))
     connection.execute(statements.update_instance, values | {"row_id": existing.id})
     _describe_by_replacement(connection, statements, file, values["study_pk"], existing.file_path, parents)
     if existing.series_pk != values["series_pk"]:
         parents.forget(refresh_parents(connection, existing.series_pk, parents))
-    elif set(series_requests_of(orjson.loads(existing.metadata_json))) - set(file.description.series.requests):
+    elif set(replaced_requests) - set(file.description.series.requests):
         # The copy replaced was the reason for request items the new one lacks.
         _gather_requests(connection, statements, existing.series_pk)
     study_uid = file.description.study.study_instance_uid
