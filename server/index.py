@@ -138,13 +138,20 @@ def _fitted(table: Table, values: dict[str, Any]) -> dict[str, Any]:
     Index columns only serve matching; the full value lives in the stored
     JSON. A legacy file with an over-long PatientID must not fail its whole
     batch on PostgreSQL, which enforces the widths that SQLite ignores.
+    A table with `index_cut` records whether any text was cut: QIDO checks
+    the stored whole of those rows only, and not of every value that merely
+    fills its column (64-character hashed PatientIDs are common).
     """
+    cut = False
     for name, value in values.items():
         column_type = table.c[name].type
         if isinstance(value, str) and isinstance(column_type, String) and column_type.length:
+            cut = cut or len(value) > column_type.length
             values[name] = value[: column_type.length]
         elif isinstance(value, int) and type(column_type) is Integer and not _INT32_MIN <= value <= _INT32_MAX:
             values[name] = None  # an IS value no SQL integer holds; PostgreSQL would refuse the instance
+    if "index_cut" in table.c:
+        values["index_cut"] = cut
     return values
 
 
@@ -169,12 +176,49 @@ def reindex_person_names(connection: Connection) -> int:
         select(studies.c.id, studies.c.study_instance_uid, studies.c.attributes_json).where(written_otherwise)
     ).all()
     for row in rows:
-        fields = vars(study_fields(orjson.loads(row.attributes_json), row.study_instance_uid))
+        # Only the names are written: 0013 has no `index_cut` yet, and 0014 sets it from every column.
+        fields = _fitted(studies, dict(vars(study_fields(orjson.loads(row.attributes_json), row.study_instance_uid))))
         connection.execute(
             update(studies).where(studies.c.id == row.id)
-            .values(_fitted(studies, {column.name: fields[column.name] for column in _NAME_COLUMNS}))
+            .values({column.name: fields[column.name] for column in _NAME_COLUMNS})
         )
     return len(rows)
+
+
+def flag_cut_rows(connection: Connection) -> int:
+    """Set `index_cut` on the study and series rows whose text an older index
+    cut to its column without recording it. A cut value fills its column, so
+    only rows with a column at its full width are read. Returns how many."""
+    def study_values(attributes: dict[str, Any], uid: str) -> dict[str, Any]:
+        return dict(vars(study_fields(attributes, uid)))
+
+    def series_values(attributes: dict[str, Any], uid: str) -> dict[str, Any]:
+        return _series_values(describe_parents(attributes, "", uid).series)
+
+    flagged = 0
+    for table, uid, values in (
+        (studies, studies.c.study_instance_uid, study_values),
+        (series, series.c.series_instance_uid, series_values),
+    ):
+        full = [
+            func.length(column) == column.type.length
+            for column in table.c if isinstance(column.type, String) and column.type.length
+        ]
+        result = connection.execute(
+            select(table.c.id, uid.label("uid"), table.c.attributes_json).where(or_(*full))
+            .execution_options(yield_per=_FLAGGING_BATCH)
+        )
+        cut = [
+            {"row_id": row.id} for row in result
+            if _fitted(table, values(orjson.loads(row.attributes_json), row.uid))["index_cut"]
+        ]
+        if cut:
+            connection.execute(update(table).where(table.c.id == bindparam("row_id")).values(index_cut=True), cut)
+        flagged += len(cut)
+    return flagged
+
+
+_FLAGGING_BATCH = 1000  # rows read at a time: an index may hold millions
 
 
 @dataclass(frozen=True)
@@ -338,11 +382,15 @@ def _study_row(described: ParentDescription) -> dict[str, Any]:
 
 
 def _series_row(described: ParentDescription, study_pk: int) -> dict[str, Any]:
-    values = {name: value for name, value in vars(described.series).items() if name != "requests"}
-    return _fitted(series, values | {
+    return _fitted(series, _series_values(described.series) | {
         "study_pk": study_pk,
         "attributes_json": orjson.dumps(described.series_attributes),
     })
+
+
+def _series_values(fields: SeriesFields) -> dict[str, Any]:
+    """Its columns in the series table; its requests have their own."""
+    return {name: value for name, value in vars(fields).items() if name != "requests"}
 
 
 def _insert_requests(

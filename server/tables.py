@@ -55,6 +55,9 @@ studies = Table(
     Column("referring_physician_name", String(324)),
     Column("referring_physician_name_search", String(330)),
     Column("attributes_json", LargeBinary, nullable=False),
+    # Whether a text column holds only the start of its value (`server.index._fitted`).
+    # Instances need no such flag: their text is UIDs, refused unless they fit.
+    Column("index_cut", Boolean, nullable=False, server_default=false()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
@@ -71,6 +74,7 @@ series = Table(
     Column("performed_procedure_step_start_date", String(8)),
     Column("performed_procedure_step_start_time", String(16)),
     Column("attributes_json", LargeBinary, nullable=False),
+    Column("index_cut", Boolean, nullable=False, server_default=false()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 

@@ -105,3 +105,42 @@ def test_upgrading_indexes_person_names_again_without_trailing_empty_components(
     assert (row.referring_physician_name, row.referring_physician_name_search) == ("Sm?th", " SM?TH ")
     found = client.get("/dicom-web/studies", params={"PatientName": "Roe^Jane"}).json()
     assert [result["0020000D"]["Value"][0] for result in found] == [study]
+
+
+def test_upgrading_flags_the_rows_whose_values_an_older_index_cut(client, services):
+    """Before 0014 the index did not record which values it cut to their
+    columns; upgrading finds them from the stored attributes, and leaves a
+    value that only fills its column (a 64-character PatientID) unflagged."""
+    from alembic import command
+    from alembic.config import Config
+    from pydicom.uid import generate_uid
+    from sqlalchemy import select
+
+    from server.migrate import _ALEMBIC_INI
+    from server.tables import series, studies
+    from tests.dicom_files import make_ct, multipart_body
+
+    hashed, long_id, description = "a1" * 32, "X" * 70 + "END", "AXIAL " * 12 + "LATE"
+    cut_study, whole_study, cut_series = generate_uid(), generate_uid(), generate_uid()
+    body, content_type = multipart_body([
+        make_ct(cut_study, PatientID=long_id),
+        make_ct(whole_study, cut_series, PatientID=hashed, SeriesDescription=description),
+    ])
+    assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+
+    def flags() -> dict[str, bool]:
+        with services.engine.connect() as connection:
+            rows = connection.execute(select(studies.c.study_instance_uid, studies.c.index_cut)).all()
+            return dict(rows + connection.execute(select(series.c.series_instance_uid, series.c.index_cut)).all())
+
+    written = flags()
+    config = Config(str(_ALEMBIC_INI))
+    with services.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0013")
+    upgrade(services.engine)
+    assert flags() == written
+    assert (written[cut_study], written[whole_study], written[cut_series]) == (True, False, True)
+    assert sum(written.values()) == 2
+    found = client.get("/dicom-web/studies", params={"PatientID": "*END"}).json()
+    assert [result["0020000D"]["Value"][0] for result in found] == [cut_study]

@@ -838,6 +838,33 @@ def test_wildcards_match_the_whole_of_a_long_series_value(client):
     assert search(client, "/series", [("SeriesDescription", "*EARLY")]) == []
 
 
+def test_values_that_only_fill_their_index_column_are_not_checked_on_the_stored_attributes(client, monkeypatch):
+    """A 64-character PatientID (a SHA-256 pseudonym) is a whole LO value: a
+    wildcard search decides it in SQL, and checks on the stored attributes
+    only the rows whose values were cut."""
+    from server.dicomweb import qido
+
+    checked = []
+
+    def counted(row, condition, level):
+        checked.append(row.study_instance_uid)
+        return holds_whole(row, condition, level)
+
+    holds_whole = qido._holds_whole
+    monkeypatch.setattr(qido, "_holds_whole", counted)
+    hashed = [generate_uid() for _ in range(3)]
+    for index, study in enumerate(hashed):
+        store(client, make_ct(study, PatientID=f"{index:064x}"))
+    long_one = generate_uid()
+    store(client, make_ct(long_one, PatientID="X" * 70 + "END"))
+
+    assert search(client, "/studies", [("PatientID", "*zzz*")]) == []
+    assert search(client, "/series", [("PatientID", "*zzz*")]) == []
+    assert checked == [long_one, long_one]  # cut, so it might hold zzz further on
+    assert uids(search(client, "/studies", [("PatientID", "*END")]), STUDY_UID) == {long_one}
+    assert uids(search(client, "/studies", [("PatientID", "*2")]), STUDY_UID) == {hashed[2]}
+
+
 def test_long_values_inside_sequences_are_compared_whole(client):
     """Sequence items are not checked on the stored attributes: a value longer
     than its column must not match a stored value that only starts alike."""

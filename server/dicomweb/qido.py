@@ -152,12 +152,14 @@ def _match(column: Any, condition: Condition, dialect: str, checked: bool = Fals
         matched = _wildcard(column, condition.pattern, dialect)
         if not (checked and _beyond_index(condition)):
             return matched
-        # A value at the column's width may be cut: it stays a candidate when
-        # it starts as the pattern does up to its first `*`, as a whole value
-        # that matches must.
+        # A cut value (its row says so, and it fills the column) stays a
+        # candidate when it starts as the pattern does up to its first `*`,
+        # as a whole value that matches must. One that only fills its column
+        # is whole, and decided by the pattern like any other.
         width = _width(column)
         start = condition.pattern.split("*", 1)[0][:width] + "*"
-        return or_(matched, and_(func.length(column) == width, _wildcard(column, start, dialect)))
+        cut = and_(column.table.c.index_cut, func.length(column) == width, _wildcard(column, start, dialect))
+        return or_(matched, cut)
     if isinstance(condition, Range):
         bounds = []
         if condition.low is not None:
