@@ -148,7 +148,8 @@ async def retrieve_metadata(
     if model == DICOM_JSON:
         # Stored JSON goes out as it is, never parsed.
         return Response(_with_bulk_data_root(b"[" + b",".join(stored) + b"]", root), media_type=DICOM_JSON)
-    data_sets = [orjson.loads(_with_bulk_data_root(metadata, root)) for metadata in stored]
+    # Parsed off the event loop: a study of thousands of instances takes a while.
+    data_sets = await run_in_threadpool(lambda: [orjson.loads(_with_bulk_data_root(item, root)) for item in stored])
     return await data_sets_response(data_sets, model)
 
 
