@@ -83,8 +83,14 @@ class SourceHeaders:
     @staticmethod
     def kept(dataset: Dataset) -> tuple[KeptElement, ...]:
         """Of a source as read, before anything decodes its elements (pydicom
-        decodes only SpecificCharacterSet as it reads, which is not kept)."""
-        return tuple((int(tag), *dataset.get_item(tag)[1:]) for tag in _SOURCE_TAGS if tag in dataset)
+        decodes only SpecificCharacterSet as it reads, which is not kept, and
+        empty values, which are kept as absent: an empty SliceThickness, Type
+        2 in CT, is then taken from the spacing, as a missing one is)."""
+        elements = (dataset.get_item(tag) for tag in _SOURCE_TAGS if tag in dataset)
+        return tuple(
+            (int(element.tag), *element[1:]) for element in elements
+            if isinstance(element, RawDataElement) or not element.is_empty
+        )
 
     def datasets(self) -> list[Dataset]:
         """The sources, the first whole and the others with what the SEG writer reads of them.

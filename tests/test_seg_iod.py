@@ -121,10 +121,13 @@ def _stable(node):  # type: ignore[no-untyped-def]
     return [_stable(item) for item in node] if isinstance(node, list) else node
 
 
-@pytest.mark.parametrize("multi_frame", [False, True])
-def test_the_seg_written_from_the_headers_kept_at_reading_is_the_seg_of_the_whole_headers(tmp_path, multi_frame):
+@pytest.mark.parametrize("case", ["single-frame", "multi-frame", "empty slice thickness"])
+def test_the_seg_written_from_the_headers_kept_at_reading_is_the_seg_of_the_whole_headers(tmp_path, case):
     study = make_phantom(85, SMALL, lesion_count=2, radius_mm=(7.0, 10.0))
-    datasets = [enhanced_ct(phantom_datasets(study))] if multi_frame else phantom_datasets(study)
+    datasets = [enhanced_ct(phantom_datasets(study))] if case == "multi-frame" else phantom_datasets(study)
+    if case == "empty slice thickness":  # Type 2 in CT: pydicom reads an empty value already decoded
+        for dataset in datasets:
+            dataset.SliceThickness = None
     paths = []
     for index, dataset in zip(np.random.default_rng(5).permutation(len(datasets)), datasets):  # files in no order
         paths.append(tmp_path / f"{index}.dcm")
