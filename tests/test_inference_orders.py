@@ -103,14 +103,19 @@ def test_an_order_for_a_series_the_model_does_not_run_on_is_refused(queued, fhir
     assert "does not run on series" in _diagnostics(refused)
 
 
-@pytest.mark.parametrize("reference", [
-    "http://elsewhere.example/fhir/ImagingStudy/{uid}", "ImagingStudy/{uid}/_history/1", "ImagingStudy/", "ImagingStudy/a/b",
-    "ImagingStudy",
+@pytest.mark.parametrize("focus", [
+    {"reference": "http://elsewhere.example/fhir/ImagingStudy/{uid}"}, {"reference": "ImagingStudy/{uid}/_history/1"},
+    {"reference": "ImagingStudy/"}, {"reference": "ImagingStudy/a/b"}, {"reference": "ImagingStudy"},
+    # By type or by the study's DICOM identifier alone: which study is not said in a form the server reads.
+    {"type": "ImagingStudy", "identifier": {"value": "{uid}"}},
+    {"identifier": {"system": "urn:dicom:uid", "value": "urn:oid:{uid}"}},
 ])
-def test_a_focus_the_server_cannot_read_is_refused_not_stored_as_a_plain_task(queued, fhir, reference):
+def test_a_focus_the_server_cannot_read_is_refused_not_stored_as_a_plain_task(queued, fhir, focus):
     client, _ = queued
     uid, _ = _stored(client, 66)
-    response = fhir.post("/fhir/Task", json=_order(uid, focus={"reference": reference.format(uid=uid)}))
+    filled = {key: {k: v.format(uid=uid) for k, v in value.items()} if isinstance(value, dict) else value.format(uid=uid)
+              for key, value in focus.items()}
+    response = fhir.post("/fhir/Task", json=_order(uid, focus=filled))
     assert response.status_code == 422, response.text
     assert fhir.get("/fhir/Task").json()["total"] == 0
 

@@ -29,11 +29,18 @@ from server.jobs.series import accepted_series, study_series
 
 def is_inference_order(task: dict[str, Any]) -> bool:
     """A Task focused on an ImagingStudy, in any form of reference: one that
-    `inference_request` cannot read (absolute, versioned) is refused as an
-    order, not stored as a Task that orders nothing."""
+    `inference_request` cannot read (absolute, versioned, or only a type or
+    a DICOM identifier) is refused as an order, not stored as a Task that
+    orders nothing."""
     focus = task.get("focus")
-    reference = focus.get("reference") if isinstance(focus, dict) else None
-    return isinstance(reference, str) and _IMAGING_STUDY_REFERENCE.search(reference) is not None
+    if not isinstance(focus, dict):
+        return False
+    reference, identifier = focus.get("reference"), focus.get("identifier")
+    if isinstance(reference, str) and _IMAGING_STUDY_REFERENCE.search(reference) is not None:
+        return True
+    return focus.get("type") == "ImagingStudy" or (
+        isinstance(identifier, dict) and identifier.get("system") == "urn:dicom:uid"
+    )
 
 
 # `ImagingStudy/x`, a URL ending so, or a conditional `ImagingStudy?...` that a transaction resolves.
