@@ -149,6 +149,18 @@ def test_bad_input_to_the_model_api_is_a_client_error(fhir, tmp_path):
         assert response.status_code == 422, (directory, response.text)
 
 
+def test_the_same_version_with_another_configuration_is_refused_not_ignored(fhir, tmp_path):
+    assert fhir.post("/admin/models", json={"path": str(DEMO_BUNDLE)}).status_code in (200, 201)
+    again = tmp_path / "same-version"
+    shutil.copytree(DEMO_BUNDLE, again)
+    assert fhir.post("/admin/models", json={"path": str(again)}).status_code == 200  # the same bundle: nothing new
+    metadata = (again / "configs" / "metadata.json").read_text()
+    (again / "configs" / "metadata.json").write_text(metadata.replace('"min_slices": 20', '"min_slices": 5'))
+    refused = fhir.post("/admin/models", json={"path": str(again)})
+    assert refused.status_code == 422
+    assert "metadata.json" in refused.json()["message"] and "new version" in refused.json()["message"]
+
+
 def test_a_labelled_set_that_is_no_folder_is_a_message_from_the_command_line(cli_env, capsys):
     assert main(["models", "add", str(DEMO_BUNDLE)]) == 0
     capsys.readouterr()

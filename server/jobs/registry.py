@@ -64,6 +64,22 @@ class RegisteredModel:
         return self.bundle.card.key
 
 
+_CONFIGS = ("configs/metadata.json", "configs/inference.json")
+
+
+def _changed_configs(registered: Path, offered: Path) -> list[str]:
+    """The configuration files (what results mean, how the model runs) in which
+    two bundles of one name, version and weights differ."""
+    return [name for name in _CONFIGS if _contents(registered / name) != _contents(offered / name)]
+
+
+def _contents(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:  # a registered copy removed by hand is no longer what was registered
+        return None
+
+
 class ModelRegistry:
     def __init__(self, engine: Engine, store: ResourceStore, models_dir: Path) -> None:
         self.engine = engine
@@ -86,6 +102,13 @@ class ModelRegistry:
                 if existing.weights_sha256 != bundle.weights_sha256:
                     raise InvalidBundle(
                         f"{card.key} is registered already with other weights; give the new ones a new version"
+                    )
+                changed = _changed_configs(Path(existing.bundle_path), bundle.path)
+                if changed:
+                    # Ignoring them would leave the administrator believing the new rules or codes apply.
+                    raise InvalidBundle(
+                        f"{card.key} is registered already with another {' and '.join(changed)}; "
+                        "give the changed bundle a new version"
                     )
                 return self._model(existing), False
             target = self.models_dir / card.name / card.version
