@@ -8,6 +8,7 @@ from sqlalchemy import select, update
 
 from inference.demo.phantom import phantom_datasets, phantom_payloads
 from inference.seg import SegIdentity
+from server.jobs.run import JobRunner, SeriesChanged
 from server.jobs.seg_patients import refresh_seg_patients
 from server.jobs.withdrawal import sweep
 from server.tables import inference_jobs
@@ -357,3 +358,29 @@ def test_a_seg_stays_due_until_a_sweep_has_seen_it_gone(queued, monkeypatch):
     monkeypatch.setattr(withdrawal, "_delete_seg", delete_seg)
     sweep(services.jobs.queue, services.ingestor)
     assert not due() and _seg_series(client, uid) == [SegIdentity.for_job(second).series_instance_uid]
+
+
+def test_an_automatic_job_whose_series_changed_as_it_ran_gives_way_to_the_job_the_change_queued(queued, monkeypatch):
+    client, services = queued
+    _, payloads, first = _first_slices_triggered(client, services, 86)
+    stow(client, payloads[40:])
+    [second] = services.jobs.triggers.scan()
+
+    def changed_meanwhile(self, prepared, connection=None):  # type: ignore[no-untyped-def]
+        raise SeriesChanged()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(JobRunner, "_check_series_unchanged", changed_meanwhile)
+        runner = services.jobs.make_runner()
+        try:
+            jobs = services.jobs.queue.claim("test-worker", 1, task_id=first)
+            runner.run(jobs)
+        finally:
+            runner.close()
+    task = client.get(f"/fhir/Task/{first}").json()
+    assert task["status"] == "failed", task  # not retried: two runs on one content would publish twice
+    assert second in task["statusReason"]["text"]
+    assert run_queued(services) == [second]
+    assert client.get(f"/fhir/Task/{second}").json()["status"] == "completed"
+    reports = client.get("/fhir/DiagnosticReport", params={"status": "preliminary,final"}).json()
+    assert [entry["resource"]["id"] for entry in reports.get("entry", [])] == [second]

@@ -289,6 +289,23 @@ class JobQueue:
         except IntegrityError:  # the automatic index: one job per model and content of a series
             log.info("job %s ran on content another automatic job was queued for", job.task_id)
 
+    def successor(self, job: Job) -> str | None:
+        """Of an automatic job whose series changed while it ran: the automatic
+        job queued since for the same model and series (the change's own
+        trigger), which runs on what the series holds now. Both running would
+        publish twice for one content, the later superseding the earlier."""
+        if not job.automatic or job.series_instance_uid is None:
+            return None
+        with reading(self.engine) as connection:
+            return connection.execute(
+                select(inference_jobs.c.task_id)
+                .where(inference_jobs.c.automatic, inference_jobs.c.model_id == job.model_id,
+                       inference_jobs.c.series_instance_uid == job.series_instance_uid,
+                       inference_jobs.c.task_id != job.task_id, inference_jobs.c.created_at > job.created_at,
+                       inference_jobs.c.status.notin_((FAILED, CANCELLED)))
+                .order_by(inference_jobs.c.created_at.desc()).limit(1)
+            ).scalar_one_or_none()
+
     def fail(self, job: Job, reason: str, retryable: bool) -> str | None:
         """Retry with backoff while attempts remain; the new status, or None
         when the job was no longer this worker's."""

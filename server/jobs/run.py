@@ -210,7 +210,12 @@ class JobRunner:
             self._end(job, error.message, retryable=False)
         except SeriesChanged:
             log.info("the series of job %s changed while it ran", job.task_id)
-            self._end(job, "instances of the series were sent again while the job ran", retryable=True)
+            successor = self.queue.successor(job)
+            if successor is None:
+                self._end(job, "instances of the series were sent again while the job ran", retryable=True)
+            else:
+                self._end(job, f"instances of the series were sent again while the job ran; Task/{successor}, "
+                               "queued for them, runs on what the series holds now", retryable=False)
         except Exception as error:  # a fault of this attempt, not of the input: retried
             log.exception("job %s failed", job.task_id)
             self._end(job, _public_reason(error), retryable=True)
