@@ -11,6 +11,7 @@ uuid type (`r4_uuid`).
 
 import functools
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -122,6 +123,7 @@ def validate_resource(body: Any, expected_type: str | None = None) -> Resource:
         raise InvalidRequest(f"the body is a {resource_type}, the URL names {expected_type}")
     resource_class = model_class(resource_type)
     _check_contained(body.get("contained"), resource_type)
+    _check_local_references(body, resource_type)
     _refuse_links_only_a_transaction_resolves(body, resource_type)
     try:
         model = resource_class.model_validate(body)
@@ -206,6 +208,37 @@ def _check_contained(contained: Any, resource_type: str) -> None:
         meta = item.get("meta")
         if isinstance(meta, dict) and ("versionId" in meta or "lastUpdated" in meta):
             raise InvalidResource(f"{where} has a meta.versionId or meta.lastUpdated, which R4 forbids (dom-4)")
+
+
+def _check_local_references(body: dict[str, Any], resource_type: str) -> None:
+    """A reference `#id` names a resource the body contains (R4 ref-1); `#`
+    alone, from a contained resource, names the container."""
+    contained = body.get("contained")
+    ids = {item.get("id") for item in contained if isinstance(item, dict)} if isinstance(contained, list) else set()
+    for reference in _references(body):
+        if reference.startswith("#") and len(reference) > 1 and reference[1:] not in ids:
+            raise InvalidResource(
+                f"invalid {resource_type}: the reference {reference[:70]!r} names no contained resource (ref-1)"
+            )
+
+
+def _references(node: Any, inside: bool = False) -> Iterator[str]:
+    """The Reference.reference values of a resource and of what it contains,
+    not of the resources a Bundle or Parameters carries (each is its own)."""
+    if isinstance(node, dict):
+        if inside and "resourceType" in node:
+            return
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                yield value
+            elif key == "contained" and isinstance(value, list):
+                for item in value:
+                    yield from _references(item)
+            else:
+                yield from _references(value, inside=True)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _references(item, inside)
 
 
 def validated(body: dict[str, Any]) -> dict[str, Any]:

@@ -235,6 +235,23 @@ def test_an_unsound_contained_resource_is_422_and_sinks_only_its_batch_entry(fhi
     assert [entry["response"]["status"][:3] for entry in response.json()["entry"]] == ["422", "201"]
 
 
+def test_a_local_reference_names_a_contained_resource(fhir):
+    patient = {"resourceType": "Patient", "id": "p1"}
+    # `#p1` is what the Task contains; `#` from a contained resource names the Task itself.
+    kept = {**TASK, "contained": [{**patient, "link": [{"other": {"reference": "#"}, "type": "seealso"}]}],
+            "for": {"reference": "#p1"}}
+    assert fhir.post("/fhir/Task", json=kept).status_code == 201
+    for body in ({**TASK, "for": {"reference": "#p1"}}, {**TASK, "contained": [patient], "for": {"reference": "#p2"}},
+                 {**TASK, "focus": {"reference": "#x"}}):
+        refused = fhir.post("/fhir/Task", json=body)
+        assert refused.status_code == 422, refused.text[:300]
+        assert "ref-1" in refused.json()["issue"][0]["diagnostics"]
+    # Each resource of a Bundle contains its own: `#p1` is the entry's.
+    batch = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": kept, "request": {"method": "POST", "url": "Task"}}]})
+    assert [entry["response"]["status"][:3] for entry in batch.json()["entry"]] == ["201"]
+
+
 def test_a_resource_in_a_bundle_resource_must_be_a_resource():
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Foo"}}]}
     with pytest.raises(InvalidResource, match="not a FHIR R4 resource"):
