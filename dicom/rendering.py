@@ -51,12 +51,12 @@ class RenderParams:
     region: tuple[float, float, float, float] | None = None
 
 
-def parse_render_params(query: Query, accept: Sequence[str] = ("*/*",)) -> RenderParams:
-    """Rendered-resource query parameters; `accept` lists the acceptable media
-    ranges in the caller's order of preference (none: 406)."""
+def parse_render_params(query: Query, accept: Sequence[MediaRange] = (MediaRange("*/*", {}, 1.0),)) -> RenderParams:
+    """Rendered-resource query parameters; `accept`: the client's media ranges,
+    best first, those it refuses (q=0) among them (none acceptable: 406)."""
     values = query_values(query)
     return RenderParams(
-        media_type=_choose_media_type(accept),
+        media_type=rendered_media_type(accept),
         window=_parse_window(values["window"]) if "window" in values else None,
         viewport=_parse_viewport(values["viewport"]) if "viewport" in values else None,
         quality=parse_quality(values["quality"], "quality") if "quality" in values else None,
@@ -77,16 +77,6 @@ def query_values(query: Query) -> dict[str, str]:
             raise InvalidRequest(f"{name}: given more than once")
         values[name] = value
     return values
-
-
-def _choose_media_type(accept: Sequence[str]) -> str:
-    return rendered_media_type([_as_range(media_range) for media_range in accept])
-
-
-def _as_range(text: str) -> MediaRange:
-    kind, *parameters = (part.strip() for part in text.split(";"))
-    refused = any(p.replace(" ", "").lower() in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in parameters)
-    return MediaRange(kind.lower(), {}, 0.0 if refused else 1.0)
 
 
 def rendered_media_type(ranges: Sequence[MediaRange]) -> str:

@@ -3,21 +3,18 @@
 from starlette.requests import Request
 
 from dicom.errors import NotAcceptable
-from dicom.media_types import (
-    MULTIPART_RELATED,
-    MediaRange,
-    accept_from_request,
-    inner_type,
-    type_matches,
-)
+from dicom.media_types import MULTIPART_RELATED, MediaRange, accept_from_request, inner_type, type_matches
 from server.public_url import public_root
 
 DICOM_JSON = "application/dicom+json"
 DICOM_XML = "application/dicom+xml"
 
 
-def negotiated_accept(request: Request) -> list[MediaRange]:
-    return accept_from_request(request.query_params.getlist("accept"), request.headers.getlist("accept"))
+def negotiated_accept(request: Request, keep_refused: bool = False) -> list[MediaRange]:
+    """The client's media ranges, best first; `keep_refused`: its q=0 ranges too, last."""
+    return accept_from_request(
+        request.query_params.getlist("accept"), request.headers.getlist("accept"), keep_refused=keep_refused
+    )
 
 
 def _models_admitted(range_: MediaRange) -> list[str]:
@@ -42,9 +39,7 @@ def preferred_model(request: Request) -> str | None:
     """The data set model (DICOM JSON or the Native DICOM Model of PS3.19) that
     the client ranks highest and does not refuse by name with q=0; None when
     it accepts neither."""
-    ranges = accept_from_request(
-        request.query_params.getlist("accept"), request.headers.getlist("accept"), keep_refused=True
-    )
+    ranges = negotiated_accept(request, keep_refused=True)
     refused = {
         model for range_ in ranges if range_.q == 0 and not range_.media_type.endswith("/*")
         for model in _models_admitted(range_)

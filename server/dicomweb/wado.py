@@ -216,8 +216,8 @@ async def retrieve_rendered(
     frame_list: str | None = None,
     as_thumbnail: bool = False,
 ) -> Response:
-    accept_types = [range_.media_type for range_ in negotiated_accept(request)]
-    params = parse_render_params(list(request.query_params.multi_items()), accept_types)
+    accept = negotiated_accept(request, keep_refused=True)
+    params = parse_render_params(list(request.query_params.multi_items()), accept)
     instance = await _one_instance(services, study_uid, series_uid, sop_uid)
     if as_thumbnail:
         image = await run_in_threadpool(thumbnail, instance.absolute_path, params)
