@@ -52,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +314,19 @@ def basic_authorization(credentials: tuple[str, str] | None) -> dict[str, str]:
         return {}
     token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
+
+
+@contextlib.contextmanager
+def serving(name: str) -> Iterator[tuple[Server, httpx.Client]]:
+    """`ours-sqlite` or `orthanc` started, with a client that authenticates as
+    a PACS does; stopped on leaving. For the smaller benchmarks beside this one."""
+    server: Server = OrthancServer() if name == "orthanc" else OursServer("sqlite", "", "")
+    server.start()
+    try:
+        with httpx.Client(headers=basic_authorization(server.auth), timeout=600, trust_env=False) as client:
+            yield server, client
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------- workloads

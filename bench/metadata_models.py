@@ -22,15 +22,7 @@ import statistics
 import httpx
 
 from bench import datagen
-from bench.dicomweb_vs_orthanc import (
-    OrthancServer,
-    OursServer,
-    Server,
-    basic_authorization,
-    machine_info,
-    stow,
-    wado_once,
-)
+from bench.dicomweb_vs_orthanc import Server, machine_info, serving, stow, wado_once
 
 JSON = "application/dicom+json"
 MULTIPART_XML = 'multipart/related; type="application/dicom+xml"'
@@ -51,21 +43,19 @@ def _timed(client: httpx.Client, url: str, accept: str, runs: int) -> dict[str, 
     }
 
 
-def _measure(server: Server, series: datagen.CTSeries, runs: int) -> dict[str, dict[str, object]]:
-    headers = basic_authorization(server.auth)
-    with httpx.Client(base_url="", headers=headers, timeout=600, trust_env=False) as client:
-        for start in range(0, len(series.instances), 100):
-            reply = stow(client, server.base_url, datagen.build_multipart(series.instances[start:start + 100]))
-            if reply["status"] != 200:
-                raise RuntimeError(f"{server.name}: STOW answered {reply}")
-        study = f"{server.base_url}/studies/{series.study_uid}"
-        xml_search = BARE_XML if server.name == "orthanc" else MULTIPART_XML
-        return {
-            "metadata JSON": _timed(client, f"{study}/metadata", JSON, runs),
-            "metadata XML": _timed(client, f"{study}/metadata", MULTIPART_XML, runs),
-            "instances search JSON": _timed(client, f"{study}/instances?limit=100000", JSON, runs),
-            "instances search XML": _timed(client, f"{study}/instances?limit=100000", xml_search, runs),
-        }
+def _measure(server: Server, client: httpx.Client, series: datagen.CTSeries, runs: int) -> dict[str, dict[str, object]]:
+    for start in range(0, len(series.instances), 100):
+        reply = stow(client, server.base_url, datagen.build_multipart(series.instances[start:start + 100]))
+        if reply["status"] != 200:
+            raise RuntimeError(f"{server.name}: STOW answered {reply}")
+    study = f"{server.base_url}/studies/{series.study_uid}"
+    xml_search = BARE_XML if server.name == "orthanc" else MULTIPART_XML
+    return {
+        "metadata JSON": _timed(client, f"{study}/metadata", JSON, runs),
+        "metadata XML": _timed(client, f"{study}/metadata", MULTIPART_XML, runs),
+        "instances search JSON": _timed(client, f"{study}/instances?limit=100000", JSON, runs),
+        "instances search XML": _timed(client, f"{study}/instances?limit=100000", xml_search, runs),
+    }
 
 
 def main() -> None:
@@ -79,12 +69,8 @@ def main() -> None:
     print(f"one study of {args.slices} CT instances; best / median of {args.runs} reads by curl, in ms")
     figures: dict[str, dict[str, dict[str, object]]] = {}
     for name in args.only:
-        server: Server = OrthancServer() if name == "orthanc" else OursServer("sqlite", "", "")
-        server.start()
-        try:
-            figures[name] = _measure(server, series, args.runs)
-        finally:
-            server.stop()
+        with serving(name) as (server, client):
+            figures[name] = _measure(server, client, series, args.runs)
     names = list(figures)
     print(f"{'':24}" + "".join(f"{name:>36}" for name in names))
     for what in next(iter(figures.values())):

@@ -20,14 +20,7 @@ from urllib.parse import urlencode
 import httpx
 
 from bench import datagen
-from bench.dicomweb_vs_orthanc import (
-    OrthancServer,
-    OursServer,
-    Server,
-    basic_authorization,
-    machine_info,
-    stow,
-)
+from bench.dicomweb_vs_orthanc import Server, machine_info, serving, stow
 
 SEARCHES = (
     ("PatientName=*ient00012*", {"PatientName": "*ient00012*"}),
@@ -73,15 +66,9 @@ def main() -> None:
     print(f"machine: {machine_info()}")
     figures: dict[str, list[tuple[float, float, int]]] = {}
     for name in args.only:
-        server: Server = OrthancServer() if name == "orthanc" else OursServer("sqlite", "", "")
-        server.start()
-        try:
-            with httpx.Client(headers=basic_authorization(server.auth), timeout=600, trust_env=False) as client:
-                print(f"{name}: stored {args.studies} studies in {_load(client, server, studies):.1f} s")
-                url = f"{server.base_url}/studies"
-                figures[name] = [_timed(client, url, params, args.runs) for _, params in SEARCHES]
-        finally:
-            server.stop()
+        with serving(name) as (server, client):
+            print(f"{name}: stored {args.studies} studies in {_load(client, server, studies):.1f} s")
+            figures[name] = [_timed(client, f"{server.base_url}/studies", params, args.runs) for _, params in SEARCHES]
     print(f"\nlimit=101; best / median of {args.runs}, ms, (results)")
     print(f"{'':42}" + "".join(f"{name:>26}" for name in figures))
     for row, (label, _) in enumerate(SEARCHES):
