@@ -155,7 +155,7 @@ def describe_parents(metadata: Attributes, study_uid: str, series_uid: str) -> P
     described again by one that remains."""
     return ParentDescription(
         study=study_fields(metadata, study_uid),
-        series=_series_fields(metadata, series_uid),
+        series=series_fields(metadata, series_uid),
         study_attributes=_select(metadata, lambda tag: tag in _STUDY_TAGS or tag >> 16 == _PATIENT_GROUP),
         series_attributes=_select(metadata, lambda tag: tag in _SERIES_TAGS),
     )
@@ -245,7 +245,7 @@ def series_requests_of(metadata: Attributes) -> tuple[SeriesRequest, ...]:
     )
 
 
-def _series_fields(metadata: Attributes, series_uid: str) -> SeriesFields:
+def series_fields(metadata: Attributes, series_uid: str) -> SeriesFields:
     requests = series_requests_of(metadata)
     return SeriesFields(
         series_instance_uid=series_uid,

@@ -10,7 +10,7 @@ an upsert is several times dearer than running it, and ingest runs them for
 every instance.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache
@@ -39,6 +39,7 @@ from dicom.instance import (
     SeriesFields,
     SeriesRequest,
     describe_parents,
+    series_fields,
     series_requests_of,
     study_fields,
 )
@@ -193,7 +194,7 @@ def flag_cut_rows(connection: Connection) -> int:
         return dict(vars(study_fields(attributes, uid)))
 
     def series_values(attributes: dict[str, Any], uid: str) -> dict[str, Any]:
-        return _series_values(describe_parents(attributes, "", uid).series)
+        return _series_values(series_fields(attributes, uid))
 
     flagged = 0
     for table, uid, values in (
@@ -431,14 +432,16 @@ def _write_over(
     existing = connection.execute(statements.find_instance, {"uid": file.description.instance.sop_instance_uid}).one()
     if existing.sha256 == file.sha256 and existing.series_pk == values["series_pk"]:
         return InstanceWrite(InstanceChange.UNCHANGED, None)
-    replaced_requests = series_requests_of(orjson.loads(connection.execute(
-        select(instances.c.metadata_json).where(instances.c.id == existing.id)
-    ).scalar_one()))
+    moved = existing.series_pk != values["series_pk"]
+    # Read before the row is written over; a move gathers the old series' requests again anyway.
+    lost_requests = not moved and bool(
+        set(_stored_requests(connection, instances.c.id == existing.id)) - set(file.description.series.requests)
+    )
     connection.execute(statements.update_instance, values | {"row_id": existing.id})
     _describe_by_replacement(connection, statements, file, values["study_pk"], existing.file_path, parents)
-    if existing.series_pk != values["series_pk"]:
+    if moved:
         parents.forget(refresh_parents(connection, existing.series_pk, parents))
-    elif set(replaced_requests) - set(file.description.series.requests):
+    elif lost_requests:
         # The copy replaced was the reason for request items the new one lacks.
         _gather_requests(connection, statements, existing.series_pk)
     study_uid = file.description.study.study_instance_uid
@@ -499,9 +502,14 @@ def _gather_requests(connection: Connection, statements: _Statements, series_pk:
     (PS3.4 C.2.2.2.6). It reads every instance of the series, which only a
     delete, a move or a re-sent instance whose requests changed asks for."""
     connection.execute(delete(series_requests).where(series_requests.c.series_pk == series_pk))
-    stored = connection.execute(select(instances.c.metadata_json).where(instances.c.series_pk == series_pk)).scalars()
-    items = {request for metadata in stored for request in series_requests_of(orjson.loads(metadata))}
+    items = set(_stored_requests(connection, instances.c.series_pk == series_pk))
     _insert_request_rows(connection, statements, [(series_pk, request) for request in items])
+
+
+def _stored_requests(connection: Connection, which: ColumnElement[bool]) -> Iterator[SeriesRequest]:
+    """The request items of the stored instances `which` selects."""
+    for metadata in connection.execute(select(instances.c.metadata_json).where(which)).scalars():
+        yield from series_requests_of(orjson.loads(metadata))
 
 
 def _newest_instance(connection: Connection, which: ColumnElement[bool]) -> ParentDescription | None:

@@ -287,8 +287,10 @@ class ResourceStore:
             patients = _patients(resource, resource_id)
             if resource_id in created:
                 pk, version_id, body = created[resource_id], 1, first_versions[resource_id]
+                revived = True
             else:
                 replaced = current[resource_id]
+                revived = replaced.deleted
                 pk, version_id = replaced.pk, replaced.version_id + 1
                 body = _with_meta(resource, resource_id, version_id, at)
                 updates.append(
@@ -303,7 +305,6 @@ class ResourceStore:
             if resource_type in self.history_types:
                 history.append({"resource_type": resource_type, "resource_id": resource_id, "version_id": version_id,
                                 "last_updated": at, "method": method, "resource_json": body})
-            revived = resource_id in created or current[resource_id].deleted
             stored.append(StoredVersion(resource_type, resource_id, version_id, at, False, body, created=revived))
         if updates:
             self._update_versions(connection, updates)
