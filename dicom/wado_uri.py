@@ -66,8 +66,8 @@ def parse_wado_uri(query: Sequence[tuple[str, str]], accept_header: Sequence[str
         syntax = values.get("transferSyntax")
         return WadoUriRequest(*uids, DICOM, require_uid(syntax, "transferSyntax") if syntax else None, 1,
                               RenderParams())
-    return WadoUriRequest(*uids, media_type, None, _frame_number(values.get("frameNumber")), _render_params(
-        media_type, values))
+    frame_number = _whole_number(values.get("frameNumber"), "frameNumber") or 1
+    return WadoUriRequest(*uids, media_type, None, frame_number, _render_params(media_type, values))
 
 
 def _media_type(ranges: list[MediaRange]) -> str:
@@ -86,11 +86,12 @@ def _media_type(ranges: list[MediaRange]) -> str:
         raise NotAcceptable(f"WADO-URI answers {', '.join(URI_MEDIA_TYPES)}") from None
 
 
-def _frame_number(text: str | None) -> int:
+def _whole_number(text: str | None, name: str, maximum: int | None = None) -> int | None:
     if text is None:
-        return 1
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidRequest(f"frameNumber must be a frame number from 1, not {text[:20]!r}")
+        return None
+    if not text.isdigit() or int(text) < 1 or (maximum is not None and int(text) > maximum):
+        raise InvalidRequest(f"{name} must be a whole number from 1{f' to {maximum}' if maximum else ''}, "
+                             f"not {text[:20]!r}")
     return int(text)
 
 
@@ -100,19 +101,12 @@ def _render_params(media_type: str, values: dict[str, str]) -> RenderParams:
         if not ("windowCenter" in values and "windowWidth" in values):
             raise InvalidRequest("windowCenter and windowWidth go together (PS3.18 §9.5.1.2.5)")
         window = checked_window(values["windowCenter"], values["windowWidth"], "linear", "windowCenter/windowWidth")
-    rows, columns = _side(values.get("rows"), "rows"), _side(values.get("columns"), "columns")
+    rows = _whole_number(values.get("rows"), "rows", MAX_VIEWPORT_SIDE)
+    columns = _whole_number(values.get("columns"), "columns", MAX_VIEWPORT_SIDE)
     # Each is a maximum, and the aspect ratio is kept (§9.5.1.2.3): one alone bounds only its own side.
     viewport = (columns or MAX_VIEWPORT_SIDE, rows or MAX_VIEWPORT_SIDE) if rows or columns else None
     quality = parse_quality(values["imageQuality"], "imageQuality") if "imageQuality" in values else None
     return RenderParams(media_type, window, viewport, quality, _region(values.get("region")))
-
-
-def _side(text: str | None, name: str) -> int | None:
-    if text is None:
-        return None
-    if not text.isdigit() or not 0 < int(text) <= MAX_VIEWPORT_SIDE:
-        raise InvalidRequest(f"{name} must be a whole number from 1 to {MAX_VIEWPORT_SIDE}, not {text[:20]!r}")
-    return int(text)
 
 
 def _region(text: str | None) -> tuple[float, float, float, float] | None:

@@ -148,4 +148,3 @@ def _response_model(request: Request) -> str:
         return preferred_model(request) or DICOM_JSON
     except InvalidRequest:
         return DICOM_JSON
-
