@@ -137,6 +137,14 @@ def _holds_whole(row: Any, condition: SingleValue | Wildcard, level: str) -> boo
     return any(isinstance(value, str) and condition.matches(value) for value in element.get("Value", ()))
 
 
+def _decided_in_sql(row: Any, condition: SingleValue | Wildcard) -> bool:
+    """A pattern that matched a row none of whose values was cut matched the
+    whole value (`_match` lets in no other uncut row): nothing to parse."""
+    table = _COLUMNS[condition.tag].table
+    cut = row.series_cut if table is series else row.study_cut if table is studies else True
+    return isinstance(condition, Wildcard) and not cut
+
+
 def _match(column: Any, condition: Condition, dialect: str, checked: bool = False) -> ColumnElement[bool]:
     """`condition` applied to the column that holds its attribute; `checked`:
     the rows found are checked on the whole value (`_holds_whole`)."""
@@ -205,7 +213,10 @@ def _statement(query: QidoQuery, scope: Scope, dialect: str, paged: bool) -> Sel
     if scope.series_uid is not None:
         conditions.append(series.c.series_instance_uid == scope.series_uid)
     if query.level == "study":
-        statement = select(studies.c.id, studies.c.study_instance_uid, studies.c.attributes_json)
+        statement = select(
+            studies.c.id, studies.c.study_instance_uid, studies.c.attributes_json,
+            studies.c.index_cut.label("study_cut"),
+        )
         order = studies.c.id
     elif query.level == "series":
         statement = select(
@@ -214,6 +225,8 @@ def _statement(query: QidoQuery, scope: Scope, dialect: str, paged: bool) -> Sel
             series.c.series_instance_uid,
             studies.c.attributes_json.label("study_json"),
             series.c.attributes_json,
+            studies.c.index_cut.label("study_cut"),
+            series.c.index_cut.label("series_cut"),
         ).join_from(series, studies, series.c.study_pk == studies.c.id)
         order = series.c.id
     else:
@@ -227,6 +240,8 @@ def _statement(query: QidoQuery, scope: Scope, dialect: str, paged: bool) -> Sel
                 studies.c.attributes_json.label("study_json"),
                 series.c.attributes_json.label("series_json"),
                 instances.c.metadata_json,
+                studies.c.index_cut.label("study_cut"),
+                series.c.index_cut.label("series_cut"),
             )
             .join_from(instances, series, instances.c.series_pk == series.c.id)
             .join(studies, instances.c.study_pk == studies.c.id)
@@ -252,7 +267,10 @@ def search(engine: Engine, query: QidoQuery, scope: Scope, dicomweb_root: str) -
             # Rows a check refuses cannot be counted in SQL: page after
             # checking, reading rows in batches only until the page is full.
             result = connection.execute(statement.execution_options(yield_per=_CHECKED_BATCH))
-            kept = (row for row in result if all(_holds_whole(row, check, query.level) for check in checks))
+            kept = (
+                row for row in result
+                if all(_decided_in_sql(row, check) or _holds_whole(row, check, query.level) for check in checks)
+            )
             rows = list(islice(kept, query.offset, query.offset + query.limit + 1))
             result.close()
         else:
