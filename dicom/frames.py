@@ -16,7 +16,8 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 
 from dicom.errors import InvalidRequest, NotAcceptable, NotFound
-from dicom.media_types import MediaRange, admits_part, transfer_syntax_param
+from dicom.json_model import raw_element_vr
+from dicom.media_types import MediaRange, admits_part, refuses, transfer_syntax_param
 from dicom.pixels import decode_frame, frame_source
 from dicom.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LE,
@@ -26,6 +27,7 @@ from dicom.transfer_syntax import (
     OCTET_STREAM,
     bulk_data_media_type,
     can_decompress,
+    swapped_words,
 )
 
 _FRAME_NUMBER = re.compile(r"[0-9]+")
@@ -75,8 +77,8 @@ def read_frames(path: str, numbers: Sequence[int], accept: Sequence[MediaRange])
     if as_stored:
         content_type = f"{stored_type}; transfer-syntax={stored_syntax}"
         return [(content_type, frame) for frame in _encapsulated_frames(path, dataset, numbers, frame_count)]
-    if stored_syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE):
-        return [(NATIVE_FRAME_TYPE, frame) for frame in _native_frames(path, dataset, tag, numbers)]
+    if stored_syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE):
+        return [(NATIVE_FRAME_TYPE, frame) for frame in _native_frames(path, dataset, tag, numbers, stored_syntax)]
     return [(NATIVE_FRAME_TYPE, frame) for frame in _decoded_frames(path, dataset, stored_syntax, numbers)]
 
 
@@ -89,10 +91,15 @@ def _frame_count(dataset: Dataset) -> int:
 
 def _choose_as_stored(accept: Sequence[MediaRange], stored_syntax: str, stored_type: str | None) -> bool | None:
     """True: send the compressed frames as stored; False: send native frames;
-    None: nothing acceptable. The best range we can satisfy decides."""
+    None: nothing acceptable. The best range we can satisfy decides, unless
+    a q=0 range refuses what it admits."""
     compressed = stored_type is not None and stored_type != OCTET_STREAM
-    decodable = can_decompress(stored_syntax)
+    decodable = can_decompress(stored_syntax) and not refuses(accept, OCTET_STREAM, EXPLICIT_VR_LE, OCTET_STREAM)
+    if compressed and refuses(accept, stored_type or "", stored_syntax, OCTET_STREAM):
+        compressed = False
     for range_ in accept:
+        if range_.q == 0:
+            continue
         if compressed and admits_stored(range_, stored_type or "", stored_syntax):
             return True
         if decodable and _admits_native(range_):
@@ -143,20 +150,35 @@ def _raw_element(dataset: Dataset, tag: int) -> RawDataElement:
     return element
 
 
-def _native_frames(path: str, dataset: Dataset, tag: int, numbers: Sequence[int]) -> list[bytes]:
+def _native_frames(path: str, dataset: Dataset, tag: int, numbers: Sequence[int], stored_syntax: str) -> list[bytes]:
     element = _raw_element(dataset, tag)
     frame_bits = _frame_length_bits(dataset)
     value_start = element.value_tell
     value_length = element.length
     frames: list[bytes] = []
     with open(path, "rb") as file:
+        if stored_syntax == EXPLICIT_VR_BE:
+            # Swapped as one value in words of its VR (16 bits for OW, whatever
+            # Bits Allocated says, PS3.5 §7.3), as its bulk data and the
+            # transcoded instance are, and as DCMTK swaps it: a client gets one
+            # answer for the same pixels whichever resource it asks.
+            file.seek(value_start)
+            value = swapped_words(file.read(value_length), raw_element_vr(element, dataset))
+
+            def stored(first: int, last: int) -> bytes:
+                return value[first:last]
+        else:
+
+            def stored(first: int, last: int) -> bytes:
+                file.seek(value_start + first)
+                return file.read(last - first)
+
         for number in numbers:
             start_bit = (number - 1) * frame_bits
             first_byte, last_byte = start_bit // 8, -(-(start_bit + frame_bits) // 8)
             if last_byte > value_length:
                 raise NotFound(f"frame {number} lies beyond the stored pixel data ({value_length} bytes)")
-            file.seek(value_start + first_byte)
-            data = file.read(last_byte - first_byte)
+            data = stored(first_byte, last_byte)
             aligned = start_bit % 8 == 0 and frame_bits % 8 == 0
             frames.append(data if aligned else _realign_bits(data, start_bit % 8, frame_bits))
     return frames
@@ -190,11 +212,11 @@ def _decoded_frames(path: str, dataset: Dataset, stored_syntax: str, numbers: Se
     """Frames decoded to native pixels in little-endian byte order.
 
     Compressed colour is converted to RGB as `Dataset.decompress` does, so a
-    frame matches the instance sent transcoded; native data (big endian,
-    deflated) keeps its stored colour space.
+    frame matches the instance sent transcoded; deflated native data keeps
+    its stored colour space.
     """
     source = frame_source(path, stored_syntax)
-    raw = stored_syntax in (DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE)
+    raw = stored_syntax == DEFLATED_EXPLICIT_VR_LE
     frames: list[bytes] = []
     for number in numbers:
         array = decode_frame(source, number - 1, stored_syntax, raw=raw)

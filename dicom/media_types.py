@@ -177,3 +177,26 @@ def transfer_syntax_param(range_: MediaRange) -> str | None:
     """The `transfer-syntax` parameter (PS3.18 §8.7.3.5.2), "*" meaning as stored."""
     value = range_.params.get("transfer-syntax")
     return value.strip() if value is not None else None
+
+
+def refuses(ranges: Sequence[MediaRange], part_type: str, syntax: str, default_inner: str) -> bool:
+    """Whether a q=0 range names a `part_type` part in `syntax`: "not
+    acceptable" (RFC 9110 §12.4.2), even where a wider range admits it.
+
+    Only a range naming the part's type refuses it, since the most specific
+    range that matches decides (RFC 9110 §12.5.1) and a wildcard at q=0 is
+    outranked by any named type the client also sent. Without a
+    transfer-syntax parameter, a refusal covers every syntax of the type."""
+    return any(
+        range_.q == 0
+        and not _names_no_type(range_, default_inner)
+        and admits_part(range_, part_type, default_inner)
+        and transfer_syntax_param(range_) in (None, "*", syntax)
+        for range_ in ranges
+    )
+
+
+def _names_no_type(range_: MediaRange, default_inner: str) -> bool:
+    if range_.media_type == MULTIPART_RELATED:
+        return (inner_type(range_) or default_inner).endswith("/*")
+    return range_.media_type.endswith("/*")

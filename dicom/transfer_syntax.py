@@ -14,7 +14,7 @@ from pydicom.uid import UID
 
 from dicom.attributes import is_attribute
 from dicom.errors import NotAcceptable
-from dicom.media_types import MediaRange, admits_part, transfer_syntax_param
+from dicom.media_types import MediaRange, admits_part, refuses, transfer_syntax_param
 from dicom.pixels import DECODE_ERRORS, only_as_stored, undecodable
 
 # Transfer Syntax UIDs, PS3.6 Table A-1.
@@ -113,22 +113,34 @@ def _producible(target: str, stored_syntax: str, can_decode: bool) -> bool:
 
 def choose_instance_syntax(accept: Sequence[MediaRange], stored_syntax: str, can_decode: bool) -> str:
     """The transfer syntax to send an instance in, as application/dicom alone or
-    inside multipart/related (PS3.18 §8.7.3.5.2). Ranges come best first."""
+    inside multipart/related (PS3.18 §8.7.3.5.2). Ranges come best first,
+    the refused ones (q=0) among them."""
     for range_ in accept:
-        if not admits_part(range_, DICOM, default_inner=DICOM):
+        if range_.q == 0 or not admits_part(range_, DICOM, default_inner=DICOM):
             continue
-        asked = transfer_syntax_param(range_)
-        if asked == "*":
-            return stored_syntax
-        # No transfer-syntax parameter means Explicit VR Little Endian (PS3.18 §8.7.3.5.2).
-        target = asked or EXPLICIT_VR_LE
-        if _producible(target, stored_syntax, can_decode):
-            return target
-    asked_for = ", ".join(_describe(range_) for range_ in accept) or "nothing"
+        for target in _syntaxes_admitted(range_, stored_syntax):
+            if _producible(target, stored_syntax, can_decode) and not refuses(accept, DICOM, target, DICOM):
+                return target
+    asked_for = ", ".join(_describe(range_) for range_ in accept if range_.q > 0) or "nothing"
     raise NotAcceptable(
         f"cannot send the instance in any accepted form: asked for {asked_for}; stored as {stored_syntax}"
         + ("" if is_native(stored_syntax) or can_decode else ", which cannot be decompressed here")
     )
+
+
+def _syntaxes_admitted(range_: MediaRange, stored_syntax: str) -> list[str]:
+    """What a range asks for, in the order to offer it. `*` is the stored
+    syntax, and a wildcard type any syntax: another one serves where the
+    client refuses the first with q=0."""
+    asked = transfer_syntax_param(range_)
+    if asked == "*":
+        return [stored_syntax, EXPLICIT_VR_LE, IMPLICIT_VR_LE]
+    if asked:
+        return [asked]
+    # No transfer-syntax parameter means Explicit VR Little Endian (PS3.18 §8.7.3.5.2).
+    if range_.media_type == "*/*":
+        return [EXPLICIT_VR_LE, stored_syntax, IMPLICIT_VR_LE]
+    return [EXPLICIT_VR_LE]
 
 
 def _describe(range_: MediaRange) -> str:

@@ -14,8 +14,8 @@ from pydicom.encaps import generate_fragments, parse_basic_offsets
 
 from dicom.errors import NotAcceptable, NotFound
 from dicom.frames import admits_stored
-from dicom.media_types import MediaRange
-from dicom.transfer_syntax import VIDEO_MEDIA_TYPES
+from dicom.media_types import MediaRange, refuses
+from dicom.transfer_syntax import OCTET_STREAM, VIDEO_MEDIA_TYPES
 
 _PIXEL_DATA = 0x7FE00010
 
@@ -27,7 +27,8 @@ def is_video(syntax: str) -> bool:
 def read_video(path: str, syntax: str, accept: Sequence[MediaRange]) -> tuple[str, bytes]:
     """The part Content-Type and the stream of an instance stored in video `syntax`; `accept` best first."""
     media_type = VIDEO_MEDIA_TYPES[syntax]
-    if not any(admits_stored(range_, media_type, syntax) for range_ in accept):
+    admitted = any(range_.q > 0 and admits_stored(range_, media_type, syntax) for range_ in accept)
+    if not admitted or refuses(accept, media_type, syntax, OCTET_STREAM):
         raise NotAcceptable(f"the video is available as {media_type} only (stored as {syntax})")
     # Only where the value starts is wanted: values are skipped over, not kept.
     element = pydicom.dcmread(path, defer_size=1).get_item(_PIXEL_DATA, keep_deferred=True)

@@ -498,6 +498,70 @@ def test_pixel_data_that_cannot_be_decoded_here_is_406_and_still_retrievable_as_
     assert data == open(path, "rb").read()
 
 
+def _in_study(path: str, study: str) -> bytes:
+    dataset = pydicom.dcmread(path)
+    dataset.StudyInstanceUID, dataset.SOPInstanceUID = study, generate_uid()
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_study_retrieve_leaves_out_what_cannot_be_decoded_with_206_and_names_it(client):
+    study = generate_uid()
+    undecodable = _in_study(bundled_file("JPEG-lossy.dcm"), study)  # 12-bit extended JPEG: no decoder here takes it
+    payloads = [make_ct(study_uid=study, InstanceNumber=1), undecodable, make_ct(study_uid=study, InstanceNumber=3)]
+    stow(client, payloads)
+    response = client.get(f"/dicom-web/studies/{study}")
+    assert response.status_code == 206
+    parts = split_multipart(response)
+    assert sorted(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID for _, data in parts) == sorted(
+        uids_of(payload)[2] for payload in (payloads[0], payloads[2])
+    )
+    assert all(content_type.endswith("transfer-syntax=1.2.840.10008.1.2.1") for content_type, _ in parts)
+    assert int(response.headers["content-length"]) == len(response.content)
+    warning = response.headers["warning"]
+    assert warning.startswith('299 medaiflow: "1 instance(s)') and uids_of(undecodable)[2] in warning
+    head = client.head(f"/dicom-web/studies/{study}")
+    assert (head.status_code, head.headers["content-length"], head.content) == (206, response.headers["content-length"], b"")
+    # As stored, every instance goes.
+    assert len(split_multipart(client.get(f"/dicom-web/studies/{study}", headers={"Accept": ANY_SYNTAX}))) == 3
+
+
+def test_a_syntax_refused_with_q0_is_not_sent_where_a_wildcard_admits_it(client):
+    payload = open(bundled_file("JPEG2000.dcm"), "rb").read()
+    stow(client, [payload])
+    study, series, sop = uids_of(payload)
+    base = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    refuse_explicit = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1; q=0, */*'
+    [(content_type, data)] = split_multipart(client.get(base, headers={"Accept": refuse_explicit}))
+    assert (content_type, data) == ("application/dicom; transfer-syntax=1.2.840.10008.1.2.4.91", payload)
+    assert client.get(base, headers={"Accept": "application/dicom; q=0, */*"}).status_code == 406
+    refuse_stored = 'multipart/related; type="image/jp2"; q=0, */*'
+    for url in (base + "/frames/1", base + "/bulkdata/7FE00010"):
+        [(content_type, _)] = split_multipart(client.get(url, headers={"Accept": refuse_stored}))
+        assert content_type == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", url
+    refuse_native = 'multipart/related; type="application/octet-stream"; q=0, */*'
+    [(content_type, _)] = split_multipart(client.get(base + "/frames/1", headers={"Accept": refuse_native}))
+    assert content_type == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.91"
+
+
+def test_frames_bulk_data_and_transcoding_of_big_endian_32_bit_pixels_agree(client):
+    # OW is swapped in 16-bit words whatever Bits Allocated says (PS3.5 §7.3), as DCMTK swaps it.
+    path = bundled_file("rtdose_expb.dcm")
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    base = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    native = {"Accept": 'multipart/related; type="application/octet-stream"'}
+    [(_, frame)] = split_multipart(client.get(base + "/frames/2", headers=native))
+    [(_, bulk)] = split_multipart(client.get(base + "/bulkdata/7FE00010", headers=native))
+    [(_, instance)] = split_multipart(client.get(base))
+    transcoded = pydicom.dcmread(io.BytesIO(instance)).PixelData
+    assert frame == bulk[len(frame):2 * len(frame)] == transcoded[len(frame):2 * len(frame)]
+    stored = pydicom.dcmread(path).PixelData
+    assert frame[:4] == bytes((stored[len(frame) + 1], stored[len(frame)], stored[len(frame) + 3], stored[len(frame) + 2]))
+
+
 def test_frames_of_an_instance_whose_header_lacks_their_layout_are_406(client):
     payload = pydicom.dcmread(io.BytesIO(make_ct(size=64)))
     del payload.Rows

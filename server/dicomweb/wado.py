@@ -5,7 +5,10 @@ answered before any byte of a multipart body goes out.
 """
 
 from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
 from functools import partial
+from tempfile import SpooledTemporaryFile
+from typing import IO
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +19,7 @@ from dicom.bulkdata import parse_tag_path, read_bulk_data
 from dicom.errors import InvalidRequest, NotAcceptable
 from dicom.frames import parse_frame_list, read_frames
 from dicom.instance import BULK_DATA_BASE_MARKER
-from dicom.media_types import MediaRange, admits_part
+from dicom.media_types import MediaRange, admits_part, refuses
 from dicom.multipart import (
     MultipartFraming,
     iter_multipart,
@@ -26,6 +29,7 @@ from dicom.multipart import (
 )
 from dicom.rendering import parse_render_params, render_frame, thumbnail
 from dicom.transfer_syntax import (
+    EXPLICIT_VR_LE,
     can_decompress,
     choose_instance_syntax,
     is_native,
@@ -58,18 +62,34 @@ def _multipart(parts: Iterable[tuple[str, Iterator[bytes]]], part_type: str) -> 
 
 
 # Files are mapped a group at a time in a worker thread, so the event loop
-# never waits on a disk; a group is capped so that transcoded instances held
-# in memory stay bounded.
+# never waits on a disk; a group is capped so that what it holds in memory
+# stays bounded.
 _GROUP_FILES = 64
 _GROUP_BYTES = 64 * 1024 * 1024
+# The instances a partial answer's Warning names; the rest are counted.
+_WARNING_NAMES = 5
 
 
-def _groups(chosen: list[tuple[StoredInstance, str]]) -> Iterator[list[tuple[StoredInstance, str]]]:
-    group: list[tuple[StoredInstance, str]] = []
+@dataclass(frozen=True)
+class _Part:
+    """An instance as it is sent: its stored file, or its transcoding, kept in
+    the request's spool at `spooled` (offset, length)."""
+
+    instance: StoredInstance
+    syntax: str
+    spooled: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> int:
+        return self.instance.file_size if self.spooled is None else self.spooled[1]
+
+
+def _groups(parts: list[_Part]) -> Iterator[list[_Part]]:
+    group: list[_Part] = []
     size = 0
-    for item in chosen:
-        group.append(item)
-        size += item[0].file_size
+    for part in parts:
+        group.append(part)
+        size += part.size
         if len(group) >= _GROUP_FILES or size >= _GROUP_BYTES:
             yield group
             group, size = [], 0
@@ -77,63 +97,115 @@ def _groups(chosen: list[tuple[StoredInstance, str]]) -> Iterator[list[tuple[Sto
         yield group
 
 
-def _instance_bodies(group: list[tuple[StoredInstance, str]]) -> list[bytes | memoryview]:
+def _negotiated(
+    accept: list[MediaRange], found: list[StoredInstance]
+) -> tuple[list[tuple[StoredInstance, str]], list[tuple[StoredInstance, NotAcceptable]]]:
+    """Each instance with the syntax to send it in, and those no accepted form holds."""
+    chosen, refused = [], []
+    for instance in found:
+        try:
+            syntax = choose_instance_syntax(
+                accept, instance.transfer_syntax_uid, can_decompress(instance.transfer_syntax_uid)
+            )
+        except NotAcceptable as refusal:
+            refused.append((instance, refusal))
+        else:
+            chosen.append((instance, syntax))
+    return chosen, refused
+
+
+def _prepared(
+    chosen: list[tuple[StoredInstance, str]], spool: IO[bytes]
+) -> tuple[list[_Part], list[tuple[StoredInstance, NotAcceptable]]]:
+    """The parts to send, transcoded ones written to `spool`, and the
+    instances whose pixel data turned out not to decode."""
+    parts, failed = [], []
+    for instance, syntax in chosen:
+        if syntax == instance.transfer_syntax_uid:
+            parts.append(_Part(instance, syntax))
+            continue
+        try:
+            body = transcode_to(instance.absolute_path, syntax)
+        except NotAcceptable as refusal:
+            failed.append((instance, refusal))
+            continue
+        parts.append(_Part(instance, syntax, (spool.tell(), len(body))))
+        spool.write(body)
+    return parts, failed
+
+
+def _bodies(group: list[_Part], spool: IO[bytes]) -> list[bytes | memoryview]:
     """Stored files memory-mapped (sent from the page cache without a copy into
-    Python objects), transcoded ones encoded."""
-    return [
-        map_file(instance.absolute_path)
-        if syntax == instance.transfer_syntax_uid
-        else transcode_to(instance.absolute_path, syntax)
-        for instance, syntax in group
-    ]
+    Python objects), transcoded ones read back from the spool."""
+    bodies: list[bytes | memoryview] = []
+    for part in group:
+        if part.spooled is None:
+            bodies.append(map_file(part.instance.absolute_path))
+        else:
+            spool.seek(part.spooled[0])
+            bodies.append(spool.read(part.spooled[1]))
+    return bodies
 
 
-async def _instances_body(
-    framing: MultipartFraming, first_group: list[tuple[StoredInstance, str]], first_bodies: list[bytes | memoryview],
-    later_groups: Iterator[list[tuple[StoredInstance, str]]],
+async def _parts_body(
+    framing: MultipartFraming, parts: list[_Part], spool: IO[bytes]
 ) -> AsyncIterator[bytes | memoryview]:
-    first = True
-    group, bodies = first_group, first_bodies
-    while group:
-        for (_, syntax), body in zip(group, bodies, strict=True):
-            yield framing.head(_instance_content_type(syntax), first=first)
-            yield body
-            first = False
-        group = next(later_groups, [])
-        # A later instance that cannot be transcoded ends the stream without
-        # its closing boundary: the client sees an incomplete answer, never a
-        # complete-looking one that lacks instances.
-        bodies = await run_in_threadpool(_instance_bodies, group) if group else []
-    yield framing.closing(after_parts=not first)
+    try:
+        first = True
+        for group in _groups(parts):
+            for part, body in zip(group, await run_in_threadpool(_bodies, group, spool), strict=True):
+                yield framing.head(_instance_content_type(part.syntax), first=first)
+                yield body
+                first = False
+        yield framing.closing(after_parts=not first)
+    finally:
+        spool.close()
+
+
+def _left_out_warning(left_out: list[tuple[StoredInstance, NotAcceptable]]) -> str:
+    named = "; ".join(f"{instance.sop_uid}: {refusal}" for instance, refusal in left_out[:_WARNING_NAMES])
+    more = f"; and {len(left_out) - _WARNING_NAMES} more" if len(left_out) > _WARNING_NAMES else ""
+    text = f"{len(left_out)} instance(s) cannot be sent in a form the request accepts, left out: {named}{more}"
+    # A quoted-string (RFC 9110 §5.6.4) of ASCII: decoders' messages may hold anything.
+    quoted = " ".join(text.replace("\\", "\\\\").replace('"', '\\"').split()).encode("ascii", "replace").decode()
+    return f'299 medaiflow: "{quoted}"'
 
 
 async def retrieve_instances(
     request: Request, services: Services, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
 ) -> Response:
-    accept = negotiated_accept(request)
+    """An instance, or a series' or study's: those that cannot be sent in an
+    accepted form are left out of a 206 answer, whose Warning names them;
+    when none can, 406 (PS3.18 §10.4.3.2, Table 10.4.3-2)."""
+    accept = negotiated_accept(request, keep_refused=True)
     found = await run_in_threadpool(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid)
-    chosen = [
-        (instance, choose_instance_syntax(accept, instance.transfer_syntax_uid, can_decompress(instance.transfer_syntax_uid)))
-        for instance, _ in found
-    ]
+    chosen, left_out = _negotiated(accept, [instance for instance, _ in found])
+    # Transcoded before the status goes out: an instance whose pixel data does
+    # not decode is then left out of the answer, not the end of a broken one.
+    # Transcodings beyond the spool's memory go to a temporary file.
+    spool = SpooledTemporaryFile(max_size=_GROUP_BYTES)
+    try:
+        parts, failed = await run_in_threadpool(_prepared, chosen, spool)
+    except BaseException:
+        spool.close()
+        raise
+    left_out += failed
+    if not parts:
+        spool.close()
+        raise left_out[0][1]
     boundary = new_boundary()
     framing = MultipartFraming(boundary)
-    headers = None
-    if all(syntax == instance.transfer_syntax_uid for instance, syntax in chosen):
-        # Stored files only: the length is known before the first byte.
-        length = framing.length((_instance_content_type(syntax), instance.file_size) for instance, syntax in chosen)
-        headers = {"Content-Length": str(length)}
-    groups = _groups(chosen)
-    first_group = next(groups, [])
-    # Before the status is sent: an instance of a single-instance or small
-    # retrieve that cannot be transcoded is then a 406, not a broken 200.
-    first_bodies = await run_in_threadpool(_instance_bodies, first_group)
+    length = framing.length((_instance_content_type(part.syntax), part.size) for part in parts)
+    headers = {"Content-Length": str(length)}
+    if left_out:
+        headers["Warning"] = _left_out_warning(left_out)
+    status = 206 if left_out else 200
+    media_type = multipart_related_type(boundary, DICOM)
     if is_head(request):
-        groups = iter(())  # nobody reads the parts: the first group decided the status, and is all that is made
-    return StreamingResponse(
-        _instances_body(framing, first_group, first_bodies, groups),
-        media_type=multipart_related_type(boundary, DICOM), headers=headers,
-    )
+        spool.close()
+        return Response(status_code=status, headers=headers, media_type=media_type)
+    body = _parts_body(framing, parts, spool)
+    return StreamingResponse(body, status_code=status, media_type=media_type, headers=headers)
 
 
 async def retrieve_metadata(
@@ -184,14 +256,14 @@ async def retrieve_frames(
 ) -> Response:
     numbers = parse_frame_list(frame_list)
     instance = await _one_instance(services, study_uid, series_uid, sop_uid)
-    return await _frames_response(instance, numbers, negotiated_accept(request))
+    return await _frames_response(instance, numbers, negotiated_accept(request, keep_refused=True))
 
 
 async def retrieve_bulk_data(
     request: Request, services: Services, study_uid: str, series_uid: str, sop_uid: str, tag_path_text: str
 ) -> Response:
     tag_path = parse_tag_path(tag_path_text)
-    accept = negotiated_accept(request)
+    accept = negotiated_accept(request, keep_refused=True)
     instance = await _one_instance(services, study_uid, series_uid, sop_uid)
     if tag_path == _PIXEL_DATA_PATH and is_video(instance.transfer_syntax_uid):
         content_type, video = await run_in_threadpool(
@@ -201,7 +273,8 @@ async def retrieve_bulk_data(
     if tag_path == _PIXEL_DATA_PATH and not is_native(instance.transfer_syntax_uid):
         # Encapsulated pixel data is only meaningful frame by frame (PS3.18 §8.7.3.3.2).
         return await _frames_response(instance, list(range(1, instance.number_of_frames + 1)), accept)
-    if not any(admits_part(range_, OCTET_STREAM, OCTET_STREAM) for range_ in accept):
+    admitted = any(range_.q > 0 and admits_part(range_, OCTET_STREAM, OCTET_STREAM) for range_ in accept)
+    if not admitted or refuses(accept, OCTET_STREAM, EXPLICIT_VR_LE, OCTET_STREAM):
         raise NotAcceptable("bulk data is available as application/octet-stream")
     data = await run_in_threadpool(read_bulk_data, instance.absolute_path, tag_path)
     return _multipart([(OCTET_STREAM, iter((data,)))], OCTET_STREAM)
