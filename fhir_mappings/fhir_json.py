@@ -67,18 +67,22 @@ def _written(value: Any) -> orjson.Fragment:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def with_written_decimals(dumped: Any, written: Any) -> Any:
-    """`dumped`, a model's JSON of the document `written`, with each number
-    that `written` holds as a `WrittenDecimal` put back in its place: the
-    R4 models write every decimal as a float."""
+def with_written_values(dumped: Any, written: Any) -> Any:
+    """`dumped`, a model's JSON of the document `written`, with each primitive
+    put back as `written` has it: the R4 models write every decimal as a
+    float (1.10 as 1.1) and dates and times their own way (`.1` as
+    `.100000`, `+00:00` as `Z`), which would change the precision a value
+    claims, and that is what a date search compares."""
     if isinstance(written, WrittenDecimal):
         return written if isinstance(dumped, (int, float)) and dumped == written else dumped
+    if isinstance(written, str) and isinstance(dumped, str):
+        return written
     if isinstance(dumped, dict) and isinstance(written, dict):
         for key, value in dumped.items():
             if key in written:
-                dumped[key] = with_written_decimals(value, written[key])
+                dumped[key] = with_written_values(value, written[key])
     elif isinstance(dumped, list) and isinstance(written, list) and len(dumped) == len(written):
-        dumped[:] = [with_written_decimals(value, item) for value, item in zip(dumped, written)]
+        dumped[:] = [with_written_values(value, item) for value, item in zip(dumped, written)]
     return dumped
 
 

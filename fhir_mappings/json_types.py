@@ -1,13 +1,23 @@
-"""FHIR's JSON types for primitive values (R4 json.html#primitive), which the
-R4 models do not enforce: they turn "5" into 5 and "true" into true.
+"""The rules of FHIR JSON that the R4 models do not enforce.
 
-integer is a JSON number without a fraction, decimal any JSON number,
-boolean true or false, and every other primitive (string, code, date,
-dateTime, ...) a JSON string. A repeating element is an array, even of one.
+- JSON types of primitives (R4 json.html#primitive): the models turn "5"
+  into 5 and "true" into true. integer is a JSON number without a fraction,
+  decimal any JSON number, boolean true or false, and every other primitive
+  (string, code, date, dateTime, ...) a JSON string. A repeating element is
+  an array, even of one, and never an empty one.
+- base64Binary's lexical form: the models decode it leniently, so "!!!"
+  would be stored as "".
+- ele-1 (an element has a value or children: `{}` is none) and ext-1 (an
+  extension has a value or extensions, not both), which the models leave out.
+- The target types a Reference allows (`partOf` of a Task is a Task).
+
 A resource that breaks these rules is invalid; storing the coerced value
 would store something the client did not send.
 """
 
+import base64
+import binascii
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -21,7 +31,11 @@ from pydantic.fields import FieldInfo
 
 from fhir_mappings.errors import InvalidResource
 
-_STRING_TYPES = (str, date, datetime, time)
+_STRING_TYPES = (str, date, datetime, time, bytes)
+# R4 datatypes.html#base64Binary
+_BASE64 = re.compile(r"(\s*([0-9a-zA-Z+/=]){4}\s*)+")
+# The type in a literal reference: relative, absolute, versioned or conditional (R4 references.html#literal).
+_REFERENCE_TYPE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)(?:/[A-Za-z0-9.-]{1,64}(?:/_history/[A-Za-z0-9.-]{1,64})?|\?.*)$")
 
 
 ModelOf = Callable[[str], type[BaseModel]]
@@ -43,10 +57,13 @@ def check_json_types(body: dict[str, Any], model: type[BaseModel], model_of: Mod
             where = f"{path}.{key}"
             if repeats and not isinstance(value, list):
                 raise InvalidResource(f"{where} repeats, so it must be an array, even of one value")
+            if repeats and not value:
+                raise InvalidResource(f"{where} is an empty array: FHIR JSON leaves an element without values out")
             for index, item in enumerate(value if repeats else [value]):
                 item_path = f"{where}[{index}]" if repeats else where
                 child = _checked(item, kind, item_path, model_of)
                 if child is not None:
+                    _check_element(item, child, item_path, field)
                     pending.append((item, child, item_path))
 
 
@@ -60,12 +77,38 @@ def _checked(item: Any, kind: Any, path: str, model_of: ModelOf) -> type[BaseMod
         _require(isinstance(item, (int, float)) and not isinstance(item, bool), path, "a JSON number")
     elif isinstance(kind, type) and issubclass(kind, _STRING_TYPES):
         _require(isinstance(item, str), path, "a JSON string")
+        if kind is bytes:
+            _require(_is_base64(item), path, "base64 (R4 base64Binary)")
     elif hasattr(kind, "get_model_klass") and isinstance(item, dict):
         model = kind.get_model_klass()
         if model.__name__ == "Resource":  # contained resources, Bundle entries: the item names its type
             return model_of(item["resourceType"])
         return model  # type: ignore[no-any-return]
     return None
+
+
+def _is_base64(text: str) -> bool:
+    if not _BASE64.fullmatch(text):
+        return False
+    try:
+        base64.b64decode("".join(text.split()), validate=True)
+    except binascii.Error:  # padding in the wrong place
+        return False
+    return True
+
+
+def _check_element(item: dict[str, Any], model: type[BaseModel], path: str, field: FieldInfo) -> None:
+    if model.__name__ != "Resource" and not any(key != "id" for key in item):
+        raise InvalidResource(f"{path} has neither a value nor children (R4 ele-1)")
+    if model.__name__ == "Extension" and ("extension" in item) == any(key.startswith("value") for key in item):
+        raise InvalidResource(f"{path} must have either a value or extensions, not both nor neither (R4 ext-1)")
+    if model.__name__ == "Reference" and isinstance(item.get("reference"), str):
+        allowed = (field.json_schema_extra or {}).get("enum_reference_types")  # type: ignore[union-attr]
+        match = _REFERENCE_TYPE.search(item["reference"])
+        if allowed and "Resource" not in allowed and match and match[1] not in allowed:
+            raise InvalidResource(
+                f"{path} refers to a {match[1]}; R4 allows {' or '.join(allowed)} there"  # type: ignore[arg-type]
+            )
 
 
 def _require(ok: bool, path: str, expected: str) -> None:

@@ -1,7 +1,7 @@
 """Where a resource names another: the places a transaction replaces the
 fullUrls of its entries in (R4 http.html#trules). These are references,
-elements of type uri, url, canonical, oid and uuid, and the narrative's
-links (`<a href>`, `<img src>`).
+elements of type uri, url, oid and uuid, and the narrative's links
+(`<a href>`, `<img src>`); not canonicals, which R4 leaves as they are.
 
 A resource is walked as the R4 models type it, before they have judged it:
 what they do not know is left as it is, for validation to refuse.
@@ -15,10 +15,10 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_mappings.elements import ELEMENT, Kind, element_kinds
 
-_URI_TYPES = frozenset(("uri", "url", "canonical", "oid", "uuid"))
+_URI_TYPES = frozenset(("uri", "url", "oid", "uuid"))
 _PLACEHOLDERS = ("urn:uuid:", "urn:oid:")
 # Where a value can only be a link, so that a placeholder there names an entry
-# of a Bundle or nothing. A uri, a canonical, an oid or a uuid may be a name
+# of a Bundle or nothing. A uri, an oid or a uuid may be a name
 # (Coding.system "urn:oid:2.16.840.1.113883.6.1", say), whether or not an entry has it.
 _LINKS_ONLY = frozenset(("reference", "url", "narrative"))
 # In quotes of either kind (XML 1.0 AttValue). A value is compared as written:

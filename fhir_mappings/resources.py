@@ -20,7 +20,7 @@ from fhir.resources.R4B.resource import Resource
 from pydantic import BaseModel, ValidationError
 
 from fhir_mappings.errors import InvalidRequest, InvalidResource
-from fhir_mappings.fhir_json import with_written_decimals
+from fhir_mappings.fhir_json import with_written_values
 from fhir_mappings.json_types import check_json_types
 from fhir_mappings.links import placeholder_links
 from fhir_mappings.narrative import check_narratives
@@ -110,8 +110,8 @@ def fhir_code(value: str | None) -> str | None:
 
 def client_resource(body: Any, expected_type: str | None = None) -> dict[str, Any]:
     """A client's resource as it is stored: valid, written by its model (in
-    R4's element order), and with each decimal as the client wrote it."""
-    return with_written_decimals(resource_dict(validate_resource(body, expected_type)), body)  # type: ignore[no-any-return]
+    R4's element order), and with each primitive value as the client wrote it."""
+    return with_written_values(resource_dict(validate_resource(body, expected_type)), body)  # type: ignore[no-any-return]
 
 
 def validate_resource(body: Any, expected_type: str | None = None) -> Resource:

@@ -93,7 +93,7 @@ def test_transaction_replaces_fullurls_of_updates_in_uris_and_in_the_narrative(f
     assert 'href="Task/tput"' in task["text"]["div"]
 
 
-def test_transaction_replaces_fullurls_in_every_element_of_a_uri_type(fhir):
+def test_transaction_replaces_fullurls_in_every_element_of_a_uri_type_but_canonical(fhir):
     parent = "urn:uuid:c757873d-ec9a-4326-a141-556f43239520"
     narrative = {"status": "generated", "div": f"<div xmlns='http://www.w3.org/1999/xhtml'><img src='{parent}'/></div>"}
 
@@ -116,7 +116,7 @@ def test_transaction_replaces_fullurls_in_every_element_of_a_uri_type(fhir):
         given("url", {"valueUrl": f"Task/{parent_id}"}),
         given("uuid", {"valueUuid": f"urn:uuid:{parent_id}"}),  # a uuid element holds only a uuid: the id is one
         given("attachment", {"valueAttachment": {"url": f"Task/{parent_id}"}}),
-        given("canonical", {"valueCanonical": f"Task/{parent_id}"}),
+        given("canonical", {"valueCanonical": parent}),  # R4 leaves canonicals as they are
     ]
     assert f"src='Task/{parent_id}'" in task["text"]["div"]
 
@@ -331,3 +331,67 @@ def test_transactions_changing_the_same_resources_in_opposite_orders_all_succeed
     assert statuses == [200] * 40
     history = fhir.get("/fhir/Task/lock-a/_history", params={"_count": 100}).json()
     assert sorted(int(entry["resource"]["meta"]["versionId"]) for entry in history["entry"]) == list(range(1, 32))
+
+
+def test_transactions_deleting_and_updating_in_opposite_orders_all_succeed(fhir):
+    """Locks were taken as each entry ran, deletes first: `DELETE A, PUT B` and
+    `DELETE B, PUT A` deadlocked on PostgreSQL, and gave up with 500s."""
+    statuses: list[int] = []
+
+    def swap(first: str, second: str) -> None:
+        for _ in range(10):
+            entries = [{"request": {"method": "DELETE", "url": f"Task/{first}"}},
+                       {"resource": {**TASK, "id": second}, "request": {"method": "PUT", "url": f"Task/{second}"}}]
+            statuses.append(_post(fhir, "transaction", entries).status_code)
+
+    pairs = [("swap-a", "swap-b"), ("swap-b", "swap-a")] * 2
+    threads = [threading.Thread(target=swap, args=pair) for pair in pairs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 40
+
+
+def test_a_transaction_whose_outcome_depends_on_processing_order_fails_and_writes_nothing(fhir):
+    """The condition was judged before the create ran: the update created a
+    second Task with the identifier it asked for one of."""
+    identifier = {"system": "urn:example:orders", "value": "order-1"}
+    response = _post(fhir, "transaction", [
+        {"resource": {**TASK, "identifier": [identifier]}, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "identifier": [identifier], "description": "updated"},
+         "request": {"method": "PUT", "url": "Task?identifier=urn:example:orders|order-1"}},
+    ])
+    assert response.status_code == 400, response.text[:300]
+    assert "order of processing" in response.json()["issue"][0]["diagnostics"]
+    assert fhir.get("/fhir/Task", params={"identifier": "urn:example:orders|order-1"}).json()["total"] == 0
+    # Alone, each condition meets what it made.
+    entries = [{"resource": {**TASK, "identifier": [identifier]},
+                "request": {"method": "POST", "url": "Task", "ifNoneExist": "identifier=urn:example:orders|order-1"}}]
+    assert _post(fhir, "transaction", entries).status_code == 200
+    assert _post(fhir, "transaction", entries).json()["entry"][0]["response"]["status"] == "200 OK"
+
+
+@pytest.mark.parametrize("bundle_type", ["transaction", "batch"])
+def test_prefer_return_decides_what_written_entries_carry(fhir, bundle_type):
+    fhir.put("/fhir/Task/prefer-read", json={**TASK, "id": "prefer-read"})
+    entries = [{"resource": TASK, "request": {"method": "POST", "url": "Task"}},
+               {"request": {"method": "GET", "url": "Task/prefer-read"}}]
+    for returned, carries in (("minimal", None), ("OperationOutcome", "OperationOutcome"), ("representation", "Task")):
+        response = fhir.post("/fhir", json={"resourceType": "Bundle", "type": bundle_type, "entry": entries},
+                             headers={"Prefer": f"return={returned}"})
+        written, read = response.json()["entry"]
+        assert written["response"]["status"] == "201 Created" and written["response"]["location"]
+        assert (written.get("resource") or written["response"].get("outcome") or {}).get("resourceType") == carries
+        assert read["resource"]["id"] == "prefer-read"  # a read's answer is its resource, whatever the preference
+
+
+def test_an_update_with_general_parameters_is_named_by_its_fullurl(fhir):
+    response = _post(fhir, "transaction", [
+        {"fullUrl": "http://testserver/fhir/Task/named-put", "resource": {**TASK, "id": "named-put"},
+         "request": {"method": "PUT", "url": "Task/named-put?_format=json"}},
+        {"resource": {**TASK, "partOf": [{"reference": "http://testserver/fhir/Task/named-put"}]},
+         "request": {"method": "POST", "url": "Task"}},
+    ])
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["entry"][1]["resource"]["partOf"] == [{"reference": "Task/named-put"}]

@@ -315,6 +315,47 @@ def test_a_primitive_of_the_wrong_json_type_is_422_not_coerced(fhir, wrong):
     assert fhir.get("/fhir/Task").json()["total"] == 0
 
 
+@pytest.mark.parametrize(
+    ("broken", "rule"),
+    [
+        ({"input": [{"type": {"text": "b"}, "valueBase64Binary": "!!!"}]}, "base64"),  # the models stored ""
+        ({"input": [{"type": {"text": "b"}, "valueBase64Binary": "aGVsbG8"}]}, "Base64"),  # a quartet short
+        ({"identifier": [{}]}, "ele-1"),
+        ({"for": {"id": "only-an-id"}}, "ele-1"),
+        ({"identifier": []}, "empty array"),
+        ({"extension": [{"url": "http://example.org/x"}]}, "ext-1"),
+        ({"extension": [{"url": "http://example.org/x", "valueString": "v",
+                         "extension": [{"url": "y", "valueString": "w"}]}]}, "ext-1"),
+        ({"partOf": [{"reference": "Patient/p1"}]}, "R4 allows Task there"),
+        ({"identifier": [{"assigner": {"reference": "http://other.example/fhir/Task/t1"}}]}, "R4 allows Organization"),
+        ({"note": [{"text": "n", "authorReference": {"reference": "Task/t1/_history/2"}}]}, "refers to a Task"),
+    ],
+)
+def test_what_the_models_let_through_but_r4_refuses_is_422(fhir, broken, rule):
+    response = fhir.post("/fhir/Task", json={**TASK, **broken})
+    assert response.status_code == 422, response.text[:300]
+    assert rule in response.json()["issue"][0]["diagnostics"]
+    assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
+def test_dates_times_and_base64_are_stored_as_written(fhir):
+    # The models write `.1` as `.100000` and `+00:00` as `Z`, which changes the precision a value claims.
+    written = {
+        "authoredOn": "2020-01-01T10:00:00.1+05:30",
+        "lastModified": "2020-01-01T10:00:00.000+00:00",
+        "input": [
+            {"type": {"text": "t"}, "valueTime": "10:00:00.5"},
+            {"type": {"text": "i"}, "valueInstant": "2020-01-01T10:00:00.123456789Z"},
+            {"type": {"text": "b"}, "valueBase64Binary": "aGVs bG8="},
+        ],
+    }
+    created = fhir.post("/fhir/Task", json={**TASK, **written})
+    assert created.status_code == 201, created.text[:300]
+    stored = fhir.get(f"/fhir/Task/{created.json()['id']}").json()
+    assert {key: stored[key] for key in written} == written
+    assert fhir.get("/fhir/Task", params={"authored-on": "2020-01-01T04:30:00.1Z"}).json()["total"] == 1
+
+
 def test_primitives_of_the_right_json_type_are_kept_as_sent(fhir):
     inputs = [
         {"type": {"text": "n"}, "valueInteger": 5},

@@ -58,15 +58,17 @@ class EntryResult:
     etag: str | None = None
     last_modified: int | None = None
     outcome: dict[str, Any] | None = None
+    written: StoredVersion | None = None  # by this entry: what `Prefer: return=` decides on
 
 
 def process_bundle(
     service: FhirService, body: Any, base: str, status_for: Any, authorize: Callable[[str, str, Any], None],
-    authorize_search: Callable[[SearchRequest], None],
+    authorize_search: Callable[[SearchRequest], None], returned: str | None = None,
 ) -> bytes:
     """`authorize(method, path, resource)` raises Forbidden for an entry its
     sender may not run; `authorize_search` for a search entry reaching types
-    it may not read."""
+    it may not read. `returned`: the request's `Prefer: return=`, which says
+    what a written entry's response carries (R4 http.html#transaction-response)."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise InvalidRequest("POST /fhir takes a Bundle of type batch or transaction")
     kind = body.get("type")
@@ -88,7 +90,7 @@ def process_bundle(
             _batch_entry(service, entry, position, base, status_for, authorize, authorize_search)
             for position, entry in enumerate(entries)
         ]
-    return _response_bundle(f"{kind}-response", results)
+    return _response_bundle(f"{kind}-response", results, returned)
 
 
 def _transaction(
@@ -115,12 +117,14 @@ def _transaction(
         ]
         for position, entry in enumerate(entries):
             refuse_placeholders(entry.get("resource"), position)
+        _lock_targets(service, connection, entries, base)
+        references: list[tuple[int, str, str, str]] = []
         entries = [
-            _resolve_conditional_references(service, entry, position, base, connection, authorize_search, deleted)
+            _resolve_conditional_references(
+                service, entry, position, base, connection, authorize_search, deleted, references
+            )
             for position, entry in enumerate(entries)
         ]
-        # Within a kind of interaction, in the order of the resources they touch: two transactions that
-        # change the same resources then lock them in the same order, never each waiting on the other.
         order = sorted(range(len(entries)), key=lambda position: _processing_order(entries[position], base))
         for position in order:
             entry = entries[position]
@@ -135,7 +139,55 @@ def _transaction(
                 request = entry["request"]
                 error.diagnostics = f"entry {position} ({request['method']} {request['url']}): {error.diagnostics}"
                 raise
+        judged = [
+            (position, resource_type, query, _own_resource(position, existing, results))
+            for position, (resource_type, query) in conditions.items()
+        ]
+        _refuse_order_dependence(service, connection, base, authorize_search, judged + references)
     return [results[position] for position in range(len(entries))]
+
+
+def _own_resource(position: int, existing: dict[int, StoredVersion], results: dict[int, EntryResult]) -> str | None:
+    """The id of what a conditional entry matched or wrote; None for a delete."""
+    if position in existing:
+        return existing[position].resource_id
+    written = results[position].written
+    return None if written is None else written.resource_id
+
+
+def _refuse_order_dependence(
+    service: FhirService, connection: Connection, base: str, authorize_search: Callable[[SearchRequest], None],
+    judged: list[tuple[int, str, str, str | None]],
+) -> None:
+    """Conditions are judged before any entry runs; once they all have, each
+    must meet nothing but the resource it found or made (`own`). One that
+    another entry's write now meets (`POST Task` with identifier V beside
+    `PUT Task?identifier=V`, which created a second) made the outcome depend
+    on the order of processing, and R4 has such a transaction fail
+    (http.html#trules). Raising rolls it all back."""
+    for position, resource_type, query, own in judged:
+        met = set(matching_ids(service, resource_type, query, base, connection, authorize_search)) - {own}
+        if met:
+            raise InvalidRequest(
+                f"entry {position}: its condition {resource_type}?{query[:100]} was judged before this transaction's"
+                f" entries ran, and now also meets {resource_type}/{sorted(met)[0]}, which another entry wrote: the"
+                " outcome would depend on the order of processing"
+            )
+
+
+def _lock_targets(service: FhirService, connection: Connection, entries: list[dict[str, Any]], base: str) -> None:
+    """Every resource the transaction updates or deletes, locked before any
+    entry runs, type by type and id by id, as every writer takes them: two
+    transactions that change the same resources in other orders of entries
+    (`DELETE A, PUT B` and `DELETE B, PUT A`) then queue, where taking each
+    lock as its entry ran had PostgreSQL end one of them in a deadlock."""
+    targets: dict[str, set[str]] = {}
+    for entry in entries:
+        resource_type, _, resource_id = _path(entry["request"]["url"], base).strip("/").partition("/")
+        if entry["request"]["method"] in ("PUT", "DELETE") and resource_id and "/" not in resource_id:
+            targets.setdefault(resource_type, set()).add(resource_id)
+    for resource_type in sorted(targets):
+        service.store.lock_current(connection, resource_type, sorted(targets[resource_type]))
 
 
 def _processing_order(entry: dict[str, Any], base: str) -> tuple[int, str]:
@@ -301,6 +353,7 @@ def _result(
         location=f"{base}/{version.resource_type}/{version.resource_id}/_history/{version.version_id}",
         etag=version.etag,
         last_modified=version.last_updated,
+        written=version if written else None,
     )
 
 
@@ -389,17 +442,18 @@ def _identities(entries: list[dict[str, Any]], base: str, existing: dict[int, St
             assigned[full_url] = f"{existing[position].resource_type}/{existing[position].resource_id}"
         elif method == "POST":
             assigned[full_url] = f"{_path(url, base).strip('/')}/{uuid.uuid4()}"
-        elif method == "PUT" and "?" not in url:
+        elif method == "PUT" and "/" in _path(url, base).strip("/"):  # `Task/x?_format=json` too
             assigned[full_url] = _path(url, base).strip("/")
     return assigned
 
 
 def _resolve_conditional_references(
     service: FhirService, entry: dict[str, Any], position: int, base: str, connection: Connection,
-    authorize_search: Callable[[SearchRequest], None], deleted: set[str],
+    authorize_search: Callable[[SearchRequest], None], deleted: set[str], judged: list[tuple[int, str, str, str]],
 ) -> dict[str, Any]:
     """Conditional references (`Patient?identifier=...`) replaced by the one
-    resource they match; none or several fail the transaction (http.html#trules)."""
+    resource they match before the transaction runs; none or several fail it
+    (http.html#trules). Each is added to `judged`, with what it matched."""
     conditional = {reference for reference in literal_references(entry.get("resource")) if "?" in reference}
     if not conditional:
         return entry
@@ -410,12 +464,16 @@ def _resolve_conditional_references(
             raise InvalidRequest(f"entry {position}: {reference[:100]} is not a conditional reference (Type?query)")
         found = matching_ids(service, resource_type, query, base, connection, authorize_search)
         if not found:
-            raise InvalidRequest(f"entry {position}: the conditional reference {reference[:100]} matches nothing")
+            raise InvalidRequest(
+                f"entry {position}: the conditional reference {reference[:100]} matches nothing that existed before"
+                " this transaction (an entry of it is named by its fullUrl)"
+            )
         if len(found) > 1:
             raise VersionConflict(
                 f"entry {position}: the conditional reference {reference[:100]} matches more than one {resource_type}"
             )
         resolved[reference] = f"{resource_type}/{found[0]}"
+        judged.append((position, resource_type, query, found[0]))
         if resolved[reference] in deleted:
             raise InvalidRequest(
                 f"entry {position}: the conditional reference {reference[:100]} matches {resolved[reference]},"
@@ -424,9 +482,13 @@ def _resolve_conditional_references(
     return replace_links(entry, resolved, base, position)
 
 
-def _response_bundle(kind: str, results: list[EntryResult]) -> bytes:
+def _response_bundle(kind: str, results: list[EntryResult], returned: str | None) -> bytes:
     entries = []
     for result in results:
+        if result.written is not None and returned in ("minimal", "operationoutcome"):
+            result.resource = None
+            if returned == "operationoutcome":
+                result.outcome = interactions.written_outcome(result.written)
         response: dict[str, Any] = {"status": result.status}
         if result.location:
             response["location"] = result.location

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from fhir_mappings.errors import InvalidRequest, ResourceNotFound
+from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.patient_compartment import compartment_parameter, patients_searched
 from fhir_mappings.resources import client_resource, require_id
 from fhir_mappings.search_query import SearchRequest
@@ -32,6 +33,12 @@ def parse_if_match(header: object) -> int | None:
     if not match:
         raise InvalidRequest(f'If-Match must be an ETag such as W/"3", not {str(header)[:40]!r}')
     return int(match.group(1))
+
+
+def written_outcome(version: StoredVersion) -> dict[str, Any]:
+    """What a write answers with `Prefer: return=OperationOutcome` (R4 http.html#ops)."""
+    done = f"{version.resource_type}/{version.resource_id} is at version {version.version_id}"
+    return operation_outcome("informational", done, "information")
 
 
 def not_modified(version: StoredVersion, if_none_match: str | None, modified_since_micros: int | None) -> bool:

@@ -18,7 +18,6 @@ from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
 from fhir_mappings.errors import Forbidden, InvalidRequest
 from fhir_mappings.operation_parameters import parameter_pairs
-from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import require_id, resource_json, validated
 from fhir_mappings.search_query import SearchRequest, read_subsetting
@@ -126,8 +125,7 @@ def _version_response(
     if returned == "minimal":
         return Response(status_code=status, headers=headers)
     if returned == "operationoutcome":
-        done = f"{version.resource_type}/{version.resource_id} is at version {version.version_id}"
-        return fhir_response(operation_outcome("informational", done, "information"), fmt, status, headers)
+        return fhir_response(interactions.written_outcome(version), fmt, status, headers)
     return fhir_response(version.body, fmt, status, headers, written=True)
 
 
@@ -211,7 +209,7 @@ async def batch_or_transaction(request: Request) -> Response:
         note_transaction()
     result = await run_in_threadpool(
         bundles.process_bundle, _fhir(request), body, fhir_base(request), fhir_status_for, _entry_authorizer(request),
-        _search_authorizer(request),
+        _search_authorizer(request), _preference(request, "return"),
     )
     return fhir_response(result, fmt, written=True)
 
