@@ -14,6 +14,7 @@ from fhir_mappings.audit_event import AuditKind
 from server import health
 from server.audit.middleware import AuditMiddleware, note_studies
 from server.audit.service import AuditService, build_audit
+from server.auth.identities import SERVER_AGENT
 from server.auth.middleware import AuthMiddleware
 from server.auth.routes import router as auth_router
 from server.auth.service import build_auth
@@ -62,7 +63,7 @@ def build_services(settings: Settings) -> Services:
     auth = build_auth(engine, settings.data_dir, settings.public_root, settings.token_seconds,
                       settings.requests_per_second, settings.request_burst)
     auth.identities.on_change = lambda connection, name, description: audit.record_in(
-        connection, AuditKind.SECURITY_CHANGE, "medaiflow", description)
+        connection, AuditKind.SECURITY_CHANGE, SERVER_AGENT, description)
     return Services(settings=settings, engine=engine, store=store, ingestor=ingestor, fhir=fhir, jobs=jobs, audit=audit,
                     auth=auth)
 
@@ -73,11 +74,11 @@ def _audit_own_changes(audit: AuditService, jobs: JobsService) -> None:
     deactivation and validation."""
 
     def task_changed(connection: Connection, task_id: str, status: str, patient_id: str | None, owner: str | None) -> None:
-        audit.record_in(connection, AuditKind.UPDATE, owner or "medaiflow", f"inference Task {status}",
+        audit.record_in(connection, AuditKind.UPDATE, owner or SERVER_AGENT, f"inference Task {status}",
                         resources=[f"Task/{task_id}"], patients=[patient_id] if patient_id else [])
 
     def model_changed(connection: Connection, device_id: str, description: str) -> None:
-        audit.record_in(connection, AuditKind.APPLICATION_ACTIVITY, "medaiflow", description,
+        audit.record_in(connection, AuditKind.APPLICATION_ACTIVITY, SERVER_AGENT, description,
                         resources=[f"Device/{device_id}"])
 
     jobs.queue.on_change = task_changed

@@ -44,6 +44,10 @@ def _serve(args: argparse.Namespace) -> int:
         "access_log": False,
         "timeout_keep_alive": 30,
         "date_header": False,  # the app stamps its own (server/date_header.py)
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: any local
+        # process could then name another client to the audit trail and the login limits.
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": settings.trusted_proxies or None,
     }
     if settings.workers > 1:
         services.engine.dispose()

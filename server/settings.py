@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         " RetrieveURLs and BulkDataURIs use it instead of the request's Host and X-Forwarded-* headers",
     )
     cors_origins: str = Field(default="", description="comma-separated origins, or *")
+    trusted_proxies: str = Field(
+        default="",
+        description="comma-separated addresses of reverse proxies whose X-Forwarded-For names the client"
+        " (in the audit record and the per-address limits); none by default, so no client can name another",
+    )
     max_stow_bytes: int = Field(default=4 * 1024**3, description="413 above this request size")
     fhir_max_body_bytes: int = Field(
         default=64 * 1024**2, description="413 above this FHIR request body size (a resource, a Bundle, a search form)"

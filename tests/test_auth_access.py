@@ -320,6 +320,21 @@ def test_a_conditional_update_needs_create_as_well(anonymous, services):
     assert answer["entry"][0]["response"]["status"][:3] == "403"
 
 
+def test_an_update_that_would_create_needs_create_as_well(anonymous, services):
+    updater = _bearer(services, Role.AI_OPERATOR, "system/Task.ru")
+    task = {"resourceType": "Task", "id": "made-by-update", "status": "draft", "intent": "proposal"}
+    refused = anonymous.put("/fhir/Task/made-by-update", json=task, headers=updater)
+    assert refused.status_code == 403, refused.text
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": task, "request": {"method": "PUT", "url": "Task/made-by-update"}}]}
+    assert anonymous.post("/fhir", json=batch, headers=updater).json()["entry"][0]["response"]["status"][:3] == "403"
+    admin = _bearer(services, Role.ADMIN)
+    assert anonymous.get("/fhir/Task/made-by-update", headers=admin).status_code == 404
+    # Once it exists, updating it needs no more than update.
+    assert anonymous.put("/fhir/Task/made-by-update", json=task, headers=admin).status_code == 201
+    assert anonymous.put("/fhir/Task/made-by-update", json=task, headers=updater).status_code == 200
+
+
 def test_a_conditional_delete_needs_searching_as_well(anonymous, services):
     deleter = _bearer(services, Role.AI_OPERATOR, "system/Task.cd")
     assert anonymous.delete("/fhir/Task?identifier=x", headers=deleter).status_code == 403

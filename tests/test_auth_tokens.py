@@ -131,6 +131,13 @@ def test_tokens_survive_a_rotation_and_bad_tokens_are_refused(tmp_path):
     with pytest.raises(InvalidToken, match="key this server does not have"):
         issuer.verify(before)
     assert issuer.verify(after).subject == "ana"
+    # With every key retired, the next token is signed by a new one (it was a 500).
+    for key_file in (tmp_path / "keys").glob("*.pem"):
+        key_file.unlink()
+    fresh, _ = issuer.issue("ana", "clinician", "user/*.rs", client=False)
+    assert issuer.verify(fresh).subject == "ana"
+    with pytest.raises(InvalidToken):
+        issuer.verify(after)
 
 
 def test_hashes_made_with_old_parameters_are_replaced_at_login(services):
@@ -162,6 +169,15 @@ def test_names_http_basic_cannot_carry_are_refused(services, name):
         identities.add_client(name, "system/*.rs")
 
 
+@pytest.mark.parametrize("name", ["anonymous", "medaiflow", "Anonymous"])
+def test_names_the_audit_trail_gives_to_nobody_and_to_the_server_are_reserved(services, name):
+    identities = services.auth.identities
+    with pytest.raises(IdentityError, match="reserved"):
+        identities.add_user(name, Role.CLINICIAN, PASSWORD)
+    with pytest.raises(IdentityError, match="reserved"):
+        identities.add_client(name, "system/*.rs")
+
+
 def test_patient_scopes_reach_nothing_without_a_launch_context(services, fhir):
     assert not Grant.parse("patient/*.rs").allows("ImagingStudy", "r")
     assert Grant.parse("patient/*.rs user/Task.rs").narrowed_to(role_grant(Role.CLINICIAN)).scopes == (
@@ -183,8 +199,10 @@ def test_scope_grammar_and_role_ceilings():
     assert clinician.allows("ImagingStudy", "r") and not clinician.allows("ImagingStudy", "c")
     modality = role_grant(Role.MODALITY)
     assert modality.allows("ImagingStudy", "c") and not modality.allows("ImagingStudy", "r")
-    assert str(Grant.parse("user/*.cruds").narrowed_to(role_grant(Role.AUDITOR))) == "user/AuditEvent.rs"
-    # A wildcard ceiling never reaches the audit trail, asked for by name or not.
+    # A wildcard never reaches the audit trail, whether the role's ceiling has it or the client asks for it:
+    # an admin asking for `user/*.rs` got the audit trail with the rest.
+    assert Grant.parse("user/*.cruds").narrowed_to(role_grant(Role.AUDITOR)).scopes == ()
+    assert str(Grant.parse("user/*.rs").narrowed_to(role_grant(Role.ADMIN))) == "user/*.rs"
     assert Grant.parse("user/AuditEvent.rs").narrowed_to(role_grant(Role.CLINICIAN)).scopes == ()
     assert str(Grant.parse("user/AuditEvent.cruds").narrowed_to(role_grant(Role.ADMIN))) == "user/AuditEvent.rs"
 

@@ -244,6 +244,12 @@ def test_serve_names_the_port_it_was_given_from_each_worker(
         assert all(httpx.get(f"{base}/fhir/Endpoint", timeout=5, auth=ADMIN).status_code == 200 for _ in range(10))
         audit = httpx.get(f"{base}/fhir/AuditEvent", params={"_count": "1"}, timeout=5, auth=ADMIN).json()
         assert audit["entry"][0]["resource"]["source"]["observer"]["identifier"]["value"] == base
+        # Without MEDAIFLOW_TRUSTED_PROXIES no client names another: uvicorn believed loopback's X-Forwarded-For.
+        httpx.get(f"{base}/fhir/Endpoint", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=5, auth=ADMIN)
+        events = httpx.get(f"{base}/fhir/AuditEvent", params={"_count": "200"}, timeout=5, auth=ADMIN).json()
+        addresses = {agent.get("network", {}).get("address") for entry in events["entry"]
+                     for agent in entry["resource"]["agent"]}
+        assert "127.0.0.1" in addresses and "203.0.113.9" not in addresses
     finally:
         process.terminate()
         process.wait(timeout=30)

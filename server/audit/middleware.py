@@ -29,6 +29,7 @@ from dicom.uids import is_safe_uid
 from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
 from server.audit.chain import AuditChain
 from server.audit.recorder import AuditRecorder, AuditUnavailable
+from server.auth.identities import ANONYMOUS
 from server.db import commit_witness, reading, written
 from server.errors import error_response
 from server.logs import request_id_var
@@ -169,7 +170,7 @@ class _RequestAudit:
         scope = self.scope
         return audit_event(AuditRecord(
             kind=AuditKind.LOGIN, outcome=Outcome.SUCCESS if succeeded else Outcome.MINOR_FAILURE,
-            recorded=datetime.now(UTC), client=name or "anonymous", server=self.server_name,
+            recorded=datetime.now(UTC), client=name or ANONYMOUS, server=self.server_name,
             client_address=scope["client"][0] if scope.get("client") else None,
             description=f"HTTP Basic login of {name} {'succeeded' if succeeded else 'failed'}",
             request_id=request_id_var.get() or None,
@@ -181,7 +182,7 @@ class _RequestAudit:
         scope = self.scope
         principal = scope["state"].get("principal")
         # Before anyone is authenticated, a token request names who is logging in (`note_login`).
-        client = principal.name if principal is not None else scope["state"].get(_LOGIN_NAME, "anonymous")
+        client = principal.name if principal is not None else scope["state"].get(_LOGIN_NAME, ANONYMOUS)
         parts = [part for part in scope["path"].split("/") if part]
         if resources is None:
             resources = ([f"{parts[1]}/{parts[2]}"] if parts[:1] == ["fhir"] and len(parts) >= 3

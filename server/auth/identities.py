@@ -20,6 +20,11 @@ from server.db import reading, write_connection
 from server.tables import clients, users
 
 _NAME_LIMIT = 64
+# Agents the audit trail names that are nobody's account: a user or client
+# with one of these names would be indistinguishable from them there.
+ANONYMOUS = "anonymous"  # whoever sent a request that no credential identified
+SERVER_AGENT = "medaiflow"  # the server itself, making its own changes
+_RESERVED_NAMES = frozenset((ANONYMOUS, SERVER_AGENT))
 
 
 class IdentityError(ValueError):
@@ -165,3 +170,6 @@ def _require_name(name: str, what: str) -> None:
     and nothing a URL or a log line would need escaped."""
     if not name or len(name) > _NAME_LIMIT or not name.isprintable() or any(char in name for char in ' :%"\\'):
         raise IdentityError(f"a {what} is 1 to {_NAME_LIMIT} printable characters, without spaces, ':', '%', '\"' or '\\'")
+    if name.lower() in _RESERVED_NAMES:
+        reserved = " and ".join(sorted(_RESERVED_NAMES))
+        raise IdentityError(f"{name!r} is reserved: the audit trail names {reserved} itself")

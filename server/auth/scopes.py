@@ -79,8 +79,10 @@ class Grant:
             for allowed in widest.scopes:
                 if asked.resource_type not in ("*", allowed.resource_type) and allowed.resource_type != "*":
                     continue
-                if allowed.resource_type == "*" and asked.resource_type in _NAMED_ONLY:
-                    continue  # a wildcard never reaches these, asked for by name or not
+                if "*" in (allowed.resource_type, asked.resource_type) and _NAMED_ONLY & {
+                    allowed.resource_type, asked.resource_type
+                }:
+                    continue  # a wildcard never reaches these, granted or asked for
                 resource_type = allowed.resource_type if asked.resource_type == "*" else asked.resource_type
                 permissions = asked.permissions & allowed.permissions
                 if permissions:

@@ -81,8 +81,13 @@ class TokenIssuer:
         return keys
 
     def issue(self, subject: str, role: str, scope: str, client: bool) -> tuple[str, int]:
-        """The token and its lifetime in seconds."""
-        newest = self._keys()[-1]
+        """The token and its lifetime in seconds. With every key retired, a
+        new one is made, as on first start."""
+        keys = self._keys()
+        if not keys:
+            self.rotate()
+            keys = self._keys()
+        newest = keys[-1]
         now = int(time.time())
         claims = {"iss": self.issuer, "aud": AUDIENCE, "sub": subject, "iat": now, "exp": now + self.lifetime_seconds,
                   "role": role, "scope": scope, "client": client}

@@ -63,12 +63,13 @@ class EntryResult:
 
 def process_bundle(
     service: FhirService, body: Any, base: str, status_for: Any, authorize: Callable[[str, str, Any], None],
-    authorize_search: Callable[[SearchRequest], None], returned: str | None = None,
+    authorize_search: Callable[[SearchRequest], None], may_create: Callable[[str], bool], returned: str | None = None,
 ) -> bytes:
     """`authorize(method, path, resource)` raises Forbidden for an entry its
     sender may not run; `authorize_search` for a search entry reaching types
-    it may not read. `returned`: the request's `Prefer: return=`, which says
-    what a written entry's response carries (R4 http.html#transaction-response)."""
+    it may not read; `may_create(type)` says whether an update may create.
+    `returned`: the request's `Prefer: return=`, which says what a written
+    entry's response carries (R4 http.html#transaction-response)."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise InvalidRequest("POST /fhir takes a Bundle of type batch or transaction")
     kind = body.get("type")
@@ -84,17 +85,18 @@ def process_bundle(
         for entry in entries:
             authorize(entry["request"]["method"], _path(entry["request"]["url"], base), entry.get("resource"))
         # Nothing of a transaction that PostgreSQL ended in a deadlock was kept: it is run again whole.
-        results = retried_on_conflict(lambda: _transaction(service, entries, base, authorize_search))
+        results = retried_on_conflict(lambda: _transaction(service, entries, base, authorize_search, may_create))
     else:
         results = [
-            _batch_entry(service, entry, position, base, status_for, authorize, authorize_search)
+            _batch_entry(service, entry, position, base, status_for, authorize, authorize_search, may_create)
             for position, entry in enumerate(entries)
         ]
     return _response_bundle(f"{kind}-response", results, returned)
 
 
 def _transaction(
-    service: FhirService, entries: list[dict[str, Any]], base: str, authorize_search: Callable[[SearchRequest], None]
+    service: FhirService, entries: list[dict[str, Any]], base: str, authorize_search: Callable[[SearchRequest], None],
+    may_create: Callable[[str], bool],
 ) -> list[EntryResult]:
     conditions = _conditions(entries, base)
     results: dict[int, EntryResult] = {}
@@ -134,7 +136,7 @@ def _transaction(
             full_url = absolute_full_url(entry, base)
             created_id = assigned[full_url].rpartition("/")[2] if full_url in assigned else None
             try:
-                results[position] = _run(service, entry, base, connection, created_id, authorize_search)
+                results[position] = _run(service, entry, base, connection, created_id, authorize_search, may_create)
             except FhirError as error:
                 request = entry["request"]
                 error.diagnostics = f"entry {position} ({request['method']} {request['url']}): {error.diagnostics}"
@@ -253,11 +255,12 @@ def _refuse_overlaps(entries: list[dict[str, Any]], base: str, claimed: dict[int
 def _batch_entry(
     service: FhirService, entry: dict[str, Any], position: int, base: str, status_for: Any,
     authorize: Callable[[str, str, Any], None], authorize_search: Callable[[SearchRequest], None],
+    may_create: Callable[[str], bool],
 ) -> EntryResult:
     try:
         authorize(entry["request"]["method"], _path(entry["request"]["url"], base), entry.get("resource"))
         local = with_relative_references(entry, base)
-        return retried_on_conflict(lambda: _run(service, local, base, None, None, authorize_search))
+        return retried_on_conflict(lambda: _run(service, local, base, None, None, authorize_search, may_create))
     except FhirError as error:
         status = status_for(error)
         return EntryResult(f"{status}", outcome=operation_outcome(error.issue_code, error.diagnostics))
@@ -265,7 +268,7 @@ def _batch_entry(
 
 def _run(
     service: FhirService, entry: dict[str, Any], base: str, connection: Connection | None, created_id: str | None,
-    authorize_search: Callable[[SearchRequest], None],
+    authorize_search: Callable[[SearchRequest], None], may_create: Callable[[str], bool],
 ) -> EntryResult:
     method, url = entry["request"]["method"], entry["request"]["url"]
     if_none_exist = _text(entry["request"], "ifNoneExist")
@@ -303,7 +306,9 @@ def _run(
         version, created = update_where(service, parts[0], resource, query, base, if_match, authorize_search, connection)
         return _result("201 Created" if created else "200 OK", version, base, written=True)
     if method == "PUT" and len(parts) == 2:
-        version, created = interactions.update(service, parts[0], parts[1], resource, if_match, connection)
+        version, created = interactions.update(
+            service, parts[0], parts[1], resource, if_match, connection, may_create=may_create(parts[0])
+        )
         return _result("201 Created" if created else "200 OK", version, base, written=True)
     if method == "DELETE" and len(parts) == 1 and query:
         delete_where(service, parts[0], query, base, if_match, authorize_search, connection)

@@ -79,7 +79,9 @@ def update_where(
         target = update_target(service, resource_type, body, query, base, if_match, session, authorize_search)
         if target is None:
             return interactions.create(service, resource_type, body, session), True
-        return interactions.update(service, resource_type, target, {**body, "id": target}, if_match, session)
+        return interactions.update(  # its caller checked the right to create
+            service, resource_type, target, {**body, "id": target}, if_match, session, may_create=True
+        )
 
 
 def update_target(

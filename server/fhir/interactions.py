@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from fhir_mappings.errors import InvalidRequest, ResourceNotFound
+from fhir_mappings.errors import Forbidden, InvalidRequest, ResourceNotFound
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.patient_compartment import compartment_parameter, patients_searched
 from fhir_mappings.resources import client_resource, require_id
@@ -108,9 +108,11 @@ def create(
 
 def update(
     service: FhirService, resource_type: str, resource_id: str, body: Any, if_match: int | None,
-    connection: Connection | None = None,
+    connection: Connection | None = None, *, may_create: bool,
 ) -> tuple[StoredVersion, bool]:
-    """A new version (or the first, update-as-create); returns it and whether it was created."""
+    """A new version (or the first, update-as-create); returns it and whether
+    it was created, which a client that `may_create` not is refused (the
+    write is undone): creating takes the right to create, however it is asked."""
     service.require_writable(resource_type)
     require_id(resource_id)
     if not isinstance(body, dict) or body.get("id") != resource_id:
@@ -121,6 +123,8 @@ def update(
         if hook is not None:
             resource = hook.updating(session, resource, resource_id)
         version = service.store.put(session, resource, resource_id, "PUT", if_match=if_match)
+        if version.created and not may_create:
+            raise Forbidden(f"{resource_type}/{resource_id} does not exist, and this client may not create it")
     return version, version.created
 
 

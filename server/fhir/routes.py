@@ -5,10 +5,11 @@ Routes parse the request, call an interaction, and shape the answer
 interaction modules.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache, partial
 from typing import Any
+from urllib.parse import unquote
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
@@ -180,6 +181,11 @@ def _require_study_reading_for_orders(principal: Principal, resource: Any) -> No
 _STUDY_READING = Permission("ImagingStudy", "r")
 
 
+def _creating_allowed(request: Request) -> Callable[[str], bool]:
+    principal: Principal = request.state.principal
+    return lambda resource_type: principal.may(Permission(resource_type, "c"))
+
+
 def _require_creating_for_conditional_updates(principal: Principal, method: str, resource_type: str) -> None:
     """A conditional update (`PUT [type]?...`) creates what it does not find."""
     if method == "PUT" and not principal.may(Permission(resource_type, "c")):
@@ -207,9 +213,10 @@ async def batch_or_transaction(request: Request) -> Response:
     body = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
     if isinstance(body, dict) and body.get("type") == "transaction":
         note_transaction()
+    await _audit_copies_current(request, _entry_urls(body))
     result = await run_in_threadpool(
         bundles.process_bundle, _fhir(request), body, fhir_base(request), fhir_status_for, _entry_authorizer(request),
-        _search_authorizer(request), _preference(request, "return"),
+        _search_authorizer(request), _creating_allowed(request), _preference(request, "return"),
     )
     return fhir_response(result, fmt, written=True)
 
@@ -229,16 +236,36 @@ async def search_by_post(request: Request, resource_type: str) -> Response:
     return await _run_search(request, [resource_type], _search_pairs(request) + form_pairs(form))
 
 
-async def _audit_copies_current(request: Request, resource_type: str) -> None:
-    """AuditEvents are copies of the audit chain, written a moment after it."""
-    if resource_type == "AuditEvent":
+async def _audit_copies_current(request: Request, asked: Iterable[str] = ()) -> None:
+    """AuditEvents are copies of the audit chain, written a moment after it:
+    brought up to date before whatever may show them (a read or vread, a
+    search and what it includes, `$everything`, a Bundle's entries: `asked`,
+    their URLs) runs for a client that may read them, so that it sees every
+    event recorded before it. Projecting is a write, which other requests
+    do not wait for."""
+    principal: Principal = request.state.principal
+    if not (principal.may(Permission("AuditEvent", "r")) or principal.may(Permission("AuditEvent", "s"))):
+        return
+    if any(_may_show_audit_events(unquote(url)) for url in (str(request.url), *asked)):
         await run_in_threadpool(services(request).audit.chain.catch_up)
+
+
+def _entry_urls(bundle: Any) -> list[str]:
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    if not isinstance(entries, list):
+        return []
+    requests = [entry.get("request") for entry in entries if isinstance(entry, dict)]
+    return [request["url"] for request in requests if isinstance(request, dict) and isinstance(request.get("url"), str)]
+
+
+def _may_show_audit_events(url: str) -> bool:
+    return "AuditEvent" in url or "$everything" in url or "include=*" in url or "include:iterate=*" in url
 
 
 async def _run_search(request: Request, path: list[str], pairs: list[tuple[str, str]]) -> Response:
     """`path`: `[type]`, or `[Patient, id, type]` for a search within a patient's compartment."""
     fmt = response_format(request)
-    await _audit_copies_current(request, path[-1])
+    await _audit_copies_current(request)
     base = fhir_base(request)
     page = await run_in_threadpool(
         interactions.search, _fhir(request), path, pairs, base, _strict(request), _search_authorizer(request)
@@ -316,8 +343,7 @@ async def _everything(request: Request, patient_id: str, pairs: list[tuple[str, 
     def may_search(resource_type: str) -> bool:
         return principal.may(Permission(resource_type, "s"))
 
-    if may_search("AuditEvent"):
-        await _audit_copies_current(request, "AuditEvent")
+    await _audit_copies_current(request)
     note_patients([require_id(patient_id)])
     base = fhir_base(request)
     page = await run_in_threadpool(
@@ -328,7 +354,7 @@ async def _everything(request: Request, patient_id: str, pairs: list[tuple[str, 
 
 @router.get("/{resource_type}/{resource_id}")
 async def read(request: Request, resource_type: str, resource_id: str) -> Response:
-    await _audit_copies_current(request, resource_type)
+    await _audit_copies_current(request)
     version = await run_in_threadpool(interactions.read, _fhir(request), resource_type, resource_id)
     return _version_response(request, version)
 
@@ -336,9 +362,10 @@ async def read(request: Request, resource_type: str, resource_id: str) -> Respon
 @router.put("/{resource_type}/{resource_id}")
 async def update(request: Request, resource_type: str, resource_id: str) -> Response:
     body, if_match = await _update_request(request, resource_type)
-    version, created = await run_in_threadpool(
-        retried_on_conflict, partial(interactions.update, _fhir(request), resource_type, resource_id, body, if_match)
-    )
+    may_create = request.state.principal.may(Permission(resource_type, "c"))
+    version, created = await run_in_threadpool(retried_on_conflict, partial(
+        interactions.update, _fhir(request), resource_type, resource_id, body, if_match, may_create=may_create
+    ))
     return _version_response(request, version, 201 if created else 200, location=created, written=True)
 
 
@@ -419,6 +446,7 @@ async def instance_history(request: Request, resource_type: str, resource_id: st
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}")
 async def vread(request: Request, resource_type: str, resource_id: str, version_id: str) -> Response:
+    await _audit_copies_current(request)
     version = await run_in_threadpool(interactions.vread, _fhir(request), resource_type, resource_id, version_id)
     return _version_response(request, version)
 
