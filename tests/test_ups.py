@@ -332,6 +332,13 @@ def test_workitems_need_the_task_scopes(queued, app):
     assert reader.get("/dicom-web/workitems").status_code == 200
     assert reader.post("/dicom-web/workitems", json=_workitem(uid), headers=UPS_JSON).status_code == 403
     assert reader.post(f"/dicom-web/workitems/{workitem_uid}/cancelrequest").status_code == 403
+    tasks_only = "user/Task.cruds"
+    token, _ = services.auth.issuer.issue("tasks-only", "ai-operator", tasks_only, client=False)
+    blind = TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"})
+    for refused in (blind.get(f"/dicom-web/workitems/{workitem_uid}"), blind.get("/dicom-web/workitems"),
+                    blind.post("/dicom-web/workitems", json=_workitem(uid), headers=UPS_JSON)):
+        assert refused.status_code == 403
+        assert "ImagingStudy.r" in refused.json()["message"]
     assert len(_tasks(client)) == 1
 
 

@@ -14,11 +14,12 @@ from starlette.responses import Response
 from dicom.matching import parse_qido_query
 from dicom.uids import require_uid
 from dicom.workitems import cancellation_reason, order_from_dataset, requested_state
+from server.auth.access import Permission
 from server.db import retried_on_conflict
 from server.dicomweb import delete, qido, stow, wado, workitems
 from server.dicomweb.answers import data_sets_response
 from server.dicomweb.context import dicomweb_root, negotiated_model
-from server.errors import warning_header
+from server.errors import error_response, warning_header
 from server.services import services
 
 router = APIRouter(tags=["DICOMweb"])
@@ -172,8 +173,23 @@ async def delete_instance(request: Request, study: str, series: str, instance: s
 
 
 # --- UPS-RS (PS3.18 chapter 11) ------------------------------------------------
+_STUDY_READING = Permission("ImagingStudy", "r")
+
+
+def _study_reading_refused(request: Request) -> Response | None:
+    """A workitem shows its study's patient, and ordering one tells whether the
+    study exists: beside the Task permission, both need the right to read
+    studies, as ordering a Task does (checked before anything is looked up)."""
+    principal = request.state.principal
+    if principal.may(_STUDY_READING):
+        return None
+    return error_response(403, f"{principal.name} may not read studies (ImagingStudy.r), which workitems show")
+
+
 @router.post("/workitems")
 async def create_workitem(request: Request) -> Response:
+    if refused := _study_reading_refused(request):
+        return refused
     current = services(request)
     uid = workitems.workitem_uid_parameter(list(request.query_params.multi_items()))
     order = order_from_dataset(await workitems.dataset_body(request, current) or {}, uid)
@@ -186,11 +202,15 @@ async def create_workitem(request: Request) -> Response:
 
 @router.get("/workitems")
 async def search_workitems(request: Request) -> Response:
+    if refused := _study_reading_refused(request):
+        return refused
     return await _search(request, "workitem", qido.Scope())
 
 
 @router.get("/workitems/{uid}")
 async def retrieve_workitem(request: Request, uid: str) -> Response:
+    if refused := _study_reading_refused(request):
+        return refused
     model = negotiated_model(request, "a workitem")
     dataset = await run_in_threadpool(workitems.retrieve, services(request), uid, dicomweb_root(request))
     return await data_sets_response([dataset], model)
