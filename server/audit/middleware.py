@@ -73,7 +73,7 @@ def audit_kind(method: str, path: str) -> AuditKind | None:
         return None
     if parts[0] == "fhir":
         return _fhir_kind(method, parts[1:])
-    if parts[1:2] == ["workitems"]:
+    if parts[:2] == ["dicom-web", "workitems"]:
         return _workitem_kind(method, parts[2:])
     if parts[0] == "dicom-web":
         if method == "POST":
