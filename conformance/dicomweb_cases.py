@@ -5,6 +5,7 @@ They run in order: the first stores the suite's own study (see
 """
 
 import base64
+import uuid
 from io import BytesIO
 from typing import Any
 from urllib.parse import urlencode
@@ -614,6 +615,55 @@ def cors_preflight(session: Session) -> None:
     session.expect_status(response, 200, 204)
     allowed = response.headers.get("access-control-allow-origin")
     session.expect(allowed in (origin, "*"), f"Access-Control-Allow-Origin is {allowed!r}")
+
+
+# --- UPS-RS (optional: skipped where the server offers no worklist) ---------------
+def _require_worklist(session: Session) -> None:
+    response = session.get(session.dicomweb("/workitems?limit=1"), headers={"Accept": DICOM_JSON})
+    if response.status_code in (404, 405, 501):
+        raise CaseSkipped(f"the server offers no UPS-RS worklist (GET /workitems answered {response.status_code})")
+
+
+@case("DW-UPS-01", "PS3.18 11.9.3", "UPS-RS Search Workitems answers a JSON array of workitems, or 204 for no match")
+def ups_search(session: Session) -> None:
+    _require_worklist(session)
+    response = session.get(session.dicomweb("/workitems?ProcedureStepState=SCHEDULED&limit=5"),
+                           headers={"Accept": DICOM_JSON})
+    session.expect_status(response, 200, 204)
+    if response.status_code == 200:
+        found = session.json(response)
+        session.expect(isinstance(found, list), "the search answer is not a JSON array")
+        states = {_value(item, "00741000") for item in found}
+        session.expect(states <= {"SCHEDULED"}, f"ProcedureStepState=SCHEDULED matched workitems in {states}")
+
+
+@case("DW-UPS-02", "PS3.18 11.5.3.1", "UPS-RS Retrieve Workitem of a UID the server never knew: 404")
+def ups_unknown_workitem(session: Session) -> None:
+    _require_worklist(session)
+    response = session.get(session.dicomweb(f"/workitems/{_unknown_uid()}"), headers={"Accept": DICOM_JSON})
+    session.expect_status(response, 404)
+
+
+@case("DW-UPS-03", "PS3.18 11.4.3.1 / PS3.4 Table CC.2.5-3", "UPS-RS Create Workitem not SCHEDULED: 400")
+def ups_create_not_scheduled(session: Session) -> None:
+    _require_worklist(session)
+    uid = _unknown_uid()
+    workitem = {
+        "00404005": {"vr": "DT", "Value": ["20240501100000"]},
+        "00404021": {"vr": "SQ", "Value": [{"0020000D": {"vr": "UI", "Value": [_study(session).study_instance_uid]}}]},
+        "00404041": {"vr": "CS", "Value": ["READY"]},
+        "00741000": {"vr": "CS", "Value": ["COMPLETED"]},
+        "00741200": {"vr": "CS", "Value": ["LOW"]},
+        "00741204": {"vr": "LO", "Value": ["conformance: must be refused"]},
+    }
+    response = session.post(session.dicomweb(f"/workitems?{uid}"), json=workitem,
+                            headers={"Content-Type": DICOM_JSON, "Accept": DICOM_JSON})
+    session.expect_status(response, 400)
+    session.expect_status(session.get(session.dicomweb(f"/workitems/{uid}"), headers={"Accept": DICOM_JSON}), 404)
+
+
+def _unknown_uid() -> str:
+    return f"2.25.{uuid.uuid4().int}"
 
 
 def _metadata(session: Session, study: TestStudy) -> list[dict[str, Any]]:

@@ -8,9 +8,11 @@ place, so no module below `server/` knows about HTTP.
 class DicomError(Exception):
     """Base of every error the DICOM domain raises on purpose."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, warning: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # The text of the Warning header that PS3.18 asks for with this failure (UPS-RS, chapter 11).
+        self.warning = warning
 
 
 class InvalidRequest(DicomError):
@@ -27,6 +29,10 @@ class NotAcceptable(DicomError):
 
 class NotFound(DicomError):
     """The addressed study, series, instance, frame or bulk data does not exist (HTTP 404)."""
+
+
+class Conflict(DicomError):
+    """The request is inconsistent with the current state of its target (HTTP 409)."""
 
 
 class PayloadTooLarge(DicomError):

@@ -11,8 +11,11 @@ Decisions beyond the letter of the standard:
   cannot hold wildcards; a single value of those keys can.
 - Dates and times use the DICOM formats only: `YYYY-MM-DD` is refused, as its
   `-` would be ambiguous with range syntax.
-- A TM single value matches the whole span of its precision ("10" is 10:00 to
-  10:59:59.999999), so it becomes a `Range`.
+- A TM or DT single value matches the whole span of its precision ("10" is
+  10:00 to 10:59:59.999999), so it becomes a `Range`.
+- DT values (UPS-RS searches) compare in UTC: one with an offset (`+hhmm`) is
+  moved to UTC, one without is taken as UTC. In a query, `-` always separates
+  a range, so a time west of UTC is written in UTC.
 - A value of only `*` is universal matching (PS3.4 §C.2.2.2.4) and, like an
   empty value, only asks for the attribute to be returned.
 """
@@ -20,7 +23,7 @@ Decisions beyond the letter of the standard:
 import functools
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Sequence
 
 from dicom.errors import InvalidRequest
@@ -102,6 +105,7 @@ class Range:
     DA bounds are YYYYMMDD. TM bounds are padded to full precision
     HHMMSS.FFFFFF (low with zeros, high with the largest value of the missing
     digits); compare them with stored times normalised by `normalise_time`.
+    DT bounds are YYYYMMDDHHMMSS.FFFFFF in UTC, as `datetime_bounds` makes them.
     """
 
     keyword: str
@@ -246,6 +250,61 @@ def normalise_time(value: str) -> str | None:
     return bounds[0] if bounds else None
 
 
+_DATETIME = re.compile(r"(\d{4})(\d\d)?(\d\d)?(\d\d)?(\d\d)?(\d\d)?(?:\.(\d{1,6}))?([+-]\d{4})?")
+_DATETIME_FORMAT = "%Y%m%d%H%M%S.%f"
+
+
+def datetime_bounds(value: str) -> tuple[str, str] | None:
+    """The first and last instants, in UTC as YYYYMMDDHHMMSS.FFFFFF, that a DT
+    value of any precision stands for (PS3.5 Table 6.2-1); None if invalid."""
+    m = _DATETIME.fullmatch(value.strip())
+    if m is None:
+        return None
+    *parts, fraction, offset = m.groups()
+    given = [int(part) for part in parts if part is not None]
+    if any(parts[len(given):]) or (fraction is not None and len(given) < 6):
+        return None  # a component after a missing one
+    try:
+        low = datetime(*(given + [1, 1, 0, 0, 0][len(given) - 1:])[:6], int((fraction or "").ljust(6, "0")))
+    except ValueError:
+        return None
+    try:
+        high = _following(low, len(given), fraction) - timedelta(microseconds=1)
+    except (ValueError, OverflowError):  # the last span of year 9999
+        high = datetime.max
+    if offset is not None:
+        sign, hours, minutes = (-1 if offset[0] == "-" else 1), int(offset[1:3]), int(offset[3:])
+        if hours > 14 or minutes > 59:
+            return None
+        shift = sign * timedelta(hours=hours, minutes=minutes)
+        try:
+            low, high = low - shift, high - shift
+        except OverflowError:
+            return None
+    return low.strftime(_DATETIME_FORMAT).rjust(21, "0"), high.strftime(_DATETIME_FORMAT).rjust(21, "0")
+
+
+def _following(low: datetime, components: int, fraction: str | None) -> datetime:
+    """The first instant after the span that a DT value given to this precision stands for."""
+    if fraction is not None:
+        return low + timedelta(microseconds=10 ** (6 - len(fraction)))
+    if components == 1:
+        return low.replace(year=low.year + 1)
+    if components == 2:
+        return low.replace(year=low.year + low.month // 12, month=low.month % 12 + 1)
+    return low + (timedelta(days=1), timedelta(hours=1), timedelta(minutes=1), timedelta(seconds=1))[components - 3]
+
+
+def _datetime(value: str, param: str, *, high: bool) -> str:
+    bounds = datetime_bounds(value)
+    if bounds is None:
+        raise InvalidRequest(
+            f"query parameter {param!r}: {value[:40]!r} is not a DICOM date and time"
+            " (YYYY[MM[DD[HH[MM[SS[.F{1,6}]]]]]][+hhmm])"
+        )
+    return bounds[1] if high else bounds[0]
+
+
 def _date(value: str, param: str) -> str:
     try:
         if len(value) != 8 or not value.isdigit():
@@ -270,6 +329,9 @@ def _range(attr: QidoAttribute, value: str, param: str) -> Range:
     if attr.vr == "DA":
         low = _date(low_text, param) if low_text else None
         high = _date(high_text, param) if high_text else None
+    elif attr.vr == "DT":
+        low = _datetime(low_text, param, high=False) if low_text else None
+        high = _datetime(high_text, param, high=True) if high_text else None
     else:
         low = _time(low_text, param, high=False) if low_text else None
         high = _time(high_text, param, high=True) if high_text else None
@@ -301,11 +363,14 @@ def _condition(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> Cond
         return _list(attr, value, param)
     if "\\" in value:
         raise InvalidRequest(f"query parameter {param!r}: multiple values (\\) are not supported for this attribute")
-    if attr.vr in ("DA", "TM"):
+    if attr.vr in ("DA", "TM", "DT"):
         if "-" in value:
             return _range(attr, value, param)
         if attr.vr == "DA":
             return SingleValue(attr.keyword, attr.tag, _date(value, param))
+        if attr.vr == "DT":
+            low, high = _datetime(value, param, high=False), _datetime(value, param, high=True)
+            return Range(attr.keyword, attr.tag, low, high, "DT")
         return Range(attr.keyword, attr.tag, _time(value, param, high=False), _time(value, param, high=True), "TM")
     if attr.vr == "PN":
         name = normalise_person_name(value)

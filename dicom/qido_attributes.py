@@ -10,6 +10,11 @@ Keys marked "extra" below are optional Study Root keys (PS3.4 Table C.6-5/6)
 that viewers' worklists send and that we choose to support.
 
 Patient attributes count as study attributes: QIDO uses the Study Root model.
+
+The "workitem" level is the UPS-RS Search Workitems transaction (PS3.18
+§11.9): matching keys and return keys from PS3.4 Table CC.2.5-3 (the UPS
+attribute requirements, Return Key Type column). It stands alone: it is no
+level of the Study Root hierarchy.
 """
 
 from dataclasses import dataclass
@@ -19,7 +24,8 @@ from pydicom.datadict import get_entry, keyword_for_tag, tag_for_keyword
 
 from dicom.errors import InvalidRequest
 
-Level = Literal["study", "series", "instance"]
+Level = Literal["study", "series", "instance", "workitem"]
+# The Study Root hierarchy, top down.
 LEVELS: tuple[Level, ...] = ("study", "series", "instance")
 
 
@@ -103,15 +109,57 @@ _INSTANCE = (
     _a("NumberOfFrames", 0x00280008, "IS", matching=False),
 )
 
+# PS3.4 Table CC.2.5-3: every attribute with Return Key Type 1 or 2 that a
+# workitem of this server holds, matchable where marked (the matching keys
+# this server supports; all are "R" or "O" keys of that table).
+_WORKITEM = (
+    _a("SpecificCharacterSet", 0x00080005, "CS", matching=False),
+    _a("SOPClassUID", 0x00080016, "UI", matching=False),
+    _a("SOPInstanceUID", 0x00080018, "UI"),
+    _a("PatientName", 0x00100010, "PN"),
+    _a("PatientID", 0x00100020, "LO"),
+    _a("IssuerOfPatientID", 0x00100021, "LO", matching=False),
+    _a("PatientBirthDate", 0x00100030, "DA", matching=False),
+    _a("PatientSex", 0x00100040, "CS", matching=False),
+    # The study the results are written into, which is the input study here.
+    _a("StudyInstanceUID", 0x0020000D, "UI"),
+    _a("CommentsOnTheScheduledProcedureStep", 0x00400400, "LT", matching=False),
+    _a("ScheduledProcedureStepStartDateTime", 0x00404005, "DT"),
+    _a("ScheduledProcedureStepModificationDateTime", 0x00404010, "DT", matching=False),
+    _a("ScheduledWorkitemCodeSequence", 0x00404018, "SQ", matching=False),
+    _a(
+        "InputInformationSequence",
+        0x00404021,
+        "SQ",
+        items=(
+            _a("StudyInstanceUID", 0x0020000D, "UI"),
+            _a("SeriesInstanceUID", 0x0020000E, "UI"),
+        ),
+    ),
+    _a("ScheduledStationNameCodeSequence", 0x00404025, "SQ", matching=False),
+    _a("ScheduledStationClassCodeSequence", 0x00404026, "SQ", matching=False),
+    _a("ScheduledStationGeographicLocationCodeSequence", 0x00404027, "SQ", matching=False),
+    _a("InputReadinessState", 0x00404041, "CS", matching=False),
+    _a("ReferencedRequestSequence", 0x0040A370, "SQ", matching=False),
+    _a("ProcedureStepState", 0x00741000, "CS", value_list=True),
+    _a("ProcedureStepProgressInformationSequence", 0x00741002, "SQ", matching=False),
+    _a("ScheduledProcedureStepPriority", 0x00741200, "CS", value_list=True),
+    _a("WorklistLabel", 0x00741202, "LO", matching=False),
+    _a("ProcedureStepLabel", 0x00741204, "LO", matching=False),
+    _a("ScheduledProcessingParametersSequence", 0x00741210, "SQ", matching=False),
+    _a("UnifiedProcedureStepPerformedProcedureSequence", 0x00741216, "SQ", matching=False),
+)
+
 ATTRIBUTES: dict[Level, tuple[QidoAttribute, ...]] = {
     "study": _STUDY,
     "series": _SERIES,
     "instance": _INSTANCE,
+    "workitem": _WORKITEM,
 }
 
 
 def check_level(level: str) -> Level:
-    if level not in LEVELS:
+    if level not in ATTRIBUTES:
         raise ValueError(f"unknown QIDO level {level!r}")
     return level  # type: ignore[return-value]
 
@@ -123,6 +171,8 @@ def query_attributes(level: Level) -> dict[str, QidoAttribute]:
     keys of the levels above are allowed too. Attributes listed at several
     levels (RetrieveURL, SpecificCharacterSet, ...) resolve to the queried level.
     """
+    if level not in LEVELS:
+        return {a.keyword: a for a in ATTRIBUTES[level]}
     allowed: dict[str, QidoAttribute] = {}
     for lv in LEVELS[: LEVELS.index(level) + 1]:
         allowed.update((a.keyword, a) for a in ATTRIBUTES[lv])

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from dicom.errors import (
+    Conflict,
     DicomError,
     InvalidDicom,
     InvalidRequest,
@@ -39,6 +40,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[DicomError], int], ...] = (
     (InvalidDicom, 400),
     (NotFound, 404),
     (NotAcceptable, 406),
+    (Conflict, 409),
     (PayloadTooLarge, 413),
     (UnsupportedMediaType, 415),
 )
@@ -76,6 +78,11 @@ def status_for(error: DicomError) -> int:
     return 400
 
 
+def warning_header(text: str) -> str:
+    """A Warning header field of DICOMweb (PS3.18 §8.4.2: code 299, the service, the text)."""
+    return f'299 medaiflow: "{text}"'
+
+
 def error_response(
     status: int, message: str, headers: dict[str, str] | None = None, request: Request | None = None
 ) -> Response:
@@ -111,8 +118,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DicomError)
     async def _domain(request: Request, error: DicomError) -> Response:
         # Raised under /fhir too, by what both interfaces share (reading a body).
-        headers = {"Accept-Encoding": ACCEPTED_CODINGS} if isinstance(error, UnsupportedContentCoding) else None
-        return error_response(status_for(error), error.message, headers, request)
+        headers = {"Accept-Encoding": ACCEPTED_CODINGS} if isinstance(error, UnsupportedContentCoding) else {}
+        if error.warning is not None:
+            headers["Warning"] = warning_header(error.warning)
+        return error_response(status_for(error), error.message, headers or None, request)
 
     @app.exception_handler(fhir.FhirError)
     async def _fhir(request: Request, error: fhir.FhirError) -> Response:

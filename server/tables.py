@@ -310,6 +310,21 @@ Index(
     postgresql_where=inference_jobs.c.automatic,
 )
 
+# Every job is a UPS workitem too (`server.dicomweb.workitems`): its UID is
+# the requester's (UPS-RS create) or derived from the Task id
+# (`dicom.workitems.derived_workitem_uid`).
+workitems = Table(
+    "workitems",
+    metadata,
+    Column("workitem_uid", String(64), primary_key=True),
+    Column("task_id", String(64), ForeignKey("inference_jobs.task_id"), nullable=False, unique=True),
+    # YYYYMMDDHHMMSS.FFFFFF in UTC, for range matching (`dicom.matching.datetime_bounds`).
+    Column("scheduled_start", String(21), nullable=False, index=True),
+    Column("priority", String(8), nullable=False),
+    # JSON: the requester's data set, as sent; NULL for a job ordered otherwise.
+    Column("dataset_json", LargeBinary),
+)
+
 # Studies changed by STOW since their last look by the trigger: a study is
 # considered for automatic jobs once it has been quiet for a while.
 study_activity = Table(

@@ -5,9 +5,11 @@ character sets and default limits."""
 from pathlib import Path
 
 import pydicom.charset
+from pydicom.uid import UID
 
 from dicom import transfer_syntax
 from dicom.rendering import RENDERED_MEDIA_TYPES
+from dicom.workitems import MODEL_SCHEME, UPS_PUSH_SOP_CLASS
 from server.dicomweb.routes import router
 from server.settings import Settings
 
@@ -59,3 +61,12 @@ def test_the_limits_are_the_default_settings():
     defaults = Settings()
     assert limits == {"MEDAIFLOW_MAX_STOW_BYTES": str(defaults.max_stow_bytes),
                       "MEDAIFLOW_QIDO_MAX_LIMIT": str(defaults.qido_max_limit)}
+
+
+def test_the_ups_sop_classes_are_named_by_their_uids_and_push_is_the_workitems_class():
+    rows = _table("ups-sop-classes")
+    for name, uid, _ in rows:
+        assert UID(uid).name == f"Unified Procedure Step - {name} SOP Class", uid
+    supported = {uid for _, uid, role in rows if role.startswith("SCP")}
+    assert UPS_PUSH_SOP_CLASS in supported
+    assert f"CodingSchemeDesignator `{MODEL_SCHEME}`" in STATEMENT.read_text()

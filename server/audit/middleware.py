@@ -74,6 +74,8 @@ def audit_kind(method: str, path: str) -> AuditKind | None:
         return None
     if parts[0] == "fhir":
         return _fhir_kind(method, parts[1:])
+    if parts[:2] == ["dicom-web", "workitems"]:
+        return _workitem_kind(method, parts[2:])
     if parts[0] == "dicom-web":
         if method == "POST":
             return AuditKind.STOW
@@ -89,6 +91,13 @@ def audit_kind(method: str, path: str) -> AuditKind | None:
     if parts[0] == ".well-known":
         return None  # public keys and discovery: no data, and polled by every client
     return AuditKind.READ
+
+
+def _workitem_kind(method: str, parts: list[str]) -> AuditKind:
+    """UPS-RS, on the jobs' Tasks: a search is a DICOM query, the rest FHIR-like interactions on a Task."""
+    if method in ("GET", "HEAD"):
+        return AuditKind.READ if parts else AuditKind.QIDO
+    return AuditKind.CREATE if method == "POST" and not parts else AuditKind.UPDATE
 
 
 def _fhir_kind(method: str, parts: list[str]) -> AuditKind:

@@ -2,7 +2,9 @@
 
 FHIR interactions map to their type and letter (read r, search s, create c,
 update u, delete d); DICOMweb to ImagingStudy (QIDO searches, WADO reads,
-STOW creates, DELETE deletes); the model API to Device. A batch or
+STOW creates, DELETE deletes), except UPS-RS, whose workitems are the jobs'
+Tasks (creating orders one, searching and retrieving read them, any other
+request changes one); the model API to Device. A batch or
 transaction Bundle is judged entry by entry, with the same function.
 """
 
@@ -120,6 +122,10 @@ def fhir_permission(method: str, parts: list[str]) -> Permission | None:
 
 
 def _dicomweb_permission(method: str, parts: list[str]) -> Permission:
+    if parts[:1] == ["workitems"]:
+        if method in ("GET", "HEAD"):
+            return Permission("Task", "s" if len(parts) == 1 else "r")
+        return Permission("Task", "c" if method == "POST" and len(parts) == 1 else "u")
     if method == "POST":
         return Permission("ImagingStudy", "c")
     if method == "DELETE":

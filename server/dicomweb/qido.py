@@ -139,13 +139,13 @@ def _holds_whole(row: Any, condition: SingleValue | Wildcard, level: str) -> boo
 
 def _decided_in_sql(row: Any, condition: SingleValue | Wildcard) -> bool:
     """A pattern that matched a row none of whose values was cut matched the
-    whole value (`_match` lets in no other uncut row): nothing to parse."""
+    whole value (`column_matches` lets in no other uncut row): nothing to parse."""
     table = _COLUMNS[condition.tag].table
     cut = row.series_cut if table is series else row.study_cut if table is studies else True
     return isinstance(condition, Wildcard) and not cut
 
 
-def _match(column: Any, condition: Condition, dialect: str, checked: bool = False) -> ColumnElement[bool]:
+def column_matches(column: Any, condition: Condition, dialect: str, checked: bool = False) -> ColumnElement[bool]:
     """`condition` applied to the column that holds its attribute; `checked`:
     the rows found are checked on the whole value (`_holds_whole`)."""
     if isinstance(condition, SingleValue):
@@ -202,8 +202,9 @@ def _clause(condition: Condition, dialect: str, top_level: bool = True) -> Colum
         # An alias, so that at series level the subquery looks at every series
         # of the study rather than at the outer series row; IN as above.
         sibling = series.alias("sibling_series")
-        return studies.c.id.in_(select(sibling.c.study_pk).where(_match(sibling.c.modality, condition, dialect)))
-    return _match(_COLUMNS[condition.tag], condition, dialect, checked=top_level)
+        modality = column_matches(sibling.c.modality, condition, dialect)
+        return studies.c.id.in_(select(sibling.c.study_pk).where(modality))
+    return column_matches(_COLUMNS[condition.tag], condition, dialect, checked=top_level)
 
 
 def _statement(query: QidoQuery, scope: Scope, dialect: str, paged: bool) -> Select[Any]:
@@ -313,7 +314,7 @@ def search(engine: Engine, query: QidoQuery, scope: Scope, dicomweb_root: str) -
                     "00083002": {"vr": "UI", "Value": [row.transfer_syntax_uid]},
                 }
             )
-        results.append(_select_sorted(merged, keep))
+        results.append(selected_attributes(merged, keep))
     return SearchPage(results, more)
 
 
@@ -321,7 +322,7 @@ def _cs(value: str) -> dict[str, Any]:
     return {"vr": "CS", "Value": [value]}
 
 
-def _select_sorted(attributes: dict[str, Any], keep: frozenset[int] | None) -> dict[str, Any]:
+def selected_attributes(attributes: dict[str, Any], keep: frozenset[int] | None) -> dict[str, Any]:
     selected = {key: value for key, value in sorted(attributes.items()) if keep is None or int(key, 16) in keep}
     return _without_bulk_data(selected)
 

@@ -13,16 +13,18 @@ from starlette.responses import Response
 
 from dicom.matching import parse_qido_query
 from dicom.uids import require_uid
+from dicom.workitems import cancellation_reason, order_from_dataset, requested_state
+from server.auth.access import Permission
 from server.db import retried_on_conflict
-from server.dicomweb import delete, qido, stow, wado
+from server.dicomweb import delete, qido, stow, wado, workitems
 from server.dicomweb.answers import data_sets_response
 from server.dicomweb.context import dicomweb_root, negotiated_model
+from server.errors import error_response, warning_header
 from server.services import services
 
 router = APIRouter(tags=["DICOMweb"])
-_MORE_RESULTS_WARNING = (
-    '299 medaiflow: "The number of results exceeded the maximum supported by the server. '
-    'Additional results can be requested."'
+_MORE_RESULTS_WARNING = warning_header(
+    "The number of results exceeded the maximum supported by the server. Additional results can be requested."
 )
 
 
@@ -42,7 +44,10 @@ async def _search(request: Request, level: str, scope: qido.Scope) -> Response:
     model = negotiated_model(request, "a QIDO-RS result")
     current = services(request)
     query = parse_qido_query(level, list(request.query_params.multi_items()), current.settings.qido_max_limit)
-    page = await run_in_threadpool(qido.search, current.engine, query, scope, dicomweb_root(request))
+    if level == "workitem":
+        page = await run_in_threadpool(workitems.search, current, query, dicomweb_root(request))
+    else:
+        page = await run_in_threadpool(qido.search, current.engine, query, scope, dicomweb_root(request))
     # An empty match in JSON is 200 with [] (declared in the conformance
     # statement), so JSON clients need not special-case 204; in XML, whose
     # multipart body cannot be empty, it is 204. A page cut short by `limit` says so
@@ -165,3 +170,73 @@ async def delete_instance(request: Request, study: str, series: str, instance: s
     return await _delete(
         request, study, require_uid(series, "SeriesInstanceUID"), require_uid(instance, "SOPInstanceUID")
     )
+
+
+# --- UPS-RS (PS3.18 chapter 11) ------------------------------------------------
+_STUDY_READING = Permission("ImagingStudy", "r")
+
+
+def _study_reading_refused(request: Request) -> Response | None:
+    """A workitem shows its study's patient, and ordering one tells whether the
+    study exists: beside the Task permission, both need the right to read
+    studies, as ordering a Task does (checked before anything is looked up)."""
+    principal = request.state.principal
+    if principal.may(_STUDY_READING):
+        return None
+    return error_response(403, f"{principal.name} may not read studies (ImagingStudy.r), which workitems show")
+
+
+@router.post("/workitems")
+async def create_workitem(request: Request) -> Response:
+    if refused := _study_reading_refused(request):
+        return refused
+    current = services(request)
+    uid = workitems.workitem_uid_parameter(list(request.query_params.multi_items()))
+    order = order_from_dataset(await workitems.dataset_body(request, current) or {}, uid)
+    created = await run_in_threadpool(retried_on_conflict, partial(workitems.create, current, order))
+    headers = {"Location": workitems.workitem_url(dicomweb_root(request), created)}
+    if order.uid is None:  # PS3.18 §11.4.3.2: the server chose the UID
+        headers["Warning"] = warning_header("The Workitem was created with modifications.")
+    return Response(status_code=201, headers=headers)
+
+
+@router.get("/workitems")
+async def search_workitems(request: Request) -> Response:
+    if refused := _study_reading_refused(request):
+        return refused
+    return await _search(request, "workitem", qido.Scope())
+
+
+@router.get("/workitems/{uid}")
+async def retrieve_workitem(request: Request, uid: str) -> Response:
+    if refused := _study_reading_refused(request):
+        return refused
+    model = negotiated_model(request, "a workitem")
+    dataset = await run_in_threadpool(workitems.retrieve, services(request), uid, dicomweb_root(request))
+    return await data_sets_response([dataset], model)
+
+
+@router.post("/workitems/{uid}/cancelrequest")
+async def request_workitem_cancellation(request: Request, uid: str) -> Response:
+    current = services(request)
+    reason = cancellation_reason(await workitems.dataset_body(request, current, optional=True))
+    warning = await run_in_threadpool(
+        retried_on_conflict, partial(workitems.request_cancellation, current, uid, reason)
+    )
+    return Response(status_code=202, headers={"Warning": warning_header(warning)} if warning else None)
+
+
+@router.put("/workitems/{uid}/state")
+async def change_workitem_state(request: Request, uid: str) -> Response:
+    current = services(request)
+    body = await workitems.dataset_body(request, current)
+    state = requested_state(body or {})
+    warning = await run_in_threadpool(workitems.refuse_state_change, current, uid, state)
+    return Response(status_code=200, headers={"Warning": warning_header(warning)})
+
+
+@router.post("/workitems/{uid}")
+async def update_workitem(request: Request, uid: str) -> Response:
+    # Always refused; the refusal says why (409, or 400 for a workitem in a final state).
+    await run_in_threadpool(workitems.refuse_update, services(request), uid)
+    raise AssertionError("unreachable: refuse_update raises")

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from dicom.workitems import derived_workitem_uid, matching_datetime
 from fhir_mappings import fhir_json
 from fhir_mappings.ai_results import report_id
 from fhir_mappings.date_ranges import from_micros
@@ -25,7 +26,7 @@ from fhir_mappings.errors import InvalidResource, ResourceNotFound
 from fhir_mappings.task import TaskRecord, task_resource
 from server.db import reading, write_connection
 from server.fhir.store import ResourceStore
-from server.tables import ai_models, inference_jobs
+from server.tables import ai_models, inference_jobs, workitems
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,11 @@ class JobQueue:
             "client_elements_json": _client_json(client_elements), "series_content": series_content,
         }
         connection.execute(insert(inference_jobs).values(**values))
+        # Every job is a workitem for DICOM watchers; one ordered over UPS-RS takes its requester's UID and schedule.
+        connection.execute(insert(workitems).values(
+            workitem_uid=derived_workitem_uid(task_id), task_id=task_id, priority="MEDIUM",
+            scheduled_start=matching_datetime(from_micros(now)),
+        ))
         job = self.get(task_id, connection)
         assert job is not None
         if automatic and self.on_change is not None:
