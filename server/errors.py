@@ -79,8 +79,11 @@ def status_for(error: DicomError) -> int:
 
 
 def warning_header(text: str) -> str:
-    """A Warning header field of DICOMweb (PS3.18 §8.4.2: code 299, the service, the text)."""
-    return f'299 medaiflow: "{text}"'
+    """A Warning header field of DICOMweb (PS3.18 §8.4.2: code 299, the
+    service, the text) whose text is a quoted-string (RFC 9110 §5.6.4) of
+    ASCII: what it quotes (a decoder's message, say) may hold anything."""
+    quoted = " ".join(text.replace("\\", "\\\\").replace('"', '\\"').split()).encode("ascii", "replace").decode()
+    return f'299 medaiflow: "{quoted}"'
 
 
 def error_response(

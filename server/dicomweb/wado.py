@@ -44,6 +44,7 @@ from server.dicomweb.context import (
     negotiated_model,
 )
 from server.dicomweb.lookup import StoredInstance, find_instances
+from server.errors import warning_header
 from server.methods import is_head
 from server.services import Services
 
@@ -165,10 +166,9 @@ async def _parts_body(
 def _left_out_warning(left_out: list[tuple[StoredInstance, NotAcceptable]]) -> str:
     named = "; ".join(f"{instance.sop_uid}: {refusal}" for instance, refusal in left_out[:_WARNING_NAMES])
     more = f"; and {len(left_out) - _WARNING_NAMES} more" if len(left_out) > _WARNING_NAMES else ""
-    text = f"{len(left_out)} instance(s) cannot be sent in a form the request accepts, left out: {named}{more}"
-    # A quoted-string (RFC 9110 §5.6.4) of ASCII: decoders' messages may hold anything.
-    quoted = " ".join(text.replace("\\", "\\\\").replace('"', '\\"').split()).encode("ascii", "replace").decode()
-    return f'299 medaiflow: "{quoted}"'
+    return warning_header(
+        f"{len(left_out)} instance(s) cannot be sent in a form the request accepts, left out: {named}{more}"
+    )
 
 
 async def retrieve_instances(
