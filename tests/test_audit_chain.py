@@ -139,6 +139,88 @@ def test_removing_the_last_rows_after_the_last_checkpoint_is_detected_by_the_hea
     assert verification.first_broken == 6 and "head says 7" in verification.problem
 
 
+def _rewritten_from(connection, first: int, last: int | None = None) -> None:  # type: ignore[no-untyped-def]
+    """What someone who can write the database but lacks the key can do:
+    change event `first` (or cut the chain after `last`), recompute every
+    hash after it, move the head, and delete the checkpoints that named them."""
+    from server.audit.chain import canonical_json, event_hash
+
+    import orjson
+
+    if last is not None:
+        connection.execute(delete(audit_events).where(audit_events.c.seq > last))
+    rows = connection.execute(select(audit_events).where(audit_events.c.seq >= first).order_by(audit_events.c.seq)).all()
+    previous = connection.execute(select(audit_events.c.hash).where(audit_events.c.seq == first - 1)).scalar_one()
+    for row in rows:
+        event = orjson.loads(row.event_json)
+        if row.seq == first and last is None:
+            event["outcome"] = "4"
+        canonical = canonical_json(event)
+        digest = event_hash(previous, canonical)
+        connection.execute(update(audit_events).where(audit_events.c.seq == row.seq).values(
+            previous_hash=previous, hash=digest, event_json=canonical))
+        previous = digest
+    connection.execute(update(audit_head).values(seq=rows[-1].seq if rows else first - 1, hash=previous))
+    connection.execute(delete(audit_checkpoints).where(audit_checkpoints.c.seq >= first))
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["rewritten", "cut"])
+def test_a_rewritten_or_cut_end_whose_checkpoints_were_deleted_is_caught_by_the_anchor(services, cut):
+    _append(services, 6)
+    services.audit.chain.checkpoint()
+    _append(services, 6, 100)
+    assert services.audit.chain.checkpoint() == 12  # signed, and written to the anchor file
+    with services.engine.begin() as connection:
+        _rewritten_from(connection, 8, last=9 if cut else None)
+    # The database alone now looks intact: the checkpoint at 6 still holds.
+    anchor = services.audit.chain.anchor
+    kept = anchor.read_bytes()
+    anchor.unlink()
+    assert _verify(services).intact
+    anchor.write_bytes(kept)
+    verification = _verify(services)
+    assert not verification.intact and "anchor" in verification.problem
+    assert verification.first_broken == (10 if cut else 12)
+
+
+def test_an_edited_searchable_copy_is_detected(services, fhir):
+    _append(services, 5)
+    services.audit.chain.project()
+    assert _verify(services).intact
+    from server.tables import fhir_resources
+
+    with services.engine.begin() as connection:
+        body = connection.execute(select(fhir_resources.c.resource_json).where(
+            fhir_resources.c.resource_type == "AuditEvent", fhir_resources.c.resource_id == "3")).scalar_one()
+        connection.execute(update(fhir_resources).where(
+            fhir_resources.c.resource_type == "AuditEvent", fhir_resources.c.resource_id == "3"
+        ).values(resource_json=body.replace(b"user-2", b"nobody")))
+    assert "nobody" in fhir.get("/fhir/AuditEvent/3").text  # served as the record
+    verification = _verify(services)
+    assert verification.first_broken == 3 and "searchable copy of event 3" in verification.problem
+
+
+def test_events_appended_by_write_transactions_are_checkpointed_on_time(services):
+    """Only the recorder's own batches started the timer: a workload of writes
+    (STOWs, Task creates) left up to 999 events unsigned."""
+    import time
+
+    from server.audit.recorder import AuditRecorder
+
+    recorder = AuditRecorder(services.audit.chain, checkpoint_seconds=0.2)
+    recorder.start()
+    try:
+        _append(services, 3)  # as a write transaction appends its record: not through the recorder
+        deadline = time.monotonic() + 10
+        while services.audit.chain.verify().checkpoints == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        recorder.stop()
+    with services.engine.connect() as connection:
+        assert connection.execute(select(audit_checkpoints.c.seq)).scalars().all() == [3]
+    assert services.audit.chain.read_anchor().seq == 3
+
+
 def test_a_forged_checkpoint_is_detected(services):
     broken, problem = _tampered(services, lambda connection: connection.execute(
         update(audit_checkpoints).values(signature="AAAA" + "A" * 84)))

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from server.auth.scopes import Role
-from server.tables import audit_events
+from server.tables import audit_events, audit_head
 from tests.dicom_files import make_ct, multipart_body
 
 
@@ -40,6 +40,19 @@ def test_fhir_and_dicomweb_requests_are_recorded(services, fhir):
     searches = _events(services, fhir, subtype="search-type")  # the Patient search, and the AuditEvent ones
     assert searches and all(search["agent"][0]["type"]["coding"][0]["code"] == "110153" for search in searches)
     assert services.audit.chain.verify().intact
+
+
+def test_a_vread_or_a_bundle_read_of_an_event_sees_it_once_recorded(services, fhir):
+    """Only reads and searches by type brought the copies up to date: a vread
+    or a batch's read of an event already in the chain answered 404."""
+    assert fhir.get("/fhir/Task").status_code == 200
+    with services.engine.connect() as connection:
+        newest = connection.execute(select(audit_head.c.seq)).scalar_one()
+    assert fhir.get(f"/fhir/AuditEvent/{newest}/_history/1").status_code == 200
+    assert fhir.get("/fhir/Task").status_code == 200
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"AuditEvent/{newest + 2}"}}]}  # the vread's and the Task search's
+    assert fhir.post("/fhir", json=batch).json()["entry"][0]["response"]["status"] == "200 OK"
 
 
 def test_refused_requests_and_logins_are_recorded(services, fhir):

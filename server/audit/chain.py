@@ -15,26 +15,37 @@ hash, time) is signed with the server's Ed25519 key: editing, removing or
 reordering events breaks the hashes, and cutting events off the end leaves a
 checkpoint (or the head row) pointing past the end. `verify` reports the first
 broken sequence number.
+
+The database alone cannot vouch for its own end: whoever can write it can
+rewrite the last events, recompute their hashes, and delete the checkpoints
+that named them. So each checkpoint `checkpoint()` signs is also written to
+the anchor file, beside the signing key in the data directory, and `verify`
+holds the chain against it too: the record can then be cut or rewritten
+unnoticed only by someone who can also write the data directory, and that
+one holds the key anyway.
 """
 
 import base64
 import functools
 import hashlib
+import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Connection, Dialect, Engine, insert, select, update
+from sqlalchemy import Connection, Dialect, Engine, String, and_, cast, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from server.db import reading, write_connection
 from server.fhir.store import ResourceStore
-from server.tables import audit_checkpoints, audit_events, audit_head, audit_projection
+from server.tables import audit_checkpoints, audit_events, audit_head, audit_projection, fhir_resources
 
 GENESIS = "0" * 64
 CHAIN_EXTENSION = "urn:medaiflow:audit-chain"
@@ -115,12 +126,24 @@ class Signer:
         return True
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    seq: int
+    hash: str
+    created: int
+    signature: str
+
+
 class AuditChain:
-    def __init__(self, engine: Engine, store: ResourceStore, signer: Signer, checkpoint_every: int = 1000) -> None:
+    def __init__(
+        self, engine: Engine, store: ResourceStore, signer: Signer, checkpoint_every: int = 1000,
+        anchor: Path | None = None,
+    ) -> None:
         self.engine = engine
         self.store = store
         self.signer = signer
         self.checkpoint_every = checkpoint_every
+        self.anchor = anchor
 
     def append(self, connection: Connection, events: Sequence[dict[str, Any]]) -> list[int]:
         """In the caller's write transaction: the action and its record commit,
@@ -187,29 +210,61 @@ class AuditChain:
 
     def checkpoint(self) -> int | None:
         """Sign the head now, if it moved since the last checkpoint."""
+        with reading(self.engine) as connection:  # an idle server takes no write lock
+            if connection.execute(select(audit_head.c.seq)).scalar_one() == self._last_checkpoint(connection):
+                return None
         with write_connection(self.engine) as connection:
             head = connection.execute(
                 select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID).with_for_update()
             ).one()
-            last = connection.execute(select(audit_checkpoints.c.seq).order_by(audit_checkpoints.c.seq.desc()).limit(1)).scalar()
-            if head.seq == 0 or head.seq == last:
+            if head.seq == 0 or head.seq == self._last_checkpoint(connection):
                 return None
-            self._checkpoint(connection, head.seq, head.hash)
-            return int(head.seq)
+            signed = self._checkpoint(connection, head.seq, head.hash)
+        self._write_anchor(signed)  # once committed: an anchor past the chain would say events were cut
+        return int(head.seq)
 
-    def _checkpoint(self, connection: Connection, seq: int, digest: str) -> None:
+    @staticmethod
+    def _last_checkpoint(connection: Connection) -> int | None:
+        return connection.execute(
+            select(audit_checkpoints.c.seq).order_by(audit_checkpoints.c.seq.desc()).limit(1)
+        ).scalar()
+
+    def _checkpoint(self, connection: Connection, seq: int, digest: str) -> Checkpoint:
         created = time.time_ns() // 1000
+        signed = Checkpoint(seq, digest, created, self.signer.sign(seq, digest, created))
         connection.execute(insert(audit_checkpoints).values(
-            seq=seq, hash=digest, created=created, signature=self.signer.sign(seq, digest, created)
+            seq=seq, hash=digest, created=created, signature=signed.signature
         ))
+        return signed
+
+    def _write_anchor(self, checkpoint: Checkpoint) -> None:
+        """Replace the anchor with `checkpoint`, atomically, unless it holds a
+        later one (written by another server process meanwhile)."""
+        if self.anchor is None:
+            return
+        current = self.read_anchor()
+        if current is not None and current.seq >= checkpoint.seq:
+            return
+        partial = self.anchor.with_name(f".{self.anchor.name}.{os.getpid()}")
+        partial.write_text(json.dumps(checkpoint.__dict__))
+        os.replace(partial, self.anchor)
+
+    def read_anchor(self) -> Checkpoint | None:
+        if self.anchor is None or not self.anchor.exists():
+            return None
+        try:
+            return Checkpoint(**json.loads(self.anchor.read_text()))
+        except (TypeError, ValueError):
+            return Checkpoint(0, "", 0, "")  # unreadable: no signature verifies it, so verify reports it
 
     def verify(self, chunk: int = 20_000) -> Verification:
         """Recompute the chain from its stored bytes, then hold the
-        checkpoints and the head against it."""
+        checkpoints, the anchor, the head and the searchable copies against it."""
+        anchor = self.read_anchor()
         with reading(self.engine) as connection:
             checkpoints = connection.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.seq)).all()
             head = connection.execute(select(audit_head).where(audit_head.c.id == _HEAD_ID)).one()
-            wanted = {checkpoint.seq for checkpoint in checkpoints}
+            wanted = {checkpoint.seq for checkpoint in checkpoints} | ({anchor.seq} if anchor else set())
             hashes: dict[int, str] = {}
             expected, previous, after = 1, GENESIS, 0
             statements = _AppendStatements.for_dialect(connection.dialect)
@@ -231,18 +286,50 @@ class AuditChain:
             finally:
                 cursor.close()
         last = expected - 1
-        for checkpoint in checkpoints:
+        named = [(f"the checkpoint at {checkpoint.seq}", checkpoint) for checkpoint in checkpoints]
+        if anchor is not None:
+            named.append((f"the anchor file's checkpoint ({self.anchor})", anchor))
+        for name, checkpoint in named:
             if not self.signer.verifies(checkpoint.seq, checkpoint.hash, checkpoint.created, checkpoint.signature):
-                return Verification(last, len(checkpoints), checkpoint.seq, f"the checkpoint at {checkpoint.seq} is not signed by this server")
+                return Verification(last, len(checkpoints), checkpoint.seq, f"{name} is not signed by this server")
             if checkpoint.seq > last:
                 return Verification(last, len(checkpoints), last + 1,
-                                    f"events {last + 1} to {checkpoint.seq} were removed: a checkpoint vouches for {checkpoint.seq}")
+                                    f"events {last + 1} to {checkpoint.seq} were removed: {name} vouches for them")
             if hashes.get(checkpoint.seq) != checkpoint.hash:
-                return Verification(last, len(checkpoints), checkpoint.seq, f"event {checkpoint.seq} differs from its checkpoint")
+                return Verification(last, len(checkpoints), checkpoint.seq,
+                                    f"event {checkpoint.seq} differs from {name}")
         if head.seq != last or head.hash != previous:
             return Verification(last, len(checkpoints), min(head.seq, last) + 1,
                                 f"the chain ends at {last} but its head says {head.seq}")
+        differing = self._first_differing_copy(chunk)
+        if differing is not None:
+            return Verification(last, len(checkpoints), differing,
+                                f"the searchable copy of event {differing} (AuditEvent/{differing}) differs from the chain")
         return Verification(last, len(checkpoints), None, None)
+
+    def _first_differing_copy(self, chunk: int) -> int | None:
+        """The copies are what reads and searches serve: one edited in place
+        would be served as the record while the chain stays intact."""
+        statement = (
+            select(audit_events.c.seq, audit_events.c.previous_hash, audit_events.c.hash, audit_events.c.event_json,
+                   fhir_resources.c.resource_json, fhir_resources.c.deleted)
+            .join(fhir_resources, and_(fhir_resources.c.resource_type == "AuditEvent",
+                                       fhir_resources.c.resource_id == cast(audit_events.c.seq, String)))
+            .order_by(audit_events.c.seq).limit(chunk)
+        )
+        after = 0
+        with reading(self.engine) as connection:
+            while True:
+                rows = connection.execute(statement.where(audit_events.c.seq > after)).all()
+                for seq, previous_hash, digest, event_json, copy_json, deleted in rows:
+                    copy = None if deleted or copy_json is None else orjson.loads(copy_json)
+                    if copy is not None:
+                        copy.pop("meta", None)
+                    if copy != chained_resource(orjson.loads(event_json), seq, previous_hash, digest):
+                        return int(seq)
+                if len(rows) < chunk:
+                    return None
+                after = rows[-1].seq
 
 
 @dataclass(frozen=True)

@@ -49,5 +49,5 @@ class _PendingEvents:
 def build_audit(engine: Engine, store: ResourceStore, data_dir: Path, checkpoint_every: int,
                 checkpoint_seconds: float, server_name: str) -> AuditService:
     signer = Signer(load_or_create_key(data_dir / "audit-signing.key"))
-    chain = AuditChain(engine, store, signer, checkpoint_every)
+    chain = AuditChain(engine, store, signer, checkpoint_every, anchor=data_dir / "audit-anchor.json")
     return AuditService(chain, AuditRecorder(chain, checkpoint_seconds=checkpoint_seconds), server_name)
