@@ -70,12 +70,21 @@ def date_range(text: str) -> tuple[int, int] | None:
         if parts["hour"] is None:
             return to_micros(day), _end(lambda: day + timedelta(days=1))
         fraction = parts["fraction"]
+        second = int(parts["second"] or 0)
+        if second > 60:
+            return None
         moment = datetime(
             year, month, int(parts["day"]), int(parts["hour"]), int(parts["minute"]),
-            int(parts["second"] or 0), int((fraction or "0").ljust(6, "0")[:6]), tzinfo=_zone(parts["zone"]),
+            min(second, 59), int((fraction or "0").ljust(6, "0")[:6]), tzinfo=_zone(parts["zone"]),
         )
     except ValueError:
         return None
+    if second == 60:
+        # A leap second (R4's dateTime allows :60), which POSIX time has no
+        # room for: the last microsecond of the second before it, so that it
+        # stays within its minute, day and year.
+        moment = moment.replace(microsecond=999_999)
+        return to_micros(moment), to_micros(moment) + 1
     if parts["second"] is None:
         width = timedelta(minutes=1)
     elif fraction is None:

@@ -168,6 +168,12 @@ def parse_search(resource_type: str, pairs: list[tuple[str, str]], strict: bool 
         if base_name in TRANSPORT_PARAMETERS:
             continue
         if base_name in RESULT_PARAMETERS:
+            if raw_name != base_name and raw_name not in ("_include:iterate", "_revinclude:iterate"):
+                # `_sort:desc`, `_count:max`: no such parameter, though its base name is one.
+                if strict:
+                    raise InvalidRequest(f"{raw_name!r}: {base_name} takes no such modifier")
+                ignored.append(raw_name)
+                continue
             results.setdefault(raw_name, []).append(value)
             used.append((raw_name, value))
             continue

@@ -29,6 +29,16 @@ class IndexValues:
     quantities: list[tuple[str, float, str | None, str | None]] = field(default_factory=list)
 
 
+# The index row of a parameter that has a value no search can match, for
+# `:missing` (R4 search.html#modifiers), which asks only whether rows exist:
+# no type, id or code is empty.
+PRESENT = ""
+
+
+def _has_text(node: Any) -> bool:
+    return isinstance(node, dict) and isinstance(node.get("text"), str) and bool(node["text"])
+
+
 def normalise_text(text: str) -> str:
     """Case and accent-insensitive form for string search (FHIR R4 search.html#string)."""
     decomposed = unicodedata.normalize("NFKD", text)
@@ -92,7 +102,10 @@ def _add(values: IndexValues, parameter: SearchParameter, nodes: list[Any]) -> N
     Tokens, all of a path at once: an ImagingStudy has two per instance."""
     name = parameter.name
     if parameter.type is ParamType.TOKEN:
-        values.tokens.extend([(name, system, code) for node in nodes for system, code in _tokens(node)])
+        found = [(name, system, code) for node in nodes for system, code in _tokens(node)]
+        if not found and any(_has_text(node) for node in nodes):
+            found.append((name, None, PRESENT))  # a CodeableConcept with only text
+        values.tokens.extend(found)
         return
     for node in nodes:
         if parameter.type is ParamType.STRING:
@@ -105,6 +118,10 @@ def _add(values: IndexValues, parameter: SearchParameter, nodes: list[Any]) -> N
             target = _reference(node, parameter.targets)
             if target is not None:
                 values.references.append((name, *target))
+            elif isinstance(node, dict) and (node.get("reference") or node.get("identifier")):
+                # Another server's resource, or one named by identifier alone: no
+                # target here, but a value all the same (`:missing=false`).
+                values.references.append((name, PRESENT, PRESENT))
             identifier = node.get("identifier") if isinstance(node, dict) else None
             if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
                 values.tokens.append(

@@ -389,3 +389,67 @@ def test_parameters_that_are_not_utf8_are_400(fhir, population):
                        headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert posted.status_code == 400
     assert _ids(fhir, "/fhir/Patient", name="Müller") == ["p1"]
+
+
+_TASK = {"resourceType": "Task", "status": "requested", "intent": "order"}
+
+
+def _task_ids(fhir, params) -> list[str]:  # type: ignore[no-untyped-def]
+    response = fhir.get("/fhir/Task", params=params)
+    assert response.status_code == 200, response.text[:300]
+    return sorted(ids(response.json()))
+
+
+def test_missing_sees_values_no_search_can_match(fhir):
+    """Another server's reference, a reference by identifier alone and a
+    CodeableConcept with only text wrote no index row, so they counted as missing."""
+    fhir.put("/fhir/Task/external", json={
+        **_TASK, "id": "external", "basedOn": [{"reference": "http://other.example/fhir/ServiceRequest/1"}]})
+    fhir.put("/fhir/Task/by-identifier", json={**_TASK, "id": "by-identifier", "basedOn": [{"identifier": {"value": "o-1"}}]})
+    fhir.put("/fhir/Task/text-only", json={**_TASK, "id": "text-only", "code": {"text": "read the scan"}})
+    fhir.put("/fhir/Task/bare", json={**_TASK, "id": "bare"})
+    assert _task_ids(fhir, {"based-on:missing": "true"}) == ["bare", "text-only"]
+    assert _task_ids(fhir, {"based-on:missing": "false"}) == ["by-identifier", "external"]
+    assert _task_ids(fhir, {"code:missing": "false"}) == ["text-only"]
+    assert _task_ids(fhir, {"code:not": "x"}) == ["bare", "by-identifier", "external", "text-only"]
+    assert _task_ids(fhir, {"_id": "bare", "_revinclude": "Task:based-on"}) == ["bare"]
+
+
+def test_a_leap_second_is_found_by_its_day(fhir):
+    assert fhir.put("/fhir/Task/leap", json={**_TASK, "id": "leap", "authoredOn": "2016-12-31T23:59:60Z"}).status_code == 201
+    assert _task_ids(fhir, {"authored-on": "2016-12-31"}) == ["leap"]
+    assert _task_ids(fhir, {"authored-on": "2016-12-31T23:59:60Z"}) == ["leap"]
+    assert _task_ids(fhir, {"authored-on": "ge2017-01-01"}) == []
+    assert _task_ids(fhir, {"authored-on:missing": "true"}) == []
+
+
+def test_an_identifier_that_is_a_url_of_this_server_is_searched_as_sent(fhir):
+    url = "http://testserver/fhir/Task/order-77"
+    fhir.put("/fhir/Task/by-url", json={**_TASK, "id": "by-url", "basedOn": [{"identifier": {"value": url}}]})
+    response = fhir.get("/fhir/Task", params={"based-on:identifier": url})
+    assert ids(response.json()) == ["by-url"]
+    assert "order-77" in link(response.json(), "self") and "based-on%3Aidentifier=http" in link(response.json(), "self")
+
+
+def test_a_result_parameter_with_a_modifier_is_unknown(fhir, services):
+    seed(services, *({**_TASK, "id": f"t{number}", "authoredOn": f"202{number}"} for number in range(3)))
+    strict = fhir.get("/fhir/Task", params={"_sort:desc": "authored-on"}, headers={"Prefer": "handling=strict"})
+    assert strict.status_code == 400 and "_sort:desc" in strict.text
+    lenient = fhir.get("/fhir/Task", params={"_sort:desc": "authored-on", "_count:max": "1"}).json()
+    assert len(ids(lenient)) == 3 and "_sort" not in link(lenient, "self") and "_count" not in link(lenient, "self")
+    warnings = [entry["resource"] for entry in lenient["entry"] if entry["search"]["mode"] == "outcome"]
+    assert "'_sort:desc' was ignored" in warnings[0]["issue"][0]["diagnostics"]
+
+
+def test_includes_cut_off_by_depth_say_so(fhir, services):
+    chain = [{"resourceType": "Observation", "id": f"h{depth}", "status": "final", "code": {"text": "x"},
+              **({"hasMember": [{"reference": f"Observation/h{depth + 1}"}]} if depth < 8 else {})}
+             for depth in range(9)]
+    seed(services, *chain)
+    bundle = fhir.get("/fhir/Observation", params={"_id": "h0", "_include:iterate": "Observation:has-member"}).json()
+    assert ids(bundle, "include") == ["h1", "h2", "h3", "h4", "h5"]
+    outcome = next(entry["resource"] for entry in bundle["entry"] if entry["search"]["mode"] == "outcome")
+    assert "levels deep" in outcome["issue"][0]["diagnostics"]
+    shallow = fhir.get("/fhir/Observation", params={"_id": "h6", "_include:iterate": "Observation:has-member"}).json()
+    assert ids(shallow, "include") == ["h7", "h8"]
+    assert all(entry["search"]["mode"] != "outcome" for entry in shallow["entry"])

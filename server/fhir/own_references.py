@@ -8,6 +8,7 @@ search with the server's own base get what they meant, as with `Type/id`.
 """
 
 import re
+from collections.abc import Collection
 from typing import Any
 
 from fhir_mappings.search_parameters import reference_parameters
@@ -46,6 +47,13 @@ def with_relative_search_values(
     references = reference_parameters(resource_type)
     return [
         (name, ",".join(relative(item, base) for item in value.split(",")))
-        if name.partition(":")[0] in references and "." not in name else (name, value)
+        if _names_references(name, references) else (name, value)
         for name, value in pairs
     ]
+
+
+def _names_references(name: str, references: Collection[str]) -> bool:
+    """A reference parameter, bare or with a type modifier (`subject:Patient`);
+    not `:identifier`, whose values are identifiers, nor a chain."""
+    parameter, _, modifier = name.partition(":")
+    return parameter in references and "." not in name and (not modifier or modifier[0].isupper())

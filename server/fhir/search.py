@@ -112,11 +112,11 @@ class Searcher:
                     total = self._total(session, request)
                 else:
                     total = state.get("total")
-            included, truncated = self._includes(session, request, rows)
+            included, cut = self._includes(session, request, rows)
         links = self._links(request, base, cursor_token, keys, has_more, state, total)
         warnings = [f"unknown search parameter {name!r} was ignored" for name in request.ignored]
-        if truncated:
-            warnings.append(f"only the first {self.max_included} included resources are returned")
+        if cut is not None:
+            warnings.append(cut)
         return SearchPage(
             (request.summary, request.elements), request.parameters, rows, included, total, links, warnings
         )
@@ -201,9 +201,11 @@ class Searcher:
                 links["previous"] = cursor_url(position=keys[0], backwards=True)
         return links
 
-    def _includes(self, connection: Connection, request: SearchRequest, rows: list[Row]) -> tuple[list[Row], bool]:
+    def _includes(
+        self, connection: Connection, request: SearchRequest, rows: list[Row]
+    ) -> tuple[list[Row], str | None]:
         if not (request.includes or request.revincludes) or not rows:
-            return [], False
+            return [], None
         seen = {(row.resource_type, row.resource_id) for row in rows}
         included: list[Row] = []
         frontier = rows
@@ -226,12 +228,12 @@ class Searcher:
                     fresh.append(row)
             if len(included) + len(fresh) > self.max_included:
                 included += fresh[: self.max_included - len(included)]
-                return included, True
+                return included, f"only the first {self.max_included} included resources are returned"
             included += fresh
             if not fresh or not any(include.iterate for include in (*request.includes, *request.revincludes)):
-                break
+                return included, None
             frontier = fresh
-        return included, False
+        return included, f"includes are followed {_MAX_ITERATIONS + 1} levels deep: what may lie deeper is left out"
 
     def _forward(self, connection: Connection, include: Include, sources: list[Row]) -> list[Row]:
         if not sources:

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Integer,
+    String,
     and_,
     case,
     false,
@@ -22,7 +23,9 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import KeyedColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 
 from fhir_mappings.search_parameters import ParamType, SearchParameter
 from fhir_mappings.search_query import (
@@ -261,13 +264,35 @@ def sort_parts(keys: tuple[SortKey, ...], resources: Any) -> list[SortPart]:
     return parts
 
 
+class codepoint_order(FunctionElement[str]):  # noqa: N801 (an SQL construct, named as SQL functions are)
+    """A text value ordered by code point, as SQLite's BINARY collation orders
+    it: PostgreSQL orders text by the database's collation, which in the
+    official image (en_US.utf8) puts `_x` before `1` and `a_b` before `a-b`,
+    so the two databases gave one search two orders."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(codepoint_order)
+def _codepoint_order(element: codepoint_order, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(codepoint_order, "postgresql")
+def _codepoint_order_postgresql(element: codepoint_order, compiler: Any, **kw: Any) -> str:
+    return f'({compiler.process(element.clauses, **kw)}) COLLATE "C"'
+
+
 def _sort_expression(parameter: SearchParameter, descending: bool, resources: Any) -> Any:
     if parameter.name == "_id":
-        return resources.c.resource_id
+        return codepoint_order(resources.c.resource_id)
     if parameter.name == "_lastUpdated":
         return resources.c.last_updated
     table = _TABLES[parameter.type].alias()
     column = table.c.high if parameter.type is ParamType.DATE and descending else table.c[_SORT_COLUMNS[parameter.type]]
+    if parameter.type in (ParamType.TOKEN, ParamType.STRING):
+        column = codepoint_order(column)
     aggregate = func.max(column) if descending else func.min(column)
     return (
         select(aggregate)
