@@ -204,6 +204,7 @@ def test_the_patient_of_each_access_is_named(services, fhir):
     assert fhir.get("/dicom-web/studies/1.2.3.4.9/metadata").status_code == 200
     assert fhir.get("/fhir/ImagingStudy", params={"patient": patient}).status_code == 200
     assert fhir.get(f"/fhir/Patient/{patient}").status_code == 200
+    assert fhir.get("/dicom-web/studies", params={"PatientID": "AUDIT-PATIENT"}).status_code == 200
 
     expected = [f"Patient/{patient}"]
     [stow] = _events(services, fhir, type="110104", action="C")
@@ -216,8 +217,10 @@ def test_the_patient_of_each_access_is_named(services, fhir):
                 if any("query" in entity for entity in event.get("entity", []))
                 and _patients(event)]
     assert _patients(search) == expected
+    [qido] = _events(services, fhir, type="110112")
+    assert _patients(qido) == expected  # the patients of the studies the query answered with
     found = _events(services, fhir, patient=patient)
-    assert len(found) >= 5  # the STOW, the metadata, the two reads, the search
+    assert len(found) >= 6  # the STOW, the metadata, the two reads, the search, the query
 
 
 def _patients(event: dict) -> list[str]:

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from dicom.matching import parse_qido_query
 from dicom.uids import require_uid
 from dicom.workitems import cancellation_reason, order_from_dataset, requested_state
+from server.audit.middleware import note_studies
 from server.auth.access import Permission
 from server.db import retried_on_conflict
 from server.dicomweb import delete, qido, stow, wado, workitems
@@ -48,6 +49,8 @@ async def _search(request: Request, level: str, scope: qido.Scope) -> Response:
         page = await run_in_threadpool(workitems.search, current, query, dicomweb_root(request))
     else:
         page = await run_in_threadpool(qido.search, current.engine, query, scope, dicomweb_root(request))
+        # Whose data the answer discloses, for its audit record, as a FHIR search names its matches' patients.
+        note_studies(uid for result in page.results for uid in result.get("0020000D", {}).get("Value", ())[:1])
     # An empty match in JSON is 200 with [] (declared in the conformance
     # statement), so JSON clients need not special-case 204; in XML, whose
     # multipart body cannot be empty, it is 204. A page cut short by `limit` says so
