@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dicom.errors import InvalidRequest
+from dicom.json_input import require_dicom_json
 from dicom.matching import datetime_bounds
 from dicom.uids import require_uid
 
@@ -150,14 +151,7 @@ def require_dataset(body: Any) -> dict[str, Any]:
         body = body[0]
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be one DICOM JSON data set (an object, or an array of one)")
-    for key, element in body.items():
-        if len(key) != 8 or any(c not in "0123456789ABCDEF" for c in key):
-            raise InvalidRequest(f"{key[:20]!r} is not a DICOM JSON attribute key (8 upper-case hex digits)")
-        if not isinstance(element, dict) or not isinstance(element.get("vr"), str):
-            raise InvalidRequest(f"attribute {key}: a DICOM JSON attribute is an object with a 'vr'")
-        if "Value" in element and not isinstance(element["Value"], list):
-            raise InvalidRequest(f"attribute {key}: 'Value' must be an array")
-    return body
+    return require_dicom_json(body)
 
 
 def order_from_dataset(dataset: dict[str, Any], uid: str | None) -> WorkitemOrder:
@@ -269,6 +263,11 @@ def requested_state(dataset: dict[str, Any]) -> str:
     return state
 
 
+def transaction_uid(dataset: dict[str, Any]) -> str | None:
+    """The TransactionUID (0008,1195) a request carries: a performer's claim."""
+    return _text(dataset, _TRANSACTION_UID)
+
+
 def model_code(name: str, version: str) -> dict[str, Any]:
     return {
         f"{_CODE_VALUE:08X}": _value("SH", f"{name}@{version}"),
@@ -347,9 +346,10 @@ def _output(seg: SegOutput) -> dict[str, Any]:
 
 
 def _references(study_uid: str, series_uid: str | None) -> dict[str, Any]:
-    item = {f"{_TYPE_OF_INSTANCES:08X}": _value("CS", "DICOM"), f"{_STUDY_UID:08X}": _value("UI", study_uid)}
+    item = {f"{_STUDY_UID:08X}": _value("UI", study_uid)}
     if series_uid is not None:
         item[f"{_SERIES_UID:08X}"] = _value("UI", series_uid)
+    item[f"{_TYPE_OF_INSTANCES:08X}"] = _value("CS", "DICOM")  # in tag order, as every item (PS3.18 F.2)
     return item
 
 

@@ -353,3 +353,86 @@ def test_workitem_requests_are_audited(queued):
     for request in ("POST /dicom-web/workitems committed", f"GET /dicom-web/workitems/{workitem_uid} answered 200",
                     "GET /dicom-web/workitems answered 200"):
         assert any(text.startswith(request) for text in described), (request, described)
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        {"00404037": _value("PN", "Doe^John")},  # a person name is an object
+        {"00400275": {"vr": "SQ", "Value": ["a", 1]}},  # sequence items are data sets
+        {"00101010": _value("XX", "a")},  # no such VR
+        {"00404036": _value("UI", "x")},  # a known attribute with another VR than the dictionary's
+        {"00400000": _value("UL", 4)},  # a group length
+        {"00280010": _value("US", "12")},  # US values are numbers
+        {"00091010": _value("AT", "zz")},
+        {"00400280": _value("LT", "why\u0000not")},  # NUL is in no DICOM text
+        {"00091011": {"vr": "OB", "BulkDataURI": "http://elsewhere/b"}},  # no bulk data to fetch here
+        {"00404018": {"vr": "SQ", "Value": [{"00080100": _value("SH", DEMO + "\u0000"),
+                                             "00080102": _value("SH", MODEL_SCHEME)}]}},
+    ],
+)
+def test_a_workitem_that_is_no_valid_dicom_json_is_refused_and_orders_nothing(queued, element):
+    """Such attributes were stored, echoed back as invalid JSON, and made every
+    XML answer of the workitem a 500 (PostgreSQL: a NUL was a 500 at once)."""
+    client, _ = queued
+    response = client.post("/dicom-web/workitems", json=_workitem(_stored(client, 86)) | element, headers=UPS_JSON)
+    assert response.status_code == 400, response.text
+    assert "attribute" in response.json()["message"]
+    assert _tasks(client) == []
+
+
+def test_what_a_requester_may_add_comes_back_in_json_and_xml(queued):
+    client, _ = queued
+    extra = {"00404037": {"vr": "PN", "Value": [{"Alphabetic": "Doe^John"}]},
+             "00400275": {"vr": "SQ", "Value": [{"00401001": _value("SH", "RP-1")}]}}
+    workitem_uid = _create(client, _workitem(_stored(client, 87)) | extra)
+    assert _retrieve(client, workitem_uid)["00404037"] == extra["00404037"]
+    xml = client.get(f"/dicom-web/workitems/{workitem_uid}",
+                     headers={"Accept": 'multipart/related; type="application/dicom+xml"'})
+    assert xml.status_code == 200 and b"Doe" in xml.content
+
+
+def test_a_cancellation_reason_with_a_control_character_is_refused(queued):
+    client, _ = queued
+    workitem_uid = _create(client, _workitem(_stored(client, 88)))
+    reason = {"00741238": _value("LT", "why\u0000not")}
+    response = client.post(f"/dicom-web/workitems/{workitem_uid}/cancelrequest", json=reason, headers=UPS_JSON)
+    assert response.status_code == 400
+    assert _first(_retrieve(client, workitem_uid), "00741000") == "SCHEDULED"
+
+
+def test_a_workitem_in_progress_refuses_any_transaction_uid_as_incorrect(queued):
+    """The server holds its claim's Transaction UID and never tells it: what a
+    client sends is incorrect (PS3.18 Tables 11.6.3-1, 11.7.3-1), not a conflict."""
+    client, services = queued
+    workitem_uid = _create(client, _workitem(_stored(client, 89)))
+    services.jobs.queue.claim("test-worker", 10)  # the server's own performer has taken it
+    assert _first(_retrieve(client, workitem_uid), "00741000") == "IN PROGRESS"
+    complete = {"00741000": _value("CS", "COMPLETED"), "00081195": _value("UI", TRANSACTION_UID)}
+    state = client.put(f"/dicom-web/workitems/{workitem_uid}/state", json=complete, headers=UPS_JSON)
+    assert state.status_code == 400 and "Transaction UID is incorrect" in state.headers["warning"]
+    url = f"/dicom-web/workitems/{workitem_uid}"
+    missing = client.post(url, json={"00741200": _value("CS", "LOW")}, headers=UPS_JSON)
+    assert missing.status_code == 400 and "Transaction UID is missing" in missing.headers["warning"]
+    incorrect = client.post(url, json={"00081195": _value("UI", TRANSACTION_UID)}, headers=UPS_JSON)
+    assert incorrect.status_code == 400 and "Transaction UID is incorrect" in incorrect.headers["warning"]
+    assert client.post(url, content=b"garbage", headers={"Content-Type": "text/plain"}).status_code == 415
+    assert client.post(url, content=b"{", headers=UPS_JSON).status_code == 400
+
+
+def test_the_input_items_of_a_job_ordered_otherwise_are_in_tag_order(queued):
+    client, _ = queued
+    task = order(client, _stored(client, 90))
+    [item] = _retrieve(client, derived_workitem_uid(task["id"]))["00404021"]["Value"]
+    assert list(item) == sorted(item)
+
+
+def test_a_workitem_read_names_its_task_in_the_audit_record(queued):
+    client, services = queued
+    workitem_uid = _create(client, _workitem(_stored(client, 91)))
+    task_id = _tasks(client)[0]["id"]
+    client.get(f"/dicom-web/workitems/{workitem_uid}")
+    services.audit.chain.catch_up()
+    reads = client.get("/fhir/AuditEvent", params={"entity": f"Task/{task_id}", "_count": "50"}).json()["entry"]
+    assert any(entry["resource"]["outcomeDesc"].startswith(f"GET /dicom-web/workitems/{workitem_uid}")
+               for entry in reads)

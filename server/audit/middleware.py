@@ -53,6 +53,13 @@ def note_studies(study_uids: Iterable[str]) -> None:
         audit.studies.update(study_uids)
 
 
+def note_resources(references: Iterable[str]) -> None:
+    """What the current request read (`Type/id`) where its path names none."""
+    audit = _current.get()
+    if audit is not None:
+        audit.resources.update(references)
+
+
 def note_patients(patient_ids: Iterable[str]) -> None:
     """The Patient ids the current request disclosed or changed."""
     audit = _current.get()

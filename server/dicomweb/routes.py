@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from dicom.matching import parse_qido_query
 from dicom.uids import require_uid
-from dicom.workitems import cancellation_reason, order_from_dataset, requested_state
+from dicom.workitems import cancellation_reason, order_from_dataset, requested_state, transaction_uid
 from server.audit.middleware import note_studies
 from server.auth.access import Permission
 from server.db import retried_on_conflict
@@ -240,6 +240,6 @@ async def change_workitem_state(request: Request, uid: str) -> Response:
 
 @router.post("/workitems/{uid}")
 async def update_workitem(request: Request, uid: str) -> Response:
-    # Always refused; the refusal says why (409, or 400 for a workitem in a final state).
-    await run_in_threadpool(workitems.refuse_update, services(request), uid)
-    raise AssertionError("unreachable: refuse_update raises")
+    current = services(request)
+    body = await workitems.dataset_body(request, current)
+    raise await run_in_threadpool(workitems.update_refusal, current, uid, transaction_uid(body or {}))

@@ -10,7 +10,7 @@ changes its state, or updates it.
 """
 
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Select, and_, case, select, update
@@ -18,13 +18,14 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from dicom.errors import Conflict, InvalidRequest, NotFound, UnsupportedMediaType
+from dicom.errors import Conflict, DicomError, InvalidRequest, NotFound, UnsupportedMediaType
 from dicom.matching import TRANSPORT_PARAMETERS, Condition, QidoQuery, SequenceMatch
 from dicom.uids import require_uid
 from dicom.workitems import (
     CANCELED,
     COMPLETED,
     FINAL_STATES,
+    IN_PROGRESS,
     SEGMENTATION_SOP_CLASS,
     STATE_OF_TASK_STATUS,
     JobFacts,
@@ -38,7 +39,7 @@ from fhir_mappings.date_ranges import from_micros
 from fhir_mappings.errors import FhirError
 from fhir_mappings.task import SOURCE_SERIES
 from inference.seg import SegIdentity
-from server.audit.middleware import note_studies
+from server.audit.middleware import note_resources, note_studies
 from server.db import reading, write_connection
 from server.dicomweb.qido import SearchPage, column_matches, selected_attributes
 from server.fhir import interactions
@@ -155,6 +156,7 @@ def retrieve(current: Services, uid: str, dicomweb_root: str) -> dict[str, Any]:
         rows = connection.execute(_statement().where(workitems.c.workitem_uid == uid)).all()
         if not rows:
             raise NotFound(f"there is no workitem {uid} on this server")
+        note_resources([f"Task/{rows[0].task_id}"])  # which workitem was read, for the audit record
         return _datasets(connection, rows, dicomweb_root)[0]
 
 
@@ -272,24 +274,36 @@ def request_cancellation(current: Services, uid: str, reason: str) -> str | None
 
 
 def refuse_state_change(current: Services, uid: str, requested_state: str) -> str:
-    """Change Workitem State (PS3.18 §11.7): the Warning text when the
-    workitem is in the final state asked for already (B304/B306, a success);
-    any other change is a Conflict, since only the performer changes a
-    workitem's state, and the performer is this server."""
+    """Change Workitem State (PS3.18 §11.7): only the performer changes a
+    workitem's state, and the performer is this server, which keeps its
+    claim's Transaction UID to itself. So any Transaction UID sent for a
+    workitem IN PROGRESS is incorrect (400, PS3.4 C301); a SCHEDULED one may
+    not be claimed (409); asking for the final state a workitem is in already
+    is a success with a Warning (B304/B306), returned here."""
     state = _state(current, uid)
+    if state == IN_PROGRESS:
+        raise InvalidRequest(f"the workitem {uid} is IN PROGRESS under this server's own claim",
+                             "The Transaction UID is incorrect.")
     if requested_state == state and state in FINAL_STATES:
         return f"The UPS is already in the requested state of {state}."
     raise Conflict(f"the workitem {uid} is {state}: {_PERFORMED_HERE}", _INCONSISTENT)
 
 
-def refuse_update(current: Services, uid: str) -> NoReturn:
-    """Update Workitem (PS3.18 §11.6): 400 for a workitem in a final state
-    (§11.6.2), else 409: the order is fixed once made, as a Task's is."""
+def update_refusal(current: Services, uid: str, transaction: str | None) -> DicomError:
+    """Update Workitem (PS3.18 §11.6), always refused: the order is fixed once
+    made, as a Task's is. A workitem in a final state may no longer be updated
+    (400); one IN PROGRESS only with its performer's Transaction UID, which
+    this server keeps (400: missing, or incorrect); a SCHEDULED one is
+    inconsistent with this server's taking no updates (409)."""
     state = _state(current, uid)
-    warning = "The submitted request is inconsistent with the current state of the Workitem."
     if state in FINAL_STATES:
-        raise InvalidRequest(f"the workitem {uid} is {state} and may no longer be updated", warning)
-    raise Conflict(f"the workitem {uid} is {state}: {_PERFORMED_HERE}", warning)
+        return InvalidRequest(f"the workitem {uid} is {state} and may no longer be updated",
+                              "The submitted request is inconsistent with the current state of the Workitem.")
+    if state == IN_PROGRESS:
+        warning = "The Transaction UID is missing." if transaction is None else "The Transaction UID is incorrect."
+        return InvalidRequest(f"the workitem {uid} is IN PROGRESS under this server's own claim", warning)
+    return Conflict(f"the workitem {uid} is {state}: {_PERFORMED_HERE}",
+                    "The submitted request is inconsistent with the current state of the Workitem.")
 
 
 def _state(current: Services, uid: str) -> str:
