@@ -7,8 +7,9 @@
   an array, even of one, and never an empty one.
 - base64Binary's lexical form: the models decode it leniently, so "!!!"
   would be stored as "".
-- ele-1 (an element has a value or children: `{}` is none) and ext-1 (an
-  extension has a value or extensions, not both), which the models leave out.
+- ele-1 (an element has a value or children: `{}` is none), ext-1 (an
+  extension has a value or extensions, not both) and per-1 (a Period does
+  not end before it starts), which the models leave out.
 - The target types a Reference allows (`partOf` of a Task is a Task).
 
 A resource that breaks these rules is invalid; storing the coerced value
@@ -29,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from fhir_mappings.date_ranges import date_range
 from fhir_mappings.errors import InvalidResource
 
 _STRING_TYPES = (str, date, datetime, time, bytes)
@@ -102,6 +104,10 @@ def _check_element(item: dict[str, Any], model: type[BaseModel], path: str, fiel
         raise InvalidResource(f"{path} has neither a value nor children (R4 ele-1)")
     if model.__name__ == "Extension" and ("extension" in item) == any(key.startswith("value") for key in item):
         raise InvalidResource(f"{path} must have either a value or extensions, not both nor neither (R4 ext-1)")
+    if model.__name__ == "Period" and isinstance(item.get("start"), str) and isinstance(item.get("end"), str):
+        start, end = date_range(item["start"]), date_range(item["end"])
+        if start is not None and end is not None and start[0] >= end[1]:
+            raise InvalidResource(f"{path} ends before it starts (R4 per-1)")
     if model.__name__ == "Reference" and isinstance(item.get("reference"), str):
         allowed = (field.json_schema_extra or {}).get("enum_reference_types")  # type: ignore[union-attr]
         match = _REFERENCE_TYPE.search(item["reference"])

@@ -254,6 +254,24 @@ def test_attempts_in_flight_count_against_the_limit():
     assert limits.attempt("name:x", "address:b") is None
 
 
+def test_names_tried_long_ago_are_forgotten_once_many_are_kept(monkeypatch):
+    import server.auth.limits as limits_module
+    from server.auth.limits import FailedLogins
+
+    clock = [1000.0]
+    monkeypatch.setattr(limits_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(FailedLogins, "_MEMORY", 50)
+    limits = FailedLogins(limit=5, window_seconds=60)
+    for number in range(50):  # each name tried once, from addresses of their own
+        limits.attempt(f"name:n{number}", f"address:{number}")
+    clock[0] += 61
+    limits.attempt("name:late", "address:late")
+    assert set(limits._failures) == {"name:late", "address:late"}
+    for number in range(60):  # within the window, none is forgotten: their limits still hold
+        limits.attempt("name:x", f"address:x{number}")
+    assert limits.attempt("name:x", "address:y") is not None
+
+
 def test_ordering_inference_needs_reading_the_study(anonymous, services):
     """The answer to an order tells whether its study exists, and its patient
     (Task.for): a client that may write Tasks but not read studies learns

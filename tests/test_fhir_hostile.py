@@ -329,6 +329,7 @@ def test_a_primitive_of_the_wrong_json_type_is_422_not_coerced(fhir, wrong):
         ({"partOf": [{"reference": "Patient/p1"}]}, "R4 allows Task there"),
         ({"identifier": [{"assigner": {"reference": "http://other.example/fhir/Task/t1"}}]}, "R4 allows Organization"),
         ({"note": [{"text": "n", "authorReference": {"reference": "Task/t1/_history/2"}}]}, "refers to a Task"),
+        ({"executionPeriod": {"start": "2024-05-02", "end": "2024-05-01T23:00:00Z"}}, "per-1"),
     ],
 )
 def test_what_the_models_let_through_but_r4_refuses_is_422(fhir, broken, rule):
@@ -336,6 +337,11 @@ def test_what_the_models_let_through_but_r4_refuses_is_422(fhir, broken, rule):
     assert response.status_code == 422, response.text[:300]
     assert rule in response.json()["issue"][0]["diagnostics"]
     assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
+def test_a_period_within_one_day_is_valid(fhir):
+    period = {"start": "2024-05-01", "end": "2024-05-01"}  # the same day: start is not after end
+    assert fhir.post("/fhir/Task", json={**TASK, "executionPeriod": period}).status_code == 201
 
 
 def test_dates_times_and_base64_are_stored_as_written(fhir):

@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 
 class FailedLogins:
+    _MEMORY = 10_000  # names and addresses kept before those whose window has passed are forgotten
+
     def __init__(self, limit: int = 5, window_seconds: float = 60.0) -> None:
         self.limit = limit
         self.window_seconds = window_seconds
@@ -48,6 +50,13 @@ class FailedLogins:
         seconds to wait. A success is given back with `succeeded`."""
         now = time.monotonic()
         with self._lock:
+            if len(self._failures) >= self._MEMORY:
+                # A name tried once and never again was kept for good: one
+                # client trying a new name each time grew this without end.
+                self._failures = defaultdict(deque, {
+                    key: failures for key, failures in self._failures.items()
+                    if failures and now - failures[-1] <= self.window_seconds
+                })
             wait = self._wait(now, keys)
             if wait is None:
                 for key in keys:
