@@ -180,23 +180,29 @@ def transfer_syntax_param(range_: MediaRange) -> str | None:
 
 
 def refuses(ranges: Sequence[MediaRange], part_type: str, syntax: str, default_inner: str) -> bool:
-    """Whether a q=0 range names a `part_type` part in `syntax`: "not
-    acceptable" (RFC 9110 §12.4.2), even where a wider range admits it.
-
-    Only a range naming the part's type refuses it, since the most specific
-    range that matches decides (RFC 9110 §12.5.1) and a wildcard at q=0 is
-    outranked by any named type the client also sent. Without a
-    transfer-syntax parameter, a refusal covers every syntax of the type."""
-    return any(
-        range_.q == 0
-        and not _names_no_type(range_, default_inner)
-        and admits_part(range_, part_type, default_inner)
-        and transfer_syntax_param(range_) in (None, "*", syntax)
-        for range_ in ranges
-    )
+    """Whether the client refuses a multipart/related answer of `part_type`
+    parts in `syntax`: whether the most specific of its ranges that match
+    the answer has q=0 (RFC 9110 §12.4.2 and §12.5.1), so that
+    `image/jpeg; q=0, */*` refuses JPEG frames, and
+    `multipart/related; type="application/dicom"; q=0, ...; transfer-syntax=*`
+    does not refuse the stored syntax. Of equally specific ranges, the
+    client's best q counts."""
+    matching = [
+        (_specificity(range_, default_inner), range_.q) for range_ in ranges
+        if admits_part(range_, part_type, default_inner) and transfer_syntax_param(range_) in (None, "*", syntax)
+    ]
+    return bool(matching) and max(matching)[1] == 0
 
 
-def _names_no_type(range_: MediaRange, default_inner: str) -> bool:
+def _specificity(range_: MediaRange, default_inner: str) -> tuple[int, int]:
+    """How precisely a range names a multipart/related answer: by its type
+    (a wildcard, a bare part type or `multipart/related` alone, then one
+    naming its part type), then by its transfer-syntax (none, `*`, one)."""
+    asked = transfer_syntax_param(range_)
+    by_syntax = 0 if asked is None else 1 if asked == "*" else 2
     if range_.media_type == MULTIPART_RELATED:
-        return (inner_type(range_) or default_inner).endswith("/*")
-    return range_.media_type.endswith("/*")
+        inner = inner_type(range_)
+        by_type = 3 if inner is not None and not inner.endswith("/*") else 2
+    else:
+        by_type = 0 if range_.media_type == "*/*" else 1 if range_.media_type.endswith("/*") else 2
+    return by_type, by_syntax

@@ -115,12 +115,23 @@ def choose_instance_syntax(accept: Sequence[MediaRange], stored_syntax: str, can
     """The transfer syntax to send an instance in, as application/dicom alone or
     inside multipart/related (PS3.18 §8.7.3.5.2). Ranges come best first,
     the refused ones (q=0) among them."""
+    return instance_syntaxes(accept, stored_syntax, can_decode)[0]
+
+
+def instance_syntaxes(accept: Sequence[MediaRange], stored_syntax: str, can_decode: bool) -> list[str]:
+    """Every syntax the client takes an instance in and that can be produced
+    from `stored_syntax`, best first: the next serves where decoding the
+    pixel data for the first fails (`*/*` takes the stored syntax then)."""
+    chosen: list[str] = []
     for range_ in accept:
         if range_.q == 0 or not admits_part(range_, DICOM, default_inner=DICOM):
             continue
         for target in _syntaxes_admitted(range_, stored_syntax):
-            if _producible(target, stored_syntax, can_decode) and not refuses(accept, DICOM, target, DICOM):
-                return target
+            if (target not in chosen and _producible(target, stored_syntax, can_decode)
+                    and not refuses(accept, DICOM, target, DICOM)):
+                chosen.append(target)
+    if chosen:
+        return chosen
     asked_for = ", ".join(_describe(range_) for range_ in accept if range_.q > 0) or "nothing"
     raise NotAcceptable(
         f"cannot send the instance in any accepted form: asked for {asked_for}; stored as {stored_syntax}"

@@ -27,6 +27,7 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
+from fhir.resources.R4B import get_fhir_model_class
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
@@ -34,8 +35,10 @@ from fhir_mappings.date_ranges import date_range
 from fhir_mappings.errors import InvalidResource
 
 _STRING_TYPES = (str, date, datetime, time, bytes)
-# R4 datatypes.html#base64Binary
-_BASE64 = re.compile(r"(\s*([0-9a-zA-Z+/=]){4}\s*)+")
+# Base64 once whitespace is out (R4 datatypes.html#base64Binary allows it between
+# quartets). R4's own regex, `(\s*([0-9a-zA-Z\+\=]){4}\s*)+`, taken as written
+# backtracks exponentially: a value of 120 bytes held the server for minutes.
+_BASE64 = re.compile(r"[0-9A-Za-z+/]*={0,2}")
 # The type in a literal reference: relative, absolute, versioned or conditional (R4 references.html#literal).
 _REFERENCE_TYPE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)(?:/[A-Za-z0-9.-]{1,64}(?:/_history/[A-Za-z0-9.-]{1,64})?|\?.*)$")
 
@@ -90,11 +93,12 @@ def _checked(item: Any, kind: Any, path: str, model_of: ModelOf) -> type[BaseMod
 
 
 def _is_base64(text: str) -> bool:
-    if not _BASE64.fullmatch(text):
+    packed = "".join(text.split())
+    if not packed or len(packed) % 4 or not _BASE64.fullmatch(packed):
         return False
     try:
-        base64.b64decode("".join(text.split()), validate=True)
-    except binascii.Error:  # padding in the wrong place
+        base64.b64decode(packed, validate=True)
+    except binascii.Error:
         return False
     return True
 
@@ -111,10 +115,21 @@ def _check_element(item: dict[str, Any], model: type[BaseModel], path: str, fiel
     if model.__name__ == "Reference" and isinstance(item.get("reference"), str):
         allowed = (field.json_schema_extra or {}).get("enum_reference_types")  # type: ignore[union-attr]
         match = _REFERENCE_TYPE.search(item["reference"])
-        if allowed and "Resource" not in allowed and match and match[1] not in allowed:
+        # Only a URL of the RESTful form names a resource type; `.../People/jdoe` may be anything.
+        named = match is not None and _is_resource_type(match[1])
+        if allowed and "Resource" not in allowed and named and match[1] not in allowed:
             raise InvalidResource(
                 f"{path} refers to a {match[1]}; R4 allows {' or '.join(allowed)} there"  # type: ignore[arg-type]
             )
+
+
+@cache
+def _is_resource_type(name: str) -> bool:
+    try:
+        model = get_fhir_model_class(name)
+    except (KeyError, ValueError):
+        return False
+    return any(base.__name__ == "Resource" for base in model.__mro__[1:])
 
 
 def _require(ok: bool, path: str, expected: str) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 from server.auth.scopes import Role
 from server.tables import audit_events, audit_head
 from tests.dicom_files import make_ct, multipart_body
+from tests.fhir_checks import ids
 
 
 def _events(services, fhir, **params: str) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -53,6 +54,12 @@ def test_a_vread_or_a_bundle_read_of_an_event_sees_it_once_recorded(services, fh
     batch = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": f"AuditEvent/{newest + 2}"}}]}  # the vread's and the Task search's
     assert fhir.post("/fhir", json=batch).json()["entry"][0]["response"]["status"] == "200 OK"
+    # A search by POST names what it includes in its form, not its URL.
+    task = fhir.post("/fhir/Task", json={"resourceType": "Task", "status": "draft", "intent": "proposal"}).json()
+    fhir.get(f"/fhir/Task/{task['id']}")
+    form = {"_id": task["id"], "_revinclude": "AuditEvent:entity"}
+    found = fhir.post("/fhir/Task/_search", data=form).json()
+    assert len(ids(found, "include")) == 2  # the create's record and the read's
 
 
 def test_refused_requests_and_logins_are_recorded(services, fhir):

@@ -372,6 +372,20 @@ def test_a_transaction_whose_outcome_depends_on_processing_order_fails_and_write
     assert _post(fhir, "transaction", entries).json()["entry"][0]["response"]["status"] == "200 OK"
 
 
+def test_a_conditional_delete_beside_a_create_that_matches_its_condition_succeeds(fhir):
+    """Deletes run first (http.html#trules): the create meeting the delete's
+    condition afterwards makes the outcome depend on no order."""
+    identifier = {"system": "urn:example:orders", "value": "x1"}
+    fhir.put("/fhir/Task/old-order", json={**TASK, "id": "old-order", "identifier": [identifier]})
+    response = _post(fhir, "transaction", [
+        {"request": {"method": "DELETE", "url": "Task?identifier=urn:example:orders|x1"}},
+        {"resource": {**TASK, "identifier": [identifier]}, "request": {"method": "POST", "url": "Task"}},
+    ])
+    assert response.status_code == 200, response.text[:300]
+    found = fhir.get("/fhir/Task", params={"identifier": "urn:example:orders|x1"}).json()
+    assert ids(found) == [response.json()["entry"][1]["resource"]["id"]]
+
+
 @pytest.mark.parametrize("bundle_type", ["transaction", "batch"])
 def test_prefer_return_decides_what_written_entries_carry(fhir, bundle_type):
     fhir.put("/fhir/Task/prefer-read", json={**TASK, "id": "prefer-read"})

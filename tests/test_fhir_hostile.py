@@ -339,6 +339,23 @@ def test_what_the_models_let_through_but_r4_refuses_is_422(fhir, broken, rule):
     assert fhir.get("/fhir/Task").json()["total"] == 0
 
 
+def test_a_long_base64_value_is_judged_at_once(fhir):
+    """R4's base64Binary regex, taken as written, backtracked exponentially:
+    120 bytes like these held the whole server for minutes."""
+    import time
+
+    started = time.perf_counter()
+    response = fhir.post("/fhir/Task", json={**TASK, "input": [
+        {"type": {"text": "b"}, "valueBase64Binary": "AAAA  " * 40 + "!"}]})
+    assert response.status_code == 422
+    assert time.perf_counter() - started < 5
+
+
+def test_a_reference_to_a_url_that_names_no_fhir_type_is_not_judged_by_type(fhir):
+    owned = {**TASK, "owner": {"reference": "http://directory.example.org/People/jdoe"}}
+    assert fhir.post("/fhir/Task", json=owned).status_code == 201
+
+
 def test_a_period_within_one_day_is_valid(fhir):
     period = {"start": "2024-05-01", "end": "2024-05-01"}  # the same day: start is not after end
     assert fhir.post("/fhir/Task", json={**TASK, "executionPeriod": period}).status_code == 201

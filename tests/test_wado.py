@@ -240,11 +240,13 @@ def test_an_instance_that_cannot_be_encoded_again_is_406_and_still_retrievable_a
     stow(client, [payload])
     study, series, sop = uids_of(payload)
     url = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
-    response = client.get(url)
+    response = client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'})
     assert response.status_code == 406
     assert "(0008,0001)" in response.json()["message"]
     assert "transfer-syntax=*" in response.json()["message"]
     [(_, data)] = split_multipart(client.get(url, headers={"Accept": ANY_SYNTAX}))
+    assert data == payload
+    [(_, data)] = split_multipart(client.get(url, headers={"Accept": "*/*"}))  # any form: the stored one serves
     assert data == payload
 
 
@@ -512,7 +514,8 @@ def test_a_study_retrieve_leaves_out_what_cannot_be_decoded_with_206_and_names_i
     undecodable = _in_study(bundled_file("JPEG-lossy.dcm"), study)  # 12-bit extended JPEG: no decoder here takes it
     payloads = [make_ct(study_uid=study, InstanceNumber=1), undecodable, make_ct(study_uid=study, InstanceNumber=3)]
     stow(client, payloads)
-    response = client.get(f"/dicom-web/studies/{study}")
+    explicit = {"Accept": 'multipart/related; type="application/dicom"'}  # Explicit VR Little Endian, and nothing else
+    response = client.get(f"/dicom-web/studies/{study}", headers=explicit)
     assert response.status_code == 206
     parts = split_multipart(response)
     assert sorted(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID for _, data in parts) == sorted(
@@ -522,10 +525,14 @@ def test_a_study_retrieve_leaves_out_what_cannot_be_decoded_with_206_and_names_i
     assert int(response.headers["content-length"]) == len(response.content)
     warning = response.headers["warning"]
     assert warning.startswith('299 medaiflow: "1 instance(s)') and uids_of(undecodable)[2] in warning
-    head = client.head(f"/dicom-web/studies/{study}")
+    head = client.head(f"/dicom-web/studies/{study}", headers=explicit)
     assert (head.status_code, head.headers["content-length"], head.content) == (206, response.headers["content-length"], b"")
-    # As stored, every instance goes.
+    # As stored, every instance goes; so with */*, which takes the stored syntax where decoding fails.
     assert len(split_multipart(client.get(f"/dicom-web/studies/{study}", headers={"Accept": ANY_SYNTAX}))) == 3
+    anything = client.get(f"/dicom-web/studies/{study}", headers={"Accept": "*/*"})
+    assert anything.status_code == 200
+    assert sorted(content_type.rpartition("=")[2] for content_type, _ in split_multipart(anything)) == [
+        "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.51"]
 
 
 def test_a_syntax_refused_with_q0_is_not_sent_where_a_wildcard_admits_it(client):
@@ -537,6 +544,12 @@ def test_a_syntax_refused_with_q0_is_not_sent_where_a_wildcard_admits_it(client)
     [(content_type, data)] = split_multipart(client.get(base, headers={"Accept": refuse_explicit}))
     assert (content_type, data) == ("application/dicom; transfer-syntax=1.2.840.10008.1.2.4.91", payload)
     assert client.get(base, headers={"Accept": "application/dicom; q=0, */*"}).status_code == 406
+    # The most specific range decides (RFC 9110 §12.5.1): a q=0 one is outranked by one naming more.
+    specific = 'multipart/related; type="application/dicom"; q=0, multipart/related; type="application/dicom"; transfer-syntax=*'
+    assert split_multipart(client.get(base, headers={"Accept": specific})) == [
+        ("application/dicom; transfer-syntax=1.2.840.10008.1.2.4.91", payload)]
+    named = 'multipart/related; type="application/dicom", application/dicom; q=0'  # refuses only a bare part
+    assert client.get(base, headers={"Accept": named}).status_code == 200
     refuse_stored = 'multipart/related; type="image/jp2"; q=0, */*'
     for url in (base + "/frames/1", base + "/bulkdata/7FE00010"):
         [(content_type, _)] = split_multipart(client.get(url, headers={"Accept": refuse_stored}))

@@ -44,7 +44,7 @@ from sqlalchemy import Connection, Dialect, Engine, String, and_, cast, insert, 
 from sqlalchemy.exc import DBAPIError
 
 from server.db import reading, write_connection
-from server.fhir.store import ResourceStore
+from server.fhir.store import ResourceStore, stored_json
 from server.tables import audit_checkpoints, audit_events, audit_head, audit_projection, fhir_resources
 
 GENESIS = "0" * 64
@@ -312,7 +312,7 @@ class AuditChain:
         would be served as the record while the chain stays intact."""
         statement = (
             select(audit_events.c.seq, audit_events.c.previous_hash, audit_events.c.hash, audit_events.c.event_json,
-                   fhir_resources.c.resource_json, fhir_resources.c.deleted)
+                   fhir_resources.c.resource_json, fhir_resources.c.version_id, fhir_resources.c.last_updated)
             .join(fhir_resources, and_(fhir_resources.c.resource_type == "AuditEvent",
                                        fhir_resources.c.resource_id == cast(audit_events.c.seq, String)))
             .order_by(audit_events.c.seq).limit(chunk)
@@ -321,11 +321,13 @@ class AuditChain:
         with reading(self.engine) as connection:
             while True:
                 rows = connection.execute(statement.where(audit_events.c.seq > after)).all()
-                for seq, previous_hash, digest, event_json, copy_json, deleted in rows:
-                    copy = None if deleted or copy_json is None else orjson.loads(copy_json)
-                    if copy is not None:
-                        copy.pop("meta", None)
-                    if copy != chained_resource(orjson.loads(event_json), seq, previous_hash, digest):
+                for seq, previous_hash, digest, event_json, copy_json, version_id, last_updated in rows:
+                    # Written once, by `project`: the bytes it wrote are the only right ones.
+                    expected = stored_json(
+                        chained_resource(orjson.loads(event_json), seq, previous_hash, digest), str(seq), version_id,
+                        last_updated,
+                    )
+                    if copy_json is None or bytes(copy_json) != expected:
                         return int(seq)
                 if len(rows) < chunk:
                     return None

@@ -31,7 +31,7 @@ from dicom.rendering import parse_render_params, render_frame, thumbnail
 from dicom.transfer_syntax import (
     EXPLICIT_VR_LE,
     can_decompress,
-    choose_instance_syntax,
+    instance_syntaxes,
     is_native,
     transcode_to,
 )
@@ -100,38 +100,47 @@ def _groups(parts: list[_Part]) -> Iterator[list[_Part]]:
 
 def _negotiated(
     accept: list[MediaRange], found: list[StoredInstance]
-) -> tuple[list[tuple[StoredInstance, str]], list[tuple[StoredInstance, NotAcceptable]]]:
-    """Each instance with the syntax to send it in, and those no accepted form holds."""
+) -> tuple[list[tuple[StoredInstance, list[str]]], list[tuple[StoredInstance, NotAcceptable]]]:
+    """Each instance with the syntaxes to send it in, best first, and those no accepted form holds."""
     chosen, refused = [], []
     for instance in found:
         try:
-            syntax = choose_instance_syntax(
+            syntaxes = instance_syntaxes(
                 accept, instance.transfer_syntax_uid, can_decompress(instance.transfer_syntax_uid)
             )
         except NotAcceptable as refusal:
             refused.append((instance, refusal))
         else:
-            chosen.append((instance, syntax))
+            chosen.append((instance, syntaxes))
     return chosen, refused
 
 
 def _prepared(
-    chosen: list[tuple[StoredInstance, str]], spool: IO[bytes]
+    chosen: list[tuple[StoredInstance, list[str]]], spool: IO[bytes]
 ) -> tuple[list[_Part], list[tuple[StoredInstance, NotAcceptable]]]:
     """The parts to send, transcoded ones written to `spool`, and the
-    instances whose pixel data turned out not to decode."""
+    instances whose pixel data turned out not to decode into any syntax the
+    client takes (the stored one, where it takes that, always serves)."""
     parts, failed = [], []
-    for instance, syntax in chosen:
-        if syntax == instance.transfer_syntax_uid:
-            parts.append(_Part(instance, syntax))
-            continue
-        try:
-            body = transcode_to(instance.absolute_path, syntax)
-        except NotAcceptable as refusal:
+    for instance, syntaxes in chosen:
+        part, refusal = None, None
+        for syntax in syntaxes:
+            if syntax == instance.transfer_syntax_uid:
+                part = _Part(instance, syntax)
+                break
+            try:
+                body = transcode_to(instance.absolute_path, syntax)
+            except NotAcceptable as error:
+                refusal = refusal or error
+                continue
+            part = _Part(instance, syntax, (spool.tell(), len(body)))
+            spool.write(body)
+            break
+        if part is not None:
+            parts.append(part)
+        else:
+            assert refusal is not None
             failed.append((instance, refusal))
-            continue
-        parts.append(_Part(instance, syntax, (spool.tell(), len(body))))
-        spool.write(body)
     return parts, failed
 
 

@@ -99,6 +99,9 @@ def _transaction(
     may_create: Callable[[str], bool],
 ) -> list[EntryResult]:
     conditions = _conditions(entries, base)
+    # Deletes run first (http.html#trules): what later entries write never changes what one deleted.
+    rechecked = {position: condition for position, condition in conditions.items()
+                 if entries[position]["request"]["method"] != "DELETE"}
     results: dict[int, EntryResult] = {}
     with write_connection(service.engine) as connection:
         # All in one order, as every writer with these conditions takes them, before any is judged.
@@ -143,9 +146,9 @@ def _transaction(
                 raise
         judged = [
             (position, resource_type, query, _own_resource(position, existing, results))
-            for position, (resource_type, query) in conditions.items()
+            for position, (resource_type, query) in rechecked.items()
         ]
-        _refuse_order_dependence(service, connection, base, authorize_search, judged + references)
+        _refuse_order_dependence(service, connection, base, authorize_search, judged + references, entries)
     return [results[position] for position in range(len(entries))]
 
 
@@ -159,15 +162,22 @@ def _own_resource(position: int, existing: dict[int, StoredVersion], results: di
 
 def _refuse_order_dependence(
     service: FhirService, connection: Connection, base: str, authorize_search: Callable[[SearchRequest], None],
-    judged: list[tuple[int, str, str, str | None]],
+    judged: list[tuple[int, str, str, str | None]], entries: list[dict[str, Any]],
 ) -> None:
     """Conditions are judged before any entry runs; once they all have, each
     must meet nothing but the resource it found or made (`own`). One that
     another entry's write now meets (`POST Task` with identifier V beside
     `PUT Task?identifier=V`, which created a second) made the outcome depend
     on the order of processing, and R4 has such a transaction fail
-    (http.html#trules). Raising rolls it all back."""
+    (http.html#trules). Raising rolls it all back. Only a type some other
+    entry wrote can meet a condition anew: the others are not searched again."""
+    writers = {
+        position: _path(entry["request"]["url"], base).strip("/").partition("/")[0]
+        for position, entry in enumerate(entries) if entry["request"]["method"] in ("POST", "PUT")
+    }
     for position, resource_type, query, own in judged:
+        if not any(kind == resource_type for writer, kind in writers.items() if writer != position):
+            continue
         met = set(matching_ids(service, resource_type, query, base, connection, authorize_search)) - {own}
         if met:
             raise InvalidRequest(

@@ -265,7 +265,7 @@ def _may_show_audit_events(url: str) -> bool:
 async def _run_search(request: Request, path: list[str], pairs: list[tuple[str, str]]) -> Response:
     """`path`: `[type]`, or `[Patient, id, type]` for a search within a patient's compartment."""
     fmt = response_format(request)
-    await _audit_copies_current(request)
+    await _audit_copies_current(request, [f"{name}={value}" for name, value in pairs])  # a POST's form too
     base = fhir_base(request)
     page = await run_in_threadpool(
         interactions.search, _fhir(request), path, pairs, base, _strict(request), _search_authorizer(request)

@@ -273,7 +273,7 @@ class ResourceStore:
             ids = [resource_id for _, resource_id in writes]
         now = {resource_id: self.clock.now() for resource_id in ids}
         first_versions = {
-            resource_id: _with_meta(resource, resource_id, 1, now[resource_id])
+            resource_id: stored_json(resource, resource_id, 1, now[resource_id])
             for resource, resource_id in writes if resource_id not in current
         }
         created = self._insert_absent(connection, resource_type, first_versions, now)
@@ -292,7 +292,7 @@ class ResourceStore:
                 replaced = current[resource_id]
                 revived = replaced.deleted
                 pk, version_id = replaced.pk, replaced.version_id + 1
-                body = _with_meta(resource, resource_id, version_id, at)
+                body = stored_json(resource, resource_id, version_id, at)
                 updates.append(
                     {"pk": pk, "new_version_id": version_id, "new_last_updated": at, "new_resource_json": body}
                 )
@@ -360,7 +360,7 @@ class ResourceStore:
         rows, versions = [], []
         for resource, resource_id in resources:
             now = self.clock.now()
-            body = _with_meta(resource, resource_id, 1, now)
+            body = stored_json(resource, resource_id, 1, now)
             row = {"resource_type": resource["resourceType"], "resource_id": resource_id, "version_id": 1,
                    "last_updated": now, "deleted": False, "resource_json": body}
             rows.append(row)
@@ -561,11 +561,11 @@ def _unchanged(
         resource_id: StoredVersion(resource_type, resource_id, found.version_id, found.last_updated, False, found.body)
         for resource, resource_id in writes
         if (found := current.get(resource_id)) is not None and not found.deleted
-        and _with_meta(resource, resource_id, found.version_id, found.last_updated) == found.body
+        and stored_json(resource, resource_id, found.version_id, found.last_updated) == found.body
     }
 
 
-def _with_meta(resource: dict[str, Any], resource_id: str, version_id: int, now: int) -> bytes:
+def stored_json(resource: dict[str, Any], resource_id: str, version_id: int, now: int) -> bytes:
     """The stored JSON: id and meta first, as FHIR's element order has them."""
     meta = {key: value for key, value in (resource.get("meta") or {}).items() if key not in ("versionId", "lastUpdated")}
     ordered = {
