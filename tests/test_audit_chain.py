@@ -198,6 +198,12 @@ def test_an_edited_searchable_copy_is_detected(services, fhir):
     assert "nobody" in fhir.get("/fhir/AuditEvent/3").text  # served as the record
     verification = _verify(services)
     assert verification.first_broken == 3 and "searchable copy of event 3" in verification.problem
+    with services.engine.begin() as connection:  # bytes that are not even UTF-8: compared as bytes
+        connection.execute(update(fhir_resources).where(
+            fhir_resources.c.resource_type == "AuditEvent", fhir_resources.c.resource_id == "2"
+        ).values(resource_json=b"\xff\xfe"))
+    verification = _verify(services)
+    assert verification.first_broken == 2 and "searchable copy of event 2" in verification.problem
 
 
 def test_events_appended_by_write_transactions_are_checkpointed_on_time(services):
