@@ -73,15 +73,22 @@ _WARNING_NAMES = 5
 
 @dataclass(frozen=True)
 class _Part:
-    """An instance as it is sent: its stored file, or its transcoding, kept in
-    the request's spool at `spooled` (offset, length)."""
+    """An instance as it is sent: its stored file (`syntaxes`: its stored one),
+    its transcoding kept in the request's spool at `spooled` (offset,
+    length), or, for native pixel data, which needs no decoding, transcoded
+    as it is sent, into the first of `syntaxes` that it can be."""
 
     instance: StoredInstance
-    syntax: str
+    syntaxes: tuple[str, ...]
     spooled: tuple[int, int] | None = None
 
     @property
+    def on_the_way(self) -> bool:
+        return self.spooled is None and self.syntaxes[0] != self.instance.transfer_syntax_uid
+
+    @property
     def size(self) -> int:
+        """Its length; for one transcoded on the way, the stored file's, to bound a group by."""
         return self.instance.file_size if self.spooled is None else self.spooled[1]
 
 
@@ -118,22 +125,31 @@ def _negotiated(
 def _prepared(
     chosen: list[tuple[StoredInstance, list[str]]], spool: IO[bytes]
 ) -> tuple[list[_Part], list[tuple[StoredInstance, NotAcceptable]]]:
-    """The parts to send, transcoded ones written to `spool`, and the
-    instances whose pixel data turned out not to decode into any syntax the
-    client takes (the stored one, where it takes that, always serves)."""
+    """The parts to send, and the instances that turned out not to transcode
+    into any syntax the client takes. Compressed pixel data is decoded now,
+    into `spool`, before the status is sent: decoding is what fails on files
+    that are otherwise sound (a 12-bit JPEG no decoder here reads). Native
+    pixel data is only re-encoded, which fails only on a corrupt file: the
+    first group now (the answer for an instance or a small series is then
+    exact), the rest as it is sent, so that a big study of an Implicit VR
+    archive starts streaming after one group."""
     parts, failed = [], []
-    for instance, syntaxes in chosen:
+    for position, (instance, syntaxes) in enumerate(chosen):
+        later = position >= _GROUP_FILES and is_native(instance.transfer_syntax_uid)
+        if syntaxes[0] == instance.transfer_syntax_uid or later:
+            parts.append(_Part(instance, tuple(syntaxes)))
+            continue
         part, refusal = None, None
         for syntax in syntaxes:
             if syntax == instance.transfer_syntax_uid:
-                part = _Part(instance, syntax)
+                part = _Part(instance, (syntax,))
                 break
             try:
                 body = transcode_to(instance.absolute_path, syntax)
             except NotAcceptable as error:
                 refusal = refusal or error
                 continue
-            part = _Part(instance, syntax, (spool.tell(), len(body)))
+            part = _Part(instance, (syntax,), (spool.tell(), len(body)))
             spool.write(body)
             break
         if part is not None:
@@ -144,17 +160,36 @@ def _prepared(
     return parts, failed
 
 
-def _bodies(group: list[_Part], spool: IO[bytes]) -> list[bytes | memoryview]:
-    """Stored files memory-mapped (sent from the page cache without a copy into
-    Python objects), transcoded ones read back from the spool."""
-    bodies: list[bytes | memoryview] = []
+def _bodies(group: list[_Part], spool: IO[bytes]) -> list[tuple[str, bytes | memoryview]]:
+    """Each part's syntax and body: a stored file memory-mapped (sent from the
+    page cache without a copy into Python objects), a spooled transcoding
+    read back, another transcoded now. One of those that fails into every
+    syntax the client takes ends the stream without its closing boundary:
+    the client sees an incomplete answer, never a complete-looking one that
+    lacks an instance."""
+    bodies: list[tuple[str, bytes | memoryview]] = []
     for part in group:
-        if part.spooled is None:
-            bodies.append(map_file(part.instance.absolute_path))
-        else:
+        if part.spooled is not None:
             spool.seek(part.spooled[0])
-            bodies.append(spool.read(part.spooled[1]))
+            bodies.append((part.syntaxes[0], spool.read(part.spooled[1])))
+        elif not part.on_the_way:
+            bodies.append((part.syntaxes[0], map_file(part.instance.absolute_path)))
+        else:
+            bodies.append(_transcoded_on_the_way(part))
     return bodies
+
+
+def _transcoded_on_the_way(part: _Part) -> tuple[str, bytes | memoryview]:
+    refusal: NotAcceptable | None = None
+    for syntax in part.syntaxes:
+        if syntax == part.instance.transfer_syntax_uid:
+            return syntax, map_file(part.instance.absolute_path)
+        try:
+            return syntax, transcode_to(part.instance.absolute_path, syntax)
+        except NotAcceptable as error:
+            refusal = refusal or error
+    assert refusal is not None
+    raise refusal
 
 
 async def _parts_body(
@@ -163,8 +198,8 @@ async def _parts_body(
     try:
         first = True
         for group in _groups(parts):
-            for part, body in zip(group, await run_in_threadpool(_bodies, group, spool), strict=True):
-                yield framing.head(_instance_content_type(part.syntax), first=first)
+            for syntax, body in await run_in_threadpool(_bodies, group, spool):
+                yield framing.head(_instance_content_type(syntax), first=first)
                 yield body
                 first = False
         yield framing.closing(after_parts=not first)
@@ -189,9 +224,9 @@ async def retrieve_instances(
     accept = negotiated_accept(request, keep_refused=True)
     found = await run_in_threadpool(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid)
     chosen, left_out = _negotiated(accept, [instance for instance, _ in found])
-    # Transcoded before the status goes out: an instance whose pixel data does
-    # not decode is then left out of the answer, not the end of a broken one.
-    # Transcodings beyond the spool's memory go to a temporary file.
+    # Compressed pixel data is decoded before the status goes out: an instance
+    # that does not decode is then left out of the answer, not the end of a
+    # broken one. Decodings beyond the spool's memory go to a temporary file.
     spool = SpooledTemporaryFile(max_size=_GROUP_BYTES)
     try:
         parts, failed = await run_in_threadpool(_prepared, chosen, spool)
@@ -204,15 +239,17 @@ async def retrieve_instances(
         raise left_out[0][1]
     boundary = new_boundary()
     framing = MultipartFraming(boundary)
-    length = framing.length((_instance_content_type(part.syntax), part.size) for part in parts)
-    headers = {"Content-Length": str(length)}
+    headers = {}
+    if not any(part.on_the_way for part in parts):  # every length known before the first byte
+        length = framing.length((_instance_content_type(part.syntaxes[0]), part.size) for part in parts)
+        headers["Content-Length"] = str(length)
     if left_out:
         headers["Warning"] = _left_out_warning(left_out)
     status = 206 if left_out else 200
     media_type = multipart_related_type(boundary, DICOM)
-    if is_head(request):
+    if is_head(request):  # what a GET answers, without its parts: chunked too when their lengths are not known
         spool.close()
-        return Response(status_code=status, headers=headers, media_type=media_type)
+        return StreamingResponse(iter(()), status_code=status, media_type=media_type, headers=headers)
     body = _parts_body(framing, parts, spool)
     return StreamingResponse(body, status_code=status, media_type=media_type, headers=headers)
 
