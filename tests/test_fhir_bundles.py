@@ -409,3 +409,19 @@ def test_an_update_with_general_parameters_is_named_by_its_fullurl(fhir):
     ])
     assert response.status_code == 200, response.text[:300]
     assert response.json()["entry"][1]["resource"]["partOf"] == [{"reference": "Task/named-put"}]
+
+
+def test_histories_are_read_in_a_batch_and_an_empty_path_segment_is_refused(fhir):
+    fhir.put("/fhir/Task/kept", json={**TASK, "id": "kept"})
+    fhir.put("/fhir/Task/kept", json={**TASK, "id": "kept", "description": "second"})
+    answer = _post(fhir, "batch", [
+        {"request": {"method": "GET", "url": "Task/kept/_history"}},
+        {"request": {"method": "GET", "url": "Task/_history?_count=1"}},
+        {"request": {"method": "DELETE", "url": "Task//kept"}},  # was the delete of Task/kept
+    ]).json()
+    instance, by_type, refused = answer["entry"]
+    assert instance["response"]["status"] == "200 OK" and instance["resource"]["type"] == "history"
+    assert [entry["resource"]["meta"]["versionId"] for entry in instance["resource"]["entry"]] == ["2", "1"]
+    assert by_type["resource"]["type"] == "history" and len(by_type["resource"]["entry"]) == 1
+    assert refused["response"]["status"].startswith("400")
+    assert fhir.get("/fhir/Task/kept").status_code == 200

@@ -25,7 +25,7 @@ from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
 from fhir_mappings.subsetting import subset_json
 from server.audit.middleware import note_patients
 from server.db import retried_on_conflict, write_connection
-from server.fhir import interactions
+from server.fhir import history, interactions
 from server.fhir.bundle_links import absolute_full_url, refuse_placeholders, replace_links
 from server.fhir.conditional import (
     condition_key,
@@ -285,11 +285,16 @@ def _run(
     if url.startswith(f"{base}/"):
         url = url[len(base) + 1 :]
     path, _, query = url.partition("?")
-    parts = [part for part in path.split("/") if part]
+    parts = path.strip("/").split("/")
+    if "" in parts:  # `Task//x` is no URL of Task/x
+        raise InvalidRequest(f"{url[:100]!r} has an empty path segment")
     if_match = interactions.parse_if_match(entry["request"].get("ifMatch"))
     if method == "GET" and interactions.is_search(parts):
         page = interactions.search(service, parts, form_pairs(query), base, False, authorize_search, connection)
         return EntryResult("200 OK", resource=render_searchset(page, base))
+    if method == "GET" and len(parts) in (2, 3) and parts[-1] == "_history":  # a type's or an instance's
+        resource_id = parts[1] if len(parts) == 3 else None
+        return EntryResult("200 OK", resource=history.history(service, parts[0], resource_id, form_pairs(query), base))
     if method == "GET" and len(parts) in (2, 4) and (len(parts) == 2 or parts[2] == "_history"):
         version = (
             interactions.read(service, parts[0], parts[1], connection)
