@@ -236,15 +236,28 @@ def _model(dataset: dict[str, Any]) -> str | None:
     return model
 
 
-def cancellation_reason(dataset: dict[str, Any] | None) -> str:
-    """What a Request Cancellation body (PS3.4 Table CC.2.2-2) says, in words."""
+@dataclass(frozen=True)
+class CancellationRequest:
+    """What a Request Cancellation body (PS3.4 Table CC.2.2-2) says."""
+
+    reason: str
+    contact_name: str | None = None
+    contact_uri: str | None = None
+
+    @property
+    def text(self) -> str:
+        """In words, for the job's Task."""
+        contact = " ".join(part for part in (self.contact_name, self.contact_uri) if part)
+        return f"{self.reason} (contact: {contact})" if contact else self.reason
+
+
+def cancellation_request(dataset: dict[str, Any] | None) -> CancellationRequest:
     if not dataset:
-        return "cancellation requested over UPS-RS"
+        return CancellationRequest("cancellation requested over UPS-RS")
     require_dataset(dataset)
     codes = _items(dataset, _DISCONTINUATION_CODES)
     reason = _text(dataset, _REASON) or (_text(codes[0], _CODE_MEANING) if codes else None) or "cancellation requested"
-    contact = " ".join(part for part in (_text(dataset, _CONTACT_NAME), _text(dataset, _CONTACT_URI)) if part)
-    return f"{reason} (contact: {contact})" if contact else reason
+    return CancellationRequest(reason, _text(dataset, _CONTACT_NAME), _text(dataset, _CONTACT_URI))
 
 
 def requested_state(dataset: dict[str, Any]) -> str:

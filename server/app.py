@@ -22,6 +22,7 @@ from server.date_header import DateHeader
 from server.db import make_engine, write_connection
 from server.dicomweb.routes import router as dicomweb_router
 from server.dicomweb.wado_uri import router as wado_uri_router
+from server.dicomweb.workitem_subscriptions import job_changed
 from server.errors import install_error_handlers
 from server.fhir.derived import ensure_endpoints, study_patients, sync_studies
 from server.fhir.routes import router as fhir_router
@@ -60,6 +61,7 @@ def build_services(settings: Settings) -> Services:
     audit = build_audit(engine, fhir.store, settings.data_dir, settings.audit_checkpoint_every,
                         settings.audit_checkpoint_seconds, settings.public_root)
     _audit_own_changes(audit, jobs)
+    jobs.queue.on_job = job_changed  # UPS event reports, in the transaction of each change
     auth = build_auth(engine, settings.data_dir, settings.public_root, settings.token_seconds,
                       settings.requests_per_second, settings.request_burst)
     auth.identities.on_change = lambda connection, name, description: audit.record_in(

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from server.audit.service import AuditService
 from server.auth.service import AuthService
@@ -26,5 +26,5 @@ class Services:
     auth: AuthService
 
 
-def services(request: Request) -> Services:
+def services(request: HTTPConnection) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]

@@ -10,6 +10,10 @@ so nothing is disclosed unrecorded (fail closed).
 
 Probes (/healthz, /readyz) are not audited: orchestrators call them every few
 seconds and they touch no data.
+
+A WebSocket (the UPS Watch channel) is recorded once, as it opens or is
+refused, and opens only once its record is durable; the event reports it
+carries later are what the subscriptions, each recorded, asked for.
 """
 
 import asyncio
@@ -83,6 +87,8 @@ def audit_kind(method: str, path: str) -> AuditKind | None:
         return _fhir_kind(method, parts[1:])
     if parts[:2] == ["dicom-web", "workitems"]:
         return _workitem_kind(method, parts[2:])
+    if parts[:2] == ["dicom-web", "subscribers"]:
+        return AuditKind.READ  # the channel of a subscriber's event reports on workitems
     if parts[0] == "dicom-web":
         if method == "POST":
             return AuditKind.STOW
@@ -208,7 +214,7 @@ class _RequestAudit:
             kind=self.kind, outcome=outcome, recorded=datetime.now(UTC),
             client=client, server=self.server_name,
             client_address=scope["client"][0] if scope.get("client") else None,
-            description=f"{'HEAD' if scope.get(HEAD_MARK) else scope['method']} {scope['path']} {result}",
+            description=f"{'HEAD' if scope.get(HEAD_MARK) else scope.get('method', 'GET')} {scope['path']} {result}",
             request_id=request_id_var.get() or None, resources=sorted(resources),
             study_uids=sorted(self.studies if studies is None else studies),
             patients=sorted(self.patients if patients is None else patients), query=query,
@@ -234,12 +240,16 @@ class AuditMiddleware:
         self.patients_of_studies = patients_of_studies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = audit_kind(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        websocket = scope["type"] == "websocket"
+        kind = audit_kind(scope.get("method", "GET"), scope["path"]) if scope["type"] == "http" or websocket else None
         if kind is None:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})
         audit = _RequestAudit(scope, kind, self.chain, self.server_name, self.patients_of_studies)
+        if websocket:
+            await self._channel(audit, scope, receive, send)
+            return
         refused = False
 
         async def audited_send(message: Message) -> None:
@@ -282,6 +292,31 @@ class AuditMiddleware:
         finally:
             _current.reset(current)
             commit_witness.reset(witness)
+
+    async def _channel(self, audit: _RequestAudit, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket: recorded by its first message, which opens it (101),
+        refuses it with an HTTP answer, or closes it unopened (403)."""
+
+        async def audited_send(message: Message) -> None:
+            if not audit.recorded:
+                audit.recorded = True
+                status = {"websocket.accept": 101, "websocket.close": 403}.get(message["type"], message.get("status"))
+                events = [audit.login_event()] if "basic_login" in scope["state"] else []
+                events.append(audit.event(_outcome(status or 500), f"answered {status}"))
+                try:
+                    await self._record(events)
+                except AuditUnavailable:
+                    log.exception("a WebSocket went unopened: its audit record could not be written")
+                    if message["type"] == "websocket.accept":
+                        await send({"type": "websocket.close", "code": 1011})
+                    raise
+            await send(message)
+
+        current = _current.set(audit)
+        try:
+            await self.app(scope, receive, audited_send)
+        finally:
+            _current.reset(current)
 
     def _resolve_patients(self, audit: _RequestAudit) -> None:
         with reading(self.chain.engine) as connection:

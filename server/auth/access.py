@@ -3,8 +3,9 @@
 FHIR interactions map to their type and letter (read r, search s, create c,
 update u, delete d); DICOMweb to ImagingStudy (QIDO searches, WADO reads,
 STOW creates, DELETE deletes), except UPS-RS, whose workitems are the jobs'
-Tasks (creating orders one, searching and retrieving read them, any other
-request changes one); the model API to Device. A batch or
+Tasks (creating orders one, searching and retrieving read them, and so do
+subscribing to their event reports and opening the channel that carries
+them; any other request changes one); the model API to Device. A batch or
 transaction Bundle is judged entry by entry, with the same function.
 """
 
@@ -122,6 +123,9 @@ def fhir_permission(method: str, parts: list[str]) -> Permission | None:
 
 
 def _dicomweb_permission(method: str, parts: list[str]) -> Permission:
+    # UPS Watch: a subscription changes no workitem; it reads them as they change.
+    if parts[:1] == ["subscribers"] or (parts[:1] == ["workitems"] and parts[2:3] == ["subscribers"]):
+        return Permission("Task", "r")
     if parts[:1] == ["workitems"]:
         if method in ("GET", "HEAD"):
             return Permission("Task", "s" if len(parts) == 1 else "r")

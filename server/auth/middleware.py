@@ -2,6 +2,10 @@
 
 Credentials: `Authorization: Bearer <token>` (from /auth/token) or HTTP
 Basic (user name and password, or client id and secret, as PACS send them).
+A WebSocket handshake (the UPS Watch channel) brings them the same way, or,
+as a browser cannot set its headers, the token as `access_token` in its query
+(RFC 6750 §2.3); a refused one gets the HTTP answer a request would, where
+the server can send one (the ASGI denial response), else close code 1008.
 Argon2 runs only when a Basic credential is first seen: a verified one is
 kept for a minute under the SHA-256 of the header, so that it costs a
 dictionary lookup afterwards; failures count against the login limits.
@@ -19,7 +23,7 @@ import time
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.auth.access import (
@@ -59,7 +63,8 @@ class AuthMiddleware:
         self._lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_public(scope["method"], scope["path"]):
+        method = scope.get("method", "GET")  # a WebSocket handshake is a GET
+        if scope["type"] not in ("http", "websocket") or is_public(method, scope["path"]):
             await self.app(scope, receive, send)
             return
         try:
@@ -70,7 +75,7 @@ class AuthMiddleware:
             wait = rate.take(principal.name) if rate is not None else None
             if wait is not None:
                 raise _Refused(429, f"{principal.name} has made too many requests; try again later", retry_after=wait)
-            permission = required_permission(scope["method"], scope["path"])
+            permission = required_permission(method, scope["path"])
             if permission is not None and permission is not BUNDLE and not principal.may(permission):
                 raise _Refused(403, f"{principal.name} may not {_verb(permission.letter)} {permission.resource_type}")
         except _Refused as refused:
@@ -79,7 +84,11 @@ class AuthMiddleware:
                 headers["WWW-Authenticate"] = refused.challenge
             if refused.retry_after:
                 headers["Retry-After"] = str(refused.retry_after)
-            response = error_response(refused.status, refused.message, headers, Request(scope))
+            if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+                await send({"type": "websocket.close", "code": 1008, "reason": refused.message[:120]})
+                return
+            request = Request(scope) if scope["type"] == "http" else None
+            response = error_response(refused.status, refused.message, headers, request)
             await response(scope, receive, send)
             return
         scope["state"]["authorized"] = True
@@ -87,6 +96,9 @@ class AuthMiddleware:
 
     async def _authenticate(self, scope: Scope) -> Principal:
         header = Headers(scope=scope).get("authorization", "")
+        token = HTTPConnection(scope).query_params.get("access_token") if scope["type"] == "websocket" else None
+        if not header and token:
+            header = f"Bearer {token}"
         kind, _, credentials = header.partition(" ")
         if kind.lower() == "bearer" and credentials:
             try:

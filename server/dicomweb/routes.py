@@ -7,17 +7,24 @@ module; they hold no logic of their own.
 from functools import partial
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from dicom.errors import InvalidRequest
 from dicom.matching import parse_qido_query
 from dicom.uids import require_uid
-from dicom.workitems import cancellation_reason, order_from_dataset, requested_state, transaction_uid
+from dicom.workitem_events import FILTERED_WORKLIST, WORKLIST, require_ae_title
+from dicom.workitems import (
+    cancellation_request,
+    order_from_dataset,
+    requested_state,
+    transaction_uid,
+)
 from server.audit.middleware import note_studies
 from server.auth.access import Permission
 from server.db import retried_on_conflict
-from server.dicomweb import delete, qido, stow, wado, workitems
+from server.dicomweb import delete, qido, stow, wado, workitem_subscriptions, workitems
 from server.dicomweb.answers import data_sets_response
 from server.dicomweb.context import dicomweb_root, negotiated_model
 from server.errors import error_response, warning_header
@@ -222,9 +229,9 @@ async def retrieve_workitem(request: Request, uid: str) -> Response:
 @router.post("/workitems/{uid}/cancelrequest")
 async def request_workitem_cancellation(request: Request, uid: str) -> Response:
     current = services(request)
-    reason = cancellation_reason(await workitems.dataset_body(request, current, optional=True))
+    cancellation = cancellation_request(await workitems.dataset_body(request, current, optional=True))
     warning = await run_in_threadpool(
-        retried_on_conflict, partial(workitems.request_cancellation, current, uid, reason)
+        retried_on_conflict, partial(workitems.request_cancellation, current, uid, cancellation)
     )
     return Response(status_code=202, headers={"Warning": warning_header(warning)} if warning else None)
 
@@ -243,3 +250,64 @@ async def update_workitem(request: Request, uid: str) -> Response:
     current = services(request)
     body = await workitems.dataset_body(request, current)
     raise await run_in_threadpool(workitems.update_refusal, current, uid, transaction_uid(body or {}))
+
+
+# --- UPS Watch (PS3.18 §11.10-11.13) --------------------------------------------
+def _subscription_query(request: Request) -> None:
+    """A subscription's query holds at most `deletionlock=true|false`. Either is
+    granted: this server never deletes a workitem (PS3.4 CC.2.3.1)."""
+    for name, value in request.query_params.multi_items():
+        if name != "deletionlock" or value not in ("true", "false"):
+            raise InvalidRequest(f"a subscription takes only deletionlock=true or false, not {name}={value}"[:200])
+
+
+@router.post("/workitems/{uid}/subscribers/{ae_title}")
+async def subscribe_to_workitems(request: Request, uid: str, ae_title: str) -> Response:
+    if refused := _study_reading_refused(request):
+        return refused
+    if uid == FILTERED_WORKLIST:
+        message = "Filtered Worklist Subscriptions are not supported."
+        return error_response(403, message, {"Warning": warning_header(message)})
+    subscriber = require_ae_title(ae_title)
+    _subscription_query(request)
+    current = services(request)
+    if uid == WORKLIST:
+        subscribe = partial(workitem_subscriptions.subscribe_to_worklist, current, subscriber)
+    else:
+        subscribe = partial(workitem_subscriptions.subscribe, current, uid, subscriber)
+    await run_in_threadpool(retried_on_conflict, subscribe)
+    return Response(status_code=201)
+
+
+@router.delete("/workitems/{uid}/subscribers/{ae_title}")
+async def unsubscribe_from_workitems(request: Request, uid: str, ae_title: str) -> Response:
+    subscriber = require_ae_title(ae_title)
+    engine = services(request).engine
+    if uid == WORKLIST:
+        unsubscribe = partial(workitem_subscriptions.unsubscribe_from_worklist, engine, subscriber)
+    else:
+        unsubscribe = partial(workitem_subscriptions.unsubscribe, engine, uid, subscriber)
+    await run_in_threadpool(retried_on_conflict, unsubscribe)
+    return Response(status_code=200)
+
+
+@router.post("/workitems/{uid}/subscribers/{ae_title}/suspend")
+async def suspend_worklist_subscription(request: Request, uid: str, ae_title: str) -> Response:
+    subscriber = require_ae_title(ae_title)
+    if uid != WORKLIST:
+        raise InvalidRequest(f"only a worklist subscription ({WORKLIST}) is suspended; unsubscribe from a workitem")
+    await run_in_threadpool(
+        retried_on_conflict, partial(workitem_subscriptions.suspend_worklist_subscription, services(request).engine,
+                                     subscriber)
+    )
+    return Response(status_code=200)
+
+
+@router.websocket("/subscribers/{ae_title}")
+async def open_event_channel(websocket: WebSocket, ae_title: str) -> None:
+    try:
+        subscriber = require_ae_title(ae_title)
+    except InvalidRequest as error:
+        await websocket.close(code=1008, reason=str(error)[:120])
+        return
+    await workitem_subscriptions.serve_channel(websocket, services(websocket).engine, subscriber)

@@ -18,7 +18,13 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from dicom.errors import Conflict, DicomError, InvalidRequest, NotFound, UnsupportedMediaType
+from dicom.errors import (
+    Conflict,
+    DicomError,
+    InvalidRequest,
+    NotFound,
+    UnsupportedMediaType,
+)
 from dicom.matching import TRANSPORT_PARAMETERS, Condition, QidoQuery, SequenceMatch
 from dicom.uids import require_uid
 from dicom.workitems import (
@@ -28,6 +34,7 @@ from dicom.workitems import (
     IN_PROGRESS,
     SEGMENTATION_SOP_CLASS,
     STATE_OF_TASK_STATUS,
+    CancellationRequest,
     JobFacts,
     SegOutput,
     WorkitemOrder,
@@ -42,14 +49,21 @@ from inference.seg import SegIdentity
 from server.audit.middleware import note_resources, note_studies
 from server.db import reading, write_connection
 from server.dicomweb.qido import SearchPage, column_matches, selected_attributes
+from server.dicomweb.workitem_subscriptions import report_cancel_requested
 from server.fhir import interactions
 from server.fhir.negotiation import read_body
 from server.jobs.queue import COMPLETED as JOB_COMPLETED
-from server.jobs.queue import IN_PROGRESS as JOB_RUNNING
-from server.jobs.queue import REQUESTED, Job, JobQueue, Stage
+from server.jobs.queue import REQUESTED, Job, JobQueue, progress_percent
 from server.jobs.registry import ModelNotFound, ModelRegistry
 from server.services import Services
-from server.tables import ai_models, inference_jobs, instances, series, studies, workitems
+from server.tables import (
+    ai_models,
+    inference_jobs,
+    instances,
+    series,
+    studies,
+    workitems,
+)
 
 _DICOM_JSON_BODIES = frozenset(("application/dicom+json", "application/json"))
 _INCONSISTENT = "The submitted request is inconsistent with the state of the UPS Instance."
@@ -74,7 +88,6 @@ _COLUMNS: dict[int, Any] = {
     0x00741000: _STATE,
     0x00741200: workitems.c.priority,
 }
-_STAGES = [stage.business_status for stage in Stage]
 
 
 def workitem_url(dicomweb_root: str, uid: str) -> str:
@@ -108,22 +121,12 @@ def _datasets(connection: Connection, rows: Sequence[Any], dicomweb_root: str) -
             ended=from_micros(job.ended_at) if job.ended_at else None,
             study_uid=job.study_instance_uid, series_uid=job.series_instance_uid,
             model_name=row.model_name, model_version=row.model_version, business_status=job.business_status,
-            reason=job.reason, progress=_progress(job), study_attributes=orjson.loads(row.study_json or b"{}"),
+            reason=job.reason, progress=progress_percent(job), study_attributes=orjson.loads(row.study_json or b"{}"),
             outputs=outputs.get(job.task_id, ()),
             requested=orjson.loads(row.dataset_json) if row.dataset_json else None,
         ))
         for row, job in zip(rows, jobs)
     ]
-
-
-def _progress(job: Job) -> float | None:
-    """Percent of the stages a running job has passed; None where it is not known (queued, waiting to retry)."""
-    if job.status == JOB_COMPLETED:
-        return 100.0
-    if job.status == JOB_RUNNING:
-        stage = _STAGES.index(job.business_status) if job.business_status in _STAGES else 0
-        return 100.0 * stage / len(_STAGES)
-    return None
 
 
 def _seg_outputs(connection: Connection, task_ids: list[str], dicomweb_root: str) -> dict[str, tuple[SegOutput, ...]]:
@@ -255,10 +258,10 @@ def _task(order: WorkitemOrder, device_id: str | None) -> dict[str, Any]:
     return task
 
 
-def request_cancellation(current: Services, uid: str, reason: str) -> str | None:
-    """Request Cancellation (PS3.18 §11.8, PS3.4 CC.2.4.3): this server, the
-    performer, cancels the job at once. The Warning text for a workitem
-    canceled already (status B304, a success)."""
+def request_cancellation(current: Services, uid: str, request: CancellationRequest) -> str | None:
+    """Request Cancellation (PS3.18 §11.8, PS3.4 CC.2.4.3): subscribers are
+    told of the request, then this server, the performer, cancels the job at
+    once. The Warning text for a workitem canceled already (status B304, a success)."""
     queue = current.jobs.queue
     with write_connection(current.engine) as connection:
         job = queue.get(_task_id(connection, uid), connection, lock=True)
@@ -268,7 +271,8 @@ def request_cancellation(current: Services, uid: str, reason: str) -> str | None
             return "The UPS is already in the requested state of CANCELED."
         if state == COMPLETED:
             raise Conflict(f"the workitem {uid} is COMPLETED and can no longer be canceled", _INCONSISTENT)
-        cancelled = queue.cancel(connection, job.task_id, reason)
+        report_cancel_requested(connection, job.task_id, request)
+        cancelled = queue.cancel(connection, job.task_id, request.text)
         queue.store.put(connection, queue.task_of(cancelled), job.task_id, "PUT")
     return None
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 REQUESTED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "requested", "in-progress", "completed", "failed", "cancelled"
 ON_HOLD = "on-hold"  # only ever a Task status: a job queued for another attempt
 FINAL = frozenset((COMPLETED, FAILED, CANCELLED))
+# What a job watcher is told of: the job's creation, a change of its status, a new stage of its run.
+JobChange = Literal["created", "status", "stage"]
 
 
 class Stage(str, Enum):
@@ -45,6 +47,16 @@ class Stage(str, Enum):
     @property
     def business_status(self) -> str:
         return f"running: {self.value}"
+
+
+def progress_percent(job: "Job") -> float | None:
+    """Percent of the stages a running job has passed; None where it is not known (queued, waiting to retry)."""
+    if job.status == COMPLETED:
+        return 100.0
+    if job.status == IN_PROGRESS:
+        stages = [stage.business_status for stage in Stage]
+        return 100.0 * stages.index(job.business_status) / len(stages) if job.business_status in stages else 0.0
+    return None
 
 
 def now_micros() -> int:
@@ -91,6 +103,8 @@ class JobQueue:
         self.policy = policy
         # Told of every state change, in its transaction (the audit trail).
         self.on_change: Callable[[Connection, str, str, str | None, str | None], None] | None = None
+        # Told of a job's creation, status changes and stages, in their transactions (UPS event reports).
+        self.on_job: Callable[[Connection, Job, JobChange], None] | None = None
 
     # --- creating and reading -------------------------------------------------
     def create(
@@ -114,6 +128,8 @@ class JobQueue:
         ))
         job = self.get(task_id, connection)
         assert job is not None
+        if self.on_job is not None:
+            self.on_job(connection, job, "created")
         if automatic and self.on_change is not None:
             # The server's own decision to run a model (an order is its client's request, recorded as such).
             self.on_change(connection, task_id, self.public_status(job), job.patient_id, None)
@@ -436,6 +452,8 @@ class JobQueue:
             self.store.put(connection, self.task_of(job), task_id, "PUT")
         if self.on_change is not None and status_to is not None:
             self.on_change(connection, task_id, self.public_status(job), job.patient_id, owner or job.lease_owner)
+        if self.on_job is not None and (status_to is not None or "business_status" in values):
+            self.on_job(connection, job, "status" if status_to is not None else "stage")
         return job
 
     def _lease(self) -> int:

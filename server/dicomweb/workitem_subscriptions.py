@@ -1,0 +1,229 @@
+"""UPS Watch (PS3.18 §11.10-11.13, PS3.4 CC.2.3-CC.2.4): subscriptions by AE
+title, kept in the database, and event reports sent over a WebSocket.
+
+Subscribing to the worklist subscribes the AE title to every workitem not yet
+final and to every one created later, as PS3.4 CC.2.3.1 has it: each
+workitem's subscription is then its own row, which an unsubscribe from that
+workitem removes; suspending the worklist subscription stops only the later
+ones; unsubscribing from the worklist removes them all.
+
+Reports go through a durable outbox: each is written, one row per subscribed
+AE title, in the transaction of the change it reports (the queue's `on_job`
+hook, a cancel request), so it reaches its subscriber whichever process made
+the change (a server thread, a Celery worker, another server process) and
+outlives a restart. A channel (`Open Event Channel`, PS3.18 §8.10.4) polls the
+rows of its AE title, sends them in order, and deletes what it sent. Reports
+wait for a channel at most `RETENTION_SECONDS` (PS3.18 lets a server drop
+them while no channel is open; this one keeps them a while).
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, delete, insert, select
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from dicom.errors import NotFound
+from dicom.uids import require_uid
+from dicom.workitem_events import addressed, cancel_requested, progress_report, state_report
+from dicom.workitems import CANCELED, STATE_OF_TASK_STATUS, CancellationRequest
+from server.audit.middleware import note_resources
+from server.db import reading, write_connection
+from server.jobs.queue import FINAL, IN_PROGRESS, Job, JobChange, JobQueue, Stage, now_micros, progress_percent
+from server.services import Services
+from server.tables import inference_jobs, workitem_events, workitem_subscriptions, workitems, worklist_subscriptions
+
+RETENTION_SECONDS = 7 * 24 * 3600
+POLL_SECONDS = 0.5
+_BATCH = 100
+_STAGES = frozenset(stage.business_status for stage in Stage)
+
+
+# --- subscriptions (PS3.18 §11.10-11.12) ---------------------------------------
+def subscribe(current: Services, uid: str, ae_title: str) -> None:
+    """Subscribe to one workitem: its state is reported at once (PS3.4 CC.2.3.1),
+    final or not, so that the subscriber starts from what the workitem is."""
+    with write_connection(current.engine) as connection:
+        task_id = _task_id(connection, uid)
+        if not _subscribed(connection, ae_title, task_id):
+            connection.execute(insert(workitem_subscriptions).values(ae_title=ae_title, task_id=task_id))
+        _write(connection, [ae_title], task_id, _state_report(_job(current.jobs.queue, connection, task_id)))
+
+
+def subscribe_to_worklist(current: Services, ae_title: str) -> None:
+    """Every workitem not yet final, reported at once, and every one created from now on."""
+    with write_connection(current.engine) as connection:
+        listed = select(worklist_subscriptions).where(worklist_subscriptions.c.ae_title == ae_title)
+        if connection.execute(listed).first() is None:
+            connection.execute(insert(worklist_subscriptions).values(ae_title=ae_title))
+        subscribed = select(workitem_subscriptions.c.task_id).where(workitem_subscriptions.c.ae_title == ae_title)
+        open_jobs = connection.execute(
+            select(inference_jobs.c.task_id)
+            .join(workitems, workitems.c.task_id == inference_jobs.c.task_id)
+            .where(inference_jobs.c.status.notin_(FINAL), inference_jobs.c.task_id.notin_(subscribed))
+            .order_by(inference_jobs.c.created_at, inference_jobs.c.task_id)
+        ).scalars().all()
+        for task_id in open_jobs:
+            connection.execute(insert(workitem_subscriptions).values(ae_title=ae_title, task_id=task_id))
+            _write(connection, [ae_title], task_id, _state_report(_job(current.jobs.queue, connection, task_id)))
+
+
+def unsubscribe(engine: Engine, uid: str, ae_title: str) -> None:
+    """From one workitem; a worklist subscription goes on for the workitems created later."""
+    with write_connection(engine) as connection:
+        task_id = _task_id(connection, uid)
+        connection.execute(delete(workitem_subscriptions).where(
+            workitem_subscriptions.c.ae_title == ae_title, workitem_subscriptions.c.task_id == task_id,
+        ))
+
+
+def unsubscribe_from_worklist(engine: Engine, ae_title: str) -> None:
+    """From the worklist and from every workitem (PS3.4 CC.2.3.1)."""
+    with write_connection(engine) as connection:
+        connection.execute(delete(worklist_subscriptions).where(worklist_subscriptions.c.ae_title == ae_title))
+        connection.execute(delete(workitem_subscriptions).where(workitem_subscriptions.c.ae_title == ae_title))
+
+
+def suspend_worklist_subscription(engine: Engine, ae_title: str) -> None:
+    """No more workitems created from now on; the subscriptions made so far stay (PS3.4 CC.2.3.1)."""
+    with write_connection(engine) as connection:
+        connection.execute(delete(worklist_subscriptions).where(worklist_subscriptions.c.ae_title == ae_title))
+
+
+def _task_id(connection: Connection, uid: str) -> str:
+    require_uid(uid, "the workitem UID")
+    task_id = connection.execute(select(workitems.c.task_id).where(workitems.c.workitem_uid == uid)).scalar()
+    if task_id is None:
+        raise NotFound(f"there is no workitem {uid} on this server")
+    note_resources([f"Task/{task_id}"])  # which workitem the subscription is to, for the audit record
+    return str(task_id)
+
+
+def _subscribed(connection: Connection, ae_title: str, task_id: str) -> bool:
+    return connection.execute(select(workitem_subscriptions.c.task_id).where(
+        workitem_subscriptions.c.ae_title == ae_title, workitem_subscriptions.c.task_id == task_id,
+    )).first() is not None
+
+
+def _job(queue: JobQueue, connection: Connection, task_id: str) -> Job:
+    job = queue.get(task_id, connection)
+    assert job is not None  # a workitem's job is never deleted
+    return job
+
+
+# --- reports --------------------------------------------------------------------
+def _state_report(job: Job) -> dict[str, Any]:
+    state = STATE_OF_TASK_STATUS[JobQueue.public_status(job)]
+    return state_report(state, job.reason if state == CANCELED else None)
+
+
+def job_changed(connection: Connection, job: Job, change: JobChange) -> None:
+    """The queue's `on_job` hook: a new workitem to the worklist's subscribers,
+    and a change of state or progress to the workitem's. One indexed read
+    when nobody watches."""
+    if change == "created":
+        watchers = connection.execute(select(worklist_subscriptions.c.ae_title)).scalars().all()
+        for ae_title in watchers:
+            connection.execute(insert(workitem_subscriptions).values(ae_title=ae_title, task_id=job.task_id))
+        _write(connection, watchers, job.task_id, _state_report(job))
+        return
+    if change == "status" and not _ups_state_changed(job):
+        return  # a retry: UPS shows the job IN PROGRESS while it waits
+    if change == "stage" and not (job.status == IN_PROGRESS and job.business_status in _STAGES):
+        return
+    watchers = _watchers(connection, job.task_id)
+    if watchers:
+        progress = progress_report(progress_percent(job), job.business_status) if change == "stage" else None
+        _write(connection, watchers, job.task_id, progress or _state_report(job))
+
+
+def _ups_state_changed(job: Job) -> bool:
+    """Whether a status change moved the UPS state (PS3.4 Table CC.1.1-2): into
+    a final state, or IN PROGRESS by a first claim. A retry's wait (on-hold)
+    and the attempts after it stay IN PROGRESS."""
+    return job.status in FINAL or (job.status == IN_PROGRESS and job.attempts == 1)
+
+
+def report_cancel_requested(connection: Connection, task_id: str, request: CancellationRequest) -> None:
+    """UPS Cancel Requested (PS3.4 CC.2.4.3), before the server, the performer, cancels."""
+    watchers = _watchers(connection, task_id)
+    if watchers:
+        report = cancel_requested(request.reason, request.contact_name, request.contact_uri)
+        _write(connection, watchers, task_id, report)
+
+
+def _watchers(connection: Connection, task_id: str) -> list[str]:
+    return list(connection.execute(
+        select(workitem_subscriptions.c.ae_title).where(workitem_subscriptions.c.task_id == task_id)
+    ).scalars())
+
+
+def _write(connection: Connection, ae_titles: Sequence[str], task_id: str, report: dict[str, Any]) -> None:
+    if ae_titles:
+        body, now = orjson.dumps(report), now_micros()
+        connection.execute(insert(workitem_events), [
+            {"ae_title": ae_title, "task_id": task_id, "created_at": now, "report_json": body} for ae_title in ae_titles
+        ])
+
+
+# --- the channel (PS3.18 §8.10.4, §8.10.5, §11.13) ------------------------------
+def _pending(engine: Engine, ae_title: str) -> list[tuple[int, bytes]]:
+    """The oldest reports waiting for `ae_title`, addressed, as text frames."""
+    with reading(engine) as connection:
+        rows = connection.execute(
+            select(workitem_events.c.id, workitem_events.c.report_json, workitems.c.workitem_uid)
+            .join(workitems, workitems.c.task_id == workitem_events.c.task_id)
+            .where(workitem_events.c.ae_title == ae_title)
+            .order_by(workitem_events.c.id).limit(_BATCH)
+        ).all()
+    return [(row.id, orjson.dumps(addressed(orjson.loads(row.report_json), row.workitem_uid))) for row in rows]
+
+
+def _sent(engine: Engine, ae_title: str, last_id: int) -> None:
+    with write_connection(engine) as connection:
+        connection.execute(delete(workitem_events).where(
+            workitem_events.c.ae_title == ae_title, workitem_events.c.id <= last_id,
+        ))
+
+
+def _expire(engine: Engine) -> None:
+    with write_connection(engine) as connection:
+        connection.execute(delete(workitem_events).where(
+            workitem_events.c.created_at < now_micros() - RETENTION_SECONDS * 1_000_000,
+        ))
+
+
+async def serve_channel(websocket: WebSocket, engine: Engine, ae_title: str) -> None:
+    """Send the reports of `ae_title` until the subscriber goes. A report is
+    deleted once sent: a subscriber that drops a frame as the connection
+    breaks does not see it again."""
+    await websocket.accept()
+    await run_in_threadpool(_expire, engine)
+    gone = asyncio.ensure_future(_closed(websocket))
+    try:
+        while not gone.done():
+            frames = await run_in_threadpool(_pending, engine, ae_title)
+            for _, frame in frames:
+                await websocket.send_text(frame.decode())
+            if frames:
+                await run_in_threadpool(_sent, engine, ae_title, frames[-1][0])
+                continue
+            await asyncio.wait([gone], timeout=POLL_SECONDS)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
+            await gone
+
+
+async def _closed(websocket: WebSocket) -> None:
+    """Until the subscriber closes the channel; what it sends is of no use to the server."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return

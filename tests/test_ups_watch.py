@@ -1,0 +1,193 @@
+"""UPS Watch (PS3.18 §11.10-11.13): subscriptions by AE title and the event
+reports of the WebSocket channel, on a real server in process with the demo
+model (and once behind uvicorn, as `serve` runs it)."""
+
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from starlette.testclient import WebSocketDenialResponse
+from websockets.sync.client import connect
+
+from dicom.workitem_events import FILTERED_WORKLIST, UPS_EVENT_SOP_CLASS, WORKLIST
+from dicom.workitems import derived_workitem_uid
+from tests.conftest import admin_headers, served
+from tests.inference_checks import order, run_queued
+from tests.test_ups import UPS_JSON, _create, _stored, _workitem
+
+STATE, CANCEL_REQUESTED, PROGRESS = 1, 2, 3
+
+
+def _subscribe(client: TestClient, uid: str, ae_title: str, query: str = "") -> None:
+    response = client.post(f"/dicom-web/workitems/{uid}/subscribers/{ae_title}{query}")
+    assert response.status_code == 201, response.text
+
+
+def _report(channel: Any) -> tuple[str, int, dict[str, Any]]:
+    """The workitem UID, event type and data set of the next event report."""
+    report = channel.receive_json()
+    assert report["00000002"] == {"vr": "UI", "Value": [UPS_EVENT_SOP_CLASS]}
+    assert list(report) == sorted(report)
+    return report["00001000"]["Value"][0], report["00001002"]["Value"][0], report
+
+
+def _state(report: dict[str, Any]) -> str:
+    return report["00741000"]["Value"][0]  # type: ignore[no-any-return]
+
+
+def _cancel(client: TestClient, uid: str, reason: str = "wrong study") -> None:
+    body = {"00741238": {"vr": "LT", "Value": [reason]}, "0074100C": {"vr": "LO", "Value": ["Dr Who"]}}
+    response = client.post(f"/dicom-web/workitems/{uid}/cancelrequest", json=body, headers=UPS_JSON)
+    assert response.status_code == 202, response.text
+
+
+def test_a_subscriber_follows_its_workitem_to_completion(queued):
+    client, services = queued
+    uid = _create(client, _workitem(_stored(client, 81)))
+    _subscribe(client, uid, "WATCHER", "?deletionlock=true")
+    with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
+        workitem, event, report = _report(channel)
+        assert (workitem, event, _state(report)) == (uid, STATE, "SCHEDULED")  # PS3.4 CC.2.3.1: the state at once
+        assert report["00404041"]["Value"] == ["READY"]
+        run_queued(services)
+        seen = []
+        while not seen or seen[-1] != (STATE, "COMPLETED"):
+            workitem, event, report = _report(channel)
+            assert workitem == uid
+            stage = report["00741002"]["Value"][0]["00741006"]["Value"][0] if event == PROGRESS else None
+            seen.append((event, stage or _state(report)))
+    states = [detail for event, detail in seen if event == STATE]
+    assert states == ["IN PROGRESS", "COMPLETED"]
+    progress = [detail for event, detail in seen if event == PROGRESS]
+    assert progress and all(detail.startswith("running: ") for detail in progress)
+    assert seen.index((STATE, "IN PROGRESS")) < seen.index((PROGRESS, progress[0]))
+
+
+def test_a_cancel_request_is_reported_then_the_cancellation(queued):
+    client, _ = queued
+    uid = _create(client, _workitem(_stored(client, 82)))
+    _subscribe(client, uid, "WATCHER")
+    with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
+        assert _report(channel)[1] == STATE
+        _cancel(client, uid)
+        workitem, event, requested = _report(channel)
+        assert (workitem, event) == (uid, CANCEL_REQUESTED)
+        assert requested["00741238"]["Value"] == ["wrong study"]
+        assert requested["0074100C"]["Value"] == ["Dr Who"]
+        workitem, event, canceled = _report(channel)
+        assert (workitem, event, _state(canceled)) == (uid, STATE, "CANCELED")
+        assert "wrong study" in canceled["00741238"]["Value"][0]
+
+
+def test_a_worklist_subscriber_sees_new_workitems_until_it_suspends(queued):
+    client, services = queued
+    study = _stored(client, 83)
+    _subscribe(client, WORKLIST, "ALL")
+    with client.websocket_connect("/dicom-web/subscribers/ALL") as channel:
+        over_ups = _create(client, _workitem(study))
+        assert _report(channel)[:2] == (over_ups, STATE)  # addressed by the UID the create gave it
+        task = order(client, study, services.jobs.registry.get("medaiflow-demo-lesions@1.0.0").device_id)
+        workitem, event, report = _report(channel)
+        assert (workitem, event, _state(report)) == (derived_workitem_uid(task["id"]), STATE, "SCHEDULED")
+
+        response = client.post(f"/dicom-web/workitems/{WORKLIST}/subscribers/ALL/suspend")
+        assert response.status_code == 200, response.text
+        _create(client, _workitem(study))  # not reported: the subscription is suspended
+        later = _create(client, _workitem(study))
+        _subscribe(client, later, "ALL")
+        assert _report(channel)[0] == later
+        _cancel(client, over_ups)  # subscriptions made before the suspension stay
+        assert _report(channel)[:2] == (over_ups, CANCEL_REQUESTED)
+
+
+def test_a_worklist_subscription_covers_the_workitems_not_yet_final(queued):
+    client, _ = queued
+    study = _stored(client, 84)
+    done, waiting = _create(client, _workitem(study)), _create(client, _workitem(study))
+    _cancel(client, done)
+    _subscribe(client, WORKLIST, "ALL")
+    with client.websocket_connect("/dicom-web/subscribers/ALL") as channel:
+        assert _report(channel)[0] == waiting
+        response = client.delete(f"/dicom-web/workitems/{WORKLIST}/subscribers/ALL")
+        assert response.status_code == 200
+        _cancel(client, waiting)  # unsubscribed from every workitem: not reported
+        _subscribe(client, done, "ALL")
+        assert _report(channel)[0] == done
+
+
+def test_unsubscribing_stops_the_reports(queued):
+    client, _ = queued
+    study = _stored(client, 85)
+    first, second = _create(client, _workitem(study)), _create(client, _workitem(study))
+    _subscribe(client, first, "WATCHER")
+    _subscribe(client, second, "WATCHER")
+    assert client.delete(f"/dicom-web/workitems/{first}/subscribers/WATCHER").status_code == 200
+    _cancel(client, first)
+    _cancel(client, second)
+    with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
+        assert [_report(channel)[:2] for _ in range(4)] == [
+            (first, STATE), (second, STATE), (second, CANCEL_REQUESTED), (second, STATE),
+        ]
+
+
+def test_reports_wait_for_the_channel_and_are_sent_once(queued):
+    client, _ = queued
+    uid = _create(client, _workitem(_stored(client, 86)))
+    _subscribe(client, uid, "WATCHER")
+    with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
+        assert _report(channel)[1] == STATE
+    _cancel(client, uid)  # while no channel is open
+    with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
+        assert _report(channel)[1] == CANCEL_REQUESTED  # not the initial report again: it was sent
+        assert _state(_report(channel)[2]) == "CANCELED"
+
+
+def test_subscriptions_that_cannot_be_made_are_refused(queued):
+    client, _ = queued
+    uid = _create(client, _workitem(_stored(client, 87)))
+    for ae_title in ("%20%20", "A" * 17, "A%5CB", "A%07B"):
+        assert client.post(f"/dicom-web/workitems/{uid}/subscribers/{ae_title}").status_code == 400
+    assert client.post(f"/dicom-web/workitems/{uid}/subscribers/OK?deletionlock=maybe").status_code == 400
+    assert client.post("/dicom-web/workitems/1.2.3.999/subscribers/OK").status_code == 404
+    assert client.delete("/dicom-web/workitems/1.2.3.999/subscribers/OK").status_code == 404
+    assert client.post(f"/dicom-web/workitems/{uid}/subscribers/OK/suspend").status_code == 400
+    filtered = client.post(f"/dicom-web/workitems/{FILTERED_WORKLIST}/subscribers/OK?00741200=HIGH")
+    assert filtered.status_code == 403
+    assert "Filtered Worklist Subscriptions are not supported." in filtered.headers["warning"]
+
+
+def test_the_channel_needs_credentials(queued, app):
+    client, services = queued
+    anonymous = TestClient(app, base_url="http://testserver")
+    assert anonymous.post(f"/dicom-web/workitems/{WORKLIST}/subscribers/ALL").status_code == 401
+    with pytest.raises(WebSocketDenialResponse) as refused:
+        with anonymous.websocket_connect("/dicom-web/subscribers/ALL"):
+            pass
+    assert refused.value.status_code == 401
+    with pytest.raises(WebSocketDenialResponse) as refused:
+        with anonymous.websocket_connect("/dicom-web/subscribers/ALL?access_token=forged"):
+            pass
+    assert refused.value.status_code == 401
+    token = admin_headers(services)["Authorization"].removeprefix("Bearer ")
+    _subscribe(client, WORKLIST, "ALL")
+    uid = _create(client, _workitem(_stored(client, 88)))
+    with anonymous.websocket_connect(f"/dicom-web/subscribers/ALL?access_token={token}") as channel:
+        assert _report(channel)[0] == uid
+    opened = client.get("/fhir/AuditEvent", params={"_count": 200}).json()["entry"]
+    descriptions = [entry["resource"].get("outcomeDesc", "") for entry in opened]
+    assert sum("GET /dicom-web/subscribers/ALL answered 101" in text for text in descriptions) == 1
+    assert sum("GET /dicom-web/subscribers/ALL answered 401" in text for text in descriptions) == 2
+
+
+def test_the_channel_behind_uvicorn(queued, app):
+    client, services = queued
+    uid = _create(client, _workitem(_stored(client, 89)))
+    _subscribe(client, uid, "LIVE")
+    with served(app) as base:
+        url = f"{base.replace('http', 'ws', 1)}/dicom-web/subscribers/LIVE"
+        with connect(url, additional_headers=admin_headers(services), open_timeout=10) as channel:
+            report = orjson.loads(channel.recv(timeout=10))
+        assert report["00001000"]["Value"] == [uid]
+        with pytest.raises(Exception, match="401"):
+            connect(url, open_timeout=10)
