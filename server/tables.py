@@ -325,35 +325,39 @@ workitems = Table(
     Column("dataset_json", LargeBinary),
 )
 
-# UPS Watch (`server.dicomweb.workitem_subscriptions`, PS3.4 CC.2.3): the AE
-# titles that receive the event reports of a workitem. Keyed by the job: a
-# workitem created over UPS-RS takes its UID after its job row is written.
+# UPS Watch (`server.dicomweb.workitem_subscriptions`, PS3.4 CC.2.3): the
+# subscribers (an AE title, of the user or client that subscribed it) that
+# receive the event reports of a workitem. Keyed by the job: a workitem
+# created over UPS-RS takes its UID after its job row is written.
 workitem_subscriptions = Table(
     "workitem_subscriptions",
     metadata,
+    Column("owner", String(64), primary_key=True),
     Column("ae_title", String(16), primary_key=True),
     Column("task_id", String(64), ForeignKey("workitems.task_id"), primary_key=True),
 )
 Index("ix_workitem_subscriptions_task_id", workitem_subscriptions.c.task_id)
-# AE titles subscribed to the worklist: each is subscribed to every workitem created from now on.
+# Subscribers to the worklist: each is subscribed to every workitem created from now on.
 worklist_subscriptions = Table(
     "worklist_subscriptions",
     metadata,
+    Column("owner", String(64), primary_key=True),
     Column("ae_title", String(16), primary_key=True),
 )
-# Event reports not yet sent to their AE title, written in the transaction of
-# the change they report; a WebSocket sends them in id order and deletes them.
+# Event reports not yet sent to their subscriber, written in the transaction
+# of the change they report; a WebSocket sends them in id order and deletes them.
 workitem_events = Table(
     "workitem_events",
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("owner", String(64), nullable=False),
     Column("ae_title", String(16), nullable=False),
     Column("task_id", String(64), ForeignKey("workitems.task_id"), nullable=False),
     Column("created_at", BigInteger, nullable=False, index=True),
     # JSON: the report without its addressing (`dicom.workitem_events.addressed`).
     Column("report_json", LargeBinary, nullable=False),
 )
-Index("ix_workitem_events_ae_title_id", workitem_events.c.ae_title, workitem_events.c.id)
+Index("ix_workitem_events_subscriber_id", workitem_events.c.owner, workitem_events.c.ae_title, workitem_events.c.id)
 
 # Studies changed by STOW since their last look by the trigger: a study is
 # considered for automatic jobs once it has been quiet for a while.

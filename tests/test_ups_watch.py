@@ -2,6 +2,7 @@
 reports of the WebSocket channel, on a real server in process with the demo
 model (and once behind uvicorn, as `serve` runs it)."""
 
+import time
 from typing import Any
 
 import orjson
@@ -141,6 +142,31 @@ def test_reports_wait_for_the_channel_and_are_sent_once(queued):
     with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
         assert _report(channel)[1] == CANCEL_REQUESTED  # not the initial report again: it was sent
         assert _state(_report(channel)[2]) == "CANCELED"
+
+
+def test_an_ae_title_is_the_subscribers_own_and_no_other_client_takes_its_reports(queued, app):
+    """Reports are deleted once sent: anyone who could open another's channel
+    by naming its AE title took them from the subscriber."""
+    from server.auth.scopes import Role, role_grant
+
+    client, services = queued
+    uid = _create(client, _workitem(_stored(client, 89)))
+    _subscribe(client, uid, "WATCHER")
+    token, _ = services.auth.issuer.issue("another-operator", "ai-operator", str(role_grant(Role.AI_OPERATOR)),
+                                          client=False)
+    other = TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"})
+    _cancel(client, uid)
+    with other.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
+        time.sleep(0.6)  # past the channel's first look for reports: none is another's to send
+        channel.close()
+    with services.engine.connect() as connection:
+        from sqlalchemy import func, select
+
+        from server.tables import workitem_events
+
+        assert connection.execute(select(func.count()).select_from(workitem_events)).scalar_one() == 3
+    with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
+        assert [_report(channel)[1] for _ in range(3)] == [STATE, CANCEL_REQUESTED, STATE]
 
 
 def test_subscriptions_that_cannot_be_made_are_refused(queued):

@@ -9,6 +9,7 @@ from functools import partial
 import orjson
 from fastapi import APIRouter, Request, WebSocket
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from dicom.errors import InvalidRequest
@@ -261,6 +262,11 @@ def _subscription_query(request: Request) -> None:
             raise InvalidRequest(f"a subscription takes only deletionlock=true or false, not {name}={value}"[:200])
 
 
+def _subscriber(connection: HTTPConnection, ae_title: str) -> workitem_subscriptions.Subscriber:
+    """The AE title as the authenticated client's own (another's reports are not its to take)."""
+    return workitem_subscriptions.Subscriber(connection.state.principal.name, require_ae_title(ae_title))
+
+
 @router.post("/workitems/{uid}/subscribers/{ae_title}")
 async def subscribe_to_workitems(request: Request, uid: str, ae_title: str) -> Response:
     if refused := _study_reading_refused(request):
@@ -268,7 +274,7 @@ async def subscribe_to_workitems(request: Request, uid: str, ae_title: str) -> R
     if uid == FILTERED_WORKLIST:
         message = "Filtered Worklist Subscriptions are not supported."
         return error_response(403, message, {"Warning": warning_header(message)})
-    subscriber = require_ae_title(ae_title)
+    subscriber = _subscriber(request, ae_title)
     _subscription_query(request)
     current = services(request)
     if uid == WORKLIST:
@@ -281,7 +287,7 @@ async def subscribe_to_workitems(request: Request, uid: str, ae_title: str) -> R
 
 @router.delete("/workitems/{uid}/subscribers/{ae_title}")
 async def unsubscribe_from_workitems(request: Request, uid: str, ae_title: str) -> Response:
-    subscriber = require_ae_title(ae_title)
+    subscriber = _subscriber(request, ae_title)
     engine = services(request).engine
     if uid == WORKLIST:
         unsubscribe = partial(workitem_subscriptions.unsubscribe_from_worklist, engine, subscriber)
@@ -293,7 +299,7 @@ async def unsubscribe_from_workitems(request: Request, uid: str, ae_title: str) 
 
 @router.post("/workitems/{uid}/subscribers/{ae_title}/suspend")
 async def suspend_worklist_subscription(request: Request, uid: str, ae_title: str) -> Response:
-    subscriber = require_ae_title(ae_title)
+    subscriber = _subscriber(request, ae_title)
     if uid != WORKLIST:
         raise InvalidRequest(f"only a worklist subscription ({WORKLIST}) is suspended; unsubscribe from a workitem")
     await run_in_threadpool(
@@ -306,7 +312,7 @@ async def suspend_worklist_subscription(request: Request, uid: str, ae_title: st
 @router.websocket("/subscribers/{ae_title}")
 async def open_event_channel(websocket: WebSocket, ae_title: str) -> None:
     try:
-        subscriber = require_ae_title(ae_title)
+        subscriber = _subscriber(websocket, ae_title)
     except InvalidRequest as error:
         await websocket.close(code=1008, reason=str(error)[:120])
         return

@@ -7,12 +7,17 @@ workitem's subscription is then its own row, which an unsubscribe from that
 workitem removes; suspending the worklist subscription stops only the later
 ones; unsubscribing from the worklist removes them all.
 
-Reports go through a durable outbox: each is written, one row per subscribed
-AE title, in the transaction of the change it reports (the queue's `on_job`
+A subscriber is an AE title of the user or client that subscribed it: the
+same AE title of another client is another subscriber, whose channel it
+cannot open, so no one can take another's reports (they are deleted once
+sent) by naming its AE title.
+
+Reports go through a durable outbox: each is written, one row per
+subscriber, in the transaction of the change it reports (the queue's `on_job`
 hook, a cancel request), so it reaches its subscriber whichever process made
 the change (a server thread, a Celery worker, another server process) and
 outlives a restart. A channel (`Open Event Channel`, PS3.18 §8.10.4) polls the
-rows of its AE title, sends them in order, and deletes what it sent. Reports
+rows of its subscriber, sends them in order, and deletes what it sent. Reports
 wait for a channel at most `RETENTION_SECONDS` (PS3.18 lets a server drop
 them while no channel is open; this one keeps them a while).
 """
@@ -20,10 +25,10 @@ them while no channel is open; this one keeps them a while).
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, and_, delete, insert, select
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -43,24 +48,33 @@ _BATCH = 100
 _STAGES = frozenset(stage.business_status for stage in Stage)
 
 
+class Subscriber(NamedTuple):
+    owner: str  # the user or client that subscribed the AE title
+    ae_title: str
+
+
+def _of(table: Any, subscriber: Subscriber) -> Any:
+    return and_(table.c.owner == subscriber.owner, table.c.ae_title == subscriber.ae_title)
+
+
 # --- subscriptions (PS3.18 §11.10-11.12) ---------------------------------------
-def subscribe(current: Services, uid: str, ae_title: str) -> None:
+def subscribe(current: Services, uid: str, subscriber: Subscriber) -> None:
     """Subscribe to one workitem: its state is reported at once (PS3.4 CC.2.3.1),
     final or not, so that the subscriber starts from what the workitem is."""
     with write_connection(current.engine) as connection:
         task_id = _task_id(connection, uid)
-        if not _subscribed(connection, ae_title, task_id):
-            connection.execute(insert(workitem_subscriptions).values(ae_title=ae_title, task_id=task_id))
-        _write(connection, [ae_title], task_id, _state_report(_job(current.jobs.queue, connection, task_id)))
+        if not _subscribed(connection, subscriber, task_id):
+            connection.execute(insert(workitem_subscriptions).values(**subscriber._asdict(), task_id=task_id))
+        _write(connection, [subscriber], task_id, _state_report(_job(current.jobs.queue, connection, task_id)))
 
 
-def subscribe_to_worklist(current: Services, ae_title: str) -> None:
+def subscribe_to_worklist(current: Services, subscriber: Subscriber) -> None:
     """Every workitem not yet final, reported at once, and every one created from now on."""
     with write_connection(current.engine) as connection:
-        listed = select(worklist_subscriptions).where(worklist_subscriptions.c.ae_title == ae_title)
+        listed = select(worklist_subscriptions).where(_of(worklist_subscriptions, subscriber))
         if connection.execute(listed).first() is None:
-            connection.execute(insert(worklist_subscriptions).values(ae_title=ae_title))
-        subscribed = select(workitem_subscriptions.c.task_id).where(workitem_subscriptions.c.ae_title == ae_title)
+            connection.execute(insert(worklist_subscriptions).values(**subscriber._asdict()))
+        subscribed = select(workitem_subscriptions.c.task_id).where(_of(workitem_subscriptions, subscriber))
         open_jobs = connection.execute(
             select(inference_jobs.c.task_id)
             .join(workitems, workitems.c.task_id == inference_jobs.c.task_id)
@@ -68,30 +82,30 @@ def subscribe_to_worklist(current: Services, ae_title: str) -> None:
             .order_by(inference_jobs.c.created_at, inference_jobs.c.task_id)
         ).scalars().all()
         for task_id in open_jobs:
-            connection.execute(insert(workitem_subscriptions).values(ae_title=ae_title, task_id=task_id))
-            _write(connection, [ae_title], task_id, _state_report(_job(current.jobs.queue, connection, task_id)))
+            connection.execute(insert(workitem_subscriptions).values(**subscriber._asdict(), task_id=task_id))
+            _write(connection, [subscriber], task_id, _state_report(_job(current.jobs.queue, connection, task_id)))
 
 
-def unsubscribe(engine: Engine, uid: str, ae_title: str) -> None:
+def unsubscribe(engine: Engine, uid: str, subscriber: Subscriber) -> None:
     """From one workitem; a worklist subscription goes on for the workitems created later."""
     with write_connection(engine) as connection:
         task_id = _task_id(connection, uid)
         connection.execute(delete(workitem_subscriptions).where(
-            workitem_subscriptions.c.ae_title == ae_title, workitem_subscriptions.c.task_id == task_id,
+            _of(workitem_subscriptions, subscriber), workitem_subscriptions.c.task_id == task_id,
         ))
 
 
-def unsubscribe_from_worklist(engine: Engine, ae_title: str) -> None:
+def unsubscribe_from_worklist(engine: Engine, subscriber: Subscriber) -> None:
     """From the worklist and from every workitem (PS3.4 CC.2.3.1)."""
     with write_connection(engine) as connection:
-        connection.execute(delete(worklist_subscriptions).where(worklist_subscriptions.c.ae_title == ae_title))
-        connection.execute(delete(workitem_subscriptions).where(workitem_subscriptions.c.ae_title == ae_title))
+        connection.execute(delete(worklist_subscriptions).where(_of(worklist_subscriptions, subscriber)))
+        connection.execute(delete(workitem_subscriptions).where(_of(workitem_subscriptions, subscriber)))
 
 
-def suspend_worklist_subscription(engine: Engine, ae_title: str) -> None:
+def suspend_worklist_subscription(engine: Engine, subscriber: Subscriber) -> None:
     """No more workitems created from now on; the subscriptions made so far stay (PS3.4 CC.2.3.1)."""
     with write_connection(engine) as connection:
-        connection.execute(delete(worklist_subscriptions).where(worklist_subscriptions.c.ae_title == ae_title))
+        connection.execute(delete(worklist_subscriptions).where(_of(worklist_subscriptions, subscriber)))
 
 
 def _task_id(connection: Connection, uid: str) -> str:
@@ -103,9 +117,9 @@ def _task_id(connection: Connection, uid: str) -> str:
     return str(task_id)
 
 
-def _subscribed(connection: Connection, ae_title: str, task_id: str) -> bool:
+def _subscribed(connection: Connection, subscriber: Subscriber, task_id: str) -> bool:
     return connection.execute(select(workitem_subscriptions.c.task_id).where(
-        workitem_subscriptions.c.ae_title == ae_title, workitem_subscriptions.c.task_id == task_id,
+        _of(workitem_subscriptions, subscriber), workitem_subscriptions.c.task_id == task_id,
     )).first() is not None
 
 
@@ -126,9 +140,11 @@ def job_changed(connection: Connection, job: Job, change: JobChange) -> None:
     and a change of state or progress to the workitem's. One indexed read
     when nobody watches."""
     if change == "created":
-        watchers = connection.execute(select(worklist_subscriptions.c.ae_title)).scalars().all()
-        for ae_title in watchers:
-            connection.execute(insert(workitem_subscriptions).values(ae_title=ae_title, task_id=job.task_id))
+        watchers = [Subscriber(*row) for row in connection.execute(
+            select(worklist_subscriptions.c.owner, worklist_subscriptions.c.ae_title)
+        )]
+        for watcher in watchers:
+            connection.execute(insert(workitem_subscriptions).values(**watcher._asdict(), task_id=job.task_id))
         _write(connection, watchers, job.task_id, _state_report(job))
         return
     if change == "status" and not _ups_state_changed(job):
@@ -156,38 +172,40 @@ def report_cancel_requested(connection: Connection, task_id: str, request: Cance
         _write(connection, watchers, task_id, report)
 
 
-def _watchers(connection: Connection, task_id: str) -> list[str]:
-    return list(connection.execute(
-        select(workitem_subscriptions.c.ae_title).where(workitem_subscriptions.c.task_id == task_id)
-    ).scalars())
+def _watchers(connection: Connection, task_id: str) -> list[Subscriber]:
+    return [Subscriber(*row) for row in connection.execute(
+        select(workitem_subscriptions.c.owner, workitem_subscriptions.c.ae_title)
+        .where(workitem_subscriptions.c.task_id == task_id)
+    )]
 
 
-def _write(connection: Connection, ae_titles: Sequence[str], task_id: str, report: dict[str, Any]) -> None:
-    if ae_titles:
+def _write(connection: Connection, subscribers: Sequence[Subscriber], task_id: str, report: dict[str, Any]) -> None:
+    if subscribers:
         body, now = orjson.dumps(report), now_micros()
         connection.execute(insert(workitem_events), [
-            {"ae_title": ae_title, "task_id": task_id, "created_at": now, "report_json": body} for ae_title in ae_titles
+            {**subscriber._asdict(), "task_id": task_id, "created_at": now, "report_json": body}
+            for subscriber in subscribers
         ])
 
 
 # --- the channel (PS3.18 §8.10.4, §8.10.5, §11.13) ------------------------------
-def _pending(engine: Engine, ae_title: str) -> list[tuple[int, bytes]]:
-    """The oldest reports waiting for `ae_title`, addressed, as text frames."""
+def _pending(engine: Engine, subscriber: Subscriber) -> list[tuple[int, bytes]]:
+    """The oldest reports waiting for `subscriber`, addressed, as text frames."""
     with reading(engine) as connection:
         rows = connection.execute(
             select(workitem_events.c.id, workitem_events.c.report_json, workitems.c.workitem_uid)
             .join(workitems, workitems.c.task_id == workitem_events.c.task_id)
-            .where(workitem_events.c.ae_title == ae_title)
+            .where(_of(workitem_events, subscriber))
             .order_by(workitem_events.c.id).limit(_BATCH)
         ).all()
     return [(row.id, orjson.dumps(addressed(orjson.loads(row.report_json), row.workitem_uid))) for row in rows]
 
 
-def _sent(engine: Engine, ae_title: str, last_id: int) -> None:
+def _sent(engine: Engine, subscriber: Subscriber, last_id: int) -> None:
     with write_connection(engine) as connection:
-        connection.execute(delete(workitem_events).where(
-            workitem_events.c.ae_title == ae_title, workitem_events.c.id <= last_id,
-        ))
+        connection.execute(
+            delete(workitem_events).where(_of(workitem_events, subscriber), workitem_events.c.id <= last_id)
+        )
 
 
 def _expire(engine: Engine) -> None:
@@ -197,8 +215,8 @@ def _expire(engine: Engine) -> None:
         ))
 
 
-async def serve_channel(websocket: WebSocket, engine: Engine, ae_title: str) -> None:
-    """Send the reports of `ae_title` until the subscriber goes. A report is
+async def serve_channel(websocket: WebSocket, engine: Engine, subscriber: Subscriber) -> None:
+    """Send the reports of `subscriber` until it goes. A report is
     deleted once sent: a subscriber that drops a frame as the connection
     breaks does not see it again."""
     await websocket.accept()
@@ -206,11 +224,11 @@ async def serve_channel(websocket: WebSocket, engine: Engine, ae_title: str) -> 
     gone = asyncio.ensure_future(_closed(websocket))
     try:
         while not gone.done():
-            frames = await run_in_threadpool(_pending, engine, ae_title)
+            frames = await run_in_threadpool(_pending, engine, subscriber)
             for _, frame in frames:
                 await websocket.send_text(frame.decode())
             if frames:
-                await run_in_threadpool(_sent, engine, ae_title, frames[-1][0])
+                await run_in_threadpool(_sent, engine, subscriber, frames[-1][0])
                 continue
             await asyncio.wait([gone], timeout=POLL_SECONDS)
     except WebSocketDisconnect:
