@@ -485,6 +485,9 @@ def string_modifiers(session: Session) -> None:
         raise CaseSkipped(f"every part of {family!r} begins a family name of the patient")
     session.expect(finds("family:contains", middle.lower()), f"family:contains={middle.lower()} found nothing")
     session.expect(not finds("family", middle.lower()), f"family={middle.lower()} (not a prefix) found the patient")
+    # And what is in no name is not found: a server that ignored :contains would find the patient by it.
+    absent = f"{middle.lower()}qzx"
+    session.expect(not finds("family:contains", absent), f"family:contains={absent} found the patient")
 
 
 @case("FH-SEARCH-08", "FHIR R4 search.html#missing", ":missing=true and :missing=false split a type's resources between them")
