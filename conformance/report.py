@@ -2,6 +2,7 @@
 tools, and Markdown for people."""
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Sequence
@@ -10,6 +11,13 @@ from pathlib import Path
 from conformance.case import Outcome, Verdict
 
 _SHOWN_EXCHANGES = 3  # a failure shows the last requests of its case
+# What XML 1.0 cannot hold (its Char production, section 2.2): a server's answer may carry any of it.
+_NOT_XML_CHARACTERS = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def printable(text: str) -> str:
+    """`text` with what XML 1.0 (and a terminal) cannot hold shown as \\xNN or \\uNNNN escapes."""
+    return _NOT_XML_CHARACTERS.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
 def summary(outcomes: Sequence[Outcome]) -> str:
@@ -29,9 +37,9 @@ def table(outcomes: Sequence[Outcome]) -> str:
 
 def _detail(outcome: Outcome) -> str:
     if outcome.verdict is Verdict.SKIP:
-        return f"{outcome.case.id} skipped: {outcome.reason}\n"
+        return printable(f"{outcome.case.id} skipped: {outcome.reason}\n")
     exchanges = "\n".join(exchange.describe() for exchange in outcome.exchanges[-_SHOWN_EXCHANGES:])
-    return f"{outcome.case.id} FAILED ({outcome.case.clause}): {outcome.reason}\n{exchanges}\n"
+    return printable(f"{outcome.case.id} FAILED ({outcome.case.clause}): {outcome.reason}\n{exchanges}\n")
 
 
 def write_json(outcomes: Sequence[Outcome], path: Path) -> None:
@@ -50,10 +58,10 @@ def write_junit(outcomes: Sequence[Outcome], path: Path) -> None:
         element = ET.SubElement(suite, "testcase", classname=outcome.case.family,
                                 name=f"{outcome.case.id} {outcome.case.title}")
         if outcome.verdict is Verdict.FAIL:
-            failure = ET.SubElement(element, "failure", message=outcome.reason or "")
+            failure = ET.SubElement(element, "failure", message=printable(outcome.reason or ""))
             failure.text = _detail(outcome)
         elif outcome.verdict is Verdict.SKIP:
-            ET.SubElement(element, "skipped", message=outcome.reason or "")
+            ET.SubElement(element, "skipped", message=printable(outcome.reason or ""))
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 
 

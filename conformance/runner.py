@@ -1,7 +1,9 @@
 """Runs the suite against one server: `medaiflow conformance ...`.
 
 Usable against any server (ours, Orthanc, another vendor's): nothing here
-knows MedAIFlow. Exit status 0 only when no case failed.
+knows MedAIFlow. Exit status 0 only when no case failed and at least one
+passed; 1 when a case failed; 2 when nothing was tested (no server named, or
+every case selected was skipped).
 """
 
 import argparse
@@ -10,6 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from conformance import dicomweb_cases, fhir_cases, fhir_schema, report
 from conformance.case import Case, CaseFailed, CaseSkipped, Outcome, Verdict
@@ -20,8 +24,9 @@ FAMILIES = {"dicomweb": dicomweb_cases.REGISTRY, "fhir": fhir_cases.REGISTRY}
 
 
 def run(target: Target, families: Sequence[str], validate_fhir: Callable[[dict[str, Any]], None] | None,
-        only_cases: Sequence[str] = ()) -> list[Outcome]:
-    session = Session.open(target, validate_fhir)
+        only_cases: Sequence[str] = (), timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None) -> list[Outcome]:
+    session = Session.open(target, validate_fhir, timeout, transport)
     session.state["study"] = make_study(secrets.token_hex(4))
     outcomes = []
     try:
@@ -62,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--origin", help="a browser origin the server allows, for the CORS cases (skipped without)")
     parser.add_argument("--fhir-schema", type=Path, default=fhir_schema.SCHEMA_PATH,
                         help="the official FHIR R4 JSON schema (fhir.schema.json); without it, bodies are not schema-checked")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="how long to wait for each answer (default 60)")
     parser.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write a Markdown report")
@@ -83,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     if validate is None and "fhir" in families:
         print(f"warning: no FHIR schema at {args.fhir_schema}: FHIR bodies are not schema-checked", file=sys.stderr)
     target = Target(args.dicomweb, args.fhir, args.user, args.password, args.token, args.origin, args.wado_uri)
-    outcomes = run(target, families, validate, args.case)
+    outcomes = run(target, families, validate, args.case, args.timeout)
     print(report.table(outcomes))
     if args.junit:
         report.write_junit(outcomes, args.junit)
@@ -91,4 +98,10 @@ def main(args: argparse.Namespace) -> int:
         report.write_json(outcomes, args.json)
     if args.markdown:
         report.write_markdown(outcomes, args.markdown, " and ".join(url for url in (args.dicomweb, args.fhir) if url))
-    return 1 if any(outcome.verdict is Verdict.FAIL for outcome in outcomes) else 0
+    if any(outcome.verdict is Verdict.FAIL for outcome in outcomes):
+        return 1
+    if not any(outcome.verdict is Verdict.PASS for outcome in outcomes):
+        # Every case skipped: nothing was shown to conform, which must not read as a pass.
+        print("nothing was tested: every case selected was skipped", file=sys.stderr)
+        return 2
+    return 0
