@@ -358,3 +358,15 @@ def test_a_conditional_delete_needs_searching_as_well(anonymous, services):
     assert anonymous.delete("/fhir/Task?identifier=x", headers=deleter).status_code == 403
     allowed = _bearer(services, Role.AI_OPERATOR, "system/Task.cds")
     assert anonymous.delete("/fhir/Task?identifier=x", headers=allowed).status_code == 204
+
+
+@pytest.mark.parametrize("role", [Role.ADMIN, Role.AUDITOR, Role.CLINICIAN], ids=lambda role: role.value)
+def test_a_write_of_a_type_nobody_writes_is_405_whoever_asks(anonymous, services, role):
+    """An admin was told 403 (its scopes), as if some other client could write an AuditEvent."""
+    headers = _bearer(services, role)
+    created = anonymous.post("/fhir/AuditEvent", json={"resourceType": "AuditEvent"}, headers=headers)
+    assert created.status_code == 405 and created.headers["allow"] == "GET, HEAD"
+    assert anonymous.delete("/fhir/Patient/p1", headers=headers).status_code == 405
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "DELETE", "url": "AuditEvent/1"}}]}
+    assert anonymous.post("/fhir", json=batch, headers=headers).json()["entry"][0]["response"]["status"] == "405"
+    assert anonymous.post("/fhir/AuditEvent", json={"resourceType": "AuditEvent"}).status_code == 401

@@ -85,3 +85,18 @@ def test_over_the_rate_a_client_gets_429_and_others_go_on(settings):
         assert len([event for event in events if b"answered 429" in event]) == 2
     finally:
         services.engine.dispose()
+
+
+def test_token_requests_are_held_to_the_addresss_rate(settings):
+    """Every token request costs an Argon2 check, right password or not; the
+    token endpoint, needing no credentials, was under no rate at all."""
+    services = build_services(settings.model_copy(update={"requests_per_second": 0.01, "request_burst": 3}))
+    upgrade(services.engine)
+    services.auth.identities.add_user("viewer", Role.CLINICIAN, "a long viewer password")
+    form = {"grant_type": "password", "username": "viewer", "password": "a long viewer password"}
+    try:
+        with TestClient(create_app(services=services)) as client:
+            statuses = [client.post("/auth/token", data=form).status_code for _ in range(4)]
+            assert statuses == [200, 200, 200, 429]
+    finally:
+        services.engine.dispose()

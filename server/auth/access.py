@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from fhir_mappings.search_parameters import DEFINITIONS
 from fhir_mappings.search_query import Condition, SearchRequest
 from server.auth.scopes import Grant
+from server.fhir.service import WRITABLE_TYPES
 
 # Anonymous by design: probes, discovery and the way to get a token.
 _PUBLIC_PATHS = frozenset(("/healthz", "/readyz", "/fhir/metadata", "/auth/token"))
@@ -113,8 +114,12 @@ def fhir_permission(method: str, parts: list[str]) -> Permission | None:
         return Permission(resource_type, "s" if len(parts) == 1 or parts[1:] == ["_history"] else "r")
     if method == "POST" and parts[-1] in _READ_ONLY_OPERATIONS:
         return fhir_permission("GET", parts)  # invoked by POST only to carry its input in a body
+    if method == "POST" and parts[1:] == ["_search"]:
+        return Permission(resource_type, "s")
+    if resource_type in DEFINITIONS and resource_type not in WRITABLE_TYPES:
+        return None  # written by nobody: the interaction answers 405 to everyone, not 403 to some
     if method == "POST":
-        return Permission(resource_type, "s" if parts[1:] == ["_search"] else "c")
+        return Permission(resource_type, "c")
     if method == "PUT":
         return Permission(resource_type, "u")
     if method == "DELETE":

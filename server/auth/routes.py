@@ -63,6 +63,10 @@ async def token(request: Request) -> JSONResponse:
         return _error(400, "unsupported_grant_type", "grant_type must be password or client_credentials")
 
     note_login(request.scope, name)
+    # Each answer costs an Argon2 check, right password or not: the address's request rate holds here too.
+    wait = auth.request_rate.take(f"address:{address}") if auth.request_rate is not None else None
+    if wait is not None:
+        return _error(429, "slow_down", "too many token requests; try again later", {"Retry-After": str(wait)})
     wait = auth.failed_logins.attempt(*keys)
     if wait is not None:
         return _error(429, "slow_down", "too many failed logins; try again later", {"Retry-After": str(wait)})
