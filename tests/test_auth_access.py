@@ -367,6 +367,7 @@ def test_a_write_of_a_type_nobody_writes_is_405_whoever_asks(anonymous, services
     created = anonymous.post("/fhir/AuditEvent", json={"resourceType": "AuditEvent"}, headers=headers)
     assert created.status_code == 405 and created.headers["allow"] == "GET, HEAD"
     assert anonymous.delete("/fhir/Patient/p1", headers=headers).status_code == 405
-    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "DELETE", "url": "AuditEvent/1"}}]}
+    batch = {"resourceType": "Bundle", "type": "batch",
+             "entry": [{"request": {"method": "DELETE", "url": "AuditEvent/1"}}]}
     assert anonymous.post("/fhir", json=batch, headers=headers).json()["entry"][0]["response"]["status"] == "405"
     assert anonymous.post("/fhir/AuditEvent", json={"resourceType": "AuditEvent"}).status_code == 401
