@@ -153,7 +153,7 @@ def _transaction(
 
 
 def _own_resource(position: int, existing: dict[int, StoredVersion], results: dict[int, EntryResult]) -> str | None:
-    """The id of what a conditional entry matched or wrote; None for a delete."""
+    """The id of what a conditional create or update matched or wrote."""
     if position in existing:
         return existing[position].resource_id
     written = results[position].written
