@@ -127,9 +127,68 @@ def test_unsubscribing_stops_the_reports(queued):
     _cancel(client, first)
     _cancel(client, second)
     with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
-        assert [_report(channel)[:2] for _ in range(4)] == [
-            (first, STATE), (second, STATE), (second, CANCEL_REQUESTED), (second, STATE),
-        ]
+        # The first workitem's report waiting from the subscription went with it (PS3.4 CC.2.3.2).
+        reports = [_report(channel)[:2] for _ in range(3)]
+        assert reports == [(second, STATE), (second, CANCEL_REQUESTED), (second, STATE)]
+
+
+def test_two_channels_of_one_subscriber_never_send_a_report_twice(queued):
+    """Each channel read the outbox, sent, then deleted: two at once sent the same reports."""
+    import threading
+
+    from server.dicomweb.workitem_subscriptions import Subscriber, _taken
+
+    client, services = queued
+    study = _stored(client, 92)
+    for _ in range(6):
+        _subscribe(client, _create(client, _workitem(study)), "TWICE")
+    taken: list[bytes] = []
+
+    def drain() -> None:
+        while frames := _taken(services.engine, Subscriber("test-admin", "TWICE")):
+            taken.extend(frames)
+
+    threads = [threading.Thread(target=drain) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(taken) == 6 and len(set(taken)) == 6
+
+
+def test_reports_expire_and_subscriptions_end_without_any_channel(queued, monkeypatch):
+    from sqlalchemy import func, select
+
+    import server.dicomweb.workitem_subscriptions as subscriptions
+    from server.tables import workitem_events, workitem_subscriptions
+
+    client, services = queued
+    _subscribe(client, WORKLIST, "NEVER")  # and never connects
+    first = _create(client, _workitem(_stored(client, 93)))
+    _cancel(client, first)
+    monkeypatch.setattr(subscriptions, "RETENTION_SECONDS", 0)
+    _create(client, _workitem(_stored(client, 94)))
+
+    def count(table):  # type: ignore[no-untyped-def]
+        with services.engine.connect() as connection:
+            return connection.execute(select(func.count()).select_from(table)).scalar_one()
+
+    assert count(workitem_events) == 1  # only the newest report: the older ones expired as it was written
+    assert count(workitem_subscriptions) == 1  # the canceled workitem's subscription ended with its final report
+
+
+def test_one_subscriber_subscribing_at_once_from_many_requests_is_one_subscription(queued):
+    """A check before the insert: on PostgreSQL, concurrent requests collided (500)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, _ = queued
+    uid = _create(client, _workitem(_stored(client, 95)))
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(
+            lambda target: client.post(f"/dicom-web/workitems/{target}/subscribers/DUP").status_code,
+            [WORKLIST, uid] * 4,
+        ))
+    assert statuses == [201] * 8
 
 
 def test_reports_wait_for_the_channel_and_are_sent_once(queued):

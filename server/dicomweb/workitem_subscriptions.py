@@ -19,7 +19,8 @@ the change (a server thread, a Celery worker, another server process) and
 outlives a restart. A channel (`Open Event Channel`, PS3.18 §8.10.4) polls the
 rows of its subscriber, sends them in order, and deletes what it sent. Reports
 wait for a channel at most `RETENTION_SECONDS` (PS3.18 lets a server drop
-them while no channel is open; this one keeps them a while).
+them while no channel is open; this one keeps them a while), and a workitem's
+subscriptions end with its final report.
 """
 
 import asyncio
@@ -28,7 +29,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, delete, insert, select
+from sqlalchemy import Connection, Engine, and_, delete, insert, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -37,7 +39,7 @@ from dicom.uids import require_uid
 from dicom.workitem_events import addressed, cancel_requested, progress_report, state_report
 from dicom.workitems import CANCELED, STATE_OF_TASK_STATUS, CancellationRequest
 from server.audit.middleware import note_resources
-from server.db import reading, write_connection
+from server.db import write_connection
 from server.jobs.queue import FINAL, IN_PROGRESS, Job, JobChange, JobQueue, Stage, now_micros, progress_percent
 from server.services import Services
 from server.tables import inference_jobs, workitem_events, workitem_subscriptions, workitems, worklist_subscriptions
@@ -63,17 +65,16 @@ def subscribe(current: Services, uid: str, subscriber: Subscriber) -> None:
     final or not, so that the subscriber starts from what the workitem is."""
     with write_connection(current.engine) as connection:
         task_id = _task_id(connection, uid)
-        if not _subscribed(connection, subscriber, task_id):
-            connection.execute(insert(workitem_subscriptions).values(**subscriber._asdict(), task_id=task_id))
+        _add_subscriptions(connection, subscriber, [task_id])
         _write(connection, [subscriber], task_id, _state_report(_job(current.jobs.queue, connection, task_id)))
 
 
 def subscribe_to_worklist(current: Services, subscriber: Subscriber) -> None:
     """Every workitem not yet final, reported at once, and every one created from now on."""
     with write_connection(current.engine) as connection:
-        listed = select(worklist_subscriptions).where(_of(worklist_subscriptions, subscriber))
-        if connection.execute(listed).first() is None:
-            connection.execute(insert(worklist_subscriptions).values(**subscriber._asdict()))
+        # Exclusive against job creations' shared hold: a job committing meanwhile is seen here, or sees this.
+        _worklist_lock(connection, exclusive=True)
+        _insert_ignoring_duplicates(connection, worklist_subscriptions, [subscriber._asdict()])
         subscribed = select(workitem_subscriptions.c.task_id).where(_of(workitem_subscriptions, subscriber))
         open_jobs = connection.execute(
             select(inference_jobs.c.task_id)
@@ -81,25 +82,25 @@ def subscribe_to_worklist(current: Services, subscriber: Subscriber) -> None:
             .where(inference_jobs.c.status.notin_(FINAL), inference_jobs.c.task_id.notin_(subscribed))
             .order_by(inference_jobs.c.created_at, inference_jobs.c.task_id)
         ).scalars().all()
+        _add_subscriptions(connection, subscriber, open_jobs)
         for task_id in open_jobs:
-            connection.execute(insert(workitem_subscriptions).values(**subscriber._asdict(), task_id=task_id))
             _write(connection, [subscriber], task_id, _state_report(_job(current.jobs.queue, connection, task_id)))
 
 
 def unsubscribe(engine: Engine, uid: str, subscriber: Subscriber) -> None:
-    """From one workitem; a worklist subscription goes on for the workitems created later."""
+    """From one workitem, its reports not yet sent included (PS3.4 CC.2.3.2); a
+    worklist subscription goes on for the workitems created later."""
     with write_connection(engine) as connection:
         task_id = _task_id(connection, uid)
-        connection.execute(delete(workitem_subscriptions).where(
-            _of(workitem_subscriptions, subscriber), workitem_subscriptions.c.task_id == task_id,
-        ))
+        for table in (workitem_subscriptions, workitem_events):
+            connection.execute(delete(table).where(_of(table, subscriber), table.c.task_id == task_id))
 
 
 def unsubscribe_from_worklist(engine: Engine, subscriber: Subscriber) -> None:
-    """From the worklist and from every workitem (PS3.4 CC.2.3.1)."""
+    """From the worklist and from every workitem, with every report not yet sent (PS3.4 CC.2.3.1)."""
     with write_connection(engine) as connection:
-        connection.execute(delete(worklist_subscriptions).where(_of(worklist_subscriptions, subscriber)))
-        connection.execute(delete(workitem_subscriptions).where(_of(workitem_subscriptions, subscriber)))
+        for table in (worklist_subscriptions, workitem_subscriptions, workitem_events):
+            connection.execute(delete(table).where(_of(table, subscriber)))
 
 
 def suspend_worklist_subscription(engine: Engine, subscriber: Subscriber) -> None:
@@ -117,10 +118,28 @@ def _task_id(connection: Connection, uid: str) -> str:
     return str(task_id)
 
 
-def _subscribed(connection: Connection, subscriber: Subscriber, task_id: str) -> bool:
-    return connection.execute(select(workitem_subscriptions.c.task_id).where(
-        _of(workitem_subscriptions, subscriber), workitem_subscriptions.c.task_id == task_id,
-    )).first() is not None
+def _add_subscriptions(connection: Connection, subscriber: Subscriber, task_ids: Sequence[str]) -> None:
+    rows = [{**subscriber._asdict(), "task_id": task_id} for task_id in task_ids]
+    _insert_ignoring_duplicates(connection, workitem_subscriptions, rows)
+
+
+def _insert_ignoring_duplicates(connection: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Subscribing twice, even at once, is one subscription: a check before the
+    insert let concurrent requests of one subscriber collide (a 500 on PostgreSQL)."""
+    if rows:
+        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+        connection.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
+
+
+def _worklist_lock(connection: Connection, exclusive: bool) -> None:
+    """Job creations hold it shared (they do not wait on each other), a
+    worklist subscription exclusively: without it, on PostgreSQL, a job
+    created while an AE title subscribed read the subscriptions before that
+    one committed, and the subscription read the jobs before that one did,
+    so neither knew of the other. SQLite's writers take turns already."""
+    if connection.dialect.name == "postgresql":
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        connection.execute(text(f"SELECT {function}(hashtextextended('medaiflow-worklist-subscriptions', 0))"))
 
 
 def _job(queue: JobQueue, connection: Connection, task_id: str) -> Job:
@@ -138,13 +157,14 @@ def _state_report(job: Job) -> dict[str, Any]:
 def job_changed(connection: Connection, job: Job, change: JobChange) -> None:
     """The queue's `on_job` hook: a new workitem to the worklist's subscribers,
     and a change of state or progress to the workitem's. One indexed read
-    when nobody watches."""
+    when nobody watches (and, on PostgreSQL, a shared lock on creation)."""
     if change == "created":
+        _worklist_lock(connection, exclusive=False)
         watchers = [Subscriber(*row) for row in connection.execute(
             select(worklist_subscriptions.c.owner, worklist_subscriptions.c.ae_title)
         )]
         for watcher in watchers:
-            connection.execute(insert(workitem_subscriptions).values(**watcher._asdict(), task_id=job.task_id))
+            _add_subscriptions(connection, watcher, [job.task_id])
         _write(connection, watchers, job.task_id, _state_report(job))
         return
     if change == "status" and not _ups_state_changed(job):
@@ -155,6 +175,9 @@ def job_changed(connection: Connection, job: Job, change: JobChange) -> None:
     if watchers:
         progress = progress_report(progress_percent(job), job.business_status) if change == "stage" else None
         _write(connection, watchers, job.task_id, progress or _state_report(job))
+    if job.status in FINAL:
+        # Nothing more will be reported of it: its subscriptions would only pile up.
+        connection.execute(delete(workitem_subscriptions).where(workitem_subscriptions.c.task_id == job.task_id))
 
 
 def _ups_state_changed(job: Job) -> bool:
@@ -186,51 +209,47 @@ def _write(connection: Connection, subscribers: Sequence[Subscriber], task_id: s
             {**subscriber._asdict(), "task_id": task_id, "created_at": now, "report_json": body}
             for subscriber in subscribers
         ])
+        # Whether or not any channel ever opens: a subscriber that never connects kept them all.
+        connection.execute(delete(workitem_events).where(
+            workitem_events.c.created_at < now - RETENTION_SECONDS * 1_000_000
+        ))
 
 
 # --- the channel (PS3.18 §8.10.4, §8.10.5, §11.13) ------------------------------
-def _pending(engine: Engine, subscriber: Subscriber) -> list[tuple[int, bytes]]:
-    """The oldest reports waiting for `subscriber`, addressed, as text frames."""
-    with reading(engine) as connection:
+def _taken(engine: Engine, subscriber: Subscriber) -> list[bytes]:
+    """The oldest reports waiting for `subscriber`, addressed, as text frames,
+    and taken out of the outbox in the same transaction: of two channels of
+    one subscriber, each report goes to one."""
+    with write_connection(engine) as connection:
         rows = connection.execute(
             select(workitem_events.c.id, workitem_events.c.report_json, workitems.c.workitem_uid)
             .join(workitems, workitems.c.task_id == workitem_events.c.task_id)
             .where(_of(workitem_events, subscriber))
             .order_by(workitem_events.c.id).limit(_BATCH)
         ).all()
-    return [(row.id, orjson.dumps(addressed(orjson.loads(row.report_json), row.workitem_uid))) for row in rows]
-
-
-def _sent(engine: Engine, subscriber: Subscriber, last_id: int) -> None:
-    with write_connection(engine) as connection:
-        connection.execute(
-            delete(workitem_events).where(_of(workitem_events, subscriber), workitem_events.c.id <= last_id)
-        )
-
-
-def _expire(engine: Engine) -> None:
-    with write_connection(engine) as connection:
-        connection.execute(delete(workitem_events).where(
-            workitem_events.c.created_at < now_micros() - RETENTION_SECONDS * 1_000_000,
-        ))
+        if not rows:
+            return []
+        # What another channel took meanwhile is no longer there to delete: only what this delete returns is ours.
+        ours = set(connection.execute(
+            delete(workitem_events).where(workitem_events.c.id.in_([row.id for row in rows]))
+            .returning(workitem_events.c.id)
+        ).scalars())
+    return [orjson.dumps(addressed(orjson.loads(row.report_json), row.workitem_uid)) for row in rows if row.id in ours]
 
 
 async def serve_channel(websocket: WebSocket, engine: Engine, subscriber: Subscriber) -> None:
-    """Send the reports of `subscriber` until it goes. A report is
-    deleted once sent: a subscriber that drops a frame as the connection
-    breaks does not see it again."""
+    """Send the reports of `subscriber` until it goes. A report leaves the
+    outbox as it is sent: one whose frame a breaking connection drops is not
+    seen again (at most once, as PS3.18 lets a server drop reports)."""
     await websocket.accept()
-    await run_in_threadpool(_expire, engine)
     gone = asyncio.ensure_future(_closed(websocket))
     try:
         while not gone.done():
-            frames = await run_in_threadpool(_pending, engine, subscriber)
-            for _, frame in frames:
+            frames = await run_in_threadpool(_taken, engine, subscriber)
+            for frame in frames:
                 await websocket.send_text(frame.decode())
-            if frames:
-                await run_in_threadpool(_sent, engine, subscriber, frames[-1][0])
-                continue
-            await asyncio.wait([gone], timeout=POLL_SECONDS)
+            if not frames:
+                await asyncio.wait([gone], timeout=POLL_SECONDS)
     except WebSocketDisconnect:
         pass
     finally:
