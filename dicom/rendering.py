@@ -152,11 +152,13 @@ def render_frame(path: str, frame_number: int, params: RenderParams) -> bytes:
     return _render(path, ds, frame_number - 1, params)
 
 
-def thumbnail(path: str, params: RenderParams) -> bytes:
-    """The middle frame, fitted into 128x128 unless the request gives a viewport."""
-    ds = _image_header(path)
+def thumbnail(path: str, params: RenderParams, frame_number: int | None = None) -> bytes:
+    """A frame (the middle one unless named), fitted into 128x128 unless the request gives a viewport."""
     if params.viewport is None:
         params = replace(params, viewport=THUMBNAIL_VIEWPORT)
+    if frame_number is not None:
+        return render_frame(path, frame_number, params)
+    ds = _image_header(path)
     return _render(path, ds, (_number_of_frames(ds) - 1) // 2, params)
 
 

@@ -620,6 +620,65 @@ def test_rendered_and_thumbnail(client, media_type):
     assert client.get(base + "/rendered", params={"window": "abc"}).status_code == 400
 
 
+def test_study_and_series_thumbnails_show_the_middle_image_of_the_fullest_series(client):
+    """PS3.18 §10.4.4 (Sup 203) leaves the image to the server: the conformance statement names the rule."""
+    study, small, full, masks = generate_uid(), generate_uid(), generate_uid(), generate_uid()
+    middle = generate_uid()
+
+    def ct(series_uid: str, number: int, value: int, sop_uid: str | None = None, **attributes) -> bytes:
+        ds = pydicom.dcmread(io.BytesIO(make_ct(study, series_uid, sop_uid, InstanceNumber=number, **attributes)))
+        ds.PixelData = np.full((16, 16), value, dtype=np.int16).tobytes()
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    # Sent out of order: the middle is by InstanceNumber, not by arrival.
+    stow(client, [ct(full, 3, 3000, SeriesNumber=2), ct(full, 1, 1000, SeriesNumber=2),
+                  ct(full, 2, 2000, middle, SeriesNumber=2)])
+    stow(client, [ct(small, 1, 500, SeriesNumber=1)])
+    stow(client, [ct(masks, number, 4000, SeriesNumber=3, Modality="SEG") for number in range(1, 6)])
+    base = f"/dicom-web/studies/{study}"
+
+    def shown(path: str) -> int:
+        response = client.get(path, headers={"Accept": "image/png"}, params={"window": "1000,8000,linear"})
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "image/png"
+        pixels = np.asarray(Image.open(io.BytesIO(response.content)))
+        assert max(pixels.shape) <= 128 and pixels.std() == 0
+        return int(pixels.flat[0])
+
+    middle_image = shown(f"{base}/series/{full}/instances/{middle}/thumbnail")
+    assert shown(f"{base}/thumbnail") == shown(f"{base}/series/{full}/thumbnail") == middle_image
+    others = {shown(f"{base}/series/{small}/thumbnail"), shown(f"{base}/series/{masks}/thumbnail")}
+    assert len(others | {middle_image}) == 3
+
+
+def test_a_thumbnail_of_what_holds_no_image_is_406_and_of_nothing_404(client):
+    study = generate_uid()
+    sr = pydicom.dcmread(io.BytesIO(make_ct(study)))
+    for keyword in ("Rows", "Columns", "PixelData", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+                    "SamplesPerPixel", "PhotometricInterpretation"):
+        delattr(sr, keyword)
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    stow(client, [buffer.getvalue()])
+    assert client.get(f"/dicom-web/studies/{study}/thumbnail").status_code == 406
+    assert client.get(f"/dicom-web/studies/{generate_uid()}/thumbnail").status_code == 404
+    assert client.get(f"/dicom-web/studies/{study}/series/{generate_uid()}/thumbnail").status_code == 404
+
+
+def test_a_frame_thumbnail_shows_that_frame(client):
+    path = bundled_file("CT_small.dcm")
+    stow(client, [open(path, "rb").read()])
+    study, series, sop = uids_of(path)
+    base = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    frame = client.get(base + "/frames/1/thumbnail", headers={"Accept": "image/png"})
+    assert frame.status_code == 200
+    assert frame.content == client.get(base + "/thumbnail", headers={"Accept": "image/png"}).content
+    assert client.get(base + "/frames/2/thumbnail").status_code == 404
+    assert client.get(base + "/frames/1,1/thumbnail").status_code == 400
+
+
 def test_after_a_delete_the_study_and_series_are_described_by_their_newest_remaining_instance(client):
     """As the conformance statement says (section 1): what was deleted no longer describes them."""
     study, kept, gone = generate_uid(), generate_uid(), generate_uid()

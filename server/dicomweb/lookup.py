@@ -1,10 +1,12 @@
 """Finding stored instances by the UIDs of a WADO or DELETE URL."""
 
 from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Row, select
 
-from dicom.errors import NotFound
+from dicom.errors import NotAcceptable, NotFound
 from dicom.uids import require_uid
 from server.storage import FileStore
 from server.tables import instances, series, studies
@@ -30,19 +32,50 @@ def find_instances(
     with_metadata: bool = False,
 ) -> list[tuple[StoredInstance, bytes | None]]:
     """The instances a URL addresses, in series then instance order; NotFound when none."""
+    extra = [instances.c.metadata_json] if with_metadata else []
+    rows = _addressed_rows(engine, extra, study_uid, series_uid, sop_uid)
+    if not rows:
+        what = "instance" if sop_uid else "series" if series_uid else "study"
+        raise NotFound(f"no such {what} is stored here")
+    return [(_stored(row, study_uid, store), row.metadata_json if with_metadata else None) for row in rows]
+
+
+def representative_image(
+    engine: Engine, store: FileStore, study_uid: str, series_uid: str | None = None
+) -> StoredInstance:
+    """The image a study or series thumbnail shows (PS3.18 §10.4.4 leaves the
+    choice to the server): the middle image of the series with the most
+    images, a Segmentation's only when nothing else has any, since a mask
+    on its own says little of what was imaged; ties go to the lowest
+    SeriesNumber. NotFound when nothing there has pixels."""
+    found = _addressed_rows(engine, [series.c.id.label("series_pk"), series.c.modality], study_uid, series_uid, None)
+    images = [row for row in found if row.rows is not None]
+    what = "series" if series_uid else "study"
+    if not found:
+        raise NotFound(f"no such {what} is stored here")
+    if not images:
+        # It exists (404 would say otherwise), as for an instance without pixels.
+        raise NotAcceptable(f"the {what} holds no image: no thumbnail of it can be made")
+    by_series = [list(members) for _, members in groupby(images, key=lambda row: row.series_pk)]
+    chosen = max(by_series, key=lambda members: (members[0].modality != "SEG", len(members)))
+    return _stored(chosen[(len(chosen) - 1) // 2], study_uid, store)
+
+
+def _addressed_rows(
+    engine: Engine, extra: list[Any], study_uid: str, series_uid: str | None, sop_uid: str | None
+) -> list[Row[Any]]:
     require_uid(study_uid, "StudyInstanceUID")
-    columns = [
-        series.c.series_instance_uid,
-        instances.c.sop_instance_uid,
-        instances.c.transfer_syntax_uid,
-        instances.c.file_path,
-        instances.c.file_size,
-        instances.c.number_of_frames,
-    ]
-    if with_metadata:
-        columns.append(instances.c.metadata_json)
     statement = (
-        select(*columns)
+        select(
+            series.c.series_instance_uid,
+            instances.c.sop_instance_uid,
+            instances.c.transfer_syntax_uid,
+            instances.c.file_path,
+            instances.c.file_size,
+            instances.c.number_of_frames,
+            instances.c.rows,
+            *extra,
+        )
         .join_from(instances, series, instances.c.series_pk == series.c.id)
         .join(studies, instances.c.study_pk == studies.c.id)
         .where(studies.c.study_instance_uid == study_uid)
@@ -53,22 +86,16 @@ def find_instances(
     if sop_uid is not None:
         statement = statement.where(instances.c.sop_instance_uid == require_uid(sop_uid, "SOPInstanceUID"))
     with engine.connect() as connection:
-        rows = connection.execute(statement).all()
-    if not rows:
-        what = "instance" if sop_uid else "series" if series_uid else "study"
-        raise NotFound(f"no such {what} is stored here")
-    return [
-        (
-            StoredInstance(
-                study_uid=study_uid,
-                series_uid=row.series_instance_uid,
-                sop_uid=row.sop_instance_uid,
-                transfer_syntax_uid=row.transfer_syntax_uid,
-                absolute_path=str(store.absolute(row.file_path)),
-                file_size=row.file_size,
-                number_of_frames=row.number_of_frames or 1,
-            ),
-            row.metadata_json if with_metadata else None,
-        )
-        for row in rows
-    ]
+        return list(connection.execute(statement).all())
+
+
+def _stored(row: Row[Any], study_uid: str, store: FileStore) -> StoredInstance:
+    return StoredInstance(
+        study_uid=study_uid,
+        series_uid=row.series_instance_uid,
+        sop_uid=row.sop_instance_uid,
+        transfer_syntax_uid=row.transfer_syntax_uid,
+        absolute_path=str(store.absolute(row.file_path)),
+        file_size=row.file_size,
+        number_of_frames=row.number_of_frames or 1,
+    )

@@ -149,9 +149,24 @@ async def rendered_frame(request: Request, study: str, series: str, instance: st
     return await wado.retrieve_rendered(request, services(request), study, series, instance, frames)
 
 
+@router.get("/studies/{study}/thumbnail")
+async def study_thumbnail(request: Request, study: str) -> Response:
+    return await wado.retrieve_thumbnail(request, services(request), study)
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail")
+async def series_thumbnail(request: Request, study: str, series: str) -> Response:
+    return await wado.retrieve_thumbnail(request, services(request), study, series)
+
+
 @router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
 async def instance_thumbnail(request: Request, study: str, series: str, instance: str) -> Response:
     return await wado.retrieve_rendered(request, services(request), study, series, instance, as_thumbnail=True)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail")
+async def frame_thumbnail(request: Request, study: str, series: str, instance: str, frames: str) -> Response:
+    return await wado.retrieve_rendered(request, services(request), study, series, instance, frames, as_thumbnail=True)
 
 
 # --- DELETE ------------------------------------------------------------------

@@ -27,7 +27,7 @@ from dicom.multipart import (
     multipart_related_type,
     new_boundary,
 )
-from dicom.rendering import parse_render_params, render_frame, thumbnail
+from dicom.rendering import RenderParams, parse_render_params, render_frame, thumbnail
 from dicom.transfer_syntax import (
     EXPLICIT_VR_LE,
     can_decompress,
@@ -43,7 +43,7 @@ from server.dicomweb.context import (
     negotiated_accept,
     negotiated_model,
 )
-from server.dicomweb.lookup import StoredInstance, find_instances
+from server.dicomweb.lookup import StoredInstance, find_instances, representative_image
 from server.errors import warning_header
 from server.methods import is_head
 from server.services import Services
@@ -335,15 +335,33 @@ async def retrieve_rendered(
     frame_list: str | None = None,
     as_thumbnail: bool = False,
 ) -> Response:
-    accept = negotiated_accept(request, keep_refused=True)
-    params = parse_render_params(list(request.query_params.multi_items()), accept)
+    params = _render_params(request)
     instance = await _one_instance(services, study_uid, series_uid, sop_uid)
+    frame_number = _single_frame(frame_list) if frame_list else None
     if as_thumbnail:
-        image = await run_in_threadpool(thumbnail, instance.absolute_path, params)
+        image = await run_in_threadpool(thumbnail, instance.absolute_path, params, frame_number)
     else:
-        numbers = parse_frame_list(frame_list) if frame_list else [1]
-        if len(numbers) != 1:
-            raise InvalidRequest("rendered frames are sent one at a time: ask for a single frame")
-        image = await run_in_threadpool(render_frame, instance.absolute_path, numbers[0], params)
+        image = await run_in_threadpool(render_frame, instance.absolute_path, frame_number or 1, params)
     return Response(image, media_type=params.media_type)
+
+
+async def retrieve_thumbnail(
+    request: Request, services: Services, study_uid: str, series_uid: str | None = None
+) -> Response:
+    """A study's or series' thumbnail (PS3.18 §10.4.4): an image that stands for it, chosen here."""
+    params = _render_params(request)
+    instance = await run_in_threadpool(representative_image, services.engine, services.store, study_uid, series_uid)
+    image = await run_in_threadpool(thumbnail, instance.absolute_path, params)
+    return Response(image, media_type=params.media_type)
+
+
+def _render_params(request: Request) -> RenderParams:
+    return parse_render_params(list(request.query_params.multi_items()), negotiated_accept(request, keep_refused=True))
+
+
+def _single_frame(frame_list: str) -> int:
+    numbers = parse_frame_list(frame_list)
+    if len(numbers) != 1:
+        raise InvalidRequest("rendered frames are sent one at a time: ask for a single frame")
+    return numbers[0]
 
