@@ -265,6 +265,30 @@ def test_the_channel_needs_credentials(queued, app):
     assert sum("GET /dicom-web/subscribers/ALL answered 401" in text for text in descriptions) == 2
 
 
+def test_a_channel_ends_when_its_token_does(queued, app, monkeypatch):
+    """A channel outlives its handshake, not the token it opened with: each
+    report would be refused to that token as a request."""
+    from starlette.websockets import WebSocketDisconnect
+
+    from server.dicomweb import workitem_subscriptions
+
+    monkeypatch.setattr(workitem_subscriptions, "RECHECK_SECONDS", 0.2)
+    client, services = queued
+    _subscribe(client, WORKLIST, "ALL")
+    uid = _create(client, _workitem(_stored(client, 86)))
+    monkeypatch.setattr(services.auth.issuer, "lifetime_seconds", 2)
+    token = admin_headers(services)["Authorization"].removeprefix("Bearer ")
+    anonymous = TestClient(app, base_url="http://testserver")
+    with anonymous.websocket_connect(f"/dicom-web/subscribers/ALL?access_token={token}") as channel:
+        assert _report(channel)[0] == uid  # while the token holds
+        time.sleep(2.5)
+        _create(client, _workitem(_stored(client, 85)))  # its report is not sent: the close comes instead
+        with pytest.raises(WebSocketDisconnect) as ended:
+            channel.receive_json()
+    assert ended.value.code == 1008
+    assert "expired" in ended.value.reason
+
+
 def test_the_channel_behind_uvicorn(queued, app):
     client, services = queued
     uid = _create(client, _workitem(_stored(client, 89)))

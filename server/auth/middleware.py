@@ -17,6 +17,7 @@ handlers (a Bundle's entries are authorized one by one).
 """
 
 import asyncio
+import functools
 import hashlib
 import threading
 import time
@@ -75,9 +76,7 @@ class AuthMiddleware:
             wait = rate.take(principal.name) if rate is not None else None
             if wait is not None:
                 raise _Refused(429, f"{principal.name} has made too many requests; try again later", retry_after=wait)
-            permission = required_permission(method, scope["path"])
-            if permission is not None and permission is not BUNDLE and not principal.may(permission):
-                raise _Refused(403, f"{principal.name} may not {_verb(permission.letter)} {permission.resource_type}")
+            _require_permission(principal, method, scope["path"])
         except _Refused as refused:
             headers = {}
             if refused.challenge:
@@ -92,7 +91,19 @@ class AuthMiddleware:
             await response(scope, receive, send)
             return
         scope["state"]["authorized"] = True
+        if scope["type"] == "websocket":
+            scope["state"]["still_admitted"] = functools.partial(self._still_admitted, scope)
         await self.app(scope, receive, send)
+
+    async def _still_admitted(self, scope: Scope) -> str | None:
+        """Why the credentials a WebSocket opened with no longer admit it (None
+        while they do): a channel outlives its handshake, not its token, its
+        key or its permission."""
+        try:
+            _require_permission(await self._authenticate(scope), "GET", scope["path"])
+        except _Refused as refused:
+            return refused.message
+        return None
 
     async def _authenticate(self, scope: Scope) -> Principal:
         header = Headers(scope=scope).get("authorization", "")
@@ -176,6 +187,12 @@ class AuthMiddleware:
 
     def _check_basic(self, name: str, secret: str) -> Identity | None:
         return self.auth.identities.authenticate_user(name, secret) or self.auth.identities.authenticate_client(name, secret)
+
+
+def _require_permission(principal: Principal, method: str, path: str) -> None:
+    permission = required_permission(method, path)
+    if permission is not None and permission is not BUNDLE and not principal.may(permission):
+        raise _Refused(403, f"{principal.name} may not {_verb(permission.letter)} {permission.resource_type}")
 
 
 def _verb(letter: str) -> str:

@@ -331,4 +331,6 @@ async def open_event_channel(websocket: WebSocket, ae_title: str) -> None:
     except InvalidRequest as error:
         await websocket.close(code=1008, reason=str(error)[:120])
         return
-    await workitem_subscriptions.serve_channel(websocket, services(websocket).engine, subscriber)
+    await workitem_subscriptions.serve_channel(
+        websocket, services(websocket).engine, subscriber, websocket.scope["state"]["still_admitted"]
+    )

@@ -25,7 +25,8 @@ subscriptions end with its final report.
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -46,6 +47,9 @@ from server.tables import inference_jobs, workitem_events, workitem_subscription
 
 RETENTION_SECONDS = 7 * 24 * 3600
 POLL_SECONDS = 0.5
+# How often an open channel's credentials are checked again: an expired token or
+# a retired key ends the channel within this, as it would refuse its next request.
+RECHECK_SECONDS = 5.0
 _BATCH = 100
 _STAGES = frozenset(stage.business_status for stage in Stage)
 
@@ -237,14 +241,24 @@ def _taken(engine: Engine, subscriber: Subscriber) -> list[bytes]:
     return [orjson.dumps(addressed(orjson.loads(row.report_json), row.workitem_uid)) for row in rows if row.id in ours]
 
 
-async def serve_channel(websocket: WebSocket, engine: Engine, subscriber: Subscriber) -> None:
-    """Send the reports of `subscriber` until it goes. A report leaves the
-    outbox as it is sent: one whose frame a breaking connection drops is not
-    seen again (at most once, as PS3.18 lets a server drop reports)."""
+async def serve_channel(
+    websocket: WebSocket, engine: Engine, subscriber: Subscriber, still_admitted: Callable[[], Awaitable[str | None]]
+) -> None:
+    """Send the reports of `subscriber` until it goes, or until the credentials
+    it opened with stop admitting it (`still_admitted` says why). A report
+    leaves the outbox as it is sent: one whose frame a breaking connection
+    drops is not seen again (at most once, as PS3.18 lets a server drop reports)."""
     await websocket.accept()
     gone = asyncio.ensure_future(_closed(websocket))
+    checked = time.monotonic()
     try:
         while not gone.done():
+            if time.monotonic() - checked >= RECHECK_SECONDS:
+                refusal = await still_admitted()
+                if refusal is not None:
+                    await websocket.close(code=1008, reason=refusal[:120])  # policy violation (RFC 6455 §7.4.1)
+                    return
+                checked = time.monotonic()
             frames = await run_in_threadpool(_taken, engine, subscriber)
             for frame in frames:
                 await websocket.send_text(frame.decode())
