@@ -19,6 +19,7 @@ import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.tag import BaseTag
 from pydicom.uid import generate_uid
@@ -26,10 +27,6 @@ from pydicom.uid import generate_uid
 from inference.model_card import ModelCard
 from inference.volume import Volume
 
-# PS3.16 CID 7150 (Segmentation Property Categories).
-_MORPHOLOGICALLY_ALTERED = Code("49755003", "SCT", "Morphologically Altered Structure")
-# PS3.16 CID 7005 (Contributing Equipment Purposes of Reference).
-_PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
 # Recommended Display CIELab Values, one per segment in turn (red, green, blue,
 # yellow, magenta, cyan): viewers otherwise pick colours of their own and say so.
 _DISPLAY_COLOURS = ((53.24, 80.09, 67.20), (87.73, -86.18, 83.18), (32.30, 79.19, -107.86),
@@ -134,12 +131,12 @@ def segmentation(
         highdicom.seg.SegmentDescription(
             segment_number=index,
             segment_label=segment.name,
-            segmented_property_category=_MORPHOLOGICALLY_ALTERED,
+            segmented_property_category=codes.cid7150.MorphologicallyAbnormalStructure,
             segmented_property_type=Code(segment.finding.code, _scheme(segment.finding.system), segment.finding.display),
             algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             display_color=highdicom.color.CIELabColor(*_DISPLAY_COLOURS[(index - 1) % len(_DISPLAY_COLOURS)]),
             algorithm_identification=highdicom.AlgorithmIdentificationSequence(
-                name=card.name, version=card.version, family=highdicom.sr.CodedConcept("123109", "DCM", "Artificial Intelligence"),
+                name=card.name, version=card.version, family=codes.cid7162.ArtificialIntelligence,
             ),
         )
         for index, segment in enumerate(card.segments, start=1)
@@ -169,7 +166,7 @@ def segmentation(
         contributing_equipment=[
             highdicom.ContributingEquipment(
                 manufacturer=card.manufacturer[:64],
-                purpose_of_reference=_PROCESSING_EQUIPMENT,
+                purpose_of_reference=codes.cid7005.ProcessingEquipment,
                 manufacturer_model_name=card.name[:64],
                 software_versions=card.version,
                 contribution_description=f"AI model {card.key} segmented this series"[:64],

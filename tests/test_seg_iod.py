@@ -188,6 +188,20 @@ def test_each_segment_recommends_a_display_colour():
     assert len(colours) == len(CARD.segments) and len(set(colours)) == len(colours)
 
 
+def test_segments_are_coded_as_ai_findings_in_an_abnormal_structure():
+    """Readers go by the code value, not the meaning: 123109 is Manual Processing (PS3.16 CID 7162)."""
+    study = make_phantom(84, SMALL, lesion_count=1, radius_mm=(7.0, 10.0))
+    sources = phantom_datasets(study)
+    volume = volume_from_datasets(sources)
+    seg = segmentation(sources, volume, _labels_on(volume, study), CARD, SegIdentity.for_job("codes"))
+    for segment in seg.SegmentSequence:
+        [family] = segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmFamilyCodeSequence
+        assert (family.CodeValue, family.CodingSchemeDesignator, family.CodeMeaning) == (
+            "123110", "DCM", "Artificial Intelligence")
+        [category] = segment.SegmentedPropertyCategoryCodeSequence
+        assert (category.CodeValue, category.CodeMeaning) == ("49755003", "Morphologically Abnormal Structure")
+
+
 def test_a_segmentation_given_its_studys_corrected_patient_is_still_a_valid_iod(tmp_path):
     from server.jobs.seg_patients import _with_patient
     from server.storage import FileStore

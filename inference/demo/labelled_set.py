@@ -16,6 +16,7 @@ from pathlib import Path
 
 import highdicom
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
@@ -31,8 +32,7 @@ SMALL_GEOMETRY = Geometry(
 )
 REFERENCE_FILE = "reference.dcm"
 REFERENCE_SERIES_NUMBER = 9801
-# PS3.16 CID 7150 (Segmentation Property Categories) and CID 7151 (Segmentation Property Types).
-_MORPHOLOGICALLY_ALTERED = Code("49755003", "SCT", "Morphologically Altered Structure")
+# PS3.16 CID 7151 (Segmentation Property Types).
 _LESION = Code("52988006", "SCT", "Lesion")
 
 
@@ -63,7 +63,7 @@ def reference_segmentation(phantom: Phantom, sources: Sequence[Dataset]) -> high
     description = highdicom.seg.SegmentDescription(
         segment_number=1,
         segment_label="lesion",
-        segmented_property_category=_MORPHOLOGICALLY_ALTERED,
+        segmented_property_category=codes.cid7150.MorphologicallyAbnormalStructure,
         segmented_property_type=_LESION,
         algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.MANUAL,
     )
