@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from dicom.uids import is_safe_uid
-from fhir_mappings.date_ranges import instant_text, to_micros
+from fhir_mappings.date_ranges import date_range, instant_text, to_micros
 from fhir_mappings.errors import InvalidResource
 from fhir_mappings.imaging_study import body_site
 from fhir_mappings.quantities import ucum_quantity
@@ -94,7 +94,10 @@ class FinishedJob:
     card: ModelCard
     findings: Sequence[SegmentFindings]
     seg_series_uid: str | None
-    effective: datetime
+    # When what was measured was imaged (R4: "usually the time of the procedure"),
+    # a FHIR date as ImagingStudy.started gives it; None when the study has no date.
+    # When it was measured is `issued`.
+    effective: str | None
     issued: datetime
     report_status: str = "preliminary"
     body_part_examined: str | None = None  # of the source series: the Observations' bodySite
@@ -110,8 +113,10 @@ class FinishedJob:
             raise ValueError(f"revised_reports {self.revised_reports!r} are not all FHIR ids")
         if self.seg_series_uid is not None and not is_safe_uid(self.seg_series_uid):
             raise ValueError(f"{self.seg_series_uid!r} is not a DICOM UID")
-        if self.effective.tzinfo is None or self.issued.tzinfo is None:
-            raise ValueError("effective and issued need a time zone: a FHIR dateTime with a time must have one")
+        if self.effective is not None and date_range(self.effective) is None:
+            raise ValueError(f"effective {self.effective!r} is not a FHIR date")
+        if self.issued.tzinfo is None:
+            raise ValueError("issued needs a time zone: a FHIR instant must have one")
         # The status may come from a client amending or finalising the report;
         # the rest comes from the server itself, so a bad value is a bug there.
         if self.report_status not in _OBSERVATION_STATUS:
@@ -215,7 +220,7 @@ def _observation(job: FinishedJob, resource_id: str, code: Code, **value: Any) -
         "category": [{"coding": [_IMAGING]}],
         "code": _concept(code),
         **_subject(job),
-        "effectiveDateTime": _instant(job.effective),
+        **_effective(job),
         "issued": _instant(job.issued),
         "device": {"reference": f"Device/{job.device_id}"},
         "derivedFrom": [{"reference": f"ImagingStudy/{job.imaging_study_id}"}],
@@ -227,6 +232,10 @@ def _observation(job: FinishedJob, resource_id: str, code: Code, **value: Any) -
     return validated(body)
 
 
+def _effective(job: FinishedJob) -> dict[str, str]:
+    return {"effectiveDateTime": job.effective} if job.effective is not None else {}
+
+
 def _report(job: FinishedJob, results: list[str]) -> dict[str, Any]:
     body: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
@@ -236,7 +245,7 @@ def _report(job: FinishedJob, results: list[str]) -> dict[str, Any]:
         "category": [{"coding": [_RADIOLOGY]}],
         "code": {"coding": [_IMAGING_STUDY_REPORT]},
         **_subject(job),
-        "effectiveDateTime": _instant(job.effective),
+        **_effective(job),
         "issued": _instant(job.issued),
         "imagingStudy": [{"reference": f"ImagingStudy/{job.imaging_study_id}"}],
         "conclusion": _conclusion(job),

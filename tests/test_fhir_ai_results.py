@@ -1,10 +1,11 @@
 """fhir_mappings/ai_results.py: a finished job as DiagnosticReport, Observations and Provenance."""
 
 import dataclasses
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from conformance.fhir_schema import validate_fhir
 from fhir_mappings.ai_results import (
     AI_ASSERTED,
     FinishedJob,
@@ -16,13 +17,12 @@ from fhir_mappings.resources import RESOURCE_ID, validated
 from inference.findings import Finding, SegmentFindings
 from inference.model_card import ModelCard
 from tests.ai_cards import CENTER, COUNT_CODE, LESION, LONG_AXIS, VOLUME, demo_card
-from conformance.fhir_schema import validate_fhir
 
 TASK_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 STUDY_ID = "1.2.826.0.1.3680043.8.498.1"
 SEG_UID = "1.2.826.0.1.3680043.8.498.99"
 DEVICE_ID = "demo-1.0.0-a3e904fc01"
-EFFECTIVE = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+EFFECTIVE = "2024-05-01"
 ISSUED = datetime(2024, 5, 1, 12, 30, 15, 250000, tzinfo=timezone(timedelta(hours=2)))
 ISSUED_TEXT = "2024-05-01T10:30:15.250000Z"
 UCUM = "http://unitsofmeasure.org"
@@ -96,7 +96,7 @@ def test_report():
     assert _coding(report["code"]) == {"system": "http://loinc.org", "code": "18748-4", "display": "Diagnostic imaging study"}
     assert report["subject"] == {"reference": "Patient/dcm-patient-1"}
     assert report["imagingStudy"] == [{"reference": f"ImagingStudy/{STUDY_ID}"}]
-    assert report["effectiveDateTime"] == "2024-05-01T10:00:00.000000Z"
+    assert report["effectiveDateTime"] == "2024-05-01"
     assert report["issued"] == ISSUED_TEXT
     assert report["meta"]["security"] == [AI_ASSERTED]
     assert report["conclusion"] == f"2 lesions, 14.2 mL in total (model demo@1.0.0); segmentation: DICOM SEG series {SEG_UID}"
@@ -113,7 +113,7 @@ def test_every_observation_says_who_what_when_and_that_ai_asserted_it():
             "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging", "display": "Imaging"
         }
         assert observation["subject"] == {"reference": "Patient/dcm-patient-1"}
-        assert observation["effectiveDateTime"] == "2024-05-01T10:00:00.000000Z"
+        assert observation["effectiveDateTime"] == "2024-05-01"
         assert observation["issued"] == ISSUED_TEXT
         assert observation["device"] == {"reference": f"Device/{DEVICE_ID}"}
         assert observation["derivedFrom"] == [{"reference": f"ImagingStudy/{STUDY_ID}"}]
@@ -265,6 +265,14 @@ def test_several_segments():
 def test_bad_jobs_are_refused():
     with pytest.raises(ValueError, match="time zone"):
         _job(issued=datetime(2024, 5, 1, 12, 0))
+    with pytest.raises(ValueError, match="not a FHIR date"):
+        _job(effective="20240501")
+
+
+def test_without_a_study_date_the_results_say_no_effective_time():
+    """Not the time of the run: that is `issued`, and an EHR would file the results under it."""
+    results = result_resources(_job(effective=None))
+    assert all("effectiveDateTime" not in resource for resource in [results.report, *results.observations])
     with pytest.raises(InvalidResource, match="'done' is not a DiagnosticReport status"):
         _job(report_status="done")
     with pytest.raises(ValueError, match="not a FHIR id"):

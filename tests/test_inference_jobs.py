@@ -85,6 +85,9 @@ def test_a_stored_study_is_segmented_and_published(running):
     count, total = _measurements(client, report)
     assert count == len(study.lesions)
     first = _resource(client, report["result"][0]["reference"])
+    # When the lesions were imaged, as the study's ImagingStudy.started says; when measured is `issued`.
+    started = _resource(client, f"ImagingStudy/{uid}")["started"]
+    assert report["effectiveDateTime"] == first["effectiveDateTime"] == started != report["issued"][:10]
     assert first["bodySite"]["coding"][0]["code"] == "818981001"  # the series' BodyPartExamined, ABDOMEN
     assert total == pytest.approx(study.total_lesion_volume_ml, rel=0.10)
 

@@ -23,6 +23,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from fhir_mappings.ai_results import FinishedJob, result_resources
+from fhir_mappings.date_ranges import date_from_dicom
 from inference.errors import InferenceError, NoMatchingSeries
 from inference.findings import SegmentFindings
 from inference.seg import SegIdentity, SourceHeaders
@@ -298,7 +299,8 @@ class JobRunner:
                 FinishedJob(
                     task_id=job.task_id, imaging_study_id=job.study_instance_uid, patient_id=current.patient_id,
                     device_id=model.device_id, card=model.bundle.card, findings=findings,
-                    seg_series_uid=seg_identity.series_instance_uid, effective=now, issued=now,
+                    seg_series_uid=seg_identity.series_instance_uid,
+                    effective=date_from_dicom(prepared.series.study_date), issued=now,
                     report_status=self.report_status, body_part_examined=prepared.series.body_part_examined,
                     revised_reports=tuple(revised),
                 )

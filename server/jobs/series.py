@@ -18,6 +18,7 @@ class StoredSeries:
     sop_class_uids: frozenset[str]
     slices: int  # frames, for multi-frame objects
     file_paths: tuple[str, ...]
+    study_date: str | None  # DICOM DA, as sent
 
     def accepted_by(self, rule: SeriesRule) -> bool:
         # A series mixing SOP classes (a localizer among the axials) is no volume.
@@ -30,7 +31,7 @@ def study_series(connection: Connection, study_uid: str) -> list[StoredSeries]:
     rows = connection.execute(
         select(
             series.c.series_instance_uid, series.c.modality, series.c.series_description, series.c.body_part_examined,
-            instances.c.sop_class_uid, instances.c.number_of_frames, instances.c.file_path,
+            instances.c.sop_class_uid, instances.c.number_of_frames, instances.c.file_path, studies.c.study_date,
         )
         .join(studies, series.c.study_pk == studies.c.id)
         .join(instances, instances.c.series_pk == series.c.id)
@@ -47,6 +48,7 @@ def study_series(connection: Connection, study_uid: str) -> list[StoredSeries]:
             sop_class_uids=frozenset(member.sop_class_uid for member in members),
             slices=sum(member.number_of_frames or 1 for member in members),
             file_paths=tuple(member.file_path for member in members),
+            study_date=members[0].study_date,
         )
         for uid, members in grouped.items()
     ]
