@@ -178,6 +178,19 @@ def test_names_the_audit_trail_gives_to_nobody_and_to_the_server_are_reserved(se
         identities.add_client(name, "system/*.rs")
 
 
+def test_a_user_and_a_client_never_share_a_name(services, monkeypatch):
+    """The audit trail and the permissions know an agent by its name alone."""
+    identities = services.auth.identities
+    client_id, _ = identities.add_client("ehr", "system/*.rs")
+    with pytest.raises(IdentityError, match="name of a client already"):
+        identities.add_user(client_id, Role.CLINICIAN, PASSWORD)
+    identities.add_user("lab-00000000", Role.CLINICIAN, PASSWORD)
+    monkeypatch.setattr("secrets.token_hex", lambda size: "0" * 2 * size)
+    with pytest.raises(IdentityError, match="name of a user already"):
+        identities.add_client("lab", "system/*.rs")
+    assert [name for name, _, _ in identities.users() if name == client_id] == []
+
+
 def test_patient_scopes_reach_nothing_without_a_launch_context(services, fhir):
     assert not Grant.parse("patient/*.rs").allows("ImagingStudy", "r")
     assert Grant.parse("patient/*.rs user/Task.rs").narrowed_to(role_grant(Role.CLINICIAN)).scopes == (

@@ -16,7 +16,7 @@ from sqlalchemy import Column, Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from server.auth.scopes import Grant, Role, role_grant
-from server.db import reading, write_connection
+from server.db import advisory_locks, reading, write_connection
 from server.tables import clients, users
 
 _NAME_LIMIT = 64
@@ -60,6 +60,7 @@ class Identities:
         now = _now()
         try:
             with write_connection(self.engine) as connection:
+                _claim_name(connection, name, "user")
                 connection.execute(insert(users).values(name=name, role=role.value, password_hash=self.hasher.hash(password),
                                                         disabled=False, created_at=now, updated_at=now))
                 self._changed(connection, name, f"user {name} added with role {role.value}")
@@ -121,6 +122,7 @@ class Identities:
             raise IdentityError("patient/ scopes need a SMART launch context, which this server does not offer; use system/")
         client_id, secret = f"{name[:40]}-{secrets.token_hex(4)}", secrets.token_urlsafe(32)
         with write_connection(self.engine) as connection:
+            _claim_name(connection, client_id, "client")
             connection.execute(insert(clients).values(client_id=client_id, name=name[:_NAME_LIMIT],
                                                       secret_hash=self.hasher.hash(secret), scopes=str(grant),
                                                       disabled=False, created_at=_now()))
@@ -158,6 +160,16 @@ class Identities:
             return self.hasher.verify(stored, password)
         except (VerificationError, InvalidHashError):
             return False
+
+
+def _claim_name(connection: Connection, name: str, kind: str) -> None:
+    """Users and clients share one namespace: the audit trail and the
+    permissions know an agent by its name alone, so a user named as a
+    client (or the reverse) would be indistinguishable from it."""
+    advisory_locks(connection, [f"identity:{name}"])
+    other, key = (clients, clients.c.client_id) if kind == "user" else (users, users.c.name)
+    if connection.execute(select(key).where(key == name)).first() is not None:
+        raise IdentityError(f"{name!r} is the name of a {'client' if kind == 'user' else 'user'} already")
 
 
 def _require_strength(password: str) -> None:
