@@ -6,6 +6,7 @@ appends from 16 writers, rollback, and verification from the CLI and FHIR."""
 import threading
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 from sqlalchemy import delete, select, text, update
 
@@ -204,6 +205,36 @@ def test_an_edited_searchable_copy_is_detected(services, fhir):
         ).values(resource_json=b"\xff\xfe"))
     verification = _verify(services)
     assert verification.first_broken == 2 and "searchable copy of event 2" in verification.problem
+
+
+def _edit_copy(services, resource_id: str, edit) -> None:
+    from server.tables import fhir_resources
+
+    where = (fhir_resources.c.resource_type == "AuditEvent", fhir_resources.c.resource_id == resource_id)
+    with services.engine.begin() as connection:
+        body = orjson.loads(connection.execute(select(fhir_resources.c.resource_json).where(*where)).scalar_one())
+        edited = edit(body)
+        connection.execute(update(fhir_resources).where(*where).values(
+            resource_json=edited if isinstance(edited, bytes) else orjson.dumps(body)))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda body: body["meta"].update(lastUpdated=body["meta"]["lastUpdated"][:-2] + "9Z"),
+    lambda body: body["meta"].update(versionId="2"),
+    lambda body: body["meta"].update(security=[{"code": "HTEST"}]),
+    lambda body: body["extension"][-1]["extension"][2].update(valueString="0" * 64),
+    lambda body: body["extension"].insert(0, {"url": "urn:x", "valueString": "y"}),
+    lambda body: body.update(id="4"),
+    lambda body: body.update(text={"status": "generated", "div": "<div>x</div>"}),
+    lambda body: body.pop("entity"),
+], ids=["lastUpdated", "versionId", "meta", "hash", "extension", "id", "added", "removed"])
+def test_any_edit_of_what_a_copy_says_is_detected(services, edit):
+    """What the copy adds to its event (id, meta, the chain's extension) is held against what it must be too."""
+    _append(services, 4)
+    services.audit.chain.project()
+    _edit_copy(services, "3", edit)
+    verification = _verify(services)
+    assert verification.first_broken == 3 and "searchable copy of event 3" in verification.problem
 
 
 def test_events_appended_by_write_transactions_are_checkpointed_on_time(services):
