@@ -144,9 +144,9 @@ def _rewritten_from(connection, first: int, last: int | None = None) -> None:  #
     """What someone who can write the database but lacks the key can do:
     change event `first` (or cut the chain after `last`), recompute every
     hash after it, move the head, and delete the checkpoints that named them."""
-    from server.audit.chain import canonical_json, event_hash
-
     import orjson
+
+    from server.audit.chain import canonical_json, event_hash
 
     if last is not None:
         connection.execute(delete(audit_events).where(audit_events.c.seq > last))
