@@ -30,6 +30,7 @@ from server.auth.access import (
     BUNDLE,
     Principal,
     basic_credentials,
+    current_principal,
     is_public,
     required_permission,
 )
@@ -92,7 +93,11 @@ class AuthMiddleware:
             await response(scope, receive, send)
             return
         scope["state"]["authorized"] = True
-        await self.app(scope, receive, send)
+        principal_set = current_principal.set(principal)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current_principal.reset(principal_set)
 
     async def _authenticate(self, scope: Scope) -> Principal:
         header = Headers(scope=scope).get("authorization", "")
