@@ -85,6 +85,8 @@ class AuditKind(Enum):
     LOGIN = _dicom("110114", "User Authentication", "E", False)
     APPLICATION_ACTIVITY = _dicom("110100", "Application Activity", "U", False)  # models, jobs
     SECURITY_CHANGE = _dicom("110137", "User Security Attributes Changed", "U", False)
+    # A Subscription's notification: the server sends, its owner's endpoint receives.
+    EXPORT = _dicom("110106", "Export", "R", True)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class AuditRecord:
     study_uids: Sequence[str] = ()
     query: bytes | None = None  # the query as received, for searches and QIDO
     extra_subtypes: Sequence[dict[str, str]] = field(default_factory=tuple)
+    # Where the server sent something (a rest-hook endpoint): the client's network address, a URI.
+    destination: str | None = None
 
     def __post_init__(self) -> None:
         if self.recorded.tzinfo is None:
@@ -119,7 +123,9 @@ def audit_event(record: AuditRecord) -> dict[str, Any]:
     client_who = {"identifier": {"system": IDENTITY_SYSTEM, "value": client_name}, "display": client_name}
     server_who = {"identifier": {"system": SERVER_SYSTEM, "value": server_name}, "display": server_name}
     client = {"type": {"coding": [client_role]}, "who": client_who, "name": client_name, "requestor": True}
-    if record.client_address:
+    if record.destination:
+        client["network"] = {"address": fhir_string(record.destination), "type": "5"}  # 5: URI
+    elif record.client_address:
         client["network"] = {"address": fhir_string(record.client_address), "type": "2"}  # 2: IP address
     server = {"type": {"coding": [server_role]}, "who": server_who, "name": server_name, "requestor": False}
     body: dict[str, Any] = {

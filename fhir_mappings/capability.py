@@ -13,6 +13,15 @@ from fhir_mappings.search_parameters import (
 )
 
 _TYPE_DEFINITIONS = "http://hl7.org/fhir/SearchParameter"
+_SUBSCRIPTIONS = (
+    "Keeps every version. Channel type rest-hook only: a POST with an empty body to channel.endpoint when no"
+    " payload is asked for, else a PUT of the resource to channel.endpoint/[type]/[id] in application/fhir+json"
+    " or application/json, with the channel.header entries as HTTP headers. The endpoint must lie under a URL"
+    " prefix the server's operator allows (MEDAIFLOW_SUBSCRIPTION_ENDPOINTS). A requested Subscription becomes"
+    " active when accepted; one whose notification keeps failing becomes error, with Subscription.error saying"
+    " why. Notifications are sent with the rights of whoever last wrote the Subscription, while it still holds"
+    " them; AuditEvent and Subscription cannot be subscribed to."
+)
 _EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
 
 
@@ -35,7 +44,8 @@ def capability_statement(
             {
                 "type": resource_type,
                 "documentation": (
-                    "Keeps every version." if keeps_history
+                    _SUBSCRIPTIONS if resource_type == "Subscription"
+                    else "Keeps every version." if keeps_history
                     else "Projected from the hash-chained audit trail, which AuditEvent/$verify checks; read-only."
                     if resource_type == "AuditEvent"
                     else "Derived from the DICOM store; only the current version is kept."
@@ -90,7 +100,7 @@ def capability_statement(
                         "the request has Prefer: handling=strict. XML is produced for reads and searches. "
                         "Patient/[id]/[type] searches a type within a patient's compartment, and "
                         "Patient/[id]/$everything (start, end, _since, _type, _count) returns the patient and "
-                        "its compartment."
+                        "its compartment. Subscriptions notify by rest-hook (see Subscription)."
                     ),
                     "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
                     "resource": resources,

@@ -21,6 +21,7 @@ class ParamType(Enum):
     DATE = "date"
     REFERENCE = "reference"
     QUANTITY = "quantity"
+    URI = "uri"  # matched whole, as R4 search.html#uri has it without :above or :below
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ def _p(name: str, type_: ParamType, expression: str, documentation: str, targets
     return SearchParameter(name, type_, tuple(expression.split(" | ")), documentation, tuple(targets.split()))
 
 
-S, T, D, R, Q = ParamType.STRING, ParamType.TOKEN, ParamType.DATE, ParamType.REFERENCE, ParamType.QUANTITY
+S, T, D, R, Q, U = (ParamType.STRING, ParamType.TOKEN, ParamType.DATE, ParamType.REFERENCE, ParamType.QUANTITY,
+                    ParamType.URI)
 _ANY_SUBJECT = "Patient Group Device Location Organization Practitioner Medication Substance Procedure"
 
 DEFINITIONS: dict[str, tuple[SearchParameter, ...]] = {
@@ -153,6 +155,14 @@ DEFINITIONS: dict[str, tuple[SearchParameter, ...]] = {
         _p("entity-role", T, "entity.role", "What role the entity played"),
         _p("patient", R, "entity.what", "Identifier of the patient involved", "Patient"),
         _p("source", R, "source.observer", "The identity of source detecting the event", "Device Organization Patient Practitioner PractitionerRole RelatedPerson"),
+    ),
+    "Subscription": (
+        _p("status", T, "status", "The current state of the subscription"),
+        _p("type", T, "channel.type", "The type of channel for the sent notifications"),
+        _p("url", U, "channel.endpoint", "The uri that will receive the notifications"),
+        _p("criteria", S, "criteria", "The search rules used to determine when to send a notification"),
+        _p("payload", T, "channel.payload", "The mime-type of the notification payload"),
+        _p("contact", T, "contact", "Contact details for the subscription"),
     ),
 }
 

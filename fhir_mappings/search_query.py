@@ -43,6 +43,7 @@ _MODIFIERS: dict[ParamType, frozenset[str]] = {
     ParamType.DATE: frozenset(("missing",)),
     ParamType.REFERENCE: frozenset(("missing",)),
     ParamType.QUANTITY: frozenset(("missing",)),
+    ParamType.URI: frozenset(("missing",)),
 }
 
 
@@ -287,6 +288,8 @@ def _value(parameter: SearchParameter, modifier: str, text: str) -> Value:
     if kind is ParamType.QUANTITY:
         return _quantity_value(parameter.name, text)
     text = _unescape(text)
+    if kind is ParamType.URI:
+        return TokenValue(None, text)
     if kind is ParamType.STRING:
         mode = StringMode.EXACT if modifier == "exact" else StringMode.CONTAINS if modifier == "contains" else StringMode.PREFIX
         return StringValue(text if mode is StringMode.EXACT else normalise_text(text), mode)

@@ -101,6 +101,9 @@ def _add(values: IndexValues, parameter: SearchParameter, nodes: list[Any]) -> N
     """The values of `nodes`, the elements one of `parameter`'s paths found.
     Tokens, all of a path at once: an ImagingStudy has two per instance."""
     name = parameter.name
+    if parameter.type is ParamType.URI:  # kept as tokens without a system, which `uri` searches compare whole
+        values.tokens.extend((name, None, node) for node in nodes if isinstance(node, str))
+        return
     if parameter.type is ParamType.TOKEN:
         found = [(name, system, code) for node in nodes for system, code in _tokens(node)]
         if not found and any(_has_text(node) for node in nodes):

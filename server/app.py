@@ -14,7 +14,7 @@ from fhir_mappings.audit_event import AuditKind
 from server import health
 from server.audit.middleware import AuditMiddleware, note_studies
 from server.audit.service import AuditService, build_audit
-from server.auth.identities import SERVER_AGENT
+from server.auth.identities import SERVER_AGENT, Identities
 from server.auth.middleware import AuthMiddleware
 from server.auth.routes import router as auth_router
 from server.auth.service import build_auth
@@ -26,7 +26,9 @@ from server.dicomweb.workitem_subscriptions import job_changed
 from server.errors import install_error_handlers
 from server.fhir.derived import ensure_endpoints, study_patients, sync_studies
 from server.fhir.routes import router as fhir_router
-from server.fhir.service import build_fhir
+from server.fhir.service import FhirService, build_fhir
+from server.fhir.subscription_delivery import DeliveryPolicy, Dispatcher
+from server.fhir.subscriptions import SubscriptionWrites, outbox_notifications
 from server.ingest import Ingestor
 from server.jobs.routes import router as models_router
 from server.jobs.service import JobsService, build_jobs
@@ -66,8 +68,19 @@ def build_services(settings: Settings) -> Services:
                       settings.requests_per_second, settings.request_burst)
     auth.identities.on_change = lambda connection, name, description: audit.record_in(
         connection, AuditKind.SECURITY_CHANGE, SERVER_AGENT, description)
+    subscriptions = _subscriptions(settings, fhir, auth.identities, audit)
     return Services(settings=settings, engine=engine, store=store, ingestor=ingestor, fhir=fhir, jobs=jobs, audit=audit,
-                    auth=auth)
+                    auth=auth, subscriptions=subscriptions)
+
+
+def _subscriptions(settings: Settings, fhir: FhirService, identities: Identities, audit: AuditService) -> Dispatcher:
+    """Subscriptions written by clients, an outbox row for each version
+    written that one watches (whoever writes it), and their sender."""
+    fhir.write_hooks["Subscription"] = SubscriptionWrites(settings.subscription_endpoint_list)
+    fhir.store.on_written = outbox_notifications
+    policy = DeliveryPolicy(settings.subscription_attempts, settings.subscription_retry_seconds,
+                            settings.subscription_timeout_seconds)
+    return Dispatcher(fhir.engine, fhir.store, fhir.searcher, identities, audit, policy, f"{settings.public_root}/fhir")
 
 
 def _audit_own_changes(audit: AuditService, jobs: JobsService) -> None:
@@ -98,9 +111,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("could not write the DICOMweb Endpoint resources: %s", type(error).__name__)
     services.audit.recorder.start()
     services.jobs.start()
+    services.subscriptions.start()
     try:
         yield
     finally:
+        services.subscriptions.stop()
         services.jobs.stop()
         services.audit.recorder.stop()
 

@@ -8,6 +8,7 @@ from starlette.requests import HTTPConnection
 from server.audit.service import AuditService
 from server.auth.service import AuthService
 from server.fhir.service import FhirService
+from server.fhir.subscription_delivery import Dispatcher
 from server.ingest import Ingestor
 from server.jobs.service import JobsService
 from server.settings import Settings
@@ -24,6 +25,7 @@ class Services:
     jobs: JobsService
     audit: AuditService
     auth: AuthService
+    subscriptions: Dispatcher  # sends the notifications of FHIR Subscriptions
 
 
 def services(request: HTTPConnection) -> Services:

@@ -68,6 +68,17 @@ class Settings(BaseSettings):
     report_status: Literal["preliminary", "final"] = "preliminary"
     demo_model: bool = Field(default=True, description="register and activate the shipped demo model on first start")
 
+    # FHIR Subscriptions (rest-hook)
+    subscription_endpoints: str = Field(
+        default="", description="comma-separated URL prefixes a Subscription's rest-hook endpoint must start with;"
+        " none by default, so that no client can make the server send data anywhere (SSRF)",
+    )
+    subscription_attempts: int = Field(default=5, ge=1, description="sends of one notification before the"
+                                       " Subscription is set to error")
+    subscription_retry_seconds: float = Field(default=2.0, ge=0, description="wait before the first retry, doubled"
+                                              " at each further one")
+    subscription_timeout_seconds: float = Field(default=5.0, gt=0, description="to connect, send or read an answer")
+
     # Identities
     token_seconds: int = Field(default=300, ge=30, le=3600, description="lifetime of issued access tokens")
     admin_password: str | None = Field(
@@ -93,6 +104,10 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def subscription_endpoint_list(self) -> list[str]:
+        return [prefix.strip() for prefix in self.subscription_endpoints.split(",") if prefix.strip()]
 
     @property
     def public_root(self) -> str:

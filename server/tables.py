@@ -359,6 +359,40 @@ workitem_events = Table(
 )
 Index("ix_workitem_events_subscriber_id", workitem_events.c.owner, workitem_events.c.ae_title, workitem_events.c.id)
 
+# FHIR Subscriptions (`server.fhir.subscriptions`): what the server keeps of
+# each beside the resource: the type its criteria watch, whether it is active
+# and until when, and who wrote it last, with the scopes it wrote with, whose
+# rights its notifications are sent under.
+fhir_subscriptions = Table(
+    "fhir_subscriptions",
+    metadata,
+    Column("subscription_id", String(64), primary_key=True),
+    Column("criteria_type", String(64), nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("end_at", BigInteger),  # microseconds since the epoch; none: no end
+    Column("owner", String(64), nullable=False),
+    Column("owner_is_client", Boolean, nullable=False),
+    Column("scopes", String(2048), nullable=False),
+)
+Index("ix_fhir_subscriptions_criteria_type", fhir_subscriptions.c.criteria_type, fhir_subscriptions.c.active)
+# The outbox: a notification to send, one row per active Subscription and
+# resource version written, in the transaction that wrote the version. A
+# dispatcher claims due rows (pushing `not_before` past its lease), deletes
+# each once sent, or sets it due again later.
+fhir_subscription_notifications = Table(
+    "fhir_subscription_notifications",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("subscription_id", String(64), ForeignKey("fhir_subscriptions.subscription_id"), nullable=False,
+           index=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("not_before", BigInteger, nullable=False, index=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+
 # Studies changed by STOW since their last look by the trigger: a study is
 # considered for automatic jobs once it has been quiet for a while.
 study_activity = Table(

@@ -67,6 +67,9 @@ RICH = [
      "source": {"observer": {"reference": "Device/rich-device"}},
      "entity": [{"what": {"reference": "Patient/rich-patient"}, "name": "Richentity", "type": {"system": DCM, "code": "110180"},
                  "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}}]},
+    {"resourceType": "Subscription", "id": "rich-subscription", "status": "active", "reason": "rich",
+     "criteria": "DiagnosticReport?status=final", "contact": [{"system": "email", "value": "rich@example.org"}],
+     "channel": {"type": "rest-hook", "endpoint": "https://rich.example/hook", "payload": "application/fhir+json"}},
 ]
 PLAIN = [
     {"resourceType": "Patient", "id": "plain-patient", "gender": "male"},
@@ -83,7 +86,15 @@ PLAIN = [
     {"resourceType": "AuditEvent", "id": "plain-audit", "type": {"system": DCM, "code": "110100"}, "action": "R",
      "recorded": "2001-01-01T00:00:00Z", "outcome": "4", "agent": [{"requestor": False}],
      "source": {"observer": {"reference": "Organization/o1"}}},
+    {"resourceType": "Subscription", "id": "plain-subscription", "status": "off", "reason": "plain",
+     "criteria": "Task?status=ready", "channel": {"type": "websocket", "endpoint": "wss://plain.example/hook"}},
 ]
+
+
+@pytest.fixture
+def settings(settings):
+    """Where the rich Subscription may send (no notification is sent: nothing it matches is written after it)."""
+    return settings.model_copy(update={"subscription_endpoints": "https://rich.example/"})
 
 
 @pytest.fixture
@@ -97,7 +108,7 @@ def capability(fhir, services):
 
 def _query_value(resource: dict, name: str, kind: ParamType) -> str | None:
     values = extract(resource)
-    if kind is ParamType.TOKEN:
+    if kind in (ParamType.TOKEN, ParamType.URI):
         found = [(system, code) for param, system, code in values.tokens if param == name]
         return f"{found[0][0]}|{found[0][1]}" if found and found[0][0] else (found[0][1] if found else None)
     if kind is ParamType.STRING:

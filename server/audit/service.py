@@ -24,15 +24,17 @@ class AuditService:
 
     def record_in(
         self, connection: Connection, kind: AuditKind, client: str, description: str,
-        resources: Sequence[str] = (), patients: Sequence[str] = (),
+        resources: Sequence[str] = (), patients: Sequence[str] = (), outcome: Outcome = Outcome.SUCCESS,
+        destination: str | None = None,
     ) -> None:
-        """An event of the server's own (a job's step, a model or user change),
-        appended in the transaction of the change: both commit, or neither.
-        Appended as the transaction ends, after its other writes, as a
-        request's own record is: every writer takes the chain's head last."""
+        """An event of the server's own (a job's step, a model or user change,
+        a notification sent to `destination`), appended in the transaction of
+        the change: both commit, or neither. Appended as the transaction
+        ends, after its other writes, as a request's own record is: every
+        writer takes the chain's head last."""
         event = audit_event(AuditRecord(
-            kind=kind, outcome=Outcome.SUCCESS, recorded=datetime.now(UTC), client=client, server=self.server_name,
-            description=description, resources=resources, patients=patients,
+            kind=kind, outcome=outcome, recorded=datetime.now(UTC), client=client, server=self.server_name,
+            description=description, resources=resources, patients=patients, destination=destination,
         ))
         before_commit(connection, "audit.own-events", lambda: _PendingEvents(self.chain), last=True).events.append(event)
 

@@ -10,6 +10,7 @@ transaction Bundle is judged entry by entry, with the same function.
 """
 
 import base64
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from fhir_mappings.search_parameters import DEFINITIONS
@@ -42,6 +43,12 @@ class Principal:
 
     def may(self, permission: Permission) -> bool:
         return self.grant.allows(permission.resource_type, permission.letter)
+
+
+# The principal of the request being handled (set by the authentication
+# middleware), for a write hook that must know who writes: a Subscription runs
+# with the rights of whoever wrote it last.
+current_principal: ContextVar[Principal | None] = ContextVar("current_principal", default=None)
 
 
 def search_permissions(request: SearchRequest) -> set[Permission]:

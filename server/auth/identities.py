@@ -149,6 +149,19 @@ class Identities:
             return None
         return Identity(row.client_id, None, Grant.parse(row.scopes), client=True)
 
+    def current_grant(self, name: str, client: bool, connection: Connection | None = None) -> Grant | None:
+        """The widest scopes the user or client `name` holds now; None once it
+        is disabled or gone. What it did with a token is held to this later
+        (a Subscription's notifications): a token's scopes are never wider."""
+        with reading(self.engine, connection) as session:
+            if client:
+                row = session.execute(
+                    select(clients.c.scopes, clients.c.disabled).where(clients.c.client_id == name)
+                ).first()
+                return None if row is None or row.disabled else Grant.parse(row.scopes)
+            row = session.execute(select(users.c.role, users.c.disabled).where(users.c.name == name)).first()
+            return None if row is None or row.disabled else role_grant(Role(row.role), "user")
+
     def _dummy_hash(self) -> str:
         """Made on first need (hashing takes a noticeable time, so not in the constructor)."""
         if self._dummy is None:

@@ -31,6 +31,7 @@ from server.auth.access import (
     BUNDLE,
     Principal,
     basic_credentials,
+    current_principal,
     is_public,
     required_permission,
 )
@@ -93,7 +94,11 @@ class AuthMiddleware:
         scope["state"]["authorized"] = True
         if scope["type"] == "websocket":
             scope["state"]["still_admitted"] = functools.partial(self._still_admitted, scope)
-        await self.app(scope, receive, send)
+        principal_set = current_principal.set(principal)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current_principal.reset(principal_set)
 
     async def _still_admitted(self, scope: Scope) -> str | None:
         """Why the credentials a WebSocket opened with no longer admit it (None

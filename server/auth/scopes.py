@@ -14,8 +14,9 @@ from enum import Enum
 _SCOPE = re.compile(r"(?P<context>patient|user|system)/(?P<type>\*|[A-Z][A-Za-z]{1,63})\.(?P<permissions>[cruds]{1,5}|read|write|\*)")
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 # Types a wildcard scope does not reach: the audit trail is only for those
-# whose scopes name it (the auditor, the admin).
-_NAMED_ONLY = frozenset(("AuditEvent",))
+# whose scopes name it (the auditor, the admin), and so are Subscriptions,
+# whose channel headers carry the credentials of other systems' endpoints.
+_NAMED_ONLY = frozenset(("AuditEvent", "Subscription"))
 _ORDER = "cruds"
 # patient/ scopes reach one patient, the one of a SMART launch context. This
 # server offers no launch, so they reach nothing (never every patient).
@@ -96,7 +97,7 @@ class Grant:
 def role_grant(role: Role, context: str = "user") -> Grant:
     """The widest scopes a role allows, in the given context (user for people, system for clients)."""
     widest = {
-        Role.ADMIN: ["*.cruds", "AuditEvent.rs"],
+        Role.ADMIN: ["*.cruds", "AuditEvent.rs", "Subscription.cruds"],
         Role.MODALITY: ["ImagingStudy.c"],
         Role.CLINICIAN: ["*.rs"],
         Role.AI_OPERATOR: ["Task.cruds", "Device.cruds", "ImagingStudy.rs", "DiagnosticReport.rs", "Observation.rs",

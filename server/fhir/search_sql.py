@@ -55,12 +55,14 @@ _TABLES = {
     ParamType.DATE: fhir_dates,
     ParamType.REFERENCE: fhir_references,
     ParamType.QUANTITY: fhir_quantities,
+    ParamType.URI: fhir_tokens,
 }
 _SORT_COLUMNS = {
     ParamType.TOKEN: "code",
     ParamType.STRING: "normalised",
     ParamType.DATE: "low",
     ParamType.QUANTITY: "value",
+    ParamType.URI: "code",
 }
 
 
@@ -291,7 +293,7 @@ def _sort_expression(parameter: SearchParameter, descending: bool, resources: An
         return resources.c.last_updated
     table = _TABLES[parameter.type].alias()
     column = table.c.high if parameter.type is ParamType.DATE and descending else table.c[_SORT_COLUMNS[parameter.type]]
-    if parameter.type in (ParamType.TOKEN, ParamType.STRING):
+    if parameter.type in (ParamType.TOKEN, ParamType.STRING, ParamType.URI):
         column = codepoint_order(column)
     aggregate = func.max(column) if descending else func.min(column)
     return (

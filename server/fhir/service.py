@@ -17,7 +17,7 @@ from server.keys import load_or_create_key
 
 # Types clients may create, update and delete. The others are written by the
 # server itself: derived from DICOM, or published by later features.
-WRITABLE_TYPES = frozenset(("Task",))
+WRITABLE_TYPES = frozenset(("Task", "Subscription"))
 
 
 class WriteHook(Protocol):

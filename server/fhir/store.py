@@ -9,7 +9,7 @@ FHIR transaction Bundle writes all its entries in one.
 import functools
 import operator
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +149,8 @@ class ResourceStore:
             resource_json=bindparam("new_resource_json"),
         )
         self._on_postgresql = engine.dialect.name == "postgresql"
+        # Told of the new versions of each write, in its transaction (the Subscriptions' outbox).
+        self.on_written: Callable[[Connection, str, list[StoredVersion]], None] | None = None
 
     # --- reads ---------------------------------------------------------------
 
@@ -312,6 +314,8 @@ class ResourceStore:
         _reindex(connection, reindexed)
         if history:
             connection.execute(insert(fhir_versions), history)
+        if self.on_written is not None and stored:
+            self.on_written(connection, resource_type, stored)
         if kept:
             written = {version.resource_id: version for version in stored}
             return [kept.get(resource_id) or written[resource_id] for resource_id in requested]
