@@ -674,6 +674,25 @@ def rendered(session: Session) -> None:
                    f"not a JPEG image ({_media_type(response)!r})")
 
 
+@case("DW-THUMB-01", "PS3.18 10.4.1.1.3 (Sup 203)", "Study, series and instance thumbnails are each one image/jpeg")
+def thumbnails(session: Session) -> None:
+    study = _study(session)
+    instance = study.instance("ct")
+    series_url = session.dicomweb(f"/studies/{study.study_instance_uid}/series/{instance.series_instance_uid}")
+    urls = {
+        "instance": _instance_url(session, study, "ct", "/thumbnail"),
+        "series": f"{series_url}/thumbnail",
+        "study": session.dicomweb(f"/studies/{study.study_instance_uid}/thumbnail"),
+    }
+    answers = {level: session.get(url, headers={"Accept": "image/jpeg"}) for level, url in urls.items()}
+    if all(response.status_code in (404, 405, 501) for response in answers.values()):
+        raise CaseSkipped(f"the server offers no thumbnails (the instance's answered {answers['instance'].status_code})")
+    for level, response in answers.items():
+        session.expect(response.status_code == 200, f"the {level} thumbnail answered {response.status_code}")
+        session.expect(_media_type(response) == "image/jpeg" and response.content[:2] == b"\xff\xd8",
+                       f"the {level} thumbnail is not a JPEG image ({_media_type(response)!r})")
+
+
 @case("DW-CORS-01", "Fetch Standard 3.2 (CORS protocol)", "A CORS preflight from an allowed origin is answered with Access-Control-Allow-Origin")
 def cors_preflight(session: Session) -> None:
     origin = session.target.origin
