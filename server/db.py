@@ -32,8 +32,10 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
-    # A database host that stops answering must fail /readyz quickly, not after minutes.
-    options = {"pool_size": 10, "max_overflow": 20, "connect_args": {"connect_timeout": 5}}
+    # A database host that stops answering must fail /readyz quickly, not after minutes. Sessions are named
+    # (a URL may name them otherwise): a type history waits only for this server's open transactions.
+    connect_args = {"connect_timeout": 5, "application_name": parsed.query.get("application_name", "medaiflow")}
+    options = {"pool_size": 10, "max_overflow": 20, "connect_args": connect_args}
     engine = create_engine(url, pool_pre_ping=True, **options)  # type: ignore[arg-type]
     # Reads get a pool of their own whose connections are in autocommit from
     # the start: switching a pooled connection's isolation level costs a

@@ -234,6 +234,40 @@ def test_type_history_and_since(fhir):
     _outcome(fhir.get("/fhir/Task/_history", params={"_since": "yesterday"}), 400, "invalid")
 
 
+def test_polling_a_type_history_with_since_misses_no_version_that_commits_late(fhir, services):
+    """A version's time is taken before its transaction commits: one that
+    commits after a newer one was polled would be older than the poller's
+    next `_since`. The answer waits for the transactions still open."""
+    from fhir_mappings.date_ranges import to_micros
+    from server.db import write_connection
+
+    if services.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite writers take turns: versions commit in the order of their times")
+
+    def poll(since: str | None) -> list[dict]:
+        params = {"_since": since} if since else {}
+        return [entry["resource"] for entry in fhir.get("/fhir/Task/_history", params=params).json().get("entry", [])]
+
+    def newest(seen: list[dict]) -> str | None:
+        return max((resource["meta"]["lastUpdated"] for resource in seen), default=None)
+
+    before = poll(None)
+    since = newest(before)
+    late = write_connection(services.engine)
+    connection = late.__enter__()
+    try:
+        [slow] = services.fhir.store.put_many(connection, [({**TASK, "id": "slow"}, "slow")], "PUT")
+        fast = _create(fhir).json()  # committed while `slow`, older, is not yet
+        first = poll(since)
+        since = newest(first) or since
+    finally:
+        late.__exit__(None, None, None)
+    second = poll(since)
+    seen = {resource["id"] for resource in first + second}
+    assert {"slow", fast["id"]} <= seen
+    assert slow.last_updated < to_micros(datetime.fromisoformat(fast["meta"]["lastUpdated"]))
+
+
 def test_derived_types_keep_no_history(fhir):
     _outcome(fhir.get("/fhir/Endpoint/dicomweb-wado-rs/_history"), 404, "not-found")
     assert fhir.get("/fhir/Endpoint/dicomweb-wado-rs/_history/1").status_code == 200

@@ -6,9 +6,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import Connection, and_, or_, select, tuple_
+from sqlalchemy import Connection, and_, or_, select, text, tuple_
 
-from fhir_mappings.date_ranges import date_range, instant_text
+from fhir_mappings.date_ranges import date_range, instant_text, to_micros
 from fhir_mappings.errors import InvalidRequest, ResourceNotFound
 from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import require_id
@@ -74,6 +74,10 @@ def history(
             )
         )
     with reading(service.engine) as connection:
+        if resource_id is None:
+            horizon = _settled_before(connection)
+            if horizon is not None:
+                statement = statement.where(fhir_versions.c.last_updated < horizon)
         rows = connection.execute(statement).all()
         if not rows and resource_id is not None and position is None:
             exists = connection.execute(
@@ -103,6 +107,26 @@ def history(
     if not entries:
         return head
     return head[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
+
+
+def _settled_before(connection: Connection) -> int | None:
+    """On PostgreSQL, when the oldest other open transaction began: a
+    version's `lastUpdated` is taken inside its transaction, so every version
+    before this instant has committed (or never will), and none after it is
+    certain to be all there is. A type history is answered up to it: a client
+    polling with `_since` set to the newest `lastUpdated` it saw would miss a
+    version committed later with an earlier time. (SQLite's writers take
+    turns: versions commit in the order of their times.) None when no other
+    transaction is open, and so nothing is in flight. Other transactions are
+    this server's sessions (its processes and workers share a name; other
+    applications of the database do not write its tables)."""
+    if connection.dialect.name != "postgresql":
+        return None
+    started = connection.execute(text(
+        "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = current_setting('application_name') AND pid <> pg_backend_pid()"
+    )).scalar()
+    return to_micros(started) if started is not None else None
 
 
 def _recreated(connection: Connection, rows: Sequence[Any]) -> set[int]:
