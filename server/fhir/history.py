@@ -1,6 +1,7 @@
 """Instance and type history (FHIR R4 http.html#history): newest first, paged
 with the same signed cursors as search."""
 
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -26,6 +27,8 @@ _CREATED = "201 Created"
 # them would answer a different question than the one asked.
 _UNSUPPORTED = ("_at", "_list")
 _TAKEN = ("_count", "_since", "_cursor")
+# How long a type history waits for the transactions open when it was asked for.
+_SETTLING_SECONDS = 1.0
 
 
 def history(
@@ -52,6 +55,7 @@ def history(
         if state.get("history") != [resource_type, resource_id]:
             raise InvalidRequest("the paging cursor (_cursor) does not belong to this history")
         parameters = state["params"]
+    asked_at = time.time_ns() // 1000
     count = max(1, parse_count(parameters.get("_count")))
     since = _since(parameters.get("_since"))
     statement = (
@@ -75,7 +79,7 @@ def history(
         )
     with reading(service.engine) as connection:
         if resource_id is None:
-            horizon = _settled_before(connection)
+            horizon = _settled_before(connection, asked_at)
             if horizon is not None:
                 statement = statement.where(fhir_versions.c.last_updated < horizon)
         rows = connection.execute(statement).all()
@@ -109,24 +113,33 @@ def history(
     return head[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
 
 
-def _settled_before(connection: Connection) -> int | None:
-    """On PostgreSQL, when the oldest other open transaction began: a
-    version's `lastUpdated` is taken inside its transaction, so every version
-    before this instant has committed (or never will), and none after it is
-    certain to be all there is. A type history is answered up to it: a client
-    polling with `_since` set to the newest `lastUpdated` it saw would miss a
-    version committed later with an earlier time. (SQLite's writers take
-    turns: versions commit in the order of their times.) None when no other
-    transaction is open, and so nothing is in flight. Other transactions are
-    this server's sessions (its processes and workers share a name; other
-    applications of the database do not write its tables)."""
+def _settled_before(connection: Connection, asked_at: int) -> int | None:
+    """On PostgreSQL, when the oldest other open transaction of this server
+    began: a version's `lastUpdated` is taken inside its transaction, so
+    every version before this instant has committed (or never will), and
+    none after it is certain to be all there is. A type history is answered
+    up to it: a client polling with `_since` set to the newest `lastUpdated`
+    it saw would miss a version committed later with an earlier time. The
+    transactions open when the history was asked for are waited for (up to
+    a second), so that what committed before it is all in the answer.
+    (SQLite's writers take turns: versions commit in the order of their
+    times.) None when no other transaction is open, and so nothing is in
+    flight. Other transactions are this server's sessions: its processes and
+    workers share a name; other applications of the database do not write
+    its tables."""
     if connection.dialect.name != "postgresql":
         return None
-    started = connection.execute(text(
-        "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND application_name = current_setting('application_name') AND pid <> pg_backend_pid()"
-    )).scalar()
-    return to_micros(started) if started is not None else None
+    deadline = time.monotonic() + _SETTLING_SECONDS
+    while True:
+        started = connection.execute(text(
+            "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = current_setting('application_name') AND pid <> pg_backend_pid()"
+        )).scalar()
+        if started is None:
+            return None
+        if to_micros(started) > asked_at or time.monotonic() >= deadline:
+            return to_micros(started)
+        time.sleep(0.005)
 
 
 def _recreated(connection: Connection, rows: Sequence[Any]) -> set[int]:
