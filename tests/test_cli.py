@@ -73,7 +73,7 @@ def test_import_tree_counts_and_indexes(
     assert exit_code == 1  # something was left out
     assert index_counts() == {"studies": 3, "series": 3, "instances": 4, "storage_journal": 0}
     assert len(list((cli_env / "dicom").rglob("*.dcm"))) == 4
-    assert list((cli_env / "dicom" / "tmp").iterdir()) == []
+    assert list((cli_env / "dicom" / "tmp").rglob("*.part")) == []  # no payload left behind
 
 
 def test_import_of_a_folder_holding_the_server_leaves_its_files_alone(
@@ -135,7 +135,7 @@ def test_import_missing_and_vanished_files_are_rejections(
     assert f"{tmp_path / 'nowhere'}: no such file or folder" in out
     assert f"{vanishing}: could not read the file" in out
     assert index_counts()["instances"] == 3
-    assert list((cli_env / "dicom" / "tmp").iterdir()) == []
+    assert list((cli_env / "dicom" / "tmp").rglob("*.part")) == []  # no payload left behind
 
 
 def test_import_shows_progress_unless_quiet(
