@@ -27,8 +27,8 @@ from dicom.errors import DicomError
 from dicom.instance import InstanceDescription, describe_dataset, describe_instance
 from dicom.stow import FailureReason, InstanceOutcome
 from server import index
-from server.db import write_connection
-from server.storage import FileStore, ReceivedFile
+from server.db import database_out_of_room, write_connection
+from server.storage import FileStore, ReceivedFile, disk_out_of_room
 from server.tables import instances, storage_journal
 
 log = logging.getLogger(__name__)
@@ -187,11 +187,11 @@ class Ingestor:
                 # Some row failed: redo the batch with a savepoint per instance,
                 # so that only the instances that fail are refused.
                 unreferenced += self._index(placed, isolate=True)
-        except (SQLAlchemyError, OSError, ValueError):
+        except (SQLAlchemyError, OSError, ValueError) as error:
             # ValueError: a study the FHIR side could not describe (see
             # `on_studies_changed`); the batch is refused rather than half-kept.
             log.exception("could not index a STOW batch")
-            self._refuse(placed, FailureReason.PROCESSING_FAILURE)
+            self._refuse(placed, _failure_for(error))
             unreferenced += [candidate.relative_path for candidate in placed]
         return unreferenced
 
@@ -258,7 +258,7 @@ class Ingestor:
             candidate.outcome = _outcome(description, failure=FailureReason.STUDY_UID_MISMATCH, detail=str(error))
         except SQLAlchemyError as error:
             log.warning("index write failed for one instance: %s", type(error).__name__)
-            candidate.outcome = _outcome(description, failure=FailureReason.PROCESSING_FAILURE)
+            candidate.outcome = _outcome(description, failure=_failure_for(error))
         return None
 
     def discard(self, relative_paths: Iterable[str]) -> None:
@@ -306,6 +306,17 @@ class Ingestor:
             with write_connection(self.engine) as connection:
                 index.clear_journal(connection, list(journaled))
         return len(orphans)
+
+
+def _failure_for(error: Exception) -> FailureReason:
+    """0xA700 Out of Resources when the disk or the database ran out of room
+    (PS3.18 Table 10.5.3-3), so that the client knows to try again later;
+    0x0110 Processing Failure for anything else."""
+    if isinstance(error, OSError):
+        return FailureReason.OUT_OF_RESOURCES if disk_out_of_room(error) else FailureReason.PROCESSING_FAILURE
+    if isinstance(error, SQLAlchemyError) and database_out_of_room(error):
+        return FailureReason.OUT_OF_RESOURCES
+    return FailureReason.PROCESSING_FAILURE
 
 
 def _placed_file(candidate: _Candidate) -> index.PlacedFile:

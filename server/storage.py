@@ -7,7 +7,9 @@ new name, so replacing an instance never overwrites the file that the index
 still points to until the new row is committed.
 """
 
+import contextlib
 import ctypes
+import errno
 import hashlib
 import os
 import secrets
@@ -45,6 +47,11 @@ def _fdatasync(path: Path) -> None:
         os.close(descriptor)
 
 
+def disk_out_of_room(error: OSError) -> bool:
+    """A write refused for want of room (a full disk, a spent quota), not for what was written."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 @dataclass(frozen=True)
 class ReceivedFile:
     """A payload written and fsynced under `tmp/`, not yet part of the store."""
@@ -69,7 +76,9 @@ class TempFileWriter:
         self._size += len(data)
 
     def abort(self) -> None:
-        self._file.close()
+        # Closing flushes what is buffered, which fails again on a full disk: it is being thrown away.
+        with contextlib.suppress(OSError):
+            self._file.close()
         self.path.unlink(missing_ok=True)
 
     def finish(self) -> ReceivedFile:
