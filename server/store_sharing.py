@@ -93,16 +93,15 @@ def _take_new_folder(temp_root: Path) -> _OwnedFolder:
         os.close(descriptor)
 
 
-def clear_abandoned_temp(temp_root: Path) -> int:
+def clear_abandoned_temp(temp_root: Path) -> None:
     """Remove the temp folders of processes that are gone, and anything else
     under `temp_root` that no process owns (payloads written straight into
-    `tmp/` by versions before these folders); returns how many folders went."""
+    `tmp/` by versions before these folders)."""
     if not temp_root.is_dir():
-        return 0
-    cleared = 0
+        return
     for lock_path in temp_root.glob("*" + _OWNER_LOCK_SUFFIX):
-        if lock_path.name != _INGEST_LOCK and _clear_if_abandoned(lock_path):
-            cleared += 1
+        if lock_path.name != _INGEST_LOCK:
+            _clear_if_abandoned(lock_path)
     for entry in temp_root.iterdir():
         if entry.name.endswith(_OWNER_LOCK_SUFFIX):
             continue
@@ -114,24 +113,22 @@ def clear_abandoned_temp(temp_root: Path) -> int:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
-    return cleared
 
 
-def _clear_if_abandoned(lock_path: Path) -> bool:
+def _clear_if_abandoned(lock_path: Path) -> None:
     try:
         descriptor = os.open(lock_path, os.O_RDWR)
     except FileNotFoundError:
-        return False  # another recovery cleared it
+        return  # another recovery cleared it
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return False  # its process lives
+            return  # its process lives
         # The folder before its lock file: a recovery that dies in between
         # leaves a lock that the next one takes again.
         shutil.rmtree(lock_path.with_name(lock_path.name.removesuffix(_OWNER_LOCK_SUFFIX)), ignore_errors=True)
         lock_path.unlink(missing_ok=True)
-        return True
     finally:
         os.close(descriptor)
 
