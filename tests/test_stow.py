@@ -508,7 +508,7 @@ def test_a_database_failure_in_the_fhir_search_index_refuses_the_stow_cleanly(cl
     response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
     assert response.status_code == 409
     [failed] = response.json()["00081198"]["Value"]
-    assert failed["00081197"]["Value"] == [0x0110]
+    assert failed["00081197"]["Value"] == [0xA700]  # SQLSTATE 53100, disk full: Out of Resources
     assert _count(services) == 0 and _count(services, storage_journal) == 0
     assert _stored_files(services) == []
 
