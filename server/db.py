@@ -154,6 +154,21 @@ def retried_on_conflict(work: Callable[[], ResultT]) -> ResultT:
         attempt += 1
 
 
+# SQLite's SQLITE_FULL ("database or disk is full"); PostgreSQL's SQLSTATE class 53,
+# Insufficient Resources (disk full, out of memory, too many connections).
+_SQLITE_FULL = 13
+_POSTGRES_INSUFFICIENT_RESOURCES = "53"
+
+
+def database_out_of_room(error: Exception) -> bool:
+    """Whether the database refused a write for want of room, not for what was written."""
+    if not isinstance(error, DBAPIError):
+        return False
+    if getattr(error.orig, "sqlite_errorcode", None) == _SQLITE_FULL:
+        return True
+    return str(getattr(error.orig, "pgcode", None) or "").startswith(_POSTGRES_INSUFFICIENT_RESOURCES)
+
+
 _BEFORE_COMMIT = "medaiflow.before_commit"
 _LAST_BEFORE_COMMIT = "medaiflow.last_before_commit"
 _WRITTEN = "medaiflow.written"

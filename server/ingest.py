@@ -9,7 +9,9 @@ Order of work for a batch (STYLE 7):
 5. files no longer referenced (resends, replaced versions, failed rows) are
    deleted and their journal entries cleared.
 A crash between any two steps leaves only journaled files, which `recover`
-removes unless a committed row points at them.
+removes unless a committed row points at them; steps 2 to 4 hold the store's
+ingest window (server/store_sharing.py), so that a recovery run by another
+process meanwhile never takes a batch in flight for a crash's leftover.
 """
 
 import io
@@ -25,11 +27,15 @@ from dicom.errors import DicomError
 from dicom.instance import InstanceDescription, describe_dataset, describe_instance
 from dicom.stow import FailureReason, InstanceOutcome
 from server import index
-from server.db import write_connection
-from server.storage import FileStore, ReceivedFile
+from server.db import database_out_of_room, write_connection
+from server.storage import FileStore, ReceivedFile, disk_out_of_room
 from server.tables import instances, storage_journal
 
 log = logging.getLogger(__name__)
+
+# How long recovery waits for a moment when no ingest batch is between its
+# journal and its index commit; each batch holds that window for a second or so.
+RECOVERY_WAIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -141,13 +147,25 @@ class Ingestor:
             return
         try:
             self.store.flush_payloads([candidate.prepared.received.temp_path for candidate in candidates])
+        except OSError:
+            log.exception("could not flush a STOW batch")
+            self._refuse(candidates, FailureReason.OUT_OF_RESOURCES)
+            return
+        # From its journal commit until its rows commit, a placed file is one that
+        # recovery (another process's start) would take for a crash's leftover.
+        with self.store.ingest_window():
+            unreferenced = self._place_and_index(candidates)
+        self.discard(unreferenced)
+
+    def _place_and_index(self, candidates: list[_Candidate]) -> list[str]:
+        """Steps 2 (the journal) to 4; returns the files no row references afterwards, for `discard`."""
+        try:
             with write_connection(self.engine, bookkeeping=True) as connection:
                 index.journal_files(connection, [candidate.relative_path for candidate in candidates])
-        except (SQLAlchemyError, OSError):
+        except SQLAlchemyError:
             log.exception("could not journal a STOW batch")
-            for candidate in candidates:
-                candidate.outcome = _outcome(candidate.description, failure=FailureReason.OUT_OF_RESOURCES)
-            return
+            self._refuse(candidates, FailureReason.OUT_OF_RESOURCES)
+            return []
         placed: list[_Candidate] = []
         for candidate in candidates:
             try:
@@ -158,7 +176,9 @@ class Ingestor:
                     candidate.description, failure=FailureReason.OUT_OF_RESOURCES, detail=error.strerror
                 )
         placed_paths = {candidate.relative_path for candidate in placed}
-        unreferenced = [candidate.relative_path for candidate in candidates if candidate.relative_path not in placed_paths]
+        unreferenced = [
+            candidate.relative_path for candidate in candidates if candidate.relative_path not in placed_paths
+        ]
         try:
             self.store.flush_placements([candidate.relative_path for candidate in placed])
             try:
@@ -167,14 +187,18 @@ class Ingestor:
                 # Some row failed: redo the batch with a savepoint per instance,
                 # so that only the instances that fail are refused.
                 unreferenced += self._index(placed, isolate=True)
-        except (SQLAlchemyError, OSError, ValueError):
+        except (SQLAlchemyError, OSError, ValueError) as error:
             # ValueError: a study the FHIR side could not describe (see
             # `on_studies_changed`); the batch is refused rather than half-kept.
             log.exception("could not index a STOW batch")
-            for candidate in placed:
-                candidate.outcome = _outcome(candidate.description, failure=FailureReason.PROCESSING_FAILURE)
+            self._refuse(placed, _failure_for(error))
             unreferenced += [candidate.relative_path for candidate in placed]
-        self.discard(unreferenced)
+        return unreferenced
+
+    @staticmethod
+    def _refuse(candidates: list[_Candidate], failure: FailureReason) -> None:
+        for candidate in candidates:
+            candidate.outcome = _outcome(candidate.description, failure=failure)
 
     def _index(self, placed: list[_Candidate], isolate: bool) -> list[str]:
         """Write the rows; return the files that no row references afterwards.
@@ -234,7 +258,7 @@ class Ingestor:
             candidate.outcome = _outcome(description, failure=FailureReason.STUDY_UID_MISMATCH, detail=str(error))
         except SQLAlchemyError as error:
             log.warning("index write failed for one instance: %s", type(error).__name__)
-            candidate.outcome = _outcome(description, failure=FailureReason.PROCESSING_FAILURE)
+            candidate.outcome = _outcome(description, failure=_failure_for(error))
         return None
 
     def discard(self, relative_paths: Iterable[str]) -> None:
@@ -250,13 +274,24 @@ class Ingestor:
         except SQLAlchemyError:
             log.exception("journal entries left for recovery")
 
-    def recover(self) -> int:
-        """Finish the clean-up of requests that died; returns how many files were removed.
+    def recover(self, wait_seconds: float = RECOVERY_WAIT_SECONDS) -> int:
+        """Finish the clean-up of processes that died; returns how many journaled files were removed.
 
-        Assumes no other process is ingesting into the same store right now
-        (it runs at start-up, before the server accepts requests).
+        Other processes may be ingesting into the same store meanwhile (an
+        import, a job worker, another server on the same database and data
+        directory): only the temp folders of dead processes are cleared, and
+        journaled files are judged only while no batch is between its journal
+        and its index commit. When batches keep that window busy for
+        `wait_seconds`, the journal is left for a later recovery.
         """
-        self.store.clear_temp()
+        self.store.clear_abandoned_temp()
+        with self.store.no_ingest_window(wait_seconds) as quiet:
+            if not quiet:
+                log.warning("recovery left the storage journal alone: ingest batches kept it busy")
+                return 0
+            return self._remove_orphans()
+
+    def _remove_orphans(self) -> int:
         with self.engine.connect() as connection:
             journaled = connection.execute(select(storage_journal.c.file_path)).scalars().all()
             referenced = set(
@@ -271,6 +306,17 @@ class Ingestor:
             with write_connection(self.engine) as connection:
                 index.clear_journal(connection, list(journaled))
         return len(orphans)
+
+
+def _failure_for(error: Exception) -> FailureReason:
+    """0xA700 Out of Resources when the disk or the database ran out of room
+    (PS3.18 Table 10.5.3-3), so that the client knows to try again later;
+    0x0110 Processing Failure for anything else."""
+    if isinstance(error, OSError):
+        return FailureReason.OUT_OF_RESOURCES if disk_out_of_room(error) else FailureReason.PROCESSING_FAILURE
+    if isinstance(error, SQLAlchemyError) and database_out_of_room(error):
+        return FailureReason.OUT_OF_RESOURCES
+    return FailureReason.PROCESSING_FAILURE
 
 
 def _placed_file(candidate: _Candidate) -> index.PlacedFile:

@@ -1,23 +1,27 @@
 """Instance files on disk, written so that a crash never leaves half a file.
 
-Every file is first written under `tmp/`, synced, then renamed into
+Every file is first written under `tmp/` (in a folder of the process that
+writes it: server/store_sharing.py), synced, then renamed into
 `<study>/<series>/<sop>.<token>.dcm`. The token makes each stored version a
 new name, so replacing an instance never overwrites the file that the index
 still points to until the new row is committed.
 """
 
+import contextlib
 import ctypes
+import errno
 import hashlib
 import os
 import secrets
-import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from dicom.uids import require_uid
+from server.store_sharing import clear_abandoned_temp, ingest_window, no_ingest_window, own_temp_folder
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -41,6 +45,11 @@ def _fdatasync(path: Path) -> None:
         os.fdatasync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def disk_out_of_room(error: OSError) -> bool:
+    """A write refused for want of room (a full disk, a spent quota), not for what was written."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,9 @@ class TempFileWriter:
         self._size += len(data)
 
     def abort(self) -> None:
-        self._file.close()
+        # Closing flushes what is buffered, which fails again on a full disk: it is being thrown away.
+        with contextlib.suppress(OSError):
+            self._file.close()
         self.path.unlink(missing_ok=True)
 
     def finish(self) -> ReceivedFile:
@@ -82,27 +93,48 @@ class TempFileWriter:
 
 
 class FileStore:
-    def __init__(self, root: Path) -> None:
+    """`helper_of`: the temp folder of the process that will store what this
+    one writes (a helper process writing a SEG for its parent), so that the
+    payload lives as long as the process that needs it; by default the
+    process's own folder (server/store_sharing.py)."""
+
+    def __init__(self, root: Path, helper_of: Path | None = None) -> None:
         self.root = root.resolve()
-        self.temp_dir = self.root / "tmp"
+        self.temp_root = self.root / "tmp"
+        self._helper_of = helper_of
 
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.temp_dir.mkdir(exist_ok=True)
+        self.temp_root.mkdir(exist_ok=True)
 
-    def clear_temp(self) -> None:
-        """Payloads of requests that died before their files were stored."""
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-        self.temp_dir.mkdir(parents=True, exist_ok=True)
+    @property
+    def temp_dir(self) -> Path:
+        """Where this process writes payloads before they are stored."""
+        if self._helper_of is not None:
+            return self._helper_of
+        return own_temp_folder(self.temp_root)
+
+    def clear_abandoned_temp(self) -> None:
+        """Payloads of processes that died before their files were stored."""
+        clear_abandoned_temp(self.temp_root)
+
+    def ingest_window(self) -> AbstractContextManager[None]:
+        return ingest_window(self.temp_root)
+
+    def no_ingest_window(self, wait_seconds: float) -> AbstractContextManager[bool]:
+        return no_ingest_window(self.temp_root, wait_seconds)
 
     def new_temp_file(self) -> TempFileWriter:
-        path = self.temp_dir / f"{secrets.token_hex(12)}.part"
+        name = f"{secrets.token_hex(12)}.part"
         try:
-            return TempFileWriter(path)
+            return TempFileWriter(self.temp_dir / name)
         except FileNotFoundError:
-            # Someone removed tmp/ under a running server; make it again.
-            self.temp_dir.mkdir(parents=True, exist_ok=True)
-            return TempFileWriter(path)
+            # Someone removed the folder under a running server: while its lock
+            # file is there it is still ours, so it is made again; with the lock
+            # file gone `temp_dir` is a new folder.
+            folder = self.temp_dir
+            folder.mkdir(parents=True, exist_ok=True)
+            return TempFileWriter(folder / name)
 
     @staticmethod
     def flush_payloads(files: list[Path]) -> None:
@@ -166,4 +198,4 @@ class FileStore:
                 break
 
     def is_reachable(self) -> bool:
-        return all(folder.is_dir() and os.access(folder, os.W_OK) for folder in (self.root, self.temp_dir))
+        return all(folder.is_dir() and os.access(folder, os.W_OK) for folder in (self.root, self.temp_root))

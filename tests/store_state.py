@@ -12,7 +12,7 @@ def files_on_disk(services: Services) -> set[str]:
     return {
         path.relative_to(root).as_posix()
         for path in root.rglob("*")
-        if path.is_file() and services.store.temp_dir not in path.parents
+        if path.is_file() and services.store.temp_root not in path.parents
     }
 
 

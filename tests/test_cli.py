@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, func, inspect, select, text
 
@@ -68,12 +69,12 @@ def test_import_tree_counts_and_indexes(
     exit_code = main(["import", "--quiet", str(tree)])
 
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == "stored 4, duplicate 1, rejected 1"
+    assert out.splitlines()[0] == "stored 4, duplicate 1, skipped 0, rejected 1"
     assert "README.txt" in out
     assert exit_code == 1  # something was left out
     assert index_counts() == {"studies": 3, "series": 3, "instances": 4, "storage_journal": 0}
     assert len(list((cli_env / "dicom").rglob("*.dcm"))) == 4
-    assert list((cli_env / "dicom" / "tmp").iterdir()) == []
+    assert list((cli_env / "dicom" / "tmp").rglob("*.part")) == []  # no payload left behind
 
 
 def test_import_of_a_folder_holding_the_server_leaves_its_files_alone(
@@ -105,7 +106,7 @@ def test_import_again_is_all_duplicates(
 
     assert main(["import", "--quiet", str(tree / "bundled"), str(tree / "scanner" / "series1" / "IM0001")]) == 0
 
-    assert capsys.readouterr().out.strip() == "stored 0, duplicate 4, rejected 0"
+    assert capsys.readouterr().out.strip() == "stored 0, duplicate 4, skipped 0, rejected 0"
     assert index_counts()["instances"] == 4
     assert len(list((cli_env / "dicom").rglob("*.dcm"))) == 4
 
@@ -131,11 +132,55 @@ def test_import_missing_and_vanished_files_are_rejections(
 
     out = capsys.readouterr().out
     assert exit_code == 1
-    assert out.splitlines()[0] == "stored 3, duplicate 1, rejected 2"
+    assert out.splitlines()[0] == "stored 3, duplicate 1, skipped 0, rejected 2"
     assert f"{tmp_path / 'nowhere'}: no such file or folder" in out
     assert f"{vanishing}: could not read the file" in out
     assert index_counts()["instances"] == 3
-    assert list((cli_env / "dicom" / "tmp").iterdir()) == []
+    assert list((cli_env / "dicom" / "tmp").rglob("*.part")) == []  # no payload left behind
+
+
+def test_import_of_a_cd_skips_its_dicomdir(
+    tmp_path: Path, cli_env: Path, index_counts: Counts, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A clean CD holds a DICOMDIR beside its instances: it is skipped (known by
+    its Media Storage SOP Class, whatever its name), and the import succeeds."""
+    cd = tmp_path / "cd"
+    (cd / "DICOM" / "ST1").mkdir(parents=True)
+    for number in (1, 2):
+        (cd / "DICOM" / "ST1" / f"IM{number}").write_bytes(make_ct(InstanceNumber=number))
+    dicomdir = get_testdata_file("DICOMDIR")
+    shutil.copy(dicomdir, cd / "DICOMDIR")
+    shutil.copy(dicomdir, cd / "INDEX")  # renamed: still a DICOMDIR
+
+    exit_code = main(["import", "--quiet", str(cd)])
+
+    out = capsys.readouterr().out.splitlines()
+    assert exit_code == 0
+    assert out[0] == "stored 2, duplicate 0, skipped 2, rejected 0"
+    assert f"  skipped {cd / 'DICOMDIR'}: a DICOMDIR (the index of the medium's files), not an instance" in out
+    assert any(line.startswith(f"  skipped {cd / 'INDEX'}: a DICOMDIR") for line in out)
+    assert index_counts()["instances"] == 2
+
+
+def test_import_reports_symbolic_links_that_lead_nowhere(
+    tmp_path: Path, cli_env: Path, index_counts: Counts, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "incoming"
+    source.mkdir()
+    (source / "IM1").write_bytes(make_ct())
+    (source / "IM2").symlink_to(tmp_path / "moved-away")
+    (source / "loop").symlink_to(source / "loop")
+    named = tmp_path / "named-link"
+    named.symlink_to(tmp_path / "also-gone")
+
+    exit_code = main(["import", "--quiet", str(source), str(named)])
+
+    out = capsys.readouterr().out.splitlines()
+    assert exit_code == 1
+    assert out[0] == "stored 1, duplicate 0, skipped 0, rejected 3"
+    for link in (source / "IM2", source / "loop", named):
+        assert f"  rejected {link}: a symbolic link that leads nowhere (its target is missing, or a loop)" in out
+    assert index_counts()["instances"] == 1
 
 
 def test_import_shows_progress_unless_quiet(
@@ -147,7 +192,7 @@ def test_import_shows_progress_unless_quiet(
     assert main(["import", str(source)]) == 0
 
     captured = capsys.readouterr()
-    assert captured.out.strip() == "stored 1, duplicate 0, rejected 0"
+    assert captured.out.strip() == "stored 1, duplicate 0, skipped 0, rejected 0"
     assert "1/1" in captured.err  # tqdm's bar, on stderr so stdout stays parseable
 
 

@@ -93,7 +93,7 @@ def test_readyz_storage_removed(client: TestClient, services: Services) -> None:
 
 def test_readyz_temp_folder_removed(client: TestClient, services: Services) -> None:
     """Every STOW payload lands in tmp/ first: without it nothing can be stored."""
-    shutil.rmtree(services.store.temp_dir)
+    shutil.rmtree(services.store.temp_root)
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["storage"] == "storage or its temp folder missing or not writable"

@@ -6,8 +6,13 @@ payloads. Recovery removes journaled files that no row references, keeps
 the ones that a row does, empties tmp/ and clears the journal.
 """
 
+import io
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
@@ -15,8 +20,8 @@ from sqlalchemy import func, select
 
 from server import index
 from server.db import write_connection
-from server.services import Services
 from server.ingest import PreparedFile, prepare
+from server.services import Services
 from server.tables import instances, storage_journal
 from tests.dicom_files import make_ct, multipart_body
 from tests.store_state import files_on_disk, journal
@@ -44,7 +49,10 @@ def journal_committed(services: Services, paths: list[str]) -> None:
 
 
 def leave_temp_payload(services: Services) -> Path:
-    leftover = services.store.temp_dir / "deadbeef.part"
+    """What a process that died while receiving leaves: its temp folder, and a lock file nobody holds."""
+    (services.store.temp_root / "gone-4242-0badf00d.lock").touch()
+    leftover = services.store.temp_root / "gone-4242-0badf00d" / "deadbeef.part"
+    leftover.parent.mkdir()
     leftover.write_bytes(b"half a payload")
     return leftover
 
@@ -66,7 +74,8 @@ def test_crash_between_rename_and_index_commit(client: TestClient, services: Ser
     assert removed == 1
     assert not services.store.absolute(orphan).exists()
     assert not services.store.absolute(study_uid).exists()  # its empty folders went too
-    assert not leftover.exists()
+    assert not leftover.parent.exists()
+    assert not leftover.parent.with_name(leftover.parent.name + ".lock").exists()
     assert services.store.temp_dir.is_dir()
     assert files_on_disk(services) == {kept_path}
     assert journal(services) == []
@@ -95,13 +104,15 @@ def test_crash_inside_store_batch(client: TestClient, services: Services, monkey
     monkeypatch.undo()
     assert len(journal(services)) == 3  # journaled and renamed into place, never indexed
     assert len(files_on_disk(services)) == 4
-    assert list(services.store.temp_dir.iterdir())  # the unreadable payload
+    [unreadable] = services.store.temp_dir.iterdir()
 
     assert services.ingestor.recover() == 3
 
     assert rows(services) == before
     assert files_on_disk(services) == set(before.values())
-    assert list(services.store.temp_dir.iterdir()) == []
+    # The temp folder of a process that lives is left alone: this one's is
+    # cleared by the first recovery after it ends (test_temp_folder_of_a_live_process_survives).
+    assert unreadable.exists()
     assert journal(services) == []
     # Nothing stands in the way of the resend.
     stow(client, payloads)
@@ -175,3 +186,102 @@ def test_recover_on_a_clean_store_changes_nothing(client: TestClient, services: 
     assert files_on_disk(services) == before == set(rows(services).values())
     with services.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(storage_journal)).scalar_one() == 0
+
+
+def uids(payload: bytes) -> tuple[str, str, str]:
+    dataset = pydicom.dcmread(io.BytesIO(payload), stop_before_pixels=True)
+    return dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID
+
+
+def test_recovery_leaves_a_batch_between_its_journal_and_its_index_commit(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process starts (and recovers) while a batch has journaled and
+    placed its files but not committed their rows: those files are not a
+    crash's leftovers, and must be there when the rows commit."""
+    payloads = [make_ct(study_uid=generate_uid()) for _ in range(3)]
+    batch = [received(services, payload) for payload in payloads]
+    inside, release = threading.Event(), threading.Event()
+    flush_placements = services.store.flush_placements
+
+    def paused(paths: list[str]) -> None:  # runs after the files are placed, before the rows are written
+        inside.set()
+        assert release.wait(30)
+        flush_placements(paths)
+
+    monkeypatch.setattr(services.store, "flush_placements", paused)
+    outcomes: list[object] = []
+    ingest = threading.Thread(target=lambda: outcomes.extend(services.ingestor.store_batch(batch)))
+    ingest.start()
+    try:
+        assert inside.wait(30)
+        placed = journal(services)
+        assert len(placed) == 3 and all(services.store.absolute(path).exists() for path in placed)
+
+        # Not waiting, it finds the window taken and leaves the journal alone.
+        assert services.ingestor.recover(wait_seconds=0) == 0
+        assert journal(services) == placed
+        assert all(services.store.absolute(path).exists() for path in placed)
+        # Waiting, it waits for the batch to be indexed.
+        removed: list[int] = []
+        recovery = threading.Thread(target=lambda: removed.append(services.ingestor.recover()))
+        recovery.start()
+        recovery.join(0.5)
+        assert recovery.is_alive()
+    finally:
+        release.set()
+        ingest.join(30)
+    recovery.join(30)
+    assert removed == [0]
+    assert [outcome.failure for outcome in outcomes] == [None, None, None]  # type: ignore[attr-defined]
+    assert journal(services) == []
+    for payload in payloads:
+        study_uid, series_uid, sop_uid = uids(payload)
+        response = client.get(
+            f"/dicom-web/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}",
+            headers={"Accept": "multipart/related; type=application/dicom; transfer-syntax=*"},
+        )
+        assert response.status_code == 200
+        assert payload in response.content
+
+
+_HOLD_A_PAYLOAD = """
+import sys
+from pathlib import Path
+from server.storage import FileStore
+writer = FileStore(Path(sys.argv[1])).new_temp_file()
+writer.write(b"a payload on its way in")
+print(writer.finish().temp_path, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_temp_folder_of_a_live_process_survives_recovery(services: Services) -> None:
+    """An import or a second server writing into the same store: its payloads
+    stay while it lives, and go with the first recovery after it ended."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_A_PAYLOAD, str(services.store.root)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        assert holder.stdout is not None
+        payload = Path(holder.stdout.readline().strip())
+        assert payload.read_bytes() == b"a payload on its way in"
+        ours = services.store.new_temp_file()
+        ours.write(b"this process's own")
+        own_payload = ours.finish().temp_path
+
+        services.ingestor.recover()
+
+        assert payload.read_bytes() == b"a payload on its way in"
+        assert own_payload.exists()
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(30)
+    services.ingestor.recover()
+    assert not payload.parent.exists()
+    assert own_payload.exists()
+    assert sorted(path.name for path in services.store.temp_root.iterdir()) == sorted(
+        [services.store.temp_dir.name, services.store.temp_dir.name + ".lock", "ingest.lock"]
+    )

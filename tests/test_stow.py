@@ -1,7 +1,9 @@
 """STOW-RS over HTTP: status codes, response body, atomicity, bad input."""
 
+import errno
 import io
 import os
+import sqlite3
 from pathlib import Path
 
 import pydicom
@@ -9,6 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from server.tables import instances, storage_journal, studies
 from tests.dicom_files import make_ct, multipart_body, truncated_files
@@ -505,7 +508,7 @@ def test_a_database_failure_in_the_fhir_search_index_refuses_the_stow_cleanly(cl
     response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
     assert response.status_code == 409
     [failed] = response.json()["00081198"]["Value"]
-    assert failed["00081197"]["Value"] == [0x0110]
+    assert failed["00081197"]["Value"] == [0xA700]  # SQLSTATE 53100, disk full: Out of Resources
     assert _count(services) == 0 and _count(services, storage_journal) == 0
     assert _stored_files(services) == []
 
@@ -650,3 +653,86 @@ def test_a_series_folder_removed_again_and_again_while_placing_is_made_again(cli
     assert response.status_code == 200, response.text
     assert len(removed) == 5
     assert len(files_on_disk(services)) == 1
+
+
+def _fill_disk_at(services, monkeypatch, parts: set[int], when: str = "write") -> None:
+    """The disk fills up for the payloads of `parts` (1-based), as they are
+    opened (`when="open"`) or written; each failed payload's space is freed."""
+    made = []
+    real = services.store.new_temp_file
+
+    def new_temp_file():
+        number = len(made) + 1
+        made.append(number)
+        if number in parts and when == "open":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        writer = real()
+        if number in parts:
+            def full(data: bytes) -> None:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            writer.write = full
+        return writer
+
+    monkeypatch.setattr(services.store, "new_temp_file", new_temp_file)
+
+
+def _failure_reasons(answer: dict) -> list[int]:
+    return [item["00081197"]["Value"][0] for item in answer.get("00081198", {}).get("Value", [])]
+
+
+@pytest.mark.parametrize("when", ["write", "open"])
+def test_full_disk_refuses_the_parts_it_could_not_take_with_0xa700(client, services, monkeypatch, when):
+    """PS3.18 Table 10.5.3-3: Out of Resources for what was not stored, 202
+    when the rest was; nothing of a refused part is kept."""
+    study = generate_uid()
+    payloads = [make_ct(study_uid=study, InstanceNumber=number) for number in (1, 2, 3)]
+    _fill_disk_at(services, monkeypatch, {2}, when)
+    body, content_type = multipart_body(payloads)
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 202
+    answer = response.json()
+    assert _failure_reasons(answer) == [0xA700]
+    assert len(answer["00081199"]["Value"]) == 2
+    assert _count(services) == 2
+    assert len(_stored_files(services)) == 2
+    assert list(services.store.temp_dir.iterdir()) == []
+    assert _count(services, storage_journal) == 0
+
+
+def test_full_disk_for_every_part_is_409_and_keeps_nothing(client, services, monkeypatch):
+    _fill_disk_at(services, monkeypatch, {1, 2})
+    body, content_type = multipart_body([make_ct(), make_ct()])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 409
+    assert response.headers["content-type"] == DICOM_JSON
+    assert _failure_reasons(response.json()) == [0xA700, 0xA700]
+    assert _count(services) == 0
+    assert _stored_files(services) == []
+    assert list(services.store.temp_dir.iterdir()) == []
+
+
+class _PostgresDiskFull(Exception):
+    pgcode = "53100"  # disk_full
+
+
+def _sqlite_full() -> Exception:
+    error = sqlite3.OperationalError("database or disk is full")
+    error.sqlite_errorcode = sqlite3.SQLITE_FULL
+    return error
+
+
+@pytest.mark.parametrize("cause", [_sqlite_full, _PostgresDiskFull])
+def test_database_full_while_indexing_is_0xa700(client, services, monkeypatch, cause):
+    from server import index
+
+    def full(*_, **__):
+        raise OperationalError("INSERT INTO instances ...", {}, cause())
+
+    monkeypatch.setattr(index, "write_instances", full)
+    body, content_type = multipart_body([make_ct(), make_ct()])
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 409
+    assert _failure_reasons(response.json()) == [0xA700, 0xA700]
+    assert _count(services) == 0
+    assert _stored_files(services) == []
+    assert _count(services, storage_journal) == 0

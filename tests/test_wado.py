@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.multival import MultiValue
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+from sqlalchemy import select
 
 from dicom.multipart import (
     MultipartReader,
@@ -22,6 +23,7 @@ from dicom.multipart import (
     PartStart,
     parse_content_type,
 )
+from server.tables import instances
 from tests.dicom_files import (
     bundled_file,
     make_ct,
@@ -723,3 +725,99 @@ def test_public_base_url_setting_overrides_the_request_host(client, services):
     stow(client, [make_ct(study_uid=study, size=64)])
     [attributes] = client.get(f"/dicom-web/studies/{study}/metadata", headers={"X-Forwarded-Host": "ignored.example"}).json()
     assert attributes["7FE00010"]["BulkDataURI"].startswith(f"https://images.example.org/pacs/dicom-web/studies/{study}/")
+
+
+def _while_streaming(client, services, monkeypatch, victim: bytes, change) -> None:
+    """Sends a retrieve's instances one group each, and runs `change` (a re-send
+    or a DELETE, over HTTP) just before the file of `victim`, read with the
+    answer's rows, is opened: after the answer's status and first parts went out."""
+    from server.dicomweb import wado
+
+    study_uid, _, sop_uid = uids_of(victim)
+    with services.engine.connect() as connection:
+        old_path = connection.execute(
+            select(instances.c.file_path).where(instances.c.sop_instance_uid == sop_uid)
+        ).scalar_one()
+    read_with_rows = str(services.store.absolute(old_path))
+    changed = []
+
+    def changing_first(read):
+        def reading(path: str, *args):
+            if path == read_with_rows and not changed:
+                changed.append(change())
+            return read(path, *args)
+        return reading
+
+    monkeypatch.setattr(wado, "_GROUP_FILES", 1)
+    for reader in ("map_file", "transcode_to"):  # as stored, or transcoded as it is sent
+        monkeypatch.setattr(wado, reader, changing_first(getattr(wado, reader)))
+
+
+def _resend(client, payload: bytes):
+    return lambda: stow(client, [payload])
+
+
+def test_an_instance_resent_while_its_study_streams_goes_out_as_it_is_now(client, services, monkeypatch):
+    study, series = generate_uid(), generate_uid()
+    first = make_ct(study, series, InstanceNumber=1)
+    victim = make_ct(study, series, InstanceNumber=2, PatientName="Doe^John")
+    stow(client, [first, victim])
+    newer = make_ct(study, series, uids_of(victim)[2], InstanceNumber=2, PatientName="Doe^Joan")  # same length
+    assert len(newer) == len(victim) and newer != victim
+    _while_streaming(client, services, monkeypatch, victim, _resend(client, newer))
+
+    response = client.get(f"/dicom-web/studies/{study}", headers={"Accept": ANY_SYNTAX})
+
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert [data for _, data in split_multipart(response)] == [first, newer]
+
+
+def test_a_resent_instance_of_another_length_goes_out_when_no_length_was_declared(client, services, monkeypatch):
+    """Parts transcoded as they are sent: no Content-Length, so the current
+    version goes out whatever its length."""
+    study, series = generate_uid(), generate_uid()
+    first = make_ct(study, series, InstanceNumber=1, transfer_syntax=ImplicitVRLittleEndian)
+    victim = make_ct(study, series, InstanceNumber=2, transfer_syntax=ImplicitVRLittleEndian)
+    stow(client, [first, victim])
+    newer = make_ct(
+        study, series, uids_of(victim)[2], InstanceNumber=2, transfer_syntax=ImplicitVRLittleEndian,
+        StudyDescription="corrected after the first send",
+    )
+    _while_streaming(client, services, monkeypatch, victim, _resend(client, newer))
+
+    response = client.get(f"/dicom-web/studies/{study}")  # Explicit VR Little Endian: transcoded on the way
+
+    assert response.status_code == 200
+    assert "content-length" not in response.headers
+    sent = [pydicom.dcmread(io.BytesIO(data)) for _, data in split_multipart(response)]
+    assert [dataset.SOPInstanceUID for dataset in sent] == [uids_of(first)[2], uids_of(victim)[2]]
+    assert sent[1].StudyDescription == "corrected after the first send"
+
+
+@pytest.mark.parametrize("change", ["deleted", "resent longer"])
+def test_an_instance_that_cannot_go_out_ends_the_stream_incomplete(client, services, monkeypatch, caplog, change):
+    """Deleted meanwhile, or re-sent with another length where the answer's
+    Content-Length already went out: the answer ends without its closing
+    boundary (the client knows it is incomplete), and the log says why."""
+    study, series = generate_uid(), generate_uid()
+    first = make_ct(study, series, InstanceNumber=1)
+    victim = make_ct(study, series, InstanceNumber=2)
+    stow(client, [first, victim])
+    _, _, sop_uid = uids_of(victim)
+    if change == "deleted":
+        action = lambda: client.delete(f"/dicom-web/studies/{study}/series/{series}/instances/{sop_uid}")  # noqa: E731
+    else:
+        action = _resend(client, make_ct(study, series, sop_uid, InstanceNumber=2, StudyDescription="longer now"))
+    _while_streaming(client, services, monkeypatch, victim, action)
+
+    response = client.get(f"/dicom-web/studies/{study}", headers={"Accept": ANY_SYNTAX})
+
+    assert response.status_code == 200
+    boundary = parse_content_type(response.headers["content-type"]).params["boundary"]
+    assert f"--{boundary}--".encode() not in response.content
+    assert first in response.content
+    assert any(
+        record.levelname == "WARNING" and "ends incomplete" in record.getMessage() and sop_uid in record.getMessage()
+        for record in caplog.records
+    )

@@ -40,6 +40,13 @@ def find_instances(
     return [(_stored(row, study_uid, store), row.metadata_json if with_metadata else None) for row in rows]
 
 
+def current_instance(engine: Engine, store: FileStore, study_uid: str, sop_uid: str) -> StoredInstance | None:
+    """The instance as it is stored now (a re-send replaces its file), or None
+    when it is no longer in the study."""
+    rows = _addressed_rows(engine, [], study_uid, None, sop_uid)
+    return _stored(rows[0], study_uid, store) if rows else None
+
+
 def representative_image(
     engine: Engine, store: FileStore, study_uid: str, series_uid: str | None = None
 ) -> StoredInstance:

@@ -32,7 +32,7 @@ from server.dicomweb.context import (
 )
 from server.ingest import PreparedFile, prepare
 from server.services import Services
-from server.storage import ReceivedFile, TempFileWriter
+from server.storage import ReceivedFile, TempFileWriter, disk_out_of_room
 
 DICOM_MEDIA_TYPE = "application/dicom"
 
@@ -63,33 +63,61 @@ class _DicomPart:
     description: "asyncio.Future[PreparedFile]"
 
 
-async def _receive_parts(request: Request, services: Services, boundary: str) -> list[_DicomPart | str]:
+@dataclass(frozen=True)
+class _RefusedPart:
+    failure: FailureReason
+    detail: str
+
+
+_EMPTY_PART = _RefusedPart(FailureReason.CANNOT_UNDERSTAND, "empty part")
+_NO_ROOM = "the server has no room left to receive this part (disk full or quota spent); try again later"
+
+
+def _write_failure(error: OSError) -> _RefusedPart:
+    """A part whose payload could not be written: the client may try again
+    later when the disk is full (0xA700), not when the disk failed (0x0110)."""
+    if disk_out_of_room(error):
+        return _RefusedPart(FailureReason.OUT_OF_RESOURCES, _NO_ROOM)
+    return _RefusedPart(FailureReason.PROCESSING_FAILURE, f"the server could not write this part: {error.strerror}")
+
+
+async def _receive_parts(request: Request, services: Services, boundary: str) -> list[_DicomPart | _RefusedPart]:
     """Each part as a temp file being described, or as the reason it was refused;
-    raises if the body is malformed."""
+    raises if the body is malformed. A part that cannot be written (the disk
+    is full) is refused alone: the rest of the body is still read, so that the
+    parts written before it, and any after it that fit, can be stored."""
     limit = services.settings.max_stow_bytes
     reader = MultipartReader(boundary, DICOM_MEDIA_TYPE)
-    parts: list[_DicomPart | str] = []
+    parts: list[_DicomPart | _RefusedPart] = []
     writer: TempFileWriter | None = None
-    refused: str | None = None
+    refused: _RefusedPart | None = None
     try:
         async for chunk in decoded_body(request, limit):
             for event in reader.feed(chunk):
                 if isinstance(event, PartData):
                     if writer is not None:
-                        writer.write(event.data)
+                        try:
+                            writer.write(event.data)
+                        except OSError as error:
+                            writer.abort()
+                            writer, refused = None, _write_failure(error)
                 elif isinstance(event, PartStart):
                     if event.content_type.split(";")[0].strip().lower() == DICOM_MEDIA_TYPE:
-                        writer = services.store.new_temp_file()
+                        try:
+                            writer = services.store.new_temp_file()
+                        except OSError as error:
+                            refused = _write_failure(error)
                     else:
-                        refused = f"a part of type {event.content_type[:60]!r} is not application/dicom"
+                        refused = _RefusedPart(
+                            FailureReason.CANNOT_UNDERSTAND,
+                            f"a part of type {event.content_type[:60]!r} is not application/dicom",
+                        )
                 elif isinstance(event, PartEnd):
-                    if writer is not None:
-                        received = writer.finish()
-                        parts.append(_DicomPart(received, asyncio.ensure_future(asyncio.to_thread(prepare, received))))
-                        writer = None
-                    else:
-                        parts.append(refused or "empty part")
-                    refused = None
+                    ended = _finished(writer) if writer is not None else refused or _EMPTY_PART
+                    if isinstance(ended, ReceivedFile):
+                        ended = _DicomPart(ended, asyncio.ensure_future(asyncio.to_thread(prepare, ended)))
+                    parts.append(ended)
+                    writer, refused = None, None
         reader.close()
     except ClientDisconnect:
         _discard(parts, writer)
@@ -100,7 +128,15 @@ async def _receive_parts(request: Request, services: Services, boundary: str) ->
     return parts
 
 
-def _discard(parts: list[_DicomPart | str], writer: TempFileWriter | None) -> None:
+def _finished(writer: TempFileWriter) -> ReceivedFile | _RefusedPart:
+    try:
+        return writer.finish()
+    except OSError as error:  # what was still buffered did not fit
+        writer.abort()
+        return _write_failure(error)
+
+
+def _discard(parts: list[_DicomPart | _RefusedPart], writer: TempFileWriter | None) -> None:
     # A description still running on a removed file ends as a problem, not an error.
     if writer is not None:
         writer.abort()
@@ -129,7 +165,7 @@ async def store_instances(request: Request, services: Services, study_uid: str |
     outcomes = [
         next(stored)
         if isinstance(part, _DicomPart)
-        else InstanceOutcome(None, None, None, None, failure=FailureReason.CANNOT_UNDERSTAND, detail=part)
+        else InstanceOutcome(None, None, None, None, failure=part.failure, detail=part.detail)
         for part in parts
     ]
     body = stow_response(outcomes, dicomweb_root(request), study_uid)

@@ -4,7 +4,8 @@ Each handler negotiates first and streams second, so a 406 or 404 is
 answered before any byte of a multipart body goes out.
 """
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from tempfile import SpooledTemporaryFile
@@ -43,10 +44,12 @@ from server.dicomweb.context import (
     negotiated_accept,
     negotiated_model,
 )
-from server.dicomweb.lookup import StoredInstance, find_instances, representative_image
+from server.dicomweb.lookup import StoredInstance, current_instance, find_instances, representative_image
 from server.errors import warning_header
 from server.methods import is_head
 from server.services import Services
+
+log = logging.getLogger(__name__)
 
 DICOM = "application/dicom"
 OCTET_STREAM = "application/octet-stream"
@@ -160,7 +163,17 @@ def _prepared(
     return parts, failed
 
 
-def _bodies(group: list[_Part], spool: IO[bytes]) -> list[tuple[str, bytes | memoryview]]:
+class _AnswerCutShort(Exception):
+    """An instance of an answer already under way can no longer be sent."""
+
+
+# The instance's part as it is stored now, or None when it is no longer stored.
+_CurrentPart = Callable[[StoredInstance], _Part | None]
+
+
+def _bodies(
+    group: list[_Part], spool: IO[bytes], current: _CurrentPart, declared_length: bool
+) -> list[tuple[str, bytes | memoryview]]:
     """Each part's syntax and body: a stored file memory-mapped (sent from the
     page cache without a copy into Python objects), a spooled transcoding
     read back, another transcoded now. One of those that fails into every
@@ -169,14 +182,39 @@ def _bodies(group: list[_Part], spool: IO[bytes]) -> list[tuple[str, bytes | mem
     lacks an instance."""
     bodies: list[tuple[str, bytes | memoryview]] = []
     for part in group:
-        if part.spooled is not None:
-            spool.seek(part.spooled[0])
-            bodies.append((part.syntaxes[0], spool.read(part.spooled[1])))
-        elif not part.on_the_way:
-            bodies.append((part.syntaxes[0], map_file(part.instance.absolute_path)))
-        else:
-            bodies.append(_transcoded_on_the_way(part))
+        try:
+            bodies.append(_body(part, spool))
+        except FileNotFoundError:
+            bodies.append(_body_of_current(part, current, declared_length))
     return bodies
+
+
+def _body(part: _Part, spool: IO[bytes]) -> tuple[str, bytes | memoryview]:
+    if part.spooled is not None:
+        spool.seek(part.spooled[0])
+        return part.syntaxes[0], spool.read(part.spooled[1])
+    if not part.on_the_way:
+        return part.syntaxes[0], map_file(part.instance.absolute_path)
+    return _transcoded_on_the_way(part)
+
+
+def _body_of_current(part: _Part, current: _CurrentPart, declared_length: bool) -> tuple[str, bytes | memoryview]:
+    """A part whose file went after the answer's rows were read: a re-send
+    replaced it (its current file goes instead), or a DELETE removed it."""
+    sop_uid = part.instance.sop_uid
+    replacement = current(part.instance)
+    if replacement is None:
+        raise _AnswerCutShort(f"instance {sop_uid} was deleted, or cannot be sent as it is stored now")
+    try:
+        syntax, body = _transcoded_on_the_way(replacement)
+    except FileNotFoundError:
+        raise _AnswerCutShort(f"instance {sop_uid} was replaced again while being sent") from None
+    # An answer whose Content-Length went out can carry only a part of the length it declared.
+    if declared_length and (syntax != part.syntaxes[0] or len(body) != part.size):
+        raise _AnswerCutShort(
+            f"instance {sop_uid} was re-sent with content of another length than the answer's Content-Length counted"
+        )
+    return syntax, body
 
 
 def _transcoded_on_the_way(part: _Part) -> tuple[str, bytes | memoryview]:
@@ -193,18 +231,30 @@ def _transcoded_on_the_way(part: _Part) -> tuple[str, bytes | memoryview]:
 
 
 async def _parts_body(
-    framing: MultipartFraming, parts: list[_Part], spool: IO[bytes]
+    framing: MultipartFraming, parts: list[_Part], spool: IO[bytes], current: _CurrentPart, declared_length: bool
 ) -> AsyncIterator[bytes | memoryview]:
     try:
         first = True
         for group in _groups(parts):
-            for syntax, body in await run_in_threadpool(_bodies, group, spool):
+            for syntax, body in await run_in_threadpool(_bodies, group, spool, current, declared_length):
                 yield framing.head(_instance_content_type(syntax), first=first)
                 yield body
                 first = False
         yield framing.closing(after_parts=not first)
+    except _AnswerCutShort as reason:
+        # Not a server error: the store changed under a long answer. It ends
+        # without its closing boundary, so the client knows it is incomplete.
+        log.warning("a WADO-RS answer ends incomplete: %s", reason)
     finally:
         spool.close()
+
+
+def _current_part(services: Services, accept: list[MediaRange], instance: StoredInstance) -> _Part | None:
+    current = current_instance(services.engine, services.store, instance.study_uid, instance.sop_uid)
+    if current is None:
+        return None
+    chosen, _ = _negotiated(accept, [current])
+    return _Part(current, tuple(chosen[0][1])) if chosen else None
 
 
 def _left_out_warning(left_out: list[tuple[StoredInstance, NotAcceptable]]) -> str:
@@ -240,7 +290,8 @@ async def retrieve_instances(
     boundary = new_boundary()
     framing = MultipartFraming(boundary)
     headers = {}
-    if not any(part.on_the_way for part in parts):  # every length known before the first byte
+    declared_length = not any(part.on_the_way for part in parts)  # every length known before the first byte
+    if declared_length:
         length = framing.length((_instance_content_type(part.syntaxes[0]), part.size) for part in parts)
         headers["Content-Length"] = str(length)
     if left_out:
@@ -250,7 +301,7 @@ async def retrieve_instances(
     if is_head(request):  # what a GET answers, without its parts: chunked too when their lengths are not known
         spool.close()
         return StreamingResponse(iter(()), status_code=status, media_type=media_type, headers=headers)
-    body = _parts_body(framing, parts, spool)
+    body = _parts_body(framing, parts, spool, partial(_current_part, services, accept), declared_length)
     return StreamingResponse(body, status_code=status, media_type=media_type, headers=headers)
 
 

@@ -75,11 +75,13 @@ def read_series(paths: list[Path]) -> ReadSeries:
 
 
 def write_results(
-    sources: SourceHeaders, labels: Volume, card: ModelCard, identity: SegIdentity, store_root: Path,
+    sources: SourceHeaders, labels: Volume, card: ModelCard, identity: SegIdentity, store_root: Path, temp_dir: Path,
 ) -> WrittenResults:
     """`labels`: the network's labels on the series' volume grid (`Volume.with_voxels`:
-    a quarter of the image's bytes to send). Raises FileNotFoundError when the
-    series was deleted since it was read."""
+    a quarter of the image's bytes to send). The SEG is written in `temp_dir`,
+    the temp folder of the process that stores it: a helper process may end
+    before its work is stored. Raises FileNotFoundError when the series was
+    deleted since it was read."""
     timings = Timings()
     with timings.stage("postprocessing"):
         findings = [measure(labels.voxels == segment.label, labels, segment) for segment in card.segments]
@@ -87,7 +89,7 @@ def write_results(
         source_datasets = sources.datasets()
     with timings.stage("seg writing: building"):
         seg = segmentation(source_datasets, labels, labels.voxels, card, identity)
-        prepared = prepare_dataset(FileStore(store_root), seg)
+        prepared = prepare_dataset(FileStore(store_root, helper_of=temp_dir), seg)
     return WrittenResults(findings, prepared, dict(timings.seconds))
 
 

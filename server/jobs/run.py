@@ -163,7 +163,7 @@ class JobRunner:
     ) -> "Future[WrittenResults]":
         return self._offload.submit(
             write_results, prepared.sources, prepared.volume.with_voxels(labels), model.bundle.card,
-            SegIdentity.for_job(job.task_id), self.files.root,
+            SegIdentity.for_job(job.task_id), self.files.root, self.files.temp_dir,
         )
 
     def _complete(
