@@ -1,6 +1,6 @@
 """The model registry on its own: what a registration copies (configs and
-weights, never through links, within a size), where it may copy from, and,
-on PostgreSQL, that changes of
+weights, never through links, within a size), where it may copy from, that
+a forced activation stays on the Device, and, on PostgreSQL, that changes of
 one version made at once each see the other."""
 
 import os
@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import text
 
-from fhir_mappings.device import ValidationMetric
+from fhir_mappings.device import FORCED_ACTIVATION, ValidationMetric
 from inference.errors import InvalidBundle
 from server.jobs.registry import ModelRegistry, Validation
 from server.jobs.service import DEMO_BUNDLE
@@ -44,6 +45,12 @@ def _outside(tmp_path: Path) -> Path:
 
 def _left_in(models_dir: Path) -> list[str]:
     return sorted(str(path.relative_to(models_dir)) for path in models_dir.rglob("*")) if models_dir.exists() else []
+
+
+def _forced_flag(registry: ModelRegistry, model_device_id: str) -> str:
+    device = orjson.loads(registry.store.read("Device", model_device_id).body or b"{}")
+    (flag,) = [item for item in device["property"] if item["type"]["coding"][0]["code"] == FORCED_ACTIVATION]
+    return str(flag["valueCode"][0]["coding"][0]["code"])
 
 
 def test_only_the_configs_and_the_weights_are_copied(registry: ModelRegistry, tmp_path: Path) -> None:
@@ -117,6 +124,22 @@ def test_a_copy_left_by_a_registration_that_did_not_commit_is_replaced(registry:
     assert created and model.bundle.path == leftover.resolve()
     assert not (leftover / "half-written").exists()
     assert [name for name in os.listdir(registry.models_dir) if name.startswith(".incoming-")] == []
+
+
+def test_a_forced_activation_stays_on_the_device_after_a_passing_validation(registry: ModelRegistry) -> None:
+    model, _ = registry.add(DEMO_BUNDLE)
+    assert _forced_flag(registry, model.device_id) == "N"
+    registry.activate(DEMO, force=True)
+    assert _forced_flag(registry, model.device_id) == "Y"
+
+    # Results made while it ran unvalidated name this Device: it may not come to say it never did.
+    validated = registry.record_validation(DEMO, PASSED)
+    assert validated.active and not validated.forced and validated.ever_forced
+    assert _forced_flag(registry, model.device_id) == "Y"
+    registry.deactivate(DEMO)
+    registry.activate(DEMO)  # validated now: not forced
+    assert registry.get(DEMO).ever_forced
+    assert _forced_flag(registry, model.device_id) == "Y"
 
 
 # PostgreSQL: concurrent changes of one version, made to meet deterministically.

@@ -110,6 +110,10 @@ def test_the_admin_api(fhir, services, labelled_set):
     device = client.get(f"/fhir/{model['device']}").json()
     codes = {prop["type"]["coding"][0]["code"] for prop in device["property"]}
     assert {"dice", "volume-error", "count-accuracy"} <= codes
+    # The results it made while forced name this Device: it still says it ran unvalidated.
+    assert any(prop["type"]["coding"][0]["code"] == "activated-without-passing-validation"
+               and prop["valueCode"][0]["coding"][0]["code"] == "Y" for prop in device["property"])
+    assert validated.json()["everActivatedWithoutPassingValidation"] is True
     assert client.get("/admin/models").json()[0]["validation"]["passed"] is True
     again = client.post("/admin/models", json={"path": str(DEMO_BUNDLE)})
     assert again.status_code == 200 and again.json()["key"] == DEMO  # nothing new was created

@@ -3,7 +3,8 @@
 A registration copies the bundle under the data directory (the folder it
 came from may move or change) and writes its row and its Device in one
 transaction. Activation needs a passing validation unless forced, and a
-forced activation is written on the Device for everyone to see.
+forced activation is written on the Device for everyone to see, for good:
+the results the version made meanwhile name that Device.
 
 Each change of a version holds a lock named for it (PostgreSQL; SQLite's
 writers take turns already): two registrations of one NAME@VERSION, or a
@@ -65,7 +66,8 @@ class RegisteredModel:
     device_id: str
     active: bool
     validation: Validation | None
-    forced: bool
+    forced: bool  # this activation went ahead without a passing validation
+    ever_forced: bool  # some activation did: results it made may stem from an unvalidated run
 
     @property
     def key(self) -> str:
@@ -229,7 +231,11 @@ class ModelRegistry:
     def _set(
         self, connection: Connection, model: RegisteredModel, active: bool, validation: Validation | None, forced: bool
     ) -> RegisteredModel:
-        stored = {"validation": validation.to_json() if validation else None, "forced": forced}
+        stored = {
+            "validation": validation.to_json() if validation else None,
+            "forced": forced,
+            "ever_forced": model.ever_forced or forced,
+        }
         connection.execute(
             update(ai_models).where(ai_models.c.id == model.id).values(active=active, validation_json=orjson.dumps(stored))
         )
@@ -244,7 +250,9 @@ class ModelRegistry:
             validated = "" if model.validation is None else f", validation {'passed' if model.validation.passed else 'failed'}"
             self.on_change(connection, model.device_id, f"model {model.key}: {state}{validated}{forced}")
         metrics = model.validation.metrics if model.validation else ()
-        device = model_device(model.bundle.card, model.bundle.weights_sha256, model.active, metrics, forced=model.forced)
+        device = model_device(
+            model.bundle.card, model.bundle.weights_sha256, model.active, metrics, ever_forced=model.ever_forced
+        )
         self.store.put(connection, device, model.device_id, "PUT")
 
     @staticmethod
@@ -262,7 +270,8 @@ class ModelRegistry:
             self._bundles[key] = Bundle.open(Path(row.bundle_path), row.weights_sha256)
         return RegisteredModel(
             id=row.id, bundle=self._bundles[key], device_id=row.device_id, active=row.active,
-            validation=validation, forced=stored["forced"],
+            # Rows written before the record was kept: a forced activation still in force was one.
+            validation=validation, forced=stored["forced"], ever_forced=stored.get("ever_forced", stored["forced"]),
         )
 
 

@@ -41,6 +41,7 @@ def model_json(model: RegisteredModel) -> dict[str, Any]:
         "version": model.bundle.card.version,
         "active": model.active,
         "activatedWithoutPassingValidation": model.forced and model.active,
+        "everActivatedWithoutPassingValidation": model.ever_forced,
         "weightsSha256": model.bundle.weights_sha256,
         "device": f"Device/{model.device_id}",
         "validation": None if validation is None else validation.to_json(),
