@@ -13,8 +13,8 @@ in a folder of its own and renamed into place only by the registration that
 claimed the row, so no copy a committed row points to is ever replaced.
 """
 
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,8 +112,10 @@ class ModelRegistry:
                 f"{offered.path} is inside the models directory {models_dir}, where the registered copies live; "
                 "register a bundle from a folder outside it"
             )
-        models_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=models_dir))
+        # A name of its own, made with the umask's modes (mkdtemp's 0700 would
+        # hide the copy from workers running as another user).
+        staging = models_dir / f".incoming-{secrets.token_hex(8)}"
+        staging.mkdir(parents=True)
         try:
             copy_bundle(offered, staging, self.max_bundle_bytes)
             # What is registered is the copy, read again: the source may change meanwhile.
