@@ -64,12 +64,14 @@ def model_device(
     active: bool,
     metrics: Sequence[ValidationMetric],
     *,
-    forced: bool = False,
+    ever_forced: bool = False,
 ) -> dict[str, Any]:
     """The Device as JSON, validated against the R4 model.
 
-    `forced`: the version was activated although its validation did not pass;
-    the Device says so, so that every result it made can be judged by it.
+    `ever_forced`: the version was activated, at some time, although its
+    validation did not pass. The Device says so for good, a later passing
+    validation notwithstanding: the results made meanwhile name this Device
+    (not one of its versions), and are judged by what it says.
     """
     digest = weights_sha256.lower()
     if not _SHA256.fullmatch(digest):
@@ -92,7 +94,7 @@ def model_device(
             ]
         },
         "version": [{"value": card.version}],
-        "property": [_metric(metric) for metric in metrics] + [_forced(forced)],
+        "property": [_metric(metric) for metric in metrics] + [_ever_forced(ever_forced)],
     }
     if card.description.strip():
         body["note"] = [{"text": card.description.strip()}]
@@ -106,13 +108,10 @@ def _metric(metric: ValidationMetric) -> dict[str, Any]:
     }
 
 
-def _forced(forced: bool) -> dict[str, Any]:
-    answer = ("Y", "Yes") if forced else ("N", "No")
+def _ever_forced(ever_forced: bool) -> dict[str, Any]:
+    answer = ("Y", "Yes") if ever_forced else ("N", "No")
+    display = "Ever activated without a passing validation"
     return {
-        "type": {
-            "coding": [
-                {"system": DEVICE_PROPERTY_SYSTEM, "code": FORCED_ACTIVATION, "display": "Activated without a passing validation"}
-            ]
-        },
+        "type": {"coding": [{"system": DEVICE_PROPERTY_SYSTEM, "code": FORCED_ACTIVATION, "display": display}]},
         "valueCode": [{"coding": [{"system": _YES_NO, "code": answer[0], "display": answer[1]}]}],
     }

@@ -17,6 +17,7 @@ what each output means are data shipped with the weights, not code here:
 Every class validates itself when built: a card that exists is usable.
 """
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,10 +62,9 @@ class Code:
             raise InvalidBundle(f"a code needs a system, a code and a display, got {self!r}")
 
     @classmethod
-    def from_json(cls, value: Any, where: str) -> "Code":
-        if not isinstance(value, Mapping):
-            raise InvalidBundle(f"{where} must be an object with system, code and display")
-        return cls(str(value.get("system", "")), str(value.get("code", "")), str(value.get("display", "")))
+    def from_json(cls, value: Any, field: str) -> "Code":
+        code = _object(value, field)
+        return cls(*(_text(code.get(part, _MISSING), f"{field}.{part}") for part in ("system", "code", "display")))
 
 
 @dataclass(frozen=True)
@@ -171,48 +171,124 @@ class ModelCard:
         extension = metadata.get("medaiflow")
         if not isinstance(extension, Mapping):
             raise InvalidBundle("configs/metadata.json has no 'medaiflow' object describing series and outputs")
-        try:
-            series = extension["series"]
-            return cls(
-                name=str(metadata["name"]),
-                version=str(metadata["version"]),
-                description=str(metadata.get("description", "")),
-                manufacturer=str(extension.get("manufacturer") or metadata.get("authors") or "unknown"),
-                series=SeriesRule(
-                    modality=str(series["modality"]),
-                    sop_class_uids=tuple(str(uid) for uid in series["sop_class_uids"]),
-                    min_slices=int(series.get("min_slices", 1)),
-                    series_description=_pattern(series.get("series_description")),
-                    body_part_examined=_pattern(series.get("body_part_examined")),
-                ),
-                segments=tuple(_segment(segment) for segment in extension["segments"]),
-            )
-        except (KeyError, TypeError, ValueError, OverflowError) as error:  # Overflow: Infinity where a count belongs
-            raise InvalidBundle(f"configs/metadata.json: missing or malformed {error}") from error
+        series = _object(extension.get("series", _MISSING), "medaiflow.series")
+        authors = metadata.get("authors")
+        if "manufacturer" in extension:
+            manufacturer = _text(extension["manufacturer"], "medaiflow.manufacturer")
+        else:  # MONAI's own field, free text; a list of names or nothing says no maker
+            manufacturer = authors if isinstance(authors, str) and authors.strip() else "unknown"
+        return cls(
+            name=_text(metadata.get("name", _MISSING), "name"),
+            version=_text(metadata.get("version", _MISSING), "version"),
+            description=_text(metadata["description"], "description", empty=True) if "description" in metadata else "",
+            manufacturer=manufacturer,
+            series=SeriesRule(
+                modality=_text(series.get("modality", _MISSING), "medaiflow.series.modality"),
+                sop_class_uids=_texts(series.get("sop_class_uids", _MISSING), "medaiflow.series.sop_class_uids"),
+                min_slices=_integer(series.get("min_slices", 1), "medaiflow.series.min_slices"),
+                series_description=_pattern(series, "series_description"),
+                body_part_examined=_pattern(series, "body_part_examined"),
+            ),
+            segments=tuple(
+                _segment(segment, f"medaiflow.segments[{index}]")
+                for index, segment in enumerate(_list(extension.get("segments", _MISSING), "medaiflow.segments"))
+            ),
+        )
 
 
-def _pattern(value: Any) -> re.Pattern[str] | None:
-    if value is None:
+def _pattern(series: Mapping[str, Any], key: str) -> re.Pattern[str] | None:
+    if key not in series:
         return None
+    value = _text(series[key], f"medaiflow.series.{key}")
     try:
-        return re.compile(str(value), re.IGNORECASE)
+        return re.compile(value, re.IGNORECASE)
     except re.error as error:
         raise InvalidBundle(f"series pattern {value!r} is not a regular expression: {error}") from error
 
 
-def _segment(value: Mapping[str, Any]) -> Segment:
-    name = str(value["name"])
+def _segment(value: Any, field: str) -> Segment:
+    segment = _object(value, field)
+    name = _text(segment.get("name", _MISSING), f"{field}.name")
     return Segment(
-        label=int(value["label"]),
+        label=_integer(segment.get("label", _MISSING), f"{field}.label"),
         name=name,
-        finding=Code.from_json(value["finding"], f"segment {name!r} finding"),
-        min_component_ml=float(value.get("min_component_ml", 0.0)),
+        finding=Code.from_json(segment.get("finding", _MISSING), f"{field}.finding"),
+        min_component_ml=_number(segment.get("min_component_ml", 0.0), f"{field}.min_component_ml"),
         measurements=tuple(
-            Measurement(
-                kind=MeasurementKind(item["kind"]),
-                code=Code.from_json(item["code"], f"segment {name!r} measurement code"),
-                unit=str(item["unit"]),
-            )
-            for item in value["measurements"]
+            _measurement(item, f"{field}.measurements[{index}]")
+            for index, item in enumerate(_list(segment.get("measurements", _MISSING), f"{field}.measurements"))
         ),
     )
+
+
+def _measurement(value: Any, field: str) -> Measurement:
+    measurement = _object(value, field)
+    kind = _text(measurement.get("kind", _MISSING), f"{field}.kind")
+    try:
+        known = MeasurementKind(kind)
+    except ValueError as error:
+        kinds = ", ".join(item.value for item in MeasurementKind)
+        raise _refused(f"{field}.kind", f"one of {kinds}", kind) from error
+    code = Code.from_json(measurement.get("code", _MISSING), f"{field}.code")
+    return Measurement(kind=known, code=code, unit=_text(measurement.get("unit", _MISSING), f"{field}.unit"))
+
+
+# The metadata is JSON written by hand: each value is checked for the type its
+# field means, never converted (str() of a string of UIDs is a tuple of its
+# characters; str(None) is "None"), and each refusal names the field.
+_MISSING: Any = object()
+
+
+def _refused(field: str, wanted: str, value: Any) -> InvalidBundle:
+    return InvalidBundle(f"configs/metadata.json: {field} must be {wanted}, not {_described(value)}")
+
+
+def _described(value: Any) -> str:
+    if value is _MISSING:
+        return "missing"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" if value.strip() else "an empty string"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _text(value: Any, field: str, empty: bool = False) -> str:
+    if not isinstance(value, str) or not (empty or value.strip()):
+        raise _refused(field, "a string" if empty else "a non-empty string", value)
+    return value
+
+
+def _texts(value: Any, field: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise _refused(field, "a non-empty list of strings", value)
+    return tuple(_text(item, f"{field}[{index}]") for index, item in enumerate(value))
+
+
+def _integer(value: Any, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _refused(field, "a whole number", value)
+    return value
+
+
+def _number(value: Any, field: str) -> float:
+    # json.loads reads NaN and Infinity, and "nan" is a string float() would take.
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise _refused(field, "a finite number", value)
+    return float(value)
+
+
+def _object(value: Any, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _refused(field, "an object", value)
+    return value
+
+
+def _list(value: Any, field: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _refused(field, "a list", value)
+    return value

@@ -19,6 +19,7 @@ segment's `min_component_ml`, so they are the numbers the model would report.
 Cases are read and run one at a time; only file headers are held for the rest.
 """
 
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -123,20 +124,32 @@ class _Comparison:
         )
 
 
+@dataclass(frozen=True)
+class LabelledSet:
+    """The cases of a labelled set, resolved from file headers alone: read
+    before a model is loaded, so that a folder that is no labelled set is
+    refused before any bundle's configs run."""
+
+    directory: Path
+    cases: tuple[_Case, ...]
+
+    @classmethod
+    def read(cls, directory: Path, untouchable: frozenset[Path] = frozenset()) -> "LabelledSet":
+        """`untouchable` files under `directory` are not even opened (a live database's, say)."""
+        return cls(directory, tuple(_cases(directory, untouchable)))
+
+
 def validate(
     segment: Callable[[Volume], np.ndarray],
     card: ModelCard,
-    directory: Path,
+    labelled_set: LabelledSet,
     thresholds: Thresholds = Thresholds(),
-    untouchable: frozenset[Path] = frozenset(),
 ) -> ValidationReport:
     """`segment` gives the model's labels on a volume's grid (Segmenter.segment);
-    `card` says which label values are which segment; `untouchable` files
-    under `directory` are not even opened (a live database's, say)."""
-    cases = _cases(directory, untouchable)  # every case is resolved before the first, slow, model run
+    `card` says which label values are which segment."""
     lines = []
     results: list[list[_Comparison]] = []
-    for case in cases:
+    for case in labelled_set.cases:
         comparisons = _run_case(case, segment, card)
         results.append(comparisons)
         lines.append(f"{case.name}: " + "; ".join(comparison.describe() for comparison in comparisons))
@@ -145,7 +158,7 @@ def validate(
     mean_volume_error = float(np.mean([abs(pair.volume_error_percent) for pair in pairs]))
     count_accuracy = float(np.mean([all(pair.count_matches for pair in comparisons) for comparisons in results]))
     return ValidationReport(
-        cases=len(cases),
+        cases=len(labelled_set.cases),
         mean_dice=mean_dice,
         mean_volume_error_percent=mean_volume_error,
         count_accuracy=count_accuracy,
@@ -163,6 +176,10 @@ def _cases(directory: Path, untouchable: frozenset[Path]) -> list[_Case]:
         is_directory = False
     if not is_directory:
         raise InvalidLabelledSet(f"{str(directory)[:200]!r} is not a directory")
+    try:
+        os.scandir(directory).close()  # the walk below passes over folders it may not list, silently
+    except OSError as error:
+        raise InvalidLabelledSet(f"{directory} cannot be read: {error.strerror}") from error
     series_paths: dict[str, list[Path]] = defaultdict(list)
     series_of_instance: dict[str, str] = {}
     segs: list[tuple[Path, Dataset]] = []
@@ -195,6 +212,8 @@ def _header(path: Path) -> Dataset | None:
         return dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
         return None
+    except OSError as error:
+        raise InvalidLabelledSet(f"{path} cannot be read: {error.strerror}") from error
 
 
 def _source_series(name: str, header: Dataset, series_of_instance: dict[str, str]) -> str:
@@ -246,6 +265,14 @@ def _reference_masks(case: _Case, volume: Volume, card: ModelCard) -> dict[int, 
         pixels = _pixels(seg, volume, numbers) >= _INSIDE
     except ValueError as error:
         raise InvalidLabelledSet(f"{case.name}: its frames cannot be placed on the series' slices: {error}") from error
+    if pixels.shape[:3] != volume.voxels.shape:
+        # highdicom places frames by source instance, whatever their size: compared
+        # with the model's labels, a mask of another grid could not be broadcast.
+        found, wanted = ("x".join(map(str, shape)) for shape in (pixels.shape[:3], volume.voxels.shape))
+        raise InvalidLabelledSet(
+            f"{case.name}: its frames make a mask of {found} (slices x rows x columns) for a series of {wanted}; "
+            "a reference is drawn on its series' grid"
+        )
     paired = _paired_segments(case.name, seg, card)
     return {label: pixels[..., [numbers.index(number) for number in chosen]].any(axis=-1) for label, chosen in paired.items()}
 

@@ -34,6 +34,8 @@ def _requests() -> dict[str, tuple[str, str, dict]]:
         "audit-verify": ("GET", "/fhir/AuditEvent/$verify", {}),
         "models-list": ("GET", "/admin/models", {}),
         "models-add": ("POST", "/admin/models", {"json": {"path": "/nonexistent"}}),
+        "models-validate": ("POST", "/admin/models/nothing@1/validate", {"json": {"directory": "/nonexistent"}}),
+        "models-activate": ("POST", "/admin/models/nothing@1/activate", {}),
     }
 
 
@@ -42,7 +44,8 @@ ALLOWED = {
     Role.ADMIN: set(_requests()),
     Role.MODALITY: {"stow"},
     Role.CLINICIAN: {"qido", "wado", "fhir-read", "fhir-search", "models-list"},
-    Role.AI_OPERATOR: {"qido", "wado", "fhir-read", "fhir-search", "task-create", "models-list", "models-add"},
+    # A bundle's configs are code: only an admin registers or validates one; an operator switches them.
+    Role.AI_OPERATOR: {"qido", "wado", "fhir-read", "fhir-search", "task-create", "models-list", "models-activate"},
     Role.AUDITOR: {"audit-search", "audit-verify"},
 }
 

@@ -67,7 +67,7 @@ def test_validation_metrics_are_properties_in_ucum():
 
 @pytest.mark.parametrize(("forced", "answer"), [(True, "Y"), (False, "N")])
 def test_forced_activation_is_stated_either_way(forced, answer):
-    device = model_device(demo_card(), SHA, True, METRICS[:1], forced=forced)
+    device = model_device(demo_card(), SHA, True, METRICS[:1], ever_forced=forced)
     flag = _property(device, FORCED_ACTIVATION)
     assert flag["valueCode"][0]["coding"][0]["system"] == "http://terminology.hl7.org/CodeSystem/v2-0136"
     assert flag["valueCode"][0]["coding"][0]["code"] == answer

@@ -3,6 +3,7 @@ validate on a labelled set, activate (refused without a passing validation
 unless forced), deactivate; and `medaiflow infer` on a stored study."""
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from server.cli import main
 from server.jobs.service import DEMO_BUNDLE
 from tests.conftest import admin_headers
 from tests.inference_checks import phantom, series_bytes, stow, study_uid
+from tests.test_auth_access import _bearer
 
 DEMO = "medaiflow-demo-lesions@1.0.0"
 
@@ -108,6 +110,10 @@ def test_the_admin_api(fhir, services, labelled_set):
     device = client.get(f"/fhir/{model['device']}").json()
     codes = {prop["type"]["coding"][0]["code"] for prop in device["property"]}
     assert {"dice", "volume-error", "count-accuracy"} <= codes
+    # The results it made while forced name this Device: it still says it ran unvalidated.
+    assert any(prop["type"]["coding"][0]["code"] == "activated-without-passing-validation"
+               and prop["valueCode"][0]["coding"][0]["code"] == "Y" for prop in device["property"])
+    assert validated.json()["everActivatedWithoutPassingValidation"] is True
     assert client.get("/admin/models").json()[0]["validation"]["passed"] is True
     again = client.post("/admin/models", json={"path": str(DEMO_BUNDLE)})
     assert again.status_code == 200 and again.json()["key"] == DEMO  # nothing new was created
@@ -204,7 +210,6 @@ def test_run_stored_needs_task_creation_and_study_reading_and_stops_once_deactiv
 
     from server.auth.scopes import Role
     from server.tables import ai_models
-    from tests.test_auth_access import _bearer
 
     client: TestClient = fhir
     for seed in (74, 75):
@@ -234,3 +239,49 @@ def test_run_stored_needs_task_creation_and_study_reading_and_stops_once_deactiv
     services.audit.chain.project()
     events = client.get("/fhir/AuditEvent", params={"entity": answer.json()["tasks"][0], "_count": 10}).json()
     assert any("inference Task requested" in entry["resource"].get("outcomeDesc", "") for entry in events["entry"])
+
+
+def _bundle_that_runs_code(tmp_path: Path) -> tuple[Path, Path]:
+    """The demo bundle whose preprocessing, once parsed, writes a marker file: what any config may do."""
+    bundle, marker = tmp_path / "code-bundle", tmp_path / "the-config-ran"
+    shutil.copytree(DEMO_BUNDLE, bundle)
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["preprocessing"]["transforms"].insert(0, {
+        "_target_": "Lambdad", "keys": "image",
+        "func": f"$__import__('pathlib').Path({str(marker)!r}).write_text('ran') and (lambda image: image)",
+    })
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    return bundle, marker
+
+
+def test_only_an_admin_user_registers_or_validates_a_bundle(fhir, services, labelled_set):
+    from server.auth.scopes import Role
+
+    client: TestClient = fhir
+    operator = _bearer(services, Role.AI_OPERATOR)  # Device.cruds
+    token, _ = services.auth.issuer.issue("ehr", "", "system/*.cruds", client=True)
+    system = {"Authorization": f"Bearer {token}"}
+    for headers in (operator, system):
+        refused = client.post("/admin/models", json={"path": str(DEMO_BUNDLE)}, headers=headers)
+        assert refused.status_code == 403 and "only an admin user" in refused.json()["message"], refused.text
+    assert client.get("/admin/models").json() == []
+
+    assert client.post("/admin/models", json={"path": str(DEMO_BUNDLE)}).status_code == 201  # the admin
+    for headers in (operator, system):
+        refused = client.post(f"/admin/models/{DEMO}/validate", json={"directory": str(labelled_set)}, headers=headers)
+        assert refused.status_code == 403, refused.text
+    assert client.get(f"/admin/models/{DEMO}").json()["validation"] is None
+    # Switching a registered version runs nothing new: an operator's work still.
+    assert client.post(f"/admin/models/{DEMO}/activate", params={"force": "true"}, headers=operator).status_code == 200
+    assert client.post(f"/admin/models/{DEMO}/deactivate", headers=operator).status_code == 200
+
+
+def test_a_folder_that_is_no_labelled_set_is_refused_before_the_bundles_configs_run(fhir, tmp_path):
+    bundle, marker = _bundle_that_runs_code(tmp_path)
+    assert fhir.post("/admin/models", json={"path": str(bundle)}).status_code == 201
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for directory in ("/nonexistent", str(empty)):
+        refused = fhir.post(f"/admin/models/{DEMO}/validate", json={"directory": directory})
+        assert refused.status_code == 422, refused.text
+    assert not marker.exists()

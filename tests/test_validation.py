@@ -1,5 +1,6 @@
 """Validating a model version on a labelled phantom set: the demo model passes, a blind one fails, bad sets are refused."""
 
+import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from inference.demo.phantom import make_phantom, phantom_datasets
 from inference.errors import InvalidLabelledSet
 from inference.model_card import ModelCard
 from inference.segmenter import Segmenter
-from inference.validation import Thresholds, validate
+from inference.validation import LabelledSet, Thresholds, validate
 from inference.volume import Volume
 from tests.enhanced_ct import enhanced_ct
 
@@ -69,7 +70,7 @@ def ground_truth(seeds: range, multi_frame_uid: str | None = None) -> Segment:
 def test_the_demo_model_passes(labelled_set: Path, bundle: Bundle) -> None:
     segmenter = Segmenter(bundle, torch.device("cpu"))
 
-    report = validate(segmenter.segment, bundle.card, labelled_set)
+    report = validate(segmenter.segment, bundle.card, LabelledSet.read(labelled_set))
 
     assert report.passed, report.lines
     assert report.cases == CASES == len(report.lines)
@@ -81,7 +82,7 @@ def test_the_demo_model_passes(labelled_set: Path, bundle: Bundle) -> None:
 
 
 def test_a_model_that_finds_nothing_fails(labelled_set: Path, card: ModelCard) -> None:
-    report = validate(lambda volume: np.zeros(volume.voxels.shape, np.uint8), card, labelled_set)
+    report = validate(lambda volume: np.zeros(volume.voxels.shape, np.uint8), card, LabelledSet.read(labelled_set))
 
     assert not report.passed
     assert report.mean_dice == 0.0
@@ -92,7 +93,7 @@ def test_a_model_that_finds_nothing_fails(labelled_set: Path, card: ModelCard) -
 
 def test_the_reference_itself_scores_perfectly(labelled_set: Path, card: ModelCard) -> None:
     # SMALL is stored head to feet: a slice-order slip between SEG frames and the volume would show here.
-    report = validate(ground_truth(range(FIRST_SEED, FIRST_SEED + CASES)), card, labelled_set)
+    report = validate(ground_truth(range(FIRST_SEED, FIRST_SEED + CASES)), card, LabelledSet.read(labelled_set))
 
     assert (report.mean_dice, report.mean_volume_error_percent, report.count_accuracy) == (1.0, 0.0, 1.0)
 
@@ -106,7 +107,8 @@ def test_a_multi_frame_source_is_read_by_frame_numbers(tmp_path: Path, card: Mod
     image.save_as(tmp_path / "enhanced.dcm", enforce_file_format=True)
     reference_segmentation(phantom, [image]).save_as(tmp_path / REFERENCE_FILE, enforce_file_format=True)
 
-    report = validate(ground_truth(range(FIRST_SEED, FIRST_SEED + 1), str(image.SOPInstanceUID)), card, tmp_path)
+    segment = ground_truth(range(FIRST_SEED, FIRST_SEED + 1), str(image.SOPInstanceUID))
+    report = validate(segment, card, LabelledSet.read(tmp_path))
 
     assert (report.cases, report.mean_dice, report.count_accuracy) == (1, 1.0, 1.0)
 
@@ -119,22 +121,22 @@ def test_a_seg_without_referenced_series_is_matched_by_its_source_instances(
     del seg.ReferencedSeriesSequence
     seg.save_as(case / REFERENCE_FILE)
 
-    report = validate(ground_truth(range(FIRST_SEED, FIRST_SEED + 1)), card, tmp_path)
+    report = validate(ground_truth(range(FIRST_SEED, FIRST_SEED + 1)), card, LabelledSet.read(tmp_path))
 
     assert (report.cases, report.mean_dice) == (1, 1.0)
 
 
-def test_an_empty_directory_is_refused(tmp_path: Path, card: ModelCard) -> None:
+def test_an_empty_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidLabelledSet, match="no DICOM files"):
-        validate(ground_truth(range(0)), card, tmp_path)
+        LabelledSet.read(tmp_path)
 
 
-def test_a_seg_whose_series_is_absent_is_refused_naming_it(labelled_set: Path, tmp_path: Path, card: ModelCard) -> None:
+def test_a_seg_whose_series_is_absent_is_refused_naming_it(labelled_set: Path, tmp_path: Path) -> None:
     shutil.copy(labelled_set / f"case-{FIRST_SEED}" / REFERENCE_FILE, tmp_path / REFERENCE_FILE)
     series = str(dcmread(tmp_path / REFERENCE_FILE).ReferencedSeriesSequence[0].SeriesInstanceUID)
 
     with pytest.raises(InvalidLabelledSet, match=f"source series {series} is not under"):
-        validate(ground_truth(range(0)), card, tmp_path)
+        LabelledSet.read(tmp_path)
 
 
 def test_a_labelled_case_is_the_same_study_every_time(tmp_path: Path) -> None:
@@ -152,18 +154,29 @@ def test_a_labelled_case_is_the_same_study_every_time(tmp_path: Path) -> None:
     assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
 
 
+def test_a_reference_drawn_on_another_grid_is_refused_not_a_crash(tmp_path: Path, card: ModelCard) -> None:
+    # The same seed makes the same instance UIDs: a SEG of a 64-pixel phantom references the 128-pixel series.
+    (case,) = write_labelled_set(tmp_path, 1, FIRST_SEED, SMALL_GEOMETRY)
+    coarse = make_phantom(FIRST_SEED, dataclasses.replace(SMALL_GEOMETRY, matrix=64), radius_mm=VALIDATION_RADIUS_MM)
+    reference_segmentation(coarse, phantom_datasets(coarse)).save_as(case / REFERENCE_FILE, enforce_file_format=True)
+    labelled_set = LabelledSet.read(tmp_path)
+
+    with pytest.raises(InvalidLabelledSet, match=r"mask of 48x64x64 .* for a series of 48x128x128"):
+        validate(lambda volume: np.zeros(volume.voxels.shape, np.uint8), card, labelled_set)
+
+
 @pytest.mark.parametrize("directory", ["does-not-exist", "a\x00b", "a-file"])
-def test_a_folder_that_is_not_there_is_refused(tmp_path: Path, card: ModelCard, directory: str) -> None:
+def test_a_folder_that_is_not_there_is_refused(tmp_path: Path, directory: str) -> None:
     (tmp_path / "a-file").write_bytes(b"not a folder")
     with pytest.raises(InvalidLabelledSet, match="is not a directory"):
-        validate(ground_truth(range(0)), card, tmp_path / directory)
+        LabelledSet.read(tmp_path / directory)
 
 
-def test_untouchable_files_are_left_alone(labelled_set: Path, card: ModelCard) -> None:
+def test_untouchable_files_are_left_alone(labelled_set: Path) -> None:
     case = labelled_set / f"case-{FIRST_SEED}"
     untouchable = frozenset(path.resolve() for path in case.iterdir())
     with pytest.raises(InvalidLabelledSet, match="no DICOM files"):  # the SEG and its images are there, unread
-        validate(ground_truth(range(0)), card, case, untouchable=untouchable)
+        LabelledSet.read(case, untouchable=untouchable)
 
 
 @pytest.mark.parametrize(

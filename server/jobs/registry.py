@@ -3,9 +3,17 @@
 A registration copies the bundle under the data directory (the folder it
 came from may move or change) and writes its row and its Device in one
 transaction. Activation needs a passing validation unless forced, and a
-forced activation is written on the Device for everyone to see.
+forced activation is written on the Device for everyone to see, for good:
+the results the version made meanwhile name that Device.
+
+Each change of a version holds a lock named for it (PostgreSQL; SQLite's
+writers take turns already): two registrations of one NAME@VERSION, or a
+validation and an activation, each see what the other wrote. A copy is made
+in a folder of its own and renamed into place only by the registration that
+claimed the row, so no copy a committed row points to is ever replaced.
 """
 
+import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -15,11 +23,12 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from fhir_mappings.device import ValidationMetric, device_id, model_device
-from inference.bundle import Bundle
+from inference.bundle import MAX_BUNDLE_BYTES, Bundle, copy_bundle
 from inference.errors import InvalidBundle
-from server.db import reading, write_connection
+from server.db import advisory_locks, reading, write_connection
 from server.fhir.store import ResourceStore
 from server.tables import ai_models
 
@@ -57,7 +66,8 @@ class RegisteredModel:
     device_id: str
     active: bool
     validation: Validation | None
-    forced: bool
+    forced: bool  # this activation went ahead without a passing validation
+    ever_forced: bool  # some activation did: results it made may stem from an unvalidated run
 
     @property
     def key(self) -> str:
@@ -85,6 +95,7 @@ class ModelRegistry:
         self.engine = engine
         self.store = store
         self.models_dir = models_dir
+        self.max_bundle_bytes = MAX_BUNDLE_BYTES
         # Registered bundles do not change (their copy is the server's, their
         # weights are pinned by digest): each is read from disk once.
         self._bundles: dict[tuple[str, str], Bundle] = {}
@@ -94,39 +105,71 @@ class ModelRegistry:
     def add(self, source: Path) -> tuple[RegisteredModel, bool]:
         """Register a bundle directory: the model, and whether it is new
         (adding the same weights again changes nothing)."""
-        bundle = Bundle.open(source)
-        card = bundle.card
-        with write_connection(self.engine) as connection:
-            existing = self._row(connection, card.key)
-            if existing is not None:
-                if existing.weights_sha256 != bundle.weights_sha256:
-                    raise InvalidBundle(
-                        f"{card.key} is registered already with other weights; give the new ones a new version"
-                    )
-                changed = _changed_configs(Path(existing.bundle_path), bundle.path)
-                if changed:
-                    # Ignoring them would leave the administrator believing the new rules or codes apply.
-                    raise InvalidBundle(
-                        f"{card.key} is registered already with another {' and '.join(changed)}; "
-                        "give the changed bundle a new version"
-                    )
-                return self._model(existing), False
-            target = self.models_dir / card.name / card.version
-            if target.exists():  # a copy left by a registration that did not commit
-                shutil.rmtree(target)
-            shutil.copytree(bundle.path, target)
-            copied = Bundle.open(target)
-            connection.execute(
-                insert(ai_models).values(
-                    name=card.name, version=card.version, bundle_path=str(target), weights_sha256=copied.weights_sha256,
-                    device_id=device_id(card), active=False, validation_json=None, registered_at=_now(),
-                )
+        offered = Bundle.open(source)
+        models_dir = self.models_dir.resolve()
+        if offered.path.is_relative_to(models_dir):
+            raise InvalidBundle(
+                f"{offered.path} is inside the models directory {models_dir}, where the registered copies live; "
+                "register a bundle from a folder outside it"
             )
-            row = self._row(connection, card.key)
-            assert row is not None
-            model = self._model(row)
-            self._publish(connection, model)
-            return model, True
+        # A name of its own, made with the umask's modes (mkdtemp's 0700 would
+        # hide the copy from workers running as another user).
+        staging = models_dir / f".incoming-{secrets.token_hex(8)}"
+        staging.mkdir(parents=True)
+        try:
+            copy_bundle(offered, staging, self.max_bundle_bytes)
+            # What is registered is the copy, read again: the source may change meanwhile.
+            return self._register(Bundle.open(staging), models_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed into place
+
+    def _register(self, copied: Bundle, models_dir: Path) -> tuple[RegisteredModel, bool]:
+        card = copied.card
+        try:
+            with write_connection(self.engine) as connection:
+                advisory_locks(connection, [_lock_name(card.key)])
+                existing = self._row(connection, card.key)
+                if existing is not None:
+                    return self._as_registered(existing, copied), False
+                target = models_dir / card.name / card.version
+                # The row first: once it is claimed no committed row can point at
+                # `target`, and what lies there was left by a registration that did not commit.
+                connection.execute(
+                    insert(ai_models).values(
+                        name=card.name, version=card.version, bundle_path=str(target),
+                        weights_sha256=copied.weights_sha256, device_id=device_id(card), active=False,
+                        validation_json=None, registered_at=_now(),
+                    )
+                )
+                if target.exists():
+                    shutil.rmtree(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                copied.path.rename(target)
+                row = self._row(connection, card.key)
+                model = self._model(row)
+                self._publish(connection, model)
+                return model, True
+        except IntegrityError:
+            # A writer that took no lock (a server of an older version) committed it first.
+            with reading(self.engine) as connection:
+                existing = self._row(connection, card.key)
+            if existing is None:
+                raise
+            return self._as_registered(existing, copied), False
+
+    def _as_registered(self, existing: Any, offered: Bundle) -> RegisteredModel:
+        """The registered version `offered` is again; InvalidBundle where it differs."""
+        key = offered.card.key
+        if existing.weights_sha256 != offered.weights_sha256:
+            raise InvalidBundle(f"{key} is registered already with other weights; give the new ones a new version")
+        changed = _changed_configs(Path(existing.bundle_path), offered.path)
+        if changed:
+            # Ignoring them would leave the administrator believing the new rules or codes apply.
+            raise InvalidBundle(
+                f"{key} is registered already with another {' and '.join(changed)}; "
+                "give the changed bundle a new version"
+            )
+        return self._model(existing)
 
     def registered(self) -> list[RegisteredModel]:
         with reading(self.engine) as connection:
@@ -161,7 +204,7 @@ class ModelRegistry:
 
     def activate(self, key: str, force: bool = False) -> RegisteredModel:
         with write_connection(self.engine) as connection:
-            model = self.get(key, connection)
+            model = self._held(connection, key)
             passed = model.validation is not None and model.validation.passed
             if not passed and not force:
                 why = "its validation did not pass" if model.validation else "it has not been validated"
@@ -172,19 +215,29 @@ class ModelRegistry:
 
     def deactivate(self, key: str) -> RegisteredModel:
         with write_connection(self.engine) as connection:
-            model = self.get(key, connection)
+            model = self._held(connection, key)
             return self._set(connection, model, False, model.validation, model.forced)
 
     def record_validation(self, key: str, validation: Validation) -> RegisteredModel:
         """A failing validation deactivates the version, even a forced one."""
         with write_connection(self.engine) as connection:
-            model = self.get(key, connection)
+            model = self._held(connection, key)
             return self._set(connection, model, model.active and validation.passed, validation, forced=False)
+
+    def _held(self, connection: Connection, key: str) -> RegisteredModel:
+        """The version, locked until `connection`'s transaction ends: what is
+        written back from it is not what another change overwrote meanwhile."""
+        advisory_locks(connection, [_lock_name(key)])
+        return self.get(key, connection)
 
     def _set(
         self, connection: Connection, model: RegisteredModel, active: bool, validation: Validation | None, forced: bool
     ) -> RegisteredModel:
-        stored = {"validation": validation.to_json() if validation else None, "forced": forced}
+        stored = {
+            "validation": validation.to_json() if validation else None,
+            "forced": forced,
+            "ever_forced": model.ever_forced or forced,
+        }
         connection.execute(
             update(ai_models).where(ai_models.c.id == model.id).values(active=active, validation_json=orjson.dumps(stored))
         )
@@ -199,7 +252,9 @@ class ModelRegistry:
             validated = "" if model.validation is None else f", validation {'passed' if model.validation.passed else 'failed'}"
             self.on_change(connection, model.device_id, f"model {model.key}: {state}{validated}{forced}")
         metrics = model.validation.metrics if model.validation else ()
-        device = model_device(model.bundle.card, model.bundle.weights_sha256, model.active, metrics, forced=model.forced)
+        device = model_device(
+            model.bundle.card, model.bundle.weights_sha256, model.active, metrics, ever_forced=model.ever_forced
+        )
         self.store.put(connection, device, model.device_id, "PUT")
 
     @staticmethod
@@ -217,8 +272,13 @@ class ModelRegistry:
             self._bundles[key] = Bundle.open(Path(row.bundle_path), row.weights_sha256)
         return RegisteredModel(
             id=row.id, bundle=self._bundles[key], device_id=row.device_id, active=row.active,
-            validation=validation, forced=stored["forced"],
+            # Rows written before the record was kept: a forced activation still in force was one.
+            validation=validation, forced=stored["forced"], ever_forced=stored.get("ever_forced", stored["forced"]),
         )
+
+
+def _lock_name(key: str) -> str:
+    return f"ai-model:{key}"
 
 
 def _now() -> int:

@@ -1,7 +1,11 @@
 """The model administration API: the `medaiflow models` commands over HTTP.
 
 Paths name directories on the server's own disk (a bundle to register, a
-labelled set to validate on), as the CLI does.
+labelled set to validate on), as the CLI does. A bundle's configs are code
+(monai.bundle runs their `$` expressions and `_target_`s in the server and
+its workers): registering one and validating it, which runs it, are for an
+admin user alone, beyond the Device scopes the route needs. Activating runs
+only what an admin registered.
 """
 
 from pathlib import Path
@@ -9,9 +13,10 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
-from server.auth.access import Permission
+from server.auth.access import Permission, Principal
+from server.auth.scopes import Role
 from server.errors import error_response
 from server.jobs.registry import RegisteredModel
 from server.jobs.triggers import study_date
@@ -36,10 +41,20 @@ def model_json(model: RegisteredModel) -> dict[str, Any]:
         "version": model.bundle.card.version,
         "active": model.active,
         "activatedWithoutPassingValidation": model.forced and model.active,
+        "everActivatedWithoutPassingValidation": model.ever_forced,
         "weightsSha256": model.bundle.weights_sha256,
         "device": f"Device/{model.device_id}",
         "validation": None if validation is None else validation.to_json(),
     }
+
+
+def _unless_admin(request: Request, what: str) -> Response | None:
+    """403 for anyone but an admin user: a client's scopes never reach code the server runs."""
+    principal: Principal = request.state.principal
+    if principal.client or principal.role != Role.ADMIN.value:
+        why = "a bundle's configs run as code in the server, so only an admin user may"
+        return error_response(403, f"{principal.name} may not {what}: {why}")
+    return None
 
 
 @router.get("/models")
@@ -48,7 +63,10 @@ def list_models(request: Request) -> JSONResponse:
 
 
 @router.post("/models", status_code=201)
-def add_model(request: Request, body: BundlePath) -> JSONResponse:
+def add_model(request: Request, body: BundlePath) -> Response:
+    refused = _unless_admin(request, "register a model bundle")
+    if refused is not None:
+        return refused
     model, created = services(request).jobs.registry.add(Path(body.path))
     return JSONResponse(model_json(model), status_code=201 if created else 200)
 
@@ -86,9 +104,12 @@ def deactivate_model(request: Request, key: str) -> JSONResponse:
 
 
 @router.post("/models/{key}/validate")
-def validate_model_route(request: Request, key: str, body: LabelledSet) -> JSONResponse:
+def validate_model_route(request: Request, key: str, body: LabelledSet) -> Response:
     from server.jobs.validation import validate_model
 
+    refused = _unless_admin(request, "validate a model bundle")
+    if refused is not None:
+        return refused
     report, model = validate_model(services(request).jobs.registry, key, Path(body.directory))
     return JSONResponse({**model_json(model), "report": {"passed": report.passed, "summary": report.summary,
                                                          "cases": list(report.lines)}})

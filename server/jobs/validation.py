@@ -5,7 +5,7 @@ from pathlib import Path
 
 from fhir_mappings.device import ValidationMetric
 from inference.segmenter import Segmenter
-from inference.validation import ValidationReport, validate
+from inference.validation import LabelledSet, ValidationReport, validate
 from server.db import database_files
 from server.jobs.registry import ModelRegistry, RegisteredModel, Validation
 
@@ -13,8 +13,11 @@ from server.jobs.registry import ModelRegistry, RegisteredModel, Validation
 def validate_model(registry: ModelRegistry, key: str, directory: Path) -> tuple[ValidationReport, RegisteredModel]:
     model = registry.get(key)
     model.bundle.verify_weights()
+    # Building the Segmenter runs the bundle's configs: a folder that is no
+    # labelled set is refused first, without them.
+    labelled_set = LabelledSet.read(directory, untouchable=database_files(registry.engine))
     segmenter = Segmenter(model.bundle)
-    report = validate(segmenter.segment, model.bundle.card, directory, untouchable=database_files(registry.engine))
+    report = validate(segmenter.segment, model.bundle.card, labelled_set)
     metrics = (
         ValidationMetric("dice", "Mean Dice similarity coefficient", report.mean_dice, "1"),
         ValidationMetric("volume-error", "Mean absolute total volume error", report.mean_volume_error_percent, "%"),
