@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 _INGEST_LOCK = "ingest.lock"
 _OWNER_LOCK_SUFFIX = ".lock"
 _RECOVERY_POLL_SECONDS = 0.05
+# flock needs only a descriptor, not the right to write: lock files are readable by
+# all, as the umask allows, so that processes of other users sharing the store
+# (workers run as another user) can take and test them.
+_LOCK_FILE_MODE = 0o666
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ def _take_new_folder(temp_root: Path) -> _OwnedFolder:
         # The host and pid only help a person reading the folder; the lock decides.
         name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         lock_path = temp_root / (name + _OWNER_LOCK_SUFFIX)
-        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        descriptor = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, _LOCK_FILE_MODE)
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         owned = _OwnedFolder(temp_root / name, descriptor, os.getpid())
         # A recovery may have taken the lock between the open and the flock,
@@ -117,9 +121,12 @@ def clear_abandoned_temp(temp_root: Path) -> None:
 
 def _clear_if_abandoned(lock_path: Path) -> None:
     try:
-        descriptor = os.open(lock_path, os.O_RDWR)
+        descriptor = os.open(lock_path, os.O_RDONLY)
     except FileNotFoundError:
         return  # another recovery cleared it
+    except PermissionError:
+        log.warning("%s is another user's and cannot be read: its folder is left as it is", lock_path)
+        return
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -128,7 +135,10 @@ def _clear_if_abandoned(lock_path: Path) -> None:
         # The folder before its lock file: a recovery that dies in between
         # leaves a lock that the next one takes again.
         shutil.rmtree(lock_path.with_name(lock_path.name.removesuffix(_OWNER_LOCK_SUFFIX)), ignore_errors=True)
-        lock_path.unlink(missing_ok=True)
+        try:
+            lock_path.unlink(missing_ok=True)
+        except PermissionError:
+            log.warning("%s is another user's and cannot be removed", lock_path)
     finally:
         os.close(descriptor)
 
@@ -165,7 +175,7 @@ def no_ingest_window(temp_root: Path, wait_seconds: float) -> Iterator[bool]:
 @contextmanager
 def _ingest_lock(temp_root: Path) -> Iterator[int]:
     temp_root.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(temp_root / _INGEST_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    descriptor = os.open(temp_root / _INGEST_LOCK, os.O_RDONLY | os.O_CREAT, _LOCK_FILE_MODE)
     try:
         yield descriptor
     finally:

@@ -285,3 +285,28 @@ def test_temp_folder_of_a_live_process_survives_recovery(services: Services) -> 
     assert sorted(path.name for path in services.store.temp_root.iterdir()) == sorted(
         [services.store.temp_dir.name, services.store.temp_dir.name + ".lock", "ingest.lock"]
     )
+
+
+def test_lock_files_can_be_taken_by_a_process_that_may_not_write_them(tmp_path: Path) -> None:
+    """Workers of another user share the store: a lock file made 0600 stopped
+    their STOWs, and a server of theirs at its start-up recovery."""
+    import fcntl
+    import os
+    import stat
+
+    from server.store_sharing import ingest_window, own_temp_folder
+
+    previous = os.umask(0o022)
+    try:
+        folder = own_temp_folder(tmp_path / "tmp")
+        with ingest_window(tmp_path / "tmp"):
+            pass
+    finally:
+        os.umask(previous)
+    for lock_file in (folder.with_name(folder.name + ".lock"), tmp_path / "tmp" / "ingest.lock"):
+        assert stat.S_IMODE(lock_file.stat().st_mode) == 0o644
+    descriptor = os.open(tmp_path / "tmp" / "ingest.lock", os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a read-only descriptor takes it
+    finally:
+        os.close(descriptor)
