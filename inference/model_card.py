@@ -173,14 +173,15 @@ class ModelCard:
             raise InvalidBundle("configs/metadata.json has no 'medaiflow' object describing series and outputs")
         series = _object(extension.get("series", _MISSING), "medaiflow.series")
         authors = metadata.get("authors")
-        if "manufacturer" in extension:
+        if extension.get("manufacturer") is not None:
             manufacturer = _text(extension["manufacturer"], "medaiflow.manufacturer")
         else:  # MONAI's own field, free text; a list of names or nothing says no maker
             manufacturer = authors if isinstance(authors, str) and authors.strip() else "unknown"
+        description = metadata.get("description")
         return cls(
             name=_text(metadata.get("name", _MISSING), "name"),
             version=_text(metadata.get("version", _MISSING), "version"),
-            description=_text(metadata["description"], "description", empty=True) if "description" in metadata else "",
+            description=_text(description, "description", empty=True) if description is not None else "",
             manufacturer=manufacturer,
             series=SeriesRule(
                 modality=_text(series.get("modality", _MISSING), "medaiflow.series.modality"),
@@ -197,7 +198,8 @@ class ModelCard:
 
 
 def _pattern(series: Mapping[str, Any], key: str) -> re.Pattern[str] | None:
-    if key not in series:
+    # An optional field given as null is absent, as bundles registered before these checks wrote it.
+    if series.get(key) is None:
         return None
     value = _text(series[key], f"medaiflow.series.{key}")
     try:

@@ -37,7 +37,7 @@ def test_the_demo_metadata_makes_a_card() -> None:
         (("medaiflow", "series", "modality"), None, "medaiflow.series.modality"),
         (("medaiflow", "series", "min_slices"), "20", "medaiflow.series.min_slices"),
         (("medaiflow", "series", "min_slices"), True, "medaiflow.series.min_slices"),
-        (("medaiflow", "series", "series_description"), None, "medaiflow.series.series_description"),
+        (("medaiflow", "series", "series_description"), 7, "medaiflow.series.series_description"),
         (("medaiflow", "segments", 0, "finding", "system"), None, "medaiflow.segments[0].finding.system"),
         (("medaiflow", "segments", 0, "finding", "code"), None, "medaiflow.segments[0].finding.code"),
         (("medaiflow", "segments", 0, "finding", "display"), 7, "medaiflow.segments[0].finding.display"),
@@ -53,7 +53,7 @@ def test_the_demo_metadata_makes_a_card() -> None:
         (("medaiflow", "segments", 0, "measurements", 0, "unit"), None, "medaiflow.segments[0].measurements[0].unit"),
         (("medaiflow", "segments", 0, "measurements", 0, "kind"), "area", "medaiflow.segments[0].measurements[0].kind"),
         (("medaiflow", "segments"), {"label": 1}, "medaiflow.segments"),
-        (("medaiflow", "manufacturer"), None, "medaiflow.manufacturer"),
+        (("medaiflow", "manufacturer"), 7, "medaiflow.manufacturer"),
         (("name",), None, "name"),
         (("version",), 1.0, "version"),
         (("description",), ["x"], "description"),
@@ -63,6 +63,20 @@ def test_a_value_of_the_wrong_type_is_refused_naming_its_field(path: tuple[Any, 
     with pytest.raises(InvalidBundle) as refused:
         ModelCard.from_metadata(_with(path, value))
     assert f"{field} must be" in refused.value.message
+
+
+@pytest.mark.parametrize("path", [
+    ("medaiflow", "series", "series_description"), ("medaiflow", "series", "body_part_examined"),
+    ("medaiflow", "manufacturer"), ("description",),
+])
+def test_an_optional_field_given_as_null_is_absent(path: tuple[Any, ...]) -> None:
+    """As bundles registered before the type checks wrote them: refusing them would stop the registry reading them."""
+    absent = demo_metadata()
+    target = absent
+    for key in path[:-1]:
+        target = target[key]
+    target.pop(path[-1], None)
+    assert ModelCard.from_metadata(_with(path, None)) == ModelCard.from_metadata(absent)
 
 
 def test_a_missing_field_is_named() -> None:

@@ -21,7 +21,7 @@ from server.jobs.service import DEMO_BUNDLE
 from server.services import Services
 from tests.conftest import POSTGRES_URL
 
-DEMO = "medaiflow-demo-lesions@1.0.0"
+DEMO = "medaiflow-demo-lesions@1.0.1"
 PASSED = Validation((ValidationMetric("dice", "Dice", 0.9, "1"),), True, "passed")
 FAILED = Validation((ValidationMetric("dice", "Dice", 0.1, "1"),), False, "failed")
 
@@ -117,13 +117,35 @@ def test_a_bundle_inside_the_models_directory_is_refused_and_kept(registry: Mode
 
 
 def test_a_copy_left_by_a_registration_that_did_not_commit_is_replaced(registry: ModelRegistry) -> None:
-    leftover = registry.models_dir / "medaiflow-demo-lesions" / "1.0.0"
+    leftover = registry.models_dir / "medaiflow-demo-lesions" / "1.0.1"
     leftover.mkdir(parents=True)
     (leftover / "half-written").write_bytes(b"x")
     model, created = registry.add(DEMO_BUNDLE)
     assert created and model.bundle.path == leftover.resolve()
     assert not (leftover / "half-written").exists()
     assert [name for name in os.listdir(registry.models_dir) if name.startswith(".incoming-")] == []
+
+
+def test_a_copy_whose_registration_was_killed_is_removed_once_abandoned(registry: ModelRegistry) -> None:
+    """A kill -9 mid-copy runs no `finally`: a bundle of gigabytes stayed in the models directory for good."""
+    abandoned, living = registry.models_dir / ".incoming-dead", registry.models_dir / ".incoming-busy"
+    for staging in (abandoned, living):
+        (staging / "models").mkdir(parents=True)
+        (staging / "models" / "model.pt").write_bytes(b"x" * 1024)
+    day_ago = time.time() - 25 * 3600
+    os.utime(abandoned, (day_ago, day_ago))
+    registry.add(DEMO_BUNDLE)
+    assert not abandoned.exists() and living.exists()
+
+
+def test_a_version_whose_bundle_can_no_longer_be_read_does_not_stop_the_server_starting(services: Services) -> None:
+    model, _ = services.jobs.registry.add(DEMO_BUNDLE)
+    (model.bundle.path / "configs" / "metadata.json").write_text("{")  # edited by hand
+    fresh = ModelRegistry(services.engine, services.store, services.jobs.registry.models_dir)
+    services.jobs.registry = fresh
+    services.jobs.ensure_demo_model()  # it is registered: nothing to do, and nothing read
+    with pytest.raises(InvalidBundle):
+        fresh.registered()  # `models list` names what is wrong with it
 
 
 def test_a_forced_activation_stays_on_the_device_after_a_passing_validation(registry: ModelRegistry) -> None:

@@ -13,6 +13,7 @@ in a folder of its own and renamed into place only by the registration that
 claimed the row, so no copy a committed row points to is ever replaced.
 """
 
+import contextlib
 import secrets
 import shutil
 import time
@@ -112,9 +113,10 @@ class ModelRegistry:
                 f"{offered.path} is inside the models directory {models_dir}, where the registered copies live; "
                 "register a bundle from a folder outside it"
             )
+        _remove_abandoned_staging(models_dir)
         # A name of its own, made with the umask's modes (mkdtemp's 0700 would
         # hide the copy from workers running as another user).
-        staging = models_dir / f".incoming-{secrets.token_hex(8)}"
+        staging = models_dir / f"{_STAGING_PREFIX}{secrets.token_hex(8)}"
         staging.mkdir(parents=True)
         try:
             copy_bundle(offered, staging, self.max_bundle_bytes)
@@ -170,6 +172,13 @@ class ModelRegistry:
                 "give the changed bundle a new version"
             )
         return self._model(existing)
+
+    def any_registered(self) -> bool:
+        """Whether any version is registered, reading no bundle: one that can
+        no longer be read (its files changed by hand) is a matter for
+        `models list`, not a reason to stop the server starting."""
+        with reading(self.engine) as connection:
+            return connection.execute(select(ai_models.c.id).limit(1)).first() is not None
 
     def registered(self) -> list[RegisteredModel]:
         with reading(self.engine) as connection:
@@ -277,8 +286,25 @@ class ModelRegistry:
         )
 
 
+def _remove_abandoned_staging(models_dir: Path) -> None:
+    """Copies whose registration was killed before its `finally` ran: a
+    living one (in this or another process) has touched its folder within
+    the last day; a copy of even the largest bundle takes minutes."""
+    if not models_dir.is_dir():
+        return
+    cutoff = time.time() - _STAGING_ABANDONED_SECONDS
+    for staging in models_dir.glob(f"{_STAGING_PREFIX}*"):
+        with contextlib.suppress(FileNotFoundError):
+            if staging.stat().st_mtime < cutoff:
+                shutil.rmtree(staging, ignore_errors=True)
+
+
 def _lock_name(key: str) -> str:
     return f"ai-model:{key}"
+
+
+_STAGING_PREFIX = ".incoming-"
+_STAGING_ABANDONED_SECONDS = 24 * 3600
 
 
 def _now() -> int:

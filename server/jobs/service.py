@@ -85,7 +85,7 @@ class JobsService:
         """On a first start (no model registered yet), the shipped demo model,
         active at once so that `make serve` runs real inference. It has not
         been validated on this site's data, and its Device says so (forced)."""
-        if self.registry.registered():
+        if self.registry.any_registered():
             return
         model, _ = self.registry.add(DEMO_BUNDLE)
         self.registry.activate(model.key, force=True)
