@@ -425,3 +425,17 @@ def test_histories_are_read_in_a_batch_and_an_empty_path_segment_is_refused(fhir
     assert by_type["resource"]["type"] == "history" and len(by_type["resource"]["entry"]) == 1
     assert refused["response"]["status"].startswith("400")
     assert fhir.get("/fhir/Task/kept").status_code == 200
+
+
+def test_a_transaction_reads_a_type_history_as_its_own_transaction_sees_it(fhir):
+    """Without waiting on the other transactions of the server (on PostgreSQL, its own among them: a second each)."""
+    import time
+
+    started = time.monotonic()
+    answer = _post(fhir, "transaction", [
+        {"resource": {**TASK, "id": "in-bundle"}, "request": {"method": "PUT", "url": "Task/in-bundle"}},
+        *({"request": {"method": "GET", "url": "Task/_history"}} for _ in range(3)),
+    ]).json()
+    assert time.monotonic() - started < 2
+    for entry in answer["entry"][1:]:
+        assert [version["resource"]["id"] for version in entry["resource"]["entry"]] == ["in-bundle"]

@@ -294,7 +294,8 @@ def _run(
         return EntryResult("200 OK", resource=render_searchset(page, base))
     if method == "GET" and len(parts) in (2, 3) and parts[-1] == "_history":  # a type's or an instance's
         resource_id = parts[1] if len(parts) == 3 else None
-        return EntryResult("200 OK", resource=history.history(service, parts[0], resource_id, form_pairs(query), base))
+        return EntryResult("200 OK", resource=history.history(
+            service, parts[0], resource_id, form_pairs(query), base, connection=connection))
     if method == "GET" and len(parts) in (2, 4) and (len(parts) == 2 or parts[2] == "_history"):
         version = (
             interactions.read(service, parts[0], parts[1], connection)

@@ -33,9 +33,11 @@ _SETTLING_SECONDS = 1.0
 
 def history(
     service: FhirService, resource_type: str, resource_id: str | None, pairs: list[tuple[str, str]], base: str,
-    link_parameters: Sequence[tuple[str, str]] = (),
+    link_parameters: Sequence[tuple[str, str]] = (), connection: Connection | None = None,
 ) -> bytes:
-    """`link_parameters` (`_format`, `_pretty`) are kept in the Bundle's links."""
+    """`link_parameters` (`_format`, `_pretty`) are kept in the Bundle's links.
+    `connection`: a transaction Bundle's, whose history is what its own
+    transaction sees (it waits for no other: they could be waiting for it)."""
     service.require_type(resource_type)
     if resource_type not in service.store.history_types:
         raise ResourceNotFound(f"{resource_type} keeps only its current version; it has no history")
@@ -77,8 +79,9 @@ def history(
                 and_(fhir_versions.c.last_updated == last_updated, fhir_versions.c.id < pk),
             )
         )
-    with reading(service.engine) as connection:
-        if resource_id is None:
+    in_transaction = connection is not None
+    with reading(service.engine, connection) as connection:
+        if resource_id is None and not in_transaction:
             horizon = _settled_before(connection, asked_at)
             if horizon is not None:
                 statement = statement.where(fhir_versions.c.last_updated < horizon)
