@@ -173,7 +173,7 @@ def _throughput(
     task_ids = _order(services, study_uids)
     runner = services.jobs.make_runner()
     # The model loads once per worker, before its first job: not part of the run.
-    runner.segmenter_for(services.jobs.registry.get("medaiflow-demo-lesions@1.0.0"))
+    runner.segmenter_for(services.jobs.registry.get("medaiflow-demo-lesions@1.0.1"))
     queue = services.jobs.queue
     profiler = cProfile.Profile() if profile else None
     if profiler:

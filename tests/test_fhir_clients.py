@@ -18,7 +18,7 @@ from server.db import write_connection
 REPORTS = 250
 LOINC = "http://loinc.org"
 CODE = "18748-4"  # Diagnostic imaging study
-DEMO = "medaiflow-demo-lesions@1.0.0"
+DEMO = "medaiflow-demo-lesions@1.0.1"
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from tests.inference_checks import (
     wait_for_tasks,
 )
 
-DEMO = "medaiflow-demo-lesions@1.0.0"
+DEMO = "medaiflow-demo-lesions@1.0.1"
 
 
 @pytest.fixture

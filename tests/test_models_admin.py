@@ -23,7 +23,7 @@ from tests.conftest import admin_headers
 from tests.inference_checks import phantom, series_bytes, stow, study_uid
 from tests.test_auth_access import _bearer
 
-DEMO = "medaiflow-demo-lesions@1.0.0"
+DEMO = "medaiflow-demo-lesions@1.0.1"
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def labelled_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_models_from_the_command_line(cli_env, labelled_set, capsys):
     assert main(["models", "add", str(DEMO_BUNDLE)]) == 0
     assert DEMO in capsys.readouterr().out
-    assert (cli_env / "models" / "medaiflow-demo-lesions" / "1.0.0" / "models" / "model.pt").is_file()
+    assert (cli_env / "models" / "medaiflow-demo-lesions" / "1.0.1" / "models" / "model.pt").is_file()
 
     assert main(["models", "activate", DEMO]) == 2
     assert "has not been validated" in capsys.readouterr().err

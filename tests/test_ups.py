@@ -10,7 +10,7 @@ from dicom.workitems import MODEL_SCHEME, SEGMENTATION_SOP_CLASS, UPS_PUSH_SOP_C
 from server.auth.scopes import Role, role_grant
 from tests.inference_checks import order, phantom, run_queued, series_bytes, stow, study_uid
 
-DEMO = "medaiflow-demo-lesions@1.0.0"
+DEMO = "medaiflow-demo-lesions@1.0.1"
 UPS_JSON = {"Content-Type": "application/dicom+json"}
 TRANSACTION_UID = "1.2.826.0.1.3680043.8.498.77"
 

@@ -88,7 +88,7 @@ def test_a_worklist_subscriber_sees_new_workitems_until_it_suspends(queued):
     with client.websocket_connect("/dicom-web/subscribers/ALL") as channel:
         over_ups = _create(client, _workitem(study))
         assert _report(channel)[:2] == (over_ups, STATE)  # addressed by the UID the create gave it
-        task = order(client, study, services.jobs.registry.get("medaiflow-demo-lesions@1.0.0").device_id)
+        task = order(client, study, services.jobs.registry.get("medaiflow-demo-lesions@1.0.1").device_id)
         workitem, event, report = _report(channel)
         assert (workitem, event, _state(report)) == (derived_workitem_uid(task["id"]), STATE, "SCHEDULED")
 
