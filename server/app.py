@@ -28,7 +28,7 @@ from server.fhir.derived import ensure_endpoints, study_patients, sync_studies
 from server.fhir.routes import router as fhir_router
 from server.fhir.service import FhirService, build_fhir
 from server.fhir.subscription_delivery import DeliveryPolicy, Dispatcher
-from server.fhir.subscriptions import SubscriptionWrites, outbox_notifications
+from server.fhir.subscriptions import SubscriptionWrites, outbox_notifications, owned_subscriptions
 from server.ingest import Ingestor
 from server.jobs.routes import router as models_router
 from server.jobs.service import JobsService, build_jobs
@@ -74,13 +74,16 @@ def build_services(settings: Settings) -> Services:
 
 
 def _subscriptions(settings: Settings, fhir: FhirService, identities: Identities, audit: AuditService) -> Dispatcher:
-    """Subscriptions written by clients, an outbox row for each version
-    written that one watches (whoever writes it), and their sender."""
+    """Subscriptions written by clients and seen by their owners, an outbox
+    row for each version written that one watches (whoever writes it), and
+    their sender."""
     fhir.write_hooks["Subscription"] = SubscriptionWrites(settings.subscription_endpoint_list)
+    fhir.visibility.rules["Subscription"] = owned_subscriptions
     fhir.store.on_written = outbox_notifications
     policy = DeliveryPolicy(settings.subscription_attempts, settings.subscription_retry_seconds,
                             settings.subscription_timeout_seconds)
-    return Dispatcher(fhir.engine, fhir.store, fhir.searcher, identities, audit, policy, f"{settings.public_root}/fhir")
+    return Dispatcher(fhir.engine, fhir.store, fhir.searcher, identities, audit, policy, f"{settings.public_root}/fhir",
+                      settings.subscription_endpoint_list)
 
 
 def _audit_own_changes(audit: AuditService, jobs: JobsService) -> None:

@@ -27,6 +27,7 @@ from server.db import reading
 from server.fhir.search import Row, SearchPage, page_links
 from server.fhir.search_sql import RESOURCES, condition_clause, held_by
 from server.fhir.service import FhirService
+from server.fhir.visibility import Visibility
 from server.tables import fhir_references, fhir_resources
 
 _MEMBERS = fhir_resources.alias("m")
@@ -55,7 +56,7 @@ def everything(
     position = state.get("position")  # signed with the cursor: as this function wrote it
     with reading(service.engine) as session:
         service.store.read("Patient", patient_id, session)  # 404 or 410 for a patient not here
-        fetched = session.execute(_page(request, types, position)).all() if request.count else []
+        fetched = session.execute(_page(request, types, position, service.visibility)).all() if request.count else []
     has_more = len(fetched) > request.count
     fetched = fetched[: request.count]
     rows = [Row(row.id, row.resource_type, row.resource_id, row.resource_json) for row in fetched]
@@ -79,15 +80,17 @@ def _types_shown(request: EverythingRequest, may_search: Callable[[str], bool]) 
     return shown, warnings
 
 
-def _page(request: EverythingRequest, types: list[str], position: list[int] | None) -> Select[Any]:
+def _page(
+    request: EverythingRequest, types: list[str], position: list[int] | None, visibility: Visibility
+) -> Select[Any]:
     """The page after `position`: the Patient (on the first page), and a page
     of the compartment's members past the position, in the order of all."""
     compartment = [resource_type for resource_type in types if resource_type != "Patient"]
-    members = [_members(request, compartment, position)] if compartment else []
+    members = [_members(request, compartment, position, visibility)] if compartment else []
     if "Patient" in types and position is None:  # the first row of all, so behind any cursor
         members.append(select(_MEMBERS.c.id).where(
             _MEMBERS.c.resource_type == "Patient", _MEMBERS.c.resource_id == request.patient_id,
-            _MEMBERS.c.deleted == false(), *_changed_since(request),
+            _MEMBERS.c.deleted == false(), *_changed_since(request, visibility),
         ))
     return (
         select(RESOURCES.c.id, RESOURCES.c.resource_type, RESOURCES.c.resource_id, RESOURCES.c.resource_json,
@@ -98,7 +101,9 @@ def _page(request: EverythingRequest, types: list[str], position: list[int] | No
     )
 
 
-def _members(request: EverythingRequest, types: list[str], position: list[int] | None) -> Select[Any]:
+def _members(
+    request: EverythingRequest, types: list[str], position: list[int] | None, visibility: Visibility
+) -> Select[Any]:
     """The ids of at most a page of the compartment's members of `types` that
     the request keeps, past `position`: the resources that name the patient,
     in the order they were written, from one range of the reference index
@@ -115,7 +120,8 @@ def _members(request: EverythingRequest, types: list[str], position: list[int] |
             fhir_references.c.target_type == "Patient",
             _MEMBERS.c.deleted == false(),
             or_(*kept),
-            *_changed_since(request),
+            *_changed_since(request, visibility),
+            *visibility.where(_MEMBERS.c.resource_type, _MEMBERS.c.resource_id),
         )
         .order_by(fhir_references.c.resource_pk)
         .limit(request.count + 1)
@@ -125,11 +131,11 @@ def _members(request: EverythingRequest, types: list[str], position: list[int] |
     return select(member.subquery().c.id)
 
 
-def _changed_since(request: EverythingRequest) -> list[Any]:
+def _changed_since(request: EverythingRequest, visibility: Visibility) -> list[Any]:
     if request.since is None:
         return []
     since = parse_search("Patient", [("_lastUpdated", f"ge{request.since}")], strict=True).conditions
-    return [condition_clause(condition, _MEMBERS) for condition in since]
+    return [condition_clause(condition, _MEMBERS, visibility) for condition in since]
 
 
 def _care_window(request: EverythingRequest, resource_type: str) -> list[Any]:

@@ -62,7 +62,8 @@ def history(
     since = _since(parameters.get("_since"))
     statement = (
         select(fhir_versions)
-        .where(fhir_versions.c.resource_type == resource_type)
+        .where(fhir_versions.c.resource_type == resource_type,
+               *service.visibility.where(fhir_versions.c.resource_type, fhir_versions.c.resource_id, resource_type))
         .order_by(fhir_versions.c.last_updated.desc(), fhir_versions.c.id.desc())
         .limit(count + 1)
     )
@@ -89,7 +90,9 @@ def history(
         if not rows and resource_id is not None and position is None:
             exists = connection.execute(
                 select(fhir_resources.c.id).where(
-                    fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id
+                    fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id,
+                    *service.visibility.where(fhir_resources.c.resource_type, fhir_resources.c.resource_id,
+                                              resource_type),
                 )
             ).first()
             if exists is None:

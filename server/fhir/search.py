@@ -36,6 +36,7 @@ from server.fhir.search_sql import (
     where_current,
 )
 from server.fhir.update_counts import count_in, last_updated_interval
+from server.fhir.visibility import Visibility
 from server.tables import fhir_references, fhir_resources
 
 # How many rounds of :iterate are followed before stopping (cycles end earlier).
@@ -73,10 +74,11 @@ class SearchPage:
 
 
 class Searcher:
-    def __init__(self, engine: Engine, cursors: CursorCodec, max_included: int) -> None:
+    def __init__(self, engine: Engine, cursors: CursorCodec, max_included: int, visibility: Visibility) -> None:
         self.engine = engine
         self.cursors = cursors
         self.max_included = max_included
+        self.visibility = visibility
 
     def search(
         self, resource_type: str, pairs: list[tuple[str, str]], base: str, strict: bool,
@@ -122,8 +124,8 @@ class Searcher:
         )
 
     def _filtered(self, request: SearchRequest, resources: Any) -> Any:
-        clauses = [where_current(resources, request.resource_type)]
-        clauses += [condition_clause(condition, resources) for condition in request.conditions]
+        clauses = [where_current(resources, request.resource_type, self.visibility)]
+        clauses += [condition_clause(condition, resources, self.visibility) for condition in request.conditions]
         return clauses
 
     def _counting(self, request: SearchRequest, resources: Any) -> Any:
@@ -133,7 +135,9 @@ class Searcher:
         """How many resources match, as a scalar subquery: from the per-second
         update counts when the search is by `_lastUpdated` alone, else counted."""
         interval = last_updated_interval(request.conditions)
-        if interval is not None:
+        # The per-second counts are of every resource of the type, seen by the request or not.
+        if interval is not None and not self.visibility.where(COUNTED.c.resource_type, COUNTED.c.resource_id,
+                                                              request.resource_type):
             return count_in(request.resource_type, interval)
         return self._counting(request, COUNTED).scalar_subquery()
 
@@ -247,6 +251,7 @@ class Searcher:
                 references.c.resource_pk.in_([row.pk for row in sources]),
                 references.c.param == include.parameter.name,
                 targets.c.deleted == false(),
+                *self.visibility.where(targets.c.resource_type, targets.c.resource_id),
             )
             .distinct()
         )
@@ -269,6 +274,7 @@ class Searcher:
                 .where(
                     sources.c.resource_type == include.source_type,
                     sources.c.deleted == false(),
+                    *self.visibility.where(sources.c.resource_type, sources.c.resource_id, include.source_type),
                     references.c.param == include.parameter.name,
                     references.c.target_type == target_type,
                     references.c.target_id.in_(ids),

@@ -38,6 +38,7 @@ from fhir_mappings.search_query import (
     StringValue,
     TokenValue,
 )
+from server.fhir.visibility import Visibility
 from server.tables import (
     INDEX_WIDTH,
     equality_key,
@@ -73,13 +74,20 @@ COUNTED = fhir_resources.alias("c")
 _CHAIN_TARGETS = fhir_resources.alias("t")
 
 
-def where_current(resources: Any, resource_type: str) -> ColumnElement[bool]:
-    return and_(resources.c.resource_type == resource_type, resources.c.deleted == false())
+def where_current(resources: Any, resource_type: str, visibility: Visibility) -> ColumnElement[bool]:
+    """The current rows of a type that the request may see."""
+    return and_(
+        resources.c.resource_type == resource_type, resources.c.deleted == false(),
+        *visibility.where(resources.c.resource_type, resources.c.resource_id, resource_type),
+    )
 
 
-def condition_clause(condition: Condition, resources: Any, nested: bool = False) -> ColumnElement[bool]:
+def condition_clause(
+    condition: Condition, resources: Any, visibility: Visibility, nested: bool = False
+) -> ColumnElement[bool]:
     """`nested`: inside a chain, where the index tables need names of their own
-    (a subquery would otherwise correlate with the enclosing one)."""
+    (a subquery would otherwise correlate with the enclosing one). A chain
+    looks only at the resources the request may see."""
     parameter = condition.parameter
     if parameter.name == "_id":
         return _on_column(condition, lambda value: resources.c.resource_id == value.code)  # type: ignore[union-attr]
@@ -101,8 +109,8 @@ def condition_clause(condition: Condition, resources: Any, nested: bool = False)
     if condition.chain is not None:
         targets = _CHAIN_TARGETS
         inner = select(targets.c.resource_id).where(
-            where_current(targets, condition.chain.target_type),
-            condition_clause(condition.chain.condition, targets, nested=True),
+            where_current(targets, condition.chain.target_type, visibility),
+            condition_clause(condition.chain.condition, targets, visibility, nested=True),
         )
         return resources.c.id.in_(
             rows.where(table.c.target_type == condition.chain.target_type, table.c.target_id.in_(inner))

@@ -13,6 +13,7 @@ from server.fhir.cursor import CursorCodec
 from server.fhir.derived import DERIVED_TYPES
 from server.fhir.search import Searcher
 from server.fhir.store import ResourceStore
+from server.fhir.visibility import Visibility
 from server.keys import load_or_create_key
 
 # Types clients may create, update and delete. The others are written by the
@@ -40,6 +41,8 @@ class FhirService:
     cursors: CursorCodec
     supported_types: frozenset[str]
     writable_types: frozenset[str]
+    # Rules beside the scopes for what a request may see (a Subscription is its owner's), on every read path.
+    visibility: Visibility
     write_hooks: dict[str, WriteHook] = field(default_factory=dict)
 
     def require_type(self, resource_type: str) -> None:
@@ -63,11 +66,13 @@ def build_fhir(engine: Engine, data_dir: Path, max_included: int) -> FhirService
     # AuditEvents never change: the audit chain is their history, and a second
     # copy of each would double what every audited request costs to write.
     history_types = frozenset(DEFINITIONS) - DERIVED_TYPES - {"AuditEvent"}
+    visibility = Visibility()
     return FhirService(
         engine=engine,
-        store=ResourceStore(engine, history_types),
-        searcher=Searcher(engine, cursors, max_included),
+        store=ResourceStore(engine, history_types, visibility),
+        searcher=Searcher(engine, cursors, max_included, visibility),
         cursors=cursors,
         supported_types=frozenset(DEFINITIONS),
         writable_types=WRITABLE_TYPES,
+        visibility=visibility,
     )

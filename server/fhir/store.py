@@ -43,6 +43,7 @@ from fhir_mappings.patient_compartment import patients_of
 from fhir_mappings.search_values import IndexValues, extract
 from server.db import dialect_insert, insert_rows, note_written, reading
 from server.fhir.update_counts import count_change
+from server.fhir.visibility import Visibility
 from server.tables import (
     clipped,
     equality_key,
@@ -134,9 +135,10 @@ class CurrentVersion:
 
 
 class ResourceStore:
-    def __init__(self, engine: Engine, history_types: frozenset[str]) -> None:
+    def __init__(self, engine: Engine, history_types: frozenset[str], visibility: Visibility) -> None:
         self.engine = engine
         self.history_types = history_types
+        self.visibility = visibility
         self.clock = Clock()
         self._insert_new = (
             dialect_insert(engine.dialect.name, fhir_resources)
@@ -155,7 +157,8 @@ class ResourceStore:
     # --- reads ---------------------------------------------------------------
 
     def read(self, resource_type: str, resource_id: str, connection: Connection | None = None) -> StoredVersion:
-        """The current version; ResourceGone when deleted."""
+        """The current version; ResourceGone when deleted, ResourceNotFound
+        when never written or not the request's to see."""
         with reading(self.engine, connection) as session:
             version = self._current(session, resource_type, resource_id)
         if version.deleted:
@@ -178,7 +181,10 @@ class ResourceStore:
             select(
                 fhir_resources.c.version_id, fhir_resources.c.last_updated, fhir_resources.c.deleted,
                 fhir_resources.c.resource_json,
-            ).where(fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id)
+            ).where(
+                fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id,
+                *self.visibility.where(fhir_resources.c.resource_type, fhir_resources.c.resource_id, resource_type),
+            )
         ).first()
         if row is None:
             raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
@@ -194,6 +200,7 @@ class ResourceStore:
                     fhir_versions.c.resource_type == resource_type,
                     fhir_versions.c.resource_id == resource_id,
                     fhir_versions.c.version_id == version_id,
+                    *self.visibility.where(fhir_versions.c.resource_type, fhir_versions.c.resource_id, resource_type),
                 )
             ).first()
             if row is not None:

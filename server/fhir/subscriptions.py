@@ -1,13 +1,17 @@
 """FHIR R4 Subscriptions (subscription.html), rest-hook channel: client
 writes of Subscription, and the outbox of notifications they lead to.
 
-A Subscription runs with the rights of whoever wrote it last, held to the
-scopes of the token it was written with: whoever may update one may point it
-elsewhere, so the update makes it theirs (a client that could redirect
-another's Subscription would otherwise send with the other's rights). Writing
-one needs the right to read what its criteria match, as a read and a search
-of them would (`notification_permissions`); each notification checks again
-that the owner still may (`server.fhir.subscription_delivery`).
+A Subscription is its owner's: only the owner (or an admin) sees it, in any
+read or search (`owned_subscriptions`, a rule of `server.fhir.visibility`),
+and changes or deletes it; to anyone else it is not there. Its headers carry
+the credentials of other systems' endpoints, and its `error` what it failed
+to send. It runs with the rights of whoever wrote it last, held to the scopes
+of the token it was written with, so an admin's update makes it the admin's.
+Writing one needs the right to read and to search what its criteria match,
+as a read and a search of them would (`notification_permissions`); each
+notification checks again that the owner still may
+(`server.fhir.subscription_delivery`). A deleted Subscription keeps its row,
+inactive, so that its history stays its owner's.
 
 Notifications are durable: the store tells `OutboxWriter` of every version it
 writes, and one row per active Subscription watching that type is written in
@@ -19,13 +23,14 @@ the row is sent, by the search engine.
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, or_, select
+import httpx
+from sqlalchemy import ColumnElement, Connection, delete, insert, or_, select, update
 
-from fhir_mappings.errors import Forbidden
+from fhir_mappings.errors import Forbidden, ResourceNotFound
 from fhir_mappings.search_query import SearchRequest
 from fhir_mappings.subscription import UNWATCHED_TYPES, accepted
-from server.auth.access import Permission, current_principal, search_permissions
-from server.auth.scopes import Grant
+from server.auth.access import Permission, Principal, current_principal, search_permissions
+from server.auth.scopes import Grant, Role
 from server.db import before_commit, dialect_insert
 from server.fhir.store import StoredVersion
 from server.jobs.queue import now_micros
@@ -34,13 +39,35 @@ from server.tables import fhir_subscription_notifications, fhir_subscriptions
 
 def notification_permissions(criteria: SearchRequest) -> set[Permission]:
     """What a notification discloses: the resource (read), and whether it
-    matches the criteria, which is what a search of them would tell."""
-    return {Permission(criteria.resource_type, "r"), *search_permissions(criteria)}
+    matches the criteria, which is what a search of them would tell (SMART v2
+    grants searching apart from reading)."""
+    return {Permission(criteria.resource_type, "r"), Permission(criteria.resource_type, "s"),
+            *search_permissions(criteria)}
 
 
 def missing_permissions(grant: Grant, criteria: SearchRequest) -> list[str]:
     return sorted(f"{p.resource_type}.{p.letter}" for p in notification_permissions(criteria)
                   if not grant.allows(p.resource_type, p.letter))
+
+
+def as_sent(url: str) -> str:
+    """A URL as the notifications' HTTP client writes it on the wire (its
+    normalisation), ValueError for one it cannot send."""
+    try:
+        return str(httpx.URL(url))
+    except httpx.InvalidURL as error:
+        raise ValueError(str(error)) from error
+
+
+def owned_subscriptions(ids: Any) -> ColumnElement[bool] | None:
+    """The visibility rule of Subscription: the request's principal sees its
+    own; an admin, and the server itself (no request), see all."""
+    principal = current_principal.get()
+    if principal is None or principal.role == Role.ADMIN.value:
+        return None
+    return ids.in_(select(fhir_subscriptions.c.subscription_id).where(
+        fhir_subscriptions.c.owner == principal.name, fhir_subscriptions.c.owner_is_client == principal.client
+    ))
 
 
 class SubscriptionWrites:
@@ -56,13 +83,13 @@ class SubscriptionWrites:
         return self._accept(connection, subscription, subscription_id)
 
     def deleting(self, connection: Connection, subscription_id: str) -> None:
+        _require_own(connection, _writer(), subscription_id)
         forget(connection, subscription_id)
 
     def _accept(self, connection: Connection, subscription: dict[str, Any], subscription_id: str) -> dict[str, Any]:
-        principal = current_principal.get()
-        if principal is None:
-            raise Forbidden("a Subscription is written by a user or a client, with whose rights it sends")
-        stored, terms = accepted(subscription, self.endpoint_prefixes, now_micros())
+        principal = _writer()
+        _require_own(connection, principal, subscription_id)
+        stored, terms = accepted(subscription, self.endpoint_prefixes, as_sent, now_micros())
         missing = missing_permissions(principal.grant, terms.criteria)
         if missing:
             raise Forbidden(f"{principal.name} may not subscribe to what it may not read: Subscription.criteria"
@@ -80,10 +107,37 @@ class SubscriptionWrites:
         return stored
 
 
+def _writer() -> Principal:
+    principal = current_principal.get()
+    if principal is None:
+        raise Forbidden("a Subscription is written by a user or a client, with whose rights it sends")
+    return principal
+
+
+def _require_own(connection: Connection, principal: Principal, subscription_id: str) -> None:
+    """Another's Subscription, deleted or not, is not there for a writer who
+    is not an admin. Its row stays locked to the end of the write (on
+    PostgreSQL), so that it changes hands only once at a time."""
+    owner = select(fhir_subscriptions.c.owner, fhir_subscriptions.c.owner_is_client).where(
+        fhir_subscriptions.c.subscription_id == subscription_id
+    )
+    if connection.dialect.name == "postgresql":
+        owner = owner.with_for_update()
+    row = connection.execute(owner).first()
+    if row is None or principal.role == Role.ADMIN.value or tuple(row) == (principal.name, principal.client):
+        return
+    raise ResourceNotFound(f"Subscription/{subscription_id} is not known")
+
+
 def forget(connection: Connection, subscription_id: str) -> None:
-    """A deleted Subscription: nothing more is sent for it."""
+    """A deleted Subscription: nothing more is sent for it. Its row stays,
+    inactive: it says whose the history is. (No row is deleted, so an outbox
+    row that a writer of the watched type adds meanwhile, having seen it
+    active, breaks no foreign key: the dispatcher drops it, as it drops the
+    rows of any inactive Subscription.)"""
+    connection.execute(update(fhir_subscriptions).where(fhir_subscriptions.c.subscription_id == subscription_id)
+                       .values(active=False))
     drop_pending(connection, subscription_id)
-    connection.execute(delete(fhir_subscriptions).where(fhir_subscriptions.c.subscription_id == subscription_id))
 
 
 def drop_pending(connection: Connection, subscription_id: str) -> None:

@@ -1,0 +1,30 @@
+"""Which stored resources the request being served may see, beyond what its
+scopes allow: a rule per type (a Subscription is its owner's), applied to the
+rows every read path selects (read, vread, history, a search's matches, its
+chains and what it includes), so that what a rule hides is, to the caller,
+not there: 404, never matched, counted or included."""
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import ColumnElement, or_
+
+# The rows of a type the request may see, as a clause on their id column; None when it may see all.
+VisibleIds = Callable[[Any], ColumnElement[bool] | None]
+
+
+class Visibility:
+    def __init__(self) -> None:
+        self.rules: dict[str, VisibleIds] = {}
+
+    def where(self, types: Any, ids: Any, resource_type: str | None = None) -> list[ColumnElement[bool]]:
+        """Clauses keeping the visible rows of a table with these type and id
+        columns: of `resource_type` alone when given, else of any type."""
+        clauses = []
+        for ruled_type, visible_ids in self.rules.items():
+            if resource_type not in (None, ruled_type):
+                continue
+            clause = visible_ids(ids)
+            if clause is not None:
+                clauses.append(clause if resource_type is not None else or_(types != ruled_type, clause))
+        return clauses
