@@ -6,7 +6,6 @@ microseconds since the Unix epoch, UTC, with an exclusive upper end. A value
 without a zone is taken as UTC (the spec leaves it to the server).
 """
 
-import functools
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -28,7 +27,6 @@ def from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
-@functools.lru_cache(maxsize=256)  # a batch of writes shares one time
 def instant_text(micros: int) -> str:
     """An R4 instant in UTC; microseconds kept, so that keyset paging sees what is stored."""
     return from_micros(micros).isoformat(timespec="microseconds").replace("+00:00", "Z")

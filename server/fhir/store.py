@@ -578,14 +578,12 @@ def _unchanged(
 
 def stored_json(resource: dict[str, Any], resource_id: str, version_id: int, now: int) -> bytes:
     """The stored JSON: id and meta first, as FHIR's element order has them."""
-    meta = {"versionId": str(version_id), "lastUpdated": instant_text(now)}
-    written_meta = resource.get("meta")
-    if written_meta:
-        meta.update((key, value) for key, value in written_meta.items() if key not in meta)
-    # The first three keys keep their places as the resource's own are copied over them (in C: every write, and
-    # every audit verification, passes here), then take the server's values.
-    ordered = {"resourceType": None, "id": None, "meta": None}
-    ordered.update(resource)
-    ordered["resourceType"], ordered["id"], ordered["meta"] = resource["resourceType"], resource_id, meta
+    meta = {key: value for key, value in (resource.get("meta") or {}).items() if key not in ("versionId", "lastUpdated")}
+    ordered = {
+        "resourceType": resource["resourceType"],
+        "id": resource_id,
+        "meta": {"versionId": str(version_id), "lastUpdated": instant_text(now), **meta},
+    }
+    ordered.update((key, value) for key, value in resource.items() if key not in ("resourceType", "id", "meta"))
     return fhir_json.dumps(ordered)
 
