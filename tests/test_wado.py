@@ -13,7 +13,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.multival import MultiValue
-from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, RLELossless, generate_uid
 from sqlalchemy import select
 
 from dicom.multipart import (
@@ -733,7 +733,17 @@ def _while_streaming(client, services, monkeypatch, victim: bytes, change) -> No
     answer's rows, is opened: after the answer's status and first parts went out."""
     from server.dicomweb import wado
 
-    study_uid, _, sop_uid = uids_of(victim)
+    monkeypatch.setattr(wado, "_GROUP_FILES", 1)
+    before_reading(services, monkeypatch, victim, change, ("map_file", "transcode_to"))  # as stored, or transcoded
+
+
+def before_reading(services, monkeypatch, victim: bytes, change, readers: tuple[str, ...], module=None) -> None:
+    """Runs `change` once, just before one of the `readers` of `module` (WADO-RS
+    unless named) first opens the file of `victim` read with the request's rows."""
+    from server.dicomweb import wado
+
+    module = module or wado
+    _, _, sop_uid = uids_of(victim)
     with services.engine.connect() as connection:
         old_path = connection.execute(
             select(instances.c.file_path).where(instances.c.sop_instance_uid == sop_uid)
@@ -748,9 +758,8 @@ def _while_streaming(client, services, monkeypatch, victim: bytes, change) -> No
             return read(path, *args)
         return reading
 
-    monkeypatch.setattr(wado, "_GROUP_FILES", 1)
-    for reader in ("map_file", "transcode_to"):  # as stored, or transcoded as it is sent
-        monkeypatch.setattr(wado, reader, changing_first(getattr(wado, reader)))
+    for reader in readers:
+        monkeypatch.setattr(module, reader, changing_first(getattr(module, reader)))
 
 
 def _resend(client, payload: bytes):
@@ -793,6 +802,120 @@ def test_a_resent_instance_of_another_length_goes_out_when_no_length_was_declare
     sent = [pydicom.dcmread(io.BytesIO(data)) for _, data in split_multipart(response)]
     assert [dataset.SOPInstanceUID for dataset in sent] == [uids_of(first)[2], uids_of(victim)[2]]
     assert sent[1].StudyDescription == "corrected after the first send"
+
+
+# Each single-instance read of WADO-RS, and the reader that opens the file.
+_ONE_INSTANCE_READS = {
+    "frames": ("/frames/1", "read_frames"),
+    "bulk data": ("/bulkdata/7FE00010", "read_bulk_data"),
+    "rendered": ("/rendered", "render_frame"),
+    "thumbnail": ("/thumbnail", "thumbnail"),
+}
+
+
+def _payload(response) -> object:
+    """What an answer carries, without the boundary that differs from one answer to the next."""
+    if response.headers["content-type"].startswith("multipart/"):
+        return split_multipart(response)
+    return response.content
+
+
+def delete_instance(client, victim: bytes):
+    study, series, sop = uids_of(victim)
+    return lambda: client.delete(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}")
+
+
+@pytest.mark.parametrize("read", list(_ONE_INSTANCE_READS))
+def test_an_instance_deleted_just_before_its_file_is_read_is_404_not_500(client, services, monkeypatch, read):
+    suffix, reader = _ONE_INSTANCE_READS[read]
+    victim = make_ct(size=32)
+    stow(client, [victim])
+    study, series, sop = uids_of(victim)
+    before_reading(services, monkeypatch, victim, delete_instance(client, victim), (reader,))
+
+    response = client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}{suffix}")
+
+    assert response.status_code == 404, response.text
+    assert "no such instance" in response.json()["message"]
+
+
+@pytest.mark.parametrize("read", list(_ONE_INSTANCE_READS))
+def test_an_instance_resent_just_before_its_file_is_read_is_read_as_it_is_now(client, services, monkeypatch, read):
+    suffix, reader = _ONE_INSTANCE_READS[read]
+    study, series = generate_uid(), generate_uid()
+    victim = make_ct(study, series, size=32)
+    stow(client, [victim])
+    sop = uids_of(victim)[2]
+    url = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}{suffix}"
+    as_first_sent = client.get(url)
+    flipped = np.flipud(np.arange(32 * 32, dtype=np.int16).reshape(32, 32) * 7)
+    newer = make_ct(study, series, sop, size=32, PixelData=flipped.tobytes())
+    before_reading(services, monkeypatch, victim, _resend(client, newer), (reader,))
+
+    response = client.get(url)
+
+    assert response.status_code == 200, response.text
+    assert _payload(response) != _payload(as_first_sent)
+    assert _payload(response) == _payload(client.get(url))
+
+
+def test_a_study_thumbnail_whose_image_is_deleted_just_before_it_is_read_shows_another(client, services, monkeypatch):
+    study, series = generate_uid(), generate_uid()
+    images = [make_ct(study, series, size=32, InstanceNumber=number) for number in (1, 2, 3)]
+    stow(client, images)
+    middle = images[1]
+    before_reading(services, monkeypatch, middle, delete_instance(client, middle), ("thumbnail",))
+
+    url = f"/dicom-web/studies/{study}/thumbnail"
+    response = client.get(url, headers={"Accept": "image/png"})
+
+    assert response.status_code == 200, response.text
+    assert response.content == client.get(url, headers={"Accept": "image/png"}).content
+
+
+def _rle(payload: bytes) -> bytes:
+    dataset = pydicom.dcmread(io.BytesIO(payload))
+    dataset.compress(RLELossless, generate_instance_uid=False)
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("change", ["deleted", "resent"])
+def test_a_compressed_instance_changed_before_it_is_decoded_for_the_answer_is_left_out_or_sent_as_now(
+    client, services, monkeypatch, change
+):
+    """Compressed instances are decoded before the status goes out: one
+    deleted meanwhile is not part of the study the answer describes, one
+    re-sent is decoded as it is stored now."""
+    study, series = generate_uid(), generate_uid()
+    kept = make_ct(study, series, InstanceNumber=1)
+    victim = _rle(make_ct(study, series, InstanceNumber=2, StudyDescription="first"))
+    stow(client, [kept, victim])
+    sop = uids_of(victim)[2]
+    newer = _rle(make_ct(study, series, sop, InstanceNumber=2, StudyDescription="corrected"))
+    action = delete_instance(client, victim) if change == "deleted" else _resend(client, newer)
+    before_reading(services, monkeypatch, victim, action, ("transcode_to",))
+
+    response = client.get(f"/dicom-web/studies/{study}")  # Explicit VR Little Endian: decoded first
+
+    assert response.status_code == 200, response.text
+    sent = [pydicom.dcmread(io.BytesIO(data)) for _, data in split_multipart(response)]
+    if change == "deleted":
+        assert [dataset.SOPInstanceUID for dataset in sent] == [uids_of(kept)[2]]
+    else:
+        assert [dataset.StudyDescription for dataset in sent if dataset.SOPInstanceUID == sop] == ["corrected"]
+
+
+def test_the_only_instance_asked_for_deleted_before_it_is_decoded_is_404(client, services, monkeypatch):
+    victim = _rle(make_ct(size=32))
+    stow(client, [victim])
+    study, series, sop = uids_of(victim)
+    before_reading(services, monkeypatch, victim, delete_instance(client, victim), ("transcode_to",))
+
+    response = client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}")
+
+    assert response.status_code == 404, response.text
 
 
 @pytest.mark.parametrize("change", ["deleted", "resent longer"])

@@ -15,7 +15,9 @@ from pydicom.uid import (
 )
 
 from server.auth.scopes import Role
+from server.dicomweb import wado_uri
 from tests.dicom_files import make_ct, multipart_body, pydicom_files_with_uids
+from tests.test_wado import before_reading, delete_instance
 
 SIZE = 32
 
@@ -143,6 +145,21 @@ def test_an_instance_without_pixels_is_there_but_cannot_be_an_image(client):
     refused = client.get("/wado", params=query)
     assert refused.status_code == 406 and "application/dicom" in refused.json()["message"]
     assert client.get("/wado", params=query | {"contentType": "application/dicom"}).status_code == 200
+
+
+@pytest.mark.parametrize(("extra", "reader"), [
+    ({"contentType": "application/dicom", "transferSyntax": RLELossless}, "map_file"),
+    ({"contentType": "application/dicom"}, "transcode_to"),
+    ({}, "render_frame"),
+])
+def test_an_instance_deleted_just_before_its_file_is_read_is_404_not_500(client, services, monkeypatch, stored, extra,
+                                                                          reader):
+    victim = stored[2]["rle"][1]
+    before_reading(services, monkeypatch, victim, delete_instance(client, victim), (reader,), wado_uri)
+
+    response = client.get("/wado", params=_query(stored, "rle", **extra))
+
+    assert response.status_code == 404, response.text
 
 
 def test_missing_uids_and_unknown_instances(client, stored):

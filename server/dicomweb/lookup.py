@@ -1,12 +1,13 @@
 """Finding stored instances by the UIDs of a WADO or DELETE URL."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Row, select
 
-from dicom.errors import NotAcceptable, NotFound
+from dicom.errors import Conflict, NotAcceptable, NotFound
 from dicom.uids import require_uid
 from server.storage import FileStore
 from server.tables import instances, series, studies
@@ -40,6 +41,12 @@ def find_instances(
     return [(_stored(row, study_uid, store), row.metadata_json if with_metadata else None) for row in rows]
 
 
+def find_instance(engine: Engine, store: FileStore, study_uid: str, series_uid: str, sop_uid: str) -> StoredInstance:
+    """The instance a URL addresses; NotFound when there is none."""
+    [(instance, _)] = find_instances(engine, store, study_uid, series_uid, sop_uid)
+    return instance
+
+
 def current_instance(engine: Engine, store: FileStore, study_uid: str, sop_uid: str) -> StoredInstance | None:
     """The instance as it is stored now (a re-send replaces its file), or None
     when it is no longer in the study."""
@@ -66,6 +73,33 @@ def representative_image(
     by_series = [list(members) for _, members in groupby(images, key=lambda row: row.series_pk)]
     chosen = max(by_series, key=lambda members: (members[0].modality != "SEG", len(members)))
     return _stored(chosen[(len(chosen) - 1) // 2], study_uid, store)
+
+
+# A DELETE or a re-send can take an instance's file between the read of its
+# row and the read of the file: the row is then read again, a few times, as a
+# client that retried would.
+_READ_ATTEMPTS = 3
+_Found = TypeVar("_Found")
+_Read = TypeVar("_Read")
+
+
+def read_current(first: _Found, read: Callable[[_Found], _Read], find_again: Callable[[_Found], _Found]) -> _Read:
+    """What `read` makes of `first`, or of what `find_again` finds once its
+    file has gone from under the read; `find_again` raises NotFound once it
+    was deleted."""
+    found = first
+    for _ in range(_READ_ATTEMPTS):
+        try:
+            return read(found)
+        except FileNotFoundError:
+            found = find_again(found)
+    raise Conflict("the instance was replaced again and again while being read; try again")
+
+
+def read_addressed(lookup: Callable[[], StoredInstance], read: Callable[[StoredInstance], _Read]) -> _Read:
+    """What `read` makes of the file of the instance `lookup` finds (NotFound
+    when there is none), found again while its file goes from under the read."""
+    return read_current(lookup(), read, lambda _: lookup())
 
 
 def _addressed_rows(

@@ -17,9 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicom.bulkdata import parse_tag_path, read_bulk_data
-from dicom.errors import InvalidRequest, NotAcceptable
+from dicom.errors import InvalidRequest, NotAcceptable, NotFound
 from dicom.frames import parse_frame_list, read_frames
 from dicom.instance import BULK_DATA_BASE_MARKER
+from dicom.json_model import TagPath
 from dicom.media_types import MediaRange, admits_part, refuses
 from dicom.multipart import (
     MultipartFraming,
@@ -44,7 +45,15 @@ from server.dicomweb.context import (
     negotiated_accept,
     negotiated_model,
 )
-from server.dicomweb.lookup import StoredInstance, current_instance, find_instances, representative_image
+from server.dicomweb.lookup import (
+    StoredInstance,
+    current_instance,
+    find_instance,
+    find_instances,
+    read_addressed,
+    read_current,
+    representative_image,
+)
 from server.errors import warning_header
 from server.methods import is_head
 from server.services import Services
@@ -125,8 +134,12 @@ def _negotiated(
     return chosen, refused
 
 
+# The instance's part as it is stored now, or None when it is no longer stored.
+_CurrentPart = Callable[[StoredInstance], _Part | None]
+
+
 def _prepared(
-    chosen: list[tuple[StoredInstance, list[str]]], spool: IO[bytes]
+    chosen: list[tuple[StoredInstance, list[str]]], spool: IO[bytes], current: _CurrentPart
 ) -> tuple[list[_Part], list[tuple[StoredInstance, NotAcceptable]]]:
     """The parts to send, and the instances that turned out not to transcode
     into any syntax the client takes. Compressed pixel data is decoded now,
@@ -135,40 +148,56 @@ def _prepared(
     pixel data is only re-encoded, which fails only on a corrupt file: the
     first group now (the answer for an instance or a small series is then
     exact), the rest as it is sent, so that a big study of an Implicit VR
-    archive starts streaming after one group."""
+    archive starts streaming after one group. An instance deleted since its
+    row was read is left out, as if asked for after the DELETE; one re-sent
+    is prepared as it is stored now."""
     parts, failed = [], []
     for position, (instance, syntaxes) in enumerate(chosen):
         later = position >= _GROUP_FILES and is_native(instance.transfer_syntax_uid)
         if syntaxes[0] == instance.transfer_syntax_uid or later:
             parts.append(_Part(instance, tuple(syntaxes)))
             continue
-        part, refusal = None, None
-        for syntax in syntaxes:
-            if syntax == instance.transfer_syntax_uid:
-                part = _Part(instance, (syntax,))
-                break
-            try:
-                body = transcode_to(instance.absolute_path, syntax)
-            except NotAcceptable as error:
-                refusal = refusal or error
-                continue
-            part = _Part(instance, (syntax,), (spool.tell(), len(body)))
-            spool.write(body)
-            break
-        if part is not None:
-            parts.append(part)
+        try:
+            prepared = read_current(
+                _Part(instance, tuple(syntaxes)), partial(_decoded_part, spool=spool), partial(_now_stored, current)
+            )
+        except NotFound:
+            continue
+        if isinstance(prepared, _Part):
+            parts.append(prepared)
         else:
-            assert refusal is not None
-            failed.append((instance, refusal))
+            failed.append((instance, prepared))
     return parts, failed
+
+
+def _now_stored(current: _CurrentPart, part: _Part) -> _Part:
+    now = current(part.instance)
+    if now is None:
+        raise NotFound(f"instance {part.instance.sop_uid} was deleted, or cannot be sent as it is stored now")
+    return now
+
+
+def _decoded_part(part: _Part, spool: IO[bytes]) -> _Part | NotAcceptable:
+    """The part in the first of its syntaxes that it transcodes into,
+    written to `spool`; the first refusal when it transcodes into none."""
+    refusal = None
+    for syntax in part.syntaxes:
+        if syntax == part.instance.transfer_syntax_uid:
+            return _Part(part.instance, (syntax,))
+        try:
+            body = transcode_to(part.instance.absolute_path, syntax)
+        except NotAcceptable as error:
+            refusal = refusal or error
+            continue
+        spooled = _Part(part.instance, (syntax,), (spool.tell(), len(body)))
+        spool.write(body)
+        return spooled
+    assert refusal is not None
+    return refusal
 
 
 class _AnswerCutShort(Exception):
     """An instance of an answer already under way can no longer be sent."""
-
-
-# The instance's part as it is stored now, or None when it is no longer stored.
-_CurrentPart = Callable[[StoredInstance], _Part | None]
 
 
 def _bodies(
@@ -278,14 +307,17 @@ async def retrieve_instances(
     # that does not decode is then left out of the answer, not the end of a
     # broken one. Decodings beyond the spool's memory go to a temporary file.
     spool = SpooledTemporaryFile(max_size=_GROUP_BYTES)
+    current = partial(_current_part, services, accept)
     try:
-        parts, failed = await run_in_threadpool(_prepared, chosen, spool)
+        parts, failed = await run_in_threadpool(_prepared, chosen, spool, current)
     except BaseException:
         spool.close()
         raise
     left_out += failed
     if not parts:
         spool.close()
+        if not left_out:
+            raise NotFound("what was asked for was deleted while the answer was prepared")
         raise left_out[0][1]
     boundary = new_boundary()
     framing = MultipartFraming(boundary)
@@ -301,7 +333,7 @@ async def retrieve_instances(
     if is_head(request):  # what a GET answers, without its parts: chunked too when their lengths are not known
         spool.close()
         return StreamingResponse(iter(()), status_code=status, media_type=media_type, headers=headers)
-    body = _parts_body(framing, parts, spool, partial(_current_part, services, accept), declared_length)
+    body = _parts_body(framing, parts, spool, current, declared_length)
     return StreamingResponse(body, status_code=status, media_type=media_type, headers=headers)
 
 
@@ -333,15 +365,7 @@ def _with_bulk_data_root(metadata: bytes, root: str) -> bytes:
     return metadata.replace(_STORED_BULK_DATA_URI, b'"BulkDataURI":"' + orjson.dumps(root)[1:-1])
 
 
-async def _one_instance(services: Services, study_uid: str, series_uid: str, sop_uid: str) -> StoredInstance:
-    [(instance, _)] = await run_in_threadpool(
-        find_instances, services.engine, services.store, study_uid, series_uid, sop_uid
-    )
-    return instance
-
-
-async def _frames_response(instance: StoredInstance, numbers: list[int], accept: list[MediaRange]) -> Response:
-    frames = await run_in_threadpool(read_frames, instance.absolute_path, numbers, accept)
+def _frames_response(frames: list[tuple[str, bytes]]) -> Response:
     # The outer `type` names the first part's media type (PS3.18 §8.7.3.3);
     # parts differ only where frames of one instance do, which they do not.
     part_type = frames[0][0].split(";")[0]
@@ -352,8 +376,14 @@ async def retrieve_frames(
     request: Request, services: Services, study_uid: str, series_uid: str, sop_uid: str, frame_list: str
 ) -> Response:
     numbers = parse_frame_list(frame_list)
-    instance = await _one_instance(services, study_uid, series_uid, sop_uid)
-    return await _frames_response(instance, numbers, negotiated_accept(request, keep_refused=True))
+    accept = negotiated_accept(request, keep_refused=True)
+    lookup = partial(find_instance, services.engine, services.store, study_uid, series_uid, sop_uid)
+    read = partial(_frames_of, numbers=numbers, accept=accept)
+    return _frames_response(await run_in_threadpool(read_addressed, lookup, read))
+
+
+def _frames_of(instance: StoredInstance, numbers: list[int], accept: list[MediaRange]) -> list[tuple[str, bytes]]:
+    return read_frames(instance.absolute_path, numbers, accept)
 
 
 async def retrieve_bulk_data(
@@ -361,19 +391,23 @@ async def retrieve_bulk_data(
 ) -> Response:
     tag_path = parse_tag_path(tag_path_text)
     accept = negotiated_accept(request, keep_refused=True)
-    instance = await _one_instance(services, study_uid, series_uid, sop_uid)
+    lookup = partial(find_instance, services.engine, services.store, study_uid, series_uid, sop_uid)
+    read = partial(_bulk_data_response, tag_path=tag_path, accept=accept)
+    return await run_in_threadpool(read_addressed, lookup, read)
+
+
+def _bulk_data_response(instance: StoredInstance, tag_path: TagPath, accept: list[MediaRange]) -> Response:
     if tag_path == _PIXEL_DATA_PATH and is_video(instance.transfer_syntax_uid):
-        content_type, video = await run_in_threadpool(
-            read_video, instance.absolute_path, instance.transfer_syntax_uid, accept
-        )
+        content_type, video = read_video(instance.absolute_path, instance.transfer_syntax_uid, accept)
         return _multipart([(content_type, iter((video,)))], content_type.split(";")[0])
     if tag_path == _PIXEL_DATA_PATH and not is_native(instance.transfer_syntax_uid):
         # Encapsulated pixel data is only meaningful frame by frame (PS3.18 §8.7.3.3.2).
-        return await _frames_response(instance, list(range(1, instance.number_of_frames + 1)), accept)
+        every_frame = list(range(1, instance.number_of_frames + 1))
+        return _frames_response(_frames_of(instance, every_frame, accept))
     admitted = any(range_.q > 0 and admits_part(range_, OCTET_STREAM, OCTET_STREAM) for range_ in accept)
     if not admitted or refuses(accept, OCTET_STREAM, EXPLICIT_VR_LE, OCTET_STREAM):
         raise NotAcceptable("bulk data is available as application/octet-stream")
-    data = await run_in_threadpool(read_bulk_data, instance.absolute_path, tag_path)
+    data = read_bulk_data(instance.absolute_path, tag_path)
     return _multipart([(OCTET_STREAM, iter((data,)))], OCTET_STREAM)
 
 
@@ -387,12 +421,13 @@ async def retrieve_rendered(
     as_thumbnail: bool = False,
 ) -> Response:
     params = _render_params(request)
-    instance = await _one_instance(services, study_uid, series_uid, sop_uid)
     frame_number = _single_frame(frame_list) if frame_list else None
+    lookup = partial(find_instance, services.engine, services.store, study_uid, series_uid, sop_uid)
     if as_thumbnail:
-        image = await run_in_threadpool(thumbnail, instance.absolute_path, params, frame_number)
+        read = partial(_thumbnail_of, params=params, frame_number=frame_number)
     else:
-        image = await run_in_threadpool(render_frame, instance.absolute_path, frame_number or 1, params)
+        read = partial(_rendered, params=params, frame_number=frame_number or 1)
+    image = await run_in_threadpool(read_addressed, lookup, read)
     return Response(image, media_type=params.media_type)
 
 
@@ -401,9 +436,17 @@ async def retrieve_thumbnail(
 ) -> Response:
     """A study's or series' thumbnail (PS3.18 §10.4.4): an image that stands for it, chosen here."""
     params = _render_params(request)
-    instance = await run_in_threadpool(representative_image, services.engine, services.store, study_uid, series_uid)
-    image = await run_in_threadpool(thumbnail, instance.absolute_path, params)
+    lookup = partial(representative_image, services.engine, services.store, study_uid, series_uid)
+    image = await run_in_threadpool(read_addressed, lookup, partial(_thumbnail_of, params=params))
     return Response(image, media_type=params.media_type)
+
+
+def _thumbnail_of(instance: StoredInstance, params: RenderParams, frame_number: int | None = None) -> bytes:
+    return thumbnail(instance.absolute_path, params, frame_number)
+
+
+def _rendered(instance: StoredInstance, params: RenderParams, frame_number: int) -> bytes:
+    return render_frame(instance.absolute_path, frame_number, params)
 
 
 def _render_params(request: Request) -> RenderParams:
