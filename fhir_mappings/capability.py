@@ -2,6 +2,8 @@
 (search parameters, writable and history-keeping types), so that what it
 declares is what the server does (FHIR R4 capabilitystatement.html)."""
 
+from typing import Any
+
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from fhir_mappings.resources import check_required_bindings
@@ -26,7 +28,7 @@ _EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
 
 
 def capability_statement(
-    base_url: str, software_version: str, writable: frozenset[str], history_types: frozenset[str]
+    base_url: str, software_version: str, writable: frozenset[str], history_types: frozenset[str], token_url: str
 ) -> CapabilityStatement:
     resources = []
     for resource_type in sorted(DEFINITIONS):
@@ -102,6 +104,7 @@ def capability_statement(
                         "Patient/[id]/$everything (start, end, _since, _type, _count) returns the patient and "
                         "its compartment. Subscriptions notify by rest-hook (see Subscription)."
                     ),
+                    "security": _security(token_url),
                     "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
                     "resource": resources,
                     "interaction": [{"code": "batch"}, {"code": "transaction"}],
@@ -111,6 +114,26 @@ def capability_statement(
     )
     check_required_bindings(statement, "CapabilityStatement")
     return statement
+
+
+def _security(token_url: str) -> dict[str, Any]:
+    """SMART on FHIR (App Launch 2.x): clients find the token endpoint here
+    as in /.well-known/smart-configuration."""
+    return {
+        "cors": True,
+        "service": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR",
+        }]}],
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "token", "valueUri": token_url}],
+        }],
+        "description": (
+            "OAuth 2.0 Bearer tokens from the token endpoint (password grant; client_credentials with a secret, or "
+            "with an RS384 or ES384 client assertion as SMART Backend Services sign it), or HTTP Basic. "
+            "Permissions are SMART v2 scopes."
+        ),
+    }
 
 
 def _definition_id(resource_type: str, name: str) -> str:

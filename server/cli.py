@@ -161,10 +161,26 @@ def _users_passwd(args: argparse.Namespace) -> int:
 
 
 def _clients_add(args: argparse.Namespace) -> int:
-    client_id, secret = _with_identities(lambda identities: identities.add_client(args.name, args.scopes))
+    key_set = _key_set_file(args.jwks) if args.jwks else None
+    client_id, secret = _with_identities(lambda identities: identities.add_client(args.name, args.scopes, key_set))
     print(f"client id: {client_id}")
-    print(f"secret (shown once): {secret}")
+    if secret is not None:
+        print(f"secret (shown once): {secret}")
     return 0
+
+
+def _clients_keys(args: argparse.Namespace) -> int:
+    key_set = _key_set_file(args.jwks)
+    _with_identities(lambda identities: identities.set_client_keys(args.client_id, key_set))
+    print(f"client {args.client_id} now signs with the keys of {args.jwks}")
+    return 0
+
+
+def _key_set_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise IdentityError(f"cannot read the key set {path}: {error}") from error
 
 
 def _clients_list(_: argparse.Namespace) -> int:
@@ -259,7 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_client = client_commands.add_parser("add", help="add a client; its id and secret are shown once")
     add_client.add_argument("name")
     add_client.add_argument("--scopes", required=True, help='SMART scopes, e.g. "system/DiagnosticReport.rs system/Task.cu system/ImagingStudy.r"')
+    add_client.add_argument("--jwks", metavar="FILE", help="the client's public keys (a JWK Set, RS384 or ES384) for "
+                            "SMART Backend Services: it then authenticates with signed assertions, and gets no secret")
     add_client.set_defaults(run=_clients_add)
+    client_keys = client_commands.add_parser("keys", help="replace a client's public keys (SMART Backend Services)")
+    client_keys.add_argument("client_id")
+    client_keys.add_argument("jwks", metavar="FILE", help="a JWK Set of public keys")
+    client_keys.set_defaults(run=_clients_keys)
     client_commands.add_parser("list", help="clients, enabled or not, and their scopes").set_defaults(run=_clients_list)
     disable_client = client_commands.add_parser("disable", help="refuse a client's secret from now on")
     disable_client.add_argument("client_id")

@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     false,
     func,
@@ -469,16 +470,27 @@ users = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
 )
-# Systems (an EHR, a PACS), with a client id, a hashed secret and the SMART
-# scopes they may ask for.
+# Systems (an EHR, a PACS), with a client id, a hashed secret or public keys
+# (a JWK Set, for SMART Backend Services) or both, and the SMART scopes they
+# may ask for.
 clients = Table(
     "clients",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("client_id", String(64), nullable=False, unique=True),
     Column("name", String(64), nullable=False),
-    Column("secret_hash", String(256), nullable=False),
+    Column("secret_hash", String(256)),
     Column("scopes", String(2048), nullable=False),
     Column("disabled", Boolean, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    Column("jwks_json", Text),
+)
+# The `jti` of each client assertion accepted, until it expires: an assertion
+# seen once is refused after (RFC 7523 3, SMART Backend Services).
+client_assertions = Table(
+    "client_assertions",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("jti", String(256), primary_key=True),
+    Column("expires_at", BigInteger, nullable=False, index=True),
 )

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Column, Connection, Engine, insert, select, update
+from sqlalchemy import Column, Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from server.auth.client_assertions import Claimed, InvalidAssertion, InvalidKeySet, public_key_set, verified
 from server.auth.scopes import Grant, Role, role_grant
 from server.db import advisory_locks, reading, write_connection
-from server.tables import clients, users
+from server.tables import client_assertions, clients, users
 
 _NAME_LIMIT = 64
 # Agents the audit trail names that are nobody's account: a user or client
@@ -112,22 +113,34 @@ class Identities:
         return Identity(row.name, role, role_grant(role, "user"), client=False)
 
     # --- system clients --------------------------------------------------------------
-    def add_client(self, name: str, scopes: str) -> tuple[str, str]:
-        """(client id, secret): the secret is shown once and kept only hashed."""
+    def add_client(self, name: str, scopes: str, key_set: str | None = None) -> tuple[str, str | None]:
+        """(client id, secret): the secret is shown once and kept only hashed.
+        A client registered with a JWK Set (`key_set`: its public keys, for
+        SMART Backend Services) gets no secret: it signs its assertions."""
         _require_name(name, "client name")
         grant = Grant.parse(scopes)
         if not grant.scopes:
             raise IdentityError(f"{scopes!r} names no SMART scope (e.g. system/DiagnosticReport.rs)")
         if grant.needs_launch_context:
             raise IdentityError("patient/ scopes need a SMART launch context, which this server does not offer; use system/")
-        client_id, secret = f"{name[:40]}-{secrets.token_hex(4)}", secrets.token_urlsafe(32)
+        keys = _checked_key_set(key_set) if key_set is not None else None
+        client_id = f"{name[:40]}-{secrets.token_hex(4)}"
+        secret = None if keys is not None else secrets.token_urlsafe(32)
         with write_connection(self.engine) as connection:
             _claim_name(connection, client_id, "client")
-            connection.execute(insert(clients).values(client_id=client_id, name=name[:_NAME_LIMIT],
-                                                      secret_hash=self.hasher.hash(secret), scopes=str(grant),
-                                                      disabled=False, created_at=_now()))
-            self._changed(connection, client_id, f"client {client_id} added with scopes {grant}")
+            connection.execute(insert(clients).values(
+                client_id=client_id, name=name[:_NAME_LIMIT], secret_hash=self.hasher.hash(secret) if secret else None,
+                scopes=str(grant), disabled=False, created_at=_now(), jwks_json=keys,
+            ))
+            how = "public keys" if keys is not None else "a secret"
+            self._changed(connection, client_id, f"client {client_id} added with {how} and scopes {grant}")
         return client_id, secret
+
+    def set_client_keys(self, client_id: str, key_set: str) -> None:
+        """Replace a client's public keys (a rotation: its assertions are then
+        checked with these only)."""
+        self._change(clients.c.client_id, client_id, "client", f"client {client_id} given new public keys",
+                     jwks_json=_checked_key_set(key_set))
 
     def clients(self) -> list[tuple[str, str, bool]]:
         """(client id, scopes, disabled) of every client."""
@@ -144,9 +157,29 @@ class Identities:
     def authenticate_client(self, client_id: str, secret: str) -> Identity | None:
         with reading(self.engine) as connection:
             row = connection.execute(select(clients).where(clients.c.client_id == client_id)).first()
-        stored = row.secret_hash if row is not None else self._dummy_hash()
-        if not self._verifies(stored, secret) or row is None or row.disabled:
+        stored = row.secret_hash if row is not None and row.secret_hash is not None else self._dummy_hash()
+        if not self._verifies(stored, secret) or row is None or row.secret_hash is None or row.disabled:
             return None
+        return Identity(row.client_id, None, Grant.parse(row.scopes), client=True)
+
+    def authenticate_assertion(self, claimed: Claimed, assertion: str, token_url: str) -> Identity:
+        """The client whose registered key signed `assertion` (`claimed`: what
+        it says unverified). Each assertion is taken once: its `jti` is kept
+        until it expires. Raises InvalidAssertion."""
+        with reading(self.engine) as connection:
+            row = connection.execute(select(clients).where(clients.c.client_id == claimed.client_id)).first()
+        if row is None or row.disabled or row.jwks_json is None:
+            raise InvalidAssertion(f"client {claimed.client_id} is unknown, disabled or has no public keys", False)
+        accepted = verified(assertion, claimed, row.jwks_json, token_url)
+        try:
+            with write_connection(self.engine, bookkeeping=True) as connection:
+                expired = client_assertions.c.expires_at < _now() // 1_000_000
+                connection.execute(delete(client_assertions).where(expired))
+                connection.execute(insert(client_assertions).values(
+                    client_id=accepted.client_id, jti=accepted.jti, expires_at=accepted.expires,
+                ))
+        except IntegrityError as error:
+            raise InvalidAssertion(f"client {accepted.client_id} sent assertion {accepted.jti} again", False) from error
         return Identity(row.client_id, None, Grant.parse(row.scopes), client=True)
 
     def current_grant(self, name: str, client: bool, connection: Connection | None = None) -> Grant | None:
@@ -183,6 +216,13 @@ def _claim_name(connection: Connection, name: str, kind: str) -> None:
     other, key = (clients, clients.c.client_id) if kind == "user" else (users, users.c.name)
     if connection.execute(select(key).where(key == name)).first() is not None:
         raise IdentityError(f"{name!r} is the name of a {'client' if kind == 'user' else 'user'} already")
+
+
+def _checked_key_set(key_set: str) -> str:
+    try:
+        return public_key_set(key_set)
+    except InvalidKeySet as error:
+        raise IdentityError(str(error)) from error
 
 
 def _require_strength(password: str) -> None:

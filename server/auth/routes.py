@@ -1,5 +1,6 @@
 """The OAuth 2.0 token endpoint (RFC 6749: `password` and `client_credentials`
-grants) and the discovery documents (JWKS, SMART configuration).
+grants, the latter with a secret or, for SMART Backend Services, a signed
+client assertion) and the discovery documents (JWKS, SMART configuration).
 
 Errors follow RFC 6749 5.2: `{"error": ..., "error_description": ...}`,
 400 for a bad request or grant, 401 with WWW-Authenticate for a client that
@@ -7,6 +8,8 @@ fails to authenticate, 429 with Retry-After while logins are limited. No
 answer says whether a user exists.
 """
 
+import logging
+import time
 from urllib.parse import parse_qsl, unquote
 
 from fastapi import APIRouter, Request
@@ -15,12 +18,14 @@ from starlette.responses import JSONResponse
 
 from server.audit.middleware import note_login
 from server.auth.access import basic_credentials
+from server.auth.client_assertions import ALGORITHMS, ASSERTION_TYPE, InvalidAssertion, claimed_client
 from server.auth.identities import Identity
 from server.auth.scopes import Grant
 from server.auth.service import AuthService
 from server.public_url import public_root
 from server.services import services
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 _FORM = "application/x-www-form-urlencoded"
 
@@ -46,34 +51,51 @@ async def token(request: Request) -> JSONResponse:
         name, secret = form.get("username", ""), form.get("password", "")
         if not name or not secret:
             return _error(400, "invalid_request", "the password grant needs username and password")
-        keys = (f"name:{name}", f"address:{address}")
         check = auth.identities.authenticate_user
         failure = _error(400, "invalid_grant", "the user name or the password is wrong")
+    elif grant_type == "client_credentials" and "client_assertion_type" in form:
+        return await _backend_service_token(request, form, address)
     elif grant_type == "client_credentials":
         credentials = _client_credentials(request, form)
         if credentials is None:
             return _error(401, "invalid_client", "client authentication is needed (HTTP Basic, or client_id and client_secret)",
                           {"WWW-Authenticate": 'Basic realm="medaiflow"'})
         name, secret = credentials
-        keys = (f"name:{name}", f"address:{address}")
         check = auth.identities.authenticate_client
         failure = _error(401, "invalid_client", "the client id or the secret is wrong",
                          {"WWW-Authenticate": 'Basic realm="medaiflow"'})
     else:
         return _error(400, "unsupported_grant_type", "grant_type must be password or client_credentials")
 
-    note_login(request.scope, name)
-    # Each answer costs an Argon2 check, right password or not: the address's request rate holds here too.
-    wait = auth.request_rate.take(f"address:{address}") if auth.request_rate is not None else None
-    if wait is not None:
-        return _error(429, "slow_down", "too many token requests; try again later", {"Retry-After": str(wait)})
-    wait = auth.failed_logins.attempt(*keys)
-    if wait is not None:
-        return _error(429, "slow_down", "too many failed logins; try again later", {"Retry-After": str(wait)})
+    refused = _limited(request, auth, name, address)
+    if refused is not None:
+        return refused
     identity: Identity | None = await run_in_threadpool(check, name, secret)
     if identity is None:
         return failure
-    auth.failed_logins.succeeded(*keys)
+    return _issued(auth, identity, form, address)
+
+
+def _login_keys(name: str, address: str) -> tuple[str, str]:
+    """What failed logins are counted by: the name tried, and where from."""
+    return f"name:{name}", f"address:{address}"
+
+
+def _limited(request: Request, auth: AuthService, name: str, address: str) -> JSONResponse | None:
+    """The 429 for a token request over the address's rate or the failed-login limits, if any."""
+    note_login(request.scope, name)
+    # Each answer costs an Argon2 check or a signature check, right or not: the address's request rate holds here too.
+    wait = auth.request_rate.take(f"address:{address}") if auth.request_rate is not None else None
+    if wait is not None:
+        return _error(429, "slow_down", "too many token requests; try again later", {"Retry-After": str(wait)})
+    wait = auth.failed_logins.attempt(*_login_keys(name, address))
+    if wait is not None:
+        return _error(429, "slow_down", "too many failed logins; try again later", {"Retry-After": str(wait)})
+    return None
+
+
+def _issued(auth: AuthService, identity: Identity, form: dict[str, str], address: str) -> JSONResponse:
+    auth.failed_logins.succeeded(*_login_keys(identity.name, address))
     granted = Grant.parse(form["scope"]).narrowed_to(identity.grant) if form.get("scope") else identity.grant
     if not granted.scopes:
         return _error(400, "invalid_scope", "none of the scopes asked for is allowed to this identity")
@@ -82,6 +104,36 @@ async def token(request: Request) -> JSONResponse:
     )
     return JSONResponse({"access_token": access_token, "token_type": "Bearer", "expires_in": lifetime,
                          "scope": str(granted)}, headers={"Cache-Control": "no-store"})
+
+
+async def _backend_service_token(request: Request, form: dict[str, str], address: str) -> JSONResponse:
+    """The client_credentials grant of SMART Backend Services: the client
+    authenticates with a JWT it signed (`private_key_jwt`), not a secret."""
+    if form["client_assertion_type"] != ASSERTION_TYPE:
+        return _error(400, "invalid_request", f"client_assertion_type must be {ASSERTION_TYPE}")
+    assertion = form.get("client_assertion", "")
+    if not assertion:
+        return _error(400, "invalid_request", "client_assertion is missing")
+    if form.get("client_secret") or request.headers.get("authorization"):
+        return _error(400, "invalid_request", "a client authenticates one way only: an assertion, or a secret")
+    token_url = f"{public_root(request)}/auth/token"
+    try:
+        claimed = claimed_client(assertion, token_url, int(time.time()))
+    except InvalidAssertion as refusal:
+        return _error(401, "invalid_client", str(refusal))
+    if form.get("client_id", claimed.client_id) != claimed.client_id:
+        return _error(400, "invalid_request", "client_id differs from the assertion's iss")
+    auth = _auth(request)
+    refused = _limited(request, auth, claimed.client_id, address)
+    if refused is not None:
+        return refused
+    try:
+        identity = await run_in_threadpool(auth.identities.authenticate_assertion, claimed, assertion, token_url)
+    except InvalidAssertion as refusal:
+        log.info("a client assertion was refused: %s", refusal)
+        # Whether the client exists, or which of its keys, is not told.
+        return _error(401, "invalid_client", "the assertion does not verify with a key registered for its client")
+    return _issued(auth, identity, form, address)
 
 
 def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str] | None:
@@ -110,8 +162,9 @@ def smart_configuration(request: Request) -> JSONResponse:
         "jwks_uri": f"{root}/.well-known/jwks.json",
         "token_endpoint": f"{root}/auth/token",
         "grant_types_supported": ["password", "client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "scopes_supported": ["system/*.cruds", "user/*.cruds", "system/*.rs", "user/*.rs"],
-        "capabilities": ["client-confidential-symmetric", "permission-v2", "permission-v1"],
+        "capabilities": ["client-confidential-symmetric", "client-confidential-asymmetric", "permission-v2",
+                         "permission-v1"],
     })

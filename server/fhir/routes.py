@@ -197,13 +197,16 @@ def _require_creating_for_conditional_updates(principal: Principal, method: str,
 async def metadata(request: Request) -> Response:
     fmt = response_format(request)
     fhir = _fhir(request)
-    return fhir_response(_capability_json(fhir_base(request), fhir.writable_types, fhir.store.history_types), fmt)
+    token_url = f"{public_root(request)}/auth/token"
+    return fhir_response(
+        _capability_json(fhir_base(request), fhir.writable_types, fhir.store.history_types, token_url), fmt
+    )
 
 
 @lru_cache(maxsize=32)
-def _capability_json(base: str, writable: frozenset[str], history_types: frozenset[str]) -> bytes:
+def _capability_json(base: str, writable: frozenset[str], history_types: frozenset[str], token_url: str) -> bytes:
     """Built and validated once per base URL: it only changes with the code."""
-    return resource_json(capability_statement(base, SOFTWARE_VERSION, writable, history_types))
+    return resource_json(capability_statement(base, SOFTWARE_VERSION, writable, history_types, token_url))
 
 
 @router.post("")
