@@ -19,7 +19,7 @@ from dicom.json_model import dataset_to_json
 from inference.assembly import volume_from_datasets
 from inference.demo.phantom import make_phantom, phantom_datasets
 from inference.model_card import ModelCard
-from inference.seg import SegIdentity, prepare_seg_writer, segmentation
+from inference.seg import SegIdentity, prepare_seg_writer, segmentation, source_images
 from server.ingest import prepare_dataset
 from server.jobs.offload import read_series
 from server.jobs.service import DEMO_BUNDLE
@@ -53,7 +53,7 @@ def test_the_segmentation_of_a_single_frame_series_is_a_valid_iod(tmp_path):
     sources = phantom_datasets(study)
     volume = volume_from_datasets(sources)
     labels = _labels_on(volume, study)
-    seg = segmentation(sources, volume, labels, CARD, SegIdentity.for_job("iod-single"))
+    seg = segmentation(source_images(sources), volume, labels, CARD, SegIdentity.for_job("iod-single"))
     assert _problems(sources[0], tmp_path / "source.dcm") == []
     assert _problems(seg, tmp_path / "seg.dcm") == []
     # Every source is referenced; a frame is there for each slice with a finding, on its slice.
@@ -81,7 +81,7 @@ def test_an_empty_segmentation_is_a_valid_iod(tmp_path):
     study = make_phantom(82, SMALL, lesion_count=1, radius_mm=(7.0, 10.0))
     sources = phantom_datasets(study)
     volume = volume_from_datasets(sources)
-    seg = segmentation(sources, volume, np.zeros(volume.voxels.shape, np.uint8), CARD, SegIdentity.for_job("iod-empty"))
+    seg = segmentation(source_images(sources), volume, np.zeros(volume.voxels.shape, np.uint8), CARD, SegIdentity.for_job("iod-empty"))
     assert _problems(seg, tmp_path / "seg.dcm") == []
     # Nothing found: one empty frame, on the first slice, says so; every slice is still a source.
     assert seg.NumberOfFrames == 1
@@ -96,7 +96,7 @@ def test_sources_without_type2_patient_and_study_attributes_give_a_valid_iod(tmp
         for keyword in left_out:
             delattr(source, keyword)
     volume = volume_from_datasets(sources)
-    seg = segmentation(sources, volume, _labels_on(volume, study), CARD, SegIdentity.for_job("iod-type2"))
+    seg = segmentation(source_images(sources), volume, _labels_on(volume, study), CARD, SegIdentity.for_job("iod-type2"))
     assert _problems(seg, tmp_path / "seg.dcm") == []
     assert all(seg[keyword].value in ("", None) for keyword in left_out)
     assert seg.PatientID == sources[0].PatientID
@@ -106,7 +106,7 @@ def test_the_segmentation_of_a_multi_frame_source_is_a_valid_iod(tmp_path):
     study = make_phantom(83, SMALL, lesion_count=2, radius_mm=(7.0, 10.0))
     source = enhanced_ct(phantom_datasets(study))
     volume = volume_from_datasets([source])
-    seg = segmentation([source], volume, _labels_on(volume, study), CARD, SegIdentity.for_job("iod-multi"))
+    seg = segmentation(source_images([source]), volume, _labels_on(volume, study), CARD, SegIdentity.for_job("iod-multi"))
     assert _problems(seg, tmp_path / "seg.dcm") == []
 
 
@@ -137,8 +137,8 @@ def test_the_seg_written_from_the_headers_kept_at_reading_is_the_seg_of_the_whol
     labels = _labels_on(read.volume, study)
     sent = pickle.dumps(read.sources)  # as it goes to the process that writes the SEG
     assert b"pydicom" not in sent  # builtins only: pydicom's own objects cost far more to send
-    kept = segmentation(pickle.loads(sent).datasets(), read.volume, labels, CARD, SegIdentity.for_job("kept"))
-    reread = segmentation(whole, read.volume, labels, CARD, SegIdentity.for_job("kept"))
+    kept = segmentation(pickle.loads(sent).images(), read.volume, labels, CARD, SegIdentity.for_job("kept"))
+    reread = segmentation(source_images(whole), read.volume, labels, CARD, SegIdentity.for_job("kept"))
     assert _stable(dataset_to_json(kept)) == _stable(dataset_to_json(reread))
     assert _problems(kept, tmp_path / "seg.dcm") == []
 
@@ -151,7 +151,7 @@ def test_a_seg_the_server_writes_is_described_as_its_file_would_be(tmp_path, cas
     labels = np.zeros(volume.voxels.shape, np.uint8) if case == "empty" else _labels_on(volume, study)
     files = FileStore(tmp_path)
     files.prepare()
-    prepared = prepare_dataset(files, segmentation(sources, volume, labels, CARD, SegIdentity.for_job(case)))
+    prepared = prepare_dataset(files, segmentation(source_images(sources), volume, labels, CARD, SegIdentity.for_job(case)))
     assert prepared.description == describe_instance(prepared.received.temp_path)
 
 
@@ -171,7 +171,7 @@ def test_a_seg_is_written_for_sources_as_scanners_send_them(tmp_path, case):
             source.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
             source.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
     volume = volume_from_datasets(sources)
-    seg = segmentation(sources, volume, _labels_on(volume, study), CARD, SegIdentity.for_job(case))
+    seg = segmentation(source_images(sources), volume, _labels_on(volume, study), CARD, SegIdentity.for_job(case))
     assert _problems(seg, tmp_path / "seg.dcm") == []
     assert str(pydicom.dcmread(tmp_path / "seg.dcm").PatientName) == str(sources[0].PatientName)
     thickness = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness
@@ -183,7 +183,7 @@ def test_each_segment_recommends_a_display_colour():
     study = make_phantom(84, SMALL, lesion_count=1, radius_mm=(7.0, 10.0))
     sources = phantom_datasets(study)
     volume = volume_from_datasets(sources)
-    seg = segmentation(sources, volume, _labels_on(volume, study), CARD, SegIdentity.for_job("colours"))
+    seg = segmentation(source_images(sources), volume, _labels_on(volume, study), CARD, SegIdentity.for_job("colours"))
     colours = [tuple(item.RecommendedDisplayCIELabValue) for item in seg.SegmentSequence]
     assert len(colours) == len(CARD.segments) and len(set(colours)) == len(colours)
 
@@ -193,7 +193,7 @@ def test_segments_are_coded_as_ai_findings_in_an_abnormal_structure():
     study = make_phantom(84, SMALL, lesion_count=1, radius_mm=(7.0, 10.0))
     sources = phantom_datasets(study)
     volume = volume_from_datasets(sources)
-    seg = segmentation(sources, volume, _labels_on(volume, study), CARD, SegIdentity.for_job("codes"))
+    seg = segmentation(source_images(sources), volume, _labels_on(volume, study), CARD, SegIdentity.for_job("codes"))
     for segment in seg.SegmentSequence:
         [family] = segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmFamilyCodeSequence
         assert (family.CodeValue, family.CodingSchemeDesignator, family.CodeMeaning) == (
@@ -209,7 +209,7 @@ def test_a_segmentation_given_its_studys_corrected_patient_is_still_a_valid_iod(
     study = make_phantom(85, SMALL, lesion_count=1, radius_mm=(7.0, 10.0))
     sources = phantom_datasets(study)
     volume = volume_from_datasets(sources)
-    seg = segmentation(sources, volume, _labels_on(volume, study), CARD, SegIdentity.for_job("iod-moved"))
+    seg = segmentation(source_images(sources), volume, _labels_on(volume, study), CARD, SegIdentity.for_job("iod-moved"))
     files = FileStore(tmp_path / "store")
     files.prepare()
     seg.save_as(files.root / "seg.dcm", enforce_file_format=True)

@@ -86,9 +86,9 @@ def write_results(
     with timings.stage("postprocessing"):
         findings = [measure(labels.voxels == segment.label, labels, segment) for segment in card.segments]
     with timings.stage("read"):
-        source_datasets = sources.datasets()
+        source_images = sources.images()
     with timings.stage("seg writing: building"):
-        seg = segmentation(source_datasets, labels, labels.voxels, card, identity)
+        seg = segmentation(source_images, labels, labels.voxels, card, identity)
         prepared = prepare_dataset(FileStore(store_root, helper_of=temp_dir), seg)
     return WrittenResults(findings, prepared, dict(timings.seconds))
 
