@@ -20,11 +20,13 @@ _MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}")
 _PARAM_NAME = re.compile(_TOKEN)
 # RFC 9110 §12.4.2 qvalue, plus the ".2" form Java's HttpURLConnection sends.
 _Q_VALUE = re.compile(r"(0(\.[0-9]{0,3})?|\.[0-9]{1,3}|1(\.0{0,3})?)")
-# The names earlier editions of PS3.18 gave the RLE and JPEG-LS bulk data media
-# types. Clients still ask for them: the JavaScript dicomweb-client (OHIF's)
-# knows RLE frames only as image/x-dicom-rle, and the Python one offers both.
-# An accepted range is read as naming the current type, which the answer uses.
-_LEGACY_NAMES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
+# The names earlier editions of PS3.18 gave the RLE, JPEG-LS and MPEG-2 bulk
+# data media types (PS3.2's conformance statement template still lists them).
+# Clients still ask for them: the JavaScript dicomweb-client (OHIF's) knows RLE
+# frames only as image/x-dicom-rle, both dicomweb-clients know MPEG-2 only as
+# video/mpeg2. An accepted range is read as naming the current type (PS3.18
+# §8.7.3.5), which the answer uses.
+_LEGACY_NAMES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls", "video/mpeg2": "video/mpeg"}
 
 
 @dataclass(frozen=True)
