@@ -155,6 +155,18 @@ def test_a_refused_payload_is_named_by_the_uids_its_file_meta_claims(client, ser
     assert [item["00081197"]["Value"] for item in failed] == [[0xC000]] * 4
 
 
+def test_why_a_part_was_refused_is_logged(client, caplog):
+    """The response says only 0xC000; the log says what was wrong with which part."""
+    sop_uid = generate_uid()
+    body, content_type = multipart_body([make_ct(), make_ct(sop_uid=sop_uid, PatientID="BAD\x00NUL")])
+    with caplog.at_level("WARNING", logger="server.dicomweb.stow"):
+        response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 202, response.text
+    [message] = [record.getMessage() for record in caplog.records if record.name == "server.dicomweb.stow"]
+    assert f"part 2 (SOP Instance UID {sop_uid}) with FailureReason C000" in message
+    assert "(0010,0020) holds a NUL character" in message
+
+
 def test_a_text_that_spells_an_escaped_nul_is_kept(client, services):
     """JSON escapes a NUL as \\u0000; a comment holding those six characters has no NUL."""
     study = generate_uid()
