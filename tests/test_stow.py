@@ -74,6 +74,20 @@ def test_partial_success_is_202(client, services):
     assert _count(services) == 1
 
 
+def test_the_study_retrieve_url_is_always_in_the_answer(client):
+    """Type 2 in PS3.18 Table I.1-1: the one study stored, else empty."""
+    study = generate_uid()
+
+    def answer(payloads: list[bytes]) -> dict:
+        body, content_type = multipart_body(payloads)
+        return client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).json()
+
+    one_study = answer([make_ct(study_uid=study), make_ct(study_uid=study), b"this is not DICOM at all" * 10])
+    assert one_study["00081190"] == {"vr": "UR", "Value": [f"http://testserver/dicom-web/studies/{study}"]}
+    assert answer([make_ct(), make_ct()])["00081190"] == {"vr": "UR"}
+    assert answer([b"this is not DICOM at all" * 10])["00081190"] == {"vr": "UR"}
+
+
 @pytest.mark.parametrize("one_request", [False, True])
 def test_a_series_uid_already_in_another_study_is_refused(client, services, one_request):
     """In one request the instances are stored in study order, so the study whose UID sorts first keeps the series."""
