@@ -302,7 +302,9 @@ def _datetime_match(attr: QidoAttribute, value: str, param: str) -> Range:
     reading whose ends parse and come in order wins, each `-` in turn taken
     as the separator before the value is read whole, so that what reads as a
     range without offsets ("1000-1100", two years) stays that range."""
-    separators = [at for at, char in enumerate(value) if char == "-"]
+    # Each reading parses the value again, so one longer than a range of two
+    # full DT values (26 characters each) is read only whole, and refused.
+    separators = [at for at, char in enumerate(value) if char == "-"] if len(value) <= 53 else []
     for low_text, high_text in [*((value[:at], value[at + 1 :]) for at in separators), (value, value)]:
         low = datetime_bounds(low_text) if low_text else None
         high = datetime_bounds(high_text) if high_text else None
