@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from pydicom import Dataset
+from pydicom.filereader import read_file_meta_info
 
 from dicom.bulkdata import format_tag_path
 from dicom.errors import InvalidDicom
@@ -116,6 +117,21 @@ class InstanceDescription(ParentDescription):
 def describe_instance(path: Path) -> InstanceDescription:
     """Read a Part 10 file's header (bulk data stays on disk) and describe it."""
     return describe_dataset(read_dataset_for_metadata(str(path)))
+
+
+def claimed_sop_uids(path: Path) -> tuple[str | None, str | None]:
+    """The SOP Class and SOP Instance UIDs that a payload's File Meta
+    Information names (0002,0002 and 0002,0003), each None where it cannot
+    be read or is no valid UID: all that a refusal of a payload whose data
+    set could not be read can say of which instance it was."""
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:  # noqa: BLE001 - pydicom signals malformed input with many exception types
+        return None, None
+    keywords = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID")
+    claimed = (str(meta.get(keyword, "")).strip() for keyword in keywords)
+    class_uid, instance_uid = (uid if is_safe_uid(uid) else None for uid in claimed)
+    return class_uid, instance_uid
 
 
 def describe_dataset(dataset: Dataset) -> InstanceDescription:

@@ -13,9 +13,9 @@ Decisions beyond the letter of the standard:
   `-` would be ambiguous with range syntax.
 - A TM or DT single value matches the whole span of its precision ("10" is
   10:00 to 10:59:59.999999), so it becomes a `Range`.
-- DT values (UPS-RS searches) compare in UTC: one with an offset (`+hhmm`) is
-  moved to UTC, one without is taken as UTC. In a query, `-` always separates
-  a range, so a time west of UTC is written in UTC.
+- DT values (UPS-RS searches) compare in UTC: one with an offset (`+hhmm` or
+  `-hhmm`) is moved to UTC, one without is taken as UTC. In a query a `-`
+  separates a range or starts an offset west of UTC (`_datetime_match`).
 - A value of only `*` is universal matching (PS3.4 §C.2.2.2.4) and, like an
   empty value, only asks for the attribute to be returned.
 """
@@ -295,14 +295,28 @@ def _following(low: datetime, components: int, fraction: str | None) -> datetime
     return low + (timedelta(days=1), timedelta(hours=1), timedelta(minutes=1), timedelta(seconds=1))[components - 3]
 
 
-def _datetime(value: str, param: str, *, high: bool) -> str:
-    bounds = datetime_bounds(value)
-    if bounds is None:
-        raise InvalidRequest(
-            f"query parameter {param!r}: {value[:40]!r} is not a DICOM date and time"
-            " (YYYY[MM[DD[HH[MM[SS[.F{1,6}]]]]]][+hhmm])"
-        )
-    return bounds[1] if high else bounds[0]
+def _datetime_match(attr: QidoAttribute, value: str, param: str) -> Range:
+    """A DT value or range (PS3.4 §C.2.2.2.5.1), either end of which may carry
+    an offset from UTC, so a `-` separates the ends or starts an offset west
+    of UTC: "20240601000000-0500-20240601040000-0500" is a range. The first
+    reading whose ends parse and come in order wins, each `-` in turn taken
+    as the separator before the value is read whole, so that what reads as a
+    range without offsets ("1000-1100", two years) stays that range."""
+    # Each reading parses the value again, so one longer than a range of two
+    # full DT values (26 characters each) is read only whole, and refused.
+    separators = [at for at, char in enumerate(value) if char == "-"] if len(value) <= 53 else []
+    for low_text, high_text in [*((value[:at], value[at + 1 :]) for at in separators), (value, value)]:
+        low = datetime_bounds(low_text) if low_text else None
+        high = datetime_bounds(high_text) if high_text else None
+        if (low_text and low is None) or (high_text and high is None) or not (low or high):
+            continue
+        if low and high and low[0] > high[1]:
+            continue
+        return Range(attr.keyword, attr.tag, low[0] if low else None, high[1] if high else None, "DT")
+    raise InvalidRequest(
+        f"query parameter {param!r}: {value[:60]!r} is no DICOM date and time (YYYY[MM[DD[HH[MM[SS[.F{{1,6}}]]]]]]"
+        "[+hhmm|-hhmm]) and no range of them (low-, -high or low-high, the low not after the high)"
+    )
 
 
 def _date(value: str, param: str) -> str:
@@ -329,9 +343,6 @@ def _range(attr: QidoAttribute, value: str, param: str) -> Range:
     if attr.vr == "DA":
         low = _date(low_text, param) if low_text else None
         high = _date(high_text, param) if high_text else None
-    elif attr.vr == "DT":
-        low = _datetime(low_text, param, high=False) if low_text else None
-        high = _datetime(high_text, param, high=True) if high_text else None
     else:
         low = _time(low_text, param, high=False) if low_text else None
         high = _time(high_text, param, high=True) if high_text else None
@@ -363,14 +374,13 @@ def _condition(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> Cond
         return _list(attr, value, param)
     if "\\" in value:
         raise InvalidRequest(f"query parameter {param!r}: multiple values (\\) are not supported for this attribute")
-    if attr.vr in ("DA", "TM", "DT"):
+    if attr.vr == "DT":
+        return _datetime_match(attr, value, param)
+    if attr.vr in ("DA", "TM"):
         if "-" in value:
             return _range(attr, value, param)
         if attr.vr == "DA":
             return SingleValue(attr.keyword, attr.tag, _date(value, param))
-        if attr.vr == "DT":
-            low, high = _datetime(value, param, high=False), _datetime(value, param, high=True)
-            return Range(attr.keyword, attr.tag, low, high, "DT")
         return Range(attr.keyword, attr.tag, _time(value, param, high=False), _time(value, param, high=True), "TM")
     if attr.vr == "PN":
         name = normalise_person_name(value)

@@ -20,6 +20,13 @@ _MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}")
 _PARAM_NAME = re.compile(_TOKEN)
 # RFC 9110 §12.4.2 qvalue, plus the ".2" form Java's HttpURLConnection sends.
 _Q_VALUE = re.compile(r"(0(\.[0-9]{0,3})?|\.[0-9]{1,3}|1(\.0{0,3})?)")
+# The names earlier editions of PS3.18 gave the RLE, JPEG-LS and MPEG-2 bulk
+# data media types (PS3.2's conformance statement template still lists them).
+# Clients still ask for them: the JavaScript dicomweb-client (OHIF's) knows RLE
+# frames only as image/x-dicom-rle, both dicomweb-clients know MPEG-2 only as
+# video/mpeg2. An accepted range is read as naming the current type (PS3.18
+# §8.7.3.5), which the answer uses.
+_LEGACY_NAMES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls", "video/mpeg2": "video/mpeg"}
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,9 @@ def _parse_ranges(header_values: Sequence[str], from_query: bool) -> list[MediaR
                 element = _repair_query_plus(element)
             media_type, params = parse_media_type(element)
             q = _parse_q(params.pop("q")) if "q" in params else 1.0
-            ranges.append(MediaRange(media_type, params, q))
+            if "type" in params:
+                params["type"] = _LEGACY_NAMES.get(params["type"].strip().lower(), params["type"])
+            ranges.append(MediaRange(_LEGACY_NAMES.get(media_type, media_type), params, q))
     # sorted() is stable, so equal q-values keep the client's order.
     return sorted(ranges, key=lambda range_: -range_.q)
 

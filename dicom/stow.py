@@ -44,12 +44,10 @@ def stow_status(outcomes: list[InstanceOutcome]) -> int:
 
 
 def stow_response(outcomes: list[InstanceOutcome], dicomweb_root: str, study_uid: str | None) -> dict[str, Any]:
-    """The response data set in the DICOM JSON model."""
+    """The response data set in the DICOM JSON model (PS3.18 Table I.1-1)."""
     referenced = [_referenced_item(outcome, dicomweb_root) for outcome in outcomes if outcome.stored]
     failed = [_failed_item(outcome) for outcome in outcomes if not outcome.stored]
-    body: dict[str, Any] = {}
-    if study_uid is not None:
-        body["00081190"] = {"vr": "UR", "Value": [f"{dicomweb_root}/studies/{study_uid}"]}
+    body: dict[str, Any] = {"00081190": _study_retrieve_url(outcomes, dicomweb_root, study_uid)}
     # Each sequence is present only when it has items (PS3.18 Table 10.5.3-2:
     # required if any instance failed / was stored).
     if failed:
@@ -57,6 +55,16 @@ def stow_response(outcomes: list[InstanceOutcome], dicomweb_root: str, study_uid
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
     return body
+
+
+def _study_retrieve_url(outcomes: list[InstanceOutcome], root: str, study_uid: str | None) -> dict[str, Any]:
+    """The study's Retrieve URL, Type 2 (PS3.18 Table I.1-1), so always there:
+    the study the request named, else the one study of what it stored;
+    empty when what it stored spans studies, or nothing was stored."""
+    if study_uid is None:
+        stored = {outcome.study_instance_uid for outcome in outcomes if outcome.stored}
+        study_uid = stored.pop() if len(stored) == 1 else None
+    return {"vr": "UR", "Value": [f"{root}/studies/{study_uid}"]} if study_uid else {"vr": "UR"}
 
 
 def _uid_element(value: str | None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom.errors import DicomError
-from dicom.instance import InstanceDescription, describe_dataset, describe_instance
+from dicom.instance import InstanceDescription, claimed_sop_uids, describe_dataset, describe_instance
 from dicom.stow import FailureReason, InstanceOutcome
 from server import index
 from server.db import database_out_of_room, write_connection
@@ -43,6 +43,10 @@ class PreparedFile:
     received: ReceivedFile
     description: InstanceDescription | None
     problem: str | None
+    # For a payload that could not be described: the SOP Class and Instance
+    # UIDs its file meta names, so that its Failed SOP Sequence item names it
+    # (both are Type 1 there, PS3.18 Table 10.5.3-3).
+    claimed_uids: tuple[str | None, str | None] = (None, None)
 
 
 def prepare(received: ReceivedFile, written: Dataset | None = None) -> PreparedFile:
@@ -52,13 +56,17 @@ def prepare(received: ReceivedFile, written: Dataset | None = None) -> PreparedF
         description = describe_instance(received.temp_path) if written is None else describe_dataset(written)
         return PreparedFile(received, description, None)
     except DicomError as error:
-        return PreparedFile(received, None, error.message)
+        return _refused(received, error.message)
     except OSError as error:
-        return PreparedFile(received, None, f"could not read the payload: {error.strerror}")
+        return _refused(received, f"could not read the payload: {error.strerror}")
     except Exception as error:  # noqa: BLE001
         # pydicom signals malformed input with many exception types; any of
         # them means "cannot understand" for this one payload, not a 500.
-        return PreparedFile(received, None, f"not a readable DICOM file ({type(error).__name__})")
+        return _refused(received, f"not a readable DICOM file ({type(error).__name__})")
+
+
+def _refused(received: ReceivedFile, problem: str) -> PreparedFile:
+    return PreparedFile(received, None, problem, claimed_sop_uids(received.temp_path))
 
 
 def prepare_dataset(files: FileStore, dataset: Dataset) -> PreparedFile:
@@ -81,9 +89,7 @@ class _Candidate:
     outcome: InstanceOutcome | None = None
 
 
-def _outcome(description: InstanceDescription | None, **extra: object) -> InstanceOutcome:
-    if description is None:
-        return InstanceOutcome(None, None, None, None, **extra)  # type: ignore[arg-type]
+def _outcome(description: InstanceDescription, **extra: object) -> InstanceOutcome:
     return InstanceOutcome(
         sop_class_uid=description.instance.sop_class_uid,
         sop_instance_uid=description.instance.sop_instance_uid,
@@ -117,7 +123,9 @@ class Ingestor:
         for position, prepared in enumerate(batch):
             description = prepared.description
             if description is None:
-                outcomes[position] = _outcome(None, failure=FailureReason.CANNOT_UNDERSTAND, detail=prepared.problem)
+                outcomes[position] = InstanceOutcome(
+                    *prepared.claimed_uids, None, None, failure=FailureReason.CANNOT_UNDERSTAND, detail=prepared.problem
+                )
             elif required_study_uid is not None and description.study.study_instance_uid != required_study_uid:
                 outcomes[position] = _outcome(
                     description,

@@ -274,6 +274,21 @@ def test_retrieve_compressed_frame_as_stored(dicomweb: DICOMwebClient) -> None:
     assert frame == codestream
 
 
+@pytest.mark.parametrize("media_type", ["image/dicom-rle", "image/x-dicom-rle"])
+def test_retrieve_rle_frames_by_either_name_the_client_knows(dicomweb: DICOMwebClient, media_type: str) -> None:
+    """The client offers the RLE media type by its name in PS3.18 and by its
+    older one (the JavaScript client knows only that): both get the frames as stored."""
+    original = read(bundled_file("SC_rgb_rle_2frame.dcm"))
+    dicomweb.store_instances([original])
+
+    frames = dicomweb.retrieve_instance_frames(
+        *uids(original), frame_numbers=[2, 1], media_types=((media_type, original.file_meta.TransferSyntaxUID),)
+    )
+
+    stored = list(pydicom.encaps.generate_frames(original.PixelData, number_of_frames=2))
+    assert frames == [stored[1], stored[0]]
+
+
 def assert_varied_image(data: bytes, image_format: str) -> None:
     image = Image.open(io.BytesIO(data))
     assert image.format == image_format

@@ -210,6 +210,28 @@ def test_time_ranges_pad_to_full_precision():
     assert only(parse("study", ("StudyTime", "103000.5-103000.5"))).high == "103000.599999"
 
 
+def test_datetimes_west_of_utc_in_values_and_ranges():
+    """PS3.4 C.2.2.2.5.1 lets either end of a DT range carry an offset, so a
+    `-` either separates the ends or starts an offset west of UTC."""
+    key = "ScheduledProcedureStepStartDateTime"
+
+    def bounds(value: str) -> tuple[str | None, str | None]:
+        condition = only(parse("workitem", (key, value)))
+        return condition.low, condition.high
+
+    assert bounds("20240601030000-0500") == ("20240601080000.000000", "20240601080000.999999")
+    assert bounds("20240601000000-0500-20240601040000-0500") == ("20240601050000.000000", "20240601090000.999999")
+    assert bounds("20240601000000-0500-") == ("20240601050000.000000", None)
+    assert bounds("-20240601040000-0500") == (None, "20240601090000.999999")
+    assert bounds("20240601000000+0200-20240601040000-0500") == ("20240531220000.000000", "20240601090000.999999")
+    # Read as ranges before offsets were read, and so still.
+    assert bounds("20240501-20240531") == ("20240501000000.000000", "20240531235959.999999")
+    assert bounds("1000-1100") == ("10000101000000.000000", "11001231235959.999999")
+    too_long = "2024-" * 3000
+    for bad in ("2024-05", "20240601-0500-20240501", "20240601000000-0500-20240601000000-0600-", "-", "--", too_long):
+        rejects("workitem", (key, bad), naming=key)
+
+
 @pytest.mark.parametrize(
     "key,value",
     [

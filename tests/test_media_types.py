@@ -40,6 +40,16 @@ def test_ohif_style_multipart_ranges() -> None:
     assert inner_type(MediaRange("application/dicom", {"type": "x/y"}, 1.0)) is None
 
 
+def test_legacy_rle_and_jpeg_ls_names_read_as_the_current_ones() -> None:
+    ranges = parse_accept(
+        ['multipart/related; type="image/x-dicom-rle"; transfer-syntax=1.2.840.10008.1.2.5, image/X-JLS; q=0.5']
+    )
+    assert [(r.media_type, inner_type(r)) for r in ranges] == [
+        ("multipart/related", "image/dicom-rle"),
+        ("image/jls", None),
+    ]
+
+
 @pytest.mark.parametrize("bad", ["a/b;q=2", "a/b;q=x", "a/b;q=0.1234", "a/b;q=-1", "nonsense", 'a/b;x="open'])
 def test_invalid_accept_is_invalid_request(bad: str) -> None:
     with pytest.raises(InvalidRequest):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import CTImageStorage, generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
@@ -74,6 +74,20 @@ def test_partial_success_is_202(client, services):
     assert _count(services) == 1
 
 
+def test_the_study_retrieve_url_is_always_in_the_answer(client):
+    """Type 2 in PS3.18 Table I.1-1: the one study stored, else empty."""
+    study = generate_uid()
+
+    def answer(payloads: list[bytes]) -> dict:
+        body, content_type = multipart_body(payloads)
+        return client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).json()
+
+    one_study = answer([make_ct(study_uid=study), make_ct(study_uid=study), b"this is not DICOM at all" * 10])
+    assert one_study["00081190"] == {"vr": "UR", "Value": [f"http://testserver/dicom-web/studies/{study}"]}
+    assert answer([make_ct(), make_ct()])["00081190"] == {"vr": "UR"}
+    assert answer([b"this is not DICOM at all" * 10])["00081190"] == {"vr": "UR"}
+
+
 @pytest.mark.parametrize("one_request", [False, True])
 def test_a_series_uid_already_in_another_study_is_refused(client, services, one_request):
     """In one request the instances are stored in study order, so the study whose UID sorts first keeps the series."""
@@ -130,6 +144,41 @@ def test_a_nul_inside_a_text_value_fails_only_its_instance(client, services):
     [failed] = response.json()["00081198"]["Value"]
     assert failed["00081197"]["Value"] == [0xC000]
     assert _count(services) == 2
+
+
+def test_a_refused_payload_is_named_by_the_uids_its_file_meta_claims(client, services):
+    """Several payloads refused as unreadable can be told apart: each failed
+    item names the SOP Class and Instance UIDs of its file meta (Type 1 in
+    PS3.18 Table 10.5.3-3); a payload without readable meta names none."""
+    nul_uid, truncated_uid = generate_uid(), generate_uid()
+    nested = _nested_ct(90)
+    nested_uid = pydicom.dcmread(io.BytesIO(nested)).file_meta.MediaStorageSOPInstanceUID
+    payloads = [
+        make_ct(sop_uid=nul_uid, PatientID="BAD\x00NUL"),
+        nested,
+        make_ct(sop_uid=truncated_uid, size=64)[:-3000],
+        b"this is not DICOM at all" * 10,
+    ]
+    body, content_type = multipart_body(payloads)
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 409, response.text
+    failed = response.json()["00081198"]["Value"]
+    named = [(item["00081150"].get("Value"), item["00081155"].get("Value")) for item in failed]
+    ct = [CTImageStorage]
+    assert named == [(ct, [nul_uid]), (ct, [nested_uid]), (ct, [truncated_uid]), (None, None)]
+    assert [item["00081197"]["Value"] for item in failed] == [[0xC000]] * 4
+
+
+def test_why_a_part_was_refused_is_logged(client, caplog):
+    """The response says only 0xC000; the log says what was wrong with which part."""
+    sop_uid = generate_uid()
+    body, content_type = multipart_body([make_ct(), make_ct(sop_uid=sop_uid, PatientID="BAD\x00NUL")])
+    with caplog.at_level("WARNING", logger="server.dicomweb.stow"):
+        response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 202, response.text
+    [message] = [record.getMessage() for record in caplog.records if record.name == "server.dicomweb.stow"]
+    assert f"part 2 (SOP Instance UID {sop_uid}) with FailureReason C000" in message
+    assert "(0010,0020) holds a NUL character" in message
 
 
 def test_a_text_that_spells_an_escaped_nul_is_kept(client, services):

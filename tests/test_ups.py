@@ -279,6 +279,10 @@ def test_workitems_are_searched_as_qido_searches(queued):
     assert found(SOPInstanceUID=f"{derived},{second}") == [second, derived]
     assert found(ScheduledProcedureStepStartDateTime="20240501-20240531") == [first]
     assert found(ScheduledProcedureStepStartDateTime="2024060108") == [second]  # 10:00 at +02:00 is 08:00 UTC
+    # West of UTC, as a value and as both ends of a range: 03:00 at -05:00 is 08:00 UTC.
+    assert found(ScheduledProcedureStepStartDateTime="20240601030000-0500") == [second]
+    assert found(ScheduledProcedureStepStartDateTime="20240601020000-0500-20240601040000-0500") == [second]
+    assert found(ScheduledProcedureStepStartDateTime="-20240601020000-0500") == [first]
     assert found(ScheduledProcedureStepPriority="HIGH") == [first, second]
     assert found(PatientID="nobody") == []
 

@@ -362,6 +362,18 @@ def test_the_pixel_data_of_a_video_is_its_stream_in_its_video_media_type(client,
     assert client.get(uri, headers={"Accept": 'multipart/related; type="image/jpeg"'}).status_code == 406
 
 
+def test_an_mpeg2_video_is_sent_to_a_client_that_asks_for_it_by_its_older_name(client):
+    """Both dicomweb-clients (Python and JavaScript) ask for MPEG-2 as video/mpeg2."""
+    syntax, fragments = "1.2.840.10008.1.2.4.100", [b"\x00\x00\x01\xb3a stream"]
+    payload = _video(syntax, fragments)
+    stow(client, [payload])
+    study, series, sop = uids_of(payload)
+    uri = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/bulkdata/7FE00010"
+    response = client.get(uri, headers={"Accept": f'multipart/related; type="video/mpeg2"; transfer-syntax={syntax}'})
+    assert response.status_code == 200, response.text
+    assert split_multipart(response) == [(f"video/mpeg; transfer-syntax={syntax}", b"".join(fragments))]
+
+
 def test_a_frame_list_longer_than_the_instance_has_frames_is_400(client):
     payload = make_ct(size=64)
     stow(client, [payload])

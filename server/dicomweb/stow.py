@@ -6,6 +6,7 @@ nothing behind.
 """
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 import orjson
@@ -33,6 +34,8 @@ from server.dicomweb.context import (
 from server.ingest import PreparedFile, prepare
 from server.services import Services
 from server.storage import ReceivedFile, TempFileWriter, disk_out_of_room
+
+log = logging.getLogger(__name__)
 
 DICOM_MEDIA_TYPE = "application/dicom"
 
@@ -168,10 +171,24 @@ async def store_instances(request: Request, services: Services, study_uid: str |
         else InstanceOutcome(None, None, None, None, failure=part.failure, detail=part.detail)
         for part in parts
     ]
+    _log_refusals(outcomes)
     body = stow_response(outcomes, dicomweb_root(request), study_uid)
     if model == DICOM_XML:
         return Response(native_xml(body), status_code=stow_status(outcomes), media_type=DICOM_XML)
     return Response(orjson.dumps(body), status_code=stow_status(outcomes), media_type=DICOM_JSON)
+
+
+def _log_refusals(outcomes: list[InstanceOutcome]) -> None:
+    """Why each refused part was refused: the response carries only a
+    FailureReason code (PS3.18 Table 10.5.3-3), which says "cannot
+    understand" for a dozen causes an administrator must tell apart."""
+    for position, outcome in enumerate(outcomes, start=1):
+        if outcome.failure is not None:
+            reason = outcome.detail or outcome.failure.name
+            log.warning(
+                "STOW-RS refused part %d (SOP Instance UID %s) with FailureReason %04X: %s",
+                position, outcome.sop_instance_uid or "unknown", outcome.failure, reason,
+            )
 
 
 def _response_model(request: Request) -> str:
