@@ -99,8 +99,9 @@ _INSTANCE = (
     _a("InstanceAvailability", 0x00080056, "CS", matching=False, computed=True),
     _a("TimezoneOffsetFromUTC", 0x00080201, "SH", matching=False),
     _a("RetrieveURL", 0x00081190, "UR", matching=False, computed=True),
-    # The transfer syntaxes the server can deliver: from the stored file's meta
-    # information and our transcoders, not from the data set.
+    # The syntax the instance is stored in, from its file's meta information,
+    # not from the data set: the one it is sure to be delivered in (what it can
+    # be transcoded into depends on the codecs and on its pixel data).
     _a("AvailableTransferSyntaxUID", 0x00083002, "UI", matching=False, computed=True),
     _a("InstanceNumber", 0x00200013, "IS"),
     _a("Rows", 0x00280010, "US", matching=False),
