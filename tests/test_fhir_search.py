@@ -340,6 +340,16 @@ def test_elements(fhir, population):
     assert set(resource) == {"resourceType", "id", "meta", "status", "code", "valueQuantity"}
 
 
+def test_elements_keeps_no_element_that_merely_starts_with_the_name_asked_for(fhir, services):
+    seed(services, {"resourceType": "DiagnosticReport", "id": "rc", "status": "final", "code": {"text": "CT"},
+                    "conclusion": "normal", "conclusionCode": [{"text": "normal"}], "effectiveDateTime": "2024"})
+    bundle = _search(fhir, "/fhir/DiagnosticReport", _elements="conclusion")
+    [resource] = [entry["resource"] for entry in bundle["entry"]]
+    assert set(resource) == {"resourceType", "id", "meta", "status", "code", "conclusion"}
+    read = fhir.get("/fhir/DiagnosticReport/rc", params={"_elements": "effective"}).json()
+    assert set(read) == {"resourceType", "id", "meta", "status", "code", "effectiveDateTime"}
+
+
 def test_total_modes(fhir, population):
     assert "total" not in _search(fhir, "/fhir/Observation", _total="none")
     assert _search(fhir, "/fhir/Observation", _total="accurate")["total"] == 4
