@@ -300,8 +300,8 @@ async def create(request: Request, resource_type: str) -> Response:
         return _version_response(request, version, 201, location=True, written=True)
     version, created = await run_in_threadpool(
         retried_on_conflict,
-        partial(create_if_none_exist, fhir, resource_type, body, condition.removeprefix(f"{resource_type}?"),
-                fhir_base(request), _search_authorizer(request)),
+        partial(create_if_none_exist, fhir, resource_type, body, condition, fhir_base(request),
+                _search_authorizer(request)),
     )
     return _version_response(request, version, 201 if created else 200, location=created, written=created)
 
