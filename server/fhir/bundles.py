@@ -288,6 +288,10 @@ def _run(
     if url.startswith(f"{base}/"):
         url = url[len(base) + 1 :]
     path, _, query = url.partition("?")
+    if "://" in path:
+        raise InvalidRequest(
+            f"{url[:100]!r} is not on this server: request.url is relative to {base}, or starts with it"
+        )
     parts = path.strip("/").split("/")
     if "" in parts:  # `Task//x` is no URL of Task/x
         raise InvalidRequest(f"{url[:100]!r} has an empty path segment")
