@@ -246,6 +246,11 @@ def test_post_search_equals_get(fhir, population):
     posted = fhir.post("/fhir/Observation/_search", data={"code": "1111-1"})
     assert posted.status_code == 200
     assert sorted(ids(posted.json())) == ["o1", "o3"]
+    in_the_url = fhir.post("/fhir/Observation/_search", params={"code": "1111-1"})  # no body, so no type
+    assert in_the_url.status_code == 200, in_the_url.text
+    assert sorted(ids(in_the_url.json())) == ["o1", "o3"]
+    as_json = fhir.post("/fhir/Observation/_search", json={"code": "1111-1"})
+    assert as_json.status_code == 415, as_json.text
 
 
 # --- _sort -----------------------------------------------------------------------
