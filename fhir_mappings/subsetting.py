@@ -5,7 +5,10 @@ elements (so that it still validates) and `id` and `meta`, and is marked
 with the SUBSETTED tag as the spec requires.
 """
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
+from types import MappingProxyType
 from typing import Any
 
 from fhir_mappings import fhir_json
@@ -16,10 +19,19 @@ SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValu
 _ALWAYS = frozenset(("resourceType", "id", "meta"))
 
 
+@dataclass(frozen=True)
+class _Elements:
+    """What subsetting needs to know of a type's elements, as JSON names."""
+
+    summary: frozenset[str]
+    mandatory: frozenset[str]
+    # Each variant of a choice element, with the name it is asked for by: valueQuantity -> value.
+    choices: Mapping[str, str]
+
+
 @cache
-def _elements_of(resource_type: str) -> tuple[frozenset[str], frozenset[str]]:
-    """(summary elements, mandatory elements) of a type, as JSON names (choice types expanded)."""
-    summary, mandatory = set(), set()
+def _elements_of(resource_type: str) -> _Elements:
+    summary, mandatory, choices = set(), set(), {}
     for name, field in model_class(resource_type).model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         json_name = field.alias or name
@@ -27,18 +39,23 @@ def _elements_of(resource_type: str) -> tuple[frozenset[str], frozenset[str]]:
             summary.add(json_name)
         if field.is_required() or extra.get("element_required"):
             mandatory.add(json_name)
-    return frozenset(summary), frozenset(mandatory)
+        if isinstance(extra.get("one_of_many"), str):
+            choices[json_name] = extra["one_of_many"]
+    return _Elements(frozenset(summary), frozenset(mandatory), MappingProxyType(choices))
 
 
 def subset(resource: dict[str, Any], summary: Summary, elements: tuple[str, ...]) -> dict[str, Any]:
     """The resource as `_summary`/`_elements` ask; unchanged when neither does."""
-    resource_type = resource["resourceType"]
-    summary_names, mandatory = _elements_of(resource_type)
+    known = _elements_of(resource["resourceType"])
+    summary_names, mandatory = known.summary, known.mandatory
     if elements:
         keep = set(elements) | mandatory | _ALWAYS
-        # A choice element is asked for by its base name (value for valueQuantity).
-        chosen = {key for key in resource if any(key.startswith(name) and key[len(name):][:1].isupper() for name in elements)}
-        result = {key: value for key, value in resource.items() if key in keep or key in chosen or key.lstrip("_") in keep}
+        # A choice element is asked for by its base name (value for valueQuantity); an element that merely
+        # starts with an asked-for name (statusReason, conclusionCode) is another element.
+        result = {
+            key: value for key, value in resource.items()
+            if key.lstrip("_") in keep or known.choices.get(key.lstrip("_")) in keep
+        }
     elif summary is Summary.TRUE:
         result = {key: value for key, value in resource.items() if key.lstrip("_") in summary_names | mandatory | _ALWAYS}
     elif summary is Summary.TEXT:

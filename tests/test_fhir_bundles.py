@@ -235,6 +235,18 @@ def test_batch_reports_each_entry(fhir):
     assert fhir.get("/fhir/Task/existing").status_code == 410
 
 
+def test_an_entry_url_of_another_server_is_refused_as_such(fhir):
+    for url in ("http://other.example/fhir/Task", "https://testserver/fhir/Task"):
+        batch = _post(fhir, "batch", [{"resource": TASK, "request": {"method": "POST", "url": url}}]).json()
+        [entry] = batch["entry"]
+        assert entry["response"]["status"] == "400"
+        assert "not on this server" in entry["response"]["outcome"]["issue"][0]["diagnostics"], entry
+        transaction = _post(fhir, "transaction", [{"request": {"method": "GET", "url": f"{url}/1"}}])
+        assert transaction.status_code == 400 and "not on this server" in transaction.text, transaction.text
+    assert _post(fhir, "batch", [{"request": {"method": "GET", "url": "http://testserver/fhir/Task"}}]).json()[
+        "entry"][0]["response"]["status"] == "200 OK"
+
+
 def test_bundle_errors(fhir):
     assert _post(fhir, "collection", []).status_code == 400
     assert fhir.post("/fhir", json={"resourceType": "Task"}).status_code == 400

@@ -68,6 +68,22 @@ def test_batch_and_transaction_entries_create_if_none_exist(fhir):
     assert _total(fhir) == 2
 
 
+def test_an_entrys_if_none_exist_may_name_its_type_or_url_as_the_header_may(fhir):
+    assert fhir.post("/fhir/Task", json=TASK).status_code == 201
+    for condition in (f"Task?{CONDITION}", f"http://testserver/fhir/Task?{CONDITION}"):
+        assert fhir.post("/fhir/Task", json=TASK, headers={"If-None-Exist": condition}).status_code == 200, condition
+        entry = {"resource": TASK, "request": {"method": "POST", "url": "Task", "ifNoneExist": condition}}
+        for kind in ("batch", "transaction"):
+            answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": kind, "entry": [entry]})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["entry"][0]["response"]["status"][:3] == "200", (kind, condition, answer.text)
+    # Two entries with one condition, however written, fail the transaction (R4 http.html#trules).
+    twice = [{"resource": TASK, "request": {"method": "POST", "url": "Task", "ifNoneExist": condition}}
+             for condition in (CONDITION, f"Task?{CONDITION}")]
+    assert fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": twice}).status_code == 400
+    assert _total(fhir) == 1
+
+
 def test_concurrent_transactions_with_one_condition_make_one_resource(fhir):
     entry = {"resource": TASK, "request": {"method": "POST", "url": "Task", "ifNoneExist": CONDITION}}
     statuses: list[str] = []

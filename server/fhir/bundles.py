@@ -31,6 +31,7 @@ from server.fhir.conditional import (
     condition_key,
     create_if_none_exist,
     delete_where,
+    if_none_exist_query,
     matching_ids,
     serialize_condition,
     the_match,
@@ -220,6 +221,8 @@ def _conditions(entries: list[dict[str, Any]], base: str) -> dict[int, tuple[str
         if query is not None and request["method"] != "POST":
             raise InvalidRequest(f"entry {position}: ifNoneExist belongs to a POST (a create)")
         resource_type = _path(request["url"], base).strip("/")
+        if query is not None:
+            query = if_none_exist_query(resource_type, query, base)
         # `[type]?[query]`; `Task/x?_format=json` is a plain update or delete with general parameters.
         conditional = request["method"] in ("PUT", "DELETE") and "?" in request["url"] and "/" not in resource_type
         if query is None and conditional:
@@ -285,6 +288,10 @@ def _run(
     if url.startswith(f"{base}/"):
         url = url[len(base) + 1 :]
     path, _, query = url.partition("?")
+    if "://" in path:
+        raise InvalidRequest(
+            f"{url[:100]!r} is not on this server: request.url is relative to {base}, or starts with it"
+        )
     parts = path.strip("/").split("/")
     if "" in parts:  # `Task//x` is no URL of Task/x
         raise InvalidRequest(f"{url[:100]!r} has an empty path segment")

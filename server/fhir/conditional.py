@@ -53,6 +53,15 @@ def matching_ids(
     return [row.resource_id for row in page.matches]
 
 
+def if_none_exist_query(resource_type: str, condition: str, base: str) -> str:
+    """The query of an If-None-Exist header or an entry's ifNoneExist. R4 has
+    it the part after the `?`; clients also send `Type?query` or the whole
+    URL (as a conditional update's is), which a header took and a Bundle
+    entry refused as an unknown parameter `Type?name`."""
+    path, mark, query = condition.partition("?")
+    return query if mark and path in (resource_type, f"{base}/{resource_type}") else condition
+
+
 def create_if_none_exist(
     service: FhirService, resource_type: str, body: Any, query: str, base: str,
     authorize_search: Callable[[SearchRequest], None], connection: Connection | None = None,
@@ -60,6 +69,7 @@ def create_if_none_exist(
     """The resource `query` matches, or else `body` created; and whether it
     was created. Several matches are 412, as R4 has it."""
     service.require_writable(resource_type)
+    query = if_none_exist_query(resource_type, query, base)
     with writing(service.engine, connection) as session:
         match = the_match(service, resource_type, query, base, session, authorize_search)
         if match is not None:

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
-from fhir_mappings.errors import Forbidden, InvalidRequest
+from fhir_mappings.errors import Forbidden, InvalidRequest, UnsupportedMediaType
 from fhir_mappings.operation_parameters import parameter_pairs
 from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import require_id, resource_json, validated
@@ -234,9 +234,14 @@ async def search(request: Request, resource_type: str) -> Response:
 @router.post("/{resource_type}/_search")
 async def search_by_post(request: Request, resource_type: str) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        raise InvalidRequest("POST _search takes application/x-www-form-urlencoded parameters")
+    # A body of another type is one the server does not take (415); no body at all leaves the parameters to the URL.
+    if content_type not in ("application/x-www-form-urlencoded", ""):
+        raise UnsupportedMediaType(
+            f"POST _search takes application/x-www-form-urlencoded parameters, not {content_type[:100]}"
+        )
     form = await read_body(request, services(request).settings.fhir_max_body_bytes)
+    if form and not content_type:
+        raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters: say so")
     return await _run_search(request, [resource_type], _search_pairs(request) + form_pairs(form))
 
 
@@ -303,8 +308,8 @@ async def create(request: Request, resource_type: str) -> Response:
         return _version_response(request, version, 201, location=True, written=True)
     version, created = await run_in_threadpool(
         retried_on_conflict,
-        partial(create_if_none_exist, fhir, resource_type, body, condition.removeprefix(f"{resource_type}?"),
-                fhir_base(request), _search_authorizer(request)),
+        partial(create_if_none_exist, fhir, resource_type, body, condition, fhir_base(request),
+                _search_authorizer(request)),
     )
     return _version_response(request, version, 201 if created else 200, location=created, written=created)
 

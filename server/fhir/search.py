@@ -111,7 +111,7 @@ class Searcher:
                 if counted_with_page:
                     total = counted
                 elif cursor_token is None:
-                    total = self._total(session, request)
+                    total = _within_what_was_seen(self._total(session, request), len(rows), has_more)
                 else:
                     total = state.get("total")
             included, cut = self._includes(session, request, rows)
@@ -283,6 +283,15 @@ class Searcher:
             )
             found += [Row(r.id, r.resource_type, r.resource_id, r.resource_json) for r in connection.execute(statement)]
         return found
+
+
+def _within_what_was_seen(estimate: int | None, shown: int, has_more: bool) -> int | None:
+    """A first page's estimated total, no lower than the matches the page
+    holds and no other than their number when it holds them all: the
+    planner's guess on a small table is often 1 (PostgreSQL)."""
+    if estimate is None:
+        return None
+    return max(estimate, shown + 1) if has_more else shown
 
 
 def page_links(
