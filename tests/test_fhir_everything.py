@@ -98,6 +98,28 @@ def test_everything_pages_neither_repeat_nor_skip(fhir, charts, services):
     assert "entry" not in _get(fhir, "/fhir/Patient/pa/$everything", _count="0", _type=RECORDS)
 
 
+def test_paging_one_at_a_time_ends_though_each_page_read_is_recorded_in_the_compartment(fhir, charts):
+    """Each page's AuditEvent is in the patient's compartment: pages after the
+    first show only the AuditEvents there were when it was read, so a client
+    paging one at a time gets to the end instead of reading, on each page, the
+    record of reading the one before."""
+    _get(fhir, "/fhir/Patient/pa/$everything", _type=RECORDS)  # a record of an access before the paging
+    bundle = _get(fhir, "/fhir/Patient/pa/$everything", _count="1")
+    pages = 1
+    while link(bundle, "next") and pages < 50:
+        bundle = _get(fhir, link(bundle, "next").removeprefix("http://testserver"))
+        pages += 1
+    assert link(bundle, "next") is None, "still paging after 50 pages"
+    # The patient, its 6 records, and the AuditEvents of the accesses before the paging began.
+    assert 8 <= pages < 20
+    searched = _get(fhir, "/fhir/AuditEvent", patient="Patient/pa", _count="1")
+    pages = 1
+    while link(searched, "next") and pages < 50:
+        searched = _get(fhir, link(searched, "next").removeprefix("http://testserver"))
+        pages += 1
+    assert link(searched, "next") is None, "still paging AuditEvent after 50 pages"
+
+
 @pytest.mark.parametrize("count", ["1", "2", "5"])
 def test_pages_of_any_size_hold_the_whole_compartment_in_order_each_once(fhir, charts, services, count):
     # A resource that names the patient twice is still one member.

@@ -25,7 +25,7 @@ from fhir_mappings.patient_compartment import (
 from fhir_mappings.search_query import Summary, parse_search
 from server.db import reading
 from server.fhir.search import Row, SearchPage, page_links
-from server.fhir.search_sql import RESOURCES, condition_clause, held_by
+from server.fhir.search_sql import RECORDS_OF_READING, RESOURCES, condition_clause, held_by, records_so_far
 from server.fhir.service import FhirService
 from server.fhir.visibility import Visibility
 from server.tables import fhir_references, fhir_resources
@@ -54,16 +54,20 @@ def everything(
     types, warnings = _types_shown(request, may_search)
     warnings += [f"unknown parameter {name!r} was ignored" for name in request.ignored]
     position = state.get("position")  # signed with the cursor: as this function wrote it
+    upto = state.get("upto")
     with reading(service.engine) as session:
         service.store.read("Patient", patient_id, session)  # 404 or 410 for a patient not here
-        fetched = session.execute(_page(request, types, position, service.visibility)).all() if request.count else []
-    has_more = len(fetched) > request.count
+        page = _page(request, types, position, service.visibility, upto)
+        fetched = session.execute(page).all() if request.count else []
+        has_more = len(fetched) > request.count
+        if has_more and cursor_token is None:
+            upto = records_so_far(session)
     fetched = fetched[: request.count]
     rows = [Row(row.id, row.resource_type, row.resource_id, row.resource_json) for row in fetched]
     last = [fetched[-1].k0, fetched[-1].id] if has_more and fetched else None
     # No total: counting a compartment of thousands (each access to the patient adds an AuditEvent to it)
     # costs many times a page, which reads no further than itself.
-    links = _links(service, request, base, cursor_token, last)
+    links = _links(service, request, base, cursor_token, last, upto)
     return SearchPage((Summary.FALSE, ()), request.parameters, rows, [], None, links, warnings)
 
 
@@ -81,12 +85,14 @@ def _types_shown(request: EverythingRequest, may_search: Callable[[str], bool]) 
 
 
 def _page(
-    request: EverythingRequest, types: list[str], position: list[int] | None, visibility: Visibility
+    request: EverythingRequest, types: list[str], position: list[int] | None, visibility: Visibility,
+    upto: int | None,
 ) -> Select[Any]:
     """The page after `position`: the Patient (on the first page), and a page
-    of the compartment's members past the position, in the order of all."""
+    of the compartment's members past the position, in the order of all;
+    those of RECORDS_OF_READING no further than `upto`."""
     compartment = [resource_type for resource_type in types if resource_type != "Patient"]
-    members = [_members(request, compartment, position, visibility)] if compartment else []
+    members = [_members(request, compartment, position, visibility, upto)] if compartment else []
     if "Patient" in types and position is None:  # the first row of all, so behind any cursor
         members.append(select(_MEMBERS.c.id).where(
             _MEMBERS.c.resource_type == "Patient", _MEMBERS.c.resource_id == request.patient_id,
@@ -102,13 +108,15 @@ def _page(
 
 
 def _members(
-    request: EverythingRequest, types: list[str], position: list[int] | None, visibility: Visibility
+    request: EverythingRequest, types: list[str], position: list[int] | None, visibility: Visibility,
+    upto: int | None,
 ) -> Select[Any]:
     """The ids of at most a page of the compartment's members of `types` that
     the request keeps, past `position`: the resources that name the patient,
     in the order they were written, from one range of the reference index
     (`ix_fhir_references_lookup`), which stops once a page is found."""
-    kept = [and_(_MEMBERS.c.resource_type == resource_type, *_care_window(request, resource_type))
+    kept = [and_(_MEMBERS.c.resource_type == resource_type, *_care_window(request, resource_type),
+                 *([_MEMBERS.c.id <= upto] if upto is not None and resource_type in RECORDS_OF_READING else []))
             for resource_type in types]
     member = (
         select(fhir_references.c.resource_pk.label("id"))
@@ -153,11 +161,13 @@ def _care_window(request: EverythingRequest, resource_type: str) -> list[Any]:
 
 def _links(
     service: FhirService, request: EverythingRequest, base: str, cursor_token: str | None,
-    next_position: list[int] | None,
+    next_position: list[int] | None, upto: int | None,
 ) -> dict[str, str]:
     search = {
         "operation": _OPERATION, "patient": request.patient_id, "params": [list(pair) for pair in request.parameters]
     }
+    if upto is not None:
+        search["upto"] = upto
     links, cursor_url = page_links(
         service.cursors, f"{base}/Patient/{request.patient_id}/$everything", search, request.parameters,
         request.count, cursor_token,

@@ -28,10 +28,12 @@ from server.db import reading
 from server.fhir.cursor import CursorCodec
 from server.fhir.search_sql import (
     COUNTED,
+    RECORDS_OF_READING,
     RESOURCES,
     after,
     condition_clause,
     order_by,
+    records_so_far,
     sort_parts,
     where_current,
 )
@@ -101,13 +103,16 @@ class Searcher:
         if authorize is not None:
             authorize(request)
         counted_with_page = cursor_token is None and request.total is Total.ACCURATE
+        upto = state.get("upto")
         with reading(self.engine, connection) as session:
             if request.summary is Summary.COUNT or request.count == 0:
                 rows, keys, has_more, total = [], [], False, self._total(session, request)
             else:
                 rows, keys, has_more, counted = self._page(
-                    session, request, state.get("position"), bool(state.get("backwards")), counted_with_page
+                    session, request, state.get("position"), bool(state.get("backwards")), counted_with_page, upto
                 )
+                if has_more and cursor_token is None and request.resource_type in RECORDS_OF_READING:
+                    upto = records_so_far(session)
                 if counted_with_page:
                     total = counted
                 elif cursor_token is None:
@@ -115,7 +120,7 @@ class Searcher:
                 else:
                     total = state.get("total")
             included, cut = self._includes(session, request, rows)
-        links = self._links(request, base, cursor_token, keys, has_more, state, total)
+        links = self._links(request, base, cursor_token, keys, has_more, state, total, upto)
         warnings = [f"unknown search parameter {name!r} was ignored" for name in request.ignored]
         if cut is not None:
             warnings.append(cut)
@@ -155,12 +160,14 @@ class Searcher:
 
     def _page(
         self, connection: Connection, request: SearchRequest, position: list[Any] | None, backwards: bool,
-        count_all: bool,
+        count_all: bool, upto: int | None,
     ) -> tuple[list[Row], list[list[Any]], bool, int | None]:
         """A page of rows, each row's sort-key values, whether more lie beyond
         it, and (with `count_all`) how many rows match in all: counted by a
         subquery of the same statement, which saves the count a round trip of
-        its own (and, unlike a window, never fetches the rows it counts)."""
+        its own (and, unlike a window, never fetches the rows it counts).
+        `upto`: the last resource row of RECORDS_OF_READING that the search's
+        first page could see."""
         resources = RESOURCES
         parts = sort_parts(request.sort, resources)
         counted = [self._matches(request).label("matches")] if count_all else []
@@ -177,6 +184,8 @@ class Searcher:
             if len(position) != len(parts):
                 raise _tampered()
             statement = statement.where(after(parts, position, backwards))
+        if upto is not None:
+            statement = statement.where(resources.c.id <= upto)
         fetched = connection.execute(statement).all()
         has_more = len(fetched) > request.count
         fetched = fetched[: request.count]
@@ -189,9 +198,11 @@ class Searcher:
 
     def _links(
         self, request: SearchRequest, base: str, cursor_token: str | None, keys: list[list[Any]], has_more: bool,
-        state: dict[str, Any], total: int | None,
+        state: dict[str, Any], total: int | None, upto: int | None,
     ) -> dict[str, str]:
         common = {"type": request.resource_type, "params": [list(pair) for pair in request.parameters], "total": total}
+        if upto is not None:
+            common["upto"] = upto
         links, cursor_url = page_links(
             self.cursors, f"{base}/{request.resource_type}", common, request.parameters, request.count, cursor_token
         )

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Integer,
     String,
     and_,
@@ -71,6 +72,18 @@ _SORT_COLUMNS = {
 # an alias is immutable, and making one costs more than compiling the query.
 RESOURCES = fhir_resources.alias("r")
 COUNTED = fhir_resources.alias("c")
+# Types that reading adds to: each request is recorded as an AuditEvent, in
+# the compartment of each patient it read. Paged past its first page, a
+# search of them sees only the rows there were then (`records_so_far`): else
+# a client paging one at a time reads, on each page, the record of reading
+# the one before, and never gets to the end.
+RECORDS_OF_READING = frozenset(("AuditEvent",))
+
+
+def records_so_far(connection: Connection) -> int:
+    """The last resource row written, that later pages of a search of
+    RECORDS_OF_READING go no further than."""
+    return int(connection.execute(select(func.max(fhir_resources.c.id))).scalar() or 0)
 _CHAIN_TARGETS = fhir_resources.alias("t")
 
 
