@@ -85,6 +85,7 @@ def test_refused_requests_and_logins_are_recorded(services, fhir):
     # The right password is checked once: later requests within a minute are not logins.
     assert fhir.get("/fhir/Patient", headers={"Authorization": good}).status_code == 200
     assert len(_events(services, fhir, type="110114")) == 3
+    assert len(_events(services, fhir, type="110114", subtype="110122")) == 3  # PS3.15 requires its Login type
 
 
 def test_a_request_whose_record_cannot_be_written_is_not_answered(services, fhir):
