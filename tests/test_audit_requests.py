@@ -333,3 +333,11 @@ def test_a_stow_that_stores_nothing_is_recorded_as_its_answer_not_as_a_committed
         ("4", "POST /dicom-web/studies answered 409"),
         ("0", "POST /dicom-web/studies answered 200"),
     ]
+
+
+def test_reading_one_model_is_recorded_as_a_read_and_listing_them_as_a_search(services, fhir):
+    assert fhir.get("/admin/models").status_code == 200
+    assert fhir.get("/admin/models/nothing-by-this-name").status_code == 404
+    events = {event["outcomeDesc"]: (event["subtype"][0]["code"], event["action"]) for event in _events(services, fhir)}
+    assert events["GET /admin/models answered 200"] == ("search-type", "E")
+    assert events["GET /admin/models/nothing-by-this-name answered 404"] == ("read", "R")

@@ -101,7 +101,9 @@ def audit_kind(method: str, path: str) -> AuditKind | None:
     if parts == ["auth", "token"]:
         return AuditKind.LOGIN
     if parts[0] == "admin":
-        return AuditKind.APPLICATION_ACTIVITY if method != "GET" else AuditKind.SEARCH
+        if method != "GET":
+            return AuditKind.APPLICATION_ACTIVITY
+        return AuditKind.SEARCH if len(parts) == 2 else AuditKind.READ  # the models, or one of them
     if parts[0] == ".well-known":
         return None  # public keys and discovery: no data, and polled by every client
     return AuditKind.READ
