@@ -255,3 +255,17 @@ def test_users_and_clients_from_the_command_line(tmp_path, database_url, monkeyp
     assert len(list(keys.glob("*.pem"))) == 1
     assert main(["keys", "rotate"]) == 0
     assert len(list(keys.glob("*.pem"))) == 2
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["declared", "streamed"])
+def test_a_token_request_larger_than_any_form_is_refused_unread(client, streamed):
+    """The endpoint needs no credentials: a body of any size was held whole in memory before it was judged."""
+    body = b"grant_type=password&username=nurse&password=secret&padding=" + b"x" * 200_000
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield from (body[start:start + 8192] for start in range(0, len(body), 8192))
+
+    answer = client.post("/auth/token", content=chunks() if streamed else body,
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 413
+    assert answer.json()["error"] == "invalid_request"
