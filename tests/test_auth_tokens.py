@@ -269,3 +269,20 @@ def test_a_token_request_larger_than_any_form_is_refused_unread(client, streamed
                          headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert answer.status_code == 413
     assert answer.json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize("content", ["empty", "not a key", "another curve"])
+def test_a_key_file_that_holds_no_signing_key_fails_nothing_else(services, client, content):
+    """An empty one is what a rotation's file is until its key is written: every request answered 500 meanwhile."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other_curve = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    written = {"empty": b"", "not a key": b"-----BEGIN PRIVATE KEY-----\nAAAA\n", "another curve": other_curve}[content]
+    (services.settings.data_dir / "jwt-keys" / "ffffffffffffffffff.pem").write_bytes(written)  # sorts last: "newest"
+    assert client.get("/fhir/Task").status_code == 200
+    assert len(client.get("/.well-known/jwks.json").json()["keys"]) == 1
+    services.auth.identities.add_user("ana", Role.CLINICIAN, PASSWORD)
+    token = _token(client, grant_type="password", username="ana", password=PASSWORD).json()["access_token"]
+    assert client.get("/fhir/Task", headers={"Authorization": f"Bearer {token}"}).status_code == 200
