@@ -420,3 +420,15 @@ def test_an_audit_event_that_the_chain_does_not_hold_is_detected(services, fhir)
     assert fhir.get("/fhir/AuditEvent/forged").status_code == 200  # served as a record
     verification = _verify(services)
     assert not verification.intact and "AuditEvent/forged" in verification.problem
+
+
+def test_the_last_events_cut_with_the_head_rewritten_are_caught_by_their_copies(services):
+    """Before any checkpoint names them, the chain alone cannot show them gone; their copies still can."""
+    _append(services, 5)
+    services.audit.chain.project()
+    with services.engine.begin() as connection:
+        connection.execute(delete(audit_events).where(audit_events.c.seq > 3))
+        last = connection.execute(select(audit_events.c.hash).where(audit_events.c.seq == 3)).scalar_one()
+        connection.execute(update(audit_head).values(seq=3, hash=last))
+    verification = _verify(services)
+    assert verification.first_broken == 4 and "AuditEvent/4 is no event of the chain" in verification.problem
