@@ -218,8 +218,13 @@ def _edit_copy(services, resource_id: str, edit) -> None:
             resource_json=edited if isinstance(edited, bytes) else orjson.dumps(body)))
 
 
+def _another_last_digit(instant: str) -> str:
+    """A different instant: always changing the last digit to 9 left one that ended in 9 as it was."""
+    return instant[:-2] + ("8" if instant[-2] == "9" else "9") + instant[-1]
+
+
 @pytest.mark.parametrize("edit", [
-    lambda body: body["meta"].update(lastUpdated=body["meta"]["lastUpdated"][:-2] + "9Z"),
+    lambda body: body["meta"].update(lastUpdated=_another_last_digit(body["meta"]["lastUpdated"])),
     lambda body: body["meta"].update(versionId="2"),
     lambda body: body["meta"].update(security=[{"code": "HTEST"}]),
     lambda body: body["extension"][-1]["extension"][2].update(valueString="0" * 64),
