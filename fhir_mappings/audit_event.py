@@ -56,8 +56,11 @@ def _rest(code: str, action: str, client_receives: bool) -> _Kind:
                  {"system": _RESTFUL, "code": code}, action, client_receives)
 
 
-def _dicom(code: str, display: str, action: str, client_receives: bool) -> _Kind:
-    return _Kind({"system": DCM, "code": code, "display": display}, None, action, client_receives)
+def _dicom(code: str, display: str, action: str, client_receives: bool,
+           event_type: tuple[str, str] | None = None) -> _Kind:
+    """`event_type`: the EventTypeCode (code, display) that PS3.15 requires of some events, as the subtype."""
+    subtype = {"system": DCM, "code": event_type[0], "display": event_type[1]} if event_type else None
+    return _Kind({"system": DCM, "code": code, "display": display}, subtype, action, client_receives)
 
 
 class AuditKind(Enum):
@@ -82,9 +85,11 @@ class AuditKind(Enum):
     WADO = _dicom("110104", "DICOM Instances Transferred", "R", True)
     QIDO = _dicom("110112", "Query", "E", False)
     STUDY_DELETED = _dicom("110105", "DICOM Study Deleted", "D", False)
-    LOGIN = _dicom("110114", "User Authentication", "E", False)
+    # With the EventTypeCode that PS3.15 A.5.3 (User Authentication) requires.
+    LOGIN = _dicom("110114", "User Authentication", "E", False, ("110122", "Login"))
     APPLICATION_ACTIVITY = _dicom("110100", "Application Activity", "U", False)  # models, jobs
-    SECURITY_CHANGE = _dicom("110137", "User Security Attributes Changed", "U", False)
+    # 110137 is no event of its own but a type of Security Alert (PS3.15 A.5.3, Security Alert; PS3.16 CID 403).
+    SECURITY_CHANGE = _dicom("110113", "Security Alert", "U", False, ("110137", "User Security Attributes Changed"))
     # A Subscription's notification: the server sends, its owner's endpoint receives.
     EXPORT = _dicom("110106", "Export", "R", True)
 

@@ -122,14 +122,24 @@ def write_connection(engine: Engine, bookkeeping: bool = False) -> Iterator[Conn
                 for hooks in (_BEFORE_COMMIT, _LAST_BEFORE_COMMIT):
                     for flush in connection.info.get(hooks, {}).values():
                         flush(connection)
+                if connection.info.get(_CHANGED_NOTHING):
+                    witness = None
                 if witness is not None:
                     witness.before_commit(connection)
         finally:
             # `info` belongs to the pooled DBAPI connection: nothing may leak into its next use.
-            for key in (_BEFORE_COMMIT, _LAST_BEFORE_COMMIT, _WRITTEN):
+            for key in (_BEFORE_COMMIT, _LAST_BEFORE_COMMIT, _WRITTEN, _CHANGED_NOTHING):
                 connection.info.pop(key, None)
     if witness is not None:
         witness.committed()
+
+
+def changed_nothing(connection: Connection) -> None:
+    """This write transaction turned out to change nothing that its request
+    asked for (a STOW whose every instance was refused, or already stored):
+    it commits as bookkeeping, and the request is recorded by its answer,
+    which then says what happened (409, say), not a committed change."""
+    connection.info[_CHANGED_NOTHING] = True
 
 
 # PostgreSQL ends one of two transactions that wait on each other (deadlock
@@ -172,6 +182,7 @@ def database_out_of_room(error: Exception) -> bool:
 _BEFORE_COMMIT = "medaiflow.before_commit"
 _LAST_BEFORE_COMMIT = "medaiflow.last_before_commit"
 _WRITTEN = "medaiflow.written"
+_CHANGED_NOTHING = "medaiflow.changed_nothing"
 
 
 class Written(NamedTuple):

@@ -27,7 +27,7 @@ from dicom.errors import DicomError
 from dicom.instance import InstanceDescription, claimed_sop_uids, describe_dataset, describe_instance
 from dicom.stow import FailureReason, InstanceOutcome
 from server import index
-from server.db import database_out_of_room, write_connection
+from server.db import changed_nothing, database_out_of_room, write_connection
 from server.storage import FileStore, ReceivedFile, disk_out_of_room
 from server.tables import instances, storage_journal
 
@@ -247,6 +247,8 @@ class Ingestor:
             self.studies_changed(connection, changed_studies)
             index.clear_journal(connection, referenced)
             index.journal_files(connection, superseded)
+            if not referenced:  # every instance refused or already stored: the answer is the request's record
+                changed_nothing(connection)
         return unreferenced + superseded
 
     @staticmethod

@@ -218,8 +218,13 @@ def _edit_copy(services, resource_id: str, edit) -> None:
             resource_json=edited if isinstance(edited, bytes) else orjson.dumps(body)))
 
 
+def _another_last_digit(instant: str) -> str:
+    """A different instant: always changing the last digit to 9 left one that ended in 9 as it was."""
+    return instant[:-2] + ("8" if instant[-2] == "9" else "9") + instant[-1]
+
+
 @pytest.mark.parametrize("edit", [
-    lambda body: body["meta"].update(lastUpdated=body["meta"]["lastUpdated"][:-2] + "9Z"),
+    lambda body: body["meta"].update(lastUpdated=_another_last_digit(body["meta"]["lastUpdated"])),
     lambda body: body["meta"].update(versionId="2"),
     lambda body: body["meta"].update(security=[{"code": "HTEST"}]),
     lambda body: body["extension"][-1]["extension"][2].update(valueString="0" * 64),
@@ -383,3 +388,52 @@ def test_verifying_a_data_directory_with_no_database_is_an_error_not_a_pass(tmp_
     assert main(["audit", "verify"]) == 2
     assert "no database" in capsys.readouterr().err
     assert not (tmp_path / "mistyped").exists()
+
+
+@pytest.mark.parametrize("tamper", ["marked deleted", "row deleted"])
+def test_a_searchable_copy_hidden_from_reads_and_searches_is_detected(services, fhir, tamper):
+    """An auditor sees the record through its copies: one taken away hides the event as surely as an edit changes it."""
+    from server.tables import fhir_resources
+
+    _append(services, 5)
+    services.audit.chain.project()
+    assert _verify(services).intact
+    where = (fhir_resources.c.resource_type == "AuditEvent", fhir_resources.c.resource_id == "3")
+    with services.engine.begin() as connection:
+        if tamper == "marked deleted":
+            connection.execute(update(fhir_resources).where(*where).values(deleted=True))
+        else:
+            connection.execute(delete(fhir_resources).where(*where))
+    assert fhir.get("/fhir/AuditEvent/3").status_code in (404, 410)
+    assert "3" not in [entry["resource"]["id"] for entry in fhir.get("/fhir/AuditEvent").json().get("entry", [])]
+    verification = _verify(services)
+    assert verification.first_broken == 3 and "searchable copy of event 3" in verification.problem
+
+
+def test_an_audit_event_that_the_chain_does_not_hold_is_detected(services, fhir):
+    """A copy is served as the record: one added beside the chain would be served as an event that never happened."""
+    from server.tables import fhir_resources
+
+    _append(services, 3)
+    services.audit.chain.project()
+    with services.engine.begin() as connection:
+        row = connection.execute(select(fhir_resources).where(
+            fhir_resources.c.resource_type == "AuditEvent", fhir_resources.c.resource_id == "2")).one()
+        forged = {key: value for key, value in row._mapping.items() if key != "id"}
+        forged.update(resource_id="forged", resource_json=row.resource_json.replace(b'"id":"2"', b'"id":"forged"'))
+        connection.execute(fhir_resources.insert().values(forged))
+    assert fhir.get("/fhir/AuditEvent/forged").status_code == 200  # served as a record
+    verification = _verify(services)
+    assert not verification.intact and "AuditEvent/forged" in verification.problem
+
+
+def test_the_last_events_cut_with_the_head_rewritten_are_caught_by_their_copies(services):
+    """Before any checkpoint names them, the chain alone cannot show them gone; their copies still can."""
+    _append(services, 5)
+    services.audit.chain.project()
+    with services.engine.begin() as connection:
+        connection.execute(delete(audit_events).where(audit_events.c.seq > 3))
+        last = connection.execute(select(audit_events.c.hash).where(audit_events.c.seq == 3)).scalar_one()
+        connection.execute(update(audit_head).values(seq=3, hash=last))
+    verification = _verify(services)
+    assert verification.first_broken == 4 and "AuditEvent/4 is no event of the chain" in verification.problem

@@ -17,7 +17,7 @@ def test_the_servers_own_changes_are_recorded_in_their_transactions(services, fh
     task = order(fhir, stored_study(fhir, seed=91, lesions=1))
     run_queued(services, "audited-worker")
 
-    security = _events(services, fhir, type="110137")
+    security = _events(services, fhir, type="110113", subtype="110137")  # a Security Alert, of this type
     assert [event["outcomeDesc"] for event in security] == ["user auditor-1 added with role auditor"]
     models = _events(services, fhir, type="110100", action="U")
     descriptions = [event["outcomeDesc"] for event in models]

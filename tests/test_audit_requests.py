@@ -85,6 +85,7 @@ def test_refused_requests_and_logins_are_recorded(services, fhir):
     # The right password is checked once: later requests within a minute are not logins.
     assert fhir.get("/fhir/Patient", headers={"Authorization": good}).status_code == 200
     assert len(_events(services, fhir, type="110114")) == 3
+    assert len(_events(services, fhir, type="110114", subtype="110122")) == 3  # PS3.15 requires its Login type
 
 
 def test_a_request_whose_record_cannot_be_written_is_not_answered(services, fhir):
@@ -315,3 +316,28 @@ def test_a_request_refused_for_its_study_path_is_still_recorded(services, fhir):
     assert response.status_code == 400
     refused = [event for event in _events(services, fhir, outcome="4") if "1.2.3" in event.get("outcomeDesc", "")]
     assert len(refused) == 1
+
+
+def test_a_stow_that_stores_nothing_is_recorded_as_its_answer_not_as_a_committed_change(services, fhir):
+    def stow(*datasets) -> int:  # type: ignore[no-untyped-def]
+        body, content_type = multipart_body(list(datasets))
+        return fhir.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code
+
+    stored = make_ct(StudyInstanceUID="1.2.3.4.5", SeriesInstanceUID="1.2.3.9", PatientID="A1")
+    assert stow(stored) == 200
+    assert stow(make_ct(StudyInstanceUID="1.2.3.4.6", SeriesInstanceUID="1.2.3.9")) == 409  # its series is elsewhere
+    assert stow(stored) == 200  # sent again: nothing changed
+    events = sorted(_events(services, fhir, type="110104"), key=lambda event: int(event["id"]))
+    assert [(event["outcome"], event["outcomeDesc"]) for event in events] == [
+        ("0", "POST /dicom-web/studies committed"),
+        ("4", "POST /dicom-web/studies answered 409"),
+        ("0", "POST /dicom-web/studies answered 200"),
+    ]
+
+
+def test_reading_one_model_is_recorded_as_a_read_and_listing_them_as_a_search(services, fhir):
+    assert fhir.get("/admin/models").status_code == 200
+    assert fhir.get("/admin/models/nothing-by-this-name").status_code == 404
+    events = {event["outcomeDesc"]: (event["subtype"][0]["code"], event["action"]) for event in _events(services, fhir)}
+    assert events["GET /admin/models answered 200"] == ("search-type", "E")
+    assert events["GET /admin/models/nothing-by-this-name answered 404"] == ("read", "R")

@@ -203,3 +203,14 @@ def test_the_command_line_registers_and_replaces_keys(tmp_path, database_url, mo
     first.write_text('{"keys": []}')
     assert main(["clients", "keys", client_id, str(first)]) == 2
     assert "1 to 16 keys" in capsys.readouterr().err
+
+
+def test_an_assertion_past_its_exp_but_within_the_clock_leeway_is_still_taken_once(backend):
+    """Its jti was forgotten at exp while the assertion stayed acceptable a minute longer: replayed meanwhile, it got
+    another token."""
+    base, client_id, keys = backend
+    assertion = _assertion(keys["ec-1"], "ec-1", client_id, f"{base}/auth/token", exp=int(time.time()) + 1)
+    assert _token(base, assertion).status_code == 200
+    time.sleep(2.1)  # past its exp, within the leeway for clocks that differ
+    again = _token(base, assertion)
+    assert again.status_code == 401 and again.json()["error"] == "invalid_client"

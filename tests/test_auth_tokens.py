@@ -255,3 +255,34 @@ def test_users_and_clients_from_the_command_line(tmp_path, database_url, monkeyp
     assert len(list(keys.glob("*.pem"))) == 1
     assert main(["keys", "rotate"]) == 0
     assert len(list(keys.glob("*.pem"))) == 2
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["declared", "streamed"])
+def test_a_token_request_larger_than_any_form_is_refused_unread(client, streamed):
+    """The endpoint needs no credentials: a body of any size was held whole in memory before it was judged."""
+    body = b"grant_type=password&username=nurse&password=secret&padding=" + b"x" * 200_000
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield from (body[start:start + 8192] for start in range(0, len(body), 8192))
+
+    answer = client.post("/auth/token", content=chunks() if streamed else body,
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 413
+    assert answer.json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize("content", ["empty", "not a key", "another curve"])
+def test_a_key_file_that_holds_no_signing_key_fails_nothing_else(services, client, content):
+    """An empty one is what a rotation's file is until its key is written: every request answered 500 meanwhile."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other_curve = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    written = {"empty": b"", "not a key": b"-----BEGIN PRIVATE KEY-----\nAAAA\n", "another curve": other_curve}[content]
+    (services.settings.data_dir / "jwt-keys" / "ffffffffffffffffff.pem").write_bytes(written)  # sorts last: "newest"
+    assert client.get("/fhir/Task").status_code == 200
+    assert len(client.get("/.well-known/jwks.json").json()["keys"]) == 1
+    services.auth.identities.add_user("ana", Role.CLINICIAN, PASSWORD)
+    token = _token(client, grant_type="password", username="ana", password=PASSWORD).json()["access_token"]
+    assert client.get("/fhir/Task", headers={"Authorization": f"Bearer {token}"}).status_code == 200

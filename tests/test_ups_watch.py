@@ -300,3 +300,22 @@ def test_the_channel_behind_uvicorn(queued, app):
         assert report["00001000"]["Value"] == [uid]
         with pytest.raises(Exception, match="401"):
             connect(url, open_timeout=10)
+
+
+@pytest.mark.parametrize("name", ["access_token", "access%5Ftoken"])
+def test_a_token_sent_in_the_channels_query_stays_out_of_the_audit_trail(queued, app, name):
+    """Whoever may read the audit trail could otherwise take the token and act as its holder until it expires."""
+    import base64
+
+    client, services = queued
+    _subscribe(client, WORKLIST, "ALL")
+    token = admin_headers(services)["Authorization"].removeprefix("Bearer ")
+    anonymous = TestClient(app, base_url="http://testserver")
+    with anonymous.websocket_connect(f"/dicom-web/subscribers/ALL?{name}={token}&x=1"):
+        pass
+    entries = client.get("/fhir/AuditEvent", params={"_count": 200}).json()["entry"]
+    opened = [entry["resource"] for entry in entries
+              if "GET /dicom-web/subscribers/ALL answered 101" in entry["resource"].get("outcomeDesc", "")]
+    [query] = [base64.b64decode(entity["query"]) for entity in opened[0]["entity"] if "query" in entity]
+    assert token.encode() not in query and b"x=1" in query
+    assert token not in orjson.dumps(entries).decode()

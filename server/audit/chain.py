@@ -301,15 +301,15 @@ class AuditChain:
         if head.seq != last or head.hash != previous:
             return Verification(last, len(checkpoints), min(head.seq, last) + 1,
                                 f"the chain ends at {last} but its head says {head.seq}")
-        differing = self._first_differing_copy(chunk)
-        if differing is not None:
-            return Verification(last, len(checkpoints), differing,
-                                f"the searchable copy of event {differing} (AuditEvent/{differing}) differs from the chain")
+        for problem in (self._first_differing_copy(chunk), self._first_copy_of_no_event(chunk, last)):
+            if problem is not None:
+                return Verification(last, len(checkpoints), *problem)
         return Verification(last, len(checkpoints), None, None)
 
-    def _first_differing_copy(self, chunk: int) -> int | None:
+    def _first_differing_copy(self, chunk: int) -> tuple[int, str] | None:
         """The copies are what reads and searches serve: one edited in place
-        would be served as the record while the chain stays intact."""
+        would be served as the record while the chain stays intact, and one
+        removed or marked deleted would hide its event from the auditor."""
         if self.engine.dialect.name == "sqlite":
             return self._compare_copies(chunk, as_text=False)
         try:
@@ -318,23 +318,29 @@ class AuditChain:
         except DBAPIError:  # bytes that are not UTF-8, put there by hand: compared as bytes
             return self._compare_copies(chunk, as_text=False)
 
-    def _compare_copies(self, chunk: int, as_text: bool) -> int | None:
+    def _compare_copies(self, chunk: int, as_text: bool) -> tuple[int, str] | None:
         def fetched(column: Any) -> Any:
             return func.convert_from(column, "UTF8") if as_text else column
 
         statement = (
             select(audit_events.c.seq, audit_events.c.previous_hash, audit_events.c.hash,
                    fetched(audit_events.c.event_json), fetched(fhir_resources.c.resource_json),
-                   fhir_resources.c.version_id, fhir_resources.c.last_updated)
-            .join(fhir_resources, and_(fhir_resources.c.resource_type == "AuditEvent",
-                                       fhir_resources.c.resource_id == cast(audit_events.c.seq, String)))
+                   fhir_resources.c.version_id, fhir_resources.c.last_updated, fhir_resources.c.deleted)
+            .outerjoin(fhir_resources, and_(fhir_resources.c.resource_type == "AuditEvent",
+                                            fhir_resources.c.resource_id == cast(audit_events.c.seq, String)))
             .order_by(audit_events.c.seq).limit(chunk)
         )
         after = 0
         with reading(self.engine) as connection:
+            # Read first: every event up to it had its copy committed by then (`project` moves it with them).
+            projected = connection.execute(select(audit_projection.c.seq)).scalar_one()
             while True:
                 rows = connection.execute(statement.where(audit_events.c.seq > after)).all()
-                for seq, previous_hash, digest, event_json, copy_json, version_id, last_updated in rows:
+                for seq, previous_hash, digest, event_json, copy_json, version_id, last_updated, deleted in rows:
+                    if version_id is None or deleted:
+                        if seq <= projected:
+                            return int(seq), f"the searchable copy of event {seq} (AuditEvent/{seq}) is gone"
+                        continue  # not projected yet
                     # Written once, by `project`: the bytes it wrote are the only right ones.
                     expected = stored_json(
                         chained_resource(orjson.loads(event_json), seq, previous_hash, digest), str(seq), version_id,
@@ -342,10 +348,33 @@ class AuditChain:
                     )
                     copy = copy_json.encode() if isinstance(copy_json, str) else copy_json
                     if copy is None or bytes(copy) != expected:
-                        return int(seq)
+                        return int(seq), f"the searchable copy of event {seq} (AuditEvent/{seq}) differs from the chain"
                 if len(rows) < chunk:
                     return None
                 after = rows[-1][0]
+
+    def _first_copy_of_no_event(self, chunk: int, last: int) -> tuple[int, str] | None:
+        """An AuditEvent that is no copy of an event of the chain: served as a
+        record of something that was never recorded. The copies' ids are the
+        sequence numbers, as `project` writes them, and none comes before its
+        event."""
+        ids = (select(fhir_resources.c.resource_id).where(fhir_resources.c.resource_type == "AuditEvent")
+               .order_by(fhir_resources.c.resource_id).limit(chunk))
+        after = ""
+        with reading(self.engine) as connection:
+            while True:
+                found = connection.execute(ids.where(fhir_resources.c.resource_id > after)).scalars().all()
+                for resource_id in found:
+                    seq = int(resource_id) if resource_id.isdecimal() and resource_id.isascii() else None
+                    if seq is None or str(seq) != resource_id or seq < 1:
+                        return last + 1, f"AuditEvent/{resource_id} is no event of the chain"
+                    if seq > last and connection.execute(
+                        select(audit_events.c.seq).where(audit_events.c.seq == seq)
+                    ).first() is None:
+                        return seq, f"AuditEvent/{resource_id} is no event of the chain"
+                if len(found) < chunk:
+                    return None
+                after = found[-1]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
@@ -100,7 +101,9 @@ def audit_kind(method: str, path: str) -> AuditKind | None:
     if parts == ["auth", "token"]:
         return AuditKind.LOGIN
     if parts[0] == "admin":
-        return AuditKind.APPLICATION_ACTIVITY if method != "GET" else AuditKind.SEARCH
+        if method != "GET":
+            return AuditKind.APPLICATION_ACTIVITY
+        return AuditKind.SEARCH if len(parts) == 2 else AuditKind.READ  # the models, or one of them
     if parts[0] == ".well-known":
         return None  # public keys and discovery: no data, and polled by every client
     return AuditKind.READ
@@ -209,7 +212,7 @@ class _RequestAudit:
         if resources is None:
             resources = ([f"{parts[1]}/{parts[2]}"] if parts[:1] == ["fhir"] and len(parts) >= 3
                          and not parts[2].startswith(("_", "$")) else self.resources)
-        query = scope.get("query_string") or None
+        query = _without_credentials(scope.get("query_string") or b"") or None
         return audit_event(AuditRecord(
             kind=self.kind, outcome=outcome, recorded=datetime.now(UTC),
             client=client, server=self.server_name,
@@ -221,6 +224,18 @@ class _RequestAudit:
         ))
 
 
+def _without_credentials(query: bytes) -> bytes:
+    """The query as received, but for the value of an `access_token` (how a
+    WebSocket brings its Bearer token, RFC 6750 2.3): whoever may read the
+    audit trail could otherwise act as that token's holder until it expires."""
+    if b"access_token" not in query and b"%" not in query:  # the common case, on every request: nothing to hide
+        return query
+    parts = query.split(b"&")
+    return b"&".join(_REDACTED if unquote_plus(part.split(b"=", 1)[0].decode("latin-1")) == "access_token" else part
+                     for part in parts)
+
+
+_REDACTED = b"access_token=redacted"
 _current: ContextVar[_RequestAudit | None] = ContextVar("request_audit", default=None)
 _LOGIN_NAME = "login_name"
 

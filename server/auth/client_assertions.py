@@ -112,7 +112,8 @@ def verified(assertion: str, claimed: Claimed, key_set_json: str, token_url: str
         )
     except jwt.PyJWTError as error:
         raise InvalidAssertion(f"client {claimed.client_id}'s assertion does not verify: {error}", False) from error
-    return Assertion(claimed.client_id, claims["jti"], claims["exp"])
+    # Kept as long as it is taken: past its exp by the leeway, or it could be sent again meanwhile.
+    return Assertion(claimed.client_id, claims["jti"], claims["exp"] + _LEEWAY_SECONDS)
 
 
 def public_key_set(text: str) -> str:

@@ -28,6 +28,9 @@ from server.services import services
 log = logging.getLogger(__name__)
 router = APIRouter()
 _FORM = "application/x-www-form-urlencoded"
+# A token request is a few short fields. The endpoint needs no credentials, so
+# its body is judged as it arrives, never held whole whatever its size.
+_FORM_LIMIT = 16_384
 
 
 def _auth(request: Request) -> AuthService:
@@ -43,7 +46,9 @@ def _error(status: int, error: str, description: str, headers: dict[str, str] | 
 async def token(request: Request) -> JSONResponse:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != _FORM:
         return _error(400, "invalid_request", f"the token request must be {_FORM}")
-    form = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
+    form = await _read_form(request)
+    if form is None:
+        return _error(413, "invalid_request", f"a token request is at most {_FORM_LIMIT} bytes")
     grant_type = form.get("grant_type")
     address = request.client.host if request.client else "unknown"
     auth = _auth(request)
@@ -134,6 +139,19 @@ async def _backend_service_token(request: Request, form: dict[str, str], address
         # Whether the client exists, or which of its keys, is not told.
         return _error(401, "invalid_client", "the assertion does not verify with a key registered for its client")
     return _issued(auth, identity, form, address)
+
+
+async def _read_form(request: Request) -> dict[str, str] | None:
+    """The form's fields; None once the body passes the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > _FORM_LIMIT:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _FORM_LIMIT:
+            return None
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
 def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str] | None:

@@ -7,6 +7,7 @@ rotation stay valid until they expire), and all of them are published at
 """
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -14,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+log = logging.getLogger(__name__)
 ALGORITHM = "ES256"
 _VERIFIED_LIMIT = 10_000
 AUDIENCE = "medaiflow"
@@ -60,9 +63,15 @@ class TokenIssuer:
         kid = f"{time.time_ns():x}"
         pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-        descriptor = os.open(self.key_dir / f"{kid}.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written under another name, then renamed: a running server reads
+        # the folder at any moment, and must never find the key half written.
+        partial = self.key_dir / f"{kid}.pem.partial"
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as key_file:
             key_file.write(pem)
+            key_file.flush()
+            os.fsync(key_file.fileno())
+        os.rename(partial, self.key_dir / f"{kid}.pem")
         return kid
 
     def _keys(self) -> list[_Key]:
@@ -75,8 +84,14 @@ class TokenIssuer:
     def _load(self) -> list[_Key]:
         keys = []
         for path in sorted(self.key_dir.glob("*.pem")):
-            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            assert isinstance(private, ec.EllipticCurvePrivateKey)
+            try:
+                private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            except (OSError, ValueError, TypeError, UnsupportedAlgorithm):
+                private = None
+            if not (isinstance(private, ec.EllipticCurvePrivateKey) and isinstance(private.curve, ec.SECP256R1)):
+                # Not one of ours (put there by hand): its tokens are refused, everyone else's still verify.
+                log.warning("%s is no P-256 private key: left out of the signing keys", path)
+                continue
             keys.append(_Key(path.stem, private))
         return keys
 
