@@ -177,7 +177,9 @@ def test_a_system_export_holds_every_type_the_caller_may_read(client, charts):
     assert events[0]["entity"][0]["what"] == {"reference": "Device/da"}, before
 
 
-def test_a_patient_export_holds_every_patients_compartment_and_nothing_else(client, charts):
+def test_a_patient_export_holds_every_patients_compartment_and_nothing_else(client, services, charts):
+    seed(services, _observation("od", "Device/da"))  # about no patient
+    assert "od" in _ids(_export(client, _type="Observation")["Observation"])
     files = _export(client, "/fhir/Patient/$export", _type="Patient,Observation")
     assert sorted(_ids(files["Patient"])) == ["pa", "pb", "pc"]
     assert sorted(_ids(files["Observation"])) == ["oa", "ob", "oc"]
@@ -299,6 +301,18 @@ def test_each_caller_has_a_limit_of_exports_in_progress(client, services, settin
 
 
 def test_an_export_interrupted_by_a_stop_is_written_again(client, services, charts):
+    _held(services)
+    status = _kick_off(client, _type="Observation")
+    # Its server stops while writing it: back in the queue, for the next start.
+    stopping = ExportWorker(services.exports.jobs, services.fhir, services.audit)
+    stopping.stop()
+    stopping.run_export(services.exports.jobs.claim(int(LEASE_SECONDS * 1_000_000)))
+    assert client.get(status).headers["X-Progress"].startswith("queued again")
+    _run_queued(services)
+    assert sorted(_ids(_files(client, _manifest(client, status))["Observation"])) == ["oa", "ob", "oc"]
+
+
+def test_an_export_whose_server_died_is_written_again(client, services, charts):
     _held(services)
     status = _kick_off(client, _type="Observation")
     job = services.exports.jobs.claim(int(LEASE_SECONDS * 1_000_000))
