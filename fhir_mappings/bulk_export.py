@@ -8,12 +8,13 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fhir_mappings.date_ranges import date_range
 from fhir_mappings.errors import InvalidRequest
 from fhir_mappings.patient_compartment import EVERYTHING_TYPES
 from fhir_mappings.resources import require_id
-from fhir_mappings.search_query import TRANSPORT_PARAMETERS
+from fhir_mappings.search_query import RESULT_PARAMETERS, TRANSPORT_PARAMETERS, SearchRequest, parse_search
 from fhir_mappings.search_values import split_reference
 
 # export.html#query-parameters: the NDJSON names a server must accept for `_outputFormat`.
@@ -23,8 +24,12 @@ NDJSON = "application/fhir+ndjson"
 _INSTANT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})")
 # Parameters of the IG this server does not carry out; refused unless the
 # client prefers lenient handling, as export.html#query-parameters allows.
-_NOT_SUPPORTED = frozenset(("_typeFilter", "_elements", "includeAssociatedData"))
-_TAKEN = frozenset(("_outputFormat", "_since", "_type", "patient"))
+_NOT_SUPPORTED = frozenset(("_elements", "includeAssociatedData"))
+_TAKEN = frozenset(("_outputFormat", "_since", "_type", "_typeFilter", "patient"))
+_REPEATABLE = frozenset(("_type", "_typeFilter"))
+# Where a comma-separated `_typeFilter` starts its next query: before `[type]?`,
+# so that a comma within a query (a search's OR) stays in it.
+_NEXT_QUERY = re.compile(r",(?=[A-Z][A-Za-z]*\?)")
 
 
 class Level(Enum):
@@ -38,6 +43,7 @@ class ExportRequest:
     types: tuple[str, ...] | None  # `_type`, in the order named; None: every type the level holds
     since: int | None  # microseconds: resources changed after it
     patients: tuple[str, ...] | None  # the `patient` parameter of a Patient-level POST; None: every patient
+    type_filters: tuple[str, ...] = ()  # `_typeFilter` queries, `[type]?[query]`, each checked by `type_filter`
     ignored: tuple[str, ...] = ()  # unsupported parameters left aside at the client's lenient request
 
 
@@ -48,7 +54,7 @@ def parse_export(
     """`pairs`: the parameters as name=value (a POST's Parameters too);
     `patients`: the `patient` references of a POST, already split out."""
     names = [name for name, _ in pairs]
-    for name in _TAKEN - {"_type"}:
+    for name in _TAKEN - _REPEATABLE:
         if names.count(name) > 1:
             raise InvalidRequest(f"{name} may be given once")
     ignored: list[str] = []
@@ -67,10 +73,31 @@ def parse_export(
         raise InvalidRequest("patient is taken only in the Parameters of a POST kick-off (export.html)")
     if patients is not None and level is not Level.PATIENT:
         raise InvalidRequest("patient applies to a Patient-level export ([base]/Patient/$export)")
+    types = _types(level, pairs, supported_types)
+    filters = [query for name, value in pairs if name == "_typeFilter" for query in _NEXT_QUERY.split(value)]
+    for query in filters:
+        resource_type = type_filter(query, supported_types).resource_type
+        if resource_type not in (types or (supported_types if level is Level.SYSTEM else EVERYTHING_TYPES)):
+            raise InvalidRequest(f"_typeFilter {query[:64]!r} is of a type this export does not hold")
     return ExportRequest(
-        level=level, types=_types(level, pairs, supported_types), since=_since(values.get("_since")),
-        patients=tuple(dict.fromkeys(patients)) if patients is not None else None, ignored=tuple(ignored),
+        level=level, types=types, since=_since(values.get("_since")),
+        patients=tuple(dict.fromkeys(patients)) if patients is not None else None,
+        type_filters=tuple(dict.fromkeys(filters)), ignored=tuple(ignored),
     )
+
+
+def type_filter(query: str, supported_types: frozenset[str]) -> SearchRequest:
+    """One `_typeFilter` query, `[type]?[search parameters]`: a search of that
+    type, by its criteria alone (export.html#_typefilter-experimental-query-parameter).
+    A resource of a type with filters is exported when it matches one of them."""
+    resource_type, mark, parameters = query.partition("?")
+    if not mark or resource_type not in supported_types:
+        raise InvalidRequest(f"_typeFilter {query[:64]!r} is not [type]?[search parameters] of a type held here")
+    pairs = parse_qsl(parameters, keep_blank_values=True)
+    shaping = [name for name, _ in pairs if name.partition(":")[0] in RESULT_PARAMETERS | TRANSPORT_PARAMETERS]
+    if shaping or not pairs:
+        raise InvalidRequest(f"_typeFilter {query[:64]!r} must hold search criteria, and only those")
+    return parse_search(resource_type, pairs, strict=True)
 
 
 def _types(level: Level, pairs: list[tuple[str, str]], supported_types: frozenset[str]) -> tuple[str, ...] | None:

@@ -501,6 +501,7 @@ fhir_exports = Table(
     Column("types", String(2048), nullable=False),  # comma-separated, as resolved at kick-off
     Column("since", BigInteger),  # microseconds; none: from the beginning
     Column("patients", LargeBinary),  # JSON list of Patient ids; none: every patient
+    Column("type_filters", LargeBinary),  # JSON list of `_typeFilter` queries; none: no filter
     Column("request_url", String(4096), nullable=False),
     Column("transaction_time", BigInteger, nullable=False),  # microseconds
     Column("status", String(16), nullable=False),  # queued, running, complete, failed

@@ -100,7 +100,12 @@ def charts(services):
     (KICK, {"_outputFormat": "text/csv"}, "_outputFormat"),
     (KICK, {"_type": "Observation,Nonsense"}, "Nonsense"),
     (KICK, {"_since": "2024-05-01"}, "_since"),
-    (KICK, {"_typeFilter": "Observation?status=final"}, "_typeFilter"),
+    (KICK, {"_elements": "id"}, "_elements"),
+    (KICK, {"_typeFilter": "Observation?_sort=date"}, "_typeFilter"),
+    (KICK, {"_typeFilter": "Observation?nonsense=1"}, "nonsense"),
+    (KICK, {"_typeFilter": "Nonsense?x=1"}, "_typeFilter"),
+    (KICK, {"_typeFilter": "Observation"}, "_typeFilter"),
+    (KICK, {"_type": "Device", "_typeFilter": "Observation?status=final"}, "_typeFilter"),
     (KICK, {"patient": "Patient/pa"}, "POST"),
 ])
 def test_a_kick_off_the_server_cannot_carry_out_is_refused_with_400(client, headers, params, complaint):
@@ -113,10 +118,10 @@ def test_a_kick_off_the_server_cannot_carry_out_is_refused_with_400(client, head
 
 
 def test_unsupported_parameters_are_ignored_when_the_client_prefers_lenient_handling(client, charts):
-    response = client.get("/fhir/$export", params={"_typeFilter": "Observation?status=final", "_type": "Device"},
+    response = client.get("/fhir/$export", params={"_elements": "id", "_type": "Device"},
                           headers={**KICK, "Prefer": "respond-async, handling=lenient"})
     assert response.status_code == 202, response.text
-    assert "_typeFilter" in response.json()["issue"][0]["diagnostics"]
+    assert "_elements" in response.json()["issue"][0]["diagnostics"]
     manifest = _manifest(client, response.headers["Content-Location"].removeprefix(BASE))
     assert [output["type"] for output in manifest["output"]] == ["Device"]
 
@@ -201,6 +206,29 @@ def test_patient_parameters_choose_the_patients_and_leave_the_others_out(client,
     assert sorted(_ids(files["Observation"])) == ["oa", "ob"]
     system = client.post("/fhir/$export", json=body, headers=KICK)
     assert system.status_code == 400 and "Patient-level" in system.text
+
+
+@pytest.mark.parametrize("filters, expected", [
+    (["Observation?subject=Patient/pa"], ["oa"]),
+    (["Observation?subject=Patient/pa", "Observation?subject=Patient/pb"], ["oa", "ob"]),  # repeated: either
+    (["Observation?subject=Patient/pa,Observation?subject=Patient/pb"], ["oa", "ob"]),  # comma-separated: either
+    (["Observation?subject=Patient/pa,Patient/pc"], ["oa", "oc"]),  # a comma within a query: OR, as in a search
+    (["Observation?subject=Patient/pa&status=cancelled"], []),
+])
+def test_type_filters_are_searches_of_their_type(client, charts, filters, expected):
+    params = [("_type", "Observation,Device"), *(("_typeFilter", query) for query in filters)]
+    response = client.get("/fhir/$export", params=params, headers=KICK)
+    assert response.status_code == 202, response.text
+    files = _files(client, _manifest(client, response.headers["Content-Location"].removeprefix(BASE)))
+    assert sorted(_ids(files.get("Observation", []))) == expected
+    assert _ids(files["Device"]) == ["da"]  # a type without a filter is exported whole
+
+
+def test_a_type_filter_needs_the_rights_its_search_would(client, services, charts):
+    analytics = _system_client(services, "system/Observation.rs")
+    chained = {"_typeFilter": "Observation?subject:Patient.family=Family pa"}
+    assert client.get("/fhir/$export", params=chained, headers={**KICK, **analytics}).status_code == 403
+    assert sorted(_ids(_export(client, **chained)["Observation"])) == ["oa"]  # an admin may search Patients
 
 
 def test_there_is_no_group_export(client):

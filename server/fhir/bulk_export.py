@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, delete, func, or_, select, update
 
-from fhir_mappings.bulk_export import ExportRequest, Level
+from fhir_mappings.bulk_export import ExportRequest, Level, type_filter
 from fhir_mappings.errors import Forbidden, ResourceNotFound
 from fhir_mappings.patient_compartment import EVERYTHING_TYPES
-from server.auth.access import Permission, Principal
+from server.auth.access import Permission, Principal, search_permissions
 from server.auth.scopes import Role
 from server.db import advisory_locks, reading, write_connection
 from server.tables import fhir_exports
@@ -42,6 +42,7 @@ class ExportJob:
     types: tuple[str, ...]
     since: int | None
     patients: tuple[str, ...] | None
+    type_filters: tuple[str, ...]
     request_url: str
     transaction_time: int
     status: str
@@ -56,6 +57,7 @@ class ExportJob:
             owner_role=row.owner_role, scopes=row.scopes, level=Level(row.level),
             types=tuple(row.types.split(",")), since=row.since,
             patients=tuple(orjson.loads(row.patients)) if row.patients is not None else None,
+            type_filters=tuple(orjson.loads(row.type_filters)) if row.type_filters is not None else (),
             request_url=row.request_url, transaction_time=row.transaction_time, status=row.status,
             progress=row.progress, outputs=orjson.loads(row.outputs) if row.outputs is not None else [],
             failure=row.failure,
@@ -90,6 +92,15 @@ def exported_types(principal: Principal, request: ExportRequest, supported: froz
     return types
 
 
+def check_type_filters(principal: Principal, request: ExportRequest, supported: frozenset[str]) -> None:
+    """A `_typeFilter` looks where a search of it would (its chains), and needs the same rights."""
+    for query in request.type_filters:
+        needed = search_permissions(type_filter(query, supported))
+        refused = sorted(f"{p.resource_type}.{p.letter}" for p in needed if not principal.may(p))
+        if refused:
+            raise Forbidden(f"{principal.name} may not run _typeFilter {query[:64]!r}: it needs {', '.join(refused)}")
+
+
 class ExportJobs:
     def __init__(self, engine: Engine, data_dir: Path, retention_seconds: float, max_per_caller: int) -> None:
         self.engine = engine
@@ -121,6 +132,7 @@ class ExportJobs:
                 owner_role=principal.role, scopes=str(principal.grant), level=request.level.value,
                 types=",".join(types), since=request.since,
                 patients=orjson.dumps(list(request.patients)) if request.patients is not None else None,
+                type_filters=orjson.dumps(list(request.type_filters)) if request.type_filters else None,
                 request_url=request_url, transaction_time=created, status=QUEUED, created_at=created,
                 expires_at=created + self.retention_micros,
             ))

@@ -6,7 +6,9 @@ current rows. One changed or deleted after it is read from the history, at
 its last version up to that instant, for the types that keep one; the others
 (derived from DICOM, or AuditEvents, which never change) only have their
 current version, and one changed after the instant is left out (the IG
-allows that: nothing modified after transactionTime need be included).
+allows that: nothing modified after transactionTime need be included), as
+is one of a type with `_typeFilter`s, which the search index can judge only
+as it is now.
 AuditEvents are taken by when they were recorded (see `_within`).
 """
 
@@ -14,11 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine, and_, func, or_, select
 
 from fhir_mappings.patient_compartment import COMPARTMENT_PARAMETER, patients_of_json
+from fhir_mappings.search_query import Condition
 from server.db import reading
-from server.fhir.search_sql import where_current
+from server.fhir.search_sql import condition_clause, where_current
 from server.fhir.visibility import Visibility
 from server.tables import fhir_dates, fhir_references, fhir_resources, fhir_versions
 
@@ -35,13 +38,15 @@ class Slice:
     # Patient-level exports: the compartments of these patients (None: of every patient).
     compartment: bool
     patients: tuple[str, ...] | None
+    # `_typeFilter`s of the type, each its conditions: a resource matching any is exported (none: all are).
+    filters: tuple[tuple[Condition, ...], ...] = ()
 
 
 def pages(engine: Engine, visibility: Visibility, part: Slice, history: bool) -> Iterator[list[bytes]]:
     """The resources of `part`, a page at a time: the current ones first,
     then (`history`: the type keeps one) those since changed, as they were."""
     yield from _current_pages(engine, visibility, part)
-    if history:
+    if history and not part.filters:  # the index holds only current versions: filters cannot judge past ones
         yield from _past_pages(engine, visibility, part)
 
 
@@ -51,7 +56,7 @@ def _current_pages(engine: Engine, visibility: Visibility, part: Slice) -> Itera
         statement = (
             select(fhir_resources.c.id, fhir_resources.c.resource_json)
             .where(where_current(fhir_resources, part.resource_type, visibility), fhir_resources.c.id > after,
-                   *_within(part), *_members(part))
+                   *_within(part), *_members(part), *_matching(part, visibility))
             .order_by(fhir_resources.c.id).limit(PAGE)
         )
         with reading(engine) as connection:
@@ -108,6 +113,13 @@ def _within(part: Slice) -> list[Any]:
     if part.since is not None:
         recorded = recorded.where(fhir_dates.c.low > part.since)
     return [fhir_resources.c.id.in_(recorded)]
+
+
+def _matching(part: Slice, visibility: Visibility) -> list[Any]:
+    if not part.filters:
+        return []
+    return [or_(*(and_(*(condition_clause(condition, fhir_resources, visibility) for condition in conditions))
+                  for conditions in part.filters))]
 
 
 def _changed_since(table: Any, part: Slice) -> list[Any]:

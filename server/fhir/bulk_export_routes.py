@@ -22,7 +22,14 @@ from fhir_mappings.operation_parameters import parameter_pairs
 from fhir_mappings.outcome import operation_outcome
 from server.auth.access import Principal
 from server.errors import fhir_error_response, fhir_status_for
-from server.fhir.bulk_export import COMPLETE, FAILED, ExportJob, TooManyExports, exported_types
+from server.fhir.bulk_export import (
+    COMPLETE,
+    FAILED,
+    ExportJob,
+    TooManyExports,
+    check_type_filters,
+    exported_types,
+)
 from server.fhir.negotiation import FHIR_JSON, Format, fhir_response, form_pairs, read_resource_body
 from server.fhir.routes import fhir_base
 from server.services import services
@@ -81,6 +88,7 @@ async def _start(request: Request, level: Level) -> Response:
     parsed = parse_export(level, pairs, patients, fhir.supported_types, preferences.get("handling") == "lenient")
     principal: Principal = request.state.principal
     types = exported_types(principal, parsed, fhir.supported_types)
+    check_type_filters(principal, parsed, fhir.supported_types)
     base = fhir_base(request)
     query = request.url.query
     asked = f"{base}{request.url.path.removeprefix('/fhir')}{'?' + query if query else ''}"

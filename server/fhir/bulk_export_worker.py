@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from fhir_mappings.audit_event import AuditKind
-from fhir_mappings.bulk_export import Level
+from fhir_mappings.bulk_export import Level, type_filter
 from fhir_mappings.date_ranges import to_micros
 from server.audit.service import AuditService
 from server.auth.access import Principal, current_principal
@@ -113,8 +113,11 @@ class ExportWorker:
         if "AuditEvent" in job.types:
             self.audit.chain.catch_up()  # AuditEvents are copies of the chain, made a moment after it
         outputs = []
+        filters = [type_filter(query, self.fhir.supported_types) for query in job.type_filters]
         for number, resource_type in enumerate(job.types, 1):
-            part = Slice(resource_type, job.transaction_time, job.since, job.level is Level.PATIENT, job.patients)
+            conditions = tuple(search.conditions for search in filters if search.resource_type == resource_type)
+            part = Slice(resource_type, job.transaction_time, job.since, job.level is Level.PATIENT, job.patients,
+                         conditions)
             name = f"{resource_type}.ndjson"
             count = self._write_type(job, part, directory / name, f"{resource_type} ({number} of {len(job.types)})")
             if count:

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column('types', sa.String(2048), nullable=False),
         sa.Column('since', sa.BigInteger()),
         sa.Column('patients', sa.LargeBinary()),
+        sa.Column('type_filters', sa.LargeBinary()),
         sa.Column('request_url', sa.String(4096), nullable=False),
         sa.Column('transaction_time', sa.BigInteger(), nullable=False),
         sa.Column('status', sa.String(16), nullable=False),
