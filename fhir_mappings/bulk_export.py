@@ -65,7 +65,8 @@ def parse_export(
             why = "is not supported here" if name in _NOT_SUPPORTED else "is not a parameter of $export"
             raise InvalidRequest(f"{name[:64]!r} {why}; send Prefer: handling=lenient to have it ignored")
         ignored.append(name)
-    values = dict(pairs)
+    # An unencoded "+" (application/fhir+ndjson, a zone +01:00) arrives as a space; no value here has one.
+    values = {name: value.replace(" ", "+") for name, value in pairs}
     output_format = values.get("_outputFormat", NDJSON)
     if output_format not in OUTPUT_FORMATS:
         raise InvalidRequest(f"_outputFormat {output_format[:64]!r} is not offered; use {NDJSON}")

@@ -3,6 +3,8 @@ over HTTP: kick-off, status, files, delete, and what an export holds."""
 
 import os
 import time
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
@@ -131,6 +133,19 @@ def test_each_ndjson_name_of_the_ig_is_taken(client, charts, output_format):
     assert _ids(_export(client, _type="Device", _outputFormat=output_format)["Device"]) == ["da"]
 
 
+def test_an_unencoded_plus_is_read_as_one(client, services, charts):
+    """Clients often leave `+` unencoded in the query, where it means a space."""
+    since = orjson.loads(charts[-1].body)["meta"]["lastUpdated"]
+    seed(services, _observation("late", "Patient/pa"))
+    moment = datetime.fromisoformat(since.replace("Z", "+00:00")).astimezone(timezone(timedelta(hours=1)))
+    url = f"/fhir/$export?_type=Observation&_outputFormat=application/fhir+ndjson&_since={moment.isoformat()}"
+    assert "+01:00" in url
+    response = client.get(url, headers=KICK)
+    assert response.status_code == 202, response.text
+    files = _files(client, _manifest(client, response.headers["Content-Location"].removeprefix(BASE)))
+    assert _ids(files["Observation"]) == ["late"]
+
+
 def test_the_files_hold_what_a_read_returns_and_the_manifest_says_so(client, charts):
     status = _kick_off(client, _type="Patient,Observation,Device,Task")
     manifest = _manifest(client, status)
@@ -138,6 +153,8 @@ def test_the_files_hold_what_a_read_returns_and_the_manifest_says_so(client, cha
     assert manifest["request"] == f"{BASE}/fhir/$export?_type=Patient%2CObservation%2CDevice%2CTask"
     assert manifest["error"] == [] and not manifest.get("deleted")
     assert manifest["transactionTime"].endswith("Z")
+    expires = parsedate_to_datetime(client.get(status).headers["Expires"])
+    assert timedelta(hours=23) < expires - datetime.fromisoformat(manifest["transactionTime"]) <= timedelta(hours=24)
     assert [(output["type"], output["count"]) for output in manifest["output"]] == [
         ("Patient", 3), ("Observation", 3), ("Device", 1), ("Task", 1)]
     for resource_type, lines in _files(client, manifest).items():

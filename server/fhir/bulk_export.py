@@ -49,6 +49,7 @@ class ExportJob:
     progress: str | None
     outputs: list[dict[str, Any]]
     failure: str | None
+    expires_at: int
 
     @classmethod
     def from_row(cls, row: Any) -> "ExportJob":
@@ -60,7 +61,7 @@ class ExportJob:
             type_filters=tuple(orjson.loads(row.type_filters)) if row.type_filters is not None else (),
             request_url=row.request_url, transaction_time=row.transaction_time, status=row.status,
             progress=row.progress, outputs=orjson.loads(row.outputs) if row.outputs is not None else [],
-            failure=row.failure,
+            failure=row.failure, expires_at=row.expires_at,
         )
 
 
@@ -224,9 +225,15 @@ class ExportJobs:
     def remove_expired(self) -> int:
         """Remove expired exports and their files, and directories without a
         row (left by a cancel that raced a worker); how many rows went."""
-        with write_connection(self.engine) as connection:
-            expired = connection.execute(delete(fhir_exports).where(
-                fhir_exports.c.expires_at <= now_micros()).returning(fhir_exports.c.export_id)).scalars().all()
+        now = now_micros()
+        with reading(self.engine) as connection:  # most clean-ups find nothing: no write lock taken for that
+            due = connection.execute(select(fhir_exports.c.export_id).where(fhir_exports.c.expires_at <= now)).first()
+        expired: list[str] = []
+        if due is not None:
+            with write_connection(self.engine) as connection:
+                expired = list(connection.execute(delete(fhir_exports).where(
+                    fhir_exports.c.expires_at <= now).returning(fhir_exports.c.export_id)).scalars())
+        with reading(self.engine) as connection:
             known = set(connection.execute(select(fhir_exports.c.export_id)).scalars())
         for export_id in expired:
             self._remove_files(export_id)

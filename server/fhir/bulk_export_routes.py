@@ -8,6 +8,7 @@ routes, which judge them type by type.
 """
 
 from collections.abc import Iterator
+from email.utils import format_datetime
 from typing import IO, Any
 
 import orjson
@@ -16,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from fhir_mappings.bulk_export import NDJSON, ExportRequest, Level, manifest, parse_export, patient_references
-from fhir_mappings.date_ranges import instant_text
+from fhir_mappings.date_ranges import from_micros, instant_text
 from fhir_mappings.errors import FhirError, InvalidRequest, ResourceNotFound
 from fhir_mappings.operation_parameters import parameter_pairs
 from fhir_mappings.outcome import operation_outcome
@@ -119,7 +120,8 @@ async def export_status(request: Request, export_id: str) -> Response:
         return fhir_error_response(request, 500, "exception", job.failure or "the export failed")
     if job.status != COMPLETE:
         return Response(status_code=202, headers={"X-Progress": job.progress or job.status, "Retry-After": _POLL_AFTER})
-    return Response(_manifest_json(request, job), media_type="application/json")
+    expires = format_datetime(from_micros(job.expires_at), usegmt=True)  # when the files go
+    return Response(_manifest_json(request, job), media_type="application/json", headers={"Expires": expires})
 
 
 def _manifest_json(request: Request, job: ExportJob) -> bytes:
