@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     false,
     func,
@@ -502,7 +503,7 @@ fhir_exports = Table(
     Column("since", BigInteger),  # microseconds; none: from the beginning
     Column("patients", LargeBinary),  # JSON list of Patient ids; none: every patient
     Column("type_filters", LargeBinary),  # JSON list of `_typeFilter` queries; none: no filter
-    Column("request_url", String(4096), nullable=False),
+    Column("request_url", Text, nullable=False),  # as long as a URL may be: _typeFilter queries make them long
     Column("transaction_time", BigInteger, nullable=False),  # microseconds
     Column("status", String(16), nullable=False),  # queued, running, complete, failed
     Column("progress", String(256)),

@@ -248,6 +248,16 @@ def test_a_type_filter_needs_the_rights_its_search_would(client, services, chart
     assert sorted(_ids(_export(client, **chained)["Observation"])) == ["oa"]  # an admin may search Patients
 
 
+def test_a_long_kick_off_url_is_kept_whole(client, charts):
+    """The manifest's `request` is the kick-off URL as sent, however many filters make it long."""
+    filters = [("_typeFilter", f"Observation?code=http://loinc.org|{number}-{'9' * 40}") for number in range(60)]
+    response = client.get("/fhir/$export", params=[("_type", "Observation"), *filters], headers=KICK)
+    assert response.status_code == 202, response.text
+    manifest = _manifest(client, response.headers["Content-Location"].removeprefix(BASE))
+    assert len(manifest["request"]) > 4096 and manifest["request"] == str(response.request.url)
+    assert manifest["output"] == []  # nothing has such a code: no file, as the IG has it
+
+
 def test_there_is_no_group_export(client):
     response = client.get("/fhir/Group/g1/$export", headers=KICK)
     assert response.status_code == 404
@@ -260,6 +270,8 @@ def test_an_export_is_its_starters_alone(client, services, charts):
     assert client.get(status, headers=other).status_code == 404
     assert client.get(manifest["output"][0]["url"].removeprefix(BASE), headers=other).status_code == 404
     assert client.delete(status, headers=other).status_code == 404
+    assert client.get(status, headers={"Authorization": "Bearer not-a-token"}).status_code == 401
+    assert client.get("/fhir/$export", headers={**KICK, "Authorization": "Bearer not-a-token"}).status_code == 401
     assert client.get(status).status_code == 200  # still there for its starter
     # A clinician's own export is its own, and an admin may see it.
     clinician = _user(services, Role.CLINICIAN, "dr-own")

@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column('since', sa.BigInteger()),
         sa.Column('patients', sa.LargeBinary()),
         sa.Column('type_filters', sa.LargeBinary()),
-        sa.Column('request_url', sa.String(4096), nullable=False),
+        sa.Column('request_url', sa.Text(), nullable=False),
         sa.Column('transaction_time', sa.BigInteger(), nullable=False),
         sa.Column('status', sa.String(16), nullable=False),
         sa.Column('progress', sa.String(256)),
