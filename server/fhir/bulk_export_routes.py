@@ -41,6 +41,7 @@ FILE_PATH = "$export-file"
 # How long a client should wait between polls of a running export (seconds).
 _POLL_AFTER = "2"
 _CHUNK = 1 << 16
+_JSON = Format(FHIR_JSON, pretty=False)
 
 
 @router.get("/$export")
@@ -71,7 +72,7 @@ async def _kick_off(request: Request, level: Level) -> Response:
         return await _start(request, level)
     except FhirError as error:
         outcome = operation_outcome(error.issue_code, error.diagnostics)
-        return fhir_response(outcome, Format(FHIR_JSON, pretty=False), fhir_status_for(error))
+        return fhir_response(outcome, _JSON, fhir_status_for(error))
 
 
 async def _start(request: Request, level: Level) -> Response:
@@ -98,11 +99,11 @@ async def _start(request: Request, level: Level) -> Response:
         export_id = await run_in_threadpool(exports.jobs.start, principal, parsed, types, asked)
     except TooManyExports as error:
         outcome = operation_outcome("throttled", f"{error}; wait for one to finish or delete one")
-        return fhir_response(outcome, Format(FHIR_JSON, pretty=False), 429,
+        return fhir_response(outcome, _JSON, 429,
                              {"Retry-After": str(int(exports.retry_after_seconds))})
     exports.worker.wake()
     location = f"{base}/{STATUS_PATH}/{export_id}"
-    return fhir_response(_accepted(parsed, types), Format(FHIR_JSON, pretty=False), 202, {"Content-Location": location})
+    return fhir_response(_accepted(parsed, types), _JSON, 202, {"Content-Location": location})
 
 
 def _accepted(parsed: ExportRequest, types: tuple[str, ...]) -> dict[str, Any]:
