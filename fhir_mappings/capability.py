@@ -25,6 +25,12 @@ _SUBSCRIPTIONS = (
     " them; AuditEvent and Subscription cannot be subscribed to."
 )
 _EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+# FHIR Bulk Data Access v2.0.0 (hl7.org/fhir/uv/bulkdata/export.html).
+_BULK_DATA = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+# Patient-everything, which R4 defines, and the Patient-level export; a
+# CapabilityStatement names operations by their definitions.
+_PATIENT_OPERATIONS = [{"name": "everything", "definition": _EVERYTHING},
+                       {"name": "export", "definition": f"{_BULK_DATA}/patient-export"}]
 
 
 def capability_statement(
@@ -40,8 +46,7 @@ def capability_statement(
             interactions += ["create", "update", "delete"]
         parameters = [*COMMON.values(), *DEFINITIONS[resource_type]]
         sort_names = [parameter.name for parameter in parameters if parameter.type is not ParamType.REFERENCE]
-        # Patient-everything, which R4 defines; a CapabilityStatement names operations by their definitions.
-        operations = [{"name": "everything", "definition": _EVERYTHING}] if resource_type == "Patient" else []
+        operations = _PATIENT_OPERATIONS if resource_type == "Patient" else []
         resources.append(
             {
                 "type": resource_type,
@@ -102,12 +107,15 @@ def capability_statement(
                         "the request has Prefer: handling=strict. XML is produced for reads and searches. "
                         "Patient/[id]/[type] searches a type within a patient's compartment, and "
                         "Patient/[id]/$everything (start, end, _since, _type, _count) returns the patient and "
-                        "its compartment. Subscriptions notify by rest-hook (see Subscription)."
+                        "its compartment. Subscriptions notify by rest-hook (see Subscription). Bulk Data "
+                        "$export (system and Patient level; no Group) writes NDJSON files of what the caller "
+                        "may read and search, kept for a while (MEDAIFLOW_EXPORT_RETENTION_HOURS)."
                     ),
                     "security": _security(token_url),
                     "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
                     "resource": resources,
                     "interaction": [{"code": "batch"}, {"code": "transaction"}],
+                    "operation": [{"name": "export", "definition": f"{_BULK_DATA}/export"}],
                 }
             ],
         }

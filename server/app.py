@@ -24,6 +24,8 @@ from server.dicomweb.routes import router as dicomweb_router
 from server.dicomweb.wado_uri import router as wado_uri_router
 from server.dicomweb.workitem_subscriptions import job_changed
 from server.errors import install_error_handlers
+from server.fhir.bulk_export_routes import router as bulk_export_router
+from server.fhir.bulk_export_worker import build_exports
 from server.fhir.derived import ensure_endpoints, study_patients, sync_studies
 from server.fhir.routes import router as fhir_router
 from server.fhir.service import FhirService, build_fhir
@@ -69,8 +71,10 @@ def build_services(settings: Settings) -> Services:
     auth.identities.on_change = lambda connection, name, description: audit.record_in(
         connection, AuditKind.SECURITY_CHANGE, SERVER_AGENT, description)
     subscriptions = _subscriptions(settings, fhir, auth.identities, audit)
+    exports = build_exports(fhir, audit, settings.data_dir, settings.export_retention_hours,
+                            settings.export_max_per_caller)
     return Services(settings=settings, engine=engine, store=store, ingestor=ingestor, fhir=fhir, jobs=jobs, audit=audit,
-                    auth=auth, subscriptions=subscriptions)
+                    auth=auth, subscriptions=subscriptions, exports=exports)
 
 
 def _subscriptions(settings: Settings, fhir: FhirService, identities: Identities, audit: AuditService) -> Dispatcher:
@@ -115,9 +119,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services.audit.recorder.start()
     services.jobs.start()
     services.subscriptions.start()
+    services.exports.worker.start()
     try:
         yield
     finally:
+        services.exports.worker.stop()
         services.subscriptions.stop()
         services.jobs.stop()
         services.audit.recorder.stop()
@@ -136,6 +142,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(health.router)
     app.include_router(dicomweb_router, prefix="/dicom-web")
     app.include_router(wado_uri_router)
+    app.include_router(bulk_export_router, prefix="/fhir")  # before the route table's [type]/[id]
     app.include_router(fhir_router, prefix="/fhir")
     app.include_router(models_router, prefix="/admin")
     app.include_router(auth_router)
@@ -146,7 +153,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             allow_headers=["Accept", "Content-Type", "Authorization", "X-Request-ID", "If-Match", "If-None-Match", "If-Modified-Since", "Prefer",
                            "Content-Encoding"],
-            expose_headers=["X-Request-ID", "Content-Location", "Warning", "ETag", "Last-Modified", "Location"],
+            expose_headers=["X-Request-ID", "Content-Location", "Warning", "ETag", "Last-Modified", "Location",
+                            "X-Progress", "Retry-After"],
         )
     app.add_middleware(RequestLogMiddleware)
     app.add_middleware(HeadAsGet)

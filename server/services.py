@@ -7,6 +7,7 @@ from starlette.requests import HTTPConnection
 
 from server.audit.service import AuditService
 from server.auth.service import AuthService
+from server.fhir.bulk_export_worker import BulkExports
 from server.fhir.service import FhirService
 from server.fhir.subscription_delivery import Dispatcher
 from server.ingest import Ingestor
@@ -26,6 +27,7 @@ class Services:
     audit: AuditService
     auth: AuthService
     subscriptions: Dispatcher  # sends the notifications of FHIR Subscriptions
+    exports: BulkExports  # FHIR Bulk Data $export jobs and the thread that writes them
 
 
 def services(request: HTTPConnection) -> Services:

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
                                               " at each further one")
     subscription_timeout_seconds: float = Field(default=5.0, gt=0, description="to connect, send or read an answer")
 
+    # FHIR Bulk Data export ($export)
+    export_retention_hours: float = Field(default=24.0, gt=0, description="how long an export's status and files"
+                                          " are kept after its kick-off, then removed")
+    export_max_per_caller: int = Field(default=2, ge=1, description="exports a user or client may have queued or"
+                                       " running at once; more are refused with 429 and Retry-After")
+
     # Identities
     token_seconds: int = Field(default=300, ge=30, le=3600, description="lifetime of issued access tokens")
     admin_password: str | None = Field(

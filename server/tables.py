@@ -494,3 +494,36 @@ client_assertions = Table(
     Column("jti", String(256), primary_key=True),
     Column("expires_at", BigInteger, nullable=False, index=True),
 )
+
+
+# --- FHIR Bulk Data export (`server.fhir.bulk_export`) ------------------------
+# One row per `$export` kick-off: who asked (with the scopes it asked with, so
+# that the worker reads only what the caller may), what it asked for, the
+# instant it stands for (transactionTime), and its state; its files lie under
+# `<data dir>/exports/<export_id>/`, and go with the row.
+fhir_exports = Table(
+    "fhir_exports",
+    metadata,
+    Column("export_id", String(36), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("owner_is_client", Boolean, nullable=False),
+    Column("owner_role", String(16)),
+    Column("scopes", String(2048), nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("types", String(2048), nullable=False),  # comma-separated, as resolved at kick-off
+    Column("since", BigInteger),  # microseconds; none: from the beginning
+    Column("patients", LargeBinary),  # JSON list of Patient ids; none: every patient
+    Column("type_filters", LargeBinary),  # JSON list of `_typeFilter` queries; none: no filter
+    Column("request_url", Text, nullable=False),  # as long as a URL may be: _typeFilter queries make them long
+    Column("transaction_time", BigInteger, nullable=False),  # microseconds
+    Column("status", String(16), nullable=False),  # queued, running, complete, failed
+    Column("progress", String(256)),
+    Column("heartbeat", BigInteger),  # microseconds: when the worker running it last said so
+    Column("outputs", LargeBinary),  # JSON list of {type, file, count} once complete
+    Column("failure", String(1024)),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+)
+Index("ix_fhir_exports_owner", fhir_exports.c.owner, fhir_exports.c.owner_is_client, fhir_exports.c.status)
+Index("ix_fhir_exports_status", fhir_exports.c.status)
+Index("ix_fhir_exports_expires_at", fhir_exports.c.expires_at)

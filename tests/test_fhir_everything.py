@@ -270,7 +270,8 @@ def test_the_capability_statement_declares_the_compartment_and_everything(fhir):
     assert rest["compartment"] == ["http://hl7.org/fhir/CompartmentDefinition/patient"]
     patient = next(resource for resource in rest["resource"] if resource["type"] == "Patient")
     assert patient["operation"] == [
-        {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
+        {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+        {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"},
     ]
 
 

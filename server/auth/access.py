@@ -105,6 +105,7 @@ def required_permission(method: str, path: str) -> Permission | None:
     return None
 
 
+_EXPORT_PATHS = frozenset(("$export-status", "$export-file"))
 # Operations that change nothing (R4 OperationDefinition affectsState false).
 _READ_ONLY_OPERATIONS = frozenset(("$everything",))
 
@@ -113,6 +114,8 @@ def fhir_permission(method: str, parts: list[str]) -> Permission | None:
     """`parts`: the path below /fhir, e.g. ["Task", "abc", "_history", "2"]."""
     if not parts:
         return BUNDLE if method == "POST" else None
+    if parts[-1] == "$export" or parts[0] in _EXPORT_PATHS:
+        return None  # Bulk Data export: its routes judge the rights type by type, and an export is its starter's
     resource_type = parts[0]
     if method in ("GET", "HEAD"):
         if resource_type == "Patient" and len(parts) == 3 and parts[2] in DEFINITIONS:
