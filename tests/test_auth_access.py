@@ -96,6 +96,10 @@ def test_public_endpoints_need_no_credentials(anonymous):
     preflight = anonymous.options("/fhir/Patient", headers={"Origin": "http://viewer.example",
                                                             "Access-Control-Request-Method": "GET"})
     assert preflight.status_code == 200
+    # Public to read, not to anything else: other methods need credentials as every other path does.
+    for method, path in (("POST", "/fhir/metadata"), ("DELETE", "/fhir/metadata"), ("POST", "/healthz"),
+                         ("PUT", "/.well-known/jwks.json"), ("GET", "/auth/token")):
+        assert anonymous.request(method, path).status_code == 401, (method, path)
 
 
 def test_each_kind_of_bad_token_gets_401(anonymous, services, tmp_path):

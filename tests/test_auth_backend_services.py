@@ -214,3 +214,22 @@ def test_an_assertion_past_its_exp_but_within_the_clock_leeway_is_still_taken_on
     time.sleep(2.1)  # past its exp, within the leeway for clocks that differ
     again = _token(base, assertion)
     assert again.status_code == 401 and again.json()["error"] == "invalid_client"
+
+
+def test_bad_assertions_naming_a_client_do_not_lock_it_out(backend):
+    """A secret can be guessed, so failures count against its name; a private
+    key cannot, so assertions that anyone sends naming a client count only
+    against the address they come from."""
+    base, client_id, keys = backend
+    audience = f"{base}/auth/token"
+    stranger = _ec_key()
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as elsewhere:
+        refused = [
+            elsewhere.post(f"{base}/auth/token", data={
+                "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": _assertion(stranger, "ec-1", client_id, audience),
+            }).status_code
+            for _ in range(6)
+        ]
+    assert refused == [401] * 5 + [429]  # that address is held back
+    assert _token(base, _assertion(keys["ec-1"], "ec-1", client_id, audience)).status_code == 200  # the client is not

@@ -19,7 +19,8 @@ from server.auth.scopes import Grant
 from server.fhir.service import WRITABLE_TYPES
 
 # Anonymous by design: probes, discovery and the way to get a token.
-_PUBLIC_PATHS = frozenset(("/healthz", "/readyz", "/fhir/metadata", "/auth/token"))
+_READ = frozenset(("GET", "HEAD"))
+_PUBLIC_PATHS = {"/healthz": _READ, "/readyz": _READ, "/fhir/metadata": _READ, "/auth/token": frozenset(("POST",))}
 _PUBLIC_PREFIXES = ("/.well-known/",)
 _QIDO_RESOURCES = frozenset(("studies", "series", "instances"))
 
@@ -86,7 +87,9 @@ def basic_credentials(encoded: str) -> tuple[str, str] | None:
 
 def is_public(method: str, path: str) -> bool:
     # CORS preflights carry no credentials (the CORS middleware answers them).
-    return method == "OPTIONS" or path in _PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIXES)
+    if method == "OPTIONS":
+        return True
+    return method in _PUBLIC_PATHS.get(path, _READ if path.startswith(_PUBLIC_PREFIXES) else frozenset())
 
 
 def required_permission(method: str, path: str) -> Permission | None:

@@ -72,35 +72,35 @@ async def token(request: Request) -> JSONResponse:
     else:
         return _error(400, "unsupported_grant_type", "grant_type must be password or client_credentials")
 
-    refused = _limited(request, auth, name, address)
+    # A secret can be guessed: failures count against the name tried, as well as where they come from.
+    keys = (f"name:{name}", f"address:{address}")
+    refused = _limited(request, auth, name, address, keys)
     if refused is not None:
         return refused
     identity: Identity | None = await run_in_threadpool(check, name, secret)
     if identity is None:
         return failure
-    return _issued(auth, identity, form, address)
+    return _issued(auth, identity, form, keys)
 
 
-def _login_keys(name: str, address: str) -> tuple[str, str]:
-    """What failed logins are counted by: the name tried, and where from."""
-    return f"name:{name}", f"address:{address}"
-
-
-def _limited(request: Request, auth: AuthService, name: str, address: str) -> JSONResponse | None:
-    """The 429 for a token request over the address's rate or the failed-login limits, if any."""
+def _limited(
+    request: Request, auth: AuthService, name: str, address: str, keys: tuple[str, ...]
+) -> JSONResponse | None:
+    """The 429 for a token request over the address's rate, or over the
+    failed-login limit of one of `keys`, if any."""
     note_login(request.scope, name)
     # Each answer costs an Argon2 check or a signature check, right or not: the address's request rate holds here too.
     wait = auth.request_rate.take(f"address:{address}") if auth.request_rate is not None else None
     if wait is not None:
         return _error(429, "slow_down", "too many token requests; try again later", {"Retry-After": str(wait)})
-    wait = auth.failed_logins.attempt(*_login_keys(name, address))
+    wait = auth.failed_logins.attempt(*keys)
     if wait is not None:
         return _error(429, "slow_down", "too many failed logins; try again later", {"Retry-After": str(wait)})
     return None
 
 
-def _issued(auth: AuthService, identity: Identity, form: dict[str, str], address: str) -> JSONResponse:
-    auth.failed_logins.succeeded(*_login_keys(identity.name, address))
+def _issued(auth: AuthService, identity: Identity, form: dict[str, str], keys: tuple[str, ...]) -> JSONResponse:
+    auth.failed_logins.succeeded(*keys)
     granted = Grant.parse(form["scope"]).narrowed_to(identity.grant) if form.get("scope") else identity.grant
     if not granted.scopes:
         return _error(400, "invalid_scope", "none of the scopes asked for is allowed to this identity")
@@ -129,7 +129,10 @@ async def _backend_service_token(request: Request, form: dict[str, str], address
     if form.get("client_id", claimed.client_id) != claimed.client_id:
         return _error(400, "invalid_request", "client_id differs from the assertion's iss")
     auth = _auth(request)
-    refused = _limited(request, auth, claimed.client_id, address)
+    # No private key is guessed by trying: failures count against where they come from only, so that
+    # assertions naming a client, sent by anyone, cannot lock it out.
+    keys = (f"address:{address}",)
+    refused = _limited(request, auth, claimed.client_id, address, keys)
     if refused is not None:
         return refused
     try:
@@ -138,7 +141,7 @@ async def _backend_service_token(request: Request, form: dict[str, str], address
         log.info("a client assertion was refused: %s", refusal)
         # Whether the client exists, or which of its keys, is not told.
         return _error(401, "invalid_client", "the assertion does not verify with a key registered for its client")
-    return _issued(auth, identity, form, address)
+    return _issued(auth, identity, form, keys)
 
 
 async def _read_form(request: Request) -> dict[str, str] | None:
