@@ -200,7 +200,7 @@ class JobQueue:
         """Take up to `limit` queued jobs of one model (the oldest job's), or
         the one named, leasing them to `owner` and moving them in progress."""
         now = now_micros()
-        if task_id is None and not self._any_ready(now):
+        if not self._any_ready(now, task_id):
             return []
         with write_connection(self.engine) as connection:
             self._fail_jobs_of_inactive_models(connection, now)
@@ -243,14 +243,16 @@ class JobQueue:
                         "series_content": released_content(orphan.task_id) if orphan.automatic else None},
             )
 
-    def _any_ready(self, now: int) -> bool:
-        """A read first, so that idle pollers never take SQLite's write lock."""
+    def _any_ready(self, now: int, task_id: str | None) -> bool:
+        """A read first, so that idle pollers (and messages for jobs taken
+        already, or waiting out their backoff) never take SQLite's write lock."""
+        ready = select(inference_jobs.c.task_id).where(
+            inference_jobs.c.status == REQUESTED, inference_jobs.c.not_before <= now
+        )
+        if task_id is not None:
+            ready = ready.where(inference_jobs.c.task_id == task_id)
         with reading(self.engine) as connection:
-            return connection.execute(
-                select(inference_jobs.c.task_id)
-                .where(inference_jobs.c.status == REQUESTED, inference_jobs.c.not_before <= now)
-                .limit(1)
-            ).first() is not None
+            return connection.execute(ready.limit(1)).first() is not None
 
     def record_series(self, job: Job, series_uid: str) -> bool:
         """The series a job ordered for a whole study runs on, once chosen: the
