@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from inference.demo.phantom import Geometry, make_phantom
 from server.app import build_services, create_app
 from server.migrate import upgrade
 from server.settings import Settings
+from server.tables import inference_jobs
 from tests.conftest import admin_headers
 from tests.inference_checks import (
     phantom,
@@ -171,3 +173,27 @@ def test_a_broker_down_at_submit_leaves_the_job_queued_with_the_reason(settings)
         else:
             raise AssertionError(f"the Task still says the broker is unreachable: {task}")
     reachable.engine.dispose()
+
+
+def test_a_broker_that_refuses_the_server_leaves_the_job_queued_with_the_reason(settings):
+    """A broker that answers but refuses (a wrong password, a vhost it lacks)
+    holds the job as one that is down does: the Task says why it waits."""
+    configured = _celery_settings(settings, "amqp://guest:not-the-password@127.0.0.1:5672//")
+    services = build_services(configured)
+    upgrade(services.engine)
+    app = create_app(services=services)
+    with TestClient(app, base_url="http://testserver", headers=admin_headers(services)) as client:
+        study = phantom(seed=64, lesions=1)
+        stow(client, series_bytes(study))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            tasks = tasks_of(client, study_uid(study))
+            if tasks and "unreachable" in tasks[0].get("businessStatus", {}).get("text", ""):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"no Task says the broker is unreachable: {tasks_of(client, study_uid(study))}")
+        assert tasks[0]["status"] == "requested"
+    with services.engine.connect() as connection:
+        assert connection.execute(select(inference_jobs.c.dispatched_at)).scalar_one() is None  # sent on the next tick
+    services.engine.dispose()

@@ -131,6 +131,11 @@ class CeleryExecutor:
         self.queue = queue
         self.broker_queue = broker_queue
         self.celery = make_celery(broker_url, broker_queue, queue.policy.lease_seconds)
+        # What the broker's transport raises when it cannot take a message: refused
+        # connections, and also a broker that answers but refuses this server (a
+        # wrong password, a missing vhost). Read from the transport, not connecting.
+        with self.celery.connection_for_write() as transport:
+            self._send_errors = (OperationalError, OSError, *transport.connection_errors, *transport.channel_errors)
 
     def start(self) -> None:
         pass
@@ -152,7 +157,7 @@ class CeleryExecutor:
             for task_id in task_ids:
                 self.celery.send_task(RUN_JOB, args=[task_id], queue=self.broker_queue)
                 sent += 1
-        except (OperationalError, OSError) as error:
+        except self._send_errors as error:
             unsent = task_ids[sent:]
             log.warning("the broker is unreachable (%s); %d jobs wait in the queue", type(error).__name__, len(unsent))
             self.queue.mark_dispatched(unsent, False)
