@@ -9,7 +9,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from server.jobs.executors import Runner
 from server.jobs.queue import FINAL, Stage
 from server.jobs.registry import RegisteredModel
 from server.jobs.service import JobsService
@@ -138,20 +137,18 @@ def _run_attempts(jobs: JobsService, task_id: str, stop: threading.Event) -> Non
     """Runs the job here, attempt after attempt (a failure that may pass
     queues it again after a backoff, and no scheduler may be running to hand
     it on), unless a server's worker takes it first; until it ends, or `stop`."""
-    runner: Runner | None = None
+    runner = jobs.make_runner()  # loads torch: before the claim, so that the job's lease is not spent on it
     try:
         while not stop.is_set():
             claimed = jobs.queue.claim(f"cli:{task_id}", 1, task_id=task_id)
             if claimed:
-                runner = runner or jobs.make_runner()
                 runner.run(claimed)
             job = jobs.queue.get(task_id)
             if job is None or job.status in FINAL:
                 return
             stop.wait(_ATTEMPT_POLL_SECONDS)
     finally:
-        if runner is not None:
-            runner.close()
+        runner.close()
 
 
 def _worker(_: argparse.Namespace) -> int:
