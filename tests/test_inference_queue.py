@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 
 from server.app import build_services, create_app
 from server.jobs import run as run_module
+from server.jobs.executors import LocalExecutor
 from server.jobs.queue import QueuePolicy, Stage, now_micros
 from server.jobs.service import DEMO_BUNDLE
 from server.jobs.withdrawal import sweep
@@ -316,3 +317,27 @@ def test_a_step_stuck_in_the_offload_pool_ends_its_job_at_the_time_limit(queued,
     while any(services.store.temp_dir.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(services.store.temp_dir.iterdir())
+
+
+def test_a_batch_prepared_while_the_one_before_runs_has_its_whole_time_limit(queued, monkeypatch):
+    """The local executor claims and reads the next batch while the network
+    runs on the one before: that wait is not the next batch's own time. Each
+    job here takes well under the limit, both together well over it."""
+    client, services = queued
+    services.jobs.queue.policy = QueuePolicy(max_attempts=1, timeout_seconds=24.0)
+    real_segment_many = run_module.Segmenter.segment_many
+
+    def slow_network(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(12.0)  # a model that takes its time, as larger ones do
+        return real_segment_many(self, *args, **kwargs)
+
+    monkeypatch.setattr(run_module.Segmenter, "segment_many", slow_network)
+    tasks = [order(client, stored_study(client, seed)) for seed in (63, 64)]
+    executor = LocalExecutor(services.jobs.queue, services.jobs.make_runner, threads=1, batch_size=1)
+    executor.start()
+    try:
+        ended = [wait_for_task(client, task["id"], timeout=120) for task in tasks]
+    finally:
+        executor.stop()
+    outcomes = [(task["status"], task.get("statusReason"), task["executionPeriod"]) for task in ended]
+    assert [task["status"] for task in ended] == ["completed", "completed"], outcomes

@@ -29,8 +29,9 @@ def worker_name(kind: str) -> str:
 
 
 class Runner(Protocol):
-    def start(self, jobs: list[Job]) -> Any:
-        """Begin preparing a batch; returns what `finish` takes."""
+    def start(self, jobs: list[Job], behind: Any = None) -> Any:
+        """Begin preparing a batch, to be finished after the batch `behind`;
+        returns what `finish` takes."""
 
     def finish(self, batch: Any) -> None: ...
 
@@ -101,7 +102,7 @@ class LocalExecutor:
                 jobs = self.queue.claim(owner, self.batch_size)
                 if jobs and runner is None:
                     runner = self.make_runner()  # loads torch: with the first job, not the server
-                upcoming = runner.start(jobs) if jobs and runner else None
+                upcoming = runner.start(jobs, current) if jobs and runner else None
                 # Moved on before finishing: a batch whose finish fails is not finished twice,
                 # and the one prepared meanwhile is not dropped.
                 previous, current = current, upcoming
