@@ -35,7 +35,7 @@ from server.ingest import Ingestor
 from server.jobs.offload import OffloadPool, WrittenResults, read_series, write_results
 from server.jobs.queue import Job, JobQueue, Stage, now_micros
 from server.jobs.registry import ModelRegistry, RegisteredModel
-from server.jobs.series import StoredSeries, accepted_series, series_content, series_exists
+from server.jobs.series import StoredSeries, accepted_series, series_content, series_exists, series_file_paths
 from server.jobs.study_changes import lock_study_jobs, supersede_earlier_runs
 from server.jobs.withdrawal import withdraw_results
 from server.storage import FileStore
@@ -51,6 +51,12 @@ class JobLost(Exception):
 class SeriesChanged(Exception):
     """Instances of the job's series were sent again while the job ran: its
     next attempt reads them as they are now."""
+
+
+class FileMissing(Exception):
+    """A file the index names for the series is not in this worker's file
+    store: a worker whose data directory is not the server's, or a store
+    that lost it. Retried: a shared file system may be back."""
 
 
 @dataclass(frozen=True)
@@ -198,7 +204,7 @@ class JobRunner:
             written = self._within_limit(job, results)
         except FileNotFoundError as error:
             self._check_series_unchanged(prepared)  # its files went: say why when the series went with them
-            raise SeriesChanged() from error
+            raise self._file_gone(prepared.series) from error
         self.timings.add(written.seconds)
         try:
             self._progress(job, Stage.STORING)
@@ -225,6 +231,18 @@ class JobRunner:
             if series_content(session, uid) != prepared.content:
                 raise SeriesChanged()
 
+    def _file_gone(self, read: StoredSeries) -> Exception:
+        """Why a file of the series as the job read it was not found: the
+        series was sent again (or deleted) meanwhile, and its index names
+        other files now, or the store lacks a file that the index names."""
+        with reading(self.queue.engine) as connection:
+            if series_file_paths(connection, read.series_instance_uid) != set(read.file_paths):
+                return SeriesChanged()
+        return FileMissing(
+            f"a file of series {read.series_instance_uid} is missing from the file store "
+            "(is this worker's data directory the server's?)"
+        )
+
     def _attempt(self, job: Job, step: Callable[[], T]) -> T | None:
         """Run one step of a job; on failure end the job as its error says
         (and take back a SEG it stored), returning None."""
@@ -234,6 +252,9 @@ class JobRunner:
             log.info("job %s is no longer this worker's", job.task_id)
         except InferenceError as error:
             self._end(job, error.message, retryable=False)
+        except FileMissing as error:
+            log.warning("job %s: %s", job.task_id, error)
+            self._end(job, str(error), retryable=True)
         except SeriesChanged:
             log.info("the series of job %s changed while it ran", job.task_id)
             successor = self.queue.successor(job)
@@ -269,7 +290,7 @@ class JobRunner:
         try:
             read = self._within_limit(job, self._offload.submit(read_series, paths))
         except FileNotFoundError as error:
-            raise SeriesChanged() from error
+            raise self._file_gone(chosen) from error
         self.timings.add(read.seconds)
         return PreparedSeries(chosen, read.sources, read.volume, content)
 
