@@ -99,9 +99,11 @@ class LocalExecutor:
         current = None
         while not self._stopping.is_set():
             try:
-                jobs = self.queue.claim(owner, self.batch_size)
-                if jobs and runner is None:
-                    runner = self.make_runner()  # loads torch: with the first job, not the server
+                if runner is None and self.queue.any_ready():
+                    # Loads torch: with the first job, not the server, and before that job is
+                    # claimed, so that its lease does not run out while torch loads.
+                    runner = self.make_runner()
+                jobs = self.queue.claim(owner, self.batch_size) if runner is not None else []
                 upcoming = runner.start(jobs, current) if jobs and runner else None
                 # Moved on before finishing: a batch whose finish fails is not finished twice,
                 # and the one prepared meanwhile is not dropped.

@@ -200,7 +200,7 @@ class JobQueue:
         """Take up to `limit` queued jobs of one model (the oldest job's), or
         the one named, leasing them to `owner` and moving them in progress."""
         now = now_micros()
-        if not self._any_ready(now, task_id):
+        if not self.any_ready(task_id):
             return []
         with write_connection(self.engine) as connection:
             self._fail_jobs_of_inactive_models(connection, now)
@@ -243,11 +243,12 @@ class JobQueue:
                         "series_content": released_content(orphan.task_id) if orphan.automatic else None},
             )
 
-    def _any_ready(self, now: int, task_id: str | None) -> bool:
-        """A read first, so that idle pollers (and messages for jobs taken
-        already, or waiting out their backoff) never take SQLite's write lock."""
+    def any_ready(self, task_id: str | None = None) -> bool:
+        """Whether a job (or the one named) may be claimed now. A read, so that
+        idle pollers (and messages for jobs taken already, or waiting out their
+        backoff) never take SQLite's write lock."""
         ready = select(inference_jobs.c.task_id).where(
-            inference_jobs.c.status == REQUESTED, inference_jobs.c.not_before <= now
+            inference_jobs.c.status == REQUESTED, inference_jobs.c.not_before <= now_micros()
         )
         if task_id is not None:
             ready = ready.where(inference_jobs.c.task_id == task_id)
