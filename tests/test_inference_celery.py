@@ -197,3 +197,39 @@ def test_a_broker_that_refuses_the_server_leaves_the_job_queued_with_the_reason(
     with services.engine.connect() as connection:
         assert connection.execute(select(inference_jobs.c.dispatched_at)).scalar_one() is None  # sent on the next tick
     services.engine.dispose()
+
+
+_LEAVE_A_PAYLOAD = """
+import sys
+from pathlib import Path
+from server.storage import FileStore
+
+writer = FileStore(Path(sys.argv[1])).new_temp_file()
+writer.write(b"half a segmentation")
+print(writer.finish().temp_path)
+"""
+
+
+def test_a_worker_clears_what_dead_processes_left_in_the_store_as_it_starts(settings, tmp_path):
+    """A worker killed mid-job leaves its payloads under tmp/: the worker
+    started in its place clears them, as a server's start does, rather than
+    leave them until the next server start."""
+    configured = _celery_settings(settings, BROKERS["redis"])
+    services = build_services(configured)
+    upgrade(services.engine)
+    left = subprocess.run(  # a process that ends holding a payload, as a killed worker does
+        [sys.executable, "-c", _LEAVE_A_PAYLOAD, str(services.store.root)],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    payload = Path(left.stdout.strip())
+    assert payload.read_bytes() == b"half a segmentation"
+    workers = Workers(configured, tmp_path)
+    workers.start()
+    try:
+        deadline = time.monotonic() + 120
+        while payload.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not payload.exists() and not payload.parent.exists()
+    finally:
+        workers.stop()
+        services.engine.dispose()
