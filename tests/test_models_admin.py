@@ -138,6 +138,13 @@ def test_infer_from_the_command_line(cli_env, capsys):
     assert main(["infer", "--study", study_uid(study), "--quiet"]) == 0
     output = capsys.readouterr().out
     assert "completed" in output and "DiagnosticReport/" in output
+    # Ordered with no request to record it: the order is in the audit trail as the server's own.
+    task = output.split()[0]
+    services.audit.chain.project()
+    app = create_app(services=services)
+    with TestClient(app, base_url="http://testserver", headers=admin_headers(services)) as client:
+        events = client.get("/fhir/AuditEvent", params={"entity": task, "_count": 10}).json()
+    assert "inference Task requested" in [entry["resource"].get("outcomeDesc") for entry in events["entry"]]
     assert main(["infer", "--study", "1.2.3.4", "--quiet"]) == 2
     assert "no ImagingStudy/1.2.3.4" in capsys.readouterr().err
 

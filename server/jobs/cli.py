@@ -9,6 +9,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from fhir_mappings.audit_event import AuditKind
+from server.auth.identities import SERVER_AGENT
+from server.db import write_connection
 from server.jobs.queue import FINAL, Stage
 from server.jobs.registry import RegisteredModel
 from server.jobs.service import JobsService
@@ -108,9 +111,15 @@ def _infer(args: argparse.Namespace) -> int:
         if args.series:
             task["input"] = [{"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM",
                                                    "code": "121232"}]}, "valueId": args.series}]
-        task_id = interactions.create(services.fhir, "Task", task).resource_id
-        print(f"Task/{task_id}")
         queue = services.jobs.queue
+        with write_connection(services.engine) as connection:
+            task_id = interactions.create(services.fhir, "Task", task, connection).resource_id
+            # Ordered with no request whose audit record would name it: recorded as the server's own.
+            job = queue.get(task_id, connection)
+            assert job is not None
+            services.audit.record_in(connection, AuditKind.CREATE, SERVER_AGENT, "inference Task requested",
+                                     resources=[f"Task/{task_id}"], patients=[job.patient_id] if job.patient_id else [])
+        print(f"Task/{task_id}")
         stop = threading.Event()
         worker = threading.Thread(target=_run_attempts, args=(services.jobs, task_id, stop), daemon=True)
         worker.start()
