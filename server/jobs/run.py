@@ -81,21 +81,23 @@ class _Heartbeat:
         self._claimed = jobs
         self._behind = behind
         self._turn_from: int | None = None if behind is not None else 0
+        self._turn_lock = threading.Lock()
         self.ended_at: int | None = None  # when it stopped renewing
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
 
     def jobs(self) -> list[Job] | None:
-        """The batch's jobs, their clocks started at their turn; None before it."""
-        if self._turn_from is None:
-            assert self._behind is not None
-            if self._behind.ended_at is None:
-                return None
-            self._turn_from, self._behind = self._behind.ended_at, None  # no chain of every batch before
-        return [
-            replace(job, started_at=max(job.started_at or 0, self._turn_from)) for job in self._claimed
-        ]
+        """The batch's jobs, their clocks started at their turn; None before it.
+        Asked by the heartbeat's thread and by `finish`'s."""
+        with self._turn_lock:
+            if self._turn_from is None:
+                assert self._behind is not None
+                if self._behind.ended_at is None:
+                    return None
+                self._turn_from, self._behind = self._behind.ended_at, None  # no chain of every batch before
+            turn_from = self._turn_from
+        return [replace(job, started_at=max(job.started_at or 0, turn_from)) for job in self._claimed]
 
     def stop(self) -> None:
         self._stop.set()
