@@ -28,3 +28,30 @@ def test_the_servers_own_changes_are_recorded_in_their_transactions(services, fh
     assert changes == ["inference Task completed", "inference Task in-progress"]
     assert {event["agent"][0]["name"] for event in task_events} == {"audited-worker"}
     assert services.audit.chain.verify().intact
+
+
+def test_a_job_moved_over_its_workers_head_is_recorded_as_the_servers_doing(services, fhir):
+    """A cancel, or a lease that ran out, is the server's change, not the
+    worker's that held the job (the cancelling client has its request's own record)."""
+    from sqlalchemy import update
+
+    from server.auth.identities import SERVER_AGENT
+    from server.jobs.queue import now_micros
+    from server.tables import inference_jobs
+    from tests.inference_checks import order, stored_study
+
+    services.jobs.ensure_demo_model()
+    reaped, cancelled = (order(fhir, stored_study(fhir, seed=seed, lesions=1)) for seed in (92, 93))
+    services.jobs.queue.claim("stalled-worker", 2)
+    with services.engine.begin() as connection:
+        connection.execute(update(inference_jobs).where(inference_jobs.c.task_id == reaped["id"])
+                           .values(lease_expires=now_micros() - 1))
+    assert services.jobs.queue.reap() == [reaped["id"]]
+    running = fhir.get(f"/fhir/Task/{cancelled['id']}").json()
+    assert fhir.put(f"/fhir/Task/{cancelled['id']}", json={**running, "status": "cancelled"}).status_code == 200
+
+    for task, change in ((reaped, "inference Task on-hold"), (cancelled, "inference Task cancelled")):
+        [event] = [event for event in _events(services, fhir, entity=f"Task/{task['id']}", subtype="update")
+                   if event["outcomeDesc"] == change]
+        requestors = [agent["name"] for agent in event["agent"] if agent["requestor"]]
+        assert requestors == [SERVER_AGENT], (change, event["agent"])

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from inference.demo.phantom import Geometry, make_phantom
 from server.app import build_services, create_app
 from server.migrate import upgrade
 from server.settings import Settings
+from server.tables import inference_jobs
 from tests.conftest import admin_headers
 from tests.inference_checks import (
     phantom,
@@ -171,3 +173,63 @@ def test_a_broker_down_at_submit_leaves_the_job_queued_with_the_reason(settings)
         else:
             raise AssertionError(f"the Task still says the broker is unreachable: {task}")
     reachable.engine.dispose()
+
+
+def test_a_broker_that_refuses_the_server_leaves_the_job_queued_with_the_reason(settings):
+    """A broker that answers but refuses (a wrong password, a vhost it lacks)
+    holds the job as one that is down does: the Task says why it waits."""
+    configured = _celery_settings(settings, "amqp://guest:not-the-password@127.0.0.1:5672//")
+    services = build_services(configured)
+    upgrade(services.engine)
+    app = create_app(services=services)
+    with TestClient(app, base_url="http://testserver", headers=admin_headers(services)) as client:
+        study = phantom(seed=64, lesions=1)
+        stow(client, series_bytes(study))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            tasks = tasks_of(client, study_uid(study))
+            if tasks and "unreachable" in tasks[0].get("businessStatus", {}).get("text", ""):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"no Task says the broker is unreachable: {tasks_of(client, study_uid(study))}")
+        assert tasks[0]["status"] == "requested"
+    with services.engine.connect() as connection:
+        assert connection.execute(select(inference_jobs.c.dispatched_at)).scalar_one() is None  # sent on the next tick
+    services.engine.dispose()
+
+
+_LEAVE_A_PAYLOAD = """
+import sys
+from pathlib import Path
+from server.storage import FileStore
+
+writer = FileStore(Path(sys.argv[1])).new_temp_file()
+writer.write(b"half a segmentation")
+print(writer.finish().temp_path)
+"""
+
+
+def test_a_worker_clears_what_dead_processes_left_in_the_store_as_it_starts(settings, tmp_path):
+    """A worker killed mid-job leaves its payloads under tmp/: the worker
+    started in its place clears them, as a server's start does, rather than
+    leave them until the next server start."""
+    configured = _celery_settings(settings, BROKERS["redis"])
+    services = build_services(configured)
+    upgrade(services.engine)
+    left = subprocess.run(  # a process that ends holding a payload, as a killed worker does
+        [sys.executable, "-c", _LEAVE_A_PAYLOAD, str(services.store.root)],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    payload = Path(left.stdout.strip())
+    assert payload.read_bytes() == b"half a segmentation"
+    workers = Workers(configured, tmp_path)
+    workers.start()
+    try:
+        deadline = time.monotonic() + 120
+        while payload.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not payload.exists() and not payload.parent.exists()
+    finally:
+        workers.stop()
+        services.engine.dispose()

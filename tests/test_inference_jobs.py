@@ -3,7 +3,10 @@ DiagnosticReport + Observations with the right count and volume -> SEG
 retrievable over DICOMweb and aligned with its source slices."""
 
 import io
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import highdicom
@@ -247,3 +250,37 @@ def test_unknown_studies_and_inactive_models_are_refused(running):
     assert inactive.status_code == 422
     assert "not active" in inactive.json()["issue"][0]["diagnostics"]
     assert device_id(model.bundle.card) == model.device_id
+
+
+_FIRST_JOB_OF_A_FRESH_PROCESS = """
+import sys, time
+from fastapi.testclient import TestClient
+from server.app import build_services, create_app
+from server.migrate import upgrade
+from server.settings import Settings
+from tests.conftest import admin_headers
+from tests.inference_checks import phantom, series_bytes, stow, study_uid, wait_for_tasks
+
+assert "torch" not in sys.modules
+settings = Settings.model_validate_json(sys.argv[1])
+services = build_services(settings)
+upgrade(services.engine)
+with TestClient(create_app(services=services), base_url="http://testserver", headers=admin_headers(services)) as client:
+    study = phantom(seed=75, lesions=1)
+    stow(client, series_bytes(study))
+    (task,) = wait_for_tasks(client, study_uid(study), timeout=120)
+    print(task["status"], task.get("statusReason", {}).get("text", ""))
+"""
+
+
+def test_the_first_job_of_a_server_is_not_lost_while_torch_loads(inference_settings: Settings, tmp_path):
+    """Torch loads with the first job, in a process that has not loaded it
+    yet (here a fresh one, where its import takes longer than this lease):
+    the job's lease must not run out meanwhile."""
+    settings = inference_settings.model_copy(update={"job_lease_seconds": 5.0, "job_max_attempts": 1})
+    finished = subprocess.run(
+        [sys.executable, "-c", _FIRST_JOB_OF_A_FRESH_PROCESS, settings.model_dump_json()],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.strip() == "completed", finished.stdout

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 
 from server.app import build_services, create_app
 from server.jobs import run as run_module
+from server.jobs.executors import LocalExecutor
 from server.jobs.queue import QueuePolicy, Stage, now_micros
 from server.jobs.service import DEMO_BUNDLE
 from server.jobs.withdrawal import sweep
@@ -182,18 +183,21 @@ def test_a_model_that_raises_is_retried_with_backoff_then_fails(queued, tmp_path
     assert _total(client, "/fhir/DiagnosticReport") == 0
 
 
-def test_files_replaced_while_a_job_reads_them_are_read_again_and_no_path_is_shown(queued):
+def test_a_file_missing_from_the_store_is_said_so_retried_and_no_path_is_shown(queued):
+    """Not taken for a re-send (the index names the same files): a worker
+    whose data directory is not the server's, or a store that lost a file."""
     client, services = queued
     task = order(client, stored_study(client, 57))
     with services.engine.connect() as connection:
         stored = connection.execute(select(instances.c.file_path).limit(1)).scalar_one()
     path = services.store.root / stored
     moved = path.with_name("elsewhere")
-    path.rename(moved)  # as a re-send swaps a file between the job's look and its read
+    path.rename(moved)
     assert run_queued(services) == [task["id"]]
     waiting = client.get(f"/fhir/Task/{task['id']}")
     assert waiting.json()["status"] == "on-hold"
-    assert "sent again while the job ran" in waiting.json()["businessStatus"]["text"]
+    said = waiting.json()["businessStatus"]["text"]
+    assert "sent again" not in said and "missing from the file store" in said, said
     assert str(services.store.root) not in waiting.text
     moved.rename(path)
     with services.engine.begin() as connection:
@@ -316,3 +320,27 @@ def test_a_step_stuck_in_the_offload_pool_ends_its_job_at_the_time_limit(queued,
     while any(services.store.temp_dir.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(services.store.temp_dir.iterdir())
+
+
+def test_a_batch_prepared_while_the_one_before_runs_has_its_whole_time_limit(queued, monkeypatch):
+    """The local executor claims and reads the next batch while the network
+    runs on the one before: that wait is not the next batch's own time. Each
+    job here takes well under the limit, both together well over it."""
+    client, services = queued
+    services.jobs.queue.policy = QueuePolicy(max_attempts=1, timeout_seconds=24.0)
+    real_segment_many = run_module.Segmenter.segment_many
+
+    def slow_network(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(12.0)  # a model that takes its time, as larger ones do
+        return real_segment_many(self, *args, **kwargs)
+
+    monkeypatch.setattr(run_module.Segmenter, "segment_many", slow_network)
+    tasks = [order(client, stored_study(client, seed)) for seed in (63, 64)]
+    executor = LocalExecutor(services.jobs.queue, services.jobs.make_runner, threads=1, batch_size=1)
+    executor.start()
+    try:
+        ended = [wait_for_task(client, task["id"], timeout=120) for task in tasks]
+    finally:
+        executor.stop()
+    outcomes = [(task["status"], task.get("statusReason"), task["executionPeriod"]) for task in ended]
+    assert [task["status"] for task in ended] == ["completed", "completed"], outcomes

@@ -5,11 +5,13 @@ unless forced), deactivate; and `medaiflow infer` on a stored study."""
 import dataclasses
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from inference.demo.labelled_set import (
     SMALL_GEOMETRY,
@@ -19,6 +21,7 @@ from inference.demo.labelled_set import (
 from inference.demo.phantom import make_phantom, phantom_datasets
 from server.cli import main
 from server.jobs.service import DEMO_BUNDLE
+from server.tables import inference_jobs, instances
 from tests.conftest import admin_headers
 from tests.inference_checks import phantom, series_bytes, stow, study_uid
 from tests.test_auth_access import _bearer
@@ -135,8 +138,48 @@ def test_infer_from_the_command_line(cli_env, capsys):
     assert main(["infer", "--study", study_uid(study), "--quiet"]) == 0
     output = capsys.readouterr().out
     assert "completed" in output and "DiagnosticReport/" in output
+    # Ordered with no request to record it: the order is in the audit trail as the server's own.
+    task = output.split()[0]
+    services.audit.chain.project()
+    app = create_app(services=services)
+    with TestClient(app, base_url="http://testserver", headers=admin_headers(services)) as client:
+        events = client.get("/fhir/AuditEvent", params={"entity": task, "_count": 10}).json()
+    assert "inference Task requested" in [entry["resource"].get("outcomeDesc") for entry in events["entry"]]
     assert main(["infer", "--study", "1.2.3.4", "--quiet"]) == 2
     assert "no ImagingStudy/1.2.3.4" in capsys.readouterr().err
+
+
+def test_infer_runs_every_attempt_of_its_job_with_no_server_running(cli_env, capsys, monkeypatch):
+    """An attempt that fails in a way that may pass queues the job again; with
+    no server's scheduler to hand it on, `infer` runs the next attempt itself."""
+    from server.app import build_services, create_app
+    from server.migrate import upgrade
+    from server.settings import load_settings
+
+    monkeypatch.setenv("MEDAIFLOW_JOB_RETRY_BACKOFF_SECONDS", "0.1")
+    services = build_services(load_settings(demo_model=True))
+    upgrade(services.engine)
+    study = phantom(seed=72, lesions=1)
+    app = create_app(services=services)
+    with TestClient(app, base_url="http://testserver", headers=admin_headers(services)) as client:
+        stow(client, series_bytes(study))
+    with services.engine.connect() as connection:
+        first_file = connection.execute(select(instances.c.file_path).limit(1)).scalar_one()
+    services.jobs.files.absolute(first_file).unlink()  # every attempt fails to read the series, and may retry
+    exit_codes: list[int] = []
+    infer = threading.Thread(
+        target=lambda: exit_codes.append(main(["infer", "--study", study_uid(study), "--quiet"])), daemon=True
+    )
+    infer.start()
+    infer.join(timeout=120)
+    assert not infer.is_alive(), "infer still waits for a job that nobody runs"
+    assert exit_codes == [1]
+    assert "failed" in capsys.readouterr().out
+    with services.engine.connect() as connection:
+        [task_id] = connection.execute(select(inference_jobs.c.task_id)).scalars().all()
+    job = services.jobs.queue.get(task_id)
+    assert job is not None and job.status == "failed" and job.attempts == 3
+    services.engine.dispose()
 
 
 def test_bad_input_to_the_model_api_is_a_client_error(fhir, tmp_path):

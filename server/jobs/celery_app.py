@@ -45,6 +45,9 @@ def run_worker() -> None:
 
     jobs = build_worker_jobs()
     settings = jobs.settings
+    # What dead processes left in the store (a worker killed mid-job, often the one this
+    # one replaces), cleared as a server's start clears it, not only at the next one.
+    jobs.ingestor.recover()
     runner = jobs.make_runner()
     owner = worker_name("celery")
     app = make_celery(settings.broker_url, settings.broker_queue, settings.job_lease_seconds)

@@ -9,13 +9,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from server.jobs.queue import Stage
+from fhir_mappings.audit_event import AuditKind
+from server.auth.identities import SERVER_AGENT
+from server.db import write_connection
+from server.jobs.queue import FINAL, Stage
 from server.jobs.registry import RegisteredModel
+from server.jobs.service import JobsService
 from server.jobs.triggers import study_date
 from server.services import Services
 from server.settings import load_settings
 
 _STAGES = ("queued", *(stage.business_status for stage in Stage))
+_ATTEMPT_POLL_SECONDS = 0.5
 
 
 @contextmanager
@@ -106,14 +111,18 @@ def _infer(args: argparse.Namespace) -> int:
         if args.series:
             task["input"] = [{"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM",
                                                    "code": "121232"}]}, "valueId": args.series}]
-        task_id = interactions.create(services.fhir, "Task", task).resource_id
-        print(f"Task/{task_id}")
         queue = services.jobs.queue
-        claimed = queue.claim(f"cli:{task_id}", 1, task_id=task_id)
-        runner = services.jobs.make_runner() if claimed else None
-        worker = threading.Thread(target=runner.run, args=(claimed,), daemon=True) if runner else None
-        if worker:
-            worker.start()
+        with write_connection(services.engine) as connection:
+            task_id = interactions.create(services.fhir, "Task", task, connection).resource_id
+            # Ordered with no request whose audit record would name it: recorded as the server's own.
+            job = queue.get(task_id, connection)
+            assert job is not None
+            services.audit.record_in(connection, AuditKind.CREATE, SERVER_AGENT, "inference Task requested",
+                                     resources=[f"Task/{task_id}"], patients=[job.patient_id] if job.patient_id else [])
+        print(f"Task/{task_id}")
+        stop = threading.Event()
+        worker = threading.Thread(target=_run_attempts, args=(services.jobs, task_id, stop), daemon=True)
+        worker.start()
         with tqdm(total=len(_STAGES), unit="stage", disable=args.quiet) as progress:
             while True:
                 job = queue.get(task_id)
@@ -121,17 +130,34 @@ def _infer(args: argparse.Namespace) -> int:
                 reached = _STAGES.index(job.business_status) + 1 if job.business_status in _STAGES else progress.n
                 progress.update(max(0, reached - progress.n))
                 progress.set_description(job.business_status or job.status)
-                if job.status in ("completed", "failed", "cancelled"):
+                if job.status in FINAL:
                     progress.update(len(_STAGES) - progress.n)
                     break
                 time.sleep(0.2)
-        if worker:
-            worker.join()
-            runner.close()  # type: ignore[union-attr]
+        stop.set()
+        worker.join()
         print(f"{job.status}" + (f": {job.reason}" if job.status != "completed" and job.reason else ""))
         if job.status == "completed":
             print(f"DiagnosticReport/{task_id}")
     return 0 if job.status == "completed" else 1
+
+
+def _run_attempts(jobs: JobsService, task_id: str, stop: threading.Event) -> None:
+    """Runs the job here, attempt after attempt (a failure that may pass
+    queues it again after a backoff, and no scheduler may be running to hand
+    it on), unless a server's worker takes it first; until it ends, or `stop`."""
+    runner = jobs.make_runner()  # loads torch: before the claim, so that the job's lease is not spent on it
+    try:
+        while not stop.is_set():
+            claimed = jobs.queue.claim(f"cli:{task_id}", 1, task_id=task_id)
+            if claimed:
+                runner.run(claimed)
+            job = jobs.queue.get(task_id)
+            if job is None or job.status in FINAL:
+                return
+            stop.wait(_ATTEMPT_POLL_SECONDS)
+    finally:
+        runner.close()
 
 
 def _worker(_: argparse.Namespace) -> int:

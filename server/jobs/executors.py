@@ -29,8 +29,9 @@ def worker_name(kind: str) -> str:
 
 
 class Runner(Protocol):
-    def start(self, jobs: list[Job]) -> Any:
-        """Begin preparing a batch; returns what `finish` takes."""
+    def start(self, jobs: list[Job], behind: Any = None) -> Any:
+        """Begin preparing a batch, to be finished after the batch `behind`;
+        returns what `finish` takes."""
 
     def finish(self, batch: Any) -> None: ...
 
@@ -98,10 +99,12 @@ class LocalExecutor:
         current = None
         while not self._stopping.is_set():
             try:
-                jobs = self.queue.claim(owner, self.batch_size)
-                if jobs and runner is None:
-                    runner = self.make_runner()  # loads torch: with the first job, not the server
-                upcoming = runner.start(jobs) if jobs and runner else None
+                if runner is None and self.queue.any_ready():
+                    # Loads torch: with the first job, not the server, and before that job is
+                    # claimed, so that its lease does not run out while torch loads.
+                    runner = self.make_runner()
+                jobs = self.queue.claim(owner, self.batch_size) if runner is not None else []
+                upcoming = runner.start(jobs, current) if jobs and runner else None
                 # Moved on before finishing: a batch whose finish fails is not finished twice,
                 # and the one prepared meanwhile is not dropped.
                 previous, current = current, upcoming
@@ -131,6 +134,11 @@ class CeleryExecutor:
         self.queue = queue
         self.broker_queue = broker_queue
         self.celery = make_celery(broker_url, broker_queue, queue.policy.lease_seconds)
+        # What the broker's transport raises when it cannot take a message: refused
+        # connections, and also a broker that answers but refuses this server (a
+        # wrong password, a missing vhost). Read from the transport, not connecting.
+        with self.celery.connection_for_write() as transport:
+            self._send_errors = (OperationalError, OSError, *transport.connection_errors, *transport.channel_errors)
 
     def start(self) -> None:
         pass
@@ -152,7 +160,7 @@ class CeleryExecutor:
             for task_id in task_ids:
                 self.celery.send_task(RUN_JOB, args=[task_id], queue=self.broker_queue)
                 sent += 1
-        except (OperationalError, OSError) as error:
+        except self._send_errors as error:
             unsent = task_ids[sent:]
             log.warning("the broker is unreachable (%s); %d jobs wait in the queue", type(error).__name__, len(unsent))
             self.queue.mark_dispatched(unsent, False)

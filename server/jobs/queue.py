@@ -200,7 +200,7 @@ class JobQueue:
         """Take up to `limit` queued jobs of one model (the oldest job's), or
         the one named, leasing them to `owner` and moving them in progress."""
         now = now_micros()
-        if task_id is None and not self._any_ready(now):
+        if not self.any_ready(task_id):
             return []
         with write_connection(self.engine) as connection:
             self._fail_jobs_of_inactive_models(connection, now)
@@ -243,14 +243,17 @@ class JobQueue:
                         "series_content": released_content(orphan.task_id) if orphan.automatic else None},
             )
 
-    def _any_ready(self, now: int) -> bool:
-        """A read first, so that idle pollers never take SQLite's write lock."""
+    def any_ready(self, task_id: str | None = None) -> bool:
+        """Whether a job (or the one named) may be claimed now. A read, so that
+        idle pollers (and messages for jobs taken already, or waiting out their
+        backoff) never take SQLite's write lock."""
+        ready = select(inference_jobs.c.task_id).where(
+            inference_jobs.c.status == REQUESTED, inference_jobs.c.not_before <= now_micros()
+        )
+        if task_id is not None:
+            ready = ready.where(inference_jobs.c.task_id == task_id)
         with reading(self.engine) as connection:
-            return connection.execute(
-                select(inference_jobs.c.task_id)
-                .where(inference_jobs.c.status == REQUESTED, inference_jobs.c.not_before <= now)
-                .limit(1)
-            ).first() is not None
+            return connection.execute(ready.limit(1)).first() is not None
 
     def record_series(self, job: Job, series_uid: str) -> bool:
         """The series a job ordered for a whole study runs on, once chosen: the
@@ -335,7 +338,8 @@ class JobQueue:
             return self._fail(connection, job.task_id, job.lease_owner, job.attempts, reason, retryable)
 
     def _fail(
-        self, connection: Connection, task_id: str, owner: str | None, attempts: int, reason: str, retryable: bool
+        self, connection: Connection, task_id: str, owner: str | None, attempts: int, reason: str, retryable: bool,
+        by_server: bool = False,
     ) -> str | None:
         now = now_micros()
         reason = reason[:1000]
@@ -346,11 +350,13 @@ class JobQueue:
                 values={"lease_owner": None, "lease_expires": None, "not_before": now + int(delay * 1e6),
                         "dispatched_at": None, "reason": reason,
                         "business_status": f"waiting for attempt {attempts + 1} of {self.policy.max_attempts} after: {reason}"[:256]},
+                by_server=by_server,
             )
             return None if changed is None else REQUESTED
         changed = self._change(
             connection, task_id, status=IN_PROGRESS, owner=owner, status_to=FAILED,
             values={"lease_owner": None, "lease_expires": None, "reason": reason, "ended_at": now, "business_status": "failed"},
+            by_server=by_server,
         )
         return None if changed is None else FAILED
 
@@ -367,6 +373,7 @@ class JobQueue:
                 self._fail(
                     connection, row.task_id, row.lease_owner, row.attempts,
                     f"the worker stopped reporting (lost, or over the {self.policy.timeout_seconds:g} s limit)", True,
+                    by_server=True,
                 )
         return [row.task_id for row in rows]
 
@@ -393,7 +400,7 @@ class JobQueue:
             connection, task_id, status=job.status, owner=job.lease_owner, status_to=CANCELLED,
             values={"lease_owner": None, "lease_expires": None, "reason": reason[:1000], "ended_at": now_micros(),
                     "business_status": "cancelled"},
-            write_task=False,
+            write_task=False, by_server=True,
         )
         if changed is None:  # the row is locked: nothing can have moved it
             raise RuntimeError(f"Task/{task_id} changed under its row lock")
@@ -436,9 +443,11 @@ class JobQueue:
     # --- one fenced change --------------------------------------------------------
     def _change(
         self, connection: Connection, task_id: str, status: str, owner: str | None, values: dict[str, Any],
-        status_to: str | None = None, write_task: bool = True,
+        status_to: str | None = None, write_task: bool = True, by_server: bool = False,
     ) -> Job | None:
-        """Apply `values` if the job is still in `status` under `owner`; write its Task."""
+        """Apply `values` if the job is still in `status` under `owner`; write its Task.
+        `by_server`: the server moves the job over its worker's head (a cancel, a
+        lease run out), and the audit trail names the server, not that worker."""
         condition = [inference_jobs.c.task_id == task_id, inference_jobs.c.status == status]
         condition.append(inference_jobs.c.lease_owner.is_(None) if owner is None else inference_jobs.c.lease_owner == owner)
         changes = {**values, "updated_at": now_micros()}
@@ -451,7 +460,8 @@ class JobQueue:
         if write_task:
             self.store.put(connection, self.task_of(job), task_id, "PUT")
         if self.on_change is not None and status_to is not None:
-            self.on_change(connection, task_id, self.public_status(job), job.patient_id, owner or job.lease_owner)
+            actor = None if by_server else owner or job.lease_owner
+            self.on_change(connection, task_id, self.public_status(job), job.patient_id, actor)
         if self.on_job is not None and (status_to is not None or "business_status" in values):
             self.on_job(connection, job, "status" if status_to is not None else "stage")
         return job

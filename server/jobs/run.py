@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from itertools import groupby
@@ -33,9 +33,9 @@ from inference.volume import Volume
 from server.db import reading, write_connection
 from server.ingest import Ingestor
 from server.jobs.offload import OffloadPool, WrittenResults, read_series, write_results
-from server.jobs.queue import Job, JobQueue, Stage
+from server.jobs.queue import Job, JobQueue, Stage, now_micros
 from server.jobs.registry import ModelRegistry, RegisteredModel
-from server.jobs.series import StoredSeries, accepted_series, series_content, series_exists
+from server.jobs.series import StoredSeries, accepted_series, series_content, series_exists, series_file_paths
 from server.jobs.study_changes import lock_study_jobs, supersede_earlier_runs
 from server.jobs.withdrawal import withdraw_results
 from server.storage import FileStore
@@ -53,6 +53,12 @@ class SeriesChanged(Exception):
     next attempt reads them as they are now."""
 
 
+class FileMissing(Exception):
+    """A file the index names for the series is not in this worker's file
+    store: a worker whose data directory is not the server's, or a store
+    that lost it. Retried: a shared file system may be back."""
+
+
 @dataclass(frozen=True)
 class PreparedSeries:
     series: StoredSeries
@@ -63,34 +69,58 @@ class PreparedSeries:
 
 class _Heartbeat:
     """Renews the leases of a batch's jobs while they wait and run: a lease
-    runs out only when this worker stops (dies, hangs), not in a long stage."""
+    runs out only when this worker stops (dies, hangs), not in a long stage.
 
-    def __init__(self, queue: JobQueue, jobs: list[Job]) -> None:
+    A batch read while the network runs on the batch `behind` which it waits
+    has not had its turn yet: its jobs' time limits count from the end of
+    that batch (finished, or over its own limit: a hung network holds the
+    jobs waiting behind it no longer), not from their claim."""
+
+    def __init__(self, queue: JobQueue, jobs: list[Job], behind: "_Heartbeat | None") -> None:
         self.queue = queue
-        self.jobs = jobs
+        self._claimed = jobs
+        self._behind = behind
+        self._turn_from: int | None = None if behind is not None else 0
+        self._turn_lock = threading.Lock()
+        self.ended_at: int | None = None  # when it stopped renewing
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
+
+    def jobs(self) -> list[Job] | None:
+        """The batch's jobs, their clocks started at their turn; None before it.
+        Asked by the heartbeat's thread and by `finish`'s."""
+        with self._turn_lock:
+            if self._turn_from is None:
+                assert self._behind is not None
+                if self._behind.ended_at is None:
+                    return None
+                self._turn_from, self._behind = self._behind.ended_at, None  # no chain of every batch before
+            turn_from = self._turn_from
+        return [replace(job, started_at=max(job.started_at or 0, turn_from)) for job in self._claimed]
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.queue.policy.lease_seconds / 3):
-            running = [job for job in self.jobs if not self.queue.timed_out(job)]
-            if not running:
-                return  # every lease is left to expire: the reaper ends them
-            for job in running:
-                try:
-                    self.queue.renew(job)
-                except SQLAlchemyError:
-                    log.warning("could not renew the lease of job %s", job.task_id)
+        try:
+            while not self._stop.wait(self.queue.policy.lease_seconds / 3):
+                jobs = self.jobs()
+                running = self._claimed if jobs is None else [job for job in jobs if not self.queue.timed_out(job)]
+                if not running:
+                    return  # every lease is left to expire: the reaper ends them
+                for job in running:
+                    try:
+                        self.queue.renew(job)
+                    except SQLAlchemyError:
+                        log.warning("could not renew the lease of job %s", job.task_id)
+        finally:
+            self.ended_at = now_micros()
 
 
 @dataclass(frozen=True)
 class Batch:
-    jobs: list[Job]
     prepared: list["Future[PreparedSeries]"]
     heartbeat: _Heartbeat
 
@@ -118,19 +148,22 @@ class JobRunner:
     def run(self, jobs: list[Job]) -> None:
         self.finish(self.start(jobs))
 
-    def start(self, jobs: list[Job]) -> "Batch":
+    def start(self, jobs: list[Job], behind: "Batch | None" = None) -> "Batch":
         """Begin a batch (jobs of one model): its volumes are read and
         assembled on other threads, while the caller may still be running
-        the network on the batch before (`finish`)."""
-        heartbeat = _Heartbeat(self.queue, jobs)
-        return Batch(jobs, [self._preparing.submit(self._prepare, job) for job in jobs], heartbeat)
+        the network on the batch `behind` which this one waits (`finish`)."""
+        heartbeat = _Heartbeat(self.queue, jobs, behind.heartbeat if behind is not None else None)
+        return Batch([self._preparing.submit(self._prepare, job) for job in jobs], heartbeat)
 
     def finish(self, batch: "Batch") -> None:
         """The network over the patches of all the batch's volumes at once,
-        then each job's findings, SEG and FHIR results."""
+        then each job's findings, SEG and FHIR results. Called once the batch
+        it was started behind has finished."""
         try:
+            jobs = batch.heartbeat.jobs()
+            assert jobs is not None, "a batch finished before the one it waits behind"
             ready: list[tuple[Job, PreparedSeries]] = []
-            for job, future in zip(batch.jobs, batch.prepared):
+            for job, future in zip(jobs, batch.prepared):
                 prepared = self._attempt(job, future.result)
                 if prepared is not None and self._attempt(job, partial(self._progress, job, Stage.SEGMENTING)):
                     ready.append((job, prepared))
@@ -173,7 +206,7 @@ class JobRunner:
             written = self._within_limit(job, results)
         except FileNotFoundError as error:
             self._check_series_unchanged(prepared)  # its files went: say why when the series went with them
-            raise SeriesChanged() from error
+            raise self._file_gone(prepared.series) from error
         self.timings.add(written.seconds)
         try:
             self._progress(job, Stage.STORING)
@@ -200,6 +233,18 @@ class JobRunner:
             if series_content(session, uid) != prepared.content:
                 raise SeriesChanged()
 
+    def _file_gone(self, read: StoredSeries) -> Exception:
+        """Why a file of the series as the job read it was not found: the
+        series was sent again (or deleted) meanwhile, and its index names
+        other files now, or the store lacks a file that the index names."""
+        with reading(self.queue.engine) as connection:
+            if series_file_paths(connection, read.series_instance_uid) != set(read.file_paths):
+                return SeriesChanged()
+        return FileMissing(
+            f"a file of series {read.series_instance_uid} is missing from the file store "
+            "(is this worker's data directory the server's?)"
+        )
+
     def _attempt(self, job: Job, step: Callable[[], T]) -> T | None:
         """Run one step of a job; on failure end the job as its error says
         (and take back a SEG it stored), returning None."""
@@ -209,6 +254,9 @@ class JobRunner:
             log.info("job %s is no longer this worker's", job.task_id)
         except InferenceError as error:
             self._end(job, error.message, retryable=False)
+        except FileMissing as error:
+            log.warning("job %s: %s", job.task_id, error)
+            self._end(job, str(error), retryable=True)
         except SeriesChanged:
             log.info("the series of job %s changed while it ran", job.task_id)
             successor = self.queue.successor(job)
@@ -244,7 +292,7 @@ class JobRunner:
         try:
             read = self._within_limit(job, self._offload.submit(read_series, paths))
         except FileNotFoundError as error:
-            raise SeriesChanged() from error
+            raise self._file_gone(chosen) from error
         self.timings.add(read.seconds)
         return PreparedSeries(chosen, read.sources, read.volume, content)
 

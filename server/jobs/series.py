@@ -80,3 +80,11 @@ def series_exists(connection: Connection, series_uid: str) -> bool:
     return connection.execute(
         select(series.c.id).where(series.c.series_instance_uid == series_uid)
     ).first() is not None
+
+
+def series_file_paths(connection: Connection, series_uid: str) -> set[str]:
+    """The files the index names for the series now (relative to the store)."""
+    return set(connection.execute(
+        select(instances.c.file_path).join(series, instances.c.series_pk == series.c.id)
+        .where(series.c.series_instance_uid == series_uid)
+    ).scalars())
