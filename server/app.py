@@ -31,7 +31,7 @@ from server.fhir.routes import router as fhir_router
 from server.fhir.service import FhirService, build_fhir
 from server.fhir.subscription_delivery import DeliveryPolicy, Dispatcher
 from server.fhir.subscriptions import SubscriptionWrites, outbox_notifications, owned_subscriptions
-from server.ingest import Ingestor
+from server.ingest import Ingestor, StudyChange
 from server.jobs.routes import router as models_router
 from server.jobs.service import JobsService, build_jobs
 from server.jobs.study_changes import follow_studies
@@ -53,11 +53,12 @@ def build_services(settings: Settings) -> Services:
     store.prepare()
     fhir = build_fhir(engine, settings.data_dir, settings.fhir_max_included)
 
-    def studies_changed(connection: Connection, study_uids: set[str]) -> None:
+    def studies_changed(connection: Connection, study_uids: set[str], change: StudyChange) -> None:
         patients = sync_studies(fhir.store, connection, study_uids)
         follow_studies(jobs.queue, connection, patients)  # `jobs` is built below, before any study changes
         touch_studies(connection, study_uids)
-        note_studies(study_uids)  # for the audit record of the request that changed them
+        if not note_studies(study_uids):  # no request to record it: the server's own doing
+            _audit_own_dicom_change(audit, connection, study_uids, change, patients)
 
     ingestor = Ingestor(engine, store, studies_changed)
     jobs = build_jobs(settings, engine, fhir.store, store, ingestor)
@@ -88,6 +89,19 @@ def _subscriptions(settings: Settings, fhir: FhirService, identities: Identities
                             settings.subscription_timeout_seconds)
     return Dispatcher(fhir.engine, fhir.store, fhir.searcher, identities, audit, policy, f"{settings.public_root}/fhir",
                       settings.subscription_endpoint_list)
+
+
+def _audit_own_dicom_change(
+    audit: AuditService, connection: Connection, study_uids: set[str], change: StudyChange,
+    patients: dict[str, str | None],
+) -> None:
+    """Instances the server stored or deleted itself, not for a request (a
+    job's segmentation, a withdrawn job's segmentation taken out, an import):
+    recorded in the transaction that made the change, as a request's would be."""
+    kind = AuditKind.STOW if change is StudyChange.STORED else AuditKind.STUDY_DELETED
+    audit.record_in(connection, kind, SERVER_AGENT, f"DICOM instances {change.value} by the server",
+                    patients=sorted({patient for patient in patients.values() if patient}),
+                    study_uids=sorted(study_uids))
 
 
 def _audit_own_changes(audit: AuditService, jobs: JobsService) -> None:

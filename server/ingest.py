@@ -18,6 +18,7 @@ import io
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import Enum
 
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection, Engine, select
@@ -99,7 +100,14 @@ def _outcome(description: InstanceDescription, **extra: object) -> InstanceOutco
     )
 
 
-StudiesChanged = Callable[[Connection, set[str]], None]
+class StudyChange(Enum):
+    """What happened to the instances of studies that changed."""
+
+    STORED = "stored"
+    DELETED = "deleted"
+
+
+StudiesChanged = Callable[[Connection, set[str], StudyChange], None]
 
 
 class Ingestor:
@@ -112,9 +120,9 @@ class Ingestor:
         self.store = store
         self.on_studies_changed = on_studies_changed
 
-    def studies_changed(self, connection: Connection, study_uids: set[str]) -> None:
+    def studies_changed(self, connection: Connection, study_uids: set[str], change: StudyChange) -> None:
         if self.on_studies_changed is not None and study_uids:
-            self.on_studies_changed(connection, study_uids)
+            self.on_studies_changed(connection, study_uids, change)
 
     def store_batch(self, batch: list[PreparedFile], required_study_uid: str | None = None) -> list[InstanceOutcome]:
         """Store a batch; the outcomes come back in the order of `batch`."""
@@ -244,7 +252,7 @@ class Ingestor:
                         changed_studies.add(written.left_study)
                     if written.superseded_file:
                         superseded.append(written.superseded_file)
-            self.studies_changed(connection, changed_studies)
+            self.studies_changed(connection, changed_studies, StudyChange.STORED)
             index.clear_journal(connection, referenced)
             index.journal_files(connection, superseded)
             if not referenced:  # every instance refused or already stored: the answer is the request's record

@@ -27,7 +27,31 @@ def test_the_servers_own_changes_are_recorded_in_their_transactions(services, fh
     changes = sorted(event["outcomeDesc"] for event in task_events)
     assert changes == ["inference Task completed", "inference Task in-progress"]
     assert {event["agent"][0]["name"] for event in task_events} == {"audited-worker"}
+    # The segmentation the job stored is a DICOM change of the server's own, in the study's record.
+    [stored] = _events(services, fhir, type="110104", action="C", **{"agent-name": "medaiflow"})
+    assert stored["outcomeDesc"] == "DICOM instances stored by the server"
+    assert task["focus"]["reference"].removeprefix("ImagingStudy/") in str(stored["entity"])
     assert services.audit.chain.verify().intact
+
+
+def test_a_segmentation_taken_out_by_the_server_is_recorded_as_its_deletion(services, fhir):
+    """A withdrawn job's segmentation leaves its study without a request to record it."""
+    from sqlalchemy import update
+
+    from server.jobs.withdrawal import sweep
+    from server.tables import inference_jobs
+    from tests.inference_checks import order, run_queued, stored_study
+
+    services.jobs.ensure_demo_model()
+    task = order(fhir, stored_study(fhir, seed=94, lesions=1))
+    run_queued(services, "audited-worker")
+    with services.engine.begin() as connection:  # its results were stored, then the job failed for good
+        failed = update(inference_jobs).where(inference_jobs.c.task_id == task["id"]).values(status="failed")
+        connection.execute(failed)
+    sweep(services.jobs.queue, services.ingestor)
+    [deleted] = _events(services, fhir, type="110105", **{"agent-name": "medaiflow"})
+    assert deleted["outcomeDesc"] == "DICOM instances deleted by the server"
+    assert task["focus"]["reference"].removeprefix("ImagingStudy/") in str(deleted["entity"])
 
 
 def test_a_job_moved_over_its_workers_head_is_recorded_as_the_servers_doing(services, fhir):

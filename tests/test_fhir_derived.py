@@ -350,9 +350,9 @@ def test_the_fhir_and_job_side_of_a_stow_takes_as_many_statements_for_many_studi
     counts: list[int] = []
     on_change = services.ingestor.on_studies_changed
 
-    def counted(connection, study_uids):  # type: ignore[no-untyped-def]
+    def counted(connection, study_uids, change):  # type: ignore[no-untyped-def]
         with round_trips(connection) as count:
-            on_change(connection, study_uids)
+            on_change(connection, study_uids, change)
         counts.append(count[0])
 
     services.ingestor.on_studies_changed = counted

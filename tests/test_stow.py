@@ -578,9 +578,9 @@ def test_an_instance_stored_while_another_leaves_its_series_is_kept(services):
     hold = _Hold()
     on_change = services.ingestor.on_studies_changed
 
-    def held_once(connection, study_uids):  # type: ignore[no-untyped-def]
+    def held_once(connection, study_uids, change):  # type: ignore[no-untyped-def]
         hold.hold(connection)  # the adder, its rows written, not yet committed
-        on_change(connection, study_uids)
+        on_change(connection, study_uids, change)
 
     services.ingestor.on_studies_changed = held_once
     add, move = hold.race(

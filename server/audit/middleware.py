@@ -50,12 +50,14 @@ _RECORD_TIMEOUT_S = 30.0
 PatientsOfStudies = Callable[[Connection, Iterable[str]], dict[str, str]]
 
 
-def note_studies(study_uids: Iterable[str]) -> None:
+def note_studies(study_uids: Iterable[str]) -> bool:
     """The studies the current request touched (beyond its path), for its audit
-    record; their patients are looked up when the record is made."""
+    record; their patients are looked up when the record is made. False when
+    no request is being recorded (the server changed them on its own)."""
     audit = _current.get()
     if audit is not None:
         audit.studies.update(study_uids)
+    return audit is not None
 
 
 def note_resources(references: Iterable[str]) -> None:

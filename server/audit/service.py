@@ -25,7 +25,7 @@ class AuditService:
     def record_in(
         self, connection: Connection, kind: AuditKind, client: str, description: str,
         resources: Sequence[str] = (), patients: Sequence[str] = (), outcome: Outcome = Outcome.SUCCESS,
-        destination: str | None = None,
+        destination: str | None = None, study_uids: Sequence[str] = (),
     ) -> None:
         """An event of the server's own (a job's step, a model or user change,
         a notification sent to `destination`), appended in the transaction of
@@ -35,6 +35,7 @@ class AuditService:
         event = audit_event(AuditRecord(
             kind=kind, outcome=outcome, recorded=datetime.now(UTC), client=client, server=self.server_name,
             description=description, resources=resources, patients=patients, destination=destination,
+            study_uids=study_uids,
         ))
         before_commit(connection, "audit.own-events", lambda: _PendingEvents(self.chain), last=True).events.append(event)
 

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, delete, select
 from dicom.errors import NotFound
 from server import index
 from server.db import write_connection
-from server.ingest import Ingestor
+from server.ingest import Ingestor, StudyChange
 from server.tables import instances, series, studies
 
 
@@ -44,7 +44,7 @@ def delete_resources(
             connection.execute(delete(instances).where(instances.c.id.in_(ids[start : start + 500])))
         for series_pk in {row.series_pk for row in rows}:
             index.refresh_parents(connection, series_pk)
-        ingestor.studies_changed(connection, {study_uid})
+        ingestor.studies_changed(connection, {study_uid}, StudyChange.DELETED)
     ingestor.discard(paths)
     return len(rows)
 
