@@ -320,6 +320,13 @@ def workitem_dataset(job: JobFacts) -> dict[str, Any]:
     return dict(sorted((defaults | requested | maintained).items()))
 
 
+# PS3.16 CID 9300 Procedure Discontinuation Reason. The why in words is ReasonForCancellation:
+# a requester's codes are not kept, and a failed job's cause has no code of its own there.
+_UNSPECIFIED_DISCONTINUATION = {
+    f"{_CODE_VALUE:08X}": {"vr": "SH", "Value": ["110513"]},
+    f"{_CODING_SCHEME:08X}": {"vr": "SH", "Value": ["DCM"]},
+    f"{_CODE_MEANING:08X}": {"vr": "LO", "Value": ["Discontinued for unspecified reason"]},
+}
 _PATIENT_VRS = {0x00100010: "PN", 0x00100020: "LO", 0x00100021: "LO", 0x00100030: "DA", 0x00100040: "CS"}
 
 
@@ -330,8 +337,9 @@ def _progress(job: JobFacts) -> dict[str, Any]:
     if job.business_status:
         item[f"{_PROGRESS_DESCRIPTION:08X}"] = _value("ST", job.business_status)
     if job.state == CANCELED:
-        if job.ended is not None:
-            item[f"{_CANCELLATION_TIME:08X}"] = _value("DT", utc_datetime(job.ended))
+        # Both have Final State "X" (PS3.4 Table CC.2.5-3): a UPS is not CANCELED without them.
+        item[f"{_CANCELLATION_TIME:08X}"] = _value("DT", utc_datetime(job.ended or job.started or job.created))
+        item[f"{_DISCONTINUATION_CODES:08X}"] = _sequence([_UNSPECIFIED_DISCONTINUATION])
         item[f"{_REASON:08X}"] = _value("LT", job.reason or job.task_status)
     return dict(sorted(item.items()))
 

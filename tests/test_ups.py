@@ -208,6 +208,10 @@ def test_cancellation_is_requested_and_granted_once(queued):
     assert _first(cancelled, "00741002", "00741238") == "wrong study (contact: Dr. Who)"
     assert _first(cancelled, "00741002", "00404052").endswith("+0000")
     assert cancelled["00741216"]["Value"][0]["00404033"] == {"vr": "SQ"}  # no output
+    # PS3.4 Table CC.2.5-3, Final State "X": a CANCELED workitem has a discontinuation reason (CID 9300).
+    [discontinuation] = cancelled["00741002"]["Value"][0]["0074100E"]["Value"]
+    assert {key: element["Value"][0] for key, element in discontinuation.items()} == {
+        "00080100": "110513", "00080102": "DCM", "00080104": "Discontinued for unspecified reason"}
     [task] = _tasks(client)
     assert (task["status"], task["statusReason"]["text"]) == ("cancelled", "wrong study (contact: Dr. Who)")
     assert run_queued(services) == []
