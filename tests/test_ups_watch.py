@@ -23,6 +23,8 @@ STATE, CANCEL_REQUESTED, PROGRESS = 1, 2, 3
 def _subscribe(client: TestClient, uid: str, ae_title: str, query: str = "") -> None:
     response = client.post(f"/dicom-web/workitems/{uid}/subscribers/{ae_title}{query}")
     assert response.status_code == 201, response.text
+    # PS3.18 Table 11.10.3-2: where the subscriber opens its WebSocket channel.
+    assert response.headers["content-location"] == f"ws://testserver/dicom-web/subscribers/{ae_title}"
 
 
 def _report(channel: Any) -> tuple[str, int, dict[str, Any]]:
@@ -226,6 +228,15 @@ def test_an_ae_title_is_the_subscribers_own_and_no_other_client_takes_its_report
         assert connection.execute(select(func.count()).select_from(workitem_events)).scalar_one() == 3
     with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
         assert [_report(channel)[1] for _ in range(3)] == [STATE, CANCEL_REQUESTED, STATE]
+
+
+def test_a_subscription_behind_a_tls_proxy_names_a_secure_channel(queued):
+    client, _ = queued
+    uid = _create(client, _workitem(_stored(client, 88)))
+    response = client.post(f"/dicom-web/workitems/{uid}/subscribers/ST%20AE",
+                           headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.example"})
+    assert response.status_code == 201, response.text
+    assert response.headers["content-location"] == "wss://pacs.example/dicom-web/subscribers/ST%20AE"
 
 
 def test_subscriptions_that_cannot_be_made_are_refused(queued):

@@ -297,7 +297,8 @@ async def subscribe_to_workitems(request: Request, uid: str, ae_title: str) -> R
     else:
         subscribe = partial(workitem_subscriptions.subscribe, current, uid, subscriber)
     await run_in_threadpool(retried_on_conflict, subscribe)
-    return Response(status_code=201)
+    channel = workitem_subscriptions.channel_url(dicomweb_root(request), subscriber)
+    return Response(status_code=201, headers={"Content-Location": channel})
 
 
 @router.delete("/workitems/{uid}/subscribers/{ae_title}")

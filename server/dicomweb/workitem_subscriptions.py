@@ -28,6 +28,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import orjson
 from sqlalchemy import Connection, Engine, and_, delete, insert, select, text
@@ -64,6 +65,13 @@ def _of(table: Any, subscriber: Subscriber) -> Any:
 
 
 # --- subscriptions (PS3.18 §11.10-11.12) ---------------------------------------
+def channel_url(dicomweb_root: str, subscriber: Subscriber) -> str:
+    """Where `subscriber` opens its channel: the Content-Location a subscription
+    answers with, in the WebSocket scheme (PS3.18 Table 11.10.3-2)."""
+    scheme, rest = dicomweb_root.split(":", 1)
+    return f"{'wss' if scheme == 'https' else 'ws'}:{rest}/subscribers/{quote(subscriber.ae_title, safe='')}"
+
+
 def subscribe(current: Services, uid: str, subscriber: Subscriber) -> None:
     """Subscribe to one workitem: its state is reported at once (PS3.4 CC.2.3.1),
     final or not, so that the subscriber starts from what the workitem is."""
