@@ -11,10 +11,9 @@ PS3.4 Table CC.2.4-1.
 from typing import Any
 
 from dicom.errors import InvalidRequest
+from dicom.workitems import UPS_PUSH_SOP_CLASS
 
-# PS3.4 Table CC.3.1-1 and Annex CC.3.1: the UPS Event SOP Class, and the
-# well-known UIDs that stand for the whole worklist in a subscription.
-UPS_EVENT_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.4"
+# PS3.4 Annex CC.3.1: the well-known UIDs that stand for the whole worklist in a subscription.
 WORKLIST = "1.2.840.10008.5.1.4.34.5"
 FILTERED_WORKLIST = "1.2.840.10008.5.1.4.34.5.1"
 
@@ -71,11 +70,14 @@ def progress_report(progress: float | None, description: str | None) -> dict[str
 
 def addressed(report: dict[str, Any], workitem_uid: str) -> dict[str, Any]:
     """The report as sent: with the N-EVENT-REPORT's Affected SOP Class and
-    Instance UIDs, in tag order (PS3.18 F.2). A report is made in the
+    Instance UIDs, in tag order (PS3.18 F.2). The class is UPS Push, the
+    class of every UPS instance (PS3.4 CC.2.4.2 and CC.3.1.1), not UPS Event,
+    which names only the service (the example of PS3.18 §11.13, which is
+    informative, shows the latter). A report is made in the
     transaction that changes the job, before a UPS-RS create gives the
     workitem its requester's UID, so it is addressed only when sent."""
     elements = {
-        f"{_AFFECTED_SOP_CLASS:08X}": _value("UI", UPS_EVENT_SOP_CLASS),
+        f"{_AFFECTED_SOP_CLASS:08X}": _value("UI", UPS_PUSH_SOP_CLASS),
         f"{_AFFECTED_SOP_INSTANCE:08X}": _value("UI", workitem_uid),
         **report,
     }

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
 from websockets.sync.client import connect
 
-from dicom.workitem_events import FILTERED_WORKLIST, UPS_EVENT_SOP_CLASS, WORKLIST
+from dicom.workitem_events import FILTERED_WORKLIST, WORKLIST
 from dicom.workitems import derived_workitem_uid
 from tests.conftest import admin_headers, served
 from tests.inference_checks import order, run_queued
@@ -30,7 +30,8 @@ def _subscribe(client: TestClient, uid: str, ae_title: str, query: str = "") -> 
 def _report(channel: Any) -> tuple[str, int, dict[str, Any]]:
     """The workitem UID, event type and data set of the next event report."""
     report = channel.receive_json()
-    assert report["00000002"] == {"vr": "UI", "Value": [UPS_EVENT_SOP_CLASS]}
+    # PS3.4 CC.2.4.2: the Affected SOP Class UID is UPS Push's, whatever the service.
+    assert report["00000002"] == {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.34.6.1"]}
     assert list(report) == sorted(report)
     return report["00001000"]["Value"][0], report["00001002"]["Value"][0], report
 
