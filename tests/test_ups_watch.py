@@ -79,6 +79,9 @@ def test_a_cancel_request_is_reported_then_the_cancellation(queued):
         assert (workitem, event) == (uid, CANCEL_REQUESTED)
         assert requested["00741238"]["Value"] == ["wrong study"]
         assert requested["0074100C"]["Value"] == ["Dr Who"]
+        # PS3.4 Table CC.1.1-2, Request Cancel of a SCHEDULED UPS: reported IN PROGRESS, then CANCELED.
+        workitem, event, claimed = _report(channel)
+        assert (workitem, event, _state(claimed)) == (uid, STATE, "IN PROGRESS")
         workitem, event, canceled = _report(channel)
         assert (workitem, event, _state(canceled)) == (uid, STATE, "CANCELED")
         assert "wrong study" in canceled["00741238"]["Value"][0]
@@ -203,7 +206,7 @@ def test_reports_wait_for_the_channel_and_are_sent_once(queued):
     _cancel(client, uid)  # while no channel is open
     with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
         assert _report(channel)[1] == CANCEL_REQUESTED  # not the initial report again: it was sent
-        assert _state(_report(channel)[2]) == "CANCELED"
+        assert [_state(_report(channel)[2]) for _ in range(2)] == ["IN PROGRESS", "CANCELED"]
 
 
 def test_an_ae_title_is_the_subscribers_own_and_no_other_client_takes_its_reports(queued, app):
@@ -226,9 +229,9 @@ def test_an_ae_title_is_the_subscribers_own_and_no_other_client_takes_its_report
 
         from server.tables import workitem_events
 
-        assert connection.execute(select(func.count()).select_from(workitem_events)).scalar_one() == 3
+        assert connection.execute(select(func.count()).select_from(workitem_events)).scalar_one() == 4
     with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
-        assert [_report(channel)[1] for _ in range(3)] == [STATE, CANCEL_REQUESTED, STATE]
+        assert [_report(channel)[1] for _ in range(4)] == [STATE, CANCEL_REQUESTED, STATE, STATE]
 
 
 def test_a_subscription_behind_a_tls_proxy_names_a_secure_channel(queued):

@@ -40,6 +40,7 @@ from dicom.errors import NotFound
 from dicom.uids import require_uid
 from dicom.workitem_events import addressed, cancel_requested, progress_report, state_report
 from dicom.workitems import CANCELED, STATE_OF_TASK_STATUS, CancellationRequest
+from dicom.workitems import IN_PROGRESS as UPS_IN_PROGRESS
 from server.audit.middleware import note_resources
 from server.db import write_connection
 from server.jobs.queue import FINAL, IN_PROGRESS, Job, JobChange, JobQueue, Stage, now_micros, progress_percent
@@ -199,12 +200,19 @@ def _ups_state_changed(job: Job) -> bool:
     return job.status in FINAL or (job.status == IN_PROGRESS and job.attempts == 1)
 
 
-def report_cancel_requested(connection: Connection, task_id: str, request: CancellationRequest) -> None:
-    """UPS Cancel Requested (PS3.4 CC.2.4.3), before the server, the performer, cancels."""
+def report_cancel_requested(
+    connection: Connection, task_id: str, request: CancellationRequest, scheduled: bool
+) -> None:
+    """UPS Cancel Requested (PS3.4 CC.2.4.2), before the server, the performer,
+    cancels. A SCHEDULED workitem goes to CANCELED through IN PROGRESS, and
+    both changes are reported (PS3.4 Table CC.1.1-2, Request Cancel): the
+    first here, the second by the cancellation."""
     watchers = _watchers(connection, task_id)
     if watchers:
         report = cancel_requested(request.reason, request.contact_name, request.contact_uri)
         _write(connection, watchers, task_id, report)
+        if scheduled:
+            _write(connection, watchers, task_id, state_report(UPS_IN_PROGRESS))
 
 
 def _watchers(connection: Connection, task_id: str) -> list[Subscriber]:

@@ -32,6 +32,7 @@ from dicom.workitems import (
     COMPLETED,
     FINAL_STATES,
     IN_PROGRESS,
+    SCHEDULED,
     SEGMENTATION_SOP_CLASS,
     STATE_OF_TASK_STATUS,
     CancellationRequest,
@@ -271,7 +272,7 @@ def request_cancellation(current: Services, uid: str, request: CancellationReque
             return "The UPS is already in the requested state of CANCELED."
         if state == COMPLETED:
             raise Conflict(f"the workitem {uid} is COMPLETED and can no longer be canceled", _INCONSISTENT)
-        report_cancel_requested(connection, job.task_id, request)
+        report_cancel_requested(connection, job.task_id, request, scheduled=state == SCHEDULED)
         cancelled = queue.cancel(connection, job.task_id, request.text)
         queue.store.put(connection, queue.task_of(cancelled), job.task_id, "PUT")
     return None
