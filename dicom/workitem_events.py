@@ -8,6 +8,7 @@ Affected SOP Instance UID and Event Type ID beside the event information of
 PS3.4 Table CC.2.4-1.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 from dicom.errors import InvalidRequest
@@ -25,7 +26,7 @@ STATE_REPORT, CANCEL_REQUESTED, PROGRESS_REPORT = 1, 2, 3
 _AFFECTED_SOP_CLASS, _AFFECTED_SOP_INSTANCE, _EVENT_TYPE_ID = 0x00000002, 0x00001000, 0x00001002
 _READINESS, _STATE = 0x00404041, 0x00741000
 _PROGRESS_INFORMATION, _PROGRESS, _PROGRESS_DESCRIPTION = 0x00741002, 0x00741004, 0x00741006
-_CONTACT_URI, _CONTACT_NAME, _REASON = 0x0074100A, 0x0074100C, 0x00741238
+_CONTACT_URI, _CONTACT_NAME, _DISCONTINUATION_CODES, _REASON = 0x0074100A, 0x0074100C, 0x0074100E, 0x00741238
 
 
 def require_ae_title(ae_title: str) -> str:
@@ -48,9 +49,13 @@ def state_report(state: str, reason: str | None = None) -> dict[str, Any]:
     return _report(STATE_REPORT, information)
 
 
-def cancel_requested(reason: str, contact_name: str | None, contact_uri: str | None) -> dict[str, Any]:
+def cancel_requested(
+    reason: str, contact_name: str | None, contact_uri: str | None, discontinuation_codes: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
     """Event type 2, UPS Cancel Requested, as the request gave it."""
     information = {_REASON: _value("LT", reason)}
+    if discontinuation_codes:
+        information[_DISCONTINUATION_CODES] = {"vr": "SQ", "Value": list(discontinuation_codes)}
     if contact_name:
         information[_CONTACT_NAME] = _value("LO", contact_name)
     if contact_uri:

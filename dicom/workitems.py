@@ -243,6 +243,7 @@ class CancellationRequest:
     reason: str
     contact_name: str | None = None
     contact_uri: str | None = None
+    discontinuation_codes: tuple[dict[str, Any], ...] = ()  # the proposed reason, as coded items
 
     @property
     def text(self) -> str:
@@ -257,7 +258,7 @@ def cancellation_request(dataset: dict[str, Any] | None) -> CancellationRequest:
     require_dataset(dataset)
     codes = _items(dataset, _DISCONTINUATION_CODES)
     reason = _text(dataset, _REASON) or (_text(codes[0], _CODE_MEANING) if codes else None) or "cancellation requested"
-    return CancellationRequest(reason, _text(dataset, _CONTACT_NAME), _text(dataset, _CONTACT_URI))
+    return CancellationRequest(reason, _text(dataset, _CONTACT_NAME), _text(dataset, _CONTACT_URI), tuple(codes))
 
 
 def requested_state(dataset: dict[str, Any]) -> str:

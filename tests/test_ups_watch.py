@@ -18,6 +18,8 @@ from tests.inference_checks import order, run_queued
 from tests.test_ups import UPS_JSON, _create, _stored, _workitem
 
 STATE, CANCEL_REQUESTED, PROGRESS = 1, 2, 3
+_WRONG_WORKLIST_ENTRY = {"00080100": {"vr": "SH", "Value": ["110514"]}, "00080102": {"vr": "SH", "Value": ["DCM"]},
+                         "00080104": {"vr": "LO", "Value": ["Incorrect worklist entry selected"]}}
 
 
 def _subscribe(client: TestClient, uid: str, ae_title: str, query: str = "") -> None:
@@ -41,7 +43,8 @@ def _state(report: dict[str, Any]) -> str:
 
 
 def _cancel(client: TestClient, uid: str, reason: str = "wrong study") -> None:
-    body = {"00741238": {"vr": "LT", "Value": [reason]}, "0074100C": {"vr": "LO", "Value": ["Dr Who"]}}
+    body = {"00741238": {"vr": "LT", "Value": [reason]}, "0074100C": {"vr": "LO", "Value": ["Dr Who"]},
+            "0074100E": {"vr": "SQ", "Value": [_WRONG_WORKLIST_ENTRY]}}
     response = client.post(f"/dicom-web/workitems/{uid}/cancelrequest", json=body, headers=UPS_JSON)
     assert response.status_code == 202, response.text
 
@@ -79,6 +82,8 @@ def test_a_cancel_request_is_reported_then_the_cancellation(queued):
         assert (workitem, event) == (uid, CANCEL_REQUESTED)
         assert requested["00741238"]["Value"] == ["wrong study"]
         assert requested["0074100C"]["Value"] == ["Dr Who"]
+        # PS3.4 Table CC.2.4-1: 1C, required when the request gave them.
+        assert requested["0074100E"] == {"vr": "SQ", "Value": [_WRONG_WORKLIST_ENTRY]}
         # PS3.4 Table CC.1.1-2, Request Cancel of a SCHEDULED UPS: reported IN PROGRESS, then CANCELED.
         workitem, event, claimed = _report(channel)
         assert (workitem, event, _state(claimed)) == (uid, STATE, "IN PROGRESS")

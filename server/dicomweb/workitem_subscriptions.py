@@ -209,7 +209,9 @@ def report_cancel_requested(
     first here, the second by the cancellation."""
     watchers = _watchers(connection, task_id)
     if watchers:
-        report = cancel_requested(request.reason, request.contact_name, request.contact_uri)
+        report = cancel_requested(
+            request.reason, request.contact_name, request.contact_uri, request.discontinuation_codes
+        )
         _write(connection, watchers, task_id, report)
         if scheduled:
             _write(connection, watchers, task_id, state_report(UPS_IN_PROGRESS))
