@@ -331,6 +331,20 @@ _UNSPECIFIED_DISCONTINUATION = {
 _PATIENT_VRS = {0x00100010: "PN", 0x00100020: "LO", 0x00100021: "LO", 0x00100030: "DA", 0x00100040: "CS"}
 
 
+def modified_on_creation(order: WorkitemOrder, study_attributes: dict[str, Any]) -> bool:
+    """Whether the workitem differs from what its requester sent in what the
+    server maintains (`workitem_dataset`): a patient attribute other than the
+    study's, or an empty ProcedureStepState, which is SCHEDULED. PS3.18
+    §11.4.3.2 then asks for the Warning "created with modifications"."""
+    sent = order.dataset
+    if f"{_STATE:08X}" in sent and _text(sent, _STATE) is None:
+        return True
+    return any(
+        sent[key] != study_attributes.get(key, {"vr": _PATIENT_VRS[tag]})
+        for tag in _PATIENT_TAGS if (key := f"{tag:08X}") in sent
+    )
+
+
 def _progress(job: JobFacts) -> dict[str, Any]:
     item: dict[str, Any] = {}
     if job.progress is not None:

@@ -136,6 +136,27 @@ def test_a_chosen_uid_is_the_workitems_and_only_once(queued):
     assert len(_tasks(client)) == 2
 
 
+def test_a_requesters_patient_replaced_by_the_studys_is_a_modification(queued):
+    """PS3.18 §11.4.3.2: the Warning is due whenever the server modified the workitem, not only for its UID."""
+    client, _ = queued
+    study = _stored(client, 75)
+    chosen, same = "1.2.826.0.1.3680043.8.498.4721", "1.2.826.0.1.3680043.8.498.4722"
+    named = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Other^Person"}]}}
+    response = client.post(f"/dicom-web/workitems?{chosen}", json=_workitem(study, **named), headers=UPS_JSON)
+    assert response.status_code == 201, response.text
+    assert "created with modifications" in response.headers["warning"]
+    patient = _retrieve(client, chosen)["00100010"]
+    assert patient != named["00100010"]  # the study's patient, whom the server knows for sure
+    as_stored = client.post(f"/dicom-web/workitems?{same}", json=_workitem(study, **{"00100010": patient}),
+                            headers=UPS_JSON)
+    assert as_stored.status_code == 201, as_stored.text
+    assert "warning" not in as_stored.headers
+    stateless = "1.2.826.0.1.3680043.8.498.4723"
+    response = client.post(f"/dicom-web/workitems?{stateless}", json=_workitem(study, **{"00741000": {"vr": "CS"}}),
+                           headers=UPS_JSON)
+    assert "created with modifications" in response.headers["warning"]  # the empty state made SCHEDULED
+
+
 @pytest.mark.parametrize(("change", "status", "message"), [
     ({"00741000": _value("CS", "IN PROGRESS")}, 400, "must be SCHEDULED"),
     ({"00741000": None}, 400, "ProcedureStepState (0074,1000) is required"),
