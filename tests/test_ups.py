@@ -196,6 +196,9 @@ def test_bodies_that_are_no_workitem_are_refused(queued):
     assert xml.status_code == 415
     assert client.post("/dicom-web/workitems?1.2.3&limit=1", json=_workitem(uid), headers=UPS_JSON).status_code == 400
     assert client.post("/dicom-web/workitems?not-a-uid", json=_workitem(uid), headers=UPS_JSON).status_code == 400
+    empty = client.post("/dicom-web/workitems?AffectedSOPInstanceUID=", json=_workitem(uid), headers=UPS_JSON)
+    assert empty.status_code == 400
+    assert "the workitem UID '' is not" in empty.json()["message"]  # the value is empty, not the parameter's name
     assert _tasks(client) == []
 
 

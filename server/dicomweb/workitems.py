@@ -359,6 +359,8 @@ def workitem_uid_parameter(query: list[tuple[str, str]]) -> str | None:
     given = [(name, value) for name, value in query if name not in TRANSPORT_PARAMETERS]
     if not given:
         return None
-    if len(given) == 1 and (not given[0][1] or given[0][0] == "AffectedSOPInstanceUID"):
-        return require_uid(given[0][1] or given[0][0], "the workitem UID")
+    if len(given) == 1 and given[0][0] == "AffectedSOPInstanceUID":
+        return require_uid(given[0][1], "the workitem UID")
+    if len(given) == 1 and not given[0][1]:
+        return require_uid(given[0][0], "the workitem UID")
     raise InvalidRequest("the query of a Create Workitem request is the workitem UID alone, as /workitems?{UID}")
