@@ -92,6 +92,19 @@ def test_a_cancel_request_is_reported_then_the_cancellation(queued):
         assert "wrong study" in canceled["00741238"]["Value"][0]
 
 
+def test_a_scheduled_job_cancelled_through_fhir_is_reported_in_progress_then_canceled(queued):
+    """PS3.4 CC.1.1: SCHEDULED reaches CANCELED only through IN PROGRESS, whoever cancels."""
+    client, services = queued
+    task = order(client, _stored(client, 90))
+    uid = derived_workitem_uid(task["id"])
+    _subscribe(client, uid, "WATCHER")
+    with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
+        assert _state(_report(channel)[2]) == "SCHEDULED"
+        cancelled = client.put(f"/fhir/Task/{task['id']}", json={**task, "status": "cancelled"})
+        assert cancelled.status_code == 200, cancelled.text
+        assert [_state(_report(channel)[2]) for _ in range(2)] == ["IN PROGRESS", "CANCELED"]
+
+
 def test_a_worklist_subscriber_sees_new_workitems_until_it_suspends(queued):
     client, services = queued
     study = _stored(client, 83)

@@ -186,6 +186,10 @@ def job_changed(connection: Connection, job: Job, change: JobChange) -> None:
         return
     watchers = _watchers(connection, job.task_id)
     if watchers:
+        if change == "status" and job.status in FINAL and job.attempts == 0:
+            # Ended before any run: SCHEDULED reaches a final state only through IN PROGRESS, both reported
+            # (PS3.4 Table CC.1.1-2, CC.2.2.3), whether UPS-RS, FHIR or the queue itself ended it.
+            _write(connection, watchers, job.task_id, state_report(UPS_IN_PROGRESS))
         progress = progress_report(progress_percent(job), job.business_status) if change == "stage" else None
         _write(connection, watchers, job.task_id, progress or _state_report(job))
     if job.status in FINAL:
@@ -200,21 +204,14 @@ def _ups_state_changed(job: Job) -> bool:
     return job.status in FINAL or (job.status == IN_PROGRESS and job.attempts == 1)
 
 
-def report_cancel_requested(
-    connection: Connection, task_id: str, request: CancellationRequest, scheduled: bool
-) -> None:
-    """UPS Cancel Requested (PS3.4 CC.2.4.2), before the server, the performer,
-    cancels. A SCHEDULED workitem goes to CANCELED through IN PROGRESS, and
-    both changes are reported (PS3.4 Table CC.1.1-2, Request Cancel): the
-    first here, the second by the cancellation."""
+def report_cancel_requested(connection: Connection, task_id: str, request: CancellationRequest) -> None:
+    """UPS Cancel Requested (PS3.4 CC.2.4.2), before the server, the performer, cancels."""
     watchers = _watchers(connection, task_id)
     if watchers:
         report = cancel_requested(
             request.reason, request.contact_name, request.contact_uri, request.discontinuation_codes
         )
         _write(connection, watchers, task_id, report)
-        if scheduled:
-            _write(connection, watchers, task_id, state_report(UPS_IN_PROGRESS))
 
 
 def _watchers(connection: Connection, task_id: str) -> list[Subscriber]:

@@ -33,7 +33,6 @@ from dicom.workitems import (
     COMPLETED,
     FINAL_STATES,
     IN_PROGRESS,
-    SCHEDULED,
     SEGMENTATION_SOP_CLASS,
     STATE_OF_TASK_STATUS,
     CancellationRequest,
@@ -283,7 +282,7 @@ def request_cancellation(current: Services, uid: str, request: CancellationReque
             return "The UPS is already in the requested state of CANCELED."
         if state == COMPLETED:
             raise Conflict(f"the workitem {uid} is COMPLETED and can no longer be canceled", _INCONSISTENT)
-        report_cancel_requested(connection, job.task_id, request, scheduled=state == SCHEDULED)
+        report_cancel_requested(connection, job.task_id, request)
         cancelled = queue.cancel(connection, job.task_id, request.text)
         queue.store.put(connection, queue.task_of(cancelled), job.task_id, "PUT")
     return None
