@@ -8,13 +8,13 @@ Affected SOP Instance UID and Event Type ID beside the event information of
 PS3.4 Table CC.2.4-1.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 from dicom.errors import InvalidRequest
+from dicom.workitems import UPS_PUSH_SOP_CLASS
 
-# PS3.4 Table CC.3.1-1 and Annex CC.3.1: the UPS Event SOP Class, and the
-# well-known UIDs that stand for the whole worklist in a subscription.
-UPS_EVENT_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.4"
+# PS3.4 Annex CC.3.1: the well-known UIDs that stand for the whole worklist in a subscription.
 WORKLIST = "1.2.840.10008.5.1.4.34.5"
 FILTERED_WORKLIST = "1.2.840.10008.5.1.4.34.5.1"
 
@@ -26,7 +26,7 @@ STATE_REPORT, CANCEL_REQUESTED, PROGRESS_REPORT = 1, 2, 3
 _AFFECTED_SOP_CLASS, _AFFECTED_SOP_INSTANCE, _EVENT_TYPE_ID = 0x00000002, 0x00001000, 0x00001002
 _READINESS, _STATE = 0x00404041, 0x00741000
 _PROGRESS_INFORMATION, _PROGRESS, _PROGRESS_DESCRIPTION = 0x00741002, 0x00741004, 0x00741006
-_CONTACT_URI, _CONTACT_NAME, _REASON = 0x0074100A, 0x0074100C, 0x00741238
+_CONTACT_URI, _CONTACT_NAME, _DISCONTINUATION_CODES, _REASON = 0x0074100A, 0x0074100C, 0x0074100E, 0x00741238
 
 
 def require_ae_title(ae_title: str) -> str:
@@ -49,9 +49,13 @@ def state_report(state: str, reason: str | None = None) -> dict[str, Any]:
     return _report(STATE_REPORT, information)
 
 
-def cancel_requested(reason: str, contact_name: str | None, contact_uri: str | None) -> dict[str, Any]:
+def cancel_requested(
+    reason: str, contact_name: str | None, contact_uri: str | None, discontinuation_codes: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
     """Event type 2, UPS Cancel Requested, as the request gave it."""
     information = {_REASON: _value("LT", reason)}
+    if discontinuation_codes:
+        information[_DISCONTINUATION_CODES] = {"vr": "SQ", "Value": list(discontinuation_codes)}
     if contact_name:
         information[_CONTACT_NAME] = _value("LO", contact_name)
     if contact_uri:
@@ -71,11 +75,14 @@ def progress_report(progress: float | None, description: str | None) -> dict[str
 
 def addressed(report: dict[str, Any], workitem_uid: str) -> dict[str, Any]:
     """The report as sent: with the N-EVENT-REPORT's Affected SOP Class and
-    Instance UIDs, in tag order (PS3.18 F.2). A report is made in the
+    Instance UIDs, in tag order (PS3.18 F.2). The class is UPS Push, the
+    class of every UPS instance (PS3.4 CC.2.4.2 and CC.3.1.1), not UPS Event,
+    which names only the service (the example of PS3.18 §11.13, which is
+    informative, shows the latter). A report is made in the
     transaction that changes the job, before a UPS-RS create gives the
     workitem its requester's UID, so it is addressed only when sent."""
     elements = {
-        f"{_AFFECTED_SOP_CLASS:08X}": _value("UI", UPS_EVENT_SOP_CLASS),
+        f"{_AFFECTED_SOP_CLASS:08X}": _value("UI", UPS_PUSH_SOP_CLASS),
         f"{_AFFECTED_SOP_INSTANCE:08X}": _value("UI", workitem_uid),
         **report,
     }

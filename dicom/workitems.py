@@ -243,6 +243,7 @@ class CancellationRequest:
     reason: str
     contact_name: str | None = None
     contact_uri: str | None = None
+    discontinuation_codes: tuple[dict[str, Any], ...] = ()  # the proposed reason, as coded items
 
     @property
     def text(self) -> str:
@@ -257,7 +258,7 @@ def cancellation_request(dataset: dict[str, Any] | None) -> CancellationRequest:
     require_dataset(dataset)
     codes = _items(dataset, _DISCONTINUATION_CODES)
     reason = _text(dataset, _REASON) or (_text(codes[0], _CODE_MEANING) if codes else None) or "cancellation requested"
-    return CancellationRequest(reason, _text(dataset, _CONTACT_NAME), _text(dataset, _CONTACT_URI))
+    return CancellationRequest(reason, _text(dataset, _CONTACT_NAME), _text(dataset, _CONTACT_URI), tuple(codes))
 
 
 def requested_state(dataset: dict[str, Any]) -> str:
@@ -320,7 +321,28 @@ def workitem_dataset(job: JobFacts) -> dict[str, Any]:
     return dict(sorted((defaults | requested | maintained).items()))
 
 
+# PS3.16 CID 9300 Procedure Discontinuation Reason. The why in words is ReasonForCancellation:
+# a requester's codes are not kept, and a failed job's cause has no code of its own there.
+_UNSPECIFIED_DISCONTINUATION = {
+    f"{_CODE_VALUE:08X}": {"vr": "SH", "Value": ["110513"]},
+    f"{_CODING_SCHEME:08X}": {"vr": "SH", "Value": ["DCM"]},
+    f"{_CODE_MEANING:08X}": {"vr": "LO", "Value": ["Discontinued for unspecified reason"]},
+}
 _PATIENT_VRS = {0x00100010: "PN", 0x00100020: "LO", 0x00100021: "LO", 0x00100030: "DA", 0x00100040: "CS"}
+
+
+def modified_on_creation(order: WorkitemOrder, study_attributes: dict[str, Any]) -> bool:
+    """Whether the workitem differs from what its requester sent in what the
+    server maintains (`workitem_dataset`): a patient attribute other than the
+    study's, or an empty ProcedureStepState, which is SCHEDULED. PS3.18
+    §11.4.3.2 then asks for the Warning "created with modifications"."""
+    sent = order.dataset
+    if f"{_STATE:08X}" in sent and _text(sent, _STATE) is None:
+        return True
+    return any(
+        sent[key] != study_attributes.get(key, {"vr": _PATIENT_VRS[tag]})
+        for tag in _PATIENT_TAGS if (key := f"{tag:08X}") in sent
+    )
 
 
 def _progress(job: JobFacts) -> dict[str, Any]:
@@ -330,8 +352,9 @@ def _progress(job: JobFacts) -> dict[str, Any]:
     if job.business_status:
         item[f"{_PROGRESS_DESCRIPTION:08X}"] = _value("ST", job.business_status)
     if job.state == CANCELED:
-        if job.ended is not None:
-            item[f"{_CANCELLATION_TIME:08X}"] = _value("DT", utc_datetime(job.ended))
+        # Both have Final State "X" (PS3.4 Table CC.2.5-3): a UPS is not CANCELED without them.
+        item[f"{_CANCELLATION_TIME:08X}"] = _value("DT", utc_datetime(job.ended or job.started or job.created))
+        item[f"{_DISCONTINUATION_CODES:08X}"] = _sequence([_UNSPECIFIED_DISCONTINUATION])
         item[f"{_REASON:08X}"] = _value("LT", job.reason or job.task_status)
     return dict(sorted(item.items()))
 

@@ -136,6 +136,27 @@ def test_a_chosen_uid_is_the_workitems_and_only_once(queued):
     assert len(_tasks(client)) == 2
 
 
+def test_a_requesters_patient_replaced_by_the_studys_is_a_modification(queued):
+    """PS3.18 §11.4.3.2: the Warning is due whenever the server modified the workitem, not only for its UID."""
+    client, _ = queued
+    study = _stored(client, 75)
+    chosen, same = "1.2.826.0.1.3680043.8.498.4721", "1.2.826.0.1.3680043.8.498.4722"
+    named = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Other^Person"}]}}
+    response = client.post(f"/dicom-web/workitems?{chosen}", json=_workitem(study, **named), headers=UPS_JSON)
+    assert response.status_code == 201, response.text
+    assert "created with modifications" in response.headers["warning"]
+    patient = _retrieve(client, chosen)["00100010"]
+    assert patient != named["00100010"]  # the study's patient, whom the server knows for sure
+    as_stored = client.post(f"/dicom-web/workitems?{same}", json=_workitem(study, **{"00100010": patient}),
+                            headers=UPS_JSON)
+    assert as_stored.status_code == 201, as_stored.text
+    assert "warning" not in as_stored.headers
+    stateless = "1.2.826.0.1.3680043.8.498.4723"
+    response = client.post(f"/dicom-web/workitems?{stateless}", json=_workitem(study, **{"00741000": {"vr": "CS"}}),
+                           headers=UPS_JSON)
+    assert "created with modifications" in response.headers["warning"]  # the empty state made SCHEDULED
+
+
 @pytest.mark.parametrize(("change", "status", "message"), [
     ({"00741000": _value("CS", "IN PROGRESS")}, 400, "must be SCHEDULED"),
     ({"00741000": None}, 400, "ProcedureStepState (0074,1000) is required"),
@@ -175,6 +196,9 @@ def test_bodies_that_are_no_workitem_are_refused(queued):
     assert xml.status_code == 415
     assert client.post("/dicom-web/workitems?1.2.3&limit=1", json=_workitem(uid), headers=UPS_JSON).status_code == 400
     assert client.post("/dicom-web/workitems?not-a-uid", json=_workitem(uid), headers=UPS_JSON).status_code == 400
+    empty = client.post("/dicom-web/workitems?AffectedSOPInstanceUID=", json=_workitem(uid), headers=UPS_JSON)
+    assert empty.status_code == 400
+    assert "the workitem UID '' is not" in empty.json()["message"]  # the value is empty, not the parameter's name
     assert _tasks(client) == []
 
 
@@ -208,6 +232,10 @@ def test_cancellation_is_requested_and_granted_once(queued):
     assert _first(cancelled, "00741002", "00741238") == "wrong study (contact: Dr. Who)"
     assert _first(cancelled, "00741002", "00404052").endswith("+0000")
     assert cancelled["00741216"]["Value"][0]["00404033"] == {"vr": "SQ"}  # no output
+    # PS3.4 Table CC.2.5-3, Final State "X": a CANCELED workitem has a discontinuation reason (CID 9300).
+    [discontinuation] = cancelled["00741002"]["Value"][0]["0074100E"]["Value"]
+    assert {key: element["Value"][0] for key, element in discontinuation.items()} == {
+        "00080100": "110513", "00080102": "DCM", "00080104": "Discontinued for unspecified reason"}
     [task] = _tasks(client)
     assert (task["status"], task["statusReason"]["text"]) == ("cancelled", "wrong study (contact: Dr. Who)")
     assert run_queued(services) == []

@@ -11,24 +11,29 @@ from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
 from websockets.sync.client import connect
 
-from dicom.workitem_events import FILTERED_WORKLIST, UPS_EVENT_SOP_CLASS, WORKLIST
+from dicom.workitem_events import FILTERED_WORKLIST, WORKLIST
 from dicom.workitems import derived_workitem_uid
 from tests.conftest import admin_headers, served
 from tests.inference_checks import order, run_queued
 from tests.test_ups import UPS_JSON, _create, _stored, _workitem
 
 STATE, CANCEL_REQUESTED, PROGRESS = 1, 2, 3
+_WRONG_WORKLIST_ENTRY = {"00080100": {"vr": "SH", "Value": ["110514"]}, "00080102": {"vr": "SH", "Value": ["DCM"]},
+                         "00080104": {"vr": "LO", "Value": ["Incorrect worklist entry selected"]}}
 
 
 def _subscribe(client: TestClient, uid: str, ae_title: str, query: str = "") -> None:
     response = client.post(f"/dicom-web/workitems/{uid}/subscribers/{ae_title}{query}")
     assert response.status_code == 201, response.text
+    # PS3.18 Table 11.10.3-2: where the subscriber opens its WebSocket channel.
+    assert response.headers["content-location"] == f"ws://testserver/dicom-web/subscribers/{ae_title}"
 
 
 def _report(channel: Any) -> tuple[str, int, dict[str, Any]]:
     """The workitem UID, event type and data set of the next event report."""
     report = channel.receive_json()
-    assert report["00000002"] == {"vr": "UI", "Value": [UPS_EVENT_SOP_CLASS]}
+    # PS3.4 CC.2.4.2: the Affected SOP Class UID is UPS Push's, whatever the service.
+    assert report["00000002"] == {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.34.6.1"]}
     assert list(report) == sorted(report)
     return report["00001000"]["Value"][0], report["00001002"]["Value"][0], report
 
@@ -38,7 +43,8 @@ def _state(report: dict[str, Any]) -> str:
 
 
 def _cancel(client: TestClient, uid: str, reason: str = "wrong study") -> None:
-    body = {"00741238": {"vr": "LT", "Value": [reason]}, "0074100C": {"vr": "LO", "Value": ["Dr Who"]}}
+    body = {"00741238": {"vr": "LT", "Value": [reason]}, "0074100C": {"vr": "LO", "Value": ["Dr Who"]},
+            "0074100E": {"vr": "SQ", "Value": [_WRONG_WORKLIST_ENTRY]}}
     response = client.post(f"/dicom-web/workitems/{uid}/cancelrequest", json=body, headers=UPS_JSON)
     assert response.status_code == 202, response.text
 
@@ -76,9 +82,27 @@ def test_a_cancel_request_is_reported_then_the_cancellation(queued):
         assert (workitem, event) == (uid, CANCEL_REQUESTED)
         assert requested["00741238"]["Value"] == ["wrong study"]
         assert requested["0074100C"]["Value"] == ["Dr Who"]
+        # PS3.4 Table CC.2.4-1: 1C, required when the request gave them.
+        assert requested["0074100E"] == {"vr": "SQ", "Value": [_WRONG_WORKLIST_ENTRY]}
+        # PS3.4 Table CC.1.1-2, Request Cancel of a SCHEDULED UPS: reported IN PROGRESS, then CANCELED.
+        workitem, event, claimed = _report(channel)
+        assert (workitem, event, _state(claimed)) == (uid, STATE, "IN PROGRESS")
         workitem, event, canceled = _report(channel)
         assert (workitem, event, _state(canceled)) == (uid, STATE, "CANCELED")
         assert "wrong study" in canceled["00741238"]["Value"][0]
+
+
+def test_a_scheduled_job_cancelled_through_fhir_is_reported_in_progress_then_canceled(queued):
+    """PS3.4 CC.1.1: SCHEDULED reaches CANCELED only through IN PROGRESS, whoever cancels."""
+    client, services = queued
+    task = order(client, _stored(client, 90))
+    uid = derived_workitem_uid(task["id"])
+    _subscribe(client, uid, "WATCHER")
+    with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
+        assert _state(_report(channel)[2]) == "SCHEDULED"
+        cancelled = client.put(f"/fhir/Task/{task['id']}", json={**task, "status": "cancelled"})
+        assert cancelled.status_code == 200, cancelled.text
+        assert [_state(_report(channel)[2]) for _ in range(2)] == ["IN PROGRESS", "CANCELED"]
 
 
 def test_a_worklist_subscriber_sees_new_workitems_until_it_suspends(queued):
@@ -200,7 +224,7 @@ def test_reports_wait_for_the_channel_and_are_sent_once(queued):
     _cancel(client, uid)  # while no channel is open
     with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
         assert _report(channel)[1] == CANCEL_REQUESTED  # not the initial report again: it was sent
-        assert _state(_report(channel)[2]) == "CANCELED"
+        assert [_state(_report(channel)[2]) for _ in range(2)] == ["IN PROGRESS", "CANCELED"]
 
 
 def test_an_ae_title_is_the_subscribers_own_and_no_other_client_takes_its_reports(queued, app):
@@ -223,9 +247,18 @@ def test_an_ae_title_is_the_subscribers_own_and_no_other_client_takes_its_report
 
         from server.tables import workitem_events
 
-        assert connection.execute(select(func.count()).select_from(workitem_events)).scalar_one() == 3
+        assert connection.execute(select(func.count()).select_from(workitem_events)).scalar_one() == 4
     with client.websocket_connect("/dicom-web/subscribers/WATCHER") as channel:
-        assert [_report(channel)[1] for _ in range(3)] == [STATE, CANCEL_REQUESTED, STATE]
+        assert [_report(channel)[1] for _ in range(4)] == [STATE, CANCEL_REQUESTED, STATE, STATE]
+
+
+def test_a_subscription_behind_a_tls_proxy_names_a_secure_channel(queued):
+    client, _ = queued
+    uid = _create(client, _workitem(_stored(client, 88)))
+    response = client.post(f"/dicom-web/workitems/{uid}/subscribers/ST%20AE",
+                           headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.example"})
+    assert response.status_code == 201, response.text
+    assert response.headers["content-location"] == "wss://pacs.example/dicom-web/subscribers/ST%20AE"
 
 
 def test_subscriptions_that_cannot_be_made_are_refused(queued):

@@ -220,8 +220,8 @@ async def create_workitem(request: Request) -> Response:
     uid = workitems.workitem_uid_parameter(list(request.query_params.multi_items()))
     order = order_from_dataset(await workitems.dataset_body(request, current) or {}, uid)
     created = await run_in_threadpool(retried_on_conflict, partial(workitems.create, current, order))
-    headers = {"Location": workitems.workitem_url(dicomweb_root(request), created)}
-    if order.uid is None:  # PS3.18 §11.4.3.2: the server chose the UID
+    headers = {"Location": workitems.workitem_url(dicomweb_root(request), created.uid)}
+    if created.modified:  # PS3.18 §11.4.3.2
         headers["Warning"] = warning_header("The Workitem was created with modifications.")
     return Response(status_code=201, headers=headers)
 
@@ -297,7 +297,8 @@ async def subscribe_to_workitems(request: Request, uid: str, ae_title: str) -> R
     else:
         subscribe = partial(workitem_subscriptions.subscribe, current, uid, subscriber)
     await run_in_threadpool(retried_on_conflict, subscribe)
-    return Response(status_code=201)
+    channel = workitem_subscriptions.channel_url(dicomweb_root(request), subscriber)
+    return Response(status_code=201, headers={"Content-Location": channel})
 
 
 @router.delete("/workitems/{uid}/subscribers/{ae_title}")

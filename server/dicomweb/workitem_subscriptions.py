@@ -28,6 +28,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import orjson
 from sqlalchemy import Connection, Engine, and_, delete, insert, select, text
@@ -39,6 +40,7 @@ from dicom.errors import NotFound
 from dicom.uids import require_uid
 from dicom.workitem_events import addressed, cancel_requested, progress_report, state_report
 from dicom.workitems import CANCELED, STATE_OF_TASK_STATUS, CancellationRequest
+from dicom.workitems import IN_PROGRESS as UPS_IN_PROGRESS
 from server.audit.middleware import note_resources
 from server.db import write_connection
 from server.jobs.queue import FINAL, IN_PROGRESS, Job, JobChange, JobQueue, Stage, now_micros, progress_percent
@@ -64,6 +66,13 @@ def _of(table: Any, subscriber: Subscriber) -> Any:
 
 
 # --- subscriptions (PS3.18 §11.10-11.12) ---------------------------------------
+def channel_url(dicomweb_root: str, subscriber: Subscriber) -> str:
+    """Where `subscriber` opens its channel: the Content-Location a subscription
+    answers with, in the WebSocket scheme (PS3.18 Table 11.10.3-2)."""
+    scheme, rest = dicomweb_root.split(":", 1)
+    return f"{'wss' if scheme == 'https' else 'ws'}:{rest}/subscribers/{quote(subscriber.ae_title, safe='')}"
+
+
 def subscribe(current: Services, uid: str, subscriber: Subscriber) -> None:
     """Subscribe to one workitem: its state is reported at once (PS3.4 CC.2.3.1),
     final or not, so that the subscriber starts from what the workitem is."""
@@ -177,6 +186,10 @@ def job_changed(connection: Connection, job: Job, change: JobChange) -> None:
         return
     watchers = _watchers(connection, job.task_id)
     if watchers:
+        if change == "status" and job.status in FINAL and job.attempts == 0:
+            # Ended before any run: SCHEDULED reaches a final state only through IN PROGRESS, both reported
+            # (PS3.4 Table CC.1.1-2, CC.2.2.3), whether UPS-RS, FHIR or the queue itself ended it.
+            _write(connection, watchers, job.task_id, state_report(UPS_IN_PROGRESS))
         progress = progress_report(progress_percent(job), job.business_status) if change == "stage" else None
         _write(connection, watchers, job.task_id, progress or _state_report(job))
     if job.status in FINAL:
@@ -192,10 +205,12 @@ def _ups_state_changed(job: Job) -> bool:
 
 
 def report_cancel_requested(connection: Connection, task_id: str, request: CancellationRequest) -> None:
-    """UPS Cancel Requested (PS3.4 CC.2.4.3), before the server, the performer, cancels."""
+    """UPS Cancel Requested (PS3.4 CC.2.4.2), before the server, the performer, cancels."""
     watchers = _watchers(connection, task_id)
     if watchers:
-        report = cancel_requested(request.reason, request.contact_name, request.contact_uri)
+        report = cancel_requested(
+            request.reason, request.contact_name, request.contact_uri, request.discontinuation_codes
+        )
         _write(connection, watchers, task_id, report)
 
 

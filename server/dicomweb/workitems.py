@@ -10,6 +10,7 @@ changes its state, or updates it.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -38,6 +39,7 @@ from dicom.workitems import (
     JobFacts,
     SegOutput,
     WorkitemOrder,
+    modified_on_creation,
     new_workitem_uid,
     require_dataset,
     workitem_dataset,
@@ -185,14 +187,21 @@ def _clause(condition: Condition, dialect: str) -> Any:
 
 
 # --- writing -------------------------------------------------------------------
-def create(current: Services, order: WorkitemOrder) -> str:
+@dataclass(frozen=True)
+class CreatedWorkitem:
+    uid: str
+    modified: bool  # the server changed what the requester sent (PS3.18 §11.4.3.2)
+
+
+def create(current: Services, order: WorkitemOrder) -> CreatedWorkitem:
     """Create Workitem (PS3.18 §11.4): the job ordered, and its workitem UID."""
     uid = order.uid or new_workitem_uid()
     try:
         with write_connection(current.engine) as connection:
             if connection.execute(select(workitems.c.task_id).where(workitems.c.workitem_uid == uid)).first():
                 raise Conflict(f"the workitem {uid} exists already")
-            _require_study(connection, order)
+            study_attributes = _study_attributes(connection, order)
+            modified = uid != order.uid or modified_on_creation(order, study_attributes)
             note_studies([order.study_uid])
             task = _task(order, _device(current.jobs.registry, connection, order.model))
             try:
@@ -207,12 +216,13 @@ def create(current: Services, order: WorkitemOrder) -> str:
             )
     except IntegrityError:  # created by another request since the check
         raise Conflict(f"the workitem {uid} exists already") from None
-    return uid
+    return CreatedWorkitem(uid, modified)
 
 
-def _require_study(connection: Connection, order: WorkitemOrder) -> None:
+def _study_attributes(connection: Connection, order: WorkitemOrder) -> dict[str, Any]:
+    """The input study's attributes (its patient's among them), once it is known to be the requester's patient's."""
     row = connection.execute(
-        select(studies.c.patient_id).where(studies.c.study_instance_uid == order.study_uid)
+        select(studies.c.patient_id, studies.c.attributes_json).where(studies.c.study_instance_uid == order.study_uid)
     ).first()
     if row is None:
         raise InvalidRequest(
@@ -222,6 +232,7 @@ def _require_study(connection: Connection, order: WorkitemOrder) -> None:
         raise InvalidRequest(
             f"PatientID (0010,0020) {order.patient_id!r}: the study {order.study_uid} is of patient {row.patient_id!r}"
         )
+    return orjson.loads(row.attributes_json or b"{}")  # type: ignore[no-any-return]
 
 
 def _device(registry: ModelRegistry, connection: Connection, model: str | None) -> str | None:
@@ -347,6 +358,8 @@ def workitem_uid_parameter(query: list[tuple[str, str]]) -> str | None:
     given = [(name, value) for name, value in query if name not in TRANSPORT_PARAMETERS]
     if not given:
         return None
-    if len(given) == 1 and (not given[0][1] or given[0][0] == "AffectedSOPInstanceUID"):
-        return require_uid(given[0][1] or given[0][0], "the workitem UID")
+    if len(given) == 1 and given[0][0] == "AffectedSOPInstanceUID":
+        return require_uid(given[0][1], "the workitem UID")
+    if len(given) == 1 and not given[0][1]:
+        return require_uid(given[0][0], "the workitem UID")
     raise InvalidRequest("the query of a Create Workitem request is the workitem UID alone, as /workitems?{UID}")
