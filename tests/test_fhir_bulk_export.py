@@ -283,6 +283,18 @@ def test_an_export_is_its_starters_alone(client, services, charts):
     assert client.get(own).status_code == 200
 
 
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/fhir/$export-status/{}"), ("DELETE", "/fhir/$export-status/{}"),
+    ("GET", "/fhir/$export-file/{}/Observation.ndjson"),
+])
+@pytest.mark.parametrize("export_id", ["a%00b", "not-an-export", "0" * 300])
+def test_an_id_no_export_has_is_404(client, method, path, export_id):
+    """Whatever it holds: one with a NUL was a 500 on PostgreSQL, whose text holds none."""
+    response = client.request(method, path.format(export_id))
+    assert response.status_code == 404, response.text
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
 def test_a_scope_limited_client_gets_only_its_types(client, services, charts):
     analytics = _system_client(services, "system/Observation.rs system/Patient.r")
     files = _export(client, headers=analytics)
