@@ -100,6 +100,16 @@ def test_claims_a_server_must_refuse_are_refused_with_their_reason(backend, chan
     assert response.json()["error"] == "invalid_client" and reason in response.json()["error_description"]
 
 
+@pytest.mark.parametrize(("claim", "reason"), [("iss", "iss and sub"), ("jti", "needs a jti")])
+def test_a_claim_with_a_nul_character_is_refused_not_a_500(backend, claim, reason):
+    """PostgreSQL's text holds no NUL: looking such a client id up, or keeping such a jti, failed."""
+    base, client_id, keys = backend
+    changes = {"iss": f"{client_id}\x00", "sub": f"{client_id}\x00"} if claim == "iss" else {"jti": "a\x00b"}
+    response = _token(base, _assertion(keys["rsa-1"], "rsa-1", client_id, f"{base}/auth/token", **changes))
+    assert response.status_code == 401, response.text
+    assert reason in response.json()["error_description"]
+
+
 def test_what_does_not_verify_is_refused_alike_whoever_the_client(backend, services):
     base, client_id, keys = backend
     audience = f"{base}/auth/token"

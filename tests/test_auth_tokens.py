@@ -88,6 +88,17 @@ def test_a_system_client_authenticates_with_basic_or_the_form(services, client):
 
 
 @pytest.mark.parametrize("form, status, error", [
+    ({"grant_type": "password", "username": "a\x00b", "password": "not the password"}, 400, "invalid_grant"),
+    ({"grant_type": "client_credentials", "client_id": "a\x00b", "client_secret": "not it"}, 401, "invalid_client"),
+])
+def test_a_name_with_a_nul_character_is_a_wrong_name_not_a_500(client, form, status, error):
+    """PostgreSQL's text holds no NUL: looking such a name up failed."""
+    response = client.post("/auth/token", data=form)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error
+
+
+@pytest.mark.parametrize("form, status, error", [
     ("grant_type=authorization_code&code=x", 400, "unsupported_grant_type"),
     ("grant_type=password&username=a", 400, "invalid_request"),
     ("grant_type=client_credentials", 401, "invalid_client"),

@@ -13,6 +13,8 @@ from sqlalchemy import select, update
 
 from fhir_mappings.audit_event import DCM
 from server.auth.scopes import Role, role_grant
+from server.fhir.bulk_export import now_micros
+from server.fhir.bulk_export_query import Slice, pages
 from server.fhir.bulk_export_worker import LEASE_SECONDS, ExportWorker
 from server.tables import fhir_exports
 from tests.fhir_checks import seed
@@ -281,6 +283,18 @@ def test_an_export_is_its_starters_alone(client, services, charts):
     assert client.get(own).status_code == 200
 
 
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/fhir/$export-status/{}"), ("DELETE", "/fhir/$export-status/{}"),
+    ("GET", "/fhir/$export-file/{}/Observation.ndjson"),
+])
+@pytest.mark.parametrize("export_id", ["a%00b", "not-an-export", "0" * 300])
+def test_an_id_no_export_has_is_404(client, method, path, export_id):
+    """Whatever it holds: one with a NUL was a 500 on PostgreSQL, whose text holds none."""
+    response = client.request(method, path.format(export_id))
+    assert response.status_code == 404, response.text
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
 def test_a_scope_limited_client_gets_only_its_types(client, services, charts):
     analytics = _system_client(services, "system/Observation.rs system/Patient.r")
     files = _export(client, headers=analytics)
@@ -344,6 +358,23 @@ def test_an_export_holds_each_resource_as_it_was_at_the_kick_off(client, service
     assert by_id["oa"] == client.get("/fhir/Observation/oa/_history/1").content
     assert by_id["ob"] == client.get("/fhir/Observation/ob/_history/1").content
     assert orjson.loads(files["Device"][0])["status"] == "active"
+
+
+@pytest.mark.parametrize("change", ["updated", "deleted"])
+def test_a_resource_changed_while_its_type_is_written_is_written_once(services, charts, change):
+    """Changed after its current row was read: it is not read again as the
+    version it was at the kick-off (it was written twice)."""
+    part = Slice("Observation", now_micros(), None, False, None)
+    written = pages(services.fhir.engine, services.fhir.visibility, part, history=True)
+    first = next(written)
+    if change == "updated":
+        seed(services, _observation("oa", "Patient/pa", code="9999-9"))
+    else:
+        with services.engine.begin() as connection:
+            services.fhir.store.delete(connection, "Observation", "oa")
+    lines = [line for page in [first, *written] for line in page]
+    assert sorted(_ids(lines)) == ["oa", "ob", "oc"]
+    assert b"9999-9" not in b"".join(lines)
 
 
 def test_each_caller_has_a_limit_of_exports_in_progress(client, services, settings):

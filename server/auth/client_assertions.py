@@ -167,4 +167,5 @@ def _algorithm_of(jwk: dict[str, Any]) -> str | None:
 
 
 def _short_text(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= _MAX_ID_LENGTH
+    # No NUL: no client id has one, and PostgreSQL's text holds none (looking one up was a 500).
+    return isinstance(value, str) and 0 < len(value) <= _MAX_ID_LENGTH and "\x00" not in value

@@ -72,6 +72,8 @@ async def token(request: Request) -> JSONResponse:
     else:
         return _error(400, "unsupported_grant_type", "grant_type must be password or client_credentials")
 
+    if "\x00" in name:  # no account's name has one, and PostgreSQL's text holds none (looking one up was a 500)
+        return failure
     # A secret can be guessed: failures count against the name tried, as well as where they come from.
     keys = (f"name:{name}", f"address:{address}")
     refused = _limited(request, auth, name, address, keys)

@@ -8,6 +8,7 @@ Rows and files go together: a DELETE or expiry removes the row, then the
 directory; a directory without a row is removed by the next clean-up.
 """
 
+import re
 import shutil
 import time
 import uuid
@@ -29,6 +30,8 @@ from server.tables import fhir_exports
 QUEUED, RUNNING, COMPLETE, FAILED = "queued", "running", "complete", "failed"
 _ACTIVE = (QUEUED, RUNNING)
 _ORPHAN_SECONDS = 60.0
+# What `start` names an export: a UUID as `str(uuid.uuid4())` writes it.
+_EXPORT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,8 @@ class ExportJobs:
     def find(self, export_id: str, principal: Principal) -> ExportJob:
         """The caller's export (any, for an admin); ResourceNotFound for one
         that is not there, has expired, or is someone else's."""
+        if not _EXPORT_ID.fullmatch(export_id):  # none was made (and PostgreSQL's text holds no NUL, say)
+            raise ResourceNotFound(f"there is no export {export_id[:64]!r} of {principal.name}")
         with reading(self.engine) as connection:
             row = connection.execute(select(fhir_exports).where(
                 fhir_exports.c.export_id == export_id, fhir_exports.c.expires_at > now_micros(),

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, and_, false, func, or_, outerjoin, select
 
 from fhir_mappings.patient_compartment import COMPARTMENT_PARAMETER, patients_of_json
 from fhir_mappings.search_query import Condition
@@ -43,11 +43,12 @@ class Slice:
 
 
 def pages(engine: Engine, visibility: Visibility, part: Slice, history: bool) -> Iterator[list[bytes]]:
-    """The resources of `part`, a page at a time: the current ones first,
-    then (`history`: the type keeps one) those since changed, as they were."""
-    yield from _current_pages(engine, visibility, part)
+    """The resources of `part`, a page at a time; as they were at `until`
+    when the type keeps a history (`history`), else as they are now."""
     if history and not part.filters:  # the index holds only current versions: filters cannot judge past ones
-        yield from _past_pages(engine, visibility, part)
+        yield from _as_of_pages(engine, visibility, part)
+    else:
+        yield from _current_pages(engine, visibility, part)
 
 
 def _current_pages(engine: Engine, visibility: Visibility, part: Slice) -> Iterator[list[bytes]]:
@@ -67,39 +68,55 @@ def _current_pages(engine: Engine, visibility: Visibility, part: Slice) -> Itera
         yield [row.resource_json for row in rows]
 
 
-def _past_pages(engine: Engine, visibility: Visibility, part: Slice) -> Iterator[list[bytes]]:
-    """The versions current at `until` of the resources changed (or deleted)
-    after it. Their compartment is judged from the version itself: the
-    current one's index rows may name other patients, or be gone."""
-    changed = select(fhir_resources.c.resource_id).where(
-        fhir_resources.c.resource_type == part.resource_type, fhir_resources.c.last_updated > part.until,
-        *visibility.where(fhir_resources.c.resource_type, fhir_resources.c.resource_id, part.resource_type),
+def _as_of_pages(engine: Engine, visibility: Visibility, part: Slice) -> Iterator[list[bytes]]:
+    """Each resource once: its current version when unchanged since `until`,
+    else (changed or deleted after it) its last version up to `until`. One
+    statement per page reads both and decides: read in two passes, a
+    resource changed between them was in both. The compartment of an older
+    version is judged from the version itself: the current one's index rows
+    may name other patients, or be gone."""
+    changed = fhir_resources.c.last_updated > part.until
+    earlier = fhir_versions.alias("earlier")
+    version_then = (
+        select(func.max(earlier.c.version_id))
+        .where(earlier.c.resource_type == fhir_resources.c.resource_type,
+               earlier.c.resource_id == fhir_resources.c.resource_id, earlier.c.last_updated <= part.until)
+        .scalar_subquery()
     )
-    latest = (
-        select(fhir_versions.c.resource_id, func.max(fhir_versions.c.version_id).label("version_id"))
-        .where(fhir_versions.c.resource_type == part.resource_type, fhir_versions.c.last_updated <= part.until,
-               fhir_versions.c.resource_id.in_(changed))
-        .group_by(fhir_versions.c.resource_id)
-        .subquery()
-    )
+    then = outerjoin(fhir_resources, fhir_versions, and_(
+        changed, fhir_versions.c.resource_type == fhir_resources.c.resource_type,
+        fhir_versions.c.resource_id == fhir_resources.c.resource_id, fhir_versions.c.version_id == version_then,
+    ))
+    unchanged_kept = and_(fhir_resources.c.deleted == false(), *_changed_since(fhir_resources, part), *_members(part))
     after = 0
     while True:
         statement = (
-            select(fhir_versions.c.id, fhir_versions.c.resource_json)
-            .join(latest, and_(fhir_versions.c.resource_id == latest.c.resource_id,
-                               fhir_versions.c.version_id == latest.c.version_id))
-            .where(fhir_versions.c.resource_type == part.resource_type, fhir_versions.c.method != "DELETE",
-                   fhir_versions.c.id > after, *_changed_since(fhir_versions, part))
-            .order_by(fhir_versions.c.id).limit(PAGE)
+            select(fhir_resources.c.id, fhir_resources.c.resource_json, changed.label("changed"),
+                   fhir_versions.c.resource_json.label("then_json"), fhir_versions.c.method.label("then_method"),
+                   fhir_versions.c.last_updated.label("then_updated"))
+            .select_from(then)
+            .where(fhir_resources.c.resource_type == part.resource_type, fhir_resources.c.id > after,
+                   *visibility.where(fhir_resources.c.resource_type, fhir_resources.c.resource_id, part.resource_type),
+                   or_(changed, unchanged_kept))
+            .order_by(fhir_resources.c.id).limit(PAGE)
         )
         with reading(engine) as connection:
             rows = connection.execute(statement).all()
         if not rows:
             return
         after = rows[-1].id
-        kept = [row.resource_json for row in rows if _in_compartment(part, row.resource_json)]
+        kept = [row.resource_json if not row.changed else row.then_json for row in rows if _kept(part, row)]
         if kept:
             yield kept
+
+
+def _kept(part: Slice, row: Any) -> bool:
+    """Whether the version that stands for a row at `until` is exported."""
+    if not row.changed:
+        return True  # judged by the statement
+    if row.then_json is None or row.then_method == "DELETE":
+        return False  # made after `until`, or deleted then
+    return (part.since is None or row.then_updated > part.since) and _in_compartment(part, row.then_json)
 
 
 def _within(part: Slice) -> list[Any]:
