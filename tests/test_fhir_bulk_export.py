@@ -425,6 +425,39 @@ def test_a_failed_export_answers_500_with_an_outcome(client, services, charts):
     assert response.json()["issue"][0]["code"] == "exception"
 
 
+def test_the_worker_outlives_an_export_it_could_not_even_mark_failed(client, services, charts, monkeypatch):
+    """The database refused the failure too (down for a moment, say): the
+    worker goes on with the next export, and the first is written again
+    once its lease ends, as one whose server died would be."""
+    _held(services)
+    first = _kick_off(client, _type="Observation")
+    first_id = first.rsplit("/", 1)[1]
+    jobs, worker = services.exports.jobs, services.exports.worker
+    write, fail = worker._write, jobs.fail
+
+    def down_for_the_first(job, *args: Any) -> Any:
+        if job.export_id == first_id:
+            raise OSError("the database is down for a moment")
+        return write(job, *args)
+
+    def refused(export_id: str, *args: Any) -> None:
+        if export_id == first_id:
+            raise OSError("the database is down for a moment")
+        fail(export_id, *args)
+
+    monkeypatch.setattr(worker, "_write", down_for_the_first)
+    monkeypatch.setattr(jobs, "fail", refused)
+    worker.start()
+    second = _kick_off(client, _type="Patient")
+    assert _files(client, _manifest(client, second))["Patient"]  # the worker lived on
+    assert client.get(first).headers["X-Progress"] == "starting"  # neither written nor failed
+    monkeypatch.undo()
+    with services.engine.begin() as connection:  # its lease ran out
+        connection.execute(update(fhir_exports).where(fhir_exports.c.export_id == first_id).values(heartbeat=0))
+    worker.wake()
+    assert sorted(_ids(_files(client, _manifest(client, first))["Observation"])) == ["oa", "ob", "oc"]
+
+
 def test_expired_exports_and_stray_directories_are_removed(client, services, charts):
     status = _kick_off(client, _type="Observation")
     _manifest(client, status)

@@ -268,6 +268,28 @@ def test_polling_a_type_history_with_since_misses_no_version_that_commits_late(f
     assert slow.last_updated < to_micros(datetime.fromisoformat(fast["meta"]["lastUpdated"]))
 
 
+def test_a_type_history_waits_only_as_long_as_the_transactions_open_when_asked(fhir, services):
+    """It waits for the transactions open when it was asked for, and no longer
+    than they stay open: the version of one that commits while it waits is in
+    the answer, which comes as soon as it has committed."""
+    import threading
+    import time
+
+    from server.db import write_connection
+
+    if services.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite writers take turns: versions commit in the order of their times")
+    late = write_connection(services.engine)
+    connection = late.__enter__()
+    services.fhir.store.put_many(connection, [({**TASK, "id": "late"}, "late")], "PUT")
+    threading.Timer(0.2, late.__exit__, (None, None, None)).start()  # it commits while the history waits
+    started = time.monotonic()
+    answered = fhir.get("/fhir/Task/_history").json()
+    waited = time.monotonic() - started
+    assert "late" in {entry["resource"]["id"] for entry in answered.get("entry", [])}
+    assert waited < 0.8, f"waited {waited:.2f} s for a transaction that committed after 0.2 s"
+
+
 def test_derived_types_keep_no_history(fhir):
     _outcome(fhir.get("/fhir/Endpoint/dicomweb-wado-rs/_history"), 404, "not-found")
     assert fhir.get("/fhir/Endpoint/dicomweb-wado-rs/_history/1").status_code == 200

@@ -17,17 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, text
-
 from fhir_mappings.audit_event import AuditKind
 from fhir_mappings.bulk_export import Level, type_filter
-from fhir_mappings.date_ranges import to_micros
 from server.audit.service import AuditService
 from server.auth.access import Principal, current_principal
 from server.auth.scopes import Grant
 from server.db import write_connection
 from server.fhir.bulk_export import ExportJob, ExportJobs
 from server.fhir.bulk_export_query import Slice, pages
+from server.fhir.open_transactions import settled_before
 from server.fhir.service import FhirService
 
 log = logging.getLogger(__name__)
@@ -80,7 +78,11 @@ class ExportWorker:
                 log.exception("looking for exports to write failed; trying again")
                 job = None
             if job is not None:
-                self.run_export(job)
+                try:
+                    self.run_export(job)
+                except Exception:  # failing or requeueing it failed too: its lease ends, and it is claimed again
+                    log.exception("export %s could not be ended; it is written again once its lease ends",
+                                  job.export_id)
                 continue
             self._wake.wait(POLL_SECONDS)
             self._wake.clear()
@@ -109,7 +111,8 @@ class ExportWorker:
         directory = self.jobs.directory(job.export_id)
         shutil.rmtree(directory, ignore_errors=True)  # what an earlier, interrupted run left
         directory.mkdir(parents=True)
-        _wait_for_writes_before(self.jobs.engine, job.transaction_time)
+        with self.jobs.engine.connect() as connection:  # none dated before the export may commit after it is read
+            settled_before(connection, job.transaction_time, _SETTLING_SECONDS)
         if "AuditEvent" in job.types:
             self.audit.chain.catch_up()  # AuditEvents are copies of the chain, made a moment after it
         outputs = []
@@ -145,28 +148,6 @@ class ExportWorker:
             shutil.rmtree(self.jobs.directory(job.export_id), ignore_errors=True)
             raise _Stopped()
 
-
-
-def _wait_for_writes_before(engine: Engine, transaction_time: int) -> None:
-    """On PostgreSQL, wait until the transactions of this server open at
-    `transaction_time` have ended: a version's lastUpdated is taken inside
-    its transaction, so one dated before the export could commit after the
-    export read its type. (SQLite's writers take turns and commit in the
-    order of their times.) Other transactions are this server's sessions:
-    its processes share a connection name."""
-    if engine.dialect.name != "postgresql":
-        return
-    deadline = time.monotonic() + _SETTLING_SECONDS
-    with engine.connect() as connection:
-        while time.monotonic() < deadline:
-            oldest = connection.execute(text(
-                "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND application_name = current_setting('application_name') AND pid <> pg_backend_pid()"
-            )).scalar()
-            connection.rollback()
-            if oldest is None or to_micros(oldest) > transaction_time:
-                return
-            time.sleep(0.01)
 
 
 @dataclass(frozen=True)

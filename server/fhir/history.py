@@ -7,15 +7,16 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import Connection, and_, or_, select, text, tuple_
+from sqlalchemy import Connection, and_, or_, select, tuple_
 
-from fhir_mappings.date_ranges import date_range, instant_text, to_micros
+from fhir_mappings.date_ranges import date_range, instant_text
 from fhir_mappings.errors import InvalidRequest, ResourceNotFound
 from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import require_id
 from fhir_mappings.search_query import parse_count
 from server.audit.middleware import note_patients
 from server.db import reading
+from server.fhir.open_transactions import settled_before
 from server.fhir.service import FhirService
 from server.tables import fhir_resources, fhir_versions
 
@@ -83,7 +84,8 @@ def history(
     in_transaction = connection is not None
     with reading(service.engine, connection) as connection:
         if resource_id is None and not in_transaction:
-            horizon = _settled_before(connection, asked_at)
+            # The transactions open when it was asked for are waited for; it goes no further than the oldest left.
+            horizon = settled_before(connection, asked_at, _SETTLING_SECONDS)
             if horizon is not None:
                 statement = statement.where(fhir_versions.c.last_updated < horizon)
         rows = connection.execute(statement).all()
@@ -117,35 +119,6 @@ def history(
     if not entries:
         return head
     return head[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
-
-
-def _settled_before(connection: Connection, asked_at: int) -> int | None:
-    """On PostgreSQL, when the oldest other open transaction of this server
-    began: a version's `lastUpdated` is taken inside its transaction, so
-    every version before this instant has committed (or never will), and
-    none after it is certain to be all there is. A type history is answered
-    up to it: a client polling with `_since` set to the newest `lastUpdated`
-    it saw would miss a version committed later with an earlier time. The
-    transactions open when the history was asked for are waited for (up to
-    a second), so that what committed before it is all in the answer.
-    (SQLite's writers take turns: versions commit in the order of their
-    times.) None when no other transaction is open, and so nothing is in
-    flight. Other transactions are this server's sessions: its processes and
-    workers share a name; other applications of the database do not write
-    its tables."""
-    if connection.dialect.name != "postgresql":
-        return None
-    deadline = time.monotonic() + _SETTLING_SECONDS
-    while True:
-        started = connection.execute(text(
-            "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = current_setting('application_name') AND pid <> pg_backend_pid()"
-        )).scalar()
-        if started is None:
-            return None
-        if to_micros(started) > asked_at or time.monotonic() >= deadline:
-            return to_micros(started)
-        time.sleep(0.005)
 
 
 def _recreated(connection: Connection, rows: Sequence[Any]) -> set[int]:
