@@ -7,6 +7,7 @@ again makes the same instance, never a second one.
 """
 
 import functools
+import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import highdicom
 import numpy as np
 import pydicom
+from highdicom.coding_schemes import CodingSchemeIdentificationItem, CodingSchemeResourceItem
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -205,6 +207,7 @@ def segmentation(
         # A study with nothing found still gets its (empty) segmentation: a
         # viewer shows "nothing found" rather than a missing series.
         omit_empty_frames=bool(label_map.any()),
+        coding_schemes=_private_schemes(card) or None,
         contributing_equipment=[
             highdicom.ContributingEquipment(
                 manufacturer=card.manufacturer[:64],
@@ -310,11 +313,29 @@ def _share_plane(sources: Sequence[Dataset], volume: Volume) -> None:
         first.SpacingBetweenSlices = f"{volume.spacing[0]:.6g}"
 
 
+# FHIR code systems as DICOM coding scheme designators (PS3.16 Table 8-1).
+_STANDARD_SCHEMES = {
+    "http://snomed.info/sct": "SCT",
+    "http://dicom.nema.org/resources/ontology/DCM": "DCM",
+    "http://loinc.org": "LN",
+    "http://radlex.org": "RADLEX",
+}
+
+
 def _scheme(system: str) -> str:
-    """FHIR code systems as DICOM coding scheme designators (PS3.16 Table 8-1)."""
-    return {
-        "http://snomed.info/sct": "SCT",
-        "http://dicom.nema.org/resources/ontology/DCM": "DCM",
-        "http://loinc.org": "LN",
-        "http://radlex.org": "RADLEX",
-    }.get(system, "99MEDAIFLOW")
+    """The designator of a code system: its standard one, else a private one
+    of its own ("99" and a hash of the system, PS3.16 8.2), which the SEG's
+    Coding Scheme Identification Sequence names (`_private_schemes`)."""
+    return _STANDARD_SCHEMES.get(system) or f"99{hashlib.sha256(system.encode()).hexdigest()[:8].upper()}"
+
+
+def _private_schemes(card: ModelCard) -> list[CodingSchemeIdentificationItem]:
+    """What a reader of the SEG needs to know which system a private
+    designator stands for: the system, whole, as the scheme's resource."""
+    systems = sorted({segment.finding.system for segment in card.segments} - _STANDARD_SCHEMES.keys())
+    return [
+        CodingSchemeIdentificationItem(
+            _scheme(system), name=system[:64], resources=[CodingSchemeResourceItem(system, "DOC")],
+        )
+        for system in systems
+    ]

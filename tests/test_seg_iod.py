@@ -202,6 +202,36 @@ def test_segments_are_coded_as_ai_findings_in_an_abnormal_structure():
         assert (category.CodeValue, category.CodeMeaning) == ("49755003", "Morphologically Abnormal Structure")
 
 
+def test_findings_of_private_code_systems_are_each_identified_in_the_seg(tmp_path):
+    """A model's own code systems (a hospital's, say) get a private designator
+    each, which the Coding Scheme Identification Sequence ties to the system:
+    codes of two such systems no longer share one designator, and the system
+    is not lost."""
+    metadata = json.loads((DEMO_BUNDLE / "configs" / "metadata.json").read_text())
+    [lesion] = metadata["medaiflow"]["segments"]
+    systems = ("https://hospital.example/fhir/CodeSystem/findings", "urn:oid:1.2.826.0.1.3680043.9.7433.1")
+    metadata["medaiflow"]["segments"] = [
+        {**lesion, "label": 1, "name": "nodule", "finding": {"system": systems[0], "code": "N1", "display": "Nodule"}},
+        {**lesion, "label": 2, "name": "cyst", "finding": {"system": systems[1], "code": "N1", "display": "Cyst"}},
+        {**lesion, "label": 3, "name": "lesion"},  # SNOMED: its standard designator, no identification needed
+    ]
+    card = ModelCard.from_metadata(metadata)
+    study = make_phantom(87, SMALL, lesion_count=2, radius_mm=(7.0, 10.0))
+    sources = phantom_datasets(study)
+    volume = volume_from_datasets(sources)
+    labels = _labels_on(volume, study).astype(np.uint8)
+    labels[labels > 0] = 1
+    labels[: len(labels) // 2][labels[: len(labels) // 2] == 1] = 2  # some of the finding as the second segment
+    seg = segmentation(source_images(sources), volume, labels, card, SegIdentity.for_job("private-codes"))
+    assert _problems(seg, tmp_path / "seg.dcm") == []
+    designators = [item.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator for item in seg.SegmentSequence]
+    assert designators[2] == "SCT" and len(set(designators)) == 3
+    identified = {item.CodingSchemeDesignator: item for item in seg.CodingSchemeIdentificationSequence}
+    assert set(identified) == set(designators[:2])
+    for designator, system in zip(designators, systems):
+        assert identified[designator].CodingSchemeResourcesSequence[0].CodingSchemeURL == system
+
+
 def test_a_segmentation_given_its_studys_corrected_patient_is_still_a_valid_iod(tmp_path):
     from server.jobs.seg_patients import _with_patient
     from server.storage import FileStore
