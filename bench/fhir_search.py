@@ -37,7 +37,9 @@ PostgreSQL database `test`):
     for each `serve --workers N`.
  5. Paging: one client follows Bundle.link "next" through
     ImagingStudy?_count=1000 to the end; reported: the time, the pages, and
-    the distinct ids seen (which must equal N).
+    the distinct ids seen (which must equal N). Then the same by Bulk Data
+    export ($export?_type=ImagingStudy: kick-off, status, the NDJSON file);
+    reported: the time, to the manifest and in all, and the ids.
  6. With --profile DIR: each scenario runs again under `py-spy record` on the
     server process; the raw stacks go to DIR and the top functions (own time
     and inclusive time) are printed.
@@ -738,6 +740,33 @@ def page_through(root: str, count: int, page_size: int) -> dict[str, Any]:
     }
 
 
+def export_all(root: str, count: int) -> dict[str, Any]:
+    """The same resources by Bulk Data export: kick-off, status polled every
+    0.1 s, the one NDJSON file downloaded; what a client that wants them all
+    can do instead of paging."""
+    problems: list[str] = []
+    headers = {**_headers(), "Prefer": "respond-async"}
+    t0 = time.perf_counter()
+    with httpx.Client(timeout=300, trust_env=False, headers=headers) as client:
+        kick_off = client.get(f"{root}/fhir/$export", params={"_type": "ImagingStudy"})
+        if kick_off.status_code != 202:
+            return {"problems": [f"kick-off: HTTP {kick_off.status_code} {kick_off.text[:200]}"]}
+        status = kick_off.headers["Content-Location"]
+        while (answer := client.get(status)).status_code == 202:
+            time.sleep(0.1)
+        written_s = time.perf_counter() - t0
+        if answer.status_code != 200:
+            return {"problems": [f"status: HTTP {answer.status_code} {answer.text[:200]}"]}
+        [output] = answer.json()["output"]
+        ndjson = client.get(output["url"]).content
+    seconds = time.perf_counter() - t0
+    ids = {orjson.loads(line)["id"] for line in ndjson.splitlines()}
+    if len(ids) != count or output["count"] != count:
+        problems.append(f"{len(ids)} distinct ids, manifest count {output['count']}, expected {count}")
+    return {"seconds": seconds, "written_s": written_s, "bytes": len(ndjson), "distinct_ids": len(ids),
+            "problems": problems}
+
+
 # ------------------------------------------------------------------------ profiling
 
 
@@ -914,6 +943,11 @@ def run_database(kind: str, data: Dataset, args: argparse.Namespace) -> dict[str
                 f" {pg['seconds']:.1f} s (first page {pg['first_page_s']:.2f} s); total {pg['total']}"
                 + ("" if not pg["problems"] else f"; PROBLEMS: {pg['problems']}")
             )
+            log(f"{kind}: exporting ImagingStudy ($export)")
+            out["export"] = export_all(server.root, data.count)
+            ex = out["export"]
+            log(f"{kind}: exported {ex.get('distinct_ids')} in {ex.get('seconds', 0):.1f} s"
+                + ("" if not ex["problems"] else f"; PROBLEMS: {ex['problems']}"))
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             out["profiles"] = {}
@@ -982,6 +1016,17 @@ def print_report(results: list[dict[str, Any]], data: Dataset, args: argparse.Na
                 f" {pg['distinct_ids']} distinct ids of {data.count} (first page {pg['first_page_s']:.2f} s)"
                 + ("" if not pg["problems"] else f"; PROBLEMS: {pg['problems']}")
             )
+        if "export" in res:
+            ex = res["export"]
+            if "seconds" in ex:
+                print(
+                    f"export $export?_type=ImagingStudy: {ex['seconds']:.1f} s"
+                    f" ({ex['written_s']:.1f} s to the manifest),"
+                    f" {ex['bytes'] / 1e6:.0f} MB of NDJSON, {ex['distinct_ids']} distinct ids of {data.count}"
+                    + ("" if not ex["problems"] else f"; PROBLEMS: {ex['problems']}")
+                )
+            else:
+                print(f"export: PROBLEMS: {ex['problems']}")
         if res.get("check_problems"):
             print(f"answer check problems: {res['check_problems'][:5]}")
         for scenario, prof in res.get("profiles", {}).items():
