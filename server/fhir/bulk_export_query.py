@@ -12,7 +12,7 @@ as it is now.
 AuditEvents are taken by when they were recorded (see `_within`).
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,20 +52,33 @@ def pages(engine: Engine, visibility: Visibility, part: Slice, history: bool) ->
 
 
 def _current_pages(engine: Engine, visibility: Visibility, part: Slice) -> Iterator[list[bytes]]:
-    after = 0
-    while True:
-        statement = (
+    def page_after(after: int) -> Any:
+        return (
             select(fhir_resources.c.id, fhir_resources.c.resource_json)
             .where(where_current(fhir_resources, part.resource_type, visibility), fhir_resources.c.id > after,
                    *_within(part), *_members(part), *_matching(part, visibility))
             .order_by(fhir_resources.c.id).limit(PAGE)
         )
+
+    return _pages_by_id(engine, page_after, lambda rows: [row.resource_json for row in rows])
+
+
+def _pages_by_id(
+    engine: Engine, page_after: Callable[[int], Any], kept: Callable[[Sequence[Any]], list[bytes]]
+) -> Iterator[list[bytes]]:
+    """What `kept` keeps of each page of rows that `page_after(id)` reads past
+    the last row read, in the order of the rows' ids, each page in a read of
+    its own (an export of millions holds no transaction open for long)."""
+    after = 0
+    while True:
         with reading(engine) as connection:
-            rows = connection.execute(statement).all()
+            rows = connection.execute(page_after(after)).all()
         if not rows:
             return
         after = rows[-1].id
-        yield [row.resource_json for row in rows]
+        page = kept(rows)
+        if page:
+            yield page
 
 
 def _as_of_pages(engine: Engine, visibility: Visibility, part: Slice) -> Iterator[list[bytes]]:
@@ -88,9 +101,9 @@ def _as_of_pages(engine: Engine, visibility: Visibility, part: Slice) -> Iterato
         fhir_versions.c.resource_id == fhir_resources.c.resource_id, fhir_versions.c.version_id == version_then,
     ))
     unchanged_kept = and_(fhir_resources.c.deleted == false(), *_changed_since(fhir_resources, part), *_members(part))
-    after = 0
-    while True:
-        statement = (
+
+    def page_after(after: int) -> Any:
+        return (
             select(fhir_resources.c.id, fhir_resources.c.resource_json, changed.label("changed"),
                    fhir_versions.c.resource_json.label("then_json"), fhir_versions.c.method.label("then_method"),
                    fhir_versions.c.last_updated.label("then_updated"))
@@ -100,14 +113,11 @@ def _as_of_pages(engine: Engine, visibility: Visibility, part: Slice) -> Iterato
                    or_(changed, unchanged_kept))
             .order_by(fhir_resources.c.id).limit(PAGE)
         )
-        with reading(engine) as connection:
-            rows = connection.execute(statement).all()
-        if not rows:
-            return
-        after = rows[-1].id
-        kept = [row.resource_json if not row.changed else row.then_json for row in rows if _kept(part, row)]
-        if kept:
-            yield kept
+
+    def kept(rows: Sequence[Any]) -> list[bytes]:
+        return [row.resource_json if not row.changed else row.then_json for row in rows if _kept(part, row)]
+
+    return _pages_by_id(engine, page_after, kept)
 
 
 def _kept(part: Slice, row: Any) -> bool:
