@@ -11,6 +11,7 @@ from fhir_mappings.search_parameters import (
     COMMON,
     DEFINITIONS,
     ParamType,
+    parameters_for,
     reference_parameters,
 )
 
@@ -44,7 +45,7 @@ def capability_statement(
             interactions += ["history-instance", "history-type"]
         if resource_type in writable:
             interactions += ["create", "update", "delete"]
-        parameters = [*COMMON.values(), *DEFINITIONS[resource_type]]
+        parameters = [*COMMON.values(), *parameters_for(resource_type).values()]
         sort_names = [parameter.name for parameter in parameters if parameter.type is not ParamType.REFERENCE]
         operations = _PATIENT_OPERATIONS if resource_type == "Patient" else []
         resources.append(

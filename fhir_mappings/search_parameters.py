@@ -174,6 +174,16 @@ COMMON: dict[str, SearchParameter] = {
 }
 
 
+# Parameters for all resources (search.html#all) on their `meta`, indexed as
+# any type's own: `_security=AIAST` finds what an AI asserted (HL7 AI
+# Transparency), whatever its type.
+META: tuple[SearchParameter, ...] = (
+    _p("_security", T, "meta.security", "Security labels on the resource (AIAST: asserted by an AI)"),
+    _p("_tag", T, "meta.tag", "Tags on the resource"),
+    _p("_profile", U, "meta.profile", "Profiles the resource claims to conform to"),
+)
+
+
 def identifier_parameter(parameter: SearchParameter) -> SearchParameter:
     """`name:identifier` of a reference parameter (search.html#modifiers): a
     token search on Reference.identifier, indexed under that name."""
@@ -183,7 +193,8 @@ def identifier_parameter(parameter: SearchParameter) -> SearchParameter:
 
 @functools.lru_cache(maxsize=256)  # bounded: a request may name any type
 def parameters_for(resource_type: str) -> Mapping[str, SearchParameter]:
-    return MappingProxyType({parameter.name: parameter for parameter in DEFINITIONS.get(resource_type, ())})
+    own = DEFINITIONS.get(resource_type)
+    return MappingProxyType({parameter.name: parameter for parameter in (*own, *META)} if own else {})
 
 
 def reference_parameters(resource_type: str) -> dict[str, SearchParameter]:

@@ -71,6 +71,12 @@ RICH = [
      "criteria": "DiagnosticReport?status=final", "contact": [{"system": "email", "value": "rich@example.org"}],
      "channel": {"type": "rest-hook", "endpoint": "https://rich.example/hook", "payload": "application/fhir+json"}},
 ]
+# Every type is searched by its meta's security labels, tags and profiles too.
+RICH = [{**resource, "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                                            "code": "AIAST"}],
+                              "tag": [{"system": "urn:rich", "code": "rich"}],
+                              "profile": ["http://rich.example/StructureDefinition/rich"]}}
+        for resource in RICH]
 PLAIN = [
     {"resourceType": "Patient", "id": "plain-patient", "gender": "male"},
     {"resourceType": "ImagingStudy", "id": "plain-study", "status": "registered", "subject": {"reference": "Patient/plain-patient"}},

@@ -471,3 +471,53 @@ def test_includes_cut_off_by_depth_say_so(fhir, services):
     shallow = fhir.get("/fhir/Observation", params={"_id": "h6", "_include:iterate": "Observation:has-member"}).json()
     assert ids(shallow, "include") == ["h7", "h8"]
     assert all(entry["search"]["mode"] != "outcome" for entry in shallow["entry"])
+
+
+AIAST = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "AIAST"}
+
+
+def _labelled(services) -> None:  # type: ignore[no-untyped-def]
+    def observation(oid: str, meta: dict) -> dict:
+        return {"resourceType": "Observation", "id": oid, "status": "final", "code": {"text": "x"}, "meta": meta}
+
+    seed(services,
+         observation("ai", {"security": [AIAST]}),
+         observation("tagged", {"tag": [{"system": "http://example.org/tags", "code": "second-read"}]}),
+         observation("profiled", {"profile": ["http://example.org/StructureDefinition/lesion"]}),
+         observation("plain", {}))
+
+
+def test_security_labels_tags_and_profiles_are_searched_on_every_type(fhir, services):
+    """`_security=AIAST` finds what an AI asserted (HL7 AI Transparency);
+    they were ignored with a warning, and every resource matched."""
+    _labelled(services)
+    assert ids(fhir.get("/fhir/Observation", params={"_security": "AIAST"}).json()) == ["ai"]
+    assert ids(fhir.get("/fhir/Observation", params={"_security": f"{AIAST['system']}|AIAST"}).json()) == ["ai"]
+    assert sorted(ids(fhir.get("/fhir/Observation", params={"_security:not": "AIAST"}).json())) == [
+        "plain", "profiled", "tagged"]
+    assert ids(fhir.get("/fhir/Observation", params={"_tag": "http://example.org/tags|second-read"}).json()) == [
+        "tagged"]
+    assert ids(fhir.get("/fhir/Observation",
+                        params={"_profile": "http://example.org/StructureDefinition/lesion"}).json()) == ["profiled"]
+    task = fhir.get("/fhir/metadata").json()["rest"][0]["resource"]
+    [observation] = [resource for resource in task if resource["type"] == "Observation"]
+    declared = {parameter["name"]: parameter for parameter in observation["searchParam"]}
+    assert declared["_security"]["definition"].endswith("/Resource-security")
+    assert declared["_profile"]["type"] == "uri"
+
+
+def test_labels_written_before_they_were_indexed_are_indexed_by_the_upgrade(fhir, services):
+    from sqlalchemy import delete
+
+    from server.db import write_connection
+    from server.fhir.store import reindex_labelled
+    from server.tables import fhir_tokens
+
+    _labelled(services)
+    with write_connection(services.engine) as connection:  # as an older server wrote them
+        connection.execute(delete(fhir_tokens).where(fhir_tokens.c.param.in_(("_security", "_tag", "_profile"))))
+    assert ids(fhir.get("/fhir/Observation", params={"_security": "AIAST"}).json()) == []
+    with write_connection(services.engine) as connection:
+        assert reindex_labelled(connection, batch=2) == 3
+    assert ids(fhir.get("/fhir/Observation", params={"_security": "AIAST"}).json()) == ["ai"]
+    assert ids(fhir.get("/fhir/Observation", params={"_tag": "second-read"}).json()) == ["tagged"]

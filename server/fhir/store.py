@@ -26,10 +26,12 @@ from sqlalchemy import (
     cast,
     column,
     delete,
+    false,
     func,
     insert,
     literal_column,
     null,
+    or_,
     select,
     union_all,
     update,
@@ -540,6 +542,28 @@ def reindex_overlong_values(connection: Connection) -> int:
             connection.execute(delete(table).where(table.c.resource_pk == pk))
         _insert_index_rows(connection, [(pk, fhir_json.loads(body))])
     return len(pks)
+
+
+def reindex_labelled(connection: Connection, batch: int = 500) -> int:
+    """Index again each current resource whose JSON may hold a `meta`
+    security label, tag or profile, written before `_security`, `_tag` and
+    `_profile` were indexed. Returns how many."""
+    body = fhir_resources.c.resource_json
+    # A search for bytes in the stored JSON: SQLite's LIKE finds nothing in a BLOB, its instr() does.
+    holds = ((lambda needle: func.instr(body, needle) > 0) if connection.dialect.name == "sqlite"
+             else (lambda needle: body.like(b"%" + needle + b"%")))
+    labelled = or_(*(holds(f'"{element}"'.encode()) for element in ("security", "tag", "profile")))
+    after, count = 0, 0
+    while True:
+        rows = connection.execute(
+            select(fhir_resources.c.id, fhir_resources.c.resource_json)
+            .where(fhir_resources.c.id > after, fhir_resources.c.deleted == false(), labelled)
+            .order_by(fhir_resources.c.id).limit(batch)
+        ).all()
+        if not rows:
+            return count
+        _reindex(connection, [(row.id, fhir_json.loads(row.resource_json)) for row in rows])
+        after, count = rows[-1].id, count + len(rows)
 
 
 def _index_keys(values: IndexValues) -> list[tuple[Any, set[tuple[Any, ...]]]]:
