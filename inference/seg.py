@@ -18,6 +18,7 @@ import highdicom
 import numpy as np
 import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem, CodingSchemeResourceItem
+from pydicom import config
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -25,6 +26,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.tag import BaseTag
 from pydicom.uid import generate_uid
+from pydicom.valuerep import validate_value
 from pydicom.values import convert_UI
 
 from inference.model_card import ModelCard
@@ -331,11 +333,25 @@ def _scheme(system: str) -> str:
 
 def _private_schemes(card: ModelCard) -> list[CodingSchemeIdentificationItem]:
     """What a reader of the SEG needs to know which system a private
-    designator stands for: the system, whole, as the scheme's resource."""
+    designator stands for: the system, whole, as the scheme's name (ST), and
+    as its resource where it is a URI (VR UR, RFC 3986: a system a model card
+    names in words, with spaces, would make the SEG invalid)."""
     systems = sorted({segment.finding.system for segment in card.segments} - _STANDARD_SCHEMES.keys())
     return [
         CodingSchemeIdentificationItem(
-            _scheme(system), name=system[:64], resources=[CodingSchemeResourceItem(system, "DOC")],
+            _scheme(system), name=system[:_ST_MAX_CHARS],
+            resources=[CodingSchemeResourceItem(system, "DOC")] if _is_uri(system) else None,
         )
         for system in systems
     ]
+
+
+_ST_MAX_CHARS = 1024  # PS3.5 Table 6.2-1
+
+
+def _is_uri(system: str) -> bool:
+    try:
+        validate_value("UR", system, config.RAISE)
+    except ValueError:
+        return False
+    return True

@@ -19,7 +19,7 @@ from server.auth.middleware import AuthMiddleware
 from server.auth.routes import router as auth_router
 from server.auth.service import build_auth
 from server.date_header import DateHeader
-from server.db import make_engine, write_connection
+from server.db import make_engine, write_connection, written
 from server.dicomweb.routes import router as dicomweb_router
 from server.dicomweb.wado_uri import router as wado_uri_router
 from server.dicomweb.workitem_subscriptions import job_changed
@@ -97,11 +97,13 @@ def _audit_own_dicom_change(
 ) -> None:
     """Instances the server stored or deleted itself, not for a request (a
     job's segmentation, a withdrawn job's segmentation taken out, an import):
-    recorded in the transaction that made the change, as a request's would be."""
+    recorded in the transaction that made the change, as a request's would be.
+    A study it emptied has no patient now: the patients its ImagingStudy
+    named until this transaction (`written`) are in the record too."""
     kind = AuditKind.STOW if change is StudyChange.STORED else AuditKind.STUDY_DELETED
+    named = {patient for patient in patients.values() if patient} | written(connection).patients
     audit.record_in(connection, kind, SERVER_AGENT, f"DICOM instances {change.value} by the server",
-                    patients=sorted({patient for patient in patients.values() if patient}),
-                    study_uids=sorted(study_uids))
+                    patients=sorted(named), study_uids=sorted(study_uids))
 
 
 def _audit_own_changes(audit: AuditService, jobs: JobsService) -> None:

@@ -79,3 +79,25 @@ def test_a_job_moved_over_its_workers_head_is_recorded_as_the_servers_doing(serv
                    if event["outcomeDesc"] == change]
         requestors = [agent["name"] for agent in event["agent"] if agent["requestor"]]
         assert requestors == [SERVER_AGENT], (change, event["agent"])
+
+
+def test_a_study_the_server_empties_is_recorded_with_its_patient(services, fhir):
+    """The source series deleted, a job's segmentation is all its study has
+    left; taken out by the server, the study is gone, and its record still
+    names the patient whose study it was."""
+    from server.jobs.withdrawal import sweep
+    from tests.inference_checks import order, run_queued, stored_study
+
+    services.jobs.ensure_demo_model()
+    study_uid = stored_study(fhir, seed=95, lesions=1)
+    patient = fhir.get(f"/fhir/ImagingStudy/{study_uid}").json()["subject"]["reference"]
+    order(fhir, study_uid)
+    run_queued(services, "audited-worker")
+    [source] = [series["uid"] for series in fhir.get(f"/fhir/ImagingStudy/{study_uid}").json()["series"]
+                if series["modality"]["code"] != "SEG"]
+    assert fhir.delete(f"/dicom-web/studies/{study_uid}/series/{source}").status_code in (200, 202, 204)
+    sweep(services.jobs.queue, services.ingestor)
+    assert fhir.get(f"/fhir/ImagingStudy/{study_uid}").status_code == 410  # the study is gone
+    [deleted] = _events(services, fhir, type="110105", **{"agent-name": "medaiflow"})
+    assert study_uid in str(deleted["entity"])
+    assert patient in [entity["what"].get("reference") for entity in deleted["entity"]]

@@ -257,7 +257,7 @@ def test_attempts_in_flight_count_against_the_limit():
     limits = FailedLogins(limit=5)
     assert all(limits.attempt("name:x", "address:a") is None for _ in range(5))  # five checks still running
     assert limits.attempt("name:x", "address:a") is not None
-    limits.succeeded("name:x", "address:a")  # one of them was right: the name starts afresh
+    limits.succeeded("name:x", "address:a", afresh="name:x")  # one of them was right: the name starts afresh
     assert limits.attempt("name:x", "address:b") is None
 
 

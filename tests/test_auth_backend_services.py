@@ -243,3 +243,22 @@ def test_bad_assertions_naming_a_client_do_not_lock_it_out(backend):
         ]
     assert refused == [401] * 5 + [429]  # that address is held back
     assert _token(base, _assertion(keys["ec-1"], "ec-1", client_id, audience)).status_code == 200  # the client is not
+
+
+def test_a_good_assertion_does_not_clear_its_addresss_failed_logins(backend):
+    """Only its own attempt is given back: passwords guessed from an address
+    stay counted there when a client of that address then logs in with its key
+    (the address was cleared, so guessing went on without limit)."""
+    base, client_id, keys = backend
+    audience = f"{base}/auth/token"
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.3")) as guesser:
+
+        def guess(name: str) -> int:
+            form = {"grant_type": "password", "username": name, "password": "a wrong password"}
+            return guesser.post(f"{base}/auth/token", data=form).status_code
+
+        assert [guess(f"user-{number}") for number in range(4)] == [400] * 4
+        form = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": _assertion(keys["ec-1"], "ec-1", client_id, audience)}
+        assert guesser.post(f"{base}/auth/token", data=form).status_code == 200
+        assert [guess(f"user-{number}") for number in range(4, 6)] == [400, 429]

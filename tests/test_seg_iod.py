@@ -202,14 +202,10 @@ def test_segments_are_coded_as_ai_findings_in_an_abnormal_structure():
         assert (category.CodeValue, category.CodeMeaning) == ("49755003", "Morphologically Abnormal Structure")
 
 
-def test_findings_of_private_code_systems_are_each_identified_in_the_seg(tmp_path):
-    """A model's own code systems (a hospital's, say) get a private designator
-    each, which the Coding Scheme Identification Sequence ties to the system:
-    codes of two such systems no longer share one designator, and the system
-    is not lost."""
+def _seg_of_private_findings(systems: tuple[str, str]) -> Dataset:
+    """A SEG of three findings: one of each of `systems`, sharing a code, and one of SNOMED's."""
     metadata = json.loads((DEMO_BUNDLE / "configs" / "metadata.json").read_text())
     [lesion] = metadata["medaiflow"]["segments"]
-    systems = ("https://hospital.example/fhir/CodeSystem/findings", "urn:oid:1.2.826.0.1.3680043.9.7433.1")
     metadata["medaiflow"]["segments"] = [
         {**lesion, "label": 1, "name": "nodule", "finding": {"system": systems[0], "code": "N1", "display": "Nodule"}},
         {**lesion, "label": 2, "name": "cyst", "finding": {"system": systems[1], "code": "N1", "display": "Cyst"}},
@@ -222,7 +218,16 @@ def test_findings_of_private_code_systems_are_each_identified_in_the_seg(tmp_pat
     labels = _labels_on(volume, study).astype(np.uint8)
     labels[labels > 0] = 1
     labels[: len(labels) // 2][labels[: len(labels) // 2] == 1] = 2  # some of the finding as the second segment
-    seg = segmentation(source_images(sources), volume, labels, card, SegIdentity.for_job("private-codes"))
+    return segmentation(source_images(sources), volume, labels, card, SegIdentity.for_job("private-codes"))
+
+
+def test_findings_of_private_code_systems_are_each_identified_in_the_seg(tmp_path):
+    """A model's own code systems (a hospital's, say) get a private designator
+    each, which the Coding Scheme Identification Sequence ties to the system:
+    codes of two such systems no longer share one designator, and the system
+    is not lost."""
+    systems = ("https://hospital.example/fhir/CodeSystem/findings", "urn:oid:1.2.826.0.1.3680043.9.7433.1")
+    seg = _seg_of_private_findings(systems)
     assert _problems(seg, tmp_path / "seg.dcm") == []
     designators = [item.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator for item in seg.SegmentSequence]
     assert designators[2] == "SCT" and len(set(designators)) == 3
@@ -230,6 +235,19 @@ def test_findings_of_private_code_systems_are_each_identified_in_the_seg(tmp_pat
     assert set(identified) == set(designators[:2])
     for designator, system in zip(designators, systems):
         assert identified[designator].CodingSchemeResourcesSequence[0].CodingSchemeURL == system
+
+
+def test_a_private_code_system_that_is_no_url_is_named_and_the_seg_stays_valid(tmp_path):
+    """A Coding Scheme URL is of VR UR (RFC 3986, no spaces): a system a model
+    card names in words is the scheme's name only, whole, however long."""
+    systems = ("https://hospital.example/fhir/CodeSystem/findings/of-the-radiology-department/version/2024",
+               "findings of ward 7, as the ward's own list has named them since the old system was retired")
+    seg = _seg_of_private_findings(systems)
+    assert _problems(seg, tmp_path / "seg.dcm") == []
+    identified = {item.CodingSchemeName: item for item in seg.CodingSchemeIdentificationSequence}
+    assert set(identified) == set(systems)
+    assert identified[systems[0]].CodingSchemeResourcesSequence[0].CodingSchemeURL == systems[0]
+    assert "CodingSchemeResourcesSequence" not in identified[systems[1]]
 
 
 def test_a_segmentation_given_its_studys_corrected_patient_is_still_a_valid_iod(tmp_path):

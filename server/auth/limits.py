@@ -63,14 +63,17 @@ class FailedLogins:
                     self._failures[key].append(now)
             return wait
 
-    def succeeded(self, *keys: str) -> None:
-        """The attempt was right: it does not count, and the name starts afresh."""
+    def succeeded(self, *keys: str, afresh: str | None = None) -> None:
+        """The attempt was right: it does not count against `keys`, and the
+        name that logged in (`afresh`, one of them) starts afresh. An address
+        only gives its attempt back: the failures of others' names tried from
+        it still stand."""
         with self._lock:
-            for position, key in enumerate(keys):
+            for key in keys:
                 failures = self._failures.get(key)
                 if failures:
                     failures.pop()
-                if position == 0 or not failures:
+                if key == afresh or not failures:
                     self._failures.pop(key, None)
 
 

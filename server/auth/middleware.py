@@ -182,7 +182,7 @@ class AuthMiddleware:
         scope.setdefault("state", {})["basic_login"] = (name, identity is not None)
         if identity is None:
             raise _Refused(401, "the user name or the password is wrong", _CHALLENGE)
-        self.auth.failed_logins.succeeded(*keys)
+        self.auth.failed_logins.succeeded(*keys, afresh=keys[0])
         principal = Principal(identity.name, identity.role.value if identity.role else None, identity.grant, identity.client)
         with self._lock:
             if len(self._basic) >= _BASIC_CACHE_LIMIT:

@@ -82,7 +82,7 @@ async def token(request: Request) -> JSONResponse:
     identity: Identity | None = await run_in_threadpool(check, name, secret)
     if identity is None:
         return failure
-    return _issued(auth, identity, form, keys)
+    return _issued(auth, identity, form, keys, afresh=keys[0])
 
 
 def _limited(
@@ -101,8 +101,11 @@ def _limited(
     return None
 
 
-def _issued(auth: AuthService, identity: Identity, form: dict[str, str], keys: tuple[str, ...]) -> JSONResponse:
-    auth.failed_logins.succeeded(*keys)
+def _issued(
+    auth: AuthService, identity: Identity, form: dict[str, str], keys: tuple[str, ...], afresh: str | None = None
+) -> JSONResponse:
+    """The token, the login's attempt given back to `keys`, and the name that logged in (`afresh`) starting afresh."""
+    auth.failed_logins.succeeded(*keys, afresh=afresh)
     granted = Grant.parse(form["scope"]).narrowed_to(identity.grant) if form.get("scope") else identity.grant
     if not granted.scopes:
         return _error(400, "invalid_scope", "none of the scopes asked for is allowed to this identity")
