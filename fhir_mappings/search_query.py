@@ -315,8 +315,9 @@ def _token_value(text: str) -> TokenValue:
 def _reference_value(text: str, target_type: str | None) -> ReferenceValue:
     text = _unescape(text)
     if "/" not in text.strip("/"):
-        if not text.strip("/"):
-            raise InvalidRequest("a reference needs an id")
+        # `Patient/` is a type without its id, not the id `Patient`.
+        if not text.strip("/") or text.endswith("/"):
+            raise InvalidRequest(f"{text[:100]!r}: a reference needs an id")
         return ReferenceValue(target_type, text.strip("/"))
     if ":" in text:
         raise InvalidRequest(

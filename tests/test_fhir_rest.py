@@ -5,6 +5,7 @@ OperationOutcome on every error."""
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import orjson
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
@@ -189,6 +190,17 @@ def test_unacceptable_formats_are_406(fhir):
     assert refused_write.status_code == 406
     assert refused_write.json()["issue"][0]["code"] == "not-supported"
     assert fhir.get("/fhir/Task").json()["total"] == 0  # refused before the write
+
+
+def test_the_dstu2_names_of_the_formats_older_clients_send_are_understood(fhir):
+    """application/json+fhir and application/xml+fhir (FHIR DSTU2's): in Accept,
+    in _format and as a body's type; answers name the R4 types."""
+    as_json = fhir.get("/fhir/Endpoint/dicomweb-wado-rs", headers={"Accept": "application/json+fhir"})
+    assert as_json.status_code == 200 and as_json.headers["content-type"].startswith("application/fhir+json")
+    as_xml = fhir.get("/fhir/Endpoint/dicomweb-wado-rs", params={"_format": "application/xml+fhir"})
+    assert as_xml.status_code == 200 and as_xml.headers["content-type"].startswith("application/fhir+xml")
+    created = fhir.post("/fhir/Task", content=orjson.dumps(TASK), headers={"Content-Type": "application/json+fhir"})
+    assert created.status_code == 201, created.text
 
 
 def test_xml_search_bundle(fhir):

@@ -67,6 +67,12 @@ def test_reference_forms():
     assert typed.values == versioned.values == modified.values == (ReferenceValue("Patient", "p1"),)
 
 
+def test_a_reference_of_a_type_without_an_id_is_refused_not_read_as_an_id():
+    for value in ("Patient/", "/"):
+        with pytest.raises(InvalidRequest, match="needs an id"):
+            parse_search("Observation", [("subject", value)], strict=True)
+
+
 def test_a_reference_to_another_server_is_not_a_local_one():
     # The server makes its own base relative before parsing; any other URL is another server's resource.
     with pytest.raises(InvalidRequest, match="another server"):

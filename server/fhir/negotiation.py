@@ -26,10 +26,14 @@ from server.content_coding import decoded_body
 log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 FHIR_XML = "application/fhir+xml"
+# The types FHIR DSTU2 gave its formats, which older clients still send
+# (R4 http.html#mime-type: servers are encouraged to take them): the same formats.
+_DSTU2_TYPES = {"application/json+fhir": FHIR_JSON, "application/xml+fhir": FHIR_XML}
 # What each _format value means (FHIR R4 http.html#parameters).
 _FORMAT_ALIASES = {
     "json": FHIR_JSON, "application/json": "application/json", FHIR_JSON: FHIR_JSON,
     "xml": FHIR_XML, "text/xml": FHIR_XML, "application/xml": "application/xml", FHIR_XML: FHIR_XML,
+    **_DSTU2_TYPES,
 }
 _OFFERED = (FHIR_JSON, "application/json", FHIR_XML, "application/xml")
 
@@ -68,17 +72,18 @@ def response_format(request: Request) -> Format:
     for range_ in ranges:
         if range_.params.get("fhirversion", _R4).strip('"') not in _R4_VERSIONS:
             continue  # another FHIR version, which this server does not speak (R4 http.html#version-parameter)
+        asked = _DSTU2_TYPES.get(range_.media_type, range_.media_type)
         for media_type in _OFFERED:
-            if type_matches(range_.media_type, media_type):
+            if type_matches(asked, media_type):
                 # A wildcard gets the default, not the first type that fits it.
-                return Format(media_type if "*" not in range_.media_type else default, pretty)
+                return Format(media_type if "*" not in asked else default, pretty)
     raise NotAcceptable(
         f"none of {', '.join(value for value in header)} can be produced here; use {' or '.join(_OFFERED)}"
     )
 
 
-_JSON_BODIES = frozenset((FHIR_JSON, "application/json"))
-_XML_BODIES = frozenset((FHIR_XML, "application/xml", "text/xml"))
+_JSON_BODIES = frozenset((FHIR_JSON, "application/json", "application/json+fhir"))
+_XML_BODIES = frozenset((FHIR_XML, "application/xml", "text/xml", "application/xml+fhir"))
 
 
 def _content_type(request: Request) -> str:
