@@ -142,22 +142,27 @@ def test_a_worker_killed_mid_job_leaves_exactly_one_result_set(celery_server):
     assert len(segs) == 1 and segs[0]["00201209"]["Value"] == [1]
 
 
+def _stored_with_its_job_held(client, study, within_seconds: float) -> None:  # type: ignore[no-untyped-def]
+    """STOW `study`; its job's Task, still requested, says within the time that the broker is unreachable."""
+    stow(client, series_bytes(study))
+    deadline = time.monotonic() + within_seconds
+    while time.monotonic() < deadline:
+        tasks = tasks_of(client, study_uid(study))
+        if tasks and "unreachable" in tasks[0].get("businessStatus", {}).get("text", ""):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"no Task says the broker is unreachable: {tasks_of(client, study_uid(study))}")
+    assert tasks[0]["status"] == "requested"
+
+
 def test_a_broker_down_at_submit_leaves_the_job_queued_with_the_reason(settings):
     configured = _celery_settings(settings, "redis://127.0.0.1:9/0")  # nothing listens on the discard port
     services = build_services(configured)
     upgrade(services.engine)
     with TestClient(create_app(services=services), base_url="http://testserver", headers=admin_headers(services)) as client:
         study = phantom(seed=63, lesions=1)
-        stow(client, series_bytes(study))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            tasks = tasks_of(client, study_uid(study))
-            if tasks and "unreachable" in tasks[0].get("businessStatus", {}).get("text", ""):
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"no Task says the broker is unreachable: {tasks_of(client, study_uid(study))}")
-        assert tasks[0]["status"] == "requested"
+        _stored_with_its_job_held(client, study, within_seconds=60)
         assert client.get("/healthz").status_code == 200
     services.engine.dispose()
 
@@ -184,16 +189,7 @@ def test_a_broker_that_refuses_the_server_leaves_the_job_queued_with_the_reason(
     app = create_app(services=services)
     with TestClient(app, base_url="http://testserver", headers=admin_headers(services)) as client:
         study = phantom(seed=64, lesions=1)
-        stow(client, series_bytes(study))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            tasks = tasks_of(client, study_uid(study))
-            if tasks and "unreachable" in tasks[0].get("businessStatus", {}).get("text", ""):
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"no Task says the broker is unreachable: {tasks_of(client, study_uid(study))}")
-        assert tasks[0]["status"] == "requested"
+        _stored_with_its_job_held(client, study, within_seconds=30)
     with services.engine.connect() as connection:
         assert connection.execute(select(inference_jobs.c.dispatched_at)).scalar_one() is None  # sent on the next tick
     services.engine.dispose()
