@@ -1264,3 +1264,29 @@ def patient_everything(session: Session) -> None:
     member = f"{resource['resourceType']}/{resource['id']}"
     session.expect(reference in seen and member in seen, f"{reference}/$everything lacks {[reference, member]}")
     session.expect(len(seen) == len(set(seen)), f"{reference}/$everything gave a resource twice")
+
+
+@case("FH-OP-02", "FHIR R4 operation-resource-validate.html", "Where Patient $validate is declared: 200 and an OperationOutcome listing an error for a Patient whose gender is outside its required value set, and none for a valid one")
+def validate_operation(session: Session) -> None:
+    patient = next((resource for resource in _resources(session) if resource["type"] == "Patient"), {})
+    if not any(operation.get("name") == "validate" for operation in patient.get("operation", [])):
+        raise CaseSkipped("the CapabilityStatement declares no $validate on Patient")
+
+    def errors(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+        response = session.post(session.fhir("/Patient/$validate"), json=body,
+                                headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON})
+        session.expect(response.status_code == 200,
+                       f"Patient/$validate answered {response.status_code}, not 200 (valid or not, R4 says 200)")
+        try:
+            outcome = response.json()
+        except ValueError:
+            outcome = None
+        if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
+            session.expect(False, "Patient/$validate did not answer an OperationOutcome")
+            return None
+        return [issue for issue in outcome.get("issue", []) if issue.get("severity") in ("error", "fatal")]
+
+    invalid = errors({"resourceType": "Patient", "gender": "conformance-probe"})
+    session.expect(invalid is None or bool(invalid), "Patient/$validate lists no error for gender 'conformance-probe'")
+    valid = errors({"resourceType": "Patient", "gender": "female", "birthDate": "1970-01-01"})
+    session.expect(valid is None or not valid, f"Patient/$validate lists errors for a valid Patient: {valid}")

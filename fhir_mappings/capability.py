@@ -32,6 +32,8 @@ _BULK_DATA = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
 # CapabilityStatement names operations by their definitions.
 _PATIENT_OPERATIONS = [{"name": "everything", "definition": _EVERYTHING},
                        {"name": "export", "definition": f"{_BULK_DATA}/patient-export"}]
+# Every type's content can be validated, and a writable type's writes rehearsed.
+_VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
 
 
 def capability_statement(
@@ -47,7 +49,7 @@ def capability_statement(
             interactions += ["create", "update", "delete"]
         parameters = [*COMMON.values(), *parameters_for(resource_type).values()]
         sort_names = [parameter.name for parameter in parameters if parameter.type is not ParamType.REFERENCE]
-        operations = _PATIENT_OPERATIONS if resource_type == "Patient" else []
+        operations = [*(_PATIENT_OPERATIONS if resource_type == "Patient" else []), _VALIDATE]
         resources.append(
             {
                 "type": resource_type,
@@ -85,7 +87,7 @@ def capability_statement(
                     }
                     for parameter in parameters
                 ],
-                **({"operation": operations} if operations else {}),
+                "operation": operations,
             }
         )
     statement = CapabilityStatement.model_validate(

@@ -119,19 +119,42 @@ def write_connection(engine: Engine, bookkeeping: bool = False) -> Iterator[Conn
         try:
             with connection.begin():
                 yield connection
-                for hooks in (_BEFORE_COMMIT, _LAST_BEFORE_COMMIT):
-                    for flush in connection.info.get(hooks, {}).values():
-                        flush(connection)
+                _flush(connection)
                 if connection.info.get(_CHANGED_NOTHING):
                     witness = None
                 if witness is not None:
                     witness.before_commit(connection)
         finally:
-            # `info` belongs to the pooled DBAPI connection: nothing may leak into its next use.
-            for key in (_BEFORE_COMMIT, _LAST_BEFORE_COMMIT, _WRITTEN, _CHANGED_NOTHING):
-                connection.info.pop(key, None)
+            _forget(connection)
     if witness is not None:
         witness.committed()
+
+
+@contextmanager
+def rehearsal_connection(engine: Engine) -> Iterator[Connection]:
+    """A write transaction that is always rolled back, its `before_commit`
+    work done first: whether a write would succeed, judged by the write
+    itself (FHIR $validate), with nothing of it kept and nothing recorded."""
+    with engine.connect().execution_options(sqlite_immediate=True) as connection:
+        transaction = connection.begin()
+        try:
+            yield connection
+            _flush(connection)
+        finally:
+            transaction.rollback()
+            _forget(connection)
+
+
+def _flush(connection: Connection) -> None:
+    for hooks in (_BEFORE_COMMIT, _LAST_BEFORE_COMMIT):
+        for flush in connection.info.get(hooks, {}).values():
+            flush(connection)
+
+
+def _forget(connection: Connection) -> None:
+    # `info` belongs to the pooled DBAPI connection: nothing may leak into its next use.
+    for key in (_BEFORE_COMMIT, _LAST_BEFORE_COMMIT, _WRITTEN, _CHANGED_NOTHING):
+        connection.info.pop(key, None)
 
 
 def changed_nothing(connection: Connection) -> None:

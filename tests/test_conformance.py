@@ -319,6 +319,11 @@ def _without_declared(code: str, **more: str) -> Callable[[dict], None]:
     # 17: _include and _revinclude ignored.
     (_without("_include"), ["FH-SEARCH-06"], Verdict.FAIL),
     (_without("_revinclude"), ["FH-SEARCH-10"], Verdict.FAIL),
+    # $validate that finds nothing wrong, or answers an invalid resource with an error status.
+    (_answering(lambda request: "$validate" in request.url.path, _json_rewrite(
+        lambda body: body.update(issue=[{"severity": "information", "code": "informational"}]))),
+     ["FH-OP-02"], Verdict.FAIL),
+    (_answering(lambda request: "$validate" in request.url.path, _status(422)), ["FH-OP-02"], Verdict.FAIL),
 ])
 def test_fhir_cases_catch_a_broken_server(services, client, inferred, change, cases, expected):
     verdicts = _outcomes(services, client, change, *cases)

@@ -272,6 +272,7 @@ def test_the_capability_statement_declares_the_compartment_and_everything(fhir):
     assert patient["operation"] == [
         {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
         {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"},
+        {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
     ]
 
 

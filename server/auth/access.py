@@ -119,6 +119,8 @@ def fhir_permission(method: str, parts: list[str]) -> Permission | None:
         return BUNDLE if method == "POST" else None
     if parts[-1] == "$export" or parts[0] in _EXPORT_PATHS:
         return None  # Bulk Data export: its routes judge the rights type by type, and an export is its starter's
+    if parts[-1] == "$validate":
+        return None  # what it needs depends on the mode it is asked in, which its route reads
     resource_type = parts[0]
     if method in ("GET", "HEAD"):
         if resource_type == "Patient" and len(parts) == 3 and parts[2] in DEFINITIONS:

@@ -6,6 +6,7 @@ interaction modules.
 """
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache, partial
 from typing import Any
@@ -50,6 +51,7 @@ from server.fhir.own_references import (
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
+from server.fhir.validation import validate, validation_request
 from server.jobs.tasks import is_inference_order
 from server.public_url import public_root
 from server.services import services
@@ -460,7 +462,47 @@ async def vread(request: Request, resource_type: str, resource_id: str, version_
     return _version_response(request, version)
 
 
-# After `_history`, which is no resource type.
+@router.post("/{resource_type}/$validate")
+async def validate_content(request: Request, resource_type: str) -> Response:
+    """In general, or as a create (R4 OperationDefinition Resource-validate)."""
+    return await _validate(request, resource_type, None)
+
+
+@router.post("/{resource_type}/{resource_id}/$validate")
+async def validate_change(request: Request, resource_type: str, resource_id: str) -> Response:
+    """In general, or as an update or delete of this resource."""
+    return await _validate(request, resource_type, require_id(resource_id))
+
+
+@router.get("/{resource_type}/{resource_id}/$validate")
+async def validate_deletion(request: Request, resource_type: str, resource_id: str) -> Response:
+    """`?mode=delete`: only a deletion can be asked without content (operations.html#request)."""
+    return await _validate(request, resource_type, require_id(resource_id), with_body=False)
+
+
+async def _validate(request: Request, resource_type: str, resource_id: str | None, with_body: bool = True) -> Response:
+    fhir = _fhir(request)
+    fhir.require_type(resource_type)
+    fmt = response_format(request)
+    body = None
+    if with_body:
+        require_resource_body(request)
+        body = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
+    query = [(name, value) for name, value in _search_pairs(request) if name not in ("_format", "_pretty")]
+    asked = validation_request(resource_type, resource_id, body, query)
+    resource = with_relative_references(asked.resource, fhir_base(request))
+    asked = replace(asked, resource=resource)
+    principal: Principal = request.state.principal
+    if asked.mode in ("create", "update"):
+        _require_study_reading_for_orders(principal, resource)
+    outcome = await run_in_threadpool(
+        validate, fhir, asked, interactions.parse_if_match(request.headers.get("if-match")),
+        lambda letter: principal.may(Permission(resource_type, letter)),
+    )
+    return fhir_response(outcome, fmt)
+
+
+# After `_history` and `$validate`, which are no resource types.
 @router.get("/Patient/{patient_id}/{resource_type}")
 async def search_in_compartment(request: Request, patient_id: str, resource_type: str) -> Response:
     """`Patient/[id]/[type]` (R4 http.html#vsearch): a search of the type within the patient's compartment."""
