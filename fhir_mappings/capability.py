@@ -106,7 +106,9 @@ def capability_statement(
                     "documentation": (
                         "Search: comma is OR, a repeated parameter is AND; _count (default 20, at most 1000), "
                         "_sort, _include and _revinclude (with :iterate), _summary (true, text, data, count), "
-                        "_elements, _total (none, estimate, accurate). Unknown parameters are ignored unless "
+                        "_elements, _total (none, estimate, accurate). Chains (subject:Patient.identifier=) "
+                        "and reverse chains (_has:Observation:patient:code=) go one level. "
+                        "Unknown parameters are ignored unless "
                         "the request has Prefer: handling=strict. XML is produced for reads and searches. "
                         "Patient/[id]/[type] searches a type within a patient's compartment, and "
                         "Patient/[id]/$everything (start, end, _since, _type, _count) returns the patient and "

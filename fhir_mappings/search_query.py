@@ -106,10 +106,16 @@ class Condition:
 
 @dataclass(frozen=True)
 class Chain:
-    """`subject:Patient.identifier=x`: the reference must point at a match of `condition`."""
+    """A condition on the resources at the other end of a reference parameter.
+    Forward, `subject:Patient.identifier=x`: the searched resource's reference
+    must point at a match of `condition`, of `other_type`. Reverse,
+    `_has:Observation:patient:code=x` (search.html#has): a match of
+    `condition`, of `other_type`, must point at the searched resource through
+    the enclosing condition's parameter (one of `other_type`'s)."""
 
-    target_type: str
+    other_type: str
     condition: Condition
+    reverse_of: str | None = None  # a reverse chain's searched type, at which the references point
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,10 @@ def parse_search(resource_type: str, pairs: list[tuple[str, str]], strict: bool 
             results.setdefault(raw_name, []).append(value)
             used.append((raw_name, value))
             continue
+        if base_name == "_has":
+            conditions.append(_reverse_chained(resource_type, raw_name, value))
+            used.append((raw_name, value))
+            continue
         head, dot, chained = raw_name.partition(".")
         name, _, modifier = head.partition(":")
         parameter = COMMON.get(name) or known.get(name)
@@ -237,22 +247,46 @@ def _condition(parameter: SearchParameter, name: str, modifier: str, value: str)
 def _chained(parameter: SearchParameter, head: str, modifier: str, rest: str, value: str) -> Condition:
     if parameter.type is not ParamType.REFERENCE:
         raise InvalidRequest(f"{head} is not a reference parameter and cannot be chained")
-    if "." in rest:
-        raise InvalidRequest("chains of more than one level are not supported")
-    inner_name, _, inner_modifier = rest.partition(":")
     if modifier:
         target_type = modifier
     else:
         candidates = [target for target in parameter.targets if target in DEFINITIONS]
         if len(candidates) != 1:
-            raise InvalidRequest(f"say which type {head} points at, e.g. {head}:Patient.{inner_name}")
+            raise InvalidRequest(f"say which type {head} points at, e.g. {head}:Patient.{rest.partition(':')[0]}")
         target_type = candidates[0]
     if target_type not in DEFINITIONS or ("Resource" not in parameter.targets and target_type not in parameter.targets):
         raise InvalidRequest(f"{head} cannot point at a {target_type}")
-    inner = COMMON.get(inner_name) or parameters_for(target_type).get(inner_name)
-    if inner is None:
-        raise InvalidRequest(f"{target_type} has no search parameter {inner_name!r}")
-    return Condition(parameter, chain=Chain(target_type, _condition(inner, inner_name, inner_modifier, value)))
+    return Condition(parameter, chain=Chain(target_type, _inner_condition(target_type, rest, value)))
+
+
+def _reverse_chained(resource_type: str, raw_name: str, value: str) -> Condition:
+    """`_has:[type]:[reference]:[parameter]=value`: the resources that a match
+    of `[type]?[parameter]=value` points at through its `[reference]`."""
+    _, source_type, reference_name, rest = (raw_name.split(":", 3) + ["", "", ""])[:4]
+    if not (source_type and reference_name and rest):
+        raise InvalidRequest(f"{raw_name[:80]!r}: _has takes the form _has:[type]:[reference parameter]:[parameter]")
+    if rest.partition(":")[0] == "_has":
+        raise InvalidRequest("_has within _has is not supported")
+    if source_type not in DEFINITIONS:
+        raise InvalidRequest(f"_has: {source_type[:64]!r} is not a resource type this server supports")
+    reference = parameters_for(source_type).get(reference_name)
+    if reference is None or reference.type is not ParamType.REFERENCE:
+        raise InvalidRequest(f"_has: {source_type} has no reference parameter {reference_name[:64]!r}")
+    if "Resource" not in reference.targets and resource_type not in reference.targets:
+        raise InvalidRequest(f"_has: {source_type}.{reference_name} cannot point at a {resource_type}")
+    inner = _inner_condition(source_type, rest, value)
+    return Condition(reference, chain=Chain(source_type, inner, reverse_of=resource_type))
+
+
+def _inner_condition(resource_type: str, raw_name: str, value: str) -> Condition:
+    """The condition a chain asks of the resources at its other end: one level only."""
+    if "." in raw_name:
+        raise InvalidRequest("chains of more than one level are not supported")
+    name, _, modifier = raw_name.partition(":")
+    parameter = COMMON.get(name) or parameters_for(resource_type).get(name)
+    if parameter is None:
+        raise InvalidRequest(f"{resource_type} has no search parameter {name[:64]!r}")
+    return _condition(parameter, name, modifier, value)
 
 
 def _split_or(value: str) -> list[str]:

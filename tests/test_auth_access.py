@@ -220,6 +220,7 @@ def test_includes_and_chains_reach_only_readable_types(anonymous, services):
     for path, params in [
         ("/fhir/Patient", {"_revinclude": "AuditEvent:patient"}),
         ("/fhir/Provenance", {"target:AuditEvent.outcome": "0"}),
+        ("/fhir/Patient", {"_has:AuditEvent:patient:outcome": "0"}),
     ]:
         response = anonymous.get(path, params=params, headers=clinician)
         assert response.status_code == 403, (path, params)

@@ -200,6 +200,42 @@ def test_chained_reference(fhir, population):
     assert response.status_code == 400  # subject may point at several types: say which
 
 
+def test_reverse_chained_reference(fhir, population):
+    """`_has` (search.html#has): the resources that matches of another type point at."""
+    assert _ids(fhir, "/fhir/Patient", **{"_has:Observation:patient:code": "1111-1"}) == ["p1", "p2"]
+    assert _ids(fhir, "/fhir/Patient", **{"_has:Observation:subject:code": f"{LOINC}|2222-2"}) == ["p2"]
+    assert _ids(fhir, "/fhir/Patient", **{"_has:Observation:patient:code:not": "1111-1"}) == ["p2", "p3"]
+    assert _ids(fhir, "/fhir/Patient", **{"_has:Observation:patient:value-quantity": "gt50"}) == ["p2"]
+    assert _ids(fhir, "/fhir/Patient", **{"_has:DiagnosticReport:subject:code": "18748-4", "gender": "male"}) == []
+    assert _ids(fhir, "/fhir/Observation", **{"_has:DiagnosticReport:result:status": "final"}) == ["o1", "o2"]
+    assert _ids(fhir, "/fhir/Patient", **{"_has:Observation:patient:_id": "o4,o1"}) == ["p1", "p3"]
+    both = fhir.get("/fhir/Patient?_has:Observation:patient:code=1111-1&_has:Observation:patient:code=2222-2")
+    assert sorted(ids(both.json())) == ["p2"]  # AND: each of the two matched by one of the patient's own
+
+
+def test_reverse_chains_page_and_count(fhir, population):
+    first = _search(fhir, "/fhir/Patient", **{"_has:Observation:patient:code": "1111-1", "_count": "1",
+                                              "_sort": "_id"})
+    assert (ids(first), first["total"]) == (["p1"], 2)
+    following = fhir.get(link(first, "next"))
+    assert ids(following.json()) == ["p2"] and link(following.json(), "next") is None
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("_has:Observation:patient", "_has takes the form"),
+    ("_has:Nothing:patient:code", "'Nothing' is not a resource type"),
+    ("_has:Observation:code:code", "no reference parameter 'code'"),
+    ("_has:Observation:has-member:code", "Observation.has-member cannot point at a Patient"),
+    ("_has:Observation:patient:colour", "Observation has no search parameter 'colour'"),
+    ("_has:Observation:patient:subject.name", "more than one level"),
+    ("_has:Observation:patient:_has:DiagnosticReport:result:code", "_has within _has"),
+])
+def test_reverse_chains_that_cannot_be_followed_are_400(fhir, population, name, message):
+    response = fhir.get("/fhir/Patient", params={name: "x"})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["issue"][0]["diagnostics"]
+
+
 # --- :missing --------------------------------------------------------------------
 def test_missing_on_every_type(fhir, population):
     assert _ids(fhir, "/fhir/Observation", **{"value-quantity:missing": "true"}) == ["o4"]

@@ -117,7 +117,7 @@ def test_quantity_implicit_precision():
 
 def test_chains_one_level():
     [condition] = parse_search("ImagingStudy", [("subject:Patient.identifier", "s|1")]).conditions
-    assert condition.chain.target_type == "Patient"
+    assert condition.chain.other_type == "Patient"
     assert condition.chain.condition.values == (TokenValue("s", "1"),)
     with pytest.raises(InvalidRequest, match="more than one level"):
         parse_search("Observation", [("patient.organization.name", "x")])

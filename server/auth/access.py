@@ -70,7 +70,7 @@ def _chain_types(conditions: tuple[Condition, ...]) -> set[str]:
     types = set()
     for condition in conditions:
         if condition.chain is not None:
-            types.add(condition.chain.target_type)
+            types.add(condition.chain.other_type)
             types |= _chain_types((condition.chain.condition,))
     return types
 

@@ -120,14 +120,20 @@ def condition_clause(
     if condition.missing is not None:
         return resources.c.id.in_(rows)
     if condition.chain is not None:
-        targets = _CHAIN_TARGETS
-        inner = select(targets.c.resource_id).where(
-            where_current(targets, condition.chain.target_type, visibility),
-            condition_clause(condition.chain.condition, targets, visibility, nested=True),
+        chain, others = condition.chain, _CHAIN_TARGETS
+        matching = (
+            where_current(others, chain.other_type, visibility),
+            condition_clause(chain.condition, others, visibility, nested=True),
         )
-        return resources.c.id.in_(
-            rows.where(table.c.target_type == condition.chain.target_type, table.c.target_id.in_(inner))
-        )
+        if chain.reverse_of is not None:
+            # The ids the matches' references point at: the index rows of the matches, not of the searched.
+            pointing = select(others.c.id).where(*matching)
+            return resources.c.resource_id.in_(select(table.c.target_id).where(
+                table.c.param == parameter.name, table.c.target_type == chain.reverse_of,
+                table.c.resource_pk.in_(pointing),
+            ))
+        inner = select(others.c.resource_id).where(*matching)
+        return resources.c.id.in_(rows.where(table.c.target_type == chain.other_type, table.c.target_id.in_(inner)))
     return resources.c.id.in_(rows.where(or_(*(_value_match(value, table) for value in condition.values))))
 
 
