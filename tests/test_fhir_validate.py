@@ -191,3 +191,29 @@ def test_declared_for_every_type(fhir: TestClient):
         assert {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"} in (
             resource["operation"]
         ), resource["type"]
+
+
+def test_a_subscription_is_judged_with_its_writers_rights_and_endpoints(tmp_path, database_url):
+    """The Subscription write hook needs the request's principal and the
+    allowed endpoints: the rehearsal runs it as the write would."""
+    from server.app import build_services, create_app
+    from server.migrate import upgrade
+    from server.settings import Settings
+    from tests.conftest import admin_headers
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, executor="none", demo_model=False,
+                        subscription_endpoints="https://ehr.example.org/hooks/")
+    services = build_services(settings)
+    upgrade(services.engine)
+    subscription = {"resourceType": "Subscription", "status": "requested", "reason": "AI results",
+                    "criteria": "DiagnosticReport?status=final",
+                    "channel": {"type": "rest-hook", "endpoint": "https://elsewhere.example.org/x"}}
+    try:
+        with TestClient(create_app(services=services), headers=admin_headers(services)) as client:
+            url = "/fhir/Subscription/$validate?mode=create"
+            assert "MEDAIFLOW_SUBSCRIPTION_ENDPOINTS" in _invalid(client.post(url, json=subscription))
+            subscription["channel"]["endpoint"] = "https://ehr.example.org/hooks/a"
+            assert "would be accepted" in _valid(client.post(url, json=subscription))
+            assert client.get("/fhir/Subscription").json()["total"] == 0
+    finally:
+        services.engine.dispose()
