@@ -227,6 +227,23 @@ def test_an_instance_that_cannot_be_decoded_is_left_out_of_the_pixel_data_by_nam
     assert len(parts_of(client.get(f"/dicom-web/studies/{study}/pixeldata", headers={"Accept": AS_STORED}))) == 2
 
 
+def test_a_video_is_left_out_of_the_pixel_data_by_name(client):
+    from pydicom.encaps import encapsulate
+
+    study, series = generate_uid(), generate_uid()
+    video = pydicom.dcmread(io.BytesIO(make_ct(study, series, InstanceNumber=1)))
+    video.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"  # H.264: one stream, not frames
+    video.PixelData = encapsulate([b"\x00\x00\x01\xb3a stream"])
+    buffer = io.BytesIO()
+    video.save_as(buffer, enforce_file_format=True)
+    ct = make_ct(study, series, size=8, InstanceNumber=2)
+    stow(client, [buffer.getvalue(), ct])
+    response = client.get(f"/dicom-web/studies/{study}/pixeldata", headers={"Accept": "*/*"})
+    assert response.status_code == 206
+    assert video.SOPInstanceUID in response.headers["warning"]
+    assert [body for _, body in parts_of(response)] == [pydicom.dcmread(io.BytesIO(ct)).PixelData]
+
+
 def test_head_of_pixel_data_is_the_status_and_type_of_its_get(client):
     study, _, _ = ct_series(client, count=2)
     head = client.head(f"/dicom-web/studies/{study}/pixeldata")
