@@ -51,17 +51,12 @@ def parse_frame_list(text: str) -> list[int]:
     return [int(piece) for piece in pieces]
 
 
-def read_frames(path: str, numbers: Sequence[int], accept: Sequence[MediaRange]) -> list[tuple[str, bytes]]:
-    """(part Content-Type, frame bytes) for each requested frame number; `accept` best first."""
-    content_type, _, frames = read_pixel_frames(path, numbers, accept)
-    return [(content_type, frame) for frame in frames]
-
-
 def read_pixel_frames(
     path: str, numbers: Sequence[int], accept: Sequence[MediaRange]
 ) -> tuple[str, int, list[bytes]]:
     """The frames' part Content-Type, the tag of the element that holds them
-    (Pixel Data, Float or Double Float Pixel Data) and the frames asked for."""
+    (Pixel Data, Float or Double Float Pixel Data) and the frames asked for,
+    1-based, in the order asked; `accept` best first."""
     dataset = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
     stored_syntax = str(dataset.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LE))
     frame_count = _frame_count(dataset)

@@ -157,6 +157,12 @@ def test_compressed_pixel_data_is_sent_as_stored_or_decoded_as_the_frames_resour
     assert headers["content-type"] == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.91"
     assert body == parts_of(client.get(frame_url, headers={"Accept": 'multipart/related; type="image/jp2"'}))[0][1]
     assert only_jp2.headers["content-type"].startswith('multipart/related; type="image/jp2"')
+    # Its Pixel Data bulk data is the same frames, by the same code, named as bulk data in a multipart answer is.
+    bulk = client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{jp2_sop}/bulkdata/7FE00010",
+                      headers={"Accept": 'multipart/related; type="image/jp2"'})
+    assert [(part_headers["content-location"], part) for part_headers, part in parts_of(bulk)] == [
+        (headers["content-location"], body)]
+    assert headers["content-location"] == pixel_data_uri(client, study, series, jp2_sop)
 
 
 def test_the_frames_of_a_long_instance_are_read_a_few_at_a_time_and_all_sent_in_order(client, monkeypatch):

@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 
 from dicom.bulkdata import parse_tag_path, read_bulk_data
 from dicom.errors import DicomError, InvalidRequest, NotAcceptable, NotFound
-from dicom.frames import check_frame_numbers, frame_content_type, parse_frame_list, read_frames, read_pixel_frames
+from dicom.frames import check_frame_numbers, frame_content_type, parse_frame_list, read_pixel_frames
 from dicom.instance import BULK_DATA_BASE_MARKER
 from dicom.json_model import TagPath
 from dicom.media_types import MULTIPART_RELATED, MediaRange, admits_part, inner_type, refuses
@@ -365,17 +365,6 @@ def _with_bulk_data_root(metadata: bytes, root: str) -> bytes:
     return metadata.replace(_STORED_BULK_DATA_URI, b'"BulkDataURI":"' + orjson.dumps(root)[1:-1])
 
 
-def _frames_response(frames: list[tuple[str, bytes]]) -> Response:
-    # The outer `type` names the first part's media type (PS3.18 §8.7.3.3);
-    # parts differ only where frames of one instance do, which they do not.
-    part_type = frames[0][0].split(";")[0]
-    return _multipart([(content_type, iter((data,))) for content_type, data in frames], part_type)
-
-
-def _frames_of(instance: StoredInstance, numbers: list[int], accept: list[MediaRange]) -> list[tuple[str, bytes]]:
-    return read_frames(instance.absolute_path, numbers, accept)
-
-
 # --- Answers of many parts, read a piece at a time ------------------------------
 # Frames and rendered images of a series or study are read a piece at a time,
 # each in a worker thread, and sent as they come: what is held in memory is a
@@ -560,18 +549,19 @@ async def retrieve_bulk_data(
     tag_path = parse_tag_path(tag_path_text)
     accept = negotiated_accept(request, keep_refused=True)
     lookup = partial(find_instance, services.engine, services.store, study_uid, series_uid, sop_uid)
+    instance = await run_in_threadpool(lookup)
+    syntax = instance.transfer_syntax_uid
+    if tag_path == _PIXEL_DATA_PATH and not is_native(syntax) and not is_video(syntax):
+        # Encapsulated pixel data is only meaningful frame by frame (PS3.18 §8.7.3.3.2): the Pixel Data resource's.
+        return await _frames_answer(request, services, [instance])
     read = partial(_bulk_data_response, tag_path=tag_path, accept=accept)
-    return await run_in_threadpool(read_addressed, lookup, read)
+    return await run_in_threadpool(read_current, instance, read, lambda _: lookup())
 
 
 def _bulk_data_response(instance: StoredInstance, tag_path: TagPath, accept: list[MediaRange]) -> Response:
     if tag_path == _PIXEL_DATA_PATH and is_video(instance.transfer_syntax_uid):
         content_type, video = read_video(instance.absolute_path, instance.transfer_syntax_uid, accept)
         return _multipart([(content_type, iter((video,)))], content_type.split(";")[0])
-    if tag_path == _PIXEL_DATA_PATH and not is_native(instance.transfer_syntax_uid):
-        # Encapsulated pixel data is only meaningful frame by frame (PS3.18 §8.7.3.3.2).
-        every_frame = list(range(1, instance.number_of_frames + 1))
-        return _frames_response(_frames_of(instance, every_frame, accept))
     admitted = any(range_.q > 0 and admits_part(range_, OCTET_STREAM, OCTET_STREAM) for range_ in accept)
     if not admitted or refuses(accept, OCTET_STREAM, EXPLICIT_VR_LE, OCTET_STREAM):
         raise NotAcceptable("bulk data is available as application/octet-stream")
