@@ -368,8 +368,9 @@ def _with_bulk_data_root(metadata: bytes, root: str) -> bytes:
 # --- Answers of many parts, read a piece at a time ------------------------------
 # Frames and rendered images of a series or study are read a piece at a time,
 # each in a worker thread, and sent as they come: what is held in memory is a
-# piece, never the study. A piece is a few frames of one instance, their
-# stored bytes about this many at most (decoded ones are larger).
+# piece, never the study. A piece is one rendered image, or a few frames of
+# one instance, their stored bytes about this many at most (decoded ones are
+# larger).
 _PIECE_BYTES = 8 * 1024 * 1024
 _PIECE_FRAMES = 16
 
@@ -503,8 +504,8 @@ async def _frames_answer(
             f"{root}/studies/{instance.study_uid}/series/{instance.series_uid}/instances/{instance.sop_uid}/bulkdata/"
             if root else None
         )
-        every = list(range(1, instance.number_of_frames + 1))
-        pieces.extend(_frame_pieces(instance, numbers or every, accept, location))
+        wanted = numbers or list(range(1, instance.number_of_frames + 1))
+        pieces.extend(_frame_pieces(instance, wanted, accept, location))
     return await _pieces_answer(request, services, pieces, left_out)
 
 
