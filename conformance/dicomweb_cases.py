@@ -693,6 +693,77 @@ def thumbnails(session: Session) -> None:
                        f"the {level} thumbnail is not a JPEG image ({_media_type(response)!r})")
 
 
+_NOT_OFFERED = (404, 405, 501)
+
+
+def _levels(session: Session, study: TestStudy, name: str, suffix: str) -> dict[str, str]:
+    """The URLs of `suffix` on the study, the series and the instance of the suite's instance `name`."""
+    instance = study.instance(name)
+    study_url = session.dicomweb(f"/studies/{study.study_instance_uid}")
+    return {"study": f"{study_url}{suffix}",
+            "series": f"{study_url}/series/{instance.series_instance_uid}{suffix}",
+            "instance": _instance_url(session, study, name, suffix)}
+
+
+@case("DW-PIXELDATA-01", "PS3.18 10.4.1.1.6, 10.4.3.3.6", "Pixel Data of a study, series and instance: every frame of their images, each part at the BulkDataURI its metadata gives")
+def pixel_data(session: Session) -> None:
+    study = _study(session)
+    native = {"Accept": 'multipart/related; type="application/octet-stream"'}
+    series_url, instance_url = (_levels(session, study, "ct", "/pixeldata")[level] for level in ("series", "instance"))
+    multiframe_url = _levels(session, study, "multiframe", "/pixeldata")["instance"]
+    study_url = session.dicomweb(f"/studies/{study.study_instance_uid}/pixeldata")
+    answers = {url: session.get(url, headers=native) for url in (series_url, multiframe_url, study_url)}
+    if all(response.status_code in _NOT_OFFERED for response in answers.values()):
+        status = answers[series_url].status_code
+        raise CaseSkipped(f"the server offers no Pixel Data resources (a series' answered {status})")
+    # The CT series: three native single-frame images, each frame its whole Pixel Data.
+    ct_series = [instance for instance in study.instances
+                 if instance.series_instance_uid == study.instance("ct").series_instance_uid]
+    by_pixels = {bytes(instance.dataset.PixelData): instance for instance in ct_series}
+    _parts(session, answers[series_url], "application/octet-stream")
+    parts = parse_multipart(answers[series_url].content, answers[series_url].headers["content-type"])
+    session.expect(sorted(content for _, content in parts) == sorted(by_pixels),
+                   f"the series' {len(parts)} parts are not the frames of its {len(ct_series)} images")
+    metadata = session.json(session.get(series_url.removesuffix("/pixeldata") + "/metadata",
+                                        headers={"Accept": DICOM_JSON}))
+    uris = {_value(item, "00080018"): item.get("7FE00010", {}).get("BulkDataURI") for item in metadata}
+    for headers, content in parts:
+        uri = uris.get(by_pixels[content].sop_instance_uid) if content in by_pixels else None
+        session.expect(uri is None or headers.get("content-location") == uri,
+                       f"a part's Content-Location is {headers.get('content-location')!r}, not the BulkDataURI {uri!r}")
+    # A multi-frame instance: one part per frame, in order.
+    frames = _parts(session, answers[multiframe_url], "application/octet-stream")
+    pixel_data = study.instance("multiframe").dataset.PixelData
+    size = len(pixel_data) // FRAMES
+    session.expect(frames == [pixel_data[at:at + size] for at in range(0, len(pixel_data), size)],
+                   f"the multi-frame instance's {len(frames)} parts are not its {FRAMES} frames in order")
+    # The study: every frame of the series among its parts (a server that cannot decode some other image leaves it out).
+    session.expect_status(answers[study_url], 200, 206)
+    everything = [content for _, content in parse_multipart(answers[study_url].content,
+                                                            answers[study_url].headers["content-type"])]
+    session.expect(all(frame in everything for frame in by_pixels), "the study's answer lacks a frame of the CT series")
+    session.expect_status(session.get(instance_url, headers=native), 200)
+
+
+@case("DW-RENDERED-02", "PS3.18 10.4.1.1.3, 8.7.4", "Rendered study and series: one image/jpeg part per image")
+def rendered_levels(session: Session) -> None:
+    study = _study(session)
+    urls = _levels(session, study, "ct", "/rendered")
+    jpeg = {"Accept": 'multipart/related; type="image/jpeg"'}
+    answers = {level: session.get(urls[level], headers=jpeg) for level in ("study", "series")}
+    if all(response.status_code in _NOT_OFFERED for response in answers.values()):
+        status = answers["series"].status_code
+        raise CaseSkipped(f"the server offers no rendered studies or series (a series' answered {status})")
+    images = _parts(session, answers["series"], "image/jpeg")
+    ct_series = [instance for instance in study.instances
+                 if instance.series_instance_uid == study.instance("ct").series_instance_uid]
+    session.expect(len(images) == len(ct_series), f"the series' {len(ct_series)} images came as {len(images)} parts")
+    session.expect_status(answers["study"], 200, 206)
+    images += [content for _, content in parse_multipart(answers["study"].content,
+                                                         answers["study"].headers["content-type"])]
+    session.expect(all(image[:2] == b"\xff\xd8" for image in images), "a part is not a JPEG image")
+
+
 @case("DW-CORS-01", "Fetch Standard 3.2 (CORS protocol)", "A CORS preflight from an allowed origin is answered with Access-Control-Allow-Origin")
 def cors_preflight(session: Session) -> None:
     origin = session.target.origin

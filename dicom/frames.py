@@ -51,21 +51,43 @@ def parse_frame_list(text: str) -> list[int]:
     return [int(piece) for piece in pieces]
 
 
-def read_frames(path: str, numbers: Sequence[int], accept: Sequence[MediaRange]) -> list[tuple[str, bytes]]:
-    """(part Content-Type, frame bytes) for each requested frame number; `accept` best first."""
+def read_pixel_frames(
+    path: str, numbers: Sequence[int], accept: Sequence[MediaRange]
+) -> tuple[str, int, list[bytes]]:
+    """The frames' part Content-Type, the tag of the element that holds them
+    (Pixel Data, Float or Double Float Pixel Data) and the frames asked for,
+    1-based, in the order asked; `accept` best first."""
     dataset = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
     stored_syntax = str(dataset.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LE))
     frame_count = _frame_count(dataset)
-    if len(numbers) > frame_count:
-        # Repeats are allowed, but not unbounded: each listed frame is held in memory until sent.
-        raise InvalidRequest(f"the frame list names {len(numbers)} frames; the instance has {frame_count}")
-    for number in numbers:
-        if not 0 < number <= frame_count:
-            raise NotFound(f"frame {number} does not exist: the instance has {frame_count} frame(s)")
+    check_frame_numbers(numbers, frame_count)
     tag = next((tag for tag in _PIXEL_TAGS if tag in dataset), None)
     if tag is None:
         raise NotFound("the instance has no pixel data")
 
+    content_type = frame_content_type(accept, stored_syntax)
+    if content_type != NATIVE_FRAME_TYPE:
+        return content_type, tag, _encapsulated_frames(path, dataset, numbers, frame_count)
+    if stored_syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE):
+        return content_type, tag, _native_frames(path, dataset, tag, numbers, stored_syntax)
+    return content_type, tag, _decoded_frames(path, dataset, stored_syntax, numbers)
+
+
+def check_frame_numbers(numbers: Sequence[int], frame_count: int) -> None:
+    """A frame list the instance answers: each number one of its frames."""
+    if len(numbers) > frame_count:
+        # Repeats are allowed, but not unbounded: each listed frame is read and sent.
+        raise InvalidRequest(f"the frame list names {len(numbers)} frames; the instance has {frame_count}")
+    for number in numbers:
+        if not 0 < number <= frame_count:
+            raise NotFound(f"frame {number} does not exist: the instance has {frame_count} frame(s)")
+
+
+def frame_content_type(accept: Sequence[MediaRange], stored_syntax: str) -> str:
+    """The Content-Type that frames stored in `stored_syntax` are sent in:
+    as stored, or native; NotAcceptable when `accept` takes neither. Known
+    from the syntax alone, so that an answer of many instances' frames is
+    negotiated before its first byte."""
     stored_type = bulk_data_media_type(stored_syntax)
     as_stored = _choose_as_stored(accept, stored_syntax, stored_type)
     if as_stored is None:
@@ -74,12 +96,7 @@ def read_frames(path: str, numbers: Sequence[int], accept: Sequence[MediaRange])
             f" ({stored_type or 'no known bulk data media type'})"
             + ("" if can_decompress(stored_syntax) else ", which cannot be decoded here")
         )
-    if as_stored:
-        content_type = f"{stored_type}; transfer-syntax={stored_syntax}"
-        return [(content_type, frame) for frame in _encapsulated_frames(path, dataset, numbers, frame_count)]
-    if stored_syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE):
-        return [(NATIVE_FRAME_TYPE, frame) for frame in _native_frames(path, dataset, tag, numbers, stored_syntax)]
-    return [(NATIVE_FRAME_TYPE, frame) for frame in _decoded_frames(path, dataset, stored_syntax, numbers)]
+    return f"{stored_type}; transfer-syntax={stored_syntax}" if as_stored else NATIVE_FRAME_TYPE
 
 
 def _frame_count(dataset: Dataset) -> int:

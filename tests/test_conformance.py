@@ -67,8 +67,8 @@ def test_orthanc_fails_exactly_the_known_deviations():
     failed = {outcome.case.id for outcome in outcomes if outcome.verdict is Verdict.FAIL}
     skipped = {outcome.case.id for outcome in outcomes if outcome.verdict is Verdict.SKIP}
     assert failed == _known_orthanc_failures()
-    # No origin given: Orthanc allows none; and Orthanc offers no UPS-RS worklist and no thumbnails.
-    assert skipped == {"DW-CORS-01", "DW-UPS-01", "DW-UPS-02", "DW-UPS-03", "DW-THUMB-01"}
+    # No origin given: Orthanc allows none; and Orthanc offers no UPS-RS worklist, no thumbnails and no pixel data.
+    assert skipped == {"DW-CORS-01", "DW-UPS-01", "DW-UPS-02", "DW-UPS-03", "DW-THUMB-01", "DW-PIXELDATA-01"}
 
 
 def test_the_command_reports_and_its_exit_status_says_whether_anything_failed(live_server, credentials, tmp_path, capsys):

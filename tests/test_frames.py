@@ -10,11 +10,17 @@ from pydicom.pixels import pack_bits
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom.errors import InvalidRequest, NotAcceptable, NotFound
-from dicom.frames import NATIVE_FRAME_TYPE, parse_frame_list, read_frames
+from dicom.frames import NATIVE_FRAME_TYPE, parse_frame_list, read_pixel_frames
 from dicom.media_types import parse_accept
 
 OHIF = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 NATIVE = 'multipart/related; type="application/octet-stream"'
+
+
+def read_frames(path: str, numbers: list[int], accept) -> list[tuple[str, bytes]]:
+    """Each frame with its part's Content-Type."""
+    content_type, _, frames = read_pixel_frames(path, numbers, accept)
+    return [(content_type, frame) for frame in frames]
 
 
 def frames(name: str, numbers: list[int], accept: str) -> list[tuple[str, bytes]]:

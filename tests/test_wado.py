@@ -818,7 +818,8 @@ def test_a_resent_instance_of_another_length_goes_out_when_no_length_was_declare
 
 # Each single-instance read of WADO-RS, and the reader that opens the file.
 _ONE_INSTANCE_READS = {
-    "frames": ("/frames/1", "read_frames"),
+    "frames": ("/frames/1", "read_pixel_frames"),
+    "pixel data": ("/pixeldata", "read_pixel_frames"),
     "bulk data": ("/bulkdata/7FE00010", "read_bulk_data"),
     "rendered": ("/rendered", "render_frame"),
     "thumbnail": ("/thumbnail", "thumbnail"),

@@ -22,6 +22,7 @@ class StoredInstance:
     absolute_path: str
     file_size: int
     number_of_frames: int
+    has_pixels: bool  # it has Rows, as every image does
 
 
 def find_instances(
@@ -139,4 +140,5 @@ def _stored(row: Row[Any], study_uid: str, store: FileStore) -> StoredInstance:
         absolute_path=str(store.absolute(row.file_path)),
         file_size=row.file_size,
         number_of_frames=row.number_of_frames or 1,
+        has_pixels=row.rows is not None,
     )

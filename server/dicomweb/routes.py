@@ -149,6 +149,31 @@ async def rendered_frame(request: Request, study: str, series: str, instance: st
     return await wado.retrieve_rendered(request, services(request), study, series, instance, frames)
 
 
+@router.get("/studies/{study}/pixeldata")
+async def study_pixel_data(request: Request, study: str) -> Response:
+    return await wado.retrieve_pixel_data(request, services(request), study)
+
+
+@router.get("/studies/{study}/series/{series}/pixeldata")
+async def series_pixel_data(request: Request, study: str, series: str) -> Response:
+    return await wado.retrieve_pixel_data(request, services(request), study, series)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/pixeldata")
+async def instance_pixel_data(request: Request, study: str, series: str, instance: str) -> Response:
+    return await wado.retrieve_pixel_data(request, services(request), study, series, instance)
+
+
+@router.get("/studies/{study}/rendered")
+async def rendered_study(request: Request, study: str) -> Response:
+    return await wado.retrieve_rendered_instances(request, services(request), study)
+
+
+@router.get("/studies/{study}/series/{series}/rendered")
+async def rendered_series(request: Request, study: str, series: str) -> Response:
+    return await wado.retrieve_rendered_instances(request, services(request), study, series)
+
+
 @router.get("/studies/{study}/thumbnail")
 async def study_thumbnail(request: Request, study: str) -> Response:
     return await wado.retrieve_thumbnail(request, services(request), study)

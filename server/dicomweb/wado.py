@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicom.bulkdata import parse_tag_path, read_bulk_data
-from dicom.errors import InvalidRequest, NotAcceptable, NotFound
-from dicom.frames import parse_frame_list, read_frames
+from dicom.errors import DicomError, InvalidRequest, NotAcceptable, NotFound
+from dicom.frames import check_frame_numbers, frame_content_type, parse_frame_list, read_pixel_frames
 from dicom.instance import BULK_DATA_BASE_MARKER
 from dicom.json_model import TagPath
-from dicom.media_types import MediaRange, admits_part, refuses
+from dicom.media_types import MULTIPART_RELATED, MediaRange, admits_part, inner_type, refuses
 from dicom.multipart import (
     MultipartFraming,
     iter_multipart,
@@ -29,7 +29,7 @@ from dicom.multipart import (
     multipart_related_type,
     new_boundary,
 )
-from dicom.rendering import RenderParams, parse_render_params, render_frame, thumbnail
+from dicom.rendering import DEFAULT_MEDIA_TYPE, RenderParams, parse_render_params, render_frame, thumbnail
 from dicom.transfer_syntax import (
     EXPLICIT_VR_LE,
     can_decompress,
@@ -286,7 +286,7 @@ def _current_part(services: Services, accept: list[MediaRange], instance: Stored
     return _Part(current, tuple(chosen[0][1])) if chosen else None
 
 
-def _left_out_warning(left_out: list[tuple[StoredInstance, NotAcceptable]]) -> str:
+def _left_out_warning(left_out: list[tuple[StoredInstance, DicomError]]) -> str:
     named = "; ".join(f"{instance.sop_uid}: {refusal}" for instance, refusal in left_out[:_WARNING_NAMES])
     more = f"; and {len(left_out) - _WARNING_NAMES} more" if len(left_out) > _WARNING_NAMES else ""
     return warning_header(
@@ -365,25 +365,183 @@ def _with_bulk_data_root(metadata: bytes, root: str) -> bytes:
     return metadata.replace(_STORED_BULK_DATA_URI, b'"BulkDataURI":"' + orjson.dumps(root)[1:-1])
 
 
-def _frames_response(frames: list[tuple[str, bytes]]) -> Response:
-    # The outer `type` names the first part's media type (PS3.18 §8.7.3.3);
-    # parts differ only where frames of one instance do, which they do not.
-    part_type = frames[0][0].split(";")[0]
-    return _multipart([(content_type, iter((data,))) for content_type, data in frames], part_type)
+# --- Answers of many parts, read a piece at a time ------------------------------
+# Frames and rendered images of a series or study are read a piece at a time,
+# each in a worker thread, and sent as they come: what is held in memory is a
+# piece, never the study. A piece is one rendered image, or a few frames of
+# one instance, their stored bytes about this many at most (decoded ones are
+# larger).
+_PIECE_BYTES = 8 * 1024 * 1024
+_PIECE_FRAMES = 16
+
+# The parts of a piece: Content-Type, body, further part headers.
+_PiecePart = tuple[str, bytes, dict[str, str]]
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Something of one instance that is read as parts: `read` makes them of
+    the instance as it is stored now."""
+
+    instance: StoredInstance
+    read: Callable[[StoredInstance], list[_PiecePart]]
+
+
+def _read_piece(services: Services, piece: _Piece) -> list[_PiecePart]:
+    return read_current(piece.instance, piece.read, partial(_stored_now, services))
+
+
+def _stored_now(services: Services, instance: StoredInstance) -> StoredInstance:
+    now = current_instance(services.engine, services.store, instance.study_uid, instance.sop_uid)
+    if now is None:
+        raise NotFound(f"no such instance is stored here: {instance.sop_uid} was deleted while being read")
+    return now
+
+
+def _opening(
+    services: Services, pieces: list[_Piece]
+) -> tuple[int, list[_PiecePart], list[tuple[StoredInstance, DicomError]]]:
+    """The first piece that reads, where it is in `pieces`, and the instances
+    left out before it: read before the status goes out, so that an
+    instance's refusal is its answer, and a study's first instances that
+    cannot be read are named in a Warning instead of ending a broken answer."""
+    failed: list[tuple[StoredInstance, DicomError]] = []
+    for position, piece in enumerate(pieces):
+        if failed and failed[-1][0] is piece.instance:
+            continue  # the rest of an instance whose first piece failed
+        try:
+            return position, _read_piece(services, piece), failed
+        except (NotAcceptable, NotFound) as refusal:
+            failed.append((piece.instance, refusal))
+    return len(pieces), [], failed
+
+
+async def _pieces_answer(
+    request: Request, services: Services, pieces: list[_Piece], left_out: list[tuple[StoredInstance, DicomError]]
+) -> Response:
+    """The parts of `pieces`, in order, as one multipart/related answer: 206
+    with a Warning naming the instances left out, or, when nothing can be
+    sent, the first refusal. A piece that fails once the answer is under way
+    ends it without its closing boundary: the client sees it incomplete."""
+    position, parts, failed = await run_in_threadpool(_opening, services, pieces)
+    left_out = left_out + failed
+    if not parts:
+        assert left_out, "an answer without pieces is refused before it is read"
+        raise left_out[0][1]
+    boundary = new_boundary()
+    headers = {"Warning": _left_out_warning(left_out)} if left_out else {}
+    status = 206 if left_out else 200
+    media_type = multipart_related_type(boundary, parts[0][0].split(";")[0])
+    if is_head(request):
+        return StreamingResponse(iter(()), status_code=status, media_type=media_type, headers=headers)
+    body = _pieces_body(MultipartFraming(boundary), parts, pieces[position + 1 :], partial(_read_piece, services))
+    return StreamingResponse(body, status_code=status, media_type=media_type, headers=headers)
+
+
+async def _pieces_body(
+    framing: MultipartFraming,
+    opening: list[_PiecePart],
+    rest: list[_Piece],
+    read: Callable[[_Piece], list[_PiecePart]],
+) -> AsyncIterator[bytes]:
+    first = True
+    try:
+        parts = opening
+        for piece in (None, *rest):
+            if piece is not None:
+                parts = await run_in_threadpool(read, piece)
+            # A piece goes out in one write: frames can be a few hundred bytes each.
+            chunks = []
+            for content_type, data, extra in parts:
+                chunks += (framing.head(content_type, extra, first=first), data)
+                first = False
+            yield b"".join(chunks)
+        yield framing.closing(after_parts=True)
+    except DicomError as reason:
+        log.warning("a WADO-RS answer ends incomplete: %s", reason)
+
+
+def _frame_pieces(
+    instance: StoredInstance, numbers: list[int], accept: list[MediaRange], location: str | None
+) -> list[_Piece]:
+    """`numbers` of the instance's frames, a few per piece; `location`: the
+    URI each part names as its Content-Location, with the tag of the element
+    that holds the frames appended."""
+    per_frame = max(1, instance.file_size // instance.number_of_frames)
+    size = max(1, min(_PIECE_FRAMES, _PIECE_BYTES // per_frame))
+    read = partial(_frame_parts, accept=accept, location=location)
+    return [_Piece(instance, partial(read, numbers=numbers[at : at + size])) for at in range(0, len(numbers), size)]
+
+
+def _frame_parts(
+    instance: StoredInstance, numbers: list[int], accept: list[MediaRange], location: str | None
+) -> list[_PiecePart]:
+    content_type, tag, frames = read_pixel_frames(instance.absolute_path, numbers, accept)
+    extra = {"Content-Location": f"{location}{tag:08X}"} if location else {}
+    return [(content_type, frame, extra) for frame in frames]
+
+
+async def _frames_answer(
+    request: Request, services: Services, found: list[StoredInstance], numbers: list[int] | None = None
+) -> Response:
+    """Frames of the instances `found`: `numbers` of each, or all of them as
+    the Pixel Data resource sends them, each part named by its instance's
+    Pixel Data BulkDataURI (PS3.18 §10.4.3.3.6). Negotiated as a frame is
+    (PS3.18 §8.7.3.3), from each instance's stored syntax, before any is read."""
+    accept = negotiated_accept(request, keep_refused=True)
+    root = None if numbers else dicomweb_root(request)
+    pieces: list[_Piece] = []
+    left_out: list[tuple[StoredInstance, DicomError]] = []
+    for instance in found:
+        try:
+            frame_content_type(accept, instance.transfer_syntax_uid)
+        except NotAcceptable as refusal:
+            left_out.append((instance, refusal))
+            continue
+        if numbers:
+            check_frame_numbers(numbers, instance.number_of_frames)
+        location = (
+            f"{root}/studies/{instance.study_uid}/series/{instance.series_uid}/instances/{instance.sop_uid}/bulkdata/"
+            if root else None
+        )
+        wanted = numbers or list(range(1, instance.number_of_frames + 1))
+        pieces.extend(_frame_pieces(instance, wanted, accept, location))
+    return await _pieces_answer(request, services, pieces, left_out)
 
 
 async def retrieve_frames(
     request: Request, services: Services, study_uid: str, series_uid: str, sop_uid: str, frame_list: str
 ) -> Response:
     numbers = parse_frame_list(frame_list)
-    accept = negotiated_accept(request, keep_refused=True)
-    lookup = partial(find_instance, services.engine, services.store, study_uid, series_uid, sop_uid)
-    read = partial(_frames_of, numbers=numbers, accept=accept)
-    return _frames_response(await run_in_threadpool(read_addressed, lookup, read))
+    instance = await run_in_threadpool(find_instance, services.engine, services.store, study_uid, series_uid, sop_uid)
+    return await _frames_answer(request, services, [instance], numbers)
 
 
-def _frames_of(instance: StoredInstance, numbers: list[int], accept: list[MediaRange]) -> list[tuple[str, bytes]]:
-    return read_frames(instance.absolute_path, numbers, accept)
+async def retrieve_pixel_data(
+    request: Request, services: Services, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+) -> Response:
+    """Every frame of every image of a study, series or instance (the Pixel
+    Data resource, PS3.18 §10.4.1.1.6), in series then instance order, as
+    the metadata lists them. Instances without pixel data have none to
+    send; a level with none is 404, as such an instance's frames are."""
+    images = await _images(services, NotFound, study_uid, series_uid, sop_uid)
+    return await _frames_answer(request, services, images)
+
+
+async def _images(
+    services: Services,
+    refusal: type[NotFound | NotAcceptable],
+    study_uid: str,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+) -> list[StoredInstance]:
+    """The instances of a level that have pixel data; `refusal` when it has none."""
+    found = await run_in_threadpool(find_instances, services.engine, services.store, study_uid, series_uid, sop_uid)
+    images = [instance for instance, _ in found if instance.has_pixels]
+    if not images:
+        what = "instance" if sop_uid else "series" if series_uid else "study"
+        raise refusal(f"the {what} has no pixel data")
+    return images
 
 
 async def retrieve_bulk_data(
@@ -392,18 +550,19 @@ async def retrieve_bulk_data(
     tag_path = parse_tag_path(tag_path_text)
     accept = negotiated_accept(request, keep_refused=True)
     lookup = partial(find_instance, services.engine, services.store, study_uid, series_uid, sop_uid)
+    instance = await run_in_threadpool(lookup)
+    syntax = instance.transfer_syntax_uid
+    if tag_path == _PIXEL_DATA_PATH and not is_native(syntax) and not is_video(syntax):
+        # Encapsulated pixel data is only meaningful frame by frame (PS3.18 §8.7.3.3.2): the Pixel Data resource's.
+        return await _frames_answer(request, services, [instance])
     read = partial(_bulk_data_response, tag_path=tag_path, accept=accept)
-    return await run_in_threadpool(read_addressed, lookup, read)
+    return await run_in_threadpool(read_current, instance, read, lambda _: lookup())
 
 
 def _bulk_data_response(instance: StoredInstance, tag_path: TagPath, accept: list[MediaRange]) -> Response:
     if tag_path == _PIXEL_DATA_PATH and is_video(instance.transfer_syntax_uid):
         content_type, video = read_video(instance.absolute_path, instance.transfer_syntax_uid, accept)
         return _multipart([(content_type, iter((video,)))], content_type.split(";")[0])
-    if tag_path == _PIXEL_DATA_PATH and not is_native(instance.transfer_syntax_uid):
-        # Encapsulated pixel data is only meaningful frame by frame (PS3.18 §8.7.3.3.2).
-        every_frame = list(range(1, instance.number_of_frames + 1))
-        return _frames_response(_frames_of(instance, every_frame, accept))
     admitted = any(range_.q > 0 and admits_part(range_, OCTET_STREAM, OCTET_STREAM) for range_ in accept)
     if not admitted or refuses(accept, OCTET_STREAM, EXPLICIT_VR_LE, OCTET_STREAM):
         raise NotAcceptable("bulk data is available as application/octet-stream")
@@ -431,6 +590,26 @@ async def retrieve_rendered(
     return Response(image, media_type=params.media_type)
 
 
+async def retrieve_rendered_instances(
+    request: Request, services: Services, study_uid: str, series_uid: str | None = None
+) -> Response:
+    """A study's or series' images rendered (PS3.18 §10.4.1.1.3), one part
+    each, in series then instance order: each as its instance's rendered
+    resource gives it, named by that resource's URL. A level without images
+    is 406, as an instance without pixel data is: it exists, but no image
+    of it can be made."""
+    params = _render_params(request, in_parts=True)
+    images = await _images(services, NotAcceptable, study_uid, series_uid)
+    root = dicomweb_root(request)
+    pieces = [_Piece(image, partial(_rendered_part, params=params, root=root)) for image in images]
+    return await _pieces_answer(request, services, pieces, [])
+
+
+def _rendered_part(instance: StoredInstance, params: RenderParams, root: str) -> list[_PiecePart]:
+    location = f"{root}/studies/{instance.study_uid}/series/{instance.series_uid}/instances/{instance.sop_uid}/rendered"
+    return [(params.media_type, _rendered(instance, params, 1), {"Content-Location": location})]
+
+
 async def retrieve_thumbnail(
     request: Request, services: Services, study_uid: str, series_uid: str | None = None
 ) -> Response:
@@ -449,8 +628,18 @@ def _rendered(instance: StoredInstance, params: RenderParams, frame_number: int)
     return render_frame(instance.absolute_path, frame_number, params)
 
 
-def _render_params(request: Request) -> RenderParams:
-    return parse_render_params(list(request.query_params.multi_items()), negotiated_accept(request, keep_refused=True))
+def _render_params(request: Request, in_parts: bool = False) -> RenderParams:
+    """`in_parts`: for an answer of many images, multipart/related, whose
+    ranges name the images' type as `type` (JPEG when they name none); a
+    bare image range is taken too, as clients that ask for one image ask."""
+    accept = negotiated_accept(request, keep_refused=True)
+    if in_parts:
+        accept = [
+            MediaRange(inner_type(range_) or DEFAULT_MEDIA_TYPE, range_.params, range_.q)
+            if range_.media_type == MULTIPART_RELATED else range_
+            for range_ in accept
+        ]
+    return parse_render_params(list(request.query_params.multi_items()), accept)
 
 
 def _single_frame(frame_list: str) -> int:
