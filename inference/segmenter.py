@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer
+from monai.utils import ensure_tuple_rep
 
 from inference.batched import Window, sliding_window_many
 from inference.bundle import Bundle
@@ -48,7 +50,7 @@ class Segmenter:
         except Exception as error:  # MONAI raises plain exceptions of many kinds for a bad config
             raise InvalidBundle(f"{bundle.path}: configs/inference.json cannot be instantiated: {error}") from error
         self.network = _load_weights(bundle, network).to(self.device).eval()
-        self.window = _window(config["inferer"])
+        self.window = _window(self.inferer)
         self.batch_patches = batch_patches or (32 if self.device.type == "cuda" else 4)
 
     @contextmanager
@@ -132,10 +134,28 @@ def _image(volume: Volume) -> MetaTensor:
 
 
 def _window(inferer: Any) -> Window | None:
-    """The bundle's sliding window, when its inferer is one (read from the config, not the object)."""
-    if not isinstance(inferer, dict) or not str(inferer.get("_target_", "")).endswith("SlidingWindowInferer"):
+    """The bundle's sliding window, read from the inferer as its config made
+    it (references and expressions resolved, MONAI's defaults filled in),
+    when it is MONAI's own and asks only for what `sliding_window_many`
+    does the same way; otherwise None: each volume then goes through the
+    bundle's inferer, as it would in MONAI."""
+    if type(inferer) is not SlidingWindowInferer:
         return None
-    return Window(tuple(inferer["roi_size"]), float(inferer.get("overlap", 0.25)), str(inferer.get("mode", "constant")))
+    try:
+        roi_size, overlap, sigma_scale = (
+            ensure_tuple_rep(value, 3) for value in (inferer.roi_size, inferer.overlap, inferer.sigma_scale)
+        )
+    except ValueError:  # another number of dimensions than a volume's three
+        return None
+    if (
+        min(roi_size) < 1  # a size below 1 means "the whole image along that axis"
+        or len(set(overlap)) != 1 or len(set(sigma_scale)) != 1
+        or str(inferer.padding_mode) != "constant" or inferer.cval != 0
+        or inferer.buffer_steps is not None or inferer.with_coord
+    ):
+        return None
+    roi = (int(roi_size[0]), int(roi_size[1]), int(roi_size[2]))
+    return Window(roi, float(overlap[0]), str(inferer.mode), float(sigma_scale[0]))
 
 
 def _load_weights(bundle: Bundle, network: torch.nn.Module) -> torch.nn.Module:

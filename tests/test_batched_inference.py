@@ -3,15 +3,19 @@ running each study alone gives, whatever their sizes, and a batch of jobs
 completes each job with its own results."""
 
 import gc
+import json
 import operator
 import os
+import shutil
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from monai.inferers import SlidingWindowInferer
 
+from inference.batched import Window, sliding_window_many
 from inference.bundle import Bundle
 from inference.demo.phantom import Geometry, make_phantom
 from inference.seg import _RememberedIodAnswers
@@ -39,6 +43,47 @@ def test_batched_labels_equal_one_at_a_time(segmenter):
         assert batched.shape == volume.voxels.shape
         assert np.mean(one == batched) > 0.9999
         assert one.any()
+
+
+def _bundle_with_inferer(tmp_path: Path, **changes: object) -> Bundle:
+    """The demo bundle with its inferer's config changed (a key set to None is removed)."""
+    copied = shutil.copytree(DEMO_BUNDLE, tmp_path / "bundle")
+    config_path = copied / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    config["patch"] = [64, 64, 64]
+    for key, value in changes.items():
+        if value is None:
+            config["inferer"].pop(key, None)
+        else:
+            config["inferer"][key] = value
+    config_path.write_text(json.dumps(config))
+    return Bundle.open(copied)
+
+
+def test_a_window_given_by_reference_and_expression_is_the_windows_value(tmp_path):
+    # Model-zoo bundles name their patch size once and refer to it.
+    bundle = _bundle_with_inferer(tmp_path, roi_size="@patch", overlap="$0.5 / 2", sigma_scale=0.25)
+    assert Segmenter(bundle, torch.device("cpu")).window == Window((64, 64, 64), 0.25, "gaussian", 0.25)
+    one_size = _bundle_with_inferer(tmp_path / "int", roi_size=64, mode=None)  # one size for every axis; default mode
+    assert Segmenter(one_size, torch.device("cpu")).window == Window((64, 64, 64), 0.25, "constant")
+
+
+@pytest.mark.parametrize("changes", [{"padding_mode": "replicate"}, {"cval": 1.0}, {"roi_size": [64, 64, -1]},
+                                     {"_target_": "SlidingWindowInfererAdapt"}])
+def test_a_window_the_batched_run_would_not_reproduce_runs_volume_by_volume(tmp_path, changes):
+    assert Segmenter(_bundle_with_inferer(tmp_path, **changes), torch.device("cpu")).window is None
+
+
+def test_batched_blending_weighs_patches_as_monais_inferer_does():
+    torch.manual_seed(0)
+    network = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    image = torch.rand(1, 40, 50, 30)
+    inferer = SlidingWindowInferer((32, 32, 32), overlap=0.5, mode="gaussian", sigma_scale=0.4)
+    with torch.inference_mode():
+        expected = inferer(image[None], network)[0]
+        window = Window((32, 32, 32), 0.5, "gaussian", 0.4)
+        [batched] = sliding_window_many([image], network, window, 3, torch.device("cpu"))
+    torch.testing.assert_close(batched, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("job_processes", [0, 2], ids=["threads", "processes"])
