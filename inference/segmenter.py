@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
-from monai.utils import ensure_tuple_rep
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple_rep
 
 from inference.batched import Window, sliding_window_many
 from inference.bundle import Bundle
@@ -68,7 +68,7 @@ class Segmenter:
         timings = timings or Timings()
         with torch.inference_mode():
             with self._stage(timings, "preprocessing"):
-                data = self.preprocessing({"image": _image(volume).to(self.device)})
+                data = self.preprocessing({"image": monai_image(volume).to(self.device)})
             with self._stage(timings, "network"):
                 batch = data["image"][None].to(self.device)
                 with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
@@ -88,7 +88,7 @@ class Segmenter:
         with torch.inference_mode():
             with self._stage(timings, "preprocessing"):
                 # On a GPU the resampling runs there too (MONAI's advice: transforms on the GPU early).
-                prepared = [self.preprocessing({"image": _image(volume).to(self.device)}) for volume in volumes]
+                prepared = [self.preprocessing({"image": monai_image(volume).to(self.device)}) for volume in volumes]
             with self._stage(timings, "network"):
                 predictions = self._network_over([data["image"].as_tensor() for data in prepared])
             labels = []
@@ -129,8 +129,20 @@ class Segmenter:
         return labels
 
 
-def _image(volume: Volume) -> MetaTensor:
-    return MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.voxels)[None]), affine=torch.from_numpy(volume.affine))
+# DICOM's patient axes (LPS) as MONAI's (RAS): the first two run the other way.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def monai_image(volume: Volume) -> MetaTensor:
+    """The volume (one channel) placed as MONAI's own readers place a DICOM
+    series (`affine_lps_to_ras`), which is what bundles are trained on: a
+    MetaTensor's affine without a space is read as RAS, so an LPS one made
+    a bundle's `Orientationd` turn the image left for right and front for back."""
+    return MetaTensor(
+        torch.from_numpy(np.ascontiguousarray(volume.voxels)[None]),
+        affine=torch.from_numpy(_LPS_TO_RAS @ volume.affine),
+        meta={MetaKeys.SPACE: SpaceKeys.RAS},
+    )
 
 
 def _window(inferer: Any) -> Window | None:

@@ -14,12 +14,15 @@ import numpy as np
 import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
+from monai.transforms import LoadImage, Orientation
 
+from inference.assembly import volume_from_datasets
 from inference.batched import Window, sliding_window_many
 from inference.bundle import Bundle
-from inference.demo.phantom import Geometry, make_phantom
+from inference.demo.phantom import Geometry, make_phantom, phantom_datasets
 from inference.seg import _RememberedIodAnswers
-from inference.segmenter import Segmenter
+from inference.segmenter import Segmenter, monai_image
+from inference.volume import Volume
 from server.jobs.offload import OffloadPool, default_processes
 from server.jobs.service import DEMO_BUNDLE
 from tests.inference_checks import phantom, series_bytes, stow, study_uid
@@ -72,6 +75,33 @@ def test_a_window_given_by_reference_and_expression_is_the_windows_value(tmp_pat
                                      {"_target_": "SlidingWindowInfererAdapt"}])
 def test_a_window_the_batched_run_would_not_reproduce_runs_volume_by_volume(tmp_path, changes):
     assert Segmenter(_bundle_with_inferer(tmp_path, **changes), torch.device("cpu")).window is None
+
+
+def test_a_volume_reaches_the_bundle_placed_as_monais_dicom_reader_places_it(tmp_path):
+    study = make_phantom(321, Geometry(32, 6, 0.8, 2.0, 1.0, -1024.0, True), lesion_count=0)
+    datasets = phantom_datasets(study)
+    for index, dataset in enumerate(datasets):
+        dataset.save_as(tmp_path / f"{index}.dcm", enforce_file_format=True)
+    monais = LoadImage(reader="PydicomReader", image_only=True)(str(tmp_path))  # (column, row, slice)
+    ours = monai_image(volume_from_datasets(datasets))  # (channel, slice, row, column)
+
+    assert ours.meta["space"] == monais.meta["space"] == "RAS"
+    indices = np.array([[0, 0, 0], [5, 31, 0], [2, 7, 19], [5, 31, 31]])  # (slice, row, column)
+    at_ours = np.c_[indices, np.ones(4)] @ ours.affine.numpy().T
+    at_monais = np.c_[indices[:, ::-1], np.ones(4)] @ monais.affine.numpy().T
+    np.testing.assert_allclose(at_ours, at_monais, atol=1e-4)
+
+
+def test_a_bundle_that_orients_its_input_sees_the_patients_left_where_monai_puts_it():
+    pytest.importorskip("nibabel")  # MONAI's orientation transforms need it
+    affine = np.eye(4)
+    affine[:3, :3] = [[0, 0, 1], [0, 1, 0], [2, 0, 0]]  # slices go up (S), rows back (P), columns left (L)
+    voxels = np.zeros((4, 8, 10), np.float32)
+    voxels[:, :, -1] = 1  # the last column: the patient's left side
+    oriented = Orientation(axcodes="RAS")(monai_image(Volume(voxels, affine)))
+    # RAS: the first axis runs from the patient's left to the right, so the left side comes first.
+    assert oriented.shape == (1, 10, 8, 4)
+    assert oriented[0, 0].all() and not oriented[0, 1:].any()
 
 
 def test_batched_blending_weighs_patches_as_monais_inferer_does():
