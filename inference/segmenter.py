@@ -119,8 +119,18 @@ class Segmenter:
                     raise
 
     def _labels(self, data: dict, volume: Volume) -> np.ndarray:
+        prediction = data["pred"][0]
         # To bytes where the labels are: a quarter of the copy off a GPU.
-        labels = data["pred"][0].to(torch.uint8).cpu().numpy()
+        as_bytes = prediction.to(torch.uint8)
+        # Probabilities (a postprocessing without AsDiscrete) would be 0 as bytes, nothing
+        # found, and a label beyond 255 another label: what changed in the cast is no label.
+        changed = as_bytes != prediction if prediction.dtype != torch.uint8 else None
+        if changed is not None and bool(changed.any()):
+            raise InvalidBundle(
+                f"{self.bundle.card.key}: postprocessing gave {float(prediction[changed][0]):g} as a label; "
+                "labels are whole numbers from 0 to 255 (discretize the network's output)"
+            )
+        labels = as_bytes.cpu().numpy()
         if labels.shape != volume.voxels.shape:
             raise InvalidBundle(
                 f"{self.bundle.card.key}: postprocessing gave labels of shape {labels.shape} "

@@ -7,8 +7,10 @@ import json
 import operator
 import os
 import shutil
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from inference.assembly import volume_from_datasets
 from inference.batched import Window, sliding_window_many
 from inference.bundle import Bundle
 from inference.demo.phantom import Geometry, make_phantom, phantom_datasets
+from inference.errors import InvalidBundle
 from inference.seg import _RememberedIodAnswers
 from inference.segmenter import Segmenter, monai_image
 from inference.volume import Volume
@@ -48,19 +51,48 @@ def test_batched_labels_equal_one_at_a_time(segmenter):
         assert one.any()
 
 
-def _bundle_with_inferer(tmp_path: Path, **changes: object) -> Bundle:
-    """The demo bundle with its inferer's config changed (a key set to None is removed)."""
+def _bundle_with(tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Bundle:
+    """The demo bundle with its configs/inference.json edited."""
     copied = shutil.copytree(DEMO_BUNDLE, tmp_path / "bundle")
     config_path = copied / "configs" / "inference.json"
     config = json.loads(config_path.read_text())
-    config["patch"] = [64, 64, 64]
-    for key, value in changes.items():
-        if value is None:
-            config["inferer"].pop(key, None)
-        else:
-            config["inferer"][key] = value
+    edit(config)
     config_path.write_text(json.dumps(config))
     return Bundle.open(copied)
+
+
+def _bundle_with_inferer(tmp_path: Path, **changes: object) -> Bundle:
+    """The demo bundle with its inferer's config changed (a key set to None is removed)."""
+    def edit(config: dict[str, Any]) -> None:
+        config["patch"] = [64, 64, 64]
+        for key, value in changes.items():
+            if value is None:
+                config["inferer"].pop(key, None)
+            else:
+                config["inferer"][key] = value
+
+    return _bundle_with(tmp_path, edit)
+
+
+@pytest.mark.parametrize(("last_step", "shown"), [
+    (None, "0.5"),  # probabilities, never discretized: as bytes, all 0, nothing found
+    ({"_target_": "Lambdad", "keys": "pred", "func": "$lambda labels: labels * 300"}, "300"),  # 300 as bytes is 44
+])
+def test_postprocessing_that_gives_no_labels_is_refused_not_read_as_nothing_found(tmp_path, last_step, shown):
+    def edit(config: dict[str, Any]) -> None:
+        steps = config["postprocessing"]["transforms"]
+        discretize = steps.pop()
+        if last_step is not None:
+            steps += [discretize, last_step]
+        else:  # a constant half, so that the value shown is known
+            steps.append({"_target_": "Lambdad", "keys": "pred", "func": "$lambda p: p * 0 + 0.5"})
+
+    segmenter = Segmenter(_bundle_with(tmp_path, edit), torch.device("cpu"))
+    volume = make_phantom(331, Geometry(64, 24, 1.0, 2.0, 1.0, -1024.0, False), lesion_count=1).volume
+    with pytest.raises(InvalidBundle, match=f"postprocessing gave {shown} as a label"):
+        segmenter.segment(volume)
+    with pytest.raises(InvalidBundle, match="whole numbers from 0 to 255"):
+        segmenter.segment_many([volume])
 
 
 def test_a_window_given_by_reference_and_expression_is_the_windows_value(tmp_path):
