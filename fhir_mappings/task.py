@@ -42,7 +42,7 @@ class InferenceRequest:
     status: str
     imaging_study_id: str
     device_id: str | None  # None: the active model that accepts the series
-    series_uid: str | None  # None: every series the model accepts
+    series_uid: str | None  # None: the series the model accepts with the most slices
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,10 @@ Slices are ordered by where they lie, never by InstanceNumber: each
 position is projected on the slice normal (the cross product of the two
 direction cosines), and the spacing is taken from those positions, not from
 SliceThickness. A series that would not make a regular grid (duplicate or
-missing slices, mixed orientations, gantry tilt) is refused with a
-VolumeError whose message is the failed job's reason, so it says what is
-wrong with the images.
+missing slices, mixed orientations, gantry tilt), or whose values or
+places cannot be read (a Modality LUT table, a zero rescale slope, no frame
+of reference), is refused with a VolumeError whose message is the failed
+job's reason, so it says what is wrong with the images.
 """
 
 from collections.abc import Sequence
@@ -70,6 +71,13 @@ def volume_from_datasets(
         raise VolumeError("The series has a single image; a volume needs at least two slices.")
     if len({plane.multi_frame for plane in planes}) > 1:
         raise VolumeError("The series mixes multi-frame and single-frame images; they cannot be stacked into one volume.")
+    if planes[0].multi_frame and len(datasets) > 1:
+        # A SEG of multi-frame sources references the frames of one image only (highdicom
+        # places its frames by that image's plane positions): the job would fail after the network ran.
+        raise VolumeError(
+            f"The series spreads its frames over {len(datasets)} multi-frame images; "
+            "only a series of one multi-frame image (or of single-frame images) can be segmented."
+        )
 
     row_direction, column_direction = _shared_orientation(planes)
     pixel_spacing = _shared_pixel_spacing(planes)
@@ -108,6 +116,13 @@ def _shared_matrix(datasets: Sequence[Dataset]) -> tuple[int, int]:
 
 def _shared_frame_of_reference(datasets: Sequence[Dataset]) -> str:
     uids = {str(dataset.get("FrameOfReferenceUID", "")) for dataset in datasets}
+    if "" in uids:
+        # Positions mean nothing outside a frame of reference (PS3.3 C.7.4.1, Type 1), and the SEG needs one.
+        unplaced = next(dataset for dataset in datasets if not dataset.get("FrameOfReferenceUID"))
+        raise VolumeError(
+            f"No FrameOfReferenceUID in {_instance_name(_uid(unplaced))}, so its ImagePositionPatient "
+            "is in no known space."
+        )
     if len(uids) > 1:
         raise VolumeError(
             "The images of the series belong to different frames of reference, so their positions cannot be compared."
@@ -125,6 +140,12 @@ def _planes(source: int, dataset: Dataset) -> list[_Plane]:
             "but no per-frame positions (Per-frame Functional Groups)."
         )
     where = _instance_name(_uid(dataset))
+    if "ModalityLUTSequence" in dataset:
+        # Its table's values are unsigned (PS3.3 C.11.1.1), so no HU below zero; rescale is what CT uses.
+        raise VolumeError(
+            f"The modality values of {where} come from a Modality LUT Sequence, not RescaleSlope and "
+            "RescaleIntercept; this server does not read such tables."
+        )
     return [
         _Plane(
             source=source,
@@ -134,7 +155,7 @@ def _planes(source: int, dataset: Dataset) -> list[_Plane]:
             position=_numbers(dataset, "ImagePositionPatient", 3, where),
             orientation=_numbers(dataset, "ImageOrientationPatient", 6, where),
             pixel_spacing=_spacing_pair(_numbers(dataset, "PixelSpacing", 2, where)),
-            slope=_optional_number(dataset, "RescaleSlope", 1.0, where),
+            slope=_slope(dataset, where),
             intercept=_optional_number(dataset, "RescaleIntercept", 0.0, where),
         )
     ]
@@ -163,7 +184,7 @@ def _enhanced_plane(source: int, dataset: Dataset, frame_index: int) -> _Plane:
         position=_numbers(macro("PlanePositionSequence"), "ImagePositionPatient", 3, where),
         orientation=_numbers(macro("PlaneOrientationSequence"), "ImageOrientationPatient", 6, where),
         pixel_spacing=_spacing_pair(_numbers(macro("PixelMeasuresSequence"), "PixelSpacing", 2, where)),
-        slope=_optional_number(transformation, "RescaleSlope", 1.0, where),
+        slope=_slope(transformation, where),
         intercept=_optional_number(transformation, "RescaleIntercept", 0.0, where),
     )
 
@@ -186,6 +207,14 @@ def _numbers(item: Dataset, keyword: str, count: int, where: str) -> np.ndarray:
     if values.shape != (count,) or not np.all(np.isfinite(values)):
         raise VolumeError(f"The {keyword} of {where} is malformed: expected {count} numbers.")
     return values
+
+
+def _slope(item: Dataset, where: str) -> float:
+    """A slope of 0 would turn every stored value into the intercept: an image of nothing, read as such."""
+    slope = _optional_number(item, "RescaleSlope", 1.0, where)
+    if slope == 0:
+        raise VolumeError(f"The RescaleSlope of {where} is 0, so its stored values cannot be read as modality values.")
+    return slope
 
 
 def _optional_number(item: Dataset, keyword: str, default: float, where: str) -> float:

@@ -21,6 +21,7 @@ class Window:
     roi_size: tuple[int, int, int]
     overlap: float
     mode: str  # "gaussian" or "constant"
+    sigma_scale: float = 0.125  # of a gaussian, per patch size; MONAI's default
 
     def __post_init__(self) -> None:
         if len(self.roi_size) != 3 or min(self.roi_size) < 1 or not 0 <= self.overlap < 1:
@@ -45,7 +46,9 @@ def sliding_window_many(
     each, on `device`, as float32."""
     paddings = [_padding(image, window.roi_size) for image in images]
     padded = [_pad(image, padding) for image, padding in zip(images, paddings)]
-    importance = compute_importance_map(window.roi_size, mode=window.mode, device=device)
+    importance = compute_importance_map(
+        window.roi_size, mode=window.mode, sigma_scale=window.sigma_scale, device=device
+    )
     patches = [
         (index, (slice(None), *slices))
         for index, image in enumerate(padded)

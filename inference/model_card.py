@@ -81,6 +81,9 @@ class Measurement:
             )
 
 
+_MAX_LABEL = 255
+
+
 @dataclass(frozen=True)
 class Segment:
     """One label value of the network's segmentation output."""
@@ -94,6 +97,9 @@ class Segment:
     def __post_init__(self) -> None:
         if self.label < 1:
             raise InvalidBundle(f"segment {self.name!r}: label 0 is the background; labels start at 1")
+        if self.label > _MAX_LABEL:
+            # The network's labels are read as bytes (and the SEG's label map is one): 256 would be read as 0.
+            raise InvalidBundle(f"segment {self.name!r}: labels go up to {_MAX_LABEL}, not {self.label}")
         if self.min_component_ml < 0:
             raise InvalidBundle(f"segment {self.name!r}: min_component_ml cannot be negative")
         kinds = [measurement.kind for measurement in self.measurements]

@@ -311,8 +311,9 @@ def _share_plane(sources: Sequence[Dataset], volume: Volume) -> None:
             source.ImageOrientationPatient = first.ImageOrientationPatient
     if first.get("SliceThickness") in (None, ""):
         first.SliceThickness = f"{volume.spacing[0]:.6g}"
-    if first.get("SpacingBetweenSlices") in (None, ""):
-        first.SpacingBetweenSlices = f"{volume.spacing[0]:.6g}"
+    # As the positions have it, whatever the source says: scanners write it negative (which
+    # makes the SEG invalid) or left over from a protocol with other gaps.
+    first.SpacingBetweenSlices = f"{volume.spacing[0]:.6g}"
 
 
 # FHIR code systems as DICOM coding scheme designators (PS3.16 Table 8-1).

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple_rep
 
 from inference.batched import Window, sliding_window_many
 from inference.bundle import Bundle
@@ -48,7 +50,7 @@ class Segmenter:
         except Exception as error:  # MONAI raises plain exceptions of many kinds for a bad config
             raise InvalidBundle(f"{bundle.path}: configs/inference.json cannot be instantiated: {error}") from error
         self.network = _load_weights(bundle, network).to(self.device).eval()
-        self.window = _window(config["inferer"])
+        self.window = _window(self.inferer)
         self.batch_patches = batch_patches or (32 if self.device.type == "cuda" else 4)
 
     @contextmanager
@@ -66,7 +68,7 @@ class Segmenter:
         timings = timings or Timings()
         with torch.inference_mode():
             with self._stage(timings, "preprocessing"):
-                data = self.preprocessing({"image": _image(volume).to(self.device)})
+                data = self.preprocessing({"image": monai_image(volume).to(self.device)})
             with self._stage(timings, "network"):
                 batch = data["image"][None].to(self.device)
                 with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
@@ -86,7 +88,7 @@ class Segmenter:
         with torch.inference_mode():
             with self._stage(timings, "preprocessing"):
                 # On a GPU the resampling runs there too (MONAI's advice: transforms on the GPU early).
-                prepared = [self.preprocessing({"image": _image(volume).to(self.device)}) for volume in volumes]
+                prepared = [self.preprocessing({"image": monai_image(volume).to(self.device)}) for volume in volumes]
             with self._stage(timings, "network"):
                 predictions = self._network_over([data["image"].as_tensor() for data in prepared])
             labels = []
@@ -117,8 +119,18 @@ class Segmenter:
                     raise
 
     def _labels(self, data: dict, volume: Volume) -> np.ndarray:
+        prediction = data["pred"][0]
         # To bytes where the labels are: a quarter of the copy off a GPU.
-        labels = data["pred"][0].to(torch.uint8).cpu().numpy()
+        as_bytes = prediction.to(torch.uint8)
+        # Probabilities (a postprocessing without AsDiscrete) would be 0 as bytes, nothing
+        # found, and a label beyond 255 another label: what changed in the cast is no label.
+        changed = as_bytes != prediction if prediction.dtype != torch.uint8 else None
+        if changed is not None and bool(changed.any()):
+            raise InvalidBundle(
+                f"{self.bundle.card.key}: postprocessing gave {float(prediction[changed][0]):g} as a label; "
+                "labels are whole numbers from 0 to 255 (discretize the network's output)"
+            )
+        labels = as_bytes.cpu().numpy()
         if labels.shape != volume.voxels.shape:
             raise InvalidBundle(
                 f"{self.bundle.card.key}: postprocessing gave labels of shape {labels.shape} "
@@ -127,15 +139,45 @@ class Segmenter:
         return labels
 
 
-def _image(volume: Volume) -> MetaTensor:
-    return MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.voxels)[None]), affine=torch.from_numpy(volume.affine))
+# DICOM's patient axes (LPS) as MONAI's (RAS): the first two run the other way.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def monai_image(volume: Volume) -> MetaTensor:
+    """The volume (one channel) placed as MONAI's own readers place a DICOM
+    series (`affine_lps_to_ras`), which is what bundles are trained on: a
+    MetaTensor's affine without a space is read as RAS, so an LPS one made
+    a bundle's `Orientationd` turn the image left for right and front for back."""
+    return MetaTensor(
+        torch.from_numpy(np.ascontiguousarray(volume.voxels)[None]),
+        affine=torch.from_numpy(_LPS_TO_RAS @ volume.affine),
+        meta={MetaKeys.SPACE: SpaceKeys.RAS},
+    )
 
 
 def _window(inferer: Any) -> Window | None:
-    """The bundle's sliding window, when its inferer is one (read from the config, not the object)."""
-    if not isinstance(inferer, dict) or not str(inferer.get("_target_", "")).endswith("SlidingWindowInferer"):
+    """The bundle's sliding window, read from the inferer as its config made
+    it (references and expressions resolved, MONAI's defaults filled in),
+    when it is MONAI's own and asks only for what `sliding_window_many`
+    does the same way; otherwise None: each volume then goes through the
+    bundle's inferer, as it would in MONAI."""
+    if type(inferer) is not SlidingWindowInferer:
         return None
-    return Window(tuple(inferer["roi_size"]), float(inferer.get("overlap", 0.25)), str(inferer.get("mode", "constant")))
+    try:
+        roi_size, overlap, sigma_scale = (
+            ensure_tuple_rep(value, 3) for value in (inferer.roi_size, inferer.overlap, inferer.sigma_scale)
+        )
+    except ValueError:  # another number of dimensions than a volume's three
+        return None
+    if (
+        min(roi_size) < 1  # a size below 1 means "the whole image along that axis"
+        or len(set(overlap)) != 1 or len(set(sigma_scale)) != 1
+        or str(inferer.padding_mode) != "constant" or inferer.cval != 0
+        or inferer.buffer_steps is not None or inferer.with_coord
+    ):
+        return None
+    roi = (int(roi_size[0]), int(roi_size[1]), int(roi_size[2]))
+    return Window(roi, float(overlap[0]), str(inferer.mode), float(sigma_scale[0]))
 
 
 def _load_weights(bundle: Bundle, network: torch.nn.Module) -> torch.nn.Module:

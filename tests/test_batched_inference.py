@@ -3,19 +3,29 @@ running each study alone gives, whatever their sizes, and a batch of jobs
 completes each job with its own results."""
 
 import gc
+import json
 import operator
 import os
+import shutil
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import LoadImage, Orientation
 
+from inference.assembly import volume_from_datasets
+from inference.batched import Window, sliding_window_many
 from inference.bundle import Bundle
-from inference.demo.phantom import Geometry, make_phantom
+from inference.demo.phantom import Geometry, make_phantom, phantom_datasets
+from inference.errors import InvalidBundle
 from inference.seg import _RememberedIodAnswers
-from inference.segmenter import Segmenter
+from inference.segmenter import Segmenter, monai_image
+from inference.volume import Volume
 from server.jobs.offload import OffloadPool, default_processes
 from server.jobs.service import DEMO_BUNDLE
 from tests.inference_checks import phantom, series_bytes, stow, study_uid
@@ -39,6 +49,103 @@ def test_batched_labels_equal_one_at_a_time(segmenter):
         assert batched.shape == volume.voxels.shape
         assert np.mean(one == batched) > 0.9999
         assert one.any()
+
+
+def _bundle_with(tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Bundle:
+    """The demo bundle with its configs/inference.json edited."""
+    copied = shutil.copytree(DEMO_BUNDLE, tmp_path / "bundle")
+    config_path = copied / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    edit(config)
+    config_path.write_text(json.dumps(config))
+    return Bundle.open(copied)
+
+
+def _bundle_with_inferer(tmp_path: Path, **changes: object) -> Bundle:
+    """The demo bundle with its inferer's config changed (a key set to None is removed)."""
+    def edit(config: dict[str, Any]) -> None:
+        config["patch"] = [64, 64, 64]
+        for key, value in changes.items():
+            if value is None:
+                config["inferer"].pop(key, None)
+            else:
+                config["inferer"][key] = value
+
+    return _bundle_with(tmp_path, edit)
+
+
+@pytest.mark.parametrize(("last_step", "shown"), [
+    (None, "0.5"),  # probabilities, never discretized: as bytes, all 0, nothing found
+    ({"_target_": "Lambdad", "keys": "pred", "func": "$lambda labels: labels * 300"}, "300"),  # 300 as bytes is 44
+])
+def test_postprocessing_that_gives_no_labels_is_refused_not_read_as_nothing_found(tmp_path, last_step, shown):
+    def edit(config: dict[str, Any]) -> None:
+        steps = config["postprocessing"]["transforms"]
+        discretize = steps.pop()
+        if last_step is not None:
+            steps += [discretize, last_step]
+        else:  # a constant half, so that the value shown is known
+            steps.append({"_target_": "Lambdad", "keys": "pred", "func": "$lambda p: p * 0 + 0.5"})
+
+    segmenter = Segmenter(_bundle_with(tmp_path, edit), torch.device("cpu"))
+    volume = make_phantom(331, Geometry(64, 24, 1.0, 2.0, 1.0, -1024.0, False), lesion_count=1).volume
+    with pytest.raises(InvalidBundle, match=f"postprocessing gave {shown} as a label"):
+        segmenter.segment(volume)
+    with pytest.raises(InvalidBundle, match="whole numbers from 0 to 255"):
+        segmenter.segment_many([volume])
+
+
+def test_a_window_given_by_reference_and_expression_is_the_windows_value(tmp_path):
+    # Model-zoo bundles name their patch size once and refer to it.
+    bundle = _bundle_with_inferer(tmp_path, roi_size="@patch", overlap="$0.5 / 2", sigma_scale=0.25)
+    assert Segmenter(bundle, torch.device("cpu")).window == Window((64, 64, 64), 0.25, "gaussian", 0.25)
+    one_size = _bundle_with_inferer(tmp_path / "int", roi_size=64, mode=None)  # one size for every axis; default mode
+    assert Segmenter(one_size, torch.device("cpu")).window == Window((64, 64, 64), 0.25, "constant")
+
+
+@pytest.mark.parametrize("changes", [{"padding_mode": "replicate"}, {"cval": 1.0}, {"roi_size": [64, 64, -1]},
+                                     {"_target_": "SlidingWindowInfererAdapt"}])
+def test_a_window_the_batched_run_would_not_reproduce_runs_volume_by_volume(tmp_path, changes):
+    assert Segmenter(_bundle_with_inferer(tmp_path, **changes), torch.device("cpu")).window is None
+
+
+def test_a_volume_reaches_the_bundle_placed_as_monais_dicom_reader_places_it(tmp_path):
+    study = make_phantom(321, Geometry(32, 6, 0.8, 2.0, 1.0, -1024.0, True), lesion_count=0)
+    datasets = phantom_datasets(study)
+    for index, dataset in enumerate(datasets):
+        dataset.save_as(tmp_path / f"{index}.dcm", enforce_file_format=True)
+    monais = LoadImage(reader="PydicomReader", image_only=True)(str(tmp_path))  # (column, row, slice)
+    ours = monai_image(volume_from_datasets(datasets))  # (channel, slice, row, column)
+
+    assert ours.meta["space"] == monais.meta["space"] == "RAS"
+    indices = np.array([[0, 0, 0], [5, 31, 0], [2, 7, 19], [5, 31, 31]])  # (slice, row, column)
+    at_ours = np.c_[indices, np.ones(4)] @ ours.affine.numpy().T
+    at_monais = np.c_[indices[:, ::-1], np.ones(4)] @ monais.affine.numpy().T
+    np.testing.assert_allclose(at_ours, at_monais, atol=1e-4)
+
+
+def test_a_bundle_that_orients_its_input_sees_the_patients_left_where_monai_puts_it():
+    pytest.importorskip("nibabel")  # MONAI's orientation transforms need it
+    affine = np.eye(4)
+    affine[:3, :3] = [[0, 0, 1], [0, 1, 0], [2, 0, 0]]  # slices go up (S), rows back (P), columns left (L)
+    voxels = np.zeros((4, 8, 10), np.float32)
+    voxels[:, :, -1] = 1  # the last column: the patient's left side
+    oriented = Orientation(axcodes="RAS")(monai_image(Volume(voxels, affine)))
+    # RAS: the first axis runs from the patient's left to the right, so the left side comes first.
+    assert oriented.shape == (1, 10, 8, 4)
+    assert oriented[0, 0].all() and not oriented[0, 1:].any()
+
+
+def test_batched_blending_weighs_patches_as_monais_inferer_does():
+    torch.manual_seed(0)
+    network = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    image = torch.rand(1, 40, 50, 30)
+    inferer = SlidingWindowInferer((32, 32, 32), overlap=0.5, mode="gaussian", sigma_scale=0.4)
+    with torch.inference_mode():
+        expected = inferer(image[None], network)[0]
+        window = Window((32, 32, 32), 0.5, "gaussian", 0.4)
+        [batched] = sliding_window_many([image], network, window, 3, torch.device("cpu"))
+    torch.testing.assert_close(batched, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("job_processes", [0, 2], ids=["threads", "processes"])

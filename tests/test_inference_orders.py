@@ -135,6 +135,10 @@ def test_task_for_must_be_the_studys_patient(queued, fhir):
     wrong = fhir.post("/fhir/Task", json=_order(uid, **{"for": {"reference": "Patient/someone-else"}}))
     assert wrong.status_code == 422
     assert "Task.for" in _diagnostics(wrong)
+    # A patient named by identifier alone (another's MRN, maybe) cannot be checked: refused, not replaced.
+    by_identifier = fhir.post("/fhir/Task", json=_order(uid, **{"for": {"identifier": {"value": "MRN-1"}}}))
+    assert by_identifier.status_code == 422
+    assert "as a reference" in _diagnostics(by_identifier)
     patient = fhir.get(f"/fhir/ImagingStudy/{uid}").json()["subject"]
     assert fhir.post("/fhir/Task", json=_order(uid, **{"for": patient})).status_code == 201
 

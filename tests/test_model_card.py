@@ -79,6 +79,14 @@ def test_an_optional_field_given_as_null_is_absent(path: tuple[Any, ...]) -> Non
     assert ModelCard.from_metadata(_with(path, None)) == ModelCard.from_metadata(absent)
 
 
+@pytest.mark.parametrize("label", [256, 257])
+def test_a_label_beyond_a_byte_is_refused(label: int) -> None:
+    # The network's labels are read as bytes: 257 would have been counted as label 1.
+    with pytest.raises(InvalidBundle, match=f"labels go up to 255, not {label}"):
+        ModelCard.from_metadata(_with(("medaiflow", "segments", 0, "label"), label))
+    assert ModelCard.from_metadata(_with(("medaiflow", "segments", 0, "label"), 255)).segments[0].label == 255
+
+
 def test_a_missing_field_is_named() -> None:
     metadata = demo_metadata()
     del metadata["medaiflow"]["series"]["sop_class_uids"]

@@ -156,7 +156,8 @@ def test_a_seg_the_server_writes_is_described_as_its_file_would_be(tmp_path, cas
 
 
 @pytest.mark.parametrize("case", ["no slice thickness", "empty slice thickness", "orientations within tolerance",
-                                  "ISO 2022 with an empty first value"])
+                                  "ISO 2022 with an empty first value", "negative spacing between slices",
+                                  "stale spacing between slices"])
 def test_a_seg_is_written_for_sources_as_scanners_send_them(tmp_path, case):
     study = make_phantom(87, SMALL, lesion_count=1, radius_mm=(7.0, 10.0))
     sources = phantom_datasets(study)
@@ -170,12 +171,18 @@ def test_a_seg_is_written_for_sources_as_scanners_send_them(tmp_path, case):
         elif case == "ISO 2022 with an empty first value":
             source.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
             source.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+        elif case == "negative spacing between slices":
+            source.SpacingBetweenSlices = f"{-study.geometry.slice_spacing_mm:g}"
+        elif case == "stale spacing between slices":
+            source.SpacingBetweenSlices = "5"
     volume = volume_from_datasets(sources)
     seg = segmentation(source_images(sources), volume, _labels_on(volume, study), CARD, SegIdentity.for_job(case))
     assert _problems(seg, tmp_path / "seg.dcm") == []
     assert str(pydicom.dcmread(tmp_path / "seg.dcm").PatientName) == str(sources[0].PatientName)
-    thickness = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness
-    assert float(thickness) == pytest.approx(volume.spacing[0] if "thickness" in case else sources[0].SliceThickness)
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    expected_thickness = volume.spacing[0] if "thickness" in case else sources[0].SliceThickness
+    assert float(measures.SliceThickness) == pytest.approx(expected_thickness)
+    assert float(measures.SpacingBetweenSlices) == pytest.approx(volume.spacing[0])
 
 
 def test_each_segment_recommends_a_display_colour():

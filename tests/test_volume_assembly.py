@@ -203,6 +203,40 @@ def mix_in_a_multi_frame_image(datasets: list[Dataset]) -> list[Dataset]:
     return [*datasets[:20], enhanced_ct(datasets[20:])]
 
 
+def split_into_two_multi_frame_images(datasets: list[Dataset]) -> list[Dataset]:
+    second = enhanced_ct(datasets[20:])
+    second.SeriesInstanceUID = datasets[0].SeriesInstanceUID
+    return [enhanced_ct(datasets[:20]), second]
+
+
+def drop_the_frame_of_reference(datasets: list[Dataset]) -> list[Dataset]:
+    for dataset in datasets:
+        del dataset.FrameOfReferenceUID
+    return datasets
+
+
+def map_values_by_a_modality_lut(datasets: list[Dataset]) -> list[Dataset]:
+    table = Dataset()
+    table.LUTDescriptor = [4096, 0, 16]
+    table.ModalityLUTType = "HU"
+    table.LUTData = list(range(4096))
+    for dataset in datasets:
+        del dataset.RescaleSlope, dataset.RescaleIntercept
+        dataset.ModalityLUTSequence = [table]
+    return datasets
+
+
+def zero_one_slope(datasets: list[Dataset]) -> list[Dataset]:
+    datasets[4].RescaleSlope = "0"
+    return datasets
+
+
+def zero_a_frames_slope(datasets: list[Dataset]) -> list[Dataset]:
+    multi_frame = enhanced_ct(datasets, rescale_per_frame=True)
+    multi_frame.PerFrameFunctionalGroupsSequence[4].PixelValueTransformationSequence[0].RescaleSlope = "0"
+    return [multi_frame]
+
+
 REFUSALS: list[tuple[Callable[[list[Dataset]], list[Dataset]], str, int | None]] = [
     (drop_a_middle_slice, "a slice may be missing", None),
     (add_a_duplicate, "at the same position", None),
@@ -216,6 +250,11 @@ REFUSALS: list[tuple[Callable[[list[Dataset]], list[Dataset]], str, int | None]]
     (change_one_pixel_spacing, "mixes pixel spacings", 8),
     (split_frames_of_reference, "different frames of reference", None),
     (mix_in_a_multi_frame_image, "mixes multi-frame and single-frame", None),
+    (split_into_two_multi_frame_images, "spreads its frames over 2 multi-frame images", None),
+    (drop_the_frame_of_reference, "No FrameOfReferenceUID in", 0),
+    (map_values_by_a_modality_lut, "Modality LUT Sequence", 0),
+    (zero_one_slope, "The RescaleSlope of", 4),
+    (zero_a_frames_slope, "RescaleSlope of frame 5 of", None),
 ]
 
 

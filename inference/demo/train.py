@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 from monai.losses import DiceCELoss
 from monai.transforms import (
     Compose,
@@ -28,7 +27,7 @@ from monai.utils import set_determinism
 
 from inference.bundle import Bundle
 from inference.demo.phantom import make_phantom
-from inference.segmenter import Segmenter
+from inference.segmenter import Segmenter, monai_image
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "bundle"
 PATCH = (64, 64, 64)
@@ -86,9 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _training_sample(seed: int, preprocessing: object, working_spacing: list[float]) -> dict:
     phantom = make_phantom(seed, lesion_count=int(np.random.default_rng(seed).integers(2, 7)))
-    affine = torch.from_numpy(phantom.volume.affine)
-    image = MetaTensor(torch.from_numpy(phantom.volume.voxels[None]), affine=affine)
-    label = MetaTensor(torch.from_numpy(phantom.label[None].astype(np.float32)), affine=affine)
+    image = monai_image(phantom.volume)
+    label = monai_image(phantom.volume.with_voxels(phantom.label.astype(np.float32)))
     sample = preprocessing({"image": image})  # type: ignore[operator]
     sample["label"] = Spacingd(keys="label", pixdim=working_spacing, mode="nearest")({"label": label})["label"]
     return {"image": sample["image"].as_tensor().float(), "label": sample["label"].as_tensor()}

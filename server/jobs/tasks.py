@@ -150,7 +150,14 @@ def _require_same_order(request: InferenceRequest, job: Job) -> None:
 
 def _require_subject(task: dict[str, Any], patient_id: str | None, study_uid: str) -> None:
     """Task.for is the study's patient, set by the server; a client may repeat it, not change it."""
-    sent = (task.get("for") or {}).get("reference")
+    subject = task.get("for")
+    if subject is not None and "reference" not in subject:
+        # An identifier (an MRN, say) the server cannot compare with the study's patient: an
+        # order for one patient on another's study would be taken, its `for` replaced.
+        raise InvalidResource(
+            f"Task.for: give the patient of ImagingStudy/{study_uid} as a reference (Patient/<id>), or leave it out"
+        )
+    sent = (subject or {}).get("reference")
     if sent is not None and sent != f"Patient/{patient_id}":
         expected = f"Patient/{patient_id}" if patient_id else "left out (the study names no patient)"
         raise InvalidResource(f"Task.for: ImagingStudy/{study_uid} is of {expected}, not {sent}")
