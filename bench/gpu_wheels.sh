@@ -13,7 +13,7 @@ python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --im
   alembic==1.20.1 amqp==5.4.2 annotated-types==0.8.0 argon2-cffi==25.1.0 argon2-cffi-bindings==26.2.0  \
   billiard==4.3.2 celery==5.7.0 cffi==2.1.1 cryptography==50.0.2 pycparser==3.12 pyjwt==2.15.1 rfc8785==0.1.4  \
   click-didyoumean==0.3.1 click-plugins==1.1.1.2 click-repl==0.4.1 fastapi==0.165.0 fhir-core==1.1.12  \
-  fhir-resources==8.3.0 highdicom==0.28.2 kombu==5.7.0 mako==1.4.3 monai==1.6.1  \
+  fhir-resources==8.3.0 highdicom==0.28.2 kombu==5.7.0 mako==1.4.3 monai==1.6.1 nibabel==5.4.2  \
   opentelemetry-api==1.45.2 orjson==3.13.0 prompt-toolkit==3.0.53 psycopg2-binary==2.9.13  \
   pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 pydicom==3.0.2 pyjpegls==1.5.1  \
   pylibjpeg==2.1.0 pylibjpeg-libjpeg==2.4.0 pylibjpeg-openjpeg==2.6.0 python-dotenv==1.2.4  \
