@@ -1,0 +1,208 @@
+"""SMART App Launch, standalone (authorization code with PKCE, RFC 6749 4.1
+and RFC 7636), kept in the database so that every server process knows
+what another one issued.
+
+Three secrets, each random (256 bits) and kept as its SHA-256 only: the key
+of an authorization asked for and waiting for its login (10 minutes), the
+code given to the app once the user logged in (60 seconds, used once), and
+refresh tokens (used once each, then replaced: a family of tokens that
+starts with its code). A code or a refresh token sent a second time means
+that someone else holds it too: the family is revoked. Access tokens are
+stateless JWTs: those already issued stay valid until they expire (minutes),
+nothing here can recall them.
+"""
+
+import base64
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, delete, insert, select, update
+
+from server.auth.identities import Identities
+from server.auth.scopes import Grant
+from server.db import write_connection
+from server.tables import authorization_codes, authorization_requests, refresh_tokens
+
+# A PKCE verifier (RFC 7636 4.1), and so a challenge: S256's is 43 of these characters.
+PKCE_TEXT = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+REQUEST_SECONDS = 600
+CODE_SECONDS = 60
+# SMART: offline_access lasts beyond the user's session; this server has no
+# session to tie online_access to, so it lasts a working day.
+REFRESH_SECONDS = {"offline_access": 30 * 86400, "online_access": 12 * 3600}
+_USED_CODES_KEPT_SECONDS = 86400  # a code sent again within a day still revokes its family
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An authorization asked for, waiting for the user's login."""
+
+    client_id: str
+    redirect_uri: str
+    scope: str  # as asked
+    state: str | None
+    code_challenge: str
+
+
+@dataclass(frozen=True)
+class Granted:
+    """What a code or a refresh token stands for."""
+
+    family: str
+    client_id: str
+    user_name: str
+    scope: str  # resource scopes granted, and offline_access or online_access if a refresh token goes with them
+
+
+class Refused(Exception):
+    """A code or refresh token that gives nothing (invalid_grant); the message says why, for the log and the app."""
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def pkce_challenge(verifier: str) -> str:
+    """S256 (RFC 7636 4.2): BASE64URL(SHA256(verifier)), unpadded."""
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
+
+
+def refresh_kind(scope: str) -> str | None:
+    """offline_access or online_access, when the scope asks for a refresh token."""
+    words = scope.split()
+    return next((kind for kind in REFRESH_SECONDS if kind in words), None)
+
+
+class Launches:
+    def __init__(self, engine: Engine, identities: Identities) -> None:
+        self.engine = engine
+        self.identities = identities
+
+    def ask(self, pending: Pending) -> str:
+        """The key of a new pending authorization (for its login form)."""
+        key = secrets.token_urlsafe(32)
+        now = int(time.time())
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            connection.execute(delete(authorization_requests).where(authorization_requests.c.expires_at < now))
+            connection.execute(insert(authorization_requests).values(
+                key_hash=_digest(key), client_id=pending.client_id, redirect_uri=pending.redirect_uri,
+                scope=pending.scope, state=pending.state, code_challenge=pending.code_challenge,
+                expires_at=now + REQUEST_SECONDS,
+            ))
+        return key
+
+    def pending(self, key: str) -> Pending | None:
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            row = connection.execute(select(authorization_requests).where(
+                authorization_requests.c.key_hash == _digest(key),
+                authorization_requests.c.expires_at >= int(time.time()),
+            )).first()
+        if row is None:
+            return None
+        return Pending(row.client_id, row.redirect_uri, row.scope, row.state, row.code_challenge)
+
+    def end(self, key: str) -> None:
+        """The pending authorization `key` ends without a code (denied, nothing to grant)."""
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            connection.execute(delete(authorization_requests).where(authorization_requests.c.key_hash == _digest(key)))
+
+    def code(self, key: str, user_name: str, scope: str) -> tuple[str, Pending] | None:
+        """A code for the user who logged in to the pending authorization
+        `key`, which ends; None when it ended already (used, expired)."""
+        code = secrets.token_urlsafe(32)
+        now = int(time.time())
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            row = connection.execute(delete(authorization_requests).where(
+                authorization_requests.c.key_hash == _digest(key), authorization_requests.c.expires_at >= now,
+            ).returning(*authorization_requests.c)).first()
+            if row is None:
+                return None
+            connection.execute(delete(authorization_codes).where(
+                authorization_codes.c.expires_at < now - _USED_CODES_KEPT_SECONDS))
+            connection.execute(insert(authorization_codes).values(
+                code_hash=_digest(code), client_id=row.client_id, redirect_uri=row.redirect_uri,
+                code_challenge=row.code_challenge, user_name=user_name, scope=scope, expires_at=now + CODE_SECONDS,
+                used=False,
+            ))
+        return code, Pending(row.client_id, row.redirect_uri, row.scope, row.state, row.code_challenge)
+
+    def redeem(self, code: str, client_id: str, redirect_uri: str, verifier: str) -> Granted:
+        """What the code grants, once: a code sent again revokes the refresh
+        tokens issued from it. Raises Refused."""
+        family = _digest(code)
+        now = int(time.time())
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            row = connection.execute(select(authorization_codes).where(authorization_codes.c.code_hash == family)).first()
+            if row is None:
+                raise Refused("the code is unknown or expired")
+            # Used now, whatever else is wrong: a code is tried once (a stolen one must not be worked on).
+            taken = connection.execute(update(authorization_codes).where(
+                authorization_codes.c.code_hash == family, authorization_codes.c.used == False  # noqa: E712
+            ).values(used=True)).rowcount
+            if not taken:
+                connection.execute(delete(refresh_tokens).where(refresh_tokens.c.family == family))
+        if not taken:
+            raise Refused("the code was used already: the refresh tokens issued from it are revoked")
+        if row.expires_at < now:
+            raise Refused("the code has expired")
+        if row.client_id != client_id:
+            raise Refused("the code was issued to another client")
+        if row.redirect_uri != redirect_uri:
+            raise Refused("redirect_uri is not the one the code was asked with")
+        if not secrets.compare_digest(pkce_challenge(verifier), row.code_challenge):
+            raise Refused("code_verifier does not match the code_challenge")
+        return Granted(family, row.client_id, row.user_name, row.scope)
+
+    def refresh_token(self, granted: Granted) -> str:
+        """A new refresh token of `granted`'s family; the family lasts as
+        long as its first token (rotation does not lengthen it)."""
+        token = secrets.token_urlsafe(32)
+        kind = refresh_kind(granted.scope)
+        assert kind is not None
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            first = connection.execute(select(refresh_tokens.c.expires_at).where(
+                refresh_tokens.c.family == granted.family).limit(1)).scalar()
+            now = int(time.time())
+            connection.execute(delete(refresh_tokens).where(refresh_tokens.c.expires_at < now))
+            connection.execute(insert(refresh_tokens).values(
+                token_hash=_digest(token), family=granted.family, client_id=granted.client_id,
+                user_name=granted.user_name, scope=granted.scope, expires_at=first or now + REFRESH_SECONDS[kind],
+                used=False,
+            ))
+        return token
+
+    def use_refresh_token(self, token: str, client_id: str) -> Granted:
+        """What the refresh token grants, once; one sent again revokes its
+        family. Raises Refused."""
+        now = int(time.time())
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            row = connection.execute(select(refresh_tokens).where(refresh_tokens.c.token_hash == _digest(token))).first()
+            if row is None or row.expires_at < now:
+                raise Refused("the refresh token is unknown, revoked or expired")
+            if row.client_id != client_id:
+                raise Refused("the refresh token was issued to another client")
+            taken = connection.execute(update(refresh_tokens).where(
+                refresh_tokens.c.token_hash == row.token_hash, refresh_tokens.c.used == False  # noqa: E712
+            ).values(used=True)).rowcount
+            if not taken:
+                connection.execute(delete(refresh_tokens).where(refresh_tokens.c.family == row.family))
+        if not taken:
+            raise Refused("the refresh token was used already: its family is revoked")
+        return Granted(row.family, row.client_id, row.user_name, row.scope)
+
+
+def granted_scope(asked: str, client: Grant, user: Grant) -> str:
+    """What a user grants an app: the user/ scopes asked for, narrowed to the
+    client's registered ones and to the user's role; offline_access or
+    online_access kept when asked (and some resource scope is granted).
+    openid, fhirUser, launch and patient/ scopes are not offered: left out."""
+    asked_grant = Grant(tuple(scope for scope in Grant.parse(asked).scopes if scope.context == "user"))
+    client_user = Grant(tuple(scope for scope in client.scopes if scope.context == "user"))
+    resources = asked_grant.narrowed_to(client_user).narrowed_to(user)
+    if not resources.scopes:
+        return ""
+    kind = refresh_kind(asked)
+    return f"{resources} {kind}" if kind else str(resources)
