@@ -138,6 +138,7 @@ def test_a_code_is_for_its_redirect_uri_and_its_client(launch, services):
     {"redirect_uri": None},
     {"client_id": "nobody-1234"},
     {"client_id": None},
+    {"client_id": "a\x00b"},  # PostgreSQL's text holds no NUL: looking it up was a 500
 ])
 def test_what_comes_before_the_redirect_uri_is_trusted_is_shown_never_redirected(launch, changes):
     page = launch.authorize(**changes)
@@ -153,6 +154,7 @@ def test_what_comes_before_the_redirect_uri_is_trusted_is_shown_never_redirected
     ({"code_challenge": None}, "invalid_request"),
     ({"response_type": "token"}, "unsupported_response_type"),
     ({"scope": "system/*.rs patient/*.rs openid"}, "invalid_scope"),
+    ({"scope": "user/*.rs", "extra": "a\x00b"}, "invalid_request"),
 ])
 def test_what_is_wrong_after_is_sent_back_to_the_app_with_its_state(launch, changes, error):
     page = launch.authorize(**changes)
@@ -160,7 +162,17 @@ def test_what_is_wrong_after_is_sent_back_to_the_app_with_its_state(launch, chan
     location = page.headers["location"]
     assert location.startswith(REDIRECT + "?")
     query = parse_qs(urlsplit(location).query)
-    assert query["error"] == [error] and query["state"] == ["s-123"] and "code" not in query
+    assert query["error"] == [error] and "code" not in query
+    assert query.get("state") == (None if "extra" in changes else ["s-123"])  # a state with a NUL is not echoed
+
+
+@pytest.mark.parametrize("form", [
+    {"grant_type": "authorization_code", "client_id": "a\x00b", "code": "x"},
+    {"grant_type": "refresh_token", "client_id": "a\x00b", "refresh_token": "x"},
+])
+def test_a_client_id_with_a_nul_character_is_unknown_not_a_500(launch, form):
+    refused = httpx.post(f"{launch.base}/auth/token", data=form)
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
 
 
 def test_the_form_needs_its_key_in_the_form_and_in_the_cookie(launch):
