@@ -512,7 +512,7 @@ authorization_requests = Table(
     Column("key_hash", String(64), primary_key=True),
     Column("client_id", String(64), nullable=False),
     Column("redirect_uri", Text, nullable=False),
-    Column("scope", String(2048), nullable=False),
+    Column("scope", Text, nullable=False),
     Column("state", Text),
     Column("code_challenge", String(128), nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
@@ -528,7 +528,7 @@ authorization_codes = Table(
     Column("redirect_uri", Text, nullable=False),
     Column("code_challenge", String(128), nullable=False),
     Column("user_name", String(64), nullable=False),
-    Column("scope", String(2048), nullable=False),
+    Column("scope", Text, nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
     Column("used", Boolean, nullable=False),
 )
@@ -541,7 +541,7 @@ refresh_tokens = Table(
     Column("family", String(64), nullable=False, index=True),
     Column("client_id", String(64), nullable=False),
     Column("user_name", String(64), nullable=False),
-    Column("scope", String(2048), nullable=False),
+    Column("scope", Text, nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
     Column("used", Boolean, nullable=False),
 )

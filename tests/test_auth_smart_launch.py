@@ -256,7 +256,8 @@ def test_a_confidential_app_authenticates_and_a_public_one_has_no_client_credent
     for form in ({"client_id": launch.client_id}, {"client_id": launch.client_id, "client_secret": ""}):
         refused = httpx.post(f"{launch.base}/auth/token", data={"grant_type": "client_credentials", **form})
         assert refused.status_code == 401
-    basic = httpx.post(f"{launch.base}/auth/token", data={"grant_type": "client_credentials"}, auth=(launch.client_id, "x"))
+    basic = httpx.post(f"{launch.base}/auth/token", data={"grant_type": "client_credentials"},
+                       auth=(launch.client_id, "x"))
     assert basic.status_code == 401
 
 
@@ -293,3 +294,16 @@ def test_the_command_line_registers_apps(services, monkeypatch, capsys):
     assert client.redirect_uris == ("https://viewer.example/cb", "http://localhost:8080/cb")
     assert main(["clients", "add", "viewer", "--scopes", "user/*.rs", "--public"]) == 2  # no redirect URI
     assert main(["clients", "add", "viewer", "--scopes", "system/*.rs", "--redirect-uri", "https://v.example/cb"]) == 2
+
+
+def test_behind_a_proxy_prefix_the_form_and_its_cookie_name_the_path_the_browser_sees(launch):
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.example", "X-Forwarded-Prefix": "/medaiflow"}
+    page = launch.browser.get("/auth/authorize", headers=proxied, params={
+        "response_type": "code", "client_id": launch.client_id, "redirect_uri": REDIRECT, "scope": ASKED,
+        "state": "s-1", "aud": "https://pacs.example/medaiflow/fhir", "code_challenge": launch.challenge,
+        "code_challenge_method": "S256"})
+    assert page.status_code == 200, page.headers.get("location")
+    assert 'action="https://pacs.example/medaiflow/auth/authorize"' in page.text
+    cookie = page.headers["set-cookie"]
+    assert "Path=/medaiflow/auth/authorize" in cookie and "Secure" in cookie and "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie

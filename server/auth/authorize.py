@@ -15,14 +15,14 @@ another site can send neither). The page needs no script and loads nothing.
 
 import html
 import secrets
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from server.auth.identities import LaunchClient
-from server.auth.launch import PKCE_TEXT, Pending, granted_scope
+from server.auth.launch import PKCE_TEXT, REQUEST_SECONDS, Pending, granted_scope
 from server.auth.routes import login_wait, read_form
 from server.public_url import public_root
 from server.services import services
@@ -75,12 +75,13 @@ async def authorize(request: Request) -> Response:
     scope = query.get("scope", "")
     # The user's role narrows this further at login; nothing here can be granted to anyone, though.
     if not granted_scope(scope, client.grant, client.grant):
-        return _back(redirect_uri, state, "invalid_scope", "none of the user/ scopes asked for is registered for this app")
+        return _back(redirect_uri, state, "invalid_scope",
+                     "none of the user/ scopes asked for is registered for this app")
     pending = Pending(client.client_id, redirect_uri, scope, state, challenge)
     key = await run_in_threadpool(auth.launches.ask, pending)
     response = _login_page(request, 200, client, scope, key)
-    response.set_cookie(_COOKIE, key, max_age=600, path=PATH, secure=public_root(request).startswith("https:"),
-                        httponly=True, samesite="strict")
+    response.set_cookie(_COOKIE, key, max_age=REQUEST_SECONDS, path=_cookie_path(request),
+                        secure=public_root(request).startswith("https:"), httponly=True, samesite="strict")
     return response
 
 
@@ -124,8 +125,13 @@ async def login(request: Request) -> Response:
         return _stale()
     code, _ = issued
     response = _redirect(pending.redirect_uri, {"code": code, "state": pending.state}, 303)
-    response.delete_cookie(_COOKIE, path=PATH)
+    response.delete_cookie(_COOKIE, path=_cookie_path(request))
     return response
+
+
+def _cookie_path(request: Request) -> str:
+    """The form's path as the browser sees it, behind a proxy's prefix too."""
+    return urlsplit(public_root(request)).path + PATH
 
 
 def _back(redirect_uri: str, state: str | None, error: str, description: str, status: int = 302) -> Response:

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 
 from server.auth.identities import Identities
 from server.auth.scopes import Grant
-from server.db import write_connection
+from server.db import reading, write_connection
 from server.tables import authorization_codes, authorization_requests, refresh_tokens
 
 # A PKCE verifier (RFC 7636 4.1), and so a challenge: S256's is 43 of these characters.
@@ -95,7 +95,7 @@ class Launches:
         return key
 
     def pending(self, key: str) -> Pending | None:
-        with write_connection(self.engine, bookkeeping=True) as connection:
+        with reading(self.engine) as connection:
             row = connection.execute(select(authorization_requests).where(
                 authorization_requests.c.key_hash == _digest(key),
                 authorization_requests.c.expires_at >= int(time.time()),
@@ -135,7 +135,8 @@ class Launches:
         family = _digest(code)
         now = int(time.time())
         with write_connection(self.engine, bookkeeping=True) as connection:
-            row = connection.execute(select(authorization_codes).where(authorization_codes.c.code_hash == family)).first()
+            row = connection.execute(
+                select(authorization_codes).where(authorization_codes.c.code_hash == family)).first()
             if row is None:
                 raise Refused("the code is unknown or expired")
             # Used now, whatever else is wrong: a code is tried once (a stolen one must not be worked on).
@@ -179,7 +180,8 @@ class Launches:
         family. Raises Refused."""
         now = int(time.time())
         with write_connection(self.engine, bookkeeping=True) as connection:
-            row = connection.execute(select(refresh_tokens).where(refresh_tokens.c.token_hash == _digest(token))).first()
+            row = connection.execute(
+                select(refresh_tokens).where(refresh_tokens.c.token_hash == _digest(token))).first()
             if row is None or row.expires_at < now:
                 raise Refused("the refresh token is unknown, revoked or expired")
             if row.client_id != client_id:

@@ -161,11 +161,13 @@ async def _launch_token(request: Request, form: dict[str, str], address: str, gr
         client = await run_in_threadpool(auth.identities.launch_client, client_id) if "\x00" not in client_id else None
         if client is None or not client.public:
             # A confidential client that sends no secret is refused alike: no answer tells which clients are public.
-            return _error(401, "invalid_client", "client authentication is needed (a public client sends its client_id)",
+            return _error(401, "invalid_client",
+                          "client authentication is needed (a public client sends its client_id)",
                           {"WWW-Authenticate": 'Basic realm="medaiflow"'})
     try:
         if grant_type == "authorization_code":
-            code, redirect_uri, verifier = form.get("code", ""), form.get("redirect_uri", ""), form.get("code_verifier", "")
+            code, redirect_uri = form.get("code", ""), form.get("redirect_uri", "")
+            verifier = form.get("code_verifier", "")
             if not code or not redirect_uri or not PKCE_TEXT.fullmatch(verifier):
                 return _error(400, "invalid_request", "the authorization_code grant needs code, redirect_uri and "
                               "code_verifier (43 to 128 URL-safe characters)")
