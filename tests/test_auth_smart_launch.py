@@ -230,9 +230,14 @@ def test_refresh_tokens_rotate_and_one_used_twice_ends_its_family(launch):
     assert renewed["refresh_token"] != first["refresh_token"] and renewed["scope"] == first["scope"]
     headers = {"Authorization": f"Bearer {renewed['access_token']}"}
     assert httpx.get(f"{launch.base}/fhir/ImagingStudy", headers=headers).status_code == 200
+    narrowed = launch.token(grant_type="refresh_token", refresh_token=renewed["refresh_token"],
+                            scope="user/ImagingStudy.r")
+    assert narrowed.json()["scope"] == "user/ImagingStudy.r online_access"  # RFC 6749 6: the access token's
+    widened = launch.refresh(narrowed.json()["refresh_token"]).json()
+    assert widened["scope"] == first["scope"]  # the refresh token kept its family's
     replayed = launch.refresh(first["refresh_token"])
     assert replayed.status_code == 400 and "family is revoked" in replayed.json()["error_description"]
-    assert launch.refresh(renewed["refresh_token"]).status_code == 400  # the thief's and the app's alike
+    assert launch.refresh(widened["refresh_token"]).status_code == 400  # the thief's and the app's alike
 
 
 def test_a_disabled_user_or_client_gets_no_refresh(launch, services):

@@ -17,9 +17,9 @@ import hashlib
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
 
 from server.auth.identities import Identities
 from server.auth.scopes import Grant
@@ -55,6 +55,7 @@ class Granted:
     client_id: str
     user_name: str
     scope: str  # resource scopes granted, and offline_access or online_access if a refresh token goes with them
+    refresh_token: str | None = None  # the family's next
 
 
 class Refused(Exception):
@@ -130,7 +131,8 @@ class Launches:
         return code, Pending(row.client_id, row.redirect_uri, row.scope, row.state, row.code_challenge)
 
     def redeem(self, code: str, client_id: str, redirect_uri: str, verifier: str) -> Granted:
-        """What the code grants, once: a code sent again revokes the refresh
+        """What the code grants, once, with the first refresh token of its
+        family when one was granted: a code sent again revokes the refresh
         tokens issued from it. Raises Refused."""
         family = _digest(code)
         now = int(time.time())
@@ -143,41 +145,21 @@ class Launches:
             taken = connection.execute(update(authorization_codes).where(
                 authorization_codes.c.code_hash == family, authorization_codes.c.used == False  # noqa: E712
             ).values(used=True)).rowcount
+            refusal = _code_refusal(row, taken, now, client_id, redirect_uri, verifier)
             if not taken:
                 connection.execute(delete(refresh_tokens).where(refresh_tokens.c.family == family))
-        if not taken:
-            raise Refused("the code was used already: the refresh tokens issued from it are revoked")
-        if row.expires_at < now:
-            raise Refused("the code has expired")
-        if row.client_id != client_id:
-            raise Refused("the code was issued to another client")
-        if row.redirect_uri != redirect_uri:
-            raise Refused("redirect_uri is not the one the code was asked with")
-        if not secrets.compare_digest(pkce_challenge(verifier), row.code_challenge):
-            raise Refused("code_verifier does not match the code_challenge")
-        return Granted(family, row.client_id, row.user_name, row.scope)
-
-    def refresh_token(self, granted: Granted) -> str:
-        """A new refresh token of `granted`'s family; the family lasts as
-        long as its first token (rotation does not lengthen it)."""
-        token = secrets.token_urlsafe(32)
-        kind = refresh_kind(granted.scope)
-        assert kind is not None
-        with write_connection(self.engine, bookkeeping=True) as connection:
-            first = connection.execute(select(refresh_tokens.c.expires_at).where(
-                refresh_tokens.c.family == granted.family).limit(1)).scalar()
-            now = int(time.time())
-            connection.execute(delete(refresh_tokens).where(refresh_tokens.c.expires_at < now))
-            connection.execute(insert(refresh_tokens).values(
-                token_hash=_digest(token), family=granted.family, client_id=granted.client_id,
-                user_name=granted.user_name, scope=granted.scope, expires_at=first or now + REFRESH_SECONDS[kind],
-                used=False,
-            ))
-        return token
+            granted = Granted(family, row.client_id, row.user_name, row.scope)
+            if refusal is None:
+                # In the transaction that spends the code: a second use, even at once, revokes this token too.
+                granted = _with_refresh_token(connection, granted, None)
+        if refusal is not None:
+            raise Refused(refusal)
+        return granted
 
     def use_refresh_token(self, token: str, client_id: str) -> Granted:
-        """What the refresh token grants, once; one sent again revokes its
-        family. Raises Refused."""
+        """What the refresh token grants, once, with the next token of its
+        family, which lasts no longer than its first; one sent again revokes
+        its family. Raises Refused."""
         now = int(time.time())
         with write_connection(self.engine, bookkeeping=True) as connection:
             row = connection.execute(
@@ -189,11 +171,44 @@ class Launches:
             taken = connection.execute(update(refresh_tokens).where(
                 refresh_tokens.c.token_hash == row.token_hash, refresh_tokens.c.used == False  # noqa: E712
             ).values(used=True)).rowcount
-            if not taken:
+            if taken:
+                used = Granted(row.family, row.client_id, row.user_name, row.scope)
+                granted = _with_refresh_token(connection, used, row.expires_at)
+            else:
                 connection.execute(delete(refresh_tokens).where(refresh_tokens.c.family == row.family))
         if not taken:
             raise Refused("the refresh token was used already: its family is revoked")
-        return Granted(row.family, row.client_id, row.user_name, row.scope)
+        return granted
+
+
+def _code_refusal(row: Row, taken: int, now: int, client_id: str, redirect_uri: str, verifier: str) -> str | None:
+    if not taken:
+        return "the code was used already: the refresh tokens issued from it are revoked"
+    if row.expires_at < now:
+        return "the code has expired"
+    if row.client_id != client_id:
+        return "the code was issued to another client"
+    if row.redirect_uri != redirect_uri:
+        return "redirect_uri is not the one the code was asked with"
+    if not secrets.compare_digest(pkce_challenge(verifier), row.code_challenge):
+        return "code_verifier does not match the code_challenge"
+    return None
+
+
+def _with_refresh_token(connection: Connection, granted: Granted, expires_at: int | None) -> Granted:
+    """`granted` with a new refresh token of its family, when its scope asks
+    for one; lasting until `expires_at`, or the kind's time for a new family."""
+    kind = refresh_kind(granted.scope)
+    if kind is None:
+        return granted
+    token = secrets.token_urlsafe(32)
+    now = int(time.time())
+    connection.execute(delete(refresh_tokens).where(refresh_tokens.c.expires_at < now))
+    connection.execute(insert(refresh_tokens).values(
+        token_hash=_digest(token), family=granted.family, client_id=granted.client_id, user_name=granted.user_name,
+        scope=granted.scope, expires_at=expires_at or now + REFRESH_SECONDS[kind], used=False,
+    ))
+    return replace(granted, refresh_token=token)
 
 
 def granted_scope(asked: str, client: Grant, user: Grant) -> str:

@@ -12,7 +12,6 @@ answer says whether a user exists.
 
 import logging
 import time
-from dataclasses import replace
 from urllib.parse import parse_qsl, unquote
 
 from fastapi import APIRouter, Request
@@ -185,7 +184,8 @@ async def _launch_token(request: Request, form: dict[str, str], address: str, gr
     # The user's role as it is now: one changed since the login narrows what the app gets.
     resources = Grant.parse(granted.scope).narrowed_to(user.grant)
     if grant_type == "refresh_token" and form.get("scope"):
-        resources = resources.narrowed_to(Grant.parse(form["scope"]))  # RFC 6749 6: never more than granted
+        # RFC 6749 6: never more than granted; the refresh token keeps its family's scope.
+        resources = resources.narrowed_to(Grant.parse(form["scope"]))
     if not resources.scopes:
         return _error(400, "invalid_scope", f"{user.name} may no longer use any of the scopes granted")
     kind = refresh_kind(granted.scope)
@@ -193,9 +193,8 @@ async def _launch_token(request: Request, form: dict[str, str], address: str, gr
     access_token, lifetime = auth.issuer.issue(user.name, user.role.value, str(resources), False)
     answer: dict[str, object] = {"access_token": access_token, "token_type": "Bearer", "expires_in": lifetime,
                                  "scope": scope}
-    if kind:
-        answer["refresh_token"] = await run_in_threadpool(
-            auth.launches.refresh_token, replace(granted, scope=scope))
+    if granted.refresh_token is not None:
+        answer["refresh_token"] = granted.refresh_token
     return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
