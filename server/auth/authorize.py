@@ -73,7 +73,7 @@ async def authorize(request: Request) -> Response:
     if query.get("aud", "").rstrip("/") != fhir_base:
         return _back(redirect_uri, state, "invalid_request", f"aud must be this server's FHIR base URL, {fhir_base}")
     scope = query.get("scope", "")
-    # The user's role narrows this further at login; nothing here can be granted to anyone, though.
+    # Refused now only when no user could be granted any of it: the user's role narrows it further at login.
     if not granted_scope(scope, client.grant, client.grant):
         return _back(redirect_uri, state, "invalid_scope",
                      "none of the user/ scopes asked for is registered for this app")
@@ -120,10 +120,9 @@ async def login(request: Request) -> Response:
         await run_in_threadpool(auth.launches.end, key)
         return _back(pending.redirect_uri, pending.state, "invalid_scope",
                      f"{identity.name} may use none of the scopes asked for", 303)
-    issued = await run_in_threadpool(auth.launches.code, key, identity.name, scope)
-    if issued is None:
+    code = await run_in_threadpool(auth.launches.code, key, identity.name, scope)
+    if code is None:
         return _stale()
-    code, _ = issued
     response = _redirect(pending.redirect_uri, {"code": code, "state": pending.state}, 303)
     response.delete_cookie(_COOKIE, path=_cookie_path(request))
     return response

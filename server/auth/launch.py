@@ -110,7 +110,7 @@ class Launches:
         with write_connection(self.engine, bookkeeping=True) as connection:
             connection.execute(delete(authorization_requests).where(authorization_requests.c.key_hash == _digest(key)))
 
-    def code(self, key: str, user_name: str, scope: str) -> tuple[str, Pending] | None:
+    def code(self, key: str, user_name: str, scope: str) -> str | None:
         """A code for the user who logged in to the pending authorization
         `key`, which ends; None when it ended already (used, expired)."""
         code = secrets.token_urlsafe(32)
@@ -128,7 +128,7 @@ class Launches:
                 code_challenge=row.code_challenge, user_name=user_name, scope=scope, expires_at=now + CODE_SECONDS,
                 used=False,
             ))
-        return code, Pending(row.client_id, row.redirect_uri, row.scope, row.state, row.code_challenge)
+        return code
 
     def redeem(self, code: str, client_id: str, redirect_uri: str, verifier: str) -> Granted:
         """What the code grants, once, with the first refresh token of its
