@@ -37,7 +37,7 @@ _VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDef
 
 
 def capability_statement(
-    base_url: str, software_version: str, writable: frozenset[str], history_types: frozenset[str], token_url: str
+    base_url: str, software_version: str, writable: frozenset[str], history_types: frozenset[str], auth_url: str
 ) -> CapabilityStatement:
     resources = []
     for resource_type in sorted(DEFINITIONS):
@@ -116,7 +116,7 @@ def capability_statement(
                         "$export (system and Patient level; no Group) writes NDJSON files of what the caller "
                         "may read and search, kept for a while (MEDAIFLOW_EXPORT_RETENTION_HOURS)."
                     ),
-                    "security": _security(token_url),
+                    "security": _security(auth_url),
                     "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
                     "resource": resources,
                     "interaction": [{"code": "batch"}, {"code": "transaction"}],
@@ -129,7 +129,7 @@ def capability_statement(
     return statement
 
 
-def _security(token_url: str) -> dict[str, Any]:
+def _security(auth_url: str) -> dict[str, Any]:
     """SMART on FHIR (App Launch 2.x): clients find the token endpoint here
     as in /.well-known/smart-configuration."""
     return {
@@ -139,11 +139,13 @@ def _security(token_url: str) -> dict[str, Any]:
         }]}],
         "extension": [{
             "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-            "extension": [{"url": "token", "valueUri": token_url}],
+            "extension": [{"url": "token", "valueUri": f"{auth_url}/token"},
+                          {"url": "authorize", "valueUri": f"{auth_url}/authorize"}],
         }],
         "description": (
             "OAuth 2.0 Bearer tokens from the token endpoint (password grant; client_credentials with a secret, or "
-            "with an RS384 or ES384 client assertion as SMART Backend Services sign it), or HTTP Basic. "
+            "with an RS384 or ES384 client assertion as SMART Backend Services sign it; authorization_code with PKCE "
+            "S256 and refresh_token for SMART apps' standalone launch), or HTTP Basic. "
             "Permissions are SMART v2 scopes."
         ),
     }

@@ -14,6 +14,7 @@ from fhir_mappings.audit_event import AuditKind
 from server import health
 from server.audit.middleware import AuditMiddleware, note_studies
 from server.audit.service import AuditService, build_audit
+from server.auth.authorize import router as authorize_router
 from server.auth.identities import SERVER_AGENT, Identities
 from server.auth.middleware import AuthMiddleware
 from server.auth.routes import router as auth_router
@@ -162,6 +163,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(fhir_router, prefix="/fhir")
     app.include_router(models_router, prefix="/admin")
     app.include_router(auth_router)
+    app.include_router(authorize_router)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,

@@ -162,7 +162,8 @@ def _users_passwd(args: argparse.Namespace) -> int:
 
 def _clients_add(args: argparse.Namespace) -> int:
     key_set = _key_set_file(args.jwks) if args.jwks else None
-    client_id, secret = _with_identities(lambda identities: identities.add_client(args.name, args.scopes, key_set))
+    client_id, secret = _with_identities(lambda identities: identities.add_client(
+        args.name, args.scopes, key_set, args.redirect_uri, args.public))
     print(f"client id: {client_id}")
     if secret is not None:
         print(f"secret (shown once): {secret}")
@@ -277,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_client.add_argument("--scopes", required=True, help='SMART scopes, e.g. "system/DiagnosticReport.rs system/Task.cu system/ImagingStudy.r"')
     add_client.add_argument("--jwks", metavar="FILE", help="the client's public keys (a JWK Set, RS384 or ES384) for "
                             "SMART Backend Services: it then authenticates with signed assertions, and gets no secret")
+    add_client.add_argument("--redirect-uri", action="append", default=[], metavar="URL",
+                            help="an app that logs users in (SMART App Launch): where it gets its code back, compared "
+                            "exactly; https, or http on the loopback; may be given again")
+    add_client.add_argument("--public", action="store_true", help="an app that can keep no secret (in a browser, on "
+                            "a phone): it gets none, and proves itself with PKCE alone")
     add_client.set_defaults(run=_clients_add)
     client_keys = client_commands.add_parser("keys", help="replace a client's public keys (SMART Backend Services)")
     client_keys.add_argument("client_id")

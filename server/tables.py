@@ -484,6 +484,11 @@ clients = Table(
     Column("disabled", Boolean, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("jwks_json", Text),
+    # SMART App Launch: the redirect URIs of an app that logs a user in (one
+    # per line, each compared exactly), and whether it is public (no secret,
+    # no keys: PKCE is all that binds its code to it).
+    Column("redirect_uris", Text),
+    Column("public", Boolean, nullable=False, server_default=false()),
 )
 # The `jti` of each client assertion accepted, until it expires: an assertion
 # seen once is refused after (RFC 7523 3, SMART Backend Services).
@@ -493,6 +498,52 @@ client_assertions = Table(
     Column("client_id", String(64), primary_key=True),
     Column("jti", String(256), primary_key=True),
     Column("expires_at", BigInteger, nullable=False, index=True),
+)
+
+
+# --- SMART App Launch (`server.auth.launch`) ------------------------------------
+# Every secret here is kept as its SHA-256 only: each is random, 256 bits, so
+# its hash is as good as a key and a stolen table gives nothing to send.
+# An authorization asked for at /auth/authorize, between its login page and
+# the login: the page's form (and a cookie) carries the key.
+authorization_requests = Table(
+    "authorization_requests",
+    metadata,
+    Column("key_hash", String(64), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("state", Text),
+    Column("code_challenge", String(128), nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+)
+# Authorization codes, bound to what they were issued for; a used one is kept
+# (until a day past its expiry) so that using it again is seen, and the
+# refresh tokens issued from it (its family) revoked.
+authorization_codes = Table(
+    "authorization_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("code_challenge", String(128), nullable=False),
+    Column("user_name", String(64), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+    Column("used", Boolean, nullable=False),
+)
+# Refresh tokens: each is used once, then replaced by the next of its family
+# (the code that started it); a used one sent again ends the whole family.
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("family", String(64), nullable=False, index=True),
+    Column("client_id", String(64), nullable=False),
+    Column("user_name", String(64), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+    Column("used", Boolean, nullable=False),
 )
 
 

@@ -194,7 +194,8 @@ def test_smart_configuration_and_the_capability_statement_name_the_token_endpoin
     [rest] = client.get("/fhir/metadata").json()["rest"]
     assert rest["security"]["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
     [uris] = rest["security"]["extension"]
-    assert uris["extension"] == [{"url": "token", "valueUri": smart["token_endpoint"]}]
+    assert uris["extension"] == [{"url": "token", "valueUri": smart["token_endpoint"]},
+                                 {"url": "authorize", "valueUri": smart["authorization_endpoint"]}]
 
 
 def test_the_command_line_registers_and_replaces_keys(tmp_path, database_url, monkeypatch, capsys):

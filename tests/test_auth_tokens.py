@@ -99,7 +99,8 @@ def test_a_name_with_a_nul_character_is_a_wrong_name_not_a_500(client, form, sta
 
 
 @pytest.mark.parametrize("form, status, error", [
-    ("grant_type=authorization_code&code=x", 400, "unsupported_grant_type"),
+    ("grant_type=implicit&client_id=x", 400, "unsupported_grant_type"),
+    ("grant_type=authorization_code&code=x", 401, "invalid_client"),  # no client named
     ("grant_type=password&username=a", 400, "invalid_request"),
     ("grant_type=client_credentials", 401, "invalid_client"),
 ])

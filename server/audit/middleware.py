@@ -100,7 +100,7 @@ def audit_kind(method: str, path: str) -> AuditKind | None:
         return AuditKind.QIDO if parts[-1] in _QIDO else AuditKind.WADO
     if parts == ["wado"]:
         return AuditKind.WADO
-    if parts == ["auth", "token"]:
+    if parts == ["auth", "token"] or (parts == ["auth", "authorize"] and method == "POST"):  # a SMART app's login page
         return AuditKind.LOGIN
     if parts[0] == "admin":
         if method != "GET":

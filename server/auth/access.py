@@ -20,7 +20,8 @@ from server.fhir.service import WRITABLE_TYPES
 
 # Anonymous by design: probes, discovery and the way to get a token.
 _READ = frozenset(("GET", "HEAD"))
-_PUBLIC_PATHS = {"/healthz": _READ, "/readyz": _READ, "/fhir/metadata": _READ, "/auth/token": frozenset(("POST",))}
+_PUBLIC_PATHS = {"/healthz": _READ, "/readyz": _READ, "/fhir/metadata": _READ, "/auth/token": frozenset(("POST",)),
+                "/auth/authorize": frozenset(("GET", "HEAD", "POST"))}
 _PUBLIC_PREFIXES = ("/.well-known/",)
 _QIDO_RESOURCES = frozenset(("studies", "series", "instances"))
 

@@ -7,8 +7,9 @@ verification. Hashes made with older parameters are replaced at login.
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -38,6 +39,17 @@ class Identity:
     role: Role | None  # a person's role; a client has its scopes instead
     grant: Grant  # the widest scopes this identity may hold
     client: bool
+
+
+@dataclass(frozen=True)
+class LaunchClient:
+    """An app that logs users in (SMART App Launch)."""
+
+    client_id: str
+    name: str
+    grant: Grant  # the widest scopes it may ask for
+    redirect_uris: tuple[str, ...]
+    public: bool
 
 
 def _now() -> int:
@@ -113,28 +125,55 @@ class Identities:
         return Identity(row.name, role, role_grant(role, "user"), client=False)
 
     # --- system clients --------------------------------------------------------------
-    def add_client(self, name: str, scopes: str, key_set: str | None = None) -> tuple[str, str | None]:
+    def add_client(self, name: str, scopes: str, key_set: str | None = None, redirect_uris: Sequence[str] = (),
+                   public: bool = False) -> tuple[str, str | None]:
         """(client id, secret): the secret is shown once and kept only hashed.
         A client registered with a JWK Set (`key_set`: its public keys, for
-        SMART Backend Services) gets no secret: it signs its assertions."""
+        SMART Backend Services) gets no secret: it signs its assertions. An
+        app that logs users in (SMART App Launch) has `redirect_uris`; a
+        `public` one (in a browser, on a phone: it could keep no secret) gets
+        none either, and proves itself with PKCE alone."""
         _require_name(name, "client name")
         grant = Grant.parse(scopes)
         if not grant.scopes:
             raise IdentityError(f"{scopes!r} names no SMART scope (e.g. system/DiagnosticReport.rs)")
         if grant.needs_launch_context:
-            raise IdentityError("patient/ scopes need a SMART launch context, which this server does not offer; use system/")
+            raise IdentityError("patient/ scopes need a SMART launch context, which this server does not offer; "
+                                "use user/ or system/")
+        for uri in redirect_uris:
+            _require_redirect_uri(uri)
+        if redirect_uris and not any(scope.context == "user" for scope in grant.scopes):
+            raise IdentityError("an app that logs users in acts for them: give it user/ scopes")
+        if public and not redirect_uris:
+            raise IdentityError("a public client is an app that logs users in: give it a redirect URI")
+        if public and key_set is not None:
+            raise IdentityError("a public client has no secret and no keys: --public and --jwks exclude each other")
+        if redirect_uris and key_set is not None:
+            raise IdentityError("an app that logs users in authenticates with a secret, or is public "
+                                "(private_key_jwt at the token endpoint is for client_credentials only)")
         keys = _checked_key_set(key_set) if key_set is not None else None
         client_id = f"{name[:40]}-{secrets.token_hex(4)}"
-        secret = None if keys is not None else secrets.token_urlsafe(32)
+        secret = None if keys is not None or public else secrets.token_urlsafe(32)
         with write_connection(self.engine) as connection:
             _claim_name(connection, client_id, "client")
             connection.execute(insert(clients).values(
                 client_id=client_id, name=name[:_NAME_LIMIT], secret_hash=self.hasher.hash(secret) if secret else None,
                 scopes=str(grant), disabled=False, created_at=_now(), jwks_json=keys,
+                redirect_uris="\n".join(dict.fromkeys(redirect_uris)) or None, public=public,
             ))
-            how = "public keys" if keys is not None else "a secret"
-            self._changed(connection, client_id, f"client {client_id} added with {how} and scopes {grant}")
+            how = "public keys" if keys is not None else "no secret (public)" if public else "a secret"
+            uris = f" and redirect URIs {' '.join(redirect_uris)}" if redirect_uris else ""
+            self._changed(connection, client_id, f"client {client_id} added with {how}, scopes {grant}{uris}")
         return client_id, secret
+
+    def launch_client(self, client_id: str) -> LaunchClient | None:
+        """The app `client_id`, if it is one that logs users in and is enabled."""
+        with reading(self.engine) as connection:
+            row = connection.execute(select(clients).where(clients.c.client_id == client_id)).first()
+        if row is None or row.disabled or not row.redirect_uris:
+            return None
+        return LaunchClient(row.client_id, row.name, Grant.parse(row.scopes), tuple(row.redirect_uris.split("\n")),
+                            row.public)
 
     def set_client_keys(self, client_id: str, key_set: str) -> None:
         """Replace a client's public keys (a rotation: its assertions are then
@@ -182,6 +221,14 @@ class Identities:
             raise InvalidAssertion(f"client {accepted.client_id} sent assertion {accepted.jti} again", False) from error
         return Identity(row.client_id, None, Grant.parse(row.scopes), client=True)
 
+    def active_user(self, name: str) -> Identity | None:
+        """The user `name` as it is now; None once disabled or gone."""
+        with reading(self.engine) as connection:
+            row = connection.execute(select(users.c.role, users.c.disabled).where(users.c.name == name)).first()
+        if row is None or row.disabled:
+            return None
+        return Identity(name, Role(row.role), role_grant(Role(row.role), "user"), client=False)
+
     def current_grant(self, name: str, client: bool, connection: Connection | None = None) -> Grant | None:
         """The widest scopes the user or client `name` holds now; None once it
         is disabled or gone. What it did with a token is held to this later
@@ -223,6 +270,20 @@ def _checked_key_set(key_set: str) -> str:
         return public_key_set(key_set)
     except InvalidKeySet as error:
         raise IdentityError(str(error)) from error
+
+
+def _require_redirect_uri(uri: str) -> None:
+    """An absolute https URL without a fragment (RFC 6749 3.1.2); plain http
+    only on this machine's loopback, where nothing on the way can read the code."""
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if host is None or len(uri) > 2048 or not uri.isprintable() or " " in uri or parts.fragment or "#" in uri:
+        raise IdentityError(f"{uri!r} is no absolute URL without a fragment, as a redirect URI is")
+    if parts.scheme != "https" and not (parts.scheme == "http" and host in ("127.0.0.1", "localhost", "::1")):
+        raise IdentityError(f"{uri!r}: a redirect URI is https, or http on the loopback (127.0.0.1, localhost, [::1])")
 
 
 def _require_strength(password: str) -> None:

@@ -1,6 +1,8 @@
 """The OAuth 2.0 token endpoint (RFC 6749: `password` and `client_credentials`
 grants, the latter with a secret or, for SMART Backend Services, a signed
-client assertion) and the discovery documents (JWKS, SMART configuration).
+client assertion; `authorization_code` and `refresh_token` for the apps of
+SMART App Launch, see `server.auth.authorize`) and the discovery documents
+(JWKS, SMART configuration).
 
 Errors follow RFC 6749 5.2: `{"error": ..., "error_description": ...}`,
 400 for a bad request or grant, 401 with WWW-Authenticate for a client that
@@ -20,6 +22,7 @@ from server.audit.middleware import note_login
 from server.auth.access import basic_credentials
 from server.auth.client_assertions import ALGORITHMS, ASSERTION_TYPE, InvalidAssertion, claimed_client
 from server.auth.identities import Identity
+from server.auth.launch import PKCE_TEXT, Refused, refresh_kind
 from server.auth.scopes import Grant
 from server.auth.service import AuthService
 from server.public_url import public_root
@@ -46,7 +49,7 @@ def _error(status: int, error: str, description: str, headers: dict[str, str] | 
 async def token(request: Request) -> JSONResponse:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != _FORM:
         return _error(400, "invalid_request", f"the token request must be {_FORM}")
-    form = await _read_form(request)
+    form = await read_form(request)
     if form is None:
         return _error(413, "invalid_request", f"a token request is at most {_FORM_LIMIT} bytes")
     grant_type = form.get("grant_type")
@@ -69,8 +72,11 @@ async def token(request: Request) -> JSONResponse:
         check = auth.identities.authenticate_client
         failure = _error(401, "invalid_client", "the client id or the secret is wrong",
                          {"WWW-Authenticate": 'Basic realm="medaiflow"'})
+    elif grant_type in ("authorization_code", "refresh_token"):
+        return await _launch_token(request, form, address, grant_type)
     else:
-        return _error(400, "unsupported_grant_type", "grant_type must be password or client_credentials")
+        return _error(400, "unsupported_grant_type",
+                      "grant_type must be password, client_credentials, authorization_code or refresh_token")
 
     if "\x00" in name:  # no account's name has one, and PostgreSQL's text holds none (looking one up was a 500)
         return failure
@@ -90,14 +96,26 @@ def _limited(
 ) -> JSONResponse | None:
     """The 429 for a token request over the address's rate, or over the
     failed-login limit of one of `keys`, if any."""
+    refusal = login_wait(request, auth, name, address, keys)
+    if refusal is None:
+        return None
+    return _error(429, "slow_down", refusal[0], {"Retry-After": str(refusal[1])})
+
+
+def login_wait(
+    request: Request, auth: AuthService, name: str, address: str, keys: tuple[str, ...]
+) -> tuple[str, int] | None:
+    """Why a login must wait, and for how many seconds, if it must: the
+    address's request rate, or the failed-login limit of one of `keys`.
+    Counts the attempt; a success is given back with `failed_logins.succeeded`."""
     note_login(request.scope, name)
     # Each answer costs an Argon2 check or a signature check, right or not: the address's request rate holds here too.
     wait = auth.request_rate.take(f"address:{address}") if auth.request_rate is not None else None
     if wait is not None:
-        return _error(429, "slow_down", "too many token requests; try again later", {"Retry-After": str(wait)})
+        return "too many token requests; try again later", wait
     wait = auth.failed_logins.attempt(*keys)
     if wait is not None:
-        return _error(429, "slow_down", "too many failed logins; try again later", {"Retry-After": str(wait)})
+        return "too many failed logins; try again later", wait
     return None
 
 
@@ -114,6 +132,70 @@ def _issued(
     )
     return JSONResponse({"access_token": access_token, "token_type": "Bearer", "expires_in": lifetime,
                          "scope": str(granted)}, headers={"Cache-Control": "no-store"})
+
+
+async def _launch_token(request: Request, form: dict[str, str], address: str, grant_type: str) -> JSONResponse:
+    """The grants of SMART App Launch: a code (with its PKCE verifier) or a
+    refresh token traded for an access token, and a new refresh token when
+    offline_access or online_access was granted. A confidential app
+    authenticates as for client_credentials; a public one names itself."""
+    auth = _auth(request)
+    if "client_assertion_type" in form:
+        return _error(400, "invalid_request", "apps that log users in authenticate with a secret, or are public")
+    credentials = _client_credentials(request, form)
+    if credentials is not None:
+        client_id, secret = credentials
+        if "\x00" in client_id or form.get("client_id", client_id) != client_id:
+            return _error(400, "invalid_request", "client_id differs from the client that authenticates")
+        keys = (f"name:{client_id}", f"address:{address}")
+        refused = _limited(request, auth, client_id, address, keys)
+        if refused is not None:
+            return refused
+        if await run_in_threadpool(auth.identities.authenticate_client, client_id, secret) is None:
+            return _error(401, "invalid_client", "the client id or the secret is wrong",
+                          {"WWW-Authenticate": 'Basic realm="medaiflow"'})
+        auth.failed_logins.succeeded(*keys, afresh=keys[0])
+    else:
+        client_id = form.get("client_id", "")
+        client = await run_in_threadpool(auth.identities.launch_client, client_id) if "\x00" not in client_id else None
+        if client is None or not client.public:
+            # A confidential client that sends no secret is refused alike: no answer tells which clients are public.
+            return _error(401, "invalid_client",
+                          "client authentication is needed (a public client sends its client_id)",
+                          {"WWW-Authenticate": 'Basic realm="medaiflow"'})
+    try:
+        if grant_type == "authorization_code":
+            code, redirect_uri = form.get("code", ""), form.get("redirect_uri", "")
+            verifier = form.get("code_verifier", "")
+            if not code or not redirect_uri or not PKCE_TEXT.fullmatch(verifier):
+                return _error(400, "invalid_request", "the authorization_code grant needs code, redirect_uri and "
+                              "code_verifier (43 to 128 URL-safe characters)")
+            granted = await run_in_threadpool(auth.launches.redeem, code, client_id, redirect_uri, verifier)
+        else:
+            if not form.get("refresh_token"):
+                return _error(400, "invalid_request", "the refresh_token grant needs refresh_token")
+            granted = await run_in_threadpool(auth.launches.use_refresh_token, form["refresh_token"], client_id)
+    except Refused as refusal:
+        return _error(400, "invalid_grant", str(refusal))
+    user = await run_in_threadpool(auth.identities.active_user, granted.user_name)
+    if user is None or user.role is None:
+        return _error(400, "invalid_grant", f"user {granted.user_name} is disabled or gone")
+    note_login(request.scope, user.name)
+    # The user's role as it is now: one changed since the login narrows what the app gets.
+    resources = Grant.parse(granted.scope).narrowed_to(user.grant)
+    if grant_type == "refresh_token" and form.get("scope"):
+        # RFC 6749 6: never more than granted; the refresh token keeps its family's scope.
+        resources = resources.narrowed_to(Grant.parse(form["scope"]))
+    if not resources.scopes:
+        return _error(400, "invalid_scope", f"{user.name} may no longer use any of the scopes granted")
+    kind = refresh_kind(granted.scope)
+    scope = f"{resources} {kind}" if kind else str(resources)
+    access_token, lifetime = auth.issuer.issue(user.name, user.role.value, str(resources), False)
+    answer: dict[str, object] = {"access_token": access_token, "token_type": "Bearer", "expires_in": lifetime,
+                                 "scope": scope}
+    if granted.refresh_token is not None:
+        answer["refresh_token"] = granted.refresh_token
+    return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
 async def _backend_service_token(request: Request, form: dict[str, str], address: str) -> JSONResponse:
@@ -149,7 +231,7 @@ async def _backend_service_token(request: Request, form: dict[str, str], address
     return _issued(auth, identity, form, keys)
 
 
-async def _read_form(request: Request) -> dict[str, str] | None:
+async def read_form(request: Request) -> dict[str, str] | None:
     """The form's fields; None once the body passes the limit."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > _FORM_LIMIT:
@@ -187,10 +269,15 @@ def smart_configuration(request: Request) -> JSONResponse:
         "issuer": _auth(request).issuer.issuer,
         "jwks_uri": f"{root}/.well-known/jwks.json",
         "token_endpoint": f"{root}/auth/token",
-        "grant_types_supported": ["password", "client_credentials"],
+        "authorization_endpoint": f"{root}/auth/authorize",
+        "grant_types_supported": ["authorization_code", "refresh_token", "password", "client_credentials"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
-        "scopes_supported": ["system/*.cruds", "user/*.cruds", "system/*.rs", "user/*.rs"],
-        "capabilities": ["client-confidential-symmetric", "client-confidential-asymmetric", "permission-v2",
-                         "permission-v1"],
+        "scopes_supported": ["system/*.cruds", "user/*.cruds", "system/*.rs", "user/*.rs", "offline_access",
+                             "online_access"],
+        "capabilities": ["launch-standalone", "client-public", "client-confidential-symmetric",
+                         "client-confidential-asymmetric", "permission-v2", "permission-v1", "permission-user",
+                         "permission-offline", "permission-online"],
     })

@@ -6,6 +6,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from server.auth.identities import Identities
+from server.auth.launch import Launches
 from server.auth.limits import FailedLogins, RequestRate
 from server.auth.tokens import TokenIssuer
 
@@ -16,10 +17,12 @@ class AuthService:
     issuer: TokenIssuer
     failed_logins: FailedLogins
     request_rate: RequestRate | None  # None: no limit
+    launches: Launches
 
 
 def build_auth(engine: Engine, data_dir: Path, issuer: str, token_seconds: int,
                requests_per_second: float, request_burst: int) -> AuthService:
     rate = RequestRate(requests_per_second, request_burst) if requests_per_second > 0 else None
-    return AuthService(Identities(engine), TokenIssuer(data_dir / "jwt-keys", issuer, token_seconds), FailedLogins(),
-                       rate)
+    identities = Identities(engine)
+    return AuthService(identities, TokenIssuer(data_dir / "jwt-keys", issuer, token_seconds), FailedLogins(), rate,
+                       Launches(engine, identities))

@@ -199,16 +199,16 @@ def _require_creating_for_conditional_updates(principal: Principal, method: str,
 async def metadata(request: Request) -> Response:
     fmt = response_format(request)
     fhir = _fhir(request)
-    token_url = f"{public_root(request)}/auth/token"
+    auth_url = f"{public_root(request)}/auth"
     return fhir_response(
-        _capability_json(fhir_base(request), fhir.writable_types, fhir.store.history_types, token_url), fmt
+        _capability_json(fhir_base(request), fhir.writable_types, fhir.store.history_types, auth_url), fmt
     )
 
 
 @lru_cache(maxsize=32)
-def _capability_json(base: str, writable: frozenset[str], history_types: frozenset[str], token_url: str) -> bytes:
+def _capability_json(base: str, writable: frozenset[str], history_types: frozenset[str], auth_url: str) -> bytes:
     """Built and validated once per base URL: it only changes with the code."""
-    return resource_json(capability_statement(base, SOFTWARE_VERSION, writable, history_types, token_url))
+    return resource_json(capability_statement(base, SOFTWARE_VERSION, writable, history_types, auth_url))
 
 
 @router.post("")

@@ -1,0 +1,181 @@
+"""The authorization endpoint of SMART App Launch 2.x, standalone launch
+(RFC 6749 4.1 with PKCE S256, RFC 7636): an app sends the user's browser to
+`GET /auth/authorize`; the user logs in on the page it answers and allows
+the scopes it lists; `POST /auth/authorize` sends the browser back to the
+app's redirect URI with a code, which the app trades for tokens at
+/auth/token (`authorization_code`).
+
+Until the client and its redirect URI are known to be registered together,
+an error is shown to the user and never redirected (RFC 6749 4.1.2.1: an
+open redirector otherwise); after, it goes back to the app as `error=` with
+its `state`. The login form is bound to its pending authorization by a key
+that travels in the form and in a cookie of this path alike (a page of
+another site can send neither). The page needs no script and loads nothing.
+"""
+
+import html
+import secrets
+from urllib.parse import urlencode, urlsplit
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from server.auth.identities import LaunchClient
+from server.auth.launch import PKCE_TEXT, REQUEST_SECONDS, Pending, granted_scope
+from server.auth.routes import login_wait, read_form
+from server.public_url import public_root
+from server.services import services
+
+router = APIRouter()
+PATH = "/auth/authorize"
+_COOKIE = "medaiflow_authorize"
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@router.get(PATH)
+async def authorize(request: Request) -> Response:
+    query = request.query_params
+    repeated = sorted({name for name, _ in query.multi_items() if len(query.getlist(name)) > 1})
+    auth = services(request).auth
+    client_id, redirect_uri = query.get("client_id", ""), query.get("redirect_uri", "")
+    # No client id has a NUL, and PostgreSQL's text holds none (looking one up would be a 500).
+    known = client_id and "\x00" not in client_id
+    client = await run_in_threadpool(auth.identities.launch_client, client_id) if known else None
+    if client is None or "client_id" in repeated:
+        return _page(400, "Unknown app", "<p>This app is not registered here, or is disabled.</p>")
+    if redirect_uri not in client.redirect_uris or "redirect_uri" in repeated:
+        return _page(400, "Wrong redirect URI",
+                     "<p>The address this app asked to be sent back to is not one registered for it.</p>")
+    # From here on the app is known: it hears of what is wrong.
+    state = query.get("state")
+    if repeated:
+        return _back(redirect_uri, state, "invalid_request", f"parameters given more than once: {', '.join(repeated)}")
+    if any("\x00" in value for _, value in query.multi_items()):
+        return _back(redirect_uri, None, "invalid_request", "a parameter holds a NUL character")
+    if query.get("response_type") != "code":
+        return _back(redirect_uri, state, "unsupported_response_type", "response_type must be code")
+    if not state:
+        return _back(redirect_uri, state, "invalid_request", "state is required (SMART App Launch)")
+    if query.get("code_challenge_method") != "S256":
+        return _back(redirect_uri, state, "invalid_request", "PKCE is required, with code_challenge_method S256")
+    challenge = query.get("code_challenge", "")
+    if not PKCE_TEXT.fullmatch(challenge):
+        return _back(redirect_uri, state, "invalid_request", "code_challenge must be 43 to 128 URL-safe characters")
+    fhir_base = f"{public_root(request)}/fhir"
+    if query.get("aud", "").rstrip("/") != fhir_base:
+        return _back(redirect_uri, state, "invalid_request", f"aud must be this server's FHIR base URL, {fhir_base}")
+    scope = query.get("scope", "")
+    # Refused now only when no user could be granted any of it: the user's role narrows it further at login.
+    if not granted_scope(scope, client.grant, client.grant):
+        return _back(redirect_uri, state, "invalid_scope",
+                     "none of the user/ scopes asked for is registered for this app")
+    pending = Pending(client.client_id, redirect_uri, scope, state, challenge)
+    key = await run_in_threadpool(auth.launches.ask, pending)
+    response = _login_page(request, 200, client, scope, key)
+    response.set_cookie(_COOKIE, key, max_age=REQUEST_SECONDS, path=_cookie_path(request),
+                        secure=public_root(request).startswith("https:"), httponly=True, samesite="strict")
+    return response
+
+
+@router.post(PATH)
+async def login(request: Request) -> Response:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+        return _page(415, "Not a form", "<p>Log in with the form of the login page.</p>")
+    form = await read_form(request)
+    key = (form or {}).get("request", "")
+    # The form and the cookie, both: a page elsewhere that posts here has neither this browser's cookie nor the key.
+    if form is None or not key or not secrets.compare_digest(key, request.cookies.get(_COOKIE, "")):
+        return _stale()
+    auth = services(request).auth
+    pending = await run_in_threadpool(auth.launches.pending, key)
+    client = await run_in_threadpool(auth.identities.launch_client, pending.client_id) if pending else None
+    if pending is None or client is None or pending.redirect_uri not in client.redirect_uris:
+        return _stale()
+    if form.get("decision") == "deny":
+        await run_in_threadpool(auth.launches.end, key)
+        return _back(pending.redirect_uri, pending.state, "access_denied", "the user did not allow it", 303)
+    name, password = form.get("username", ""), form.get("password", "")
+    if not name or not password or "\x00" in name:
+        return _login_page(request, 400, client, pending.scope, key, "Give your user name and your password.")
+    address = request.client.host if request.client else "unknown"
+    keys = (f"name:{name}", f"address:{address}")
+    refusal = login_wait(request, auth, name, address, keys)
+    if refusal is not None:
+        return _login_page(request, 429, client, pending.scope, key, refusal[0].capitalize() + ".",
+                           {"Retry-After": str(refusal[1])})
+    identity = await run_in_threadpool(auth.identities.authenticate_user, name, password)
+    if identity is None:
+        return _login_page(request, 401, client, pending.scope, key, "The user name or the password is wrong.")
+    auth.failed_logins.succeeded(*keys, afresh=keys[0])
+    scope = granted_scope(pending.scope, client.grant, identity.grant)
+    if not scope:
+        await run_in_threadpool(auth.launches.end, key)
+        return _back(pending.redirect_uri, pending.state, "invalid_scope",
+                     f"{identity.name} may use none of the scopes asked for", 303)
+    code = await run_in_threadpool(auth.launches.code, key, identity.name, scope)
+    if code is None:
+        return _stale()
+    response = _redirect(pending.redirect_uri, {"code": code, "state": pending.state}, 303)
+    response.delete_cookie(_COOKIE, path=_cookie_path(request))
+    return response
+
+
+def _cookie_path(request: Request) -> str:
+    """The form's path as the browser sees it, behind a proxy's prefix too."""
+    return urlsplit(public_root(request)).path + PATH
+
+
+def _back(redirect_uri: str, state: str | None, error: str, description: str, status: int = 302) -> Response:
+    return _redirect(redirect_uri, {"error": error, "error_description": description, "state": state}, status)
+
+
+def _redirect(redirect_uri: str, parameters: dict[str, str | None], status: int) -> Response:
+    query = urlencode({name: value for name, value in parameters.items() if value is not None})
+    separator = "&" if "?" in redirect_uri else "?"
+    return RedirectResponse(f"{redirect_uri}{separator}{query}", status_code=status, headers=_HEADERS)
+
+
+def _stale() -> Response:
+    return _page(400, "Login form expired",
+                 "<p>This login form has expired, was used already, or was not sent from this browser. "
+                 "Start again from the app.</p>")
+
+
+def _login_page(request: Request, status: int, client: LaunchClient, scope: str, key: str, message: str = "",
+                headers: dict[str, str] | None = None) -> Response:
+    offered = [html.escape(word) for word in granted_scope(scope, client.grant, client.grant).split()]
+    notice = f'<p class="error">{html.escape(message)}</p>' if message else ""
+    body = (
+        f"<p><b>{html.escape(client.name)}</b> asks to act for you here, with these permissions:</p>"
+        f"<ul>{''.join(f'<li><code>{word}</code></li>' for word in offered)}</ul>"
+        "<p>Only those your role has are given.</p>"
+        f"{notice}"
+        f'<form method="post" action="{html.escape(public_root(request) + PATH)}">'
+        f'<input type="hidden" name="request" value="{html.escape(key)}">'
+        '<p><label>User name <input name="username" autocomplete="username" required></label></p>'
+        '<p><label>Password <input name="password" type="password" autocomplete="current-password"></label></p>'
+        '<p><button name="decision" value="allow">Log in and allow</button> '
+        '<button name="decision" value="deny" formnovalidate>Deny</button></p>'
+        "</form>"
+    )
+    return _page(status, "Log in", body, headers)
+
+
+def _page(status: int, title: str, body: str, headers: dict[str, str] | None = None) -> Response:
+    """A page for the user (never for the app): `body` is escaped by the caller."""
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>MedAIFlow: {html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;max-width:32em;margin:2em auto;padding:0 1em}.error{color:#a00}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
+    return HTMLResponse(page, status_code=status, headers={**_HEADERS, **(headers or {})})

@@ -1,0 +1,225 @@
+"""SMART App Launch, standalone (authorization code with PKCE, RFC 6749 4.1
+and RFC 7636), kept in the database so that every server process knows
+what another one issued.
+
+Three secrets, each random (256 bits) and kept as its SHA-256 only: the key
+of an authorization asked for and waiting for its login (10 minutes), the
+code given to the app once the user logged in (60 seconds, used once), and
+refresh tokens (used once each, then replaced: a family of tokens that
+starts with its code). A code or a refresh token sent a second time means
+that someone else holds it too: the family is revoked. Access tokens are
+stateless JWTs: those already issued stay valid until they expire (minutes),
+nothing here can recall them.
+"""
+
+import base64
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass, replace
+
+from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
+
+from server.auth.identities import Identities
+from server.auth.scopes import Grant
+from server.db import reading, write_connection
+from server.tables import authorization_codes, authorization_requests, refresh_tokens
+
+# A PKCE verifier (RFC 7636 4.1), and so a challenge: S256's is 43 of these characters.
+PKCE_TEXT = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+REQUEST_SECONDS = 600
+CODE_SECONDS = 60
+# SMART: offline_access lasts beyond the user's session; this server has no
+# session to tie online_access to, so it lasts a working day.
+REFRESH_SECONDS = {"offline_access": 30 * 86400, "online_access": 12 * 3600}
+_USED_CODES_KEPT_SECONDS = 86400  # a code sent again within a day still revokes its family
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An authorization asked for, waiting for the user's login."""
+
+    client_id: str
+    redirect_uri: str
+    scope: str  # as asked
+    state: str | None
+    code_challenge: str
+
+
+@dataclass(frozen=True)
+class Granted:
+    """What a code or a refresh token stands for."""
+
+    family: str
+    client_id: str
+    user_name: str
+    scope: str  # resource scopes granted, and offline_access or online_access if a refresh token goes with them
+    refresh_token: str | None = None  # the family's next
+
+
+class Refused(Exception):
+    """A code or refresh token that gives nothing (invalid_grant); the message says why, for the log and the app."""
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def pkce_challenge(verifier: str) -> str:
+    """S256 (RFC 7636 4.2): BASE64URL(SHA256(verifier)), unpadded."""
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
+
+
+def refresh_kind(scope: str) -> str | None:
+    """offline_access or online_access, when the scope asks for a refresh token."""
+    words = scope.split()
+    return next((kind for kind in REFRESH_SECONDS if kind in words), None)
+
+
+class Launches:
+    def __init__(self, engine: Engine, identities: Identities) -> None:
+        self.engine = engine
+        self.identities = identities
+
+    def ask(self, pending: Pending) -> str:
+        """The key of a new pending authorization (for its login form)."""
+        key = secrets.token_urlsafe(32)
+        now = int(time.time())
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            connection.execute(delete(authorization_requests).where(authorization_requests.c.expires_at < now))
+            connection.execute(insert(authorization_requests).values(
+                key_hash=_digest(key), client_id=pending.client_id, redirect_uri=pending.redirect_uri,
+                scope=pending.scope, state=pending.state, code_challenge=pending.code_challenge,
+                expires_at=now + REQUEST_SECONDS,
+            ))
+        return key
+
+    def pending(self, key: str) -> Pending | None:
+        with reading(self.engine) as connection:
+            row = connection.execute(select(authorization_requests).where(
+                authorization_requests.c.key_hash == _digest(key),
+                authorization_requests.c.expires_at >= int(time.time()),
+            )).first()
+        if row is None:
+            return None
+        return Pending(row.client_id, row.redirect_uri, row.scope, row.state, row.code_challenge)
+
+    def end(self, key: str) -> None:
+        """The pending authorization `key` ends without a code (denied, nothing to grant)."""
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            connection.execute(delete(authorization_requests).where(authorization_requests.c.key_hash == _digest(key)))
+
+    def code(self, key: str, user_name: str, scope: str) -> str | None:
+        """A code for the user who logged in to the pending authorization
+        `key`, which ends; None when it ended already (used, expired)."""
+        code = secrets.token_urlsafe(32)
+        now = int(time.time())
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            row = connection.execute(delete(authorization_requests).where(
+                authorization_requests.c.key_hash == _digest(key), authorization_requests.c.expires_at >= now,
+            ).returning(*authorization_requests.c)).first()
+            if row is None:
+                return None
+            connection.execute(delete(authorization_codes).where(
+                authorization_codes.c.expires_at < now - _USED_CODES_KEPT_SECONDS))
+            connection.execute(insert(authorization_codes).values(
+                code_hash=_digest(code), client_id=row.client_id, redirect_uri=row.redirect_uri,
+                code_challenge=row.code_challenge, user_name=user_name, scope=scope, expires_at=now + CODE_SECONDS,
+                used=False,
+            ))
+        return code
+
+    def redeem(self, code: str, client_id: str, redirect_uri: str, verifier: str) -> Granted:
+        """What the code grants, once, with the first refresh token of its
+        family when one was granted: a code sent again revokes the refresh
+        tokens issued from it. Raises Refused."""
+        family = _digest(code)
+        now = int(time.time())
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            row = connection.execute(
+                select(authorization_codes).where(authorization_codes.c.code_hash == family)).first()
+            if row is None:
+                raise Refused("the code is unknown or expired")
+            # Used now, whatever else is wrong: a code is tried once (a stolen one must not be worked on).
+            taken = connection.execute(update(authorization_codes).where(
+                authorization_codes.c.code_hash == family, authorization_codes.c.used == False  # noqa: E712
+            ).values(used=True)).rowcount
+            refusal = _code_refusal(row, taken, now, client_id, redirect_uri, verifier)
+            if not taken:
+                connection.execute(delete(refresh_tokens).where(refresh_tokens.c.family == family))
+            granted = Granted(family, row.client_id, row.user_name, row.scope)
+            if refusal is None:
+                # In the transaction that spends the code: a second use, even at once, revokes this token too.
+                granted = _with_refresh_token(connection, granted, None)
+        if refusal is not None:
+            raise Refused(refusal)
+        return granted
+
+    def use_refresh_token(self, token: str, client_id: str) -> Granted:
+        """What the refresh token grants, once, with the next token of its
+        family, which lasts no longer than its first; one sent again revokes
+        its family. Raises Refused."""
+        now = int(time.time())
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            row = connection.execute(
+                select(refresh_tokens).where(refresh_tokens.c.token_hash == _digest(token))).first()
+            if row is None or row.expires_at < now:
+                raise Refused("the refresh token is unknown, revoked or expired")
+            if row.client_id != client_id:
+                raise Refused("the refresh token was issued to another client")
+            taken = connection.execute(update(refresh_tokens).where(
+                refresh_tokens.c.token_hash == row.token_hash, refresh_tokens.c.used == False  # noqa: E712
+            ).values(used=True)).rowcount
+            if taken:
+                used = Granted(row.family, row.client_id, row.user_name, row.scope)
+                granted = _with_refresh_token(connection, used, row.expires_at)
+            else:
+                connection.execute(delete(refresh_tokens).where(refresh_tokens.c.family == row.family))
+        if not taken:
+            raise Refused("the refresh token was used already: its family is revoked")
+        return granted
+
+
+def _code_refusal(row: Row, taken: int, now: int, client_id: str, redirect_uri: str, verifier: str) -> str | None:
+    if not taken:
+        return "the code was used already: the refresh tokens issued from it are revoked"
+    if row.expires_at < now:
+        return "the code has expired"
+    if row.client_id != client_id:
+        return "the code was issued to another client"
+    if row.redirect_uri != redirect_uri:
+        return "redirect_uri is not the one the code was asked with"
+    if not secrets.compare_digest(pkce_challenge(verifier), row.code_challenge):
+        return "code_verifier does not match the code_challenge"
+    return None
+
+
+def _with_refresh_token(connection: Connection, granted: Granted, expires_at: int | None) -> Granted:
+    """`granted` with a new refresh token of its family, when its scope asks
+    for one; lasting until `expires_at`, or the kind's time for a new family."""
+    kind = refresh_kind(granted.scope)
+    if kind is None:
+        return granted
+    token = secrets.token_urlsafe(32)
+    now = int(time.time())
+    connection.execute(delete(refresh_tokens).where(refresh_tokens.c.expires_at < now))
+    connection.execute(insert(refresh_tokens).values(
+        token_hash=_digest(token), family=granted.family, client_id=granted.client_id, user_name=granted.user_name,
+        scope=granted.scope, expires_at=expires_at or now + REFRESH_SECONDS[kind], used=False,
+    ))
+    return replace(granted, refresh_token=token)
+
+
+def granted_scope(asked: str, client: Grant, user: Grant) -> str:
+    """What a user grants an app: the user/ scopes asked for, narrowed to the
+    client's registered ones and to the user's role; offline_access or
+    online_access kept when asked (and some resource scope is granted).
+    openid, fhirUser, launch and patient/ scopes are not offered: left out."""
+    asked_grant = Grant(tuple(scope for scope in Grant.parse(asked).scopes if scope.context == "user"))
+    client_user = Grant(tuple(scope for scope in client.scopes if scope.context == "user"))
+    resources = asked_grant.narrowed_to(client_user).narrowed_to(user)
+    if not resources.scopes:
+        return ""
+    kind = refresh_kind(asked)
+    return f"{resources} {kind}" if kind else str(resources)

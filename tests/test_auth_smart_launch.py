@@ -1,0 +1,314 @@
+"""SMART App Launch, standalone: an app (httpx here, as a browser and as the
+app's back end) sends the user to /auth/authorize, the user logs in on its
+page, the app trades the code and its PKCE verifier for tokens at
+/auth/token, and reads FHIR with them. A real HTTP server throughout."""
+
+import base64
+import hashlib
+import re
+import secrets
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from server.auth.identities import IdentityError
+from server.auth.scopes import Role
+from server.cli import main
+from tests.conftest import admin_headers, served
+
+PASSWORD = "a long clinician password"
+REDIRECT = "http://127.0.0.1:18601/callback"  # nothing listens: the app reads the redirect's Location itself
+ASKED = "user/ImagingStudy.rs user/Patient.r user/AuditEvent.rs patient/Patient.rs openid fhirUser launch/patient"
+REGISTERED = "user/ImagingStudy.rs user/Patient.rs user/Observation.rs user/AuditEvent.rs"
+
+
+def _pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+class App:
+    """A registered app and the browser of its user."""
+
+    def __init__(self, base: str, client_id: str, secret: str | None = None) -> None:
+        self.base, self.client_id, self.secret = base, client_id, secret
+        self.browser = httpx.Client(base_url=base)
+        self.verifier, self.challenge = _pkce()
+
+    def authorize(self, **changes: str | None) -> httpx.Response:
+        params = {"response_type": "code", "client_id": self.client_id, "redirect_uri": REDIRECT, "scope": ASKED,
+                  "state": "s-123", "aud": f"{self.base}/fhir", "code_challenge": self.challenge,
+                  "code_challenge_method": "S256", **changes}
+        return self.browser.get("/auth/authorize", params={k: v for k, v in params.items() if v is not None})
+
+    def log_in(self, page: httpx.Response, username: str = "clara", password: str = PASSWORD,
+               **changes: str) -> httpx.Response:
+        key = re.search(r'name="request" value="([^"]+)"', page.text)
+        assert key is not None, page.text
+        form = {"request": key.group(1), "username": username, "password": password, "decision": "allow", **changes}
+        return self.browser.post("/auth/authorize", data=form)
+
+    def code(self, username: str = "clara", **changes: str) -> str:
+        redirect = self.log_in(self.authorize(**changes), username)
+        assert redirect.status_code == 303, redirect.text
+        location = redirect.headers["location"]
+        assert location.startswith(REDIRECT + "?")
+        query = parse_qs(urlsplit(location).query)
+        assert query["state"] == ["s-123"]
+        return query["code"][0]
+
+    def token(self, **form: str) -> httpx.Response:
+        auth = (self.client_id, self.secret) if self.secret else None
+        body = {"client_id": self.client_id, **form} if not self.secret else form
+        return httpx.post(f"{self.base}/auth/token", data=body, auth=auth)
+
+    def redeem(self, code: str, **changes: str) -> httpx.Response:
+        return self.token(**{"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+                             "code_verifier": self.verifier, **changes})
+
+    def refresh(self, refresh_token: str) -> httpx.Response:
+        return self.token(grant_type="refresh_token", refresh_token=refresh_token)
+
+
+@pytest.fixture
+def launch(app, services):  # type: ignore[no-untyped-def]
+    services.auth.identities.add_user("clara", Role.CLINICIAN, PASSWORD)
+    client_id, secret = services.auth.identities.add_client("<b>viewer</b>", REGISTERED, redirect_uris=[REDIRECT],
+                                                            public=True)
+    assert secret is None
+    with served(app) as base:
+        yield App(base, client_id)
+
+
+def test_the_whole_flow_gives_a_token_that_reads_fhir_within_its_scopes(launch):
+    page = launch.authorize()
+    assert page.status_code == 200
+    assert page.headers["cache-control"] == "no-store" and page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "&lt;b&gt;viewer&lt;/b&gt;" in page.text and "<b>viewer</b>" not in page.text  # the app's name, escaped
+    assert "<script" not in page.text and "http" not in page.text.split('action="')[0]  # nothing loaded from elsewhere
+    code = launch.code()
+    answer = launch.redeem(code)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    # Asked, registered and the role's, all three: no AuditEvent (not a clinician's), no patient/, openid or launch.
+    assert body["scope"] == "user/ImagingStudy.rs user/Patient.r"
+    assert body["token_type"] == "Bearer" and body["expires_in"] > 0 and "refresh_token" not in body
+    assert answer.headers["cache-control"] == "no-store"
+    headers = {"Authorization": f"Bearer {body['access_token']}"}
+    assert httpx.get(f"{launch.base}/fhir/ImagingStudy", headers=headers).status_code == 200
+    assert httpx.get(f"{launch.base}/fhir/Patient/nobody", headers=headers).status_code == 404  # read: allowed
+    assert httpx.get(f"{launch.base}/fhir/Patient", headers=headers).status_code == 403  # search: not granted
+    assert httpx.get(f"{launch.base}/fhir/Observation", headers=headers).status_code == 403  # not asked for
+    assert httpx.get(f"{launch.base}/fhir/AuditEvent", headers=headers).status_code == 403  # not the role's
+
+
+def test_a_wrong_verifier_is_refused_and_spends_the_code(launch):
+    code = launch.code()
+    wrong = launch.redeem(code, code_verifier=_pkce()[0])
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+    assert "code_verifier" in wrong.json()["error_description"]
+    assert launch.redeem(code).status_code == 400  # a stolen code is not worked on
+    assert launch.redeem(launch.code(), code_verifier="short").json()["error"] == "invalid_request"
+
+
+def test_a_code_used_twice_is_refused_and_its_refresh_tokens_revoked(launch):
+    code = launch.code(scope="user/ImagingStudy.rs offline_access")
+    first = launch.redeem(code)
+    assert first.status_code == 200 and first.json()["scope"] == "user/ImagingStudy.rs offline_access"
+    again = launch.redeem(code)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    assert launch.refresh(first.json()["refresh_token"]).status_code == 400  # revoked with its code
+
+
+def test_a_code_is_for_its_redirect_uri_and_its_client(launch, services):
+    code = launch.code()
+    wrong = launch.redeem(code, redirect_uri=REDIRECT + "/")
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+    other_id, _ = services.auth.identities.add_client("other", REGISTERED, redirect_uris=[REDIRECT], public=True)
+    stolen = App(launch.base, other_id).redeem(launch.code())
+    assert stolen.status_code == 400 and "another client" in stolen.json()["error_description"]
+
+
+@pytest.mark.parametrize("changes", [
+    {"redirect_uri": "http://127.0.0.1:18601/callback/evil"},  # compared exactly: no prefix
+    {"redirect_uri": "http://127.0.0.1:18601/callback?x=1"},
+    {"redirect_uri": None},
+    {"client_id": "nobody-1234"},
+    {"client_id": None},
+    {"client_id": "a\x00b"},  # PostgreSQL's text holds no NUL: looking it up was a 500
+])
+def test_what_comes_before_the_redirect_uri_is_trusted_is_shown_never_redirected(launch, changes):
+    page = launch.authorize(**changes)
+    assert page.status_code == 400 and "location" not in page.headers
+    assert page.headers["content-type"].startswith("text/html") and "name=\"request\"" not in page.text
+
+
+@pytest.mark.parametrize(("changes", "error"), [
+    ({"aud": "https://elsewhere.example/fhir"}, "invalid_request"),
+    ({"aud": None}, "invalid_request"),
+    ({"code_challenge_method": "plain"}, "invalid_request"),
+    ({"code_challenge_method": None}, "invalid_request"),
+    ({"code_challenge": None}, "invalid_request"),
+    ({"response_type": "token"}, "unsupported_response_type"),
+    ({"scope": "system/*.rs patient/*.rs openid"}, "invalid_scope"),
+    ({"scope": "user/*.rs", "extra": "a\x00b"}, "invalid_request"),
+])
+def test_what_is_wrong_after_is_sent_back_to_the_app_with_its_state(launch, changes, error):
+    page = launch.authorize(**changes)
+    assert page.status_code == 302
+    location = page.headers["location"]
+    assert location.startswith(REDIRECT + "?")
+    query = parse_qs(urlsplit(location).query)
+    assert query["error"] == [error] and "code" not in query
+    assert query.get("state") == (None if "extra" in changes else ["s-123"])  # a state with a NUL is not echoed
+
+
+@pytest.mark.parametrize("form", [
+    {"grant_type": "authorization_code", "client_id": "a\x00b", "code": "x"},
+    {"grant_type": "refresh_token", "client_id": "a\x00b", "refresh_token": "x"},
+])
+def test_a_client_id_with_a_nul_character_is_unknown_not_a_500(launch, form):
+    refused = httpx.post(f"{launch.base}/auth/token", data=form)
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+
+
+def test_the_form_needs_its_key_in_the_form_and_in_the_cookie(launch):
+    page = launch.authorize()
+    key = re.search(r'name="request" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    form = {"request": key, "username": "clara", "password": PASSWORD, "decision": "allow"}
+    elsewhere = httpx.post(f"{launch.base}/auth/authorize", data=form)  # another page's post: no cookie
+    assert elsewhere.status_code == 400 and "location" not in elsewhere.headers
+    forged = launch.browser.post("/auth/authorize", data={**form, "request": secrets.token_urlsafe(32)})
+    assert forged.status_code == 400 and "location" not in forged.headers
+    missing = launch.browser.post("/auth/authorize", data={k: v for k, v in form.items() if k != "request"})
+    assert missing.status_code == 400
+    assert launch.log_in(page).status_code == 303  # the form itself still works
+    assert launch.log_in(page).status_code == 400  # once
+
+
+def test_a_wrong_password_gives_no_code_and_counts_as_a_failed_login(launch, services):
+    page = launch.authorize()
+    for _ in range(5):
+        wrong = launch.log_in(page, password="not the password")
+        assert wrong.status_code == 401 and "location" not in wrong.headers
+        assert "wrong" in wrong.text and 'name="request"' in wrong.text  # the form again, to try again
+    limited = launch.log_in(page)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
+    assert "location" not in limited.headers
+    services.audit.chain.project()
+    with httpx.Client(base_url=launch.base, headers=admin_headers(services)) as admin:
+        found = admin.get("/fhir/AuditEvent", params={"type": "110114", "subtype": "110122", "_count": 50}).json()
+    logins = [(entry["resource"]["outcome"], entry["resource"]["agent"][0]["name"]) for entry in found["entry"]]
+    assert sorted(logins) == [("4", "clara")] * 6
+
+
+def test_a_login_through_the_form_is_audited(launch, services):
+    launch.code()
+    services.audit.chain.project()
+    with httpx.Client(base_url=launch.base, headers=admin_headers(services)) as admin:
+        found = admin.get("/fhir/AuditEvent", params={"type": "110114", "subtype": "110122"}).json()
+    [login] = [entry["resource"] for entry in found["entry"]]
+    assert login["outcome"] == "0" and login["agent"][0]["name"] == "clara"
+
+
+def test_the_user_may_deny(launch):
+    denied = launch.log_in(launch.authorize(), decision="deny")
+    assert denied.status_code == 303
+    query = parse_qs(urlsplit(denied.headers["location"]).query)
+    assert query["error"] == ["access_denied"] and query["state"] == ["s-123"] and "code" not in query
+
+
+def test_refresh_tokens_rotate_and_one_used_twice_ends_its_family(launch):
+    first = launch.redeem(launch.code(scope="user/ImagingStudy.rs online_access")).json()
+    assert first["scope"] == "user/ImagingStudy.rs online_access"
+    second = launch.refresh(first["refresh_token"])
+    assert second.status_code == 200, second.text
+    renewed = second.json()
+    assert renewed["refresh_token"] != first["refresh_token"] and renewed["scope"] == first["scope"]
+    headers = {"Authorization": f"Bearer {renewed['access_token']}"}
+    assert httpx.get(f"{launch.base}/fhir/ImagingStudy", headers=headers).status_code == 200
+    narrowed = launch.token(grant_type="refresh_token", refresh_token=renewed["refresh_token"],
+                            scope="user/ImagingStudy.r")
+    assert narrowed.json()["scope"] == "user/ImagingStudy.r online_access"  # RFC 6749 6: the access token's
+    widened = launch.refresh(narrowed.json()["refresh_token"]).json()
+    assert widened["scope"] == first["scope"]  # the refresh token kept its family's
+    replayed = launch.refresh(first["refresh_token"])
+    assert replayed.status_code == 400 and "family is revoked" in replayed.json()["error_description"]
+    assert launch.refresh(widened["refresh_token"]).status_code == 400  # the thief's and the app's alike
+
+
+def test_a_disabled_user_or_client_gets_no_refresh(launch, services):
+    tokens = launch.redeem(launch.code(scope="user/ImagingStudy.rs offline_access")).json()
+    services.auth.identities.disable_user("clara")
+    refused = launch.refresh(tokens["refresh_token"])
+    assert refused.status_code == 400 and "disabled" in refused.json()["error_description"]
+    services.auth.identities.add_user("carl", Role.CLINICIAN, PASSWORD)
+    tokens = launch.redeem(launch.code(username="carl", scope="user/ImagingStudy.rs offline_access")).json()
+    services.auth.identities.disable_client(launch.client_id)
+    assert launch.refresh(tokens["refresh_token"]).status_code == 401
+
+
+def test_a_confidential_app_authenticates_and_a_public_one_has_no_client_credentials(launch, services):
+    client_id, secret = services.auth.identities.add_client("ehr-app", REGISTERED, redirect_uris=[REDIRECT])
+    assert secret is not None
+    app = App(launch.base, client_id, secret)
+    assert app.redeem(app.code()).status_code == 200
+    unauthenticated = App(launch.base, client_id).redeem(app.code())
+    assert unauthenticated.status_code == 401 and unauthenticated.json()["error"] == "invalid_client"
+    for form in ({"client_id": launch.client_id}, {"client_id": launch.client_id, "client_secret": ""}):
+        refused = httpx.post(f"{launch.base}/auth/token", data={"grant_type": "client_credentials", **form})
+        assert refused.status_code == 401
+    basic = httpx.post(f"{launch.base}/auth/token", data={"grant_type": "client_credentials"},
+                       auth=(launch.client_id, "x"))
+    assert basic.status_code == 401
+
+
+def test_discovery_names_the_authorization_endpoint(launch):
+    configuration = httpx.get(f"{launch.base}/.well-known/smart-configuration").json()
+    assert configuration["authorization_endpoint"] == f"{launch.base}/auth/authorize"
+    assert {"authorization_code", "refresh_token"} <= set(configuration["grant_types_supported"])
+    assert configuration["code_challenge_methods_supported"] == ["S256"]
+    assert configuration["response_types_supported"] == ["code"]
+    assert {"launch-standalone", "client-public", "permission-offline"} <= set(configuration["capabilities"])
+    metadata = httpx.get(f"{launch.base}/fhir/metadata", headers={"Accept": "application/fhir+json"}).json()
+    [uris] = [extension for extension in metadata["rest"][0]["security"]["extension"]
+              if extension["url"].endswith("oauth-uris")]
+    assert {"url": "authorize", "valueUri": f"{launch.base}/auth/authorize"} in uris["extension"]
+
+
+@pytest.mark.parametrize("uri", ["http://viewer.example/callback", "https://viewer.example/cb#part", "/callback",
+                                 "ftp://127.0.0.1/cb"])
+def test_redirect_uris_are_https_or_loopback(services, uri):
+    with pytest.raises(IdentityError):
+        services.auth.identities.add_client("viewer", REGISTERED, redirect_uris=[uri], public=True)
+
+
+def test_the_command_line_registers_apps(services, monkeypatch, capsys):
+    monkeypatch.setenv("MEDAIFLOW_DATA_DIR", str(services.settings.data_dir))
+    monkeypatch.setenv("MEDAIFLOW_DATABASE_URL", services.settings.database_url)
+    assert main(["clients", "add", "viewer", "--scopes", "user/*.rs", "--redirect-uri", "https://viewer.example/cb",
+                 "--redirect-uri", "http://localhost:8080/cb", "--public"]) == 0
+    printed = capsys.readouterr().out
+    assert "client id: viewer-" in printed and "secret" not in printed
+    client_id = printed.split("client id: ")[1].split()[0]
+    client = services.auth.identities.launch_client(client_id)
+    assert client is not None and client.public
+    assert client.redirect_uris == ("https://viewer.example/cb", "http://localhost:8080/cb")
+    assert main(["clients", "add", "viewer", "--scopes", "user/*.rs", "--public"]) == 2  # no redirect URI
+    assert main(["clients", "add", "viewer", "--scopes", "system/*.rs", "--redirect-uri", "https://v.example/cb"]) == 2
+
+
+def test_behind_a_proxy_prefix_the_form_and_its_cookie_name_the_path_the_browser_sees(launch):
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.example", "X-Forwarded-Prefix": "/medaiflow"}
+    page = launch.browser.get("/auth/authorize", headers=proxied, params={
+        "response_type": "code", "client_id": launch.client_id, "redirect_uri": REDIRECT, "scope": ASKED,
+        "state": "s-1", "aud": "https://pacs.example/medaiflow/fhir", "code_challenge": launch.challenge,
+        "code_challenge_method": "S256"})
+    assert page.status_code == 200, page.headers.get("location")
+    assert 'action="https://pacs.example/medaiflow/auth/authorize"' in page.text
+    cookie = page.headers["set-cookie"]
+    assert "Path=/medaiflow/auth/authorize" in cookie and "Secure" in cookie and "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
