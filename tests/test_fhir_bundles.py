@@ -213,6 +213,17 @@ def test_transaction_with_stale_if_match_is_412_and_rolls_back(fhir):
     assert fhir.get("/fhir/Task/b").status_code == 404
 
 
+def test_entry_if_match_star_holds_for_a_current_version_only(fhir):
+    fhir.put("/fhir/Task/a", json={**TASK, "id": "a"})
+    response = _post(fhir, "batch", [
+        {"resource": {**TASK, "id": "a"}, "request": {"method": "PUT", "url": "Task/a", "ifMatch": "*"}},
+        {"resource": {**TASK, "id": "b"}, "request": {"method": "PUT", "url": "Task/b", "ifMatch": "*"}},
+        {"request": {"method": "DELETE", "url": "Task/c", "ifMatch": "*"}},
+    ])
+    assert [entry["response"]["status"] for entry in response.json()["entry"]] == ["200 OK", "412", "412"]
+    assert fhir.get("/fhir/Task/b").status_code == 404
+
+
 def test_batch_reports_each_entry(fhir):
     fhir.put("/fhir/Task/existing", json={**TASK, "id": "existing"})
     response = _post(fhir, "batch", [

@@ -79,6 +79,34 @@ def test_stale_if_match_is_412_and_changes_nothing(fhir):
     _outcome(fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers={"If-Match": "3"}), 400, "invalid")
 
 
+def test_if_match_star_needs_a_current_version(fhir):
+    """`If-Match: *` holds for any current version (RFC 9110 13.1.1), and for
+    nothing else: not a resource that does not exist, nor a deleted one."""
+    task_id = _create(fhir).json()["id"]
+    star = {"If-Match": "*"}
+    updated = fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id, "status": "ready"}, headers=star)
+    assert updated.status_code == 200, updated.text
+    assert updated.headers["etag"] == 'W/"2"'
+    assert "does not exist" in _outcome(fhir.put("/fhir/Task/never", json={**TASK, "id": "never"}, headers=star), 412,
+                                        "conflict")
+    _outcome(fhir.get("/fhir/Task/never"), 404, "not-found")
+    assert fhir.delete(f"/fhir/Task/{task_id}", headers=star).status_code == 204
+    _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers=star), 412, "conflict")
+    _outcome(fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers=star), 412, "conflict")
+    _outcome(fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers={"If-Match": 'W/"3"'}), 412,
+             "conflict")
+    _outcome(fhir.get(f"/fhir/Task/{task_id}"), 410, "deleted")
+
+
+def test_if_match_takes_a_list_of_etags(fhir):
+    task_id = _create(fhir).json()["id"]
+    listed = {"If-Match": 'W/"7", "1"'}
+    assert fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers=listed).status_code == 200
+    assert "not 1, 7" in _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers=listed), 412, "conflict")
+    for header in ('*, W/"1"', 'W/"1",', ""):
+        _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers={"If-Match": header}), 400, "invalid")
+
+
 def test_delete_then_read_is_410_and_delete_is_idempotent(fhir):
     task_id = _create(fhir).json()["id"]
     assert fhir.delete(f"/fhir/Task/{task_id}").status_code == 204

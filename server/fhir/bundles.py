@@ -42,6 +42,7 @@ from server.fhir.negotiation import form_pairs
 from server.fhir.own_references import (
     with_relative_references,
 )
+from server.fhir.preconditions import parse_if_match
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
@@ -295,7 +296,7 @@ def _run(
     parts = path.strip("/").split("/")
     if "" in parts:  # `Task//x` is no URL of Task/x
         raise InvalidRequest(f"{url[:100]!r} has an empty path segment")
-    if_match = interactions.parse_if_match(entry["request"].get("ifMatch"))
+    if_match = parse_if_match(entry["request"].get("ifMatch"))
     if method == "GET" and interactions.is_search(parts):
         page = interactions.search(service, parts, form_pairs(query), base, False, authorize_search, connection)
         return EntryResult("200 OK", resource=render_searchset(page, base))
@@ -424,7 +425,7 @@ def _conditional_targets(
             continue
         service.require_writable(resource_type)
         if request["method"] == "PUT":
-            if_match = interactions.parse_if_match(request.get("ifMatch"))
+            if_match = parse_if_match(request.get("ifMatch"))
             targets[position] = update_target(
                 service, resource_type, entries[position].get("resource"), query, base, if_match, connection,
                 authorize_search,

@@ -19,6 +19,7 @@ from server.db import advisory_locks, writing
 from server.fhir import interactions
 from server.fhir.negotiation import form_pairs
 from server.fhir.own_references import with_relative_search_values
+from server.fhir.preconditions import IfMatch
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
 
@@ -78,7 +79,7 @@ def create_if_none_exist(
 
 
 def update_where(
-    service: FhirService, resource_type: str, body: Any, query: str, base: str, if_match: int | None,
+    service: FhirService, resource_type: str, body: Any, query: str, base: str, if_match: IfMatch | None,
     authorize_search: Callable[[SearchRequest], None], connection: Connection | None = None,
 ) -> tuple[StoredVersion, bool]:
     """`body` written as the resource `query` matches; with no match, created
@@ -95,7 +96,7 @@ def update_where(
 
 
 def update_target(
-    service: FhirService, resource_type: str, body: Any, query: str, base: str, if_match: int | None,
+    service: FhirService, resource_type: str, body: Any, query: str, base: str, if_match: IfMatch | None,
     connection: Connection, authorize_search: Callable[[SearchRequest], None],
 ) -> str | None:
     """The id a conditional update writes: the one match; with none, the
@@ -122,7 +123,7 @@ def update_target(
 
 
 def delete_where(
-    service: FhirService, resource_type: str, query: str, base: str, if_match: int | None,
+    service: FhirService, resource_type: str, query: str, base: str, if_match: IfMatch | None,
     authorize_search: Callable[[SearchRequest], None], connection: Connection | None = None,
 ) -> StoredVersion | None:
     """The one resource `query` matches, deleted; None when it matches

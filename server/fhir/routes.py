@@ -47,6 +47,7 @@ from server.fhir.negotiation import (
 from server.fhir.own_references import (
     with_relative_references,
 )
+from server.fhir.preconditions import IfMatch, parse_if_match
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
@@ -392,7 +393,7 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
     return _version_response(request, version, 201 if created else 200, location=created, written=True)
 
 
-async def _update_request(request: Request, resource_type: str) -> tuple[Any, int | None]:
+async def _update_request(request: Request, resource_type: str) -> tuple[Any, IfMatch | None]:
     """The body and If-Match of an update, checked before anything is written."""
     _fhir(request).require_writable(resource_type)
     require_resource_body(request)
@@ -400,12 +401,12 @@ async def _update_request(request: Request, resource_type: str) -> tuple[Any, in
     body = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
     body = with_relative_references(body, fhir_base(request))
     _require_study_reading_for_orders(request.state.principal, body)
-    return body, interactions.parse_if_match(request.headers.get("if-match"))
+    return body, parse_if_match(request.headers.get("if-match"))
 
 
 @router.delete("/{resource_type}/{resource_id}")
 async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
-    if_match = interactions.parse_if_match(request.headers.get("if-match"))
+    if_match = parse_if_match(request.headers.get("if-match"))
     version = await run_in_threadpool(
         retried_on_conflict, partial(interactions.delete, _fhir(request), resource_type, resource_id, if_match)
     )
@@ -416,7 +417,7 @@ async def delete(request: Request, resource_type: str, resource_id: str) -> Resp
 async def conditional_delete(request: Request, resource_type: str) -> Response:
     """`DELETE [type]?[query]` (http.html#3.1.0.7.1): the one match deleted, 204 also for none."""
     query = _condition(request, resource_type)
-    if_match = interactions.parse_if_match(request.headers.get("if-match"))
+    if_match = parse_if_match(request.headers.get("if-match"))
     version = await run_in_threadpool(
         retried_on_conflict,
         partial(delete_where, _fhir(request), resource_type, query, fhir_base(request), if_match,
