@@ -274,6 +274,20 @@ def test_type_history_and_since(fhir):
     _outcome(fhir.get("/fhir/Task/_history", params={"_since": "yesterday"}), 400, "invalid")
 
 
+@pytest.mark.parametrize("since", ["2000", "2000-01-01", "2000-01-01T00:00", "2000-01-01T00:00:00", "2000-01-01T00:00Z"])
+def test_history_since_is_an_instant_not_a_date(fhir, since):
+    """R4 types `_since` as an instant (http.html#history): to the second,
+    with a zone. A date was taken as the start of its range."""
+    task_id = _create(fhir).json()["id"]
+    for url in ("/fhir/Task/_history", f"/fhir/Task/{task_id}/_history"):
+        assert "_since" in _outcome(fhir.get(url, params={"_since": since}), 400, "invalid")
+    entry = {"request": {"method": "GET", "url": f"Task/_history?_since={since}"}}
+    answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [entry]}).json()
+    assert answer["entry"][0]["response"]["status"] == "400"
+    stamped = fhir.get("/fhir/Task/_history", params={"_since": "2000-01-01T00:00:00.5+01:00"})
+    assert [entry["resource"]["id"] for entry in stamped.json()["entry"]] == [task_id]
+
+
 def test_polling_a_type_history_with_since_misses_no_version_that_commits_late(fhir, services):
     """A version's time is taken before its transaction commits: one that
     commits after a newer one was polled would be older than the poller's

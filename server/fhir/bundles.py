@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
-from fhir_mappings.date_ranges import date_range, instant_text
+from fhir_mappings.date_ranges import instant_text, require_instant
 from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.patient_compartment import patients_of_json
@@ -353,12 +353,7 @@ def _text(request: dict[str, Any], name: str) -> str | None:
 def _instant(request: dict[str, Any], name: str) -> int | None:
     """An entry's `instant` (Bundle.entry.request.ifModifiedSince) as microseconds."""
     text = _text(request, name)
-    if text is None:
-        return None
-    moment = date_range(text) if "T" in text else None
-    if moment is None:
-        raise InvalidRequest(f"request.{name} must be an instant, such as 2026-01-31T12:00:00Z; got {text[:40]!r}")
-    return moment[0]
+    return None if text is None else require_instant(f"request.{name}", text)
 
 
 def _path(url: str, base: str) -> str:
