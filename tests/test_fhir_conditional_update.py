@@ -91,7 +91,8 @@ def test_if_match_star_on_a_conditional_update_needs_its_match(fhir):
     star = {"If-Match": "*"}
     assert fhir.put(f"/fhir/Task?{CONDITION}", json=TASK, headers=star).status_code == 412
     entry = {"resource": TASK, "request": {"method": "PUT", "url": f"Task?{CONDITION}", "ifMatch": "*"}}
-    assert fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [entry]}).status_code == 412
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+    assert fhir.post("/fhir", json=transaction).status_code == 412
     assert _ids(fhir) == []
     task_id = fhir.post("/fhir/Task", json=TASK).json()["id"]
     updated = fhir.put(f"/fhir/Task?{CONDITION}", json={**TASK, "description": "kept"}, headers=star)

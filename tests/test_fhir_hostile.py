@@ -379,6 +379,28 @@ def test_dates_times_and_base64_are_stored_as_written(fhir):
     assert fhir.get("/fhir/Task", params={"authored-on": "2020-01-01T04:30:00.1Z"}).json()["total"] == 1
 
 
+def test_dates_with_more_fraction_digits_than_nanoseconds_are_kept_and_searched(fhir):
+    """R4's date/dateTime/instant regex takes any number of fraction digits
+    (`(\\.[0-9]+)?`). Such a value is stored as written and indexed to the
+    microsecond, cut rather than rounded; it was stored without an index, so
+    no date search found it, and refused as a search value."""
+    written = {
+        "authoredOn": "2020-01-01T10:00:00.1234569999999+01:00", "lastModified": "2020-01-01T09:00:00.9999999999Z",
+    }
+    created = fhir.post("/fhir/Task", json={**TASK, **written})
+    assert created.status_code == 201, created.text[:300]
+    task_id = created.json()["id"]
+    assert {key: fhir.get(f"/fhir/Task/{task_id}").json()[key] for key in written} == written
+    for value in ("2020-01-01T09:00:00.123456Z", "2020-01-01T09:00:00.12345699999999999Z", "2020-01-01T09:00:00Z",
+                  "gt2020-01-01T09:00:00.12345599999999Z", "lt2020-01-01T09:00:00.1234570000000001Z"):
+        found = fhir.get("/fhir/Task", params={"authored-on": value})
+        assert found.status_code == 200, (value, found.text[:300])
+        assert ids(found.json()) == [task_id], value
+    for value in ("2020-01-01T09:00:00.1234570000001Z", "gt2020-01-01T09:00:00.1234569Z"):
+        assert ids(fhir.get("/fhir/Task", params={"authored-on": value}).json()) == [], value
+    assert ids(fhir.get("/fhir/Task", params={"modified": "2020-01-01T09:00:00.99999999999999Z"}).json()) == [task_id]
+
+
 def test_primitives_of_the_right_json_type_are_kept_as_sent(fhir):
     inputs = [
         {"type": {"text": "n"}, "valueInteger": 5},

@@ -274,7 +274,9 @@ def test_type_history_and_since(fhir):
     _outcome(fhir.get("/fhir/Task/_history", params={"_since": "yesterday"}), 400, "invalid")
 
 
-@pytest.mark.parametrize("since", ["2000", "2000-01-01", "2000-01-01T00:00", "2000-01-01T00:00:00", "2000-01-01T00:00Z"])
+@pytest.mark.parametrize(
+    "since", ["2000", "2000-01-01", "2000-01-01T00:00", "2000-01-01T00:00:00", "2000-01-01T00:00Z"]
+)
 def test_history_since_is_an_instant_not_a_date(fhir, since):
     """R4 types `_since` as an instant (http.html#history): to the second,
     with a zone. A date was taken as the start of its range."""
