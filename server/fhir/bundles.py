@@ -65,11 +65,13 @@ class EntryResult:
 
 def process_bundle(
     service: FhirService, body: Any, base: str, status_for: Any, authorize: Callable[[str, str, Any], None],
-    authorize_search: Callable[[SearchRequest], None], may_create: Callable[[str], bool], returned: str | None = None,
+    authorize_search: Callable[[SearchRequest], None], may_create: Callable[[str], bool],
+    capabilities: Callable[[], bytes], returned: str | None = None,
 ) -> bytes:
     """`authorize(method, path, resource)` raises Forbidden for an entry its
     sender may not run; `authorize_search` for a search entry reaching types
-    it may not read; `may_create(type)` says whether an update may create.
+    it may not read; `may_create(type)` says whether an update may create;
+    `capabilities()` is the CapabilityStatement a `GET metadata` entry answers.
     `returned`: the request's `Prefer: return=`, which says what a written
     entry's response carries (R4 http.html#transaction-response)."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
@@ -87,10 +89,13 @@ def process_bundle(
         for entry in entries:
             authorize(entry["request"]["method"], _path(entry["request"]["url"], base), entry.get("resource"))
         # Nothing of a transaction that PostgreSQL ended in a deadlock was kept: it is run again whole.
-        results = retried_on_conflict(lambda: _transaction(service, entries, base, authorize_search, may_create))
+        results = retried_on_conflict(
+            lambda: _transaction(service, entries, base, authorize_search, may_create, capabilities)
+        )
     else:
         results = [
-            _batch_entry(service, entry, position, base, status_for, authorize, authorize_search, may_create)
+            _batch_entry(service, entry, position, base, status_for, authorize, authorize_search, may_create,
+                         capabilities)
             for position, entry in enumerate(entries)
         ]
     return _response_bundle(f"{kind}-response", results, returned)
@@ -98,7 +103,7 @@ def process_bundle(
 
 def _transaction(
     service: FhirService, entries: list[dict[str, Any]], base: str, authorize_search: Callable[[SearchRequest], None],
-    may_create: Callable[[str], bool],
+    may_create: Callable[[str], bool], capabilities: Callable[[], bytes],
 ) -> list[EntryResult]:
     conditions = _conditions(entries, base)
     # Deletes run first (http.html#trules): what later entries write never changes what one deleted.
@@ -141,7 +146,9 @@ def _transaction(
             full_url = absolute_full_url(entry, base)
             created_id = assigned[full_url].rpartition("/")[2] if full_url in assigned else None
             try:
-                results[position] = _run(service, entry, base, connection, created_id, authorize_search, may_create)
+                results[position] = _run(
+                    service, entry, base, connection, created_id, authorize_search, may_create, capabilities
+                )
             except FhirError as error:
                 request = entry["request"]
                 error.diagnostics = f"entry {position} ({request['method']} {request['url']}): {error.diagnostics}"
@@ -269,12 +276,14 @@ def _refuse_overlaps(entries: list[dict[str, Any]], base: str, claimed: dict[int
 def _batch_entry(
     service: FhirService, entry: dict[str, Any], position: int, base: str, status_for: Any,
     authorize: Callable[[str, str, Any], None], authorize_search: Callable[[SearchRequest], None],
-    may_create: Callable[[str], bool],
+    may_create: Callable[[str], bool], capabilities: Callable[[], bytes],
 ) -> EntryResult:
     try:
         authorize(entry["request"]["method"], _path(entry["request"]["url"], base), entry.get("resource"))
         local = with_relative_references(entry, base)
-        return retried_on_conflict(lambda: _run(service, local, base, None, None, authorize_search, may_create))
+        return retried_on_conflict(
+            lambda: _run(service, local, base, None, None, authorize_search, may_create, capabilities)
+        )
     except FhirError as error:
         status = status_for(error)
         return EntryResult(f"{status}", outcome=operation_outcome(error.issue_code, error.diagnostics))
@@ -283,6 +292,7 @@ def _batch_entry(
 def _run(
     service: FhirService, entry: dict[str, Any], base: str, connection: Connection | None, created_id: str | None,
     authorize_search: Callable[[SearchRequest], None], may_create: Callable[[str], bool],
+    capabilities: Callable[[], bytes],
 ) -> EntryResult:
     method, url = entry["request"]["method"], entry["request"]["url"]
     if_none_exist = _text(entry["request"], "ifNoneExist")
@@ -297,6 +307,8 @@ def _run(
     if "" in parts:  # `Task//x` is no URL of Task/x
         raise InvalidRequest(f"{url[:100]!r} has an empty path segment")
     if_match = parse_if_match(entry["request"].get("ifMatch"))
+    if method == "GET" and parts == ["metadata"]:  # the capabilities interaction (R4 http.html#capabilities)
+        return EntryResult("200 OK", resource=capabilities())
     if method == "GET" and interactions.is_search(parts):
         page = interactions.search(service, parts, form_pairs(query), base, False, authorize_search, connection)
         return EntryResult("200 OK", resource=render_searchset(page, base))

@@ -160,6 +160,8 @@ def _entry_authorizer(request: Request) -> Callable[[str, str, Any], None]:
 
     def authorize(method: str, path: str, resource: Any) -> None:
         parts = [part for part in path.split("/") if part]
+        if method == "GET" and parts == ["metadata"]:
+            return  # open to all, as `GET /fhir/metadata` is
         permission = fhir_permission(method, parts)
         # None: nobody's scopes decide (a write of a type no one writes, which the entry answers with 405).
         if permission is BUNDLE or (permission is not None and not principal.may(permission)):
@@ -197,11 +199,14 @@ def _require_creating_for_conditional_updates(principal: Principal, method: str,
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     fmt = response_format(request)
-    fhir = _fhir(request)
-    token_url = f"{public_root(request)}/auth/token"
-    return fhir_response(
-        _capability_json(fhir_base(request), fhir.writable_types, fhir.store.history_types, token_url), fmt
-    )
+    return fhir_response(_capabilities(request)(), fmt)
+
+
+def _capabilities(request: Request) -> Callable[[], bytes]:
+    """The CapabilityStatement of this request's base, as `GET metadata`
+    answers it, alone or as a Bundle entry."""
+    fhir, base, token_url = _fhir(request), fhir_base(request), f"{public_root(request)}/auth/token"
+    return lambda: _capability_json(base, fhir.writable_types, fhir.store.history_types, token_url)
 
 
 @lru_cache(maxsize=32)
@@ -221,7 +226,7 @@ async def batch_or_transaction(request: Request) -> Response:
     await _audit_copies_current(request, _entry_urls(body))
     result = await run_in_threadpool(
         bundles.process_bundle, _fhir(request), body, fhir_base(request), fhir_status_for, _entry_authorizer(request),
-        _search_authorizer(request), _creating_allowed(request), _preference(request, "return"),
+        _search_authorizer(request), _creating_allowed(request), _capabilities(request), _preference(request, "return"),
     )
     return fhir_response(result, fmt, written=True)
 
