@@ -107,6 +107,36 @@ def test_if_match_takes_a_list_of_etags(fhir):
         _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers={"If-Match": header}), 400, "invalid")
 
 
+def test_if_none_match_keeps_a_write_from_changing_what_is_current(fhir):
+    """`If-None-Match: *` on a PUT creates only (RFC 9110 13.1.2): it was
+    ignored, and the PUT overwrote what it was sent to keep."""
+    only_create = {"If-None-Match": "*"}
+    created = fhir.put("/fhir/Task/fresh", json={**TASK, "id": "fresh"}, headers=only_create)
+    assert created.status_code == 201, created.text
+    kept = fhir.put("/fhir/Task/fresh", json={**TASK, "id": "fresh", "status": "failed"}, headers=only_create)
+    assert "version 1" in _outcome(kept, 412, "conflict")
+    assert fhir.get("/fhir/Task/fresh").json()["status"] == "requested"
+    _outcome(fhir.put("/fhir/Task/fresh", json={**TASK, "id": "fresh"}, headers={"If-None-Match": 'W/"1"'}), 412,
+             "conflict")
+    _outcome(fhir.delete("/fhir/Task/fresh", headers={"If-None-Match": '"1"'}), 412, "conflict")
+    _outcome(fhir.delete("/fhir/Task/fresh", headers={"If-None-Match": "soon"}), 400, "invalid")
+    both = {"If-Match": 'W/"1"', "If-None-Match": 'W/"2"'}
+    assert fhir.put("/fhir/Task/fresh", json={**TASK, "id": "fresh"}, headers=both).status_code == 200
+    assert fhir.delete("/fhir/Task/fresh", headers={"If-None-Match": 'W/"1"'}).status_code == 204
+    # Deleted, nothing is current: it may be created again.
+    assert fhir.put("/fhir/Task/fresh", json={**TASK, "id": "fresh"}, headers=only_create).status_code == 201
+    assert fhir.put("/fhir/Task?_id=other", json=TASK, headers=only_create).status_code == 201
+    _outcome(fhir.put("/fhir/Task?_id=fresh", json=TASK, headers=only_create), 412, "conflict")
+    entries = [
+        {"resource": {**TASK, "id": "fresh"}, "request": {"method": "PUT", "url": "Task/fresh", "ifNoneMatch": "*"}},
+        {"resource": {**TASK, "id": "new"}, "request": {"method": "PUT", "url": "Task/new", "ifNoneMatch": "*"}},
+    ]
+    batch = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": entries}).json()
+    assert [entry["response"]["status"] for entry in batch["entry"]] == ["412", "201 Created"]
+    transaction = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries[:1]})
+    _outcome(transaction, 412, "conflict")
+
+
 def test_delete_then_read_is_410_and_delete_is_idempotent(fhir):
     task_id = _create(fhir).json()["id"]
     assert fhir.delete(f"/fhir/Task/{task_id}").status_code == 204

@@ -42,7 +42,7 @@ from server.fhir.negotiation import form_pairs
 from server.fhir.own_references import (
     with_relative_references,
 )
-from server.fhir.preconditions import parse_if_match
+from server.fhir.preconditions import Preconditions, parse_preconditions
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
@@ -306,7 +306,6 @@ def _run(
     parts = path.strip("/").split("/")
     if "" in parts:  # `Task//x` is no URL of Task/x
         raise InvalidRequest(f"{url[:100]!r} has an empty path segment")
-    if_match = parse_if_match(entry["request"].get("ifMatch"))
     if method == "GET" and parts == ["metadata"]:  # the capabilities interaction (R4 http.html#capabilities)
         return EntryResult("200 OK", resource=capabilities())
     if method == "GET" and interactions.is_search(parts):
@@ -328,6 +327,7 @@ def _run(
             return EntryResult("304 Not Modified", etag=version.etag, last_modified=version.last_updated)
         return _result("200 OK", version, base, subset_of=(summary, elements))
     resource = entry.get("resource")
+    preconditions = _preconditions(entry["request"]) if method in ("PUT", "DELETE") else None
     if if_none_exist is not None and method != "POST":
         raise InvalidRequest("ifNoneExist belongs to a POST (a create)")
     if method == "POST" and len(parts) == 1 and if_none_exist is not None:
@@ -339,18 +339,20 @@ def _run(
         version = interactions.create(service, parts[0], resource, connection, created_id)
         return _result("201 Created", version, base, written=True)
     if method == "PUT" and len(parts) == 1 and query:
-        version, created = update_where(service, parts[0], resource, query, base, if_match, authorize_search, connection)
+        version, created = update_where(
+            service, parts[0], resource, query, base, preconditions, authorize_search, connection
+        )
         return _result("201 Created" if created else "200 OK", version, base, written=True)
     if method == "PUT" and len(parts) == 2:
         version, created = interactions.update(
-            service, parts[0], parts[1], resource, if_match, connection, may_create=may_create(parts[0])
+            service, parts[0], parts[1], resource, preconditions, connection, may_create=may_create(parts[0])
         )
         return _result("201 Created" if created else "200 OK", version, base, written=True)
     if method == "DELETE" and len(parts) == 1 and query:
-        delete_where(service, parts[0], query, base, if_match, authorize_search, connection)
+        delete_where(service, parts[0], query, base, preconditions, authorize_search, connection)
         return EntryResult("204 No Content")
     if method == "DELETE" and len(parts) == 2:
-        interactions.delete(service, parts[0], parts[1], if_match, connection)
+        interactions.delete(service, parts[0], parts[1], preconditions, connection)
         return EntryResult("204 No Content")
     raise InvalidRequest(f"{method} {url} is not an interaction this server supports in a Bundle")
 
@@ -360,6 +362,12 @@ def _text(request: dict[str, Any], name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise InvalidRequest(f"request.{name} must be a string")
     return value
+
+
+def _preconditions(request: dict[str, Any]) -> Preconditions | None:
+    """An update's or delete's `ifMatch` and `ifNoneMatch`, as the HTTP
+    headers are (a read's `ifNoneMatch` asks for a 304 instead)."""
+    return parse_preconditions(request.get("ifMatch"), request.get("ifNoneMatch"))
 
 
 def _instant(request: dict[str, Any], name: str) -> int | None:
@@ -432,9 +440,9 @@ def _conditional_targets(
             continue
         service.require_writable(resource_type)
         if request["method"] == "PUT":
-            if_match = parse_if_match(request.get("ifMatch"))
+            preconditions = _preconditions(request)
             targets[position] = update_target(
-                service, resource_type, entries[position].get("resource"), query, base, if_match, connection,
+                service, resource_type, entries[position].get("resource"), query, base, preconditions, connection,
                 authorize_search,
             )
         else:

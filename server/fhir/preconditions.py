@@ -1,5 +1,6 @@
-"""If-Match on update and delete (R4 http.html#concurrency, RFC 9110
-§13.1.1), as a header or as a Bundle entry's `request.ifMatch`.
+"""The preconditions of an update or delete (RFC 9110 §13.1): If-Match
+(R4 http.html#concurrency) and If-None-Match, as headers or as a Bundle
+entry's `request.ifMatch` and `ifNoneMatch`.
 
 A version's entity tag is `W/"n"`; a tag is compared by its number, weak or
 strong as the client wrote it (FHIR's tags are weak, and clients often send
@@ -8,39 +9,58 @@ strong as the client wrote it (FHIR's tags are weak, and clients often send
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from fhir_mappings.errors import InvalidRequest, VersionConflict
 
 _ETAG = re.compile(r'(?:W/)?"([0-9]{1,40})"')
+# What an If-Match or If-None-Match names: some versions, or `*`, any current one.
+Tags = frozenset[int] | Literal["*"]
 
 
 @dataclass(frozen=True)
-class IfMatch:
-    """What If-Match asks for: one of `versions` current, or, for `*` (None),
-    any current version: the resource must exist and not be deleted."""
+class Preconditions:
+    """`match`: If-Match, which holds when one of its versions (any, for `*`)
+    is current. `none_match`: If-None-Match, which holds when none is (`*`:
+    when nothing is current, for a write that must only create). A resource
+    that does not exist or is deleted has no current version (§13.1.1)."""
 
-    versions: frozenset[int] | None
+    match: Tags | None = None
+    none_match: Tags | None = None
 
     def require(self, what: str, current_version: int | None) -> None:
-        """412 unless `what` (`Type/id`) is current at a version asked for;
-        `current_version` None: it does not exist, or is deleted (no current
-        representation, which fails even `*`, RFC 9110 §13.1.1)."""
-        if current_version is None:
-            raise VersionConflict(f"{what} does not exist or is deleted; If-Match cannot hold")
-        if self.versions is not None and current_version not in self.versions:
-            asked = ", ".join(str(version) for version in sorted(self.versions))
-            raise VersionConflict(f"{what} is at version {current_version}, not {asked} (If-Match)")
+        """412 unless both hold for `what` (`Type/id`) at `current_version`."""
+        if self.match is not None:
+            if current_version is None:
+                raise VersionConflict(f"{what} does not exist or is deleted; If-Match cannot hold")
+            if self.match != "*" and current_version not in self.match:
+                raise VersionConflict(f"{what} is at version {current_version}, not {_named(self.match)} (If-Match)")
+        if self.none_match is not None and current_version is not None:
+            if self.none_match == "*" or current_version in self.none_match:
+                raise VersionConflict(
+                    f"{what} is at version {current_version} (If-None-Match: {_named(self.none_match)})"
+                )
 
 
-def parse_if_match(header: object) -> IfMatch | None:
-    """An If-Match header or `request.ifMatch`: `*`, or a list of ETags."""
+def parse_preconditions(if_match: object, if_none_match: object) -> Preconditions | None:
+    """Of the headers (or Bundle entry fields) If-Match and If-None-Match; None when neither is sent."""
+    if if_match is None and if_none_match is None:
+        return None
+    return Preconditions(_tags("If-Match", if_match), _tags("If-None-Match", if_none_match))
+
+
+def _tags(name: str, header: object) -> Tags | None:
+    """`*`, or a list of ETags."""
     if header is None:
         return None
     members = [member.strip() for member in header.split(",")] if isinstance(header, str) else []
     if members == ["*"]:
-        return IfMatch(None)
+        return "*"
     found = [_ETAG.fullmatch(member) for member in members]
     if not members or not all(found):
-        raise InvalidRequest(f'If-Match must be * or ETags such as W/"3", not {str(header)[:40]!r}')
-    return IfMatch(frozenset(int(match.group(1)) for match in found if match))
+        raise InvalidRequest(f'{name} must be * or ETags such as W/"3", not {str(header)[:40]!r}')
+    return frozenset(int(match.group(1)) for match in found if match)
 
+
+def _named(tags: Tags) -> str:
+    return tags if tags == "*" else ", ".join(str(version) for version in sorted(tags))

@@ -47,7 +47,7 @@ from server.fhir.negotiation import (
 from server.fhir.own_references import (
     with_relative_references,
 )
-from server.fhir.preconditions import IfMatch, parse_if_match
+from server.fhir.preconditions import Preconditions, parse_preconditions
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
@@ -376,10 +376,10 @@ async def read(request: Request, resource_type: str, resource_id: str) -> Respon
 
 @router.put("/{resource_type}/{resource_id}")
 async def update(request: Request, resource_type: str, resource_id: str) -> Response:
-    body, if_match = await _update_request(request, resource_type)
+    body, preconditions = await _update_request(request, resource_type)
     may_create = request.state.principal.may(Permission(resource_type, "c"))
     version, created = await run_in_threadpool(retried_on_conflict, partial(
-        interactions.update, _fhir(request), resource_type, resource_id, body, if_match, may_create=may_create
+        interactions.update, _fhir(request), resource_type, resource_id, body, preconditions, may_create=may_create
     ))
     return _version_response(request, version, 201 if created else 200, location=created, written=True)
 
@@ -389,31 +389,31 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
     """`PUT [type]?[query]` (http.html#cond-update): it may create, so it needs create as well as update."""
     query = _condition(request, resource_type)
     _require_creating_for_conditional_updates(request.state.principal, "PUT", resource_type)
-    body, if_match = await _update_request(request, resource_type)
+    body, preconditions = await _update_request(request, resource_type)
     version, created = await run_in_threadpool(
         retried_on_conflict,
-        partial(update_where, _fhir(request), resource_type, body, query, fhir_base(request), if_match,
+        partial(update_where, _fhir(request), resource_type, body, query, fhir_base(request), preconditions,
                 _search_authorizer(request)),
     )
     return _version_response(request, version, 201 if created else 200, location=created, written=True)
 
 
-async def _update_request(request: Request, resource_type: str) -> tuple[Any, IfMatch | None]:
-    """The body and If-Match of an update, checked before anything is written."""
+async def _update_request(request: Request, resource_type: str) -> tuple[Any, Preconditions | None]:
+    """The body and preconditions of an update, checked before anything is written."""
     _fhir(request).require_writable(resource_type)
     require_resource_body(request)
     response_format(request)  # a 406 must come before the write, not after it
     body = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
     body = with_relative_references(body, fhir_base(request))
     _require_study_reading_for_orders(request.state.principal, body)
-    return body, parse_if_match(request.headers.get("if-match"))
+    return body, _preconditions(request)
 
 
 @router.delete("/{resource_type}/{resource_id}")
 async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
-    if_match = parse_if_match(request.headers.get("if-match"))
+    preconditions = _preconditions(request)
     version = await run_in_threadpool(
-        retried_on_conflict, partial(interactions.delete, _fhir(request), resource_type, resource_id, if_match)
+        retried_on_conflict, partial(interactions.delete, _fhir(request), resource_type, resource_id, preconditions)
     )
     return _deleted(version)
 
@@ -422,13 +422,17 @@ async def delete(request: Request, resource_type: str, resource_id: str) -> Resp
 async def conditional_delete(request: Request, resource_type: str) -> Response:
     """`DELETE [type]?[query]` (http.html#3.1.0.7.1): the one match deleted, 204 also for none."""
     query = _condition(request, resource_type)
-    if_match = parse_if_match(request.headers.get("if-match"))
+    preconditions = _preconditions(request)
     version = await run_in_threadpool(
         retried_on_conflict,
-        partial(delete_where, _fhir(request), resource_type, query, fhir_base(request), if_match,
+        partial(delete_where, _fhir(request), resource_type, query, fhir_base(request), preconditions,
                 _search_authorizer(request)),
     )
     return _deleted(version)
+
+
+def _preconditions(request: Request) -> Preconditions | None:
+    return parse_preconditions(request.headers.get("if-match"), request.headers.get("if-none-match"))
 
 
 def _deleted(version: StoredVersion | None) -> Response:
