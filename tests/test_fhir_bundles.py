@@ -286,6 +286,23 @@ def test_conditional_reads_in_a_batch(fhir):
     assert entries[1]["resource"]["id"] == "c1"
 
 
+@pytest.mark.parametrize("bundle_type", ["batch", "transaction"])
+def test_head_entries_answer_as_get_without_the_resource(fhir, bundle_type):
+    """R4 lists HEAD among a Bundle entry's methods; it was 400, 'not an
+    interaction this server supports', though `HEAD /fhir/Task/c1` is answered."""
+    etag = fhir.put("/fhir/Task/c1", json={**TASK, "id": "c1"}).headers["etag"]
+    response = _post(fhir, bundle_type, [
+        {"request": {"method": "HEAD", "url": "Task/c1"}},
+        {"request": {"method": "HEAD", "url": "Task/c1", "ifNoneMatch": etag}},
+        {"request": {"method": "HEAD", "url": "Task?_id=c1"}},
+    ])
+    assert response.status_code == 200, response.text
+    entries = response.json()["entry"]
+    assert [entry["response"]["status"] for entry in entries] == ["200 OK", "304 Not Modified", "200 OK"]
+    assert all("resource" not in entry for entry in entries)
+    assert entries[0]["response"]["etag"] == etag
+
+
 def test_conditional_references_with_this_servers_base_are_resolved_and_unresolvable_ones_refused(fhir):
     fhir.put("/fhir/Task/known", json={**TASK, "id": "known", "identifier": [{"system": "http://a", "value": "v1"}]})
     fhir.put("/fhir/Task/child", json={**TASK, "id": "child", "basedOn": [{"reference": "Task/known"}]})

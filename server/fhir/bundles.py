@@ -295,6 +295,11 @@ def _run(
     capabilities: Callable[[], bytes],
 ) -> EntryResult:
     method, url = entry["request"]["method"], entry["request"]["url"]
+    if method == "HEAD":  # R4 http-verb HEAD: what GET answers, without its body (RFC 9110 9.3.2)
+        as_get = {**entry, "request": {**entry["request"], "method": "GET"}}
+        answer = _run(service, as_get, base, connection, created_id, authorize_search, may_create, capabilities)
+        answer.resource = None
+        return answer
     if_none_exist = _text(entry["request"], "ifNoneExist")
     if url.startswith(f"{base}/"):
         url = url[len(base) + 1 :]
