@@ -137,6 +137,27 @@ def test_if_none_match_keeps_a_write_from_changing_what_is_current(fhir):
     _outcome(transaction, 412, "conflict")
 
 
+def test_if_unmodified_since_keeps_a_write_from_overwriting_a_later_version(fhir):
+    """RFC 9110 13.1.4: it was ignored, and the write overwrote what changed
+    after the client's copy. If-Match, when sent, decides instead; a resource
+    with no modification date (none yet) and a value that is no HTTP date
+    leave it out."""
+    task_id = _create(fhir).json()["id"]
+    earlier = {"If-Unmodified-Since": format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)}
+    later = {"If-Unmodified-Since": format_datetime(datetime.now(UTC) + timedelta(minutes=1), usegmt=True)}
+    body = {**TASK, "id": task_id, "status": "failed"}
+    assert "If-Unmodified-Since" in _outcome(fhir.put(f"/fhir/Task/{task_id}", json=body, headers=earlier), 412,
+                                             "conflict")
+    _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers=earlier), 412, "conflict")
+    _outcome(fhir.put(f"/fhir/Task?_id={task_id}", json=TASK, headers=earlier), 412, "conflict")
+    assert fhir.get(f"/fhir/Task/{task_id}").json()["meta"]["versionId"] == "1"
+    assert fhir.put(f"/fhir/Task/{task_id}", json=body, headers={**earlier, "If-Match": 'W/"1"'}).status_code == 200
+    assert fhir.put(f"/fhir/Task/{task_id}", json=body, headers=later).status_code == 200
+    assert fhir.put(f"/fhir/Task/{task_id}", json=body, headers={"If-Unmodified-Since": "soon"}).status_code == 200
+    assert fhir.put("/fhir/Task/unmodified", json={**TASK, "id": "unmodified"}, headers=earlier).status_code == 201
+    assert fhir.delete(f"/fhir/Task/{task_id}", headers=later).status_code == 204
+
+
 def test_delete_then_read_is_410_and_delete_is_idempotent(fhir):
     task_id = _create(fhir).json()["id"]
     assert fhir.delete(f"/fhir/Task/{task_id}").status_code == 204

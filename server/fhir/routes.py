@@ -432,7 +432,10 @@ async def conditional_delete(request: Request, resource_type: str) -> Response:
 
 
 def _preconditions(request: Request) -> Preconditions | None:
-    return parse_preconditions(request.headers.get("if-match"), request.headers.get("if-none-match"))
+    headers = request.headers
+    return parse_preconditions(
+        headers.get("if-match"), headers.get("if-none-match"), _http_date(headers.get("if-unmodified-since"))
+    )
 
 
 def _deleted(version: StoredVersion | None) -> Response:

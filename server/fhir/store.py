@@ -272,9 +272,10 @@ class ResourceStore:
         current = dict(locked) if locked is not None else self.lock_current(connection, resource_type, ids)
         if preconditions is not None:
             found = current.get(ids[0])
-            preconditions.require(
-                f"{resource_type}/{ids[0]}", None if found is None or found.deleted else found.version_id
-            )
+            if found is None or found.deleted:
+                preconditions.require(f"{resource_type}/{ids[0]}", None)
+            else:
+                preconditions.require(f"{resource_type}/{ids[0]}", found.version_id, found.last_updated)
         requested = ids
         kept = _unchanged(resource_type, writes, current) if skip_unchanged else {}
         if kept:
@@ -394,7 +395,10 @@ class ResourceStore:
         if current is not None and current.deleted:
             current = None
         if preconditions is not None:
-            preconditions.require(f"{resource_type}/{resource_id}", None if current is None else current.version_id)
+            if current is None:
+                preconditions.require(f"{resource_type}/{resource_id}", None)
+            else:
+                preconditions.require(f"{resource_type}/{resource_id}", current.version_id, current.last_updated)
         if current is None:
             return None
         pk, current_version = current.pk, current.version_id
