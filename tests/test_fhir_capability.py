@@ -208,3 +208,6 @@ def test_a_bundle_entry_get_metadata_answers_the_capability_statement(fhir, serv
         answered = response.json()["entry"]
         assert [entry["response"]["status"] for entry in answered] == ["200 OK"] * 3
         assert [entry["resource"] for entry in answered] == [alone] * 3
+        head = fhir.post("/fhir", headers=headers, json={"resourceType": "Bundle", "type": bundle_type, "entry": [
+            {"request": {"method": "HEAD", "url": "metadata"}}]})
+        assert head.json()["entry"] == [{"response": {"status": "200 OK"}}]

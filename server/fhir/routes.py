@@ -160,7 +160,7 @@ def _entry_authorizer(request: Request) -> Callable[[str, str, Any], None]:
 
     def authorize(method: str, path: str, resource: Any) -> None:
         parts = [part for part in path.split("/") if part]
-        if method == "GET" and parts == ["metadata"]:
+        if method in ("GET", "HEAD") and parts == ["metadata"]:
             return  # open to all, as `GET /fhir/metadata` is
         permission = fhir_permission(method, parts)
         # None: nobody's scopes decide (a write of a type no one writes, which the entry answers with 405).
