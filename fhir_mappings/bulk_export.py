@@ -10,7 +10,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fhir_mappings.date_ranges import date_range
+from fhir_mappings.date_ranges import require_instant
 from fhir_mappings.errors import InvalidRequest
 from fhir_mappings.patient_compartment import EVERYTHING_TYPES
 from fhir_mappings.resources import require_id
@@ -20,8 +20,6 @@ from fhir_mappings.search_values import split_reference
 # export.html#query-parameters: the NDJSON names a server must accept for `_outputFormat`.
 OUTPUT_FORMATS = frozenset(("application/fhir+ndjson", "application/ndjson", "ndjson"))
 NDJSON = "application/fhir+ndjson"
-# An instant (R4 datatypes.html#instant): to the second at least, with a zone.
-_INSTANT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})")
 # Parameters of the IG this server does not carry out; refused unless the
 # client prefers lenient handling, as export.html#query-parameters allows.
 _NOT_SUPPORTED = frozenset(("_elements", "includeAssociatedData"))
@@ -81,7 +79,7 @@ def parse_export(
         if resource_type not in (types or (supported_types if level is Level.SYSTEM else EVERYTHING_TYPES)):
             raise InvalidRequest(f"_typeFilter {query[:64]!r} is of a type this export does not hold")
     return ExportRequest(
-        level=level, types=types, since=_since(values.get("_since")),
+        level=level, types=types, since=require_instant("_since", values["_since"]) if "_since" in values else None,
         patients=tuple(dict.fromkeys(patients)) if patients is not None else None,
         type_filters=tuple(dict.fromkeys(filters)), ignored=tuple(ignored),
     )
@@ -111,15 +109,6 @@ def _types(level: Level, pairs: list[tuple[str, str]], supported_types: frozense
             where = "this server" if level is Level.SYSTEM else "a patient's compartment here"
             raise InvalidRequest(f"_type names {resource_type[:64]!r}, which is not a resource type of {where}")
     return tuple(dict.fromkeys(named))
-
-
-def _since(text: str | None) -> int | None:
-    if text is None:
-        return None
-    covered = date_range(text) if _INSTANT.fullmatch(text) else None
-    if covered is None:
-        raise InvalidRequest(f"_since must be a FHIR instant such as 2024-05-01T00:00:00Z, not {text[:40]!r}")
-    return covered[0]
 
 
 def patient_references(body: Any) -> tuple[list[str] | None, Any]:

@@ -10,11 +10,16 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
+from fhir_mappings.errors import InvalidRequest
+
 _DATE = re.compile(
     r"(?P<year>[0-9]{4})(?:-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2})"
-    r"(?:T(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?:\.(?P<fraction>[0-9]{1,9}))?)?"
+    r"(?:T(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?:\.(?P<fraction>[0-9]+))?)?"
     r"(?P<zone>Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?"
 )
+
+# R4 datatypes.html#instant: to the second at least, with a zone; fraction digits without a limit.
+_INSTANT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:Z|[+-][0-9]{2}:[0-9]{2})")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -30,6 +35,20 @@ def from_micros(micros: int) -> datetime:
 def instant_text(micros: int) -> str:
     """An R4 instant in UTC; microseconds kept, so that keyset paging sees what is stored."""
     return from_micros(micros).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def require_instant(name: str, text: str) -> int:
+    """The moment a parameter that R4 types as an instant names (history's
+    and Bulk export's `_since`, a Bundle entry's `ifModifiedSince`), in
+    microseconds. A date or a time without a zone (`_since=2000`) is refused:
+    taken as a range's start, it would answer for a moment the client did
+    not name."""
+    span = date_range(text) if _INSTANT.fullmatch(text) else None
+    if span is None:
+        raise InvalidRequest(
+            f"{name} must be an instant, to the second with a zone, such as 2024-05-01T00:00:00Z; not {text[:40]!r}"
+        )
+    return span[0]
 
 
 def date_from_dicom(value: str | None) -> str | None:

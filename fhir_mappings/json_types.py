@@ -10,7 +10,9 @@
 - ele-1 (an element has a value or children: `{}` is none), ext-1 (an
   extension has a value or extensions, not both) and per-1 (a Period does
   not end before it starts), which the models leave out.
-- The target types a Reference allows (`partOf` of a Task is a Task).
+- The target types a Reference allows (`partOf` of a Task is a Task), and
+  that a literal reference naming a resource type names a resource of it
+  (`Task/` or `Patient//_history` name none).
 
 A resource that breaks these rules is invalid; storing the coerced value
 would store something the client did not send.
@@ -41,6 +43,8 @@ _STRING_TYPES = (str, date, datetime, time, bytes)
 _BASE64 = re.compile(r"[0-9A-Za-z+/]*={0,2}")
 # The type in a literal reference: relative, absolute, versioned or conditional (R4 references.html#literal).
 _REFERENCE_TYPE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)(?:/[A-Za-z0-9.-]{1,64}(?:/_history/[A-Za-z0-9.-]{1,64})?|\?.*)$")
+# A relative literal reference (R4 references.html#literal): `Type/id`, or a version of it.
+_RELATIVE_REFERENCE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9.-]{1,64}(?:/_history/[A-Za-z0-9.-]{1,64})?")
 
 
 ModelOf = Callable[[str], type[BaseModel]]
@@ -113,6 +117,7 @@ def _check_element(item: dict[str, Any], model: type[BaseModel], path: str, fiel
         if start is not None and end is not None and start[0] >= end[1]:
             raise InvalidResource(f"{path} ends before it starts (R4 per-1)")
     if model.__name__ == "Reference" and isinstance(item.get("reference"), str):
+        _check_literal_reference(item["reference"], f"{path}.reference")
         allowed = (field.json_schema_extra or {}).get("enum_reference_types")  # type: ignore[union-attr]
         match = _REFERENCE_TYPE.search(item["reference"])
         # Only a URL of the RESTful form names a resource type; `.../People/jdoe` may be anything.
@@ -121,6 +126,38 @@ def _check_element(item: dict[str, Any], model: type[BaseModel], path: str, fiel
             raise InvalidResource(
                 f"{path} refers to a {match[1]}; R4 allows {' or '.join(allowed)} there"  # type: ignore[arg-type]
             )
+
+
+def _check_literal_reference(reference: str, path: str) -> None:
+    """A reference that names a resource type names a resource of it: stored,
+    `Task/` or `Patient//_history` would be a link no read, search or
+    compartment can follow. Relative, it is `Type/id` or a version of it; a
+    URL (it may be another server's, of any form) has an id after each type
+    it names. `#id`, `urn:` placeholders and conditional references
+    (`Type?query`) are judged elsewhere."""
+    if reference.startswith("#") or "?" in reference:
+        return
+    scheme, colon, rest = reference.partition(":")
+    if colon and scheme.isalpha():
+        if scheme.lower() not in ("http", "https") or not rest.startswith("//"):
+            return
+        segments = rest[2:].split("/")[1:]  # the path, after the host
+    else:
+        segments = reference.split("/")
+        if _is_resource_type(segments[0]) and not _RELATIVE_REFERENCE.fullmatch(reference):
+            raise InvalidResource(
+                f"{path}: {reference[:100]!r} is no reference to a {segments[0]}; R4 has {segments[0]}/[id], or"
+                f" {segments[0]}/[id]/_history/[version]"
+            )
+    position = 0
+    while position < len(segments):
+        named = segments[position]
+        if _is_resource_type(named) or named == "_history":
+            if position + 1 == len(segments) or not segments[position + 1]:
+                what = "a version" if named == "_history" else f"a {named}'s id"
+                raise InvalidResource(f"{path}: {reference[:100]!r} names no {what} after {named}")
+            position += 1  # an id, whatever it is called
+        position += 1
 
 
 @cache

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from fhir_mappings.date_ranges import require_instant
 from fhir_mappings.errors import InvalidRequest
 from fhir_mappings.search_query import TRANSPORT_PARAMETERS, parse_count, parse_search
 from fhir_mappings.search_values import split_reference
@@ -146,10 +147,11 @@ def parse_everything(patient_id: str, pairs: list[tuple[str, str]], strict: bool
             f"_type names {unknown[0][:64]!r}, which is not in a patient's compartment here; "
             f"$everything returns {', '.join(EVERYTHING_TYPES)}"
         )
-    for name, parameter, type_ in (("start", "started", "ImagingStudy"), ("end", "started", "ImagingStudy"),
-                                   ("_since", "_lastUpdated", "Patient")):
+    for name in ("start", "end"):
         if name in values:
-            _check_date(name, values[name], type_, parameter)
+            _check_date(name, values[name], "ImagingStudy", "started")
+    if "_since" in values:  # an instant (R4 patient-operation-everything), as history's `_since`
+        require_instant("_since", values["_since"])
     return EverythingRequest(
         patient_id=patient_id,
         named_types=tuple(dict.fromkeys(named)) if named else None,

@@ -104,6 +104,7 @@ def charts(services):
     (KICK, {"_outputFormat": "text/csv"}, "_outputFormat"),
     (KICK, {"_type": "Observation,Nonsense"}, "Nonsense"),
     (KICK, {"_since": "2024-05-01"}, "_since"),
+    (KICK, {"_since": "2024-05-01T00:00:00"}, "_since"),
     (KICK, {"_elements": "id"}, "_elements"),
     (KICK, {"_typeFilter": "Observation?_sort=date"}, "_typeFilter"),
     (KICK, {"_typeFilter": "Observation?nonsense=1"}, "nonsense"),

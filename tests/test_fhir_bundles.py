@@ -213,6 +213,17 @@ def test_transaction_with_stale_if_match_is_412_and_rolls_back(fhir):
     assert fhir.get("/fhir/Task/b").status_code == 404
 
 
+def test_entry_if_match_star_holds_for_a_current_version_only(fhir):
+    fhir.put("/fhir/Task/a", json={**TASK, "id": "a"})
+    response = _post(fhir, "batch", [
+        {"resource": {**TASK, "id": "a"}, "request": {"method": "PUT", "url": "Task/a", "ifMatch": "*"}},
+        {"resource": {**TASK, "id": "b"}, "request": {"method": "PUT", "url": "Task/b", "ifMatch": "*"}},
+        {"request": {"method": "DELETE", "url": "Task/c", "ifMatch": "*"}},
+    ])
+    assert [entry["response"]["status"] for entry in response.json()["entry"]] == ["200 OK", "412", "412"]
+    assert fhir.get("/fhir/Task/b").status_code == 404
+
+
 def test_batch_reports_each_entry(fhir):
     fhir.put("/fhir/Task/existing", json={**TASK, "id": "existing"})
     response = _post(fhir, "batch", [
@@ -265,12 +276,31 @@ def test_conditional_reads_in_a_batch(fhir):
         {"request": {"method": "GET", "url": "Task/c1", "ifModifiedSince": "2999-01-01T00:00:00Z"}},
         {"request": {"method": "GET", "url": "Task/c1", "ifModifiedSince": "2000-01-01T00:00:00Z"}},
         {"request": {"method": "GET", "url": "Task/c1", "ifModifiedSince": "yesterday"}},
+        # An instant has a zone: this one names no moment.
+        {"request": {"method": "GET", "url": "Task/c1", "ifModifiedSince": "2999-01-01T00:00:00"}},
     ])
     assert response.status_code == 200, response.text
     entries = response.json()["entry"]
-    assert [entry["response"]["status"][:3] for entry in entries] == ["304", "200", "304", "200", "400"]
+    assert [entry["response"]["status"][:3] for entry in entries] == ["304", "200", "304", "200", "400", "400"]
     assert "resource" not in entries[0] and entries[0]["response"]["etag"] == etag
     assert entries[1]["resource"]["id"] == "c1"
+
+
+@pytest.mark.parametrize("bundle_type", ["batch", "transaction"])
+def test_head_entries_answer_as_get_without_the_resource(fhir, bundle_type):
+    """R4 lists HEAD among a Bundle entry's methods; it was 400, 'not an
+    interaction this server supports', though `HEAD /fhir/Task/c1` is answered."""
+    etag = fhir.put("/fhir/Task/c1", json={**TASK, "id": "c1"}).headers["etag"]
+    response = _post(fhir, bundle_type, [
+        {"request": {"method": "HEAD", "url": "Task/c1"}},
+        {"request": {"method": "HEAD", "url": "Task/c1", "ifNoneMatch": etag}},
+        {"request": {"method": "HEAD", "url": "Task?_id=c1"}},
+    ])
+    assert response.status_code == 200, response.text
+    entries = response.json()["entry"]
+    assert [entry["response"]["status"] for entry in entries] == ["200 OK", "304 Not Modified", "200 OK"]
+    assert all("resource" not in entry for entry in entries)
+    assert entries[0]["response"]["etag"] == etag
 
 
 def test_conditional_references_with_this_servers_base_are_resolved_and_unresolvable_ones_refused(fhir):

@@ -188,3 +188,26 @@ def test_capability_statement_in_xml(fhir):
     response = fhir.get("/fhir/metadata", params={"_format": "xml"})
     assert response.status_code == 200
     assert '<CapabilityStatement xmlns="http://hl7.org/fhir">' in response.text
+
+
+@pytest.mark.parametrize("bundle_type", ["batch", "transaction"])
+def test_a_bundle_entry_get_metadata_answers_the_capability_statement(fhir, services, bundle_type):
+    """`GET metadata` is an interaction as any other (R4 http.html#capabilities):
+    in a Bundle it answers what `GET /fhir/metadata` does, to whoever may post
+    the Bundle, as the route answers anyone."""
+    from server.auth.scopes import Role, role_grant
+
+    alone = fhir.get("/fhir/metadata").json()
+    entries = [{"request": {"method": "GET", "url": url}}
+               for url in ("metadata", "metadata?mode=full", "http://testserver/fhir/metadata")]
+    token, _ = services.auth.issuer.issue("a-clinician", "clinician", str(role_grant(Role.CLINICIAN)), client=False)
+    for headers in ({}, {"Authorization": f"Bearer {token}"}):
+        response = fhir.post("/fhir", json={"resourceType": "Bundle", "type": bundle_type, "entry": entries},
+                             headers=headers)
+        assert response.status_code == 200, response.text[:300]
+        answered = response.json()["entry"]
+        assert [entry["response"]["status"] for entry in answered] == ["200 OK"] * 3
+        assert [entry["resource"] for entry in answered] == [alone] * 3
+        head = fhir.post("/fhir", headers=headers, json={"resourceType": "Bundle", "type": bundle_type, "entry": [
+            {"request": {"method": "HEAD", "url": "metadata"}}]})
+        assert head.json()["entry"] == [{"response": {"status": "200 OK"}}]

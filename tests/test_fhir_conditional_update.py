@@ -85,6 +85,25 @@ def test_if_match_on_a_conditional_update_that_matches_nothing_is_412(fhir):
     assert _ids(fhir) == []
 
 
+def test_if_match_star_on_a_conditional_update_needs_its_match(fhir):
+    """`*` holds for the one match, whatever its version; with no match there
+    is no current version, and it fails (412), creating nothing."""
+    star = {"If-Match": "*"}
+    assert fhir.put(f"/fhir/Task?{CONDITION}", json=TASK, headers=star).status_code == 412
+    entry = {"resource": TASK, "request": {"method": "PUT", "url": f"Task?{CONDITION}", "ifMatch": "*"}}
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+    assert fhir.post("/fhir", json=transaction).status_code == 412
+    assert _ids(fhir) == []
+    task_id = fhir.post("/fhir/Task", json=TASK).json()["id"]
+    updated = fhir.put(f"/fhir/Task?{CONDITION}", json={**TASK, "description": "kept"}, headers=star)
+    assert updated.status_code == 200, updated.text
+    assert (updated.json()["id"], updated.json()["meta"]["versionId"]) == (task_id, "2")
+    answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [entry]})
+    assert answer.json()["entry"][0]["response"]["status"] == "200 OK", answer.text
+    assert fhir.delete(f"/fhir/Task?{CONDITION}", headers=star).status_code == 204
+    assert fhir.delete(f"/fhir/Task?{CONDITION}", headers=star).status_code == 412
+
+
 def test_a_transaction_may_not_reach_one_resource_or_condition_twice(fhir, client):
     task_id = fhir.post("/fhir/Task", json=TASK).json()["id"]
     base = str(client.base_url).rstrip("/") + "/fhir"

@@ -154,7 +154,8 @@ def test_everything_leaves_out_what_was_deleted_and_answers_for_patients_not_her
 
 @pytest.mark.parametrize("params", [
     {"_type": "Task"}, {"_type": "Nonsense"}, {"start": "yesterday"}, {"end": "2024-13"}, {"start": "ge2024"},
-    {"_since": "2024,2025"}, {"_count": "-1"}, {"start": "2020", "end": "2021", "_count": "x"},
+    {"_since": "2024,2025"}, {"_since": "2024"}, {"_since": "2024-01-01T00:00:00"}, {"_count": "-1"},
+    {"start": "2020", "end": "2021", "_count": "x"},
 ])
 def test_everything_refuses_what_it_cannot_honour(fhir, charts, params):
     outcome = _get(fhir, "/fhir/Patient/pa/$everything", 400, **params)

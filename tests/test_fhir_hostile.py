@@ -252,6 +252,56 @@ def test_a_local_reference_names_a_contained_resource(fhir):
     assert [entry["response"]["status"][:3] for entry in batch.json()["entry"]] == ["201"]
 
 
+_OBSERVATION = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "c"}}
+
+
+@pytest.mark.parametrize("reference", [
+    "Patient/", "Patient", "Patient//_history", "Patient/p1/", "Patient/p1/_history", "Patient/p1/_history/",
+    "Patient/p1/x", "http://other.example/fhir/Patient/", "https://other.example/fhir/Patient//_history/1",
+    "http://testserver/fhir/Patient/", "http://other.example/fhir/Patient/p1/_history",
+])
+@pytest.mark.parametrize(("where", "body"), [
+    ("Task.for.reference", lambda reference: {**TASK, "for": {"reference": reference}}),
+    ("Task.contained[0].subject.reference", lambda reference: {
+        **TASK, "contained": [{**_OBSERVATION, "subject": {"reference": reference}}], "focus": {"reference": "#o1"}}),
+    ("Task.extension[0].valueReference.reference", lambda reference: {
+        **TASK, "extension": [{"url": "http://example.org/x", "valueReference": {"reference": reference}}]}),
+])
+def test_a_reference_that_names_a_type_names_a_resource_of_it(fhir, reference, where, body):
+    """`Patient/` or `Patient//_history` is a link nothing can follow (R4
+    references.html#literal): refused wherever a Reference stands, naming
+    the element, never stored as written."""
+    for response in (fhir.post("/fhir/Task", json=body(reference)),
+                     fhir.put("/fhir/Task/t1", json={**body(reference), "id": "t1"})):
+        assert response.status_code == 422, response.text[:300]
+        assert response.json()["issue"][0]["diagnostics"].startswith(f"{where}: "), response.text[:300]
+    batch = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": body(reference), "request": {"method": "POST", "url": "Task"}}]})
+    assert [entry["response"]["status"] for entry in batch.json()["entry"]] == ["422"]
+    assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
+def test_references_of_every_literal_form_are_kept(fhir):
+    for reference in ("Patient/p1", "Patient/p1/_history/2", "http://other.example/fhir/Patient/p1",
+                      "http://other.example/fhir/Patient/p1/_history/2", "http://other.example/fhir/Patient/Patient",
+                      "http://directory.example.org/People/", "https://other.example"):
+        created = fhir.post("/fhir/Task", json={**TASK, "for": {"reference": reference}})
+        assert created.status_code == 201, created.text[:300]
+        assert created.json()["for"] == {"reference": reference}
+
+
+def test_a_transaction_refuses_a_reference_of_a_type_without_an_id(fhir):
+    parent = "urn:uuid:6f6b1f52-2f4e-4b6e-8a55-0d8f2c2b9a11"
+    response = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": parent, "resource": TASK, "request": {"method": "POST", "url": "Task"}},
+        {"resource": {**TASK, "partOf": [{"reference": parent}, {"reference": "Task/"}]},
+         "request": {"method": "POST", "url": "Task"}},
+    ]})
+    assert response.status_code == 422, response.text[:300]
+    assert "Task.partOf[1].reference" in response.json()["issue"][0]["diagnostics"]
+    assert fhir.get("/fhir/Task").json()["total"] == 0
+
+
 def test_a_resource_in_a_bundle_resource_must_be_a_resource():
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Foo"}}]}
     with pytest.raises(InvalidResource, match="not a FHIR R4 resource"):
@@ -377,6 +427,28 @@ def test_dates_times_and_base64_are_stored_as_written(fhir):
     stored = fhir.get(f"/fhir/Task/{created.json()['id']}").json()
     assert {key: stored[key] for key in written} == written
     assert fhir.get("/fhir/Task", params={"authored-on": "2020-01-01T04:30:00.1Z"}).json()["total"] == 1
+
+
+def test_dates_with_more_fraction_digits_than_nanoseconds_are_kept_and_searched(fhir):
+    """R4's date/dateTime/instant regex takes any number of fraction digits
+    (`(\\.[0-9]+)?`). Such a value is stored as written and indexed to the
+    microsecond, cut rather than rounded; it was stored without an index, so
+    no date search found it, and refused as a search value."""
+    written = {
+        "authoredOn": "2020-01-01T10:00:00.1234569999999+01:00", "lastModified": "2020-01-01T09:00:00.9999999999Z",
+    }
+    created = fhir.post("/fhir/Task", json={**TASK, **written})
+    assert created.status_code == 201, created.text[:300]
+    task_id = created.json()["id"]
+    assert {key: fhir.get(f"/fhir/Task/{task_id}").json()[key] for key in written} == written
+    for value in ("2020-01-01T09:00:00.123456Z", "2020-01-01T09:00:00.12345699999999999Z", "2020-01-01T09:00:00Z",
+                  "gt2020-01-01T09:00:00.12345599999999Z", "lt2020-01-01T09:00:00.1234570000000001Z"):
+        found = fhir.get("/fhir/Task", params={"authored-on": value})
+        assert found.status_code == 200, (value, found.text[:300])
+        assert ids(found.json()) == [task_id], value
+    for value in ("2020-01-01T09:00:00.1234570000001Z", "gt2020-01-01T09:00:00.1234569Z"):
+        assert ids(fhir.get("/fhir/Task", params={"authored-on": value}).json()) == [], value
+    assert ids(fhir.get("/fhir/Task", params={"modified": "2020-01-01T09:00:00.99999999999999Z"}).json()) == [task_id]
 
 
 def test_primitives_of_the_right_json_type_are_kept_as_sent(fhir):

@@ -79,6 +79,85 @@ def test_stale_if_match_is_412_and_changes_nothing(fhir):
     _outcome(fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers={"If-Match": "3"}), 400, "invalid")
 
 
+def test_if_match_star_needs_a_current_version(fhir):
+    """`If-Match: *` holds for any current version (RFC 9110 13.1.1), and for
+    nothing else: not a resource that does not exist, nor a deleted one."""
+    task_id = _create(fhir).json()["id"]
+    star = {"If-Match": "*"}
+    updated = fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id, "status": "ready"}, headers=star)
+    assert updated.status_code == 200, updated.text
+    assert updated.headers["etag"] == 'W/"2"'
+    assert "does not exist" in _outcome(fhir.put("/fhir/Task/never", json={**TASK, "id": "never"}, headers=star), 412,
+                                        "conflict")
+    _outcome(fhir.get("/fhir/Task/never"), 404, "not-found")
+    assert fhir.delete(f"/fhir/Task/{task_id}", headers=star).status_code == 204
+    _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers=star), 412, "conflict")
+    _outcome(fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers=star), 412, "conflict")
+    _outcome(fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers={"If-Match": 'W/"3"'}), 412,
+             "conflict")
+    _outcome(fhir.get(f"/fhir/Task/{task_id}"), 410, "deleted")
+
+
+def test_if_match_takes_a_list_of_etags(fhir):
+    task_id = _create(fhir).json()["id"]
+    listed = {"If-Match": 'W/"7", "1"'}
+    assert fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers=listed).status_code == 200
+    assert "not 1, 7" in _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers=listed), 412, "conflict")
+    for header in ('*, W/"1"', 'W/"1",', ""):
+        _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers={"If-Match": header}), 400, "invalid")
+
+
+def test_if_none_match_keeps_a_write_from_changing_what_is_current(fhir):
+    """`If-None-Match: *` on a PUT creates only (RFC 9110 13.1.2): it was
+    ignored, and the PUT overwrote what it was sent to keep."""
+    only_create = {"If-None-Match": "*"}
+    created = fhir.put("/fhir/Task/fresh", json={**TASK, "id": "fresh"}, headers=only_create)
+    assert created.status_code == 201, created.text
+    kept = fhir.put("/fhir/Task/fresh", json={**TASK, "id": "fresh", "status": "failed"}, headers=only_create)
+    assert "version 1" in _outcome(kept, 412, "conflict")
+    assert fhir.get("/fhir/Task/fresh").json()["status"] == "requested"
+    _outcome(fhir.put("/fhir/Task/fresh", json={**TASK, "id": "fresh"}, headers={"If-None-Match": 'W/"1"'}), 412,
+             "conflict")
+    _outcome(fhir.delete("/fhir/Task/fresh", headers={"If-None-Match": '"1"'}), 412, "conflict")
+    _outcome(fhir.delete("/fhir/Task/fresh", headers={"If-None-Match": "soon"}), 400, "invalid")
+    both = {"If-Match": 'W/"1"', "If-None-Match": 'W/"2"'}
+    assert fhir.put("/fhir/Task/fresh", json={**TASK, "id": "fresh"}, headers=both).status_code == 200
+    assert fhir.delete("/fhir/Task/fresh", headers={"If-None-Match": 'W/"1"'}).status_code == 204
+    # Deleted, nothing is current: it may be created again.
+    assert fhir.put("/fhir/Task/fresh", json={**TASK, "id": "fresh"}, headers=only_create).status_code == 201
+    assert fhir.put("/fhir/Task?_id=other", json=TASK, headers=only_create).status_code == 201
+    _outcome(fhir.put("/fhir/Task?_id=fresh", json=TASK, headers=only_create), 412, "conflict")
+    entries = [
+        {"resource": {**TASK, "id": "fresh"}, "request": {"method": "PUT", "url": "Task/fresh", "ifNoneMatch": "*"}},
+        {"resource": {**TASK, "id": "new"}, "request": {"method": "PUT", "url": "Task/new", "ifNoneMatch": "*"}},
+    ]
+    batch = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": entries}).json()
+    assert [entry["response"]["status"] for entry in batch["entry"]] == ["412", "201 Created"]
+    transaction = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries[:1]})
+    _outcome(transaction, 412, "conflict")
+
+
+def test_if_unmodified_since_keeps_a_write_from_overwriting_a_later_version(fhir):
+    """RFC 9110 13.1.4: it was ignored, and the write overwrote what changed
+    after the client's copy. If-Match, when sent, decides instead; a resource
+    with no modification date (none yet) and a value that is no HTTP date
+    leave it out."""
+    task_id = _create(fhir).json()["id"]
+    earlier = {"If-Unmodified-Since": format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)}
+    later = {"If-Unmodified-Since": format_datetime(datetime.now(UTC) + timedelta(minutes=1), usegmt=True)}
+    body = {**TASK, "id": task_id, "status": "failed"}
+    assert "If-Unmodified-Since" in _outcome(fhir.put(f"/fhir/Task/{task_id}", json=body, headers=earlier), 412,
+                                             "conflict")
+    _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers=earlier), 412, "conflict")
+    _outcome(fhir.put(f"/fhir/Task?_id={task_id}", json=TASK, headers=earlier), 412, "conflict")
+    assert fhir.get(f"/fhir/Task/{task_id}").json()["meta"]["versionId"] == "1"
+    assert fhir.put(f"/fhir/Task/{task_id}", json=body, headers={**earlier, "If-Match": 'W/"1"'}).status_code == 200
+    assert fhir.put(f"/fhir/Task/{task_id}", json=body, headers=later).status_code == 200
+    assert fhir.put(f"/fhir/Task/{task_id}", json=body, headers={"If-Unmodified-Since": "soon"}).status_code == 200
+    assert fhir.put("/fhir/Task/unmodified", json={**TASK, "id": "unmodified"}, headers=earlier).status_code == 201
+    assert fhir.delete(f"/fhir/Task/{task_id}", headers=later).status_code == 204
+
+
 def test_delete_then_read_is_410_and_delete_is_idempotent(fhir):
     task_id = _create(fhir).json()["id"]
     assert fhir.delete(f"/fhir/Task/{task_id}").status_code == 204
@@ -244,6 +323,22 @@ def test_type_history_and_since(fhir):
     since = fhir.get("/fhir/Task/_history", params={"_since": second["meta"]["lastUpdated"]}).json()
     assert [entry["resource"]["id"] for entry in since["entry"]] == [second["id"]]
     _outcome(fhir.get("/fhir/Task/_history", params={"_since": "yesterday"}), 400, "invalid")
+
+
+@pytest.mark.parametrize(
+    "since", ["2000", "2000-01-01", "2000-01-01T00:00", "2000-01-01T00:00:00", "2000-01-01T00:00Z"]
+)
+def test_history_since_is_an_instant_not_a_date(fhir, since):
+    """R4 types `_since` as an instant (http.html#history): to the second,
+    with a zone. A date was taken as the start of its range."""
+    task_id = _create(fhir).json()["id"]
+    for url in ("/fhir/Task/_history", f"/fhir/Task/{task_id}/_history"):
+        assert "_since" in _outcome(fhir.get(url, params={"_since": since}), 400, "invalid")
+    entry = {"request": {"method": "GET", "url": f"Task/_history?_since={since}"}}
+    answer = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [entry]}).json()
+    assert answer["entry"][0]["response"]["status"] == "400"
+    stamped = fhir.get("/fhir/Task/_history", params={"_since": "2000-01-01T00:00:00.5+01:00"})
+    assert [entry["resource"]["id"] for entry in stamped.json()["entry"]] == [task_id]
 
 
 def test_polling_a_type_history_with_since_misses_no_version_that_commits_late(fhir, services):

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import event, select
 
 from server.db import write_connection, written
+from server.fhir.preconditions import Preconditions
 from server.tables import fhir_dates, fhir_quantities, fhir_references, fhir_resources, fhir_strings, fhir_tokens
 from tests.fhir_checks import ids
 from tests.round_trips import round_trips
@@ -100,7 +101,7 @@ def test_many_writes_take_as_many_statements_as_one(services):
     assert many_changed == one_changed
 
 
-def test_one_type_each_resource_once_and_if_match_for_one(services):
+def test_one_type_each_resource_once_and_preconditions_for_one(services):
     store = services.fhir.store
     with write_connection(services.engine) as connection:
         with pytest.raises(ValueError):
@@ -108,7 +109,7 @@ def test_one_type_each_resource_once_and_if_match_for_one(services):
         with pytest.raises(ValueError):
             store.put_many(connection, [_task("twice", "ready"), _task("twice", "failed")], "PUT")
         with pytest.raises(ValueError):
-            store.put_many(connection, [_task("a", "ready"), _task("b", "ready")], "PUT", if_match=1)
+            store.put_many(connection, [_task("a", "ready"), _task("b", "ready")], "PUT", Preconditions(frozenset({1})))
 
 
 def test_a_create_that_loses_its_race_is_a_later_version(services):

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
-from fhir_mappings.date_ranges import date_range, instant_text
+from fhir_mappings.date_ranges import instant_text, require_instant
 from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.patient_compartment import patients_of_json
@@ -42,6 +42,7 @@ from server.fhir.negotiation import form_pairs
 from server.fhir.own_references import (
     with_relative_references,
 )
+from server.fhir.preconditions import Preconditions, parse_preconditions
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
@@ -64,11 +65,13 @@ class EntryResult:
 
 def process_bundle(
     service: FhirService, body: Any, base: str, status_for: Any, authorize: Callable[[str, str, Any], None],
-    authorize_search: Callable[[SearchRequest], None], may_create: Callable[[str], bool], returned: str | None = None,
+    authorize_search: Callable[[SearchRequest], None], may_create: Callable[[str], bool],
+    capabilities: Callable[[], bytes], returned: str | None = None,
 ) -> bytes:
     """`authorize(method, path, resource)` raises Forbidden for an entry its
     sender may not run; `authorize_search` for a search entry reaching types
-    it may not read; `may_create(type)` says whether an update may create.
+    it may not read; `may_create(type)` says whether an update may create;
+    `capabilities()` is the CapabilityStatement a `GET metadata` entry answers.
     `returned`: the request's `Prefer: return=`, which says what a written
     entry's response carries (R4 http.html#transaction-response)."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
@@ -86,10 +89,13 @@ def process_bundle(
         for entry in entries:
             authorize(entry["request"]["method"], _path(entry["request"]["url"], base), entry.get("resource"))
         # Nothing of a transaction that PostgreSQL ended in a deadlock was kept: it is run again whole.
-        results = retried_on_conflict(lambda: _transaction(service, entries, base, authorize_search, may_create))
+        results = retried_on_conflict(
+            lambda: _transaction(service, entries, base, authorize_search, may_create, capabilities)
+        )
     else:
         results = [
-            _batch_entry(service, entry, position, base, status_for, authorize, authorize_search, may_create)
+            _batch_entry(service, entry, position, base, status_for, authorize, authorize_search, may_create,
+                         capabilities)
             for position, entry in enumerate(entries)
         ]
     return _response_bundle(f"{kind}-response", results, returned)
@@ -97,7 +103,7 @@ def process_bundle(
 
 def _transaction(
     service: FhirService, entries: list[dict[str, Any]], base: str, authorize_search: Callable[[SearchRequest], None],
-    may_create: Callable[[str], bool],
+    may_create: Callable[[str], bool], capabilities: Callable[[], bytes],
 ) -> list[EntryResult]:
     conditions = _conditions(entries, base)
     # Deletes run first (http.html#trules): what later entries write never changes what one deleted.
@@ -140,7 +146,9 @@ def _transaction(
             full_url = absolute_full_url(entry, base)
             created_id = assigned[full_url].rpartition("/")[2] if full_url in assigned else None
             try:
-                results[position] = _run(service, entry, base, connection, created_id, authorize_search, may_create)
+                results[position] = _run(
+                    service, entry, base, connection, created_id, authorize_search, may_create, capabilities
+                )
             except FhirError as error:
                 request = entry["request"]
                 error.diagnostics = f"entry {position} ({request['method']} {request['url']}): {error.diagnostics}"
@@ -268,12 +276,14 @@ def _refuse_overlaps(entries: list[dict[str, Any]], base: str, claimed: dict[int
 def _batch_entry(
     service: FhirService, entry: dict[str, Any], position: int, base: str, status_for: Any,
     authorize: Callable[[str, str, Any], None], authorize_search: Callable[[SearchRequest], None],
-    may_create: Callable[[str], bool],
+    may_create: Callable[[str], bool], capabilities: Callable[[], bytes],
 ) -> EntryResult:
     try:
         authorize(entry["request"]["method"], _path(entry["request"]["url"], base), entry.get("resource"))
         local = with_relative_references(entry, base)
-        return retried_on_conflict(lambda: _run(service, local, base, None, None, authorize_search, may_create))
+        return retried_on_conflict(
+            lambda: _run(service, local, base, None, None, authorize_search, may_create, capabilities)
+        )
     except FhirError as error:
         status = status_for(error)
         return EntryResult(f"{status}", outcome=operation_outcome(error.issue_code, error.diagnostics))
@@ -282,8 +292,14 @@ def _batch_entry(
 def _run(
     service: FhirService, entry: dict[str, Any], base: str, connection: Connection | None, created_id: str | None,
     authorize_search: Callable[[SearchRequest], None], may_create: Callable[[str], bool],
+    capabilities: Callable[[], bytes],
 ) -> EntryResult:
     method, url = entry["request"]["method"], entry["request"]["url"]
+    if method == "HEAD":  # R4 http-verb HEAD: what GET answers, without its body (RFC 9110 9.3.2)
+        as_get = {**entry, "request": {**entry["request"], "method": "GET"}}
+        answer = _run(service, as_get, base, connection, created_id, authorize_search, may_create, capabilities)
+        answer.resource = None
+        return answer
     if_none_exist = _text(entry["request"], "ifNoneExist")
     if url.startswith(f"{base}/"):
         url = url[len(base) + 1 :]
@@ -295,7 +311,8 @@ def _run(
     parts = path.strip("/").split("/")
     if "" in parts:  # `Task//x` is no URL of Task/x
         raise InvalidRequest(f"{url[:100]!r} has an empty path segment")
-    if_match = interactions.parse_if_match(entry["request"].get("ifMatch"))
+    if method == "GET" and parts == ["metadata"]:  # the capabilities interaction (R4 http.html#capabilities)
+        return EntryResult("200 OK", resource=capabilities())
     if method == "GET" and interactions.is_search(parts):
         page = interactions.search(service, parts, form_pairs(query), base, False, authorize_search, connection)
         return EntryResult("200 OK", resource=render_searchset(page, base))
@@ -315,6 +332,7 @@ def _run(
             return EntryResult("304 Not Modified", etag=version.etag, last_modified=version.last_updated)
         return _result("200 OK", version, base, subset_of=(summary, elements))
     resource = entry.get("resource")
+    preconditions = _preconditions(entry["request"]) if method in ("PUT", "DELETE") else None
     if if_none_exist is not None and method != "POST":
         raise InvalidRequest("ifNoneExist belongs to a POST (a create)")
     if method == "POST" and len(parts) == 1 and if_none_exist is not None:
@@ -326,18 +344,20 @@ def _run(
         version = interactions.create(service, parts[0], resource, connection, created_id)
         return _result("201 Created", version, base, written=True)
     if method == "PUT" and len(parts) == 1 and query:
-        version, created = update_where(service, parts[0], resource, query, base, if_match, authorize_search, connection)
+        version, created = update_where(
+            service, parts[0], resource, query, base, preconditions, authorize_search, connection
+        )
         return _result("201 Created" if created else "200 OK", version, base, written=True)
     if method == "PUT" and len(parts) == 2:
         version, created = interactions.update(
-            service, parts[0], parts[1], resource, if_match, connection, may_create=may_create(parts[0])
+            service, parts[0], parts[1], resource, preconditions, connection, may_create=may_create(parts[0])
         )
         return _result("201 Created" if created else "200 OK", version, base, written=True)
     if method == "DELETE" and len(parts) == 1 and query:
-        delete_where(service, parts[0], query, base, if_match, authorize_search, connection)
+        delete_where(service, parts[0], query, base, preconditions, authorize_search, connection)
         return EntryResult("204 No Content")
     if method == "DELETE" and len(parts) == 2:
-        interactions.delete(service, parts[0], parts[1], if_match, connection)
+        interactions.delete(service, parts[0], parts[1], preconditions, connection)
         return EntryResult("204 No Content")
     raise InvalidRequest(f"{method} {url} is not an interaction this server supports in a Bundle")
 
@@ -349,15 +369,16 @@ def _text(request: dict[str, Any], name: str) -> str | None:
     return value
 
 
+def _preconditions(request: dict[str, Any]) -> Preconditions | None:
+    """An update's or delete's `ifMatch` and `ifNoneMatch`, as the HTTP
+    headers are (a read's `ifNoneMatch` asks for a 304 instead)."""
+    return parse_preconditions(request.get("ifMatch"), request.get("ifNoneMatch"))
+
+
 def _instant(request: dict[str, Any], name: str) -> int | None:
     """An entry's `instant` (Bundle.entry.request.ifModifiedSince) as microseconds."""
     text = _text(request, name)
-    if text is None:
-        return None
-    moment = date_range(text) if "T" in text else None
-    if moment is None:
-        raise InvalidRequest(f"request.{name} must be an instant, such as 2026-01-31T12:00:00Z; got {text[:40]!r}")
-    return moment[0]
+    return None if text is None else require_instant(f"request.{name}", text)
 
 
 def _path(url: str, base: str) -> str:
@@ -424,9 +445,9 @@ def _conditional_targets(
             continue
         service.require_writable(resource_type)
         if request["method"] == "PUT":
-            if_match = interactions.parse_if_match(request.get("ifMatch"))
+            preconditions = _preconditions(request)
             targets[position] = update_target(
-                service, resource_type, entries[position].get("resource"), query, base, if_match, connection,
+                service, resource_type, entries[position].get("resource"), query, base, preconditions, connection,
                 authorize_search,
             )
         else:

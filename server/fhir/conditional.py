@@ -19,6 +19,7 @@ from server.db import advisory_locks, writing
 from server.fhir import interactions
 from server.fhir.negotiation import form_pairs
 from server.fhir.own_references import with_relative_search_values
+from server.fhir.preconditions import Preconditions
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
 
@@ -78,7 +79,7 @@ def create_if_none_exist(
 
 
 def update_where(
-    service: FhirService, resource_type: str, body: Any, query: str, base: str, if_match: int | None,
+    service: FhirService, resource_type: str, body: Any, query: str, base: str, preconditions: Preconditions | None,
     authorize_search: Callable[[SearchRequest], None], connection: Connection | None = None,
 ) -> tuple[StoredVersion, bool]:
     """`body` written as the resource `query` matches; with no match, created
@@ -86,22 +87,22 @@ def update_where(
     412. Returns the version and whether it was created."""
     service.require_writable(resource_type)
     with writing(service.engine, connection) as session:
-        target = update_target(service, resource_type, body, query, base, if_match, session, authorize_search)
+        target = update_target(service, resource_type, body, query, base, preconditions, session, authorize_search)
         if target is None:
             return interactions.create(service, resource_type, body, session), True
         return interactions.update(  # its caller checked the right to create
-            service, resource_type, target, {**body, "id": target}, if_match, session, may_create=True
+            service, resource_type, target, {**body, "id": target}, preconditions, session, may_create=True
         )
 
 
 def update_target(
-    service: FhirService, resource_type: str, body: Any, query: str, base: str, if_match: int | None,
+    service: FhirService, resource_type: str, body: Any, query: str, base: str, preconditions: Preconditions | None,
     connection: Connection, authorize_search: Callable[[SearchRequest], None],
 ) -> str | None:
     """The id a conditional update writes: the one match; with none, the
     body's id if that is free (409 if it is taken), or None for a create
     under an id the server assigns. With none, If-Match cannot hold (412):
-    it names a version of something that is not there."""
+    it names a version of something that is not there; If-None-Match does."""
     if not isinstance(body, dict):
         raise InvalidRequest(f"the body of a conditional update must be a {resource_type}")
     named = body.get("id")
@@ -112,8 +113,8 @@ def update_target(
         if named not in (None, match):
             raise InvalidRequest(f"the body names {resource_type}/{named}, the condition matches {match}")
         return match
-    if if_match is not None:
-        raise VersionConflict(f"{resource_type}?{query[:100]} matches nothing; If-Match cannot hold")
+    if preconditions is not None:
+        preconditions.require(f"what {resource_type}?{query[:100]} matches", None)
     if named is None:
         return None
     if _exists(service, resource_type, named, connection):
@@ -122,7 +123,7 @@ def update_target(
 
 
 def delete_where(
-    service: FhirService, resource_type: str, query: str, base: str, if_match: int | None,
+    service: FhirService, resource_type: str, query: str, base: str, preconditions: Preconditions | None,
     authorize_search: Callable[[SearchRequest], None], connection: Connection | None = None,
 ) -> StoredVersion | None:
     """The one resource `query` matches, deleted; None when it matches
@@ -133,10 +134,10 @@ def delete_where(
     with writing(service.engine, connection) as session:
         match = the_match(service, resource_type, query, base, session, authorize_search)
         if match is None:
-            if if_match is not None:
-                raise VersionConflict(f"{resource_type}?{query[:100]} matches nothing; If-Match cannot hold")
+            if preconditions is not None:
+                preconditions.require(f"what {resource_type}?{query[:100]} matches", None)
             return None
-        return interactions.delete(service, resource_type, match, if_match, session)
+        return interactions.delete(service, resource_type, match, preconditions, session)
 
 
 def the_match(

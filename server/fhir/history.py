@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import orjson
 from sqlalchemy import Connection, and_, or_, select, tuple_
 
-from fhir_mappings.date_ranges import date_range, instant_text
+from fhir_mappings.date_ranges import instant_text, require_instant
 from fhir_mappings.errors import InvalidRequest, ResourceNotFound
 from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import require_id
@@ -60,7 +60,7 @@ def history(
         parameters = state["params"]
     asked_at = time.time_ns() // 1000
     count = max(1, parse_count(parameters.get("_count")))
-    since = _since(parameters.get("_since"))
+    since = require_instant("_since", parameters["_since"]) if "_since" in parameters else None
     statement = (
         select(fhir_versions)
         .where(fhir_versions.c.resource_type == resource_type,
@@ -152,12 +152,3 @@ def _entry(base: str, row: Any, recreated: bool) -> bytes:
     if row.resource_json is None:
         return encoded
     return encoded[:-1] + b',"resource":' + row.resource_json + b"}"
-
-
-def _since(text: str | None) -> int | None:
-    if text is None:
-        return None
-    span = date_range(text)
-    if span is None:
-        raise InvalidRequest(f"_since must be a FHIR instant, not {text!r}")
-    return span[0]

@@ -19,20 +19,10 @@ from fhir_mappings.search_query import SearchRequest
 from server.audit.middleware import note_patients
 from server.db import writing
 from server.fhir.own_references import with_relative_search_values
+from server.fhir.preconditions import Preconditions
 from server.fhir.search import SearchPage
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
-
-_ETAG = re.compile(r'\s*(?:W/)?"([0-9]{1,40})"\s*')
-
-
-def parse_if_match(header: object) -> int | None:
-    if header is None:
-        return None
-    match = _ETAG.fullmatch(header) if isinstance(header, str) else None
-    if not match:
-        raise InvalidRequest(f'If-Match must be an ETag such as W/"3", not {str(header)[:40]!r}')
-    return int(match.group(1))
 
 
 def written_outcome(version: StoredVersion) -> dict[str, Any]:
@@ -107,7 +97,7 @@ def create(
 
 
 def update(
-    service: FhirService, resource_type: str, resource_id: str, body: Any, if_match: int | None,
+    service: FhirService, resource_type: str, resource_id: str, body: Any, preconditions: Preconditions | None,
     connection: Connection | None = None, *, may_create: bool,
 ) -> tuple[StoredVersion, bool]:
     """A new version (or the first, update-as-create); returns it and whether
@@ -122,14 +112,14 @@ def update(
         hook = service.write_hooks.get(resource_type)
         if hook is not None:
             resource = hook.updating(session, resource, resource_id)
-        version = service.store.put(session, resource, resource_id, "PUT", if_match=if_match)
+        version = service.store.put(session, resource, resource_id, "PUT", preconditions=preconditions)
         if version.created and not may_create:
             raise Forbidden(f"{resource_type}/{resource_id} does not exist, and this client may not create it")
     return version, version.created
 
 
 def delete(
-    service: FhirService, resource_type: str, resource_id: str, if_match: int | None,
+    service: FhirService, resource_type: str, resource_id: str, preconditions: Preconditions | None,
     connection: Connection | None = None,
 ) -> StoredVersion | None:
     service.require_writable(resource_type)
@@ -138,7 +128,7 @@ def delete(
         hook = service.write_hooks.get(resource_type)
         if hook is not None:
             hook.deleting(session, resource_id)
-        return service.store.delete(session, resource_type, resource_id, if_match)
+        return service.store.delete(session, resource_type, resource_id, preconditions)
 
 
 def _without_id(body: Any) -> Any:

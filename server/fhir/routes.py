@@ -48,6 +48,7 @@ from server.fhir.negotiation import (
 from server.fhir.own_references import (
     with_relative_references,
 )
+from server.fhir.preconditions import Preconditions, parse_preconditions
 from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
@@ -161,6 +162,8 @@ def _entry_authorizer(request: Request) -> Callable[[str, str, Any], None]:
 
     def authorize(method: str, path: str, resource: Any) -> None:
         parts = [part for part in path.split("/") if part]
+        if method in ("GET", "HEAD") and parts == ["metadata"]:
+            return  # open to all, as `GET /fhir/metadata` is
         permission = fhir_permission(method, parts)
         # None: nobody's scopes decide (a write of a type no one writes, which the entry answers with 405).
         if permission is BUNDLE or (permission is not None and not principal.may(permission)):
@@ -198,11 +201,14 @@ def _require_creating_for_conditional_updates(principal: Principal, method: str,
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     fmt = response_format(request)
-    fhir = _fhir(request)
-    auth_url = f"{public_root(request)}/auth"
-    return fhir_response(
-        _capability_json(fhir_base(request), fhir.writable_types, fhir.store.history_types, auth_url), fmt
-    )
+    return fhir_response(_capabilities(request)(), fmt)
+
+
+def _capabilities(request: Request) -> Callable[[], bytes]:
+    """The CapabilityStatement of this request's base, as `GET metadata`
+    answers it, alone or as a Bundle entry."""
+    fhir, base, auth_url = _fhir(request), fhir_base(request), f"{public_root(request)}/auth"
+    return lambda: _capability_json(base, fhir.writable_types, fhir.store.history_types, auth_url)
 
 
 @lru_cache(maxsize=32)
@@ -222,7 +228,7 @@ async def batch_or_transaction(request: Request) -> Response:
     await _audit_copies_current(request, _entry_urls(body))
     result = await run_in_threadpool(
         bundles.process_bundle, _fhir(request), body, fhir_base(request), fhir_status_for, _entry_authorizer(request),
-        _search_authorizer(request), _creating_allowed(request), _preference(request, "return"),
+        _search_authorizer(request), _creating_allowed(request), _capabilities(request), _preference(request, "return"),
     )
     return fhir_response(result, fmt, written=True)
 
@@ -372,10 +378,10 @@ async def read(request: Request, resource_type: str, resource_id: str) -> Respon
 
 @router.put("/{resource_type}/{resource_id}")
 async def update(request: Request, resource_type: str, resource_id: str) -> Response:
-    body, if_match = await _update_request(request, resource_type)
+    body, preconditions = await _update_request(request, resource_type)
     may_create = request.state.principal.may(Permission(resource_type, "c"))
     version, created = await run_in_threadpool(retried_on_conflict, partial(
-        interactions.update, _fhir(request), resource_type, resource_id, body, if_match, may_create=may_create
+        interactions.update, _fhir(request), resource_type, resource_id, body, preconditions, may_create=may_create
     ))
     return _version_response(request, version, 201 if created else 200, location=created, written=True)
 
@@ -385,31 +391,31 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
     """`PUT [type]?[query]` (http.html#cond-update): it may create, so it needs create as well as update."""
     query = _condition(request, resource_type)
     _require_creating_for_conditional_updates(request.state.principal, "PUT", resource_type)
-    body, if_match = await _update_request(request, resource_type)
+    body, preconditions = await _update_request(request, resource_type)
     version, created = await run_in_threadpool(
         retried_on_conflict,
-        partial(update_where, _fhir(request), resource_type, body, query, fhir_base(request), if_match,
+        partial(update_where, _fhir(request), resource_type, body, query, fhir_base(request), preconditions,
                 _search_authorizer(request)),
     )
     return _version_response(request, version, 201 if created else 200, location=created, written=True)
 
 
-async def _update_request(request: Request, resource_type: str) -> tuple[Any, int | None]:
-    """The body and If-Match of an update, checked before anything is written."""
+async def _update_request(request: Request, resource_type: str) -> tuple[Any, Preconditions | None]:
+    """The body and preconditions of an update, checked before anything is written."""
     _fhir(request).require_writable(resource_type)
     require_resource_body(request)
     response_format(request)  # a 406 must come before the write, not after it
     body = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
     body = with_relative_references(body, fhir_base(request))
     _require_study_reading_for_orders(request.state.principal, body)
-    return body, interactions.parse_if_match(request.headers.get("if-match"))
+    return body, _preconditions(request)
 
 
 @router.delete("/{resource_type}/{resource_id}")
 async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
-    if_match = interactions.parse_if_match(request.headers.get("if-match"))
+    preconditions = _preconditions(request)
     version = await run_in_threadpool(
-        retried_on_conflict, partial(interactions.delete, _fhir(request), resource_type, resource_id, if_match)
+        retried_on_conflict, partial(interactions.delete, _fhir(request), resource_type, resource_id, preconditions)
     )
     return _deleted(version)
 
@@ -418,13 +424,20 @@ async def delete(request: Request, resource_type: str, resource_id: str) -> Resp
 async def conditional_delete(request: Request, resource_type: str) -> Response:
     """`DELETE [type]?[query]` (http.html#3.1.0.7.1): the one match deleted, 204 also for none."""
     query = _condition(request, resource_type)
-    if_match = interactions.parse_if_match(request.headers.get("if-match"))
+    preconditions = _preconditions(request)
     version = await run_in_threadpool(
         retried_on_conflict,
-        partial(delete_where, _fhir(request), resource_type, query, fhir_base(request), if_match,
+        partial(delete_where, _fhir(request), resource_type, query, fhir_base(request), preconditions,
                 _search_authorizer(request)),
     )
     return _deleted(version)
+
+
+def _preconditions(request: Request) -> Preconditions | None:
+    headers = request.headers
+    return parse_preconditions(
+        headers.get("if-match"), headers.get("if-none-match"), _http_date(headers.get("if-unmodified-since"))
+    )
 
 
 def _deleted(version: StoredVersion | None) -> Response:
@@ -496,7 +509,7 @@ async def _validate(request: Request, resource_type: str, resource_id: str | Non
     if asked.mode in ("create", "update"):
         _require_study_reading_for_orders(principal, resource)
     outcome = await run_in_threadpool(
-        validate, fhir, asked, interactions.parse_if_match(request.headers.get("if-match")),
+        validate, fhir, asked, _preconditions(request),
         lambda letter: principal.may(Permission(resource_type, letter)),
     )
     return fhir_response(outcome, fmt)

@@ -40,10 +40,11 @@ from sqlalchemy import (
 
 from fhir_mappings import fhir_json
 from fhir_mappings.date_ranges import instant_text
-from fhir_mappings.errors import ResourceGone, ResourceNotFound, VersionConflict
+from fhir_mappings.errors import ResourceGone, ResourceNotFound
 from fhir_mappings.patient_compartment import patients_of
 from fhir_mappings.search_values import IndexValues, extract
 from server.db import dialect_insert, insert_rows, note_written, reading
+from server.fhir.preconditions import Preconditions
 from server.fhir.update_counts import count_change
 from server.fhir.visibility import Visibility
 from server.tables import (
@@ -226,17 +227,17 @@ class ResourceStore:
         resource: dict[str, Any],
         resource_id: str,
         method: str,
-        if_match: int | None = None,
+        preconditions: Preconditions | None = None,
     ) -> StoredVersion:
         """Write a new version of `resource` (validated by the caller) under `resource_id`."""
-        return self.put_many(connection, [(resource, resource_id)], method, if_match)[0]
+        return self.put_many(connection, [(resource, resource_id)], method, preconditions)[0]
 
     def put_many(
         self,
         connection: Connection,
         writes: Sequence[tuple[dict[str, Any], str]],
         method: str,
-        if_match: int | None = None,
+        preconditions: Preconditions | None = None,
         skip_unchanged: bool = False,
         locked: dict[str, CurrentVersion] | None = None,
     ) -> list[StoredVersion]:
@@ -244,7 +245,7 @@ class ResourceStore:
         each under its id, in as many statements as one of them takes: a STOW
         of 500 new studies writes their ImagingStudies at once, where one
         statement per table and study made PostgreSQL's round trips most of
-        its time. `if_match` applies to a single write only.
+        its time. `preconditions` (If-Match, If-None-Match) apply to a single write only.
 
         `skip_unchanged`: a resource whose current version has the same
         content keeps that version (its StoredVersion is returned) instead of
@@ -266,17 +267,15 @@ class ResourceStore:
         ids = [resource_id for _, resource_id in writes]
         if any(resource["resourceType"] != resource_type for resource, _ in writes) or len(set(ids)) != len(ids):
             raise ValueError("put_many writes resources of one type, each once")
-        if if_match is not None and len(writes) != 1:
-            raise ValueError("If-Match applies to a single write")
+        if preconditions is not None and len(writes) != 1:
+            raise ValueError("preconditions apply to a single write")
         current = dict(locked) if locked is not None else self.lock_current(connection, resource_type, ids)
-        if if_match is not None:
+        if preconditions is not None:
             found = current.get(ids[0])
-            if found is None:
-                raise VersionConflict(f"{resource_type}/{ids[0]} does not exist; If-Match cannot hold")
-            if found.version_id != if_match:
-                raise VersionConflict(
-                    f"{resource_type}/{ids[0]} is at version {found.version_id}, not {if_match} (If-Match)"
-                )
+            if found is None or found.deleted:
+                preconditions.require(f"{resource_type}/{ids[0]}", None)
+            else:
+                preconditions.require(f"{resource_type}/{ids[0]}", found.version_id, found.last_updated)
         requested = ids
         kept = _unchanged(resource_type, writes, current) if skip_unchanged else {}
         if kept:
@@ -389,17 +388,20 @@ class ResourceStore:
             connection.execute(insert(fhir_versions), versions)
 
     def delete(
-        self, connection: Connection, resource_type: str, resource_id: str, if_match: int | None = None
+        self, connection: Connection, resource_type: str, resource_id: str, preconditions: Preconditions | None = None
     ) -> StoredVersion | None:
         """Mark deleted; None when there was nothing current to delete (FHIR delete is idempotent)."""
         current = self.lock_current(connection, resource_type, [resource_id]).get(resource_id)
-        if current is None or current.deleted:
-            if if_match is not None:
-                raise VersionConflict(f"{resource_type}/{resource_id} is not current; If-Match cannot hold")
+        if current is not None and current.deleted:
+            current = None
+        if preconditions is not None:
+            if current is None:
+                preconditions.require(f"{resource_type}/{resource_id}", None)
+            else:
+                preconditions.require(f"{resource_type}/{resource_id}", current.version_id, current.last_updated)
+        if current is None:
             return None
         pk, current_version = current.pk, current.version_id
-        if if_match is not None and if_match != current_version:
-            raise VersionConflict(f"{resource_type}/{resource_id} is at version {current_version}, not {if_match}")
         version_id, now = current_version + 1, self.clock.now()
         connection.execute(
             update(fhir_resources).where(fhir_resources.c.id == pk).values(

@@ -17,6 +17,7 @@ from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.resources import client_resource
 from server.db import rehearsal_connection, retried_on_conflict
 from server.fhir import interactions
+from server.fhir.preconditions import Preconditions
 from server.fhir.service import FhirService
 
 # R4 ValueSet resource-validation-mode; `profile` is not one: it says what to validate against.
@@ -68,7 +69,7 @@ def validation_request(
 
 
 def validate(
-    service: FhirService, request: ValidationRequest, if_match: int | None, may: Callable[[str], bool]
+    service: FhirService, request: ValidationRequest, preconditions: Preconditions | None, may: Callable[[str], bool]
 ) -> dict[str, Any]:
     """The OperationOutcome. `may(letter)`: whether the caller holds that right
     (c, u, d) on the type; a mode is judged only for a caller that may do
@@ -81,7 +82,7 @@ def validate(
         if request.mode is None:
             client_resource(request.resource, request.resource_type)
         else:
-            retried_on_conflict(lambda: _rehearse(service, request, if_match, may("c")))
+            retried_on_conflict(lambda: _rehearse(service, request, preconditions, may("c")))
     except FhirError as error:
         return operation_outcome(error.issue_code, error.diagnostics)
     found = (
@@ -95,17 +96,19 @@ def validate(
 _WOULD = {"create": "a create of this", "update": "an update to this", "delete": "a deletion of this"}
 
 
-def _rehearse(service: FhirService, request: ValidationRequest, if_match: int | None, may_create: bool) -> None:
+def _rehearse(
+    service: FhirService, request: ValidationRequest, preconditions: Preconditions | None, may_create: bool
+) -> None:
     with rehearsal_connection(service.engine) as connection:
         if request.mode == "create":
             interactions.create(service, request.resource_type, request.resource, connection)
         elif request.mode == "update":
             assert request.resource_id is not None
-            interactions.update(service, request.resource_type, request.resource_id, request.resource, if_match,
+            interactions.update(service, request.resource_type, request.resource_id, request.resource, preconditions,
                                 connection, may_create=may_create)
         else:
             assert request.resource_id is not None
-            interactions.delete(service, request.resource_type, request.resource_id, if_match, connection)
+            interactions.delete(service, request.resource_type, request.resource_id, preconditions, connection)
 
 
 def _parameters(body: dict[str, Any]) -> list[tuple[str, Any]]:

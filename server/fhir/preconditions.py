@@ -1,0 +1,83 @@
+"""The preconditions of an update or delete (RFC 9110 §13.1): If-Match
+(R4 http.html#concurrency) and If-None-Match, as headers or as a Bundle
+entry's `request.ifMatch` and `ifNoneMatch`, and the If-Unmodified-Since
+header.
+
+A version's entity tag is `W/"n"`; a tag is compared by its number, weak or
+strong as the client wrote it (FHIR's tags are weak, and clients often send
+`"n"`).
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from fhir_mappings.date_ranges import instant_text
+from fhir_mappings.errors import InvalidRequest, VersionConflict
+
+_ETAG = re.compile(r'(?:W/)?"([0-9]{1,40})"')
+# What an If-Match or If-None-Match names: some versions, or `*`, any current one.
+Tags = frozenset[int] | Literal["*"]
+
+
+@dataclass(frozen=True)
+class Preconditions:
+    """`match`: If-Match, which holds when one of its versions (any, for `*`)
+    is current. `none_match`: If-None-Match, which holds when none is (`*`:
+    when nothing is current, for a write that must only create). A resource
+    that does not exist or is deleted has no current version (§13.1.1).
+    `unmodified_since` (microseconds): If-Unmodified-Since, which holds when
+    the current version is no later, to the second (§13.1.4); If-Match, when
+    sent, decides instead."""
+
+    match: Tags | None = None
+    none_match: Tags | None = None
+    unmodified_since: int | None = None
+
+    def require(self, what: str, current_version: int | None, last_updated: int | None = None) -> None:
+        """412 unless they hold for `what` (`Type/id`) at `current_version`,
+        written at `last_updated` (None for nothing current)."""
+        if self.match is None and self.unmodified_since is not None and last_updated is not None:
+            if last_updated // 1_000_000 > self.unmodified_since // 1_000_000:
+                raise VersionConflict(
+                    f"{what} changed at {instant_text(last_updated)}, after If-Unmodified-Since"
+                    f" {instant_text(self.unmodified_since)}"
+                )
+        if self.match is not None:
+            if current_version is None:
+                raise VersionConflict(f"{what} does not exist or is deleted; If-Match cannot hold")
+            if self.match != "*" and current_version not in self.match:
+                raise VersionConflict(f"{what} is at version {current_version}, not {_named(self.match)} (If-Match)")
+        if self.none_match is not None and current_version is not None:
+            if self.none_match == "*" or current_version in self.none_match:
+                raise VersionConflict(
+                    f"{what} is at version {current_version} (If-None-Match: {_named(self.none_match)})"
+                )
+
+
+def parse_preconditions(
+    if_match: object, if_none_match: object, unmodified_since: int | None = None
+) -> Preconditions | None:
+    """Of the headers (or Bundle entry fields) If-Match and If-None-Match, and
+    If-Unmodified-Since as microseconds (None for one that is not an HTTP
+    date, which §13.1.4 has ignored); None when none is sent."""
+    if if_match is None and if_none_match is None and unmodified_since is None:
+        return None
+    return Preconditions(_tags("If-Match", if_match), _tags("If-None-Match", if_none_match), unmodified_since)
+
+
+def _tags(name: str, header: object) -> Tags | None:
+    """`*`, or a list of ETags."""
+    if header is None:
+        return None
+    members = [member.strip() for member in header.split(",")] if isinstance(header, str) else []
+    if members == ["*"]:
+        return "*"
+    found = [_ETAG.fullmatch(member) for member in members]
+    if not members or not all(found):
+        raise InvalidRequest(f'{name} must be * or ETags such as W/"3", not {str(header)[:40]!r}')
+    return frozenset(int(match.group(1)) for match in found if match)
+
+
+def _named(tags: Tags) -> str:
+    return tags if tags == "*" else ", ".join(str(version) for version in sorted(tags))
