@@ -93,6 +93,14 @@ def note_cut_short(reason: str) -> None:
         audit.cut_short = reason
 
 
+def note_unrecorded_refusals(scope: Scope, recorded: bool, unrecorded: int) -> None:
+    """A refusal of an address over its limit of requests without valid
+    credentials (`server.auth.limits`): such refusals disclose nothing, and
+    recording each would let the address flood the trail, so only the first
+    of each window is recorded, with how many before it were not."""
+    scope.setdefault("state", {})[_UNRECORDED] = (recorded, unrecorded)
+
+
 def note_transaction() -> None:
     """The current `POST /fhir` carries a transaction, not a batch: only its body says which."""
     audit = _current.get()
@@ -215,6 +223,19 @@ class _RequestAudit:
         if self._appended:
             self.recorded = True
 
+    def answer_event(self, status: int | None) -> dict[str, Any] | None:
+        """The record of the answer (None: a WebSocket closed without one);
+        None for a refusal left unrecorded (`note_unrecorded_refusals`)."""
+        result = f"answered {status}"
+        quiet = self.scope["state"].get(_UNRECORDED)
+        if quiet is not None:
+            recorded, unrecorded = quiet
+            if not recorded:
+                return None
+            result += (f", over its address's limit of requests without valid credentials: the others of its window"
+                       f" go unrecorded ({unrecorded} did since the last such record)")
+        return self.event(_outcome(status or 500), result)
+
     def unfinished_event(self, failed: bool) -> dict[str, Any] | None:
         """The second record of an answer that was recorded as it started but
         did not end whole (`failed`: the application raised); None otherwise."""
@@ -276,6 +297,7 @@ def _without_credentials(query: bytes) -> bytes:
 _REDACTED = b"access_token=redacted"
 _current: ContextVar[_RequestAudit | None] = ContextVar("request_audit", default=None)
 _LOGIN_NAME = "login_name"
+_UNRECORDED = "unrecorded_refusal"
 
 
 def note_login(scope: Scope, name: str) -> None:
@@ -326,7 +348,8 @@ class AuditMiddleware:
                 if not audit.recorded or audit.kind is AuditKind.BATCH:
                     if audit.studies:
                         await run_in_threadpool(self._resolve_patients, audit)
-                    events.append(audit.event(_outcome(message["status"]), f"answered {message['status']}"))
+                    answer = audit.answer_event(message["status"])
+                    events += [answer] if answer is not None else []
                 if events:
                     try:
                         await self._record(events)
@@ -369,7 +392,8 @@ class AuditMiddleware:
                 audit.recorded = True
                 status = {"websocket.accept": 101, "websocket.close": 403}.get(message["type"], message.get("status"))
                 events = [audit.login_event()] if "basic_login" in scope["state"] else []
-                events.append(audit.event(_outcome(status or 500), f"answered {status}"))
+                answer = audit.answer_event(status)
+                events += [answer] if answer is not None else []
                 try:
                     await self._record(events)
                 except AuditUnavailable:
