@@ -390,14 +390,14 @@ def test_an_address_flooding_without_credentials_gets_429_and_one_record_a_windo
     from server.tables import audit_events
 
     limit = services.auth.unauthenticated
-    limit.limit, limit.window_seconds = 3, 1.5
+    limit.limit, limit.window_seconds = 3, 4.0  # long enough for a loaded machine to send eleven within
     bad_token = {"Authorization": "Bearer not-a-token"}
     statuses = [anonymous.get("/fhir/Patient", headers=bad_token if number % 2 else {}).status_code
                 for number in range(10)]
     assert statuses == [401] * 3 + [429] * 7
     refused = anonymous.get("/fhir/Patient")
     assert refused.headers["content-type"].startswith("application/fhir+json")  # an OperationOutcome
-    assert 1 <= int(refused.headers["retry-after"]) <= 2
+    assert 1 <= int(refused.headers["retry-after"]) <= 5
     assert anonymous.get("/fhir/Patient", headers=_bearer(services, Role.ADMIN)).status_code == 200
 
     def recorded() -> list[str]:
@@ -406,7 +406,7 @@ def test_an_address_flooding_without_credentials_gets_429_and_one_record_a_windo
         return [event["outcomeDesc"] for event in events if "GET /fhir/Patient answered 4" in event["outcomeDesc"]]
 
     assert [desc.split(" answered ")[1][:3] for desc in recorded()] == ["401"] * 3 + ["429"]
-    time.sleep(1.6)  # the window passes: 401s again, then one more record of the refusals
+    time.sleep(4.1)  # the window passes: 401s again, then one more record of the refusals
     assert [anonymous.get("/fhir/Patient").status_code for _ in range(5)] == [401] * 3 + [429] * 2
     descriptions = recorded()
     assert [desc.split(" answered ")[1][:3] for desc in descriptions] == ["401"] * 3 + ["429"] + ["401"] * 3 + ["429"]
