@@ -437,3 +437,55 @@ def test_the_last_events_cut_with_the_head_rewritten_are_caught_by_their_copies(
         connection.execute(update(audit_head).values(seq=3, hash=last))
     verification = _verify(services)
     assert verification.first_broken == 4 and "AuditEvent/4 is no event of the chain" in verification.problem
+
+
+def _index_row(services, table, seq: int, param: str):  # type: ignore[no-untyped-def]
+    """The first index row of AuditEvent/`seq` for `param`, as the where-clause that names it."""
+    from server.tables import fhir_resources
+
+    with services.engine.connect() as connection:
+        pk = connection.execute(select(fhir_resources.c.id).where(
+            fhir_resources.c.resource_type == "AuditEvent", fhir_resources.c.resource_id == str(seq))).scalar_one()
+        row = connection.execute(select(table).where(table.c.resource_pk == pk, table.c.param == param)).first()
+    assert row is not None
+    return pk, row
+
+
+def test_an_altered_removed_or_added_search_index_row_is_detected(services, fhir, audit_cli, capsys):
+    """The copies' index rows are what searches of the trail read: a search
+    for the patient missed an event whose row was removed, and verification
+    did not see it."""
+    from server.tables import fhir_references, fhir_strings, fhir_tokens
+
+    _append(services, 6)
+    services.audit.chain.project()
+    assert _verify(services).intact
+    pk, row = _index_row(services, fhir_references, 5, "patient")
+    with services.engine.begin() as connection:
+        connection.execute(delete(fhir_references).where(fhir_references.c.resource_pk == pk,
+                                                         fhir_references.c.param == "patient"))
+    found = [entry["resource"]["id"]
+             for entry in fhir.get("/fhir/AuditEvent", params={"patient": "p1"}).json()["entry"]]
+    assert "5" not in found and "4" in found  # the search lies
+    for chunk in (20_000, 2):  # whether the event is in the first chunk read or a later one
+        verification = services.audit.chain.verify(chunk=chunk)
+        assert verification.first_broken == 5 and "search index of event 5" in verification.problem
+    assert main(["audit", "verify"]) == 1
+    assert "BROKEN at sequence 5: the search index of event 5" in capsys.readouterr().out
+
+    pk, row = _index_row(services, fhir_strings, 3, "agent-name")
+    with services.engine.begin() as connection:  # an event found under a name that it does not hold
+        connection.execute(update(fhir_strings).where(fhir_strings.c.resource_pk == pk,
+                                                      fhir_strings.c.param == "agent-name").values(normalised="nobody"))
+    assert _verify(services).first_broken == 3
+    pk, row = _index_row(services, fhir_tokens, 2, "type")
+    with services.engine.begin() as connection:  # a row it does not give, and a row doubled
+        connection.execute(fhir_tokens.insert().values(resource_pk=pk, param="outcome", system=None, code="8"))
+    assert _verify(services).first_broken == 2
+    with services.engine.begin() as connection:
+        connection.execute(delete(fhir_tokens).where(fhir_tokens.c.resource_pk == pk, fhir_tokens.c.code == "8"))
+    assert _verify(services).first_broken == 3
+    pk, row = _index_row(services, fhir_tokens, 1, "type")
+    with services.engine.begin() as connection:
+        connection.execute(fhir_tokens.insert().values(row._mapping))
+    assert _verify(services).first_broken == 1

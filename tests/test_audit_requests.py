@@ -4,13 +4,17 @@ write's record commits in the write's own transaction, so a rolled-back
 write leaves none and a committed one never lacks it."""
 
 import base64
+import socket
+import time
 
+import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from server.auth.scopes import Role
 from server.tables import audit_events, audit_head
+from tests.conftest import admin_headers
 from tests.dicom_files import make_ct, multipart_body
 from tests.fhir_checks import ids
 
@@ -341,3 +345,73 @@ def test_reading_one_model_is_recorded_as_a_read_and_listing_them_as_a_search(se
     events = {event["outcomeDesc"]: (event["subtype"][0]["code"], event["action"]) for event in _events(services, fhir)}
     assert events["GET /admin/models answered 200"] == ("search-type", "E")
     assert events["GET /admin/models/nothing-by-this-name answered 404"] == ("read", "R")
+
+
+def _cut_short(events: list[dict]) -> list[dict]:
+    return [event for event in events if "cut short" in event.get("outcomeDesc", "")]
+
+
+def _request_id(event: dict) -> str:
+    return next(entity["description"] for entity in event["entity"] if entity.get("name") == "request id")
+
+
+def test_an_answer_the_client_cuts_short_is_recorded_as_such(live_server, services):
+    """The record is written as the answer starts (nothing goes out
+    unrecorded); a client that leaves partway through a big study adds a
+    second event, a minor failure saying how much had gone out."""
+    study = "1.2.826.0.1.3680043.8.498.77001"
+    headers = admin_headers(services)
+    body, content_type = multipart_body([make_ct(study, "1.2.826.0.1.3680043.8.498.77002", size=1024,
+                                                 InstanceNumber=number) for number in range(1, 17)])
+    assert httpx.post(f"{live_server}/dicom-web/studies", content=body, timeout=120,
+                      headers={**headers, "Content-Type": content_type}).status_code == 200
+    port = int(live_server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(f"GET /dicom-web/studies/{study} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           f"Authorization: {headers['Authorization']}\r\n"
+                           'Accept: multipart/related; type="application/dicom"\r\n\r\n'.encode())
+        received = 0
+        while received < 256 * 1024:  # an eighth of one instance: far from the 32 MB of the study
+            chunk = connection.recv(65536)
+            assert chunk
+            received += len(chunk)
+    deadline = time.monotonic() + 20
+    while True:
+        events = httpx.get(f"{live_server}/fhir/AuditEvent", params={"_count": 200}, headers=headers,
+                           timeout=30).json().get("entry", [])
+        events = [entry["resource"] for entry in events
+                  if f"/dicom-web/studies/{study} " in entry["resource"].get("outcomeDesc", "")]
+        if _cut_short(events) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    [cut] = _cut_short(events)
+    assert cut["outcome"] == "4"
+    assert cut["outcomeDesc"].startswith(f"GET /dicom-web/studies/{study} answered 200, but the answer was cut short")
+    assert cut["outcomeDesc"].endswith("the client closed the connection")
+    sent = int(cut["outcomeDesc"].split(" after ")[1].split(" bytes")[0])
+    assert received <= sent < len(body)  # what left the server, not the study
+    [started] = [event for event in events if event is not cut and event["outcomeDesc"].endswith("answered 200")]
+    assert started["outcome"] == "0" and _request_id(started) == _request_id(cut)
+    assert started["entity"] == cut["entity"]  # the same patient, study and request
+    assert services.audit.chain.verify().intact
+
+
+def test_an_answer_the_server_cannot_finish_is_recorded_as_such(services, fhir):
+    """A study whose file went after its rows were read ends without its
+    closing boundary; the audit trail says so too (a serious failure)."""
+    assert _stow(fhir, "1.2.826.0.1.3680043.8.498.77003", "CUT-2").status_code == 200
+    [stored] = [path for path in services.settings.storage_dir.rglob("*") if path.is_file() and path.suffix == ".dcm"]
+    stored.unlink()
+    answer = fhir.get("/dicom-web/studies/1.2.826.0.1.3680043.8.498.77003",
+                      headers={"Accept": 'multipart/related; type="application/dicom"'})
+    assert answer.status_code == 200
+    [cut] = _cut_short(_events(services, fhir, outcome="8"))
+    assert "instance" in cut["outcomeDesc"] and "CUT-2" not in cut["outcomeDesc"]
+    assert "Patient/" in str(cut["entity"])
+
+
+def test_a_whole_answer_is_recorded_once(services, fhir):
+    assert _stow(fhir, "1.2.826.0.1.3680043.8.498.77004", "WHOLE-1").status_code == 200
+    assert fhir.get("/dicom-web/studies/1.2.826.0.1.3680043.8.498.77004",
+                    headers={"Accept": 'multipart/related; type="application/dicom"'}).status_code == 200
+    assert _cut_short(_events(services, fhir)) == []

@@ -9,8 +9,10 @@ import time
 
 import httpx
 import jwt
+import orjson
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from server.auth.scopes import Role, role_grant
 from server.auth.tokens import TokenIssuer
@@ -379,3 +381,50 @@ def test_a_write_of_a_type_nobody_writes_is_405_whoever_asks(anonymous, services
              "entry": [{"request": {"method": "DELETE", "url": "AuditEvent/1"}}]}
     assert anonymous.post("/fhir", json=batch, headers=headers).json()["entry"][0]["response"]["status"] == "405"
     assert anonymous.post("/fhir/AuditEvent", json={"resourceType": "AuditEvent"}).status_code == 401
+
+
+def test_an_address_flooding_without_credentials_gets_429_and_one_record_a_window(anonymous, services):
+    """Every 401 was recorded: an address sending requests without (valid)
+    credentials could flood the audit trail with them. Over its limit it
+    gets 429, recorded once a window with the count of those left
+    unrecorded; good credentials from the same address still pass."""
+    from server.tables import audit_events
+
+    limit = services.auth.unauthenticated
+    limit.limit, limit.window_seconds = 3, 4.0  # long enough for a loaded machine to send eleven within
+    bad_token = {"Authorization": "Bearer not-a-token"}
+    statuses = [anonymous.get("/fhir/Patient", headers=bad_token if number % 2 else {}).status_code
+                for number in range(10)]
+    assert statuses == [401] * 3 + [429] * 7
+    refused = anonymous.get("/fhir/Patient")
+    assert refused.headers["content-type"].startswith("application/fhir+json")  # an OperationOutcome
+    assert 1 <= int(refused.headers["retry-after"]) <= 5
+    assert anonymous.get("/fhir/Patient", headers=_bearer(services, Role.ADMIN)).status_code == 200
+
+    def recorded() -> list[str]:
+        with services.engine.connect() as connection:
+            events = [orjson.loads(body) for body in connection.execute(select(audit_events.c.event_json)).scalars()]
+        return [event["outcomeDesc"] for event in events if "GET /fhir/Patient answered 4" in event["outcomeDesc"]]
+
+    assert [desc.split(" answered ")[1][:3] for desc in recorded()] == ["401"] * 3 + ["429"]
+    time.sleep(4.1)  # the window passes: 401s again, then one more record of the refusals
+    assert [anonymous.get("/fhir/Patient").status_code for _ in range(5)] == [401] * 3 + [429] * 2
+    descriptions = recorded()
+    assert [desc.split(" answered ")[1][:3] for desc in descriptions] == ["401"] * 3 + ["429"] + ["401"] * 3 + ["429"]
+    assert "(7 did since the last such record)" in descriptions[-1]  # the seven unrecorded of the first window
+
+
+def test_refused_token_requests_count_against_their_address_alike(anonymous, services):
+    """A token request with a wrong password is refused (400), then, past
+    the failed logins allowed, 429: each was recorded, a flood path too."""
+    from server.tables import audit_events
+
+    services.auth.unauthenticated.limit = 3
+    form = {"grant_type": "password", "username": "nobody", "password": "wrong"}
+    statuses = [anonymous.post("/auth/token", data=form).status_code for _ in range(8)]
+    assert statuses == [400] * 3 + [429] * 5
+    with services.engine.connect() as connection:
+        events = [orjson.loads(body) for body in connection.execute(select(audit_events.c.event_json)).scalars()]
+    answers = [event["outcomeDesc"].split(" answered ")[1][:3] for event in events
+               if event["outcomeDesc"].startswith("POST /auth/token")]
+    assert answers == ["400"] * 3 + ["429"]

@@ -2,6 +2,7 @@
 over HTTP: kick-off, status, files, delete, and what an export holds."""
 
 import os
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
@@ -11,7 +12,7 @@ import orjson
 import pytest
 from sqlalchemy import select, update
 
-from fhir_mappings.audit_event import DCM
+from fhir_mappings.audit_event import DCM, AuditKind, AuditRecord, Outcome, audit_event
 from server.auth.scopes import Role, role_grant
 from server.fhir.bulk_export import now_micros
 from server.fhir.bulk_export_query import Slice, pages
@@ -359,6 +360,25 @@ def test_an_export_holds_each_resource_as_it_was_at_the_kick_off(client, service
     assert by_id["oa"] == client.get("/fhir/Observation/oa/_history/1").content
     assert by_id["ob"] == client.get("/fhir/Observation/ob/_history/1").content
     assert orjson.loads(files["Device"][0])["status"] == "active"
+
+
+def test_an_event_recorded_before_the_kick_off_but_not_yet_appended_is_exported(client, services):
+    """The recorder appends a moment after a request is recorded, sharing
+    one transaction among many: an export that read the chain meanwhile
+    left out an event recorded before its transactionTime."""
+    _held(services)
+    recorder = services.audit.recorder
+    event = audit_event(AuditRecord(kind=AuditKind.READ, outcome=Outcome.SUCCESS, recorded=datetime.now(timezone.utc),
+                                    client="test-admin", server=BASE, description="read just before the kick-off"))
+    status = _kick_off(client, _type="AuditEvent")
+    recorder.linger_seconds = 2.0  # what the recorder takes waits this long for company before it is appended
+    submitted = threading.Thread(target=recorder.record, args=(event,))
+    submitted.start()
+    _run_queued(services)
+    submitted.join()
+    recorder.linger_seconds = 0.002
+    exported = [orjson.loads(line) for line in _files(client, _manifest(client, status))["AuditEvent"]]
+    assert "read just before the kick-off" in [line.get("outcomeDesc") for line in exported]
 
 
 @pytest.mark.parametrize("change", ["updated", "deleted"])

@@ -44,12 +44,14 @@ from sqlalchemy import Connection, Dialect, Engine, String, and_, cast, func, in
 from sqlalchemy.exc import DBAPIError
 
 from server.db import reading, write_connection
-from server.fhir.store import ResourceStore, stored_json
+from server.fhir.store import ResourceStore, misindexed, stored_json
 from server.tables import audit_checkpoints, audit_events, audit_head, audit_projection, fhir_resources
 
 GENESIS = "0" * 64
 CHAIN_EXTENSION = "urn:medaiflow:audit-chain"
 _HEAD_ID = 1
+# The copies whose index rows verification reads and recomputes together.
+_INDEX_CHECKED_AT_ONCE = 1000
 
 
 def canonical_json(event: dict[str, Any]) -> bytes:
@@ -309,7 +311,10 @@ class AuditChain:
     def _first_differing_copy(self, chunk: int) -> tuple[int, str] | None:
         """The copies are what reads and searches serve: one edited in place
         would be served as the record while the chain stays intact, and one
-        removed or marked deleted would hide its event from the auditor."""
+        removed or marked deleted would hide its event from the auditor. So
+        are their search-index rows, recomputed from the verified event: one
+        altered, removed or added makes a search of the trail miss the event
+        or find it by what it does not say."""
         if self.engine.dialect.name == "sqlite":
             return self._compare_copies(chunk, as_text=False)
         try:
@@ -324,7 +329,7 @@ class AuditChain:
 
         statement = (
             select(audit_events.c.seq, audit_events.c.previous_hash, audit_events.c.hash,
-                   fetched(audit_events.c.event_json), fetched(fhir_resources.c.resource_json),
+                   fetched(audit_events.c.event_json), fhir_resources.c.id, fetched(fhir_resources.c.resource_json),
                    fhir_resources.c.version_id, fhir_resources.c.last_updated, fhir_resources.c.deleted)
             .outerjoin(fhir_resources, and_(fhir_resources.c.resource_type == "AuditEvent",
                                             fhir_resources.c.resource_id == cast(audit_events.c.seq, String)))
@@ -336,19 +341,29 @@ class AuditChain:
             projected = connection.execute(select(audit_projection.c.seq)).scalar_one()
             while True:
                 rows = connection.execute(statement.where(audit_events.c.seq > after)).all()
-                for seq, previous_hash, digest, event_json, copy_json, version_id, last_updated, deleted in rows:
+                copies: list[tuple[int, int, dict[str, Any]]] = []  # (pk, seq, copy) whose index is still to check
+                for seq, previous_hash, digest, event_json, pk, copy_json, version_id, last_updated, deleted in rows:
+                    problem = None
                     if version_id is None or deleted:
                         if seq <= projected:
-                            return int(seq), f"the searchable copy of event {seq} (AuditEvent/{seq}) is gone"
-                        continue  # not projected yet
-                    # Written once, by `project`: the bytes it wrote are the only right ones.
-                    expected = stored_json(
-                        chained_resource(orjson.loads(event_json), seq, previous_hash, digest), str(seq), version_id,
-                        last_updated,
-                    )
-                    copy = copy_json.encode() if isinstance(copy_json, str) else copy_json
-                    if copy is None or bytes(copy) != expected:
-                        return int(seq), f"the searchable copy of event {seq} (AuditEvent/{seq}) differs from the chain"
+                            problem = f"the searchable copy of event {seq} (AuditEvent/{seq}) is gone"
+                    else:
+                        resource = chained_resource(orjson.loads(event_json), seq, previous_hash, digest)
+                        # Written once, by `project`: the bytes it wrote are the only right ones.
+                        copy = copy_json.encode() if isinstance(copy_json, str) else copy_json
+                        if copy is None or bytes(copy) != stored_json(resource, str(seq), version_id, last_updated):
+                            problem = f"the searchable copy of event {seq} (AuditEvent/{seq}) differs from the chain"
+                        else:
+                            copies.append((pk, seq, resource))
+                    # The copies before it come first; a thousand at a time bounds what is held.
+                    if problem is not None or len(copies) >= _INDEX_CHECKED_AT_ONCE:
+                        found = _first_misindexed(connection, copies)
+                        copies = []
+                        if found is not None or problem is not None:
+                            return found or (int(seq), problem)
+                found = _first_misindexed(connection, copies)
+                if found is not None:
+                    return found
                 if len(rows) < chunk:
                     return None
                 after = rows[-1][0]
@@ -375,6 +390,17 @@ class AuditChain:
                 if len(found) < chunk:
                     return None
                 after = found[-1]
+
+
+def _first_misindexed(connection: Connection, copies: list[tuple[int, int, dict[str, Any]]],
+                      ) -> tuple[int, str] | None:
+    """The first of these (pk, seq, copy) whose search-index rows are not the ones the copy gives."""
+    wrong = set(misindexed(connection, [(pk, resource) for pk, _, resource in copies]))
+    seq = next((seq for pk, seq, _ in copies if pk in wrong), None)
+    if seq is None:
+        return None
+    return int(seq), (f"the search index of event {seq} (AuditEvent/{seq}) differs from the event: "
+                      f"searches of the audit trail would miss it or find it by what it does not say")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,17 @@ the group-commit recorder when the answer starts, and the answer waits until
 the record is durable; when it cannot be written the client gets 503 instead,
 so nothing is disclosed unrecorded (fail closed).
 
+An answer recorded as it started that then does not end whole (the client
+closes the connection partway through a streamed study or export file, or
+the stream fails) gets a second event, of the same request (same request id
+and entities), that says so: outcome 4 when the client went, 8 when the
+server could not finish, and how many bytes had gone out. The first record
+stays as written, since the chain is append-only, and it has to be durable
+before the first byte goes out: writing the record only once the body ended
+would disclose data unrecorded, and lose the record of a long answer
+entirely when the process dies during it. An answer that ends whole adds
+nothing.
+
 Probes (/healthz, /readyz) are not audited: orchestrators call them every few
 seconds and they touch no data.
 
@@ -72,6 +83,22 @@ def note_patients(patient_ids: Iterable[str]) -> None:
     audit = _current.get()
     if audit is not None:
         audit.patients.update(patient_ids)
+
+
+def note_cut_short(reason: str) -> None:
+    """The current answer, already under way, ends before holding all it
+    should (the store changed under it), though its stream ends cleanly."""
+    audit = _current.get()
+    if audit is not None:
+        audit.cut_short = reason
+
+
+def note_unrecorded_refusals(scope: Scope, recorded: bool, unrecorded: int) -> None:
+    """A refusal of an address over its limit of requests without valid
+    credentials (`server.auth.limits`): such refusals disclose nothing, and
+    recording each would let the address flood the trail, so only the first
+    of each window is recorded, with how many before it were not."""
+    scope.setdefault("state", {})[_UNRECORDED] = (recorded, unrecorded)
 
 
 def note_transaction() -> None:
@@ -158,6 +185,11 @@ class _RequestAudit:
     resources: set[str] = field(default_factory=set)  # what it wrote, where its path names nothing
     recorded: bool = False
     answering: bool = False  # once the answer starts, later writes are not this request's action
+    status: int = 0
+    sent: int = 0  # bytes of the answer's body handed to the connection while the client was there
+    complete: bool = False  # the body's last message went out while the client was there
+    disconnected: bool = False
+    cut_short: str | None = None  # why the answer ends incomplete, as the handler knows (`note_cut_short`)
     _appended: bool = False
 
     def __post_init__(self) -> None:
@@ -190,6 +222,31 @@ class _RequestAudit:
     def committed(self) -> None:
         if self._appended:
             self.recorded = True
+
+    def answer_event(self, status: int | None) -> dict[str, Any] | None:
+        """The record of the answer (None: a WebSocket closed without one);
+        None for a refusal left unrecorded (`note_unrecorded_refusals`)."""
+        result = f"answered {status}"
+        quiet = self.scope["state"].get(_UNRECORDED)
+        if quiet is not None:
+            recorded, unrecorded = quiet
+            if not recorded:
+                return None
+            result += (f", over its address's limit of requests without valid credentials: the others of its window"
+                       f" go unrecorded ({unrecorded} did since the last such record)")
+        return self.event(_outcome(status or 500), result)
+
+    def unfinished_event(self, failed: bool) -> dict[str, Any] | None:
+        """The second record of an answer that was recorded as it started but
+        did not end whole (`failed`: the application raised); None otherwise."""
+        if not (self.recorded and self.answering) or (self.complete and self.cut_short is None):
+            return None
+        if self.cut_short is not None or failed or not self.disconnected:
+            outcome, why = Outcome.SERIOUS_FAILURE, self.cut_short or "the server failed to send the rest"
+        else:
+            outcome, why = Outcome.MINOR_FAILURE, "the client closed the connection"
+        return self.event(outcome, f"answered {self.status}, but the answer was cut short after {self.sent} bytes: "
+                                   f"{why}")
 
     def login_event(self) -> dict[str, Any]:
         """A password checked by HTTP Basic (DCM 110114 User Authentication)."""
@@ -240,6 +297,7 @@ def _without_credentials(query: bytes) -> bytes:
 _REDACTED = b"access_token=redacted"
 _current: ContextVar[_RequestAudit | None] = ContextVar("request_audit", default=None)
 _LOGIN_NAME = "login_name"
+_UNRECORDED = "unrecorded_refusal"
 
 
 def note_login(scope: Scope, name: str) -> None:
@@ -269,19 +327,29 @@ class AuditMiddleware:
             return
         refused = False
 
+        async def watched_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                audit.disconnected = True  # the server drops what is sent from now on
+            return message
+
         async def audited_send(message: Message) -> None:
             nonlocal refused
             if refused:
                 return
+            if message["type"] == "http.response.body" and not audit.disconnected:
+                audit.sent += len(message.get("body", b""))
+                audit.complete = not message.get("more_body", False)
             if message["type"] == "http.response.start":
-                audit.answering = True
+                audit.answering, audit.status = True, message["status"]
                 events = [audit.login_event()] if "basic_login" in scope["state"] else []
                 # A batch's entries that committed were recorded as they did; its answer is recorded as well,
                 # for the entries that read, failed or were refused.
                 if not audit.recorded or audit.kind is AuditKind.BATCH:
                     if audit.studies:
                         await run_in_threadpool(self._resolve_patients, audit)
-                    events.append(audit.event(_outcome(message["status"]), f"answered {message['status']}"))
+                    answer = audit.answer_event(message["status"])
+                    events += [answer] if answer is not None else []
                 if events:
                     try:
                         await self._record(events)
@@ -297,15 +365,20 @@ class AuditMiddleware:
 
         witness, current = commit_witness.set(audit), _current.set(audit)
         try:
-            await self.app(scope, receive, audited_send)
+            await self.app(scope, watched_receive, audited_send)
         except Exception:
-            # A bug: the 500 is answered outside this middleware, so record it here.
-            if not audit.recorded and not audit.answering:
-                try:
-                    await self._record([audit.event(_outcome(500), "answered 500: the server failed")])
-                except AuditUnavailable:
-                    log.exception("a failed request could not be recorded in the audit trail")
+            if not audit.answering:
+                # A bug: the 500 is answered outside this middleware, so record it here.
+                failure = None if audit.recorded else audit.event(_outcome(500), "answered 500: the server failed")
+            else:
+                failure = audit.unfinished_event(failed=True)
+            if failure is not None:
+                await self._record_after_answer(failure)
             raise
+        else:
+            unfinished = audit.unfinished_event(failed=False)
+            if unfinished is not None:
+                await self._record_after_answer(unfinished)
         finally:
             _current.reset(current)
             commit_witness.reset(witness)
@@ -319,7 +392,8 @@ class AuditMiddleware:
                 audit.recorded = True
                 status = {"websocket.accept": 101, "websocket.close": 403}.get(message["type"], message.get("status"))
                 events = [audit.login_event()] if "basic_login" in scope["state"] else []
-                events.append(audit.event(_outcome(status or 500), f"answered {status}"))
+                answer = audit.answer_event(status)
+                events += [answer] if answer is not None else []
                 try:
                     await self._record(events)
                 except AuditUnavailable:
@@ -338,6 +412,13 @@ class AuditMiddleware:
     def _resolve_patients(self, audit: _RequestAudit) -> None:
         with reading(self.chain.engine) as connection:
             audit.resolve_patients(connection)
+
+    async def _record_after_answer(self, event: dict[str, Any]) -> None:
+        """What happened once the answer was under way: nobody waits for it to be answered any more."""
+        try:
+            await self._record([event])
+        except AuditUnavailable:
+            log.exception("the end of a request could not be recorded in the audit trail")
 
     async def _record(self, events: list[dict[str, Any]]) -> None:
         try:

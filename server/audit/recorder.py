@@ -51,7 +51,8 @@ class AuditRecorder:
         self.project_batch = project_batch
         self.project_backlog = project_backlog
         self._last_append = 0.0
-        self._pending: queue.Queue[tuple[dict[str, Any], _Waiter]] = queue.Queue()
+        # An event and who waits for it; no event: a `flush` waiting for everything queued before it.
+        self._pending: queue.Queue[tuple[dict[str, Any] | None, _Waiter]] = queue.Queue()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._projector: threading.Thread | None = None
@@ -78,6 +79,22 @@ class AuditRecorder:
         self._enqueue(event, done)
         return done
 
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every event submitted before this call has been
+        appended (or failed, which its requester learns): a reader of the
+        chain as of now, such as a Bulk Data export at its transactionTime,
+        must not miss one still waiting here. AuditUnavailable after
+        `timeout`. This process's queue only: another server process's
+        events are its own."""
+        if self._thread is None:
+            return  # nothing queued is waiting: `stop` drains the queue before it returns
+        done: Future[int] = Future()
+        self._pending.put((None, done))
+        try:
+            done.result(timeout)
+        except TimeoutError as error:
+            raise AuditUnavailable(f"the audit events queued were not appended within {timeout} s") from error
+
     def _enqueue(self, event: dict[str, Any], done: _Waiter) -> None:
         if self._thread is None:
             raise AuditUnavailable("the audit recorder is not running")
@@ -98,8 +115,13 @@ class AuditRecorder:
         last_checkpoint = time.monotonic()
         while not (self._stopping.is_set() and self._pending.empty()):
             batch = self._take()
-            if batch:
-                self._append(batch)
+            events = [(event, done) for event, done in batch if event is not None]
+            if events:
+                self._append(events)
+            # Taken and appended in the order submitted: all that came before a flush's mark is settled now.
+            for event, done in batch:
+                if event is None:
+                    done.set_result(0)
             # Whoever moved the head: write transactions append their own records, not through here.
             if time.monotonic() - last_checkpoint >= self.checkpoint_seconds:
                 last_checkpoint = time.monotonic()
@@ -123,7 +145,7 @@ class AuditRecorder:
                 log.exception("could not write the searchable copies of audit events")
                 self._stopping.wait(1.0)
 
-    def _take(self) -> list[tuple[dict[str, Any], _Waiter]]:
+    def _take(self) -> list[tuple[dict[str, Any] | None, _Waiter]]:
         try:
             batch = [self._pending.get(timeout=0.2)]
         except queue.Empty:

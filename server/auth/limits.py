@@ -6,6 +6,15 @@ address, further attempts are refused (HTTP 429 with Retry-After) until the
 oldest failure leaves the window, whether or not the password is right:
 guessing gets no faster by spreading over names, or over addresses.
 
+Requests refused for missing or bad credentials (a 401, the 429 of too
+many failed logins, a refused token request) are limited per address too,
+`UnauthenticatedRefusals`: each is recorded in the audit
+trail, so an address sending them without end would flood the trail (and
+the server's work) with them. Over the limit they get 429, and only the
+first of each window is recorded, saying how many before it went
+unrecorded; requests with good credentials from the address are not held
+back, so a shared address cannot be locked out by one abuser.
+
 Requests of each authenticated client (a user or a system client) are
 limited by a token bucket when a rate is configured: `per_second` on
 average, up to `burst` at once.
@@ -19,6 +28,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 
 class FailedLogins:
@@ -75,6 +85,39 @@ class FailedLogins:
                     failures.pop()
                 if key == afresh or not failures:
                     self._failures.pop(key, None)
+
+
+@dataclass(frozen=True)
+class OverLimit:
+    wait: int  # seconds until the address's oldest counted refusal leaves the window
+    recorded: bool  # the first refusal over the limit in its window: the one the audit trail records
+    unrecorded: int  # the address's refusals left unrecorded before this one, since the last recorded
+
+
+class UnauthenticatedRefusals(FailedLogins):
+    """Refusals of credentials per address: `limit` in `window_seconds` (a
+    client whose token expired gets a few, an abuser thousands)."""
+
+    def __init__(self, limit: int = 60, window_seconds: float = 60.0) -> None:
+        super().__init__(limit, window_seconds)
+        self._quiet: dict[str, tuple[float, int]] = {}  # address over the limit: (last recorded, unrecorded since)
+
+    def refused(self, address: str) -> OverLimit | None:
+        """Count a refusal for `address`; None while it is within the limit, else the 429 to answer instead."""
+        wait = self.attempt(f"address:{address}")
+        if wait is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            if len(self._quiet) >= self._MEMORY:
+                self._quiet = {key: quiet for key, quiet in self._quiet.items()
+                               if now - quiet[0] < self.window_seconds}
+            recorded_at, unrecorded = self._quiet.get(address, (-math.inf, 0))
+            if now - recorded_at >= self.window_seconds:
+                self._quiet[address] = (now, 0)
+                return OverLimit(wait, True, unrecorded)
+            self._quiet[address] = (recorded_at, unrecorded + 1)
+            return OverLimit(wait, False, unrecorded)
 
 
 class RequestRate:

@@ -10,7 +10,8 @@ Argon2 runs only when a Basic credential is first seen: a verified one is
 kept for a minute under the SHA-256 of the header, so that it costs a
 dictionary lookup afterwards; failures count against the login limits.
 
-401 (with WWW-Authenticate) when the credentials are missing or bad, 403
+401 (with WWW-Authenticate) when the credentials are missing or bad (429
+instead once their address has had too many, `UnauthenticatedRefusals`), 403
 when the identity lacks the permission; an OperationOutcome under /fhir, a
 JSON message elsewhere. The principal goes into the request state for the
 handlers (a Bundle's entries are authorized one by one).
@@ -47,9 +48,12 @@ _BASIC_CACHE_LIMIT = 10_000
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, message: str, challenge: str | None = None, retry_after: int | None = None) -> None:
+    def __init__(self, status: int, message: str, challenge: str | None = None, retry_after: int | None = None,
+                 of_credentials: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        # Missing or bad credentials (every 401, and the 429 of too many failed logins), not a lacking permission.
+        self.of_credentials = of_credentials or status == 401
         self.message = message
         self.challenge = challenge
         self.retry_after = retry_after
@@ -78,7 +82,8 @@ class AuthMiddleware:
             if wait is not None:
                 raise _Refused(429, f"{principal.name} has made too many requests; try again later", retry_after=wait)
             _require_permission(principal, method, scope["path"])
-        except _Refused as refused:
+        except _Refused as refusal:
+            refused = self._over_limit(refusal, scope) if refusal.of_credentials else refusal
             headers = {}
             if refused.challenge:
                 headers["WWW-Authenticate"] = refused.challenge
@@ -99,6 +104,14 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
         finally:
             current_principal.reset(principal_set)
+
+    def _over_limit(self, refused: _Refused, scope: Scope) -> _Refused:
+        """A refusal of credentials counts against its address; over the limit, the 429 to answer instead."""
+        wait = self.auth.over_unauthenticated_limit(scope)
+        if wait is None:
+            return refused
+        return _Refused(429, "too many requests without valid credentials from this address; try again later",
+                        retry_after=max(wait, refused.retry_after or 0))
 
     async def _still_admitted(self, scope: Scope) -> str | None:
         """Why the credentials a WebSocket opened with no longer admit it (None
@@ -176,7 +189,7 @@ class AuthMiddleware:
         keys = (f"name:{name}", f"address:{address}")
         wait = self.auth.failed_logins.attempt(*keys)
         if wait is not None:
-            raise _Refused(429, "too many failed logins; try again later", retry_after=wait)
+            raise _Refused(429, "too many failed logins; try again later", retry_after=wait, of_credentials=True)
         identity: Identity | None = await run_in_threadpool(self._check_basic, name, secret)
         # A password was checked: a login, which the audit records as one (not so for the cached ones).
         scope.setdefault("state", {})["basic_login"] = (name, identity is not None)

@@ -47,6 +47,15 @@ def _error(status: int, error: str, description: str, headers: dict[str, str] | 
 
 @router.post("/auth/token")
 async def token(request: Request) -> JSONResponse:
+    answer = await _token(request)
+    # A refused token request is a request without valid credentials, and is recorded as one: limited alike.
+    if 400 <= answer.status_code < 500 and (wait := _auth(request).over_unauthenticated_limit(request.scope)):
+        return _error(429, "slow_down", "too many refused token requests from this address; try again later",
+                      {"Retry-After": str(wait)})
+    return answer
+
+
+async def _token(request: Request) -> JSONResponse:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != _FORM:
         return _error(400, "invalid_request", f"the token request must be {_FORM}")
     form = await read_form(request)

@@ -4,10 +4,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
+from starlette.types import Scope
 
+from server.audit.middleware import note_unrecorded_refusals
 from server.auth.identities import Identities
 from server.auth.launch import Launches
-from server.auth.limits import FailedLogins, RequestRate
+from server.auth.limits import FailedLogins, RequestRate, UnauthenticatedRefusals
 from server.auth.tokens import TokenIssuer
 
 
@@ -18,6 +20,18 @@ class AuthService:
     failed_logins: FailedLogins
     request_rate: RequestRate | None  # None: no limit
     launches: Launches
+    unauthenticated: UnauthenticatedRefusals
+
+    def over_unauthenticated_limit(self, scope: Scope) -> int | None:
+        """Count a request refused for missing or bad credentials against its
+        address: None while the address is within its limit; else the
+        seconds it waits, and the 429 it gets instead is left out of the
+        audit trail but for the first of each window."""
+        over = self.unauthenticated.refused(scope["client"][0] if scope.get("client") else "unknown")
+        if over is None:
+            return None
+        note_unrecorded_refusals(scope, over.recorded, over.unrecorded)
+        return over.wait
 
 
 def build_auth(engine: Engine, data_dir: Path, issuer: str, token_seconds: int,
@@ -25,4 +39,4 @@ def build_auth(engine: Engine, data_dir: Path, issuer: str, token_seconds: int,
     rate = RequestRate(requests_per_second, request_burst) if requests_per_second > 0 else None
     identities = Identities(engine)
     return AuthService(identities, TokenIssuer(data_dir / "jwt-keys", issuer, token_seconds), FailedLogins(), rate,
-                       Launches(engine, identities))
+                       Launches(engine, identities), UnauthenticatedRefusals())

@@ -38,6 +38,7 @@ from dicom.transfer_syntax import (
     transcode_to,
 )
 from dicom.video import is_video, read_video
+from server.audit.middleware import note_cut_short
 from server.dicomweb.answers import data_sets_response
 from server.dicomweb.context import (
     DICOM_JSON,
@@ -274,6 +275,7 @@ async def _parts_body(
         # Not a server error: the store changed under a long answer. It ends
         # without its closing boundary, so the client knows it is incomplete.
         log.warning("a WADO-RS answer ends incomplete: %s", reason)
+        note_cut_short(str(reason))
     finally:
         spool.close()
 

@@ -114,6 +114,7 @@ class ExportWorker:
         with self.jobs.engine.connect() as connection:  # none dated before the export may commit after it is read
             settled_before(connection, job.transaction_time, _SETTLING_SECONDS)
         if "AuditEvent" in job.types:
+            self.audit.recorder.flush()  # events recorded before the kick-off may still wait in its queue
             self.audit.chain.catch_up()  # AuditEvents are copies of the chain, made a moment after it
         outputs = []
         filters = [type_filter(query, self.fhir.supported_types) for query in job.type_filters]

@@ -9,7 +9,8 @@ FHIR transaction Bundle writes all its entries in one.
 import functools
 import operator
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -499,14 +500,30 @@ def _reindex(connection: Connection, indexed: Sequence[tuple[int, dict[str, Any]
 def _current_index_rows(connection: Connection, pks: Sequence[int]) -> dict[tuple[str, int], set[tuple[Any, ...]]]:
     """The index rows of these resources, by (table name, pk), as `_index_keys` gives them."""
     rows: dict[tuple[str, int], set[tuple[Any, ...]]] = {}
+    for table_name, pk, key in _index_rows_of(connection, pks):
+        rows.setdefault((table_name, pk), set()).add(key)
+    return rows
+
+
+def _index_rows_of(connection: Connection, pks: Sequence[int]) -> Iterator[tuple[str, int, tuple[Any, ...]]]:
+    """Each index row of these resources: its table's name, its pk, and its key as `_index_keys` gives it."""
     # The query binds each pk once per table: a thousand at a time stays far below
     # SQLite's limit on bound values (32,766).
     for start in range(0, len(pks), 1000):
         some = pks[start:start + 1000]
         statement = _read_index_rows(many=len(some) > 1)
         for row in connection.execute(statement, {"pks": list(some)} if len(some) > 1 else {"pk": some[0]}):
-            rows.setdefault((row[0], row[1]), set()).add(_KEY_OF[row[0]](row))
-    return rows
+            yield row[0], row[1], _KEY_OF[row[0]](row)
+
+
+def misindexed(connection: Connection, indexed: Sequence[tuple[int, dict[str, Any]]]) -> list[int]:
+    """The pks, of these (pk, resource), whose search-index rows are not
+    exactly the ones the resource gives: one altered, removed, added or
+    doubled makes searches find it by what it does not say, or miss it."""
+    expected = Counter((table.name, pk, key) for pk, resource in indexed
+                       for table, keys in _index_keys(extract(resource)) for key in keys)
+    found = Counter(_index_rows_of(connection, [pk for pk, _ in indexed]))
+    return sorted({pk for _, pk, _ in (expected - found) + (found - expected)})
 
 
 @functools.cache
