@@ -346,10 +346,10 @@ def test_reading_one_model_is_recorded_as_a_read_and_listing_them_as_a_search(se
 def test_a_stow_names_the_patients_of_its_studies_without_reading_them_back(services, monkeypatch):
     """The STOW's transaction wrote its study's ImagingStudy: the record takes
     the Patient from there, where it read it back once more (a join of the
-    search index, a twentieth of a one-instance STOW on PostgreSQL)."""
-    import server.app
+    search index, at every STOW)."""
     from fastapi.testclient import TestClient
 
+    import server.app
     from server.fhir.derived import study_patients
     from tests.conftest import admin_headers
 
