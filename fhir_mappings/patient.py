@@ -75,6 +75,13 @@ def human_name(person_name: str) -> dict[str, object] | None:
 
 def patient_from_dicom(record: PatientRecord) -> dict[str, object]:
     """The Patient as JSON, validated against the R4 model."""
+    return validated(patient_body(record))
+
+
+def patient_body(record: PatientRecord) -> dict[str, object]:
+    """The Patient as JSON, not yet validated: the server validates it only
+    when it differs from the Patient stored (every STOW of a study builds
+    its Patient again, the same as before almost always)."""
     body: dict[str, object] = {"resourceType": "Patient", "id": patient_resource_id(record)}
     patient_id, issuer = fhir_text(record.patient_id), fhir_text(record.issuer_of_patient_id)
     if patient_id:
@@ -95,4 +102,4 @@ def patient_from_dicom(record: PatientRecord) -> dict[str, object]:
     date = date_from_dicom(record.birth_date)
     if date:
         body["birthDate"] = date
-    return validated(body)
+    return body

@@ -9,7 +9,7 @@ the busy timeout instead.
 import random
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -211,6 +211,8 @@ _CHANGED_NOTHING = "medaiflow.changed_nothing"
 class Written(NamedTuple):
     resources: set[str]
     patients: set[str]
+    # Each study whose ImagingStudy this transaction synced: its Patient id as written, None for a study gone.
+    study_patients: dict[str, str | None]
 
 
 def advisory_locks(connection: Connection, names: Iterable[str]) -> None:
@@ -233,14 +235,23 @@ def note_written(connection: Connection, reference: str, patients: Iterable[str]
     """A resource (`Type/id`) this write transaction changes, and the Patient
     ids its versions before and after belong to, for the audit record of its
     commit (`written`); forgotten if it rolls back."""
-    note = connection.info.setdefault(_WRITTEN, Written(set(), set()))
+    note = connection.info.setdefault(_WRITTEN, Written(set(), set(), {}))
     note.resources.add(reference)
     note.patients.update(patients)
 
 
+def note_study_patients(connection: Connection, patients: Mapping[str, str | None]) -> None:
+    """The Patient id of each study whose ImagingStudy this write transaction
+    synced (None: the study is gone), so that its audit record need not look
+    them up again; forgotten if it rolls back."""
+    connection.info.setdefault(_WRITTEN, Written(set(), set(), {})).study_patients.update(patients)
+
+
 def written(connection: Connection) -> Written:
     note = connection.info.get(_WRITTEN)
-    return Written(set(), set()) if note is None else Written(set(note.resources), set(note.patients))
+    if note is None:
+        return Written(set(), set(), {})
+    return Written(set(note.resources), set(note.patients), dict(note.study_patients))
 
 
 FlushT = TypeVar("FlushT", bound=Callable[[Connection], None])

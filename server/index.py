@@ -526,9 +526,14 @@ def _newest_instance(connection: Connection, which: ColumnElement[bool]) -> Pare
 
 def journal_files(connection: Connection, paths: list[str]) -> None:
     if paths:
-        connection.execute(insert(storage_journal), [{"file_path": path} for path in paths])
+        connection.execute(_JOURNAL, [{"file_path": path} for path in paths])
 
 
 def clear_journal(connection: Connection, paths: list[str]) -> None:
     if paths:
-        connection.execute(delete(storage_journal).where(storage_journal.c.file_path.in_(paths)))
+        connection.execute(_CLEAR_JOURNAL, {"paths": paths})
+
+
+# Built once: every STOW journals its files, then clears them.
+_JOURNAL = insert(storage_journal)
+_CLEAR_JOURNAL = delete(storage_journal).where(storage_journal.c.file_path.in_(bindparam("paths", expanding=True)))

@@ -415,3 +415,34 @@ def test_a_whole_answer_is_recorded_once(services, fhir):
     assert fhir.get("/dicom-web/studies/1.2.826.0.1.3680043.8.498.77004",
                     headers={"Accept": 'multipart/related; type="application/dicom"'}).status_code == 200
     assert _cut_short(_events(services, fhir)) == []
+
+
+def test_a_stow_names_the_patients_of_its_studies_without_reading_them_back(services, monkeypatch):
+    """The STOW's transaction wrote its study's ImagingStudy: the record takes
+    the Patient from there, where it read it back once more (a join of the
+    search index, at every STOW)."""
+    from fastapi.testclient import TestClient
+
+    import server.app
+    from server.fhir.derived import study_patients
+    from tests.conftest import admin_headers
+
+    asked: list[list[str]] = []
+
+    def looked_up(connection, study_uids):  # type: ignore[no-untyped-def]
+        asked.append(sorted(study_uids))
+        return study_patients(connection, study_uids)
+
+    monkeypatch.setattr(server.app, "study_patients", looked_up)
+    with TestClient(server.app.create_app(services=services), headers=admin_headers(services)) as client:
+        for patient_id in ("FIRST-ID", "CORRECTED-ID"):  # the second corrects the study's PatientID
+            body, content_type = multipart_body([make_ct(StudyInstanceUID="1.2.3.4.11", PatientID=patient_id)])
+            assert client.post("/dicom-web/studies/1.2.3.4.11", content=body,
+                               headers={"Content-Type": content_type}).status_code == 200
+        assert asked == []
+        first, corrected = _events(services, client, type="110104", action="C", _sort="date")
+        patient = client.get("/fhir/ImagingStudy/1.2.3.4.11").json()["subject"]["reference"]
+        assert _patients(first) != [patient]
+        assert _patients(corrected) == sorted([*_patients(first), patient])  # the patient before, and after
+        assert client.get("/dicom-web/studies/1.2.3.4.11/metadata").status_code == 200
+    assert asked == [["1.2.3.4.11"]]  # a read still looks its study's patient up

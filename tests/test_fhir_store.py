@@ -80,6 +80,25 @@ def test_unchanged_resources_keep_their_versions_when_asked(services, fhir):
     assert ids(fhir.get("/fhir/Task", params={"status": "failed"}).json()) == ["same"]
 
 
+def test_only_the_resources_given_new_versions_are_checked(services):
+    """A STOW builds its study's Patient again, the same almost always: the
+    one kept as it is was checked when written, and is not checked again."""
+    store, checked = services.fhir.store, []
+    with write_connection(services.engine) as connection:
+        store.put_many(connection, [_task("kept", "ready")], "PUT")
+    with write_connection(services.engine) as connection:
+        store.put_many(connection, [_task("kept", "ready"), _task("new", "ready"), _task("other", "ready")], "PUT",
+                       skip_unchanged=True, check=lambda resource: checked.append(resource["id"]))
+    assert checked == ["new", "other"]
+
+    def refuse(resource: dict) -> None:
+        raise ValueError(f"{resource['id']} refused")
+
+    with pytest.raises(ValueError, match="other refused"), write_connection(services.engine) as connection:
+        store.put_many(connection, [_task("other", "failed")], "PUT", skip_unchanged=True, check=refuse)
+    assert store.read("Task", "other").version_id == 1  # nothing written
+
+
 def _statements(services, write) -> int:
     with write_connection(services.engine) as connection, round_trips(connection) as count:
         write(connection)

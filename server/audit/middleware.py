@@ -29,7 +29,7 @@ carries later are what the subscriptions, each recorded, asked for.
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -209,15 +209,22 @@ class _RequestAudit:
                 # Each entry of a batch commits on its own, and is recorded with what it wrote, not what others did.
                 event = self.event(Outcome.SUCCESS, "committed", changed.resources, changed.patients, ())
             else:
-                self.resolve_patients(connection)  # the studies this transaction wrote are visible to it
+                # The studies this transaction wrote are visible to it; those it synced need no look-up.
+                self.resolve_patients(connection, changed.study_patients)
                 self.resources |= changed.resources
                 event = self.event(Outcome.SUCCESS, "committed")
             self.chain.append(connection, [event])
             self._appended = True
 
-    def resolve_patients(self, connection: Connection) -> None:
-        if self.studies:
-            self.patients.update(self.patients_of_studies(connection, self.studies).values())
+    def resolve_patients(self, connection: Connection, known: Mapping[str, str | None] | None = None) -> None:
+        """The patients of the request's studies; `known`: the Patient id of
+        studies whose ImagingStudy the committing transaction wrote (None:
+        gone), which a one-instance STOW would otherwise read back at once."""
+        known = known or {}
+        self.patients.update(patient for study, patient in known.items() if patient and study in self.studies)
+        unknown = self.studies - known.keys()
+        if unknown:
+            self.patients.update(self.patients_of_studies(connection, unknown).values())
 
     def committed(self) -> None:
         if self._appended:

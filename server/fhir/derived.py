@@ -23,8 +23,9 @@ from fhir_mappings.imaging_study import (
     StudyRecord,
     imaging_study_from_dicom,
 )
-from fhir_mappings.patient import PatientRecord, patient_from_dicom, patient_resource_id
-from server.db import advisory_locks
+from fhir_mappings.patient import PatientRecord, patient_body, patient_resource_id
+from fhir_mappings.resources import validated
+from server.db import advisory_locks, note_study_patients
 from server.fhir.store import ResourceStore
 from server.tables import fhir_references, fhir_resources, instances, series, studies
 
@@ -47,9 +48,7 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
     patients: dict[str, str | None] = {}
     # All the studies at once: a STOW of 500 one-instance studies would otherwise ask four times per study.
     uids = sorted(set(study_uids))
-    rows = {row.study_instance_uid: row for row in connection.execute(
-        select(studies).where(studies.c.study_instance_uid.in_(uids))
-    )}
+    rows = {row.study_instance_uid: row for row in connection.execute(_study_rows_statement(), {"uids": uids})}
     contents = _study_contents(connection, [row.id for row in rows.values()])
     # The ImagingStudies as they are, locked (all of them first, in the one order): their Patients may
     # change too, their instances need no validating again, and `put_many` need not read them again.
@@ -83,9 +82,10 @@ def _sync(store: ResourceStore, connection: Connection, study_uids: Iterable[str
         if patient_id not in newest:
             store.delete(connection, "Patient", patient_id)
     store.put_many(connection, [
-        (patient_from_dicom(_patient_record(row, orjson.loads(row.attributes_json))), patient_id)
+        (patient_body(_patient_record(row, orjson.loads(row.attributes_json))), patient_id)
         for patient_id, row in sorted(newest.items())
-    ], "PUT", skip_unchanged=True)
+    ], "PUT", skip_unchanged=True, check=validated)
+    note_study_patients(connection, patients)
     return patients
 
 
@@ -136,6 +136,12 @@ def _study_contents(connection: Connection, study_pks: list[int]) -> dict[int, l
             tuple(by_series.get(s.id, ())),
         ))
     return by_study
+
+
+@functools.cache
+def _study_rows_statement() -> Any:
+    """The study rows `_sync` reads, built once (every STOW runs it)."""
+    return select(studies).where(studies.c.study_instance_uid.in_(bindparam("uids", expanding=True)))
 
 
 @functools.cache

@@ -20,11 +20,12 @@ wrote the resource. Whether the resource matches the criteria is decided when
 the row is sent, by the search engine.
 """
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
 import httpx
-from sqlalchemy import ColumnElement, Connection, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, delete, insert, or_, select, update
 
 from fhir_mappings.errors import Forbidden, ResourceNotFound
 from fhir_mappings.search_query import SearchRequest
@@ -167,10 +168,9 @@ class _Written:
     def __call__(self, connection: Connection) -> None:
         now = now_micros()
         for resource_type, written in self.versions.items():
-            watching = connection.execute(select(fhir_subscriptions.c.subscription_id).where(
-                fhir_subscriptions.c.criteria_type == resource_type, fhir_subscriptions.c.active,
-                or_(fhir_subscriptions.c.end_at.is_(None), fhir_subscriptions.c.end_at > now),
-            ).order_by(fhir_subscriptions.c.subscription_id)).scalars().all()
+            watching = connection.execute(
+                _watching_statement(), {"criteria_type": resource_type, "now": now}
+            ).scalars().all()
             rows = [
                 {"subscription_id": subscription_id, "resource_type": resource_type, "resource_id": resource_id,
                  "version_id": version_id, "attempts": 0, "not_before": now, "created_at": now}
@@ -178,3 +178,13 @@ class _Written:
             ]
             if rows:
                 connection.execute(insert(fhir_subscription_notifications), rows)
+
+
+@functools.cache
+def _watching_statement() -> Any:
+    """The active Subscriptions to a type (`criteria_type`) at `now`, built
+    once: every FHIR write asks it, and building it took SQLAlchemy 0.2 ms."""
+    return select(fhir_subscriptions.c.subscription_id).where(
+        fhir_subscriptions.c.criteria_type == bindparam("criteria_type"), fhir_subscriptions.c.active,
+        or_(fhir_subscriptions.c.end_at.is_(None), fhir_subscriptions.c.end_at > bindparam("now")),
+    ).order_by(fhir_subscriptions.c.subscription_id)

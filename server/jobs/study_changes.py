@@ -22,10 +22,11 @@ contradict the study:
   earlier report as the one it revises.
 """
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, Row, bindparam, select, update
 
 from fhir_mappings.ai_results import report_id
 from server.fhir.store import ResourceStore
@@ -42,10 +43,16 @@ def lock_study_jobs(connection: Connection, study_uids: Iterable[str]) -> Sequen
     (by study, then task), so no two wait on each other: a STOW or DELETE of
     studies here (all of its studies in one statement), a worker publishing
     results (`JobRunner._publish`)."""
-    return connection.execute(
-        select(inference_jobs).where(inference_jobs.c.study_instance_uid.in_(sorted(set(study_uids))))
+    return connection.execute(_study_jobs_statement(), {"study_uids": sorted(set(study_uids))}).all()
+
+
+@functools.cache
+def _study_jobs_statement() -> Any:
+    """The query of `lock_study_jobs`, built once: every STOW runs it."""
+    return (
+        select(inference_jobs).where(inference_jobs.c.study_instance_uid.in_(bindparam("study_uids", expanding=True)))
         .order_by(inference_jobs.c.study_instance_uid, inference_jobs.c.task_id).with_for_update()
-    ).all()
+    )
 
 
 def follow_studies(queue: JobQueue, connection: Connection, patients: Mapping[str, str | None]) -> None:

@@ -11,9 +11,11 @@ series, which changes the study but not the series, starts nothing (a
 unique index holds this across server processes).
 """
 
+import functools
 import logging
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -45,14 +47,20 @@ def touch_studies(connection: Connection, study_uids: set[str]) -> None:
     if not study_uids:
         return
     now = now_micros()
-    upsert = dialect_insert(connection.dialect.name, study_activity)
     connection.execute(
-        # RETURNING: one statement for all the rows (`dialect_insert`).
-        upsert.on_conflict_do_update(
-            index_elements=["study_instance_uid"], set_={"changed_at": upsert.excluded.changed_at}
-        ).returning(study_activity.c.study_instance_uid),
+        _touch_statement(connection.dialect.name),
         [{"study_instance_uid": study_uid, "changed_at": now} for study_uid in sorted(study_uids)],
     )
+
+
+@functools.cache
+def _touch_statement(dialect_name: str) -> Any:
+    """The upsert of `touch_studies`, built once per dialect: every STOW runs it.
+    RETURNING: one statement for all the rows (`dialect_insert`)."""
+    upsert = dialect_insert(dialect_name, study_activity)
+    return upsert.on_conflict_do_update(
+        index_elements=["study_instance_uid"], set_={"changed_at": upsert.excluded.changed_at}
+    ).returning(study_activity.c.study_instance_uid)
 
 
 class StudyTriggers:
