@@ -7,19 +7,25 @@ from typing import Any
 from fhir_mappings.errors import InvalidRequest
 
 
-def parameter_pairs(body: Any, operation: str) -> list[tuple[str, str]]:
-    """(name, value) for each parameter of a Parameters resource whose values
-    are primitives; one with a resource or parts is refused, as no parameter
-    of the operations that take this form has them."""
+def named_parameters(body: Any, operation: str) -> list[dict[str, Any]]:
+    """The parameters of a Parameters resource, each a JSON object with a name."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise InvalidRequest(f"a POST to {operation} takes a Parameters resource")
     parameters = body.get("parameter", [])
     if not isinstance(parameters, list):
         raise InvalidRequest("Parameters.parameter must be a list")
-    pairs = []
     for parameter in parameters:
         if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
             raise InvalidRequest("each Parameters.parameter needs a name")
+    return parameters
+
+
+def parameter_pairs(body: Any, operation: str) -> list[tuple[str, str]]:
+    """(name, value) for each parameter of a Parameters resource whose values
+    are primitives; one with a resource or parts is refused, as no parameter
+    of the operations that take this form has them."""
+    pairs = []
+    for parameter in named_parameters(body, operation):
         name = parameter["name"]
         values = [(key, value) for key, value in parameter.items() if key.startswith("value")]
         if "resource" in parameter or "part" in parameter or len(values) != 1:

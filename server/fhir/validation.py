@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhir_mappings.errors import FhirError, Forbidden, InvalidRequest
+from fhir_mappings.operation_parameters import named_parameters
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.resources import client_resource
 from server.db import rehearsal_connection, retried_on_conflict
@@ -112,13 +113,8 @@ def _rehearse(
 
 
 def _parameters(body: dict[str, Any]) -> list[tuple[str, Any]]:
-    parameters = body.get("parameter", [])
-    if not isinstance(parameters, list):
-        raise InvalidRequest("Parameters.parameter must be a list")
     pairs = []
-    for parameter in parameters:
-        if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
-            raise InvalidRequest("each Parameters.parameter needs a name")
+    for parameter in named_parameters(body, "$validate"):
         name = parameter["name"]
         if name == "resource":
             if "resource" not in parameter:
