@@ -114,6 +114,17 @@ def served(app: FastAPI) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+def cut_off(url: str, headers: dict[str, str]) -> bytes:
+    """What a 200 answer over real HTTP carried before the server closed the
+    connection short of its end, as the client sees an answer cut off."""
+    received = b""
+    with pytest.raises(httpx.RemoteProtocolError), httpx.stream("GET", url, headers=headers, timeout=30) as response:
+        assert response.status_code == 200
+        for chunk in response.iter_bytes():
+            received += chunk
+    return received
+
+
 @pytest.fixture
 def live_server(app: FastAPI) -> Iterator[str]:
     """The app behind a real HTTP server on loopback, for real DICOMweb clients."""

@@ -3,11 +3,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom import encaps
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import pack_bits
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from dicom.errors import InvalidRequest, NotAcceptable, NotFound
 from dicom.frames import NATIVE_FRAME_TYPE, parse_frame_list, read_pixel_frames
@@ -104,6 +105,37 @@ def test_compressed_multi_frame_as_stored() -> None:
     ]
     with pytest.raises(NotFound):
         read_frames(path, [3], parse_accept(["image/dicom-rle"]))
+
+
+@pytest.mark.parametrize("per_frame", [1, 2])
+def test_encapsulated_frames_without_offsets_are_found_in_one_walk_per_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_frame: int
+) -> None:
+    """No Basic Offset Table: each frame's place is found by walking the
+    fragments, once a read (a walk per frame made the Pixel Data resource of
+    a long instance quadratic). Several fragments a frame, told apart by
+    their JPEG end markers, still come out whole."""
+    count = 300
+    stored = [bytes([number % 256]) * 40 + b"\xff\xd9" for number in range(count)]
+    fragments = [fragment for frame in stored for fragment in ([frame] if per_frame == 1 else [frame[:20], frame[20:]])]
+    dataset = pydicom.dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    dataset.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    dataset.NumberOfFrames = count
+    dataset.PixelData = encapsulate(fragments, has_bot=False)
+    path = str(tmp_path / "long.dcm")
+    dataset.save_as(path, enforce_file_format=True)
+    walks = []
+    walk = encaps.parse_fragments
+    monkeypatch.setattr(encaps, "parse_fragments", lambda *args, **kwargs: walks.append(1) or walk(*args, **kwargs))
+
+    reads = [list(range(first, min(first + 16, count + 1))) for first in range(1, count + 1, 16)]
+    sent = [frame for numbers in reads for _, frame in read_frames(path, numbers, parse_accept([OHIF]))]
+
+    assert sent == stored
+    if per_frame == 1:
+        assert len(walks) == len(reads)
+    assert [frame for _, frame in read_frames(path, [300, 2, 2], parse_accept([OHIF]))] == [stored[299], stored[1],
+                                                                                          stored[1]]
 
 
 def test_compressed_frame_decoded_when_only_native_is_accepted() -> None:

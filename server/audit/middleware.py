@@ -86,8 +86,9 @@ def note_patients(patient_ids: Iterable[str]) -> None:
 
 
 def note_cut_short(reason: str) -> None:
-    """The current answer, already under way, ends before holding all it
-    should (the store changed under it), though its stream ends cleanly."""
+    """Why the current answer, already under way, is cut off before holding
+    all it should (the store changed under it, an image would not decode):
+    for its record, which would otherwise only say that the server failed."""
     audit = _current.get()
     if audit is not None:
         audit.cut_short = reason

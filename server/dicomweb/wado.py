@@ -198,7 +198,14 @@ def _decoded_part(part: _Part, spool: IO[bytes]) -> _Part | NotAcceptable:
 
 
 class _AnswerCutShort(Exception):
-    """An instance of an answer already under way can no longer be sent."""
+    """An instance of an answer already under way can no longer be sent.
+
+    Such an answer is cut off: the exception goes on to the HTTP server,
+    which closes the connection before the body's end (no last chunk, or
+    fewer bytes than its Content-Length), and every HTTP client reports
+    that. A body ended without its closing boundary alone looked complete
+    to clients: dicomweb-client takes what follows the last boundary as the
+    last part."""
 
 
 def _bodies(
@@ -207,9 +214,9 @@ def _bodies(
     """Each part's syntax and body: a stored file memory-mapped (sent from the
     page cache without a copy into Python objects), a spooled transcoding
     read back, another transcoded now. One of those that fails into every
-    syntax the client takes ends the stream without its closing boundary:
-    the client sees an incomplete answer, never a complete-looking one that
-    lacks an instance."""
+    syntax the client takes cuts the answer off (_AnswerCutShort): the client
+    sees an incomplete answer, never a complete-looking one that lacks an
+    instance."""
     bodies: list[tuple[str, bytes | memoryview]] = []
     for part in group:
         try:
@@ -272,10 +279,10 @@ async def _parts_body(
                 first = False
         yield framing.closing(after_parts=not first)
     except _AnswerCutShort as reason:
-        # Not a server error: the store changed under a long answer. It ends
-        # without its closing boundary, so the client knows it is incomplete.
+        # Not a server error: the store changed under a long answer.
         log.warning("a WADO-RS answer ends incomplete: %s", reason)
         note_cut_short(str(reason))
+        raise  # cut off, as _AnswerCutShort says why
     finally:
         spool.close()
 
@@ -424,7 +431,7 @@ async def _pieces_answer(
     """The parts of `pieces`, in order, as one multipart/related answer: 206
     with a Warning naming the instances left out, or, when nothing can be
     sent, the first refusal. A piece that fails once the answer is under way
-    ends it without its closing boundary: the client sees it incomplete."""
+    cuts it off, as _AnswerCutShort does: the client sees it incomplete."""
     position, parts, failed = await run_in_threadpool(_opening, services, pieces)
     left_out = left_out + failed
     if not parts:
@@ -461,6 +468,8 @@ async def _pieces_body(
         yield framing.closing(after_parts=True)
     except DicomError as reason:
         log.warning("a WADO-RS answer ends incomplete: %s", reason)
+        note_cut_short(str(reason))
+        raise  # cut off, as _AnswerCutShort says why
 
 
 def _frame_pieces(
