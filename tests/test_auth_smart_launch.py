@@ -11,10 +11,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
+from server.auth import launch as launch_module
 from server.auth.identities import IdentityError
 from server.auth.scopes import Role
 from server.cli import main
+from server.tables import authorization_requests
 from tests.conftest import admin_headers, served
 
 PASSWORD = "a long clinician password"
@@ -312,3 +315,33 @@ def test_behind_a_proxy_prefix_the_form_and_its_cookie_name_the_path_the_browser
     cookie = page.headers["set-cookie"]
     assert "Path=/medaiflow/auth/authorize" in cookie and "Secure" in cookie and "HttpOnly" in cookie
     assert "SameSite=strict" in cookie
+
+
+def _waiting(services) -> int:  # type: ignore[no-untyped-def]
+    with services.engine.connect() as connection:
+        return connection.execute(select(func.count()).select_from(authorization_requests)).scalar_one()
+
+
+def _error_of(response: httpx.Response) -> list[str]:
+    assert response.status_code == 302, response.text
+    assert response.headers["location"].startswith(REDIRECT + "?")
+    return parse_qs(urlsplit(response.headers["location"]).query)["error"]
+
+
+def test_an_address_asks_for_a_few_authorizations_at_a_time(launch, services):
+    # Each page is a row until its login, and anyone may ask for one: without a limit, a loop filled the database.
+    for _ in range(20):
+        assert launch.authorize().status_code == 200
+    assert _error_of(launch.authorize()) == ["temporarily_unavailable"]
+    assert _waiting(services) == 20
+
+
+def test_no_more_authorizations_wait_than_the_limit(launch, services, monkeypatch):
+    monkeypatch.setattr(launch_module, "PENDING_LIMIT", 2)
+    assert launch.authorize().status_code == 200
+    page = launch.authorize()
+    assert page.status_code == 200
+    assert _error_of(launch.authorize()) == ["temporarily_unavailable"]
+    assert _waiting(services) == 2
+    assert launch.log_in(page).status_code == 303  # one that waits ends with its login, and makes room
+    assert launch.authorize().status_code == 200

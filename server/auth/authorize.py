@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from server.auth.identities import LaunchClient
-from server.auth.launch import PKCE_TEXT, REQUEST_SECONDS, Pending, granted_scope
+from server.auth.launch import PKCE_TEXT, REQUEST_SECONDS, Crowded, Pending, granted_scope
 from server.auth.routes import login_wait, read_form
 from server.public_url import public_root
 from server.services import services
@@ -77,8 +77,17 @@ async def authorize(request: Request) -> Response:
     if not granted_scope(scope, client.grant, client.grant):
         return _back(redirect_uri, state, "invalid_scope",
                      "none of the user/ scopes asked for is registered for this app")
+    # Each page is a row until its login: an address asks for a few; all together, no more than the table holds.
+    address = request.client.host if request.client else "unknown"
+    if auth.authorize_rate.take(f"address:{address}") is not None:
+        return _back(redirect_uri, state, "temporarily_unavailable",
+                     "too many authorizations asked from this address; try again later")
     pending = Pending(client.client_id, redirect_uri, scope, state, challenge)
-    key = await run_in_threadpool(auth.launches.ask, pending)
+    try:
+        key = await run_in_threadpool(auth.launches.ask, pending)
+    except Crowded:
+        return _back(redirect_uri, state, "temporarily_unavailable",
+                     "too many authorizations are waiting for a login; try again later")
     response = _login_page(request, 200, client, scope, key)
     response.set_cookie(_COOKIE, key, max_age=REQUEST_SECONDS, path=_cookie_path(request),
                         secure=public_root(request).startswith("https:"), httponly=True, samesite="strict")

@@ -19,7 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass, replace
 
-from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 
 from server.auth.identities import Identities
 from server.auth.scopes import Grant
@@ -34,6 +34,9 @@ CODE_SECONDS = 60
 # session to tie online_access to, so it lasts a working day.
 REFRESH_SECONDS = {"offline_access": 30 * 86400, "online_access": 12 * 3600}
 _USED_CODES_KEPT_SECONDS = 86400  # a code sent again within a day still revokes its family
+# Anyone may ask for an authorization, and each waits as a row for its login: at most so many wait at once, so
+# that asking without end cannot fill the database (an address asks a few at a time: see authorize.py).
+PENDING_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,10 @@ class Granted:
     user_name: str
     scope: str  # resource scopes granted, and offline_access or online_access if a refresh token goes with them
     refresh_token: str | None = None  # the family's next
+
+
+class Crowded(Exception):
+    """PENDING_LIMIT authorizations wait for their login already."""
 
 
 class Refused(Exception):
@@ -83,11 +90,14 @@ class Launches:
         self.identities = identities
 
     def ask(self, pending: Pending) -> str:
-        """The key of a new pending authorization (for its login form)."""
+        """The key of a new pending authorization (for its login form). Raises Crowded."""
         key = secrets.token_urlsafe(32)
         now = int(time.time())
         with write_connection(self.engine, bookkeeping=True) as connection:
             connection.execute(delete(authorization_requests).where(authorization_requests.c.expires_at < now))
+            waiting = connection.execute(select(func.count()).select_from(authorization_requests)).scalar_one()
+            if waiting >= PENDING_LIMIT:
+                raise Crowded()
             connection.execute(insert(authorization_requests).values(
                 key_hash=_digest(key), client_id=pending.client_id, redirect_uri=pending.redirect_uri,
                 scope=pending.scope, state=pending.state, code_challenge=pending.code_challenge,

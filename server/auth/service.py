@@ -1,6 +1,6 @@
 """The identity side's parts, built once per process by `build_auth`."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -18,6 +18,9 @@ class AuthService:
     failed_logins: FailedLogins
     request_rate: RequestRate | None  # None: no limit
     launches: Launches
+    # Pages of GET /auth/authorize for one address, anonymous, each a pending authorization: always limited,
+    # 20 at once then one every 10 seconds (a user asks for one a login), whatever `request_rate` says.
+    authorize_rate: RequestRate = field(default_factory=lambda: RequestRate(0.1, 20))
 
 
 def build_auth(engine: Engine, data_dir: Path, issuer: str, token_seconds: int,
