@@ -192,6 +192,13 @@ def test_the_form_needs_its_key_in_the_form_and_in_the_cookie(launch):
     assert launch.log_in(page).status_code == 400  # once
 
 
+def test_two_authorizations_in_one_browser_each_keep_their_form(launch):
+    # Another app, or the same one in another tab: the form asked for first still logs in.
+    first, second = launch.authorize(), launch.authorize(state="s-456")
+    assert launch.log_in(first).status_code == 303
+    assert "state=s-456" in launch.log_in(second).headers["location"]
+
+
 def test_a_wrong_password_gives_no_code_and_counts_as_a_failed_login(launch, services):
     page = launch.authorize()
     for _ in range(5):

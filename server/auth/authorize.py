@@ -13,6 +13,7 @@ that travels in the form and in a cookie of this path alike (a page of
 another site can send neither). The page needs no script and loads nothing.
 """
 
+import hashlib
 import html
 import secrets
 from urllib.parse import urlencode, urlsplit
@@ -89,7 +90,7 @@ async def authorize(request: Request) -> Response:
         return _back(redirect_uri, state, "temporarily_unavailable",
                      "too many authorizations are waiting for a login; try again later")
     response = _login_page(request, 200, client, scope, key)
-    response.set_cookie(_COOKIE, key, max_age=REQUEST_SECONDS, path=_cookie_path(request),
+    response.set_cookie(_cookie(key), key, max_age=REQUEST_SECONDS, path=_cookie_path(request),
                         secure=public_root(request).startswith("https:"), httponly=True, samesite="strict")
     return response
 
@@ -101,7 +102,7 @@ async def login(request: Request) -> Response:
     form = await read_form(request)
     key = (form or {}).get("request", "")
     # The form and the cookie, both: a page elsewhere that posts here has neither this browser's cookie nor the key.
-    if form is None or not key or not secrets.compare_digest(key, request.cookies.get(_COOKIE, "")):
+    if form is None or not key or not secrets.compare_digest(key, request.cookies.get(_cookie(key), "")):
         return _stale()
     auth = services(request).auth
     pending = await run_in_threadpool(auth.launches.pending, key)
@@ -133,8 +134,15 @@ async def login(request: Request) -> Response:
     if code is None:
         return _stale()
     response = _redirect(pending.redirect_uri, {"code": code, "state": pending.state}, 303)
-    response.delete_cookie(_COOKIE, path=_cookie_path(request))
+    response.delete_cookie(_cookie(key), path=_cookie_path(request))
     return response
+
+
+def _cookie(key: str) -> str:
+    """The cookie of one pending authorization: one cookie for all, and a
+    second asked in the same browser (another app, another tab) made the
+    first one's form stale."""
+    return f"{_COOKIE}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def _cookie_path(request: Request) -> str:
