@@ -250,6 +250,16 @@ def test_refresh_tokens_rotate_and_one_used_twice_ends_its_family(launch):
     assert launch.refresh(widened["refresh_token"]).status_code == 400  # the thief's and the app's alike
 
 
+def test_a_refresh_asking_for_nothing_granted_is_refused_without_spending_its_token(launch):
+    tokens = launch.redeem(launch.code(scope="user/ImagingStudy.rs offline_access")).json()
+    for asked in ("user/Observation.rs", "user/*.c", "no scope at all"):
+        wider = launch.token(grant_type="refresh_token", refresh_token=tokens["refresh_token"], scope=asked)
+        assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope", wider.text
+    again = launch.refresh(tokens["refresh_token"])  # the app may ask again: it was not spent
+    assert again.status_code == 200, again.text
+    assert again.json()["scope"] == "user/ImagingStudy.rs offline_access"
+
+
 def test_a_disabled_user_or_client_gets_no_refresh(launch, services):
     tokens = launch.redeem(launch.code(scope="user/ImagingStudy.rs offline_access")).json()
     services.auth.identities.disable_user("clara")

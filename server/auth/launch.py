@@ -69,6 +69,10 @@ class Refused(Exception):
     """A code or refresh token that gives nothing (invalid_grant); the message says why, for the log and the app."""
 
 
+class OutOfScope(Exception):
+    """A refresh that asks for none of what its token grants (invalid_scope); the token is not spent."""
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -166,10 +170,11 @@ class Launches:
             raise Refused(refusal)
         return granted
 
-    def use_refresh_token(self, token: str, client_id: str) -> Granted:
+    def use_refresh_token(self, token: str, client_id: str, asked: Grant | None = None) -> Granted:
         """What the refresh token grants, once, with the next token of its
         family, which lasts no longer than its first; one sent again revokes
-        its family. Raises Refused."""
+        its family. Raises Refused, or OutOfScope (before the token is spent:
+        the app may ask again) when `asked` narrows it to nothing."""
         now = int(time.time())
         with write_connection(self.engine, bookkeeping=True) as connection:
             row = connection.execute(
@@ -178,6 +183,8 @@ class Launches:
                 raise Refused("the refresh token is unknown, revoked or expired")
             if row.client_id != client_id:
                 raise Refused("the refresh token was issued to another client")
+            if asked is not None and not Grant.parse(row.scope).narrowed_to(asked).scopes:
+                raise OutOfScope(f"none of the scopes asked for was granted with this refresh token ({row.scope})")
             taken = connection.execute(update(refresh_tokens).where(
                 refresh_tokens.c.token_hash == row.token_hash, refresh_tokens.c.used == False  # noqa: E712
             ).values(used=True)).rowcount
