@@ -155,6 +155,11 @@ def test_what_comes_before_the_redirect_uri_is_trusted_is_shown_never_redirected
     ({"code_challenge_method": "plain"}, "invalid_request"),
     ({"code_challenge_method": None}, "invalid_request"),
     ({"code_challenge": None}, "invalid_request"),
+    # RFC 7636 4.2: an S256 challenge is 43 base64url characters; no verifier matches another.
+    ({"code_challenge": "A" * 44}, "invalid_request"),
+    ({"code_challenge": "A" * 128}, "invalid_request"),
+    ({"code_challenge": "A" * 42 + "."}, "invalid_request"),
+    ({"code_challenge": "A" * 42 + "B"}, "invalid_request"),
     ({"response_type": "token"}, "unsupported_response_type"),
     ({"scope": "system/*.rs patient/*.rs openid"}, "invalid_scope"),
     ({"scope": "user/*.rs", "extra": "a\x00b"}, "invalid_request"),

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from server.auth.identities import LaunchClient
-from server.auth.launch import PKCE_TEXT, REQUEST_SECONDS, Crowded, Pending, granted_scope
+from server.auth.launch import REQUEST_SECONDS, S256_CHALLENGE, Crowded, Pending, granted_scope
 from server.auth.routes import login_wait, read_form
 from server.public_url import public_root
 from server.services import services
@@ -68,8 +68,10 @@ async def authorize(request: Request) -> Response:
     if query.get("code_challenge_method") != "S256":
         return _back(redirect_uri, state, "invalid_request", "PKCE is required, with code_challenge_method S256")
     challenge = query.get("code_challenge", "")
-    if not PKCE_TEXT.fullmatch(challenge):
-        return _back(redirect_uri, state, "invalid_request", "code_challenge must be 43 to 128 URL-safe characters")
+    if not S256_CHALLENGE.fullmatch(challenge):
+        # No verifier could match another: the user would log in for a code that no app can redeem.
+        return _back(redirect_uri, state, "invalid_request",
+                     "code_challenge must be an S256 challenge: a SHA-256 in unpadded base64url, 43 characters")
     fhir_base = f"{public_root(request)}/fhir"
     if query.get("aud", "").rstrip("/") != fhir_base:
         return _back(redirect_uri, state, "invalid_request", f"aud must be this server's FHIR base URL, {fhir_base}")

@@ -26,8 +26,10 @@ from server.auth.scopes import Grant
 from server.db import reading, write_connection
 from server.tables import authorization_codes, authorization_requests, refresh_tokens
 
-# A PKCE verifier (RFC 7636 4.1), and so a challenge: S256's is 43 of these characters.
+# A PKCE verifier (RFC 7636 4.1); its S256 challenge is the base64url of 32 bytes, unpadded (4.2): 43 characters,
+# the last of which holds 4 bits.
 PKCE_TEXT = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+S256_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 REQUEST_SECONDS = 600
 CODE_SECONDS = 60
 # SMART: offline_access lasts beyond the user's session; this server has no
