@@ -204,6 +204,17 @@ def test_two_authorizations_in_one_browser_each_keep_their_form(launch):
     assert "state=s-456" in launch.log_in(second).headers["location"]
 
 
+def test_a_form_or_cookie_that_is_not_ascii_is_stale_not_a_500(launch):
+    page = launch.authorize()
+    key = re.search(r'name="request" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    cookie = page.headers["set-cookie"].split(";")[0].split("=")[0]
+    form = {"request": key, "username": "clara", "password": PASSWORD, "decision": "allow"}
+    for sent_key, sent_cookie in ((key, "\u00e9t\u00e9"), ("\u00e9t\u00e9", "\u00e9t\u00e9"), ("\u00e9t\u00e9", key)):
+        headers = {"Cookie": f"{cookie}={sent_cookie}".encode("latin-1")}
+        answer = httpx.post(f"{launch.base}/auth/authorize", data={**form, "request": sent_key}, headers=headers)
+        assert answer.status_code == 400 and "location" not in answer.headers, answer.text
+
+
 def test_a_wrong_password_gives_no_code_and_counts_as_a_failed_login(launch, services):
     page = launch.authorize()
     for _ in range(5):

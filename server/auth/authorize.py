@@ -104,7 +104,9 @@ async def login(request: Request) -> Response:
     form = await read_form(request)
     key = (form or {}).get("request", "")
     # The form and the cookie, both: a page elsewhere that posts here has neither this browser's cookie nor the key.
-    if form is None or not key or not secrets.compare_digest(key, request.cookies.get(_cookie(key), "")):
+    # Compared as bytes: compare_digest refuses str that is not ASCII (a TypeError, a 500).
+    cookie = request.cookies.get(_cookie(key), "")
+    if form is None or not key or not secrets.compare_digest(key.encode(), cookie.encode()):
         return _stale()
     auth = services(request).auth
     pending = await run_in_threadpool(auth.launches.pending, key)
