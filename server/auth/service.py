@@ -19,8 +19,9 @@ class AuthService:
     request_rate: RequestRate | None  # None: no limit
     launches: Launches
     # Pages of GET /auth/authorize for one address, anonymous, each a pending authorization: always limited,
-    # 20 at once then one every 10 seconds (a user asks for one a login), whatever `request_rate` says.
-    authorize_rate: RequestRate = field(default_factory=lambda: RequestRate(0.1, 20))
+    # whatever `request_rate` says, to 60 at once then one every 2 seconds (a user asks for one a login; many
+    # users behind one NAT, a few a minute): no one address takes all of PENDING_LIMIT.
+    authorize_rate: RequestRate = field(default_factory=lambda: RequestRate(0.5, 60))
 
 
 def build_auth(engine: Engine, data_dir: Path, issuer: str, token_seconds: int,
