@@ -11,10 +11,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
+from server.auth import launch as launch_module
 from server.auth.identities import IdentityError
 from server.auth.scopes import Role
 from server.cli import main
+from server.tables import authorization_requests
 from tests.conftest import admin_headers, served
 
 PASSWORD = "a long clinician password"
@@ -152,6 +155,11 @@ def test_what_comes_before_the_redirect_uri_is_trusted_is_shown_never_redirected
     ({"code_challenge_method": "plain"}, "invalid_request"),
     ({"code_challenge_method": None}, "invalid_request"),
     ({"code_challenge": None}, "invalid_request"),
+    # RFC 7636 4.2: an S256 challenge is 43 base64url characters; no verifier matches another.
+    ({"code_challenge": "A" * 44}, "invalid_request"),
+    ({"code_challenge": "A" * 128}, "invalid_request"),
+    ({"code_challenge": "A" * 42 + "."}, "invalid_request"),
+    ({"code_challenge": "A" * 42 + "B"}, "invalid_request"),
     ({"response_type": "token"}, "unsupported_response_type"),
     ({"scope": "system/*.rs patient/*.rs openid"}, "invalid_scope"),
     ({"scope": "user/*.rs", "extra": "a\x00b"}, "invalid_request"),
@@ -187,6 +195,24 @@ def test_the_form_needs_its_key_in_the_form_and_in_the_cookie(launch):
     assert missing.status_code == 400
     assert launch.log_in(page).status_code == 303  # the form itself still works
     assert launch.log_in(page).status_code == 400  # once
+
+
+def test_two_authorizations_in_one_browser_each_keep_their_form(launch):
+    # Another app, or the same one in another tab: the form asked for first still logs in.
+    first, second = launch.authorize(), launch.authorize(state="s-456")
+    assert launch.log_in(first).status_code == 303
+    assert "state=s-456" in launch.log_in(second).headers["location"]
+
+
+def test_a_form_or_cookie_that_is_not_ascii_is_stale_not_a_500(launch):
+    page = launch.authorize()
+    key = re.search(r'name="request" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    cookie = page.headers["set-cookie"].split(";")[0].split("=")[0]
+    form = {"request": key, "username": "clara", "password": PASSWORD, "decision": "allow"}
+    for sent_key, sent_cookie in ((key, "\u00e9t\u00e9"), ("\u00e9t\u00e9", "\u00e9t\u00e9"), ("\u00e9t\u00e9", key)):
+        headers = {"Cookie": f"{cookie}={sent_cookie}".encode("latin-1")}
+        answer = httpx.post(f"{launch.base}/auth/authorize", data={**form, "request": sent_key}, headers=headers)
+        assert answer.status_code == 400 and "location" not in answer.headers, answer.text
 
 
 def test_a_wrong_password_gives_no_code_and_counts_as_a_failed_login(launch, services):
@@ -238,6 +264,16 @@ def test_refresh_tokens_rotate_and_one_used_twice_ends_its_family(launch):
     replayed = launch.refresh(first["refresh_token"])
     assert replayed.status_code == 400 and "family is revoked" in replayed.json()["error_description"]
     assert launch.refresh(widened["refresh_token"]).status_code == 400  # the thief's and the app's alike
+
+
+def test_a_refresh_asking_for_nothing_granted_is_refused_without_spending_its_token(launch):
+    tokens = launch.redeem(launch.code(scope="user/ImagingStudy.rs offline_access")).json()
+    for asked in ("user/Observation.rs", "user/*.c", "no scope at all"):
+        wider = launch.token(grant_type="refresh_token", refresh_token=tokens["refresh_token"], scope=asked)
+        assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope", wider.text
+    again = launch.refresh(tokens["refresh_token"])  # the app may ask again: it was not spent
+    assert again.status_code == 200, again.text
+    assert again.json()["scope"] == "user/ImagingStudy.rs offline_access"
 
 
 def test_a_disabled_user_or_client_gets_no_refresh(launch, services):
@@ -312,3 +348,34 @@ def test_behind_a_proxy_prefix_the_form_and_its_cookie_name_the_path_the_browser
     cookie = page.headers["set-cookie"]
     assert "Path=/medaiflow/auth/authorize" in cookie and "Secure" in cookie and "HttpOnly" in cookie
     assert "SameSite=strict" in cookie
+
+
+def _waiting(services) -> int:  # type: ignore[no-untyped-def]
+    with services.engine.connect() as connection:
+        return connection.execute(select(func.count()).select_from(authorization_requests)).scalar_one()
+
+
+def _error_of(response: httpx.Response) -> list[str]:
+    assert response.status_code == 302, response.text
+    assert response.headers["location"].startswith(REDIRECT + "?")
+    return parse_qs(urlsplit(response.headers["location"]).query)["error"]
+
+
+def test_an_address_asks_for_a_few_authorizations_at_a_time(launch, services):
+    # Each page is a row until its login, and anyone may ask for one: without a limit, a loop filled the database.
+    answers = [launch.authorize() for _ in range(100)]
+    accepted = sum(answer.status_code == 200 for answer in answers)
+    assert 60 <= accepted < 100  # 60 at once, then one every 2 seconds
+    assert all(_error_of(answer) == ["temporarily_unavailable"] for answer in answers if answer.status_code != 200)
+    assert _waiting(services) == accepted
+
+
+def test_no_more_authorizations_wait_than_the_limit(launch, services, monkeypatch):
+    monkeypatch.setattr(launch_module, "PENDING_LIMIT", 2)
+    assert launch.authorize().status_code == 200
+    page = launch.authorize()
+    assert page.status_code == 200
+    assert _error_of(launch.authorize()) == ["temporarily_unavailable"]
+    assert _waiting(services) == 2
+    assert launch.log_in(page).status_code == 303  # one that waits ends with its login, and makes room
+    assert launch.authorize().status_code == 200

@@ -13,6 +13,7 @@ that travels in the form and in a cookie of this path alike (a page of
 another site can send neither). The page needs no script and loads nothing.
 """
 
+import hashlib
 import html
 import secrets
 from urllib.parse import urlencode, urlsplit
@@ -22,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from server.auth.identities import LaunchClient
-from server.auth.launch import PKCE_TEXT, REQUEST_SECONDS, Pending, granted_scope
+from server.auth.launch import REQUEST_SECONDS, S256_CHALLENGE, Crowded, Pending, granted_scope
 from server.auth.routes import login_wait, read_form
 from server.public_url import public_root
 from server.services import services
@@ -67,8 +68,10 @@ async def authorize(request: Request) -> Response:
     if query.get("code_challenge_method") != "S256":
         return _back(redirect_uri, state, "invalid_request", "PKCE is required, with code_challenge_method S256")
     challenge = query.get("code_challenge", "")
-    if not PKCE_TEXT.fullmatch(challenge):
-        return _back(redirect_uri, state, "invalid_request", "code_challenge must be 43 to 128 URL-safe characters")
+    if not S256_CHALLENGE.fullmatch(challenge):
+        # No verifier could match another: the user would log in for a code that no app can redeem.
+        return _back(redirect_uri, state, "invalid_request",
+                     "code_challenge must be an S256 challenge: a SHA-256 in unpadded base64url, 43 characters")
     fhir_base = f"{public_root(request)}/fhir"
     if query.get("aud", "").rstrip("/") != fhir_base:
         return _back(redirect_uri, state, "invalid_request", f"aud must be this server's FHIR base URL, {fhir_base}")
@@ -77,10 +80,19 @@ async def authorize(request: Request) -> Response:
     if not granted_scope(scope, client.grant, client.grant):
         return _back(redirect_uri, state, "invalid_scope",
                      "none of the user/ scopes asked for is registered for this app")
+    # Each page is a row until its login: an address asks for a few; all together, no more than the table holds.
+    address = request.client.host if request.client else "unknown"
+    if auth.authorize_rate.take(f"address:{address}") is not None:
+        return _back(redirect_uri, state, "temporarily_unavailable",
+                     "too many authorizations asked from this address; try again later")
     pending = Pending(client.client_id, redirect_uri, scope, state, challenge)
-    key = await run_in_threadpool(auth.launches.ask, pending)
+    try:
+        key = await run_in_threadpool(auth.launches.ask, pending)
+    except Crowded:
+        return _back(redirect_uri, state, "temporarily_unavailable",
+                     "too many authorizations are waiting for a login; try again later")
     response = _login_page(request, 200, client, scope, key)
-    response.set_cookie(_COOKIE, key, max_age=REQUEST_SECONDS, path=_cookie_path(request),
+    response.set_cookie(_cookie(key), key, max_age=REQUEST_SECONDS, path=_cookie_path(request),
                         secure=public_root(request).startswith("https:"), httponly=True, samesite="strict")
     return response
 
@@ -92,7 +104,9 @@ async def login(request: Request) -> Response:
     form = await read_form(request)
     key = (form or {}).get("request", "")
     # The form and the cookie, both: a page elsewhere that posts here has neither this browser's cookie nor the key.
-    if form is None or not key or not secrets.compare_digest(key, request.cookies.get(_COOKIE, "")):
+    # Compared as bytes: compare_digest refuses str that is not ASCII (a TypeError, a 500).
+    cookie = request.cookies.get(_cookie(key), "")
+    if form is None or not key or not secrets.compare_digest(key.encode(), cookie.encode()):
         return _stale()
     auth = services(request).auth
     pending = await run_in_threadpool(auth.launches.pending, key)
@@ -124,8 +138,15 @@ async def login(request: Request) -> Response:
     if code is None:
         return _stale()
     response = _redirect(pending.redirect_uri, {"code": code, "state": pending.state}, 303)
-    response.delete_cookie(_COOKIE, path=_cookie_path(request))
+    response.delete_cookie(_cookie(key), path=_cookie_path(request))
     return response
+
+
+def _cookie(key: str) -> str:
+    """The cookie of one pending authorization: one cookie for all, and a
+    second asked in the same browser (another app, another tab) made the
+    first one's form stale."""
+    return f"{_COOKIE}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def _cookie_path(request: Request) -> str:

@@ -19,21 +19,26 @@ import secrets
 import time
 from dataclasses import dataclass, replace
 
-from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 
 from server.auth.identities import Identities
 from server.auth.scopes import Grant
 from server.db import reading, write_connection
 from server.tables import authorization_codes, authorization_requests, refresh_tokens
 
-# A PKCE verifier (RFC 7636 4.1), and so a challenge: S256's is 43 of these characters.
+# A PKCE verifier (RFC 7636 4.1); its S256 challenge is the base64url of 32 bytes, unpadded (4.2): 43 characters,
+# the last of which holds 4 bits.
 PKCE_TEXT = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+S256_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 REQUEST_SECONDS = 600
 CODE_SECONDS = 60
 # SMART: offline_access lasts beyond the user's session; this server has no
 # session to tie online_access to, so it lasts a working day.
 REFRESH_SECONDS = {"offline_access": 30 * 86400, "online_access": 12 * 3600}
 _USED_CODES_KEPT_SECONDS = 86400  # a code sent again within a day still revokes its family
+# Anyone may ask for an authorization, and each waits as a row for its login: at most so many wait at once, so
+# that asking without end cannot fill the database (an address asks a few at a time: see authorize.py).
+PENDING_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,16 @@ class Granted:
     refresh_token: str | None = None  # the family's next
 
 
+class Crowded(Exception):
+    """PENDING_LIMIT authorizations wait for their login already."""
+
+
 class Refused(Exception):
     """A code or refresh token that gives nothing (invalid_grant); the message says why, for the log and the app."""
+
+
+class OutOfScope(Exception):
+    """A refresh that asks for none of what its token grants (invalid_scope); the token is not spent."""
 
 
 def _digest(secret: str) -> str:
@@ -83,11 +96,14 @@ class Launches:
         self.identities = identities
 
     def ask(self, pending: Pending) -> str:
-        """The key of a new pending authorization (for its login form)."""
+        """The key of a new pending authorization (for its login form). Raises Crowded."""
         key = secrets.token_urlsafe(32)
         now = int(time.time())
         with write_connection(self.engine, bookkeeping=True) as connection:
             connection.execute(delete(authorization_requests).where(authorization_requests.c.expires_at < now))
+            waiting = connection.execute(select(func.count()).select_from(authorization_requests)).scalar_one()
+            if waiting >= PENDING_LIMIT:
+                raise Crowded()
             connection.execute(insert(authorization_requests).values(
                 key_hash=_digest(key), client_id=pending.client_id, redirect_uri=pending.redirect_uri,
                 scope=pending.scope, state=pending.state, code_challenge=pending.code_challenge,
@@ -156,10 +172,11 @@ class Launches:
             raise Refused(refusal)
         return granted
 
-    def use_refresh_token(self, token: str, client_id: str) -> Granted:
+    def use_refresh_token(self, token: str, client_id: str, asked: Grant | None = None) -> Granted:
         """What the refresh token grants, once, with the next token of its
         family, which lasts no longer than its first; one sent again revokes
-        its family. Raises Refused."""
+        its family. Raises Refused, or OutOfScope (before the token is spent:
+        the app may ask again) when `asked` narrows it to nothing."""
         now = int(time.time())
         with write_connection(self.engine, bookkeeping=True) as connection:
             row = connection.execute(
@@ -168,6 +185,8 @@ class Launches:
                 raise Refused("the refresh token is unknown, revoked or expired")
             if row.client_id != client_id:
                 raise Refused("the refresh token was issued to another client")
+            if asked is not None and not Grant.parse(row.scope).narrowed_to(asked).scopes:
+                raise OutOfScope(f"none of the scopes asked for was granted with this refresh token ({row.scope})")
             taken = connection.execute(update(refresh_tokens).where(
                 refresh_tokens.c.token_hash == row.token_hash, refresh_tokens.c.used == False  # noqa: E712
             ).values(used=True)).rowcount

@@ -22,7 +22,7 @@ from server.audit.middleware import note_login
 from server.auth.access import basic_credentials
 from server.auth.client_assertions import ALGORITHMS, ASSERTION_TYPE, InvalidAssertion, claimed_client
 from server.auth.identities import Identity
-from server.auth.launch import PKCE_TEXT, Refused, refresh_kind
+from server.auth.launch import PKCE_TEXT, OutOfScope, Refused, refresh_kind
 from server.auth.scopes import Grant
 from server.auth.service import AuthService
 from server.public_url import public_root
@@ -172,6 +172,8 @@ async def _launch_token(request: Request, form: dict[str, str], address: str, gr
             return _error(401, "invalid_client",
                           "client authentication is needed (a public client sends its client_id)",
                           {"WWW-Authenticate": 'Basic realm="medaiflow"'})
+    # RFC 6749 6: a refresh may ask for less than granted, never more.
+    asked = Grant.parse(form["scope"]) if grant_type == "refresh_token" and form.get("scope") else None
     try:
         if grant_type == "authorization_code":
             code, redirect_uri = form.get("code", ""), form.get("redirect_uri", "")
@@ -183,18 +185,19 @@ async def _launch_token(request: Request, form: dict[str, str], address: str, gr
         else:
             if not form.get("refresh_token"):
                 return _error(400, "invalid_request", "the refresh_token grant needs refresh_token")
-            granted = await run_in_threadpool(auth.launches.use_refresh_token, form["refresh_token"], client_id)
+            granted = await run_in_threadpool(auth.launches.use_refresh_token, form["refresh_token"], client_id, asked)
     except Refused as refusal:
         return _error(400, "invalid_grant", str(refusal))
+    except OutOfScope as refusal:
+        return _error(400, "invalid_scope", str(refusal))
     user = await run_in_threadpool(auth.identities.active_user, granted.user_name)
     if user is None or user.role is None:
         return _error(400, "invalid_grant", f"user {granted.user_name} is disabled or gone")
     note_login(request.scope, user.name)
     # The user's role as it is now: one changed since the login narrows what the app gets.
     resources = Grant.parse(granted.scope).narrowed_to(user.grant)
-    if grant_type == "refresh_token" and form.get("scope"):
-        # RFC 6749 6: never more than granted; the refresh token keeps its family's scope.
-        resources = resources.narrowed_to(Grant.parse(form["scope"]))
+    if asked is not None:  # the access token's; the refresh token keeps its family's scope
+        resources = resources.narrowed_to(asked)
     if not resources.scopes:
         return _error(400, "invalid_scope", f"{user.name} may no longer use any of the scopes granted")
     kind = refresh_kind(granted.scope)

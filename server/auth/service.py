@@ -1,6 +1,6 @@
 """The identity side's parts, built once per process by `build_auth`."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -21,6 +21,10 @@ class AuthService:
     request_rate: RequestRate | None  # None: no limit
     launches: Launches
     unauthenticated: UnauthenticatedRefusals
+    # Pages of GET /auth/authorize for one address, anonymous, each a pending authorization: always limited,
+    # whatever `request_rate` says, to 60 at once then one every 2 seconds (a user asks for one a login; many
+    # users behind one NAT, a few a minute): no one address takes all of PENDING_LIMIT.
+    authorize_rate: RequestRate = field(default_factory=lambda: RequestRate(0.5, 60))
 
     def over_unauthenticated_limit(self, scope: Scope) -> int | None:
         """Count a request refused for missing or bad credentials against its
