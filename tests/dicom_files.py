@@ -10,7 +10,14 @@ import pydicom.data
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from dicom.multipart import multipart_related_type
+from dicom.multipart import (
+    MultipartReader,
+    PartData,
+    PartEnd,
+    PartStart,
+    multipart_related_type,
+    parse_content_type,
+)
 
 _BUNDLED = Path(pydicom.data.__file__).parent / "test_files"
 
@@ -100,3 +107,31 @@ def multipart_body(payloads: Iterable[bytes], boundary: str = "medaiflow-test-bo
         body += b"\r\n" + payload + b"\r\n"
     body += b"--" + boundary.encode() + b"--\r\n"
     return body, multipart_related_type(boundary, "application/dicom")
+
+
+def multipart_parts(response) -> list[tuple[PartStart, bytes]]:
+    """Each part of a multipart/related answer: its start (headers, content
+    type) and its body; the answer must be complete."""
+    content_type = parse_content_type(response.headers["content-type"])
+    assert content_type.media_type == "multipart/related"
+    reader = MultipartReader(content_type.params["boundary"], content_type.params.get("type", ""))
+    parts: list[tuple[PartStart, bytes]] = []
+    start, body = None, b""
+    for event in reader.feed(response.content):
+        if isinstance(event, PartStart):
+            start, body = event, b""
+        elif isinstance(event, PartData):
+            body += event.data
+        elif isinstance(event, PartEnd):
+            assert start is not None
+            parts.append((start, body))
+    reader.close()
+    return parts
+
+
+def stow(client, payloads: list[bytes], answered: tuple[int, ...] = (200,)) -> dict:
+    """The payloads sent by STOW-RS; its answer, whose status must be one of `answered`."""
+    body, content_type = multipart_body(payloads)
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code in answered, response.text
+    return response.json()  # type: ignore[no-any-return]

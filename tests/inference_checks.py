@@ -13,7 +13,7 @@ from inference.demo.phantom import (
     phantom_payloads,
 )
 from server.services import Services
-from tests.dicom_files import multipart_body
+from tests.dicom_files import stow
 
 # Small enough for a test to run the model in about a second on a CPU.
 SMALL = Geometry(matrix=128, slices=48, pixel_spacing_mm=1.0, slice_spacing_mm=2.5, rescale_slope=1.0,
@@ -26,12 +26,6 @@ def phantom(seed: int, lesions: int = 2) -> Phantom:
 
 def series_bytes(study: Phantom) -> list[bytes]:
     return phantom_payloads(study)
-
-
-def stow(client: TestClient, payloads: list[bytes]) -> None:
-    body, content_type = multipart_body(payloads)
-    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
-    assert response.status_code == 200, response.text
 
 
 def study_uid(study: Phantom) -> str:

@@ -13,52 +13,34 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.multival import MultiValue
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
 from sqlalchemy import select
 
-from dicom.multipart import (
-    MultipartReader,
-    PartData,
-    PartEnd,
-    PartStart,
-    parse_content_type,
-)
 from server.tables import instances
 from tests.conftest import admin_headers, cut_off
 from tests.dicom_files import (
     bundled_file,
     make_ct,
-    multipart_body,
+    multipart_parts,
     pydicom_files_with_uids,
 )
+from tests.dicom_files import stow as stow_as
 
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 ROUND_TRIP_FILES = pydicom_files_with_uids()
 
 
 def split_multipart(response) -> list[tuple[str, bytes]]:
-    content_type = parse_content_type(response.headers["content-type"])
-    assert content_type.media_type == "multipart/related"
-    reader = MultipartReader(content_type.params["boundary"], content_type.params.get("type", ""))
-    parts: list[tuple[str, bytes]] = []
-    current = b""
-    kind = ""
-    for event in reader.feed(response.content):
-        if isinstance(event, PartStart):
-            kind, current = event.content_type, b""
-        elif isinstance(event, PartData):
-            current += event.data
-        elif isinstance(event, PartEnd):
-            parts.append((kind, current))
-    reader.close()
-    return parts
+    return [(start.content_type, body) for start, body in multipart_parts(response)]
 
 
 def stow(client, payloads: list[bytes]) -> dict:
-    body, content_type = multipart_body(payloads)
-    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
-    assert response.status_code in (200, 202), response.text
-    return response.json()
+    return stow_as(client, payloads, answered=(200, 202))
 
 
 def uids_of(path_or_bytes) -> tuple[str, str, str]:

@@ -12,9 +12,13 @@ from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from dicom.multipart import MultipartReader, PartData, PartEnd, PartStart, parse_content_type
 from tests.conftest import admin_headers, cut_off
-from tests.dicom_files import bundled_file, make_ct, multipart_body
+from tests.dicom_files import (
+    bundled_file,
+    make_ct,
+    multipart_parts,
+    stow,
+)
 
 NATIVE = 'multipart/related; type="application/octet-stream"'
 AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
@@ -22,27 +26,8 @@ AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax
 
 def parts_of(response) -> list[tuple[dict[str, str], bytes]]:
     """Each part's headers (lowercase names) and body; the answer must be complete."""
-    content_type = parse_content_type(response.headers["content-type"])
-    assert content_type.media_type == "multipart/related"
-    reader = MultipartReader(content_type.params["boundary"], content_type.params.get("type", ""))
-    parts: list[tuple[dict[str, str], bytes]] = []
-    headers: dict[str, str] = {}
-    body = b""
-    for event in reader.feed(response.content):
-        if isinstance(event, PartStart):
-            headers, body = {name.lower(): value for name, value in event.headers.items()}, b""
-        elif isinstance(event, PartData):
-            body += event.data
-        elif isinstance(event, PartEnd):
-            parts.append((headers, body))
-    reader.close()
-    return parts
-
-
-def stow(client, payloads: list[bytes]) -> None:
-    body, content_type = multipart_body(payloads)
-    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
-    assert response.status_code == 200, response.text
+    return [({name.lower(): value for name, value in start.headers.items()}, body)
+            for start, body in multipart_parts(response)]
 
 
 def uids_of(payload: bytes) -> tuple[str, str, str]:
