@@ -224,27 +224,41 @@ def test_a_wrong_password_gives_no_code_and_counts_as_a_failed_login(launch, ser
     limited = launch.log_in(page)
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
     assert "location" not in limited.headers
-    services.audit.chain.project()
-    with httpx.Client(base_url=launch.base, headers=admin_headers(services)) as admin:
-        found = admin.get("/fhir/AuditEvent", params={"type": "110114", "subtype": "110122", "_count": 50}).json()
-    logins = [(entry["resource"]["outcome"], entry["resource"]["agent"][0]["name"]) for entry in found["entry"]]
+    logins = [(record["outcome"], record["agent"][0]["name"]) for record in _logins(launch, services)]
     assert sorted(logins) == [("4", "clara")] * 6
 
 
 def test_a_login_through_the_form_is_audited(launch, services):
     launch.code()
-    services.audit.chain.project()
-    with httpx.Client(base_url=launch.base, headers=admin_headers(services)) as admin:
-        found = admin.get("/fhir/AuditEvent", params={"type": "110114", "subtype": "110122"}).json()
-    [login] = [entry["resource"] for entry in found["entry"]]
+    [login] = _logins(launch, services)
     assert login["outcome"] == "0" and login["agent"][0]["name"] == "clara"
 
 
-def test_the_user_may_deny(launch):
+def test_the_user_may_deny(launch, services):
     denied = launch.log_in(launch.authorize(), decision="deny")
     assert denied.status_code == 303
     query = parse_qs(urlsplit(denied.headers["location"]).query)
     assert query["error"] == ["access_denied"] and query["state"] == ["s-123"] and "code" not in query
+    # The browser is sent back with 303 either way: the record says the app was not let in.
+    [record] = _logins(launch, services)
+    assert record["outcome"] == "4"
+    assert record["outcomeDesc"] == f"POST /auth/authorize answered 303: the user did not let {launch.client_id} in"
+
+
+def test_a_login_that_grants_nothing_is_recorded_as_refused(launch, services):
+    services.auth.identities.add_user("audrey", Role.AUDITOR, PASSWORD)  # may read none of ImagingStudy, Patient
+    redirect = launch.log_in(launch.authorize(scope="user/ImagingStudy.rs"), username="audrey")
+    assert parse_qs(urlsplit(redirect.headers["location"]).query)["error"] == ["invalid_scope"]
+    [record] = _logins(launch, services)
+    assert (record["outcome"], record["agent"][0]["name"]) == ("4", "audrey")
+    assert record["outcomeDesc"].endswith(f"audrey may use none of the scopes {launch.client_id} asked for")
+
+
+def _logins(launch: App, services) -> list[dict]:  # type: ignore[no-untyped-def]
+    services.audit.chain.project()
+    with httpx.Client(base_url=launch.base, headers=admin_headers(services)) as admin:
+        found = admin.get("/fhir/AuditEvent", params={"type": "110114", "subtype": "110122"}).json()
+    return [entry["resource"] for entry in found.get("entry", [])]
 
 
 def test_refresh_tokens_rotate_and_one_used_twice_ends_its_family(launch):

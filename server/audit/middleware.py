@@ -94,6 +94,13 @@ def note_cut_short(reason: str) -> None:
         audit.cut_short = reason
 
 
+def note_refusal(scope: Scope, why: str) -> None:
+    """The current answer refuses what was asked whatever its status says (a
+    SMART login page sends the browser back with 303 whether the user let the
+    app in or not): recorded as a failure, with why."""
+    scope.setdefault("state", {})[_REFUSAL] = why
+
+
 def note_unrecorded_refusals(scope: Scope, recorded: bool, unrecorded: int) -> None:
     """A refusal of an address over its limit of requests without valid
     credentials (`server.auth.limits`): such refusals disclose nothing, and
@@ -235,6 +242,9 @@ class _RequestAudit:
         """The record of the answer (None: a WebSocket closed without one);
         None for a refusal left unrecorded (`note_unrecorded_refusals`)."""
         result = f"answered {status}"
+        refusal = self.scope["state"].get(_REFUSAL)
+        if refusal is not None:
+            return self.event(Outcome.MINOR_FAILURE, f"{result}: {refusal}")
         quiet = self.scope["state"].get(_UNRECORDED)
         if quiet is not None:
             recorded, unrecorded = quiet
@@ -306,6 +316,7 @@ _REDACTED = b"access_token=redacted"
 _current: ContextVar[_RequestAudit | None] = ContextVar("request_audit", default=None)
 _LOGIN_NAME = "login_name"
 _UNRECORDED = "unrecorded_refusal"
+_REFUSAL = "refusal"
 
 
 def note_login(scope: Scope, name: str) -> None:

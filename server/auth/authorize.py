@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from server.audit.middleware import note_refusal
 from server.auth.identities import LaunchClient
 from server.auth.launch import REQUEST_SECONDS, S256_CHALLENGE, Crowded, Pending, granted_scope
 from server.auth.routes import login_wait, read_form
@@ -115,6 +116,7 @@ async def login(request: Request) -> Response:
         return _stale()
     if form.get("decision") == "deny":
         await run_in_threadpool(auth.launches.end, key)
+        note_refusal(request.scope, f"the user did not let {client.client_id} in")
         return _back(pending.redirect_uri, pending.state, "access_denied", "the user did not allow it", 303)
     name, password = form.get("username", ""), form.get("password", "")
     if not name or not password or "\x00" in name:
@@ -132,6 +134,7 @@ async def login(request: Request) -> Response:
     scope = granted_scope(pending.scope, client.grant, identity.grant)
     if not scope:
         await run_in_threadpool(auth.launches.end, key)
+        note_refusal(request.scope, f"{identity.name} may use none of the scopes {client.client_id} asked for")
         return _back(pending.redirect_uri, pending.state, "invalid_scope",
                      f"{identity.name} may use none of the scopes asked for", 303)
     code = await run_in_threadpool(auth.launches.code, key, identity.name, scope)
