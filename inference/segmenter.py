@@ -9,6 +9,7 @@ measurements are right for any valid geometry.
 import copy
 import logging
 import os
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -183,9 +184,42 @@ def _window(inferer: Any) -> Window | None:
 def _load_weights(bundle: Bundle, network: torch.nn.Module) -> torch.nn.Module:
     if bundle.weights.suffix == ".ts":
         return torch.jit.load(str(bundle.weights), map_location="cpu")  # type: ignore[no-any-return]
-    state = torch.load(bundle.weights, map_location="cpu", weights_only=True)
     try:
-        network.load_state_dict(state)
+        checkpoint = torch.load(bundle.weights, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise InvalidBundle(f"{bundle.path}: {bundle.weights.name} cannot be read as weights (tensors and plain data "
+                            f"only: a checkpoint holding code or other objects is not loaded): {error}") from error
+    try:
+        network.load_state_dict(_network_state(checkpoint, set(network.state_dict()), bundle))
     except RuntimeError as error:
         raise InvalidBundle(f"{bundle.path}: the weights do not fit network_def: {error}") from error
     return network
+
+
+_PARALLEL_PREFIX = "module."  # how DataParallel and DistributedDataParallel name what they wrap
+
+
+def _network_state(checkpoint: object, names: set[str], bundle: Bundle) -> dict[str, torch.Tensor]:
+    """The network's weights in a checkpoint: the file itself (a bundle
+    saves its one network so), or, in a training checkpoint that keeps the
+    optimizer's state and the epoch beside it under names the training chose,
+    the one entry whose tensors bear the network's names; each with the
+    prefix of a network trained wrapped for several GPUs taken off."""
+    def unwrapped(state: dict) -> dict:
+        if state and all(key.startswith(_PARALLEL_PREFIX) for key in state) and not names & state.keys():
+            return {key[len(_PARALLEL_PREFIX):]: value for key, value in state.items()}
+        return state
+
+    def is_state(value: object) -> bool:
+        return isinstance(value, dict) and bool(value) and all(
+            isinstance(key, str) and isinstance(tensor, torch.Tensor) for key, tensor in value.items())
+
+    if is_state(checkpoint):
+        return unwrapped(checkpoint)  # type: ignore[arg-type]
+    entries = checkpoint.items() if isinstance(checkpoint, dict) else ()
+    fitting = [key for key, value in entries if is_state(value) and unwrapped(value).keys() == names]
+    if len(fitting) != 1:
+        held = ", ".join(sorted(repr(key) for key, value in entries if is_state(value))) or "no weights by name"
+        raise InvalidBundle(f"{bundle.path}: {bundle.weights.name} holds {held}; "
+                            f"{'none' if not fitting else 'more than one'} of them fits network_def")
+    return unwrapped(checkpoint[fitting[0]])  # type: ignore[index]

@@ -95,6 +95,45 @@ def test_postprocessing_that_gives_no_labels_is_refused_not_read_as_nothing_foun
         segmenter.segment_many([volume])
 
 
+def _bundle_saving(tmp_path: Path, wrap: Callable[[dict[str, torch.Tensor]], object]) -> Bundle:
+    """The demo bundle with its weights saved as `wrap` makes of them."""
+    copied = shutil.copytree(DEMO_BUNDLE, tmp_path / "bundle")
+    weights = copied / "models" / "model.pt"
+    torch.save(wrap(torch.load(weights, weights_only=True)), weights)
+    return Bundle.open(copied)
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda state: {"model": state, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3}]}, "epoch": 40},
+    lambda state: {"network": {f"module.{name}": tensor for name, tensor in state.items()}},  # trained on GPUs
+    lambda state: {f"module.{name}": tensor for name, tensor in state.items()},
+], ids=["training-checkpoint", "wrapped-for-gpus-in-a-checkpoint", "wrapped-for-gpus"])
+def test_weights_kept_as_training_saved_them_are_the_networks(tmp_path, segmenter, wrap):
+    loaded = Segmenter(_bundle_saving(tmp_path, wrap), torch.device("cpu")).network.state_dict()
+    expected = segmenter.network.state_dict()
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[name], expected[name]) for name in expected)
+
+
+@pytest.mark.parametrize(("wrap", "reason"), [
+    (lambda state: {"model": state, "ema": state}, "holds 'ema', 'model'; more than one of them fits"),
+    (lambda state: {"model": {"other." + name: tensor for name, tensor in state.items()}}, "none of them fits"),
+    (lambda state: {"epoch": 40}, "holds no weights by name; none of them fits"),
+])
+def test_a_checkpoint_whose_network_weights_are_not_one_entry_is_refused(tmp_path, wrap, reason):
+    with pytest.raises(InvalidBundle, match=reason):
+        Segmenter(_bundle_saving(tmp_path, wrap), torch.device("cpu"))
+
+
+def test_weights_that_cannot_be_read_without_running_code_are_refused(tmp_path):
+    with pytest.raises(InvalidBundle, match="cannot be read as weights"):
+        Segmenter(_bundle_saving(tmp_path, lambda state: {"model": state, "when": Path("/")}), torch.device("cpu"))
+    weights = tmp_path / "bundle" / "models" / "model.pt"
+    weights.write_bytes(b"not a checkpoint")
+    with pytest.raises(InvalidBundle, match="cannot be read as weights"):
+        Segmenter(Bundle.open(tmp_path / "bundle"), torch.device("cpu"))
+
+
 def test_a_window_given_by_reference_and_expression_is_the_windows_value(tmp_path):
     # Model-zoo bundles name their patch size once and refer to it.
     bundle = _bundle_with_inferer(tmp_path, roi_size="@patch", overlap="$0.5 / 2", sigma_scale=0.25)
