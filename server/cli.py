@@ -185,8 +185,11 @@ def _key_set_file(path: str) -> str:
 
 
 def _clients_list(_: argparse.Namespace) -> int:
-    for client_id, scopes, disabled in _with_identities(lambda identities: identities.clients()):
-        print(f"{client_id:40} {'disabled' if disabled else 'enabled':8} {scopes}")
+    for client in _with_identities(lambda identities: identities.clients()):
+        state = "disabled" if client.disabled else "enabled"
+        print(f"{client.client_id:40} {state:8} {client.proof:6} {client.scopes}")
+        for uri in client.redirect_uris:
+            print(f"    redirect URI {uri}")
     return 0
 
 
@@ -288,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     client_keys.add_argument("client_id")
     client_keys.add_argument("jwks", metavar="FILE", help="a JWK Set of public keys")
     client_keys.set_defaults(run=_clients_keys)
-    client_commands.add_parser("list", help="clients, enabled or not, and their scopes").set_defaults(run=_clients_list)
+    client_commands.add_parser(
+        "list", help="clients, enabled or not, how each proves who it is (secret, keys, public), scopes, redirect URIs"
+    ).set_defaults(run=_clients_list)
     disable_client = client_commands.add_parser("disable", help="refuse a client's secret from now on")
     disable_client.add_argument("client_id")
     disable_client.set_defaults(run=_clients_disable)

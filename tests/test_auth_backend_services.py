@@ -214,6 +214,8 @@ def test_the_command_line_registers_and_replaces_keys(tmp_path, database_url, mo
     first.write_text('{"keys": []}')
     assert main(["clients", "keys", client_id, str(first)]) == 2
     assert "1 to 16 keys" in capsys.readouterr().err
+    assert main(["clients", "list"]) == 0
+    assert capsys.readouterr().out.split() == [client_id, "enabled", "keys", *SCOPES.split()]
 
 
 def test_an_assertion_past_its_exp_but_within_the_clock_leeway_is_still_taken_once(backend):

@@ -347,6 +347,12 @@ def test_the_command_line_registers_apps(services, monkeypatch, capsys):
     client = services.auth.identities.launch_client(client_id)
     assert client is not None and client.public
     assert client.redirect_uris == ("https://viewer.example/cb", "http://localhost:8080/cb")
+    assert main(["clients", "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{client_id:40} enabled  public user/*.rs",
+        "    redirect URI https://viewer.example/cb",
+        "    redirect URI http://localhost:8080/cb",
+    ]
     assert main(["clients", "add", "viewer", "--scopes", "user/*.rs", "--public"]) == 2  # no redirect URI
     assert main(["clients", "add", "viewer", "--scopes", "system/*.rs", "--redirect-uri", "https://v.example/cb"]) == 2
 

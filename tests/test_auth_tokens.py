@@ -250,7 +250,7 @@ def test_users_and_clients_from_the_command_line(tmp_path, database_url, monkeyp
     client_id = output.split("client id: ")[1].split()[0]
     secret = output.split("secret (shown once): ")[1].split()[0]
     assert main(["clients", "list"]) == 0
-    assert capsys.readouterr().out.split() == [client_id, "enabled", "system/ImagingStudy.c"]
+    assert capsys.readouterr().out.split() == [client_id, "enabled", "secret", "system/ImagingStudy.c"]
     assert main(["clients", "disable", client_id]) == 0
     assert main(["clients", "disable", "nobody"]) == 2
     capsys.readouterr()

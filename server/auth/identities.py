@@ -52,6 +52,19 @@ class LaunchClient:
     public: bool
 
 
+@dataclass(frozen=True)
+class ClientListing:
+    client_id: str
+    scopes: str
+    disabled: bool
+    proof: str  # how it proves who it is: "secret", "keys" (signed assertions) or "public" (PKCE only)
+    redirect_uris: tuple[str, ...]  # where a SMART app's users are sent back; none for a system
+
+
+def _redirect_uris(stored: str | None) -> tuple[str, ...]:
+    return tuple(stored.split("\n")) if stored else ()
+
+
 def _now() -> int:
     return time.time_ns() // 1000
 
@@ -172,7 +185,7 @@ class Identities:
             row = connection.execute(select(clients).where(clients.c.client_id == client_id)).first()
         if row is None or row.disabled or not row.redirect_uris:
             return None
-        return LaunchClient(row.client_id, row.name, Grant.parse(row.scopes), tuple(row.redirect_uris.split("\n")),
+        return LaunchClient(row.client_id, row.name, Grant.parse(row.scopes), _redirect_uris(row.redirect_uris),
                             row.public)
 
     def set_client_keys(self, client_id: str, key_set: str) -> None:
@@ -181,13 +194,16 @@ class Identities:
         self._change(clients.c.client_id, client_id, "client", f"client {client_id} given new public keys",
                      jwks_json=_checked_key_set(key_set))
 
-    def clients(self) -> list[tuple[str, str, bool]]:
-        """(client id, scopes, disabled) of every client."""
+    def clients(self) -> list[ClientListing]:
         with reading(self.engine) as connection:
-            rows = connection.execute(
-                select(clients.c.client_id, clients.c.scopes, clients.c.disabled).order_by(clients.c.client_id)
-            ).all()
-        return [(row.client_id, row.scopes, row.disabled) for row in rows]
+            rows = connection.execute(select(
+                clients.c.client_id, clients.c.scopes, clients.c.disabled, clients.c.public, clients.c.redirect_uris,
+                clients.c.jwks_json.is_not(None).label("has_keys"),
+            ).order_by(clients.c.client_id)).all()
+        return [ClientListing(
+            row.client_id, row.scopes, row.disabled,
+            "public" if row.public else "keys" if row.has_keys else "secret", _redirect_uris(row.redirect_uris),
+        ) for row in rows]
 
     def disable_client(self, client_id: str) -> None:
         """Refuse the client's secret from now on (a leaked one, say)."""
