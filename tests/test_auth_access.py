@@ -428,3 +428,29 @@ def test_refused_token_requests_count_against_their_address_alike(anonymous, ser
     answers = [event["outcomeDesc"].split(" answered ")[1][:3] for event in events
                if event["outcomeDesc"].startswith("POST /auth/token")]
     assert answers == ["400"] * 3 + ["429"]
+
+
+def test_an_ipv6_network_counts_as_one_address(app, services):
+    """One host commonly holds a whole /64: counted address by address, it
+    got the limit of requests without valid credentials 2^64 times over."""
+    services.auth.unauthenticated.limit = 3
+    statuses = []
+    for host in ("2001:db8:5:6::1", "2001:db8:5:6::2", "2001:db8:5:6:ffff::3", "2001:db8:5:6::4"):
+        with TestClient(app, base_url="http://testserver", client=(host, 50000)) as client:
+            statuses.append(client.get("/fhir/Patient").status_code)
+    with TestClient(app, base_url="http://testserver", client=("2001:db8:5:7::1", 50000)) as client:
+        statuses.append(client.get("/fhir/Patient").status_code)  # the next /64: another network
+    assert statuses == [401, 401, 401, 429, 401]
+
+
+@pytest.mark.parametrize(("host", "counted_as"), [
+    ("192.0.2.7", "192.0.2.7"),
+    ("2001:db8:5:6:1:2:3:4", "2001:db8:5:6::/64"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),  # an IPv4 client of a dual-stack socket: the same address as over IPv4
+    ("testclient", "testclient"),
+])
+def test_where_a_request_comes_from_as_the_limits_count_it(host, counted_as):
+    from server.auth.limits import limited_address
+
+    assert limited_address({"client": (host, 1)}) == counted_as
+    assert limited_address({}) == "unknown"

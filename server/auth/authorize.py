@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from server.audit.middleware import note_refusal
 from server.auth.identities import LaunchClient
 from server.auth.launch import REQUEST_SECONDS, S256_CHALLENGE, Crowded, Pending, granted_scope
+from server.auth.limits import limited_address
 from server.auth.routes import login_wait, read_form
 from server.public_url import public_root
 from server.services import services
@@ -82,7 +83,7 @@ async def authorize(request: Request) -> Response:
         return _back(redirect_uri, state, "invalid_scope",
                      "none of the user/ scopes asked for is registered for this app")
     # Each page is a row until its login: an address asks for a few; all together, no more than the table holds.
-    address = request.client.host if request.client else "unknown"
+    address = limited_address(request.scope)
     if auth.authorize_rate.take(f"address:{address}") is not None:
         return _back(redirect_uri, state, "temporarily_unavailable",
                      "too many authorizations asked from this address; try again later")
@@ -121,7 +122,7 @@ async def login(request: Request) -> Response:
     name, password = form.get("username", ""), form.get("password", "")
     if not name or not password or "\x00" in name:
         return _login_page(request, 400, client, pending.scope, key, "Give your user name and your password.")
-    address = request.client.host if request.client else "unknown"
+    address = limited_address(request.scope)
     keys = (f"name:{name}", f"address:{address}")
     refusal = login_wait(request, auth, name, address, keys)
     if refusal is not None:

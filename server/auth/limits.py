@@ -1,5 +1,6 @@
 """Failed logins, limited per user name and per address; requests, limited
-per client.
+per client. An address is what `limited_address` makes of it (an IPv6
+one's /64).
 
 After `limit` failures within `window_seconds` for a name, or for an
 address, further attempts are refused (HTTP 429 with Retry-After) until the
@@ -23,12 +24,35 @@ Counts live in the process; each server process keeps its own, so with
 `serve --workers N` a client gets up to N times the configured rate.
 """
 
+import ipaddress
 import math
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+_IPV6_HOLDING = 64  # the prefix one host or home network is commonly given (RFC 6177)
+
+
+def limited_address(scope: Mapping[str, Any]) -> str:
+    """Where a request comes from, as the limits count it: its IPv4
+    address, or the /64 network of its IPv6 one: one host commonly holds a
+    whole /64, and counted address by address it would get each limit 2^64
+    times over."""
+    client = scope.get("client")
+    if not client:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:  # a Unix socket's peer, or a test client's name
+        return str(client[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, _IPV6_HOLDING), strict=False))
+    return str(address)
 
 
 class FailedLogins:

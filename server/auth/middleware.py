@@ -37,6 +37,7 @@ from server.auth.access import (
     required_permission,
 )
 from server.auth.identities import Identity
+from server.auth.limits import limited_address
 from server.auth.scopes import Grant
 from server.auth.service import AuthService
 from server.auth.tokens import InvalidToken
@@ -185,8 +186,7 @@ class AuthMiddleware:
         if parsed is None:
             raise _Refused(401, "the Basic credentials are not base64 of name:password", _CHALLENGE)
         name, secret = parsed
-        address = scope["client"][0] if scope.get("client") else "unknown"
-        keys = (f"name:{name}", f"address:{address}")
+        keys = (f"name:{name}", f"address:{limited_address(scope)}")
         wait = self.auth.failed_logins.attempt(*keys)
         if wait is not None:
             raise _Refused(429, "too many failed logins; try again later", retry_after=wait, of_credentials=True)

@@ -23,6 +23,7 @@ from server.auth.access import basic_credentials
 from server.auth.client_assertions import ALGORITHMS, ASSERTION_TYPE, InvalidAssertion, claimed_client
 from server.auth.identities import Identity
 from server.auth.launch import PKCE_TEXT, OutOfScope, Refused, refresh_kind
+from server.auth.limits import limited_address
 from server.auth.scopes import Grant
 from server.auth.service import AuthService
 from server.public_url import public_root
@@ -62,7 +63,7 @@ async def _token(request: Request) -> JSONResponse:
     if form is None:
         return _error(413, "invalid_request", f"a token request is at most {_FORM_LIMIT} bytes")
     grant_type = form.get("grant_type")
-    address = request.client.host if request.client else "unknown"
+    address = limited_address(request.scope)
     auth = _auth(request)
     if grant_type == "password":
         name, secret = form.get("username", ""), form.get("password", "")

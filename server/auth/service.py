@@ -9,7 +9,7 @@ from starlette.types import Scope
 from server.audit.middleware import note_unrecorded_refusals
 from server.auth.identities import Identities
 from server.auth.launch import Launches
-from server.auth.limits import FailedLogins, RequestRate, UnauthenticatedRefusals
+from server.auth.limits import FailedLogins, RequestRate, UnauthenticatedRefusals, limited_address
 from server.auth.tokens import TokenIssuer
 
 
@@ -31,7 +31,7 @@ class AuthService:
         address: None while the address is within its limit; else the
         seconds it waits, and the 429 it gets instead is left out of the
         audit trail but for the first of each window."""
-        over = self.unauthenticated.refused(scope["client"][0] if scope.get("client") else "unknown")
+        over = self.unauthenticated.refused(limited_address(scope))
         if over is None:
             return None
         note_unrecorded_refusals(scope, over.recorded, over.unrecorded)
