@@ -32,6 +32,7 @@ _NOT_IN_A_STRING = re.compile(r"[^\S \r\n\t]|[\x00-\x08\x0e-\x1f\x7f\ud800-\udff
 # Agent roles, DCM (PS3.16 CID 402): on a read the client receives (Destination).
 _SOURCE = {"system": DCM, "code": "110153", "display": "Source Role ID"}
 _DESTINATION = {"system": DCM, "code": "110152", "display": "Destination Role ID"}
+_APPLICATION = {"system": DCM, "code": "110150", "display": "Application"}
 
 
 class Outcome(Enum):
@@ -111,6 +112,7 @@ class AuditRecord:
     extra_subtypes: Sequence[dict[str, str]] = field(default_factory=tuple)
     # Where the server sent something (a rest-hook endpoint): the client's network address, a URI.
     destination: str | None = None
+    application: str | None = None  # the client id of the app a user acts through (SMART App Launch)
 
     def __post_init__(self) -> None:
         if self.recorded.tzinfo is None:
@@ -133,13 +135,19 @@ def audit_event(record: AuditRecord) -> dict[str, Any]:
     elif record.client_address:
         client["network"] = {"address": fhir_string(record.client_address), "type": "2"}  # 2: IP address
     server = {"type": {"coding": [server_role]}, "who": server_who, "name": server_name, "requestor": False}
+    agents = [client, server]
+    if record.application:
+        # The user asked; the app is how (BALP's client agent): `agent:identifier` finds each.
+        app_name = fhir_string(record.application)
+        agents.append({"type": {"coding": [_APPLICATION]}, "name": app_name, "requestor": False,
+                       "who": {"identifier": {"system": IDENTITY_SYSTEM, "value": app_name}, "display": app_name}})
     body: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "type": kind.type,
         "action": kind.action,
         "recorded": record.recorded.isoformat(timespec="microseconds"),
         "outcome": record.outcome.value,
-        "agent": [client, server],
+        "agent": agents,
         "source": {"observer": server_who,
                    "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}]},
     }

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from fhir_mappings.audit_event import IDENTITY_SYSTEM
 from server.auth import launch as launch_module
 from server.auth.identities import IdentityError
 from server.auth.scopes import Role
@@ -231,6 +232,7 @@ def test_a_wrong_password_gives_no_code_and_counts_as_a_failed_login(launch, ser
 def test_a_login_through_the_form_is_audited(launch, services):
     launch.code()
     [login] = _logins(launch, services)
+    assert _app_of(login) == launch.client_id
     assert login["outcome"] == "0" and login["agent"][0]["name"] == "clara"
 
 
@@ -252,6 +254,32 @@ def test_a_login_that_grants_nothing_is_recorded_as_refused(launch, services):
     [record] = _logins(launch, services)
     assert (record["outcome"], record["agent"][0]["name"]) == ("4", "audrey")
     assert record["outcomeDesc"].endswith(f"audrey may use none of the scopes {launch.client_id} asked for")
+
+
+def test_what_a_user_does_through_an_app_is_recorded_with_the_app(launch, services):
+    """An app acts for its user: the trail said who, not through which app."""
+    answer = launch.redeem(launch.code()).json()
+    assert httpx.get(f"{launch.base}/fhir/ImagingStudy", params={"_count": 1},
+                     headers={"Authorization": f"Bearer {answer['access_token']}"}).status_code == 200
+    services.audit.chain.project()
+    with httpx.Client(base_url=launch.base, headers=admin_headers(services)) as admin:
+        found = admin.get("/fhir/AuditEvent", params={"agent:identifier": f"{IDENTITY_SYSTEM}|{launch.client_id}"})
+        everything = admin.get("/fhir/AuditEvent", params={"_count": 100}).json()["entry"]
+    events = {entry["resource"]["outcomeDesc"]: entry["resource"] for entry in found.json().get("entry", [])}
+    assert set(events) == {"POST /auth/authorize answered 303", "POST /auth/token answered 200",
+                           "GET /fhir/ImagingStudy answered 200"}
+    for event in events.values():
+        assert event["agent"][0]["name"] == "clara" and event["agent"][0]["requestor"]
+        assert _app_of(event) == launch.client_id
+    # Other tokens name no app: the admin's first search (the second is recorded as it answers).
+    assert [_app_of(entry["resource"]) for entry in everything
+            if entry["resource"]["agent"][0]["name"] == "test-admin"] == [None]
+
+
+def _app_of(event: dict) -> str | None:
+    apps = [agent for agent in event["agent"] if agent["type"]["coding"][0]["code"] == "110150"]
+    assert len(apps) <= 1 and all(not agent["requestor"] for agent in apps)
+    return apps[0]["who"]["identifier"]["value"] if apps else None
 
 
 def _logins(launch: App, services) -> list[dict]:  # type: ignore[no-untyped-def]

@@ -285,6 +285,7 @@ class _RequestAudit:
         principal = scope["state"].get("principal")
         # Before anyone is authenticated, a token request names who is logging in (`note_login`).
         client = principal.name if principal is not None else scope["state"].get(_LOGIN_NAME, ANONYMOUS)
+        app = principal.app if principal is not None else scope["state"].get(_LOGIN_APP)
         parts = [part for part in scope["path"].split("/") if part]
         if resources is None:
             resources = ([f"{parts[1]}/{parts[2]}"] if parts[:1] == ["fhir"] and len(parts) >= 3
@@ -297,7 +298,7 @@ class _RequestAudit:
             description=f"{'HEAD' if scope.get(HEAD_MARK) else scope.get('method', 'GET')} {scope['path']} {result}",
             request_id=request_id_var.get() or None, resources=sorted(resources),
             study_uids=sorted(self.studies if studies is None else studies),
-            patients=sorted(self.patients if patients is None else patients), query=query,
+            patients=sorted(self.patients if patients is None else patients), query=query, application=app,
         ))
 
 
@@ -315,13 +316,18 @@ def _without_credentials(query: bytes) -> bytes:
 _REDACTED = b"access_token=redacted"
 _current: ContextVar[_RequestAudit | None] = ContextVar("request_audit", default=None)
 _LOGIN_NAME = "login_name"
+_LOGIN_APP = "login_app"
 _UNRECORDED = "unrecorded_refusal"
 _REFUSAL = "refusal"
 
 
-def note_login(scope: Scope, name: str) -> None:
-    """The user or client a token request logs in, for its audit record, whether it succeeds or not."""
-    scope.setdefault("state", {})[_LOGIN_NAME] = name
+def note_login(scope: Scope, name: str, app: str | None = None) -> None:
+    """The user or client a token request logs in (and the app a user logs
+    in to), for its audit record, whether it succeeds or not."""
+    state = scope.setdefault("state", {})
+    state[_LOGIN_NAME] = name
+    if app is not None:
+        state[_LOGIN_APP] = app
 
 
 class AuditMiddleware:

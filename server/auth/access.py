@@ -42,6 +42,7 @@ class Principal:
     role: str | None
     grant: Grant
     client: bool
+    app: str | None = None  # the app a user acts through (a SMART App Launch token)
 
     def may(self, permission: Permission) -> bool:
         return self.grant.allows(permission.resource_type, permission.letter)

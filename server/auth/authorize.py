@@ -124,7 +124,7 @@ async def login(request: Request) -> Response:
         return _login_page(request, 400, client, pending.scope, key, "Give your user name and your password.")
     address = limited_address(request.scope)
     keys = (f"name:{name}", f"address:{address}")
-    refusal = login_wait(request, auth, name, address, keys)
+    refusal = login_wait(request, auth, name, address, keys, app=client.client_id)
     if refusal is not None:
         return _login_page(request, 429, client, pending.scope, key, refusal[0].capitalize() + ".",
                            {"Retry-After": str(refusal[1])})

@@ -113,12 +113,12 @@ def _limited(
 
 
 def login_wait(
-    request: Request, auth: AuthService, name: str, address: str, keys: tuple[str, ...]
+    request: Request, auth: AuthService, name: str, address: str, keys: tuple[str, ...], app: str | None = None
 ) -> tuple[str, int] | None:
     """Why a login must wait, and for how many seconds, if it must: the
     address's request rate, or the failed-login limit of one of `keys`.
     Counts the attempt; a success is given back with `failed_logins.succeeded`."""
-    note_login(request.scope, name)
+    note_login(request.scope, name, app)
     # Each answer costs an Argon2 check or a signature check, right or not: the address's request rate holds here too.
     wait = auth.request_rate.take(f"address:{address}") if auth.request_rate is not None else None
     if wait is not None:
@@ -194,7 +194,7 @@ async def _launch_token(request: Request, form: dict[str, str], address: str, gr
     user = await run_in_threadpool(auth.identities.active_user, granted.user_name)
     if user is None or user.role is None:
         return _error(400, "invalid_grant", f"user {granted.user_name} is disabled or gone")
-    note_login(request.scope, user.name)
+    note_login(request.scope, user.name, app=client_id)
     # The user's role as it is now: one changed since the login narrows what the app gets.
     resources = Grant.parse(granted.scope).narrowed_to(user.grant)
     if asked is not None:  # the access token's; the refresh token keeps its family's scope
@@ -203,7 +203,7 @@ async def _launch_token(request: Request, form: dict[str, str], address: str, gr
         return _error(400, "invalid_scope", f"{user.name} may no longer use any of the scopes granted")
     kind = refresh_kind(granted.scope)
     scope = f"{resources} {kind}" if kind else str(resources)
-    access_token, lifetime = auth.issuer.issue(user.name, user.role.value, str(resources), False)
+    access_token, lifetime = auth.issuer.issue(user.name, user.role.value, str(resources), False, app=client_id)
     answer: dict[str, object] = {"access_token": access_token, "token_type": "Bearer", "expires_in": lifetime,
                                  "scope": scope}
     if granted.refresh_token is not None:
