@@ -3,10 +3,9 @@ equality search for the whole value finds it, and one for a value that only
 starts alike does not."""
 
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import update
 
-from server.migrate import _ALEMBIC_INI, upgrade
+from server.migrate import migrating, upgrade
 from server.tables import INDEX_WIDTH, equality_key, fhir_tokens
 
 SYSTEM = "urn:example:" + "s" * 300
@@ -52,9 +51,7 @@ def test_upgrading_indexes_cut_values_again(fhir, services):
             update(fhir_tokens).where(fhir_tokens.c.code == equality_key(LONG)).values(code=LONG[:INDEX_WIDTH])
         )
     assert _found(fhir, LONG) == []
-    config = Config(str(_ALEMBIC_INI))
-    with services.engine.begin() as connection:
-        config.attributes["connection"] = connection
+    with migrating(services.engine) as config:
         command.downgrade(config, "0007")
     upgrade(services.engine)
     assert _found(fhir, LONG) == [task_id]

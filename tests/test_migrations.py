@@ -20,10 +20,9 @@ def test_upgrade_twice_is_harmless(services):
 
 def test_downgrading_below_series_contents_keeps_one_automatic_job_per_series(services):
     from alembic import command
-    from alembic.config import Config
     from sqlalchemy import insert, select
 
-    from server.migrate import _ALEMBIC_INI
+    from server.migrate import migrating
     from server.tables import ai_models, inference_jobs
 
     with services.engine.begin() as connection:
@@ -36,9 +35,7 @@ def test_downgrading_below_series_contents_keeps_one_automatic_job_per_series(se
                 automatic=True, status="completed", attempts=1, not_before=0, created_at=number, updated_at=number,
                 series_content=content,
             ))
-    config = Config(str(_ALEMBIC_INI))
-    with services.engine.begin() as connection:
-        config.attributes["connection"] = connection
+    with migrating(services.engine) as config:
         command.downgrade(config, "0008")
     with services.engine.connect() as connection:
         rows = connection.execute(select(inference_jobs.c.task_id, inference_jobs.c.automatic)).all()
@@ -49,15 +46,12 @@ def test_downgrading_below_series_contents_keeps_one_automatic_job_per_series(se
 def test_upgrading_takes_out_the_segs_of_results_withdrawn_before(services):
     """Before 0010 a withdrawn job's SEG stayed in its study; after it, the sweep takes it out."""
     from alembic import command
-    from alembic.config import Config
     from sqlalchemy import insert, select
 
-    from server.migrate import _ALEMBIC_INI
+    from server.migrate import migrating
     from server.tables import ai_models, inference_jobs
 
-    config = Config(str(_ALEMBIC_INI))
-    with services.engine.begin() as connection:
-        config.attributes["connection"] = connection
+    with migrating(services.engine) as config:
         command.downgrade(config, "0009")
     with services.engine.begin() as connection:
         model_id = connection.execute(insert(ai_models).values(
@@ -80,22 +74,19 @@ def test_upgrading_indexes_person_names_again_without_trailing_empty_components(
     """Before 0013 the index kept Roe^Jane^^^ as written, and fuzzy search keys
     split words at wildcards; upgrading derives the name columns again."""
     from alembic import command
-    from alembic.config import Config
     from pydicom.uid import generate_uid
     from sqlalchemy import select, update
 
-    from server.migrate import _ALEMBIC_INI
+    from server.migrate import migrating
     from server.tables import studies
     from tests.dicom_files import make_ct, multipart_body
 
     study = generate_uid()
     body, content_type = multipart_body([make_ct(study, PatientName="Roe^Jane^^^", ReferringPhysicianName="Sm?th^^")])
     assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
-    config = Config(str(_ALEMBIC_INI))
-    with services.engine.begin() as connection:
-        config.attributes["connection"] = connection
+    with migrating(services.engine) as config:
         command.downgrade(config, "0012")
-        connection.execute(update(studies).values(
+        config.attributes["connection"].execute(update(studies).values(
             patient_name="Roe^Jane^^^", referring_physician_name="Sm?th^^", referring_physician_name_search=" SM TH ",
         ))
     upgrade(services.engine)
@@ -112,11 +103,10 @@ def test_upgrading_flags_the_rows_whose_values_an_older_index_cut(client, servic
     columns; upgrading finds them from the stored attributes, and leaves a
     value that only fills its column (a 64-character PatientID) unflagged."""
     from alembic import command
-    from alembic.config import Config
     from pydicom.uid import generate_uid
     from sqlalchemy import select
 
-    from server.migrate import _ALEMBIC_INI
+    from server.migrate import migrating
     from server.tables import series, studies
     from tests.dicom_files import make_ct, multipart_body
 
@@ -134,9 +124,7 @@ def test_upgrading_flags_the_rows_whose_values_an_older_index_cut(client, servic
             return dict(rows + connection.execute(select(series.c.series_instance_uid, series.c.index_cut)).all())
 
     written = flags()
-    config = Config(str(_ALEMBIC_INI))
-    with services.engine.begin() as connection:
-        config.attributes["connection"] = connection
+    with migrating(services.engine) as config:
         command.downgrade(config, "0013")
     upgrade(services.engine)
     assert flags() == written
