@@ -6,13 +6,18 @@ import json
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from fhir_mappings.errors import InvalidRequest, InvalidResource
 from fhir_mappings.json_patch import apply_patch
 from server.auth.scopes import Role
+from server.settings import Settings
+from server.tables import fhir_subscription_notifications
 from tests.inference_checks import order, run_queued, stored_study
 
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
+# Somewhere Subscriptions may notify, never reached: a test only reads the outbox.
+HOOKS = "https://ehr.example.org/fhir-hooks/"
 TASK = {
     "resourceType": "Task", "status": "draft", "intent": "proposal", "description": "first",
     "identifier": [{"system": "urn:example:tasks", "value": "t-1"}],
@@ -21,6 +26,11 @@ TASK = {
         {"type": {"text": "b"}, "valueDecimal": 1.10},
     ],
 }
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"subscription_endpoints": HOOKS})
 
 
 def _patch(client, url: str, operations: Any, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -264,6 +274,20 @@ def test_cancelling_an_inference_task_by_patch_cancels_its_job(queued):
     # The job's own rules hold as for a PUT: a cancelled job stays cancelled.
     back = _patch(client, f"/fhir/Task/{task['id']}", [{"op": "replace", "path": "/status", "value": "requested"}])
     assert back.status_code == 422 and "cancelled" in _diagnostics(back)
+
+
+def test_a_patch_is_told_to_subscriptions_as_an_update_is(services, client):
+    subscription = client.post("/fhir/Subscription", json={
+        "resourceType": "Subscription", "status": "requested", "reason": "patched Tasks", "criteria": "Task?status=ready",
+        "channel": {"type": "rest-hook", "endpoint": f"{HOOKS}tasks"}})
+    assert subscription.status_code == 201 and subscription.json()["status"] == "active", subscription.text
+    _task(client)
+    assert _patch(client, "/fhir/Task/p1", [{"op": "replace", "path": "/status", "value": "ready"}]).status_code == 200
+    with services.engine.connect() as connection:
+        versions = connection.execute(select(fhir_subscription_notifications.c.version_id).where(
+            fhir_subscription_notifications.c.resource_type == "Task",
+            fhir_subscription_notifications.c.resource_id == "p1")).scalars().all()
+    assert 2 in versions  # the patched version waits in the outbox, in the write's own transaction
 
 
 def _binary(operations: Any) -> dict[str, Any]:
