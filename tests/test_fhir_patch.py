@@ -278,8 +278,8 @@ def test_cancelling_an_inference_task_by_patch_cancels_its_job(queued):
 
 def test_a_patch_is_told_to_subscriptions_as_an_update_is(services, client):
     subscription = client.post("/fhir/Subscription", json={
-        "resourceType": "Subscription", "status": "requested", "reason": "patched Tasks", "criteria": "Task?status=ready",
-        "channel": {"type": "rest-hook", "endpoint": f"{HOOKS}tasks"}})
+        "resourceType": "Subscription", "status": "requested", "reason": "patched Tasks",
+        "criteria": "Task?status=ready", "channel": {"type": "rest-hook", "endpoint": f"{HOOKS}tasks"}})
     assert subscription.status_code == 201 and subscription.json()["status"] == "active", subscription.text
     _task(client)
     assert _patch(client, "/fhir/Task/p1", [{"op": "replace", "path": "/status", "value": "ready"}]).status_code == 200
