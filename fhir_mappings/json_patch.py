@@ -8,13 +8,15 @@ member missing or not a string, a pointer that is no pointer) is malformed,
 `InvalidRequest` (400); a well-formed patch that cannot be applied to this
 resource (a location that is not there, an array index out of range, a
 `test` that fails) is an unprocessable request, `InvalidResource` (422).
-Every operation is checked before any is applied, and one that fails fails
-the whole patch (RFC 6902 §5).
+Every operation is checked (`parse_patch`) before any is applied, and before
+the resource is looked up: a malformed patch is 400 whatever it would patch.
+One operation that fails fails the whole patch (RFC 6902 §5).
 """
 
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +70,8 @@ def binary_patch(resource: Any) -> bytes:
         raise InvalidRequest(f"a PATCH entry's Binary.data is not base64: {error}") from error
 
 
-def apply_patch(document: Any, patch: Any) -> Any:
-    """`document` with the operations of `patch` applied in order."""
-    operations = parse_patch(patch)
+def apply_patch(document: Any, operations: Sequence[Operation]) -> Any:
+    """`document` with `operations` (of `parse_patch`) applied in order."""
     result = _clone(document)
     for position, operation in enumerate(operations):
         try:

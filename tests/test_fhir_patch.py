@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from fhir_mappings.errors import InvalidRequest, InvalidResource
-from fhir_mappings.json_patch import apply_patch
+from fhir_mappings.json_patch import apply_patch, parse_patch
 from server.auth.scopes import Role
 from server.settings import Settings
 from server.tables import fhir_subscription_notifications
@@ -75,7 +75,7 @@ def _diagnostics(response) -> str:  # type: ignore[no-untyped-def]
 ])
 def test_each_operation_does_what_rfc_6902_says(document, operations, expected):
     before = json.dumps(document)
-    assert apply_patch(document, operations) == expected
+    assert apply_patch(document, parse_patch(operations)) == expected
     assert json.dumps(document) == before  # the input is left as it was
 
 
@@ -102,14 +102,15 @@ def test_each_operation_does_what_rfc_6902_says(document, operations, expected):
 def test_malformed_patches_are_400_and_inapplicable_ones_422(operations, error, words):
     document = {"a": {}, "list": [1, 2], "flag": True}
     with pytest.raises(error, match=words):
-        apply_patch(document, [{"op": "test", "path": "/a", "value": {}}, *operations]
-                    if isinstance(operations, list) else operations)
+        apply_patch(document, parse_patch([{"op": "test", "path": "/a", "value": {}}, *operations]
+                                          if isinstance(operations, list) else operations))
 
 
 def test_a_patch_that_fails_partway_applies_nothing():
     document = {"a": 1}
     with pytest.raises(InvalidResource, match="operation 1"):
-        apply_patch(document, [{"op": "replace", "path": "/a", "value": 2}, {"op": "remove", "path": "/b"}])
+        apply_patch(document, parse_patch([{"op": "replace", "path": "/a", "value": 2},
+                                           {"op": "remove", "path": "/b"}]))
     assert document == {"a": 1}
 
 
@@ -208,6 +209,8 @@ def test_the_body_must_be_json_patch(fhir):
 def test_missing_deleted_and_read_only_resources(fhir):
     operations = [{"op": "replace", "path": "/status", "value": "ready"}]
     assert _patch(fhir, "/fhir/Task/nobody", operations).status_code == 404
+    malformed = _patch(fhir, "/fhir/Task/nobody", {"op": "replace"})
+    assert malformed.status_code == 400  # the patch is judged before what it would patch is looked up
     assert fhir.get("/fhir/Task/nobody").status_code == 404  # a patch never creates
     _task(fhir)
     assert fhir.delete("/fhir/Task/p1").status_code == 204

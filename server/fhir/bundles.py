@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 
 from fhir_mappings.date_ranges import instant_text, require_instant
 from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
-from fhir_mappings.json_patch import binary_patch
+from fhir_mappings.json_patch import binary_patch, parse_patch
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import literal_references
@@ -366,7 +366,7 @@ def _run(
         )
         return _result("201 Created" if created else "200 OK", version, base, written=True)
     if method == "PATCH" and len(parts) == 2:
-        operations = parse_json(binary_patch(resource), "the JSON Patch in the entry's Binary")
+        operations = parse_patch(parse_json(binary_patch(resource), "the JSON Patch in the entry's Binary"))
         version = interactions.patch(
             service, parts[0], parts[1], operations, preconditions, base, connection,
             check=lambda patched: authorize(method, path, patched),

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from fhir_mappings.errors import InvalidRequest, ResourceConflict, ResourceNotFound, VersionConflict
+from fhir_mappings.json_patch import Operation
 from fhir_mappings.search_query import SearchRequest
 from server.db import advisory_locks, writing
 from server.fhir import interactions
@@ -97,7 +98,7 @@ def update_where(
 
 
 def patch_where(
-    service: FhirService, resource_type: str, operations: Any, query: str, base: str,
+    service: FhirService, resource_type: str, operations: list[Operation], query: str, base: str,
     preconditions: Preconditions | None, authorize_search: Callable[[SearchRequest], None],
     connection: Connection | None = None, *, check: Callable[[dict[str, Any]], None] = lambda _: None,
 ) -> StoredVersion:

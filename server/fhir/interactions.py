@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 
 from fhir_mappings import fhir_json
 from fhir_mappings.errors import Forbidden, InvalidRequest, InvalidResource, ResourceNotFound
-from fhir_mappings.json_patch import apply_patch
+from fhir_mappings.json_patch import Operation, apply_patch
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.patient_compartment import compartment_parameter, patients_searched
 from fhir_mappings.resources import client_resource, require_id
@@ -121,7 +121,8 @@ def update(
 
 
 def patch(
-    service: FhirService, resource_type: str, resource_id: str, operations: Any, preconditions: Preconditions | None,
+    service: FhirService, resource_type: str, resource_id: str, operations: list[Operation],
+    preconditions: Preconditions | None,
     base: str, connection: Connection | None = None, *, check: Callable[[dict[str, Any]], None] = lambda _: None,
 ) -> StoredVersion:
     """A JSON Patch applied to the current version, whose result is then

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
 from fhir_mappings.errors import Forbidden, InvalidRequest, UnsupportedMediaType
+from fhir_mappings.json_patch import Operation, parse_patch
 from fhir_mappings.operation_parameters import parameter_pairs
 from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import require_id, resource_json, validated
@@ -460,13 +461,13 @@ async def conditional_patch(request: Request, resource_type: str) -> Response:
     return _version_response(request, version, written=True)
 
 
-async def _patch_request(request: Request, resource_type: str) -> tuple[Any, Preconditions | None]:
-    """The patch document and preconditions, checked before anything is read or written."""
+async def _patch_request(request: Request, resource_type: str) -> tuple[list[Operation], Preconditions | None]:
+    """The patch's operations and preconditions, checked before anything is read or written."""
     _fhir(request).require_writable(resource_type)
     require_patch_body(request)
     response_format(request)  # a 406 must come before the write, not after it
-    operations = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
-    return operations, _preconditions(request)
+    body = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
+    return parse_patch(body), _preconditions(request)
 
 
 @router.delete("/{resource_type}/{resource_id:instance_id}")
