@@ -6,7 +6,7 @@ JSON body that comes back is checked against the official R4 JSON schema
 The cases read whatever resources the server holds (on MedAIFlow, those the
 DICOMweb cases stored), found through the server's own CapabilityStatement.
 They write only what a conforming server must refuse, and resources of
-their own (FH-WRITE-01 to -03, FH-TRANS-01: Tasks with no focus, which
+their own (FH-WRITE-01 to -08, FH-TRANS-01: Tasks with no focus, which
 order nothing), which they delete again.
 """
 
@@ -884,6 +884,7 @@ _PROBES: dict[str, dict[str, Any]] = {
 }
 _WRITES = {"create", "update", "delete", "read"}
 _PROBE_SYSTEM = "urn:medaiflow:conformance"
+_JSON_PATCH = "application/json-patch+json"
 
 
 @case("FH-WRITE-01", "FHIR R4 http.html#create / #update / #delete / #history", "Create, update with If-Match, history, delete, then read: 201 with Location, a new version, both versions in the history, 410 Gone")
@@ -1061,6 +1062,41 @@ def conditional_delete(session: Session) -> None:
         deleted = session.request("DELETE", session.fhir(f"/{chosen}?identifier={marker['system']}|{marker['value']}"))
         session.expect_status(deleted, 200, 202, 204)
         session.expect_status(session.get(address, headers={"Accept": FHIR_JSON}), 404, 410)
+    finally:
+        _delete_created(session, chosen, created)
+
+
+@case("FH-WRITE-08", "FHIR R4 http.html#patch / RFC 6902 / RFC 5789 §2.2", "Patch, where declared with JSON Patch: a passing test and a replace make a new version with the change (200); a failing test is 422 and a stale If-Match 412, neither changing the resource")
+def json_patch(session: Session) -> None:
+    chosen = _probe_type(session)
+    if "patch" not in _interactions(_declaration(session, chosen)):
+        raise CaseSkipped(f"{chosen} declares no patch")
+    if _JSON_PATCH not in _capability(session).get("patchFormat", []):
+        raise CaseSkipped(f"patchFormat does not list {_JSON_PATCH}")
+    body = {"resourceType": chosen, **_PROBES[chosen], "note": [{"text": "MedAIFlow conformance probe, first version"}]}
+    created = session.post(session.fhir(f"/{chosen}"), json=body,
+                           headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON})
+    try:
+        address = _created_at(session, chosen, created)
+        first, _ = _fetch(session, chosen, address.rsplit("/", 1)[1])
+        version = first.get("meta", {}).get("versionId")
+        headers = {"Accept": FHIR_JSON, "Content-Type": _JSON_PATCH}
+        failing = [{"op": "test", "path": "/note/0/text", "value": "not the text"},
+                   {"op": "replace", "path": "/note/0/text", "value": "changed by a failing patch"}]
+        session.expect_status(session.request("PATCH", address, json=failing, headers=headers), 422)
+        change = [{"op": "test", "path": "/note/0/text", "value": body["note"][0]["text"]},
+                  {"op": "replace", "path": "/note/0/text", "value": "MedAIFlow conformance probe, patched"}]
+        if version:
+            stale = f'W/"conformance-stale-{version}"' if not str(version).isdigit() else f'W/"{int(version) + 1000}"'
+            refused = session.request("PATCH", address, json=change, headers={**headers, "If-Match": stale})
+            session.expect_status(refused, 412)
+        unchanged, _ = _fetch(session, chosen, first["id"])
+        session.expect(unchanged.get("note") == body["note"], "a refused patch changed the resource")
+        patched = session.request("PATCH", address, json=change, headers=headers)
+        session.expect_status(patched, 200)
+        second, _ = _fetch(session, chosen, first["id"])
+        session.expect(second.get("note") == [{"text": change[1]["value"]}], "the patch's change was not kept")
+        session.expect(second.get("meta", {}).get("versionId") != version, "a patch kept the versionId")
     finally:
         _delete_created(session, chosen, created)
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
+from fhir_mappings.json_patch import MEDIA_TYPE as JSON_PATCH
 from fhir_mappings.resources import check_required_bindings
 from fhir_mappings.search_parameters import (
     COMMON,
@@ -46,7 +47,7 @@ def capability_statement(
         if keeps_history:
             interactions += ["history-instance", "history-type"]
         if resource_type in writable:
-            interactions += ["create", "update", "delete"]
+            interactions += ["create", "update", "patch", "delete"]
         parameters = [*COMMON.values(), *parameters_for(resource_type).values()]
         sort_names = [parameter.name for parameter in parameters if parameter.type is not ParamType.REFERENCE]
         operations = [*(_PATIENT_OPERATIONS if resource_type == "Patient" else []), _VALIDATE]
@@ -100,6 +101,8 @@ def capability_statement(
             "implementation": {"description": "MedAIFlow FHIR R4 server", "url": base_url},
             "fhirVersion": "4.0.1",
             "format": ["application/fhir+json", "application/json", "application/fhir+xml", "application/xml"],
+            # R4 http.html#patch: JSON Patch only, neither XML Patch nor FHIRPath Patch.
+            "patchFormat": [JSON_PATCH],
             "rest": [
                 {
                     "mode": "server",
@@ -112,7 +115,9 @@ def capability_statement(
                         "the request has Prefer: handling=strict. XML is produced for reads and searches. "
                         "Patient/[id]/[type] searches a type within a patient's compartment, and "
                         "Patient/[id]/$everything (start, end, _since, _type, _count) returns the patient and "
-                        "its compartment. Subscriptions notify by rest-hook (see Subscription). Bulk Data "
+                        "its compartment. Patch takes JSON Patch (application/json-patch+json), also conditional"
+                        " (PATCH [type]?[query]) and as a Bundle entry (a Binary); FHIRPath Patch is not supported. "
+                        "Subscriptions notify by rest-hook (see Subscription). Bulk Data "
                         "$export (system and Patient level; no Group) writes NDJSON files of what the caller "
                         "may read and search, kept for a while (MEDAIFLOW_EXPORT_RETENTION_HOURS)."
                     ),

@@ -168,7 +168,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
-            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["Accept", "Content-Type", "Authorization", "X-Request-ID", "If-Match", "If-None-Match", "If-Modified-Since", "Prefer",
                            "Content-Encoding"],
             expose_headers=["X-Request-ID", "Content-Location", "Warning", "ETag", "Last-Modified", "Location",

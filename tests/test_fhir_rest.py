@@ -209,7 +209,7 @@ def test_if_modified_since_gives_304(fhir):
         ("PUT", "/fhir/Patient/p1"),
         ("DELETE", "/fhir/Endpoint/dicomweb-wado-rs"),
         ("POST", "/fhir/Observation"),
-        ("PATCH", "/fhir/Task/t1"),
+        ("PATCH", "/fhir/Patient/p1"),
     ],
 )
 def test_writes_to_read_only_types_are_405(fhir, method, path):

@@ -42,8 +42,8 @@ def test_head_answers_as_get_without_the_body(client):
         ("PUT", "/dicom-web/studies", "GET, HEAD, POST"),
         ("PATCH", "{instance}", "DELETE, GET, HEAD"),
         ("PUT", "{instance}/metadata", "GET, HEAD"),
-        ("PATCH", "/fhir/Task/x", "DELETE, GET, HEAD, PUT"),
-        ("PATCH", "/fhir/Task", "DELETE, GET, HEAD, POST, PUT"),  # conditional update and delete
+        ("POST", "/fhir/Task/x", "DELETE, GET, HEAD, PATCH, PUT"),
+        ("GET", "/fhir/Task/$validate", "POST"),  # an operation's URL, not a resource's
         ("HEAD", "/auth/token", "POST"),
     ],
 )

@@ -147,10 +147,9 @@ def test_an_inference_task_is_kept_as_the_jobs_record(queued, fhir):
     client, _ = queued
     uid, _ = _stored(client, 68)
     task = fhir.post("/fhir/Task", json=_order(uid)).json()
-    for method in ("DELETE", "PATCH"):
-        response = fhir.request(method, f"/fhir/Task/{task['id']}")
-        assert response.status_code == 405
-        assert response.headers["allow"] == "GET, HEAD, PUT", method
+    response = fhir.delete(f"/fhir/Task/{task['id']}")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD, PATCH, PUT"  # a patch may cancel it, as a PUT may
     assert fhir.get(f"/fhir/Task/{task['id']}").status_code == 200
 
 

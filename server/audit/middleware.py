@@ -162,7 +162,7 @@ def _fhir_kind(method: str, parts: list[str]) -> AuditKind:
         return AuditKind.OPERATION
     if method == "POST":
         return AuditKind.SEARCH if parts[-1] == "_search" else AuditKind.CREATE
-    if method == "PUT":
+    if method in ("PUT", "PATCH"):  # a patch is written as an update (R4 http.html#patch)
         return AuditKind.UPDATE
     if method == "DELETE":
         return AuditKind.DELETE

@@ -137,7 +137,7 @@ def fhir_permission(method: str, parts: list[str]) -> Permission | None:
         return None  # written by nobody: the interaction answers 405 to everyone, not 403 to some
     if method == "POST":
         return Permission(resource_type, "c")
-    if method == "PUT":
+    if method in ("PUT", "PATCH"):  # a patch is written as an update (R4 http.html#patch)
         return Permission(resource_type, "u")
     if method == "DELETE":
         return Permission(resource_type, "d")

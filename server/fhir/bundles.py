@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 
 from fhir_mappings.date_ranges import instant_text, require_instant
 from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
+from fhir_mappings.json_patch import binary_patch, parse_patch
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import literal_references
@@ -26,7 +27,11 @@ from fhir_mappings.subsetting import subset_json
 from server.audit.middleware import note_patients
 from server.db import retried_on_conflict, write_connection
 from server.fhir import history, interactions
-from server.fhir.bundle_links import absolute_full_url, refuse_placeholders, replace_links
+from server.fhir.bundle_links import (
+    absolute_full_url,
+    refuse_placeholders,
+    replace_links,
+)
 from server.fhir.conditional import (
     condition_key,
     create_if_none_exist,
@@ -38,7 +43,7 @@ from server.fhir.conditional import (
     update_target,
     update_where,
 )
-from server.fhir.negotiation import form_pairs
+from server.fhir.negotiation import form_pairs, parse_json
 from server.fhir.own_references import (
     with_relative_references,
 )
@@ -47,6 +52,8 @@ from server.fhir.search import render_searchset
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
 
+# What writes one resource named in its URL (`Type/id`), which a transaction locks first.
+_INSTANCE_WRITES = ("PUT", "PATCH", "DELETE")
 # Processing order inside a transaction (FHIR R4 http.html#trules).
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 MAX_ENTRIES = 1000
@@ -90,7 +97,7 @@ def process_bundle(
             authorize(entry["request"]["method"], _path(entry["request"]["url"], base), entry.get("resource"))
         # Nothing of a transaction that PostgreSQL ended in a deadlock was kept: it is run again whole.
         results = retried_on_conflict(
-            lambda: _transaction(service, entries, base, authorize_search, may_create, capabilities)
+            lambda: _transaction(service, entries, base, authorize, authorize_search, may_create, capabilities)
         )
     else:
         results = [
@@ -102,8 +109,9 @@ def process_bundle(
 
 
 def _transaction(
-    service: FhirService, entries: list[dict[str, Any]], base: str, authorize_search: Callable[[SearchRequest], None],
-    may_create: Callable[[str], bool], capabilities: Callable[[], bytes],
+    service: FhirService, entries: list[dict[str, Any]], base: str, authorize: Callable[[str, str, Any], None],
+    authorize_search: Callable[[SearchRequest], None], may_create: Callable[[str], bool],
+    capabilities: Callable[[], bytes],
 ) -> list[EntryResult]:
     conditions = _conditions(entries, base)
     # Deletes run first (http.html#trules): what later entries write never changes what one deleted.
@@ -147,7 +155,8 @@ def _transaction(
             created_id = assigned[full_url].rpartition("/")[2] if full_url in assigned else None
             try:
                 results[position] = _run(
-                    service, entry, base, connection, created_id, authorize_search, may_create, capabilities
+                    service, entry, base, connection, created_id, authorize, authorize_search, may_create,
+                    capabilities,
                 )
             except FhirError as error:
                 request = entry["request"]
@@ -182,7 +191,7 @@ def _refuse_order_dependence(
     entry wrote can meet a condition anew: the others are not searched again."""
     writers = {
         position: _path(entry["request"]["url"], base).strip("/").partition("/")[0]
-        for position, entry in enumerate(entries) if entry["request"]["method"] in ("POST", "PUT")
+        for position, entry in enumerate(entries) if entry["request"]["method"] in ("POST", "PUT", "PATCH")
     }
     for position, resource_type, query, own in judged:
         if not any(kind == resource_type for writer, kind in writers.items() if writer != position):
@@ -205,7 +214,7 @@ def _lock_targets(service: FhirService, connection: Connection, entries: list[di
     targets: dict[str, set[str]] = {}
     for entry in entries:
         resource_type, _, resource_id = _path(entry["request"]["url"], base).strip("/").partition("/")
-        if entry["request"]["method"] in ("PUT", "DELETE") and resource_id and "/" not in resource_id:
+        if entry["request"]["method"] in _INSTANCE_WRITES and resource_id and "/" not in resource_id:
             targets.setdefault(resource_type, set()).add(resource_id)
     for resource_type in sorted(targets):
         service.store.lock_current(connection, resource_type, sorted(targets[resource_type]))
@@ -262,7 +271,7 @@ def _refuse_overlaps(entries: list[dict[str, Any]], base: str, claimed: dict[int
         method, url = entry["request"]["method"], entry["request"]["url"]
         path = _path(url, base).strip("/")
         # A conditional delete that matched nothing stays conditional: it reaches no resource.
-        target = claimed.get(position) or (path if method in ("PUT", "DELETE") and "/" in path else None)
+        target = claimed.get(position) or (path if method in _INSTANCE_WRITES and "/" in path else None)
         if target is None:
             continue
         if target in targets:
@@ -282,7 +291,7 @@ def _batch_entry(
         authorize(entry["request"]["method"], _path(entry["request"]["url"], base), entry.get("resource"))
         local = with_relative_references(entry, base)
         return retried_on_conflict(
-            lambda: _run(service, local, base, None, None, authorize_search, may_create, capabilities)
+            lambda: _run(service, local, base, None, None, authorize, authorize_search, may_create, capabilities)
         )
     except FhirError as error:
         status = status_for(error)
@@ -291,13 +300,16 @@ def _batch_entry(
 
 def _run(
     service: FhirService, entry: dict[str, Any], base: str, connection: Connection | None, created_id: str | None,
-    authorize_search: Callable[[SearchRequest], None], may_create: Callable[[str], bool],
-    capabilities: Callable[[], bytes],
+    authorize: Callable[[str, str, Any], None], authorize_search: Callable[[SearchRequest], None],
+    may_create: Callable[[str], bool], capabilities: Callable[[], bytes],
 ) -> EntryResult:
+    """`authorize` was asked about the entry as sent; a patch asks it again of its result."""
     method, url = entry["request"]["method"], entry["request"]["url"]
     if method == "HEAD":  # R4 http-verb HEAD: what GET answers, without its body (RFC 9110 9.3.2)
         as_get = {**entry, "request": {**entry["request"], "method": "GET"}}
-        answer = _run(service, as_get, base, connection, created_id, authorize_search, may_create, capabilities)
+        answer = _run(
+            service, as_get, base, connection, created_id, authorize, authorize_search, may_create, capabilities
+        )
         answer.resource = None
         return answer
     if_none_exist = _text(entry["request"], "ifNoneExist")
@@ -332,7 +344,7 @@ def _run(
             return EntryResult("304 Not Modified", etag=version.etag, last_modified=version.last_updated)
         return _result("200 OK", version, base, subset_of=(summary, elements))
     resource = entry.get("resource")
-    preconditions = _preconditions(entry["request"]) if method in ("PUT", "DELETE") else None
+    preconditions = _preconditions(entry["request"]) if method in _INSTANCE_WRITES else None
     if if_none_exist is not None and method != "POST":
         raise InvalidRequest("ifNoneExist belongs to a POST (a create)")
     if method == "POST" and len(parts) == 1 and if_none_exist is not None:
@@ -353,6 +365,16 @@ def _run(
             service, parts[0], parts[1], resource, preconditions, connection, may_create=may_create(parts[0])
         )
         return _result("201 Created" if created else "200 OK", version, base, written=True)
+    if method == "PATCH" and len(parts) == 2:
+        operations = parse_patch(parse_json(binary_patch(resource), "the JSON Patch in the entry's Binary"))
+        version = interactions.patch(
+            service, parts[0], parts[1], operations, preconditions, base, connection,
+            check=lambda patched: authorize(method, path, patched),
+        )
+        return _result("200 OK", version, base, written=True)
+    if method == "PATCH":
+        raise InvalidRequest(f"PATCH {url[:100]}: a Bundle entry patches one resource by id (Type/id), not by a"
+                             " condition; send a conditional patch on its own")
     if method == "DELETE" and len(parts) == 1 and query:
         delete_where(service, parts[0], query, base, preconditions, authorize_search, connection)
         return EntryResult("204 No Content")
@@ -409,7 +431,9 @@ def _result(
 def _request_of(entry: Any, position: int) -> None:
     request = entry.get("request") if isinstance(entry, dict) else None
     if not isinstance(request, dict) or request.get("method") not in _ORDER or not isinstance(request.get("url"), str):
-        raise InvalidRequest(f"entry {position} needs request.method (GET, POST, PUT, DELETE) and request.url")
+        raise InvalidRequest(
+            f"entry {position} needs request.method (GET, HEAD, POST, PUT, PATCH, DELETE) and request.url"
+        )
 
 
 def _conditional_creates(
@@ -491,7 +515,7 @@ def _identities(entries: list[dict[str, Any]], base: str, existing: dict[int, St
             assigned[full_url] = f"{existing[position].resource_type}/{existing[position].resource_id}"
         elif method == "POST":
             assigned[full_url] = f"{_path(url, base).strip('/')}/{uuid.uuid4()}"
-        elif method == "PUT" and "/" in _path(url, base).strip("/"):  # `Task/x?_format=json` too
+        elif method in ("PUT", "PATCH") and "/" in _path(url, base).strip("/"):  # `Task/x?_format=json` too
             assigned[full_url] = _path(url, base).strip("/")
     return assigned
 

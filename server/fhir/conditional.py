@@ -1,6 +1,7 @@
 """What a conditional query matches: conditional create (`If-None-Exist`,
 R4 http.html#ccreate), conditional update (`PUT [type]?[query]`,
-http.html#cond-update), conditional delete (`DELETE [type]?[query]`,
+http.html#cond-update), conditional patch (`PATCH [type]?[query]`,
+http.html#patch), conditional delete (`DELETE [type]?[query]`,
 http.html#3.1.0.7.1) and a transaction's conditional references.
 
 A query is searched strictly (a parameter the server does not know is an
@@ -14,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from fhir_mappings.errors import InvalidRequest, ResourceConflict, ResourceNotFound, VersionConflict
+from fhir_mappings.json_patch import Operation
 from fhir_mappings.search_query import SearchRequest
 from server.db import advisory_locks, writing
 from server.fhir import interactions
@@ -92,6 +94,23 @@ def update_where(
             return interactions.create(service, resource_type, body, session), True
         return interactions.update(  # its caller checked the right to create
             service, resource_type, target, {**body, "id": target}, preconditions, session, may_create=True
+        )
+
+
+def patch_where(
+    service: FhirService, resource_type: str, operations: list[Operation], query: str, base: str,
+    preconditions: Preconditions | None, authorize_search: Callable[[SearchRequest], None],
+    connection: Connection | None = None, *, check: Callable[[dict[str, Any]], None] = lambda _: None,
+) -> StoredVersion:
+    """The one resource `query` matches, patched; none is 404 (a patch has
+    nothing to start from, so unlike an update it never creates), several 412."""
+    service.require_writable(resource_type)
+    with writing(service.engine, connection) as session:
+        match = the_match(service, resource_type, query, base, session, authorize_search)
+        if match is None:
+            raise ResourceNotFound(f"{resource_type}?{query[:100]} matches no {resource_type} to patch")
+        return interactions.patch(
+            service, resource_type, match, operations, preconditions, base, session, check=check
         )
 
 

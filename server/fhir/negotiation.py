@@ -20,6 +20,7 @@ from dicom.errors import DicomError
 from dicom.media_types import parse_accept, type_matches
 from fhir_mappings import fhir_json, fhir_xml
 from fhir_mappings.errors import InvalidRequest, NotAcceptable, UnsupportedMediaType
+from fhir_mappings.json_patch import MEDIA_TYPE as JSON_PATCH
 from fhir_mappings.resources import CONTROL_CHARACTER
 from server.content_coding import decoded_body
 
@@ -100,6 +101,18 @@ def require_resource_body(request: Request) -> None:
         )
 
 
+def require_patch_body(request: Request) -> None:
+    """A 415 for a patch in a format this server does not apply (R4
+    http.html#patch has three): JSON Patch only, not XML Patch nor FHIRPath
+    Patch (a Parameters resource in application/fhir+json or +xml)."""
+    content_type = _content_type(request)
+    if content_type != JSON_PATCH:
+        raise UnsupportedMediaType(
+            f"a patch here must be a JSON Patch ({JSON_PATCH}, RFC 6902), not {content_type or 'untyped'}:"
+            " FHIRPath Patch (a Parameters resource) and XML Patch are not supported"
+        )
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, decoded, refused (413) as soon as it passes `limit`
     bytes: a FHIR body is held and parsed in memory."""
@@ -116,11 +129,18 @@ def _parse_resource_body(request: Request, raw: bytes) -> Any:
     """The body as FHIR JSON, whichever of the two formats it came in."""
     if _content_type(request) in _XML_BODIES:
         body: Any = fhir_xml.loads(raw)
-    else:
-        try:
-            body = fhir_json.loads(raw)
-        except orjson.JSONDecodeError as error:
-            raise InvalidRequest(f"the body is not valid JSON: {error}") from error
+        _check_nesting_and_text(body)
+        return body
+    return parse_json(raw, "the body")
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """JSON as FHIR JSON is read (decimals as written), checked as every
+    body is: `what` names it (a Bundle entry's patch is JSON in a Binary)."""
+    try:
+        body = fhir_json.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(f"{what} is not valid JSON: {error}") from error
     _check_nesting_and_text(body)
     return body
 

@@ -14,11 +14,13 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
 from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
 from fhir_mappings.errors import Forbidden, InvalidRequest, UnsupportedMediaType
+from fhir_mappings.json_patch import Operation, parse_patch
 from fhir_mappings.operation_parameters import parameter_pairs
 from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import require_id, resource_json, validated
@@ -35,13 +37,19 @@ from server.auth.access import (
 from server.db import retried_on_conflict
 from server.errors import fhir_status_for
 from server.fhir import bundles, history, interactions
-from server.fhir.conditional import create_if_none_exist, delete_where, update_where
+from server.fhir.conditional import (
+    create_if_none_exist,
+    delete_where,
+    patch_where,
+    update_where,
+)
 from server.fhir.everything import everything
 from server.fhir.negotiation import (
     fhir_response,
     form_pairs,
     read_body,
     read_resource_body,
+    require_patch_body,
     require_resource_body,
     response_format,
 )
@@ -57,6 +65,25 @@ from server.jobs.tasks import is_inference_order
 from server.public_url import public_root
 from server.services import services
 
+
+class _InstanceId(Convertor[str]):
+    """A resource id in a URL: any segment but one that starts with `$`,
+    which names an operation (`Task/$validate`). So an operation's URL asked
+    with a method it does not take is a 405 that names the ones it does (as
+    every URL's is, server/methods.py), not the read or write of an id
+    `$validate`, which `require_id` refused with a 400."""
+
+    regex = r"[^/$][^/]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+# Registered before the routes below are made, which compile their paths with it.
+register_url_convertor("instance_id", _InstanceId())
 router = APIRouter(tags=["FHIR R4"])
 SOFTWARE_VERSION = "0.1.0"
 
@@ -369,14 +396,14 @@ async def _everything(request: Request, patient_id: str, pairs: list[tuple[str, 
     return fhir_response(render_searchset(page.with_link_parameters(_link_parameters(request)), base), fmt)
 
 
-@router.get("/{resource_type}/{resource_id}")
+@router.get("/{resource_type}/{resource_id:instance_id}")
 async def read(request: Request, resource_type: str, resource_id: str) -> Response:
     await _audit_copies_current(request)
     version = await run_in_threadpool(interactions.read, _fhir(request), resource_type, resource_id)
     return _version_response(request, version)
 
 
-@router.put("/{resource_type}/{resource_id}")
+@router.put("/{resource_type}/{resource_id:instance_id}")
 async def update(request: Request, resource_type: str, resource_id: str) -> Response:
     body, preconditions = await _update_request(request, resource_type)
     may_create = request.state.principal.may(Permission(resource_type, "c"))
@@ -411,7 +438,39 @@ async def _update_request(request: Request, resource_type: str) -> tuple[Any, Pr
     return body, _preconditions(request)
 
 
-@router.delete("/{resource_type}/{resource_id}")
+@router.patch("/{resource_type}/{resource_id:instance_id}")
+async def patch(request: Request, resource_type: str, resource_id: str) -> Response:
+    """R4 http.html#patch: a JSON Patch, whose result is written as an update; it needs the right to update."""
+    operations, preconditions = await _patch_request(request, resource_type)
+    version = await run_in_threadpool(retried_on_conflict, partial(
+        interactions.patch, _fhir(request), resource_type, resource_id, operations, preconditions, fhir_base(request),
+        check=partial(_require_study_reading_for_orders, request.state.principal),
+    ))
+    return _version_response(request, version, written=True)
+
+
+@router.patch("/{resource_type}")
+async def conditional_patch(request: Request, resource_type: str) -> Response:
+    """`PATCH [type]?[query]`: the one match patched; none 404, several 412. It never creates."""
+    query = _condition(request, resource_type)
+    operations, preconditions = await _patch_request(request, resource_type)
+    version = await run_in_threadpool(retried_on_conflict, partial(
+        patch_where, _fhir(request), resource_type, operations, query, fhir_base(request), preconditions,
+        _search_authorizer(request), check=partial(_require_study_reading_for_orders, request.state.principal),
+    ))
+    return _version_response(request, version, written=True)
+
+
+async def _patch_request(request: Request, resource_type: str) -> tuple[list[Operation], Preconditions | None]:
+    """The patch's operations and preconditions, checked before anything is read or written."""
+    _fhir(request).require_writable(resource_type)
+    require_patch_body(request)
+    response_format(request)  # a 406 must come before the write, not after it
+    body = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
+    return parse_patch(body), _preconditions(request)
+
+
+@router.delete("/{resource_type}/{resource_id:instance_id}")
 async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
     preconditions = _preconditions(request)
     version = await run_in_threadpool(

@@ -101,7 +101,7 @@ class InferenceTasks:
         if self.queue.get(task_id, connection) is not None:
             raise MethodNotAllowed(
                 f"Task/{task_id} is an inference job and is kept as its record; cancel it by updating its status",
-                "GET, HEAD, PUT",
+                "GET, HEAD, PATCH, PUT",
             )
 
     def _model(self, connection: Connection, request: InferenceRequest) -> RegisteredModel:
