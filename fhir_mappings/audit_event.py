@@ -78,6 +78,7 @@ class AuditKind(Enum):
     CAPABILITIES = _rest("capabilities", "R", True)
     CREATE = _rest("create", "C", False)
     UPDATE = _rest("update", "U", False)
+    PATCH = _rest("patch", "U", False)
     DELETE = _rest("delete", "D", False)
     BATCH = _rest("batch", "E", False)
     TRANSACTION = _rest("transaction", "E", False)

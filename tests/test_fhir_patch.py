@@ -249,11 +249,11 @@ def test_patch_needs_the_right_to_update(services, client):
     assert _patch(client, "/fhir/Task/p1", operations, updater).status_code == 200
 
 
-def test_a_patch_is_audited_as_an_update(services, fhir):
+def test_a_patch_is_audited_as_a_patch(services, fhir):
     _task(fhir)
     assert _patch(fhir, "/fhir/Task/p1", [{"op": "replace", "path": "/status", "value": "ready"}]).status_code == 200
     services.audit.chain.project()
-    events = fhir.get("/fhir/AuditEvent", params={"subtype": "update", "_count": 100}).json()["entry"]
+    events = fhir.get("/fhir/AuditEvent", params={"subtype": "patch", "_count": 100}).json()["entry"]
     described = [entry["resource"].get("outcomeDesc") for entry in events]
     assert "PATCH /fhir/Task/p1 committed" in described, described
     [patched] = [entry["resource"] for entry in events if entry["resource"].get("outcomeDesc", "").startswith("PATCH")]

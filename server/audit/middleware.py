@@ -54,8 +54,8 @@ from server.methods import HEAD_MARK
 log = logging.getLogger(__name__)
 _UNAUDITED = frozenset(("/healthz", "/readyz"))
 _QIDO = frozenset(("studies", "series", "instances"))
-_WRITES = frozenset((AuditKind.CREATE, AuditKind.UPDATE, AuditKind.DELETE, AuditKind.BATCH, AuditKind.TRANSACTION,
-                     AuditKind.STOW, AuditKind.STUDY_DELETED, AuditKind.APPLICATION_ACTIVITY))
+_WRITES = frozenset((AuditKind.CREATE, AuditKind.UPDATE, AuditKind.PATCH, AuditKind.DELETE, AuditKind.BATCH,
+                     AuditKind.TRANSACTION, AuditKind.STOW, AuditKind.STUDY_DELETED, AuditKind.APPLICATION_ACTIVITY))
 _RECORD_TIMEOUT_S = 30.0
 # The Patient id of each of some studies, read on the connection given.
 PatientsOfStudies = Callable[[Connection, Iterable[str]], dict[str, str]]
@@ -162,8 +162,10 @@ def _fhir_kind(method: str, parts: list[str]) -> AuditKind:
         return AuditKind.OPERATION
     if method == "POST":
         return AuditKind.SEARCH if parts[-1] == "_search" else AuditKind.CREATE
-    if method in ("PUT", "PATCH"):  # a patch is written as an update (R4 http.html#patch)
+    if method == "PUT":
         return AuditKind.UPDATE
+    if method == "PATCH":  # written as an update, recorded as what was asked (R4 restful-interaction has both)
+        return AuditKind.PATCH
     if method == "DELETE":
         return AuditKind.DELETE
     if len(parts) == 1 or (len(parts) == 3 and parts[2] != "_history"):  # a type, or a type in a compartment
