@@ -16,6 +16,8 @@ Decisions beyond the letter of the standard:
 - DT values (UPS-RS searches) compare in UTC: one with an offset (`+hhmm` or
   `-hhmm`) is moved to UTC, one without is taken as UTC. In a query a `-`
   separates a range or starts an offset west of UTC (`_datetime_match`).
+- A PN value matches per component group (`PersonNameMatch`): without `=`,
+  the whole name or any one group; with `=`, group by group.
 - A value of only `*` is universal matching (PS3.4 §C.2.2.2.4) and, like an
   empty value, only asks for the attribute to be returned.
 """
