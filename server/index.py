@@ -44,6 +44,7 @@ from dicom.instance import (
     series_requests_of,
     study_fields,
 )
+from dicom.matching import NAME_GROUPS
 from server.db import advisory_locks
 from server.tables import instances, series, series_requests, storage_journal, studies
 
@@ -224,7 +225,7 @@ def flag_cut_rows(connection: Connection) -> int:
 
 _FLAGGING_BATCH = 1000  # rows read at a time: an index may hold millions
 _NAME_GROUP_COLUMNS = tuple(
-    column for column in studies.c if column.name.endswith(("_alphabetic", "_ideographic", "_phonetic"))
+    studies.c[f"{name}_{group}"] for name in ("patient_name", "referring_physician_name") for group in NAME_GROUPS
 )
 
 

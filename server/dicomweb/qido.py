@@ -200,7 +200,9 @@ def column_matches(column: Any, condition: Condition, dialect: str, checked: boo
                 _text_match(parts[group], wanted, dialect)
                 for group, wanted in zip(NAME_GROUPS, condition.groups) if wanted is not None
             ))
-        # One OR of indexed columns: both databases look each term up in its own index and join the rows.
+        # Each group has an indexed column, so for an exact value both databases
+        # look each term of the OR up in its own index (SQLite's MULTI-INDEX OR,
+        # PostgreSQL's BitmapOr) rather than scan the table.
         return or_(*(_text_match(parts[part], condition.value, dialect) for part in condition.compared_parts()))
     raise AssertionError(f"unhandled condition {condition!r}")
 
