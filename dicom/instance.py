@@ -18,7 +18,7 @@ from pydicom.filereader import read_file_meta_info
 from dicom.bulkdata import format_tag_path
 from dicom.errors import InvalidDicom
 from dicom.json_model import dataset_to_json, read_dataset_for_metadata
-from dicom.matching import name_search_key, normalise_person_name, normalise_time
+from dicom.matching import name_search_key, normalise_person_name, normalise_time, person_name_groups
 from dicom.uids import is_safe_uid
 
 # Stored metadata names bulk data relative to this marker; responses swap it
@@ -56,6 +56,10 @@ class StudyFields:
     issuer_of_patient_id: str | None
     patient_name: str | None
     patient_name_search: str | None
+    # The component groups of the name, each indexed so that a group matches alone (`PersonNameMatch`).
+    patient_name_alphabetic: str | None
+    patient_name_ideographic: str | None
+    patient_name_phonetic: str | None
     patient_birth_date: str | None
     patient_sex: str | None
     study_date: str | None
@@ -65,6 +69,9 @@ class StudyFields:
     study_description: str | None
     referring_physician_name: str | None
     referring_physician_name_search: str | None
+    referring_physician_name_alphabetic: str | None
+    referring_physician_name_ideographic: str | None
+    referring_physician_name_phonetic: str | None
 
 
 @dataclass(frozen=True)
@@ -232,12 +239,17 @@ def study_fields(metadata: Attributes, study_uid: str) -> StudyFields:
     study attributes kept with its row (which hold every attribute read here)."""
     patient_name = _text(metadata, "00100010")
     referring = _text(metadata, "00080090")
+    patient_groups = person_name_groups(patient_name or "")
+    referring_groups = person_name_groups(referring or "")
     return StudyFields(
         study_instance_uid=study_uid,
         patient_id=_text(metadata, "00100020"),
         issuer_of_patient_id=_text(metadata, "00100021"),
         patient_name=patient_name,
         patient_name_search=name_search_key(patient_name) if patient_name else None,
+        patient_name_alphabetic=patient_groups[0],
+        patient_name_ideographic=patient_groups[1],
+        patient_name_phonetic=patient_groups[2],
         patient_birth_date=_text(metadata, "00100030"),
         patient_sex=_text(metadata, "00100040"),
         study_date=_text(metadata, "00080020"),
@@ -247,6 +259,9 @@ def study_fields(metadata: Attributes, study_uid: str) -> StudyFields:
         study_description=_text(metadata, "00081030"),
         referring_physician_name=referring,
         referring_physician_name_search=name_search_key(referring) if referring else None,
+        referring_physician_name_alphabetic=referring_groups[0],
+        referring_physician_name_ideographic=referring_groups[1],
+        referring_physician_name_phonetic=referring_groups[2],
     )
 
 

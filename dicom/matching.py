@@ -16,6 +16,8 @@ Decisions beyond the letter of the standard:
 - DT values (UPS-RS searches) compare in UTC: one with an offset (`+hhmm` or
   `-hhmm`) is moved to UTC, one without is taken as UTC. In a query a `-`
   separates a range or starts an offset west of UTC (`_datetime_match`).
+- A PN value matches per component group (`PersonNameMatch`): without `=`,
+  the whole name or any one group; with `=`, group by group.
 - A value of only `*` is universal matching (PS3.4 §C.2.2.2.4) and, like an
   empty value, only asks for the attribute to be returned.
 """
@@ -115,28 +117,83 @@ class Range:
     vr: str
 
 
+# The parts of a stored PN value that non-fuzzy matching compares: the whole
+# value, and each of its component groups (PS3.5 6.2.1.1), in their order.
+WHOLE_NAME = "whole"
+NAME_GROUPS = ("alphabetic", "ideographic", "phonetic")
+
+
 @dataclass(frozen=True)
 class PersonNameMatch:
     """PN matching.
 
-    fuzzy=False: `value` matches the stored PN string exactly, case-sensitive,
-    with `*`/`?` wildcards when `is_wildcard` (use `wildcard_to_like`); both
-    are written as `normalise_person_name` writes them.
-    fuzzy=True: case- and order-insensitive; every token of
-    `fuzzy_name_tokens(value)` must match from the start of a word of the
-    stored name, its `*` and `?` as wildcards: the pattern `"* " + token + "*"`
-    matches `name_search_key(stored)`. A plain token is so a word's prefix,
-    and `*OH*` finds JOHN; whatever the exact value matches, this matches too.
+    PS3.4 C.2.2.2.1 lets PN matching be literal, and C.2.2.2.4 leaves PN
+    wild card matching and the meaning of `=` in a key to the implementation
+    (`*=*` "may or may not" match everything). The rule here, as the
+    conformance statement declares it; each comparison exact and
+    case-sensitive, or a `*`/`?` pattern, and every value written as
+    `normalise_person_name` writes it:
+    - A value without `=` (`groups` None) matches a stored name when it
+      matches the whole stored value or any one of its component groups:
+      `Yamada^Tarou`, `山田^太郎` and `やまだ^たろう` each find
+      `Yamada^Tarou=山田^太郎=やまだ^たろう`, and `山田^太郎` finds `=山田^太郎`.
+    - A value with `=` (`groups` set) is matched group by group: each of its
+      groups must match the stored group in the same place, and an empty or
+      `*`-only group matches any stored group, an absent one too, so
+      `=山田^太郎` asks for the ideographic group only, `Yamada^Tarou=` for the
+      alphabetic one only, and `*=*` is universal matching.
+    fuzzy=True: case- and order-insensitive over all groups alike; every
+    token of `fuzzy_name_tokens(value)` must match from the start of a word
+    of the stored name, its `*` and `?` as wildcards: the pattern
+    `"* " + token + "*"` matches `name_search_key(stored)`. A plain token is
+    so a word's prefix, and `*OH*` finds JOHN; whatever the exact value
+    matches, this matches too.
     """
 
     keyword: str
     tag: int
     value: str
     fuzzy: bool
+    # Per group (NAME_GROUPS order), the value it must match, None for any.
+    groups: tuple[str | None, ...] | None = None
 
     @property
     def is_wildcard(self) -> bool:
         return "*" in self.value or "?" in self.value
+
+    def compared_parts(self) -> tuple[str, ...]:
+        """For a value without `=`: the parts of a stored name (WHOLE_NAME or
+        a NAME_GROUPS entry) that `matches` tries, less those whose match
+        follows from another's, so that fewer columns are searched. An exact
+        value holds no `=`, so the whole equals it only where the whole is
+        its alphabetic group. A pattern that ends in `*` matches the whole
+        wherever it matches the alphabetic group, which starts the whole; one
+        that also starts with `*` matches the whole wherever it matches any
+        group, which the whole holds."""
+        if not self.is_wildcard:
+            return NAME_GROUPS
+        if self.value.endswith("*"):
+            return (WHOLE_NAME,) if self.value.startswith("*") else (WHOLE_NAME, *NAME_GROUPS[1:])
+        return (WHOLE_NAME, *NAME_GROUPS)
+
+    def matches(self, stored: str) -> bool:
+        """Whether a stored PN value matches: the rule itself, which the SQL that `server/` makes must follow."""
+        stored = normalise_person_name(stored)
+        if self.fuzzy:
+            key = name_search_key(stored)
+            return all(_text_matches(f"* {token}*", key) for token in fuzzy_name_tokens(self.value))
+        parts = dict(zip(NAME_GROUPS, person_name_groups(stored)), **{WHOLE_NAME: stored or None})
+        if self.groups is not None:
+            return all(want is None or _text_matches(want, parts[name]) for name, want in zip(NAME_GROUPS, self.groups))
+        return any(_text_matches(self.value, parts[name]) for name in (WHOLE_NAME, *NAME_GROUPS))
+
+
+def _text_matches(pattern: str, stored: str | None) -> bool:
+    if stored is None:
+        return False
+    if "*" in pattern or "?" in pattern:
+        return _wildcard_regex(pattern).fullmatch(stored) is not None
+    return stored == pattern
 
 
 @dataclass(frozen=True)
@@ -217,6 +274,15 @@ def normalise_person_name(value: str) -> str:
     """A PN value without its trailing empty components and groups, which
     PS3.5 6.2.1.1 makes insignificant: Roe^Jane^^^ is Roe^Jane."""
     return "=".join(group.rstrip("^") for group in value.split("=")).rstrip("=")
+
+
+def person_name_groups(value: str) -> tuple[str | None, str | None, str | None]:
+    """A PN value's alphabetic, ideographic and phonetic groups, each without
+    its trailing empty components, None where empty. Groups past the third,
+    which PS3.5 6.2.1.1 does not allow, are left out."""
+    groups = [group.rstrip("^") or None for group in value.split("=")[: len(NAME_GROUPS)]]
+    first, second, third = groups + [None] * (len(NAME_GROUPS) - len(groups))
+    return first, second, third
 
 
 def name_search_key(pn: str) -> str:
@@ -383,11 +449,7 @@ def _condition(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> Cond
             return SingleValue(attr.keyword, attr.tag, _date(value, param))
         return Range(attr.keyword, attr.tag, _time(value, param, high=False), _time(value, param, high=True), "TM")
     if attr.vr == "PN":
-        name = normalise_person_name(value)
-        # Nothing but separators is the empty name, which, like an empty value, matches anything.
-        if not name or (fuzzy and not fuzzy_name_tokens(name)):
-            return None
-        return PersonNameMatch(attr.keyword, attr.tag, name, fuzzy)
+        return _person_name(attr, value, param, fuzzy)
     if attr.vr == "IS":
         if not re.fullmatch(r"[+-]?\d{1,12}", value):
             raise InvalidRequest(f"query parameter {param!r}: {value[:40]!r} is not an integer")
@@ -397,6 +459,27 @@ def _condition(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> Cond
             return Wildcard(attr.keyword, attr.tag, value)
         return SingleValue(attr.keyword, attr.tag, value)
     raise InvalidRequest(f"query parameter {param!r}: matching on VR {attr.vr} is not supported")
+
+
+def _person_name(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> PersonNameMatch | None:
+    """The condition for a PN key (see `PersonNameMatch`), or None where it matches anything."""
+    name = normalise_person_name(value)
+    # Nothing but separators is the empty name, which, like an empty value, matches anything.
+    if not name or (fuzzy and not fuzzy_name_tokens(name)):
+        return None
+    if fuzzy or "=" not in value:
+        return PersonNameMatch(attr.keyword, attr.tag, name, fuzzy)
+    # `=` is read before normalising: `Yamada^Tarou=` asks for the alphabetic group alone.
+    written = value.split("=")
+    if len(written) > len(NAME_GROUPS):
+        raise InvalidRequest(
+            f"query parameter {param!r}: a person name has at most {len(NAME_GROUPS)} component groups "
+            "(alphabetic=ideographic=phonetic)"
+        )
+    groups = tuple(group.rstrip("^") if group.rstrip("^").strip("*") else None for group in written)
+    if all(group is None for group in groups):
+        return None  # `*=*` and the like: every group matches anything
+    return PersonNameMatch(attr.keyword, attr.tag, name, fuzzy, groups)
 
 
 def _flag(value: str, param: str) -> bool:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
     or_,
     select,
     update,
@@ -43,6 +44,7 @@ from dicom.instance import (
     series_requests_of,
     study_fields,
 )
+from dicom.matching import NAME_GROUPS
 from server.db import advisory_locks
 from server.tables import instances, series, series_requests, storage_journal, studies
 
@@ -201,9 +203,11 @@ def flag_cut_rows(connection: Connection) -> int:
         (studies, studies.c.study_instance_uid, study_values),
         (series, series.c.series_instance_uid, series_values),
     ):
+        # Only the columns the database has yet: a later revision may add more to the table.
+        present = {column["name"] for column in inspect(connection).get_columns(table.name)}
         full = [
             func.length(column) == column.type.length
-            for column in table.c if isinstance(column.type, String) and column.type.length
+            for column in table.c if isinstance(column.type, String) and column.type.length and column.name in present
         ]
         result = connection.execute(
             select(table.c.id, uid.label("uid"), table.c.attributes_json).where(or_(*full))
@@ -220,6 +224,29 @@ def flag_cut_rows(connection: Connection) -> int:
 
 
 _FLAGGING_BATCH = 1000  # rows read at a time: an index may hold millions
+_NAME_GROUP_COLUMNS = tuple(
+    studies.c[f"{name}_{group}"] for name in ("patient_name", "referring_physician_name") for group in NAME_GROUPS
+)
+
+
+def index_name_groups(connection: Connection) -> int:
+    """Write the component-group columns of each study with a name, which an
+    older index did not have, from its stored attributes. Returns how many."""
+    named = or_(studies.c.patient_name.is_not(None), studies.c.referring_physician_name.is_not(None))
+    written, after = 0, 0
+    # Pages by id rather than one open cursor: each page is written before the next is read.
+    while rows := connection.execute(
+        select(studies.c.id, studies.c.study_instance_uid, studies.c.attributes_json)
+        .where(named, studies.c.id > after).order_by(studies.c.id).limit(_FLAGGING_BATCH)
+    ).all():
+        values = []
+        for row in rows:
+            described = study_fields(orjson.loads(row.attributes_json), row.study_instance_uid)
+            fields = _fitted(studies, dict(vars(described)))
+            values.append({"row_id": row.id} | {column.name: fields[column.name] for column in _NAME_GROUP_COLUMNS})
+        connection.execute(update(studies).where(studies.c.id == bindparam("row_id")), values)
+        written, after = written + len(rows), rows[-1].id
+    return written
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,12 @@ studies = Table(
     Column("issuer_of_patient_id", String(64)),
     Column("patient_name", String(324), index=True),
     Column("patient_name_search", String(330), index=True),
+    # Each component group of the name, so that an exact match on one group
+    # is an index look-up (`dicom.matching.PersonNameMatch`); as wide as the
+    # whole name, so that a group is cut only where the whole is.
+    Column("patient_name_alphabetic", String(324), index=True),
+    Column("patient_name_ideographic", String(324), index=True),
+    Column("patient_name_phonetic", String(324), index=True),
     Column("patient_birth_date", String(8), index=True),
     Column("patient_sex", String(16)),
     Column("study_date", String(8), index=True),
@@ -55,6 +61,9 @@ studies = Table(
     Column("study_description", String(64)),
     Column("referring_physician_name", String(324)),
     Column("referring_physician_name_search", String(330)),
+    Column("referring_physician_name_alphabetic", String(324), index=True),
+    Column("referring_physician_name_ideographic", String(324), index=True),
+    Column("referring_physician_name_phonetic", String(324), index=True),
     Column("attributes_json", LargeBinary, nullable=False),
     # Whether a text column holds only the start of its value (`server.index._fitted`).
     # Instances need no such flag: their text is UIDs, refused unless they fit.

@@ -5,6 +5,8 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from dicom.errors import InvalidRequest
 from dicom.matching import (
+    NAME_GROUPS,
+    WHOLE_NAME,
     PersonNameMatch,
     QidoQuery,
     Range,
@@ -18,6 +20,7 @@ from dicom.matching import (
     normalise_person_name,
     normalise_time,
     parse_qido_query,
+    person_name_groups,
     wildcard_to_glob,
     wildcard_to_like,
 )
@@ -270,6 +273,83 @@ def test_person_names_lose_trailing_empty_components():
     assert only(parse("study", ("PatientName", "Roe^Jane^^^"))).value == "Roe^Jane"
     assert only(parse("study", ("PatientName", "Roe^J*^^"))).value == "Roe^J*"
     assert parse("study", ("PatientName", "^^=^")).conditions == ()  # the empty name: universal, like ""
+
+
+JAPANESE = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+
+
+def test_person_name_groups():
+    assert person_name_groups(JAPANESE) == ("Yamada^Tarou", "山田^太郎", "やまだ^たろう")
+    assert person_name_groups("Doe^John^^") == ("Doe^John", None, None)
+    assert person_name_groups("=山田^太郎") == (None, "山田^太郎", None)
+    assert person_name_groups("==やまだ") == (None, None, "やまだ")
+    assert person_name_groups("") == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    "query,groups",
+    [
+        ("Yamada^Tarou=山田^太郎", ("Yamada^Tarou", "山田^太郎")),
+        ("=山田^太郎^^", (None, "山田^太郎")),
+        # `=` asks for groups even where normalising drops it: the alphabetic group alone.
+        ("Yamada^Tarou=", ("Yamada^Tarou", None)),
+        ("*=山田*=", (None, "山田*", None)),
+        ("Yamada^Tarou", None),
+    ],
+)
+def test_person_name_groups_of_a_query(query, groups):
+    assert only(parse("study", ("PatientName", query))).groups == groups
+
+
+@pytest.mark.parametrize("query", ["*=*", "=", "**=*=", "^=*^"])
+def test_person_name_of_empty_or_star_groups_is_universal(query):
+    assert parse("study", ("PatientName", query)).conditions == ()
+
+
+def test_person_name_of_four_groups_is_refused():
+    rejects("study", ("PatientName", "a=b=c=d"), naming="PatientName")
+    # Fuzzy matching reads words, whatever the groups.
+    assert only(parse("study", ("PatientName", "a=b=c=d"), ("fuzzymatching", "true"))).fuzzy
+
+
+STORED_NAMES = [JAPANESE, "Yamada^Hanako=山田^花子=やまだ^はなこ", "=山田^太郎", "Yamada^Tarou", "Doe^John"]
+
+
+@pytest.mark.parametrize(
+    "query,expected",
+    [
+        ("Yamada^Tarou", {JAPANESE, "Yamada^Tarou"}),
+        ("山田^太郎", {JAPANESE, "=山田^太郎"}),
+        ("やまだ^たろう", {JAPANESE}),
+        ("山田^*", {JAPANESE, "Yamada^Hanako=山田^花子=やまだ^はなこ", "=山田^太郎"}),
+        ("*^太郎", {JAPANESE, "=山田^太郎"}),
+        ("*太郎*", {JAPANESE, "=山田^太郎"}),
+        ("Yamada*たろう", {JAPANESE}),  # across groups: the whole value
+        ("Yamada^Tarou=山田^太郎", {JAPANESE}),
+        ("=山田^太郎", {JAPANESE, "=山田^太郎"}),
+        ("Yamada^Tarou=", {JAPANESE, "Yamada^Tarou"}),
+        ("==やまだ^*", {JAPANESE, "Yamada^Hanako=山田^花子=やまだ^はなこ"}),
+        ("Yamada^Tarou=山田^花子", set()),
+        ("yamada^tarou", set()),
+        ("山田", set()),
+    ],
+)
+def test_person_name_rule(query, expected):
+    condition = only(parse("study", ("PatientName", query)))
+    assert {name for name in STORED_NAMES if condition.matches(name)} == expected
+
+
+@pytest.mark.parametrize("query", ["Yamada^Tarou", "山田^*", "*^太郎", "*太郎*", "Yamada*", "Y*う", "?amada^Tarou"])
+def test_person_name_compared_parts_leave_out_only_implied_matches(query):
+    """Searching only `compared_parts` finds what trying every part finds."""
+    condition = only(parse("study", ("PatientName", query)))
+    for stored in STORED_NAMES + ["Yamada^Tarou=Yamada^Tarou", "X=Yamada^Tarou"]:
+        parts = dict(zip(NAME_GROUPS, person_name_groups(stored)), **{WHOLE_NAME: stored})
+        shortened = any(
+            parts[part] is not None and PersonNameMatch("PatientName", 0x00100010, query, False).matches(parts[part])
+            for part in condition.compared_parts()
+        )
+        assert shortened == condition.matches(stored), stored
 
 
 def test_integer_keys():

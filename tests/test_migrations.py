@@ -132,3 +132,48 @@ def test_upgrading_flags_the_rows_whose_values_an_older_index_cut(client, servic
     assert sum(written.values()) == 2
     found = client.get("/dicom-web/studies", params={"PatientID": "*END"}).json()
     assert [result["0020000D"]["Value"][0] for result in found] == [cut_study]
+
+
+def test_upgrading_indexes_the_component_groups_of_names_stored_before(client, services):
+    """Before 0022 the groups of a name had no columns; upgrading fills them
+    from the stored attributes, and a search by one group finds the study."""
+    from alembic import command
+    from alembic.config import Config
+    from pydicom.uid import generate_uid
+    from sqlalchemy import select
+
+    from server.migrate import _ALEMBIC_INI
+    from server.tables import studies
+    from tests.dicom_files import make_ct, multipart_body
+
+    grouped, plain, nameless = generate_uid(), generate_uid(), generate_uid()
+    body, content_type = multipart_body([
+        make_ct(grouped, PatientName="Yamada^Tarou=山田^太郎=やまだ^たろう", ReferringPhysicianName="=佐藤^一郎",
+                SpecificCharacterSet="ISO_IR 192"),
+        make_ct(plain, PatientName="Doe^John^^"),
+        make_ct(nameless, PatientName=None),
+    ])
+    assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    group_columns = [
+        column for column in studies.c if column.name.endswith(("_alphabetic", "_ideographic", "_phonetic"))
+    ]
+
+    def groups() -> dict[str, tuple]:
+        with services.engine.connect() as connection:
+            rows = connection.execute(select(studies.c.study_instance_uid, *group_columns)).all()
+        return {row[0]: tuple(row[1:]) for row in rows}
+
+    written = groups()
+    config = Config(str(_ALEMBIC_INI))
+    with services.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0021")
+    upgrade(services.engine)
+    assert groups() == written
+    assert written[grouped] == ("Yamada^Tarou", "山田^太郎", "やまだ^たろう", None, "佐藤^一郎", None)
+    assert written[plain] == ("Doe^John", None, None, None, None, None)
+    assert written[nameless] == (None,) * 6
+    searches = (("PatientName", "山田^太郎"), ("PatientName", "やまだ^たろう"), ("ReferringPhysicianName", "佐藤^一郎"))
+    for key, query in searches:
+        found = client.get("/dicom-web/studies", params={key: query}).json()
+        assert [result["0020000D"]["Value"][0] for result in found] == [grouped]

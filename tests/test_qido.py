@@ -501,6 +501,64 @@ def test_fuzzy_matching_applies_to_referring_physician_and_series_level(client):
     assert uids(found) == {by_value["Wilson^James"]}
 
 
+# --- person names by component group -------------------------------------------------
+
+
+JAPANESE = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+HANAKO = "Yamada^Hanako=山田^花子=やまだ^はなこ"
+GROUPED_NAMES = [JAPANESE, HANAKO, "=山田^太郎", "Yamada^Tarou", "Doe^John"]
+
+
+@pytest.mark.parametrize(
+    "query,expected",
+    [
+        ("Yamada^Tarou", {JAPANESE, "Yamada^Tarou"}),  # the alphabetic group, or a name of that group only
+        ("山田^太郎", {JAPANESE, "=山田^太郎"}),  # the ideographic group, the alphabetic one empty or not
+        ("やまだ^たろう", {JAPANESE}),  # the phonetic group
+        ("山田^*", {JAPANESE, HANAKO, "=山田^太郎"}),
+        ("*^太郎", {JAPANESE, "=山田^太郎"}),
+        ("Yamada^T*", {JAPANESE, "Yamada^Tarou"}),
+        ("*太郎*", {JAPANESE, "=山田^太郎"}),
+        ("Yamada*たろう", {JAPANESE}),  # a pattern across groups matches the whole value
+        ("Yamada^Tarou=山田^太郎", {JAPANESE}),  # group by group; the phonetic group not asked for
+        ("=山田^太郎", {JAPANESE, "=山田^太郎"}),
+        ("Yamada^Tarou=", {JAPANESE, "Yamada^Tarou"}),
+        ("==やまだ^*", {JAPANESE, HANAKO}),
+        ("Yamada*=山田^花子", {HANAKO}),
+        ("*=*", set(GROUPED_NAMES)),
+        ("Yamada^Tarou=山田^花子", set()),
+        ("yamada^tarou", set()),  # case-sensitive, as before
+        ("山田", set()),  # a group is matched whole, not a component of it
+    ],
+)
+def test_person_names_match_per_component_group(client, query, expected):
+    by_value = studies_with(client, "PatientName", GROUPED_NAMES, SpecificCharacterSet="ISO_IR 192")
+    assert matched(client, by_value, [("PatientName", query)]) == expected
+
+
+def test_referring_physician_matches_per_component_group_at_every_level(client):
+    by_value = studies_with(client, "ReferringPhysicianName", [JAPANESE, "Doe^John"], SpecificCharacterSet="ISO_IR 192")
+    for path in ("/studies", "/series", "/instances"):
+        assert matched(client, by_value, [("ReferringPhysicianName", "山田^太郎")], path) == {JAPANESE}
+        assert matched(client, by_value, [("ReferringPhysicianName", "=山田^太郎=やまだ^*")], path) == {JAPANESE}
+    assert matched(client, by_value, [("ReferringPhysicianName", "やまだ"), ("fuzzymatching", "true")]) == {JAPANESE}
+
+
+def test_group_matching_leaves_the_answer_as_stored(client):
+    """A name found by one group is answered whole, with the attributes asked for, as any other match."""
+    [study] = studies_with(client, "PatientName", [JAPANESE], SpecificCharacterSet="ISO_IR 192").values()
+    whole = {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}
+    by_group = search(client, "/studies", [("PatientName", "山田^太郎"), ("includefield", "PatientID")])
+    by_study = search(client, "/studies", [("StudyInstanceUID", study), ("includefield", "PatientID")])
+    assert by_group == by_study
+    assert by_group[0][PATIENT_NAME] == {"vr": "PN", "Value": [whole]}
+    assert value(by_group[0], PATIENT_ID) == "PID-1"
+
+
+def test_more_than_three_name_groups_are_refused(client):
+    bad_request(client, "/studies", [("PatientName", "a=b=c=d")], naming="PatientName")
+
+
 # --- includefield ----------------------------------------------------------------
 
 

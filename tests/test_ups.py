@@ -468,3 +468,28 @@ def test_a_workitem_read_names_its_task_in_the_audit_record(queued):
     reads = client.get("/fhir/AuditEvent", params={"entity": f"Task/{task_id}", "_count": "50"}).json()["entry"]
     assert any(entry["resource"]["outcomeDesc"].startswith(f"GET /dicom-web/workitems/{workitem_uid}")
                for entry in reads)
+
+
+def test_workitems_match_patient_names_per_component_group(queued):
+    """Workitem searches share QIDO's person-name rule (`dicom.matching.PersonNameMatch`)."""
+    from pydicom.uid import generate_uid
+
+    from tests.dicom_files import make_ct
+
+    client, _ = queued
+    grouped, plain = generate_uid(), generate_uid()
+    stow(client, [
+        make_ct(grouped, PatientName="Yamada^Tarou=山田^太郎=やまだ^たろう", SpecificCharacterSet="ISO_IR 192"),
+        make_ct(plain, PatientName="Yamada^Tarou"),
+    ])
+    by_study = {_create(client, _workitem(study)): study for study in (grouped, plain)}
+
+    def found(name: str) -> set[str]:
+        response = client.get("/dicom-web/workitems", params={"PatientName": name})
+        assert response.status_code == 200, response.text
+        return {by_study[_first(dataset, "00080018")] for dataset in response.json()}
+
+    assert found("山田^太郎") == {grouped}
+    assert found("Yamada^Tarou") == {grouped, plain}
+    assert found("Yamada^Tarou=山田^*") == {grouped}
+    assert found("yamada^tarou") == set()

@@ -25,7 +25,9 @@ from sqlalchemy import (
 )
 
 from dicom.matching import (
+    NAME_GROUPS,
     TEXT_VRS,
+    WHOLE_NAME,
     Condition,
     PersonNameMatch,
     QidoQuery,
@@ -74,6 +76,12 @@ _NAME_SEARCH_COLUMNS = {
     0x00100010: studies.c.patient_name_search,
     0x00080090: studies.c.referring_physician_name_search,
 }
+# For non-fuzzy PN matching, the column of each part of the name that
+# `PersonNameMatch` compares: the whole value, and each component group.
+_NAME_PART_COLUMNS = {
+    tag: {WHOLE_NAME: whole} | {group: studies.c[f"{whole.name}_{group}"] for group in NAME_GROUPS}
+    for tag, whole in ((0x00100010, studies.c.patient_name), (0x00080090, studies.c.referring_physician_name))
+}
 _MODALITIES_IN_STUDY = 0x00080061
 _REQUEST_ATTRIBUTES_SEQUENCE = 0x00400275
 _INTEGER_TAGS = {0x00200011, 0x00200013}
@@ -101,6 +109,11 @@ def _wildcard(column: Any, pattern: str, dialect: str) -> ColumnElement[bool]:
         return column.op("GLOB")(wildcard_to_glob(pattern))
     like, escape = wildcard_to_like(pattern)
     return column.like(like, escape=escape)
+
+
+def _text_match(column: Any, value: str, dialect: str) -> ColumnElement[bool]:
+    """Exact, or a pattern when `value` holds a wildcard (PS3.4 C.2.2.2.4)."""
+    return _wildcard(column, value, dialect) if "*" in value or "?" in value else column == value
 
 
 def _width(column: Any) -> int | None:
@@ -181,9 +194,16 @@ def column_matches(column: Any, condition: Condition, dialect: str, checked: boo
             # token, its wildcards included, must match from a word's start.
             search = _NAME_SEARCH_COLUMNS[condition.tag]
             return and_(*(_wildcard(search, f"* {token}*", dialect) for token in fuzzy_name_tokens(condition.value)))
-        if condition.is_wildcard:
-            return _wildcard(column, condition.value, dialect)
-        return column == condition.value
+        parts = _NAME_PART_COLUMNS[condition.tag]
+        if condition.groups is not None:
+            return and_(*(
+                _text_match(parts[group], wanted, dialect)
+                for group, wanted in zip(NAME_GROUPS, condition.groups) if wanted is not None
+            ))
+        # Each group has an indexed column, so for an exact value both databases
+        # look each term of the OR up in its own index (SQLite's MULTI-INDEX OR,
+        # PostgreSQL's BitmapOr) rather than scan the table.
+        return or_(*(_text_match(parts[part], condition.value, dialect) for part in condition.compared_parts()))
     raise AssertionError(f"unhandled condition {condition!r}")
 
 
