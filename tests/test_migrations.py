@@ -138,11 +138,10 @@ def test_upgrading_indexes_the_component_groups_of_names_stored_before(client, s
     """Before 0022 the groups of a name had no columns; upgrading fills them
     from the stored attributes, and a search by one group finds the study."""
     from alembic import command
-    from alembic.config import Config
     from pydicom.uid import generate_uid
     from sqlalchemy import select
 
-    from server.migrate import _ALEMBIC_INI
+    from server.migrate import migrating
     from server.tables import studies
     from tests.dicom_files import make_ct, multipart_body
 
@@ -164,9 +163,7 @@ def test_upgrading_indexes_the_component_groups_of_names_stored_before(client, s
         return {row[0]: tuple(row[1:]) for row in rows}
 
     written = groups()
-    config = Config(str(_ALEMBIC_INI))
-    with services.engine.begin() as connection:
-        config.attributes["connection"] = connection
+    with migrating(services.engine) as config:
         command.downgrade(config, "0021")
     upgrade(services.engine)
     assert groups() == written
