@@ -122,7 +122,8 @@ def test_a_transaction_run_again_judges_its_conditions_again(fhir, services):
     from server.fhir.bundles import _transaction
 
     entries = [{"resource": TASK, "request": {"method": "POST", "url": "Task", "ifNoneExist": CONDITION}}]
-    run = (services.fhir, entries, "http://testserver/fhir", lambda search: None, lambda kind: True, lambda: b"{}")
+    run = (services.fhir, entries, "http://testserver/fhir", lambda method, path, resource: None,
+           lambda search: None, lambda kind: True, lambda: b"{}")
     first, again = _transaction(*run), _transaction(*run)
     assert (first[0].status, again[0].status) == ("201 Created", "200 OK")
     assert _total(fhir) == 1
