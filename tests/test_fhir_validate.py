@@ -217,3 +217,24 @@ def test_a_subscription_is_judged_with_its_writers_rights_and_endpoints(tmp_path
             assert client.get("/fhir/Subscription").json()["total"] == 0
     finally:
         services.engine.dispose()
+
+
+def test_the_record_of_a_rehearsal_names_the_patients_it_looked_at(fhir: TestClient, services: Services):
+    """A rehearsed update or deletion reads the stored resource (its version,
+    its hooks' rules): the request's audit record names its patients, before
+    and after, as the write's own record would, though nothing was written."""
+    task = fhir.post("/fhir/Task", json={**PLAIN_TASK, "for": {"reference": "Patient/before"}}).json()
+    moved = {**PLAIN_TASK, "id": task["id"], "for": {"reference": "Patient/after"}}
+    assert "would be accepted" in _valid(fhir.post(f"/fhir/Task/{task['id']}/$validate?mode=update", json=moved))
+    assert "would be accepted" in _valid(fhir.get(f"/fhir/Task/{task['id']}/$validate?mode=delete"))
+    services.audit.chain.project()
+    records = fhir.get("/fhir/AuditEvent", params={"subtype": "operation", "_count": 100}).json()["entry"]
+    named = {
+        record["resource"]["outcomeDesc"].split("?")[0].split(" answered")[0]: sorted(
+            entity["what"]["reference"] for entity in record["resource"].get("entity", [])
+            if entity.get("role", {}).get("code") == "1"
+        )
+        for record in records
+    }
+    url = f"/fhir/Task/{task['id']}/$validate"
+    assert named == {f"POST {url}": ["Patient/after", "Patient/before"], f"GET {url}": ["Patient/before"]}

@@ -16,7 +16,8 @@ from fhir_mappings.errors import FhirError, Forbidden, InvalidRequest
 from fhir_mappings.operation_parameters import named_parameters
 from fhir_mappings.outcome import operation_outcome
 from fhir_mappings.resources import client_resource
-from server.db import rehearsal_connection, retried_on_conflict
+from server.audit.middleware import note_patients
+from server.db import rehearsal_connection, retried_on_conflict, written
 from server.fhir import interactions
 from server.fhir.preconditions import Preconditions
 from server.fhir.service import FhirService
@@ -101,15 +102,21 @@ def _rehearse(
     service: FhirService, request: ValidationRequest, preconditions: Preconditions | None, may_create: bool
 ) -> None:
     with rehearsal_connection(service.engine) as connection:
-        if request.mode == "create":
-            interactions.create(service, request.resource_type, request.resource, connection)
-        elif request.mode == "update":
-            assert request.resource_id is not None
-            interactions.update(service, request.resource_type, request.resource_id, request.resource, preconditions,
-                                connection, may_create=may_create)
-        else:
-            assert request.resource_id is not None
-            interactions.delete(service, request.resource_type, request.resource_id, preconditions, connection)
+        try:
+            if request.mode == "create":
+                interactions.create(service, request.resource_type, request.resource, connection)
+            elif request.mode == "update":
+                assert request.resource_id is not None
+                interactions.update(service, request.resource_type, request.resource_id, request.resource,
+                                    preconditions, connection, may_create=may_create)
+            else:
+                assert request.resource_id is not None
+                interactions.delete(service, request.resource_type, request.resource_id, preconditions, connection)
+        finally:
+            # The answer tells of what is stored (its version, whether its hooks allow the change): the
+            # request's record names the patients of the versions the write would replace and write, as the
+            # write's own record would. Taken before the rollback forgets them.
+            note_patients(written(connection).patients)
 
 
 def _parameters(body: dict[str, Any]) -> list[tuple[str, Any]]:
