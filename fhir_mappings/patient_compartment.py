@@ -78,10 +78,16 @@ def patients_of_json(body: bytes) -> list[str]:
 
 def patients_searched(resource_type: str, pairs: list[tuple[str, str]]) -> list[str]:
     """The Patient ids a search names: `patient=`, and `subject=`, `target=`
-    or `entity=` of a Patient, and `_id=` on Patient itself."""
+    or `entity=` of a Patient, and `_id=` on Patient itself; within a reverse
+    chain (`_has:[type]:[reference]:[parameter]`), those its parameter, one of
+    [type]'s, names."""
     found = []
     for name, value in pairs:
         base, _, modifier = name.partition(":")
+        if base == "_has":
+            _, source_type, _, parameter = (name.split(":", 3) + ["", "", ""])[:4]
+            found += patients_searched(source_type, [(parameter, value)])
+            continue
         for item in (part.strip() for part in value.split(",")):
             if not item:
                 continue

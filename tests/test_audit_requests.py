@@ -445,3 +445,12 @@ def test_a_stow_names_the_patients_of_its_studies_without_reading_them_back(serv
         assert _patients(corrected) == sorted([*_patients(first), patient])  # the patient before, and after
         assert client.get("/dicom-web/studies/1.2.3.4.11/metadata").status_code == 200
     assert asked == [["1.2.3.4.11"]]  # a read still looks its study's patient up
+
+
+def test_a_reverse_chain_search_names_the_patient_it_asks_about(services, fhir):
+    """`Observation?_has:DiagnosticReport:result:patient=p1` asks which
+    Observations p1's reports point at: a search about p1."""
+    assert fhir.get("/fhir/Observation", params={"_has:DiagnosticReport:result:patient": "p1"}).status_code == 200
+    [search] = [event for event in _events(services, fhir, subtype="search-type")
+                if event["outcomeDesc"].startswith("GET /fhir/Observation")]
+    assert _patients(search) == ["Patient/p1"]

@@ -213,6 +213,15 @@ def test_reverse_chained_reference(fhir, population):
     assert sorted(ids(both.json())) == ["p2"]  # AND: each of the two matched by one of the patient's own
 
 
+def test_reverse_chains_take_references_by_this_servers_url(fhir, population):
+    """As `subject=http://testserver/fhir/Patient/p1` is `subject=Patient/p1`, so
+    within `_has` (the reference parameter at its end is one of the other type's)."""
+    for value in ("Patient/p1", "http://testserver/fhir/Patient/p1", "http://testserver/fhir/Patient/p3,Patient/p1"):
+        assert _ids(fhir, "/fhir/Observation", **{"_has:DiagnosticReport:result:subject": value}) == ["o1", "o2"]
+    typed = {"_has:Observation:subject:subject:Patient": "http://testserver/fhir/Patient/p2"}
+    assert _ids(fhir, "/fhir/Patient", **typed) == ["p2"]
+
+
 def test_reverse_chains_page_and_count(fhir, population):
     first = _search(fhir, "/fhir/Patient", **{"_has:Observation:patient:code": "1111-1", "_count": "1",
                                               "_sort": "_id"})

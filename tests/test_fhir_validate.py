@@ -217,3 +217,53 @@ def test_a_subscription_is_judged_with_its_writers_rights_and_endpoints(tmp_path
             assert client.get("/fhir/Subscription").json()["total"] == 0
     finally:
         services.engine.dispose()
+
+
+def test_the_record_of_a_rehearsal_names_the_patients_it_looked_at(fhir: TestClient, services: Services):
+    """A rehearsed update or deletion reads the stored resource (its version,
+    its hooks' rules): the request's audit record names its patients, before
+    and after, as the write's own record would, though nothing was written."""
+    task = fhir.post("/fhir/Task", json={**PLAIN_TASK, "for": {"reference": "Patient/before"}}).json()
+    moved = {**PLAIN_TASK, "id": task["id"], "for": {"reference": "Patient/after"}}
+    assert "would be accepted" in _valid(fhir.post(f"/fhir/Task/{task['id']}/$validate?mode=update", json=moved))
+    assert "would be accepted" in _valid(fhir.get(f"/fhir/Task/{task['id']}/$validate?mode=delete"))
+    services.audit.chain.project()
+    records = fhir.get("/fhir/AuditEvent", params={"subtype": "operation", "_count": 100}).json()["entry"]
+    named = {
+        record["resource"]["outcomeDesc"].split("?")[0].split(" answered")[0]: sorted(
+            entity["what"]["reference"] for entity in record["resource"].get("entity", [])
+            if entity.get("role", {}).get("code") == "1"
+        )
+        for record in records
+    }
+    url = f"/fhir/Task/{task['id']}/$validate"
+    assert named == {f"POST {url}": ["Patient/after", "Patient/before"], f"GET {url}": ["Patient/before"]}
+
+
+def test_mode_profile_checks_the_stored_resource(client: TestClient, services: Services):
+    """R4 resource-validation-mode `profile`: the resource nominated by id, as
+    stored, against the nominated profile (here the base definition only). It
+    tells of what is stored, so it takes the right to read it."""
+    seed(services, {**PLAIN_TASK, "id": "fine"}, {**PLAIN_TASK, "id": "odd", "status": "dreaming"})
+    base = {"profile": "http://hl7.org/fhir/StructureDefinition/Task"}
+    assert "Task/fine is valid against the base FHIR R4" in _valid(
+        client.get("/fhir/Task/fine/$validate", params={"mode": "profile", **base})
+    )
+    assert "dreaming" in _invalid(client.get("/fhir/Task/odd/$validate", params={"mode": "profile"}))
+    parameters = {"resourceType": "Parameters", "parameter": [
+        {"name": "mode", "valueCode": "profile"}, {"name": "profile", "valueUri": base["profile"]}]}
+    assert "dreaming" in _invalid(client.post("/fhir/Task/odd/$validate", json=parameters))
+    assert client.get("/fhir/Task/none/$validate?mode=profile").status_code == 404
+
+    for asked in (client.post("/fhir/Task/$validate?mode=profile", json=PLAIN_TASK),
+                  client.post("/fhir/Task/fine/$validate?mode=profile", json={**PLAIN_TASK, "id": "fine"})):
+        assert asked.status_code == 400, asked.text
+    assert "not the profile" in client.get(
+        "/fhir/Task/fine/$validate", params={"mode": "profile", "profile": "http://example.org/my-task"}
+    ).json()["issue"][0]["diagnostics"]
+
+    writer = _client_headers(services, "system/Task.cud")
+    refused = client.get("/fhir/Task/odd/$validate?mode=profile", headers=writer)
+    assert refused.status_code == 403 and "may not read Task" in refused.json()["issue"][0]["diagnostics"]
+    reader = _client_headers(services, "system/Task.r")
+    assert "dreaming" in _invalid(client.get("/fhir/Task/odd/$validate?mode=profile", headers=reader))

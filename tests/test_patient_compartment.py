@@ -28,3 +28,11 @@ def test_a_search_names_the_patients_in_its_parameters():
     assert patients_searched("DiagnosticReport", [("patient.name", "Doe")]) == []
     assert patients_searched("Provenance", [("target", "Patient/p7,Task/t"), ("target", "p8")]) == ["p7"]
     assert patients_searched("AuditEvent", [("entity:Patient", "p9")]) == ["p9"]
+
+
+def test_a_reverse_chain_names_the_patients_the_other_type_is_asked_about():
+    """`_has:[type]:[reference]:[parameter]`: its parameter is one of [type]'s."""
+    assert patients_searched("Observation", [("_has:DiagnosticReport:result:patient", "p1,Patient/p2")]) == ["p1", "p2"]
+    assert patients_searched("Patient", [("_has:Observation:subject:subject:Patient", "p3")]) == ["p3"]
+    assert patients_searched("Patient", [("_has:Observation:subject:code", "1234-5")]) == []
+    assert patients_searched("Patient", [("_has:Patient:link:_id", "p4")]) == ["p4"]

@@ -47,9 +47,18 @@ def with_relative_search_values(
     references = reference_parameters(resource_type)
     return [
         (name, ",".join(relative(item, base) for item in value.split(",")))
-        if _names_references(name, references) else (name, value)
+        if _names_references(name, references) or _ends_in_reference(name) else (name, value)
         for name, value in pairs
     ]
+
+
+def _ends_in_reference(name: str) -> bool:
+    """`_has:[type]:[reference]:[parameter]` (search.html#has) whose parameter,
+    one of the other type's, is a reference parameter: its values are references too."""
+    if not name.startswith("_has:"):
+        return False
+    _, source_type, _, parameter = (name.split(":", 3) + ["", "", ""])[:4]
+    return _names_references(parameter, reference_parameters(source_type))
 
 
 def _names_references(name: str, references: Collection[str]) -> bool:
