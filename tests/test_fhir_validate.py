@@ -267,3 +267,16 @@ def test_mode_profile_checks_the_stored_resource(client: TestClient, services: S
     assert refused.status_code == 403 and "may not read Task" in refused.json()["issue"][0]["diagnostics"]
     reader = _client_headers(services, "system/Task.r")
     assert "dreaming" in _invalid(client.get("/fhir/Task/odd/$validate?mode=profile", headers=reader))
+
+
+def test_mode_profile_of_an_audit_event_just_recorded_finds_it(client: TestClient, services: Services):
+    """AuditEvents are copies of the chain made a moment after it: a profile
+    check of one is a read, brought up to date first as a read is."""
+    from server.tables import audit_head
+
+    assert client.get("/fhir/Task").status_code == 200
+    with services.engine.connect() as connection:
+        newest = connection.execute(select(audit_head.c.seq)).scalar_one()
+    checked = client.get(f"/fhir/AuditEvent/{newest}/$validate", params={"mode": "profile"})
+    assert checked.status_code == 200, checked.text
+    assert f"AuditEvent/{newest} is valid" in _valid(checked)

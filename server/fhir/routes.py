@@ -548,7 +548,7 @@ async def validate_change(request: Request, resource_type: str, resource_id: str
 
 @router.get("/{resource_type}/{resource_id}/$validate")
 async def validate_deletion(request: Request, resource_type: str, resource_id: str) -> Response:
-    """`?mode=delete`: only a deletion can be asked without content (operations.html#request)."""
+    """`?mode=delete` or `?mode=profile`: what can be asked without content (operations.html#request)."""
     return await _validate(request, resource_type, require_id(resource_id), with_body=False)
 
 
@@ -567,6 +567,8 @@ async def _validate(request: Request, resource_type: str, resource_id: str | Non
     principal: Principal = request.state.principal
     if asked.mode in ("create", "update"):
         _require_study_reading_for_orders(principal, resource)
+    if asked.mode == "profile":  # a stored resource is read: an AuditEvent recorded a moment ago too
+        await _audit_copies_current(request)
     outcome = await run_in_threadpool(
         validate, fhir, asked, _preconditions(request),
         lambda letter: principal.may(Permission(resource_type, letter)),
