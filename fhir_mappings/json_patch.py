@@ -90,7 +90,7 @@ def _operation(position: int, operation: Any) -> Operation:
     if not isinstance(operation, dict):
         raise InvalidRequest(f"{where} must be an object, not a {_kind(operation)}")
     op = operation.get("op")
-    if op not in _MEMBERS:
+    if not isinstance(op, str) or op not in _MEMBERS:  # an array or object as `op` cannot be looked up
         raise InvalidRequest(f"{where} has op {str(op)[:40]!r}; RFC 6902 defines {', '.join(_MEMBERS)}")
     for member in _MEMBERS[op]:
         if member not in operation:

@@ -83,6 +83,8 @@ def test_each_operation_does_what_rfc_6902_says(document, operations, expected):
     ({"op": "add"}, InvalidRequest, "array of operations"),
     (["add"], InvalidRequest, "must be an object"),
     ([{"op": "delete", "path": "/a"}], InvalidRequest, "RFC 6902 defines"),
+    ([{"op": ["add"], "path": "/a", "value": 1}], InvalidRequest, "RFC 6902 defines"),  # unhashable: no TypeError
+    ([{"op": {"add": 1}, "path": "/a", "value": 1}], InvalidRequest, "RFC 6902 defines"),
     ([{"op": "add", "path": "/a"}], InvalidRequest, "needs 'value'"),
     ([{"op": "move", "path": "/a"}], InvalidRequest, "needs 'from'"),
     ([{"op": "remove", "path": "a"}], InvalidRequest, "not a JSON Pointer"),
