@@ -31,6 +31,14 @@ _MEMBERS = {
 # An array index (RFC 6901 §4): no leading zeros, no sign.
 _INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
 _MISSING = object()
+# As deep as a FHIR body may nest (server/fhir/negotiation.py MAX_NESTING):
+# an add or copy at the deepest place, again and again, nested the result
+# past what the code after it (references, validation) recurses through.
+MAX_DEPTH = 100
+# Each copy may copy what the one before made: 30 ops of a few bytes each
+# doubled a resource to 2^30 times its size. A JSON Patch edits a resource;
+# a megabyte of copies is far beyond what one copies in an edit.
+MAX_COPIED = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -70,12 +78,17 @@ def binary_patch(resource: Any) -> bytes:
         raise InvalidRequest(f"a PATCH entry's Binary.data is not base64: {error}") from error
 
 
-def apply_patch(document: Any, operations: Sequence[Operation]) -> Any:
-    """`document` with `operations` (of `parse_patch`) applied in order."""
-    result = _clone(document)
+def apply_patch(
+    document: Any, operations: Sequence[Operation], max_depth: int = MAX_DEPTH, max_copied: int = MAX_COPIED
+) -> Any:
+    """`document` with `operations` (of `parse_patch`) applied in order: none
+    may nest it deeper than `max_depth`, nor may its copies add up to more
+    than `max_copied` (a node and the characters of its strings each count 1)."""
+    result, _ = _Copier(None).clone(document)
+    copier = _Copier(max_copied)
     for position, operation in enumerate(operations):
         try:
-            result = _apply(result, operation)
+            result = _apply(result, operation, copier, max_depth)
         except _Unprocessable as error:
             raise InvalidResource(f"JSON Patch operation {position} ({operation}) cannot be applied: {error}") from None
     return result
@@ -116,7 +129,7 @@ def _pointer(where: str, member: str, text: Any) -> tuple[str, ...]:
     return tuple(token.replace("~1", "/").replace("~0", "~") for token in text[1:].split("/"))
 
 
-def _apply(document: Any, operation: Operation) -> Any:
+def _apply(document: Any, operation: Operation, copier: "_Copier", max_depth: int) -> Any:
     if operation.op == "test":
         found = _get(document, operation.path)
         if not _equal(found, operation.value):
@@ -124,18 +137,21 @@ def _apply(document: Any, operation: Operation) -> Any:
         return document
     if operation.op == "remove":
         return _remove(document, operation.path)
+    if operation.op in ("add", "replace"):
+        value, depth = _Copier(None).clone(operation.value)  # the patch's own, as large as its body
+    else:
+        assert operation.source is not None
+        value, depth = (copier if operation.op == "copy" else _Copier(None)).clone(_get(document, operation.source))
+    if len(operation.path) + depth > max_depth:
+        raise _Unprocessable(f"it would nest the resource more than {max_depth} deep")
     if operation.op == "replace":
         _get(document, operation.path)  # the target must exist (§4.3)
-        return _add(_remove(document, operation.path), operation.path, _clone(operation.value), replacing=True)
-    if operation.op == "add":
-        return _add(document, operation.path, _clone(operation.value))
-    assert operation.source is not None
-    value = _get(document, operation.source)
+        return _add(_remove(document, operation.path), operation.path, value, replacing=True)
     if operation.op == "move":
         if operation.source == operation.path:
             return document
         document = _remove(document, operation.source)
-    return _add(document, operation.path, _clone(value))
+    return _add(document, operation.path, value)
 
 
 def _get(document: Any, path: tuple[str, ...]) -> Any:
@@ -209,13 +225,26 @@ def _equal(left: Any, right: Any) -> bool:
     return isinstance(left, str) and isinstance(right, str) and left == right
 
 
-def _clone(value: Any) -> Any:
-    """Containers copied; scalars (decimals that keep their text among them) shared, as they never change."""
-    if isinstance(value, dict):
-        return {key: _clone(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_clone(item) for item in value]
-    return value
+class _Copier:
+    """Deep copies, each with its depth (a scalar 0, a container 1 more than
+    its deepest item), counted against `limit` (None: not counted)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.copied = 0
+
+    def clone(self, value: Any) -> tuple[Any, int]:
+        if self.limit is not None:
+            self.copied += 1 + (len(value) if isinstance(value, str) else 0)
+            if self.copied > self.limit:
+                raise _Unprocessable(f"its copies add up to more than {self.limit} nodes and characters")
+        if isinstance(value, dict):
+            copies = {self.clone(key)[0]: self.clone(item) for key, item in value.items()}
+            return {key: item for key, (item, _) in copies.items()}, 1 + max((d for _, d in copies.values()), default=0)
+        if isinstance(value, list):
+            items = [self.clone(item) for item in value]
+            return [item for item, _ in items], 1 + max((depth for _, depth in items), default=0)
+        return value, 0  # scalars (decimals that keep their text among them) are shared: they never change
 
 
 def _shown(path: tuple[str, ...]) -> str:

@@ -116,6 +116,34 @@ def test_a_patch_that_fails_partway_applies_nothing():
     assert document == {"a": 1}
 
 
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("operations", [
+    # Each value is shallow enough for a body; added at the deepest place, again and again, they were not.
+    [{"op": "add", "path": "/a", "value": _nested(60)}, {"op": "add", "path": "/a" + "/0" * 59, "value": _nested(60)}],
+    [{"op": "add", "path": "/a", "value": _nested(60)}, {"op": "copy", "from": "/a", "path": "/a" + "/0" * 59}],
+    [{"op": "add", "path": "/a", "value": _nested(60)}, {"op": "add", "path": "/b", "value": _nested(60)},
+     {"op": "move", "from": "/a", "path": "/b" + "/0" * 59}],
+])
+def test_a_patch_may_not_nest_a_resource_deeper_than_a_body_may(operations):
+    with pytest.raises(InvalidResource, match="more than 100 deep"):
+        apply_patch({}, parse_patch(operations))
+
+
+def test_copies_may_not_multiply_a_resource():
+    # Each copy doubles the array: 2^21 items from a patch of 21 short operations.
+    operations = [{"op": "copy", "from": "/a", "path": "/a/-"} for _ in range(21)]
+    with pytest.raises(InvalidResource, match="copies add up to more than"):
+        apply_patch({"a": [1]}, parse_patch(operations))
+    small = apply_patch({"a": [1]}, parse_patch(operations[:5]))
+    assert len(small["a"]) == 6 and small["a"][5][4] == small["a"][4]
+
+
 # --- over HTTP ---------------------------------------------------------------------
 
 def test_a_patch_writes_a_new_version_answered_as_an_update(fhir):
@@ -191,6 +219,17 @@ def test_a_patch_that_cannot_be_applied_stores_nothing(fhir, operations, status,
     assert words in _diagnostics(response)
     assert fhir.get("/fhir/Task/p1").json()["meta"]["versionId"] == "1"
     assert fhir.get("/fhir/Task/p2").status_code == 404
+
+
+def test_a_patch_nesting_the_resource_past_the_stack_is_422(fhir):
+    _task(fhir)
+    operations, path = [], "/note"
+    for _ in range(12):  # each value 90 deep, as a body may be; together 1080 deep, past Python's recursion limit
+        operations.append({"op": "add", "path": path, "value": _nested(90)})
+        path += "/0" * 89
+    response = _patch(fhir, "/fhir/Task/p1", operations)
+    assert response.status_code == 422 and "more than 100 deep" in _diagnostics(response), response.text
+    assert fhir.get("/fhir/Task/p1").json()["meta"]["versionId"] == "1"
 
 
 def test_the_body_must_be_json_patch(fhir):
