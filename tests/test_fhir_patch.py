@@ -286,8 +286,29 @@ def test_patch_needs_the_right_to_update(services, client):
     reader = _bearer(services, Role.AI_OPERATOR, "system/Task.crs")
     refused = _patch(client, "/fhir/Task/p1", operations, reader)
     assert refused.status_code == 403
-    updater = _bearer(services, Role.AI_OPERATOR, "system/Task.u")
+    updater = _bearer(services, Role.AI_OPERATOR, "system/Task.ru")
     assert _patch(client, "/fhir/Task/p1", operations, updater).status_code == 200
+
+
+def test_a_patch_needs_the_right_to_read_what_it_patches(services, client):
+    """A patch answers with the whole resource and its `test` tells what is there:
+    with update alone, an empty patch read any Task its client may not read."""
+    from tests.test_auth_access import _bearer
+
+    _task(client)
+    blind = _bearer(services, Role.AI_OPERATOR, "system/Task.u")
+    assert client.get("/fhir/Task/p1", headers=blind).status_code == 403
+    refused = _patch(client, "/fhir/Task/p1", [], blind)
+    assert refused.status_code == 403 and "Task.r" in _diagnostics(refused), refused.text
+    conditional = _patch(client, "/fhir/Task?identifier=urn:example:tasks|t-1", [], blind)
+    assert conditional.status_code == 403
+    entry = {"resource": _binary([]), "request": {"method": "PATCH", "url": "Task/p1"}}
+    for kind in ("batch", "transaction"):
+        bundle = client.post("/fhir", json={"resourceType": "Bundle", "type": kind, "entry": [entry]}, headers=blind)
+        answer = bundle.json()
+        status = answer["entry"][0]["response"]["status"] if kind == "batch" else str(bundle.status_code)
+        assert status.startswith("403"), bundle.text
+    assert client.get("/fhir/Task/p1").json()["meta"]["versionId"] == "1"
 
 
 def test_a_patch_is_audited_as_a_patch(services, fhir):
