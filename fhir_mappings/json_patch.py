@@ -18,6 +18,7 @@ import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from fhir_mappings.errors import InvalidRequest, InvalidResource
@@ -212,12 +213,14 @@ def _remove(document: Any, path: tuple[str, ...]) -> Any:
 
 
 def _equal(left: Any, right: Any) -> bool:
-    """RFC 6902 §4.6: of one JSON type and equal; numbers by value (1.0 is 1).
-    In Python true == 1, which JSON does not have."""
+    """RFC 6902 §4.6: of one JSON type and equal; numbers by value (1.0 is 1,
+    1.10 is 1.1), as written: a decimal wider than a float's 17 digits is
+    compared whole, not as the float it rounds to. In Python true == 1,
+    which JSON does not have."""
     if isinstance(left, bool) or isinstance(right, bool) or left is None or right is None:
         return left is right
     if isinstance(left, (int, float)) and isinstance(right, (int, float)):
-        return left == right
+        return Decimal(str(left)) == Decimal(str(right))  # str: a WrittenDecimal's text, a float's shortest form
     if isinstance(left, dict) and isinstance(right, dict):
         return left.keys() == right.keys() and all(_equal(left[key], right[key]) for key in left)
     if isinstance(left, list) and isinstance(right, list):

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from fhir_mappings import fhir_json
 from fhir_mappings.errors import InvalidRequest, InvalidResource
 from fhir_mappings.json_patch import apply_patch, parse_patch
 from server.auth.scopes import Role
@@ -106,6 +107,21 @@ def test_malformed_patches_are_400_and_inapplicable_ones_422(operations, error, 
     with pytest.raises(error, match=words):
         apply_patch(document, parse_patch([{"op": "test", "path": "/a", "value": {}}, *operations]
                                           if isinstance(operations, list) else operations))
+
+
+def test_a_test_compares_decimals_by_their_value_as_written():
+    """RFC 6902 §4.6: numbers are equal when their values are; two decimals
+    that differ in their 20th digit differ, though as floats they are one."""
+    document = fhir_json.loads(b'{"a": 0.12345678901234567891, "b": 1.10, "c": 123456789012345678901234}')
+    for path, written, equal in [("/a", b"0.12345678901234567891", True), ("/a", b"0.12345678901234567890", False),
+                                 ("/b", b"1.1", True), ("/b", b"1.100", True), ("/b", b"1.11", False),
+                                 ("/c", b"123456789012345678901234", True), ("/c", b"123456789012345678901235", False)]:
+        operation = fhir_json.loads(b'[{"op": "test", "path": "%s", "value": %s}]' % (path.encode(), written))
+        if equal:
+            assert apply_patch(document, parse_patch(operation)) == document
+        else:
+            with pytest.raises(InvalidResource, match="test names"):
+                apply_patch(document, parse_patch(operation))
 
 
 def test_a_patch_that_fails_partway_applies_nothing():
