@@ -37,8 +37,9 @@ _MISSING = object()
 # past what the code after it (references, validation) recurses through.
 MAX_DEPTH = 100
 # Each copy may copy what the one before made: 30 ops of a few bytes each
-# doubled a resource to 2^30 times its size. A JSON Patch edits a resource;
-# a megabyte of copies is far beyond what one copies in an edit.
+# doubled a resource to 2^30 times its size; and each move of a large part
+# back and forth costs that part's size. A JSON Patch edits a resource: a
+# megabyte copied or moved is far beyond what one moves in an edit.
 MAX_COPIED = 1_000_000
 
 
@@ -83,8 +84,9 @@ def apply_patch(
     document: Any, operations: Sequence[Operation], max_depth: int = MAX_DEPTH, max_copied: int = MAX_COPIED
 ) -> Any:
     """`document` with `operations` (of `parse_patch`) applied in order: none
-    may nest it deeper than `max_depth`, nor may its copies add up to more
-    than `max_copied` (a node and the characters of its strings each count 1)."""
+    may nest it deeper than `max_depth`, nor may its copies and moves add up
+    to more than `max_copied` (a node and the characters of its strings each
+    count 1)."""
     result, _ = _Copier(None).clone(document)
     copier = _Copier(max_copied)
     for position, operation in enumerate(operations):
@@ -142,7 +144,7 @@ def _apply(document: Any, operation: Operation, copier: "_Copier", max_depth: in
         value, depth = _Copier(None).clone(operation.value)  # the patch's own, as large as its body
     else:
         assert operation.source is not None
-        value, depth = (copier if operation.op == "copy" else _Copier(None)).clone(_get(document, operation.source))
+        value, depth = copier.clone(_get(document, operation.source))  # a move's too: each costs what it carries
     if len(operation.path) + depth > max_depth:
         raise _Unprocessable(f"it would nest the resource more than {max_depth} deep")
     if operation.op == "replace":
@@ -240,7 +242,7 @@ class _Copier:
         if self.limit is not None:
             self.copied += 1 + (len(value) if isinstance(value, str) else 0)
             if self.copied > self.limit:
-                raise _Unprocessable(f"its copies add up to more than {self.limit} nodes and characters")
+                raise _Unprocessable(f"its copies and moves add up to more than {self.limit} nodes and characters")
         if isinstance(value, dict):
             copies = {self.clone(key)[0]: self.clone(item) for key, item in value.items()}
             return {key: item for key, (item, _) in copies.items()}, 1 + max((d for _, d in copies.values()), default=0)

@@ -154,8 +154,13 @@ def test_a_patch_may_not_nest_a_resource_deeper_than_a_body_may(operations):
 def test_copies_may_not_multiply_a_resource():
     # Each copy doubles the array: 2^21 items from a patch of 21 short operations.
     operations = [{"op": "copy", "from": "/a", "path": "/a/-"} for _ in range(21)]
-    with pytest.raises(InvalidResource, match="copies add up to more than"):
+    with pytest.raises(InvalidResource, match="copies and moves add up to more than"):
         apply_patch({"a": [1]}, parse_patch(operations))
+    # Each move of a large part back and forth cost its size: a patch's few bytes, a resource's size each.
+    large = {"a": list(range(100_000))}
+    moves = [{"op": "move", "from": "/a", "path": "/b"}, {"op": "move", "from": "/b", "path": "/a"}] * 6
+    with pytest.raises(InvalidResource, match="copies and moves add up to more than"):
+        apply_patch(large, parse_patch(moves))
     small = apply_patch({"a": [1]}, parse_patch(operations[:5]))
     assert len(small["a"]) == 6 and small["a"][5][4] == small["a"][4]
 
