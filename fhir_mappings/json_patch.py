@@ -18,6 +18,7 @@ import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from fhir_mappings.errors import InvalidRequest, InvalidResource
@@ -31,6 +32,15 @@ _MEMBERS = {
 # An array index (RFC 6901 §4): no leading zeros, no sign.
 _INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
 _MISSING = object()
+# As deep as a FHIR body may nest (server/fhir/negotiation.py MAX_NESTING):
+# an add or copy at the deepest place, again and again, nested the result
+# past what the code after it (references, validation) recurses through.
+MAX_DEPTH = 100
+# Each copy may copy what the one before made: 30 ops of a few bytes each
+# doubled a resource to 2^30 times its size; and each move of a large part
+# back and forth costs that part's size. A JSON Patch edits a resource: a
+# megabyte copied or moved is far beyond what one moves in an edit.
+MAX_COPIED = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -70,12 +80,18 @@ def binary_patch(resource: Any) -> bytes:
         raise InvalidRequest(f"a PATCH entry's Binary.data is not base64: {error}") from error
 
 
-def apply_patch(document: Any, operations: Sequence[Operation]) -> Any:
-    """`document` with `operations` (of `parse_patch`) applied in order."""
-    result = _clone(document)
+def apply_patch(
+    document: Any, operations: Sequence[Operation], max_depth: int = MAX_DEPTH, max_copied: int = MAX_COPIED
+) -> Any:
+    """`document` with `operations` (of `parse_patch`) applied in order: none
+    may nest it deeper than `max_depth`, nor may its copies and moves add up
+    to more than `max_copied` (a node and the characters of its strings each
+    count 1)."""
+    result, _ = _Copier(None).clone(document)
+    copier = _Copier(max_copied)
     for position, operation in enumerate(operations):
         try:
-            result = _apply(result, operation)
+            result = _apply(result, operation, copier, max_depth)
         except _Unprocessable as error:
             raise InvalidResource(f"JSON Patch operation {position} ({operation}) cannot be applied: {error}") from None
     return result
@@ -90,7 +106,7 @@ def _operation(position: int, operation: Any) -> Operation:
     if not isinstance(operation, dict):
         raise InvalidRequest(f"{where} must be an object, not a {_kind(operation)}")
     op = operation.get("op")
-    if op not in _MEMBERS:
+    if not isinstance(op, str) or op not in _MEMBERS:  # an array or object as `op` cannot be looked up
         raise InvalidRequest(f"{where} has op {str(op)[:40]!r}; RFC 6902 defines {', '.join(_MEMBERS)}")
     for member in _MEMBERS[op]:
         if member not in operation:
@@ -116,7 +132,7 @@ def _pointer(where: str, member: str, text: Any) -> tuple[str, ...]:
     return tuple(token.replace("~1", "/").replace("~0", "~") for token in text[1:].split("/"))
 
 
-def _apply(document: Any, operation: Operation) -> Any:
+def _apply(document: Any, operation: Operation, copier: "_Copier", max_depth: int) -> Any:
     if operation.op == "test":
         found = _get(document, operation.path)
         if not _equal(found, operation.value):
@@ -124,18 +140,21 @@ def _apply(document: Any, operation: Operation) -> Any:
         return document
     if operation.op == "remove":
         return _remove(document, operation.path)
+    if operation.op in ("add", "replace"):
+        value, depth = _Copier(None).clone(operation.value)  # the patch's own, as large as its body
+    else:
+        assert operation.source is not None
+        value, depth = copier.clone(_get(document, operation.source))  # a move's too: each costs what it carries
+    if len(operation.path) + depth > max_depth:
+        raise _Unprocessable(f"it would nest the resource more than {max_depth} deep")
     if operation.op == "replace":
         _get(document, operation.path)  # the target must exist (§4.3)
-        return _add(_remove(document, operation.path), operation.path, _clone(operation.value), replacing=True)
-    if operation.op == "add":
-        return _add(document, operation.path, _clone(operation.value))
-    assert operation.source is not None
-    value = _get(document, operation.source)
+        return _add(_remove(document, operation.path), operation.path, value, replacing=True)
     if operation.op == "move":
         if operation.source == operation.path:
             return document
         document = _remove(document, operation.source)
-    return _add(document, operation.path, _clone(value))
+    return _add(document, operation.path, value)
 
 
 def _get(document: Any, path: tuple[str, ...]) -> Any:
@@ -196,12 +215,14 @@ def _remove(document: Any, path: tuple[str, ...]) -> Any:
 
 
 def _equal(left: Any, right: Any) -> bool:
-    """RFC 6902 §4.6: of one JSON type and equal; numbers by value (1.0 is 1).
-    In Python true == 1, which JSON does not have."""
+    """RFC 6902 §4.6: of one JSON type and equal; numbers by value (1.0 is 1,
+    1.10 is 1.1), as written: a decimal wider than a float's 17 digits is
+    compared whole, not as the float it rounds to. In Python true == 1,
+    which JSON does not have."""
     if isinstance(left, bool) or isinstance(right, bool) or left is None or right is None:
         return left is right
     if isinstance(left, (int, float)) and isinstance(right, (int, float)):
-        return left == right
+        return Decimal(str(left)) == Decimal(str(right))  # str: a WrittenDecimal's text, a float's shortest form
     if isinstance(left, dict) and isinstance(right, dict):
         return left.keys() == right.keys() and all(_equal(left[key], right[key]) for key in left)
     if isinstance(left, list) and isinstance(right, list):
@@ -209,13 +230,26 @@ def _equal(left: Any, right: Any) -> bool:
     return isinstance(left, str) and isinstance(right, str) and left == right
 
 
-def _clone(value: Any) -> Any:
-    """Containers copied; scalars (decimals that keep their text among them) shared, as they never change."""
-    if isinstance(value, dict):
-        return {key: _clone(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_clone(item) for item in value]
-    return value
+class _Copier:
+    """Deep copies, each with its depth (a scalar 0, a container 1 more than
+    its deepest item), counted against `limit` (None: not counted)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.copied = 0
+
+    def clone(self, value: Any) -> tuple[Any, int]:
+        if self.limit is not None:
+            self.copied += 1 + (len(value) if isinstance(value, str) else 0)
+            if self.copied > self.limit:
+                raise _Unprocessable(f"its copies and moves add up to more than {self.limit} nodes and characters")
+        if isinstance(value, dict):
+            copies = {self.clone(key)[0]: self.clone(item) for key, item in value.items()}
+            return {key: item for key, (item, _) in copies.items()}, 1 + max((d for _, d in copies.values()), default=0)
+        if isinstance(value, list):
+            items = [self.clone(item) for item in value]
+            return [item for item, _ in items], 1 + max((depth for _, depth in items), default=0)
+        return value, 0  # scalars (decimals that keep their text among them) are shared: they never change
 
 
 def _shown(path: tuple[str, ...]) -> str:

@@ -52,7 +52,9 @@ async def allowed_methods(request: Request) -> str:
     }
     parts = request.url.path.split("/")
     fhir = request.app.state.services.fhir
-    if len(parts) in (3, 4) and parts[1] == "fhir" and parts[2] in fhir.supported_types - fhir.writable_types:
+    # `[type]/$op` is no instance: an operation takes its POST of a type the server alone writes too.
+    is_instance_or_type = len(parts) == 3 or (len(parts) == 4 and not parts[3].startswith("$"))
+    if is_instance_or_type and parts[1] == "fhir" and parts[2] in fhir.supported_types - fhir.writable_types:
         allowed -= {"POST", "PUT", "DELETE", "PATCH"}
     if len(parts) == 4 and parts[1:3] == ["fhir", "Task"]:
         job = await run_in_threadpool(request.app.state.services.jobs.queue.get, parts[3])

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from fhir_mappings import fhir_json
 from fhir_mappings.errors import InvalidRequest, InvalidResource
 from fhir_mappings.json_patch import apply_patch, parse_patch
 from server.auth.scopes import Role
@@ -83,6 +84,8 @@ def test_each_operation_does_what_rfc_6902_says(document, operations, expected):
     ({"op": "add"}, InvalidRequest, "array of operations"),
     (["add"], InvalidRequest, "must be an object"),
     ([{"op": "delete", "path": "/a"}], InvalidRequest, "RFC 6902 defines"),
+    ([{"op": ["add"], "path": "/a", "value": 1}], InvalidRequest, "RFC 6902 defines"),  # unhashable: no TypeError
+    ([{"op": {"add": 1}, "path": "/a", "value": 1}], InvalidRequest, "RFC 6902 defines"),
     ([{"op": "add", "path": "/a"}], InvalidRequest, "needs 'value'"),
     ([{"op": "move", "path": "/a"}], InvalidRequest, "needs 'from'"),
     ([{"op": "remove", "path": "a"}], InvalidRequest, "not a JSON Pointer"),
@@ -106,12 +109,60 @@ def test_malformed_patches_are_400_and_inapplicable_ones_422(operations, error, 
                                           if isinstance(operations, list) else operations))
 
 
+def test_a_test_compares_decimals_by_their_value_as_written():
+    """RFC 6902 §4.6: numbers are equal when their values are; two decimals
+    that differ in their 20th digit differ, though as floats they are one."""
+    document = fhir_json.loads(b'{"a": 0.12345678901234567891, "b": 1.10, "c": 123456789012345678901234}')
+    for path, written, equal in [("/a", b"0.12345678901234567891", True), ("/a", b"0.12345678901234567890", False),
+                                 ("/b", b"1.1", True), ("/b", b"1.100", True), ("/b", b"1.11", False),
+                                 ("/c", b"123456789012345678901234", True), ("/c", b"123456789012345678901235", False)]:
+        operation = fhir_json.loads(b'[{"op": "test", "path": "%s", "value": %s}]' % (path.encode(), written))
+        if equal:
+            assert apply_patch(document, parse_patch(operation)) == document
+        else:
+            with pytest.raises(InvalidResource, match="test names"):
+                apply_patch(document, parse_patch(operation))
+
+
 def test_a_patch_that_fails_partway_applies_nothing():
     document = {"a": 1}
     with pytest.raises(InvalidResource, match="operation 1"):
         apply_patch(document, parse_patch([{"op": "replace", "path": "/a", "value": 2},
                                            {"op": "remove", "path": "/b"}]))
     assert document == {"a": 1}
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("operations", [
+    # Each value is shallow enough for a body; added at the deepest place, again and again, they were not.
+    [{"op": "add", "path": "/a", "value": _nested(60)}, {"op": "add", "path": "/a" + "/0" * 59, "value": _nested(60)}],
+    [{"op": "add", "path": "/a", "value": _nested(60)}, {"op": "copy", "from": "/a", "path": "/a" + "/0" * 59}],
+    [{"op": "add", "path": "/a", "value": _nested(60)}, {"op": "add", "path": "/b", "value": _nested(60)},
+     {"op": "move", "from": "/a", "path": "/b" + "/0" * 59}],
+])
+def test_a_patch_may_not_nest_a_resource_deeper_than_a_body_may(operations):
+    with pytest.raises(InvalidResource, match="more than 100 deep"):
+        apply_patch({}, parse_patch(operations))
+
+
+def test_copies_may_not_multiply_a_resource():
+    # Each copy doubles the array: 2^21 items from a patch of 21 short operations.
+    operations = [{"op": "copy", "from": "/a", "path": "/a/-"} for _ in range(21)]
+    with pytest.raises(InvalidResource, match="copies and moves add up to more than"):
+        apply_patch({"a": [1]}, parse_patch(operations))
+    # Each move of a large part back and forth cost its size: a patch's few bytes, a resource's size each.
+    large = {"a": list(range(100_000))}
+    moves = [{"op": "move", "from": "/a", "path": "/b"}, {"op": "move", "from": "/b", "path": "/a"}] * 6
+    with pytest.raises(InvalidResource, match="copies and moves add up to more than"):
+        apply_patch(large, parse_patch(moves))
+    small = apply_patch({"a": [1]}, parse_patch(operations[:5]))
+    assert len(small["a"]) == 6 and small["a"][5][4] == small["a"][4]
 
 
 # --- over HTTP ---------------------------------------------------------------------
@@ -191,6 +242,17 @@ def test_a_patch_that_cannot_be_applied_stores_nothing(fhir, operations, status,
     assert fhir.get("/fhir/Task/p2").status_code == 404
 
 
+def test_a_patch_nesting_the_resource_past_the_stack_is_422(fhir):
+    _task(fhir)
+    operations, path = [], "/note"
+    for _ in range(12):  # each value 90 deep, as a body may be; together 1080 deep, past Python's recursion limit
+        operations.append({"op": "add", "path": path, "value": _nested(90)})
+        path += "/0" * 89
+    response = _patch(fhir, "/fhir/Task/p1", operations)
+    assert response.status_code == 422 and "more than 100 deep" in _diagnostics(response), response.text
+    assert fhir.get("/fhir/Task/p1").json()["meta"]["versionId"] == "1"
+
+
 def test_the_body_must_be_json_patch(fhir):
     _task(fhir)
     fhirpath = {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
@@ -245,8 +307,29 @@ def test_patch_needs_the_right_to_update(services, client):
     reader = _bearer(services, Role.AI_OPERATOR, "system/Task.crs")
     refused = _patch(client, "/fhir/Task/p1", operations, reader)
     assert refused.status_code == 403
-    updater = _bearer(services, Role.AI_OPERATOR, "system/Task.u")
+    updater = _bearer(services, Role.AI_OPERATOR, "system/Task.ru")
     assert _patch(client, "/fhir/Task/p1", operations, updater).status_code == 200
+
+
+def test_a_patch_needs_the_right_to_read_what_it_patches(services, client):
+    """A patch answers with the whole resource and its `test` tells what is there:
+    with update alone, an empty patch read any Task its client may not read."""
+    from tests.test_auth_access import _bearer
+
+    _task(client)
+    blind = _bearer(services, Role.AI_OPERATOR, "system/Task.u")
+    assert client.get("/fhir/Task/p1", headers=blind).status_code == 403
+    refused = _patch(client, "/fhir/Task/p1", [], blind)
+    assert refused.status_code == 403 and "Task.r" in _diagnostics(refused), refused.text
+    conditional = _patch(client, "/fhir/Task?identifier=urn:example:tasks|t-1", [], blind)
+    assert conditional.status_code == 403
+    entry = {"resource": _binary([]), "request": {"method": "PATCH", "url": "Task/p1"}}
+    for kind in ("batch", "transaction"):
+        bundle = client.post("/fhir", json={"resourceType": "Bundle", "type": kind, "entry": [entry]}, headers=blind)
+        answer = bundle.json()
+        status = answer["entry"][0]["response"]["status"] if kind == "batch" else str(bundle.status_code)
+        assert status.startswith("403"), bundle.text
+    assert client.get("/fhir/Task/p1").json()["meta"]["versionId"] == "1"
 
 
 def test_a_patch_is_audited_as_a_patch(services, fhir):
@@ -358,7 +441,8 @@ def test_the_capability_statement_lists_patch(fhir):
 
 
 @pytest.mark.parametrize("method", ["HEAD", "GET", "PUT", "PATCH", "DELETE"])
-def test_an_operation_url_answers_405_to_a_method_it_does_not_take(client, method):
-    response = client.request(method, "/fhir/Task/$validate")
+@pytest.mark.parametrize("resource_type", ["Task", "Patient"])  # Patient: a type the server alone writes
+def test_an_operation_url_answers_405_to_a_method_it_does_not_take(client, method, resource_type):
+    response = client.request(method, f"/fhir/{resource_type}/$validate")
     assert response.status_code == 405
-    assert response.headers["allow"] == "POST"
+    assert response.headers["allow"] == "POST"  # which $validate takes of every type (Allow was empty for Patient)

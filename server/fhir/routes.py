@@ -197,6 +197,8 @@ def _entry_authorizer(request: Request) -> Callable[[str, str, Any], None]:
             raise Forbidden(f"{principal.name} may not {method} {path} (its scopes do not allow it)")
         if len(parts) == 1:
             _require_creating_for_conditional_updates(principal, method, parts[0])
+        if parts:
+            _require_reading_for_patches(principal, method, parts[0])
         _require_study_reading_for_orders(principal, resource)
 
     return authorize
@@ -223,6 +225,14 @@ def _require_creating_for_conditional_updates(principal: Principal, method: str,
     """A conditional update (`PUT [type]?...`) creates what it does not find."""
     if method == "PUT" and not principal.may(Permission(resource_type, "c")):
         raise Forbidden(f"{principal.name} may not create {resource_type}, which a conditional update may do")
+
+
+def _require_reading_for_patches(principal: Principal, method: str, resource_type: str) -> None:
+    """A patch reads what it patches: its answer is the whole resource as
+    patched, and its `test` operations (and which paths it finds) tell what
+    is there. With the right to update alone, an empty patch read anything."""
+    if method == "PATCH" and not principal.may(Permission(resource_type, "r")):
+        raise Forbidden(f"{principal.name} may not read {resource_type}, which a patch does ({resource_type}.r)")
 
 
 @router.get("/metadata")
@@ -464,6 +474,7 @@ async def conditional_patch(request: Request, resource_type: str) -> Response:
 async def _patch_request(request: Request, resource_type: str) -> tuple[list[Operation], Preconditions | None]:
     """The patch's operations and preconditions, checked before anything is read or written."""
     _fhir(request).require_writable(resource_type)
+    _require_reading_for_patches(request.state.principal, "PATCH", resource_type)
     require_patch_body(request)
     response_format(request)  # a 406 must come before the write, not after it
     body = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
