@@ -154,10 +154,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, error: HTTPException) -> Response:
         headers = dict(error.headers or {})
+        detail = str(error.detail)
         if error.status_code == 405:
             # The router names only the methods of the first route whose path matched.
             headers["Allow"] = await allowed_methods(request)
-        return error_response(error.status_code, str(error.detail), headers, request)
+            detail = f"{request.method} is not allowed on {request.url.path[:200]}; allowed: {headers['Allow']}"
+        elif error.status_code == 404 and detail == "Not Found":  # the router's: no route has this path
+            detail = f"nothing is served at {request.url.path[:200]} (no such resource type, operation or path)"
+        return error_response(error.status_code, detail, headers, request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> Response:

@@ -52,6 +52,16 @@ def test_405_lists_every_method_of_the_url(client, method, url, allowed):
     response = client.request(method, url.format(instance=instance))
     assert response.status_code == 405
     assert response.headers["allow"] == allowed
+    if response.headers["content-type"].startswith("application/fhir+json"):
+        assert response.json()["issue"][0]["diagnostics"].endswith(f"; allowed: {allowed}")
+
+
+@pytest.mark.parametrize("url", ["/fhir/Task/$nothing", "/fhir/Patient/$everything", "/nowhere"])
+def test_a_path_nothing_serves_says_so(client, url):
+    response = client.get(url)
+    assert response.status_code == 404
+    said = response.json()["issue"][0]["diagnostics"] if url.startswith("/fhir") else response.text
+    assert f"nothing is served at {url}" in said
 
 
 @pytest.mark.parametrize(("method", "url"), [
