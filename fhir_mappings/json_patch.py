@@ -202,15 +202,12 @@ def _add(document: Any, path: tuple[str, ...], value: Any, replacing: bool = Fal
 def _remove(document: Any, path: tuple[str, ...]) -> Any:
     if not path:
         return None  # the whole document, which `replace` puts back; `remove` of it leaves no resource
-    parent, token, shown = _get(document, path[:-1]), path[-1], _shown(path)
+    parent, token = _get(document, path[:-1]), path[-1]
+    _child(parent, token, _shown(path))  # there, or why not
     if isinstance(parent, dict):
-        if token not in parent:
-            raise _Unprocessable(f"{shown} is not there")
         del parent[token]
-    elif isinstance(parent, list):
-        del parent[_index(parent, token, shown, len(parent) - 1)]
     else:
-        raise _Unprocessable(f"{_shown(path[:-1])} is a {_kind(parent)}, which has no members")
+        del parent[int(token)]
     return document
 
 
