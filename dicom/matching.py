@@ -26,7 +26,7 @@ import functools
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Sequence
+from typing import Any, Sequence
 
 from dicom.errors import InvalidRequest
 from dicom.qido_attributes import (
@@ -283,6 +283,12 @@ def person_name_groups(value: str) -> tuple[str | None, str | None, str | None]:
     groups = [group.rstrip("^") or None for group in value.split("=")[: len(NAME_GROUPS)]]
     first, second, third = groups + [None] * (len(NAME_GROUPS) - len(groups))
     return first, second, third
+
+
+def person_name_text(value: dict[str, Any]) -> str:
+    """A PN value of the DICOM JSON model (PS3.18 F.2.2) as one string, its
+    groups joined by `=`, as `normalise_person_name` writes it."""
+    return normalise_person_name("=".join(value.get(group.capitalize()) or "" for group in NAME_GROUPS))
 
 
 def name_search_key(pn: str) -> str:
