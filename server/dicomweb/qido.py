@@ -219,13 +219,28 @@ def column_matches(column: Any, condition: Condition, dialect: str, checked: boo
             named = or_(*(_text_match(parts[part], condition.value, dialect) for part in condition.compared_parts()))
         if not (checked and _beyond_index(condition)):
             return named
-        # A name cut to its columns (its row says so, and the whole fills its
-        # column) may match past the cut, or only in the part kept: the stored
-        # whole decides. `compared_parts` also takes the whole to hold each
-        # group, which a cut one need not.
-        whole = parts[WHOLE_NAME]
-        return or_(named, and_(whole.table.c.index_cut, func.length(whole) == _width(whole)))
+        return or_(named, _cut_name_candidates(condition, parts, dialect))
     raise AssertionError(f"unhandled condition {condition!r}")
+
+
+def _cut_name_candidates(condition: PersonNameMatch, parts: dict[str, Any], dialect: str) -> ColumnElement[bool]:
+    """The rows whose name was cut to its columns (the row says so, and the
+    whole fills its column) and might match past the cut, or only in the
+    part kept: the stored whole decides (`_holds_whole`). `compared_parts`
+    takes the whole to hold each group, which a cut one need not. A name
+    that matches has a part that starts as the value does up to its first
+    `*`: the whole where the whole or its alphabetic group matches, else the
+    group; matched against that start, each term can use its column's index."""
+    whole = parts[WHOLE_NAME]
+    cut = and_(whole.table.c.index_cut, func.length(whole) == _width(whole))
+    if condition.groups is None:
+        starts = [(parts[part], condition.value) for part in (WHOLE_NAME, *NAME_GROUPS[1:])]
+    else:  # every group asked for must match: any one of them narrows enough
+        starts = [next((parts[group], wanted) for group, wanted in zip(NAME_GROUPS, condition.groups) if wanted)]
+    return or_(*(
+        and_(cut, _wildcard(column, value.split("*", 1)[0][: _width(whole)] + "*", dialect))
+        for column, value in starts
+    ))
 
 
 def _clause(condition: Condition, dialect: str, top_level: bool = True) -> ColumnElement[bool]:
