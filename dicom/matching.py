@@ -476,8 +476,9 @@ def _person_name(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> Pe
     if fuzzy or "=" not in value:
         return PersonNameMatch(attr.keyword, attr.tag, name, fuzzy)
     # `=` is read before normalising: `Yamada^Tarou=` asks for the alphabetic group alone.
-    written = value.split("=")
-    if len(written) > len(NAME_GROUPS):
+    # Groups are counted after it, as empty ones past the third are trailing (`Yamada^Tarou===`).
+    written = value.split("=")[: len(NAME_GROUPS)]
+    if name.count("=") >= len(NAME_GROUPS):
         raise InvalidRequest(
             f"query parameter {param!r}: a person name has at most {len(NAME_GROUPS)} component groups "
             "(alphabetic=ideographic=phonetic)"
