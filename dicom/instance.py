@@ -18,7 +18,7 @@ from pydicom.filereader import read_file_meta_info
 from dicom.bulkdata import format_tag_path
 from dicom.errors import InvalidDicom
 from dicom.json_model import dataset_to_json, read_dataset_for_metadata
-from dicom.matching import name_search_key, normalise_person_name, normalise_time, person_name_groups
+from dicom.matching import name_search_key, normalise_time, person_name_groups, person_name_text
 from dicom.uids import is_safe_uid
 
 # Stored metadata names bulk data relative to this marker; responses swap it
@@ -306,8 +306,7 @@ def _text(metadata: Attributes, tag: str) -> str | None:
         return None
     first = values[0]
     if isinstance(first, dict):
-        groups = [first.get(component, "") for component in ("Alphabetic", "Ideographic", "Phonetic")]
-        first = normalise_person_name("=".join(groups))
+        first = person_name_text(first)
     text = str(first).strip()
     return text or None
 

@@ -26,7 +26,7 @@ import functools
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Sequence
+from typing import Any, Sequence
 
 from dicom.errors import InvalidRequest
 from dicom.qido_attributes import (
@@ -285,6 +285,12 @@ def person_name_groups(value: str) -> tuple[str | None, str | None, str | None]:
     return first, second, third
 
 
+def person_name_text(value: dict[str, Any]) -> str:
+    """A PN value of the DICOM JSON model (PS3.18 F.2.2) as one string, its
+    groups joined by `=`, as `normalise_person_name` writes it."""
+    return normalise_person_name("=".join(value.get(group.capitalize()) or "" for group in NAME_GROUPS))
+
+
 def name_search_key(pn: str) -> str:
     """A stored PN value (all groups) as " WORD WORD ", for per-token `LIKE '% TOKEN%'`."""
     tokens = fuzzy_name_tokens(pn)
@@ -470,8 +476,9 @@ def _person_name(attr: QidoAttribute, value: str, param: str, fuzzy: bool) -> Pe
     if fuzzy or "=" not in value:
         return PersonNameMatch(attr.keyword, attr.tag, name, fuzzy)
     # `=` is read before normalising: `Yamada^Tarou=` asks for the alphabetic group alone.
-    written = value.split("=")
-    if len(written) > len(NAME_GROUPS):
+    # Groups are counted after it, as empty ones past the third are trailing (`Yamada^Tarou===`).
+    written = value.split("=")[: len(NAME_GROUPS)]
+    if name.count("=") >= len(NAME_GROUPS):
         raise InvalidRequest(
             f"query parameter {param!r}: a person name has at most {len(NAME_GROUPS)} component groups "
             "(alphabetic=ideographic=phonetic)"

@@ -294,6 +294,9 @@ def test_person_name_groups():
         # `=` asks for groups even where normalising drops it: the alphabetic group alone.
         ("Yamada^Tarou=", ("Yamada^Tarou", None)),
         ("*=山田*=", (None, "山田*", None)),
+        # Empty groups past the third are trailing empty groups, which PS3.5 6.2.1.1 makes insignificant.
+        ("Yamada^Tarou===", ("Yamada^Tarou", None, None)),
+        ("a=b=c=^^", ("a", "b", "c")),
         ("Yamada^Tarou", None),
     ],
 )
@@ -308,6 +311,7 @@ def test_person_name_of_empty_or_star_groups_is_universal(query):
 
 def test_person_name_of_four_groups_is_refused():
     rejects("study", ("PatientName", "a=b=c=d"), naming="PatientName")
+    rejects("study", ("PatientName", "a===d"), naming="PatientName")
     # Fuzzy matching reads words, whatever the groups.
     assert only(parse("study", ("PatientName", "a=b=c=d"), ("fuzzymatching", "true"))).fuzzy
 

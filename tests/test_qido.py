@@ -559,6 +559,24 @@ def test_more_than_three_name_groups_are_refused(client):
     bad_request(client, "/studies", [("PatientName", "a=b=c=d")], naming="PatientName")
 
 
+def test_names_longer_than_their_index_columns_are_matched_on_the_whole_name(client):
+    """The name columns hold 324 characters; a longer name (groups of 200, as
+    readers that take 64 per component allow) is cut there, so a pattern is
+    decided on the stored whole, by the group past the cut and by its end."""
+    long_name = "Q" * 200 + "=" + "B" * 200 + "^Z"
+    by_value = studies_with(client, "PatientName", [long_name, "Doe^John"], SpecificCharacterSet="ISO_IR 192")
+    for path in ("/studies", "/series", "/instances"):
+        assert matched(client, by_value, [("PatientName", "*Z*")], path) == {long_name}  # the ideographic group
+        assert matched(client, by_value, [("PatientName", "Q*^Z")], path) == {long_name}  # the whole
+        assert matched(client, by_value, [("PatientName", "*B")], path) == set()  # only where the column was cut
+        assert matched(client, by_value, [("PatientName", "Q*=B*^Z")], path) == {long_name}
+        assert matched(client, by_value, [("PatientName", "B" * 200 + "^Z")], path) == {long_name}
+        assert matched(client, by_value, [("PatientName", long_name)], path) == {long_name}
+    pages = [search(client, "/studies", [("PatientName", "*Z*"), ("limit", "1"), ("offset", offset)])
+             for offset in ("0", "1")]
+    assert [len(page) for page in pages] == [1, 0]
+
+
 # --- includefield ----------------------------------------------------------------
 
 

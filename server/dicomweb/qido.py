@@ -38,6 +38,7 @@ from dicom.matching import (
     ValueList,
     Wildcard,
     fuzzy_name_tokens,
+    person_name_text,
     wildcard_to_glob,
     wildcard_to_like,
 )
@@ -120,9 +121,13 @@ def _width(column: Any) -> int | None:
     return column.type.length if isinstance(column.type, String) else None
 
 
-def _beyond_index(condition: Condition) -> TypeGuard[SingleValue | Wildcard]:
+_Checked = SingleValue | Wildcard | PersonNameMatch
+
+
+def _beyond_index(condition: Condition) -> TypeGuard[_Checked]:
     """A text condition that the index column of its attribute cannot decide:
-    an exact value as long as the column or longer, or any pattern. The
+    an exact value as long as the column or longer, or any pattern (a person
+    name's groups are as wide as the whole, and cut only where it is). The
     column holds only the start of a longer stored value, so for such a
     condition it can only narrow the search: the stored attributes decide
     (`_holds_whole`). A shorter exact value never equals a cut one, but a
@@ -132,13 +137,16 @@ def _beyond_index(condition: Condition) -> TypeGuard[SingleValue | Wildcard]:
     width = None if column is None else _width(column)
     if width is None or _VRS.get(condition.tag) not in TEXT_VRS:
         return False
+    if isinstance(condition, PersonNameMatch):
+        wanted = (condition.value, *(group for group in condition.groups or () if group))
+        return not condition.fuzzy and (condition.is_wildcard or any(len(value) >= width for value in wanted))
     return isinstance(condition, Wildcard) or (isinstance(condition, SingleValue) and len(condition.value) >= width)
 
 
 _VRS = {attribute.tag: attribute.vr for level in LEVELS for attribute in ATTRIBUTES[level]}
 
 
-def _holds_whole(row: Any, condition: SingleValue | Wildcard, level: str) -> bool:
+def _holds_whole(row: Any, condition: _Checked, level: str) -> bool:
     table = _COLUMNS[condition.tag].table
     if table is instances:
         stored = row.metadata_json
@@ -147,15 +155,19 @@ def _holds_whole(row: Any, condition: SingleValue | Wildcard, level: str) -> boo
     else:
         stored = row.attributes_json if level == "study" else row.study_json
     element = orjson.loads(stored).get(f"{condition.tag:08X}", {})
+    if isinstance(condition, PersonNameMatch):
+        names = (person_name_text(value) for value in element.get("Value", ()) if isinstance(value, dict))
+        return any(condition.matches(name) for name in names)
     return any(isinstance(value, str) and condition.matches(value) for value in element.get("Value", ()))
 
 
-def _decided_in_sql(row: Any, condition: SingleValue | Wildcard) -> bool:
-    """A pattern that matched a row none of whose values was cut matched the
-    whole value (`column_matches` lets in no other uncut row): nothing to parse."""
+def _decided_in_sql(row: Any, condition: _Checked) -> bool:
+    """A pattern or a name that matched a row none of whose values was cut
+    matched the whole value (`column_matches` lets in no other uncut row):
+    nothing to parse."""
     table = _COLUMNS[condition.tag].table
     cut = row.series_cut if table is series else row.study_cut if table is studies else True
-    return isinstance(condition, Wildcard) and not cut
+    return isinstance(condition, (Wildcard, PersonNameMatch)) and not cut
 
 
 def column_matches(column: Any, condition: Condition, dialect: str, checked: bool = False) -> ColumnElement[bool]:
@@ -196,15 +208,39 @@ def column_matches(column: Any, condition: Condition, dialect: str, checked: boo
             return and_(*(_wildcard(search, f"* {token}*", dialect) for token in fuzzy_name_tokens(condition.value)))
         parts = _NAME_PART_COLUMNS[condition.tag]
         if condition.groups is not None:
-            return and_(*(
+            named = and_(*(
                 _text_match(parts[group], wanted, dialect)
                 for group, wanted in zip(NAME_GROUPS, condition.groups) if wanted is not None
             ))
-        # Each group has an indexed column, so for an exact value both databases
-        # look each term of the OR up in its own index (SQLite's MULTI-INDEX OR,
-        # PostgreSQL's BitmapOr) rather than scan the table.
-        return or_(*(_text_match(parts[part], condition.value, dialect) for part in condition.compared_parts()))
+        else:
+            # Each group has an indexed column, so for an exact value both databases
+            # look each term of the OR up in its own index (SQLite's MULTI-INDEX OR,
+            # PostgreSQL's BitmapOr) rather than scan the table.
+            named = or_(*(_text_match(parts[part], condition.value, dialect) for part in condition.compared_parts()))
+        if not (checked and _beyond_index(condition)):
+            return named
+        return or_(named, _cut_name_candidates(condition, parts, dialect))
     raise AssertionError(f"unhandled condition {condition!r}")
+
+
+def _cut_name_candidates(condition: PersonNameMatch, parts: dict[str, Any], dialect: str) -> ColumnElement[bool]:
+    """The rows whose name was cut to its columns (the row says so, and the
+    whole fills its column) and might match past the cut, or only in the
+    part kept: the stored whole decides (`_holds_whole`). `compared_parts`
+    takes the whole to hold each group, which a cut one need not. A name
+    that matches has a part that starts as the value does up to its first
+    `*`: the whole where the whole or its alphabetic group matches, else the
+    group; matched against that start, each term can use its column's index."""
+    whole = parts[WHOLE_NAME]
+    cut = and_(whole.table.c.index_cut, func.length(whole) == _width(whole))
+    if condition.groups is None:
+        starts = [(parts[part], condition.value) for part in (WHOLE_NAME, *NAME_GROUPS[1:])]
+    else:  # every group asked for must match: any one of them narrows enough
+        starts = [next((parts[group], wanted) for group, wanted in zip(NAME_GROUPS, condition.groups) if wanted)]
+    return or_(*(
+        and_(cut, _wildcard(column, value.split("*", 1)[0][: _width(whole)] + "*", dialect))
+        for column, value in starts
+    ))
 
 
 def _clause(condition: Condition, dialect: str, top_level: bool = True) -> ColumnElement[bool]:
