@@ -27,6 +27,8 @@ SEARCHES = (
     ("  the same, fuzzymatching=true", {"PatientName": "*ient00012*", "fuzzymatching": "true"}),
     ("PatientName=bench* fuzzy (every study)", {"PatientName": "bench*", "fuzzymatching": "true"}),
     ("PatientName=Bench^Patient00123*", {"PatientName": "Bench^Patient00123*"}),
+    # A page deep into many matches: a pattern that pages in Python reads every row before it.
+    ("PatientName=Bench* offset=10000", {"PatientName": "Bench*", "offset": "10000"}),
     ("PatientID=*0012*", {"PatientID": "*0012*"}),
     ("PatientName=*zzz* (no match)", {"PatientName": "*zzz*"}),
 )
