@@ -144,10 +144,16 @@ def _check_literal_reference(reference: str, path: str) -> None:
         segments = rest[2:].split("/")[1:]  # the path, after the host
     else:
         segments = reference.split("/")
-        if _is_resource_type(segments[0]) and not _RELATIVE_REFERENCE.fullmatch(reference):
+        if not is_relative_reference(reference):
+            if _is_resource_type(segments[0]):
+                raise InvalidResource(
+                    f"{path}: {reference[:100]!r} is no reference to a {segments[0]}; R4 has {segments[0]}/[id], or"
+                    f" {segments[0]}/[id]/_history/[version]"
+                )
+            # Relative to the base, it could name only a resource of this server, and names none of them.
             raise InvalidResource(
-                f"{path}: {reference[:100]!r} is no reference to a {segments[0]}; R4 has {segments[0]}/[id], or"
-                f" {segments[0]}/[id]/_history/[version]"
+                f"{path}: {reference[:100]!r} is no literal reference; R4 has [type]/[id] of an R4 resource type"
+                " (or [type]/[id]/_history/[version]), an absolute URL, or #[id] of a contained resource"
             )
     position = 0
     while position < len(segments):
@@ -158,6 +164,13 @@ def _check_literal_reference(reference: str, path: str) -> None:
                 raise InvalidResource(f"{path}: {reference[:100]!r} names no {what} after {named}")
             position += 1  # an id, whatever it is called
         position += 1
+
+
+def is_relative_reference(reference: str) -> bool:
+    """Whether `reference` is `[type]/[id]` or `[type]/[id]/_history/[version]`
+    of an R4 resource type, the only relative literal reference there is
+    (R4 references.html#literal)."""
+    return _RELATIVE_REFERENCE.fullmatch(reference) is not None and _is_resource_type(reference.split("/")[0])
 
 
 @cache

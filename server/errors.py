@@ -117,6 +117,22 @@ def _is_fhir(request: Request) -> bool:
     return path == "/fhir" or path.startswith("/fhir/")
 
 
+def _unknown_fhir_type(request: Request) -> fhir.ResourceNotFound | None:
+    """The 404 of a URL under a resource type the server lacks (`Nope/$validate`,
+    `Nope/x/_history`): it names nothing, so no method is allowed on it, and
+    its answer is the one every other URL of that type gets, not the 405 of
+    the route its path looks like. `metadata`, `$export` and the like have no
+    segment after theirs that a 405 could meet."""
+    parts = request.url.path.split("/")
+    if len(parts) < 4 or parts[1] != "fhir" or parts[2].startswith("$"):
+        return None
+    try:
+        request.app.state.services.fhir.require_type(parts[2])
+    except fhir.ResourceNotFound as error:
+        return error
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DicomError)
     async def _domain(request: Request, error: DicomError) -> Response:
@@ -155,6 +171,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, error: HTTPException) -> Response:
         headers = dict(error.headers or {})
         detail = str(error.detail)
+        unknown_type = _unknown_fhir_type(request) if error.status_code == 405 else None
+        if unknown_type is not None:
+            return await _fhir(request, unknown_type)
         if error.status_code == 405:
             # The router names only the methods of the first route whose path matched.
             headers["Allow"] = await allowed_methods(request)

@@ -259,6 +259,8 @@ _OBSERVATION = {"resourceType": "Observation", "id": "o1", "status": "final", "c
     "Patient/", "Patient", "Patient//_history", "Patient/p1/", "Patient/p1/_history", "Patient/p1/_history/",
     "Patient/p1/x", "http://other.example/fhir/Patient/", "https://other.example/fhir/Patient//_history/1",
     "http://testserver/fhir/Patient/", "http://other.example/fhir/Patient/p1/_history",
+    # Relative, a reference is [type]/[id] of an R4 type: nothing else is a resource of this server.
+    "/Patient/p1", "patient/p1", "Nope/p1", "p1", "./Patient/p1", "Patient/p 1",
 ])
 @pytest.mark.parametrize(("where", "body"), [
     ("Task.for.reference", lambda reference: {**TASK, "for": {"reference": reference}}),

@@ -193,6 +193,31 @@ def test_if_none_match_gives_304(fhir):
     assert fhir.get(f"/fhir/Task/{task_id}", headers={"If-None-Match": 'W/"7"'}).status_code == 200
 
 
+def test_a_read_under_if_match_is_412_unless_it_names_the_version_read(fhir):
+    """If-Match is evaluated first on a GET too (RFC 9110 13.1.1, 13.2.2):
+    it was ignored, and a client that read only the version it held got
+    another. `*` holds for whatever is read; a vread's version is the one
+    matched. A malformed If-None-Match was taken as naming nothing on a read
+    (200), though a write refuses it (400)."""
+    task_id = _create(fhir).json()["id"]
+    fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id, "status": "ready"})
+    for url, held, other in ((f"/fhir/Task/{task_id}", 'W/"2"', 'W/"1"'),
+                             (f"/fhir/Task/{task_id}/_history/1", '"1"', 'W/"2"')):
+        assert fhir.get(url, headers={"If-Match": held}).status_code == 200
+        assert fhir.get(url, headers={"If-Match": "*"}).status_code == 200
+        assert "If-Match" in _outcome(fhir.get(url, headers={"If-Match": other}), 412, "conflict")
+        # If-Match holds, If-None-Match is asked next: not modified.
+        assert fhir.get(url, headers={"If-Match": held, "If-None-Match": held}).status_code == 304
+        # Parsed as a write's are: a list, and no ETag that is not one.
+        assert fhir.get(url, headers={"If-None-Match": f'W/"9", {held}'}).status_code == 304
+        for header in ({"If-Match": "soon"}, {"If-None-Match": "soon"}, {"If-None-Match": f'*, {held}'}):
+            _outcome(fhir.get(url, headers=header), 400, "invalid")
+    _outcome(fhir.get("/fhir/Task/never", headers={"If-Match": "*"}), 404, "not-found")  # no 2xx to condition
+    entries = [{"request": {"method": "GET", "url": f"Task/{task_id}", "ifMatch": tag}} for tag in ('W/"2"', 'W/"1"')]
+    batch = fhir.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": entries}).json()
+    assert [entry["response"]["status"][:3] for entry in batch["entry"]] == ["200", "412"]
+
+
 def test_if_modified_since_gives_304(fhir):
     task_id = _create(fhir).json()["id"]
     later = format_datetime(datetime.now(UTC) + timedelta(minutes=1), usegmt=True)

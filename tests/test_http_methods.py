@@ -56,6 +56,21 @@ def test_405_lists_every_method_of_the_url(client, method, url, allowed):
         assert response.json()["issue"][0]["diagnostics"].endswith(f"; allowed: {allowed}")
 
 
+@pytest.mark.parametrize(("method", "url"), [
+    ("GET", "/fhir/Nope/$validate"), ("HEAD", "/fhir/Nope/$validate"), ("PUT", "/fhir/Nope/$validate"),
+    ("DELETE", "/fhir/Nope/x/$validate"), ("PATCH", "/fhir/Nope/x/$validate"), ("POST", "/fhir/Nope/x/_history"),
+])
+def test_an_operation_of_an_unknown_type_is_404_not_405(client, method, url):
+    """The URL names nothing: a type the server lacks is 404, whatever the
+    method, as its other URLs are, not a 405 for the operation the path looks like."""
+    response = client.request(method, url)
+    assert response.status_code == 404, response.text
+    assert "allow" not in response.headers
+    if method != "HEAD":
+        assert "Nope is not a resource type" in response.json()["issue"][0]["diagnostics"]
+    assert client.request(method, url.replace("Nope", "Task")).status_code == 405  # a type the server has
+
+
 @pytest.mark.parametrize("url", ["/fhir/Task/$nothing", "/fhir/Patient/$everything", "/nowhere"])
 def test_a_path_nothing_serves_says_so(client, url):
     response = client.get(url)

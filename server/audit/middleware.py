@@ -43,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicom.uids import is_safe_uid
 from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
+from fhir_mappings.json_types import is_relative_reference
 from server.audit.chain import AuditChain
 from server.audit.recorder import AuditRecorder, AuditUnavailable
 from server.auth.identities import ANONYMOUS
@@ -293,8 +294,10 @@ class _RequestAudit:
         app = principal.app if principal is not None else scope["state"].get(_LOGIN_APP)
         parts = [part for part in scope["path"].split("/") if part]
         if resources is None:
-            resources = ([f"{parts[1]}/{parts[2]}"] if parts[:1] == ["fhir"] and len(parts) >= 3
-                         and not parts[2].startswith(("_", "$")) else self.resources)
+            # The resource the URL names, when it names one: `Nope/x` or `Task/bad id` is no reference,
+            # and the record would be an AuditEvent this server itself refuses (the description keeps the URL).
+            named = f"{parts[1]}/{parts[2]}" if parts[:1] == ["fhir"] and len(parts) >= 3 else ""
+            resources = [named] if is_relative_reference(named) else self.resources
         query = _without_credentials(scope.get("query_string") or b"") or None
         return audit_event(AuditRecord(
             kind=self.kind, outcome=outcome, recorded=datetime.now(UTC),

@@ -340,6 +340,7 @@ def _run(
         )
         request = entry["request"]
         summary, elements = read_subsetting(form_pairs(query))
+        interactions.require_read_match(version, request.get("ifMatch"))
         if interactions.not_modified(version, _text(request, "ifNoneMatch"), _instant(request, "ifModifiedSince")):
             return EntryResult("304 Not Modified", etag=version.etag, last_modified=version.last_updated)
         return _result("200 OK", version, base, subset_of=(summary, elements))

@@ -21,7 +21,7 @@ from fhir_mappings.search_query import SearchRequest
 from server.audit.middleware import note_patients
 from server.db import writing
 from server.fhir.own_references import with_relative_references, with_relative_search_values
-from server.fhir.preconditions import Preconditions
+from server.fhir.preconditions import Preconditions, names_version, parse_preconditions, parse_tags
 from server.fhir.search import SearchPage
 from server.fhir.service import FhirService
 from server.fhir.store import StoredVersion
@@ -33,13 +33,21 @@ def written_outcome(version: StoredVersion) -> dict[str, Any]:
     return operation_outcome("informational", done, "information")
 
 
+def require_read_match(version: StoredVersion, if_match: object) -> None:
+    """A read's If-Match, asked before anything else (RFC 9110 §13.2.2): 412
+    unless it names the version read (`*`: any). Parsed as a write's is."""
+    preconditions = parse_preconditions(if_match, None)
+    if preconditions is not None:
+        preconditions.require(f"{version.resource_type}/{version.resource_id}", version.version_id)
+
+
 def not_modified(version: StoredVersion, if_none_match: str | None, modified_since_micros: int | None) -> bool:
     """Whether a conditional read is answered 304: If-None-Match wins over
     If-Modified-Since (RFC 9110 §13.2.2), which compares whole seconds, as
     HTTP dates have them."""
-    if if_none_match is not None:
-        tags = {tag.strip() for tag in if_none_match.split(",")}
-        return "*" in tags or version.etag in tags or version.etag.removeprefix("W/") in tags
+    tags = parse_tags("If-None-Match", if_none_match)  # as a write's is: a malformed one is 400 on either
+    if tags is not None:
+        return names_version(tags, version.version_id)
     if modified_since_micros is not None:
         return version.last_updated // 1_000_000 <= modified_since_micros // 1_000_000
     return False

@@ -46,10 +46,10 @@ class Preconditions:
         if self.match is not None:
             if current_version is None:
                 raise VersionConflict(f"{what} does not exist or is deleted; If-Match cannot hold")
-            if self.match != "*" and current_version not in self.match:
+            if not names_version(self.match, current_version):
                 raise VersionConflict(f"{what} is at version {current_version}, not {_named(self.match)} (If-Match)")
         if self.none_match is not None and current_version is not None:
-            if self.none_match == "*" or current_version in self.none_match:
+            if names_version(self.none_match, current_version):
                 raise VersionConflict(
                     f"{what} is at version {current_version} (If-None-Match: {_named(self.none_match)})"
                 )
@@ -63,10 +63,14 @@ def parse_preconditions(
     date, which §13.1.4 has ignored); None when none is sent."""
     if if_match is None and if_none_match is None and unmodified_since is None:
         return None
-    return Preconditions(_tags("If-Match", if_match), _tags("If-None-Match", if_none_match), unmodified_since)
+    return Preconditions(parse_tags("If-Match", if_match), parse_tags("If-None-Match", if_none_match), unmodified_since)
 
 
-def _tags(name: str, header: object) -> Tags | None:
+def names_version(tags: Tags, version: int) -> bool:
+    return tags == "*" or version in tags
+
+
+def parse_tags(name: str, header: object) -> Tags | None:
     """`*`, or a list of ETags."""
     if header is None:
         return None

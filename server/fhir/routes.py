@@ -138,6 +138,8 @@ def _version_response(
     request: Request, version: StoredVersion, status: int = 200, location: bool = False, written: bool = False
 ) -> Response:
     """`written`: by this request, whose record the store told the patients as it wrote."""
+    if request.method == "GET":  # a read: nothing is disclosed when its If-Match fails
+        interactions.require_read_match(version, request.headers.get("if-match"))
     if version.body is not None and not written:  # the patient whose data a read discloses, for the audit record
         note_patients(patients_of_json(version.body))
     fmt = response_format(request)
