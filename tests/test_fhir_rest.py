@@ -107,6 +107,20 @@ def test_if_match_takes_a_list_of_etags(fhir):
         _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers={"If-Match": header}), 400, "invalid")
 
 
+def test_an_etag_that_is_no_version_of_ours_matches_nothing(fhir):
+    """A well-formed entity tag that names no version (another server's, a
+    cache's) is no error (RFC 9110 13.1.1, 13.1.2): it fails If-Match (412)
+    and passes If-None-Match, on reads and writes alike."""
+    task_id = _create(fhir).json()["id"]
+    foreign = {"If-Match": '"abc"'}
+    assert "name no version" in _outcome(fhir.get(f"/fhir/Task/{task_id}", headers=foreign), 412, "conflict")
+    _outcome(fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers=foreign), 412, "conflict")
+    assert fhir.get(f"/fhir/Task/{task_id}", headers={"If-None-Match": 'W/"x-1", ""'}).status_code == 200
+    assert fhir.get(f"/fhir/Task/{task_id}", headers={"If-None-Match": 'W/"x-1", W/"1"'}).status_code == 304
+    updated = fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers={"If-None-Match": '"abc"'})
+    assert updated.status_code == 200
+
+
 def test_if_none_match_keeps_a_write_from_changing_what_is_current(fhir):
     """`If-None-Match: *` on a PUT creates only (RFC 9110 13.1.2): it was
     ignored, and the PUT overwrote what it was sent to keep."""

@@ -5,7 +5,9 @@ header.
 
 A version's entity tag is `W/"n"`; a tag is compared by its number, weak or
 strong as the client wrote it (FHIR's tags are weak, and clients often send
-`"n"`).
+`"n"`). A well-formed tag that is no version of ours (`"abc"`, another
+server's) names no version: it fails an If-Match and passes an
+If-None-Match, as RFC 9110 has any tag that does not match.
 """
 
 import re
@@ -15,7 +17,8 @@ from typing import Literal
 from fhir_mappings.date_ranges import instant_text
 from fhir_mappings.errors import InvalidRequest, VersionConflict
 
-_ETAG = re.compile(r'(?:W/)?"([0-9]{1,40})"')
+# RFC 9110 §8.8.3 entity-tag; group 1 is the version when the tag is one of ours.
+_ETAG = re.compile(r'(?:W/)?"(?:([0-9]{1,40})|[\x21\x23-\x7e\x80-\xff]*)"')
 # What an If-Match or If-None-Match names: some versions, or `*`, any current one.
 Tags = frozenset[int] | Literal["*"]
 
@@ -80,8 +83,10 @@ def parse_tags(name: str, header: object) -> Tags | None:
     found = [_ETAG.fullmatch(member) for member in members]
     if not members or not all(found):
         raise InvalidRequest(f'{name} must be * or ETags such as W/"3", not {str(header)[:40]!r}')
-    return frozenset(int(match.group(1)) for match in found if match)
+    return frozenset(int(match.group(1)) for match in found if match and match.group(1))
 
 
 def _named(tags: Tags) -> str:
-    return tags if tags == "*" else ", ".join(str(version) for version in sorted(tags))
+    if tags == "*":
+        return tags
+    return ", ".join(str(version) for version in sorted(tags)) or "ETags that name no version of it"
