@@ -73,7 +73,9 @@ class Operation:
 def parse_parameters(body: Any) -> list[Operation]:
     """The operations of a FHIRPath Patch, or InvalidRequest (400)."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise InvalidRequest("a FHIRPath Patch is a Parameters resource")
+        raise InvalidRequest(
+            "a FHIRPath Patch is a Parameters resource (a JSON Patch is sent as application/json-patch+json)"
+        )
     parameters = body.get("parameter", [])
     if not isinstance(parameters, list):
         raise InvalidRequest("Parameters.parameter must be an array")

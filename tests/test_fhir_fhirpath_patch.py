@@ -181,6 +181,13 @@ def test_a_fhirpath_patch_that_fails_stores_nothing(fhir, operation, status, wor
     assert task["meta"]["versionId"] == "1" and task["description"] == "first"
 
 
+def test_a_json_patch_sent_as_fhir_json_is_told_what_is_wrong(fhir):
+    _task(fhir)
+    operations = [{"op": "replace", "path": "/status", "value": "ready"}]
+    response = fhir.patch("/fhir/Task/p1", content=json.dumps(operations), headers=FHIR_JSON)
+    assert response.status_code == 400 and "application/json-patch+json" in _diagnostics(response)
+
+
 def test_a_fhirpath_patch_in_xml(fhir):
     _task(fhir)
     body = """<Parameters xmlns="http://hl7.org/fhir"><parameter><name value="operation"/>
@@ -235,3 +242,16 @@ def test_fhirpath_patch_entries_in_a_transaction_link_to_other_entries(fhir):
     refused = fhir.post("/fhir", json=failing)
     assert refused.status_code == 422 and "entry 1 (PATCH Task/child2)" in _diagnostics(refused)
     assert fhir.get("/fhir/Task/child").json()["status"] == "draft"
+
+
+def test_a_fhirpath_patch_needs_the_rights_to_update_and_read(services, client):
+    from server.auth.scopes import Role
+    from tests.test_auth_access import _bearer
+
+    _task(client)
+    ready = _operation("replace", "Task.status", value={"valueCode": "ready"})
+    for scopes in ("system/Task.crs", "system/Task.u"):
+        refused = _patch(client, "/fhir/Task/p1", ready, headers=_bearer(services, Role.AI_OPERATOR, scopes))
+        assert refused.status_code == 403, scopes
+    allowed = _patch(client, "/fhir/Task/p1", ready, headers=_bearer(services, Role.AI_OPERATOR, "system/Task.ru"))
+    assert allowed.status_code == 200 and client.get("/fhir/Task/p1").json()["status"] == "ready"

@@ -492,6 +492,11 @@ def test_a_placeholder_no_entry_has_fails_the_transaction_and_names_it(fhir):
     assert unknown in _diagnostics(response) and "entry 1 (PATCH Task/child)" in _diagnostics(response)
     assert fhir.get("/fhir/Task/other").json()["meta"]["versionId"] == "1"  # all or nothing
     assert "partOf" not in fhir.get("/fhir/Task/child").json()
+    conditional = fhir.post("/fhir", json=_transaction(
+        {"resource": _binary([{"op": "add", "path": "/partOf", "value": [{"reference": "Task?identifier=t-2"}]}]),
+         "request": {"method": "PATCH", "url": "Task/child"}},
+    ))
+    assert conditional.status_code == 400 and "conditional reference Task?identifier=t-2" in _diagnostics(conditional)
 
 
 def test_in_a_batch_a_patched_placeholder_is_refused_for_what_it_is(fhir):

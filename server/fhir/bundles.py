@@ -417,6 +417,14 @@ def _linked_in_transaction(
     left = placeholder_links(resolved)
     if left:
         raise InvalidRequest(f"the patch puts {left[0][:100]}, the fullUrl of no entry of this transaction")
+    # Conditional references are judged before any entry runs, from what the entries send; a patch's
+    # result exists only as its entry runs.
+    conditional = [reference for reference in literal_references(resolved) if "?" in reference]
+    if conditional:
+        raise InvalidRequest(
+            f"the patch puts the conditional reference {conditional[0][:100]}, which is resolved in the resources"
+            " entries send, not in a patch's result: name the resource (Type/id) or an entry's fullUrl"
+        )
     return resolved
 
 
