@@ -9,7 +9,7 @@ element names (a choice element by its name, `value`, or with its type,
 Criteria compare a path below the item (or `$this`) with `=` or `!=` to a
 string, number or boolean literal, or ask `exists()`; they combine with
 `and`, `or` and parentheses. FHIRPath outside it (other functions,
-operators, variables) is `InvalidResource` (422) naming the part; text that
+operators, variables) is `NotSupported` (422) naming the part; text that
 is no FHIRPath at all is `InvalidRequest` (400).
 
 Elements are looked up in the R4 models, so a name the type does not have
@@ -24,7 +24,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_mappings.elements import Kind, element_kinds
-from fhir_mappings.errors import InvalidRequest, InvalidResource
+from fhir_mappings.errors import InvalidRequest, InvalidResource, NotSupported
 
 SUPPORTED = (
     "a path from the resource type through element names (choice elements with or without their type),"
@@ -119,7 +119,7 @@ def parse(text: Any) -> Path:
     parser = _Parser(text)
     resource_type = parser.name("the resource type")
     if not re.fullmatch(r"[A-Z][A-Za-z]+", resource_type):
-        raise InvalidResource(f"the path {text[:100]!r} must start with the resource type (Task.status), here")
+        raise NotSupported(f"the path {text[:100]!r} must start with the resource type (Task.status), here")
     steps = parser.steps(0)
     parser.end()
     return Path(resource_type, steps, text[:200])
@@ -171,7 +171,7 @@ class _Parser:
         kind, value = token
         if kind == "symbol" and value in ".[]()":
             raise InvalidRequest(f"{self.text[:100]!r} is no FHIRPath: {value!r} is out of place")
-        raise InvalidResource(
+        raise NotSupported(
             f"the FHIRPath {self.text[:100]!r} uses {value[:40]!r}, outside the subset this server evaluates"
             f" ({SUPPORTED})"
         )
@@ -208,7 +208,7 @@ class _Parser:
             self.expect(")")
             return Function(name)
         if name != "where":
-            raise InvalidResource(
+            raise NotSupported(
                 f"the FHIRPath {self.text[:100]!r} calls {name[:40]}(), outside the subset this server evaluates"
                 f" ({SUPPORTED})"
             )
@@ -247,11 +247,11 @@ class _Parser:
         if steps and steps[-1] == Function("exists"):
             return Exists(steps[:-1])
         if any(step == Function("exists") for step in steps):
-            raise InvalidResource(f"the FHIRPath {self.text[:100]!r}: exists() ends a criterion here")
+            raise NotSupported(f"the FHIRPath {self.text[:100]!r}: exists() ends a criterion here")
         token = self.peek()
         if token not in (("symbol", "="), ("symbol", "!=")):
             if token is None or token == ("symbol", ")") or token[0] == "name":
-                raise InvalidResource(
+                raise NotSupported(
                     f"the FHIRPath {self.text[:100]!r}: a criterion here compares a path (= or !=) or asks exists()"
                 )
             self.unsupported(token)
@@ -262,17 +262,23 @@ class _Parser:
     def literal(self) -> str | Decimal | bool:
         kind, value = self.take()
         if kind == "string":
-            return re.sub(r"\\(.)", lambda match: _ESCAPES.get(match.group(1), match.group(1)), value[1:-1])
+            return re.sub(r"\\(u[0-9A-Fa-f]{4}|.)", _unescaped, value[1:-1])
         if kind == "number":
             return Decimal(value)
         if kind == "name" and value in ("true", "false"):
             return value == "true"
         if kind == "symbol" and value in ".[]()":
             raise InvalidRequest(f"{self.text[:100]!r}: expected a literal, found {value!r}")
-        raise InvalidResource(
+        raise NotSupported(
             f"the FHIRPath {self.text[:100]!r} compares with {value[:40]!r}: only string, number and boolean"
             " literals are supported here"
         )
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    """A string literal's escape (FHIRPath N1 §3.2.2): `\\'`, `\\n`, `\\u00e9` and the like."""
+    escaped = match.group(1)
+    return chr(int(escaped[1:], 16)) if len(escaped) == 5 else _ESCAPES.get(escaped, escaped)
 
 
 # --- evaluation ----------------------------------------------------------------

@@ -91,9 +91,9 @@ def apply_operations(document: Any, operations: list[Operation]) -> Any:
         try:
             _apply(result, operation)
         except InvalidResource as error:
-            raise InvalidResource(
-                f"FHIRPath Patch operation {position} ({operation}) cannot be applied: {error.diagnostics}"
-            ) from None
+            where = f"FHIRPath Patch operation {position} ({operation})"
+            error.diagnostics = f"{where} cannot be applied: {error.diagnostics}"
+            raise
     if _depth(result) > MAX_DEPTH:
         raise InvalidResource(f"the FHIRPath Patch would nest the resource more than {MAX_DEPTH} deep")
     return result
