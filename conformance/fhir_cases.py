@@ -6,7 +6,7 @@ JSON body that comes back is checked against the official R4 JSON schema
 The cases read whatever resources the server holds (on MedAIFlow, those the
 DICOMweb cases stored), found through the server's own CapabilityStatement.
 They write only what a conforming server must refuse, and resources of
-their own (FH-WRITE-01 to -08, FH-TRANS-01: Tasks with no focus, which
+their own (FH-WRITE-01 to -09, FH-TRANS-01: Tasks with no focus, which
 order nothing), which they delete again.
 """
 
@@ -1097,6 +1097,50 @@ def json_patch(session: Session) -> None:
         second, _ = _fetch(session, chosen, first["id"])
         session.expect(second.get("note") == [{"text": change[1]["value"]}], "the patch's change was not kept")
         session.expect(second.get("meta", {}).get("versionId") != version, "a patch kept the versionId")
+    finally:
+        _delete_created(session, chosen, created)
+
+
+def _fhirpath_operation(kind: str, path: str, **parts: dict[str, Any]) -> dict[str, Any]:
+    """One operation of a FHIRPath Patch (R4 fhirpatch.html): its parts each a name and a value[x]."""
+    named = [{"name": name, **value} for name, value in parts.items()]
+    return {"name": "operation", "part": [
+        {"name": "type", "valueCode": kind}, {"name": "path", "valueString": path}, *named]}
+
+
+@case("FH-WRITE-09", "FHIR R4 http.html#patch / fhirpatch.html", "Patch, where declared with FHIRPath Patch (a Parameters resource in application/fhir+json): a replace found by where() and an add make a new version with both changes (200); a replace whose path matches nothing is 400 or 422 and changes nothing")
+def fhirpath_patch(session: Session) -> None:
+    chosen = _probe_type(session)
+    if "patch" not in _interactions(_declaration(session, chosen)):
+        raise CaseSkipped(f"{chosen} declares no patch")
+    if FHIR_JSON not in _capability(session).get("patchFormat", []):
+        raise CaseSkipped(f"patchFormat does not list {FHIR_JSON} (FHIRPath Patch)")
+    text = "MedAIFlow conformance probe, first version"
+    body = {"resourceType": chosen, **_PROBES[chosen], "note": [{"text": text}]}
+    headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
+    created = session.post(session.fhir(f"/{chosen}"), json=body, headers=headers)
+    try:
+        address = _created_at(session, chosen, created)
+        first, _ = _fetch(session, chosen, address.rsplit("/", 1)[1])
+        changed = "MedAIFlow conformance probe, patched by FHIRPath"
+        added = "MedAIFlow conformance probe, added by FHIRPath"
+        missing = {"resourceType": "Parameters", "parameter": [_fhirpath_operation(
+            "replace", f"{chosen}.note.where(text = 'not the text').text", value={"valueMarkdown": changed})]}
+        session.expect_status(session.request("PATCH", address, json=missing, headers=headers), 400, 422)
+        unchanged, _ = _fetch(session, chosen, first["id"])
+        session.expect(unchanged.get("note") == body["note"], "a refused FHIRPath Patch changed the resource")
+        change = {"resourceType": "Parameters", "parameter": [
+            _fhirpath_operation("replace", f"{chosen}.note.where(text = '{text}').text",
+                                value={"valueMarkdown": changed}),  # Annotation.text is a markdown
+            _fhirpath_operation("add", chosen, name={"valueString": "note"},
+                                value={"valueAnnotation": {"text": added}}),
+        ]}
+        session.expect_status(session.request("PATCH", address, json=change, headers=headers), 200)
+        second, _ = _fetch(session, chosen, first["id"])
+        session.expect(second.get("note") == [{"text": changed}, {"text": added}],
+                       f"the FHIRPath Patch's changes were not kept: note is {second.get('note')}")
+        session.expect(second.get("meta", {}).get("versionId") != first.get("meta", {}).get("versionId"),
+                       "a FHIRPath Patch kept the versionId")
     finally:
         _delete_created(session, chosen, created)
 

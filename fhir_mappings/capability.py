@@ -6,6 +6,7 @@ from typing import Any
 
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
+from fhir_mappings import fhirpath
 from fhir_mappings.json_patch import MEDIA_TYPE as JSON_PATCH
 from fhir_mappings.resources import check_required_bindings
 from fhir_mappings.search_parameters import (
@@ -101,8 +102,9 @@ def capability_statement(
             "implementation": {"description": "MedAIFlow FHIR R4 server", "url": base_url},
             "fhirVersion": "4.0.1",
             "format": ["application/fhir+json", "application/json", "application/fhir+xml", "application/xml"],
-            # R4 http.html#patch: JSON Patch only, neither XML Patch nor FHIRPath Patch.
-            "patchFormat": [JSON_PATCH],
+            # R4 http.html#patch: JSON Patch, and FHIRPath Patch (a Parameters resource) in either FHIR
+            # format; not XML Patch.
+            "patchFormat": [JSON_PATCH, "application/fhir+json", "application/fhir+xml"],
             "rest": [
                 {
                     "mode": "server",
@@ -115,8 +117,10 @@ def capability_statement(
                         "the request has Prefer: handling=strict. XML is produced for reads and searches. "
                         "Patient/[id]/[type] searches a type within a patient's compartment, and "
                         "Patient/[id]/$everything (start, end, _since, _type, _count) returns the patient and "
-                        "its compartment. Patch takes JSON Patch (application/json-patch+json), also conditional"
-                        " (PATCH [type]?[query]) and as a Bundle entry (a Binary); FHIRPath Patch is not supported. "
+                        "its compartment. Patch takes JSON Patch (application/json-patch+json) and FHIRPath Patch"
+                        " (a Parameters resource, application/fhir+json or +xml), also conditional (PATCH"
+                        " [type]?[query]) and as Bundle entries (a Binary holding a JSON Patch, or a Parameters);"
+                        f" FHIRPath Patch paths take a subset of FHIRPath: {fhirpath.SUPPORTED}. "
                         "Subscriptions notify by rest-hook (see Subscription). Bulk Data "
                         "$export (system and Patient level; no Group) writes NDJSON files of what the caller "
                         "may read and search, kept for a while (MEDAIFLOW_EXPORT_RETENTION_HOURS)."

@@ -26,6 +26,13 @@ class InvalidResource(FhirError):
     issue_code = "invalid"
 
 
+class NotSupported(InvalidResource):
+    """Valid FHIR beyond what this server implements where it must understand
+    all of it (FHIRPath outside the subset a FHIRPath Patch is evaluated in): 422."""
+
+    issue_code = "not-supported"
+
+
 class ResourceNotFound(FhirError):
     issue_code = "not-found"
 

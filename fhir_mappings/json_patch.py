@@ -68,8 +68,8 @@ def binary_patch(resource: Any) -> bytes:
     entry's resource be a resource, and a JSON Patch is none)."""
     if not isinstance(resource, dict) or resource.get("resourceType") != "Binary":
         raise InvalidRequest(
-            f"a PATCH entry's resource is a Binary holding a JSON Patch ({MEDIA_TYPE}); FHIRPath Patch (a"
-            " Parameters resource) is not supported"
+            f"a PATCH entry's resource is a Parameters resource (a FHIRPath Patch) or a Binary holding a JSON Patch"
+            f" ({MEDIA_TYPE})"
         )
     if resource.get("contentType") != MEDIA_TYPE:
         raise InvalidRequest(f"a PATCH entry's Binary must have contentType {MEDIA_TYPE}")

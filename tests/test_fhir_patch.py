@@ -253,19 +253,22 @@ def test_a_patch_nesting_the_resource_past_the_stack_is_422(fhir):
     assert fhir.get("/fhir/Task/p1").json()["meta"]["versionId"] == "1"
 
 
-def test_the_body_must_be_json_patch(fhir):
+def test_the_body_must_be_json_patch_or_fhirpath_patch(fhir):
     _task(fhir)
     fhirpath = {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
         {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Task.status"},
         {"name": "value", "valueCode": "ready"}]}]}
-    for content_type in ("application/fhir+json", "application/json", "application/merge-patch+json", None):
+    for content_type in ("application/merge-patch+json", "text/plain", None):  # XML Patch neither
         headers = {"Content-Type": content_type} if content_type else {}
         response = fhir.patch("/fhir/Task/p1", content=json.dumps(fhirpath), headers=headers)
         assert response.status_code == 415, content_type
         assert "FHIRPath Patch" in _diagnostics(response) and "application/json-patch+json" in _diagnostics(response)
+    assert fhir.get("/fhir/Task/p1").json()["status"] == "draft"
+    as_fhir = fhir.patch("/fhir/Task/p1", content=json.dumps(fhirpath), headers={"Content-Type": "application/json"})
+    assert as_fhir.status_code == 200 and as_fhir.json()["status"] == "ready"  # a FHIRPath Patch
     broken = fhir.patch("/fhir/Task/p1", content=b"[{", headers=JSON_PATCH)
     assert broken.status_code == 400 and "not valid JSON" in _diagnostics(broken)
-    assert fhir.get("/fhir/Task/p1").json()["status"] == "draft"
+    assert fhir.get("/fhir/Task/p1").json()["meta"]["versionId"] == "2"
 
 
 def test_missing_deleted_and_read_only_resources(fhir):
@@ -362,13 +365,24 @@ def test_cancelling_an_inference_task_by_patch_cancels_its_job(queued):
     assert back.status_code == 422 and "cancelled" in _diagnostics(back)
 
 
-def test_a_patch_is_told_to_subscriptions_as_an_update_is(services, client):
+# The same change as a FHIRPath Patch (R4 fhirpatch.html), which takes the same way to the store.
+_FHIRPATH_READY = {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+    {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Task.status"},
+    {"name": "value", "valueCode": "ready"}]}]}
+
+
+@pytest.mark.parametrize("fhirpath", [False, True])
+def test_a_patch_is_told_to_subscriptions_as_an_update_is(services, client, fhirpath):
     subscription = client.post("/fhir/Subscription", json={
         "resourceType": "Subscription", "status": "requested", "reason": "patched Tasks",
         "criteria": "Task?status=ready", "channel": {"type": "rest-hook", "endpoint": f"{HOOKS}tasks"}})
     assert subscription.status_code == 201 and subscription.json()["status"] == "active", subscription.text
     _task(client)
-    assert _patch(client, "/fhir/Task/p1", [{"op": "replace", "path": "/status", "value": "ready"}]).status_code == 200
+    response = (
+        client.patch("/fhir/Task/p1", json=_FHIRPATH_READY, headers={"Content-Type": "application/fhir+json"})
+        if fhirpath else _patch(client, "/fhir/Task/p1", [{"op": "replace", "path": "/status", "value": "ready"}])
+    )
+    assert response.status_code == 200, response.text
     with services.engine.connect() as connection:
         versions = connection.execute(select(fhir_subscription_notifications.c.version_id).where(
             fhir_subscription_notifications.c.resource_type == "Task",
@@ -388,17 +402,18 @@ def test_patch_entries_in_a_batch(fhir):
          "request": {"method": "PATCH", "url": "Task/p1", "ifMatch": 'W/"1"'}},
         {"resource": _binary([{"op": "remove", "path": "/nothing"}]), "request": {"method": "PATCH", "url": "Task/p1"}},
         {"resource": _binary([]), "request": {"method": "PATCH", "url": "Task/p1", "ifMatch": 'W/"1"'}},
-        {"resource": {"resourceType": "Parameters"}, "request": {"method": "PATCH", "url": "Task/p1"}},
+        {"resource": {"resourceType": "Parameters", "parameter": [{"name": "op"}]},
+         "request": {"method": "PATCH", "url": "Task/p1"}},
         {"resource": {**_binary([]), "data": "***"}, "request": {"method": "PATCH", "url": "Task/p1"}},
         {"resource": _binary([]), "request": {"method": "PATCH", "url": "Task?identifier=t-1"}},
     ]}
     response = fhir.post("/fhir", json=bundle)
     assert response.status_code == 200, response.text
     entries = response.json()["entry"]
-    assert [entry["response"]["status"] for entry in entries] == ["200 OK", "422", "412", "400", "400", "400"]
+    assert [entry["response"]["status"] for entry in entries] == ["200 OK", "422", "412", "400", "400", "200 OK"]
     assert entries[0]["resource"]["status"] == "ready" and entries[0]["response"]["etag"] == 'W/"2"'
-    assert "FHIRPath Patch" in entries[3]["response"]["outcome"]["issue"][0]["diagnostics"]
-    assert "not by a condition" in entries[5]["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert "only parameters named 'operation'" in entries[3]["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert entries[5]["response"]["location"].startswith("http://testserver/fhir/Task/p1/_history/3")
 
 
 def test_patch_entries_in_a_transaction_are_all_or_nothing(fhir):
@@ -431,7 +446,7 @@ def test_patch_entries_in_a_transaction_are_all_or_nothing(fhir):
 
 def test_the_capability_statement_lists_patch(fhir):
     statement = fhir.get("/fhir/metadata").json()
-    assert statement["patchFormat"] == ["application/json-patch+json"]
+    assert statement["patchFormat"] == ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"]
     interactions = {
         resource["type"]: {item["code"] for item in resource["interaction"]}
         for resource in statement["rest"][0]["resource"]
@@ -446,3 +461,116 @@ def test_an_operation_url_answers_405_to_a_method_it_does_not_take(client, metho
     response = client.request(method, f"/fhir/{resource_type}/$validate")
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"  # which $validate takes of every type (Allow was empty for Patient)
+
+
+def _transaction(*entries: dict[str, Any], kind: str = "transaction") -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
+
+
+PARENT = "urn:uuid:5b7d4c3a-9e2f-4a1b-8c6d-0e1f2a3b4c5d"
+
+
+def test_a_transaction_patch_may_link_to_another_entry_by_its_placeholder(fhir):
+    _task(fhir, "child")
+    parent = {"fullUrl": PARENT, "resource": {"resourceType": "Task", "status": "draft", "intent": "order"},
+              "request": {"method": "POST", "url": "Task"}}
+    link = [{"op": "add", "path": "/partOf", "value": [{"reference": PARENT}]},
+            {"op": "add", "path": "/text", "value": {
+                "status": "generated",
+                "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><a href="{PARENT}">p</a></div>'}}]
+    response = fhir.post("/fhir", json=_transaction(
+        {"resource": _binary(link), "request": {"method": "PATCH", "url": "Task/child"}}, parent,
+    ))
+    assert response.status_code == 200, response.text
+    parent_id = response.json()["entry"][1]["response"]["location"].split("/")[-3]
+    stored = fhir.get("/fhir/Task/child").json()
+    assert stored["partOf"] == [{"reference": f"Task/{parent_id}"}]
+    assert f'href="Task/{parent_id}"' in stored["text"]["div"]  # the narrative's links as well
+    assert fhir.get(f"/fhir/Task/{parent_id}").status_code == 200
+
+
+def test_a_placeholder_no_entry_has_fails_the_transaction_and_names_it(fhir):
+    _task(fhir, "child")
+    _task(fhir, "other", identifier=[{"system": "urn:example:tasks", "value": "t-2"}])
+    unknown = "urn:uuid:0f0e0d0c-0b0a-4908-8706-050403020100"
+    response = fhir.post("/fhir", json=_transaction(
+        {"resource": _binary([{"op": "replace", "path": "/status", "value": "ready"}]),
+         "request": {"method": "PATCH", "url": "Task/other"}},
+        {"resource": _binary([{"op": "add", "path": "/partOf", "value": [{"reference": unknown}]}]),
+         "request": {"method": "PATCH", "url": "Task/child"}},
+    ))
+    assert response.status_code == 400, response.text
+    assert unknown in _diagnostics(response) and "entry 1 (PATCH Task/child)" in _diagnostics(response)
+    assert fhir.get("/fhir/Task/other").json()["meta"]["versionId"] == "1"  # all or nothing
+    assert "partOf" not in fhir.get("/fhir/Task/child").json()
+    conditional = fhir.post("/fhir", json=_transaction(
+        {"resource": _binary([{"op": "add", "path": "/partOf", "value": [{"reference": "Task?identifier=t-2"}]}]),
+         "request": {"method": "PATCH", "url": "Task/child"}},
+    ))
+    assert conditional.status_code == 400 and "conditional reference Task?identifier=t-2" in _diagnostics(conditional)
+
+
+def test_in_a_batch_a_patched_placeholder_is_refused_for_what_it_is(fhir):
+    _task(fhir, "child")
+    parent = {"fullUrl": PARENT, "resource": {"resourceType": "Task", "status": "draft", "intent": "order"},
+              "request": {"method": "POST", "url": "Task"}}
+    response = fhir.post("/fhir", json=_transaction(
+        parent, {"resource": _binary([{"op": "add", "path": "/partOf", "value": [{"reference": PARENT}]}]),
+                 "request": {"method": "PATCH", "url": "Task/child"}}, kind="batch",
+    ))
+    assert response.status_code == 200, response.text
+    created, patched = response.json()["entry"]
+    assert created["response"]["status"] == "201 Created" and patched["response"]["status"] == "422"
+    diagnostics = patched["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert PARENT in diagnostics and "only in a transaction" in diagnostics and "not in a batch" in diagnostics
+    assert fhir.get("/fhir/Task/child").json()["meta"]["versionId"] == "1"
+
+
+def test_conditional_patch_entries_in_a_batch(fhir):
+    _task(fhir, "c1")
+    _task(fhir, "c2", identifier=[{"system": "urn:example:tasks", "value": "shared"}])
+    _task(fhir, "c3", identifier=[{"system": "urn:example:tasks", "value": "shared"}])
+    ready = _binary([{"op": "replace", "path": "/status", "value": "ready"}])
+    response = fhir.post("/fhir", json=_transaction(
+        {"resource": ready, "request": {"method": "PATCH", "url": "Task?identifier=urn:example:tasks|t-1"}},
+        {"resource": ready, "request": {"method": "PATCH", "url": "Task?identifier=urn:example:tasks|none"}},
+        {"resource": ready, "request": {"method": "PATCH", "url": "Task?identifier=urn:example:tasks|shared"}},
+        {"resource": ready, "request": {"method": "PATCH", "url": "Task?identifier=urn:example:tasks|t-1",
+                                        "ifMatch": 'W/"1"'}},
+        kind="batch",
+    ))
+    assert response.status_code == 200, response.text
+    assert [entry["response"]["status"] for entry in response.json()["entry"]] == ["200 OK", "404", "412", "412"]
+    assert fhir.get("/fhir/Task/c1").json()["status"] == "ready"
+    assert {fhir.get(f"/fhir/Task/{task_id}").json()["status"] for task_id in ("c2", "c3")} == {"draft"}
+
+
+def test_conditional_patch_entries_in_a_transaction(fhir):
+    _task(fhir, "c1")
+    _task(fhir, "c2", identifier=[{"system": "urn:example:tasks", "value": "shared"}])
+    _task(fhir, "c3", identifier=[{"system": "urn:example:tasks", "value": "shared"}])
+    ready = _binary([{"op": "replace", "path": "/status", "value": "ready"}])
+    by_t1 = {"resource": ready, "request": {"method": "PATCH", "url": "Task?identifier=urn:example:tasks|t-1"}}
+    for condition, status in (("none", 404), ("shared", 412)):
+        url = f"Task?identifier=urn:example:tasks|{condition}"
+        other = {"resource": ready, "request": {"method": "PATCH", "url": url}}
+        failed = fhir.post("/fhir", json=_transaction(by_t1, other))
+        assert failed.status_code == status, failed.text
+        assert "entry 1" in _diagnostics(failed)
+        assert fhir.get("/fhir/Task/c1").json()["status"] == "draft"  # rolled back whole
+    # The match is the entry's identity: a PATCH of it by id beside it reaches one resource twice.
+    by_id = {"resource": ready, "request": {"method": "PATCH", "url": "Task/c1"}}
+    twice = fhir.post("/fhir", json=_transaction(by_t1, by_id))
+    assert twice.status_code == 400 and "both reach Task/c1" in _diagnostics(twice)
+    # A placeholder for the conditional entry stands for its match; ifMatch is judged on that match.
+    linked = fhir.post("/fhir", json=_transaction(
+        {**by_t1, "fullUrl": PARENT, "request": {**by_t1["request"], "ifMatch": 'W/"1"'}},
+        {"resource": _binary([{"op": "add", "path": "/partOf", "value": [{"reference": PARENT}]}]),
+         "request": {"method": "PATCH", "url": "Task/c2"}},
+    ))
+    assert linked.status_code == 200, linked.text
+    first = linked.json()["entry"][0]["response"]
+    assert first["status"] == "200 OK" and first["location"].endswith("/Task/c1/_history/2")
+    assert fhir.get("/fhir/Task/c2").json()["partOf"] == [{"reference": "Task/c1"}]
+    stale = fhir.post("/fhir", json=_transaction({**by_t1, "request": {**by_t1["request"], "ifMatch": 'W/"1"'}}))
+    assert stale.status_code == 412, stale.text

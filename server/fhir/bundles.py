@@ -5,21 +5,25 @@ runs all of them in one database transaction and either all succeed or
 nothing is written. In a transaction, every entry's fullUrl is replaced
 wherever the Bundle links to it (a created resource's, `urn:uuid:` or URL,
 by the id the server assigns, an updated one's by its `Type/id`;
-`bundle_links`), and conditional references by the one resource they match.
+`bundle_links`), in a patched resource as much as in a sent one, and
+conditional references by the one resource they match.
 """
 
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection
 
 from fhir_mappings.date_ranges import instant_text, require_instant
-from fhir_mappings.errors import FhirError, InvalidRequest, VersionConflict
-from fhir_mappings.json_patch import binary_patch, parse_patch
+from fhir_mappings.errors import FhirError, InvalidRequest, InvalidResource, ResourceNotFound, VersionConflict
+from fhir_mappings.json_patch import binary_patch
+from fhir_mappings.links import placeholder_links
 from fhir_mappings.outcome import operation_outcome
+from fhir_mappings.patches import Patch, fhirpath_patch_of, is_fhirpath_patch, json_patch_of
 from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import literal_references
 from fhir_mappings.search_query import SearchRequest, Summary, read_subsetting
@@ -38,6 +42,7 @@ from server.fhir.conditional import (
     delete_where,
     if_none_exist_query,
     matching_ids,
+    patch_where,
     serialize_condition,
     the_match,
     update_target,
@@ -156,7 +161,7 @@ def _transaction(
             try:
                 results[position] = _run(
                     service, entry, base, connection, created_id, authorize, authorize_search, may_create,
-                    capabilities,
+                    capabilities, linked=partial(_linked_in_transaction, entry, assigned, base, position),
                 )
             except FhirError as error:
                 request = entry["request"]
@@ -241,7 +246,7 @@ def _conditions(entries: list[dict[str, Any]], base: str) -> dict[int, tuple[str
         if query is not None:
             query = if_none_exist_query(resource_type, query, base)
         # `[type]?[query]`; `Task/x?_format=json` is a plain update or delete with general parameters.
-        conditional = request["method"] in ("PUT", "DELETE") and "?" in request["url"] and "/" not in resource_type
+        conditional = request["method"] in _INSTANCE_WRITES and "?" in request["url"] and "/" not in resource_type
         if query is None and conditional:
             query = request["url"].partition("?")[2]
         if query is None:
@@ -290,9 +295,10 @@ def _batch_entry(
     try:
         authorize(entry["request"]["method"], _path(entry["request"]["url"], base), entry.get("resource"))
         local = with_relative_references(entry, base)
-        return retried_on_conflict(
-            lambda: _run(service, local, base, None, None, authorize, authorize_search, may_create, capabilities)
-        )
+        return retried_on_conflict(lambda: _run(
+            service, local, base, None, None, authorize, authorize_search, may_create, capabilities,
+            linked=_linked_in_batch,
+        ))
     except FhirError as error:
         status = status_for(error)
         return EntryResult(f"{status}", outcome=operation_outcome(error.issue_code, error.diagnostics))
@@ -301,14 +307,16 @@ def _batch_entry(
 def _run(
     service: FhirService, entry: dict[str, Any], base: str, connection: Connection | None, created_id: str | None,
     authorize: Callable[[str, str, Any], None], authorize_search: Callable[[SearchRequest], None],
-    may_create: Callable[[str], bool], capabilities: Callable[[], bytes],
+    may_create: Callable[[str], bool], capabilities: Callable[[], bytes], *, linked: Callable[[Any], Any],
 ) -> EntryResult:
-    """`authorize` was asked about the entry as sent; a patch asks it again of its result."""
+    """`authorize` was asked about the entry as sent; a patch asks it again of
+    its result, whose links to other entries `linked` resolves."""
     method, url = entry["request"]["method"], entry["request"]["url"]
     if method == "HEAD":  # R4 http-verb HEAD: what GET answers, without its body (RFC 9110 9.3.2)
         as_get = {**entry, "request": {**entry["request"], "method": "GET"}}
         answer = _run(
-            service, as_get, base, connection, created_id, authorize, authorize_search, may_create, capabilities
+            service, as_get, base, connection, created_id, authorize, authorize_search, may_create, capabilities,
+            linked=linked,
         )
         answer.resource = None
         return answer
@@ -366,16 +374,23 @@ def _run(
             service, parts[0], parts[1], resource, preconditions, connection, may_create=may_create(parts[0])
         )
         return _result("201 Created" if created else "200 OK", version, base, written=True)
-    if method == "PATCH" and len(parts) == 2:
-        operations = parse_patch(parse_json(binary_patch(resource), "the JSON Patch in the entry's Binary"))
-        version = interactions.patch(
-            service, parts[0], parts[1], operations, preconditions, base, connection,
-            check=lambda patched: authorize(method, path, patched),
+    if method == "PATCH" and (len(parts) == 2 or (len(parts) == 1 and query)):
+        applied = _entry_patch(resource)
+
+        def patch(document: Any) -> Any:
+            return linked(applied(document))
+
+        def check(patched: dict[str, Any]) -> None:
+            authorize(method, path, patched)
+
+        version = (
+            interactions.patch(service, parts[0], parts[1], patch, preconditions, base, connection, check=check)
+            if len(parts) == 2
+            else patch_where(
+                service, parts[0], patch, query, base, preconditions, authorize_search, connection, check=check
+            )
         )
         return _result("200 OK", version, base, written=True)
-    if method == "PATCH":
-        raise InvalidRequest(f"PATCH {url[:100]}: a Bundle entry patches one resource by id (Type/id), not by a"
-                             " condition; send a conditional patch on its own")
     if method == "DELETE" and len(parts) == 1 and query:
         delete_where(service, parts[0], query, base, preconditions, authorize_search, connection)
         return EntryResult("204 No Content")
@@ -383,6 +398,47 @@ def _run(
         interactions.delete(service, parts[0], parts[1], preconditions, connection)
         return EntryResult("204 No Content")
     raise InvalidRequest(f"{method} {url} is not an interaction this server supports in a Bundle")
+
+
+def _entry_patch(resource: Any) -> Patch:
+    """A PATCH entry's patch: a Parameters resource is a FHIRPath Patch
+    (R4 fhirpatch.html); a Binary holds a JSON Patch."""
+    if is_fhirpath_patch(resource):
+        return fhirpath_patch_of(resource)
+    return json_patch_of(parse_json(binary_patch(resource), "the JSON Patch in the entry's Binary"))
+
+
+def _linked_in_transaction(
+    entry: dict[str, Any], assigned: dict[str, str], base: str, position: int, patched: Any
+) -> Any:
+    """A patched resource with its links to the transaction's entries (their
+    fullUrls, `urn:uuid:` placeholders among them) replaced by what those
+    entries became, as a sent resource's are: a patch may link to them too."""
+    resolved = replace_links({**entry, "resource": patched}, assigned, base, position)["resource"]
+    left = placeholder_links(resolved)
+    if left:
+        raise InvalidRequest(f"the patch puts {left[0][:100]}, the fullUrl of no entry of this transaction")
+    # Conditional references are judged before any entry runs, from what the entries send; a patch's
+    # result exists only as its entry runs.
+    conditional = [reference for reference in literal_references(resolved) if "?" in reference]
+    if conditional:
+        raise InvalidRequest(
+            f"the patch puts the conditional reference {conditional[0][:100]}, which is resolved in the resources"
+            " entries send, not in a patch's result: name the resource (Type/id) or an entry's fullUrl"
+        )
+    return resolved
+
+
+def _linked_in_batch(patched: Any) -> Any:
+    """A batch's entries are independent (R4 http.html#brules): a
+    placeholder in a patched resource names nothing."""
+    left = placeholder_links(patched)
+    if left:
+        raise InvalidResource(
+            f"the patch puts {left[0][:100]}, a placeholder for another entry's resource; entries link to each other"
+            " only in a transaction Bundle, not in a batch"
+        )
+    return patched
 
 
 def _text(request: dict[str, Any], name: str) -> str | None:
@@ -460,24 +516,40 @@ def _conditional_targets(
     service: FhirService, entries: list[dict[str, Any]], conditions: dict[int, tuple[str, str]], base: str,
     connection: Connection, authorize_search: Callable[[SearchRequest], None],
 ) -> dict[int, str | None]:
-    """The id each conditional update or delete (`PUT Task?...`) reaches, by
-    position: an update's match, the body's free id, or None for an id the
-    server assigns; a delete's match, or None for none."""
+    """The id each conditional update, patch or delete (`PUT Task?...`)
+    reaches, by position: an update's match, the body's free id, or None for
+    an id the server assigns; a patch's match (none is 404: a patch never
+    creates); a delete's match, or None for none."""
     targets: dict[int, str | None] = {}
     for position, (resource_type, query) in conditions.items():
         request = entries[position]["request"]
-        if request["method"] not in ("PUT", "DELETE"):
+        if request["method"] not in _INSTANCE_WRITES:
             continue
         service.require_writable(resource_type)
-        if request["method"] == "PUT":
-            preconditions = _preconditions(request)
-            targets[position] = update_target(
-                service, resource_type, entries[position].get("resource"), query, base, preconditions, connection,
-                authorize_search,
+        try:
+            targets[position] = _conditional_target(
+                service, entries[position], resource_type, query, base, connection, authorize_search
             )
-        else:
-            targets[position] = the_match(service, resource_type, query, base, connection, authorize_search)
+        except FhirError as error:
+            error.diagnostics = f"entry {position}: {error.diagnostics}"
+            raise
     return targets
+
+
+def _conditional_target(
+    service: FhirService, entry: dict[str, Any], resource_type: str, query: str, base: str, connection: Connection,
+    authorize_search: Callable[[SearchRequest], None],
+) -> str | None:
+    request = entry["request"]
+    if request["method"] == "PUT":
+        return update_target(
+            service, resource_type, entry.get("resource"), query, base, _preconditions(request), connection,
+            authorize_search,
+        )
+    match = the_match(service, resource_type, query, base, connection, authorize_search)
+    if request["method"] == "PATCH" and match is None:
+        raise ResourceNotFound(f"{resource_type}?{query[:100]} matches no {resource_type} to patch")
+    return match
 
 
 def _unconditional(
@@ -493,8 +565,8 @@ def _unconditional(
         return {**entry, "request": request}
     resource_type = _path(request["url"], base).strip("/")
     target = update_targets[position]
-    if request["method"] == "DELETE":
-        # No match: the condition stays, and deletes nothing when it runs.
+    if request["method"] in ("DELETE", "PATCH"):
+        # A delete without a match keeps its condition, and deletes nothing when it runs.
         return {**entry, "request": request if target is None else {**request, "url": f"{resource_type}/{target}"}}
     if target is None:
         return {**entry, "request": {**request, "method": "POST", "url": resource_type}}

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from fhir_mappings.errors import InvalidRequest, ResourceConflict, ResourceNotFound, VersionConflict
-from fhir_mappings.json_patch import Operation
+from fhir_mappings.patches import Patch
 from fhir_mappings.search_query import SearchRequest
 from server.db import advisory_locks, writing
 from server.fhir import interactions
@@ -98,7 +98,7 @@ def update_where(
 
 
 def patch_where(
-    service: FhirService, resource_type: str, operations: list[Operation], query: str, base: str,
+    service: FhirService, resource_type: str, patch: Patch, query: str, base: str,
     preconditions: Preconditions | None, authorize_search: Callable[[SearchRequest], None],
     connection: Connection | None = None, *, check: Callable[[dict[str, Any]], None] = lambda _: None,
 ) -> StoredVersion:
@@ -110,7 +110,7 @@ def patch_where(
         if match is None:
             raise ResourceNotFound(f"{resource_type}?{query[:100]} matches no {resource_type} to patch")
         return interactions.patch(
-            service, resource_type, match, operations, preconditions, base, session, check=check
+            service, resource_type, match, patch, preconditions, base, session, check=check
         )
 
 

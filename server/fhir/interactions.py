@@ -13,8 +13,8 @@ from sqlalchemy import Connection
 
 from fhir_mappings import fhir_json
 from fhir_mappings.errors import Forbidden, InvalidRequest, InvalidResource, ResourceNotFound
-from fhir_mappings.json_patch import Operation, apply_patch
 from fhir_mappings.outcome import operation_outcome
+from fhir_mappings.patches import Patch
 from fhir_mappings.patient_compartment import compartment_parameter, patients_searched
 from fhir_mappings.resources import client_resource, require_id
 from fhir_mappings.search_query import SearchRequest
@@ -129,14 +129,13 @@ def update(
 
 
 def patch(
-    service: FhirService, resource_type: str, resource_id: str, operations: list[Operation],
-    preconditions: Preconditions | None,
+    service: FhirService, resource_type: str, resource_id: str, patch: Patch, preconditions: Preconditions | None,
     base: str, connection: Connection | None = None, *, check: Callable[[dict[str, Any]], None] = lambda _: None,
 ) -> StoredVersion:
-    """A JSON Patch applied to the current version, whose result is then
-    written as an update of it (R4 http.html#patch: "the server processes the
-    resulting document as an Update"): validated, versioned, through the
-    type's write hook, under the same preconditions. The version patched is
+    """A patch (JSON Patch or FHIRPath Patch) applied to the current version,
+    whose result is then written as an update of it (R4 http.html#patch: "the
+    server processes the resulting document as an Update"): validated,
+    versioned, through the type's write hook, under the same preconditions. The version patched is
     locked first, so no other write slips in between. `check` sees the result
     before it is written (a right the resource as patched needs)."""
     service.require_writable(resource_type)
@@ -147,7 +146,7 @@ def patch(
         if preconditions is not None:  # judged before the patch, whose own errors would hide a 412
             preconditions.require(f"{resource_type}/{resource_id}", current.version_id, current.last_updated)
         assert current.body is not None
-        patched = with_relative_references(apply_patch(fhir_json.loads(current.body), operations), base)
+        patched = with_relative_references(patch(fhir_json.loads(current.body)), base)
         if not isinstance(patched, dict):
             raise InvalidResource(f"the patch leaves no {resource_type} (the whole document was removed or replaced)")
         for element, kept in (("resourceType", resource_type), ("id", resource_id)):

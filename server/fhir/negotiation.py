@@ -101,16 +101,19 @@ def require_resource_body(request: Request) -> None:
         )
 
 
-def require_patch_body(request: Request) -> None:
-    """A 415 for a patch in a format this server does not apply (R4
-    http.html#patch has three): JSON Patch only, not XML Patch nor FHIRPath
-    Patch (a Parameters resource in application/fhir+json or +xml)."""
+def require_patch_body(request: Request) -> bool:
+    """Whether the patch is a FHIRPath Patch (a Parameters resource, in
+    either FHIR format) rather than a JSON Patch; a 415 for a format this
+    server does not apply (R4 http.html#patch has three: XML Patch is not)."""
     content_type = _content_type(request)
-    if content_type != JSON_PATCH:
-        raise UnsupportedMediaType(
-            f"a patch here must be a JSON Patch ({JSON_PATCH}, RFC 6902), not {content_type or 'untyped'}:"
-            " FHIRPath Patch (a Parameters resource) and XML Patch are not supported"
-        )
+    if content_type == JSON_PATCH:
+        return False
+    if content_type in _JSON_BODIES | _XML_BODIES:
+        return True
+    raise UnsupportedMediaType(
+        f"a patch here is a JSON Patch ({JSON_PATCH}, RFC 6902) or a FHIRPath Patch (a Parameters resource in"
+        f" {FHIR_JSON} or {FHIR_XML}), not {content_type or 'untyped'}: XML Patch is not supported"
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -20,8 +20,8 @@ from starlette.responses import Response
 from fhir_mappings.capability import capability_statement
 from fhir_mappings.date_ranges import from_micros, to_micros
 from fhir_mappings.errors import Forbidden, InvalidRequest, UnsupportedMediaType
-from fhir_mappings.json_patch import Operation, parse_patch
 from fhir_mappings.operation_parameters import parameter_pairs
+from fhir_mappings.patches import Patch, fhirpath_patch_of, json_patch_of
 from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import require_id, resource_json, validated
 from fhir_mappings.search_query import SearchRequest, read_subsetting
@@ -452,10 +452,11 @@ async def _update_request(request: Request, resource_type: str) -> tuple[Any, Pr
 
 @router.patch("/{resource_type}/{resource_id:instance_id}")
 async def patch(request: Request, resource_type: str, resource_id: str) -> Response:
-    """R4 http.html#patch: a JSON Patch, whose result is written as an update; it needs the right to update."""
-    operations, preconditions = await _patch_request(request, resource_type)
+    """R4 http.html#patch: a JSON Patch or a FHIRPath Patch, whose result is
+    written as an update; it needs the right to update."""
+    patch, preconditions = await _patch_request(request, resource_type)
     version = await run_in_threadpool(retried_on_conflict, partial(
-        interactions.patch, _fhir(request), resource_type, resource_id, operations, preconditions, fhir_base(request),
+        interactions.patch, _fhir(request), resource_type, resource_id, patch, preconditions, fhir_base(request),
         check=partial(_require_study_reading_for_orders, request.state.principal),
     ))
     return _version_response(request, version, written=True)
@@ -465,22 +466,23 @@ async def patch(request: Request, resource_type: str, resource_id: str) -> Respo
 async def conditional_patch(request: Request, resource_type: str) -> Response:
     """`PATCH [type]?[query]`: the one match patched; none 404, several 412. It never creates."""
     query = _condition(request, resource_type)
-    operations, preconditions = await _patch_request(request, resource_type)
+    patch, preconditions = await _patch_request(request, resource_type)
     version = await run_in_threadpool(retried_on_conflict, partial(
-        patch_where, _fhir(request), resource_type, operations, query, fhir_base(request), preconditions,
+        patch_where, _fhir(request), resource_type, patch, query, fhir_base(request), preconditions,
         _search_authorizer(request), check=partial(_require_study_reading_for_orders, request.state.principal),
     ))
     return _version_response(request, version, written=True)
 
 
-async def _patch_request(request: Request, resource_type: str) -> tuple[list[Operation], Preconditions | None]:
-    """The patch's operations and preconditions, checked before anything is read or written."""
+async def _patch_request(request: Request, resource_type: str) -> tuple[Patch, Preconditions | None]:
+    """The patch, by its format (the body's Content-Type), and the
+    preconditions, checked before anything is read or written."""
     _fhir(request).require_writable(resource_type)
     _require_reading_for_patches(request.state.principal, "PATCH", resource_type)
-    require_patch_body(request)
+    fhirpath = require_patch_body(request)
     response_format(request)  # a 406 must come before the write, not after it
     body = await read_resource_body(request, services(request).settings.fhir_max_body_bytes)
-    return parse_patch(body), _preconditions(request)
+    return (fhirpath_patch_of if fhirpath else json_patch_of)(body), _preconditions(request)
 
 
 @router.delete("/{resource_type}/{resource_id:instance_id}")
