@@ -133,3 +133,23 @@ def test_the_system_history_is_declared_and_audited(client, services):
     events = client.get("/fhir/AuditEvent", params={"subtype": "history-system"}, headers=admin).json()
     assert events["total"] == 1
     assert client.post("/fhir/_history", json=TASK, headers=admin).status_code in (404, 405)
+
+
+def test_a_bundle_entry_reads_the_system_history(client, services):
+    admin = admin_headers(services)
+    task = client.post("/fhir/Task", json=TASK, headers=admin).json()["id"]
+    ehr = _bearer(services, "ehr", "system/Subscription.cruds system/Task.rs")
+    subscription = _subscription(client, ehr)
+    entry = {"request": {"method": "GET", "url": "_history?_count=5"}}
+    for kind in ("batch", "transaction"):
+        answer = client.post("/fhir", json={"resourceType": "Bundle", "type": kind, "entry": [entry]}, headers=ehr)
+        [result] = answer.json()["entry"]
+        assert result["response"]["status"] == "200 OK"
+        assert _listed(result["resource"]) == [("POST", f"Subscription/{subscription}", 'W/"1"'),
+                                               ("POST", f"Task/{task}", 'W/"1"')]
+    tasks_only = _bearer(services, "tasks", "system/Task.rs")
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [entry]}
+    answer = client.post("/fhir", json=batch, headers=tasks_only)
+    assert _listed(answer.json()["entry"][0]["resource"]) == [("POST", f"Task/{task}", 'W/"1"')]
+    answer = client.post("/fhir", json=batch, headers=_bearer(services, "none", "system/Patient.rs"))
+    assert answer.json()["entry"][0]["response"]["status"].startswith("403")
