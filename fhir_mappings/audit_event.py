@@ -73,6 +73,7 @@ class AuditKind(Enum):
     VREAD = _rest("vread", "R", True)
     HISTORY = _rest("history-instance", "R", True)
     HISTORY_TYPE = _rest("history-type", "R", True)
+    HISTORY_SYSTEM = _rest("history-system", "R", True)
     # A query's client is its Source, as on a create (BALP; PS3.15 A.5.3.10).
     SEARCH = _rest("search-type", "E", False)
     CAPABILITIES = _rest("capabilities", "R", True)

@@ -128,7 +128,7 @@ def capability_statement(
                     "security": _security(auth_url),
                     "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
                     "resource": resources,
-                    "interaction": [{"code": "batch"}, {"code": "transaction"}],
+                    "interaction": [{"code": "batch"}, {"code": "transaction"}, {"code": "history-system"}],
                     "operation": [{"name": "export", "definition": f"{_BULK_DATA}/export"}],
                 }
             ],

@@ -184,6 +184,8 @@ fhir_versions = Table(
     UniqueConstraint("resource_type", "resource_id", "version_id"),
 )
 Index("ix_fhir_versions_type_updated", fhir_versions.c.resource_type, fhir_versions.c.last_updated)
+# The whole-system history, newest first across types.
+Index("ix_fhir_versions_updated", fhir_versions.c.last_updated, fhir_versions.c.id)
 
 
 def _search_index(name: str, *columns: Column, lookup: tuple[str, ...], **index_options: object) -> Table:  # type: ignore[type-arg]

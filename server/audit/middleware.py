@@ -172,6 +172,8 @@ def _fhir_kind(method: str, parts: list[str]) -> AuditKind:
         return AuditKind.PATCH
     if method == "DELETE":
         return AuditKind.DELETE
+    if parts == ["_history"]:
+        return AuditKind.HISTORY_SYSTEM
     if len(parts) == 1 or (len(parts) == 3 and parts[2] != "_history"):  # a type, or a type in a compartment
         return AuditKind.SEARCH
     if parts[-1] == "_history":

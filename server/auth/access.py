@@ -123,6 +123,8 @@ def fhir_permission(method: str, parts: list[str]) -> Permission | None:
         return None  # Bulk Data export: its routes judge the rights type by type, and an export is its starter's
     if parts[-1] == "$validate":
         return None  # what it needs depends on the mode it is asked in, which its route reads
+    if parts == ["_history"]:
+        return None  # the whole-system history lists the types the caller may search, as its route judges
     resource_type = parts[0]
     if method in ("GET", "HEAD"):
         if resource_type == "Patient" and len(parts) == 3 and parts[2] in DEFINITIONS:

@@ -19,7 +19,14 @@ import orjson
 from sqlalchemy import Connection
 
 from fhir_mappings.date_ranges import instant_text, require_instant
-from fhir_mappings.errors import FhirError, InvalidRequest, InvalidResource, ResourceNotFound, VersionConflict
+from fhir_mappings.errors import (
+    FhirError,
+    Forbidden,
+    InvalidRequest,
+    InvalidResource,
+    ResourceNotFound,
+    VersionConflict,
+)
 from fhir_mappings.json_patch import binary_patch
 from fhir_mappings.links import placeholder_links
 from fhir_mappings.outcome import operation_outcome
@@ -333,6 +340,9 @@ def _run(
         raise InvalidRequest(f"{url[:100]!r} has an empty path segment")
     if method == "GET" and parts == ["metadata"]:  # the capabilities interaction (R4 http.html#capabilities)
         return EntryResult("200 OK", resource=capabilities())
+    if method == "GET" and parts == ["_history"]:  # the whole system's
+        return EntryResult("200 OK", resource=history.system_history(
+            service, partial(_may_search, authorize), form_pairs(query), base, connection=connection))
     if method == "GET" and interactions.is_search(parts):
         page = interactions.search(service, parts, form_pairs(query), base, False, authorize_search, connection)
         return EntryResult("200 OK", resource=render_searchset(page, base))
@@ -398,6 +408,14 @@ def _run(
         interactions.delete(service, parts[0], parts[1], preconditions, connection)
         return EntryResult("204 No Content")
     raise InvalidRequest(f"{method} {url} is not an interaction this server supports in a Bundle")
+
+
+def _may_search(authorize: Callable[[str, str, Any], None], resource_type: str) -> bool:
+    try:
+        authorize("GET", resource_type, None)  # a search of the type
+    except Forbidden:
+        return False
+    return True
 
 
 def _entry_patch(resource: Any) -> Patch:

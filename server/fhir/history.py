@@ -1,8 +1,8 @@
-"""Instance and type history (FHIR R4 http.html#history): newest first, paged
-with the same signed cursors as search."""
+"""Instance, type and system history (FHIR R4 http.html#history): newest
+first, paged with the same signed cursors as search."""
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -10,7 +10,7 @@ import orjson
 from sqlalchemy import Connection, and_, or_, select, tuple_
 
 from fhir_mappings.date_ranges import instant_text, require_instant
-from fhir_mappings.errors import InvalidRequest, ResourceNotFound
+from fhir_mappings.errors import Forbidden, InvalidRequest, ResourceNotFound
 from fhir_mappings.patient_compartment import patients_of_json
 from fhir_mappings.resources import require_id
 from fhir_mappings.search_query import parse_count
@@ -44,6 +44,31 @@ def history(
         raise ResourceNotFound(f"{resource_type} keeps only its current version; it has no history")
     if resource_id is not None:
         require_id(resource_id)
+    return _history(service, resource_type, (resource_type,), resource_id, pairs, base, link_parameters, connection)
+
+
+def system_history(
+    service: FhirService, may_search: Callable[[str], bool], pairs: list[tuple[str, str]], base: str,
+    link_parameters: Sequence[tuple[str, str]] = (), connection: Connection | None = None,
+) -> bytes:
+    """The history of every type that keeps one and that the caller may
+    search (`may_search`), as one: a type's history lists all of it, which a
+    search right grants (R4 gives no narrower one). 403 when it may search
+    none of them."""
+    types = tuple(sorted(name for name in service.store.history_types if may_search(name)))
+    if not types:
+        raise Forbidden("the whole-system history lists the types the caller may search, and it may search none"
+                        " that keeps a history")
+    return _history(service, None, types, None, pairs, base, link_parameters, connection)
+
+
+def _history(
+    service: FhirService, resource_type: str | None, types: tuple[str, ...], resource_id: str | None,
+    pairs: list[tuple[str, str]], base: str, link_parameters: Sequence[tuple[str, str]],
+    connection: Connection | None,
+) -> bytes:
+    """`resource_type`: the type of an instance or type history, None for the
+    system's; `types`: the types whose versions it lists."""
     names = [name for name, _ in pairs]
     for name in _UNSUPPORTED:
         if name in names:
@@ -55,7 +80,7 @@ def history(
     state: dict[str, Any] = {}
     if "_cursor" in parameters:
         state = service.cursors.decode(parameters["_cursor"])
-        if state.get("history") != [resource_type, resource_id]:
+        if state.get("history") != [resource_type, resource_id]:  # [None, None]: the system's
             raise InvalidRequest("the paging cursor (_cursor) does not belong to this history")
         parameters = state["params"]
     asked_at = time.time_ns() // 1000
@@ -63,7 +88,7 @@ def history(
     since = require_instant("_since", parameters["_since"]) if "_since" in parameters else None
     statement = (
         select(fhir_versions)
-        .where(fhir_versions.c.resource_type == resource_type,
+        .where(fhir_versions.c.resource_type.in_(types),
                *service.visibility.where(fhir_versions.c.resource_type, fhir_versions.c.resource_id, resource_type))
         .order_by(fhir_versions.c.last_updated.desc(), fhir_versions.c.id.desc())
         .limit(count + 1)
@@ -104,7 +129,7 @@ def history(
         recreated = _recreated(connection, rows)
     # The bodies a history returns are those of a vread: its audit names their patients.
     note_patients(patient for row in rows if row.resource_json for patient in patients_of_json(row.resource_json))
-    path = f"{base}/{resource_type}" + (f"/{resource_id}" if resource_id else "") + "/_history"
+    path = "/".join((base, *(part for part in (resource_type, resource_id) if part), "_history"))
     kept = {name: value for name, value in parameters.items() if name in ("_count", "_since")}
     self_query = urlencode([*kept.items(), *link_parameters])
     links = [{"relation": "self", "url": f"{path}?{self_query}" if self_query else path}]

@@ -272,6 +272,17 @@ async def batch_or_transaction(request: Request) -> Response:
     return fhir_response(result, fmt, written=True)
 
 
+@router.get("/_history")
+async def system_history(request: Request) -> Response:
+    fmt = response_format(request)
+    principal: Principal = request.state.principal
+    body = await run_in_threadpool(
+        history.system_history, _fhir(request), lambda resource_type: principal.may(Permission(resource_type, "s")),
+        _search_pairs(request), fhir_base(request), _link_parameters(request),
+    )
+    return fhir_response(body, fmt)
+
+
 # --- type level ----------------------------------------------------------------
 @router.get("/{resource_type}")
 async def search(request: Request, resource_type: str) -> Response:
