@@ -525,6 +525,7 @@ authorization_requests = Table(
     Column("state", Text),
     Column("code_challenge", String(128), nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
+    Column("user_name", String(64)),  # who logged in, while the user picks the launch's patient
 )
 # Authorization codes, bound to what they were issued for; a used one is kept
 # (until a day past its expiry) so that using it again is seen, and the
@@ -540,6 +541,7 @@ authorization_codes = Table(
     Column("scope", Text, nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
     Column("used", Boolean, nullable=False),
+    Column("patient", String(64)),  # the Patient id of the launch context, if one was picked
 )
 # Refresh tokens: each is used once, then replaced by the next of its family
 # (the code that started it); a used one sent again ends the whole family.
@@ -553,6 +555,7 @@ refresh_tokens = Table(
     Column("scope", Text, nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
     Column("used", Boolean, nullable=False),
+    Column("patient", String(64)),  # the Patient id of the launch context, if one was picked
 )
 
 

@@ -12,7 +12,7 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,20 @@ def exported_types(principal: Principal, request: ExportRequest, supported: froz
     if not types:
         raise Forbidden(f"{principal.name} may not read and search any type this export holds")
     return types
+
+
+def held_to_patient(principal: Principal, request: ExportRequest) -> ExportRequest:
+    """The export a principal may start: under a patient context, one of its
+    patient alone, at the Patient level. The worker writes it without the
+    request's principal (nor its patient context): the export's own list of
+    patients is what keeps it to that patient."""
+    if principal.patient is None:
+        return request
+    if request.level is not Level.PATIENT:
+        raise Forbidden("a token with a patient context exports its patient only: use [base]/Patient/$export")
+    if request.patients not in (None, (principal.patient,)):
+        raise Forbidden(f"a token with a patient context exports its patient only, Patient/{principal.patient}")
+    return replace(request, patients=(principal.patient,))
 
 
 def check_type_filters(principal: Principal, request: ExportRequest, supported: frozenset[str]) -> None:

@@ -1,0 +1,34 @@
+"""SMART App Launch with a patient context: the patient a user picks
+
+Revision ID: 0023
+Revises: 0022
+
+An authorization waits between the login and the pick with the user who
+logged in (`user_name`); its code, and the refresh tokens of its family,
+keep the Patient picked (`patient`), so that every access token issued from
+them names the same one. Rows written before have none: their tokens have
+no patient context, as before.
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0023'
+down_revision = '0022'
+branch_labels = None
+depends_on = None
+
+
+# Not in batch mode (SQLite adds a nullable column in place).
+def upgrade() -> None:
+    op.add_column('authorization_requests', sa.Column('user_name', sa.String(length=64), nullable=True))
+    op.add_column('authorization_codes', sa.Column('patient', sa.String(length=64), nullable=True))
+    op.add_column('refresh_tokens', sa.Column('patient', sa.String(length=64), nullable=True))
+
+
+def downgrade() -> None:
+    # Batch mode: SQLite drops a column by copying the table (nothing references these tables).
+    for table, column in (('refresh_tokens', 'patient'), ('authorization_codes', 'patient'),
+                          ('authorization_requests', 'user_name')):
+        with op.batch_alter_table(table) as batch:
+            batch.drop_column(column)
