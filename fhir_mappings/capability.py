@@ -151,7 +151,8 @@ def _security(auth_url: str) -> dict[str, Any]:
             "OAuth 2.0 Bearer tokens from the token endpoint (password grant; client_credentials with a secret, or "
             "with an RS384 or ES384 client assertion as SMART Backend Services sign it; authorization_code with PKCE "
             "S256 and refresh_token for SMART apps' standalone launch), or HTTP Basic. "
-            "Permissions are SMART v2 scopes."
+            "Permissions are SMART v2 scopes; patient/ ones (read and search) reach the Patient a standalone launch "
+            "with launch/patient picked, and its compartment, alone."
         ),
     }
 
