@@ -15,6 +15,7 @@ from server import health
 from server.audit.middleware import AuditMiddleware, note_studies
 from server.audit.service import AuditService, build_audit
 from server.auth.authorize import router as authorize_router
+from server.auth.ehr_launch import router as ehr_launch_router
 from server.auth.identities import SERVER_AGENT, Identities
 from server.auth.middleware import AuthMiddleware
 from server.auth.routes import router as auth_router
@@ -166,6 +167,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(models_router, prefix="/admin")
     app.include_router(auth_router)
     app.include_router(authorize_router)
+    app.include_router(ehr_launch_router)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,

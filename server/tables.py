@@ -526,6 +526,18 @@ authorization_requests = Table(
     Column("code_challenge", String(128), nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
     Column("user_name", String(64)),  # who logged in, while the user picks the launch's patient
+    Column("patient", String(64)),  # an EHR launch's patient, known before the login
+)
+# EHR launch contexts: an EHR (or an admin) names the patient open in it and
+# gets an opaque `launch` value for the app it launches, which /auth/authorize
+# resolves; kept as its SHA-256 only, for minutes.
+launch_contexts = Table(
+    "launch_contexts",
+    metadata,
+    Column("launch_hash", String(64), primary_key=True),
+    Column("patient", String(64), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
 )
 # Authorization codes, bound to what they were issued for; a used one is kept
 # (until a day past its expiry) so that using it again is seen, and the

@@ -299,6 +299,42 @@ def test_requests_under_a_patient_context_are_audited_as_about_that_patient(worl
         assert patients == [f"Patient/{world.patients['a']}"], described[description]
 
 
+def _ehr_launch(world: World, patient: str, headers: dict | None = None) -> httpx.Response:
+    return world.admin.post("/auth/launch", data={"patient": patient}, headers=headers)
+
+
+def test_an_ehr_launch_names_its_patient_and_needs_no_picker(world):
+    opened = _ehr_launch(world, world.patients["b"])
+    assert opened.status_code == 201, opened.text
+    assert opened.json()["patient"] == world.patients["b"] and opened.headers["cache-control"] == "no-store"
+    launch = opened.json()["launch"]
+    redirect = world.app.log_in(world.app.authorize(scope="launch patient/*.rs", launch=launch))
+    token = world.app.redeem(_code_of(redirect)).json()
+    assert token["patient"] == world.patients["b"] and token["scope"].endswith(" launch")
+    with _as(world, token) as app:
+        assert ids(app.get("/fhir/Observation").json()) == ["ob"]
+        assert app.get(f"/fhir/Patient/{world.patients['a']}").status_code == 404
+    capabilities = httpx.get(f"{world.base}/.well-known/smart-configuration").json()["capabilities"]
+    assert {"launch-ehr", "context-ehr-patient"} <= set(capabilities)
+
+
+def test_an_ehr_launch_is_refused_what_does_not_hold_together(world, services):
+    launch = _ehr_launch(world, world.patients["a"]).json()["launch"]
+    for changes in ({"scope": "launch patient/*.rs"}, {"scope": "patient/*.rs", "launch": launch},
+                    {"scope": "launch patient/*.rs", "launch": "x" * 43}):
+        refused = world.app.authorize(**changes)
+        assert refused.status_code == 302, refused.text
+        assert parse_qs(urlsplit(refused.headers["location"]).query)["error"] == ["invalid_request"]
+    assert _ehr_launch(world, "nobody").status_code == 404
+    assert _ehr_launch(world, "").status_code == 400
+    assert httpx.post(f"{world.base}/auth/launch", data={"patient": world.patients["a"]}).status_code == 401
+    auditor, _ = services.auth.issuer.issue("audrey", "auditor", "user/AuditEvent.rs", False)
+    assert _ehr_launch(world, world.patients["a"], {"Authorization": f"Bearer {auditor}"}).status_code == 403
+    # A token held to one patient opens no context, not even for that patient.
+    held = _launch(world)["access_token"]
+    assert _ehr_launch(world, world.patients["a"], {"Authorization": f"Bearer {held}"}).status_code == 403
+
+
 def test_the_command_line_registers_patient_apps(services, monkeypatch, capsys):
     monkeypatch.setenv("MEDAIFLOW_DATA_DIR", str(services.settings.data_dir))
     monkeypatch.setenv("MEDAIFLOW_DATABASE_URL", services.settings.database_url)
@@ -311,16 +347,16 @@ def test_the_command_line_registers_patient_apps(services, monkeypatch, capsys):
 def test_the_migration_adds_and_drops_the_launch_columns(services):
     def columns() -> dict[str, set[str]]:
         found = inspect(services.engine)
-        return {table: {column["name"] for column in found.get_columns(table)}
-                for table in ("authorization_requests", "authorization_codes", "refresh_tokens")}
+        return {table: {column["name"] for column in found.get_columns(table)} if found.has_table(table) else set()
+                for table in ("authorization_requests", "authorization_codes", "refresh_tokens", "launch_contexts")}
 
     with migrating(services.engine) as config:
         command.downgrade(config, "0022")
     services.engine.dispose()  # SQLite: the tables were copied under the connections' feet
     before = columns()
-    assert "user_name" not in before["authorization_requests"]
+    assert not {"user_name", "patient"} & before["authorization_requests"] and not before["launch_contexts"]
     assert "patient" not in before["authorization_codes"] | before["refresh_tokens"]
     upgrade(services.engine)
     after = columns()
-    assert "user_name" in after["authorization_requests"]
+    assert {"user_name", "patient"} <= after["authorization_requests"] and "patient" in after["launch_contexts"]
     assert "patient" in after["authorization_codes"] and "patient" in after["refresh_tokens"]

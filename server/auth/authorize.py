@@ -30,6 +30,7 @@ from server.audit.middleware import note_refusal
 from server.auth.access import Principal
 from server.auth.identities import Identity, LaunchClient
 from server.auth.launch import (
+    EHR_LAUNCH,
     REQUEST_SECONDS,
     S256_CHALLENGE,
     Crowded,
@@ -97,6 +98,13 @@ async def authorize(request: Request) -> Response:
     if query.get("aud", "").rstrip("/") != fhir_base:
         return _back(redirect_uri, state, "invalid_request", f"aud must be this server's FHIR base URL, {fhir_base}")
     scope = query.get("scope", "")
+    launch = query.get("launch")
+    if (launch is not None) != (EHR_LAUNCH in scope.split()):
+        return _back(redirect_uri, state, "invalid_request",
+                     "an EHR launch sends its launch parameter with the launch scope, each with the other")
+    patient = await run_in_threadpool(auth.launches.context_patient, launch) if launch else None
+    if launch is not None and patient is None:
+        return _back(redirect_uri, state, "invalid_request", "the launch is unknown or has expired: launch again")
     # Refused now only when no user could be granted any of it: the user's role narrows it further at login.
     if not granted_scope(scope, client.grant, client.grant):
         return _back(redirect_uri, state, "invalid_scope",
@@ -106,7 +114,7 @@ async def authorize(request: Request) -> Response:
     if auth.authorize_rate.take(f"address:{address}") is not None:
         return _back(redirect_uri, state, "temporarily_unavailable",
                      "too many authorizations asked from this address; try again later")
-    pending = Pending(client.client_id, redirect_uri, scope, state, challenge)
+    pending = Pending(client.client_id, redirect_uri, scope, state, challenge, patient=patient)
     try:
         key = await run_in_threadpool(auth.launches.ask, pending)
     except Crowded:
@@ -159,11 +167,26 @@ async def login(request: Request) -> Response:
         note_refusal(request.scope, f"{identity.name} may use none of the scopes {client.client_id} asked for")
         return _back(pending.redirect_uri, pending.state, "invalid_scope",
                      f"{identity.name} may use none of the scopes asked for", 303)
+    if needs_patient(scope) and pending.patient is not None:
+        return await _launch_patient(request, key, pending, client, identity, scope)
     if needs_patient(scope):
         if not await run_in_threadpool(auth.launches.log_in, key, identity.name):
             return _stale()
         return await _picker(request, 200, client, key, _user(identity, client), {})
     return await _coded(request, key, pending, identity.name, scope, None)
+
+
+async def _launch_patient(request: Request, key: str, pending: Pending, client: LaunchClient, identity: Identity,
+                          scope: str) -> Response:
+    """An EHR launch: its patient, which the user who logged in must be able to read, needs no picking."""
+    patient = pending.patient or ""
+    try:
+        await run_in_threadpool(require_pickable, services(request).fhir, _user(identity, client), patient)
+    except NotPickable as refusal:
+        await run_in_threadpool(services(request).auth.launches.end, key)
+        note_refusal(request.scope, f"{identity.name} launched {client.client_id}: {refusal}")
+        return _back(pending.redirect_uri, pending.state, "access_denied", str(refusal), 303)
+    return await _coded(request, key, pending, identity.name, scope, patient)
 
 
 async def _pick(request: Request, form: dict[str, str], key: str, pending: Pending, client: LaunchClient) -> Response:

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, up
 from server.auth.identities import Identities
 from server.auth.scopes import PATIENT_CONTEXT, PATIENT_REACH, Grant
 from server.db import reading, write_connection
-from server.tables import authorization_codes, authorization_requests, refresh_tokens
+from server.tables import authorization_codes, authorization_requests, launch_contexts, refresh_tokens
 
 # A PKCE verifier (RFC 7636 4.1); its S256 challenge is the base64url of 32 bytes, unpadded (4.2): 43 characters,
 # the last of which holds 4 bits.
@@ -39,8 +39,11 @@ _USED_CODES_KEPT_SECONDS = 86400  # a code sent again within a day still revokes
 # Anyone may ask for an authorization, and each waits as a row for its login: at most so many wait at once, so
 # that asking without end cannot fill the database (an address asks a few at a time: see authorize.py).
 PENDING_LIMIT = 10_000
-# The scope that asks, in a standalone launch, for the user to pick a patient (SMART scopes-and-launch-context).
+# The scope that asks, in a standalone launch, for the user to pick a patient (SMART scopes-and-launch-context),
+# and the one that goes with the `launch` parameter of an EHR launch, whose context names the patient.
 LAUNCH_PATIENT = "launch/patient"
+EHR_LAUNCH = "launch"
+LAUNCH_CONTEXT_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Pending:
     state: str | None
     code_challenge: str
     user_name: str | None = None  # who logged in, once the user picks the launch's patient
+    patient: str | None = None  # the patient of an EHR launch, known from the start
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class Launches:
             connection.execute(insert(authorization_requests).values(
                 key_hash=_digest(key), client_id=pending.client_id, redirect_uri=pending.redirect_uri,
                 scope=pending.scope, state=pending.state, code_challenge=pending.code_challenge,
-                expires_at=now + REQUEST_SECONDS,
+                expires_at=now + REQUEST_SECONDS, patient=pending.patient,
             ))
         return key
 
@@ -123,7 +127,27 @@ class Launches:
             )).first()
         if row is None:
             return None
-        return Pending(row.client_id, row.redirect_uri, row.scope, row.state, row.code_challenge, row.user_name)
+        return Pending(row.client_id, row.redirect_uri, row.scope, row.state, row.code_challenge, row.user_name,
+                       row.patient)
+
+    def open_context(self, patient: str, created_by: str) -> str:
+        """The opaque `launch` value of a new EHR launch context for `patient`."""
+        launch = secrets.token_urlsafe(32)
+        now = int(time.time())
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            connection.execute(delete(launch_contexts).where(launch_contexts.c.expires_at < now))
+            connection.execute(insert(launch_contexts).values(
+                launch_hash=_digest(launch), patient=patient, created_by=created_by,
+                expires_at=now + LAUNCH_CONTEXT_SECONDS,
+            ))
+        return launch
+
+    def context_patient(self, launch: str) -> str | None:
+        """The patient of the EHR launch context `launch`; None when unknown or expired."""
+        with reading(self.engine) as connection:
+            return connection.execute(select(launch_contexts.c.patient).where(
+                launch_contexts.c.launch_hash == _digest(launch), launch_contexts.c.expires_at >= int(time.time()),
+            )).scalar()
 
     def log_in(self, key: str, user_name: str) -> bool:
         """The user who logged in to the pending authorization `key`, which
@@ -247,20 +271,22 @@ def _with_refresh_token(connection: Connection, granted: Granted, expires_at: in
 def granted_scope(asked: str, client: Grant, user: Grant) -> str:
     """What a user grants an app: the user/ scopes asked for, and with
     launch/patient (standalone launch: the user picks the patient after the
-    login) the patient/ ones, within PATIENT_REACH, each narrowed to the
+    login) or launch (EHR launch: its context names the patient, and
+    /auth/authorize has checked that it does) the patient/ ones, within PATIENT_REACH, each narrowed to the
     client's registered scopes of its context and to the user's role;
-    launch/patient kept with the patient/ scopes granted, offline_access or
-    online_access when asked (and some resource scope is granted). openid,
-    fhirUser and launch (an EHR launch) are not offered: left out."""
+    launch/patient or launch kept with the patient/ scopes granted,
+    offline_access or online_access when asked (and some resource scope is
+    granted). openid and fhirUser are not offered: left out."""
     asked_grant = Grant.parse(asked)
     resources = asked_grant.in_context("user").narrowed_to(client.in_context("user")).narrowed_to(user)
-    if LAUNCH_PATIENT in asked.split():
+    launch = next((word for word in (LAUNCH_PATIENT, EHR_LAUNCH) if word in asked.split()), None)
+    if launch is not None:
         patient = asked_grant.in_context(PATIENT_CONTEXT).narrowed_to(client.in_context(PATIENT_CONTEXT))
         resources = Grant(resources.scopes + patient.narrowed_to(PATIENT_REACH).narrowed_to(user).scopes)
     if not resources.scopes:
         return ""
     kind = refresh_kind(asked)
-    launched = [LAUNCH_PATIENT] if needs_patient(str(resources)) else []
+    launched = [launch] if launch is not None and needs_patient(str(resources)) else []
     return " ".join([str(resources), *launched, *([kind] if kind else [])])
 
 

@@ -22,7 +22,7 @@ from server.audit.middleware import note_login
 from server.auth.access import basic_credentials
 from server.auth.client_assertions import ALGORITHMS, ASSERTION_TYPE, InvalidAssertion, claimed_client
 from server.auth.identities import Identity
-from server.auth.launch import LAUNCH_PATIENT, PKCE_TEXT, OutOfScope, Refused, needs_patient, refresh_kind
+from server.auth.launch import EHR_LAUNCH, LAUNCH_PATIENT, PKCE_TEXT, OutOfScope, Refused, needs_patient, refresh_kind
 from server.auth.limits import limited_address
 from server.auth.scopes import Grant
 from server.auth.service import AuthService
@@ -205,7 +205,9 @@ async def _launch_token(request: Request, form: dict[str, str], address: str, gr
     if not resources.scopes:
         return _error(400, "invalid_scope", f"{user.name} may no longer use any of the scopes granted")
     kind = refresh_kind(granted.scope)
-    launched = [LAUNCH_PATIENT] if needs_patient(str(resources)) else []
+    # The launch scope granted with them (launch/patient, or launch for an EHR launch), while patient/ scopes are.
+    launches = (LAUNCH_PATIENT, EHR_LAUNCH)
+    launched = [word for word in granted.scope.split() if word in launches] if needs_patient(str(resources)) else []
     scope = " ".join([str(resources), *launched, *([kind] if kind else [])])
     access_token, lifetime = auth.issuer.issue(user.name, user.role.value, str(resources), False, app=client_id,
                                                patient=granted.patient)
@@ -296,8 +298,9 @@ def smart_configuration(request: Request) -> JSONResponse:
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "scopes_supported": ["system/*.cruds", "user/*.cruds", "system/*.rs", "user/*.rs", "patient/*.rs",
-                             "launch/patient", "offline_access", "online_access"],
-        "capabilities": ["launch-standalone", "context-standalone-patient", "client-public",
+                             "launch/patient", "launch", "offline_access", "online_access"],
+        "capabilities": ["launch-standalone", "context-standalone-patient", "launch-ehr", "context-ehr-patient",
+                         "client-public",
                          "client-confidential-symmetric", "client-confidential-asymmetric", "permission-v2",
                          "permission-v1", "permission-user", "permission-patient", "permission-offline",
                          "permission-online"],
