@@ -250,6 +250,19 @@ def test_dicomweb_reaches_the_patients_studies_alone(world):
     assert len(world.admin.get("/dicom-web/studies").json()) == 2
 
 
+def test_what_tells_of_any_study_needs_more_than_a_patient_context(world, services):
+    """Ordering inference on a study, or listing workitems, tells whether a study exists and whose it is:
+    patient/ImagingStudy.rs, which reaches one patient's studies, is not enough beside Task rights."""
+    token, _ = services.auth.issuer.issue("olga", "ai-operator", "user/Task.cruds patient/ImagingStudy.rs", False,
+                                          app=world.app.client_id, patient=world.patients["a"])
+    order = {"resourceType": "Task", "status": "requested", "intent": "order",
+             "focus": {"reference": f"ImagingStudy/{world.studies['b']}"}}
+    with httpx.Client(base_url=world.base, headers={"Authorization": f"Bearer {token}"}) as app:
+        assert app.get("/dicom-web/studies").status_code == 200  # its own patient's studies it reads
+        assert app.post("/fhir/Task", json=order).status_code == 403
+        assert app.get("/dicom-web/workitems").status_code == 403
+
+
 def test_a_refresh_keeps_the_patient(world):
     first = _launch(world, "b", scope=ASKED + " offline_access")
     renewed = world.app.refresh(first["refresh_token"])

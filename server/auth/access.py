@@ -48,6 +48,11 @@ class Principal:
     def may(self, permission: Permission) -> bool:
         return self.grant.allows(permission.resource_type, permission.letter, self.patient is not None)
 
+    def reads_every(self, resource_type: str) -> bool:
+        """Whether it may read every resource of the type, not only its patient's:
+        what a study's existence and patient tell (ordering inference on it) needs this."""
+        return self.may(Permission(resource_type, "r")) and not self.within_patient(resource_type)
+
     def within_patient(self, resource_type: str) -> bool:
         """Whether what this principal sees of the type is its patient's
         compartment alone: it reaches the type through patient/ scopes, and
