@@ -208,7 +208,7 @@ def test_fhir_reads_reach_the_patients_compartment_alone(world):
         assert app.post("/fhir/Task", json=task).status_code == 403
 
 
-def test_an_export_under_a_patient_context_holds_that_patient_alone(world):
+def test_an_export_under_a_patient_context_holds_that_patient_alone(world, services):
     a, b = world.patients["a"], world.patients["b"]
     with _as(world, _launch(world)) as app:
         assert app.get("/fhir/$export", headers=KICK).status_code == 403
@@ -218,6 +218,12 @@ def test_an_export_under_a_patient_context_holds_that_patient_alone(world):
         started = app.get("/fhir/Patient/$export", headers=KICK)
         assert started.status_code == 202, started.text
         files = _files(app, _manifest(app, started.headers["Content-Location"]))
+        # The user's own export of every patient is not the app's to see.
+        clara, _ = services.auth.issuer.issue("clara", "clinician", "user/*.rs", False)
+        whole = world.admin.get("/fhir/Patient/$export", headers={**KICK, "Authorization": f"Bearer {clara}"})
+        assert whole.status_code == 202
+        assert app.get(whole.headers["Content-Location"]).status_code == 404
+        assert app.delete(whole.headers["Content-Location"]).status_code == 404
     assert _ids(files["Patient"]) == [a] and _ids(files["Observation"]) == ["oa"]
     assert _ids(files["ImagingStudy"]) == [world.studies["a"]] and "DiagnosticReport" not in files
 

@@ -158,17 +158,21 @@ class ExportJobs:
 
     def find(self, export_id: str, principal: Principal) -> ExportJob:
         """The caller's export (any, for an admin); ResourceNotFound for one
-        that is not there, has expired, or is someone else's."""
+        that is not there, has expired, or is someone else's. A token held to
+        one patient finds only the exports of that patient alone (`held_to_patient`),
+        whatever else its user started."""
         if not _EXPORT_ID.fullmatch(export_id):  # none was made (and PostgreSQL's text holds no NUL, say)
             raise ResourceNotFound(f"there is no export {export_id[:64]!r} of {principal.name}")
         with reading(self.engine) as connection:
             row = connection.execute(select(fhir_exports).where(
                 fhir_exports.c.export_id == export_id, fhir_exports.c.expires_at > now_micros(),
-                *([] if principal.role == Role.ADMIN.value else _owned_by(principal)),
+                *([] if principal.role == Role.ADMIN.value and principal.patient is None else _owned_by(principal)),
             )).first()
-        if row is None:
+        job = ExportJob.from_row(row) if row is not None else None
+        if job is None or (principal.patient is not None and (job.level is not Level.PATIENT
+                                                              or job.patients != (principal.patient,))):
             raise ResourceNotFound(f"there is no export {export_id[:64]!r} of {principal.name}")
-        return ExportJob.from_row(row)
+        return job
 
     def cancel(self, export_id: str, principal: Principal) -> None:
         """Cancel a running export or remove a finished one, with its files (export.html#bulk-data-delete-request)."""
