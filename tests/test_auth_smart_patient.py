@@ -154,6 +154,9 @@ def test_the_picker_refuses_what_is_not_the_users_to_pick_and_what_no_browser_se
     key = _key(picker)
     unknown = world.app.browser.post("/auth/authorize", data={"request": key, "patient": "nobody"})
     assert unknown.status_code == 403 and "location" not in unknown.headers and "nobody" in unknown.text
+    for odd in ("a\x00b", "", "x" * 65):  # PostgreSQL's text holds no NUL: a 500 otherwise
+        refused = world.app.browser.post("/auth/authorize", data={"request": key, "patient": odd})
+        assert refused.status_code == 403 and "location" not in refused.headers
     # Another page's post has no cookie; a forged key is no form's.
     elsewhere = httpx.post(f"{world.base}/auth/authorize", data={"request": key, "patient": world.patients["a"]})
     assert elsewhere.status_code == 400 and "location" not in elsewhere.headers
@@ -345,7 +348,7 @@ def test_an_ehr_launch_is_refused_what_does_not_hold_together(world, services):
         assert refused.status_code == 302, refused.text
         assert parse_qs(urlsplit(refused.headers["location"]).query)["error"] == ["invalid_request"]
     assert _ehr_launch(world, "nobody").status_code == 404
-    assert _ehr_launch(world, "").status_code == 400
+    assert _ehr_launch(world, "").status_code == 400 and _ehr_launch(world, "a\x00b").status_code == 400
     assert httpx.post(f"{world.base}/auth/launch", data={"patient": world.patients["a"]}).status_code == 401
     auditor, _ = services.auth.issuer.issue("audrey", "auditor", "user/AuditEvent.rs", False)
     assert _ehr_launch(world, world.patients["a"], {"Authorization": f"Bearer {auditor}"}).status_code == 403

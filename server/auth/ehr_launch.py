@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from fhir_mappings.errors import FhirError
+from fhir_mappings.resources import require_id
 from server.auth.access import Permission, Principal
 from server.auth.launch import LAUNCH_CONTEXT_SECONDS
 from server.auth.routes import read_form
@@ -38,7 +39,9 @@ async def open_launch(request: Request) -> JSONResponse:
     if form is None:
         return _error(413, "invalid_request", "the form is too large")
     patient = form.get("patient", "")
-    if not patient or "\x00" in patient:
+    try:
+        require_id(patient)
+    except FhirError:
         return _error(400, "invalid_request", "patient (a Patient id) is required")
     principal: Principal = request.state.principal
     if principal.patient is not None or not principal.may(Permission("Patient", "r")):

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from fhir_mappings.errors import FhirError, Forbidden
+from fhir_mappings.resources import require_id
 from server.auth.access import Permission, Principal, current_principal
 from server.fhir.service import FhirService
 
@@ -42,9 +43,11 @@ def patients_to_pick(fhir: FhirService, user: Principal, name: str, identifier: 
     Raises FhirError for a search that cannot be run (bad input, no right)."""
     if not (user.may(Permission("Patient", "r")) and user.may(Permission("Patient", "s"))):
         raise Forbidden(f"{user.name} may not read and search Patients, so may pick none")
-    pairs = [("_cursor", cursor)] if cursor else [
-        (parameter, value) for parameter, value in (("name", name), ("identifier", identifier)) if value
-    ] + [("_count", str(PAGE_SIZE))]
+    if cursor:  # the search's own cursor, signed: it holds the parameters of the first page
+        pairs = [("_cursor", cursor)]
+    else:
+        pairs = [(parameter, value) for parameter, value in (("name", name), ("identifier", identifier)) if value]
+        pairs.append(("_count", str(PAGE_SIZE)))
     with _acting_as(user):
         page = fhir.searcher.search("Patient", pairs, "", strict=True)
     following = parse_qs(urlsplit(page.links.get("next", "")).query).get("_cursor", [None])[0]
@@ -56,6 +59,7 @@ def require_pickable(fhir: FhirService, user: Principal, patient_id: str) -> Non
     if not user.may(Permission("Patient", "r")):
         raise NotPickable(f"{user.name} may not read Patients")
     try:
+        require_id(patient_id)  # a form may post anything (a NUL, which PostgreSQL's text cannot hold)
         with _acting_as(user):
             fhir.store.read("Patient", patient_id)
     except FhirError as error:  # not there, gone, or hidden from this user: all the same to the user
