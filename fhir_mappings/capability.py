@@ -154,8 +154,9 @@ def _security(auth_url: str) -> dict[str, Any]:
         "description": (
             "OAuth 2.0 Bearer tokens from the token endpoint (password grant; client_credentials with a secret, or "
             "with an RS384 or ES384 client assertion as SMART Backend Services sign it; authorization_code with PKCE "
-            "S256 and refresh_token for SMART apps' standalone launch), or HTTP Basic. "
-            "Permissions are SMART v2 scopes."
+            "S256 and refresh_token for SMART apps' standalone and EHR launch), or HTTP Basic. "
+            "Permissions are SMART v2 scopes; patient/ ones (read and search) reach the Patient of the launch "
+            "context (picked with launch/patient, or named by an EHR launch), and its compartment, alone."
         ),
     }
 

@@ -15,6 +15,7 @@ from server import health
 from server.audit.middleware import AuditMiddleware, note_studies
 from server.audit.service import AuditService, build_audit
 from server.auth.authorize import router as authorize_router
+from server.auth.ehr_launch import router as ehr_launch_router
 from server.auth.identities import SERVER_AGENT, Identities
 from server.auth.middleware import AuthMiddleware
 from server.auth.routes import router as auth_router
@@ -28,6 +29,7 @@ from server.errors import install_error_handlers
 from server.fhir.bulk_export_routes import router as bulk_export_router
 from server.fhir.bulk_export_worker import build_exports
 from server.fhir.derived import ensure_endpoints, study_patients, sync_studies
+from server.fhir.patient_context import within_patient_context
 from server.fhir.routes import router as fhir_router
 from server.fhir.service import FhirService, build_fhir
 from server.fhir.subscription_delivery import DeliveryPolicy, Dispatcher
@@ -53,6 +55,7 @@ def build_services(settings: Settings) -> Services:
     store = FileStore(settings.storage_dir)
     store.prepare()
     fhir = build_fhir(engine, settings.data_dir, settings.fhir_max_included)
+    fhir.visibility.row_rules.append(within_patient_context)
 
     def studies_changed(connection: Connection, study_uids: set[str], change: StudyChange) -> None:
         patients = sync_studies(fhir.store, connection, study_uids)
@@ -164,6 +167,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(models_router, prefix="/admin")
     app.include_router(auth_router)
     app.include_router(authorize_router)
+    app.include_router(ehr_launch_router)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,

@@ -527,6 +527,19 @@ authorization_requests = Table(
     Column("state", Text),
     Column("code_challenge", String(128), nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
+    Column("user_name", String(64)),  # who logged in, while the user picks the launch's patient
+    Column("patient", String(64)),  # an EHR launch's patient, known before the login
+)
+# EHR launch contexts: an EHR (or an admin) names the patient open in it and
+# gets an opaque `launch` value for the app it launches, which /auth/authorize
+# resolves; kept as its SHA-256 only, for minutes.
+launch_contexts = Table(
+    "launch_contexts",
+    metadata,
+    Column("launch_hash", String(64), primary_key=True),
+    Column("patient", String(64), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
 )
 # Authorization codes, bound to what they were issued for; a used one is kept
 # (until a day past its expiry) so that using it again is seen, and the
@@ -542,6 +555,7 @@ authorization_codes = Table(
     Column("scope", Text, nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
     Column("used", Boolean, nullable=False),
+    Column("patient", String(64)),  # the Patient id of the launch context, if one was picked
 )
 # Refresh tokens: each is used once, then replaced by the next of its family
 # (the code that started it); a used one sent again ends the whole family.
@@ -555,6 +569,7 @@ refresh_tokens = Table(
     Column("scope", Text, nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
     Column("used", Boolean, nullable=False),
+    Column("patient", String(64)),  # the Patient id of the launch context, if one was picked
 )
 
 

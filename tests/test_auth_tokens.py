@@ -205,10 +205,12 @@ def test_a_user_and_a_client_never_share_a_name(services, monkeypatch):
 
 def test_patient_scopes_reach_nothing_without_a_launch_context(services, fhir):
     assert not Grant.parse("patient/*.rs").allows("ImagingStudy", "r")
-    assert Grant.parse("patient/*.rs user/Task.rs").narrowed_to(role_grant(Role.CLINICIAN)).scopes == (
-        Grant.parse("user/Task.rs").scopes
-    )
-    with pytest.raises(IdentityError, match="launch context"):
+    # In one, they reach the compartment's types and the Patient, read and searched, no more.
+    in_context = Grant.parse("patient/*.cruds")
+    assert in_context.allows("ImagingStudy", "r", True) and in_context.allows("Patient", "s", True)
+    assert not in_context.allows("ImagingStudy", "c", True) and not in_context.allows("Task", "r", True)
+    assert not in_context.allows("AuditEvent", "r", True)  # a wildcard never reaches the audit trail
+    with pytest.raises(IdentityError, match="picks when launching an app"):
         services.auth.identities.add_client("ehr-patient", "patient/*.rs")
     services.auth.identities.add_user("nina", Role.CLINICIAN, PASSWORD)
     asked = fhir.post("/auth/token", content=f"grant_type=password&username=nina&password={PASSWORD}&scope=patient/*.rs",

@@ -301,6 +301,9 @@ class _RequestAudit:
             named = f"{parts[1]}/{parts[2]}" if parts[:1] == ["fhir"] and len(parts) >= 3 else ""
             resources = [named] if is_relative_reference(named) else self.resources
         query = _without_credentials(scope.get("query_string") or b"") or None
+        named = set(self.patients if patients is None else patients)
+        if principal is not None and principal.patient is not None:
+            named.add(principal.patient)  # a request under a patient context is about that patient, found or not
         return audit_event(AuditRecord(
             kind=self.kind, outcome=outcome, recorded=datetime.now(UTC),
             client=client, server=self.server_name,
@@ -308,7 +311,7 @@ class _RequestAudit:
             description=f"{'HEAD' if scope.get(HEAD_MARK) else scope.get('method', 'GET')} {scope['path']} {result}",
             request_id=request_id_var.get() or None, resources=sorted(resources),
             study_uids=sorted(self.studies if studies is None else studies),
-            patients=sorted(self.patients if patients is None else patients), query=query, application=app,
+            patients=sorted(named), query=query, application=app,
         ))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from fhir_mappings.search_parameters import DEFINITIONS
 from fhir_mappings.search_query import Condition, SearchRequest
-from server.auth.scopes import Grant
+from server.auth.scopes import PATIENT_TYPES, Grant
 from server.fhir.service import WRITABLE_TYPES
 
 # Anonymous by design: probes, discovery and the way to get a token.
@@ -43,9 +43,24 @@ class Principal:
     grant: Grant
     client: bool
     app: str | None = None  # the app a user acts through (a SMART App Launch token)
+    patient: str | None = None  # the Patient id of its launch context, which its patient/ scopes reach
 
     def may(self, permission: Permission) -> bool:
-        return self.grant.allows(permission.resource_type, permission.letter)
+        return self.grant.allows(permission.resource_type, permission.letter, self.patient is not None)
+
+    def reads_every(self, resource_type: str) -> bool:
+        """Whether it may read every resource of the type, not only its patient's:
+        what a study's existence and patient tell (ordering inference on it) needs this."""
+        return self.may(Permission(resource_type, "r")) and not self.within_patient(resource_type)
+
+    def within_patient(self, resource_type: str) -> bool:
+        """Whether what this principal sees of the type is its patient's
+        compartment alone: it reaches the type through patient/ scopes, and
+        its other scopes do not let it both read and search every one."""
+        if self.patient is None or resource_type not in PATIENT_TYPES:
+            return False
+        wider = self.grant.in_context("user", "system")
+        return not (wider.allows(resource_type, "r") and wider.allows(resource_type, "s"))
 
 
 # The principal of the request being handled (set by the authentication

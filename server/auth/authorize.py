@@ -3,7 +3,10 @@
 `GET /auth/authorize`; the user logs in on the page it answers and allows
 the scopes it lists; `POST /auth/authorize` sends the browser back to the
 app's redirect URI with a code, which the app trades for tokens at
-/auth/token (`authorization_code`).
+/auth/token (`authorization_code`). An app granted patient/ scopes (it
+asked for `launch/patient`) gets its code once the user, logged in, has
+picked the patient on a second page (`server.auth.patient_picker`), which
+posts back the same way.
 
 Until the client and its redirect URI are known to be registered together,
 an error is shown to the user and never redirected (RFC 6749 4.1.2.1: an
@@ -22,11 +25,28 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from fhir_mappings.errors import FhirError
 from server.audit.middleware import note_refusal
-from server.auth.identities import LaunchClient
-from server.auth.launch import REQUEST_SECONDS, S256_CHALLENGE, Crowded, Pending, granted_scope
+from server.auth.access import Principal
+from server.auth.identities import Identity, LaunchClient
+from server.auth.launch import (
+    EHR_LAUNCH,
+    REQUEST_SECONDS,
+    S256_CHALLENGE,
+    Crowded,
+    Pending,
+    granted_scope,
+    needs_patient,
+)
 from server.auth.limits import limited_address
+from server.auth.patient_picker import (
+    ChoicePage,
+    NotPickable,
+    patients_to_pick,
+    require_pickable,
+)
 from server.auth.routes import login_wait, read_form
+from server.errors import fhir_status_for
 from server.public_url import public_root
 from server.services import services
 
@@ -78,16 +98,23 @@ async def authorize(request: Request) -> Response:
     if query.get("aud", "").rstrip("/") != fhir_base:
         return _back(redirect_uri, state, "invalid_request", f"aud must be this server's FHIR base URL, {fhir_base}")
     scope = query.get("scope", "")
+    launch = query.get("launch")
+    if (launch is not None) != (EHR_LAUNCH in scope.split()):
+        return _back(redirect_uri, state, "invalid_request",
+                     "an EHR launch sends its launch parameter with the launch scope, each with the other")
+    patient = await run_in_threadpool(auth.launches.context_patient, launch) if launch else None
+    if launch is not None and patient is None:
+        return _back(redirect_uri, state, "invalid_request", "the launch is unknown or has expired: launch again")
     # Refused now only when no user could be granted any of it: the user's role narrows it further at login.
     if not granted_scope(scope, client.grant, client.grant):
         return _back(redirect_uri, state, "invalid_scope",
-                     "none of the user/ scopes asked for is registered for this app")
+                     "none of the user/ or patient/ scopes asked for is registered for this app")
     # Each page is a row until its login: an address asks for a few; all together, no more than the table holds.
     address = limited_address(request.scope)
     if auth.authorize_rate.take(f"address:{address}") is not None:
         return _back(redirect_uri, state, "temporarily_unavailable",
                      "too many authorizations asked from this address; try again later")
-    pending = Pending(client.client_id, redirect_uri, scope, state, challenge)
+    pending = Pending(client.client_id, redirect_uri, scope, state, challenge, patient=patient)
     try:
         key = await run_in_threadpool(auth.launches.ask, pending)
     except Crowded:
@@ -119,6 +146,8 @@ async def login(request: Request) -> Response:
         await run_in_threadpool(auth.launches.end, key)
         note_refusal(request.scope, f"the user did not let {client.client_id} in")
         return _back(pending.redirect_uri, pending.state, "access_denied", "the user did not allow it", 303)
+    if pending.user_name is not None:
+        return await _pick(request, form, key, pending, client)
     name, password = form.get("username", ""), form.get("password", "")
     if not name or not password or "\x00" in name:
         return _login_page(request, 400, client, pending.scope, key, "Give your user name and your password.")
@@ -138,12 +167,62 @@ async def login(request: Request) -> Response:
         note_refusal(request.scope, f"{identity.name} may use none of the scopes {client.client_id} asked for")
         return _back(pending.redirect_uri, pending.state, "invalid_scope",
                      f"{identity.name} may use none of the scopes asked for", 303)
-    code = await run_in_threadpool(auth.launches.code, key, identity.name, scope)
+    if needs_patient(scope) and pending.patient is not None:
+        return await _launch_patient(request, key, pending, client, identity, scope)
+    if needs_patient(scope):
+        if not await run_in_threadpool(auth.launches.log_in, key, identity.name):
+            return _stale()
+        return await _picker(request, 200, client, key, _user(identity, client), {})
+    return await _coded(request, key, pending, identity.name, scope, None)
+
+
+async def _launch_patient(request: Request, key: str, pending: Pending, client: LaunchClient, identity: Identity,
+                          scope: str) -> Response:
+    """An EHR launch: its patient, which the user who logged in must be able to read, needs no picking."""
+    patient = pending.patient or ""
+    try:
+        await run_in_threadpool(require_pickable, services(request).fhir, _user(identity, client), patient)
+    except NotPickable as refusal:
+        await run_in_threadpool(services(request).auth.launches.end, key)
+        note_refusal(request.scope, f"{identity.name} launched {client.client_id}: {refusal}")
+        return _back(pending.redirect_uri, pending.state, "access_denied", str(refusal), 303)
+    return await _coded(request, key, pending, identity.name, scope, patient)
+
+
+async def _pick(request: Request, form: dict[str, str], key: str, pending: Pending, client: LaunchClient) -> Response:
+    """The picker's posts: a search (or its next page), or the patient picked, which ends in the code."""
+    auth = services(request).auth
+    identity = await run_in_threadpool(auth.identities.active_user, pending.user_name or "")
+    scope = granted_scope(pending.scope, client.grant, identity.grant) if identity is not None else ""
+    if identity is None or not needs_patient(scope):  # disabled, or its role changed, since the login
+        await run_in_threadpool(auth.launches.end, key)
+        return _back(pending.redirect_uri, pending.state, "access_denied", "the user may no longer pick a patient", 303)
+    user = _user(identity, client)
+    patient_id = form.get("patient")
+    if patient_id is None:
+        return await _picker(request, 200, client, key, user, form)
+    try:
+        await run_in_threadpool(require_pickable, services(request).fhir, user, patient_id)
+    except NotPickable as refusal:
+        note_refusal(request.scope, f"{identity.name} picked a patient for {client.client_id}: {refusal}")
+        return await _picker(request, 403, client, key, user, form, str(refusal))
+    return await _coded(request, key, pending, identity.name, scope, patient_id)
+
+
+async def _coded(request: Request, key: str, pending: Pending, user_name: str, scope: str,
+                 patient: str | None) -> Response:
+    code = await run_in_threadpool(services(request).auth.launches.code, key, user_name, scope, patient)
     if code is None:
         return _stale()
     response = _redirect(pending.redirect_uri, {"code": code, "state": pending.state}, 303)
     response.delete_cookie(_cookie(key), path=_cookie_path(request))
     return response
+
+
+def _user(identity: Identity, client: LaunchClient) -> Principal:
+    """The user as the picker searches for it: with its role's scopes, through the app."""
+    return Principal(identity.name, identity.role.value if identity.role else None, identity.grant, False,
+                     app=client.client_id)
 
 
 def _cookie(key: str) -> str:
@@ -192,6 +271,39 @@ def _login_page(request: Request, status: int, client: LaunchClient, scope: str,
         "</form>"
     )
     return _page(status, "Log in", body, headers)
+
+
+async def _picker(request: Request, status: int, client: LaunchClient, key: str, user: Principal,
+                  form: dict[str, str], message: str = "") -> Response:
+    """The page where the user picks the patient the app will reach: a page
+    of the Patients found by the name and identifier of `form`, if given."""
+    name, identifier = form.get("name", "").strip(), form.get("identifier", "").strip()
+    cursor = form.get("cursor", "") if form.get("decision") == "next" else ""
+    try:
+        found = await run_in_threadpool(patients_to_pick, services(request).fhir, user, name, identifier, cursor)
+    except FhirError as error:
+        status, message, found = fhir_status_for(error), error.diagnostics, ChoicePage([], None)
+    notice = f'<p class="error">{html.escape(message)}</p>' if message else ""
+    rows = "".join(
+        f'<li><button name="patient" value="{html.escape(choice.patient_id)}">{html.escape(choice.name)}</button> '
+        f"{html.escape(choice.birth_date)} <small>{html.escape(', '.join(choice.identifiers))}</small></li>"
+        for choice in found.choices
+    ) or "<li>No patient found.</li>"
+    more = (f'<input type="hidden" name="cursor" value="{html.escape(found.next_cursor)}">'
+            '<p><button name="decision" value="next">Next page</button></p>') if found.next_cursor else ""
+    body = (
+        f"<p>Which patient may <b>{html.escape(client.name)}</b> reach? It will see this patient's records only.</p>"
+        f"{notice}"
+        f'<form method="post" action="{html.escape(public_root(request) + PATH)}">'
+        f'<input type="hidden" name="request" value="{html.escape(key)}">'
+        f'<p><label>Name <input name="name" value="{html.escape(name)}"></label> '
+        f'<label>Identifier <input name="identifier" value="{html.escape(identifier)}"></label> '
+        '<button name="decision" value="search">Search</button></p>'
+        f"<ul>{rows}</ul>{more}"
+        '<p><button name="decision" value="deny">Deny</button></p>'
+        "</form>"
+    )
+    return _page(status, "Pick a patient", body)
 
 
 def _page(status: int, title: str, body: str, headers: dict[str, str] | None = None) -> Response:

@@ -17,7 +17,7 @@ from sqlalchemy import Column, Connection, Engine, delete, insert, select, updat
 from sqlalchemy.exc import IntegrityError
 
 from server.auth.client_assertions import Claimed, InvalidAssertion, InvalidKeySet, public_key_set, verified
-from server.auth.scopes import Grant, Role, role_grant
+from server.auth.scopes import PATIENT_CONTEXT, Grant, Role, role_grant
 from server.db import advisory_locks, reading, write_connection
 from server.tables import client_assertions, clients, users
 
@@ -150,13 +150,14 @@ class Identities:
         grant = Grant.parse(scopes)
         if not grant.scopes:
             raise IdentityError(f"{scopes!r} names no SMART scope (e.g. system/DiagnosticReport.rs)")
-        if grant.needs_launch_context:
-            raise IdentityError("patient/ scopes need a SMART launch context, which this server does not offer; "
-                                "use user/ or system/")
+        launched = grant.in_context(PATIENT_CONTEXT).scopes
+        if launched and not redirect_uris:
+            raise IdentityError("patient/ scopes reach the patient a user picks when launching an app: "
+                                "give the client a redirect URI, or use system/ scopes")
         for uri in redirect_uris:
             _require_redirect_uri(uri)
-        if redirect_uris and not any(scope.context == "user" for scope in grant.scopes):
-            raise IdentityError("an app that logs users in acts for them: give it user/ scopes")
+        if redirect_uris and not (launched or grant.in_context("user").scopes):
+            raise IdentityError("an app that logs users in acts for them: give it user/ or patient/ scopes")
         if public and not redirect_uris:
             raise IdentityError("a public client is an app that logs users in: give it a redirect URI")
         if public and key_set is not None:

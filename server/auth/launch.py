@@ -22,9 +22,9 @@ from dataclasses import dataclass, replace
 from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 
 from server.auth.identities import Identities
-from server.auth.scopes import Grant
+from server.auth.scopes import PATIENT_CONTEXT, PATIENT_REACH, Grant
 from server.db import reading, write_connection
-from server.tables import authorization_codes, authorization_requests, refresh_tokens
+from server.tables import authorization_codes, authorization_requests, launch_contexts, refresh_tokens
 
 # A PKCE verifier (RFC 7636 4.1); its S256 challenge is the base64url of 32 bytes, unpadded (4.2): 43 characters,
 # the last of which holds 4 bits.
@@ -39,6 +39,11 @@ _USED_CODES_KEPT_SECONDS = 86400  # a code sent again within a day still revokes
 # Anyone may ask for an authorization, and each waits as a row for its login: at most so many wait at once, so
 # that asking without end cannot fill the database (an address asks a few at a time: see authorize.py).
 PENDING_LIMIT = 10_000
+# The scope that asks, in a standalone launch, for the user to pick a patient (SMART scopes-and-launch-context),
+# and the one that goes with the `launch` parameter of an EHR launch, whose context names the patient.
+LAUNCH_PATIENT = "launch/patient"
+EHR_LAUNCH = "launch"
+LAUNCH_CONTEXT_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class Pending:
     scope: str  # as asked
     state: str | None
     code_challenge: str
+    user_name: str | None = None  # who logged in, once the user picks the launch's patient
+    patient: str | None = None  # the patient of an EHR launch, known from the start
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class Granted:
     client_id: str
     user_name: str
     scope: str  # resource scopes granted, and offline_access or online_access if a refresh token goes with them
+    patient: str | None = None  # the Patient id of the launch context: the one the user picked
     refresh_token: str | None = None  # the family's next
 
 
@@ -107,7 +115,7 @@ class Launches:
             connection.execute(insert(authorization_requests).values(
                 key_hash=_digest(key), client_id=pending.client_id, redirect_uri=pending.redirect_uri,
                 scope=pending.scope, state=pending.state, code_challenge=pending.code_challenge,
-                expires_at=now + REQUEST_SECONDS,
+                expires_at=now + REQUEST_SECONDS, patient=pending.patient,
             ))
         return key
 
@@ -119,16 +127,46 @@ class Launches:
             )).first()
         if row is None:
             return None
-        return Pending(row.client_id, row.redirect_uri, row.scope, row.state, row.code_challenge)
+        return Pending(row.client_id, row.redirect_uri, row.scope, row.state, row.code_challenge, row.user_name,
+                       row.patient)
+
+    def open_context(self, patient: str, created_by: str) -> str:
+        """The opaque `launch` value of a new EHR launch context for `patient`."""
+        launch = secrets.token_urlsafe(32)
+        now = int(time.time())
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            connection.execute(delete(launch_contexts).where(launch_contexts.c.expires_at < now))
+            connection.execute(insert(launch_contexts).values(
+                launch_hash=_digest(launch), patient=patient, created_by=created_by,
+                expires_at=now + LAUNCH_CONTEXT_SECONDS,
+            ))
+        return launch
+
+    def context_patient(self, launch: str) -> str | None:
+        """The patient of the EHR launch context `launch`; None when unknown or expired."""
+        with reading(self.engine) as connection:
+            return connection.execute(select(launch_contexts.c.patient).where(
+                launch_contexts.c.launch_hash == _digest(launch), launch_contexts.c.expires_at >= int(time.time()),
+            )).scalar()
+
+    def log_in(self, key: str, user_name: str) -> bool:
+        """The user who logged in to the pending authorization `key`, which
+        waits on for the patient the user picks; False when it ended already."""
+        with write_connection(self.engine, bookkeeping=True) as connection:
+            return bool(connection.execute(update(authorization_requests).where(
+                authorization_requests.c.key_hash == _digest(key),
+                authorization_requests.c.expires_at >= int(time.time()),
+            ).values(user_name=user_name)).rowcount)
 
     def end(self, key: str) -> None:
         """The pending authorization `key` ends without a code (denied, nothing to grant)."""
         with write_connection(self.engine, bookkeeping=True) as connection:
             connection.execute(delete(authorization_requests).where(authorization_requests.c.key_hash == _digest(key)))
 
-    def code(self, key: str, user_name: str, scope: str) -> str | None:
+    def code(self, key: str, user_name: str, scope: str, patient: str | None = None) -> str | None:
         """A code for the user who logged in to the pending authorization
-        `key`, which ends; None when it ended already (used, expired)."""
+        `key`, which ends, with the patient the user picked; None when it
+        ended already (used, expired)."""
         code = secrets.token_urlsafe(32)
         now = int(time.time())
         with write_connection(self.engine, bookkeeping=True) as connection:
@@ -142,7 +180,7 @@ class Launches:
             connection.execute(insert(authorization_codes).values(
                 code_hash=_digest(code), client_id=row.client_id, redirect_uri=row.redirect_uri,
                 code_challenge=row.code_challenge, user_name=user_name, scope=scope, expires_at=now + CODE_SECONDS,
-                used=False,
+                used=False, patient=patient,
             ))
         return code
 
@@ -164,7 +202,7 @@ class Launches:
             refusal = _code_refusal(row, taken, now, client_id, redirect_uri, verifier)
             if not taken:
                 connection.execute(delete(refresh_tokens).where(refresh_tokens.c.family == family))
-            granted = Granted(family, row.client_id, row.user_name, row.scope)
+            granted = Granted(family, row.client_id, row.user_name, row.scope, row.patient)
             if refusal is None:
                 # In the transaction that spends the code: a second use, even at once, revokes this token too.
                 granted = _with_refresh_token(connection, granted, None)
@@ -191,7 +229,7 @@ class Launches:
                 refresh_tokens.c.token_hash == row.token_hash, refresh_tokens.c.used == False  # noqa: E712
             ).values(used=True)).rowcount
             if taken:
-                used = Granted(row.family, row.client_id, row.user_name, row.scope)
+                used = Granted(row.family, row.client_id, row.user_name, row.scope, row.patient)
                 granted = _with_refresh_token(connection, used, row.expires_at)
             else:
                 connection.execute(delete(refresh_tokens).where(refresh_tokens.c.family == row.family))
@@ -225,20 +263,33 @@ def _with_refresh_token(connection: Connection, granted: Granted, expires_at: in
     connection.execute(delete(refresh_tokens).where(refresh_tokens.c.expires_at < now))
     connection.execute(insert(refresh_tokens).values(
         token_hash=_digest(token), family=granted.family, client_id=granted.client_id, user_name=granted.user_name,
-        scope=granted.scope, expires_at=expires_at or now + REFRESH_SECONDS[kind], used=False,
+        scope=granted.scope, expires_at=expires_at or now + REFRESH_SECONDS[kind], used=False, patient=granted.patient,
     ))
     return replace(granted, refresh_token=token)
 
 
 def granted_scope(asked: str, client: Grant, user: Grant) -> str:
-    """What a user grants an app: the user/ scopes asked for, narrowed to the
-    client's registered ones and to the user's role; offline_access or
-    online_access kept when asked (and some resource scope is granted).
-    openid, fhirUser, launch and patient/ scopes are not offered: left out."""
-    asked_grant = Grant(tuple(scope for scope in Grant.parse(asked).scopes if scope.context == "user"))
-    client_user = Grant(tuple(scope for scope in client.scopes if scope.context == "user"))
-    resources = asked_grant.narrowed_to(client_user).narrowed_to(user)
+    """What a user grants an app: the user/ scopes asked for, and with
+    launch/patient (standalone launch: the user picks the patient after the
+    login) or launch (EHR launch: its context names the patient, and
+    /auth/authorize has checked that it does) the patient/ ones, within PATIENT_REACH, each narrowed to the
+    client's registered scopes of its context and to the user's role;
+    launch/patient or launch kept with the patient/ scopes granted,
+    offline_access or online_access when asked (and some resource scope is
+    granted). openid and fhirUser are not offered: left out."""
+    asked_grant = Grant.parse(asked)
+    resources = asked_grant.in_context("user").narrowed_to(client.in_context("user")).narrowed_to(user)
+    launch = next((word for word in (LAUNCH_PATIENT, EHR_LAUNCH) if word in asked.split()), None)
+    if launch is not None:
+        patient = asked_grant.in_context(PATIENT_CONTEXT).narrowed_to(client.in_context(PATIENT_CONTEXT))
+        resources = Grant(resources.scopes + patient.narrowed_to(PATIENT_REACH).narrowed_to(user).scopes)
     if not resources.scopes:
         return ""
     kind = refresh_kind(asked)
-    return f"{resources} {kind}" if kind else str(resources)
+    launched = [launch] if launch is not None and needs_patient(str(resources)) else []
+    return " ".join([str(resources), *launched, *([kind] if kind else [])])
+
+
+def needs_patient(scope: str) -> bool:
+    """Whether a granted scope reaches a patient, whom the user then picks."""
+    return bool(Grant.parse(scope).in_context(PATIENT_CONTEXT).scopes)

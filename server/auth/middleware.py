@@ -137,7 +137,8 @@ class AuthMiddleware:
                 description = error.args[0].replace('"', "'")  # a quoted-string may not hold quotes
                 raise _Refused(401, error.args[0], f'Bearer realm="medaiflow", error="invalid_token", '
                                                   f'error_description="{description}"') from error
-            return Principal(claims.subject, claims.role or None, Grant.parse(claims.scope), claims.client, claims.app)
+            return Principal(claims.subject, claims.role or None, Grant.parse(claims.scope), claims.client, claims.app,
+                             claims.patient)
         if kind.lower() == "basic" and credentials:
             return await self._basic_principal(credentials.strip(), scope)
         raise _Refused(401, "authentication is required (a Bearer token from /auth/token, or HTTP Basic)", _CHALLENGE)

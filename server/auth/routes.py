@@ -22,7 +22,7 @@ from server.audit.middleware import note_login
 from server.auth.access import basic_credentials
 from server.auth.client_assertions import ALGORITHMS, ASSERTION_TYPE, InvalidAssertion, claimed_client
 from server.auth.identities import Identity
-from server.auth.launch import PKCE_TEXT, OutOfScope, Refused, refresh_kind
+from server.auth.launch import EHR_LAUNCH, LAUNCH_PATIENT, PKCE_TEXT, OutOfScope, Refused, needs_patient, refresh_kind
 from server.auth.limits import limited_address
 from server.auth.scopes import Grant
 from server.auth.service import AuthService
@@ -135,6 +135,7 @@ def _issued(
     """The token, the login's attempt given back to `keys`, and the name that logged in (`afresh`) starting afresh."""
     auth.failed_logins.succeeded(*keys, afresh=afresh)
     granted = Grant.parse(form["scope"]).narrowed_to(identity.grant) if form.get("scope") else identity.grant
+    granted = granted.in_context("user", "system")  # patient/ scopes need the patient a launch picks
     if not granted.scopes:
         return _error(400, "invalid_scope", "none of the scopes asked for is allowed to this identity")
     access_token, lifetime = auth.issuer.issue(
@@ -197,15 +198,23 @@ async def _launch_token(request: Request, form: dict[str, str], address: str, gr
     note_login(request.scope, user.name, app=client_id)
     # The user's role as it is now: one changed since the login narrows what the app gets.
     resources = Grant.parse(granted.scope).narrowed_to(user.grant)
+    if granted.patient is None:  # patient/ scopes reach the patient picked, and there is none
+        resources = resources.in_context("user")
     if asked is not None:  # the access token's; the refresh token keeps its family's scope
         resources = resources.narrowed_to(asked)
     if not resources.scopes:
         return _error(400, "invalid_scope", f"{user.name} may no longer use any of the scopes granted")
     kind = refresh_kind(granted.scope)
-    scope = f"{resources} {kind}" if kind else str(resources)
-    access_token, lifetime = auth.issuer.issue(user.name, user.role.value, str(resources), False, app=client_id)
+    # The launch scope granted with them (launch/patient, or launch for an EHR launch), while patient/ scopes are.
+    launches = (LAUNCH_PATIENT, EHR_LAUNCH)
+    launched = [word for word in granted.scope.split() if word in launches] if needs_patient(str(resources)) else []
+    scope = " ".join([str(resources), *launched, *([kind] if kind else [])])
+    access_token, lifetime = auth.issuer.issue(user.name, user.role.value, str(resources), False, app=client_id,
+                                               patient=granted.patient)
     answer: dict[str, object] = {"access_token": access_token, "token_type": "Bearer", "expires_in": lifetime,
                                  "scope": scope}
+    if granted.patient is not None:
+        answer["patient"] = granted.patient  # SMART: the launch context, beside the token
     if granted.refresh_token is not None:
         answer["refresh_token"] = granted.refresh_token
     return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
@@ -288,9 +297,11 @@ def smart_configuration(request: Request) -> JSONResponse:
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
-        "scopes_supported": ["system/*.cruds", "user/*.cruds", "system/*.rs", "user/*.rs", "offline_access",
-                             "online_access"],
-        "capabilities": ["launch-standalone", "client-public", "client-confidential-symmetric",
-                         "client-confidential-asymmetric", "permission-v2", "permission-v1", "permission-user",
-                         "permission-offline", "permission-online"],
+        "scopes_supported": ["system/*.cruds", "user/*.cruds", "system/*.rs", "user/*.rs", "patient/*.rs",
+                             "launch/patient", "launch", "offline_access", "online_access"],
+        "capabilities": ["launch-standalone", "context-standalone-patient", "launch-ehr", "context-ehr-patient",
+                         "client-public",
+                         "client-confidential-symmetric", "client-confidential-asymmetric", "permission-v2",
+                         "permission-v1", "permission-user", "permission-patient", "permission-offline",
+                         "permission-online"],
     })

@@ -5,11 +5,20 @@
 Each role has the widest scopes it allows; a token's scopes are the ones it
 asked for narrowed to its role's, never more. DICOMweb maps onto ImagingStudy:
 QIDO and WADO read it (r, s), STOW creates it (c), DELETE deletes it (d).
+
+patient/ scopes reach one patient, the one a SMART launch picked: they count
+only in a patient context (a token that names its patient), only for the
+types of the Patient compartment and the Patient itself, and only to read and
+search (a write under a patient context is refused: whether a write keeps a
+resource within the compartment is not checked here). Which rows they reach
+is the rule of `server.fhir.patient_context`.
 """
 
 import re
 from dataclasses import dataclass
 from enum import Enum
+
+from fhir_mappings.patient_compartment import EVERYTHING_TYPES
 
 _SCOPE = re.compile(r"(?P<context>patient|user|system)/(?P<type>\*|[A-Z][A-Za-z]{1,63})\.(?P<permissions>[cruds]{1,5}|read|write|\*)")
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
@@ -18,9 +27,10 @@ _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 # whose channel headers carry the credentials of other systems' endpoints.
 _NAMED_ONLY = frozenset(("AuditEvent", "Subscription"))
 _ORDER = "cruds"
-# patient/ scopes reach one patient, the one of a SMART launch context. This
-# server offers no launch, so they reach nothing (never every patient).
-_NO_LAUNCH_CONTEXT = "patient"
+PATIENT_CONTEXT = "patient"
+# What patient/ scopes reach: the Patient and the types of its compartment, read and searched.
+PATIENT_TYPES = frozenset(EVERYTHING_TYPES)
+_PATIENT_LETTERS = frozenset("rs")
 
 
 class Role(Enum):
@@ -59,24 +69,23 @@ class Grant:
     def parse(cls, text: str) -> "Grant":
         return cls(tuple(scope for scope in (parse_scope(part) for part in text.split()) if scope is not None))
 
-    def allows(self, resource_type: str, permission: str) -> bool:
+    def allows(self, resource_type: str, permission: str, patient_context: bool = False) -> bool:
+        """`patient_context`: whether the token names its patient; without one, patient/ scopes give nothing."""
         return any(
             permission in scope.permissions
-            and scope.context != _NO_LAUNCH_CONTEXT
             and (scope.resource_type == resource_type or (scope.resource_type == "*" and resource_type not in _NAMED_ONLY))
+            and (scope.context != PATIENT_CONTEXT
+                 or (patient_context and permission in _PATIENT_LETTERS and resource_type in PATIENT_TYPES))
             for scope in self.scopes
         )
 
-    @property
-    def needs_launch_context(self) -> bool:
-        return any(scope.context == _NO_LAUNCH_CONTEXT for scope in self.scopes)
+    def in_context(self, *contexts: str) -> "Grant":
+        return Grant(tuple(scope for scope in self.scopes if scope.context in contexts))
 
     def narrowed_to(self, widest: "Grant") -> "Grant":
         """What of this grant `widest` also allows: type by type, letter by letter."""
         narrowed = []
         for asked in self.scopes:
-            if asked.context == _NO_LAUNCH_CONTEXT:
-                continue
             for allowed in widest.scopes:
                 if asked.resource_type not in ("*", allowed.resource_type) and allowed.resource_type != "*":
                     continue
@@ -92,6 +101,10 @@ class Grant:
 
     def __str__(self) -> str:
         return " ".join(str(scope) for scope in self.scopes)
+
+
+# The most patient/ scopes give: reading and searching the Patient and its compartment, type by type.
+PATIENT_REACH = Grant.parse(" ".join(f"{PATIENT_CONTEXT}/{resource_type}.rs" for resource_type in EVERYTHING_TYPES))
 
 
 def role_grant(role: Role, context: str = "user") -> Grant:

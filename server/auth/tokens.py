@@ -37,6 +37,7 @@ class Claims:
     client: bool  # a system client rather than a person
     expires: int
     app: str | None = None  # the client id of the app a user logged in to (SMART App Launch)
+    patient: str | None = None  # the Patient id of its launch context (SMART App Launch)
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,13 @@ class TokenIssuer:
             keys.append(_Key(path.stem, private))
         return keys
 
-    def issue(self, subject: str, role: str, scope: str, client: bool, app: str | None = None) -> tuple[str, int]:
+    def issue(self, subject: str, role: str, scope: str, client: bool, app: str | None = None,
+              patient: str | None = None) -> tuple[str, int]:
         """The token and its lifetime in seconds; `app`: the client a user's
-        token was issued to (its `client_id` claim, RFC 9068 2.2). With every
-        key retired, a new one is made, as on first start."""
+        token was issued to (its `client_id` claim, RFC 9068 2.2); `patient`:
+        the Patient of its launch context (a `patient` claim, as the token
+        response names it). With every key retired, a new one is made, as on
+        first start."""
         keys = self._keys()
         if not keys:
             self.rotate()
@@ -107,7 +111,8 @@ class TokenIssuer:
         newest = keys[-1]
         now = int(time.time())
         claims = {"iss": self.issuer, "aud": AUDIENCE, "sub": subject, "iat": now, "exp": now + self.lifetime_seconds,
-                  "role": role, "scope": scope, "client": client, **({"client_id": app} if app else {})}
+                  "role": role, "scope": scope, "client": client, **({"client_id": app} if app else {}),
+                  **({"patient": patient} if patient else {})}
         return jwt.encode(claims, newest.private, algorithm=ALGORITHM, headers={"kid": newest.kid}), self.lifetime_seconds
 
     def verify(self, token: str) -> Claims:
@@ -141,9 +146,10 @@ class TokenIssuer:
             raise InvalidToken("the token is for another audience") from error
         except jwt.PyJWTError as error:
             raise InvalidToken(f"the token is not valid: {error}") from error
-        app = claims.get("client_id")
+        app, patient = claims.get("client_id"), claims.get("patient")
         return Claims(str(claims["sub"]), str(claims.get("role", "")), str(claims.get("scope", "")),
-                      bool(claims.get("client")), int(claims["exp"]), str(app) if app else None)
+                      bool(claims.get("client")), int(claims["exp"]), str(app) if app else None,
+                      str(patient) if patient else None)
 
     def jwks(self) -> dict[str, Any]:
         keys = []

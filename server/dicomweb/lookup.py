@@ -9,6 +9,7 @@ from sqlalchemy import Engine, Row, select
 
 from dicom.errors import Conflict, NotAcceptable, NotFound
 from dicom.uids import require_uid
+from server.fhir.patient_context import visible_studies
 from server.storage import FileStore
 from server.tables import instances, series, studies
 
@@ -123,6 +124,8 @@ def _addressed_rows(
         .where(studies.c.study_instance_uid == study_uid)
         .order_by(series.c.series_number, series.c.id, instances.c.instance_number, instances.c.id)
     )
+    if (visible := visible_studies()) is not None:
+        statement = statement.where(visible)  # another patient's study is, to a patient context, not there
     if series_uid is not None:
         statement = statement.where(series.c.series_instance_uid == require_uid(series_uid, "SeriesInstanceUID"))
     if sop_uid is not None:

@@ -43,6 +43,7 @@ from dicom.matching import (
     wildcard_to_like,
 )
 from dicom.qido_attributes import ATTRIBUTES, LEVELS
+from server.fhir.patient_context import visible_studies
 from server.tables import instances, series, series_requests, studies
 
 # Where each matching key lives: the column it is compared with, and for PN
@@ -269,6 +270,8 @@ def _statement(query: QidoQuery, scope: Scope, dialect: str, paged: bool) -> Sel
         conditions.append(studies.c.study_instance_uid == scope.study_uid)
     if scope.series_uid is not None:
         conditions.append(series.c.series_instance_uid == scope.series_uid)
+    if (visible := visible_studies()) is not None:
+        conditions.append(visible)  # a patient context finds its patient's studies alone
     if query.level == "study":
         statement = select(
             studies.c.id, studies.c.study_instance_uid, studies.c.attributes_json,

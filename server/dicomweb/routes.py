@@ -23,7 +23,6 @@ from dicom.workitems import (
     transaction_uid,
 )
 from server.audit.middleware import note_studies
-from server.auth.access import Permission
 from server.db import retried_on_conflict
 from server.dicomweb import delete, qido, stow, wado, workitem_subscriptions, workitems
 from server.dicomweb.answers import data_sets_response
@@ -224,15 +223,12 @@ async def delete_instance(request: Request, study: str, series: str, instance: s
 
 
 # --- UPS-RS (PS3.18 chapter 11) ------------------------------------------------
-_STUDY_READING = Permission("ImagingStudy", "r")
-
-
 def _study_reading_refused(request: Request) -> Response | None:
     """A workitem shows its study's patient, and ordering one tells whether the
     study exists: beside the Task permission, both need the right to read
     studies, as ordering a Task does (checked before anything is looked up)."""
     principal = request.state.principal
-    if principal.may(_STUDY_READING):
+    if principal.reads_every("ImagingStudy"):
         return None
     return error_response(403, f"{principal.name} may not read studies (ImagingStudy.r), which workitems show")
 

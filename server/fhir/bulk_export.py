@@ -12,7 +12,7 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,20 @@ def exported_types(principal: Principal, request: ExportRequest, supported: froz
     return types
 
 
+def held_to_patient(principal: Principal, request: ExportRequest) -> ExportRequest:
+    """The export a principal may start: under a patient context, one of its
+    patient alone, at the Patient level. The worker writes it without the
+    request's principal (nor its patient context): the export's own list of
+    patients is what keeps it to that patient."""
+    if principal.patient is None:
+        return request
+    if request.level is not Level.PATIENT:
+        raise Forbidden("a token with a patient context exports its patient only: use [base]/Patient/$export")
+    if request.patients not in (None, (principal.patient,)):
+        raise Forbidden(f"a token with a patient context exports its patient only, Patient/{principal.patient}")
+    return replace(request, patients=(principal.patient,))
+
+
 def check_type_filters(principal: Principal, request: ExportRequest, supported: frozenset[str]) -> None:
     """A `_typeFilter` looks where a search of it would (its chains), and needs the same rights."""
     for query in request.type_filters:
@@ -144,17 +158,21 @@ class ExportJobs:
 
     def find(self, export_id: str, principal: Principal) -> ExportJob:
         """The caller's export (any, for an admin); ResourceNotFound for one
-        that is not there, has expired, or is someone else's."""
+        that is not there, has expired, or is someone else's. A token held to
+        one patient finds only the exports of that patient alone (`held_to_patient`),
+        whatever else its user started."""
         if not _EXPORT_ID.fullmatch(export_id):  # none was made (and PostgreSQL's text holds no NUL, say)
             raise ResourceNotFound(f"there is no export {export_id[:64]!r} of {principal.name}")
         with reading(self.engine) as connection:
             row = connection.execute(select(fhir_exports).where(
                 fhir_exports.c.export_id == export_id, fhir_exports.c.expires_at > now_micros(),
-                *([] if principal.role == Role.ADMIN.value else _owned_by(principal)),
+                *([] if principal.role == Role.ADMIN.value and principal.patient is None else _owned_by(principal)),
             )).first()
-        if row is None:
+        job = ExportJob.from_row(row) if row is not None else None
+        if job is None or (principal.patient is not None and (job.level is not Level.PATIENT
+                                                              or job.patients != (principal.patient,))):
             raise ResourceNotFound(f"there is no export {export_id[:64]!r} of {principal.name}")
-        return ExportJob.from_row(row)
+        return job
 
     def cancel(self, export_id: str, principal: Principal) -> None:
         """Cancel a running export or remove a finished one, with its files (export.html#bulk-data-delete-request)."""

@@ -30,6 +30,7 @@ from server.fhir.bulk_export import (
     TooManyExports,
     check_type_filters,
     exported_types,
+    held_to_patient,
 )
 from server.fhir.negotiation import FHIR_JSON, Format, fhir_response, form_pairs, read_resource_body
 from server.fhir.routes import fhir_base
@@ -89,6 +90,7 @@ async def _start(request: Request, level: Level) -> Response:
     fhir = services(request).fhir
     parsed = parse_export(level, pairs, patients, fhir.supported_types, preferences.get("handling") == "lenient")
     principal: Principal = request.state.principal
+    parsed = held_to_patient(principal, parsed)
     types = exported_types(principal, parsed, fhir.supported_types)
     check_type_filters(principal, parsed, fhir.supported_types)
     base = fhir_base(request)

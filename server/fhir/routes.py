@@ -211,11 +211,8 @@ def _require_study_reading_for_orders(principal: Principal, resource: Any) -> No
     whose it is (Task.for), so ordering needs the right to read the study.
     Checked before the study is looked up, so a refusal tells nothing."""
     if isinstance(resource, dict) and resource.get("resourceType") == "Task" and is_inference_order(resource):
-        if not principal.may(_STUDY_READING):
+        if not principal.reads_every("ImagingStudy"):
             raise Forbidden(f"{principal.name} may not order inference on a study it may not read (ImagingStudy.r)")
-
-
-_STUDY_READING = Permission("ImagingStudy", "r")
 
 
 def _creating_allowed(request: Request) -> Callable[[str], bool]:

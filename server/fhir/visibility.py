@@ -1,5 +1,6 @@
 """Which stored resources the request being served may see, beyond what its
-scopes allow: a rule per type (a Subscription is its owner's), applied to the
+scopes allow: a rule per type (a Subscription is its owner's), or a rule over
+every type (a patient context sees its patient's compartment), applied to the
 rows every read path selects (read, vread, history, a search's matches, its
 chains and what it includes), so that what a rule hides is, to the caller,
 not there: 404, never matched, counted or included."""
@@ -11,11 +12,15 @@ from sqlalchemy import ColumnElement, or_
 
 # The rows of a type the request may see, as a clause on their id column; None when it may see all.
 VisibleIds = Callable[[Any], ColumnElement[bool] | None]
+# The rows of any type the request may see, as a clause on their type and id columns, given the one type they
+# are of when the query has one; None when it may see all.
+VisibleRows = Callable[[Any, Any, str | None], ColumnElement[bool] | None]
 
 
 class Visibility:
     def __init__(self) -> None:
         self.rules: dict[str, VisibleIds] = {}
+        self.row_rules: list[VisibleRows] = []
 
     def where(self, types: Any, ids: Any, resource_type: str | None = None) -> list[ColumnElement[bool]]:
         """Clauses keeping the visible rows of a table with these type and id
@@ -27,4 +32,5 @@ class Visibility:
             clause = visible_ids(ids)
             if clause is not None:
                 clauses.append(clause if resource_type is not None else or_(types != ruled_type, clause))
+        clauses += [clause for rule in self.row_rules if (clause := rule(types, ids, resource_type)) is not None]
         return clauses

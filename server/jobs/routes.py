@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
-from server.auth.access import Permission, Principal
+from server.auth.access import Principal
 from server.auth.scopes import Role
 from server.errors import error_response
 from server.jobs.registry import RegisteredModel
@@ -87,7 +87,7 @@ def run_model_on_stored_studies(
 ) -> JSONResponse:
     """Queue an active model on the studies already stored (`medaiflow models run-stored`).
     Its jobs read studies, as an order does: it needs `ImagingStudy.r` beside `Task.c`."""
-    if not request.state.principal.may(Permission("ImagingStudy", "r")):
+    if not request.state.principal.reads_every("ImagingStudy"):
         return error_response(403, f"{request.state.principal.name} may not run a model on studies it may not read")
     if study_date_from is not None:
         try:

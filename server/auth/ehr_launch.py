@@ -1,0 +1,57 @@
+"""EHR launch (SMART App Launch 2.x, app-launch.html#launch-app-ehr-launch):
+an EHR, or an admin, with a patient open asks `POST /auth/launch` for a
+launch context of that patient (`patient=<Patient id>`, a form) and gets an
+opaque `launch` value, which it hands to the app it launches; the app sends
+it to /auth/authorize with the `launch` scope, and the token it gets names
+that patient (`server.auth.authorize`).
+
+Only an identity that may read the Patient opens a context for it (a token
+that is itself held to one patient opens none), and the user who then logs
+in to the app must be able to read it as well. A context lasts five
+minutes; the value is kept as its SHA-256 only.
+"""
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+
+from fhir_mappings.errors import FhirError
+from fhir_mappings.resources import require_id
+from server.auth.access import Permission, Principal
+from server.auth.launch import LAUNCH_CONTEXT_SECONDS
+from server.auth.routes import read_form
+from server.services import services
+
+router = APIRouter()
+_FORM = "application/x-www-form-urlencoded"
+
+
+def _error(status: int, error: str, description: str) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description}, status_code=status,
+                        headers={"Cache-Control": "no-store"})
+
+
+@router.post("/auth/launch")
+async def open_launch(request: Request) -> JSONResponse:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != _FORM:
+        return _error(415, "invalid_request", f"a launch context is asked for with a {_FORM} form")
+    form = await read_form(request)
+    if form is None:
+        return _error(413, "invalid_request", "the form is too large")
+    patient = form.get("patient", "")
+    try:
+        require_id(patient)
+    except FhirError:
+        return _error(400, "invalid_request", "patient (a Patient id) is required")
+    principal: Principal = request.state.principal
+    if principal.patient is not None or not principal.may(Permission("Patient", "r")):
+        return _error(403, "access_denied", f"{principal.name} may not open a launch context: it needs Patient.r "
+                                            "over every patient")
+    fhir = services(request).fhir
+    try:
+        await run_in_threadpool(fhir.store.read, "Patient", patient)
+    except FhirError:
+        return _error(404, "invalid_request", f"there is no Patient {patient!r} that {principal.name} may read")
+    launch = await run_in_threadpool(services(request).auth.launches.open_context, patient, principal.name)
+    return JSONResponse({"launch": launch, "patient": patient, "expires_in": LAUNCH_CONTEXT_SECONDS},
+                        status_code=201, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,55 @@
+"""What a request under a patient context (a SMART launch's token that
+names its patient) sees of the types it reaches through patient/ scopes
+alone: its patient's compartment (R4 compartmentdefinition-patient.html, as
+`$everything` finds it: the reference index's `patient` rows), and of the
+Patients that patient only. A rule of `server.fhir.visibility`, so every
+read path keeps to it; DICOMweb keeps to it through `visible_studies`.
+"""
+
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, literal, or_, select
+
+from fhir_mappings.patient_compartment import COMPARTMENT_PARAMETER
+from server.auth.access import current_principal
+from server.auth.scopes import PATIENT_TYPES
+from server.tables import fhir_references, fhir_resources, studies
+
+_MEMBERS = fhir_resources.alias("patient_context_members")
+_NAMING = fhir_references.alias("patient_context_naming")
+
+
+def within_patient_context(types: Any, ids: Any, resource_type: str | None) -> ColumnElement[bool] | None:
+    """The visibility rule: None outside a patient context, or for types its other scopes reach whole."""
+    principal = current_principal.get()
+    if principal is None or principal.patient is None:
+        return None
+    kept = [kept_type for kept_type in sorted(PATIENT_TYPES) if principal.within_patient(kept_type)]
+    if resource_type is not None:
+        return _of_patient(ids, resource_type, principal.patient) if resource_type in kept else None
+    if not kept:
+        return None
+    return or_(types.not_in(kept), *(and_(types == kept_type, _of_patient(ids, kept_type, principal.patient))
+                                     for kept_type in kept))
+
+
+def visible_studies() -> ColumnElement[bool] | None:
+    """The DICOM studies the request may see (a clause on `studies`): under a
+    patient context, those whose ImagingStudy (one per study, its id the
+    study's UID, its subject the Patient derived from the study's PatientID
+    and issuer: `server.fhir.derived`) is in the patient's compartment."""
+    return within_patient_context(literal("ImagingStudy"), studies.c.study_instance_uid, "ImagingStudy")
+
+
+def _of_patient(ids: Any, resource_type: str, patient_id: str) -> ColumnElement[bool]:
+    if resource_type == "Patient":
+        return ids == patient_id
+    # Not correlated with the query it joins, whichever tables that one reads.
+    members = (
+        select(_MEMBERS.c.resource_id)
+        .join(_NAMING, _NAMING.c.resource_pk == _MEMBERS.c.id)
+        .where(_NAMING.c.param == COMPARTMENT_PARAMETER, _NAMING.c.target_type == "Patient",
+               _NAMING.c.target_id == patient_id, _MEMBERS.c.resource_type == resource_type)
+        .correlate(None)
+    )
+    return ids.in_(members)

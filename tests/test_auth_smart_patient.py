@@ -1,0 +1,384 @@
+"""SMART App Launch with a patient context (standalone, `launch/patient`):
+the user logs in, picks a patient, and the app's patient/ scopes reach that
+patient's compartment alone, on every FHIR read path and on DICOMweb. A
+real HTTP server throughout; two patients, whose studies come in by STOW
+and whose other records the server writes, as its models' results are."""
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import jwt
+import pytest
+from alembic import command
+from pydicom.uid import generate_uid
+from sqlalchemy import inspect
+
+from server.auth.scopes import Role
+from server.cli import main
+from server.migrate import migrating, upgrade
+from tests.conftest import admin_headers, served
+from tests.dicom_files import make_ct, multipart_body
+from tests.fhir_checks import ids, link, seed
+from tests.test_auth_smart_launch import PASSWORD, REDIRECT, App
+from tests.test_fhir_bulk_export import KICK, _files, _ids, _manifest
+
+ASKED = "launch/patient patient/*.rs user/Observation.s openid fhirUser"
+LOINC = "http://loinc.org"
+
+
+@dataclass
+class World:
+    base: str
+    app: App
+    patients: dict[str, str]  # "a", "b" -> Patient id
+    studies: dict[str, str]  # "a", "b" -> StudyInstanceUID
+    admin: httpx.Client
+
+
+def _observation(oid: str, patient: str) -> dict:
+    return {"resourceType": "Observation", "id": oid, "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": "1111-1"}]}, "subject": {"reference": f"Patient/{patient}"}}
+
+
+@pytest.fixture
+def world(app, services):  # type: ignore[no-untyped-def]
+    yield from _served_world(app, services, "launch/patient patient/*.rs user/Observation.s")
+
+
+def _served_world(app, services, registered: str) -> Iterator[World]:  # type: ignore[no-untyped-def]
+    """Two patients, each with a study (by STOW) and an Observation; the second with a DiagnosticReport, the
+    first with a Task (in no compartment); clara, a clinician; an app registered with `registered`."""
+    services.auth.identities.add_user("clara", Role.CLINICIAN, PASSWORD)
+    client_id, _ = services.auth.identities.add_client("viewer", registered, redirect_uris=[REDIRECT], public=True)
+    studies = {"a": generate_uid(), "b": generate_uid()}
+    body, content_type = multipart_body([
+        make_ct(studies["a"], PatientID="MRN-A", PatientName="Able^Anna"),
+        make_ct(studies["b"], PatientID="MRN-B", PatientName="Baker^Bob"),
+    ])
+    with served(app) as base, httpx.Client(base_url=base, headers=admin_headers(services)) as admin:
+        stored = admin.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+        assert stored.status_code == 200, stored.text
+        patients = {
+            key: admin.get(f"/fhir/ImagingStudy/{uid}").json()["subject"]["reference"].removeprefix("Patient/")
+            for key, uid in studies.items()
+        }
+        seed(
+            services,
+            _observation("oa", patients["a"]),
+            _observation("ob", patients["b"]),
+            {"resourceType": "DiagnosticReport", "id": "rb", "status": "final",
+             "code": {"coding": [{"system": LOINC, "code": "18748-4"}]},
+             "subject": {"reference": f"Patient/{patients['b']}"}, "result": [{"reference": "Observation/ob"}]},
+            {"resourceType": "Task", "id": "ta", "status": "draft", "intent": "order",
+             "for": {"reference": f"Patient/{patients['a']}"}},
+            {"resourceType": "Device", "id": "da", "status": "active"},
+        )
+        yield World(base, App(base, client_id), patients, studies, admin)
+
+
+def _key(page: httpx.Response) -> str:
+    found = re.search(r'name="request" value="([^"]+)"', page.text)
+    assert found is not None, page.text
+    return found.group(1)
+
+
+def _picker(world: World, scope: str = ASKED) -> httpx.Response:
+    page = world.app.log_in(world.app.authorize(scope=scope))
+    assert page.status_code == 200 and "Pick a patient" in page.text, page.text
+    return page
+
+
+def _code_of(redirect: httpx.Response) -> str:
+    assert redirect.status_code == 303, redirect.text
+    query = parse_qs(urlsplit(redirect.headers["location"]).query)
+    assert query["state"] == ["s-123"]
+    return query["code"][0]
+
+
+def _launch(world: World, patient: str = "a", scope: str = ASKED) -> dict:
+    picker = _picker(world, scope)
+    picked = world.app.browser.post("/auth/authorize",
+                                    data={"request": _key(picker), "patient": world.patients[patient]})
+    answer = world.app.redeem(_code_of(picked))
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def _as(world: World, token: dict) -> httpx.Client:
+    return httpx.Client(base_url=world.base, headers={"Authorization": f"Bearer {token['access_token']}"})
+
+
+def test_the_token_names_the_patient_picked_and_carries_it(world):
+    token = _launch(world)
+    assert token["patient"] == world.patients["a"]
+    # patient/*.rs, as far as the compartment's types go (AuditEvent only when named); user/ scopes kept beside.
+    assert token["scope"] == ("user/Observation.s patient/Patient.rs patient/ImagingStudy.rs "
+                              "patient/DiagnosticReport.rs patient/Observation.rs patient/Provenance.rs launch/patient")
+    claims = jwt.decode(token["access_token"], options={"verify_signature": False})
+    assert claims["patient"] == world.patients["a"] and claims["client_id"] == world.app.client_id
+    configuration = httpx.get(f"{world.base}/.well-known/smart-configuration").json()
+    capabilities = set(configuration["capabilities"])
+    assert {"launch-standalone", "context-standalone-patient", "permission-patient"} <= capabilities
+
+
+def test_the_picker_lists_searches_and_pages_the_patients_the_user_may_read(world, services):
+    seed(services, *({"resourceType": "Patient", "id": f"extra-{number:02}", "name": [{"family": f"Extra{number:02}"}]}
+                     for number in range(25)))
+    seed(services, {"resourceType": "Patient", "id": "marked", "name": [{"text": "<b>Bold</b>"}]})
+    picker = _picker(world)
+    assert picker.headers["x-frame-options"] == "DENY" and picker.headers["cache-control"] == "no-store"
+    assert picker.text.count('name="patient"') == 20 and 'value="next"' in picker.text
+    assert "Anna Able" in picker.text or "Able" in picker.text
+    key = _key(picker)
+    cursor = re.search(r'name="cursor" value="([^"]+)"', picker.text).group(1)  # type: ignore[union-attr]
+    second = world.app.browser.post("/auth/authorize", data={"request": key, "decision": "next", "cursor": cursor})
+    assert second.status_code == 200 and second.text.count('name="patient"') == 8 and 'value="next"' not in second.text
+    assert "&lt;b&gt;Bold&lt;/b&gt;" in second.text and "<b>Bold</b>" not in second.text
+    by_name = world.app.browser.post("/auth/authorize", data={"request": key, "decision": "search", "name": "bak"})
+    assert re.findall(r'name="patient" value="([^"]+)"', by_name.text) == [world.patients["b"]]
+    by_identifier = world.app.browser.post("/auth/authorize",
+                                           data={"request": key, "decision": "search", "identifier": "MRN-A"})
+    assert re.findall(r'name="patient" value="([^"]+)"', by_identifier.text) == [world.patients["a"]]
+    bad = world.app.browser.post("/auth/authorize", data={"request": key, "decision": "search", "name": "a\x00b"})
+    assert bad.status_code == 400 and "location" not in bad.headers and 'name="request"' in bad.text
+    # After all that, the form still picks.
+    picked = world.app.browser.post("/auth/authorize", data={"request": key, "patient": world.patients["b"]})
+    assert world.app.redeem(_code_of(picked)).json()["patient"] == world.patients["b"]
+
+
+def test_the_picker_refuses_what_is_not_the_users_to_pick_and_what_no_browser_sent(world, services):
+    picker = _picker(world)
+    key = _key(picker)
+    unknown = world.app.browser.post("/auth/authorize", data={"request": key, "patient": "nobody"})
+    assert unknown.status_code == 403 and "location" not in unknown.headers and "nobody" in unknown.text
+    for odd in ("a\x00b", "", "x" * 65):  # PostgreSQL's text holds no NUL: a 500 otherwise
+        refused = world.app.browser.post("/auth/authorize", data={"request": key, "patient": odd})
+        assert refused.status_code == 403 and "location" not in refused.headers
+    # Another page's post has no cookie; a forged key is no form's.
+    elsewhere = httpx.post(f"{world.base}/auth/authorize", data={"request": key, "patient": world.patients["a"]})
+    assert elsewhere.status_code == 400 and "location" not in elsewhere.headers
+    forged = world.app.browser.post("/auth/authorize", data={"request": "x" * 43, "patient": world.patients["a"]})
+    assert forged.status_code == 400 and "location" not in forged.headers
+    # A login form's post cannot skip the login: the user picks only once logged in.
+    unlogged = world.app.authorize(scope=ASKED)
+    skipped = world.app.browser.post("/auth/authorize",
+                                     data={"request": _key(unlogged), "patient": world.patients["a"]})
+    assert skipped.status_code == 400 and "location" not in skipped.headers
+    # A user disabled between the login and the pick picks nothing.
+    services.auth.identities.disable_user("clara")
+    late = world.app.browser.post("/auth/authorize", data={"request": key, "patient": world.patients["a"]})
+    assert late.status_code == 303 and parse_qs(urlsplit(late.headers["location"]).query)["error"] == ["access_denied"]
+
+
+def test_the_user_may_deny_on_the_picker(world):
+    denied = world.app.browser.post("/auth/authorize", data={"request": _key(_picker(world)), "decision": "deny"})
+    assert parse_qs(urlsplit(denied.headers["location"]).query)["error"] == ["access_denied"]
+
+
+def test_fhir_reads_reach_the_patients_compartment_alone(world):
+    a, b = world.patients["a"], world.patients["b"]
+    with _as(world, _launch(world)) as app:
+        assert app.get(f"/fhir/Patient/{a}").status_code == 200
+        assert app.get(f"/fhir/Patient/{b}").status_code == 404  # to the app, not there
+        assert app.get("/fhir/Observation/oa").status_code == 200
+        assert app.get("/fhir/Observation/ob").status_code == 404
+        assert app.get("/fhir/Observation/ob/_history/1").status_code == 404
+        assert app.get("/fhir/Observation/ob/_history").status_code == 404
+        assert ids(app.get("/fhir/Observation/_history").json()) == ["oa"]
+        assert app.get("/fhir/DiagnosticReport/rb").status_code == 404
+        assert ids(app.get("/fhir/Patient").json()) == [a]
+        assert ids(app.get("/fhir/Observation").json()) == ["oa"]
+        assert ids(app.get("/fhir/ImagingStudy").json()) == [world.studies["a"]]
+        assert ids(app.get("/fhir/Observation", params={"subject": f"Patient/{b}"}).json()) == []
+        assert ids(app.get("/fhir/Observation", params={"subject.name": "Baker"}).json()) == []  # a chain
+        assert ids(app.get("/fhir/Patient", params={"_has:Observation:subject:code": "1111-1"}).json()) == [a]
+        assert ids(app.get("/fhir/Patient", params={"_has:DiagnosticReport:subject:status": "final"}).json()) == []
+        included = app.get("/fhir/Observation", params={"_include": "Observation:patient"}).json()
+        assert ids(included) == ["oa"] and ids(included, "include") == [a]
+        revincluded = app.get("/fhir/Patient", params={"_revinclude": "Observation:subject"}).json()
+        assert ids(revincluded) == [a] and ids(revincluded, "include") == ["oa"]
+        assert app.get(f"/fhir/Patient/{b}/$everything").status_code == 404
+        everything = app.get(f"/fhir/Patient/{a}/$everything").json()
+        assert sorted(ids(everything)) == sorted([a, world.studies["a"], "oa"])
+        assert not link(everything, "next")
+        assert ids(app.get(f"/fhir/Patient/{b}/Observation").json()) == []
+        # Types outside the compartment get nothing from patient/ scopes; writes neither.
+        assert app.get("/fhir/Task/ta").status_code == 403 and app.get("/fhir/Device").status_code == 403
+        task = {"resourceType": "Task", "status": "draft", "intent": "order", "for": {"reference": f"Patient/{a}"}}
+        assert app.post("/fhir/Task", json=task).status_code == 403
+
+
+def test_an_export_under_a_patient_context_holds_that_patient_alone(world, services):
+    a, b = world.patients["a"], world.patients["b"]
+    with _as(world, _launch(world)) as app:
+        assert app.get("/fhir/$export", headers=KICK).status_code == 403
+        other = {"resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference":
+                                                              {"reference": f"Patient/{b}"}}]}
+        assert app.post("/fhir/Patient/$export", json=other, headers=KICK).status_code == 403
+        started = app.get("/fhir/Patient/$export", headers=KICK)
+        assert started.status_code == 202, started.text
+        files = _files(app, _manifest(app, started.headers["Content-Location"]))
+        # The user's own export of every patient is not the app's to see.
+        clara, _ = services.auth.issuer.issue("clara", "clinician", "user/*.rs", False)
+        whole = world.admin.get("/fhir/Patient/$export", headers={**KICK, "Authorization": f"Bearer {clara}"})
+        assert whole.status_code == 202
+        assert app.get(whole.headers["Content-Location"]).status_code == 404
+        assert app.delete(whole.headers["Content-Location"]).status_code == 404
+    assert _ids(files["Patient"]) == [a] and _ids(files["Observation"]) == ["oa"]
+    assert _ids(files["ImagingStudy"]) == [world.studies["a"]] and "DiagnosticReport" not in files
+
+
+def test_user_scopes_beside_patient_ones_keep_their_reach(app, services):
+    """user/ scopes that read and search a type reach all of it; with one letter only, the type stays
+    within the compartment (a search would otherwise find what a read then hides)."""
+    for world in _served_world(app, services, "launch/patient patient/*.rs user/Observation.rs user/ImagingStudy.s"):
+        token = _launch(world, scope="launch/patient patient/*.rs user/Observation.rs user/ImagingStudy.s")
+        with _as(world, token) as client:
+            assert sorted(ids(client.get("/fhir/Observation").json())) == ["oa", "ob"]
+            assert client.get("/fhir/Observation/ob").status_code == 200
+            assert ids(client.get("/fhir/ImagingStudy").json()) == [world.studies["a"]]
+            assert client.get(f"/fhir/Patient/{world.patients['b']}").status_code == 404
+
+
+def test_dicomweb_reaches_the_patients_studies_alone(world):
+    a, b = world.studies["a"], world.studies["b"]
+    with _as(world, _launch(world)) as app:
+        found = app.get("/dicom-web/studies").json()
+        assert [study["0020000D"]["Value"][0] for study in found] == [a]
+        assert app.get("/dicom-web/studies", params={"StudyInstanceUID": b}).status_code in (200, 204)
+        assert app.get("/dicom-web/studies", params={"StudyInstanceUID": b}).content in (b"", b"[]")
+        assert app.get(f"/dicom-web/studies/{b}/series").content in (b"", b"[]")
+        assert app.get(f"/dicom-web/studies/{a}/metadata").status_code == 200
+        assert app.get(f"/dicom-web/studies/{b}/metadata").status_code == 404
+        assert app.get(f"/dicom-web/studies/{b}").status_code == 404
+        assert app.get(f"/dicom-web/studies/{b}/thumbnail").status_code == 404
+    # The admin, with no patient context, still sees both.
+    assert len(world.admin.get("/dicom-web/studies").json()) == 2
+
+
+def test_what_tells_of_any_study_needs_more_than_a_patient_context(world, services):
+    """Ordering inference on a study, or listing workitems, tells whether a study exists and whose it is:
+    patient/ImagingStudy.rs, which reaches one patient's studies, is not enough beside Task rights."""
+    token, _ = services.auth.issuer.issue("olga", "ai-operator", "user/Task.cruds patient/ImagingStudy.rs", False,
+                                          app=world.app.client_id, patient=world.patients["a"])
+    order = {"resourceType": "Task", "status": "requested", "intent": "order",
+             "focus": {"reference": f"ImagingStudy/{world.studies['b']}"}}
+    with httpx.Client(base_url=world.base, headers={"Authorization": f"Bearer {token}"}) as app:
+        assert app.get("/dicom-web/studies").status_code == 200  # its own patient's studies it reads
+        assert app.post("/fhir/Task", json=order).status_code == 403
+        assert app.get("/dicom-web/workitems").status_code == 403
+
+
+def test_a_refresh_keeps_the_patient(world):
+    first = _launch(world, "b", scope=ASKED + " offline_access")
+    renewed = world.app.refresh(first["refresh_token"])
+    assert renewed.status_code == 200, renewed.text
+    token = renewed.json()
+    assert token["patient"] == world.patients["b"] and token["scope"] == first["scope"]
+    with _as(world, token) as app:
+        assert ids(app.get("/fhir/Observation").json()) == ["ob"]
+        assert app.get(f"/fhir/Patient/{world.patients['a']}").status_code == 404
+
+
+def test_patient_scopes_without_a_patient_reach_nothing(world, services):
+    # A token that names no patient: its patient/ scopes give nothing (never every patient).
+    token, _ = services.auth.issuer.issue("clara", "clinician", "patient/*.rs", False, app=world.app.client_id)
+    with httpx.Client(base_url=world.base, headers={"Authorization": f"Bearer {token}"}) as app:
+        assert app.get("/fhir/Observation/oa").status_code == 403
+        assert app.get("/dicom-web/studies").status_code == 403
+    # An app that asks for patient/ scopes without launch/patient gets no picker and none of them.
+    redirect = world.app.log_in(world.app.authorize(scope="patient/*.rs user/Observation.s"))
+    answer = world.app.redeem(_code_of(redirect)).json()
+    assert answer["scope"] == "user/Observation.s" and "patient" not in answer
+
+
+def test_patient_scopes_are_narrowed_to_the_clients_and_the_users(app, services):
+    for world in _served_world(app, services, "launch/patient patient/ImagingStudy.rs"):
+        token = _launch(world)
+        assert token["scope"] == "patient/ImagingStudy.rs launch/patient"
+        with _as(world, token) as client:
+            assert client.get("/fhir/Observation").status_code == 403
+            assert ids(client.get("/fhir/ImagingStudy").json()) == [world.studies["a"]]
+        # An auditor's role reaches no compartment type: nothing to grant, no picker.
+        services.auth.identities.add_user("audrey", Role.AUDITOR, PASSWORD)
+        refused = world.app.log_in(world.app.authorize(scope=ASKED), username="audrey")
+        assert parse_qs(urlsplit(refused.headers["location"]).query)["error"] == ["invalid_scope"]
+
+
+def test_requests_under_a_patient_context_are_audited_as_about_that_patient(world, services):
+    with _as(world, _launch(world)) as app:
+        assert app.get("/fhir/Device").status_code == 403
+        assert app.get("/dicom-web/studies").status_code == 200
+    services.audit.chain.project()
+    events = world.admin.get("/fhir/AuditEvent", params={"_count": 100}).json()["entry"]
+    described = {entry["resource"]["outcomeDesc"]: entry["resource"] for entry in events}
+    for description in ("GET /fhir/Device answered 403", "GET /dicom-web/studies answered 200"):
+        patients = [entity["what"]["reference"] for entity in described[description].get("entity", [])
+                    if entity.get("what", {}).get("reference", "").startswith("Patient/")]
+        assert patients == [f"Patient/{world.patients['a']}"], described[description]
+
+
+def _ehr_launch(world: World, patient: str, headers: dict | None = None) -> httpx.Response:
+    return world.admin.post("/auth/launch", data={"patient": patient}, headers=headers)
+
+
+def test_an_ehr_launch_names_its_patient_and_needs_no_picker(world):
+    opened = _ehr_launch(world, world.patients["b"])
+    assert opened.status_code == 201, opened.text
+    assert opened.json()["patient"] == world.patients["b"] and opened.headers["cache-control"] == "no-store"
+    launch = opened.json()["launch"]
+    redirect = world.app.log_in(world.app.authorize(scope="launch patient/*.rs", launch=launch))
+    token = world.app.redeem(_code_of(redirect)).json()
+    assert token["patient"] == world.patients["b"] and token["scope"].endswith(" launch")
+    with _as(world, token) as app:
+        assert ids(app.get("/fhir/Observation").json()) == ["ob"]
+        assert app.get(f"/fhir/Patient/{world.patients['a']}").status_code == 404
+    capabilities = httpx.get(f"{world.base}/.well-known/smart-configuration").json()["capabilities"]
+    assert {"launch-ehr", "context-ehr-patient"} <= set(capabilities)
+
+
+def test_an_ehr_launch_is_refused_what_does_not_hold_together(world, services):
+    launch = _ehr_launch(world, world.patients["a"]).json()["launch"]
+    for changes in ({"scope": "launch patient/*.rs"}, {"scope": "patient/*.rs", "launch": launch},
+                    {"scope": "launch patient/*.rs", "launch": "x" * 43}):
+        refused = world.app.authorize(**changes)
+        assert refused.status_code == 302, refused.text
+        assert parse_qs(urlsplit(refused.headers["location"]).query)["error"] == ["invalid_request"]
+    assert _ehr_launch(world, "nobody").status_code == 404
+    assert _ehr_launch(world, "").status_code == 400 and _ehr_launch(world, "a\x00b").status_code == 400
+    assert httpx.post(f"{world.base}/auth/launch", data={"patient": world.patients["a"]}).status_code == 401
+    auditor, _ = services.auth.issuer.issue("audrey", "auditor", "user/AuditEvent.rs", False)
+    assert _ehr_launch(world, world.patients["a"], {"Authorization": f"Bearer {auditor}"}).status_code == 403
+    # A token held to one patient opens no context, not even for that patient.
+    held = _launch(world)["access_token"]
+    assert _ehr_launch(world, world.patients["a"], {"Authorization": f"Bearer {held}"}).status_code == 403
+
+
+def test_the_command_line_registers_patient_apps(services, monkeypatch, capsys):
+    monkeypatch.setenv("MEDAIFLOW_DATA_DIR", str(services.settings.data_dir))
+    monkeypatch.setenv("MEDAIFLOW_DATABASE_URL", services.settings.database_url)
+    assert main(["clients", "add", "chart", "--scopes", "launch/patient patient/*.rs",
+                 "--redirect-uri", "https://chart.example/cb", "--public"]) == 0
+    assert "client id: chart-" in capsys.readouterr().out
+    assert main(["clients", "add", "chart", "--scopes", "patient/*.rs"]) == 2  # no app to launch
+
+
+def test_the_migration_adds_and_drops_the_launch_columns(services):
+    def columns() -> dict[str, set[str]]:
+        found = inspect(services.engine)
+        return {table: {column["name"] for column in found.get_columns(table)} if found.has_table(table) else set()
+                for table in ("authorization_requests", "authorization_codes", "refresh_tokens", "launch_contexts")}
+
+    with migrating(services.engine) as config:
+        command.downgrade(config, "0023")
+    services.engine.dispose()  # SQLite: the tables were copied under the connections' feet
+    before = columns()
+    assert not {"user_name", "patient"} & before["authorization_requests"] and not before["launch_contexts"]
+    assert "patient" not in before["authorization_codes"] | before["refresh_tokens"]
+    upgrade(services.engine)
+    after = columns()
+    assert {"user_name", "patient"} <= after["authorization_requests"] and "patient" in after["launch_contexts"]
+    assert "patient" in after["authorization_codes"] and "patient" in after["refresh_tokens"]
