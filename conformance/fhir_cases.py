@@ -673,6 +673,28 @@ def _type_history(session: Session, resource: dict[str, Any]) -> None:
     session.expect(not others, f"the history of {resource['resourceType']} holds {sorted(others)}")
 
 
+@case("FH-HIST-03", "FHIR R4 http.html#history", "History of the whole system, where declared: a history Bundle, newest first, _count respected, its next page older still")
+def system_history(session: Session) -> None:
+    rest = _capability(session).get("rest", [{}])[0]
+    if "history-system" not in {item.get("code") for item in rest.get("interaction", [])}:
+        raise CaseSkipped("the server declares no history-system")
+    with _held_or_own(session, "history-instance"):
+        response = _get(session, "/_history", {"_count": "2"})
+        entries = _history_bundle(session, response)
+        session.expect(entries, "the system's history is empty, yet a resource that keeps a history is held")
+        session.expect(len(entries) <= 2, f"_count=2, and the history page holds {len(entries)} entries")
+        links = response.json().get("link", [])
+        following = next((link["url"] for link in links if link.get("relation") == "next"), None)
+        if following is not None:
+            entries += _history_bundle(session, session.get(following, headers={"Accept": FHIR_JSON}))
+    stamps = [entry["response"].get("lastModified") for entry in entries]
+    session.expect(all(isinstance(stamp, str) for stamp in stamps),
+                   "history entries carry response.lastModified (the version's time)")
+    times = [datetime.fromisoformat(stamp) for stamp in stamps]
+    session.expect(times == sorted(times, reverse=True),
+                   f"a history is newest first (R4 http.html#history), and the system's went {stamps}")
+
+
 # --- update: what a conforming server must refuse -------------------------------------------
 @case("FH-UPDATE-01", "FHIR R4 http.html#update / http.html#concurrency", "Declared update: an id in the body other than the URL's is 400; a stale If-Match is 412; neither changes the resource")
 def update_refusals(session: Session) -> None:

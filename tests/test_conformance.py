@@ -327,6 +327,12 @@ def _without_declared(code: str, **more: str) -> Callable[[dict], None]:
     # A patch whose test fails applied anyway (its answer 200), or patch not declared: failed, or skipped.
     (_answering(lambda request: request.method == "PATCH", _status(200)), ["FH-WRITE-08", "FH-WRITE-09"], Verdict.FAIL),
     (_capability_rewrite(_without_declared("patch")), ["FH-WRITE-08", "FH-WRITE-09"], Verdict.SKIP),
+    # The whole-system history oldest first, or not declared.
+    (_answering(lambda request: request.url.path.endswith("/fhir/_history"),
+                _json_rewrite(lambda body: body.update(entry=body.get("entry", [])[::-1]))),
+     ["FH-HIST-03"], Verdict.FAIL),
+    (_answering(lambda request: request.url.path.endswith("/metadata"), _json_rewrite(
+        lambda body: body["rest"][0].update(interaction=[{"code": "batch"}]))), ["FH-HIST-03"], Verdict.SKIP),
 ])
 def test_fhir_cases_catch_a_broken_server(services, client, inferred, change, cases, expected):
     verdicts = _outcomes(services, client, change, *cases)
