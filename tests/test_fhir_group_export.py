@@ -131,6 +131,8 @@ def test_members_whose_membership_has_ended_are_left_out(client, services, cohor
         _member("pc", period={"start": "2020-01-01", "end": "2021-06-30T00:00:00Z"}),
     ), _group("g3", _member("pb", period={"start": "2999-01-01"})))
     assert _ids(_group_export(client, "g2", _type="Patient")["Patient"]) == ["pa"]
+    accepted = client.get("/fhir/Group/g2/$export", params={"_type": "Patient"}, headers=KICK)
+    assert "Group/g2 whose membership holds now: 1" in accepted.json()["issue"][0]["diagnostics"]
     assert _group_export(client, "g3", _type="Patient") == {}  # a membership yet to start
 
 

@@ -110,6 +110,8 @@ async def _start(request: Request, level: Level, group_id: str | None) -> Respon
 
 def _accepted(parsed: ExportRequest, types: tuple[str, ...]) -> dict[str, Any]:
     notes = f"exporting {', '.join(types)}"
+    if parsed.group is not None and parsed.patients is not None:
+        notes += f" for the member Patients of Group/{parsed.group} whose membership holds now: {len(parsed.patients)}"
     if parsed.ignored:
         notes += f"; ignored at the client's lenient request: {', '.join(parsed.ignored)}"
     return operation_outcome("informational", notes, severity="information")
