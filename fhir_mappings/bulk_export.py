@@ -33,6 +33,14 @@ _NEXT_QUERY = re.compile(r",(?=[A-Z][A-Za-z]*\?)")
 class Level(Enum):
     SYSTEM = "system"  # [base]/$export: every resource the caller may read
     PATIENT = "patient"  # [base]/Patient/$export: the Patients and their compartments
+    GROUP = "group"  # [base]/Group/[id]/$export: the Group, and its member Patients and their compartments
+
+
+def level_types(level: Level, supported_types: frozenset[str]) -> tuple[str, ...]:
+    """What an export of the level may hold, in the order it writes them."""
+    if level is Level.SYSTEM:
+        return tuple(sorted(supported_types))
+    return (*EVERYTHING_TYPES, "Group") if level is Level.GROUP else EVERYTHING_TYPES
 
 
 @dataclass(frozen=True)
@@ -40,9 +48,11 @@ class ExportRequest:
     level: Level
     types: tuple[str, ...] | None  # `_type`, in the order named; None: every type the level holds
     since: int | None  # microseconds: resources changed after it
-    patients: tuple[str, ...] | None  # the `patient` parameter of a Patient-level POST; None: every patient
+    # The `patient` parameter of a POST (a Group-level export: its members); None: every patient.
+    patients: tuple[str, ...] | None
     type_filters: tuple[str, ...] = ()  # `_typeFilter` queries, `[type]?[query]`, each checked by `type_filter`
     ignored: tuple[str, ...] = ()  # unsupported parameters left aside at the client's lenient request
+    group: str | None = None  # a Group-level export's Group id
 
 
 def parse_export(
@@ -70,13 +80,13 @@ def parse_export(
         raise InvalidRequest(f"_outputFormat {output_format[:64]!r} is not offered; use {NDJSON}")
     if "patient" in values:
         raise InvalidRequest("patient is taken only in the Parameters of a POST kick-off (export.html)")
-    if patients is not None and level is not Level.PATIENT:
-        raise InvalidRequest("patient applies to a Patient-level export ([base]/Patient/$export)")
+    if patients is not None and level is Level.SYSTEM:
+        raise InvalidRequest("patient applies to a Patient-level or Group-level export, not to [base]/$export")
     types = _types(level, pairs, supported_types)
     filters = [query for name, value in pairs if name == "_typeFilter" for query in _NEXT_QUERY.split(value)]
     for query in filters:
         resource_type = type_filter(query, supported_types).resource_type
-        if resource_type not in (types or (supported_types if level is Level.SYSTEM else EVERYTHING_TYPES)):
+        if resource_type not in (types or level_types(level, supported_types)):
             raise InvalidRequest(f"_typeFilter {query[:64]!r} is of a type this export does not hold")
     return ExportRequest(
         level=level, types=types, since=require_instant("_since", values["_since"]) if "_since" in values else None,
@@ -103,10 +113,11 @@ def _types(level: Level, pairs: list[tuple[str, str]], supported_types: frozense
     named = [item.strip() for name, value in pairs if name == "_type" for item in value.split(",")]
     if not named:
         return None
-    held = supported_types if level is Level.SYSTEM else frozenset(EVERYTHING_TYPES)
+    held = level_types(level, supported_types)
     for resource_type in named:
         if resource_type not in held:
-            where = "this server" if level is Level.SYSTEM else "a patient's compartment here"
+            where = {Level.SYSTEM: "this server", Level.PATIENT: "a patient's compartment here",
+                     Level.GROUP: "a Group or its patients' compartments here"}[level]
             raise InvalidRequest(f"_type names {resource_type[:64]!r}, which is not a resource type of {where}")
     return tuple(dict.fromkeys(named))
 

@@ -34,6 +34,13 @@ _BULK_DATA = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
 # CapabilityStatement names operations by their definitions.
 _PATIENT_OPERATIONS = [{"name": "everything", "definition": _EVERYTHING},
                        {"name": "export", "definition": f"{_BULK_DATA}/patient-export"}]
+# The Group-level export: a Group's member Patients and their compartments.
+_GROUP_OPERATIONS = [{"name": "export", "definition": f"{_BULK_DATA}/group-export"}]
+_GROUPS = (
+    "Keeps every version. A Group of Patients is a cohort for Group/[id]/$export, which exports the members"
+    " whose membership holds at the kick-off (not inactive, within their period), their compartments and"
+    " the Group; a Group with members of other types is refused by it."
+)
 # Every type's content can be validated, and a writable type's writes rehearsed.
 _VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
 
@@ -51,12 +58,14 @@ def capability_statement(
             interactions += ["create", "update", "patch", "delete"]
         parameters = [*COMMON.values(), *parameters_for(resource_type).values()]
         sort_names = [parameter.name for parameter in parameters if parameter.type is not ParamType.REFERENCE]
-        operations = [*(_PATIENT_OPERATIONS if resource_type == "Patient" else []), _VALIDATE]
+        operations = [*{"Patient": _PATIENT_OPERATIONS, "Group": _GROUP_OPERATIONS}.get(resource_type, []),
+                      _VALIDATE]
         resources.append(
             {
                 "type": resource_type,
                 "documentation": (
                     _SUBSCRIPTIONS if resource_type == "Subscription"
+                    else _GROUPS if resource_type == "Group"
                     else "Keeps every version." if keeps_history
                     else "Projected from the hash-chained audit trail, which AuditEvent/$verify checks; read-only."
                     if resource_type == "AuditEvent"
@@ -122,7 +131,7 @@ def capability_statement(
                         " [type]?[query]) and as Bundle entries (a Binary holding a JSON Patch, or a Parameters);"
                         f" FHIRPath Patch paths take a subset of FHIRPath: {fhirpath.SUPPORTED}. "
                         "Subscriptions notify by rest-hook (see Subscription). Bulk Data "
-                        "$export (system and Patient level; no Group) writes NDJSON files of what the caller "
+                        "$export (system, Patient and Group level) writes NDJSON files of what the caller "
                         "may read and search, kept for a while (MEDAIFLOW_EXPORT_RETENTION_HOURS)."
                     ),
                     "security": _security(auth_url),

@@ -156,6 +156,19 @@ DEFINITIONS: dict[str, tuple[SearchParameter, ...]] = {
         _p("patient", R, "entity.what", "Identifier of the patient involved", "Patient"),
         _p("source", R, "source.observer", "The identity of source detecting the event", "Device Organization Patient Practitioner PractitionerRole RelatedPerson"),
     ),
+    # R4 group.html: all but characteristic-value, a composite of characteristic and value, which this
+    # server's search does not take.
+    "Group": (
+        _p("identifier", T, "identifier", "Unique id"),
+        _p("type", T, "type", "The type of resources the group contains"),
+        _p("actual", T, "actual", "Descriptive or actual"),
+        _p("code", T, "code", "The kind of resources contained"),
+        _p("member", R, "member.entity", "Reference to the group member", "Device Group Medication Patient Practitioner PractitionerRole Substance"),
+        _p("managing-entity", R, "managingEntity", "Entity that is the custodian of the Group's definition", "Organization Practitioner PractitionerRole RelatedPerson"),
+        _p("characteristic", T, "characteristic.code", "Kind of characteristic"),
+        _p("value", T, "characteristic.valueCodeableConcept | characteristic.valueBoolean", "Value held by characteristic (a CodeableConcept or a boolean)"),
+        _p("exclude", T, "characteristic.exclude", "Group includes or excludes"),
+    ),
     "Subscription": (
         _p("status", T, "status", "The current state of the subscription"),
         _p("type", T, "channel.type", "The type of channel for the sent notifications"),

@@ -262,12 +262,6 @@ def test_a_long_kick_off_url_is_kept_whole(client, charts):
     assert manifest["output"] == []  # nothing has such a code: no file, as the IG has it
 
 
-def test_there_is_no_group_export(client):
-    response = client.get("/fhir/Group/g1/$export", headers=KICK)
-    assert response.status_code == 404
-    assert "Group" in response.json()["issue"][0]["diagnostics"]
-
-
 def test_an_export_is_its_starters_alone(client, services, charts):
     manifest = _manifest(client, status := _kick_off(client, _type="Observation"))
     other = _user(services, Role.CLINICIAN, "dr-other")

@@ -70,6 +70,14 @@ RICH = [
     {"resourceType": "Subscription", "id": "rich-subscription", "status": "active", "reason": "rich",
      "criteria": "DiagnosticReport?status=final", "contact": [{"system": "email", "value": "rich@example.org"}],
      "channel": {"type": "rest-hook", "endpoint": "https://rich.example/hook", "payload": "application/fhir+json"}},
+    {"resourceType": "Group", "id": "rich-group", "type": "person", "actual": True,
+     "identifier": [{"system": "urn:rich", "value": "rich-group"}],
+     "code": {"coding": [{"system": "urn:rich", "code": "cohort"}]},
+     "managingEntity": {"reference": "Organization/rich-org"},
+     "member": [{"entity": {"reference": "Patient/rich-patient"}}],
+     "characteristic": [{"code": {"coding": [{"system": "urn:rich", "code": "trait"}]},
+                         "valueCodeableConcept": {"coding": [{"system": "urn:rich", "code": "yes"}]},
+                         "exclude": True}]},
 ]
 # Every type is searched by its meta's security labels, tags and profiles too.
 RICH = [{**resource, "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -94,6 +102,8 @@ PLAIN = [
      "source": {"observer": {"reference": "Organization/o1"}}},
     {"resourceType": "Subscription", "id": "plain-subscription", "status": "off", "reason": "plain",
      "criteria": "Task?status=ready", "channel": {"type": "websocket", "endpoint": "wss://plain.example/hook"}},
+    {"resourceType": "Group", "id": "plain-group", "type": "device", "actual": False,
+     "characteristic": [{"code": {"text": "plain"}, "valueBoolean": False, "exclude": False}]},
 ]
 
 

@@ -19,12 +19,15 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, delete, func, or_, select, update
 
-from fhir_mappings.bulk_export import ExportRequest, Level, type_filter
+from fhir_mappings import fhir_json
+from fhir_mappings.bulk_export import ExportRequest, Level, level_types, type_filter
 from fhir_mappings.errors import Forbidden, ResourceNotFound
-from fhir_mappings.patient_compartment import EVERYTHING_TYPES
+from fhir_mappings.group_cohort import current_patients
 from server.auth.access import Permission, Principal, search_permissions
 from server.auth.scopes import Role
 from server.db import advisory_locks, reading, write_connection
+from server.fhir import interactions
+from server.fhir.service import FhirService
 from server.tables import fhir_exports
 
 QUEUED, RUNNING, COMPLETE, FAILED = "queued", "running", "complete", "failed"
@@ -45,6 +48,7 @@ class ExportJob:
     types: tuple[str, ...]
     since: int | None
     patients: tuple[str, ...] | None
+    group: str | None
     type_filters: tuple[str, ...]
     request_url: str
     transaction_time: int
@@ -60,7 +64,7 @@ class ExportJob:
             export_id=row.export_id, owner=row.owner, owner_is_client=row.owner_is_client,
             owner_role=row.owner_role, scopes=row.scopes, level=Level(row.level),
             types=tuple(row.types.split(",")), since=row.since,
-            patients=tuple(orjson.loads(row.patients)) if row.patients is not None else None,
+            patients=tuple(orjson.loads(row.patients)) if row.patients is not None else None, group=row.group_id,
             type_filters=tuple(orjson.loads(row.type_filters)) if row.type_filters is not None else (),
             request_url=row.request_url, transaction_time=row.transaction_time, status=row.status,
             progress=row.progress, outputs=orjson.loads(row.outputs) if row.outputs is not None else [],
@@ -89,8 +93,7 @@ def exported_types(principal: Principal, request: ExportRequest, supported: froz
         if refused:
             raise Forbidden(f"_type names {', '.join(refused)}, which {principal.name} may not read and search")
         return request.types
-    held = sorted(supported) if request.level is Level.SYSTEM else list(EVERYTHING_TYPES)
-    types = tuple(resource_type for resource_type in held if allowed(resource_type))
+    types = tuple(resource_type for resource_type in level_types(request.level, supported) if allowed(resource_type))
     if not types:
         raise Forbidden(f"{principal.name} may not read and search any type this export holds")
     return types
@@ -108,6 +111,20 @@ def held_to_patient(principal: Principal, request: ExportRequest) -> ExportReque
     if request.patients not in (None, (principal.patient,)):
         raise Forbidden(f"a token with a patient context exports its patient only, Patient/{principal.patient}")
     return replace(request, patients=(principal.patient,))
+
+
+def with_group_members(principal: Principal, fhir: FhirService, request: ExportRequest, group_id: str) -> ExportRequest:
+    """A Group-level export of the Group's member Patients as it holds them
+    now, at the kick-off (of those the `patient` parameter names, when it
+    is given): a Group changed while the export runs changes nothing of it.
+    The caller must be allowed to read the Group, as a read of it would."""
+    if not principal.may(Permission("Group", "r")):
+        raise Forbidden(f"{principal.name} may not read Group/{group_id[:64]}, so may not export it")
+    group = fhir_json.loads(interactions.read(fhir, "Group", group_id).body)
+    members = current_patients(group, now_micros())
+    if request.patients is not None:
+        members = tuple(patient for patient in members if patient in request.patients)
+    return replace(request, group=group_id, patients=members)
 
 
 def check_type_filters(principal: Principal, request: ExportRequest, supported: frozenset[str]) -> None:
@@ -150,6 +167,7 @@ class ExportJobs:
                 owner_role=principal.role, scopes=str(principal.grant), level=request.level.value,
                 types=",".join(types), since=request.since,
                 patients=orjson.dumps(list(request.patients)) if request.patients is not None else None,
+                group_id=request.group,
                 type_filters=orjson.dumps(list(request.type_filters)) if request.type_filters else None,
                 request_url=request_url, transaction_time=created, status=QUEUED, created_at=created,
                 expires_at=created + self.retention_micros,

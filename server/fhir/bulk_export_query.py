@@ -35,11 +35,12 @@ class Slice:
     resource_type: str
     until: int  # transactionTime, microseconds: nothing changed after it
     since: int | None  # changed after this instant only
-    # Patient-level exports: the compartments of these patients (None: of every patient).
+    # Patient- and Group-level exports: the compartments of these patients (None: of every patient).
     compartment: bool
     patients: tuple[str, ...] | None
     # `_typeFilter`s of the type, each its conditions: a resource matching any is exported (none: all are).
     filters: tuple[tuple[Condition, ...], ...] = ()
+    group: str | None = None  # a Group-level export's Group: of the type Group, the one exported
 
 
 def pages(engine: Engine, visibility: Visibility, part: Slice, history: bool) -> Iterator[list[bytes]]:
@@ -104,7 +105,8 @@ def _as_of_pages(engine: Engine, visibility: Visibility, part: Slice) -> Iterato
 
     def page_after(after: int) -> Any:
         return (
-            select(fhir_resources.c.id, fhir_resources.c.resource_json, changed.label("changed"),
+            select(fhir_resources.c.id, fhir_resources.c.resource_id, fhir_resources.c.resource_json,
+                   changed.label("changed"),
                    fhir_versions.c.resource_json.label("then_json"), fhir_versions.c.method.label("then_method"),
                    fhir_versions.c.last_updated.label("then_updated"))
             .select_from(then)
@@ -126,7 +128,7 @@ def _kept(part: Slice, row: Any) -> bool:
         return True  # judged by the statement
     if row.then_json is None or row.then_method == "DELETE":
         return False  # made after `until`, or deleted then
-    return (part.since is None or row.then_updated > part.since) and _in_compartment(part, row.then_json)
+    return (part.since is None or row.then_updated > part.since) and _in_compartment(part, row)
 
 
 def _within(part: Slice) -> list[Any]:
@@ -159,6 +161,8 @@ def _members(part: Slice) -> list[Any]:
     parameter `$everything` finds its members with)."""
     if not part.compartment:
         return []
+    if part.resource_type == "Group":  # in no compartment here: the export's own Group alone
+        return [fhir_resources.c.resource_id == part.group]
     if part.resource_type == "Patient":
         return [fhir_resources.c.resource_id.in_(part.patients)] if part.patients is not None else []
     naming = select(fhir_references.c.resource_pk).where(
@@ -168,8 +172,11 @@ def _members(part: Slice) -> list[Any]:
     return [fhir_resources.c.id.in_(naming)]
 
 
-def _in_compartment(part: Slice, body: bytes) -> bool:
+def _in_compartment(part: Slice, row: Any) -> bool:
+    """Whether `_members` would keep the row's version at `until` (`then_json`)."""
     if not part.compartment:
         return True
-    patients = patients_of_json(body)
+    if part.resource_type == "Group":
+        return bool(row.resource_id == part.group)
+    patients = patients_of_json(row.then_json)
     return bool(patients) if part.patients is None else any(patient in part.patients for patient in patients)

@@ -1,10 +1,10 @@
 """The routes of FHIR Bulk Data `$export` (hl7.org/fhir/uv/bulkdata/export.html,
-v2.0.0): kick-off at system and Patient level, status, delete and files.
+v2.0.0): kick-off at system, Patient and Group level, status, delete and files.
 
 Registered before the FHIR route table, whose `[type]/[id]` would otherwise
-take `Patient/$export`. The URLs carry `$`, so the audit trail records each
-as an operation; the authentication middleware leaves the rights to these
-routes, which judge them type by type.
+take `Patient/$export` and `Group/[id]/$export`. The URLs carry `$`, so the
+audit trail records each as an operation; the authentication middleware
+leaves the rights to these routes, which judge them type by type.
 """
 
 from collections.abc import Iterator
@@ -31,6 +31,7 @@ from server.fhir.bulk_export import (
     check_type_filters,
     exported_types,
     held_to_patient,
+    with_group_members,
 )
 from server.fhir.negotiation import FHIR_JSON, Format, fhir_response, form_pairs, read_resource_body
 from server.fhir.routes import fhir_base
@@ -60,23 +61,20 @@ async def patient_export(request: Request) -> Response:
 @router.get("/Group/{group_id}/$export")
 @router.post("/Group/{group_id}/$export")
 async def group_export(request: Request, group_id: str) -> Response:
-    raise ResourceNotFound(
-        "this server holds no Group resources, so there is no Group-level export; use [base]/$export or"
-        " [base]/Patient/$export (with patient parameters in a POST to choose patients)"
-    )
+    return await _kick_off(request, Level.GROUP, group_id)
 
 
-async def _kick_off(request: Request, level: Level) -> Response:
+async def _kick_off(request: Request, level: Level, group_id: str | None = None) -> Response:
     """export.html#bulk-data-kick-off-request: its OperationOutcomes are FHIR
     JSON whatever the Accept, the one format the IG has for them."""
     try:
-        return await _start(request, level)
+        return await _start(request, level, group_id)
     except FhirError as error:
         outcome = operation_outcome(error.issue_code, error.diagnostics)
         return fhir_response(outcome, _JSON, fhir_status_for(error))
 
 
-async def _start(request: Request, level: Level) -> Response:
+async def _start(request: Request, level: Level, group_id: str | None) -> Response:
     preferences = _preferences(request)
     if "respond-async" not in preferences:
         raise InvalidRequest("$export runs asynchronously: send Prefer: respond-async")
@@ -91,6 +89,8 @@ async def _start(request: Request, level: Level) -> Response:
     parsed = parse_export(level, pairs, patients, fhir.supported_types, preferences.get("handling") == "lenient")
     principal: Principal = request.state.principal
     parsed = held_to_patient(principal, parsed)
+    if group_id is not None:
+        parsed = await run_in_threadpool(with_group_members, principal, fhir, parsed, group_id)
     types = exported_types(principal, parsed, fhir.supported_types)
     check_type_filters(principal, parsed, fhir.supported_types)
     base = fhir_base(request)
@@ -110,6 +110,8 @@ async def _start(request: Request, level: Level) -> Response:
 
 def _accepted(parsed: ExportRequest, types: tuple[str, ...]) -> dict[str, Any]:
     notes = f"exporting {', '.join(types)}"
+    if parsed.group is not None and parsed.patients is not None:
+        notes += f" for the member Patients of Group/{parsed.group} whose membership holds now: {len(parsed.patients)}"
     if parsed.ignored:
         notes += f"; ignored at the client's lenient request: {', '.join(parsed.ignored)}"
     return operation_outcome("informational", notes, severity="information")

@@ -120,8 +120,8 @@ class ExportWorker:
         filters = [type_filter(query, self.fhir.supported_types) for query in job.type_filters]
         for number, resource_type in enumerate(job.types, 1):
             conditions = tuple(search.conditions for search in filters if search.resource_type == resource_type)
-            part = Slice(resource_type, job.transaction_time, job.since, job.level is Level.PATIENT, job.patients,
-                         conditions)
+            part = Slice(resource_type, job.transaction_time, job.since, job.level is not Level.SYSTEM, job.patients,
+                         conditions, job.group)
             name = f"{resource_type}.ndjson"
             count = self._write_type(job, part, directory / name, f"{resource_type} ({number} of {len(job.types)})")
             if count:

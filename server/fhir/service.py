@@ -18,7 +18,7 @@ from server.keys import load_or_create_key
 
 # Types clients may create, update and delete. The others are written by the
 # server itself: derived from DICOM, or published by later features.
-WRITABLE_TYPES = frozenset(("Task", "Subscription"))
+WRITABLE_TYPES = frozenset(("Task", "Subscription", "Group"))
 
 
 class WriteHook(Protocol):

@@ -1,0 +1,194 @@
+"""FHIR R4 Group as a stored type, and the Bulk Data Group-level export
+(`[base]/Group/[id]/$export`, hl7.org/fhir/uv/bulkdata/group.html) over HTTP."""
+
+import orjson
+import pytest
+
+from server.auth.scopes import Role
+from tests.fhir_checks import ids, seed
+from tests.test_fhir_bulk_export import (
+    BASE,
+    KICK,
+    _files,
+    _held,
+    _ids,
+    _kick_off,
+    _manifest,
+    _observation,
+    _patient,
+    _run_queued,
+    _system_client,
+    _user,
+)
+
+COHORTS = "http://example.org/cohorts"
+
+
+def _group(gid: str, *members: dict) -> dict:
+    return {"resourceType": "Group", "id": gid, "type": "person", "actual": True,
+            "identifier": [{"system": COHORTS, "value": gid}], "member": list(members)}
+
+
+def _member(pid: str, **extra: object) -> dict:
+    return {"entity": {"reference": f"Patient/{pid}"}, **extra}
+
+
+@pytest.fixture
+def cohort(services):
+    """Three patients with an observation each, and a Group of the first two."""
+    return seed(
+        services,
+        _patient("pa"), _patient("pb"), _patient("pc"),
+        _observation("oa", "Patient/pa"), _observation("ob", "Patient/pb"), _observation("oc", "Patient/pc"),
+        {"resourceType": "Device", "id": "da", "status": "active"},
+        _group("g1", _member("pa"), _member("pb")),
+    )
+
+
+def _group_export(client, gid: str = "g1", headers: dict | None = None, **params: str) -> dict[str, list[bytes]]:
+    status = _kick_off(client, f"/fhir/Group/{gid}/$export", headers, **params)
+    return _files(client, _manifest(client, status, headers), headers)
+
+
+def test_a_group_is_created_read_updated_patched_searched_and_deleted(client, cohort):
+    created = client.post("/fhir/Group", json={
+        "resourceType": "Group", "type": "person", "actual": True, "name": "Lung screening",
+        "code": {"coding": [{"system": COHORTS, "code": "lung"}]},
+        "characteristic": [{"code": {"text": "smoker"}, "valueBoolean": True, "exclude": False}],
+        "member": [_member("pc")],
+    })
+    assert created.status_code == 201, created.text
+    gid = created.json()["id"]
+    assert client.get(f"/fhir/Group/{gid}").json()["name"] == "Lung screening"
+    for params, expected in [
+        ({"member": "Patient/pc"}, [gid]),
+        ({"member": "Patient/pa"}, ["g1"]),
+        ({"identifier": f"{COHORTS}|g1"}, ["g1"]),
+        ({"code": f"{COHORTS}|lung"}, [gid]),
+        ({"type": "person", "actual": "true"}, sorted(["g1", gid])),
+        ({"value": "true", "exclude": "false"}, [gid]),
+        ({"type": "device"}, []),
+    ]:
+        bundle = client.get("/fhir/Group", params=params).json()
+        assert sorted(ids(bundle)) == expected, params
+    updated = client.put(f"/fhir/Group/{gid}", json={**created.json(), "member": [_member("pa"), _member("pc")]})
+    assert updated.status_code == 200, updated.text
+    assert sorted(ids(client.get("/fhir/Group", params={"member": "Patient/pa"}).json())) == sorted(["g1", gid])
+    patched = client.patch(f"/fhir/Group/{gid}", content=b'[{"op": "replace", "path": "/name", "value": "Renamed"}]',
+                           headers={"Content-Type": "application/json-patch+json"})
+    assert patched.status_code == 200, patched.text
+    history = client.get(f"/fhir/Group/{gid}/_history").json()
+    assert [entry["resource"]["meta"]["versionId"] for entry in history["entry"]] == ["3", "2", "1"]
+    assert client.delete(f"/fhir/Group/{gid}").status_code in (200, 204)
+    assert client.get(f"/fhir/Group/{gid}").status_code == 410
+
+
+def test_a_group_is_validated_against_r4(client):
+    response = client.post("/fhir/Group", json={"resourceType": "Group", "type": "crowd", "actual": True})
+    assert response.status_code == 422, response.text
+    assert "Group.type" in response.json()["issue"][0]["diagnostics"]
+    assert client.post("/fhir/Group", json={"resourceType": "Group", "type": "person"}).status_code == 422  # actual
+
+
+def test_a_group_export_holds_its_members_compartments_and_itself(client, cohort):
+    files = _group_export(client)
+    assert sorted(_ids(files["Patient"])) == ["pa", "pb"]
+    assert sorted(_ids(files["Observation"])) == ["oa", "ob"]  # pc's is left out
+    assert _ids(files["Group"]) == ["g1"]
+    assert files["Group"][0] == client.get("/fhir/Group/g1").content
+    assert "Device" not in files  # in no patient's compartment
+
+
+def test_type_limits_a_group_export(client, cohort):
+    files = _group_export(client, _type="Observation")
+    assert set(files) == {"Observation"} and sorted(_ids(files["Observation"])) == ["oa", "ob"]
+    assert set(_group_export(client, _type="Group,Patient")) == {"Group", "Patient"}
+    refused = client.get("/fhir/Group/g1/$export", params={"_type": "Device"}, headers=KICK)
+    assert refused.status_code == 400 and "Device" in refused.json()["issue"][0]["diagnostics"]
+
+
+def test_since_and_type_filters_apply_to_a_group_export(client, cohort):
+    filtered = _group_export(client, _type="Observation", _typeFilter="Observation?subject=Patient/pb")
+    assert _ids(filtered["Observation"]) == ["ob"]
+    assert _group_export(client, _type="Observation", _since="2999-01-01T00:00:00Z") == {}
+
+
+def test_a_post_kick_off_takes_patient_parameters_within_the_group(client, cohort):
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": "Patient/pb"}},
+        {"name": "patient", "valueReference": {"reference": "Patient/pc"}},  # not a member: not exported
+        {"name": "_type", "valueString": "Patient"},
+    ]}
+    response = client.post("/fhir/Group/g1/$export", json=body, headers=KICK)
+    assert response.status_code == 202, response.text
+    files = _files(client, _manifest(client, response.headers["Content-Location"].removeprefix(BASE)))
+    assert _ids(files["Patient"]) == ["pb"]
+
+
+def test_members_whose_membership_has_ended_are_left_out(client, services, cohort):
+    seed(services, _group(
+        "g2", _member("pa", period={"start": "2020-01-01"}), _member("pb", inactive=True),
+        _member("pc", period={"start": "2020-01-01", "end": "2021-06-30T00:00:00Z"}),
+    ), _group("g3", _member("pb", period={"start": "2999-01-01"})))
+    assert _ids(_group_export(client, "g2", _type="Patient")["Patient"]) == ["pa"]
+    accepted = client.get("/fhir/Group/g2/$export", params={"_type": "Patient"}, headers=KICK)
+    assert "Group/g2 whose membership holds now: 1" in accepted.json()["issue"][0]["diagnostics"]
+    assert _group_export(client, "g3", _type="Patient") == {}  # a membership yet to start
+
+
+def test_the_members_are_those_of_the_kick_off(client, services, cohort):
+    _held(services)
+    status = _kick_off(client, "/fhir/Group/g1/$export", _type="Patient,Group")
+    seed(services, _group("g1", _member("pc")))  # changed after the kick-off
+    _run_queued(services)
+    files = _files(client, _manifest(client, status))
+    assert sorted(_ids(files["Patient"])) == ["pa", "pb"]
+    assert files["Group"][0] == client.get("/fhir/Group/g1/_history/1").content
+
+
+def test_a_missing_group_is_404_and_a_group_of_other_things_400(client, services, cohort):
+    missing = client.get("/fhir/Group/nope/$export", headers=KICK)
+    assert missing.status_code == 404 and missing.json()["resourceType"] == "OperationOutcome"
+    seed(services, {"resourceType": "Group", "id": "gd", "type": "device", "actual": True,
+                    "member": [{"entity": {"reference": "Device/da"}}]})
+    devices = client.get("/fhir/Group/gd/$export", headers=KICK)
+    assert devices.status_code == 400 and "Device/da" in devices.json()["issue"][0]["diagnostics"]
+
+
+def test_a_group_export_needs_the_right_to_read_the_group(client, services, cohort):
+    no_groups = _system_client(services, "system/Patient.rs system/Observation.rs")
+    refused = client.get("/fhir/Group/g1/$export", headers={**KICK, **no_groups})
+    assert refused.status_code == 403 and "Group" in refused.json()["issue"][0]["diagnostics"]
+    unknown = client.get("/fhir/Group/nope/$export", headers={**KICK, **no_groups})
+    assert unknown.status_code == 403  # whether a Group exists is not told to whoever may not read it
+    readers = _system_client(services, "system/Patient.rs system/Group.r")
+    files = _group_export(client, headers=readers)
+    assert set(files) == {"Patient"}  # Group is read, not searched: its file is left out, as a type the
+    # caller may not search would be
+
+
+def test_a_clinician_exports_a_group_and_an_ai_operator_may_not(client, services, cohort):
+    clinician = _user(services, Role.CLINICIAN, "dr-who")
+    assert _ids(_group_export(client, headers=clinician, _type="Group")["Group"]) == ["g1"]
+    assert client.post("/fhir/Group", json=_group("g9"), headers=clinician).status_code == 403  # reads only
+    operator = _user(services, Role.AI_OPERATOR, "robot")
+    assert client.get("/fhir/Group/g1/$export", headers={**KICK, **operator}).status_code == 403
+
+
+def test_a_token_held_to_a_patient_may_not_export_a_group(client, services, cohort):
+    token, _ = services.auth.issuer.issue("pa-user", Role.CLINICIAN.value, "patient/*.rs", client=False,
+                                          patient="pa")
+    response = client.get("/fhir/Group/g1/$export", headers={**KICK, "Authorization": f"Bearer {token}"})
+    assert response.status_code == 403, response.text
+    assert client.get("/fhir/Group/g1", headers={"Authorization": f"Bearer {token}"}).status_code == 403
+
+
+def test_the_capability_statement_lists_group_and_its_export(client):
+    rest = client.get("/fhir/metadata").json()["rest"][0]
+    group = next(resource for resource in rest["resource"] if resource["type"] == "Group")
+    assert {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"} in \
+        group["operation"]
+    assert {"create", "update", "patch", "delete", "history-instance"} <= {i["code"] for i in group["interaction"]}
+    assert {"identifier", "type", "actual", "code", "member", "characteristic", "value", "exclude",
+            "managing-entity"} <= {parameter["name"] for parameter in group["searchParam"]}
+    assert orjson.dumps(rest).count(b"characteristic-value") == 0
