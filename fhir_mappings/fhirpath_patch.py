@@ -115,7 +115,7 @@ def _operation(position: int, parameter: Any) -> Operation:
             raise InvalidRequest(f"{where}: each part has a name, and names one thing once ({str(name)[:40]!r})")
         named[name] = part
     kind = named.get("type", {}).get("valueCode")
-    if kind not in _PARTS:
+    if not isinstance(kind, str) or kind not in _PARTS:  # a list or an object is no key to look up
         raise InvalidRequest(f"{where}: its type (valueCode) is one of {', '.join(_PARTS)}, not {str(kind)[:40]!r}")
     for name in named:
         if name != "type" and name not in _PARTS[kind]:

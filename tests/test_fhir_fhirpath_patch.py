@@ -99,6 +99,9 @@ def test_a_repeating_primitives_extensions_move_with_its_values():
     (_operation("insert", "Task.note", index={"valueInteger": -1}, value={"valueString": "x"}), InvalidRequest,
      "0 or more"),
     ({"name": "patch", "part": []}, InvalidRequest, "'operation'"),
+    # A type that is no string is no key: it was looked up in a dict and raised TypeError (500).
+    ({"name": "operation", "part": [{"name": "type", "valueCode": ["delete"]}]}, InvalidRequest, "not \"['delete']\""),
+    ({"name": "operation", "part": [{"name": "type", "valueCode": {"a": 1}}]}, InvalidRequest, "its type (valueCode)"),
     (_operation("replace", "Task.where(" * 12 + "status = 'x'" + ")" * 12, value={"valueCode": "x"}),
      InvalidResource, "nests more than"),
 ])
@@ -174,6 +177,7 @@ def test_a_fhirpath_patch_writes_a_new_version_answered_as_an_update(fhir):
     (_operation("replace", "Task.status", value={"valueInteger": 1}), 422, "status takes a code, not a valueInteger"),
     (_operation("replace", "Task.status", value={"valueString": "not a code"}), 422, "status"),  # a string, no code
     (_operation("replace", "Task.(status", value={"valueCode": "ready"}), 400, "expected"),
+    ({"name": "operation", "part": [{"name": "type", "valueCode": ["replace"]}]}, 400, "its type (valueCode)"),
 ])
 def test_a_fhirpath_patch_that_fails_stores_nothing(fhir, operation, status, words):
     _task(fhir)
