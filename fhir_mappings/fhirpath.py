@@ -371,9 +371,12 @@ def _holds(criteria: Criteria, node: Node, path: Path) -> bool:
     found = _walk([node], criteria.steps, path)
     if isinstance(criteria, Exists):
         return bool(found)
-    # FHIRPath equality: an empty side is empty (false to where), several items equal no single literal.
-    if len(found) != 1:
+    # FHIRPath equality (N1 §6.1): an empty side makes = and != empty (false to where); several items
+    # equal no single literal, so = is false and != (its converse) true.
+    if not found:
         return False
+    if len(found) > 1:
+        return not criteria.equal
     return _equal(found[0].value, criteria.literal) == criteria.equal
 
 

@@ -139,6 +139,18 @@ def test_a_patch_that_does_not_fit_the_resource_is_422(operation, words):
     assert words in raised.value.diagnostics and "FHIRPath Patch operation 0" in raised.value.diagnostics
 
 
+def test_not_equal_holds_for_several_items_as_equal_fails_for_them():
+    """FHIRPath N1 §6.1: several items equal no single literal (= is false),
+    so != (its converse) is true; an empty side leaves both empty."""
+    task = {**TASK, "id": "x", "identifier": [{"value": "a"}, {"value": "b"}]}
+    kept = apply_operations(task, parse_parameters(_parameters(
+        _operation("replace", "Task.where(identifier.value != 'c').status", value={"valueCode": "ready"}),
+        _operation("delete", "Task.where(identifier.value = 'a').intent"),
+        _operation("delete", "Task.where(basedOn.reference != 'c').description"),
+    )))
+    assert kept["status"] == "ready" and kept["intent"] == "proposal" and kept["description"] == "first"
+
+
 def test_patches_nesting_past_the_limit_are_refused():
     deep: dict[str, Any] = {"name": "value", "valueString": "x"}
     for _ in range(120):
