@@ -151,6 +151,19 @@ def test_not_equal_holds_for_several_items_as_equal_fails_for_them():
     assert kept["status"] == "ready" and kept["intent"] == "proposal" and kept["description"] == "first"
 
 
+def test_finding_elements_is_bounded_however_many_items_criteria_and_operations_multiply():
+    """A where() of many terms, over many items, in many operations: each
+    is small, together they were minutes of CPU. The patch is refused once
+    its paths visit more elements than a bound."""
+    task = {**TASK, "id": "x", "input": [{"type": {"text": f"t{n}"}, "valueString": "v"} for n in range(2000)]}
+    criteria = " or ".join(["type.text = 'none'"] * 40)
+    operations = parse_parameters(_parameters(*[_operation("delete", f"Task.input.where({criteria})")] * 20))
+    with pytest.raises(InvalidResource, match="visits more than 1000000"):
+        apply_operations(task, operations)
+    small = parse_parameters(_parameters(_operation("delete", "Task.input.where(type.text = 't7')")))
+    assert len(apply_operations(task, small)["input"]) == 1999  # an ordinary patch of a large resource
+
+
 def test_patches_nesting_past_the_limit_are_refused():
     deep: dict[str, Any] = {"name": "value", "valueString": "x"}
     for _ in range(120):
