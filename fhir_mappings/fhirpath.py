@@ -114,6 +114,7 @@ class Node:
     kind: Kind | None  # None: the resource
     model: type | None  # the R4 model of a complex value; None for a primitive
     owner_model: type | None  # the R4 model of `owner`
+    of_choice: bool = False  # found by a choice element's name (`value`): of whichever of its types it has
 
 
 class Budget:
@@ -365,15 +366,20 @@ def _walk(nodes: list[Node], steps: tuple[Step, ...], path: Path, budget: Budget
 
 
 def _members(node: Node, name: str, path: Path) -> list[Node]:
-    if node.model is None or not isinstance(node.value, dict):
+    model = node.model if isinstance(node.value, dict) else None  # None: a primitive
+    kinds = element_kinds(model) if model is not None else {}
+    keys = [name] if name in kinds else choice_keys(model, name) if model is not None else []
+    if not keys and node.of_choice:
+        # What one type of a choice has, another lacks: `Task.input.value.unit` finds the unit of a
+        # valueQuantity and nothing in a valueString (FHIRPath N1 §3, polymorphic items), no error.
+        return []
+    if model is None:
         raise InvalidResource(
             f"the path {path} goes into {node.name}, a {node.kind.type_name if node.kind else 'value'}, which has"
             " no elements this server patches"
         )
-    kinds = element_kinds(node.model)
-    keys = [name] if name in kinds else choice_keys(node.model, name)
     if not keys:
-        raise InvalidResource(f"the path {path}: {node.name} ({node.model.__name__}) has no element {name[:40]!r}")
+        raise InvalidResource(f"the path {path}: {node.name} ({model.__name__}) has no element {name[:40]!r}")
     found: list[Node] = []
     for key in keys:
         if key not in node.value:
@@ -381,7 +387,8 @@ def _members(node: Node, name: str, path: Path) -> list[Node]:
         kind, value = kinds[key], node.value[key]
         items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
         found.extend(
-            Node(item, node.value, key, index, kind, child_model(kind, item), node.model) for index, item in items
+            Node(item, node.value, key, index, kind, child_model(kind, item), node.model, key != name)
+            for index, item in items
         )
     return found
 

@@ -151,6 +151,19 @@ def test_not_equal_holds_for_several_items_as_equal_fails_for_them():
     assert kept["status"] == "ready" and kept["intent"] == "proposal" and kept["description"] == "first"
 
 
+def test_a_choice_elements_items_of_other_types_have_nothing_where_one_type_has_an_element():
+    """FHIRPath N1 §3: `input.value.unit` is the unit of a valueQuantity, and
+    nothing in a valueString or a valueDecimal, whose types have no unit."""
+    task = {**TASK, "id": "x", "input": [*TASK["input"], {"type": {"text": "c"}, "valueQuantity": {"unit": "mm"}}]}
+    changed = apply_operations(task, parse_parameters(_parameters(
+        _operation("replace", "Task.input.where(value.unit = 'mm').value", value={"valueQuantity": {"unit": "cm"}}),
+        _operation("delete", "Task.input.where(value.coding.exists())"),  # none a CodeableConcept: nothing
+    )))
+    assert [item.get("valueQuantity") for item in changed["input"]] == [None, None, {"unit": "cm"}]
+    with pytest.raises(InvalidResource, match="goes into status, a code"):  # no choice: still refused
+        apply_operations(task, parse_parameters(_parameters(_operation("delete", "Task.status.unit"))))
+
+
 def test_finding_elements_is_bounded_however_many_items_criteria_and_operations_multiply():
     """A where() of many terms, over many items, in many operations: each
     is small, together they were minutes of CPU. The patch is refused once
