@@ -33,6 +33,11 @@ SUPPORTED = (
 )
 MAX_LENGTH = 1000
 MAX_NESTING = 10  # where() within where(), parentheses within parentheses
+# The elements the paths of one patch may visit: where() looks below each item
+# it filters, once per criterion, so a resource of many items, criteria of many
+# terms and a patch of many operations multiply (a 1 MB patch of such paths on
+# a 500 kB resource was half an hour of CPU). Past this, evaluation stops.
+MAX_VISITS = 1_000_000
 
 _TOKEN = re.compile(r"""
     \s*(?:
@@ -109,6 +114,23 @@ class Node:
     kind: Kind | None  # None: the resource
     model: type | None  # the R4 model of a complex value; None for a primitive
     owner_model: type | None  # the R4 model of `owner`
+    of_choice: bool = False  # found by a choice element's name (`value`): of whichever of its types it has
+
+
+class Budget:
+    """How many more elements evaluation may visit, shared by the paths of one patch."""
+
+    def __init__(self, visits: int = MAX_VISITS) -> None:
+        self.visits = visits
+        self.left = visits
+
+    def spend(self, visits: int) -> None:
+        self.left -= visits
+        if self.left < 0:
+            raise InvalidResource(
+                f"finding the elements this patch names visits more than {self.visits} of them: patch a smaller"
+                " resource, or in fewer operations"
+            )
 
 
 def parse(text: Any) -> Path:
@@ -283,13 +305,13 @@ def _unescaped(match: re.Match[str]) -> str:
 
 # --- evaluation ----------------------------------------------------------------
 
-def evaluate(path: Path, resource: dict[str, Any]) -> list[Node]:
-    """The elements `path` finds in `resource`, in document order."""
+def evaluate(path: Path, resource: dict[str, Any], budget: Budget) -> list[Node]:
+    """The elements `path` finds in `resource`, in document order, each one visited spent from `budget`."""
     if path.resource_type != resource.get("resourceType"):
         raise InvalidResource(f"the path {path} starts with {path.resource_type}; the resource is a"
                               f" {resource.get('resourceType')}")
     root = Node(resource, None, path.resource_type, None, None, model_of(resource), None)
-    return _walk([root], path.steps, path)
+    return _walk([root], path.steps, path, budget)
 
 
 def model_of(resource: Any) -> type | None:
@@ -324,10 +346,11 @@ def child_model(kind: Kind, value: Any) -> type | None:
         return None
 
 
-def _walk(nodes: list[Node], steps: tuple[Step, ...], path: Path) -> list[Node]:
+def _walk(nodes: list[Node], steps: tuple[Step, ...], path: Path, budget: Budget) -> list[Node]:
     for step in steps:
         if isinstance(step, Member):
             nodes = [child for node in nodes for child in _members(node, step.name, path)]
+            budget.spend(len(nodes))
         elif isinstance(step, Index):
             nodes = nodes[step.index : step.index + 1]
         elif step.name == "first":
@@ -336,22 +359,27 @@ def _walk(nodes: list[Node], steps: tuple[Step, ...], path: Path) -> list[Node]:
             nodes = nodes[-1:]
         elif step.name == "where":
             assert step.criteria is not None
-            nodes = [node for node in nodes if _holds(step.criteria, node, path)]
+            nodes = [node for node in nodes if _holds(step.criteria, node, path, budget)]
         else:
             raise InvalidResource(f"the path {path} asks exists(), a boolean, not elements to patch")
     return nodes
 
 
 def _members(node: Node, name: str, path: Path) -> list[Node]:
-    if node.model is None or not isinstance(node.value, dict):
+    model = node.model if isinstance(node.value, dict) else None  # None: a primitive
+    kinds = element_kinds(model) if model is not None else {}
+    keys = [name] if name in kinds else choice_keys(model, name) if model is not None else []
+    if not keys and node.of_choice:
+        # What one type of a choice has, another lacks: `Task.input.value.unit` finds the unit of a
+        # valueQuantity and nothing in a valueString (FHIRPath N1 §3, polymorphic items), no error.
+        return []
+    if model is None:
         raise InvalidResource(
             f"the path {path} goes into {node.name}, a {node.kind.type_name if node.kind else 'value'}, which has"
             " no elements this server patches"
         )
-    kinds = element_kinds(node.model)
-    keys = [name] if name in kinds else choice_keys(node.model, name)
     if not keys:
-        raise InvalidResource(f"the path {path}: {node.name} ({node.model.__name__}) has no element {name[:40]!r}")
+        raise InvalidResource(f"the path {path}: {node.name} ({model.__name__}) has no element {name[:40]!r}")
     found: list[Node] = []
     for key in keys:
         if key not in node.value:
@@ -359,21 +387,26 @@ def _members(node: Node, name: str, path: Path) -> list[Node]:
         kind, value = kinds[key], node.value[key]
         items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
         found.extend(
-            Node(item, node.value, key, index, kind, child_model(kind, item), node.model) for index, item in items
+            Node(item, node.value, key, index, kind, child_model(kind, item), node.model, key != name)
+            for index, item in items
         )
     return found
 
 
-def _holds(criteria: Criteria, node: Node, path: Path) -> bool:
+def _holds(criteria: Criteria, node: Node, path: Path, budget: Budget) -> bool:
     if isinstance(criteria, Junction):
-        results = (_holds(term, node, path) for term in criteria.terms)
+        results = (_holds(term, node, path, budget) for term in criteria.terms)
         return all(results) if criteria.conjunction else any(results)
-    found = _walk([node], criteria.steps, path)
+    budget.spend(1)  # a criterion of `$this` alone visits nothing below it, but is asked of every item
+    found = _walk([node], criteria.steps, path, budget)
     if isinstance(criteria, Exists):
         return bool(found)
-    # FHIRPath equality: an empty side is empty (false to where), several items equal no single literal.
-    if len(found) != 1:
+    # FHIRPath equality (N1 §6.1): an empty side makes = and != empty (false to where); several items
+    # equal no single literal, so = is false and != (its converse) true.
+    if not found:
         return False
+    if len(found) > 1:
+        return not criteria.equal
     return _equal(found[0].value, criteria.literal) == criteria.equal
 
 

@@ -86,10 +86,10 @@ def parse_parameters(body: Any) -> list[Operation]:
 
 def apply_operations(document: Any, operations: list[Operation]) -> Any:
     """`document` (left as it was) with `operations` applied in order."""
-    result = _copy(document)
+    result, budget = _copy(document), fhirpath.Budget()
     for position, operation in enumerate(operations):
         try:
-            _apply(result, operation)
+            _apply(result, operation, budget)
         except InvalidResource as error:
             where = f"FHIRPath Patch operation {position} ({operation})"
             error.diagnostics = f"{where} cannot be applied: {error.diagnostics}"
@@ -115,7 +115,7 @@ def _operation(position: int, parameter: Any) -> Operation:
             raise InvalidRequest(f"{where}: each part has a name, and names one thing once ({str(name)[:40]!r})")
         named[name] = part
     kind = named.get("type", {}).get("valueCode")
-    if kind not in _PARTS:
+    if not isinstance(kind, str) or kind not in _PARTS:  # a list or an object is no key to look up
         raise InvalidRequest(f"{where}: its type (valueCode) is one of {', '.join(_PARTS)}, not {str(kind)[:40]!r}")
     for name in named:
         if name != "type" and name not in _PARTS[kind]:
@@ -173,16 +173,16 @@ def _value(where: str, part: dict[str, Any], depth: int) -> Value:
 
 # --- applying ------------------------------------------------------------------
 
-def _apply(document: dict[str, Any], operation: Operation) -> None:
+def _apply(document: dict[str, Any], operation: Operation, budget: fhirpath.Budget) -> None:
     if operation.type == "delete":
-        found = fhirpath.evaluate(operation.path, document)
+        found = fhirpath.evaluate(operation.path, document, budget)
         if found:  # R4: deleted if found
             _remove(_within(_single(found, operation), operation))
         return
     if operation.type in ("insert", "move"):
-        _in_list(document, operation)
+        _in_list(document, operation, budget)
         return
-    target = _single(fhirpath.evaluate(operation.path, document), operation)
+    target = _single(fhirpath.evaluate(operation.path, document, budget), operation)
     assert operation.value is not None
     if operation.type == "replace":
         _replace(_within(target, operation), operation.value)
@@ -221,14 +221,14 @@ def _within(target: fhirpath.Node, operation: Operation) -> fhirpath.Node:
     return target
 
 
-def _in_list(document: dict[str, Any], operation: Operation) -> None:
+def _in_list(document: dict[str, Any], operation: Operation, budget: fhirpath.Budget) -> None:
     """insert and move: the path names a list, `Task.input`; found through
     its owner, so that an empty list can be inserted into."""
     last = operation.path.steps[-1:]
     if not last or not isinstance(last[0], fhirpath.Member):
         raise InvalidResource(f"a {operation.type}'s path ends with the name of the list (Task.input)")
     owner_path = fhirpath.Path(operation.path.resource_type, operation.path.steps[:-1], operation.path.text)
-    owners = fhirpath.evaluate(owner_path, document)
+    owners = fhirpath.evaluate(owner_path, document, budget)
     if len(owners) != 1 or owners[0].model is None or not isinstance(owners[0].value, dict):
         raise InvalidResource(f"the path must name one list, in one element; it is in {len(owners)}")
     owner, name = owners[0], last[0].name

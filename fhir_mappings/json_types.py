@@ -173,8 +173,22 @@ def is_relative_reference(reference: str) -> bool:
     return _RELATIVE_REFERENCE.fullmatch(reference) is not None and _is_resource_type(reference.split("/")[0])
 
 
+# R4 resource types the R4B models lack, which R4B removed or renamed (R4B
+# history.html, release 4.3.0): a reference to one is an R4 reference still.
+_R4_ONLY_TYPES = frozenset((
+    "EffectEvidenceSynthesis", "MedicinalProduct", "MedicinalProductAuthorization", "MedicinalProductContraindication",
+    "MedicinalProductIndication", "MedicinalProductIngredient", "MedicinalProductInteraction",
+    "MedicinalProductManufactured", "MedicinalProductPackaged", "MedicinalProductPharmaceutical",
+    "MedicinalProductUndesirableEffect", "RiskEvidenceSynthesis", "SubstanceNucleicAcid", "SubstancePolymer",
+    "SubstanceProtein", "SubstanceReferenceInformation", "SubstanceSourceMaterial", "SubstanceSpecification",
+))
+
+
 @cache
 def _is_resource_type(name: str) -> bool:
+    """Whether `name` is an R4 resource type."""
+    if name in _R4_ONLY_TYPES:
+        return True
     try:
         model = get_fhir_model_class(name)
     except (KeyError, ValueError):

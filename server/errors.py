@@ -122,9 +122,13 @@ def _unknown_fhir_type(request: Request) -> fhir.ResourceNotFound | None:
     `Nope/x/_history`): it names nothing, so no method is allowed on it, and
     its answer is the one every other URL of that type gets, not the 405 of
     the route its path looks like. `metadata`, `$export` and the like have no
-    segment after theirs that a 405 could meet."""
+    segment after theirs that a 405 could meet; a route that names its type
+    itself (`Group/{id}/$export`, though Group is no type here) serves the
+    URL, whose 405 stands."""
     parts = request.url.path.split("/")
     if len(parts) < 4 or parts[1] != "fhir" or parts[2].startswith("$"):
+        return None
+    if request.path_params.get("resource_type") != parts[2]:  # those of the route the path matched
         return None
     try:
         request.app.state.services.fhir.require_type(parts[2])

@@ -99,6 +99,9 @@ def test_a_repeating_primitives_extensions_move_with_its_values():
     (_operation("insert", "Task.note", index={"valueInteger": -1}, value={"valueString": "x"}), InvalidRequest,
      "0 or more"),
     ({"name": "patch", "part": []}, InvalidRequest, "'operation'"),
+    # A type that is no string is no key: it was looked up in a dict and raised TypeError (500).
+    ({"name": "operation", "part": [{"name": "type", "valueCode": ["delete"]}]}, InvalidRequest, "not \"['delete']\""),
+    ({"name": "operation", "part": [{"name": "type", "valueCode": {"a": 1}}]}, InvalidRequest, "its type (valueCode)"),
     (_operation("replace", "Task.where(" * 12 + "status = 'x'" + ")" * 12, value={"valueCode": "x"}),
      InvalidResource, "nests more than"),
 ])
@@ -134,6 +137,44 @@ def test_a_patch_that_does_not_fit_the_resource_is_422(operation, words):
     with pytest.raises(InvalidResource) as raised:
         _applied(operation)
     assert words in raised.value.diagnostics and "FHIRPath Patch operation 0" in raised.value.diagnostics
+
+
+def test_not_equal_holds_for_several_items_as_equal_fails_for_them():
+    """FHIRPath N1 §6.1: several items equal no single literal (= is false),
+    so != (its converse) is true; an empty side leaves both empty."""
+    task = {**TASK, "id": "x", "identifier": [{"value": "a"}, {"value": "b"}]}
+    kept = apply_operations(task, parse_parameters(_parameters(
+        _operation("replace", "Task.where(identifier.value != 'c').status", value={"valueCode": "ready"}),
+        _operation("delete", "Task.where(identifier.value = 'a').intent"),
+        _operation("delete", "Task.where(basedOn.reference != 'c').description"),
+    )))
+    assert kept["status"] == "ready" and kept["intent"] == "proposal" and kept["description"] == "first"
+
+
+def test_a_choice_elements_items_of_other_types_have_nothing_where_one_type_has_an_element():
+    """FHIRPath N1 §3: `input.value.unit` is the unit of a valueQuantity, and
+    nothing in a valueString or a valueDecimal, whose types have no unit."""
+    task = {**TASK, "id": "x", "input": [*TASK["input"], {"type": {"text": "c"}, "valueQuantity": {"unit": "mm"}}]}
+    changed = apply_operations(task, parse_parameters(_parameters(
+        _operation("replace", "Task.input.where(value.unit = 'mm').value", value={"valueQuantity": {"unit": "cm"}}),
+        _operation("delete", "Task.input.where(value.coding.exists())"),  # none a CodeableConcept: nothing
+    )))
+    assert [item.get("valueQuantity") for item in changed["input"]] == [None, None, {"unit": "cm"}]
+    with pytest.raises(InvalidResource, match="goes into status, a code"):  # no choice: still refused
+        apply_operations(task, parse_parameters(_parameters(_operation("delete", "Task.status.unit"))))
+
+
+def test_finding_elements_is_bounded_however_many_items_criteria_and_operations_multiply():
+    """A where() of many terms, over many items, in many operations: each
+    is small, together they were minutes of CPU. The patch is refused once
+    its paths visit more elements than a bound."""
+    task = {**TASK, "id": "x", "input": [{"type": {"text": f"t{n}"}, "valueString": "v"} for n in range(2000)]}
+    criteria = " or ".join(["type.text = 'none'"] * 40)
+    operations = parse_parameters(_parameters(*[_operation("delete", f"Task.input.where({criteria})")] * 20))
+    with pytest.raises(InvalidResource, match="visits more than 1000000"):
+        apply_operations(task, operations)
+    small = parse_parameters(_parameters(_operation("delete", "Task.input.where(type.text = 't7')")))
+    assert len(apply_operations(task, small)["input"]) == 1999  # an ordinary patch of a large resource
 
 
 def test_patches_nesting_past_the_limit_are_refused():
@@ -174,6 +215,7 @@ def test_a_fhirpath_patch_writes_a_new_version_answered_as_an_update(fhir):
     (_operation("replace", "Task.status", value={"valueInteger": 1}), 422, "status takes a code, not a valueInteger"),
     (_operation("replace", "Task.status", value={"valueString": "not a code"}), 422, "status"),  # a string, no code
     (_operation("replace", "Task.(status", value={"valueCode": "ready"}), 400, "expected"),
+    ({"name": "operation", "part": [{"name": "type", "valueCode": ["replace"]}]}, 400, "its type (valueCode)"),
 ])
 def test_a_fhirpath_patch_that_fails_stores_nothing(fhir, operation, status, words):
     _task(fhir)

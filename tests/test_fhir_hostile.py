@@ -286,7 +286,9 @@ def test_a_reference_that_names_a_type_names_a_resource_of_it(fhir, reference, w
 def test_references_of_every_literal_form_are_kept(fhir):
     for reference in ("Patient/p1", "Patient/p1/_history/2", "http://other.example/fhir/Patient/p1",
                       "http://other.example/fhir/Patient/p1/_history/2", "http://other.example/fhir/Patient/Patient",
-                      "http://directory.example.org/People/", "https://other.example"):
+                      "http://directory.example.org/People/", "https://other.example",
+                      # R4 types that R4B (whose models validate here) dropped or renamed are R4 types still.
+                      "MedicinalProduct/m1", "SubstanceSpecification/s1/_history/2"):
         created = fhir.post("/fhir/Task", json={**TASK, "for": {"reference": reference}})
         assert created.status_code == 201, created.text[:300]
         assert created.json()["for"] == {"reference": reference}

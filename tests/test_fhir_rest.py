@@ -103,8 +103,10 @@ def test_if_match_takes_a_list_of_etags(fhir):
     listed = {"If-Match": 'W/"7", "1"'}
     assert fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers=listed).status_code == 200
     assert "not 1, 7" in _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers=listed), 412, "conflict")
-    for header in ('*, W/"1"', 'W/"1",', ""):
+    for header in ('*, W/"1"', ",", ""):
         _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers={"If-Match": header}), 400, "invalid")
+    # An empty member is ignored (RFC 9110 5.6.1.2): this names version 1, no longer current.
+    assert "not 1 " in _outcome(fhir.delete(f"/fhir/Task/{task_id}", headers={"If-Match": 'W/"1",'}), 412, "conflict")
 
 
 def test_an_etag_that_is_no_version_of_ours_matches_nothing(fhir):
@@ -117,6 +119,12 @@ def test_an_etag_that_is_no_version_of_ours_matches_nothing(fhir):
     _outcome(fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers=foreign), 412, "conflict")
     assert fhir.get(f"/fhir/Task/{task_id}", headers={"If-None-Match": 'W/"x-1", ""'}).status_code == 200
     assert fhir.get(f"/fhir/Task/{task_id}", headers={"If-None-Match": 'W/"x-1", W/"1"'}).status_code == 304
+    # RFC 9110 5.6.1: empty members of a list are ignored; a tag may hold a comma (it was split there, and 400).
+    assert fhir.get(f"/fhir/Task/{task_id}", headers={"If-None-Match": 'W/"x-1", , W/"1",'}).status_code == 304
+    assert fhir.get(f"/fhir/Task/{task_id}", headers={"If-None-Match": '"a,b", W/"1"'}).status_code == 304
+    _outcome(fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers={"If-Match": '"1,2"'}), 412,
+             "conflict")
+    _outcome(fhir.get(f"/fhir/Task/{task_id}", headers={"If-None-Match": 'W/"1" W/"2"'}), 400, "invalid")
     updated = fhir.put(f"/fhir/Task/{task_id}", json={**TASK, "id": task_id}, headers={"If-None-Match": '"abc"'})
     assert updated.status_code == 200
 

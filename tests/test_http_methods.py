@@ -44,6 +44,9 @@ def test_head_answers_as_get_without_the_body(client):
         ("PUT", "{instance}/metadata", "GET, HEAD"),
         ("POST", "/fhir/Task/x", "DELETE, GET, HEAD, PATCH, PUT"),
         ("GET", "/fhir/Task/$validate", "POST"),  # an operation's URL, not a resource's
+        # Group is no type of this server, but its $export is served: the URL names something.
+        ("PUT", "/fhir/Group/g/$export", "GET, HEAD, POST"),
+        ("DELETE", "/fhir/Group/g/$export", "GET, HEAD, POST"),
         ("HEAD", "/auth/token", "POST"),
     ],
 )

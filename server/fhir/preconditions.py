@@ -17,8 +17,11 @@ from typing import Literal
 from fhir_mappings.date_ranges import instant_text
 from fhir_mappings.errors import InvalidRequest, VersionConflict
 
-# RFC 9110 §8.8.3 entity-tag; group 1 is the version when the tag is one of ours.
-_ETAG = re.compile(r'(?:W/)?"(?:([0-9]{1,40})|[\x21\x23-\x7e\x80-\xff]*)"')
+# RFC 9110 §8.8.3 entity-tag; `version` when the tag is one of ours.
+_ETAG = r'(?:W/)?"(?:(?P<version>[0-9]{1,40})|[\x21\x23-\x7e\x80-\xff]*)"'
+# A member of a list of them (§5.6.1): its tag, or nothing (an empty member, which is ignored), then a comma or the
+# end. Split at the commas between tags only: a tag may hold a comma itself (etagc is any visible character but ").
+_LIST_MEMBER = re.compile(rf"[ \t]*(?:(?P<tag>{_ETAG})[ \t]*)?(?:,|\Z)")
 # What an If-Match or If-None-Match names: some versions, or `*`, any current one.
 Tags = frozenset[int] | Literal["*"]
 
@@ -77,13 +80,25 @@ def parse_tags(name: str, header: object) -> Tags | None:
     """`*`, or a list of ETags."""
     if header is None:
         return None
-    members = [member.strip() for member in header.split(",")] if isinstance(header, str) else []
-    if members == ["*"]:
+    if isinstance(header, str) and header.strip() == "*":
         return "*"
-    found = [_ETAG.fullmatch(member) for member in members]
-    if not members or not all(found):
+    tags = _tag_list(header) if isinstance(header, str) else None
+    if not tags:
         raise InvalidRequest(f'{name} must be * or ETags such as W/"3", not {str(header)[:40]!r}')
-    return frozenset(int(match.group(1)) for match in found if match and match.group(1))
+    return frozenset(int(tag["version"]) for tag in tags if tag["version"])
+
+
+def _tag_list(header: str) -> list[re.Match[str]] | None:
+    """The entity tags of a list (`W/"1", "a,b"`, empty members ignored), or None where it is no such list."""
+    tags, position = [], 0
+    while position < len(header):
+        member = _LIST_MEMBER.match(header, position)
+        if member is None or member.end() == position:
+            return None
+        if member["tag"]:
+            tags.append(member)
+        position = member.end()
+    return tags
 
 
 def _named(tags: Tags) -> str:
