@@ -321,6 +321,21 @@ def test_requests_under_a_patient_context_are_audited_as_about_that_patient(worl
         assert patients == [f"Patient/{world.patients['a']}"], described[description]
 
 
+def test_the_audit_trails_verification_needs_more_than_a_patient_context(world, services):
+    """$verify counts and checks every event of the trail: patient/AuditEvent.rs, which reaches the events
+    about one patient, is not enough (user/ scopes that read and search every AuditEvent are)."""
+    held, _ = services.auth.issuer.issue("audrey", "auditor", "patient/AuditEvent.rs", False,
+                                         app=world.app.client_id, patient=world.patients["a"])
+    whole, _ = services.auth.issuer.issue("audrey", "auditor", "patient/AuditEvent.rs user/AuditEvent.rs", False,
+                                          app=world.app.client_id, patient=world.patients["a"])
+    with httpx.Client(base_url=world.base, headers={"Authorization": f"Bearer {held}"}) as app:
+        assert app.get("/fhir/AuditEvent").status_code == 200  # the events about its patient it reads
+        refused = app.get("/fhir/AuditEvent/$verify")
+        assert refused.status_code == 403 and refused.json()["issue"][0]["code"] == "forbidden"
+    with httpx.Client(base_url=world.base, headers={"Authorization": f"Bearer {whole}"}) as app:
+        assert app.get("/fhir/AuditEvent/$verify").status_code == 200
+
+
 def _ehr_launch(world: World, patient: str, headers: dict | None = None) -> httpx.Response:
     return world.admin.post("/auth/launch", data={"patient": patient}, headers=headers)
 

@@ -373,7 +373,12 @@ async def create(request: Request, resource_type: str) -> Response:
 @router.get("/AuditEvent/$verify")
 async def verify_audit_trail(request: Request) -> Response:
     """Recompute the audit hash chain and its checkpoints (a Parameters answer;
-    `intact` false names the first broken sequence number)."""
+    `intact` false names the first broken sequence number). It tells of every
+    event, so it needs the right to read every one, more than a patient context's."""
+    principal: Principal = request.state.principal
+    if not principal.reads_every("AuditEvent"):
+        raise Forbidden(f"{principal.name} may not verify the whole audit trail: its AuditEvent.r reaches the events "
+                        "of one patient alone")
     verification = await run_in_threadpool(services(request).audit.chain.verify)
     parameters = [
         {"name": "intact", "valueBoolean": verification.intact},
