@@ -173,6 +173,20 @@ def test_the_picker_refuses_what_is_not_the_users_to_pick_and_what_no_browser_se
     assert late.status_code == 303 and parse_qs(urlsplit(late.headers["location"]).query)["error"] == ["access_denied"]
 
 
+def test_the_picker_runs_no_search_the_user_may_not(world, services):
+    """A paging cursor holds its search: one of someone else's, with a reverse chain into AuditEvents (which a
+    clinician may not search), tells no more on the picker than the search itself would tell the user."""
+    services.audit.chain.project()
+    first = world.admin.get("/fhir/Patient", params={"_has:AuditEvent:patient:action": "C", "_count": "1"})
+    assert first.status_code == 200 and first.json()["total"] == 2, first.text
+    cursor = parse_qs(urlsplit(link(first.json(), "next") or "").query)["_cursor"][0]
+    picker = _picker(world)
+    replayed = world.app.browser.post("/auth/authorize",
+                                      data={"request": _key(picker), "decision": "next", "cursor": cursor})
+    assert replayed.status_code == 403 and 'name="patient"' not in replayed.text
+    assert "AuditEvent.s" in replayed.text and "location" not in replayed.headers
+
+
 def test_the_user_may_deny_on_the_picker(world):
     denied = world.app.browser.post("/auth/authorize", data={"request": _key(_picker(world)), "decision": "deny"})
     assert parse_qs(urlsplit(denied.headers["location"]).query)["error"] == ["access_denied"]

@@ -32,7 +32,7 @@ from server.auth.access import (
     Permission,
     Principal,
     fhir_permission,
-    search_permissions,
+    require_search_rights,
 )
 from server.db import retried_on_conflict
 from server.errors import fhir_status_for
@@ -176,14 +176,8 @@ def _link_parameters(request: Request) -> list[tuple[str, str]]:
 def _search_authorizer(request: Request) -> Callable[[SearchRequest], None]:
     principal: Principal = request.state.principal
 
-    def authorize(search: SearchRequest) -> None:
-        # The searched type too: a transaction's conditional references search without a route of their own.
-        needed = search_permissions(search) | {Permission(search.resource_type, "s")}
-        refused = sorted(f"{p.resource_type}.{p.letter}" for p in needed if not principal.may(p))
-        if refused:
-            raise Forbidden(f"{principal.name} may not run this search: it needs {', '.join(refused)}")
-
-    return authorize
+    # The searched type too: a transaction's conditional references search without a route of their own.
+    return partial(require_search_rights, principal)
 
 
 def _entry_authorizer(request: Request) -> Callable[[str, str, Any], None]:
