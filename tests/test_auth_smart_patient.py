@@ -16,7 +16,7 @@ from alembic import command
 from pydicom.uid import generate_uid
 from sqlalchemy import inspect
 
-from server.auth.scopes import Role
+from server.auth.scopes import Grant, Role
 from server.cli import main
 from server.migrate import migrating, upgrade
 from tests.conftest import admin_headers, served
@@ -307,6 +307,20 @@ def test_patient_scopes_without_a_patient_reach_nothing(world, services):
     redirect = world.app.log_in(world.app.authorize(scope="patient/*.rs user/Observation.s"))
     answer = world.app.redeem(_code_of(redirect)).json()
     assert answer["scope"] == "user/Observation.s" and "patient" not in answer
+
+
+def test_a_client_registered_for_patient_scopes_gets_no_wider_ones_by_itself(world, services):
+    """Registered patient/ scopes reach a patient a user launches the app with: asked for as system/ or user/
+    ones with the client's own credentials (no user, no patient), they are no scope at all, not every patient's."""
+    client_id, secret = services.auth.identities.add_client("chart", "launch/patient patient/*.rs",
+                                                            redirect_uris=[REDIRECT])
+    for asked in ("system/*.rs", "user/Observation.rs", "system/Observation.read"):
+        issued = httpx.post(f"{world.base}/auth/token", auth=(client_id, secret),
+                            data={"grant_type": "client_credentials", "scope": asked})
+        assert issued.status_code == 400 and issued.json()["error"] == "invalid_scope", (asked, issued.text)
+    # Nor does a Subscription's owner keep, when a notification is sent, more than its registered scopes allow.
+    assert not Grant.parse("system/Observation.rs").narrowed_to(Grant.parse("patient/*.rs")).scopes
+    assert str(Grant.parse("patient/*.rs").narrowed_to(Grant.parse("user/*.cruds"))) == "patient/*.rs"
 
 
 def test_patient_scopes_are_narrowed_to_the_clients_and_the_users(app, services):
