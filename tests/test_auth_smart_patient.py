@@ -225,6 +225,26 @@ def test_fhir_reads_reach_the_patients_compartment_alone(world):
         assert app.post("/fhir/Task", json=task).status_code == 403
 
 
+def test_a_version_that_named_another_patient_is_not_the_contexts(world, services):
+    """Results move with their study to the Patient its corrected PatientID names (server.jobs.study_changes):
+    their earlier versions, in the other patient's compartment, stay that patient's, on every history path."""
+    a, b = world.patients["a"], world.patients["b"]
+    seed(services, _observation("moved", b))
+    seed(services, _observation("moved", a))  # version 2, now the first patient's
+    with _as(world, _launch(world)) as app:
+        assert app.get("/fhir/Observation/moved").status_code == 200
+        assert app.get("/fhir/Observation/moved/_history/2").status_code == 200
+        assert app.get("/fhir/Observation/moved/_history/1").status_code == 404
+        for path in ("/fhir/Observation/moved/_history", "/fhir/Observation/_history", "/fhir/_history"):
+            listed = [(entry["resource"]["id"], entry["resource"]["subject"]["reference"])
+                      for entry in app.get(path).json()["entry"]]
+            assert ("moved", f"Patient/{a}") in listed and ("moved", f"Patient/{b}") not in listed, (path, listed)
+        paged = app.get("/fhir/Observation/_history", params={"_count": 1}).json()  # pages still reach the rest
+        assert link(paged, "next") is not None
+    # The server itself (no request) and the user, outside the context, still read it.
+    assert world.admin.get("/fhir/Observation/moved/_history/1").status_code == 200
+
+
 def test_an_export_under_a_patient_context_holds_that_patient_alone(world, services):
     a, b = world.patients["a"], world.patients["b"]
     with _as(world, _launch(world)) as app:
