@@ -29,7 +29,7 @@ from server.errors import install_error_handlers
 from server.fhir.bulk_export_routes import router as bulk_export_router
 from server.fhir.bulk_export_worker import build_exports
 from server.fhir.derived import ensure_endpoints, study_patients, sync_studies
-from server.fhir.patient_context import within_patient_context
+from server.fhir.patient_context import version_within_patient_context, within_patient_context
 from server.fhir.routes import router as fhir_router
 from server.fhir.service import FhirService, build_fhir
 from server.fhir.subscription_delivery import DeliveryPolicy, Dispatcher
@@ -56,6 +56,7 @@ def build_services(settings: Settings) -> Services:
     store.prepare()
     fhir = build_fhir(engine, settings.data_dir, settings.fhir_max_included)
     fhir.visibility.row_rules.append(within_patient_context)
+    fhir.visibility.version_rules.append(version_within_patient_context)
 
     def studies_changed(connection: Connection, study_uids: set[str], change: StudyChange) -> None:
         patients = sync_studies(fhir.store, connection, study_uids)

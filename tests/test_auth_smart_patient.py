@@ -16,7 +16,7 @@ from alembic import command
 from pydicom.uid import generate_uid
 from sqlalchemy import inspect
 
-from server.auth.scopes import Role
+from server.auth.scopes import Grant, Role
 from server.cli import main
 from server.migrate import migrating, upgrade
 from tests.conftest import admin_headers, served
@@ -173,6 +173,20 @@ def test_the_picker_refuses_what_is_not_the_users_to_pick_and_what_no_browser_se
     assert late.status_code == 303 and parse_qs(urlsplit(late.headers["location"]).query)["error"] == ["access_denied"]
 
 
+def test_the_picker_runs_no_search_the_user_may_not(world, services):
+    """A paging cursor holds its search: one of someone else's, with a reverse chain into AuditEvents (which a
+    clinician may not search), tells no more on the picker than the search itself would tell the user."""
+    services.audit.chain.project()
+    first = world.admin.get("/fhir/Patient", params={"_has:AuditEvent:patient:action": "C", "_count": "1"})
+    assert first.status_code == 200 and first.json()["total"] == 2, first.text
+    cursor = parse_qs(urlsplit(link(first.json(), "next") or "").query)["_cursor"][0]
+    picker = _picker(world)
+    replayed = world.app.browser.post("/auth/authorize",
+                                      data={"request": _key(picker), "decision": "next", "cursor": cursor})
+    assert replayed.status_code == 403 and 'name="patient"' not in replayed.text
+    assert "AuditEvent.s" in replayed.text and "location" not in replayed.headers
+
+
 def test_the_user_may_deny_on_the_picker(world):
     denied = world.app.browser.post("/auth/authorize", data={"request": _key(_picker(world)), "decision": "deny"})
     assert parse_qs(urlsplit(denied.headers["location"]).query)["error"] == ["access_denied"]
@@ -209,6 +223,26 @@ def test_fhir_reads_reach_the_patients_compartment_alone(world):
         assert app.get("/fhir/Task/ta").status_code == 403 and app.get("/fhir/Device").status_code == 403
         task = {"resourceType": "Task", "status": "draft", "intent": "order", "for": {"reference": f"Patient/{a}"}}
         assert app.post("/fhir/Task", json=task).status_code == 403
+
+
+def test_a_version_that_named_another_patient_is_not_the_contexts(world, services):
+    """Results move with their study to the Patient its corrected PatientID names (server.jobs.study_changes):
+    their earlier versions, in the other patient's compartment, stay that patient's, on every history path."""
+    a, b = world.patients["a"], world.patients["b"]
+    seed(services, _observation("moved", b))
+    seed(services, _observation("moved", a))  # version 2, now the first patient's
+    with _as(world, _launch(world)) as app:
+        assert app.get("/fhir/Observation/moved").status_code == 200
+        assert app.get("/fhir/Observation/moved/_history/2").status_code == 200
+        assert app.get("/fhir/Observation/moved/_history/1").status_code == 404
+        for path in ("/fhir/Observation/moved/_history", "/fhir/Observation/_history", "/fhir/_history"):
+            listed = [(entry["resource"]["id"], entry["resource"]["subject"]["reference"])
+                      for entry in app.get(path).json()["entry"]]
+            assert ("moved", f"Patient/{a}") in listed and ("moved", f"Patient/{b}") not in listed, (path, listed)
+        paged = app.get("/fhir/Observation/_history", params={"_count": 1}).json()  # pages still reach the rest
+        assert link(paged, "next") is not None
+    # The server itself (no request) and the user, outside the context, still read it.
+    assert world.admin.get("/fhir/Observation/moved/_history/1").status_code == 200
 
 
 def test_an_export_under_a_patient_context_holds_that_patient_alone(world, services):
@@ -295,6 +329,20 @@ def test_patient_scopes_without_a_patient_reach_nothing(world, services):
     assert answer["scope"] == "user/Observation.s" and "patient" not in answer
 
 
+def test_a_client_registered_for_patient_scopes_gets_no_wider_ones_by_itself(world, services):
+    """Registered patient/ scopes reach a patient a user launches the app with: asked for as system/ or user/
+    ones with the client's own credentials (no user, no patient), they are no scope at all, not every patient's."""
+    client_id, secret = services.auth.identities.add_client("chart", "launch/patient patient/*.rs",
+                                                            redirect_uris=[REDIRECT])
+    for asked in ("system/*.rs", "user/Observation.rs", "system/Observation.read"):
+        issued = httpx.post(f"{world.base}/auth/token", auth=(client_id, secret),
+                            data={"grant_type": "client_credentials", "scope": asked})
+        assert issued.status_code == 400 and issued.json()["error"] == "invalid_scope", (asked, issued.text)
+    # Nor does a Subscription's owner keep, when a notification is sent, more than its registered scopes allow.
+    assert not Grant.parse("system/Observation.rs").narrowed_to(Grant.parse("patient/*.rs")).scopes
+    assert str(Grant.parse("patient/*.rs").narrowed_to(Grant.parse("user/*.cruds"))) == "patient/*.rs"
+
+
 def test_patient_scopes_are_narrowed_to_the_clients_and_the_users(app, services):
     for world in _served_world(app, services, "launch/patient patient/ImagingStudy.rs"):
         token = _launch(world)
@@ -319,6 +367,21 @@ def test_requests_under_a_patient_context_are_audited_as_about_that_patient(worl
         patients = [entity["what"]["reference"] for entity in described[description].get("entity", [])
                     if entity.get("what", {}).get("reference", "").startswith("Patient/")]
         assert patients == [f"Patient/{world.patients['a']}"], described[description]
+
+
+def test_the_audit_trails_verification_needs_more_than_a_patient_context(world, services):
+    """$verify counts and checks every event of the trail: patient/AuditEvent.rs, which reaches the events
+    about one patient, is not enough (user/ scopes that read and search every AuditEvent are)."""
+    held, _ = services.auth.issuer.issue("audrey", "auditor", "patient/AuditEvent.rs", False,
+                                         app=world.app.client_id, patient=world.patients["a"])
+    whole, _ = services.auth.issuer.issue("audrey", "auditor", "patient/AuditEvent.rs user/AuditEvent.rs", False,
+                                          app=world.app.client_id, patient=world.patients["a"])
+    with httpx.Client(base_url=world.base, headers={"Authorization": f"Bearer {held}"}) as app:
+        assert app.get("/fhir/AuditEvent").status_code == 200  # the events about its patient it reads
+        refused = app.get("/fhir/AuditEvent/$verify")
+        assert refused.status_code == 403 and refused.json()["issue"][0]["code"] == "forbidden"
+    with httpx.Client(base_url=world.base, headers={"Authorization": f"Bearer {whole}"}) as app:
+        assert app.get("/fhir/AuditEvent/$verify").status_code == 200
 
 
 def _ehr_launch(world: World, patient: str, headers: dict | None = None) -> httpx.Response:

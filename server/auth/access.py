@@ -13,6 +13,7 @@ import base64
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from fhir_mappings.errors import Forbidden
 from fhir_mappings.search_parameters import DEFINITIONS
 from fhir_mappings.search_query import Condition, SearchRequest
 from server.auth.scopes import PATIENT_TYPES, Grant
@@ -81,6 +82,15 @@ def search_permissions(request: SearchRequest) -> set[Permission]:
     needed |= {Permission(include.source_type, "r") for include in request.revincludes}
     needed |= {Permission(chain_type, "s") for chain_type in _chain_types(request.conditions)}
     return needed
+
+
+def require_search_rights(principal: Principal, request: SearchRequest) -> None:
+    """Raises Forbidden unless `principal` may run the search: search its
+    type, and read or search what it includes and chains into."""
+    needed = search_permissions(request) | {Permission(request.resource_type, "s")}
+    refused = sorted(f"{p.resource_type}.{p.letter}" for p in needed if not principal.may(p))
+    if refused:
+        raise Forbidden(f"{principal.name} may not run this search: it needs {', '.join(refused)}")
 
 
 def _chain_types(conditions: tuple[Condition, ...]) -> set[str]:

@@ -6,6 +6,7 @@ Patient from the user hides it here too (`server.fhir.visibility`)."""
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -13,7 +14,7 @@ import orjson
 
 from fhir_mappings.errors import FhirError, Forbidden
 from fhir_mappings.resources import require_id
-from server.auth.access import Permission, Principal, current_principal
+from server.auth.access import Permission, Principal, current_principal, require_search_rights
 from server.fhir.service import FhirService
 
 PAGE_SIZE = 20
@@ -49,7 +50,8 @@ def patients_to_pick(fhir: FhirService, user: Principal, name: str, identifier: 
         pairs = [(parameter, value) for parameter, value in (("name", name), ("identifier", identifier)) if value]
         pairs.append(("_count", str(PAGE_SIZE)))
     with _acting_as(user):
-        page = fhir.searcher.search("Patient", pairs, "", strict=True)
+        # A cursor's search is whatever its first page was (someone else's too): the user's rights judge it.
+        page = fhir.searcher.search("Patient", pairs, "", strict=True, authorize=partial(require_search_rights, user))
     following = parse_qs(urlsplit(page.links.get("next", "")).query).get("_cursor", [None])[0]
     return ChoicePage([_choice(orjson.loads(row.body)) for row in page.matches], following)
 

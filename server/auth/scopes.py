@@ -83,10 +83,14 @@ class Grant:
         return Grant(tuple(scope for scope in self.scopes if scope.context in contexts))
 
     def narrowed_to(self, widest: "Grant") -> "Grant":
-        """What of this grant `widest` also allows: type by type, letter by letter."""
+        """What of this grant `widest` also allows: type by type, letter by
+        letter. A patient/ scope allows only patient/ ones: it reaches one
+        patient, where user/ and system/ scopes reach every one."""
         narrowed = []
         for asked in self.scopes:
             for allowed in widest.scopes:
+                if allowed.context == PATIENT_CONTEXT and asked.context != PATIENT_CONTEXT:
+                    continue
                 if asked.resource_type not in ("*", allowed.resource_type) and allowed.resource_type != "*":
                     continue
                 if "*" in (allowed.resource_type, asked.resource_type) and _NAMED_ONLY & {

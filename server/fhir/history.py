@@ -127,6 +127,9 @@ def _history(
         more = len(rows) > count
         rows = rows[:count]
         recreated = _recreated(connection, rows)
+    # Where the next page starts, whether or not this one shows its last version.
+    following = [rows[-1].last_updated, rows[-1].id] if more else None
+    rows = [row for row in rows if service.visibility.shows_version(row.resource_type, row.resource_json)]
     # The bodies a history returns are those of a vread: its audit names their patients.
     note_patients(patient for row in rows if row.resource_json for patient in patients_of_json(row.resource_json))
     path = "/".join((base, *(part for part in (resource_type, resource_id) if part), "_history"))
@@ -134,10 +137,7 @@ def _history(
     self_query = urlencode([*kept.items(), *link_parameters])
     links = [{"relation": "self", "url": f"{path}?{self_query}" if self_query else path}]
     if more:
-        token = service.cursors.encode(
-            {"history": [resource_type, resource_id], "params": kept,
-             "position": [rows[-1].last_updated, rows[-1].id]}
-        )
+        token = service.cursors.encode({"history": [resource_type, resource_id], "params": kept, "position": following})
         links.append({"relation": "next", "url": f"{path}?{urlencode([('_cursor', token), *link_parameters])}"})
     head = orjson.dumps({"resourceType": "Bundle", "type": "history", "link": links})
     entries = [_entry(base, row, row.id in recreated) for row in rows]

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, literal, or_, select
 
-from fhir_mappings.patient_compartment import COMPARTMENT_PARAMETER
+from fhir_mappings.patient_compartment import COMPARTMENT_PARAMETER, patients_of_json
 from server.auth.access import current_principal
 from server.auth.scopes import PATIENT_TYPES
 from server.tables import fhir_references, fhir_resources, studies
@@ -31,6 +31,18 @@ def within_patient_context(types: Any, ids: Any, resource_type: str | None) -> C
         return None
     return or_(types.not_in(kept), *(and_(types == kept_type, _of_patient(ids, kept_type, principal.patient))
                                      for kept_type in kept))
+
+
+def version_within_patient_context(resource_type: str, body: bytes) -> bool:
+    """The version rule: a past version is the patient context's only if it
+    names the patient too. The row rule judges a resource by its compartment
+    now, and results follow their study to the Patient a corrected PatientID
+    names (`server.jobs.study_changes`): their earlier versions named, and are
+    in the compartment of, another patient."""
+    principal = current_principal.get()
+    if principal is None or principal.patient is None or resource_type == "Patient":
+        return True  # a Patient's id is the row rule's test, whatever its versions hold
+    return not principal.within_patient(resource_type) or principal.patient in patients_of_json(body)
 
 
 def visible_studies() -> ColumnElement[bool] | None:

@@ -32,7 +32,7 @@ from server.auth.access import (
     Permission,
     Principal,
     fhir_permission,
-    search_permissions,
+    require_search_rights,
 )
 from server.db import retried_on_conflict
 from server.errors import fhir_status_for
@@ -176,14 +176,8 @@ def _link_parameters(request: Request) -> list[tuple[str, str]]:
 def _search_authorizer(request: Request) -> Callable[[SearchRequest], None]:
     principal: Principal = request.state.principal
 
-    def authorize(search: SearchRequest) -> None:
-        # The searched type too: a transaction's conditional references search without a route of their own.
-        needed = search_permissions(search) | {Permission(search.resource_type, "s")}
-        refused = sorted(f"{p.resource_type}.{p.letter}" for p in needed if not principal.may(p))
-        if refused:
-            raise Forbidden(f"{principal.name} may not run this search: it needs {', '.join(refused)}")
-
-    return authorize
+    # The searched type too: a transaction's conditional references search without a route of their own.
+    return partial(require_search_rights, principal)
 
 
 def _entry_authorizer(request: Request) -> Callable[[str, str, Any], None]:
@@ -373,7 +367,12 @@ async def create(request: Request, resource_type: str) -> Response:
 @router.get("/AuditEvent/$verify")
 async def verify_audit_trail(request: Request) -> Response:
     """Recompute the audit hash chain and its checkpoints (a Parameters answer;
-    `intact` false names the first broken sequence number)."""
+    `intact` false names the first broken sequence number). It tells of every
+    event, so it needs the right to read every one, more than a patient context's."""
+    principal: Principal = request.state.principal
+    if not principal.reads_every("AuditEvent"):
+        raise Forbidden(f"{principal.name} may not verify the whole audit trail: its AuditEvent.r reaches the events "
+                        "of one patient alone")
     verification = await run_in_threadpool(services(request).audit.chain.verify)
     parameters = [
         {"name": "intact", "valueBoolean": verification.intact},

@@ -207,6 +207,8 @@ class ResourceStore:
                     *self.visibility.where(fhir_versions.c.resource_type, fhir_versions.c.resource_id, resource_type),
                 )
             ).first()
+            if row is not None and not self.visibility.shows_version(resource_type, row.resource_json):
+                raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version_id}")
             if row is not None:
                 version = StoredVersion(
                     resource_type, resource_id, version_id, row.last_updated, row.method == "DELETE", row.resource_json
