@@ -113,16 +113,27 @@ def test_since_and_type_filters_apply_to_a_group_export(client, cohort):
     assert _group_export(client, _type="Observation", _since="2999-01-01T00:00:00Z") == {}
 
 
-def test_a_post_kick_off_takes_patient_parameters_within_the_group(client, cohort):
-    body = {"resourceType": "Parameters", "parameter": [
-        {"name": "patient", "valueReference": {"reference": "Patient/pb"}},
-        {"name": "patient", "valueReference": {"reference": "Patient/pc"}},  # not a member: not exported
-        {"name": "_type", "valueString": "Patient"},
+def _patients_body(*pids: str) -> dict:
+    return {"resourceType": "Parameters", "parameter": [
+        *({"name": "patient", "valueReference": {"reference": f"Patient/{pid}"}} for pid in pids),
+        {"name": "_type", "valueString": "Patient,Observation"},
     ]}
-    response = client.post("/fhir/Group/g1/$export", json=body, headers=KICK)
+
+
+def test_a_post_kick_off_takes_patient_parameters_within_the_group(client, cohort):
+    response = client.post("/fhir/Group/g1/$export", json=_patients_body("pb"), headers=KICK)
     assert response.status_code == 202, response.text
     files = _files(client, _manifest(client, response.headers["Content-Location"].removeprefix(BASE)))
-    assert _ids(files["Patient"]) == ["pb"]
+    assert _ids(files["Patient"]) == ["pb"] and _ids(files["Observation"]) == ["ob"]
+
+
+def test_a_patient_parameter_naming_no_member_is_refused(client, services, cohort):
+    # export.html, `patient`: a patient who is no member of the Group SHOULD be an error, not silently dropped.
+    seed(services, _group("g2", _member("pa"), _member("pb", inactive=True)))
+    for gid, outsider in [("g1", "pc"), ("g1", "nobody"), ("g2", "pb")]:  # pb's membership of g2 no longer holds
+        response = client.post(f"/fhir/Group/{gid}/$export", json=_patients_body("pa", outsider), headers=KICK)
+        assert response.status_code == 400, response.text
+        assert f"Patient/{outsider}" in response.json()["issue"][0]["diagnostics"]
 
 
 def test_members_whose_membership_has_ended_are_left_out(client, services, cohort):
