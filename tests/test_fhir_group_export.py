@@ -7,6 +7,7 @@ import orjson
 import pytest
 from sqlalchemy import event
 
+from fhir_mappings.audit_event import DCM
 from server.auth.scopes import Role
 from tests.fhir_checks import ids, seed
 from tests.test_fhir_bulk_export import (
@@ -218,3 +219,11 @@ def test_a_group_of_more_members_than_sqlite_binds_is_exported(client, services,
         engine.dispose()  # the pooled connections are opened again, with the limit
     files = _group_export(client, "crowd", _type="Patient,Observation")
     assert _ids(files["Patient"]) == ["pb"] and _ids(files["Observation"]) == ["ob"]
+
+
+def test_a_group_export_is_audited_with_its_group_and_member_patients(client, cohort):
+    _group_export(client, _type="Observation")
+    bundle = client.get("/fhir/AuditEvent", params={"type": f"{DCM}|110106"}).json()
+    [event] = [entry["resource"] for entry in bundle.get("entry", [])]
+    named = {entity["what"]["reference"] for entity in event["entity"]}
+    assert named == {"Group/g1", "Patient/pa", "Patient/pb"}  # pc is no member: not named
