@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, delete, func, or_, select, update
 
 from fhir_mappings import fhir_json
 from fhir_mappings.bulk_export import ExportRequest, Level, level_types, type_filter
-from fhir_mappings.errors import Forbidden, ResourceNotFound
+from fhir_mappings.errors import Forbidden, InvalidRequest, ResourceNotFound
 from fhir_mappings.group_cohort import current_patients
 from server.auth.access import Permission, Principal, search_permissions
 from server.auth.scopes import Role
@@ -123,6 +123,14 @@ def with_group_members(principal: Principal, fhir: FhirService, request: ExportR
     group = fhir_json.loads(interactions.read(fhir, "Group", group_id).body)
     members = current_patients(group, now_micros())
     if request.patients is not None:
+        # export.html, `patient`: one naming a patient who is no member of the Group SHOULD be an error.
+        held = set(members)
+        outsiders = [patient for patient in request.patients if patient not in held]
+        if outsiders:
+            raise InvalidRequest(
+                f"patient names {', '.join(f'Patient/{patient}' for patient in outsiders[:3])[:200]}, not a member"
+                f" of Group/{group_id} whose membership holds now"
+            )
         members = tuple(patient for patient in members if patient in request.patients)
     return replace(request, group=group_id, patients=members)
 

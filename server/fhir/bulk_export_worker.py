@@ -97,7 +97,7 @@ class ExportWorker:
                     counts = ", ".join(f"{output['count']} {output['type']}" for output in outputs) or "nothing"
                     self.audit.record_in(
                         connection, AuditKind.EXPORT, job.owner, f"$export {job.export_id} written: {counts}",
-                        patients=job.patients or (),
+                        resources=[f"Group/{job.group}"] if job.group is not None else [], patients=job.patients or (),
                     )
         except _Stopped:
             self.jobs.requeue(job.export_id)
