@@ -31,9 +31,9 @@ from server.fhir.search_sql import (
     RECORDS_OF_READING,
     RESOURCES,
     after,
-    condition_clause,
     order_by,
     records_so_far,
+    search_clauses,
     sort_parts,
     where_current,
 )
@@ -130,7 +130,7 @@ class Searcher:
 
     def _filtered(self, request: SearchRequest, resources: Any) -> Any:
         clauses = [where_current(resources, request.resource_type, self.visibility)]
-        clauses += [condition_clause(condition, resources, self.visibility) for condition in request.conditions]
+        clauses += search_clauses(request.conditions, resources, self.visibility, self.engine.dialect.name)
         return clauses
 
     def _counting(self, request: SearchRequest, resources: Any) -> Any:

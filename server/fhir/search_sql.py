@@ -137,6 +137,37 @@ def condition_clause(
     return resources.c.id.in_(rows.where(or_(*(_value_match(value, table) for value in condition.values))))
 
 
+def search_clauses(
+    conditions: tuple[Condition, ...], resources: Any, visibility: Visibility, dialect: str
+) -> list[ColumnElement[bool]]:
+    """The clauses of a search's conditions, all of which must hold. SQLite
+    starts from the first `id IN (rows)` it is given and gathers every other
+    such list whole before the first row is read: `Observation?code=x&subject=y`
+    gathered the half of all Observations that had the code to keep the few
+    of one patient (93 ms of 100,000, against 9 on PostgreSQL, whose planner
+    picks its own start). On SQLite, a condition that names resources (`_id`,
+    a reference without a chain) therefore leads, and the others are tested
+    on the rows it leaves, each by its own index rows."""
+    leader = next((condition for condition in conditions if dialect == "sqlite" and _names_resources(condition)), None)
+    if leader is None:
+        return [condition_clause(condition, resources, visibility) for condition in conditions]
+    followers = [condition for condition in conditions if condition is not leader]
+    return [condition_clause(leader, resources, visibility)] + [
+        held_by(condition, resources) if _own_indexed_value(condition)
+        else condition_clause(condition, resources, visibility)
+        for condition in followers
+    ]
+
+
+def _names_resources(condition: Condition) -> bool:
+    plain = condition.chain is None and not condition.negate and condition.missing is None
+    return plain and (condition.parameter.name == "_id" or condition.parameter.type is ParamType.REFERENCE)
+
+
+def _own_indexed_value(condition: Condition) -> bool:
+    return condition.chain is None and condition.parameter.name not in ("_id", "_lastUpdated")
+
+
 def held_by(condition: Condition, resources: Any) -> ColumnElement[bool]:
     """`condition` as a test of each row of `resources`: EXISTS over that
     row's own index rows (NOT EXISTS for :missing=true and :not). For rows
