@@ -38,7 +38,7 @@ class Slice:
     since: int | None  # changed after this instant only
     # Patient- and Group-level exports: the compartments of these patients (None: of every patient).
     compartment: bool
-    patients: tuple[str, ...] | None
+    patients: frozenset[str] | None
     # `_typeFilter`s of the type, each its conditions: a resource matching any is exported (none: all are).
     filters: tuple[tuple[Condition, ...], ...] = ()
     group: str | None = None  # a Group-level export's Group: of the type Group, the one exported
@@ -174,11 +174,11 @@ def _members(part: Slice, dialect: str) -> list[Any]:
     return [fhir_resources.c.id.in_(naming)]
 
 
-def _listed(ids: tuple[str, ...], dialect: str) -> Any:
+def _listed(ids: frozenset[str], dialect: str) -> Any:
     """The ids as rows of a select, bound as one JSON array: a Group's tens of
     thousands of members, one parameter each, would pass SQLite's limit on
     bound parameters (32,766; 999 before 3.32)."""
-    array = bindparam("patient_ids", orjson.dumps(list(ids)).decode(), type_=String, unique=True)
+    array = bindparam("patient_ids", orjson.dumps(sorted(ids)).decode(), type_=String, unique=True)
     if dialect == "postgresql":
         return select(func.json_array_elements_text(cast(array, JSON)))
     return select(func.json_each(array).table_valued("value").c.value)
@@ -191,4 +191,4 @@ def _in_compartment(part: Slice, row: Any) -> bool:
     if part.resource_type == "Group":
         return bool(row.resource_id == part.group)
     patients = patients_of_json(row.then_json)
-    return bool(patients) if part.patients is None else any(patient in part.patients for patient in patients)
+    return bool(patients) if part.patients is None else not part.patients.isdisjoint(patients)

@@ -118,9 +118,10 @@ class ExportWorker:
             self.audit.chain.catch_up()  # AuditEvents are copies of the chain, made a moment after it
         outputs = []
         filters = [type_filter(query, self.fhir.supported_types) for query in job.type_filters]
+        patients = frozenset(job.patients) if job.patients is not None else None
         for number, resource_type in enumerate(job.types, 1):
             conditions = tuple(search.conditions for search in filters if search.resource_type == resource_type)
-            part = Slice(resource_type, job.transaction_time, job.since, job.level is not Level.SYSTEM, job.patients,
+            part = Slice(resource_type, job.transaction_time, job.since, job.level is not Level.SYSTEM, patients,
                          conditions, job.group)
             name = f"{resource_type}.ndjson"
             count = self._write_type(job, part, directory / name, f"{resource_type} ({number} of {len(job.types)})")
