@@ -24,9 +24,9 @@ def within_patient_context(types: Any, ids: Any, resource_type: str | None) -> C
     principal = current_principal.get()
     if principal is None or principal.patient is None:
         return None
+    if resource_type is not None:  # judged for its one type, not for every type the scopes might reach
+        return _of_patient(ids, resource_type, principal.patient) if principal.within_patient(resource_type) else None
     kept = [kept_type for kept_type in sorted(PATIENT_TYPES) if principal.within_patient(kept_type)]
-    if resource_type is not None:
-        return _of_patient(ids, resource_type, principal.patient) if resource_type in kept else None
     if not kept:
         return None
     return or_(types.not_in(kept), *(and_(types == kept_type, _of_patient(ids, kept_type, principal.patient))
