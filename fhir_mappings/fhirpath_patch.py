@@ -24,7 +24,7 @@ from typing import Any
 from fhir_mappings import fhirpath
 from fhir_mappings.elements import Kind, element_kinds
 from fhir_mappings.errors import InvalidRequest, InvalidResource
-from fhir_mappings.json_patch import MAX_DEPTH
+from fhir_mappings.json_patch import MAX_DEPTH, deep_copy
 
 # What each type takes besides `type` (fhirpatch.html's table), the first ones required.
 _PARTS: dict[str, tuple[str, ...]] = {
@@ -86,7 +86,7 @@ def parse_parameters(body: Any) -> list[Operation]:
 
 def apply_operations(document: Any, operations: list[Operation]) -> Any:
     """`document` (left as it was) with `operations` applied in order."""
-    result, budget = _copy(document), fhirpath.Budget()
+    result, budget = deep_copy(document)[0], fhirpath.Budget()
     for position, operation in enumerate(operations):
         try:
             _apply(result, operation, budget)
@@ -266,8 +266,7 @@ def _replace(target: fhirpath.Node, value: Value) -> None:
         target.owner[key][target.index] = content
         return
     if key != target.name:
-        del target.owner[target.name]
-        target.owner.pop(f"_{target.name}", None)
+        _drop(target.owner, target.name)
     target.owner[key] = content
 
 
@@ -302,7 +301,7 @@ def _content(value: Value, kind: Kind, key: str) -> Any:
     if value.type is not None:
         if value.type not in (expected, _GENERALISED.get(expected)):
             raise InvalidResource(f"{key} takes a {kind.type_name}, not a value{value.type}")
-        return _copy(value.content)
+        return deep_copy(value.content)[0]
     model = fhirpath.child_model(kind, None) if kind.type_name != "Resource" else None
     if model is None:
         raise InvalidResource(f"{key} is a {kind.type_name}: its value is a value{expected}, not parts")
@@ -323,16 +322,20 @@ def _remove(target: fhirpath.Node) -> None:
     assert target.owner is not None
     owner, name = target.owner, target.name
     if target.index is None:
-        del owner[name]
-        owner.pop(f"_{name}", None)
+        _drop(owner, name)
         return
     extensions = _extensions(owner, name, len(owner[name]))
     del owner[name][target.index]
     if extensions is not None:
         del extensions[target.index]
     if not owner[name]:  # FHIR JSON has no empty arrays
-        del owner[name]
-        owner.pop(f"_{name}", None)
+        _drop(owner, name)
+
+
+def _drop(owner: dict[str, Any], name: str) -> None:
+    """An element, with the id and extensions it has as a primitive (`_status`, R4 json.html#primitive)."""
+    del owner[name]
+    owner.pop(f"_{name}", None)
 
 
 def _extensions(owner: dict[str, Any], name: str, length: int) -> list[Any] | None:
@@ -340,23 +343,6 @@ def _extensions(owner: dict[str, Any], name: str, length: int) -> list[Any] | No
     item by item beside its `length` values, which must move as they do."""
     extensions = owner.get(f"_{name}")
     return extensions if isinstance(extensions, list) and len(extensions) == length else None
-
-
-def _copy(value: Any) -> Any:
-    """A deep copy, by a loop rather than recursion (no nesting exhausts the stack)."""
-    root: list[Any] = [None]
-    pending: list[tuple[Any, Any, Any]] = [(value, root, 0)]
-    while pending:
-        node, parent, key = pending.pop()
-        if isinstance(node, dict):
-            parent[key] = dict.fromkeys(node)  # its members in their order, whichever is copied first
-            pending.extend((item, parent[key], name) for name, item in node.items())
-        elif isinstance(node, list):
-            parent[key] = [None] * len(node)
-            pending.extend((item, parent[key], index) for index, item in enumerate(node))
-        else:
-            parent[key] = node
-    return root[0]
 
 
 def _depth(value: Any) -> int:

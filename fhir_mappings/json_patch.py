@@ -87,7 +87,7 @@ def apply_patch(
     may nest it deeper than `max_depth`, nor may its copies and moves add up
     to more than `max_copied` (a node and the characters of its strings each
     count 1)."""
-    result, _ = _Copier(None).clone(document)
+    result, _ = deep_copy(document)
     copier = _Copier(max_copied)
     for position, operation in enumerate(operations):
         try:
@@ -141,7 +141,7 @@ def _apply(document: Any, operation: Operation, copier: "_Copier", max_depth: in
     if operation.op == "remove":
         return _remove(document, operation.path)
     if operation.op in ("add", "replace"):
-        value, depth = _Copier(None).clone(operation.value)  # the patch's own, as large as its body
+        value, depth = deep_copy(operation.value)  # the patch's own, as large as its body
     else:
         assert operation.source is not None
         value, depth = copier.clone(_get(document, operation.source))  # a move's too: each costs what it carries
@@ -225,6 +225,11 @@ def _equal(left: Any, right: Any) -> bool:
     if isinstance(left, list) and isinstance(right, list):
         return len(left) == len(right) and all(_equal(a, b) for a, b in zip(left, right))
     return isinstance(left, str) and isinstance(right, str) and left == right
+
+
+def deep_copy(value: Any) -> tuple[Any, int]:
+    """A deep copy of JSON, and its depth (a scalar 0, a container 1 more than its deepest item)."""
+    return _Copier(None).clone(value)
 
 
 class _Copier:
