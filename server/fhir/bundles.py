@@ -24,7 +24,6 @@ from fhir_mappings.errors import (
     Forbidden,
     InvalidRequest,
     InvalidResource,
-    ResourceNotFound,
     VersionConflict,
 )
 from fhir_mappings.json_patch import binary_patch
@@ -49,6 +48,7 @@ from server.fhir.conditional import (
     delete_where,
     if_none_exist_query,
     matching_ids,
+    patch_target,
     patch_where,
     serialize_condition,
     the_match,
@@ -564,10 +564,9 @@ def _conditional_target(
             service, resource_type, entry.get("resource"), query, base, _preconditions(request), connection,
             authorize_search,
         )
-    match = the_match(service, resource_type, query, base, connection, authorize_search)
-    if request["method"] == "PATCH" and match is None:
-        raise ResourceNotFound(f"{resource_type}?{query[:100]} matches no {resource_type} to patch")
-    return match
+    if request["method"] == "PATCH":
+        return patch_target(service, resource_type, query, base, connection, authorize_search)
+    return the_match(service, resource_type, query, base, connection, authorize_search)
 
 
 def _unconditional(

@@ -106,12 +106,22 @@ def patch_where(
     nothing to start from, so unlike an update it never creates), several 412."""
     service.require_writable(resource_type)
     with writing(service.engine, connection) as session:
-        match = the_match(service, resource_type, query, base, session, authorize_search)
-        if match is None:
-            raise ResourceNotFound(f"{resource_type}?{query[:100]} matches no {resource_type} to patch")
+        match = patch_target(service, resource_type, query, base, session, authorize_search)
         return interactions.patch(
             service, resource_type, match, patch, preconditions, base, session, check=check
         )
+
+
+def patch_target(
+    service: FhirService, resource_type: str, query: str, base: str, connection: Connection,
+    authorize_search: Callable[[SearchRequest], None],
+) -> str:
+    """The id of the one resource a conditional patch reaches: none is 404 (a
+    patch has nothing to start from, so unlike an update it never creates)."""
+    match = the_match(service, resource_type, query, base, connection, authorize_search)
+    if match is None:
+        raise ResourceNotFound(f"{resource_type}?{query[:100]} matches no {resource_type} to patch")
+    return match
 
 
 def update_target(
