@@ -45,7 +45,7 @@ from server.auth.patient_picker import (
     patients_to_pick,
     require_pickable,
 )
-from server.auth.routes import login_wait, read_form
+from server.auth.routes import is_form, login_wait, read_form
 from server.errors import fhir_status_for
 from server.public_url import public_root
 from server.services import services
@@ -128,7 +128,7 @@ async def authorize(request: Request) -> Response:
 
 @router.post(PATH)
 async def login(request: Request) -> Response:
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+    if not is_form(request):
         return _page(415, "Not a form", "<p>Log in with the form of the login page.</p>")
     form = await read_form(request)
     key = (form or {}).get("request", "")

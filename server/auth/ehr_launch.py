@@ -19,39 +19,33 @@ from fhir_mappings.errors import FhirError
 from fhir_mappings.resources import require_id
 from server.auth.access import Permission, Principal
 from server.auth.launch import LAUNCH_CONTEXT_SECONDS
-from server.auth.routes import read_form
+from server.auth.routes import FORM, is_form, oauth_error, read_form
 from server.services import services
 
 router = APIRouter()
-_FORM = "application/x-www-form-urlencoded"
-
-
-def _error(status: int, error: str, description: str) -> JSONResponse:
-    return JSONResponse({"error": error, "error_description": description}, status_code=status,
-                        headers={"Cache-Control": "no-store"})
 
 
 @router.post("/auth/launch")
 async def open_launch(request: Request) -> JSONResponse:
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != _FORM:
-        return _error(415, "invalid_request", f"a launch context is asked for with a {_FORM} form")
+    if not is_form(request):
+        return oauth_error(415, "invalid_request", f"a launch context is asked for with a {FORM} form")
     form = await read_form(request)
     if form is None:
-        return _error(413, "invalid_request", "the form is too large")
+        return oauth_error(413, "invalid_request", "the form is too large")
     patient = form.get("patient", "")
     try:
         require_id(patient)
     except FhirError:
-        return _error(400, "invalid_request", "patient (a Patient id) is required")
+        return oauth_error(400, "invalid_request", "patient (a Patient id) is required")
     principal: Principal = request.state.principal
     if principal.patient is not None or not principal.may(Permission("Patient", "r")):
-        return _error(403, "access_denied", f"{principal.name} may not open a launch context: it needs Patient.r "
-                                            "over every patient")
+        return oauth_error(403, "access_denied",
+                           f"{principal.name} may not open a launch context: it needs Patient.r over every patient")
     fhir = services(request).fhir
     try:
         await run_in_threadpool(fhir.store.read, "Patient", patient)
     except FhirError:
-        return _error(404, "invalid_request", f"there is no Patient {patient!r} that {principal.name} may read")
+        return oauth_error(404, "invalid_request", f"there is no Patient {patient!r} that {principal.name} may read")
     launch = await run_in_threadpool(services(request).auth.launches.open_context, patient, principal.name)
     return JSONResponse({"launch": launch, "patient": patient, "expires_in": LAUNCH_CONTEXT_SECONDS},
                         status_code=201, headers={"Cache-Control": "no-store"})

@@ -285,8 +285,14 @@ def granted_scope(asked: str, client: Grant, user: Grant) -> str:
         resources = Grant(resources.scopes + patient.narrowed_to(PATIENT_REACH).narrowed_to(user).scopes)
     if not resources.scopes:
         return ""
-    kind = refresh_kind(asked)
-    launched = [launch] if launch is not None and needs_patient(str(resources)) else []
+    return scope_text(resources, [launch] if launch is not None else [], refresh_kind(asked))
+
+
+def scope_text(resources: Grant, launches: list[str], kind: str | None) -> str:
+    """A granted scope as the token response says it: the resource scopes,
+    the launch scopes granted while patient/ scopes are among them, and the
+    refresh kind."""
+    launched = launches if resources.in_context(PATIENT_CONTEXT).scopes else []
     return " ".join([str(resources), *launched, *([kind] if kind else [])])
 
 

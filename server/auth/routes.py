@@ -22,7 +22,7 @@ from server.audit.middleware import note_login
 from server.auth.access import basic_credentials
 from server.auth.client_assertions import ALGORITHMS, ASSERTION_TYPE, InvalidAssertion, claimed_client
 from server.auth.identities import Identity
-from server.auth.launch import EHR_LAUNCH, LAUNCH_PATIENT, PKCE_TEXT, OutOfScope, Refused, needs_patient, refresh_kind
+from server.auth.launch import EHR_LAUNCH, LAUNCH_PATIENT, PKCE_TEXT, OutOfScope, Refused, refresh_kind, scope_text
 from server.auth.limits import limited_address
 from server.auth.scopes import Grant
 from server.auth.service import AuthService
@@ -31,7 +31,7 @@ from server.services import services
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-_FORM = "application/x-www-form-urlencoded"
+FORM = "application/x-www-form-urlencoded"
 # A token request is a few short fields. The endpoint needs no credentials, so
 # its body is judged as it arrives, never held whole whatever its size.
 _FORM_LIMIT = 16_384
@@ -41,7 +41,7 @@ def _auth(request: Request) -> AuthService:
     return services(request).auth
 
 
-def _error(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def oauth_error(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "error_description": description}, status_code=status,
                         headers={"Cache-Control": "no-store", **(headers or {})})
 
@@ -51,42 +51,43 @@ async def token(request: Request) -> JSONResponse:
     answer = await _token(request)
     # A refused token request is a request without valid credentials, and is recorded as one: limited alike.
     if 400 <= answer.status_code < 500 and (wait := _auth(request).over_unauthenticated_limit(request.scope)):
-        return _error(429, "slow_down", "too many refused token requests from this address; try again later",
-                      {"Retry-After": str(wait)})
+        return oauth_error(429, "slow_down", "too many refused token requests from this address; try again later",
+                           {"Retry-After": str(wait)})
     return answer
 
 
 async def _token(request: Request) -> JSONResponse:
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != _FORM:
-        return _error(400, "invalid_request", f"the token request must be {_FORM}")
+    if not is_form(request):
+        return oauth_error(400, "invalid_request", f"the token request must be {FORM}")
     form = await read_form(request)
     if form is None:
-        return _error(413, "invalid_request", f"a token request is at most {_FORM_LIMIT} bytes")
+        return oauth_error(413, "invalid_request", f"a token request is at most {_FORM_LIMIT} bytes")
     grant_type = form.get("grant_type")
     address = limited_address(request.scope)
     auth = _auth(request)
     if grant_type == "password":
         name, secret = form.get("username", ""), form.get("password", "")
         if not name or not secret:
-            return _error(400, "invalid_request", "the password grant needs username and password")
+            return oauth_error(400, "invalid_request", "the password grant needs username and password")
         check = auth.identities.authenticate_user
-        failure = _error(400, "invalid_grant", "the user name or the password is wrong")
+        failure = oauth_error(400, "invalid_grant", "the user name or the password is wrong")
     elif grant_type == "client_credentials" and "client_assertion_type" in form:
         return await _backend_service_token(request, form, address)
     elif grant_type == "client_credentials":
         credentials = _client_credentials(request, form)
         if credentials is None:
-            return _error(401, "invalid_client", "client authentication is needed (HTTP Basic, or client_id and client_secret)",
-                          {"WWW-Authenticate": 'Basic realm="medaiflow"'})
+            return oauth_error(401, "invalid_client",
+                               "client authentication is needed (HTTP Basic, or client_id and client_secret)",
+                               {"WWW-Authenticate": 'Basic realm="medaiflow"'})
         name, secret = credentials
         check = auth.identities.authenticate_client
-        failure = _error(401, "invalid_client", "the client id or the secret is wrong",
-                         {"WWW-Authenticate": 'Basic realm="medaiflow"'})
+        failure = oauth_error(401, "invalid_client", "the client id or the secret is wrong",
+                              {"WWW-Authenticate": 'Basic realm="medaiflow"'})
     elif grant_type in ("authorization_code", "refresh_token"):
         return await _launch_token(request, form, address, grant_type)
     else:
-        return _error(400, "unsupported_grant_type",
-                      "grant_type must be password, client_credentials, authorization_code or refresh_token")
+        return oauth_error(400, "unsupported_grant_type",
+                           "grant_type must be password, client_credentials, authorization_code or refresh_token")
 
     if "\x00" in name:  # no account's name has one, and PostgreSQL's text holds none (looking one up was a 500)
         return failure
@@ -109,7 +110,7 @@ def _limited(
     refusal = login_wait(request, auth, name, address, keys)
     if refusal is None:
         return None
-    return _error(429, "slow_down", refusal[0], {"Retry-After": str(refusal[1])})
+    return oauth_error(429, "slow_down", refusal[0], {"Retry-After": str(refusal[1])})
 
 
 def login_wait(
@@ -137,7 +138,7 @@ def _issued(
     granted = Grant.parse(form["scope"]).narrowed_to(identity.grant) if form.get("scope") else identity.grant
     granted = granted.in_context("user", "system")  # patient/ scopes need the patient a launch picks
     if not granted.scopes:
-        return _error(400, "invalid_scope", "none of the scopes asked for is allowed to this identity")
+        return oauth_error(400, "invalid_scope", "none of the scopes asked for is allowed to this identity")
     access_token, lifetime = auth.issuer.issue(
         identity.name, identity.role.value if identity.role else "", str(granted), identity.client
     )
@@ -152,28 +153,28 @@ async def _launch_token(request: Request, form: dict[str, str], address: str, gr
     authenticates as for client_credentials; a public one names itself."""
     auth = _auth(request)
     if "client_assertion_type" in form:
-        return _error(400, "invalid_request", "apps that log users in authenticate with a secret, or are public")
+        return oauth_error(400, "invalid_request", "apps that log users in authenticate with a secret, or are public")
     credentials = _client_credentials(request, form)
     if credentials is not None:
         client_id, secret = credentials
         if "\x00" in client_id or form.get("client_id", client_id) != client_id:
-            return _error(400, "invalid_request", "client_id differs from the client that authenticates")
+            return oauth_error(400, "invalid_request", "client_id differs from the client that authenticates")
         keys = (f"name:{client_id}", f"address:{address}")
         refused = _limited(request, auth, client_id, address, keys)
         if refused is not None:
             return refused
         if await run_in_threadpool(auth.identities.authenticate_client, client_id, secret) is None:
-            return _error(401, "invalid_client", "the client id or the secret is wrong",
-                          {"WWW-Authenticate": 'Basic realm="medaiflow"'})
+            return oauth_error(401, "invalid_client", "the client id or the secret is wrong",
+                               {"WWW-Authenticate": 'Basic realm="medaiflow"'})
         auth.failed_logins.succeeded(*keys, afresh=keys[0])
     else:
         client_id = form.get("client_id", "")
         client = await run_in_threadpool(auth.identities.launch_client, client_id) if "\x00" not in client_id else None
         if client is None or not client.public:
             # A confidential client that sends no secret is refused alike: no answer tells which clients are public.
-            return _error(401, "invalid_client",
-                          "client authentication is needed (a public client sends its client_id)",
-                          {"WWW-Authenticate": 'Basic realm="medaiflow"'})
+            return oauth_error(401, "invalid_client",
+                               "client authentication is needed (a public client sends its client_id)",
+                               {"WWW-Authenticate": 'Basic realm="medaiflow"'})
     # RFC 6749 6: a refresh may ask for less than granted, never more.
     asked = Grant.parse(form["scope"]) if grant_type == "refresh_token" and form.get("scope") else None
     try:
@@ -181,20 +182,20 @@ async def _launch_token(request: Request, form: dict[str, str], address: str, gr
             code, redirect_uri = form.get("code", ""), form.get("redirect_uri", "")
             verifier = form.get("code_verifier", "")
             if not code or not redirect_uri or not PKCE_TEXT.fullmatch(verifier):
-                return _error(400, "invalid_request", "the authorization_code grant needs code, redirect_uri and "
-                              "code_verifier (43 to 128 URL-safe characters)")
+                return oauth_error(400, "invalid_request", "the authorization_code grant needs code, redirect_uri and "
+                                   "code_verifier (43 to 128 URL-safe characters)")
             granted = await run_in_threadpool(auth.launches.redeem, code, client_id, redirect_uri, verifier)
         else:
             if not form.get("refresh_token"):
-                return _error(400, "invalid_request", "the refresh_token grant needs refresh_token")
+                return oauth_error(400, "invalid_request", "the refresh_token grant needs refresh_token")
             granted = await run_in_threadpool(auth.launches.use_refresh_token, form["refresh_token"], client_id, asked)
     except Refused as refusal:
-        return _error(400, "invalid_grant", str(refusal))
+        return oauth_error(400, "invalid_grant", str(refusal))
     except OutOfScope as refusal:
-        return _error(400, "invalid_scope", str(refusal))
+        return oauth_error(400, "invalid_scope", str(refusal))
     user = await run_in_threadpool(auth.identities.active_user, granted.user_name)
     if user is None or user.role is None:
-        return _error(400, "invalid_grant", f"user {granted.user_name} is disabled or gone")
+        return oauth_error(400, "invalid_grant", f"user {granted.user_name} is disabled or gone")
     note_login(request.scope, user.name, app=client_id)
     # The user's role as it is now: one changed since the login narrows what the app gets.
     resources = Grant.parse(granted.scope).narrowed_to(user.grant)
@@ -203,12 +204,11 @@ async def _launch_token(request: Request, form: dict[str, str], address: str, gr
     if asked is not None:  # the access token's; the refresh token keeps its family's scope
         resources = resources.narrowed_to(asked)
     if not resources.scopes:
-        return _error(400, "invalid_scope", f"{user.name} may no longer use any of the scopes granted")
+        return oauth_error(400, "invalid_scope", f"{user.name} may no longer use any of the scopes granted")
     kind = refresh_kind(granted.scope)
     # The launch scope granted with them (launch/patient, or launch for an EHR launch), while patient/ scopes are.
-    launches = (LAUNCH_PATIENT, EHR_LAUNCH)
-    launched = [word for word in granted.scope.split() if word in launches] if needs_patient(str(resources)) else []
-    scope = " ".join([str(resources), *launched, *([kind] if kind else [])])
+    launches = [word for word in granted.scope.split() if word in (LAUNCH_PATIENT, EHR_LAUNCH)]
+    scope = scope_text(resources, launches, kind)
     access_token, lifetime = auth.issuer.issue(user.name, user.role.value, str(resources), False, app=client_id,
                                                patient=granted.patient)
     answer: dict[str, object] = {"access_token": access_token, "token_type": "Bearer", "expires_in": lifetime,
@@ -224,19 +224,19 @@ async def _backend_service_token(request: Request, form: dict[str, str], address
     """The client_credentials grant of SMART Backend Services: the client
     authenticates with a JWT it signed (`private_key_jwt`), not a secret."""
     if form["client_assertion_type"] != ASSERTION_TYPE:
-        return _error(400, "invalid_request", f"client_assertion_type must be {ASSERTION_TYPE}")
+        return oauth_error(400, "invalid_request", f"client_assertion_type must be {ASSERTION_TYPE}")
     assertion = form.get("client_assertion", "")
     if not assertion:
-        return _error(400, "invalid_request", "client_assertion is missing")
+        return oauth_error(400, "invalid_request", "client_assertion is missing")
     if form.get("client_secret") or request.headers.get("authorization"):
-        return _error(400, "invalid_request", "a client authenticates one way only: an assertion, or a secret")
+        return oauth_error(400, "invalid_request", "a client authenticates one way only: an assertion, or a secret")
     token_url = f"{public_root(request)}/auth/token"
     try:
         claimed = claimed_client(assertion, token_url, int(time.time()))
     except InvalidAssertion as refusal:
-        return _error(401, "invalid_client", str(refusal))
+        return oauth_error(401, "invalid_client", str(refusal))
     if form.get("client_id", claimed.client_id) != claimed.client_id:
-        return _error(400, "invalid_request", "client_id differs from the assertion's iss")
+        return oauth_error(400, "invalid_request", "client_id differs from the assertion's iss")
     auth = _auth(request)
     # No private key is guessed by trying: failures count against where they come from only, so that
     # assertions naming a client, sent by anyone, cannot lock it out.
@@ -249,8 +249,12 @@ async def _backend_service_token(request: Request, form: dict[str, str], address
     except InvalidAssertion as refusal:
         log.info("a client assertion was refused: %s", refusal)
         # Whether the client exists, or which of its keys, is not told.
-        return _error(401, "invalid_client", "the assertion does not verify with a key registered for its client")
+        return oauth_error(401, "invalid_client", "the assertion does not verify with a key registered for its client")
     return _issued(auth, identity, form, keys)
+
+
+def is_form(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == FORM
 
 
 async def read_form(request: Request) -> dict[str, str] | None:
