@@ -138,17 +138,12 @@ def condition_clause(
 
 
 def search_clauses(
-    conditions: tuple[Condition, ...], resources: Any, visibility: Visibility, dialect: str
+    conditions: tuple[Condition, ...], resources: Any, visibility: Visibility, leader: Condition | None = None
 ) -> list[ColumnElement[bool]]:
-    """The clauses of a search's conditions, all of which must hold. SQLite
-    starts from the first `id IN (rows)` it is given and gathers every other
-    such list whole before the first row is read: `Observation?code=x&subject=y`
-    gathered the half of all Observations that had the code to keep the few
-    of one patient (93 ms of 100,000, against 9 on PostgreSQL, whose planner
-    picks its own start). On SQLite, a condition that names resources (`_id`,
-    a reference without a chain) therefore leads, and the others are tested
-    on the rows it leaves, each by its own index rows."""
-    leader = next((condition for condition in conditions if dialect == "sqlite" and _names_resources(condition)), None)
+    """The clauses of a search's conditions, all of which must hold. With a
+    `leader` (one of `conditions`, see `leader_sizes`), the rows start from
+    it and the others are tested on the rows it leaves, each by its own
+    index rows."""
     if leader is None:
         return [condition_clause(condition, resources, visibility) for condition in conditions]
     followers = [condition for condition in conditions if condition is not leader]
@@ -159,9 +154,33 @@ def search_clauses(
     ]
 
 
-def _names_resources(condition: Condition) -> bool:
-    plain = condition.chain is None and not condition.negate and condition.missing is None
-    return plain and (condition.parameter.name == "_id" or condition.parameter.type is ParamType.REFERENCE)
+def names_resources(condition: Condition) -> bool:
+    return condition.parameter.name == "_id" or condition.parameter.type is ParamType.REFERENCE
+
+
+def leader_sizes(conditions: tuple[Condition, ...], upto: int) -> list[tuple[Condition, Any]]:
+    """The conditions that could lead a search, each with how many index
+    rows it matches counted up to `upto`: an int for ids, else a statement.
+    Candidates are the plain conditions whose lookup is an index seek (ids,
+    references, tokens with a code), so that counting them costs at most
+    `upto` index entries each."""
+    sizes: list[tuple[Condition, Any]] = []
+    for condition in conditions:
+        if condition.chain is not None or condition.negate or condition.missing is not None:
+            continue
+        if condition.parameter.name == "_id":
+            sizes.append((condition, len(condition.values)))
+        elif condition.parameter.type is ParamType.REFERENCE or (
+            condition.parameter.type is ParamType.TOKEN
+            and all(isinstance(value, TokenValue) and value.code is not None for value in condition.values)
+        ):
+            table = _TABLES[condition.parameter.type]
+            rows = select(table.c.resource_pk).where(
+                table.c.param == condition.parameter.name,
+                or_(*(_value_match(value, table) for value in condition.values)),
+            ).limit(upto)
+            sizes.append((condition, select(func.count()).select_from(rows.subquery())))
+    return sizes
 
 
 def _own_indexed_value(condition: Condition) -> bool:
