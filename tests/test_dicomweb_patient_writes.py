@@ -53,7 +53,8 @@ def test_patient_scopes_grant_the_writes_of_imaging_studies_alone(world):
     token = _launch(world)
     # Writes reach ImagingStudy only (STOW, DELETE); the compartment's other types and the Patient read and search.
     assert "patient/ImagingStudy.crds" in token["scope"].split()
-    assert {"patient/Patient.rs", "patient/Observation.rs", "patient/DiagnosticReport.rs"} <= set(token["scope"].split())
+    granted = set(token["scope"].split())
+    assert {"patient/Patient.rs", "patient/Observation.rs", "patient/DiagnosticReport.rs"} <= granted
     # A clinician's role writes nothing: the same app launched by clara gets reading alone.
     assert "patient/ImagingStudy.rs" in _launch(world, username="clara")["scope"].split()
     # SMART v1 names, as the code maps them: write = cud, * = cruds.
@@ -74,7 +75,7 @@ def test_a_patient_context_stores_and_deletes_its_patients_studies(world):
         assert app.delete(f"/dicom-web/studies/{world.studies['a']}").status_code == 200
 
 
-def test_a_patient_context_cannot_store_outside_its_compartment(world):
+def test_a_patient_context_cannot_store_outside_its_compartment(world, services):
     b_series, b_instance = _b_series_and_instance(world)
     with _as(world, _launch(world)) as app:
         attempts = {
@@ -98,6 +99,14 @@ def test_a_patient_context_cannot_store_outside_its_compartment(world):
     assert _subject(world, world.studies["b"]) == world.patients["b"]
     series = world.admin.get(f"/fhir/ImagingStudy/{world.studies['b']}").json()["series"]
     assert [item["uid"] for item in series] == [b_series] and series[0]["instance"][0]["uid"] == b_instance
+    # Audited as about the context's patient, as its reads are.
+    services.audit.chain.project()
+    events = world.admin.get("/fhir/AuditEvent", params={"_count": 200}).json()["entry"]
+    refusals = [entry["resource"] for entry in events
+                if entry["resource"].get("outcomeDesc") == "POST /dicom-web/studies answered 403"]
+    assert refusals and all(f"Patient/{world.patients['a']}" in [entity.get("what", {}).get("reference")
+                                                                 for entity in event.get("entity", [])]
+                            for event in refusals)
 
 
 def test_a_patient_context_deletes_nothing_outside_its_compartment(world):
@@ -122,6 +131,19 @@ def test_patient_scopes_write_no_fhir_resource(world, services):
         assert app.put(f"/fhir/Patient/{a}", json={"resourceType": "Patient", "id": a}).status_code == 405
         assert app.delete(f"/fhir/Patient/{a}").status_code == 405
         assert app.delete("/fhir/Observation/oa").status_code == 405
+        assert app.delete("/fhir/Observation", params={"subject": f"Patient/{a}"}).status_code == 405
+        patch = [{"op": "replace", "path": "/subject/reference", "value": f"Patient/{world.patients['b']}"}]
+        assert app.patch("/fhir/Observation/oa", json=patch,
+                         headers={"Content-Type": "application/json-patch+json"}).status_code == 405
+        # A transaction that creates a Patient and an Observation naming it by its placeholder: refused whole.
+        placeholder = "urn:uuid:6f1c5d1e-0000-4000-8000-0000000000aa"
+        made = app.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": placeholder, "resource": {"resourceType": "Patient"},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {**observation, "subject": {"reference": placeholder}},
+             "request": {"method": "POST", "url": "Observation"}},
+        ]})
+        assert made.status_code in (403, 405) and made.json()["resourceType"] == "OperationOutcome", made.text
         # Types outside the compartment (Task, Group) and Subscriptions: 403, whatever they name.
         task = {"resourceType": "Task", "status": "draft", "intent": "order", "for": {"reference": f"Patient/{a}"}}
         for refused in (app.post("/fhir/Task", json=task), app.delete("/fhir/Task/ta"),
@@ -136,6 +158,8 @@ def test_patient_scopes_write_no_fhir_resource(world, services):
         refused = app.post("/fhir", json=bundle)
         assert refused.status_code == 403 and refused.json()["resourceType"] == "OperationOutcome", refused.text
     assert ids(world.admin.get("/fhir/Task").json()) == ["ta"]
+    assert sorted(ids(world.admin.get("/fhir/Observation").json())) == ["oa", "ob"]
+    assert sorted(ids(world.admin.get("/fhir/Patient").json())) == sorted(world.patients.values())
 
 
 def test_a_token_without_its_patient_writes_nothing_through_patient_scopes(world, services):

@@ -128,7 +128,8 @@ async def authorize(request: Request) -> Response:
         return _back(redirect_uri, state, "temporarily_unavailable",
                      "too many authorizations are waiting for a login; try again later")
     except Spent:
-        return _back(redirect_uri, state, "invalid_request", "the launch was used already: launch again")
+        return _back(redirect_uri, state, "invalid_request",
+                     "the launch was used already, or has expired: launch again")
     response = _login_page(request, 200, client, scope, key)
     response.set_cookie(_cookie(key), key, max_age=REQUEST_SECONDS, path=_cookie_path(request),
                         secure=public_root(request).startswith("https:"), httponly=True, samesite="strict")
