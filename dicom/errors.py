@@ -27,6 +27,10 @@ class NotAcceptable(DicomError):
     """Nothing the client accepts can be produced (HTTP 406)."""
 
 
+class Forbidden(DicomError):
+    """The identity may not do this, with this content (HTTP 403)."""
+
+
 class NotFound(DicomError):
     """The addressed study, series, instance, frame or bulk data does not exist (HTTP 404)."""
 

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from dicom.errors import (
     Conflict,
     DicomError,
+    Forbidden,
     InvalidDicom,
     InvalidRequest,
     NotAcceptable,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 _STATUS_BY_ERROR: tuple[tuple[type[DicomError], int], ...] = (
     (InvalidRequest, 400),
     (InvalidDicom, 400),
+    (Forbidden, 403),
     (NotFound, 404),
     (NotAcceptable, 406),
     (Conflict, 409),

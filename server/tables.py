@@ -540,6 +540,7 @@ launch_contexts = Table(
     Column("patient", String(64), nullable=False),
     Column("created_by", String(64), nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
+    Column("client_id", String(64)),  # the one app that may use it; None: any
 )
 # Authorization codes, bound to what they were issued for; a used one is kept
 # (until a day past its expiry) so that using it again is seen, and the

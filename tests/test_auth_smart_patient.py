@@ -384,8 +384,13 @@ def test_the_audit_trails_verification_needs_more_than_a_patient_context(world, 
         assert app.get("/fhir/AuditEvent/$verify").status_code == 200
 
 
-def _ehr_launch(world: World, patient: str, headers: dict | None = None) -> httpx.Response:
-    return world.admin.post("/auth/launch", data={"patient": patient}, headers=headers)
+def _ehr_launch(world: World, patient: str, headers: dict | None = None, **form: str) -> httpx.Response:
+    return world.admin.post("/auth/launch", data={"patient": patient, **form}, headers=headers)
+
+
+def _error_of(redirect: httpx.Response) -> str:
+    assert redirect.status_code == 302, redirect.text
+    return parse_qs(urlsplit(redirect.headers["location"]).query)["error"][0]
 
 
 def test_an_ehr_launch_names_its_patient_and_needs_no_picker(world):
@@ -420,6 +425,41 @@ def test_an_ehr_launch_is_refused_what_does_not_hold_together(world, services):
     assert _ehr_launch(world, world.patients["a"], {"Authorization": f"Bearer {held}"}).status_code == 403
 
 
+def test_a_launch_is_used_once(world):
+    launch = _ehr_launch(world, world.patients["b"]).json()["launch"]
+    page = world.app.authorize(scope="launch patient/*.rs", launch=launch)
+    assert page.status_code == 200, page.text
+    # Taken by the first authorization, before its login: a second one, even by the same app, gets nothing.
+    assert _error_of(world.app.authorize(scope="launch patient/*.rs", launch=launch)) == "invalid_request"
+    token = world.app.redeem(_code_of(world.app.log_in(page))).json()
+    assert token["patient"] == world.patients["b"]
+    assert _error_of(world.app.authorize(scope="launch patient/*.rs", launch=launch)) == "invalid_request"
+    # A launch refused for what else the request gets wrong is not spent by it.
+    fresh = _ehr_launch(world, world.patients["a"]).json()["launch"]
+    assert _error_of(world.app.authorize(scope="patient/*.rs", launch=fresh)) == "invalid_request"
+    assert world.app.authorize(scope="launch patient/*.rs", launch=fresh).status_code == 200
+
+
+def test_a_launch_bound_to_an_app_is_that_apps_alone(world, services):
+    other_id, _ = services.auth.identities.add_client("other", "launch patient/*.rs", redirect_uris=[REDIRECT],
+                                                      public=True)
+    other = App(world.base, other_id)
+    opened = _ehr_launch(world, world.patients["b"], client_id=world.app.client_id)
+    assert opened.status_code == 201 and opened.json()["client_id"] == world.app.client_id
+    launch = opened.json()["launch"]
+    assert _error_of(other.authorize(scope="launch patient/*.rs", launch=launch)) == "access_denied"
+    # The other app's try did not spend it: the app it was opened for still launches with it.
+    token = world.app.redeem(_code_of(world.app.log_in(
+        world.app.authorize(scope="launch patient/*.rs", launch=launch)))).json()
+    assert token["patient"] == world.patients["b"]
+    # An unbound launch is any app's, once.
+    unbound = _ehr_launch(world, world.patients["a"]).json()["launch"]
+    assert other.authorize(scope="launch patient/*.rs", launch=unbound).status_code == 200
+    for client_id in ("nobody", "a\x00b"):
+        refused = _ehr_launch(world, world.patients["a"], client_id=client_id)
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
+
+
 def test_the_command_line_registers_patient_apps(services, monkeypatch, capsys):
     monkeypatch.setenv("MEDAIFLOW_DATA_DIR", str(services.settings.data_dir))
     monkeypatch.setenv("MEDAIFLOW_DATABASE_URL", services.settings.database_url)
@@ -445,3 +485,4 @@ def test_the_migration_adds_and_drops_the_launch_columns(services):
     after = columns()
     assert {"user_name", "patient"} <= after["authorization_requests"] and "patient" in after["launch_contexts"]
     assert "patient" in after["authorization_codes"] and "patient" in after["refresh_tokens"]
+    assert "client_id" in after["launch_contexts"]

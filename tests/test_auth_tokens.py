@@ -205,10 +205,15 @@ def test_a_user_and_a_client_never_share_a_name(services, monkeypatch):
 
 def test_patient_scopes_reach_nothing_without_a_launch_context(services, fhir):
     assert not Grant.parse("patient/*.rs").allows("ImagingStudy", "r")
-    # In one, they reach the compartment's types and the Patient, read and searched, no more.
+    # In one, they reach the compartment's types and the Patient, read and searched, and write studies (STOW and
+    # DELETE, which keep to the compartment), no more.
     in_context = Grant.parse("patient/*.cruds")
     assert in_context.allows("ImagingStudy", "r", True) and in_context.allows("Patient", "s", True)
-    assert not in_context.allows("ImagingStudy", "c", True) and not in_context.allows("Task", "r", True)
+    assert in_context.allows("ImagingStudy", "c", True) and in_context.allows("ImagingStudy", "d", True)
+    assert not in_context.allows("ImagingStudy", "u", True) and not in_context.allows("Task", "r", True)
+    assert not any(in_context.allows(resource_type, letter, True) for resource_type in ("Patient", "Observation")
+                   for letter in "cud")
+    assert not Grant.parse("patient/*.cruds").allows("ImagingStudy", "c")
     assert not in_context.allows("AuditEvent", "r", True)  # a wildcard never reaches the audit trail
     with pytest.raises(IdentityError, match="picks when launching an app"):
         services.auth.identities.add_client("ehr-patient", "patient/*.rs")

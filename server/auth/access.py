@@ -54,6 +54,14 @@ class Principal:
         what a study's existence and patient tell (ordering inference on it) needs this."""
         return self.may(Permission(resource_type, "r")) and not self.within_patient(resource_type)
 
+    def write_compartment(self, resource_type: str, letter: str) -> str | None:
+        """The Patient whose compartment a write (`letter`: c, u or d) of the
+        type must keep to: this principal's patient, when its patient/ scopes
+        may allow the write and its other scopes do not; else None."""
+        if self.patient is None or self.grant.in_context("user", "system").allows(resource_type, letter):
+            return None
+        return self.patient
+
     def within_patient(self, resource_type: str) -> bool:
         """Whether what this principal sees of the type is its patient's
         compartment alone: it reaches the type through patient/ scopes, and

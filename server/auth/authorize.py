@@ -35,6 +35,7 @@ from server.auth.launch import (
     S256_CHALLENGE,
     Crowded,
     Pending,
+    Spent,
     granted_scope,
     needs_patient,
 )
@@ -102,9 +103,15 @@ async def authorize(request: Request) -> Response:
     if (launch is not None) != (EHR_LAUNCH in scope.split()):
         return _back(redirect_uri, state, "invalid_request",
                      "an EHR launch sends its launch parameter with the launch scope, each with the other")
-    patient = await run_in_threadpool(auth.launches.context_patient, launch) if launch else None
-    if launch is not None and patient is None:
-        return _back(redirect_uri, state, "invalid_request", "the launch is unknown or has expired: launch again")
+    context = await run_in_threadpool(auth.launches.context, launch) if launch else None
+    if launch is not None and context is None:
+        return _back(redirect_uri, state, "invalid_request",
+                     "the launch is unknown, has expired or was used already: launch again")
+    if context is not None and not context.allows(client.client_id):
+        # Not taken: the app it was opened for may still use it.
+        note_refusal(request.scope, f"{client.client_id} sent a launch opened for another app")
+        return _back(redirect_uri, state, "access_denied", "the launch was opened for another app")
+    patient = context.patient if context is not None else None
     # Refused now only when no user could be granted any of it: the user's role narrows it further at login.
     if not granted_scope(scope, client.grant, client.grant):
         return _back(redirect_uri, state, "invalid_scope",
@@ -116,10 +123,13 @@ async def authorize(request: Request) -> Response:
                      "too many authorizations asked from this address; try again later")
     pending = Pending(client.client_id, redirect_uri, scope, state, challenge, patient=patient)
     try:
-        key = await run_in_threadpool(auth.launches.ask, pending)
+        key = await run_in_threadpool(auth.launches.ask, pending, launch)
     except Crowded:
         return _back(redirect_uri, state, "temporarily_unavailable",
                      "too many authorizations are waiting for a login; try again later")
+    except Spent:
+        return _back(redirect_uri, state, "invalid_request",
+                     "the launch was used already, or has expired: launch again")
     response = _login_page(request, 200, client, scope, key)
     response.set_cookie(_cookie(key), key, max_age=REQUEST_SECONDS, path=_cookie_path(request),
                         secure=public_root(request).startswith("https:"), httponly=True, samesite="strict")

@@ -3,7 +3,11 @@ an EHR, or an admin, with a patient open asks `POST /auth/launch` for a
 launch context of that patient (`patient=<Patient id>`, a form) and gets an
 opaque `launch` value, which it hands to the app it launches; the app sends
 it to /auth/authorize with the `launch` scope, and the token it gets names
-that patient (`server.auth.authorize`).
+that patient (`server.auth.authorize`). A context is used once: the
+authorization that takes it deletes it, and an app that sends it again is
+refused. Given `client_id`, the registered app the EHR launches, only that
+app may use it: a launch value seen elsewhere (a log, a referrer, another
+app in the same EHR) gives another app nothing.
 
 Only an identity that may read the Patient opens a context for it (a token
 that is itself held to one patient opens none), and the user who then logs
@@ -46,6 +50,13 @@ async def open_launch(request: Request) -> JSONResponse:
         await run_in_threadpool(fhir.store.read, "Patient", patient)
     except FhirError:
         return oauth_error(404, "invalid_request", f"there is no Patient {patient!r} that {principal.name} may read")
-    launch = await run_in_threadpool(services(request).auth.launches.open_context, patient, principal.name)
-    return JSONResponse({"launch": launch, "patient": patient, "expires_in": LAUNCH_CONTEXT_SECONDS},
-                        status_code=201, headers={"Cache-Control": "no-store"})
+    client_id = form.get("client_id") or None
+    auth = services(request).auth
+    if client_id is not None and ("\x00" in client_id  # PostgreSQL's text holds no NUL: looking one up would be a 500
+                                  or await run_in_threadpool(auth.identities.launch_client, client_id) is None):
+        return oauth_error(400, "invalid_request", f"client_id {client_id[:64]!r} is no app registered here")
+    launch = await run_in_threadpool(auth.launches.open_context, patient, principal.name, client_id)
+    answer = {"launch": launch, "patient": patient, "expires_in": LAUNCH_CONTEXT_SECONDS}
+    if client_id is not None:
+        answer["client_id"] = client_id
+    return JSONResponse(answer, status_code=201, headers={"Cache-Control": "no-store"})

@@ -19,7 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass, replace
 
-from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, or_, select, update
 
 from server.auth.identities import Identities
 from server.auth.scopes import PATIENT_CONTEXT, PATIENT_REACH, Grant
@@ -71,6 +71,21 @@ class Granted:
     refresh_token: str | None = None  # the family's next
 
 
+@dataclass(frozen=True)
+class LaunchContext:
+    """An EHR launch context not yet used."""
+
+    patient: str
+    client_id: str | None  # the one app that may use it; None: any
+
+    def allows(self, client_id: str) -> bool:
+        return self.client_id in (None, client_id)
+
+
+class Spent(Exception):
+    """The EHR launch context was taken by another authorization (or expired) meanwhile."""
+
+
 class Crowded(Exception):
     """PENDING_LIMIT authorizations wait for their login already."""
 
@@ -103,8 +118,11 @@ class Launches:
         self.engine = engine
         self.identities = identities
 
-    def ask(self, pending: Pending) -> str:
-        """The key of a new pending authorization (for its login form). Raises Crowded."""
+    def ask(self, pending: Pending, launch: str | None = None) -> str:
+        """The key of a new pending authorization (for its login form), which
+        takes the EHR launch context `launch` (of `pending.patient`), in the
+        same transaction: a context is used once. Raises Crowded, or Spent
+        when another authorization took the context first."""
         key = secrets.token_urlsafe(32)
         now = int(time.time())
         with write_connection(self.engine, bookkeeping=True) as connection:
@@ -112,6 +130,12 @@ class Launches:
             waiting = connection.execute(select(func.count()).select_from(authorization_requests)).scalar_one()
             if waiting >= PENDING_LIMIT:
                 raise Crowded()
+            if launch is not None and not connection.execute(delete(launch_contexts).where(
+                launch_contexts.c.launch_hash == _digest(launch), launch_contexts.c.expires_at >= now,
+                launch_contexts.c.patient == pending.patient,
+                or_(launch_contexts.c.client_id.is_(None), launch_contexts.c.client_id == pending.client_id),
+            )).rowcount:
+                raise Spent()
             connection.execute(insert(authorization_requests).values(
                 key_hash=_digest(key), client_id=pending.client_id, redirect_uri=pending.redirect_uri,
                 scope=pending.scope, state=pending.state, code_challenge=pending.code_challenge,
@@ -130,24 +154,26 @@ class Launches:
         return Pending(row.client_id, row.redirect_uri, row.scope, row.state, row.code_challenge, row.user_name,
                        row.patient)
 
-    def open_context(self, patient: str, created_by: str) -> str:
-        """The opaque `launch` value of a new EHR launch context for `patient`."""
+    def open_context(self, patient: str, created_by: str, client_id: str | None = None) -> str:
+        """The opaque `launch` value of a new EHR launch context for
+        `patient`, for the app `client_id` alone when given."""
         launch = secrets.token_urlsafe(32)
         now = int(time.time())
         with write_connection(self.engine, bookkeeping=True) as connection:
             connection.execute(delete(launch_contexts).where(launch_contexts.c.expires_at < now))
             connection.execute(insert(launch_contexts).values(
                 launch_hash=_digest(launch), patient=patient, created_by=created_by,
-                expires_at=now + LAUNCH_CONTEXT_SECONDS,
+                expires_at=now + LAUNCH_CONTEXT_SECONDS, client_id=client_id,
             ))
         return launch
 
-    def context_patient(self, launch: str) -> str | None:
-        """The patient of the EHR launch context `launch`; None when unknown or expired."""
+    def context(self, launch: str) -> LaunchContext | None:
+        """The EHR launch context `launch`; None when unknown, expired or used."""
         with reading(self.engine) as connection:
-            return connection.execute(select(launch_contexts.c.patient).where(
+            row = connection.execute(select(launch_contexts.c.patient, launch_contexts.c.client_id).where(
                 launch_contexts.c.launch_hash == _digest(launch), launch_contexts.c.expires_at >= int(time.time()),
-            )).scalar()
+            )).first()
+        return None if row is None else LaunchContext(row.patient, row.client_id)
 
     def log_in(self, key: str, user_name: str) -> bool:
         """The user who logged in to the pending authorization `key`, which

@@ -8,15 +8,16 @@ QIDO and WADO read it (r, s), STOW creates it (c), DELETE deletes it (d).
 
 patient/ scopes reach one patient, the one a SMART launch picked: they count
 only in a patient context (a token that names its patient), only for the
-types of the Patient compartment and the Patient itself, and only to read and
-search (a write under a patient context is refused: whether a write keeps a
-resource within the compartment is not checked here). Which rows they reach
-is the rule of `server.fhir.patient_context`.
+types of the Patient compartment and the Patient itself, to read and search,
+and to write only where PATIENT_WRITES says. Which rows they reach is the
+rule of `server.fhir.patient_context`.
 """
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 
 from fhir_mappings.patient_compartment import EVERYTHING_TYPES
 
@@ -31,6 +32,16 @@ PATIENT_CONTEXT = "patient"
 # What patient/ scopes reach: the Patient and the types of its compartment, read and searched.
 PATIENT_TYPES = frozenset(EVERYTHING_TYPES)
 _PATIENT_LETTERS = frozenset("rs")
+# What patient/ scopes may change besides, letter by letter: only a type whose
+# every write path keeps the change within the patient's compartment. An
+# ImagingStudy is created by STOW, whose instances must name the patient and
+# may join or replace only what is in its compartment already
+# (`server.dicomweb.patient_writes`), and deleted by DICOMweb DELETE, of the
+# compartment's studies alone. The compartment's other types, and the Patient,
+# are written by the server alone (405 to every client): a type made writable
+# later gives patient/ scopes no write until its write paths judge the
+# compartment too.
+PATIENT_WRITES: Mapping[str, frozenset[str]] = MappingProxyType({"ImagingStudy": frozenset("cd")})
 
 
 class Role(Enum):
@@ -75,7 +86,8 @@ class Grant:
             permission in scope.permissions
             and (scope.resource_type == resource_type or (scope.resource_type == "*" and resource_type not in _NAMED_ONLY))
             and (scope.context != PATIENT_CONTEXT
-                 or (patient_context and permission in _PATIENT_LETTERS and resource_type in PATIENT_TYPES))
+                 or (patient_context and resource_type in PATIENT_TYPES
+                     and (permission in _PATIENT_LETTERS or permission in PATIENT_WRITES.get(resource_type, ()))))
             for scope in self.scopes
         )
 
@@ -107,8 +119,12 @@ class Grant:
         return " ".join(str(scope) for scope in self.scopes)
 
 
-# The most patient/ scopes give: reading and searching the Patient and its compartment, type by type.
-PATIENT_REACH = Grant.parse(" ".join(f"{PATIENT_CONTEXT}/{resource_type}.rs" for resource_type in EVERYTHING_TYPES))
+# The most patient/ scopes give: reading and searching the Patient and its compartment, type by type, and the
+# writes of PATIENT_WRITES.
+PATIENT_REACH = Grant(tuple(
+    Scope(PATIENT_CONTEXT, resource_type, _PATIENT_LETTERS | PATIENT_WRITES.get(resource_type, frozenset()))
+    for resource_type in EVERYTHING_TYPES
+))
 
 
 def role_grant(role: Role, context: str = "user") -> Grant:

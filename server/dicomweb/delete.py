@@ -10,14 +10,18 @@ from sqlalchemy import Engine, delete, select
 from dicom.errors import NotFound
 from server import index
 from server.db import write_connection
+from server.fhir.patient_context import patient_studies
 from server.ingest import Ingestor, StudyChange
 from server.tables import instances, series, studies
 
 
 def delete_resources(
-    engine: Engine, ingestor: Ingestor, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    engine: Engine, ingestor: Ingestor, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None,
+    patient: str | None = None,
 ) -> int:
-    """Delete what the UIDs address; returns the number of instances removed."""
+    """Delete what the UIDs address, in `patient`'s compartment only when
+    given (a patient context's patient/ scopes delete there alone); returns
+    the number of instances removed."""
     statement = (
         select(instances.c.id, instances.c.file_path, instances.c.series_pk)
         .join_from(instances, series, instances.c.series_pk == series.c.id)
@@ -28,6 +32,8 @@ def delete_resources(
         statement = statement.where(series.c.series_instance_uid == series_uid)
     if sop_uid is not None:
         statement = statement.where(instances.c.sop_instance_uid == sop_uid)
+    if patient is not None:  # another patient's study is, to the context, not there: as its reads find it
+        statement = statement.where(patient_studies(patient))
     with write_connection(engine) as connection:
         # The study row first, as STOW's upsert does: DELETE and STOW of one
         # study then queue on it (PostgreSQL) instead of deadlocking or
@@ -36,7 +42,8 @@ def delete_resources(
         connection.execute(select(studies.c.id).where(studies.c.study_instance_uid == study_uid).with_for_update())
         rows = connection.execute(statement).all()
         if not rows:
-            raise NotFound(_describe(study_uid, series_uid, sop_uid) + " is not stored here")
+            within = f" in Patient/{patient}'s compartment, where this token deletes" if patient is not None else ""
+            raise NotFound(_describe(study_uid, series_uid, sop_uid) + f" is not stored here{within}")
         paths = [row.file_path for row in rows]
         index.journal_files(connection, paths)
         ids = [row.id for row in rows]

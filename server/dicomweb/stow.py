@@ -31,6 +31,7 @@ from server.dicomweb.context import (
     dicomweb_root,
     preferred_model,
 )
+from server.dicomweb.patient_writes import require_within_patient
 from server.ingest import PreparedFile, prepare
 from server.services import Services
 from server.storage import ReceivedFile, TempFileWriter, disk_out_of_room
@@ -161,6 +162,7 @@ async def store_instances(request: Request, services: Services, study_uid: str |
         raise InvalidRequest("the multipart body has no parts")
     try:
         prepared = await asyncio.gather(*(part.description for part in parts if isinstance(part, _DicomPart)))
+        await asyncio.to_thread(require_within_patient, services.engine, prepared)
         stored = iter(await asyncio.to_thread(services.ingestor.store_batch, list(prepared), study_uid))
     except BaseException:
         _discard(parts, None)

@@ -15,6 +15,7 @@ import orjson
 from pydantic import ValidationError
 from sqlalchemy import Connection, bindparam, false, func, select
 
+from dicom.instance import ParentDescription
 from fhir_mappings.endpoint import dicomweb_endpoints
 from fhir_mappings.errors import FhirError
 from fhir_mappings.imaging_study import (
@@ -171,6 +172,16 @@ def _study_record(  # type: ignore[no-untyped-def]
         patient_resource_id=patient_resource_id(patient),
         series=tuple(contents),
     )
+
+
+def instance_patient_id(description: ParentDescription) -> str:
+    """The id of the Patient an instance names, as its study would be written with it (`_patient_record`)."""
+    study, attributes = description.study, description.study_attributes
+    return patient_resource_id(PatientRecord(
+        patient_id=_full_text(attributes, "00100020", study.patient_id),
+        issuer_of_patient_id=_full_text(attributes, "00100021", study.issuer_of_patient_id),
+        name=None, birth_date=None, sex=None, study_instance_uid=study.study_instance_uid,
+    ))
 
 
 def _full_text(attributes: dict, tag: str, indexed: str | None) -> str | None:

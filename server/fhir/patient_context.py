@@ -53,6 +53,12 @@ def visible_studies() -> ColumnElement[bool] | None:
     return within_patient_context(literal("ImagingStudy"), studies.c.study_instance_uid, "ImagingStudy")
 
 
+def patient_studies(patient_id: str) -> ColumnElement[bool]:
+    """The DICOM studies in the patient's compartment (a clause on `studies`),
+    whatever the request may read: what a write under its context may touch."""
+    return _of_patient(studies.c.study_instance_uid, "ImagingStudy", patient_id)
+
+
 def _of_patient(ids: Any, resource_type: str, patient_id: str) -> ColumnElement[bool]:
     if resource_type == "Patient":
         return ids == patient_id
