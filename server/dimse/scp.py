@@ -1,0 +1,193 @@
+"""The DIMSE gateway (PS3.7, PS3.8): Verification and Storage SCP, over pynetdicom.
+
+Every association is vetted before negotiation: the called AE title must be
+ours and the calling one a registered peer calling from its host
+(server/dimse/peers.py); any other is rejected (A-ASSOCIATE-RJ, permanent,
+with the PS3.8 reason) and recorded as a Security Alert. Each operation then
+needs the rights of the peer's role, as the same operation over DICOMweb
+would (C-STORE: ImagingStudy create).
+
+A C-STORE goes through STOW-RS's ingest (server/ingest.py): the data set is
+written to the store's tmp/ as received, described, and stored by the same
+Ingestor, so indexing, the ImagingStudy sync, the inference trigger and the
+audit record in the index transaction are the ones a STOW gets. Its answer
+is the STOW outcome's status (dicom/dimse.py).
+"""
+
+import logging
+from datetime import UTC, datetime
+
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import StoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom.dimse import (
+    REFUSED_NOT_AUTHORIZED,
+    REJECTED_PERMANENT,
+    SOURCE_SERVICE_USER,
+    SUCCESS,
+    AssociationRejection,
+    store_status,
+)
+from dicom.stow import FailureReason, InstanceOutcome
+from dicom.transfer_syntax import BULK_DATA_MEDIA_TYPES, NATIVE_SYNTAXES, VIDEO_MEDIA_TYPES
+from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
+from server.audit.actors import Actor, current_actor
+from server.audit.recorder import AuditUnavailable
+from server.auth.access import Permission
+from server.dimse.peers import Peer, Peers, checked_ae_title
+from server.ingest import prepare
+from server.services import Services
+from server.storage import disk_out_of_room
+
+log = logging.getLogger(__name__)
+
+# What a DICOMweb STOW of the same instance needs (server/auth/access.py).
+STORE = Permission("ImagingStudy", "c")
+# The server keeps instances as received, in any syntax it knows (dicom/transfer_syntax.py).
+STORABLE_SYNTAXES = sorted(NATIVE_SYNTAXES | BULK_DATA_MEDIA_TYPES.keys() | VIDEO_MEDIA_TYPES.keys())
+
+
+class DimseGateway:
+    """Listens on `port` (0: any free one, see `address`) from `start` until `stop`."""
+
+    def __init__(self, services: Services, peers: Peers, ae_title: str, host: str, port: int) -> None:
+        self.services = services
+        self.peers = peers
+        self.ae_title = ae_title
+        self._listen = (host, port)
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None, "the gateway is not listening"
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        ae = AE(ae_title=self.ae_title)
+        ae.add_supported_context(Verification, STORABLE_SYNTAXES)
+        for context in StoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, STORABLE_SYNTAXES)
+        # Vetted by `_vet` instead, which also checks the peer's address and records refusals.
+        ae.require_called_aet = False
+        ae.require_calling_aet = []
+        handlers = [(evt.EVT_REQUESTED, self._vet), (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store)]
+        self._server = ae.start_server(self._listen, block=False, evt_handlers=handlers)
+        log.info("DIMSE gateway %s listening on %s:%d", self.ae_title, *self.address)
+
+    def stop(self) -> None:
+        """Stop listening, and end the associations still open (each runs in a thread of its own)."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        open_associations = server.active_associations
+        for association in open_associations:
+            association.abort()
+        server.shutdown()
+        for association in open_associations:
+            association.join(timeout=10)
+
+    # --- association ------------------------------------------------------------
+
+    def _vet(self, event: Event) -> None:
+        request = event.assoc.requestor.primitive
+        calling, called = str(request.calling_ae_title).strip(), str(request.called_ae_title).strip()
+        address = event.assoc.requestor.address
+        reason: AssociationRejection | None = None
+        if called != self.ae_title:
+            reason, why = AssociationRejection.CALLED_AE_NOT_RECOGNIZED, f"called AE title {called!r} is not ours"
+        else:
+            peer = self.peers.find(calling)
+            if peer is None:
+                reason, why = AssociationRejection.CALLING_AE_NOT_RECOGNIZED, f"{calling!r} is no registered peer"
+            elif not peer.calls_from(address):
+                reason = AssociationRejection.CALLING_AE_NOT_RECOGNIZED
+                why = f"{calling!r} is registered for host {peer.host}, not {address}"
+        if reason is None:
+            return
+        log.warning("DIMSE association from %s at %s rejected: %s", calling, address, why)
+        # Recorded before the peer learns of it, as a refused request is before its answer.
+        self._record(AuditKind.NODE_AUTHENTICATION, Outcome.MINOR_FAILURE, calling or "\ufffd", address,
+                     f"DIMSE association to {called!r} rejected: {why}")
+        event.assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, int(reason))
+        event.assoc.kill()
+
+    def _peer(self, event: Event) -> Peer | None:
+        """The peer of the association, if it is still registered (it may have been removed since it associated)."""
+        return self.peers.find(str(event.assoc.requestor.ae_title))
+
+    # --- services ---------------------------------------------------------------
+
+    def _echo(self, event: Event) -> int:
+        return SUCCESS if self._peer(event) is not None else REFUSED_NOT_AUTHORIZED
+
+    def _store(self, event: Event) -> int:
+        address = event.assoc.requestor.address
+        calling = str(event.assoc.requestor.ae_title).strip()
+        sop_instance_uid = str(event.request.AffectedSOPInstanceUID)
+        peer = self._peer(event)
+        if peer is None or not peer.principal().may(STORE):
+            self._record(AuditKind.STOW, Outcome.MINOR_FAILURE, calling, address,
+                         f"C-STORE of {sop_instance_uid} from {calling} refused: its role may not store")
+            return REFUSED_NOT_AUTHORIZED
+        actor = Actor(calling, address, f"C-STORE of {sop_instance_uid} from {calling}")
+        outcome = self._ingest(event, actor)
+        status = store_status(outcome)
+        if outcome.failure is not None:
+            log.warning("C-STORE of %s from %s refused with status %04X: %s", sop_instance_uid, calling, status,
+                        outcome.detail or outcome.failure.name)
+        # A stored change was recorded in its transaction; a resend that changed nothing, or a refusal, is not yet.
+        if outcome.failure is not None or not actor.recorded:
+            self._record(AuditKind.STOW, Outcome.SUCCESS if outcome.failure is None else Outcome.MINOR_FAILURE,
+                         calling, address, f"{actor.description} answered status {status:04X}",
+                         study_uids=[outcome.study_instance_uid] if outcome.study_instance_uid else [])
+        return status
+
+    def _ingest(self, event: Event, actor: Actor) -> InstanceOutcome:
+        try:
+            writer = self.services.store.new_temp_file()
+            try:
+                writer.write(event.encoded_dataset())
+                received = writer.finish()
+            except OSError:
+                writer.abort()
+                raise
+        except OSError as error:
+            failure = FailureReason.OUT_OF_RESOURCES if disk_out_of_room(error) else FailureReason.PROCESSING_FAILURE
+            return InstanceOutcome(str(event.request.AffectedSOPClassUID), str(event.request.AffectedSOPInstanceUID),
+                                   None, None, failure=failure, detail=error.strerror)
+        token = current_actor.set(actor)
+        try:
+            [outcome] = self.services.ingestor.store_batch([prepare(received)])
+        finally:
+            current_actor.reset(token)
+        return outcome
+
+    # --- audit ------------------------------------------------------------------
+
+    def _record(self, kind: AuditKind, outcome: Outcome, client: str, address: str, description: str,
+                study_uids: list[str] | None = None, query: bytes | None = None) -> None:
+        event = audit_event(AuditRecord(
+            kind=kind, outcome=outcome, recorded=datetime.now(UTC), client=client,
+            server=self.services.audit.server_name, client_address=address, description=description,
+            study_uids=study_uids or [], query=query,
+        ))
+        try:
+            self.services.audit.recorder.record(event)
+        except AuditUnavailable:
+            log.exception("a DIMSE audit event could not be recorded")
+
+
+
+def start_dimse(services: Services) -> DimseGateway | None:
+    """The gateway, listening, when MEDAIFLOW_DIMSE_PORT is set; None otherwise."""
+    settings = services.settings
+    if settings.dimse_port is None:
+        return None
+    gateway = DimseGateway(services, services.peers, checked_ae_title(settings.dimse_ae_title), settings.host,
+                           settings.dimse_port)
+    gateway.start()
+    return gateway
