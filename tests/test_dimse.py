@@ -1,5 +1,6 @@
 """The DIMSE gateway against real peers: dcmtk's echoscu and storescu, and pynetdicom as an SCU."""
 
+import base64
 import socket
 import subprocess
 import threading
@@ -204,3 +205,89 @@ def test_peers_are_managed_from_the_command_line(tmp_path, database_url, monkeyp
     out, err = capsys.readouterr()
     assert "PACS1            clinician    192.168.4.0/24" in out
     assert "registered already" in err and "no peer" in err
+
+
+def _findscu(port: int, level: str, *keys: str, model: str = "-S") -> list[dict[str, str]]:
+    """findscu's matches, each as {tag: value}, from its extracted response files."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        args = ["findscu", "-aet", "MODALITY1", "-aec", OUR_TITLE, model, "-k", f"QueryRetrieveLevel={level}", "-X",
+                "-od", folder]
+        for key in keys:
+            args += ["-k", key]
+        done = subprocess.run([*args, "127.0.0.1", str(port)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return [{element.keyword or str(element.tag): str(element.value) for element in dcmread(path)}
+                for path in sorted(Path(folder).iterdir())]
+
+
+def test_a_series_stored_by_storescu_is_found_by_c_find_and_qido(services, gateway, tmp_path: Path):
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.ADMIN)
+    study, series = generate_uid(), generate_uid()
+    other_study = generate_uid()
+    files = []
+    for number in range(1, 4):
+        path = tmp_path / f"ct{number}.dcm"
+        path.write_bytes(make_ct(study, series, InstanceNumber=number, PatientName="Müller^Anna",
+                                 AccessionNumber="ACC-7"))
+        files.append(str(path))
+    other = tmp_path / "other.dcm"
+    other.write_bytes(make_ct(other_study, PatientID="PID-2", PatientName="Other^Bob", StudyDate="20230101"))
+    assert _dcmtk("storescu", port, *files, str(other)).startswith("rc=0")
+    assert [item["0020000D"]["Value"] for item in client.get("/dicom-web/studies",
+            params={"PatientName": "Müller*"}).json()] == [[study]]
+
+    [found] = _findscu(port, "STUDY", "PatientName=M*", "StudyInstanceUID", "NumberOfStudyRelatedInstances",
+                       "AccessionNumber", "StudyDescription")
+    assert found["StudyInstanceUID"] == study and found["NumberOfStudyRelatedInstances"] == "3"
+    assert found["PatientName"] == "Müller^Anna" and found["AccessionNumber"] == "ACC-7"
+    assert found["StudyDescription"] == ""  # asked for, none stored: present and empty
+    dated = _findscu(port, "STUDY", "StudyDate=20240101-20241231", "StudyInstanceUID")
+    assert [match["StudyInstanceUID"] for match in dated] == [study]
+    both = _findscu(port, "STUDY", f"StudyInstanceUID={study}\\{other_study}")
+    assert sorted(match["StudyInstanceUID"] for match in both) == sorted([study, other_study])
+    [in_series] = _findscu(port, "SERIES", f"StudyInstanceUID={study}", "SeriesInstanceUID", "Modality",
+                           "NumberOfSeriesRelatedInstances")
+    assert in_series["SeriesInstanceUID"] == series and in_series["NumberOfSeriesRelatedInstances"] == "3"
+    images = _findscu(port, "IMAGE", f"StudyInstanceUID={study}", f"SeriesInstanceUID={series}", "SOPInstanceUID",
+                      "InstanceNumber")
+    assert sorted(match["InstanceNumber"] for match in images) == ["1", "2", "3"]
+    assert _findscu(port, "STUDY", "PatientID=PID-2", "StudyInstanceUID", model="-P")[0]["StudyInstanceUID"] \
+        == other_study
+    assert _findscu(port, "STUDY", "PatientName=Nobody") == []
+
+    queries = _events(services, client, type="110112", **{"agent-name": "MODALITY1"})
+    assert len(queries) == 7 and all(event["outcome"] == "0" for event in queries)
+    assert all(event["agent"][0]["network"]["address"] == "127.0.0.1" for event in queries)
+    asked = [base64.b64decode(entity["query"]) for event in queries for entity in event["entity"] if "query" in entity]
+    assert b"PatientName=M%2A&StudyInstanceUID=&NumberOfStudyRelatedInstances=" in b"\n".join(asked)
+
+
+def test_c_find_refuses_what_it_cannot_answer(services, gateway):
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    _, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)  # may store, not search
+    services.peers.add("VIEWER1", "127.0.0.1", Role.CLINICIAN)
+
+    def find(calling: str, **keys: str) -> list[int]:
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        association = ae.associate("127.0.0.1", port, ae_title=OUR_TITLE)
+        assert association.is_established
+        identifier = Dataset()
+        for keyword, value in keys.items():
+            setattr(identifier, keyword, value)
+        try:
+            return [status.Status for status, _ in
+                    association.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)]
+        finally:
+            association.release()
+
+    assert find("MODALITY1", QueryRetrieveLevel="STUDY", StudyInstanceUID="") == [0x0124]
+    assert find("VIEWER1", QueryRetrieveLevel="PATIENT", PatientID="") == [0xA900]
+    assert find("VIEWER1", QueryRetrieveLevel="STUDY", StudyDate="not-a-date") == [0xA900]
+    assert find("VIEWER1", QueryRetrieveLevel="STUDY", StudyInstanceUID="") == [0x0000]

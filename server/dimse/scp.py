@@ -7,6 +7,10 @@ with the PS3.8 reason) and recorded as a Security Alert. Each operation then
 needs the rights of the peer's role, as the same operation over DICOMweb
 would (C-STORE: ImagingStudy create).
 
+A C-FIND (Study or Patient Root, STUDY, SERIES or IMAGE level) is the
+QIDO-RS search of the same keys (dicom/dimse_query.py, server/dicomweb/qido.py),
+its matches sent as pending responses, recorded as a Query before the first.
+
 A C-STORE goes through STOW-RS's ingest (server/ingest.py): the data set is
 written to the store's tmp/ as received, described, and stored by the same
 Ingestor, so indexing, the ImagingStudy sync, the inference trigger and the
@@ -15,28 +19,48 @@ is the STOW outcome's status (dicom/dimse.py).
 """
 
 import logging
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
+from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import StoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom.dimse import (
+    CANCEL,
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+    PENDING,
     REFUSED_NOT_AUTHORIZED,
     REJECTED_PERMANENT,
     SOURCE_SERVICE_USER,
     SUCCESS,
+    UNABLE_TO_PROCESS,
     AssociationRejection,
     store_status,
 )
+from dicom.dimse_query import find_level, qido_parameters, response_identifier
+from dicom.errors import InvalidRequest
+from dicom.matching import parse_qido_query
 from dicom.stow import FailureReason, InstanceOutcome
-from dicom.transfer_syntax import BULK_DATA_MEDIA_TYPES, NATIVE_SYNTAXES, VIDEO_MEDIA_TYPES
+from dicom.transfer_syntax import (
+    BULK_DATA_MEDIA_TYPES,
+    NATIVE_SYNTAXES,
+    VIDEO_MEDIA_TYPES,
+)
 from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
 from server.audit.actors import Actor, current_actor
 from server.audit.recorder import AuditUnavailable
 from server.auth.access import Permission
+from server.dicomweb.qido import Scope, search
 from server.dimse.peers import Peer, Peers, checked_ae_title
 from server.ingest import prepare
 from server.services import Services
@@ -46,6 +70,9 @@ log = logging.getLogger(__name__)
 
 # What a DICOMweb STOW of the same instance needs (server/auth/access.py).
 STORE = Permission("ImagingStudy", "c")
+FIND = Permission("ImagingStudy", "s")
+# Patient Root too: its STUDY, SERIES and IMAGE levels take the same keys (PS3.4 C.6.1); PATIENT is not answered.
+FIND_MODELS = (StudyRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelFind)
 # The server keeps instances as received, in any syntax it knows (dicom/transfer_syntax.py).
 STORABLE_SYNTAXES = sorted(NATIVE_SYNTAXES | BULK_DATA_MEDIA_TYPES.keys() | VIDEO_MEDIA_TYPES.keys())
 
@@ -68,13 +95,17 @@ class DimseGateway:
 
     def start(self) -> None:
         ae = AE(ae_title=self.ae_title)
-        ae.add_supported_context(Verification, STORABLE_SYNTAXES)
+        # Verification and queries carry no pixel data: pynetdicom's default, the uncompressed syntaxes.
+        ae.add_supported_context(Verification)
         for context in StoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, STORABLE_SYNTAXES)
+        for model in FIND_MODELS:
+            ae.add_supported_context(model)
         # Vetted by `_vet` instead, which also checks the peer's address and records refusals.
         ae.require_called_aet = False
         ae.require_calling_aet = []
-        handlers = [(evt.EVT_REQUESTED, self._vet), (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store)]
+        handlers = [(evt.EVT_REQUESTED, self._vet), (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
+                    (evt.EVT_C_FIND, self._find)]
         self._server = ae.start_server(self._listen, block=False, evt_handlers=handlers)
         log.info("DIMSE gateway %s listening on %s:%d", self.ae_title, *self.address)
 
@@ -166,10 +197,50 @@ class DimseGateway:
             current_actor.reset(token)
         return outcome
 
+    def _find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        """Pending responses, one per match; pynetdicom sends the final Success when they end."""
+        address = event.assoc.requestor.address
+        calling = str(event.assoc.requestor.ae_title).strip()
+        peer = self._peer(event)
+        if peer is None or not peer.principal().may(FIND):
+            self._record(AuditKind.QIDO, Outcome.MINOR_FAILURE, calling, address,
+                         f"C-FIND from {calling} refused: its role may not search studies")
+            yield REFUSED_NOT_AUTHORIZED, None
+            return
+        identifier = event.identifier
+        parameters: list[tuple[str, str]] = []
+        try:
+            level = find_level(identifier)
+            parameters = qido_parameters(identifier)
+            query = parse_qido_query(level, parameters, self.services.settings.qido_max_limit)
+        except InvalidRequest as error:
+            self._record(AuditKind.QIDO, Outcome.MINOR_FAILURE, calling, address,
+                         f"C-FIND from {calling} refused: {error.message}", query=urlencode(parameters).encode())
+            yield IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
+            return
+        # Recorded before the first match goes out, as a QIDO-RS answer is: nothing is disclosed unrecorded.
+        if not self._record(AuditKind.QIDO, Outcome.SUCCESS, calling, address, f"C-FIND from {calling}",
+                            query=urlencode(parameters).encode()):
+            yield UNABLE_TO_PROCESS, None
+            return
+        root = f"{self.services.settings.public_root}/dicom-web"
+        offset = 0
+        while True:
+            page = search(self.services.engine, replace(query, offset=offset), Scope(), root)
+            for result in page.results:
+                if event.is_cancelled:
+                    yield CANCEL, None
+                    return
+                yield PENDING, response_identifier(identifier, level, Dataset.from_json(result))
+            if not page.more:
+                return
+            offset += len(page.results)
+
     # --- audit ------------------------------------------------------------------
 
     def _record(self, kind: AuditKind, outcome: Outcome, client: str, address: str, description: str,
-                study_uids: list[str] | None = None, query: bytes | None = None) -> None:
+                study_uids: list[str] | None = None, query: bytes | None = None) -> bool:
+        """Whether the event was recorded."""
         event = audit_event(AuditRecord(
             kind=kind, outcome=outcome, recorded=datetime.now(UTC), client=client,
             server=self.services.audit.server_name, client_address=address, description=description,
@@ -177,8 +248,10 @@ class DimseGateway:
         ))
         try:
             self.services.audit.recorder.record(event)
+            return True
         except AuditUnavailable:
             log.exception("a DIMSE audit event could not be recorded")
+            return False
 
 
 
