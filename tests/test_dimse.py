@@ -291,3 +291,21 @@ def test_c_find_refuses_what_it_cannot_answer(services, gateway):
     assert find("VIEWER1", QueryRetrieveLevel="PATIENT", PatientID="") == [0xA900]
     assert find("VIEWER1", QueryRetrieveLevel="STUDY", StudyDate="not-a-date") == [0xA900]
     assert find("VIEWER1", QueryRetrieveLevel="STUDY", StudyInstanceUID="") == [0x0000]
+
+
+def test_with_several_workers_the_first_to_bind_the_port_serves_dimse(services):
+    from dataclasses import replace
+
+    from server.dimse.scp import start_dimse
+
+    several = replace(services, settings=services.settings.model_copy(update={"workers": 2, "dimse_port": 19111}))
+    alone = replace(services, settings=several.settings.model_copy(update={"workers": 1}))
+    first = start_dimse(several)
+    try:
+        assert first is not None and first.address[1] == 19111
+        assert start_dimse(several) is None
+        with pytest.raises(OSError):  # a single process has no one else to serve DIMSE: it does not start
+            start_dimse(alone)
+    finally:
+        assert first is not None
+        first.stop()

@@ -18,6 +18,7 @@ audit record in the index transaction are the ones a STOW gets. Its answer
 is the STOW outcome's status (dicom/dimse.py).
 """
 
+import errno
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
@@ -262,5 +263,13 @@ def start_dimse(services: Services) -> DimseGateway | None:
         return None
     gateway = DimseGateway(services, services.peers, checked_ae_title(settings.dimse_ae_title), settings.host,
                            settings.dimse_port)
-    gateway.start()
+    try:
+        gateway.start()
+    except OSError as error:
+        if settings.workers == 1 or error.errno != errno.EADDRINUSE:
+            raise
+        # `serve --workers N`: each process builds its app; the first to bind the port serves DIMSE for all.
+        log.warning("DIMSE port %d is taken (another worker of this server, presumably): this process serves HTTP "
+                    "alone", settings.dimse_port)
+        return None
     return gateway
