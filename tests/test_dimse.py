@@ -309,3 +309,35 @@ def test_with_several_workers_the_first_to_bind_the_port_serves_dimse(services):
     finally:
         assert first is not None
         first.stop()
+
+
+def test_c_get_sends_the_matching_instances_back_over_the_association(services, gateway, tmp_path: Path):
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.ADMIN)
+    study, series = generate_uid(), generate_uid()
+    sent = {}
+    for number in range(1, 4):
+        payload = make_ct(study, series, InstanceNumber=number)
+        sent[dcmread(BytesIO(payload)).SOPInstanceUID] = payload
+        (tmp_path / f"ct{number}.dcm").write_bytes(payload)
+    assert _dcmtk("storescu", port, *(str(tmp_path / f"ct{n}.dcm") for n in range(1, 4))).startswith("rc=0")
+    received = tmp_path / "received"
+    received.mkdir()
+    done = subprocess.run(["getscu", "-aet", "MODALITY1", "-aec", OUR_TITLE, "-S", "-k", "QueryRetrieveLevel=SERIES",
+                           "-k", f"StudyInstanceUID={study}", "-k", f"SeriesInstanceUID={series}", "-od", str(received),
+                           "127.0.0.1", str(port)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = {dcmread(path).SOPInstanceUID: dcmread(path) for path in received.iterdir()}
+    assert set(got) == set(sent)
+    for uid, dataset in got.items():
+        assert dataset.PixelData == dcmread(BytesIO(sent[uid])).PixelData
+    [retrieved] = _events(services, client, type="110104", action="R", **{"agent-name": "MODALITY1"})
+    assert retrieved["outcomeDesc"] == "C-GET from MODALITY1: 3 instances" and study in str(retrieved["entity"])
+
+    services.peers.add("STORER", "127.0.0.1", Role.MODALITY)  # may store, not read
+    refused = subprocess.run(["getscu", "-aet", "STORER", "-aec", OUR_TITLE, "-S", "-k", "QueryRetrieveLevel=STUDY",
+                              "-k", f"StudyInstanceUID={study}", "-od", str(received), "127.0.0.1", str(port)],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 0 and "DIMSE status is: Unknown Status: 0x124" in refused.stderr  # dcmtk has no name
+    assert len(list(received.iterdir())) == 3
+

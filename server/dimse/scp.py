@@ -23,15 +23,19 @@ import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
@@ -49,8 +53,8 @@ from dicom.dimse import (
     store_status,
 )
 from dicom.dimse_query import find_level, qido_parameters, response_identifier
-from dicom.errors import InvalidRequest
-from dicom.matching import parse_qido_query
+from dicom.errors import InvalidRequest, NotFound
+from dicom.matching import QidoQuery, parse_qido_query
 from dicom.stow import FailureReason, InstanceOutcome
 from dicom.transfer_syntax import (
     BULK_DATA_MEDIA_TYPES,
@@ -61,6 +65,7 @@ from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_eve
 from server.audit.actors import Actor, current_actor
 from server.audit.recorder import AuditUnavailable
 from server.auth.access import Permission
+from server.dicomweb.lookup import find_instance
 from server.dicomweb.qido import Scope, search
 from server.dimse.peers import Peer, Peers, checked_ae_title
 from server.ingest import prepare
@@ -74,6 +79,8 @@ STORE = Permission("ImagingStudy", "c")
 FIND = Permission("ImagingStudy", "s")
 # Patient Root too: its STUDY, SERIES and IMAGE levels take the same keys (PS3.4 C.6.1); PATIENT is not answered.
 FIND_MODELS = (StudyRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelFind)
+RETRIEVE = Permission("ImagingStudy", "r")
+GET_MODELS = (StudyRootQueryRetrieveInformationModelGet, PatientRootQueryRetrieveInformationModelGet)
 # The server keeps instances as received, in any syntax it knows (dicom/transfer_syntax.py).
 STORABLE_SYNTAXES = sorted(NATIVE_SYNTAXES | BULK_DATA_MEDIA_TYPES.keys() | VIDEO_MEDIA_TYPES.keys())
 
@@ -98,15 +105,16 @@ class DimseGateway:
         ae = AE(ae_title=self.ae_title)
         # Verification and queries carry no pixel data: pynetdicom's default, the uncompressed syntaxes.
         ae.add_supported_context(Verification)
+        # The peer may be the Storage SCP too: a C-GET's instances go back over its own association.
         for context in StoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, STORABLE_SYNTAXES)
-        for model in FIND_MODELS:
+            ae.add_supported_context(context.abstract_syntax, STORABLE_SYNTAXES, scu_role=True, scp_role=True)
+        for model in FIND_MODELS + GET_MODELS:
             ae.add_supported_context(model)
         # Vetted by `_vet` instead, which also checks the peer's address and records refusals.
         ae.require_called_aet = False
         ae.require_calling_aet = []
         handlers = [(evt.EVT_REQUESTED, self._vet), (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
-                    (evt.EVT_C_FIND, self._find)]
+                    (evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get)]
         self._server = ae.start_server(self._listen, block=False, evt_handlers=handlers)
         log.info("DIMSE gateway %s listening on %s:%d", self.ae_title, *self.address)
 
@@ -224,18 +232,72 @@ class DimseGateway:
                             query=urlencode(parameters).encode()):
             yield UNABLE_TO_PROCESS, None
             return
+        for result in self._matches(query):
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, response_identifier(identifier, level, Dataset.from_json(result))
+
+    def _matches(self, query: QidoQuery) -> Iterator[dict[str, Any]]:
+        """Every match of `query`, a page at a time (DIMSE has no paging of its own)."""
         root = f"{self.services.settings.public_root}/dicom-web"
         offset = 0
         while True:
             page = search(self.services.engine, replace(query, offset=offset), Scope(), root)
-            for result in page.results:
-                if event.is_cancelled:
-                    yield CANCEL, None
-                    return
-                yield PENDING, response_identifier(identifier, level, Dataset.from_json(result))
+            yield from page.results
             if not page.more:
                 return
             offset += len(page.results)
+
+    def _get(self, event: Event) -> Iterator[int | tuple[int, Dataset | None]]:
+        """The number of instances, then each as a C-STORE sub-operation over
+        the peer's association (pynetdicom sends it for a pending status and
+        counts what the peer answers)."""
+        address = event.assoc.requestor.address
+        calling = str(event.assoc.requestor.ae_title).strip()
+        peer = self._peer(event)
+        if peer is None or not peer.principal().may(RETRIEVE):
+            self._record(AuditKind.WADO, Outcome.MINOR_FAILURE, calling, address,
+                         f"C-GET from {calling} refused: its role may not read studies")
+            yield 1
+            yield REFUSED_NOT_AUTHORIZED, None
+            return
+        parameters: list[tuple[str, str]] = []
+        try:
+            find_level(event.identifier)
+            parameters = qido_parameters(event.identifier)
+            # Whatever level it names, a C-GET retrieves the instances below its matches.
+            query = parse_qido_query("instance", parameters, self.services.settings.qido_max_limit)
+        except InvalidRequest as error:
+            self._record(AuditKind.WADO, Outcome.MINOR_FAILURE, calling, address,
+                         f"C-GET from {calling} refused: {error.message}", query=urlencode(parameters).encode())
+            yield 1
+            yield IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
+            return
+        found = [(_uid(match, "0020000D"), _uid(match, "0020000E"), _uid(match, "00080018"))
+                 for match in self._matches(query)]
+        studies = sorted({study for study, _, _ in found})
+        # Recorded before the first instance goes out, as a WADO-RS answer is.
+        if not self._record(AuditKind.WADO, Outcome.SUCCESS, calling, address,
+                            f"C-GET from {calling}: {len(found)} instances", study_uids=studies,
+                            query=urlencode(parameters).encode()):
+            yield 1
+            yield UNABLE_TO_PROCESS, None
+            return
+        yield len(found)
+        for study, series, sop in found:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            try:
+                stored = find_instance(self.services.engine, self.services.store, study, series, sop)
+                dataset = dcmread(stored.absolute_path)
+            except (NotFound, OSError):
+                # Deleted since it matched: the rest are counted failed (pynetdicom can skip no sub-operation).
+                log.warning("C-GET from %s ended: instance %s went while it was being retrieved", calling, sop)
+                yield UNABLE_TO_PROCESS, None
+                return
+            yield PENDING, dataset
 
     # --- audit ------------------------------------------------------------------
 
@@ -273,3 +335,7 @@ def start_dimse(services: Services) -> DimseGateway | None:
                     "alone", settings.dimse_port)
         return None
     return gateway
+
+
+def _uid(match: dict[str, Any], tag: str) -> str:
+    return str(match[tag]["Value"][0])
