@@ -15,12 +15,14 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from sqlalchemy import select
 
 from server.app import create_app
 from server.auth.scopes import Role
 from server.dimse.peers import PeerError
 from server.services import Services
 from server.settings import Settings
+from server.tables import study_activity
 from tests.conftest import admin_headers
 from tests.dicom_files import make_ct
 
@@ -103,6 +105,9 @@ def test_a_series_stored_by_storescu_is_indexed_and_audited_as_a_stow(services, 
     found = client.get("/dicom-web/studies", params={"StudyInstanceUID": study}).json()
     assert [item["00201208"]["Value"] for item in found] == [[3]]  # NumberOfStudyRelatedInstances
     assert client.get(f"/fhir/ImagingStudy?identifier=urn:oid:{study}").json()["total"] == 1
+    with services.engine.connect() as connection:  # the inference trigger: quiet-study clock started, as by a STOW
+        touched = connection.execute(select(study_activity.c.study_instance_uid)).scalars().all()
+    assert touched == [study]
     stored = _events(services, client, type="110104", action="C", **{"agent-name": "MODALITY1"})
     assert len(stored) == 3
     assert all(event["agent"][0]["network"]["address"] == "127.0.0.1" for event in stored)
