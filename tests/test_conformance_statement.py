@@ -77,7 +77,7 @@ def test_the_ups_sop_classes_are_named_by_their_uids_and_push_is_the_workitems_c
 def test_the_dimse_sop_classes_are_those_the_gateway_supports():
     from pynetdicom.presentation import StoragePresentationContexts
 
-    from server.dimse.scp import FIND_MODELS, GET_MODELS
+    from server.dimse.query import FIND_MODELS, GET_MODELS
 
     rows = _table("dimse-sop-classes")
     named = {uid: name for name, uid, _, _ in rows if uid != "(many)"}
