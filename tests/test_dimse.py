@@ -170,6 +170,7 @@ def test_peers_are_checked_when_registered(services):
         services.peers.add("CT1", "10.0.0.2", Role.MODALITY)
     [peer] = services.peers.all()
     assert peer.calls_from("10.0.0.7") and not peer.calls_from("10.0.1.7")
+    assert peer.calls_from("::ffff:10.0.0.7") and not peer.calls_from("::1") and not peer.calls_from("not an address")
     assert services.peers.find("localhost") is None
     services.peers.add("NAMED", "localhost", Role.CLINICIAN)
     assert services.peers.find("NAMED").calls_from("127.0.0.1")  # a host name, resolved when it calls

@@ -53,6 +53,9 @@ class Peer:
             calling = ipaddress.ip_address(address)
         except ValueError:
             return False
+        # Listening on `::`, an IPv4 peer calls from an IPv4-mapped address: it is the IPv4 one that is registered.
+        if isinstance(calling, ipaddress.IPv6Address) and calling.ipv4_mapped is not None:
+            calling = calling.ipv4_mapped
         try:
             return calling in ipaddress.ip_network(self.host, strict=False)
         except ValueError:
