@@ -93,6 +93,8 @@ class AuditKind(Enum):
     APPLICATION_ACTIVITY = _dicom("110100", "Application Activity", "U", False)  # models, jobs
     # 110137 is no event of its own but a type of Security Alert (PS3.15 A.5.3, Security Alert; PS3.16 CID 403).
     SECURITY_CHANGE = _dicom("110113", "Security Alert", "U", False, ("110137", "User Security Attributes Changed"))
+    # A DIMSE association refused for who called or from where (PS3.16 CID 403).
+    NODE_AUTHENTICATION = _dicom("110113", "Security Alert", "E", False, ("110126", "Node Authentication"))
     # A Subscription's notification: the server sends, its owner's endpoint receives.
     EXPORT = _dicom("110106", "Export", "R", True)
 

@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from fhir_mappings.audit_event import AuditKind
 from server import health
+from server.audit.actors import current_actor
 from server.audit.middleware import AuditMiddleware, note_studies
 from server.audit.service import AuditService, build_audit
 from server.auth.authorize import router as authorize_router
@@ -25,6 +26,9 @@ from server.db import make_engine, write_connection, written
 from server.dicomweb.routes import router as dicomweb_router
 from server.dicomweb.wado_uri import router as wado_uri_router
 from server.dicomweb.workitem_subscriptions import job_changed
+from server.dimse.peers import Peers
+from server.dimse.routes import router as dimse_peers_router
+from server.dimse.scp import start_dimse
 from server.errors import install_error_handlers
 from server.fhir.bulk_export_routes import router as bulk_export_router
 from server.fhir.bulk_export_worker import build_exports
@@ -79,8 +83,11 @@ def build_services(settings: Settings) -> Services:
     subscriptions = _subscriptions(settings, fhir, auth.identities, audit)
     exports = build_exports(fhir, audit, settings.data_dir, settings.export_retention_hours,
                             settings.export_max_per_caller)
+    peers = Peers(engine)
+    peers.on_change = lambda connection, description: audit.record_in(
+        connection, AuditKind.SECURITY_CHANGE, SERVER_AGENT, description)
     return Services(settings=settings, engine=engine, store=store, ingestor=ingestor, fhir=fhir, jobs=jobs, audit=audit,
-                    auth=auth, subscriptions=subscriptions, exports=exports)
+                    auth=auth, subscriptions=subscriptions, exports=exports, peers=peers)
 
 
 def _subscriptions(settings: Settings, fhir: FhirService, identities: Identities, audit: AuditService) -> Dispatcher:
@@ -100,15 +107,22 @@ def _audit_own_dicom_change(
     audit: AuditService, connection: Connection, study_uids: set[str], change: StudyChange,
     patients: dict[str, str | None],
 ) -> None:
-    """Instances the server stored or deleted itself, not for a request (a
-    job's segmentation, a withdrawn job's segmentation taken out, an import):
-    recorded in the transaction that made the change, as a request's would be.
+    """Instances stored or deleted for no HTTP request: by the server itself
+    (a job's segmentation, a withdrawn job's segmentation taken out, an
+    import), or for a DIMSE peer (`current_actor`), named with its address.
+    Recorded in the transaction that made the change, as a request's would be.
     A study it emptied has no patient now: the patients its ImagingStudy
     named until this transaction (`written`) are in the record too."""
     kind = AuditKind.STOW if change is StudyChange.STORED else AuditKind.STUDY_DELETED
     named = {patient for patient in patients.values() if patient} | written(connection).patients
-    audit.record_in(connection, kind, SERVER_AGENT, f"DICOM instances {change.value} by the server",
-                    patients=sorted(named), study_uids=sorted(study_uids))
+    actor = current_actor.get()
+    if actor is None:
+        audit.record_in(connection, kind, SERVER_AGENT, f"DICOM instances {change.value} by the server",
+                        patients=sorted(named), study_uids=sorted(study_uids))
+        return
+    audit.record_in(connection, kind, actor.name, actor.description, patients=sorted(named),
+                    study_uids=sorted(study_uids), client_address=actor.address)
+    actor.recorded = True
 
 
 def _audit_own_changes(audit: AuditService, jobs: JobsService) -> None:
@@ -141,9 +155,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services.jobs.start()
     services.subscriptions.start()
     services.exports.worker.start()
+    app.state.dimse = start_dimse(services)
     try:
         yield
     finally:
+        if app.state.dimse is not None:
+            app.state.dimse.stop()
         services.exports.worker.stop()
         services.subscriptions.stop()
         services.jobs.stop()
@@ -166,6 +183,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(bulk_export_router, prefix="/fhir")  # before the route table's [type]/[id]
     app.include_router(fhir_router, prefix="/fhir")
     app.include_router(models_router, prefix="/admin")
+    app.include_router(dimse_peers_router, prefix="/admin")
     app.include_router(auth_router)
     app.include_router(authorize_router)
     app.include_router(ehr_launch_router)

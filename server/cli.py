@@ -11,6 +11,7 @@ from sqlalchemy.engine import make_url
 from fhir_mappings.errors import FhirError
 from inference.errors import InferenceError
 from server.auth.identities import IdentityError
+from server.dimse.peers import PeerError
 from server.jobs.cli import add_commands as add_inference_commands
 from server.jobs.registry import ActivationRefused, ModelNotFound
 from server.settings import load_settings
@@ -106,17 +107,21 @@ def _import(args: argparse.Namespace) -> int:
     return 0 if summary.rejected == 0 else 1
 
 
-def _with_identities(work):  # type: ignore[no-untyped-def]
-    """The server's own identities, so that each change is audited as the server audits it."""
+def _with_services(work):  # type: ignore[no-untyped-def]
+    """The server's own services, so that each change is audited as the server audits it."""
     from server.app import build_services
     from server.migrate import upgrade
 
     services = build_services(load_settings())
     try:
         upgrade(services.engine)
-        return work(services.auth.identities)
+        return work(services)
     finally:
         services.engine.dispose()
+
+
+def _with_identities(work):  # type: ignore[no-untyped-def]
+    return _with_services(lambda services: work(services.auth.identities))
 
 
 def _password_from_stdin() -> str | None:
@@ -196,6 +201,26 @@ def _clients_list(_: argparse.Namespace) -> int:
 def _clients_disable(args: argparse.Namespace) -> int:
     _with_identities(lambda identities: identities.disable_client(args.client_id))
     print(f"client {args.client_id} disabled")
+    return 0
+
+
+def _peers_add(args: argparse.Namespace) -> int:
+    from server.auth.scopes import Role
+
+    peer = _with_services(lambda services: services.peers.add(args.ae_title, args.host, Role(args.role)))
+    print(f"peer {peer.ae_title} ({peer.role.value}) may associate from {peer.host}")
+    return 0
+
+
+def _peers_list(_: argparse.Namespace) -> int:
+    for peer in _with_services(lambda services: services.peers.all()):
+        print(f"{peer.ae_title:16} {peer.role.value:12} {peer.host}")
+    return 0
+
+
+def _peers_remove(args: argparse.Namespace) -> int:
+    _with_services(lambda services: services.peers.remove(args.ae_title))
+    print(f"peer {args.ae_title} removed: its associations are rejected from now on")
     return 0
 
 
@@ -297,6 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
     disable_client = client_commands.add_parser("disable", help="refuse a client's secret from now on")
     disable_client.add_argument("client_id")
     disable_client.set_defaults(run=_clients_disable)
+    peer_commands = commands.add_parser(
+        "peers", help="remote DICOM AEs the DIMSE gateway lets in (a modality, a PACS)").add_subparsers(
+        dest="peers_command", required=True)
+    add_peer = peer_commands.add_parser("add", help="let an AE title associate from a host, with a role's rights")
+    add_peer.add_argument("ae_title")
+    add_peer.add_argument("--host", required=True, help="its IP address, network (10.0.0.0/24) or host name")
+    add_peer.add_argument("--role", required=True, choices=[role.value for role in Role],
+                          help="its rights, as a user's: modality may C-STORE, clinician C-FIND, admin both")
+    add_peer.set_defaults(run=_peers_add)
+    peer_commands.add_parser("list", help="registered peers, roles and hosts").set_defaults(run=_peers_list)
+    remove_peer = peer_commands.add_parser("remove", help="reject a peer's associations from now on")
+    remove_peer.add_argument("ae_title")
+    remove_peer.set_defaults(run=_peers_remove)
     keys = commands.add_parser("keys", help="token signing keys").add_subparsers(dest="keys_command", required=True)
     keys.add_parser("rotate", help="sign new tokens with a new key (the JWKS publishes old and new)").set_defaults(
         run=_keys_rotate)
@@ -320,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (InferenceError, FhirError, ModelNotFound, ActivationRefused, IdentityError) as error:
+    except (InferenceError, FhirError, ModelNotFound, ActivationRefused, IdentityError, PeerError) as error:
         print(f"medaiflow: {error}", file=sys.stderr)
         return 2
 

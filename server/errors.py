@@ -29,6 +29,7 @@ from fhir_mappings import errors as fhir
 from fhir_mappings.outcome import operation_outcome
 from inference.errors import InferenceError
 from server.content_coding import ACCEPTED_CODINGS, UnsupportedContentCoding
+from server.dimse.peers import PeerError, PeerExists, PeerNotFound
 from server.fhir.negotiation import FHIR_JSON, Format, fhir_response, response_format
 from server.jobs.registry import ActivationRefused, ModelNotFound
 from server.logs import request_id_var
@@ -161,6 +162,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelNotFound)
     async def _no_model(_: Request, error: ModelNotFound) -> Response:
         return error_response(404, str(error))
+
+    # The DIMSE peer administration API (/admin/dicom-peers): a peer that cannot be added or removed as asked.
+    @app.exception_handler(PeerError)
+    async def _peer(_: Request, error: PeerError) -> Response:
+        status = 409 if isinstance(error, PeerExists) else 404 if isinstance(error, PeerNotFound) else 422
+        return error_response(status, str(error))
 
     @app.exception_handler(ActivationRefused)
     async def _refused(_: Request, error: ActivationRefused) -> Response:

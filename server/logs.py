@@ -50,6 +50,9 @@ def configure_logging(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # pynetdicom (the DIMSE gateway) logs every association and message at INFO, several lines per instance of a
+    # series: only at DEBUG. The gateway logs its own rejections and refusals (server/dimse/scp.py).
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING if root.level > logging.DEBUG else logging.NOTSET)
 
 
 def route_template(scope: Scope) -> str:

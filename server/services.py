@@ -7,6 +7,7 @@ from starlette.requests import HTTPConnection
 
 from server.audit.service import AuditService
 from server.auth.service import AuthService
+from server.dimse.peers import Peers
 from server.fhir.bulk_export_worker import BulkExports
 from server.fhir.service import FhirService
 from server.fhir.subscription_delivery import Dispatcher
@@ -28,6 +29,7 @@ class Services:
     auth: AuthService
     subscriptions: Dispatcher  # sends the notifications of FHIR Subscriptions
     exports: BulkExports  # FHIR Bulk Data $export jobs and the thread that writes them
+    peers: Peers  # the remote AEs the DIMSE gateway lets in
 
 
 def services(request: HTTPConnection) -> Services:

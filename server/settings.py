@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
 
+    # DIMSE gateway (server/dimse/)
+    dimse_port: int | None = Field(
+        default=None, ge=0, le=65535, description="the TCP port of the DIMSE gateway (C-ECHO, C-STORE, C-FIND) on"
+        " `host`; unset: no gateway. Only registered peers (`medaiflow peers add`) may associate",
+    )
+    dimse_ae_title: str = Field(default="MEDAIFLOW", min_length=1, max_length=16,
+                                description="the gateway's own AE title; associations calling another are rejected")
+
     # Inference
     executor: Literal["local", "celery", "none"] = Field(
         default="local",

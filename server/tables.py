@@ -606,3 +606,15 @@ fhir_exports = Table(
 Index("ix_fhir_exports_owner", fhir_exports.c.owner, fhir_exports.c.owner_is_client, fhir_exports.c.status)
 Index("ix_fhir_exports_status", fhir_exports.c.status)
 Index("ix_fhir_exports_expires_at", fhir_exports.c.expires_at)
+# The remote DICOM applications that may open a DIMSE association
+# (server/dimse/peers.py): DIMSE carries no credentials, so a peer is known by
+# its AE title and the address it calls from, and acts with a role's rights.
+dicom_peers = Table(
+    "dicom_peers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ae_title", String(16), nullable=False, unique=True),  # AE: 16 characters (PS3.5 Table 6.2-1)
+    Column("host", String(255), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)

@@ -72,3 +72,17 @@ def test_the_ups_sop_classes_are_named_by_their_uids_and_push_is_the_workitems_c
     supported = {uid for _, uid, role in rows if role.startswith("SCP")}
     assert UPS_PUSH_SOP_CLASS in supported
     assert f"CodingSchemeDesignator `{MODEL_SCHEME}`" in STATEMENT.read_text()
+
+
+def test_the_dimse_sop_classes_are_those_the_gateway_supports():
+    from pynetdicom.presentation import StoragePresentationContexts
+
+    from server.dimse.query import FIND_MODELS, GET_MODELS
+
+    rows = _table("dimse-sop-classes")
+    named = {uid: name for name, uid, _, _ in rows if uid != "(many)"}
+    for uid, name in named.items():
+        assert UID(uid).name == name, uid
+    assert set(named) == {"1.2.840.10008.1.1", *FIND_MODELS, *GET_MODELS}
+    assert {role for _, _, role, _ in rows} == {"SCP"}
+    assert len(StoragePresentationContexts) > 100  # "every Storage SOP class" is no handful

@@ -52,7 +52,7 @@ def lines(stream: io.StringIO) -> list[dict]:
 def production_logging() -> Iterator[io.StringIO]:
     """`configure_logging` as `medaiflow serve` runs it, undone afterwards;
     its stderr handler is pointed at the returned buffer."""
-    names = ["", "uvicorn", "uvicorn.error", "uvicorn.access"]
+    names = ["", "uvicorn", "uvicorn.error", "uvicorn.access", "pynetdicom"]
     saved = {}
     for name in names:
         logger = logging.getLogger(name)
@@ -69,6 +69,13 @@ def production_logging() -> Iterator[io.StringIO]:
         logger.setLevel(level)
         logger.propagate = propagate
         logger.disabled = disabled
+
+
+def test_pynetdicom_logs_each_message_only_at_debug(production_logging: io.StringIO) -> None:
+    assert logging.getLogger("pynetdicom").getEffectiveLevel() == logging.DEBUG  # the fixture asked for DEBUG
+    configure_logging("INFO")
+    assert logging.getLogger("pynetdicom").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger("server.dimse.scp").getEffectiveLevel() == logging.INFO
 
 
 # --- probes ------------------------------------------------------------------

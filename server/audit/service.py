@@ -25,19 +25,21 @@ class AuditService:
     def record_in(
         self, connection: Connection, kind: AuditKind, client: str, description: str,
         resources: Sequence[str] = (), patients: Sequence[str] = (), outcome: Outcome = Outcome.SUCCESS,
-        destination: str | None = None, study_uids: Sequence[str] = (),
+        destination: str | None = None, study_uids: Sequence[str] = (), client_address: str | None = None,
     ) -> None:
         """An event of the server's own (a job's step, a model or user change,
-        a notification sent to `destination`), appended in the transaction of
+        a notification sent to `destination`), or of a DIMSE peer's store
+        (`client_address`: where it called from), appended in the transaction of
         the change: both commit, or neither. Appended as the transaction
         ends, after its other writes, as a request's own record is: every
         writer takes the chain's head last."""
         event = audit_event(AuditRecord(
             kind=kind, outcome=outcome, recorded=datetime.now(UTC), client=client, server=self.server_name,
             description=description, resources=resources, patients=patients, destination=destination,
-            study_uids=study_uids,
+            study_uids=study_uids, client_address=client_address,
         ))
-        before_commit(connection, "audit.own-events", lambda: _PendingEvents(self.chain), last=True).events.append(event)
+        pending = before_commit(connection, "audit.own-events", lambda: _PendingEvents(self.chain), last=True)
+        pending.events.append(event)
 
 
 class _PendingEvents:

@@ -1,0 +1,42 @@
+"""One DIMSE operation of an association: who asked, from where, with which
+rights, and its audit record, which names the calling AE title and address
+as the client agent (a refused association has no peer, only those)."""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
+from server.audit.recorder import AuditUnavailable
+from server.auth.access import Permission
+from server.dimse.peers import Peer
+from server.services import Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Call:
+    services: Services
+    calling: str  # the calling AE title
+    address: str  # the peer's IP address, as the connection shows it
+    peer: Peer | None  # None: not (or no longer) registered
+
+    def may(self, permission: Permission) -> bool:
+        return self.peer is not None and self.peer.principal().may(permission)
+
+    def record(self, kind: AuditKind, outcome: Outcome, description: str, study_uids: Sequence[str] = (),
+               query: bytes | None = None) -> bool:
+        """Append the event and wait until it is durable; False when it could not be."""
+        event = audit_event(AuditRecord(
+            kind=kind, outcome=outcome, recorded=datetime.now(UTC), client=self.calling or "\ufffd",
+            server=self.services.audit.server_name, client_address=self.address, description=description,
+            study_uids=study_uids, query=query,
+        ))
+        try:
+            self.services.audit.recorder.record(event)
+            return True
+        except AuditUnavailable:
+            log.exception("a DIMSE audit event could not be recorded")
+            return False

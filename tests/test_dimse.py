@@ -1,0 +1,349 @@
+"""The DIMSE gateway against real peers: dcmtk's echoscu and storescu, and pynetdicom as an SCU."""
+
+import base64
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from sqlalchemy import select
+
+from server.app import create_app
+from server.auth.scopes import Role
+from server.dimse.peers import PeerError
+from server.services import Services
+from server.settings import Settings
+from server.tables import study_activity
+from tests.conftest import admin_headers
+from tests.dicom_files import make_ct
+
+OUR_TITLE = "MEDAIFLOW-T"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # Port 0: the gateway takes a free one, which `app.state.dimse.address` tells.
+    return settings.model_copy(update={"dimse_port": 0, "dimse_ae_title": OUR_TITLE})
+
+
+@pytest.fixture
+def gateway(services: Services) -> Iterator[tuple[TestClient, int]]:
+    app: FastAPI = create_app(services=services)
+    before = set(threading.enumerate())
+    with TestClient(app, base_url="http://testserver", headers=admin_headers(services)) as client:
+        port = app.state.dimse.address[1]
+        yield client, port
+    # Stopped with the app: its listener and association threads are gone, and so is the port.
+    left = [thread.name for thread in set(threading.enumerate()) - before
+            if thread.is_alive() and thread.name != "AnyIO worker thread"]  # the test client's pool, kept for reuse
+    assert left == []
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _dcmtk(tool: str, port: int, *files: str, calling: str = "MODALITY1", called: str = OUR_TITLE) -> str:
+    done = subprocess.run([tool, "-aet", calling, "-aec", called, "127.0.0.1", str(port), *files],
+                          capture_output=True, text=True, timeout=60)
+    return f"rc={done.returncode}\n{done.stdout}{done.stderr}"
+
+
+def _events(services: Services, client: TestClient, **params: str) -> list[dict]:
+    services.audit.chain.project()
+    bundle = client.get("/fhir/AuditEvent", params={**params, "_count": 100}).json()
+    return [entry["resource"] for entry in bundle.get("entry", [])]
+
+
+def test_a_registered_peer_echoes_and_others_are_rejected_and_recorded(services, gateway):
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    services.peers.add("ELSEWHERE", "10.11.12.13", Role.MODALITY)
+
+    assert _dcmtk("echoscu", port).startswith("rc=0")
+    unknown = _dcmtk("echoscu", port, calling="STRANGER")
+    assert not unknown.startswith("rc=0") and "Calling AE Title Not Recognized" in unknown
+    wrong_host = _dcmtk("echoscu", port, calling="ELSEWHERE")
+    assert not wrong_host.startswith("rc=0") and "Calling AE Title Not Recognized" in wrong_host
+    not_us = _dcmtk("echoscu", port, called="SOMEONE-ELSE")
+    assert not not_us.startswith("rc=0") and "Called AE Title Not Recognized" in not_us
+
+    alerts = _events(services, client, type="110113", subtype="110126")
+    described = {event["agent"][0]["name"]: event["outcomeDesc"] for event in alerts}
+    assert len(alerts) == 3 and all(event["outcome"] == "4" for event in alerts)
+    assert "'STRANGER' is no registered peer" in described["STRANGER"]
+    assert "registered for host 10.11.12.13, not 127.0.0.1" in described["ELSEWHERE"]
+    assert "called AE title 'SOMEONE-ELSE' is not ours" in described["MODALITY1"]
+    assert {event["agent"][0]["network"]["address"] for event in alerts} == {"127.0.0.1"}
+    # Registering the peers was recorded too, as a security change of the server's own.
+    changes = _events(services, client, type="110113", subtype="110137")
+    assert sorted(event["outcomeDesc"] for event in changes) == [
+        "DICOM peer ELSEWHERE added: host 10.11.12.13, role modality",
+        "DICOM peer MODALITY1 added: host 127.0.0.1, role modality",
+    ]
+
+
+def test_a_series_stored_by_storescu_is_indexed_and_audited_as_a_stow(services, gateway, tmp_path: Path):
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    study, series = generate_uid(), generate_uid()
+    files = []
+    for number in range(1, 4):
+        path = tmp_path / f"ct{number}.dcm"
+        path.write_bytes(make_ct(study, series, InstanceNumber=number))
+        files.append(str(path))
+
+    assert _dcmtk("storescu", port, *files).startswith("rc=0")
+
+    found = client.get("/dicom-web/studies", params={"StudyInstanceUID": study}).json()
+    assert [item["00201208"]["Value"] for item in found] == [[3]]  # NumberOfStudyRelatedInstances
+    assert client.get(f"/fhir/ImagingStudy?identifier=urn:oid:{study}").json()["total"] == 1
+    with services.engine.connect() as connection:  # the inference trigger: quiet-study clock started, as by a STOW
+        touched = connection.execute(select(study_activity.c.study_instance_uid)).scalars().all()
+    assert touched == [study]
+    stored = _events(services, client, type="110104", action="C", **{"agent-name": "MODALITY1"})
+    assert len(stored) == 3
+    assert all(event["agent"][0]["network"]["address"] == "127.0.0.1" for event in stored)
+    assert all(study in str(event["entity"]) for event in stored)
+
+    # A resend stores nothing new, succeeds, and is recorded too.
+    assert _dcmtk("storescu", port, files[0]).startswith("rc=0")
+    resent = _events(services, client, type="110104", action="C", **{"agent-name": "MODALITY1"})
+    assert len(resent) == 4 and any("answered status 0000" in event["outcomeDesc"] for event in resent)
+    assert services.audit.chain.verify().intact
+
+
+def _scu(port: int, calling: str = "MODALITY1") -> AE:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    return ae
+
+
+def test_a_corrupt_data_set_is_refused_and_nothing_is_stored(services, gateway, tmp_path: Path):
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    # No StudyInstanceUID: nothing the index could file it under (STOW refuses it alike).
+    corrupt = dcmread(BytesIO(make_ct()))
+    del corrupt.StudyInstanceUID
+    association = _scu(port).associate("127.0.0.1", port, ae_title=OUR_TITLE)
+    assert association.is_established
+    try:
+        status = association.send_c_store(corrupt)
+    finally:
+        association.release()
+    assert status.Status == 0xC000
+    assert client.get("/dicom-web/studies").json() == []
+    assert list(services.store.root.rglob("*.dcm")) == []
+    refused = _events(services, client, type="110104", outcome="4")
+    assert len(refused) == 1 and "answered status C000" in refused[0]["outcomeDesc"]
+
+
+def test_a_peer_whose_role_may_not_store_is_refused(services, gateway):
+    client, port = gateway
+    services.peers.add("VIEWER1", "127.0.0.1", Role.AUDITOR)
+    association = _scu(port, "VIEWER1").associate("127.0.0.1", port, ae_title=OUR_TITLE)
+    assert association.is_established
+    try:
+        assert association.send_c_echo().Status == 0x0000
+        status = association.send_c_store(dcmread(BytesIO(make_ct())))
+    finally:
+        association.release()
+    assert status.Status == 0x0124
+    assert client.get("/dicom-web/studies").json() == []
+
+
+def test_peers_are_checked_when_registered(services):
+    with pytest.raises(PeerError, match="1 to 16"):
+        services.peers.add("A-TITLE-FAR-TOO-LONG", "127.0.0.1", Role.MODALITY)
+    with pytest.raises(PeerError, match="backslash"):
+        services.peers.add("BAD\\AE", "127.0.0.1", Role.MODALITY)
+    services.peers.add("CT1", "10.0.0.0/24", Role.MODALITY)
+    with pytest.raises(PeerError, match="registered already"):
+        services.peers.add("CT1", "10.0.0.2", Role.MODALITY)
+    [peer] = services.peers.all()
+    assert peer.calls_from("10.0.0.7") and not peer.calls_from("10.0.1.7")
+    assert peer.calls_from("::ffff:10.0.0.7") and not peer.calls_from("::1") and not peer.calls_from("not an address")
+    assert services.peers.find("localhost") is None
+    services.peers.add("NAMED", "localhost", Role.CLINICIAN)
+    assert services.peers.find("NAMED").calls_from("127.0.0.1")  # a host name, resolved when it calls
+    services.peers.remove("CT1")
+    with pytest.raises(PeerError, match="no peer"):
+        services.peers.remove("CT1")
+
+
+def test_peers_are_managed_by_admin_users_over_http(services, client):
+    added = client.post("/admin/dicom-peers", json={"aeTitle": "CT-ROOM-2", "host": "10.1.2.3", "role": "modality"})
+    assert added.status_code == 201 and added.json() == {"aeTitle": "CT-ROOM-2", "host": "10.1.2.3", "role": "modality"}
+    again = client.post("/admin/dicom-peers", json={"aeTitle": "CT-ROOM-2", "host": "10.1.2.3", "role": "modality"})
+    assert again.status_code == 409
+    bad = client.post("/admin/dicom-peers", json={"aeTitle": "", "host": "10.1.2.3", "role": "modality"})
+    assert bad.status_code == 422 and "1 to 16" in bad.json()["message"]
+    assert client.post("/admin/dicom-peers", json={"aeTitle": "X", "host": "h", "role": "root"}).status_code == 400
+    assert client.get("/admin/dicom-peers").json() == [added.json()]
+    # A client, even one with every scope, confers no role.
+    token, _ = services.auth.issuer.issue("pacs-client", None, "system/*.cruds", client=True)
+    as_client = client.post("/admin/dicom-peers", json={"aeTitle": "SNEAKY", "host": "10.0.0.1", "role": "admin"},
+                            headers={"Authorization": f"Bearer {token}"})
+    assert as_client.status_code == 403
+    assert client.delete("/admin/dicom-peers/CT-ROOM-2").status_code == 204
+    assert client.delete("/admin/dicom-peers/CT-ROOM-2").status_code == 404
+    assert client.get("/admin/dicom-peers").json() == []
+
+
+def test_peers_are_managed_from_the_command_line(tmp_path, database_url, monkeypatch, capsys):
+    from server.cli import main
+
+    monkeypatch.setenv("MEDAIFLOW_DATA_DIR", str(tmp_path / "cli-data"))
+    monkeypatch.setenv("MEDAIFLOW_DATABASE_URL", database_url)
+    assert main(["peers", "add", "PACS1", "--host", "192.168.4.0/24", "--role", "clinician"]) == 0
+    assert main(["peers", "add", "PACS1", "--host", "192.168.4.9", "--role", "clinician"]) == 2
+    assert main(["peers", "list"]) == 0
+    assert main(["peers", "remove", "PACS1"]) == 0
+    assert main(["peers", "remove", "PACS1"]) == 2
+    out, err = capsys.readouterr()
+    assert "PACS1            clinician    192.168.4.0/24" in out
+    assert "registered already" in err and "no peer" in err
+
+
+def _findscu(port: int, level: str, *keys: str, model: str = "-S") -> list[dict[str, str]]:
+    """findscu's matches, each as {tag: value}, from its extracted response files."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        args = ["findscu", "-aet", "MODALITY1", "-aec", OUR_TITLE, model, "-k", f"QueryRetrieveLevel={level}", "-X",
+                "-od", folder]
+        for key in keys:
+            args += ["-k", key]
+        done = subprocess.run([*args, "127.0.0.1", str(port)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return [{element.keyword or str(element.tag): str(element.value) for element in dcmread(path)}
+                for path in sorted(Path(folder).iterdir())]
+
+
+def test_a_series_stored_by_storescu_is_found_by_c_find_and_qido(services, gateway, tmp_path: Path):
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.ADMIN)
+    study, series = generate_uid(), generate_uid()
+    other_study = generate_uid()
+    files = []
+    for number in range(1, 4):
+        path = tmp_path / f"ct{number}.dcm"
+        path.write_bytes(make_ct(study, series, InstanceNumber=number, PatientName="Müller^Anna",
+                                 AccessionNumber="ACC-7"))
+        files.append(str(path))
+    other = tmp_path / "other.dcm"
+    other.write_bytes(make_ct(other_study, PatientID="PID-2", PatientName="Other^Bob", StudyDate="20230101"))
+    assert _dcmtk("storescu", port, *files, str(other)).startswith("rc=0")
+    assert [item["0020000D"]["Value"] for item in client.get("/dicom-web/studies",
+            params={"PatientName": "Müller*"}).json()] == [[study]]
+
+    [found] = _findscu(port, "STUDY", "PatientName=M*", "StudyInstanceUID", "NumberOfStudyRelatedInstances",
+                       "AccessionNumber", "StudyDescription")
+    assert found["StudyInstanceUID"] == study and found["NumberOfStudyRelatedInstances"] == "3"
+    assert found["PatientName"] == "Müller^Anna" and found["AccessionNumber"] == "ACC-7"
+    assert found["StudyDescription"] == ""  # asked for, none stored: present and empty
+    dated = _findscu(port, "STUDY", "StudyDate=20240101-20241231", "StudyInstanceUID")
+    assert [match["StudyInstanceUID"] for match in dated] == [study]
+    both = _findscu(port, "STUDY", f"StudyInstanceUID={study}\\{other_study}")
+    assert sorted(match["StudyInstanceUID"] for match in both) == sorted([study, other_study])
+    [in_series] = _findscu(port, "SERIES", f"StudyInstanceUID={study}", "SeriesInstanceUID", "Modality",
+                           "NumberOfSeriesRelatedInstances")
+    assert in_series["SeriesInstanceUID"] == series and in_series["NumberOfSeriesRelatedInstances"] == "3"
+    images = _findscu(port, "IMAGE", f"StudyInstanceUID={study}", f"SeriesInstanceUID={series}", "SOPInstanceUID",
+                      "InstanceNumber")
+    assert sorted(match["InstanceNumber"] for match in images) == ["1", "2", "3"]
+    assert _findscu(port, "STUDY", "PatientID=PID-2", "StudyInstanceUID", model="-P")[0]["StudyInstanceUID"] \
+        == other_study
+    assert _findscu(port, "STUDY", "PatientName=Nobody") == []
+
+    queries = _events(services, client, type="110112", **{"agent-name": "MODALITY1"})
+    assert len(queries) == 7 and all(event["outcome"] == "0" for event in queries)
+    assert all(event["agent"][0]["network"]["address"] == "127.0.0.1" for event in queries)
+    asked = [base64.b64decode(entity["query"]) for event in queries for entity in event["entity"] if "query" in entity]
+    assert b"PatientName=M%2A&StudyInstanceUID=&NumberOfStudyRelatedInstances=" in b"\n".join(asked)
+
+
+def test_c_find_refuses_what_it_cannot_answer(services, gateway):
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    _, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)  # may store, not search
+    services.peers.add("VIEWER1", "127.0.0.1", Role.CLINICIAN)
+
+    def find(calling: str, **keys: str) -> list[int]:
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        association = ae.associate("127.0.0.1", port, ae_title=OUR_TITLE)
+        assert association.is_established
+        identifier = Dataset()
+        for keyword, value in keys.items():
+            setattr(identifier, keyword, value)
+        try:
+            return [status.Status for status, _ in
+                    association.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)]
+        finally:
+            association.release()
+
+    assert find("MODALITY1", QueryRetrieveLevel="STUDY", StudyInstanceUID="") == [0x0124]
+    assert find("VIEWER1", QueryRetrieveLevel="PATIENT", PatientID="") == [0xA900]
+    assert find("VIEWER1", QueryRetrieveLevel="STUDY", StudyDate="not-a-date") == [0xA900]
+    assert find("VIEWER1", QueryRetrieveLevel="STUDY", StudyInstanceUID="") == [0x0000]
+
+
+def test_with_several_workers_the_first_to_bind_the_port_serves_dimse(services):
+    from dataclasses import replace
+
+    from server.dimse.scp import start_dimse
+
+    several = replace(services, settings=services.settings.model_copy(update={"workers": 2, "dimse_port": 19111}))
+    alone = replace(services, settings=several.settings.model_copy(update={"workers": 1}))
+    first = start_dimse(several)
+    try:
+        assert first is not None and first.address[1] == 19111
+        assert start_dimse(several) is None
+        with pytest.raises(OSError):  # a single process has no one else to serve DIMSE: it does not start
+            start_dimse(alone)
+    finally:
+        assert first is not None
+        first.stop()
+
+
+def test_c_get_sends_the_matching_instances_back_over_the_association(services, gateway, tmp_path: Path):
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.ADMIN)
+    study, series = generate_uid(), generate_uid()
+    sent = {}
+    for number in range(1, 4):
+        payload = make_ct(study, series, InstanceNumber=number)
+        sent[dcmread(BytesIO(payload)).SOPInstanceUID] = payload
+        (tmp_path / f"ct{number}.dcm").write_bytes(payload)
+    assert _dcmtk("storescu", port, *(str(tmp_path / f"ct{n}.dcm") for n in range(1, 4))).startswith("rc=0")
+    received = tmp_path / "received"
+    received.mkdir()
+    done = subprocess.run(["getscu", "-aet", "MODALITY1", "-aec", OUR_TITLE, "-S", "-k", "QueryRetrieveLevel=SERIES",
+                           "-k", f"StudyInstanceUID={study}", "-k", f"SeriesInstanceUID={series}", "-od", str(received),
+                           "127.0.0.1", str(port)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = {dcmread(path).SOPInstanceUID: dcmread(path) for path in received.iterdir()}
+    assert set(got) == set(sent)
+    for uid, dataset in got.items():
+        assert dataset.PixelData == dcmread(BytesIO(sent[uid])).PixelData
+    [retrieved] = _events(services, client, type="110104", action="R", **{"agent-name": "MODALITY1"})
+    assert retrieved["outcomeDesc"] == "C-GET from MODALITY1: 3 instances" and study in str(retrieved["entity"])
+
+    services.peers.add("STORER", "127.0.0.1", Role.MODALITY)  # may store, not read
+    refused = subprocess.run(["getscu", "-aet", "STORER", "-aec", OUR_TITLE, "-S", "-k", "QueryRetrieveLevel=STUDY",
+                              "-k", f"StudyInstanceUID={study}", "-od", str(received), "127.0.0.1", str(port)],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 0 and "DIMSE status is: Unknown Status: 0x124" in refused.stderr  # dcmtk has no name
+    assert len(list(received.iterdir())) == 3
+
