@@ -1,7 +1,7 @@
 """EHR launch contexts bound to the app they were opened for
 
 Revision ID: 0027
-Revises: 0025
+Revises: 0026
 
 `POST /auth/launch` may name the client that alone may use the context
 (`client_id`); contexts opened before, and those opened without one, name
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0027'
-down_revision = '0025'
+down_revision = '0026'
 branch_labels = None
 depends_on = None
 
