@@ -26,6 +26,13 @@ _EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 _RESTFUL = "http://hl7.org/fhir/restful-interaction"
 _ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 _OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+# The most patients one event names, each an entity of role Patient (BALP's
+# way, and what `AuditEvent?patient=` finds). A read of a Group names its
+# members, and a Group of 10,000 would make an event of 10,000 entities (and
+# 20,000 index rows): the first this many are named, and outcomeDesc says how
+# many more there were. The event names the Group (or the export, the query)
+# too, whose version the history keeps, so the rest can be found from it.
+MAX_PATIENTS_NAMED = 100
 # FHIR R4 datatypes: a string is [ \r\n\t\S]+ (no other white space) and
 # should hold no control characters; lone surrogates cannot be encoded at all.
 _NOT_IN_A_STRING = re.compile(r"[^\S \r\n\t]|[\x00-\x08\x0e-\x1f\x7f\ud800-\udfff]")
@@ -109,7 +116,7 @@ class AuditRecord:
     client_address: str | None = None
     description: str | None = None  # outcomeDesc: what went wrong, or what was done
     request_id: str | None = None
-    patients: Sequence[str] = ()  # Patient resource ids
+    patients: Sequence[str] = ()  # Patient resource ids, the first MAX_PATIENTS_NAMED named
     resources: Sequence[str] = ()  # "Type/id" of what the action touched
     study_uids: Sequence[str] = ()
     query: bytes | None = None  # the query as received, for searches and QIDO
@@ -158,9 +165,11 @@ def audit_event(record: AuditRecord) -> dict[str, Any]:
     subtypes = ([kind.subtype] if kind.subtype else []) + list(record.extra_subtypes)
     if subtypes:
         body["subtype"] = subtypes
-    if record.description:
-        body["outcomeDesc"] = fhir_string(record.description[:1000])
-    entities = [_patient(patient) for patient in record.patients]
+    unnamed = len(record.patients) - MAX_PATIENTS_NAMED
+    unnamed_note = f" ({unnamed} more patients not named: {MAX_PATIENTS_NAMED} at most are)" if unnamed > 0 else ""
+    if record.description or unnamed_note:
+        body["outcomeDesc"] = fhir_string((record.description or "")[:1000] + unnamed_note)
+    entities = [_patient(patient) for patient in record.patients[:MAX_PATIENTS_NAMED]]
     entities += [_resource(fhir_string(reference)) for reference in record.resources]
     entities += [_study(fhir_string(uid)) for uid in record.study_uids]
     if record.query is not None:

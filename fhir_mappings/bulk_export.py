@@ -37,10 +37,12 @@ class Level(Enum):
 
 
 def level_types(level: Level, supported_types: frozenset[str]) -> tuple[str, ...]:
-    """What an export of the level may hold, in the order it writes them."""
+    """What an export of the level may hold, in the order it writes them. A
+    patient's compartment holds the Groups that name it (R4, by `member`): a
+    Patient-level export has them, and a Group-level one its own Group too."""
     if level is Level.SYSTEM:
         return tuple(sorted(supported_types))
-    return (*EVERYTHING_TYPES, "Group") if level is Level.GROUP else EVERYTHING_TYPES
+    return EVERYTHING_TYPES
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,10 @@ _GROUP_OPERATIONS = [{"name": "export", "definition": f"{_BULK_DATA}/group-expor
 _GROUPS = (
     "Keeps every version. A Group of Patients is a cohort for Group/[id]/$export, which exports the members"
     " whose membership holds at the kick-off (not inactive, within their period), their compartments and"
-    " the Group; a Group with members of other types is refused by it."
+    " the Group (with _since, a member who joined after it, by the Group's version then, is exported whole);"
+    " a Group with members of other types is refused by it. A Group is in the Patient compartment of"
+    " each Patient it names as a member (R4, by member): Patient/[id]/Group, $everything, the Patient-level"
+    " export and patient/ scopes reach it, whole."
 )
 # Every type's content can be validated, and a writable type's writes rehearsed.
 _VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}

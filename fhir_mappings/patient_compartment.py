@@ -15,18 +15,31 @@ from fhir_mappings.errors import InvalidRequest
 from fhir_mappings.search_query import TRANSPORT_PARAMETERS, parse_count, parse_search
 from fhir_mappings.search_values import split_reference
 
-# R4's Patient compartment for the types this server holds. R4 puts a
-# DiagnosticReport or an Observation in it by `subject` (and `performer`, which
-# nothing here carries: the server writes its Observations itself), the others
-# by `patient`; every one of these types has a `patient` parameter, its
-# patient reference restricted to Patients, which finds the same members, so
-# one parameter serves them all. Device, Endpoint and Task are in no patient's
-# compartment; Patient.link, R4's way into it for a Patient, nothing here has.
-COMPARTMENT_TYPES = ("ImagingStudy", "DiagnosticReport", "Observation", "Provenance", "AuditEvent")
-COMPARTMENT_PARAMETER = "patient"
+# R4's Patient compartment for the types this server holds, each with the
+# search parameter that finds its members (compartmentdefinition-patient.html).
+# R4 puts a DiagnosticReport or an Observation in it by `subject` (and
+# `performer`, which nothing here carries: the server writes its Observations
+# itself), the other four by `patient`; each of those types has a `patient`
+# parameter, its patient reference restricted to Patients, which finds the
+# same members. A Group is in it by `member` (Group.member.entity), whether
+# the membership holds now or not: R4 says a Group is in the compartment of
+# the Patients it names, and the `member` parameter finds them all. Device,
+# Endpoint, Task and Subscription are in no patient's compartment; Patient.link,
+# R4's way into it for a Patient, nothing here has.
+COMPARTMENT_PARAMETERS = MappingProxyType({
+    "ImagingStudy": "patient",
+    "DiagnosticReport": "patient",
+    "Observation": "patient",
+    "Provenance": "patient",
+    "AuditEvent": "patient",
+    "Group": "member",
+})
+COMPARTMENT_TYPES = tuple(COMPARTMENT_PARAMETERS)
 
 # The date `start` and `end` of $everything look at: when the care happened,
 # or for a record of an event (Provenance, AuditEvent), when it was recorded.
+# A Group has no date of care (nor R4's Group-level dates): it is kept whatever
+# the window, as a resource without its care date is.
 CARE_DATES = MappingProxyType({
     "ImagingStudy": "started",
     "DiagnosticReport": "date",
@@ -40,16 +53,19 @@ EVERYTHING_TYPES = ("Patient", *COMPARTMENT_TYPES)
 _EVERYTHING_PARAMETERS = frozenset(("start", "end", "_since", "_type", "_count"))
 
 # Where this server's resources name their patient: the elements of R4's
-# Patient compartment for its types (Provenance.target and AuditEvent.entity.what
-# among them), and Task.for, a job's patient, though R4 leaves Task out of it.
-_PATIENT_PATHS = (("subject",), ("patient",), ("for",), ("beneficiary",), ("target",), ("entity", "what"))
+# Patient compartment for its types (Provenance.target, AuditEvent.entity.what
+# and Group.member.entity among them), and Task.for, a job's patient, though
+# R4 leaves Task out of it.
+_PATIENT_PATHS = (("subject",), ("patient",), ("for",), ("beneficiary",), ("target",), ("entity", "what"),
+                  ("member", "entity"))
 # The search parameters of those elements: one that may point at other types
 # names a patient only with the type said (`subject=Patient/1`, `subject:Patient=1`).
-_PATIENT_PARAMETERS = frozenset(("patient", "subject", "target", "entity"))
+_PATIENT_PARAMETERS = frozenset(("patient", "subject", "target", "entity", "member"))
 
 
 def patients_of(resource: dict[str, Any]) -> list[str]:
-    """The Patient ids `resource` belongs to (itself, for a Patient)."""
+    """The Patient ids `resource` belongs to (itself, for a Patient; every
+    member, for a Group), each once, in the order the resource names them."""
     if resource.get("resourceType") == "Patient":
         return [resource["id"]] if isinstance(resource.get("id"), str) else []
     found = []
@@ -59,7 +75,7 @@ def patients_of(resource: dict[str, Any]) -> list[str]:
                 target = split_reference(reference["reference"])
                 if target is not None and target[0] == "Patient":
                     found.append(target[1])
-    return found
+    return list(dict.fromkeys(found))
 
 
 def _nodes(resource: dict[str, Any], path: tuple[str, ...]) -> list[Any]:
@@ -77,8 +93,8 @@ def patients_of_json(body: bytes) -> list[str]:
 
 
 def patients_searched(resource_type: str, pairs: list[tuple[str, str]]) -> list[str]:
-    """The Patient ids a search names: `patient=`, and `subject=`, `target=`
-    or `entity=` of a Patient, and `_id=` on Patient itself; within a reverse
+    """The Patient ids a search names: `patient=`, and `subject=`, `target=`,
+    `entity=` or `member=` of a Patient, and `_id=` on Patient itself; within a reverse
     chain (`_has:[type]:[reference]:[parameter]`), those its parameter, one of
     [type]'s, names."""
     found = []
@@ -108,7 +124,7 @@ def compartment_parameter(resource_type: str, patient_id: str) -> tuple[str, str
             f"{resource_type} is not in a patient's compartment here; compartment searches take "
             f"{', '.join(COMPARTMENT_TYPES)}"
         )
-    return COMPARTMENT_PARAMETER, f"Patient/{patient_id}"
+    return COMPARTMENT_PARAMETERS[resource_type], f"Patient/{patient_id}"
 
 
 @dataclass(frozen=True)

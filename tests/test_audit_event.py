@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from fhir_mappings.audit_event import (
+    MAX_PATIENTS_NAMED,
     AuditKind,
     AuditRecord,
     Outcome,
@@ -64,3 +65,20 @@ def test_a_record_without_a_client_or_a_time_zone_cannot_be_built():
         AuditRecord(kind=AuditKind.READ, outcome=Outcome.SUCCESS, recorded=datetime.now(UTC), client=" ", server="s")
     with pytest.raises(ValueError):
         AuditRecord(kind=AuditKind.READ, outcome=Outcome.SUCCESS, recorded=datetime.now(), client="c", server="s")
+
+
+@pytest.mark.parametrize("description", [None, "GET /fhir/Group/crowd answered 200"])
+def test_an_event_names_a_bounded_number_of_patients_and_says_how_many_more(description):
+    patients = [f"p{number:04}" for number in range(MAX_PATIENTS_NAMED + 7)]
+    event = audit_event(AuditRecord(kind=AuditKind.READ, outcome=Outcome.SUCCESS, recorded=datetime.now(UTC),
+                                    client="c", server="s", description=description, patients=patients,
+                                    resources=["Group/crowd"]))
+    _valid(event)
+    named = [entity["what"]["reference"] for entity in event["entity"]
+             if entity.get("role", {}).get("code") == "1"]
+    assert named == [f"Patient/{patient}" for patient in patients[:MAX_PATIENTS_NAMED]]  # in the order given
+    assert event["outcomeDesc"].startswith(description or "(7 more")
+    assert event["outcomeDesc"].endswith(f"(7 more patients not named: {MAX_PATIENTS_NAMED} at most are)")
+    exactly = audit_event(AuditRecord(kind=AuditKind.READ, outcome=Outcome.SUCCESS, recorded=datetime.now(UTC),
+                                      client="c", server="s", patients=patients[:MAX_PATIENTS_NAMED]))
+    assert len(exactly["entity"]) == MAX_PATIENTS_NAMED and "outcomeDesc" not in exactly

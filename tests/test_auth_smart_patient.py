@@ -116,7 +116,8 @@ def test_the_token_names_the_patient_picked_and_carries_it(world):
     assert token["patient"] == world.patients["a"]
     # patient/*.rs, as far as the compartment's types go (AuditEvent only when named); user/ scopes kept beside.
     assert token["scope"] == ("user/Observation.s patient/Patient.rs patient/ImagingStudy.rs "
-                              "patient/DiagnosticReport.rs patient/Observation.rs patient/Provenance.rs launch/patient")
+                              "patient/DiagnosticReport.rs patient/Observation.rs patient/Provenance.rs "
+                              "patient/Group.rs launch/patient")
     claims = jwt.decode(token["access_token"], options={"verify_signature": False})
     assert claims["patient"] == world.patients["a"] and claims["client_id"] == world.app.client_id
     configuration = httpx.get(f"{world.base}/.well-known/smart-configuration").json()
@@ -223,6 +224,40 @@ def test_fhir_reads_reach_the_patients_compartment_alone(world):
         assert app.get("/fhir/Task/ta").status_code == 403 and app.get("/fhir/Device").status_code == 403
         task = {"resourceType": "Task", "status": "draft", "intent": "order", "for": {"reference": f"Patient/{a}"}}
         assert app.post("/fhir/Task", json=task).status_code == 403
+
+
+def test_a_patient_context_reads_the_groups_that_name_its_patient_whole_and_no_other(world, services):
+    """R4 puts a Group in the compartment of each Patient it names as a member, and patient/ scopes reach the
+    compartment: the app reads such a Group whole, its other members' ids with it (as HAPI FHIR does)."""
+    a, b = world.patients["a"], world.patients["b"]
+    member = {"resourceType": "Group", "type": "person", "actual": True}
+    seed(services, {**member, "id": "both", "member": [{"entity": {"reference": f"Patient/{b}"}},
+                                                        {"entity": {"reference": f"Patient/{a}"}}]},
+         {**member, "id": "b-only", "member": [{"entity": {"reference": f"Patient/{b}"}}]},
+         {**member, "id": "a-left", "member": [{"entity": {"reference": f"Patient/{a}"}, "inactive": True}]})
+    with _as(world, _launch(world)) as app:
+        read = app.get("/fhir/Group/both")
+        assert read.status_code == 200 and len(read.json()["member"]) == 2
+        assert app.get("/fhir/Group/b-only").status_code == 404
+        assert app.get("/fhir/Group/b-only/_history/1").status_code == 404
+        assert sorted(ids(app.get("/fhir/Group").json())) == ["a-left", "both"]
+        assert ids(app.get("/fhir/Group", params={"member": f"Patient/{b}"}).json()) == ["both"]
+        assert sorted(ids(app.get(f"/fhir/Patient/{a}/Group").json())) == ["a-left", "both"]
+        assert ids(app.get(f"/fhir/Patient/{b}/Group").json()) == ["both"]  # the row rule still holds
+        assert sorted(ids(app.get(f"/fhir/Patient/{a}/$everything", params={"_type": "Group"}).json())) == \
+            ["a-left", "both"]
+        started = app.get("/fhir/Patient/$export", headers={**KICK}, params={"_type": "Group"})
+        assert started.status_code == 202, started.text
+        assert sorted(_ids(_files(app, _manifest(app, started.headers["Content-Location"]))["Group"])) == \
+            ["a-left", "both"]
+        assert app.post("/fhir/Group", json={**member, "member": []}).status_code == 403  # reads only
+    services.audit.chain.project()
+    events = world.admin.get("/fhir/AuditEvent", params={"_count": 100}).json()["entry"]
+    [read_event] = [entry["resource"] for entry in events
+                    if entry["resource"].get("outcomeDesc") == "GET /fhir/Group/both answered 200"]
+    named = [entity["what"]["reference"] for entity in read_event["entity"]
+             if entity.get("role", {}).get("code") == "1"]
+    assert named == [f"Patient/{a}", f"Patient/{b}"]  # the context's patient first, then every member
 
 
 def test_a_version_that_named_another_patient_is_not_the_contexts(world, services):

@@ -129,6 +129,21 @@ def test_pages_of_any_size_hold_the_whole_compartment_in_order_each_once(fhir, c
     assert _everything_ids(fhir, _count=count) == ["pa", "1.2.3.1", "oa-2019", "oa-2024", "oa-undated", "ra", "va", "vb"]
 
 
+@pytest.mark.parametrize("count", ["1", "2", "3"])
+def test_pages_hold_the_groups_naming_the_patient_among_the_rest_in_order(fhir, charts, services, count):
+    """A Group is found by `member`, the rest by `patient`: one range of the index each, merged in one order."""
+    def group(gid, *patients):
+        return {"resourceType": "Group", "id": gid, "type": "person", "actual": True,
+                "member": [{"entity": {"reference": f"Patient/{patient}"}} for patient in patients]}
+
+    seed(services, group("ga", "pa", "pb", "pa"))  # names the patient twice: still one member
+    seed(services, _observation("oa-after", "Patient/pa"))
+    seed(services, group("gb", "pb"), group("ga-left", "pa"))
+    expected = ["pa", "1.2.3.1", "oa-2019", "oa-2024", "oa-undated", "ra", "va", "ga", "oa-after", "ga-left"]
+    assert _everything_ids(fhir, _count=count, _type=f"{RECORDS},Group") == expected
+    assert _everything_ids(fhir, "pb", _count=count, _type="Group") == ["ga", "gb"]
+
+
 def test_everything_by_type_and_by_date(fhir, charts, services):
     assert _everything_ids(fhir, _type="Observation,Patient,") == ["pa", "oa-2019", "oa-2024", "oa-undated"]
     assert _everything_ids(fhir, _type="DiagnosticReport") == ["ra"]

@@ -2,12 +2,14 @@
 (`[base]/Group/[id]/$export`, hl7.org/fhir/uv/bulkdata/group.html) over HTTP."""
 
 import sqlite3
+import time
+from datetime import UTC, datetime
 
 import orjson
 import pytest
 from sqlalchemy import event
 
-from fhir_mappings.audit_event import DCM
+from fhir_mappings.audit_event import DCM, MAX_PATIENTS_NAMED
 from server.auth.scopes import Role
 from tests.fhir_checks import ids, seed
 from tests.test_fhir_bulk_export import (
@@ -195,7 +197,8 @@ def test_a_token_held_to_a_patient_may_not_export_a_group(client, services, coho
                                           patient="pa")
     response = client.get("/fhir/Group/g1/$export", headers={**KICK, "Authorization": f"Bearer {token}"})
     assert response.status_code == 403, response.text
-    assert client.get("/fhir/Group/g1", headers={"Authorization": f"Bearer {token}"}).status_code == 403
+    # It may read g1, which names its patient (the Patient compartment holds it), but export none.
+    assert client.get("/fhir/Group/g1", headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
 def test_the_capability_statement_lists_group_and_its_export(client):
@@ -227,3 +230,86 @@ def test_a_group_export_is_audited_with_its_group_and_member_patients(client, co
     [event] = [entry["resource"] for entry in bundle.get("entry", [])]
     named = {entity["what"]["reference"] for entity in event["entity"]}
     assert named == {"Group/g1", "Patient/pa", "Patient/pb"}  # pc is no member: not named
+
+
+def test_a_group_is_in_the_compartment_of_each_patient_it_names(client, services, cohort):
+    """R4 compartmentdefinition-patient.html: Group, by `member`, whether the membership holds now or not."""
+    seed(services, _group("g2", _member("pb", inactive=True)))
+    assert ids(client.get("/fhir/Patient/pa/Group").json()) == ["g1"]
+    assert sorted(ids(client.get("/fhir/Patient/pb/Group").json())) == ["g1", "g2"]
+    assert ids(client.get("/fhir/Patient/pc/Group").json()) == []
+    assert ids(client.get("/fhir/Patient/pb/Group", params={"_id": "g2"}).json()) == ["g2"]
+    assert client.get("/fhir/Patient/pa/Device").status_code == 400  # Device is in no patient's compartment
+    everything = client.get("/fhir/Patient/pa/$everything").json()
+    assert "g1" in ids(everything) and "g2" not in ids(everything)
+    assert ids(client.get("/fhir/Patient/pb/$everything", params={"_type": "Group"}).json()) == ["g1", "g2"]
+    # A Group has no date of care: a window keeps it, as it keeps a resource without one.
+    windowed = client.get("/fhir/Patient/pa/$everything", params={"_type": "Group", "start": "2999-01-01"}).json()
+    assert ids(windowed) == ["g1"]
+
+
+def test_a_patient_level_export_holds_the_groups_that_name_its_patients(client, services, cohort):
+    seed(services, _group("g2", _member("pc")))
+    assert sorted(_ids(_kick_off_files(client, "/fhir/Patient/$export", _type="Group")["Group"])) == ["g1", "g2"]
+    only_pc = client.post("/fhir/Patient/$export", headers=KICK, json={"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": "Patient/pc"}}, {"name": "_type", "valueString": "Group"}]})
+    assert only_pc.status_code == 202, only_pc.text
+    files = _files(client, _manifest(client, only_pc.headers["Content-Location"].removeprefix(BASE)))
+    assert _ids(files["Group"]) == ["g2"]
+
+
+def test_a_group_export_holds_its_own_group_and_those_of_its_members(client, services, cohort):
+    seed(services, _group("g2", _member("pa")), _group("g3", _member("pc")), _group("empty"))
+    assert sorted(_ids(_group_export(client, _type="Group")["Group"])) == ["g1", "g2"]  # g3 names no member of g1
+    assert _ids(_group_export(client, "empty", _type="Group")["Group"]) == ["empty"]
+
+
+def _kick_off_files(client, path: str, **params: str) -> dict[str, list[bytes]]:
+    return _files(client, _manifest(client, _kick_off(client, path, **params)))
+
+
+def test_a_group_read_names_its_member_patients_in_the_audit_trail_up_to_a_bound(client, services, cohort):
+    crowd = [f"m{number:03}" for number in range(MAX_PATIENTS_NAMED + 20)]
+    seed(services, _group("crowd", *(_member(pid) for pid in crowd)))
+    assert client.get("/fhir/Group/g1").status_code == 200
+    assert client.get("/fhir/Group/crowd").status_code == 200
+    assert client.get("/fhir/Group", params={"member": "Patient/pc"}).status_code == 200
+    services.audit.chain.project()
+    events = [entry["resource"] for entry in
+              client.get("/fhir/AuditEvent", params={"_count": 100, "_sort": "-date"}).json()["entry"]]
+
+    def named(path: str) -> tuple[list[str], dict]:
+        event = next(event for event in events if event.get("outcomeDesc", "").startswith(f"GET {path} "))
+        return [entity["what"]["reference"] for entity in event["entity"]
+                if entity.get("role", {}).get("code") == "1"], event
+
+    assert named("/fhir/Group/g1")[0] == ["Patient/pa", "Patient/pb"]
+    assert named("/fhir/Group")[0] == ["Patient/pc"]  # a search names the patients it asks about
+    patients, event = named("/fhir/Group/crowd")
+    assert patients == [f"Patient/{pid}" for pid in crowd[:MAX_PATIENTS_NAMED]]
+    assert "(20 more patients not named" in event["outcomeDesc"]
+    assert {"reference": "Group/crowd"} in [entity.get("what") for entity in event["entity"]]  # whose history has all
+    assert ids(client.get("/fhir/AuditEvent", params={"patient": f"Patient/{crowd[0]}"}).json()) == [event["id"]]
+    assert ids(client.get("/fhir/AuditEvent", params={"patient": f"Patient/{crowd[-1]}"}).json()) == []
+
+
+def test_since_exports_the_whole_compartment_of_a_member_who_joined_after_it(client, services, cohort):
+    """export.html, `_since`: a Group-level export MAY return the older data of patients added to the Group after
+    it. Decided by the Group's version at `_since` (its history keeps every one), by the kick-off's rule."""
+    seed(services, _group("g2", _member("pb", inactive=True)))
+    time.sleep(0.01)
+    since = datetime.now(UTC).isoformat()
+    time.sleep(0.01)
+    seed(services, _group("g1", _member("pa"), _member("pb"), _member("pc")),  # pc joins
+         _group("g2", _member("pb")),  # pb's membership holds again
+         _group("late", _member("pa")))  # made after _since: every member joined after it
+    files = _group_export(client, _since=since, _type="Patient,Observation")
+    assert _ids(files["Patient"]) == ["pc"] and _ids(files["Observation"]) == ["oc"]  # pa's and pb's are older
+    assert _ids(_group_export(client, "g2", _since=since, _type="Observation")["Observation"]) == ["ob"]
+    assert _ids(_group_export(client, "late", _since=since, _type="Observation")["Observation"]) == ["oa"]
+    # Without a newcomer, _since holds for every member; a Patient-level export has no Group to tell newcomers by.
+    seed(services, _observation("oa2", "Patient/pa"))
+    assert _ids(_group_export(client, "g2", _since=datetime.now(UTC).isoformat(), _type="Observation").get(
+        "Observation", [])) == []
+    assert _ids(_kick_off_files(client, "/fhir/Patient/$export", _since=since, _type="Observation")["Observation"]) \
+        == ["oa2"]

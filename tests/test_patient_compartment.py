@@ -1,6 +1,16 @@
 """The patients a resource or a search is about, as the audit trail names them."""
 
-from fhir_mappings.patient_compartment import patients_of, patients_searched
+import pytest
+
+from fhir_mappings.errors import InvalidRequest
+from fhir_mappings.patient_compartment import (
+    COMPARTMENT_PARAMETERS,
+    COMPARTMENT_TYPES,
+    EVERYTHING_TYPES,
+    compartment_parameter,
+    patients_of,
+    patients_searched,
+)
 
 
 def test_a_resource_belongs_to_the_patients_it_points_at():
@@ -36,3 +46,17 @@ def test_a_reverse_chain_names_the_patients_the_other_type_is_asked_about():
     assert patients_searched("Patient", [("_has:Observation:subject:subject:Patient", "p3")]) == ["p3"]
     assert patients_searched("Patient", [("_has:Observation:subject:code", "1234-5")]) == []
     assert patients_searched("Patient", [("_has:Patient:link:_id", "p4")]) == ["p4"]
+
+
+def test_a_group_belongs_to_each_patient_it_names_as_a_member():
+    group = {"resourceType": "Group", "member": [
+        {"entity": {"reference": "Patient/p2"}}, {"entity": {"reference": "Device/d"}},
+        {"entity": {"reference": "Patient/p1"}, "inactive": True}, {"entity": {"reference": "Patient/p2"}},
+    ]}
+    assert patients_of(group) == ["p2", "p1"]  # each once, in the Group's order; an inactive one still named
+    assert patients_searched("Group", [("member", "Patient/p3,Device/d"), ("member", "p4")]) == ["p3"]
+    assert compartment_parameter("Group", "p5") == ("member", "Patient/p5")
+    assert compartment_parameter("Observation", "p5") == ("patient", "Patient/p5")
+    with pytest.raises(InvalidRequest, match="Group"):  # the message lists the compartment's types
+        compartment_parameter("Device", "p5")
+    assert set(COMPARTMENT_TYPES) == set(COMPARTMENT_PARAMETERS) and "Group" in EVERYTHING_TYPES

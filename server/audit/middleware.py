@@ -302,8 +302,9 @@ class _RequestAudit:
             resources = [named] if is_relative_reference(named) else self.resources
         query = _without_credentials(scope.get("query_string") or b"") or None
         named = set(self.patients if patients is None else patients)
-        if principal is not None and principal.patient is not None:
-            named.add(principal.patient)  # a request under a patient context is about that patient, found or not
+        # A request under a patient context is about that patient, found or not: named first, so that an event
+        # that names no more than MAX_PATIENTS_NAMED (a read of a large Group) names it still.
+        context = [principal.patient] if principal is not None and principal.patient is not None else []
         return audit_event(AuditRecord(
             kind=self.kind, outcome=outcome, recorded=datetime.now(UTC),
             client=client, server=self.server_name,
@@ -311,7 +312,7 @@ class _RequestAudit:
             description=f"{'HEAD' if scope.get(HEAD_MARK) else scope.get('method', 'GET')} {scope['path']} {result}",
             request_id=request_id_var.get() or None, resources=sorted(resources),
             study_uids=sorted(self.studies if studies is None else studies),
-            patients=sorted(named), query=query, application=app,
+            patients=[*context, *sorted(named.difference(context))], query=query, application=app,
         ))
 
 

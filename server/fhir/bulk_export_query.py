@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from sqlalchemy import JSON, Engine, String, and_, bindparam, cast, false, func, or_, outerjoin, select
 
-from fhir_mappings.patient_compartment import COMPARTMENT_PARAMETER, patients_of_json
+from fhir_mappings.patient_compartment import COMPARTMENT_PARAMETERS, patients_of_json
 from fhir_mappings.search_query import Condition
 from server.db import reading
 from server.fhir.search_sql import condition_clause, where_current
@@ -41,7 +41,9 @@ class Slice:
     patients: frozenset[str] | None
     # `_typeFilter`s of the type, each its conditions: a resource matching any is exported (none: all are).
     filters: tuple[tuple[Condition, ...], ...] = ()
-    group: str | None = None  # a Group-level export's Group: of the type Group, the one exported
+    group: str | None = None  # a Group-level export's Group: exported with the Groups of its members' compartments
+    # Of a Group-level export with `since`, the members who joined after it: their compartments whatever `since`.
+    newcomers: frozenset[str] = frozenset()
 
 
 def pages(engine: Engine, visibility: Visibility, part: Slice, history: bool) -> Iterator[list[bytes]]:
@@ -58,7 +60,8 @@ def _current_pages(engine: Engine, visibility: Visibility, part: Slice) -> Itera
         return (
             select(fhir_resources.c.id, fhir_resources.c.resource_json)
             .where(where_current(fhir_resources, part.resource_type, visibility), fhir_resources.c.id > after,
-                   *_within(part), *_members(part, engine.dialect.name), *_matching(part, visibility))
+                   *_within(part, engine.dialect.name), *_members(part, engine.dialect.name),
+                   *_matching(part, visibility))
             .order_by(fhir_resources.c.id).limit(PAGE)
         )
 
@@ -83,6 +86,26 @@ def _pages_by_id(
             yield page
 
 
+def version_at(engine: Engine, resource_type: str, resource_id: str, instant: int) -> bytes | None:
+    """The resource as it was at `instant`: its current version when not
+    changed since, else its last version up to it (as `_as_of_pages` reads
+    it); None when it was not there then, or deleted."""
+    with reading(engine) as connection:
+        current = connection.execute(
+            select(fhir_resources.c.last_updated, fhir_resources.c.deleted, fhir_resources.c.resource_json).where(
+                fhir_resources.c.resource_type == resource_type, fhir_resources.c.resource_id == resource_id)
+        ).first()
+        if current is None or current.last_updated <= instant:
+            return None if current is None or current.deleted else current.resource_json
+        then = connection.execute(
+            select(fhir_versions.c.method, fhir_versions.c.resource_json)
+            .where(fhir_versions.c.resource_type == resource_type, fhir_versions.c.resource_id == resource_id,
+                   fhir_versions.c.last_updated <= instant)
+            .order_by(fhir_versions.c.version_id.desc()).limit(1)
+        ).first()
+    return None if then is None or then.method == "DELETE" else then.resource_json
+
+
 def _as_of_pages(engine: Engine, visibility: Visibility, part: Slice) -> Iterator[list[bytes]]:
     """Each resource once: its current version when unchanged since `until`,
     else (changed or deleted after it) its last version up to `until`. One
@@ -102,7 +125,7 @@ def _as_of_pages(engine: Engine, visibility: Visibility, part: Slice) -> Iterato
         changed, fhir_versions.c.resource_type == fhir_resources.c.resource_type,
         fhir_versions.c.resource_id == fhir_resources.c.resource_id, fhir_versions.c.version_id == version_then,
     ))
-    unchanged_kept = and_(fhir_resources.c.deleted == false(), *_changed_since(fhir_resources, part),
+    unchanged_kept = and_(fhir_resources.c.deleted == false(), *_changed_since(part, engine.dialect.name),
                           *_members(part, engine.dialect.name))
 
     def page_after(after: int) -> Any:
@@ -130,20 +153,24 @@ def _kept(part: Slice, row: Any) -> bool:
         return True  # judged by the statement
     if row.then_json is None or row.then_method == "DELETE":
         return False  # made after `until`, or deleted then
-    return (part.since is None or row.then_updated > part.since) and _in_compartment(part, row)
+    patients = patients_of_json(row.then_json)
+    changed_since = part.since is None or row.then_updated > part.since or not part.newcomers.isdisjoint(patients)
+    return changed_since and _in_compartment(part, row, patients)
 
 
-def _within(part: Slice) -> list[Any]:
+def _within(part: Slice, dialect: str) -> list[Any]:
     """Current rows changed in (since, until]. An AuditEvent is judged by
     when it was recorded: its row is a copy of the audit chain's event, made
     a moment later (when the export caught the copies up, for one), and
     events never change."""
     if part.resource_type != "AuditEvent":
-        return [fhir_resources.c.last_updated <= part.until, *_changed_since(fhir_resources, part)]
+        return [fhir_resources.c.last_updated <= part.until, *_changed_since(part, dialect)]
     recorded = select(fhir_dates.c.resource_pk).where(fhir_dates.c.param == "date", fhir_dates.c.low <= part.until)
-    if part.since is not None:
-        recorded = recorded.where(fhir_dates.c.low > part.since)
-    return [fhir_resources.c.id.in_(recorded)]
+    if part.since is None:
+        return [fhir_resources.c.id.in_(recorded)]
+    recorded_since = fhir_resources.c.id.in_(recorded.where(fhir_dates.c.low > part.since))
+    return [fhir_resources.c.id.in_(recorded),
+            or_(recorded_since, _of_patients(part, part.newcomers, dialect)) if part.newcomers else recorded_since]
 
 
 def _matching(part: Slice, visibility: Visibility) -> list[Any]:
@@ -153,25 +180,42 @@ def _matching(part: Slice, visibility: Visibility) -> list[Any]:
                   for conditions in part.filters))]
 
 
-def _changed_since(table: Any, part: Slice) -> list[Any]:
-    return [table.c.last_updated > part.since] if part.since is not None else []
+def _changed_since(part: Slice, dialect: str) -> list[Any]:
+    """Rows changed after `since`, or in the compartment of a member who joined the Group after it."""
+    if part.since is None:
+        return []
+    changed = fhir_resources.c.last_updated > part.since
+    return [or_(changed, _of_patients(part, part.newcomers, dialect)) if part.newcomers else changed]
 
 
 def _members(part: Slice, dialect: str) -> list[Any]:
-    """A Patient-level export's rows of the type: the Patients asked for, or
-    the resources in their compartments (R4's Patient compartment, by the
-    parameter `$everything` finds its members with)."""
+    """A Patient- or Group-level export's rows of the type: the Patients
+    asked for, or the resources in their compartments (R4's Patient
+    compartment, by the parameter `$everything` finds its members with); of
+    the type Group, a Group-level export's own Group as well."""
     if not part.compartment:
         return []
-    if part.resource_type == "Group":  # in no compartment here: the export's own Group alone
-        return [fhir_resources.c.resource_id == part.group]
+    if part.patients is None:
+        return [] if part.resource_type == "Patient" else [fhir_resources.c.id.in_(_naming(part.resource_type))]
+    in_compartment = _of_patients(part, part.patients, dialect)
+    if part.group is not None and part.resource_type == "Group":
+        return [or_(fhir_resources.c.resource_id == part.group, in_compartment)]
+    return [in_compartment]
+
+
+def _of_patients(part: Slice, patients: frozenset[str], dialect: str) -> Any:
+    """The rows of the type in these patients' compartments; of Patients, theirs."""
     if part.resource_type == "Patient":
-        return [fhir_resources.c.resource_id.in_(_listed(part.patients, dialect))] if part.patients is not None else []
-    naming = select(fhir_references.c.resource_pk).where(
-        fhir_references.c.param == COMPARTMENT_PARAMETER, fhir_references.c.target_type == "Patient",
-        *([fhir_references.c.target_id.in_(_listed(part.patients, dialect))] if part.patients is not None else []),
+        return fhir_resources.c.resource_id.in_(_listed(patients, dialect))
+    return fhir_resources.c.id.in_(
+        _naming(part.resource_type).where(fhir_references.c.target_id.in_(_listed(patients, dialect))))
+
+
+def _naming(resource_type: str) -> Any:
+    """The resources of the type in some patient's compartment, by the reference index."""
+    return select(fhir_references.c.resource_pk).where(
+        fhir_references.c.param == COMPARTMENT_PARAMETERS[resource_type], fhir_references.c.target_type == "Patient",
     )
-    return [fhir_resources.c.id.in_(naming)]
 
 
 def _listed(ids: frozenset[str], dialect: str) -> Any:
@@ -184,11 +228,10 @@ def _listed(ids: frozenset[str], dialect: str) -> Any:
     return select(func.json_each(array).table_valued("value").c.value)
 
 
-def _in_compartment(part: Slice, row: Any) -> bool:
-    """Whether `_members` would keep the row's version at `until` (`then_json`)."""
+def _in_compartment(part: Slice, row: Any, patients: list[str]) -> bool:
+    """Whether `_members` would keep the row's version at `until` (`then_json`, whose patients are `patients`)."""
     if not part.compartment:
         return True
-    if part.resource_type == "Group":
-        return bool(row.resource_id == part.group)
-    patients = patients_of_json(row.then_json)
+    if part.group is not None and part.resource_type == "Group" and row.resource_id == part.group:
+        return True
     return bool(patients) if part.patients is None else not part.patients.isdisjoint(patients)

@@ -17,14 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from fhir_mappings.audit_event import AuditKind
 from fhir_mappings.bulk_export import Level, type_filter
+from fhir_mappings.group_cohort import newcomers
 from server.audit.service import AuditService
 from server.auth.access import Principal, current_principal
 from server.auth.scopes import Grant
 from server.db import write_connection
 from server.fhir.bulk_export import ExportJob, ExportJobs
-from server.fhir.bulk_export_query import Slice, pages
+from server.fhir.bulk_export_query import Slice, pages, version_at
 from server.fhir.open_transactions import settled_before
 from server.fhir.service import FhirService
 
@@ -119,10 +122,11 @@ class ExportWorker:
         outputs = []
         filters = [type_filter(query, self.fhir.supported_types) for query in job.type_filters]
         patients = frozenset(job.patients) if job.patients is not None else None
+        joined = self._newcomers(job)
         for number, resource_type in enumerate(job.types, 1):
             conditions = tuple(search.conditions for search in filters if search.resource_type == resource_type)
             part = Slice(resource_type, job.transaction_time, job.since, job.level is not Level.SYSTEM, patients,
-                         conditions, job.group)
+                         conditions, job.group, joined)
             name = f"{resource_type}.ndjson"
             count = self._write_type(job, part, directory / name, f"{resource_type} ({number} of {len(job.types)})")
             if count:
@@ -130,6 +134,16 @@ class ExportWorker:
             else:
                 (directory / name).unlink()
         return outputs
+
+    def _newcomers(self, job: ExportJob) -> frozenset[str]:
+        """A Group-level export's members who joined the Group after `since`, by
+        the Group's version then (its history keeps every one): the export holds
+        all of their data, as export.html allows. A `since` at or after the
+        kick-off leaves none: nobody joined after it."""
+        if job.group is None or job.since is None or job.since >= job.transaction_time:
+            return frozenset()
+        then = version_at(self.jobs.engine, "Group", job.group, job.since)
+        return newcomers(job.patients or (), orjson.loads(then) if then is not None else None, job.since)
 
     def _write_type(self, job: ExportJob, part: Slice, path: Path, progress: str) -> int:
         count = 0

@@ -17,7 +17,7 @@ from sqlalchemy import Integer, Select, and_, case, false, or_, select, union_al
 from fhir_mappings.errors import Forbidden, InvalidRequest
 from fhir_mappings.patient_compartment import (
     CARE_DATES,
-    COMPARTMENT_PARAMETER,
+    COMPARTMENT_PARAMETERS,
     EVERYTHING_TYPES,
     EverythingRequest,
     parse_everything,
@@ -92,7 +92,7 @@ def _page(
     of the compartment's members past the position, in the order of all;
     those of RECORDS_OF_READING no further than `upto`."""
     compartment = [resource_type for resource_type in types if resource_type != "Patient"]
-    members = [_members(request, compartment, position, visibility, upto)] if compartment else []
+    members = _members(request, compartment, position, visibility, upto)
     if "Patient" in types and position is None:  # the first row of all, so behind any cursor
         members.append(select(_MEMBERS.c.id).where(
             _MEMBERS.c.resource_type == "Patient", _MEMBERS.c.resource_id == request.patient_id,
@@ -110,11 +110,23 @@ def _page(
 def _members(
     request: EverythingRequest, types: list[str], position: list[int] | None, visibility: Visibility,
     upto: int | None,
-) -> Select[Any]:
+) -> list[Select[Any]]:
     """The ids of at most a page of the compartment's members of `types` that
-    the request keeps, past `position`: the resources that name the patient,
+    the request keeps, past `position`, for each parameter that finds them
+    (`patient`, or `member` for a Group): the resources that name the patient,
     in the order they were written, from one range of the reference index
-    (`ix_fhir_references_lookup`), which stops once a page is found."""
+    (`ix_fhir_references_lookup`) each, which stops once a page is found."""
+    by_parameter: dict[str, list[str]] = {}
+    for resource_type in types:
+        by_parameter.setdefault(COMPARTMENT_PARAMETERS[resource_type], []).append(resource_type)
+    return [_members_by(parameter, request, of_parameter, position, visibility, upto)
+            for parameter, of_parameter in by_parameter.items()]
+
+
+def _members_by(
+    parameter: str, request: EverythingRequest, types: list[str], position: list[int] | None,
+    visibility: Visibility, upto: int | None,
+) -> Select[Any]:
     kept = [and_(_MEMBERS.c.resource_type == resource_type, *_care_window(request, resource_type),
                  *([_MEMBERS.c.id <= upto] if upto is not None and resource_type in RECORDS_OF_READING else []))
             for resource_type in types]
@@ -123,7 +135,7 @@ def _members(
         .distinct()
         .join(_MEMBERS, _MEMBERS.c.id == fhir_references.c.resource_pk)
         .where(
-            fhir_references.c.param == COMPARTMENT_PARAMETER,
+            fhir_references.c.param == parameter,
             fhir_references.c.target_id == request.patient_id,
             fhir_references.c.target_type == "Patient",
             _MEMBERS.c.deleted == false(),
@@ -148,8 +160,11 @@ def _changed_since(request: EverythingRequest, visibility: Visibility) -> list[A
 
 def _care_window(request: EverythingRequest, resource_type: str) -> list[Any]:
     """`start` and `end` on the type's care date; a resource without one is
-    kept, since nothing says it lies outside the window."""
-    care = CARE_DATES[resource_type]
+    kept, since nothing says it lies outside the window, as is a type
+    without one (Group)."""
+    care = CARE_DATES.get(resource_type)
+    if care is None:
+        return []
     bounds = [(care, f"ge{request.start}")] if request.start is not None else []
     bounds += [(care, f"le{request.end}")] if request.end is not None else []
     if not bounds:

@@ -1,8 +1,11 @@
 """What a request under a patient context (a SMART launch's token that
 names its patient) sees of the types it reaches through patient/ scopes
 alone: its patient's compartment (R4 compartmentdefinition-patient.html, as
-`$everything` finds it: the reference index's `patient` rows), and of the
-Patients that patient only. A rule of `server.fhir.visibility`, so every
+`$everything` finds it: the reference index's rows of each type's compartment
+parameter, `patient`, or `member` for a Group), and of the Patients that
+patient only. A Group naming the patient is read whole, its other members'
+ids with it: R4 puts it in the compartment by `member`, and SMART's patient/
+scopes reach the compartment (README, "Patient context"). A rule of `server.fhir.visibility`, so every
 read path keeps to it; DICOMweb keeps to it through `visible_studies`.
 """
 
@@ -10,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, literal, or_, select
 
-from fhir_mappings.patient_compartment import COMPARTMENT_PARAMETER, patients_of_json
+from fhir_mappings.patient_compartment import COMPARTMENT_PARAMETERS, patients_of_json
 from server.auth.access import current_principal
 from server.auth.scopes import PATIENT_TYPES
 from server.tables import fhir_references, fhir_resources, studies
@@ -66,7 +69,7 @@ def _of_patient(ids: Any, resource_type: str, patient_id: str) -> ColumnElement[
     members = (
         select(_MEMBERS.c.resource_id)
         .join(_NAMING, _NAMING.c.resource_pk == _MEMBERS.c.id)
-        .where(_NAMING.c.param == COMPARTMENT_PARAMETER, _NAMING.c.target_type == "Patient",
+        .where(_NAMING.c.param == COMPARTMENT_PARAMETERS[resource_type], _NAMING.c.target_type == "Patient",
                _NAMING.c.target_id == patient_id, _MEMBERS.c.resource_type == resource_type)
         .correlate(None)
     )
