@@ -220,9 +220,11 @@ class OrthancServer(Server):
 
 class OursServer(Server):
     def __init__(
-        self, variant: str, pg_admin_dsn: str, pg_db: str, keep: bool = False
+        self, variant: str, pg_admin_dsn: str, pg_db: str, keep: bool = False, env: dict[str, str] | None = None
     ) -> None:
+        """`env`: settings of this benchmark's own (a DIMSE port, say)."""
         assert variant in ("sqlite", "postgres")
+        self.env = env or {}
         self.variant = variant
         self.name = f"ours-{variant}"
         self.keep = keep
@@ -262,6 +264,7 @@ class OursServer(Server):
                 "MEDAIFLOW_DEMO_MODEL": "false",
             }
         )
+        env.update(self.env)
         self.auth = ("admin", "benchmark admin password")
         env.pop("MEDAIFLOW_DATABASE_URL", None)
         if self.variant == "postgres":
