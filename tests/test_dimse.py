@@ -108,6 +108,13 @@ def test_a_series_stored_by_storescu_is_indexed_and_audited_as_a_stow(services, 
     with services.engine.connect() as connection:  # the inference trigger: quiet-study clock started, as by a STOW
         touched = connection.execute(select(study_activity.c.study_instance_uid)).scalars().all()
     assert touched == [study]
+    # Kept as sent (storescu proposes Explicit VR Little Endian first), under a File Meta of ours naming the peer.
+    from dicom.dimse import IMPLEMENTATION_CLASS_UID
+
+    [kept, *_] = services.store.root.rglob("*.dcm")
+    meta = dcmread(kept).file_meta
+    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1" and meta.MediaStorageSOPClassUID == CTImageStorage
+    assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID and meta.SourceApplicationEntityTitle == "MODALITY1"
     stored = _events(services, client, type="110104", action="C", **{"agent-name": "MODALITY1"})
     assert len(stored) == 3
     assert all(event["agent"][0]["network"]["address"] == "127.0.0.1" for event in stored)
@@ -364,3 +371,29 @@ def test_the_gateway_names_itself_and_sends_each_pdu_at_once(services, gateway):
         assert accepted.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         association.release()
+
+
+def test_a_data_set_that_is_not_the_instance_the_request_names_is_refused(services, gateway, tmp_path: Path,
+                                                                         monkeypatch):
+    from pynetdicom import _config
+
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    # Sending in chunks, pynetdicom sends a file's data set as it is, under the SOP Instance UID its File Meta names.
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    sent = dcmread(BytesIO(make_ct()))
+    sent.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    sent.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"  # what the gateway accepts first; nothing is converted
+    path = tmp_path / "mislabelled.dcm"
+    sent.save_as(path)  # as it is: enforce_file_format would set the File Meta from the data set
+    association = _scu(port).associate("127.0.0.1", port, ae_title=OUR_TITLE)
+    assert association.is_established
+    try:
+        status = association.send_c_store(path)
+    finally:
+        association.release()
+    assert status.Status == 0xA900
+    assert client.get("/dicom-web/studies").json() == []
+    assert list(services.store.root.rglob("*.dcm")) == [] and list(services.store.temp_dir.iterdir()) == []
+    [refused] = _events(services, client, type="110104", outcome="4")
+    assert "answered status A900" in refused["outcomeDesc"] and sent.SOPInstanceUID in refused["outcomeDesc"]
