@@ -276,6 +276,20 @@ def test_a_series_stored_by_storescu_is_found_by_c_find_and_qido(services, gatew
     assert all(event["agent"][0]["network"]["address"] == "127.0.0.1" for event in queries)
     asked = [base64.b64decode(entity["query"]) for event in queries for entity in event["entity"] if "query" in entity]
     assert b"PatientName=M%2A&StudyInstanceUID=&NumberOfStudyRelatedInstances=" in b"\n".join(asked)
+    # Whose data each answer disclosed is named, as in a QIDO-RS search's record: the patient of each match.
+    patient_of = {study: _patient_of(client, study), other_study: _patient_of(client, other_study)}
+    named = [sorted(_patients_named(event)) for event in queries]
+    assert [patient_of[study]] in named and sorted(patient_of.values()) in named and [] in named  # Nobody: none
+
+
+def _patient_of(client: TestClient, study: str) -> str:
+    imaging_study = client.get(f"/fhir/ImagingStudy?identifier=urn:oid:{study}").json()["entry"][0]["resource"]
+    return imaging_study["subject"]["reference"]
+
+
+def _patients_named(event: dict) -> list[str]:
+    return [entity["what"]["reference"] for entity in event.get("entity", [])
+            if entity.get("what", {}).get("reference", "").startswith("Patient/")]
 
 
 def test_c_find_refuses_what_it_cannot_answer(services, gateway):
@@ -346,6 +360,7 @@ def test_c_get_sends_the_matching_instances_back_over_the_association(services, 
         assert dataset.PixelData == dcmread(BytesIO(sent[uid])).PixelData
     [retrieved] = _events(services, client, type="110104", action="R", **{"agent-name": "MODALITY1"})
     assert retrieved["outcomeDesc"] == "C-GET from MODALITY1: 3 instances" and study in str(retrieved["entity"])
+    assert _patients_named(retrieved) == [_patient_of(client, study)]
 
     services.peers.add("STORER", "127.0.0.1", Role.MODALITY)  # may store, not read
     refused = subprocess.run(["getscu", "-aet", "STORER", "-aec", OUR_TITLE, "-S", "-k", "QueryRetrieveLevel=STUDY",
