@@ -18,6 +18,15 @@ IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 # PS3.7 C.5.5: the SCU lacks the authorization the operation needs.
 REFUSED_NOT_AUTHORIZED = 0x0124
+# PS3.4 B.2.3: a C-STORE whose data set is not the instance the request names
+# (its Affected SOP Class or Instance UID differs from the data set's).
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+
+# This server's Implementation Class UID (PS3.7 D.3.3.2, PS3.10 7.1): a UUID-derived
+# UID (PS3.5 B.2), made once, sent in every A-ASSOCIATE-AC and in the File Meta of
+# the files a C-STORE writes. The version name changes with the way they are written.
+IMPLEMENTATION_CLASS_UID = "2.25.6109181586160945383128784171356503653"
+IMPLEMENTATION_VERSION_NAME = "MEDAIFLOW_1"
 
 
 class AssociationRejection(IntEnum):

@@ -108,6 +108,13 @@ def test_a_series_stored_by_storescu_is_indexed_and_audited_as_a_stow(services, 
     with services.engine.connect() as connection:  # the inference trigger: quiet-study clock started, as by a STOW
         touched = connection.execute(select(study_activity.c.study_instance_uid)).scalars().all()
     assert touched == [study]
+    # Kept as sent (storescu proposes Explicit VR Little Endian first), under a File Meta of ours naming the peer.
+    from dicom.dimse import IMPLEMENTATION_CLASS_UID
+
+    [kept, *_] = services.store.root.rglob("*.dcm")
+    meta = dcmread(kept).file_meta
+    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1" and meta.MediaStorageSOPClassUID == CTImageStorage
+    assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID and meta.SourceApplicationEntityTitle == "MODALITY1"
     stored = _events(services, client, type="110104", action="C", **{"agent-name": "MODALITY1"})
     assert len(stored) == 3
     assert all(event["agent"][0]["network"]["address"] == "127.0.0.1" for event in stored)
@@ -269,6 +276,20 @@ def test_a_series_stored_by_storescu_is_found_by_c_find_and_qido(services, gatew
     assert all(event["agent"][0]["network"]["address"] == "127.0.0.1" for event in queries)
     asked = [base64.b64decode(entity["query"]) for event in queries for entity in event["entity"] if "query" in entity]
     assert b"PatientName=M%2A&StudyInstanceUID=&NumberOfStudyRelatedInstances=" in b"\n".join(asked)
+    # Whose data each answer disclosed is named, as in a QIDO-RS search's record: the patient of each match.
+    patient_of = {study: _patient_of(client, study), other_study: _patient_of(client, other_study)}
+    named = [sorted(_patients_named(event)) for event in queries]
+    assert [patient_of[study]] in named and sorted(patient_of.values()) in named and [] in named  # Nobody: none
+
+
+def _patient_of(client: TestClient, study: str) -> str:
+    imaging_study = client.get(f"/fhir/ImagingStudy?identifier=urn:oid:{study}").json()["entry"][0]["resource"]
+    return imaging_study["subject"]["reference"]
+
+
+def _patients_named(event: dict) -> list[str]:
+    return [entity["what"]["reference"] for entity in event.get("entity", [])
+            if entity.get("what", {}).get("reference", "").startswith("Patient/")]
 
 
 def test_c_find_refuses_what_it_cannot_answer(services, gateway):
@@ -339,6 +360,7 @@ def test_c_get_sends_the_matching_instances_back_over_the_association(services, 
         assert dataset.PixelData == dcmread(BytesIO(sent[uid])).PixelData
     [retrieved] = _events(services, client, type="110104", action="R", **{"agent-name": "MODALITY1"})
     assert retrieved["outcomeDesc"] == "C-GET from MODALITY1: 3 instances" and study in str(retrieved["entity"])
+    assert _patients_named(retrieved) == [_patient_of(client, study)]
 
     services.peers.add("STORER", "127.0.0.1", Role.MODALITY)  # may store, not read
     refused = subprocess.run(["getscu", "-aet", "STORER", "-aec", OUR_TITLE, "-S", "-k", "QueryRetrieveLevel=STUDY",
@@ -347,3 +369,46 @@ def test_c_get_sends_the_matching_instances_back_over_the_association(services, 
     assert refused.returncode == 0 and "DIMSE status is: Unknown Status: 0x124" in refused.stderr  # dcmtk has no name
     assert len(list(received.iterdir())) == 3
 
+
+
+def test_the_gateway_names_itself_and_sends_each_pdu_at_once(services, gateway):
+    from dicom.dimse import IMPLEMENTATION_CLASS_UID
+
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    association = _scu(port).associate("127.0.0.1", port, ae_title=OUR_TITLE)
+    assert association.is_established
+    try:
+        assert association.acceptor.implementation_class_uid == IMPLEMENTATION_CLASS_UID
+        [accepted] = client.app.state.dimse._server.active_associations
+        # Without TCP_NODELAY, a response of two PDUs (a C-GET's C-STORE-RQ: command, then data set) waits
+        # for the peer's delayed ACK of the first: 40 ms a sub-operation with getscu.
+        assert accepted.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        association.release()
+
+
+def test_a_data_set_that_is_not_the_instance_the_request_names_is_refused(services, gateway, tmp_path: Path,
+                                                                         monkeypatch):
+    from pynetdicom import _config
+
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    # Sending in chunks, pynetdicom sends a file's data set as it is, under the SOP Instance UID its File Meta names.
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    sent = dcmread(BytesIO(make_ct()))
+    sent.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    sent.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"  # what the gateway accepts first; nothing is converted
+    path = tmp_path / "mislabelled.dcm"
+    sent.save_as(path)  # as it is: enforce_file_format would set the File Meta from the data set
+    association = _scu(port).associate("127.0.0.1", port, ae_title=OUR_TITLE)
+    assert association.is_established
+    try:
+        status = association.send_c_store(path)
+    finally:
+        association.release()
+    assert status.Status == 0xA900
+    assert client.get("/dicom-web/studies").json() == []
+    assert list(services.store.root.rglob("*.dcm")) == [] and list(services.store.temp_dir.iterdir()) == []
+    [refused] = _events(services, client, type="110104", outcome="4")
+    assert "answered status A900" in refused["outcomeDesc"] and sent.SOPInstanceUID in refused["outcomeDesc"]

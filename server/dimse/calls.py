@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
 from server.audit.recorder import AuditUnavailable
 from server.auth.access import Permission
+from server.db import reading
 from server.dimse.peers import Peer
+from server.fhir.derived import study_patients
 from server.services import Services
 
 log = logging.getLogger(__name__)
@@ -28,11 +30,16 @@ class Call:
 
     def record(self, kind: AuditKind, outcome: Outcome, description: str, study_uids: Sequence[str] = (),
                query: bytes | None = None) -> bool:
-        """Append the event and wait until it is durable; False when it could not be."""
+        """Append the event, naming the patients of `study_uids` as a DICOMweb
+        request's record does, and wait until it is durable; False when it could not be."""
+        patients: list[str] = []
+        if study_uids:
+            with reading(self.services.engine) as connection:
+                patients = sorted(set(study_patients(connection, study_uids).values()))
         event = audit_event(AuditRecord(
             kind=kind, outcome=outcome, recorded=datetime.now(UTC), client=self.calling or "\ufffd",
             server=self.services.audit.server_name, client_address=self.address, description=description,
-            study_uids=study_uids, query=query,
+            study_uids=study_uids, patients=patients, query=query,
         ))
         try:
             self.services.audit.recorder.record(event)

@@ -70,12 +70,15 @@ def find(call: Call, event: Event) -> Iterator[tuple[int, Dataset | None]]:
                     query=urlencode(parameters).encode())
         yield IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
         return
-    # Recorded before the first match goes out, as a QIDO-RS answer is: nothing is disclosed unrecorded.
-    if not call.record(AuditKind.QIDO, Outcome.SUCCESS, f"C-FIND from {calling}",
+    # Recorded before the first match goes out, as a QIDO-RS answer is, naming the studies (and so the patients)
+    # it discloses: all matches are found first.
+    results = list(_matches(services, query))
+    studies = sorted({_uid(result, "0020000D") for result in results})
+    if not call.record(AuditKind.QIDO, Outcome.SUCCESS, f"C-FIND from {calling}", study_uids=studies,
                        query=urlencode(parameters).encode()):
         yield UNABLE_TO_PROCESS, None
         return
-    for result in _matches(services, query):
+    for result in results:
         if event.is_cancelled:
             yield CANCEL, None
             return

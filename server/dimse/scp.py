@@ -12,6 +12,7 @@ would, looked up again for each (a peer removed meanwhile has none).
 
 import errno
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom.dimse import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
     REFUSED_NOT_AUTHORIZED,
     REJECTED_PERMANENT,
     SOURCE_SERVICE_USER,
@@ -60,6 +63,8 @@ class DimseGateway:
 
     def start(self) -> None:
         ae = AE(ae_title=self.ae_title)
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         # Verification and queries carry no pixel data: pynetdicom's default, the uncompressed syntaxes.
         ae.add_supported_context(Verification)
         # The peer may be the Storage SCP too: a C-GET's instances go back over its own association.
@@ -70,7 +75,7 @@ class DimseGateway:
         # Vetted by `_vet` instead, which also checks the peer's address and records refusals.
         ae.require_called_aet = False
         ae.require_calling_aet = []
-        handlers = [(evt.EVT_REQUESTED, self._vet), (evt.EVT_C_ECHO, self._echo),
+        handlers = [(evt.EVT_CONN_OPEN, _no_delay), (evt.EVT_REQUESTED, self._vet), (evt.EVT_C_ECHO, self._echo),
                     (evt.EVT_C_STORE, self._with_call(store)), (evt.EVT_C_FIND, self._with_call(find)),
                     (evt.EVT_C_GET, self._with_call(get))]
         self._server = ae.start_server(self._listen, block=False, evt_handlers=handlers)
@@ -123,6 +128,14 @@ class DimseGateway:
 
     def _echo(self, event: Event) -> int:
         return SUCCESS if self._call(event).peer is not None else REFUSED_NOT_AUTHORIZED
+
+
+def _no_delay(event: Event) -> None:
+    """Send each PDU at once (TCP_NODELAY). pynetdicom writes a DIMSE message
+    as several small sends (command, then data set); with Nagle's algorithm
+    on, the next waits until the peer ACKs the last, and peers (dcmtk, Orthanc)
+    delay that ACK by up to 40 ms: every response would wait it out."""
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def start_dimse(services: Services) -> DimseGateway | None:

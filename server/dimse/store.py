@@ -9,18 +9,27 @@ status (dicom/dimse.py).
 """
 
 import logging
+from io import BytesIO
 
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
 from pynetdicom.events import Event
 
-from dicom.dimse import REFUSED_NOT_AUTHORIZED, store_status
+from dicom.dimse import (
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    REFUSED_NOT_AUTHORIZED,
+    store_status,
+)
 from dicom.stow import FailureReason, InstanceOutcome
 from fhir_mappings.audit_event import AuditKind, Outcome
 from server.audit.actors import Actor, current_actor
 from server.auth.access import Permission
 from server.dimse.calls import Call
-from server.ingest import prepare
+from server.ingest import PreparedFile, prepare
 from server.services import Services
-from server.storage import disk_out_of_room
+from server.storage import ReceivedFile, disk_out_of_room
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +46,21 @@ def store(call: Call, event: Event) -> int:
                     f"C-STORE of {sop_instance_uid} from {calling} refused: its role may not store")
         return REFUSED_NOT_AUTHORIZED
     actor = Actor(calling, address, f"C-STORE of {sop_instance_uid} from {calling}")
-    outcome = _ingest(call.services, event, actor)
+    try:
+        prepared = prepare(_write(call.services, event, calling))
+    except OSError as error:
+        failure = FailureReason.OUT_OF_RESOURCES if disk_out_of_room(error) else FailureReason.PROCESSING_FAILURE
+        outcome = InstanceOutcome(str(event.request.AffectedSOPClassUID), sop_instance_uid, None, None,
+                                  failure=failure, detail=error.strerror)
+    else:
+        other = _another_instance(prepared, event)
+        if other is not None:
+            prepared.received.temp_path.unlink(missing_ok=True)
+            log.warning("C-STORE of %s from %s refused: %s", sop_instance_uid, calling, other)
+            call.record(AuditKind.STOW, Outcome.MINOR_FAILURE, f"{actor.description} answered status "
+                        f"{DATA_SET_DOES_NOT_MATCH_SOP_CLASS:04X}: {other}")
+            return DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+        outcome = _ingest(call.services, prepared, actor)
     status = store_status(outcome)
     if outcome.failure is not None:
         log.warning("C-STORE of %s from %s refused with status %04X: %s", sop_instance_uid, calling, status,
@@ -50,22 +73,47 @@ def store(call: Call, event: Event) -> int:
     return status
 
 
-def _ingest(services: Services, event: Event, actor: Actor) -> InstanceOutcome:
+def _write(services: Services, event: Event, calling: str) -> ReceivedFile:
+    """The data set as received, after a File Meta (PS3.10 7.1) of this
+    server's: the request's UIDs, the negotiated transfer syntax, this
+    server as the implementation that wrote it and the peer as its source."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = event.request.AffectedSOPClassUID
+    meta.MediaStorageSOPInstanceUID = event.request.AffectedSOPInstanceUID
+    meta.TransferSyntaxUID = event.context.transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    meta.SourceApplicationEntityTitle = calling
+    header = BytesIO(b"\0" * 128 + b"DICM")
+    header.seek(0, 2)
+    write_file_meta_info(header, meta, enforce_standard=True)
+    writer = services.store.new_temp_file()
     try:
-        writer = services.store.new_temp_file()
-        try:
-            writer.write(event.encoded_dataset())
-            received = writer.finish()
-        except OSError:
-            writer.abort()
-            raise
-    except OSError as error:
-        failure = FailureReason.OUT_OF_RESOURCES if disk_out_of_room(error) else FailureReason.PROCESSING_FAILURE
-        return InstanceOutcome(str(event.request.AffectedSOPClassUID), str(event.request.AffectedSOPInstanceUID),
-                               None, None, failure=failure, detail=error.strerror)
+        writer.write(header.getvalue())
+        writer.write(event.request.DataSet.getbuffer())  # type: ignore[union-attr]
+        return writer.finish()
+    except OSError:
+        writer.abort()
+        raise
+
+
+def _another_instance(prepared: PreparedFile, event: Event) -> str | None:
+    """Why the data set is not the instance the C-STORE-RQ names (PS3.4
+    B.2.3: 0xA900), or None when it is (or cannot be read: the ingest says so)."""
+    if prepared.description is None:
+        return None
+    instance = prepared.description.instance
+    named = (str(event.request.AffectedSOPClassUID), str(event.request.AffectedSOPInstanceUID))
+    if (instance.sop_class_uid, instance.sop_instance_uid) == named:
+        return None
+    return (f"the request names SOP Class {named[0]}, Instance {named[1]}; the data set is "
+            f"{instance.sop_class_uid}, {instance.sop_instance_uid}")
+
+
+def _ingest(services: Services, prepared: PreparedFile, actor: Actor) -> InstanceOutcome:
     token = current_actor.set(actor)
     try:
-        [outcome] = services.ingestor.store_batch([prepare(received)])
+        [outcome] = services.ingestor.store_batch([prepared])
     finally:
         current_actor.reset(token)
     return outcome
