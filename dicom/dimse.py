@@ -8,6 +8,8 @@ Table 10.5.3-3 takes its values from the Storage Service's statuses.
 
 from enum import IntEnum
 
+from pydicom.dataset import Dataset
+
 from dicom.stow import InstanceOutcome
 
 SUCCESS = 0x0000
@@ -45,3 +47,13 @@ def store_status(outcome: InstanceOutcome) -> int:
     """The C-STORE status of one instance's STOW outcome: success (a resend
     of an instance already stored is one too), or the failure's own code."""
     return SUCCESS if outcome.failure is None else int(outcome.failure)
+
+
+def too_many_matches(most: int) -> Dataset:
+    """The C-FIND status refusing a query that matches more than `most`:
+    Refused: Out of Resources (PS3.4 C.4.1.1.4), saying why in its Error
+    Comment (LO, 64 characters at most)."""
+    status = Dataset()
+    status.Status = FIND_OUT_OF_RESOURCES
+    status.ErrorComment = f"more than {most} matches; narrow the query"[:64]
+    return status

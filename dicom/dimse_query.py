@@ -22,6 +22,7 @@ FIND_LEVELS = {"STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
 # The unique key of each level (PS3.4 C.6.2.1.2): a response carries those of its level and the levels above.
 _UNIQUE_KEYS = {"study": (0x0020000D,), "series": (0x0020000D, 0x0020000E),
                 "instance": (0x0020000D, 0x0020000E, 0x00080018)}
+_KEYWORDS = {0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID", 0x00080018: "SOPInstanceUID"}
 _QUERY_RETRIEVE_LEVEL = 0x00080052
 _SPECIFIC_CHARACTER_SET = 0x00080005
 # Not keys: how the identifier is encoded, and which level it queries.
@@ -34,6 +35,28 @@ def find_level(identifier: Dataset) -> str:
     if level not in FIND_LEVELS:
         raise InvalidRequest(f"Query/Retrieve Level {level!r} is not one of {', '.join(FIND_LEVELS)}")
     return FIND_LEVELS[level]
+
+
+def retrieve_level(identifier: Dataset) -> str:
+    """The QIDO-RS level a C-GET identifier retrieves at. A retrieval names
+    what it wants (PS3.4 C.4.3.1.3.1, hierarchical): the unique key of each
+    level above its own, one UID each, and of its own level one UID or a list
+    of them; InvalidRequest for an empty key or a wildcard, which would
+    otherwise retrieve every instance they match (a C-GET of no keys: the
+    whole archive)."""
+    level = find_level(identifier)
+    *above, own = _UNIQUE_KEYS[level]
+    for tag in (*above, own):
+        element = identifier.get(tag)
+        keyword = _KEYWORDS[tag]
+        text = "" if element is None else _text(element)
+        values = text.split(",")
+        if not text or any(not value or "*" in value or "?" in value for value in values):
+            raise InvalidRequest(f"a C-GET at {identifier.QueryRetrieveLevel} names its {keyword} and those of"
+                                 f" the levels above it by UID, not {text!r}")
+        if tag != own and len(values) > 1:
+            raise InvalidRequest(f"a C-GET at {identifier.QueryRetrieveLevel} names one {keyword}, not {len(values)}")
+    return level
 
 
 def qido_parameters(identifier: Dataset) -> list[tuple[str, str]]:

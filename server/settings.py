@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     )
     dimse_ae_title: str = Field(default="MEDAIFLOW", min_length=1, max_length=16,
                                 description="the gateway's own AE title; associations calling another are rejected")
+    dimse_find_max_matches: int = Field(
+        default=10000, ge=1, description="a C-FIND matching more is refused (0xA700, Out of Resources) with nothing"
+        " sent: DIMSE cannot page, and an answer is recorded whole before it goes out",
+    )
 
     # Inference
     executor: Literal["local", "celery", "none"] = Field(

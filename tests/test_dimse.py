@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
@@ -412,3 +412,78 @@ def test_a_data_set_that_is_not_the_instance_the_request_names_is_refused(servic
     assert list(services.store.root.rglob("*.dcm")) == [] and list(services.store.temp_dir.iterdir()) == []
     [refused] = _events(services, client, type="110104", outcome="4")
     assert "answered status A900" in refused["outcomeDesc"] and sent.SOPInstanceUID in refused["outcomeDesc"]
+
+
+def test_a_c_get_names_what_it_retrieves_by_uid(services, gateway, tmp_path: Path):
+    """Hierarchical retrieval (PS3.4 C.4.3.1.3.1): an empty key or a wildcard would retrieve every instance it
+    matches (with no keys, the whole archive), so it is refused and nothing is sent."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import build_role
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    _, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.ADMIN)
+    study, series = generate_uid(), generate_uid()
+    (tmp_path / "ct.dcm").write_bytes(make_ct(study, series))
+    assert _dcmtk("storescu", port, str(tmp_path / "ct.dcm")).startswith("rc=0")
+
+    def get(**keys: str) -> tuple[list[int], int]:
+        received: list[str] = []
+        ae = AE(ae_title="MODALITY1")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(CTImageStorage)
+        handlers = [(evt.EVT_C_STORE, lambda event: received.append(event.request.AffectedSOPInstanceUID) or 0)]
+        association = ae.associate("127.0.0.1", port, ae_title=OUR_TITLE, evt_handlers=handlers,
+                                   ext_neg=[build_role(CTImageStorage, scp_role=True)])
+        assert association.is_established
+        identifier = Dataset()
+        for keyword, value in keys.items():
+            setattr(identifier, keyword, value)
+        try:
+            statuses = [status.Status for status, _ in
+                        association.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)]
+        finally:
+            association.release()
+        return statuses, len(received)
+
+    assert get(QueryRetrieveLevel="STUDY", StudyInstanceUID="") == ([0xA900], 0)
+    assert get(QueryRetrieveLevel="STUDY", StudyInstanceUID="*") == ([0xA900], 0)
+    assert get(QueryRetrieveLevel="STUDY", PatientID="*") == ([0xA900], 0)  # no StudyInstanceUID
+    assert get(QueryRetrieveLevel="SERIES", SeriesInstanceUID=series) == ([0xA900], 0)  # no study above it
+    assert get(QueryRetrieveLevel="SERIES", StudyInstanceUID=f"{study}\\{generate_uid()}",
+               SeriesInstanceUID=series) == ([0xA900], 0)  # a list above the level
+    assert get(QueryRetrieveLevel="SERIES", StudyInstanceUID=study, SeriesInstanceUID=f"{series}\\{generate_uid()}"
+               ) == ([0xFF00, 0x0000], 1)
+    assert get(QueryRetrieveLevel="STUDY", StudyInstanceUID=study) == ([0xFF00, 0x0000], 1)
+
+
+def test_a_c_find_matching_more_than_the_limit_is_refused_whole(services, gateway, tmp_path: Path, monkeypatch):
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.ADMIN)
+    for number in range(3):
+        (tmp_path / f"ct{number}.dcm").write_bytes(make_ct(generate_uid(), generate_uid(), PatientID="MANY"))
+    assert _dcmtk("storescu", port, *(str(tmp_path / f"ct{n}.dcm") for n in range(3))).startswith("rc=0")
+    monkeypatch.setattr(services.settings, "dimse_find_max_matches", 2)
+
+    def find(patient_id: str) -> list[tuple[int, str]]:
+        ae = AE(ae_title="MODALITY1")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        association = ae.associate("127.0.0.1", port, ae_title=OUR_TITLE)
+        assert association.is_established
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel, identifier.PatientID, identifier.StudyInstanceUID = "STUDY", patient_id, ""
+        try:
+            return [(status.Status, str(status.get("ErrorComment", ""))) for status, _ in
+                    association.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)]
+        finally:
+            association.release()
+
+    assert find("MANY") == [(0xA700, "more than 2 matches; narrow the query")]
+    assert [status for status, _ in find("MAN?")] == [0xA700]
+    refused = _events(services, client, type="110112", outcome="4")
+    assert [event["outcomeDesc"] for event in refused] == ["C-FIND from MODALITY1 refused: more than 2 matches"] * 2
+    monkeypatch.setattr(services.settings, "dimse_find_max_matches", 3)
+    assert [status for status, _ in find("MANY")] == [0xFF00, 0xFF00, 0xFF00, 0x0000]

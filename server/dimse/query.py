@@ -11,6 +11,7 @@ QIDO-RS or WADO-RS answer is: nothing is disclosed unrecorded.
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
+from itertools import islice
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,8 +31,9 @@ from dicom.dimse import (
     PENDING,
     REFUSED_NOT_AUTHORIZED,
     UNABLE_TO_PROCESS,
+    too_many_matches,
 )
-from dicom.dimse_query import find_level, qido_parameters, response_identifier
+from dicom.dimse_query import find_level, qido_parameters, response_identifier, retrieve_level
 from dicom.errors import InvalidRequest, NotFound
 from dicom.matching import QidoQuery, parse_qido_query
 from fhir_mappings.audit_event import AuditKind, Outcome
@@ -72,7 +74,15 @@ def find(call: Call, event: Event) -> Iterator[tuple[int, Dataset | None]]:
         return
     # Recorded before the first match goes out, as a QIDO-RS answer is, naming the studies (and so the patients)
     # it discloses: all matches are found first.
-    results = list(_matches(services, query))
+    most = services.settings.dimse_find_max_matches
+    results = list(islice(_matches(services, query), most + 1))
+    if len(results) > most:
+        # As dcm4chee refuses a C-FIND past its QueryMaxNumberOfResults: DIMSE has no paging to
+        # offer the rest, and the answer would be held whole to be recorded before it goes out.
+        call.record(AuditKind.QIDO, Outcome.MINOR_FAILURE,
+                    f"C-FIND from {calling} refused: more than {most} matches", query=urlencode(parameters).encode())
+        yield too_many_matches(most), None
+        return
     studies = sorted({_uid(result, "0020000D") for result in results})
     if not call.record(AuditKind.QIDO, Outcome.SUCCESS, f"C-FIND from {calling}", study_uids=studies,
                        query=urlencode(parameters).encode()):
@@ -110,7 +120,7 @@ def get(call: Call, event: Event) -> Iterator[int | tuple[int, Dataset | None]]:
         return
     parameters: list[tuple[str, str]] = []
     try:
-        find_level(event.identifier)
+        retrieve_level(event.identifier)
         parameters = qido_parameters(event.identifier)
         # Whatever level it names, a C-GET retrieves the instances below its matches.
         query = parse_qido_query("instance", parameters, services.settings.qido_max_limit)
