@@ -318,7 +318,11 @@ def _unescape(text: str) -> str:
 def _value(parameter: SearchParameter, modifier: str, text: str) -> Value:
     kind = parameter.type
     if kind is ParamType.TOKEN:
-        return _token_value(text)
+        token = _token_value(text)
+        if parameter.boolean and (token.system is not None or token.code not in ("true", "false")):
+            # Anything else matches nothing, which an empty Bundle would pass off as an answer.
+            raise InvalidRequest(f"{parameter.name} takes true or false, not {text[:64]!r}")
+        return token
     if kind is ParamType.QUANTITY:
         return _quantity_value(parameter.name, text)
     text = _unescape(text)

@@ -258,6 +258,32 @@ def test_missing_on_every_type(fhir, population):
     assert fhir.get("/fhir/Patient", params={"family:missing": "maybe"}).status_code == 400
 
 
+@pytest.mark.parametrize(("path", "params"), [
+    ("/fhir/Patient", {"active": "yes"}),
+    ("/fhir/Patient", {"active:not": "1"}),
+    ("/fhir/Patient", {"active": "true,maybe"}),
+    ("/fhir/Patient", {"active": "http://example.org|true"}),
+    ("/fhir/Group", {"actual": "maybe"}),
+    ("/fhir/Group", {"exclude": "TRUE"}),
+    ("/fhir/Group", {"actual:missing": "maybe"}),
+])
+def test_a_boolean_parameter_takes_only_true_or_false(fhir, population, path, params):
+    """Any other value matches nothing: an empty Bundle would pass it off as an answer."""
+    response = fhir.get(path, params=params)
+    assert response.status_code == 400, response.text
+    diagnostics = response.json()["issue"][0]["diagnostics"]
+    name, value = next(iter(params.items()))
+    assert name.partition(":")[0] in diagnostics and repr(value.split(",")[-1]) in diagnostics
+
+
+def test_a_boolean_parameter_matches_true_and_false(fhir, population, services):
+    seed(services, {"resourceType": "Patient", "id": "inactive", "active": False},
+         {"resourceType": "Group", "id": "g1", "type": "person", "actual": True})
+    assert _ids(fhir, "/fhir/Patient", active="false") == ["inactive"]
+    assert _ids(fhir, "/fhir/Patient", **{"active:not": "true"}) == ["inactive", "p1", "p2", "p3"]
+    assert _ids(fhir, "/fhir/Group", actual="true") == ["g1"]
+
+
 def test_id_and_last_updated(fhir, population, services):
     assert _ids(fhir, "/fhir/Patient", _id="p1,p3") == ["p1", "p3"]
     seed(services, _patient("p9", "Late", ["L"], "1999", "male"))
