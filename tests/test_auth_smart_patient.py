@@ -260,6 +260,26 @@ def test_a_patient_context_reads_the_groups_that_name_its_patient_whole_and_no_o
     assert named == [f"Patient/{a}", f"Patient/{b}"]  # the context's patient first, then every member
 
 
+def test_an_estimated_total_counts_the_patients_compartment_alone(world, services):
+    """`_total=estimate` on PostgreSQL is the planner's guess, from the whole
+    table's statistics: under a patient context it would tell how many
+    records of other patients there are. There it is counted instead."""
+    a, b = world.patients["a"], world.patients["b"]
+    seed(services, *(_observation(f"a{number}", a) for number in range(2)),
+         *(_observation(f"b{number}", b) for number in range(300)))
+    if services.engine.dialect.name == "postgresql":
+        with services.engine.connect() as connection:
+            connection.exec_driver_sql("ANALYZE")  # statistics that know the other patient's 300
+            connection.commit()
+    with _as(world, _launch(world)) as app:
+        for params in ({}, {"code": "1111-1"}, {"patient.name": "Able"}, {"_lastUpdated": "gt2000"}):
+            page = app.get("/fhir/Observation", params={**params, "_total": "estimate", "_count": 1}).json()
+            assert (page["total"], len(ids(page)), link(page, "next") is not None) == (3, 1, True), params
+    # Outside the context, the estimate is still the planner's (of 303, give or take).
+    estimated = world.admin.get("/fhir/Observation", params={"_total": "estimate", "_count": 1}).json()
+    assert estimated["total"] > 100
+
+
 def test_a_version_that_named_another_patient_is_not_the_contexts(world, services):
     """Results move with their study to the Patient its corrected PatientID names (server.jobs.study_changes):
     their earlier versions, in the other patient's compartment, stay that patient's, on every history path."""
