@@ -320,6 +320,30 @@ def test_an_export_under_a_patient_context_holds_that_patient_alone(world, servi
     assert _ids(files["ImagingStudy"]) == [world.studies["a"]] and "DiagnosticReport" not in files
 
 
+def test_an_exports_type_filters_look_into_the_patients_compartment_alone(world, services):
+    """A `_typeFilter` chain is judged as the same token's search is: an
+    Observation of the patient derived from another patient's is no match of
+    `derived-from:Observation.code=...`, which would tell of that other one."""
+    a, b = world.patients["a"], world.patients["b"]
+    seed(services, {**_observation("derived", a), "derivedFrom": [{"reference": "Observation/ob"}]},
+         {**_observation("own", a), "derivedFrom": [{"reference": "Observation/oa"}]})
+    with _as(world, _launch(world)) as app:
+        for chain, expected in (("derived-from:Observation.code=1111-1", ["own"]),
+                                (f"derived-from:Observation.subject=Patient/{b}", []),
+                                ("patient.name=Able", ["derived", "oa", "own"])):
+            searched = app.get(f"/fhir/Observation?{chain}").json()
+            started = app.get("/fhir/Patient/$export", params={"_type": "Observation",
+                                                               "_typeFilter": f"Observation?{chain}"}, headers=KICK)
+            assert started.status_code == 202, started.text
+            files = _files(app, _manifest(app, started.headers["Content-Location"]))
+            assert sorted(ids(searched)) == sorted(_ids(files.get("Observation", []))) == expected, chain
+    # The user, outside the context, still finds what the chain reaches.
+    clara, _ = services.auth.issuer.issue("clara", "clinician", "user/*.rs", False)
+    found = world.admin.get("/fhir/Observation", params={"derived-from:Observation.code": "1111-1"},
+                            headers={"Authorization": f"Bearer {clara}"})
+    assert sorted(ids(found.json())) == ["derived", "own"]
+
+
 def test_user_scopes_beside_patient_ones_keep_their_reach(app, services):
     """user/ scopes that read and search a type reach all of it; with one letter only, the type stays
     within the compartment (a search would otherwise find what a read then hides)."""

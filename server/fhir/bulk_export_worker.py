@@ -126,7 +126,7 @@ class ExportWorker:
         for number, resource_type in enumerate(job.types, 1):
             conditions = tuple(search.conditions for search in filters if search.resource_type == resource_type)
             part = Slice(resource_type, job.transaction_time, job.since, job.level is not Level.SYSTEM, patients,
-                         conditions, job.group, joined)
+                         conditions, job.group, joined, job.patient_context)
             name = f"{resource_type}.ndjson"
             count = self._write_type(job, part, directory / name, f"{resource_type} ({number} of {len(job.types)})")
             if count:
