@@ -284,7 +284,7 @@ class _Parser:
     def literal(self) -> str | Decimal | bool:
         kind, value = self.take()
         if kind == "string":
-            return re.sub(r"\\(u[0-9A-Fa-f]{4}|.)", _unescaped, value[1:-1])
+            return _unescaped(value[1:-1], self.text)
         if kind == "number":
             return Decimal(value)
         if kind == "name" and value in ("true", "false"):
@@ -297,10 +297,23 @@ class _Parser:
         )
 
 
-def _unescaped(match: re.Match[str]) -> str:
-    """A string literal's escape (FHIRPath N1 §3.2.2): `\\'`, `\\n`, `\\u00e9` and the like."""
-    escaped = match.group(1)
-    return chr(int(escaped[1:], 16)) if len(escaped) == 5 else _ESCAPES.get(escaped, escaped)
+def _unescaped(literal: str, path: str) -> str:
+    """A string literal's text with its escapes (FHIRPath N1 §3.2.2): `\\'`,
+    `\\n`, `\\u00e9` and the like. Any other is no FHIRPath: `\\u12` read as
+    `u12` would compare with a string the client never wrote."""
+
+    def one(match: re.Match[str]) -> str:
+        escaped = match.group(1)
+        if len(escaped) == 5:
+            return chr(int(escaped[1:], 16))
+        if escaped not in _ESCAPES:
+            raise InvalidRequest(
+                f"{path[:100]!r}: \\{escaped} is no FHIRPath escape (\\' \\\" \\` \\\\ \\/ \\f \\n \\r \\t, or \\u"
+                " and four hexadecimal digits)"
+            )
+        return _ESCAPES[escaped]
+
+    return re.sub(r"\\(u[0-9A-Fa-f]{4}|.)", one, literal)
 
 
 # --- evaluation ----------------------------------------------------------------

@@ -29,12 +29,12 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
-from fhir.resources.R4B import get_fhir_model_class
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from fhir_mappings.date_ranges import date_range
 from fhir_mappings.errors import InvalidResource
+from fhir_mappings.r4_resource_types import R4_RESOURCE_TYPES
 
 _STRING_TYPES = (str, date, datetime, time, bytes)
 # Base64 once whitespace is out (R4 datatypes.html#base64Binary allows it between
@@ -121,7 +121,7 @@ def _check_element(item: dict[str, Any], model: type[BaseModel], path: str, fiel
         allowed = (field.json_schema_extra or {}).get("enum_reference_types")  # type: ignore[union-attr]
         match = _REFERENCE_TYPE.search(item["reference"])
         # Only a URL of the RESTful form names a resource type; `.../People/jdoe` may be anything.
-        named = match is not None and _is_resource_type(match[1])
+        named = match is not None and match[1] in R4_RESOURCE_TYPES
         if allowed and "Resource" not in allowed and named and match[1] not in allowed:
             raise InvalidResource(
                 f"{path} refers to a {match[1]}; R4 allows {' or '.join(allowed)} there"  # type: ignore[arg-type]
@@ -145,7 +145,7 @@ def _check_literal_reference(reference: str, path: str) -> None:
     else:
         segments = reference.split("/")
         if not is_relative_reference(reference):
-            if _is_resource_type(segments[0]):
+            if segments[0] in R4_RESOURCE_TYPES:
                 raise InvalidResource(
                     f"{path}: {reference[:100]!r} is no reference to a {segments[0]}; R4 has {segments[0]}/[id], or"
                     f" {segments[0]}/[id]/_history/[version]"
@@ -158,7 +158,7 @@ def _check_literal_reference(reference: str, path: str) -> None:
     position = 0
     while position < len(segments):
         named = segments[position]
-        if _is_resource_type(named) or named == "_history":
+        if named in R4_RESOURCE_TYPES or named == "_history":
             if position + 1 == len(segments) or not segments[position + 1]:
                 what = "a version" if named == "_history" else f"a {named}'s id"
                 raise InvalidResource(f"{path}: {reference[:100]!r} names no {what} after {named}")
@@ -170,30 +170,7 @@ def is_relative_reference(reference: str) -> bool:
     """Whether `reference` is `[type]/[id]` or `[type]/[id]/_history/[version]`
     of an R4 resource type, the only relative literal reference there is
     (R4 references.html#literal)."""
-    return _RELATIVE_REFERENCE.fullmatch(reference) is not None and _is_resource_type(reference.split("/")[0])
-
-
-# R4 resource types the R4B models lack, which R4B removed or renamed (R4B
-# history.html, release 4.3.0): a reference to one is an R4 reference still.
-_R4_ONLY_TYPES = frozenset((
-    "EffectEvidenceSynthesis", "MedicinalProduct", "MedicinalProductAuthorization", "MedicinalProductContraindication",
-    "MedicinalProductIndication", "MedicinalProductIngredient", "MedicinalProductInteraction",
-    "MedicinalProductManufactured", "MedicinalProductPackaged", "MedicinalProductPharmaceutical",
-    "MedicinalProductUndesirableEffect", "RiskEvidenceSynthesis", "SubstanceNucleicAcid", "SubstancePolymer",
-    "SubstanceProtein", "SubstanceReferenceInformation", "SubstanceSourceMaterial", "SubstanceSpecification",
-))
-
-
-@cache
-def _is_resource_type(name: str) -> bool:
-    """Whether `name` is an R4 resource type."""
-    if name in _R4_ONLY_TYPES:
-        return True
-    try:
-        model = get_fhir_model_class(name)
-    except (KeyError, ValueError):
-        return False
-    return any(base.__name__ == "Resource" for base in model.__mro__[1:])
+    return _RELATIVE_REFERENCE.fullmatch(reference) is not None and reference.split("/")[0] in R4_RESOURCE_TYPES
 
 
 def _require(ok: bool, path: str, expected: str) -> None:

@@ -31,14 +31,17 @@ class SearchParameter:
     paths: tuple[str, ...]
     documentation: str
     targets: tuple[str, ...] = ()
+    # A token parameter on a boolean element, whose only values are `true` and `false`.
+    boolean: bool = False
 
     def __post_init__(self) -> None:
         if self.type is ParamType.REFERENCE and not self.targets:
             raise ValueError(f"reference parameter {self.name} needs its target types")
 
 
-def _p(name: str, type_: ParamType, expression: str, documentation: str, targets: str = "") -> SearchParameter:
-    return SearchParameter(name, type_, tuple(expression.split(" | ")), documentation, tuple(targets.split()))
+def _p(name: str, type_: ParamType, expression: str, documentation: str, targets: str = "",
+       boolean: bool = False) -> SearchParameter:
+    return SearchParameter(name, type_, tuple(expression.split(" | ")), documentation, tuple(targets.split()), boolean)
 
 
 S, T, D, R, Q, U = (ParamType.STRING, ParamType.TOKEN, ParamType.DATE, ParamType.REFERENCE, ParamType.QUANTITY,
@@ -66,7 +69,7 @@ DEFINITIONS: dict[str, tuple[SearchParameter, ...]] = {
         _p("given", S, "name.given", "A portion of a given name"),
         _p("birthdate", D, "birthDate", "The patient's date of birth"),
         _p("gender", T, "gender", "Gender of the patient"),
-        _p("active", T, "active", "Whether the patient record is active"),
+        _p("active", T, "active", "Whether the patient record is active", boolean=True),
     ),
     "Endpoint": (
         _p("identifier", T, "identifier", "Identifies this endpoint across multiple systems"),
@@ -161,13 +164,13 @@ DEFINITIONS: dict[str, tuple[SearchParameter, ...]] = {
     "Group": (
         _p("identifier", T, "identifier", "Unique id"),
         _p("type", T, "type", "The type of resources the group contains"),
-        _p("actual", T, "actual", "Descriptive or actual"),
+        _p("actual", T, "actual", "Descriptive or actual", boolean=True),
         _p("code", T, "code", "The kind of resources contained"),
         _p("member", R, "member.entity", "Reference to the group member", "Device Group Medication Patient Practitioner PractitionerRole Substance"),
         _p("managing-entity", R, "managingEntity", "Entity that is the custodian of the Group's definition", "Organization Practitioner PractitionerRole RelatedPerson"),
         _p("characteristic", T, "characteristic.code", "Kind of characteristic"),
         _p("value", T, "characteristic.valueCodeableConcept | characteristic.valueBoolean", "Value held by characteristic (a CodeableConcept or a boolean)"),
-        _p("exclude", T, "characteristic.exclude", "Group includes or excludes"),
+        _p("exclude", T, "characteristic.exclude", "Group includes or excludes", boolean=True),
     ),
     "Subscription": (
         _p("status", T, "status", "The current state of the subscription"),

@@ -245,6 +245,12 @@ def _condition(parameter: SearchParameter, name: str, modifier: str, value: str)
 
 
 def _chained(parameter: SearchParameter, head: str, modifier: str, rest: str, value: str) -> Condition:
+    target_type = chain_target(parameter, head, modifier, rest)
+    return Condition(parameter, chain=Chain(target_type, _inner_condition(target_type, rest, value)))
+
+
+def chain_target(parameter: SearchParameter, head: str, modifier: str, rest: str) -> str:
+    """The type a forward chain `head[:modifier].rest` follows `parameter` to."""
     if parameter.type is not ParamType.REFERENCE:
         raise InvalidRequest(f"{head} is not a reference parameter and cannot be chained")
     if modifier:
@@ -256,7 +262,7 @@ def _chained(parameter: SearchParameter, head: str, modifier: str, rest: str, va
         target_type = candidates[0]
     if target_type not in DEFINITIONS or ("Resource" not in parameter.targets and target_type not in parameter.targets):
         raise InvalidRequest(f"{head} cannot point at a {target_type}")
-    return Condition(parameter, chain=Chain(target_type, _inner_condition(target_type, rest, value)))
+    return target_type
 
 
 def _reverse_chained(resource_type: str, raw_name: str, value: str) -> Condition:
@@ -318,7 +324,11 @@ def _unescape(text: str) -> str:
 def _value(parameter: SearchParameter, modifier: str, text: str) -> Value:
     kind = parameter.type
     if kind is ParamType.TOKEN:
-        return _token_value(text)
+        token = _token_value(text)
+        if parameter.boolean and (token.system is not None or token.code not in ("true", "false")):
+            # Anything else matches nothing, which an empty Bundle would pass off as an answer.
+            raise InvalidRequest(f"{parameter.name} takes true or false, not {text[:64]!r}")
+        return token
     if kind is ParamType.QUANTITY:
         return _quantity_value(parameter.name, text)
     text = _unescape(text)

@@ -592,6 +592,7 @@ fhir_exports = Table(
     Column("since", BigInteger),  # microseconds; none: from the beginning
     Column("patients", LargeBinary),  # JSON list of Patient ids; none: every patient
     Column("group_id", String(64)),  # a Group-level export's Group, whose members `patients` lists
+    Column("patient_context", String(64)),  # the starter's SMART patient context, whose rule its _typeFilters keep
     Column("type_filters", LargeBinary),  # JSON list of `_typeFilter` queries; none: no filter
     Column("request_url", Text, nullable=False),  # as long as a URL may be: _typeFilter queries make them long
     Column("transaction_time", BigInteger, nullable=False),  # microseconds

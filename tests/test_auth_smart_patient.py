@@ -260,6 +260,26 @@ def test_a_patient_context_reads_the_groups_that_name_its_patient_whole_and_no_o
     assert named == [f"Patient/{a}", f"Patient/{b}"]  # the context's patient first, then every member
 
 
+def test_an_estimated_total_counts_the_patients_compartment_alone(world, services):
+    """`_total=estimate` on PostgreSQL is the planner's guess, from the whole
+    table's statistics: under a patient context it would tell how many
+    records of other patients there are. There it is counted instead."""
+    a, b = world.patients["a"], world.patients["b"]
+    seed(services, *(_observation(f"a{number}", a) for number in range(2)),
+         *(_observation(f"b{number}", b) for number in range(300)))
+    if services.engine.dialect.name == "postgresql":
+        with services.engine.connect() as connection:
+            connection.exec_driver_sql("ANALYZE")  # statistics that know the other patient's 300
+            connection.commit()
+    with _as(world, _launch(world)) as app:
+        for params in ({}, {"code": "1111-1"}, {"patient.name": "Able"}, {"_lastUpdated": "gt2000"}):
+            page = app.get("/fhir/Observation", params={**params, "_total": "estimate", "_count": 1}).json()
+            assert (page["total"], len(ids(page)), link(page, "next") is not None) == (3, 1, True), params
+    # Outside the context, the estimate is still the planner's (of 303, give or take).
+    estimated = world.admin.get("/fhir/Observation", params={"_total": "estimate", "_count": 1}).json()
+    assert estimated["total"] > 100
+
+
 def test_a_version_that_named_another_patient_is_not_the_contexts(world, services):
     """Results move with their study to the Patient its corrected PatientID names (server.jobs.study_changes):
     their earlier versions, in the other patient's compartment, stay that patient's, on every history path."""
@@ -298,6 +318,30 @@ def test_an_export_under_a_patient_context_holds_that_patient_alone(world, servi
         assert app.delete(whole.headers["Content-Location"]).status_code == 404
     assert _ids(files["Patient"]) == [a] and _ids(files["Observation"]) == ["oa"]
     assert _ids(files["ImagingStudy"]) == [world.studies["a"]] and "DiagnosticReport" not in files
+
+
+def test_an_exports_type_filters_look_into_the_patients_compartment_alone(world, services):
+    """A `_typeFilter` chain is judged as the same token's search is: an
+    Observation of the patient derived from another patient's is no match of
+    `derived-from:Observation.code=...`, which would tell of that other one."""
+    a, b = world.patients["a"], world.patients["b"]
+    seed(services, {**_observation("derived", a), "derivedFrom": [{"reference": "Observation/ob"}]},
+         {**_observation("own", a), "derivedFrom": [{"reference": "Observation/oa"}]})
+    with _as(world, _launch(world)) as app:
+        for chain, expected in (("derived-from:Observation.code=1111-1", ["own"]),
+                                (f"derived-from:Observation.subject=Patient/{b}", []),
+                                ("patient.name=Able", ["derived", "oa", "own"])):
+            searched = app.get(f"/fhir/Observation?{chain}").json()
+            started = app.get("/fhir/Patient/$export", params={"_type": "Observation",
+                                                               "_typeFilter": f"Observation?{chain}"}, headers=KICK)
+            assert started.status_code == 202, started.text
+            files = _files(app, _manifest(app, started.headers["Content-Location"]))
+            assert sorted(ids(searched)) == sorted(_ids(files.get("Observation", []))) == expected, chain
+    # The user, outside the context, still finds what the chain reaches.
+    clara, _ = services.auth.issuer.issue("clara", "clinician", "user/*.rs", False)
+    found = world.admin.get("/fhir/Observation", params={"derived-from:Observation.code": "1111-1"},
+                            headers={"Authorization": f"Bearer {clara}"})
+    assert sorted(ids(found.json())) == ["derived", "own"]
 
 
 def test_user_scopes_beside_patient_ones_keep_their_reach(app, services):

@@ -92,6 +92,11 @@ def test_a_repeating_primitives_extensions_move_with_its_values():
     (_operation("replace", "Task..status", value={"valueCode": "x"}), InvalidRequest, "expected"),
     (_operation("replace", "Task.status#", value={"valueCode": "x"}), InvalidRequest, "'#'"),
     (_operation("replace", "Task.input.where(", value={"valueCode": "x"}), InvalidRequest, "ends too soon"),
+    # An escape FHIRPath does not have: `\u12` was read as `u12`, `\q` as `q`.
+    (_operation("replace", "Task.where(status = '\\u12').status", value={"valueCode": "x"}), InvalidRequest,
+     "\\u is no FHIRPath escape"),
+    (_operation("replace", "Task.where(status = 'a\\q').status", value={"valueCode": "x"}), InvalidRequest,
+     "\\q is no FHIRPath escape"),
     (_operation("replace", "status", value={"valueCode": "x"}), NotSupported, "resource type"),
     (_operation("replace", "Task.status"), InvalidRequest, "needs a part 'value'"),
     (_operation("rename", "Task.status"), InvalidRequest, "add, insert, delete, replace, move"),
@@ -208,6 +213,19 @@ def test_a_fhirpath_patch_writes_a_new_version_answered_as_an_update(fhir):
     assert stale.status_code == 412
 
 
+def test_a_patch_that_changes_nothing_is_written_as_an_identical_put_is(fhir):
+    """A `delete` that matches nothing leaves the resource as it was. R4
+    http.html#patch has the result processed as an update, and an update with
+    the current content writes a new version here (only what the server derives
+    itself skips those): so does the patch, and each answers the version it wrote."""
+    current = _task(fhir)
+    put = fhir.put("/fhir/Task/p1", json={key: value for key, value in current.items() if key != "meta"})
+    assert put.headers["etag"] == 'W/"2"'
+    patched = _patch(fhir, "/fhir/Task/p1", _operation("delete", "Task.note"))
+    assert patched.status_code == 200 and patched.headers["etag"] == 'W/"3"'
+    assert len(fhir.get("/fhir/Task/p1/_history").json()["entry"]) == 3
+
+
 @pytest.mark.parametrize(("operation", "status", "words"), [
     (_operation("replace", "Task.identifier.resolve()", value={"valueString": "x"}), 422, "resolve()"),
     (_operation("replace", "Task.status", value={"valueCode": "bogus"}), 422, "status"),  # validated as an update
@@ -215,6 +233,7 @@ def test_a_fhirpath_patch_writes_a_new_version_answered_as_an_update(fhir):
     (_operation("replace", "Task.status", value={"valueInteger": 1}), 422, "status takes a code, not a valueInteger"),
     (_operation("replace", "Task.status", value={"valueString": "not a code"}), 422, "status"),  # a string, no code
     (_operation("replace", "Task.(status", value={"valueCode": "ready"}), 400, "expected"),
+    (_operation("delete", "Task.input.where(type.text = '\\u12')"), 400, "no FHIRPath escape"),
     ({"name": "operation", "part": [{"name": "type", "valueCode": ["replace"]}]}, 400, "its type (valueCode)"),
 ])
 def test_a_fhirpath_patch_that_fails_stores_nothing(fhir, operation, status, words):

@@ -261,6 +261,8 @@ _OBSERVATION = {"resourceType": "Observation", "id": "o1", "status": "final", "c
     "http://testserver/fhir/Patient/", "http://other.example/fhir/Patient/p1/_history",
     # Relative, a reference is [type]/[id] of an R4 type: nothing else is a resource of this server.
     "/Patient/p1", "patient/p1", "Nope/p1", "p1", "./Patient/p1", "Patient/p 1",
+    # Abstract types, and types of R4B (whose models validate here) that R4 does not have.
+    "Resource/p1", "DomainResource/p1", "Citation/p1", "SubscriptionTopic/p1",
 ])
 @pytest.mark.parametrize(("where", "body"), [
     ("Task.for.reference", lambda reference: {**TASK, "for": {"reference": reference}}),

@@ -6,6 +6,7 @@ import pytest
 from jsonschema import Draft6Validator, validators
 
 from conformance.fhir_schema import load_schema, validate_fhir
+from fhir_mappings.r4_resource_types import R4_RESOURCE_TYPES
 
 PATIENT = {
     "resourceType": "Patient",
@@ -116,3 +117,8 @@ def test_a_zero_width_no_break_space_is_a_space_as_in_ecma_regex(text):
     with pytest.raises(AssertionError, match="does not match"):
         validate_fhir({**PATIENT, "name": [{"family": text}]})
     validate_fhir({**PATIENT, "name": [{"family": "Do e"}]})
+
+
+def test_the_r4_resource_types_table_is_the_schemas():
+    """fhir_mappings/r4_resource_types.py, checked against the official R4 list."""
+    assert R4_RESOURCE_TYPES == frozenset(load_schema()["discriminator"]["mapping"])

@@ -224,6 +224,36 @@ def test_reverse_chains_take_references_by_this_servers_url(fhir, population):
     assert _ids(fhir, "/fhir/Patient", **typed) == ["p2"]
 
 
+def test_forward_chains_take_references_by_this_servers_url(fhir, population):
+    """R4 search.html#reference: this server's own base URL names its own
+    resources, at the far end of a forward chain too (`result` points at
+    Observations, whose `subject` is a reference)."""
+    for value in ("Patient/p1", "http://testserver/fhir/Patient/p1", "http://testserver/fhir/Patient/p3,p1"):
+        assert _ids(fhir, "/fhir/DiagnosticReport", **{"result.subject": value}) == ["r1"]
+        assert _ids(fhir, "/fhir/DiagnosticReport", **{"result:Observation.subject:Patient": value}) == ["r1"]
+    assert _ids(fhir, "/fhir/DiagnosticReport", **{"result.patient": "http://testserver/fhir/Patient/p2"}) == ["r1"]
+    assert _ids(fhir, "/fhir/DiagnosticReport", **{"result.patient": "http://testserver/fhir/Patient/p3"}) == []
+    other = fhir.get("/fhir/DiagnosticReport", params={"result.subject": "http://other.example/fhir/Patient/p1"})
+    assert other.status_code == 400  # another server's Patient, which no local reference names
+
+
+def test_the_base_url_is_the_one_the_client_sees_behind_a_proxy(fhir, population):
+    """Written and searched through a proxy (X-Forwarded-*), the proxy's base
+    is this server's; the address behind it is, to that client, another server's."""
+    proxy = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "fhir.example", "X-Forwarded-Prefix": "/pacs"}
+    own = "https://fhir.example/pacs/fhir/Patient/p3"
+    task = {"resourceType": "Task", "id": "t1", "status": "draft", "intent": "proposal", "for": {"reference": own}}
+    assert fhir.put("/fhir/Task/t1", json=task, headers=proxy).status_code == 201
+    assert fhir.get("/fhir/Task/t1").json()["for"] == {"reference": "Patient/p3"}
+    assert _ids(fhir, "/fhir/Task", patient="Patient/p3") == ["t1"]
+    for path, params in (("/fhir/Task", {"patient": own}), ("/fhir/Observation", {"subject": own}),
+                         ("/fhir/DiagnosticReport", {"result.subject": own.replace("p3", "p2")})):
+        found = fhir.get(path, params=params, headers=proxy)
+        assert found.status_code == 200, found.text
+        assert sorted(ids(found.json())) == {"/fhir/Task": ["t1"], "/fhir/Observation": ["o4"]}.get(path, ["r1"])
+    assert fhir.get("/fhir/Task", params={"patient": own}).status_code == 400  # not this client's base
+
+
 def test_reverse_chains_page_and_count(fhir, population):
     first = _search(fhir, "/fhir/Patient", **{"_has:Observation:patient:code": "1111-1", "_count": "1",
                                               "_sort": "_id"})
@@ -256,6 +286,32 @@ def test_missing_on_every_type(fhir, population):
     assert _ids(fhir, "/fhir/Patient", **{"family:missing": "false"}) == ["p1", "p2", "p3"]
     assert _ids(fhir, "/fhir/DiagnosticReport", **{"result:missing": "false"}) == ["r1"]
     assert fhir.get("/fhir/Patient", params={"family:missing": "maybe"}).status_code == 400
+
+
+@pytest.mark.parametrize(("path", "params"), [
+    ("/fhir/Patient", {"active": "yes"}),
+    ("/fhir/Patient", {"active:not": "1"}),
+    ("/fhir/Patient", {"active": "true,maybe"}),
+    ("/fhir/Patient", {"active": "http://example.org|true"}),
+    ("/fhir/Group", {"actual": "maybe"}),
+    ("/fhir/Group", {"exclude": "TRUE"}),
+    ("/fhir/Group", {"actual:missing": "maybe"}),
+])
+def test_a_boolean_parameter_takes_only_true_or_false(fhir, population, path, params):
+    """Any other value matches nothing: an empty Bundle would pass it off as an answer."""
+    response = fhir.get(path, params=params)
+    assert response.status_code == 400, response.text
+    diagnostics = response.json()["issue"][0]["diagnostics"]
+    name, value = next(iter(params.items()))
+    assert name.partition(":")[0] in diagnostics and repr(value.split(",")[-1]) in diagnostics
+
+
+def test_a_boolean_parameter_matches_true_and_false(fhir, population, services):
+    seed(services, {"resourceType": "Patient", "id": "inactive", "active": False},
+         {"resourceType": "Group", "id": "g1", "type": "person", "actual": True})
+    assert _ids(fhir, "/fhir/Patient", active="false") == ["inactive"]
+    assert _ids(fhir, "/fhir/Patient", **{"active:not": "true"}) == ["inactive", "p1", "p2", "p3"]
+    assert _ids(fhir, "/fhir/Group", actual="true") == ["g1"]
 
 
 def test_id_and_last_updated(fhir, population, services):

@@ -10,6 +10,8 @@ transaction Bundle is judged entry by entry, with the same function.
 """
 
 import base64
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -76,6 +78,17 @@ class Principal:
 # middleware), for a write hook that must know who writes: a Subscription runs
 # with the rights of whoever wrote it last.
 current_principal: ContextVar[Principal | None] = ContextVar("current_principal", default=None)
+
+
+@contextmanager
+def acting_as(principal: Principal) -> Iterator[None]:
+    """The visibility rules see `principal` as the principal of the request
+    (where there is none, or where its rights are judged as another's)."""
+    token = current_principal.set(principal)
+    try:
+        yield
+    finally:
+        current_principal.reset(token)
 
 
 def search_permissions(request: SearchRequest) -> set[Permission]:

@@ -3,8 +3,6 @@
 name or identifier with the FHIR search itself, so that whatever hides a
 Patient from the user hides it here too (`server.fhir.visibility`)."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -14,7 +12,7 @@ import orjson
 
 from fhir_mappings.errors import FhirError, Forbidden
 from fhir_mappings.resources import require_id
-from server.auth.access import Permission, Principal, current_principal, require_search_rights
+from server.auth.access import Permission, Principal, acting_as, require_search_rights
 from server.fhir.service import FhirService
 
 PAGE_SIZE = 20
@@ -49,7 +47,7 @@ def patients_to_pick(fhir: FhirService, user: Principal, name: str, identifier: 
     else:
         pairs = [(parameter, value) for parameter, value in (("name", name), ("identifier", identifier)) if value]
         pairs.append(("_count", str(PAGE_SIZE)))
-    with _acting_as(user):
+    with acting_as(user):
         # A cursor's search is whatever its first page was (someone else's too): the user's rights judge it.
         page = fhir.searcher.search("Patient", pairs, "", strict=True, authorize=partial(require_search_rights, user))
     following = parse_qs(urlsplit(page.links.get("next", "")).query).get("_cursor", [None])[0]
@@ -62,20 +60,10 @@ def require_pickable(fhir: FhirService, user: Principal, patient_id: str) -> Non
         raise NotPickable(f"{user.name} may not read Patients")
     try:
         require_id(patient_id)  # a form may post anything (a NUL, which PostgreSQL's text cannot hold)
-        with _acting_as(user):
+        with acting_as(user):
             fhir.store.read("Patient", patient_id)
     except FhirError as error:  # not there, gone, or hidden from this user: all the same to the user
         raise NotPickable(f"there is no Patient {patient_id!r} that {user.name} may read") from error
-
-
-@contextmanager
-def _acting_as(user: Principal) -> Iterator[None]:
-    """The visibility rules see the user as the principal of the request (the authorize page has none)."""
-    token = current_principal.set(user)
-    try:
-        yield
-    finally:
-        current_principal.reset(token)
 
 
 def _choice(patient: dict[str, Any]) -> Choice:

@@ -50,6 +50,7 @@ class ExportJob:
     patients: tuple[str, ...] | None
     group: str | None
     type_filters: tuple[str, ...]
+    patient_context: str | None  # the starter's (`Principal.patient`), which its `_typeFilter` chains keep to
     request_url: str
     transaction_time: int
     status: str
@@ -66,7 +67,8 @@ class ExportJob:
             types=tuple(row.types.split(",")), since=row.since,
             patients=tuple(orjson.loads(row.patients)) if row.patients is not None else None, group=row.group_id,
             type_filters=tuple(orjson.loads(row.type_filters)) if row.type_filters is not None else (),
-            request_url=row.request_url, transaction_time=row.transaction_time, status=row.status,
+            patient_context=row.patient_context, request_url=row.request_url,
+            transaction_time=row.transaction_time, status=row.status,
             progress=row.progress, outputs=orjson.loads(row.outputs) if row.outputs is not None else [],
             failure=row.failure, expires_at=row.expires_at,
         )
@@ -102,8 +104,9 @@ def exported_types(principal: Principal, request: ExportRequest, supported: froz
 def held_to_patient(principal: Principal, request: ExportRequest) -> ExportRequest:
     """The export a principal may start: under a patient context, one of its
     patient alone, at the Patient level. The worker writes it without the
-    request's principal (nor its patient context): the export's own list of
-    patients is what keeps it to that patient."""
+    request's principal: the export's own list of patients is what keeps it
+    to that patient, and the context, stored with it, what keeps its
+    `_typeFilter` chains to the patient's compartment."""
     if principal.patient is None:
         return request
     if request.level is not Level.PATIENT:
@@ -177,7 +180,8 @@ class ExportJobs:
                 patients=orjson.dumps(list(request.patients)) if request.patients is not None else None,
                 group_id=request.group,
                 type_filters=orjson.dumps(list(request.type_filters)) if request.type_filters else None,
-                request_url=request_url, transaction_time=created, status=QUEUED, created_at=created,
+                patient_context=principal.patient, request_url=request_url, transaction_time=created, status=QUEUED,
+                created_at=created,
                 expires_at=created + self.retention_micros,
             ))
         return export_id

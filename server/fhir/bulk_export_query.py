@@ -13,7 +13,8 @@ AuditEvents are taken by when they were recorded (see `_within`).
 """
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ from sqlalchemy import JSON, Engine, String, and_, bindparam, cast, false, func,
 
 from fhir_mappings.patient_compartment import COMPARTMENT_PARAMETERS, patients_of_json
 from fhir_mappings.search_query import Condition
+from server.auth.access import acting_as, current_principal
 from server.db import reading
 from server.fhir.search_sql import condition_clause, where_current
 from server.fhir.visibility import Visibility
@@ -44,6 +46,8 @@ class Slice:
     group: str | None = None  # a Group-level export's Group: exported with the Groups of its members' compartments
     # Of a Group-level export with `since`, the members who joined after it: their compartments whatever `since`.
     newcomers: frozenset[str] = frozenset()
+    # The starter's SMART patient context: the filters' chains see what its searches would, that compartment alone.
+    patient_context: str | None = None
 
 
 def pages(engine: Engine, visibility: Visibility, part: Slice, history: bool) -> Iterator[list[bytes]]:
@@ -174,10 +178,17 @@ def _within(part: Slice, dialect: str) -> list[Any]:
 
 
 def _matching(part: Slice, visibility: Visibility) -> list[Any]:
+    """The `_typeFilter`s, whose chains look where the starter's own search
+    would: under its patient context, into that patient's compartment alone
+    (a rule of `visibility`, which reads the principal when a clause is made).
+    Only there: the rows exported are kept to the export's patients by
+    `_members`, and judged at `until`, not by the compartment they are in now."""
     if not part.filters:
         return []
-    return [or_(*(and_(*(condition_clause(condition, fhir_resources, visibility) for condition in conditions))
-                  for conditions in part.filters))]
+    starter = current_principal.get()
+    with acting_as(replace(starter, patient=part.patient_context)) if starter is not None else nullcontext():
+        return [or_(*(and_(*(condition_clause(condition, fhir_resources, visibility) for condition in conditions))
+                      for conditions in part.filters))]
 
 
 def _changed_since(part: Slice, dialect: str) -> list[Any]:

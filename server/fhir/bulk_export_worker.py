@@ -23,7 +23,7 @@ from fhir_mappings.audit_event import AuditKind
 from fhir_mappings.bulk_export import Level, type_filter
 from fhir_mappings.group_cohort import newcomers
 from server.audit.service import AuditService
-from server.auth.access import Principal, current_principal
+from server.auth.access import Principal, acting_as
 from server.auth.scopes import Grant
 from server.db import write_connection
 from server.fhir.bulk_export import ExportJob, ExportJobs
@@ -91,24 +91,22 @@ class ExportWorker:
             self._wake.clear()
 
     def run_export(self, job: ExportJob) -> None:
-        token = current_principal.set(
-            Principal(job.owner, job.owner_role, Grant.parse(job.scopes), job.owner_is_client))
-        try:
-            outputs = self._write(job)
-            with write_connection(self.jobs.engine) as connection:
-                if self.jobs.complete(connection, job.export_id, outputs):
-                    counts = ", ".join(f"{output['count']} {output['type']}" for output in outputs) or "nothing"
-                    self.audit.record_in(
-                        connection, AuditKind.EXPORT, job.owner, f"$export {job.export_id} written: {counts}",
-                        resources=[f"Group/{job.group}"] if job.group is not None else [], patients=job.patients or (),
-                    )
-        except _Stopped:
-            self.jobs.requeue(job.export_id)
-        except Exception:
-            log.exception("export %s failed", job.export_id)
-            self.jobs.fail(job.export_id, "the server failed to write the export; start a new one")
-        finally:
-            current_principal.reset(token)
+        with acting_as(Principal(job.owner, job.owner_role, Grant.parse(job.scopes), job.owner_is_client)):
+            try:
+                outputs = self._write(job)
+                with write_connection(self.jobs.engine) as connection:
+                    if self.jobs.complete(connection, job.export_id, outputs):
+                        counts = ", ".join(f"{output['count']} {output['type']}" for output in outputs) or "nothing"
+                        self.audit.record_in(
+                            connection, AuditKind.EXPORT, job.owner, f"$export {job.export_id} written: {counts}",
+                            resources=[f"Group/{job.group}"] if job.group is not None else [],
+                            patients=job.patients or (),
+                        )
+            except _Stopped:
+                self.jobs.requeue(job.export_id)
+            except Exception:
+                log.exception("export %s failed", job.export_id)
+                self.jobs.fail(job.export_id, "the server failed to write the export; start a new one")
 
     def _write(self, job: ExportJob) -> list[dict[str, Any]]:
         directory = self.jobs.directory(job.export_id)
@@ -126,7 +124,7 @@ class ExportWorker:
         for number, resource_type in enumerate(job.types, 1):
             conditions = tuple(search.conditions for search in filters if search.resource_type == resource_type)
             part = Slice(resource_type, job.transaction_time, job.since, job.level is not Level.SYSTEM, patients,
-                         conditions, job.group, joined)
+                         conditions, job.group, joined, job.patient_context)
             name = f"{resource_type}.ndjson"
             count = self._write_type(job, part, directory / name, f"{resource_type} ({number} of {len(job.types)})")
             if count:

@@ -11,7 +11,9 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from fhir_mappings.errors import InvalidRequest
 from fhir_mappings.search_parameters import reference_parameters
+from fhir_mappings.search_query import chain_target
 
 # What follows the base: a resource (`Type/id`, maybe versioned), or a
 # conditional reference (`Type?query`), which a transaction resolves.
@@ -47,18 +49,29 @@ def with_relative_search_values(
     references = reference_parameters(resource_type)
     return [
         (name, ",".join(relative(item, base) for item in value.split(",")))
-        if _names_references(name, references) or _ends_in_reference(name) else (name, value)
+        if _names_references(name, references) or _ends_in_reference(resource_type, name) else (name, value)
         for name, value in pairs
     ]
 
 
-def _ends_in_reference(name: str) -> bool:
-    """`_has:[type]:[reference]:[parameter]` (search.html#has) whose parameter,
-    one of the other type's, is a reference parameter: its values are references too."""
-    if not name.startswith("_has:"):
+def _ends_in_reference(resource_type: str, name: str) -> bool:
+    """A chain whose parameter at the far end, one of the other type's, is a
+    reference parameter: its values are references too. Reverse,
+    `_has:[type]:[reference]:[parameter]` (search.html#has); forward,
+    `[reference][:type].[parameter]` (search.html#chaining)."""
+    if name.startswith("_has:"):
+        _, source_type, _, parameter = (name.split(":", 3) + ["", "", ""])[:4]
+        return _names_references(parameter, reference_parameters(source_type))
+    head, dot, parameter = name.partition(".")
+    first, _, modifier = head.partition(":")
+    reference = reference_parameters(resource_type).get(first)
+    if not dot or reference is None:
         return False
-    _, source_type, _, parameter = (name.split(":", 3) + ["", "", ""])[:4]
-    return _names_references(parameter, reference_parameters(source_type))
+    try:
+        target_type = chain_target(reference, first, modifier, parameter)
+    except InvalidRequest:
+        return False  # the search refuses the chain itself, and says why
+    return _names_references(parameter, reference_parameters(target_type))
 
 
 def _names_references(name: str, references: Collection[str]) -> bool:

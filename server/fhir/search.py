@@ -180,13 +180,25 @@ class Searcher:
         if request.total is Total.NONE:
             return None
         counting = self._counting(request, RESOURCES, leader)
-        if request.total is Total.ESTIMATE and connection.dialect.name == "postgresql":
+        estimated = request.total is Total.ESTIMATE and not self._hides_rows(request)
+        if estimated and connection.dialect.name == "postgresql":
             # The planner's row estimate for the count's input: no rows are read.
             compiled = counting.compile(connection)
             plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled.string}", compiled.params).scalar()
             plan = plan if isinstance(plan, list) else orjson.loads(plan)
             return int(plan[0]["Plan"].get("Plans", [plan[0]["Plan"]])[0]["Plan Rows"])
         return int(connection.execute(select(self._matches(request, leader))).scalar_one())
+
+    def _hides_rows(self, request: SearchRequest) -> bool:
+        """Whether a visibility rule (a patient context's compartment, a
+        Subscription's owner) keeps rows of the searched type, or of a type its
+        chains reach, from this request. The planner's estimate of a query
+        under such a rule is a guess from the statistics of the whole table,
+        rows the request may not see among them: only a count keeps to the rule."""
+        reached = {request.resource_type, *(condition.chain.other_type for condition in request.conditions
+                                            if condition.chain is not None)}
+        return any(self.visibility.where(RESOURCES.c.resource_type, RESOURCES.c.resource_id, resource_type)
+                   for resource_type in reached)
 
     def _page(
         self, connection: Connection, request: SearchRequest, leader: Condition | None, position: list[Any] | None,
