@@ -455,7 +455,8 @@ def test_a_launch_bound_to_an_app_is_that_apps_alone(world, services):
     # An unbound launch is any app's, once.
     unbound = _ehr_launch(world, world.patients["a"]).json()["launch"]
     assert other.authorize(scope="launch patient/*.rs", launch=unbound).status_code == 200
-    for client_id in ("nobody", "a\x00b"):
+    # Sent empty (or blank), it binds to nothing: refused rather than opened for any app.
+    for client_id in ("nobody", "a\x00b", "", " ", world.app.client_id + " ", world.app.client_id.upper()):
         refused = _ehr_launch(world, world.patients["a"], client_id=client_id)
         assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
 
