@@ -487,3 +487,29 @@ def test_the_migration_adds_and_drops_the_launch_columns(services):
     assert {"user_name", "patient"} <= after["authorization_requests"] and "patient" in after["launch_contexts"]
     assert "patient" in after["authorization_codes"] and "patient" in after["refresh_tokens"]
     assert "client_id" in after["launch_contexts"]
+
+
+def test_a_patient_context_reads_no_audit_event_that_names_another_patient(world, services):
+    """An AuditEvent names every patient its request touched: one naming another patient besides the
+    context's tells whose a study is (a probe of B's study UID is audited with B's Patient) and what the
+    admin stored, so it is not the context's to read, by search, read, history or $everything."""
+    a, b = world.patients["a"], world.patients["b"]
+    token, _ = services.auth.issuer.issue("ada", "admin", "patient/AuditEvent.rs patient/ImagingStudy.rs", False,
+                                          app=world.app.client_id, patient=a)
+    with httpx.Client(base_url=world.base, headers={"Authorization": f"Bearer {token}"}) as app:
+        assert app.get(f"/dicom-web/studies/{world.studies['b']}/metadata").status_code == 404
+        assert app.get(f"/dicom-web/studies/{world.studies['a']}/metadata").status_code == 200
+        services.audit.chain.project()
+        every = world.admin.get("/fhir/AuditEvent", params={"_count": 200}).json()["entry"]
+        both = [entry["resource"]["id"] for entry in every
+                if {f"Patient/{a}", f"Patient/{b}"} <= {entity.get("what", {}).get("reference")
+                                                        for entity in entry["resource"].get("entity", [])}]
+        assert both  # the admin's STOW of both studies, and the probe of B's
+        seen = app.get("/fhir/AuditEvent", params={"_count": 200})
+        assert seen.status_code == 200 and b not in seen.text and world.studies["b"] not in seen.text
+        assert any(entry["resource"]["outcomeDesc"].startswith(f"GET /dicom-web/studies/{world.studies['a']}")
+                   for entry in seen.json()["entry"])  # its patient's alone: still read
+        for event in both:
+            assert app.get(f"/fhir/AuditEvent/{event}").status_code == 404
+            assert app.get(f"/fhir/AuditEvent/{event}/_history/1").status_code == 404
+        assert b not in app.get(f"/fhir/Patient/{a}/$everything", params={"_count": 200}).text
