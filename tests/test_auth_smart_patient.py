@@ -5,7 +5,9 @@ real HTTP server throughout; two patients, whose studies come in by STOW
 and whose other records the server writes, as its models' results are."""
 
 import re
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,6 +18,7 @@ from alembic import command
 from pydicom.uid import generate_uid
 from sqlalchemy import inspect
 
+from server.auth.launch import Pending, Spent
 from server.auth.scopes import Grant, Role
 from server.cli import main
 from server.migrate import migrating, upgrade
@@ -513,3 +516,21 @@ def test_a_patient_context_reads_no_audit_event_that_names_another_patient(world
             assert app.get(f"/fhir/AuditEvent/{event}").status_code == 404
             assert app.get(f"/fhir/AuditEvent/{event}/_history/1").status_code == 404
         assert b not in app.get(f"/fhir/Patient/{a}/$everything", params={"_count": 200}).text
+
+
+def test_two_authorizations_racing_for_one_launch_get_it_once(world, services):
+    """Both read the context before either takes it: the take, in each one's own transaction, lets one through."""
+    launch = _ehr_launch(world, world.patients["a"]).json()["launch"]
+    pending = Pending(world.app.client_id, REDIRECT, "launch patient/*.rs", None, "x" * 43, patient=world.patients["a"])
+    start = threading.Barrier(8)
+
+    def ask() -> str:
+        start.wait()
+        try:
+            return services.auth.launches.ask(pending, launch)
+        except Spent:
+            return "spent"
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: ask(), range(8)))
+    assert answers.count("spent") == 7, answers
