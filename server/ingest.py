@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection, Engine, select
@@ -110,6 +111,20 @@ class StudyChange(Enum):
 StudiesChanged = Callable[[Connection, set[str], StudyChange], None]
 
 
+class BatchGuard(Protocol):
+    """What a batch may change, judged in its index transaction, where the
+    studies it touches are held: a judgement made before that transaction
+    could be outdated by a writer that commits in between. Either check
+    raises a DicomError to refuse the batch whole; nothing of it is kept."""
+
+    def before(self, connection: Connection, described: list[InstanceDescription]) -> None:
+        """Before anything is written, on the index as the batch finds it."""
+
+    def after(self, connection: Connection, study_uids: set[str]) -> None:
+        """Once written: `study_uids`, the studies the batch changed (those it
+        took instances from too), as the batch leaves them."""
+
+
 class Ingestor:
     """Stores instances; `on_studies_changed` runs in the transaction of every
     index change (the FHIR side keeps its ImagingStudy and Patient there). It
@@ -124,8 +139,11 @@ class Ingestor:
         if self.on_studies_changed is not None and study_uids:
             self.on_studies_changed(connection, study_uids, change)
 
-    def store_batch(self, batch: list[PreparedFile], required_study_uid: str | None = None) -> list[InstanceOutcome]:
-        """Store a batch; the outcomes come back in the order of `batch`."""
+    def store_batch(
+        self, batch: list[PreparedFile], required_study_uid: str | None = None, guard: BatchGuard | None = None,
+    ) -> list[InstanceOutcome]:
+        """Store a batch; the outcomes come back in the order of `batch`.
+        Raises what `guard` raises, having kept nothing of the batch."""
         outcomes: dict[int, InstanceOutcome] = {}
         candidates: list[tuple[int, _Candidate]] = []
         for position, prepared in enumerate(batch):
@@ -150,7 +168,7 @@ class Ingestor:
         # One lock order for every writer: concurrent requests for the same
         # studies then queue instead of deadlocking on PostgreSQL.
         candidates.sort(key=lambda item: _lock_order(item[1].description))
-        self._store_candidates([candidate for _, candidate in candidates])
+        self._store_candidates([candidate for _, candidate in candidates], guard)
         for position, candidate in candidates:
             assert candidate.outcome is not None
             outcomes[position] = candidate.outcome
@@ -158,7 +176,7 @@ class Ingestor:
             prepared.received.temp_path.unlink(missing_ok=True)
         return [outcomes[position] for position in range(len(batch))]
 
-    def _store_candidates(self, candidates: list[_Candidate]) -> None:
+    def _store_candidates(self, candidates: list[_Candidate], guard: BatchGuard | None) -> None:
         if not candidates:
             return
         try:
@@ -169,11 +187,17 @@ class Ingestor:
             return
         # From its journal commit until its rows commit, a placed file is one that
         # recovery (another process's start) would take for a crash's leftover.
+        refused: DicomError | None = None
         with self.store.ingest_window():
-            unreferenced = self._place_and_index(candidates)
+            try:
+                unreferenced = self._place_and_index(candidates, guard)
+            except DicomError as error:  # the guard's: its transaction wrote no row, so no file is referenced
+                refused, unreferenced = error, [candidate.relative_path for candidate in candidates]
         self.discard(unreferenced)
+        if refused is not None:
+            raise refused
 
-    def _place_and_index(self, candidates: list[_Candidate]) -> list[str]:
+    def _place_and_index(self, candidates: list[_Candidate], guard: BatchGuard | None) -> list[str]:
         """Steps 2 (the journal) to 4; returns the files no row references afterwards, for `discard`."""
         try:
             with write_connection(self.engine, bookkeeping=True) as connection:
@@ -198,11 +222,11 @@ class Ingestor:
         try:
             self.store.flush_placements([candidate.relative_path for candidate in placed])
             try:
-                unreferenced += self._index(placed, isolate=False)
+                unreferenced += self._index(placed, isolate=False, guard=guard)
             except (SQLAlchemyError, index.SeriesOfAnotherStudy):
                 # Some row failed: redo the batch with a savepoint per instance,
                 # so that only the instances that fail are refused.
-                unreferenced += self._index(placed, isolate=True)
+                unreferenced += self._index(placed, isolate=True, guard=guard)
         except (SQLAlchemyError, OSError, ValueError) as error:
             # ValueError: a study the FHIR side could not describe (see
             # `on_studies_changed`); the batch is refused rather than half-kept.
@@ -216,7 +240,7 @@ class Ingestor:
         for candidate in candidates:
             candidate.outcome = _outcome(candidate.description, failure=failure)
 
-    def _index(self, placed: list[_Candidate], isolate: bool) -> list[str]:
+    def _index(self, placed: list[_Candidate], isolate: bool, guard: BatchGuard | None = None) -> list[str]:
         """Write the rows; return the files that no row references afterwards.
 
         Without `isolate`, all of them at once, and any failure aborts the
@@ -229,6 +253,9 @@ class Ingestor:
         changed_studies: set[str] = set()
         files = [_placed_file(candidate) for candidate in placed]
         with write_connection(self.engine) as connection:
+            if guard is not None:
+                index.lock_studies(connection, files)  # taken again by the writes below, as by a writer already
+                guard.before(connection, [candidate.description for candidate in placed])
             if isolate:
                 index.lock_studies(connection, files)
                 parents = index.WrittenParents()
@@ -253,6 +280,8 @@ class Ingestor:
                     if written.superseded_file:
                         superseded.append(written.superseded_file)
             self.studies_changed(connection, changed_studies, StudyChange.STORED)
+            if guard is not None:
+                guard.after(connection, changed_studies)
             index.clear_journal(connection, referenced)
             index.journal_files(connection, superseded)
             if not referenced:  # every instance refused or already stored: the answer is the request's record

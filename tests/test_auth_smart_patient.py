@@ -5,7 +5,9 @@ real HTTP server throughout; two patients, whose studies come in by STOW
 and whose other records the server writes, as its models' results are."""
 
 import re
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,6 +18,7 @@ from alembic import command
 from pydicom.uid import generate_uid
 from sqlalchemy import inspect
 
+from server.auth.launch import Pending, Spent
 from server.auth.scopes import Grant, Role
 from server.cli import main
 from server.migrate import migrating, upgrade
@@ -534,7 +537,8 @@ def test_a_launch_bound_to_an_app_is_that_apps_alone(world, services):
     # An unbound launch is any app's, once.
     unbound = _ehr_launch(world, world.patients["a"]).json()["launch"]
     assert other.authorize(scope="launch patient/*.rs", launch=unbound).status_code == 200
-    for client_id in ("nobody", "a\x00b"):
+    # Sent empty (or blank), it binds to nothing: refused rather than opened for any app.
+    for client_id in ("nobody", "a\x00b", "", " ", world.app.client_id + " ", world.app.client_id.upper()):
         refused = _ehr_launch(world, world.patients["a"], client_id=client_id)
         assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
 
@@ -565,3 +569,47 @@ def test_the_migration_adds_and_drops_the_launch_columns(services):
     assert {"user_name", "patient"} <= after["authorization_requests"] and "patient" in after["launch_contexts"]
     assert "patient" in after["authorization_codes"] and "patient" in after["refresh_tokens"]
     assert "client_id" in after["launch_contexts"]
+
+
+def test_a_patient_context_reads_no_audit_event_that_names_another_patient(world, services):
+    """An AuditEvent names every patient its request touched: one naming another patient besides the
+    context's tells whose a study is (a probe of B's study UID is audited with B's Patient) and what the
+    admin stored, so it is not the context's to read, by search, read, history or $everything."""
+    a, b = world.patients["a"], world.patients["b"]
+    token, _ = services.auth.issuer.issue("ada", "admin", "patient/AuditEvent.rs patient/ImagingStudy.rs", False,
+                                          app=world.app.client_id, patient=a)
+    with httpx.Client(base_url=world.base, headers={"Authorization": f"Bearer {token}"}) as app:
+        assert app.get(f"/dicom-web/studies/{world.studies['b']}/metadata").status_code == 404
+        assert app.get(f"/dicom-web/studies/{world.studies['a']}/metadata").status_code == 200
+        services.audit.chain.project()
+        every = world.admin.get("/fhir/AuditEvent", params={"_count": 200}).json()["entry"]
+        both = [entry["resource"]["id"] for entry in every
+                if {f"Patient/{a}", f"Patient/{b}"} <= {entity.get("what", {}).get("reference")
+                                                        for entity in entry["resource"].get("entity", [])}]
+        assert both  # the admin's STOW of both studies, and the probe of B's
+        seen = app.get("/fhir/AuditEvent", params={"_count": 200})
+        assert seen.status_code == 200 and b not in seen.text and world.studies["b"] not in seen.text
+        assert any(entry["resource"]["outcomeDesc"].startswith(f"GET /dicom-web/studies/{world.studies['a']}")
+                   for entry in seen.json()["entry"])  # its patient's alone: still read
+        for event in both:
+            assert app.get(f"/fhir/AuditEvent/{event}").status_code == 404
+            assert app.get(f"/fhir/AuditEvent/{event}/_history/1").status_code == 404
+        assert b not in app.get(f"/fhir/Patient/{a}/$everything", params={"_count": 200}).text
+
+
+def test_two_authorizations_racing_for_one_launch_get_it_once(world, services):
+    """Both read the context before either takes it: the take, in each one's own transaction, lets one through."""
+    launch = _ehr_launch(world, world.patients["a"]).json()["launch"]
+    pending = Pending(world.app.client_id, REDIRECT, "launch patient/*.rs", None, "x" * 43, patient=world.patients["a"])
+    start = threading.Barrier(8)
+
+    def ask() -> str:
+        start.wait()
+        try:
+            return services.auth.launches.ask(pending, launch)
+        except Spent:
+            return "spent"
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: ask(), range(8)))
+    assert answers.count("spent") == 7, answers

@@ -178,3 +178,52 @@ def test_user_scopes_beside_keep_their_reach(world, services):
         # Its delete is still its patient's alone: only patient/ scopes give it.
         assert app.delete(f"/dicom-web/studies/{world.studies['b']}").status_code == 404
 
+
+
+def _mixed_study(world: World) -> tuple[str, str, str]:
+    """A study of A (its latest instance names A) whose first instance names B, as a PatientID corrected on
+    some instances only leaves one: its UID, and the series and SOP Instance UIDs of A's instance."""
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    assert _stow(world.admin, make_ct(study, PatientID="MRN-B")).status_code == 200
+    assert _stow(world.admin, make_ct(study, series, sop, PatientID="MRN-A")).status_code == 200
+    assert _subject(world, study) == world.patients["a"]
+    return study, series, sop
+
+
+def test_a_patient_context_leaves_no_study_to_another_patient(world):
+    """Its study would be described again by the instance its write leaves newest, one naming B: refused whole."""
+    study, series, sop = _mixed_study(world)
+    with _as(world, _launch(world)) as app:
+        refused = app.delete(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}")
+        assert refused.status_code == 403 and "another patient" in refused.text, refused.text
+        assert app.delete(f"/dicom-web/studies/{study}/series/{series}").status_code == 403
+        # Stored again under a study of its own, the instance would leave the mixed study behind it too.
+        moved = _stow(app, make_ct(series_uid=generate_uid(), sop_uid=sop, PatientID="MRN-A"))
+        assert moved.status_code == 403 and "another patient" in moved.text, moved.text
+        assert _subject(world, study) == world.patients["a"]
+        assert len(app.get(f"/dicom-web/studies/{study}/instances").json()) == 2
+        # The whole study goes, B's instance with it: nothing is left to move.
+        assert app.delete(f"/dicom-web/studies/{study}").status_code == 200
+    assert _subject(world, study) is None
+
+
+def test_a_study_of_another_patient_stored_meanwhile_is_not_joined(world, services, monkeypatch):
+    """B's first instance of a study commits after STOW's first check of A's instance, before its index
+    transaction: the check in that transaction, where the study is held, sees it."""
+    study = generate_uid()
+    store_batch = services.ingestor.store_batch
+
+    def b_first(batch, *arguments):  # type: ignore[no-untyped-def]
+        monkeypatch.setattr(services.ingestor, "store_batch", store_batch)
+        assert _stow(world.admin, make_ct(study, PatientID="MRN-B")).status_code == 200
+        return store_batch(batch, *arguments)
+
+    monkeypatch.setattr(services.ingestor, "store_batch", b_first)
+    with _as(world, _launch(world)) as app:
+        refused = _stow(app, make_ct(study, PatientID="MRN-A"))
+        assert refused.status_code == 403 and "outside" in refused.text, refused.text
+        assert app.get(f"/dicom-web/studies/{study}/metadata").status_code == 404
+    assert _subject(world, study) == world.patients["b"]
+    assert len(world.admin.get(f"/dicom-web/studies/{study}/instances").json()) == 1
+    # Nothing of the refused request is left on disk: B's file alone.
+    assert len(list((services.store.root / study).rglob("*.dcm"))) == 1

@@ -50,9 +50,10 @@ async def open_launch(request: Request) -> JSONResponse:
         await run_in_threadpool(fhir.store.read, "Patient", patient)
     except FhirError:
         return oauth_error(404, "invalid_request", f"there is no Patient {patient!r} that {principal.name} may read")
-    client_id = form.get("client_id") or None
+    # Sent empty, it names no app: refused, not taken for "any app" (an EHR that meant to bind gets told).
+    client_id = form.get("client_id")
     auth = services(request).auth
-    if client_id is not None and ("\x00" in client_id  # PostgreSQL's text holds no NUL: looking one up would be a 500
+    if client_id is not None and (not client_id or "\x00" in client_id  # PostgreSQL's text holds no NUL: a 500
                                   or await run_in_threadpool(auth.identities.launch_client, client_id) is None):
         return oauth_error(400, "invalid_request", f"client_id {client_id[:64]!r} is no app registered here")
     launch = await run_in_threadpool(auth.launches.open_context, patient, principal.name, client_id)

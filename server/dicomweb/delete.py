@@ -10,6 +10,7 @@ from sqlalchemy import Engine, delete, select
 from dicom.errors import NotFound
 from server import index
 from server.db import write_connection
+from server.dicomweb.patient_writes import PatientWrites
 from server.fhir.patient_context import patient_studies
 from server.ingest import Ingestor, StudyChange
 from server.tables import instances, series, studies
@@ -52,6 +53,8 @@ def delete_resources(
         for series_pk in {row.series_pk for row in rows}:
             index.refresh_parents(connection, series_pk)
         ingestor.studies_changed(connection, {study_uid}, StudyChange.DELETED)
+        if patient is not None:  # what the study is left with must not name another patient: rolled back if so
+            PatientWrites(patient).after(connection, {study_uid})
     ingestor.discard(paths)
     return len(rows)
 

@@ -23,11 +23,11 @@ from dicom.workitems import (
     transaction_uid,
 )
 from server.audit.middleware import note_studies
-from server.auth.access import current_principal
 from server.db import retried_on_conflict
 from server.dicomweb import delete, qido, stow, wado, workitem_subscriptions, workitems
 from server.dicomweb.answers import data_sets_response
 from server.dicomweb.context import dicomweb_root, negotiated_model
+from server.dicomweb.patient_writes import writes_compartment
 from server.errors import error_response, warning_header
 from server.services import services
 
@@ -200,8 +200,7 @@ async def _delete(request: Request, study: str, series: str | None = None, insta
     require_uid(study, "StudyInstanceUID")
     # A DELETE rewrites the study's FHIR resources and its jobs' results, which
     # workers write too: PostgreSQL may end it to break a deadlock, and it is run again.
-    principal = current_principal.get()
-    within = principal.write_compartment("ImagingStudy", "d") if principal is not None else None
+    within = writes_compartment("d")
     removed = await run_in_threadpool(retried_on_conflict, partial(
         delete.delete_resources, current.engine, current.ingestor, study, series, instance, within))
     return Response(orjson.dumps({"deletedInstances": removed}), media_type="application/json")

@@ -31,7 +31,7 @@ from server.dicomweb.context import (
     dicomweb_root,
     preferred_model,
 )
-from server.dicomweb.patient_writes import require_within_patient
+from server.dicomweb.patient_writes import PatientWrites, require_within_patient, writes_compartment
 from server.ingest import PreparedFile, prepare
 from server.services import Services
 from server.storage import ReceivedFile, TempFileWriter, disk_out_of_room
@@ -162,8 +162,11 @@ async def store_instances(request: Request, services: Services, study_uid: str |
         raise InvalidRequest("the multipart body has no parts")
     try:
         prepared = await asyncio.gather(*(part.description for part in parts if isinstance(part, _DicomPart)))
-        await asyncio.to_thread(require_within_patient, services.engine, prepared)
-        stored = iter(await asyncio.to_thread(services.ingestor.store_batch, list(prepared), study_uid))
+        patient = writes_compartment("c")
+        guard = PatientWrites(patient) if patient is not None else None
+        if patient is not None:
+            await asyncio.to_thread(require_within_patient, services.engine, prepared, patient)
+        stored = iter(await asyncio.to_thread(services.ingestor.store_batch, list(prepared), study_uid, guard))
     except BaseException:
         _discard(parts, None)
         raise

@@ -11,7 +11,7 @@ read path keeps to it; DICOMweb keeps to it through `visible_studies`.
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, literal, or_, select
+from sqlalchemy import ColumnElement, and_, exists, literal, or_, select
 
 from fhir_mappings.patient_compartment import COMPARTMENT_PARAMETERS, patients_of_json
 from server.auth.access import current_principal
@@ -20,6 +20,14 @@ from server.tables import fhir_references, fhir_resources, studies
 
 _MEMBERS = fhir_resources.alias("patient_context_members")
 _NAMING = fhir_references.alias("patient_context_naming")
+_OTHERS = fhir_references.alias("patient_context_others")
+# Types whose resource is the context's only while it names no other patient
+# besides: an AuditEvent names every patient its request touched (those a
+# search matched, the studies a STOW sent, a study asked for and not shown),
+# so one that names the context's patient tells of the others too: whose a
+# study UID is, what a user searched for. The context sees the events of its
+# patient alone.
+_ALONE_TYPES = frozenset(("AuditEvent",))
 
 
 def within_patient_context(types: Any, ids: Any, resource_type: str | None) -> ColumnElement[bool] | None:
@@ -45,7 +53,10 @@ def version_within_patient_context(resource_type: str, body: bytes) -> bool:
     principal = current_principal.get()
     if principal is None or principal.patient is None or resource_type == "Patient":
         return True  # a Patient's id is the row rule's test, whatever its versions hold
-    return not principal.within_patient(resource_type) or principal.patient in patients_of_json(body)
+    if not principal.within_patient(resource_type):
+        return True
+    patients = patients_of_json(body)
+    return principal.patient in patients and (resource_type not in _ALONE_TYPES or set(patients) == {principal.patient})
 
 
 def visible_studies() -> ColumnElement[bool] | None:
@@ -73,4 +84,9 @@ def _of_patient(ids: Any, resource_type: str, patient_id: str) -> ColumnElement[
                _NAMING.c.target_id == patient_id, _MEMBERS.c.resource_type == resource_type)
         .correlate(None)
     )
+    if resource_type in _ALONE_TYPES:
+        members = members.where(~exists().where(
+            _OTHERS.c.resource_pk == _MEMBERS.c.id, _OTHERS.c.param == COMPARTMENT_PARAMETER,
+            _OTHERS.c.target_type == "Patient", _OTHERS.c.target_id != patient_id,
+        ).correlate(_MEMBERS))
     return ids.in_(members)
