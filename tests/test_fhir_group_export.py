@@ -3,7 +3,7 @@
 
 import sqlite3
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -329,3 +329,35 @@ def test_since_exports_the_whole_compartment_of_a_member_who_joined_after_it(cli
         "Observation", [])) == []
     assert _ids(_kick_off_files(client, "/fhir/Patient/$export", _since=since, _type="Observation")["Observation"]) \
         == ["oa2"]
+
+
+def test_since_newcomers_follow_the_groups_history_through_removals_deletions_and_time_zones(
+        client, services, cohort):
+    """Who joined after `_since` is read from the Group's version at it: a member removed before it and added
+    again after it joined; one there at it, removed and added again, did not; a Group deleted before it and made
+    again is new; one deleted after it and made again is not; `_since` in any offset is the same instant."""
+
+    def instant() -> datetime:
+        time.sleep(0.01)
+        now = datetime.now(UTC)
+        time.sleep(0.01)
+        return now
+
+    def observations(gid: str, since: str) -> list[str]:
+        return _ids(_group_export(client, gid, _since=since, _type="Observation").get("Observation", []))
+
+    seed(services, _group("back", _member("pa")), _group("stayed", _member("pa")), _group("remade", _member("pa")),
+         _group("kept", _member("pa")), _group("zone", _member("pa")))
+    seed(services, _group("back"))
+    assert client.delete("/fhir/Group/remade").status_code in (200, 204)
+    since = instant()
+    seed(services, _group("back", _member("pa")), _group("stayed"), _group("zone", _member("pa"), _member("pb")))
+    seed(services, _group("stayed", _member("pa")))
+    assert client.put("/fhir/Group/remade", json=_group("remade", _member("pa"))).status_code == 201
+    assert client.delete("/fhir/Group/kept").status_code in (200, 204)
+    assert client.put("/fhir/Group/kept", json=_group("kept", _member("pa"))).status_code == 201
+    assert observations("back", since.isoformat()) == ["oa"]
+    assert observations("stayed", since.isoformat()) == []
+    assert observations("remade", since.isoformat()) == ["oa"]
+    assert observations("kept", since.isoformat()) == []
+    assert observations("zone", since.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat()) == ["ob"]
