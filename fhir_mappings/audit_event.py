@@ -14,7 +14,7 @@ against the R4 model and the official JSON schema. What comes from outside
 import base64
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -28,10 +28,11 @@ _ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 _OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 # The most patients one event names, each an entity of role Patient (BALP's
 # way, and what `AuditEvent?patient=` finds). A read of a Group names its
-# members, and a Group of 10,000 would make an event of 10,000 entities (and
-# 20,000 index rows): the first this many are named, and outcomeDesc says how
-# many more there were. The event names the Group (or the export, the query)
-# too, whose version the history keeps, so the rest can be found from it.
+# members, and a Group of 10,000 would make one event of 10,000 entities (and
+# 20,000 index rows): an action that discloses more patients is recorded by
+# several events (`audit_events`), each naming this many of them and the same
+# request, resources and query, so every patient is still found by
+# `AuditEvent?patient=` (BALP, ATNA: each patient whose data was disclosed).
 MAX_PATIENTS_NAMED = 100
 # FHIR R4 datatypes: a string is [ \r\n\t\S]+ (no other white space) and
 # should hold no control characters; lone surrogates cannot be encoded at all.
@@ -116,7 +117,7 @@ class AuditRecord:
     client_address: str | None = None
     description: str | None = None  # outcomeDesc: what went wrong, or what was done
     request_id: str | None = None
-    patients: Sequence[str] = ()  # Patient resource ids, the first MAX_PATIENTS_NAMED named
+    patients: Sequence[str] = ()  # Patient resource ids: MAX_PATIENTS_NAMED at most an event (`audit_events`)
     resources: Sequence[str] = ()  # "Type/id" of what the action touched
     study_uids: Sequence[str] = ()
     query: bytes | None = None  # the query as received, for searches and QIDO
@@ -132,7 +133,28 @@ class AuditRecord:
             raise ValueError("an audit record names its client and its server")
 
 
+def audit_events(record: AuditRecord) -> list[dict[str, Any]]:
+    """The record's events: one, or for more than MAX_PATIENTS_NAMED patients
+    one per that many (in the order given), each naming the same request,
+    resources, studies and query, and saying in outcomeDesc which part of
+    how many patients it names. The caller appends them together, in one
+    transaction: the action is recorded whole, or not at all."""
+    total = len(record.patients)
+    if total <= MAX_PATIENTS_NAMED:
+        return [audit_event(record)]
+    parts = range(0, total, MAX_PATIENTS_NAMED)
+    return [audit_event(replace(
+        record, patients=record.patients[start:start + MAX_PATIENTS_NAMED],
+        description=f"{(record.description or '')[:900]} (patients {start + 1} to "
+                    f"{min(start + MAX_PATIENTS_NAMED, total)} of {total}: event {number} of {len(parts)})".lstrip(),
+    )) for number, start in enumerate(parts, 1)]
+
+
 def audit_event(record: AuditRecord) -> dict[str, Any]:
+    """The one event of a record that names no more than MAX_PATIENTS_NAMED
+    patients (ValueError otherwise: `audit_events` records more)."""
+    if len(record.patients) > MAX_PATIENTS_NAMED:
+        raise ValueError(f"an audit event names {MAX_PATIENTS_NAMED} patients at most: use audit_events")
     kind = record.kind.value
     client_role, server_role = (_DESTINATION, _SOURCE) if kind.client_receives else (_SOURCE, _DESTINATION)
     client_name, server_name = fhir_string(record.client), fhir_string(record.server)
@@ -165,11 +187,9 @@ def audit_event(record: AuditRecord) -> dict[str, Any]:
     subtypes = ([kind.subtype] if kind.subtype else []) + list(record.extra_subtypes)
     if subtypes:
         body["subtype"] = subtypes
-    unnamed = len(record.patients) - MAX_PATIENTS_NAMED
-    unnamed_note = f" ({unnamed} more patients not named: {MAX_PATIENTS_NAMED} at most are)" if unnamed > 0 else ""
-    if record.description or unnamed_note:
-        body["outcomeDesc"] = fhir_string((record.description or "")[:1000] + unnamed_note)
-    entities = [_patient(patient) for patient in record.patients[:MAX_PATIENTS_NAMED]]
+    if record.description:
+        body["outcomeDesc"] = fhir_string(record.description[:1000])
+    entities = [_patient(patient) for patient in record.patients]
     entities += [_resource(fhir_string(reference)) for reference in record.resources]
     entities += [_study(fhir_string(uid)) for uid in record.study_uids]
     if record.query is not None:

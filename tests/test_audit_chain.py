@@ -4,6 +4,7 @@ directly (each kind detected, at the right sequence number), concurrent
 appends from 16 writers, rollback, and verification from the CLI and FHIR."""
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import orjson
@@ -52,6 +53,24 @@ def test_events_are_chained_and_served_as_audit_events(services, fhir):
     # On a read the client is the Destination (110152), the server the Source (110153).
     roles = [agent["type"]["coding"][0]["code"] for agent in fhir.get("/fhir/AuditEvent/1").json()["agent"]]
     assert roles == ["110152", "110153"]
+
+
+def test_the_events_of_one_action_are_appended_together_however_many_wait(services, fhir):
+    """An action naming many patients is several events (`audit_events`): the recorder appends them in one
+    transaction, side by side in the chain, whatever other requests' events wait beside them."""
+
+    def act(action: int) -> tuple[int, int]:
+        return action, services.audit.recorder.record(*(_event(action) for _ in range(3)))
+
+    with ThreadPoolExecutor(8) as pool:
+        numbers = dict(pool.map(act, range(80)))
+    with services.engine.connect() as connection:
+        clients = {seq: orjson.loads(body)["agent"][0]["name"] for seq, body in connection.execute(
+            select(audit_events.c.seq, audit_events.c.event_json))}
+    assert len(clients) == 240
+    for action, last in numbers.items():  # the number of the action's last event, the two before it its own
+        assert [clients[seq] for seq in range(last - 2, last + 1)] == [f"user-{action}"] * 3
+    assert _verify(services).intact
 
 
 def test_the_searchable_copy_follows_the_chain_exactly_once(services):

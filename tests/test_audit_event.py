@@ -14,6 +14,7 @@ from fhir_mappings.audit_event import (
     AuditRecord,
     Outcome,
     audit_event,
+    audit_events,
     fhir_string,
 )
 from fhir_mappings.resources import validated
@@ -68,17 +69,30 @@ def test_a_record_without_a_client_or_a_time_zone_cannot_be_built():
 
 
 @pytest.mark.parametrize("description", [None, "GET /fhir/Group/crowd answered 200"])
-def test_an_event_names_a_bounded_number_of_patients_and_says_how_many_more(description):
-    patients = [f"p{number:04}" for number in range(MAX_PATIENTS_NAMED + 7)]
-    event = audit_event(AuditRecord(kind=AuditKind.READ, outcome=Outcome.SUCCESS, recorded=datetime.now(UTC),
-                                    client="c", server="s", description=description, patients=patients,
-                                    resources=["Group/crowd"]))
-    _valid(event)
-    named = [entity["what"]["reference"] for entity in event["entity"]
-             if entity.get("role", {}).get("code") == "1"]
-    assert named == [f"Patient/{patient}" for patient in patients[:MAX_PATIENTS_NAMED]]  # in the order given
-    assert event["outcomeDesc"].startswith(description or "(7 more")
-    assert event["outcomeDesc"].endswith(f"(7 more patients not named: {MAX_PATIENTS_NAMED} at most are)")
-    exactly = audit_event(AuditRecord(kind=AuditKind.READ, outcome=Outcome.SUCCESS, recorded=datetime.now(UTC),
-                                      client="c", server="s", patients=patients[:MAX_PATIENTS_NAMED]))
+def test_a_record_of_many_patients_is_several_events_that_name_every_one(description):
+    """BALP, ATNA: every patient whose data was disclosed is findable; no one event names more than the bound."""
+    patients = [f"p{number:04}" for number in range(2 * MAX_PATIENTS_NAMED + 7)]
+    events = audit_events(AuditRecord(kind=AuditKind.READ, outcome=Outcome.SUCCESS, recorded=datetime.now(UTC),
+                                      client="c", server="s", description=description, patients=patients,
+                                      resources=["Group/crowd"], request_id="req-1", query=b"_elements=id"))
+    assert len(events) == 3
+    named = []
+    for number, event in enumerate(events, 1):
+        _valid(event)
+        references = [entity["what"]["reference"] for entity in event["entity"] if "what" in entity]
+        named += [reference for reference in references if reference.startswith("Patient/")]
+        assert "Group/crowd" in references  # each names the same request, resources and query
+        assert {"request id", None} <= {entity.get("name") for entity in event["entity"]}
+        assert any("query" in entity for entity in event["entity"])
+        assert event["outcomeDesc"].startswith(description or "(patients")
+        low = (number - 1) * MAX_PATIENTS_NAMED + 1
+        assert event["outcomeDesc"].endswith(
+            f"(patients {low} to {min(low + MAX_PATIENTS_NAMED - 1, len(patients))} of {len(patients)}: "
+            f"event {number} of 3)")
+    assert named == [f"Patient/{patient}" for patient in patients]  # every one, once, in the order given
+    [exactly] = audit_events(AuditRecord(kind=AuditKind.READ, outcome=Outcome.SUCCESS, recorded=datetime.now(UTC),
+                                         client="c", server="s", patients=patients[:MAX_PATIENTS_NAMED]))
     assert len(exactly["entity"]) == MAX_PATIENTS_NAMED and "outcomeDesc" not in exactly
+    with pytest.raises(ValueError):
+        audit_event(AuditRecord(kind=AuditKind.READ, outcome=Outcome.SUCCESS, recorded=datetime.now(UTC),
+                                client="c", server="s", patients=patients))

@@ -283,6 +283,34 @@ def test_an_estimated_total_counts_the_patients_compartment_alone(world, service
     assert estimated["total"] > 100
 
 
+def test_a_patient_context_finds_its_groups_by_any_form_of_reference_and_learns_nothing_of_other_members(
+        world, services):
+    """Group membership under a patient context, by the forms a reference takes: a versioned reference is the
+    patient's, an absolute URL of this server is made relative as it is written, a contained Patient is nobody's.
+    Through the Group, the other members' ids are read (the Group whole), but no more of them: a chain on their
+    names, or an `_include` of them, finds nothing of theirs."""
+    a, b = world.patients["a"], world.patients["b"]
+    group = {"resourceType": "Group", "type": "person", "actual": True}
+    seed(services, {**group, "id": "both", "member": [{"entity": {"reference": f"Patient/{b}"}},
+                                                       {"entity": {"reference": f"Patient/{a}"}}]},
+         {**group, "id": "versioned", "member": [{"entity": {"reference": f"Patient/{a}/_history/1"}}]},
+         {**group, "id": "contained", "contained": [{"resourceType": "Patient", "id": "x"}],
+          "member": [{"entity": {"reference": "#x"}}]})
+    written = world.admin.put("/fhir/Group/absolute", json={
+        **group, "id": "absolute", "member": [{"entity": {"reference": f"{world.base}/fhir/Patient/{a}"}}]})
+    assert written.status_code == 201 and written.json()["member"][0]["entity"]["reference"] == f"Patient/{a}"
+    with _as(world, _launch(world)) as app:
+        assert sorted(ids(app.get("/fhir/Group").json())) == ["absolute", "both", "versioned"]
+        assert app.get("/fhir/Group/contained").status_code == 404
+        assert ids(app.get("/fhir/Group", params={"member:Patient.name": "Baker"}).json()) == []
+        assert sorted(ids(app.get("/fhir/Group", params={"member:Patient.name": "Able"}).json())) == \
+            ["absolute", "both", "versioned"]
+        included = app.get("/fhir/Group", params={"_id": "both", "_include": "Group:member:Patient"}).json()
+        assert [(entry["resource"]["resourceType"], entry["resource"]["id"]) for entry in included["entry"]] == \
+            [("Group", "both"), ("Patient", a)]
+        assert ids(app.get("/fhir/Patient", params={"_has:Group:member:_id": "both"}).json()) == [a]
+
+
 def test_a_version_that_named_another_patient_is_not_the_contexts(world, services):
     """Results move with their study to the Patient its corrected PatientID names (server.jobs.study_changes):
     their earlier versions, in the other patient's compartment, stay that patient's, on every history path."""

@@ -3,13 +3,15 @@
 
 import sqlite3
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
 from sqlalchemy import event
 
+from conformance.fhir_schema import validate_fhir
 from fhir_mappings.audit_event import DCM, MAX_PATIENTS_NAMED
+from fhir_mappings.resources import validated
 from server.auth.scopes import Role
 from tests.fhir_checks import ids, seed
 from tests.test_fhir_bulk_export import (
@@ -268,29 +270,43 @@ def _kick_off_files(client, path: str, **params: str) -> dict[str, list[bytes]]:
     return _files(client, _manifest(client, _kick_off(client, path, **params)))
 
 
-def test_a_group_read_names_its_member_patients_in_the_audit_trail_up_to_a_bound(client, services, cohort):
-    crowd = [f"m{number:03}" for number in range(MAX_PATIENTS_NAMED + 20)]
+def test_a_group_read_and_export_name_every_member_patient_in_the_audit_trail(client, services, cohort):
+    """IHE BALP / ATNA: every patient whose data was disclosed is found by `AuditEvent?patient=`. A read of a
+    Group of 250 (or an export of it) is three events of at most MAX_PATIENTS_NAMED patients, one transaction's,
+    each valid R4 and naming the Group, on a chain that still verifies."""
+    crowd = [f"m{number:03}" for number in range(2 * MAX_PATIENTS_NAMED + 50)]
     seed(services, _group("crowd", *(_member(pid) for pid in crowd)))
     assert client.get("/fhir/Group/g1").status_code == 200
     assert client.get("/fhir/Group/crowd").status_code == 200
     assert client.get("/fhir/Group", params={"member": "Patient/pc"}).status_code == 200
+    _group_export(client, "crowd", _type="Patient")
     services.audit.chain.project()
     events = [entry["resource"] for entry in
               client.get("/fhir/AuditEvent", params={"_count": 100, "_sort": "-date"}).json()["entry"]]
 
-    def named(path: str) -> tuple[list[str], dict]:
-        event = next(event for event in events if event.get("outcomeDesc", "").startswith(f"GET {path} "))
-        return [entity["what"]["reference"] for entity in event["entity"]
-                if entity.get("role", {}).get("code") == "1"], event
+    def named(prefix: str) -> tuple[list[str], list[dict]]:
+        found = sorted((event for event in events if event.get("outcomeDesc", "").startswith(prefix)),
+                       key=lambda event: event["outcomeDesc"])
+        return [entity["what"]["reference"] for event in found for entity in event["entity"]
+                if entity.get("role", {}).get("code") == "1"], found
 
-    assert named("/fhir/Group/g1")[0] == ["Patient/pa", "Patient/pb"]
-    assert named("/fhir/Group")[0] == ["Patient/pc"]  # a search names the patients it asks about
-    patients, event = named("/fhir/Group/crowd")
-    assert patients == [f"Patient/{pid}" for pid in crowd[:MAX_PATIENTS_NAMED]]
-    assert "(20 more patients not named" in event["outcomeDesc"]
-    assert {"reference": "Group/crowd"} in [entity.get("what") for entity in event["entity"]]  # whose history has all
-    assert ids(client.get("/fhir/AuditEvent", params={"patient": f"Patient/{crowd[0]}"}).json()) == [event["id"]]
-    assert ids(client.get("/fhir/AuditEvent", params={"patient": f"Patient/{crowd[-1]}"}).json()) == []
+    assert named("GET /fhir/Group/g1 ")[0] == ["Patient/pa", "Patient/pb"]
+    assert named("GET /fhir/Group ")[0] == ["Patient/pc"]  # a search names the patients it asks about
+    everyone = [f"Patient/{pid}" for pid in crowd]
+    for prefix in ("GET /fhir/Group/crowd ", "$export "):
+        patients, found = named(prefix)
+        assert len(found) == 3 and sorted(patients) == everyone, prefix
+        for one in found:
+            validate_fhir(one)
+            assert validated(dict(one)) == one
+            assert {"reference": "Group/crowd"} in [entity.get("what") for entity in one["entity"]]
+    read_ids = {event["id"] for event in named("GET /fhir/Group/crowd ")[1]}
+    export_ids = {event["id"] for event in named("$export ")[1]}
+    for pid in crowd:
+        found = set(ids(client.get("/fhir/AuditEvent", params={"patient": f"Patient/{pid}", "_count": 50}).json()))
+        assert len(found & read_ids) == 1 and len(found & export_ids) == 1, pid
+    verified = {item["name"]: item for item in client.get("/fhir/AuditEvent/$verify").json()["parameter"]}
+    assert verified["intact"]["valueBoolean"] is True
 
 
 def test_since_exports_the_whole_compartment_of_a_member_who_joined_after_it(client, services, cohort):
@@ -313,3 +329,35 @@ def test_since_exports_the_whole_compartment_of_a_member_who_joined_after_it(cli
         "Observation", [])) == []
     assert _ids(_kick_off_files(client, "/fhir/Patient/$export", _since=since, _type="Observation")["Observation"]) \
         == ["oa2"]
+
+
+def test_since_newcomers_follow_the_groups_history_through_removals_deletions_and_time_zones(
+        client, services, cohort):
+    """Who joined after `_since` is read from the Group's version at it: a member removed before it and added
+    again after it joined; one there at it, removed and added again, did not; a Group deleted before it and made
+    again is new; one deleted after it and made again is not; `_since` in any offset is the same instant."""
+
+    def instant() -> datetime:
+        time.sleep(0.01)
+        now = datetime.now(UTC)
+        time.sleep(0.01)
+        return now
+
+    def observations(gid: str, since: str) -> list[str]:
+        return _ids(_group_export(client, gid, _since=since, _type="Observation").get("Observation", []))
+
+    seed(services, _group("back", _member("pa")), _group("stayed", _member("pa")), _group("remade", _member("pa")),
+         _group("kept", _member("pa")), _group("zone", _member("pa")))
+    seed(services, _group("back"))
+    assert client.delete("/fhir/Group/remade").status_code in (200, 204)
+    since = instant()
+    seed(services, _group("back", _member("pa")), _group("stayed"), _group("zone", _member("pa"), _member("pb")))
+    seed(services, _group("stayed", _member("pa")))
+    assert client.put("/fhir/Group/remade", json=_group("remade", _member("pa"))).status_code == 201
+    assert client.delete("/fhir/Group/kept").status_code in (200, 204)
+    assert client.put("/fhir/Group/kept", json=_group("kept", _member("pa"))).status_code == 201
+    assert observations("back", since.isoformat()) == ["oa"]
+    assert observations("stayed", since.isoformat()) == []
+    assert observations("remade", since.isoformat()) == ["oa"]
+    assert observations("kept", since.isoformat()) == []
+    assert observations("zone", since.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat()) == ["ob"]

@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicom.uids import is_safe_uid
-from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
+from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event, audit_events
 from fhir_mappings.json_types import is_relative_reference
 from server.audit.chain import AuditChain
 from server.audit.recorder import AuditRecorder, AuditUnavailable
@@ -223,13 +223,13 @@ class _RequestAudit:
             self.patients |= changed.patients  # the answer names every patient the request touched
             if batch:
                 # Each entry of a batch commits on its own, and is recorded with what it wrote, not what others did.
-                event = self.event(Outcome.SUCCESS, "committed", changed.resources, changed.patients, ())
+                events = self.event(Outcome.SUCCESS, "committed", changed.resources, changed.patients, ())
             else:
                 # The studies this transaction wrote are visible to it; those it synced need no look-up.
                 self.resolve_patients(connection, changed.study_patients)
                 self.resources |= changed.resources
-                event = self.event(Outcome.SUCCESS, "committed")
-            self.chain.append(connection, [event])
+                events = self.event(Outcome.SUCCESS, "committed")
+            self.chain.append(connection, events)
             self._appended = True
 
     def resolve_patients(self, connection: Connection, known: Mapping[str, str | None] | None = None) -> None:
@@ -246,9 +246,9 @@ class _RequestAudit:
         if self._appended:
             self.recorded = True
 
-    def answer_event(self, status: int | None) -> dict[str, Any] | None:
+    def answer_event(self, status: int | None) -> list[dict[str, Any]]:
         """The record of the answer (None: a WebSocket closed without one);
-        None for a refusal left unrecorded (`note_unrecorded_refusals`)."""
+        none for a refusal left unrecorded (`note_unrecorded_refusals`)."""
         result = f"answered {status}"
         refusal = self.scope["state"].get(_REFUSAL)
         if refusal is not None:
@@ -257,16 +257,16 @@ class _RequestAudit:
         if quiet is not None:
             recorded, unrecorded = quiet
             if not recorded:
-                return None
+                return []
             result += (f", over its address's limit of requests without valid credentials: the others of its window"
                        f" go unrecorded ({unrecorded} did since the last such record)")
         return self.event(_outcome(status or 500), result)
 
-    def unfinished_event(self, failed: bool) -> dict[str, Any] | None:
+    def unfinished_event(self, failed: bool) -> list[dict[str, Any]]:
         """The second record of an answer that was recorded as it started but
-        did not end whole (`failed`: the application raised); None otherwise."""
+        did not end whole (`failed`: the application raised); none otherwise."""
         if not (self.recorded and self.answering) or (self.complete and self.cut_short is None):
-            return None
+            return []
         if self.cut_short is not None or failed or not self.disconnected:
             outcome, why = Outcome.SERIOUS_FAILURE, self.cut_short or "the server failed to send the rest"
         else:
@@ -287,8 +287,9 @@ class _RequestAudit:
         ))
 
     def event(self, outcome: Outcome, result: str, resources: Iterable[str] | None = None,
-              patients: Iterable[str] | None = None, studies: Iterable[str] | None = None) -> dict[str, Any]:
-        """The request's record; a batch entry's names what that entry wrote instead."""
+              patients: Iterable[str] | None = None, studies: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """The request's record, its events (`audit_events`: several when it
+        names many patients); a batch entry's names what that entry wrote instead."""
         scope = self.scope
         principal = scope["state"].get("principal")
         # Before anyone is authenticated, a token request names who is logging in (`note_login`).
@@ -302,10 +303,9 @@ class _RequestAudit:
             resources = [named] if is_relative_reference(named) else self.resources
         query = _without_credentials(scope.get("query_string") or b"") or None
         named = set(self.patients if patients is None else patients)
-        # A request under a patient context is about that patient, found or not: named first, so that an event
-        # that names no more than MAX_PATIENTS_NAMED (a read of a large Group) names it still.
+        # A request under a patient context is about that patient, found or not: named first, by the first event.
         context = [principal.patient] if principal is not None and principal.patient is not None else []
-        return audit_event(AuditRecord(
+        return audit_events(AuditRecord(
             kind=self.kind, outcome=outcome, recorded=datetime.now(UTC),
             client=client, server=self.server_name,
             client_address=scope["client"][0] if scope.get("client") else None,
@@ -400,8 +400,7 @@ class AuditMiddleware:
                 if not audit.recorded or audit.kind is AuditKind.BATCH:
                     if audit.studies:
                         await run_in_threadpool(self._resolve_patients, audit)
-                    answer = audit.answer_event(message["status"])
-                    events += [answer] if answer is not None else []
+                    events += audit.answer_event(message["status"])
                 if events:
                     try:
                         await self._record(events)
@@ -421,15 +420,15 @@ class AuditMiddleware:
         except Exception:
             if not audit.answering:
                 # A bug: the 500 is answered outside this middleware, so record it here.
-                failure = None if audit.recorded else audit.event(_outcome(500), "answered 500: the server failed")
+                failure = [] if audit.recorded else audit.event(_outcome(500), "answered 500: the server failed")
             else:
                 failure = audit.unfinished_event(failed=True)
-            if failure is not None:
+            if failure:
                 await self._record_after_answer(failure)
             raise
         else:
             unfinished = audit.unfinished_event(failed=False)
-            if unfinished is not None:
+            if unfinished:
                 await self._record_after_answer(unfinished)
         finally:
             _current.reset(current)
@@ -444,8 +443,7 @@ class AuditMiddleware:
                 audit.recorded = True
                 status = {"websocket.accept": 101, "websocket.close": 403}.get(message["type"], message.get("status"))
                 events = [audit.login_event()] if "basic_login" in scope["state"] else []
-                answer = audit.answer_event(status)
-                events += [answer] if answer is not None else []
+                events += audit.answer_event(status)
                 try:
                     await self._record(events)
                 except AuditUnavailable:
@@ -465,16 +463,19 @@ class AuditMiddleware:
         with reading(self.chain.engine) as connection:
             audit.resolve_patients(connection)
 
-    async def _record_after_answer(self, event: dict[str, Any]) -> None:
+    async def _record_after_answer(self, events: list[dict[str, Any]]) -> None:
         """What happened once the answer was under way: nobody waits for it to be answered any more."""
         try:
-            await self._record([event])
+            await self._record(events)
         except AuditUnavailable:
             log.exception("the end of a request could not be recorded in the audit trail")
 
     async def _record(self, events: list[dict[str, Any]]) -> None:
+        if not events:  # a refusal left unrecorded
+            return
         try:
-            await asyncio.wait_for(asyncio.gather(*(self.recorder.submit(event) for event in events)), _RECORD_TIMEOUT_S)
+            # One action's events, appended in one transaction: all or none.
+            await asyncio.wait_for(self.recorder.submit(*events), _RECORD_TIMEOUT_S)
         except AuditUnavailable:
             raise
         except Exception as error:

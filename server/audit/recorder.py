@@ -7,6 +7,7 @@ The thread also signs a checkpoint of the head every `checkpoint_seconds`.
 """
 
 import asyncio
+import itertools
 import logging
 import queue
 import threading
@@ -51,8 +52,8 @@ class AuditRecorder:
         self.project_batch = project_batch
         self.project_backlog = project_backlog
         self._last_append = 0.0
-        # An event and who waits for it; no event: a `flush` waiting for everything queued before it.
-        self._pending: queue.Queue[tuple[dict[str, Any] | None, _Waiter]] = queue.Queue()
+        # The events of one action and who waits for them; none: a `flush` waiting for everything queued before it.
+        self._pending: queue.Queue[tuple[tuple[dict[str, Any], ...], _Waiter]] = queue.Queue()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._projector: threading.Thread | None = None
@@ -71,12 +72,13 @@ class AuditRecorder:
                 thread.join(timeout=30)
         self._thread = self._projector = None
 
-    def submit(self, event: dict[str, Any]) -> "asyncio.Future[int]":
-        """From an event loop: the event's sequence number to come, once
-        committed; the future fails when it cannot be. The futures of one
+    def submit(self, *events: dict[str, Any]) -> "asyncio.Future[int]":
+        """From an event loop: the sequence number of the last of the events
+        (one action's, appended in one transaction: all or none) to come, once
+        committed; the future fails when they cannot be. The futures of one
         batch are settled by one call into their loop, not one each."""
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._enqueue(event, done)
+        self._enqueue(events, done)
         return done
 
     def flush(self, timeout: float = 30.0) -> None:
@@ -89,22 +91,25 @@ class AuditRecorder:
         if self._thread is None:
             return  # nothing queued is waiting: `stop` drains the queue before it returns
         done: Future[int] = Future()
-        self._pending.put((None, done))
+        self._pending.put(((), done))
         try:
             done.result(timeout)
         except TimeoutError as error:
             raise AuditUnavailable(f"the audit events queued were not appended within {timeout} s") from error
 
-    def _enqueue(self, event: dict[str, Any], done: _Waiter) -> None:
+    def _enqueue(self, events: tuple[dict[str, Any], ...], done: _Waiter) -> None:
         if self._thread is None:
             raise AuditUnavailable("the audit recorder is not running")
-        self._pending.put((event, done))
+        if not events:
+            raise ValueError("nothing to record")
+        self._pending.put((events, done))
 
-    def record(self, event: dict[str, Any], timeout: float = 30.0) -> int:
-        """The event's sequence number, once committed; AuditUnavailable otherwise."""
+    def record(self, *events: dict[str, Any], timeout: float = 30.0) -> int:
+        """The sequence number of the last of the events (one action's, in one
+        transaction), once committed; AuditUnavailable otherwise."""
         done: Future[int] = Future()
         try:
-            self._enqueue(event, done)
+            self._enqueue(events, done)
             return done.result(timeout)
         except AuditUnavailable:
             raise
@@ -115,12 +120,12 @@ class AuditRecorder:
         last_checkpoint = time.monotonic()
         while not (self._stopping.is_set() and self._pending.empty()):
             batch = self._take()
-            events = [(event, done) for event, done in batch if event is not None]
-            if events:
-                self._append(events)
+            actions = [(events, done) for events, done in batch if events]
+            if actions:
+                self._append(actions)
             # Taken and appended in the order submitted: all that came before a flush's mark is settled now.
-            for event, done in batch:
-                if event is None:
+            for events, done in batch:
+                if not events:
                     done.set_result(0)
             # Whoever moved the head: write transactions append their own records, not through here.
             if time.monotonic() - last_checkpoint >= self.checkpoint_seconds:
@@ -145,7 +150,7 @@ class AuditRecorder:
                 log.exception("could not write the searchable copies of audit events")
                 self._stopping.wait(1.0)
 
-    def _take(self) -> list[tuple[dict[str, Any] | None, _Waiter]]:
+    def _take(self) -> list[tuple[tuple[dict[str, Any], ...], _Waiter]]:
         try:
             batch = [self._pending.get(timeout=0.2)]
         except queue.Empty:
@@ -159,10 +164,13 @@ class AuditRecorder:
                 break
         return batch
 
-    def _append(self, batch: list[tuple[dict[str, Any], "_Waiter"]]) -> None:
+    def _append(self, batch: list[tuple[tuple[dict[str, Any], ...], "_Waiter"]]) -> None:
         try:
             with write_connection(self.chain.engine) as connection:
-                numbers: list[int] | None = self.chain.append(connection, [event for event, _ in batch])
+                appended = self.chain.append(connection, [event for events, _ in batch for event in events])
+            # Each action's waiter learns the number of its last event.
+            ends = itertools.accumulate(len(events) for events, _ in batch)
+            numbers: list[int] | None = [appended[end - 1] for end in ends]
             error: Exception | None = None
             self._last_append = time.monotonic()
         except Exception as failure:  # every waiting request learns it failed

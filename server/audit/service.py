@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
+from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_events
 from server.audit.chain import AuditChain, Signer
 from server.audit.recorder import AuditRecorder
 from server.db import before_commit
@@ -32,14 +32,15 @@ class AuditService:
         (`client_address`: where it called from), appended in the transaction of
         the change: both commit, or neither. Appended as the transaction
         ends, after its other writes, as a request's own record is: every
-        writer takes the chain's head last."""
-        event = audit_event(AuditRecord(
+        writer takes the chain's head last. An export of many patients is
+        several events (`audit_events`), appended together."""
+        events = audit_events(AuditRecord(
             kind=kind, outcome=outcome, recorded=datetime.now(UTC), client=client, server=self.server_name,
             description=description, resources=resources, patients=patients, destination=destination,
             study_uids=study_uids, client_address=client_address,
         ))
         pending = before_commit(connection, "audit.own-events", lambda: _PendingEvents(self.chain), last=True)
-        pending.events.append(event)
+        pending.events.extend(events)
 
 
 class _PendingEvents:
