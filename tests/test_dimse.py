@@ -487,3 +487,33 @@ def test_a_c_find_matching_more_than_the_limit_is_refused_whole(services, gatewa
     assert [event["outcomeDesc"] for event in refused] == ["C-FIND from MODALITY1 refused: more than 2 matches"] * 2
     monkeypatch.setattr(services.settings, "dimse_find_max_matches", 3)
     assert [status for status, _ in find("MANY")] == [0xFF00, 0xFF00, 0xFF00, 0x0000]
+
+
+def test_a_c_find_disclosing_more_patients_than_an_event_names_is_recorded_in_several(services, gateway,
+                                                                                     tmp_path: Path):
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    from fhir_mappings.audit_event import MAX_PATIENTS_NAMED
+
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.ADMIN)
+    count = MAX_PATIENTS_NAMED + 5
+    for number in range(count):
+        (tmp_path / f"ct{number}.dcm").write_bytes(make_ct(generate_uid(), generate_uid(), PatientID=f"CROWD{number}"))
+    assert _dcmtk("storescu", port, *(str(tmp_path / f"ct{n}.dcm") for n in range(count))).startswith("rc=0")
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    association = ae.associate("127.0.0.1", port, ae_title=OUR_TITLE)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel, identifier.PatientID, identifier.StudyInstanceUID = "STUDY", "CROWD*", ""
+    try:
+        statuses = [status.Status for status, _ in
+                    association.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)]
+    finally:
+        association.release()
+    assert statuses == [0xFF00] * count + [0x0000]
+    events = _events(services, client, type="110112", **{"agent-name": "MODALITY1"})
+    assert len(events) == 2
+    named = [patient for event in events for patient in _patients_named(event)]
+    assert len(named) == len(set(named)) == count

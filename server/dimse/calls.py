@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_event
+from fhir_mappings.audit_event import AuditKind, AuditRecord, Outcome, audit_events
 from server.audit.recorder import AuditUnavailable
 from server.auth.access import Permission
 from server.db import reading
@@ -30,19 +30,20 @@ class Call:
 
     def record(self, kind: AuditKind, outcome: Outcome, description: str, study_uids: Sequence[str] = (),
                query: bytes | None = None) -> bool:
-        """Append the event, naming the patients of `study_uids` as a DICOMweb
-        request's record does, and wait until it is durable; False when it could not be."""
+        """Append the event (events, past MAX_PATIENTS_NAMED patients), naming the patients of
+        `study_uids` as a DICOMweb request's record does, and wait until it is durable; False
+        when it could not be."""
         patients: list[str] = []
         if study_uids:
             with reading(self.services.engine) as connection:
                 patients = sorted(set(study_patients(connection, study_uids).values()))
-        event = audit_event(AuditRecord(
+        events = audit_events(AuditRecord(
             kind=kind, outcome=outcome, recorded=datetime.now(UTC), client=self.calling or "\ufffd",
             server=self.services.audit.server_name, client_address=self.address, description=description,
             study_uids=study_uids, patients=patients, query=query,
         ))
         try:
-            self.services.audit.recorder.record(event)
+            self.services.audit.recorder.record(*events)
             return True
         except AuditUnavailable:
             log.exception("a DIMSE audit event could not be recorded")
