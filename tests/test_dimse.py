@@ -1,13 +1,21 @@
 """The DIMSE gateway against real peers: dcmtk's echoscu and storescu, and pynetdicom as an SCU."""
 
 import base64
+import errno
+import gc
+import resource
+import signal
 import socket
+import struct
 import subprocess
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
+import psutil
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -429,10 +437,17 @@ def test_a_c_get_names_what_it_retrieves_by_uid(services, gateway, tmp_path: Pat
 
     def get(**keys: str) -> tuple[list[int], int]:
         received: list[str] = []
+
+        def take(event: evt.Event) -> int:
+            # The gateway has pynetdicom receive data sets to files, in this process the test's SCU too.
+            event.dataset_path.unlink()
+            received.append(event.request.AffectedSOPInstanceUID)
+            return 0
+
         ae = AE(ae_title="MODALITY1")
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         ae.add_requested_context(CTImageStorage)
-        handlers = [(evt.EVT_C_STORE, lambda event: received.append(event.request.AffectedSOPInstanceUID) or 0)]
+        handlers = [(evt.EVT_C_STORE, take)]
         association = ae.associate("127.0.0.1", port, ae_title=OUR_TITLE, evt_handlers=handlers,
                                    ext_neg=[build_role(CTImageStorage, scp_role=True)])
         assert association.is_established
@@ -517,3 +532,164 @@ def test_a_c_find_disclosing_more_patients_than_an_event_names_is_recorded_in_se
     assert len(events) == 2
     named = [patient for event in events for patient in _patients_named(event)]
     assert len(named) == len(set(named)) == count
+
+
+def _large_ct(path: Path, study: str, frames: int) -> int:
+    """A multi-frame CT of `frames` 512x512 16-bit frames, written in pieces: its pixel data is never in memory."""
+    header = dcmread(BytesIO(make_ct(study, size=512, NumberOfFrames=frames)))
+    del header.PixelData
+    header.save_as(path)  # Explicit VR Little Endian, as make_ct writes it
+    frame = bytes(512 * 512 * 2)
+    with path.open("ab") as out:
+        out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, len(frame) * frames))
+        for _ in range(frames):
+            out.write(frame)
+    return path.stat().st_size
+
+
+class _PeakRss:
+    """The process's resident memory above what it was at the start, at its highest, sampled every 10 ms."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self.start = self._process.memory_info().rss
+        self.peak = self.start
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="rss sampler")
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.01):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def growth(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.peak - self.start
+
+
+@pytest.fixture
+def system_temp(tmp_path: Path, monkeypatch) -> Path:
+    """The folder pynetdicom writes received data sets into (tempfile's default), here one of this test's own so that
+    what is left there can be seen apart from other processes' files."""
+    folder = tmp_path / "system-temp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_a_large_instance_is_streamed_to_disk_not_held_in_memory(services, gateway, tmp_path: Path, system_temp):
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    study = generate_uid()
+    size = _large_ct(tmp_path / "large.dcm", study, frames=572)  # 300 MB of pixel data
+    gc.collect()
+
+    rss = _PeakRss()
+    assert _dcmtk("storescu", port, str(tmp_path / "large.dcm")).startswith("rc=0")
+    growth = rss.growth()
+
+    print(f"RSS growth storing a {size / 2**20:.0f} MiB instance: {growth / 2**20:.1f} MiB")
+    assert growth < size / 10
+    found = client.get("/dicom-web/studies", params={"StudyInstanceUID": study}).json()
+    assert [item["00201208"]["Value"] for item in found] == [[1]]
+    [kept] = services.store.root.rglob("*.dcm")
+    assert kept.stat().st_size >= size - 1024
+    from dicom.dimse import IMPLEMENTATION_CLASS_UID
+
+    meta = dcmread(kept, stop_before_pixels=True).file_meta
+    assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID and meta.SourceApplicationEntityTitle == "MODALITY1"
+    assert list(system_temp.iterdir()) == [] and list(services.store.temp_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("cut_by", ["peer", "server"])
+def test_a_transfer_cut_off_midway_leaves_no_file_behind(services, gateway, tmp_path: Path, system_temp, cut_by):
+    """By the peer (its connection drops, as when a modality is switched off) or by the server stopping."""
+    client, port = gateway
+    dimse = client.app.state.dimse
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    _large_ct(tmp_path / "large.dcm", generate_uid(), frames=572)
+    peer = subprocess.Popen(["storescu", "-aet", "MODALITY1", "-aec", OUR_TITLE, "127.0.0.1", str(port),
+                             str(tmp_path / "large.dcm")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(path.stat().st_size > 20 * 2**20 for path in system_temp.iterdir()):
+            assert time.monotonic() < deadline and peer.poll() is None, "the transfer never got under way"
+            time.sleep(0.01)
+        if cut_by == "server":
+            dimse.stop()  # aborts the association and waits for its thread
+        else:
+            peer.kill()
+            deadline = time.monotonic() + 10
+            while dimse._server.active_associations:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        peer.kill()
+        peer.wait()
+
+    assert list(system_temp.iterdir()) == [] and list(services.store.temp_dir.iterdir()) == []
+    assert list(services.store.root.rglob("*.dcm")) == [] and client.get("/dicom-web/studies").json() == []
+
+
+@pytest.mark.parametrize("full", ["before", "midway"])
+def test_a_store_whose_disk_has_no_room_is_refused_with_0xa700(services, gateway, system_temp, monkeypatch, full):
+    """Checked before the copy from the system temp folder (the store's disk may be another, and fuller), and met
+    midway as on STOW; either way nothing is kept, in either folder."""
+    import shutil
+
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    if full == "before":
+        real = shutil.disk_usage
+        # A disk with a few bytes free: statvfs can report one here, but no full disk can be made for a test.
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=100))
+    else:
+        real_new_temp_file = services.store.new_temp_file
+
+        def full(data: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def new_temp_file():
+            writer = real_new_temp_file()
+            writer.write = full
+            return writer
+        monkeypatch.setattr(services.store, "new_temp_file", new_temp_file)
+    association = _scu(port).associate("127.0.0.1", port, ae_title=OUR_TITLE)
+    assert association.is_established
+    try:
+        status = association.send_c_store(dcmread(BytesIO(make_ct())))
+    finally:
+        association.release()
+    assert status.Status == 0xA700
+    assert list(system_temp.iterdir()) == [] and list(services.store.temp_dir.iterdir()) == []
+    assert list(services.store.root.rglob("*.dcm")) == [] and client.get("/dicom-web/studies").json() == []
+
+
+def test_a_transfer_that_fails_writing_to_the_system_temp_folder_leaves_no_file_behind(services, gateway,
+                                                                                       tmp_path: Path, system_temp):
+    """pynetdicom's thread dies on the failed write (as on a full disk) and the connection closes without an event;
+    the file is found as the next association opens."""
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    _large_ct(tmp_path / "large.dcm", generate_uid(), frames=100)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # Files of this process may grow to 20 MB: a write beyond fails with EFBIG (its signal ignored) as one on a full
+    # disk fails with ENOSPC.
+    ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20 * 2**20, limits[1]))
+    try:
+        assert not _dcmtk("storescu", port, str(tmp_path / "large.dcm")).startswith("rc=0")
+        deadline = time.monotonic() + 10
+        while client.app.state.dimse._server.active_associations:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, ignored)
+    [left] = system_temp.iterdir()  # no close event came: the file is there until the next association
+    assert left.stat().st_size == 20 * 2**20
+
+    assert _dcmtk("echoscu", port).startswith("rc=0")
+    assert list(system_temp.iterdir()) == [] and list(services.store.temp_dir.iterdir()) == []
+    assert list(services.store.root.rglob("*.dcm")) == []

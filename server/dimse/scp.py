@@ -13,10 +13,11 @@ would, looked up again for each (a peer removed meanwhile has none).
 import errno
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import AE, evt
+from pynetdicom import AE, Association, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -36,7 +37,7 @@ from fhir_mappings.audit_event import AuditKind, Outcome
 from server.dimse.calls import Call
 from server.dimse.peers import Peers, checked_ae_title
 from server.dimse.query import FIND_MODELS, GET_MODELS, find, get
-from server.dimse.store import store
+from server.dimse.store import discard_unfinished, receive_to_files, store
 from server.services import Services
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class DimseGateway:
         self.ae_title = ae_title
         self._listen = (host, port)
         self._server: ThreadedAssociationServer | None = None
+        # Every association until its files are known gone (`_sweep`).
+        self._associations: list[Association] = []
+        self._associations_lock = threading.Lock()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -62,6 +66,7 @@ class DimseGateway:
         return str(host), int(port)
 
     def start(self) -> None:
+        receive_to_files()
         ae = AE(ae_title=self.ae_title)
         ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
@@ -75,7 +80,8 @@ class DimseGateway:
         # Vetted by `_vet` instead, which also checks the peer's address and records refusals.
         ae.require_called_aet = False
         ae.require_calling_aet = []
-        handlers = [(evt.EVT_CONN_OPEN, _no_delay), (evt.EVT_REQUESTED, self._vet), (evt.EVT_C_ECHO, self._echo),
+        handlers = [(evt.EVT_CONN_OPEN, self._opened), (evt.EVT_REQUESTED, self._vet), (evt.EVT_C_ECHO, self._echo),
+                    (evt.EVT_CONN_CLOSE, lambda event: discard_unfinished(event.assoc)),
                     (evt.EVT_C_STORE, self._with_call(store)), (evt.EVT_C_FIND, self._with_call(find)),
                     (evt.EVT_C_GET, self._with_call(get))]
         self._server = ae.start_server(self._listen, block=False, evt_handlers=handlers)
@@ -92,8 +98,28 @@ class DimseGateway:
         server.shutdown()
         for association in open_associations:
             association.join(timeout=10)
+        self._sweep()
 
     # --- association ------------------------------------------------------------
+
+    def _opened(self, event: Event) -> None:
+        _no_delay(event)
+        self._sweep()
+        with self._associations_lock:
+            self._associations.append(event.assoc)
+
+    def _sweep(self) -> None:
+        """The received files that the associations which have ended left
+        behind. Most are removed as their connection closes; but when
+        pynetdicom's thread fails writing one (the system temp folder is
+        full), the connection closes without telling, and only this finds
+        them: as the next association opens, or the gateway stops."""
+        with self._associations_lock:
+            ended = [association for association in self._associations
+                     if not association.is_alive() and not association.dul.is_alive()]
+            self._associations = [association for association in self._associations if association not in ended]
+        for association in ended:
+            discard_unfinished(association)
 
     def _vet(self, event: Event) -> None:
         request = event.assoc.requestor.primitive

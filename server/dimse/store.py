@@ -1,18 +1,34 @@
 """C-STORE (PS3.4 Annex B): a STOW-RS of one instance.
 
 The data set is written to the store's tmp/ as received (not decoded and
-encoded again), described, and stored by STOW's own Ingestor
+encoded again), described (its header only: bulk data stays on disk), and
+stored by STOW's own Ingestor
 (server/ingest.py), so that indexing, the ImagingStudy sync, the inference
 trigger and the audit record in the index transaction (naming the calling
 AE, `current_actor`) are those of a STOW. The answer is the STOW outcome's
 status (dicom/dimse.py).
+
+pynetdicom receives the data set into a file of the system temp folder
+rather than memory (`receive_to_files`, set by the gateway as it starts), so
+an instance of gigabytes (a whole-slide image, a tomosynthesis) costs disk,
+not RAM. That file is copied into the store's tmp/ behind a File Meta of
+ours, and removed whatever the outcome; a transfer cut off midway leaves its
+file to `discard_unfinished`, which the gateway calls.
 """
 
+import errno
 import logging
+import os
+import shutil
+import struct
 from io import BytesIO
+from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
+from pynetdicom import Association, _config
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from dicom.dimse import (
@@ -35,6 +51,19 @@ log = logging.getLogger(__name__)
 
 # What a DICOMweb STOW of the same instance needs (server/auth/access.py).
 STORE = Permission("ImagingStudy", "c")
+
+_COPY_CHUNK = 1 << 20
+# How pynetdicom's File Meta starts after the preamble and "DICM": its File Meta Information Group Length
+# (0002,0000), UL, in Explicit VR Little Endian (PS3.10 7.1), whose value is the length of the rest of the meta.
+_GROUP_LENGTH = struct.Struct("<HH2sHI")
+
+
+def receive_to_files() -> None:
+    """Have pynetdicom write each C-STORE data set it receives to a file
+    (`event.dataset_path`) instead of a BytesIO. The setting is the
+    process's, not one AE's: it suits because the gateway is the only
+    Storage SCP in the server (the C-STOREs of a C-GET it answers, it sends)."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
 
 
 def store(call: Call, event: Event) -> int:
@@ -76,7 +105,17 @@ def store(call: Call, event: Event) -> int:
 def _write(services: Services, event: Event, calling: str) -> ReceivedFile:
     """The data set as received, after a File Meta (PS3.10 7.1) of this
     server's: the request's UIDs, the negotiated transfer syntax, this
-    server as the implementation that wrote it and the peer as its source."""
+    server as the implementation that wrote it and the peer as its source.
+    pynetdicom's file is removed, copied or not."""
+    received: Path = event.dataset_path
+    try:
+        with received.open("rb") as source:
+            return _copy(services, source, _meta_header(event, calling))
+    finally:
+        received.unlink(missing_ok=True)
+
+
+def _meta_header(event: Event, calling: str) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = event.request.AffectedSOPClassUID
     meta.MediaStorageSOPInstanceUID = event.request.AffectedSOPInstanceUID
@@ -87,14 +126,45 @@ def _write(services: Services, event: Event, calling: str) -> ReceivedFile:
     header = BytesIO(b"\0" * 128 + b"DICM")
     header.seek(0, 2)
     write_file_meta_info(header, meta, enforce_standard=True)
+    return header.getvalue()
+
+
+def _copy(services: Services, source: BinaryIO, header: bytes) -> ReceivedFile:
+    """`header`, then the data set of pynetdicom's file `source` (what
+    follows its File Meta), in the store's tmp/: refused at once (ENOSPC)
+    where the store's disk has no room for it, as a write would be midway."""
+    source.seek(128 + 4)
+    meta_length = _GROUP_LENGTH.unpack(source.read(_GROUP_LENGTH.size))[-1]
+    source.seek(meta_length, os.SEEK_CUR)
+    size = len(header) + os.fstat(source.fileno()).st_size - source.tell()
+    if shutil.disk_usage(services.store.temp_dir).free < size:
+        raise OSError(errno.ENOSPC, f"the store's disk has no room for the {size} bytes of the instance")
     writer = services.store.new_temp_file()
     try:
-        writer.write(header.getvalue())
-        writer.write(event.request.DataSet.getbuffer())  # type: ignore[union-attr]
+        writer.write(header)
+        while chunk := source.read(_COPY_CHUNK):
+            writer.write(chunk)
         return writer.finish()
     except OSError:
         writer.abort()
         raise
+
+
+def discard_unfinished(association: Association) -> None:
+    """Once its connection is closed (EVT_CONN_CLOSE, in pynetdicom's thread
+    that writes the data sets, so never during a write) or its threads have
+    ended: remove the file of a C-STORE data set cut off midway, and those
+    of C-STOREs received whole but not yet handled, which now never will be
+    (their peer is gone, and resends)."""
+    dimse = association.dimse
+    paths = [getattr(dimse.message, "_data_set_path", None)]
+    paths += [request._dataset_path for _, request in list(dimse.msg_queue.queue) if isinstance(request, C_STORE)]
+    unfinished = getattr(dimse.message, "_data_set_file", None)
+    if unfinished is not None:
+        unfinished.close()
+    for path in paths:
+        if isinstance(path, Path):
+            path.unlink(missing_ok=True)
 
 
 def _another_instance(prepared: PreparedFile, event: Event) -> str | None:
