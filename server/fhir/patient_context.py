@@ -86,7 +86,7 @@ def _of_patient(ids: Any, resource_type: str, patient_id: str) -> ColumnElement[
     )
     if resource_type in _ALONE_TYPES:
         members = members.where(~exists().where(
-            _OTHERS.c.resource_pk == _MEMBERS.c.id, _OTHERS.c.param == COMPARTMENT_PARAMETER,
+            _OTHERS.c.resource_pk == _MEMBERS.c.id, _OTHERS.c.param == COMPARTMENT_PARAMETERS[resource_type],
             _OTHERS.c.target_type == "Patient", _OTHERS.c.target_id != patient_id,
         ).correlate(_MEMBERS))
     return ids.in_(members)
