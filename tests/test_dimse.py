@@ -422,6 +422,35 @@ def test_a_data_set_that_is_not_the_instance_the_request_names_is_refused(servic
     assert "answered status A900" in refused["outcomeDesc"] and sent.SOPInstanceUID in refused["outcomeDesc"]
 
 
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"])
+def test_file_meta_elements_sent_in_the_data_set_do_not_override_ours(services, gateway, syntax):
+    """Some SCUs send their file's File Meta elements in the data set (no part of it, PS3.10 7.1): stored behind
+    our File Meta, they were read as part of it, the peer's Transfer Syntax UID (here not the one negotiated) and
+    Source AE Title overriding ours."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(CTImageStorage, [syntax])
+    sent = dcmread(BytesIO(make_ct(transfer_syntax=syntax)))
+    stale = ImplicitVRLittleEndian if syntax != ImplicitVRLittleEndian else ExplicitVRLittleEndian
+    sent.add_new(0x00020001, "OB", b"\0\1")  # an OB: a 4-byte length in explicit VR
+    sent.add_new(0x00020010, "UI", stale)
+    sent.add_new(0x00020016, "AE", "ITS-SOURCE")
+    association = ae.associate("127.0.0.1", port, ae_title=OUR_TITLE)
+    assert association.is_established
+    try:
+        assert association.send_c_store(sent).Status == 0x0000
+    finally:
+        association.release()
+    [kept] = services.store.root.rglob("*.dcm")
+    stored = dcmread(kept)
+    assert (stored.file_meta.TransferSyntaxUID, stored.file_meta.SourceApplicationEntityTitle) == (syntax, "MODALITY1")
+    assert [element.tag for element in stored if element.tag.group == 0x0002] == []
+    assert (stored.PatientID, stored.PixelData) == (sent.PatientID, sent.PixelData)
+
+
 def test_a_c_get_names_what_it_retrieves_by_uid(services, gateway, tmp_path: Path):
     """Hierarchical retrieval (PS3.4 C.4.3.1.3.1): an empty key or a wildcard would retrieve every instance it
     matches (with no keys, the whole archive), so it is refused and nothing is sent."""
