@@ -300,6 +300,11 @@ def _patients_named(event: dict) -> list[str]:
             if entity.get("what", {}).get("reference", "").startswith("Patient/")]
 
 
+def _studies_named(event: dict) -> list[str]:
+    return [entity["what"]["identifier"]["value"].removeprefix("urn:oid:") for entity in event.get("entity", [])
+            if entity.get("name") == "Study Instance UID"]
+
+
 def test_c_find_refuses_what_it_cannot_answer(services, gateway):
     from pydicom.dataset import Dataset
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
@@ -561,6 +566,11 @@ def test_a_c_find_disclosing_more_patients_than_an_event_names_is_recorded_in_se
     assert len(events) == 2
     named = [patient for event in events for patient in _patients_named(event)]
     assert len(named) == len(set(named)) == count
+    # Each names the studies of its own patients, not all of them (the events of a C-FIND of 10,000 studies of as
+    # many patients would name a million).
+    studies = [(study, event) for event in events for study in _studies_named(event)]
+    assert len(studies) == count
+    assert all(_patient_of(client, study) in _patients_named(event) for study, event in studies)
 
 
 def _large_ct(path: Path, study: str, frames: int) -> int:
