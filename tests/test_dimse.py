@@ -705,6 +705,25 @@ def test_a_store_whose_disk_has_no_room_is_refused_with_0xa700(services, gateway
     assert list(services.store.root.rglob("*.dcm")) == [] and client.get("/dicom-web/studies").json() == []
 
 
+def test_a_store_whose_handler_fails_leaves_no_file_behind(services, gateway, system_temp, monkeypatch):
+    """pynetdicom removes the received file only when the C-STORE handler returns; the gateway does when it raises
+    (here as the peer is looked up, as when the database is unreachable)."""
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    association = _scu(port).associate("127.0.0.1", port, ae_title=OUR_TITLE)
+    assert association.is_established
+
+    def unreachable(calling: str) -> None:
+        raise ConnectionError("the database is unreachable")
+    monkeypatch.setattr(services.peers, "find", unreachable)
+    try:
+        status = association.send_c_store(dcmread(BytesIO(make_ct())))
+    finally:
+        association.release()
+    assert status.Status == 0xC211  # pynetdicom's answer to a handler that raised
+    assert list(system_temp.iterdir()) == [] and list(services.store.temp_dir.iterdir()) == []
+
+
 def test_a_transfer_that_fails_writing_to_the_system_temp_folder_leaves_no_file_behind(services, gateway,
                                                                                        tmp_path: Path, system_temp):
     """pynetdicom's thread dies on the failed write (as on a full disk) and the connection closes without an event;
