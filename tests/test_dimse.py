@@ -705,6 +705,20 @@ def test_a_store_whose_disk_has_no_room_is_refused_with_0xa700(services, gateway
     assert list(services.store.root.rglob("*.dcm")) == [] and client.get("/dicom-web/studies").json() == []
 
 
+def test_an_association_not_yet_started_is_not_taken_for_ended(services, gateway):
+    """EVT_CONN_OPEN comes before pynetdicom starts the association's thread: another association opening then
+    swept it as ended, and a file it left later (a failed write) was never found."""
+    from pynetdicom.association import Association
+
+    client, _ = gateway
+    dimse = client.app.state.dimse
+    opening = Association(AE(), "acceptor")
+    dimse._associations.append(opening)
+    dimse._sweep()
+    assert opening in dimse._associations
+    dimse._associations.remove(opening)
+
+
 def test_a_store_whose_handler_fails_leaves_no_file_behind(services, gateway, system_temp, monkeypatch):
     """pynetdicom removes the received file only when the C-STORE handler returns; the gateway does when it raises
     (here as the peer is looked up, as when the database is unreachable)."""

@@ -115,8 +115,10 @@ class DimseGateway:
         full), the connection closes without telling, and only this finds
         them: as the next association opens, or the gateway stops."""
         with self._associations_lock:
-            ended = [association for association in self._associations
-                     if not association.is_alive() and not association.dul.is_alive()]
+            # Not yet started is not ended: EVT_CONN_OPEN comes before pynetdicom starts the association's thread,
+            # and another association opening meanwhile would drop this one before it could leave any file.
+            ended = [association for association in self._associations if association.ident is not None
+                     and not association.is_alive() and not association.dul.is_alive()]
             self._associations = [association for association in self._associations if association not in ended]
         for association in ended:
             discard_unfinished(association)
