@@ -300,6 +300,11 @@ def _patients_named(event: dict) -> list[str]:
             if entity.get("what", {}).get("reference", "").startswith("Patient/")]
 
 
+def _studies_named(event: dict) -> list[str]:
+    return [entity["what"]["identifier"]["value"].removeprefix("urn:oid:") for entity in event.get("entity", [])
+            if entity.get("name") == "Study Instance UID"]
+
+
 def test_c_find_refuses_what_it_cannot_answer(services, gateway):
     from pydicom.dataset import Dataset
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
@@ -422,6 +427,35 @@ def test_a_data_set_that_is_not_the_instance_the_request_names_is_refused(servic
     assert "answered status A900" in refused["outcomeDesc"] and sent.SOPInstanceUID in refused["outcomeDesc"]
 
 
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"])
+def test_file_meta_elements_sent_in_the_data_set_do_not_override_ours(services, gateway, syntax):
+    """Some SCUs send their file's File Meta elements in the data set (no part of it, PS3.10 7.1): stored behind
+    our File Meta, they were read as part of it, the peer's Transfer Syntax UID (here not the one negotiated) and
+    Source AE Title overriding ours."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(CTImageStorage, [syntax])
+    sent = dcmread(BytesIO(make_ct(transfer_syntax=syntax)))
+    stale = ImplicitVRLittleEndian if syntax != ImplicitVRLittleEndian else ExplicitVRLittleEndian
+    sent.add_new(0x00020001, "OB", b"\0\1")  # an OB: a 4-byte length in explicit VR
+    sent.add_new(0x00020010, "UI", stale)
+    sent.add_new(0x00020016, "AE", "ITS-SOURCE")
+    association = ae.associate("127.0.0.1", port, ae_title=OUR_TITLE)
+    assert association.is_established
+    try:
+        assert association.send_c_store(sent).Status == 0x0000
+    finally:
+        association.release()
+    [kept] = services.store.root.rglob("*.dcm")
+    stored = dcmread(kept)
+    assert (stored.file_meta.TransferSyntaxUID, stored.file_meta.SourceApplicationEntityTitle) == (syntax, "MODALITY1")
+    assert [element.tag for element in stored if element.tag.group == 0x0002] == []
+    assert (stored.PatientID, stored.PixelData) == (sent.PatientID, sent.PixelData)
+
+
 def test_a_c_get_names_what_it_retrieves_by_uid(services, gateway, tmp_path: Path):
     """Hierarchical retrieval (PS3.4 C.4.3.1.3.1): an empty key or a wildcard would retrieve every instance it
     matches (with no keys, the whole archive), so it is refused and nothing is sent."""
@@ -532,6 +566,11 @@ def test_a_c_find_disclosing_more_patients_than_an_event_names_is_recorded_in_se
     assert len(events) == 2
     named = [patient for event in events for patient in _patients_named(event)]
     assert len(named) == len(set(named)) == count
+    # Each names the studies of its own patients, not all of them (the events of a C-FIND of 10,000 studies of as
+    # many patients would name a million).
+    studies = [(study, event) for event in events for study in _studies_named(event)]
+    assert len(studies) == count
+    assert all(_patient_of(client, study) in _patients_named(event) for study, event in studies)
 
 
 def _large_ct(path: Path, study: str, frames: int) -> int:
@@ -664,6 +703,39 @@ def test_a_store_whose_disk_has_no_room_is_refused_with_0xa700(services, gateway
     assert status.Status == 0xA700
     assert list(system_temp.iterdir()) == [] and list(services.store.temp_dir.iterdir()) == []
     assert list(services.store.root.rglob("*.dcm")) == [] and client.get("/dicom-web/studies").json() == []
+
+
+def test_an_association_not_yet_started_is_not_taken_for_ended(services, gateway):
+    """EVT_CONN_OPEN comes before pynetdicom starts the association's thread: another association opening then
+    swept it as ended, and a file it left later (a failed write) was never found."""
+    from pynetdicom.association import Association
+
+    client, _ = gateway
+    dimse = client.app.state.dimse
+    opening = Association(AE(), "acceptor")
+    dimse._associations.append(opening)
+    dimse._sweep()
+    assert opening in dimse._associations
+    dimse._associations.remove(opening)
+
+
+def test_a_store_whose_handler_fails_leaves_no_file_behind(services, gateway, system_temp, monkeypatch):
+    """pynetdicom removes the received file only when the C-STORE handler returns; the gateway does when it raises
+    (here as the peer is looked up, as when the database is unreachable)."""
+    client, port = gateway
+    services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
+    association = _scu(port).associate("127.0.0.1", port, ae_title=OUR_TITLE)
+    assert association.is_established
+
+    def unreachable(calling: str) -> None:
+        raise ConnectionError("the database is unreachable")
+    monkeypatch.setattr(services.peers, "find", unreachable)
+    try:
+        status = association.send_c_store(dcmread(BytesIO(make_ct())))
+    finally:
+        association.release()
+    assert status.Status == 0xC211  # pynetdicom's answer to a handler that raised
+    assert list(system_temp.iterdir()) == [] and list(services.store.temp_dir.iterdir()) == []
 
 
 def test_a_transfer_that_fails_writing_to_the_system_temp_folder_leaves_no_file_behind(services, gateway,

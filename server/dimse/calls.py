@@ -30,18 +30,19 @@ class Call:
 
     def record(self, kind: AuditKind, outcome: Outcome, description: str, study_uids: Sequence[str] = (),
                query: bytes | None = None) -> bool:
-        """Append the event (events, past MAX_PATIENTS_NAMED patients), naming the patients of
-        `study_uids` as a DICOMweb request's record does, and wait until it is durable; False
-        when it could not be."""
-        patients: list[str] = []
+        """Append the event (events, past MAX_PATIENTS_NAMED patients, each naming the studies of
+        its patients), naming the patients of `study_uids` as a DICOMweb request's record does,
+        and wait until it is durable; False when it could not be."""
+        patient_of: dict[str, str] = {}
         if study_uids:
             with reading(self.services.engine) as connection:
-                patients = sorted(set(study_patients(connection, study_uids).values()))
+                patient_of = study_patients(connection, study_uids)
+        patients = sorted(set(patient_of.values()))
         events = audit_events(AuditRecord(
             kind=kind, outcome=outcome, recorded=datetime.now(UTC), client=self.calling or "\ufffd",
             server=self.services.audit.server_name, client_address=self.address, description=description,
             study_uids=study_uids, patients=patients, query=query,
-        ))
+        ), patient_of)
         try:
             self.services.audit.recorder.record(*events)
             return True

@@ -82,7 +82,7 @@ class DimseGateway:
         ae.require_calling_aet = []
         handlers = [(evt.EVT_CONN_OPEN, self._opened), (evt.EVT_REQUESTED, self._vet), (evt.EVT_C_ECHO, self._echo),
                     (evt.EVT_CONN_CLOSE, lambda event: discard_unfinished(event.assoc)),
-                    (evt.EVT_C_STORE, self._with_call(store)), (evt.EVT_C_FIND, self._with_call(find)),
+                    (evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._with_call(find)),
                     (evt.EVT_C_GET, self._with_call(get))]
         self._server = ae.start_server(self._listen, block=False, evt_handlers=handlers)
         log.info("DIMSE gateway %s listening on %s:%d", self.ae_title, *self.address)
@@ -115,8 +115,10 @@ class DimseGateway:
         full), the connection closes without telling, and only this finds
         them: as the next association opens, or the gateway stops."""
         with self._associations_lock:
-            ended = [association for association in self._associations
-                     if not association.is_alive() and not association.dul.is_alive()]
+            # Not yet started is not ended: EVT_CONN_OPEN comes before pynetdicom starts the association's thread,
+            # and another association opening meanwhile would drop this one before it could leave any file.
+            ended = [association for association in self._associations if association.ident is not None
+                     and not association.is_alive() and not association.dul.is_alive()]
             self._associations = [association for association in self._associations if association not in ended]
         for association in ended:
             discard_unfinished(association)
@@ -151,6 +153,16 @@ class DimseGateway:
 
     def _with_call(self, handler: Callable[[Call, Event], Any]) -> Callable[[Event], Any]:
         return lambda event: handler(self._call(event), event)
+
+    def _store(self, event: Event) -> int:
+        """`store`, the received file removed whatever happens: pynetdicom
+        removes it only when the handler returns, so one that raised (the
+        database unreachable as the peer is looked up) left the data set in
+        the system temp folder for good, one file per C-STORE."""
+        try:
+            return store(self._call(event), event)
+        finally:
+            event.dataset_path.unlink(missing_ok=True)
 
     def _echo(self, event: Event) -> int:
         return SUCCESS if self._call(event).peer is not None else REFUSED_NOT_AUTHORIZED

@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pynetdicom import Association, _config
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
@@ -39,6 +40,7 @@ from dicom.dimse import (
     store_status,
 )
 from dicom.stow import FailureReason, InstanceOutcome
+from dicom.transfer_syntax import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 from fhir_mappings.audit_event import AuditKind, Outcome
 from server.audit.actors import Actor, current_actor
 from server.auth.access import Permission
@@ -56,6 +58,8 @@ _COPY_CHUNK = 1 << 20
 # How pynetdicom's File Meta starts after the preamble and "DICM": its File Meta Information Group Length
 # (0002,0000), UL, in Explicit VR Little Endian (PS3.10 7.1), whose value is the length of the rest of the meta.
 _GROUP_LENGTH = struct.Struct("<HH2sHI")
+# The explicit VRs whose length is 4 bytes, after 2 reserved ones (PS3.5 7.1.2, Table 7.1-1).
+_LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
 
 
 def receive_to_files() -> None:
@@ -110,7 +114,7 @@ def _write(services: Services, event: Event, calling: str) -> ReceivedFile:
     received: Path = event.dataset_path
     try:
         with received.open("rb") as source:
-            return _copy(services, source, _meta_header(event, calling))
+            return _copy(services, source, _meta_header(event, calling), str(event.context.transfer_syntax))
     finally:
         received.unlink(missing_ok=True)
 
@@ -129,13 +133,14 @@ def _meta_header(event: Event, calling: str) -> bytes:
     return header.getvalue()
 
 
-def _copy(services: Services, source: BinaryIO, header: bytes) -> ReceivedFile:
+def _copy(services: Services, source: BinaryIO, header: bytes, syntax: str) -> ReceivedFile:
     """`header`, then the data set of pynetdicom's file `source` (what
     follows its File Meta), in the store's tmp/: refused at once (ENOSPC)
     where the store's disk has no room for it, as a write would be midway."""
     source.seek(128 + 4)
     meta_length = _GROUP_LENGTH.unpack(source.read(_GROUP_LENGTH.size))[-1]
     source.seek(meta_length, os.SEEK_CUR)
+    _past_stray_meta(source, syntax)
     size = len(header) + os.fstat(source.fileno()).st_size - source.tell()
     if shutil.disk_usage(services.store.temp_dir).free < size:
         raise OSError(errno.ENOSPC, f"the store's disk has no room for the {size} bytes of the instance")
@@ -148,6 +153,37 @@ def _copy(services: Services, source: BinaryIO, header: bytes) -> ReceivedFile:
     except OSError:
         writer.abort()
         raise
+
+
+def _past_stray_meta(source: BinaryIO, syntax: str) -> None:
+    """Past the File Meta elements (group 0002) that the data set begins
+    with, if any: some SCUs send their file's along, though the File Meta is
+    no part of a data set (PS3.10 7.1). Behind our File Meta, readers would
+    take them for its own (pydicom and dcmtk read it while the group is
+    0002), the peer's overriding ours: its Transfer Syntax UID, which need
+    not be the one negotiated, and its Source AE Title. Kept in a deflated
+    data set, where they cannot be skipped unread and are read as the data
+    set's."""
+    if syntax == DEFLATED_EXPLICIT_VR_LE:
+        return
+    order = ">" if syntax == EXPLICIT_VR_BE else "<"
+    while True:
+        start = source.tell()
+        head = source.read(8)
+        if len(head) < 8 or struct.unpack(f"{order}H", head[:2])[0] != 0x0002:
+            break
+        if syntax == IMPLICIT_VR_LE:
+            length = struct.unpack("<I", head[4:])[0]
+        elif head[4:6] in _LONG_VRS:
+            if len(longer := source.read(4)) < 4:
+                break
+            length = struct.unpack(f"{order}I", longer)[0]
+        else:
+            length = struct.unpack(f"{order}H", head[6:])[0]
+        if length == 0xFFFFFFFF:  # undefined: no element of the File Meta has it, so this is no File Meta
+            break
+        source.seek(length, os.SEEK_CUR)
+    source.seek(start)
 
 
 def discard_unfinished(association: Association) -> None:
