@@ -20,9 +20,14 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from sqlalchemy import select
 
 from server.app import create_app
@@ -142,19 +147,38 @@ def _scu(port: int, calling: str = "MODALITY1") -> AE:
     return ae
 
 
+def _c_store(port: int, sent: Dataset | Path, calling: str = "MODALITY1") -> Dataset:
+    """One C-STORE over an association of its own: its response."""
+    association = _scu(port, calling).associate("127.0.0.1", port, ae_title=OUR_TITLE)
+    assert association.is_established
+    try:
+        return association.send_c_store(sent)
+    finally:
+        association.release()
+
+
+def _c_find(port: int, calling: str, **keys: str) -> list[Dataset]:
+    """One Study Root C-FIND of `keys` over an association of its own: the status of each response."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    association = ae.associate("127.0.0.1", port, ae_title=OUR_TITLE)
+    assert association.is_established
+    identifier = Dataset()
+    for keyword, value in keys.items():
+        setattr(identifier, keyword, value)
+    try:
+        return [status for status, _ in association.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)]
+    finally:
+        association.release()
+
+
 def test_a_corrupt_data_set_is_refused_and_nothing_is_stored(services, gateway, tmp_path: Path):
     client, port = gateway
     services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)
     # No StudyInstanceUID: nothing the index could file it under (STOW refuses it alike).
     corrupt = dcmread(BytesIO(make_ct()))
     del corrupt.StudyInstanceUID
-    association = _scu(port).associate("127.0.0.1", port, ae_title=OUR_TITLE)
-    assert association.is_established
-    try:
-        status = association.send_c_store(corrupt)
-    finally:
-        association.release()
-    assert status.Status == 0xC000
+    assert _c_store(port, corrupt).Status == 0xC000
     assert client.get("/dicom-web/studies").json() == []
     assert list(services.store.root.rglob("*.dcm")) == []
     refused = _events(services, client, type="110104", outcome="4")
@@ -306,26 +330,13 @@ def _studies_named(event: dict) -> list[str]:
 
 
 def test_c_find_refuses_what_it_cannot_answer(services, gateway):
-    from pydicom.dataset import Dataset
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
     _, port = gateway
     services.peers.add("MODALITY1", "127.0.0.1", Role.MODALITY)  # may store, not search
     services.peers.add("VIEWER1", "127.0.0.1", Role.CLINICIAN)
 
     def find(calling: str, **keys: str) -> list[int]:
-        ae = AE(ae_title=calling)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        association = ae.associate("127.0.0.1", port, ae_title=OUR_TITLE)
-        assert association.is_established
-        identifier = Dataset()
-        for keyword, value in keys.items():
-            setattr(identifier, keyword, value)
-        try:
-            return [status.Status for status, _ in
-                    association.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)]
-        finally:
-            association.release()
+        return [status.Status for status in _c_find(port, calling, **keys)]
 
     assert find("MODALITY1", QueryRetrieveLevel="STUDY", StudyInstanceUID="") == [0x0124]
     assert find("VIEWER1", QueryRetrieveLevel="PATIENT", PatientID="") == [0xA900]
@@ -414,13 +425,7 @@ def test_a_data_set_that_is_not_the_instance_the_request_names_is_refused(servic
     sent.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"  # what the gateway accepts first; nothing is converted
     path = tmp_path / "mislabelled.dcm"
     sent.save_as(path)  # as it is: enforce_file_format would set the File Meta from the data set
-    association = _scu(port).associate("127.0.0.1", port, ae_title=OUR_TITLE)
-    assert association.is_established
-    try:
-        status = association.send_c_store(path)
-    finally:
-        association.release()
-    assert status.Status == 0xA900
+    assert _c_store(port, path).Status == 0xA900
     assert client.get("/dicom-web/studies").json() == []
     assert list(services.store.root.rglob("*.dcm")) == [] and list(services.store.temp_dir.iterdir()) == []
     [refused] = _events(services, client, type="110104", outcome="4")
@@ -459,7 +464,6 @@ def test_file_meta_elements_sent_in_the_data_set_do_not_override_ours(services, 
 def test_a_c_get_names_what_it_retrieves_by_uid(services, gateway, tmp_path: Path):
     """Hierarchical retrieval (PS3.4 C.4.3.1.3.1): an empty key or a wildcard would retrieve every instance it
     matches (with no keys, the whole archive), so it is refused and nothing is sent."""
-    from pydicom.dataset import Dataset
     from pynetdicom import build_role
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
@@ -507,8 +511,6 @@ def test_a_c_get_names_what_it_retrieves_by_uid(services, gateway, tmp_path: Pat
 
 
 def test_a_c_find_matching_more_than_the_limit_is_refused_whole(services, gateway, tmp_path: Path, monkeypatch):
-    from pydicom.dataset import Dataset
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
     client, port = gateway
     services.peers.add("MODALITY1", "127.0.0.1", Role.ADMIN)
@@ -518,17 +520,8 @@ def test_a_c_find_matching_more_than_the_limit_is_refused_whole(services, gatewa
     monkeypatch.setattr(services.settings, "dimse_find_max_matches", 2)
 
     def find(patient_id: str) -> list[tuple[int, str]]:
-        ae = AE(ae_title="MODALITY1")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        association = ae.associate("127.0.0.1", port, ae_title=OUR_TITLE)
-        assert association.is_established
-        identifier = Dataset()
-        identifier.QueryRetrieveLevel, identifier.PatientID, identifier.StudyInstanceUID = "STUDY", patient_id, ""
-        try:
-            return [(status.Status, str(status.get("ErrorComment", ""))) for status, _ in
-                    association.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)]
-        finally:
-            association.release()
+        return [(status.Status, str(status.get("ErrorComment", ""))) for status in
+                _c_find(port, "MODALITY1", QueryRetrieveLevel="STUDY", PatientID=patient_id, StudyInstanceUID="")]
 
     assert find("MANY") == [(0xA700, "more than 2 matches; narrow the query")]
     assert [status for status, _ in find("MAN?")] == [0xA700]
@@ -540,8 +533,6 @@ def test_a_c_find_matching_more_than_the_limit_is_refused_whole(services, gatewa
 
 def test_a_c_find_disclosing_more_patients_than_an_event_names_is_recorded_in_several(services, gateway,
                                                                                      tmp_path: Path):
-    from pydicom.dataset import Dataset
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
     from fhir_mappings.audit_event import MAX_PATIENTS_NAMED
 
@@ -551,17 +542,8 @@ def test_a_c_find_disclosing_more_patients_than_an_event_names_is_recorded_in_se
     for number in range(count):
         (tmp_path / f"ct{number}.dcm").write_bytes(make_ct(generate_uid(), generate_uid(), PatientID=f"CROWD{number}"))
     assert _dcmtk("storescu", port, *(str(tmp_path / f"ct{n}.dcm") for n in range(count))).startswith("rc=0")
-    ae = AE(ae_title="MODALITY1")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    association = ae.associate("127.0.0.1", port, ae_title=OUR_TITLE)
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel, identifier.PatientID, identifier.StudyInstanceUID = "STUDY", "CROWD*", ""
-    try:
-        statuses = [status.Status for status, _ in
-                    association.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)]
-    finally:
-        association.release()
-    assert statuses == [0xFF00] * count + [0x0000]
+    statuses = _c_find(port, "MODALITY1", QueryRetrieveLevel="STUDY", PatientID="CROWD*", StudyInstanceUID="")
+    assert [status.Status for status in statuses] == [0xFF00] * count + [0x0000]
     events = _events(services, client, type="110112", **{"agent-name": "MODALITY1"})
     assert len(events) == 2
     named = [patient for event in events for patient in _patients_named(event)]
@@ -694,13 +676,7 @@ def test_a_store_whose_disk_has_no_room_is_refused_with_0xa700(services, gateway
             writer.write = full
             return writer
         monkeypatch.setattr(services.store, "new_temp_file", new_temp_file)
-    association = _scu(port).associate("127.0.0.1", port, ae_title=OUR_TITLE)
-    assert association.is_established
-    try:
-        status = association.send_c_store(dcmread(BytesIO(make_ct())))
-    finally:
-        association.release()
-    assert status.Status == 0xA700
+    assert _c_store(port, dcmread(BytesIO(make_ct()))).Status == 0xA700
     assert list(system_temp.iterdir()) == [] and list(services.store.temp_dir.iterdir()) == []
     assert list(services.store.root.rglob("*.dcm")) == [] and client.get("/dicom-web/studies").json() == []
 
